@@ -1,0 +1,51 @@
+"""`rtseg` command line: one sub-command per module, dispatched here."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from .._version import __version__
+from ..errors import RtsegError
+
+# sub-command name -> module in rtseg.cli (each defines `register(subparsers)`)
+COMMANDS = {
+    "eval": "eval_cmd",
+    "train": "train_cmd",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rtseg", description="Real-time video semantic segmentation."
+    )
+    parser.add_argument("--version", action="version", version=f"rtseg {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module in COMMANDS.values():
+        importlib.import_module(f"{__name__}.{module}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    if args.command is None:
+        args = parser.parse_args(["run", *(argv or [])]) if "run" in COMMANDS else None
+        if args is None:
+            parser.print_help()
+            return 2
+    try:
+        return int(args.func(args) or 0)
+    except RtsegError as exc:
+        print(f"rtseg {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"rtseg {args.command}: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,63 @@
+"""`rtseg eval`: mIoU of a model on a labelled dataset split."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..data.datasets import cityscapes, open_dataset
+from ..evaluate import evaluate, torch_logits_fn
+from .common import add_model_args, load_model, parse_size
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="evaluate mIoU on CamVid or Cityscapes",
+        description="Per-class IoU, pixel accuracy and (last line) mIoU over one dataset split.",
+    )
+    add_model_args(p)
+    p.add_argument("--dataset", choices=["camvid", "cityscapes"], required=True)
+    p.add_argument("--root", required=True, type=Path, help="dataset folder")
+    p.add_argument("--split", default="test")
+    p.add_argument("--size", type=parse_size, default=None,
+                   help="network input WxH (default: the size the weights were trained at)")
+    p.add_argument("--labels", choices=["auto", "labelTrainIds", "labelIds"], default="auto",
+                   help="Cityscapes ground-truth files to read (default: train ids if present)")
+    p.add_argument("--json", type=Path, default=None, help="also write the report as JSON")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    model = load_model(args.model, args.weights)
+    meta = model.meta
+    if args.dataset == "cityscapes":
+        dataset = cityscapes(args.root, args.split, labels=args.labels)
+    else:
+        dataset = open_dataset(args.dataset, args.root, args.split)
+    if dataset.classes.names != meta.classes.names:
+        from ..errors import ConfigError
+
+        raise ConfigError(
+            f"the weights predict {meta.classes.name} classes ({len(meta.classes)}), "
+            f"but {args.dataset} is labelled with {dataset.classes.name} ({len(dataset.classes)})"
+        )
+    size = args.size or meta.preprocessing.input_size
+    report = evaluate(
+        torch_logits_fn(model, meta.preprocessing),
+        dataset,
+        classes=meta.classes,
+        input_size=size,
+        total=len(dataset),
+        progress=not args.no_progress,
+        description=f"{meta.model} {args.dataset}/{args.split}",
+    )
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        payload = {"model": meta.model, "dataset": args.dataset, "split": args.split,
+                   "input_size": list(size), **report.to_dict()}
+        args.json.write_text(json.dumps(payload, indent=2))
+    print(report.format())
+    return 0

@@ -1,0 +1,171 @@
+"""Labelled datasets on disk (CamVid as released with SegNet, Cityscapes' official layout).
+
+Both yield ``Sample``: a BGR uint8 image and a uint8 train-id label map with 255 = ignore, in a
+stable file order (CamVid val is one continuous sequence; order matters for scheduling studies).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import cv2
+import numpy as np
+
+from ..errors import DatasetError
+from .labels import CAMVID, CAMVID_LABEL_IDS, CITYSCAPES, CITYSCAPES_LABEL_IDS, ClassSet, LabelIdMap
+
+
+@dataclass(frozen=True)
+class Sample:
+    name: str
+    image: np.ndarray  # HxWx3 uint8 BGR
+    label: np.ndarray  # HxW uint8 train ids, 255 = ignore
+
+
+@dataclass(frozen=True)
+class _Pair:
+    name: str
+    image_path: Path
+    label_path: Path
+    label_map: LabelIdMap | None  # None: already train ids
+
+
+def read_image(path: Path) -> np.ndarray:
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise DatasetError(f"cannot read image {path} (missing, truncated or not an image)")
+    return image
+
+
+def read_label(path: Path) -> np.ndarray:
+    label = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if label is None:
+        raise DatasetError(f"cannot read label map {path} (missing, truncated or not an image)")
+    if label.ndim != 2 or label.dtype != np.uint8:
+        raise DatasetError(
+            f"label map {path} must be a single-channel 8-bit PNG, got shape {label.shape} dtype {label.dtype}"
+        )
+    return label
+
+
+class SegmentationDataset(Sequence[Sample]):
+    """A list of (image, label) file pairs read lazily, optionally cached decoded in memory."""
+
+    classes: ClassSet
+
+    def __init__(self, pairs: list[_Pair], classes: ClassSet, description: str) -> None:
+        if not pairs:
+            raise DatasetError(f"no labelled images found for {description}")
+        self._pairs = pairs
+        self.classes = classes
+        self.description = description
+        self._cache: dict[int, Sample] | None = None
+
+    def __len__(self) -> int:
+        return len(self._pairs)
+
+    def __getitem__(self, index: int) -> Sample:  # type: ignore[override]
+        if self._cache is not None and index in self._cache:
+            return self._cache[index]
+        pair = self._pairs[index]
+        image = read_image(pair.image_path)
+        label = read_label(pair.label_path)
+        if pair.label_map is not None:
+            label = pair.label_map.apply(label)
+        if label.shape != image.shape[:2]:
+            raise DatasetError(
+                f"{pair.label_path}: label is {label.shape[1]}x{label.shape[0]} but image "
+                f"{pair.image_path} is {image.shape[1]}x{image.shape[0]}"
+            )
+        sample = Sample(pair.name, image, label)
+        if self._cache is not None:
+            self._cache[index] = sample
+        return sample
+
+    def __iter__(self) -> Iterator[Sample]:
+        for i in range(len(self)):
+            yield self[i]
+
+    def cache_in_memory(self) -> None:
+        """Keep decoded samples after first use: training revisits every image each epoch."""
+        if self._cache is None:
+            self._cache = {}
+
+    @property
+    def names(self) -> list[str]:
+        return [p.name for p in self._pairs]
+
+
+def camvid(root: str | Path, split: str) -> SegmentationDataset:
+    """CamVid as distributed with SegNet: ``{split}/*.png`` with ``{split}annot/*.png`` (void = 11)."""
+    root = Path(root)
+    image_dir, label_dir = root / split, root / f"{split}annot"
+    for d in (image_dir, label_dir):
+        if not d.is_dir():
+            raise DatasetError(
+                f"CamVid folder {d} not found: expected {root}/{{train,val,test}} with "
+                f"matching {{split}}annot folders (the SegNet release layout)"
+            )
+    pairs = []
+    for image_path in sorted(image_dir.glob("*.png")):
+        label_path = label_dir / image_path.name
+        if not label_path.is_file():
+            raise DatasetError(f"CamVid image {image_path} has no label {label_path}")
+        pairs.append(_Pair(image_path.stem, image_path, label_path, CAMVID_LABEL_IDS))
+    return SegmentationDataset(pairs, CAMVID, f"CamVid split {split!r} in {root}")
+
+
+CityscapesLabels = Literal["auto", "labelTrainIds", "labelIds"]
+
+
+def cityscapes(root: str | Path, split: str, labels: CityscapesLabels = "auto") -> SegmentationDataset:
+    """Cityscapes: ``leftImg8bit/{split}/{city}/*_leftImg8bit.png`` with ``gtFine`` labels.
+
+    ``labelTrainIds`` files are used as they are, ``labelIds`` are mapped to train ids; ``auto``
+    takes whichever exists, preferring train ids. A flat folder holding ``*_leftImg8bit.png`` and
+    the ``gtFine`` files side by side (a sample set) is read the same way, whatever ``split``.
+    """
+    root = Path(root)
+    if labels not in ("auto", "labelTrainIds", "labelIds"):
+        raise DatasetError(f"cityscapes labels must be auto, labelTrainIds or labelIds, got {labels!r}")
+    official = root / "leftImg8bit" / split
+    if official.is_dir():
+        images = sorted(official.glob("*/*_leftImg8bit.png"))
+        label_dir_of = lambda p: root / "gtFine" / split / p.parent.name  # noqa: E731
+    elif (root / "leftImg8bit").is_dir():
+        raise DatasetError(f"Cityscapes split folder {official} not found")
+    else:
+        images = sorted(root.glob("*_leftImg8bit.png"))
+        label_dir_of = lambda p: p.parent  # noqa: E731
+        if not images:
+            raise DatasetError(
+                f"no Cityscapes images in {root}: expected leftImg8bit/{split}/<city>/*_leftImg8bit.png "
+                "or a flat folder of *_leftImg8bit.png files"
+            )
+    pairs = []
+    for image_path in images:
+        stem = image_path.name[: -len("_leftImg8bit.png")]
+        label_dir = label_dir_of(image_path)
+        train_ids = label_dir / f"{stem}_gtFine_labelTrainIds.png"
+        label_ids = label_dir / f"{stem}_gtFine_labelIds.png"
+        if labels in ("auto", "labelTrainIds") and train_ids.is_file():
+            pairs.append(_Pair(stem, image_path, train_ids, None))
+        elif labels in ("auto", "labelIds") and label_ids.is_file():
+            pairs.append(_Pair(stem, image_path, label_ids, CITYSCAPES_LABEL_IDS))
+        else:
+            wanted = {"auto": "labelTrainIds or labelIds", "labelTrainIds": "labelTrainIds",
+                      "labelIds": "labelIds"}[labels]
+            raise DatasetError(f"Cityscapes image {image_path} has no gtFine {wanted} file in {label_dir}")
+    return SegmentationDataset(pairs, CITYSCAPES, f"Cityscapes split {split!r} in {root}")
+
+
+DATASETS = {"camvid": camvid, "cityscapes": cityscapes}
+
+
+def open_dataset(name: str, root: str | Path, split: str) -> SegmentationDataset:
+    if name not in DATASETS:
+        raise DatasetError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)}")
+    return DATASETS[name](root, split)

@@ -1,0 +1,99 @@
+"""The inference interface every backend implements: the model's three stages, compiled.
+
+Inputs are uint8 BGR frames already at the engine's input size, as an HxWx3 or NxHxWx3 NumPy
+array (an OpenCV image, used without a copy) or a torch tensor. ``run_head`` returns uint8 class
+labels at the model's output resolution: the argmax happens inside the engine.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..models.base import StageSpec
+from ..models.checkpoint import WeightsMeta
+
+Array = np.ndarray | torch.Tensor
+Features = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    """What was built and where: printed by the CLI and stored with benchmark results."""
+
+    model: str
+    backend: str
+    precision: str
+    device: str
+    input_size: tuple[int, int]
+    library: str  # e.g. "onnxruntime 1.31.1"
+    artifacts: tuple[str, ...] = ()
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+
+class Engine(ABC):
+    """Three stage entry points plus ``run``; subclasses hold the compiled graphs."""
+
+    info: EngineInfo
+    meta: WeightsMeta
+    stage_spec: StageSpec
+    head_low_inputs: tuple[str, ...]
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return self.info.input_size
+
+    @property
+    def output_size(self) -> tuple[int, int]:
+        s = self.stage_spec.output_stride
+        return self.input_size[0] // s, self.input_size[1] // s
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.meta.classes)
+
+    def check_image(self, image: Array) -> None:
+        shape = tuple(image.shape)
+        w, h = self.input_size
+        ok = (len(shape) == 3 and shape == (h, w, 3)) or (len(shape) == 4 and shape[1:] == (h, w, 3))
+        if not ok:
+            raise ValueError(
+                f"{self.info.backend} engine expects uint8 BGR images of {w}x{h} "
+                f"(HxWx3 = {(h, w, 3)} or NxHxWx3), got shape {shape}; resize frames first"
+            )
+        if image.dtype not in (np.uint8, torch.uint8):
+            raise ValueError(f"engine input must be uint8, got {image.dtype}")
+
+    @abstractmethod
+    def run_low(self, image: Array) -> Features: ...
+
+    @abstractmethod
+    def run_deep(self, low: Features) -> Features: ...
+
+    @abstractmethod
+    def run_head(self, low: Features, deep: Features, *, logits: bool = False) -> Any:
+        """uint8 labels (N x h x w), or (labels, logits) when ``logits`` is true."""
+
+    def run(self, image: Array, *, logits: bool = False) -> Any:
+        low = self.run_low(image)
+        return self.run_head(low, self.run_deep(low), logits=logits)
+
+    def warmup(self, iterations: int = 3) -> None:
+        """First calls pay for allocation and kernel selection: do them before timing anything."""
+        w, h = self.input_size
+        image = np.zeros((h, w, 3), dtype=np.uint8)
+        for _ in range(iterations):
+            self.run(image)
+
+    def close(self) -> None:
+        """Release backend resources (sessions, CUDA buffers)."""
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

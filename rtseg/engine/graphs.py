@@ -1,0 +1,103 @@
+"""The three stages as modules with flat tensor inputs and outputs: what backends compile.
+
+``LowGraph`` takes the uint8 NHWC BGR frame and normalises inside the graph; ``HeadGraph`` ends
+in uint8 class labels at the model's output resolution (argmax over the real classes inside the
+engine; a void channel is never predicted), optionally with the logits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor, nn
+
+from ..data.preprocess import Normalize, Preprocessing
+from ..models.base import Features, StagedSegmenter
+
+
+class _RecordingDict(dict):
+    """A dict that remembers which keys were read: finds what the head really consumes."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.read: set[str] = set()
+
+    def __getitem__(self, key: str) -> Tensor:
+        self.read.add(key)
+        return super().__getitem__(key)
+
+
+@torch.inference_mode()
+def head_low_inputs(model: StagedSegmenter, input_size: tuple[int, int]) -> tuple[str, ...]:
+    """Names of the low features ``forward_head`` reads, in StageSpec order."""
+    x = torch.zeros(1, 3, input_size[1], input_size[0])
+    low = model.forward_low(x)
+    deep = model.forward_deep(low)
+    recorder = _RecordingDict(low)
+    model.forward_head(recorder, deep)
+    return tuple(f.name for f in model.stage_spec.low if f.name in recorder.read)
+
+
+class LowGraph(nn.Module):
+    def __init__(
+        self,
+        model: StagedSegmenter,
+        preprocessing: Preprocessing,
+        channels_last: bool = False,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        super().__init__()
+        self.dtype = dtype
+        self.model = model
+        self.normalize = Normalize(preprocessing)
+        self.names = tuple(f.name for f in model.stage_spec.low)
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+
+    def forward(self, image: Tensor) -> tuple[Tensor, ...]:
+        x = self.normalize(image).to(self.dtype).contiguous(memory_format=self.memory_format)
+        low = self.model.forward_low(x)
+        return tuple(low[n] for n in self.names)
+
+
+class DeepGraph(nn.Module):
+    def __init__(self, model: StagedSegmenter) -> None:
+        super().__init__()
+        self.model = model
+        self.input_names = tuple(model.stage_spec.deep_inputs)
+        self.names = tuple(f.name for f in model.stage_spec.deep)
+
+    def forward(self, *inputs: Tensor) -> tuple[Tensor, ...]:
+        deep = self.model.forward_deep(dict(zip(self.input_names, inputs, strict=True)))
+        return tuple(deep[n] for n in self.names)
+
+
+class HeadGraph(nn.Module):
+    def __init__(
+        self, model: StagedSegmenter, low_inputs: tuple[str, ...], num_classes: int, with_logits: bool
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.low_names = low_inputs
+        self.deep_names = tuple(f.name for f in model.stage_spec.deep)
+        self.num_classes = num_classes
+        self.with_logits = with_logits
+
+    def forward(self, *inputs: Tensor) -> tuple[Tensor, ...]:
+        n = len(self.low_names)
+        low = dict(zip(self.low_names, inputs[:n], strict=True))
+        deep = dict(zip(self.deep_names, inputs[n:], strict=True))
+        logits = self.model.forward_head(low, deep)
+        labels = logits[:, : self.num_classes].argmax(1).to(torch.uint8)
+        return (labels, logits) if self.with_logits else (labels,)
+
+
+def as_features(names: tuple[str, ...], values: tuple | list) -> Features:
+    return dict(zip(names, values, strict=True))
+
+
+def pick(features: Mapping[str, object], names: tuple[str, ...]) -> list:
+    try:
+        return [features[n] for n in names]
+    except KeyError as exc:
+        raise KeyError(f"feature {exc.args[0]!r} missing; have {sorted(features)}") from None

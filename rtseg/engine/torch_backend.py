@@ -1,0 +1,99 @@
+"""The reference backend: the PyTorch model itself, in eval and inference mode."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import BackendUnavailableError, ConfigError
+from ..models.base import StagedSegmenter
+from .base import Array, Engine, EngineInfo, Features
+from .graphs import DeepGraph, HeadGraph, LowGraph, head_low_inputs, pick
+
+
+def _as_batch(image: Array, device: torch.device) -> torch.Tensor:
+    t = torch.from_numpy(image) if isinstance(image, np.ndarray) else image
+    if t.dim() == 3:
+        t = t.unsqueeze(0)
+    return t.to(device, non_blocking=True)
+
+
+class TorchEngine(Engine):
+    """Runs the stages eagerly (or torch.compile'd); fp16 on CUDA when asked."""
+
+    def __init__(
+        self,
+        model: StagedSegmenter,
+        *,
+        input_size: tuple[int, int],
+        precision: str = "fp32",
+        device: str = "cpu",
+        channels_last: bool = False,
+        compile: bool = False,
+    ) -> None:
+        if precision not in ("fp32", "fp16"):
+            raise ConfigError(f"torch backend precision must be fp32 or fp16, got {precision!r}")
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise BackendUnavailableError(
+                "torch backend on cuda: this PyTorch build has no CUDA device "
+                f"(torch {torch.__version__}); install a CUDA build of torch or use device='cpu'"
+            )
+        if precision == "fp16" and self.device.type != "cuda":
+            raise ConfigError("fp16 with the torch backend needs a CUDA device; use fp32 on CPU")
+        spec = model.stage_spec
+        w, h = input_size
+        if w % spec.input_multiple or h % spec.input_multiple:
+            raise ConfigError(
+                f"{model.meta.model} needs an input size divisible by {spec.input_multiple}, got {w}x{h}"
+            )
+        self.meta = model.meta
+        self.stage_spec = spec
+        self._dtype = torch.float16 if precision == "fp16" else torch.float32
+        self.head_low_inputs = head_low_inputs(model.eval(), input_size)
+        model = model.to(self.device, self._dtype)
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self._low = LowGraph(model, self.meta.preprocessing, channels_last, self._dtype)
+        self._deep = DeepGraph(model)
+        self._head = HeadGraph(model, self.head_low_inputs, len(self.meta.classes), with_logits=False)
+        self._head_logits = HeadGraph(model, self.head_low_inputs, len(self.meta.classes), with_logits=True)
+        if compile:
+            self._low_fn: Any = torch.compile(self._low)
+            self._deep_fn: Any = torch.compile(self._deep)
+            self._head_fn: Any = torch.compile(self._head)
+        else:
+            self._low_fn, self._deep_fn, self._head_fn = self._low, self._deep, self._head
+        flags = [f for f, on in (("channels_last", channels_last), ("torch.compile", compile)) if on]
+        self.info = EngineInfo(
+            model=self.meta.model,
+            backend="torch",
+            precision=precision,
+            device=str(self.device),
+            input_size=(w, h),
+            library=f"torch {torch.__version__}",
+            notes=tuple(flags),
+        )
+
+    @torch.inference_mode()
+    def run_low(self, image: Array) -> Features:
+        self.check_image(image)
+        x = _as_batch(image, self.device)
+        outputs = self._low_fn(x)
+        return dict(zip(self._low.names, outputs, strict=True))
+
+    @torch.inference_mode()
+    def run_deep(self, low: Features) -> Features:
+        outputs = self._deep_fn(*pick(low, self._deep.input_names))
+        return dict(zip(self._deep.names, outputs, strict=True))
+
+    @torch.inference_mode()
+    def run_head(self, low: Features, deep: Features, *, logits: bool = False) -> Any:
+        args = (*pick(low, self.head_low_inputs), *pick(deep, self._head.deep_names))
+        if logits:
+            labels, out = self._head_logits(*args)
+            return labels.cpu().numpy(), out.float()
+        (labels,) = self._head_fn(*args)
+        return labels.cpu().numpy()

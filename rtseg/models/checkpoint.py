@@ -1,0 +1,219 @@
+"""Checkpoint files: rtseg's own format, the authors' plain state dicts, and clear failures.
+
+rtseg's format is a plain dict that ``torch.load(..., weights_only=True)`` accepts:
+``{"format": "rtseg.checkpoint", "format_version": 1, "meta": {...}, "state_dict": {...}}``.
+``meta`` is ``WeightsMeta.to_dict()``: everything needed to use the weights without the code
+that trained them (classes, palette, preprocessing, provenance, measured metrics).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..data.labels import ClassSet
+from ..data.preprocess import Preprocessing
+from ..errors import CheckpointError
+
+FORMAT = "rtseg.checkpoint"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class WeightsMeta:
+    """What a set of weights means: which architecture, which classes, which input."""
+
+    model: str
+    config: Mapping[str, Any]
+    classes: ClassSet
+    num_outputs: int
+    preprocessing: Preprocessing
+    provenance: Mapping[str, Any] = field(default_factory=dict)
+    metrics: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.num_outputs < len(self.classes):
+            raise ValueError(
+                f"WeightsMeta.num_outputs ({self.num_outputs}) must be >= the number of classes "
+                f"({len(self.classes)}); extra outputs are void channels that are never predicted"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "config": dict(self.config),
+            "classes": self.classes.to_dict(),
+            "num_outputs": self.num_outputs,
+            "preprocessing": self.preprocessing.to_dict(),
+            "provenance": dict(self.provenance),
+            "metrics": dict(self.metrics),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> WeightsMeta:
+        return cls(
+            model=str(data["model"]),
+            config=dict(data.get("config", {})),
+            classes=ClassSet.from_dict(data["classes"]),
+            num_outputs=int(data["num_outputs"]),
+            preprocessing=Preprocessing.from_dict(data["preprocessing"]),
+            provenance=dict(data.get("provenance", {})),
+            metrics=dict(data.get("metrics", {})),
+        )
+
+
+@dataclass(frozen=True)
+class LoadedCheckpoint:
+    """A checkpoint's tensors plus its metadata (``None`` for an unknown plain state dict)."""
+
+    path: Path
+    sha256: str
+    state_dict: dict[str, Tensor]
+    meta: WeightsMeta | None
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _state_dict_from(obj: Any, path: Path) -> dict[str, Tensor]:
+    # Common wrappers: {"state_dict": ...} (Lightning, many repos) and {"model": ...}.
+    for key in ("state_dict", "model"):
+        if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
+            obj = obj[key]
+            break
+    if not isinstance(obj, Mapping) or not obj:
+        raise CheckpointError(f"{path}: expected a state dict (name -> tensor), got {type(obj).__name__}")
+    bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, Tensor)]
+    if bad:
+        raise CheckpointError(f"{path}: not a state dict; entries that are not tensors: {bad[:5]}")
+    # DataParallel prefixes every name with "module.".
+    if all(k.startswith("module.") for k in obj):
+        return {k[len("module."):]: v for k, v in obj.items()}
+    return dict(obj)
+
+
+def read_checkpoint(path: str | os.PathLike[str]) -> LoadedCheckpoint:
+    """Read any supported checkpoint file; every failure names the file and what is wrong."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"weights file not found: {path}")
+    if not path.is_file():
+        raise CheckpointError(f"weights path is not a file: {path}")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"weights file is empty: {path}")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    is_zip = head == b"PK\x03\x04"  # torch.save since 1.6
+    is_legacy = head[:1] == b"\x80"  # a pickle stream (older torch.save)
+    if not (is_zip or is_legacy):
+        raise CheckpointError(
+            f"{path}: not a PyTorch checkpoint (it starts with bytes {head!r}, "
+            "not a zip archive or pickle stream)"
+        )
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises RuntimeError, UnpicklingError, EOFError, ... here
+        text = str(exc)
+        if "weights_only" in text.lower() or "Unsupported global" in text:
+            raise CheckpointError(
+                f"{path}: the checkpoint holds Python objects besides tensors; rtseg only loads "
+                "tensor-only files (weights_only=True) so that a checkpoint cannot run code. "
+                "Re-save its state_dict with torch.save(model.state_dict(), path)"
+            ) from None
+        reason = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+        raise CheckpointError(
+            f"{path}: cannot read the checkpoint; the file is truncated or corrupt ({reason})"
+        ) from None
+    digest = sha256_of(path)
+    if isinstance(obj, Mapping) and obj.get("format") == FORMAT:
+        version = obj.get("format_version")
+        if version != FORMAT_VERSION:
+            raise CheckpointError(
+                f"{path}: rtseg checkpoint format_version {version!r} is not supported "
+                f"(this rtseg reads version {FORMAT_VERSION})"
+            )
+        try:
+            meta = WeightsMeta.from_dict(obj["meta"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"{path}: invalid rtseg checkpoint metadata: {exc}") from None
+        return LoadedCheckpoint(path, digest, _state_dict_from(obj["state_dict"], path), meta)
+    return LoadedCheckpoint(path, digest, _state_dict_from(obj, path), None)
+
+
+def save_checkpoint(
+    path: str | os.PathLike[str],
+    state_dict: Mapping[str, Tensor],
+    meta: WeightsMeta,
+    *,
+    half: bool = False,
+) -> Path:
+    """Write an rtseg checkpoint atomically (temporary file, then rename): never half a file.
+
+    ``half`` stores floating-point tensors as fp16 to halve the size of shipped weights; they are
+    cast back to the model's dtype on load.
+    """
+    tensors = {
+        k: (v.detach().to("cpu").half() if half and v.is_floating_point() else v.detach().to("cpu"))
+        for k, v in state_dict.items()
+    }
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "meta": meta.to_dict(),
+        "state_dict": tensors,
+    }
+    return atomic_torch_save(payload, path)
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def check_state_dict_fits(
+    expected: Mapping[str, Tensor], actual: Mapping[str, Tensor], *, path: Path, model: str
+) -> None:
+    """Raise CheckpointError listing the first missing/unexpected keys and shape mismatches."""
+    # Checkpoints from PyTorch < 0.4.1 have no BatchNorm step counters; they carry no weights.
+    missing = [k for k in expected if k not in actual and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in actual if k not in expected]
+    shapes = [
+        f"{k}: model expects {tuple(expected[k].shape)}, checkpoint has {tuple(actual[k].shape)}"
+        for k in expected
+        if k in actual and expected[k].shape != actual[k].shape
+    ]
+    if not (missing or unexpected or shapes):
+        return
+    lines = [f"{path} does not fit model {model!r}:"]
+    if missing:
+        lines.append(f"  {len(missing)} keys missing from the checkpoint, first: {missing[:5]}")
+    if unexpected:
+        lines.append(f"  {len(unexpected)} unexpected keys in the checkpoint, first: {unexpected[:5]}")
+    if shapes:
+        lines.append(f"  {len(shapes)} shape mismatches, first:")
+        lines.extend(f"    {s}" for s in shapes[:5])
+    raise CheckpointError("\n".join(lines))

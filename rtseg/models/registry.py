@@ -1,0 +1,335 @@
+"""The one flat model registry: names -> builders plus their metadata as data."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..data.labels import CITYSCAPES, ClassSet, numbered_classes
+from ..data.preprocess import IMAGENET_RGB, Preprocessing
+from ..errors import CheckpointError, ConfigError
+from .base import StagedSegmenter
+from .catalog import ESPNET_CITYSCAPES_INPUT, ESPNETV2_CITYSCAPES_INPUT, find_known
+from .checkpoint import LoadedCheckpoint, WeightsMeta, check_state_dict_fits, read_checkpoint
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PublishedResult:
+    """A number the authors published, with where it comes from."""
+
+    dataset: str  # "cityscapes" or "camvid"
+    split: str  # "test" or "val"
+    miou: float
+    resolution: tuple[int, int]  # (width, height) of the speed/quality measurement
+    source: str
+    fps: float | None = None
+    hardware: str | None = None
+
+    def __post_init__(self) -> None:
+        if not 0 < self.miou < 100:
+            raise ValueError(f"PublishedResult.miou must be a percentage in (0, 100), got {self.miou}")
+        if self.fps is not None and self.fps <= 0:
+            raise ValueError(f"PublishedResult.fps must be positive, got {self.fps}")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One registry entry. ``builder(num_outputs=..., **config)`` makes the network."""
+
+    name: str
+    builder: Callable[..., StagedSegmenter]
+    paper: str
+    classes: ClassSet
+    preprocessing: Preprocessing  # default for training from scratch; weights carry their own
+    default_config: Mapping[str, Any] = field(default_factory=dict)
+    void_outputs: int = 0  # extra never-predicted output channels in the authors' checkpoints
+    published: tuple[PublishedResult, ...] = ()
+    config_from_state_dict: Callable[[Mapping[str, torch.Tensor]], dict[str, Any]] | None = None
+
+    @property
+    def default_input_size(self) -> tuple[int, int]:
+        return self.preprocessing.input_size
+
+    @property
+    def channel_order(self) -> str:
+        return self.preprocessing.channel_order
+
+
+def _espnet(**kw: Any) -> StagedSegmenter:
+    from .espnet import ESPNet
+
+    return ESPNet(**kw)
+
+
+def _espnet_c(**kw: Any) -> StagedSegmenter:
+    from .espnet import ESPNetC
+
+    return ESPNetC(**kw)
+
+
+def _espnetv2(**kw: Any) -> StagedSegmenter:
+    from .espnetv2 import ESPNetV2
+
+    return ESPNetV2(**kw)
+
+
+def _enet(**kw: Any) -> StagedSegmenter:
+    from .enet import ENet
+
+    return ENet(**kw)
+
+
+def _icnet_r18(**kw: Any) -> StagedSegmenter:
+    from .icnet import ICNet
+
+    return ICNet(backbone="resnet18", **kw)
+
+
+def _icnet_r50(**kw: Any) -> StagedSegmenter:
+    from .icnet import ICNet
+
+    return ICNet(backbone="resnet50", **kw)
+
+
+def _deeplabv3plus_mnv2(**kw: Any) -> StagedSegmenter:
+    from .deeplabv3plus import DeepLabV3Plus
+
+    return DeepLabV3Plus(**kw)
+
+
+def _espnet_cfg(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    from .espnet import espnet_config_from_state_dict
+
+    return espnet_config_from_state_dict(dict(state))
+
+
+def _espnet_c_cfg(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    from .espnet import espnet_c_config_from_state_dict
+
+    return espnet_c_config_from_state_dict(dict(state))
+
+
+def _espnetv2_cfg(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    from .espnetv2 import espnetv2_config_from_state_dict
+
+    return espnetv2_config_from_state_dict(dict(state))
+
+
+_CITYSCAPES_IMAGENET = IMAGENET_RGB.with_input_size((2048, 1024))
+
+_MODELS: tuple[ModelSpec, ...] = (
+    ModelSpec(
+        name="enet",
+        builder=_enet,
+        paper="Paszke, Chaurasia, Kim, Culurciello. ENet. arXiv:1606.02147 (2016)",
+        classes=CITYSCAPES,
+        preprocessing=IMAGENET_RGB.with_input_size((1024, 512)),
+        published=(
+            PublishedResult("cityscapes", "test", 58.3, (1024, 512), "ENet paper, Tables 1 and 2",
+                            fps=76.9, hardware="NVIDIA Titan X (Maxwell)"),
+            PublishedResult("camvid", "test", 51.3, (480, 360), "ENet paper, Table 4"),
+        ),
+    ),
+    ModelSpec(
+        name="icnet-r18",
+        builder=_icnet_r18,
+        paper="Zhao, Qi, Shen, Shi, Jia. ICNet. ECCV 2018 (arXiv:1704.08545), ResNet-18 backbone",
+        classes=CITYSCAPES,
+        preprocessing=_CITYSCAPES_IMAGENET,
+    ),
+    ModelSpec(
+        name="icnet-r50",
+        builder=_icnet_r50,
+        paper="Zhao, Qi, Shen, Shi, Jia. ICNet. ECCV 2018 (arXiv:1704.08545)",
+        classes=CITYSCAPES,
+        preprocessing=_CITYSCAPES_IMAGENET,
+        published=(
+            PublishedResult("cityscapes", "test", 69.5, (2048, 1024), "ICNet paper, Table 7 (fine only)",
+                            fps=30.3, hardware="NVIDIA Titan X (Maxwell)"),
+            PublishedResult("camvid", "test", 67.1, (960, 720), "ICNet paper, Table 9",
+                            fps=27.8, hardware="NVIDIA Titan X (Maxwell)"),
+        ),
+    ),
+    ModelSpec(
+        name="deeplabv3plus-mobilenetv2",
+        builder=_deeplabv3plus_mnv2,
+        paper="Chen, Zhu, Papandreou, Schroff, Adam. DeepLabV3+. ECCV 2018, MobileNetV2 backbone",
+        classes=CITYSCAPES,
+        preprocessing=_CITYSCAPES_IMAGENET,
+        default_config={"output_stride": 16},
+        published=(
+            PublishedResult("cityscapes", "val", 70.71, (2048, 1024),
+                            "TensorFlow DeepLab model zoo, mobilenetv2_coco_cityscapes_trainfine"),
+        ),
+    ),
+    ModelSpec(
+        name="espnet",
+        builder=_espnet,
+        paper="Mehta, Rastegari, Caspi, Shapiro, Hajishirzi. ESPNet. ECCV 2018",
+        classes=CITYSCAPES,
+        preprocessing=ESPNET_CITYSCAPES_INPUT,
+        default_config={"p": 2, "q": 8, "skip_channels": 19},
+        void_outputs=1,
+        published=(
+            PublishedResult("cityscapes", "test", 60.3, (1024, 512), "ESPNet paper, Table 1",
+                            fps=112.0, hardware="NVIDIA Titan X (Pascal)"),
+            PublishedResult("camvid", "test", 55.6, (480, 360), "ESPNet authors' README (55.64)"),
+        ),
+        config_from_state_dict=_espnet_cfg,
+    ),
+    ModelSpec(
+        name="espnet-c",
+        builder=_espnet_c,
+        paper="Mehta et al. ESPNet (ECCV 2018): the encoder-only ESPNet-C",
+        classes=CITYSCAPES,
+        preprocessing=ESPNET_CITYSCAPES_INPUT,
+        default_config={"p": 2, "q": 8},
+        void_outputs=1,
+        config_from_state_dict=_espnet_c_cfg,
+    ),
+    ModelSpec(
+        name="espnetv2",
+        builder=_espnetv2,
+        paper="Mehta, Rastegari, Shapiro, Hajishirzi. ESPNetv2. CVPR 2019",
+        classes=CITYSCAPES,
+        preprocessing=ESPNETV2_CITYSCAPES_INPUT,
+        default_config={"scale": 2.0},
+        void_outputs=1,
+        published=(
+            PublishedResult("cityscapes", "val", 66.4, (1024, 512), "EdgeNets README, s=2.0"),
+            PublishedResult("cityscapes", "test", 62.1, (1024, 512), "ESPNetv2 paper, Table 3"),
+        ),
+        config_from_state_dict=_espnetv2_cfg,
+    ),
+)
+
+_REGISTRY: dict[str, ModelSpec] = {spec.name: spec for spec in _MODELS}
+
+# The model rtseg ships trained weights for (see rtseg/assets and `rtseg train`).
+DEFAULT_MODEL = "espnet"
+DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "assets" / "espnet_camvid.pt"
+
+
+def list_models() -> list[str]:
+    return list(_REGISTRY)
+
+
+def get_spec(name: str) -> ModelSpec:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ConfigError(f"unknown model {name!r}; available: {', '.join(_REGISTRY)}") from None
+
+
+def default_meta(name: str, *, num_classes: int | None = None, **config: Any) -> WeightsMeta:
+    """Metadata for freshly initialised weights of ``name``."""
+    spec = get_spec(name)
+    classes = spec.classes
+    if num_classes is not None and num_classes != len(classes):
+        classes = numbered_classes(num_classes)
+    return WeightsMeta(
+        model=name,
+        config={**spec.default_config, **config},
+        classes=classes,
+        num_outputs=len(classes),
+        preprocessing=spec.preprocessing,
+        provenance={"source": "random initialisation"},
+    )
+
+
+UNKNOWN_SOURCE = "unrecognised plain state dict"
+
+
+def _meta_for_plain(spec: ModelSpec, ckpt: LoadedCheckpoint) -> WeightsMeta:
+    known = find_known(ckpt.sha256)
+    config = dict(spec.default_config)
+    if spec.config_from_state_dict is not None:
+        try:
+            config = {**config, **spec.config_from_state_dict(ckpt.state_dict)}
+        except (KeyError, IndexError, ValueError):
+            pass  # not this architecture: the key comparison below says exactly how
+    inferred_outputs = int(config.pop("num_outputs", 0))
+    if known is not None:
+        if known.model != spec.name:
+            raise CheckpointError(
+                f"{ckpt.path} holds {known.model!r} weights ({known.filename}), not {spec.name!r}"
+            )
+        return WeightsMeta(
+            model=spec.name,
+            config=config,
+            classes=known.classes,
+            num_outputs=known.num_outputs,
+            preprocessing=known.preprocessing,
+            provenance={**known.provenance, "file": known.filename, "sha256": ckpt.sha256},
+            metrics=known.metrics,
+        )
+    num_outputs = inferred_outputs or len(spec.classes) + spec.void_outputs
+    classes = spec.classes
+    if num_outputs - spec.void_outputs != len(classes):
+        classes = numbered_classes(num_outputs - spec.void_outputs)
+    return WeightsMeta(
+        model=spec.name,
+        config=config,
+        classes=classes,
+        num_outputs=num_outputs,
+        preprocessing=spec.preprocessing,
+        provenance={"file": str(ckpt.path), "sha256": ckpt.sha256, "source": UNKNOWN_SOURCE},
+    )
+
+
+def get_model(
+    name: str,
+    *,
+    num_classes: int | None = None,
+    weights: str | os.PathLike[str] | None = None,
+    **config: Any,
+) -> StagedSegmenter:
+    """Build model ``name``; with ``weights``, load them strictly and attach their metadata.
+
+    The returned module is in eval mode and carries ``.meta`` (a ``WeightsMeta``): classes,
+    palette, preprocessing and provenance travel with the network.
+    """
+    spec = get_spec(name)
+    if weights is None:
+        meta = default_meta(name, num_classes=num_classes, **config)
+        model = spec.builder(num_outputs=meta.num_outputs, **meta.config)
+        model.meta = meta  # type: ignore[assignment]
+        return model.eval()
+
+    ckpt = read_checkpoint(weights)
+    if ckpt.meta is not None:
+        if ckpt.meta.model != name:
+            raise CheckpointError(f"{ckpt.path} holds weights for model {ckpt.meta.model!r}, not {name!r}")
+        meta = ckpt.meta
+    else:
+        meta = _meta_for_plain(spec, ckpt)
+    if num_classes is not None and num_classes != len(meta.classes):
+        raise CheckpointError(
+            f"{ckpt.path} predicts {len(meta.classes)} classes ({meta.classes.name}), "
+            f"but num_classes={num_classes} was asked for"
+        )
+    arch = {**meta.config, **config}
+    try:
+        model = spec.builder(num_outputs=meta.num_outputs, **arch)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{ckpt.path}: cannot build {name!r} with config {arch}: {exc}") from None
+    expected = model.state_dict()
+    check_state_dict_fits(expected, ckpt.state_dict, path=ckpt.path, model=name)
+    state = {k: ckpt.state_dict.get(k, v).to(v.dtype) for k, v in expected.items()}
+    model.load_state_dict(state, strict=True)
+    if meta.provenance.get("source") == UNKNOWN_SOURCE:
+        log.warning(
+            "%s is a plain state dict rtseg does not recognise: assuming %s's default preprocessing "
+            "(%s) and classes %r; save it as an rtseg checkpoint to record the real ones",
+            ckpt.path, name, meta.preprocessing, meta.classes.name,
+        )
+    model.meta = meta  # type: ignore[assignment]
+    return model.eval()

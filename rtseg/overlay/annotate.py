@@ -1,0 +1,107 @@
+"""Drawing results: palette lookup and blend, optional legend and HUD.
+
+Colouring uses ``cv2.LUT`` on a 3-channel view of the label map (about 0.5 ms at 1024x512 where
+NumPy fancy indexing takes 5 ms) and ``cv2.addWeighted`` for the blend.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Literal
+
+import cv2
+import numpy as np
+
+from ..data.labels import ClassSet
+from ..result import SegResult
+
+Mode = Literal["overlay", "mask", "side-by-side"]
+MODES: tuple[str, ...] = ("overlay", "mask", "side-by-side")
+
+
+@dataclass(frozen=True)
+class OverlayStyle:
+    mode: Mode = "overlay"
+    alpha: float = 0.5  # weight of the colour mask in "overlay" mode
+    legend: bool = False
+    hud: bool = False
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"OverlayStyle.mode must be one of {MODES}, got {self.mode!r}")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"OverlayStyle.alpha must be in [0, 1], got {self.alpha}")
+
+
+@functools.lru_cache(maxsize=32)
+def _lut(classes: ClassSet) -> np.ndarray:
+    return classes.palette_bgr_lut()
+
+
+def colorize(labels: np.ndarray, classes: ClassSet, size: tuple[int, int] | None = None) -> np.ndarray:
+    """h x w uint8 labels -> H x W x 3 BGR colours, resized (nearest) to ``size`` = (W, H) first."""
+    if labels.dtype != np.uint8 or labels.ndim != 2:
+        raise ValueError(f"labels must be an h x w uint8 map, got shape {labels.shape} dtype {labels.dtype}")
+    if size is not None and (labels.shape[1], labels.shape[0]) != tuple(size):
+        labels = cv2.resize(labels, size, interpolation=cv2.INTER_NEAREST)
+    return cv2.LUT(cv2.merge((labels, labels, labels)), _lut(classes))
+
+
+def _draw_legend(image: np.ndarray, classes: ClassSet, present: np.ndarray | None) -> None:
+    ids = range(len(classes)) if present is None else [i for i in range(len(classes)) if present[i]]
+    scale = max(0.4, image.shape[0] / 1400)
+    row = int(22 * scale / 0.5)
+    x0, y0 = 8, 8
+    for k, i in enumerate(ids):
+        y = y0 + k * row
+        if y + row > image.shape[0]:
+            break
+        b, g, r = (int(v) for v in classes.palette[i][::-1])
+        cv2.rectangle(image, (x0, y), (x0 + row - 4, y + row - 4), (b, g, r), -1)
+        cv2.putText(image, classes.names[i], (x0 + row + 2, y + row - 8), cv2.FONT_HERSHEY_SIMPLEX, scale,
+                    (0, 0, 0), 3, cv2.LINE_AA)
+        cv2.putText(image, classes.names[i], (x0 + row + 2, y + row - 8), cv2.FONT_HERSHEY_SIMPLEX, scale,
+                    (255, 255, 255), 1, cv2.LINE_AA)
+
+
+def _draw_hud(image: np.ndarray, result: SegResult, fps: float | None) -> None:
+    parts = []
+    if fps is not None:
+        parts.append(f"{fps:5.1f} FPS")
+    parts.append(f"{result.latency_ms:6.1f} ms")
+    parts.append("KEY" if result.is_keyframe else f"reuse +{result.deep_age}")
+    text = "  ".join(parts)
+    scale = max(0.5, image.shape[0] / 1000)
+    (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+    x, y = image.shape[1] - tw - 10, th + 10
+    cv2.rectangle(image, (x - 6, y - th - 6), (x + tw + 6, y + 6), (0, 0, 0), -1)
+    colour = (0, 220, 255) if result.is_keyframe else (255, 255, 255)
+    cv2.putText(image, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, colour, 1, cv2.LINE_AA)
+
+
+def annotate(
+    frame: np.ndarray,
+    result: SegResult,
+    mode: Mode = "overlay",
+    alpha: float = 0.5,
+    legend: bool = False,
+    hud: bool = False,
+    fps: float | None = None,
+) -> np.ndarray:
+    """A new BGR image showing ``result`` on ``frame``; ``frame`` itself is not modified."""
+    style = OverlayStyle(mode, alpha, legend, hud)
+    h, w = frame.shape[:2]
+    mask = colorize(result.labels, result.classes, (w, h))
+    if style.mode == "mask":
+        out = mask
+    elif style.mode == "overlay":
+        out = cv2.addWeighted(mask, style.alpha, frame, 1.0 - style.alpha, 0.0)
+    else:
+        out = np.hstack((frame, mask))
+    if style.legend:
+        present = np.bincount(result.labels.ravel(), minlength=256)[: len(result.classes)] > 0
+        _draw_legend(out, result.classes, present)
+    if style.hud:
+        _draw_hud(out, result, fps)
+    return out

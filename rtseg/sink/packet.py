@@ -1,0 +1,33 @@
+"""What the pipeline hands to every sink: the frame, its result, and the overlay, drawn once."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..overlay.annotate import OverlayStyle, annotate
+from ..result import SegResult
+from ..source.frame import Frame
+
+
+@dataclass(eq=False)
+class Packet:
+    """Shared by all sinks of a frame. ``overlay()`` draws on first use, in the sink thread that
+    needs it, so drawing stays off the inference thread and happens once however many sinks ask."""
+
+    frame: Frame
+    result: SegResult
+    style: OverlayStyle = field(default_factory=OverlayStyle)
+    fps: float | None = None
+    _overlay: np.ndarray | None = field(default=None, init=False, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+
+    def overlay(self) -> np.ndarray:
+        with self._lock:
+            if self._overlay is None:
+                s = self.style
+                self._overlay = annotate(self.frame.image, self.result, s.mode, s.alpha, s.legend, s.hud,
+                                         fps=self.fps)
+            return self._overlay

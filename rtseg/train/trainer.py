@@ -1,0 +1,370 @@
+"""The training loop: resumable at any step, validated periodically, best weights kept.
+
+Determinism is what makes resume exact: the sample order of epoch ``e`` and the augmentation of
+sample ``i`` in it are drawn from generators seeded by ``(seed, e)`` and ``(seed, e, i)``, so a
+run that restarts at (epoch, batch) sees the same batches it would have seen without the stop.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import signal
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .._version import __version__
+from ..data.datasets import SegmentationDataset, open_dataset
+from ..data.preprocess import Normalize, Preprocessing
+from ..errors import CheckpointError, ConfigError
+from ..evaluate import evaluate, torch_logits_fn
+from ..models import get_model
+from ..models.checkpoint import WeightsMeta, atomic_torch_save, save_checkpoint
+from .augment import ScaleCropFlip
+from .loss import SegmentationLoss, class_frequencies, enet_class_weights
+
+log = logging.getLogger(__name__)
+
+STATE_FORMAT = "rtseg.train-state"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a run; saved in its state so a resume cannot silently change it."""
+
+    model: str
+    dataset: str
+    root: str
+    out: str  # best weights, rtseg checkpoint format
+    size: tuple[int, int] = (480, 360)  # network input (w, h) for validation; also the crop
+    epochs: int = 100
+    batch: int = 8
+    lr: float = 5e-4
+    optimizer: Literal["adam", "sgd"] = "adam"
+    weight_decay: float = 2e-4
+    momentum: float = 0.9
+    poly_power: float = 0.9
+    scale_range: tuple[float, float] = (0.5, 2.0)
+    class_weight_c: float = 1.10  # ENet-style 1/ln(c + p); 0 disables class weighting
+    train_split: str = "train"
+    val_split: str = "val"
+    val_every: int = 1
+    seed: int = 0
+    init: str | None = None  # weights to fine-tune from (matching tensors are loaded)
+    device: str = "cpu"
+    amp: bool = True  # mixed precision on CUDA; ignored on CPU
+    compile: bool = False  # torch.compile the training step (about 2x on CPU after a ~2 min compile)
+    save_every_s: float = 300.0
+    half_weights: bool = True  # ship the best weights as fp16
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch", "val_every"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ConfigError(f"lr must be positive, got {self.lr}")
+        if self.optimizer not in ("adam", "sgd"):
+            raise ConfigError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
+        if self.class_weight_c and self.class_weight_c <= 1:
+            raise ConfigError(f"class_weight_c must be > 1 (or 0 to disable), got {self.class_weight_c}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["size"] = list(self.size)
+        d["scale_range"] = list(self.scale_range)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        d = dict(d)
+        d["size"] = tuple(d["size"])
+        d["scale_range"] = tuple(d["scale_range"])
+        return cls(**d)
+
+
+@dataclass
+class TrainState:
+    epoch: int = 0  # epoch in progress
+    batch: int = 0  # batches of that epoch already done
+    best_miou: float = -1.0
+    best_epoch: int = -1
+    history: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0  # training time spent across all resumed chunks
+
+
+def state_path_for(out: str | Path) -> Path:
+    out = Path(out)
+    return out.with_name(out.stem + ".state.pt")
+
+
+def dataset_statistics(dataset: SegmentationDataset) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel BGR mean and std over the training images (for standardising the input)."""
+    total = np.zeros(3)
+    total_sq = np.zeros(3)
+    n = 0
+    for sample in dataset:
+        pixels = sample.image.reshape(-1, 3).astype(np.float64)
+        total += pixels.sum(0)
+        total_sq += (pixels**2).sum(0)
+        n += pixels.shape[0]
+    mean = total / n
+    std = np.sqrt(np.maximum(total_sq / n - mean**2, 1e-6))
+    return tuple(round(float(v), 3) for v in mean), tuple(round(float(v), 3) for v in std)
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, *, progress: bool = True) -> None:
+        self.config = config
+        self.progress = progress
+        self.device = torch.device(config.device)
+        self.train_set = open_dataset(config.dataset, config.root, config.train_split)
+        self.val_set = open_dataset(config.dataset, config.root, config.val_split)
+        self.train_set.cache_in_memory()
+        self.val_set.cache_in_memory()
+        self.classes = self.train_set.classes
+        self.state_path = state_path_for(config.out)
+        self.state = TrainState()
+        self._stop_signal: int | None = None
+
+        if config.init:
+            init_model = get_model(config.model, weights=config.init)
+            self.preprocessing = init_model.meta.preprocessing.with_input_size(config.size)
+        else:
+            init_model = None
+            mean, std = dataset_statistics(self.train_set)
+            self.preprocessing = Preprocessing("BGR", mean, std, input_size=config.size)  # type: ignore[arg-type]
+        self.model = get_model(config.model, num_classes=len(self.classes))
+        if init_model is not None:
+            self._load_matching(init_model.state_dict())
+        self.model.to(self.device)
+        self.normalize = Normalize(self.preprocessing).to(self.device)
+
+        weights = None
+        if config.class_weight_c:
+            freq = class_frequencies(self.train_set, len(self.classes), self.classes.ignore_index)
+            weights = torch.from_numpy(enet_class_weights(freq, config.class_weight_c))
+        self.class_weights = weights
+        self.loss = SegmentationLoss(
+            len(self.classes), weights, self.classes.ignore_index,
+            aux_weights=getattr(self.model, "aux_weights", None),
+        ).to(self.device)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if config.optimizer == "adam":
+            self.optimizer: torch.optim.Optimizer = torch.optim.Adam(
+                params, lr=config.lr, weight_decay=config.weight_decay
+            )
+        else:
+            self.optimizer = torch.optim.SGD(
+                params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+            )
+        self.augment = ScaleCropFlip(config.size, config.scale_range, ignore_index=self.classes.ignore_index)
+        self.iters_per_epoch = len(self.train_set) // config.batch
+        if self.iters_per_epoch == 0:
+            raise ConfigError(
+                f"batch {config.batch} is larger than the training set ({len(self.train_set)} images)"
+            )
+        self.train_forward = (
+            torch.compile(self.model.forward_with_aux) if config.compile else self.model.forward_with_aux
+        )
+        self.use_amp = config.amp and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+
+    def _load_matching(self, source: dict[str, torch.Tensor]) -> None:
+        target = self.model.state_dict()
+        loaded = {k: v for k, v in source.items() if k in target and target[k].shape == v.shape}
+        skipped = [k for k in target if k not in loaded]
+        self.model.load_state_dict({**target, **loaded})
+        log.info("fine-tuning from %s: %d tensors loaded, %d re-initialised%s", self.config.init,
+                 len(loaded), len(skipped), f" (first: {skipped[:3]})" if skipped else "")
+
+    # ----- resumable state ---------------------------------------------------------------
+    def save_state(self) -> None:
+        payload = {
+            "format": STATE_FORMAT,
+            "format_version": 1,
+            "config": self.config.to_dict(),
+            "preprocessing": self.preprocessing.to_dict(),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "progress": json.dumps(asdict(self.state)),
+        }
+        atomic_torch_save(payload, self.state_path)
+
+    def load_state(self, path: Path) -> None:
+        try:
+            payload = torch.load(path, map_location=self.device, weights_only=True)
+        except FileNotFoundError:
+            raise CheckpointError(f"resume state not found: {path}") from None
+        except Exception as exc:
+            raise CheckpointError(f"{path}: cannot read the training state ({exc})") from None
+        if not isinstance(payload, dict) or payload.get("format") != STATE_FORMAT:
+            raise CheckpointError(f"{path} is not an rtseg training state (written by `rtseg train`)")
+        saved = TrainConfig.from_dict(payload["config"])
+        # Only the stopping point may differ between chunks; anything else would change the run.
+        mine = replace(self.config, epochs=saved.epochs, save_every_s=saved.save_every_s,
+                       compile=saved.compile)
+        if mine != saved:
+            diff = {k: (v, getattr(self.config, k)) for k, v in asdict(saved).items()
+                    if getattr(mine, k) != v}
+            raise ConfigError(f"{path} was written by a run with other settings (saved, now): {diff}")
+        self.preprocessing = Preprocessing.from_dict(payload["preprocessing"])
+        self.normalize = Normalize(self.preprocessing).to(self.device)
+        self.model.load_state_dict(payload["model"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.scaler.load_state_dict(payload["scaler"])
+        self.state = TrainState(**json.loads(payload["progress"]))
+        log.info("resumed %s at epoch %d, batch %d (best val mIoU %.2f)",
+                 path, self.state.epoch, self.state.batch, 100 * max(self.state.best_miou, 0))
+
+    # ----- data ---------------------------------------------------------------------------
+    def _epoch_order(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng((self.config.seed, epoch)).permutation(len(self.train_set))
+
+    def _make_batch(self, epoch: int, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        images, labels = [], []
+        for i in indices:
+            sample = self.train_set[int(i)]
+            rng = np.random.default_rng((self.config.seed, epoch, int(i)))
+            image, label = self.augment(sample.image, sample.label, rng)
+            images.append(image)
+            labels.append(label)
+        return torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(labels)).long()
+
+    def _batches(self, epoch: int, start: int) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+        order = self._epoch_order(epoch)
+        b = self.config.batch
+        jobs = [(k, order[k * b : (k + 1) * b]) for k in range(start, self.iters_per_epoch)]
+        with ThreadPoolExecutor(max_workers=1) as pool:  # prepares batch k+1 while k trains
+            pending = pool.submit(self._make_batch, epoch, jobs[0][1]) if jobs else None
+            for n, (k, _) in enumerate(jobs):
+                images, labels = pending.result()  # type: ignore[union-attr]
+                if n + 1 < len(jobs):
+                    pending = pool.submit(self._make_batch, epoch, jobs[n + 1][1])
+                yield k, images, labels
+
+    # ----- loop ---------------------------------------------------------------------------
+    def _lr_at(self, step: int) -> float:
+        total = self.config.epochs * self.iters_per_epoch
+        return self.config.lr * (1 - min(step, total - 1) / total) ** self.config.poly_power
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        self._stop_signal = signum
+
+    def validate(self) -> float:
+        self.model.eval()
+        report = evaluate(
+            torch_logits_fn(self.model, self.preprocessing), self.val_set,
+            classes=self.classes, input_size=self.config.size, total=len(self.val_set),
+            progress=False,
+        )
+        self.model.train()
+        return report.scores.miou
+
+    def _save_best(self, miou: float, epoch: int) -> None:
+        c = self.config
+        meta = WeightsMeta(
+            model=c.model,
+            config=dict(self.model.meta.config),
+            classes=self.classes,
+            num_outputs=self.model.num_outputs,
+            preprocessing=self.preprocessing,
+            provenance={
+                "source": "rtseg train",
+                "rtseg_version": __version__,
+                "dataset": f"{c.dataset} {c.train_split} ({len(self.train_set)} images)",
+                "selected_on": f"{c.dataset} {c.val_split} mIoU",
+                "epoch": epoch + 1,
+                "recipe": {k: v for k, v in c.to_dict().items() if k not in ("root", "out", "device")},
+                "trained_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            },
+            metrics={f"{c.dataset}/{c.val_split}": {"miou": round(100 * miou, 2), "by": "rtseg train"}},
+        )
+        save_checkpoint(c.out, self.model.state_dict(), meta, half=c.half_weights)
+
+    def fit(self, *, max_seconds: float | None = None) -> TrainState:
+        """Train until ``epochs`` or ``max_seconds``; always leaves a resumable state behind."""
+        c = self.config
+        st = self.state
+        total_steps = c.epochs * self.iters_per_epoch
+        done_steps = st.epoch * self.iters_per_epoch + st.batch
+        old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        started = time.monotonic()
+        last_save = started
+        bar = tqdm(total=total_steps, initial=done_steps, unit="batch", disable=not self.progress,
+                   desc=f"train {c.model}", dynamic_ncols=True)
+        self.model.train()
+        stopped = False
+        try:
+            while st.epoch < c.epochs and not stopped:
+                losses: list[float] = []
+                for k, images, labels in self._batches(st.epoch, st.batch):
+                    step = st.epoch * self.iters_per_epoch + k
+                    lr = self._lr_at(step)
+                    for group in self.optimizer.param_groups:
+                        group["lr"] = lr
+                    torch.manual_seed(c.seed * 1_000_003 + step)  # dropout masks follow the step
+                    x = self.normalize(images.to(self.device)).contiguous()
+                    y = labels.to(self.device)
+                    with torch.autocast(self.device.type, enabled=self.use_amp):
+                        logits, aux = self.train_forward(x)
+                    loss, _parts = self.loss(logits, aux, y)
+                    if not math.isfinite(float(loss.detach())):
+                        raise RuntimeError(f"loss became {float(loss.detach())} at epoch {st.epoch + 1}, batch {k}: "
+                                           "lower --lr or check the labels")
+                    self.optimizer.zero_grad(set_to_none=True)
+                    self.scaler.scale(loss).backward()
+                    self.scaler.step(self.optimizer)
+                    self.scaler.update()
+                    losses.append(float(loss.detach()))
+                    st.batch = k + 1
+                    bar.update(1)
+                    bar.set_postfix(epoch=st.epoch + 1, loss=f"{np.mean(losses[-20:]):.3f}", lr=f"{lr:.2e}")
+                    now = time.monotonic()
+                    if self._stop_signal is not None or (max_seconds and now - started >= max_seconds):
+                        stopped = True
+                        break
+                    if now - last_save >= c.save_every_s:
+                        st.seconds += now - last_save
+                        last_save = now
+                        self.save_state()
+                if stopped:
+                    break
+                entry: dict[str, Any] = {"epoch": st.epoch + 1, "loss": round(float(np.mean(losses)), 4)
+                                         if losses else None}
+                if (st.epoch + 1) % c.val_every == 0 or st.epoch + 1 == c.epochs:
+                    miou = self.validate()
+                    entry["val_miou"] = round(100 * miou, 2)
+                    if miou > st.best_miou:
+                        st.best_miou, st.best_epoch = miou, st.epoch
+                        self._save_best(miou, st.epoch)
+                    bar.write(f"epoch {st.epoch + 1}/{c.epochs}: loss {entry['loss']}, val mIoU "
+                              f"{entry['val_miou']:.2f} (best {100 * st.best_miou:.2f} @ {st.best_epoch + 1})")
+                st.history.append(entry)
+                st.epoch += 1
+                st.batch = 0
+                now = time.monotonic()
+                st.seconds += now - last_save
+                last_save = now
+                self.save_state()
+        finally:
+            bar.close()
+            for s, h in old_handlers.items():
+                signal.signal(s, h)
+        if stopped:
+            st.seconds += time.monotonic() - last_save
+            self.save_state()
+            why = "signal" if self._stop_signal is not None else "time limit"
+            log.info("stopped (%s) at epoch %d batch %d; resume with --resume %s",
+                     why, st.epoch + 1, st.batch, self.state_path)
+        return st

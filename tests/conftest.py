@@ -1,0 +1,42 @@
+"""Shared fixtures: where the real data is, and a skip when it is not there."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+
+# Two cores: one torch thread per test process keeps timings sane next to other work.
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def data_dir() -> Path:
+    return Path(os.environ.get("RTSEG_DATA", REPO.parent / "shared" / "data")).resolve()
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    root = data_dir()
+    if not (root / "weights").is_dir():
+        pytest.skip(f"real weights and datasets not found in {root} (set RTSEG_DATA to ../shared/data)")
+    return root
+
+
+@pytest.fixture(scope="session")
+def camvid_root(data_root: Path) -> Path:
+    root = data_root / "camvid"
+    if not (root / "test").is_dir():
+        pytest.skip(f"CamVid not found in {root}")
+    return root
+
+
+@pytest.fixture(scope="session")
+def espnet_camvid_weights(data_root: Path) -> Path:
+    path = data_root / "weights" / "espnet" / "decoder" / "espnet_p_2_q_8_camvid.pth"
+    if not path.is_file():
+        pytest.skip(f"ESPNet CamVid checkpoint not found at {path}")
+    return path
