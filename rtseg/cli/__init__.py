@@ -13,7 +13,12 @@ from ..errors import RtsegError
 # sub-command name -> module in rtseg.cli (each defines `register(subparsers)`)
 COMMANDS = {
     "eval": "eval_cmd",
+    "models": "models_cmd",
+    "run": "run_cmd",
     "train": "train_cmd",
+    "view": "view_cmd",
+    "serve": "serve_cmd",
+    "keys": "keys_cmd",
 }
 
 

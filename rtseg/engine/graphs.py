@@ -72,9 +72,23 @@ class DeepGraph(nn.Module):
         return tuple(deep[n] for n in self.names)
 
 
+def labels_from(logits: Tensor, num_classes: int, portable: bool = False) -> Tensor:
+    """uint8 argmax over the real classes. ``portable`` casts through float32 first: TensorRT only
+    converts to uint8 from float32/float16, never from integer indices (exact below 2**24 classes)."""
+    index = logits[:, :num_classes].argmax(1)
+    if portable:
+        index = index.to(torch.float32)
+    return index.to(torch.uint8)
+
+
 class HeadGraph(nn.Module):
     def __init__(
-        self, model: StagedSegmenter, low_inputs: tuple[str, ...], num_classes: int, with_logits: bool
+        self,
+        model: StagedSegmenter,
+        low_inputs: tuple[str, ...],
+        num_classes: int,
+        with_logits: bool,
+        portable_labels: bool = False,
     ) -> None:
         super().__init__()
         self.model = model
@@ -82,13 +96,14 @@ class HeadGraph(nn.Module):
         self.deep_names = tuple(f.name for f in model.stage_spec.deep)
         self.num_classes = num_classes
         self.with_logits = with_logits
+        self.portable_labels = portable_labels
 
     def forward(self, *inputs: Tensor) -> tuple[Tensor, ...]:
         n = len(self.low_names)
         low = dict(zip(self.low_names, inputs[:n], strict=True))
         deep = dict(zip(self.deep_names, inputs[n:], strict=True))
         logits = self.model.forward_head(low, deep)
-        labels = logits[:, : self.num_classes].argmax(1).to(torch.uint8)
+        labels = labels_from(logits, self.num_classes, self.portable_labels)
         return (labels, logits) if self.with_logits else (labels,)
 
 

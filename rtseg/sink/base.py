@@ -31,6 +31,7 @@ class SinkStats:
     dropped: int
     errors: int
     last_error: str | None
+    emit_ms: float = 0.0  # total time spent in emit (drawing, encoding, writing) on the sink's thread
 
 
 class Sink(ABC):
@@ -48,8 +49,10 @@ class Sink(ABC):
         self._dropped = 0
         self._errors = 0
         self._last_error: str | None = None
+        self._emit_ms = 0.0
         self._lock = threading.Lock()
         self._closed = False
+        self._stop_requested = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"sink:{uri}", daemon=True)
         self._thread.start()
 
@@ -83,10 +86,12 @@ class Sink(ABC):
             packet = self._queue.get()
             if packet is _STOP:
                 break
+            start = time.perf_counter()
             try:
                 self.emit(packet)
                 with self._lock:
                     self._written += 1
+                    self._emit_ms += (time.perf_counter() - start) * 1000
             except Exception as exc:  # a failing output must not take the pipeline down
                 with self._lock:
                     self._errors += 1
@@ -121,7 +126,15 @@ class Sink(ABC):
     @property
     def stats(self) -> SinkStats:
         with self._lock:
-            return SinkStats(self._written, self._dropped, self._errors, self._last_error)
+            return SinkStats(self._written, self._dropped, self._errors, self._last_error, self._emit_ms)
+
+    def request_stop(self) -> None:
+        """Ask the pipeline feeding this sink to stop (a closed window, a 'q' key press)."""
+        self._stop_requested.set()
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop_requested.is_set()
 
     def __enter__(self) -> Sink:
         return self

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,6 +23,7 @@ class Packet:
     result: SegResult
     style: OverlayStyle = field(default_factory=OverlayStyle)
     fps: float | None = None
+    on_overlay: Callable[[float], None] | None = None  # told the drawing time in ms (cost accounting)
     _overlay: np.ndarray | None = field(default=None, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
@@ -28,6 +31,9 @@ class Packet:
         with self._lock:
             if self._overlay is None:
                 s = self.style
+                start = time.perf_counter()
                 self._overlay = annotate(self.frame.image, self.result, s.mode, s.alpha, s.legend, s.hud,
                                          fps=self.fps)
+                if self.on_overlay is not None:
+                    self.on_overlay((time.perf_counter() - start) * 1000)
             return self._overlay

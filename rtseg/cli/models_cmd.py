@@ -1,0 +1,56 @@
+"""`rtseg models`: the registry, with parameters and measured per-stage FLOP shares."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..models import get_model, get_spec, list_models
+from ..models.base import param_count
+from ..models.flops import stage_flops
+from .common import parse_size
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("models", help="list models, their metadata and stage FLOP shares")
+    p.add_argument("--flops", action="store_true", help="measure FLOPs per stage (takes a few seconds each)")
+    p.add_argument("--size", type=parse_size, default=(1024, 512), help="input WxH for --flops")
+    p.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    rows = []
+    for name in list_models():
+        spec = get_spec(name)
+        model = get_model(name)
+        row = {
+            "model": name,
+            "params (M)": f"{param_count(model) / 1e6:.2f}",
+            "input": f"{spec.default_input_size[0]}x{spec.default_input_size[1]} {spec.channel_order}",
+            "low -> head reads": ", ".join(f"{f.name}/{f.stride}" for f in model.stage_spec.low),
+            "cached deep": ", ".join(f"{f.name}({f.channels})/{f.stride}" for f in model.stage_spec.deep),
+        }
+        if args.flops:
+            w, h = args.size
+            m = model.stage_spec.input_multiple
+            flops = stage_flops(model, (w - w % m, h - h % m))
+            row.update({
+                "GFLOPs": f"{flops.total / 1e9:.2f}",
+                "low %": f"{100 * flops.share('low'):.1f}",
+                "deep %": f"{100 * flops.share('deep'):.1f}",
+                "head %": f"{100 * flops.share('head'):.1f}",
+                "low+head %": f"{100 * flops.per_frame_share:.1f}",
+            })
+        rows.append(row)
+    keys = list(rows[0])
+    if args.markdown:
+        print("| " + " | ".join(keys) + " |")
+        print("|" + "---|" * len(keys))
+        for r in rows:
+            print("| " + " | ".join(r[k] for k in keys) + " |")
+    else:
+        widths = {k: max(len(k), *(len(r[k]) for r in rows)) for k in keys}
+        print("  ".join(k.ljust(widths[k]) for k in keys))
+        for r in rows:
+            print("  ".join(r[k].ljust(widths[k]) for k in keys))
+    return 0

@@ -1,0 +1,196 @@
+"""`rtseg run`: segment a live or recorded source into outputs; with no arguments, the offline demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ConfigError
+from ..metrics import ConfusionMatrix
+from ..overlay.annotate import MODES, OverlayStyle
+from ..pipeline import Pipeline, PipelineStats
+from ..schedule import SCHEDULERS, make_scheduler
+from ..schedule.sequence import labels_at
+from ..segmenter import Segmenter, load_engine
+from ..source import open_source
+from .common import add_model_args, parse_size
+
+DEMO_SOURCE = "synthetic://drive?size=1280x720&fps=30&seed=0&frames=90"
+DEMO_OUTPUT = "out/demo.mp4"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "run",
+        help="segment a camera, stream, video or folder into files, a window or a stream",
+        description="Segment SOURCE into each SINK. With no arguments: the offline demo (a synthetic "
+                    f"drive scene through the default model into {DEMO_OUTPUT}). Ctrl-C stops cleanly.",
+        epilog="SOURCE: a path, file://, images://DIR-OR-GLOB, camera://N, v4l2:///dev/videoN, rtsp://, "
+               "http(s)://, synthetic://drive?size=WxH&fps=N&seed=S&frames=N.  SINK: a path (.mp4, .avi, "
+               "out/%%06d.png), display://0, zmq://tcp://HOST:PORT, null://",
+    )
+    p.add_argument("source", nargs="?", default=None, help=f"input URI (default: the demo, {DEMO_SOURCE})")
+    p.add_argument("sinks", nargs="*", help="output URIs (default with no source: out/demo.mp4)")
+    add_model_args(p)
+    p.add_argument("--backend", default="auto", help="inference backend (default: auto)")
+    p.add_argument("--precision", default="fp32")
+    p.add_argument("--size", type=parse_size, default=None, help="engine input WxH (default: the weights')")
+    g = p.add_argument_group("keyframe scheduling")
+    g.add_argument("--scheduler", choices=SCHEDULERS, default="adaptive")
+    g.add_argument("--interval", type=int, default=None, help="clockwork: a keyframe every K frames (4)")
+    g.add_argument("--threshold", type=float, default=None, help="adaptive/async: change threshold T")
+    g.add_argument("--max-interval", type=int, default=None, help="adaptive/async: keyframe at least every N")
+    g.add_argument("--target-keyframe-rate", type=float, default=None,
+                   help="adaptive/async: calibrate T on the opening frames to reach this keyframe rate")
+    g.add_argument("--warp", action="store_true", help="warp cached deep features along DIS optical flow")
+    s = p.add_argument_group("source")
+    s.add_argument("--realtime", action="store_true", help="pace files by the wall clock, dropping late frames")
+    s.add_argument("--loop", action="store_true", help="restart files and folders at their end")
+    s.add_argument("--rate", type=float, default=None, help="at most this many frames per second")
+    s.add_argument("--resize", type=parse_size, default=None, help="resize captured frames to WxH")
+    s.add_argument("--timeout", type=float, default=10.0, help="live sources: open/read timeout, seconds")
+    s.add_argument("--reconnect", type=int, default=5, help="live sources: reconnect attempts")
+    s.add_argument("--frames", type=int, default=None, help="stop after N frames")
+    o = p.add_argument_group("output")
+    o.add_argument("--mode", choices=MODES, default="overlay")
+    o.add_argument("--alpha", type=float, default=0.5, help="mask weight in overlay mode")
+    o.add_argument("--legend", action="store_true")
+    o.add_argument("--hud", action="store_true", help="draw FPS, latency and keyframe flag")
+    o.add_argument("--stats", action="store_true", help="print the per-stage cost breakdown at the end")
+    o.add_argument("--compare-every", action="store_true",
+                   help="also run every frame through the full model first and report the speedup and "
+                        "the agreement (mIoU of the scheduled labels against the per-frame labels)")
+    o.add_argument("--json", type=Path, default=None, help="write the summary as JSON")
+    o.add_argument("--quiet", action="store_true", help="no live status line")
+    p.set_defaults(func=run)
+
+
+def _scheduler(args: argparse.Namespace):  # noqa: ANN202
+    return make_scheduler(
+        args.scheduler, interval=args.interval, threshold=args.threshold, max_interval=args.max_interval,
+        target_keyframe_rate=args.target_keyframe_rate, warp=args.warp,
+    )
+
+
+def _source_options(args: argparse.Namespace) -> dict:
+    return {"loop": args.loop, "resize": args.resize, "rate": args.rate, "realtime": args.realtime,
+            "timeout": args.timeout, "reconnect": args.reconnect}
+
+
+def _every_reference(args: argparse.Namespace, seg: Segmenter) -> tuple[dict[int, np.ndarray], float, float]:
+    """Per-frame labels of the every schedule on the same source: (labels by frame index, ms/frame, FPS)."""
+    labels: dict[int, np.ndarray] = {}
+    total_ms = 0.0
+    seg.use_scheduler("every")
+    start = time.perf_counter()
+    with open_source(args.source, **_source_options(args)) as src:
+        if src.info.live:
+            raise ConfigError("--compare-every runs the source twice: use a file, folder or synthetic source "
+                              "without --realtime")
+        for n, frame in enumerate(src):
+            if args.frames is not None and n >= args.frames:
+                break
+            r = seg(frame)
+            labels[frame.index] = r.labels.copy()
+            total_ms += r.latency_ms
+    seconds = time.perf_counter() - start
+    return labels, total_ms / max(len(labels), 1), len(labels) / max(seconds, 1e-9)
+
+
+def run(args: argparse.Namespace) -> int:
+    demo = args.source is None
+    if demo:
+        args.source = DEMO_SOURCE
+        args.sinks = args.sinks or [DEMO_OUTPUT]
+    style = OverlayStyle(args.mode, args.alpha, args.legend, args.hud)  # validates before the slow load
+    scheduler = _scheduler(args)
+    engine = load_engine(args.model, weights=args.weights, backend=args.backend, input_size=args.size,
+                         precision=args.precision)
+    engine.warmup(1)
+    seg = Segmenter(engine=engine, scheduler=scheduler)
+    print(f"rtseg run: {args.source} -> {', '.join(args.sinks) or '(no outputs: results are discarded)'}",
+          file=sys.stderr)
+    print(f"  {engine.info.model} on {engine.info.backend} ({engine.info.library}) at "
+          f"{engine.input_size[0]}x{engine.input_size[1]}, scheduler {scheduler.describe()}", file=sys.stderr)
+    reference = every_ms = every_fps = None
+    if args.compare_every:
+        print("  --compare-every: first pass with every frame a keyframe ...", file=sys.stderr)
+        reference, every_ms, every_fps = _every_reference(args, seg)
+        seg.use_scheduler(scheduler)
+    n = len(engine.meta.classes)
+    agreement = ConfusionMatrix(n, engine.meta.classes.ignore_index)
+    missing = 0
+
+    def compare(frame, result) -> None:  # noqa: ANN001
+        nonlocal missing
+        if reference is None:
+            return
+        ref = reference.get(frame.index)
+        if ref is None:
+            missing += 1
+            return
+        agreement.update(ref, labels_at(result.labels, ref.shape))
+
+    pipeline = Pipeline(args.source, seg, sinks=args.sinks, on_result=compare, style=style,
+                        max_frames=args.frames, source_options=_source_options(args))
+    tty = sys.stderr.isatty() and not args.quiet
+    interrupted = False
+    last = 0.0
+    try:
+        for _ in pipeline:
+            now = time.perf_counter()
+            if tty and now - last >= 0.5:
+                last = now
+                line = pipeline.stats.status_line(pipeline.recent_fps())
+                print(f"\r{line}\x1b[K", end="", file=sys.stderr, flush=True)
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        stats = pipeline.close()
+        seg.close()
+    if tty:
+        print(file=sys.stderr)
+    if interrupted:
+        print("stopped (Ctrl-C): outputs flushed, source closed", file=sys.stderr)
+    print(stats.summary())
+    if args.stats:
+        print(stats.format_costs())
+    report = _report(stats)
+    if reference is not None:
+        scores = agreement.result()
+        ms = sum(v for k, v in stats.stage_ms.items() if k not in ("capture", "overlay", "handoff"))
+        speedup = every_ms / ms if ms else float("nan")
+        print(f"compared with every: {every_ms:.1f} -> {ms:.1f} ms/frame inference ({speedup:.2f}x); "
+              f"end-to-end {every_fps:.2f} FPS (every, no outputs) vs {stats.fps:.2f} FPS; agreement mIoU "
+              f"{100 * scores.miou:.2f}, pixels {100 * scores.pixel_accuracy:.2f} % over {stats.frames - missing} "
+              "frames")
+        report["compare_every"] = {
+            "every_ms_per_frame": round(every_ms, 2), "ms_per_frame": round(ms, 2), "speedup": round(speedup, 3),
+            "every_fps": round(every_fps, 3), "agreement_miou": round(100 * scores.miou, 2),
+            "agreement_pixels": round(100 * scores.pixel_accuracy, 2), "frames_compared": stats.frames - missing,
+        }
+    for uri in args.sinks:
+        if not uri.startswith(("display:", "null:", "zmq:")):
+            print(f"wrote {uri}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2))
+    failed = any(s.errors for s in stats.sinks.values())
+    return 1 if failed else 0
+
+
+def _report(stats: PipelineStats) -> dict:
+    return {
+        "frames": stats.frames, "seconds": round(stats.seconds, 3), "fps": round(stats.fps, 3),
+        "keyframe_ratio": round(stats.keyframe_ratio, 4), "latency_p50_ms": round(stats.latency_p50_ms, 2),
+        "latency_p99_ms": round(stats.latency_p99_ms, 2), "source_dropped": stats.source_dropped,
+        "sink_dropped": stats.sink_dropped, "reconnects": stats.reconnects,
+        "stage_ms": {k: round(v, 3) for k, v in stats.stage_ms.items()},
+        "engine_ms": round(stats.engine_ms, 3), "outside_ms": round(stats.outside_ms, 3),
+        "sinks": {u: {"written": s.written, "dropped": s.dropped, "errors": s.errors} for u, s in stats.sinks.items()},
+    }

@@ -1,0 +1,116 @@
+"""`rtseg serve`: the request/reply segmentation server for robot stacks (ZeroMQ ROUTER)."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from pathlib import Path
+
+from ..engine import BACKENDS, load
+from ..stream.protocol import DEFAULT_MAX_PIXELS
+from ..stream.server import DEFAULT_SERVER_ENDPOINT, Server, ServerLimits
+from .common import add_model_args, load_model, parse_size
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="serve segmentation requests over ZeroMQ (request/reply)",
+        description=(
+            "Answer [header, image] requests with [header, label map, overlay]; wire format in "
+            "docs/wire-format.md. Binds 127.0.0.1 unless told otherwise."
+        ),
+    )
+    add_model_args(p)
+    p.add_argument(
+        "--bind",
+        default=DEFAULT_SERVER_ENDPOINT,
+        help=f"ZeroMQ endpoint to bind (default {DEFAULT_SERVER_ENDPOINT}; tcp://*:PORT for all "
+        "interfaces: then use --curve-keys)",
+    )
+    p.add_argument("--backend", choices=list(BACKENDS), default=BACKENDS[0])
+    p.add_argument("--precision", default="fp32")
+    p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--size",
+        type=parse_size,
+        default=None,
+        help="engine input WxH; requests are resized to it (default: the weights' training size)",
+    )
+    p.add_argument("--workers", type=int, default=1, help="inference threads (default 1)")
+    p.add_argument(
+        "--key-interval",
+        type=int,
+        default=5,
+        help="for requests with a stream id: a keyframe (deep stage) every K frames (default 5)",
+    )
+    p.add_argument(
+        "--max-pixels",
+        type=int,
+        default=DEFAULT_MAX_PIXELS,
+        help=f"largest image accepted, in pixels (default {DEFAULT_MAX_PIXELS})",
+    )
+    p.add_argument(
+        "--max-bytes",
+        type=int,
+        default=ServerLimits.max_bytes,
+        help="largest request in bytes; also ZMQ_MAXMSGSIZE per frame (default 64 MiB)",
+    )
+    p.add_argument("--max-streams", type=int, default=ServerLimits.max_streams)
+    p.add_argument(
+        "--queue",
+        type=int,
+        default=ServerLimits.queue_size,
+        help="requests that may wait; beyond that clients get a 'busy' reply",
+    )
+    p.add_argument(
+        "--curve-keys",
+        type=Path,
+        default=None,
+        help="CurveZMQ: encrypt and admit only clients whose keys are in DIR/clients "
+        "(make keys with `rtseg keys DIR`)",
+    )
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    limits = ServerLimits(
+        max_pixels=args.max_pixels,
+        max_bytes=args.max_bytes,
+        max_streams=args.max_streams,
+        queue_size=args.queue,
+    )
+    model = load_model(args.model, args.weights)
+    engine = load(
+        model, backend=args.backend, precision=args.precision, input_size=args.size, device=args.device
+    )
+    engine.warmup(2)
+    server = Server(
+        engine,
+        bind=args.bind,
+        workers=args.workers,
+        key_interval=args.key_interval,
+        limits=limits,
+        curve_keys=args.curve_keys,
+    )
+    w, h = engine.input_size
+    ow, oh = engine.output_size
+    secure = "CurveZMQ" if args.curve_keys else "no encryption"
+    print(
+        f"rtseg serve: {engine.meta.model} ({engine.info.backend} {engine.info.precision}, input {w}x{h}, "
+        f"labels {ow}x{oh}) on {server.endpoint} ({secure}); Ctrl-C to stop",
+        flush=True,
+    )
+    previous = {s: signal.signal(s, lambda *_: server.stop()) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        server.serve_forever()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    stats = server.stats
+    errors = ", ".join(f"{k} {v}" for k, v in sorted(stats.errors.items())) or "none"
+    print(
+        f"rtseg serve: stopped; {stats.received} requests, {stats.ok} ok, errors: {errors}", file=sys.stderr
+    )
+    return 0

@@ -1,0 +1,214 @@
+"""`rtseg view`: watch a zmq:// result stream in a window, or headless: record it or print stats."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from ..errors import ConfigError, SinkError, StreamTimeout
+from ..overlay.annotate import colorize
+from ..stream.subscriber import Message, Subscriber
+
+_WINDOW = "rtseg view"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "view",
+        help="show or record a zmq:// result stream",
+        description="Subscribe to an rtseg publisher and show its frames; reports end-to-end latency "
+        "from the header timestamps (capture -> receipt).",
+    )
+    p.add_argument("addr", help="publisher address, e.g. zmq://tcp://127.0.0.1:5555")
+    p.add_argument("--headless", action="store_true", help="no window: write --out, else print stats")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="with --headless: a video (.mp4/.avi) or an image pattern/folder (out/%%06d.png)",
+    )
+    p.add_argument("--frames", type=int, default=None, help="stop after N messages")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=10.0,
+        help="give up when no message arrives for this many seconds (default 10)",
+    )
+    p.add_argument("--topic", action="append", default=None, help="stream id(s) to receive (default: all)")
+    p.add_argument(
+        "--part",
+        choices=["auto", "overlay", "labels", "frame"],
+        default="auto",
+        help="what to show: the overlay, the colourised labels or the raw frame (auto: overlay "
+        "if sent, else labels)",
+    )
+    p.add_argument(
+        "--all",
+        action="store_true",
+        help="process every message instead of only the newest (may fall behind)",
+    )
+    p.add_argument("--fps", type=float, default=30.0, help="frame rate written into --out videos")
+    p.add_argument("--curve-keys", type=Path, default=None, help="CurveZMQ client keys folder")
+    p.set_defaults(func=run)
+
+
+def _image_of(message: Message, part: str) -> np.ndarray | None:
+    if part in ("auto", "overlay") and message.overlay is not None:
+        return message.overlay
+    if part in ("auto", "labels") and message.labels is not None:
+        if message.classes is None:
+            return None  # the palette arrives with the class set, at most classes_every frames later
+        h, w = message.header.image_shape[:2]
+        return colorize(message.labels, message.classes, (w, h))
+    if part == "frame":
+        return message.frame
+    return None
+
+
+class _Writer:
+    """A video file or numbered images, opened at the first frame."""
+
+    def __init__(self, out: Path, fps: float) -> None:
+        self.out = out
+        self.fps = fps
+        self.video: cv2.VideoWriter | None = None
+        self.pattern: str | None = None
+        self.size: tuple[int, int] | None = None
+        self.count = 0
+        suffix = out.suffix.lower()
+        if suffix in (".mp4", ".avi", ".mkv"):
+            out.parent.mkdir(parents=True, exist_ok=True)
+        elif "%" in out.name:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            self.pattern = str(out)
+        elif suffix == "":
+            out.mkdir(parents=True, exist_ok=True)
+            self.pattern = str(out / "%06d.png")
+        else:
+            raise ConfigError(
+                f"--out {out}: use a .mp4/.avi/.mkv video, a folder, or a pattern like out/%06d.png"
+            )
+
+    def write(self, image: np.ndarray) -> None:
+        if self.pattern is not None:
+            path = self.pattern % self.count
+            if not cv2.imwrite(path, image):
+                raise SinkError(f"cannot write {path}")
+        else:
+            h, w = image.shape[:2]
+            if self.video is None:
+                fourcc = "mp4v" if self.out.suffix.lower() == ".mp4" else "MJPG"
+                self.video = cv2.VideoWriter(str(self.out), cv2.VideoWriter_fourcc(*fourcc), self.fps, (w, h))
+                if not self.video.isOpened():
+                    raise SinkError(f"OpenCV cannot write video {self.out} ({fourcc})")
+                self.size = (w, h)
+            if (w, h) != self.size:
+                image = cv2.resize(image, self.size, interpolation=cv2.INTER_AREA)
+            self.video.write(image)
+        self.count += 1
+
+    def close(self) -> None:
+        if self.video is not None:
+            self.video.release()
+
+
+def _open_window() -> None:
+    if sys.platform.startswith("linux") and not (
+        os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+    ):
+        raise ConfigError(
+            "cannot open a window: no display ($DISPLAY is not set); use --headless "
+            "(with --out FILE to record the stream)"
+        )
+    try:
+        cv2.namedWindow(_WINDOW, cv2.WINDOW_NORMAL)
+    except cv2.error:
+        raise ConfigError(
+            "cannot open a window: this OpenCV build has no GUI support (opencv-python-headless); use "
+            "--headless, or `pip uninstall opencv-python-headless && pip install opencv-python`"
+        ) from None
+
+
+def _pct(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.out is not None and not args.headless:
+        raise ConfigError("--out records in headless mode: add --headless")
+    if args.frames is not None and args.frames < 1:
+        raise ConfigError(f"--frames must be >= 1, got {args.frames}")
+    if not args.headless:
+        _open_window()
+    writer = _Writer(args.out, args.fps) if args.out is not None else None
+    latency: list[float] = []
+    transport: list[float] = []
+    keyframes = shown = 0
+    t_start = last_print = time.monotonic()
+    quiet: StreamTimeout | None = None
+    try:
+        with Subscriber(args.addr, topics=args.topic, latest=not args.all, curve_keys=args.curve_keys) as sub:
+            while args.frames is None or len(latency) < args.frames:
+                try:
+                    message = sub.recv(timeout=args.timeout)
+                except StreamTimeout as exc:
+                    quiet = exc
+                    break
+                latency.append(message.latency_ms)
+                transport.append(message.transport_ms)
+                keyframes += message.header.is_keyframe
+                image = _image_of(message, args.part)
+                if image is not None:
+                    shown += 1
+                    if writer is not None:
+                        writer.write(image)
+                    elif not args.headless:
+                        cv2.imshow(_WINDOW, image)
+                if not args.headless and cv2.waitKey(1) & 0xFF in (ord("q"), 27):
+                    break
+                now = time.monotonic()
+                if args.headless and writer is None and now - last_print >= 1.0:
+                    recent = latency[-30:]
+                    print(
+                        f"{len(latency)} msgs  {len(latency) / (now - t_start):5.1f}/s  "
+                        f"latency p50 {_pct(recent, 50):6.1f} ms  frame {message.header.frame_index}",
+                        flush=True,
+                    )
+                    last_print = now
+            stats = sub.stats
+    except KeyboardInterrupt:
+        stats = None
+    finally:
+        if writer is not None:
+            writer.close()
+        if not args.headless:
+            cv2.destroyAllWindows()
+    n = len(latency)
+    elapsed = max(time.monotonic() - t_start, 1e-9)
+    print(
+        f"rtseg view: {n} messages in {elapsed:.1f} s ({n / elapsed:.1f}/s), {shown} shown"
+        + (f", written to {args.out}" if writer is not None else "")
+    )
+    if n:
+        print(
+            f"  end-to-end latency (capture -> receipt): p50 {_pct(latency, 50):.1f} ms, "
+            f"p95 {_pct(latency, 95):.1f} ms, max {max(latency):.1f} ms"
+        )
+        print(
+            f"  transport (publish -> receipt): p50 {_pct(transport, 50):.1f} ms; "
+            f"keyframes {keyframes / n:.0%}"
+        )
+    if stats is not None:
+        print(
+            f"  missed by the network/publisher (sequence gaps): {stats.gaps}; skipped as stale: "
+            f"{stats.skipped}; malformed: {stats.malformed}"
+        )
+    if quiet is not None and (n == 0 or args.frames is not None):
+        raise quiet  # nothing arrived, or fewer messages than asked for
+    return 0

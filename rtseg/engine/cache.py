@@ -1,0 +1,270 @@
+"""The engine cache: deterministic artifact names, sidecar metadata, atomic writes, validation.
+
+An artifact's name says everything it depends on (model, weights hash, input size, precision,
+backend, device, library version), so other weights or another library simply miss the cache.
+The sidecar JSON next to each file records its SHA-256: a truncated or modified file fails
+validation and is rebuilt instead of crashing the backend that would read it. Builders write to a
+temporary file and rename it into place, and hold a per-artifact lock file while building, so
+two processes asking for the same engine both end up with one valid file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import hashlib
+import json
+import logging
+import os
+import re
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .._version import __version__
+from ..errors import ConfigError
+from ..models.base import StagedSegmenter
+
+log = logging.getLogger(__name__)
+
+SIDECAR_FORMAT = "rtseg.engine-artifact"
+SIDECAR_VERSION = 1
+ENV_ENGINE_DIR = "RTSEG_ENGINE_DIR"
+_PACKAGE_DIR = Path(__file__).resolve().parent.parent
+_SAFE = re.compile(r"[^A-Za-z0-9.+_]")
+
+
+def default_engine_dir() -> Path:
+    """$RTSEG_ENGINE_DIR, else the checkout's engines/ (next to the package), else the user cache."""
+    env = os.environ.get(ENV_ENGINE_DIR)
+    if env:
+        return Path(env).expanduser()
+    checkout = _PACKAGE_DIR.parent / "engines"
+    if (checkout / "README.md").is_file():
+        return checkout
+    return Path.home() / ".cache" / "rtseg" / "engines"
+
+
+def _safe(text: str) -> str:
+    return _SAFE.sub("_", text)
+
+
+@dataclass(frozen=True)
+class ArtifactKey:
+    """Everything an artifact depends on; ``stem`` is its file name without stage and suffix."""
+
+    model: str
+    weights: str  # short hash of the weights and the metadata baked into the graph
+    input_size: tuple[int, int]
+    precision: str
+    backend: str
+    device: str
+    library: str
+    variant: str = ""  # e.g. the calibration set of an int8 artifact
+
+    def __post_init__(self) -> None:
+        w, h = self.input_size
+        if w <= 0 or h <= 0:
+            raise ValueError(f"ArtifactKey.input_size must be positive (w, h), got {self.input_size}")
+        for name in ("model", "weights", "precision", "backend", "device", "library"):
+            if not getattr(self, name):
+                raise ValueError(f"ArtifactKey.{name} must not be empty")
+
+    @property
+    def stem(self) -> str:
+        w, h = self.input_size
+        precision = f"{self.precision}-{self.variant}" if self.variant else self.precision
+        parts = (self.model, self.weights, f"{w}x{h}", precision, self.backend, self.device, self.library)
+        return "-".join(_safe(p) for p in parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["input_size"] = list(self.input_size)
+        return data
+
+
+def weights_hash(model: StagedSegmenter, length: int = 10) -> str:
+    """SHA-256 of the parameters, buffers and metadata that end up inside an exported graph.
+
+    Hashing the tensors (not the checkpoint file) also covers models built in memory, and the
+    preprocessing and classes are included because normalisation and the argmax are in-graph.
+    """
+    digest = hashlib.sha256()
+    meta = model.meta
+    digest.update(
+        json.dumps(
+            {
+                "model": meta.model,
+                "config": {k: meta.config[k] for k in sorted(meta.config)},
+                "classes": meta.classes.to_dict(),
+                "num_outputs": meta.num_outputs,
+                "preprocessing": meta.preprocessing.to_dict(),
+            },
+            sort_keys=True,
+            default=str,
+        ).encode()
+    )
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        if t.numel():
+            digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:length]
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary file in the same folder, fsync, then rename over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One validated file in the cache and its sidecar metadata."""
+
+    path: Path
+    sidecar: Mapping[str, Any]
+
+
+class ArtifactCache:
+    """A folder of engine artifacts: ``<stem>.<stage>.<suffix>`` plus ``<file>.json`` sidecars."""
+
+    def __init__(self, directory: str | os.PathLike[str] | None = None) -> None:
+        self.directory = Path(directory).expanduser() if directory is not None else default_engine_dir()
+        if self.directory.exists() and not self.directory.is_dir():
+            raise ConfigError(f"engine cache directory {self.directory} exists and is not a folder")
+
+    def path(self, key: ArtifactKey, stage: str, suffix: str) -> Path:
+        return self.directory / f"{key.stem}.{stage}.{suffix}"
+
+    @staticmethod
+    def sidecar_path(path: Path) -> Path:
+        return path.with_name(path.name + ".json")
+
+    def problem(self, key: ArtifactKey, path: Path) -> str | None:
+        """Why ``path`` cannot be used as-is (None when it is valid): missing, stale or corrupt."""
+        sidecar_path = self.sidecar_path(path)
+        if not path.is_file():
+            return "missing"
+        if not sidecar_path.is_file():
+            return f"corrupt: its sidecar {sidecar_path.name} is missing"
+        try:
+            sidecar = json.loads(sidecar_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            return f"corrupt: unreadable sidecar ({exc})"
+        if sidecar.get("format") != SIDECAR_FORMAT or sidecar.get("format_version") != SIDECAR_VERSION:
+            return f"stale: sidecar format {sidecar.get('format')!r} v{sidecar.get('format_version')!r}"
+        if sidecar.get("key") != key.to_dict():
+            return f"stale: built for {sidecar.get('key')}, not {key.to_dict()}"
+        if sidecar.get("rtseg_version") != __version__:
+            return f"stale: built by rtseg {sidecar.get('rtseg_version')}, this is {__version__}"
+        size = path.stat().st_size
+        if size != sidecar.get("size"):
+            return f"corrupt: {size} bytes on disk, {sidecar.get('size')} when built (truncated?)"
+        if file_sha256(path) != sidecar.get("sha256"):
+            return "corrupt: its SHA-256 differs from the one recorded when it was built"
+        return None
+
+    def get(self, key: ArtifactKey, stage: str, suffix: str) -> Artifact | None:
+        """The valid artifact, or None (logging why an existing one is rejected)."""
+        path = self.path(key, stage, suffix)
+        problem = self.problem(key, path)
+        if problem is None:
+            return Artifact(path, json.loads(self.sidecar_path(path).read_text(encoding="utf-8")))
+        if problem != "missing":
+            log.warning("engine cache: %s is %s; rebuilding it", path.name, problem)
+        return None
+
+    def put(
+        self, key: ArtifactKey, stage: str, suffix: str, data: bytes, metadata: Mapping[str, Any]
+    ) -> Artifact:
+        """Store ``data`` atomically, then its sidecar (whose presence marks the file complete)."""
+        path = self.path(key, stage, suffix)
+        atomic_write_bytes(path, data)
+        sidecar = {
+            "format": SIDECAR_FORMAT,
+            "format_version": SIDECAR_VERSION,
+            "file": path.name,
+            "stage": stage,
+            "key": key.to_dict(),
+            "size": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "rtseg_version": __version__,
+            "built_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            **metadata,
+        }
+        atomic_write_text(self.sidecar_path(path), json.dumps(sidecar, indent=2, sort_keys=True))
+        return Artifact(path, sidecar)
+
+    @contextlib.contextmanager
+    def lock(self, key: ArtifactKey) -> Iterator[None]:
+        """Exclusive lock per artifact stem: a second builder waits, then finds the files ready."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        lock_path = self.directory / f".{key.stem}.lock"
+        with open(lock_path, "a+b") as f:
+            try:
+                import fcntl
+            except ImportError:  # no POSIX locks: atomic renames alone still keep every file whole
+                yield
+                return
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+    def get_or_build(
+        self,
+        key: ArtifactKey,
+        stages: tuple[str, ...],
+        suffix: str,
+        build: Callable[[tuple[str, ...]], Mapping[str, tuple[bytes, Mapping[str, Any]]]],
+    ) -> dict[str, Artifact]:
+        """Return every stage's artifact, building (under the lock) only the missing or bad ones."""
+        found = {s: self.get(key, s, suffix) for s in stages}
+        if all(a is not None for a in found.values()):
+            return found  # type: ignore[return-value]
+        with self.lock(key):
+            found = {s: self.get(key, s, suffix) for s in stages}  # another process may have built them
+            todo = tuple(s for s, a in found.items() if a is None)
+            if todo:
+                start = time.perf_counter()
+                built = build(todo)
+                seconds = round(time.perf_counter() - start, 3)
+                for stage in todo:
+                    data, metadata = built[stage]
+                    found[stage] = self.put(key, stage, suffix, data, {**metadata, "build_seconds": seconds})
+                log.info("engine cache: built %s.{%s}.%s in %.1f s", key.stem, ",".join(todo), suffix, seconds)
+        return found  # type: ignore[return-value]
+
+    def find(self, pattern: str) -> list[Path]:
+        """Artifacts whose file name matches a glob ``pattern`` (sidecars excluded)."""
+        if not self.directory.is_dir():
+            return []
+        return sorted(p for p in self.directory.glob(pattern) if not p.name.endswith(".json"))

@@ -1,0 +1,304 @@
+"""Per-stage ONNX export: the graphs ONNX Runtime, OpenVINO and TensorRT all build from.
+
+Each stage becomes one file with flat, named tensors: ``low`` (uint8 NHWC BGR image in,
+normalisation inside), ``deep`` and ``head`` (``labels`` uint8 and ``logits`` out, so one artifact
+serves both ``run`` and ``run(logits=True)``). Weights are stored inline, never in a
+``.onnx.data`` side file, because ONNX Runtime's quantisation pre-processing cannot read those.
+
+The TorchScript exporter is tried first: it takes under a second per stage where the default
+(dynamo) exporter takes 5-20 s on this machine. It cannot export adaptive pooling whose output
+does not divide the input (ESPNetv2's pyramid pooling); those stages fall back to the dynamo
+exporter. Which one produced a file is recorded in its sidecar.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import onnx
+import torch
+from torch import nn
+
+from ..errors import ConfigError, EngineBuildError
+from ..models.base import StagedSegmenter
+from .cache import Artifact, ArtifactCache, ArtifactKey, weights_hash
+from .graphs import DeepGraph, HeadGraph, LowGraph, head_low_inputs
+
+log = logging.getLogger(__name__)
+
+OPSET = 17
+STAGES = ("low", "deep", "head")
+EXPORTERS = ("auto", "torchscript", "dynamo")
+IMAGE = "image"
+LABELS = "labels"
+LOGITS = "logits"
+
+_ONNX_TYPES = {
+    onnx.TensorProto.FLOAT: "float32",
+    onnx.TensorProto.FLOAT16: "float16",
+    onnx.TensorProto.BFLOAT16: "bfloat16",
+    onnx.TensorProto.UINT8: "uint8",
+    onnx.TensorProto.INT8: "int8",
+    onnx.TensorProto.INT32: "int32",
+    onnx.TensorProto.INT64: "int64",
+    onnx.TensorProto.BOOL: "bool",
+}
+
+
+@dataclass(frozen=True)
+class StageGraph:
+    """One stage as an exportable module with named flat inputs and outputs."""
+
+    name: str
+    module: nn.Module
+    example: tuple[torch.Tensor, ...]
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+
+
+def exporter_library() -> str:
+    return f"torch{torch.__version__}"
+
+
+def stage_graphs(model: StagedSegmenter, input_size: tuple[int, int]) -> dict[str, StageGraph]:
+    """The low/deep/head modules with example inputs for tracing."""
+    spec = model.stage_spec
+    w, h = input_size
+    if w % spec.input_multiple or h % spec.input_multiple:
+        raise ConfigError(
+            f"{model.meta.model} needs an input size divisible by {spec.input_multiple}, got {w}x{h}"
+        )
+    model = model.eval()
+    classes = len(model.meta.classes)
+    low_in = head_low_inputs(model, input_size)
+    low = LowGraph(model, model.meta.preprocessing)
+    deep = DeepGraph(model)
+    head = HeadGraph(model, low_in, classes, with_logits=True, portable_labels=True)
+    clash = {LABELS, LOGITS, IMAGE} & ({f.name for f in spec.low} | {f.name for f in spec.deep})
+    if clash:
+        raise EngineBuildError(f"{model.meta.model}: feature names {sorted(clash)} clash with graph I/O names")
+    generator = torch.Generator().manual_seed(0)
+    image = torch.randint(0, 256, (1, h, w, 3), dtype=torch.uint8, generator=generator)
+    with torch.no_grad():
+        low_values = dict(zip(low.names, low(image), strict=True))
+        deep_values = dict(zip(deep.names, deep(*(low_values[n] for n in deep.input_names)), strict=True))
+    graphs = {
+        "low": StageGraph("low", low, (image,), (IMAGE,), low.names),
+        "deep": StageGraph(
+            "deep", deep, tuple(low_values[n] for n in deep.input_names), deep.input_names, deep.names
+        ),
+        "head": StageGraph(
+            "head",
+            head,
+            (*(low_values[n] for n in low_in), *(deep_values[n] for n in deep.names)),
+            (*low_in, *deep.names),
+            (LABELS, LOGITS),
+        ),
+    }
+    return graphs
+
+
+def _export_torchscript(graph: StageGraph, opset: int) -> onnx.ModelProto:
+    buffer = io.BytesIO()
+    torch.onnx.export(
+        graph.module,
+        graph.example,
+        buffer,
+        dynamo=False,
+        input_names=list(graph.inputs),
+        output_names=list(graph.outputs),
+        opset_version=opset,
+        do_constant_folding=True,
+    )
+    return onnx.load_from_string(buffer.getvalue())
+
+
+def _export_dynamo(graph: StageGraph, opset: int) -> onnx.ModelProto:
+    program = torch.onnx.export(
+        graph.module,
+        graph.example,
+        None,
+        dynamo=True,
+        external_data=False,
+        input_names=list(graph.inputs),
+        output_names=list(graph.outputs),
+        opset_version=opset,
+        verbose=False,
+    )
+    if program is None:
+        raise EngineBuildError(f"the dynamo exporter returned nothing for stage {graph.name}")
+    return program.model_proto
+
+
+def export_graph(graph: StageGraph, *, exporter: str = "auto", opset: int = OPSET) -> tuple[onnx.ModelProto, str]:
+    """Export one stage; returns the model and the exporter that produced it."""
+    if exporter not in EXPORTERS:
+        raise ConfigError(f"exporter must be one of {', '.join(EXPORTERS)}, got {exporter!r}")
+    order = ("torchscript", "dynamo") if exporter == "auto" else (exporter,)
+    errors = []
+    for name in order:
+        try:
+            with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+                warnings.simplefilter("ignore")
+                with torch.no_grad():
+                    proto = _export_torchscript(graph, opset) if name == "torchscript" else _export_dynamo(
+                        graph, opset
+                    )
+        except Exception as exc:  # exporters raise many unrelated types; keep the message
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            errors.append(f"{name}: {first[:300]}")
+            if name != order[-1]:
+                log.info("ONNX export of stage %s with %s failed (%s); trying %s", graph.name, name,
+                         first[:120], order[-1])
+            continue
+        _check_io(proto, graph)
+        return proto, name
+    raise EngineBuildError(f"cannot export stage {graph.name} to ONNX: " + "; ".join(errors))
+
+
+def _check_io(proto: onnx.ModelProto, graph: StageGraph) -> None:
+    inputs = tuple(i.name for i in proto.graph.input if i.name not in {t.name for t in proto.graph.initializer})
+    outputs = tuple(o.name for o in proto.graph.output)
+    if inputs != graph.inputs or outputs != graph.outputs:
+        raise EngineBuildError(
+            f"exported stage {graph.name} has inputs {inputs} and outputs {outputs}, "
+            f"expected {graph.inputs} and {graph.outputs}"
+        )
+
+
+def _dims(value: onnx.ValueInfoProto) -> list[int | str]:
+    return [d.dim_value if d.HasField("dim_value") else d.dim_param for d in value.type.tensor_type.shape.dim]
+
+
+def graph_io(proto: onnx.ModelProto) -> dict[str, list[dict[str, Any]]]:
+    """Names, shapes and dtypes of a graph's inputs and outputs (for sidecars and checks)."""
+    initializers = {t.name for t in proto.graph.initializer}
+
+    def describe(v: onnx.ValueInfoProto) -> dict[str, Any]:
+        dtype = _ONNX_TYPES.get(v.type.tensor_type.elem_type, str(v.type.tensor_type.elem_type))
+        return {"name": v.name, "shape": _dims(v), "dtype": dtype}
+
+    return {
+        "inputs": [describe(v) for v in proto.graph.input if v.name not in initializers],
+        "outputs": [describe(v) for v in proto.graph.output],
+    }
+
+
+def set_metadata(proto: onnx.ModelProto, metadata: Mapping[str, Any]) -> None:
+    """Store ``metadata`` as ``rtseg.<key>`` metadata_props (values JSON-encoded)."""
+    keep = [p for p in proto.metadata_props if not p.key.startswith("rtseg.")]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(keep)
+    for key, value in metadata.items():
+        entry = proto.metadata_props.add()
+        entry.key = f"rtseg.{key}"
+        entry.value = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The ``rtseg.*`` metadata_props of an ONNX file, decoded."""
+    proto = onnx.load(str(path), load_external_data=False)
+    out: dict[str, Any] = {}
+    for p in proto.metadata_props:
+        if p.key.startswith("rtseg."):
+            try:
+                out[p.key[len("rtseg."):]] = json.loads(p.value)
+            except ValueError:
+                out[p.key[len("rtseg."):]] = p.value
+    return out
+
+
+def serialize(proto: onnx.ModelProto) -> bytes:
+    """Validated bytes with every weight inline (ONNX's 2 GB protobuf limit applies)."""
+    data = proto.SerializeToString()
+    try:
+        onnx.checker.check_model(onnx.load_from_string(data))
+    except onnx.checker.ValidationError as exc:
+        raise EngineBuildError(f"exported ONNX graph is invalid: {exc}") from None
+    return data
+
+
+def common_metadata(model: StagedSegmenter, key: ArtifactKey) -> dict[str, Any]:
+    meta = model.meta
+    return {
+        "key": key.to_dict(),
+        "classes": meta.classes.to_dict(),
+        "num_outputs": meta.num_outputs,
+        "preprocessing": meta.preprocessing.to_dict(),
+        "stage_spec": {
+            "low": [f.name for f in model.stage_spec.low],
+            "deep": [f.name for f in model.stage_spec.deep],
+            "deep_inputs": list(model.stage_spec.deep_inputs),
+            "output_stride": model.stage_spec.output_stride,
+        },
+    }
+
+
+@dataclass(frozen=True)
+class OnnxStages:
+    """The cached fp32 ONNX files of one model at one input size."""
+
+    key: ArtifactKey
+    files: Mapping[str, Path]
+    head_low_inputs: tuple[str, ...]
+    sidecars: Mapping[str, Mapping[str, Any]]
+
+
+def onnx_key(model: StagedSegmenter, input_size: tuple[int, int], *, wh: str | None = None) -> ArtifactKey:
+    return ArtifactKey(
+        model=model.meta.model,
+        weights=wh or weights_hash(model),
+        input_size=tuple(input_size),  # type: ignore[arg-type]
+        precision="fp32",
+        backend="onnx",
+        device="any",
+        library=exporter_library(),
+    )
+
+
+def ensure_onnx(
+    model: StagedSegmenter,
+    input_size: tuple[int, int],
+    cache: ArtifactCache,
+    *,
+    stages: tuple[str, ...] = STAGES,
+    exporter: str = "auto",
+    wh: str | None = None,
+) -> OnnxStages:
+    """The fp32 stage graphs from the cache, exported (and cached) where missing, stale or corrupt."""
+    key = onnx_key(model, input_size, wh=wh)
+    graphs: dict[str, StageGraph] = {}
+
+    def build(todo: tuple[str, ...]) -> dict[str, tuple[bytes, dict[str, Any]]]:
+        graphs.update(stage_graphs(model, input_size))
+        out = {}
+        for stage in todo:
+            proto, used = export_graph(graphs[stage], exporter=exporter)
+            io_info = graph_io(proto)
+            metadata = {**common_metadata(model, key), "stage": stage, "io": io_info, "exporter": used,
+                        "opset": max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))}
+            set_metadata(proto, metadata)
+            out[stage] = (serialize(proto), metadata)
+        return out
+
+    artifacts: dict[str, Artifact] = cache.get_or_build(key, stages, "onnx", build)
+    low_in = _head_low_inputs(artifacts["head"].sidecar, model) if "head" in artifacts else ()
+    return OnnxStages(
+        key=key,
+        files={s: a.path for s, a in artifacts.items()},
+        head_low_inputs=low_in,
+        sidecars={s: a.sidecar for s, a in artifacts.items()},
+    )
+
+
+def _head_low_inputs(sidecar: Mapping[str, Any], model: StagedSegmenter) -> tuple[str, ...]:
+    low_names = {f.name for f in model.stage_spec.low}
+    return tuple(i["name"] for i in sidecar["io"]["inputs"] if i["name"] in low_names)

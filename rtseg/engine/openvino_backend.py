@@ -1,0 +1,158 @@
+"""OpenVINO backend: the stage ONNX graphs compiled for the CPU (or an Intel GPU) plugin.
+
+The inference precision is always set explicitly: on CPUs with avx512_bf16 OpenVINO otherwise
+silently runs bf16, which no longer matches the fp32 reference. Latency mode, because rtseg
+segments one frame at a time. Each call writes into freshly allocated NumPy arrays bound as
+the request's output tensors, so results are the caller's own memory and are never copied.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import BackendUnavailableError, ConfigError
+from ..models.base import StageSpec
+from ..models.checkpoint import WeightsMeta
+from .base import Array, Engine, EngineInfo, Features
+from .onnx_export import IMAGE, LABELS, LOGITS
+
+# rtseg precision -> INFERENCE_PRECISION_HINT; int8 runs a QDQ graph with the f32 hint.
+HINTS = {"fp32": "f32", "fp16": "f16", "bf16": "bf16", "int8": "f32"}
+DEVICES = {"cpu": "CPU", "gpu": "GPU"}
+
+
+def _ov() -> Any:
+    try:
+        import openvino
+    except ImportError:
+        raise BackendUnavailableError(
+            "the openvino backend needs the openvino package: pip install openvino "
+            '(or pip install "rtseg[openvino]")'
+        ) from None
+    return openvino
+
+
+def library_version() -> str:
+    return f"ov{_ov().get_version().split('-')[0]}"
+
+
+def _numpy(value: Any) -> np.ndarray:
+    if isinstance(value, np.ndarray):
+        return np.ascontiguousarray(value)
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().contiguous().numpy()
+    raise TypeError(f"expected a NumPy array or torch tensor, got {type(value).__name__}")
+
+
+class _Stage:
+    """One compiled stage and its infer request."""
+
+    def __init__(self, core: Any, path: Path, device: str, config: Mapping[str, str]) -> None:
+        ov = _ov()
+        compiled = core.compile_model(core.read_model(str(path)), device, dict(config))
+        self.compiled = compiled
+        self.request = compiled.create_infer_request()
+        self.inputs = tuple(i.get_any_name() for i in compiled.inputs)
+        self.outputs = tuple(o.get_any_name() for o in compiled.outputs)
+        self._ports = {o.get_any_name(): i for i, o in enumerate(compiled.outputs)}
+        self._specs = {
+            o.get_any_name(): (tuple(o.get_shape()), np.dtype(o.get_element_type().to_dtype()))
+            for o in compiled.outputs
+        }
+        self._scratch = {name: np.empty(shape, dtype) for name, (shape, dtype) in self._specs.items()}
+        self._ov = ov
+
+    def __call__(self, feed: Mapping[str, np.ndarray], names: tuple[str, ...] | None = None) -> list[np.ndarray]:
+        wanted = names or self.outputs
+        result: dict[str, np.ndarray] = {}
+        for name in self.outputs:
+            if name in wanted:
+                shape, dtype = self._specs[name]
+                array = result[name] = np.empty(shape, dtype)
+            else:
+                array = self._scratch[name]  # computed anyway; kept alive here, never handed out
+            # The request keeps only a pointer: the array must outlive the next infer().
+            self.request.set_output_tensor(self._ports[name], self._ov.Tensor(array, shared_memory=True))
+        self.request.infer(dict(feed), share_inputs=True)
+        return [result[n] for n in wanted]
+
+
+class OpenVinoEngine(Engine):
+    """Runs the low/deep/head graphs with OpenVINO; features are NumPy arrays between stages."""
+
+    def __init__(
+        self,
+        files: Mapping[str, Path],
+        *,
+        meta: WeightsMeta,
+        stage_spec: StageSpec,
+        head_low_inputs: tuple[str, ...],
+        input_size: tuple[int, int],
+        precision: str = "fp32",
+        device: str = "cpu",
+        threads: int | None = None,
+        notes: tuple[str, ...] = (),
+    ) -> None:
+        if precision not in HINTS:
+            raise ConfigError(f"openvino precision must be one of {', '.join(HINTS)}, got {precision!r}")
+        if device not in DEVICES:
+            raise ConfigError(
+                f"openvino device must be one of {', '.join(DEVICES)} (CPU or an Intel GPU), got {device!r}"
+            )
+        ov = _ov()
+        core = ov.Core()
+        target = DEVICES[device]
+        if target not in core.available_devices:
+            raise BackendUnavailableError(
+                f"openvino device {target} is not available on this machine (it has "
+                f"{', '.join(core.available_devices)}); install the Intel GPU driver (intel-opencl-icd) "
+                "or use device='cpu'"
+            )
+        config = {"INFERENCE_PRECISION_HINT": HINTS[precision], "PERFORMANCE_HINT": "LATENCY"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = str(threads)
+        self.meta = meta
+        self.stage_spec = stage_spec
+        self.head_low_inputs = head_low_inputs
+        self._stages = {stage: _Stage(core, path, target, config) for stage, path in files.items()}
+        self.info = EngineInfo(
+            model=meta.model,
+            backend="openvino",
+            precision=precision,
+            device=device,
+            input_size=tuple(input_size),  # type: ignore[arg-type]
+            library=f"openvino {ov.get_version().split('-')[0]}",
+            artifacts=tuple(str(p) for p in files.values()),
+            notes=(f"INFERENCE_PRECISION_HINT {HINTS[precision]}", "PERFORMANCE_HINT LATENCY", *notes),
+        )
+
+    def run_low(self, image: Array) -> Features:
+        self.check_image(image)
+        x = _numpy(image)
+        if x.ndim == 3:
+            x = x[None]
+        if x.shape[0] != 1:
+            raise ValueError(f"openvino engines are built for batch 1, got a batch of {x.shape[0]}")
+        stage = self._stages["low"]
+        return dict(zip(stage.outputs, stage({IMAGE: x}), strict=True))
+
+    def run_deep(self, low: Features) -> Features:
+        stage = self._stages["deep"]
+        return dict(zip(stage.outputs, stage({n: _numpy(low[n]) for n in stage.inputs}), strict=True))
+
+    def run_head(self, low: Features, deep: Features, *, logits: bool = False) -> Any:
+        stage = self._stages["head"]
+        feed = {n: _numpy(low[n] if n in low else deep[n]) for n in stage.inputs}
+        if logits:
+            labels, out = stage(feed, (LABELS, LOGITS))
+            return labels, out
+        (labels,) = stage(feed, (LABELS,))
+        return labels
+
+    def close(self) -> None:
+        self._stages.clear()

@@ -1,0 +1,275 @@
+"""``Pipeline``: source -> segmenter -> sinks, as an iterator or a callback loop, with live statistics.
+
+The inference thread only captures, segments and hands packets to the sinks' queues; drawing and
+encoding happen on the sinks' threads (``Packet.overlay()``). Sinks drop frames for live sources
+(never delaying inference) and block for files and other media sources (every frame written).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .overlay.annotate import OverlayStyle
+from .result import SegResult
+from .schedule import Scheduler
+from .segmenter import Segmenter
+from .sink import Sink, SinkStats, open_sink
+from .sink.packet import Packet
+from .source import Frame, Source, open_source
+
+# Per-frame cost accounting: what runs on the inference thread, and what the engine does.
+ENGINE_STAGES = ("low", "deep", "head")
+SCHEDULER_STAGES = ("change", "warp")
+OUTSIDE_STAGES = ("capture", "preprocess", "overlay", "handoff")
+
+Callback = Callable[[Frame, SegResult], Any]
+
+
+@dataclass(frozen=True)
+class PipelineStats:
+    frames: int
+    keyframes: int
+    seconds: float  # wall time since the first frame was requested
+    fps: float  # over the whole run
+    latency_p50_ms: float  # capture -> result
+    latency_p99_ms: float
+    source_dropped: int
+    sink_dropped: int
+    reconnects: int
+    stage_ms: dict[str, float]  # mean ms per frame
+    sinks: dict[str, SinkStats] = field(default_factory=dict)
+    worker_deep_ms: float = 0.0  # async scheduler: mean deep ms per frame on the worker thread
+
+    @property
+    def keyframe_ratio(self) -> float:
+        return self.keyframes / self.frames if self.frames else float("nan")
+
+    @property
+    def engine_ms(self) -> float:
+        return sum(self.stage_ms.get(s, 0.0) for s in ENGINE_STAGES)
+
+    @property
+    def outside_ms(self) -> float:
+        return sum(self.stage_ms.get(s, 0.0) for s in OUTSIDE_STAGES)
+
+    def status_line(self, recent_fps: float | None = None) -> str:
+        fps = self.fps if recent_fps is None else recent_fps
+        return (f"{self.frames} frames  {fps:5.1f} FPS  latency p50 {self.latency_p50_ms:6.1f} ms "
+                f"p99 {self.latency_p99_ms:6.1f} ms  keyframes {100 * self.keyframe_ratio:5.1f} %  "
+                f"drops {self.source_dropped + self.sink_dropped}")
+
+    def format_costs(self) -> str:
+        """The per-stage cost breakdown printed by ``rtseg run --stats``."""
+        labels = {"capture": "capture", "preprocess": "preprocess (resize)", "low": "engine: low",
+                  "deep": "engine: deep", "head": "engine: head", "change": "scheduler: change score",
+                  "warp": "scheduler: flow warp", "overlay": "overlay (sink thread)",
+                  "handoff": "sink hand-off"}
+        lines = ["per-frame cost (mean ms over all frames; deep only runs on keyframes):"]
+        for key in ("capture", "preprocess", "low", "change", "deep", "warp", "head", "overlay", "handoff"):
+            if key in self.stage_ms:
+                lines.append(f"  {labels[key]:<26}{self.stage_ms[key]:9.2f}")
+        if self.worker_deep_ms:
+            lines.append(f"  {'deep on the async worker':<26}{self.worker_deep_ms:9.2f}")
+        for uri, s in self.sinks.items():
+            if s.written:
+                lines.append(f"  {'sink thread ' + uri:<26}{s.emit_ms / s.written:9.2f}  (draw + encode + write)")
+        engine = self.engine_ms
+        outside = self.outside_ms
+        share = f"{100 * outside / engine:.1f} %" if engine else "n/a"
+        lines.append(f"  engine total {engine:.2f} ms; outside the engine (capture, preprocess, overlay, "
+                     f"hand-off) {outside:.2f} ms = {share} of engine time")
+        return "\n".join(lines)
+
+    def summary(self) -> str:
+        lines = [
+            f"{self.frames} frames in {self.seconds:.1f} s ({self.fps:.2f} FPS), keyframe ratio "
+            f"{self.keyframe_ratio:.3f}, latency p50 {self.latency_p50_ms:.1f} ms / p99 {self.latency_p99_ms:.1f} ms",
+            f"dropped: {self.source_dropped} at the source, {self.sink_dropped} at sinks; "
+            f"reconnects: {self.reconnects}",
+        ]
+        for uri, s in self.sinks.items():
+            err = f", {s.errors} errors (last: {s.last_error})" if s.errors else ""
+            lines.append(f"sink {uri}: {s.written} written, {s.dropped} dropped{err}")
+        return "\n".join(lines)
+
+
+class _Meter:
+    """Running sums per stage plus recent latencies; the overlay time arrives from sink threads."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.sums: dict[str, float] = {}
+        self.frames = 0
+        self.keyframes = 0
+        self.overlays = 0
+        self.latencies: list[float] = []
+        self.done: deque[float] = deque(maxlen=64)
+        self.start = time.perf_counter()
+        self.end: float | None = None
+
+    def add_overlay(self, ms: float) -> None:
+        with self.lock:
+            self.sums["overlay"] = self.sums.get("overlay", 0.0) + ms
+            self.overlays += 1
+
+    def record(self, result: SegResult, capture_ms: float, handoff_ms: float, latency_ms: float) -> None:
+        with self.lock:
+            self.frames += 1
+            self.keyframes += int(result.is_keyframe)
+            for k, v in result.timings.items():
+                self.sums[k] = self.sums.get(k, 0.0) + v
+            self.sums["capture"] = self.sums.get("capture", 0.0) + capture_ms
+            self.sums["handoff"] = self.sums.get("handoff", 0.0) + handoff_ms
+            self.latencies.append(latency_ms)
+            self.done.append(time.perf_counter())
+
+    def recent_fps(self) -> float:
+        with self.lock:
+            if len(self.done) < 2:
+                return 0.0
+            return (len(self.done) - 1) / max(self.done[-1] - self.done[0], 1e-9)
+
+
+class Pipeline:
+    """Runs ``source`` through ``segmenter`` into ``sinks``.
+
+    ``source`` and ``sinks`` may be URIs (see ``open_source`` / ``open_sink``) or opened objects;
+    the pipeline closes them when it ends. Iterate it for ``(frame, result)`` pairs, or call
+    ``run()``; ``on_result(frame, result)`` is called for every frame either way. ``scheduler``
+    replaces the segmenter's scheduler for this run. The segmenter is not closed: it is yours.
+    """
+
+    def __init__(
+        self,
+        source: Source | str,
+        segmenter: Segmenter,
+        *,
+        sinks: Sequence[Sink | str] = (),
+        on_result: Callback | None = None,
+        scheduler: str | Scheduler | None = None,
+        style: OverlayStyle | None = None,
+        max_frames: int | None = None,
+        source_options: dict[str, Any] | None = None,
+    ) -> None:
+        self.source = open_source(source, **(source_options or {})) if isinstance(source, str) else source
+        self.segmenter = segmenter
+        try:
+            if scheduler is not None:
+                segmenter.use_scheduler(scheduler)
+            self.policy = "drop" if self.source.info.live else "block"
+            self.sinks: list[Sink] = []
+            for sink in sinks:
+                self.sinks.append(
+                    open_sink(sink, policy=self.policy, fps=self.source.info.fps) if isinstance(sink, str) else sink
+                )
+        except BaseException:
+            self._close_outputs()
+            raise
+        self.on_result = on_result
+        self.style = style or OverlayStyle()
+        self.max_frames = max_frames
+        self._meter = _Meter()
+        self._stop = threading.Event()
+        self._closed = False
+        self._final: PipelineStats | None = None
+
+    def stop(self) -> None:
+        """Ask the loop to end after the current frame (safe from any thread or a callback)."""
+        self._stop.set()
+
+    def __iter__(self) -> Iterator[tuple[Frame, SegResult]]:
+        meter = self._meter
+        meter.start = time.perf_counter()
+        try:
+            while not self._stop.is_set():
+                if self.max_frames is not None and meter.frames >= self.max_frames:
+                    break
+                if any(s.stop_requested for s in self.sinks):
+                    break
+                t0 = time.perf_counter()
+                frame = next(self.source, None)
+                if frame is None:
+                    break
+                capture_ms = (time.perf_counter() - t0) * 1000.0
+                result = self.segmenter(frame)
+                done = time.perf_counter()
+                t0 = time.perf_counter()
+                if self.sinks:
+                    fps = (meter.recent_fps() or None) if self.style.hud else None
+                    packet = Packet(frame, result, self.style, fps, on_overlay=meter.add_overlay)
+                    for sink in self.sinks:
+                        sink.write(packet)
+                handoff_ms = (time.perf_counter() - t0) * 1000.0
+                meter.record(result, capture_ms, handoff_ms, (done - frame.monotonic) * 1000.0)
+                if self.on_result is not None:
+                    self.on_result(frame, result)
+                yield frame, result
+        finally:
+            meter.end = time.perf_counter()
+            self.close()
+
+    def run(self) -> PipelineStats:
+        """Process until the source ends, ``stop()`` is called or ``max_frames`` is reached."""
+        for _ in self:
+            pass
+        return self.stats
+
+    def recent_fps(self) -> float:
+        return self._meter.recent_fps()
+
+    @property
+    def stats(self) -> PipelineStats:
+        if self._final is not None:
+            return self._final
+        return self._snapshot()
+
+    def _snapshot(self) -> PipelineStats:
+        m = self._meter
+        with m.lock:
+            frames = m.frames
+            lat = np.asarray(m.latencies[-100_000:], dtype=np.float64)
+            sums = dict(m.sums)
+            keyframes = m.keyframes
+        seconds = (m.end or time.perf_counter()) - m.start
+        sink_stats = {s.uri: s.stats for s in self.sinks}
+        sched = self.segmenter.scheduler.stats
+        return PipelineStats(
+            frames=frames,
+            keyframes=keyframes,
+            seconds=seconds,
+            fps=frames / seconds if seconds > 0 else 0.0,
+            latency_p50_ms=float(np.percentile(lat, 50)) if lat.size else float("nan"),
+            latency_p99_ms=float(np.percentile(lat, 99)) if lat.size else float("nan"),
+            source_dropped=self.source.stats.dropped,
+            sink_dropped=sum(s.dropped for s in sink_stats.values()),
+            reconnects=self.source.stats.reconnects,
+            stage_ms={k: v / max(frames, 1) for k, v in sums.items()},
+            sinks=sink_stats,
+            worker_deep_ms=sched.worker_deep_ms / max(frames, 1),
+        )
+
+    def _close_outputs(self) -> None:
+        for sink in getattr(self, "sinks", []):
+            sink.close()
+        self.source.close()
+
+    def close(self) -> PipelineStats:
+        """Flush and close the sinks, close the source; returns the final statistics."""
+        if not self._closed:
+            self._closed = True
+            self._close_outputs()
+            self._final = self._snapshot()
+        return self.stats
+
+    def __enter__(self) -> Pipeline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,71 @@
+"""Keyframe scheduling: run the deep stage only when needed, reuse its cached output otherwise."""
+
+from __future__ import annotations
+
+from ..errors import ConfigError
+from .asynchronous import AsyncAdaptive
+from .base import Scheduler, ScheduleStats
+from .calibrate import calibrate_threshold
+from .change import ChangeMeasure, Summary
+from .flow import FlowWarp
+from .policies import DEFAULT_MAX_INTERVAL, DEFAULT_THRESHOLD, Adaptive, Clockwork, Every
+
+SCHEDULERS = ("every", "clockwork", "adaptive", "async")
+
+
+def make_scheduler(
+    name: str = "every",
+    *,
+    interval: int | None = None,
+    threshold: float | None = None,
+    max_interval: int | None = None,
+    target_keyframe_rate: float | None = None,
+    warp: bool = False,
+    change_feature: str | None = None,
+    change_pool: int | None = None,
+) -> Scheduler:
+    """A scheduler by name; an option that does not apply to it is an error, not ignored."""
+    if name not in SCHEDULERS:
+        raise ConfigError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
+    adaptive_only = {"threshold": threshold, "max_interval": max_interval,
+                     "target_keyframe_rate": target_keyframe_rate, "change_feature": change_feature,
+                     "change_pool": change_pool}
+    given = sorted(k for k, v in adaptive_only.items() if v is not None)
+    if name not in ("adaptive", "async") and given:
+        raise ConfigError(f"{', '.join(given)} apply to the adaptive and async schedulers, not {name!r}")
+    if name != "clockwork" and interval is not None:
+        raise ConfigError(f"interval applies to the clockwork scheduler, not {name!r}")
+    if name == "every" and warp:
+        raise ConfigError("flow warp needs cached deep features: use it with clockwork, adaptive or async")
+    flow = FlowWarp() if warp else None
+    if name == "every":
+        return Every()
+    if name == "clockwork":
+        return Clockwork(4 if interval is None else interval, warp=flow)
+    measure = ChangeMeasure(feature=change_feature, pool=4 if change_pool is None else change_pool)
+    cls = Adaptive if name == "adaptive" else AsyncAdaptive
+    return cls(
+        threshold,
+        max_interval=DEFAULT_MAX_INTERVAL if max_interval is None else max_interval,
+        target_keyframe_rate=target_keyframe_rate,
+        measure=measure,
+        warp=flow,
+    )
+
+
+__all__ = [
+    "DEFAULT_MAX_INTERVAL",
+    "DEFAULT_THRESHOLD",
+    "SCHEDULERS",
+    "Adaptive",
+    "AsyncAdaptive",
+    "ChangeMeasure",
+    "Clockwork",
+    "Every",
+    "FlowWarp",
+    "ScheduleStats",
+    "Scheduler",
+    "Summary",
+    "calibrate_threshold",
+    "make_scheduler",
+]

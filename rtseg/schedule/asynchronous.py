@@ -1,0 +1,121 @@
+"""The adaptive schedule with the deep stage off the frame path (Li, Shi and Lin, CVPR 2018, Sec. 4).
+
+A keyframe's deep stage is handed to a worker thread; that frame and the following ones are
+answered with ``head(low_now, previous cache)`` until the worker finishes, and then the new cache
+is swapped in. A frame never waits for deep (except the very first, which has no cache yet), so
+per-frame latency stays at low + head. ``deep_age`` in each result says how old the deep features
+it used are; ``is_keyframe`` marks the frames that started a deep run. While the worker is busy a
+new keyframe cannot start: the frame is answered from the cache and the change is reconsidered
+on the next frame (counted as ``deferred``).
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+from ..engine.base import Engine, Features
+from ..models.base import StageSpec
+from ..result import SegResult
+from .base import ScheduleStats, _host_image, _ms
+from .policies import Adaptive
+
+
+def _deep_inputs(low: Features, spec: StageSpec) -> Features:
+    return {name: low[name] for name in spec.deep_inputs}
+
+
+class AsyncAdaptive(Adaptive):
+    name = "async"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rtseg-deep")
+        self._pending: Future | None = None
+        self._pending_step = -1
+        self._pending_image: Any = None
+        self._ref_step = -1  # step of the last keyframe started (the change reference)
+        self._deferred = 0
+        self._worker_ms = 0.0
+
+    def reset(self) -> None:
+        self._wait_pending()
+        super().reset()
+        self._ref_step = -1
+        self._deferred = 0
+        self._worker_ms = 0.0
+
+    def close(self) -> None:
+        self._wait_pending()
+        self._pool.shutdown(wait=True)
+
+    def _wait_pending(self) -> None:
+        pending = getattr(self, "_pending", None)
+        if pending is not None:
+            pending.exception()  # waits; a failure is dropped with the stream state it belonged to
+            self._pending = None
+
+    @property
+    def stats(self) -> ScheduleStats:
+        return ScheduleStats(self._step + 1, self._keyframes, self._deferred, self._worker_ms)
+
+    def _timed_deep(self, engine: Engine, inputs: Features) -> tuple[Features, float]:
+        t0 = time.perf_counter()
+        deep = engine.run_deep(inputs)
+        return deep, _ms(t0)
+
+    def _collect(self) -> None:
+        if self._pending is not None and self._pending.done():
+            deep, ms = self._pending.result()  # re-raises a worker failure here, on the caller's thread
+            self._worker_ms += ms
+            self._deep, self._deep_step = deep, self._pending_step
+            if self.warp is not None:
+                self.warp.set_keyframe(self._pending_image)
+            self._pending = None
+            self._pending_image = None
+
+    def step(self, engine: Engine, image: Any, *, index: int | None = None) -> SegResult:
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        low = engine.run_low(image)
+        timings["low"] = _ms(t0)
+        self._step += 1
+        self._collect()
+        key, change = self._decide(engine, low, self._step - self._ref_step, timings)
+        started = False
+        if self._deep is None and self._pending is None:
+            t0 = time.perf_counter()  # first frame: nothing to answer from, so deep runs inline
+            self._deep, self._deep_step = engine.run_deep(low), self._step
+            timings["deep"] = _ms(t0)
+            if self.warp is not None:
+                self.warp.set_keyframe(_host_image(image))
+            started = True
+        elif key and self._pending is None:
+            self._pending = self._pool.submit(self._timed_deep, engine, _deep_inputs(low, engine.stage_spec))
+            self._pending_step = self._step
+            self._pending_image = _host_image(image) if self.warp is not None else None
+            started = True
+        elif key:
+            self._deferred += 1
+        if started:
+            self._keyframes += 1
+            self._ref_step = self._step
+            self._keyframe_taken()
+        used = self._deep
+        if self.warp is not None and self._deep_step != self._step:
+            t0 = time.perf_counter()
+            used = self.warp.warp(self._deep, _host_image(image))
+            timings["warp"] = _ms(t0)
+        t0 = time.perf_counter()
+        labels = engine.run_head(low, used)
+        timings["head"] = _ms(t0)
+        return SegResult(
+            labels=labels[0],
+            frame_index=self._step if index is None else index,
+            is_keyframe=started,
+            deep_age=self._step - self._deep_step,
+            classes=engine.meta.classes,
+            timings=timings,
+            change=change,
+        )

@@ -1,0 +1,119 @@
+"""The keyframe loop every scheduler shares.
+
+Per frame: run ``low``; decide whether this is a keyframe; on a keyframe run ``deep`` and cache
+it; always run ``head(low_now, cached_deep)``. Subclasses only decide (``_decide``). A scheduler
+holds per-stream state (the deep cache, the keyframe reference): use one per camera, and reset it
+when the stream jumps (a new file, a seek).
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..engine.base import Engine, Features
+from ..result import SegResult
+from .flow import FlowWarp
+
+
+@dataclass(frozen=True)
+class ScheduleStats:
+    frames: int
+    keyframes: int
+    deferred: int = 0  # async: keyframes not started because the worker was busy
+    worker_deep_ms: float = 0.0  # async: deep time spent on the worker thread
+
+    @property
+    def keyframe_ratio(self) -> float:
+        return self.keyframes / self.frames if self.frames else float("nan")
+
+
+class Scheduler(ABC):
+    """Decides which frames run the deep stage and owns the deep-feature cache."""
+
+    name: str = "scheduler"
+
+    def __init__(self, *, warp: FlowWarp | None = None) -> None:
+        self.warp = warp
+        self._deep: Features | None = None
+        self._deep_step = -1
+        self._step = -1
+        self._keyframes = 0
+
+    def describe(self) -> str:
+        return self.name + (" + flow warp" if self.warp is not None else "")
+
+    @abstractmethod
+    def _decide(self, engine: Engine, low: Features, age: int, timings: dict[str, float]) -> tuple[bool, float | None]:
+        """(is_keyframe, change score) for a frame whose cached deep features would be ``age`` frames old."""
+
+    def _keyframe_taken(self) -> None:
+        """Called after a keyframe's deep stage ran (update references)."""
+
+    def reset(self) -> None:
+        self._deep = None
+        self._deep_step = -1
+        self._step = -1
+        self._keyframes = 0
+        if self.warp is not None:
+            self.warp.reset()
+
+    def close(self) -> None:
+        """Release worker threads; the scheduler cannot be used afterwards."""
+
+    @property
+    def stats(self) -> ScheduleStats:
+        return ScheduleStats(self._step + 1, self._keyframes)
+
+    def step(self, engine: Engine, image: Any, *, index: int | None = None) -> SegResult:
+        """Segment one frame (uint8 BGR at the engine's input size)."""
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        low = engine.run_low(image)
+        timings["low"] = _ms(t0)
+        self._step += 1
+        age = self._step - self._deep_step
+        key, change = self._decide(engine, low, age, timings)
+        if key or self._deep is None:
+            t0 = time.perf_counter()
+            deep = engine.run_deep(low)
+            timings["deep"] = _ms(t0)
+            self._deep, self._deep_step = deep, self._step
+            self._keyframes += 1
+            self._keyframe_taken()
+            used = deep
+            if self.warp is not None:
+                t0 = time.perf_counter()
+                self.warp.set_keyframe(_host_image(image))
+                timings["warp"] = _ms(t0)
+            key = True
+        else:
+            used = self._deep
+            if self.warp is not None:
+                t0 = time.perf_counter()
+                used = self.warp.warp(self._deep, _host_image(image))
+                timings["warp"] = _ms(t0)
+        t0 = time.perf_counter()
+        labels = engine.run_head(low, used)
+        timings["head"] = _ms(t0)
+        return SegResult(
+            labels=labels[0],
+            frame_index=self._step if index is None else index,
+            is_keyframe=key,
+            deep_age=self._step - self._deep_step,
+            classes=engine.meta.classes,
+            timings=timings,
+            change=change,
+        )
+
+
+def _ms(t0: float) -> float:
+    return (time.perf_counter() - t0) * 1000.0
+
+
+def _host_image(image: Any) -> np.ndarray:
+    return image if isinstance(image, np.ndarray) else image.cpu().numpy()

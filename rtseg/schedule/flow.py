@@ -1,0 +1,87 @@
+"""Flow-guided warp of cached deep features (Deep Feature Flow, Zhu et al. CVPR 2017), with DIS flow.
+
+Between keyframes the cached deep features describe where things *were*. Warping them along the
+optical flow from the current frame back to the keyframe moves them to where things *are* before
+the head fuses them with the current low features. Flow comes from OpenCV's DIS (Kroeger et al.
+2016) on grey images downscaled by ``stride``; each deep feature is resampled bilinearly at its own
+resolution (grid_sample for torch tensors, cv2.remap for NumPy arrays).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import ConfigError
+
+PRESETS = {
+    "ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
+    "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
+    "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM,
+}
+
+
+class FlowWarp:
+    """Owns the keyframe's grey image and a DIS instance: one per scheduler, not thread-shared."""
+
+    def __init__(self, *, preset: str = "ultrafast", stride: int = 4) -> None:
+        if preset not in PRESETS:
+            raise ConfigError(f"flow preset must be one of {sorted(PRESETS)}, got {preset!r}")
+        if stride < 1:
+            raise ConfigError(f"flow stride must be >= 1, got {stride}")
+        self.preset = preset
+        self.stride = stride
+        self._dis = cv2.DISOpticalFlow.create(PRESETS[preset])
+        self._key: np.ndarray | None = None
+
+    def _grey(self, image: np.ndarray) -> np.ndarray:
+        if image.ndim == 4:
+            image = image[0]
+        grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+        if self.stride > 1:
+            h, w = grey.shape
+            grey = cv2.resize(grey, (max(8, w // self.stride), max(8, h // self.stride)),
+                              interpolation=cv2.INTER_AREA)
+        return grey
+
+    def set_keyframe(self, image: np.ndarray) -> None:
+        self._key = self._grey(image)
+
+    def reset(self) -> None:
+        self._key = None
+
+    def flow(self, image: np.ndarray) -> np.ndarray:
+        """h x w x 2 flow at ``stride``: current(x) ~ keyframe(x + flow(x))."""
+        if self._key is None:
+            raise RuntimeError("FlowWarp.flow called before set_keyframe")
+        return self._dis.calc(self._grey(image), self._key, None)
+
+    def warp(self, deep: dict[str, Any], image: np.ndarray) -> dict[str, Any]:
+        flow = self.flow(image)
+        return {name: _warp_one(value, flow) for name, value in deep.items()}
+
+
+def _sampling_map(flow: np.ndarray, w: int, h: int) -> tuple[np.ndarray, np.ndarray]:
+    fh, fw = flow.shape[:2]
+    if (fw, fh) != (w, h):
+        flow = cv2.resize(flow, (w, h), interpolation=cv2.INTER_LINEAR)
+    gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    # Flow vectors are in flow-image pixels: rescale them to this feature's pixels.
+    return gx + flow[..., 0] * (w / fw), gy + flow[..., 1] * (h / fh)
+
+
+def _warp_one(value: Any, flow: np.ndarray) -> Any:
+    h, w = value.shape[-2:]
+    map_x, map_y = _sampling_map(flow, w, h)
+    if isinstance(value, torch.Tensor):
+        grid = np.stack(((map_x + 0.5) * (2.0 / w) - 1.0, (map_y + 0.5) * (2.0 / h) - 1.0), axis=-1)
+        g = torch.from_numpy(grid).to(value.device, value.dtype).unsqueeze(0).expand(value.shape[0], -1, -1, -1)
+        return F.grid_sample(value, g, mode="bilinear", padding_mode="border", align_corners=False)
+    out = np.empty_like(value)
+    for idx in np.ndindex(*value.shape[:-2]):
+        cv2.remap(value[idx], map_x, map_y, cv2.INTER_LINEAR, dst=out[idx], borderMode=cv2.BORDER_REPLICATE)
+    return out

@@ -1,0 +1,288 @@
+"""The keyframe-scheduling study on a labelled sequence: the full threshold sweep, by exact replay.
+
+Every schedule that uses ``deep`` from frame k for frame t produces ``head(low_t, deep_k)`` there,
+whatever else it does; the adaptive rule only looks at change scores between pooled low features.
+So the study runs ``low`` and ``deep`` once per frame, computes each (t, k) head once (t - k below
+the maximum interval) and replays any schedule from those: the mIoU of a replayed schedule equals
+the mIoU of running the scheduler (checked by ``--verify``, which runs the real schedulers). The
+cost of a schedule is modelled from median stage times measured on the same frames:
+``frames x (low + change + head [+ warp on reused frames]) + keyframes x deep``.
+
+    python -m rtseg.schedule.sweep --root ../shared/data/camvid --weights ESPNET_CAMVID.pth --out docs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..data.datasets import camvid
+from ..engine import load
+from ..engine.base import Engine
+from ..metrics import ConfusionMatrix
+from .calibrate import simulate_keyframes
+from .change import ChangeMeasure, Summary
+from .flow import FlowWarp
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Point:
+    """One replayed schedule."""
+
+    family: str  # "every", "clockwork", "adaptive ..." (with the variant)
+    parameter: float  # interval or threshold
+    keyframes: int
+    frames: int
+    miou: float  # against the ground truth, %
+    agreement: float  # mIoU against the every-frame labels, %
+    ms_per_frame: float  # modelled inference cost
+
+    @property
+    def ratio(self) -> float:
+        return self.keyframes / self.frames
+
+
+class Study:
+    """Per-frame features and memoised heads for one sequence."""
+
+    def __init__(self, engine: Engine, images: Sequence[np.ndarray], labels: Sequence[np.ndarray],
+                 max_interval: int) -> None:
+        self.engine = engine
+        self.images = images
+        self.labels = labels
+        self.max_interval = max_interval
+        self.n_classes = len(engine.meta.classes)
+        self.ignore = engine.meta.classes.ignore_index
+        self.low: list[dict] = []
+        self.deep: list[dict] = []
+        self.every: list[np.ndarray] = []
+        times: dict[str, list[float]] = {"low": [], "deep": [], "head": []}
+        for image in images:
+            t0 = time.perf_counter()
+            low = engine.run_low(image)
+            t1 = time.perf_counter()
+            deep = engine.run_deep(low)
+            t2 = time.perf_counter()
+            labels_now = engine.run_head(low, deep)[0]
+            t3 = time.perf_counter()
+            times["low"].append(t1 - t0)
+            times["deep"].append(t2 - t1)
+            times["head"].append(t3 - t2)
+            self.low.append(low)
+            self.deep.append(deep)
+            self.every.append(labels_now)
+        self.stage_ms = {k: 1000 * float(np.median(v)) for k, v in times.items()}
+        self._memo: dict[tuple[int, int, bool], tuple[np.ndarray, np.ndarray]] = {}
+        self._warp_ms: list[float] = []
+        self._warp = FlowWarp()
+
+    def _matrices(self, t: int, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        gt = ConfusionMatrix(self.n_classes, self.ignore)
+        gt.update(self.labels[t], labels)
+        ag = ConfusionMatrix(self.n_classes, self.ignore)
+        ag.update(self.every[t], labels)
+        return gt.matrix, ag.matrix
+
+    def pair(self, t: int, k: int, warp: bool) -> tuple[np.ndarray, np.ndarray]:
+        key = (t, k, warp and t != k)
+        if key not in self._memo:
+            if t == k:
+                labels = self.every[t]
+            else:
+                deep = self.deep[k]
+                if warp:
+                    t0 = time.perf_counter()
+                    self._warp.set_keyframe(self.images[k])
+                    deep = self._warp.warp(deep, self.images[t])
+                    self._warp_ms.append(1000 * (time.perf_counter() - t0))
+                labels = self.engine.run_head(self.low[t], deep)[0]
+            self._memo[key] = self._matrices(t, labels)
+        return self._memo[key]
+
+    @property
+    def warp_ms(self) -> float:
+        return float(np.median(self._warp_ms)) if self._warp_ms else 0.0
+
+    def score(self, keys: Sequence[int], warp: bool) -> tuple[float, float]:
+        gt = np.zeros((self.n_classes, self.n_classes), np.int64)
+        ag = np.zeros_like(gt)
+        k = 0
+        key_set = set(keys)
+        for t in range(len(self.images)):
+            if t in key_set:
+                k = t
+            g, a = self.pair(t, k, warp)
+            gt += g
+            ag += a
+        return _miou(gt), _miou(ag)
+
+    def cost(self, keyframes: int, extra_ms: float, warp: bool) -> float:
+        n = len(self.images)
+        s = self.stage_ms
+        reused = n - keyframes
+        total = n * (s["low"] + s["head"] + extra_ms) + keyframes * s["deep"] + (reused * self.warp_ms if warp else 0)
+        return total / n
+
+
+def _miou(matrix: np.ndarray) -> float:
+    tp = np.diag(matrix).astype(np.float64)
+    union = matrix.sum(0) + matrix.sum(1) - tp
+    valid = union > 0
+    return float(100 * np.mean(tp[valid] / union[valid]))
+
+
+def clockwork_keys(n: int, interval: int) -> list[int]:
+    return list(range(0, n, interval))
+
+
+def adaptive_curve(study: Study, measure: ChangeMeasure, feature: str, warp: bool,
+                   family: str) -> list[Point]:
+    """One point per distinct keyframe set over every threshold that matters."""
+    n = len(study.images)
+    t0 = time.perf_counter()
+    summaries: list[Summary] = [measure.summarize(low[feature]) for low in study.low]
+    changes = {}
+    for t in range(n):
+        for k in range(max(0, t - study.max_interval + 1), t):
+            changes[(t, k)] = measure.distance(summaries[t], summaries[k])
+    change_ms = 1000 * (time.perf_counter() - t0) / n  # summary + about max_interval distances: an upper bound
+    points: list[Point] = []
+    seen: set[tuple[int, ...]] = set()
+    for threshold in sorted(set(changes.values()) | {0.0}, reverse=True):
+        keys = tuple(simulate_keyframes(changes, n, threshold, study.max_interval))
+        if keys in seen:
+            continue
+        seen.add(keys)
+        miou, agreement = study.score(keys, warp)
+        points.append(Point(family, threshold, len(keys), n, miou, agreement,
+                            study.cost(len(keys), change_ms, warp)))
+    return sorted(points, key=lambda p: p.keyframes)
+
+
+def run_study(engine: Engine, images: Sequence[np.ndarray], labels: Sequence[np.ndarray], *,
+              max_interval: int, variants: Sequence[tuple[str, int]], warp: bool,
+              progress: Callable[[str], None] = print) -> tuple[Study, list[Point]]:
+    progress(f"per-frame low/deep/head on {len(images)} frames")
+    study = Study(engine, images, labels, max_interval)
+    n = len(images)
+    points = []
+    for interval in range(1, max_interval + 1):
+        keys = clockwork_keys(n, interval)
+        miou, agreement = study.score(keys, False)
+        family = "every" if interval == 1 else "clockwork"
+        points.append(Point(family, interval, len(keys), n, miou, agreement, study.cost(len(keys), 0.0, False)))
+    for feature, pool in variants:
+        progress(f"adaptive: feature {feature}, pool {pool}")
+        points += adaptive_curve(study, ChangeMeasure(feature, pool), feature, False,
+                                 f"adaptive {feature}/{pool}")
+    if warp:
+        progress("flow warp: clockwork")
+        for interval in range(2, max_interval + 1):
+            keys = clockwork_keys(n, interval)
+            miou, agreement = study.score(keys, True)
+            points.append(Point("clockwork + warp", interval, len(keys), n, miou, agreement,
+                                study.cost(len(keys), 0.0, True)))
+        feature, pool = variants[0]
+        progress(f"flow warp: adaptive {feature}/{pool}")
+        points += adaptive_curve(study, ChangeMeasure(feature, pool), feature, True,
+                                 f"adaptive {feature}/{pool} + warp")
+    return study, points
+
+
+def frontier_at(points: Sequence[Point], family: str, ratio: float) -> Point | None:
+    """The best-mIoU point of a family with at most ``ratio`` keyframes."""
+    cands = [p for p in points if p.family == family and p.ratio <= ratio + 1e-9]
+    return max(cands, key=lambda p: p.miou) if cands else None
+
+
+def plot(points: Sequence[Point], families: Sequence[str], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=120)
+    styles = {"clockwork": dict(marker="s", linestyle="--", color="tab:red")}
+    every = next(p for p in points if p.family == "every")
+    for family in families:
+        ps = sorted((p for p in points if p.family == family), key=lambda p: p.ratio)
+        if family == "clockwork":
+            ps = [every, *ps]
+        style = styles.get(family, dict(marker=".", linestyle="-"))
+        ax.plot([p.ratio for p in ps], [p.miou for p in ps], label=family, **style)
+    ax.axhline(every.miou - 1.0, color="grey", linewidth=0.8, linestyle=":", label="every - 1.0 mIoU")
+    ax.set_xlabel("keyframe ratio (deep runs / frames)")
+    ax.set_ylabel("mIoU vs ground truth (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m rtseg.schedule.sweep", description=__doc__.splitlines()[0])
+    p.add_argument("--root", type=Path, required=True, help="CamVid folder")
+    p.add_argument("--split", default="val")
+    p.add_argument("--weights", type=Path, required=True)
+    p.add_argument("--model", default=None)
+    p.add_argument("--max-interval", type=int, default=10)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--frames", type=int, default=None, help="use only the first N frames")
+    p.add_argument("--no-warp", action="store_true")
+    p.add_argument("--variant", action="append", default=None, metavar="FEATURE/POOL",
+                   help="change-measure variants to sweep (first one is also tried with the flow warp)")
+    p.add_argument("--out", type=Path, required=True, help="folder for scheduling_sweep.json and scheduling.png")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    torch.set_num_threads(args.threads)
+    from ..cli.common import load_model
+
+    model = load_model(args.model, str(args.weights))
+    engine = load(model)
+    dataset = camvid(args.root, args.split)
+    samples = list(dataset)[: args.frames]
+    variants = [(v.split("/")[0], int(v.split("/")[1])) for v in (args.variant or ["l1_cat/4"])]
+    t0 = time.perf_counter()
+    study, points = run_study(engine, [s.image for s in samples], [s.label for s in samples],
+                              max_interval=args.max_interval, variants=variants, warp=not args.no_warp)
+    args.out.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "model": model.meta.model,
+        "weights": str(args.weights.name),
+        "split": args.split,
+        "frames": len(samples),
+        "max_interval": args.max_interval,
+        "stage_ms_median": {k: round(v, 2) for k, v in study.stage_ms.items()},
+        "warp_ms_median": round(study.warp_ms, 2),
+        "seconds": round(time.perf_counter() - t0, 1),
+        "points": [
+            {"family": q.family, "parameter": q.parameter, "keyframes": q.keyframes, "ratio": round(q.ratio, 4),
+             "miou": round(q.miou, 2), "agreement": round(q.agreement, 2),
+             "ms_per_frame": round(q.ms_per_frame, 2)}
+            for q in points
+        ],
+    }
+    (args.out / "scheduling_sweep.json").write_text(json.dumps(payload, indent=1))
+    families = ["clockwork", *dict.fromkeys(q.family for q in points if q.family.startswith("adaptive"))]
+    if not args.no_warp:
+        families.insert(1, "clockwork + warp")
+    plot(points, families, args.out / "scheduling.png",
+         f"{model.meta.model} on CamVid {args.split} ({len(samples)} frames in order)")
+    print(f"wrote {args.out / 'scheduling_sweep.json'} and {args.out / 'scheduling.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,136 @@
+"""``Segmenter``: an engine plus a keyframe scheduler behind one call, ``seg(frame) -> SegResult``."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Any
+
+import cv2
+import numpy as np
+
+from .engine.base import Engine
+from .models.base import StagedSegmenter
+from .result import SegResult
+from .schedule import Scheduler, make_scheduler
+from .source.frame import Frame
+
+
+def resolve_backend(backend: str) -> str:
+    """``auto`` where the engine factory offers it, else the reference torch backend."""
+    from . import engine
+
+    if backend == "auto" and "auto" not in getattr(engine, "BACKENDS", ()):
+        return "torch"
+    return backend
+
+
+def load_engine(
+    model: str | StagedSegmenter | None = None,
+    *,
+    weights: str | os.PathLike[str] | None = None,
+    backend: str = "auto",
+    input_size: tuple[int, int] | None = None,
+    **options: Any,
+) -> Engine:
+    """An engine for a registry name, a built network, or (neither) rtseg's default model and weights."""
+    from .cli.common import load_model
+    from .engine import load
+
+    if isinstance(model, StagedSegmenter):
+        net = model
+    else:
+        net = load_model(model, None if weights is None else os.fspath(weights))
+    return load(net, backend=resolve_backend(backend), input_size=input_size, **options)
+
+
+class Segmenter:
+    """Segments frames of one stream; thread-safe (calls are serialised), no global state.
+
+    ``scheduler`` is a name (``every``, ``clockwork``, ``adaptive``, ``async``: default options) or
+    a configured Scheduler (``rtseg.schedule.make_scheduler(...)``). Scheduling state is per
+    stream: use one Segmenter per camera, or ``reset()`` when the stream jumps. Pass ``engine`` to
+    share one loaded engine between several Segmenters.
+    """
+
+    def __init__(
+        self,
+        model: str | StagedSegmenter | None = None,
+        *,
+        weights: str | os.PathLike[str] | None = None,
+        backend: str = "auto",
+        input_size: tuple[int, int] | None = None,
+        scheduler: str | Scheduler = "every",
+        engine: Engine | None = None,
+        **engine_options: Any,
+    ) -> None:
+        if engine is None:
+            engine = load_engine(model, weights=weights, backend=backend, input_size=input_size, **engine_options)
+        self.engine = engine
+        self.scheduler = make_scheduler(scheduler) if isinstance(scheduler, str) else scheduler
+        self._lock = threading.Lock()
+        self._interpolation = (
+            cv2.INTER_AREA if engine.meta.preprocessing.interpolation == "area" else cv2.INTER_LINEAR
+        )
+
+    @property
+    def classes(self):  # noqa: ANN201 (ClassSet)
+        return self.engine.meta.classes
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return self.engine.input_size
+
+    @property
+    def output_size(self) -> tuple[int, int]:
+        return self.engine.output_size
+
+    def preprocess(self, image: np.ndarray) -> np.ndarray:
+        """The frame at the engine's input size: the one copy the hot loop makes (none if it fits)."""
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"expected an HxWx3 uint8 BGR image, got shape {image.shape} dtype {image.dtype}")
+        size = self.engine.input_size
+        if (image.shape[1], image.shape[0]) == tuple(size):
+            return image
+        return cv2.resize(image, size, interpolation=self._interpolation)
+
+    def __call__(self, frame: np.ndarray | Frame) -> SegResult:
+        """Labels for one BGR frame (any size; resized to the engine's input), at output resolution."""
+        image, index = (frame.image, frame.index) if isinstance(frame, Frame) else (frame, None)
+        with self._lock:
+            t0 = time.perf_counter()
+            x = self.preprocess(image)
+            ms = (time.perf_counter() - t0) * 1000.0
+            result = self.scheduler.step(self.engine, x, index=index)
+        return SegResult(result.labels, result.frame_index, result.is_keyframe, result.deep_age, result.classes,
+                         {"preprocess": ms, **result.timings}, result.change)
+
+    def use_scheduler(self, scheduler: str | Scheduler) -> None:
+        """Switch schedulers (the new one starts with an empty cache)."""
+        new = make_scheduler(scheduler) if isinstance(scheduler, str) else scheduler
+        with self._lock:
+            self.scheduler.close()
+            self.scheduler = new
+            self.scheduler.reset()
+
+    def reset(self) -> None:
+        """Forget the deep cache and keyframe reference (a new stream or a seek)."""
+        with self._lock:
+            self.scheduler.reset()
+
+    def close(self) -> None:
+        with self._lock:
+            self.scheduler.close()
+            self.engine.close()
+
+    def __enter__(self) -> Segmenter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        info = self.engine.info
+        return (f"Segmenter({info.model}, backend={info.backend}, input={info.input_size[0]}x{info.input_size[1]}, "
+                f"scheduler={self.scheduler.describe()})")

@@ -1,0 +1,58 @@
+"""Outputs by URI: files, an OpenCV window, a ZeroMQ stream, or nothing. See ``open_sink``."""
+
+from __future__ import annotations
+
+import importlib
+import os
+from typing import Any
+from urllib.parse import parse_qsl
+
+from ..errors import SinkError
+from .base import Policy, Sink, SinkStats
+from .packet import Packet
+
+SCHEMES = ("file", "display", "zmq", "null")
+SUPPORTED = (
+    "file://PATH or a plain path (.mp4, .avi, .mkv, .mov, or an image pattern such as out/%06d.png), "
+    "display://0 (a window), zmq://tcp://HOST:PORT (a ZeroMQ publisher), null:// (discard)"
+)
+
+
+def open_sink(uri: str | os.PathLike[str], *, policy: Policy = "block", fps: float | None = None,
+              queue_size: int | None = None, **options: Any) -> Sink:
+    """Open an output. ``policy`` is "drop" for live sources (never slow inference down) or "block"
+    for files (write every frame); the pipeline chooses it from the source. ``fps`` is the frame
+    rate written into video files."""
+    text = os.fspath(uri)
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        scheme, rest = "file", text
+    scheme = scheme.lower()
+    if queue_size is not None:
+        options["queue_size"] = queue_size
+    if scheme == "file":
+        from .file import FileSink
+
+        return FileSink(text, rest, fps=fps or 30.0, policy=policy, **options)
+    if scheme == "null":
+        from .null import NullSink
+
+        _, _, query = rest.partition("?")
+        params = dict(parse_qsl(query))
+        unknown = sorted(set(params) - {"overlay"})
+        if unknown:
+            raise SinkError(f"{text!r}: unknown option(s) {unknown}; null:// takes ?overlay=1")
+        return NullSink(text, draw=params.get("overlay", "0") not in ("0", "", "false"), policy=policy,
+                        **options)
+    if scheme == "display":
+        from .display import DisplaySink
+
+        return DisplaySink(text, policy=policy, **options)
+    if scheme == "zmq":
+        # Lazy: pyzmq and the wire format load only for streaming outputs.
+        publisher = importlib.import_module("rtseg.stream.publisher")
+        return publisher.open_publisher_sink(text, policy=policy, **options)
+    raise SinkError(f"unsupported sink {text!r}; outputs can be: {SUPPORTED}")
+
+
+__all__ = ["SCHEMES", "SUPPORTED", "Packet", "Policy", "Sink", "SinkStats", "open_sink"]

@@ -1,0 +1,99 @@
+"""Files: a video (mp4, avi, mkv, mov) or one image per frame (a printf pattern like out/%06d.png)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import cv2
+import numpy as np
+
+from ..errors import SinkError
+from .base import Policy, Sink
+from .packet import Packet
+
+# OpenCV's pip wheels ship FFmpeg without an H.264 encoder: mp4v (MPEG-4 part 2) is what works.
+VIDEO_FOURCC = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".mkv": "mp4v", ".avi": "MJPG"}
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+Content = Literal["overlay", "labels"]
+
+
+class FileSink(Sink):
+    """Writes the overlay of every packet (or, for image patterns, optionally the raw label map)."""
+
+    def __init__(
+        self,
+        uri: str,
+        path: str | os.PathLike[str],
+        *,
+        fps: float = 30.0,
+        fourcc: str | None = None,
+        content: Content = "overlay",
+        queue_size: int = 8,
+        policy: Policy = "block",
+    ) -> None:
+        self.path = Path(path)
+        text = str(self.path)
+        self.pattern = "%" in text
+        suffix = self.path.suffix.lower()
+        if content not in ("overlay", "labels"):
+            raise SinkError(f"{uri}: content must be 'overlay' or 'labels', got {content!r}")
+        if not fps > 0:
+            raise SinkError(f"{uri}: fps must be positive, got {fps}")
+        if self.pattern:
+            if suffix not in IMAGE_SUFFIXES:
+                raise SinkError(f"{uri}: an image pattern must end in one of {', '.join(IMAGE_SUFFIXES)}")
+            try:
+                text % 0
+            except (TypeError, ValueError):
+                raise SinkError(f"{uri}: {text!r} is not a valid pattern; use one integer field like %06d") from None
+        else:
+            if suffix not in VIDEO_FOURCC:
+                raise SinkError(
+                    f"{uri}: cannot tell the format from {suffix or 'no suffix'!r}; use a video "
+                    f"({', '.join(VIDEO_FOURCC)}) or an image pattern such as out/%06d.png"
+                )
+            if content == "labels":
+                raise SinkError(f"{uri}: label maps are written losslessly only as PNG images (out/%06d.png)")
+        if fourcc is not None and len(fourcc) != 4:
+            raise SinkError(f"{uri}: fourcc must be 4 characters, got {fourcc!r}")
+        self.fourcc = fourcc or VIDEO_FOURCC.get(suffix, "")
+        self.fps = fps
+        self.content = content
+        parent = self.path.parent
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SinkError(f"{uri}: cannot create the folder {parent}: {exc}") from None
+        self._writer: cv2.VideoWriter | None = None
+        self._size: tuple[int, int] | None = None
+        super().__init__(uri, queue_size=queue_size, policy=policy)
+
+    def emit(self, packet: Packet) -> None:
+        if self.content == "labels":
+            image = packet.result.labels
+        else:
+            image = packet.overlay()
+        if self.pattern:
+            target = str(self.path) % packet.frame.index
+            if not cv2.imwrite(target, image):
+                raise SinkError(f"cannot write {target}")
+            return
+        self._write_video(image)
+
+    def _write_video(self, image: np.ndarray) -> None:
+        size = (image.shape[1], image.shape[0])
+        if self._writer is None:
+            writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*self.fourcc), self.fps, size)
+            if not writer.isOpened():
+                raise SinkError(f"cannot open {self.path} for writing with fourcc {self.fourcc!r}")
+            self._writer, self._size = writer, size
+        elif size != self._size:
+            raise SinkError(f"{self.path}: frame size changed from {self._size} to {size}")
+        self._writer.write(image)
+
+    def release(self) -> None:
+        if self._writer is not None:
+            self._writer.release()
+            self._writer = None

@@ -1,0 +1,240 @@
+"""What every frame source shares: options, info, iteration, resizing, rate and real-time pacing.
+
+Two kinds of source exist. *Media* sources (files, image folders, synthetic scenes) deliver every
+frame in order, as fast as the consumer takes them, unless ``realtime`` asks for wall-clock pacing,
+which drops frames the consumer is too slow for. *Live* sources (cameras, network streams) are
+paced by the producer: a capture thread keeps only the newest frame, so a slow consumer skips
+frames instead of falling behind (see ``live.py``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from ..errors import ConfigError
+from .frame import Frame
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SourceOptions:
+    """How to read a source; the same options apply to every kind."""
+
+    loop: bool = False  # restart files, folders and finite synthetic scenes at their end
+    resize: tuple[int, int] | None = None  # (width, height) of delivered frames
+    rate: float | None = None  # deliver at most this many frames per second of media (or wall) time
+    realtime: bool = False  # pace media sources by the wall clock, dropping frames when behind
+    reconnect: int = 5  # live sources: reopen attempts after a drop before SourceError
+    timeout: float = 10.0  # live sources: seconds to open, and to wait for a frame
+    backoff: float = 0.5  # first reconnect delay in seconds; doubles per attempt
+    backoff_max: float = 8.0
+
+    def __post_init__(self) -> None:
+        if self.resize is not None:
+            if len(self.resize) != 2 or any(int(v) != v or v <= 0 for v in self.resize):
+                raise ConfigError(f"resize must be (width, height) with positive integers, got {self.resize!r}")
+        if self.rate is not None and not self.rate > 0:
+            raise ConfigError(f"rate must be a positive number of frames per second, got {self.rate!r}")
+        if self.reconnect < 0:
+            raise ConfigError(f"reconnect must be >= 0 attempts, got {self.reconnect}")
+        if not self.timeout > 0:
+            raise ConfigError(f"timeout must be positive seconds, got {self.timeout}")
+        if not 0 <= self.backoff <= self.backoff_max:
+            raise ConfigError(
+                f"backoff must satisfy 0 <= backoff <= backoff_max, got {self.backoff} and {self.backoff_max}"
+            )
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """What a source is, known after opening it."""
+
+    uri: str
+    kind: str  # "video", "images", "synthetic", "camera", "stream"
+    live: bool  # True when frames may be dropped to stay current (live kinds and realtime pacing)
+    fps: float | None  # nominal frames per second, when known
+    size: tuple[int, int] | None  # (width, height) of delivered frames, when known
+    frame_count: int | None = None  # frames in one pass, when known
+
+
+@dataclass(frozen=True)
+class SourceStats:
+    delivered: int
+    dropped: int  # frames skipped to keep pace (live newest-frame policy, realtime, rate limiting excluded)
+    reconnects: int
+
+
+class Source(ABC):
+    """An iterator of Frames that must be closed (use it as a context manager)."""
+
+    info: SourceInfo
+
+    def __init__(self, uri: str, options: SourceOptions) -> None:
+        self.uri = uri
+        self.options = options
+        self._delivered = 0
+        self._dropped = 0
+        self._reconnects = 0
+        self._closed = False
+
+    @abstractmethod
+    def _next_frame(self) -> Frame | None:
+        """The next frame, or None at the end of the stream."""
+
+    def _release(self) -> None:
+        """Free the underlying device or file."""
+
+    def __iter__(self) -> Iterator[Frame]:
+        return self
+
+    def __next__(self) -> Frame:
+        if self._closed:
+            raise StopIteration
+        frame = self._next_frame()
+        if frame is None:
+            raise StopIteration
+        self._delivered += 1
+        return frame
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._release()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def stats(self) -> SourceStats:
+        return SourceStats(self._delivered, self._dropped, self._reconnects)
+
+    def _resize(self, image: np.ndarray) -> np.ndarray:
+        size = self.options.resize
+        if size is None or (image.shape[1], image.shape[0]) == tuple(size):
+            return image
+        shrinking = size[0] < image.shape[1]
+        return cv2.resize(image, size, interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+
+    def _output_size(self, native: tuple[int, int] | None) -> tuple[int, int] | None:
+        return tuple(self.options.resize) if self.options.resize is not None else native  # type: ignore[return-value]
+
+    def __enter__(self) -> Source:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.uri!r})"
+
+
+class MediaSource(Source):
+    """A source with its own timeline (media time): files, image sequences, synthetic scenes.
+
+    Subclasses implement ``_read`` (the next image of one pass, or None at its end), ``_rewind``
+    (start the next pass) and may override ``_skip`` with something cheaper than decoding.
+    ``rate`` keeps the frames whose media time falls in a new 1/rate slot; ``realtime`` sleeps
+    until each frame is due and skips those the consumer is already too late for.
+    """
+
+    def __init__(self, uri: str, options: SourceOptions, *, fps: float) -> None:
+        super().__init__(uri, options)
+        self.fps = fps
+        self._media_index = -1  # index of the last frame read in this pass
+        self._index_offset = 0  # frames of previous passes (loop)
+        self._next_slot = 0.0  # rate limiting: earliest media time of the next kept frame
+        self._clock_start: float | None = None  # realtime: perf_counter at media time 0
+        self._pass_frames = 0
+
+    @abstractmethod
+    def _read(self) -> np.ndarray | None: ...
+
+    @abstractmethod
+    def _rewind(self) -> bool:
+        """Start over for ``loop``; False when that is impossible."""
+
+    def _skip(self) -> bool:
+        return self._read() is not None
+
+    def _media_time(self, media_index: int) -> float:
+        return media_index / self.fps
+
+    def _restart(self) -> bool:
+        """At the end of a pass: begin the next one if looping (and the pass was not empty)."""
+        if not self.options.loop or self._pass_frames == 0 or not self._rewind():
+            return False
+        self._index_offset += self._media_index + 1
+        self._media_index = -1
+        self._pass_frames = 0
+        self._next_slot = 0.0
+        if self._clock_start is not None:
+            self._clock_start = time.perf_counter()
+        return True
+
+    def _advance_read(self) -> np.ndarray | None:
+        while True:
+            image = self._read()
+            if image is not None:
+                self._media_index += 1
+                self._pass_frames += 1
+                return image
+            if not self._restart():
+                return None
+
+    def _advance_skip(self) -> bool:
+        while True:
+            if self._skip():
+                self._media_index += 1
+                self._pass_frames += 1
+                return True
+            if not self._restart():
+                return False
+
+    def _next_frame(self) -> Frame | None:
+        rate = self.options.rate
+        period = 1.0 / (rate or self.fps)
+        while True:
+            t_next = self._media_time(self._media_index + 1)
+            thinned = rate is not None and t_next + 1e-9 < self._next_slot
+            late = (
+                not thinned
+                and self.options.realtime
+                and self._clock_start is not None
+                and time.perf_counter() - (self._clock_start + t_next) > period
+            )
+            if thinned or late:
+                # Not decoded at all: the consumer would never see it.
+                if not self._advance_skip():
+                    return None
+                self._dropped += int(late)
+                continue
+            image = self._advance_read()
+            if image is None:
+                return None
+            t = self._media_time(self._media_index)
+            if rate is not None:
+                self._next_slot = (np.floor(t * rate + 1e-9) + 1) / rate
+            if self.options.realtime:
+                now = time.perf_counter()
+                if self._clock_start is None:
+                    self._clock_start = now - t
+                due = self._clock_start + t
+                if due > now:
+                    time.sleep(due - now)
+            return Frame(
+                image=self._resize(image),
+                index=self._index_offset + self._media_index,
+                timestamp=time.time(),
+                monotonic=time.perf_counter(),
+                source=self.uri,
+                position_s=t,
+            )

@@ -1,0 +1,85 @@
+"""Still images as a sequence: a folder, a glob pattern, or one file (a one-frame sequence)."""
+
+from __future__ import annotations
+
+import glob
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from ..errors import SourceError
+from .base import MediaSource, SourceInfo, SourceOptions
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+NOMINAL_FPS = 30.0  # images have no frame rate; used for realtime pacing unless rate= is given
+
+
+def is_image_path(path: str | Path) -> bool:
+    return Path(path).suffix.lower() in IMAGE_SUFFIXES
+
+
+def is_glob(text: str) -> bool:
+    return any(c in text for c in "*?[")
+
+
+def list_images(spec: str) -> list[Path]:
+    """Sorted image files for a folder, a glob pattern or a single image path."""
+    if is_glob(spec):
+        files = sorted(Path(p) for p in glob.glob(spec) if is_image_path(p) and Path(p).is_file())
+        if not files:
+            raise SourceError(f"no image files match {spec!r} (suffixes: {', '.join(IMAGE_SUFFIXES)})")
+        return files
+    path = Path(spec)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and is_image_path(p))
+        if not files:
+            raise SourceError(f"no image files in folder {path} (suffixes: {', '.join(IMAGE_SUFFIXES)})")
+        return files
+    if path.is_file():
+        if not is_image_path(path):
+            raise SourceError(f"{path} is not an image file (suffixes: {', '.join(IMAGE_SUFFIXES)})")
+        return [path]
+    raise SourceError(f"image folder or file not found: {path}")
+
+
+class ImageSource(MediaSource):
+    def __init__(self, uri: str, spec: str, options: SourceOptions) -> None:
+        self.files = list_images(spec)
+        super().__init__(uri, options, fps=options.rate or NOMINAL_FPS)
+        self._position = 0
+        first = self._load(self.files[0])
+        self._single = first if len(self.files) == 1 else None  # decoded once, copied per frame
+        self.info = SourceInfo(
+            uri=uri,
+            kind="images",
+            live=options.realtime,
+            fps=None,
+            size=self._output_size((first.shape[1], first.shape[0])),
+            frame_count=len(self.files),
+        )
+
+    @staticmethod
+    def _load(path: Path) -> np.ndarray:
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if image is None:
+            raise SourceError(f"cannot read image {path} (truncated or not an image)")
+        return image
+
+    def _read(self) -> np.ndarray | None:
+        if self._position >= len(self.files):
+            return None
+        self._position += 1
+        if self._single is not None:
+            return self._single.copy()  # consumers own their frames
+        return self._load(self.files[self._position - 1])
+
+    def _skip(self) -> bool:
+        if self._position >= len(self.files):
+            return False
+        self._position += 1
+        return True
+
+    def _rewind(self) -> bool:
+        self._position = 0
+        return True

@@ -1,0 +1,149 @@
+"""``open_source(uri)``: one call for every kind of input, in the style of jetson-utils' videoSource."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from urllib.parse import parse_qsl, urlsplit
+
+import cv2
+
+from ..errors import SourceError
+from .base import Source, SourceOptions
+from .images import ImageSource, is_glob, is_image_path
+from .live import CaptureFactory, LiveSource, camera_factory, network_factory, v4l2_factory
+from .synthetic import DriveParams, SyntheticSource
+from .video import VideoFileSource
+
+SCHEMES = ("file", "images", "synthetic", "camera", "v4l2", "rtsp", "rtsps", "http", "https")
+
+SUPPORTED = (
+    "file://PATH or a plain path (a video, an image, a folder of images or a glob), images://DIR-OR-GLOB, "
+    "camera://N, v4l2:///dev/videoN, rtsp://HOST[:PORT]/PATH, http(s)://... (MJPEG or HLS), "
+    "synthetic://drive?size=WxH&fps=N&seed=S&frames=N"
+)
+
+_CAMERA_KEYS = {"width": cv2.CAP_PROP_FRAME_WIDTH, "height": cv2.CAP_PROP_FRAME_HEIGHT, "fps": cv2.CAP_PROP_FPS}
+
+
+def open_source(
+    uri: str | os.PathLike[str],
+    *,
+    loop: bool = False,
+    resize: tuple[int, int] | None = None,
+    rate: float | None = None,
+    realtime: bool = False,
+    reconnect: int = 5,
+    timeout: float = 10.0,
+    backoff: float = 0.5,
+    capture_factory: CaptureFactory | None = None,
+) -> Source:
+    """Open a frame source; iterate it for Frames and close it (or use ``with``).
+
+    ``capture_factory`` replaces how camera and stream captures are made (a cv2.VideoCapture-like
+    object per call): tests use it to simulate a device that disconnects.
+    """
+    options = SourceOptions(loop=loop, resize=resize, rate=rate, realtime=realtime, reconnect=reconnect,
+                            timeout=timeout, backoff=backoff, backoff_max=max(backoff, 8.0))
+    text = os.fspath(uri)
+    if "://" not in text:
+        return _open_path(text, text, options)
+    scheme, rest = text.split("://", 1)
+    scheme = scheme.lower()
+    if scheme not in SCHEMES:
+        raise SourceError(f"unsupported source scheme {scheme!r} in {text!r}; supported: {SUPPORTED}")
+    if scheme == "file":
+        return _open_path(text, _strip_query(rest, text), options)
+    if scheme == "images":
+        return ImageSource(text, _strip_query(rest, text), options)
+    if scheme == "synthetic":
+        scene, query = _split_query(rest)
+        return SyntheticSource(text, scene or "drive", _drive_params(query, text), options)
+    if scheme == "camera":
+        device, query = _split_query(rest)
+        if not device.isdigit():
+            raise SourceError(f"camera:// takes a camera number, as in camera://0; got {text!r}")
+        factory = capture_factory or camera_factory(int(device), _camera_props(query, text))
+        return LiveSource(text, "camera", factory, options, hint=f"is camera {device} connected and free?")
+    if scheme == "v4l2":
+        device, query = _split_query(rest)
+        factory = capture_factory or v4l2_factory(device, _camera_props(query, text))
+        return LiveSource(text, "camera", factory, options, hint=f"is {device} a capture device, free to use?")
+    factory = capture_factory or network_factory(text, timeout)
+    parts = urlsplit(text)
+    return LiveSource(
+        text, "stream", factory, options,
+        hint=f"nothing answered at {parts.hostname}:{parts.port or 'default port'} or the server refused "
+             "the stream; check the URL, that the server runs, and credentials",
+    )
+
+
+def _open_path(uri: str, spec: str, options: SourceOptions) -> Source:
+    if spec.isdigit() and not Path(spec).exists():
+        return open_source(f"camera://{spec}", loop=options.loop, resize=options.resize, rate=options.rate,
+                           reconnect=options.reconnect, timeout=options.timeout, backoff=options.backoff)
+    if spec.startswith("/dev/video"):
+        return open_source(f"v4l2://{spec}", loop=options.loop, resize=options.resize, rate=options.rate,
+                           reconnect=options.reconnect, timeout=options.timeout, backoff=options.backoff)
+    if is_glob(spec):
+        return ImageSource(uri, spec, options)
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return ImageSource(uri, str(path), options)
+    if path.is_file():
+        if is_image_path(path):
+            return ImageSource(uri, str(path), options)
+        return VideoFileSource(uri, path, options)
+    raise SourceError(f"no such file or folder: {path}. Sources can be: {SUPPORTED}")
+
+
+def _split_query(rest: str) -> tuple[str, dict[str, str]]:
+    head, _, query = rest.partition("?")
+    return head, dict(parse_qsl(query, keep_blank_values=True))
+
+
+def _strip_query(rest: str, uri: str) -> str:
+    head, query = _split_query(rest)
+    if query:
+        raise SourceError(f"{uri!r}: file and image sources take no ?options (got {sorted(query)})")
+    return head
+
+
+def _number(query: dict[str, str], key: str, uri: str, kind: type = int) -> float | int | None:
+    if key not in query:
+        return None
+    try:
+        return kind(query[key])
+    except ValueError:
+        raise SourceError(f"{uri!r}: {key}={query[key]!r} is not a valid {kind.__name__}") from None
+
+
+def _check_keys(query: dict[str, str], allowed: tuple[str, ...], uri: str) -> None:
+    unknown = sorted(set(query) - set(allowed))
+    if unknown:
+        raise SourceError(f"{uri!r}: unknown option(s) {unknown}; allowed: {', '.join(allowed)}")
+
+
+def _drive_params(query: dict[str, str], uri: str) -> DriveParams:
+    _check_keys(query, ("size", "fps", "seed", "frames"), uri)
+    size = (1280, 720)
+    if "size" in query:
+        try:
+            w, h = (int(v) for v in query["size"].lower().split("x"))
+        except ValueError:
+            raise SourceError(f"{uri!r}: size must look like 1280x720, got {query['size']!r}") from None
+        size = (w, h)
+    fps = _number(query, "fps", uri, float)
+    seed = _number(query, "seed", uri)
+    frames = _number(query, "frames", uri)
+    return DriveParams(
+        size=size,
+        fps=30.0 if fps is None else float(fps),
+        seed=0 if seed is None else int(seed),
+        frames=None if frames is None else int(frames),
+    )
+
+
+def _camera_props(query: dict[str, str], uri: str) -> dict[int, float]:
+    _check_keys(query, tuple(_CAMERA_KEYS), uri)
+    return {_CAMERA_KEYS[k]: float(_number(query, k, uri, float)) for k in query}  # type: ignore[arg-type]

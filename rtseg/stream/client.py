@@ -1,0 +1,253 @@
+"""A client for the segmentation server that never hangs: the lazy-pirate pattern.
+
+A REQ socket whose peer dies mid-request waits forever (imagezmq's hang). Here every attempt waits
+at most ``timeout`` seconds; on silence the socket is closed, discarding the stale request, and a
+fresh one resends it, up to ``retries`` more times, after which ``StreamTimeout`` is raised, at
+most ``timeout * (retries + 1)`` seconds after the call. The next call starts over with a new
+socket, so the client works again as soon as the server is back.
+
+A retried request may have reached a server that was merely slow; for a stream this advances its
+scheduler state one extra frame, which costs at most an earlier keyframe.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import zmq
+
+from ..data.labels import ClassSet
+from ..errors import ConfigError, ProtocolError, StreamTimeout
+from .curve import apply_client_keys
+from .protocol import (
+    DEFAULT_MAX_PIXELS,
+    ErrorCode,
+    PartSpec,
+    SegmentRequest,
+    ServerError,
+    check_stream_id,
+    decode_array,
+    decode_reply,
+    dumps,
+    encode_array,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, eq=False)
+class Reply:
+    """A successful reply: the label map (and overlay), with the server's facts about it."""
+
+    labels: np.ndarray
+    overlay: np.ndarray | None
+    is_keyframe: bool
+    deep_age: int
+    timings_ms: dict[str, float]
+    image_shape: tuple[int, ...]
+    input_size: tuple[int, int]
+    classes: ClassSet
+    stream: str | None
+    frame_index: int | None
+    rtt_ms: float  # this call, send to reply, including retries
+    attempts: int
+    stream_restarted: bool = False  # the server had lost this stream; it was started again
+    header: dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+class Client:
+    """Talks to one server; use one per thread. ``retries`` counts attempts after the first."""
+
+    def __init__(
+        self,
+        addr: str,
+        *,
+        timeout: float = 2.0,
+        retries: int = 2,
+        curve_keys: str | os.PathLike[str] | None = None,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> None:
+        if addr.startswith("zmq://"):
+            addr = addr[len("zmq://") :]
+        if "://" not in addr:
+            raise ConfigError(f"server address must look like tcp://HOST:PORT or ipc://PATH, got {addr!r}")
+        if not timeout > 0:
+            raise ConfigError(f"timeout must be positive, got {timeout!r}")
+        if retries < 0:
+            raise ConfigError(f"retries must be >= 0, got {retries!r}")
+        self.addr = addr
+        self.timeout = float(timeout)
+        self.retries = int(retries)
+        self.curve_keys = curve_keys
+        self.max_pixels = max_pixels
+        self._ctx = zmq.Context()
+        self._socket: zmq.Socket | None = None
+        self._ids = itertools.count(1)
+        self._started: set[str] = set()
+        self.reconnects = 0
+        self.last_attempts = 0
+
+    # ------------------------------------------------------------------ transport
+
+    def _open(self) -> zmq.Socket:
+        socket = self._ctx.socket(zmq.REQ)
+        try:
+            socket.setsockopt(zmq.LINGER, 0)
+            if self.curve_keys is not None:
+                apply_client_keys(socket, self.curve_keys)
+            socket.connect(self.addr)
+        except BaseException:
+            socket.close(linger=0)
+            raise
+        return socket
+
+    def _drop_socket(self) -> None:
+        if self._socket is not None:
+            self._socket.close(linger=0)
+            self._socket = None
+
+    def request(self, frames: Sequence[bytes]) -> list[bytes]:
+        """Send raw request frames, return the raw reply frames (lazy pirate, no decoding).
+
+        For tools and tests that speak the wire format themselves."""
+        if self._ctx.closed:
+            raise ConfigError("this client is closed")
+        attempts = self.retries + 1
+        for attempt in range(1, attempts + 1):
+            if self._socket is None:
+                self._socket = self._open()
+            socket = self._socket
+            try:
+                socket.send_multipart(list(frames), zmq.NOBLOCK)
+                if socket.poll(int(self.timeout * 1000), zmq.POLLIN):
+                    self.last_attempts = attempt
+                    return socket.recv_multipart()
+            except zmq.ZMQError as exc:
+                log.debug("attempt %d to %s failed: %s", attempt, self.addr, exc)
+            # Silence: this REQ socket is stuck waiting for a reply that may never come.
+            self._drop_socket()
+            self.reconnects += 1
+            if attempt < attempts:
+                log.warning(
+                    "no reply from %s in %.3g s; retrying (%d/%d)",
+                    self.addr,
+                    self.timeout,
+                    attempt,
+                    attempts - 1,
+                )
+        raise StreamTimeout(
+            f"no reply from {self.addr} after {attempts} attempt(s) of {self.timeout:.3g} s "
+            "(server down or overloaded, or a frame over its size limit)"
+        )
+
+    # ------------------------------------------------------------------ segmentation
+
+    def segment(
+        self,
+        image: np.ndarray | bytes,
+        *,
+        stream_id: str | None = None,
+        encoding: str = "raw",
+        quality: int = 90,
+        frame_index: int | None = None,
+        capture_ts: float | None = None,
+        keyframe: bool = False,
+        labels: str = "png",
+        size: str = "output",
+        overlay: bool = False,
+        overlay_quality: int = 80,
+    ) -> Reply:
+        """Segment one BGR uint8 image (an HxWx3 array, or JPEG/PNG bytes with ``encoding``).
+
+        With ``stream_id`` the server schedules keyframes over this client's sequence; the first
+        call for an id (and any call after the server lost it) starts the stream."""
+        if stream_id is not None:
+            check_stream_id(stream_id, "stream_id")
+        if isinstance(image, (bytes, bytearray, memoryview)):
+            if encoding not in ("jpeg", "png"):
+                raise ConfigError(f"encoded image bytes need encoding='jpeg' or 'png', got {encoding!r}")
+            spec, payload = PartSpec("image", encoding), bytes(image)
+        else:
+            if encoding not in ("raw", "jpeg", "png"):
+                raise ConfigError(f"encoding must be 'raw', 'jpeg' or 'png', got {encoding!r}")
+            spec, payload = encode_array("image", image, encoding, quality=quality)
+        restarted = False
+        t0 = time.perf_counter()
+        while True:
+            start = stream_id is not None and stream_id not in self._started
+            req_id = next(self._ids)
+            request = SegmentRequest(
+                image=spec,
+                id=req_id,
+                stream=stream_id,
+                start=start,
+                keyframe=keyframe,
+                frame_index=frame_index,
+                capture_ts=capture_ts,
+                labels=labels,
+                size=size,
+                overlay=overlay,
+                overlay_quality=overlay_quality,
+            )
+            frames = self.request([dumps(request.to_dict()), payload])
+            try:
+                header = decode_reply(frames)
+            except ServerError as exc:
+                if exc.code == ErrorCode.UNKNOWN_STREAM.value and stream_id is not None and not restarted:
+                    log.info("server %s lost stream %r; starting it again", self.addr, stream_id)
+                    self._started.discard(stream_id)
+                    restarted = True
+                    continue
+                raise
+            if header.get("id") != req_id:
+                raise ProtocolError(f"reply id {header.get('id')!r} does not match request id {req_id}")
+            if stream_id is not None:
+                self._started.add(stream_id)
+            return self._reply(header, frames, time.perf_counter() - t0, restarted)
+
+    def _reply(self, header: dict[str, Any], frames: list[bytes], rtt: float, restarted: bool) -> Reply:
+        parts: dict[str, np.ndarray] = {}
+        for i, item in enumerate(header["parts"]):
+            spec = PartSpec.from_dict(item, f"parts[{i}]")
+            parts[spec.name] = decode_array(spec, frames[1 + i], max_pixels=self.max_pixels)
+        if "labels" not in parts:
+            raise ProtocolError("the reply has no labels part")
+        try:
+            classes = ClassSet.from_dict(header["classes"])
+            input_size = (int(header["input_size"][0]), int(header["input_size"][1]))
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise ProtocolError(f"reply header is missing or has a bad field: {exc}") from None
+        return Reply(
+            labels=parts["labels"],
+            overlay=parts.get("overlay"),
+            is_keyframe=bool(header.get("is_keyframe")),
+            deep_age=int(header.get("deep_age", 0)),
+            timings_ms=dict(header.get("timings_ms", {})),
+            image_shape=tuple(header.get("image_shape", ())),
+            input_size=input_size,
+            classes=classes,
+            stream=header.get("stream"),
+            frame_index=header.get("frame_index"),
+            rtt_ms=rtt * 1000.0,
+            attempts=self.last_attempts,
+            stream_restarted=restarted,
+            header=header,
+        )
+
+    def close(self) -> None:
+        self._drop_socket()
+        if not self._ctx.closed:
+            self._ctx.term()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

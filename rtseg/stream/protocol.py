@@ -1,0 +1,576 @@
+"""The rtseg/1 wire format: a JSON header frame plus binary part frames, specified in docs/wire-format.md.
+
+Everything a peer sends is validated here before any of it is used, and every failure is a
+``WireError`` carrying one of the documented ``ErrorCode`` values, so the server can answer it and
+the subscriber can count it instead of crashing. Image dimensions are read from PNG and JPEG headers
+before decoding, so a small file that claims a huge image is refused without allocating it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import struct
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+import cv2
+import numpy as np
+
+from ..data.labels import ClassSet
+from ..errors import ProtocolError, RtsegError
+
+PROTOCOL = "rtseg/1"
+ENCODINGS = ("jpeg", "png", "raw")
+# Raw parts are C-order and little-endian; the dtype names are the wire names.
+DTYPES: dict[str, np.dtype] = {
+    "uint8": np.dtype("u1"),
+    "uint16": np.dtype("<u2"),
+    "float32": np.dtype("<f4"),
+}
+MAX_HEADER_BYTES = 64 * 1024
+MAX_ID_CHARS = 128
+DEFAULT_MAX_PIXELS = 16 * 1024 * 1024
+_STREAM_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,63}")
+
+
+class ErrorCode(str, Enum):
+    """Why the server refused a request; the ``error.code`` string of an error reply."""
+
+    MALFORMED_MULTIPART = "malformed_multipart"
+    BAD_JSON = "bad_json"
+    UNSUPPORTED_VERSION = "unsupported_version"
+    BAD_HEADER = "bad_header"
+    BAD_DTYPE = "bad_dtype"
+    BAD_SHAPE = "bad_shape"
+    UNDECODABLE_IMAGE = "undecodable_image"
+    TOO_LARGE = "too_large"
+    UNKNOWN_STREAM = "unknown_stream"
+    BUSY = "busy"
+    INTERNAL_ERROR = "internal_error"
+
+
+class WireError(ProtocolError):
+    """A message broke the wire format; ``code`` says how."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(f"{code.value}: {message}")
+        self.code = code
+        self.detail = message
+
+
+class ServerError(RtsegError):
+    """The server answered with an error reply; ``code`` is one of ``ErrorCode``'s values."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"server refused the request ({code}): {message}")
+        self.code = code
+        self.detail = message
+
+
+# --------------------------------------------------------------------------- field validation
+
+
+def _bad(field_name: str, expected: str, value: Any) -> WireError:
+    shown = repr(value)
+    if len(shown) > 80:
+        shown = shown[:77] + "..."
+    return WireError(ErrorCode.BAD_HEADER, f"field {field_name!r}: expected {expected}, got {shown}")
+
+
+def _get(data: Mapping[str, Any], name: str, *, required: bool) -> Any:
+    if name not in data or data[name] is None:
+        if required:
+            raise WireError(ErrorCode.BAD_HEADER, f"field {name!r} is missing")
+        return None
+    return data[name]
+
+
+def _int(data: Mapping[str, Any], name: str, *, required: bool = True, minimum: int = 0) -> int | None:
+    value = _get(data, name, required=required)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise _bad(name, f"an integer >= {minimum}", value)
+    return value
+
+
+def _float(data: Mapping[str, Any], name: str, *, required: bool = True) -> float | None:
+    value = _get(data, name, required=required)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise _bad(name, "a finite number", value)
+    return float(value)
+
+
+def _bool(data: Mapping[str, Any], name: str, *, default: bool | None = None) -> bool:
+    value = _get(data, name, required=default is None)
+    if value is None:
+        return bool(default)
+    if not isinstance(value, bool):
+        raise _bad(name, "true or false", value)
+    return value
+
+
+def _choice(data: Mapping[str, Any], name: str, choices: Sequence[str], default: str | None = None) -> str:
+    value = _get(data, name, required=default is None)
+    if value is None:
+        return str(default)
+    if value not in choices:
+        raise _bad(name, f"one of {list(choices)}", value)
+    return str(value)
+
+
+def _shape(value: Any, name: str) -> tuple[int, ...]:
+    if (
+        not isinstance(value, list)
+        or not 1 <= len(value) <= 4
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
+    ):
+        raise WireError(
+            ErrorCode.BAD_SHAPE, f"{name}: expected a list of 1..4 positive integers, got {value!r}"
+        )
+    return tuple(value)
+
+
+def check_stream_id(value: Any, name: str = "stream") -> str:
+    if not isinstance(value, str) or not _STREAM_ID.fullmatch(value):
+        raise _bad(name, "1..64 characters of [A-Za-z0-9._:/-] starting with a letter or digit", value)
+    return value
+
+
+def _timings(data: Mapping[str, Any], name: str = "timings_ms") -> dict[str, float]:
+    value = _get(data, name, required=False)
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        for k, v in value.items()
+    ):
+        raise _bad(name, "an object of stage name -> milliseconds", value)
+    return {k: float(v) for k, v in value.items()}
+
+
+def _classes(data: Mapping[str, Any]) -> ClassSet | None:
+    value = _get(data, "classes", required=False)
+    if value is None:
+        return None
+    try:
+        return ClassSet.from_dict(value)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise _bad("classes", f"a class set {{name, names, palette}} ({exc})", value) from None
+
+
+def dumps(header: Mapping[str, Any]) -> bytes:
+    """Compact strict JSON (no NaN): what every header frame holds."""
+    return json.dumps(header, separators=(",", ":"), allow_nan=False).encode("utf-8")
+
+
+def loads(frame: bytes | memoryview, *, expect_type: str | None = None) -> dict[str, Any]:
+    """Parse and version-check one header frame."""
+    if len(frame) > MAX_HEADER_BYTES:
+        raise WireError(ErrorCode.TOO_LARGE, f"header is {len(frame)} bytes; the limit is {MAX_HEADER_BYTES}")
+    try:
+        data = json.loads(bytes(frame).decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise WireError(ErrorCode.BAD_JSON, f"the header frame is not UTF-8 JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise WireError(ErrorCode.BAD_JSON, f"the header must be a JSON object, got {type(data).__name__}")
+    proto = data.get("proto")
+    if proto != PROTOCOL:
+        if isinstance(proto, str) and proto.startswith("rtseg/"):
+            raise WireError(
+                ErrorCode.UNSUPPORTED_VERSION,
+                f"protocol {proto!r} is not supported; this peer speaks {PROTOCOL}",
+            )
+        raise _bad("proto", repr(PROTOCOL), proto)
+    if expect_type is not None and data.get("type") != expect_type:
+        raise _bad("type", repr(expect_type), data.get("type"))
+    return data
+
+
+# --------------------------------------------------------------------------- parts
+
+
+@dataclass(frozen=True)
+class PartSpec:
+    """How one binary frame is encoded. ``shape`` is required for raw, informative for PNG/JPEG."""
+
+    name: str
+    encoding: str
+    dtype: str = "uint8"
+    shape: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if not self.name or not isinstance(self.name, str):
+            raise ValueError(f"PartSpec.name must be a non-empty string, got {self.name!r}")
+        if self.encoding not in ENCODINGS:
+            raise ValueError(f"PartSpec.encoding must be one of {ENCODINGS}, got {self.encoding!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"PartSpec.dtype must be one of {tuple(DTYPES)}, got {self.dtype!r}")
+        if self.encoding == "raw" and self.shape is None:
+            raise ValueError(f"PartSpec {self.name!r}: a raw part needs a shape")
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "encoding": self.encoding, "dtype": self.dtype}
+        if self.shape is not None:
+            out["shape"] = list(self.shape)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "parts[]") -> PartSpec:
+        if not isinstance(data, dict):
+            raise _bad(where, "an object {name, encoding, dtype, shape}", data)
+        name = data.get("name")
+        if not isinstance(name, str) or not name or len(name) > 64:
+            raise _bad(f"{where}.name", "a non-empty string of at most 64 characters", name)
+        encoding = _choice(data, "encoding", ENCODINGS)
+        dtype = data.get("dtype", "uint8")
+        if not isinstance(dtype, str) or dtype not in DTYPES:
+            raise WireError(
+                ErrorCode.BAD_DTYPE, f"{where}.dtype: expected one of {list(DTYPES)}, got {dtype!r}"
+            )
+        raw_shape = data.get("shape")
+        if raw_shape is None and encoding == "raw":
+            raise WireError(ErrorCode.BAD_SHAPE, f'{where}: a raw part needs "shape"')
+        shape = None if raw_shape is None else _shape(raw_shape, f"{where}.shape")
+        return cls(name, encoding, dtype, shape)
+
+
+def _be16(data: bytes | memoryview, i: int) -> int:
+    return struct.unpack(">H", bytes(data[i : i + 2]))[0]
+
+
+_PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+_SOF_MARKERS = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
+
+
+def image_size(data: bytes | memoryview, encoding: str) -> tuple[int, int]:
+    """(width, height) from a PNG IHDR or JPEG SOF header, without decoding the pixels."""
+    if encoding == "png":
+        if len(data) < 24 or bytes(data[:8]) != b"\x89PNG\r\n\x1a\n" or bytes(data[12:16]) != b"IHDR":
+            raise WireError(
+                ErrorCode.UNDECODABLE_IMAGE, "the bytes are not a PNG file (no PNG signature/IHDR)"
+            )
+        w, h = struct.unpack(">II", bytes(data[16:24]))
+        return w, h
+    if encoding == "jpeg":
+        if len(data) < 4 or bytes(data[:2]) != b"\xff\xd8":
+            raise WireError(ErrorCode.UNDECODABLE_IMAGE, "the bytes are not a JPEG file (no SOI marker)")
+        i, n = 2, len(data)
+        while i + 4 <= n:
+            if data[i] != 0xFF:
+                break
+            marker = data[i + 1]
+            if marker == 0xFF:  # fill byte
+                i += 1
+                continue
+            if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
+                i += 2
+                continue
+            if marker in (0xD9, 0xDA):  # end of image / start of scan before any frame header
+                break
+            length = _be16(data, i + 2)
+            if marker in _SOF_MARKERS and i + 9 <= n:
+                return _be16(data, i + 7), _be16(data, i + 5)
+            i += 2 + length
+        raise WireError(
+            ErrorCode.UNDECODABLE_IMAGE, "the JPEG has no readable frame header (truncated or corrupt)"
+        )
+    raise ValueError(f"image_size: encoding must be png or jpeg, got {encoding!r}")
+
+
+def encode_array(name: str, array: np.ndarray, encoding: str, *, quality: int = 90) -> tuple[PartSpec, bytes]:
+    """One array -> (its descriptor, its frame bytes)."""
+    dtype = next((k for k, v in DTYPES.items() if v == array.dtype.newbyteorder("<")), None)
+    if dtype is None:
+        raise ValueError(f"part {name!r}: dtype {array.dtype} cannot be sent; use one of {tuple(DTYPES)}")
+    spec = PartSpec(name, encoding, dtype, tuple(int(s) for s in array.shape))
+    if encoding == "raw":
+        return spec, np.ascontiguousarray(array, dtype=DTYPES[dtype]).tobytes()
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (1, 3)):
+        raise ValueError(f"part {name!r}: {encoding} needs an HxW or HxWx3 array, got shape {array.shape}")
+    if encoding == "png":
+        if dtype not in ("uint8", "uint16"):
+            raise ValueError(f"part {name!r}: PNG holds uint8 or uint16, got {dtype}")
+        ok, buf = cv2.imencode(".png", array, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    else:
+        if dtype != "uint8":
+            raise ValueError(f"part {name!r}: JPEG holds uint8, got {dtype}")
+        if not 1 <= quality <= 100:
+            raise ValueError(f"JPEG quality must be in 1..100, got {quality}")
+        ok, buf = cv2.imencode(".jpg", array, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:
+        raise ValueError(
+            f"part {name!r}: OpenCV could not encode a {array.shape} {dtype} array as {encoding}"
+        )
+    return spec, buf.tobytes()
+
+
+def check_pixels(shape: tuple[int, ...], max_pixels: int, what: str) -> None:
+    pixels = shape[0] * (shape[1] if len(shape) > 1 else 1)
+    if pixels > max_pixels:
+        raise WireError(
+            ErrorCode.TOO_LARGE,
+            f"{what} is {pixels / 1e6:.1f} megapixels ({'x'.join(map(str, shape))}); "
+            f"the limit is {max_pixels / 1e6:.1f}",
+        )
+
+
+def decode_array(
+    spec: PartSpec, data: bytes | memoryview, *, max_pixels: int = DEFAULT_MAX_PIXELS, copy: bool = True
+) -> np.ndarray:
+    """Frame bytes -> array, checked against the descriptor and the pixel limit before decoding."""
+    if spec.encoding == "raw":
+        shape = spec.shape if spec.shape is not None else ()  # PartSpec requires a shape for raw
+        check_pixels(shape, max_pixels, f"part {spec.name!r}")
+        dtype = DTYPES[spec.dtype]
+        expected = math.prod(shape) * dtype.itemsize
+        if len(data) != expected:
+            raise WireError(
+                ErrorCode.BAD_SHAPE,
+                f"part {spec.name!r}: shape {list(shape)} of {spec.dtype} needs {expected} bytes, "
+                f"the frame has {len(data)}",
+            )
+        array = np.frombuffer(data, dtype=dtype).reshape(shape)
+        return array.copy() if copy else array
+    w, h = image_size(data, spec.encoding)
+    check_pixels((h, w), max_pixels, f"part {spec.name!r}")
+    if spec.encoding == "png" and bytes(data[-12:]) != _PNG_IEND:
+        raise WireError(
+            ErrorCode.UNDECODABLE_IMAGE, f"part {spec.name!r}: the PNG is truncated (no IEND chunk)"
+        )
+    if spec.encoding == "jpeg" and not bytes(data[-16:]).rstrip(b"\x00").endswith(b"\xff\xd9"):
+        raise WireError(
+            ErrorCode.UNDECODABLE_IMAGE, f"part {spec.name!r}: the JPEG is truncated (no EOI marker)"
+        )
+    array = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    if array is None:
+        raise WireError(
+            ErrorCode.UNDECODABLE_IMAGE, f"part {spec.name!r}: the {spec.encoding} bytes cannot be decoded"
+        )
+    if array.dtype != DTYPES[spec.dtype]:
+        raise WireError(
+            ErrorCode.BAD_DTYPE, f"part {spec.name!r}: declared {spec.dtype}, the image holds {array.dtype}"
+        )
+    if spec.shape is not None and tuple(array.shape) != spec.shape:
+        raise WireError(
+            ErrorCode.BAD_SHAPE,
+            f"part {spec.name!r}: declared shape {list(spec.shape)}, the image is {list(array.shape)}",
+        )
+    return array
+
+
+# --------------------------------------------------------------------------- stream messages
+
+
+@dataclass(frozen=True)
+class FrameHeader:
+    """The header of one published result (message type ``frame``)."""
+
+    stream: str
+    seq: int
+    frame_index: int
+    capture_ts: float
+    publish_ts: float
+    is_keyframe: bool
+    deep_age: int
+    image_shape: tuple[int, ...]
+    parts: tuple[PartSpec, ...]
+    timings_ms: Mapping[str, float] = field(default_factory=dict)
+    classes: ClassSet | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "proto": PROTOCOL,
+            "type": "frame",
+            "stream": self.stream,
+            "seq": self.seq,
+            "frame_index": self.frame_index,
+            "capture_ts": self.capture_ts,
+            "publish_ts": self.publish_ts,
+            "is_keyframe": self.is_keyframe,
+            "deep_age": self.deep_age,
+            "timings_ms": dict(self.timings_ms),
+            "image_shape": list(self.image_shape),
+            "parts": [p.to_dict() for p in self.parts],
+        }
+        if self.classes is not None:
+            out["classes"] = self.classes.to_dict()
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> FrameHeader:
+        parts = data.get("parts")
+        if not isinstance(parts, list) or len(parts) > 16:
+            raise _bad("parts", "a list of at most 16 part descriptors", parts)
+        specs = tuple(PartSpec.from_dict(p, f"parts[{i}]") for i, p in enumerate(parts))
+        if len({p.name for p in specs}) != len(specs):
+            raise _bad("parts", "unique part names", [p.name for p in specs])
+        return cls(
+            stream=check_stream_id(data.get("stream")),
+            seq=_int(data, "seq"),  # type: ignore[arg-type]
+            frame_index=_int(data, "frame_index"),  # type: ignore[arg-type]
+            capture_ts=_float(data, "capture_ts"),  # type: ignore[arg-type]
+            publish_ts=_float(data, "publish_ts"),  # type: ignore[arg-type]
+            is_keyframe=_bool(data, "is_keyframe"),
+            deep_age=_int(data, "deep_age"),  # type: ignore[arg-type]
+            image_shape=_shape(data.get("image_shape"), "image_shape"),
+            parts=specs,
+            timings_ms=_timings(data),
+            classes=_classes(data),
+        )
+
+
+def encode_frame_message(header: FrameHeader, payloads: Sequence[bytes]) -> list[bytes]:
+    """[topic, header, part...]: the topic is the stream id, so SUBSCRIBE filters by stream."""
+    if len(payloads) != len(header.parts):
+        raise ValueError(f"{len(header.parts)} part descriptors but {len(payloads)} payloads")
+    return [header.stream.encode("utf-8"), dumps(header.to_dict()), *payloads]
+
+
+def decode_frame_header(frames: Sequence[bytes | memoryview]) -> FrameHeader:
+    """Validate the envelope and header of a published message (the cheap half of decoding)."""
+    if len(frames) < 2:
+        raise WireError(
+            ErrorCode.MALFORMED_MULTIPART, f"expected [topic, header, parts...], got {len(frames)} frame(s)"
+        )
+    header = FrameHeader.from_dict(loads(frames[1], expect_type="frame"))
+    if bytes(frames[0]) != header.stream.encode("utf-8"):
+        raise _bad("stream", f"the topic frame {bytes(frames[0])[:64]!r}", header.stream)
+    if len(frames) - 2 != len(header.parts):
+        raise WireError(
+            ErrorCode.MALFORMED_MULTIPART,
+            f"the header lists {len(header.parts)} parts but the message has {len(frames) - 2}",
+        )
+    return header
+
+
+def decode_frame_parts(
+    header: FrameHeader, frames: Sequence[bytes | memoryview], *, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> dict[str, np.ndarray]:
+    return {
+        spec.name: decode_array(spec, frames[2 + i], max_pixels=max_pixels)
+        for i, spec in enumerate(header.parts)
+    }
+
+
+# --------------------------------------------------------------------------- request / reply
+
+
+@dataclass(frozen=True)
+class SegmentRequest:
+    """A parsed ``segment`` request header."""
+
+    image: PartSpec
+    id: int | str | None = None
+    stream: str | None = None
+    start: bool = False
+    keyframe: bool = False
+    frame_index: int | None = None
+    capture_ts: float | None = None
+    labels: str = "png"  # encoding of the label map in the reply: png | raw
+    size: str = "output"  # output: engine output resolution; input: the request image's size
+    overlay: bool = False
+    overlay_quality: int = 80
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"proto": PROTOCOL, "type": "segment", "image": self.image.to_dict()}
+        for name in ("id", "stream", "frame_index", "capture_ts"):
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = value
+        if self.start:
+            out["start"] = True
+        if self.keyframe:
+            out["keyframe"] = True
+        out["reply"] = {
+            "labels": self.labels,
+            "size": self.size,
+            "overlay": self.overlay,
+            "overlay_quality": self.overlay_quality,
+        }
+        return out
+
+
+def request_id(data: Mapping[str, Any]) -> int | str | None:
+    """The request's ``id`` if it is a valid one (to echo even when the rest is bad), else None."""
+    value = data.get("id")
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) < 2**53:
+        return value
+    if isinstance(value, str) and len(value) <= MAX_ID_CHARS:
+        return value
+    return None
+
+
+def parse_request(data: Mapping[str, Any]) -> SegmentRequest:
+    """A loaded header (see ``loads``) -> a validated request."""
+    if data.get("type") != "segment":
+        raise _bad("type", "'segment'", data.get("type"))
+    if "id" in data and data["id"] is not None and request_id(data) is None:
+        raise _bad("id", f"an integer or a string of at most {MAX_ID_CHARS} characters", data["id"])
+    stream = data.get("stream")
+    if stream is not None:
+        check_stream_id(stream)
+    image = PartSpec.from_dict(data.get("image"), "image")
+    if image.name != "image":
+        raise _bad("image.name", "'image'", image.name)
+    reply = data.get("reply", {})
+    if not isinstance(reply, dict):
+        raise _bad("reply", "an object", reply)
+    quality = _int(reply, "overlay_quality", required=False, minimum=1)
+    if quality is not None and quality > 100:
+        raise _bad("reply.overlay_quality", "an integer in 1..100", quality)
+    start = _bool(data, "start", default=False)
+    if start and stream is None:
+        raise _bad("start", "false when no stream is given", True)
+    return SegmentRequest(
+        image=image,
+        id=request_id(data),
+        stream=stream,
+        start=start,
+        keyframe=_bool(data, "keyframe", default=False),
+        frame_index=_int(data, "frame_index", required=False),
+        capture_ts=_float(data, "capture_ts", required=False),
+        labels=_choice(reply, "labels", ("png", "raw"), "png"),
+        size=_choice(reply, "size", ("output", "input"), "output"),
+        overlay=_bool(reply, "overlay", default=False),
+        overlay_quality=80 if quality is None else quality,
+    )
+
+
+def error_reply(req_id: int | str | None, code: ErrorCode, message: str, **extra: Any) -> list[bytes]:
+    header = {
+        "proto": PROTOCOL,
+        "type": "segment_reply",
+        "id": req_id,
+        "status": "error",
+        "error": {"code": code.value, "message": message[:2000]},
+        **extra,
+    }
+    return [dumps(header)]
+
+
+def decode_reply(frames: Sequence[bytes | memoryview]) -> dict[str, Any]:
+    """Check a reply's envelope and header; raise ServerError for an error reply."""
+    if not frames:
+        raise WireError(ErrorCode.MALFORMED_MULTIPART, "empty reply")
+    data = loads(frames[0], expect_type="segment_reply")
+    if data.get("status") == "error":
+        err = data.get("error")
+        if not isinstance(err, dict):
+            raise _bad("error", "an object {code, message}", err)
+        raise ServerError(str(err.get("code")), str(err.get("message")))
+    if data.get("status") != "ok":
+        raise _bad("status", "'ok' or 'error'", data.get("status"))
+    parts = data.get("parts")
+    if not isinstance(parts, list) or len(parts) != len(frames) - 1:
+        raise WireError(
+            ErrorCode.MALFORMED_MULTIPART,
+            f"reply lists parts {parts!r} but has {len(frames) - 1} part frames",
+        )
+    return data

@@ -1,0 +1,286 @@
+"""Publishing results on a ZeroMQ PUB socket, and the ``zmq://`` sink built on it.
+
+A PUB socket never blocks its sender: each subscriber has its own queue of ``sndhwm`` messages
+and, when that is full, that subscriber misses messages while the others carry on. Those misses
+are invisible to the publisher (libzmq's PUB ``send`` succeeds regardless), so every message has a
+per-stream sequence number and subscribers count the gaps. What the publisher itself drops, when
+encoding falls behind the pipeline, is counted by the sink's queue (``SinkStats.dropped``).
+Encoding runs on the sink's thread, never on the inference thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import numpy as np
+import zmq
+
+from ..data.labels import ClassSet
+from ..errors import ConfigError, SinkError
+from ..result import SegResult
+from ..sink.base import Policy, Sink
+from ..sink.packet import Packet
+from ..source.frame import Frame
+from .curve import CurveServer
+from .protocol import FrameHeader, PartSpec, WireError, check_stream_id, encode_array, encode_frame_message
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PUB_ENDPOINT = "tcp://127.0.0.1:5555"
+PART_NAMES = ("overlay", "labels", "frame")
+
+
+@dataclass(frozen=True)
+class PublishOptions:
+    """What each message carries. ``classes_every``: the class names and palette ride on the
+    first message and then every N-th, so a late subscriber learns them within N frames."""
+
+    parts: tuple[str, ...] = ("overlay", "labels")
+    labels_encoding: str = "png"
+    frame_encoding: str = "jpeg"
+    quality: int = 80
+    stream: str = "rtseg"
+    sndhwm: int = 2
+    classes_every: int = 30
+
+    def __post_init__(self) -> None:
+        if (
+            not self.parts
+            or any(p not in PART_NAMES for p in self.parts)
+            or len(set(self.parts)) != len(self.parts)
+        ):
+            raise ConfigError(
+                f"PublishOptions.parts must be distinct names from {PART_NAMES}, got {self.parts!r}"
+            )
+        if self.labels_encoding not in ("png", "raw"):
+            raise ConfigError(
+                f"PublishOptions.labels_encoding must be 'png' or 'raw', got {self.labels_encoding!r}"
+            )
+        if self.frame_encoding not in ("jpeg", "png", "raw"):
+            raise ConfigError(
+                f"PublishOptions.frame_encoding must be 'jpeg', 'png' or 'raw', got {self.frame_encoding!r}"
+            )
+        if not 1 <= self.quality <= 100:
+            raise ConfigError(f"PublishOptions.quality must be in 1..100, got {self.quality}")
+        try:
+            check_stream_id(self.stream)
+        except WireError:
+            raise ConfigError(
+                f"PublishOptions.stream must be 1..64 characters of [A-Za-z0-9._:/-], got {self.stream!r}"
+            ) from None
+        if self.sndhwm < 1:
+            raise ConfigError(f"PublishOptions.sndhwm must be >= 1, got {self.sndhwm}")
+        if self.classes_every < 1:
+            raise ConfigError(f"PublishOptions.classes_every must be >= 1, got {self.classes_every}")
+
+
+@dataclass(frozen=True)
+class PublisherStats:
+    sent: int
+    bytes_sent: int
+    encode_ms_total: float
+
+
+class Publisher:
+    """A bound PUB socket sending rtseg/1 ``frame`` messages. Use it from one thread at a time."""
+
+    def __init__(
+        self,
+        endpoint: str = DEFAULT_PUB_ENDPOINT,
+        options: PublishOptions | None = None,
+        *,
+        curve_keys: str | os.PathLike[str] | None = None,
+    ) -> None:
+        self.options = options or PublishOptions()
+        self._ctx = zmq.Context()
+        self._curve: CurveServer | None = None
+        self._socket = self._ctx.socket(zmq.PUB)
+        try:
+            self._socket.setsockopt(zmq.LINGER, 0)
+            self._socket.setsockopt(zmq.SNDHWM, self.options.sndhwm)
+            if curve_keys is not None:
+                self._curve = CurveServer(curve_keys, self._ctx)
+                self._curve.apply(self._socket)
+            self._socket.bind(endpoint)
+        except zmq.ZMQError as exc:
+            self._teardown()
+            raise SinkError(f"cannot publish on {endpoint}: {exc}") from None
+        except BaseException:
+            self._teardown()
+            raise
+        self.endpoint: str = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._seq = 0
+        self._last_classes: ClassSet | None = None
+        self._sent = 0
+        self._bytes = 0
+        self._encode_ms = 0.0
+        self._lock = threading.Lock()
+
+    def publish(self, frame: Frame, result: SegResult, overlay: np.ndarray | None = None) -> None:
+        """Encode and send one result; ``overlay`` is needed when the options ask for it."""
+        o = self.options
+        t0 = time.perf_counter()
+        specs: list[PartSpec] = []
+        payloads: list[bytes] = []
+        for name in o.parts:
+            if name == "labels":
+                spec, data = encode_array("labels", result.labels, o.labels_encoding)
+            elif name == "overlay":
+                if overlay is None:
+                    raise ValueError("these publish options include the overlay part: pass overlay=")
+                spec, data = encode_array("overlay", overlay, "jpeg", quality=o.quality)
+            else:
+                spec, data = encode_array("frame", frame.image, o.frame_encoding, quality=o.quality)
+            specs.append(spec)
+            payloads.append(data)
+        send_classes = self._seq % o.classes_every == 0 or result.classes != self._last_classes
+        header = FrameHeader(
+            stream=o.stream,
+            seq=self._seq,
+            frame_index=result.frame_index,
+            capture_ts=frame.timestamp,
+            publish_ts=time.time(),
+            is_keyframe=result.is_keyframe,
+            deep_age=result.deep_age,
+            image_shape=tuple(int(s) for s in frame.image.shape),
+            parts=tuple(specs),
+            timings_ms={k: round(float(v), 3) for k, v in result.timings.items()},
+            classes=result.classes if send_classes else None,
+        )
+        message = encode_frame_message(header, payloads)
+        encode_ms = (time.perf_counter() - t0) * 1000
+        # PUB never blocks: a subscriber whose queue is full just misses this message.
+        self._socket.send_multipart(message, flags=zmq.NOBLOCK, copy=False)
+        self._seq += 1
+        self._last_classes = result.classes
+        with self._lock:
+            self._sent += 1
+            self._bytes += sum(len(m) for m in message)
+            self._encode_ms += encode_ms
+
+    @property
+    def stats(self) -> PublisherStats:
+        with self._lock:
+            return PublisherStats(self._sent, self._bytes, self._encode_ms)
+
+    def _teardown(self) -> None:
+        self._socket.close(linger=0)
+        if self._curve is not None:
+            self._curve.close()
+        self._ctx.term()
+
+    def close(self) -> None:
+        if not self._socket.closed:
+            self._teardown()
+
+    def __enter__(self) -> Publisher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class PublisherSink(Sink):
+    """The ``zmq://`` sink: packets are encoded and published on the sink's own thread."""
+
+    def __init__(
+        self,
+        uri: str,
+        endpoint: str = DEFAULT_PUB_ENDPOINT,
+        options: PublishOptions | None = None,
+        *,
+        curve_keys: str | os.PathLike[str] | None = None,
+        queue_size: int = 2,
+        policy: Policy = "drop",
+    ) -> None:
+        # Bind first: a busy port must fail here, before the sink thread exists.
+        self.publisher = Publisher(endpoint, options, curve_keys=curve_keys)
+        super().__init__(uri, queue_size=queue_size, policy=policy)
+
+    def emit(self, packet: Packet) -> None:
+        overlay = packet.overlay() if "overlay" in self.publisher.options.parts else None
+        self.publisher.publish(packet.frame, packet.result, overlay)
+
+    def release(self) -> None:
+        s = self.publisher.stats
+        log.info(
+            "zmq sink %s: published %d messages (%.1f MB)",
+            self.publisher.endpoint,
+            s.sent,
+            s.bytes_sent / 1e6,
+        )
+        self.publisher.close()
+
+
+_QUERY_KEYS = {
+    "parts": "parts",
+    "labels": "labels_encoding",
+    "frame": "frame_encoding",
+    "quality": "quality",
+    "stream": "stream",
+    "hwm": "sndhwm",
+    "classes_every": "classes_every",
+}
+
+
+def parse_zmq_uri(uri: str) -> tuple[str, dict[str, Any]]:
+    """``zmq://tcp://127.0.0.1:5555?parts=labels,overlay&quality=80`` -> (endpoint, options)."""
+    if not uri.startswith("zmq://"):
+        raise ConfigError(f"a ZeroMQ URI starts with zmq://, got {uri!r}")
+    rest = uri[len("zmq://") :]
+    endpoint, _, query = rest.partition("?")
+    endpoint = endpoint or DEFAULT_PUB_ENDPOINT
+    if "://" not in endpoint:
+        raise ConfigError(
+            f"{uri!r}: expected zmq://TRANSPORT://ADDRESS such as zmq://tcp://127.0.0.1:5555 or zmq://ipc:///tmp/seg"
+        )
+    scheme = urlsplit(endpoint).scheme
+    if scheme not in ("tcp", "ipc", "inproc"):
+        raise ConfigError(f"{uri!r}: transport must be tcp, ipc or inproc, got {scheme!r}")
+    options: dict[str, Any] = {}
+    for key, value in parse_qsl(query, keep_blank_values=True):
+        if key not in _QUERY_KEYS:
+            raise ConfigError(f"{uri!r}: unknown option {key!r}; known: {', '.join(_QUERY_KEYS)}")
+        name = _QUERY_KEYS[key]
+        if name == "parts":
+            options[name] = tuple(p for p in value.split(",") if p)
+        elif name in ("quality", "sndhwm", "classes_every"):
+            try:
+                options[name] = int(value)
+            except ValueError:
+                raise ConfigError(f"{uri!r}: option {key} must be an integer, got {value!r}") from None
+        else:
+            options[name] = value
+    return endpoint, options
+
+
+def open_publisher_sink(uri: str, **options: Any) -> PublisherSink:
+    """The ``open_sink`` entry for ``zmq://`` URIs.
+
+    Options come from the URI's query string or as keywords (``parts``, ``labels_encoding``,
+    ``frame_encoding``, ``quality``, ``stream``, ``sndhwm``, ``classes_every``, ``curve_keys``,
+    ``queue_size``, ``policy``); naming one in both places is an error.
+    """
+    endpoint, from_uri = parse_zmq_uri(uri)
+    both = sorted(set(from_uri) & set(options))
+    if both:
+        raise ConfigError(f"{uri!r}: option(s) {', '.join(both)} given both in the URI and as arguments")
+    sink_keys = {"curve_keys", "queue_size", "policy"}
+    publish_fields = set(PublishOptions.__dataclass_fields__)
+    unknown = sorted(set(options) - sink_keys - publish_fields)
+    if unknown:
+        raise ConfigError(
+            f"open_publisher_sink: unknown option(s) {', '.join(unknown)}; "
+            f"known: {', '.join(sorted(sink_keys | publish_fields))}"
+        )
+    publish = {**from_uri, **{k: v for k, v in options.items() if k in publish_fields}}
+    if isinstance(publish.get("parts"), str):
+        publish["parts"] = tuple(p for p in publish["parts"].split(",") if p)
+    sink_args = {k: v for k, v in options.items() if k in sink_keys}
+    return PublisherSink(uri, endpoint, PublishOptions(**publish), **sink_args)

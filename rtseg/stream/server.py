@@ -1,0 +1,485 @@
+"""The request/reply segmentation server: one ROUTER socket, a worker pool, state per stream.
+
+One thread owns the ROUTER socket: it receives requests (ROUTER fair-queues them across clients),
+hands them to ``workers`` threads through a bounded queue, and sends back the replies the workers
+return over an inproc socket, each with the envelope it came with, so a reply can only go to the
+peer that asked. When the queue is full the request is answered at once with ``busy`` rather
+than letting latency grow. Every request gets exactly one reply; nothing a client sends can stop
+the loop (see ``ErrorCode`` for what is refused and docs/wire-format.md for the messages).
+
+A request may name a stream: the server then keeps that stream's cached deep features and runs
+the keyframe scheduler over its frames (keyframe every ``key_interval`` frames, or when the request
+asks for one). Streams are opened with ``start: true``, expire after ``stream_ttl_s`` idle and are
+evicted least-recently-used beyond ``max_streams``; using one the server does not hold gets
+``unknown_stream``, which tells the client its scheduler state is gone (for example after a
+restart) and it must start the stream again.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import queue
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import cv2
+import numpy as np
+import zmq
+
+from ..engine.base import Engine, Features
+from ..errors import ConfigError
+from ..overlay.annotate import OverlayStyle, annotate
+from ..result import SegResult
+from .curve import CurveServer
+from .protocol import (
+    DEFAULT_MAX_PIXELS,
+    PROTOCOL,
+    ErrorCode,
+    SegmentRequest,
+    WireError,
+    decode_array,
+    dumps,
+    encode_array,
+    error_reply,
+    loads,
+    parse_request,
+    request_id,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SERVER_ENDPOINT = "tcp://127.0.0.1:5560"
+_instances = itertools.count()
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    """What one request may cost. ``max_bytes`` also sets ZMQ_MAXMSGSIZE: libzmq drops the
+    connection of a peer that sends a single frame larger than that, before it is buffered, so
+    such a request gets no reply (its client times out); a request whose frames together exceed
+    ``max_bytes`` gets a ``too_large`` reply."""
+
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_bytes: int = 64 * 1024 * 1024
+    max_streams: int = 64
+    stream_ttl_s: float = 300.0
+    queue_size: int = 32
+
+    def __post_init__(self) -> None:
+        for name in ("max_pixels", "max_bytes", "max_streams", "queue_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"ServerLimits.{name} must be a positive integer, got {value!r}")
+        if not self.stream_ttl_s > 0:
+            raise ConfigError(f"ServerLimits.stream_ttl_s must be positive, got {self.stream_ttl_s!r}")
+
+
+@dataclass(frozen=True)
+class ServerStats:
+    received: int
+    ok: int
+    errors: Mapping[str, int]
+    undeliverable: int  # replies whose client had gone away
+    streams: int
+
+
+class _Stream:
+    """One client sequence's scheduler state: the last keyframe's deep features and their age."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.deep: Features | None = None
+        self.age = 0
+        self.frames = 0
+        self.last_used = time.monotonic()
+
+    def step(
+        self, engine: Engine, image: np.ndarray, key_interval: int, force_key: bool, timings: dict[str, float]
+    ) -> tuple[np.ndarray, bool, int]:
+        t0 = time.perf_counter()
+        low = engine.run_low(image)
+        t1 = time.perf_counter()
+        timings["low"] = (t1 - t0) * 1000
+        key = force_key or self.deep is None or self.age + 1 >= key_interval
+        if key:
+            self.deep = engine.run_deep(low)
+            self.age = 0
+            t2 = time.perf_counter()
+            timings["deep"] = (t2 - t1) * 1000
+            t1 = t2
+        else:
+            self.age += 1
+        labels = engine.run_head(low, self.deep)
+        timings["head"] = (time.perf_counter() - t1) * 1000
+        self.frames += 1
+        return labels, key, self.age
+
+
+class _Streams:
+    def __init__(self, max_streams: int, ttl_s: float) -> None:
+        self._max = max_streams
+        self._ttl = ttl_s
+        self._table: OrderedDict[str, _Stream] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, stream_id: str, *, start: bool) -> _Stream:
+        with self._lock:
+            if start:
+                state = _Stream()
+                self._table[stream_id] = state
+                while len(self._table) > self._max:
+                    evicted, _ = self._table.popitem(last=False)
+                    log.info("stream %r evicted: more than %d streams open", evicted, self._max)
+            else:
+                found = self._table.get(stream_id)
+                if found is None:
+                    raise WireError(
+                        ErrorCode.UNKNOWN_STREAM,
+                        f"stream {stream_id!r} is not open on this server (never started, idle for "
+                        f"more than {self._ttl:g} s, evicted, or the server restarted); "
+                        "send start: true to open it",
+                    )
+                state = found
+            self._table.move_to_end(stream_id)
+            state.last_used = time.monotonic()
+            return state
+
+    def expire(self) -> None:
+        cutoff = time.monotonic() - self._ttl
+        with self._lock:
+            for sid in [s for s, st in self._table.items() if st.last_used < cutoff]:
+                del self._table[sid]
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._table)
+
+
+@dataclass
+class _Job:
+    envelope: list[bytes]
+    body: list[zmq.Frame]
+    received: float = field(default_factory=time.perf_counter)
+
+
+class Server:
+    """Segments images sent by ``Client`` (or any peer speaking rtseg/1) with one engine."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        bind: str = DEFAULT_SERVER_ENDPOINT,
+        workers: int = 1,
+        key_interval: int = 5,
+        limits: ServerLimits | None = None,
+        curve_keys: str | os.PathLike[str] | None = None,
+        style: OverlayStyle | None = None,
+    ) -> None:
+        if workers < 1:
+            raise ConfigError(f"workers must be >= 1, got {workers}")
+        if key_interval < 1:
+            raise ConfigError(f"key_interval must be >= 1, got {key_interval}")
+        self.engine = engine
+        self.workers = workers
+        self.key_interval = key_interval
+        self.limits = limits or ServerLimits()
+        self.style = style or OverlayStyle()
+        self._streams = _Streams(self.limits.max_streams, self.limits.stream_ttl_s)
+        self._jobs: queue.Queue[_Job | None] = queue.Queue(maxsize=self.limits.queue_size)
+        self._stop = threading.Event()
+        self._stats_lock = threading.Lock()
+        self._received = self._ok = self._undeliverable = 0
+        self._errors: dict[str, int] = {}
+        self._ctx = zmq.Context()
+        self._curve: CurveServer | None = None
+        self._inproc = f"inproc://rtseg-server-{os.getpid()}-{next(_instances)}"
+        self._router = self._ctx.socket(zmq.ROUTER)
+        self._results = self._ctx.socket(zmq.PULL)
+        try:
+            self._router.setsockopt(zmq.LINGER, 0)
+            self._router.setsockopt(zmq.MAXMSGSIZE, self.limits.max_bytes)
+            self._router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+            if curve_keys is not None:
+                self._curve = CurveServer(curve_keys, self._ctx)
+                self._curve.apply(self._router)
+            self._router.bind(bind)
+            self._results.setsockopt(zmq.LINGER, 0)
+            self._results.bind(self._inproc)
+        except zmq.ZMQError as exc:
+            self._close_sockets()
+            raise ConfigError(f"cannot serve on {bind}: {exc}") from None
+        except BaseException:
+            self._close_sockets()
+            raise
+        self.endpoint: str = self._router.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._threads: list[threading.Thread] = []
+        self._loop_thread: threading.Thread | None = None
+        self._closed = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def _start_workers(self) -> None:
+        for i in range(self.workers):
+            t = threading.Thread(target=self._work, name=f"rtseg-serve-worker-{i}", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def start(self) -> Server:
+        """Serve on a background thread (for embedding and tests); ``close()`` stops it."""
+        if self._loop_thread is not None or self._closed:
+            raise ConfigError("this server was already started")
+        self._start_workers()
+        self._loop_thread = threading.Thread(target=self._loop, name="rtseg-serve-loop", daemon=True)
+        self._loop_thread.start()
+        return self
+
+    def serve_forever(self) -> None:
+        """Serve on this thread until ``stop()`` (from a signal handler or another thread)."""
+        if self._loop_thread is not None or self._closed:
+            raise ConfigError("this server was already started")
+        self._start_workers()
+        try:
+            self._loop()
+        finally:
+            self.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._stop.set()
+        if self._loop_thread is not None and self._loop_thread is not threading.current_thread():
+            self._loop_thread.join()
+        # Unbind first, so a new server can take the port while workers finish their last request.
+        self._router.close(linger=0)
+        self._results.close(linger=0)
+        while True:  # drop what is still queued; nobody can be answered now
+            try:
+                self._jobs.get_nowait()
+            except queue.Empty:
+                break
+        for _ in self._threads:
+            self._jobs.put(None)
+        for t in self._threads:
+            t.join()
+        self._close_sockets()
+
+    def _close_sockets(self) -> None:
+        self._router.close(linger=0)
+        self._results.close(linger=0)
+        if self._curve is not None:
+            self._curve.close()
+        self._ctx.term()  # waits for the workers' sockets, closed as they exit
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def stats(self) -> ServerStats:
+        with self._stats_lock:
+            return ServerStats(
+                self._received, self._ok, dict(self._errors), self._undeliverable, len(self._streams)
+            )
+
+    def _count(self, code: ErrorCode | None) -> None:
+        with self._stats_lock:
+            if code is None:
+                self._ok += 1
+            else:
+                self._errors[code.value] = self._errors.get(code.value, 0) + 1
+
+    # ------------------------------------------------------------------ the socket thread
+
+    def _loop(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self._router, zmq.POLLIN)
+        poller.register(self._results, zmq.POLLIN)
+        next_expiry = time.monotonic() + 1.0
+        while not self._stop.is_set():
+            events = dict(poller.poll(100))
+            if self._results in events:
+                while True:
+                    try:
+                        self._send(self._results.recv_multipart(zmq.NOBLOCK))
+                    except zmq.Again:
+                        break
+            if self._router in events:
+                for _ in range(64):  # then let replies out
+                    try:
+                        frames = self._router.recv_multipart(zmq.NOBLOCK, copy=False)
+                    except zmq.Again:
+                        break
+                    self._dispatch(frames)
+            if time.monotonic() > next_expiry:
+                self._streams.expire()
+                next_expiry = time.monotonic() + 1.0
+
+    def _send(self, frames: list[bytes]) -> None:
+        try:
+            self._router.send_multipart(frames, zmq.NOBLOCK)
+        except zmq.ZMQError:  # EHOSTUNREACH: the client went away; EAGAIN: it stopped reading
+            with self._stats_lock:
+                self._undeliverable += 1
+
+    def _dispatch(self, frames: list[zmq.Frame]) -> None:
+        with self._stats_lock:
+            self._received += 1
+        # [identity, (empty delimiter from REQ sockets), header, image]
+        split = 2 if len(frames) >= 2 and len(frames[1]) == 0 else 1
+        envelope = [f.bytes for f in frames[:split]]
+        body = frames[split:]
+        if len(body) != 2:
+            self._refuse(
+                envelope,
+                ErrorCode.MALFORMED_MULTIPART,
+                f"a request is 2 frames [header JSON, image bytes] after the envelope, got {len(body)}",
+            )
+            return
+        total = sum(len(f) for f in body)
+        if total > self.limits.max_bytes:
+            self._refuse(
+                envelope,
+                ErrorCode.TOO_LARGE,
+                f"the request is {total} bytes; the limit is {self.limits.max_bytes}",
+            )
+            return
+        try:
+            self._jobs.put_nowait(_Job(envelope, body))
+        except queue.Full:
+            self._refuse(
+                envelope,
+                ErrorCode.BUSY,
+                f"{self.limits.queue_size} requests are already waiting; retry later",
+            )
+
+    def _refuse(self, envelope: list[bytes], code: ErrorCode, message: str) -> None:
+        self._count(code)
+        self._send(envelope + error_reply(None, code, message))
+
+    # ------------------------------------------------------------------ workers
+
+    def _work(self) -> None:
+        push = self._ctx.socket(zmq.PUSH)
+        push.setsockopt(zmq.LINGER, 0)
+        push.connect(self._inproc)
+        try:
+            while True:
+                job = self._jobs.get()
+                if job is None:
+                    return
+                reply = self._handle(job)
+                try:
+                    push.send_multipart(job.envelope + reply, zmq.NOBLOCK)
+                except zmq.ZMQError:  # the loop has stopped: the reply has nowhere to go
+                    with self._stats_lock:
+                        self._undeliverable += 1
+        finally:
+            push.close(linger=0)
+
+    def _handle(self, job: _Job) -> list[bytes]:
+        started = time.perf_counter()
+        timings: dict[str, float] = {"queue": (started - job.received) * 1000}
+        req_id: int | str | None = None
+        try:
+            data = loads(job.body[0].buffer)
+            req_id = request_id(data)
+            request = parse_request(data)
+            image = self._decode_image(request, job.body[1].buffer, timings)
+            reply = self._segment(request, image, timings, started)
+            self._count(None)
+            return reply
+        except WireError as exc:
+            self._count(exc.code)
+            return error_reply(req_id, exc.code, exc.detail)
+        except Exception as exc:  # a bug or a backend failure: answer it, keep serving
+            log.exception("request %r failed", req_id)
+            self._count(ErrorCode.INTERNAL_ERROR)
+            return error_reply(req_id, ErrorCode.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
+
+    def _decode_image(
+        self, request: SegmentRequest, data: memoryview, timings: dict[str, float]
+    ) -> np.ndarray:
+        spec = request.image
+        if spec.dtype != "uint8":
+            raise WireError(ErrorCode.BAD_DTYPE, f"images must be uint8 BGR, got dtype {spec.dtype!r}")
+        if spec.encoding == "raw" and spec.shape is not None and (len(spec.shape) != 3 or spec.shape[2] != 3):
+            raise WireError(
+                ErrorCode.BAD_SHAPE, f"a raw image must have shape [H, W, 3] (BGR), got {list(spec.shape)}"
+            )
+        t0 = time.perf_counter()
+        image = decode_array(spec, data, max_pixels=self.limits.max_pixels, copy=False)
+        if image.ndim != 3 or image.shape[2] != 3:
+            raise WireError(
+                ErrorCode.BAD_SHAPE, f"the image must be 3-channel BGR, got shape {list(image.shape)}"
+            )
+        timings["decode"] = (time.perf_counter() - t0) * 1000
+        return image
+
+    def _segment(
+        self, request: SegmentRequest, image: np.ndarray, timings: dict[str, float], started: float
+    ) -> list[bytes]:
+        engine = self.engine
+        h, w = image.shape[:2]
+        size = engine.input_size
+        t0 = time.perf_counter()
+        if (w, h) != size:
+            area = engine.meta.preprocessing.interpolation == "area"
+            x = cv2.resize(image, size, interpolation=cv2.INTER_AREA if area else cv2.INTER_LINEAR)
+        else:
+            x = image if image.flags.writeable else image.copy()
+        timings["resize"] = (time.perf_counter() - t0) * 1000
+        if request.stream is None:
+            labels, is_key, age = _Stream().step(engine, x, 1, True, timings)
+        else:
+            state = self._streams.get(request.stream, start=request.start)
+            with state.lock:
+                labels, is_key, age = state.step(engine, x, self.key_interval, request.keyframe, timings)
+        labels = np.ascontiguousarray(labels[0])
+        t0 = time.perf_counter()
+        if request.size == "input" and labels.shape != (h, w):
+            labels = cv2.resize(labels, (w, h), interpolation=cv2.INTER_NEAREST)
+        specs, payloads = [], []
+        spec, payload = encode_array("labels", labels, request.labels)
+        specs.append(spec)
+        payloads.append(payload)
+        classes = engine.meta.classes
+        if request.overlay:
+            result = SegResult(labels, request.frame_index or 0, is_key, age, classes, dict(timings))
+            s = self.style
+            drawn = annotate(image, result, s.mode, s.alpha, s.legend, s.hud)
+            spec, payload = encode_array("overlay", drawn, "jpeg", quality=request.overlay_quality)
+            specs.append(spec)
+            payloads.append(payload)
+        timings["encode"] = (time.perf_counter() - t0) * 1000
+        timings["total"] = (time.perf_counter() - started) * 1000 + timings["queue"]
+        header: dict[str, Any] = {
+            "proto": PROTOCOL,
+            "type": "segment_reply",
+            "id": request.id,
+            "status": "ok",
+            "stream": request.stream,
+            "frame_index": request.frame_index,
+            "capture_ts": request.capture_ts,
+            "is_keyframe": is_key,
+            "deep_age": age,
+            "timings_ms": {k: round(v, 3) for k, v in timings.items()},
+            "image_shape": [int(v) for v in image.shape],
+            "input_size": list(size),
+            "model": engine.meta.model,
+            "parts": [p.to_dict() for p in specs],
+            "classes": classes.to_dict(),
+        }
+        return [dumps(header), *payloads]

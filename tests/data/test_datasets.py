@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from rtseg.data.datasets import camvid, cityscapes, open_dataset
+from rtseg.errors import DatasetError
+
+
+def _write(path: Path, array: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), array)
+
+
+def test_camvid_layout_and_void(tmp_path: Path) -> None:
+    for name in ("b", "a"):
+        _write(tmp_path / "val" / f"{name}.png", np.zeros((6, 8, 3), np.uint8))
+        _write(tmp_path / "valannot" / f"{name}.png", np.full((6, 8), 11, np.uint8))
+    ds = camvid(tmp_path, "val")
+    assert ds.names == ["a", "b"]  # file order: val is a sequence
+    assert len(ds) == 2 and (ds[0].label == 255).all()
+
+
+def test_camvid_missing_folder_and_label(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match="CamVid folder .*test not found"):
+        camvid(tmp_path, "test")
+    _write(tmp_path / "test" / "x.png", np.zeros((2, 2, 3), np.uint8))
+    (tmp_path / "testannot").mkdir()
+    with pytest.raises(DatasetError, match="has no label"):
+        camvid(tmp_path, "test")
+
+
+def test_cityscapes_official_layout_label_ids_mapped(tmp_path: Path) -> None:
+    city = "aachen"
+    _write(tmp_path / "leftImg8bit" / "val" / city / "aachen_000000_000019_leftImg8bit.png",
+           np.zeros((4, 4, 3), np.uint8))
+    _write(tmp_path / "gtFine" / "val" / city / "aachen_000000_000019_gtFine_labelIds.png",
+           np.full((4, 4), 26, np.uint8))
+    ds = cityscapes(tmp_path, "val")
+    assert (ds[0].label == 13).all()
+    with pytest.raises(DatasetError, match="no gtFine labelTrainIds file"):
+        cityscapes(tmp_path, "val", labels="labelTrainIds")
+
+
+def test_corrupt_label_is_named(tmp_path: Path) -> None:
+    _write(tmp_path / "val" / "a.png", np.zeros((6, 8, 3), np.uint8))
+    (tmp_path / "valannot").mkdir()
+    (tmp_path / "valannot" / "a.png").write_bytes(b"\x89PNG broken")
+    with pytest.raises(DatasetError, match=r"cannot read label map .*valannot/a\.png"):
+        camvid(tmp_path, "val")[0]
+
+
+def test_unknown_dataset() -> None:
+    with pytest.raises(DatasetError, match="unknown dataset 'kitti'"):
+        open_dataset("kitti", ".", "val")
+
+
+@pytest.mark.data
+def test_cityscapes_mini_label_sources_agree(data_root: Path, tmp_path: Path) -> None:
+    mini = data_root / "cityscapes_mini"
+    train_ids = cityscapes(mini, "val", labels="labelTrainIds")[0].label
+    label_ids = cityscapes(mini, "val", labels="labelIds")[0].label
+    # The two 256x128 files were downsampled separately: they disagree on 77 of 32768 pixels, all
+    # on class boundaries (the trainId is found in the mapped labelIds' 3x3 neighbourhood). The
+    # mapping itself is exact everywhere else.
+    differ = np.argwhere(train_ids != label_ids)
+    assert len(differ) / train_ids.size < 0.005
+    near = sum(train_ids[y, x] in label_ids[max(0, y - 1) : y + 2, max(0, x - 1) : x + 2] for y, x in differ)
+    assert near >= 0.95 * len(differ)
+    # With only the labelIds file present, "auto" falls back to it.
+    for f in mini.glob("*"):
+        if "labelTrainIds" not in f.name:
+            shutil.copy(f, tmp_path / f.name)
+    assert np.array_equal(cityscapes(tmp_path, "val")[0].label, label_ids)
+
+
+@pytest.mark.data
+def test_camvid_real_split_sizes(camvid_root: Path) -> None:
+    assert [len(camvid(camvid_root, s)) for s in ("train", "val", "test")] == [367, 101, 233]
+    sample = camvid(camvid_root, "val")[0]
+    assert sample.image.shape == (360, 480, 3) and sample.label.shape == (360, 480)
+    assert sample.name == "0016E5_07959"

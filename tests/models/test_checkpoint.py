@@ -1,0 +1,137 @@
+"""Bad checkpoints fail with a message that names the file and what mismatched."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from rtseg.data.labels import CAMVID
+from rtseg.errors import CheckpointError
+from rtseg.models import get_model
+from rtseg.models.checkpoint import WeightsMeta, read_checkpoint, save_checkpoint
+from rtseg.models.registry import default_meta
+
+
+@pytest.fixture()
+def rtseg_ckpt(tmp_path: Path) -> Path:
+    model = get_model("espnet", num_classes=11)
+    meta = WeightsMeta(
+        model="espnet", config=dict(model.meta.config), classes=CAMVID, num_outputs=11,
+        preprocessing=model.meta.preprocessing, provenance={"source": "test"},
+    )
+    return save_checkpoint(tmp_path / "espnet.pt", model.state_dict(), meta)
+
+
+def test_round_trip_with_weights_only_load(rtseg_ckpt: Path) -> None:
+    raw = torch.load(rtseg_ckpt, weights_only=True)
+    assert raw["format"] == "rtseg.checkpoint" and raw["meta"]["classes"]["name"] == "camvid"
+    model = get_model("espnet", weights=rtseg_ckpt)
+    assert model.meta.classes == CAMVID and model.num_outputs == 11
+
+
+def test_half_precision_save_loads_as_float32(tmp_path: Path) -> None:
+    model = get_model("espnet", num_classes=11)
+    meta = default_meta("espnet", num_classes=11)
+    path = save_checkpoint(tmp_path / "half.pt", model.state_dict(), meta, half=True)
+    assert torch.load(path, weights_only=True)["state_dict"]["classifier.weight"].dtype == torch.float16
+    loaded = get_model("espnet", weights=path)
+    assert loaded.classifier.weight.dtype == torch.float32
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "nope.pt"
+    with pytest.raises(CheckpointError, match=f"weights file not found: {path}"):
+        get_model("espnet", weights=path)
+
+
+def test_empty_file(tmp_path: Path) -> None:
+    path = tmp_path / "empty.pt"
+    path.touch()
+    with pytest.raises(CheckpointError, match="weights file is empty"):
+        read_checkpoint(path)
+
+
+def test_truncated_file(rtseg_ckpt: Path, tmp_path: Path) -> None:
+    data = rtseg_ckpt.read_bytes()
+    path = tmp_path / "truncated.pt"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=r"truncated\.pt: cannot read the checkpoint; the file is truncated"):
+        get_model("espnet", weights=path)
+
+
+def test_not_a_checkpoint(tmp_path: Path) -> None:
+    path = tmp_path / "notes.txt"
+    path.write_text("hello")
+    with pytest.raises(CheckpointError, match=r"notes\.txt: not a PyTorch checkpoint"):
+        get_model("espnet", weights=path)
+
+
+def test_pickled_objects_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "obj.pt"
+    torch.save({"optimizer": torch.optim.SGD}, path)
+    with pytest.raises(CheckpointError, match="holds Python objects besides tensors"):
+        read_checkpoint(path)
+
+
+def test_other_architecture(rtseg_ckpt: Path) -> None:
+    with pytest.raises(CheckpointError, match=r"holds weights for model 'espnet', not 'enet'"):
+        get_model("enet", weights=rtseg_ckpt)
+
+
+def test_plain_state_dict_of_other_architecture_lists_keys(tmp_path: Path) -> None:
+    path = tmp_path / "enet_plain.pt"
+    torch.save(get_model("enet").state_dict(), path)
+    with pytest.raises(CheckpointError) as info:
+        get_model("espnet", weights=path)
+    message = str(info.value)
+    assert str(path) in message and "does not fit model 'espnet'" in message
+    assert "keys missing from the checkpoint, first: ['encoder.level1.conv.weight'" in message
+    assert "unexpected keys in the checkpoint, first: ['initial.conv.weight'" in message
+
+
+def test_wrong_class_count(rtseg_ckpt: Path) -> None:
+    with pytest.raises(CheckpointError, match=r"predicts 11 classes \(camvid\), but num_classes=19"):
+        get_model("espnet", weights=rtseg_ckpt, num_classes=19)
+
+
+def test_wrong_shapes_name_expected_and_actual(tmp_path: Path) -> None:
+    state = get_model("espnet", num_classes=11).state_dict()
+    state["classifier.weight"] = torch.zeros(11, 11, 3, 3)
+    path = tmp_path / "shapes.pt"
+    torch.save(state, path)
+    with pytest.raises(CheckpointError) as info:
+        get_model("espnet", weights=path)
+    assert "classifier.weight: model expects (11, 11, 2, 2), checkpoint has (11, 11, 3, 3)" in str(info.value)
+
+
+def test_unsupported_format_version(rtseg_ckpt: Path, tmp_path: Path) -> None:
+    raw = torch.load(rtseg_ckpt, weights_only=True)
+    raw["format_version"] = 99
+    path = tmp_path / "future.pt"
+    torch.save(raw, path)
+    with pytest.raises(CheckpointError, match="format_version 99 is not supported"):
+        get_model("espnet", weights=path)
+
+
+def test_invalid_metadata(rtseg_ckpt: Path, tmp_path: Path) -> None:
+    raw = torch.load(rtseg_ckpt, weights_only=True)
+    del raw["meta"]["preprocessing"]
+    path = tmp_path / "nometa.pt"
+    torch.save(raw, path)
+    with pytest.raises(CheckpointError, match="invalid rtseg checkpoint metadata"):
+        get_model("espnet", weights=path)
+
+
+@pytest.mark.data
+def test_upstream_checkpoint_for_other_model(data_root: Path) -> None:
+    path = data_root / "weights" / "espnet" / "encoder" / "espnet_p_2_q_8.pth"
+    with pytest.raises(CheckpointError, match=r"holds 'espnet-c' weights .*, not 'espnet'"):
+        get_model("espnet", weights=path)
+
+
+@pytest.mark.data
+def test_upstream_checkpoint_wrong_class_count(espnet_camvid_weights: Path) -> None:
+    with pytest.raises(CheckpointError, match=r"predicts 11 classes \(camvid\), but num_classes=19"):
+        get_model("espnet", weights=espnet_camvid_weights, num_classes=19)

@@ -1,0 +1,59 @@
+"""ESPNet / ESPNet-C: the authors' checkpoints load strictly and unchanged."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from rtseg.models import get_model
+from rtseg.models.espnet import ESPNet, espnet_c_config_from_state_dict, espnet_config_from_state_dict
+from rtseg.models.flops import stage_flops
+
+pytestmark = pytest.mark.data
+
+DECODERS = ["espnet_p_2_q_3.pth", "espnet_p_2_q_5.pth", "espnet_p_2_q_8.pth", "espnet_p_2_q_8_camvid.pth"]
+ENCODERS = ["espnet_p_2_q_3.pth", "espnet_p_2_q_5.pth", "espnet_p_2_q_8.pth"]
+
+
+def _state(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+@pytest.mark.parametrize("filename", DECODERS)
+def test_decoder_checkpoints_load_strictly(data_root: Path, filename: str) -> None:
+    path = data_root / "weights" / "espnet" / "decoder" / filename
+    state = _state(path)
+    model = ESPNet(**espnet_config_from_state_dict(state))
+    model.load_state_dict(state, strict=True)
+    loaded = get_model("espnet", weights=path)
+    camvid = "camvid" in filename
+    assert loaded.meta.classes.name == ("camvid" if camvid else "cityscapes")
+    assert loaded.meta.num_outputs == (12 if camvid else 20)
+    assert loaded.meta.preprocessing.channel_order == "BGR"
+    assert loaded.meta.preprocessing.post_scale == pytest.approx(1 / 255)
+    assert loaded.meta.preprocessing.input_size == ((480, 360) if camvid else (1024, 512))
+    for key, value in state.items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+
+
+@pytest.mark.parametrize("filename", ENCODERS)
+def test_encoder_checkpoints_load_strictly(data_root: Path, filename: str) -> None:
+    path = data_root / "weights" / "espnet" / "encoder" / filename
+    state = _state(path)
+    config = espnet_c_config_from_state_dict(state)
+    assert config["q"] == int(filename.split("_q_")[1].split(".")[0])
+    model = get_model("espnet-c", weights=path)
+    assert model.meta.model == "espnet-c"
+    assert model.stage_spec.output_stride == 8
+
+
+def test_cityscapes_release_reads_level1_conv_camvid_release_reads_concat() -> None:
+    assert ESPNet(skip_channels=16).stage_spec.low[-1].name == "l1"
+    assert {f.name for f in ESPNet(skip_channels=19).stage_spec.low} == {"l1_cat", "image_s4"}
+
+
+def test_low_plus_head_is_cheap() -> None:
+    flops = stage_flops(ESPNet(num_outputs=20, skip_channels=16), (1024, 512))
+    assert flops.per_frame_share < 0.35

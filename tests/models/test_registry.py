@@ -1,0 +1,70 @@
+"""Every registry entry's metadata is complete and consistent (the schema test)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rtseg.data.labels import ClassSet
+from rtseg.data.preprocess import Preprocessing
+from rtseg.errors import ConfigError
+from rtseg.models import DEFAULT_MODEL, ModelSpec, get_model, get_spec, list_models
+from rtseg.models.checkpoint import WeightsMeta
+
+EXPECTED = {
+    "enet", "icnet-r18", "icnet-r50", "deeplabv3plus-mobilenetv2", "espnet", "espnet-c", "espnetv2",
+}
+
+
+def test_registry_lists_every_family() -> None:
+    assert set(list_models()) == EXPECTED
+    assert DEFAULT_MODEL in EXPECTED
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_spec_metadata_schema(name: str) -> None:
+    spec = get_spec(name)
+    assert isinstance(spec, ModelSpec)
+    assert spec.name == name
+    assert isinstance(spec.classes, ClassSet) and len(spec.classes) >= 2
+    assert len(spec.classes.palette) == len(spec.classes.names)
+    assert isinstance(spec.preprocessing, Preprocessing)
+    assert spec.channel_order in ("BGR", "RGB")
+    w, h = spec.default_input_size
+    assert w > 0 and h > 0
+    assert spec.paper
+    assert spec.void_outputs in (0, 1)
+    for result in spec.published:
+        assert result.dataset in ("cityscapes", "camvid")
+        assert result.split in ("test", "val")
+        assert 0 < result.miou < 100
+        assert result.source
+        assert result.resolution[0] > 0 and result.resolution[1] > 0
+        if result.fps is not None:
+            assert result.fps > 0 and result.hardware
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_built_model_carries_meta(name: str) -> None:
+    model = get_model(name)
+    meta = model.meta
+    assert isinstance(meta, WeightsMeta)
+    assert meta.model == name
+    assert meta.num_outputs == model.num_outputs
+    assert not model.training
+    spec = model.stage_spec
+    w, h = spec.input_multiple * 4, spec.input_multiple * 2
+    with torch.inference_mode():
+        out = model(torch.zeros(1, 3, h, w))
+    assert out.shape == (1, meta.num_outputs, h // spec.output_stride, w // spec.output_stride)
+
+
+def test_num_classes_changes_outputs_and_classes() -> None:
+    model = get_model("espnet", num_classes=7)
+    assert model.num_outputs == 7
+    assert len(model.meta.classes) == 7
+
+
+def test_unknown_model_lists_the_available_ones() -> None:
+    with pytest.raises(ConfigError, match="unknown model 'segformer'; available: enet"):
+        get_spec("segformer")

@@ -1,0 +1,79 @@
+"""Videos made on the fly for source tests: written from the synthetic scene, so no data is needed."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from rtseg.source.synthetic import DriveParams, DriveScene
+
+FRAMES = 24
+SIZE = (160, 96)
+
+
+def write_video(path: Path, frames: int = FRAMES, size: tuple[int, int] = SIZE, fourcc: str = "mp4v") -> list:
+    scene = DriveScene(DriveParams(size=size, fps=25.0, seed=3))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), 25.0, size)
+    assert writer.isOpened()
+    images = [scene.render(t) for t in range(frames)]
+    for image in images:
+        writer.write(image)
+    writer.release()
+    return images
+
+
+def _boxes(buf: bytes | bytearray, start: int, end: int):
+    off = start
+    while off + 8 <= end:
+        size, kind = struct.unpack(">I4s", buf[off:off + 8])
+        header = 8
+        if size == 1:
+            size, header = struct.unpack(">Q", buf[off + 8:off + 16])[0], 16
+        elif size == 0:
+            size = end - off
+        yield kind, off, size, header
+        off += size
+
+
+_CONTAINERS = {b"moov", b"trak", b"mdia", b"minf", b"stbl", b"edts"}
+
+
+def _shift_chunk_offsets(buf: bytearray, start: int, end: int, delta: int) -> None:
+    for kind, off, size, header in _boxes(buf, start, end):
+        if kind in _CONTAINERS:
+            _shift_chunk_offsets(buf, off + header, off + size, delta)
+        elif kind in (b"stco", b"co64"):
+            width, fmt = (4, ">I") if kind == b"stco" else (8, ">Q")
+            count = struct.unpack(">I", buf[off + 12:off + 16])[0]
+            for i in range(count):
+                p = off + 16 + width * i
+                buf[p:p + width] = struct.pack(fmt, struct.unpack(fmt, buf[p:p + width])[0] + delta)
+
+
+def faststart(data: bytes) -> bytes:
+    """The same mp4 with its index (moov) moved before the media data, as streaming encoders write it."""
+    boxes = list(_boxes(data, 0, len(data)))
+    kinds = [b[0] for b in boxes]
+    assert kinds.index(b"moov") > kinds.index(b"mdat"), kinds
+    _, off, size, _ = boxes[kinds.index(b"moov")]
+    moov = bytearray(data[off:off + size])
+    _shift_chunk_offsets(moov, 0, len(moov), len(moov))
+    parts = [data[o:o + s] for k, o, s, _ in boxes if k not in (b"moov", b"ftyp")]
+    ftyp = next(data[o:o + s] for k, o, s, _ in boxes if k == b"ftyp")
+    return ftyp + bytes(moov) + b"".join(parts)
+
+
+@pytest.fixture(scope="session")
+def video_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[np.ndarray]]:
+    """A 24-frame 160x96 mp4 at 25 fps and the images written into it."""
+    path = tmp_path_factory.mktemp("video") / "drive.mp4"
+    return path, write_video(path)
+
+
+@pytest.fixture(scope="session")
+def make_faststart():
+    return faststart

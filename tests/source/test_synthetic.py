@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from rtseg.errors import SourceError
+from rtseg.source import open_source
+
+
+def _frames(uri: str, n: int | None = None) -> list:
+    with open_source(uri) as src:
+        return [f for _, f in zip(range(n), src)] if n else list(src)
+
+
+def test_size_fps_frames_and_indices() -> None:
+    frames = _frames("synthetic://drive?size=320x180&fps=15&seed=1&frames=12")
+    assert len(frames) == 12
+    assert frames[0].image.shape == (180, 320, 3) and frames[0].image.dtype == np.uint8
+    assert [f.index for f in frames] == list(range(12))
+    assert frames[3].position_s == pytest.approx(3 / 15)
+
+
+def test_deterministic_per_seed_and_moving() -> None:
+    a = _frames("synthetic://drive?size=256x144&seed=5&frames=6")
+    b = _frames("synthetic://drive?size=256x144&seed=5&frames=6")
+    c = _frames("synthetic://drive?size=256x144&seed=6&frames=6")
+    assert all(np.array_equal(x.image, y.image) for x, y in zip(a, b, strict=True))
+    assert not np.array_equal(a[0].image, c[0].image)
+    diffs = [np.abs(a[i + 1].image.astype(int) - a[i].image.astype(int)).mean() for i in range(5)]
+    assert min(diffs) > 0.05  # the scene moves every frame
+
+
+def test_scene_content_is_a_road_under_a_sky() -> None:
+    image = _frames("synthetic://drive?size=320x180&frames=1")[0].image
+    top = image[:10].reshape(-1, 3).mean(0)
+    bottom_centre = image[-10:, 140:180].reshape(-1, 3).mean(0)
+    assert top[0] > top[2] + 40  # blue sky (BGR)
+    assert abs(bottom_centre[0] - bottom_centre[2]) < 15 and 60 < bottom_centre.mean() < 140  # grey road
+
+
+def test_endless_by_default_and_loop_with_frames() -> None:
+    assert len(_frames("synthetic://drive?size=64x48", 50)) == 50
+    with open_source("synthetic://drive?size=64x48&frames=3", loop=True) as src:
+        frames = [f for _, f in zip(range(7), src)]
+    assert [f.index for f in frames] == list(range(7))
+    assert np.array_equal(frames[3].image, frames[0].image)
+
+
+def test_cheap_to_render() -> None:
+    with open_source("synthetic://drive?size=1280x720&frames=30") as src:
+        next(src)
+        start = time.perf_counter()
+        n = sum(1 for _ in src)
+    per_frame = (time.perf_counter() - start) / n
+    assert per_frame < 0.05  # about 2 ms on a busy 2-core machine; generous bound
+
+
+@pytest.mark.parametrize("uri, message", [
+    ("synthetic://city", "unknown synthetic scene"),
+    ("synthetic://drive?size=10x10", "at least 32x32"),
+    ("synthetic://drive?size=big", "size must look like"),
+    ("synthetic://drive?fps=0", "fps must be positive"),
+    ("synthetic://drive?frames=x", "not a valid int"),
+    ("synthetic://drive?colour=red", "unknown option"),
+])
+def test_bad_parameters(uri: str, message: str) -> None:
+    with pytest.raises(SourceError, match=message):
+        open_source(uri)

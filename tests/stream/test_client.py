@@ -1,0 +1,105 @@
+"""The lazy-pirate client: bounded waits when the server is down or restarts, and recovery."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rtseg.engine import Engine
+from rtseg.errors import ConfigError
+from rtseg.models import get_model, save_checkpoint
+from rtseg.stream import Client, Server, ServerError, StreamTimeout
+
+REPO = Path(__file__).resolve().parents[2]
+IMAGE = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+
+
+def test_server_down_times_out_within_the_configured_time(tcp_endpoint: str) -> None:
+    with Client(tcp_endpoint, timeout=0.3, retries=2) as client:
+        t0 = time.monotonic()
+        with pytest.raises(StreamTimeout, match="after 3 attempt"):
+            client.segment(IMAGE)
+        elapsed = time.monotonic() - t0
+        assert client.reconnects == 3
+    assert 0.85 <= elapsed < 0.9 + 0.5, elapsed
+
+
+def test_server_restart_mid_run(small_engine: Engine, tcp_endpoint: str) -> None:
+    with Client(tcp_endpoint, timeout=0.5, retries=1) as client:
+        server = Server(small_engine, bind=tcp_endpoint).start()
+        try:
+            first = [client.segment(IMAGE, stream_id="cam") for _ in range(3)]
+        finally:
+            server.close()
+        t0 = time.monotonic()
+        with pytest.raises(StreamTimeout):
+            client.segment(IMAGE, stream_id="cam")
+        assert time.monotonic() - t0 < 1.0 + 0.5
+        with Server(small_engine, bind=tcp_endpoint).start() as restarted:
+            again = client.segment(IMAGE, stream_id="cam")
+            later = client.segment(IMAGE, stream_id="cam")
+            assert restarted.stats.errors == {"unknown_stream": 1}
+    assert [r.deep_age for r in first] == [0, 1, 2]
+    # the new server never saw this stream: the client started it again, with a keyframe
+    assert again.stream_restarted and again.is_keyframe and again.attempts == 1
+    assert not later.stream_restarted and later.deep_age == 1
+    np.testing.assert_array_equal(again.labels, first[0].labels)
+
+
+def test_a_killed_server_process_is_survived(tmp_path: Path, free_port: Callable[[], int]) -> None:
+    """kill -9 `rtseg serve`: the call in flight times out in time; a new process serves again."""
+    weights = tmp_path / "espnet_random.pt"
+    net = get_model("espnet")
+    save_checkpoint(weights, net.state_dict(), net.meta)
+    port = free_port()
+    cmd = [sys.executable, "-m", "rtseg", "serve", "--weights", str(weights), "--size", "64x48", "--bind",
+           f"tcp://127.0.0.1:{port}"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+
+    def serve() -> subprocess.Popen:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+        assert proc.stdout is not None and "rtseg serve:" in proc.stdout.readline()
+        return proc
+
+    proc = serve()
+    with Client(f"tcp://127.0.0.1:{port}", timeout=0.4, retries=1) as client:
+        try:
+            assert client.segment(IMAGE).labels.shape == (48, 64)
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+            t0 = time.monotonic()
+            with pytest.raises(StreamTimeout):
+                client.segment(IMAGE)
+            assert time.monotonic() - t0 < 0.8 + 0.5
+            proc = serve()
+            assert client.segment(IMAGE).labels.shape == (48, 64)
+        finally:
+            proc.kill()
+            proc.wait(10)
+
+
+def test_ipc_transport(small_engine: Engine, ipc_endpoint: str) -> None:
+    with Server(small_engine, bind=ipc_endpoint).start(), Client(ipc_endpoint, timeout=10) as client:
+        reply = client.segment(IMAGE, labels="raw")
+    np.testing.assert_array_equal(reply.labels, small_engine.run(IMAGE)[0])
+
+
+def test_errors_are_typed(small_engine: Engine, tcp_endpoint: str) -> None:
+    with Server(small_engine, bind=tcp_endpoint).start(), Client(tcp_endpoint, timeout=10) as client:
+        with pytest.raises(ServerError) as err:
+            client.segment(IMAGE.astype(np.uint16))
+        assert err.value.code == "bad_dtype"
+        with pytest.raises(ConfigError):
+            client.segment(b"\xff\xd8", encoding="raw")
+        with pytest.raises(ConfigError):
+            Client("127.0.0.1:5560")
+        with pytest.raises(ConfigError):
+            Client(tcp_endpoint, timeout=0)

@@ -1,0 +1,315 @@
+"""The rtseg/1 wire format: parts, headers, validation, and messages built by hand from
+docs/wire-format.md (with plain pyzmq + json, no rtseg helpers) against the real receivers."""
+
+from __future__ import annotations
+
+import json
+import struct
+import time
+import zlib
+
+import cv2
+import numpy as np
+import pytest
+import zmq
+
+from rtseg.data.labels import CAMVID
+from rtseg.stream import Server, Subscriber
+from rtseg.stream.protocol import (
+    PROTOCOL,
+    ErrorCode,
+    FrameHeader,
+    PartSpec,
+    WireError,
+    decode_array,
+    decode_frame_header,
+    decode_frame_parts,
+    encode_array,
+    encode_frame_message,
+    image_size,
+    loads,
+    parse_request,
+)
+
+
+def big_png(width: int, height: int) -> bytes:
+    """A valid 1-bit grayscale PNG: tiny on the wire, width x height x 3 bytes once decoded."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    row = b"\x00" * (1 + (width + 7) // 8)
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(row * height, 9))
+        + chunk(b"IEND", b"")
+    )
+
+
+# ------------------------------------------------------------------ parts
+
+
+@pytest.mark.parametrize("encoding", ["raw", "png"])
+@pytest.mark.parametrize("shape", [(48, 64), (48, 64, 3)])
+def test_lossless_parts_round_trip_exactly(encoding: str, shape: tuple[int, ...]) -> None:
+    array = np.random.default_rng(1).integers(0, 256, shape, dtype=np.uint8)
+    spec, data = encode_array("labels", array, encoding)
+    assert spec == PartSpec("labels", encoding, "uint8", shape)
+    back = decode_array(PartSpec.from_dict(json.loads(json.dumps(spec.to_dict()))), data)
+    assert back.dtype == np.uint8 and back.shape == shape
+    np.testing.assert_array_equal(back, array)
+
+
+def test_raw_uint16_and_float32_are_little_endian() -> None:
+    a16 = np.arange(6, dtype=">u2").reshape(2, 3)  # big-endian input is sent little-endian
+    spec, data = encode_array("depth", a16, "raw")
+    assert spec.dtype == "uint16" and data == np.arange(6, dtype="<u2").tobytes()
+    np.testing.assert_array_equal(decode_array(spec, data), a16)
+    f32 = np.linspace(0, 1, 4, dtype=np.float32).reshape(2, 2)
+    spec, data = encode_array("conf", f32, "raw")
+    np.testing.assert_array_equal(decode_array(spec, data), f32)
+
+
+def test_jpeg_part_is_close_and_sizes_are_read_from_headers() -> None:
+    image = np.full((40, 50, 3), (10, 200, 90), np.uint8)
+    spec, data = encode_array("overlay", image, "jpeg", quality=95)
+    assert image_size(data, "jpeg") == (50, 40)
+    assert np.abs(decode_array(spec, data).astype(int) - image).max() <= 4
+    _, png = encode_array("labels", image[..., 0], "png")
+    assert image_size(png, "png") == (50, 40)
+    progressive = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])[1].tobytes()
+    assert image_size(progressive, "jpeg") == (50, 40)
+
+
+def test_decode_refuses_before_allocating() -> None:
+    bomb = big_png(20000, 10000)  # 200 megapixels in ~25 kB
+    assert len(bomb) < 100_000
+    with pytest.raises(WireError) as err:
+        decode_array(PartSpec("image", "png"), bomb, max_pixels=16 * 2**20)
+    assert err.value.code is ErrorCode.TOO_LARGE and "200.0 megapixels" in str(err.value)
+    with pytest.raises(WireError) as err:
+        decode_array(PartSpec("image", "raw", "uint8", (14142, 14143, 3)), b"x", max_pixels=16 * 2**20)
+    assert err.value.code is ErrorCode.TOO_LARGE
+
+
+@pytest.mark.parametrize(
+    ("spec", "data", "code"),
+    [
+        (PartSpec("x", "raw", "uint8", (2, 2)), b"abc", ErrorCode.BAD_SHAPE),
+        (PartSpec("x", "png"), b"not a png at all, just words", ErrorCode.UNDECODABLE_IMAGE),
+        (PartSpec("x", "jpeg"), b"\xff\xd8\xff", ErrorCode.UNDECODABLE_IMAGE),
+        (
+            PartSpec("x", "png", "uint16"),
+            encode_array("x", np.zeros((4, 4), np.uint8), "png")[1],
+            ErrorCode.BAD_DTYPE,
+        ),
+        (
+            PartSpec("x", "png", "uint8", (4, 5)),
+            encode_array("x", np.zeros((4, 4), np.uint8), "png")[1],
+            ErrorCode.BAD_SHAPE,
+        ),
+    ],
+)
+def test_decode_errors_have_codes(spec: PartSpec, data: bytes, code: ErrorCode) -> None:
+    with pytest.raises(WireError) as err:
+        decode_array(spec, data)
+    assert err.value.code is code
+
+
+def test_truncated_images_are_refused() -> None:
+    image = np.random.default_rng(2).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    jpeg = encode_array("i", image, "jpeg")[1]
+    png = encode_array("i", image, "png")[1]
+    for spec, data in (
+        (PartSpec("i", "jpeg"), jpeg[: len(jpeg) // 2]),
+        (PartSpec("i", "png"), png[: len(png) // 2]),
+    ):
+        with pytest.raises(WireError) as err:
+            decode_array(spec, data)
+        assert err.value.code is ErrorCode.UNDECODABLE_IMAGE
+
+
+# ------------------------------------------------------------------ headers
+
+
+def _frame_header(**changes: object) -> FrameHeader:
+    fields: dict = dict(
+        stream="cam0",
+        seq=3,
+        frame_index=9,
+        capture_ts=1.5,
+        publish_ts=2.5,
+        is_keyframe=False,
+        deep_age=2,
+        image_shape=(4, 6, 3),
+        parts=(PartSpec("labels", "raw", "uint8", (4, 6)),),
+        timings_ms={"low": 1.0},
+        classes=CAMVID,
+    )
+    fields.update(changes)
+    return FrameHeader(**fields)
+
+
+def test_frame_message_round_trip() -> None:
+    labels = np.arange(24, dtype=np.uint8).reshape(4, 6) % 11
+    header = _frame_header()
+    frames = encode_frame_message(header, [labels.tobytes()])
+    assert frames[0] == b"cam0"
+    back = decode_frame_header(frames)
+    assert back == header
+    np.testing.assert_array_equal(decode_frame_parts(back, frames)["labels"], labels)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "code"),
+    [
+        (lambda d: d.update(proto="rtseg/2"), ErrorCode.UNSUPPORTED_VERSION),
+        (lambda d: d.pop("proto"), ErrorCode.BAD_HEADER),
+        (lambda d: d.update(seq=-1), ErrorCode.BAD_HEADER),
+        (lambda d: d.update(seq=True), ErrorCode.BAD_HEADER),
+        (lambda d: d.update(capture_ts="now"), ErrorCode.BAD_HEADER),
+        (lambda d: d.update(stream="has space"), ErrorCode.BAD_HEADER),
+        (lambda d: d.update(image_shape=[4, -6, 3]), ErrorCode.BAD_SHAPE),
+        (lambda d: d["parts"][0].update(dtype="int7"), ErrorCode.BAD_DTYPE),
+        (lambda d: d["parts"][0].pop("shape"), ErrorCode.BAD_SHAPE),
+        (lambda d: d.update(classes={"name": "x"}), ErrorCode.BAD_HEADER),
+        (lambda d: d.update(timings_ms={"low": "fast"}), ErrorCode.BAD_HEADER),
+    ],
+)
+def test_frame_header_validation(mutate, code: ErrorCode) -> None:  # type: ignore[no-untyped-def]
+    data = _frame_header().to_dict()
+    mutate(data)
+    with pytest.raises(WireError) as err:
+        decode_frame_header([b"cam0", json.dumps(data).encode(), b"\0" * 24])
+    assert err.value.code is code
+
+
+def test_loads_refuses_bad_json_and_oversized_headers() -> None:
+    for frame, code in (
+        (b"\xff\xfe", ErrorCode.BAD_JSON),
+        (b"[1, 2]", ErrorCode.BAD_JSON),
+        (b"[" * 100_000, ErrorCode.TOO_LARGE),
+        (b"[" * 60_000 + b"]" * 60_000, ErrorCode.TOO_LARGE),
+        (b"[" * 30_000 + b"]" * 30_000, ErrorCode.BAD_JSON),  # nesting deeper than the parser allows
+    ):
+        with pytest.raises(WireError) as err:
+            loads(frame)
+        assert err.value.code is code
+
+
+def test_request_validation() -> None:
+    good = {"proto": PROTOCOL, "type": "segment", "id": 5, "image": {"name": "image", "encoding": "jpeg"}}
+    request = parse_request(good)
+    assert (request.id, request.stream, request.labels, request.size, request.overlay) == (
+        5,
+        None,
+        "png",
+        "output",
+        False,
+    )
+    for change, code in (
+        ({"start": True}, ErrorCode.BAD_HEADER),  # start without a stream
+        ({"id": [1]}, ErrorCode.BAD_HEADER),
+        ({"reply": {"labels": "jpeg"}}, ErrorCode.BAD_HEADER),
+        ({"reply": {"overlay_quality": 101}}, ErrorCode.BAD_HEADER),
+        ({"image": {"name": "image", "encoding": "raw"}}, ErrorCode.BAD_SHAPE),
+        ({"image": {"name": "image", "encoding": "gif"}}, ErrorCode.BAD_HEADER),
+        ({"capture_ts": float("nan")}, ErrorCode.BAD_HEADER),
+    ):
+        with pytest.raises(WireError) as err:
+            parse_request({**good, **change})
+        assert err.value.code is code, change
+
+
+# ------------------------------------------------------------------ hand-built from docs/wire-format.md
+
+
+def test_hand_built_published_message_is_received(tcp_endpoint: str) -> None:
+    """Section 1 of the spec, written with pyzmq and json only."""
+    ctx = zmq.Context()
+    pub = ctx.socket(zmq.PUB)
+    pub.setsockopt(zmq.LINGER, 0)
+    pub.bind(tcp_endpoint)
+    labels = (np.arange(360 * 480, dtype=np.uint32).reshape(360, 480) // 4801 % 11).astype(np.uint8)
+    png = cv2.imencode(".png", labels)[1].tobytes()
+    header = {
+        "proto": "rtseg/1",
+        "type": "frame",
+        "stream": "cam0",
+        "seq": 0,
+        "frame_index": 120,
+        "capture_ts": 1718000000.125,
+        "publish_ts": 1718000000.160,
+        "is_keyframe": False,
+        "deep_age": 2,
+        "timings_ms": {"low": 4.1, "head": 6.3},
+        "image_shape": [360, 480, 3],
+        "parts": [{"name": "labels", "encoding": "png", "dtype": "uint8", "shape": [360, 480]}],
+        "classes": {
+            "name": "camvid",
+            "names": list(CAMVID.names),
+            "palette": [list(c) for c in CAMVID.palette],
+            "ignore_index": 255,
+        },
+        "future_field": "ignored by rtseg/1 receivers",
+    }
+    try:
+        with Subscriber(tcp_endpoint, topics=["cam0"]) as sub:
+            deadline = time.monotonic() + 5
+            while True:  # PUB/SUB joins asynchronously: publish until the subscription is in place
+                pub.send_multipart([b"cam0", json.dumps(header).encode("utf-8"), png])
+                try:
+                    message = sub.recv(timeout=0.1)
+                    break
+                except TimeoutError:
+                    assert time.monotonic() < deadline, "the hand-built message never arrived"
+            assert sub.stats.malformed == 0
+    finally:
+        pub.close(linger=0)
+        ctx.term()
+    assert message.header.frame_index == 120 and message.header.deep_age == 2
+    assert message.header.timings_ms == {"low": 4.1, "head": 6.3}
+    assert message.classes == CAMVID
+    np.testing.assert_array_equal(message.labels, labels)
+
+
+def test_hand_built_request_gets_a_hand_readable_reply(small_engine, tcp_endpoint: str) -> None:  # type: ignore[no-untyped-def]
+    """Section 2 of the spec: the documented raw 2x4 example over a plain REQ socket."""
+    image = np.arange(24, dtype=np.uint8).reshape(2, 4, 3) * 10
+    header = {
+        "proto": "rtseg/1",
+        "type": "segment",
+        "id": 1,
+        "image": {"name": "image", "encoding": "raw", "dtype": "uint8", "shape": [2, 4, 3]},
+        "reply": {"labels": "raw", "size": "input"},
+    }
+    with Server(small_engine, bind=tcp_endpoint).start():
+        ctx = zmq.Context()
+        req = ctx.socket(zmq.REQ)
+        req.setsockopt(zmq.LINGER, 0)
+        req.connect(tcp_endpoint)
+        try:
+            req.send_multipart([json.dumps(header).encode("utf-8"), image.tobytes()])
+            assert req.poll(10_000), "no reply"
+            frames = req.recv_multipart()
+            req.send_multipart([b'{"proto": "rtseg/1", "type": "segment", "id": "x"}', b""])
+            assert req.poll(10_000), "no reply"
+            error_frames = req.recv_multipart()
+        finally:
+            req.close(linger=0)
+            ctx.term()
+    reply = json.loads(frames[0].decode("utf-8"))
+    assert reply["proto"] == "rtseg/1" and reply["type"] == "segment_reply"
+    assert reply["status"] == "ok" and reply["id"] == 1 and reply["is_keyframe"] is True
+    assert reply["parts"] == [{"name": "labels", "encoding": "raw", "dtype": "uint8", "shape": [2, 4]}]
+    assert reply["image_shape"] == [2, 4, 3] and reply["input_size"] == [64, 48]
+    assert len(frames) == 2 and len(frames[1]) == 8
+    # the same image through the engine, resized as the spec says (bilinear in, nearest out)
+    up = cv2.resize(image, (64, 48), interpolation=cv2.INTER_LINEAR)
+    expected = cv2.resize(small_engine.run(up)[0], (4, 2), interpolation=cv2.INTER_NEAREST)
+    np.testing.assert_array_equal(np.frombuffer(frames[1], np.uint8).reshape(2, 4), expected)
+    error = json.loads(error_frames[0])
+    assert len(error_frames) == 1 and error["status"] == "error" and error["id"] == "x"
+    assert error["error"]["code"] == "bad_header" and "image" in error["error"]["message"]

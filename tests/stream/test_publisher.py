@@ -1,0 +1,177 @@
+"""The PUB side and the zmq:// sink, over real loopback sockets (tcp and ipc)."""
+
+from __future__ import annotations
+
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+from rtseg.data.labels import CAMVID, CITYSCAPES
+from rtseg.errors import ConfigError, SinkError
+from rtseg.result import SegResult
+from rtseg.sink.packet import Packet
+from rtseg.source.frame import Frame
+from rtseg.stream import Publisher, PublishOptions, Subscriber, open_publisher_sink
+from rtseg.stream.publisher import parse_zmq_uri
+
+
+def make_packet(index: int, rng: np.random.Generator, size: tuple[int, int] = (96, 128)) -> Packet:
+    h, w = size
+    # smooth images (JPEG-friendly) and blocky labels, different for every packet
+    image = cv2.resize(
+        rng.integers(0, 256, (6, 8, 3), dtype=np.uint8), (w, h), interpolation=cv2.INTER_LINEAR
+    )
+    frame = Frame(image, index, time.time(), time.perf_counter(), "test")
+    small = rng.integers(0, len(CAMVID), (6, 8), dtype=np.uint8)
+    labels = cv2.resize(small, (w // 2, h // 2), interpolation=cv2.INTER_NEAREST)
+    result = SegResult(labels, index, index % 3 == 0, index % 3, CAMVID, {"low": 1.25, "head": 0.5 + index})
+    return Packet(frame, result)
+
+
+def wait_for_subscription(pub: Publisher, sub: Subscriber, packet: Packet) -> int:
+    """PUB/SUB connects asynchronously: publish until messages get through, then drain them.
+    Returns how many were received."""
+    deadline = time.monotonic() + 5
+    while True:
+        pub.publish(packet.frame, packet.result, packet.overlay())
+        try:
+            sub.recv(timeout=0.1)
+            break
+        except TimeoutError:
+            assert time.monotonic() < deadline, "subscriber never connected"
+    received = 1
+    while True:
+        try:
+            sub.recv(timeout=0.2)
+            received += 1
+        except TimeoutError:
+            return received
+
+
+@pytest.mark.parametrize("transport", ["tcp", "ipc"])
+def test_round_trip_keeps_labels_exact_and_header_intact(
+    transport: str, tcp_endpoint: str, ipc_endpoint: str
+) -> None:
+    endpoint = tcp_endpoint if transport == "tcp" else ipc_endpoint
+    rng = np.random.default_rng(0)
+    options = PublishOptions(
+        parts=("labels", "overlay", "frame"), frame_encoding="raw", stream="front", classes_every=4
+    )
+    with Publisher(endpoint, options) as pub, Subscriber(endpoint, topics=["front"]) as sub:
+        warmup = wait_for_subscription(pub, sub, make_packet(0, rng))
+        sent = [make_packet(i, rng) for i in range(1, 9)]
+        received = []
+        for packet in sent:
+            pub.publish(packet.frame, packet.result, packet.overlay())
+            received.append(sub.recv(timeout=5))
+        stats = sub.stats
+    for packet, message in zip(sent, received, strict=True):
+        h = message.header
+        assert h.stream == "front" and message.topic == "front"
+        assert h.frame_index == packet.result.frame_index
+        assert h.is_keyframe == packet.result.is_keyframe and h.deep_age == packet.result.deep_age
+        assert h.capture_ts == packet.frame.timestamp
+        assert h.capture_ts <= h.publish_ts <= message.recv_ts
+        assert dict(h.timings_ms) == dict(packet.result.timings)
+        assert h.image_shape == (96, 128, 3)
+        assert [p.name for p in h.parts] == ["labels", "overlay", "frame"]
+        np.testing.assert_array_equal(message.labels, packet.result.labels)
+        np.testing.assert_array_equal(message.frame, packet.frame.image)
+        assert message.overlay.shape == (96, 128, 3)
+        assert cv2.PSNR(message.overlay, packet.overlay()) > 30  # JPEG
+        assert message.classes in (None, CAMVID)  # None until a header carries the class set
+    # the class set rides on every 4th message: the others get it from the subscriber's cache
+    assert [m.header.classes is not None for m in received] == [m.header.seq % 4 == 0 for m in received]
+    assert sum(m.header.classes is not None for m in received) == 2
+    first = min(m.header.seq for m in received if m.header.classes is not None)
+    assert all(m.classes == CAMVID for m in received if m.header.seq >= first)
+    assert stats.gaps == 0 and stats.malformed == 0 and stats.delivered == warmup + 8
+
+
+def test_class_set_change_is_sent_at_once(tcp_endpoint: str) -> None:
+    rng = np.random.default_rng(1)
+    options = PublishOptions(parts=("labels",), classes_every=1000)
+    with Publisher(tcp_endpoint, options) as pub, Subscriber(tcp_endpoint) as sub:
+        wait_for_subscription(pub, sub, make_packet(0, rng))
+        p = make_packet(1, rng)
+        pub.publish(p.frame, p.result)
+        assert sub.recv(timeout=5).header.classes is None
+        changed = SegResult(p.result.labels, 2, True, 0, CITYSCAPES)
+        pub.publish(p.frame, changed)
+        message = sub.recv(timeout=5)
+    assert message.header.classes == CITYSCAPES and message.classes == CITYSCAPES
+
+
+def test_sink_publishes_packets_from_its_thread(tcp_endpoint: str) -> None:
+    rng = np.random.default_rng(2)
+    uri = f"zmq://{tcp_endpoint}?parts=labels,overlay&quality=70&stream=sinktest&labels=raw"
+    sink = open_publisher_sink(uri, queue_size=4, policy="block")
+    try:
+        assert sink.publisher.endpoint == tcp_endpoint
+        with Subscriber(tcp_endpoint) as sub:
+            deadline = time.monotonic() + 5
+            while True:
+                sink.write(make_packet(0, rng))
+                try:
+                    sub.recv(timeout=0.1)
+                    break
+                except TimeoutError:
+                    assert time.monotonic() < deadline
+            packet = make_packet(1, rng)
+            sink.write(packet)
+            message = sub.recv(timeout=5)
+    finally:
+        stats = sink.close()
+    assert message.header.stream == "sinktest"
+    assert [(p.name, p.encoding) for p in message.header.parts] == [("labels", "raw"), ("overlay", "jpeg")]
+    np.testing.assert_array_equal(message.labels, packet.result.labels)
+    assert stats.errors == 0 and stats.written >= 2
+
+
+def test_publisher_without_subscribers_never_blocks(tcp_endpoint: str) -> None:
+    rng = np.random.default_rng(3)
+    packet = make_packet(0, rng)
+    overlay = packet.overlay()
+    with Publisher(tcp_endpoint, PublishOptions(parts=("labels", "overlay"))) as pub:
+        t0 = time.perf_counter()
+        for _ in range(200):
+            pub.publish(packet.frame, packet.result, overlay)
+        elapsed = time.perf_counter() - t0
+        assert pub.stats.sent == 200
+    assert elapsed < 5.0  # ~1 ms of encoding each; a blocking send would hang here
+
+
+def test_busy_port_is_a_clear_sink_error(tcp_endpoint: str) -> None:
+    with Publisher(tcp_endpoint), pytest.raises(SinkError, match=r"cannot publish on tcp://127\.0\.0\.1"):
+        open_publisher_sink(f"zmq://{tcp_endpoint}")
+
+
+def test_uri_parsing() -> None:
+    assert parse_zmq_uri("zmq://") == ("tcp://127.0.0.1:5555", {})
+    endpoint, options = parse_zmq_uri("zmq://ipc:///tmp/seg.sock?parts=labels,frame&hwm=3&frame=png")
+    assert endpoint == "ipc:///tmp/seg.sock"
+    assert options == {"parts": ("labels", "frame"), "sndhwm": 3, "frame_encoding": "png"}
+    for bad in (
+        "tcp://127.0.0.1:5555",
+        "zmq://127.0.0.1:5555",
+        "zmq://udp://1.2.3.4:5",
+        "zmq://tcp://h:1?color=red",
+        "zmq://tcp://h:1?quality=high",
+    ):
+        with pytest.raises(ConfigError):
+            parse_zmq_uri(bad)
+
+
+def test_options_are_validated_and_not_given_twice(tcp_endpoint: str) -> None:
+    with pytest.raises(ConfigError, match="parts"):
+        PublishOptions(parts=("labels", "depth"))
+    with pytest.raises(ConfigError, match="quality"):
+        PublishOptions(quality=0)
+    with pytest.raises(ConfigError, match="stream"):
+        PublishOptions(stream="two words")
+    with pytest.raises(ConfigError, match="both in the URI and as arguments"):
+        open_publisher_sink(f"zmq://{tcp_endpoint}?quality=50", quality=60)
+    with pytest.raises(ConfigError, match="unknown option"):
+        open_publisher_sink(f"zmq://{tcp_endpoint}", colour="red")

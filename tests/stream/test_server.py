@@ -1,0 +1,472 @@
+"""The request/reply server over real loopback sockets: exact results, per-stream scheduling,
+fuzzing, limits, back-pressure and a concurrent load test (in-process and via `rtseg serve`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import zmq
+
+from rtseg.engine import Engine, load
+from rtseg.models import get_model, save_checkpoint
+from rtseg.stream import Client, ErrorCode, Server, ServerLimits, StreamTimeout
+from rtseg.stream.protocol import encode_array
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def request_frames(header: dict, image: bytes) -> list[bytes]:
+    return [json.dumps(header).encode("utf-8"), image]
+
+
+def reply_of(frames: Sequence[bytes]) -> dict:
+    return json.loads(frames[0])
+
+
+def scheduled_labels(engine: Engine, images: Sequence[np.ndarray]) -> list[list[np.ndarray]]:
+    """expected[c][k]: labels of image c using the deep features of keyframe image k."""
+    lows = [engine.run_low(im) for im in images]
+    deeps = [engine.run_deep(low) for low in lows]
+    return [[engine.run_head(lows[c], deeps[k])[0] for k in range(len(images))] for c in range(len(images))]
+
+
+# ------------------------------------------------------------------ results
+
+
+def test_stateless_requests_match_the_engine(small_engine: Engine, tcp_endpoint: str, random_images) -> None:  # type: ignore[no-untyped-def]
+    at_size, other = random_images(1, (48, 64, 3), seed=1)[0], random_images(1, (120, 200, 3), seed=2)[0]
+    with Server(small_engine, bind=tcp_endpoint).start(), Client(tcp_endpoint, timeout=10) as client:
+        r1 = client.segment(at_size, frame_index=3, capture_ts=123.5, labels="raw", overlay=True)
+        r2 = client.segment(other, size="input")
+        jpeg = encode_array("image", other, "jpeg", quality=95)[1]
+        r3 = client.segment(jpeg, encoding="jpeg")
+    np.testing.assert_array_equal(r1.labels, small_engine.run(at_size)[0])
+    assert r1.is_keyframe and r1.deep_age == 0 and r1.frame_index == 3 and r1.header["capture_ts"] == 123.5
+    assert r1.overlay is not None and r1.overlay.shape == (48, 64, 3)
+    assert r1.image_shape == (48, 64, 3) and r1.input_size == (64, 48)
+    assert r1.classes == small_engine.meta.classes
+    assert {"queue", "decode", "resize", "low", "deep", "head", "encode", "total"} <= set(r1.timings_ms)
+    resized = cv2.resize(other, (64, 48), interpolation=cv2.INTER_LINEAR)
+    expected = cv2.resize(small_engine.run(resized)[0], (200, 120), interpolation=cv2.INTER_NEAREST)
+    np.testing.assert_array_equal(r2.labels, expected)
+    assert r2.overlay is None and r2.image_shape == (120, 200, 3)
+    assert r3.labels.shape == (48, 64)  # output resolution by default
+
+
+def test_streams_run_the_keyframe_scheduler(small_engine: Engine, tcp_endpoint: str, random_images) -> None:  # type: ignore[no-untyped-def]
+    images = random_images(3, (48, 64, 3), seed=3)
+    expected = scheduled_labels(small_engine, images)
+    order = [0, 1, 2, 0, 1, 2, 0, 1]
+    with Server(small_engine, bind=tcp_endpoint, key_interval=3).start() as server:
+        with Client(tcp_endpoint, timeout=10) as client:
+            replies = [
+                client.segment(images[i], stream_id="robot/front", frame_index=n) for n, i in enumerate(order)
+            ]
+            forced = client.segment(images[2], stream_id="robot/front", keyframe=True)
+            other = client.segment(images[1], stream_id="robot/rear")
+        assert server.stats.streams == 2
+    assert [r.is_keyframe for r in replies] == [True, False, False, True, False, False, True, False]
+    assert [r.deep_age for r in replies] == [0, 1, 2, 0, 1, 2, 0, 1]
+    key = 0
+    for n, (i, reply) in enumerate(zip(order, replies, strict=True)):
+        if reply.is_keyframe:
+            key = i
+        np.testing.assert_array_equal(reply.labels, expected[i][key], err_msg=f"frame {n}")
+        assert reply.stream == "robot/front" and reply.frame_index == n
+    assert forced.is_keyframe and forced.deep_age == 0
+    np.testing.assert_array_equal(forced.labels, expected[2][2])
+    assert other.is_keyframe  # a new stream starts with a keyframe
+
+
+def test_unknown_stream_is_refused_and_streams_are_bounded(small_engine: Engine, tcp_endpoint: str) -> None:
+    image = np.zeros((48, 64, 3), np.uint8)
+    header = {
+        "proto": "rtseg/1",
+        "type": "segment",
+        "stream": "s1",
+        "image": {"name": "image", "encoding": "raw", "dtype": "uint8", "shape": [48, 64, 3]},
+    }
+    limits = ServerLimits(max_streams=2)
+    with (
+        Server(small_engine, bind=tcp_endpoint, limits=limits).start(),
+        Client(tcp_endpoint, timeout=10) as c,
+    ):
+        first = reply_of(c.request(request_frames(header, image.tobytes())))
+        assert first["status"] == "error" and first["error"]["code"] == "unknown_stream"
+        for sid in ("s1", "s2", "s3"):  # s1 is evicted by s3
+            started = reply_of(
+                c.request(request_frames({**header, "stream": sid, "start": True}, image.tobytes()))
+            )
+            assert started["status"] == "ok" and started["is_keyframe"] is True
+        evicted = reply_of(c.request(request_frames(header, image.tobytes())))
+        kept = reply_of(c.request(request_frames({**header, "stream": "s3"}, image.tobytes())))
+    assert evicted["error"]["code"] == "unknown_stream" and "start: true" in evicted["error"]["message"]
+    assert kept["status"] == "ok" and kept["deep_age"] == 1
+
+
+# ------------------------------------------------------------------ acceptance 4: fuzz
+
+
+def _png(image: np.ndarray) -> bytes:
+    return cv2.imencode(".png", image)[1].tobytes()
+
+
+def _big_png_bomb() -> bytes:
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    width, height = 20000, 10000  # 200 megapixels, 1-bit grayscale
+    row = b"\x00" * (1 + width // 8)
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    idat = zlib.compress(row * height, 9)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def bad_inputs() -> dict[str, tuple[list[bytes], str]]:
+    """name -> (frames a REQ socket sends, expected error code)."""
+    image = np.random.default_rng(9).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    raw = image.tobytes()
+    base = {
+        "proto": "rtseg/1",
+        "type": "segment",
+        "id": 1,
+        "image": {"name": "image", "encoding": "raw", "dtype": "uint8", "shape": [48, 64, 3]},
+    }
+
+    def h(**changes: object) -> bytes:
+        return json.dumps({**base, **changes}).encode("utf-8")
+
+    def img(**changes: object) -> bytes:
+        return h(image={**base["image"], **changes})
+
+    jpeg = cv2.imencode(".jpg", image)[1].tobytes()
+    png = _png(image)
+    return {
+        "one frame": ([h()], "malformed_multipart"),
+        "three frames": ([h(), raw, b"extra"], "malformed_multipart"),
+        "not JSON": ([b"{oops", raw], "bad_json"),
+        "not UTF-8": ([b"\xff\xfe\xfa\xfb", raw], "bad_json"),
+        "JSON array": ([b"[1, 2, 3]", raw], "bad_json"),
+        "JSON nested too deep": ([b"[" * 30000 + b"]" * 30000, raw], "bad_json"),
+        "header over 64 KiB": ([h(pad="x" * 70_000), raw], "too_large"),
+        "unknown version": ([h(proto="rtseg/2"), raw], "unsupported_version"),
+        "no protocol": (
+            [json.dumps({k: v for k, v in base.items() if k != "proto"}).encode(), raw],
+            "bad_header",
+        ),
+        "wrong type": ([h(type="segmnet"), raw], "bad_header"),
+        "NaN timestamp": ([h()[:-1] + b', "capture_ts": NaN}', raw], "bad_header"),
+        "bad id": ([h(id=[1]), raw], "bad_header"),
+        "bad stream id": ([h(stream="two words", start=True), raw], "bad_header"),
+        "start without stream": ([h(start=True), raw], "bad_header"),
+        "unknown stream": ([h(stream="never-started"), raw], "unknown_stream"),
+        "float32 image": ([img(dtype="float32"), image.astype(np.float32).tobytes()], "bad_dtype"),
+        "unknown dtype": ([img(dtype="int7"), raw], "bad_dtype"),
+        "16-bit PNG": ([img(encoding="png"), _png(image.astype(np.uint16) * 257)], "bad_dtype"),
+        "2-D raw shape": ([img(shape=[48, 64]), raw[: 48 * 64]], "bad_shape"),
+        "raw bytes short of the shape": ([h(), raw[:-1]], "bad_shape"),
+        "negative shape": ([img(shape=[48, -64, 3]), raw], "bad_shape"),
+        "grayscale PNG": ([img(encoding="png"), _png(image[..., 0])], "bad_shape"),
+        "BGRA PNG": ([img(encoding="png"), _png(cv2.cvtColor(image, cv2.COLOR_BGR2BGRA))], "bad_shape"),
+        "declared shape differs": ([img(encoding="png", shape=[64, 48, 3]), png], "bad_shape"),
+        "truncated JPEG": ([img(encoding="jpeg"), jpeg[: len(jpeg) // 2]], "undecodable_image"),
+        "truncated PNG": ([img(encoding="png"), png[: len(png) // 2]], "undecodable_image"),
+        "text as PNG": ([img(encoding="png"), b"this is not an image, just text"], "undecodable_image"),
+        "PNG as JPEG": ([img(encoding="jpeg"), png], "undecodable_image"),
+        "200-megapixel PNG": ([img(encoding="png"), _big_png_bomb()], "too_large"),
+        "200-megapixel raw": ([img(shape=[10000, 20000, 3]), raw], "too_large"),
+        "frames over max_bytes together": ([h(pad="x" * 60_000), b"\0" * 1_000_000], "too_large"),
+    }
+
+
+def test_fuzz_every_bad_input_gets_an_error_reply(small_engine: Engine, tcp_endpoint: str) -> None:
+    limits = ServerLimits(max_bytes=1_048_576)  # 1 MiB: the last case's frames fit alone, not together
+    cases = bad_inputs()
+    assert len(cases) >= 10
+    rng = np.random.default_rng(1234)
+    good_image = np.random.default_rng(5).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    codes = {c.value for c in ErrorCode} - {"internal_error", "busy"}
+    with Server(small_engine, bind=tcp_endpoint, limits=limits).start() as server:
+        with Client(tcp_endpoint, timeout=10, retries=0) as client:
+            for name, (frames, code) in cases.items():
+                t0 = time.perf_counter()
+                reply = client.request(frames)
+                elapsed = time.perf_counter() - t0
+                assert len(reply) == 1, name
+                header = reply_of(reply)
+                assert header["status"] == "error", name
+                assert header["error"]["code"] == code, (name, header["error"])
+                assert header["error"]["message"], name
+                assert elapsed < 2.0, f"{name}: {elapsed:.2f} s (decoded instead of refused?)"
+            # 1,000 random byte strings, in every position a request has
+            header_ok = json.dumps(
+                {
+                    "proto": "rtseg/1",
+                    "type": "segment",
+                    "id": 7,
+                    "image": {"name": "image", "encoding": "raw", "dtype": "uint8", "shape": [48, 64, 3]},
+                }
+            ).encode()
+            seen: dict[str, int] = {}
+            for i in range(1000):
+                junk = rng.bytes(int(rng.integers(0, 4096)))
+                kind = i % 5
+                if kind == 0:
+                    frames = [junk]
+                elif kind == 1:
+                    frames = [junk, junk]
+                elif kind == 2:
+                    encoding = ("raw", "png", "jpeg")[i % 3]
+                    frames = [header_ok.replace(b'"raw"', f'"{encoding}"'.encode()), junk]
+                elif kind == 3:  # a valid header with random bytes flipped
+                    mutated = bytearray(header_ok)
+                    for pos in rng.integers(0, len(mutated), size=3):
+                        mutated[pos] = int(rng.integers(0, 256))
+                    frames = [bytes(mutated), junk]
+                else:
+                    frames = [junk[:8], junk, junk[8:]]
+                reply = client.request(frames)
+                header = reply_of(reply)
+                assert header["status"] == "error" and header["error"]["code"] in codes, (i, header)
+                seen[header["error"]["code"]] = seen.get(header["error"]["code"], 0) + 1
+            # and the server still answers a good request, correctly
+            good = client.segment(good_image)
+        stats = server.stats
+    print(f"\nfuzz: {len(cases)} kinds + 1000 random; random replies by code: {seen}")
+    np.testing.assert_array_equal(good.labels, small_engine.run(good_image)[0])
+    assert "internal_error" not in stats.errors
+    assert sum(stats.errors.values()) == len(cases) + 1000 and stats.ok == 1
+
+
+def test_dealer_peers_and_empty_requests(small_engine: Engine, tcp_endpoint: str) -> None:
+    image = np.zeros((48, 64, 3), np.uint8)
+    header = json.dumps(
+        {
+            "proto": "rtseg/1",
+            "type": "segment",
+            "id": "d",
+            "image": {"name": "image", "encoding": "raw", "dtype": "uint8", "shape": [48, 64, 3]},
+        }
+    ).encode()
+    ctx = zmq.Context()
+    dealer = ctx.socket(zmq.DEALER)
+    dealer.setsockopt(zmq.LINGER, 0)
+    try:
+        with Server(small_engine, bind=tcp_endpoint).start():
+            dealer.connect(tcp_endpoint)
+            replies = []
+            for frames in ([b"", header, image.tobytes()], [b""], [b"", b"", b""]):
+                dealer.send_multipart(frames)
+                assert dealer.poll(10_000)
+                replies.append(dealer.recv_multipart())
+    finally:
+        dealer.close(linger=0)
+        ctx.term()
+    ok, empty, blank = replies
+    assert ok[0] == b"" and reply_of(ok[1:])["status"] == "ok" and len(ok) == 3
+    assert reply_of(empty[1:])["error"]["code"] == "malformed_multipart"
+    assert reply_of(blank[1:])["error"]["code"] == "bad_json"
+
+
+def test_oversized_frame_is_cut_by_libzmq_and_the_server_survives(
+    small_engine: Engine, tcp_endpoint: str
+) -> None:
+    limits = ServerLimits(max_bytes=1_000_000)
+    image = np.zeros((48, 64, 3), np.uint8)
+    with Server(small_engine, bind=tcp_endpoint, limits=limits).start() as server:
+        with Client(tcp_endpoint, timeout=1.0, retries=0) as client:
+            t0 = time.monotonic()
+            with pytest.raises(StreamTimeout):
+                client.request([b'{"proto": "rtseg/1"}', b"\0" * 2_000_000])
+            assert time.monotonic() - t0 < 2.0
+        with Client(tcp_endpoint, timeout=10) as client:
+            assert client.segment(image).labels.shape == (48, 64)
+        assert server.stats.received == 1  # the oversized request never reached the loop
+
+
+def test_a_full_queue_answers_busy_at_once(small_engine: Engine, tcp_endpoint: str) -> None:
+    limits = ServerLimits(queue_size=1)
+    image = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    header = json.dumps(
+        {
+            "proto": "rtseg/1",
+            "type": "segment",
+            "image": {"name": "image", "encoding": "raw", "dtype": "uint8", "shape": [48, 64, 3]},
+        }
+    ).encode()
+    ctx = zmq.Context()
+    dealers = [ctx.socket(zmq.DEALER) for _ in range(8)]
+    try:
+        with Server(small_engine, bind=tcp_endpoint, workers=1, limits=limits).start():
+            for d in dealers:
+                d.setsockopt(zmq.LINGER, 0)
+                d.connect(tcp_endpoint)
+            time.sleep(0.3)  # all connected, so the requests arrive together
+            for d in dealers:
+                d.send_multipart([b"", header, image.tobytes()])
+            codes = []
+            for d in dealers:
+                assert d.poll(20_000), "a request got no reply"
+                reply = reply_of(d.recv_multipart()[1:])
+                codes.append(reply["status"] if reply["status"] == "ok" else reply["error"]["code"])
+    finally:
+        for d in dealers:
+            d.close(linger=0)
+        ctx.term()
+    assert set(codes) == {"ok", "busy"} and len(codes) == 8, codes
+
+
+# ------------------------------------------------------------------ acceptance 3: load
+
+
+def run_load(
+    endpoint: str,
+    images: Sequence[np.ndarray],
+    expected: list[list[np.ndarray]],
+    *,
+    clients: int,
+    requests: int,
+    key_interval: int,
+    min_agreement: float = 1.0,
+) -> list[float]:
+    """``clients`` threads, each with its own Client and stream, ``requests`` each; every reply is
+    checked against the request it answers. Returns the latencies in ms."""
+    latencies: list[list[float]] = [[] for _ in range(clients)]
+    failures: list[str] = []
+    start = threading.Barrier(clients)
+
+    def client_thread(k: int) -> None:
+        try:
+            with Client(endpoint, timeout=60, retries=0) as client:
+                start.wait()
+                key = None
+                for n in range(requests):
+                    i = (k + n) % len(images)
+                    t0 = time.perf_counter()
+                    reply = client.segment(
+                        images[i], stream_id=f"client-{k}", frame_index=n, capture_ts=k + n / 1e3
+                    )
+                    latencies[k].append((time.perf_counter() - t0) * 1000)
+                    if (
+                        reply.stream != f"client-{k}"
+                        or reply.frame_index != n
+                        or reply.header["capture_ts"] != k + n / 1e3
+                    ):
+                        failures.append(
+                            f"client {k} request {n}: got the reply for {reply.stream} {reply.frame_index}"
+                        )
+                    if reply.is_keyframe != (n % key_interval == 0) or reply.deep_age != n % key_interval:
+                        failures.append(
+                            f"client {k} request {n}: keyframe {reply.is_keyframe} age {reply.deep_age}"
+                        )
+                    if reply.is_keyframe:
+                        key = i
+                    agreement = float(np.mean(reply.labels == expected[i][key]))
+                    if agreement < min_agreement:
+                        failures.append(
+                            f"client {k} request {n}: labels agree {agreement:.2%} with the expected"
+                        )
+        except BaseException as exc:
+            failures.append(f"client {k}: {type(exc).__name__}: {exc}")
+
+    threads = [threading.Thread(target=client_thread, args=(k,)) for k in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not failures, failures[:10]
+    flat = [v for per in latencies for v in per]
+    assert len(flat) == clients * requests
+    return flat
+
+
+def _report(name: str, latencies: list[float], elapsed: float) -> None:
+    p50, p99 = np.percentile(latencies, [50, 99])
+    print(
+        f"\n{name}: {len(latencies)} requests in {elapsed:.1f} s ({len(latencies) / elapsed:.1f}/s), "
+        f"latency p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {max(latencies):.1f} ms"
+    )
+
+
+def test_concurrent_clients_in_process(small_engine: Engine, tcp_endpoint: str, random_images) -> None:  # type: ignore[no-untyped-def]
+    images = random_images(4, (48, 64, 3), seed=11)
+    expected = scheduled_labels(small_engine, images)
+    assert all((expected[i][i] != expected[j][j]).mean() > 0.05 for i in range(4) for j in range(i))
+    with Server(small_engine, bind=tcp_endpoint, workers=2, key_interval=4).start() as server:
+        t0 = time.perf_counter()
+        latencies = run_load(tcp_endpoint, images, expected, clients=8, requests=12, key_interval=4)
+        _report("8 clients x 12 requests, in-process server, 2 workers", latencies, time.perf_counter() - t0)
+        stats = server.stats
+    assert stats.ok == 96 and not stats.errors and stats.undeliverable == 0
+
+
+def _serve(tmp_path: Path, port: int, *extra: str) -> subprocess.Popen:
+    """`rtseg serve` in a subprocess on random-init ESPNet weights saved as an rtseg checkpoint."""
+    weights = tmp_path / "espnet_random.pt"
+    if not weights.exists():
+        net = get_model("espnet")
+        save_checkpoint(weights, net.state_dict(), net.meta)
+    cmd = [
+        sys.executable,
+        "-m",
+        "rtseg",
+        "serve",
+        "--weights",
+        str(weights),
+        "--size",
+        "64x48",
+        "--bind",
+        f"tcp://127.0.0.1:{port}",
+        *extra,
+    ]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
+    line = proc.stdout.readline() if proc.stdout else ""
+    if "rtseg serve:" not in line:
+        proc.kill()
+        raise AssertionError(
+            f"rtseg serve did not start: {line!r} {proc.stderr.read() if proc.stderr else ''}"
+        )
+    return proc
+
+
+@pytest.mark.slow
+def test_load_8_clients_x_200_requests_against_rtseg_serve(
+    tmp_path: Path, free_port: Callable[[], int], random_images
+) -> None:  # type: ignore[no-untyped-def]
+    port = free_port()
+    proc = _serve(tmp_path, port, "--workers", "2", "--key-interval", "4")
+    try:
+        engine = load(get_model("espnet", weights=tmp_path / "espnet_random.pt"), input_size=(64, 48))
+        images = random_images(4, (48, 64, 3), seed=11)
+        expected = scheduled_labels(engine, images)
+        t0 = time.perf_counter()
+        # another process computes the labels: allow float summation-order ties, not misrouted replies (~25%)
+        latencies = run_load(
+            f"tcp://127.0.0.1:{port}",
+            images,
+            expected,
+            clients=8,
+            requests=200,
+            key_interval=4,
+            min_agreement=0.99,
+        )
+        _report("8 clients x 200 requests, rtseg serve --workers 2", latencies, time.perf_counter() - t0)
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "1600 requests, 1600 ok, errors: none" in err
