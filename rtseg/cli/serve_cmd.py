@@ -8,9 +8,12 @@ import sys
 from pathlib import Path
 
 from ..engine import BACKENDS, load
+from ..schedule import Scheduler, make_scheduler
 from ..stream.protocol import DEFAULT_MAX_PIXELS
-from ..stream.server import DEFAULT_SERVER_ENDPOINT, Server, ServerLimits
+from ..stream.server import DEFAULT_INTERVAL, DEFAULT_SERVER_ENDPOINT, Server, ServerLimits
 from .common import add_model_args, load_model, parse_size
+
+SERVER_SCHEDULERS = ("every", "clockwork", "adaptive")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -40,11 +43,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--workers", type=int, default=1, help="inference threads (default 1)")
     p.add_argument(
-        "--key-interval",
-        type=int,
-        default=5,
-        help="for requests with a stream id: a keyframe (deep stage) every K frames (default 5)",
+        "--scheduler",
+        choices=SERVER_SCHEDULERS,
+        default="clockwork",
+        help="keyframe schedule for requests that carry a stream id (default clockwork)",
     )
+    p.add_argument(
+        "--interval",
+        type=int,
+        default=None,
+        help=f"clockwork: a keyframe every K frames (default {DEFAULT_INTERVAL})",
+    )
+    p.add_argument("--threshold", type=float, default=None, help="adaptive: feature-change threshold")
+    p.add_argument("--max-interval", type=int, default=None, help="adaptive: longest run without a keyframe")
     p.add_argument(
         "--max-pixels",
         type=int,
@@ -81,6 +92,16 @@ def run(args: argparse.Namespace) -> int:
         max_streams=args.max_streams,
         queue_size=args.queue,
     )
+    interval = args.interval
+    if args.scheduler == "clockwork" and interval is None:
+        interval = DEFAULT_INTERVAL
+
+    def scheduler() -> Scheduler:
+        return make_scheduler(
+            args.scheduler, interval=interval, threshold=args.threshold, max_interval=args.max_interval
+        )
+
+    scheduler().close()  # a bad combination of options fails here, before the model loads
     model = load_model(args.model, args.weights)
     engine = load(
         model, backend=args.backend, precision=args.precision, input_size=args.size, device=args.device
@@ -90,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
         engine,
         bind=args.bind,
         workers=args.workers,
-        key_interval=args.key_interval,
+        scheduler=scheduler,
         limits=limits,
         curve_keys=args.curve_keys,
     )

@@ -7,10 +7,11 @@ peer that asked. When the queue is full the request is answered at once with ``b
 than letting latency grow. Every request gets exactly one reply; nothing a client sends can stop
 the loop (see ``ErrorCode`` for what is refused and docs/wire-format.md for the messages).
 
-A request may name a stream: the server then keeps that stream's cached deep features and runs
-the keyframe scheduler over its frames (keyframe every ``key_interval`` frames, or when the request
-asks for one). Streams are opened with ``start: true``, expire after ``stream_ttl_s`` idle and are
-evicted least-recently-used beyond ``max_streams``; using one the server does not hold gets
+A request may name a stream: the server then keeps a scheduler for that stream (rtseg.schedule;
+clockwork every 4 frames unless the server is given another) that caches its deep features and
+decides its keyframes; a request can also ask for a keyframe. Streams are opened with
+``start: true``, expire after ``stream_ttl_s`` idle and are evicted least-recently-used beyond
+``max_streams``; using one the server does not hold gets
 ``unknown_stream``, which tells the client its scheduler state is gone (for example after a
 restart) and it must start the stream again.
 """
@@ -24,7 +25,7 @@ import queue
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,10 +33,11 @@ import cv2
 import numpy as np
 import zmq
 
-from ..engine.base import Engine, Features
+from ..engine.base import Engine
 from ..errors import ConfigError
 from ..overlay.annotate import OverlayStyle, annotate
 from ..result import SegResult
+from ..schedule import Clockwork, Every, Scheduler
 from .curve import CurveServer
 from .protocol import (
     DEFAULT_MAX_PIXELS,
@@ -55,7 +57,12 @@ from .protocol import (
 log = logging.getLogger(__name__)
 
 DEFAULT_SERVER_ENDPOINT = "tcp://127.0.0.1:5560"
+DEFAULT_INTERVAL = 4
 _instances = itertools.count()
+
+
+def _default_scheduler() -> Scheduler:
+    return Clockwork(DEFAULT_INTERVAL)
 
 
 @dataclass(frozen=True)
@@ -90,51 +97,33 @@ class ServerStats:
 
 
 class _Stream:
-    """One client sequence's scheduler state: the last keyframe's deep features and their age."""
+    """One client sequence: its own scheduler (deep-feature cache and keyframe decisions)."""
 
-    def __init__(self) -> None:
+    def __init__(self, scheduler: Scheduler) -> None:
         self.lock = threading.Lock()
-        self.deep: Features | None = None
-        self.age = 0
-        self.frames = 0
+        self.scheduler = scheduler
         self.last_used = time.monotonic()
-
-    def step(
-        self, engine: Engine, image: np.ndarray, key_interval: int, force_key: bool, timings: dict[str, float]
-    ) -> tuple[np.ndarray, bool, int]:
-        t0 = time.perf_counter()
-        low = engine.run_low(image)
-        t1 = time.perf_counter()
-        timings["low"] = (t1 - t0) * 1000
-        key = force_key or self.deep is None or self.age + 1 >= key_interval
-        if key:
-            self.deep = engine.run_deep(low)
-            self.age = 0
-            t2 = time.perf_counter()
-            timings["deep"] = (t2 - t1) * 1000
-            t1 = t2
-        else:
-            self.age += 1
-        labels = engine.run_head(low, self.deep)
-        timings["head"] = (time.perf_counter() - t1) * 1000
-        self.frames += 1
-        return labels, key, self.age
 
 
 class _Streams:
-    def __init__(self, max_streams: int, ttl_s: float) -> None:
+    def __init__(self, max_streams: int, ttl_s: float, scheduler: Callable[[], Scheduler]) -> None:
         self._max = max_streams
         self._ttl = ttl_s
+        self._new = scheduler
         self._table: OrderedDict[str, _Stream] = OrderedDict()
         self._lock = threading.Lock()
 
     def get(self, stream_id: str, *, start: bool) -> _Stream:
         with self._lock:
             if start:
-                state = _Stream()
+                state = _Stream(self._new())
+                old = self._table.pop(stream_id, None)
+                if old is not None:
+                    old.scheduler.close()
                 self._table[stream_id] = state
                 while len(self._table) > self._max:
-                    evicted, _ = self._table.popitem(last=False)
+                    evicted, gone = self._table.popitem(last=False)
+                    gone.scheduler.close()
                     log.info("stream %r evicted: more than %d streams open", evicted, self._max)
             else:
                 found = self._table.get(stream_id)
@@ -154,7 +143,13 @@ class _Streams:
         cutoff = time.monotonic() - self._ttl
         with self._lock:
             for sid in [s for s, st in self._table.items() if st.last_used < cutoff]:
-                del self._table[sid]
+                self._table.pop(sid).scheduler.close()
+
+    def clear(self) -> None:
+        with self._lock:
+            for state in self._table.values():
+                state.scheduler.close()
+            self._table.clear()
 
     def __len__(self) -> int:
         with self._lock:
@@ -177,21 +172,20 @@ class Server:
         *,
         bind: str = DEFAULT_SERVER_ENDPOINT,
         workers: int = 1,
-        key_interval: int = 5,
+        scheduler: Callable[[], Scheduler] | None = None,
         limits: ServerLimits | None = None,
         curve_keys: str | os.PathLike[str] | None = None,
         style: OverlayStyle | None = None,
     ) -> None:
         if workers < 1:
             raise ConfigError(f"workers must be >= 1, got {workers}")
-        if key_interval < 1:
-            raise ConfigError(f"key_interval must be >= 1, got {key_interval}")
         self.engine = engine
         self.workers = workers
-        self.key_interval = key_interval
         self.limits = limits or ServerLimits()
         self.style = style or OverlayStyle()
-        self._streams = _Streams(self.limits.max_streams, self.limits.stream_ttl_s)
+        self._streams = _Streams(
+            self.limits.max_streams, self.limits.stream_ttl_s, scheduler or _default_scheduler
+        )
         self._jobs: queue.Queue[_Job | None] = queue.Queue(maxsize=self.limits.queue_size)
         self._stop = threading.Event()
         self._stats_lock = threading.Lock()
@@ -272,6 +266,7 @@ class Server:
             self._jobs.put(None)
         for t in self._threads:
             t.join()
+        self._streams.clear()
         self._close_sockets()
 
     def _close_sockets(self) -> None:
@@ -442,12 +437,16 @@ class Server:
             x = image if image.flags.writeable else image.copy()
         timings["resize"] = (time.perf_counter() - t0) * 1000
         if request.stream is None:
-            labels, is_key, age = _Stream().step(engine, x, 1, True, timings)
+            result = Every().step(engine, x)
         else:
             state = self._streams.get(request.stream, start=request.start)
             with state.lock:
-                labels, is_key, age = state.step(engine, x, self.key_interval, request.keyframe, timings)
-        labels = np.ascontiguousarray(labels[0])
+                if request.keyframe:
+                    state.scheduler.reset()  # the schedule restarts here, with a keyframe
+                result = state.scheduler.step(engine, x)
+        timings.update(result.timings)
+        is_key, age = result.is_keyframe, result.deep_age
+        labels = np.ascontiguousarray(result.labels)
         t0 = time.perf_counter()
         if request.size == "input" and labels.shape != (h, w):
             labels = cv2.resize(labels, (w, h), interpolation=cv2.INTER_NEAREST)

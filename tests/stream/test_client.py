@@ -60,8 +60,18 @@ def test_a_killed_server_process_is_survived(tmp_path: Path, free_port: Callable
     net = get_model("espnet")
     save_checkpoint(weights, net.state_dict(), net.meta)
     port = free_port()
-    cmd = [sys.executable, "-m", "rtseg", "serve", "--weights", str(weights), "--size", "64x48", "--bind",
-           f"tcp://127.0.0.1:{port}"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "rtseg",
+        "serve",
+        "--weights",
+        str(weights),
+        "--size",
+        "64x48",
+        "--bind",
+        f"tcp://127.0.0.1:{port}",
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
 
     def serve() -> subprocess.Popen:

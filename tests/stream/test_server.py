@@ -19,6 +19,7 @@ import zmq
 
 from rtseg.engine import Engine, load
 from rtseg.models import get_model, save_checkpoint
+from rtseg.schedule import Clockwork
 from rtseg.stream import Client, ErrorCode, Server, ServerLimits, StreamTimeout
 from rtseg.stream.protocol import encode_array
 
@@ -67,7 +68,7 @@ def test_streams_run_the_keyframe_scheduler(small_engine: Engine, tcp_endpoint: 
     images = random_images(3, (48, 64, 3), seed=3)
     expected = scheduled_labels(small_engine, images)
     order = [0, 1, 2, 0, 1, 2, 0, 1]
-    with Server(small_engine, bind=tcp_endpoint, key_interval=3).start() as server:
+    with Server(small_engine, bind=tcp_endpoint, scheduler=lambda: Clockwork(3)).start() as server:
         with Client(tcp_endpoint, timeout=10) as client:
             replies = [
                 client.segment(images[i], stream_id="robot/front", frame_index=n) for n, i in enumerate(order)
@@ -405,7 +406,7 @@ def test_concurrent_clients_in_process(small_engine: Engine, tcp_endpoint: str, 
     images = random_images(4, (48, 64, 3), seed=11)
     expected = scheduled_labels(small_engine, images)
     assert all((expected[i][i] != expected[j][j]).mean() > 0.05 for i in range(4) for j in range(i))
-    with Server(small_engine, bind=tcp_endpoint, workers=2, key_interval=4).start() as server:
+    with Server(small_engine, bind=tcp_endpoint, workers=2, scheduler=lambda: Clockwork(4)).start() as server:
         t0 = time.perf_counter()
         latencies = run_load(tcp_endpoint, images, expected, clients=8, requests=12, key_interval=4)
         _report("8 clients x 12 requests, in-process server, 2 workers", latencies, time.perf_counter() - t0)
@@ -448,7 +449,7 @@ def test_load_8_clients_x_200_requests_against_rtseg_serve(
     tmp_path: Path, free_port: Callable[[], int], random_images
 ) -> None:  # type: ignore[no-untyped-def]
     port = free_port()
-    proc = _serve(tmp_path, port, "--workers", "2", "--key-interval", "4")
+    proc = _serve(tmp_path, port, "--workers", "2", "--interval", "4")
     try:
         engine = load(get_model("espnet", weights=tmp_path / "espnet_random.pt"), input_size=(64, 48))
         images = random_images(4, (48, 64, 3), seed=11)

@@ -1,0 +1,278 @@
+"""INT8 calibration data: which frames (a list file), how they reach each stage, and the
+TensorRT entropy calibrator's batching and cache I/O.
+
+A calibration list is a small text file (``calibration/*.txt``): a header naming the source
+(an image folder or a video) and one entry per sampled frame (a path relative to the folder, or
+a frame index). Its content hash names the int8 artifacts built from it, so another list builds
+other artifacts. Frames are resized to the engine input like every frame at run time; the rest
+of the model's preprocessing is inside the graphs, so calibration feeds the same uint8 images.
+
+``EntropyCalibrator`` implements the four methods of TensorRT's ``IInt8EntropyCalibrator2``
+without importing TensorRT; ``tensorrt_backend`` wraps it in the real base class on GPU machines.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import cv2
+import numpy as np
+
+from ..errors import ConfigError, DatasetError
+from .base import Engine
+from .cache import atomic_write_bytes, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+LIST_HEADER = "# rtseg calibration list v1"
+ENV_CALIBRATION_DIR = "RTSEG_CALIBRATION_DIR"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+_PACKAGE_DIR = Path(__file__).resolve().parent.parent
+
+
+def default_calibration_dir() -> Path:
+    """$RTSEG_CALIBRATION_DIR, else the checkout's calibration/, else ~/.cache/rtseg/calibration."""
+    env = os.environ.get(ENV_CALIBRATION_DIR)
+    if env:
+        return Path(env).expanduser()
+    checkout = _PACKAGE_DIR.parent / "calibration"
+    if (checkout / "README.md").is_file():
+        return checkout
+    return Path.home() / ".cache" / "rtseg" / "calibration"
+
+
+def _evenly(count: int, num: int) -> list[int]:
+    """``num`` indices spread evenly over ``range(count)`` (deterministic, covers the whole source)."""
+    if num <= 0:
+        raise ConfigError(f"the number of calibration frames must be positive, got {num}")
+    if num > count:
+        raise ConfigError(f"asked for {num} calibration frames but the source has only {count}")
+    return [int(i * count / num) for i in range(num)]
+
+
+@dataclass(frozen=True)
+class CalibrationList:
+    """Frames to calibrate on: ``kind`` images (entries are relative paths) or video (frame indices)."""
+
+    kind: Literal["images", "video"]
+    source: Path
+    entries: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("images", "video"):
+            raise ValueError(f"CalibrationList.kind must be 'images' or 'video', got {self.kind!r}")
+        if not self.entries:
+            raise ValueError("CalibrationList.entries must not be empty")
+
+    def text(self) -> str:
+        lines = [LIST_HEADER, f"# {self.kind}: {self.source}", *self.entries]
+        return "\n".join(lines) + "\n"
+
+    @property
+    def id(self) -> str:
+        """Short content hash: part of the names of the int8 artifacts built from this list."""
+        return hashlib.sha256(self.text().encode()).hexdigest()[:8]
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        path = Path(path)
+        atomic_write_text(path, self.text())
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> CalibrationList:
+        path = Path(path)
+        try:
+            lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
+        except OSError as exc:
+            raise ConfigError(f"cannot read calibration list {path}: {exc}") from None
+        if not lines or lines[0] != LIST_HEADER:
+            raise ConfigError(f"{path} is not an rtseg calibration list (first line must be {LIST_HEADER!r})")
+        kind, source = None, None
+        for line in lines[1:]:
+            for k in ("images", "video"):
+                if line.startswith(f"# {k}: "):
+                    kind, source = k, Path(line[len(f"# {k}: "):])
+        if kind is None or source is None:
+            raise ConfigError(f"{path}: missing the '# images: DIR' or '# video: FILE' source line")
+        entries = tuple(ln for ln in lines[1:] if ln and not ln.startswith("#"))
+        if not entries:
+            raise ConfigError(f"{path} lists no frames")
+        return cls(kind, source, entries)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_images(cls, directory: str | os.PathLike[str], num: int) -> CalibrationList:
+        directory = Path(directory).resolve()
+        if not directory.is_dir():
+            raise DatasetError(f"calibration image folder not found: {directory}")
+        files = sorted(p for p in directory.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise DatasetError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {directory}")
+        picked = [files[i] for i in _evenly(len(files), num)]
+        return cls("images", directory, tuple(p.relative_to(directory).as_posix() for p in picked))
+
+    @classmethod
+    def from_video(cls, video: str | os.PathLike[str], num: int) -> CalibrationList:
+        video = Path(video).resolve()
+        capture = cv2.VideoCapture(str(video))
+        try:
+            if not capture.isOpened():
+                raise DatasetError(f"cannot open calibration video {video}")
+            count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+        finally:
+            capture.release()
+        if count <= 0:
+            raise DatasetError(f"{video}: the container does not say how many frames it has")
+        return cls("video", video, tuple(str(i) for i in _evenly(count, num)))
+
+    def frames(self, input_size: tuple[int, int]) -> Iterator[np.ndarray]:
+        """The listed frames as HxWx3 uint8 BGR at ``input_size`` = (w, h), in list order."""
+        for image in self._decoded():
+            if (image.shape[1], image.shape[0]) != tuple(input_size):
+                image = cv2.resize(image, tuple(input_size), interpolation=cv2.INTER_LINEAR)
+            yield image
+
+    def _decoded(self) -> Iterator[np.ndarray]:
+        if self.kind == "images":
+            for entry in self.entries:
+                image = cv2.imread(str(self.source / entry), cv2.IMREAD_COLOR)
+                if image is None:
+                    raise DatasetError(f"calibration image {self.source / entry} is missing or unreadable")
+                yield image
+            return
+        wanted = sorted(int(e) for e in self.entries)
+        capture = cv2.VideoCapture(str(self.source))
+        try:
+            if not capture.isOpened():
+                raise DatasetError(f"cannot open calibration video {self.source}")
+            index, position = 0, 0
+            while index < len(wanted):
+                ok, frame = capture.read()  # sequential decode: seeking is inexact in many codecs
+                if not ok:
+                    raise DatasetError(f"{self.source} ended at frame {position}; the list wants {wanted[index]}")
+                while index < len(wanted) and wanted[index] == position:
+                    yield frame
+                    index += 1
+                position += 1
+        finally:
+            capture.release()
+
+
+def stage_feeds(
+    reference: Engine, frames: Iterable[np.ndarray], stage: str, inputs: tuple[str, ...]
+) -> Iterator[dict[str, np.ndarray]]:
+    """Each frame's inputs to ``stage`` (batch 1), computed by a full-precision ``reference`` engine.
+
+    Every stage is calibrated on the activations the fp32 network produces, so a stage's ranges
+    do not depend on how its predecessor was quantised.
+    """
+    for frame in frames:
+        if stage == "low":
+            yield {inputs[0]: frame[None]}
+            continue
+        low = reference.run_low(frame)
+        values: dict[str, Any] = dict(low)
+        if stage == "head":
+            values.update(reference.run_deep(low))
+        yield {n: _host(values[n]) for n in inputs}
+
+
+def _host(value: Any) -> np.ndarray:
+    if isinstance(value, np.ndarray):
+        return value
+    return value.detach().cpu().numpy()
+
+
+def batches(feeds: Iterable[Mapping[str, np.ndarray]], batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+    """Stack batch-1 feeds into batches of ``batch_size`` along axis 0; a last partial batch is
+    dropped, because a TensorRT calibration batch must fill the network's batch dimension."""
+    if batch_size <= 0:
+        raise ConfigError(f"calibration batch_size must be positive, got {batch_size}")
+    group: list[Mapping[str, np.ndarray]] = []
+    for feed in feeds:
+        group.append(feed)
+        if len(group) == batch_size:
+            yield {n: np.ascontiguousarray(np.concatenate([g[n] for g in group], axis=0)) for n in group[0]}
+            group = []
+    if group:
+        log.info("calibration: dropped a last partial batch of %d (batch size %d)", len(group), batch_size)
+
+
+# host array -> device address for TensorRT; the returned handle must stay alive until the next batch
+DeviceUpload = Callable[[np.ndarray], tuple[int, Any]]
+
+
+def cuda_upload(array: np.ndarray) -> tuple[int, Any]:
+    """Copy ``array`` to the current CUDA device with torch; returns (address, keep-alive tensor)."""
+    import torch
+
+    tensor = torch.from_numpy(array).to("cuda", non_blocking=False)
+    return int(tensor.data_ptr()), tensor
+
+
+class EntropyCalibrator:
+    """The IInt8EntropyCalibrator2 protocol, testable without TensorRT.
+
+    ``feeds`` yields batch-1 dicts of the stage's input arrays; ``upload`` puts a batch where
+    TensorRT reads it (CUDA memory by default). The cache file is TensorRT's own format: it is
+    read back verbatim on later builds, so the calibration data is needed only once.
+    """
+
+    def __init__(
+        self,
+        feeds: Callable[[], Iterable[Mapping[str, np.ndarray]]],
+        *,
+        cache_path: str | os.PathLike[str],
+        batch_size: int = 1,
+        upload: DeviceUpload = cuda_upload,
+    ) -> None:
+        if batch_size <= 0:
+            raise ConfigError(f"EntropyCalibrator.batch_size must be positive, got {batch_size}")
+        self.cache_path = Path(cache_path)
+        self.batch_size = batch_size
+        self._feeds = feeds
+        self._upload = upload
+        self._iterator: Iterator[dict[str, np.ndarray]] | None = None
+        self._alive: list[Any] = []
+        self.batches_served = 0
+
+    def get_batch_size(self) -> int:
+        return self.batch_size
+
+    def get_batch(self, names: list[str]) -> list[int] | None:
+        """Device addresses of the next batch's inputs in ``names`` order; None when exhausted."""
+        if self._iterator is None:
+            self._iterator = batches(self._feeds(), self.batch_size)
+        batch = next(self._iterator, None)
+        if batch is None:
+            self._alive = []
+            return None
+        missing = [n for n in names if n not in batch]
+        if missing:
+            raise ConfigError(f"calibration batch lacks inputs {missing}; it has {sorted(batch)}")
+        pointers, alive = [], []
+        for name in names:
+            address, handle = self._upload(batch[name])
+            pointers.append(address)
+            alive.append(handle)
+        self._alive = alive  # TensorRT reads the memory after get_batch returns
+        self.batches_served += 1
+        return pointers
+
+    def read_calibration_cache(self) -> bytes | None:
+        if self.cache_path.is_file() and self.cache_path.stat().st_size > 0:
+            log.info("calibration: reusing TensorRT calibration cache %s", self.cache_path)
+            return self.cache_path.read_bytes()
+        return None
+
+    def write_calibration_cache(self, cache: bytes | memoryview) -> None:
+        atomic_write_bytes(self.cache_path, bytes(cache))
+        log.info("calibration: wrote TensorRT calibration cache %s", self.cache_path)

@@ -1,0 +1,193 @@
+"""INT8 stage graphs by ONNX Runtime static quantisation (QDQ), cached like every other artifact.
+
+Two flavours of the same calibration: ``cpu`` (uint8 activations, int8 per-channel weights: the
+U8S8 kernels ONNX Runtime and OpenVINO run fastest on x86) and ``tensorrt`` (symmetric int8
+activations and weights with zero points of 0, which TensorRT's explicit quantisation requires).
+Ranges come from MinMax calibration of each stage on the fp32 network's activations.
+
+Pitfalls avoided here (see ../shared/notes/cpu-engines.md): weights are inline in the fp32
+graphs, so ``quant_pre_process`` can read them; ``CalibMaxIntermediateOutputs`` is not used,
+because in this ONNX Runtime it discards the collected ranges every N batches (and then fails
+with "No data is collected" whenever N divides the number of frames).
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from ..errors import BackendUnavailableError, ConfigError, EngineBuildError
+from ..models.base import StagedSegmenter
+from .cache import ArtifactCache, ArtifactKey
+from .calibration import CalibrationList, stage_feeds
+from .onnx_export import STAGES, OnnxStages, common_metadata, graph_io, serialize, set_metadata
+
+log = logging.getLogger(__name__)
+
+FLAVOURS = ("cpu", "tensorrt")
+
+
+def _quantization() -> Any:
+    try:
+        from onnxruntime import quantization
+    except ImportError:
+        raise BackendUnavailableError(
+            "int8 quantisation needs onnxruntime's quantisation tools: pip install onnxruntime"
+        ) from None
+    return quantization
+
+
+def int8_key(fp32: OnnxStages, calibration: CalibrationList, flavour: str) -> ArtifactKey:
+    import onnxruntime
+
+    if flavour not in FLAVOURS:
+        raise ConfigError(f"int8 flavour must be one of {', '.join(FLAVOURS)}, got {flavour!r}")
+    k = fp32.key
+    return ArtifactKey(
+        model=k.model,
+        weights=k.weights,
+        input_size=k.input_size,
+        precision="int8",
+        backend="onnx",
+        device="any",
+        library=f"ort{onnxruntime.__version__}",
+        variant=f"{calibration.id}{'s' if flavour == 'tensorrt' else 'u'}",
+    )
+
+
+class _Reader:
+    """onnxruntime CalibrationDataReader over an iterator of feeds (one pass, then exhausted)."""
+
+    def __init__(self, feeds: Iterator[Mapping[str, np.ndarray]]) -> None:
+        self._feeds = feeds
+        self.count = 0
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        feed = next(self._feeds, None)
+        if feed is None:
+            return None
+        self.count += 1
+        return dict(feed)
+
+    def rewind(self) -> None:  # part of the reader protocol; MinMax reads the data once
+        raise EngineBuildError("calibration data can be read only once")
+
+
+def quantize_graph(
+    fp32_path: Path, feeds: Iterable[Mapping[str, np.ndarray]], *, flavour: str, workdir: Path
+) -> onnx.ModelProto:
+    """One stage graph -> its QDQ int8 version calibrated on ``feeds``."""
+    q = _quantization()
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    pre = workdir / f"{fp32_path.stem}.pre.onnx"
+    out = workdir / f"{fp32_path.stem}.int8.onnx"
+    quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
+    reader = _Reader(iter(feeds))
+    if flavour == "cpu":
+        types = {"activation_type": q.QuantType.QUInt8, "weight_type": q.QuantType.QInt8}
+        extra: dict[str, Any] = {}
+    else:
+        types = {"activation_type": q.QuantType.QInt8, "weight_type": q.QuantType.QInt8}
+        extra = {"ActivationSymmetric": True, "WeightSymmetric": True}
+    q.quantize_static(
+        str(pre),
+        str(out),
+        reader,
+        quant_format=q.QuantFormat.QDQ,
+        per_channel=True,
+        calibrate_method=q.CalibrationMethod.MinMax,
+        extra_options=extra,
+        **types,
+    )
+    if reader.count == 0:
+        raise EngineBuildError(f"no calibration data reached stage {fp32_path.name}")
+    return onnx.load(str(out))
+
+
+def ensure_int8_onnx(
+    model: StagedSegmenter,
+    fp32: OnnxStages,
+    cache: ArtifactCache,
+    *,
+    reference: Any,
+    calibration: CalibrationList | None,
+    flavour: str = "cpu",
+    key: ArtifactKey | None = None,
+) -> OnnxStages:
+    """QDQ stage graphs from the cache, or quantised now from ``calibration`` frames.
+
+    ``reference`` is a zero-argument callable returning an fp32 engine (built only if needed)
+    that supplies the deep and head stages' calibration inputs.
+    """
+    if key is None:
+        if calibration is None:
+            raise ConfigError("int8 needs a calibration list (rtseg calibrate) or an existing int8 artifact")
+        key = int8_key(fp32, calibration, flavour)
+
+    def build(todo: tuple[str, ...]) -> dict[str, tuple[bytes, dict[str, Any]]]:
+        if calibration is None:
+            raise ConfigError(
+                f"the int8 artifacts {key.stem}.* are missing or invalid and no calibration list was "
+                "given to rebuild them: run `rtseg calibrate` again"
+            )
+        engine = reference()
+        out = {}
+        with tempfile.TemporaryDirectory(prefix="rtseg-quant-") as tmp:
+            for stage in todo:
+                proto_in = onnx.load(str(fp32.files[stage]), load_external_data=False)
+                inputs = tuple(i["name"] for i in graph_io(proto_in)["inputs"])
+                frames = calibration.frames(key.input_size)
+                feeds = stage_feeds(engine, frames, stage, inputs)
+                log.info("int8: calibrating stage %s on %d frames (%s flavour)", stage, len(calibration), flavour)
+                proto = quantize_graph(fp32.files[stage], feeds, flavour=flavour, workdir=Path(tmp))
+                metadata = {
+                    **common_metadata(model, key),
+                    "stage": stage,
+                    "io": graph_io(proto),
+                    "quantization": {
+                        "flavour": flavour,
+                        "method": "MinMax",
+                        "format": "QDQ",
+                        "per_channel": True,
+                        "calibration_id": calibration.id,
+                        "calibration_frames": len(calibration),
+                        "calibration_source": f"{calibration.kind}: {calibration.source}",
+                    },
+                    "fp32_source": fp32.files[stage].name,
+                }
+                set_metadata(proto, metadata)
+                out[stage] = (serialize(proto), metadata)
+        return out
+
+    artifacts = cache.get_or_build(key, STAGES, "onnx", build)
+    return OnnxStages(
+        key=key,
+        files={s: a.path for s, a in artifacts.items()},
+        head_low_inputs=fp32.head_low_inputs,
+        sidecars={s: a.sidecar for s, a in artifacts.items()},
+    )
+
+
+def find_int8_keys(fp32: OnnxStages, cache: ArtifactCache, flavour: str) -> list[ArtifactKey]:
+    """Int8 artifacts already in the cache for these fp32 graphs (one per calibration list)."""
+    import onnxruntime
+
+    base = int8_key.__wrapped__ if hasattr(int8_key, "__wrapped__") else None  # noqa: F841
+    k = fp32.key
+    suffix = "s" if flavour == "tensorrt" else "u"
+    keys = []
+    pattern = f"{k.model}-{k.weights}-{k.input_size[0]}x{k.input_size[1]}-int8-*{suffix}-onnx-any-*.low.onnx"
+    for path in cache.find(pattern):
+        variant = path.name.split("-int8-", 1)[1].split("-", 1)[0]
+        library = path.name.rsplit("-", 1)[1][: -len(".low.onnx")]
+        if library != f"ort{onnxruntime.__version__}":
+            continue
+        keys.append(ArtifactKey(k.model, k.weights, k.input_size, "int8", "onnx", "any", library, variant))
+    return keys

@@ -1,0 +1,82 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from rtseg.errors import ConfigError
+from rtseg.schedule import Adaptive, AsyncAdaptive, Clockwork, Every, make_scheduler
+
+
+def _run(scheduler, engine, images):
+    scheduler.reset()
+    return [scheduler.step(engine, im) for im in images]
+
+
+def test_every_matches_the_full_model(engine, drive) -> None:
+    results = _run(Every(), engine, drive[:4])
+    assert all(r.is_keyframe and r.deep_age == 0 for r in results)
+    for r, image in zip(results, drive, strict=False):
+        assert np.array_equal(r.labels, engine.run(image)[0])
+        assert r.labels.shape == (48, 64) and r.labels.dtype == np.uint8
+        assert set(r.timings) == {"low", "deep", "head"} and r.latency_ms > 0
+    assert [r.frame_index for r in results] == [0, 1, 2, 3]
+
+
+def test_clockwork_reuses_the_keyframe_deep_features_exactly(engine, drive) -> None:
+    results = _run(Clockwork(3), engine, drive[:7])
+    assert [r.is_keyframe for r in results] == [True, False, False, True, False, False, True]
+    assert [r.deep_age for r in results] == [0, 1, 2, 0, 1, 2, 0]
+    assert "deep" not in results[1].timings
+    # A reused frame is exactly head(low of this frame, deep of its keyframe).
+    deep = engine.run_deep(engine.run_low(drive[3]))
+    expected = engine.run_head(engine.run_low(drive[5]), deep)[0]
+    assert np.array_equal(results[5].labels, expected)
+
+
+def test_adaptive_keyframes_on_change_and_max_interval(engine, drive) -> None:
+    still = [drive[0]] * 7
+    results = _run(Adaptive(0.05, max_interval=3), engine, still)
+    assert [r.is_keyframe for r in results] == [True, False, False, True, False, False, True]
+    assert results[0].change is None and results[1].change == 0.0
+    # A cut to a different picture is a keyframe at once.
+    cut = [drive[0], drive[0], 255 - drive[0], 255 - drive[0]]
+    results = _run(Adaptive(0.05, max_interval=10), engine, cut)
+    assert [r.is_keyframe for r in results] == [True, False, True, False]
+    assert results[2].change > 0.05 and "change" in results[2].timings
+
+
+def test_adaptive_threshold_orders_the_keyframe_count(engine, drive) -> None:
+    counts = [sum(r.is_keyframe for r in _run(Adaptive(t, max_interval=16), engine, drive)) for t in (0.0, 0.02, 1e9)]
+    assert counts[0] == len(drive)
+    assert counts[0] >= counts[1] >= counts[2] == 1
+
+
+def test_target_keyframe_rate_calibrates_the_threshold(engine, drive) -> None:
+    frames = drive * 2
+    s = Adaptive(target_keyframe_rate=0.5, max_interval=8, calibration_frames=8)
+    assert s.threshold is None
+    results = _run(s, engine, frames)
+    assert [r.is_keyframe for r in results[:8]] == [True, False] * 4  # clockwork at the target rate
+    assert s.threshold is not None and s.threshold > 0
+    later = sum(r.is_keyframe for r in results[8:]) / len(results[8:])
+    assert 0.2 <= later <= 0.8
+    s.reset()
+    assert s.threshold is None  # recalibrates for the next stream
+
+
+def test_make_scheduler_validates() -> None:
+    assert isinstance(make_scheduler("async", threshold=0.2), AsyncAdaptive)
+    assert make_scheduler("clockwork", interval=5).interval == 5
+    assert make_scheduler("adaptive", warp=True).warp is not None
+    with pytest.raises(ConfigError, match="unknown scheduler"):
+        make_scheduler("sometimes")
+    with pytest.raises(ConfigError, match="interval applies to the clockwork"):
+        make_scheduler("adaptive", interval=3)
+    with pytest.raises(ConfigError, match="threshold apply to the adaptive"):
+        make_scheduler("clockwork", threshold=0.1)
+    with pytest.raises(ConfigError, match="flow warp"):
+        make_scheduler("every", warp=True)
+    with pytest.raises(ConfigError, match="either a threshold or a target"):
+        Adaptive(0.1, target_keyframe_rate=0.3)
+    with pytest.raises(ConfigError, match="interval must be >= 1"):
+        Clockwork(0)
