@@ -45,4 +45,13 @@ def __dir__() -> list[str]:
     return sorted([*globals(), *_EXPORTS])
 
 
-__all__ = ["Frame", "Pipeline", "SegResult", "Segmenter", "__version__", "annotate", "open_sink", "open_source"]
+__all__ = [
+    "Frame",
+    "Pipeline",
+    "SegResult",
+    "Segmenter",
+    "__version__",
+    "annotate",
+    "open_sink",
+    "open_source",
+]

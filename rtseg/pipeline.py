@@ -61,16 +61,25 @@ class PipelineStats:
 
     def status_line(self, recent_fps: float | None = None) -> str:
         fps = self.fps if recent_fps is None else recent_fps
-        return (f"{self.frames} frames  {fps:5.1f} FPS  latency p50 {self.latency_p50_ms:6.1f} ms "
-                f"p99 {self.latency_p99_ms:6.1f} ms  keyframes {100 * self.keyframe_ratio:5.1f} %  "
-                f"drops {self.source_dropped + self.sink_dropped}")
+        return (
+            f"{self.frames} frames  {fps:5.1f} FPS  latency p50 {self.latency_p50_ms:6.1f} ms "
+            f"p99 {self.latency_p99_ms:6.1f} ms  keyframes {100 * self.keyframe_ratio:5.1f} %  "
+            f"drops {self.source_dropped + self.sink_dropped}"
+        )
 
     def format_costs(self) -> str:
         """The per-stage cost breakdown printed by ``rtseg run --stats``."""
-        labels = {"capture": "capture", "preprocess": "preprocess (resize)", "low": "engine: low",
-                  "deep": "engine: deep", "head": "engine: head", "change": "scheduler: change score",
-                  "warp": "scheduler: flow warp", "overlay": "overlay (sink thread)",
-                  "handoff": "sink hand-off"}
+        labels = {
+            "capture": "capture",
+            "preprocess": "preprocess (resize)",
+            "low": "engine: low",
+            "deep": "engine: deep",
+            "head": "engine: head",
+            "change": "scheduler: change score",
+            "warp": "scheduler: flow warp",
+            "overlay": "overlay (sink thread)",
+            "handoff": "sink hand-off",
+        }
         lines = ["per-frame cost (mean ms over all frames; deep only runs on keyframes):"]
         for key in ("capture", "preprocess", "low", "change", "deep", "warp", "head", "overlay", "handoff"):
             if key in self.stage_ms:
@@ -79,18 +88,23 @@ class PipelineStats:
             lines.append(f"  {'deep on the async worker':<26}{self.worker_deep_ms:9.2f}")
         for uri, s in self.sinks.items():
             if s.written:
-                lines.append(f"  {'sink thread ' + uri:<26}{s.emit_ms / s.written:9.2f}  (draw + encode + write)")
+                lines.append(
+                    f"  {'sink thread ' + uri:<26}{s.emit_ms / s.written:9.2f}  (draw + encode + write)"
+                )
         engine = self.engine_ms
         outside = self.outside_ms
         share = f"{100 * outside / engine:.1f} %" if engine else "n/a"
-        lines.append(f"  engine total {engine:.2f} ms; outside the engine (capture, preprocess, overlay, "
-                     f"hand-off) {outside:.2f} ms = {share} of engine time")
+        lines.append(
+            f"  engine total {engine:.2f} ms; outside the engine (capture, preprocess, overlay, "
+            f"hand-off) {outside:.2f} ms = {share} of engine time"
+        )
         return "\n".join(lines)
 
     def summary(self) -> str:
         lines = [
             f"{self.frames} frames in {self.seconds:.1f} s ({self.fps:.2f} FPS), keyframe ratio "
-            f"{self.keyframe_ratio:.3f}, latency p50 {self.latency_p50_ms:.1f} ms / p99 {self.latency_p99_ms:.1f} ms",
+            f"{self.keyframe_ratio:.3f}, latency p50 {self.latency_p50_ms:.1f} ms / "
+            f"p99 {self.latency_p99_ms:.1f} ms",
             f"dropped: {self.source_dropped} at the source, {self.sink_dropped} at sinks; "
             f"reconnects: {self.reconnects}",
         ]
@@ -167,7 +181,9 @@ class Pipeline:
             self.sinks: list[Sink] = []
             for sink in sinks:
                 self.sinks.append(
-                    open_sink(sink, policy=self.policy, fps=self.source.info.fps) if isinstance(sink, str) else sink
+                    open_sink(sink, policy=self.policy, fps=self.source.info.fps)
+                    if isinstance(sink, str)
+                    else sink
                 )
         except BaseException:
             self._close_outputs()

@@ -66,7 +66,9 @@ class Segmenter:
         **engine_options: Any,
     ) -> None:
         if engine is None:
-            engine = load_engine(model, weights=weights, backend=backend, input_size=input_size, **engine_options)
+            engine = load_engine(
+                model, weights=weights, backend=backend, input_size=input_size, **engine_options
+            )
         self.engine = engine
         self.scheduler = make_scheduler(scheduler) if isinstance(scheduler, str) else scheduler
         self._lock = threading.Lock()
@@ -75,7 +77,7 @@ class Segmenter:
         )
 
     @property
-    def classes(self):  # noqa: ANN201 (ClassSet)
+    def classes(self):
         return self.engine.meta.classes
 
     @property
@@ -89,7 +91,9 @@ class Segmenter:
     def preprocess(self, image: np.ndarray) -> np.ndarray:
         """The frame at the engine's input size: the one copy the hot loop makes (none if it fits)."""
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise ValueError(f"expected an HxWx3 uint8 BGR image, got shape {image.shape} dtype {image.dtype}")
+            raise ValueError(
+                f"expected an HxWx3 uint8 BGR image, got shape {image.shape} dtype {image.dtype}"
+            )
         size = self.engine.input_size
         if (image.shape[1], image.shape[0]) == tuple(size):
             return image
@@ -103,8 +107,15 @@ class Segmenter:
             x = self.preprocess(image)
             ms = (time.perf_counter() - t0) * 1000.0
             result = self.scheduler.step(self.engine, x, index=index)
-        return SegResult(result.labels, result.frame_index, result.is_keyframe, result.deep_age, result.classes,
-                         {"preprocess": ms, **result.timings}, result.change)
+        return SegResult(
+            result.labels,
+            result.frame_index,
+            result.is_keyframe,
+            result.deep_age,
+            result.classes,
+            {"preprocess": ms, **result.timings},
+            result.change,
+        )
 
     def use_scheduler(self, scheduler: str | Scheduler) -> None:
         """Switch schedulers (the new one starts with an empty cache)."""
@@ -132,5 +143,8 @@ class Segmenter:
 
     def __repr__(self) -> str:
         info = self.engine.info
-        return (f"Segmenter({info.model}, backend={info.backend}, input={info.input_size[0]}x{info.input_size[1]}, "
-                f"scheduler={self.scheduler.describe()})")
+        return (
+            f"Segmenter({info.model}, backend={info.backend}, "
+            f"input={info.input_size[0]}x{info.input_size[1]}, "
+            f"scheduler={self.scheduler.describe()})"
+        )

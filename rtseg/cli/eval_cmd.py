@@ -9,6 +9,7 @@ from pathlib import Path
 from ..data.datasets import cityscapes, open_dataset
 from ..evaluate import evaluate, torch_logits_fn
 from .common import add_model_args, load_model, parse_size
+from .run_cmd import add_scheduler_args, scheduler_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,6 +28,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="Cityscapes ground-truth files to read (default: train ids if present)")
     p.add_argument("--json", type=Path, default=None, help="also write the report as JSON")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--sequence", action="store_true",
+                   help="the split is one video in file order (CamVid val): run it through --scheduler and "
+                        "report mIoU, keyframe ratio and throughput")
+    p.add_argument("--compare-every", action="store_true",
+                   help="with --sequence: also run every frame through the full model first and report "
+                        "the agreement (mIoU of the scheduled labels against the per-frame labels)")
+    add_scheduler_args(p, default="every")
     p.set_defaults(func=run)
 
 
@@ -45,6 +53,12 @@ def run(args: argparse.Namespace) -> int:
             f"but {args.dataset} is labelled with {dataset.classes.name} ({len(dataset.classes)})"
         )
     size = args.size or meta.preprocessing.input_size
+    if args.sequence:
+        return _run_sequence(args, model, dataset, size)
+    if args.scheduler != "every" or args.warp or args.compare_every:
+        from ..errors import ConfigError
+
+        raise ConfigError("--scheduler, --warp and --compare-every apply to a video: add --sequence")
     report = evaluate(
         torch_logits_fn(model, meta.preprocessing),
         dataset,
@@ -58,6 +72,34 @@ def run(args: argparse.Namespace) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         payload = {"model": meta.model, "dataset": args.dataset, "split": args.split,
                    "input_size": list(size), **report.to_dict()}
+        args.json.write_text(json.dumps(payload, indent=2))
+    print(report.format())
+    return 0
+
+
+def _run_sequence(args: argparse.Namespace, model, dataset, size: tuple[int, int]) -> int:
+    """`--sequence`: the scheduler over the split in file order (keyframe scheduling study)."""
+    from ..engine import load
+    from ..schedule import make_scheduler
+    from ..schedule.sequence import evaluate_sequence
+    from ..segmenter import resolve_backend
+
+    engine = load(model, backend=resolve_backend(getattr(args, "backend", "torch")), input_size=size)
+    engine.warmup(2)
+    scheduler = scheduler_from_args(args)
+    reference = None
+    name = f"{model.meta.model} {args.dataset}/{args.split}"
+    if args.compare_every and args.scheduler != "every":
+        reference = []
+        every = evaluate_sequence(engine, dataset, make_scheduler("every"), keep_labels=reference,
+                                  progress=not args.no_progress, description=f"{name} every")
+        print(every.format())
+    report = evaluate_sequence(engine, dataset, scheduler, reference=reference, progress=not args.no_progress,
+                               description=f"{name} {args.scheduler}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        payload = {"model": model.meta.model, "dataset": args.dataset, "split": args.split,
+                   "input_size": list(size), "backend": engine.info.backend, **report.to_dict()}
         args.json.write_text(json.dumps(payload, indent=2))
     print(report.format())
     return 0

@@ -14,7 +14,7 @@ from ..errors import ConfigError
 from ..metrics import ConfusionMatrix
 from ..overlay.annotate import MODES, OverlayStyle
 from ..pipeline import Pipeline, PipelineStats
-from ..schedule import SCHEDULERS, make_scheduler
+from ..schedule import CHANGES, SCHEDULERS, Scheduler, make_scheduler
 from ..schedule.sequence import labels_at
 from ..segmenter import Segmenter, load_engine
 from ..source import open_source
@@ -29,10 +29,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "run",
         help="segment a camera, stream, video or folder into files, a window or a stream",
         description="Segment SOURCE into each SINK. With no arguments: the offline demo (a synthetic "
-                    f"drive scene through the default model into {DEMO_OUTPUT}). Ctrl-C stops cleanly.",
+        f"drive scene through the default model into {DEMO_OUTPUT}). Ctrl-C stops cleanly.",
         epilog="SOURCE: a path, file://, images://DIR-OR-GLOB, camera://N, v4l2:///dev/videoN, rtsp://, "
-               "http(s)://, synthetic://drive?size=WxH&fps=N&seed=S&frames=N.  SINK: a path (.mp4, .avi, "
-               "out/%%06d.png), display://0, zmq://tcp://HOST:PORT, null://",
+        "http(s)://, synthetic://drive?size=WxH&fps=N&seed=S&frames=N.  SINK: a path (.mp4, .avi, "
+        "out/%%06d.png), display://0, zmq://tcp://HOST:PORT, null://",
     )
     p.add_argument("source", nargs="?", default=None, help=f"input URI (default: the demo, {DEMO_SOURCE})")
     p.add_argument("sinks", nargs="*", help="output URIs (default with no source: out/demo.mp4)")
@@ -40,16 +40,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--backend", default="auto", help="inference backend (default: auto)")
     p.add_argument("--precision", default="fp32")
     p.add_argument("--size", type=parse_size, default=None, help="engine input WxH (default: the weights')")
-    g = p.add_argument_group("keyframe scheduling")
-    g.add_argument("--scheduler", choices=SCHEDULERS, default="adaptive")
-    g.add_argument("--interval", type=int, default=None, help="clockwork: a keyframe every K frames (4)")
-    g.add_argument("--threshold", type=float, default=None, help="adaptive/async: change threshold T")
-    g.add_argument("--max-interval", type=int, default=None, help="adaptive/async: keyframe at least every N")
-    g.add_argument("--target-keyframe-rate", type=float, default=None,
-                   help="adaptive/async: calibrate T on the opening frames to reach this keyframe rate")
-    g.add_argument("--warp", action="store_true", help="warp cached deep features along DIS optical flow")
+    add_scheduler_args(p, default="adaptive")
     s = p.add_argument_group("source")
-    s.add_argument("--realtime", action="store_true", help="pace files by the wall clock, dropping late frames")
+    s.add_argument(
+        "--realtime", action="store_true", help="pace files by the wall clock, dropping late frames"
+    )
     s.add_argument("--loop", action="store_true", help="restart files and folders at their end")
     s.add_argument("--rate", type=float, default=None, help="at most this many frames per second")
     s.add_argument("--resize", type=parse_size, default=None, help="resize captured frames to WxH")
@@ -62,24 +57,60 @@ def register(sub: argparse._SubParsersAction) -> None:
     o.add_argument("--legend", action="store_true")
     o.add_argument("--hud", action="store_true", help="draw FPS, latency and keyframe flag")
     o.add_argument("--stats", action="store_true", help="print the per-stage cost breakdown at the end")
-    o.add_argument("--compare-every", action="store_true",
-                   help="also run every frame through the full model first and report the speedup and "
-                        "the agreement (mIoU of the scheduled labels against the per-frame labels)")
+    o.add_argument(
+        "--compare-every",
+        action="store_true",
+        help="also run every frame through the full model first and report the speedup and "
+        "the agreement (mIoU of the scheduled labels against the per-frame labels)",
+    )
     o.add_argument("--json", type=Path, default=None, help="write the summary as JSON")
     o.add_argument("--quiet", action="store_true", help="no live status line")
     p.set_defaults(func=run)
 
 
-def _scheduler(args: argparse.Namespace):  # noqa: ANN202
+def add_scheduler_args(parser: argparse.ArgumentParser, *, default: str) -> None:
+    """The keyframe-scheduling options, shared by `rtseg run` and `rtseg eval --sequence`."""
+    g = parser.add_argument_group("keyframe scheduling")
+    g.add_argument("--scheduler", choices=SCHEDULERS, default=default, help=f"(default: {default})")
+    g.add_argument("--interval", type=int, default=None, help="clockwork: a keyframe every K frames (4)")
+    g.add_argument("--threshold", type=float, default=None, help="adaptive/async: change threshold T")
+    g.add_argument("--max-interval", type=int, default=None, help="adaptive/async: keyframe at least every N")
+    g.add_argument(
+        "--target-keyframe-rate",
+        type=float,
+        default=None,
+        help="adaptive/async: calibrate T on the opening frames to reach this keyframe rate",
+    )
+    g.add_argument("--warp", action="store_true", help="warp cached deep features along DIS optical flow")
+    g.add_argument(
+        "--change",
+        choices=CHANGES,
+        default=None,
+        help="adaptive/async change score: flow residual (default with --warp) or low features",
+    )
+
+
+def scheduler_from_args(args: argparse.Namespace) -> Scheduler:
     return make_scheduler(
-        args.scheduler, interval=args.interval, threshold=args.threshold, max_interval=args.max_interval,
-        target_keyframe_rate=args.target_keyframe_rate, warp=args.warp,
+        args.scheduler,
+        interval=args.interval,
+        threshold=args.threshold,
+        max_interval=args.max_interval,
+        target_keyframe_rate=args.target_keyframe_rate,
+        warp=args.warp,
+        change=args.change,
     )
 
 
 def _source_options(args: argparse.Namespace) -> dict:
-    return {"loop": args.loop, "resize": args.resize, "rate": args.rate, "realtime": args.realtime,
-            "timeout": args.timeout, "reconnect": args.reconnect}
+    return {
+        "loop": args.loop,
+        "resize": args.resize,
+        "rate": args.rate,
+        "realtime": args.realtime,
+        "timeout": args.timeout,
+        "reconnect": args.reconnect,
+    }
 
 
 def _every_reference(args: argparse.Namespace, seg: Segmenter) -> tuple[dict[int, np.ndarray], float, float]:
@@ -90,8 +121,10 @@ def _every_reference(args: argparse.Namespace, seg: Segmenter) -> tuple[dict[int
     start = time.perf_counter()
     with open_source(args.source, **_source_options(args)) as src:
         if src.info.live:
-            raise ConfigError("--compare-every runs the source twice: use a file, folder or synthetic source "
-                              "without --realtime")
+            raise ConfigError(
+                "--compare-every runs the source twice: use a file, folder or synthetic source "
+                "without --realtime"
+            )
         for n, frame in enumerate(src):
             if args.frames is not None and n >= args.frames:
                 break
@@ -108,15 +141,21 @@ def run(args: argparse.Namespace) -> int:
         args.source = DEMO_SOURCE
         args.sinks = args.sinks or [DEMO_OUTPUT]
     style = OverlayStyle(args.mode, args.alpha, args.legend, args.hud)  # validates before the slow load
-    scheduler = _scheduler(args)
-    engine = load_engine(args.model, weights=args.weights, backend=args.backend, input_size=args.size,
-                         precision=args.precision)
+    scheduler = scheduler_from_args(args)
+    engine = load_engine(
+        args.model, weights=args.weights, backend=args.backend, input_size=args.size, precision=args.precision
+    )
     engine.warmup(1)
     seg = Segmenter(engine=engine, scheduler=scheduler)
-    print(f"rtseg run: {args.source} -> {', '.join(args.sinks) or '(no outputs: results are discarded)'}",
-          file=sys.stderr)
-    print(f"  {engine.info.model} on {engine.info.backend} ({engine.info.library}) at "
-          f"{engine.input_size[0]}x{engine.input_size[1]}, scheduler {scheduler.describe()}", file=sys.stderr)
+    print(
+        f"rtseg run: {args.source} -> {', '.join(args.sinks) or '(no outputs: results are discarded)'}",
+        file=sys.stderr,
+    )
+    print(
+        f"  {engine.info.model} on {engine.info.backend} ({engine.info.library}) at "
+        f"{engine.input_size[0]}x{engine.input_size[1]}, scheduler {scheduler.describe()}",
+        file=sys.stderr,
+    )
     reference = every_ms = every_fps = None
     if args.compare_every:
         print("  --compare-every: first pass with every frame a keyframe ...", file=sys.stderr)
@@ -126,7 +165,7 @@ def run(args: argparse.Namespace) -> int:
     agreement = ConfusionMatrix(n, engine.meta.classes.ignore_index)
     missing = 0
 
-    def compare(frame, result) -> None:  # noqa: ANN001
+    def compare(frame, result) -> None:
         nonlocal missing
         if reference is None:
             return
@@ -136,8 +175,15 @@ def run(args: argparse.Namespace) -> int:
             return
         agreement.update(ref, labels_at(result.labels, ref.shape))
 
-    pipeline = Pipeline(args.source, seg, sinks=args.sinks, on_result=compare, style=style,
-                        max_frames=args.frames, source_options=_source_options(args))
+    pipeline = Pipeline(
+        args.source,
+        seg,
+        sinks=args.sinks,
+        on_result=compare,
+        style=style,
+        max_frames=args.frames,
+        source_options=_source_options(args),
+    )
     tty = sys.stderr.isatty() and not args.quiet
     interrupted = False
     last = 0.0
@@ -165,14 +211,21 @@ def run(args: argparse.Namespace) -> int:
         scores = agreement.result()
         ms = sum(v for k, v in stats.stage_ms.items() if k not in ("capture", "overlay", "handoff"))
         speedup = every_ms / ms if ms else float("nan")
-        print(f"compared with every: {every_ms:.1f} -> {ms:.1f} ms/frame inference ({speedup:.2f}x); "
-              f"end-to-end {every_fps:.2f} FPS (every, no outputs) vs {stats.fps:.2f} FPS; agreement mIoU "
-              f"{100 * scores.miou:.2f}, pixels {100 * scores.pixel_accuracy:.2f} % over {stats.frames - missing} "
-              "frames")
+        print(
+            f"compared with every: {every_ms:.1f} -> {ms:.1f} ms/frame inference ({speedup:.2f}x); "
+            f"end-to-end {every_fps:.2f} FPS (every, no outputs) vs {stats.fps:.2f} FPS; agreement mIoU "
+            f"{100 * scores.miou:.2f}, pixels {100 * scores.pixel_accuracy:.2f} % "
+            f"over {stats.frames - missing} "
+            "frames"
+        )
         report["compare_every"] = {
-            "every_ms_per_frame": round(every_ms, 2), "ms_per_frame": round(ms, 2), "speedup": round(speedup, 3),
-            "every_fps": round(every_fps, 3), "agreement_miou": round(100 * scores.miou, 2),
-            "agreement_pixels": round(100 * scores.pixel_accuracy, 2), "frames_compared": stats.frames - missing,
+            "every_ms_per_frame": round(every_ms, 2),
+            "ms_per_frame": round(ms, 2),
+            "speedup": round(speedup, 3),
+            "every_fps": round(every_fps, 3),
+            "agreement_miou": round(100 * scores.miou, 2),
+            "agreement_pixels": round(100 * scores.pixel_accuracy, 2),
+            "frames_compared": stats.frames - missing,
         }
     for uri in args.sinks:
         if not uri.startswith(("display:", "null:", "zmq:")):
@@ -186,11 +239,20 @@ def run(args: argparse.Namespace) -> int:
 
 def _report(stats: PipelineStats) -> dict:
     return {
-        "frames": stats.frames, "seconds": round(stats.seconds, 3), "fps": round(stats.fps, 3),
-        "keyframe_ratio": round(stats.keyframe_ratio, 4), "latency_p50_ms": round(stats.latency_p50_ms, 2),
-        "latency_p99_ms": round(stats.latency_p99_ms, 2), "source_dropped": stats.source_dropped,
-        "sink_dropped": stats.sink_dropped, "reconnects": stats.reconnects,
+        "frames": stats.frames,
+        "seconds": round(stats.seconds, 3),
+        "fps": round(stats.fps, 3),
+        "keyframe_ratio": round(stats.keyframe_ratio, 4),
+        "latency_p50_ms": round(stats.latency_p50_ms, 2),
+        "latency_p99_ms": round(stats.latency_p99_ms, 2),
+        "source_dropped": stats.source_dropped,
+        "sink_dropped": stats.sink_dropped,
+        "reconnects": stats.reconnects,
         "stage_ms": {k: round(v, 3) for k, v in stats.stage_ms.items()},
-        "engine_ms": round(stats.engine_ms, 3), "outside_ms": round(stats.outside_ms, 3),
-        "sinks": {u: {"written": s.written, "dropped": s.dropped, "errors": s.errors} for u, s in stats.sinks.items()},
+        "engine_ms": round(stats.engine_ms, 3),
+        "outside_ms": round(stats.outside_ms, 3),
+        "sinks": {
+            u: {"written": s.written, "dropped": s.dropped, "errors": s.errors}
+            for u, s in stats.sinks.items()
+        },
     }

@@ -78,7 +78,7 @@ class ArtifactKey:
     @property
     def stem(self) -> str:
         w, h = self.input_size
-        precision = f"{self.precision}-{self.variant}" if self.variant else self.precision
+        precision = f"{self.precision}_{self.variant}" if self.variant else self.precision
         parts = (self.model, self.weights, f"{w}x{h}", precision, self.backend, self.device, self.library)
         return "-".join(_safe(p) for p in parts)
 

@@ -79,36 +79,74 @@ class _Reader:
         raise EngineBuildError("calibration data can be read only once")
 
 
+# Quantised: the compute (convolutions, matmuls) and the cheap ops between them, so that whole
+# DQ -> Conv -> Q units run as int8 kernels. Left in float: BatchNormalization that could not be
+# folded into a convolution (its per-channel scales are what rescues badly scaled inputs), PReLU,
+# the in-graph normalisation's Mul, and the final argmax.
+OP_TYPES = ("Conv", "ConvTranspose", "MatMul", "Gemm", "Add", "Concat", "Relu", "Clip", "MaxPool",
+            "AveragePool", "Resize")
+# A Concat shares one scale between its inputs. ESPNet concatenates features (range ~10) with the
+# normalised image (range ~0.02: the authors divide by 255 after standardising): one 8-bit scale
+# erases the image. Concats whose inputs' ranges differ by more than this factor stay in float.
+CONCAT_RANGE_RATIO = 16.0
+
+
+def _abs_range(data: Any) -> float:
+    low, high = data.range_value
+    return float(max(np.max(np.abs(low)), np.max(np.abs(high))))
+
+
+def mismatched_concats(model: onnx.ModelProto, ranges: Any, ratio: float = CONCAT_RANGE_RATIO) -> list[str]:
+    """Names of Concat nodes whose calibrated input ranges differ by more than ``ratio``."""
+    bad = []
+    for node in model.graph.node:
+        if node.op_type != "Concat":
+            continue
+        spans = [_abs_range(ranges[i]) for i in node.input if i in ranges]
+        spans = [v for v in spans if v > 0]
+        if len(spans) >= 2 and max(spans) / min(spans) > ratio:
+            bad.append(node.name)
+    return bad
+
+
 def quantize_graph(
     fp32_path: Path, feeds: Iterable[Mapping[str, np.ndarray]], *, flavour: str, workdir: Path
-) -> onnx.ModelProto:
-    """One stage graph -> its QDQ int8 version calibrated on ``feeds``."""
+) -> tuple[onnx.ModelProto, list[str]]:
+    """One stage graph -> its QDQ int8 version calibrated on ``feeds``, and the nodes kept in float."""
     q = _quantization()
+    from onnxruntime.quantization.calibrate import load_tensors_data
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     pre = workdir / f"{fp32_path.stem}.pre.onnx"
     out = workdir / f"{fp32_path.stem}.int8.onnx"
+    ranges_path = workdir / f"{fp32_path.stem}.ranges.json"
     quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
-    reader = _Reader(iter(feeds))
+    prepared = onnx.load(str(pre))
     if flavour == "cpu":
         types = {"activation_type": q.QuantType.QUInt8, "weight_type": q.QuantType.QInt8}
         extra: dict[str, Any] = {}
     else:
         types = {"activation_type": q.QuantType.QInt8, "weight_type": q.QuantType.QInt8}
         extra = {"ActivationSymmetric": True, "WeightSymmetric": True}
-    q.quantize_static(
-        str(pre),
-        str(out),
-        reader,
+    common = dict(
         quant_format=q.QuantFormat.QDQ,
+        op_types_to_quantize=list(OP_TYPES),
         per_channel=True,
         calibrate_method=q.CalibrationMethod.MinMax,
         extra_options=extra,
+        calibration_cache_path=str(ranges_path),
         **types,
     )
+    reader = _Reader(iter(feeds))
+    # First pass calibrates (the ranges land in ranges_path); a second pass, only if some
+    # Concat must stay in float, reuses those ranges without running the frames again.
+    q.quantize_static(str(pre), str(out), reader, **common)
     if reader.count == 0:
         raise EngineBuildError(f"no calibration data reached stage {fp32_path.name}")
-    return onnx.load(str(out))
+    excluded = mismatched_concats(prepared, load_tensors_data(ranges_path))
+    if excluded:
+        q.quantize_static(str(pre), str(out), None, nodes_to_exclude=excluded, **common)
+    return onnx.load(str(out)), excluded
 
 
 def ensure_int8_onnx(
@@ -146,7 +184,7 @@ def ensure_int8_onnx(
                 frames = calibration.frames(key.input_size)
                 feeds = stage_feeds(engine, frames, stage, inputs)
                 log.info("int8: calibrating stage %s on %d frames (%s flavour)", stage, len(calibration), flavour)
-                proto = quantize_graph(fp32.files[stage], feeds, flavour=flavour, workdir=Path(tmp))
+                proto, excluded = quantize_graph(fp32.files[stage], feeds, flavour=flavour, workdir=Path(tmp))
                 metadata = {
                     **common_metadata(model, key),
                     "stage": stage,
@@ -156,6 +194,8 @@ def ensure_int8_onnx(
                         "method": "MinMax",
                         "format": "QDQ",
                         "per_channel": True,
+                        "op_types": list(OP_TYPES),
+                        "float_concats": excluded,
                         "calibration_id": calibration.id,
                         "calibration_frames": len(calibration),
                         "calibration_source": f"{calibration.kind}: {calibration.source}",
@@ -179,13 +219,12 @@ def find_int8_keys(fp32: OnnxStages, cache: ArtifactCache, flavour: str) -> list
     """Int8 artifacts already in the cache for these fp32 graphs (one per calibration list)."""
     import onnxruntime
 
-    base = int8_key.__wrapped__ if hasattr(int8_key, "__wrapped__") else None  # noqa: F841
     k = fp32.key
     suffix = "s" if flavour == "tensorrt" else "u"
     keys = []
-    pattern = f"{k.model}-{k.weights}-{k.input_size[0]}x{k.input_size[1]}-int8-*{suffix}-onnx-any-*.low.onnx"
+    pattern = f"{k.model}-{k.weights}-{k.input_size[0]}x{k.input_size[1]}-int8_*{suffix}-onnx-any-*.low.onnx"
     for path in cache.find(pattern):
-        variant = path.name.split("-int8-", 1)[1].split("-", 1)[0]
+        variant = path.name.split("-int8_", 1)[1].split("-", 1)[0]
         library = path.name.rsplit("-", 1)[1][: -len(".low.onnx")]
         if library != f"ort{onnxruntime.__version__}":
             continue

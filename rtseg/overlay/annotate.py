@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 
 from ..data.labels import ClassSet
+from ..errors import ConfigError
 from ..result import SegResult
 
 Mode = Literal["overlay", "mask", "side-by-side"]
@@ -29,9 +30,9 @@ class OverlayStyle:
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
-            raise ValueError(f"OverlayStyle.mode must be one of {MODES}, got {self.mode!r}")
+            raise ConfigError(f"OverlayStyle.mode must be one of {MODES}, got {self.mode!r}")
         if not 0.0 <= self.alpha <= 1.0:
-            raise ValueError(f"OverlayStyle.alpha must be in [0, 1], got {self.alpha}")
+            raise ConfigError(f"OverlayStyle.alpha must be in [0, 1], got {self.alpha}")
 
 
 @functools.lru_cache(maxsize=32)

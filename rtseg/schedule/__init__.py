@@ -8,7 +8,7 @@ from .base import Scheduler, ScheduleStats
 from .calibrate import calibrate_threshold
 from .change import ChangeMeasure, Summary
 from .flow import FlowWarp
-from .policies import DEFAULT_MAX_INTERVAL, DEFAULT_THRESHOLD, Adaptive, Clockwork, Every
+from .policies import CHANGES, DEFAULT_MAX_INTERVAL, DEFAULT_THRESHOLD, Adaptive, Clockwork, Every
 
 SCHEDULERS = ("every", "clockwork", "adaptive", "async")
 
@@ -21,15 +21,21 @@ def make_scheduler(
     max_interval: int | None = None,
     target_keyframe_rate: float | None = None,
     warp: bool = False,
+    change: str | None = None,
     change_feature: str | None = None,
     change_pool: int | None = None,
 ) -> Scheduler:
     """A scheduler by name; an option that does not apply to it is an error, not ignored."""
     if name not in SCHEDULERS:
         raise ConfigError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
-    adaptive_only = {"threshold": threshold, "max_interval": max_interval,
-                     "target_keyframe_rate": target_keyframe_rate, "change_feature": change_feature,
-                     "change_pool": change_pool}
+    adaptive_only = {
+        "threshold": threshold,
+        "max_interval": max_interval,
+        "target_keyframe_rate": target_keyframe_rate,
+        "change": change,
+        "change_feature": change_feature,
+        "change_pool": change_pool,
+    }
     given = sorted(k for k, v in adaptive_only.items() if v is not None)
     if name not in ("adaptive", "async") and given:
         raise ConfigError(f"{', '.join(given)} apply to the adaptive and async schedulers, not {name!r}")
@@ -42,7 +48,9 @@ def make_scheduler(
         return Every()
     if name == "clockwork":
         return Clockwork(4 if interval is None else interval, warp=flow)
-    measure = ChangeMeasure(feature=change_feature, pool=4 if change_pool is None else change_pool)
+    measure = None
+    if change_feature is not None or change_pool is not None:
+        measure = ChangeMeasure(feature=change_feature, pool=4 if change_pool is None else change_pool)
     cls = Adaptive if name == "adaptive" else AsyncAdaptive
     return cls(
         threshold,
@@ -50,10 +58,12 @@ def make_scheduler(
         target_keyframe_rate=target_keyframe_rate,
         measure=measure,
         warp=flow,
+        change=change,
     )
 
 
 __all__ = [
+    "CHANGES",
     "DEFAULT_MAX_INTERVAL",
     "DEFAULT_THRESHOLD",
     "SCHEDULERS",

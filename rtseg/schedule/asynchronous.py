@@ -82,7 +82,7 @@ class AsyncAdaptive(Adaptive):
         timings["low"] = _ms(t0)
         self._step += 1
         self._collect()
-        key, change = self._decide(engine, low, self._step - self._ref_step, timings)
+        key, change = self._decide(engine, low, image, self._step - self._ref_step, timings)
         started = False
         if self._deep is None and self._pending is None:
             t0 = time.perf_counter()  # first frame: nothing to answer from, so deep runs inline

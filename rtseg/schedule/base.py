@@ -48,10 +48,12 @@ class Scheduler(ABC):
         return self.name + (" + flow warp" if self.warp is not None else "")
 
     @abstractmethod
-    def _decide(self, engine: Engine, low: Features, age: int, timings: dict[str, float]) -> tuple[bool, float | None]:
+    def _decide(
+        self, engine: Engine, low: Features, image: Any, age: int, timings: dict[str, float]
+    ) -> tuple[bool, float | None]:
         """(is_keyframe, change score) for a frame whose cached deep features would be ``age`` frames old."""
 
-    def _keyframe_taken(self) -> None:
+    def _keyframe_taken(self) -> None:  # noqa: B027 (optional hook)
         """Called after a keyframe's deep stage ran (update references)."""
 
     def reset(self) -> None:
@@ -62,7 +64,7 @@ class Scheduler(ABC):
         if self.warp is not None:
             self.warp.reset()
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (optional hook)
         """Release worker threads; the scheduler cannot be used afterwards."""
 
     @property
@@ -77,7 +79,7 @@ class Scheduler(ABC):
         timings["low"] = _ms(t0)
         self._step += 1
         age = self._step - self._deep_step
-        key, change = self._decide(engine, low, age, timings)
+        key, change = self._decide(engine, low, image, age, timings)
         if key or self._deep is None:
             t0 = time.perf_counter()
             deep = engine.run_deep(low)

@@ -1,21 +1,26 @@
-"""Choosing the adaptive threshold for a target keyframe rate, from recorded feature summaries.
+"""Choosing the adaptive threshold for a target keyframe rate, from recorded opening frames.
 
 The keyframe rate a threshold produces depends on the footage, so ``--target-keyframe-rate R``
-records the pooled low features of the opening frames, replays the adaptive rule over them for
-every candidate threshold (each change score that occurred is a candidate) and keeps the one whose
-keyframe ratio is closest to R (the larger threshold on ties: fewer deep runs).
+records what the change score needs of the opening frames (pooled low features, or small grey
+images for the flow residual), replays the adaptive rule over them for every candidate threshold
+(each change score that occurred is a candidate) and keeps the one whose keyframe ratio is closest
+to R (the larger threshold on ties: fewer deep runs).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 from ..errors import ConfigError
-from .change import ChangeMeasure, Summary
+
+T = TypeVar("T")
+Distance = Callable[[T, T], float]  # (current, keyframe) -> change score
 
 
-def simulate_keyframes(changes: dict[tuple[int, int], float], frames: int, threshold: float,
-                       max_interval: int) -> list[int]:
+def simulate_keyframes(
+    changes: dict[tuple[int, int], float], frames: int, threshold: float, max_interval: int
+) -> list[int]:
     """Keyframe indices the adaptive rule picks; ``changes[(t, k)]`` is frame t's score against k."""
     keys = [0]
     for t in range(1, frames):
@@ -25,28 +30,29 @@ def simulate_keyframes(changes: dict[tuple[int, int], float], frames: int, thres
     return keys
 
 
-def pairwise_changes(summaries: Sequence[Summary], measure: ChangeMeasure,
-                     max_interval: int) -> dict[tuple[int, int], float]:
+def pairwise_changes(
+    items: Sequence[T], distance: Distance, max_interval: int
+) -> dict[tuple[int, int], float]:
     """Scores of every frame against each earlier frame that could still be its keyframe."""
     out = {}
-    for t in range(len(summaries)):
+    for t in range(len(items)):
         for k in range(max(0, t - max_interval + 1), t):
-            out[(t, k)] = measure.distance(summaries[t], summaries[k])
+            out[(t, k)] = distance(items[t], items[k])
     return out
 
 
-def calibrate_threshold(summaries: Sequence[Summary], measure: ChangeMeasure, *, target_rate: float,
-                        max_interval: int) -> tuple[float, float]:
+def calibrate_threshold(
+    items: Sequence[T], distance: Distance, *, target_rate: float, max_interval: int
+) -> tuple[float, float]:
     """(threshold, the keyframe ratio it gives on these frames)."""
     if not 0 < target_rate <= 1:
         raise ConfigError(f"target keyframe rate must be in (0, 1], got {target_rate}")
-    n = len(summaries)
+    n = len(items)
     if n < 2:
         raise ConfigError(f"calibration needs at least 2 frames, got {n}")
-    changes = pairwise_changes(summaries, measure, max_interval)
-    candidates = sorted(set(changes.values()) | {0.0})
+    changes = pairwise_changes(items, distance, max_interval)
     scored = []
-    for threshold in candidates:
+    for threshold in sorted(set(changes.values()) | {0.0}):
         ratio = len(simulate_keyframes(changes, n, threshold, max_interval)) / n
         scored.append((abs(ratio - target_rate), -threshold, ratio))
     _, neg_threshold, ratio = min(scored)

@@ -52,7 +52,9 @@ class ChangeMeasure:
         """The feature name this measure reads for a model with these stage names."""
         name = self.feature or deep_inputs[0]
         if name not in low_names:
-            raise ConfigError(f"change feature {name!r} is not a low feature; choose one of {list(low_names)}")
+            raise ConfigError(
+                f"change feature {name!r} is not a low feature; choose one of {list(low_names)}"
+            )
         return name
 
     def summarize(self, value: Any) -> Summary:

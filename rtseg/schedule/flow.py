@@ -37,32 +37,68 @@ class FlowWarp:
         self.stride = stride
         self._dis = cv2.DISOpticalFlow.create(PRESETS[preset])
         self._key: np.ndarray | None = None
+        self._last: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # (image, grey, flow)
 
-    def _grey(self, image: np.ndarray) -> np.ndarray:
+    def grey(self, image: np.ndarray) -> np.ndarray:
+        """The image as flow input: grey, downscaled by ``stride``."""
         if image.ndim == 4:
             image = image[0]
         grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
         if self.stride > 1:
             h, w = grey.shape
-            grey = cv2.resize(grey, (max(8, w // self.stride), max(8, h // self.stride)),
-                              interpolation=cv2.INTER_AREA)
+            grey = cv2.resize(
+                grey, (max(8, w // self.stride), max(8, h // self.stride)), interpolation=cv2.INTER_AREA
+            )
         return grey
 
     def set_keyframe(self, image: np.ndarray) -> None:
-        self._key = self._grey(image)
+        self._key = self.grey(image)
+        self._last = None
 
     def reset(self) -> None:
         self._key = None
+        self._last = None
 
-    def flow(self, image: np.ndarray) -> np.ndarray:
-        """h x w x 2 flow at ``stride``: current(x) ~ keyframe(x + flow(x))."""
+    def _grey_and_flow(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if self._key is None:
             raise RuntimeError("FlowWarp.flow called before set_keyframe")
-        return self._dis.calc(self._grey(image), self._key, None)
+        if self._last is None or self._last[0] is not image:
+            grey = self.grey(image)
+            self._last = (image, grey, self._dis.calc(grey, self._key, None))
+        return self._key, self._last[1], self._last[2]
+
+    def flow(self, image: np.ndarray) -> np.ndarray:
+        """h x w x 2 flow at ``stride``: current(x) ~ keyframe(x + flow(x)).
+
+        The last result is kept for the same image object, so a scheduler that scores the
+        motion-compensated change and then warps pays for one flow per frame.
+        """
+        return self._grey_and_flow(image)[2]
+
+    def residual(self, image: np.ndarray) -> float:
+        """The motion-compensated change since the keyframe (see ``residual_of``), reusing the flow."""
+        key, grey, flow = self._grey_and_flow(image)
+        return residual_of(grey, key, flow)
+
+    def residual_between(self, grey: np.ndarray, key: np.ndarray) -> float:
+        """The same score for two images already made by ``grey`` (threshold calibration)."""
+        return residual_of(grey, key, self._dis.calc(grey, key, None))
 
     def warp(self, deep: dict[str, Any], image: np.ndarray) -> dict[str, Any]:
         flow = self.flow(image)
         return {name: _warp_one(value, flow) for name, value in deep.items()}
+
+
+def residual_of(grey: np.ndarray, key: np.ndarray, flow: np.ndarray) -> float:
+    """What the flow does not explain: mean |grey_now - warped keyframe grey| / mean keyframe grey.
+
+    Motion the warp will compensate does not count as change; what appears, disappears or moves
+    unlike the flow (occlusions, new objects, lighting) does.
+    """
+    h, w = grey.shape
+    map_x, map_y = _sampling_map(flow, w, h)
+    warped = cv2.remap(key, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return float(cv2.absdiff(grey, warped).mean()) / (float(key.mean()) + 1e-6)
 
 
 def _sampling_map(flow: np.ndarray, w: int, h: int) -> tuple[np.ndarray, np.ndarray]:
@@ -79,7 +115,12 @@ def _warp_one(value: Any, flow: np.ndarray) -> Any:
     map_x, map_y = _sampling_map(flow, w, h)
     if isinstance(value, torch.Tensor):
         grid = np.stack(((map_x + 0.5) * (2.0 / w) - 1.0, (map_y + 0.5) * (2.0 / h) - 1.0), axis=-1)
-        g = torch.from_numpy(grid).to(value.device, value.dtype).unsqueeze(0).expand(value.shape[0], -1, -1, -1)
+        g = (
+            torch.from_numpy(grid)
+            .to(value.device, value.dtype)
+            .unsqueeze(0)
+            .expand(value.shape[0], -1, -1, -1)
+        )
         return F.grid_sample(value, g, mode="bilinear", padding_mode="border", align_corners=False)
     out = np.empty_like(value)
     for idx in np.ndindex(*value.shape[:-2]):

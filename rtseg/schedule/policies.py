@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import logging
 import time
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
 
 from ..engine.base import Engine, Features
 from ..errors import ConfigError
 from .base import Scheduler
 from .calibrate import calibrate_threshold
-from .change import ChangeMeasure, Summary
+from .change import ChangeMeasure
 from .flow import FlowWarp
 
 log = logging.getLogger(__name__)
 
-DEFAULT_THRESHOLD = 0.1
+CHANGES = ("features", "flow")
+# Chosen from the CamVid sweep (docs/scheduling.md).
+DEFAULT_THRESHOLD = MappingProxyType({"features": 0.1, "flow": 0.1})
 DEFAULT_MAX_INTERVAL = 10
 
 
@@ -23,7 +29,9 @@ class Every(Scheduler):
 
     name = "every"
 
-    def _decide(self, engine: Engine, low: Features, age: int, timings: dict[str, float]) -> tuple[bool, None]:
+    def _decide(
+        self, engine: Engine, low: Features, image: Any, age: int, timings: dict[str, float]
+    ) -> tuple[bool, None]:
         return True, None
 
 
@@ -41,17 +49,24 @@ class Clockwork(Scheduler):
     def describe(self) -> str:
         return f"clockwork interval {self.interval}" + (" + flow warp" if self.warp is not None else "")
 
-    def _decide(self, engine: Engine, low: Features, age: int, timings: dict[str, float]) -> tuple[bool, None]:
+    def _decide(
+        self, engine: Engine, low: Features, image: Any, age: int, timings: dict[str, float]
+    ) -> tuple[bool, None]:
         return age >= self.interval, None
 
 
 class Adaptive(Scheduler):
-    """A keyframe when the low features changed by more than ``threshold`` since the last one
-    (Li, Shi and Lin, Low-Latency Video Semantic Segmentation, CVPR 2018), or when the cache is
-    ``max_interval`` frames old. The change score is defined in ``change.py``.
+    """A keyframe when the frame changed by more than ``threshold`` since the last keyframe (Li, Shi
+    and Lin, Low-Latency Video Semantic Segmentation, CVPR 2018), or when the cache is
+    ``max_interval`` frames old.
+
+    Two change scores (both defined in docs/scheduling.md): ``"features"``, the relative change of
+    pooled low features (``change.py``), and ``"flow"``, the part of the change optical flow does
+    not explain (``flow.residual_of``): with the flow warp, motion is compensated and should not
+    by itself cost a deep run. ``change`` defaults to ``"flow"`` with a warp, else ``"features"``.
 
     With ``target_keyframe_rate`` (and no threshold) the first ``calibration_frames`` frames run a
-    clockwork schedule at that rate while their features are recorded; the threshold is then
+    clockwork schedule at that rate while what the score needs is recorded; the threshold is then
     chosen to reproduce the rate on them (``calibrate.py``).
     """
 
@@ -66,6 +81,7 @@ class Adaptive(Scheduler):
         calibration_frames: int = 30,
         measure: ChangeMeasure | None = None,
         warp: FlowWarp | None = None,
+        change: str | None = None,
     ) -> None:
         if threshold is not None and target_keyframe_rate is not None:
             raise ConfigError("give either a threshold or a target keyframe rate, not both")
@@ -77,24 +93,32 @@ class Adaptive(Scheduler):
             raise ConfigError(f"target keyframe rate must be in (0, 1], got {target_keyframe_rate}")
         if calibration_frames < 2:
             raise ConfigError(f"calibration_frames must be >= 2, got {calibration_frames}")
+        change = change or ("flow" if warp is not None else "features")
+        if change not in CHANGES:
+            raise ConfigError(f"change must be one of {CHANGES}, got {change!r}")
+        if change == "flow" and warp is None:
+            raise ConfigError("the flow change score needs the flow warp (warp=FlowWarp(), --warp)")
+        if change == "flow" and measure is not None:
+            raise ConfigError("a feature ChangeMeasure does not apply to the flow change score")
         super().__init__(warp=warp)
+        self.change = change
         self.measure = measure or ChangeMeasure()
         self.max_interval = max_interval
         self.target_keyframe_rate = target_keyframe_rate
         self.calibration_frames = calibration_frames
-        self._fixed_threshold = DEFAULT_THRESHOLD if threshold is None and target_keyframe_rate is None \
-            else threshold
+        default = DEFAULT_THRESHOLD[change]
+        self._fixed_threshold = default if threshold is None and target_keyframe_rate is None else threshold
         self.threshold: float | None = self._fixed_threshold
         self._feature: str | None = None
-        self._reference: Summary | None = None
-        self._current: Summary | None = None
-        self._recorded: list[Summary] = []
+        self._reference: Any = None  # features: the keyframe Summary; flow: True once a keyframe exists
+        self._current: Any = None
+        self._recorded: list[Any] = []
 
     def describe(self) -> str:
         t = "calibrating" if self.threshold is None else f"threshold {self.threshold:.4g}"
         rate = f", target rate {self.target_keyframe_rate:g}" if self.target_keyframe_rate else ""
         warp = " + flow warp" if self.warp is not None else ""
-        return f"{self.name} ({t}{rate}, max interval {self.max_interval}){warp}"
+        return f"{self.name} ({self.change} change, {t}{rate}, max interval {self.max_interval}){warp}"
 
     def reset(self) -> None:
         super().reset()
@@ -107,29 +131,57 @@ class Adaptive(Scheduler):
         rate = self.target_keyframe_rate or 1.0
         return max(1, min(self.max_interval, round(1.0 / rate)))
 
-    def _decide(self, engine: Engine, low: Features, age: int, timings: dict[str, float]) -> tuple[bool, float | None]:
-        t0 = time.perf_counter()
+    def _score(self, engine: Engine, low: Features, image: Any) -> tuple[float | None, Any]:
+        """(change against the keyframe or None without one, what calibration records)."""
+        if self.change == "flow" and self.warp is not None:
+            host = _host(image)
+            if self._reference is None:
+                return None, self.warp.grey(host)
+            return self.warp.residual(host), self.warp.grey(host) if self.threshold is None else None
         if self._feature is None:
             self._feature = self.measure.resolve(tuple(low), engine.stage_spec.deep_inputs)
         current = self.measure.summarize(low[self._feature])
         self._current = current
-        change = None if self._reference is None else self.measure.distance(current, self._reference)
+        score = None if self._reference is None else self.measure.distance(current, self._reference)
+        return score, current
+
+    def _distance(self, current: Any, reference: Any) -> float:
+        if self.change == "flow" and self.warp is not None:
+            return self.warp.residual_between(current, reference)
+        return self.measure.distance(current, reference)
+
+    def _decide(
+        self, engine: Engine, low: Features, image: Any, age: int, timings: dict[str, float]
+    ) -> tuple[bool, float | None]:
+        t0 = time.perf_counter()
+        change, record = self._score(engine, low, image)
         if self.threshold is None:  # calibrating
-            self._recorded.append(current)
+            self._recorded.append(record)
             key = self._reference is None or age >= self._calibration_interval()
             if len(self._recorded) >= self.calibration_frames:
                 self.threshold, ratio = calibrate_threshold(
-                    self._recorded, self.measure, target_rate=self.target_keyframe_rate or 1.0,
+                    self._recorded,
+                    self._distance,
+                    target_rate=self.target_keyframe_rate or 1.0,
                     max_interval=self.max_interval,
                 )
                 self._recorded = []
-                log.info("adaptive: threshold %.4g calibrated on %d frames for a keyframe rate of %.3g "
-                         "(gives %.3g on them)", self.threshold, self.calibration_frames,
-                         self.target_keyframe_rate, ratio)
+                log.info(
+                    "adaptive: threshold %.4g calibrated on %d frames for a keyframe rate of %.3g "
+                    "(gives %.3g on them)",
+                    self.threshold,
+                    self.calibration_frames,
+                    self.target_keyframe_rate,
+                    ratio,
+                )
         else:
             key = self._reference is None or age >= self.max_interval or (change or 0.0) > self.threshold
         timings["change"] = (time.perf_counter() - t0) * 1000.0
         return key, change
 
     def _keyframe_taken(self) -> None:
-        self._reference = self._current
+        self._reference = True if self.change == "flow" else self._current
+
+
+def _host(image: Any) -> Any:
+    return image if isinstance(image, np.ndarray) else image.cpu().numpy()

@@ -49,8 +49,15 @@ def run_sequence(engine: Engine, images: Iterable[np.ndarray], scheduler: Schedu
         x, ms = to_input(image, engine.input_size)
         result = scheduler.step(engine, x, index=i)
         if ms:
-            result = SegResult(result.labels, result.frame_index, result.is_keyframe, result.deep_age,
-                               result.classes, {"preprocess": ms, **result.timings}, result.change)
+            result = SegResult(
+                result.labels,
+                result.frame_index,
+                result.is_keyframe,
+                result.deep_age,
+                result.classes,
+                {"preprocess": ms, **result.timings},
+                result.change,
+            )
         yield result
 
 
@@ -95,16 +102,23 @@ class SequenceReport:
         return out
 
     def format(self) -> str:
-        parts = [f"{self.scheduler}: {self.frames} frames, keyframe ratio {self.keyframe_ratio:.3f} "
-                 f"({self.keyframes} deep runs), {self.fps:.2f} frames/s "
-                 f"({1000 * self.seconds / max(self.frames, 1):.1f} ms/frame: "
-                 + ", ".join(f"{k} {v:.1f}" for k, v in self.stage_ms.items() if v) + ")"]
+        parts = [
+            f"{self.scheduler}: {self.frames} frames, keyframe ratio {self.keyframe_ratio:.3f} "
+            f"({self.keyframes} deep runs), {self.fps:.2f} frames/s "
+            f"({1000 * self.seconds / max(self.frames, 1):.1f} ms/frame: "
+            + ", ".join(f"{k} {v:.1f}" for k, v in self.stage_ms.items() if v)
+            + ")"
+        ]
         if self.scores is not None:
-            parts.append(f"mIoU vs ground truth: {100 * self.scores.miou:.2f} "
-                         f"(pixel accuracy {100 * self.scores.pixel_accuracy:.2f})")
+            parts.append(
+                f"mIoU vs ground truth: {100 * self.scores.miou:.2f} "
+                f"(pixel accuracy {100 * self.scores.pixel_accuracy:.2f})"
+            )
         if self.agreement is not None:
-            parts.append(f"agreement with every: mIoU {100 * self.agreement.miou:.2f}, "
-                         f"pixels {100 * self.agreement.pixel_accuracy:.2f} %")
+            parts.append(
+                f"agreement with every: mIoU {100 * self.agreement.miou:.2f}, "
+                f"pixels {100 * self.agreement.pixel_accuracy:.2f} %"
+            )
         return "\n".join(parts)
 
 
@@ -133,8 +147,14 @@ def evaluate_sequence(
     samples = list(samples)
     wall = time.perf_counter()
     results = run_sequence(engine, (s.image for s in samples), scheduler)
-    bar = tqdm(zip(samples, results, strict=True), total=len(samples), desc=description, unit="frame",
-               disable=not progress, leave=False)
+    bar = tqdm(
+        zip(samples, results, strict=True),
+        total=len(samples),
+        desc=description,
+        unit="frame",
+        disable=not progress,
+        leave=False,
+    )
     for sample, result in bar:
         frames += 1
         keyframes += int(result.is_keyframe)
@@ -148,8 +168,11 @@ def evaluate_sequence(
             keep_labels.append(result.labels.copy())
     wall = time.perf_counter() - wall
     stats = scheduler.stats
-    extra = {"deferred": stats.deferred, "worker_deep_ms": round(stats.worker_deep_ms / max(frames, 1), 2)} \
-        if stats.deferred or stats.worker_deep_ms else {}
+    extra = (
+        {"deferred": stats.deferred, "worker_deep_ms": round(stats.worker_deep_ms / max(frames, 1), 2)}
+        if stats.deferred or stats.worker_deep_ms
+        else {}
+    )
     return SequenceReport(
         scheduler=scheduler.describe(),
         frames=frames,

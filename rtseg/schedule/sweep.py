@@ -55,8 +55,9 @@ class Point:
 class Study:
     """Per-frame features and memoised heads for one sequence."""
 
-    def __init__(self, engine: Engine, images: Sequence[np.ndarray], labels: Sequence[np.ndarray],
-                 max_interval: int) -> None:
+    def __init__(
+        self, engine: Engine, images: Sequence[np.ndarray], labels: Sequence[np.ndarray], max_interval: int
+    ) -> None:
         self.engine = engine
         self.images = images
         self.labels = labels
@@ -130,7 +131,11 @@ class Study:
         n = len(self.images)
         s = self.stage_ms
         reused = n - keyframes
-        total = n * (s["low"] + s["head"] + extra_ms) + keyframes * s["deep"] + (reused * self.warp_ms if warp else 0)
+        total = (
+            n * (s["low"] + s["head"] + extra_ms)
+            + keyframes * s["deep"]
+            + (reused * self.warp_ms if warp else 0)
+        )
         return total / n
 
 
@@ -145,8 +150,9 @@ def clockwork_keys(n: int, interval: int) -> list[int]:
     return list(range(0, n, interval))
 
 
-def adaptive_curve(study: Study, measure: ChangeMeasure, feature: str, warp: bool,
-                   family: str) -> list[Point]:
+def adaptive_curve(
+    study: Study, measure: ChangeMeasure, feature: str, warp: bool, family: str
+) -> list[Point]:
     """One point per distinct keyframe set over every threshold that matters."""
     n = len(study.images)
     t0 = time.perf_counter()
@@ -155,7 +161,9 @@ def adaptive_curve(study: Study, measure: ChangeMeasure, feature: str, warp: boo
     for t in range(n):
         for k in range(max(0, t - study.max_interval + 1), t):
             changes[(t, k)] = measure.distance(summaries[t], summaries[k])
-    change_ms = 1000 * (time.perf_counter() - t0) / n  # summary + about max_interval distances: an upper bound
+    change_ms = (
+        1000 * (time.perf_counter() - t0) / n
+    )  # summary + about max_interval distances: an upper bound
     points: list[Point] = []
     seen: set[tuple[int, ...]] = set()
     for threshold in sorted(set(changes.values()) | {0.0}, reverse=True):
@@ -164,14 +172,54 @@ def adaptive_curve(study: Study, measure: ChangeMeasure, feature: str, warp: boo
             continue
         seen.add(keys)
         miou, agreement = study.score(keys, warp)
-        points.append(Point(family, threshold, len(keys), n, miou, agreement,
-                            study.cost(len(keys), change_ms, warp)))
+        points.append(
+            Point(family, threshold, len(keys), n, miou, agreement, study.cost(len(keys), change_ms, warp))
+        )
     return sorted(points, key=lambda p: p.keyframes)
 
 
-def run_study(engine: Engine, images: Sequence[np.ndarray], labels: Sequence[np.ndarray], *,
-              max_interval: int, variants: Sequence[tuple[str, int]], warp: bool,
-              progress: Callable[[str], None] = print) -> tuple[Study, list[Point]]:
+def residual_curve(study: Study, family: str) -> list[Point]:
+    """Adaptive on the motion-compensated change (``FlowWarp.residual``), with the warp."""
+    n = len(study.images)
+    flow = FlowWarp()
+    changes: dict[tuple[int, int], float] = {}
+    flow_ms, residual_ms = [], []
+    for k in range(n):
+        flow.set_keyframe(study.images[k])
+        for t in range(k + 1, min(n, k + study.max_interval)):
+            t0 = time.perf_counter()
+            flow.flow(study.images[t])
+            t1 = time.perf_counter()
+            changes[(t, k)] = flow.residual(study.images[t])  # reuses the flow just computed
+            flow_ms.append(t1 - t0)
+            residual_ms.append(time.perf_counter() - t1)
+    f_ms, r_ms = 1000 * float(np.median(flow_ms)), 1000 * float(np.median(residual_ms))
+    points: list[Point] = []
+    seen: set[tuple[int, ...]] = set()
+    for threshold in sorted(set(changes.values()) | {0.0}, reverse=True):
+        keys = tuple(simulate_keyframes(changes, n, threshold, study.max_interval))
+        if keys in seen:
+            continue
+        seen.add(keys)
+        miou, agreement = study.score(keys, True)
+        # Every frame scores its residual; keyframes also pay the flow they then do not warp with.
+        extra = r_ms + f_ms * len(keys) / n
+        points.append(
+            Point(family, threshold, len(keys), n, miou, agreement, study.cost(len(keys), extra, True))
+        )
+    return sorted(points, key=lambda p: p.keyframes)
+
+
+def run_study(
+    engine: Engine,
+    images: Sequence[np.ndarray],
+    labels: Sequence[np.ndarray],
+    *,
+    max_interval: int,
+    variants: Sequence[tuple[str, int]],
+    warp: bool,
+    progress: Callable[[str], None] = print,
+) -> tuple[Study, list[Point]]:
     progress(f"per-frame low/deep/head on {len(images)} frames")
     study = Study(engine, images, labels, max_interval)
     n = len(images)
@@ -180,22 +228,37 @@ def run_study(engine: Engine, images: Sequence[np.ndarray], labels: Sequence[np.
         keys = clockwork_keys(n, interval)
         miou, agreement = study.score(keys, False)
         family = "every" if interval == 1 else "clockwork"
-        points.append(Point(family, interval, len(keys), n, miou, agreement, study.cost(len(keys), 0.0, False)))
+        points.append(
+            Point(family, interval, len(keys), n, miou, agreement, study.cost(len(keys), 0.0, False))
+        )
     for feature, pool in variants:
         progress(f"adaptive: feature {feature}, pool {pool}")
-        points += adaptive_curve(study, ChangeMeasure(feature, pool), feature, False,
-                                 f"adaptive {feature}/{pool}")
+        points += adaptive_curve(
+            study, ChangeMeasure(feature, pool), feature, False, f"adaptive {feature}/{pool}"
+        )
     if warp:
         progress("flow warp: clockwork")
         for interval in range(2, max_interval + 1):
             keys = clockwork_keys(n, interval)
             miou, agreement = study.score(keys, True)
-            points.append(Point("clockwork + warp", interval, len(keys), n, miou, agreement,
-                                study.cost(len(keys), 0.0, True)))
+            points.append(
+                Point(
+                    "clockwork + warp",
+                    interval,
+                    len(keys),
+                    n,
+                    miou,
+                    agreement,
+                    study.cost(len(keys), 0.0, True),
+                )
+            )
         feature, pool = variants[0]
         progress(f"flow warp: adaptive {feature}/{pool}")
-        points += adaptive_curve(study, ChangeMeasure(feature, pool), feature, True,
-                                 f"adaptive {feature}/{pool} + warp")
+        points += adaptive_curve(
+            study, ChangeMeasure(feature, pool), feature, True, f"adaptive {feature}/{pool} + warp"
+        )
+        progress("flow warp: adaptive on the flow residual")
+        points += residual_curve(study, "adaptive flow-residual + warp")
     return study, points
 
 
@@ -241,9 +304,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--frames", type=int, default=None, help="use only the first N frames")
     p.add_argument("--no-warp", action="store_true")
-    p.add_argument("--variant", action="append", default=None, metavar="FEATURE/POOL",
-                   help="change-measure variants to sweep (first one is also tried with the flow warp)")
-    p.add_argument("--out", type=Path, required=True, help="folder for scheduling_sweep.json and scheduling.png")
+    p.add_argument(
+        "--variant",
+        action="append",
+        default=None,
+        metavar="FEATURE/POOL",
+        help="change-measure variants to sweep (first one is also tried with the flow warp)",
+    )
+    p.add_argument(
+        "--out", type=Path, required=True, help="folder for scheduling_sweep.json and scheduling.png"
+    )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(args.threads)
@@ -255,8 +325,14 @@ def main(argv: list[str] | None = None) -> int:
     samples = list(dataset)[: args.frames]
     variants = [(v.split("/")[0], int(v.split("/")[1])) for v in (args.variant or ["l1_cat/4"])]
     t0 = time.perf_counter()
-    study, points = run_study(engine, [s.image for s in samples], [s.label for s in samples],
-                              max_interval=args.max_interval, variants=variants, warp=not args.no_warp)
+    study, points = run_study(
+        engine,
+        [s.image for s in samples],
+        [s.label for s in samples],
+        max_interval=args.max_interval,
+        variants=variants,
+        warp=not args.no_warp,
+    )
     args.out.mkdir(parents=True, exist_ok=True)
     payload = {
         "model": model.meta.model,
@@ -268,9 +344,15 @@ def main(argv: list[str] | None = None) -> int:
         "warp_ms_median": round(study.warp_ms, 2),
         "seconds": round(time.perf_counter() - t0, 1),
         "points": [
-            {"family": q.family, "parameter": q.parameter, "keyframes": q.keyframes, "ratio": round(q.ratio, 4),
-             "miou": round(q.miou, 2), "agreement": round(q.agreement, 2),
-             "ms_per_frame": round(q.ms_per_frame, 2)}
+            {
+                "family": q.family,
+                "parameter": q.parameter,
+                "keyframes": q.keyframes,
+                "ratio": round(q.ratio, 4),
+                "miou": round(q.miou, 2),
+                "agreement": round(q.agreement, 2),
+                "ms_per_frame": round(q.ms_per_frame, 2),
+            }
             for q in points
         ],
     }
@@ -278,8 +360,12 @@ def main(argv: list[str] | None = None) -> int:
     families = ["clockwork", *dict.fromkeys(q.family for q in points if q.family.startswith("adaptive"))]
     if not args.no_warp:
         families.insert(1, "clockwork + warp")
-    plot(points, families, args.out / "scheduling.png",
-         f"{model.meta.model} on CamVid {args.split} ({len(samples)} frames in order)")
+    plot(
+        points,
+        families,
+        args.out / "scheduling.png",
+        f"{model.meta.model} on CamVid {args.split} ({len(samples)} frames in order)",
+    )
     print(f"wrote {args.out / 'scheduling_sweep.json'} and {args.out / 'scheduling.png'}")
     return 0
 

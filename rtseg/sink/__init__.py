@@ -18,8 +18,14 @@ SUPPORTED = (
 )
 
 
-def open_sink(uri: str | os.PathLike[str], *, policy: Policy = "block", fps: float | None = None,
-              queue_size: int | None = None, **options: Any) -> Sink:
+def open_sink(
+    uri: str | os.PathLike[str],
+    *,
+    policy: Policy = "block",
+    fps: float | None = None,
+    queue_size: int | None = None,
+    **options: Any,
+) -> Sink:
     """Open an output. ``policy`` is "drop" for live sources (never slow inference down) or "block"
     for files (write every frame); the pipeline chooses it from the source. ``fps`` is the frame
     rate written into video files."""
@@ -42,8 +48,9 @@ def open_sink(uri: str | os.PathLike[str], *, policy: Policy = "block", fps: flo
         unknown = sorted(set(params) - {"overlay"})
         if unknown:
             raise SinkError(f"{text!r}: unknown option(s) {unknown}; null:// takes ?overlay=1")
-        return NullSink(text, draw=params.get("overlay", "0") not in ("0", "", "false"), policy=policy,
-                        **options)
+        return NullSink(
+            text, draw=params.get("overlay", "0") not in ("0", "", "false"), policy=policy, **options
+        )
     if scheme == "display":
         from .display import DisplaySink
 

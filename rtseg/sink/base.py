@@ -60,7 +60,7 @@ class Sink(ABC):
     def emit(self, packet: Packet) -> None:
         """Write one packet; runs on the sink's thread."""
 
-    def release(self) -> None:
+    def release(self) -> None:  # noqa: B027 (optional hook)
         """Flush and close the underlying output; runs on the sink's thread after the last emit."""
 
     def write(self, packet: Packet) -> None:

@@ -17,14 +17,17 @@ GUI_INSTALL = "pip uninstall opencv-python-headless && pip install opencv-python
 def gui_problem() -> str | None:
     """Why a window cannot open here, or None when it can."""
     info = cv2.getBuildInformation()
-    gui = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.strip().startswith("GUI:")),
-               "")
+    gui = next(
+        (line.split(":", 1)[1].strip() for line in info.splitlines() if line.strip().startswith("GUI:")), ""
+    )
     if gui.upper() == "NONE":
         return (
             "this OpenCV build has no GUI support (opencv-python-headless, which rtseg installs so it works "
             f"on servers). For windows install the GUI build: `{GUI_INSTALL}`"
         )
-    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+    if sys.platform.startswith("linux") and not (
+        os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+    ):
         return (
             "there is no display ($DISPLAY is not set): run on a desktop session or with `ssh -X`, "
             "or write to a file (out.mp4) or a stream (zmq://) instead"
@@ -35,8 +38,9 @@ def gui_problem() -> str | None:
 class DisplaySink(Sink):
     """Shows overlays in a window; Esc, q or closing the window asks the pipeline to stop."""
 
-    def __init__(self, uri: str, *, window: str | None = None, queue_size: int = 2,
-                 policy: Policy = "drop") -> None:
+    def __init__(
+        self, uri: str, *, window: str | None = None, queue_size: int = 2, policy: Policy = "drop"
+    ) -> None:
         problem = gui_problem()
         if problem is not None:
             raise SinkError(f"{uri}: cannot open a window: {problem}")

@@ -47,7 +47,9 @@ class FileSink(Sink):
             try:
                 text % 0
             except (TypeError, ValueError):
-                raise SinkError(f"{uri}: {text!r} is not a valid pattern; use one integer field like %06d") from None
+                raise SinkError(
+                    f"{uri}: {text!r} is not a valid pattern; use one integer field like %06d"
+                ) from None
         else:
             if suffix not in VIDEO_FOURCC:
                 raise SinkError(

@@ -38,9 +38,10 @@ class SourceOptions:
     backoff_max: float = 8.0
 
     def __post_init__(self) -> None:
-        if self.resize is not None:
-            if len(self.resize) != 2 or any(int(v) != v or v <= 0 for v in self.resize):
-                raise ConfigError(f"resize must be (width, height) with positive integers, got {self.resize!r}")
+        if self.resize is not None and (
+            len(self.resize) != 2 or any(int(v) != v or v <= 0 for v in self.resize)
+        ):
+            raise ConfigError(f"resize must be (width, height) with positive integers, got {self.resize!r}")
         if self.rate is not None and not self.rate > 0:
             raise ConfigError(f"rate must be a positive number of frames per second, got {self.rate!r}")
         if self.reconnect < 0:
@@ -89,7 +90,7 @@ class Source(ABC):
     def _next_frame(self) -> Frame | None:
         """The next frame, or None at the end of the stream."""
 
-    def _release(self) -> None:
+    def _release(self) -> None:  # noqa: B027 (optional hook)
         """Free the underlying device or file."""
 
     def __iter__(self) -> Iterator[Frame]:

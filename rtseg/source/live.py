@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 class Capture(Protocol):
     """The part of cv2.VideoCapture a live source uses."""
 
-    def isOpened(self) -> bool: ...  # noqa: N802 (OpenCV's name)
+    def isOpened(self) -> bool: ...
 
     def read(self) -> tuple[bool, np.ndarray | None]: ...
 
@@ -80,18 +80,20 @@ def network_factory(url: str, timeout: float) -> CaptureFactory:
 class LiveSource(Source):
     """A camera or stream read on its own thread; ``next()`` returns the newest frame."""
 
-    def __init__(self, uri: str, kind: str, factory: CaptureFactory, options: SourceOptions,
-                 *, hint: str = "") -> None:
+    def __init__(
+        self, uri: str, kind: str, factory: CaptureFactory, options: SourceOptions, *, hint: str = ""
+    ) -> None:
         super().__init__(uri, options)
         self._factory = factory
         self._hint = hint
         self._cap = self._open()
         if self._cap is None:
-            raise SourceError(
-                f"cannot open {uri} within {options.timeout:g} s{': ' + hint if hint else ''}"
-            )
+            raise SourceError(f"cannot open {uri} within {options.timeout:g} s{': ' + hint if hint else ''}")
         fps = _get(self._cap, cv2.CAP_PROP_FPS)
-        native = (int(_get(self._cap, cv2.CAP_PROP_FRAME_WIDTH)), int(_get(self._cap, cv2.CAP_PROP_FRAME_HEIGHT)))
+        native = (
+            int(_get(self._cap, cv2.CAP_PROP_FRAME_WIDTH)),
+            int(_get(self._cap, cv2.CAP_PROP_FRAME_HEIGHT)),
+        )
         self.info = SourceInfo(
             uri=uri,
             kind=kind,
@@ -159,8 +161,13 @@ class LiveSource(Source):
         while self._attempts < limit:
             delay = min(self.options.backoff * 2 ** min(self._attempts, 30), self.options.backoff_max)
             self._attempts += 1
-            log.warning("%s: no frame; reconnecting in %.2f s (attempt %d of %d)",
-                        self.uri, delay, self._attempts, limit)
+            log.warning(
+                "%s: no frame; reconnecting in %.2f s (attempt %d of %d)",
+                self.uri,
+                delay,
+                self._attempts,
+                limit,
+            )
             if self._stop.wait(delay):
                 return None
             with self._cond:

@@ -83,8 +83,12 @@ class DriveScene:
         return self.cx + self.focal * x / z, self.horizon + self.focal * (_CAM_HEIGHT - y) / z
 
     def _quad(self, x0: float, x1: float, z0: float, z1: float) -> np.ndarray:
-        pts = [self._project(x0, 0, z0), self._project(x1, 0, z0), self._project(x1, 0, z1),
-               self._project(x0, 0, z1)]
+        pts = [
+            self._project(x0, 0, z0),
+            self._project(x1, 0, z0),
+            self._project(x1, 0, z1),
+            self._project(x0, 0, z1),
+        ]
         return np.round(np.array(pts)).astype(np.int32)
 
     def _draw_background(self, rng: np.random.Generator) -> np.ndarray:
@@ -108,7 +112,9 @@ class DriveScene:
         cv2.fillPoly(image, [self._quad(-half - 0.6, half + 0.6, _NEAR, _FAR)], (88, 88, 92))
         for side in (-1, 1):
             xe = side * half
-            cv2.fillPoly(image, [self._quad(xe - _LINE_WIDTH, xe + _LINE_WIDTH, _NEAR, _FAR)], (235, 235, 235))
+            cv2.fillPoly(
+                image, [self._quad(xe - _LINE_WIDTH, xe + _LINE_WIDTH, _NEAR, _FAR)], (235, 235, 235)
+            )
         return image
 
     def render(self, t: int) -> np.ndarray:

@@ -23,7 +23,11 @@ SUPPORTED = (
     "synthetic://drive?size=WxH&fps=N&seed=S&frames=N"
 )
 
-_CAMERA_KEYS = {"width": cv2.CAP_PROP_FRAME_WIDTH, "height": cv2.CAP_PROP_FRAME_HEIGHT, "fps": cv2.CAP_PROP_FPS}
+_CAMERA_KEYS = {
+    "width": cv2.CAP_PROP_FRAME_WIDTH,
+    "height": cv2.CAP_PROP_FRAME_HEIGHT,
+    "fps": cv2.CAP_PROP_FPS,
+}
 
 
 def open_source(
@@ -43,8 +47,16 @@ def open_source(
     ``capture_factory`` replaces how camera and stream captures are made (a cv2.VideoCapture-like
     object per call): tests use it to simulate a device that disconnects.
     """
-    options = SourceOptions(loop=loop, resize=resize, rate=rate, realtime=realtime, reconnect=reconnect,
-                            timeout=timeout, backoff=backoff, backoff_max=max(backoff, 8.0))
+    options = SourceOptions(
+        loop=loop,
+        resize=resize,
+        rate=rate,
+        realtime=realtime,
+        reconnect=reconnect,
+        timeout=timeout,
+        backoff=backoff,
+        backoff_max=max(backoff, 8.0),
+    )
     text = os.fspath(uri)
     if "://" not in text:
         return _open_path(text, text, options)
@@ -68,23 +80,42 @@ def open_source(
     if scheme == "v4l2":
         device, query = _split_query(rest)
         factory = capture_factory or v4l2_factory(device, _camera_props(query, text))
-        return LiveSource(text, "camera", factory, options, hint=f"is {device} a capture device, free to use?")
+        return LiveSource(
+            text, "camera", factory, options, hint=f"is {device} a capture device, free to use?"
+        )
     factory = capture_factory or network_factory(text, timeout)
     parts = urlsplit(text)
     return LiveSource(
-        text, "stream", factory, options,
+        text,
+        "stream",
+        factory,
+        options,
         hint=f"nothing answered at {parts.hostname}:{parts.port or 'default port'} or the server refused "
-             "the stream; check the URL, that the server runs, and credentials",
+        "the stream; check the URL, that the server runs, and credentials",
     )
 
 
 def _open_path(uri: str, spec: str, options: SourceOptions) -> Source:
     if spec.isdigit() and not Path(spec).exists():
-        return open_source(f"camera://{spec}", loop=options.loop, resize=options.resize, rate=options.rate,
-                           reconnect=options.reconnect, timeout=options.timeout, backoff=options.backoff)
+        return open_source(
+            f"camera://{spec}",
+            loop=options.loop,
+            resize=options.resize,
+            rate=options.rate,
+            reconnect=options.reconnect,
+            timeout=options.timeout,
+            backoff=options.backoff,
+        )
     if spec.startswith("/dev/video"):
-        return open_source(f"v4l2://{spec}", loop=options.loop, resize=options.resize, rate=options.rate,
-                           reconnect=options.reconnect, timeout=options.timeout, backoff=options.backoff)
+        return open_source(
+            f"v4l2://{spec}",
+            loop=options.loop,
+            resize=options.resize,
+            rate=options.rate,
+            reconnect=options.reconnect,
+            timeout=options.timeout,
+            backoff=options.backoff,
+        )
     if is_glob(spec):
         return ImageSource(uri, spec, options)
     path = Path(spec).expanduser()

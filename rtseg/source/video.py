@@ -66,7 +66,9 @@ class VideoFileSource(MediaSource):
         if expected is not None and self._pass_frames < expected - 1:
             log.warning(
                 "%s ended after %d of the %d frames its header announces (truncated or corrupt file)",
-                self.path, self._pass_frames, expected,
+                self.path,
+                self._pass_frames,
+                expected,
             )
 
     def _rewind(self) -> bool:

@@ -15,7 +15,7 @@ def _summaries(values: list[float]):
 
 def test_simulation_follows_the_adaptive_rule() -> None:
     m, s = _summaries([0, 0, 0.5, 0.5, 0.5, 2, 2])
-    changes = pairwise_changes(s, m, max_interval=10)
+    changes = pairwise_changes(s, m.distance, max_interval=10)
     assert changes[(2, 0)] == pytest.approx(0.5)
     assert simulate_keyframes(changes, 7, threshold=0.4, max_interval=10) == [0, 2, 5]
     assert simulate_keyframes(changes, 7, threshold=0.4, max_interval=2) == [0, 2, 4, 5]
@@ -26,15 +26,15 @@ def test_threshold_reaches_the_target_rate() -> None:
     rng = np.random.default_rng(0)
     m, s = _summaries(list(np.cumsum(rng.uniform(0, 0.1, 40))))
     for target in (0.1, 0.25, 0.5):
-        threshold, ratio = calibrate_threshold(s, m, target_rate=target, max_interval=20)
+        threshold, ratio = calibrate_threshold(s, m.distance, target_rate=target, max_interval=20)
         assert abs(ratio - target) <= 0.05
-        keys = simulate_keyframes(pairwise_changes(s, m, 20), 40, threshold, 20)
+        keys = simulate_keyframes(pairwise_changes(s, m.distance, 20), 40, threshold, 20)
         assert len(keys) / 40 == ratio
 
 
 def test_bad_targets() -> None:
     m, s = _summaries([0, 1])
     with pytest.raises(ConfigError):
-        calibrate_threshold(s, m, target_rate=0, max_interval=5)
+        calibrate_threshold(s, m.distance, target_rate=0, max_interval=5)
     with pytest.raises(ConfigError):
-        calibrate_threshold(s[:1], m, target_rate=0.5, max_interval=5)
+        calibrate_threshold(s[:1], m.distance, target_rate=0.5, max_interval=5)

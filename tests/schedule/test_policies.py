@@ -46,7 +46,10 @@ def test_adaptive_keyframes_on_change_and_max_interval(engine, drive) -> None:
 
 
 def test_adaptive_threshold_orders_the_keyframe_count(engine, drive) -> None:
-    counts = [sum(r.is_keyframe for r in _run(Adaptive(t, max_interval=16), engine, drive)) for t in (0.0, 0.02, 1e9)]
+    counts = [
+        sum(r.is_keyframe for r in _run(Adaptive(t, max_interval=16), engine, drive))
+        for t in (0.0, 0.02, 1e9)
+    ]
     assert counts[0] == len(drive)
     assert counts[0] >= counts[1] >= counts[2] == 1
 

@@ -29,10 +29,10 @@ def write_video(path: Path, frames: int = FRAMES, size: tuple[int, int] = SIZE, 
 def _boxes(buf: bytes | bytearray, start: int, end: int):
     off = start
     while off + 8 <= end:
-        size, kind = struct.unpack(">I4s", buf[off:off + 8])
+        size, kind = struct.unpack(">I4s", buf[off : off + 8])
         header = 8
         if size == 1:
-            size, header = struct.unpack(">Q", buf[off + 8:off + 16])[0], 16
+            size, header = struct.unpack(">Q", buf[off + 8 : off + 16])[0], 16
         elif size == 0:
             size = end - off
         yield kind, off, size, header
@@ -48,10 +48,10 @@ def _shift_chunk_offsets(buf: bytearray, start: int, end: int, delta: int) -> No
             _shift_chunk_offsets(buf, off + header, off + size, delta)
         elif kind in (b"stco", b"co64"):
             width, fmt = (4, ">I") if kind == b"stco" else (8, ">Q")
-            count = struct.unpack(">I", buf[off + 12:off + 16])[0]
+            count = struct.unpack(">I", buf[off + 12 : off + 16])[0]
             for i in range(count):
                 p = off + 16 + width * i
-                buf[p:p + width] = struct.pack(fmt, struct.unpack(fmt, buf[p:p + width])[0] + delta)
+                buf[p : p + width] = struct.pack(fmt, struct.unpack(fmt, buf[p : p + width])[0] + delta)
 
 
 def faststart(data: bytes) -> bytes:
@@ -60,10 +60,10 @@ def faststart(data: bytes) -> bytes:
     kinds = [b[0] for b in boxes]
     assert kinds.index(b"moov") > kinds.index(b"mdat"), kinds
     _, off, size, _ = boxes[kinds.index(b"moov")]
-    moov = bytearray(data[off:off + size])
+    moov = bytearray(data[off : off + size])
     _shift_chunk_offsets(moov, 0, len(moov), len(moov))
-    parts = [data[o:o + s] for k, o, s, _ in boxes if k not in (b"moov", b"ftyp")]
-    ftyp = next(data[o:o + s] for k, o, s, _ in boxes if k == b"ftyp")
+    parts = [data[o : o + s] for k, o, s, _ in boxes if k not in (b"moov", b"ftyp")]
+    ftyp = next(data[o : o + s] for k, o, s, _ in boxes if k == b"ftyp")
     return ftyp + bytes(moov) + b"".join(parts)
 
 

@@ -16,14 +16,16 @@ from rtseg.source import open_source
 class FakeCamera:
     """Delivers ``frames`` frames (pixel value = a global counter), then fails like an unplugged camera."""
 
-    def __init__(self, counter: list[int], frames: int | None, period: float = 0.002, opened: bool = True) -> None:
+    def __init__(
+        self, counter: list[int], frames: int | None, period: float = 0.002, opened: bool = True
+    ) -> None:
         self.counter = counter
         self.left = frames
         self.period = period
         self.opened = opened
         self.released = threading.Event()
 
-    def isOpened(self) -> bool:  # noqa: N802
+    def isOpened(self) -> bool:
         return self.opened
 
     def read(self) -> tuple[bool, np.ndarray | None]:
@@ -57,11 +59,13 @@ def test_disconnect_recovers_with_backoff_and_is_reported(caplog) -> None:
     counter = [0]
     first = FakeCamera(counter, frames=5)
     factory = Factory([first, FakeCamera(counter, 0, opened=False), FakeCamera(counter, frames=None)])
-    with caplog.at_level(logging.WARNING, logger="rtseg.source.live"):
-        with open_source("camera://0", capture_factory=factory, reconnect=3, backoff=0.02) as src:
-            assert src.info.live and src.info.kind == "camera"
-            frames = [f for _, f in zip(range(12), src)]
-            stats = src.stats
+    with (
+        caplog.at_level(logging.WARNING, logger="rtseg.source.live"),
+        open_source("camera://0", capture_factory=factory, reconnect=3, backoff=0.02) as src,
+    ):
+        assert src.info.live and src.info.kind == "camera"
+        frames = [f for _, f in zip(range(12), src, strict=False)]
+        stats = src.stats
     assert stats.reconnects == 1
     assert factory.calls == 3  # first open, one failed reopen, one good reopen
     assert first.released.is_set()
@@ -73,10 +77,12 @@ def test_disconnect_recovers_with_backoff_and_is_reported(caplog) -> None:
 def test_gives_up_after_the_limit_with_a_source_error() -> None:
     factory = Factory([FakeCamera([0], frames=3)])
     start = time.perf_counter()
-    with open_source("camera://1", capture_factory=factory, reconnect=2, backoff=0.01) as src:
-        with pytest.raises(SourceError, match="2 reconnect attempt"):
-            for _ in src:
-                pass
+    with (
+        open_source("camera://1", capture_factory=factory, reconnect=2, backoff=0.01) as src,
+        pytest.raises(SourceError, match="2 reconnect attempt"),
+    ):
+        for _ in src:
+            pass
     assert time.perf_counter() - start < 2.0
     assert factory.calls == 3
 
@@ -86,7 +92,7 @@ def test_slow_consumer_gets_the_newest_frame_not_a_backlog() -> None:
     factory = Factory([FakeCamera(counter, frames=None, period=0.002)])
     with open_source("camera://0", capture_factory=factory) as src:
         staleness = []
-        for _, frame in zip(range(6), src):
+        for _, frame in zip(range(6), src, strict=False):
             staleness.append(counter[0] - (int(frame.image[0, 0, 0])))
             time.sleep(0.05)  # a consumer 25x slower than the camera
         stats = src.stats
@@ -97,15 +103,17 @@ def test_slow_consumer_gets_the_newest_frame_not_a_backlog() -> None:
 
 def test_no_frame_within_timeout_is_an_error() -> None:
     class Stalled(FakeCamera):
-        def read(self):  # noqa: ANN202
+        def read(self):
             self.released.wait(1.0)
             return False, None
 
     factory = Factory([Stalled([0], None)])
     start = time.perf_counter()
-    with open_source("camera://0", capture_factory=factory, timeout=0.3, reconnect=0) as src:
-        with pytest.raises(SourceError, match="no frame for 0.3 s"):
-            next(src)
+    with (
+        open_source("camera://0", capture_factory=factory, timeout=0.3, reconnect=0) as src,
+        pytest.raises(SourceError, match=r"no frame for 0\.3 s"),
+    ):
+        next(src)
     assert time.perf_counter() - start < 2.5
 
 

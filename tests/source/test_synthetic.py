@@ -11,7 +11,7 @@ from rtseg.source import open_source
 
 def _frames(uri: str, n: int | None = None) -> list:
     with open_source(uri) as src:
-        return [f for _, f in zip(range(n), src)] if n else list(src)
+        return [f for _, f in zip(range(n), src, strict=False)] if n else list(src)
 
 
 def test_size_fps_frames_and_indices() -> None:
@@ -43,7 +43,7 @@ def test_scene_content_is_a_road_under_a_sky() -> None:
 def test_endless_by_default_and_loop_with_frames() -> None:
     assert len(_frames("synthetic://drive?size=64x48", 50)) == 50
     with open_source("synthetic://drive?size=64x48&frames=3", loop=True) as src:
-        frames = [f for _, f in zip(range(7), src)]
+        frames = [f for _, f in zip(range(7), src, strict=False)]
     assert [f.index for f in frames] == list(range(7))
     assert np.array_equal(frames[3].image, frames[0].image)
 
@@ -57,14 +57,17 @@ def test_cheap_to_render() -> None:
     assert per_frame < 0.05  # about 2 ms on a busy 2-core machine; generous bound
 
 
-@pytest.mark.parametrize("uri, message", [
-    ("synthetic://city", "unknown synthetic scene"),
-    ("synthetic://drive?size=10x10", "at least 32x32"),
-    ("synthetic://drive?size=big", "size must look like"),
-    ("synthetic://drive?fps=0", "fps must be positive"),
-    ("synthetic://drive?frames=x", "not a valid int"),
-    ("synthetic://drive?colour=red", "unknown option"),
-])
+@pytest.mark.parametrize(
+    "uri, message",
+    [
+        ("synthetic://city", "unknown synthetic scene"),
+        ("synthetic://drive?size=10x10", "at least 32x32"),
+        ("synthetic://drive?size=big", "size must look like"),
+        ("synthetic://drive?fps=0", "fps must be positive"),
+        ("synthetic://drive?frames=x", "not a valid int"),
+        ("synthetic://drive?colour=red", "unknown option"),
+    ],
+)
 def test_bad_parameters(uri: str, message: str) -> None:
     with pytest.raises(SourceError, match=message):
         open_source(uri)

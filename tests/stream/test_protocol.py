@@ -313,3 +313,4 @@ def test_hand_built_request_gets_a_hand_readable_reply(small_engine, tcp_endpoin
     error = json.loads(error_frames[0])
     assert len(error_frames) == 1 and error["status"] == "error" and error["id"] == "x"
     assert error["error"]["code"] == "bad_header" and "image" in error["error"]["message"]
+    assert error["timings_ms"]["total"] >= error["timings_ms"]["queue"] >= 0

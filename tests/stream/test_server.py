@@ -301,13 +301,11 @@ def test_oversized_frame_is_cut_by_libzmq_and_the_server_survives(
 def test_a_full_queue_answers_busy_at_once(small_engine: Engine, tcp_endpoint: str) -> None:
     limits = ServerLimits(queue_size=1)
     image = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
-    header = json.dumps(
-        {
-            "proto": "rtseg/1",
-            "type": "segment",
-            "image": {"name": "image", "encoding": "raw", "dtype": "uint8", "shape": [48, 64, 3]},
-        }
-    ).encode()
+    header = {
+        "proto": "rtseg/1",
+        "type": "segment",
+        "image": {"name": "image", "encoding": "raw", "dtype": "uint8", "shape": [48, 64, 3]},
+    }
     ctx = zmq.Context()
     dealers = [ctx.socket(zmq.DEALER) for _ in range(8)]
     try:
@@ -316,12 +314,13 @@ def test_a_full_queue_answers_busy_at_once(small_engine: Engine, tcp_endpoint: s
                 d.setsockopt(zmq.LINGER, 0)
                 d.connect(tcp_endpoint)
             time.sleep(0.3)  # all connected, so the requests arrive together
-            for d in dealers:
-                d.send_multipart([b"", header, image.tobytes()])
+            for k, d in enumerate(dealers):
+                d.send_multipart([b"", json.dumps({**header, "id": k}).encode(), image.tobytes()])
             codes = []
-            for d in dealers:
+            for k, d in enumerate(dealers):
                 assert d.poll(20_000), "a request got no reply"
                 reply = reply_of(d.recv_multipart()[1:])
+                assert reply["id"] == k  # busy replies echo the id too
                 codes.append(reply["status"] if reply["status"] == "ok" else reply["error"]["code"])
     finally:
         for d in dealers:
@@ -471,3 +470,24 @@ def test_load_8_clients_x_200_requests_against_rtseg_serve(
         _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     assert "1600 requests, 1600 ok, errors: none" in err
+
+
+@pytest.mark.data
+def test_real_checkpoint_segments_a_camvid_frame(
+    espnet_camvid_weights: Path, camvid_root: Path, tcp_endpoint: str
+) -> None:
+    """The whole path with real weights: PNG in, BGR decode, resize, labels back at input size.
+    A channel-order or resize bug would show as a collapse in pixel accuracy (87.7% over the split)."""
+    engine = load(get_model("espnet", weights=espnet_camvid_weights))  # 480x360, its training size
+    name = "0001TP_008550.png"
+    png = (camvid_root / "test" / name).read_bytes()
+    truth = cv2.imread(str(camvid_root / "testannot" / name), cv2.IMREAD_GRAYSCALE)
+    with Server(engine, bind=tcp_endpoint).start(), Client(tcp_endpoint, timeout=60) as client:
+        reply = client.segment(png, encoding="png", size="input", labels="png")
+    image = cv2.imread(str(camvid_root / "test" / name))
+    np.testing.assert_array_equal(reply.labels, engine.run(image)[0])
+    valid = truth < 11
+    accuracy = float((reply.labels[valid] == truth[valid]).mean())
+    print(f"\nreal ESPNet CamVid via the server, {name}: pixel accuracy {accuracy:.1%}")
+    assert accuracy > 0.75
+    assert reply.classes.name == "camvid" and reply.input_size == (480, 360)

@@ -1,0 +1,24 @@
+"""`rtseg keys`: CurveZMQ key generation from the command line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from rtseg.cli import main
+
+
+def test_keys_are_written_once_unless_forced(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    target = tmp_path / "keys"
+    assert main(["keys", str(target)]) == 0
+    out = capsys.readouterr().out
+    assert f"--curve-keys {target}" in out
+    for name in ("server.key", "server.key_secret", "client.key", "client.key_secret", "clients/client.key"):
+        assert (target / name).is_file(), name
+    server_key = (target / "server.key").read_bytes()
+    assert main(["keys", str(target)]) == 2
+    assert "already exist" in capsys.readouterr().err
+    assert (target / "server.key").read_bytes() == server_key
+    assert main(["keys", str(target), "--force"]) == 0
+    assert (target / "server.key").read_bytes() != server_key

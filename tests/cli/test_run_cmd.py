@@ -1,0 +1,141 @@
+"""`rtseg run` end to end on a synthetic source with a small random-init checkpoint."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import pytest
+import torch
+
+from rtseg.cli import main, run_cmd
+from rtseg.models import DEFAULT_WEIGHTS, get_model, save_checkpoint
+
+SOURCE = "synthetic://drive?size=160x96&fps=30&seed=1&frames=6"
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    model = get_model("espnet", num_classes=11)
+    path = tmp_path_factory.mktemp("w") / "espnet_small.pt"
+    save_checkpoint(path, model.state_dict(), model.meta)
+    return path
+
+
+def _frames(path: Path) -> int:
+    cap = cv2.VideoCapture(str(path))
+    n = 0
+    while cap.read()[0]:
+        n += 1
+    return n
+
+
+def _args(weights: Path) -> list[str]:
+    return ["--weights", str(weights), "--size", "64x48", "--backend", "torch"]
+
+
+def test_file_output_stats_and_json(weights: Path, tmp_path: Path, capsys) -> None:
+    out, report = tmp_path / "o.mp4", tmp_path / "r.json"
+    rc = main(
+        [
+            "run",
+            SOURCE,
+            str(out),
+            *_args(weights),
+            "--scheduler",
+            "clockwork",
+            "--interval",
+            "3",
+            "--stats",
+            "--hud",
+            "--legend",
+            "--json",
+            str(report),
+            "--quiet",
+        ]
+    )
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert f"wrote {out}" in text and "per-frame cost" in text and "% of engine time" in text
+    assert _frames(out) == 6
+    data = json.loads(report.read_text())
+    assert data["frames"] == 6 and data["keyframe_ratio"] == pytest.approx(2 / 6, abs=1e-3)
+    assert data["sinks"][str(out)]["written"] == 6
+
+
+def test_compare_every_reports_speedup_and_agreement(weights: Path, tmp_path: Path, capsys) -> None:
+    report = tmp_path / "r.json"
+    rc = main(
+        [
+            "run",
+            SOURCE,
+            "null://",
+            *_args(weights),
+            "--scheduler",
+            "adaptive",
+            "--warp",
+            "--compare-every",
+            "--json",
+            str(report),
+            "--quiet",
+        ]
+    )
+    assert rc == 0
+    assert "compared with every" in capsys.readouterr().out
+    cmp = json.loads(report.read_text())["compare_every"]
+    assert cmp["frames_compared"] == 6 and 0 < cmp["agreement_miou"] <= 100 and cmp["speedup"] > 0
+
+
+def test_ctrl_c_flushes_and_summarises(weights: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    from rtseg.segmenter import Segmenter
+
+    original = Segmenter.__call__
+    calls = {"n": 0}
+
+    def interrupt_third(self, frame):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return original(self, frame)
+
+    monkeypatch.setattr(Segmenter, "__call__", interrupt_third)
+    out = tmp_path / "cut.avi"
+    rc = main(["run", SOURCE, str(out), *_args(weights), "--quiet"])
+    captured = capsys.readouterr()
+    assert rc == 0 and "stopped (Ctrl-C)" in captured.err and "2 frames" in captured.out
+    assert _frames(out) == 2  # a valid, closed file
+
+
+def test_demo_without_arguments(weights: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(run_cmd, "DEMO_SOURCE", "synthetic://drive?size=128x72&frames=4")
+    rc = main(["run", *_args(weights), "--quiet"])
+    assert rc == 0 and "wrote out/demo.mp4" in capsys.readouterr().out
+    assert _frames(tmp_path / "out" / "demo.mp4") == 4
+
+
+def test_bare_rtseg_is_the_demo(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(run_cmd, "DEMO_SOURCE", "synthetic://drive?size=128x72&frames=2")
+    rc = main([])
+    if DEFAULT_WEIGHTS.is_file():
+        assert rc == 0 and (tmp_path / "out" / "demo.mp4").is_file()
+    else:
+        assert rc == 2 and "default weights are missing" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["run", "ftp://x/y.mp4", "null://"], "unsupported source scheme"),
+        (["run", SOURCE, "out.gif"], "cannot tell the format"),
+        (["run", SOURCE, "null://", "--scheduler", "every", "--interval", "3"], "interval applies"),
+        (["run", SOURCE, "null://", "--alpha", "2"], "alpha"),
+    ],
+)
+def test_errors_are_one_clean_line(weights: Path, argv: list[str], message: str, capsys) -> None:
+    rc = main([*argv, *_args(weights), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "rtseg run: error:" in err and message in err

@@ -1,0 +1,92 @@
+"""`rtseg serve` as a process: it serves, reports, stops cleanly on SIGTERM, and refuses bad options."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zmq
+
+from rtseg.cli import main
+from rtseg.models import get_model, save_checkpoint
+from rtseg.stream import Client
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def random_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """ESPNet with random weights in rtseg's checkpoint format: a real model file, no dataset needed."""
+    path = tmp_path_factory.mktemp("weights") / "espnet_random.pt"
+    net = get_model("espnet")
+    save_checkpoint(path, net.state_dict(), net.meta)
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_serve_answers_and_stops_on_sigterm(random_weights: Path) -> None:
+    endpoint = f"tcp://127.0.0.1:{_free_port()}"
+    cmd = [
+        sys.executable,
+        "-m",
+        "rtseg",
+        "serve",
+        "--weights",
+        str(random_weights),
+        "--size",
+        "64x48",
+        "--bind",
+        endpoint,
+        "--scheduler",
+        "clockwork",
+        "--interval",
+        "2",
+    ]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stdout is not None
+        banner = proc.stdout.readline()
+        assert f"on {endpoint}" in banner and "espnet" in banner and "input 64x48" in banner, banner
+        image = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+        with Client(endpoint, timeout=10) as client:
+            replies = [client.segment(image, stream_id="cli") for _ in range(3)]
+            assert [r.is_keyframe for r in replies] == [True, False, True]
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert proc.returncode == 0, err
+    assert "3 requests, 3 ok, errors: none" in err
+
+
+def test_bad_options_are_refused_before_loading(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["serve", "--model", "espnet", "--scheduler", "every", "--interval", "3"]) == 2
+    assert "interval applies to the clockwork scheduler" in capsys.readouterr().err
+
+
+def test_busy_port_is_a_clean_error(random_weights: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    endpoint = f"tcp://127.0.0.1:{_free_port()}"
+    ctx = zmq.Context()
+    taken = ctx.socket(zmq.ROUTER)
+    try:
+        taken.bind(endpoint)
+        code = main(["serve", "--weights", str(random_weights), "--size", "64x48", "--bind", endpoint])
+    finally:
+        taken.close(linger=0)
+        ctx.term()
+    assert code == 2
+    assert f"cannot serve on {endpoint}" in capsys.readouterr().err

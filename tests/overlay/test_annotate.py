@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from rtseg.data.labels import CAMVID
+from rtseg.overlay import OverlayStyle, annotate, colorize
+from rtseg.result import SegResult
+
+
+def _result(h: int = 24, w: int = 32, keyframe: bool = True) -> SegResult:
+    labels = np.zeros((h, w), np.uint8)
+    labels[:, w // 2 :] = 3  # left sky, right road
+    return SegResult(labels, 7, keyframe, 0 if keyframe else 2, CAMVID, {"low": 1.5, "head": 2.5})
+
+
+def test_colorize_uses_the_palette_and_resizes_nearest() -> None:
+    colours = colorize(_result().labels, CAMVID, (64, 48))
+    assert colours.shape == (48, 64, 3)
+    assert tuple(colours[0, 0]) == (128, 128, 128)  # sky
+    assert tuple(colours[0, -1]) == (128, 64, 128)  # road (BGR of RGB 128, 64, 128)
+    with pytest.raises(ValueError, match="uint8"):
+        colorize(np.zeros((4, 4), np.int32), CAMVID)
+
+
+def test_modes_and_alpha() -> None:
+    frame = np.full((48, 64, 3), 200, np.uint8)
+    before = frame.copy()
+    result = _result()
+    mask = annotate(frame, result, "mask")
+    assert np.array_equal(mask, colorize(result.labels, CAMVID, (64, 48)))
+    half = annotate(frame, result, "overlay", alpha=0.5)
+    assert tuple(half[0, 0]) == (164, 164, 164)  # (128 + 200) / 2
+    none = annotate(frame, result, "overlay", alpha=0.0)
+    assert np.array_equal(none, frame)
+    sbs = annotate(frame, result, "side-by-side")
+    assert sbs.shape == (48, 128, 3) and np.array_equal(sbs[:, :64], frame)
+    assert np.array_equal(frame, before)  # the input frame is never drawn on
+    with pytest.raises(ValueError, match="mode"):
+        annotate(frame, result, "blend")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="alpha"):
+        OverlayStyle(alpha=1.5)
+
+
+def test_legend_and_hud_draw_something() -> None:
+    frame = np.full((240, 320, 3), 90, np.uint8)
+    plain = annotate(frame, _result(), "overlay")
+    legend = annotate(frame, _result(), "overlay", legend=True)
+    hud = annotate(frame, _result(keyframe=False), "overlay", hud=True, fps=12.5)
+    assert (legend != plain).any(axis=2)[:60, :120].sum() > 200  # the top-left legend box
+    assert (hud != plain).any(axis=2)[:40, -160:].sum() > 200  # the top-right HUD
+
+
+def test_fast_at_2048x1024() -> None:
+    frame = np.random.default_rng(0).integers(0, 255, (1024, 2048, 3), dtype=np.uint8)
+    labels = np.random.default_rng(1).integers(0, 11, (512, 1024), dtype=np.uint8)
+    result = SegResult(labels, 0, True, 0, CAMVID)
+    annotate(frame, result)
+    start = time.perf_counter()
+    for _ in range(5):
+        annotate(frame, result)
+    per_call = (time.perf_counter() - start) / 5
+    assert per_call < 0.1  # a few ms when the machine is quiet (LUT + nearest resize + blend)

@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+
+from rtseg.schedule import AsyncAdaptive
+
+
+class GatedDeep:
+    """The engine with a deep stage that waits for the test to open a gate (to watch the worker)."""
+
+    def __init__(self, engine, *, open_gate: bool = False) -> None:
+        self._engine = engine
+        self.gate = threading.Event()
+        self.finished = threading.Event()
+        if open_gate:
+            self.gate.set()
+
+    def __getattr__(self, name: str):
+        return getattr(self._engine, name)
+
+    def run_deep(self, low):
+        if threading.current_thread() is not threading.main_thread():
+            self.gate.wait(10.0)
+        out = self._engine.run_deep(low)
+        self.finished.set()
+        return out
+
+
+def test_frames_never_wait_for_deep(engine, drive) -> None:
+    gated = GatedDeep(engine)
+    a, b, c = drive[0], 255 - drive[0], drive[8]
+    s = AsyncAdaptive(0.05, max_interval=100)
+    try:
+        r0 = s.step(gated, a)  # first frame: no cache to answer from, deep runs inline
+        assert r0.is_keyframe and r0.deep_age == 0 and "deep" in r0.timings
+        gated.finished.clear()
+        r1 = s.step(gated, a)
+        assert not r1.is_keyframe and r1.deep_age == 1
+        r2 = s.step(gated, b)  # a cut: deep for b starts on the worker; b is answered from a's cache
+        r3 = s.step(gated, c)  # another change while the worker is busy: deferred, not started
+        assert not gated.finished.is_set()  # both answered while deep was still blocked
+        assert r2.is_keyframe and r2.deep_age == 2 and "deep" not in r2.timings
+        assert not r3.is_keyframe and r3.deep_age == 3 and s.stats.deferred == 1
+        gated.gate.set()
+        assert gated.finished.wait(10.0)
+        time.sleep(0.05)  # let the future complete
+        r4 = s.step(gated, b)  # the worker finished: b's deep features are used from now on
+        assert r4.deep_age == 2  # frame 4 uses frame 2's deep
+        expected = engine.run_head(engine.run_low(b), engine.run_deep(engine.run_low(b)))[0]
+        assert np.array_equal(r4.labels, expected)
+        stats = s.stats
+        assert stats.frames == 5 and stats.keyframes == 2 and stats.worker_deep_ms > 0
+    finally:
+        gated.gate.set()
+        s.close()
+
+
+def test_reset_waits_for_the_worker_and_starts_over(engine, drive) -> None:
+    gated = GatedDeep(engine, open_gate=True)
+    s = AsyncAdaptive(0.05, max_interval=100)
+    try:
+        s.step(gated, drive[0])
+        s.step(gated, 255 - drive[0])
+        s.reset()
+        r = s.step(engine, drive[3])
+        assert r.is_keyframe and r.deep_age == 0 and r.frame_index == 0
+    finally:
+        s.close()
+
+
+def test_async_on_a_sequence_keyframes_and_ages(engine, drive) -> None:
+    s = AsyncAdaptive(0.0, max_interval=4)  # threshold 0: every change asks for a keyframe
+    try:
+        results = [s.step(engine, im) for im in drive]
+    finally:
+        s.close()
+    assert results[0].is_keyframe
+    assert all(r.deep_age >= 0 for r in results)
+    assert all("deep" not in r.timings for r in results[1:])
+    ages_at_keyframes = [r.deep_age for r in results[1:] if r.is_keyframe]
+    assert ages_at_keyframes and all(a >= 1 for a in ages_at_keyframes)

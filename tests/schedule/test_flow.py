@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from rtseg.errors import ConfigError
+from rtseg.schedule import FlowWarp
+
+
+def _textured(shift: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 255, (24, 32), dtype=np.uint8)
+    base = np.kron(base, np.ones((4, 4), np.uint8))  # 96 x 128 blocks: trackable texture
+    image = np.roll(base, shift, axis=1)
+    return np.dstack([image] * 3)
+
+
+def test_static_scene_warps_to_itself() -> None:
+    warp = FlowWarp(stride=2)
+    key = _textured()
+    warp.set_keyframe(key)
+    feat = torch.randn(1, 5, 48, 64)
+    out = warp.warp({"f": feat}, key)["f"]
+    assert torch.allclose(out, feat, atol=1e-3)
+
+
+def test_features_follow_the_motion_for_torch_and_numpy() -> None:
+    warp = FlowWarp(stride=2, preset="medium")
+    key, now = _textured(0), _textured(8)  # everything moved 8 px right
+    warp.set_keyframe(key)
+    grid = np.arange(64, dtype=np.float32)[None, None, None, :].repeat(48, axis=2)  # feature = x coordinate
+    feat_np = np.repeat(grid, 2, axis=1)  # 1 x 2 x 48 x 64 at stride 2
+    out_np = warp.warp({"f": feat_np}, now)["f"]
+    out_t = warp.warp({"f": torch.from_numpy(feat_np)}, now)["f"].numpy()
+    # At stride 2 the motion is 4 feature pixels: the value now at x came from x - 4.
+    centre = (slice(None), slice(None), slice(10, 38), slice(12, 52))
+    assert np.median(feat_np[centre] - out_np[centre]) == pytest.approx(4.0, abs=0.5)
+    assert np.allclose(out_np, out_t, atol=1e-3)
+
+
+def test_errors() -> None:
+    with pytest.raises(ConfigError):
+        FlowWarp(preset="warp9")
+    with pytest.raises(ConfigError):
+        FlowWarp(stride=0)
+    with pytest.raises(RuntimeError, match="before set_keyframe"):
+        FlowWarp().flow(_textured())

@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from rtseg.data.datasets import Sample
+from rtseg.metrics import ConfusionMatrix
+from rtseg.schedule import Clockwork, Every
+from rtseg.schedule.sequence import evaluate_sequence
+
+
+@pytest.fixture(scope="module")
+def samples(drive) -> list[Sample]:
+    rng = np.random.default_rng(1)
+    out = []
+    for i, image in enumerate(drive[:8]):
+        label = rng.integers(0, 19, (96, 128), dtype=np.uint8)
+        label[:4] = 255  # ignored pixels
+        out.append(Sample(f"f{i}", cv2.resize(image, (128, 96)), label))
+    return out
+
+
+def test_every_scores_like_the_full_model(engine, samples) -> None:
+    keep: list[np.ndarray] = []
+    report = evaluate_sequence(engine, samples, Every(), keep_labels=keep)
+    cm = ConfusionMatrix(19)
+    for s in samples:
+        x = cv2.resize(s.image, engine.input_size, interpolation=cv2.INTER_LINEAR)
+        labels = cv2.resize(engine.run(x)[0], (128, 96), interpolation=cv2.INTER_NEAREST)
+        cm.update(s.label, labels)
+    assert report.scores.miou == pytest.approx(cm.result().miou)
+    assert report.frames == 8 and report.keyframes == 8 and report.keyframe_ratio == 1.0
+    assert report.stage_ms["preprocess"] > 0 and report.stage_ms["deep"] > 0
+    assert len(keep) == 8 and keep[0].shape == (48, 64)
+    again = evaluate_sequence(engine, samples, Every(), reference=keep)
+    assert again.agreement.miou == 1.0 and again.agreement.pixel_accuracy == 1.0
+
+
+def test_clockwork_report(engine, samples) -> None:
+    keep: list[np.ndarray] = []
+    evaluate_sequence(engine, samples, Every(), keep_labels=keep)
+    report = evaluate_sequence(engine, samples, Clockwork(4), reference=keep)
+    assert report.keyframes == 2 and report.keyframe_ratio == 0.25
+    assert report.stage_ms["deep"] < report.stage_ms["head"] * 8
+    d = report.to_dict()
+    assert d["keyframes"] == 2 and 0 <= d["agreement_miou"] <= 100
+    text = report.format()
+    assert "clockwork interval 4" in text and "agreement with every" in text

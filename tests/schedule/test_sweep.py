@@ -1,0 +1,60 @@
+"""The sweep replays schedules from memoised heads: it must score exactly like the real schedulers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from rtseg.data.datasets import Sample
+from rtseg.schedule import Adaptive, ChangeMeasure, Clockwork, Every
+from rtseg.schedule.sequence import evaluate_sequence
+from rtseg.schedule.sweep import Point, frontier_at, plot, run_study
+
+
+@pytest.fixture(scope="module")
+def study(engine, drive):
+    rng = np.random.default_rng(2)
+    images = drive[:10]
+    labels = [rng.integers(0, 19, (48, 64), dtype=np.uint8) for _ in images]
+    study, points = run_study(
+        engine, images, labels, max_interval=4, variants=[("l1_cat", 4)], warp=True, progress=lambda _: None
+    )
+    samples = [Sample(str(i), im, lab) for i, (im, lab) in enumerate(zip(images, labels, strict=True))]
+    return study, points, samples
+
+
+def test_replayed_clockwork_equals_the_real_scheduler(engine, study) -> None:
+    _, points, samples = study
+    every: list[np.ndarray] = []
+    evaluate_sequence(engine, samples, Every(), keep_labels=every)
+    real = evaluate_sequence(engine, samples, Clockwork(3), reference=every)
+    replay = next(p for p in points if p.family == "clockwork" and p.parameter == 3)
+    assert replay.keyframes == real.keyframes
+    assert replay.miou == pytest.approx(100 * real.scores.miou, abs=1e-9)
+    assert replay.agreement == pytest.approx(100 * real.agreement.miou, abs=1e-9)
+
+
+def test_replayed_adaptive_equals_the_real_scheduler(engine, study) -> None:
+    _, points, samples = study
+    curve = [p for p in points if p.family == "adaptive l1_cat/4"]
+    assert curve[0].keyframes <= curve[-1].keyframes == len(samples)
+    middle = curve[len(curve) // 2]
+    real = evaluate_sequence(
+        engine, samples, Adaptive(middle.parameter, max_interval=4, measure=ChangeMeasure("l1_cat", 4))
+    )
+    assert real.keyframes == middle.keyframes
+    assert middle.miou == pytest.approx(100 * real.scores.miou, abs=1e-9)
+
+
+def test_costs_frontier_and_plot(study, tmp_path) -> None:
+    s, points, _ = study
+    assert set(s.stage_ms) == {"low", "deep", "head"} and s.warp_ms > 0
+    every = next(p for p in points if p.family == "every")
+    cheaper = [p for p in points if p.family == "clockwork"]
+    assert all(p.ms_per_frame < every.ms_per_frame for p in cheaper)
+    assert any(p.family == "clockwork + warp" for p in points)
+    best = frontier_at(points, "clockwork", 0.5)
+    assert isinstance(best, Point) and best.ratio <= 0.5
+    out = tmp_path / "plot.png"
+    plot(points, ["clockwork", "adaptive l1_cat/4"], out, "test")
+    assert out.stat().st_size > 1000

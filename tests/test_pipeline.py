@@ -1,0 +1,100 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from rtseg import Pipeline, Segmenter
+from rtseg.engine import load
+from rtseg.errors import SinkError
+from rtseg.models import get_model
+from rtseg.sink.base import Sink
+from rtseg.source import open_source
+
+SOURCE = "synthetic://drive?size=128x96&fps=30&seed=4&frames=8"
+
+
+@pytest.fixture(scope="module")
+def engine():
+    torch.manual_seed(0)
+    return load(get_model("espnet"), input_size=(64, 48))
+
+
+def _count(path: Path) -> int:
+    cap = cv2.VideoCapture(str(path))
+    n = 0
+    while cap.read()[0]:
+        n += 1
+    return n
+
+
+def test_run_writes_every_frame_and_accounts_costs(engine, tmp_path: Path) -> None:
+    out = tmp_path / "out.mp4"
+    seen = []
+    pipeline = Pipeline(
+        SOURCE,
+        Segmenter(engine=engine, scheduler="clockwork"),
+        sinks=[str(out)],
+        on_result=lambda f, r: seen.append((f.index, r.frame_index)),
+    )
+    assert pipeline.policy == "block"
+    stats = pipeline.run()
+    assert stats.frames == 8 and seen == [(i, i) for i in range(8)]
+    assert stats.keyframe_ratio == 0.25  # clockwork default interval 4
+    assert _count(out) == 8
+    for stage in ("capture", "preprocess", "low", "deep", "head", "overlay", "handoff"):
+        assert stage in stats.stage_ms, stage
+    assert stats.sinks[str(out)].written == 8 and stats.sink_dropped == 0
+    assert pipeline.source.closed
+    text = stats.format_costs()
+    assert "outside the engine" in text and "% of engine time" in text
+    assert "8 frames" in stats.summary() and "FPS" in stats.status_line()
+
+
+def test_iterator_stop_and_max_frames(engine) -> None:
+    seg = Segmenter(engine=engine)
+    with Pipeline(SOURCE, seg, max_frames=3) as p:
+        assert [f.index for f, _ in p] == [0, 1, 2]
+    p = Pipeline(SOURCE, seg)
+    got = []
+    for frame, result in p:
+        got.append(frame.index)
+        assert result.labels.shape == (48, 64)
+        if frame.index == 4:
+            p.stop()
+    assert got == [0, 1, 2, 3, 4] and p.source.closed
+
+
+def test_live_sources_make_sinks_drop(engine) -> None:
+    source = open_source("synthetic://drive?size=64x48&frames=3", realtime=True)
+    p = Pipeline(source, Segmenter(engine=engine), sinks=["null://"])
+    assert p.policy == "drop" and p.sinks[0].policy == "drop"
+    p.run()
+
+
+def test_a_sink_can_ask_to_stop(engine) -> None:
+    class StopAfterTwo(Sink):
+        def emit(self, packet) -> None:
+            if packet.frame.index >= 1:
+                self.request_stop()
+
+    sink = StopAfterTwo("stop://", policy="block")
+    stats = Pipeline("synthetic://drive?size=64x48&frames=50", Segmenter(engine=engine), sinks=[sink]).run()
+    assert stats.frames < 50
+
+
+def test_bad_sink_closes_the_source(engine) -> None:
+    source = open_source(SOURCE)
+    with pytest.raises(SinkError):
+        Pipeline(source, Segmenter(engine=engine), sinks=["out.gif"])
+    assert source.closed
+
+
+def test_scheduler_override_and_segmenter_stays_open(engine) -> None:
+    seg = Segmenter(engine=engine)
+    stats = Pipeline(SOURCE, seg, scheduler="clockwork").run()
+    assert stats.keyframes == 2
+    assert seg(np.zeros((48, 64, 3), np.uint8)).labels.shape == (48, 64)  # still usable

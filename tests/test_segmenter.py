@@ -1,0 +1,92 @@
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from rtseg import Segmenter
+from rtseg.engine import load
+from rtseg.models import get_model
+from rtseg.schedule import Clockwork
+from rtseg.source import Frame
+
+
+@pytest.fixture(scope="module")
+def engine():
+    torch.manual_seed(0)
+    return load(get_model("espnet"), input_size=(64, 48))
+
+
+def test_resizes_any_frame_and_times_it(engine) -> None:
+    seg = Segmenter(engine=engine)
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (96, 128, 3), dtype=np.uint8)
+    r = seg(image)
+    assert r.labels.shape == (48, 64) and r.is_keyframe and r.deep_age == 0
+    assert list(r.timings)[:2] == ["preprocess", "low"] and r.timings["preprocess"] > 0
+    small = cv2.resize(image, (64, 48), interpolation=cv2.INTER_LINEAR)
+    assert np.array_equal(r.labels, engine.run(small)[0])
+    exact = seg(small)
+    assert exact.timings["preprocess"] < 1.0  # already the input size: no resize
+
+
+def test_frames_keep_their_index_and_scheduler_options(engine) -> None:
+    seg = Segmenter(engine=engine, scheduler=Clockwork(2))
+    image = np.zeros((48, 64, 3), np.uint8)
+    results = [seg(Frame(image, i, 0.0, 0.0, "t")) for i in (10, 11, 13)]
+    assert [r.frame_index for r in results] == [10, 11, 13]
+    assert [r.is_keyframe for r in results] == [True, False, True]
+    seg.use_scheduler("every")
+    assert seg(image).is_keyframe and seg(image).is_keyframe
+    seg.reset()
+    assert "every" in repr(seg)
+
+
+def test_bad_images_are_rejected(engine) -> None:
+    seg = Segmenter(engine=engine)
+    with pytest.raises(ValueError, match="HxWx3 uint8"):
+        seg(np.zeros((48, 64), np.uint8))
+    with pytest.raises(ValueError, match="HxWx3 uint8"):
+        seg(np.zeros((48, 64, 3), np.float32))
+
+
+def test_thread_safe_calls_share_one_schedule(engine) -> None:
+    seg = Segmenter(engine=engine, scheduler="adaptive")
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 255, (48, 64, 3), dtype=np.uint8) for _ in range(4)]
+    results, errors = [], []
+
+    def worker(k: int) -> None:
+        try:
+            for i in range(5):
+                results.append(seg(images[(k + i) % 4]))
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert sorted(r.frame_index for r in results) == list(range(20))  # serialised, none lost or doubled
+    assert seg.scheduler.stats.frames == 20
+
+
+def test_model_name_without_weights_is_explained() -> None:
+    with pytest.raises(Exception, match=r"--weights is required"):
+        Segmenter("enet")
+
+
+@pytest.mark.data
+def test_real_checkpoint_from_weights_alone(espnet_camvid_weights: Path, camvid_root: Path) -> None:
+    seg = Segmenter(weights=espnet_camvid_weights, backend="auto", scheduler="every")
+    assert seg.input_size == (480, 360) and seg.classes.name == "camvid"
+    image = cv2.imread(str(sorted((camvid_root / "val").glob("*.png"))[0]))
+    r = seg(image)
+    assert r.labels.shape == (360, 480)
+    assert np.bincount(r.labels.ravel(), minlength=11)[3] > 0.2 * r.labels.size  # a road scene: lots of road
