@@ -81,7 +81,12 @@ def add_scheduler_args(parser: argparse.ArgumentParser, *, default: str) -> None
         default=None,
         help="adaptive/async: calibrate T on the opening frames to reach this keyframe rate",
     )
-    g.add_argument("--warp", action="store_true", help="warp cached deep features along DIS optical flow")
+    g.add_argument(
+        "--warp",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="warp cached deep features along DIS optical flow (default: on, except for every)",
+    )
     g.add_argument(
         "--change",
         choices=CHANGES,

@@ -38,6 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=Path("runs/train/best.pt"), help="best weights (rtseg checkpoint)")
     p.add_argument("--resume", type=Path, default=None, help="training state to continue (OUT.state.pt)")
     p.add_argument("--max-minutes", type=float, default=None, help="stop cleanly after this long")
+    p.add_argument("--save-every", type=float, default=60.0, metavar="SECONDS",
+                   help="write the resumable state at least this often (default 60 s; 0 = every batch)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     p.add_argument("--seed", type=int, default=0)
@@ -57,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
         weight_decay=args.weight_decay, scale_range=tuple(args.scale_range),
         class_weight_c=args.class_weight_c, train_split=args.train_split, val_split=args.val_split,
         val_every=args.val_every, seed=args.seed, init=args.init, device=args.device,
-        compile=args.compile,
+        compile=args.compile, save_every_s=args.save_every,
     )
     trainer = Trainer(config, progress=not args.no_progress)
     if args.resume is not None:

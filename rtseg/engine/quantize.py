@@ -110,7 +110,13 @@ def mismatched_concats(model: onnx.ModelProto, ranges: Any, ratio: float = CONCA
 
 
 def quantize_graph(
-    fp32_path: Path, feeds: Iterable[Mapping[str, np.ndarray]], *, flavour: str, workdir: Path
+    fp32_path: Path,
+    feeds: Iterable[Mapping[str, np.ndarray]],
+    *,
+    flavour: str,
+    workdir: Path,
+    op_types: tuple[str, ...] = OP_TYPES,
+    float_outputs: tuple[str, ...] = (),
 ) -> tuple[onnx.ModelProto, list[str]]:
     """One stage graph -> its QDQ int8 version calibrated on ``feeds``, and the nodes kept in float."""
     q = _quantization()
@@ -128,9 +134,11 @@ def quantize_graph(
     else:
         types = {"activation_type": q.QuantType.QInt8, "weight_type": q.QuantType.QInt8}
         extra = {"ActivationSymmetric": True, "WeightSymmetric": True}
+    if float_outputs:
+        extra = {**extra, "OpTypesToExcludeOutputQuantization": list(float_outputs)}
     common = dict(
         quant_format=q.QuantFormat.QDQ,
-        op_types_to_quantize=list(OP_TYPES),
+        op_types_to_quantize=list(op_types),
         per_channel=True,
         calibrate_method=q.CalibrationMethod.MinMax,
         extra_options=extra,

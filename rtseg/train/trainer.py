@@ -64,7 +64,7 @@ class TrainConfig:
     device: str = "cpu"
     amp: bool = True  # mixed precision on CUDA; ignored on CPU
     compile: bool = False  # torch.compile the training step (about 2x on CPU after a ~2 min compile)
-    save_every_s: float = 300.0
+    save_every_s: float = 60.0
     half_weights: bool = True  # ship the best weights as fp16
 
     def __post_init__(self) -> None:
@@ -143,6 +143,7 @@ class Trainer:
             init_model = None
             mean, std = dataset_statistics(self.train_set)
             self.preprocessing = Preprocessing("BGR", mean, std, input_size=config.size)  # type: ignore[arg-type]
+        torch.manual_seed(config.seed)  # the initial weights are part of the run
         self.model = get_model(config.model, num_classes=len(self.classes))
         if init_model is not None:
             self._load_matching(init_model.state_dict())

@@ -1,10 +1,11 @@
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 
 from rtseg.errors import ConfigError
-from rtseg.schedule import Adaptive, AsyncAdaptive, Clockwork, Every, make_scheduler
+from rtseg.schedule import Adaptive, AsyncAdaptive, Clockwork, Every, FlowWarp, make_scheduler
 
 
 def _run(scheduler, engine, images):
@@ -45,6 +46,20 @@ def test_adaptive_keyframes_on_change_and_max_interval(engine, drive) -> None:
     assert results[2].change > 0.05 and "change" in results[2].timings
 
 
+def test_flow_residual_ignores_motion_the_warp_explains(engine) -> None:
+    rng = np.random.default_rng(3)
+    canvas = cv2.GaussianBlur(rng.integers(0, 255, (48, 96), dtype=np.uint8), (0, 0), 2.0)
+    canvas = cv2.normalize(canvas, None, 0, 255, cv2.NORM_MINMAX)
+    frames = [np.dstack([canvas[:, 16 - i : 80 - i]] * 3) for i in range(5)]  # a steady 1 px/frame pan
+    cut = np.dstack([255 - canvas[:, 16:80]] * 3)
+    features = _run(Adaptive(0.05, max_interval=50, warp=None), engine, frames)
+    flow = _run(Adaptive(0.05, max_interval=50, warp=FlowWarp(stride=1)), engine, [*frames, cut])
+    assert sum(r.is_keyframe for r in features) > 1  # every panned frame looks like change
+    assert [r.is_keyframe for r in flow] == [True, False, False, False, False, True]  # only the cut
+    assert all(r.change < 0.05 for r in flow[1:5]) and flow[5].change > 0.05
+    assert "warp" in flow[1].timings
+
+
 def test_adaptive_threshold_orders_the_keyframe_count(engine, drive) -> None:
     counts = [
         sum(r.is_keyframe for r in _run(Adaptive(t, max_interval=16), engine, drive))
@@ -70,7 +85,14 @@ def test_target_keyframe_rate_calibrates_the_threshold(engine, drive) -> None:
 def test_make_scheduler_validates() -> None:
     assert isinstance(make_scheduler("async", threshold=0.2), AsyncAdaptive)
     assert make_scheduler("clockwork", interval=5).interval == 5
-    assert make_scheduler("adaptive", warp=True).warp is not None
+    default = make_scheduler("adaptive")
+    assert default.warp is not None and default.change == "flow" and default.threshold == 0.08
+    plain = make_scheduler("adaptive", warp=False)
+    assert plain.warp is None and plain.change == "features" and plain.threshold == 0.12
+    assert make_scheduler("every").warp is None
+    assert make_scheduler("clockwork").warp is not None
+    with pytest.raises(ConfigError, match="needs the flow warp"):
+        Adaptive(change="flow")
     with pytest.raises(ConfigError, match="unknown scheduler"):
         make_scheduler("sometimes")
     with pytest.raises(ConfigError, match="interval applies to the clockwork"):

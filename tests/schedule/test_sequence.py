@@ -42,7 +42,6 @@ def test_clockwork_report(engine, samples) -> None:
     evaluate_sequence(engine, samples, Every(), keep_labels=keep)
     report = evaluate_sequence(engine, samples, Clockwork(4), reference=keep)
     assert report.keyframes == 2 and report.keyframe_ratio == 0.25
-    assert report.stage_ms["deep"] < report.stage_ms["head"] * 8
     d = report.to_dict()
     assert d["keyframes"] == 2 and 0 <= d["agreement_miou"] <= 100
     text = report.format()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from rtseg.data.datasets import Sample
-from rtseg.schedule import Adaptive, ChangeMeasure, Clockwork, Every
+from rtseg.schedule import Adaptive, ChangeMeasure, Clockwork, Every, FlowWarp
 from rtseg.schedule.sequence import evaluate_sequence
 from rtseg.schedule.sweep import Point, frontier_at, plot, run_study
 
@@ -42,6 +42,16 @@ def test_replayed_adaptive_equals_the_real_scheduler(engine, study) -> None:
     real = evaluate_sequence(
         engine, samples, Adaptive(middle.parameter, max_interval=4, measure=ChangeMeasure("l1_cat", 4))
     )
+    assert real.keyframes == middle.keyframes
+    assert middle.miou == pytest.approx(100 * real.scores.miou, abs=1e-9)
+
+
+def test_replayed_flow_residual_equals_the_real_scheduler(engine, study) -> None:
+    _, points, samples = study
+    curve = [p for p in points if p.family == "adaptive flow-residual + warp"]
+    assert curve
+    middle = curve[len(curve) // 2]
+    real = evaluate_sequence(engine, samples, Adaptive(middle.parameter, max_interval=4, warp=FlowWarp()))
     assert real.keyframes == middle.keyframes
     assert middle.miou == pytest.approx(100 * real.scores.miou, abs=1e-9)
 

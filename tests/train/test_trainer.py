@@ -1,0 +1,106 @@
+"""Training: a run killed mid-epoch resumes and ends with the same weights as an unbroken run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from rtseg.errors import ConfigError
+from rtseg.models import get_model
+from rtseg.train import TrainConfig, Trainer, state_path_for
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def tiny_camvid(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Eight 64x48 'road scenes' whose labels follow the pixels, in the CamVid layout."""
+    root = tmp_path_factory.mktemp("camvid")
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 8), ("val", 2)):
+        (root / split).mkdir()
+        (root / f"{split}annot").mkdir()
+        for i in range(count):
+            label = np.full((48, 64), 0, np.uint8)  # sky
+            label[24:] = 3  # road
+            x = int(rng.integers(0, 48))
+            label[28:40, x : x + 16] = 8  # a car
+            label[0:2] = 11  # void
+            palette = np.array([[200, 180, 160], [0, 0, 0], [0, 0, 0], [90, 90, 90]] + [[0, 0, 0]] * 4
+                               + [[30, 30, 200]] + [[0, 0, 0]] * 3, np.uint8)
+            image = palette[np.minimum(label, 11)] + rng.integers(0, 20, (48, 64, 3)).astype(np.uint8)
+            cv2.imwrite(str(root / split / f"f{i:03d}.png"), image)
+            cv2.imwrite(str(root / f"{split}annot" / f"f{i:03d}.png"), label)
+    return root
+
+
+def _cli(root: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "rtseg", "train", "--model", "espnet", "--dataset", "camvid",
+            "--root", str(root), "--size", "64x48", "--epochs", "3", "--batch", "2", "--lr", "2e-3",
+            "--out", str(out), "--threads", "1", "--no-progress", *extra]
+
+
+def _progress(state: Path) -> dict:
+    return json.loads(torch.load(state, weights_only=True)["progress"])
+
+
+def test_killed_mid_epoch_resumes_to_identical_weights(tiny_camvid: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    unbroken = tmp_path / "unbroken" / "best.pt"
+    subprocess.run(_cli(tiny_camvid, unbroken), check=True, env=env, capture_output=True, timeout=300)
+
+    broken = tmp_path / "broken" / "best.pt"
+    state = state_path_for(broken)
+    proc = subprocess.Popen(_cli(tiny_camvid, broken, "--save-every", "0"), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            if state.exists():
+                p = _progress(state)
+                if p["epoch"] == 1 and p["batch"] >= 2:  # in the middle of the second epoch
+                    break
+            time.sleep(0.05)
+        else:
+            pytest.fail("training never reached the middle of epoch 2")
+        proc.send_signal(signal.SIGKILL)  # no chance to save anything more
+    finally:
+        proc.wait(timeout=30)
+    killed_at = _progress(state)
+    assert killed_at["epoch"] < 3
+    done = subprocess.run(_cli(tiny_camvid, broken, "--resume", str(state)), check=True, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.stdout.strip().splitlines()[-1].startswith("done:")
+    a = torch.load(state_path_for(unbroken), weights_only=True)["model"]
+    b = torch.load(state, weights_only=True)["model"]
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    best = get_model("espnet", weights=broken)
+    assert best.meta.classes.name == "camvid"
+    assert best.meta.provenance["source"] == "rtseg train"
+    assert "camvid/val" in best.meta.metrics
+
+
+def test_resume_refuses_other_settings(tiny_camvid: Path, tmp_path: Path) -> None:
+    config = TrainConfig(model="espnet", dataset="camvid", root=str(tiny_camvid), out=str(tmp_path / "a.pt"),
+                         size=(64, 48), epochs=1, batch=2)
+    trainer = Trainer(config, progress=False)
+    trainer.save_state()
+    other = Trainer(TrainConfig(**{**config.__dict__, "lr": 1e-2}), progress=False)
+    with pytest.raises(ConfigError, match=r"other settings .*'lr': \(0.0005, 0.01\)"):
+        other.load_state(trainer.state_path)
+
+
+def test_config_validation_names_the_field(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="batch must be positive, got 0"):
+        TrainConfig(model="espnet", dataset="camvid", root=".", out="x.pt", batch=0)
