@@ -19,6 +19,7 @@ COMMANDS = {
     "view": "view_cmd",
     "serve": "serve_cmd",
     "keys": "keys_cmd",
+    "bench": "bench_cmd",
 }
 
 

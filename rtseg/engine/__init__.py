@@ -1,38 +1,143 @@
-"""One inference interface over several backends: ``load(...)`` returns an ``Engine``."""
+"""One inference interface over several backends: ``load(...)`` returns an ``Engine``.
+
+Backends: ``torch`` (the reference), ``onnxruntime``, ``openvino``, ``tensorrt``, ``torch2trt``
+and ``auto``, which times the available ones once for this model, weights, size, precision and
+device, stores the choice in the engine cache and loads the winner directly afterwards.
+Engines built from ONNX read per-stage artifacts from the engine cache (see ``cache``).
+"""
 
 from __future__ import annotations
 
 import os
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
 from ..models import StagedSegmenter, get_model
 from .base import Engine, EngineInfo
+from .cache import ArtifactCache, default_engine_dir, weights_hash
+from .calibration import CalibrationList
 from .torch_backend import TorchEngine
 
-BACKENDS = ("torch",)
+BACKENDS = ("auto", "torch", "onnxruntime", "openvino", "tensorrt", "torch2trt")
+PRECISIONS = {
+    "torch": ("fp32", "fp16"),
+    "onnxruntime": ("fp32", "fp16", "int8"),
+    "openvino": ("fp32", "fp16", "bf16", "int8"),
+    "tensorrt": ("fp32", "fp16", "int8"),
+    "torch2trt": ("fp32", "fp16", "int8"),
+}
+
+
+def check_precision(backend: str, precision: str) -> None:
+    allowed = PRECISIONS[backend]
+    if precision not in allowed:
+        raise ConfigError(
+            f"the {backend} backend cannot run precision {precision!r}; it supports {', '.join(allowed)}"
+        )
+
+
+def _calibration(value: str | os.PathLike[str] | CalibrationList | None) -> CalibrationList | None:
+    if value is None or isinstance(value, CalibrationList):
+        return value
+    return CalibrationList.load(Path(value))
 
 
 def load(
     model: str | StagedSegmenter,
     *,
     weights: str | os.PathLike[str] | None = None,
-    backend: str = "torch",
+    backend: str = "auto",
     precision: str = "fp32",
     input_size: tuple[int, int] | None = None,
     device: str = "cpu",
+    engine_dir: str | os.PathLike[str] | None = None,
+    calibration: str | os.PathLike[str] | CalibrationList | None = None,
     **options: Any,
 ) -> Engine:
-    """Build (or fetch from the cache) an engine for ``model`` with ``weights``.
+    """Build (or fetch from the engine cache) an engine for ``model`` with ``weights``.
 
     ``model`` is a registry name or an already-built network (its ``.meta`` says what it is).
-    ``input_size`` defaults to the size the weights were trained at.
+    ``input_size`` (w, h) defaults to the size the weights were trained at. ``engine_dir``
+    defaults to $RTSEG_ENGINE_DIR, the checkout's engines/ or ~/.cache/rtseg/engines.
+    ``calibration`` (int8 only) is a list written by ``rtseg calibrate``; without it, the one
+    int8 build already in the cache for this model, weights and size is used. Other keyword
+    options go to the backend (torch: channels_last, compile; onnxruntime: threads,
+    io_binding; openvino: threads; tensorrt: workspace_gb, int8_mode; onnx backends: exporter).
     """
+    if backend not in BACKENDS:
+        raise ConfigError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     net = model if isinstance(model, StagedSegmenter) else get_model(model, weights=weights)
-    size = input_size or net.meta.preprocessing.input_size
+    size = tuple(input_size or net.meta.preprocessing.input_size)
+    spec = net.stage_spec
+    if size[0] % spec.input_multiple or size[1] % spec.input_multiple:
+        raise ConfigError(
+            f"{net.meta.model} needs an input size divisible by {spec.input_multiple}, got {size[0]}x{size[1]}"
+        )
+    cache = ArtifactCache(engine_dir)
+    calib = _calibration(calibration)
+    if backend == "auto":
+        from .auto import load_auto
+
+        return load_auto(net, size=size, precision=precision, device=device, cache=cache,  # type: ignore[arg-type]
+                         calibration=calib, **options)
+    return load_backend(net, backend=backend, size=size, precision=precision, device=device,  # type: ignore[arg-type]
+                        cache=cache, calibration=calib, **options)
+
+
+def load_backend(
+    net: StagedSegmenter,
+    *,
+    backend: str,
+    size: tuple[int, int],
+    precision: str,
+    device: str,
+    cache: ArtifactCache,
+    calibration: CalibrationList | None = None,
+    wh: str | None = None,
+    **options: Any,
+) -> Engine:
+    """``load`` for one named backend and an already-built network."""
+    if backend not in PRECISIONS:
+        raise ConfigError(f"unknown backend {backend!r}; choose one of {', '.join(PRECISIONS)}")
+    check_precision(backend, precision)
     if backend == "torch":
+        if calibration is not None:
+            raise ConfigError("calibration applies to int8 engines; the torch backend has no int8")
         return TorchEngine(net, input_size=size, precision=precision, device=device, **options)
-    raise ConfigError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend in ("onnxruntime", "openvino"):
+        from .onnx_engines import load_onnx_engine
+
+        return load_onnx_engine(net, backend=backend, size=size, precision=precision, device=device,
+                                cache=cache, calibration=calibration, wh=wh, **options)
+    if backend == "tensorrt":
+        from .tensorrt_backend import load_tensorrt
+
+        return load_tensorrt(net, size=size, precision=precision, device=device, cache=cache,
+                             calibration=calibration, wh=wh, **options)
+    from .torch2trt_backend import load_torch2trt
+
+    return load_torch2trt(net, size=size, precision=precision, device=device, cache=cache,
+                          calibration=calibration, **options)
 
 
-__all__ = ["BACKENDS", "Engine", "EngineInfo", "TorchEngine", "load"]
+def with_note(engine: Engine, note: str) -> Engine:
+    """Append a note to ``engine.info`` (EngineInfo is frozen)."""
+    engine.info = replace(engine.info, notes=(*engine.info.notes, note))
+    return engine
+
+
+__all__ = [
+    "BACKENDS",
+    "PRECISIONS",
+    "ArtifactCache",
+    "CalibrationList",
+    "Engine",
+    "EngineInfo",
+    "TorchEngine",
+    "default_engine_dir",
+    "load",
+    "load_backend",
+    "weights_hash",
+]

@@ -55,7 +55,10 @@ class LowGraph(nn.Module):
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
     def forward(self, image: Tensor) -> tuple[Tensor, ...]:
-        x = self.normalize(image).to(self.dtype).contiguous(memory_format=self.memory_format)
+        # Cast before Normalize's permute: TensorRT accepts uint8 only as network I/O cast to
+        # float, not as the input of a transpose (same values for every backend).
+        x = self.normalize(image.to(torch.float32))
+        x = x.to(self.dtype).contiguous(memory_format=self.memory_format)
         low = self.model.forward_low(x)
         return tuple(low[n] for n in self.names)
 

@@ -14,6 +14,7 @@ cost of a schedule is modelled from median stage times measured on the same fram
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import time
@@ -262,10 +263,132 @@ def run_study(
     return study, points
 
 
+def measure_costs(engine: Engine, images: Sequence[np.ndarray], rounds: int = 3) -> dict[str, float]:
+    """Median ms of each per-frame step, interleaved on the same frames (noisy machines drift)."""
+    measure = ChangeMeasure()
+    feature = measure.resolve(tuple(f.name for f in engine.stage_spec.low), engine.stage_spec.deep_inputs)
+    flow = FlowWarp()
+    times: dict[str, list[float]] = {k: [] for k in ("low", "deep", "head", "change", "flow", "warp")}
+    engine.warmup(2)
+    for _ in range(rounds):
+        for prev, image in itertools.pairwise(images):
+            t0 = time.perf_counter()
+            low = engine.run_low(image)
+            t1 = time.perf_counter()
+            deep = engine.run_deep(low)
+            t2 = time.perf_counter()
+            engine.run_head(low, deep)
+            t3 = time.perf_counter()
+            measure.distance(measure.summarize(low[feature]), measure.summarize(low[feature]))
+            t4 = time.perf_counter()
+            flow.set_keyframe(prev)
+            flow.residual(image)
+            t5 = time.perf_counter()
+            flow.warp(deep, image)  # the flow is reused from the residual
+            t6 = time.perf_counter()
+            for k, a, b in (
+                ("low", t0, t1),
+                ("deep", t1, t2),
+                ("head", t2, t3),
+                ("change", t3, t4),
+                ("flow", t4, t5),
+                ("warp", t5, t6),
+            ):
+                times[k].append(1000 * (b - a))
+    return {k: round(float(np.median(v)), 3) for k, v in times.items()}
+
+
+def modelled_ms(costs: dict[str, float], family: str, keyframes: int, frames: int) -> float:
+    """Per-frame inference time of a schedule from per-step medians (see the module docstring)."""
+    r = keyframes / frames
+    ms = costs["low"] + costs["head"] + r * costs["deep"]
+    if "warp" in family:
+        # Every reused frame computes the flow and warps; the flow-residual score adds the flow
+        # on keyframes too (its decision needs it), the feature score costs its own "change".
+        ms += (1 - r) * (costs["flow"] + costs["warp"])
+        ms += r * costs["flow"] if "residual" in family else 0.0
+    if family.startswith("adaptive") and "residual" not in family:
+        ms += costs["change"]
+    return ms
+
+
 def frontier_at(points: Sequence[Point], family: str, ratio: float) -> Point | None:
     """The best-mIoU point of a family with at most ``ratio`` keyframes."""
     cands = [p for p in points if p.family == family and p.ratio <= ratio + 1e-9]
     return max(cands, key=lambda p: p.miou) if cands else None
+
+
+FEATURE_GRID = (0.08, 0.1, 0.11, 0.12, 0.13, 0.14, 0.15, 0.16, 0.18, 0.2, 0.22, 0.25, 0.3)
+FLOW_GRID = (0.05, 0.06, 0.065, 0.07, 0.075, 0.08, 0.09, 0.1, 0.11, 0.12, 0.14, 0.16, 0.2)
+
+
+def at_threshold(points: Sequence[dict], threshold: float) -> dict | None:
+    """The schedule a threshold gives: that of the largest candidate threshold not above it."""
+    below = [p for p in points if p["parameter"] <= threshold + 1e-12]
+    return max(below, key=lambda p: p["parameter"]) if below else None
+
+
+def markdown(payload: dict, costs: dict[str, float]) -> str:
+    """The tables of docs/scheduling.md from a sweep and a cost measurement."""
+    points = payload["points"]
+    n = payload["frames"]
+    fam = {}
+    for p in points:
+        fam.setdefault(p["family"], []).append(p)
+    every = fam["every"][0]
+    every_ms = modelled_ms(costs, "every", n, n)
+    out = ["| step | median ms | share of an every-frame step |", "|---|---|---|"]
+    for k in ("low", "deep", "head", "change", "flow", "warp"):
+        out.append(f"| {k} | {costs[k]:.1f} | {100 * costs[k] / every_ms:.1f} % |")
+    out += [
+        "",
+        "| K | keyframes | clockwork | adaptive (features) | clockwork + warp | adaptive (flow) + warp |",
+        "|---|---|---|---|---|---|",
+    ]
+
+    def same_k(family: str, k: int) -> str:
+        ps = [p for p in fam.get(family, []) if p["keyframes"] == k]
+        if not ps:
+            return "-"
+        return (
+            f"{np.mean([p['miou'] for p in ps]):.2f} / {np.mean([p['agreement'] for p in ps]):.2f}"
+            f" (n={len(ps)})"
+        )
+
+    for c in fam["clockwork"]:
+        k = c["keyframes"]
+        cw = next(p for p in fam["clockwork + warp"] if p["keyframes"] == k)
+        out.append(
+            f"| {c['parameter']} | {k} ({c['ratio']:.3f}) | {c['miou']:.2f} / {c['agreement']:.2f} | "
+            f"{same_k(feature_family(fam), k)} | {cw['miou']:.2f} / {cw['agreement']:.2f} | "
+            f"{same_k('adaptive flow-residual + warp', k)} |"
+        )
+    for title, family, grid in (
+        ("adaptive, flow change + warp (the default)", "adaptive flow-residual + warp", FLOW_GRID),
+        ("adaptive, feature change, no warp", feature_family(fam), FEATURE_GRID),
+    ):
+        out += [
+            "",
+            f"**{title}**",
+            "",
+            "| threshold | keyframe ratio | mIoU | lost | agreement | ms/frame (model) | speedup |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for t in grid:
+            p = at_threshold(fam[family], t)
+            if p is None:
+                continue
+            ms = modelled_ms(costs, family, p["keyframes"], n)
+            out.append(
+                f"| {t:g} | {p['ratio']:.3f} | {p['miou']:.2f} | {every['miou'] - p['miou']:.2f} | "
+                f"{p['agreement']:.2f} | {ms:.1f} | {every_ms / ms:.2f}x |"
+            )
+    return "\n".join(out)
+
+
+def feature_family(families: dict) -> str:
+    """The first feature-change adaptive family without warp (the sweep's first variant)."""
+    return next(f for f in families if f.startswith("adaptive") and "warp" not in f and "residual" not in f)
 
 
 def plot(points: Sequence[Point], families: Sequence[str], path: Path, title: str) -> None:
@@ -301,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--weights", type=Path, required=True)
     p.add_argument("--model", default=None)
     p.add_argument("--max-interval", type=int, default=10)
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1, help="torch threads for the sweep")
     p.add_argument("--frames", type=int, default=None, help="use only the first N frames")
     p.add_argument("--no-warp", action="store_true")
     p.add_argument(
@@ -309,31 +432,54 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         default=None,
         metavar="FEATURE/POOL",
-        help="change-measure variants to sweep (first one is also tried with the flow warp)",
+        help="change-measure variants to sweep (the first is also tried with the flow warp)",
     )
     p.add_argument(
-        "--out", type=Path, required=True, help="folder for scheduling_sweep.json and scheduling.png"
+        "--out",
+        type=Path,
+        required=True,
+        help="folder for scheduling_sweep.json, scheduling_costs.json and scheduling.png",
     )
+    p.add_argument(
+        "--costs-only",
+        action="store_true",
+        help="only measure the per-step costs (pause other work on the machine first)",
+    )
+    p.add_argument("--report", action="store_true", help="print the markdown tables from the JSON files")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.report:
+        payload = json.loads((args.out / "scheduling_sweep.json").read_text())
+        costs = json.loads((args.out / "scheduling_costs.json").read_text())["median_ms"]
+        print(markdown(payload, costs))
+        return 0
     torch.set_num_threads(args.threads)
     from ..cli.common import load_model
 
     model = load_model(args.model, str(args.weights))
     engine = load(model)
-    dataset = camvid(args.root, args.split)
-    samples = list(dataset)[: args.frames]
+    samples = list(camvid(args.root, args.split))[: args.frames]
+    images = [s.image for s in samples]
+    if args.costs_only:
+        costs = measure_costs(engine, images[:25])
+        (args.out / "scheduling_costs.json").write_text(
+            json.dumps(
+                {"threads": args.threads, "input_size": list(engine.input_size), "median_ms": costs}, indent=1
+            )
+        )
+        print(costs)
+        return 0
     variants = [(v.split("/")[0], int(v.split("/")[1])) for v in (args.variant or ["l1_cat/4"])]
     t0 = time.perf_counter()
     study, points = run_study(
         engine,
-        [s.image for s in samples],
+        images,
         [s.label for s in samples],
         max_interval=args.max_interval,
         variants=variants,
         warp=not args.no_warp,
     )
-    args.out.mkdir(parents=True, exist_ok=True)
     payload = {
         "model": model.meta.model,
         "weights": str(args.weights.name),
@@ -357,9 +503,9 @@ def main(argv: list[str] | None = None) -> int:
         ],
     }
     (args.out / "scheduling_sweep.json").write_text(json.dumps(payload, indent=1))
-    families = ["clockwork", *dict.fromkeys(q.family for q in points if q.family.startswith("adaptive"))]
+    families = ["clockwork", f"adaptive {variants[0][0]}/{variants[0][1]}"]
     if not args.no_warp:
-        families.insert(1, "clockwork + warp")
+        families += ["clockwork + warp", "adaptive flow-residual + warp"]
     plot(
         points,
         families,

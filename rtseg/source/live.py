@@ -88,7 +88,7 @@ class LiveSource(Source):
         self._hint = hint
         self._cap = self._open()
         if self._cap is None:
-            raise SourceError(f"cannot open {uri} within {options.timeout:g} s{': ' + hint if hint else ''}")
+            raise SourceError(f"cannot open {uri}{': ' + hint if hint else ''}")
         fps = _get(self._cap, cv2.CAP_PROP_FPS)
         native = (
             int(_get(self._cap, cv2.CAP_PROP_FRAME_WIDTH)),

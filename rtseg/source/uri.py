@@ -90,8 +90,8 @@ def open_source(
         "stream",
         factory,
         options,
-        hint=f"nothing answered at {parts.hostname}:{parts.port or 'default port'} or the server refused "
-        "the stream; check the URL, that the server runs, and credentials",
+        hint=f"nothing answered at {parts.hostname}:{parts.port or 'the default port'} within {timeout:g} s, "
+        "or the server refused the stream; check the URL, that the server runs, and credentials",
     )
 
 

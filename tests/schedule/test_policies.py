@@ -62,10 +62,10 @@ def test_flow_residual_ignores_motion_the_warp_explains(engine) -> None:
 
 def test_adaptive_threshold_orders_the_keyframe_count(engine, drive) -> None:
     counts = [
-        sum(r.is_keyframe for r in _run(Adaptive(t, max_interval=16), engine, drive))
+        sum(r.is_keyframe for r in _run(Adaptive(t, max_interval=16), engine, drive[:8]))
         for t in (0.0, 0.02, 1e9)
     ]
-    assert counts[0] == len(drive)
+    assert counts[0] == 8
     assert counts[0] >= counts[1] >= counts[2] == 1
 
 

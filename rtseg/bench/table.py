@@ -1,0 +1,177 @@
+"""The published Cityscapes quality/speed table (``bench/cityscapes_table.csv``), read and validated.
+
+Every number in the CSV comes from the source named on its row; an empty cell means the source
+does not publish it (or it could not be verified), never a guess. ``rtseg_model`` names the
+registry model a row corresponds to, for the rows rtseg implements.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import ConfigError
+from ..models import list_models
+
+TABLES = {"cityscapes": Path(__file__).resolve().parent.parent.parent / "bench" / "cityscapes_table.csv"}
+COLUMNS = (
+    "model",
+    "year",
+    "miou_test",
+    "miou_val",
+    "resolution",
+    "fps",
+    "latency_ms",
+    "gpu",
+    "tensorrt",
+    "source",
+    "rtseg_model",
+    "notes",
+)
+TENSORRT = ("yes", "no", "unknown")
+
+
+@dataclass(frozen=True)
+class PublishedRow:
+    model: str
+    year: int
+    miou_test: float | None
+    miou_val: float | None
+    resolution: tuple[int, int] | None  # (width, height) of the speed measurement
+    fps: float | None
+    latency_ms: float | None
+    gpu: str | None
+    tensorrt: str
+    source: str
+    rtseg_model: str | None = None
+    notes: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.model:
+            raise ConfigError("PublishedRow.model must not be empty")
+        if not 1990 <= self.year <= 2100:
+            raise ConfigError(f"{self.model}: year must be in 1990..2100, got {self.year}")
+        for name in ("miou_test", "miou_val"):
+            v = getattr(self, name)
+            if v is not None and not 0 < v < 100:
+                raise ConfigError(f"{self.model}: {name} must be a percentage in (0, 100), got {v}")
+        for name in ("fps", "latency_ms"):
+            v = getattr(self, name)
+            if v is not None and not v > 0:
+                raise ConfigError(f"{self.model}: {name} must be positive, got {v}")
+        if self.resolution is not None and min(self.resolution) <= 0:
+            raise ConfigError(f"{self.model}: resolution must be positive WxH, got {self.resolution}")
+        if self.tensorrt not in TENSORRT:
+            raise ConfigError(f"{self.model}: tensorrt must be one of {TENSORRT}, got {self.tensorrt!r}")
+        if not self.source:
+            raise ConfigError(f"{self.model}: source must name the paper or repository")
+        if self.rtseg_model is not None and self.rtseg_model not in list_models():
+            raise ConfigError(
+                f"{self.model}: rtseg_model must be a registry model ({', '.join(list_models())}), "
+                f"got {self.rtseg_model!r}"
+            )
+
+    @property
+    def miou(self) -> float | None:
+        """The test mIoU where published, else the val mIoU."""
+        return self.miou_test if self.miou_test is not None else self.miou_val
+
+    @property
+    def miou_split(self) -> str | None:
+        if self.miou_test is not None:
+            return "test"
+        return "val" if self.miou_val is not None else None
+
+    @property
+    def resolution_text(self) -> str:
+        return "" if self.resolution is None else f"{self.resolution[0]}x{self.resolution[1]}"
+
+    def to_dict(self) -> dict:
+        return {
+            "model": self.model,
+            "year": self.year,
+            "miou_test": self.miou_test,
+            "miou_val": self.miou_val,
+            "resolution": self.resolution_text or None,
+            "fps": self.fps,
+            "latency_ms": self.latency_ms,
+            "gpu": self.gpu,
+            "tensorrt": self.tensorrt,
+            "source": self.source,
+            "rtseg_model": self.rtseg_model,
+            "notes": self.notes,
+        }
+
+
+def _number(text: str, column: str, line: int) -> float | None:
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise ConfigError(f"line {line}: column {column!r} must be a number or empty, got {text!r}") from None
+
+
+def _resolution(text: str, line: int) -> tuple[int, int] | None:
+    text = text.strip().lower()
+    if not text:
+        return None
+    try:
+        w, h = (int(v) for v in text.split("x"))
+    except ValueError:
+        raise ConfigError(f"line {line}: resolution must look like 1024x512, got {text!r}") from None
+    return w, h
+
+
+def load_table(path: str | Path) -> list[PublishedRow]:
+    """Rows of a published-results CSV; errors name the line and the column."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"published table {path} not found")
+    with path.open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ConfigError(f"{path}: missing column(s) {missing}; expected {list(COLUMNS)}")
+        rows = []
+        for line, raw in enumerate(reader, start=2):
+            try:
+                year = int(raw["year"])
+            except ValueError:
+                raise ConfigError(
+                    f"{path} line {line}: year must be an integer, got {raw['year']!r}"
+                ) from None
+            try:
+                rows.append(
+                    PublishedRow(
+                        model=raw["model"].strip(),
+                        year=year,
+                        miou_test=_number(raw["miou_test"], "miou_test", line),
+                        miou_val=_number(raw["miou_val"], "miou_val", line),
+                        resolution=_resolution(raw["resolution"], line),
+                        fps=_number(raw["fps"], "fps", line),
+                        latency_ms=_number(raw["latency_ms"], "latency_ms", line),
+                        gpu=raw["gpu"].strip() or None,
+                        tensorrt=raw["tensorrt"].strip(),
+                        source=raw["source"].strip(),
+                        rtseg_model=raw["rtseg_model"].strip() or None,
+                        notes=raw["notes"].strip(),
+                    )
+                )
+            except ConfigError as exc:
+                raise ConfigError(f"{path} line {line}: {exc}") from None
+    return rows
+
+
+def table_path(name: str) -> Path:
+    try:
+        return TABLES[name]
+    except KeyError:
+        raise ConfigError(f"unknown table {name!r}; available: {', '.join(TABLES)}") from None
+
+
+def implemented(rows: list[PublishedRow]) -> list[PublishedRow]:
+    """Rows rtseg can measure here: a registry model and a published resolution."""
+    return [r for r in rows if r.rtseg_model is not None and r.resolution is not None]

@@ -1,0 +1,304 @@
+"""`rtseg bench`: throughput and latency of every combination asked for, and the Cityscapes table."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..bench.environment import fingerprint
+from ..bench.measure import DEFAULT_SOURCE, ENCODINGS
+from ..bench.plot import plot_quality_speed
+from ..bench.quality import camvid_miou
+from ..bench.report import (
+    build_document,
+    format_results,
+    format_table,
+    table_document,
+    write_json,
+    write_results_csv,
+    write_table_csv,
+)
+from ..bench.runner import SweepSpec, run_sweep
+from ..bench.stats import StopRule
+from ..bench.table import TABLES, implemented, load_table, table_path
+from ..errors import ConfigError
+from ..models import DEFAULT_MODEL, list_models
+from ..schedule import SCHEDULERS
+from .common import parse_size
+
+# (frames, min frames, warm-up, seconds per phase): a sweep, and the table (big inputs, many models)
+SWEEP_DEFAULTS = (100, 10, 5, 60.0)
+TABLE_DEFAULTS = (20, 5, 2, 20.0)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="measure throughput and latency (engine-only and end to end); the Cityscapes table",
+        description="Measures every combination of the options given, each in a fresh process: "
+        "engine-only FPS, end-to-end FPS (source -> scheduler -> overlay -> null sink), latency "
+        "p50/p90/p99, a per-stage breakdown, keyframe ratio and peak memory. Frames are taken until "
+        "the 95%% confidence interval of the median is within --ci of it (at least --min-frames, at "
+        "most --frames, at most --max-seconds per phase). With several --scheduler values, they run "
+        "over the same frames and are scored against 'every' (agreement).",
+        epilog="Unsupported combinations (say int8 on torch) are reported as skipped with the reason.",
+    )
+    p.add_argument(
+        "--model",
+        nargs="+",
+        choices=list_models(),
+        default=None,
+        help=f"models (default: {DEFAULT_MODEL}; with --table: the table's implemented rows)",
+    )
+    p.add_argument("--backend", nargs="+", default=["torch"], help="backends (default: torch)")
+    p.add_argument("--precision", nargs="+", default=["fp32"], help="precisions: fp32, fp16, int8")
+    p.add_argument(
+        "--size",
+        nargs="+",
+        type=parse_size,
+        default=None,
+        help="engine input sizes WxH (default: the size the weights were trained at)",
+    )
+    p.add_argument(
+        "--scheduler",
+        nargs="+",
+        choices=SCHEDULERS,
+        default=["every"],
+        help="keyframe schedulers, default options (default: every)",
+    )
+    p.add_argument("--source", default=None, help=f"end-to-end input (default: {DEFAULT_SOURCE})")
+    p.add_argument(
+        "--weights",
+        default=None,
+        help="checkpoint for a single --model (default: the shared data's real weights where "
+        "they exist, else random init)",
+    )
+    m = p.add_argument_group("measurement")
+    m.add_argument(
+        "--frames",
+        type=int,
+        default=None,
+        help=f"at most N timed frames per phase (default {SWEEP_DEFAULTS[0]}; "
+        f"{TABLE_DEFAULTS[0]} with --table); with several schedulers: exactly N",
+    )
+    m.add_argument(
+        "--min-frames",
+        type=int,
+        default=None,
+        help=f"at least N timed frames (default {SWEEP_DEFAULTS[1]}; {TABLE_DEFAULTS[1]} with --table)",
+    )
+    m.add_argument(
+        "--warmup",
+        type=int,
+        default=None,
+        help=f"untimed frames first (default {SWEEP_DEFAULTS[2]}; {TABLE_DEFAULTS[2]} with --table)",
+    )
+    m.add_argument(
+        "--max-seconds",
+        type=float,
+        default=None,
+        help=f"time limit per phase (default {SWEEP_DEFAULTS[3]:g}; {TABLE_DEFAULTS[3]:g} with --table)",
+    )
+    m.add_argument(
+        "--ci",
+        type=float,
+        default=0.025,
+        help="stop when the median's 95%% CI half-width is within this fraction (default 0.025)",
+    )
+    m.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
+    m.add_argument("--threads", type=int, default=None, help="torch threads (default: physical cores)")
+    m.add_argument(
+        "--encode",
+        choices=ENCODINGS,
+        default="jpeg",
+        help="end to end: JPEG-encode each overlay on the sink thread, as a stream does (default)",
+    )
+    which = m.add_mutually_exclusive_group()
+    which.add_argument("--engine-only", action="store_true", help="skip the end-to-end measurement")
+    which.add_argument("--pipeline-only", action="store_true", help="skip the engine-only measurement")
+    m.add_argument(
+        "--in-process",
+        action="store_true",
+        help="measure in this process instead of a fresh one per configuration",
+    )
+    m.add_argument("--no-progress", action="store_true")
+    o = p.add_argument_group("output")
+    o.add_argument("--json", type=Path, default=None, help="write the full results (bench/schema.json)")
+    o.add_argument("--csv", type=Path, default=None, help="write one row per configuration (or table row)")
+    o.add_argument("--plot", type=Path, default=None, help="write the mIoU-vs-FPS scatter (PNG)")
+    o.add_argument(
+        "--table",
+        choices=list(TABLES),
+        default=None,
+        help="print the published table and measure each row rtseg implements at its resolution",
+    )
+    o.add_argument(
+        "--camvid",
+        action="store_true",
+        help="with --table: also measure ESPNet-CamVid's mIoU on the CamVid test split",
+    )
+    p.set_defaults(func=run)
+
+
+def _rule(args: argparse.Namespace) -> tuple[StopRule, int]:
+    frames, min_frames, warmup, seconds = TABLE_DEFAULTS if args.table else SWEEP_DEFAULTS
+    frames = args.frames if args.frames is not None else frames
+    min_frames = args.min_frames if args.min_frames is not None else min(min_frames, frames)
+    warmup = args.warmup if args.warmup is not None else warmup
+    seconds = args.max_seconds if args.max_seconds is not None else seconds
+    if frames < 1:
+        raise ConfigError(f"--frames must be >= 1, got {frames}")
+    rule = StopRule(min_samples=min_frames, max_samples=frames, rel_halfwidth=args.ci, max_seconds=seconds)
+    return rule, warmup
+
+
+def _options(args: argparse.Namespace) -> dict[str, Any]:
+    out = {}
+    for k, v in vars(args).items():
+        if k == "func":
+            continue
+        if isinstance(v, Path):
+            v = str(v)
+        elif isinstance(v, list):
+            v = [list(x) if isinstance(x, tuple) else x for x in v]
+        out[k] = v
+    return out
+
+
+def _specs(args: argparse.Namespace, rule: StopRule, warmup: int) -> list[SweepSpec]:
+    common: dict[str, Any] = dict(
+        backends=tuple(args.backend),
+        precisions=tuple(args.precision),
+        weights=args.weights,
+        warmup=warmup,
+        rule=rule,
+        device=args.device,
+        threads=args.threads,
+        encode=args.encode,
+        engine=not args.pipeline_only,
+        pipeline=not args.engine_only,
+    )
+    if not args.table:
+        return [
+            SweepSpec(
+                models=tuple(args.model or [DEFAULT_MODEL]),
+                sizes=tuple(args.size) if args.size else (None,),
+                schedulers=tuple(args.scheduler),
+                source=args.source or DEFAULT_SOURCE,
+                **common,
+            )
+        ]
+    if args.size:
+        raise ConfigError(
+            "--size does not apply to --table: each row is measured at its published resolution"
+        )
+    if args.scheduler != ["every"]:
+        raise ConfigError("--table measures the published (every-frame) setting: leave --scheduler out")
+    if args.weights:
+        raise ConfigError("--weights does not apply to --table: each row uses the shared data's real weights")
+    rows = implemented(load_table(table_path(args.table)))
+    if args.model:
+        rows = [r for r in rows if r.rtseg_model in args.model]
+        if not rows:
+            raise ConfigError(f"no implemented row of the {args.table} table is one of {args.model}")
+    specs = []
+    for row in rows:
+        if row.rtseg_model is None or row.resolution is None:  # implemented() keeps neither
+            continue
+        w, h = row.resolution
+        specs.append(
+            SweepSpec(
+                models=(row.rtseg_model,),
+                sizes=(row.resolution,),
+                schedulers=("every",),
+                source=args.source or f"synthetic://drive?size={w}x{h}&fps=30&seed=0",
+                **common,
+            )
+        )
+    return specs
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.camvid and not args.table:
+        raise ConfigError("--camvid adds a CamVid row to --table: use it with --table cityscapes")
+    rule, warmup = _rule(args)
+    specs = _specs(args, rule, warmup)  # validates before the slow part
+    environment = fingerprint()
+    results: list[dict[str, Any]] = []
+    for spec in specs:
+        results += run_sweep(spec, isolated=not args.in_process, progress=not args.no_progress)
+    print(format_results(results))
+    table = None
+    plot_table = None
+    name = args.table or "cityscapes"
+    if args.table or args.plot:
+        path = table_path(name)
+        rows = load_table(path)
+        camvid = camvid_miou(progress=not args.no_progress) if args.camvid else None
+        doc = table_document(name, path, rows, results, environment, camvid)
+        if args.table:
+            table = doc
+            print()
+            print(format_table(table))
+        plot_table = doc if args.table else _any_size(doc, results, environment)
+    document = build_document(
+        command=_command(args), environment=environment, rule=rule, results=results, table=table
+    )
+    document["options"] = _options(args)
+    if args.json:
+        write_json(document, args.json)
+        print(f"wrote {args.json}")
+    if args.csv:
+        if table is not None:
+            write_table_csv(table, environment, args.csv)
+        else:
+            write_results_csv(results, environment, args.csv)
+        print(f"wrote {args.csv}")
+    if args.plot and plot_table is not None:
+        plot_quality_speed(plot_table, args.plot)
+        print(f"wrote {args.plot}")
+    failed = [r for r in results if r["status"] == "failed"]
+    if failed:
+        print(f"{len(failed)} configuration(s) failed", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _any_size(
+    doc: dict[str, Any], results: list[dict[str, Any]], environment: dict[str, Any]
+) -> dict[str, Any]:
+    """For a sweep's plot: measured points for a row's model at whatever size was measured."""
+    from ..bench.environment import hardware_line
+    from ..bench.quality import NO_CITYSCAPES
+
+    rows = []
+    for row in doc["rows"]:
+        measured = []
+        for r in results:
+            if r["config"]["model"] != row["rtseg_model"] or r["status"] != "ok" or not r.get("engine"):
+                continue
+            size = r["engine_info"]["input_size"]
+            measured.append(
+                {
+                    "label": r["label"],
+                    "backend": f"{r['config']['backend']}, {size[0]}x{size[1]}",
+                    "precision": r["config"]["precision"],
+                    "status": "ok",
+                    "reason": None,
+                    "engine_fps": r["engine"]["fps"],
+                    "engine_ms": r["engine"]["latency_ms"]["median"],
+                    "pipeline_fps": (r.get("pipeline") or {}).get("fps"),
+                    "weights": r["weights"]["origin"],
+                    "hardware": hardware_line(environment),
+                    "miou": NO_CITYSCAPES,
+                }
+            )
+        rows.append({**row, "measured": measured})
+    return {**doc, "rows": rows}
+
+
+def _command(args: argparse.Namespace) -> str:
+    if sys.argv and Path(sys.argv[0]).name in ("rtseg", "__main__.py") and "bench" in sys.argv:
+        return " ".join(["rtseg", *sys.argv[1:]])
+    return "rtseg bench (called from Python)"

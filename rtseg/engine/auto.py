@@ -1,0 +1,193 @@
+"""``backend="auto"``: time every available backend once, remember the fastest, reuse the choice.
+
+No backend wins everywhere on CPUs (ENet-like graphs favour torch channels_last, convolution-heavy
+ones ONNX Runtime), so the choice is measured per model, weights, input size, precision and
+device, with the candidates interleaved (one run of each in turn) so that a noisy machine slows
+them alike. The result is stored in the engine cache as ``auto-<...>.json`` together with the
+library versions it was measured with; a later ``load`` reads it and builds only the winner.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import statistics
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .._version import __version__
+from ..errors import BackendUnavailableError, ConfigError, EngineBuildError
+from ..models.base import StagedSegmenter
+from .base import Engine
+from .cache import ArtifactCache, atomic_write_text, weights_hash
+from .calibration import CalibrationList
+
+log = logging.getLogger(__name__)
+
+CHOICE_FORMAT = "rtseg.auto-choice"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A backend plus the options that make it a distinct contender (e.g. channels_last)."""
+
+    backend: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        flags = [k if v is True else f"{k}={v}" for k, v in sorted(self.options.items())]
+        return " ".join([self.backend, *flags])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"backend": self.backend, "options": dict(self.options)}
+
+
+def candidates(precision: str, device: str) -> list[Candidate]:
+    """What ``auto`` compares for a precision and device (unavailable ones are skipped later)."""
+    gpu = device.startswith("cuda")
+    if precision == "fp32":
+        if gpu:
+            return [Candidate("torch"), Candidate("tensorrt"), Candidate("onnxruntime")]
+        return [Candidate("torch"), Candidate("torch", {"channels_last": True}),
+                Candidate("onnxruntime"), Candidate("openvino")]
+    if precision == "fp16":
+        return [Candidate("torch"), Candidate("tensorrt")] if gpu else [Candidate("openvino")]
+    if precision == "int8":
+        return [Candidate("tensorrt")] if gpu else [Candidate("onnxruntime"), Candidate("openvino")]
+    if precision == "bf16":
+        return [Candidate("openvino")]
+    raise ConfigError(f"unknown precision {precision!r}; choose fp32, fp16, bf16 or int8")
+
+
+def libraries() -> dict[str, str]:
+    """Versions of every backend library present: a change invalidates a stored choice."""
+    found = {"torch": torch.__version__, "rtseg": __version__}
+    for name, module in (("onnxruntime", "onnxruntime"), ("openvino", "openvino"), ("tensorrt", "tensorrt")):
+        try:
+            mod = __import__(module)
+        except ImportError:
+            continue
+        version = getattr(mod, "__version__", None) or getattr(mod, "get_version", lambda: "?")()
+        found[name] = str(version)
+    return found
+
+
+def choice_path(cache: ArtifactCache, net: StagedSegmenter, wh: str, size: tuple[int, int],
+                precision: str, device: str) -> Path:
+    w, h = size
+    return cache.directory / f"auto-{net.meta.model}-{wh}-{w}x{h}-{precision}-{device.replace(':', '')}.json"
+
+
+def time_engines(engines: Mapping[str, Engine], *, runs: int, warmup: int) -> dict[str, list[float]]:
+    """Milliseconds per ``run`` for each engine, interleaved round-robin after a warm-up."""
+    if runs <= 0:
+        raise ConfigError(f"auto runs must be positive, got {runs}")
+    some = next(iter(engines.values()))
+    w, h = some.input_size
+    image = np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    for engine in engines.values():
+        for _ in range(warmup):
+            engine.run(image)
+    times: dict[str, list[float]] = {label: [] for label in engines}
+    for _ in range(runs):
+        for label, engine in engines.items():
+            start = time.perf_counter()
+            engine.run(image)
+            times[label].append(1000 * (time.perf_counter() - start))
+    return times
+
+
+def _read_choice(path: Path) -> Candidate | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if data.get("format") != CHOICE_FORMAT:
+        return None
+    if data.get("libraries") != libraries():
+        log.info("auto: %s was measured with other library versions; measuring again", path.name)
+        return None
+    return Candidate(data["backend"], data.get("options", {}))
+
+
+def load_auto(
+    net: StagedSegmenter,
+    *,
+    size: tuple[int, int],
+    precision: str,
+    device: str,
+    cache: ArtifactCache,
+    calibration: CalibrationList | None = None,
+    runs: int = 10,
+    warmup: int = 3,
+    remeasure: bool = False,
+    **options: Any,
+) -> Engine:
+    """The stored choice's engine, or measure all candidates now, store the choice and return it."""
+    from . import load_backend, with_note
+
+    wh = weights_hash(net)
+    path = choice_path(cache, net, wh, size, precision, device)
+    stored = None if remeasure else _read_choice(path)
+    if stored is not None:
+        engine = load_backend(net, backend=stored.backend, size=size, precision=precision, device=device,
+                              cache=cache, calibration=calibration, wh=wh, **{**options, **stored.options})
+        log.info("auto: using %s (measured before, %s)", stored.label, path.name)
+        return with_note(engine, f"auto: {stored.label} (stored choice)")
+
+    engines: dict[str, Engine] = {}
+    chosen: dict[str, Candidate] = {}
+    skipped: dict[str, str] = {}
+    for candidate in candidates(precision, device):
+        opts = {**options, **candidate.options}
+        if candidate.backend != "torch":
+            opts.pop("channels_last", None)
+        try:
+            engine = load_backend(net, backend=candidate.backend, size=size, precision=precision,
+                                  device=device, cache=cache, calibration=calibration, wh=wh, **opts)
+        except (BackendUnavailableError, EngineBuildError, ConfigError) as exc:
+            skipped[candidate.label] = str(exc).splitlines()[0]
+            log.info("auto: skipping %s: %s", candidate.label, skipped[candidate.label])
+            continue
+        engines[candidate.label] = engine
+        chosen[candidate.label] = candidate
+    if not engines:
+        raise BackendUnavailableError(
+            f"auto: no backend can run {net.meta.model} at {precision} on {device}: "
+            + "; ".join(f"{k}: {v}" for k, v in skipped.items())
+        )
+    times = time_engines(engines, runs=runs, warmup=warmup)
+    medians = {label: statistics.median(v) for label, v in times.items()}
+    best = min(medians, key=medians.__getitem__)
+    others = ", ".join(f"{label} {ms:.1f} ms" for label, ms in sorted(medians.items(), key=lambda kv: kv[1])
+                       if label != best)
+    summary = f"auto: picked {best} ({medians[best]:.1f} ms" + (f" vs {others})" if others else ")")
+    log.info("%s", summary)
+    record = {
+        "format": CHOICE_FORMAT,
+        **chosen[best].to_dict(),
+        "model": net.meta.model,
+        "weights": wh,
+        "input_size": list(size),
+        "precision": precision,
+        "device": device,
+        "median_ms": {k: round(v, 3) for k, v in medians.items()},
+        "runs": runs,
+        "warmup": warmup,
+        "skipped": skipped,
+        "libraries": libraries(),
+        "measured_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    atomic_write_text(path, json.dumps(record, indent=2, sort_keys=True))
+    for label, engine in engines.items():
+        if label != best:
+            engine.close()
+    return with_note(engines[best], summary)

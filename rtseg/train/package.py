@@ -1,0 +1,56 @@
+"""Turn a training run's best weights into shippable weights with measured metrics attached.
+
+    python -m rtseg.train.package runs/default/best.pt rtseg/assets/espnet_camvid.pt \\
+        --dataset camvid --root ../shared/data/camvid
+
+Evaluates the weights on the given splits with the reference protocol (the same code as
+``rtseg eval``), records the numbers in the checkpoint's metadata, and writes it as fp16.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+from pathlib import Path
+
+from ..data.datasets import open_dataset
+from ..evaluate import evaluate, torch_logits_fn
+from ..models import get_model, read_checkpoint, save_checkpoint
+
+
+def package(source: Path, target: Path, *, dataset: str, root: Path, splits: list[str]) -> dict[str, float]:
+    model = get_model(read_checkpoint(source).meta.model, weights=source)  # type: ignore[union-attr]
+    meta = model.meta
+    metrics = dict(meta.metrics)
+    results = {}
+    for split in splits:
+        data = open_dataset(dataset, root, split)
+        report = evaluate(torch_logits_fn(model, meta.preprocessing), data, classes=meta.classes,
+                          input_size=meta.preprocessing.input_size, total=len(data), description=split)
+        results[split] = 100 * report.scores.miou
+        metrics[f"{dataset}/{split}"] = {
+            "miou": round(100 * report.scores.miou, 2),
+            "pixel_accuracy": round(100 * report.scores.pixel_accuracy, 2),
+            "by": "rtseg eval (torch, reference protocol)",
+        }
+    save_checkpoint(target, model.state_dict(), replace(meta, metrics=metrics), half=True)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m rtseg.train.package", description=__doc__.splitlines()[0])
+    p.add_argument("source", type=Path)
+    p.add_argument("target", type=Path)
+    p.add_argument("--dataset", default="camvid")
+    p.add_argument("--root", type=Path, required=True)
+    p.add_argument("--splits", nargs="+", default=["val", "test"])
+    args = p.parse_args(argv)
+    for split, miou in package(args.source, args.target, dataset=args.dataset, root=args.root,
+                               splits=args.splits).items():
+        print(f"{split}: mIoU {miou:.2f}")
+    print(f"wrote {args.target} ({args.target.stat().st_size / 1e6:.2f} MB)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,45 @@
+"""The environment fingerprint."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from rtseg import __version__
+from rtseg.bench import environment
+from rtseg.bench.environment import fingerprint, git_state, hardware_line, library_versions
+
+
+def test_fingerprint_has_hardware_libraries_and_code_version() -> None:
+    fp = fingerprint()
+    cpu = fp["cpu"]
+    assert cpu["model"] and 1 <= cpu["physical_cores"] <= cpu["logical_cores"]
+    assert cpu["logical_cores"] == (os.cpu_count() or cpu["logical_cores"])
+    assert isinstance(fp["gpus"], list)
+    libs = fp["libraries"]
+    import numpy
+    import torch
+
+    assert libs["torch"] == torch.__version__ and libs["numpy"] == numpy.__version__
+    assert {"onnxruntime", "openvino", "opencv", "tensorrt"} <= set(libs)
+    assert fp["rtseg"]["version"] == __version__
+    assert fp["timestamp"].endswith("+00:00")
+
+
+def test_missing_library_is_none(monkeypatch) -> None:
+    monkeypatch.setattr(environment, "_LIBRARIES", (("nothing", ("surely-not-installed-rtseg-dist",)),))
+    assert library_versions() == {"nothing": None}
+
+
+def test_git_state_of_this_checkout_and_outside_one(tmp_path: Path) -> None:
+    state = git_state()
+    if state["commit"] is not None:  # a git checkout (the normal case)
+        assert len(state["commit"]) == 40 and isinstance(state["dirty"], bool)
+    assert git_state(tmp_path) == {"commit": None, "dirty": None}
+
+
+def test_hardware_line_names_cpu_cores_and_gpu() -> None:
+    fp = {"cpu": {"model": "Some CPU", "physical_cores": 2, "logical_cores": 4}, "gpus": []}
+    assert hardware_line(fp) == "Some CPU, 2 physical cores (4 logical), GPU: none"
+    fp["gpus"] = [{"index": 0, "name": "NVIDIA H200", "memory_gb": 139.8}]
+    assert hardware_line(fp).endswith("GPU: NVIDIA H200")

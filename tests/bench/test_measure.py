@@ -1,0 +1,82 @@
+"""One configuration, measured for real on a tiny engine and a short synthetic drive."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rtseg.bench.measure import STAGES, BenchConfig, run_config
+from rtseg.bench.stats import StopRule
+from rtseg.errors import ConfigError
+
+SOURCE = "synthetic://drive?size=128x96&seed=3&frames=40"
+RULE = StopRule(min_samples=4, max_samples=8, max_seconds=20.0)
+
+
+def _cfg(**kw) -> BenchConfig:
+    base = dict(model="espnet", size=(64, 48), source=SOURCE, warmup=2, rule=RULE, threads=1)
+    return BenchConfig(**{**base, **kw})
+
+
+def test_engine_and_pipeline_numbers() -> None:
+    r = run_config(_cfg())
+    assert r["status"] == "ok", r["reason"]
+    e, p = r["engine"], r["pipeline"]
+    assert e["frames"] <= 8 and e["stop"] in ("stable", "max samples", "time limit")
+    assert e["fps"] == pytest.approx(1000 / e["latency_ms"]["median"], rel=1e-3)
+    assert p["frames"] <= 8 and p["warmup"] == 2 and p["fps"] > 0
+    lat = p["latency_ms"]
+    assert lat["p50"] <= lat["p90"] <= lat["p99"]
+    # every stage of the issue's breakdown is there (no warp/change with `every`)
+    assert set(p["stages_ms"]) == set(STAGES) - {"change", "warp"}
+    assert p["keyframe_ratio"] == 1.0 and p["keyframes"] == p["frames"]
+    assert p["sink"].startswith("null://") and p["source"]["size"] == [128, 96]
+    assert r["engine_info"]["input_size"] == [64, 48] and r["threads"] == 1
+    assert r["memory"]["peak_rss_mb"] > 10 and r["memory"]["gpu_peak_mb"] is None
+
+
+def test_unsupported_combination_is_skipped_with_reason() -> None:
+    r = run_config(_cfg(precision="int8"))
+    assert r["status"] == "skipped" and "precision" in r["reason"]
+    assert r["engine"] is None and r["pipeline"] is None
+    r = run_config(_cfg(backend="no-such-backend"))
+    assert r["status"] == "skipped" and "no-such-backend" in r["reason"]
+
+
+def test_scheduler_against_every_reference(tmp_path: Path) -> None:
+    ref = tmp_path / "every.npz"
+    fixed = StopRule(min_samples=4, max_samples=10, max_seconds=20.0)
+    every = run_config(_cfg(rule=fixed, fixed_frames=True, reference_out=str(ref), engine=False))
+    assert every["status"] == "ok" and every["engine"] is None
+    assert every["pipeline"]["frames"] == 10 and every["pipeline"]["stop"] == "max samples"
+    with np.load(ref) as saved:
+        assert len(saved.files) == 12  # warm-up frames too: agreement is about labels, not time
+    again = run_config(_cfg(rule=fixed, fixed_frames=True, reference_in=str(ref), engine=False))
+    assert again["pipeline"]["agreement"]["miou"] == 100.0  # every against itself
+    clock = run_config(
+        _cfg(rule=fixed, fixed_frames=True, reference_in=str(ref), engine=False, scheduler="clockwork")
+    )
+    p = clock["pipeline"]
+    assert p["frames"] == 10 and 0 < p["keyframe_ratio"] < 1
+    assert p["stages_ms"]["deep"]["frames"] == p["keyframes"] < p["frames"]
+    assert p["agreement"]["frames"] == 12 and 0 <= p["agreement"]["miou"] <= 100
+    assert "clockwork" in p["scheduler"]
+
+
+def test_source_that_ends_in_the_warmup_is_an_error() -> None:
+    r = run_config(_cfg(source="synthetic://drive?size=64x48&frames=2", warmup=5, engine=False))
+    assert r["status"] == "failed" and "warm-up" in r["reason"]
+
+
+def test_config_round_trip_and_validation() -> None:
+    cfg = _cfg(scheduler="adaptive")
+    assert BenchConfig.from_dict(cfg.to_dict()) == cfg
+    assert cfg.label == "espnet torch fp32 64x48 adaptive"
+    with pytest.raises(ConfigError, match="scheduler"):
+        _cfg(scheduler="sometimes")
+    with pytest.raises(ConfigError, match="warmup"):
+        _cfg(warmup=-1)
+    with pytest.raises(ConfigError, match="both are off"):
+        _cfg(engine=False, pipeline=False)

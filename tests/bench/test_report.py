@@ -1,0 +1,92 @@
+"""Terminal tables, JSON documents and CSV from real measurements."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from rtseg.bench.environment import fingerprint
+from rtseg.bench.measure import BenchConfig, run_config
+from rtseg.bench.quality import NO_CITYSCAPES
+from rtseg.bench.report import (
+    SCHEMA_ID,
+    build_document,
+    format_results,
+    format_table,
+    table_document,
+    write_json,
+    write_results_csv,
+    write_table_csv,
+)
+from rtseg.bench.stats import StopRule
+from rtseg.bench.table import load_table, table_path
+
+RULE = StopRule(min_samples=3, max_samples=4, max_seconds=10.0)
+
+
+@pytest.fixture(scope="module")
+def results() -> list[dict]:
+    # ENet at the size of the table's ENet row, so that the table picks the measurement up.
+    source = "synthetic://drive?size=64x48&seed=1&frames=20"
+    ok = run_config(BenchConfig(model="enet", size=(64, 48), source=source, warmup=1, rule=RULE, threads=1))
+    skipped = run_config(BenchConfig(model="enet", size=(64, 48), precision="int8", source=source, rule=RULE))
+    return [ok, skipped]
+
+
+@pytest.fixture(scope="module")
+def env() -> dict:
+    return fingerprint()
+
+
+def test_terminal_table_has_every_configuration(results) -> None:
+    text = format_results(results)
+    assert "enet torch fp32 64x48 every" in text and "skipped" in text and "precision" in text
+    assert "stages, median ms: capture" in text and "weights: random init" in text
+    assert "engine ms [95% CI]" in text
+
+
+def test_json_document(results, env, tmp_path: Path) -> None:
+    doc = build_document(command="rtseg bench", environment=env, rule=RULE, results=results)
+    path = tmp_path / "out" / "r.json"
+    write_json(doc, path)
+    data = json.loads(path.read_text())
+    assert data["schema"] == SCHEMA_ID and data["stop_rule"]["max_samples"] == 4
+    assert data["hardware"].startswith(env["cpu"]["model"]) and len(data["results"]) == 2
+
+
+def test_results_csv_carries_the_environment(results, env, tmp_path: Path) -> None:
+    path = tmp_path / "r.csv"
+    write_results_csv(results, env, path)
+    rows = list(csv.DictReader(path.open()))
+    assert [r["status"] for r in rows] == ["ok", "skipped"]
+    ok = rows[0]
+    assert float(ok["engine_fps"]) > 0 and float(ok["latency_p99_ms"]) >= float(ok["latency_p50_ms"])
+    assert float(ok["deep_median_ms"]) > 0 and ok["keyframe_ratio"] == "1.0"
+    assert ok["cpu"] == env["cpu"]["model"] and ok["lib_torch"] == env["libraries"]["torch"]
+    assert ok["git_commit"] == (env["rtseg"]["commit"] or "")
+    assert rows[1]["engine_fps"] == "" and "precision" in rows[1]["reason"]
+
+
+def test_table_with_measured_rows(results, env, tmp_path: Path, monkeypatch) -> None:
+    rows = load_table(table_path("cityscapes"))
+    # Pretend the ENet row was published at 64x48 so the tiny measurement matches it.
+    rows = [r if r.model != "ENet" else type(r)(**{**r.__dict__, "resolution": (64, 48)}) for r in rows]
+    doc = table_document("cityscapes", table_path("cityscapes"), rows, results, env)
+    enet = next(r for r in doc["rows"] if r["model"] == "ENet")
+    statuses = sorted(m["status"] for m in enet["measured"])
+    assert statuses == ["ok", "skipped"]
+    ok = next(m for m in enet["measured"] if m["status"] == "ok")
+    assert ok["engine_fps"] > 0 and ok["miou"] == NO_CITYSCAPES and "GPU:" in ok["hardware"]
+    assert all(not r["measured"] for r in doc["rows"] if r["model"] != "ENet")
+    text = format_table(doc)
+    for row in rows:
+        assert row.model in text
+    assert "measured here: torch fp32" in text and NO_CITYSCAPES in text and "sources:" in text
+    path = tmp_path / "t.csv"
+    write_table_csv(doc, env, path)
+    lines = list(csv.DictReader(path.open()))
+    assert len(lines) == len(rows) + 1  # ENet appears once per measurement
+    assert {line["measured_status"] for line in lines if line["model"] == "ENet"} == {"ok", "skipped"}

@@ -1,0 +1,95 @@
+"""The published Cityscapes table: the issue's seed rows exactly, the modern rows, validation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from rtseg.bench.table import COLUMNS, implemented, load_table, table_path
+from rtseg.errors import ConfigError
+
+# The seed table of issue 6: model, year, mIoU %, FPS, ms.
+SEED = [
+    ("DeepLab", 2014, 63.1, 0.25, 4000),
+    ("SegNet", 2015, 57.0, 16.7, 60),
+    ("CRF-RNN", 2015, 62.5, 1.4, 700),
+    ("Dilation10", 2015, 67.1, 0.25, 4000),
+    ("ENet", 2016, 58.3, 76.9, 13),
+    ("FCN", 2016, 65.3, 2, 500),
+    ("FRRN", 2016, 71.8, 2.1, 469),
+    ("ICNet", 2017, 70.6, 30.3, 33),
+    ("PSPNet", 2017, 81.2, 0.78, 1288),
+    ("ENet + Lovász-Softmax", 2018, 63.1, 76.9, 13),
+    ("LEDNet", 2019, 70.6, 71, 14),
+    ("ESNet", 2019, 70.7, 63, 16),
+    ("FasterSeg", 2019, 71.5, 163.9, 6.1),
+]
+MODERN = [
+    "ESPNet",
+    "ESPNetv2",
+    "ERFNet",
+    "BiSeNetV2",
+    "DDRNet-23-slim",
+    "PIDNet-S",
+    "PP-LiteSeg-T",
+    "STDC1-Seg",
+    "DeepLabV3+ MobileNetV2",
+]
+
+
+@pytest.fixture(scope="module")
+def rows():
+    return load_table(table_path("cityscapes"))
+
+
+def test_seed_rows_exactly(rows) -> None:
+    by_name = {r.model: r for r in rows}
+    for model, year, miou, fps, ms in SEED:
+        row = by_name[model]
+        assert (row.year, row.miou, row.fps, row.latency_ms) == (year, miou, fps, ms), model
+        assert row.miou_split == "test"
+    assert [r.model for r in rows[: len(SEED)]] == [s[0] for s in SEED]
+
+
+def test_modern_rows_and_their_sources(rows) -> None:
+    names = [r.model for r in rows]
+    for model in MODERN:
+        assert model in names
+    assert len(rows) == len(SEED) + len(MODERN)
+    for row in rows:
+        assert "arXiv:" in row.source or "https://" in row.source, row.model
+        assert row.miou is not None, row.model
+        assert row.notes, f"{row.model}: a row says where its numbers come from and what is missing"
+
+
+def test_implemented_rows_are_measurable(rows) -> None:
+    measured = {r.model: (r.rtseg_model, r.resolution) for r in implemented(rows)}
+    assert measured == {
+        "ENet": ("enet", (1024, 512)),
+        "ICNet": ("icnet-r50", (2048, 1024)),
+        "ESPNet": ("espnet", (1024, 512)),
+        "ESPNetv2": ("espnetv2", (1024, 512)),
+        "DeepLabV3+ MobileNetV2": ("deeplabv3plus-mobilenetv2", (2048, 1024)),
+    }
+
+
+def _write(tmp_path: Path, line: str) -> Path:
+    path = tmp_path / "t.csv"
+    path.write_text(",".join(COLUMNS) + "\n" + line + "\n", encoding="utf-8")
+    return path
+
+
+def test_validation_names_line_and_column(tmp_path: Path) -> None:
+    good = "X,2020,70.0,,1024x512,30,,GPU,no,arXiv:1,,note"
+    assert load_table(_write(tmp_path, good))[0].resolution == (1024, 512)
+    with pytest.raises(ConfigError, match="line 2.*tensorrt"):
+        load_table(_write(tmp_path, good.replace(",no,", ",maybe,")))
+    with pytest.raises(ConfigError, match="line 2.*miou_test"):
+        load_table(_write(tmp_path, good.replace("70.0", "170.0")))
+    with pytest.raises(ConfigError, match="line 2.*'fps'"):
+        load_table(_write(tmp_path, good.replace(",30,", ",fast,")))
+    with pytest.raises(ConfigError, match="rtseg_model"):
+        load_table(_write(tmp_path, good.replace("arXiv:1,,", "arXiv:1,nonet,")))
+    with pytest.raises(ConfigError, match="unknown table"):
+        table_path("ade20k")

@@ -1,0 +1,140 @@
+"""`rtseg bench` end to end: a tiny sweep validated against bench/schema.json, and the table."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from rtseg.cli import main
+
+jsonschema = pytest.importorskip(
+    "jsonschema", reason="schema validation needs jsonschema (pip install -e .[dev])"
+)
+
+REPO = Path(__file__).resolve().parent.parent.parent
+SCHEMA = json.loads((REPO / "bench" / "schema.json").read_text())
+TINY = [
+    "--size",
+    "64x48",
+    "--source",
+    "synthetic://drive?size=96x64&seed=1",
+    "--frames",
+    "5",
+    "--min-frames",
+    "3",
+    "--warmup",
+    "1",
+    "--threads",
+    "1",
+    "--no-progress",
+]
+
+
+def _validate(path: Path) -> dict:
+    data = json.loads(path.read_text())
+    jsonschema.Draft202012Validator.check_schema(SCHEMA)
+    errors = [
+        f"{e.json_path}: {e.message}" for e in jsonschema.Draft202012Validator(SCHEMA).iter_errors(data)
+    ]
+    assert not errors, errors[:5]
+    return data
+
+
+def test_sweep_json_matches_the_schema(tmp_path: Path, capsys) -> None:
+    out, table = tmp_path / "r.json", tmp_path / "r.csv"
+    rc = main(
+        [
+            "bench",
+            "--model",
+            "espnet",
+            "enet",
+            "--precision",
+            "fp32",
+            "int8",
+            *TINY,
+            "--in-process",
+            "--json",
+            str(out),
+            "--csv",
+            str(table),
+        ]
+    )
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "espnet torch fp32 64x48 every" in text and "skipped" in text
+    data = _validate(out)
+    assert [r["status"] for r in data["results"]] == ["ok", "skipped", "ok", "skipped"]
+    assert data["environment"]["cpu"]["physical_cores"] >= 1 and data["table"] is None
+    assert len(list(csv.DictReader(table.open()))) == 4
+
+
+def test_scheduler_comparison_in_fresh_processes(tmp_path: Path) -> None:
+    out = tmp_path / "s.json"
+    rc = main(["bench", "--model", "enet", "--scheduler", "every", "clockwork", *TINY, "--json", str(out)])
+    assert rc == 0
+    data = _validate(out)
+    every, clock = data["results"]
+    assert every["pipeline"]["frames"] == clock["pipeline"]["frames"] == 5  # same frames for both
+    assert clock["engine"] is None and clock["pipeline"]["agreement"]["frames"] == 6
+    assert every["pipeline"]["agreement"] is None
+
+
+def test_table_prints_every_row_and_measures_implemented_ones(tmp_path: Path, capsys) -> None:
+    out, plot, table = tmp_path / "t.json", tmp_path / "t.png", tmp_path / "t.csv"
+    rc = main(
+        [
+            "bench",
+            "--table",
+            "cityscapes",
+            "--model",
+            "enet",
+            "--engine-only",
+            "--frames",
+            "2",
+            "--min-frames",
+            "2",
+            "--warmup",
+            "0",
+            "--threads",
+            "2",
+            "--in-process",
+            "--no-progress",
+            "--json",
+            str(out),
+            "--plot",
+            str(plot),
+            "--csv",
+            str(table),
+        ]
+    )
+    assert rc == 0
+    text = capsys.readouterr().out
+    data = _validate(out)
+    rows = data["table"]["rows"]
+    assert len(rows) == 22
+    for row in rows:
+        assert row["model"] in text
+    enet = next(r for r in rows if r["model"] == "ENet")
+    (m,) = enet["measured"]
+    assert m["status"] == "ok" and m["engine_fps"] > 0 and m["miou"].startswith("n/a")
+    assert data["results"][0]["engine_info"]["input_size"] == [1024, 512]
+    assert "measured on:" in text and plot.stat().st_size > 10_000
+    assert any(line["measured_status"] == "ok" for line in csv.DictReader(table.open()))
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--table", "cityscapes", "--size", "64x48"], "--size does not apply"),
+        (["--table", "cityscapes", "--scheduler", "clockwork"], "leave --scheduler out"),
+        (["--camvid"], "--camvid"),
+        (["--model", "espnet", "enet", "--weights", "w.pt"], "one model"),
+        (["--frames", "0"], "--frames"),
+    ],
+)
+def test_bad_option_combinations(argv: list[str], message: str, capsys) -> None:
+    assert main(["bench", *argv, "--no-progress", "--in-process"]) == 2
+    assert message in capsys.readouterr().err
