@@ -40,8 +40,10 @@ class EvalReport:
         return {
             "miou": round(100 * self.scores.miou, 4),
             "pixel_accuracy": round(100 * self.scores.pixel_accuracy, 4),
-            "iou": {n: (None if np.isnan(v) else round(100 * v, 4))
-                    for n, v in zip(self.classes.names, self.scores.iou, strict=True)},
+            "iou": {
+                n: (None if np.isnan(v) else round(100 * v, 4))
+                for n, v in zip(self.classes.names, self.scores.iou, strict=True)
+            },
             "images": self.images,
             "images_per_second": round(self.images / self.seconds, 3) if self.seconds else None,
             "confusion_matrix": self.confusion.tolist(),

@@ -20,7 +20,7 @@ SOURCE = "synthetic://drive?size=128x96&fps=30&seed=4&frames=8"
 @pytest.fixture(scope="module")
 def engine():
     torch.manual_seed(0)
-    return load(get_model("espnet"), input_size=(64, 48))
+    return load(get_model("espnet"), input_size=(64, 48), backend="torch")
 
 
 def _count(path: Path) -> int:

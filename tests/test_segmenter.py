@@ -18,7 +18,7 @@ from rtseg.source import Frame
 @pytest.fixture(scope="module")
 def engine():
     torch.manual_seed(0)
-    return load(get_model("espnet"), input_size=(64, 48))
+    return load(get_model("espnet"), input_size=(64, 48), backend="torch")
 
 
 def test_resizes_any_frame_and_times_it(engine) -> None:
@@ -84,7 +84,7 @@ def test_model_name_without_weights_is_explained() -> None:
 
 @pytest.mark.data
 def test_real_checkpoint_from_weights_alone(espnet_camvid_weights: Path, camvid_root: Path) -> None:
-    seg = Segmenter(weights=espnet_camvid_weights, backend="auto", scheduler="every")
+    seg = Segmenter(weights=espnet_camvid_weights, backend="torch", scheduler="every")
     assert seg.input_size == (480, 360) and seg.classes.name == "camvid"
     image = cv2.imread(str(sorted((camvid_root / "val").glob("*.png"))[0]))
     r = seg(image)

@@ -320,7 +320,18 @@ def format_details(result: dict[str, Any]) -> str:
 
 
 def format_table(table: dict[str, Any]) -> str:
-    header = ["model", "year", "mIoU test", "mIoU val", "resolution", "FPS", "ms", "GPU", "TensorRT", "ref"]
+    header = [
+        "model",
+        "year",
+        "mIoU test",
+        "mIoU val",
+        "resolution",
+        "FPS",
+        "ms",
+        "GPU",
+        "TensorRT",
+        "source / measurement",
+    ]
     rows = []
     sources = []
     for row in table["rows"]:
@@ -340,30 +351,29 @@ def format_table(table: dict[str, Any]) -> str:
             ]
         )
         for m in row["measured"]:
+            gpu = m["hardware"].rpartition("GPU: ")[2] or "none"
             if m["status"] != "ok":
                 what = f"{m['status']}: {m['reason']}"
             else:
-                what = (
-                    f"engine {_f(m['engine_fps'])} FPS ({_f(m['engine_ms'], 1)} ms), "
-                    f"end-to-end {_f(m['pipeline_fps'])} FPS; mIoU {m['miou']}"
-                )
+                e2e = "" if m["pipeline_fps"] is None else f"end-to-end {_f(m['pipeline_fps'])} FPS; "
+                what = f"this machine, engine-only; {e2e}{m['weights']}; mIoU {m['miou']}"
             rows.append(
                 [
-                    f"  measured here: {m['backend']} {m['precision']}",
+                    f"  measured: {m['backend']} {m['precision']}",
                     "",
                     "",
                     "",
                     row["resolution"] or "-",
                     _f(m["engine_fps"]),
                     _f(m["engine_ms"], 1),
-                    "none" if "GPU: none" in m["hardware"] else "see below",
+                    "none (CPU)" if gpu == "none" else gpu,
                     "no",
                     what,
                 ]
             )
     text = [
-        f"Cityscapes quality/speed table ({table['file']}); published numbers, empty = not published "
-        "or not verified",
+        f"Cityscapes quality/speed table ({table['file']}): published numbers (empty = not published or "
+        "not verified), with this machine's measurements",
         _grid(header, rows),
         "",
         f"measured on: {table['hardware']}",

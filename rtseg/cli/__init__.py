@@ -20,13 +20,13 @@ COMMANDS = {
     "serve": "serve_cmd",
     "keys": "keys_cmd",
     "bench": "bench_cmd",
+    "export": "export_cmd",
+    "calibrate": "calibrate_cmd",
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="rtseg", description="Real-time video semantic segmentation."
-    )
+    parser = argparse.ArgumentParser(prog="rtseg", description="Real-time video semantic segmentation.")
     parser.add_argument("--version", action="version", version=f"rtseg {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

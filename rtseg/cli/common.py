@@ -16,7 +16,9 @@ def parse_size(text: str) -> tuple[int, int]:
     try:
         w, h = (int(v) for v in text.lower().split("x"))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"size must look like 1024x512 (WIDTHxHEIGHT), got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"size must look like 1024x512 (WIDTHxHEIGHT), got {text!r}"
+        ) from None
     if w <= 0 or h <= 0:
         raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
     return w, h
@@ -24,11 +26,14 @@ def parse_size(text: str) -> tuple[int, int]:
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--model", choices=list_models(), default=None,
+        "--model",
+        choices=list_models(),
+        default=None,
         help=f"architecture (default: {DEFAULT_MODEL} with rtseg's shipped CamVid weights)",
     )
     parser.add_argument(
-        "--weights", default=None,
+        "--weights",
+        default=None,
         help="checkpoint: rtseg's format or an upstream state dict rtseg recognises",
     )
 

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from ..data.datasets import cityscapes, open_dataset
-from ..evaluate import evaluate, torch_logits_fn
+from ..evaluate import evaluate
 from .common import add_model_args, load_model, parse_size
 from .run_cmd import add_scheduler_args, scheduler_from_args
 
@@ -22,20 +22,92 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", choices=["camvid", "cityscapes"], required=True)
     p.add_argument("--root", required=True, type=Path, help="dataset folder")
     p.add_argument("--split", default="test")
-    p.add_argument("--size", type=parse_size, default=None,
-                   help="network input WxH (default: the size the weights were trained at)")
-    p.add_argument("--labels", choices=["auto", "labelTrainIds", "labelIds"], default="auto",
-                   help="Cityscapes ground-truth files to read (default: train ids if present)")
+    p.add_argument(
+        "--size",
+        type=parse_size,
+        default=None,
+        help="network input WxH (default: the size the weights were trained at)",
+    )
+    p.add_argument(
+        "--labels",
+        choices=["auto", "labelTrainIds", "labelIds"],
+        default="auto",
+        help="Cityscapes ground-truth files to read (default: train ids if present)",
+    )
     p.add_argument("--json", type=Path, default=None, help="also write the report as JSON")
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--sequence", action="store_true",
-                   help="the split is one video in file order (CamVid val): run it through --scheduler and "
-                        "report mIoU, keyframe ratio and throughput")
-    p.add_argument("--compare-every", action="store_true",
-                   help="with --sequence: also run every frame through the full model first and report "
-                        "the agreement (mIoU of the scheduled labels against the per-frame labels)")
+    add_engine_args(p)
+    p.add_argument(
+        "--sequence",
+        action="store_true",
+        help="the split is one video in file order (CamVid val): run it through --scheduler and "
+        "report mIoU, keyframe ratio and throughput",
+    )
+    p.add_argument(
+        "--compare-every",
+        action="store_true",
+        help="with --sequence: also run every frame through the full model first and report "
+        "the agreement (mIoU of the scheduled labels against the per-frame labels)",
+    )
     add_scheduler_args(p, default="every")
     p.set_defaults(func=run)
+
+
+def add_engine_args(p: argparse.ArgumentParser) -> None:
+    from ..engine import BACKENDS
+
+    p.add_argument(
+        "--backend",
+        choices=list(BACKENDS),
+        default="torch",
+        help="inference engine (default: torch, the reference)",
+    )
+    p.add_argument(
+        "--precision",
+        choices=["fp32", "fp16", "bf16", "int8"],
+        default="fp32",
+        help="int8 uses the calibration from `rtseg calibrate` (see --calibration)",
+    )
+    p.add_argument("--device", default="cpu", help="cpu, cuda[:N] or gpu (OpenVINO's Intel GPU)")
+    p.add_argument(
+        "--calibration",
+        type=Path,
+        default=None,
+        help="int8: calibration list written by `rtseg calibrate` "
+        "(default: the one int8 build in the engine cache)",
+    )
+    p.add_argument(
+        "--engine-dir",
+        type=Path,
+        default=None,
+        help="engine cache (default: $RTSEG_ENGINE_DIR, the checkout's engines/ or ~/.cache/rtseg/engines)",
+    )
+
+
+def load_engine_from_args(args: argparse.Namespace, model, size: tuple[int, int]):
+    """The engine --backend/--precision/--device/--calibration/--engine-dir describe, at ``size``."""
+    from ..engine import load
+
+    return load(
+        model,
+        backend=args.backend,
+        precision=args.precision,
+        device=args.device,
+        input_size=size,
+        calibration=args.calibration,
+        engine_dir=args.engine_dir,
+    )
+
+
+def engine_logits_fn(engine):
+    """Logits through the engine (normalisation in-graph), as the torch tensor ``evaluate`` expects."""
+    import torch
+
+    def logits(image):
+        _, out = engine.run(image, logits=True)
+        return out.cpu() if isinstance(out, torch.Tensor) else torch.from_numpy(out)
+
+    return logits
 
 
 def run(args: argparse.Namespace) -> int:
@@ -59,8 +131,9 @@ def run(args: argparse.Namespace) -> int:
         from ..errors import ConfigError
 
         raise ConfigError("--scheduler, --warp and --compare-every apply to a video: add --sequence")
+    engine = load_engine_from_args(args, model, size)
     report = evaluate(
-        torch_logits_fn(model, meta.preprocessing),
+        engine_logits_fn(engine),
         dataset,
         classes=meta.classes,
         input_size=size,
@@ -70,8 +143,15 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        payload = {"model": meta.model, "dataset": args.dataset, "split": args.split,
-                   "input_size": list(size), **report.to_dict()}
+        payload = {
+            "model": meta.model,
+            "dataset": args.dataset,
+            "split": args.split,
+            "input_size": list(size),
+            "backend": engine.info.backend,
+            "precision": engine.info.precision,
+            **report.to_dict(),
+        }
         args.json.write_text(json.dumps(payload, indent=2))
     print(report.format())
     return 0
@@ -79,27 +159,43 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_sequence(args: argparse.Namespace, model, dataset, size: tuple[int, int]) -> int:
     """`--sequence`: the scheduler over the split in file order (keyframe scheduling study)."""
-    from ..engine import load
     from ..schedule import make_scheduler
     from ..schedule.sequence import evaluate_sequence
-    from ..segmenter import resolve_backend
 
-    engine = load(model, backend=resolve_backend(getattr(args, "backend", "torch")), input_size=size)
+    engine = load_engine_from_args(args, model, size)
     engine.warmup(2)
     scheduler = scheduler_from_args(args)
     reference = None
     name = f"{model.meta.model} {args.dataset}/{args.split}"
     if args.compare_every and args.scheduler != "every":
         reference = []
-        every = evaluate_sequence(engine, dataset, make_scheduler("every"), keep_labels=reference,
-                                  progress=not args.no_progress, description=f"{name} every")
+        every = evaluate_sequence(
+            engine,
+            dataset,
+            make_scheduler("every"),
+            keep_labels=reference,
+            progress=not args.no_progress,
+            description=f"{name} every",
+        )
         print(every.format())
-    report = evaluate_sequence(engine, dataset, scheduler, reference=reference, progress=not args.no_progress,
-                               description=f"{name} {args.scheduler}")
+    report = evaluate_sequence(
+        engine,
+        dataset,
+        scheduler,
+        reference=reference,
+        progress=not args.no_progress,
+        description=f"{name} {args.scheduler}",
+    )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        payload = {"model": model.meta.model, "dataset": args.dataset, "split": args.split,
-                   "input_size": list(size), "backend": engine.info.backend, **report.to_dict()}
+        payload = {
+            "model": model.meta.model,
+            "dataset": args.dataset,
+            "split": args.split,
+            "input_size": list(size),
+            "backend": engine.info.backend,
+            **report.to_dict(),
+        }
         args.json.write_text(json.dumps(payload, indent=2))
     print(report.format())
     return 0

@@ -34,13 +34,15 @@ def run(args: argparse.Namespace) -> int:
             w, h = args.size
             m = model.stage_spec.input_multiple
             flops = stage_flops(model, (w - w % m, h - h % m))
-            row.update({
-                "GFLOPs": f"{flops.total / 1e9:.2f}",
-                "low %": f"{100 * flops.share('low'):.1f}",
-                "deep %": f"{100 * flops.share('deep'):.1f}",
-                "head %": f"{100 * flops.share('head'):.1f}",
-                "low+head %": f"{100 * flops.per_frame_share:.1f}",
-            })
+            row.update(
+                {
+                    "GFLOPs": f"{flops.total / 1e9:.2f}",
+                    "low %": f"{100 * flops.share('low'):.1f}",
+                    "deep %": f"{100 * flops.share('deep'):.1f}",
+                    "head %": f"{100 * flops.share('head'):.1f}",
+                    "low+head %": f"{100 * flops.per_frame_share:.1f}",
+                }
+            )
         rows.append(row)
     keys = list(rows[0])
     if args.markdown:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..engine.base import Engine
 from ..errors import ConfigError
 from ..metrics import ConfusionMatrix
 from ..overlay.annotate import MODES, OverlayStyle
@@ -118,11 +119,11 @@ def _source_options(args: argparse.Namespace) -> dict:
     }
 
 
-def _every_reference(args: argparse.Namespace, seg: Segmenter) -> tuple[dict[int, np.ndarray], float, float]:
+def _every_reference(args: argparse.Namespace, engine: Engine) -> tuple[dict[int, np.ndarray], float, float]:
     """Per-frame labels of the every schedule on the same source: (labels by frame index, ms/frame, FPS)."""
     labels: dict[int, np.ndarray] = {}
     total_ms = 0.0
-    seg.use_scheduler("every")
+    seg = Segmenter(engine=engine, scheduler="every")  # its own state; the engine is shared, not closed
     start = time.perf_counter()
     with open_source(args.source, **_source_options(args)) as src:
         if src.info.live:
@@ -164,8 +165,7 @@ def run(args: argparse.Namespace) -> int:
     reference = every_ms = every_fps = None
     if args.compare_every:
         print("  --compare-every: first pass with every frame a keyframe ...", file=sys.stderr)
-        reference, every_ms, every_fps = _every_reference(args, seg)
-        seg.use_scheduler(scheduler)
+        reference, every_ms, every_fps = _every_reference(args, engine)
     n = len(engine.meta.classes)
     agreement = ConfusionMatrix(n, engine.meta.classes.ignore_index)
     missing = 0

@@ -16,8 +16,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "train",
         help="train or fine-tune a model",
         description="Weighted cross-entropy, poly LR, scale/crop/flip augmentation; validates every "
-                    "--val-every epochs and keeps the best weights in --out. Ctrl-C or --max-minutes "
-                    "stop cleanly; --resume continues exactly where it stopped.",
+        "--val-every epochs and keeps the best weights in --out. Ctrl-C or --max-minutes "
+        "stop cleanly; --resume continues exactly where it stopped.",
     )
     p.add_argument("--model", choices=list_models(), required=True)
     p.add_argument("--dataset", choices=["camvid", "cityscapes"], required=True)
@@ -29,17 +29,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--optimizer", choices=["adam", "sgd"], default="adam")
     p.add_argument("--weight-decay", type=float, default=2e-4)
     p.add_argument("--scale-range", type=float, nargs=2, default=(0.5, 2.0), metavar=("MIN", "MAX"))
-    p.add_argument("--class-weight-c", type=float, default=1.10,
-                   help="ENet class weights 1/ln(c + p); 0 disables")
+    p.add_argument(
+        "--class-weight-c", type=float, default=1.10, help="ENet class weights 1/ln(c + p); 0 disables"
+    )
     p.add_argument("--val-every", type=int, default=1)
     p.add_argument("--train-split", default="train")
     p.add_argument("--val-split", default="val")
     p.add_argument("--init", default=None, help="weights to fine-tune from (tensors that fit are loaded)")
-    p.add_argument("--out", type=Path, default=Path("runs/train/best.pt"), help="best weights (rtseg checkpoint)")
+    p.add_argument(
+        "--out", type=Path, default=Path("runs/train/best.pt"), help="best weights (rtseg checkpoint)"
+    )
     p.add_argument("--resume", type=Path, default=None, help="training state to continue (OUT.state.pt)")
     p.add_argument("--max-minutes", type=float, default=None, help="stop cleanly after this long")
-    p.add_argument("--save-every", type=float, default=60.0, metavar="SECONDS",
-                   help="write the resumable state at least this often (default 60 s; 0 = every batch)")
+    p.add_argument(
+        "--save-every",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="write the resumable state at least this often (default 60 s; 0 = every batch)",
+    )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     p.add_argument("--seed", type=int, default=0)
@@ -54,21 +62,39 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     config = TrainConfig(
-        model=args.model, dataset=args.dataset, root=str(args.root), out=str(args.out),
-        size=args.size, epochs=args.epochs, batch=args.batch, lr=args.lr, optimizer=args.optimizer,
-        weight_decay=args.weight_decay, scale_range=tuple(args.scale_range),
-        class_weight_c=args.class_weight_c, train_split=args.train_split, val_split=args.val_split,
-        val_every=args.val_every, seed=args.seed, init=args.init, device=args.device,
-        compile=args.compile, save_every_s=args.save_every,
+        model=args.model,
+        dataset=args.dataset,
+        root=str(args.root),
+        out=str(args.out),
+        size=args.size,
+        epochs=args.epochs,
+        batch=args.batch,
+        lr=args.lr,
+        optimizer=args.optimizer,
+        weight_decay=args.weight_decay,
+        scale_range=tuple(args.scale_range),
+        class_weight_c=args.class_weight_c,
+        train_split=args.train_split,
+        val_split=args.val_split,
+        val_every=args.val_every,
+        seed=args.seed,
+        init=args.init,
+        device=args.device,
+        compile=args.compile,
+        save_every_s=args.save_every,
     )
     trainer = Trainer(config, progress=not args.no_progress)
     if args.resume is not None:
         trainer.load_state(args.resume)
     state = trainer.fit(max_seconds=args.max_minutes * 60 if args.max_minutes else None)
     if state.epoch >= config.epochs:
-        print(f"done: best val mIoU {100 * state.best_miou:.2f} at epoch {state.best_epoch + 1}; "
-              f"weights in {config.out}")
+        print(
+            f"done: best val mIoU {100 * state.best_miou:.2f} at epoch {state.best_epoch + 1}; "
+            f"weights in {config.out}"
+        )
     else:
-        print(f"stopped at epoch {state.epoch + 1}, batch {state.batch}: resume with "
-              f"--resume {trainer.state_path}")
+        print(
+            f"stopped at epoch {state.epoch + 1}, batch {state.batch}: resume with "
+            f"--resume {trainer.state_path}"
+        )
     return 0

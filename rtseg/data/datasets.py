@@ -46,7 +46,8 @@ def read_label(path: Path) -> np.ndarray:
         raise DatasetError(f"cannot read label map {path} (missing, truncated or not an image)")
     if label.ndim != 2 or label.dtype != np.uint8:
         raise DatasetError(
-            f"label map {path} must be a single-channel 8-bit PNG, got shape {label.shape} dtype {label.dtype}"
+            f"label map {path} must be a single-channel 8-bit PNG, "
+            f"got shape {label.shape} dtype {label.dtype}"
         )
     return label
 
@@ -134,12 +135,12 @@ def cityscapes(root: str | Path, split: str, labels: CityscapesLabels = "auto") 
     official = root / "leftImg8bit" / split
     if official.is_dir():
         images = sorted(official.glob("*/*_leftImg8bit.png"))
-        label_dir_of = lambda p: root / "gtFine" / split / p.parent.name  # noqa: E731
+        label_dir_of = lambda p: root / "gtFine" / split / p.parent.name
     elif (root / "leftImg8bit").is_dir():
         raise DatasetError(f"Cityscapes split folder {official} not found")
     else:
         images = sorted(root.glob("*_leftImg8bit.png"))
-        label_dir_of = lambda p: p.parent  # noqa: E731
+        label_dir_of = lambda p: p.parent
         if not images:
             raise DatasetError(
                 f"no Cityscapes images in {root}: expected leftImg8bit/{split}/<city>/*_leftImg8bit.png "
@@ -156,8 +157,11 @@ def cityscapes(root: str | Path, split: str, labels: CityscapesLabels = "auto") 
         elif labels in ("auto", "labelIds") and label_ids.is_file():
             pairs.append(_Pair(stem, image_path, label_ids, CITYSCAPES_LABEL_IDS))
         else:
-            wanted = {"auto": "labelTrainIds or labelIds", "labelTrainIds": "labelTrainIds",
-                      "labelIds": "labelIds"}[labels]
+            wanted = {
+                "auto": "labelTrainIds or labelIds",
+                "labelTrainIds": "labelTrainIds",
+                "labelIds": "labelIds",
+            }[labels]
             raise DatasetError(f"Cityscapes image {image_path} has no gtFine {wanted} file in {label_dir}")
     return SegmentationDataset(pairs, CITYSCAPES, f"Cityscapes split {split!r} in {root}")
 

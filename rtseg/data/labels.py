@@ -85,45 +85,106 @@ class LabelIdMap:
 CITYSCAPES = ClassSet(
     name="cityscapes",
     names=(
-        "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light",
-        "traffic sign", "vegetation", "terrain", "sky", "person", "rider", "car",
-        "truck", "bus", "train", "motorcycle", "bicycle",
+        "road",
+        "sidewalk",
+        "building",
+        "wall",
+        "fence",
+        "pole",
+        "traffic light",
+        "traffic sign",
+        "vegetation",
+        "terrain",
+        "sky",
+        "person",
+        "rider",
+        "car",
+        "truck",
+        "bus",
+        "train",
+        "motorcycle",
+        "bicycle",
     ),
     palette=(
-        (128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 156), (190, 153, 153),
-        (153, 153, 153), (250, 170, 30), (220, 220, 0), (107, 142, 35), (152, 251, 152),
-        (70, 130, 180), (220, 20, 60), (255, 0, 0), (0, 0, 142), (0, 0, 70),
-        (0, 60, 100), (0, 80, 100), (0, 0, 230), (119, 11, 32),
+        (128, 64, 128),
+        (244, 35, 232),
+        (70, 70, 70),
+        (102, 102, 156),
+        (190, 153, 153),
+        (153, 153, 153),
+        (250, 170, 30),
+        (220, 220, 0),
+        (107, 142, 35),
+        (152, 251, 152),
+        (70, 130, 180),
+        (220, 20, 60),
+        (255, 0, 0),
+        (0, 0, 142),
+        (0, 0, 70),
+        (0, 60, 100),
+        (0, 80, 100),
+        (0, 0, 230),
+        (119, 11, 32),
     ),
 )
 
 # Official Cityscapes labelId -> trainId (cityscapesScripts labels.py); all others are ignored.
 _CITYSCAPES_TRAIN_IDS = {
-    7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9,
-    23: 10, 24: 11, 25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18,
+    7: 0,
+    8: 1,
+    11: 2,
+    12: 3,
+    13: 4,
+    17: 5,
+    19: 6,
+    20: 7,
+    21: 8,
+    22: 9,
+    23: 10,
+    24: 11,
+    25: 12,
+    26: 13,
+    27: 14,
+    28: 15,
+    31: 16,
+    32: 17,
+    33: 18,
 }
-CITYSCAPES_LABEL_IDS = LabelIdMap(
-    table=tuple(_CITYSCAPES_TRAIN_IDS.get(i, IGNORE_INDEX) for i in range(256))
-)
+CITYSCAPES_LABEL_IDS = LabelIdMap(table=tuple(_CITYSCAPES_TRAIN_IDS.get(i, IGNORE_INDEX) for i in range(256)))
 
 CAMVID = ClassSet(
     name="camvid",
     names=(
-        "sky", "building", "pole", "road", "pavement", "tree", "sign", "fence",
-        "car", "pedestrian", "bicyclist",
+        "sky",
+        "building",
+        "pole",
+        "road",
+        "pavement",
+        "tree",
+        "sign",
+        "fence",
+        "car",
+        "pedestrian",
+        "bicyclist",
     ),
     palette=(
-        (128, 128, 128), (128, 0, 0), (192, 192, 128), (128, 64, 128), (60, 40, 222),
-        (128, 128, 0), (192, 128, 128), (64, 64, 128), (64, 0, 128), (64, 64, 0),
+        (128, 128, 128),
+        (128, 0, 0),
+        (192, 192, 128),
+        (128, 64, 128),
+        (60, 40, 222),
+        (128, 128, 0),
+        (192, 128, 128),
+        (64, 64, 128),
+        (64, 0, 128),
+        (64, 64, 0),
         (0, 128, 192),
     ),
 )
 
 # CamVid (SegNet release) marks void as 11; rtseg ignores it like every other ignore label.
 CAMVID_VOID = 11
-CAMVID_LABEL_IDS = LabelIdMap(
-    table=tuple(i if i < CAMVID_VOID else IGNORE_INDEX for i in range(256))
-)
+CAMVID_LABEL_IDS = LabelIdMap(table=tuple(i if i < CAMVID_VOID else IGNORE_INDEX for i in range(256)))
 
 CLASS_SETS: dict[str, ClassSet] = {c.name: c for c in (CITYSCAPES, CAMVID)}
 
@@ -136,6 +197,4 @@ def numbered_classes(n: int) -> ClassSet:
     for i in range(n):
         r, g, b = colorsys.hsv_to_rgb((i * 0.618033988749895) % 1.0, 0.7, 0.95)
         palette.append((round(r * 255), round(g * 255), round(b * 255)))
-    return ClassSet(
-        name=f"{n}-classes", names=tuple(f"class_{i}" for i in range(n)), palette=tuple(palette)
-    )
+    return ClassSet(name=f"{n}-classes", names=tuple(f"class_{i}" for i in range(n)), palette=tuple(palette))

@@ -73,17 +73,33 @@ def load(
     spec = net.stage_spec
     if size[0] % spec.input_multiple or size[1] % spec.input_multiple:
         raise ConfigError(
-            f"{net.meta.model} needs an input size divisible by {spec.input_multiple}, got {size[0]}x{size[1]}"
+            f"{net.meta.model} needs an input size divisible by {spec.input_multiple}, "
+            f"got {size[0]}x{size[1]}"
         )
     cache = ArtifactCache(engine_dir)
     calib = _calibration(calibration)
     if backend == "auto":
         from .auto import load_auto
 
-        return load_auto(net, size=size, precision=precision, device=device, cache=cache,  # type: ignore[arg-type]
-                         calibration=calib, **options)
-    return load_backend(net, backend=backend, size=size, precision=precision, device=device,  # type: ignore[arg-type]
-                        cache=cache, calibration=calib, **options)
+        return load_auto(
+            net,
+            size=size,
+            precision=precision,
+            device=device,
+            cache=cache,  # type: ignore[arg-type]
+            calibration=calib,
+            **options,
+        )
+    return load_backend(
+        net,
+        backend=backend,
+        size=size,
+        precision=precision,
+        device=device,  # type: ignore[arg-type]
+        cache=cache,
+        calibration=calib,
+        **options,
+    )
 
 
 def load_backend(
@@ -109,17 +125,35 @@ def load_backend(
     if backend in ("onnxruntime", "openvino"):
         from .onnx_engines import load_onnx_engine
 
-        return load_onnx_engine(net, backend=backend, size=size, precision=precision, device=device,
-                                cache=cache, calibration=calibration, wh=wh, **options)
+        return load_onnx_engine(
+            net,
+            backend=backend,
+            size=size,
+            precision=precision,
+            device=device,
+            cache=cache,
+            calibration=calibration,
+            wh=wh,
+            **options,
+        )
     if backend == "tensorrt":
         from .tensorrt_backend import load_tensorrt
 
-        return load_tensorrt(net, size=size, precision=precision, device=device, cache=cache,
-                             calibration=calibration, wh=wh, **options)
+        return load_tensorrt(
+            net,
+            size=size,
+            precision=precision,
+            device=device,
+            cache=cache,
+            calibration=calibration,
+            wh=wh,
+            **options,
+        )
     from .torch2trt_backend import load_torch2trt
 
-    return load_torch2trt(net, size=size, precision=precision, device=device, cache=cache,
-                          calibration=calibration, **options)
+    return load_torch2trt(
+        net, size=size, precision=precision, device=device, cache=cache, calibration=calibration, **options
+    )
 
 
 def with_note(engine: Engine, note: str) -> Engine:

@@ -56,8 +56,12 @@ def candidates(precision: str, device: str) -> list[Candidate]:
     if precision == "fp32":
         if gpu:
             return [Candidate("torch"), Candidate("tensorrt"), Candidate("onnxruntime")]
-        return [Candidate("torch"), Candidate("torch", {"channels_last": True}),
-                Candidate("onnxruntime"), Candidate("openvino")]
+        return [
+            Candidate("torch"),
+            Candidate("torch", {"channels_last": True}),
+            Candidate("onnxruntime"),
+            Candidate("openvino"),
+        ]
     if precision == "fp16":
         return [Candidate("torch"), Candidate("tensorrt")] if gpu else [Candidate("openvino")]
     if precision == "int8":
@@ -80,8 +84,9 @@ def libraries() -> dict[str, str]:
     return found
 
 
-def choice_path(cache: ArtifactCache, net: StagedSegmenter, wh: str, size: tuple[int, int],
-                precision: str, device: str) -> Path:
+def choice_path(
+    cache: ArtifactCache, net: StagedSegmenter, wh: str, size: tuple[int, int], precision: str, device: str
+) -> Path:
     w, h = size
     return cache.directory / f"auto-{net.meta.model}-{wh}-{w}x{h}-{precision}-{device.replace(':', '')}.json"
 
@@ -138,8 +143,17 @@ def load_auto(
     path = choice_path(cache, net, wh, size, precision, device)
     stored = None if remeasure else _read_choice(path)
     if stored is not None:
-        engine = load_backend(net, backend=stored.backend, size=size, precision=precision, device=device,
-                              cache=cache, calibration=calibration, wh=wh, **{**options, **stored.options})
+        engine = load_backend(
+            net,
+            backend=stored.backend,
+            size=size,
+            precision=precision,
+            device=device,
+            cache=cache,
+            calibration=calibration,
+            wh=wh,
+            **{**options, **stored.options},
+        )
         log.info("auto: using %s (measured before, %s)", stored.label, path.name)
         return with_note(engine, f"auto: {stored.label} (stored choice)")
 
@@ -151,8 +165,17 @@ def load_auto(
         if candidate.backend != "torch":
             opts.pop("channels_last", None)
         try:
-            engine = load_backend(net, backend=candidate.backend, size=size, precision=precision,
-                                  device=device, cache=cache, calibration=calibration, wh=wh, **opts)
+            engine = load_backend(
+                net,
+                backend=candidate.backend,
+                size=size,
+                precision=precision,
+                device=device,
+                cache=cache,
+                calibration=calibration,
+                wh=wh,
+                **opts,
+            )
         except (BackendUnavailableError, EngineBuildError, ConfigError) as exc:
             skipped[candidate.label] = str(exc).splitlines()[0]
             log.info("auto: skipping %s: %s", candidate.label, skipped[candidate.label])
@@ -167,8 +190,9 @@ def load_auto(
     times = time_engines(engines, runs=runs, warmup=warmup)
     medians = {label: statistics.median(v) for label, v in times.items()}
     best = min(medians, key=medians.__getitem__)
-    others = ", ".join(f"{label} {ms:.1f} ms" for label, ms in sorted(medians.items(), key=lambda kv: kv[1])
-                       if label != best)
+    others = ", ".join(
+        f"{label} {ms:.1f} ms" for label, ms in sorted(medians.items(), key=lambda kv: kv[1]) if label != best
+    )
     summary = f"auto: picked {best} ({medians[best]:.1f} ms" + (f" vs {others})" if others else ")")
     log.info("%s", summary)
     record = {

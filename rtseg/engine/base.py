@@ -89,7 +89,7 @@ class Engine(ABC):
         for _ in range(iterations):
             self.run(image)
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook: most engines hold nothing to release
         """Release backend resources (sessions, CUDA buffers)."""
 
     def __enter__(self) -> Engine:

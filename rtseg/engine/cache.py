@@ -260,7 +260,9 @@ class ArtifactCache:
                 for stage in todo:
                     data, metadata = built[stage]
                     found[stage] = self.put(key, stage, suffix, data, {**metadata, "build_seconds": seconds})
-                log.info("engine cache: built %s.{%s}.%s in %.1f s", key.stem, ",".join(todo), suffix, seconds)
+                log.info(
+                    "engine cache: built %s.{%s}.%s in %.1f s", key.stem, ",".join(todo), suffix, seconds
+                )
         return found  # type: ignore[return-value]
 
     def find(self, pattern: str) -> list[Path]:

@@ -100,7 +100,7 @@ class CalibrationList:
         for line in lines[1:]:
             for k in ("images", "video"):
                 if line.startswith(f"# {k}: "):
-                    kind, source = k, Path(line[len(f"# {k}: "):])
+                    kind, source = k, Path(line[len(f"# {k}: ") :])
         if kind is None or source is None:
             raise ConfigError(f"{path}: missing the '# images: DIR' or '# video: FILE' source line")
         entries = tuple(ln for ln in lines[1:] if ln and not ln.startswith("#"))
@@ -157,7 +157,9 @@ class CalibrationList:
             while index < len(wanted):
                 ok, frame = capture.read()  # sequential decode: seeking is inexact in many codecs
                 if not ok:
-                    raise DatasetError(f"{self.source} ended at frame {position}; the list wants {wanted[index]}")
+                    raise DatasetError(
+                        f"{self.source} ended at frame {position}; the list wants {wanted[index]}"
+                    )
                 while index < len(wanted) and wanted[index] == position:
                     yield frame
                     index += 1

@@ -25,8 +25,13 @@ def int8_stages(
     from .quantize import ensure_int8_onnx, find_int8_keys
 
     def reference() -> OrtEngine:
-        return OrtEngine(fp32.files, meta=net.meta, stage_spec=net.stage_spec,
-                         head_low_inputs=fp32.head_low_inputs, input_size=fp32.key.input_size)
+        return OrtEngine(
+            fp32.files,
+            meta=net.meta,
+            stage_spec=net.stage_spec,
+            head_low_inputs=fp32.head_low_inputs,
+            input_size=fp32.key.input_size,
+        )
 
     key: ArtifactKey | None = None
     if calibration is None:
@@ -44,8 +49,9 @@ def int8_stages(
                 f"({', '.join(k.variant for k in keys)}); pick one by passing its calibration list"
             )
         key = keys[0]
-    return ensure_int8_onnx(net, fp32, cache, reference=reference, calibration=calibration,
-                            flavour=flavour, key=key)
+    return ensure_int8_onnx(
+        net, fp32, cache, reference=reference, calibration=calibration, flavour=flavour, key=key
+    )
 
 
 def load_onnx_engine(
@@ -75,11 +81,19 @@ def load_onnx_engine(
     stages = ensure_onnx(net, size, cache, exporter=exporter, wh=wh)
     if precision == "int8":
         stages = int8_stages(net, stages, cache, calibration, flavour="cpu")
-    common = dict(meta=net.meta, stage_spec=net.stage_spec, head_low_inputs=stages.head_low_inputs,
-                  input_size=size, precision=precision, device=device)
+    common = dict(
+        meta=net.meta,
+        stage_spec=net.stage_spec,
+        head_low_inputs=stages.head_low_inputs,
+        input_size=size,
+        precision=precision,
+        device=device,
+    )
     notes = ()
     if precision == "int8":
-        schemes = [f"{s}: {stages.sidecars[s].get('quantization', {}).get('scheme', '?')}" for s in stages.files]
+        schemes = [
+            f"{s}: {stages.sidecars[s].get('quantization', {}).get('scheme', '?')}" for s in stages.files
+        ]
         notes = (f"int8 schemes ({', '.join(schemes)})",)
     if backend == "onnxruntime":
         provider_cache = cache.directory / "ort-trt" if device.startswith("cuda") else None

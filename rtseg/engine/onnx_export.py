@@ -79,12 +79,16 @@ def stage_graphs(model: StagedSegmenter, input_size: tuple[int, int]) -> dict[st
     model = model.eval()
     classes = len(model.meta.classes)
     low_in = head_low_inputs(model, input_size)
-    low = LowGraph(model, model.meta.preprocessing)
-    deep = DeepGraph(model)
-    head = HeadGraph(model, low_in, classes, with_logits=True, portable_labels=True)
+    # Wrappers in eval mode too: the exporter restores the top module's mode afterwards, and a
+    # wrapper left in training mode would switch the shared model's BatchNorm and dropout on.
+    low = LowGraph(model, model.meta.preprocessing).eval()
+    deep = DeepGraph(model).eval()
+    head = HeadGraph(model, low_in, classes, with_logits=True, portable_labels=True).eval()
     clash = {LABELS, LOGITS, IMAGE} & ({f.name for f in spec.low} | {f.name for f in spec.deep})
     if clash:
-        raise EngineBuildError(f"{model.meta.model}: feature names {sorted(clash)} clash with graph I/O names")
+        raise EngineBuildError(
+            f"{model.meta.model}: feature names {sorted(clash)} clash with graph I/O names"
+        )
     generator = torch.Generator().manual_seed(0)
     image = torch.randint(0, 256, (1, h, w, 3), dtype=torch.uint8, generator=generator)
     with torch.no_grad():
@@ -138,7 +142,9 @@ def _export_dynamo(graph: StageGraph, opset: int) -> onnx.ModelProto:
     return program.model_proto
 
 
-def export_graph(graph: StageGraph, *, exporter: str = "auto", opset: int = OPSET) -> tuple[onnx.ModelProto, str]:
+def export_graph(
+    graph: StageGraph, *, exporter: str = "auto", opset: int = OPSET
+) -> tuple[onnx.ModelProto, str]:
     """Export one stage; returns the model and the exporter that produced it."""
     if exporter not in EXPORTERS:
         raise ConfigError(f"exporter must be one of {', '.join(EXPORTERS)}, got {exporter!r}")
@@ -149,15 +155,22 @@ def export_graph(graph: StageGraph, *, exporter: str = "auto", opset: int = OPSE
             with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
                 warnings.simplefilter("ignore")
                 with torch.no_grad():
-                    proto = _export_torchscript(graph, opset) if name == "torchscript" else _export_dynamo(
-                        graph, opset
+                    proto = (
+                        _export_torchscript(graph, opset)
+                        if name == "torchscript"
+                        else _export_dynamo(graph, opset)
                     )
         except Exception as exc:  # exporters raise many unrelated types; keep the message
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             errors.append(f"{name}: {first[:300]}")
             if name != order[-1]:
-                log.info("ONNX export of stage %s with %s failed (%s); trying %s", graph.name, name,
-                         first[:120], order[-1])
+                log.info(
+                    "ONNX export of stage %s with %s failed (%s); trying %s",
+                    graph.name,
+                    name,
+                    first[:120],
+                    order[-1],
+                )
             continue
         _check_io(proto, graph)
         return proto, name
@@ -165,7 +178,9 @@ def export_graph(graph: StageGraph, *, exporter: str = "auto", opset: int = OPSE
 
 
 def _check_io(proto: onnx.ModelProto, graph: StageGraph) -> None:
-    inputs = tuple(i.name for i in proto.graph.input if i.name not in {t.name for t in proto.graph.initializer})
+    inputs = tuple(
+        i.name for i in proto.graph.input if i.name not in {t.name for t in proto.graph.initializer}
+    )
     outputs = tuple(o.name for o in proto.graph.output)
     if inputs != graph.inputs or outputs != graph.outputs:
         raise EngineBuildError(
@@ -210,9 +225,9 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     for p in proto.metadata_props:
         if p.key.startswith("rtseg."):
             try:
-                out[p.key[len("rtseg."):]] = json.loads(p.value)
+                out[p.key[len("rtseg.") :]] = json.loads(p.value)
             except ValueError:
-                out[p.key[len("rtseg."):]] = p.value
+                out[p.key[len("rtseg.") :]] = p.value
     return out
 
 
@@ -283,8 +298,13 @@ def ensure_onnx(
         for stage in todo:
             proto, used = export_graph(graphs[stage], exporter=exporter)
             io_info = graph_io(proto)
-            metadata = {**common_metadata(model, key), "stage": stage, "io": io_info, "exporter": used,
-                        "opset": max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))}
+            metadata = {
+                **common_metadata(model, key),
+                "stage": stage,
+                "io": io_info,
+                "exporter": used,
+                "opset": max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")),
+            }
             set_metadata(proto, metadata)
             out[stage] = (serialize(proto), metadata)
         return out

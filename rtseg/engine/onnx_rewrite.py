@@ -67,7 +67,9 @@ def _pool_indices_nodes(node: onnx.NodeProto, shape: list[int], k: int, tag: str
     offsets = (np.arange(n * c, dtype=np.int32) * (h * w)).reshape(n, c, 1, 1)
     inits = [numpy_helper.from_array(offsets, f"{t}/offsets")]
     if k == 1:
-        inits.append(numpy_helper.from_array(np.arange(h * w, dtype=np.int32).reshape(1, 1, h, w), f"{t}/pos"))
+        inits.append(
+            numpy_helper.from_array(np.arange(h * w, dtype=np.int32).reshape(1, 1, h, w), f"{t}/pos")
+        )
         nodes = [
             helper.make_node("Identity", [x], [values], name=f"{t}/values"),
             helper.make_node("Add", [f"{t}/pos", f"{t}/offsets"], [f"{t}/flat"], name=f"{t}/add"),
@@ -87,13 +89,17 @@ def _pool_indices_nodes(node: onnx.NodeProto, shape: list[int], k: int, tag: str
         helper.make_node("Expand", [f"{t}/v6", f"{t}/expand"], [f"{t}/v6e"], name=f"{t}/expand"),
         helper.make_node("Reshape", [f"{t}/v6e", f"{t}/full"], [f"{t}/up"], name=f"{t}/reshape"),
         helper.make_node("Equal", [x, f"{t}/up"], [f"{t}/is_max"], name=f"{t}/equal"),
-        helper.make_node("Where", [f"{t}/is_max", f"{t}/positions", f"{t}/beyond"], [f"{t}/where"],
-                         name=f"{t}/where"),
+        helper.make_node(
+            "Where", [f"{t}/is_max", f"{t}/positions", f"{t}/beyond"], [f"{t}/where"], name=f"{t}/where"
+        ),
         helper.make_node("Neg", [f"{t}/where"], [f"{t}/neg"], name=f"{t}/neg"),
-        helper.make_node("MaxPool", [f"{t}/neg"], [f"{t}/negmin"], kernel_shape=[2, 2], strides=[2, 2],
-                         name=f"{t}/min"),
+        helper.make_node(
+            "MaxPool", [f"{t}/neg"], [f"{t}/negmin"], kernel_shape=[2, 2], strides=[2, 2], name=f"{t}/min"
+        ),
         helper.make_node("Neg", [f"{t}/negmin"], [f"{t}/first"], name=f"{t}/first"),
-        helper.make_node("Cast", [f"{t}/first"], [f"{t}/first32"], to=onnx.TensorProto.INT32, name=f"{t}/i32"),
+        helper.make_node(
+            "Cast", [f"{t}/first"], [f"{t}/first32"], to=onnx.TensorProto.INT32, name=f"{t}/i32"
+        ),
         helper.make_node("Add", [f"{t}/first32", f"{t}/offsets"], [f"{t}/flat"], name=f"{t}/add"),
         helper.make_node("Cast", [f"{t}/flat"], [indices], to=onnx.TensorProto.INT64, name=f"{t}/cast"),
     ]
@@ -132,7 +138,8 @@ def for_tensorrt(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
             nodes, inits = _pool_indices_nodes(node, shape, k, node.name or f"maxpool{i}")
             out.graph.node.extend(nodes)
             out.graph.initializer.extend(inits)
-            done.append(f"MaxPool {node.name or i} indices -> equality mask + min-pool")
+            how = "constant positions" if k == 1 else "equality mask + min-pool"
+            done.append(f"MaxPool {node.name or i} indices -> {how}")
         else:
             out.graph.node.append(node)
     onnx.checker.check_model(out)

@@ -4,18 +4,22 @@ The inference precision is always set explicitly: on CPUs with avx512_bf16 OpenV
 silently runs bf16, which no longer matches the fp32 reference. Latency mode, because rtseg
 segments one frame at a time. Each call writes into freshly allocated NumPy arrays bound as
 the request's output tensors, so results are the caller's own memory and are never copied.
+An infer request runs one inference at a time, so each calling thread gets its own request
+(a server's workers share one compiled model).
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import torch
 
-from ..errors import BackendUnavailableError, ConfigError
+from ..errors import BackendUnavailableError, ConfigError, EngineBuildError
 from ..models.base import StageSpec
 from ..models.checkpoint import WeightsMeta
 from .base import Array, Engine, EngineInfo, Features
@@ -49,36 +53,55 @@ def _numpy(value: Any) -> np.ndarray:
     raise TypeError(f"expected a NumPy array or torch tensor, got {type(value).__name__}")
 
 
+def _name(port: Any, declared: set[str]) -> str:
+    names = port.get_names() & declared
+    if len(names) != 1:
+        raise EngineBuildError(f"openvino port names {port.get_names()} match no graph I/O name ({declared})")
+    return next(iter(names))
+
+
 class _Stage:
-    """One compiled stage and its infer request."""
+    """One compiled stage and, per calling thread, an infer request with its scratch outputs."""
 
     def __init__(self, core: Any, path: Path, device: str, config: Mapping[str, str]) -> None:
         ov = _ov()
         compiled = core.compile_model(core.read_model(str(path)), device, dict(config))
         self.compiled = compiled
-        self.request = compiled.create_infer_request()
-        self.inputs = tuple(i.get_any_name() for i in compiled.inputs)
-        self.outputs = tuple(o.get_any_name() for o in compiled.outputs)
-        self._ports = {o.get_any_name(): i for i, o in enumerate(compiled.outputs)}
+        self._local = threading.local()
+        # A port can carry several tensor names; use the graph's own I/O names.
+        graph = onnx.load(str(path), load_external_data=False).graph
+        declared = {v.name for v in (*graph.input, *graph.output)}
+        self.inputs = tuple(_name(i, declared) for i in compiled.inputs)
+        self.outputs = tuple(_name(o, declared) for o in compiled.outputs)
+        self._ports = {name: i for i, name in enumerate(self.outputs)}
         self._specs = {
-            o.get_any_name(): (tuple(o.get_shape()), np.dtype(o.get_element_type().to_dtype()))
-            for o in compiled.outputs
+            name: (tuple(o.get_shape()), np.dtype(o.get_element_type().to_dtype()))
+            for name, o in zip(self.outputs, compiled.outputs, strict=True)
         }
-        self._scratch = {name: np.empty(shape, dtype) for name, (shape, dtype) in self._specs.items()}
         self._ov = ov
 
-    def __call__(self, feed: Mapping[str, np.ndarray], names: tuple[str, ...] | None = None) -> list[np.ndarray]:
+    def _request(self) -> tuple[Any, dict[str, np.ndarray]]:
+        local = self._local
+        if not hasattr(local, "request"):
+            local.request = self.compiled.create_infer_request()
+            local.scratch = {name: np.empty(shape, dtype) for name, (shape, dtype) in self._specs.items()}
+        return local.request, local.scratch
+
+    def __call__(
+        self, feed: Mapping[str, np.ndarray], names: tuple[str, ...] | None = None
+    ) -> list[np.ndarray]:
         wanted = names or self.outputs
+        request, scratch = self._request()
         result: dict[str, np.ndarray] = {}
         for name in self.outputs:
             if name in wanted:
                 shape, dtype = self._specs[name]
                 array = result[name] = np.empty(shape, dtype)
             else:
-                array = self._scratch[name]  # computed anyway; kept alive here, never handed out
+                array = scratch[name]  # computed anyway; kept alive here, never handed out
             # The request keeps only a pointer: the array must outlive the next infer().
-            self.request.set_output_tensor(self._ports[name], self._ov.Tensor(array, shared_memory=True))
-        self.request.infer(dict(feed), share_inputs=True)
+            request.set_output_tensor(self._ports[name], self._ov.Tensor(array, shared_memory=True))
+        request.infer(dict(feed), share_inputs=True)
         return [result[n] for n in wanted]
 
 

@@ -81,11 +81,17 @@ def providers_for(device: str, precision: str, cache_dir: Path | None = None) ->
     index = int(device.split(":", 1)[1]) if ":" in device else 0
     chosen: list[Any] = []
     if "TensorrtExecutionProvider" in available:
-        options: dict[str, Any] = {"device_id": index, "trt_fp16_enable": precision == "fp16",
-                                   "trt_int8_enable": precision == "int8"}
+        options: dict[str, Any] = {
+            "device_id": index,
+            "trt_fp16_enable": precision == "fp16",
+            "trt_int8_enable": precision == "int8",
+        }
         if cache_dir is not None:
-            options.update(trt_engine_cache_enable=True, trt_engine_cache_path=str(cache_dir),
-                           trt_timing_cache_enable=True)
+            options.update(
+                trt_engine_cache_enable=True,
+                trt_engine_cache_path=str(cache_dir),
+                trt_timing_cache_enable=True,
+            )
         chosen.append(("TensorrtExecutionProvider", options))
     elif precision == "fp16":
         raise ConfigError(
@@ -140,7 +146,9 @@ class OrtEngine(Engine):
         notes: tuple[str, ...] = (),
     ) -> None:
         if precision not in PRECISIONS:
-            raise ConfigError(f"onnxruntime precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+            raise ConfigError(
+                f"onnxruntime precision must be one of {', '.join(PRECISIONS)}, got {precision!r}"
+            )
         ort = _ort()
         providers = providers_for(device, precision, provider_cache)
         options = session_options(threads)
@@ -174,8 +182,12 @@ class OrtEngine(Engine):
             input_size=tuple(input_size),  # type: ignore[arg-type]
             library=f"onnxruntime {ort.__version__}",
             artifacts=tuple(str(p) for p in files.values()),
-            notes=(f"provider {used}", f"threads {options.intra_op_num_threads}",
-                   *(["io binding"] if io_binding else []), *notes),
+            notes=(
+                f"provider {used}",
+                f"threads {options.intra_op_num_threads}",
+                *(["io binding"] if io_binding else []),
+                *notes,
+            ),
         )
 
     def _image(self, image: Array) -> np.ndarray:

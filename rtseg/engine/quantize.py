@@ -13,6 +13,7 @@ with "No data is collected" whenever N divides the number of frames).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping
@@ -26,7 +27,7 @@ import onnx
 from ..errors import BackendUnavailableError, ConfigError, EngineBuildError
 from ..models.base import StagedSegmenter
 from .cache import ArtifactCache, ArtifactKey
-from .calibration import CalibrationList, stage_feeds
+from .calibration import CalibrationList, default_calibration_dir, stage_feeds
 from .onnx_export import STAGES, OnnxStages, common_metadata, graph_io, serialize, set_metadata
 
 log = logging.getLogger(__name__)
@@ -96,11 +97,28 @@ class Scheme:
 # quantised: BatchNormalization that could not be folded into a convolution, PReLU, the in-graph
 # normalisation's Mul, the final argmax.
 SCHEMES = (
-    Scheme("full", ("Conv", "ConvTranspose", "MatMul", "Gemm", "Add", "Concat", "Relu", "Clip",
-                    "MaxPool", "AveragePool", "Resize")),
+    Scheme(
+        "full",
+        (
+            "Conv",
+            "ConvTranspose",
+            "MatMul",
+            "Gemm",
+            "Add",
+            "Concat",
+            "Relu",
+            "Clip",
+            "MaxPool",
+            "AveragePool",
+            "Resize",
+        ),
+    ),
     Scheme("convs", ("Conv", "ConvTranspose", "MatMul", "Gemm")),
-    Scheme("conv-inputs", ("Conv", "ConvTranspose", "MatMul", "Gemm"),
-           float_outputs=("Conv", "ConvTranspose", "MatMul", "Gemm")),
+    Scheme(
+        "conv-inputs",
+        ("Conv", "ConvTranspose", "MatMul", "Gemm"),
+        float_outputs=("Conv", "ConvTranspose", "MatMul", "Gemm"),
+    ),
 )
 TENSORRT_SCHEMES = (SCHEMES[2],)
 # Relative RMS error of a stage's float outputs (and label disagreement of its uint8 outputs)
@@ -156,14 +174,16 @@ def quantize_graph(
     *,
     flavour: str,
     workdir: Path,
+    ranges_path: Path | None = None,
     schemes: tuple[Scheme, ...] | None = None,
     max_error: float = MAX_RELATIVE_ERROR,
 ) -> tuple[onnx.ModelProto, dict[str, Any]]:
     """One stage graph -> its QDQ int8 version calibrated on ``feeds``, and a report of the choice.
 
-    Calibrates once (ranges for every tensor any scheme quantises), then builds the
-    schemes in order from those ranges and keeps the first accurate enough on the first
-    calibration frames; a stage no scheme quantises accurately stays fp32 (scheme "float").
+    Calibrates once (ranges for every tensor any scheme of any flavour quantises, saved to
+    ``ranges_path`` and reused from there when it exists), then builds the schemes in order from
+    those ranges and keeps the first accurate enough on the first calibration frames; a stage no
+    scheme quantises accurately stays fp32 (scheme "float").
     """
     import onnxruntime
 
@@ -174,7 +194,7 @@ def quantize_graph(
     if schemes is None:
         schemes = SCHEMES if flavour == "cpu" else TENSORRT_SCHEMES
     pre = workdir / f"{fp32_path.stem}.pre.onnx"
-    ranges_path = workdir / f"{fp32_path.stem}.ranges.json"
+    ranges_path = ranges_path or workdir / f"{fp32_path.stem}.ranges.json"
     quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
     prepared = onnx.load(str(pre))
     if flavour == "cpu":
@@ -183,14 +203,16 @@ def quantize_graph(
     else:
         types = {"activation_type": q.QuantType.QInt8, "weight_type": q.QuantType.QInt8}
         extra = {"ActivationSymmetric": True, "WeightSymmetric": True}
-    every_op = tuple(dict.fromkeys(op for scheme in schemes for op in scheme.op_types))
+    every_op = tuple(dict.fromkeys(op for scheme in (*SCHEMES, *schemes) for op in scheme.op_types))
 
     def build(scheme: Scheme, reader: Any, out: Path, exclude: list[str]) -> None:
         options = dict(extra)
         if scheme.float_outputs:
             options["OpTypesToExcludeOutputQuantization"] = list(scheme.float_outputs)
         q.quantize_static(
-            str(pre), str(out), reader,
+            str(pre),
+            str(out),
+            reader,
             quant_format=q.QuantFormat.QDQ,
             op_types_to_quantize=list(scheme.op_types),
             nodes_to_exclude=exclude,
@@ -209,10 +231,15 @@ def quantize_graph(
                 check.append(feed)
             yield feed
 
-    reader = _Reader(keep_first(feeds))
-    build(Scheme("calibrate", every_op), reader, workdir / f"{fp32_path.stem}.calibrate.onnx", [])
-    if reader.count == 0:
-        raise EngineBuildError(f"no calibration data reached stage {fp32_path.name}")
+    if ranges_path.is_file():
+        log.info("int8: reusing calibrated ranges %s", ranges_path)
+        check.extend(itertools.islice(feeds, CHECK_FEEDS))
+    else:
+        ranges_path.parent.mkdir(parents=True, exist_ok=True)
+        reader = _Reader(keep_first(feeds))
+        build(Scheme("calibrate", every_op), reader, workdir / f"{fp32_path.stem}.calibrate.onnx", [])
+        if reader.count == 0:
+            raise EngineBuildError(f"no calibration data reached stage {fp32_path.name}")
     ranges = load_tensors_data(ranges_path)
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3
@@ -226,11 +253,16 @@ def quantize_graph(
         error = tried[scheme.name] = round(output_error(reference, candidate, check), 5)
         if error <= max_error:
             log.info("int8: %s uses scheme %s (error %.4f)", fp32_path.name, scheme.name, error)
-            return onnx.load(str(out)), {"scheme": scheme.name, "op_types": list(scheme.op_types),
-                                         "float_outputs": list(scheme.float_outputs),
-                                         "float_concats": exclude, "errors": tried}
-    log.warning("int8: no scheme keeps %s within %.2f of fp32 (%s); it stays fp32", fp32_path.name,
-                max_error, tried)
+            return onnx.load(str(out)), {
+                "scheme": scheme.name,
+                "op_types": list(scheme.op_types),
+                "float_outputs": list(scheme.float_outputs),
+                "float_concats": exclude,
+                "errors": tried,
+            }
+    log.warning(
+        "int8: no scheme keeps %s within %.2f of fp32 (%s); it stays fp32", fp32_path.name, max_error, tried
+    )
     return onnx.load(str(fp32_path)), {"scheme": "float", "errors": tried}
 
 
@@ -243,12 +275,15 @@ def ensure_int8_onnx(
     calibration: CalibrationList | None,
     flavour: str = "cpu",
     key: ArtifactKey | None = None,
+    ranges_dir: Path | None = None,
 ) -> OnnxStages:
     """QDQ stage graphs from the cache, or quantised now from ``calibration`` frames.
 
     ``reference`` is a zero-argument callable returning an fp32 engine (built only if needed)
-    that supplies the deep and head stages' calibration inputs.
+    that supplies the deep and head stages' calibration inputs. The calibrated ranges are kept
+    in ``ranges_dir`` (default: calibration/cache/), so the other flavour reuses them.
     """
+    ranges_dir = ranges_dir or default_calibration_dir() / "cache"
     if key is None:
         if calibration is None:
             raise ConfigError("int8 needs a calibration list (rtseg calibrate) or an existing int8 artifact")
@@ -268,8 +303,14 @@ def ensure_int8_onnx(
                 inputs = tuple(i["name"] for i in graph_io(proto_in)["inputs"])
                 frames = calibration.frames(key.input_size)
                 feeds = stage_feeds(engine, frames, stage, inputs)
-                log.info("int8: calibrating stage %s on %d frames (%s flavour)", stage, len(calibration), flavour)
-                proto, report = quantize_graph(fp32.files[stage], feeds, flavour=flavour, workdir=Path(tmp))
+                log.info(
+                    "int8: calibrating stage %s on %d frames (%s flavour)", stage, len(calibration), flavour
+                )
+                ranges = ranges_dir / f"{fp32.key.stem}.{calibration.id}.{stage}.ranges.json"
+                proto, report = quantize_graph(
+                    fp32.files[stage], feeds, flavour=flavour, workdir=Path(tmp), ranges_path=ranges
+                )
+                report["ranges"] = ranges.name
                 metadata = {
                     **common_metadata(model, key),
                     "stage": stage,

@@ -101,7 +101,7 @@ def _state_dict_from(obj: Any, path: Path) -> dict[str, Tensor]:
         raise CheckpointError(f"{path}: not a state dict; entries that are not tensors: {bad[:5]}")
     # DataParallel prefixes every name with "module.".
     if all(k.startswith("module.") for k in obj):
-        return {k[len("module."):]: v for k, v in obj.items()}
+        return {k[len("module.") :]: v for k, v in obj.items()}
     return dict(obj)
 
 

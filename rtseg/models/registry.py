@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Callable, Mapping
@@ -133,8 +134,15 @@ _MODELS: tuple[ModelSpec, ...] = (
         classes=CITYSCAPES,
         preprocessing=IMAGENET_RGB.with_input_size((1024, 512)),
         published=(
-            PublishedResult("cityscapes", "test", 58.3, (1024, 512), "ENet paper, Tables 1 and 2",
-                            fps=76.9, hardware="NVIDIA Titan X (Maxwell)"),
+            PublishedResult(
+                "cityscapes",
+                "test",
+                58.3,
+                (1024, 512),
+                "ENet paper, Tables 1 and 2",
+                fps=76.9,
+                hardware="NVIDIA Titan X (Maxwell)",
+            ),
             PublishedResult("camvid", "test", 51.3, (480, 360), "ENet paper, Table 4"),
         ),
     ),
@@ -152,10 +160,24 @@ _MODELS: tuple[ModelSpec, ...] = (
         classes=CITYSCAPES,
         preprocessing=_CITYSCAPES_IMAGENET,
         published=(
-            PublishedResult("cityscapes", "test", 69.5, (2048, 1024), "ICNet paper, Table 7 (fine only)",
-                            fps=30.3, hardware="NVIDIA Titan X (Maxwell)"),
-            PublishedResult("camvid", "test", 67.1, (960, 720), "ICNet paper, Table 9",
-                            fps=27.8, hardware="NVIDIA Titan X (Maxwell)"),
+            PublishedResult(
+                "cityscapes",
+                "test",
+                69.5,
+                (2048, 1024),
+                "ICNet paper, Table 7 (fine only)",
+                fps=30.3,
+                hardware="NVIDIA Titan X (Maxwell)",
+            ),
+            PublishedResult(
+                "camvid",
+                "test",
+                67.1,
+                (960, 720),
+                "ICNet paper, Table 9",
+                fps=27.8,
+                hardware="NVIDIA Titan X (Maxwell)",
+            ),
         ),
     ),
     ModelSpec(
@@ -166,8 +188,13 @@ _MODELS: tuple[ModelSpec, ...] = (
         preprocessing=_CITYSCAPES_IMAGENET,
         default_config={"output_stride": 16},
         published=(
-            PublishedResult("cityscapes", "val", 70.71, (2048, 1024),
-                            "TensorFlow DeepLab model zoo, mobilenetv2_coco_cityscapes_trainfine"),
+            PublishedResult(
+                "cityscapes",
+                "val",
+                70.71,
+                (2048, 1024),
+                "TensorFlow DeepLab model zoo, mobilenetv2_coco_cityscapes_trainfine",
+            ),
         ),
     ),
     ModelSpec(
@@ -179,8 +206,15 @@ _MODELS: tuple[ModelSpec, ...] = (
         default_config={"p": 2, "q": 8, "skip_channels": 19},
         void_outputs=1,
         published=(
-            PublishedResult("cityscapes", "test", 60.3, (1024, 512), "ESPNet paper, Table 1",
-                            fps=112.0, hardware="NVIDIA Titan X (Pascal)"),
+            PublishedResult(
+                "cityscapes",
+                "test",
+                60.3,
+                (1024, 512),
+                "ESPNet paper, Table 1",
+                fps=112.0,
+                hardware="NVIDIA Titan X (Pascal)",
+            ),
             PublishedResult("camvid", "test", 55.6, (480, 360), "ESPNet authors' README (55.64)"),
         ),
         config_from_state_dict=_espnet_cfg,
@@ -252,10 +286,9 @@ def _meta_for_plain(spec: ModelSpec, ckpt: LoadedCheckpoint) -> WeightsMeta:
     known = find_known(ckpt.sha256)
     config = dict(spec.default_config)
     if spec.config_from_state_dict is not None:
-        try:
+        # Not this architecture if it raises: the key comparison below says exactly how.
+        with contextlib.suppress(KeyError, IndexError, ValueError):
             config = {**config, **spec.config_from_state_dict(ckpt.state_dict)}
-        except (KeyError, IndexError, ValueError):
-            pass  # not this architecture: the key comparison below says exactly how
     inferred_outputs = int(config.pop("num_outputs", 0))
     if known is not None:
         if known.model != spec.name:
@@ -329,7 +362,10 @@ def get_model(
         log.warning(
             "%s is a plain state dict rtseg does not recognise: assuming %s's default preprocessing "
             "(%s) and classes %r; save it as an rtseg checkpoint to record the real ones",
-            ckpt.path, name, meta.preprocessing, meta.classes.name,
+            ckpt.path,
+            name,
+            meta.preprocessing,
+            meta.classes.name,
         )
     model.meta = meta  # type: ignore[assignment]
     return model.eval()

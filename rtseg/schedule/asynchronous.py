@@ -31,7 +31,7 @@ class AsyncAdaptive(Adaptive):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rtseg-deep")
+        self._pool: ThreadPoolExecutor | None = None  # started on first use, ended by close()
         self._pending: Future | None = None
         self._pending_step = -1
         self._pending_image: Any = None
@@ -48,7 +48,9 @@ class AsyncAdaptive(Adaptive):
 
     def close(self) -> None:
         self._wait_pending()
-        self._pool.shutdown(wait=True)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
 
     def _wait_pending(self) -> None:
         pending = getattr(self, "_pending", None)
@@ -92,6 +94,8 @@ class AsyncAdaptive(Adaptive):
                 self.warp.set_keyframe(_host_image(image))
             started = True
         elif key and self._pending is None:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rtseg-deep")
             self._pending = self._pool.submit(self._timed_deep, engine, _deep_inputs(low, engine.stage_spec))
             self._pending_step = self._step
             self._pending_image = _host_image(image) if self.warp is not None else None

@@ -425,6 +425,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default=None)
     p.add_argument("--max-interval", type=int, default=10)
     p.add_argument("--threads", type=int, default=1, help="torch threads for the sweep")
+    p.add_argument("--backend", default="torch", help="inference backend (default: torch, the reference)")
     p.add_argument("--frames", type=int, default=None, help="use only the first N frames")
     p.add_argument("--no-warp", action="store_true")
     p.add_argument(
@@ -456,16 +457,24 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     torch.set_num_threads(args.threads)
     from ..cli.common import load_model
+    from ..segmenter import resolve_backend
 
     model = load_model(args.model, str(args.weights))
-    engine = load(model)
+    engine = load(model, backend=resolve_backend(args.backend))
     samples = list(camvid(args.root, args.split))[: args.frames]
     images = [s.image for s in samples]
     if args.costs_only:
         costs = measure_costs(engine, images[:25])
         (args.out / "scheduling_costs.json").write_text(
             json.dumps(
-                {"threads": args.threads, "input_size": list(engine.input_size), "median_ms": costs}, indent=1
+                {
+                    "threads": args.threads,
+                    "backend": engine.info.backend,
+                    "notes": list(engine.info.notes),
+                    "input_size": list(engine.input_size),
+                    "median_ms": costs,
+                },
+                indent=1,
             )
         )
         print(costs)

@@ -32,8 +32,9 @@ class Packet:
             if self._overlay is None:
                 s = self.style
                 start = time.perf_counter()
-                self._overlay = annotate(self.frame.image, self.result, s.mode, s.alpha, s.legend, s.hud,
-                                         fps=self.fps)
+                self._overlay = annotate(
+                    self.frame.image, self.result, s.mode, s.alpha, s.legend, s.hud, fps=self.fps
+                )
                 if self.on_overlay is not None:
                     self.on_overlay((time.perf_counter() - start) * 1000)
             return self._overlay

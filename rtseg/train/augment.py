@@ -41,7 +41,9 @@ class ScaleCropFlip:
         if sw < cw or sh < ch:
             pad_w, pad_h = max(0, cw - sw), max(0, ch - sh)
             image = cv2.copyMakeBorder(image, 0, pad_h, 0, pad_w, cv2.BORDER_CONSTANT, value=(0, 0, 0))
-            label = cv2.copyMakeBorder(label, 0, pad_h, 0, pad_w, cv2.BORDER_CONSTANT, value=self.ignore_index)
+            label = cv2.copyMakeBorder(
+                label, 0, pad_h, 0, pad_w, cv2.BORDER_CONSTANT, value=self.ignore_index
+            )
             sh, sw = label.shape
         x = int(rng.integers(0, sw - cw + 1))
         y = int(rng.integers(0, sh - ch + 1))

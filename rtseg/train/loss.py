@@ -51,9 +51,13 @@ class SegmentationLoss(torch.nn.Module):
         logits = logits[:, : self.num_classes]
         if logits.shape[-2:] != target.shape[-2:]:
             logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
-        return F.cross_entropy(logits.float(), target, weight=self.class_weights, ignore_index=self.ignore_index)
+        return F.cross_entropy(
+            logits.float(), target, weight=self.class_weights, ignore_index=self.ignore_index
+        )
 
-    def forward(self, logits: Tensor, aux: Mapping[str, Tensor], target: Tensor) -> tuple[Tensor, dict[str, float]]:
+    def forward(
+        self, logits: Tensor, aux: Mapping[str, Tensor], target: Tensor
+    ) -> tuple[Tensor, dict[str, float]]:
         main = self._ce(logits, target)
         total = main
         parts = {"main": float(main.detach())}

@@ -25,8 +25,14 @@ def package(source: Path, target: Path, *, dataset: str, root: Path, splits: lis
     results = {}
     for split in splits:
         data = open_dataset(dataset, root, split)
-        report = evaluate(torch_logits_fn(model, meta.preprocessing), data, classes=meta.classes,
-                          input_size=meta.preprocessing.input_size, total=len(data), description=split)
+        report = evaluate(
+            torch_logits_fn(model, meta.preprocessing),
+            data,
+            classes=meta.classes,
+            input_size=meta.preprocessing.input_size,
+            total=len(data),
+            description=split,
+        )
         results[split] = 100 * report.scores.miou
         metrics[f"{dataset}/{split}"] = {
             "miou": round(100 * report.scores.miou, 2),
@@ -45,8 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--root", type=Path, required=True)
     p.add_argument("--splits", nargs="+", default=["val", "test"])
     args = p.parse_args(argv)
-    for split, miou in package(args.source, args.target, dataset=args.dataset, root=args.root,
-                               splits=args.splits).items():
+    for split, miou in package(
+        args.source, args.target, dataset=args.dataset, root=args.root, splits=args.splits
+    ).items():
         print(f"{split}: mIoU {miou:.2f}")
     print(f"wrote {args.target} ({args.target.stat().st_size / 1e6:.2f} MB)")
     return 0

@@ -156,7 +156,9 @@ class Trainer:
             weights = torch.from_numpy(enet_class_weights(freq, config.class_weight_c))
         self.class_weights = weights
         self.loss = SegmentationLoss(
-            len(self.classes), weights, self.classes.ignore_index,
+            len(self.classes),
+            weights,
+            self.classes.ignore_index,
             aux_weights=getattr(self.model, "aux_weights", None),
         ).to(self.device)
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -185,8 +187,13 @@ class Trainer:
         loaded = {k: v for k, v in source.items() if k in target and target[k].shape == v.shape}
         skipped = [k for k in target if k not in loaded]
         self.model.load_state_dict({**target, **loaded})
-        log.info("fine-tuning from %s: %d tensors loaded, %d re-initialised%s", self.config.init,
-                 len(loaded), len(skipped), f" (first: {skipped[:3]})" if skipped else "")
+        log.info(
+            "fine-tuning from %s: %d tensors loaded, %d re-initialised%s",
+            self.config.init,
+            len(loaded),
+            len(skipped),
+            f" (first: {skipped[:3]})" if skipped else "",
+        )
 
     # ----- resumable state ---------------------------------------------------------------
     def save_state(self) -> None:
@@ -213,11 +220,13 @@ class Trainer:
             raise CheckpointError(f"{path} is not an rtseg training state (written by `rtseg train`)")
         saved = TrainConfig.from_dict(payload["config"])
         # Only the stopping point may differ between chunks; anything else would change the run.
-        mine = replace(self.config, epochs=saved.epochs, save_every_s=saved.save_every_s,
-                       compile=saved.compile)
+        mine = replace(
+            self.config, epochs=saved.epochs, save_every_s=saved.save_every_s, compile=saved.compile
+        )
         if mine != saved:
-            diff = {k: (v, getattr(self.config, k)) for k, v in asdict(saved).items()
-                    if getattr(mine, k) != v}
+            diff = {
+                k: (v, getattr(self.config, k)) for k, v in asdict(saved).items() if getattr(mine, k) != v
+            }
             raise ConfigError(f"{path} was written by a run with other settings (saved, now): {diff}")
         self.preprocessing = Preprocessing.from_dict(payload["preprocessing"])
         self.normalize = Normalize(self.preprocessing).to(self.device)
@@ -225,8 +234,13 @@ class Trainer:
         self.optimizer.load_state_dict(payload["optimizer"])
         self.scaler.load_state_dict(payload["scaler"])
         self.state = TrainState(**json.loads(payload["progress"]))
-        log.info("resumed %s at epoch %d, batch %d (best val mIoU %.2f)",
-                 path, self.state.epoch, self.state.batch, 100 * max(self.state.best_miou, 0))
+        log.info(
+            "resumed %s at epoch %d, batch %d (best val mIoU %.2f)",
+            path,
+            self.state.epoch,
+            self.state.batch,
+            100 * max(self.state.best_miou, 0),
+        )
 
     # ----- data ---------------------------------------------------------------------------
     def _epoch_order(self, epoch: int) -> np.ndarray:
@@ -265,8 +279,11 @@ class Trainer:
     def validate(self) -> float:
         self.model.eval()
         report = evaluate(
-            torch_logits_fn(self.model, self.preprocessing), self.val_set,
-            classes=self.classes, input_size=self.config.size, total=len(self.val_set),
+            torch_logits_fn(self.model, self.preprocessing),
+            self.val_set,
+            classes=self.classes,
+            input_size=self.config.size,
+            total=len(self.val_set),
             progress=False,
         )
         self.model.train()
@@ -302,8 +319,14 @@ class Trainer:
         old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         started = time.monotonic()
         last_save = started
-        bar = tqdm(total=total_steps, initial=done_steps, unit="batch", disable=not self.progress,
-                   desc=f"train {c.model}", dynamic_ncols=True)
+        bar = tqdm(
+            total=total_steps,
+            initial=done_steps,
+            unit="batch",
+            disable=not self.progress,
+            desc=f"train {c.model}",
+            dynamic_ncols=True,
+        )
         self.model.train()
         stopped = False
         try:
@@ -321,8 +344,10 @@ class Trainer:
                         logits, aux = self.train_forward(x)
                     loss, _parts = self.loss(logits, aux, y)
                     if not math.isfinite(float(loss.detach())):
-                        raise RuntimeError(f"loss became {float(loss.detach())} at epoch {st.epoch + 1}, batch {k}: "
-                                           "lower --lr or check the labels")
+                        raise RuntimeError(
+                            f"loss became {float(loss.detach())} at epoch {st.epoch + 1}, batch {k}: "
+                            "lower --lr or check the labels"
+                        )
                     self.optimizer.zero_grad(set_to_none=True)
                     self.scaler.scale(loss).backward()
                     self.scaler.step(self.optimizer)
@@ -341,16 +366,20 @@ class Trainer:
                         self.save_state()
                 if stopped:
                     break
-                entry: dict[str, Any] = {"epoch": st.epoch + 1, "loss": round(float(np.mean(losses)), 4)
-                                         if losses else None}
+                entry: dict[str, Any] = {
+                    "epoch": st.epoch + 1,
+                    "loss": round(float(np.mean(losses)), 4) if losses else None,
+                }
                 if (st.epoch + 1) % c.val_every == 0 or st.epoch + 1 == c.epochs:
                     miou = self.validate()
                     entry["val_miou"] = round(100 * miou, 2)
                     if miou > st.best_miou:
                         st.best_miou, st.best_epoch = miou, st.epoch
                         self._save_best(miou, st.epoch)
-                    bar.write(f"epoch {st.epoch + 1}/{c.epochs}: loss {entry['loss']}, val mIoU "
-                              f"{entry['val_miou']:.2f} (best {100 * st.best_miou:.2f} @ {st.best_epoch + 1})")
+                    bar.write(
+                        f"epoch {st.epoch + 1}/{c.epochs}: loss {entry['loss']}, val mIoU "
+                        f"{entry['val_miou']:.2f} (best {100 * st.best_miou:.2f} @ {st.best_epoch + 1})"
+                    )
                 st.history.append(entry)
                 st.epoch += 1
                 st.batch = 0
@@ -366,6 +395,11 @@ class Trainer:
             st.seconds += time.monotonic() - last_save
             self.save_state()
             why = "signal" if self._stop_signal is not None else "time limit"
-            log.info("stopped (%s) at epoch %d batch %d; resume with --resume %s",
-                     why, st.epoch + 1, st.batch, self.state_path)
+            log.info(
+                "stopped (%s) at epoch %d batch %d; resume with --resume %s",
+                why,
+                st.epoch + 1,
+                st.batch,
+                self.state_path,
+            )
         return st

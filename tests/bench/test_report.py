@@ -84,7 +84,7 @@ def test_table_with_measured_rows(results, env, tmp_path: Path, monkeypatch) -> 
     text = format_table(doc)
     for row in rows:
         assert row.model in text
-    assert "measured here: torch fp32" in text and NO_CITYSCAPES in text and "sources:" in text
+    assert "measured: torch fp32" in text and NO_CITYSCAPES in text and "sources:" in text
     path = tmp_path / "t.csv"
     write_table_csv(doc, env, path)
     lines = list(csv.DictReader(path.open()))

@@ -83,11 +83,11 @@ def _write(tmp_path: Path, line: str) -> Path:
 def test_validation_names_line_and_column(tmp_path: Path) -> None:
     good = "X,2020,70.0,,1024x512,30,,GPU,no,arXiv:1,,note"
     assert load_table(_write(tmp_path, good))[0].resolution == (1024, 512)
-    with pytest.raises(ConfigError, match="line 2.*tensorrt"):
+    with pytest.raises(ConfigError, match=r"line 2.*tensorrt"):
         load_table(_write(tmp_path, good.replace(",no,", ",maybe,")))
-    with pytest.raises(ConfigError, match="line 2.*miou_test"):
+    with pytest.raises(ConfigError, match=r"line 2.*miou_test"):
         load_table(_write(tmp_path, good.replace("70.0", "170.0")))
-    with pytest.raises(ConfigError, match="line 2.*'fps'"):
+    with pytest.raises(ConfigError, match=r"line 2.*'fps'"):
         load_table(_write(tmp_path, good.replace(",30,", ",fast,")))
     with pytest.raises(ConfigError, match="rtseg_model"):
         load_table(_write(tmp_path, good.replace("arXiv:1,,", "arXiv:1,nonet,")))

@@ -65,7 +65,10 @@ def test_file_output_stats_and_json(weights: Path, tmp_path: Path, capsys) -> No
     assert data["sinks"][str(out)]["written"] == 6
 
 
-def test_compare_every_reports_speedup_and_agreement(weights: Path, tmp_path: Path, capsys) -> None:
+@pytest.mark.parametrize("scheduler", ["adaptive", "async"])
+def test_compare_every_reports_speedup_and_agreement(
+    weights: Path, tmp_path: Path, capsys, scheduler
+) -> None:
     report = tmp_path / "r.json"
     rc = main(
         [
@@ -74,8 +77,7 @@ def test_compare_every_reports_speedup_and_agreement(weights: Path, tmp_path: Pa
             "null://",
             *_args(weights),
             "--scheduler",
-            "adaptive",
-            "--warp",
+            scheduler,
             "--compare-every",
             "--json",
             str(report),

@@ -26,7 +26,7 @@ def test_camvid_layout_and_void(tmp_path: Path) -> None:
 
 
 def test_camvid_missing_folder_and_label(tmp_path: Path) -> None:
-    with pytest.raises(DatasetError, match="CamVid folder .*test not found"):
+    with pytest.raises(DatasetError, match=r"CamVid folder .*test not found"):
         camvid(tmp_path, "test")
     _write(tmp_path / "test" / "x.png", np.zeros((2, 2, 3), np.uint8))
     (tmp_path / "testannot").mkdir()
@@ -36,10 +36,14 @@ def test_camvid_missing_folder_and_label(tmp_path: Path) -> None:
 
 def test_cityscapes_official_layout_label_ids_mapped(tmp_path: Path) -> None:
     city = "aachen"
-    _write(tmp_path / "leftImg8bit" / "val" / city / "aachen_000000_000019_leftImg8bit.png",
-           np.zeros((4, 4, 3), np.uint8))
-    _write(tmp_path / "gtFine" / "val" / city / "aachen_000000_000019_gtFine_labelIds.png",
-           np.full((4, 4), 26, np.uint8))
+    _write(
+        tmp_path / "leftImg8bit" / "val" / city / "aachen_000000_000019_leftImg8bit.png",
+        np.zeros((4, 4, 3), np.uint8),
+    )
+    _write(
+        tmp_path / "gtFine" / "val" / city / "aachen_000000_000019_gtFine_labelIds.png",
+        np.full((4, 4), 26, np.uint8),
+    )
     ds = cityscapes(tmp_path, "val")
     assert (ds[0].label == 13).all()
     with pytest.raises(DatasetError, match="no gtFine labelTrainIds file"):

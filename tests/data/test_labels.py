@@ -3,7 +3,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rtseg.data.labels import CAMVID, CAMVID_LABEL_IDS, CITYSCAPES, CITYSCAPES_LABEL_IDS, ClassSet, numbered_classes
+from rtseg.data.labels import (
+    CAMVID,
+    CAMVID_LABEL_IDS,
+    CITYSCAPES,
+    CITYSCAPES_LABEL_IDS,
+    ClassSet,
+    numbered_classes,
+)
 
 
 def test_cityscapes_train_classes_and_colours() -> None:

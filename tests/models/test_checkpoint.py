@@ -18,8 +18,12 @@ from rtseg.models.registry import default_meta
 def rtseg_ckpt(tmp_path: Path) -> Path:
     model = get_model("espnet", num_classes=11)
     meta = WeightsMeta(
-        model="espnet", config=dict(model.meta.config), classes=CAMVID, num_outputs=11,
-        preprocessing=model.meta.preprocessing, provenance={"source": "test"},
+        model="espnet",
+        config=dict(model.meta.config),
+        classes=CAMVID,
+        num_outputs=11,
+        preprocessing=model.meta.preprocessing,
+        provenance={"source": "test"},
     )
     return save_checkpoint(tmp_path / "espnet.pt", model.state_dict(), meta)
 
@@ -57,7 +61,9 @@ def test_truncated_file(rtseg_ckpt: Path, tmp_path: Path) -> None:
     data = rtseg_ckpt.read_bytes()
     path = tmp_path / "truncated.pt"
     path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError, match=r"truncated\.pt: cannot read the checkpoint; the file is truncated"):
+    with pytest.raises(
+        CheckpointError, match=r"truncated\.pt: cannot read the checkpoint; the file is truncated"
+    ):
         get_model("espnet", weights=path)
 
 

@@ -12,7 +12,13 @@ from rtseg.models import DEFAULT_MODEL, ModelSpec, get_model, get_spec, list_mod
 from rtseg.models.checkpoint import WeightsMeta
 
 EXPECTED = {
-    "enet", "icnet-r18", "icnet-r50", "deeplabv3plus-mobilenetv2", "espnet", "espnet-c", "espnetv2",
+    "enet",
+    "icnet-r18",
+    "icnet-r50",
+    "deeplabv3plus-mobilenetv2",
+    "espnet",
+    "espnet-c",
+    "espnetv2",
 }
 
 

@@ -16,7 +16,7 @@ SIZE = (64, 48)
 @pytest.fixture(scope="session")
 def engine():
     torch.manual_seed(0)
-    return load(get_model("espnet"), input_size=SIZE)
+    return load(get_model("espnet"), input_size=SIZE, backend="torch")
 
 
 @pytest.fixture(scope="session")

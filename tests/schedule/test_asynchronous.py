@@ -82,3 +82,14 @@ def test_async_on_a_sequence_keyframes_and_ages(engine, drive) -> None:
     assert all("deep" not in r.timings for r in results[1:])
     ages_at_keyframes = [r.deep_age for r in results[1:] if r.is_keyframe]
     assert ages_at_keyframes and all(a >= 1 for a in ages_at_keyframes)
+
+
+def test_usable_again_after_close(engine, drive) -> None:
+    s = AsyncAdaptive(0.0, max_interval=2)
+    for im in drive[:3]:
+        s.step(engine, im)
+    s.close()
+    s.reset()
+    results = [s.step(engine, im) for im in drive[:4]]  # a new worker starts when needed
+    s.close()
+    assert results[0].is_keyframe and sum(r.is_keyframe for r in results) >= 2

@@ -36,8 +36,13 @@ def tiny_camvid(tmp_path_factory: pytest.TempPathFactory) -> Path:
             x = int(rng.integers(0, 48))
             label[28:40, x : x + 16] = 8  # a car
             label[0:2] = 11  # void
-            palette = np.array([[200, 180, 160], [0, 0, 0], [0, 0, 0], [90, 90, 90]] + [[0, 0, 0]] * 4
-                               + [[30, 30, 200]] + [[0, 0, 0]] * 3, np.uint8)
+            palette = np.array(
+                [[200, 180, 160], [0, 0, 0], [0, 0, 0], [90, 90, 90]]
+                + [[0, 0, 0]] * 4
+                + [[30, 30, 200]]
+                + [[0, 0, 0]] * 3,
+                np.uint8,
+            )
             image = palette[np.minimum(label, 11)] + rng.integers(0, 20, (48, 64, 3)).astype(np.uint8)
             cv2.imwrite(str(root / split / f"f{i:03d}.png"), image)
             cv2.imwrite(str(root / f"{split}annot" / f"f{i:03d}.png"), label)
@@ -45,9 +50,32 @@ def tiny_camvid(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _cli(root: Path, out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "rtseg", "train", "--model", "espnet", "--dataset", "camvid",
-            "--root", str(root), "--size", "64x48", "--epochs", "3", "--batch", "2", "--lr", "2e-3",
-            "--out", str(out), "--threads", "1", "--no-progress", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "rtseg",
+        "train",
+        "--model",
+        "espnet",
+        "--dataset",
+        "camvid",
+        "--root",
+        str(root),
+        "--size",
+        "64x48",
+        "--epochs",
+        "3",
+        "--batch",
+        "2",
+        "--lr",
+        "2e-3",
+        "--out",
+        str(out),
+        "--threads",
+        "1",
+        "--no-progress",
+        *extra,
+    ]
 
 
 def _progress(state: Path) -> dict:
@@ -61,8 +89,12 @@ def test_killed_mid_epoch_resumes_to_identical_weights(tiny_camvid: Path, tmp_pa
 
     broken = tmp_path / "broken" / "best.pt"
     state = state_path_for(broken)
-    proc = subprocess.Popen(_cli(tiny_camvid, broken, "--save-every", "0"), env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _cli(tiny_camvid, broken, "--save-every", "0"),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline:
@@ -78,8 +110,14 @@ def test_killed_mid_epoch_resumes_to_identical_weights(tiny_camvid: Path, tmp_pa
         proc.wait(timeout=30)
     killed_at = _progress(state)
     assert killed_at["epoch"] < 3
-    done = subprocess.run(_cli(tiny_camvid, broken, "--resume", str(state)), check=True, env=env,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        _cli(tiny_camvid, broken, "--resume", str(state)),
+        check=True,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.stdout.strip().splitlines()[-1].startswith("done:")
     a = torch.load(state_path_for(unbroken), weights_only=True)["model"]
     b = torch.load(state, weights_only=True)["model"]
@@ -92,8 +130,15 @@ def test_killed_mid_epoch_resumes_to_identical_weights(tiny_camvid: Path, tmp_pa
 
 
 def test_resume_refuses_other_settings(tiny_camvid: Path, tmp_path: Path) -> None:
-    config = TrainConfig(model="espnet", dataset="camvid", root=str(tiny_camvid), out=str(tmp_path / "a.pt"),
-                         size=(64, 48), epochs=1, batch=2)
+    config = TrainConfig(
+        model="espnet",
+        dataset="camvid",
+        root=str(tiny_camvid),
+        out=str(tmp_path / "a.pt"),
+        size=(64, 48),
+        epochs=1,
+        batch=2,
+    )
     trainer = Trainer(config, progress=False)
     trainer.save_state()
     other = Trainer(TrainConfig(**{**config.__dict__, "lr": 1e-2}), progress=False)

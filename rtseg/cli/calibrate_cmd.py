@@ -1,0 +1,119 @@
+"""`rtseg calibrate`: sample frames, write the list, quantise to int8 (QDQ), and where TensorRT
+is present, write its entropy-calibration cache."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from ..errors import BackendUnavailableError, ConfigError
+from .common import add_model_args, load_model, parse_size
+
+log = logging.getLogger(__name__)
+TARGETS = ("cpu", "tensorrt")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "calibrate",
+        help="INT8 calibration: a frame list, QDQ int8 graphs, a TensorRT calibration cache",
+        description="Samples --num frames evenly from an image folder or a video, writes their list to "
+        "calibration/ (or --list), and quantises every stage with ONNX Runtime static quantisation: "
+        "'cpu' (uint8 activations, for onnxruntime and openvino) and 'tensorrt' (symmetric int8 for "
+        "TensorRT's explicit quantisation). Where TensorRT and a GPU are present it also builds an "
+        "implicitly calibrated engine, which writes the IInt8EntropyCalibrator2 cache to "
+        "calibration/cache/.",
+    )
+    add_model_args(p)
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--images", type=Path, help="folder of calibration images (searched recursively)")
+    source.add_argument("--video", type=Path, help="video to take calibration frames from")
+    p.add_argument("--num", type=int, default=64, help="number of frames (default: 64)")
+    p.add_argument(
+        "--size",
+        type=parse_size,
+        default=None,
+        help="engine input WxH (default: the size the weights were trained at)",
+    )
+    p.add_argument(
+        "--list",
+        type=Path,
+        default=None,
+        help="where to write the frame list (default: calibration/<model>-<source>-<num>.txt)",
+    )
+    p.add_argument(
+        "--targets",
+        nargs="+",
+        choices=TARGETS,
+        default=list(TARGETS),
+        help="int8 flavours to build (default: both)",
+    )
+    p.add_argument("--device", default="cuda", help="GPU for the TensorRT entropy cache (default: cuda)")
+    p.add_argument("--engine-dir", type=Path, default=None, help="engine cache folder")
+    p.set_defaults(func=run)
+
+
+def _default_list(model: str, source: Path, num: int) -> Path:
+    from ..engine.calibration import default_calibration_dir
+
+    parts = [q for q in (source.parent.name, source.stem) if q]
+    return default_calibration_dir() / f"{model}-{'-'.join(parts)}-{num}.txt"
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..engine.cache import ArtifactCache
+    from ..engine.calibration import CalibrationList
+    from ..engine.onnx_engines import int8_stages
+    from ..engine.onnx_export import ensure_onnx
+
+    if args.num <= 0:
+        raise ConfigError(f"--num must be positive, got {args.num}")
+    net = load_model(args.model, args.weights)
+    size = args.size or net.meta.preprocessing.input_size
+    if args.images is not None:
+        calibration = CalibrationList.from_images(args.images, args.num)
+        source = args.images.resolve()
+    else:
+        calibration = CalibrationList.from_video(args.video, args.num)
+        source = args.video.resolve()
+    list_path = args.list or _default_list(net.meta.model, source, args.num)
+    calibration.save(list_path)
+    print(f"calibration list: {list_path} ({len(calibration)} frames, id {calibration.id})")
+    cache = ArtifactCache(args.engine_dir)
+    fp32 = ensure_onnx(net, size, cache)
+    for target in args.targets:
+        stages = int8_stages(net, fp32, cache, calibration, flavour=target)
+        print(f"int8 QDQ graphs for {target}:")
+        for stage, path in stages.files.items():
+            scheme = stages.sidecars[stage].get("quantization", {}).get("scheme", "?")
+            print(f"  {stage}: {path}  (scheme {scheme})")
+    if "tensorrt" in args.targets:
+        _entropy_cache(args, net, size, cache, calibration)
+    return 0
+
+
+def _entropy_cache(args, net, size, cache, calibration) -> None:
+    from ..engine import load
+
+    try:
+        engine = load(
+            net,
+            backend="tensorrt",
+            precision="int8",
+            device=args.device,
+            input_size=size,
+            engine_dir=cache.directory,
+            calibration=calibration,
+            int8_mode="calibrator",
+        )
+    except BackendUnavailableError as exc:
+        print(
+            f"TensorRT entropy cache: skipped ({exc}); it is written by the first "
+            "`rtseg export --backend tensorrt --precision int8 --int8-mode calibrator "
+            f"--calibration {args.list or 'LIST'}` on a GPU machine"
+        )
+        return
+    print("TensorRT entropy-calibrated engine (its calibration cache is in calibration/cache/):")
+    for path in engine.info.artifacts:
+        print(f"  {path}")

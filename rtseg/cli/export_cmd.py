@@ -1,0 +1,116 @@
+"""`rtseg export`: build (or check) the engine artifacts for a model, weights, size and backend."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ConfigError
+from .common import add_model_args, load_model, parse_size
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from ..engine import BACKENDS
+
+    p = sub.add_parser(
+        "export",
+        help="export per-stage engine artifacts into the engine cache",
+        description="Writes the low/deep/head artifacts for one backend into the engine cache "
+        "(default: the checkout's engines/, else ~/.cache/rtseg/engines; $RTSEG_ENGINE_DIR or "
+        "--engine-dir override it). Names carry the model, weights hash, size, precision, backend, "
+        "device and library version; each file has a sidecar JSON. Existing valid artifacts are "
+        "reused; stale or corrupt ones are rebuilt. With --backend auto the backends are timed and "
+        "the choice is stored.",
+    )
+    add_model_args(p)
+    p.add_argument(
+        "--size",
+        type=parse_size,
+        default=None,
+        help="engine input WxH (default: the size the weights were trained at)",
+    )
+    p.add_argument("--backend", choices=[b for b in BACKENDS if b != "torch"], default="onnxruntime")
+    p.add_argument("--precision", choices=["fp32", "fp16", "bf16", "int8"], default="fp32")
+    p.add_argument("--device", default="cpu", help="cpu, cuda[:N] or gpu (OpenVINO's Intel GPU)")
+    p.add_argument(
+        "--calibration",
+        type=Path,
+        default=None,
+        help="int8: calibration list from `rtseg calibrate` (default: the one int8 build cached)",
+    )
+    p.add_argument(
+        "--int8-mode",
+        choices=["qdq", "calibrator"],
+        default="qdq",
+        help="tensorrt int8: explicit QDQ graph, or implicit entropy calibration",
+    )
+    p.add_argument(
+        "--exporter",
+        choices=["auto", "torchscript", "dynamo"],
+        default="auto",
+        help="ONNX exporter (auto: TorchScript, falling back to dynamo where it fails)",
+    )
+    p.add_argument("--engine-dir", type=Path, default=None, help="engine cache folder")
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help="also compare the engine with the torch reference on a random frame",
+    )
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..engine import load
+
+    net = load_model(args.model, args.weights)
+    size = args.size or net.meta.preprocessing.input_size
+    options = {"exporter": args.exporter} if args.backend in ("onnxruntime", "openvino", "auto") else {}
+    if args.backend == "tensorrt":
+        options["int8_mode"] = args.int8_mode
+    elif args.int8_mode != "qdq":
+        raise ConfigError("--int8-mode applies to --backend tensorrt")
+    engine = load(
+        net,
+        backend=args.backend,
+        precision=args.precision,
+        device=args.device,
+        input_size=size,
+        engine_dir=args.engine_dir,
+        calibration=args.calibration,
+        **options,
+    )
+    info = engine.info
+    print(
+        f"{info.model} {info.input_size[0]}x{info.input_size[1]} {info.backend} {info.precision} "
+        f"on {info.device} ({info.library})"
+    )
+    for note in info.notes:
+        print(f"  {note}")
+    for path in info.artifacts:
+        sidecar = Path(path + ".json")
+        built = json.loads(sidecar.read_text())["built_at"] if sidecar.is_file() else "?"
+        print(f"  {path}  (built {built})")
+    if args.verify:
+        _verify(engine, net, size)
+    return 0
+
+
+def _verify(engine, net, size: tuple[int, int]) -> None:
+    from ..engine import TorchEngine
+
+    reference = TorchEngine(net, input_size=size)
+    w, h = size
+    image = np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    ref_labels, ref_logits = reference.run(image, logits=True)
+    labels, logits = engine.run(image, logits=True)
+    ref = ref_logits.numpy()
+    out = logits.float().cpu().numpy() if hasattr(logits, "cpu") else np.asarray(logits, dtype=np.float32)
+    span = float(ref.max() - ref.min()) or 1.0
+    error = float(np.abs(out - ref).max())
+    print(
+        f"  verify: label agreement {100 * float(np.mean(labels == ref_labels)):.3f} %, "
+        f"max |logit error| {error:.3g} ({error / span:.2e} of the logit range)"
+    )

@@ -1,0 +1,430 @@
+"""TensorRT backend (TensorRT 10 Python API): one serialised plan per stage, run on a CUDA stream.
+
+Build: the stage ONNX (fp32, or the symmetric QDQ graph for explicit int8) is rewritten where
+TensorRT's parser needs it (``onnx_rewrite``), parsed with ``OnnxParser`` into a network from
+``create_network(0)`` (explicit batch is the only mode in TensorRT 10), and built with FP16/INT8
+flags, a workspace memory-pool limit, a fixed optimisation profile for the input size and a
+timing cache that is saved next to the engines and shared by later builds. Implicit int8
+calibration (``int8_mode="calibrator"``) uses ``calibration.EntropyCalibrator`` wrapped in
+``IInt8EntropyCalibrator2``; its cache goes to calibration/cache/.
+
+Run: features between stages stay torch CUDA tensors (allocated fresh per call, so a cached deep
+result is never overwritten); only the labels are copied to the host.
+
+This path has not yet run on a GPU: it is written against the TensorRT 10 API documentation,
+and only the parts that need no GPU (graph rewrites, QDQ export, artifact names, the
+calibrator's batching and cache I/O) are tested on CPU.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+
+from ..errors import BackendUnavailableError, ConfigError, EngineBuildError
+from ..models.base import StagedSegmenter
+from .base import Array, Engine, EngineInfo, Features
+from .cache import ArtifactCache, ArtifactKey
+from .calibration import CalibrationList, EntropyCalibrator, default_calibration_dir, stage_feeds
+from .onnx_export import IMAGE, LABELS, LOGITS, STAGES, OnnxStages, ensure_onnx, graph_io
+from .onnx_rewrite import for_tensorrt
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("fp32", "fp16", "int8")
+INT8_MODES = ("qdq", "calibrator")
+INSTALL = 'pip install "rtseg[tensorrt]" (TensorRT 10 and cuda-python) next to a CUDA build of torch'
+
+
+def _trt() -> Any:
+    try:
+        import tensorrt
+    except ImportError:
+        raise BackendUnavailableError(f"the tensorrt backend needs TensorRT: {INSTALL}") from None
+    major = int(str(tensorrt.__version__).split(".")[0])
+    if major != 10:
+        raise BackendUnavailableError(
+            f"rtseg's tensorrt backend is written for TensorRT 10, found {tensorrt.__version__}: {INSTALL}"
+        )
+    return tensorrt
+
+
+def cuda_index(device: str) -> int:
+    if device == "cuda":
+        return 0
+    match = re.fullmatch(r"cuda:(\d+)", device)
+    if not match:
+        raise ConfigError(f"the tensorrt backend runs on 'cuda' or 'cuda:N', got device {device!r}")
+    return int(match.group(1))
+
+
+def require_cuda(device: str) -> int:
+    index = cuda_index(device)
+    if not torch.cuda.is_available():
+        raise BackendUnavailableError(
+            f"the tensorrt backend needs an NVIDIA GPU and a CUDA build of torch (this is torch "
+            f"{torch.__version__}, CUDA available: no); then {INSTALL}"
+        )
+    if index >= torch.cuda.device_count():
+        raise BackendUnavailableError(f"{device}: only {torch.cuda.device_count()} CUDA devices present")
+    return index
+
+
+def device_tag(index: int) -> str:
+    """GPU model and compute capability: a plan only runs on the GPU kind it was built for."""
+    name = re.sub(r"[^A-Za-z0-9]+", "", torch.cuda.get_device_name(index).replace("NVIDIA", ""))
+    major, minor = torch.cuda.get_device_capability(index)
+    return f"{name.lower()}-sm{major}{minor}"
+
+
+def plan_key(
+    source: ArtifactKey, *, precision: str, device: str, trt_version: str, variant: str = ""
+) -> ArtifactKey:
+    """The plan's cache key: the ONNX it was built from, plus precision, GPU and TensorRT version."""
+    return ArtifactKey(
+        model=source.model,
+        weights=source.weights,
+        input_size=source.input_size,
+        precision=precision,
+        backend="tensorrt",
+        device=device,
+        library=f"trt{trt_version}",
+        variant=variant,
+    )
+
+
+def timing_cache_path(cache: ArtifactCache, device: str, trt_version: str) -> Path:
+    """One timing cache per GPU kind and TensorRT version, shared by every model's builds."""
+    return cache.directory / f"tensorrt-{device}-trt{trt_version}.timing.cache"
+
+
+def as_trt_calibrator(calibrator: EntropyCalibrator) -> Any:
+    """Wrap rtseg's calibrator in TensorRT's IInt8EntropyCalibrator2 base class."""
+    trt = _trt()
+
+    class _Calibrator(trt.IInt8EntropyCalibrator2):  # type: ignore[misc,name-defined]
+        def __init__(self) -> None:
+            trt.IInt8EntropyCalibrator2.__init__(self)
+
+        def get_batch_size(self) -> int:
+            return calibrator.get_batch_size()
+
+        def get_batch(self, names: list[str]) -> list[int] | None:
+            return calibrator.get_batch(list(names))
+
+        def read_calibration_cache(self) -> bytes | None:
+            return calibrator.read_calibration_cache()
+
+        def write_calibration_cache(self, cache: Any) -> None:
+            calibrator.write_calibration_cache(cache)
+
+    return _Calibrator()
+
+
+def build_plan(
+    model: onnx.ModelProto,
+    *,
+    precision: str,
+    workspace_bytes: int,
+    timing_cache: bytes | None = None,
+    calibrator: Any = None,
+) -> tuple[bytes, bytes]:
+    """Serialised plan and updated timing cache for one stage graph."""
+    trt = _trt()
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse(model.SerializeToString()):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise EngineBuildError(f"TensorRT could not parse the ONNX graph: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
+    if precision in ("fp16", "int8"):
+        config.set_flag(trt.BuilderFlag.FP16)  # int8 graphs keep unquantised layers in fp16
+    if precision == "int8":
+        config.set_flag(trt.BuilderFlag.INT8)
+        if calibrator is not None:
+            config.int8_calibrator = calibrator
+    cache = config.create_timing_cache(timing_cache or b"")
+    config.set_timing_cache(cache, False)
+    profile = builder.create_optimization_profile()
+    for i in range(network.num_inputs):
+        tensor = network.get_input(i)
+        shape = tuple(tensor.shape)
+        profile.set_shape(tensor.name, shape, shape, shape)  # fixed: the engine input size
+    config.add_optimization_profile(profile)
+    if calibrator is not None:
+        config.set_calibration_profile(profile)
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise EngineBuildError("TensorRT failed to build the engine (see the TensorRT log above)")
+    return bytes(plan), bytes(config.get_timing_cache().serialize())
+
+
+def _torch_dtype(trt: Any, dtype: Any) -> torch.dtype:
+    table = {
+        trt.DataType.FLOAT: torch.float32,
+        trt.DataType.HALF: torch.float16,
+        trt.DataType.BF16: torch.bfloat16,
+        trt.DataType.INT8: torch.int8,
+        trt.DataType.UINT8: torch.uint8,
+        trt.DataType.INT32: torch.int32,
+        trt.DataType.INT64: torch.int64,
+        trt.DataType.BOOL: torch.bool,
+    }
+    return table[dtype]
+
+
+class _Plan:
+    """One deserialised stage: its execution context and I/O tensor descriptions."""
+
+    def __init__(self, runtime: Any, data: bytes, device: torch.device) -> None:
+        trt = _trt()
+        self.engine = runtime.deserialize_cuda_engine(data)
+        if self.engine is None:
+            raise EngineBuildError("TensorRT could not deserialise the plan")
+        self.context = self.engine.create_execution_context()
+        self.inputs: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}
+        self.outputs: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}
+        for i in range(self.engine.num_io_tensors):
+            name = self.engine.get_tensor_name(i)
+            spec = (
+                tuple(self.engine.get_tensor_shape(name)),
+                _torch_dtype(trt, self.engine.get_tensor_dtype(name)),
+            )
+            if self.engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
+                self.inputs[name] = spec
+            else:
+                self.outputs[name] = spec
+        self.device = device
+        self._scratch = {n: torch.empty(s, dtype=d, device=device) for n, (s, d) in self.outputs.items()}
+
+    def __call__(
+        self, feed: Mapping[str, torch.Tensor], wanted: tuple[str, ...], stream: Any
+    ) -> list[torch.Tensor]:
+        keep = []
+        for name, (shape, dtype) in self.inputs.items():
+            tensor = feed[name]
+            if tuple(tensor.shape) != shape or tensor.dtype != dtype:
+                raise ValueError(
+                    f"TensorRT input {name}: expected {shape} {dtype}, got "
+                    f"{tuple(tensor.shape)} {tensor.dtype}"
+                )
+            tensor = tensor.contiguous()
+            keep.append(tensor)
+            self.context.set_input_shape(name, shape)
+            self.context.set_tensor_address(name, tensor.data_ptr())
+        result = {}
+        for name, (shape, dtype) in self.outputs.items():
+            out = (
+                torch.empty(shape, dtype=dtype, device=self.device) if name in wanted else self._scratch[name]
+            )
+            result[name] = out
+            self.context.set_tensor_address(name, out.data_ptr())
+        if not self.context.execute_async_v3(stream.cuda_stream):
+            raise EngineBuildError("TensorRT execute_async_v3 failed")
+        return [result[n] for n in wanted]
+
+
+class TensorRTEngine(Engine):
+    """Runs the stage plans; features are torch CUDA tensors, labels come back as NumPy."""
+
+    def __init__(
+        self,
+        plans: Mapping[str, Path],
+        *,
+        net: StagedSegmenter,
+        head_low_inputs: tuple[str, ...],
+        input_size: tuple[int, int],
+        precision: str,
+        device: str,
+        notes: tuple[str, ...] = (),
+    ) -> None:
+        trt = _trt()
+        index = require_cuda(device)
+        self.device = torch.device("cuda", index)
+        self.meta = net.meta
+        self.stage_spec = net.stage_spec
+        self.head_low_inputs = head_low_inputs
+        self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        with torch.cuda.device(self.device):
+            self._plans = {
+                s: _Plan(self._runtime, Path(p).read_bytes(), self.device) for s, p in plans.items()
+            }
+            self._stream = torch.cuda.Stream(self.device)
+        # An execution context runs one inference at a time: callers on several threads (a
+        # server's workers) take turns, as they would on the one GPU anyway.
+        self._lock = threading.Lock()
+        self.info = EngineInfo(
+            model=net.meta.model,
+            backend="tensorrt",
+            precision=precision,
+            device=str(self.device),
+            input_size=tuple(input_size),  # type: ignore[arg-type]
+            library=f"tensorrt {trt.__version__}",
+            artifacts=tuple(str(p) for p in plans.values()),
+            notes=notes,
+        )
+
+    def _device(self, value: Any) -> torch.Tensor:
+        tensor = torch.from_numpy(value) if isinstance(value, np.ndarray) else value
+        return tensor.to(self.device, non_blocking=True)
+
+    def _run(self, stage: str, feed: Mapping[str, Any], wanted: tuple[str, ...]) -> list[torch.Tensor]:
+        plan = self._plans[stage]
+        with self._lock, torch.cuda.stream(self._stream):
+            out = plan({n: self._device(feed[n]) for n in plan.inputs}, wanted, self._stream)
+            torch.cuda.current_stream(self.device).wait_stream(self._stream)
+        return out
+
+    def run_low(self, image: Array) -> Features:
+        self.check_image(image)
+        x = image[None] if image.ndim == 3 else image
+        plan = self._plans["low"]
+        names = tuple(plan.outputs)
+        return dict(zip(names, self._run("low", {IMAGE: x}, names), strict=True))
+
+    def run_deep(self, low: Features) -> Features:
+        names = tuple(self._plans["deep"].outputs)
+        return dict(zip(names, self._run("deep", low, names), strict=True))
+
+    def run_head(self, low: Features, deep: Features, *, logits: bool = False) -> Any:
+        feed = {**low, **deep}
+        if logits:
+            labels, out = self._run("head", feed, (LABELS, LOGITS))
+            return labels.cpu().numpy(), out.float()
+        (labels,) = self._run("head", feed, (LABELS,))
+        return labels.cpu().numpy()
+
+    def close(self) -> None:
+        self._plans.clear()
+
+
+def tensorrt_onnx(
+    net: StagedSegmenter,
+    size: tuple[int, int],
+    precision: str,
+    cache: ArtifactCache,
+    calibration: CalibrationList | None,
+    int8_mode: str,
+    wh: str | None = None,
+) -> OnnxStages:
+    """The ONNX stages a TensorRT build parses (QDQ symmetric int8 for explicit quantisation)."""
+    fp32 = ensure_onnx(net, size, cache, wh=wh)
+    if precision == "int8" and int8_mode == "qdq":
+        from .onnx_engines import int8_stages
+
+        return int8_stages(net, fp32, cache, calibration, flavour="tensorrt")
+    return fp32
+
+
+def _feeds(
+    net: StagedSegmenter,
+    size: tuple[int, int],
+    device: str,
+    calibration: CalibrationList,
+    stage: str,
+    inputs: tuple[str, ...],
+) -> Callable[[], Iterator[dict[str, np.ndarray]]]:
+    """Calibration feeds for one stage, computed by the torch reference on the GPU when asked for."""
+
+    def feeds() -> Iterator[dict[str, np.ndarray]]:
+        from .torch_backend import TorchEngine
+
+        reference = TorchEngine(net, input_size=size, device=device)
+        yield from stage_feeds(reference, calibration.frames(size), stage, inputs)
+
+    return feeds
+
+
+def load_tensorrt(
+    net: StagedSegmenter,
+    *,
+    size: tuple[int, int],
+    precision: str,
+    device: str,
+    cache: ArtifactCache,
+    calibration: CalibrationList | None = None,
+    wh: str | None = None,
+    workspace_gb: float = 4.0,
+    int8_mode: str = "qdq",
+    calibration_dir: str | Path | None = None,
+) -> TensorRTEngine:
+    if precision not in PRECISIONS:
+        raise ConfigError(f"tensorrt precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if int8_mode not in INT8_MODES:
+        raise ConfigError(f"int8_mode must be one of {', '.join(INT8_MODES)}, got {int8_mode!r}")
+    if workspace_gb <= 0:
+        raise ConfigError(f"workspace_gb must be positive, got {workspace_gb}")
+    trt = _trt()
+    index = require_cuda(device)
+    tag = device_tag(index)
+    source = tensorrt_onnx(net, size, precision, cache, calibration, int8_mode, wh)
+    variant = ""
+    if precision == "int8":
+        if int8_mode == "calibrator" and calibration is None:
+            raise ConfigError("int8_mode='calibrator' needs a calibration list")
+        variant = f"{source.key.variant}q" if int8_mode == "qdq" else f"{calibration.id}c"  # type: ignore[union-attr]
+    key = plan_key(source.key, precision=precision, device=tag, trt_version=trt.__version__, variant=variant)
+    timing_path = timing_cache_path(cache, tag, trt.__version__)
+    calib_dir = Path(calibration_dir) if calibration_dir is not None else default_calibration_dir() / "cache"
+
+    def build(todo: tuple[str, ...]) -> dict[str, tuple[bytes, dict[str, Any]]]:
+        from .cache import atomic_write_bytes
+
+        out = {}
+        for stage in todo:
+            graph, rewrites = for_tensorrt(onnx.load(str(source.files[stage])))
+            calibrator = None
+            if precision == "int8" and int8_mode == "calibrator":
+                inputs = tuple(i["name"] for i in graph_io(graph)["inputs"])
+                calibrator = as_trt_calibrator(
+                    EntropyCalibrator(
+                        _feeds(net, size, device, calibration, stage, inputs),  # type: ignore[arg-type]
+                        cache_path=calib_dir / f"{key.stem}.{stage}.calib",
+                    )
+                )
+            timing = timing_path.read_bytes() if timing_path.is_file() else None
+            with torch.cuda.device(index):
+                plan, timing = build_plan(
+                    graph,
+                    precision=precision,
+                    workspace_bytes=int(workspace_gb * 2**30),
+                    timing_cache=timing,
+                    calibrator=calibrator,
+                )
+            atomic_write_bytes(timing_path, timing)
+            out[stage] = (
+                plan,
+                {
+                    "stage": stage,
+                    "source_onnx": source.files[stage].name,
+                    "rewrites": rewrites,
+                    "io": graph_io(graph),
+                    "int8_mode": int8_mode if precision == "int8" else None,
+                    "workspace_gb": workspace_gb,
+                    "classes": net.meta.classes.to_dict(),
+                    "preprocessing": net.meta.preprocessing.to_dict(),
+                },
+            )
+        return out
+
+    plans = cache.get_or_build(key, STAGES, "plan", build)
+    return TensorRTEngine(
+        {s: a.path for s, a in plans.items()},
+        net=net,
+        head_low_inputs=source.head_low_inputs,
+        input_size=size,
+        precision=precision,
+        device=device,
+        notes=(f"timing cache {timing_path.name}",),
+    )

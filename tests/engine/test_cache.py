@@ -1,0 +1,181 @@
+"""Engine cache: names, sidecars, stale and corrupt artifacts, concurrent builders, default folder."""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+from pathlib import Path
+
+import onnx
+import pytest
+import torch
+
+from rtseg.engine import cache as cache_mod
+from rtseg.engine.cache import ArtifactCache, ArtifactKey, default_engine_dir, weights_hash
+from rtseg.engine.onnx_export import STAGES, ensure_onnx, read_metadata
+from rtseg.models import get_model
+
+SIZE = (64, 48)
+
+
+def _model(name: str = "espnet", seed: int = 0):
+    torch.manual_seed(seed)
+    return get_model(name)
+
+
+def _key(**kw) -> ArtifactKey:
+    base = dict(
+        model="espnet",
+        weights="abc123",
+        input_size=(480, 360),
+        precision="fp32",
+        backend="onnx",
+        device="any",
+        library="torch2.13.0+cpu",
+    )
+    return ArtifactKey(**{**base, **kw})
+
+
+def test_stem_names_every_dependency() -> None:
+    key = _key()
+    assert key.stem == "espnet-abc123-480x360-fp32-onnx-any-torch2.13.0+cpu"
+    int8 = _key(variant="1234abcdu", precision="int8")
+    assert int8.stem == "espnet-abc123-480x360-int8_1234abcdu-onnx-any-torch2.13.0+cpu"
+    stems = {
+        _key(**change).stem
+        for change in (
+            {},
+            {"weights": "ffff"},
+            {"input_size": (240, 180)},
+            {"precision": "fp16"},
+            {"backend": "tensorrt"},
+            {"device": "h100-sm90"},
+            {"library": "torch2.14.0"},
+            {"variant": "x"},
+        )
+    }
+    assert len(stems) == 8
+
+
+def test_key_validation_names_the_field() -> None:
+    with pytest.raises(ValueError, match=r"ArtifactKey\.input_size"):
+        _key(input_size=(0, 360))
+    with pytest.raises(ValueError, match=r"ArtifactKey\.library"):
+        _key(library="")
+
+
+def test_weights_hash_follows_weights_and_metadata() -> None:
+    a = _model("espnet-c")
+    b = _model("espnet-c")
+    assert weights_hash(a) == weights_hash(b)
+    with torch.no_grad():
+        next(b.parameters()).add_(1e-3)
+    assert weights_hash(a) != weights_hash(b)
+
+
+def test_default_dir_env_then_checkout(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("RTSEG_ENGINE_DIR", str(tmp_path / "x"))
+    assert default_engine_dir() == tmp_path / "x"
+    monkeypatch.delenv("RTSEG_ENGINE_DIR")
+    checkout = cache_mod._PACKAGE_DIR.parent / "engines"
+    user = Path.home() / ".cache" / "rtseg" / "engines"
+    assert default_engine_dir() == (checkout if (checkout / "README.md").is_file() else user)
+    monkeypatch.setattr(cache_mod, "_PACKAGE_DIR", tmp_path / "site-packages" / "rtseg")
+    assert default_engine_dir() == Path.home() / ".cache" / "rtseg" / "engines"
+
+
+def test_put_writes_sidecar_and_get_validates(tmp_path: Path) -> None:
+    cache = ArtifactCache(tmp_path)
+    key = _key()
+    art = cache.put(key, "low", "bin", b"payload", {"classes": ["a"]})
+    sidecar = json.loads(Path(str(art.path) + ".json").read_text())
+    assert sidecar["key"] == key.to_dict() and sidecar["size"] == 7 and sidecar["classes"] == ["a"]
+    assert "built_at" in sidecar and sidecar["rtseg_version"]
+    assert cache.get(key, "low", "bin").path == art.path
+    assert cache.get(_key(weights="other"), "low", "bin") is None
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory):
+    model = _model()
+    cache = ArtifactCache(tmp_path_factory.mktemp("cache"))
+    return model, cache, ensure_onnx(model, SIZE, cache)
+
+
+def test_onnx_artifacts_carry_metadata(exported) -> None:
+    model, cache, stages = exported
+    assert set(stages.files) == set(STAGES)
+    for stage, path in stages.files.items():
+        assert path.name.startswith(f"espnet-{weights_hash(model)}-64x48-fp32-onnx-any-torch")
+        meta = read_metadata(path)
+        assert meta["stage"] == stage and meta["classes"]["name"] == "cityscapes"
+        assert meta["preprocessing"]["channel_order"] == "BGR"
+        sidecar = stages.sidecars[stage]
+        assert sidecar["io"] == meta["io"] and sidecar["build_seconds"] >= 0
+    head_io = stages.sidecars["head"]["io"]
+    assert [o["name"] for o in head_io["outputs"]] == ["labels", "logits"]
+    assert head_io["outputs"][0] == {"name": "labels", "shape": [1, 48, 64], "dtype": "uint8"}
+    image = {"name": "image", "shape": [1, 48, 64, 3], "dtype": "uint8"}
+    assert stages.sidecars["low"]["io"]["inputs"] == [image]
+    assert not list(cache.directory.glob("*.onnx.data"))  # weights inline
+
+
+def test_truncated_onnx_is_rebuilt_with_a_log(exported, caplog: pytest.LogCaptureFixture) -> None:
+    model, cache, stages = exported
+    path = stages.files["deep"]
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with caplog.at_level(logging.WARNING, logger="rtseg.engine.cache"):
+        again = ensure_onnx(model, SIZE, cache)
+    assert "corrupt" in caplog.text and path.name in caplog.text
+    assert again.files["deep"] == path and len(path.read_bytes()) == len(data)
+    onnx.checker.check_model(onnx.load(str(path)))
+
+
+def test_missing_sidecar_and_stale_version_rebuild(exported, caplog, monkeypatch) -> None:
+    model, cache, stages = exported
+    Path(str(stages.files["low"]) + ".json").unlink()
+    monkeypatch.setattr(cache_mod, "__version__", "999.0")
+    with caplog.at_level(logging.WARNING, logger="rtseg.engine.cache"):
+        ensure_onnx(model, SIZE, cache)
+    assert "sidecar" in caplog.text and "stale: built by rtseg" in caplog.text
+    assert json.loads(Path(str(stages.files["head"]) + ".json").read_text())["rtseg_version"] == "999.0"
+
+
+def test_other_weights_get_other_artifacts(exported) -> None:
+    _, cache, stages = exported
+    other = _model()
+    with torch.no_grad():
+        next(other.parameters()).mul_(0.5)
+    fresh = ensure_onnx(other, SIZE, cache)
+    assert fresh.files["low"] != stages.files["low"] and fresh.files["low"].is_file()
+    assert stages.files["low"].is_file()
+
+
+def _build(directory: str, results) -> None:
+    torch.set_num_threads(1)
+    model = _model()
+    stages = ensure_onnx(model, SIZE, ArtifactCache(directory))
+    results.put({s: str(p) for s, p in stages.files.items()})
+
+
+def test_concurrent_builders_both_succeed(tmp_path: Path) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    results = ctx.Queue()
+    procs = [ctx.Process(target=_build, args=(str(tmp_path), results)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(180)
+    assert [p.exitcode for p in procs] == [0, 0]
+    first, second = results.get(timeout=5), results.get(timeout=5)
+    assert first == second
+    cache = ArtifactCache(tmp_path)
+    key = ensure_onnx(_model(), SIZE, cache).key
+    for stage in STAGES:
+        path = Path(first[stage])
+        assert cache.problem(key, path) is None
+        onnx.checker.check_model(onnx.load(str(path)))
+    assert not list(tmp_path.glob("*.tmp"))
