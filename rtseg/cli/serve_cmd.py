@@ -57,6 +57,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threshold", type=float, default=None, help="adaptive: feature-change threshold")
     p.add_argument("--max-interval", type=int, default=None, help="adaptive: longest run without a keyframe")
     p.add_argument(
+        "--warp",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="warp a stream's cached deep features along DIS optical flow (default: on, except for every)",
+    )
+    p.add_argument(
         "--max-pixels",
         type=int,
         default=DEFAULT_MAX_PIXELS,
@@ -98,7 +104,11 @@ def run(args: argparse.Namespace) -> int:
 
     def scheduler() -> Scheduler:
         return make_scheduler(
-            args.scheduler, interval=interval, threshold=args.threshold, max_interval=args.max_interval
+            args.scheduler,
+            interval=interval,
+            threshold=args.threshold,
+            max_interval=args.max_interval,
+            warp=args.warp,
         )
 
     scheduler().close()  # a bad combination of options fails here, before the model loads

@@ -70,21 +70,26 @@ class CalibrationList:
         if not self.entries:
             raise ValueError("CalibrationList.entries must not be empty")
 
-    def text(self) -> str:
-        lines = [LIST_HEADER, f"# {self.kind}: {self.source}", *self.entries]
+    def text(self, relative_to: Path | None = None) -> str:
+        """The list file; with ``relative_to`` (its folder) the source is written relative to it."""
+        source = Path(os.path.relpath(self.source, relative_to)) if relative_to else self.source
+        lines = [LIST_HEADER, f"# {self.kind}: {source.as_posix()}", *self.entries]
         return "\n".join(lines) + "\n"
 
     @property
     def id(self) -> str:
-        """Short content hash: part of the names of the int8 artifacts built from this list."""
-        return hashlib.sha256(self.text().encode()).hexdigest()[:8]
+        """Short content hash, part of the int8 artifacts' names; the same on every machine (the
+        source's folder name, not its absolute path)."""
+        key = "\n".join([self.kind, self.source.name, *self.entries])
+        return hashlib.sha256(key.encode()).hexdigest()[:8]
 
     def __len__(self) -> int:
         return len(self.entries)
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         path = Path(path)
-        atomic_write_text(path, self.text())
+        # Relative, so that a list committed to a checkout works wherever the data sits beside it.
+        atomic_write_text(path, self.text(relative_to=path.resolve().parent))
         return path
 
     @classmethod
@@ -100,13 +105,13 @@ class CalibrationList:
         for line in lines[1:]:
             for k in ("images", "video"):
                 if line.startswith(f"# {k}: "):
-                    kind, source = k, Path(line[len(f"# {k}: ") :])
+                    kind, source = k, path.resolve().parent / line[len(f"# {k}: ") :]
         if kind is None or source is None:
             raise ConfigError(f"{path}: missing the '# images: DIR' or '# video: FILE' source line")
         entries = tuple(ln for ln in lines[1:] if ln and not ln.startswith("#"))
         if not entries:
             raise ConfigError(f"{path} lists no frames")
-        return cls(kind, source, entries)  # type: ignore[arg-type]
+        return cls(kind, source.resolve(), entries)  # type: ignore[arg-type]
 
     @classmethod
     def from_images(cls, directory: str | os.PathLike[str], num: int) -> CalibrationList:

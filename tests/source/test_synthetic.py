@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 
@@ -46,15 +44,6 @@ def test_endless_by_default_and_loop_with_frames() -> None:
         frames = [f for _, f in zip(range(7), src, strict=False)]
     assert [f.index for f in frames] == list(range(7))
     assert np.array_equal(frames[3].image, frames[0].image)
-
-
-def test_cheap_to_render() -> None:
-    with open_source("synthetic://drive?size=1280x720&frames=30") as src:
-        next(src)
-        start = time.perf_counter()
-        n = sum(1 for _ in src)
-    per_frame = (time.perf_counter() - start) / n
-    assert per_frame < 0.05  # about 2 ms on a busy 2-core machine; generous bound
 
 
 @pytest.mark.parametrize(

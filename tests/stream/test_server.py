@@ -448,7 +448,7 @@ def test_load_8_clients_x_200_requests_against_rtseg_serve(
     tmp_path: Path, free_port: Callable[[], int], random_images
 ) -> None:  # type: ignore[no-untyped-def]
     port = free_port()
-    proc = _serve(tmp_path, port, "--workers", "2", "--interval", "4")
+    proc = _serve(tmp_path, port, "--workers", "2", "--interval", "4", "--no-warp")
     try:
         engine = load(get_model("espnet", weights=tmp_path / "espnet_random.pt"), input_size=(64, 48))
         images = random_images(4, (48, 64, 3), seed=11)
