@@ -14,9 +14,7 @@ SIZE = (64, 48)
 
 
 @pytest.mark.parametrize("backend", ["torch", "onnxruntime", "openvino"])
-def test_concurrent_callers_get_their_own_results(
-    backend: str, shared_engine_dir: Path, make_model
-) -> None:
+def test_concurrent_callers_get_their_own_results(backend: str, shared_engine_dir: Path, make_model) -> None:
     if backend == "openvino":
         pytest.importorskip("openvino")
     engine = load(make_model("espnet", SIZE), backend=backend, input_size=SIZE, engine_dir=shared_engine_dir)
