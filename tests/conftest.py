@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,15 @@ REPO = Path(__file__).resolve().parent.parent
 
 # Two cores: one torch thread per test process keeps timings sane next to other work.
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_dirs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Tests (and the processes they start) never touch the checkout's engines/ or calibration/."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RTSEG_ENGINE_DIR", str(tmp_path_factory.mktemp("default-engines")))
+        mp.setenv("RTSEG_CALIBRATION_DIR", str(tmp_path_factory.mktemp("default-calibration")))
+        yield
 
 
 def data_dir() -> Path:

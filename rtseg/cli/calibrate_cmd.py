@@ -89,11 +89,13 @@ def run(args: argparse.Namespace) -> int:
             scheme = stages.sidecars[stage].get("quantization", {}).get("scheme", "?")
             print(f"  {stage}: {path}  (scheme {scheme})")
     if "tensorrt" in args.targets:
-        _entropy_cache(args, net, size, cache, calibration)
+        _entropy_cache(args, net, size, cache, calibration, list_path)
+    else:
+        print("TensorRT entropy cache: skipped (tensorrt is not in --targets)")
     return 0
 
 
-def _entropy_cache(args, net, size, cache, calibration) -> None:
+def _entropy_cache(args, net, size, cache, calibration, list_path: Path) -> None:
     from ..engine import load
 
     try:
@@ -111,7 +113,7 @@ def _entropy_cache(args, net, size, cache, calibration) -> None:
         print(
             f"TensorRT entropy cache: skipped ({exc}); it is written by the first "
             "`rtseg export --backend tensorrt --precision int8 --int8-mode calibrator "
-            f"--calibration {args.list or 'LIST'}` on a GPU machine"
+            f"--calibration {list_path}` on a GPU machine"
         )
         return
     print("TensorRT entropy-calibrated engine (its calibration cache is in calibration/cache/):")

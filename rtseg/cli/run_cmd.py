@@ -33,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         f"drive scene through the default model into {DEMO_OUTPUT}). Ctrl-C stops cleanly.",
         epilog="SOURCE: a path, file://, images://DIR-OR-GLOB, camera://N, v4l2:///dev/videoN, rtsp://, "
         "http(s)://, synthetic://drive?size=WxH&fps=N&seed=S&frames=N.  SINK: a path (.mp4, .avi, "
-        "out/%%06d.png), display://0, zmq://tcp://HOST:PORT, null://",
+        "out/%06d.png), display://0, zmq://tcp://HOST:PORT, null://",
     )
     p.add_argument("source", nargs="?", default=None, help=f"input URI (default: the demo, {DEMO_SOURCE})")
     p.add_argument("sinks", nargs="*", help="output URIs (default with no source: out/demo.mp4)")

@@ -32,6 +32,14 @@ from .calibration import CalibrationList
 log = logging.getLogger(__name__)
 
 CHOICE_FORMAT = "rtseg.auto-choice"
+# The keyword options each backend's loader takes: a candidate gets only its own (``exporter``
+# means nothing to torch, ``channels_last`` nothing to ONNX Runtime).
+BACKEND_OPTIONS = {
+    "torch": ("channels_last", "compile"),
+    "onnxruntime": ("threads", "io_binding", "exporter"),
+    "openvino": ("threads", "exporter"),
+    "tensorrt": ("workspace_gb", "int8_mode", "calibration_dir"),
+}
 
 
 @dataclass(frozen=True)
@@ -110,6 +118,20 @@ def time_engines(engines: Mapping[str, Engine], *, runs: int, warmup: int) -> di
     return times
 
 
+def pick(times: Mapping[str, list[float]]) -> tuple[str, dict[str, float]]:
+    """The label with the lowest median time (robust to a few slow runs), and every median."""
+    if not times:
+        raise ConfigError("auto: nothing was timed")
+    medians = {label: statistics.median(v) for label, v in times.items()}
+    return min(medians, key=medians.__getitem__), medians
+
+
+def options_for(candidate: Candidate, options: Mapping[str, Any]) -> dict[str, Any]:
+    """The options among ``options`` (plus the candidate's own) that its backend takes."""
+    accepted = BACKEND_OPTIONS.get(candidate.backend, ())
+    return {k: v for k, v in {**options, **candidate.options}.items() if k in accepted}
+
+
 def _read_choice(path: Path) -> Candidate | None:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -139,6 +161,12 @@ def load_auto(
     """The stored choice's engine, or measure all candidates now, store the choice and return it."""
     from . import load_backend, with_note
 
+    known = {name for names in BACKEND_OPTIONS.values() for name in names}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ConfigError(
+            f"auto: unknown backend options {unknown}; the backends take {', '.join(sorted(known))}"
+        )
     wh = weights_hash(net)
     path = choice_path(cache, net, wh, size, precision, device)
     stored = None if remeasure else _read_choice(path)
@@ -152,7 +180,7 @@ def load_auto(
             cache=cache,
             calibration=calibration,
             wh=wh,
-            **{**options, **stored.options},
+            **options_for(stored, options),
         )
         log.info("auto: using %s (measured before, %s)", stored.label, path.name)
         return with_note(engine, f"auto: {stored.label} (stored choice)")
@@ -161,9 +189,7 @@ def load_auto(
     chosen: dict[str, Candidate] = {}
     skipped: dict[str, str] = {}
     for candidate in candidates(precision, device):
-        opts = {**options, **candidate.options}
-        if candidate.backend != "torch":
-            opts.pop("channels_last", None)
+        opts = options_for(candidate, options)
         try:
             engine = load_backend(
                 net,
@@ -188,8 +214,7 @@ def load_auto(
             + "; ".join(f"{k}: {v}" for k, v in skipped.items())
         )
     times = time_engines(engines, runs=runs, warmup=warmup)
-    medians = {label: statistics.median(v) for label, v in times.items()}
-    best = min(medians, key=medians.__getitem__)
+    best, medians = pick(times)
     others = ", ".join(
         f"{label} {ms:.1f} ms" for label, ms in sorted(medians.items(), key=lambda kv: kv[1]) if label != best
     )

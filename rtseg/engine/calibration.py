@@ -139,7 +139,8 @@ class CalibrationList:
         return cls("video", video, tuple(str(i) for i in _evenly(count, num)))
 
     def frames(self, input_size: tuple[int, int]) -> Iterator[np.ndarray]:
-        """The listed frames as HxWx3 uint8 BGR at ``input_size`` = (w, h), in list order."""
+        """The listed frames as HxWx3 uint8 BGR at ``input_size`` = (w, h): images in list order,
+        a video's in frame order (it is decoded once, front to back)."""
         for image in self._decoded():
             if (image.shape[1], image.shape[0]) != tuple(input_size):
                 image = cv2.resize(image, tuple(input_size), interpolation=cv2.INTER_LINEAR)

@@ -237,7 +237,11 @@ def quantize_graph(
     else:
         ranges_path.parent.mkdir(parents=True, exist_ok=True)
         reader = _Reader(keep_first(feeds))
-        build(Scheme("calibrate", every_op), reader, workdir / f"{fp32_path.stem}.calibrate.onnx", [])
+        try:
+            build(Scheme("calibrate", every_op), reader, workdir / f"{fp32_path.stem}.calibrate.onnx", [])
+        except ValueError:  # onnxruntime: "No data is collected."
+            if reader.count:
+                raise
         if reader.count == 0:
             raise EngineBuildError(f"no calibration data reached stage {fp32_path.name}")
     ranges = load_tensors_data(ranges_path)

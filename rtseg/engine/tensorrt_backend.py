@@ -79,10 +79,14 @@ def require_cuda(device: str) -> int:
 
 
 def device_tag(index: int) -> str:
-    """GPU model and compute capability: a plan only runs on the GPU kind it was built for."""
+    """GPU model and compute capability: a plan only runs on the GPU kind it was built for.
+
+    No '-' inside: it separates the fields of artifact names (``ArtifactKey.stem`` would turn it
+    into '_', and the timing cache, named from the raw tag, would then be spelt otherwise).
+    """
     name = re.sub(r"[^A-Za-z0-9]+", "", torch.cuda.get_device_name(index).replace("NVIDIA", ""))
     major, minor = torch.cuda.get_device_capability(index)
-    return f"{name.lower()}-sm{major}{minor}"
+    return f"{name.lower()}_sm{major}{minor}"
 
 
 def plan_key(
@@ -365,14 +369,14 @@ def load_tensorrt(
         raise ConfigError(f"int8_mode must be one of {', '.join(INT8_MODES)}, got {int8_mode!r}")
     if workspace_gb <= 0:
         raise ConfigError(f"workspace_gb must be positive, got {workspace_gb}")
+    if precision == "int8" and int8_mode == "calibrator" and calibration is None:
+        raise ConfigError("int8_mode='calibrator' needs a calibration list (rtseg calibrate)")
     trt = _trt()
     index = require_cuda(device)
     tag = device_tag(index)
     source = tensorrt_onnx(net, size, precision, cache, calibration, int8_mode, wh)
     variant = ""
     if precision == "int8":
-        if int8_mode == "calibrator" and calibration is None:
-            raise ConfigError("int8_mode='calibrator' needs a calibration list")
         variant = f"{source.key.variant}q" if int8_mode == "qdq" else f"{calibration.id}c"  # type: ignore[union-attr]
     key = plan_key(source.key, precision=precision, device=tag, trt_version=trt.__version__, variant=variant)
     timing_path = timing_cache_path(cache, tag, trt.__version__)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -11,15 +10,6 @@ import torch
 from torch import nn
 
 from rtseg.models import StagedSegmenter, get_model
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _private_dirs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """Engine tests never touch the checkout's engines/ or calibration/."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("RTSEG_ENGINE_DIR", str(tmp_path_factory.mktemp("default-engines")))
-        mp.setenv("RTSEG_CALIBRATION_DIR", str(tmp_path_factory.mktemp("default-calibration")))
-        yield
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,143 @@
+"""`rtseg calibrate`: the frame list, the int8 QDQ graphs of each target, and the TensorRT entropy
+cache reported as skipped on a machine without TensorRT or a GPU."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from rtseg.cli import main
+from rtseg.engine.calibration import LIST_HEADER, CalibrationList
+from rtseg.models import get_model, save_checkpoint
+
+STAGES = ("low", "deep", "head")
+
+
+@pytest.fixture(scope="module")
+def dirs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
+    """Engine and calibration folders shared by the module (the targets reuse one calibration)."""
+    root = tmp_path_factory.mktemp("calibrate")
+    paths = {"engines": root / "engines", "calibration": root / "calibration", "root": root}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RTSEG_ENGINE_DIR", str(root / "default-engines"))
+        mp.setenv("RTSEG_CALIBRATION_DIR", str(paths["calibration"]))
+        yield paths
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread() -> Iterator[None]:
+    """Tiny inputs: a second intra-op thread only adds barriers (100x slower on a busy 2-core box)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def weights(dirs: dict[str, Path]) -> Path:
+    torch.manual_seed(0)
+    model = get_model("espnet", num_classes=11)
+    return save_checkpoint(dirs["root"] / "espnet_small.pt", model.state_dict(), model.meta)
+
+
+@pytest.fixture(scope="module")
+def images(dirs: dict[str, Path]) -> Path:
+    folder = dirs["root"] / "data" / "frames"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        coarse = rng.integers(0, 256, (6, 8, 3)).astype(np.uint8)
+        cv2.imwrite(str(folder / f"{i:02d}.png"), cv2.resize(coarse, (96, 72)))
+    return folder
+
+
+def _calibrate(weights: Path, images: Path, engines: Path, *extra: str) -> int:
+    return main(
+        [
+            *("calibrate", "--weights", str(weights), "--images", str(images), "--num", "4"),
+            *("--size", "64x48", "--engine-dir", str(engines), *extra),
+        ]
+    )
+
+
+def _graphs(out: str, target: str) -> list[Path]:
+    lines = out.splitlines()
+    start = lines.index(f"int8 QDQ graphs for {target}:")
+    found = []
+    for stage, line in zip(STAGES, lines[start + 1 : start + 4], strict=True):
+        assert line.startswith(f"  {stage}: ") and "(scheme " in line, line
+        found.append(Path(line.split(": ", 1)[1].split("  (scheme", 1)[0]))
+    return found
+
+
+def test_cpu_target_writes_the_list_and_the_int8_graphs(
+    weights: Path, images: Path, dirs: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    list_path = dirs["root"] / "lists" / "list.txt"
+    rc = _calibrate(weights, images, dirs["engines"], "--targets", "cpu", "--list", str(list_path))
+    assert rc == 0
+    out = capsys.readouterr().out
+    calib = CalibrationList.load(list_path)
+    assert list_path.read_text().splitlines()[:2] == [LIST_HEADER, "# images: ../data/frames"]
+    assert calib.source == images.resolve() and calib.entries == ("00.png", "01.png", "03.png", "04.png")
+    assert f"calibration list: {list_path} (4 frames, id {calib.id})" in out
+    graphs = _graphs(out, "cpu")
+    for stage, path in zip(STAGES, graphs, strict=True):
+        assert path.parent == dirs["engines"] and path.is_file() and Path(f"{path}.json").is_file()
+        assert f"-64x48-int8_{calib.id}u-onnx-any-ort" in path.name and path.name.endswith(f".{stage}.onnx")
+    assert "int8 QDQ graphs for tensorrt:" not in out
+    assert "TensorRT entropy cache: skipped (tensorrt is not in --targets)" in out
+    ranges = sorted(p.name for p in (dirs["calibration"] / "cache").iterdir())
+    assert len(ranges) == 3 and all(f".{calib.id}." in name for name in ranges)
+
+
+def test_tensorrt_target_writes_symmetric_graphs_and_skips_the_entropy_cache(
+    weights: Path, images: Path, dirs: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    rc = _calibrate(weights, images, dirs["engines"], "--targets", "tensorrt", "--device", "cuda")
+    assert rc == 0
+    out = capsys.readouterr().out
+    default_list = dirs["calibration"] / "espnet-data-frames-4.txt"  # no --list: calibration/<...>
+    calib = CalibrationList.load(default_list)
+    graphs = _graphs(out, "tensorrt")
+    assert all(f"-int8_{calib.id}s-onnx-any-ort" in p.name and p.is_file() for p in graphs)
+    skipped = [line for line in out.splitlines() if line.startswith("TensorRT entropy cache: skipped (")]
+    assert len(skipped) == 1, out
+    if not torch.cuda.is_available():
+        assert "needs" in skipped[0]  # TensorRT or a GPU, named with how to get it
+    assert f"--calibration {default_list}` on a GPU machine" in skipped[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--num", "0"], "--num must be positive, got 0"),
+        (["--num", "7"], "asked for 7 calibration frames but the source has only 6"),
+    ],
+)
+def test_bad_requests_are_one_line_errors(
+    weights: Path,
+    images: Path,
+    dirs: dict[str, Path],
+    capsys: pytest.CaptureFixture[str],
+    args: list[str],
+    message: str,
+) -> None:
+    argv = ["calibrate", "--weights", str(weights), "--images", str(images), *args]
+    assert main([*argv, "--engine-dir", str(dirs["root"] / "unused")]) == 2
+    err = capsys.readouterr().err
+    assert f"rtseg calibrate: error: {message}" in err and len(err.strip().splitlines()) == 1
+    assert not (dirs["root"] / "unused").exists()
+
+
+def test_a_missing_image_folder_is_named(
+    weights: Path, dirs: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = dirs["root"] / "nowhere"
+    assert main(["calibrate", "--weights", str(weights), "--images", str(missing)]) == 2
+    assert f"calibration image folder not found: {missing}" in capsys.readouterr().err

@@ -1,0 +1,125 @@
+"""`rtseg export`: the three stage artifacts and sidecars under their documented names
+(engines/README.md), reuse on a second run, and one-line errors for what cannot be built here."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from rtseg.cli import main
+from rtseg.engine.cache import weights_hash
+from rtseg.models import get_model, save_checkpoint
+
+STAGES = ("low", "deep", "head")
+REPO = Path(__file__).resolve().parent.parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _private_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Never write into the checkout's engines/ or calibration/."""
+    monkeypatch.setenv("RTSEG_ENGINE_DIR", str(tmp_path / "default-engines"))
+    monkeypatch.setenv("RTSEG_CALIBRATION_DIR", str(tmp_path / "default-calibration"))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread() -> Iterator[None]:
+    """Tiny inputs: a second intra-op thread only adds barriers (100x slower on a busy 2-core box)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    model = get_model("espnet", num_classes=11)
+    path = tmp_path_factory.mktemp("w") / "espnet_small.pt"
+    save_checkpoint(path, model.state_dict(), model.meta)
+    return path
+
+
+def _export(weights: Path, engine_dir: Path, *extra: str) -> int:
+    return main(
+        ["export", "--weights", str(weights), "--size", "64x48", "--engine-dir", str(engine_dir), *extra]
+    )
+
+
+def test_onnxruntime_export_writes_three_stages_with_sidecars(
+    weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    engines = tmp_path / "engines"
+    assert _export(weights, engines, "--backend", "onnxruntime") == 0
+    out = capsys.readouterr().out
+    wh = weights_hash(get_model("espnet", weights=weights))
+    stem = f"espnet-{wh}-64x48-fp32-onnx-any-torch{torch.__version__}"
+    files = [engines / f"{stem}.{stage}.onnx" for stage in STAGES]
+    assert out.splitlines()[0].startswith("espnet 64x48 onnxruntime fp32 on cpu (onnxruntime ")
+    built = {}
+    for stage, path in zip(STAGES, files, strict=True):
+        assert path.is_file() and str(path) in out
+        sidecar = json.loads(Path(f"{path}.json").read_text())
+        assert sidecar["file"] == path.name and sidecar["stage"] == stage
+        assert sidecar["size"] == path.stat().st_size and len(sidecar["sha256"]) == 64
+        assert sidecar["key"]["weights"] == wh and sidecar["key"]["input_size"] == [64, 48]
+        assert sidecar["classes"]["names"] and sidecar["preprocessing"]["channel_order"] == "BGR"
+        assert sidecar["io"]["inputs"] and sidecar["exporter"] in ("torchscript", "dynamo")
+        assert {"built_at", "build_seconds", "rtseg_version"} <= set(sidecar)
+        built[stage] = sidecar["built_at"]
+    names = sorted(p.name for p in engines.iterdir() if not p.name.startswith("."))
+    assert names == sorted([*(p.name for p in files), *(f"{p.name}.json" for p in files)])
+
+    # a second run reuses the artifacts (same files, same build time) and can verify them
+    mtimes = [p.stat().st_mtime_ns for p in files]
+    assert _export(weights, engines, "--backend", "onnxruntime", "--verify") == 0
+    out = capsys.readouterr().out
+    assert [p.stat().st_mtime_ns for p in files] == mtimes
+    assert all(f"(built {built[s]})" in out for s in STAGES)
+    assert "verify: label agreement 100.000 %" in out
+
+
+def test_auto_export_measures_and_says_what_it_picked(
+    weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    engines = tmp_path / "engines"
+    assert _export(weights, engines, "--backend", "auto") == 0
+    out = capsys.readouterr().out
+    assert "  auto: picked " in out
+    assert len(list(engines.glob("auto-espnet-*-64x48-fp32-cpu.json"))) == 1
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed here")
+def test_tensorrt_export_here_is_a_one_line_error(weights: Path, tmp_path: Path) -> None:
+    """Through the real entry point, so log lines or a traceback would show up too."""
+    engines = tmp_path / "engines"
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "rtseg", "export", "--weights", str(weights), "--size", "64x48"),
+            *("--backend", "tensorrt", "--engine-dir", str(engines)),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("rtseg export: error: the tensorrt backend needs TensorRT: pip install ")
+    assert done.stdout == ""
+    assert not engines.exists()  # nothing exported for a backend that cannot run
+
+
+def test_int8_mode_applies_to_tensorrt_only(
+    weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rc = _export(weights, tmp_path / "engines", "--backend", "onnxruntime", "--int8-mode", "calibrator")
+    assert rc == 2
+    assert "rtseg export: error: --int8-mode applies to --backend tensorrt" in capsys.readouterr().err
