@@ -12,7 +12,8 @@ magnitude, so one threshold means the same at any input scale or feature normali
 first makes the score cheap (the reference kept per keyframe is ``pool**2`` times smaller than the
 feature) and insensitive to sensor noise and sub-cell jitter, while a moved or new object shifts
 whole cells. It works on torch tensors (CPU or CUDA, computed where they live) and NumPy arrays
-(ONNX Runtime, OpenVINO) without converting either.
+(ONNX Runtime, OpenVINO), which are pooled through a zero-copy torch view: NumPy's strided mean
+took 10-15 ms for ESPNet's stride-2 features at 480x360, avg_pool2d well under 1 ms.
 """
 
 from __future__ import annotations
@@ -75,16 +76,15 @@ def _pool(x: Any, k: int) -> Any:
         if x.dim() == 3:
             x = x.unsqueeze(0)
         return F.avg_pool2d(x, k) if k > 1 else x.clone()
-    a = np.asarray(x, dtype=np.float32)
+    a = np.ascontiguousarray(x, dtype=np.float32)
     if a.ndim == 3:
         a = a[None]
     if k == 1:
         return a.copy()
-    n, c, h, w = a.shape
-    hh, ww = h // k, w // k
-    if hh == 0 or ww == 0:
+    h, w = a.shape[2:]
+    if h < k or w < k:
         raise ConfigError(f"change pooling {k} is larger than the feature map ({w}x{h})")
-    return a[:, :, : hh * k, : ww * k].reshape(n, c, hh, k, ww, k).mean(axis=(3, 5), dtype=np.float32)
+    return F.avg_pool2d(torch.from_numpy(a), k).numpy()
 
 
 def _mean_abs(x: Any) -> float:
