@@ -188,6 +188,33 @@ CAMVID_LABEL_IDS = LabelIdMap(table=tuple(i if i < CAMVID_VOID else IGNORE_INDEX
 
 CLASS_SETS: dict[str, ClassSet] = {c.name: c for c in (CITYSCAPES, CAMVID)}
 
+# For each class of one set, the class of another that covers most of it. Fine-tuning starts a
+# classifier's outputs from these classes' weights instead of from random ones.
+CORRESPONDENCES: dict[tuple[str, str], dict[str, str]] = {
+    ("camvid", "cityscapes"): {
+        "sky": "sky",
+        "building": "building",
+        "pole": "pole",
+        "road": "road",
+        "pavement": "sidewalk",
+        "tree": "vegetation",
+        "sign": "traffic sign",
+        "fence": "fence",
+        "car": "car",
+        "pedestrian": "person",
+        "bicyclist": "rider",
+    },
+}
+
+
+def corresponding_outputs(target: ClassSet, source: ClassSet) -> list[int] | None:
+    """Output indices of ``source`` classes for each ``target`` class, or None if rtseg knows no
+    correspondence between the two sets."""
+    table = CORRESPONDENCES.get((target.name, source.name))
+    if table is None or set(table) != set(target.names):
+        return None
+    return [source.names.index(table[name]) for name in target.names]
+
 
 def numbered_classes(n: int) -> ClassSet:
     """Classes ``class_0..class_{n-1}`` with well-spread colours, for datasets without names."""

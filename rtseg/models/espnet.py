@@ -191,16 +191,29 @@ class ESPNet(StagedSegmenter):
 
     ``skip_channels`` is 16 for the authors' Cityscapes release (the decoder reads the level-1
     conv output) and 19 for their CamVid release (it reads level 1 concatenated with the
-    pooled image).
+    pooled image). ``width`` is the number of channels of the decoder's score maps, which the
+    authors tie to the number of outputs; a wider decoder lets a model fine-tuned from another
+    dataset keep that dataset's whole decoder and select its outputs in the last layer alone.
     """
 
-    def __init__(self, *, num_outputs: int = 20, p: int = 2, q: int = 8, skip_channels: int = 19) -> None:
+    def __init__(
+        self,
+        *,
+        num_outputs: int = 20,
+        p: int = 2,
+        q: int = 8,
+        skip_channels: int = 19,
+        width: int | None = None,
+    ) -> None:
         super().__init__()
         if skip_channels not in (16, 19):
             raise ValueError(f"ESPNet skip_channels must be 16 or 19, got {skip_channels}")
-        c = num_outputs
+        c = num_outputs if width is None else width
+        if c < num_outputs:
+            raise ValueError(f"ESPNet width must be at least num_outputs ({num_outputs}), got {width}")
         self.num_outputs = num_outputs
         self.skip = "l1" if skip_channels == 16 else "l1_cat"
+        self._arch = {"p": p, "q": q, "skip_channels": skip_channels, "width": c}
         self.encoder = ESPNetEncoder(c, p, q)
         self.level3_C = Conv(128 + 3, c, 1, 1)
         self.br = nn.BatchNorm2d(c, eps=_BN_EPS)
@@ -208,7 +221,7 @@ class ESPNet(StagedSegmenter):
         self.up_l3 = nn.Sequential(nn.ConvTranspose2d(c, c, 2, stride=2, bias=False))
         self.combine_l2_l3 = nn.Sequential(BNPReLU(2 * c), ESPBlock(2 * c, c, residual=False))
         self.up_l2 = nn.Sequential(nn.ConvTranspose2d(c, c, 2, stride=2, bias=False), BNPReLU(c))
-        self.classifier = nn.ConvTranspose2d(c, c, 2, stride=2, bias=False)
+        self.classifier = nn.ConvTranspose2d(c, num_outputs, 2, stride=2, bias=False)
         low = [FeatureInfo("l1_cat", 19, 2), FeatureInfo("image_s4", 3, 4)]
         if self.skip == "l1":
             low.append(FeatureInfo("l1", 16, 2))
@@ -220,6 +233,18 @@ class ESPNet(StagedSegmenter):
             input_multiple=8,
         )
         init_weights(self)
+
+    def select_outputs(self, indices: list[int]) -> ESPNet:
+        """A copy that predicts only output channels ``indices``, in that order: every layer is
+        kept and the last one (a per-channel transposed convolution) keeps those columns, so the
+        copy's logits equal these logits' ``[:, indices]`` exactly."""
+        if not indices or any(not 0 <= i < self.num_outputs for i in indices):
+            raise ValueError(f"output indices must be in 0..{self.num_outputs - 1}, got {indices}")
+        out = ESPNet(num_outputs=len(indices), **self._arch)
+        state = dict(self.state_dict())
+        state["classifier.weight"] = state["classifier.weight"][:, indices].clone()
+        out.load_state_dict(state, strict=True)
+        return out.train(self.training)
 
     def forward_low(self, x: Tensor) -> Features:
         stem = self.encoder.stem(x)
@@ -243,9 +268,12 @@ def espnet_config_from_state_dict(state: dict[str, Tensor]) -> dict[str, int]:
     """Architecture hyper-parameters read off an ESPNet (decoder) state dict's shapes."""
     p = len({k.split(".")[2] for k in state if k.startswith("encoder.level2.")})
     q = len({k.split(".")[2] for k in state if k.startswith("encoder.level3.")})
-    num_outputs = int(state["classifier.weight"].shape[0])
-    skip = int(state["conv.conv.weight"].shape[1]) - num_outputs
-    return {"num_outputs": num_outputs, "p": p, "q": q, "skip_channels": skip}
+    width, num_outputs = (int(n) for n in state["classifier.weight"].shape[:2])  # ConvTranspose: in, out
+    skip = int(state["conv.conv.weight"].shape[1]) - width
+    config = {"num_outputs": num_outputs, "p": p, "q": q, "skip_channels": skip}
+    if width != num_outputs:
+        config["width"] = width
+    return config
 
 
 def espnet_c_config_from_state_dict(state: dict[str, Tensor]) -> dict[str, int]:

@@ -25,11 +25,13 @@ from tqdm import tqdm
 
 from .._version import __version__
 from ..data.datasets import SegmentationDataset, open_dataset
+from ..data.labels import corresponding_outputs
 from ..data.preprocess import Normalize, Preprocessing
 from ..errors import CheckpointError, ConfigError
 from ..evaluate import evaluate, torch_logits_fn
-from ..models import get_model
+from ..models import StagedSegmenter, get_model
 from ..models.checkpoint import WeightsMeta, atomic_torch_save, save_checkpoint
+from ..models.registry import get_spec
 from .augment import ScaleCropFlip
 from .loss import SegmentationLoss, class_frequencies, enet_class_weights
 
@@ -144,9 +146,7 @@ class Trainer:
             mean, std = dataset_statistics(self.train_set)
             self.preprocessing = Preprocessing("BGR", mean, std, input_size=config.size)  # type: ignore[arg-type]
         torch.manual_seed(config.seed)  # the initial weights are part of the run
-        self.model = get_model(config.model, num_classes=len(self.classes))
-        if init_model is not None:
-            self._load_matching(init_model.state_dict())
+        self.model = self._initial_model(init_model)
         self.model.to(self.device)
         self.normalize = Normalize(self.preprocessing).to(self.device)
 
@@ -182,11 +182,47 @@ class Trainer:
         self.use_amp = config.amp and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
 
-    def _load_matching(self, source: dict[str, torch.Tensor]) -> None:
-        target = self.model.state_dict()
+    def _initial_model(self, init: StagedSegmenter | None) -> StagedSegmenter:
+        """Fresh weights; the init weights whole (same classes); the init network with its outputs
+        selected by class correspondence (e.g. CamVid from Cityscapes, where the network has a
+        ``select_outputs``); or else the init tensors whose names and shapes fit."""
+        fresh = get_model(self.config.model, num_classes=len(self.classes))
+        if init is None:
+            return fresh
+        source = init.meta.classes
+        if source.names == self.classes.names:
+            log.info("fine-tuning from %s: every tensor loaded (same classes)", self.config.init)
+            return init
+        indices = corresponding_outputs(self.classes, source)
+        select = getattr(init, "select_outputs", None)
+        if indices is not None and select is not None:
+            model = select(indices)
+            config = dict(init.meta.config)
+            read_config = get_spec(self.config.model).config_from_state_dict
+            if read_config is not None:  # the architecture as the selected weights describe it
+                config.update(read_config(model.state_dict()))
+                config.pop("num_outputs", None)
+            model.meta = replace(  # type: ignore[assignment]
+                init.meta, config=config, classes=self.classes, num_outputs=len(indices)
+            )
+            pairs = ", ".join(
+                f"{t}<-{source.names[i]}" for t, i in zip(self.classes.names, indices, strict=True)
+            )
+            log.info(
+                "fine-tuning from %s: every tensor loaded; outputs from %s classes (%s)",
+                self.config.init,
+                source.name,
+                pairs,
+            )
+            return model
+        self._load_matching(fresh, init.state_dict())
+        return fresh
+
+    def _load_matching(self, model: torch.nn.Module, source: dict[str, torch.Tensor]) -> None:
+        target = model.state_dict()
         loaded = {k: v for k, v in source.items() if k in target and target[k].shape == v.shape}
         skipped = [k for k in target if k not in loaded]
-        self.model.load_state_dict({**target, **loaded})
+        model.load_state_dict({**target, **loaded})
         log.info(
             "fine-tuning from %s: %d tensors loaded, %d re-initialised%s",
             self.config.init,

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
-from rtseg.models import get_model
+from rtseg.models import get_model, save_checkpoint
 from rtseg.models.espnet import ESPNet, espnet_c_config_from_state_dict, espnet_config_from_state_dict
 from rtseg.models.flops import stage_flops
+from rtseg.models.registry import default_meta
 
 pytestmark = pytest.mark.data
 
@@ -57,3 +59,29 @@ def test_cityscapes_release_reads_level1_conv_camvid_release_reads_concat() -> N
 def test_low_plus_head_is_cheap() -> None:
     flops = stage_flops(ESPNet(num_outputs=20, skip_channels=16), (1024, 512))
     assert flops.per_frame_share < 0.35
+
+
+def test_selected_outputs_equal_the_original_logits_and_round_trip(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    net = ESPNet(num_outputs=20, skip_channels=16).eval()
+    indices = [10, 2, 5, 0]
+    selected = net.select_outputs(indices).eval()
+    x = torch.randn(1, 3, 48, 64)
+    with torch.no_grad():
+        assert torch.equal(selected(x), net(x)[:, indices])
+    config = espnet_config_from_state_dict(selected.state_dict())
+    assert config == {"num_outputs": 4, "p": 2, "q": 8, "skip_channels": 16, "width": 20}
+    assert "width" not in espnet_config_from_state_dict(net.state_dict())  # the authors' layout
+    path = tmp_path / "selected.pt"
+    arch = {k: v for k, v in config.items() if k != "num_outputs"}
+    save_checkpoint(path, selected.state_dict(), replace(default_meta("espnet", num_classes=4), config=arch))
+    again = get_model("espnet", weights=path)
+    with torch.no_grad():
+        assert torch.equal(again(x), selected(x))
+
+
+def test_width_and_selection_are_validated() -> None:
+    with pytest.raises(ValueError, match="width must be at least num_outputs"):
+        ESPNet(num_outputs=12, width=8)
+    with pytest.raises(ValueError, match=r"output indices must be in 0\.\.19"):
+        ESPNet(num_outputs=20).select_outputs([3, 20])

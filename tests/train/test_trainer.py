@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -15,8 +16,11 @@ import numpy as np
 import pytest
 import torch
 
+from rtseg.data.labels import CAMVID, CITYSCAPES, corresponding_outputs
 from rtseg.errors import ConfigError
-from rtseg.models import get_model
+from rtseg.models import get_model, save_checkpoint
+from rtseg.models.espnet import ESPNet
+from rtseg.models.registry import default_meta
 from rtseg.train import TrainConfig, Trainer, state_path_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -149,3 +153,39 @@ def test_resume_refuses_other_settings(tiny_camvid: Path, tmp_path: Path) -> Non
 def test_config_validation_names_the_field(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="batch must be positive, got 0"):
         TrainConfig(model="espnet", dataset="camvid", root=".", out="x.pt", batch=0)
+
+
+def _config(root: Path, out: Path, **kw: object) -> TrainConfig:
+    return TrainConfig(
+        model="espnet", dataset="camvid", root=str(root), out=str(out), size=(64, 48), epochs=1, batch=2, **kw
+    )
+
+
+def test_init_from_another_class_set_selects_corresponding_outputs(tiny_camvid: Path, tmp_path: Path) -> None:
+    """CamVid from Cityscapes weights: every tensor is kept and each CamVid output starts as the
+    corresponding Cityscapes output, so the run starts from the source network's predictions."""
+    torch.manual_seed(1)
+    source = ESPNet(num_outputs=20, skip_channels=16)  # the authors' Cityscapes layout: 19 + void
+    meta = default_meta("espnet", skip_channels=16)
+    init = tmp_path / "city.pt"
+    save_checkpoint(init, source.state_dict(), replace(meta, classes=CITYSCAPES, num_outputs=20))
+    trainer = Trainer(_config(tiny_camvid, tmp_path / "out.pt", init=str(init)), progress=False)
+    indices = corresponding_outputs(CAMVID, CITYSCAPES)
+    assert indices is not None and len(indices) == 11
+    x = torch.randn(1, 3, 48, 64)
+    model = trainer.model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(x), get_model("espnet", weights=init)(x)[:, indices])
+    assert model.meta.config["width"] == 20 and model.num_outputs == 11
+
+
+def test_init_with_the_same_classes_keeps_the_whole_network(tiny_camvid: Path, tmp_path: Path) -> None:
+    torch.manual_seed(2)
+    source = ESPNet(num_outputs=11, width=20).eval()
+    meta = default_meta("espnet", num_classes=11, width=20)
+    init = tmp_path / "camvid.pt"
+    save_checkpoint(init, source.state_dict(), replace(meta, classes=CAMVID))
+    trainer = Trainer(_config(tiny_camvid, tmp_path / "out.pt", init=str(init)), progress=False)
+    x = torch.randn(1, 3, 48, 64)
+    with torch.no_grad():
+        assert torch.equal(trainer.model.eval()(x), source.eval()(x))
