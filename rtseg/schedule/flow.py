@@ -9,6 +9,7 @@ resolution (grid_sample for torch tensors, cv2.remap for NumPy arrays).
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import cv2
@@ -101,11 +102,19 @@ def residual_of(grey: np.ndarray, key: np.ndarray, flow: np.ndarray) -> float:
     return float(cv2.absdiff(grey, warped).mean()) / (float(key.mean()) + 1e-6)
 
 
+@functools.lru_cache(maxsize=8)
+def _pixel_grid(w: int, h: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel coordinates, made once per feature size (read-only: every caller adds to them)."""
+    gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    gx.flags.writeable = gy.flags.writeable = False
+    return gx, gy
+
+
 def _sampling_map(flow: np.ndarray, w: int, h: int) -> tuple[np.ndarray, np.ndarray]:
     fh, fw = flow.shape[:2]
     if (fw, fh) != (w, h):
         flow = cv2.resize(flow, (w, h), interpolation=cv2.INTER_LINEAR)
-    gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    gx, gy = _pixel_grid(w, h)
     # Flow vectors are in flow-image pixels: rescale them to this feature's pixels.
     return gx + flow[..., 0] * (w / fw), gy + flow[..., 1] * (h / fh)
 
