@@ -118,6 +118,15 @@ def load_backend(
     if backend not in PRECISIONS:
         raise ConfigError(f"unknown backend {backend!r}; choose one of {', '.join(PRECISIONS)}")
     check_precision(backend, precision)
+    from .auto import BACKEND_OPTIONS
+
+    accepted = BACKEND_OPTIONS.get(backend)
+    unknown = sorted(set(options) - set(accepted or ()))
+    if accepted is not None and unknown:
+        raise ConfigError(
+            f"the {backend} backend has no option(s) {', '.join(unknown)}; "
+            f"it takes {', '.join(accepted) or 'none'}"
+        )
     if backend == "torch":
         if calibration is not None:
             raise ConfigError("calibration applies to int8 engines; the torch backend has no int8")

@@ -1,0 +1,33 @@
+"""``rtseg.engine.load``: what it refuses, and that the refusal says what would be accepted."""
+
+from __future__ import annotations
+
+import pytest
+
+from rtseg.engine import load
+from rtseg.errors import ConfigError
+from rtseg.models import get_model
+
+SIZE = (64, 48)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"backend": "tflite"}, r"unknown backend 'tflite'; choose one of auto, torch, onnxruntime"),
+        ({"backend": "torch", "precision": "int8"}, r"torch backend cannot run precision 'int8'"),
+        (
+            {"backend": "torch", "threads": 2},
+            r"torch backend has no option\(s\) threads; it takes channels_last",
+        ),
+        (
+            {"backend": "onnxruntime", "channels_last": True},
+            r"no option\(s\) channels_last; it takes threads",
+        ),
+        ({"backend": "torch", "input_size": (65, 48)}, r"input size divisible by 8, got 65x48"),
+    ],
+)
+def test_bad_requests_name_what_is_accepted(kwargs: dict, message: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    options = {"input_size": SIZE, "engine_dir": tmp_path, **kwargs}
+    with pytest.raises(ConfigError, match=message):
+        load(get_model("espnet"), **options)
