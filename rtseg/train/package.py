@@ -1,6 +1,6 @@
 """Turn a training run's best weights into shippable weights with measured metrics attached.
 
-    python -m rtseg.train.package runs/default/best.pt rtseg/assets/espnet_camvid.pt \\
+    python -m rtseg.train.package runs/camvid_from_city/best.pt rtseg/assets/espnet_camvid.pt \\
         --dataset camvid --root ../shared/data/camvid
 
 Evaluates the weights on the given splits with the reference protocol (the same code as
@@ -14,6 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..data.datasets import open_dataset
+from ..errors import CheckpointError
 from ..evaluate import evaluate, torch_logits_fn
 from ..models import get_model, read_checkpoint, save_checkpoint
 
@@ -39,7 +40,19 @@ def package(source: Path, target: Path, *, dataset: str, root: Path, splits: lis
             "pixel_accuracy": round(100 * report.scores.pixel_accuracy, 2),
             "by": "rtseg eval (torch, reference protocol)",
         }
-    save_checkpoint(target, model.state_dict(), replace(meta, metrics=metrics), half=True)
+    provenance = dict(meta.provenance)
+    init = provenance.get("recipe", {}).get("init")
+    if init and "initialised_from" not in provenance:  # runs from before the trainer recorded it
+        try:
+            provenance["initialised_from"] = {
+                "file": init,
+                **get_model(meta.model, weights=init).meta.provenance,
+            }
+        except CheckpointError:
+            provenance["initialised_from"] = {"file": init}
+    save_checkpoint(
+        target, model.state_dict(), replace(meta, metrics=metrics, provenance=provenance), half=True
+    )
     return results
 
 

@@ -138,9 +138,11 @@ class Trainer:
         self.state = TrainState()
         self._stop_signal: int | None = None
 
+        self.init_provenance: dict[str, Any] | None = None
         if config.init:
             init_model = get_model(config.model, weights=config.init)
             self.preprocessing = init_model.meta.preprocessing.with_input_size(config.size)
+            self.init_provenance = {"file": str(config.init), **init_model.meta.provenance}
         else:
             init_model = None
             mean, std = dataset_statistics(self.train_set)
@@ -340,6 +342,7 @@ class Trainer:
                 "selected_on": f"{c.dataset} {c.val_split} mIoU",
                 "epoch": epoch + 1,
                 "recipe": {k: v for k, v in c.to_dict().items() if k not in ("root", "out", "device")},
+                **({"initialised_from": self.init_provenance} if self.init_provenance else {}),
                 "trained_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             },
             metrics={f"{c.dataset}/{c.val_split}": {"miou": round(100 * miou, 2), "by": "rtseg train"}},
