@@ -24,6 +24,16 @@ def _private_dirs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
         yield
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """For modules of tiny inputs: a second intra-op thread only adds barriers (100x slower on a busy
+    2-core machine). Use with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def data_dir() -> Path:
     return Path(os.environ.get("RTSEG_DATA", REPO.parent / "shared" / "data")).resolve()
 

@@ -60,26 +60,10 @@ def _draw_legend(image: np.ndarray, classes: ClassSet, present: np.ndarray | Non
             break
         b, g, r = (int(v) for v in classes.palette[i][::-1])
         cv2.rectangle(image, (x0, y), (x0 + row - 4, y + row - 4), (b, g, r), -1)
-        cv2.putText(
-            image,
-            classes.names[i],
-            (x0 + row + 2, y + row - 8),
-            cv2.FONT_HERSHEY_SIMPLEX,
-            scale,
-            (0, 0, 0),
-            3,
-            cv2.LINE_AA,
-        )
-        cv2.putText(
-            image,
-            classes.names[i],
-            (x0 + row + 2, y + row - 8),
-            cv2.FONT_HERSHEY_SIMPLEX,
-            scale,
-            (255, 255, 255),
-            1,
-            cv2.LINE_AA,
-        )
+        origin = (x0 + row + 2, y + row - 8)
+        for colour, thickness in (((0, 0, 0), 3), ((255, 255, 255), 1)):  # white on a black outline
+            font = cv2.FONT_HERSHEY_SIMPLEX
+            cv2.putText(image, classes.names[i], origin, font, scale, colour, thickness, cv2.LINE_AA)
 
 
 def _draw_hud(image: np.ndarray, result: SegResult, fps: float | None) -> None:

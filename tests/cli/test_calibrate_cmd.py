@@ -15,6 +15,8 @@ from rtseg.cli import main
 from rtseg.engine.calibration import LIST_HEADER, CalibrationList
 from rtseg.models import get_model, save_checkpoint
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 STAGES = ("low", "deep", "head")
 
 
@@ -27,15 +29,6 @@ def dirs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
         mp.setenv("RTSEG_ENGINE_DIR", str(root / "default-engines"))
         mp.setenv("RTSEG_CALIBRATION_DIR", str(paths["calibration"]))
         yield paths
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    """Tiny inputs: a second intra-op thread only adds barriers (100x slower on a busy 2-core box)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ import importlib.util
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,8 @@ import torch
 from rtseg.cli import main
 from rtseg.engine.cache import weights_hash
 from rtseg.models import get_model, save_checkpoint
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 STAGES = ("low", "deep", "head")
 REPO = Path(__file__).resolve().parent.parent.parent
@@ -26,15 +27,6 @@ def _private_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Never write into the checkout's engines/ or calibration/."""
     monkeypatch.setenv("RTSEG_ENGINE_DIR", str(tmp_path / "default-engines"))
     monkeypatch.setenv("RTSEG_CALIBRATION_DIR", str(tmp_path / "default-calibration"))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    """Tiny inputs: a second intra-op thread only adds barriers (100x slower on a busy 2-core box)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import json
 import shutil
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,8 @@ from rtseg.engine.onnx_export import ensure_onnx
 from rtseg.errors import BackendUnavailableError, ConfigError
 from rtseg.models import StagedSegmenter
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 SIZE = (64, 48)
 QUICK = {"runs": 3, "warmup": 1}
 try:
@@ -39,15 +41,6 @@ try:
     HAS_OPENVINO = True
 except ImportError:
     HAS_OPENVINO = False
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    """Tiny inputs: a second intra-op thread only adds barriers (100x slower on a busy 2-core box)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -30,16 +30,9 @@ from rtseg.engine.calibration import (
 from rtseg.errors import ConfigError, DatasetError
 from rtseg.models import StagedSegmenter
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 SIZE = (64, 48)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    """Tiny inputs: a second intra-op thread only adds barriers (100x slower on a busy 2-core box)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _write_images(folder: Path, count: int, size: tuple[int, int] = (80, 60)) -> list[Path]:

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -20,17 +20,10 @@ from rtseg.engine.onnx_rewrite import UNSUPPORTED_BY_TENSORRT, for_tensorrt
 from rtseg.errors import EngineBuildError
 from rtseg.models import StagedSegmenter
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 SIZE = (64, 48)
 Rewritten = dict[str, tuple[onnx.ModelProto, list[str]]]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    """Tiny inputs: a second intra-op thread only adds barriers (100x slower on a busy 2-core box)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _session(model: onnx.ModelProto | Path) -> ort.InferenceSession:

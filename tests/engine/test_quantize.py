@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -33,17 +32,10 @@ from rtseg.engine.quantize import MAX_RELATIVE_ERROR, SCHEMES, _Reader, quantize
 from rtseg.errors import ConfigError, EngineBuildError
 from rtseg.models import StagedSegmenter, get_model
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 SIZE = (64, 48)
 FRAMES = 6
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    """Tiny inputs: a second intra-op thread only adds barriers (100x slower on a busy 2-core box)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def scene(seed: int, size: tuple[int, int] = (80, 60)) -> np.ndarray:
