@@ -114,10 +114,13 @@ def prime_batchnorm(net: torch.nn.Module, frames: Sequence[np.ndarray], preproce
     for bn in norms:
         bn.reset_running_stats()
         bn.momentum = None  # cumulative average over the priming frames
+    if len(frames) < 2:
+        raise ConfigError(f"BatchNorm priming needs at least 2 frames, got {len(frames)}")
     normalize = Normalize(preprocessing)
     net.train()
-    for frame in frames:
-        net(normalize(torch.from_numpy(frame)[None]))
+    # Pairs: a batch of one fails in BatchNorm layers after global pooling (DeepLab's ASPP pool).
+    for i in range(0, len(frames) - 1, 2):
+        net(normalize(torch.from_numpy(np.stack(frames[i : i + 2]))))
     for bn in norms:
         bn.momentum = 0.1
     net.eval()

@@ -108,11 +108,21 @@ def providers_for(device: str, precision: str, cache_dir: Path | None = None) ->
     return [*chosen, "CPUExecutionProvider"]
 
 
+# Worker threads that spin after a run keep their cores busy for the next thing to run: here the
+# next stage's session (each of the three sessions has its own pool), the change score, the flow,
+# the overlay thread or another engine. Measured on the 2-core reference machine, ESPNet 480x360:
+# a full pass 186 ms with spinning, 97 ms without; an OpenVINO pass right after an ONNX Runtime
+# one 139 ms against 92 ms alone (docs/scheduling.md, bench/engines.md).
+NO_SPINNING = {"session.intra_op.allow_spinning": "0", "session.inter_op.allow_spinning": "0"}
+
+
 def session_options(threads: int | None = None) -> Any:
     ort = _ort()
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads or physical_cores()
     so.inter_op_num_threads = 1
+    for key, value in NO_SPINNING.items():
+        so.add_session_config_entry(key, value)
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.log_severity_level = 3
@@ -185,6 +195,7 @@ class OrtEngine(Engine):
             notes=(
                 f"provider {used}",
                 f"threads {options.intra_op_num_threads}",
+                "no spinning",
                 *(["io binding"] if io_binding else []),
                 *notes,
             ),

@@ -29,6 +29,7 @@ from ..models.base import StagedSegmenter
 from .cache import ArtifactCache, ArtifactKey
 from .calibration import CalibrationList, default_calibration_dir, stage_feeds
 from .onnx_export import STAGES, OnnxStages, common_metadata, graph_io, serialize, set_metadata
+from .ort_backend import session_options
 
 log = logging.getLogger(__name__)
 
@@ -245,8 +246,7 @@ def quantize_graph(
         if reader.count == 0:
             raise EngineBuildError(f"no calibration data reached stage {fp32_path.name}")
     ranges = load_tensors_data(ranges_path)
-    options = onnxruntime.SessionOptions()
-    options.log_severity_level = 3
+    options = session_options()
     reference = onnxruntime.InferenceSession(str(fp32_path), options, providers=["CPUExecutionProvider"])
     tried: dict[str, float] = {}
     for scheme in schemes:
