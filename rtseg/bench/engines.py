@@ -32,6 +32,7 @@ from ..engine.base import Engine
 from ..engine.calibration import CalibrationList
 from ..errors import BackendUnavailableError, ConfigError, EngineBuildError
 from ..models import get_model, list_models
+from ..models.base import prime_batchnorm as models_prime_batchnorm
 from ..models.flops import stage_flops
 from .environment import fingerprint, hardware_line
 from .weights import choose_weights, data_root
@@ -101,29 +102,20 @@ def matmul_peak(threads: int, n: int = 4096, runs: int = 5) -> float:
     return 2 * n**3 / statistics.median(times) / 1e9
 
 
-@torch.no_grad()
 def prime_batchnorm(net: torch.nn.Module, frames: Sequence[np.ndarray], preprocessing: Preprocessing) -> None:
     """Give a randomly initialised network the BatchNorm statistics of real frames.
 
-    Unit running statistics let activations grow layer after layer; int8 ranges calibrated on
-    such a network are far off, and rtseg's quantiser then keeps those stages in fp32, which
-    would make the int8 columns time fp32 graphs. Speed does not depend on weight values; this
-    only makes the quantised graphs the ones a trained network would give.
+    Without them rtseg's quantiser keeps most stages of a random network in fp32 (their int8
+    error is too large), which would make the int8 columns time fp32 graphs. Speed does not
+    depend on weight values; this only makes the quantised graphs the ones a trained network
+    would give.
     """
-    norms = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    for bn in norms:
-        bn.reset_running_stats()
-        bn.momentum = None  # cumulative average over the priming frames
     if len(frames) < 2:
         raise ConfigError(f"BatchNorm priming needs at least 2 frames, got {len(frames)}")
     normalize = Normalize(preprocessing)
-    net.train()
     # Pairs: a batch of one fails in BatchNorm layers after global pooling (DeepLab's ASPP pool).
-    for i in range(0, len(frames) - 1, 2):
-        net(normalize(torch.from_numpy(np.stack(frames[i : i + 2]))))
-    for bn in norms:
-        bn.momentum = 0.1
-    net.eval()
+    pairs = (normalize(torch.from_numpy(np.stack(frames[i : i + 2]))) for i in range(0, len(frames) - 1, 2))
+    models_prime_batchnorm(net, pairs)
 
 
 def measure_case(

@@ -15,7 +15,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..models import StagedSegmenter, get_model
-from .base import Engine, EngineInfo
+from .base import BACKEND_OPTIONS, Engine, EngineInfo
 from .cache import ArtifactCache, default_engine_dir, weights_hash
 from .calibration import CalibrationList
 from .torch_backend import TorchEngine
@@ -118,8 +118,6 @@ def load_backend(
     if backend not in PRECISIONS:
         raise ConfigError(f"unknown backend {backend!r}; choose one of {', '.join(PRECISIONS)}")
     check_precision(backend, precision)
-    from .auto import BACKEND_OPTIONS
-
     accepted = BACKEND_OPTIONS.get(backend)
     unknown = sorted(set(options) - set(accepted or ()))
     if accepted is not None and unknown:

@@ -25,21 +25,13 @@ import torch
 from .._version import __version__
 from ..errors import BackendUnavailableError, ConfigError, EngineBuildError
 from ..models.base import StagedSegmenter
-from .base import Engine
+from .base import BACKEND_OPTIONS, Engine
 from .cache import ArtifactCache, atomic_write_text, weights_hash
 from .calibration import CalibrationList
 
 log = logging.getLogger(__name__)
 
 CHOICE_FORMAT = "rtseg.auto-choice"
-# The keyword options each backend's loader takes: a candidate gets only its own (``exporter``
-# means nothing to torch, ``channels_last`` nothing to ONNX Runtime).
-BACKEND_OPTIONS = {
-    "torch": ("channels_last", "compile"),
-    "onnxruntime": ("threads", "io_binding", "exporter"),
-    "openvino": ("threads", "exporter"),
-    "tensorrt": ("workspace_gb", "int8_mode", "calibration_dir"),
-}
 
 
 @dataclass(frozen=True)

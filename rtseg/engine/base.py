@@ -17,6 +17,16 @@ import torch
 from ..models.base import StageSpec
 from ..models.checkpoint import WeightsMeta
 
+# The keyword options each backend's loader takes: load() refuses others and auto
+# gives each candidate only its own (``exporter``
+# means nothing to torch, ``channels_last`` nothing to ONNX Runtime).
+BACKEND_OPTIONS = {
+    "torch": ("channels_last", "compile"),
+    "onnxruntime": ("threads", "io_binding", "exporter"),
+    "openvino": ("threads", "exporter"),
+    "tensorrt": ("workspace_gb", "int8_mode", "calibration_dir"),
+}
+
 Array = np.ndarray | torch.Tensor
 Features = dict[str, Any]
 

@@ -8,7 +8,9 @@ what flows between the stages are data (``StageSpec``), as in timm's ``feature_i
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -120,3 +122,26 @@ def init_weights(model: nn.Module) -> None:
         elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
+
+
+M = TypeVar("M", bound=nn.Module)
+
+
+@torch.no_grad()
+def prime_batchnorm(model: M, batches: Iterable[Tensor]) -> M:
+    """Replace a randomly initialised network's BatchNorm statistics with those of ``batches``.
+
+    Kaiming-initialised networks with unit running statistics blow activations up layer after
+    layer; a few train-mode passes give the activation and logit ranges a trained network has,
+    which int8 calibration and parity tolerances depend on. Returns the model in eval mode.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for bn in norms:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative average over the priming batches
+    model.train()
+    for x in batches:
+        model(x)
+    for bn in norms:
+        bn.momentum = 0.1
+    return model.eval()

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from rtseg.models import StagedSegmenter, get_model
+from rtseg.models.base import prime_batchnorm
 
 
 @pytest.fixture(scope="session")
@@ -26,19 +26,10 @@ def primed(name: str, size: tuple[int, int] = (128, 64), seed: int = 0) -> Stage
     """
     torch.manual_seed(seed)
     model = get_model(name)
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    for bn in norms:
-        bn.reset_running_stats()
-        bn.momentum = None  # cumulative average over the priming batches
-    model.train()
     w, h = size
     generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for _ in range(3):
-            model(torch.randn(2, 3, h, w, generator=generator))
-    for bn in norms:
-        bn.momentum = 0.1
-    return model.eval()
+    prime_batchnorm(model, (torch.randn(2, 3, h, w, generator=generator) for _ in range(3)))
+    return model
 
 
 def camera_image(size: tuple[int, int], seed: int = 0) -> np.ndarray:

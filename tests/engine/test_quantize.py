@@ -20,7 +20,6 @@ import onnxruntime
 import pytest
 import torch
 from onnx import numpy_helper
-from torch import nn
 
 from rtseg.data.preprocess import Normalize
 from rtseg.engine import CalibrationList, load
@@ -31,6 +30,7 @@ from rtseg.engine.onnx_export import STAGES, ensure_onnx, read_metadata
 from rtseg.engine.quantize import MAX_RELATIVE_ERROR, SCHEMES, _Reader, quantize_graph
 from rtseg.errors import ConfigError, EngineBuildError
 from rtseg.models import StagedSegmenter, get_model
+from rtseg.models.base import prime_batchnorm
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -50,18 +50,11 @@ def primed_on_frames(name: str, seed: int = 0) -> StagedSegmenter:
     torch.manual_seed(seed)
     model = get_model(name)
     normalize = Normalize(model.meta.preprocessing)
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    for bn in norms:
-        bn.reset_running_stats()
-        bn.momentum = None
-    model.train()
-    with torch.no_grad():
-        for i in range(3):
-            batch = np.stack([scene(1000 + 2 * i, SIZE), scene(1001 + 2 * i, SIZE)])
-            model(normalize(torch.from_numpy(batch)))
-    for bn in norms:
-        bn.momentum = 0.1
-    return model.eval()
+    batches = (
+        normalize(torch.from_numpy(np.stack([scene(1000 + 2 * i, SIZE), scene(1001 + 2 * i, SIZE)])))
+        for i in range(3)
+    )
+    return prime_batchnorm(model, batches)
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rtseg.errors import ConfigError
-from rtseg.models.base import deep_inputs, param_count
+from rtseg.models.base import deep_inputs, param_count, prime_batchnorm
 from rtseg.models.enet import ENet, max_unpool2x2
 
 
@@ -27,15 +27,8 @@ def model() -> ENet:
 
 
 def _calibrate_bn(model: nn.Module, x: torch.Tensor) -> None:
-    """Give BN real running statistics so eval-mode activations stay O(1) (not 1e4 as at init)."""
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.reset_running_stats()
-            m.momentum = None
-    model.train()
-    with torch.no_grad():
-        model(x)
-    model.eval()
+    """Give BN real running statistics so eval-mode activations stay O(1), as after training."""
+    prime_batchnorm(model, [x])
 
 
 @pytest.mark.parametrize("batch", [1, 2])

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rtseg.models.base import deep_inputs
+from rtseg.models.base import deep_inputs, prime_batchnorm
 from rtseg.models.flops import stage_flops
 from rtseg.models.icnet import ICNet, PyramidPoolingSum, adaptive_avg_pool
 
@@ -32,14 +32,7 @@ def models() -> dict[str, ICNet]:
 
 def _calibrate_bn(model: nn.Module, x: torch.Tensor) -> None:
     """Give BN real running statistics so eval-mode activations stay O(1), as after training."""
-    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
-    for bn in bns:
-        bn.reset_running_stats()
-        bn.momentum = None  # cumulative average: one batch sets the statistics exactly
-    model.train()
-    with torch.no_grad():
-        model(x)
-    model.eval()
+    prime_batchnorm(model, [x])
 
 
 @pytest.mark.parametrize("backbone", BACKBONES)
