@@ -151,10 +151,37 @@ def clockwork_keys(n: int, interval: int) -> list[int]:
     return list(range(0, n, interval))
 
 
+# Not a runnable schedule: the adaptive rule on the true error of each cached frame (oracle_curve).
+ORACLE = "oracle: true cache error + warp"
+
+
+def threshold_curve(
+    study: Study,
+    changes: dict[tuple[int, int], float],
+    family: str,
+    warp: bool,
+    extra_ms: Callable[[int], float],
+) -> list[Point]:
+    """One point per distinct keyframe set the adaptive rule makes from ``changes`` over every
+    threshold that matters; ``extra_ms(keyframes)`` is the per-frame cost of the score."""
+    n = len(study.images)
+    points: list[Point] = []
+    seen: set[tuple[int, ...]] = set()
+    for threshold in sorted(set(changes.values()) | {0.0}, reverse=True):
+        keys = tuple(simulate_keyframes(changes, n, threshold, study.max_interval))
+        if keys in seen:
+            continue
+        seen.add(keys)
+        miou, agreement = study.score(keys, warp)
+        cost = study.cost(len(keys), extra_ms(len(keys)), warp)
+        points.append(Point(family, threshold, len(keys), n, miou, agreement, cost))
+    return sorted(points, key=lambda p: p.keyframes)
+
+
 def adaptive_curve(
     study: Study, measure: ChangeMeasure, feature: str, warp: bool, family: str
 ) -> list[Point]:
-    """One point per distinct keyframe set over every threshold that matters."""
+    """The adaptive rule on the pooled feature change (``change.py``)."""
     n = len(study.images)
     t0 = time.perf_counter()
     summaries: list[Summary] = [measure.summarize(low[feature]) for low in study.low]
@@ -165,18 +192,7 @@ def adaptive_curve(
     change_ms = (
         1000 * (time.perf_counter() - t0) / n
     )  # summary + about max_interval distances: an upper bound
-    points: list[Point] = []
-    seen: set[tuple[int, ...]] = set()
-    for threshold in sorted(set(changes.values()) | {0.0}, reverse=True):
-        keys = tuple(simulate_keyframes(changes, n, threshold, study.max_interval))
-        if keys in seen:
-            continue
-        seen.add(keys)
-        miou, agreement = study.score(keys, warp)
-        points.append(
-            Point(family, threshold, len(keys), n, miou, agreement, study.cost(len(keys), change_ms, warp))
-        )
-    return sorted(points, key=lambda p: p.keyframes)
+    return threshold_curve(study, changes, family, warp, lambda _: change_ms)
 
 
 def residual_curve(study: Study, family: str) -> list[Point]:
@@ -195,20 +211,25 @@ def residual_curve(study: Study, family: str) -> list[Point]:
             flow_ms.append(t1 - t0)
             residual_ms.append(time.perf_counter() - t1)
     f_ms, r_ms = 1000 * float(np.median(flow_ms)), 1000 * float(np.median(residual_ms))
-    points: list[Point] = []
-    seen: set[tuple[int, ...]] = set()
-    for threshold in sorted(set(changes.values()) | {0.0}, reverse=True):
-        keys = tuple(simulate_keyframes(changes, n, threshold, study.max_interval))
-        if keys in seen:
-            continue
-        seen.add(keys)
-        miou, agreement = study.score(keys, True)
-        # Every frame scores its residual; keyframes also pay the flow they then do not warp with.
-        extra = r_ms + f_ms * len(keys) / n
-        points.append(
-            Point(family, threshold, len(keys), n, miou, agreement, study.cost(len(keys), extra, True))
-        )
-    return sorted(points, key=lambda p: p.keyframes)
+    # Every frame scores its residual; keyframes also pay the flow they then do not warp with.
+    return threshold_curve(study, changes, family, True, lambda keys: r_ms + f_ms * keys / n)
+
+
+def oracle_curve(study: Study, family: str) -> list[Point]:
+    """The adaptive rule scored by what a cached frame really costs: the fraction of its pixels
+    whose labels (warped cache) differ from the every-frame labels.
+
+    Not a runnable schedule (knowing the score takes the deep stage on every frame). It is what a
+    perfect change estimate would give, so it shows how much any better score could gain with this
+    rule; it maximises agreement with ``every``, which need not maximise mIoU against ground truth.
+    """
+    n = len(study.images)
+    changes = {}
+    for t in range(n):
+        for k in range(max(0, t - study.max_interval + 1), t):
+            agreement = study.pair(t, k, True)[1]
+            changes[(t, k)] = 1.0 - float(np.trace(agreement)) / max(1, int(agreement.sum()))
+    return threshold_curve(study, changes, family, True, lambda _: 0.0)
 
 
 def run_study(
@@ -260,6 +281,8 @@ def run_study(
         )
         progress("flow warp: adaptive on the flow residual")
         points += residual_curve(study, "adaptive flow-residual + warp")
+        progress("flow warp: adaptive on the true cache error (the oracle bound)")
+        points += oracle_curve(study, ORACLE)
     return study, points
 
 
@@ -342,8 +365,9 @@ def markdown(payload: dict, costs: dict[str, float]) -> str:
         out.append(f"| {k} | {costs[k]:.1f} | {100 * costs[k] / every_ms:.1f} % |")
     out += [
         "",
-        "| K | keyframes | clockwork | adaptive (features) | clockwork + warp | adaptive (flow) + warp |",
-        "|---|---|---|---|---|---|",
+        "| K | keyframes | clockwork | adaptive (features) | clockwork + warp | adaptive (flow) + warp "
+        "| oracle + warp |",
+        "|---|---|---|---|---|---|---|",
     ]
 
     def same_k(family: str, k: int) -> str:
@@ -361,7 +385,7 @@ def markdown(payload: dict, costs: dict[str, float]) -> str:
         out.append(
             f"| {c['parameter']} | {k} ({c['ratio']:.3f}) | {c['miou']:.2f} / {c['agreement']:.2f} | "
             f"{same_k(feature_family(fam), k)} | {cw['miou']:.2f} / {cw['agreement']:.2f} | "
-            f"{same_k('adaptive flow-residual + warp', k)} |"
+            f"{same_k('adaptive flow-residual + warp', k)} | {same_k(ORACLE, k)} |"
         )
     for title, family, grid in (
         ("adaptive, flow change + warp (the default)", "adaptive flow-residual + warp", FLOW_GRID),
@@ -398,7 +422,10 @@ def plot(points: Sequence[Point], families: Sequence[str], path: Path, title: st
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=120)
-    styles = {"clockwork": dict(marker="s", linestyle="--", color="tab:red")}
+    styles = {
+        "clockwork": dict(marker="s", linestyle="--", color="tab:red"),
+        ORACLE: dict(marker="", linestyle=":", color="tab:grey"),
+    }
     every = next(p for p in points if p.family == "every")
     for family in families:
         ps = sorted((p for p in points if p.family == family), key=lambda p: p.ratio)
@@ -514,7 +541,7 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "scheduling_sweep.json").write_text(json.dumps(payload, indent=1))
     families = ["clockwork", f"adaptive {variants[0][0]}/{variants[0][1]}"]
     if not args.no_warp:
-        families += ["clockwork + warp", "adaptive flow-residual + warp"]
+        families += ["clockwork + warp", "adaptive flow-residual + warp", ORACLE]
     plot(
         points,
         families,

@@ -8,7 +8,7 @@ import pytest
 from rtseg.data.datasets import Sample
 from rtseg.schedule import Adaptive, ChangeMeasure, Clockwork, Every, FlowWarp
 from rtseg.schedule.sequence import evaluate_sequence
-from rtseg.schedule.sweep import Point, frontier_at, plot, run_study
+from rtseg.schedule.sweep import ORACLE, Point, clockwork_keys, frontier_at, plot, run_study
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +54,19 @@ def test_replayed_flow_residual_equals_the_real_scheduler(engine, study) -> None
     real = evaluate_sequence(engine, samples, Adaptive(middle.parameter, max_interval=4, warp=FlowWarp()))
     assert real.keyframes == middle.keyframes
     assert middle.miou == pytest.approx(100 * real.scores.miou, abs=1e-9)
+
+
+def test_oracle_scores_a_cached_frame_by_its_label_disagreement(study) -> None:
+    s, points, samples = study
+    curve = [p for p in points if p.family == ORACLE]
+    # Threshold 0: a frame is reused only when its cached labels equal the every-frame labels.
+    assert curve[-1].agreement == pytest.approx(100.0)
+    # Above every score only the maximum interval makes keyframes: clockwork at that interval.
+    fewest = curve[0]
+    clockwork = next(p for p in points if p.family == "clockwork + warp" and p.parameter == s.max_interval)
+    assert fewest.keyframes == len(clockwork_keys(len(samples), s.max_interval)) == clockwork.keyframes
+    assert fewest.miou == pytest.approx(clockwork.miou)
+    assert fewest.agreement == pytest.approx(clockwork.agreement)
 
 
 def test_costs_frontier_and_plot(study, tmp_path) -> None:
