@@ -12,15 +12,18 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .errors import SinkError
 from .overlay.annotate import OverlayStyle
 from .result import SegResult
 from .schedule import Scheduler
 from .segmenter import Segmenter
 from .sink import Sink, SinkStats, open_sink
+from .sink.file import FileSink
 from .sink.packet import Packet
 from .source import Frame, Source, open_source
 
@@ -30,6 +33,23 @@ SCHEDULER_STAGES = ("change", "warp")
 OUTSIDE_STAGES = ("capture", "preprocess", "overlay", "handoff")
 
 Callback = Callable[[Frame, SegResult], Any]
+
+
+def _refuse_overwriting(source: Source, sinks: Sequence[Sink]) -> None:
+    """A file sink that would write over a file the source reads destroys the input mid-run."""
+    inputs = {p.resolve() for p in map(Path, source.files)}
+    if not inputs:
+        return
+    for sink in sinks:
+        if not isinstance(sink, FileSink):
+            continue
+        if sink.pattern:
+            targets = (Path(str(sink.path) % i).resolve() for i in range(len(inputs)))
+        else:
+            targets = iter((sink.path.resolve(),))
+        clash = next((t for t in targets if t in inputs), None)
+        if clash is not None:
+            raise SinkError(f"{sink.uri}: would overwrite {clash}, which the source {source.info.uri} reads")
 
 
 @dataclass(frozen=True)
@@ -185,6 +205,7 @@ class Pipeline:
                     if isinstance(sink, str)
                     else sink
                 )
+            _refuse_overwriting(self.source, self.sinks)
         except BaseException:
             self._close_outputs()
             raise

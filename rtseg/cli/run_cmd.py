@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
 from ..engine.base import Engine
-from ..errors import ConfigError
+from ..errors import ConfigError, RtsegError
 from ..metrics import ConfusionMatrix
 from ..overlay.annotate import MODES, OverlayStyle
 from ..pipeline import Pipeline, PipelineStats
@@ -19,7 +23,7 @@ from ..schedule import CHANGES, SCHEDULERS, Scheduler, make_scheduler
 from ..schedule.sequence import labels_at
 from ..segmenter import Segmenter, load_engine
 from ..source import open_source
-from .common import add_model_args, parse_size
+from .common import add_model_args, parse_size, positive_int
 
 DEMO_SOURCE = "synthetic://drive?size=1280x720&fps=30&seed=0&frames=90"
 DEMO_OUTPUT = "out/demo.mp4"
@@ -51,7 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--resize", type=parse_size, default=None, help="resize captured frames to WxH")
     s.add_argument("--timeout", type=float, default=10.0, help="live sources: open/read timeout, seconds")
     s.add_argument("--reconnect", type=int, default=5, help="live sources: reconnect attempts")
-    s.add_argument("--frames", type=int, default=None, help="stop after N frames")
+    s.add_argument("--frames", type=positive_int, default=None, help="stop after N frames")
     o = p.add_argument_group("output")
     o.add_argument("--mode", choices=MODES, default="overlay")
     o.add_argument("--alpha", type=float, default=0.5, help="mask weight in overlay mode")
@@ -191,23 +195,31 @@ def run(args: argparse.Namespace) -> int:
     )
     tty = sys.stderr.isatty() and not args.quiet
     interrupted = False
+    error: RtsegError | None = None
     last = 0.0
-    try:
-        for _ in pipeline:
-            now = time.perf_counter()
-            if tty and now - last >= 0.5:
-                last = now
-                line = pipeline.stats.status_line(pipeline.recent_fps())
-                print(f"\r{line}\x1b[K", end="", file=sys.stderr, flush=True)
-    except KeyboardInterrupt:
-        interrupted = True
-    finally:
-        stats = pipeline.close()
-        seg.close()
+    with _stop_on_sigterm(pipeline) as terminated:
+        try:
+            for _ in pipeline:
+                now = time.perf_counter()
+                if tty and now - last >= 0.5:
+                    last = now
+                    line = pipeline.stats.status_line(pipeline.recent_fps())
+                    print(f"\r{line}\x1b[K", end="", file=sys.stderr, flush=True)
+        except KeyboardInterrupt:
+            interrupted = True
+        except RtsegError as exc:  # a source or sink failed mid-run: keep and report what was done
+            error = exc
+        finally:
+            stats = pipeline.close()
+            seg.close()
     if tty:
         print(file=sys.stderr)
     if interrupted:
         print("stopped (Ctrl-C): outputs flushed, source closed", file=sys.stderr)
+    elif terminated.is_set():
+        print("stopped (SIGTERM): outputs flushed, source closed", file=sys.stderr)
+    elif error is not None:
+        print(f"stopped after {stats.frames} frames: {error}", file=sys.stderr)
     print(stats.summary())
     if args.stats:
         print(stats.format_costs())
@@ -232,14 +244,40 @@ def run(args: argparse.Namespace) -> int:
             "agreement_pixels": round(100 * scores.pixel_accuracy, 2),
             "frames_compared": stats.frames - missing,
         }
-    for uri in args.sinks:
-        if not uri.startswith(("display:", "null:", "zmq:")):
-            print(f"wrote {uri}")
+    for uri, sink in stats.sinks.items():
+        if uri.startswith(("display:", "null:", "zmq:")):
+            continue
+        print(f"wrote {uri} ({sink.written} frames)" if sink.written else f"nothing written to {uri}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2))
-    failed = any(s.errors for s in stats.sinks.values())
-    return 1 if failed else 0
+    if error is not None:
+        raise error  # after the summary and the JSON: the CLI prints it as one line, exit status 2
+    if interrupted:
+        return 130
+    return 1 if any(s.errors for s in stats.sinks.values()) else 0
+
+
+@contextmanager
+def _stop_on_sigterm(pipeline: Pipeline) -> Iterator[threading.Event]:
+    """SIGTERM (systemd, docker stop, ROS launch) ends the run like the end of the source: after
+    the current frame, with the outputs flushed. A second SIGTERM is not caught."""
+    terminated = threading.Event()
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        yield terminated
+        return
+
+    def stop(signum: int, _frame: object) -> None:
+        terminated.set()
+        pipeline.stop()
+        signal.signal(signal.SIGTERM, previous)
+
+    previous = signal.signal(signal.SIGTERM, stop) or signal.SIG_DFL
+    try:
+        yield terminated
+    finally:
+        if not terminated.is_set():
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _report(stats: PipelineStats) -> dict:

@@ -44,7 +44,10 @@ def make_scheduler(
     }
     given = sorted(k for k, v in adaptive_only.items() if v is not None)
     if name not in ("adaptive", "async") and given:
-        raise ConfigError(f"{', '.join(given)} apply to the adaptive and async schedulers, not {name!r}")
+        verb = "applies" if len(given) == 1 else "apply"
+        raise ConfigError(
+            f"{', '.join(given)} {verb} only to the adaptive and async schedulers, not to {name!r}"
+        )
     if name != "clockwork" and interval is not None:
         raise ConfigError(f"interval applies to the clockwork scheduler, not {name!r}")
     if name == "every" and warp:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import Literal
 
@@ -68,6 +69,15 @@ class FileSink(Sink):
             parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise SinkError(f"{uri}: cannot create the folder {parent}: {exc}") from None
+        if not self.pattern and self.path.is_dir():
+            raise SinkError(
+                f"{uri}: {self.path} is a folder; name a video file in it, such as {self.path / 'out.mp4'}"
+            )
+        try:  # fail now, not after the first frame has been computed for nothing
+            with tempfile.TemporaryFile(dir=parent):
+                pass
+        except OSError as exc:
+            raise SinkError(f"{uri}: cannot write in {parent}: {exc.strerror or exc}") from None
         self._writer: cv2.VideoWriter | None = None
         self._size: tuple[int, int] | None = None
         super().__init__(uri, queue_size=queue_size, policy=policy)
@@ -89,7 +99,10 @@ class FileSink(Sink):
         if self._writer is None:
             writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*self.fourcc), self.fps, size)
             if not writer.isOpened():
-                raise SinkError(f"cannot open {self.path} for writing with fourcc {self.fourcc!r}")
+                raise SinkError(
+                    f"OpenCV cannot write {self.path}: its VideoWriter refused fourcc {self.fourcc!r} at "
+                    f"{size[0]}x{size[1]} and {self.fps:g} FPS (try .avi, which uses MJPG)"
+                )
             self._writer, self._size = writer, size
         elif size != self._size:
             raise SinkError(f"{self.path}: frame size changed from {self._size} to {size}")

@@ -12,8 +12,9 @@ from __future__ import annotations
 import logging
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -109,6 +110,11 @@ class Source(ABC):
         if not self._closed:
             self._closed = True
             self._release()
+
+    @property
+    def files(self) -> Sequence[Path]:
+        """The local files this source reads (none for cameras, streams and synthetic scenes)."""
+        return ()
 
     @property
     def closed(self) -> bool:

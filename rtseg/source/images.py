@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
@@ -45,19 +46,23 @@ def list_images(spec: str) -> list[Path]:
 
 class ImageSource(MediaSource):
     def __init__(self, uri: str, spec: str, options: SourceOptions) -> None:
-        self.files = list_images(spec)
+        self._files = list_images(spec)
         super().__init__(uri, options, fps=options.rate or NOMINAL_FPS)
         self._position = 0
-        first = self._load(self.files[0])
-        self._single = first if len(self.files) == 1 else None  # decoded once, copied per frame
+        first = self._load(self._files[0])
+        self._single = first if len(self._files) == 1 else None  # decoded once, copied per frame
         self.info = SourceInfo(
             uri=uri,
             kind="images",
             live=options.realtime,
             fps=None,
             size=self._output_size((first.shape[1], first.shape[0])),
-            frame_count=len(self.files),
+            frame_count=len(self._files),
         )
+
+    @property
+    def files(self) -> Sequence[Path]:
+        return self._files
 
     @staticmethod
     def _load(path: Path) -> np.ndarray:
@@ -67,15 +72,15 @@ class ImageSource(MediaSource):
         return image
 
     def _read(self) -> np.ndarray | None:
-        if self._position >= len(self.files):
+        if self._position >= len(self._files):
             return None
         self._position += 1
         if self._single is not None:
             return self._single.copy()  # consumers own their frames
-        return self._load(self.files[self._position - 1])
+        return self._load(self._files[self._position - 1])
 
     def _skip(self) -> bool:
-        if self._position >= len(self.files):
+        if self._position >= len(self._files):
             return False
         self._position += 1
         return True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
@@ -47,6 +48,10 @@ class VideoFileSource(MediaSource):
             size=self._output_size(native if min(native) > 0 else None),
             frame_count=count if count > 0 else None,
         )
+
+    @property
+    def files(self) -> Sequence[Path]:
+        return (self.path,)
 
     def _read(self) -> np.ndarray | None:
         ok, image = self._cap.read()

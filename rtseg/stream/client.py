@@ -26,6 +26,7 @@ import zmq
 from ..data.labels import ClassSet
 from ..errors import ConfigError, ProtocolError, StreamTimeout
 from .curve import apply_client_keys
+from .endpoint import check_endpoint
 from .protocol import (
     DEFAULT_MAX_PIXELS,
     ErrorCode,
@@ -82,7 +83,7 @@ class Client:
             raise ConfigError(f"timeout must be positive, got {timeout!r}")
         if retries < 0:
             raise ConfigError(f"retries must be >= 0, got {retries!r}")
-        self.addr = addr
+        self.addr = check_endpoint(addr, bind=False)
         self.timeout = float(timeout)
         self.retries = int(retries)
         self.curve_keys = curve_keys

@@ -16,7 +16,7 @@ import threading
 import time
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl
 
 import numpy as np
 import zmq
@@ -28,6 +28,7 @@ from ..sink.base import Policy, Sink
 from ..sink.packet import Packet
 from ..source.frame import Frame
 from .curve import CurveServer
+from .endpoint import check_endpoint
 from .protocol import FrameHeader, PartSpec, WireError, check_stream_id, encode_array, encode_frame_message
 
 log = logging.getLogger(__name__)
@@ -97,6 +98,7 @@ class Publisher:
         *,
         curve_keys: str | os.PathLike[str] | None = None,
     ) -> None:
+        check_endpoint(endpoint, bind=True)
         self.options = options or PublishOptions()
         self._ctx = zmq.Context()
         self._curve: CurveServer | None = None
@@ -240,9 +242,7 @@ def parse_zmq_uri(uri: str) -> tuple[str, dict[str, Any]]:
         raise ConfigError(
             f"{uri!r}: expected zmq://TRANSPORT://ADDRESS such as zmq://tcp://127.0.0.1:5555 or zmq://ipc:///tmp/seg"
         )
-    scheme = urlsplit(endpoint).scheme
-    if scheme not in ("tcp", "ipc", "inproc"):
-        raise ConfigError(f"{uri!r}: transport must be tcp, ipc or inproc, got {scheme!r}")
+    check_endpoint(endpoint, bind=True)
     options: dict[str, Any] = {}
     for key, value in parse_qsl(query, keep_blank_values=True):
         if key not in _QUERY_KEYS:

@@ -44,6 +44,7 @@ from ..overlay.annotate import OverlayStyle, annotate
 from ..result import SegResult
 from ..schedule import Clockwork, Every, Scheduler
 from .curve import CurveServer
+from .endpoint import check_endpoint
 from .protocol import (
     DEFAULT_MAX_PIXELS,
     PROTOCOL,
@@ -190,6 +191,7 @@ class Server:
     ) -> None:
         if workers < 1:
             raise ConfigError(f"workers must be >= 1, got {workers}")
+        check_endpoint(bind, bind=True)
         self.engine = engine
         self.workers = workers
         self.limits = limits or ServerLimits()

@@ -22,6 +22,7 @@ import zmq
 from ..data.labels import ClassSet
 from ..errors import ConfigError, StreamTimeout
 from .curve import apply_client_keys
+from .endpoint import check_endpoint
 from .protocol import DEFAULT_MAX_PIXELS, FrameHeader, decode_frame_header, decode_frame_parts
 
 log = logging.getLogger(__name__)
@@ -108,7 +109,7 @@ class Subscriber:
             )
         if rcvhwm < 1:
             raise ConfigError(f"rcvhwm must be >= 1, got {rcvhwm}")
-        self.addr = addr
+        self.addr = check_endpoint(addr, bind=False)
         self.latest = latest
         self.max_pixels = max_pixels
         self._ctx = zmq.Context()

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 from pathlib import Path
 
 import cv2
+import numpy as np
 import pytest
 import torch
 
@@ -106,8 +109,71 @@ def test_ctrl_c_flushes_and_summarises(weights: Path, tmp_path: Path, monkeypatc
     out = tmp_path / "cut.avi"
     rc = main(["run", SOURCE, str(out), *_args(weights), "--quiet"])
     captured = capsys.readouterr()
-    assert rc == 0 and "stopped (Ctrl-C)" in captured.err and "2 frames" in captured.out
+    assert rc == 130 and "stopped (Ctrl-C)" in captured.err and "2 frames" in captured.out
     assert _frames(out) == 2  # a valid, closed file
+
+
+def test_sigterm_stops_after_the_frame_with_a_valid_file(
+    weights: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    from rtseg.segmenter import Segmenter
+
+    original = Segmenter.__call__
+    calls = {"n": 0}
+
+    def terminate_third(self, frame):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            os.kill(os.getpid(), signal.SIGTERM)  # as systemd, docker stop or ROS launch do
+        return original(self, frame)
+
+    monkeypatch.setattr(Segmenter, "__call__", terminate_third)
+    before = signal.getsignal(signal.SIGTERM)
+    out, report = tmp_path / "term.mp4", tmp_path / "term.json"
+    rc = main(["run", SOURCE, str(out), *_args(weights), "--json", str(report), "--quiet"])
+    captured = capsys.readouterr()
+    assert rc == 0 and "stopped (SIGTERM)" in captured.err and "3 frames" in captured.out
+    assert _frames(out) == 3  # the frame being processed is finished and written, the file closed
+    assert json.loads(report.read_text())["frames"] == 3
+    assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_output_over_the_input_is_refused_before_anything_is_written(
+    weights: Path, tmp_path: Path, capsys
+) -> None:
+    video = tmp_path / "in.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 48))
+    for i in range(3):
+        writer.write(np.full((48, 64, 3), 40 * i, np.uint8))
+    writer.release()
+    before = video.read_bytes()
+    rc = main(["run", str(video), str(video), *_args(weights), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "would overwrite" in err and str(video) in err
+    assert video.read_bytes() == before
+
+
+def test_a_bad_image_mid_folder_keeps_and_reports_what_was_done(
+    weights: Path, tmp_path: Path, capsys
+) -> None:
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(2):
+        cv2.imwrite(str(folder / f"a{i}.png"), np.full((48, 64, 3), 60 * i, np.uint8))
+    (folder / "a2.png").write_bytes(b"\x89PNG not really")
+    out, report = tmp_path / "o.avi", tmp_path / "r.json"
+    rc = main(["run", f"images://{folder}", str(out), *_args(weights), "--json", str(report), "--quiet"])
+    captured = capsys.readouterr()
+    assert rc == 2 and "a2.png" in captured.err and "stopped after 2 frames" in captured.err
+    assert "2 frames" in captured.out and f"wrote {out} (2 frames)" in captured.out
+    assert _frames(out) == 2 and json.loads(report.read_text())["frames"] == 2
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "x"])
+def test_frames_must_be_a_positive_count(value: str, capsys) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["run", SOURCE, "null://", "--frames", value])
+    assert info.value.code == 2 and "expected a whole number >= 1" in capsys.readouterr().err
 
 
 def test_demo_without_arguments(weights: Path, tmp_path: Path, monkeypatch, capsys) -> None:

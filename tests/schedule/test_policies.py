@@ -97,7 +97,7 @@ def test_make_scheduler_validates() -> None:
         make_scheduler("sometimes")
     with pytest.raises(ConfigError, match="interval applies to the clockwork"):
         make_scheduler("adaptive", interval=3)
-    with pytest.raises(ConfigError, match="threshold apply to the adaptive"):
+    with pytest.raises(ConfigError, match="threshold applies only to the adaptive"):
         make_scheduler("clockwork", threshold=0.1)
     with pytest.raises(ConfigError, match="flow warp"):
         make_scheduler("every", warp=True)

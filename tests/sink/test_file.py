@@ -110,3 +110,15 @@ def test_size_change_is_reported_not_hidden(tmp_path: Path, packet_factory) -> N
     sink.write(packet_factory(1, size=(32, 24)))
     stats = sink.close()
     assert stats.written == 1 and stats.errors == 1 and "size changed" in stats.last_error
+
+
+def test_a_folder_named_like_a_video_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "clip.mp4").mkdir()
+    with pytest.raises(SinkError, match="is a folder"):
+        FileSink("clip.mp4", tmp_path / "clip.mp4")
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux /proc, a folder nobody can write in")
+def test_an_unwritable_folder_fails_before_the_first_frame() -> None:
+    with pytest.raises(SinkError, match="cannot write in /proc"):
+        FileSink("/proc/out.mp4", "/proc/out.mp4")

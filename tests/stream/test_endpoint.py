@@ -1,0 +1,53 @@
+"""ZeroMQ endpoints are checked before libzmq sees them (it wraps ports above 65535 silently)."""
+
+from __future__ import annotations
+
+import pytest
+
+from rtseg.errors import ConfigError
+from rtseg.stream import Publisher, Subscriber
+from rtseg.stream.endpoint import check_endpoint
+from rtseg.stream.publisher import parse_zmq_uri
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    ["tcp://127.0.0.1:5555", "tcp://*:5555", "tcp://[::1]:5555", "tcp://eth0:1", "ipc:///tmp/seg", "inproc://x"],
+)
+def test_good_endpoints_pass_unchanged(endpoint: str) -> None:
+    assert check_endpoint(endpoint, bind=False) == endpoint
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "message"),
+    [
+        ("tcp://127.0.0.1:99999", "port must be in 1..65535, got '99999'"),
+        ("tcp://127.0.0.1:0", "port must be in 1..65535, got '0'"),
+        ("tcp://127.0.0.1:http", "port must be in 1..65535"),
+        ("tcp://127.0.0.1", "needs HOST:PORT"),
+        ("tcp://:5555", "needs HOST:PORT"),
+        ("tcp://::1:5555", "IPv6 host in brackets"),
+        ("udp://127.0.0.1:5555", "transport tcp, ipc, inproc"),
+        ("127.0.0.1:5555", "TRANSPORT://ADDRESS"),
+        ("ipc://", "address after ipc:// is empty"),
+    ],
+)
+def test_bad_endpoints_name_what_is_wrong(endpoint: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(".", r"\.")) as info:
+        check_endpoint(endpoint, bind=True)
+    assert repr(endpoint) in str(info.value)
+
+
+def test_a_wildcard_port_binds_but_does_not_connect() -> None:
+    assert check_endpoint("tcp://127.0.0.1:*", bind=True) == "tcp://127.0.0.1:*"
+    with pytest.raises(ConfigError, match="connecting needs a port number"):
+        check_endpoint("tcp://127.0.0.1:*", bind=False)
+
+
+def test_sink_uri_publisher_and_subscriber_refuse_an_out_of_range_port() -> None:
+    with pytest.raises(ConfigError, match="99999"):
+        parse_zmq_uri("zmq://tcp://127.0.0.1:99999")
+    with pytest.raises(ConfigError, match="99999"):
+        Publisher("tcp://127.0.0.1:99999")
+    with pytest.raises(ConfigError, match="99999"):
+        Subscriber("tcp://127.0.0.1:99999")
