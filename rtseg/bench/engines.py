@@ -31,11 +31,11 @@ from ..engine.auto import time_engines
 from ..engine.base import Engine
 from ..engine.calibration import CalibrationList
 from ..errors import BackendUnavailableError, ConfigError, EngineBuildError
-from ..models import get_model, list_models
+from ..models import StagedSegmenter, get_model, list_models
 from ..models.base import prime_batchnorm as models_prime_batchnorm
 from ..models.flops import stage_flops
 from .environment import fingerprint, hardware_line
-from .weights import choose_weights, data_root
+from .weights import WeightsChoice, choose_weights, data_root
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +118,20 @@ def prime_batchnorm(net: torch.nn.Module, frames: Sequence[np.ndarray], preproce
     models_prime_batchnorm(net, pairs)
 
 
+def bench_network(
+    model: str, size: tuple[int, int], calibration: CalibrationList
+) -> tuple[StagedSegmenter, WeightsChoice]:
+    """The network a benchmark times: real weights when ../shared has them, else a random init
+    seeded (so a rerun finds its cached exports under the same weights hash) and BatchNorm-primed."""
+    weights = choose_weights(model, size)
+    with torch.random.fork_rng(devices=[]):  # leaves the caller's generator as it was
+        torch.manual_seed(0)
+        net = get_model(model, weights=weights.path)
+    if not weights.real:
+        prime_batchnorm(net, list(calibration.frames(size))[:4], net.meta.preprocessing)
+    return net, weights
+
+
 def measure_case(
     case: Case,
     images: Path,
@@ -128,10 +142,7 @@ def measure_case(
     variants: Sequence[Variant] = VARIANTS,
 ) -> dict[str, Any]:
     calibration = CalibrationList.from_images(images, case.calibration_num)
-    weights = choose_weights(case.model, case.size)
-    net = get_model(case.model, weights=weights.path)
-    if not weights.real:
-        prime_batchnorm(net, list(calibration.frames(case.size))[:4], net.meta.preprocessing)
+    net, weights = bench_network(case.model, case.size, calibration)
     flops = stage_flops(net, case.size).total
     engines: dict[str, Engine] = {}
     skipped: dict[str, str] = {}

@@ -25,7 +25,6 @@ from typing import Any
 
 import numpy as np
 import onnx
-import torch
 
 from ..engine import load
 from ..engine.cache import ArtifactCache
@@ -35,10 +34,9 @@ from ..engine.openvino_backend import HINTS, _ov
 from ..engine.ort_backend import _ort, session_options
 from ..engine.quantize import SCHEMES, quantize_graph
 from ..errors import BackendUnavailableError
-from ..models import get_model
-from .engines import prime_batchnorm
+from .engines import bench_network
 from .environment import fingerprint, hardware_line
-from .weights import choose_weights, data_root
+from .weights import data_root
 
 log = logging.getLogger(__name__)
 
@@ -112,14 +110,7 @@ def measure_model(
 ) -> dict[str, Any]:
     """Per-stage fp32 and unguarded int8 latencies of ``model`` at ``size`` (w, h)."""
     calibration = CalibrationList.from_images(images, calibration_num)
-    weights = choose_weights(model, size)
-    # Seeded: random-init weights (and so their graphs' cache names and int8 ranges) are the same
-    # every run, so a rerun reuses the cached fp32 export and times the same graphs.
-    with torch.random.fork_rng(devices=[]):  # without resetting the caller's generator
-        torch.manual_seed(0)
-        net = get_model(model, weights=weights.path)
-    if not weights.real:
-        prime_batchnorm(net, list(calibration.frames(size))[:4], net.meta.preprocessing)
+    net, weights = bench_network(model, size, calibration)
     # The cached fp32 stage graphs, and an fp32 engine computing the deep and head stages' inputs.
     reference = load(net, backend="onnxruntime", precision="fp32", input_size=size, engine_dir=engine_dir)
     fp32 = ensure_onnx(net, size, ArtifactCache(engine_dir))
