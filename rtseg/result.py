@@ -5,17 +5,26 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 
 from .data.labels import ClassSet
+
+
+def labels_at(labels: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Labels resized (nearest neighbour) to an h x w shape; the same array when it already fits."""
+    h, w = shape[:2]
+    if labels.shape == (h, w):
+        return labels
+    return cv2.resize(labels, (w, h), interpolation=cv2.INTER_NEAREST)
 
 
 @dataclass(frozen=True, slots=True)
 class SegResult:
     """Class labels for one frame, with the scheduling facts that explain how they were made.
 
-    ``labels`` is an h x w uint8 map at the engine's output resolution (resize with nearest
-    neighbour to overlay it on the frame). ``deep_age`` counts frames since the deep features
+    ``labels`` is an h x w uint8 map at the engine's output resolution; ``labels_at(frame.image.shape)``
+    gives it at the frame's (nearest neighbour). ``deep_age`` counts frames since the deep features
     used here were computed: 0 on a keyframe. ``timings`` holds milliseconds per stage
     ("preprocess", "low", "deep", "head", ...); stages that did not run are absent.
     """
@@ -31,3 +40,7 @@ class SegResult:
     @property
     def latency_ms(self) -> float:
         return float(sum(self.timings.values()))
+
+    def labels_at(self, shape: tuple[int, ...]) -> np.ndarray:
+        """The labels at an image's size: ``shape`` is (h, w) or an image's (h, w, channels)."""
+        return labels_at(self.labels, shape)

@@ -199,6 +199,15 @@ def _cell(ms: float | None) -> str:
     return "-" if ms is None else f"{ms:.1f} ms ({1000 / ms:.1f})"
 
 
+def _auto_cell(result: dict[str, Any]) -> str:
+    """auto's pick, and how much slower it was than the fastest fp32 engine in this table's runs
+    (auto decides on its own, separate measurement, so near-ties can come out the other way)."""
+    picked, fastest, med = result["auto"]["picked"], result["fastest_fp32"], result["median_ms"]
+    if picked == fastest or picked not in med or fastest not in med:
+        return picked
+    return f"{picked} (+{100 * (med[picked] / med[fastest] - 1):.1f} % here)"
+
+
 BEGIN = "<!-- rtseg.bench.engines: begin (generated) -->"
 END = "<!-- rtseg.bench.engines: end -->"
 
@@ -231,7 +240,7 @@ def format_markdown(document: dict[str, Any]) -> str:
         lines.append(
             f"| {r['model']} @ {r['size'][0]}x{r['size'][1]} | {r['gflops']:.2f} | "
             + " | ".join(cells)
-            + f" | {best} | {r['fastest_fp32']} | {r['auto']['picked']} |"
+            + f" | {best} | {r['fastest_fp32']} | {_auto_cell(r)} |"
         )
     lines += [
         "",

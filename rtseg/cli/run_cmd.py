@@ -20,7 +20,6 @@ from ..metrics import ConfusionMatrix
 from ..overlay.annotate import MODES, OverlayStyle
 from ..pipeline import Pipeline, PipelineStats
 from ..schedule import CHANGES, SCHEDULERS, Scheduler, make_scheduler
-from ..schedule.sequence import labels_at
 from ..segmenter import Segmenter, load_engine
 from ..source import open_source
 from .common import add_model_args, parse_size, positive_int
@@ -152,47 +151,56 @@ def run(args: argparse.Namespace) -> int:
         args.sinks = args.sinks or [DEMO_OUTPUT]
     style = OverlayStyle(args.mode, args.alpha, args.legend, args.hud)  # validates before the slow load
     scheduler = scheduler_from_args(args)
-    engine = load_engine(
-        args.model, weights=args.weights, backend=args.backend, input_size=args.size, precision=args.precision
-    )
-    engine.warmup(1)
-    seg = Segmenter(engine=engine, scheduler=scheduler)
-    print(
-        f"rtseg run: {args.source} -> {', '.join(args.sinks) or '(no outputs: results are discarded)'}",
-        file=sys.stderr,
-    )
-    print(
-        f"  {engine.info.model} on {engine.info.backend} ({engine.info.library}) at "
-        f"{engine.input_size[0]}x{engine.input_size[1]}, scheduler {scheduler.describe()}",
-        file=sys.stderr,
-    )
-    reference = every_ms = every_fps = None
-    if args.compare_every:
-        print("  --compare-every: first pass with every frame a keyframe ...", file=sys.stderr)
-        reference, every_ms, every_fps = _every_reference(args, engine)
-    n = len(engine.meta.classes)
-    agreement = ConfusionMatrix(n, engine.meta.classes.ignore_index)
-    missing = 0
+    # Opened first: a missing file or an unreachable camera is reported before the slow engine load.
+    source = open_source(args.source, **_source_options(args))
+    try:
+        engine = load_engine(
+            args.model,
+            weights=args.weights,
+            backend=args.backend,
+            input_size=args.size,
+            precision=args.precision,
+        )
+        engine.warmup(1)
+        seg = Segmenter(engine=engine, scheduler=scheduler)
+        print(
+            f"rtseg run: {args.source} -> {', '.join(args.sinks) or '(no outputs: results are discarded)'}",
+            file=sys.stderr,
+        )
+        print(
+            f"  {engine.info.model} on {engine.info.backend} ({engine.info.library}) at "
+            f"{engine.input_size[0]}x{engine.input_size[1]}, scheduler {scheduler.describe()}",
+            file=sys.stderr,
+        )
+        reference = every_ms = every_fps = None
+        if args.compare_every:
+            print("  --compare-every: first pass with every frame a keyframe ...", file=sys.stderr)
+            reference, every_ms, every_fps = _every_reference(args, engine)
+        n = len(engine.meta.classes)
+        agreement = ConfusionMatrix(n, engine.meta.classes.ignore_index)
+        missing = 0
 
-    def compare(frame, result) -> None:
-        nonlocal missing
-        if reference is None:
-            return
-        ref = reference.get(frame.index)
-        if ref is None:
-            missing += 1
-            return
-        agreement.update(ref, labels_at(result.labels, ref.shape))
+        def compare(frame, result) -> None:
+            nonlocal missing
+            if reference is None:
+                return
+            ref = reference.get(frame.index)
+            if ref is None:
+                missing += 1
+                return
+            agreement.update(ref, result.labels_at(ref.shape))
 
-    pipeline = Pipeline(
-        args.source,
-        seg,
-        sinks=args.sinks,
-        on_result=compare,
-        style=style,
-        max_frames=args.frames,
-        source_options=_source_options(args),
-    )
+        pipeline = Pipeline(
+            source,
+            seg,
+            sinks=args.sinks,
+            on_result=compare,
+            style=style,
+            max_frames=args.frames,
+        )
+    except BaseException:
+        source.close()  # the pipeline owns it once made; until then it is closed here
+        raise
     tty = sys.stderr.isatty() and not args.quiet
     interrupted = False
     error: RtsegError | None = None

@@ -20,7 +20,7 @@ from ..data.datasets import Sample
 from ..data.labels import ClassSet
 from ..engine.base import Engine
 from ..metrics import ConfusionMatrix, SegmentationScores
-from ..result import SegResult
+from ..result import SegResult, labels_at
 from .base import Scheduler
 
 STAGES = ("preprocess", "low", "change", "deep", "warp", "head")
@@ -33,13 +33,6 @@ def to_input(image: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, floa
     t0 = time.perf_counter()
     out = cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
     return out, (time.perf_counter() - t0) * 1000.0
-
-
-def labels_at(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Labels resized (nearest) to an h x w shape, for scoring against maps of another size."""
-    if labels.shape == shape:
-        return labels
-    return cv2.resize(labels, (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST)
 
 
 def run_sequence(engine: Engine, images: Iterable[np.ndarray], scheduler: Scheduler) -> Iterator[SegResult]:

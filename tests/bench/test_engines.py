@@ -1,4 +1,4 @@
-"""The engine comparison's BatchNorm priming of random-weight models."""
+"""The engine comparison: BatchNorm priming of random-weight models, and the table."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from rtseg.bench.engines import prime_batchnorm
+from rtseg.bench.engines import format_markdown, prime_batchnorm
 from rtseg.errors import ConfigError
 from rtseg.models import get_model
 
@@ -32,3 +32,34 @@ def test_priming_needs_two_frames() -> None:
     net = get_model("espnet-c")
     with pytest.raises(ConfigError, match="at least 2 frames, got 1"):
         prime_batchnorm(net, _frames(1), net.meta.preprocessing)
+
+
+def test_the_table_shows_how_far_autos_pick_is_from_the_fastest() -> None:
+    def row(picked: str) -> dict:
+        return {
+            "model": "m",
+            "size": [64, 32],
+            "gflops": 1.0,
+            "median_ms": {"torch": 110.0, "ORT fp32": 100.0},
+            "notes": {},
+            "skipped": {},
+            "fastest_fp32": "ORT fp32",
+            "auto": {"picked": picked, "note": ""},
+        }
+
+    document = {
+        "peak_gflops": 50.0,
+        "peak_gflops_before_after": [50.0, 49.0],
+        "variants": [{"label": "torch"}, {"label": "ORT fp32"}],
+        "environment": {"timestamp": "now"},
+        "hardware": "cpu",
+        "threads": 2,
+        "command": "python -m rtseg.bench.engines",
+        "runs": 3,
+        "warmup": 1,
+        "calibration_images": "imgs",
+        "results": [row("ORT fp32"), row("torch")],
+    }
+    lines = [line for line in format_markdown(document).splitlines() if line.startswith("| m @ 64x32 | 1.00")]
+    assert lines[0].endswith("| ORT fp32 | ORT fp32 |")
+    assert lines[1].endswith("| ORT fp32 | torch (+10.0 % here) |")

@@ -207,3 +207,13 @@ def test_errors_are_one_clean_line(weights: Path, argv: list[str], message: str,
     rc = main([*argv, *_args(weights), "--quiet"])
     err = capsys.readouterr().err
     assert rc == 2 and "rtseg run: error:" in err and message in err
+
+
+def test_a_missing_source_is_reported_before_the_engine_loads(tmp_path: Path, monkeypatch, capsys) -> None:
+    def no_load(*args, **kwargs):
+        raise AssertionError("the engine was loaded before the source was checked")
+
+    monkeypatch.setattr(run_cmd, "load_engine", no_load)
+    rc = main(["run", str(tmp_path / "missing.mp4"), "null://"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "rtseg run: error:" in err and "missing.mp4" in err

@@ -12,7 +12,14 @@ from rtseg.stream.publisher import parse_zmq_uri
 
 @pytest.mark.parametrize(
     "endpoint",
-    ["tcp://127.0.0.1:5555", "tcp://*:5555", "tcp://[::1]:5555", "tcp://eth0:1", "ipc:///tmp/seg", "inproc://x"],
+    [
+        "tcp://127.0.0.1:5555",
+        "tcp://*:5555",
+        "tcp://[::1]:5555",
+        "tcp://eth0:1",
+        "ipc:///tmp/seg",
+        "inproc://x",
+    ],
 )
 def test_good_endpoints_pass_unchanged(endpoint: str) -> None:
     assert check_endpoint(endpoint, bind=False) == endpoint

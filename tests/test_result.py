@@ -1,0 +1,27 @@
+"""SegResult: labels at the engine's resolution, and at any frame's on request."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from rtseg.data.labels import ClassSet
+from rtseg.result import SegResult
+
+
+def _result(labels: np.ndarray) -> SegResult:
+    classes = ClassSet("test", ("road", "car", "sky"), ((128, 64, 128), (0, 0, 142), (70, 130, 180)))
+    return SegResult(labels=labels, frame_index=0, is_keyframe=True, deep_age=0, classes=classes)
+
+
+def test_labels_at_a_frame_size_are_nearest_neighbour() -> None:
+    labels = np.array([[0, 1], [2, 1]], np.uint8)
+    frame = np.zeros((4, 6, 3), np.uint8)
+    big = _result(labels).labels_at(frame.shape)
+    assert big.shape == (4, 6) and big.dtype == np.uint8
+    assert set(np.unique(big)) == {0, 1, 2}  # no blended class ids
+    assert (big[:2, :3] == 0).all() and (big[2:, :3] == 2).all() and (big[:, 3:] == 1).all()
+
+
+def test_labels_at_their_own_size_are_not_copied() -> None:
+    labels = np.zeros((3, 5), np.uint8)
+    assert _result(labels).labels_at((3, 5)) is labels
