@@ -27,6 +27,7 @@ import numpy as np
 import onnx
 
 from ..engine import load
+from ..engine.auto import time_round_robin
 from ..engine.cache import ArtifactCache
 from ..engine.calibration import CalibrationList, stage_feeds
 from ..engine.onnx_export import STAGES, ensure_onnx, graph_io
@@ -72,22 +73,6 @@ def openvino_runner(ov: Any, core: Any, path: Path, precision: str, feed: Mappin
     request = compiled.create_infer_request()
     inputs = dict(feed)
     return lambda: request.infer(inputs, share_inputs=True)
-
-
-def time_round_robin(runners: Mapping[str, Runner], *, runs: int, warmup: int) -> dict[str, list[float]]:
-    """Milliseconds per call of each runner, interleaved round robin after ``warmup`` calls each."""
-    if runs <= 0:
-        raise ValueError(f"runs must be positive, got {runs}")
-    for run in runners.values():
-        for _ in range(warmup):
-            run()
-    times: dict[str, list[float]] = {label: [] for label in runners}
-    for _ in range(runs):
-        for label, run in runners.items():
-            start = time.perf_counter()
-            run()
-            times[label].append(1000 * (time.perf_counter() - start))
-    return times
 
 
 def _ratios(medians: Mapping[str, float]) -> dict[str, float]:

@@ -10,11 +10,12 @@ library versions it was measured with; a later ``load`` reads it and builds only
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import json
 import logging
 import statistics
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,23 +92,32 @@ def choice_path(
     return cache.directory / f"auto-{net.meta.model}-{wh}-{w}x{h}-{precision}-{device.replace(':', '')}.json"
 
 
-def time_engines(engines: Mapping[str, Engine], *, runs: int, warmup: int) -> dict[str, list[float]]:
-    """Milliseconds per ``run`` for each engine, interleaved round-robin after a warm-up."""
+def time_round_robin(
+    runners: Mapping[str, Callable[[], Any]], *, runs: int, warmup: int
+) -> dict[str, list[float]]:
+    """Milliseconds per call of each runner, interleaved round robin after ``warmup`` calls each:
+    a noisy machine's drift then hits every runner alike."""
     if runs <= 0:
-        raise ConfigError(f"auto runs must be positive, got {runs}")
+        raise ConfigError(f"timing runs must be positive, got {runs}")
+    for run in runners.values():
+        for _ in range(warmup):
+            run()
+    times: dict[str, list[float]] = {label: [] for label in runners}
+    for _ in range(runs):
+        for label, run in runners.items():
+            start = time.perf_counter()
+            run()
+            times[label].append(1000 * (time.perf_counter() - start))
+    return times
+
+
+def time_engines(engines: Mapping[str, Engine], *, runs: int, warmup: int) -> dict[str, list[float]]:
+    """Milliseconds per ``run`` of a full pass for each engine, on one random frame, round robin."""
     some = next(iter(engines.values()))
     w, h = some.input_size
     image = np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
-    for engine in engines.values():
-        for _ in range(warmup):
-            engine.run(image)
-    times: dict[str, list[float]] = {label: [] for label in engines}
-    for _ in range(runs):
-        for label, engine in engines.items():
-            start = time.perf_counter()
-            engine.run(image)
-            times[label].append(1000 * (time.perf_counter() - start))
-    return times
+    runners = {label: functools.partial(engine.run, image) for label, engine in engines.items()}
+    return time_round_robin(runners, runs=runs, warmup=warmup)
 
 
 def pick(times: Mapping[str, list[float]]) -> tuple[str, dict[str, float]]:
