@@ -249,10 +249,7 @@ def measure_pipeline(segmenter: Any, cfg: BenchConfig, memory: _MemoryMeter) -> 
     def on_result(frame: Frame, result: SegResult) -> None:
         nonlocal compared
         t0 = time.perf_counter()
-        h, w = frame.image.shape[:2]
-        full = result.labels
-        if full.shape != (h, w):
-            full = cv2.resize(full, (w, h), interpolation=cv2.INTER_NEAREST)
+        result.labels_at(frame.image.shape)  # timed only: what a consumer of full-size masks pays
         done = time.perf_counter()
         records.append(
             {
@@ -270,10 +267,7 @@ def measure_pipeline(segmenter: Any, cfg: BenchConfig, memory: _MemoryMeter) -> 
         if reference is not None and agreement is not None:
             ref = reference.get(f"f{frame.index}")
             if ref is not None:
-                labels = result.labels
-                if labels.shape != ref.shape:
-                    labels = cv2.resize(labels, (ref.shape[1], ref.shape[0]), interpolation=cv2.INTER_NEAREST)
-                agreement.update(ref, labels)
+                agreement.update(ref, result.labels_at(ref.shape))
                 compared += 1
         measured = len(records) - cfg.warmup
         if measured == 1:

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..data.labels import ClassSet
 from ..errors import ConfigError
-from ..result import SegResult
+from ..result import SegResult, labels_at
 
 Mode = Literal["overlay", "mask", "side-by-side"]
 MODES: tuple[str, ...] = ("overlay", "mask", "side-by-side")
@@ -44,8 +44,8 @@ def colorize(labels: np.ndarray, classes: ClassSet, size: tuple[int, int] | None
     """h x w uint8 labels -> H x W x 3 BGR colours, resized (nearest) to ``size`` = (W, H) first."""
     if labels.dtype != np.uint8 or labels.ndim != 2:
         raise ValueError(f"labels must be an h x w uint8 map, got shape {labels.shape} dtype {labels.dtype}")
-    if size is not None and (labels.shape[1], labels.shape[0]) != tuple(size):
-        labels = cv2.resize(labels, size, interpolation=cv2.INTER_NEAREST)
+    if size is not None:
+        labels = labels_at(labels, (size[1], size[0]))
     return cv2.LUT(cv2.merge((labels, labels, labels)), _lut(classes))
 
 

@@ -41,7 +41,7 @@ import zmq
 from ..engine.base import Engine
 from ..errors import ConfigError
 from ..overlay.annotate import OverlayStyle, annotate
-from ..result import SegResult
+from ..result import SegResult, labels_at
 from ..schedule import Clockwork, Every, Scheduler
 from .curve import CurveServer
 from .endpoint import check_endpoint
@@ -472,8 +472,8 @@ class Server:
         is_key, age = result.is_keyframe, result.deep_age
         labels = np.ascontiguousarray(result.labels)
         t0 = time.perf_counter()
-        if request.size == "input" and labels.shape != (h, w):
-            labels = cv2.resize(labels, (w, h), interpolation=cv2.INTER_NEAREST)
+        if request.size == "input":
+            labels = labels_at(labels, (h, w))
         specs, payloads = [], []
         spec, payload = encode_array("labels", labels, request.labels)
         specs.append(spec)
