@@ -14,6 +14,7 @@ cost of a schedule is modelled from median stage times measured on the same fram
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import logging
@@ -47,6 +48,7 @@ class Point:
     miou: float  # against the ground truth, %
     agreement: float  # mIoU against the every-frame labels, %
     ms_per_frame: float  # modelled inference cost
+    keys: tuple[int, ...] = ()  # the keyframes of a replayed adaptive schedule
 
     @property
     def ratio(self) -> float:
@@ -115,18 +117,22 @@ class Study:
     def warp_ms(self) -> float:
         return float(np.median(self._warp_ms)) if self._warp_ms else 0.0
 
-    def score(self, keys: Sequence[int], warp: bool) -> tuple[float, float]:
-        gt = np.zeros((self.n_classes, self.n_classes), np.int64)
-        ag = np.zeros_like(gt)
-        k = 0
+    def frame_matrices(self, keys: Sequence[int], warp: bool) -> tuple[np.ndarray, np.ndarray]:
+        """Per-frame confusion matrices (frames x C x C) against the ground truth and ``every``."""
         key_set = set(keys)
+        k = 0
+        gt, ag = [], []
         for t in range(len(self.images)):
             if t in key_set:
                 k = t
             g, a = self.pair(t, k, warp)
-            gt += g
-            ag += a
-        return _miou(gt), _miou(ag)
+            gt.append(g)
+            ag.append(a)
+        return np.stack(gt), np.stack(ag)
+
+    def score(self, keys: Sequence[int], warp: bool) -> tuple[float, float]:
+        gt, ag = self.frame_matrices(keys, warp)
+        return _miou(gt.sum(0)), _miou(ag.sum(0))
 
     def cost(self, keyframes: int, extra_ms: float, warp: bool) -> float:
         n = len(self.images)
@@ -147,8 +153,63 @@ def _miou(matrix: np.ndarray) -> float:
     return float(100 * np.mean(tp[valid] / union[valid]))
 
 
-def clockwork_keys(n: int, interval: int) -> list[int]:
-    return list(range(0, n, interval))
+def clockwork_keys(n: int, interval: int, phase: int = 0) -> list[int]:
+    """Frame 0 (nothing is cached before it), then every ``interval`` frames from ``phase`` on."""
+    return sorted({0, *range(phase, n, interval)})
+
+
+@dataclass(frozen=True)
+class Gain:
+    """Adaptive minus clockwork mIoU at one keyframe count, with what the sequence resolves."""
+
+    interval: int
+    keyframes: int
+    gain: float  # mean adaptive mIoU (over its schedules with this count) - clockwork's, points
+    low: float  # 95 % block-bootstrap interval of the gain
+    high: float
+    phases: tuple[float, ...]  # clockwork mIoU at each phase that gives the same keyframe count
+
+
+def paired_gain(
+    study: Study,
+    adaptive: Sequence[Sequence[int]],
+    interval: int,
+    warp: bool,
+    *,
+    block: int = 10,
+    rounds: int = 2000,
+    seed: int = 0,
+) -> Gain:
+    """How far the adaptive schedules beat clockwork, and how sure this one sequence can be of it.
+
+    Both schedules are scored on the same resampled frames: blocks of ``block`` consecutive
+    frames drawn with replacement (a moving-block bootstrap, because neighbouring frames share
+    their errors). Clockwork's other phases show the spread of a fixed rate whose keyframes fall
+    on different frames of the same drive.
+    """
+    n = len(study.images)
+    reference = clockwork_keys(n, interval)
+    if not adaptive or any(len(keys) != len(reference) for keys in adaptive):
+        raise ValueError(
+            f"adaptive schedules must each have {len(reference)} keyframes, like clockwork {interval}"
+        )
+    cw = study.frame_matrices(reference, warp)[0]
+    ad = [study.frame_matrices(keys, warp)[0] for keys in adaptive]
+    rng = np.random.default_rng(seed)
+    block = min(block, n)
+    starts = rng.integers(0, n - block + 1, size=(rounds, -(-n // block)))
+    gains = np.empty(rounds)
+    for r, row in enumerate(starts):
+        idx = (row[:, None] + np.arange(block)).ravel()[:n]
+        gains[r] = np.mean([_miou(a[idx].sum(0)) for a in ad]) - _miou(cw[idx].sum(0))
+    full = float(np.mean([_miou(a.sum(0)) for a in ad]) - _miou(cw.sum(0)))
+    phases = tuple(
+        study.score(keys, warp)[0]
+        for keys in (clockwork_keys(n, interval, p) for p in range(interval))
+        if len(keys) == len(reference)
+    )
+    low, high = np.percentile(gains, [2.5, 97.5])
+    return Gain(interval, len(reference), full, float(low), float(high), phases)
 
 
 # Not a runnable schedule: the adaptive rule on the true error of each cached frame (oracle_curve).
@@ -174,8 +235,20 @@ def threshold_curve(
         seen.add(keys)
         miou, agreement = study.score(keys, warp)
         cost = study.cost(len(keys), extra_ms(len(keys)), warp)
-        points.append(Point(family, threshold, len(keys), n, miou, agreement, cost))
+        points.append(Point(family, threshold, len(keys), n, miou, agreement, cost, keys))
     return sorted(points, key=lambda p: p.keyframes)
+
+
+def gains_over_clockwork(study: Study, points: Sequence[Point], family: str, warp: bool) -> list[Gain]:
+    """``paired_gain`` at every clockwork interval that some schedule of ``family`` matches."""
+    n = len(study.images)
+    out = []
+    for interval in range(2, study.max_interval + 1):
+        count = len(clockwork_keys(n, interval))
+        same = [p.keys for p in points if p.family == family and p.keyframes == count]
+        if same:
+            out.append(paired_gain(study, same, interval, warp))
+    return out
 
 
 def adaptive_curve(
@@ -387,6 +460,29 @@ def markdown(payload: dict, costs: dict[str, float]) -> str:
             f"{same_k(feature_family(fam), k)} | {cw['miou']:.2f} / {cw['agreement']:.2f} | "
             f"{same_k('adaptive flow-residual + warp', k)} | {same_k(ORACLE, k)} |"
         )
+    if payload.get("gains"):
+        out += [
+            "",
+            "| K | keyframes | adaptive (features) - clockwork | 95 % interval | clockwork phases "
+            "| adaptive (flow) + warp - clockwork + warp | 95 % interval | clockwork + warp phases |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        by_k = {}
+        for family, found in payload["gains"].items():
+            for g in found:
+                by_k.setdefault(g["interval"], {})["warp" in family] = g
+
+        def cells(g: dict | None) -> str:
+            if g is None:
+                return "- | - | -"
+            return (
+                f"{g['gain']:+.2f} | {g['low']:+.2f} to {g['high']:+.2f} | "
+                f"{min(g['phases']):.2f}-{max(g['phases']):.2f} ({len(g['phases'])})"
+            )
+
+        for k, row in sorted(by_k.items()):
+            count = next(iter(row.values()))["keyframes"]
+            out.append(f"| {k} | {count} | {cells(row.get(False))} | {cells(row.get(True))} |")
     for title, family, grid in (
         ("adaptive, flow change + warp (the default)", "adaptive flow-residual + warp", FLOW_GRID),
         ("adaptive, feature change, no warp", feature_family(fam), FEATURE_GRID),
@@ -410,12 +506,29 @@ def markdown(payload: dict, costs: dict[str, float]) -> str:
     return "\n".join(out)
 
 
+def _rounded(value: object) -> object:
+    if isinstance(value, float):
+        return round(value, 2)
+    if isinstance(value, tuple):
+        return [_rounded(v) for v in value]
+    return value
+
+
 def feature_family(families: dict) -> str:
     """The first feature-change adaptive family without warp (the sweep's first variant)."""
     return next(f for f in families if f.startswith("adaptive") and "warp" not in f and "residual" not in f)
 
 
-def plot(points: Sequence[Point], families: Sequence[str], path: Path, title: str) -> None:
+def plot(
+    points: Sequence[Point],
+    families: Sequence[str],
+    path: Path,
+    title: str,
+    *,
+    phases: dict[str, Sequence[Gain]] | None = None,
+) -> None:
+    """mIoU against keyframe ratio; ``phases`` draws, for a clockwork family, the range of its
+    mIoU over the phases that give the same keyframe count."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -432,7 +545,11 @@ def plot(points: Sequence[Point], families: Sequence[str], path: Path, title: st
         if family == "clockwork":
             ps = [every, *ps]
         style = styles.get(family, dict(marker=".", linestyle="-"))
-        ax.plot([p.ratio for p in ps], [p.miou for p in ps], label=family, **style)
+        (line,) = ax.plot([p.ratio for p in ps], [p.miou for p in ps], label=family, **style)
+        for g in (phases or {}).get(family, ()):
+            ratio = g.keyframes / every.frames
+            span = [min(g.phases), max(g.phases)]
+            ax.plot([ratio, ratio], span, color=line.get_color(), linewidth=3, alpha=0.35)
     ax.axhline(every.miou - 1.0, color="grey", linewidth=0.8, linestyle=":", label="every - 1.0 mIoU")
     ax.set_xlabel("keyframe ratio (deep runs / frames)")
     ax.set_ylabel("mIoU vs ground truth (%)")
@@ -516,6 +633,11 @@ def main(argv: list[str] | None = None) -> int:
         variants=variants,
         warp=not args.no_warp,
     )
+    log.info("adaptive against clockwork: paired block bootstrap and clockwork phases")
+    compared = {f"adaptive {variants[0][0]}/{variants[0][1]}": False}  # family: warped
+    if not args.no_warp:
+        compared["adaptive flow-residual + warp"] = True
+    gains = {family: gains_over_clockwork(study, points, family, warp) for family, warp in compared.items()}
     payload = {
         "model": model.meta.model,
         "weights": str(args.weights.name),
@@ -525,6 +647,10 @@ def main(argv: list[str] | None = None) -> int:
         "stage_ms_median": {k: round(v, 2) for k, v in study.stage_ms.items()},
         "warp_ms_median": round(study.warp_ms, 2),
         "seconds": round(time.perf_counter() - t0, 1),
+        "gains": {
+            family: [{k: _rounded(v) for k, v in dataclasses.asdict(g).items()} for g in found]
+            for family, found in gains.items()
+        },
         "points": [
             {
                 "family": q.family,
@@ -547,6 +673,10 @@ def main(argv: list[str] | None = None) -> int:
         families,
         args.out / "scheduling.png",
         f"{model.meta.model} on CamVid {args.split} ({len(samples)} frames in order)",
+        phases={
+            "clockwork" + (" + warp" if warp else ""): found
+            for found, warp in zip(gains.values(), compared.values(), strict=True)
+        },
     )
     print(f"wrote {args.out / 'scheduling_sweep.json'} and {args.out / 'scheduling.png'}")
     return 0

@@ -8,7 +8,17 @@ import pytest
 from rtseg.data.datasets import Sample
 from rtseg.schedule import Adaptive, ChangeMeasure, Clockwork, Every, FlowWarp
 from rtseg.schedule.sequence import evaluate_sequence
-from rtseg.schedule.sweep import ORACLE, Point, clockwork_keys, frontier_at, plot, run_study
+from rtseg.schedule.sweep import (
+    ORACLE,
+    Point,
+    clockwork_keys,
+    frontier_at,
+    gains_over_clockwork,
+    markdown,
+    paired_gain,
+    plot,
+    run_study,
+)
 
 
 @pytest.fixture(scope="module")
@@ -81,3 +91,55 @@ def test_costs_frontier_and_plot(study, tmp_path) -> None:
     out = tmp_path / "plot.png"
     plot(points, ["clockwork", "adaptive l1_cat/4"], out, "test")
     assert out.stat().st_size > 1000
+
+
+def test_clockwork_phases_shift_the_keyframes_after_frame_0() -> None:
+    assert clockwork_keys(10, 3) == clockwork_keys(10, 3, 0) == [0, 3, 6, 9]
+    assert clockwork_keys(10, 3, 1) == [0, 1, 4, 7]
+    assert clockwork_keys(10, 3, 2) == [0, 2, 5, 8]
+
+
+def test_paired_gain_of_clockwork_against_itself_is_exactly_zero(study) -> None:
+    s, _, samples = study
+    keys = clockwork_keys(len(samples), 3)
+    g = paired_gain(s, [keys], 3, True, rounds=50)
+    assert g.gain == g.low == g.high == 0.0
+    # all three phases give 4 keyframes in 10 frames (as in the test above); phase 0 is the schedule
+    phases = [s.score(clockwork_keys(len(samples), 3, p), True)[0] for p in range(3)]
+    assert g.phases == pytest.approx(phases)
+
+
+def test_paired_gain_is_the_mean_adaptive_score_minus_clockwork(study) -> None:
+    s, _, samples = study
+    others = [[0, 1, 3, 5, 7], [0, 3, 5, 7, 9]]
+    g = paired_gain(s, others, 2, False, rounds=200, seed=1)
+    clockwork = s.score(clockwork_keys(len(samples), 2), False)[0]
+    assert g.gain == pytest.approx(np.mean([s.score(k, False)[0] for k in others]) - clockwork)
+    assert g.low <= g.high and g.keyframes == 5 and g.interval == 2
+    with pytest.raises(ValueError, match="5 keyframes"):
+        paired_gain(s, [[0, 4]], 2, False)
+
+
+def test_gains_are_reported_for_every_matched_interval(study, tmp_path) -> None:
+    s, points, samples = study
+    family = "adaptive flow-residual + warp"
+    gains = gains_over_clockwork(s, points, family, True)
+    counts = {p.keyframes for p in points if p.family == family}
+    n = len(samples)
+    assert [g.interval for g in gains] == [k for k in range(2, 5) if len(clockwork_keys(n, k)) in counts]
+    for g in gains:
+        same = [p.miou for p in points if p.family == family and p.keyframes == g.keyframes]
+        clockwork = next(p for p in points if p.family == "clockwork + warp" and p.parameter == g.interval)
+        assert g.gain == pytest.approx(np.mean(same) - clockwork.miou)
+    out = tmp_path / "phases.png"
+    plot(points, ["clockwork + warp", family], out, "test", phases={"clockwork + warp": gains})
+    assert out.stat().st_size > 1000
+    payload = {
+        "frames": n,
+        "points": [{**p.__dict__, "ratio": p.ratio} for p in points],
+        "gains": {family: [g.__dict__ for g in gains]},
+    }
+    costs = dict.fromkeys(("low", "deep", "head", "change", "flow", "warp"), 1.0)
+    table = markdown(payload, costs)
+    for g in gains:
+        assert f"| {g.interval} | {g.keyframes} | - | - | - | {g.gain:+.2f} |" in table
