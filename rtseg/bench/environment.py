@@ -16,20 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from .._version import __version__
+from ..hardware import cpu_cores, cpu_flags, cpu_model, gpus
 
 _REPO = Path(__file__).resolve().parent.parent.parent
-# CPU features that decide which kernels the engines can use.
-_FLAGS_OF_INTEREST = (
-    "avx2",
-    "fma",
-    "avx512f",
-    "avx512bw",
-    "avx512_vnni",
-    "avx512_bf16",
-    "amx_tile",
-    "amx_bf16",
-    "amx_int8",
-)
 # (name in the report, distribution names to look for, first found wins)
 _LIBRARIES = (
     ("torch", ("torch",)),
@@ -50,46 +39,6 @@ _LIBRARIES = (
 )
 
 
-def _cpuinfo() -> dict[str, str]:
-    """The first processor block of /proc/cpuinfo (Linux); empty elsewhere."""
-    try:
-        text = Path("/proc/cpuinfo").read_text(errors="replace")
-    except OSError:
-        return {}
-    info: dict[str, str] = {}
-    for line in text.splitlines():
-        if not line.strip():
-            if info:
-                break
-            continue
-        key, _, value = line.partition(":")
-        info.setdefault(key.strip(), value.strip())
-    return info
-
-
-def cpu_model() -> str:
-    info = _cpuinfo()
-    return info.get("model name") or platform.processor() or platform.machine() or "unknown"
-
-
-def cpu_cores() -> tuple[int, int]:
-    """(physical, logical) cores; physical falls back to logical when it cannot be told."""
-    logical = os.cpu_count() or 1
-    try:
-        import psutil
-
-        physical = psutil.cpu_count(logical=False) or logical
-        logical = psutil.cpu_count(logical=True) or logical
-    except ImportError:
-        physical = logical
-    return int(physical), int(logical)
-
-
-def cpu_flags() -> list[str]:
-    flags = set(_cpuinfo().get("flags", "").split())
-    return [f for f in _FLAGS_OF_INTEREST if f in flags]
-
-
 def memory_gb() -> float | None:
     try:
         import psutil
@@ -97,21 +46,6 @@ def memory_gb() -> float | None:
         return round(psutil.virtual_memory().total / 2**30, 1)
     except ImportError:
         return None
-
-
-def gpus() -> list[dict[str, Any]]:
-    """CUDA devices torch can see (name and memory); empty on CPU-only machines."""
-    try:
-        import torch
-    except ImportError:
-        return []
-    if not torch.cuda.is_available():
-        return []
-    out = []
-    for i in range(torch.cuda.device_count()):
-        props = torch.cuda.get_device_properties(i)
-        out.append({"index": i, "name": props.name, "memory_gb": round(props.total_memory / 2**30, 1)})
-    return out
 
 
 def library_versions() -> dict[str, str | None]:
@@ -176,9 +110,25 @@ def fingerprint() -> dict[str, Any]:
 
 
 def hardware_line(fp: dict[str, Any]) -> str:
-    """'AMD EPYC, 2 physical cores (2 logical), GPU: none' for tables and plot legends."""
+    """'AMD EPYC (AVX2, AVX-512, VNNI), 2 physical cores (2 logical), GPU: none' for tables and
+    plot legends: virtual machines give different CPUs one model name, the vector units tell them
+    apart."""
     cpu = fp["cpu"]
     gpu = ", ".join(g["name"] for g in fp["gpus"]) or "none"
-    return (
-        f"{cpu['model']}, {cpu['physical_cores']} physical cores ({cpu['logical_cores']} logical), GPU: {gpu}"
-    )
+    isa = isa_summary(cpu.get("flags", []))
+    model = f"{cpu['model']} ({isa})" if isa else cpu["model"]
+    return f"{model}, {cpu['physical_cores']} physical cores ({cpu['logical_cores']} logical), GPU: {gpu}"
+
+
+_ISA_NAMES = (
+    ("avx2", "AVX2"),
+    ("avx512f", "AVX-512"),
+    ("avx512_vnni", "VNNI"),
+    ("avx512_bf16", "BF16"),
+    ("amx_tile", "AMX"),
+)
+
+
+def isa_summary(flags: list[str]) -> str:
+    """The vector extensions among ``flags`` that decide fp32 and int8 kernel speed."""
+    return ", ".join(name for flag, name in _ISA_NAMES if flag in flags)

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .environment import cpu_cores
+from ..hardware import cpu_cores
 from .measure import BenchConfig, run_config
 
 RESULT_MARKER = "RTSEG-BENCH-RESULT "

@@ -4,7 +4,8 @@ No backend wins everywhere on CPUs (ENet-like graphs favour torch channels_last,
 ones ONNX Runtime), so the choice is measured per model, weights, input size, precision and
 device, with the candidates interleaved (one run of each in turn) so that a noisy machine slows
 them alike. The result is stored in the engine cache as ``auto-<...>.json`` together with the
-library versions it was measured with; a later ``load`` reads it and builds only the winner.
+library versions and the hardware (``rtseg.hardware.signature``) it was measured on; a later
+``load`` on the same software and hardware reads it and builds only the winner.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import torch
 
 from .._version import __version__
 from ..errors import BackendUnavailableError, ConfigError, EngineBuildError
+from ..hardware import signature
 from ..models.base import StagedSegmenter
 from .base import BACKEND_OPTIONS, Engine
 from .cache import ArtifactCache, atomic_write_text, weights_hash
@@ -134,7 +136,7 @@ def options_for(candidate: Candidate, options: Mapping[str, Any]) -> dict[str, A
     return {k: v for k, v in {**options, **candidate.options}.items() if k in accepted}
 
 
-def _read_choice(path: Path) -> Candidate | None:
+def _read_choice(path: Path, device: str) -> Candidate | None:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -144,7 +146,25 @@ def _read_choice(path: Path) -> Candidate | None:
     if data.get("libraries") != libraries():
         log.info("auto: %s was measured with other library versions; measuring again", path.name)
         return None
+    here = signature(device)
+    if data.get("hardware") != here:
+        log.info(
+            "auto: %s was measured on other hardware (%s, not %s); measuring again",
+            path.name,
+            _describe(data.get("hardware")),
+            _describe(here),
+        )
+        return None
     return Candidate(data["backend"], data.get("options", {}))
+
+
+def _describe(hardware: Any) -> str:
+    if not isinstance(hardware, dict):
+        return "unrecorded"
+    flags = "/".join(hardware.get("flags") or []) or "no listed flags"
+    gpu = f", {hardware['gpu']}" if hardware.get("gpu") else ""
+    cores = hardware.get("cores") or ["?", "?"]
+    return f"{hardware.get('cpu', '?')} [{flags}], {cores[0]}/{cores[-1]} cores{gpu}"
 
 
 def load_auto(
@@ -171,7 +191,7 @@ def load_auto(
         )
     wh = weights_hash(net)
     path = choice_path(cache, net, wh, size, precision, device)
-    stored = None if remeasure else _read_choice(path)
+    stored = None if remeasure else _read_choice(path, device)
     if stored is not None:
         engine = load_backend(
             net,
@@ -235,6 +255,7 @@ def load_auto(
         "warmup": warmup,
         "skipped": skipped,
         "libraries": libraries(),
+        "hardware": signature(device),
         "measured_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
     atomic_write_text(path, json.dumps(record, indent=2, sort_keys=True))

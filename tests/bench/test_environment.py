@@ -43,3 +43,11 @@ def test_hardware_line_names_cpu_cores_and_gpu() -> None:
     assert hardware_line(fp) == "Some CPU, 2 physical cores (4 logical), GPU: none"
     fp["gpus"] = [{"index": 0, "name": "NVIDIA H200", "memory_gb": 139.8}]
     assert hardware_line(fp).endswith("GPU: NVIDIA H200")
+
+
+def test_hardware_line_tells_cpus_with_one_name_apart_by_their_vector_units() -> None:
+    fp = {"cpu": {"model": "AMD EPYC", "physical_cores": 2, "logical_cores": 2}, "gpus": []}
+    older = {**fp, "cpu": {**fp["cpu"], "flags": ["avx2", "fma"]}}
+    newer = {**fp, "cpu": {**fp["cpu"], "flags": ["avx2", "fma", "avx512f", "avx512bw", "avx512_vnni"]}}
+    assert hardware_line(older).startswith("AMD EPYC (AVX2), 2 physical cores")
+    assert hardware_line(newer).startswith("AMD EPYC (AVX2, AVX-512, VNNI), 2 physical cores")

@@ -29,6 +29,7 @@ from rtseg.engine.base import Engine, Features
 from rtseg.engine.cache import ArtifactCache, weights_hash
 from rtseg.engine.onnx_export import ensure_onnx
 from rtseg.errors import BackendUnavailableError, ConfigError
+from rtseg.hardware import signature
 from rtseg.models import StagedSegmenter
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -214,3 +215,25 @@ def test_candidates_per_precision_and_device() -> None:
     assert [c.label for c in candidates("fp16", "cpu")] == ["openvino"]
     with pytest.raises(ConfigError, match="unknown precision 'fp8'"):
         candidates("fp8", "cpu")
+
+
+def test_a_choice_measured_on_other_hardware_is_measured_again(
+    model: StagedSegmenter, engine_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    _auto(model, engine_dir)
+    path = _choice(model, engine_dir)
+    record = json.loads(path.read_text())
+    assert record["hardware"] == signature("cpu") and record["hardware"]["cores"][1] >= 1
+    # The same checkout moved to a CPU that reports the same name but other vector units.
+    record["hardware"]["flags"] = ["avx2", "fma"] if "avx512f" in record["hardware"]["flags"] else ["avx512f"]
+    path.write_text(json.dumps(record))
+    with caplog.at_level("INFO", logger="rtseg.engine.auto"):
+        engine = _auto(model, engine_dir)
+    assert engine.info.notes[-1].startswith("auto: picked ")
+    assert "measured on other hardware" in caplog.text
+    assert json.loads(path.read_text())["hardware"] == signature("cpu")
+    # A choice written before the hardware was recorded is measured again too.
+    record = json.loads(path.read_text())
+    del record["hardware"]
+    path.write_text(json.dumps(record))
+    assert _auto(model, engine_dir).info.notes[-1].startswith("auto: picked ")
