@@ -122,11 +122,16 @@ SCHEMES = (
     ),
 )
 TENSORRT_SCHEMES = (SCHEMES[2],)
-# Relative RMS error of a stage's float outputs (and label disagreement of its uint8 outputs)
-# allowed before a stage falls back to the next scheme, and finally to fp32. Measured on ESPNet
-# CamVid: quantised conv outputs feeding BatchNorms after concatenations gave 0.19-0.23 and lost
-# 6-8 mIoU; 0.01-0.08 lost under 1.
-MAX_RELATIVE_ERROR = 0.1
+# Worst per-channel relative RMS error of a stage's float outputs (and label disagreement of its
+# uint8 outputs) allowed before a stage falls back to the next scheme, and finally to fp32.
+# Per channel, because one RMS over a whole output hides a few badly distorted channels under the
+# large ones, and later layers may depend on exactly those. Measured on ESPNet CamVid (AVX-512
+# VNNI CPU, ONNX Runtime): the low stage's "full" scheme has a whole-output error of only 0.039
+# but a worst channel of 0.28, and cost 2.4 test mIoU; the schemes this limit accepts (low
+# conv-inputs 0.13, deep convs 0.10, head full 0.05) lose 0.14.
+MAX_RELATIVE_ERROR = 0.15
+# Recorded in each int8 artifact; one built under another guard is rebuilt.
+GUARD = f"worst-channel relative RMS <= {MAX_RELATIVE_ERROR}"
 CHECK_FEEDS = 4
 # Activation ranges clip the 0.01 % most extreme values: on ESPNet's deep stage this halved the
 # error of MinMax ranges (0.05 instead of 0.10 relative RMS), which outliers stretch.
@@ -156,16 +161,21 @@ def mismatched_concats(model: onnx.ModelProto, ranges: Any, ratio: float = CONCA
 
 
 def output_error(reference: Any, candidate: Any, feeds: list[Mapping[str, np.ndarray]]) -> float:
-    """Worst output error over ``feeds``: relative RMS for float outputs, disagreement for labels."""
+    """Worst output error over ``feeds``: for float outputs the worst channel's relative RMS error
+    (axis 1; a channel's own RMS, floored at 1e-3 of the whole output's so that near-constant
+    channels do not divide by zero), for labels the fraction that differ."""
     worst = 0.0
     for feed in feeds:
         for a, b in zip(reference.run(None, dict(feed)), candidate.run(None, dict(feed)), strict=True):
             if a.dtype.kind in "iub":
                 worst = max(worst, float(np.mean(a != b)))
-            else:
-                a64 = a.astype(np.float64)
-                norm = float(np.sqrt(np.mean(a64**2))) or 1.0
-                worst = max(worst, float(np.sqrt(np.mean((a64 - b) ** 2))) / norm)
+                continue
+            a64 = a.astype(np.float64)
+            diff = (a64 - b) ** 2
+            axes = tuple(i for i in range(a64.ndim) if i != 1) if a64.ndim > 1 else None
+            power = np.mean(a64**2, axis=axes)
+            floor = 1e-6 * float(np.mean(a64**2)) or 1.0  # (1e-3 of the RMS)^2
+            worst = max(worst, float(np.max(np.sqrt(np.mean(diff, axis=axes) / np.maximum(power, floor)))))
     return worst
 
 
@@ -325,6 +335,7 @@ def ensure_int8_onnx(
                         "format": "QDQ",
                         "per_channel": True,
                         "max_relative_error": MAX_RELATIVE_ERROR,
+                        "guard": GUARD,
                         **report,
                         "calibration_id": calibration.id,
                         "calibration_frames": len(calibration),
@@ -337,6 +348,18 @@ def ensure_int8_onnx(
         return out
 
     artifacts = cache.get_or_build(key, STAGES, "onnx", build)
+    stale = [s for s, a in artifacts.items() if a.sidecar.get("quantization", {}).get("guard") != GUARD]
+    if stale:
+        log.info(
+            "int8: %s.{%s} were built under another accuracy guard (this one: %s); rebuilding",
+            key.stem,
+            ",".join(stale),
+            GUARD,
+        )
+        for stage in stale:
+            for path in (artifacts[stage].path, cache.sidecar_path(artifacts[stage].path)):
+                path.unlink(missing_ok=True)
+        artifacts = cache.get_or_build(key, STAGES, "onnx", build)
     return OnnxStages(
         key=key,
         files={s: a.path for s, a in artifacts.items()},

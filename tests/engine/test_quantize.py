@@ -27,7 +27,7 @@ from rtseg.engine.base import Engine
 from rtseg.engine.cache import ArtifactCache, weights_hash
 from rtseg.engine.onnx_engines import int8_stages
 from rtseg.engine.onnx_export import STAGES, ensure_onnx, read_metadata
-from rtseg.engine.quantize import MAX_RELATIVE_ERROR, SCHEMES, _Reader, quantize_graph
+from rtseg.engine.quantize import GUARD, MAX_RELATIVE_ERROR, SCHEMES, _Reader, output_error, quantize_graph
 from rtseg.errors import ConfigError, EngineBuildError
 from rtseg.models import StagedSegmenter, get_model
 from rtseg.models.base import prime_batchnorm
@@ -254,3 +254,52 @@ def test_a_stage_without_calibration_data_is_a_build_error(
         quantize_graph(fp32_stages.files["head"], iter(()), flavour="cpu", workdir=tmp_path)
     with pytest.raises(EngineBuildError, match="read only once"):
         _Reader(iter(())).rewind()
+
+
+class _Outputs:
+    """Stands in for an inference session: returns fixed outputs."""
+
+    def __init__(self, *outputs: np.ndarray) -> None:
+        self.outputs = list(outputs)
+
+    def run(self, _names: object, _feed: object) -> list[np.ndarray]:
+        return self.outputs
+
+
+def test_the_error_is_that_of_the_worst_channel() -> None:
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(1, 20, 8, 8)).astype(np.float32)
+    ref[:, 0] *= 0.01  # one small-range channel among large ones
+    bad = ref.copy()
+    bad[:, 0] = 0.0  # erased: 100 % of that channel, under 0.3 % of the whole output's RMS
+    whole = float(np.sqrt(np.mean((ref - bad) ** 2) / np.mean(ref**2)))
+    assert whole < 0.003
+    assert output_error(_Outputs(ref), _Outputs(bad), [{}]) == pytest.approx(1.0)
+    noisy = ref + 0.05 * np.sqrt(np.mean(ref**2, axis=(0, 2, 3), keepdims=True)) * rng.normal(size=ref.shape)
+    assert 0.03 < output_error(_Outputs(ref), _Outputs(noisy.astype(np.float32)), [{}]) < 0.08
+    labels = np.zeros((1, 4, 4), np.uint8)
+    flipped = labels.copy()
+    flipped[0, 0, :2] = 1
+    assert output_error(_Outputs(labels), _Outputs(flipped), [{}]) == pytest.approx(2 / 16)
+
+
+def test_an_artifact_built_under_another_guard_is_rebuilt(
+    model: StagedSegmenter, engine_dir: Path, list_path: Path, int8: Engine
+) -> None:
+    low = Path(int8.info.artifacts[0])
+    sidecar = Path(str(low) + ".json")
+    record = json.loads(sidecar.read_text())
+    assert record["quantization"]["guard"] == GUARD
+    record["quantization"]["guard"] = "relative RMS <= 0.1"  # what an older rtseg recorded
+    sidecar.write_text(json.dumps(record))
+    again = load(
+        model,
+        backend="onnxruntime",
+        precision="int8",
+        input_size=SIZE,
+        engine_dir=engine_dir,
+        calibration=list_path,
+        threads=1,
+    )
+    assert json.loads(sidecar.read_text())["quantization"]["guard"] == GUARD
+    assert again.info.artifacts == int8.info.artifacts
