@@ -274,7 +274,14 @@ def test_the_error_is_that_of_the_worst_channel() -> None:
     bad[:, 0] = 0.0  # erased: 100 % of that channel, under 0.3 % of the whole output's RMS
     whole = float(np.sqrt(np.mean((ref - bad) ** 2) / np.mean(ref**2)))
     assert whole < 0.003
-    assert output_error(_Outputs(ref), _Outputs(bad), [{}]) == pytest.approx(1.0)
+    # The channel's RMS (1 % of the output's) is floored at 10 % of the output's: an error of
+    # 10 % of the output's RMS counts as 0.1, not as the whole channel.
+    assert output_error(_Outputs(ref), _Outputs(bad), [{}]) == pytest.approx(0.1, rel=0.05)
+    mid = ref.copy()
+    mid[:, 1] *= 0.3  # a channel at 30 % of the output's RMS, distorted by 20 % of its own
+    distorted = mid.copy()
+    distorted[:, 1] *= 0.8
+    assert output_error(_Outputs(mid), _Outputs(distorted), [{}]) == pytest.approx(0.2, rel=0.01)
     noisy = ref + 0.05 * np.sqrt(np.mean(ref**2, axis=(0, 2, 3), keepdims=True)) * rng.normal(size=ref.shape)
     assert 0.03 < output_error(_Outputs(ref), _Outputs(noisy.astype(np.float32)), [{}]) < 0.08
     labels = np.zeros((1, 4, 4), np.uint8)
