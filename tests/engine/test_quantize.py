@@ -84,8 +84,7 @@ def fp32(model: StagedSegmenter, engine_dir: Path) -> Engine:
     return load(model, backend="onnxruntime", input_size=SIZE, engine_dir=engine_dir, threads=1)
 
 
-@pytest.fixture(scope="module")
-def int8(model: StagedSegmenter, engine_dir: Path, list_path: Path, fp32: Engine) -> Engine:
+def _load_int8(model: StagedSegmenter, engine_dir: Path, list_path: Path) -> Engine:
     return load(
         model,
         backend="onnxruntime",
@@ -95,6 +94,11 @@ def int8(model: StagedSegmenter, engine_dir: Path, list_path: Path, fp32: Engine
         calibration=list_path,
         threads=1,
     )
+
+
+@pytest.fixture(scope="module")
+def int8(model: StagedSegmenter, engine_dir: Path, list_path: Path, fp32: Engine) -> Engine:
+    return _load_int8(model, engine_dir, list_path)
 
 
 def test_int8_artifacts_are_named_by_calibration_and_record_the_scheme(
@@ -299,14 +303,6 @@ def test_an_artifact_built_under_another_guard_is_rebuilt(
     assert record["quantization"]["guard"] == GUARD
     record["quantization"]["guard"] = "relative RMS <= 0.1"  # what an older rtseg recorded
     sidecar.write_text(json.dumps(record))
-    again = load(
-        model,
-        backend="onnxruntime",
-        precision="int8",
-        input_size=SIZE,
-        engine_dir=engine_dir,
-        calibration=list_path,
-        threads=1,
-    )
+    again = _load_int8(model, engine_dir, list_path)
     assert json.loads(sidecar.read_text())["quantization"]["guard"] == GUARD
     assert again.info.artifacts == int8.info.artifacts
