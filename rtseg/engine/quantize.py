@@ -353,6 +353,11 @@ def ensure_int8_onnx(
 
     artifacts = cache.get_or_build(key, STAGES, "onnx", build)
     stale = [s for s, a in artifacts.items() if a.sidecar.get("quantization", {}).get("guard") != GUARD]
+    if stale and calibration is None:
+        raise ConfigError(
+            f"the int8 artifacts {key.stem}.{{{','.join(stale)}}} were built under another accuracy "
+            f"guard (this one: {GUARD}); pass the calibration list (--calibration) to rebuild them"
+        )
     if stale:
         log.info(
             "int8: %s.{%s} were built under another accuracy guard (this one: %s); rebuilding",

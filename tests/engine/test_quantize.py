@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import cv2
@@ -295,14 +296,30 @@ def test_the_error_is_that_of_the_worst_channel() -> None:
 
 
 def test_an_artifact_built_under_another_guard_is_rebuilt(
-    model: StagedSegmenter, engine_dir: Path, list_path: Path, int8: Engine
+    model: StagedSegmenter, engine_dir: Path, list_path: Path, int8: Engine, tmp_path: Path
 ) -> None:
     low = Path(int8.info.artifacts[0])
+    stem = low.name[: -len(".low.onnx")]
+
+    def age(sidecar: Path) -> None:
+        record = json.loads(sidecar.read_text())
+        assert record["quantization"]["guard"] == GUARD
+        record["quantization"]["guard"] = "relative RMS <= 0.1"  # what an older rtseg recorded
+        sidecar.write_text(json.dumps(record))
+
+    # Without a calibration list it cannot be rebuilt: a clear error, and nothing is deleted.
+    alone = tmp_path / "engines"
+    alone.mkdir()
+    for f in engine_dir.iterdir():
+        if f.is_file() and (f.name.startswith(stem) or "-fp32-" in f.name):
+            shutil.copy(f, alone)
+    age(alone / f"{low.name}.json")
+    with pytest.raises(ConfigError, match=r"another accuracy guard .*\(--calibration\)"):
+        load(model, backend="onnxruntime", precision="int8", input_size=SIZE, engine_dir=alone)
+    assert (alone / low.name).is_file()
+    # With it, the stale stage is rebuilt.
     sidecar = Path(str(low) + ".json")
-    record = json.loads(sidecar.read_text())
-    assert record["quantization"]["guard"] == GUARD
-    record["quantization"]["guard"] = "relative RMS <= 0.1"  # what an older rtseg recorded
-    sidecar.write_text(json.dumps(record))
+    age(sidecar)
     again = _load_int8(model, engine_dir, list_path)
     assert json.loads(sidecar.read_text())["quantization"]["guard"] == GUARD
     assert again.info.artifacts == int8.info.artifacts
