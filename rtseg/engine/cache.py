@@ -152,6 +152,10 @@ class Artifact:
     sidecar: Mapping[str, Any]
 
 
+# (sidecar) -> why the artifact is stale, or None
+SidecarCheck = Callable[[Mapping[str, Any]], str | None]
+
+
 class ArtifactCache:
     """A folder of engine artifacts: ``<stem>.<stage>.<suffix>`` plus ``<file>.json`` sidecars."""
 
@@ -167,8 +171,11 @@ class ArtifactCache:
     def sidecar_path(path: Path) -> Path:
         return path.with_name(path.name + ".json")
 
-    def problem(self, key: ArtifactKey, path: Path) -> str | None:
-        """Why ``path`` cannot be used as-is (None when it is valid): missing, stale or corrupt."""
+    def problem(self, key: ArtifactKey, path: Path, check: SidecarCheck | None = None) -> str | None:
+        """Why ``path`` cannot be used as-is (None when it is valid): missing, stale or corrupt.
+
+        ``check`` lets a builder add its own staleness rule: it gets the sidecar and returns why
+        the artifact is stale, or None."""
         sidecar_path = self.sidecar_path(path)
         if not path.is_file():
             return "missing"
@@ -184,6 +191,8 @@ class ArtifactCache:
             return f"stale: built for {sidecar.get('key')}, not {key.to_dict()}"
         if sidecar.get("rtseg_version") != __version__:
             return f"stale: built by rtseg {sidecar.get('rtseg_version')}, this is {__version__}"
+        if check is not None and (reason := check(sidecar)) is not None:
+            return f"stale: {reason}"
         size = path.stat().st_size
         if size != sidecar.get("size"):
             return f"corrupt: {size} bytes on disk, {sidecar.get('size')} when built (truncated?)"
@@ -191,10 +200,12 @@ class ArtifactCache:
             return "corrupt: its SHA-256 differs from the one recorded when it was built"
         return None
 
-    def get(self, key: ArtifactKey, stage: str, suffix: str) -> Artifact | None:
+    def get(
+        self, key: ArtifactKey, stage: str, suffix: str, check: SidecarCheck | None = None
+    ) -> Artifact | None:
         """The valid artifact, or None (logging why an existing one is rejected)."""
         path = self.path(key, stage, suffix)
-        problem = self.problem(key, path)
+        problem = self.problem(key, path, check)
         if problem is None:
             return Artifact(path, json.loads(self.sidecar_path(path).read_text(encoding="utf-8")))
         if problem != "missing":
@@ -245,13 +256,15 @@ class ArtifactCache:
         stages: tuple[str, ...],
         suffix: str,
         build: Callable[[tuple[str, ...]], Mapping[str, tuple[bytes, Mapping[str, Any]]]],
+        check: SidecarCheck | None = None,
     ) -> dict[str, Artifact]:
         """Return every stage's artifact, building (under the lock) only the missing or bad ones."""
-        found = {s: self.get(key, s, suffix) for s in stages}
+        found = {s: self.get(key, s, suffix, check) for s in stages}
         if all(a is not None for a in found.values()):
             return found  # type: ignore[return-value]
         with self.lock(key):
-            found = {s: self.get(key, s, suffix) for s in stages}  # another process may have built them
+            # another process may have built them
+            found = {s: self.get(key, s, suffix, check) for s in stages}
             todo = tuple(s for s, a in found.items() if a is None)
             if todo:
                 start = time.perf_counter()

@@ -284,6 +284,11 @@ def quantize_graph(
     return onnx.load(str(fp32_path)), {"scheme": "float", "errors": tried}
 
 
+def _guard_problem(sidecar: Mapping[str, Any]) -> str | None:
+    guard = sidecar.get("quantization", {}).get("guard")
+    return None if guard == GUARD else f"built under another accuracy guard ({guard!r}, this one: {GUARD})"
+
+
 def ensure_int8_onnx(
     model: StagedSegmenter,
     fp32: OnnxStages,
@@ -310,8 +315,9 @@ def ensure_int8_onnx(
     def build(todo: tuple[str, ...]) -> dict[str, tuple[bytes, dict[str, Any]]]:
         if calibration is None:
             raise ConfigError(
-                f"the int8 artifacts {key.stem}.* are missing or invalid and no calibration list was "
-                "given to rebuild them: run `rtseg calibrate` again"
+                f"the int8 artifacts {key.stem}.* are missing, invalid or built under another "
+                f"accuracy guard (this one: {GUARD}), and no calibration list was given to rebuild "
+                "them: pass it (--calibration) or run `rtseg calibrate` again"
             )
         engine = reference()
         out = {}
@@ -351,24 +357,7 @@ def ensure_int8_onnx(
                 out[stage] = (serialize(proto), metadata)
         return out
 
-    artifacts = cache.get_or_build(key, STAGES, "onnx", build)
-    stale = [s for s, a in artifacts.items() if a.sidecar.get("quantization", {}).get("guard") != GUARD]
-    if stale and calibration is None:
-        raise ConfigError(
-            f"the int8 artifacts {key.stem}.{{{','.join(stale)}}} were built under another accuracy "
-            f"guard (this one: {GUARD}); pass the calibration list (--calibration) to rebuild them"
-        )
-    if stale:
-        log.info(
-            "int8: %s.{%s} were built under another accuracy guard (this one: %s); rebuilding",
-            key.stem,
-            ",".join(stale),
-            GUARD,
-        )
-        for stage in stale:
-            for path in (artifacts[stage].path, cache.sidecar_path(artifacts[stage].path)):
-                path.unlink(missing_ok=True)
-        artifacts = cache.get_or_build(key, STAGES, "onnx", build)
+    artifacts = cache.get_or_build(key, STAGES, "onnx", build, check=_guard_problem)
     return OnnxStages(
         key=key,
         files={s: a.path for s, a in artifacts.items()},

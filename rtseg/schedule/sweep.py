@@ -673,10 +673,7 @@ def main(argv: list[str] | None = None) -> int:
         families,
         args.out / "scheduling.png",
         f"{model.meta.model} on CamVid {args.split} ({len(samples)} frames in order)",
-        phases={
-            "clockwork" + (" + warp" if warp else ""): found
-            for found, warp in zip(gains.values(), compared.values(), strict=True)
-        },
+        phases={("clockwork + warp" if warp else "clockwork"): gains[f] for f, warp in compared.items()},
     )
     print(f"wrote {args.out / 'scheduling_sweep.json'} and {args.out / 'scheduling.png'}")
     return 0
