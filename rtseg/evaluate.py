@@ -21,6 +21,7 @@ from tqdm import tqdm
 from .data.datasets import Sample
 from .data.labels import ClassSet
 from .data.preprocess import Normalize, Preprocessing
+from .errors import DatasetError
 from .metrics import ConfusionMatrix, SegmentationScores
 from .models.base import StagedSegmenter
 
@@ -106,4 +107,9 @@ def evaluate(
         confusion.update(sample.label, labels_from_logits(logits, len(classes), (w, h)))
         count += 1
     seconds = time.perf_counter() - start
+    if not confusion.matrix.any():
+        raise DatasetError(
+            f"{description}: no labelled pixel in {count} label maps (all void or outside the "
+            f"{len(classes)} {classes.name} class ids); check that the annotations use them"
+        )
     return EvalReport(confusion.result(), classes, count, seconds, confusion.matrix.copy())

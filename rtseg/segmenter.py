@@ -90,13 +90,18 @@ class Segmenter:
 
     def preprocess(self, image: np.ndarray) -> np.ndarray:
         """The frame at the engine's input size: the one copy the hot loop makes (none if it fits)."""
+        if not isinstance(image, np.ndarray):
+            raise TypeError(f"expected an HxWx3 uint8 BGR NumPy array, got {type(image).__name__}")
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(
                 f"expected an HxWx3 uint8 BGR image, got shape {image.shape} dtype {image.dtype}"
             )
+        if image.size == 0:
+            raise ValueError(f"expected a non-empty image, got shape {image.shape}")
         size = self.engine.input_size
         if (image.shape[1], image.shape[0]) == tuple(size):
-            return image
+            # Views (crops, image[..., ::-1]) are copied once here rather than in every engine.
+            return image if image.flags.c_contiguous else np.ascontiguousarray(image)
         return cv2.resize(image, size, interpolation=self._interpolation)
 
     def __call__(self, frame: np.ndarray | Frame) -> SegResult:

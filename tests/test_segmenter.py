@@ -52,6 +52,17 @@ def test_bad_images_are_rejected(engine) -> None:
         seg(np.zeros((48, 64), np.uint8))
     with pytest.raises(ValueError, match="HxWx3 uint8"):
         seg(np.zeros((48, 64, 3), np.float32))
+    with pytest.raises(ValueError, match=r"non-empty image, got shape \(0, 64, 3\)"):
+        seg(np.zeros((0, 64, 3), np.uint8))
+    with pytest.raises(TypeError, match="NumPy array, got list"):
+        seg([[[0, 0, 0]]])
+
+
+def test_views_at_the_input_size_work(engine) -> None:
+    """image[..., ::-1] (RGB <-> BGR) has negative strides, which torch cannot wrap without a copy."""
+    seg = Segmenter(engine=engine, scheduler="every")
+    rgb = np.random.default_rng(1).integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    assert np.array_equal(seg(rgb[..., ::-1]).labels, seg(np.ascontiguousarray(rgb[..., ::-1])).labels)
 
 
 def test_thread_safe_calls_share_one_schedule(engine) -> None:

@@ -23,6 +23,7 @@ from ..bench.report import (
 from ..bench.runner import SweepSpec, run_sweep
 from ..bench.stats import StopRule
 from ..bench.table import TABLES, implemented, load_table, table_path
+from ..engine import BACKENDS, PRECISIONS
 from ..errors import ConfigError
 from ..models import DEFAULT_MODEL, list_models
 from ..schedule import SCHEDULERS
@@ -52,8 +53,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help=f"models (default: {DEFAULT_MODEL}; with --table: the table's implemented rows)",
     )
-    p.add_argument("--backend", nargs="+", default=["torch"], help="backends (default: torch)")
-    p.add_argument("--precision", nargs="+", default=["fp32"], help="precisions: fp32, fp16, int8")
+    p.add_argument(
+        "--backend", nargs="+", choices=BACKENDS, default=["torch"], help="backends (default: torch)"
+    )
+    p.add_argument(
+        "--precision",
+        nargs="+",
+        choices=sorted({p for allowed in PRECISIONS.values() for p in allowed}),
+        default=["fp32"],
+        help="precisions (default: fp32)",
+    )
     p.add_argument(
         "--size",
         nargs="+",
@@ -225,6 +234,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--camvid adds a CamVid row to --table: use it with --table cityscapes")
     rule, warmup = _rule(args)
     specs = _specs(args, rule, warmup)  # validates before the slow part
+    if args.weights and not Path(args.weights).is_file():
+        raise ConfigError(f"--weights {args.weights}: no such file")
     environment = fingerprint()
     results: list[dict[str, Any]] = []
     for spec in specs:
@@ -262,7 +273,11 @@ def run(args: argparse.Namespace) -> int:
     failed = [r for r in results if r["status"] == "failed"]
     if failed:
         print(f"{len(failed)} configuration(s) failed", file=sys.stderr)
-    return 1 if failed else 0
+        return 1
+    if not any(r["status"] == "ok" for r in results):
+        print("nothing was measured: every configuration was skipped (reasons above)", file=sys.stderr)
+        return 2
+    return 0
 
 
 def _any_size(

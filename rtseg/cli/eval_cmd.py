@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import logging
 from pathlib import Path
 
 from ..data.datasets import cityscapes, open_dataset
+from ..data.labels import numbered_classes
 from ..evaluate import evaluate
 from .common import add_model_args, load_model, parse_size
 from .run_cmd import add_scheduler_args, scheduler_from_args
+
+log = logging.getLogger(__name__)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -117,12 +122,24 @@ def run(args: argparse.Namespace) -> int:
         dataset = cityscapes(args.root, args.split, labels=args.labels)
     else:
         dataset = open_dataset(args.dataset, args.root, args.split)
-    if dataset.classes.names != meta.classes.names:
+    unnamed = meta.classes == numbered_classes(len(meta.classes))
+    if unnamed and len(meta.classes) == len(dataset.classes):
+        # A plain state dict says how many classes it predicts, not which: the dataset names them.
+        log.info(
+            "%s does not name its %d classes: scoring them as %s's, in order",
+            args.weights,
+            len(meta.classes),
+            dataset.classes.name,
+        )
+        meta = dataclasses.replace(meta, classes=dataset.classes)
+        model.meta = meta  # type: ignore[assignment]
+    elif dataset.classes.names != meta.classes.names:
         from ..errors import ConfigError
 
+        what = f"{len(meta.classes)} unnamed" if unnamed else f"the {len(meta.classes)} {meta.classes.name}"
         raise ConfigError(
-            f"the weights predict {meta.classes.name} classes ({len(meta.classes)}), "
-            f"but {args.dataset} is labelled with {dataset.classes.name} ({len(dataset.classes)})"
+            f"the weights predict {what} classes, but {args.dataset} is labelled with "
+            f"{len(dataset.classes)} {dataset.classes.name} classes"
         )
     size = args.size or meta.preprocessing.input_size
     if args.sequence:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..errors import ConfigError
 from ..models import get_model, get_spec, list_models
 from ..models.base import param_count
 from ..models.flops import stage_flops
@@ -33,7 +34,9 @@ def run(args: argparse.Namespace) -> int:
         if args.flops:
             w, h = args.size
             m = model.stage_spec.input_multiple
-            flops = stage_flops(model, (w - w % m, h - h % m))
+            if w % m or h % m:
+                raise ConfigError(f"--size: {name} needs a size divisible by {m}, got {w}x{h}")
+            flops = stage_flops(model, (w, h))
             row.update(
                 {
                     "GFLOPs": f"{flops.total / 1e9:.2f}",

@@ -144,6 +144,24 @@ def _every_reference(args: argparse.Namespace, engine: Engine) -> tuple[dict[int
     return labels, total_ms / max(len(labels), 1), len(labels) / max(seconds, 1e-9)
 
 
+def _check_writable(path: Path) -> None:
+    """Refuse a --json path before the run, not after it: the summary would be lost."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"--json {path}: cannot create its folder ({exc.strerror or exc})") from None
+    if path.is_dir():
+        raise ConfigError(f"--json {path} is a folder; give a file name")
+    existed = path.exists()
+    try:
+        with open(path, "a"):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"--json {path}: cannot write it ({exc.strerror or exc})") from None
+    if not existed:
+        path.unlink()
+
+
 def run(args: argparse.Namespace) -> int:
     demo = args.source is None
     if demo:
@@ -151,6 +169,8 @@ def run(args: argparse.Namespace) -> int:
         args.sinks = args.sinks or [DEMO_OUTPUT]
     style = OverlayStyle(args.mode, args.alpha, args.legend, args.hud)  # validates before the slow load
     scheduler = scheduler_from_args(args)
+    if args.json:
+        _check_writable(args.json)
     # Opened first: a missing file or an unreachable camera is reported before the slow engine load.
     source = open_source(args.source, **_source_options(args))
     try:
@@ -257,8 +277,12 @@ def run(args: argparse.Namespace) -> int:
             continue
         print(f"wrote {uri} ({sink.written} frames)" if sink.written else f"nothing written to {uri}")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2))
+        try:
+            args.json.write_text(json.dumps(report, indent=2))
+        except OSError as exc:  # checked before the run: the disk has failed since
+            print(f"rtseg run: cannot write --json {args.json}: {exc}", file=sys.stderr)
+            if error is None and not interrupted:
+                return 2
     if error is not None:
         raise error  # after the summary and the JSON: the CLI prints it as one line, exit status 2
     if interrupted:

@@ -150,6 +150,7 @@ def run(args: argparse.Namespace) -> int:
     latency: list[float] = []
     transport: list[float] = []
     keyframes = shown = 0
+    seen_parts: set[str] = set()
     t_start = last_print = time.monotonic()
     quiet: StreamTimeout | None = None
     try:
@@ -163,6 +164,7 @@ def run(args: argparse.Namespace) -> int:
                 latency.append(message.latency_ms)
                 transport.append(message.transport_ms)
                 keyframes += message.header.is_keyframe
+                seen_parts.update(message.parts)
                 image = _image_of(message, args.part)
                 if image is not None:
                     shown += 1
@@ -193,7 +195,7 @@ def run(args: argparse.Namespace) -> int:
     elapsed = max(time.monotonic() - t_start, 1e-9)
     print(
         f"rtseg view: {n} messages in {elapsed:.1f} s ({n / elapsed:.1f}/s), {shown} shown"
-        + (f", written to {args.out}" if writer is not None else "")
+        + (f", written to {args.out}" if writer is not None and writer.count else "")
     )
     if n:
         print(
@@ -211,4 +213,10 @@ def run(args: argparse.Namespace) -> int:
         )
     if quiet is not None and (n == 0 or args.frames is not None):
         raise quiet  # nothing arrived, or fewer messages than asked for
+    if n and not shown:
+        raise ConfigError(
+            f"none of the {n} messages had a part --part {args.part} can show "
+            f"(they carry: {', '.join(sorted(seen_parts)) or 'no parts'})"
+            + (f"; nothing was written to {args.out}" if writer is not None else "")
+        )
     return 0

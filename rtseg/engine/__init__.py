@@ -9,6 +9,7 @@ Engines built from ONNX read per-stage artifacts from the engine cache (see ``ca
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -68,8 +69,11 @@ def load(
     """
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    check_device(device)
     net = model if isinstance(model, StagedSegmenter) else get_model(model, weights=weights)
     size = tuple(input_size or net.meta.preprocessing.input_size)
+    if len(size) != 2 or min(size) <= 0:
+        raise ConfigError(f"input_size must be (width, height), both positive, got {input_size!r}")
     spec = net.stage_spec
     if size[0] % spec.input_multiple or size[1] % spec.input_multiple:
         raise ConfigError(
@@ -100,6 +104,17 @@ def load(
         calibration=calib,
         **options,
     )
+
+
+# Which backend runs where is each backend's business; this only catches what no backend takes.
+DEVICE_PATTERN = re.compile(r"cpu|gpu|cuda(:\d+)?")
+
+
+def check_device(device: str) -> None:
+    if not isinstance(device, str) or not DEVICE_PATTERN.fullmatch(device):
+        raise ConfigError(
+            f"device must be 'cpu', 'cuda', 'cuda:N' or (openvino, an Intel GPU) 'gpu', got {device!r}"
+        )
 
 
 def load_backend(

@@ -25,11 +25,12 @@ import numpy as np
 import torch
 
 from .._version import __version__
+from ..atomic import atomic_write_text
 from ..errors import BackendUnavailableError, ConfigError, EngineBuildError
 from ..hardware import signature
 from ..models.base import StagedSegmenter
 from .base import BACKEND_OPTIONS, Engine
-from .cache import ArtifactCache, atomic_write_text, weights_hash
+from .cache import ArtifactCache, weights_hash
 from .calibration import CalibrationList
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
@@ -27,6 +26,7 @@ from typing import Any
 import torch
 
 from .._version import __version__
+from ..atomic import atomic_write_bytes, atomic_write_text
 from ..errors import ConfigError
 from ..models.base import StagedSegmenter
 
@@ -125,25 +125,6 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
 @dataclass(frozen=True)
 class Artifact:
     """One validated file in the cache and its sidecar metadata."""
@@ -217,7 +198,10 @@ class ArtifactCache:
     ) -> Artifact:
         """Store ``data`` atomically, then its sidecar (whose presence marks the file complete)."""
         path = self.path(key, stage, suffix)
-        atomic_write_bytes(path, data)
+        try:
+            atomic_write_bytes(path, data)
+        except OSError as exc:
+            raise self._unwritable(exc) from None
         sidecar = {
             "format": SIDECAR_FORMAT,
             "format_version": SIDECAR_VERSION,
@@ -230,15 +214,28 @@ class ArtifactCache:
             "built_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             **metadata,
         }
-        atomic_write_text(self.sidecar_path(path), json.dumps(sidecar, indent=2, sort_keys=True))
+        try:
+            atomic_write_text(self.sidecar_path(path), json.dumps(sidecar, indent=2, sort_keys=True))
+        except OSError as exc:
+            raise self._unwritable(exc) from None
         return Artifact(path, sidecar)
+
+    def _unwritable(self, exc: OSError) -> ConfigError:
+        return ConfigError(
+            f"cannot write to the engine cache {self.directory}: {exc.strerror or exc}; "
+            "point --engine-dir (or RTSEG_ENGINE_DIR) at a writable folder"
+        )
 
     @contextlib.contextmanager
     def lock(self, key: ArtifactKey) -> Iterator[None]:
         """Exclusive lock per artifact stem: a second builder waits, then finds the files ready."""
-        self.directory.mkdir(parents=True, exist_ok=True)
         lock_path = self.directory / f".{key.stem}.lock"
-        with open(lock_path, "a+b") as f:
+        with contextlib.ExitStack() as stack:
+            try:
+                self.directory.mkdir(parents=True, exist_ok=True)
+                f = stack.enter_context(open(lock_path, "a+b"))
+            except OSError as exc:
+                raise self._unwritable(exc) from None
             try:
                 import fcntl
             except ImportError:  # no POSIX locks: atomic renames alone still keep every file whole

@@ -24,9 +24,9 @@ from typing import Any, Literal
 import cv2
 import numpy as np
 
+from ..atomic import atomic_write_bytes, atomic_write_text
 from ..errors import ConfigError, DatasetError
 from .base import Engine
-from .cache import atomic_write_bytes, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +99,11 @@ class CalibrationList:
             lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
         except OSError as exc:
             raise ConfigError(f"cannot read calibration list {path}: {exc}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(
+                f"{path} is not an rtseg calibration list (a binary file; lists are text written "
+                "by `rtseg calibrate`)"
+            ) from None
         if not lines or lines[0] != LIST_HEADER:
             raise ConfigError(f"{path} is not an rtseg calibration list (first line must be {LIST_HEADER!r})")
         kind, source = None, None

@@ -9,6 +9,7 @@ providers are used in that order when ``onnxruntime-gpu`` provides them.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -76,9 +77,10 @@ def providers_for(device: str, precision: str, cache_dir: Path | None = None) ->
                 "(device='cuda'); on CPU use fp32 or int8"
             )
         return ["CPUExecutionProvider"]
-    if not device.startswith("cuda"):
+    match = re.fullmatch(r"cuda(?::(\d+))?", device)
+    if not match:
         raise ConfigError(f"onnxruntime device must be 'cpu' or 'cuda[:N]', got {device!r}")
-    index = int(device.split(":", 1)[1]) if ":" in device else 0
+    index = int(match.group(1) or 0)
     chosen: list[Any] = []
     if "TensorrtExecutionProvider" in available:
         options: dict[str, Any] = {

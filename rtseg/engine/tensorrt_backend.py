@@ -383,7 +383,7 @@ def load_tensorrt(
     calib_dir = Path(calibration_dir) if calibration_dir is not None else default_calibration_dir() / "cache"
 
     def build(todo: tuple[str, ...]) -> dict[str, tuple[bytes, dict[str, Any]]]:
-        from .cache import atomic_write_bytes
+        from ..atomic import atomic_write_bytes
 
         out = {}
         for stage in todo:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import numpy as np
@@ -14,7 +15,8 @@ from .graphs import DeepGraph, HeadGraph, LowGraph, head_low_inputs, pick
 
 
 def _as_batch(image: Array, device: torch.device) -> torch.Tensor:
-    t = torch.from_numpy(image) if isinstance(image, np.ndarray) else image
+    # A flipped view (image[..., ::-1]) has negative strides, which torch cannot wrap.
+    t = torch.from_numpy(np.ascontiguousarray(image)) if isinstance(image, np.ndarray) else image
     if t.dim() == 3:
         t = t.unsqueeze(0)
     return t.to(device, non_blocking=True)
@@ -35,6 +37,8 @@ class TorchEngine(Engine):
     ) -> None:
         if precision not in ("fp32", "fp16"):
             raise ConfigError(f"torch backend precision must be fp32 or fp16, got {precision!r}")
+        if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+            raise ConfigError(f"torch backend device must be 'cpu' or 'cuda[:N]', got {device!r}")
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise BackendUnavailableError(

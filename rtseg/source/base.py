@@ -43,7 +43,7 @@ class SourceOptions:
             len(self.resize) != 2 or any(int(v) != v or v <= 0 for v in self.resize)
         ):
             raise ConfigError(f"resize must be (width, height) with positive integers, got {self.resize!r}")
-        if self.rate is not None and not self.rate > 0:
+        if self.rate is not None and not 0 < self.rate < float("inf"):
             raise ConfigError(f"rate must be a positive number of frames per second, got {self.rate!r}")
         if self.reconnect < 0:
             raise ConfigError(f"reconnect must be >= 0 attempts, got {self.reconnect}")

@@ -21,7 +21,8 @@ def is_image_path(path: str | Path) -> bool:
 
 
 def is_glob(text: str) -> bool:
-    return any(c in text for c in "*?[")
+    """A pattern, unless a file or folder of that very name exists ('clip [1080p].mp4')."""
+    return any(c in text for c in "*?[") and not Path(text).expanduser().exists()
 
 
 def list_images(spec: str) -> list[Path]:

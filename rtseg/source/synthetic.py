@@ -39,8 +39,8 @@ class DriveParams:
         w, h = self.size
         if w < 32 or h < 32:
             raise SourceError(f"synthetic size must be at least 32x32, got {w}x{h}")
-        if not self.fps > 0:
-            raise SourceError(f"synthetic fps must be positive, got {self.fps}")
+        if not 0 < self.fps < float("inf"):
+            raise SourceError(f"synthetic fps must be a positive finite number, got {self.fps}")
         if self.frames is not None and self.frames <= 0:
             raise SourceError(f"synthetic frames must be positive, got {self.frames}")
 

@@ -67,7 +67,8 @@ def open_source(
     if scheme == "file":
         return _open_path(text, _strip_query(rest, text), options)
     if scheme == "images":
-        return ImageSource(text, _strip_query(rest, text), options)
+        # A '?' here is the glob wildcard (images://frames/f00?.png): image sources take no options.
+        return ImageSource(text, rest, options)
     if scheme == "synthetic":
         scene, query = _split_query(rest)
         return SyntheticSource(text, scene or "drive", _drive_params(query, text), options)

@@ -450,13 +450,32 @@ def decode_frame_header(frames: Sequence[bytes | memoryview]) -> FrameHeader:
     return header
 
 
+# The parts every receiver draws, and what they must be: name -> (dimensions, channels or None).
+STANDARD_PARTS = {"labels": (2, None), "overlay": (3, 3), "frame": (3, 3)}
+
+
 def decode_frame_parts(
     header: FrameHeader, frames: Sequence[bytes | memoryview], *, max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> dict[str, np.ndarray]:
-    return {
+    """Decoded parts; the standard ones are checked to be what a viewer can draw."""
+    if len(header.image_shape) < 2:
+        raise _bad("image_shape", "[height, width] or [height, width, channels]", list(header.image_shape))
+    check_pixels(header.image_shape, max_pixels, "image_shape")
+    parts = {
         spec.name: decode_array(spec, frames[2 + i], max_pixels=max_pixels)
         for i, spec in enumerate(header.parts)
     }
+    for name, (ndim, channels) in STANDARD_PARTS.items():
+        array = parts.get(name)
+        if array is None:
+            continue
+        if array.dtype != np.uint8 or array.ndim != ndim or (channels and array.shape[2] != channels):
+            shape = "h x w" if ndim == 2 else f"h x w x {channels}"
+            raise WireError(
+                ErrorCode.BAD_SHAPE,
+                f"part {name!r}: expected a {shape} uint8 array, got shape {list(array.shape)} {array.dtype}",
+            )
+    return parts
 
 
 # --------------------------------------------------------------------------- request / reply

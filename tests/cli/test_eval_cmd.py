@@ -13,7 +13,11 @@ pytestmark = pytest.mark.data
 
 
 def _miou(capsys: pytest.CaptureFixture[str]) -> float:
-    last = capsys.readouterr().out.strip().splitlines()[-1]
+    return _miou_of(capsys.readouterr().out)
+
+
+def _miou_of(out: str) -> float:
+    last = out.strip().splitlines()[-1]
     assert last.startswith("mIoU: ")
     return float(last.split()[1])
 
@@ -114,9 +118,51 @@ def test_mismatched_dataset_is_a_clear_error(
         ]
     )
     assert code == 2
-    assert "the weights predict camvid classes (11), but cityscapes is labelled with cityscapes (19)" in (
+    assert "the weights predict the 11 camvid classes, but cityscapes is labelled with 19 cityscapes" in (
         capsys.readouterr().err
     )
+
+
+def test_plain_state_dict_is_scored_with_the_datasets_classes(
+    camvid_root: Path, espnet_camvid_weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A fine-tune rtseg does not recognise (another hash) predicts unnamed classes: CamVid names them."""
+    import shutil
+
+    import torch
+
+    state = torch.load(espnet_camvid_weights, map_location="cpu", weights_only=True)
+    name = next(k for k, v in state.items() if v.is_floating_point())
+    state[name] = state[name] + 1e-3
+    weights = tmp_path / "finetuned.pth"
+    torch.save(state, weights)
+    root = tmp_path / "camvid"
+    for folder in ("val", "valannot"):
+        (root / folder).mkdir(parents=True)
+        for image in sorted((camvid_root / folder).glob("*.png"))[:2]:
+            shutil.copy(image, root / folder / image.name)
+    code = main(
+        [
+            "eval",
+            "--model",
+            "espnet",
+            "--weights",
+            str(weights),
+            "--dataset",
+            "camvid",
+            "--root",
+            str(root),
+            "--split",
+            "val",
+            "--size",
+            "480x360",
+            "--no-progress",
+        ]
+    )
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "road" in out and "bicyclist" in out  # per-class IoU under CamVid's names
+    assert _miou_of(out) > 0  # (not 69: an unrecognised state dict gets the default normalisation)
 
 
 # Official Cityscapes ids (cityscapesScripts labels.py): labelId -> trainId for the classes drawn.

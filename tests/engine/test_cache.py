@@ -14,6 +14,7 @@ import torch
 from rtseg.engine import cache as cache_mod
 from rtseg.engine.cache import ArtifactCache, ArtifactKey, default_engine_dir, weights_hash
 from rtseg.engine.onnx_export import STAGES, ensure_onnx, read_metadata
+from rtseg.errors import ConfigError
 from rtseg.models import get_model
 
 SIZE = (64, 48)
@@ -95,6 +96,17 @@ def test_put_writes_sidecar_and_get_validates(tmp_path: Path) -> None:
     assert cache.get(key, "low", "bin").path == art.path
     assert cache.get(_key(weights="other"), "low", "bin") is None
     assert not list(tmp_path.glob("*.tmp"))
+    assert art.path.stat().st_mode & 0o777 == 0o644  # shared caches: readable by others
+
+
+def test_unwritable_cache_is_a_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    cache = ArtifactCache(blocker / "engines")  # a folder under a file cannot exist
+    with pytest.raises(ConfigError, match=r"cannot write to the engine cache .*engines.*--engine-dir"):
+        cache.put(_key(), "low", "bin", b"x", {})
+    with pytest.raises(ConfigError, match="cannot write to the engine cache"), cache.lock(_key()):
+        pass
 
 
 @pytest.fixture(scope="module")

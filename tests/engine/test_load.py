@@ -25,6 +25,10 @@ SIZE = (64, 48)
             r"no option\(s\) channels_last; it takes threads",
         ),
         ({"backend": "torch", "input_size": (65, 48)}, r"input size divisible by 8, got 65x48"),
+        ({"backend": "torch", "input_size": (0, 0)}, r"input_size must be \(width, height\), both positive"),
+        ({"backend": "auto", "device": "cuda:x"}, r"device must be 'cpu', 'cuda', 'cuda:N'"),
+        ({"backend": "torch", "device": "tpu"}, r"device must be 'cpu', 'cuda', 'cuda:N'"),
+        ({"backend": "torch", "device": "gpu"}, r"torch backend device must be 'cpu' or 'cuda\[:N\]'"),
     ],
 )
 def test_bad_requests_name_what_is_accepted(kwargs: dict, message: str, tmp_path) -> None:  # type: ignore[no-untyped-def]

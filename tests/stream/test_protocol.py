@@ -163,6 +163,33 @@ def test_frame_message_round_trip() -> None:
 
 
 @pytest.mark.parametrize(
+    ("part", "array"),
+    [
+        (PartSpec("labels", "raw", "uint16", (4, 6)), np.zeros((4, 6), np.uint16)),
+        (PartSpec("labels", "raw", "uint8", (4, 6, 3)), np.zeros((4, 6, 3), np.uint8)),
+        (PartSpec("overlay", "raw", "float32", (4, 6, 3)), np.zeros((4, 6, 3), np.float32)),
+        (PartSpec("overlay", "raw", "uint8", (4, 6)), np.zeros((4, 6), np.uint8)),
+        (PartSpec("frame", "raw", "uint8", (4, 6, 4)), np.zeros((4, 6, 4), np.uint8)),
+    ],
+)
+def test_standard_parts_must_be_drawable(part: PartSpec, array: np.ndarray) -> None:
+    """A viewer draws labels, overlay and frame as they come: a wrong type is malformed, not a crash."""
+    header = _frame_header(parts=(part,))
+    with pytest.raises(WireError, match=f"part '{part.name}'") as err:
+        decode_frame_parts(header, encode_frame_message(header, [array.tobytes()]))
+    assert err.value.code is ErrorCode.BAD_SHAPE
+
+
+def test_image_shape_is_checked_against_the_pixel_limit() -> None:
+    labels = np.zeros((4, 6), np.uint8)
+    for shape, code in (((40_000, 40_000, 3), ErrorCode.TOO_LARGE), ((48,), ErrorCode.BAD_HEADER)):
+        header = _frame_header(image_shape=shape)
+        with pytest.raises(WireError) as err:
+            decode_frame_parts(header, encode_frame_message(header, [labels.tobytes()]))
+        assert err.value.code is code
+
+
+@pytest.mark.parametrize(
     ("mutate", "code"),
     [
         (lambda d: d.update(proto="rtseg/2"), ErrorCode.UNSUPPORTED_VERSION),
