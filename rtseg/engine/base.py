@@ -7,6 +7,7 @@ labels at the model's output resolution: the argmax happens inside the engine.
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +17,13 @@ import torch
 
 from ..models.base import StageSpec
 from ..models.checkpoint import WeightsMeta
+
+
+def cuda_device_index(device: str) -> int | None:
+    """N for 'cuda' (0) or 'cuda:N'; None for any other device string."""
+    match = re.fullmatch(r"cuda(?::(\d+))?", device)
+    return int(match.group(1) or 0) if match else None
+
 
 # The keyword options each backend's loader takes: load() refuses others and auto
 # gives each candidate only its own (``exporter``

@@ -9,7 +9,6 @@ providers are used in that order when ``onnxruntime-gpu`` provides them.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ import torch
 from ..errors import BackendUnavailableError, ConfigError
 from ..models.base import StageSpec
 from ..models.checkpoint import WeightsMeta
-from .base import Array, Engine, EngineInfo, Features
+from .base import Array, Engine, EngineInfo, Features, cuda_device_index
 from .onnx_export import IMAGE, LABELS, LOGITS
 
 log = logging.getLogger(__name__)
@@ -77,10 +76,9 @@ def providers_for(device: str, precision: str, cache_dir: Path | None = None) ->
                 "(device='cuda'); on CPU use fp32 or int8"
             )
         return ["CPUExecutionProvider"]
-    match = re.fullmatch(r"cuda(?::(\d+))?", device)
-    if not match:
+    index = cuda_device_index(device)
+    if index is None:
         raise ConfigError(f"onnxruntime device must be 'cpu' or 'cuda[:N]', got {device!r}")
-    index = int(match.group(1) or 0)
     chosen: list[Any] = []
     if "TensorrtExecutionProvider" in available:
         options: dict[str, Any] = {

@@ -31,7 +31,7 @@ import torch
 
 from ..errors import BackendUnavailableError, ConfigError, EngineBuildError
 from ..models.base import StagedSegmenter
-from .base import Array, Engine, EngineInfo, Features
+from .base import Array, Engine, EngineInfo, Features, cuda_device_index
 from .cache import ArtifactCache, ArtifactKey
 from .calibration import CalibrationList, EntropyCalibrator, default_calibration_dir, stage_feeds
 from .onnx_export import IMAGE, LABELS, LOGITS, STAGES, OnnxStages, ensure_onnx, graph_io
@@ -58,12 +58,10 @@ def _trt() -> Any:
 
 
 def cuda_index(device: str) -> int:
-    if device == "cuda":
-        return 0
-    match = re.fullmatch(r"cuda:(\d+)", device)
-    if not match:
+    index = cuda_device_index(device)
+    if index is None:
         raise ConfigError(f"the tensorrt backend runs on 'cuda' or 'cuda:N', got device {device!r}")
-    return int(match.group(1))
+    return index
 
 
 def require_cuda(device: str) -> int:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import numpy as np
@@ -10,7 +9,7 @@ import torch
 
 from ..errors import BackendUnavailableError, ConfigError
 from ..models.base import StagedSegmenter
-from .base import Array, Engine, EngineInfo, Features
+from .base import Array, Engine, EngineInfo, Features, cuda_device_index
 from .graphs import DeepGraph, HeadGraph, LowGraph, head_low_inputs, pick
 
 
@@ -37,7 +36,7 @@ class TorchEngine(Engine):
     ) -> None:
         if precision not in ("fp32", "fp16"):
             raise ConfigError(f"torch backend precision must be fp32 or fp16, got {precision!r}")
-        if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+        if device != "cpu" and cuda_device_index(device) is None:
             raise ConfigError(f"torch backend device must be 'cpu' or 'cuda[:N]', got {device!r}")
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
