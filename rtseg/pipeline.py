@@ -40,16 +40,31 @@ def _refuse_overwriting(source: Source, sinks: Sequence[Sink]) -> None:
     inputs = {p.resolve() for p in map(Path, source.files)}
     if not inputs:
         return
+    frames = None if source.options.loop else len(inputs)  # a looping source's indices never end
     for sink in sinks:
         if not isinstance(sink, FileSink):
             continue
-        if sink.pattern:
-            targets = (Path(str(sink.path) % i).resolve() for i in range(len(inputs)))
-        else:
-            targets = iter((sink.path.resolve(),))
-        clash = next((t for t in targets if t in inputs), None)
+        clash = sink.first_overwrite(inputs, frames)
         if clash is not None:
             raise SinkError(f"{sink.uri}: would overwrite {clash}, which the source {source.info.uri} reads")
+
+
+def open_sinks(sinks: Sequence[Sink | str], source: Source) -> list[Sink]:
+    """Open the sink URIs for ``source`` (drop behind live sources, block behind files), refusing
+    any that would write over the source's files; on failure, the ones opened are closed."""
+    policy = "drop" if source.info.live else "block"
+    opened: list[Sink] = []
+    try:
+        for sink in sinks:
+            if isinstance(sink, str):
+                sink = open_sink(sink, policy=policy, fps=source.info.fps)
+            opened.append(sink)
+        _refuse_overwriting(source, opened)
+    except BaseException:
+        for sink in opened:
+            sink.close()
+        raise
+    return opened
 
 
 @dataclass(frozen=True)
@@ -198,14 +213,7 @@ class Pipeline:
             if scheduler is not None:
                 segmenter.use_scheduler(scheduler)
             self.policy = "drop" if self.source.info.live else "block"
-            self.sinks: list[Sink] = []
-            for sink in sinks:
-                self.sinks.append(
-                    open_sink(sink, policy=self.policy, fps=self.source.info.fps)
-                    if isinstance(sink, str)
-                    else sink
-                )
-            _refuse_overwriting(self.source, self.sinks)
+            self.sinks: list[Sink] = open_sinks(sinks, self.source)
         except BaseException:
             self._close_outputs()
             raise

@@ -24,6 +24,17 @@ def parse_size(text: str) -> tuple[int, int]:
     return w, h
 
 
+def positive_float(text: str) -> float:
+    """An argparse type for seconds and rates, which must be finite and above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {value:g}")
+    return value
+
+
 def positive_int(text: str) -> int:
     """An argparse type for counts that must be at least 1."""
     try:

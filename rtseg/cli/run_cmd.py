@@ -18,9 +18,10 @@ from ..engine.base import Engine
 from ..errors import ConfigError, RtsegError
 from ..metrics import ConfusionMatrix
 from ..overlay.annotate import MODES, OverlayStyle
-from ..pipeline import Pipeline, PipelineStats
+from ..pipeline import Pipeline, PipelineStats, open_sinks
 from ..schedule import CHANGES, SCHEDULERS, Scheduler, make_scheduler
 from ..segmenter import Segmenter, load_engine
+from ..sink import Sink
 from ..source import open_source
 from .common import add_model_args, parse_size, positive_int
 
@@ -173,7 +174,9 @@ def run(args: argparse.Namespace) -> int:
         _check_writable(args.json)
     # Opened first: a missing file or an unreachable camera is reported before the slow engine load.
     source = open_source(args.source, **_source_options(args))
+    sinks: list[Sink] = []
     try:
+        sinks = open_sinks(args.sinks, source)  # a bad sink URI, too, is reported before the load
         engine = load_engine(
             args.model,
             weights=args.weights,
@@ -184,7 +187,8 @@ def run(args: argparse.Namespace) -> int:
         engine.warmup(1)
         seg = Segmenter(engine=engine, scheduler=scheduler)
         print(
-            f"rtseg run: {args.source} -> {', '.join(args.sinks) or '(no outputs: results are discarded)'}",
+            f"rtseg run: {args.source} -> "
+            f"{', '.join(s.destination for s in sinks) or '(no outputs: results are discarded)'}",
             file=sys.stderr,
         )
         print(
@@ -213,13 +217,15 @@ def run(args: argparse.Namespace) -> int:
         pipeline = Pipeline(
             source,
             seg,
-            sinks=args.sinks,
+            sinks=sinks,
             on_result=compare,
             style=style,
             max_frames=args.frames,
         )
     except BaseException:
-        source.close()  # the pipeline owns it once made; until then it is closed here
+        for sink in sinks:  # the pipeline owns them once made; until then they are closed here
+            sink.close()
+        source.close()
         raise
     tty = sys.stderr.isatty() and not args.quiet
     interrupted = False

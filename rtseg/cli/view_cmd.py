@@ -14,6 +14,7 @@ import numpy as np
 from ..errors import ConfigError, SinkError, StreamTimeout
 from ..overlay.annotate import colorize
 from ..stream.subscriber import Message, Subscriber
+from .common import positive_float, positive_int
 
 _WINDOW = "rtseg view"
 
@@ -33,10 +34,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="with --headless: a video (.mp4/.avi) or an image pattern/folder (out/%%06d.png)",
     )
-    p.add_argument("--frames", type=int, default=None, help="stop after N messages")
+    p.add_argument("--frames", type=positive_int, default=None, help="stop after N messages")
     p.add_argument(
         "--timeout",
-        type=float,
+        type=positive_float,
         default=10.0,
         help="give up when no message arrives for this many seconds (default 10)",
     )
@@ -53,7 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="process every message instead of only the newest (may fall behind)",
     )
-    p.add_argument("--fps", type=float, default=30.0, help="frame rate written into --out videos")
+    p.add_argument("--fps", type=positive_float, default=30.0, help="frame rate written into --out videos")
     p.add_argument("--curve-keys", type=Path, default=None, help="CurveZMQ client keys folder")
     p.set_defaults(func=run)
 
@@ -142,8 +143,6 @@ def _pct(values: list[float], q: float) -> float:
 def run(args: argparse.Namespace) -> int:
     if args.out is not None and not args.headless:
         raise ConfigError("--out records in headless mode: add --headless")
-    if args.frames is not None and args.frames < 1:
-        raise ConfigError(f"--frames must be >= 1, got {args.frames}")
     if not args.headless:
         _open_window()
     writer = _Writer(args.out, args.fps) if args.out is not None else None

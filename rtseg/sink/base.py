@@ -60,6 +60,11 @@ class Sink(ABC):
     def emit(self, packet: Packet) -> None:
         """Write one packet; runs on the sink's thread."""
 
+    @property
+    def destination(self) -> str:
+        """Where the output goes, as a user should be told (a publisher adds the port it bound)."""
+        return self.uri
+
     def release(self) -> None:  # noqa: B027 (optional hook)
         """Flush and close the underlying output; runs on the sink's thread after the last emit."""
 

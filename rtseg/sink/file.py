@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Literal
@@ -18,6 +19,9 @@ from .packet import Packet
 VIDEO_FOURCC = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".mkv": "mp4v", ".avi": "MJPG"}
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 Content = Literal["overlay", "labels"]
+# One printf conversion (or a literal %%) in an image pattern.
+_FIELD = re.compile(r"%%|%[-+ #0]*\d*(?:\.\d+)?([diouxX])")
+_BASES = {"d": 10, "i": 10, "u": 10, "o": 8, "x": 16, "X": 16}
 
 
 class FileSink(Sink):
@@ -82,6 +86,39 @@ class FileSink(Sink):
         self._size: tuple[int, int] | None = None
         super().__init__(uri, queue_size=queue_size, policy=policy)
 
+    def first_overwrite(self, paths: set[Path], frames: int | None) -> Path | None:
+        """The first of ``paths`` (resolved) that frames 0..frames-1 would write over; with
+        ``frames=None`` (a looping source: indices without end) any path the pattern can name."""
+        if not self.pattern:
+            target = self.path.resolve()
+            return target if target in paths else None
+        if frames is not None:
+            targets = (Path(str(self.path) % i).resolve() for i in range(frames))
+            return next((t for t in targets if t in paths), None)
+        text = str(self.path.resolve())  # a coarse filter; each match is checked exactly below
+        parts, kinds, pos = [], [], 0
+        for m in _FIELD.finditer(text):
+            parts.append(re.escape(text[pos : m.start()]))
+            if m.group() == "%%":
+                parts.append("%")
+            else:
+                parts.append(r"\s*([-+]?[0-9a-fA-F]+)")
+                kinds.append(m.group(1))
+            pos = m.end()
+        parts.append(re.escape(text[pos:]))
+        regex = re.compile("".join(parts))
+        for path in sorted(paths):
+            m = regex.fullmatch(str(path))
+            if m is None:
+                continue
+            try:
+                index = int(m.group(1), _BASES[kinds[0]])
+            except ValueError:
+                continue
+            if index >= 0 and Path(str(self.path) % index).resolve() == path:
+                return path
+        return None
+
     def emit(self, packet: Packet) -> None:
         if self.content == "labels":
             image = packet.result.labels
@@ -105,7 +142,11 @@ class FileSink(Sink):
                 )
             self._writer, self._size = writer, size
         elif size != self._size:
-            raise SinkError(f"{self.path}: frame size changed from {self._size} to {size}")
+            raise SinkError(
+                f"{self.path}: a {size[0]}x{size[1]} frame in a {self._size[0]}x{self._size[1]} video was "
+                "skipped (a video has one frame size: give the source --resize WxH, or write an image "
+                "pattern such as out/%06d.png)"
+            )
         self._writer.write(image)
 
     def release(self) -> None:

@@ -172,6 +172,11 @@ def dumps(header: Mapping[str, Any]) -> bytes:
 
 def loads(frame: bytes | memoryview, *, expect_type: str | None = None) -> dict[str, Any]:
     """Parse and version-check one header frame."""
+    return check_protocol(load_json_object(frame), expect_type=expect_type)
+
+
+def load_json_object(frame: bytes | memoryview) -> dict[str, Any]:
+    """The header frame as a JSON object, not yet version-checked (so that a reply can echo its id)."""
     if len(frame) > MAX_HEADER_BYTES:
         raise WireError(ErrorCode.TOO_LARGE, f"header is {len(frame)} bytes; the limit is {MAX_HEADER_BYTES}")
     try:
@@ -180,6 +185,10 @@ def loads(frame: bytes | memoryview, *, expect_type: str | None = None) -> dict[
         raise WireError(ErrorCode.BAD_JSON, f"the header frame is not UTF-8 JSON ({exc})") from None
     if not isinstance(data, dict):
         raise WireError(ErrorCode.BAD_JSON, f"the header must be a JSON object, got {type(data).__name__}")
+    return data
+
+
+def check_protocol(data: dict[str, Any], *, expect_type: str | None = None) -> dict[str, Any]:
     proto = data.get("proto")
     if proto != PROTOCOL:
         if isinstance(proto, str) and proto.startswith("rtseg/"):

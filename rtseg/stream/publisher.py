@@ -205,6 +205,10 @@ class PublisherSink(Sink):
         self.publisher = Publisher(endpoint, options, curve_keys=curve_keys)
         super().__init__(uri, queue_size=queue_size, policy=policy)
 
+    @property
+    def destination(self) -> str:
+        return f"{self.uri} (bound to {self.publisher.endpoint})"
+
     def emit(self, packet: Packet) -> None:
         overlay = packet.overlay() if "overlay" in self.publisher.options.parts else None
         self.publisher.publish(packet.frame, packet.result, overlay)

@@ -51,11 +51,12 @@ from .protocol import (
     ErrorCode,
     SegmentRequest,
     WireError,
+    check_protocol,
     decode_array,
     dumps,
     encode_array,
     error_reply,
-    loads,
+    load_json_object,
     parse_request,
     request_id,
 )
@@ -354,6 +355,7 @@ class Server:
                 envelope,
                 ErrorCode.MALFORMED_MULTIPART,
                 f"a request is 2 frames [header JSON, image bytes] after the envelope, got {len(body)}",
+                body[0] if body else None,
             )
             return
         total = sum(len(f) for f in body)
@@ -381,7 +383,7 @@ class Server:
         req_id = None
         if header is not None:  # echo the id when the header is readable (headers are <= 64 KiB)
             with contextlib.suppress(WireError):
-                req_id = request_id(loads(header.buffer))
+                req_id = request_id(load_json_object(header.buffer))
         self._count(code)
         self._send(envelope + error_reply(req_id, code, message))
 
@@ -410,8 +412,9 @@ class Server:
         timings: dict[str, float] = {"queue": (started - job.received) * 1000}
         req_id: int | str | None = None
         try:
-            data = loads(job.body[0].buffer)
+            data = load_json_object(job.body[0].buffer)
             req_id = request_id(data)
+            check_protocol(data)
             request = parse_request(data)
             image = self._decode_image(request, job.body[1].buffer, timings)
             reply = self._segment(request, image, timings, started)

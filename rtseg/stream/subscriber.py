@@ -26,6 +26,7 @@ from .endpoint import check_endpoint
 from .protocol import DEFAULT_MAX_PIXELS, FrameHeader, decode_frame_header, decode_frame_parts
 
 log = logging.getLogger(__name__)
+_POLL_SLICE_S = 0.05  # how soon a blocked recv notices close() from another thread
 
 
 @dataclass(frozen=True, eq=False)
@@ -107,6 +108,11 @@ class Subscriber:
             raise ConfigError(
                 f"subscriber address must look like tcp://HOST:PORT or ipc://PATH, got {addr!r}"
             )
+        if "?" in addr:
+            raise ConfigError(
+                f"subscriber address {addr!r} has options ({addr[addr.index('?'):]}); a subscriber takes "
+                "none: parts, quality and the rest are set on the publishing zmq:// sink"
+            )
         if rcvhwm < 1:
             raise ConfigError(f"rcvhwm must be >= 1, got {rcvhwm}")
         self.addr = check_endpoint(addr, bind=False)
@@ -139,6 +145,7 @@ class Subscriber:
         self._classes: dict[str, ClassSet] = {}
         self._pending: _Pending | None = None
         self._closed = False
+        self._receiving = 0  # recv calls polling the socket (non-latest mode)
         self._thread: threading.Thread | None = None
         if latest:
             self._thread = threading.Thread(target=self._drain, name=f"subscriber:{addr}", daemon=True)
@@ -233,12 +240,7 @@ class Subscriber:
                     pending, self._pending = self._pending, None
                     skipped, self._skipped_since_recv = self._skipped_since_recv, 0
             else:
-                pending, skipped = None, 0
-                wait_ms = None if remaining is None else int(remaining * 1000)
-                if self._socket.poll(wait_ms, zmq.POLLIN):
-                    frames = self._socket.recv_multipart()
-                    with self._lock:
-                        pending = self._accept_locked(frames)
+                pending, skipped = self._recv_direct(remaining), 0
             if pending is not None:
                 message = self._decode(pending, skipped)
                 if message is not None:
@@ -247,6 +249,31 @@ class Subscriber:
                 raise ConfigError(f"subscriber {self.addr} was closed while waiting")
             if deadline is not None and time.monotonic() >= deadline:
                 raise StreamTimeout(f"no message from {self.addr} within {timeout:.3g} s")
+
+    def _recv_direct(self, remaining: float | None) -> _Pending | None:
+        """Poll in short slices, so that close() from another thread ends the wait (sockets are not
+        thread-safe: close() waits for this to return before it closes the socket)."""
+        with self._lock:
+            if self._closed:
+                return None
+            self._receiving += 1
+        try:
+            deadline = None if remaining is None else time.monotonic() + remaining
+            while not self._closed:
+                left = _POLL_SLICE_S if deadline is None else min(_POLL_SLICE_S, deadline - time.monotonic())
+                if self._socket.poll(max(0, int(left * 1000)), zmq.POLLIN):
+                    frames = self._socket.recv_multipart(zmq.NOBLOCK)
+                    with self._lock:
+                        return self._accept_locked(frames)
+                if deadline is not None and time.monotonic() >= deadline:
+                    return None
+            return None
+        except zmq.Again:
+            return None
+        finally:
+            with self._lock:
+                self._receiving -= 1
+                self._lock.notify_all()
 
     @property
     def stats(self) -> SubscriberStats:
@@ -261,6 +288,7 @@ class Subscriber:
         with self._lock:
             self._closed = True
             self._lock.notify_all()
+            self._lock.wait_for(lambda: self._receiving == 0, timeout=5.0)
         if self._thread is not None:
             self._thread.join(timeout=5.0)
         self._socket.close(linger=0)

@@ -217,3 +217,39 @@ def test_a_missing_source_is_reported_before_the_engine_loads(tmp_path: Path, mo
     rc = main(["run", str(tmp_path / "missing.mp4"), "null://"])
     err = capsys.readouterr().err
     assert rc == 2 and "rtseg run: error:" in err and "missing.mp4" in err
+
+
+@pytest.mark.parametrize(
+    "sink, message",
+    [
+        ("zmq://tcp://127.0.0.1:99999", "the port must be in 1..65535"),
+        ("out.gif", "cannot tell the format"),
+    ],
+)
+def test_a_bad_sink_is_reported_before_the_engine_loads(sink: str, message: str, monkeypatch, capsys) -> None:
+    def no_load(*args, **kwargs):
+        raise AssertionError("the engine was loaded before the sinks were checked")
+
+    monkeypatch.setattr(run_cmd, "load_engine", no_load)
+    rc = main(["run", SOURCE, sink])
+    err = capsys.readouterr().err
+    assert rc == 2 and "rtseg run: error:" in err and message in err
+
+
+def test_a_looping_folder_is_not_overwritten_by_a_later_pass(weights: Path, tmp_path: Path, capsys) -> None:
+    for i in (5, 6):  # the first pass writes 000000-000001; the third would reach 000005.png
+        cv2.imwrite(str(tmp_path / f"{i:06d}.png"), np.full((48, 64, 3), 30 * i, np.uint8))
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    rc = main(["run", str(tmp_path), str(tmp_path / "%06d.png"), "--loop", "--frames", "8", *_args(weights)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "would overwrite" in err and "000005.png" in err
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_a_zmq_sink_says_which_port_it_bound_before_the_first_frame(weights: Path, capsys) -> None:
+    rc = main(["run", SOURCE, "zmq://tcp://127.0.0.1:*", *_args(weights), "--frames", "1", "--quiet"])
+    err = capsys.readouterr().err
+    header = err.splitlines()[0]
+    assert rc == 0 and header.startswith(
+        f"rtseg run: {SOURCE} -> zmq://tcp://127.0.0.1:* (bound to tcp://127.0.0.1:"
+    )

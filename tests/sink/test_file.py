@@ -109,7 +109,47 @@ def test_size_change_is_reported_not_hidden(tmp_path: Path, packet_factory) -> N
     sink.write(packet_factory(0))
     sink.write(packet_factory(1, size=(32, 24)))
     stats = sink.close()
-    assert stats.written == 1 and stats.errors == 1 and "size changed" in stats.last_error
+    assert stats.written == 1 and stats.errors == 1
+    assert "32x24 frame in a 64x48 video was skipped" in stats.last_error and "--resize" in stats.last_error
+
+
+def _touch(folder: Path, *names: str) -> set[Path]:
+    for name in names:
+        (folder / name).write_bytes(b"")
+    return {(folder / n).resolve() for n in names}
+
+
+def test_first_overwrite_of_a_video_is_its_own_path(tmp_path: Path) -> None:
+    inputs = _touch(tmp_path, "a.mp4", "b.mp4")
+    with FileSink("a", tmp_path / "a.mp4") as a, FileSink("c", tmp_path / "c.mp4") as c:
+        assert a.first_overwrite(inputs, 2) == (tmp_path / "a.mp4").resolve()
+        assert c.first_overwrite(inputs, None) is None
+
+
+def test_first_overwrite_of_a_pattern_covers_the_frames_that_will_be_written(tmp_path: Path) -> None:
+    inputs = _touch(tmp_path, "000005.png", "000006.png")
+    with FileSink("p", tmp_path / "%06d.png") as sink:
+        assert sink.first_overwrite(inputs, 2) is None  # indices 0 and 1 only
+        assert sink.first_overwrite(inputs, 6) == (tmp_path / "000005.png").resolve()
+        assert sink.first_overwrite(inputs, None) == (tmp_path / "000005.png").resolve()  # looping
+
+
+@pytest.mark.parametrize(
+    ("pattern", "names", "clash"),
+    [
+        ("o%06d.png", ["000005.png", "o5.png"], None),  # o5.png is not what %06d writes
+        ("o%d.png", ["o5.png"], "o5.png"),
+        ("f%03x.png", ["f00a.png", "f010.png"], "f00a.png"),
+        ("%%%04d.png", ["%0012.png"], "%0012.png"),
+        ("%04d.jpg", ["0012.png"], None),
+    ],
+)
+def test_first_overwrite_of_a_pattern_without_end(
+    tmp_path: Path, pattern: str, names: list[str], clash: str | None
+) -> None:
+    expected = None if clash is None else (tmp_path / clash).resolve()
+    with FileSink("p", tmp_path / pattern) as sink:
+        assert sink.first_overwrite(_touch(tmp_path, *names), None) == expected
 
 
 def test_a_folder_named_like_a_video_is_refused(tmp_path: Path) -> None:

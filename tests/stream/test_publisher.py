@@ -56,8 +56,11 @@ def test_round_trip_keeps_labels_exact_and_header_intact(
 ) -> None:
     endpoint = tcp_endpoint if transport == "tcp" else ipc_endpoint
     rng = np.random.default_rng(0)
+    # Sent back to back (well over 1 kHz), a queue of 2 can lose messages: libzmq's PUB sees the
+    # subscriber's queue credit only when it next processes commands, which it throttles. This test
+    # is about what arrives, so the queue is deep enough for the burst.
     options = PublishOptions(
-        parts=("labels", "overlay", "frame"), frame_encoding="raw", stream="front", classes_every=4
+        parts=("labels", "overlay", "frame"), frame_encoding="raw", stream="front", classes_every=4, sndhwm=16
     )
     with Publisher(endpoint, options) as pub, Subscriber(endpoint, topics=["front"]) as sub:
         warmup = wait_for_subscription(pub, sub, make_packet(0, rng))

@@ -136,6 +136,17 @@ def _big_png_bomb() -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
+# bad_inputs() cases whose reply cannot echo the id
+UNREADABLE_ID = {
+    "not JSON",
+    "not UTF-8",
+    "JSON array",
+    "JSON nested too deep",
+    "header over 64 KiB",
+    "bad id",
+}
+
+
 def bad_inputs() -> dict[str, tuple[list[bytes], str]]:
     """name -> (frames a REQ socket sends, expected error code)."""
     image = np.random.default_rng(9).integers(0, 256, (48, 64, 3), dtype=np.uint8)
@@ -211,6 +222,8 @@ def test_fuzz_every_bad_input_gets_an_error_reply(small_engine: Engine, tcp_endp
                 assert header["status"] == "error", name
                 assert header["error"]["code"] == code, (name, header["error"])
                 assert header["error"]["message"], name
+                # the id is echoed whenever the header is a readable JSON object (wrong proto included)
+                assert header["id"] == (None if name in UNREADABLE_ID else 1), (name, header)
                 assert elapsed < 2.0, f"{name}: {elapsed:.2f} s (decoded instead of refused?)"
             # 1,000 random byte strings, in every position a request has
             header_ok = json.dumps(

@@ -14,7 +14,7 @@ import pytest
 import zmq
 
 from rtseg.data.labels import CAMVID
-from rtseg.errors import StreamTimeout
+from rtseg.errors import ConfigError, StreamTimeout
 from rtseg.result import SegResult
 from rtseg.sink.packet import Packet
 from rtseg.source.frame import Frame
@@ -128,6 +128,33 @@ def test_recv_times_out(tcp_endpoint: str) -> None:
             with pytest.raises(StreamTimeout, match=r"no message from tcp://127\.0\.0\.1"):
                 sub.recv(timeout=0.3)
             assert 0.29 <= time.monotonic() - t0 < 1.5
+
+
+@pytest.mark.parametrize("latest", [False, True])
+def test_close_from_another_thread_ends_a_blocked_recv(latest: bool, tcp_endpoint: str) -> None:
+    sub = Subscriber(tcp_endpoint, latest=latest)
+    outcome: list[BaseException] = []
+
+    def wait() -> None:
+        try:
+            sub.recv()  # no publisher: blocks until closed
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=wait)
+    thread.start()
+    time.sleep(0.2)
+    t0 = time.monotonic()
+    sub.close()
+    thread.join(5.0)
+    assert not thread.is_alive() and time.monotonic() - t0 < 2.0
+    assert len(outcome) == 1 and isinstance(outcome[0], ConfigError), outcome
+    assert "closed while waiting" in str(outcome[0])
+
+
+def test_options_in_a_subscriber_address_are_refused_by_name(tcp_endpoint: str) -> None:
+    with pytest.raises(ConfigError, match=r"has options \(\?parts=labels\); a subscriber takes none"):
+        Subscriber(f"zmq://{tcp_endpoint}?parts=labels")
 
 
 def test_latest_mode_keeps_only_the_newest(tcp_endpoint: str) -> None:
