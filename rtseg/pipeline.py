@@ -26,6 +26,7 @@ from .sink import Sink, SinkStats, open_sink
 from .sink.file import FileSink
 from .sink.packet import Packet
 from .source import Frame, Source, open_source
+from .window import RecentSamples
 
 # Per-frame cost accounting: what runs on the inference thread, and what the engine does.
 ENGINE_STAGES = ("low", "deep", "head")
@@ -158,7 +159,7 @@ class _Meter:
         self.frames = 0
         self.keyframes = 0
         self.overlays = 0
-        self.latencies: list[float] = []
+        self.latencies = RecentSamples()
         self.done: deque[float] = deque(maxlen=64)
         self.start = time.perf_counter()
         self.end: float | None = None
@@ -176,7 +177,7 @@ class _Meter:
                 self.sums[k] = self.sums.get(k, 0.0) + v
             self.sums["capture"] = self.sums.get("capture", 0.0) + capture_ms
             self.sums["handoff"] = self.sums.get("handoff", 0.0) + handoff_ms
-            self.latencies.append(latency_ms)
+            self.latencies.add(latency_ms)
             self.done.append(time.perf_counter())
 
     def recent_fps(self) -> float:
@@ -279,7 +280,7 @@ class Pipeline:
         m = self._meter
         with m.lock:
             frames = m.frames
-            lat = np.asarray(m.latencies[-100_000:], dtype=np.float64)
+            lat = m.latencies.last()
             sums = dict(m.sums)
             keyframes = m.keyframes
         seconds = (m.end or time.perf_counter()) - m.start

@@ -14,6 +14,7 @@ import numpy as np
 from ..errors import ConfigError, SinkError, StreamTimeout
 from ..overlay.annotate import colorize
 from ..stream.subscriber import Message, Subscriber
+from ..window import RecentSamples
 from .common import positive_float, positive_int
 
 _WINDOW = "rtseg view"
@@ -136,18 +137,13 @@ def _open_window() -> None:
         ) from None
 
 
-def _pct(values: list[float], q: float) -> float:
-    return float(np.percentile(values, q)) if values else float("nan")
-
-
 def run(args: argparse.Namespace) -> int:
     if args.out is not None and not args.headless:
         raise ConfigError("--out records in headless mode: add --headless")
     if not args.headless:
         _open_window()
     writer = _Writer(args.out, args.fps) if args.out is not None else None
-    latency: list[float] = []
-    transport: list[float] = []
+    latency, transport = RecentSamples(), RecentSamples()  # a viewer may run for days
     keyframes = shown = 0
     seen_parts: set[str] = set()
     t_start = last_print = time.monotonic()
@@ -160,8 +156,8 @@ def run(args: argparse.Namespace) -> int:
                 except StreamTimeout as exc:
                     quiet = exc
                     break
-                latency.append(message.latency_ms)
-                transport.append(message.transport_ms)
+                latency.add(message.latency_ms)
+                transport.add(message.transport_ms)
                 keyframes += message.header.is_keyframe
                 seen_parts.update(message.parts)
                 image = _image_of(message, args.part)
@@ -175,10 +171,10 @@ def run(args: argparse.Namespace) -> int:
                     break
                 now = time.monotonic()
                 if args.headless and writer is None and now - last_print >= 1.0:
-                    recent = latency[-30:]
                     print(
                         f"{len(latency)} msgs  {len(latency) / (now - t_start):5.1f}/s  "
-                        f"latency p50 {_pct(recent, 50):6.1f} ms  frame {message.header.frame_index}",
+                        f"latency p50 {latency.percentile(50, 30):6.1f} ms  "
+                        f"frame {message.header.frame_index}",
                         flush=True,
                     )
                     last_print = now
@@ -198,11 +194,11 @@ def run(args: argparse.Namespace) -> int:
     )
     if n:
         print(
-            f"  end-to-end latency (capture -> receipt): p50 {_pct(latency, 50):.1f} ms, "
-            f"p95 {_pct(latency, 95):.1f} ms, max {max(latency):.1f} ms"
+            f"  end-to-end latency (capture -> receipt): p50 {latency.percentile(50):.1f} ms, "
+            f"p95 {latency.percentile(95):.1f} ms, max {latency.max():.1f} ms"
         )
         print(
-            f"  transport (publish -> receipt): p50 {_pct(transport, 50):.1f} ms; "
+            f"  transport (publish -> receipt): p50 {transport.percentile(50):.1f} ms; "
             f"keyframes {keyframes / n:.0%}"
         )
     if stats is not None:
