@@ -11,7 +11,7 @@ from ..engine import BACKENDS, load
 from ..schedule import Scheduler, make_scheduler
 from ..stream.protocol import DEFAULT_MAX_PIXELS
 from ..stream.server import DEFAULT_INTERVAL, DEFAULT_SERVER_ENDPOINT, Server, ServerLimits
-from .common import add_model_args, load_model, parse_size
+from .common import add_model_args, load_model, parse_size, positive_float
 
 SERVER_SCHEDULERS = ("every", "clockwork", "adaptive")
 
@@ -74,7 +74,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=ServerLimits.max_bytes,
         help="largest request in bytes; also ZMQ_MAXMSGSIZE per frame (default 64 MiB)",
     )
-    p.add_argument("--max-streams", type=int, default=ServerLimits.max_streams)
+    p.add_argument(
+        "--max-streams",
+        type=int,
+        default=ServerLimits.max_streams,
+        help="streams kept at once; beyond that the least recently used is evicted "
+        f"(default {ServerLimits.max_streams})",
+    )
+    p.add_argument(
+        "--stream-ttl",
+        type=positive_float,
+        default=ServerLimits.stream_ttl_s,
+        help=f"seconds a stream may stay idle before it is dropped (default {ServerLimits.stream_ttl_s:g})",
+    )
     p.add_argument(
         "--queue",
         type=int,
@@ -96,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
         max_pixels=args.max_pixels,
         max_bytes=args.max_bytes,
         max_streams=args.max_streams,
+        stream_ttl_s=args.stream_ttl,
         queue_size=args.queue,
     )
     interval = args.interval
@@ -128,15 +141,23 @@ def run(args: argparse.Namespace) -> int:
     w, h = engine.input_size
     ow, oh = engine.output_size
     secure = "CurveZMQ" if args.curve_keys else "no encryption"
-    print(
-        f"rtseg serve: {engine.meta.model} ({engine.info.backend} {engine.info.precision}, input {w}x{h}, "
-        f"labels {ow}x{oh}) on {server.endpoint} ({secure}); Ctrl-C to stop",
-        flush=True,
-    )
-    previous = {s: signal.signal(s, lambda *_: server.stop()) for s in (signal.SIGINT, signal.SIGTERM)}
+    stopped_by: list[int] = []
+
+    def stop(signum: int, _frame: object) -> None:
+        stopped_by.append(signum)
+        server.stop()
+
+    # Handlers first: a signal sent as soon as the banner is read must stop the server cleanly.
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
+        print(
+            f"rtseg serve: {engine.meta.model} ({engine.info.backend} {engine.info.precision}, "
+            f"input {w}x{h}, labels {ow}x{oh}) on {server.endpoint} ({secure}); Ctrl-C to stop",
+            flush=True,
+        )
         server.serve_forever()
     finally:
+        server.close()
         for s, handler in previous.items():
             signal.signal(s, handler)
     stats = server.stats
@@ -144,4 +165,5 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"rtseg serve: stopped; {stats.received} requests, {stats.ok} ok, errors: {errors}", file=sys.stderr
     )
-    return 0
+    # As for `rtseg run`: Ctrl-C is 130, SIGTERM (the stop a service manager asks for) is success.
+    return 130 if signal.SIGINT in stopped_by else 0

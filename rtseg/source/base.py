@@ -179,12 +179,15 @@ class MediaSource(Source):
         """At the end of a pass: begin the next one if looping (and the pass was not empty)."""
         if not self.options.loop or self._pass_frames == 0 or not self._rewind():
             return False
+        # Media time runs on across passes: the next pass starts one frame after this one's last,
+        # so rate limiting and realtime pacing hold at the seam (a one-frame clip loops at its fps).
+        duration = self._media_time(self._media_index + 1)
         self._index_offset += self._media_index + 1
         self._media_index = -1
         self._pass_frames = 0
-        self._next_slot = 0.0
+        self._next_slot = max(0.0, self._next_slot - duration)
         if self._clock_start is not None:
-            self._clock_start = time.perf_counter()
+            self._clock_start += duration
         return True
 
     def _advance_read(self) -> np.ndarray | None:

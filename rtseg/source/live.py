@@ -13,12 +13,17 @@ SourceError. The capture is built by a factory, so a disconnect can be simulated
 
 from __future__ import annotations
 
+import base64
+import http.client
 import logging
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import urlsplit, urlunsplit
 
 import cv2
 import numpy as np
@@ -41,6 +46,11 @@ class Capture(Protocol):
 
 
 CaptureFactory = Callable[[], Capture]
+
+# The consumer's no-frame watchdog waits longer than ``timeout`` (by half of it, at most this), so
+# that a capture's own bounded waits (FFmpeg's open and read timeouts, both ``timeout``) end first
+# and a stalled stream is reconnected rather than reported as lost.
+WATCHDOG_GRACE_S = 1.0
 
 
 def camera_factory(index: int, props: dict[int, float]) -> CaptureFactory:
@@ -77,18 +87,57 @@ def network_factory(url: str, timeout: float) -> CaptureFactory:
     return make
 
 
+# Content types a stream FFmpeg can read is served with never start with these.
+_NOT_VIDEO = ("text/", "application/json", "application/xml", "application/xhtml")
+
+
+def http_problem(url: str, timeout: float) -> str | None:
+    """Why an HTTP(S) URL FFmpeg could not open is not a stream, from its status and content type.
+
+    None when the answer looks like a stream or the URL cannot be asked (then the caller's generic
+    hint stands). Only the response head is read; the body, perhaps an endless stream, is not."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    request = urllib.request.Request(urlunsplit(parts._replace(netloc=netloc)))
+    if parts.username is not None:
+        token = f"{parts.username}:{parts.password or ''}".encode()
+        request.add_header("Authorization", "Basic " + base64.b64encode(token).decode("ascii"))
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            kind = response.headers.get_content_type()
+    except urllib.error.HTTPError as exc:
+        exc.close()
+        return f"the server answered HTTP {exc.code} {exc.reason}"
+    except (OSError, ValueError, http.client.HTTPException):
+        return None
+    if kind.startswith(_NOT_VIDEO):
+        return f"the server answered with {kind} (a web page or document?), not a video stream"
+    return None
+
+
 class LiveSource(Source):
     """A camera or stream read on its own thread; ``next()`` returns the newest frame."""
 
     def __init__(
-        self, uri: str, kind: str, factory: CaptureFactory, options: SourceOptions, *, hint: str = ""
+        self,
+        uri: str,
+        kind: str,
+        factory: CaptureFactory,
+        options: SourceOptions,
+        *,
+        hint: str = "",
+        diagnose: Callable[[], str | None] | None = None,
     ) -> None:
         super().__init__(uri, options)
         self._factory = factory
         self._hint = hint
+        self._diagnose = diagnose
         self._cap = self._open()
         if self._cap is None:
-            raise SourceError(f"cannot open {uri}{': ' + hint if hint else ''}")
+            raise SourceError(f"cannot open {uri}{self._why()}")
         fps = _get(self._cap, cv2.CAP_PROP_FPS)
         native = (
             int(_get(self._cap, cv2.CAP_PROP_FRAME_WIDTH)),
@@ -101,6 +150,7 @@ class LiveSource(Source):
             fps=fps if 0 < fps < 1000 else None,
             size=self._output_size(native if min(native) > 0 else None),
         )
+        self._frame_count = _frame_count(self._cap)
         self._cond = threading.Condition()
         self._latest: tuple[np.ndarray, int, float, float] | None = None
         self._captured = 0
@@ -113,6 +163,12 @@ class LiveSource(Source):
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._capture_loop, name=f"source:{uri}", daemon=True)
         self._thread.start()
+
+    def _why(self) -> str:
+        """': reason' for a failed open: what the diagnosis found, else the hint."""
+        reason = self._diagnose() if self._diagnose is not None else None
+        reason = reason or self._hint
+        return f": {reason}" if reason else ""
 
     def _open(self) -> Capture | None:
         try:
@@ -147,6 +203,9 @@ class LiveSource(Source):
                         self._heartbeat = time.perf_counter()
                         self._cond.notify_all()
                     continue
+                if self._at_end(cap):
+                    log.info("%s: end of stream after %d frames", self.uri, self._frame_count)
+                    break
                 cap.release()
                 cap = self._reconnect()
         finally:
@@ -168,26 +227,27 @@ class LiveSource(Source):
                 self._attempts,
                 limit,
             )
+            with self._cond:  # trying is progress: the consumer's timeout counts from after the wait
+                self._heartbeat = time.perf_counter() + delay
             if self._stop.wait(delay):
                 return None
             with self._cond:
-                self._heartbeat = time.perf_counter()  # trying is progress: the consumer keeps waiting
+                self._heartbeat = time.perf_counter()
             try:
                 cap = self._open()
             except SourceError as exc:
                 log.warning("%s: %s", self.uri, exc)
                 cap = None
             if cap is not None:
+                self._frame_count = _frame_count(cap)
                 with self._cond:
                     self._reconnects += 1
                     self._heartbeat = time.perf_counter()
                 log.warning("%s: reconnected (reconnect #%d)", self.uri, self._reconnects)
                 return cap
+        error = SourceError(f"{self.uri}: lost, and {limit} reconnect attempt(s) failed{self._why()}")
         with self._cond:
-            self._error = SourceError(
-                f"{self.uri}: lost, and {limit} reconnect attempt(s) failed"
-                f"{': ' + self._hint if self._hint else ''}"
-            )
+            self._error = error
             self._cond.notify_all()
         return None
 
@@ -197,6 +257,8 @@ class LiveSource(Source):
             wait = self._next_due - time.perf_counter()
             if wait > 0:
                 time.sleep(wait)
+        timeout = self.options.timeout
+        patience = timeout + min(timeout / 2, WATCHDOG_GRACE_S)
         with self._cond:
             while True:
                 if self._latest is not None and self._latest[1] > self._last_index:
@@ -205,7 +267,7 @@ class LiveSource(Source):
                     raise self._error
                 if self._finished:
                     return None
-                if time.perf_counter() - self._heartbeat > self.options.timeout:
+                if time.perf_counter() - self._heartbeat > patience:
                     raise SourceError(f"{self.uri}: no frame for {self.options.timeout:g} s")
                 self._cond.wait(0.05)
             image, index, wall, mono = self._latest
@@ -221,6 +283,17 @@ class LiveSource(Source):
         self._thread.join(self.options.timeout)
         if self._thread.is_alive():
             log.warning("%s: capture thread still blocked in read after %g s", self.uri, self.options.timeout)
+
+    def _at_end(self, cap: Capture) -> bool:
+        """A finite stream (a video file served over HTTP, an HLS playlist) read to its last frame."""
+        count = self._frame_count
+        return count is not None and _get(cap, cv2.CAP_PROP_POS_FRAMES) >= count
+
+
+def _frame_count(cap: Any) -> int | None:
+    """Frames in a finite stream; None for live ones (FFmpeg reports 0 or a negative count)."""
+    count = _get(cap, cv2.CAP_PROP_FRAME_COUNT)
+    return int(count) if 0 < count < 2**31 else None
 
 
 def _get(cap: Any, prop: int) -> float:

@@ -11,7 +11,14 @@ import cv2
 from ..errors import SourceError
 from .base import Source, SourceOptions
 from .images import ImageSource, is_glob, is_image_path
-from .live import CaptureFactory, LiveSource, camera_factory, network_factory, v4l2_factory
+from .live import (
+    CaptureFactory,
+    LiveSource,
+    camera_factory,
+    http_problem,
+    network_factory,
+    v4l2_factory,
+)
 from .synthetic import DriveParams, SyntheticSource
 from .video import VideoFileSource
 
@@ -93,6 +100,7 @@ def open_source(
         options,
         hint=f"nothing answered at {parts.hostname}:{parts.port or 'the default port'} within {timeout:g} s, "
         "or the server refused the stream; check the URL, that the server runs, and credentials",
+        diagnose=(lambda: http_problem(text, timeout)) if scheme in ("http", "https") else None,
     )
 
 

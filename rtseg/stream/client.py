@@ -79,8 +79,8 @@ class Client:
             addr = addr[len("zmq://") :]
         if "://" not in addr:
             raise ConfigError(f"server address must look like tcp://HOST:PORT or ipc://PATH, got {addr!r}")
-        if not timeout > 0:
-            raise ConfigError(f"timeout must be positive, got {timeout!r}")
+        if not 0 < timeout < float("inf"):  # waiting forever is the hang this client exists to avoid
+            raise ConfigError(f"timeout must be a finite number of seconds > 0, got {timeout!r}")
         if retries < 0:
             raise ConfigError(f"retries must be >= 0, got {retries!r}")
         self.addr = check_endpoint(addr, bind=False)

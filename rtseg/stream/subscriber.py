@@ -110,7 +110,7 @@ class Subscriber:
             )
         if "?" in addr:
             raise ConfigError(
-                f"subscriber address {addr!r} has options ({addr[addr.index('?'):]}); a subscriber takes "
+                f"subscriber address {addr!r} has options ({addr[addr.index('?') :]}); a subscriber takes "
                 "none: parts, quality and the rest are set on the publishing zmq:// sink"
             )
         if rcvhwm < 1:

@@ -15,7 +15,7 @@ import zmq
 
 from rtseg.cli import main
 from rtseg.models import get_model, save_checkpoint
-from rtseg.stream import Client
+from rtseg.stream import Client, Server, ServerLimits
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -90,3 +90,57 @@ def test_busy_port_is_a_clean_error(random_weights: Path, capsys: pytest.Capture
         ctx.term()
     assert code == 2
     assert f"cannot serve on {endpoint}" in capsys.readouterr().err
+
+
+def test_stream_ttl_option_reaches_the_server(random_weights: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[ServerLimits] = []
+
+    def serve_forever(self: Server) -> None:
+        seen.append(self.limits)
+        self.close()
+
+    monkeypatch.setattr(Server, "serve_forever", serve_forever)
+    endpoint = f"tcp://127.0.0.1:{_free_port()}"
+    argv = [
+        "serve",
+        "--weights",
+        str(random_weights),
+        "--size",
+        "64x48",
+        "--backend",
+        "torch",
+        "--bind",
+        endpoint,
+    ]
+    assert main([*argv, "--stream-ttl", "2.5", "--max-streams", "3"]) == 0
+    assert seen[0].stream_ttl_s == 2.5 and seen[0].max_streams == 3
+
+
+def test_ctrl_c_stops_with_status_130(random_weights: Path) -> None:
+    endpoint = f"tcp://127.0.0.1:{_free_port()}"
+    cmd = [
+        sys.executable,
+        "-m",
+        "rtseg",
+        "serve",
+        "--weights",
+        str(random_weights),
+        "--size",
+        "64x48",
+        "--backend",
+        "torch",
+    ]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(
+        [*cmd, "--bind", endpoint], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        assert proc.stdout is not None and f"on {endpoint}" in proc.stdout.readline()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert proc.returncode == 130, err
+    assert "rtseg serve: stopped; 0 requests" in err

@@ -77,3 +77,11 @@ def video_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[np.
 @pytest.fixture(scope="session")
 def make_faststart():
     return faststart
+
+
+@pytest.fixture(scope="session")
+def one_frame_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 1-frame 160x96 mp4 at 25 fps (a still clip, as a loop source)."""
+    path = tmp_path_factory.mktemp("video") / "one.mp4"
+    write_video(path, frames=1)
+    return path

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import http.server
 import logging
 import threading
 import time
 
+import cv2
 import numpy as np
 import pytest
 
 from rtseg.errors import SourceError
 from rtseg.source import open_source
+from rtseg.source.live import http_problem
 
 
 class FakeCamera:
@@ -130,3 +133,101 @@ def test_close_stops_the_capture_thread() -> None:
     src.close()
     assert cam.released.wait(1.0)
     assert list(src) == []
+
+
+class FFmpegStalled(FakeCamera):
+    """A network stream that goes silent: read blocks until FFmpeg's read timeout, then fails."""
+
+    def __init__(self, stall: float) -> None:
+        super().__init__([0], frames=None)
+        self.stall = stall
+
+    def read(self):
+        self.released.wait(self.stall)
+        return False, None
+
+
+def test_a_stalled_stream_is_reconnected_not_reported_lost(caplog) -> None:
+    # FFmpeg's read timeout is `timeout` too, and fires a little after it: the watchdog waits longer.
+    counter = [0]
+    factory = Factory([FFmpegStalled(stall=1.1), FakeCamera(counter, frames=None)])
+    with (
+        caplog.at_level(logging.WARNING, logger="rtseg.source.live"),
+        open_source("rtsp://127.0.0.1:1/x", capture_factory=factory, timeout=1.0, backoff=0.01) as src,
+    ):
+        frame = next(src)
+        assert src.stats.reconnects == 1
+    assert frame.image.shape == (8, 8, 3)
+    assert "reconnected" in caplog.text
+
+
+def test_a_backoff_longer_than_the_timeout_keeps_the_consumer_waiting(monkeypatch) -> None:
+    monkeypatch.setattr("rtseg.source.live.WATCHDOG_GRACE_S", 0.0, raising=False)
+    counter = [0]
+    factory = Factory([FakeCamera(counter, frames=1), FakeCamera(counter, frames=None)])
+    with open_source("camera://0", capture_factory=factory, timeout=0.2, backoff=0.5) as src:
+        next(src)
+        start = time.perf_counter()
+        next(src)  # waits out the 0.5 s reconnect delay instead of "no frame for 0.2 s"
+        assert time.perf_counter() - start >= 0.45
+        assert src.stats.reconnects == 1
+
+
+class FiniteStream(FakeCamera):
+    """A video file served over HTTP: FFmpeg knows its frame count and position."""
+
+    def get(self, prop: int) -> float:
+        if prop == cv2.CAP_PROP_FRAME_COUNT:
+            return 5.0
+        if prop == cv2.CAP_PROP_POS_FRAMES:
+            return float(self.counter[0])
+        return 0.0
+
+
+def test_a_finite_stream_ends_at_its_last_frame_without_reconnecting() -> None:
+    counter = [0]
+    factory = Factory([FiniteStream(counter, frames=5, period=0.01), FiniteStream([0], frames=5)])
+    with open_source("http://127.0.0.1:1/clip.mp4", capture_factory=factory, reconnect=3) as src:
+        frames = list(src)
+        stats = src.stats
+    assert frames and stats.delivered + stats.dropped == 5
+    assert stats.reconnects == 0 and factory.calls == 1
+
+
+@pytest.fixture
+def web_server():
+    """A local web server: /page is HTML, anything else 404; yields its base URL."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path == "/page":
+                body = b"<html><body>camera login</body></html>"
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+            else:
+                self.send_error(404, "Not Found")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_http_error_and_web_page_are_named(web_server: str) -> None:
+    with pytest.raises(SourceError, match="answered HTTP 404 Not Found"):
+        open_source(f"{web_server}/stream.mjpg", timeout=2)
+    with pytest.raises(SourceError, match=r"text/html .*not a video stream"):
+        open_source(f"{web_server}/page", timeout=2)
+    # credentials in the URL are sent, and do not break the question
+    assert "404" in (http_problem(f"http://user:pw@{web_server[len('http://') :]}/x", 2) or "")
+    assert http_problem("http://127.0.0.1:1/", 1) is None  # nothing listens: the generic hint stands

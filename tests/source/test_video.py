@@ -141,3 +141,20 @@ def test_real_dashcam_clip_has_221_frames(data_root: Path) -> None:
     with open_source(path) as src:
         assert src.info.frame_count == 221 and src.info.size == (960, 540)
         assert sum(1 for _ in src) == 221
+
+
+def test_looped_one_frame_clip_is_paced_at_its_frame_rate(one_frame_video: Path) -> None:
+    # Media time runs on across passes: a realtime loop of a 1-frame clip is a 25 fps stream.
+    with open_source(one_frame_video, loop=True, realtime=True) as src:
+        start = time.perf_counter()
+        frames = [f for _, f in zip(range(6), src, strict=False)]
+        elapsed = time.perf_counter() - start
+    assert [f.index for f in frames] == list(range(6))
+    assert elapsed >= 5 / 25.0 - 0.02
+
+
+def test_rate_holds_across_loop_passes(one_frame_video: Path) -> None:
+    with open_source(one_frame_video, loop=True, rate=5) as src:
+        frames = [f for _, f in zip(range(4), src, strict=False)]
+    # one frame per 1/25 s pass, thinned to 5 per second of media time: every fifth pass
+    assert [f.index for f in frames] == [0, 5, 10, 15]

@@ -113,3 +113,11 @@ def test_errors_are_typed(small_engine: Engine, tcp_endpoint: str) -> None:
             Client("127.0.0.1:5560")
         with pytest.raises(ConfigError):
             Client(tcp_endpoint, timeout=0)
+
+
+def test_an_endless_timeout_is_refused(tcp_endpoint: str) -> None:
+    # waiting forever is the hang the client exists to avoid (and int(inf * 1000) would crash later)
+    with pytest.raises(ConfigError, match="finite"):
+        Client(tcp_endpoint, timeout=float("inf"))
+    with pytest.raises(ConfigError, match="finite"):
+        Client(tcp_endpoint, timeout=float("nan"))
