@@ -8,9 +8,13 @@ by a dotted line: the horizontal gap is the hardware (and backend) difference.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from ..atomic import atomic_write_bytes
+from ..errors import ConfigError
 
 
 def _published_points(rows: Sequence[dict[str, Any]]) -> list[tuple[str, float, float, str]]:
@@ -146,7 +150,23 @@ def plot_quality_speed(table: dict[str, Any], path: Path, *, title: str | None =
         labeller.place(name, (fps, miou), fontsize=8, color="#1a3d6b")
     for name, fps, miou, _ in measured:
         labeller.place(name, (fps, miou), fontsize=8, color="darkred")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=plot_format(path))
     plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())  # an interrupted run leaves no half image
     return path
+
+
+def plot_format(path: Path) -> str:
+    """The image format matplotlib writes for ``path`` (PNG without a suffix); a ConfigError
+    naming the formats for one it cannot write."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    fmt = path.suffix[1:].lower() or "png"
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if fmt not in formats:
+        raise ConfigError(
+            f"--plot {path}: cannot write .{fmt} images; "
+            f"use one of {', '.join('.' + f for f in sorted(formats))}"
+        )
+    return fmt

@@ -8,11 +8,13 @@ each with the environment columns, for spreadsheets.
 from __future__ import annotations
 
 import csv
+import io
 import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..atomic import atomic_write_text
 from .environment import hardware_line
 from .measure import STAGES
 from .quality import NO_CITYSCAPES
@@ -99,8 +101,7 @@ def build_document(
 
 
 def write_json(document: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")
+    atomic_write_text(path, json.dumps(document, indent=1) + "\n")
 
 
 # ---------------------------------------------------------------- CSV
@@ -165,14 +166,14 @@ def result_row(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def _write_rows(rows: list[dict[str, Any]], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     columns: list[str] = []
     for row in rows:
         columns += [c for c in row if c not in columns]
-    with path.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, text.getvalue())
 
 
 def write_results_csv(results: Sequence[dict[str, Any]], environment: dict[str, Any], path: Path) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 from ..bench.environment import fingerprint
 from ..bench.measure import DEFAULT_SOURCE, ENCODINGS
-from ..bench.plot import plot_quality_speed
+from ..bench.plot import plot_format, plot_quality_speed
 from ..bench.quality import camvid_miou
 from ..bench.report import (
     build_document,
@@ -27,7 +27,7 @@ from ..engine import BACKENDS, PRECISIONS
 from ..errors import ConfigError
 from ..models import DEFAULT_MODEL, list_models
 from ..schedule import SCHEDULERS
-from .common import parse_size
+from .common import check_output, parse_size, write_output
 
 # (frames, min frames, warm-up, seconds per phase): a sweep, and the table (big inputs, many models)
 SWEEP_DEFAULTS = (100, 10, 5, 60.0)
@@ -234,6 +234,10 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--camvid adds a CamVid row to --table: use it with --table cityscapes")
     rule, warmup = _rule(args)
     specs = _specs(args, rule, warmup)  # validates before the slow part
+    for option in ("json", "csv", "plot"):
+        check_output(getattr(args, option), f"--{option}")
+    if args.plot is not None:
+        plot_format(args.plot)
     if args.weights and not Path(args.weights).is_file():
         raise ConfigError(f"--weights {args.weights}: no such file")
     environment = fingerprint()
@@ -259,16 +263,16 @@ def run(args: argparse.Namespace) -> int:
     )
     document["options"] = _options(args)
     if args.json:
-        write_json(document, args.json)
+        write_output(args.json, "--json", lambda p: write_json(document, p))
         print(f"wrote {args.json}")
     if args.csv:
         if table is not None:
-            write_table_csv(table, environment, args.csv)
+            write_output(args.csv, "--csv", lambda p: write_table_csv(table, environment, p))
         else:
-            write_results_csv(results, environment, args.csv)
+            write_output(args.csv, "--csv", lambda p: write_results_csv(results, environment, p))
         print(f"wrote {args.csv}")
     if args.plot and plot_table is not None:
-        plot_quality_speed(plot_table, args.plot)
+        write_output(args.plot, "--plot", lambda p: plot_quality_speed(plot_table, p))
         print(f"wrote {args.plot}")
     failed = [r for r in results if r["status"] == "failed"]
     if failed:

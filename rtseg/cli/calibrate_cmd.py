@@ -78,12 +78,21 @@ def run(args: argparse.Namespace) -> int:
         calibration = CalibrationList.from_video(args.video, args.num)
         source = args.video.resolve()
     list_path = args.list or _default_list(net.meta.model, source, args.num)
-    calibration.save(list_path)
+    created = not list_path.exists()
+    _save_list(calibration, list_path)
+    built = {}
+    try:
+        cache = ArtifactCache(args.engine_dir)
+        fp32 = ensure_onnx(net, size, cache)
+        for target in args.targets:
+            built[target] = int8_stages(net, fp32, cache, calibration, flavour=target)
+    except BaseException:
+        # A frame that cannot be read, or Ctrl-C: no list is left behind without its graphs.
+        if created:
+            list_path.unlink(missing_ok=True)
+        raise
     print(f"calibration list: {list_path} ({len(calibration)} frames, id {calibration.id})")
-    cache = ArtifactCache(args.engine_dir)
-    fp32 = ensure_onnx(net, size, cache)
-    for target in args.targets:
-        stages = int8_stages(net, fp32, cache, calibration, flavour=target)
+    for target, stages in built.items():
         print(f"int8 QDQ graphs for {target}:")
         for stage, path in stages.files.items():
             scheme = stages.sidecars[stage].get("quantization", {}).get("scheme", "?")
@@ -93,6 +102,20 @@ def run(args: argparse.Namespace) -> int:
     else:
         print("TensorRT entropy cache: skipped (tensorrt is not in --targets)")
     return 0
+
+
+def _save_list(calibration, path: Path) -> None:
+    if path.is_dir():
+        raise ConfigError(f"--list {path} is a folder: give the list's file name, e.g. {path / 'frames.txt'}")
+    try:
+        calibration.save(path)
+    except OSError as exc:
+        folder = next((p for p in path.parents if p.exists()), None)
+        why = f"{folder} is not a folder" if folder is not None and not folder.is_dir() else exc.strerror
+        raise ConfigError(
+            f"cannot write the calibration list {path} ({why or exc}); "
+            "pass --list a file in a writable folder"
+        ) from None
 
 
 def _entropy_cache(args, net, size, cache, calibration, list_path: Path) -> None:

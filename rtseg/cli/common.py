@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import CheckpointError, ConfigError
@@ -44,6 +46,29 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
     return value
+
+
+def check_output(path: Path | None, option: str) -> None:
+    """Refuse an output file that cannot be written before the slow part, not after it: a folder,
+    a path under a file, or a folder without write permission."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise ConfigError(f"{option} {path} is a folder: give the name of a file to write")
+    folder = next(p for p in path.absolute().parents if p.exists())
+    if not folder.is_dir():
+        raise ConfigError(f"{option} {path}: {folder} is a file, not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(f"{option} {path}: no permission to write in {folder}")
+
+
+def write_output(path: Path, option: str, write: Callable[[Path], object]) -> None:
+    """Call ``write(path)``; an OSError (a full disk, a folder that vanished) becomes a ConfigError
+    naming the option, so earlier outputs and the printed results stay as they are."""
+    try:
+        write(path)
+    except OSError as exc:
+        raise ConfigError(f"{option}: cannot write {path}: {exc.strerror or exc}") from None
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:

@@ -8,10 +8,11 @@ import json
 import logging
 from pathlib import Path
 
+from ..atomic import atomic_write_text
 from ..data.datasets import cityscapes, open_dataset
 from ..data.labels import numbered_classes
 from ..evaluate import evaluate
-from .common import add_model_args, load_model, parse_size
+from .common import add_model_args, check_output, load_model, parse_size, write_output
 from .run_cmd import add_scheduler_args, scheduler_from_args
 
 log = logging.getLogger(__name__)
@@ -116,6 +117,7 @@ def engine_logits_fn(engine):
 
 
 def run(args: argparse.Namespace) -> int:
+    check_output(args.json, "--json")
     model = load_model(args.model, args.weights)
     meta = model.meta
     if args.dataset == "cityscapes":
@@ -158,8 +160,8 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         description=f"{meta.model} {args.dataset}/{args.split}",
     )
+    print(report.format())
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
         payload = {
             "model": meta.model,
             "dataset": args.dataset,
@@ -169,9 +171,13 @@ def run(args: argparse.Namespace) -> int:
             "precision": engine.info.precision,
             **report.to_dict(),
         }
-        args.json.write_text(json.dumps(payload, indent=2))
-    print(report.format())
+        _write_json(args.json, payload)
     return 0
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    """Written whole or not at all, after the report is printed, so a failure loses nothing."""
+    write_output(path, "--json", lambda p: atomic_write_text(p, json.dumps(payload, indent=2)))
 
 
 def _run_sequence(args: argparse.Namespace, model, dataset, size: tuple[int, int]) -> int:
@@ -203,8 +209,8 @@ def _run_sequence(args: argparse.Namespace, model, dataset, size: tuple[int, int
         progress=not args.no_progress,
         description=f"{name} {args.scheduler}",
     )
+    print(report.format())
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
         payload = {
             "model": model.meta.model,
             "dataset": args.dataset,
@@ -213,6 +219,5 @@ def _run_sequence(args: argparse.Namespace, model, dataset, size: tuple[int, int
             "backend": engine.info.backend,
             **report.to_dict(),
         }
-        args.json.write_text(json.dumps(payload, indent=2))
-    print(report.format())
+        _write_json(args.json, payload)
     return 0

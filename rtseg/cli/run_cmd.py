@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..atomic import atomic_write_text
 from ..engine.base import Engine
 from ..errors import ConfigError, RtsegError
 from ..metrics import ConfusionMatrix
@@ -23,7 +24,7 @@ from ..schedule import CHANGES, SCHEDULERS, Scheduler, make_scheduler
 from ..segmenter import Segmenter, load_engine
 from ..sink import Sink
 from ..source import open_source
-from .common import add_model_args, parse_size, positive_int
+from .common import add_model_args, check_output, parse_size, positive_int
 
 DEMO_SOURCE = "synthetic://drive?size=1280x720&fps=30&seed=0&frames=90"
 DEMO_OUTPUT = "out/demo.mp4"
@@ -145,24 +146,6 @@ def _every_reference(args: argparse.Namespace, engine: Engine) -> tuple[dict[int
     return labels, total_ms / max(len(labels), 1), len(labels) / max(seconds, 1e-9)
 
 
-def _check_writable(path: Path) -> None:
-    """Refuse a --json path before the run, not after it: the summary would be lost."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"--json {path}: cannot create its folder ({exc.strerror or exc})") from None
-    if path.is_dir():
-        raise ConfigError(f"--json {path} is a folder; give a file name")
-    existed = path.exists()
-    try:
-        with open(path, "a"):
-            pass
-    except OSError as exc:
-        raise ConfigError(f"--json {path}: cannot write it ({exc.strerror or exc})") from None
-    if not existed:
-        path.unlink()
-
-
 def run(args: argparse.Namespace) -> int:
     demo = args.source is None
     if demo:
@@ -170,8 +153,7 @@ def run(args: argparse.Namespace) -> int:
         args.sinks = args.sinks or [DEMO_OUTPUT]
     style = OverlayStyle(args.mode, args.alpha, args.legend, args.hud)  # validates before the slow load
     scheduler = scheduler_from_args(args)
-    if args.json:
-        _check_writable(args.json)
+    check_output(args.json, "--json")  # before the run, not after it: the summary would be lost
     # Opened first: a missing file or an unreachable camera is reported before the slow engine load.
     source = open_source(args.source, **_source_options(args))
     sinks: list[Sink] = []
@@ -284,7 +266,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {uri} ({sink.written} frames)" if sink.written else f"nothing written to {uri}")
     if args.json:
         try:
-            args.json.write_text(json.dumps(report, indent=2))
+            atomic_write_text(args.json, json.dumps(report, indent=2))
         except OSError as exc:  # checked before the run: the disk has failed since
             print(f"rtseg run: cannot write --json {args.json}: {exc}", file=sys.stderr)
             if error is None and not interrupted:

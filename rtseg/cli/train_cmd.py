@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from ..models import list_models
-from .common import parse_size
+from .common import check_output, parse_size, positive_float, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -40,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--out", type=Path, default=Path("runs/train/best.pt"), help="best weights (rtseg checkpoint)"
     )
     p.add_argument("--resume", type=Path, default=None, help="training state to continue (OUT.state.pt)")
-    p.add_argument("--max-minutes", type=float, default=None, help="stop cleanly after this long")
+    p.add_argument("--max-minutes", type=positive_float, default=None, help="stop cleanly after this long")
     p.add_argument(
         "--save-every",
         type=float,
@@ -49,7 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="write the resumable state at least this often (default 60 s; 0 = every batch)",
     )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    p.add_argument("--threads", type=positive_int, default=None, help="CPU threads for torch")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--compile", action="store_true", help="torch.compile the training step")
     p.add_argument("--no-progress", action="store_true")
@@ -59,6 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..train import TrainConfig, Trainer
 
+    check_output(args.out, "--out")
     if args.threads:
         torch.set_num_threads(args.threads)
     config = TrainConfig(

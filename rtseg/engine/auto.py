@@ -142,7 +142,10 @@ def _read_choice(path: Path, device: str) -> Candidate | None:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    if data.get("format") != CHOICE_FORMAT:
+    if not isinstance(data, dict) or data.get("format") != CHOICE_FORMAT:
+        return None
+    if data.get("backend") not in BACKEND_OPTIONS or not isinstance(data.get("options", {}), dict):
+        log.warning("auto: %s holds no usable backend choice (corrupt?); measuring again", path.name)
         return None
     if data.get("libraries") != libraries():
         log.info("auto: %s was measured with other library versions; measuring again", path.name)

@@ -166,6 +166,8 @@ class ArtifactCache:
             sidecar = json.loads(sidecar_path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             return f"corrupt: unreadable sidecar ({exc})"
+        if not isinstance(sidecar, dict):
+            return f"corrupt: its sidecar holds a JSON {type(sidecar).__name__}, not an object"
         if sidecar.get("format") != SIDECAR_FORMAT or sidecar.get("format_version") != SIDECAR_VERSION:
             return f"stale: sidecar format {sidecar.get('format')!r} v{sidecar.get('format_version')!r}"
         if sidecar.get("key") != key.to_dict():
@@ -190,7 +192,7 @@ class ArtifactCache:
         if problem is None:
             return Artifact(path, json.loads(self.sidecar_path(path).read_text(encoding="utf-8")))
         if problem != "missing":
-            log.warning("engine cache: %s is %s; rebuilding it", path.name, problem)
+            log.warning("engine cache: %s is %s; not using it", path.name, problem)
         return None
 
     def put(

@@ -246,6 +246,10 @@ def quantize_graph(
                 check.append(feed)
             yield feed
 
+    problem = _ranges_problem(ranges_path, q.CalibrationMethod.Percentile) if ranges_path.is_file() else None
+    if problem is not None:
+        log.warning("int8: calibrated ranges %s are %s; calibrating again", ranges_path, problem)
+        ranges_path.unlink()
     if ranges_path.is_file():
         log.info("int8: reusing calibrated ranges %s", ranges_path)
         check.extend(itertools.islice(feeds, CHECK_FEEDS))
@@ -282,6 +286,22 @@ def quantize_graph(
         "int8: no scheme keeps %s within %.2f of fp32 (%s); it stays fp32", fp32_path.name, max_error, tried
     )
     return onnx.load(str(fp32_path)), {"scheme": "float", "errors": tried}
+
+
+def _ranges_problem(path: Path, method: Any) -> str | None:
+    """Why the ranges file at ``path`` cannot be reused (None when it can): an interrupted disk
+    write, an edit or another calibration method leaves a file onnxruntime would fail on."""
+    from onnxruntime.quantization.calibrate import load_tensors_data
+
+    try:
+        ranges = load_tensors_data(path)
+    except OSError as exc:
+        return f"unreadable ({exc.strerror or exc})"
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        return f"corrupt ({type(exc).__name__}: {exc})"
+    if ranges.calibration_method != method:
+        return f"from another calibration method ({ranges.calibration_method})"
+    return None
 
 
 def _guard_problem(sidecar: Mapping[str, Any]) -> str | None:

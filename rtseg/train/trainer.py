@@ -27,7 +27,8 @@ from .._version import __version__
 from ..data.datasets import SegmentationDataset, open_dataset
 from ..data.labels import corresponding_outputs
 from ..data.preprocess import Normalize, Preprocessing
-from ..errors import CheckpointError, ConfigError
+from ..engine.base import cuda_device_index
+from ..errors import BackendUnavailableError, CheckpointError, ConfigError
 from ..evaluate import evaluate, torch_logits_fn
 from ..models import StagedSegmenter, get_model
 from ..models.checkpoint import WeightsMeta, atomic_torch_save, save_checkpoint
@@ -79,6 +80,18 @@ class TrainConfig:
             raise ConfigError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
         if self.class_weight_c and self.class_weight_c <= 1:
             raise ConfigError(f"class_weight_c must be > 1 (or 0 to disable), got {self.class_weight_c}")
+        low, high = self.scale_range
+        if not 0 < low <= high:
+            raise ConfigError(f"scale_range must satisfy 0 < MIN <= MAX, got {low:g} {high:g}")
+        if self.save_every_s < 0:
+            raise ConfigError(f"save_every_s must be >= 0 (0 = every batch), got {self.save_every_s:g}")
+        if self.device != "cpu" and cuda_device_index(self.device) is None:
+            raise ConfigError(f"device must be 'cpu' or 'cuda[:N]', got {self.device!r}")
+        if self.device != "cpu" and not torch.cuda.is_available():
+            raise BackendUnavailableError(
+                f"device {self.device}: this PyTorch build sees no CUDA device (torch "
+                f"{torch.__version__}); install a CUDA build of torch or train with --device cpu"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -149,6 +162,12 @@ class Trainer:
             self.preprocessing = Preprocessing("BGR", mean, std, input_size=config.size)  # type: ignore[arg-type]
         torch.manual_seed(config.seed)  # the initial weights are part of the run
         self.model = self._initial_model(init_model)
+        multiple = self.model.stage_spec.input_multiple
+        if config.size[0] % multiple or config.size[1] % multiple:
+            raise ConfigError(
+                f"{config.model} needs an input size divisible by {multiple}, "
+                f"got {config.size[0]}x{config.size[1]}"
+            )
         self.model.to(self.device)
         self.normalize = Normalize(self.preprocessing).to(self.device)
 
@@ -248,12 +267,24 @@ class Trainer:
         atomic_torch_save(payload, self.state_path)
 
     def load_state(self, path: Path) -> None:
+        path = Path(path)
+        if not path.exists():
+            raise CheckpointError(f"resume state not found: {path}")
+        if not path.is_file():
+            raise CheckpointError(f"resume state {path} is a folder, not a file (OUT.state.pt)")
+        with open(path, "rb") as f:
+            head = f.read(4)
+        if head != b"PK\x03\x04":  # torch.save's zip archive, as save_state writes it
+            what = "an empty file" if not head else f"a file starting with bytes {head!r}"
+            raise CheckpointError(f"{path} is not an rtseg training state (written by `rtseg train`): {what}")
         try:
             payload = torch.load(path, map_location=self.device, weights_only=True)
-        except FileNotFoundError:
-            raise CheckpointError(f"resume state not found: {path}") from None
-        except Exception as exc:
-            raise CheckpointError(f"{path}: cannot read the training state ({exc})") from None
+        except Exception as exc:  # torch raises RuntimeError, UnpicklingError, EOFError, ... here
+            text = str(exc).strip()
+            reason = text.splitlines()[0] if text else type(exc).__name__
+            raise CheckpointError(
+                f"{path}: cannot read the training state; the file is truncated or corrupt ({reason})"
+            ) from None
         if not isinstance(payload, dict) or payload.get("format") != STATE_FORMAT:
             raise CheckpointError(f"{path} is not an rtseg training state (written by `rtseg train`)")
         saved = TrainConfig.from_dict(payload["config"])

@@ -138,3 +138,32 @@ def test_table_prints_every_row_and_measures_implemented_ones(tmp_path: Path, ca
 def test_bad_option_combinations(argv: list[str], message: str, capsys) -> None:
     assert main(["bench", *argv, "--no-progress", "--in-process"]) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("option", "name", "message"),
+    [
+        ("--plot", "plot.xyz", "--plot {path}: cannot write .xyz images; use one of "),
+        ("--csv", ".", "--csv {path} is a folder"),
+        ("--json", "blocker/out.json", "--json {path}: {tmp}/blocker is a file, not a folder"),
+    ],
+)
+def test_unwritable_outputs_are_refused_before_measuring(
+    tmp_path: Path, capsys, option: str, name: str, message: str
+) -> None:
+    (tmp_path / "blocker").write_text("")
+    path = tmp_path / name if name != "." else tmp_path
+    assert main(["bench", *TINY, "--in-process", option, str(path)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""  # nothing was measured
+    assert captured.err.startswith("rtseg bench: error: " + message.format(path=path, tmp=tmp_path))
+    assert len(captured.err.strip().splitlines()) == 1
+
+
+def test_a_late_write_failure_keeps_the_printed_results(tmp_path: Path, capsys) -> None:
+    target = Path("/proc/rtseg-nowhere/bench.json")  # no folder can be made under /proc
+    assert main(["bench", *TINY, "--in-process", "--engine-only", "--json", str(target)]) == 2
+    captured = capsys.readouterr()
+    assert "engine" in captured.out and "wrote" not in captured.out
+    err = captured.err.strip()
+    assert err.startswith(f"rtseg bench: error: --json: cannot write {target}: ") and "\n" not in err

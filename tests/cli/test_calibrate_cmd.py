@@ -134,3 +134,38 @@ def test_a_missing_image_folder_is_named(
     missing = dirs["root"] / "nowhere"
     assert main(["calibrate", "--weights", str(weights), "--images", str(missing)]) == 2
     assert f"calibration image folder not found: {missing}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("where", ["missing-parent", "file-parent", "folder"])
+def test_an_unwritable_list_is_a_one_line_error(
+    weights: Path, images: Path, dirs: dict[str, Path], capsys: pytest.CaptureFixture[str], where: str
+) -> None:
+    blocker = dirs["root"] / "blocker"
+    blocker.write_text("")
+    target = {
+        "missing-parent": Path("/proc/rtseg-nowhere/list.txt"),
+        "file-parent": blocker / "list.txt",
+        "folder": dirs["root"],
+    }[where]
+    unused = dirs["root"] / "unused-list"
+    assert _calibrate(weights, images, unused, "--targets", "cpu", "--list", str(target)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rtseg calibrate: error: ") and len(err.strip().splitlines()) == 1, err
+    assert str(target) in err and "--list" in err
+    assert not unused.exists()
+
+
+def test_an_unreadable_frame_leaves_no_list_behind(
+    weights: Path, dirs: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = dirs["root"] / "broken"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(b"\x89PNG not really")
+    (folder / "b.png").write_bytes(b"")
+    list_path = dirs["root"] / "lists" / "broken.txt"
+    argv = ["calibrate", "--weights", str(weights), "--images", str(folder), "--num", "2"]
+    argv += ["--size", "64x48", "--engine-dir", str(dirs["engines"]), "--targets", "cpu"]
+    assert main([*argv, "--list", str(list_path)]) == 2
+    captured = capsys.readouterr()
+    assert f"calibration image {folder / 'a.png'} is missing or unreadable" in captured.err
+    assert not list_path.exists() and "calibration list:" not in captured.out

@@ -196,3 +196,48 @@ def test_labelids_and_train_ids_give_the_same_confusion_matrix(data_root: Path, 
         matrices.append(json.loads(out.read_text())["confusion_matrix"])
     assert np.asarray(matrices[0]).sum() == (train_ids != 255).sum()
     assert matrices[0] == matrices[1]
+
+
+def _tiny_camvid(root: Path, count: int = 1) -> Path:
+    """A CamVid-layout split of ``count`` 64x48 frames with labels, for fast error-path runs."""
+    import cv2
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for folder in ("test", "testannot"):
+        (root / folder).mkdir(parents=True)
+    for i in range(count):
+        cv2.imwrite(str(root / "test" / f"{i}.png"), rng.integers(0, 256, (48, 64, 3), dtype=np.uint8))
+        cv2.imwrite(str(root / "testannot" / f"{i}.png"), rng.integers(0, 12, (48, 64), dtype=np.uint8))
+    return root
+
+
+def _eval_tiny(root: Path, *extra: str) -> int:
+    return main(
+        ["eval", "--dataset", "camvid", "--root", str(root), "--size", "64x48", "--no-progress", *extra]
+    )
+
+
+@pytest.mark.parametrize("where", ["folder", "under-a-file"])
+def test_an_unusable_json_path_is_refused_before_the_evaluation(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], where: str
+) -> None:
+    blocker = tmp_path / "blocker"
+    blocker.write_text("keep")
+    target = tmp_path if where == "folder" else blocker / "report.json"
+    assert _eval_tiny(tmp_path / "nowhere", "--json", str(target)) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith(f"rtseg eval: error: --json {target}") and captured.out == ""
+    assert len(captured.err.strip().splitlines()) == 1 and blocker.read_text() == "keep"
+
+
+def test_a_json_write_that_fails_late_keeps_the_printed_report(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = _tiny_camvid(tmp_path / "camvid")
+    target = Path("/proc/rtseg-nowhere/report.json")  # no folder can be made under /proc
+    assert _eval_tiny(root, "--json", str(target)) == 2
+    captured = capsys.readouterr()
+    assert captured.out.strip().splitlines()[-1].startswith("mIoU: ")  # the result is not lost
+    err = captured.err.strip()
+    assert err.startswith(f"rtseg eval: error: --json: cannot write {target}: ") and "\n" not in err

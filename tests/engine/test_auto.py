@@ -19,6 +19,7 @@ from rtseg.engine import TorchEngine, load
 from rtseg.engine.auto import (
     CHOICE_FORMAT,
     Candidate,
+    _read_choice,
     candidates,
     choice_path,
     libraries,
@@ -117,6 +118,27 @@ def test_a_corrupt_choice_file_is_measured_again(model: StagedSegmenter, engine_
     engine = _auto(model, engine_dir)
     assert engine.info.notes[-1].startswith("auto: picked ")
     assert json.loads(path.read_text())["format"] == CHOICE_FORMAT
+
+
+@pytest.mark.parametrize(
+    "corrupt",
+    [
+        lambda r: [r],  # valid JSON, not an object
+        lambda r: {k: v for k, v in r.items() if k != "backend"},
+        lambda r: {**r, "backend": "nosuch"},
+        lambda r: {**r, "options": "channels_last"},
+    ],
+    ids=["list", "no-backend", "unknown-backend", "options-not-an-object"],
+)
+def test_a_choice_file_with_a_bad_record_is_measured_again(
+    tmp_path: Path, corrupt: Callable[[dict], Any]
+) -> None:
+    path = tmp_path / "auto-choice.json"
+    record = {"format": CHOICE_FORMAT, "libraries": libraries(), "hardware": signature("cpu")}
+    path.write_text(json.dumps({**record, "backend": "torch", "options": {"channels_last": True}}))
+    assert _read_choice(path, "cpu") == Candidate("torch", {"channels_last": True})
+    path.write_text(json.dumps(corrupt({**record, "backend": "torch", "options": {}})))
+    assert _read_choice(path, "cpu") is None  # not an AttributeError, KeyError or ConfigError
 
 
 def test_remeasure_ignores_the_stored_choice(model: StagedSegmenter, engine_dir: Path) -> None:

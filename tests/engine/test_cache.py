@@ -99,6 +99,15 @@ def test_put_writes_sidecar_and_get_validates(tmp_path: Path) -> None:
     assert art.path.stat().st_mode & 0o777 == 0o644  # shared caches: readable by others
 
 
+@pytest.mark.parametrize("text", ["[1, 2]", '"text"', "null", "7"])
+def test_a_sidecar_that_is_not_a_json_object_is_corrupt(tmp_path: Path, text: str) -> None:
+    cache = ArtifactCache(tmp_path)
+    art = cache.put(_key(), "low", "bin", b"payload", {})
+    cache.sidecar_path(art.path).write_text(text)
+    assert cache.problem(_key(), art.path).startswith("corrupt: its sidecar holds a JSON")
+    assert cache.get(_key(), "low", "bin") is None  # rebuilt, not an AttributeError
+
+
 def test_unwritable_cache_is_a_clear_error(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("")

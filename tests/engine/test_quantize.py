@@ -323,3 +323,26 @@ def test_an_artifact_built_under_another_guard_is_rebuilt(
     again = _load_int8(model, engine_dir, list_path)
     assert json.loads(sidecar.read_text())["quantization"]["guard"] == GUARD
     assert again.info.artifacts == int8.info.artifacts
+
+
+@pytest.mark.parametrize("ranges_text", ["", '{"a": 1}', "[1, 2]", '{"data": '])
+def test_corrupt_calibrated_ranges_are_recalibrated(
+    model: StagedSegmenter,
+    engine_dir: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    ranges_text: str,
+) -> None:
+    """A ranges file cut short by a full disk, or edited by hand, is calibrated again, never a
+    JSONDecodeError or KeyError out of onnxruntime."""
+    fp32_stages = ensure_onnx(model, SIZE, ArtifactCache(engine_dir))
+    ranges = tmp_path / "low.ranges.json"
+    ranges.write_text(ranges_text)
+    feeds = ({"image": scene(i, SIZE)[None]} for i in range(2))
+    with caplog.at_level(logging.WARNING, logger="rtseg.engine.quantize"):
+        proto, report = quantize_graph(
+            fp32_stages.files["low"], feeds, flavour="cpu", workdir=tmp_path, ranges_path=ranges
+        )
+    assert "calibrating again" in caplog.text and ranges.name in caplog.text
+    assert json.loads(ranges.read_text())["calibration_method"]  # a complete file now
+    assert report["scheme"] and proto.graph.node

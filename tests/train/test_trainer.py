@@ -189,3 +189,57 @@ def test_init_with_the_same_classes_keeps_the_whole_network(tiny_camvid: Path, t
     x = torch.randn(1, 3, 48, 64)
     with torch.no_grad():
         assert torch.equal(trainer.model.eval()(x), source.eval()(x))
+
+
+@pytest.mark.parametrize(
+    ("field", "message"),
+    [
+        ({"scale_range": (2.0, 0.5)}, r"scale_range must satisfy 0 < MIN <= MAX, got 2 0.5"),
+        ({"scale_range": (-1.0, 0.0)}, r"scale_range must satisfy 0 < MIN <= MAX, got -1 0"),
+        ({"save_every_s": -5.0}, r"save_every_s must be >= 0 \(0 = every batch\), got -5"),
+        ({"device": "gpu"}, r"device must be 'cpu' or 'cuda\[:N\]', got 'gpu'"),
+    ],
+)
+def test_config_validation_of_ranges_and_devices(field: dict, message: str) -> None:
+    """Typed errors at once, not a ValueError from the augmentation or a torch error mid-run."""
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig(model="espnet", dataset="camvid", root=".", out="x.pt", **field)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+def test_cuda_without_a_cuda_device_is_named() -> None:
+    from rtseg.errors import BackendUnavailableError
+
+    with pytest.raises(BackendUnavailableError, match=r"device cuda: .*--device cpu"):
+        TrainConfig(model="espnet", dataset="camvid", root=".", out="x.pt", device="cuda")
+
+
+def test_a_size_the_model_cannot_take_is_refused_before_training(tiny_camvid: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="espnet needs an input size divisible by 8, got 60x44"):
+        Trainer(replace(_config(tiny_camvid, tmp_path / "a.pt"), size=(60, 44)), progress=False)
+
+
+def test_unreadable_resume_states_are_named(tiny_camvid: Path, tmp_path: Path) -> None:
+    from rtseg.errors import CheckpointError
+
+    trainer = Trainer(_config(tiny_camvid, tmp_path / "a.pt", class_weight_c=0), progress=False)
+    trainer.save_state()
+    good = trainer.state_path.read_bytes()
+    cases = {
+        "random.pt": (bytes(range(7, 200)), r"is not an rtseg training state .*starting with bytes"),
+        "empty.pt": (b"", r"is not an rtseg training state .*an empty file"),
+        "cut.pt": (
+            good[: len(good) // 2],
+            r"cannot read the training state; the file is truncated or corrupt",
+        ),
+    }
+    for name, (data, message) in cases.items():
+        path = tmp_path / name
+        path.write_bytes(data)
+        with pytest.raises(CheckpointError, match=message) as caught:
+            trainer.load_state(path)
+        assert "\n" not in str(caught.value) and "weights_only" not in str(caught.value)
+    with pytest.raises(CheckpointError, match="is a folder, not a file"):
+        trainer.load_state(tmp_path)
+    with pytest.raises(CheckpointError, match="resume state not found"):
+        trainer.load_state(tmp_path / "missing.pt")

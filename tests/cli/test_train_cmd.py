@@ -1,0 +1,56 @@
+"""`rtseg train` argument errors: refused at once, before hours of training, as one line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from rtseg.cli import main
+
+
+def _train(tmp_path: Path, *extra: str) -> list[str]:
+    root = tmp_path / "no-dataset-needed"
+    return [
+        "train",
+        "--model",
+        "espnet",
+        "--dataset",
+        "camvid",
+        "--root",
+        str(root),
+        "--device",
+        "cpu",
+        *extra,
+    ]
+
+
+@pytest.mark.parametrize("where", ["folder", "under-a-file"])
+def test_an_unwritable_out_is_refused_before_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], where: str
+) -> None:
+    blocker = tmp_path / "blocker"
+    blocker.write_text("keep")
+    out = tmp_path if where == "folder" else blocker / "best.pt"
+    assert main(_train(tmp_path, "--out", str(out))) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"rtseg train: error: --out {out}") and len(err.strip().splitlines()) == 1
+    assert blocker.read_text() == "keep"
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--max-minutes", "0", "expected a finite number > 0, got 0"),  # was: no time limit at all
+        ("--max-minutes", "-1", "expected a finite number > 0, got -1"),  # was: stop after one batch
+        ("--threads", "0", "expected a whole number >= 1, got 0"),  # was: silently ignored
+        ("--threads", "-2", "expected a whole number >= 1, got -2"),  # was: a RuntimeError traceback
+    ],
+)
+def test_limits_must_be_positive(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], option: str, value: str, message: str
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(_train(tmp_path, option, value))
+    assert exit_.value.code == 2
+    assert f"argument {option}: {message}" in capsys.readouterr().err
