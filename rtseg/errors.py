@@ -27,6 +27,10 @@ class EngineBuildError(RtsegError):
     """Exporting or compiling a model for a backend failed."""
 
 
+class TrainingError(RtsegError):
+    """Training cannot go on (the loss diverged); the last saved state is kept."""
+
+
 class SourceError(RtsegError):
     """A frame source cannot be opened or was lost for good."""
 

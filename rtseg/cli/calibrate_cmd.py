@@ -78,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
         calibration = CalibrationList.from_video(args.video, args.num)
         source = args.video.resolve()
     list_path = args.list or _default_list(net.meta.model, source, args.num)
+    if args.list is None:
+        _refuse_another_sources_list(list_path, calibration)
     created = not list_path.exists()
     _save_list(calibration, list_path)
     built = {}
@@ -102,6 +104,24 @@ def run(args: argparse.Namespace) -> int:
     else:
         print("TensorRT entropy cache: skipped (tensorrt is not in --targets)")
     return 0
+
+
+def _refuse_another_sources_list(path: Path, calibration) -> None:
+    """The default name holds only the source's folder and name: two sources can share it, and
+    silently replacing the other one's list would orphan the int8 engines built from it."""
+    from ..engine.calibration import CalibrationList
+
+    if not path.is_file():
+        return
+    try:
+        existing = CalibrationList.load(path)
+    except ConfigError:
+        return  # not a readable list: saving over it loses nothing
+    if existing.source != calibration.source:
+        raise ConfigError(
+            f"{path} already holds the calibration list of {existing.source}; "
+            f"pass --list to name the list of {calibration.source}"
+        )
 
 
 def _save_list(calibration, path: Path) -> None:

@@ -88,6 +88,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help=f"seconds a stream may stay idle before it is dropped (default {ServerLimits.stream_ttl_s:g})",
     )
     p.add_argument(
+        "--drain",
+        type=float,
+        default=ServerLimits.drain_s,
+        help="on Ctrl-C/SIGTERM: seconds the requests already accepted get to be answered; new ones "
+        f"are refused as busy meanwhile (default {ServerLimits.drain_s:g})",
+    )
+    p.add_argument(
         "--queue",
         type=int,
         default=ServerLimits.queue_size,
@@ -109,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
         max_bytes=args.max_bytes,
         max_streams=args.max_streams,
         stream_ttl_s=args.stream_ttl,
+        drain_s=args.drain,
         queue_size=args.queue,
     )
     interval = args.interval

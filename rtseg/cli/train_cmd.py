@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 from pathlib import Path
 
 import torch
@@ -98,4 +99,5 @@ def run(args: argparse.Namespace) -> int:
             f"stopped at epoch {state.epoch + 1}, batch {state.batch}: resume with "
             f"--resume {trainer.state_path}"
         )
-    return 0
+    # As for `rtseg run`: Ctrl-C is 130; SIGTERM (a service manager's stop) and --max-minutes are success.
+    return 130 if trainer.stop_signal == signal.SIGINT else 0

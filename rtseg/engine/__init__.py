@@ -74,6 +74,11 @@ def load(
     size = tuple(input_size or net.meta.preprocessing.input_size)
     if len(size) != 2 or min(size) <= 0:
         raise ConfigError(f"input_size must be (width, height), both positive, got {input_size!r}")
+    if max(size) > MAX_INPUT_SIDE:
+        raise ConfigError(
+            f"input_size {size[0]}x{size[1]} is larger than rtseg builds engines for (at most "
+            f"{MAX_INPUT_SIDE} pixels a side); the models run at 480x360 to 2048x1024"
+        )
     spec = net.stage_spec
     if size[0] % spec.input_multiple or size[1] % spec.input_multiple:
         raise ConfigError(
@@ -108,6 +113,10 @@ def load(
 
 # Which backend runs where is each backend's business; this only catches what no backend takes.
 DEVICE_PATTERN = re.compile(r"cpu|gpu|cuda(:\d+)?")
+
+
+# 8K-wide frames are the largest a camera delivers; past this the engine's buffers alone need tens of GB.
+MAX_INPUT_SIDE = 8192
 
 
 def check_device(device: str) -> None:

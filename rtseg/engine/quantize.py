@@ -13,8 +13,11 @@ with "No data is collected" whenever N divides the number of frames).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import itertools
 import logging
+import os
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -24,6 +27,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from ..atomic import MODE
 from ..errors import BackendUnavailableError, ConfigError, EngineBuildError
 from ..models.base import StagedSegmenter
 from .cache import ArtifactCache, ArtifactKey
@@ -224,19 +228,20 @@ def quantize_graph(
         options = dict(extra)
         if scheme.float_outputs:
             options["OpTypesToExcludeOutputQuantization"] = list(scheme.float_outputs)
-        q.quantize_static(
-            str(pre),
-            str(out),
-            reader,
-            quant_format=q.QuantFormat.QDQ,
-            op_types_to_quantize=list(scheme.op_types),
-            nodes_to_exclude=exclude,
-            per_channel=True,
-            calibrate_method=q.CalibrationMethod.Percentile,
-            extra_options={**options, "CalibPercentile": PERCENTILE},
-            calibration_cache_path=str(ranges_path),
-            **types,
-        )
+        with contextlib.redirect_stdout(io.StringIO()):  # onnxruntime prints its progress there
+            q.quantize_static(
+                str(pre),
+                str(out),
+                reader,
+                quant_format=q.QuantFormat.QDQ,
+                op_types_to_quantize=list(scheme.op_types),
+                nodes_to_exclude=exclude,
+                per_channel=True,
+                calibrate_method=q.CalibrationMethod.Percentile,
+                extra_options={**options, "CalibPercentile": PERCENTILE},
+                calibration_cache_path=str(ranges_path),
+                **types,
+            )
 
     check: list[Mapping[str, np.ndarray]] = []
 
@@ -263,6 +268,7 @@ def quantize_graph(
                 raise
         if reader.count == 0:
             raise EngineBuildError(f"no calibration data reached stage {fp32_path.name}")
+        os.chmod(ranges_path, MODE)  # shared like the engine cache (onnxruntime writes it 0600)
     ranges = load_tensors_data(ranges_path)
     options = session_options()
     reference = onnxruntime.InferenceSession(str(fp32_path), options, providers=["CPUExecutionProvider"])

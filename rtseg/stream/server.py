@@ -90,6 +90,7 @@ class ServerLimits:
     max_streams: int = 64
     stream_ttl_s: float = 300.0
     queue_size: int = 32
+    drain_s: float = 5.0  # on stop: how long queued and running requests get to be answered
 
     def __post_init__(self) -> None:
         for name in ("max_pixels", "max_bytes", "max_streams", "queue_size"):
@@ -98,6 +99,8 @@ class ServerLimits:
                 raise ConfigError(f"ServerLimits.{name} must be a positive integer, got {value!r}")
         if not self.stream_ttl_s > 0:
             raise ConfigError(f"ServerLimits.stream_ttl_s must be positive, got {self.stream_ttl_s!r}")
+        if not 0 <= self.drain_s < float("inf"):
+            raise ConfigError(f"ServerLimits.drain_s must be finite and >= 0, got {self.drain_s!r}")
 
 
 @dataclass(frozen=True)
@@ -204,6 +207,7 @@ class Server:
         self._stop = threading.Event()
         self._stats_lock = threading.Lock()
         self._received = self._ok = self._undeliverable = 0
+        self._outstanding = 0  # requests queued or being handled, not yet answered (loop thread only)
         self._errors: dict[str, int] = {}
         self._ctx = zmq.Context()
         self._curve: CurveServer | None = None
@@ -320,11 +324,7 @@ class Server:
         while not self._stop.is_set():
             events = dict(poller.poll(100))
             if self._results in events:
-                while True:
-                    try:
-                        self._send(self._results.recv_multipart(zmq.NOBLOCK))
-                    except zmq.Again:
-                        break
+                self._forward_replies()
             if self._router in events:
                 for _ in range(64):  # then let replies out
                     try:
@@ -335,6 +335,45 @@ class Server:
             if time.monotonic() > next_expiry:
                 self._streams.expire()
                 next_expiry = time.monotonic() + 1.0
+        self._drain(poller)
+
+    def _drain(self, poller: zmq.Poller) -> None:
+        """After stop: answer what was accepted (up to ``drain_s``), and refuse what arrives, so
+        that clients get a reply, not a timeout, when the server is restarted or redeployed."""
+        deadline = time.monotonic() + self.limits.drain_s
+        while self._outstanding > 0 and time.monotonic() < deadline:
+            events = dict(poller.poll(20))
+            if self._results in events:
+                self._forward_replies()
+            if self._router in events:
+                while True:
+                    try:
+                        frames = self._router.recv_multipart(zmq.NOBLOCK, copy=False)
+                    except zmq.Again:
+                        break
+                    with self._stats_lock:
+                        self._received += 1
+                    split = 2 if len(frames) >= 2 and len(frames[1]) == 0 else 1
+                    body = frames[split:]
+                    self._refuse(
+                        [f.bytes for f in frames[:split]],
+                        ErrorCode.BUSY,
+                        "the server is shutting down; retry (a restarted or another server)",
+                        body[0] if body else None,
+                    )
+        if self._outstanding:
+            log.warning(
+                "stopping with %d request(s) unanswered after %g s", self._outstanding, self.limits.drain_s
+            )
+
+    def _forward_replies(self) -> None:
+        while True:
+            try:
+                frames = self._results.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self._outstanding -= 1
+            self._send(frames)
 
     def _send(self, frames: list[bytes]) -> None:
         try:
@@ -369,6 +408,7 @@ class Server:
             return
         try:
             self._jobs.put_nowait(_Job(envelope, body))
+            self._outstanding += 1
         except queue.Full:
             self._refuse(
                 envelope,

@@ -28,7 +28,7 @@ from ..data.datasets import SegmentationDataset, open_dataset
 from ..data.labels import corresponding_outputs
 from ..data.preprocess import Normalize, Preprocessing
 from ..engine.base import cuda_device_index
-from ..errors import BackendUnavailableError, CheckpointError, ConfigError
+from ..errors import BackendUnavailableError, CheckpointError, ConfigError, TrainingError
 from ..evaluate import evaluate, torch_logits_fn
 from ..models import StagedSegmenter, get_model
 from ..models.checkpoint import WeightsMeta, atomic_torch_save, save_checkpoint
@@ -266,6 +266,11 @@ class Trainer:
         }
         atomic_torch_save(payload, self.state_path)
 
+    @property
+    def stop_signal(self) -> int | None:
+        """The signal that stopped the last ``fit`` early (SIGINT, SIGTERM), if one did."""
+        return self._stop_signal
+
     def load_state(self, path: Path) -> None:
         path = Path(path)
         if not path.exists():
@@ -414,9 +419,10 @@ class Trainer:
                         logits, aux = self.train_forward(x)
                     loss, _parts = self.loss(logits, aux, y)
                     if not math.isfinite(float(loss.detach())):
-                        raise RuntimeError(
+                        raise TrainingError(
                             f"loss became {float(loss.detach())} at epoch {st.epoch + 1}, batch {k}: "
-                            "lower --lr or check the labels"
+                            f"lower --lr or check the labels (the last saved state, {self.state_path}, "
+                            "is kept)"
                         )
                     self.optimizer.zero_grad(set_to_none=True)
                     self.scaler.scale(loss).backward()

@@ -85,8 +85,10 @@ def test_cpu_target_writes_the_list_and_the_int8_graphs(
         assert f"-64x48-int8_{calib.id}u-onnx-any-ort" in path.name and path.name.endswith(f".{stage}.onnx")
     assert "int8 QDQ graphs for tensorrt:" not in out
     assert "TensorRT entropy cache: skipped (tensorrt is not in --targets)" in out
-    ranges = sorted(p.name for p in (dirs["calibration"] / "cache").iterdir())
-    assert len(ranges) == 3 and all(f".{calib.id}." in name for name in ranges)
+    ranges = sorted((dirs["calibration"] / "cache").iterdir())
+    assert len(ranges) == 3 and all(f".{calib.id}." in p.name for p in ranges)
+    assert all(p.stat().st_mode & 0o777 == 0o644 for p in ranges)  # shared, like the engine cache
+    assert "Collecting tensor data" not in out and "Percentile" not in out  # onnxruntime's own prints
 
 
 def test_tensorrt_target_writes_symmetric_graphs_and_skips_the_entropy_cache(
@@ -169,3 +171,24 @@ def test_an_unreadable_frame_leaves_no_list_behind(
     captured = capsys.readouterr()
     assert f"calibration image {folder / 'a.png'} is missing or unreadable" in captured.err
     assert not list_path.exists() and "calibration list:" not in captured.out
+
+
+def test_the_default_list_of_another_source_is_not_replaced(
+    weights: Path,
+    images: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("RTSEG_CALIBRATION_DIR", str(tmp_path / "calibration"))
+    other = tmp_path / "elsewhere" / "data" / "frames"  # the same folder names as `images`
+    other.mkdir(parents=True)
+    for i in range(4):
+        cv2.imwrite(str(other / f"{i:02d}.png"), np.full((72, 96, 3), 50 * i, np.uint8))
+    default_list = tmp_path / "calibration" / "espnet-data-frames-4.txt"
+    CalibrationList.from_images(other, 4).save(default_list)
+    before = default_list.read_bytes()
+    assert _calibrate(weights, images, tmp_path / "engines") == 2
+    err = capsys.readouterr().err
+    assert f"{default_list} already holds the calibration list of {other.resolve()}" in err
+    assert "pass --list" in err and default_list.read_bytes() == before

@@ -92,7 +92,7 @@ def test_busy_port_is_a_clean_error(random_weights: Path, capsys: pytest.Capture
     assert f"cannot serve on {endpoint}" in capsys.readouterr().err
 
 
-def test_stream_ttl_option_reaches_the_server(random_weights: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_stream_ttl_and_drain_options_reach_the_server(random_weights: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[ServerLimits] = []
 
     def serve_forever(self: Server) -> None:
@@ -112,8 +112,8 @@ def test_stream_ttl_option_reaches_the_server(random_weights: Path, monkeypatch:
         "--bind",
         endpoint,
     ]
-    assert main([*argv, "--stream-ttl", "2.5", "--max-streams", "3"]) == 0
-    assert seen[0].stream_ttl_s == 2.5 and seen[0].max_streams == 3
+    assert main([*argv, "--stream-ttl", "2.5", "--max-streams", "3", "--drain", "0.5"]) == 0
+    assert seen[0].stream_ttl_s == 2.5 and seen[0].max_streams == 3 and seen[0].drain_s == 0.5
 
 
 def test_ctrl_c_stops_with_status_130(random_weights: Path) -> None:

@@ -26,6 +26,7 @@ SIZE = (64, 48)
         ),
         ({"backend": "torch", "input_size": (65, 48)}, r"input size divisible by 8, got 65x48"),
         ({"backend": "torch", "input_size": (0, 0)}, r"input_size must be \(width, height\), both positive"),
+        ({"backend": "torch", "input_size": (100_000, 100_000)}, r"at most 8192 pixels a side"),
         ({"backend": "auto", "device": "cuda:x"}, r"device must be 'cpu', 'cuda', 'cuda:N'"),
         ({"backend": "torch", "device": "tpu"}, r"device must be 'cpu', 'cuda', 'cuda:N'"),
         ({"backend": "torch", "device": "gpu"}, r"torch backend device must be 'cpu' or 'cuda\[:N\]'"),

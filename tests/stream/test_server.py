@@ -342,6 +342,56 @@ def test_a_full_queue_answers_busy_at_once(small_engine: Engine, tcp_endpoint: s
     assert set(codes) == {"ok", "busy"} and len(codes) == 8, codes
 
 
+def test_stop_answers_the_accepted_requests_and_refuses_new_ones(
+    small_engine: Engine, tcp_endpoint: str
+) -> None:
+    class SlowServer(Server):
+        def _segment(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            time.sleep(0.4)
+            return super()._segment(*args, **kwargs)
+
+    image = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    header = {
+        "proto": "rtseg/1",
+        "type": "segment",
+        "image": {"name": "image", "encoding": "raw", "dtype": "uint8", "shape": [48, 64, 3]},
+    }
+    ctx = zmq.Context()
+    dealers = [ctx.socket(zmq.DEALER) for _ in range(4)]
+    server = SlowServer(small_engine, bind=tcp_endpoint, workers=1).start()
+    try:
+        for d in dealers:
+            d.setsockopt(zmq.LINGER, 0)
+            d.connect(tcp_endpoint)
+        time.sleep(0.3)
+        for k, d in enumerate(dealers[:3]):  # one runs, two wait in the queue
+            d.send_multipart([b"", json.dumps({**header, "id": k}).encode(), image.tobytes()])
+        time.sleep(0.2)
+        closing = threading.Thread(target=server.close)
+        closing.start()
+        time.sleep(0.1)
+        dealers[3].send_multipart([b"", json.dumps({**header, "id": 3}).encode(), image.tobytes()])
+        replies = []
+        for d in dealers:
+            assert d.poll(10_000), "a request got no reply"
+            replies.append(reply_of(d.recv_multipart()[1:]))
+        closing.join(10)
+        assert not closing.is_alive()
+    finally:
+        server.close()
+        for d in dealers:
+            d.close(linger=0)
+        ctx.term()
+    assert [r["status"] for r in replies[:3]] == ["ok", "ok", "ok"] and [r["id"] for r in replies] == [
+        0,
+        1,
+        2,
+        3,
+    ]
+    assert replies[3]["error"]["code"] == "busy" and "shutting down" in replies[3]["error"]["message"]
+    assert server.stats.ok == 3
+
+
 # ------------------------------------------------------------------ acceptance 3: load
 
 

@@ -243,3 +243,46 @@ def test_unreadable_resume_states_are_named(tiny_camvid: Path, tmp_path: Path) -
         trainer.load_state(tmp_path)
     with pytest.raises(CheckpointError, match="resume state not found"):
         trainer.load_state(tmp_path / "missing.pt")
+
+
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 0)])
+def test_a_signal_saves_the_state_and_sets_the_exit_status(
+    tiny_camvid: Path, tmp_path: Path, signum: int, status: int
+) -> None:
+    out = tmp_path / "best.pt"
+    state = state_path_for(out)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "RTSEG_ENGINE_DIR": str(tmp_path / "engines")}
+    proc = subprocess.Popen(
+        _cli(tiny_camvid, out, "--save-every", "0", "--epochs", "50"),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not state.exists():
+            assert time.monotonic() < deadline and proc.poll() is None, "training never saved a state"
+            time.sleep(0.05)
+        proc.send_signal(signum)
+        stdout, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == status
+    assert "stopped at epoch" in stdout and f"--resume {state}" in stdout
+    assert _progress(state)["epoch"] < 50
+
+
+def test_a_diverging_loss_stops_with_a_typed_error(tiny_camvid: Path, tmp_path: Path) -> None:
+    from rtseg.errors import TrainingError
+
+    trainer = Trainer(_config(tiny_camvid, tmp_path / "a.pt", class_weight_c=0), progress=False)
+    real_loss = trainer.loss
+
+    def diverged(logits, aux, labels):  # the real loss, times NaN: what a too-high learning rate gives
+        loss, parts = real_loss(logits, aux, labels)
+        return loss * float("nan"), parts
+
+    trainer.loss = diverged
+    with pytest.raises(TrainingError, match=r"loss became nan at epoch 1, batch 0: lower --lr"):
+        trainer.fit()
