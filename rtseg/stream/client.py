@@ -196,6 +196,7 @@ class Client:
                 size=size,
                 overlay=overlay,
                 overlay_quality=overlay_quality,
+                deadline_ms=self.timeout * 1000,  # after that this client no longer waits for it
             )
             frames = self.request([dumps(request.to_dict()), payload])
             try:

@@ -50,6 +50,7 @@ class ErrorCode(str, Enum):
     TOO_LARGE = "too_large"
     UNKNOWN_STREAM = "unknown_stream"
     BUSY = "busy"
+    EXPIRED = "expired"
     INTERNAL_ERROR = "internal_error"
 
 
@@ -505,10 +506,11 @@ class SegmentRequest:
     size: str = "output"  # output: engine output resolution; input: the request image's size
     overlay: bool = False
     overlay_quality: int = 80
+    deadline_ms: float | None = None  # how long the client waits: a request queued longer is not run
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"proto": PROTOCOL, "type": "segment", "image": self.image.to_dict()}
-        for name in ("id", "stream", "frame_index", "capture_ts"):
+        for name in ("id", "stream", "frame_index", "capture_ts", "deadline_ms"):
             value = getattr(self, name)
             if value is not None:
                 out[name] = value
@@ -556,6 +558,9 @@ def parse_request(data: Mapping[str, Any]) -> SegmentRequest:
     start = _bool(data, "start", default=False)
     if start and stream is None:
         raise _bad("start", "false when no stream is given", True)
+    deadline_ms = _float(data, "deadline_ms", required=False)
+    if deadline_ms is not None and deadline_ms <= 0:
+        raise _bad("deadline_ms", "a number of milliseconds > 0", deadline_ms)
     return SegmentRequest(
         image=image,
         id=request_id(data),
@@ -568,6 +573,7 @@ def parse_request(data: Mapping[str, Any]) -> SegmentRequest:
         size=_choice(reply, "size", ("output", "input"), "output"),
         overlay=_bool(reply, "overlay", default=False),
         overlay_quality=80 if quality is None else quality,
+        deadline_ms=deadline_ms,
     )
 
 

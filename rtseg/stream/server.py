@@ -456,6 +456,14 @@ class Server:
             req_id = request_id(data)
             check_protocol(data)
             request = parse_request(data)
+            if request.deadline_ms is not None and timings["queue"] > request.deadline_ms:
+                # Its client has given up (and a retrying one has sent it again): running it
+                # would only slow every request behind it.
+                raise WireError(
+                    ErrorCode.EXPIRED,
+                    f"waited {timings['queue']:.0f} ms in the queue, past its deadline_ms "
+                    f"{request.deadline_ms:g}; not run",
+                )
             image = self._decode_image(request, job.body[1].buffer, timings)
             reply = self._segment(request, image, timings, started)
             self._count(None)

@@ -92,7 +92,9 @@ def test_busy_port_is_a_clean_error(random_weights: Path, capsys: pytest.Capture
     assert f"cannot serve on {endpoint}" in capsys.readouterr().err
 
 
-def test_stream_ttl_and_drain_options_reach_the_server(random_weights: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_stream_ttl_and_drain_options_reach_the_server(
+    random_weights: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     seen: list[ServerLimits] = []
 
     def serve_forever(self: Server) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -121,3 +122,19 @@ def test_an_endless_timeout_is_refused(tcp_endpoint: str) -> None:
         Client(tcp_endpoint, timeout=float("inf"))
     with pytest.raises(ConfigError, match="finite"):
         Client(tcp_endpoint, timeout=float("nan"))
+
+
+def test_requests_carry_the_client_timeout_as_their_deadline(
+    small_engine: Engine, tcp_endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sent: list[dict] = []
+    original = Client.request
+
+    def spy(self: Client, frames: list) -> list:
+        sent.append(json.loads(frames[0]))
+        return original(self, frames)
+
+    monkeypatch.setattr(Client, "request", spy)
+    with Server(small_engine, bind=tcp_endpoint).start(), Client(tcp_endpoint, timeout=2.5) as client:
+        client.segment(IMAGE)
+    assert sent[0]["deadline_ms"] == 2500

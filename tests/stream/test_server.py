@@ -182,6 +182,8 @@ def bad_inputs() -> dict[str, tuple[list[bytes], str]]:
         "wrong type": ([h(type="segmnet"), raw], "bad_header"),
         "NaN timestamp": ([h()[:-1] + b', "capture_ts": NaN}', raw], "bad_header"),
         "bad id": ([h(id=[1]), raw], "bad_header"),
+        "negative deadline": ([h(deadline_ms=-5), raw], "bad_header"),
+        "deadline as text": ([h(deadline_ms="soon"), raw], "bad_header"),
         "bad stream id": ([h(stream="two words", start=True), raw], "bad_header"),
         "start without stream": ([h(start=True), raw], "bad_header"),
         "unknown stream": ([h(stream="never-started"), raw], "unknown_stream"),
@@ -342,14 +344,49 @@ def test_a_full_queue_answers_busy_at_once(small_engine: Engine, tcp_endpoint: s
     assert set(codes) == {"ok", "busy"} and len(codes) == 8, codes
 
 
+class SlowServer(Server):
+    """Each request takes 0.4 s more: a server under more load than it can carry."""
+
+    def _segment(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        time.sleep(0.4)
+        return super()._segment(*args, **kwargs)
+
+
+def test_requests_queued_past_their_deadline_are_not_run(small_engine: Engine, tcp_endpoint: str) -> None:
+    image = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    header = {
+        "proto": "rtseg/1",
+        "type": "segment",
+        "deadline_ms": 150,
+        "image": {"name": "image", "encoding": "raw", "dtype": "uint8", "shape": [48, 64, 3]},
+    }
+    ctx = zmq.Context()
+    dealer = ctx.socket(zmq.DEALER)
+    dealer.setsockopt(zmq.LINGER, 0)
+    try:
+        with SlowServer(small_engine, bind=tcp_endpoint, workers=1).start() as server:
+            dealer.connect(tcp_endpoint)
+            time.sleep(0.2)
+            for k in range(3):
+                dealer.send_multipart([b"", json.dumps({**header, "id": k}).encode(), image.tobytes()])
+            replies = []
+            for _ in range(3):
+                assert dealer.poll(10_000), "a request got no reply"
+                replies.append(reply_of(dealer.recv_multipart()[1:]))
+            stats = server.stats
+    finally:
+        dealer.close(linger=0)
+        ctx.term()
+    replies.sort(key=lambda r: r["id"])
+    assert replies[0]["status"] == "ok"
+    for r in replies[1:]:  # queued behind a 0.4 s request with 150 ms to live
+        assert r["error"]["code"] == "expired" and "past its deadline_ms 150" in r["error"]["message"]
+    assert stats.ok == 1 and stats.errors == {"expired": 2}
+
+
 def test_stop_answers_the_accepted_requests_and_refuses_new_ones(
     small_engine: Engine, tcp_endpoint: str
 ) -> None:
-    class SlowServer(Server):
-        def _segment(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-            time.sleep(0.4)
-            return super()._segment(*args, **kwargs)
-
     image = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
     header = {
         "proto": "rtseg/1",
