@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,17 @@ def _private_dirs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
         mp.setenv("RTSEG_ENGINE_DIR", str(tmp_path_factory.mktemp("default-engines")))
         mp.setenv("RTSEG_CALIBRATION_DIR", str(tmp_path_factory.mktemp("default-calibration")))
         yield
+
+
+@pytest.fixture(scope="session")
+def serve_process_args() -> Callable[..., tuple[list[str], dict[str, str]]]:
+    """(argv, env) for `rtseg serve` in a subprocess: ``weights`` at 64x48 on ``endpoint``."""
+
+    def args(weights: Path, endpoint: str, *extra: str) -> tuple[list[str], dict[str, str]]:
+        argv = [sys.executable, "-m", "rtseg", "serve", "--weights", str(weights), "--size", "64x48"]
+        return [*argv, "--bind", endpoint, *extra], {**os.environ, "PYTHONPATH": str(REPO)}
+
+    return args
 
 
 @pytest.fixture(scope="module")

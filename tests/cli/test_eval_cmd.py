@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -218,17 +219,14 @@ def _eval_tiny(root: Path, *extra: str) -> int:
     )
 
 
-@pytest.mark.parametrize("where", ["folder", "under-a-file"])
 def test_an_unusable_json_path_is_refused_before_the_evaluation(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], where: str
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], unusable_output: Callable[[str], Path]
 ) -> None:
-    blocker = tmp_path / "blocker"
-    blocker.write_text("keep")
-    target = tmp_path if where == "folder" else blocker / "report.json"
+    target = unusable_output("report.json")
     assert _eval_tiny(tmp_path / "nowhere", "--json", str(target)) == 2
     captured = capsys.readouterr()
     assert captured.err.startswith(f"rtseg eval: error: --json {target}") and captured.out == ""
-    assert len(captured.err.strip().splitlines()) == 1 and blocker.read_text() == "keep"
+    assert len(captured.err.strip().splitlines()) == 1 and (tmp_path / "blocker").read_text() == "keep"
 
 
 def test_a_json_write_that_fails_late_keeps_the_printed_report(

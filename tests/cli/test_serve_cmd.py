@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -35,25 +33,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_serve_answers_and_stops_on_sigterm(random_weights: Path) -> None:
+def test_serve_answers_and_stops_on_sigterm(random_weights: Path, serve_process_args) -> None:  # type: ignore[no-untyped-def]
     endpoint = f"tcp://127.0.0.1:{_free_port()}"
-    cmd = [
-        sys.executable,
-        "-m",
-        "rtseg",
-        "serve",
-        "--weights",
-        str(random_weights),
-        "--size",
-        "64x48",
-        "--bind",
-        endpoint,
-        "--scheduler",
-        "clockwork",
-        "--interval",
-        "2",
-    ]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cmd, env = serve_process_args(random_weights, endpoint, "--scheduler", "clockwork", "--interval", "2")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         assert proc.stdout is not None
@@ -118,24 +100,10 @@ def test_stream_ttl_and_drain_options_reach_the_server(
     assert seen[0].stream_ttl_s == 2.5 and seen[0].max_streams == 3 and seen[0].drain_s == 0.5
 
 
-def test_ctrl_c_stops_with_status_130(random_weights: Path) -> None:
+def test_ctrl_c_stops_with_status_130(random_weights: Path, serve_process_args) -> None:  # type: ignore[no-untyped-def]
     endpoint = f"tcp://127.0.0.1:{_free_port()}"
-    cmd = [
-        sys.executable,
-        "-m",
-        "rtseg",
-        "serve",
-        "--weights",
-        str(random_weights),
-        "--size",
-        "64x48",
-        "--backend",
-        "torch",
-    ]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen(
-        [*cmd, "--bind", endpoint], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
-    )
+    cmd, env = serve_process_args(random_weights, endpoint, "--backend", "torch")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         assert proc.stdout is not None and f"on {endpoint}" in proc.stdout.readline()
         proc.send_signal(signal.SIGINT)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -25,17 +26,14 @@ def _train(tmp_path: Path, *extra: str) -> list[str]:
     ]
 
 
-@pytest.mark.parametrize("where", ["folder", "under-a-file"])
 def test_an_unwritable_out_is_refused_before_training(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], where: str
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], unusable_output: Callable[[str], Path]
 ) -> None:
-    blocker = tmp_path / "blocker"
-    blocker.write_text("keep")
-    out = tmp_path if where == "folder" else blocker / "best.pt"
+    out = unusable_output("best.pt")
     assert main(_train(tmp_path, "--out", str(out))) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"rtseg train: error: --out {out}") and len(err.strip().splitlines()) == 1
-    assert blocker.read_text() == "keep"
+    assert (tmp_path / "blocker").read_text() == "keep"
 
 
 @pytest.mark.parametrize(

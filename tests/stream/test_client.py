@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -55,25 +54,15 @@ def test_server_restart_mid_run(small_engine: Engine, tcp_endpoint: str) -> None
     np.testing.assert_array_equal(again.labels, first[0].labels)
 
 
-def test_a_killed_server_process_is_survived(tmp_path: Path, free_port: Callable[[], int]) -> None:
+def test_a_killed_server_process_is_survived(
+    tmp_path: Path, free_port: Callable[[], int], serve_process_args
+) -> None:  # type: ignore[no-untyped-def]
     """kill -9 `rtseg serve`: the call in flight times out in time; a new process serves again."""
     weights = tmp_path / "espnet_random.pt"
     net = get_model("espnet")
     save_checkpoint(weights, net.state_dict(), net.meta)
     port = free_port()
-    cmd = [
-        sys.executable,
-        "-m",
-        "rtseg",
-        "serve",
-        "--weights",
-        str(weights),
-        "--size",
-        "64x48",
-        "--bind",
-        f"tcp://127.0.0.1:{port}",
-    ]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cmd, env = serve_process_args(weights, f"tcp://127.0.0.1:{port}")
 
     def serve() -> subprocess.Popen:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)

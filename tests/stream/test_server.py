@@ -4,9 +4,7 @@ fuzzing, limits, back-pressure and a concurrent load test (in-process and via `r
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -24,6 +22,12 @@ from rtseg.stream import Client, ErrorCode, Server, ServerLimits, StreamTimeout
 from rtseg.stream.protocol import encode_array
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+def raw_request(**fields: object) -> dict[str, object]:
+    """A segment request header for one raw 64x48 BGR image."""
+    image = {"name": "image", "encoding": "raw", "dtype": "uint8", "shape": [48, 64, 3]}
+    return {"proto": "rtseg/1", "type": "segment", "image": image, **fields}
 
 
 def request_frames(header: dict, image: bytes) -> list[bytes]:
@@ -91,12 +95,7 @@ def test_streams_run_the_keyframe_scheduler(small_engine: Engine, tcp_endpoint: 
 
 def test_unknown_stream_is_refused_and_streams_are_bounded(small_engine: Engine, tcp_endpoint: str) -> None:
     image = np.zeros((48, 64, 3), np.uint8)
-    header = {
-        "proto": "rtseg/1",
-        "type": "segment",
-        "stream": "s1",
-        "image": {"name": "image", "encoding": "raw", "dtype": "uint8", "shape": [48, 64, 3]},
-    }
+    header = raw_request(stream="s1")
     limits = ServerLimits(max_streams=2)
     with (
         Server(small_engine, bind=tcp_endpoint, limits=limits).start(),
@@ -316,11 +315,7 @@ def test_oversized_frame_is_cut_by_libzmq_and_the_server_survives(
 def test_a_full_queue_answers_busy_at_once(small_engine: Engine, tcp_endpoint: str) -> None:
     limits = ServerLimits(queue_size=1)
     image = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
-    header = {
-        "proto": "rtseg/1",
-        "type": "segment",
-        "image": {"name": "image", "encoding": "raw", "dtype": "uint8", "shape": [48, 64, 3]},
-    }
+    header = raw_request()
     ctx = zmq.Context()
     dealers = [ctx.socket(zmq.DEALER) for _ in range(8)]
     try:
@@ -354,12 +349,7 @@ class SlowServer(Server):
 
 def test_requests_queued_past_their_deadline_are_not_run(small_engine: Engine, tcp_endpoint: str) -> None:
     image = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
-    header = {
-        "proto": "rtseg/1",
-        "type": "segment",
-        "deadline_ms": 150,
-        "image": {"name": "image", "encoding": "raw", "dtype": "uint8", "shape": [48, 64, 3]},
-    }
+    header = raw_request(deadline_ms=150)
     ctx = zmq.Context()
     dealer = ctx.socket(zmq.DEALER)
     dealer.setsockopt(zmq.LINGER, 0)
@@ -388,11 +378,7 @@ def test_stop_answers_the_accepted_requests_and_refuses_new_ones(
     small_engine: Engine, tcp_endpoint: str
 ) -> None:
     image = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
-    header = {
-        "proto": "rtseg/1",
-        "type": "segment",
-        "image": {"name": "image", "encoding": "raw", "dtype": "uint8", "shape": [48, 64, 3]},
-    }
+    header = raw_request()
     ctx = zmq.Context()
     dealers = [ctx.socket(zmq.DEALER) for _ in range(4)]
     server = SlowServer(small_engine, bind=tcp_endpoint, workers=1).start()
@@ -513,26 +499,13 @@ def test_concurrent_clients_in_process(small_engine: Engine, tcp_endpoint: str, 
     assert stats.ok == 96 and not stats.errors and stats.undeliverable == 0
 
 
-def _serve(tmp_path: Path, port: int, *extra: str) -> subprocess.Popen:
+def _serve(serve_process_args, tmp_path: Path, port: int, *extra: str) -> subprocess.Popen:  # type: ignore[no-untyped-def]
     """`rtseg serve` in a subprocess on random-init ESPNet weights saved as an rtseg checkpoint."""
     weights = tmp_path / "espnet_random.pt"
     if not weights.exists():
         net = get_model("espnet")
         save_checkpoint(weights, net.state_dict(), net.meta)
-    cmd = [
-        sys.executable,
-        "-m",
-        "rtseg",
-        "serve",
-        "--weights",
-        str(weights),
-        "--size",
-        "64x48",
-        "--bind",
-        f"tcp://127.0.0.1:{port}",
-        *extra,
-    ]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cmd, env = serve_process_args(weights, f"tcp://127.0.0.1:{port}", *extra)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
     line = proc.stdout.readline() if proc.stdout else ""
     if "rtseg serve:" not in line:
@@ -545,10 +518,10 @@ def _serve(tmp_path: Path, port: int, *extra: str) -> subprocess.Popen:
 
 @pytest.mark.slow
 def test_load_8_clients_x_200_requests_against_rtseg_serve(
-    tmp_path: Path, free_port: Callable[[], int], random_images
+    tmp_path: Path, free_port: Callable[[], int], random_images, serve_process_args
 ) -> None:  # type: ignore[no-untyped-def]
     port = free_port()
-    proc = _serve(tmp_path, port, "--workers", "2", "--interval", "4", "--no-warp")
+    proc = _serve(serve_process_args, tmp_path, port, "--workers", "2", "--interval", "4", "--no-warp")
     try:
         engine = load(get_model("espnet", weights=tmp_path / "espnet_random.pt"), input_size=(64, 48))
         images = random_images(4, (48, 64, 3), seed=11)
