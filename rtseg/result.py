@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -13,7 +14,12 @@ from .data.labels import ClassSet
 
 def labels_at(labels: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """Labels resized (nearest neighbour) to an h x w shape; the same array when it already fits."""
-    h, w = shape[:2]
+    try:
+        h, w = (operator.index(n) for n in tuple(shape)[:2])
+    except (TypeError, ValueError):
+        raise TypeError(f"shape must be (h, w) or (h, w, channels) in whole pixels, got {shape!r}") from None
+    if h <= 0 or w <= 0:
+        raise ValueError(f"shape must have a positive height and width, got {tuple(shape)}")
     if labels.shape == (h, w):
         return labels
     return cv2.resize(labels, (w, h), interpolation=cv2.INTER_NEAREST)

@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 
 from .engine.base import Engine
+from .errors import ConfigError
 from .models.base import StagedSegmenter
 from .result import SegResult
 from .schedule import Scheduler, make_scheduler
@@ -24,6 +25,17 @@ def resolve_backend(backend: str) -> str:
     if backend == "auto" and "auto" not in getattr(engine, "BACKENDS", ()):
         return "torch"
     return backend
+
+
+def _scheduler(scheduler: object) -> Scheduler:
+    if isinstance(scheduler, str):
+        return make_scheduler(scheduler)
+    if not isinstance(scheduler, Scheduler):
+        raise TypeError(
+            "scheduler must be a name (every, clockwork, adaptive, async) or a Scheduler "
+            f"(rtseg.schedule.make_scheduler(...)), got {type(scheduler).__name__}"
+        )
+    return scheduler
 
 
 def load_engine(
@@ -51,7 +63,8 @@ class Segmenter:
     ``scheduler`` is a name (``every``, ``clockwork``, ``adaptive``, ``async``: default options) or
     a configured Scheduler (``rtseg.schedule.make_scheduler(...)``). Scheduling state is per
     stream: use one Segmenter per camera, or ``reset()`` when the stream jumps. Pass ``engine`` to
-    share one loaded engine between several Segmenters.
+    share one loaded engine between several Segmenters: ``close()`` then leaves it open (its
+    owner closes it); an engine the Segmenter loaded itself is closed with it.
     """
 
     def __init__(
@@ -65,13 +78,29 @@ class Segmenter:
         engine: Engine | None = None,
         **engine_options: Any,
     ) -> None:
+        self._owns_engine = engine is None
         if engine is None:
             engine = load_engine(
                 model, weights=weights, backend=backend, input_size=input_size, **engine_options
             )
+        else:
+            if not isinstance(engine, Engine):
+                raise TypeError(
+                    f"engine must be an rtseg Engine (rtseg.engine.load(...)), got {type(engine).__name__}"
+                )
+            loading = {"model": model, "weights": weights, "input_size": input_size, **engine_options}
+            given = [k for k, v in loading.items() if v is not None]
+            given += ["backend"] if backend != "auto" else []
+            if given:
+                raise ConfigError(
+                    f"engine= is an already loaded engine ({engine.info.model} on "
+                    f"{engine.info.backend}): {', '.join(given)} would be ignored; pass either "
+                    "engine or the options to load one"
+                )
         self.engine = engine
-        self.scheduler = make_scheduler(scheduler) if isinstance(scheduler, str) else scheduler
+        self.scheduler = _scheduler(scheduler)
         self._lock = threading.Lock()
+        self._closed = False
         self._interpolation = (
             cv2.INTER_AREA if engine.meta.preprocessing.interpolation == "area" else cv2.INTER_LINEAR
         )
@@ -108,6 +137,7 @@ class Segmenter:
         """Labels for one BGR frame (any size; resized to the engine's input), at output resolution."""
         image, index = (frame.image, frame.index) if isinstance(frame, Frame) else (frame, None)
         with self._lock:
+            self._check_open()
             t0 = time.perf_counter()
             x = self.preprocess(image)
             ms = (time.perf_counter() - t0) * 1000.0
@@ -124,8 +154,9 @@ class Segmenter:
 
     def use_scheduler(self, scheduler: str | Scheduler) -> None:
         """Switch schedulers (the new one starts with an empty cache)."""
-        new = make_scheduler(scheduler) if isinstance(scheduler, str) else scheduler
+        new = _scheduler(scheduler)
         with self._lock:
+            self._check_open()
             self.scheduler.close()
             self.scheduler = new
             self.scheduler.reset()
@@ -135,10 +166,19 @@ class Segmenter:
         with self._lock:
             self.scheduler.reset()
 
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ConfigError("this Segmenter is closed; make a new one to segment more frames")
+
     def close(self) -> None:
+        """End the scheduler's worker and, if this Segmenter loaded its engine, the engine; idempotent."""
         with self._lock:
+            if self._closed:
+                return
+            self._closed = True
             self.scheduler.close()
-            self.engine.close()
+            if self._owns_engine:
+                self.engine.close()
 
     def __enter__(self) -> Segmenter:
         return self

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from rtseg.data.labels import ClassSet
 from rtseg.result import SegResult
@@ -25,3 +26,14 @@ def test_labels_at_a_frame_size_are_nearest_neighbour() -> None:
 def test_labels_at_their_own_size_are_not_copied() -> None:
     labels = np.zeros((3, 5), np.uint8)
     assert _result(labels).labels_at((3, 5)) is labels
+
+
+def test_labels_at_refuses_shapes_it_cannot_resize_to() -> None:
+    result = _result(np.zeros((3, 5), np.uint8))
+    with pytest.raises(ValueError, match=r"positive height and width, got \(0, 0\)"):
+        result.labels_at((0, 0))
+    with pytest.raises(TypeError, match=r"whole pixels, got \(96.0, 128.0\)"):
+        result.labels_at((96.0, 128.0))
+    with pytest.raises(TypeError, match="got 96"):
+        result.labels_at(96)
+    assert result.labels_at(np.zeros((6, 10, 3), np.uint8).shape).shape == (6, 10)

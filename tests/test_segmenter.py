@@ -10,6 +10,7 @@ import torch
 
 from rtseg import Segmenter
 from rtseg.engine import load
+from rtseg.errors import ConfigError
 from rtseg.models import get_model
 from rtseg.schedule import Clockwork
 from rtseg.source import Frame
@@ -101,3 +102,47 @@ def test_real_checkpoint_from_weights_alone(espnet_camvid_weights: Path, camvid_
     r = seg(image)
     assert r.labels.shape == (360, 480)
     assert np.bincount(r.labels.ravel(), minlength=11)[3] > 0.2 * r.labels.size  # a road scene: lots of road
+
+
+def test_calls_after_close_are_refused(engine) -> None:
+    """A closed Segmenter says so, rather than a KeyError from an ONNX/OpenVINO engine's cleared
+    sessions (or, on torch, silently running on)."""
+    with Segmenter(engine=engine, scheduler="async") as seg:
+        seg(np.zeros((48, 64, 3), np.uint8))
+    with pytest.raises(ConfigError, match="Segmenter is closed"):
+        seg(np.zeros((48, 64, 3), np.uint8))
+    with pytest.raises(ConfigError, match="Segmenter is closed"):
+        seg.use_scheduler("every")
+    seg.close()  # idempotent
+
+
+def test_close_leaves_a_shared_engine_open(engine, monkeypatch) -> None:
+    closed: list[str] = []
+    monkeypatch.setattr(engine, "close", lambda: closed.append("shared"))
+    first, second = Segmenter(engine=engine), Segmenter(engine=engine)
+    first.close()
+    assert closed == [] and second(np.zeros((48, 64, 3), np.uint8)).labels.shape == (48, 64)
+    own = Segmenter(get_model("espnet"), backend="torch", input_size=(64, 48))
+    monkeypatch.setattr(own.engine, "close", lambda: closed.append("own"))
+    own.close()
+    assert closed == ["own"]  # the engine it loaded itself is closed with it
+
+
+def test_engine_with_loading_options_is_refused(engine) -> None:
+    """weights= (or model, backend, input_size) beside engine= would be silently ignored."""
+    with pytest.raises(ConfigError, match=r"weights would be ignored"):
+        Segmenter(engine=engine, weights="mine.pt")
+    with pytest.raises(ConfigError, match=r"input_size, backend would be ignored"):
+        Segmenter(engine=engine, input_size=(128, 96), backend="onnxruntime")
+    with pytest.raises(TypeError, match=r"engine must be an rtseg Engine.*got str"):
+        Segmenter(engine="torch")
+
+
+def test_scheduler_must_be_a_name_or_a_scheduler(engine) -> None:
+    with pytest.raises(TypeError, match=r"scheduler must be a name .* got int"):
+        Segmenter(engine=engine, scheduler=4)
+    seg = Segmenter(engine=engine, scheduler="clockwork")
+    with pytest.raises(TypeError, match="scheduler must be a name"):
+        seg.use_scheduler(Clockwork)  # the class, not an instance
+    assert seg.scheduler.name == "clockwork"  # the old one is kept, still usable
+    assert seg(np.zeros((48, 64, 3), np.uint8)).is_keyframe

@@ -424,6 +424,7 @@ def run_config(cfg: BenchConfig) -> dict[str, Any]:
                 result["pipeline"] = measure_pipeline(segmenter, cfg, memory)
         finally:
             segmenter.close()
+            engine.close()  # the segmenter does not own it
     except Exception as exc:
         result["status"] = "failed"
         result["reason"] = f"{type(exc).__name__}: {exc}"

@@ -228,6 +228,7 @@ def run(args: argparse.Namespace) -> int:
         finally:
             stats = pipeline.close()
             seg.close()
+            engine.close()  # loaded here, so closed here (a Segmenter closes only the engines it loads)
     if tty:
         print(file=sys.stderr)
     if interrupted:

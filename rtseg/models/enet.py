@@ -212,6 +212,7 @@ class ENet(StagedSegmenter):
         init_weights(self)
 
     def forward_low(self, x: Tensor) -> Features:
+        self.check_input(x)  # other sizes fail later, in max-unpooling, with an opaque shape error
         s1, idx1 = self.down1(self.initial(x))
         return {"s1": self.stage1(s1), "idx1": idx1}
 

@@ -247,6 +247,7 @@ class ESPNet(StagedSegmenter):
         return out.train(self.training)
 
     def forward_low(self, x: Tensor) -> Features:
+        self.check_input(x)  # other sizes fail later, in a decoder concat, with an opaque shape error
         stem = self.encoder.stem(x)
         low = {"l1_cat": stem["l1_cat"], "image_s4": stem["image_s4"]}
         if self.skip == "l1":

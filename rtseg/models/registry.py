@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import numbers
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -282,12 +283,12 @@ def default_meta(name: str, *, num_classes: int | None = None, **config: Any) ->
 UNKNOWN_SOURCE = "unrecognised plain state dict"
 
 
-def _meta_for_plain(spec: ModelSpec, ckpt: LoadedCheckpoint) -> WeightsMeta:
+def _meta_for_plain(spec: ModelSpec, ckpt: LoadedCheckpoint, num_classes: int | None) -> WeightsMeta:
     known = find_known(ckpt.sha256)
     config = dict(spec.default_config)
     if spec.config_from_state_dict is not None:
         # Not this architecture if it raises: the key comparison below says exactly how.
-        with contextlib.suppress(KeyError, IndexError, ValueError):
+        with contextlib.suppress(KeyError, IndexError, ValueError, CheckpointError):
             config = {**config, **spec.config_from_state_dict(ckpt.state_dict)}
     inferred_outputs = int(config.pop("num_outputs", 0))
     if known is not None:
@@ -305,9 +306,15 @@ def _meta_for_plain(spec: ModelSpec, ckpt: LoadedCheckpoint) -> WeightsMeta:
             metrics=known.metrics,
         )
     num_outputs = inferred_outputs or len(spec.classes) + spec.void_outputs
-    classes = spec.classes
-    if num_outputs - spec.void_outputs != len(classes):
-        classes = numbered_classes(num_outputs - spec.void_outputs)
+    # The authors' files end in void channels; rtseg's own networks (get_model) have none, so a
+    # plain state dict saved from get_model(name[, num_classes=N]) reads back as it was built.
+    if num_classes is not None and num_outputs in (num_classes, num_classes + spec.void_outputs):
+        real = num_classes
+    elif num_outputs == len(spec.classes):
+        real = num_outputs
+    else:
+        real = num_outputs - spec.void_outputs
+    classes = spec.classes if real == len(spec.classes) else numbered_classes(real)
     return WeightsMeta(
         model=spec.name,
         config=config,
@@ -331,6 +338,9 @@ def get_model(
     palette, preprocessing and provenance travel with the network.
     """
     spec = get_spec(name)
+    whole = isinstance(num_classes, numbers.Integral) and not isinstance(num_classes, bool)
+    if num_classes is not None and not whole:
+        raise TypeError(f"num_classes must be a whole number, got {num_classes!r}")
     if weights is None:
         meta = default_meta(name, num_classes=num_classes, **config)
         model = spec.builder(num_outputs=meta.num_outputs, **meta.config)
@@ -343,7 +353,7 @@ def get_model(
             raise CheckpointError(f"{ckpt.path} holds weights for model {ckpt.meta.model!r}, not {name!r}")
         meta = ckpt.meta
     else:
-        meta = _meta_for_plain(spec, ckpt)
+        meta = _meta_for_plain(spec, ckpt, num_classes)
     if num_classes is not None and num_classes != len(meta.classes):
         raise CheckpointError(
             f"{ckpt.path} predicts {len(meta.classes)} classes ({meta.classes.name}), "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import numbers
 import time
 from types import MappingProxyType
 from typing import Any
@@ -24,6 +25,14 @@ DEFAULT_THRESHOLD = MappingProxyType({"features": 0.12, "flow": 0.08})
 DEFAULT_MAX_INTERVAL = 10
 
 
+def _check_count(what: str, value: Any, minimum: int) -> None:
+    """A frame count must be a whole number (2.5 or NaN frames would silently change the schedule)."""
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+        raise ConfigError(f"{what} must be a whole number of frames >= {minimum}, got {value!r}")
+    if value < minimum:
+        raise ConfigError(f"{what} must be >= {minimum}, got {value}")
+
+
 class Every(Scheduler):
     """Every frame is a keyframe: the reference every other schedule is measured against."""
 
@@ -41,8 +50,7 @@ class Clockwork(Scheduler):
     name = "clockwork"
 
     def __init__(self, interval: int = 4, *, warp: FlowWarp | None = None) -> None:
-        if interval < 1:
-            raise ConfigError(f"clockwork interval must be >= 1, got {interval}")
+        _check_count("clockwork interval", interval, 1)
         super().__init__(warp=warp)
         self.interval = interval
 
@@ -85,14 +93,15 @@ class Adaptive(Scheduler):
     ) -> None:
         if threshold is not None and target_keyframe_rate is not None:
             raise ConfigError("give either a threshold or a target keyframe rate, not both")
-        if threshold is not None and threshold < 0:
-            raise ConfigError(f"adaptive threshold must be >= 0, got {threshold}")
-        if max_interval < 1:
-            raise ConfigError(f"max_interval must be >= 1, got {max_interval}")
-        if target_keyframe_rate is not None and not 0 < target_keyframe_rate <= 1:
-            raise ConfigError(f"target keyframe rate must be in (0, 1], got {target_keyframe_rate}")
-        if calibration_frames < 2:
-            raise ConfigError(f"calibration_frames must be >= 2, got {calibration_frames}")
+        # "not x >= 0" also refuses NaN, which every comparison would silently treat as "no change".
+        if threshold is not None and (not isinstance(threshold, numbers.Real) or not threshold >= 0):
+            raise ConfigError(f"adaptive threshold must be a number >= 0, got {threshold!r}")
+        _check_count("max_interval", max_interval, 1)
+        if target_keyframe_rate is not None and (
+            not isinstance(target_keyframe_rate, numbers.Real) or not 0 < target_keyframe_rate <= 1
+        ):
+            raise ConfigError(f"target keyframe rate must be in (0, 1], got {target_keyframe_rate!r}")
+        _check_count("calibration_frames", calibration_frames, 2)
         change = change or ("flow" if warp is not None else "features")
         if change not in CHANGES:
             raise ConfigError(f"change must be one of {CHANGES}, got {change!r}")

@@ -141,3 +141,29 @@ def test_upstream_checkpoint_for_other_model(data_root: Path) -> None:
 def test_upstream_checkpoint_wrong_class_count(espnet_camvid_weights: Path) -> None:
     with pytest.raises(CheckpointError, match=r"predicts 11 classes \(camvid\), but num_classes=19"):
         get_model("espnet", weights=espnet_camvid_weights, num_classes=19)
+
+
+def test_plain_state_dict_of_another_family_names_the_file(tmp_path: Path) -> None:
+    """ESPNetv2's config reader raised its own CheckpointError, without the path or the key lists."""
+    path = tmp_path / "espnet_plain.pt"
+    torch.save(get_model("espnet", num_classes=11).state_dict(), path)
+    with pytest.raises(CheckpointError) as info:
+        get_model("espnetv2", weights=path)
+    message = str(info.value)
+    assert str(path) in message and "does not fit model 'espnetv2'" in message
+    assert "unexpected keys in the checkpoint, first: ['encoder.level1.conv.weight'" in message
+
+
+def test_plain_state_dict_of_an_rtseg_network_reads_back_as_built(tmp_path: Path) -> None:
+    """torch.save(get_model(...).state_dict()) lost a class: the last output was taken for void."""
+    default = tmp_path / "espnet_19.pt"
+    torch.save(get_model("espnet").state_dict(), default)
+    model = get_model("espnet", weights=default)
+    assert model.meta.classes.name == "cityscapes" and model.meta.num_outputs == 19
+    five = tmp_path / "espnet_5.pt"
+    torch.save(get_model("espnet", num_classes=5).state_dict(), five)
+    model = get_model("espnet", weights=five, num_classes=5)
+    assert len(model.meta.classes) == 5 and model.meta.num_outputs == 5
+    assert len(get_model("espnet", weights=five, num_classes=4).meta.classes) == 4  # 4 + a void output
+    with pytest.raises(CheckpointError, match="but num_classes=11 was asked for"):
+        get_model("espnet", weights=five, num_classes=11)

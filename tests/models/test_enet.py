@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rtseg.errors import ConfigError
+from rtseg.models import get_model
 from rtseg.models.base import deep_inputs, param_count, prime_batchnorm
 from rtseg.models.enet import ENet, max_unpool2x2
 
@@ -128,3 +129,10 @@ def test_onnx_export_runs_in_onnxruntime(tmp_path) -> None:
     # Pooling indices match exactly; fp32 summation order differs between the engines and gives
     # about 1.3e-4 absolute on logits of magnitude 8, so the bound is relative to the logit range.
     torch.testing.assert_close(torch.from_numpy(got), want, rtol=0, atol=1e-4 * scale)
+
+
+def test_sizes_max_unpooling_cannot_take_are_named() -> None:
+    """60x100 used to fail deep in max_unpool2x2 with an indices/values shape mismatch."""
+    model = get_model("enet", num_classes=3)
+    with pytest.raises(ValueError, match="ENet needs input height and width divisible by 8, got 100x60"):
+        model(torch.zeros(1, 3, 60, 100))

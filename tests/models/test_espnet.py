@@ -85,3 +85,12 @@ def test_width_and_selection_are_validated() -> None:
         ESPNet(num_outputs=12, width=8)
     with pytest.raises(ValueError, match=r"output indices must be in 0\.\.19"):
         ESPNet(num_outputs=20).select_outputs([3, 20])
+
+
+def test_sizes_the_decoder_cannot_take_are_named() -> None:
+    """60x100 used to fail deep in a decoder torch.cat ("Sizes of tensors must match ...")."""
+    model = get_model("espnet", num_classes=3)
+    with pytest.raises(ValueError, match="ESPNet needs input height and width divisible by 8, got 100x60"):
+        model(torch.zeros(1, 3, 60, 100))
+    with pytest.raises(ValueError, match=r"expected an Nx3xHxW tensor, got shape \(1, 1, 64, 64\)"):
+        model(torch.zeros(1, 1, 64, 64))

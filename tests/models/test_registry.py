@@ -74,3 +74,10 @@ def test_num_classes_changes_outputs_and_classes() -> None:
 def test_unknown_model_lists_the_available_ones() -> None:
     with pytest.raises(ConfigError, match="unknown model 'segformer'; available: enet"):
         get_spec("segformer")
+
+
+def test_num_classes_must_be_a_whole_number() -> None:
+    with pytest.raises(TypeError, match=r"num_classes must be a whole number, got 2\.5"):
+        get_model("espnet", num_classes=2.5)
+    with pytest.raises(TypeError, match="num_classes must be a whole number, got True"):
+        get_model("enet", num_classes=True)

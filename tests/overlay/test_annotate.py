@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
 from rtseg.data.labels import CAMVID
+from rtseg.errors import ConfigError
 from rtseg.overlay import OverlayStyle, annotate, colorize
 from rtseg.result import SegResult
 
@@ -49,3 +52,26 @@ def test_legend_and_hud_draw_something() -> None:
     hud = annotate(frame, _result(keyframe=False), "overlay", hud=True, fps=12.5)
     assert (legend != plain).any(axis=2)[:60, :120].sum() > 200  # the top-left legend box
     assert (hud != plain).any(axis=2)[:40, -160:].sum() > 200  # the top-right HUD
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        np.zeros((48, 64), np.uint8),  # grayscale: was blended into a 3-channel image silently
+        np.zeros((48, 64, 4), np.uint8),  # BGRA: was an OpenCV assertion
+        np.zeros((48, 64, 3), np.float32),  # float: was converted to uint8 silently
+        np.zeros((0, 0, 3), np.uint8),  # empty: was an OpenCV assertion in resize
+    ],
+)
+def test_frames_that_are_not_bgr_uint8_are_refused(frame: np.ndarray) -> None:
+    with pytest.raises(ValueError, match="HxWx3 uint8 BGR image, got shape " + re.escape(str(frame.shape))):
+        annotate(frame, _result())
+    with pytest.raises(TypeError, match="NumPy array, got list"):
+        annotate(frame.tolist(), _result())
+
+
+def test_bad_alpha_and_size_name_the_argument() -> None:
+    with pytest.raises(ConfigError, match=r"alpha must be a number in \[0, 1\], got '0.5'"):
+        annotate(np.zeros((48, 64, 3), np.uint8), _result(), alpha="0.5")
+    with pytest.raises(ValueError, match=r"size must be \(width, height\).*got \(0, 48\)"):
+        colorize(_result().labels, CAMVID, (0, 48))

@@ -105,3 +105,31 @@ def test_make_scheduler_validates() -> None:
         Adaptive(0.1, target_keyframe_rate=0.3)
     with pytest.raises(ConfigError, match="interval must be >= 1"):
         Clockwork(0)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        # 2.5 frames silently meant 3, NaN or inf meant "never again" after the first keyframe
+        ({"name": "clockwork", "interval": 2.5}, r"clockwork interval must be a whole number .* got 2.5"),
+        ({"name": "clockwork", "interval": float("nan")}, r"clockwork interval .* got nan"),
+        ({"name": "clockwork", "interval": True}, r"clockwork interval .* got True"),
+        ({"name": "adaptive", "max_interval": float("inf")}, r"max_interval .* got inf"),
+        ({"name": "async", "max_interval": 2.5}, r"max_interval must be a whole number .* got 2.5"),
+        # NaN compares false with every score: no keyframe on change, ever
+        ({"name": "adaptive", "threshold": float("nan")}, r"threshold must be a number >= 0, got nan"),
+        ({"name": "async", "threshold": "0.1"}, r"adaptive threshold must be a number >= 0, got '0.1'"),
+        ({"name": "adaptive", "target_keyframe_rate": "0.5"}, r"target keyframe rate .* got '0.5'"),
+    ],
+)
+def test_counts_and_thresholds_must_be_real_values(options: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        make_scheduler(**options)
+
+
+def test_whole_numbers_of_any_integer_type_are_fine() -> None:
+    assert make_scheduler("clockwork", interval=np.int64(3)).interval == 3
+    assert make_scheduler("adaptive", threshold=np.float32(0.1), max_interval=np.int32(5)).max_interval == 5
+    assert make_scheduler("adaptive", threshold=0).threshold == 0
+    with pytest.raises(ConfigError, match="calibration_frames must be a whole number"):
+        Adaptive(target_keyframe_rate=0.2, calibration_frames=30.0)
