@@ -84,7 +84,7 @@ def labels_from_logits(logits: torch.Tensor, num_classes: int, size: tuple[int, 
     x = logits[:, :num_classes].float()
     if x.shape[-2:] != (size[1], size[0]):
         x = F.interpolate(x, size=(size[1], size[0]), mode="bilinear", align_corners=False)
-    return x.argmax(1)[0].to(torch.uint8).numpy()
+    return x.max(1).indices[0].to(torch.uint8).numpy()  # argmax; see engine.graphs.labels_from
 
 
 def evaluate(

@@ -77,8 +77,13 @@ class DeepGraph(nn.Module):
 
 def labels_from(logits: Tensor, num_classes: int, portable: bool = False) -> Tensor:
     """uint8 argmax over the real classes. ``portable`` casts through float32 first: TensorRT only
-    converts to uint8 from float32/float16, never from integer indices (exact below 2**24 classes)."""
-    index = logits[:, :num_classes].argmax(1)
+    converts to uint8 from float32/float16, never from integer indices (exact below 2**24 classes).
+
+    ``max(1).indices`` is argmax (the first maximum, NaN included) and exports to the same ONNX
+    ArgMax, but PyTorch's CPU argmax over the channel axis is a slow strided reduction: ESPNet at
+    480x360, 11 of 20 channels, 15 ms against 2.6 ms, half of the torch backend's head.
+    """
+    index = logits[:, :num_classes].max(1).indices
     if portable:
         index = index.to(torch.float32)
     return index.to(torch.uint8)
