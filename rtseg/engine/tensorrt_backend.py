@@ -9,7 +9,13 @@ calibration (``int8_mode="calibrator"``) uses ``calibration.EntropyCalibrator`` 
 ``IInt8EntropyCalibrator2``; its cache goes to calibration/cache/.
 
 Run: features between stages stay torch CUDA tensors (allocated fresh per call, so a cached deep
-result is never overwritten); only the labels are copied to the host.
+result is never overwritten); only the labels are copied to the host. The plans run on the
+engine's own CUDA stream (TensorRT warns that ``execute_async_v3`` on the default stream costs
+extra synchronisation), ordered after the caller's current stream and before its later work.
+
+TensorRT reports most failures (an unparsable graph, out of memory while building, a plan from
+another TensorRT version or GPU) only through its logger and a None result; one process-wide
+logger forwards its messages to rtseg's log and puts the errors into the raised ``rtseg`` error.
 
 This path has not yet run on a GPU: it is written against the TensorRT 10 API documentation,
 and only the parts that need no GPU (graph rewrites, QDQ export, artifact names, the
@@ -18,10 +24,12 @@ calibrator's batching and cache I/O) are tested on CPU.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import threading
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +63,51 @@ def _trt() -> Any:
             f"rtseg's tensorrt backend is written for TensorRT 10, found {tensorrt.__version__}: {INSTALL}"
         )
     return tensorrt
+
+
+@functools.cache
+def trt_logger(trt: Any) -> Any:
+    """The process-wide ``trt.ILogger``: TensorRT keeps using the logger of the first builder or
+    runtime, and a logger must outlive every object created with it. Errors and warnings go to
+    rtseg's log; ``capture()`` collects the error messages logged while it is open."""
+    severity = trt.ILogger.Severity
+
+    class _Logger(trt.ILogger):  # type: ignore[misc,name-defined]
+        def __init__(self) -> None:
+            trt.ILogger.__init__(self)
+            self._lock = threading.Lock()
+            self._sinks: list[list[str]] = []
+
+        def log(self, level: Any, msg: str) -> None:
+            if level in (severity.INTERNAL_ERROR, severity.ERROR):
+                log.error("TensorRT: %s", msg)
+                with self._lock:
+                    for sink in self._sinks:
+                        sink.append(str(msg))
+            elif level == severity.WARNING:
+                log.warning("TensorRT: %s", msg)
+            else:
+                log.debug("TensorRT: %s", msg)
+
+        @contextmanager
+        def capture(self) -> Iterator[list[str]]:
+            sink: list[str] = []
+            with self._lock:
+                self._sinks.append(sink)
+            try:
+                yield sink
+            finally:
+                with self._lock:
+                    self._sinks.remove(sink)
+
+    return _Logger()
+
+
+def _said(errors: list[str]) -> str:
+    return f": {'; '.join(errors)}" if errors else " (TensorRT logged no error)"
+
+
+OUT_OF_MEMORY = re.compile(r"out of memory|outofmemory|insufficient memory|cudaErrorMemoryAllocation", re.I)
 
 
 def cuda_index(device: str) -> int:
@@ -109,24 +162,40 @@ def timing_cache_path(cache: ArtifactCache, device: str, trt_version: str) -> Pa
 
 
 def as_trt_calibrator(calibrator: EntropyCalibrator) -> Any:
-    """Wrap rtseg's calibrator in TensorRT's IInt8EntropyCalibrator2 base class."""
+    """Wrap rtseg's calibrator in TensorRT's IInt8EntropyCalibrator2 base class (deprecated since
+    TensorRT 10.1 in favour of explicit QDQ quantisation, still present in 10.x).
+
+    TensorRT's bindings catch an exception raised in a callback, print "Exception caught in
+    get_batch()" and fail the build; the wrapper keeps the first exception in ``.error`` (and ends
+    calibration) so that ``build_plan`` raises it instead of a bare build failure.
+    """
     trt = _trt()
 
     class _Calibrator(trt.IInt8EntropyCalibrator2):  # type: ignore[misc,name-defined]
         def __init__(self) -> None:
             trt.IInt8EntropyCalibrator2.__init__(self)
+            self.error: BaseException | None = None
+
+        def _call(self, method: Callable[..., Any], *args: Any, failed: Any = None) -> Any:
+            if self.error is not None:
+                return failed
+            try:
+                return method(*args)
+            except Exception as exc:  # re-raised by build_plan
+                self.error = exc
+                return failed
 
         def get_batch_size(self) -> int:
-            return calibrator.get_batch_size()
+            return self._call(calibrator.get_batch_size, failed=1)
 
         def get_batch(self, names: list[str]) -> list[int] | None:
-            return calibrator.get_batch(list(names))
+            return self._call(calibrator.get_batch, list(names))
 
         def read_calibration_cache(self) -> bytes | None:
-            return calibrator.read_calibration_cache()
+            return self._call(calibrator.read_calibration_cache)
 
         def write_calibration_cache(self, cache: Any) -> None:
-            calibrator.write_calibration_cache(cache)
+            self._call(calibrator.write_calibration_cache, cache)
 
     return _Calibrator()
 
@@ -141,13 +210,13 @@ def build_plan(
 ) -> tuple[bytes, bytes]:
     """Serialised plan and updated timing cache for one stage graph."""
     trt = _trt()
-    logger = trt.Logger(trt.Logger.WARNING)
+    logger = trt_logger(trt)
     builder = trt.Builder(logger)
-    network = builder.create_network(0)
+    network = builder.create_network(0)  # explicit batch: the only mode (and flag 0) in TensorRT 10
     parser = trt.OnnxParser(network, logger)
     if not parser.parse(model.SerializeToString()):
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise EngineBuildError(f"TensorRT could not parse the ONNX graph: {errors}")
+        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
+        raise EngineBuildError(f"TensorRT could not parse the ONNX graph{_said(errors)}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
     if precision in ("fp16", "int8"):
@@ -162,13 +231,23 @@ def build_plan(
     for i in range(network.num_inputs):
         tensor = network.get_input(i)
         shape = tuple(tensor.shape)
+        if any(d < 0 for d in shape):
+            raise EngineBuildError(
+                f"ONNX input {tensor.name} has a dynamic shape {shape}; rtseg builds fixed-size plans"
+            )
         profile.set_shape(tensor.name, shape, shape, shape)  # fixed: the engine input size
     config.add_optimization_profile(profile)
     if calibrator is not None:
         config.set_calibration_profile(profile)
-    plan = builder.build_serialized_network(network, config)
+    with logger.capture() as errors:
+        plan = builder.build_serialized_network(network, config)
+    if calibrator is not None and getattr(calibrator, "error", None) is not None:
+        raise calibrator.error
     if plan is None:
-        raise EngineBuildError("TensorRT failed to build the engine (see the TensorRT log above)")
+        hint = ""
+        if any(OUT_OF_MEMORY.search(e) for e in errors):
+            hint = " - the GPU ran out of memory: free GPU memory or pass a smaller workspace_gb"
+        raise EngineBuildError(f"TensorRT failed to build the engine{_said(errors)}{hint}")
     return bytes(plan), bytes(config.get_timing_cache().serialize())
 
 
@@ -183,30 +262,50 @@ def _torch_dtype(trt: Any, dtype: Any) -> torch.dtype:
         trt.DataType.INT64: torch.int64,
         trt.DataType.BOOL: torch.bool,
     }
+    if dtype not in table:
+        raise EngineBuildError(
+            f"the plan has an input or output of TensorRT type {dtype}, which rtseg does not map to torch"
+        )
     return table[dtype]
 
 
 class _Plan:
     """One deserialised stage: its execution context and I/O tensor descriptions."""
 
-    def __init__(self, runtime: Any, data: bytes, device: torch.device) -> None:
+    def __init__(self, runtime: Any, data: bytes, device: torch.device, name: str = "the plan") -> None:
         trt = _trt()
-        self.engine = runtime.deserialize_cuda_engine(data)
+        with trt_logger(trt).capture() as errors:
+            self.engine = runtime.deserialize_cuda_engine(data)
         if self.engine is None:
-            raise EngineBuildError("TensorRT could not deserialise the plan")
-        self.context = self.engine.create_execution_context()
+            raise EngineBuildError(
+                f"TensorRT {trt.__version__} could not deserialise {name}{_said(errors)}; a plan runs "
+                "only with the TensorRT version and GPU kind that built it - delete the file to rebuild it"
+            )
+        with trt_logger(trt).capture() as errors:
+            self.context = self.engine.create_execution_context()
+        if self.context is None:
+            raise EngineBuildError(
+                f"TensorRT could not create an execution context for {name}{_said(errors)} "
+                "(is the GPU out of memory?)"
+            )
         self.inputs: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}
         self.outputs: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}
+        modes = {}
         for i in range(self.engine.num_io_tensors):
-            name = self.engine.get_tensor_name(i)
-            spec = (
-                tuple(self.engine.get_tensor_shape(name)),
-                _torch_dtype(trt, self.engine.get_tensor_dtype(name)),
-            )
-            if self.engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
-                self.inputs[name] = spec
-            else:
-                self.outputs[name] = spec
+            tensor = self.engine.get_tensor_name(i)
+            modes[tensor] = self.engine.get_tensor_mode(tensor)
+            if modes[tensor] == trt.TensorIOMode.INPUT:
+                shape = tuple(self.engine.get_tensor_shape(tensor))
+                if any(d < 0 for d in shape) or not self.context.set_input_shape(tensor, shape):
+                    raise EngineBuildError(f"{name}: input {tensor} has no fixed shape ({shape})")
+                self.inputs[tensor] = (shape, _torch_dtype(trt, self.engine.get_tensor_dtype(tensor)))
+        for tensor, mode in modes.items():
+            if mode == trt.TensorIOMode.OUTPUT:
+                # The context's shape, valid once every input shape is set.
+                shape = tuple(self.context.get_tensor_shape(tensor))
+                if any(d < 0 for d in shape):
+                    raise EngineBuildError(f"{name}: output {tensor} has no fixed shape ({shape})")
+                self.outputs[tensor] = (shape, _torch_dtype(trt, self.engine.get_tensor_dtype(tensor)))
         self.device = device
         self._scratch = {n: torch.empty(s, dtype=d, device=device) for n, (s, d) in self.outputs.items()}
 
@@ -223,18 +322,23 @@ class _Plan:
                 )
             tensor = tensor.contiguous()
             keep.append(tensor)
-            self.context.set_input_shape(name, shape)
-            self.context.set_tensor_address(name, tensor.data_ptr())
+            self._address(name, tensor)
         result = {}
         for name, (shape, dtype) in self.outputs.items():
             out = (
                 torch.empty(shape, dtype=dtype, device=self.device) if name in wanted else self._scratch[name]
             )
             result[name] = out
-            self.context.set_tensor_address(name, out.data_ptr())
+            self._address(name, out)
         if not self.context.execute_async_v3(stream.cuda_stream):
-            raise EngineBuildError("TensorRT execute_async_v3 failed")
+            raise EngineBuildError("TensorRT execute_async_v3 failed (see the TensorRT errors in the log)")
         return [result[n] for n in wanted]
+
+    def _address(self, name: str, tensor: torch.Tensor) -> None:
+        if not self.context.set_tensor_address(name, tensor.data_ptr()):
+            raise EngineBuildError(
+                f"TensorRT refused the buffer of {name} ({tuple(tensor.shape)} {tensor.dtype})"
+            )
 
 
 class TensorRTEngine(Engine):
@@ -257,12 +361,15 @@ class TensorRTEngine(Engine):
         self.meta = net.meta
         self.stage_spec = net.stage_spec
         self.head_low_inputs = head_low_inputs
-        self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        self._logger = trt_logger(trt)  # must outlive the runtime and its engines
+        self._runtime = trt.Runtime(self._logger)
         with torch.cuda.device(self.device):
-            self._plans = {
-                s: _Plan(self._runtime, Path(p).read_bytes(), self.device) for s, p in plans.items()
-            }
             self._stream = torch.cuda.Stream(self.device)
+            with torch.cuda.stream(self._stream):
+                self._plans = {
+                    s: _Plan(self._runtime, Path(p).read_bytes(), self.device, name=Path(p).name)
+                    for s, p in plans.items()
+                }
         # An execution context runs one inference at a time: callers on several threads (a
         # server's workers) take turns, as they would on the one GPU anyway.
         self._lock = threading.Lock()
@@ -283,9 +390,19 @@ class TensorRTEngine(Engine):
 
     def _run(self, stage: str, feed: Mapping[str, Any], wanted: tuple[str, ...]) -> list[torch.Tensor]:
         plan = self._plans[stage]
-        with self._lock, torch.cuda.stream(self._stream):
-            out = plan({n: self._device(feed[n]) for n in plan.inputs}, wanted, self._stream)
-            torch.cuda.current_stream(self.device).wait_stream(self._stream)
+        caller = torch.cuda.current_stream(self.device)
+        with self._lock:
+            # The engine's stream starts after what the caller queued (its inputs may come from
+            # there) and the caller's later work (labels.cpu(), torch ops on features) waits for it.
+            self._stream.wait_stream(caller)
+            with torch.cuda.stream(self._stream):
+                inputs = {n: self._device(feed[n]) for n in plan.inputs}
+                out = plan(inputs, wanted, self._stream)
+            caller.wait_stream(self._stream)
+        for tensor in inputs.values():
+            tensor.record_stream(self._stream)  # not reused while TensorRT may still read it
+        for tensor in out:
+            tensor.record_stream(caller)  # allocated on the engine's stream, used on the caller's
         return out
 
     def run_low(self, image: Array) -> Features:

@@ -1,21 +1,31 @@
 """TensorRT and torch2trt on a machine without them: clear errors that name what is missing and
-how to install it, argument checks before any GPU is needed, and the plan and timing-cache names.
-(The build and run paths need TensorRT 10 and a GPU; the graph rewrite they parse through is
-tested in test_onnx_rewrite.py, the calibrator in test_calibration.py.)"""
+how to install it, argument checks before any GPU is needed, the plan and timing-cache names, and
+the wrapper logic around the TensorRT 10 API (logger, build configuration, failure results, I/O
+buffers by tensor name) against a stand-in module. (Real builds and runs need TensorRT 10 and a
+GPU; the graph rewrite they parse through is tested in test_onnx_rewrite.py, the calibrator's
+batching in test_calibration.py.)"""
 
 from __future__ import annotations
 
+import enum
 import importlib.util
+import logging
 import sys
 import types
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
 from rtseg.engine import load
+from rtseg.engine import tensorrt_backend as tb
+from rtseg.engine import torch2trt_backend as t2t
 from rtseg.engine.cache import ArtifactCache, ArtifactKey, weights_hash
+from rtseg.engine.calibration import EntropyCalibrator
+from rtseg.engine.graphs import DeepGraph, LowGraph, head_low_inputs, pick
 from rtseg.engine.onnx_export import onnx_key
 from rtseg.engine.tensorrt_backend import (
     INSTALL,
@@ -27,7 +37,7 @@ from rtseg.engine.tensorrt_backend import (
     require_cuda,
     timing_cache_path,
 )
-from rtseg.errors import BackendUnavailableError, ConfigError
+from rtseg.errors import BackendUnavailableError, ConfigError, EngineBuildError
 from rtseg.models import StagedSegmenter, get_model
 
 SIZE = (64, 48)
@@ -228,3 +238,417 @@ def test_plans_from_another_tensorrt_or_modified_plans_are_not_used(
     art.path.write_bytes(b"serialised plan bytez")  # same size, other content
     assert cache.get(key, "low", "plan") is None
     assert "its SHA-256 differs" in caplog.text
+
+
+# --- The wrapper logic around TensorRT's API, against a stand-in module -------------------------
+# The stand-ins model only what the TensorRT 10 Python API documents as inputs and outcomes (None
+# results, bool returns, messages through the ILogger); they produce no TensorRT result, and the
+# tests check what rtseg does around those calls.
+
+
+class _Severity(enum.Enum):
+    INTERNAL_ERROR = 0
+    ERROR = 1
+    WARNING = 2
+    INFO = 3
+    VERBOSE = 4
+
+
+class _ILogger:
+    Severity = _Severity
+
+    def __init__(self) -> None:
+        pass
+
+
+class _DataType(enum.Enum):
+    FLOAT = 0
+    HALF = 1
+    BF16 = 2
+    INT8 = 3
+    UINT8 = 4
+    INT32 = 5
+    INT64 = 6
+    BOOL = 7
+    FP8 = 8
+
+
+class _TensorIOMode(enum.Enum):
+    NONE = 0
+    INPUT = 1
+    OUTPUT = 2
+
+
+class _Calibrator2:
+    def __init__(self) -> None:
+        pass
+
+
+@pytest.fixture
+def fake_trt(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
+    module = _fake_tensorrt(monkeypatch, "10.3.0")
+    module.ILogger = _ILogger  # type: ignore[attr-defined]
+    module.DataType = _DataType  # type: ignore[attr-defined]
+    module.TensorIOMode = _TensorIOMode  # type: ignore[attr-defined]
+    module.IInt8EntropyCalibrator2 = _Calibrator2  # type: ignore[attr-defined]
+    module.MemoryPoolType = types.SimpleNamespace(WORKSPACE="workspace")  # type: ignore[attr-defined]
+    module.BuilderFlag = types.SimpleNamespace(FP16="fp16", INT8="int8")  # type: ignore[attr-defined]
+    return module
+
+
+def test_one_logger_forwards_messages_and_captures_errors(
+    fake_trt: types.ModuleType, caplog: pytest.LogCaptureFixture
+) -> None:
+    logger = tb.trt_logger(fake_trt)
+    assert tb.trt_logger(fake_trt) is logger  # TensorRT keeps the first logger it is given
+    assert isinstance(logger, _ILogger)
+    with caplog.at_level(logging.DEBUG, logger=tb.__name__), logger.capture() as errors:
+        logger.log(_Severity.ERROR, "[runtime.cpp] Engine deserialization failed.")
+        logger.log(_Severity.INTERNAL_ERROR, "Assertion failed")
+        logger.log(_Severity.WARNING, "Using default stream in enqueueV3()")
+        logger.log(_Severity.VERBOSE, "tactic 7")
+    logger.log(_Severity.ERROR, "after the capture")
+    assert errors == ["[runtime.cpp] Engine deserialization failed.", "Assertion failed"]
+    assert "TensorRT: Using default stream in enqueueV3()" in caplog.text
+
+
+class _Network:
+    def __init__(self, inputs: list[tuple[str, tuple[int, ...]]]) -> None:
+        self._inputs = [types.SimpleNamespace(name=n, shape=s) for n, s in inputs]
+
+    @property
+    def num_inputs(self) -> int:
+        return len(self._inputs)
+
+    def get_input(self, i: int) -> Any:
+        return self._inputs[i]
+
+
+class _Config:
+    def __init__(self) -> None:
+        self.flags: list[str] = []
+        self.pools: dict[str, int] = {}
+        self.int8_calibrator: Any = None
+        self.profiles: list[Any] = []
+
+    def set_memory_pool_limit(self, pool: str, size: int) -> None:
+        self.pools[pool] = size
+
+    def set_flag(self, flag: str) -> None:
+        self.flags.append(flag)
+
+    def create_timing_cache(self, data: bytes) -> bytes:
+        return data
+
+    def set_timing_cache(self, cache: bytes, ignore_mismatch: bool) -> bool:
+        self.timing = cache
+        return True
+
+    def get_timing_cache(self) -> Any:
+        return types.SimpleNamespace(serialize=lambda: b"timing")
+
+    def add_optimization_profile(self, profile: Any) -> int:
+        self.profiles.append(profile)
+        return 0
+
+    def set_calibration_profile(self, profile: Any) -> bool:
+        return True
+
+
+class _Profile:
+    def __init__(self) -> None:
+        self.shapes: dict[str, tuple] = {}
+
+    def set_shape(self, name: str, lo: tuple, opt: tuple, hi: tuple) -> None:
+        self.shapes[name] = (lo, opt, hi)
+
+
+def _builder_api(
+    fake_trt: types.ModuleType,
+    *,
+    parse_errors: tuple[str, ...] = (),
+    inputs: list[tuple[str, tuple[int, ...]]] | None = None,
+    build: Callable[[Any, _Config], Any] = lambda logger, config: b"plan",
+) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+
+    class Builder:
+        def __init__(self, logger: Any) -> None:
+            self.logger = logger
+
+        def create_network(self, flags: int) -> _Network:
+            seen["network_flags"] = flags
+            return _Network(inputs if inputs is not None else [("image", (1, 48, 64, 3))])
+
+        def create_builder_config(self) -> _Config:
+            seen["config"] = _Config()
+            return seen["config"]
+
+        def create_optimization_profile(self) -> _Profile:
+            seen["profile"] = _Profile()
+            return seen["profile"]
+
+        def build_serialized_network(self, network: _Network, config: _Config) -> Any:
+            return build(self.logger, config)
+
+    class OnnxParser:
+        def __init__(self, network: _Network, logger: Any) -> None:
+            self.num_errors = len(parse_errors)
+
+        def parse(self, data: bytes) -> bool:
+            return not parse_errors
+
+        def get_error(self, i: int) -> str:
+            return parse_errors[i]
+
+    fake_trt.Builder = Builder  # type: ignore[attr-defined]
+    fake_trt.OnnxParser = OnnxParser  # type: ignore[attr-defined]
+    return seen
+
+
+def _onnx_model() -> Any:
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 48, 64, 3])
+    y = helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 48, 64, 3])
+    graph = helper.make_graph([helper.make_node("Identity", ["image"], ["out"])], "g", [x], [y])
+    return helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+
+
+def test_build_plan_configures_a_fixed_profile_and_the_workspace(fake_trt: types.ModuleType) -> None:
+    seen = _builder_api(fake_trt)
+    plan, timing = tb.build_plan(_onnx_model(), precision="fp16", workspace_bytes=2**30, timing_cache=b"t")
+    assert (plan, timing) == (b"plan", b"timing")
+    assert seen["network_flags"] == 0  # explicit batch is the only mode in TensorRT 10
+    assert seen["config"].pools == {"workspace": 2**30} and seen["config"].flags == ["fp16"]
+    shape = (1, 48, 64, 3)
+    assert seen["profile"].shapes == {"image": (shape, shape, shape)}
+
+
+def test_parse_failure_names_the_parser_errors(fake_trt: types.ModuleType) -> None:
+    _builder_api(fake_trt, parse_errors=("In node 3 (MaxUnpool): unsupported", "second"))
+    with pytest.raises(EngineBuildError, match=r"could not parse the ONNX graph: In node 3 .*; second"):
+        tb.build_plan(_onnx_model(), precision="fp32", workspace_bytes=2**30)
+
+
+def test_dynamic_onnx_inputs_are_refused_before_building(fake_trt: types.ModuleType) -> None:
+    _builder_api(fake_trt, inputs=[("image", (-1, 48, 64, 3))])
+    with pytest.raises(EngineBuildError, match="dynamic shape"):
+        tb.build_plan(_onnx_model(), precision="fp32", workspace_bytes=2**30)
+
+
+def test_build_out_of_memory_says_so_with_what_to_do(fake_trt: types.ModuleType) -> None:
+    def build(logger: Any, config: _Config) -> None:
+        logger.log(
+            _Severity.ERROR, "[defaultAllocator.cpp::allocate] Error Code 1: Cuda Runtime (out of memory)"
+        )
+        return None  # build_serialized_network's documented failure result
+
+    _builder_api(fake_trt, build=build)
+    with pytest.raises(EngineBuildError) as info:
+        tb.build_plan(_onnx_model(), precision="fp16", workspace_bytes=2**30)
+    message = str(info.value)
+    assert "failed to build the engine: [defaultAllocator.cpp::allocate]" in message
+    assert "ran out of memory" in message and "workspace_gb" in message
+
+
+def test_build_failure_without_log_is_still_typed(fake_trt: types.ModuleType) -> None:
+    _builder_api(fake_trt, build=lambda logger, config: None)
+    with pytest.raises(EngineBuildError, match=r"failed to build the engine \(TensorRT logged no error\)"):
+        tb.build_plan(_onnx_model(), precision="fp32", workspace_bytes=2**30)
+
+
+def test_an_error_inside_the_calibrator_is_raised_not_swallowed(
+    fake_trt: types.ModuleType, tmp_path: Path
+) -> None:
+    """TensorRT's bindings print an exception raised in get_batch and fail the build; the wrapper
+    keeps it, answers TensorRT with 'no more batches', and build_plan raises the rtseg error."""
+    feeds = [{"other": np.zeros((1, 2), np.float32)}]
+    calibrator = tb.as_trt_calibrator(
+        EntropyCalibrator(lambda: feeds, cache_path=tmp_path / "c.calib", upload=lambda a: (1, a))
+    )
+    assert isinstance(calibrator, _Calibrator2) and calibrator.get_batch_size() == 1
+
+    def build(logger: Any, config: _Config) -> None:
+        assert config.int8_calibrator is calibrator and "int8" in config.flags
+        assert config.int8_calibrator.read_calibration_cache() is None
+        assert config.int8_calibrator.get_batch(["image"]) is None  # the error ends calibration
+        return None
+
+    _builder_api(fake_trt, build=build)
+    with pytest.raises(ConfigError, match=r"calibration batch lacks inputs \['image'\]"):
+        tb.build_plan(_onnx_model(), precision="int8", workspace_bytes=2**30, calibrator=calibrator)
+
+
+class _Engine:
+    """An ICudaEngine's tensor-name API (TensorRT 10: no binding indices)."""
+
+    def __init__(self, tensors: dict[str, tuple[_TensorIOMode, tuple[int, ...], _DataType]]) -> None:
+        self.tensors = tensors
+        self.context: Any = None
+
+    @property
+    def num_io_tensors(self) -> int:
+        return len(self.tensors)
+
+    def get_tensor_name(self, i: int) -> str:
+        return list(self.tensors)[i]
+
+    def get_tensor_mode(self, name: str) -> _TensorIOMode:
+        return self.tensors[name][0]
+
+    def get_tensor_shape(self, name: str) -> tuple[int, ...]:
+        return self.tensors[name][1]
+
+    def get_tensor_dtype(self, name: str) -> _DataType:
+        return self.tensors[name][2]
+
+    def create_execution_context(self) -> Any:
+        return self.context
+
+
+class _Context:
+    """Output shapes are known (not -1) only after every input shape is set, as documented."""
+
+    def __init__(self, engine: _Engine, output_shapes: dict[str, tuple[int, ...]]) -> None:
+        self.engine = engine
+        self.output_shapes = output_shapes
+        self.input_shapes: dict[str, tuple[int, ...]] = {}
+        self.addresses: dict[str, int] = {}
+        self.streams: list[int] = []
+
+    def set_input_shape(self, name: str, shape: tuple[int, ...]) -> bool:
+        self.input_shapes[name] = tuple(shape)
+        return True
+
+    def get_tensor_shape(self, name: str) -> tuple[int, ...]:
+        inputs = [n for n, t in self.engine.tensors.items() if t[0] == _TensorIOMode.INPUT]
+        if any(n not in self.input_shapes for n in inputs):
+            return tuple(-1 for _ in self.output_shapes[name])
+        return self.output_shapes[name]
+
+    def set_tensor_address(self, name: str, address: int) -> bool:
+        self.addresses[name] = address
+        return True
+
+    def execute_async_v3(self, stream_handle: int) -> bool:
+        self.streams.append(stream_handle)
+        return True
+
+
+def _stage_engine() -> tuple[_Engine, _Context]:
+    engine = _Engine(
+        {
+            "image": (_TensorIOMode.INPUT, (1, 48, 64, 3), _DataType.UINT8),
+            "labels": (_TensorIOMode.OUTPUT, (1, -1, -1), _DataType.UINT8),
+            "logits": (_TensorIOMode.OUTPUT, (1, 11, -1, -1), _DataType.HALF),
+        }
+    )
+    context = _Context(engine, {"labels": (1, 48, 64), "logits": (1, 11, 48, 64)})
+    engine.context = context
+    return engine, context
+
+
+def _runtime(engine: Any, message: str | None = None) -> Any:
+    def deserialize_cuda_engine(data: bytes) -> Any:
+        if message is not None:
+            tb.trt_logger(sys.modules["tensorrt"]).log(_Severity.ERROR, message)
+        return engine
+
+    return types.SimpleNamespace(deserialize_cuda_engine=deserialize_cuda_engine)
+
+
+def test_plan_sizes_outputs_from_the_context_after_setting_input_shapes(fake_trt: types.ModuleType) -> None:
+    engine, context = _stage_engine()
+    plan = tb._Plan(_runtime(engine), b"plan", torch.device("cpu"), name="x.head.plan")
+    assert context.input_shapes == {"image": (1, 48, 64, 3)}
+    assert plan.inputs == {"image": ((1, 48, 64, 3), torch.uint8)}
+    assert plan.outputs == {"labels": ((1, 48, 64), torch.uint8), "logits": ((1, 11, 48, 64), torch.float16)}
+    image = torch.zeros(1, 48, 64, 3, dtype=torch.uint8)
+    stream = types.SimpleNamespace(cuda_stream=12345)
+    (labels,) = plan({"image": image}, ("labels",), stream)
+    assert context.streams == [12345]  # execute_async_v3 gets the stream handle
+    assert labels.shape == (1, 48, 64) and labels.dtype == torch.uint8
+    assert context.addresses["image"] == image.data_ptr()
+    assert context.addresses["labels"] == labels.data_ptr()
+    assert context.addresses["logits"] == plan._scratch["logits"].data_ptr()  # unwanted: scratch
+    (again,) = plan({"image": image}, ("labels",), stream)
+    assert again.data_ptr() != labels.data_ptr()  # fresh per call: cached results stay intact
+    with pytest.raises(ValueError, match=r"TensorRT input image: expected \(1, 48, 64, 3\) torch.uint8"):
+        plan({"image": image.float()}, ("labels",), stream)
+
+
+def test_a_failed_execute_is_a_typed_error(fake_trt: types.ModuleType) -> None:
+    engine, context = _stage_engine()
+    plan = tb._Plan(_runtime(engine), b"plan", torch.device("cpu"))
+    context.execute_async_v3 = lambda stream_handle: False  # type: ignore[method-assign]
+    with pytest.raises(EngineBuildError, match="execute_async_v3 failed"):
+        plan(
+            {"image": torch.zeros(1, 48, 64, 3, dtype=torch.uint8)},
+            ("labels",),
+            types.SimpleNamespace(cuda_stream=1),
+        )
+
+
+def test_a_plan_from_another_tensorrt_names_the_file_and_the_fix(fake_trt: types.ModuleType) -> None:
+    message = (
+        "IRuntime::deserializeCudaEngine: Error Code 6: API Usage Error (The engine plan file is not "
+        "compatible with this version of TensorRT, expecting library version 10.3.0 got 10.0.1)"
+    )
+    with pytest.raises(EngineBuildError) as info:
+        tb._Plan(_runtime(None, message), b"old", torch.device("cpu"), name="m.low.plan")
+    text = str(info.value)
+    assert "TensorRT 10.3.0 could not deserialise m.low.plan: IRuntime::deserializeCudaEngine" in text
+    assert "delete the file to rebuild it" in text
+
+
+def test_no_execution_context_is_a_typed_error(fake_trt: types.ModuleType) -> None:
+    engine, _ = _stage_engine()
+    engine.context = None  # create_execution_context's failure result
+    with pytest.raises(EngineBuildError, match=r"could not create an execution context .*out of memory"):
+        tb._Plan(_runtime(engine), b"plan", torch.device("cpu"), name="m.deep.plan")
+
+
+def test_tensor_types_without_a_torch_dtype_are_named(fake_trt: types.ModuleType) -> None:
+    assert tb._torch_dtype(fake_trt, _DataType.BF16) == torch.bfloat16
+    assert tb._torch_dtype(fake_trt, _DataType.INT64) == torch.int64
+    with pytest.raises(EngineBuildError, match=r"TensorRT type _DataType\.FP8"):
+        tb._torch_dtype(fake_trt, _DataType.FP8)
+
+
+def test_torch2trt_without_tensorrt_names_tensorrt(monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch2trt imports tensorrt: a missing TensorRT is reported as such, not as torch2trt."""
+    module = types.ModuleType("torch2trt")
+
+    def missing(name: str) -> Any:
+        raise ImportError("No module named 'tensorrt'", name="tensorrt")
+
+    module.__getattr__ = missing  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "torch2trt", module)
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    with pytest.raises(BackendUnavailableError, match="needs TensorRT"):
+        t2t._torch2trt()
+
+
+def test_torch2trt_outputs_and_calibration_sets(net: StagedSegmenter) -> None:
+    """TRTModule returns a lone output bare; torch2trt's calibrator wants samples without the batch
+    dimension (it stacks them). Both are shaped here, on the fp32 stages, on CPU."""
+    x = torch.zeros(1, 2)
+    assert t2t.as_tuple(x)[0] is x and t2t.as_tuple((x, x)) == (x, x) and t2t.as_tuple([x]) == (x,)
+    low = LowGraph(net.eval(), net.meta.preprocessing).eval()
+    deep = DeepGraph(net).eval()
+    head_low = head_low_inputs(net, SIZE)
+    frames = [torch.full((1, SIZE[1], SIZE[0], 3), float(v)) for v in (0, 128)]
+    low_set, deep_set, head_set = t2t.calibration_sets(low, deep, frames, head_low)
+    assert len(low_set) == len(deep_set) == len(head_set) == 2
+    assert [t.shape for t in low_set[0]] == [(SIZE[1], SIZE[0], 3)]
+    assert len(deep_set[0]) == len(deep.input_names) and len(head_set[0]) == len(head_low) + len(deep.names)
+    assert all(t.dim() == 3 for t in (*deep_set[0], *head_set[0]))  # C, H, W: no batch dimension
+    logits = t2t.HeadLogits(net, head_low).eval()
+    with torch.no_grad():
+        low_out = dict(zip(low.names, low(frames[1]), strict=True))
+        deep_out = deep(*pick(low_out, deep.input_names))
+        out = logits(*pick(low_out, head_low), *deep_out)
+        expected = net.forward_head(low_out, dict(zip(deep.names, deep_out, strict=True)))
+    assert torch.equal(out, expected)
