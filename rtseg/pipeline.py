@@ -23,6 +23,7 @@ from .result import SegResult
 from .schedule import Scheduler
 from .segmenter import Segmenter
 from .sink import Sink, SinkStats, open_sink
+from .sink.base import Policy
 from .sink.file import FileSink
 from .sink.packet import Packet
 from .source import Frame, Source, open_source
@@ -50,10 +51,16 @@ def _refuse_overwriting(source: Source, sinks: Sequence[Sink]) -> None:
             raise SinkError(f"{sink.uri}: would overwrite {clash}, which the source {source.info.uri} reads")
 
 
+def sink_policy(source: Source) -> Policy:
+    """Behind a live source a slow sink drops frames (never delaying inference); behind a file it
+    blocks, so that every frame is written."""
+    return "drop" if source.info.live else "block"
+
+
 def open_sinks(sinks: Sequence[Sink | str], source: Source) -> list[Sink]:
-    """Open the sink URIs for ``source`` (drop behind live sources, block behind files), refusing
-    any that would write over the source's files; on failure, the ones opened are closed."""
-    policy = "drop" if source.info.live else "block"
+    """Open the sink URIs for ``source`` (with ``sink_policy``), refusing any that would write over
+    the source's files; on failure, the ones opened are closed."""
+    policy = sink_policy(source)
     opened: list[Sink] = []
     try:
         for sink in sinks:
@@ -213,7 +220,7 @@ class Pipeline:
         try:
             if scheduler is not None:
                 segmenter.use_scheduler(scheduler)
-            self.policy = "drop" if self.source.info.live else "block"
+            self.policy = sink_policy(self.source)
             self.sinks: list[Sink] = open_sinks(sinks, self.source)
         except BaseException:
             self._close_outputs()

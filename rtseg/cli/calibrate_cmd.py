@@ -8,7 +8,7 @@ import logging
 from pathlib import Path
 
 from ..errors import BackendUnavailableError, ConfigError
-from .common import add_model_args, load_model, parse_size
+from .common import add_model_args, check_output, load_model, parse_size, write_output
 
 log = logging.getLogger(__name__)
 TARGETS = ("cpu", "tensorrt")
@@ -81,7 +81,8 @@ def run(args: argparse.Namespace) -> int:
     if args.list is None:
         _refuse_another_sources_list(list_path, calibration)
     created = not list_path.exists()
-    _save_list(calibration, list_path)
+    check_output(list_path, "--list")
+    write_output(list_path, "--list", calibration.save)
     built = {}
     try:
         cache = ArtifactCache(args.engine_dir)
@@ -122,20 +123,6 @@ def _refuse_another_sources_list(path: Path, calibration) -> None:
             f"{path} already holds the calibration list of {existing.source}; "
             f"pass --list to name the list of {calibration.source}"
         )
-
-
-def _save_list(calibration, path: Path) -> None:
-    if path.is_dir():
-        raise ConfigError(f"--list {path} is a folder: give the list's file name, e.g. {path / 'frames.txt'}")
-    try:
-        calibration.save(path)
-    except OSError as exc:
-        folder = next((p for p in path.parents if p.exists()), None)
-        why = f"{folder} is not a folder" if folder is not None and not folder.is_dir() else exc.strerror
-        raise ConfigError(
-            f"cannot write the calibration list {path} ({why or exc}); "
-            "pass --list a file in a writable folder"
-        ) from None
 
 
 def _entropy_cache(args, net, size, cache, calibration, list_path: Path) -> None:
