@@ -1,4 +1,5 @@
-"""`rtseg models`: the registry, with parameters and measured per-stage FLOP shares."""
+"""`rtseg models`: the registry, with parameters, measured per-stage FLOP shares and the authors'
+published numbers."""
 
 from __future__ import annotations
 
@@ -15,11 +16,53 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="list models, their metadata and stage FLOP shares")
     p.add_argument("--flops", action="store_true", help="measure FLOPs per stage (takes a few seconds each)")
     p.add_argument("--size", type=parse_size, default=(1024, 512), help="input WxH for --flops")
+    p.add_argument(
+        "--published",
+        action="store_true",
+        help="list the mIoU and speed the authors published, with their source, instead",
+    )
     p.add_argument("--markdown", action="store_true", help="print a Markdown table")
     p.set_defaults(func=run)
 
 
+def _published_rows() -> list[dict[str, str]]:
+    rows = []
+    for name in list_models():
+        for r in get_spec(name).published:
+            rows.append(
+                {
+                    "model": name,
+                    "dataset": f"{r.dataset} {r.split}",
+                    "mIoU": f"{r.miou:.1f}",
+                    "at": f"{r.resolution[0]}x{r.resolution[1]}",
+                    "FPS": "" if r.fps is None else f"{r.fps:g}",
+                    "hardware": r.hardware or "",
+                    "source": r.source,
+                }
+            )
+    return rows
+
+
+def _print(rows: list[dict[str, str]], markdown: bool) -> None:
+    keys = list(rows[0])
+    if markdown:
+        print("| " + " | ".join(keys) + " |")
+        print("|" + "---|" * len(keys))
+        for r in rows:
+            print("| " + " | ".join(r[k] for k in keys) + " |")
+    else:
+        widths = {k: max(len(k), *(len(r[k]) for r in rows)) for k in keys}
+        print("  ".join(k.ljust(widths[k]) for k in keys).rstrip())
+        for r in rows:
+            print("  ".join(r[k].ljust(widths[k]) for k in keys).rstrip())
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.published:
+        if args.flops:
+            raise ConfigError("--published lists the authors' numbers; --flops measures: use one")
+        _print(_published_rows(), args.markdown)
+        return 0
     rows = []
     for name in list_models():
         spec = get_spec(name)
@@ -47,15 +90,5 @@ def run(args: argparse.Namespace) -> int:
                 }
             )
         rows.append(row)
-    keys = list(rows[0])
-    if args.markdown:
-        print("| " + " | ".join(keys) + " |")
-        print("|" + "---|" * len(keys))
-        for r in rows:
-            print("| " + " | ".join(r[k] for k in keys) + " |")
-    else:
-        widths = {k: max(len(k), *(len(r[k]) for r in rows)) for k in keys}
-        print("  ".join(k.ljust(widths[k]) for k in keys))
-        for r in rows:
-            print("  ".join(r[k].ljust(widths[k]) for k in keys))
+    _print(rows, args.markdown)
     return 0

@@ -1,0 +1,52 @@
+"""`rtseg models`: the registry table, the authors' published numbers, and FLOP shares."""
+
+from __future__ import annotations
+
+import pytest
+
+from rtseg.cli import main
+from rtseg.models import get_spec, list_models
+
+
+def test_every_registered_model_is_listed(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["models"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:3] == ["model", "params", "(M)"]
+    assert [line.split()[0] for line in lines[1:]] == list(list_models())
+
+
+def test_published_numbers_come_with_their_source(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["models", "--published", "--markdown"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "| model | dataset | mIoU | at | FPS | hardware | source |"
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[2:]]
+    expected = [(name, r) for name in list_models() for r in get_spec(name).published]
+    assert len(rows) == len(expected) > 0
+    for row, (name, r) in zip(rows, expected, strict=True):
+        assert row[0] == name and row[2] == f"{r.miou:.1f}" and row[6] == r.source and r.source
+
+
+def test_flop_shares_add_up(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["models", "--flops", "--size", "256x128", "--markdown"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    keys = [k.strip() for k in lines[0].strip("|").split("|")]
+    for line in lines[2:]:
+        row = dict(zip(keys, (c.strip() for c in line.strip("|").split("|")), strict=True))
+        shares = sum(float(row[k]) for k in ("low %", "deep %", "head %"))
+        assert shares == pytest.approx(100, abs=0.2), row
+        assert float(row["low+head %"]) == pytest.approx(float(row["low %"]) + float(row["head %"]), abs=0.2)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--flops", "--size", "100x100"], "needs a size divisible by"),
+        (["--flops", "--published"], "--published lists the authors' numbers; --flops measures"),
+    ],
+)
+def test_bad_combinations_are_one_line_errors(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["models", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rtseg models: error: ") and message in err and len(err.strip().splitlines()) == 1
