@@ -66,7 +66,10 @@ def open_source(
     )
     text = os.fspath(uri)
     if "://" not in text:
-        return _open_path(text, text, options)
+        device = _device_uri(text)
+        if device is None:
+            return _open_path(text, text, options)
+        text = device  # the same options (and capture_factory) as the URI form
     scheme, rest = text.split("://", 1)
     scheme = scheme.lower()
     if scheme not in SCHEMES:
@@ -104,27 +107,16 @@ def open_source(
     )
 
 
+def _device_uri(path: str) -> str | None:
+    """A bare camera number or /dev/videoN, as the camera URI it means (None for anything else)."""
+    if path.isdigit() and not Path(path).exists():
+        return f"camera://{path}"
+    if path.startswith("/dev/video"):
+        return f"v4l2://{path}"
+    return None
+
+
 def _open_path(uri: str, spec: str, options: SourceOptions) -> Source:
-    if spec.isdigit() and not Path(spec).exists():
-        return open_source(
-            f"camera://{spec}",
-            loop=options.loop,
-            resize=options.resize,
-            rate=options.rate,
-            reconnect=options.reconnect,
-            timeout=options.timeout,
-            backoff=options.backoff,
-        )
-    if spec.startswith("/dev/video"):
-        return open_source(
-            f"v4l2://{spec}",
-            loop=options.loop,
-            resize=options.resize,
-            rate=options.rate,
-            reconnect=options.reconnect,
-            timeout=options.timeout,
-            backoff=options.backoff,
-        )
     if is_glob(spec):
         return ImageSource(uri, spec, options)
     path = Path(spec).expanduser()

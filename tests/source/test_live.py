@@ -231,3 +231,15 @@ def test_http_error_and_web_page_are_named(web_server: str) -> None:
     # credentials in the URL are sent, and do not break the question
     assert "404" in (http_problem(f"http://user:pw@{web_server[len('http://') :]}/x", 2) or "")
     assert http_problem("http://127.0.0.1:1/", 1) is None  # nothing listens: the generic hint stands
+
+
+def test_a_bare_camera_number_is_the_camera_uri_with_the_same_options(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir("/")  # no file named "0" here
+    counter = [0]
+    factory = Factory([FakeCamera(counter, frames=None, period=0.002)])
+    with open_source("0", capture_factory=factory, resize=(32, 24)) as src:
+        frame = next(src)
+        assert src.info.uri == "camera://0" and src.info.live
+    assert factory.calls == 1 and frame.image.shape == (24, 32, 3)
