@@ -48,9 +48,10 @@ def open_sink(
         unknown = sorted(set(params) - {"overlay"})
         if unknown:
             raise SinkError(f"{text!r}: unknown option(s) {unknown}; null:// takes ?overlay=1")
-        return NullSink(
-            text, draw=params.get("overlay", "0") not in ("0", "", "false"), policy=policy, **options
-        )
+        draw = params.get("overlay", "0").lower()
+        if draw not in ("0", "1", "false", "true"):
+            raise SinkError(f"{text!r}: overlay must be 1 or 0 (true or false), got {draw!r}")
+        return NullSink(text, draw=draw in ("1", "true"), policy=policy, **options)
     if scheme == "display":
         from .display import DisplaySink
 

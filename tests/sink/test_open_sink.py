@@ -29,6 +29,11 @@ def test_null_and_options() -> None:
     sink.close()
     with pytest.raises(SinkError, match="unknown option"):
         open_sink("null://?colour=1")
+    with pytest.raises(SinkError, match="overlay must be 1 or 0 \\(true or false\\), got 'maybe'"):
+        open_sink("null://?overlay=maybe")
+    for value, draw in (("0", False), ("false", False), ("TRUE", True)):
+        with open_sink(f"null://?overlay={value}") as quiet:
+            assert quiet.draw is draw, value
 
 
 def test_unsupported_scheme_lists_outputs() -> None:
