@@ -49,13 +49,16 @@ class FileSink(Sink):
         if self.pattern:
             if suffix not in IMAGE_SUFFIXES:
                 raise SinkError(f"{uri}: an image pattern must end in one of {', '.join(IMAGE_SUFFIXES)}")
-            try:
-                text % 0
-            except (TypeError, ValueError):
-                raise SinkError(
-                    f"{uri}: {text!r} is not a valid pattern; use one integer field like %06d"
-                ) from None
+            fields = [m for m in _FIELD.finditer(text) if m.group() != "%%"]
+            if len(fields) != 1 or "%" in _FIELD.sub("", text):
+                raise SinkError(f"{uri}: {text!r} is not a valid pattern; use one integer field like %06d")
         else:
+            if suffix not in VIDEO_FOURCC and "?" in suffix:
+                codecs = ", ".join(f"{k} {v}" for k, v in VIDEO_FOURCC.items())
+                raise SinkError(
+                    f"{uri}: file outputs take no ?options; the codec follows the suffix ({codecs}) "
+                    "and the frame rate is the source's"
+                )
             if suffix not in VIDEO_FOURCC:
                 raise SinkError(
                     f"{uri}: cannot tell the format from {suffix or 'no suffix'!r}; use a video "

@@ -88,6 +88,9 @@ def test_block_policy_writes_everything_behind_a_slow_disk(tmp_path: Path, packe
         ("out.gif", "cannot tell the format"),
         ("out", "cannot tell the format"),
         ("out/%d%d.png", "not a valid pattern"),
+        ("out/%s.png", "not a valid pattern"),  # a string field: not a frame index
+        ("out/%06d-%.png", "not a valid pattern"),
+        ("out.mp4?fourcc=XVID", "file outputs take no \\?options; the codec follows the suffix"),
         ("out/%06d.mp4", "image pattern must end"),
     ],
 )
