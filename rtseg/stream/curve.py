@@ -60,13 +60,17 @@ def generate_keys(directory: str | os.PathLike[str], *, force: bool = False) -> 
     existing = [p for p in (files.server_secret, files.client_secret) if p.exists()]
     if existing and not force:
         raise ConfigError(f"keys already exist ({', '.join(map(str, existing))}); pass force=True / --force")
-    files.directory.mkdir(parents=True, exist_ok=True)
-    zmq.auth.create_certificates(files.directory, "server")
-    zmq.auth.create_certificates(files.directory, "client")
-    for secret in (files.server_secret, files.client_secret):
-        secret.chmod(0o600)
-    files.clients.mkdir(exist_ok=True)
-    shutil.copyfile(files.client_public, files.clients / files.client_public.name)
+    try:
+        # A new folder is private: the secrets are briefly readable before their chmod below.
+        files.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        zmq.auth.create_certificates(files.directory, "server")
+        zmq.auth.create_certificates(files.directory, "client")
+        for secret in (files.server_secret, files.client_secret):
+            secret.chmod(0o600)
+        files.clients.mkdir(exist_ok=True)
+        shutil.copyfile(files.client_public, files.clients / files.client_public.name)
+    except OSError as exc:
+        raise ConfigError(f"cannot write keys in {files.directory}: {exc.strerror or exc}") from None
     return files
 
 

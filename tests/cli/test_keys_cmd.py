@@ -22,3 +22,18 @@ def test_keys_are_written_once_unless_forced(tmp_path: Path, capsys: pytest.Capt
     assert (target / "server.key").read_bytes() == server_key
     assert main(["keys", str(target), "--force"]) == 0
     assert (target / "server.key").read_bytes() != server_key
+    assert (target.stat().st_mode & 0o777) == 0o700  # a new key folder is private
+    assert all(
+        (target / f).stat().st_mode & 0o777 == 0o600 for f in ("server.key_secret", "client.key_secret")
+    )
+
+
+def test_a_folder_that_cannot_be_made_is_a_one_line_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    blocker = tmp_path / "blocker"
+    blocker.write_text("")
+    assert main(["keys", str(blocker / "keys")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"rtseg keys: error: cannot write keys in {blocker / 'keys'}: ")
+    assert len(err.strip().splitlines()) == 1
