@@ -13,6 +13,7 @@ import numpy as np
 
 from ..errors import ConfigError, SinkError, StreamTimeout
 from ..overlay.annotate import colorize
+from ..sink.file import check_pattern, prepare_folder
 from ..stream.subscriber import Message, Subscriber
 from ..window import RecentSamples
 from .common import positive_float, positive_int
@@ -84,13 +85,15 @@ class _Writer:
         self.size: tuple[int, int] | None = None
         self.count = 0
         suffix = out.suffix.lower()
+        option = f"--out {out}"
         if suffix in (".mp4", ".avi", ".mkv"):
-            out.parent.mkdir(parents=True, exist_ok=True)
+            prepare_folder(out.parent, option)
         elif "%" in out.name:
-            out.parent.mkdir(parents=True, exist_ok=True)
+            check_pattern(str(out), option)
+            prepare_folder(out.parent, option)
             self.pattern = str(out)
         elif suffix == "":
-            out.mkdir(parents=True, exist_ok=True)
+            prepare_folder(out, option)
             self.pattern = str(out / "%06d.png")
         else:
             raise ConfigError(

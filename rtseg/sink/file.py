@@ -24,6 +24,27 @@ _FIELD = re.compile(r"%%|%[-+ #0]*\d*(?:\.\d+)?([diouxX])")
 _BASES = {"d": 10, "i": 10, "u": 10, "o": 8, "x": 16, "X": 16}
 
 
+def check_pattern(text: str, uri: str) -> None:
+    """An image pattern names each frame by its index: exactly one integer field (%06d)."""
+    fields = [m for m in _FIELD.finditer(text) if m.group() != "%%"]
+    if len(fields) != 1 or "%" in _FIELD.sub("", text):
+        raise SinkError(f"{uri}: {text!r} is not a valid pattern; use one integer field like %06d")
+
+
+def prepare_folder(folder: Path, uri: str) -> None:
+    """Create the output folder and check that it takes files: fail now, not after the first
+    frame has been computed for nothing."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SinkError(f"{uri}: cannot create the folder {folder}: {exc.strerror or exc}") from None
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise SinkError(f"{uri}: cannot write in {folder}: {exc.strerror or exc}") from None
+
+
 class FileSink(Sink):
     """Writes the overlay of every packet (or, for image patterns, optionally the raw label map)."""
 
@@ -49,9 +70,7 @@ class FileSink(Sink):
         if self.pattern:
             if suffix not in IMAGE_SUFFIXES:
                 raise SinkError(f"{uri}: an image pattern must end in one of {', '.join(IMAGE_SUFFIXES)}")
-            fields = [m for m in _FIELD.finditer(text) if m.group() != "%%"]
-            if len(fields) != 1 or "%" in _FIELD.sub("", text):
-                raise SinkError(f"{uri}: {text!r} is not a valid pattern; use one integer field like %06d")
+            check_pattern(text, uri)
         else:
             if suffix not in VIDEO_FOURCC and "?" in suffix:
                 codecs = ", ".join(f"{k} {v}" for k, v in VIDEO_FOURCC.items())
@@ -71,20 +90,11 @@ class FileSink(Sink):
         self.fourcc = fourcc or VIDEO_FOURCC.get(suffix, "")
         self.fps = fps
         self.content = content
-        parent = self.path.parent
-        try:
-            parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise SinkError(f"{uri}: cannot create the folder {parent}: {exc}") from None
         if not self.pattern and self.path.is_dir():
             raise SinkError(
                 f"{uri}: {self.path} is a folder; name a video file in it, such as {self.path / 'out.mp4'}"
             )
-        try:  # fail now, not after the first frame has been computed for nothing
-            with tempfile.TemporaryFile(dir=parent):
-                pass
-        except OSError as exc:
-            raise SinkError(f"{uri}: cannot write in {parent}: {exc.strerror or exc}") from None
+        prepare_folder(self.path.parent, uri)
         self._writer: cv2.VideoWriter | None = None
         self._size: tuple[int, int] | None = None
         super().__init__(uri, queue_size=queue_size, policy=policy)

@@ -115,6 +115,21 @@ def test_window_without_a_display_says_what_to_do(
     assert "--headless" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [("%d%d.png", "is not a valid pattern"), ("blocker/x.mp4", "cannot create the folder")],
+)
+def test_an_unusable_out_is_refused_before_waiting(
+    name: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "blocker").write_text("")
+    t0 = time.monotonic()
+    argv = ["view", f"zmq://{_endpoint()}", "--headless", "--timeout", "5", "--out", str(tmp_path / name)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert time.monotonic() - t0 < 2 and f"--out {tmp_path / name}: " in err and message in err
+
+
 def test_out_needs_headless(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     assert main(["view", f"zmq://{_endpoint()}", "--out", str(tmp_path / "x.mp4")]) == 2
     assert "--headless" in capsys.readouterr().err
