@@ -16,7 +16,7 @@ import numpy as np
 
 from ..data.labels import ClassSet
 from ..errors import ConfigError
-from ..result import SegResult
+from ..result import SegResult, labels_at
 
 Mode = Literal["overlay", "mask", "side-by-side"]
 MODES: tuple[str, ...] = ("overlay", "mask", "side-by-side")
@@ -63,7 +63,7 @@ def colorize(labels: np.ndarray, classes: ClassSet, size: tuple[int, int] | None
         return cv2.resize(
             cv2.applyColorMap(labels, userColor=lut), tuple(size), interpolation=cv2.INTER_NEAREST
         )
-    return cv2.applyColorMap(cv2.resize(labels, tuple(size), interpolation=cv2.INTER_NEAREST), userColor=lut)
+    return cv2.applyColorMap(labels_at(labels, (size[1], size[0])), userColor=lut)
 
 
 def _draw_legend(image: np.ndarray, classes: ClassSet, present: np.ndarray | None) -> None:

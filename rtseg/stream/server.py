@@ -72,6 +72,12 @@ def _default_scheduler() -> Scheduler:
     return Clockwork(DEFAULT_INTERVAL)
 
 
+def _split_envelope(frames: list[zmq.Frame]) -> tuple[list[bytes], list[zmq.Frame]]:
+    """[identity, (empty delimiter from REQ sockets), header, image] -> (envelope, body)."""
+    split = 2 if len(frames) >= 2 and len(frames[1]) == 0 else 1
+    return [f.bytes for f in frames[:split]], frames[split:]
+
+
 def _elapsed(timings: dict[str, float], started: float) -> dict[str, float]:
     out = {k: round(v, 3) for k, v in timings.items()}
     out["total"] = round((time.perf_counter() - started) * 1000 + timings.get("queue", 0.0), 3)
@@ -353,10 +359,9 @@ class Server:
                         break
                     with self._stats_lock:
                         self._received += 1
-                    split = 2 if len(frames) >= 2 and len(frames[1]) == 0 else 1
-                    body = frames[split:]
+                    envelope, body = _split_envelope(frames)
                     self._refuse(
-                        [f.bytes for f in frames[:split]],
+                        envelope,
                         ErrorCode.BUSY,
                         "the server is shutting down; retry (a restarted or another server)",
                         body[0] if body else None,
@@ -385,10 +390,7 @@ class Server:
     def _dispatch(self, frames: list[zmq.Frame]) -> None:
         with self._stats_lock:
             self._received += 1
-        # [identity, (empty delimiter from REQ sockets), header, image]
-        split = 2 if len(frames) >= 2 and len(frames[1]) == 0 else 1
-        envelope = [f.bytes for f in frames[:split]]
-        body = frames[split:]
+        envelope, body = _split_envelope(frames)
         if len(body) != 2:
             self._refuse(
                 envelope,
