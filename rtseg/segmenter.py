@@ -99,6 +99,12 @@ class Segmenter:
                 )
         self.engine = engine
         self.scheduler = _scheduler(scheduler)
+        try:
+            self.scheduler.check(engine)
+        except BaseException:
+            if self._owns_engine:
+                engine.close()
+            raise
         self._lock = threading.Lock()
         self._closed = False
         self._interpolation = (
@@ -157,6 +163,7 @@ class Segmenter:
         new = _scheduler(scheduler)
         with self._lock:
             self._check_open()
+            new.check(self.engine)
             self.scheduler.close()
             self.scheduler = new
             self.scheduler.reset()

@@ -12,7 +12,7 @@ from rtseg import Segmenter
 from rtseg.engine import load
 from rtseg.errors import ConfigError
 from rtseg.models import get_model
-from rtseg.schedule import Clockwork
+from rtseg.schedule import Clockwork, make_scheduler
 from rtseg.source import Frame
 
 
@@ -146,3 +146,13 @@ def test_scheduler_must_be_a_name_or_a_scheduler(engine) -> None:
         seg.use_scheduler(Clockwork)  # the class, not an instance
     assert seg.scheduler.name == "clockwork"  # the old one is kept, still usable
     assert seg(np.zeros((48, 64, 3), np.uint8)).is_keyframe
+
+
+def test_a_scheduler_that_cannot_run_on_the_engine_fails_at_construction(engine) -> None:
+    bad = make_scheduler("adaptive", warp=False, change_feature="nope")
+    with pytest.raises(ConfigError, match="change feature 'nope'"):
+        Segmenter(engine=engine, scheduler=bad)
+    seg = Segmenter(engine=engine, scheduler="clockwork")
+    with pytest.raises(ConfigError, match="change feature 'nope'"):
+        seg.use_scheduler(bad)
+    assert seg.scheduler.name == "clockwork"  # the working one is kept

@@ -53,6 +53,9 @@ class Scheduler(ABC):
     ) -> tuple[bool, float | None]:
         """(is_keyframe, change score) for a frame whose cached deep features would be ``age`` frames old."""
 
+    def check(self, engine: Engine) -> None:  # noqa: B027 (optional hook)
+        """Raise ConfigError if this scheduler cannot run on ``engine``: at set-up, not at frame one."""
+
     def _keyframe_taken(self) -> None:  # noqa: B027 (optional hook)
         """Called after a keyframe's deep stage ran (update references)."""
 

@@ -136,6 +136,19 @@ class Adaptive(Scheduler):
         self._current = None
         self._recorded = []
 
+    def check(self, engine: Engine) -> None:
+        if self.change == "flow":
+            return
+        spec = engine.stage_spec
+        name = self.measure.resolve(tuple(f.name for f in spec.low), spec.deep_inputs)
+        stride = next(f.stride for f in spec.low if f.name == name)
+        w, h = engine.input_size
+        if w // stride < self.measure.pool or h // stride < self.measure.pool:
+            raise ConfigError(
+                f"change pooling {self.measure.pool} is larger than the {name!r} feature map "
+                f"({w // stride}x{h // stride} at input {w}x{h})"
+            )
+
     def _calibration_interval(self) -> int:
         rate = self.target_keyframe_rate or 1.0
         return max(1, min(self.max_interval, round(1.0 / rate)))

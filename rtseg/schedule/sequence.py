@@ -37,6 +37,7 @@ def to_input(image: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, floa
 
 def run_sequence(engine: Engine, images: Iterable[np.ndarray], scheduler: Scheduler) -> Iterator[SegResult]:
     """Scheduler results for images in order; ``preprocess`` is added to each result's timings."""
+    scheduler.check(engine)
     scheduler.reset()
     for i, image in enumerate(images):
         x, ms = to_input(image, engine.input_size)

@@ -202,6 +202,11 @@ class Server:
         if workers < 1:
             raise ConfigError(f"workers must be >= 1, got {workers}")
         check_endpoint(bind, bind=True)
+        probe = (scheduler or _default_scheduler)()
+        try:
+            probe.check(engine)  # a stream's scheduler that cannot run fails now, not per request
+        finally:
+            probe.close()
         self.engine = engine
         self.workers = workers
         self.limits = limits or ServerLimits()

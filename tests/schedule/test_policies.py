@@ -133,3 +133,18 @@ def test_whole_numbers_of_any_integer_type_are_fine() -> None:
     assert make_scheduler("adaptive", threshold=0).threshold == 0
     with pytest.raises(ConfigError, match="calibration_frames must be a whole number"):
         Adaptive(target_keyframe_rate=0.2, calibration_frames=30.0)
+
+
+def test_a_change_feature_the_engine_lacks_is_refused_at_set_up(engine) -> None:
+    bad = make_scheduler("adaptive", warp=False, change_feature="nope")
+    with pytest.raises(
+        ConfigError, match=r"change feature 'nope' is not a low feature; choose one of .*l1_cat"
+    ):
+        bad.check(engine)
+    too_coarse = make_scheduler("adaptive", warp=False, change_pool=32)
+    with pytest.raises(
+        ConfigError, match=r"pooling 32 is larger than the 'l1_cat' feature map \(32x24 at input 64x48\)"
+    ):
+        too_coarse.check(engine)
+    make_scheduler("adaptive", warp=False, change_pool=24).check(engine)  # fits exactly
+    make_scheduler("adaptive").check(engine)  # the flow score reads no low feature
