@@ -76,9 +76,9 @@ def load_onnx_engine(
 
         providers_for(device, precision)
     else:
-        from .openvino_backend import _ov
+        from .openvino_backend import _ov, check_target
 
-        _ov()
+        check_target(_ov().Core(), device, precision)
     stages = ensure_onnx(net, size, cache, exporter=exporter, wh=wh)
     if precision == "int8":
         stages = int8_stages(net, stages, cache, calibration, flavour="cpu")

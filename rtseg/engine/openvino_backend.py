@@ -41,6 +41,24 @@ def _ov() -> Any:
     return openvino
 
 
+def check_target(core: Any, device: str, precision: str) -> str:
+    """The OpenVINO device name for rtseg's ``device``; refused before any export when unusable."""
+    if precision not in HINTS:
+        raise ConfigError(f"openvino precision must be one of {', '.join(HINTS)}, got {precision!r}")
+    if device not in DEVICES:
+        raise ConfigError(
+            f"openvino device must be one of {', '.join(DEVICES)} (CPU or an Intel GPU), got {device!r}"
+        )
+    target = DEVICES[device]
+    if target not in core.available_devices:
+        raise BackendUnavailableError(
+            f"openvino device {target} is not available on this machine (it has "
+            f"{', '.join(core.available_devices)}); install the Intel GPU driver (intel-opencl-icd) "
+            "or use device='cpu'"
+        )
+    return target
+
+
 def library_version() -> str:
     return f"ov{_ov().get_version().split('-')[0]}"
 
@@ -138,21 +156,9 @@ class OpenVinoEngine(Engine):
         threads: int | None = None,
         notes: tuple[str, ...] = (),
     ) -> None:
-        if precision not in HINTS:
-            raise ConfigError(f"openvino precision must be one of {', '.join(HINTS)}, got {precision!r}")
-        if device not in DEVICES:
-            raise ConfigError(
-                f"openvino device must be one of {', '.join(DEVICES)} (CPU or an Intel GPU), got {device!r}"
-            )
         ov = _ov()
         core = ov.Core()
-        target = DEVICES[device]
-        if target not in core.available_devices:
-            raise BackendUnavailableError(
-                f"openvino device {target} is not available on this machine (it has "
-                f"{', '.join(core.available_devices)}); install the Intel GPU driver (intel-opencl-icd) "
-                "or use device='cpu'"
-            )
+        target = check_target(core, device, precision)
         config = {"INFERENCE_PRECISION_HINT": HINTS[precision], "PERFORMANCE_HINT": "LATENCY"}
         if threads:
             config["INFERENCE_NUM_THREADS"] = str(threads)

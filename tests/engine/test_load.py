@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from rtseg.engine import load
-from rtseg.errors import ConfigError
+from rtseg.errors import BackendUnavailableError, ConfigError
 from rtseg.models import get_model
 
 SIZE = (64, 48)
@@ -36,3 +36,16 @@ def test_bad_requests_name_what_is_accepted(kwargs: dict, message: str, tmp_path
     options = {"input_size": SIZE, "engine_dir": tmp_path, **kwargs}
     with pytest.raises(ConfigError, match=message):
         load(get_model("espnet"), **options)
+
+
+def test_an_openvino_device_this_machine_lacks_is_refused_before_any_export(tmp_path) -> None:
+    ov = pytest.importorskip("openvino")
+    if "GPU" in ov.Core().available_devices:
+        pytest.skip("this machine has an OpenVINO GPU device")
+    with pytest.raises(
+        BackendUnavailableError, match=r"openvino device GPU is not available on this machine"
+    ):
+        load(get_model("espnet"), backend="openvino", device="gpu", input_size=SIZE, engine_dir=tmp_path)
+    with pytest.raises(ConfigError, match=r"openvino device must be one of cpu, gpu .* got 'cuda'"):
+        load(get_model("espnet"), backend="openvino", device="cuda", input_size=SIZE, engine_dir=tmp_path)
+    assert not list(tmp_path.rglob("*.onnx"))  # nothing was exported for an engine that cannot run
