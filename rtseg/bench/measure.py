@@ -42,7 +42,7 @@ from ..result import SegResult
 from ..schedule import SCHEDULERS
 from ..sink.null import NullSink
 from ..sink.packet import Packet
-from ..source import Frame, Source, open_source
+from ..source import Frame, Source, open_source, redacted
 from .stats import StopRule, summarize
 from .weights import choose_weights
 
@@ -296,8 +296,8 @@ def measure_pipeline(segmenter: Any, cfg: BenchConfig, memory: _MemoryMeter) -> 
     n = len(measured)
     if n == 0:
         raise RtsegError(
-            f"the source {cfg.source!r} ended after {len(records)} frames, before the {cfg.warmup} warm-up "
-            "frames were over: use a longer source or fewer --warmup frames"
+            f"the source {redacted(cfg.source)!r} ended after {len(records)} frames, before the "
+            f"{cfg.warmup} warm-up frames were over: use a longer source or fewer --warmup frames"
         )
     per_frame: dict[str, list[float]] = {s: [] for s in STAGES}
     capture = source.capture_ms
@@ -327,7 +327,7 @@ def measure_pipeline(segmenter: Any, cfg: BenchConfig, memory: _MemoryMeter) -> 
         "keyframe_ratio": round(keyframes / n, 4),
         "scheduler": segmenter.scheduler.describe(),
         "source": {
-            "uri": cfg.source,
+            "uri": redacted(cfg.source),
             "kind": inner.info.kind,
             "size": None if inner.info.size is None else list(inner.info.size),
             "live": inner.info.live,

@@ -23,7 +23,7 @@ from ..pipeline import Pipeline, PipelineStats, open_sinks
 from ..schedule import CHANGES, SCHEDULERS, Scheduler, make_scheduler
 from ..segmenter import Segmenter, load_engine
 from ..sink import Sink
-from ..source import open_source
+from ..source import open_source, redacted
 from .common import add_model_args, check_output, parse_size, positive_int
 
 DEMO_SOURCE = "synthetic://drive?size=1280x720&fps=30&seed=0&frames=90"
@@ -169,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
         engine.warmup(1)
         seg = Segmenter(engine=engine, scheduler=scheduler)
         print(
-            f"rtseg run: {args.source} -> "
+            f"rtseg run: {redacted(args.source)} -> "
             f"{', '.join(s.destination for s in sinks) or '(no outputs: results are discarded)'}",
             file=sys.stderr,
         )

@@ -1,6 +1,6 @@
 """Frame sources: files, image folders, cameras, network streams and a synthetic scene, by URI."""
 
-from .base import Source, SourceInfo, SourceOptions, SourceStats
+from .base import Source, SourceInfo, SourceOptions, SourceStats, redacted
 from .frame import Frame
 from .live import Capture, CaptureFactory
 from .uri import SCHEMES, SUPPORTED, open_source
@@ -16,4 +16,5 @@ __all__ = [
     "SourceOptions",
     "SourceStats",
     "open_source",
+    "redacted",
 ]

@@ -15,6 +15,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import cv2
 import numpy as np
@@ -65,6 +66,22 @@ class SourceInfo:
     fps: float | None  # nominal frames per second, when known
     size: tuple[int, int] | None  # (width, height) of delivered frames, when known
     frame_count: int | None = None  # frames in one pass, when known
+
+
+def redacted(uri: str) -> str:
+    """What logs, errors and results show for a network URL: the password of its user info and
+    the values of its query (signed URLs and stream tokens are credentials too) become ***.
+
+    rtsp://admin:secret@cam/ is how most IP cameras are reached; logs outlive the terminal.
+    """
+    parts = urlsplit(uri)
+    if parts.scheme.lower() not in ("rtsp", "rtsps", "http", "https"):
+        return uri
+    netloc = parts.netloc
+    if parts.password is not None:
+        netloc = f"{parts.username}:***@{netloc.rpartition('@')[2]}"
+    query = "&".join(f"{key}=***" for key, _ in parse_qsl(parts.query, keep_blank_values=True))
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 @dataclass(frozen=True)

@@ -77,12 +77,16 @@ def v4l2_factory(device: str, props: dict[int, float]) -> CaptureFactory:
     return make
 
 
-def network_factory(url: str, timeout: float) -> CaptureFactory:
+def open_network(url: str, timeout: float) -> cv2.VideoCapture:
+    """A URL through FFmpeg with its open and read timeouts set, so a silent server cannot hang us."""
     ms = int(timeout * 1000)
+    params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms]
+    return cv2.VideoCapture(url, cv2.CAP_FFMPEG, params)
 
+
+def network_factory(url: str, timeout: float) -> CaptureFactory:
     def make() -> Capture:
-        params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms]
-        return cv2.VideoCapture(url, cv2.CAP_FFMPEG, params)
+        return open_network(url, timeout)
 
     return make
 
@@ -285,7 +289,7 @@ class LiveSource(Source):
             log.warning("%s: capture thread still blocked in read after %g s", self.uri, self.options.timeout)
 
     def _at_end(self, cap: Capture) -> bool:
-        """A finite stream (a video file served over HTTP, an HLS playlist) read to its last frame."""
+        """A finite stream (an HLS recording, a video at a URL without a file extension) read to its end."""
         count = self._frame_count
         return count is not None and _get(cap, cv2.CAP_PROP_POS_FRAMES) >= count
 

@@ -9,7 +9,7 @@ from urllib.parse import parse_qsl, urlsplit
 import cv2
 
 from ..errors import SourceError
-from .base import Source, SourceOptions
+from .base import Source, SourceOptions, redacted
 from .images import ImageSource, is_glob, is_image_path
 from .live import (
     CaptureFactory,
@@ -26,9 +26,12 @@ SCHEMES = ("file", "images", "synthetic", "camera", "v4l2", "rtsp", "rtsps", "ht
 
 SUPPORTED = (
     "file://PATH or a plain path (a video, an image, a folder of images or a glob), images://DIR-OR-GLOB, "
-    "camera://N, v4l2:///dev/videoN, rtsp://HOST[:PORT]/PATH, http(s)://... (MJPEG or HLS), "
-    "synthetic://drive?size=WxH&fps=N&seed=S&frames=N"
+    "camera://N, v4l2:///dev/videoN, rtsp://HOST[:PORT]/PATH, http(s)://... (MJPEG or HLS live, "
+    "or a recorded .mp4/.mkv/.mov/.webm/.avi), synthetic://drive?size=WxH&fps=N&seed=S&frames=N"
 )
+
+# An http(s) URL whose path ends with one of these is a recorded video, read like a local file.
+RECORDED_VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi")
 
 _CAMERA_KEYS = {
     "width": cv2.CAP_PROP_FRAME_WIDTH,
@@ -51,8 +54,9 @@ def open_source(
 ) -> Source:
     """Open a frame source; iterate it for Frames and close it (or use ``with``).
 
-    ``capture_factory`` replaces how camera and stream captures are made (a cv2.VideoCapture-like
-    object per call): tests use it to simulate a device that disconnects.
+    ``capture_factory`` replaces how camera and live stream captures are made (a
+    cv2.VideoCapture-like object per call): tests use it to simulate a device that disconnects. A
+    URL to a recorded video (see ``is_recorded_video``) is a file source and does not use it.
     """
     options = SourceOptions(
         loop=loop,
@@ -94,16 +98,31 @@ def open_source(
         return LiveSource(
             text, "camera", factory, options, hint=f"is {device} a capture device, free to use?"
         )
+    if is_recorded_video(text):
+        return VideoFileSource(redacted(text), text, options)
     factory = capture_factory or network_factory(text, timeout)
     parts = urlsplit(text)
     return LiveSource(
-        text,
+        redacted(text),
         "stream",
         factory,
         options,
         hint=f"nothing answered at {parts.hostname}:{parts.port or 'the default port'} within {timeout:g} s, "
         "or the server refused the stream; check the URL, that the server runs, and credentials",
         diagnose=(lambda: http_problem(text, timeout)) if scheme in ("http", "https") else None,
+    )
+
+
+def is_recorded_video(url: str) -> bool:
+    """Whether an http(s) URL names a recorded video (its path ends with a container extension).
+
+    A recorded clip must deliver every frame in order, as a local file does; read as a live stream
+    (newest frame only) a slow consumer would lose most of it. The query string is the server's
+    business (a token, a signature) and is ignored. rtsp:// and other http(s) URLs stay live.
+    """
+    parts = urlsplit(url)
+    return parts.scheme.lower() in ("http", "https") and parts.path.lower().endswith(
+        RECORDED_VIDEO_EXTENSIONS
     )
 
 

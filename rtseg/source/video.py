@@ -1,4 +1,8 @@
-"""Video files through OpenCV (FFmpeg): every frame in order, optionally looped or paced."""
+"""Video files through OpenCV (FFmpeg): every frame in order, optionally looped or paced.
+
+A recorded video served over HTTP(S) (a URL to an .mp4, say) is read the same way: it is a file
+that happens to be remote, not a live stream, so no frame is dropped to stay current.
+"""
 
 from __future__ import annotations
 
@@ -10,31 +14,45 @@ import cv2
 import numpy as np
 
 from ..errors import SourceError
-from .base import MediaSource, SourceInfo, SourceOptions
+from .base import MediaSource, SourceInfo, SourceOptions, redacted
+from .live import http_problem, open_network
 
 log = logging.getLogger(__name__)
 
 DEFAULT_FPS = 30.0  # when a container does not say
 
 
-def _open(path: Path) -> cv2.VideoCapture:
-    cap = cv2.VideoCapture(str(path))
+def _open(target: Path | str, timeout: float) -> cv2.VideoCapture:
+    """A local file (a Path) or a URL (a str), opened; SourceError saying why when it cannot be."""
+    if isinstance(target, Path):
+        cap = cv2.VideoCapture(str(target))
+        if not cap.isOpened():
+            cap.release()
+            raise SourceError(
+                f"cannot open {target} as a video: OpenCV's FFmpeg cannot read it. It may not be a video, "
+                "or it is truncated (an .mp4 cut off before its index, the 'moov' atom, was written "
+                "cannot be opened)"
+            )
+        return cap
+    cap = open_network(target, timeout)
     if not cap.isOpened():
         cap.release()
-        raise SourceError(
-            f"cannot open {path} as a video: OpenCV's FFmpeg cannot read it. It may not be a video, or "
-            "it is truncated (an .mp4 cut off before its index, the 'moov' atom, was written cannot "
-            "be opened)"
+        reason = http_problem(target, timeout) or (
+            f"FFmpeg could not open it as a video within {timeout:g} s; check the URL and that the "
+            "server is up"
         )
+        raise SourceError(f"cannot open {redacted(target)} as a video: {reason}")
     return cap
 
 
 class VideoFileSource(MediaSource):
-    def __init__(self, uri: str, path: Path, options: SourceOptions) -> None:
-        if not path.is_file():
-            raise SourceError(f"video file not found: {path}")
-        self.path = path
-        self._cap = _open(path)
+    """A local video file (``target`` a Path) or a recorded video at an http(s) URL (a str)."""
+
+    def __init__(self, uri: str, target: Path | str, options: SourceOptions) -> None:
+        if isinstance(target, Path) and not target.is_file():
+            raise SourceError(f"video file not found: {target}")
+        self.target = target
+        self._cap = _open(target, options.timeout)
         fps = self._cap.get(cv2.CAP_PROP_FPS)
         fps = float(fps) if fps and np.isfinite(fps) and 0 < fps < 1000 else DEFAULT_FPS
         super().__init__(uri, options, fps=fps)
@@ -51,7 +69,7 @@ class VideoFileSource(MediaSource):
 
     @property
     def files(self) -> Sequence[Path]:
-        return (self.path,)
+        return (self.target,) if isinstance(self.target, Path) else ()  # a URL is no local file
 
     def _read(self) -> np.ndarray | None:
         ok, image = self._cap.read()
@@ -71,7 +89,7 @@ class VideoFileSource(MediaSource):
         if expected is not None and self._pass_frames < expected - 1:
             log.warning(
                 "%s ended after %d of the %d frames its header announces (truncated or corrupt file)",
-                self.path,
+                self.target if isinstance(self.target, Path) else self.uri,
                 self._pass_frames,
                 expected,
             )
@@ -79,7 +97,7 @@ class VideoFileSource(MediaSource):
     def _rewind(self) -> bool:
         # Reopening is reliable for every container; seeking to frame 0 is not.
         self._cap.release()
-        self._cap = _open(self.path)
+        self._cap = _open(self.target, self.options.timeout)
         return True
 
     def _release(self) -> None:

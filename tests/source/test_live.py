@@ -187,7 +187,7 @@ class FiniteStream(FakeCamera):
 def test_a_finite_stream_ends_at_its_last_frame_without_reconnecting() -> None:
     counter = [0]
     factory = Factory([FiniteStream(counter, frames=5, period=0.01), FiniteStream([0], frames=5)])
-    with open_source("http://127.0.0.1:1/clip.mp4", capture_factory=factory, reconnect=3) as src:
+    with open_source("http://127.0.0.1:1/live", capture_factory=factory, reconnect=3) as src:
         frames = list(src)
         stats = src.stats
     assert frames and stats.delivered + stats.dropped == 5
@@ -243,3 +243,18 @@ def test_a_bare_camera_number_is_the_camera_uri_with_the_same_options(
         frame = next(src)
         assert src.info.uri == "camera://0" and src.info.live
     assert factory.calls == 1 and frame.image.shape == (24, 32, 3)
+
+
+def test_a_camera_password_is_never_shown(caplog) -> None:
+    url = "rtsp://admin:s3cret@127.0.0.1:1/stream?auth=tok3n"
+    counter = [0]
+    factory = Factory([FakeCamera(counter, frames=3), FakeCamera(counter, frames=None)])
+    with caplog.at_level(logging.INFO), open_source(url, capture_factory=factory, backoff=0.01) as src:
+        frames = [next(src) for _ in range(6)]
+        shown = {src.info.uri, repr(src), *(f.source for f in frames)}
+    assert src.info.uri == "rtsp://admin:***@127.0.0.1:1/stream?auth=***"
+    assert "reconnected" in caplog.text
+    assert not any("s3cret" in s or "tok3n" in s for s in shown | {caplog.text})
+    with pytest.raises(SourceError) as err:
+        open_source(url, capture_factory=Factory([]))
+    assert "admin:***@127.0.0.1" in str(err.value) and "s3cret" not in str(err.value)

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from rtseg.errors import ConfigError, SourceError
-from rtseg.source import SCHEMES, open_source
+from rtseg.source import SCHEMES, open_source, redacted
 
 
 def _closed_port() -> int:
@@ -83,3 +83,18 @@ def test_options_are_validated() -> None:
 def test_file_uri_rejects_query_options(tmp_path) -> None:
     with pytest.raises(SourceError, match="take no"):
         open_source(f"file://{tmp_path}/a.mp4?loop=1")
+
+
+@pytest.mark.parametrize(
+    "uri, shown",
+    [
+        ("rtsp://admin:pw@cam.local:554/live", "rtsp://admin:***@cam.local:554/live"),
+        ("https://u:p@h/c.mp4?sig=abc&x=", "https://u:***@h/c.mp4?sig=***&x=***"),
+        ("rtsp://user@cam/live", "rtsp://user@cam/live"),  # no password: nothing to hide
+        ("http://h/x", "http://h/x"),
+        ("synthetic://drive?size=64x48", "synthetic://drive?size=64x48"),  # options, not secrets
+        ("clip.mp4", "clip.mp4"),
+    ],
+)
+def test_network_credentials_are_redacted(uri: str, shown: str) -> None:
+    assert redacted(uri) == shown

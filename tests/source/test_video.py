@@ -1,14 +1,24 @@
 from __future__ import annotations
 
+import functools
+import http.server
 import logging
+import shutil
+import socket
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
 from rtseg.errors import SourceError
 from rtseg.source import open_source
+from rtseg.source.live import LiveSource
+from rtseg.source.uri import is_recorded_video
+from rtseg.source.video import VideoFileSource
 
 FRAMES = 24  # conftest.video_file
 SIZE = (160, 96)
@@ -158,3 +168,119 @@ def test_rate_holds_across_loop_passes(one_frame_video: Path) -> None:
         frames = [f for _, f in zip(range(4), src, strict=False)]
     # one frame per 1/25 s pass, thinned to 5 per second of media time: every fifth pass
     assert [f.index for f in frames] == [0, 5, 10, 15]
+
+
+# Recorded videos over HTTP: read like local files, every frame in order.
+
+WEB_FRAMES = 40
+WEB_SIZE = (64, 48)
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def video_server(tmp_path_factory: pytest.TempPathFactory, video_file, make_faststart) -> Iterator[str]:
+    """A local web server with /clip.mp4 (40 flat 64x48 frames, frame i of grey value 6*i), the
+    same bytes at /live (no extension) and /cut.mp4, the streaming-style conftest video cut mid-way."""
+    root = tmp_path_factory.mktemp("web")
+    fixed = make_faststart(video_file[0].read_bytes())
+    (root / "cut.mp4").write_bytes(fixed[: len(fixed) * 6 // 10])
+    clip = root / "clip.mp4"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"mp4v"), 25.0, WEB_SIZE)
+    if not writer.isOpened():
+        pytest.fail("OpenCV cannot write mp4v here")
+    for i in range(WEB_FRAMES):
+        writer.write(np.full((WEB_SIZE[1], WEB_SIZE[0], 3), 6 * i, np.uint8))
+    writer.release()
+    shutil.copyfile(clip, root / "live")
+    handler = functools.partial(_QuietHandler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize(
+    ("url", "recorded"),
+    [
+        ("http://host/clips/drive.mp4", True),
+        ("https://host/a/b/DRIVE.MKV", True),
+        ("http://host/clip.webm?token=abc&expires=1", True),
+        ("http://user:pw@host:8080/x.mov", True),
+        ("http://host/stream.mjpg", False),
+        ("https://host/live/playlist.m3u8", False),
+        ("http://host/watch?file=clip.mp4", False),  # the query is the server's, not the path
+        ("http://host/clip.mp4/live", False),
+        ("rtsp://host/clip.mp4", False),  # rtsp is always live
+    ],
+)
+def test_which_urls_are_recorded_videos(url: str, recorded: bool) -> None:
+    assert is_recorded_video(url) is recorded
+
+
+def test_recorded_video_over_http_delivers_every_frame_in_order(video_server: str) -> None:
+    with open_source(f"{video_server}/clip.mp4", timeout=2) as src:
+        assert isinstance(src, VideoFileSource)
+        assert src.info.kind == "video" and not src.info.live and src.info.size == WEB_SIZE
+        assert tuple(src.files) == ()  # no local file to guard against overwriting
+        frames = []
+        for frame in src:
+            frames.append(frame)
+            time.sleep(0.005)  # a consumer slower than decoding loses nothing
+    assert [f.index for f in frames] == list(range(WEB_FRAMES))
+    # frame i is grey 6*i, give or take the codec's colour-range rounding: in order, none repeated
+    means = np.array([f.image.mean() for f in frames])
+    assert np.all(np.abs(means - 6 * np.arange(WEB_FRAMES)) < 4) and np.all(np.diff(means) > 3)
+    assert src.stats.delivered == WEB_FRAMES and src.stats.dropped == 0
+
+
+def test_query_string_does_not_hide_a_recorded_video(video_server: str) -> None:
+    with open_source(f"{video_server}/clip.mp4?token=abc", timeout=2) as src:
+        assert isinstance(src, VideoFileSource)
+        assert [f.index for f in src] == list(range(WEB_FRAMES))
+
+
+def test_recorded_video_over_http_loops_by_reopening(video_server: str) -> None:
+    with open_source(f"{video_server}/clip.mp4", loop=True, timeout=2) as src:
+        frames = [f for _, f in zip(range(WEB_FRAMES + 10), src, strict=False)]
+    assert [f.index for f in frames] == list(range(WEB_FRAMES + 10))
+    assert frames[WEB_FRAMES].position_s == 0.0 and float(frames[WEB_FRAMES].image.mean()) < 3
+
+
+def test_missing_recorded_video_says_404_quickly(video_server: str) -> None:
+    url = f"{video_server}/missing.mp4"
+    start = time.perf_counter()
+    with pytest.raises(SourceError, match="404") as err:
+        open_source(url, timeout=2)
+    assert time.perf_counter() - start < 2.0
+    assert url in str(err.value)
+
+
+def test_recorded_video_with_nothing_behind_it_says_ffmpeg_could_not_open_it() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    with pytest.raises(SourceError, match="FFmpeg could not open it as a video within 1 s"):
+        open_source(f"http://127.0.0.1:{port}/clip.mp4", timeout=1)
+
+
+def test_url_without_video_extension_stays_live(video_server: str) -> None:
+    with open_source(f"{video_server}/live", timeout=2) as src:
+        assert isinstance(src, LiveSource)
+        assert src.info.live and src.info.kind == "stream"
+
+
+def test_truncated_recorded_video_warning_hides_credentials(video_server: str, caplog) -> None:
+    url = video_server.replace("http://", "http://user:secret@") + "/cut.mp4?token=hush"
+    with caplog.at_level(logging.WARNING, logger="rtseg.source.video"), open_source(url, timeout=2) as src:
+        frames = list(src)
+    assert 0 < len(frames) < FRAMES
+    assert "truncated" in caplog.text and "/cut.mp4" in caplog.text
+    assert "secret" not in caplog.text and "hush" not in caplog.text
