@@ -25,10 +25,11 @@ class ConfusionMatrix:
         valid = t != self.ignore_index
         t = t[valid].astype(np.int64)
         p = pred.ravel()[valid].astype(np.int64)
-        if t.size and (t.max() >= n or p.max() >= n):
+        # A negative id would land in another cell of the flattened matrix, not fail.
+        if t.size and (t.max() >= n or p.max() >= n or t.min() < 0 or p.min() < 0):
             raise ValueError(
-                f"labels must be < {n} or the ignore index {self.ignore_index}; "
-                f"got target max {t.max()}, prediction max {p.max()}"
+                f"labels must be < {n} and >= 0, or the ignore index {self.ignore_index}; "
+                f"got target {t.min()}..{t.max()}, prediction {p.min()}..{p.max()}"
             )
         self.matrix += np.bincount(t * n + p, minlength=n * n).reshape(n, n)
 

@@ -40,16 +40,41 @@ def read_image(path: Path) -> np.ndarray:
     return image
 
 
+def _is_palette_png(path: Path) -> bool:
+    """PNG colour type 3: the pixels are indices (class ids) into a palette."""
+    with open(path, "rb") as f:
+        head = f.read(26)
+    return head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR" and head[25:26] == b"\x03"
+
+
 def read_label(path: Path) -> np.ndarray:
     label = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if label is None:
         raise DatasetError(f"cannot read label map {path} (missing, truncated or not an image)")
+    if label.ndim == 3 and _is_palette_png(path):
+        # OpenCV expands a palette to colours; the class ids are the indices, which Pillow keeps.
+        from PIL import Image
+
+        with Image.open(path) as image:
+            label = np.asarray(image)
     if label.ndim != 2 or label.dtype != np.uint8:
         raise DatasetError(
             f"label map {path} must be a single-channel 8-bit PNG, "
             f"got shape {label.shape} dtype {label.dtype}"
         )
     return label
+
+
+def _spans(ids: tuple[int, ...]) -> str:
+    """(0, 1, 2, 255) -> '0..2 or 255'."""
+    runs: list[list[int]] = []
+    for i in sorted(ids):
+        if runs and i == runs[-1][1] + 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    parts = [f"{a}..{b}" if b > a else str(a) for a, b in runs]
+    return " or ".join([", ".join(parts[:-1]), parts[-1]] if len(parts) > 1 else parts)
 
 
 class SegmentationDataset(Sequence[Sample]):
@@ -74,7 +99,11 @@ class SegmentationDataset(Sequence[Sample]):
         pair = self._pairs[index]
         image = read_image(pair.image_path)
         label = read_label(pair.label_path)
-        if pair.label_map is not None:
+        if pair.label_map is None:
+            self._check_ids(label, (*range(len(self.classes)), self.classes.ignore_index), pair.label_path)
+        else:
+            if pair.label_map.defined is not None:
+                self._check_ids(label, pair.label_map.defined, pair.label_path)
             label = pair.label_map.apply(label)
         if label.shape != image.shape[:2]:
             raise DatasetError(
@@ -85,6 +114,17 @@ class SegmentationDataset(Sequence[Sample]):
         if self._cache is not None:
             self._cache[index] = sample
         return sample
+
+    def _check_ids(self, label: np.ndarray, defined: tuple[int, ...], path: Path) -> None:
+        """Refuse ids the dataset does not define: scored as void or failing in the metric, they
+        would misreport mIoU or stop a run without naming the file."""
+        present = np.flatnonzero(np.bincount(label.ravel(), minlength=256))
+        unknown = sorted(set(present.tolist()) - set(defined))
+        if unknown:
+            raise DatasetError(
+                f"label map {path} holds values {unknown[:8]} that are not {self.classes.name} label "
+                f"ids (expected {_spans(defined)}); convert the annotations to class ids"
+            )
 
     def __iter__(self) -> Iterator[Sample]:
         for i in range(len(self)):

@@ -71,6 +71,9 @@ class LabelIdMap:
     """Maps a dataset's raw label ids to train ids through a 256-entry lookup table."""
 
     table: tuple[int, ...] = field(repr=False)
+    # The raw ids the dataset defines (None: all 256). Any other id in a label map is a broken
+    # annotation, refused rather than scored as void.
+    defined: tuple[int, ...] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if len(self.table) != 256:
@@ -184,7 +187,10 @@ CAMVID = ClassSet(
 
 # CamVid (SegNet release) marks void as 11; rtseg ignores it like every other ignore label.
 CAMVID_VOID = 11
-CAMVID_LABEL_IDS = LabelIdMap(table=tuple(i if i < CAMVID_VOID else IGNORE_INDEX for i in range(256)))
+CAMVID_LABEL_IDS = LabelIdMap(
+    table=tuple(i if i < CAMVID_VOID else IGNORE_INDEX for i in range(256)),
+    defined=(*range(CAMVID_VOID + 1), IGNORE_INDEX),
+)
 
 CLASS_SETS: dict[str, ClassSet] = {c.name: c for c in (CITYSCAPES, CAMVID)}
 

@@ -149,7 +149,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> LoadedCheckpoint:
             meta = WeightsMeta.from_dict(obj["meta"])
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"{path}: invalid rtseg checkpoint metadata: {exc}") from None
-        return LoadedCheckpoint(path, digest, _state_dict_from(obj["state_dict"], path), meta)
+        return LoadedCheckpoint(path, digest, _state_dict_from(obj.get("state_dict"), path), meta)
     return LoadedCheckpoint(path, digest, _state_dict_from(obj, path), None)
 
 

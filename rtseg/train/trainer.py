@@ -24,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 from .._version import __version__
-from ..data.datasets import SegmentationDataset, open_dataset
+from ..data.datasets import Sample, SegmentationDataset, open_dataset
 from ..data.labels import corresponding_outputs
 from ..data.preprocess import Normalize, Preprocessing
 from ..engine.base import cuda_device_index
@@ -115,6 +115,10 @@ class TrainState:
     best_epoch: int = -1
     history: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0  # training time spent across all resumed chunks
+
+
+class _ValidationStopped(Exception):
+    """A stop signal arrived during validation; the epoch is validated again after a resume."""
 
 
 def state_path_for(out: str | Path) -> Path:
@@ -351,16 +355,26 @@ class Trainer:
         self._stop_signal = signum
 
     def validate(self) -> float:
+        """Val mIoU. A stop signal abandons it (a validation can take minutes) with _ValidationStopped."""
+
+        def samples() -> Iterator[Sample]:
+            for sample in self.val_set:
+                if self._stop_signal is not None:
+                    raise _ValidationStopped
+                yield sample
+
         self.model.eval()
-        report = evaluate(
-            torch_logits_fn(self.model, self.preprocessing),
-            self.val_set,
-            classes=self.classes,
-            input_size=self.config.size,
-            total=len(self.val_set),
-            progress=False,
-        )
-        self.model.train()
+        try:
+            report = evaluate(
+                torch_logits_fn(self.model, self.preprocessing),
+                samples(),
+                classes=self.classes,
+                input_size=self.config.size,
+                total=len(self.val_set),
+                progress=False,
+            )
+        finally:
+            self.model.train()
         return report.scores.miou
 
     def _save_best(self, miou: float, epoch: int) -> None:
@@ -447,7 +461,11 @@ class Trainer:
                     "loss": round(float(np.mean(losses)), 4) if losses else None,
                 }
                 if (st.epoch + 1) % c.val_every == 0 or st.epoch + 1 == c.epochs:
-                    miou = self.validate()
+                    try:
+                        miou = self.validate()
+                    except _ValidationStopped:
+                        stopped = True  # with batch == iters_per_epoch: the resume validates first
+                        break
                     entry["val_miou"] = round(100 * miou, 2)
                     if miou > st.best_miou:
                         st.best_miou, st.best_epoch = miou, st.epoch

@@ -239,3 +239,20 @@ def test_a_json_write_that_fails_late_keeps_the_printed_report(
     assert captured.out.strip().splitlines()[-1].startswith("mIoU: ")  # the result is not lost
     err = captured.err.strip()
     assert err.startswith(f"rtseg eval: error: --json: cannot write {target}: ") and "\n" not in err
+
+
+def test_an_rtseg_checkpoint_without_weights_is_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Its metadata alone used to end in a KeyError traceback."""
+    import torch
+
+    from rtseg.models import DEFAULT_WEIGHTS
+
+    checkpoint = torch.load(DEFAULT_WEIGHTS, weights_only=True)
+    del checkpoint["state_dict"]
+    weights = tmp_path / "meta-only.pt"
+    torch.save(checkpoint, weights)
+    assert _eval_tiny(tmp_path / "camvid", "--weights", str(weights)) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"rtseg eval: error: {weights}: expected a state dict (name -> tensor), got NoneType"

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from rtseg.data.datasets import camvid, cityscapes, open_dataset
+from rtseg.data.labels import CAMVID
 from rtseg.errors import DatasetError
 
 
@@ -88,3 +89,45 @@ def test_camvid_real_split_sizes(camvid_root: Path) -> None:
     sample = camvid(camvid_root, "val")[0]
     assert sample.image.shape == (360, 480, 3) and sample.label.shape == (360, 480)
     assert sample.name == "0016E5_07959"
+
+
+def test_label_values_outside_the_class_ids_are_named(tmp_path: Path) -> None:
+    """An id the dataset does not define is broken annotation, not void: silently ignoring it (CamVid)
+    or failing in the metric without naming the file (Cityscapes train ids) misreports mIoU."""
+    _write(tmp_path / "val" / "a.png", np.zeros((6, 8, 3), np.uint8))
+    label = np.full((6, 8), 3, np.uint8)
+    label[0, :3] = (11, 255, 40)  # void and ignore are fine; 40 is no CamVid id
+    _write(tmp_path / "valannot" / "a.png", label)
+    with pytest.raises(DatasetError, match=r"valannot/a\.png holds values \[40\] .*expected 0\.\.11 or 255"):
+        camvid(tmp_path, "val")[0]
+    label[0, 2] = 10
+    _write(tmp_path / "valannot" / "a.png", label)
+    assert camvid(tmp_path, "val")[0].label[0, :3].tolist() == [255, 255, 10]
+
+    stem = tmp_path / "city" / "x"
+    _write(Path(f"{stem}_leftImg8bit.png"), np.zeros((6, 8, 3), np.uint8))
+    _write(Path(f"{stem}_gtFine_labelTrainIds.png"), np.array([[0, 18, 255, 19, 30]], np.uint8).repeat(6, 0))
+    with pytest.raises(
+        DatasetError, match=r"x_gtFine_labelTrainIds\.png holds values \[19, 30\] .*0\.\.18 or 255"
+    ):
+        cityscapes(tmp_path / "city", "val")[0]
+
+
+def test_palette_png_labels_are_read_as_class_ids(tmp_path: Path) -> None:
+    """An index PNG with a palette attached (VOC style, as many annotation tools write them) holds
+    class ids; OpenCV expands it to colours, which used to be refused as a 3-channel label."""
+    from PIL import Image
+
+    _write(tmp_path / "val" / "a.png", np.zeros((6, 8, 3), np.uint8))
+    ids = np.zeros((6, 8), np.uint8)
+    ids[3:] = 3
+    ids[0] = 11
+    image = Image.fromarray(ids, "P")
+    image.putpalette([v for i in range(256) for v in CAMVID.palette[i % 11]])  # ids beyond 11 unused
+    (tmp_path / "valannot").mkdir()
+    image.save(tmp_path / "valannot" / "a.png")
+    label = camvid(tmp_path, "val")[0].label
+    assert label[0].tolist() == [255] * 8 and (label[1:3] == 0).all() and (label[3:] == 3).all()
+    _write(tmp_path / "valannot" / "a.png", np.zeros((6, 8, 3), np.uint8))  # a colour-coded label
+    with pytest.raises(DatasetError, match="must be a single-channel 8-bit PNG"):
+        camvid(tmp_path, "val")[0]

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -286,3 +287,38 @@ def test_a_diverging_loss_stops_with_a_typed_error(tiny_camvid: Path, tmp_path: 
     trainer.loss = diverged
     with pytest.raises(TrainingError, match=r"loss became nan at epoch 1, batch 0: lower --lr"):
         trainer.fit()
+
+
+class _SignalOnFirstRead(Sequence):
+    """A validation set that delivers SIGTERM to this process when its first image is read."""
+
+    def __init__(self, data: Sequence) -> None:
+        self.data = data
+        self.reads = 0
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index: int):  # type: ignore[override]
+        self.reads += 1
+        if self.reads == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return self.data[index]
+
+
+def test_a_signal_during_validation_stops_at_once_and_the_resume_validates(
+    tiny_camvid: Path, tmp_path: Path
+) -> None:
+    """A validation can take minutes (Cityscapes val on a CPU): a stop signal used to wait for all of
+    it and then for one more batch, or, in the last epoch, to end as "done" with exit status 130."""
+    config = _config(tiny_camvid, tmp_path / "best.pt", class_weight_c=0)
+    trainer = Trainer(config, progress=False)
+    trainer.val_set = _SignalOnFirstRead(trainer.val_set)  # type: ignore[assignment]
+    state = trainer.fit()
+    assert trainer.stop_signal == signal.SIGTERM and trainer.val_set.reads == 1
+    assert (state.epoch, state.batch, state.history) == (0, trainer.iters_per_epoch, [])
+    assert not (tmp_path / "best.pt").exists()
+    resumed = Trainer(config, progress=False)
+    resumed.load_state(resumed.state_path)
+    state = resumed.fit()
+    assert state.epoch == 1 and "val_miou" in state.history[0] and (tmp_path / "best.pt").is_file()
