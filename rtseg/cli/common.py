@@ -95,6 +95,11 @@ def model_name_for(weights: Path) -> str:
         raise CheckpointError(
             f"{weights} is a plain state dict rtseg does not recognise: name its architecture with --model"
         )
+    if meta.model not in list_models():
+        raise CheckpointError(
+            f"{weights} is for model {meta.model!r}, which this rtseg does not have "
+            f"(it has {', '.join(list_models())}); was it written by another rtseg version?"
+        )
     return meta.model
 
 

@@ -58,7 +58,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..train import TrainConfig, Trainer
+    from ..train import TrainConfig, Trainer, read_state
 
     check_output(args.out, "--out")
     if args.threads:
@@ -85,9 +85,13 @@ def run(args: argparse.Namespace) -> int:
         compile=args.compile,
         save_every_s=args.save_every,
     )
+    # A bad resume file is refused before the datasets are read (minutes on Cityscapes).
+    saved = read_state(args.resume) if args.resume is not None else None
+    if saved is not None:
+        saved.check_config(config)
     trainer = Trainer(config, progress=not args.no_progress)
-    if args.resume is not None:
-        trainer.load_state(args.resume)
+    if saved is not None:
+        trainer.load_state(saved)
     state = trainer.fit(max_seconds=args.max_minutes * 60 if args.max_minutes else None)
     if state.epoch >= config.epochs:
         print(

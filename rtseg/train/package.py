@@ -20,7 +20,13 @@ from ..models import get_model, read_checkpoint, save_checkpoint
 
 
 def package(source: Path, target: Path, *, dataset: str, root: Path, splits: list[str]) -> dict[str, float]:
-    model = get_model(read_checkpoint(source).meta.model, weights=source)  # type: ignore[union-attr]
+    loaded = read_checkpoint(source)
+    if loaded.meta is None:
+        raise CheckpointError(
+            f"{source}: a plain state dict has no rtseg metadata (model, classes, training recipe); "
+            "package the best.pt that rtseg train wrote"
+        )
+    model = get_model(loaded.meta.model, weights=source)
     meta = model.meta
     metrics = dict(meta.metrics)
     results = {}

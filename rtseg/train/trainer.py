@@ -121,6 +121,51 @@ class _ValidationStopped(Exception):
     """A stop signal arrived during validation; the epoch is validated again after a resume."""
 
 
+@dataclass(frozen=True)
+class SavedState:
+    """A training state file, read and checked (``read_state``)."""
+
+    path: Path
+    payload: dict[str, Any] = field(repr=False)
+
+    def check_config(self, config: TrainConfig) -> None:
+        """Only the stopping point may differ between chunks; anything else would change the run."""
+        saved = TrainConfig.from_dict(self.payload["config"])
+        mine = replace(config, epochs=saved.epochs, save_every_s=saved.save_every_s, compile=saved.compile)
+        if mine != saved:
+            diff = {k: (v, getattr(config, k)) for k, v in asdict(saved).items() if getattr(mine, k) != v}
+            raise ConfigError(f"{self.path} was written by a run with other settings (saved, now): {diff}")
+
+
+def read_state(path: str | Path) -> SavedState:
+    """A training state file, or CheckpointError saying why it is unusable.
+
+    Separate from ``Trainer.load_state`` so ``rtseg train --resume`` can refuse a bad file before
+    the datasets are read (seconds on CamVid, minutes on Cityscapes)."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"resume state not found: {path}")
+    if not path.is_file():
+        raise CheckpointError(f"resume state {path} is a folder, not a file (OUT.state.pt)")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head != b"PK\x03\x04":  # torch.save's zip archive, as save_state writes it
+        what = "an empty file" if not head else f"a file starting with bytes {head!r}"
+        raise CheckpointError(f"{path} is not an rtseg training state (written by `rtseg train`): {what}")
+    try:
+        # On the CPU: load_state_dict copies each tensor to where the model and optimizer live.
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises RuntimeError, UnpicklingError, EOFError, ... here
+        text = str(exc).strip()
+        reason = text.splitlines()[0] if text else type(exc).__name__
+        raise CheckpointError(
+            f"{path}: cannot read the training state; the file is truncated or corrupt ({reason})"
+        ) from None
+    if not isinstance(payload, dict) or payload.get("format") != STATE_FORMAT:
+        raise CheckpointError(f"{path} is not an rtseg training state (written by `rtseg train`)")
+    return SavedState(path, payload)
+
+
 def state_path_for(out: str | Path) -> Path:
     out = Path(out)
     return out.with_name(out.stem + ".state.pt")
@@ -275,37 +320,11 @@ class Trainer:
         """The signal that stopped the last ``fit`` early (SIGINT, SIGTERM), if one did."""
         return self._stop_signal
 
-    def load_state(self, path: Path) -> None:
-        path = Path(path)
-        if not path.exists():
-            raise CheckpointError(f"resume state not found: {path}")
-        if not path.is_file():
-            raise CheckpointError(f"resume state {path} is a folder, not a file (OUT.state.pt)")
-        with open(path, "rb") as f:
-            head = f.read(4)
-        if head != b"PK\x03\x04":  # torch.save's zip archive, as save_state writes it
-            what = "an empty file" if not head else f"a file starting with bytes {head!r}"
-            raise CheckpointError(f"{path} is not an rtseg training state (written by `rtseg train`): {what}")
-        try:
-            payload = torch.load(path, map_location=self.device, weights_only=True)
-        except Exception as exc:  # torch raises RuntimeError, UnpicklingError, EOFError, ... here
-            text = str(exc).strip()
-            reason = text.splitlines()[0] if text else type(exc).__name__
-            raise CheckpointError(
-                f"{path}: cannot read the training state; the file is truncated or corrupt ({reason})"
-            ) from None
-        if not isinstance(payload, dict) or payload.get("format") != STATE_FORMAT:
-            raise CheckpointError(f"{path} is not an rtseg training state (written by `rtseg train`)")
-        saved = TrainConfig.from_dict(payload["config"])
-        # Only the stopping point may differ between chunks; anything else would change the run.
-        mine = replace(
-            self.config, epochs=saved.epochs, save_every_s=saved.save_every_s, compile=saved.compile
-        )
-        if mine != saved:
-            diff = {
-                k: (v, getattr(self.config, k)) for k, v in asdict(saved).items() if getattr(mine, k) != v
-            }
-            raise ConfigError(f"{path} was written by a run with other settings (saved, now): {diff}")
+    def load_state(self, state: str | Path | SavedState) -> None:
+        """Continue from a state file (or one ``read_state`` already read)."""
+        saved = state if isinstance(state, SavedState) else read_state(state)
+        saved.check_config(self.config)
+        payload, path = saved.payload, saved.path
         self.preprocessing = Preprocessing.from_dict(payload["preprocessing"])
         self.normalize = Normalize(self.preprocessing).to(self.device)
         self.model.load_state_dict(payload["model"])

@@ -256,3 +256,21 @@ def test_an_rtseg_checkpoint_without_weights_is_named(
     assert _eval_tiny(tmp_path / "camvid", "--weights", str(weights)) == 2
     err = capsys.readouterr().err.strip()
     assert err == f"rtseg eval: error: {weights}: expected a state dict (name -> tensor), got NoneType"
+
+
+def test_a_checkpoint_for_a_model_this_rtseg_lacks_names_the_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import torch
+
+    from rtseg.models import DEFAULT_WEIGHTS
+
+    checkpoint = torch.load(DEFAULT_WEIGHTS, weights_only=True)
+    checkpoint["meta"]["model"] = "segformer-b9"
+    weights = tmp_path / "future.pt"
+    torch.save(checkpoint, weights)
+    assert _eval_tiny(tmp_path / "camvid", "--weights", str(weights)) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(
+        f"rtseg eval: error: {weights} is for model 'segformer-b9', which this rtseg does not have"
+    )

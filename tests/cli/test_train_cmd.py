@@ -41,3 +41,17 @@ def test_limits_must_be_positive(
         main(_train(tmp_path, option, value))
     assert exit_.value.code == 2
     assert f"argument {option}: {message}" in capsys.readouterr().err
+
+
+def test_a_bad_resume_file_is_refused_before_the_dataset_is_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = tmp_path / "run.state.pt"
+    state.write_bytes(b"not a state")
+    assert main(_train(tmp_path, "--out", str(tmp_path / "run.pt"), "--resume", str(state))) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"rtseg train: error: {state} is not an rtseg training state")
+    assert (
+        main(_train(tmp_path, "--out", str(tmp_path / "run.pt"), "--resume", str(tmp_path / "gone.pt"))) == 2
+    )
+    assert "resume state not found" in capsys.readouterr().err
