@@ -88,6 +88,17 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def tensors_sha256(state_dict: Mapping[str, Tensor]) -> str:
+    """A digest of names, dtypes, shapes and bytes: torch.load does not check the archive's CRCs,
+    so a flipped bit in a weight would otherwise load silently and give wrong masks."""
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        t = state_dict[name].detach().to("cpu").contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def _state_dict_from(obj: Any, path: Path) -> dict[str, Tensor]:
     # Common wrappers: {"state_dict": ...} (Lightning, many repos) and {"model": ...}.
     for key in ("state_dict", "model"):
@@ -149,7 +160,14 @@ def read_checkpoint(path: str | os.PathLike[str]) -> LoadedCheckpoint:
             meta = WeightsMeta.from_dict(obj["meta"])
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"{path}: invalid rtseg checkpoint metadata: {exc}") from None
-        return LoadedCheckpoint(path, digest, _state_dict_from(obj.get("state_dict"), path), meta)
+        state_dict = _state_dict_from(obj.get("state_dict"), path)
+        stored = obj.get("tensors_sha256")  # older rtseg files have none: nothing to check
+        if stored is not None and stored != tensors_sha256(state_dict):
+            raise CheckpointError(
+                f"{path}: the weights do not match the checksum stored with them; the file is "
+                "corrupt (a bad copy or a failing disk): copy it again"
+            )
+        return LoadedCheckpoint(path, digest, state_dict, meta)
     return LoadedCheckpoint(path, digest, _state_dict_from(obj, path), None)
 
 
@@ -174,6 +192,7 @@ def save_checkpoint(
         "format_version": FORMAT_VERSION,
         "meta": meta.to_dict(),
         "state_dict": tensors,
+        "tensors_sha256": tensors_sha256(tensors),
     }
     return atomic_torch_save(payload, path)
 

@@ -10,7 +10,7 @@ import torch
 from rtseg.data.labels import CAMVID
 from rtseg.errors import CheckpointError
 from rtseg.models import get_model
-from rtseg.models.checkpoint import WeightsMeta, read_checkpoint, save_checkpoint
+from rtseg.models.checkpoint import WeightsMeta, read_checkpoint, save_checkpoint, tensors_sha256
 from rtseg.models.registry import default_meta
 
 
@@ -167,3 +167,34 @@ def test_plain_state_dict_of_an_rtseg_network_reads_back_as_built(tmp_path: Path
     assert len(get_model("espnet", weights=five, num_classes=4).meta.classes) == 4  # 4 + a void output
     with pytest.raises(CheckpointError, match="but num_classes=11 was asked for"):
         get_model("espnet", weights=five, num_classes=11)
+
+
+def test_a_flipped_bit_in_a_weight_is_caught(rtseg_ckpt: Path, tmp_path: Path) -> None:
+    import zipfile
+
+    raw = torch.load(rtseg_ckpt, weights_only=True)
+    assert raw["tensors_sha256"] == tensors_sha256(raw["state_dict"])
+    # torch.save stores tensor records uncompressed: flip one bit of the largest one in place.
+    with zipfile.ZipFile(rtseg_ckpt) as archive:
+        record = max((i for i in archive.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    data = bytearray(rtseg_ckpt.read_bytes())
+    name_len, extra_len = (
+        int.from_bytes(data[record.header_offset + o : record.header_offset + o + 2], "little")
+        for o in (26, 28)
+    )
+    data[record.header_offset + 30 + name_len + extra_len + record.file_size // 2] ^= 0x10
+    broken = tmp_path / "bitrot.pt"
+    broken.write_bytes(bytes(data))
+    torch.load(broken, weights_only=True)  # torch itself does not notice
+    with pytest.raises(
+        CheckpointError, match=r"bitrot\.pt: the weights do not match the checksum stored with them"
+    ):
+        get_model("espnet", weights=broken)
+
+
+def test_a_checkpoint_without_a_checksum_still_loads(rtseg_ckpt: Path, tmp_path: Path) -> None:
+    raw = torch.load(rtseg_ckpt, weights_only=True)
+    del raw["tensors_sha256"]
+    older = tmp_path / "older.pt"
+    torch.save(raw, older)
+    assert get_model("espnet", weights=older).num_outputs == 11
