@@ -61,6 +61,13 @@ def cpu_cores() -> tuple[int, int]:
     return int(physical), int(logical)
 
 
+def available_memory_bytes() -> int:
+    """Memory the system could give this process now without swapping."""
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
 def cpu_flags() -> list[str]:
     """The flags of ``FLAGS_OF_INTEREST`` this CPU has, in that order."""
     flags = set(_cpuinfo().get("flags", "").split())

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from .. import hardware
 from .._version import __version__
 from ..data.datasets import Sample, SegmentationDataset, open_dataset
 from ..data.labels import corresponding_outputs
@@ -193,8 +194,7 @@ class Trainer:
         self.device = torch.device(config.device)
         self.train_set = open_dataset(config.dataset, config.root, config.train_split)
         self.val_set = open_dataset(config.dataset, config.root, config.val_split)
-        self.train_set.cache_in_memory()
-        self.val_set.cache_in_memory()
+        self._cache_if_it_fits()
         self.classes = self.train_set.classes
         self.state_path = state_path_for(config.out)
         self.state = TrainState()
@@ -251,6 +251,23 @@ class Trainer:
         )
         self.use_amp = config.amp and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+
+    def _cache_if_it_fits(self) -> None:
+        """Keep decoded images in memory (every epoch revisits them all) when they fit in half of
+        what is available; full Cityscapes would need about 25 GB, so it is then re-read."""
+        sets = [s for s in (self.train_set, self.val_set) if len(s)]
+        need = sum(len(s) * (s[0].image.nbytes + s[0].label.nbytes) for s in sets)
+        budget = hardware.available_memory_bytes() // 2
+        if need <= budget:
+            for s in sets:
+                s.cache_in_memory()
+            return
+        log.warning(
+            "not caching decoded images: about %.1f GB would exceed half the available memory "
+            "(%.1f GB); they are read from disk every epoch",
+            need / 2**30,
+            budget / 2**30,
+        )
 
     def _initial_model(self, init: StagedSegmenter | None) -> StagedSegmenter:
         """Fresh weights; the init weights whole (same classes); the init network with its outputs

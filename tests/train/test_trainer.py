@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -322,3 +323,18 @@ def test_a_signal_during_validation_stops_at_once_and_the_resume_validates(
     resumed.load_state(resumed.state_path)
     state = resumed.fit()
     assert state.epoch == 1 and "val_miou" in state.history[0] and (tmp_path / "best.pt").is_file()
+
+
+def test_decoded_images_are_cached_only_when_they_fit(
+    tiny_camvid: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from rtseg import hardware
+
+    cached = Trainer(_config(tiny_camvid, tmp_path / "a.pt", class_weight_c=0), progress=False)
+    assert cached.train_set._cache is not None and cached.val_set._cache is not None
+    monkeypatch.setattr(hardware, "available_memory_bytes", lambda: 1 << 16)  # 64 KB free
+    with caplog.at_level(logging.WARNING, logger="rtseg.train.trainer"):
+        lean = Trainer(_config(tiny_camvid, tmp_path / "b.pt", class_weight_c=0), progress=False)
+    assert lean.train_set._cache is None and lean.val_set._cache is None
+    assert "not caching decoded images" in caplog.text and "(0.0 GB)" in caplog.text
+    assert lean.fit().epoch == 1  # and it still trains, reading from disk
