@@ -17,6 +17,7 @@ import logging
 import statistics
 import sys
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -208,6 +209,16 @@ def _auto_cell(result: dict[str, Any]) -> str:
     return f"{picked} (+{100 * (med[picked] / med[fastest] - 1):.1f} % here)"
 
 
+def _calibration_counts(results: Sequence[dict[str, Any]]) -> str:
+    """How many frames calibrated each case's int8 graphs, as used (--calibration-num changes it)."""
+    counts = [(f"{r['model']} at {r['size'][0]}x{r['size'][1]}", r["calibration"]["num"]) for r in results]
+    if not counts:
+        return "no cases"
+    common = Counter(n for _, n in counts).most_common(1)[0][0]
+    others = [f"{n} for {name}" for name, n in counts if n != common]
+    return "; ".join([f"{common} per model", *others])
+
+
 BEGIN = "<!-- rtseg.bench.engines: begin (generated) -->"
 END = "<!-- rtseg.bench.engines: end -->"
 
@@ -222,8 +233,8 @@ def format_markdown(document: dict[str, Any]) -> str:
         f"round-robin runs after {document['warmup']} warm-up runs, per full pass (low + deep + head, "
         "uint8 labels out). fp32 matmul peak (torch, 4096x4096): "
         f"{before:.0f} GFLOP/s before, {after:.0f} after. int8: ONNX Runtime static QDQ quantisation "
-        f"calibrated on images spread evenly over {document['calibration_images']} (16 per model; 64 "
-        "for espnet at 480x360, the CamVid checkpoint whose int8 mIoU is reported).",
+        f"calibrated on images spread evenly over {document['calibration_images']} "
+        f"({_calibration_counts(document['results'])}).",
         "",
         "Latency per frame and FPS (in brackets); fastest in bold:",
         "",

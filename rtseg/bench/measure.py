@@ -141,6 +141,8 @@ class _MemoryMeter:
     def to_dict(self) -> dict[str, Any]:
         high_water = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         high_water *= 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
+        # Linux updates the high-water mark lazily: it can lag an RSS psutil has already seen.
+        high_water = max(high_water, self.peak_rss)
         return {
             "peak_rss_mb": round(self.peak_rss / 2**20, 1) if self.peak_rss else None,
             "process_peak_rss_mb": round(high_water / 2**20, 1),
@@ -283,6 +285,8 @@ def measure_pipeline(segmenter: Any, cfg: BenchConfig, memory: _MemoryMeter) -> 
         if i >= max(cfg.warmup, 1):  # the interval since the previous result, for measured frames
             cycles_ms.append(1000.0 * (done - records[-2]["done"]))
         reason = rule.reason_to_stop(cycles_ms, done - start[0])
+        if reason is None and measured >= rule.max_samples:
+            reason = "max samples"  # without warm-up the first frame has no interval before it
         if reason is not None:
             stop_reason[0] = reason
             pipeline.stop()

@@ -21,12 +21,19 @@ NO_CITYSCAPES = "n/a (no Cityscapes val set here)"
 CAMVID_WEIGHTS = "weights/espnet/decoder/espnet_p_2_q_8_camvid.pth"
 
 
+def check_camvid(root: Path | None = None, split: str = "test") -> Path:
+    """The data root, or a ConfigError when it lacks the CamVid split or the ESPNet CamVid
+    checkpoint (checked before a table run's measurements, not after them)."""
+    root = data_root() if root is None else root
+    if not (root / CAMVID_WEIGHTS).is_file() or not (root / "camvid" / split).is_dir():
+        raise ConfigError(f"CamVid or the ESPNet CamVid checkpoint is not in {root} (set RTSEG_DATA)")
+    return root
+
+
 def camvid_miou(root: Path | None = None, *, split: str = "test", progress: bool = False) -> dict[str, Any]:
     """ESPNet-CamVid's mIoU on a CamVid split, measured now with the torch reference path."""
-    root = data_root() if root is None else root
+    root = check_camvid(root, split)
     weights = root / CAMVID_WEIGHTS
-    if not weights.is_file() or not (root / "camvid" / split).is_dir():
-        raise ConfigError(f"CamVid or the ESPNet CamVid checkpoint is not in {root} (set RTSEG_DATA)")
     model = get_model("espnet", weights=weights)
     meta = model.meta
     dataset = camvid(root / "camvid", split)

@@ -19,7 +19,7 @@ from .environment import hardware_line
 from .measure import STAGES
 from .quality import NO_CITYSCAPES
 from .stats import StopRule
-from .table import PublishedRow
+from .table import COLUMNS, PublishedRow
 
 SCHEMA_ID = "rtseg.bench/1"
 
@@ -37,11 +37,14 @@ def measured_for(row: PublishedRow, results: Sequence[dict[str, Any]], hardware:
         if cfg["model"] != row.rtseg_model or cfg["size"] != list(row.resolution):
             continue
         engine, pipeline = r.get("engine") or {}, r.get("pipeline") or {}
+        info = r.get("engine_info") or {}
         out.append(
             {
                 "label": r["label"],
                 "backend": cfg["backend"],
                 "precision": cfg["precision"],
+                "device": cfg["device"],
+                "tensorrt": "yes" if _uses_tensorrt(info.get("backend", cfg["backend"]), info) else "no",
                 "status": r["status"],
                 "reason": r["reason"],
                 "engine_fps": engine.get("fps"),
@@ -58,6 +61,12 @@ def measured_for(row: PublishedRow, results: Sequence[dict[str, Any]], hardware:
             }
         )
     return out
+
+
+def _uses_tensorrt(backend: str, info: dict[str, Any]) -> bool:
+    """TensorRT engines, and ONNX Runtime when its TensorRT execution provider ran the graph."""
+    notes = info.get("notes") or []
+    return backend in ("tensorrt", "torch2trt") or "provider TensorrtExecutionProvider" in notes
 
 
 def table_document(
@@ -183,7 +192,8 @@ def write_results_csv(results: Sequence[dict[str, Any]], environment: dict[str, 
 
 def write_table_csv(table: dict[str, Any], environment: dict[str, Any], path: Path) -> None:
     """One line per published row, plus one per measurement of it (measured_* columns filled)."""
-    env = _environment_columns(environment)
+    # This machine's "gpu" must not overwrite the GPU a published number was measured on.
+    env = {(f"machine_{k}" if k in COLUMNS else k): v for k, v in _environment_columns(environment).items()}
     rows = []
     for row in table["rows"]:
         published = {k: ("" if v is None else v) for k, v in row.items() if k != "measured"}
@@ -236,6 +246,7 @@ def format_results(results: Sequence[dict[str, Any]]) -> str:
             rows.append(
                 [r["label"], r["status"], r["reason"][:60] if r["reason"] else "", "", "", "", "", ""]
             )
+            details.append(f"{r['label']}: {r['status']}: {r['reason']}")  # the grid cuts it short
             continue
         e, p = r.get("engine"), r.get("pipeline")
         if e:
@@ -341,8 +352,8 @@ def format_table(table: dict[str, Any]) -> str:
             [
                 row["model"],
                 str(row["year"]),
-                _f(row["miou_test"], 1),
-                _f(row["miou_val"], 1),
+                "-" if row["miou_test"] is None else f"{row['miou_test']:g}",  # as published
+                "-" if row["miou_val"] is None else f"{row['miou_val']:g}",
                 row["resolution"] or "-",
                 "-" if row["fps"] is None else f"{row['fps']:g}",
                 "-" if row["latency_ms"] is None else f"{row['latency_ms']:g}",
@@ -352,7 +363,8 @@ def format_table(table: dict[str, Any]) -> str:
             ]
         )
         for m in row["measured"]:
-            gpu = m["hardware"].rpartition("GPU: ")[2] or "none"
+            # The hardware line names the machine's GPUs even when the measurement ran on its CPU.
+            gpu = "none (CPU)" if m["device"] == "cpu" else m["hardware"].rpartition("GPU: ")[2]
             if m["status"] != "ok":
                 what = f"{m['status']}: {m['reason']}"
             else:
@@ -367,8 +379,8 @@ def format_table(table: dict[str, Any]) -> str:
                     row["resolution"] or "-",
                     _f(m["engine_fps"]),
                     _f(m["engine_ms"], 1),
-                    "none (CPU)" if gpu == "none" else gpu,
-                    "no",
+                    gpu,
+                    m["tensorrt"],
                     what,
                 ]
             )

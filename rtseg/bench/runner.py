@@ -111,6 +111,14 @@ def plan(spec: SweepSpec, workdir: Path) -> list[Planned]:
     return out
 
 
+class SweepInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a sweep, with the results of the configurations that finished before it."""
+
+    def __init__(self, results: list[dict[str, Any]]) -> None:
+        super().__init__(f"interrupted after {len(results)} configuration(s)")
+        self.results = results
+
+
 def run_planned(
     planned: Sequence[Planned],
     *,
@@ -124,7 +132,10 @@ def run_planned(
     bar = tqdm(planned, desc="rtseg bench", unit="config", disable=not progress, file=sys.stderr)
     for item in bar:
         bar.set_postfix_str(item.config.label)
-        result = measure(item.config)
+        try:
+            result = measure(item.config)
+        except KeyboardInterrupt:
+            raise SweepInterrupted(results) from None
         result["notes"] = [*result.get("notes", []), *item.notes]
         results.append(result)
         if progress:

@@ -8,6 +8,8 @@ registry model a row corresponds to, for the rows rtseg implements.
 from __future__ import annotations
 
 import csv
+import io
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,24 +106,27 @@ class PublishedRow:
         }
 
 
-def _number(text: str, column: str, line: int) -> float | None:
+def _number(text: str, column: str) -> float | None:
     text = text.strip()
     if not text:
         return None
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
-        raise ConfigError(f"line {line}: column {column!r} must be a number or empty, got {text!r}") from None
+        value = math.nan
+    if not math.isfinite(value):
+        raise ConfigError(f"column {column!r} must be a finite number or empty, got {text!r}")
+    return value
 
 
-def _resolution(text: str, line: int) -> tuple[int, int] | None:
+def _resolution(text: str) -> tuple[int, int] | None:
     text = text.strip().lower()
     if not text:
         return None
     try:
         w, h = (int(v) for v in text.split("x"))
     except ValueError:
-        raise ConfigError(f"line {line}: resolution must look like 1024x512, got {text!r}") from None
+        raise ConfigError(f"resolution must look like 1024x512, got {text!r}") from None
     return w, h
 
 
@@ -130,38 +135,47 @@ def load_table(path: str | Path) -> list[PublishedRow]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"published table {path} not found")
-    with path.open(newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise ConfigError(f"{path}: missing column(s) {missing}; expected {list(COLUMNS)}")
-        rows = []
-        for line, raw in enumerate(reader, start=2):
-            try:
-                year = int(raw["year"])
-            except ValueError:
-                raise ConfigError(
-                    f"{path} line {line}: year must be an integer, got {raw['year']!r}"
-                ) from None
-            try:
-                rows.append(
-                    PublishedRow(
-                        model=raw["model"].strip(),
-                        year=year,
-                        miou_test=_number(raw["miou_test"], "miou_test", line),
-                        miou_val=_number(raw["miou_val"], "miou_val", line),
-                        resolution=_resolution(raw["resolution"], line),
-                        fps=_number(raw["fps"], "fps", line),
-                        latency_ms=_number(raw["latency_ms"], "latency_ms", line),
-                        gpu=raw["gpu"].strip() or None,
-                        tensorrt=raw["tensorrt"].strip(),
-                        source=raw["source"].strip(),
-                        rtseg_model=raw["rtseg_model"].strip() or None,
-                        notes=raw["notes"].strip(),
-                    )
+    try:  # utf-8-sig: spreadsheets save UTF-8 CSV with a byte-order mark
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); save the table as UTF-8 CSV") from None
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    header = reader.fieldnames or []
+    missing = [c for c in COLUMNS if c not in header]
+    if missing:
+        raise ConfigError(f"{path}: missing column(s) {missing}; expected {list(COLUMNS)}")
+    rows = []
+    for raw in reader:
+        line = reader.line_num  # of the file, blank lines and quoted line breaks included
+        if None in raw or None in raw.values():  # csv fills a short row with None, keys a long one None
+            fields = sum(v is not None for k, v in raw.items() if k is not None) + len(raw.get(None) or [])
+            hint = " (a cell that holds a comma must be in double quotes)" if fields > len(header) else ""
+            raise ConfigError(
+                f"{path} line {line}: {fields} fields, expected {len(header)} like the header{hint}"
+            )
+        try:
+            year = int(raw["year"])
+        except ValueError:
+            raise ConfigError(f"{path} line {line}: year must be an integer, got {raw['year']!r}") from None
+        try:
+            rows.append(
+                PublishedRow(
+                    model=raw["model"].strip(),
+                    year=year,
+                    miou_test=_number(raw["miou_test"], "miou_test"),
+                    miou_val=_number(raw["miou_val"], "miou_val"),
+                    resolution=_resolution(raw["resolution"]),
+                    fps=_number(raw["fps"], "fps"),
+                    latency_ms=_number(raw["latency_ms"], "latency_ms"),
+                    gpu=raw["gpu"].strip() or None,
+                    tensorrt=raw["tensorrt"].strip(),
+                    source=raw["source"].strip(),
+                    rtseg_model=raw["rtseg_model"].strip() or None,
+                    notes=raw["notes"].strip(),
                 )
-            except ConfigError as exc:
-                raise ConfigError(f"{path} line {line}: {exc}") from None
+            )
+        except ConfigError as exc:
+            raise ConfigError(f"{path} line {line}: {exc}") from None
     return rows
 
 

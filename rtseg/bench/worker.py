@@ -9,8 +9,10 @@ seconds), which is not timed.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +22,8 @@ from ..hardware import cpu_cores
 from .measure import BenchConfig, run_config
 
 RESULT_MARKER = "RTSEG-BENCH-RESULT "
+PARENT_ENV = "RTSEG_BENCH_PARENT"  # the bench process's pid, for the worker to die with it
+_PR_SET_PDEATHSIG = 1
 _PACKAGE_PARENT = Path(__file__).resolve().parent.parent.parent
 
 
@@ -51,6 +55,7 @@ def run_isolated(cfg: BenchConfig, *, timeout: float | None = None) -> dict[str,
     """``run_config(cfg)`` in a child process; a crash or timeout becomes a 'failed' result."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_PACKAGE_PARENT), env.get("PYTHONPATH")) if p)
+    env[PARENT_ENV] = str(os.getpid())
     try:
         done = subprocess.run(
             [sys.executable, "-m", "rtseg.bench.worker"],
@@ -70,7 +75,22 @@ def run_isolated(cfg: BenchConfig, *, timeout: float | None = None) -> dict[str,
     return _failure(cfg, f"worker exited with status {done.returncode} without a result: {tail}")
 
 
+def _die_with_parent(parent: int) -> None:
+    """Have the kernel kill this worker when the bench process dies, however it dies (SIGTERM,
+    SIGKILL, a closed terminal): an orphaned worker would go on measuring for minutes and load the
+    cores under whatever is measured next. Linux only; elsewhere a no-op."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # no prctl in this libc
+        return
+    if os.getppid() != parent:  # it died before prctl took effect
+        os._exit(1)
+
+
 def main() -> int:
+    _die_with_parent(int(os.environ.get(PARENT_ENV, os.getppid())))
     cfg = BenchConfig.from_dict(json.loads(sys.stdin.read()))
     if cfg.threads is None:
         import torch

@@ -10,7 +10,7 @@ from typing import Any
 from ..bench.environment import fingerprint
 from ..bench.measure import DEFAULT_SOURCE, ENCODINGS
 from ..bench.plot import plot_format, plot_quality_speed
-from ..bench.quality import camvid_miou
+from ..bench.quality import camvid_miou, check_camvid
 from ..bench.report import (
     build_document,
     format_results,
@@ -20,7 +20,7 @@ from ..bench.report import (
     write_results_csv,
     write_table_csv,
 )
-from ..bench.runner import SweepSpec, run_sweep
+from ..bench.runner import SweepInterrupted, SweepSpec, run_sweep
 from ..bench.stats import StopRule
 from ..bench.table import TABLES, implemented, load_table, table_path
 from ..engine import BACKENDS, PRECISIONS
@@ -159,6 +159,8 @@ def _rule(args: argparse.Namespace) -> tuple[StopRule, int]:
     seconds = args.max_seconds if args.max_seconds is not None else seconds
     if frames < 1:
         raise ConfigError(f"--frames must be >= 1, got {frames}")
+    if not 1 <= min_frames <= frames:
+        raise ConfigError(f"--min-frames must be between 1 and --frames ({frames}), got {min_frames}")
     rule = StopRule(min_samples=min_frames, max_samples=frames, rel_halfwidth=args.ci, max_seconds=seconds)
     return rule, warmup
 
@@ -240,10 +242,20 @@ def run(args: argparse.Namespace) -> int:
         plot_format(args.plot)
     if args.weights and not Path(args.weights).is_file():
         raise ConfigError(f"--weights {args.weights}: no such file")
+    if args.camvid:
+        check_camvid()
     environment = fingerprint()
     results: list[dict[str, Any]] = []
+    interrupted = False
     for spec in specs:
-        results += run_sweep(spec, isolated=not args.in_process, progress=not args.no_progress)
+        try:
+            results += run_sweep(spec, isolated=not args.in_process, progress=not args.no_progress)
+        except SweepInterrupted as exc:  # Ctrl-C: report and write what finished, as a run does
+            if not results and not exc.results:
+                raise
+            results += exc.results
+            interrupted = True
+            break
     print(format_results(results))
     table = None
     plot_table = None
@@ -251,7 +263,7 @@ def run(args: argparse.Namespace) -> int:
     if args.table or args.plot:
         path = table_path(name)
         rows = load_table(path)
-        camvid = camvid_miou(progress=not args.no_progress) if args.camvid else None
+        camvid = camvid_miou(progress=not args.no_progress) if args.camvid and not interrupted else None
         doc = table_document(name, path, rows, results, environment, camvid)
         if args.table:
             table = doc
@@ -274,6 +286,13 @@ def run(args: argparse.Namespace) -> int:
     if args.plot and plot_table is not None:
         write_output(args.plot, "--plot", lambda p: plot_quality_speed(plot_table, p))
         print(f"wrote {args.plot}")
+    if interrupted:
+        print(
+            f"rtseg bench: interrupted: {len(results)} configuration(s) finished and are reported "
+            "above; the rest were not measured",
+            file=sys.stderr,
+        )
+        return 130
     failed = [r for r in results if r["status"] == "failed"]
     if failed:
         print(f"{len(failed)} configuration(s) failed", file=sys.stderr)

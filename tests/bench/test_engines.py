@@ -35,10 +35,11 @@ def test_priming_needs_two_frames() -> None:
 
 
 def test_the_table_shows_how_far_autos_pick_is_from_the_fastest() -> None:
-    def row(picked: str) -> dict:
+    def row(picked: str, calibration_num: int = 16) -> dict:
         return {
             "model": "m",
             "size": [64, 32],
+            "calibration": {"num": calibration_num, "id": "x"},
             "gflops": 1.0,
             "median_ms": {"torch": 110.0, "ORT fp32": 100.0},
             "notes": {},
@@ -63,3 +64,7 @@ def test_the_table_shows_how_far_autos_pick_is_from_the_fastest() -> None:
     lines = [line for line in format_markdown(document).splitlines() if line.startswith("| m @ 64x32 | 1.00")]
     assert lines[0].endswith("| ORT fp32 | ORT fp32 |")
     assert lines[1].endswith("| ORT fp32 | torch (+10.0 % here) |")
+    # the header says how many frames calibrated the int8 graphs: those used, not the defaults
+    assert "over imgs (16 per model)." in format_markdown(document)
+    document["results"] = [row("ORT fp32", 4), {**row("torch", 8), "model": "n"}]
+    assert "over imgs (4 per model; 8 for n at 64x32)." in format_markdown(document)

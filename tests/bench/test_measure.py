@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rtseg.bench.measure import STAGES, BenchConfig, run_config
+from rtseg.bench.measure import STAGES, BenchConfig, _MemoryMeter, run_config
 from rtseg.bench.stats import StopRule
 from rtseg.errors import ConfigError
 
@@ -37,6 +37,15 @@ def test_engine_and_pipeline_numbers() -> None:
     assert r["memory"]["peak_rss_mb"] > 10 and r["memory"]["gpu_peak_mb"] is None
 
 
+def test_the_process_high_water_mark_is_never_below_a_sampled_rss() -> None:
+    # Linux updates getrusage's high-water mark lazily: it was reported below psutil's sampled peak.
+    meter = _MemoryMeter("cpu")
+    meter.sample()
+    meter.peak_rss += 2**30  # an RSS the kernel's counter has not caught up with
+    memory = meter.to_dict()
+    assert memory["process_peak_rss_mb"] >= memory["peak_rss_mb"] > 1024
+
+
 def test_unsupported_combination_is_skipped_with_reason() -> None:
     r = run_config(_cfg(precision="int8"))
     assert r["status"] == "skipped" and "precision" in r["reason"]
@@ -63,6 +72,14 @@ def test_scheduler_against_every_reference(tmp_path: Path) -> None:
     assert p["stages_ms"]["deep"]["frames"] == p["keyframes"] < p["frames"]
     assert p["agreement"]["frames"] == 12 and 0 <= p["agreement"]["miou"] <= 100
     assert "clockwork" in p["scheduler"]
+
+
+def test_without_warmup_the_pipeline_stops_at_max_samples_frames() -> None:
+    # No warm-up: the first measured frame has no interval before it, so there is one interval
+    # fewer than frames; --frames still caps the frames.
+    rule = StopRule(min_samples=4, max_samples=4, max_seconds=20.0)
+    p = run_config(_cfg(warmup=0, rule=rule, engine=False))["pipeline"]
+    assert p["frames"] == 4 and p["stop"] == "max samples" and p["warmup"] == 0
 
 
 def test_source_that_ends_in_the_warmup_is_an_error() -> None:

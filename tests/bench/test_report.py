@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -48,6 +49,12 @@ def test_terminal_table_has_every_configuration(results) -> None:
     assert "engine ms [95% CI]" in text
 
 
+def test_terminal_output_gives_the_whole_reason_for_a_skip(results) -> None:
+    reason = results[1]["reason"]
+    assert len(reason) > 60  # longer than the grid's cell: the whole of it follows the grid
+    assert f"enet torch int8 64x48 every: skipped: {reason}" in format_results(results)
+
+
 def test_json_document(results, env, tmp_path: Path) -> None:
     doc = build_document(command="rtseg bench", environment=env, rule=RULE, results=results)
     path = tmp_path / "out" / "r.json"
@@ -85,8 +92,33 @@ def test_table_with_measured_rows(results, env, tmp_path: Path, monkeypatch) -> 
     for row in rows:
         assert row.model in text
     assert "measured: torch fp32" in text and NO_CITYSCAPES in text and "sources:" in text
+    deeplab = next(line for line in text.splitlines() if line.startswith("DeepLabV3+ MobileNetV2"))
+    assert " 70.71 " in deeplab  # the published val mIoU as published, not rounded to 70.7
     path = tmp_path / "t.csv"
     write_table_csv(doc, env, path)
     lines = list(csv.DictReader(path.open()))
     assert len(lines) == len(rows) + 1  # ENet appears once per measurement
     assert {line["measured_status"] for line in lines if line["model"] == "ENet"} == {"ok", "skipped"}
+    # the published GPU column stays the publication's (none given for ENet), the machine's is apart
+    assert {line["gpu"] for line in lines if line["model"] == "ENet"} == {""}
+    machine_gpu = "; ".join(g["name"] for g in env["gpus"]) or "none"
+    assert {line["machine_gpu"] for line in lines if line["measured_status"]} == {machine_gpu}
+
+
+def test_table_says_on_which_device_and_engine_each_row_ran(results, env) -> None:
+    # On a GPU machine the hardware line names the GPU; a CPU measurement must not show it.
+    gpu_env = {**env, "gpus": [{"index": 0, "name": "NVIDIA H200", "memory_gb": 139.8}]}
+    cpu = results[0]
+    trt = {
+        **cpu,
+        "label": "enet tensorrt fp16 64x48 every",
+        "config": {**cpu["config"], "backend": "tensorrt", "precision": "fp16", "device": "cuda"},
+        "engine_info": {**cpu["engine_info"], "backend": "tensorrt", "device": "cuda"},
+    }
+    rows = load_table(table_path("cityscapes"))
+    rows = [r if r.model != "ENet" else type(r)(**{**r.__dict__, "resolution": (64, 48)}) for r in rows]
+    doc = table_document("cityscapes", table_path("cityscapes"), rows, [cpu, trt], gpu_env)
+    lines = [line for line in format_table(doc).splitlines() if line.startswith("  measured:")]
+    cells = [re.split(r"\s{2,}", line.strip()) for line in lines]  # name, resolution, FPS, ms, GPU, TensorRT
+    assert [c[0] for c in cells] == ["measured: torch fp32", "measured: tensorrt fp16"]
+    assert [c[4:6] for c in cells] == [["none (CPU)", "no"], ["NVIDIA H200", "yes"]]

@@ -93,3 +93,40 @@ def test_validation_names_line_and_column(tmp_path: Path) -> None:
         load_table(_write(tmp_path, good.replace("arXiv:1,,", "arXiv:1,nonet,")))
     with pytest.raises(ConfigError, match="unknown table"):
         table_path("ade20k")
+
+
+def test_every_shipped_row_has_its_cells_in_their_columns(rows) -> None:
+    # An unquoted comma in a cell shifts the rest of the row into extra fields, which were dropped.
+    deeplab = next(r for r in rows if r.rtseg_model == "deeplabv3plus-mobilenetv2")
+    assert deeplab.notes.startswith("model-zoo checkpoint: output stride 16, single scale, no ASPP")
+    assert deeplab.notes.endswith("no test mIoU published")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "X,2020,70.0,,1024x512,30,,GPU,no,arXiv:1,,a note, with a comma",
+            r"line 2: 13 fields, expected 12.*quotes",
+        ),
+        ("X,2020,70.0,,1024x512,30,,GPU,no", r"line 2: 9 fields, expected 12 like the header$"),
+        ("X,2020,70.0,,1024x512,inf,,GPU,no,arXiv:1,,note", r"line 2: column 'fps' must be a finite number"),
+        (
+            "X,2020,70.0,,1024x,30,,GPU,no,arXiv:1,,note",
+            r"t\.csv line 2: resolution must look like 1024x512, got '1024x'$",
+        ),
+        ("\nX,2020,70.0,,1024x512,30,,GPU,maybe,arXiv:1,,note", r"line 3: X: tensorrt"),  # after a blank line
+    ],
+)
+def test_malformed_rows_name_the_line_and_what_is_wrong(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_table(_write(tmp_path, text))
+
+
+def test_table_encoding(tmp_path: Path) -> None:
+    path = _write(tmp_path, "X,2020,70.0,,1024x512,30,,GPU,no,arXiv:1,,note")
+    path.write_bytes("\ufeff".encode() + path.read_bytes())  # a spreadsheet's "CSV UTF-8"
+    assert load_table(path)[0].model == "X"
+    path.write_bytes(b"\xff\xfe" + ",".join(COLUMNS).encode("utf-16-le"))
+    with pytest.raises(ConfigError, match="not UTF-8 text"):
+        load_table(path)

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
 from rtseg.bench.measure import BenchConfig
 from rtseg.bench.stats import StopRule
-from rtseg.bench.worker import run_isolated, timeout_for
+from rtseg.bench.worker import _die_with_parent, run_isolated, timeout_for
 
 CFG = BenchConfig(
     model="enet",
@@ -31,3 +38,35 @@ def test_timeout_becomes_a_failed_result() -> None:
 def test_timeout_budget() -> None:
     assert timeout_for(CFG) == 900.0 + 30.0
     assert timeout_for(BenchConfig(model="enet", fixed_frames=True)) is None
+
+
+def _gone(pid: int) -> bool:
+    """Exited: no such process, or a zombie nobody has reaped yet."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+def test_a_worker_dies_with_the_bench_process() -> None:
+    # SIGTERM or SIGKILL to `rtseg bench` left its worker measuring on, loading the cores for minutes.
+    pids_read, pids_write = os.pipe()
+    armed_read, armed_write = os.pipe()
+    bench = os.fork()
+    if bench == 0:  # the bench process: starts a worker, waits until it is armed, dies
+        worker = os.fork()
+        if worker == 0:
+            _die_with_parent(os.getppid())
+            os.write(armed_write, b"1")
+            time.sleep(30)
+            os._exit(0)
+        os.write(pids_write, f"{worker}\n".encode())
+        os.read(armed_read, 1)
+        os._exit(0)
+    os.waitpid(bench, 0)
+    worker = int(os.read(pids_read, 64))
+    deadline = time.monotonic() + 5
+    while not _gone(worker) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert _gone(worker)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+import rtseg.bench.runner
 from rtseg.cli import main
 
 jsonschema = pytest.importorskip(
@@ -133,6 +134,8 @@ def test_table_prints_every_row_and_measures_implemented_ones(tmp_path: Path, ca
         (["--camvid"], "--camvid"),
         (["--model", "espnet", "enet", "--weights", "w.pt"], "one model"),
         (["--frames", "0"], "--frames"),
+        (["--frames", "3", "--min-frames", "10"], "--min-frames must be between 1 and --frames (3), got 10"),
+        (["--min-frames", "0"], "--min-frames must be between 1 and --frames (100), got 0"),
     ],
 )
 def test_bad_option_combinations(argv: list[str], message: str, capsys) -> None:
@@ -160,6 +163,16 @@ def test_unwritable_outputs_are_refused_before_measuring(
     assert len(captured.err.strip().splitlines()) == 1
 
 
+def test_camvid_without_its_data_is_refused_before_measuring(tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.setenv("RTSEG_DATA", str(tmp_path))
+    argv = ["bench", "--table", "cityscapes", "--camvid", "--model", "enet", "--engine-only", "--frames", "1"]
+    assert main([*argv, "--in-process", "--no-progress", "--json", str(tmp_path / "t.json")]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""  # not after minutes of measuring, with the results then lost
+    message = f"CamVid or the ESPNet CamVid checkpoint is not in {tmp_path} (set RTSEG_DATA)"
+    assert captured.err == f"rtseg bench: error: {message}\n"
+
+
 def test_a_late_write_failure_keeps_the_printed_results(tmp_path: Path, capsys) -> None:
     target = Path("/proc/rtseg-nowhere/bench.json")  # no folder can be made under /proc
     assert main(["bench", *TINY, "--in-process", "--engine-only", "--json", str(target)]) == 2
@@ -167,3 +180,25 @@ def test_a_late_write_failure_keeps_the_printed_results(tmp_path: Path, capsys) 
     assert "engine" in captured.out and "wrote" not in captured.out
     err = captured.err.strip()
     assert err.startswith(f"rtseg bench: error: --json: cannot write {target}: ") and "\n" not in err
+
+
+def test_ctrl_c_keeps_the_finished_configurations(tmp_path: Path, capsys, monkeypatch) -> None:
+    measure = rtseg.bench.runner.run_config
+
+    def interrupted_after_enet(cfg):
+        if cfg.model != "enet":
+            raise KeyboardInterrupt  # what Ctrl-C raises while a configuration is measured
+        return measure(cfg)
+
+    monkeypatch.setattr(rtseg.bench.runner, "run_config", interrupted_after_enet)
+    out = tmp_path / "r.json"
+    argv = ["bench", "--model", "enet", "espnet", *TINY, "--engine-only", "--in-process", "--json", str(out)]
+    assert main(argv) == 130
+    captured = capsys.readouterr()
+    assert "enet torch fp32 64x48 every" in captured.out and "espnet torch" not in captured.out
+    assert "interrupted: 1 configuration(s) finished" in captured.err
+    assert [r["label"] for r in _validate(out)["results"]] == ["enet torch fp32 64x48 every"]
+    out.unlink()
+    del argv[2]  # only espnet: interrupted in the first configuration, nothing to report or write
+    assert main(argv) == 130
+    assert capsys.readouterr().err == "rtseg bench: interrupted\n" and not out.exists()
