@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -247,15 +248,30 @@ def run(args: argparse.Namespace) -> int:
     environment = fingerprint()
     results: list[dict[str, Any]] = []
     interrupted = False
-    for spec in specs:
-        try:
-            results += run_sweep(spec, isolated=not args.in_process, progress=not args.no_progress)
-        except SweepInterrupted as exc:  # Ctrl-C: report and write what finished, as a run does
-            if not results and not exc.results:
-                raise
-            results += exc.results
-            interrupted = True
-            break
+    terminated: list[int] = []
+
+    def terminate(signum: int, _frame: object) -> None:
+        terminated.append(signum)  # SIGTERM (a kill, a job scheduler): stop as Ctrl-C does
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        for spec in specs:
+            try:
+                results += run_sweep(spec, isolated=not args.in_process, progress=not args.no_progress)
+            except SweepInterrupted as exc:  # report and write what finished, as a run does
+                if not results and not exc.results:
+                    raise
+                results += exc.results
+                interrupted = True
+                break
+    except KeyboardInterrupt:
+        if not terminated:
+            raise
+        print("rtseg bench: stopped (SIGTERM) before any configuration finished", file=sys.stderr)
+        return 143
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     print(format_results(results))
     table = None
     plot_table = None
@@ -288,11 +304,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {args.plot}")
     if interrupted:
         print(
-            f"rtseg bench: interrupted: {len(results)} configuration(s) finished and are reported "
-            "above; the rest were not measured",
+            f"rtseg bench: {'stopped (SIGTERM)' if terminated else 'interrupted'}: {len(results)} "
+            "configuration(s) finished and are reported above; the rest were not measured",
             file=sys.stderr,
         )
-        return 130
+        return 143 if terminated else 130
     failed = [r for r in results if r["status"] == "failed"]
     if failed:
         print(f"{len(failed)} configuration(s) failed", file=sys.stderr)

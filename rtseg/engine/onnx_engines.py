@@ -41,8 +41,9 @@ def int8_stages(
             raise ConfigError(
                 f"int8 needs calibration and {cache.directory} holds no int8 build of {net.meta.model} "
                 f"with these weights at {w}x{h}: run `rtseg calibrate --model {net.meta.model} "
-                f"--weights ... --images DIR --num 64 --size {w}x{h}` (it builds them there), or pass "
-                "--calibration LIST (calibration= in Python)"
+                f"--weights ... --images DIR --num 64 --size {w}x{h}` (it builds them there, and every "
+                "command then finds them), or pass the list (`rtseg eval`/`rtseg export` --calibration "
+                "LIST, calibration= in Python)"
             )
         if len(keys) > 1:
             raise ConfigError(

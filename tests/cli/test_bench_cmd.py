@@ -202,3 +202,24 @@ def test_ctrl_c_keeps_the_finished_configurations(tmp_path: Path, capsys, monkey
     del argv[2]  # only espnet: interrupted in the first configuration, nothing to report or write
     assert main(argv) == 130
     assert capsys.readouterr().err == "rtseg bench: interrupted\n" and not out.exists()
+
+
+def test_sigterm_keeps_the_finished_configurations_too(tmp_path: Path, capsys, monkeypatch) -> None:
+    import os
+    import signal
+
+    measure = rtseg.bench.runner.run_config
+
+    def terminated_after_enet(cfg):
+        if cfg.model != "enet":
+            os.kill(os.getpid(), signal.SIGTERM)  # the handler interrupts the measurement
+        return measure(cfg)
+
+    monkeypatch.setattr(rtseg.bench.runner, "run_config", terminated_after_enet)
+    out = tmp_path / "r.json"
+    argv = ["bench", "--model", "enet", "espnet", *TINY, "--engine-only", "--in-process", "--json", str(out)]
+    assert main(argv) == 143
+    captured = capsys.readouterr()
+    assert "stopped (SIGTERM): 1 configuration(s) finished" in captured.err
+    assert [r["label"] for r in _validate(out)["results"]] == ["enet torch fp32 64x48 every"]
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is not left behind
