@@ -9,9 +9,10 @@ from pathlib import Path
 
 from ..engine import BACKENDS, load
 from ..schedule import Scheduler, make_scheduler
+from ..stream.endpoint import check_endpoint
 from ..stream.protocol import DEFAULT_MAX_PIXELS
 from ..stream.server import DEFAULT_INTERVAL, DEFAULT_SERVER_ENDPOINT, Server, ServerLimits
-from .common import add_model_args, load_model, parse_size, positive_float
+from .common import add_model_args, load_model, parse_size, positive_float, positive_int
 
 SERVER_SCHEDULERS = ("every", "clockwork", "adaptive")
 
@@ -41,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="engine input WxH; requests are resized to it (default: the weights' training size)",
     )
-    p.add_argument("--workers", type=int, default=1, help="inference threads (default 1)")
+    p.add_argument("--workers", type=positive_int, default=1, help="inference threads (default 1)")
     p.add_argument(
         "--scheduler",
         choices=SERVER_SCHEDULERS,
@@ -133,6 +134,7 @@ def run(args: argparse.Namespace) -> int:
         )
 
     scheduler().close()  # a bad combination of options fails here, before the model loads
+    check_endpoint(args.bind, bind=True)
     model = load_model(args.model, args.weights)
     engine = load(
         model, backend=args.backend, precision=args.precision, input_size=args.size, device=args.device

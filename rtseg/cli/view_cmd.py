@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
@@ -140,6 +144,30 @@ def _open_window() -> None:
         ) from None
 
 
+class _Terminated(Exception):
+    """SIGTERM, raised like Ctrl-C's KeyboardInterrupt, so that a recv waiting for a silent stream
+    ends too and the recording is closed (an .mp4 cut off unclosed has no index: unreadable)."""
+
+
+@contextmanager
+def _raise_on_sigterm() -> Iterator[None]:
+    """SIGTERM (docker stop, systemd, ROS launch) stops the viewer cleanly; a second one is not
+    caught."""
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        yield
+        return
+
+    def stop(signum: int, _frame: object) -> None:
+        signal.signal(signal.SIGTERM, previous)
+        raise _Terminated
+
+    previous = signal.signal(signal.SIGTERM, stop) or signal.SIG_DFL
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run(args: argparse.Namespace) -> int:
     if args.out is not None and not args.headless:
         raise ConfigError("--out records in headless mode: add --headless")
@@ -151,8 +179,14 @@ def run(args: argparse.Namespace) -> int:
     seen_parts: set[str] = set()
     t_start = last_print = time.monotonic()
     quiet: StreamTimeout | None = None
+    stopped_by: str | None = None  # Ctrl-C or SIGTERM
+    failed: SinkError | None = None
+    sub: Subscriber | None = None
     try:
-        with Subscriber(args.addr, topics=args.topic, latest=not args.all, curve_keys=args.curve_keys) as sub:
+        with (
+            _raise_on_sigterm(),
+            Subscriber(args.addr, topics=args.topic, latest=not args.all, curve_keys=args.curve_keys) as sub,
+        ):
             while args.frames is None or len(latency) < args.frames:
                 try:
                     message = sub.recv(timeout=args.timeout)
@@ -165,11 +199,11 @@ def run(args: argparse.Namespace) -> int:
                 seen_parts.update(message.parts)
                 image = _image_of(message, args.part)
                 if image is not None:
-                    shown += 1
                     if writer is not None:
                         writer.write(image)
                     elif not args.headless:
                         cv2.imshow(_WINDOW, image)
+                    shown += 1
                 if not args.headless and cv2.waitKey(1) & 0xFF in (ord("q"), 27):
                     break
                 now = time.monotonic()
@@ -181,14 +215,20 @@ def run(args: argparse.Namespace) -> int:
                         flush=True,
                     )
                     last_print = now
-            stats = sub.stats
     except KeyboardInterrupt:
-        stats = None
+        stopped_by = "Ctrl-C"
+    except _Terminated:
+        stopped_by = "SIGTERM"
+    except SinkError as exc:  # --out failed mid-stream (disk full, folder removed): report what was done
+        failed = exc
     finally:
         if writer is not None:
             writer.close()
         if not args.headless:
             cv2.destroyAllWindows()
+    stats = sub.stats if sub is not None else None
+    if stopped_by is not None:
+        print(f"stopped ({stopped_by})" + (f": {args.out} closed" if writer else ""), file=sys.stderr)
     n = len(latency)
     elapsed = max(time.monotonic() - t_start, 1e-9)
     print(
@@ -209,6 +249,11 @@ def run(args: argparse.Namespace) -> int:
             f"  missed by the network/publisher (sequence gaps): {stats.gaps}; skipped as stale: "
             f"{stats.skipped}; malformed: {stats.malformed}"
         )
+    if failed is not None:
+        raise failed  # after the summary; the CLI prints it as one line, exit status 2
+    if stopped_by is not None:
+        # As for `rtseg run` and `rtseg serve`: Ctrl-C is 130, SIGTERM (a service manager's stop) success.
+        return 130 if stopped_by == "Ctrl-C" else 0
     if quiet is not None and (n == 0 or args.frames is not None):
         raise quiet  # nothing arrived, or fewer messages than asked for
     if n and not shown:

@@ -16,7 +16,7 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +41,24 @@ from .protocol import (
 )
 
 log = logging.getLogger(__name__)
+
+
+_REQUIRED = object()
+
+
+def _reply_field(
+    header: dict[str, Any], name: str, convert: Callable[[Any], Any], default: Any = _REQUIRED
+) -> Any:
+    """One reply header field, converted; a ProtocolError naming it (not a bare ValueError from deep
+    inside) when a server sends it missing or malformed."""
+    try:
+        if name not in header and default is not _REQUIRED:
+            return default
+        return convert(header[name])
+    except (KeyError, TypeError, ValueError, IndexError, OverflowError) as exc:
+        raise ProtocolError(
+            f"reply header field {name!r} is missing or bad: {type(exc).__name__}: {exc}"
+        ) from None
 
 
 @dataclass(frozen=True, eq=False)
@@ -221,20 +239,15 @@ class Client:
             parts[spec.name] = decode_array(spec, frames[1 + i], max_pixels=self.max_pixels)
         if "labels" not in parts:
             raise ProtocolError("the reply has no labels part")
-        try:
-            classes = ClassSet.from_dict(header["classes"])
-            input_size = (int(header["input_size"][0]), int(header["input_size"][1]))
-        except (KeyError, TypeError, ValueError, IndexError) as exc:
-            raise ProtocolError(f"reply header is missing or has a bad field: {exc}") from None
         return Reply(
             labels=parts["labels"],
             overlay=parts.get("overlay"),
             is_keyframe=bool(header.get("is_keyframe")),
-            deep_age=int(header.get("deep_age", 0)),
-            timings_ms=dict(header.get("timings_ms", {})),
-            image_shape=tuple(header.get("image_shape", ())),
-            input_size=input_size,
-            classes=classes,
+            deep_age=_reply_field(header, "deep_age", int, 0),
+            timings_ms=_reply_field(header, "timings_ms", dict, {}),
+            image_shape=_reply_field(header, "image_shape", tuple, ()),
+            input_size=_reply_field(header, "input_size", lambda v: (int(v[0]), int(v[1]))),
+            classes=_reply_field(header, "classes", ClassSet.from_dict),
             stream=header.get("stream"),
             frame_index=header.get("frame_index"),
             rtt_ms=rtt * 1000.0,

@@ -162,7 +162,7 @@ def _classes(data: Mapping[str, Any]) -> ClassSet | None:
         return None
     try:
         return ClassSet.from_dict(value)
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:  # OverflowError: int(Infinity)
         raise _bad("classes", f"a class set {{name, names, palette}} ({exc})", value) from None
 
 

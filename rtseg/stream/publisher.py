@@ -126,6 +126,8 @@ class Publisher:
 
     def publish(self, frame: Frame, result: SegResult, overlay: np.ndarray | None = None) -> None:
         """Encode and send one result; ``overlay`` is needed when the options ask for it."""
+        if self._socket.closed:
+            raise ConfigError(f"publisher on {self.endpoint} is closed")
         o = self.options
         t0 = time.perf_counter()
         specs: list[PartSpec] = []

@@ -27,6 +27,15 @@ from .protocol import DEFAULT_MAX_PIXELS, FrameHeader, decode_frame_header, deco
 
 log = logging.getLogger(__name__)
 _POLL_SLICE_S = 0.05  # how soon a blocked recv notices close() from another thread
+# A SUB socket never sends, so a TCP connection that died without being closed (the publisher's
+# host lost power or rebooted, the network partitioned) would look alive forever and never be
+# reconnected, even once the publisher is back. TCP keepalive probes it after KEEPALIVE_IDLE_S
+# seconds without data and resets it when KEEPALIVE_COUNT probes, KEEPALIVE_INTERVAL_S apart, go
+# unanswered (or at once when a rebooted host answers with a reset); libzmq then reconnects.
+# (Not ZMTP heartbeats: with a full receive queue libzmq 4.3 then aborts, zeromq/libzmq#3937.)
+KEEPALIVE_IDLE_S = 2
+KEEPALIVE_INTERVAL_S = 1
+KEEPALIVE_COUNT = 3
 
 
 @dataclass(frozen=True, eq=False)
@@ -113,6 +122,10 @@ class Subscriber:
                 f"subscriber address {addr!r} has options ({addr[addr.index('?') :]}); a subscriber takes "
                 "none: parts, quality and the rest are set on the publishing zmq:// sink"
             )
+        if isinstance(topics, str):  # iterated, "front" would subscribe to the prefixes f, r, o, n, t
+            raise ConfigError(
+                f"topics must be a list of stream ids, got the string {topics!r}; use topics=[{topics!r}]"
+            )
         if rcvhwm < 1:
             raise ConfigError(f"rcvhwm must be >= 1, got {rcvhwm}")
         self.addr = check_endpoint(addr, bind=False)
@@ -124,6 +137,10 @@ class Subscriber:
             self._socket.setsockopt(zmq.LINGER, 0)
             self._socket.setsockopt(zmq.RCVHWM, rcvhwm)
             self._socket.setsockopt(zmq.MAXMSGSIZE, max_bytes)
+            self._socket.setsockopt(zmq.TCP_KEEPALIVE, 1)
+            self._socket.setsockopt(zmq.TCP_KEEPALIVE_IDLE, KEEPALIVE_IDLE_S)
+            self._socket.setsockopt(zmq.TCP_KEEPALIVE_INTVL, KEEPALIVE_INTERVAL_S)
+            self._socket.setsockopt(zmq.TCP_KEEPALIVE_CNT, KEEPALIVE_COUNT)
             if curve_keys is not None:
                 apply_client_keys(self._socket, curve_keys)
             for topic in topics if topics is not None else [""]:
@@ -138,6 +155,9 @@ class Subscriber:
             self._ctx.term()
             raise
         self._lock = threading.Condition()
+        # recv without latest mode reads the socket on the caller's thread: one caller at a time (two
+        # at once interleave the frames of different messages, or abort inside libzmq)
+        self._socket_lock = threading.Lock()
         self._received = self._delivered = self._skipped = self._malformed = self._gaps = 0
         self._skipped_since_recv = 0
         self._last_error: str | None = None
@@ -261,10 +281,11 @@ class Subscriber:
             deadline = None if remaining is None else time.monotonic() + remaining
             while not self._closed:
                 left = _POLL_SLICE_S if deadline is None else min(_POLL_SLICE_S, deadline - time.monotonic())
-                if self._socket.poll(max(0, int(left * 1000)), zmq.POLLIN):
-                    frames = self._socket.recv_multipart(zmq.NOBLOCK)
-                    with self._lock:
-                        return self._accept_locked(frames)
+                with self._socket_lock:
+                    if self._socket.poll(max(0, int(left * 1000)), zmq.POLLIN):
+                        frames = self._socket.recv_multipart(zmq.NOBLOCK)
+                        with self._lock:
+                            return self._accept_locked(frames)
                 if deadline is not None and time.monotonic() >= deadline:
                     return None
             return None

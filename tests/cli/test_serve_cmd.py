@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import zmq
 
-from rtseg.cli import main
+from rtseg.cli import main, serve_cmd
 from rtseg.models import get_model, save_checkpoint
 from rtseg.stream import Client, Server, ServerLimits
 
@@ -58,6 +58,31 @@ def test_serve_answers_and_stops_on_sigterm(random_weights: Path, serve_process_
 def test_bad_options_are_refused_before_loading(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["serve", "--model", "espnet", "--scheduler", "every", "--interval", "3"]) == 2
     assert "interval applies to the clockwork scheduler" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--bind", "tcp://127.0.0.1:99999"], "the port must be in 1..65535"),
+        (["--bind", "127.0.0.1:5560"], "expected TRANSPORT://ADDRESS"),
+        (["--workers", "0"], "--workers: expected a whole number >= 1, got 0"),
+    ],
+)
+def test_bad_endpoint_and_workers_are_refused_before_loading(
+    option: list[str], message: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Loading (and auto's backend timing) takes seconds to a minute: a typo must not wait for it."""
+
+    def no_loading(*args: object) -> None:
+        raise AssertionError("the model was loaded before the options were checked")
+
+    monkeypatch.setattr(serve_cmd, "load_model", no_loading)
+    try:
+        code = main(["serve", "--model", "espnet", *option])
+    except SystemExit as exc:  # argparse refuses a bad --workers itself
+        code = exc.code
+    assert code == 2
+    assert message in capsys.readouterr().err
 
 
 def test_busy_port_is_a_clean_error(random_weights: Path, capsys: pytest.CaptureFixture[str]) -> None:

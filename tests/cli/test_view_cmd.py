@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import signal
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import cv2
@@ -143,3 +146,75 @@ def test_headless_opencv_build_says_what_to_install(
     assert main(["view", f"zmq://{_endpoint()}"]) == 2
     err = capsys.readouterr().err
     assert "opencv-python-headless" in err and "pip install opencv-python" in err
+
+
+class _SignalNotHandled(Exception):
+    """What the test's own SIGTERM handler raises if `rtseg view` installed none (the default would
+    kill the test process)."""
+
+
+def _when(condition: Callable[[], bool], action: Callable[[], None]) -> threading.Thread:
+    """Run ``action`` on a thread as soon as ``condition`` holds (for at most 5 s)."""
+
+    def wait() -> None:
+        deadline = time.monotonic() + 5
+        while not condition() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        action()
+
+    thread = threading.Thread(target=wait, daemon=True)
+    thread.start()
+    return thread
+
+
+def _raise_not_handled(signum: int, frame: object) -> None:
+    raise _SignalNotHandled
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 0), (signal.SIGINT, 130)])
+def test_a_signal_closes_the_recording_and_prints_the_summary(
+    sig: signal.Signals,
+    code: int,
+    live_stream: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """SIGTERM (docker stop, systemd) used to kill `rtseg view` at once: an .mp4 without its index
+    (unreadable) and no summary. Ctrl-C ended with status 0 and without the gaps line."""
+    previous = signal.signal(signal.SIGTERM, _raise_not_handled)
+    out = tmp_path / "view.mp4"
+    try:
+        # mid-stream: the video was opened at the first frame, about 10 more arrive in 0.2 s
+        sender = _when(out.exists, lambda: (time.sleep(0.2), os.kill(os.getpid(), sig)))
+        t0 = time.monotonic()
+        assert main(["view", live_stream, "--headless", "--out", str(out), "--timeout", "5"]) == code
+        elapsed = time.monotonic() - t0
+        sender.join(5)
+        assert signal.getsignal(signal.SIGTERM) is _raise_not_handled  # view put it back
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    captured = capsys.readouterr()
+    match = re.search(r"rtseg view: (\d+) messages .*, (\d+) shown, written to ", captured.out)
+    assert match, captured
+    assert "missed by the network/publisher (sequence gaps): 0" in captured.out
+    assert "stopped (" in captured.err and "Traceback" not in captured.err
+    assert elapsed < 5
+    cap = cv2.VideoCapture(str(out))
+    frames = 0
+    while cap.read()[0]:
+        frames += 1
+    cap.release()
+    shown = int(match.group(2))
+    assert shown > 0 and shown <= frames <= shown + 1  # the signal may land between writing and counting
+
+
+def test_an_out_folder_removed_mid_stream_still_prints_the_summary(
+    live_stream: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "frames"
+    remover = _when(lambda: len(list(out.glob("*.png"))) >= 3, lambda: shutil.rmtree(out))
+    assert main(["view", live_stream, "--headless", "--out", str(out), "--timeout", "5"]) == 2
+    remover.join(5)
+    captured = capsys.readouterr()
+    assert re.search(r"rtseg view: \d+ messages .*, \d+ shown, written to ", captured.out), captured
+    assert "cannot write" in captured.err and str(out) in captured.err

@@ -6,15 +6,18 @@ import json
 import os
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
+import zmq
 
+from rtseg.data.labels import CAMVID
 from rtseg.engine import Engine
-from rtseg.errors import ConfigError
+from rtseg.errors import ConfigError, ProtocolError
 from rtseg.models import get_model, save_checkpoint
 from rtseg.stream import Client, Server, ServerError, StreamTimeout
 
@@ -127,3 +130,53 @@ def test_requests_carry_the_client_timeout_as_their_deadline(
     with Server(small_engine, bind=tcp_endpoint).start(), Client(tcp_endpoint, timeout=2.5) as client:
         client.segment(IMAGE)
     assert sent[0]["deadline_ms"] == 2500
+
+
+def _ok_reply(req_id: int) -> dict:
+    return {
+        "proto": "rtseg/1",
+        "type": "segment_reply",
+        "id": req_id,
+        "status": "ok",
+        "is_keyframe": True,
+        "deep_age": 0,
+        "timings_ms": {"total": 1.0},
+        "image_shape": [2, 4, 3],
+        "input_size": [4, 2],
+        "parts": [{"name": "labels", "encoding": "raw", "dtype": "uint8", "shape": [2, 4]}],
+        "classes": CAMVID.to_dict(),
+    }
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("deep_age", '"zero"'),
+        ("image_shape", "5"),
+        ("timings_ms", "[1, 2]"),
+        ("input_size", "[Infinity, 2]"),  # Python's json reads Infinity; int() of it overflows
+        ("classes", '{"name": "x", "names": ["a"], "palette": [[Infinity, 0, 0]]}'),
+    ],
+)
+def test_a_bad_field_in_a_reply_is_a_protocol_error(field: str, value: str, tcp_endpoint: str) -> None:
+    """A foreign or buggy server must not crash a robot's loop with an untyped ValueError."""
+    ctx = zmq.Context()
+    rep = ctx.socket(zmq.REP)
+    rep.setsockopt(zmq.LINGER, 0)
+    rep.bind(tcp_endpoint)
+
+    def answer() -> None:
+        if rep.poll(5000):
+            req_id = json.loads(rep.recv_multipart()[0])["id"]
+            header = json.dumps({**_ok_reply(req_id), field: "@"}).replace('"@"', value)
+            rep.send_multipart([header.encode(), b"\1" * 8])
+
+    thread = threading.Thread(target=answer)
+    thread.start()
+    try:
+        with Client(tcp_endpoint, timeout=5, retries=0) as client, pytest.raises(ProtocolError, match=field):
+            client.segment(np.zeros((2, 4, 3), np.uint8))
+    finally:
+        thread.join(5)
+        rep.close(linger=0)
+        ctx.term()

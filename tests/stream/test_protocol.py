@@ -202,6 +202,8 @@ def test_image_shape_is_checked_against_the_pixel_limit() -> None:
         (lambda d: d["parts"][0].update(dtype="int7"), ErrorCode.BAD_DTYPE),
         (lambda d: d["parts"][0].pop("shape"), ErrorCode.BAD_SHAPE),
         (lambda d: d.update(classes={"name": "x"}), ErrorCode.BAD_HEADER),
+        # json reads Infinity, and int() of it overflows: a bad header, not an OverflowError
+        (lambda d: d["classes"].update(ignore_index=float("inf")), ErrorCode.BAD_HEADER),
         (lambda d: d.update(timings_ms={"low": "fast"}), ErrorCode.BAD_HEADER),
     ],
 )

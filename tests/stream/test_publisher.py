@@ -146,6 +146,16 @@ def test_publisher_without_subscribers_never_blocks(tcp_endpoint: str) -> None:
     assert elapsed < 5.0  # ~1 ms of encoding each; a blocking send would hang here
 
 
+def test_close_twice_and_publish_after_close(tcp_endpoint: str) -> None:
+    packet = make_packet(0, np.random.default_rng(4))
+    with Publisher(tcp_endpoint, PublishOptions(parts=("labels",))) as pub:
+        pub.close()
+    pub.close()
+    # as Subscriber.recv and Client.segment say, not libzmq's "Socket operation on non-socket"
+    with pytest.raises(ConfigError, match=rf"publisher on {tcp_endpoint} is closed"):
+        pub.publish(packet.frame, packet.result)
+
+
 def test_busy_port_is_a_clear_sink_error(tcp_endpoint: str) -> None:
     with Publisher(tcp_endpoint), pytest.raises(SinkError, match=r"cannot publish on tcp://127\.0\.0\.1"):
         open_publisher_sink(f"zmq://{tcp_endpoint}")
