@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..engine import BACKENDS, load
 from ..schedule import Scheduler, make_scheduler
+from ..stream.curve import check_server_keys
 from ..stream.endpoint import check_endpoint
 from ..stream.protocol import DEFAULT_MAX_PIXELS
 from ..stream.server import DEFAULT_INTERVAL, DEFAULT_SERVER_ENDPOINT, Server, ServerLimits
@@ -135,6 +136,8 @@ def run(args: argparse.Namespace) -> int:
 
     scheduler().close()  # a bad combination of options fails here, before the model loads
     check_endpoint(args.bind, bind=True)
+    if args.curve_keys is not None:
+        check_server_keys(args.curve_keys)
     model = load_model(args.model, args.weights)
     engine = load(
         model, backend=args.backend, precision=args.precision, input_size=args.size, device=args.device

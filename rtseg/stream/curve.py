@@ -86,6 +86,18 @@ def _load(path: Path, *, secret: bool) -> tuple[bytes, bytes | None]:
     return public, secret_key
 
 
+def check_server_keys(directory: str | os.PathLike[str]) -> tuple[bytes, bytes | None]:
+    """The server's key pair, or ConfigError naming what is missing; ``rtseg serve`` calls it
+    before loading the model, so a wrong key folder costs no model load."""
+    if not zmq.has("curve"):
+        raise ConfigError(f"this libzmq ({zmq.zmq_version()}) was built without CURVE support")
+    files = key_files(directory)
+    public, secret = _load(files.server_secret, secret=True)
+    if not files.clients.is_dir() or not any(files.clients.glob("*.key")):
+        raise ConfigError(f"{files.clients} holds no client public keys (*.key): no client could connect")
+    return public, secret
+
+
 class CurveServer:
     """Server side: the key pair plus a ZAP authenticator that admits the keys in ``DIR/clients``.
 
@@ -93,14 +105,8 @@ class CurveServer:
     """
 
     def __init__(self, directory: str | os.PathLike[str], context: zmq.Context) -> None:
-        if not zmq.has("curve"):
-            raise ConfigError(f"this libzmq ({zmq.zmq_version()}) was built without CURVE support")
         self.files = key_files(directory)
-        self.public, self.secret = _load(self.files.server_secret, secret=True)
-        if not self.files.clients.is_dir() or not any(self.files.clients.glob("*.key")):
-            raise ConfigError(
-                f"{self.files.clients} holds no client public keys (*.key): no client could connect"
-            )
+        self.public, self.secret = check_server_keys(directory)
         self._auth = ThreadAuthenticator(context)
         self._auth.start()
         self._auth.configure_curve(domain="*", location=str(self.files.clients))

@@ -66,6 +66,10 @@ def test_bad_options_are_refused_before_loading(capsys: pytest.CaptureFixture[st
         (["--bind", "tcp://127.0.0.1:99999"], "the port must be in 1..65535"),
         (["--bind", "127.0.0.1:5560"], "expected TRANSPORT://ADDRESS"),
         (["--workers", "0"], "--workers: expected a whole number >= 1, got 0"),
+        (
+            ["--curve-keys", "/nonexistent/keys"],
+            "CurveZMQ key file not found: /nonexistent/keys/server.key_secret",
+        ),
     ],
 )
 def test_bad_endpoint_and_workers_are_refused_before_loading(
