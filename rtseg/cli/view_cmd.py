@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import ConfigError, SinkError, StreamTimeout
 from ..overlay.annotate import colorize
-from ..sink.file import check_pattern, prepare_folder
+from ..sink.file import check_pattern, check_room_for_frame, prepare_folder
 from ..stream.subscriber import Message, Subscriber
 from ..window import RecentSamples
 from .common import positive_float, positive_int
@@ -119,6 +119,7 @@ class _Writer:
                 self.size = (w, h)
             if (w, h) != self.size:
                 image = cv2.resize(image, self.size, interpolation=cv2.INTER_AREA)
+            check_room_for_frame(self.out, image)
             self.video.write(image)
         self.count += 1
 
@@ -144,9 +145,12 @@ def _open_window() -> None:
         ) from None
 
 
-class _Terminated(Exception):
+class _Terminated(BaseException):
     """SIGTERM, raised like Ctrl-C's KeyboardInterrupt, so that a recv waiting for a silent stream
-    ends too and the recording is closed (an .mp4 cut off unclosed has no index: unreadable)."""
+    ends too and the recording is closed (an .mp4 cut off unclosed has no index: unreadable).
+
+    A BaseException, as KeyboardInterrupt is: raised inside code that skips a malformed message
+    with ``except Exception``, it would be swallowed and the viewer would run on."""
 
 
 @contextmanager

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Literal
@@ -43,6 +44,22 @@ def prepare_folder(folder: Path, uri: str) -> None:
             pass
     except OSError as exc:
         raise SinkError(f"{uri}: cannot write in {folder}: {exc.strerror or exc}") from None
+
+
+VIDEO_RESERVE_BYTES = 1 << 20  # for the container's index, written when the video is closed
+
+
+def check_room_for_frame(video: Path, image: np.ndarray) -> None:
+    """SinkError when the disk holding ``video`` has no room for another frame and the index.
+
+    OpenCV's VideoWriter reports no write errors: on a full disk it logs and goes on, and the
+    video silently lacks frames (or, unclosable, its index and with it every frame)."""
+    free = shutil.disk_usage(video.parent).free
+    if free < 2 * image.nbytes + VIDEO_RESERVE_BYTES:
+        raise SinkError(
+            f"{video}: the disk is full ({free / 2**20:.1f} MiB left): frame skipped; the frames "
+            "before it stay readable"
+        )
 
 
 class FileSink(Sink):
@@ -160,6 +177,7 @@ class FileSink(Sink):
                 "skipped (a video has one frame size: give the source --resize WxH, or write an image "
                 "pattern such as out/%06d.png)"
             )
+        check_room_for_frame(self.path, image)
         self._writer.write(image)
 
     def release(self) -> None:

@@ -218,3 +218,27 @@ def test_an_out_folder_removed_mid_stream_still_prints_the_summary(
     captured = capsys.readouterr()
     assert re.search(r"rtseg view: \d+ messages .*, \d+ shown, written to ", captured.out), captured
     assert "cannot write" in captured.err and str(out) in captured.err
+
+
+def test_a_full_disk_under_a_video_out_is_an_error_not_a_silently_short_video(
+    live_stream: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import rtseg.sink.file as file_sink
+
+    real = file_sink.shutil.disk_usage
+    calls = [0]
+
+    def filling(folder):  # room for 3 frames, then none
+        calls[0] += 1
+        usage = real(folder)
+        return usage._replace(free=usage.free if calls[0] <= 3 else 0)
+
+    monkeypatch.setattr(file_sink.shutil, "disk_usage", filling)
+    out = tmp_path / "v.avi"
+    assert main(["view", live_stream, "--headless", "--out", str(out), "--timeout", "5"]) == 2
+    captured = capsys.readouterr()
+    assert re.search(r"\d+ shown, written to ", captured.out), captured
+    assert "the disk is full (0.0 MiB left)" in captured.err
+    cap = cv2.VideoCapture(str(out))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 3  # closed properly: the frames before it are kept
+    cap.release()

@@ -165,3 +165,29 @@ def test_a_folder_named_like_a_video_is_refused(tmp_path: Path) -> None:
 def test_an_unwritable_folder_fails_before_the_first_frame() -> None:
     with pytest.raises(SinkError, match="cannot write in /proc"):
         FileSink("/proc/out.mp4", "/proc/out.mp4")
+
+
+def test_a_full_disk_is_reported_and_the_video_keeps_its_frames(
+    tmp_path: Path, packet_factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    import rtseg.sink.file as file_sink
+
+    path = tmp_path / "full.mp4"
+    sink = FileSink(str(path), path)
+    real = shutil.disk_usage
+    calls = [0]
+
+    def filling(folder):  # 5 frames fit, then the disk is full
+        calls[0] += 1
+        usage = real(folder)
+        return usage._replace(free=usage.free if calls[0] <= 5 else 4096)
+
+    monkeypatch.setattr(file_sink.shutil, "disk_usage", filling)
+    for i in range(8):
+        sink.write(packet_factory(i))
+    stats = sink.close()
+    assert stats.written == 5 and stats.errors == 3
+    assert "the disk is full (0.0 MiB left): frame skipped" in stats.last_error
+    assert len(_read_all(path)) == 5
