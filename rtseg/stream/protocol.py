@@ -90,12 +90,15 @@ def _get(data: Mapping[str, Any], name: str, *, required: bool) -> Any:
     return data[name]
 
 
+INT_MAX = 2**63 - 1  # every integer field fits an int64, what a C or C++ peer holds it in
+
+
 def _int(data: Mapping[str, Any], name: str, *, required: bool = True, minimum: int = 0) -> int | None:
     value = _get(data, name, required=required)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise _bad(name, f"an integer >= {minimum}", value)
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= INT_MAX:
+        raise _bad(name, f"an integer in {minimum}..2**63-1", value)
     return value
 
 

@@ -196,6 +196,8 @@ def test_image_shape_is_checked_against_the_pixel_limit() -> None:
         (lambda d: d.pop("proto"), ErrorCode.BAD_HEADER),
         (lambda d: d.update(seq=-1), ErrorCode.BAD_HEADER),
         (lambda d: d.update(seq=True), ErrorCode.BAD_HEADER),
+        (lambda d: d.update(seq=10**30), ErrorCode.BAD_HEADER),  # past int64: gap counts meaningless
+        (lambda d: d.update(frame_index=2**63), ErrorCode.BAD_HEADER),
         (lambda d: d.update(capture_ts="now"), ErrorCode.BAD_HEADER),
         (lambda d: d.update(stream="has space"), ErrorCode.BAD_HEADER),
         (lambda d: d.update(image_shape=[4, -6, 3]), ErrorCode.BAD_SHAPE),
