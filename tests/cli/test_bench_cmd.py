@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -182,44 +184,40 @@ def test_a_late_write_failure_keeps_the_printed_results(tmp_path: Path, capsys) 
     assert err.startswith(f"rtseg bench: error: --json: cannot write {target}: ") and "\n" not in err
 
 
-def test_ctrl_c_keeps_the_finished_configurations(tmp_path: Path, capsys, monkeypatch) -> None:
+def _ctrl_c() -> None:
+    raise KeyboardInterrupt  # what Ctrl-C raises while a configuration is measured
+
+
+def _sigterm() -> None:
+    os.kill(os.getpid(), signal.SIGTERM)  # bench's handler interrupts the measurement
+
+
+@pytest.mark.parametrize(
+    ("stop", "status", "said"), [(_ctrl_c, 130, "interrupted"), (_sigterm, 143, "stopped (SIGTERM)")]
+)
+def test_a_stop_keeps_the_finished_configurations(
+    tmp_path: Path, capsys, monkeypatch, stop, status, said
+) -> None:
     measure = rtseg.bench.runner.run_config
 
-    def interrupted_after_enet(cfg):
+    def stopped_after_enet(cfg):
         if cfg.model != "enet":
-            raise KeyboardInterrupt  # what Ctrl-C raises while a configuration is measured
+            stop()
         return measure(cfg)
 
-    monkeypatch.setattr(rtseg.bench.runner, "run_config", interrupted_after_enet)
+    monkeypatch.setattr(rtseg.bench.runner, "run_config", stopped_after_enet)
     out = tmp_path / "r.json"
     argv = ["bench", "--model", "enet", "espnet", *TINY, "--engine-only", "--in-process", "--json", str(out)]
-    assert main(argv) == 130
+    assert main(argv) == status
     captured = capsys.readouterr()
     assert "enet torch fp32 64x48 every" in captured.out and "espnet torch" not in captured.out
-    assert "interrupted: 1 configuration(s) finished" in captured.err
+    assert f"{said}: 1 configuration(s) finished" in captured.err
     assert [r["label"] for r in _validate(out)["results"]] == ["enet torch fp32 64x48 every"]
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # bench's handler is not left behind
     out.unlink()
-    del argv[2]  # only espnet: interrupted in the first configuration, nothing to report or write
-    assert main(argv) == 130
-    assert capsys.readouterr().err == "rtseg bench: interrupted\n" and not out.exists()
-
-
-def test_sigterm_keeps_the_finished_configurations_too(tmp_path: Path, capsys, monkeypatch) -> None:
-    import os
-    import signal
-
-    measure = rtseg.bench.runner.run_config
-
-    def terminated_after_enet(cfg):
-        if cfg.model != "enet":
-            os.kill(os.getpid(), signal.SIGTERM)  # the handler interrupts the measurement
-        return measure(cfg)
-
-    monkeypatch.setattr(rtseg.bench.runner, "run_config", terminated_after_enet)
-    out = tmp_path / "r.json"
-    argv = ["bench", "--model", "enet", "espnet", *TINY, "--engine-only", "--in-process", "--json", str(out)]
-    assert main(argv) == 143
-    captured = capsys.readouterr()
-    assert "stopped (SIGTERM): 1 configuration(s) finished" in captured.err
-    assert [r["label"] for r in _validate(out)["results"]] == ["enet torch fp32 64x48 every"]
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is not left behind
+    del argv[2]  # only espnet: stopped in the first configuration, nothing to report or write
+    assert main(argv) == status
+    assert capsys.readouterr().err.endswith(
+        f"rtseg bench: {said}" + (" before any configuration finished\n" if status == 143 else "\n")
+    )
+    assert not out.exists()

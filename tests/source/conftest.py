@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import struct
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -13,6 +17,25 @@ from rtseg.source.synthetic import DriveParams, DriveScene
 
 FRAMES = 24
 SIZE = (160, 96)
+
+
+@contextlib.contextmanager
+def _serve_http(handler: type[http.server.BaseHTTPRequestHandler] | object) -> Iterator[str]:
+    """A local web server with ``handler`` on a free port, on its own thread; yields its base URL."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)  # type: ignore[arg-type]
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture(scope="session")
+def serve_http():  # type: ignore[no-untyped-def]
+    """``with serve_http(handler) as base_url:`` a local web server for the tests that need one."""
+    return _serve_http
 
 
 def write_video(path: Path, frames: int = FRAMES, size: tuple[int, int] = SIZE, fourcc: str = "mp4v") -> list:

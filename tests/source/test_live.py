@@ -195,7 +195,7 @@ def test_a_finite_stream_ends_at_its_last_frame_without_reconnecting() -> None:
 
 
 @pytest.fixture
-def web_server():
+def web_server(serve_http):  # type: ignore[no-untyped-def]
     """A local web server: /page is HTML, anything else 404; yields its base URL."""
 
     class Handler(http.server.BaseHTTPRequestHandler):
@@ -213,14 +213,8 @@ def web_server():
         def log_message(self, *args: object) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serve_http(Handler) as url:
+        yield url
 
 
 def test_http_error_and_web_page_are_named(web_server: str) -> None:

@@ -5,7 +5,6 @@ import http.server
 import logging
 import shutil
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -182,7 +181,9 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 
 
 @pytest.fixture(scope="module")
-def video_server(tmp_path_factory: pytest.TempPathFactory, video_file, make_faststart) -> Iterator[str]:
+def video_server(
+    tmp_path_factory: pytest.TempPathFactory, video_file, make_faststart, serve_http
+) -> Iterator[str]:
     """A local web server with /clip.mp4 (40 flat 64x48 frames, frame i of grey value 6*i), the
     same bytes at /live (no extension) and /cut.mp4, the streaming-style conftest video cut mid-way."""
     root = tmp_path_factory.mktemp("web")
@@ -196,15 +197,8 @@ def video_server(tmp_path_factory: pytest.TempPathFactory, video_file, make_fast
         writer.write(np.full((WEB_SIZE[1], WEB_SIZE[0], 3), 6 * i, np.uint8))
     writer.release()
     shutil.copyfile(clip, root / "live")
-    handler = functools.partial(_QuietHandler, directory=str(root))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serve_http(functools.partial(_QuietHandler, directory=str(root))) as url:
+        yield url
 
 
 @pytest.mark.parametrize(
