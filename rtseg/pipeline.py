@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import SinkError
+from .errors import ConfigError, SinkError
 from .overlay.annotate import OverlayStyle
 from .result import SegResult
 from .schedule import Scheduler
@@ -57,15 +57,25 @@ def sink_policy(source: Source) -> Policy:
     return "drop" if source.info.live else "block"
 
 
+def output_fps(source: Source) -> float | None:
+    """The frame rate of the frames the source delivers: ``rate`` thins them, so a video written at
+    the source's own rate would play that much too fast."""
+    fps, rate = source.info.fps, source.options.rate
+    if rate is None:
+        return fps
+    return rate if fps is None else min(fps, rate)
+
+
 def open_sinks(sinks: Sequence[Sink | str], source: Source) -> list[Sink]:
     """Open the sink URIs for ``source`` (with ``sink_policy``), refusing any that would write over
     the source's files; on failure, the ones opened are closed."""
     policy = sink_policy(source)
+    fps = output_fps(source)
     opened: list[Sink] = []
     try:
         for sink in sinks:
             if isinstance(sink, str):
-                sink = open_sink(sink, policy=policy, fps=source.info.fps)
+                sink = open_sink(sink, policy=policy, fps=fps)
             opened.append(sink)
         _refuse_overwriting(source, opened)
     except BaseException:
@@ -199,8 +209,10 @@ class Pipeline:
 
     ``source`` and ``sinks`` may be URIs (see ``open_source`` / ``open_sink``) or opened objects;
     the pipeline closes them when it ends. Iterate it for ``(frame, result)`` pairs, or call
-    ``run()``; ``on_result(frame, result)`` is called for every frame either way. ``scheduler``
-    replaces the segmenter's scheduler for this run. The segmenter is not closed: it is yours.
+    ``run()``, once: the run closes the source and sinks. ``on_result(frame, result)`` is called for
+    every frame either way. The segmenter's scheduling state is reset when the run starts (a new
+    source is a new stream); ``scheduler`` replaces its scheduler (the old one is closed). The
+    segmenter is not closed: it is yours.
     """
 
     def __init__(
@@ -230,6 +242,8 @@ class Pipeline:
         self.max_frames = max_frames
         self._meter = _Meter()
         self._stop = threading.Event()
+        self._start_lock = threading.Lock()
+        self._started = False
         self._closed = False
         self._final: PipelineStats | None = None
 
@@ -238,6 +252,24 @@ class Pipeline:
         self._stop.set()
 
     def __iter__(self) -> Iterator[tuple[Frame, SegResult]]:
+        """``(frame, result)`` pairs; once per Pipeline, from one thread (the source is read in order)."""
+        with self._start_lock:
+            if self._closed:
+                raise ConfigError(
+                    "this Pipeline has ended and closed its source and sinks; make a new Pipeline "
+                    "to run again"
+                )
+            if self._started:
+                raise ConfigError(
+                    "this Pipeline is already running (a Pipeline is iterated once, from one thread); "
+                    "make a new Pipeline for another run"
+                )
+            self._started = True
+        # A new source is a new stream: no deep features or keyframe reference from the last one.
+        self.segmenter.reset()
+        return self._frames()
+
+    def _frames(self) -> Iterator[tuple[Frame, SegResult]]:
         meter = self._meter
         meter.start = time.perf_counter()
         try:

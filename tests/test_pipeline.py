@@ -9,7 +9,7 @@ import torch
 
 from rtseg import Pipeline, Segmenter
 from rtseg.engine import load
-from rtseg.errors import SinkError
+from rtseg.errors import ConfigError, SinkError
 from rtseg.models import get_model
 from rtseg.sink.base import Sink
 from rtseg.source import open_source
@@ -98,3 +98,36 @@ def test_scheduler_override_and_segmenter_stays_open(engine) -> None:
     stats = Pipeline(SOURCE, seg, scheduler="clockwork").run()
     assert stats.keyframes == 2
     assert seg(np.zeros((48, 64, 3), np.uint8)).labels.shape == (48, 64)  # still usable
+
+
+def test_a_rate_limited_source_is_written_at_the_rate_it_delivers(engine, tmp_path: Path) -> None:
+    """rate=10 keeps every third frame of a 30 FPS source: a video at 30 FPS played 3x too fast."""
+    out = tmp_path / "thin.avi"
+    stats = Pipeline(
+        "synthetic://drive?size=64x48&fps=30&frames=9",
+        Segmenter(engine=engine),
+        sinks=[str(out)],
+        source_options={"rate": 10},
+    ).run()
+    cap = cv2.VideoCapture(str(out))
+    assert stats.frames == 3 and _count(out) == 3 and cap.get(cv2.CAP_PROP_FPS) == pytest.approx(10)
+
+
+def test_a_pipeline_runs_once_from_one_thread(engine) -> None:
+    """A second loop over a finished Pipeline got nothing, silently; a second thread iterating it
+    read the same source concurrently and failed with 'write after close'."""
+    p = Pipeline(SOURCE, Segmenter(engine=engine), sinks=["null://"])
+    running = iter(p)
+    with pytest.raises(ConfigError, match="already running"):
+        iter(p)
+    assert len(list(running)) == 8
+    with pytest.raises(ConfigError, match="has ended"):
+        p.run()
+
+
+def test_a_new_pipeline_does_not_answer_from_the_last_streams_features(engine) -> None:
+    seg = Segmenter(engine=engine, scheduler="clockwork")
+    first = [r for _, r in Pipeline(SOURCE, seg, max_frames=6)]
+    assert not first[-1].is_keyframe  # the cache holds frame 4 of the first stream
+    _, result = next(iter(Pipeline("synthetic://drive?size=128x96&seed=9&frames=2", seg)))
+    assert result.is_keyframe and result.deep_age == 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import signal
 import sys
 import threading
@@ -23,7 +24,7 @@ from ..pipeline import Pipeline, PipelineStats, open_sinks
 from ..schedule import CHANGES, SCHEDULERS, Scheduler, make_scheduler
 from ..segmenter import Segmenter, load_engine
 from ..sink import Sink
-from ..source import open_source, redacted
+from ..source import Source, open_source, redacted
 from .common import add_model_args, check_output, parse_size, positive_int
 
 DEMO_SOURCE = "synthetic://drive?size=1280x720&fps=30&seed=0&frames=90"
@@ -131,11 +132,6 @@ def _every_reference(args: argparse.Namespace, engine: Engine) -> tuple[dict[int
     seg = Segmenter(engine=engine, scheduler="every")  # its own state; the engine is shared, not closed
     start = time.perf_counter()
     with open_source(args.source, **_source_options(args)) as src:
-        if src.info.live:
-            raise ConfigError(
-                "--compare-every runs the source twice: use a file, folder or synthetic source "
-                "without --realtime"
-            )
         for n, frame in enumerate(src):
             if args.frames is not None and n >= args.frames:
                 break
@@ -144,6 +140,20 @@ def _every_reference(args: argparse.Namespace, engine: Engine) -> tuple[dict[int
             total_ms += r.latency_ms
     seconds = time.perf_counter() - start
     return labels, total_ms / max(len(labels), 1), len(labels) / max(seconds, 1e-9)
+
+
+def _check_compare_every(args: argparse.Namespace, source: Source) -> None:
+    """--compare-every reads the source twice and keeps every reference label map: refused (before
+    the engine loads) for a source that cannot be replayed or, looping, would never end."""
+    if source.info.live:
+        raise ConfigError(
+            "--compare-every runs the source twice: use a file, folder or synthetic source without --realtime"
+        )
+    if source.options.loop and args.frames is None:
+        raise ConfigError(
+            "--compare-every with --loop needs --frames N: the first pass would never end (and "
+            "would keep every frame's labels)"
+        )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -158,6 +168,8 @@ def run(args: argparse.Namespace) -> int:
     source = open_source(args.source, **_source_options(args))
     sinks: list[Sink] = []
     try:
+        if args.compare_every:
+            _check_compare_every(args, source)
         sinks = open_sinks(args.sinks, source)  # a bad sink URI, too, is reported before the load
         engine = load_engine(
             args.model,
@@ -253,12 +265,12 @@ def run(args: argparse.Namespace) -> int:
             "frames"
         )
         report["compare_every"] = {
-            "every_ms_per_frame": round(every_ms, 2),
-            "ms_per_frame": round(ms, 2),
-            "speedup": round(speedup, 3),
-            "every_fps": round(every_fps, 3),
-            "agreement_miou": round(100 * scores.miou, 2),
-            "agreement_pixels": round(100 * scores.pixel_accuracy, 2),
+            "every_ms_per_frame": _number(every_ms, 2),
+            "ms_per_frame": _number(ms, 2),
+            "speedup": _number(speedup, 3),
+            "every_fps": _number(every_fps, 3),
+            "agreement_miou": _number(100 * scores.miou, 2),
+            "agreement_pixels": _number(100 * scores.pixel_accuracy, 2),
             "frames_compared": stats.frames - missing,
         }
     for uri, sink in stats.sinks.items():
@@ -267,7 +279,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {uri} ({sink.written} frames)" if sink.written else f"nothing written to {uri}")
     if args.json:
         try:
-            atomic_write_text(args.json, json.dumps(report, indent=2))
+            atomic_write_text(args.json, json.dumps(report, indent=2, allow_nan=False))
         except OSError as exc:  # checked before the run: the disk has failed since
             print(f"rtseg run: cannot write --json {args.json}: {exc}", file=sys.stderr)
             if error is None and not interrupted:
@@ -301,14 +313,20 @@ def _stop_on_sigterm(pipeline: Pipeline) -> Iterator[threading.Event]:
             signal.signal(signal.SIGTERM, previous)
 
 
+def _number(value: float, digits: int) -> float | None:
+    """A measure for the JSON report; null where there was nothing to measure (no frames): NaN is
+    not JSON, and strict parsers (jq, JavaScript, serde) refuse the whole file."""
+    return round(value, digits) if math.isfinite(value) else None
+
+
 def _report(stats: PipelineStats) -> dict:
     return {
         "frames": stats.frames,
         "seconds": round(stats.seconds, 3),
         "fps": round(stats.fps, 3),
-        "keyframe_ratio": round(stats.keyframe_ratio, 4),
-        "latency_p50_ms": round(stats.latency_p50_ms, 2),
-        "latency_p99_ms": round(stats.latency_p99_ms, 2),
+        "keyframe_ratio": _number(stats.keyframe_ratio, 4),
+        "latency_p50_ms": _number(stats.latency_p50_ms, 2),
+        "latency_p99_ms": _number(stats.latency_p99_ms, 2),
         "source_dropped": stats.source_dropped,
         "sink_dropped": stats.sink_dropped,
         "reconnects": stats.reconnects,

@@ -253,3 +253,46 @@ def test_a_zmq_sink_says_which_port_it_bound_before_the_first_frame(weights: Pat
     assert rc == 0 and header.startswith(
         f"rtseg run: {SOURCE} -> zmq://tcp://127.0.0.1:* (bound to tcp://127.0.0.1:"
     )
+
+
+def test_a_run_without_frames_writes_strict_json(weights: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    """A source that ends at once (a video whose frames do not decode) has no latency or keyframe
+    ratio: the report said NaN, which is not JSON."""
+    from rtseg.source import open_source
+
+    def empty(uri, **options):
+        source = open_source(uri, **options)
+        monkeypatch.setattr(source, "_next_frame", lambda: None)
+        return source
+
+    monkeypatch.setattr(run_cmd, "open_source", empty)
+    report = tmp_path / "r.json"
+    rc = main(
+        ["run", SOURCE, "null://", *_args(weights), "--compare-every", "--json", str(report), "--quiet"]
+    )
+    assert rc == 0 and "0 frames" in capsys.readouterr().out
+
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"{constant} in the JSON report")
+
+    data = json.loads(report.read_text(), parse_constant=refuse)
+    assert data["frames"] == 0 and data["keyframe_ratio"] is None and data["latency_p99_ms"] is None
+    assert data["compare_every"]["agreement_miou"] is None
+
+
+@pytest.mark.parametrize(
+    "option, message",
+    [("--loop", "--loop needs --frames N"), ("--realtime", "runs the source twice")],
+)
+def test_compare_every_refuses_a_source_it_cannot_replay_before_the_engine_loads(
+    option: str, message: str, monkeypatch, capsys
+) -> None:
+    """With --loop and no --frames the first pass never ended, keeping every frame's labels."""
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the engine was loaded before --compare-every was checked")
+
+    monkeypatch.setattr(run_cmd, "load_engine", no_load)
+    rc = main(["run", SOURCE, "null://", "--compare-every", option])
+    err = capsys.readouterr().err
+    assert rc == 2 and "rtseg run: error:" in err and message in err
