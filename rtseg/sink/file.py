@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
@@ -45,6 +46,8 @@ def prepare_folder(folder: Path, uri: str) -> None:
     except OSError as exc:
         raise SinkError(f"{uri}: cannot write in {folder}: {exc.strerror or exc}") from None
 
+
+log = logging.getLogger(__name__)
 
 VIDEO_RESERVE_BYTES = 1 << 20  # for the container's index, written when the video is closed
 
@@ -171,6 +174,15 @@ class FileSink(Sink):
                     f"{size[0]}x{size[1]} and {self.fps:g} FPS (try .avi, which uses MJPG)"
                 )
             self._writer, self._size = writer, size
+            if size[0] % 2 or size[1] % 2:
+                log.warning(
+                    "%s: FFmpeg's encoders store %dx%d frames as %dx%d (even sizes only): the last "
+                    "column/row is dropped; give the source --resize with even numbers to keep them",
+                    self.path,
+                    *size,
+                    size[0] // 2 * 2,
+                    size[1] // 2 * 2,
+                )
         elif size != self._size:
             raise SinkError(
                 f"{self.path}: a {size[0]}x{size[1]} frame in a {self._size[0]}x{self._size[1]} video was "

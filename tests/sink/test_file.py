@@ -191,3 +191,14 @@ def test_a_full_disk_is_reported_and_the_video_keeps_its_frames(
     assert stats.written == 5 and stats.errors == 3
     assert "the disk is full (0.0 MiB left): frame skipped" in stats.last_error
     assert len(_read_all(path)) == 5
+
+
+def test_an_odd_frame_size_is_warned_about(tmp_path: Path, packet_factory, caplog) -> None:
+    path = tmp_path / "odd.avi"
+    sink = FileSink(str(path), path)
+    with caplog.at_level("WARNING", logger="rtseg.sink.file"):
+        sink.write(packet_factory(0, size=(33, 24)))
+        stats = sink.close()
+    assert stats.written == 1
+    assert "33x24 frames as 32x24 (even sizes only)" in caplog.text
+    assert _read_all(path)[0].shape == (24, 32, 3)  # what the warning says happens
