@@ -70,6 +70,13 @@ def load(
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     check_device(device)
+    threads = options.get("threads")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads <= 0):
+        # OpenVINO fails on these inside compile_model with an untyped RuntimeError, which also
+        # stopped auto from timing the backends that could run.
+        raise ConfigError(
+            f"threads must be a positive whole number (None: the physical cores), got {threads!r}"
+        )
     net = model if isinstance(model, StagedSegmenter) else get_model(model, weights=weights)
     size = tuple(input_size or net.meta.preprocessing.input_size)
     if len(size) != 2 or min(size) <= 0:

@@ -30,7 +30,7 @@ from ..errors import BackendUnavailableError, ConfigError, EngineBuildError
 from ..hardware import signature
 from ..models.base import StagedSegmenter
 from .base import BACKEND_OPTIONS, Engine
-from .cache import ArtifactCache, weights_hash
+from .cache import ArtifactCache, CacheUnwritableError, weights_hash
 from .calibration import CalibrationList
 
 log = logging.getLogger(__name__)
@@ -214,6 +214,7 @@ def load_auto(
     engines: dict[str, Engine] = {}
     chosen: dict[str, Candidate] = {}
     skipped: dict[str, str] = {}
+    unwritable = ""  # why a candidate could not write its artifacts: then the choice is not stored
     for candidate in candidates(precision, device):
         opts = options_for(candidate, options)
         try:
@@ -231,6 +232,8 @@ def load_auto(
         except (BackendUnavailableError, EngineBuildError, ConfigError) as exc:
             skipped[candidate.label] = str(exc).splitlines()[0]
             log.info("auto: skipping %s: %s", candidate.label, skipped[candidate.label])
+            if isinstance(exc, CacheUnwritableError):
+                unwritable = skipped[candidate.label]
             continue
         engines[candidate.label] = engine
         chosen[candidate.label] = candidate
@@ -262,7 +265,19 @@ def load_auto(
         "hardware": signature(device),
         "measured_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    atomic_write_text(path, json.dumps(record, indent=2, sort_keys=True))
+    # A full disk or a read-only cache is not what a backend is, so a choice made while one kept a
+    # candidate out is not stored; nor must failing to store it lose the engine just measured.
+    not_stored = f"{unwritable.split(';')[0]}, so not every candidate ran" if unwritable else ""
+    if not not_stored:
+        try:
+            atomic_write_text(path, json.dumps(record, indent=2, sort_keys=True))
+        except OSError as exc:
+            not_stored = str(exc.strerror or exc)
+    if not_stored:
+        log.warning(
+            "auto: cannot store the choice in %s (%s); the next load measures again", path, not_stored
+        )
+        summary += f"; not stored: {not_stored}"
     for label, engine in engines.items():
         if label != best:
             engine.close()

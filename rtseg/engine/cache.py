@@ -39,6 +39,11 @@ _PACKAGE_DIR = Path(__file__).resolve().parent.parent
 _SAFE = re.compile(r"[^A-Za-z0-9.+_]")
 
 
+class CacheUnwritableError(ConfigError):
+    """The engine cache cannot be written (read-only, full, not a folder): often transient, so
+    ``auto`` does not store a choice made while a candidate failed for this reason."""
+
+
 def default_engine_dir() -> Path:
     """$RTSEG_ENGINE_DIR, else the checkout's engines/ (next to the package), else the user cache."""
     env = os.environ.get(ENV_ENGINE_DIR)
@@ -222,8 +227,8 @@ class ArtifactCache:
             raise self._unwritable(exc) from None
         return Artifact(path, sidecar)
 
-    def _unwritable(self, exc: OSError) -> ConfigError:
-        return ConfigError(
+    def _unwritable(self, exc: OSError) -> CacheUnwritableError:
+        return CacheUnwritableError(
             f"cannot write to the engine cache {self.directory}: {exc.strerror or exc}; "
             "point --engine-dir (or RTSEG_ENGINE_DIR) at a writable folder"
         )

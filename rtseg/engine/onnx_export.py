@@ -309,7 +309,14 @@ def ensure_onnx(
             out[stage] = (serialize(proto), metadata)
         return out
 
-    artifacts: dict[str, Artifact] = cache.get_or_build(key, stages, "onnx", build)
+    def check(sidecar: Mapping[str, Any]) -> str | None:
+        # The exporter is not in the name (both make the same graph where both work), but one asked
+        # for by name must be the one that made the files, or asking would change nothing.
+        if exporter == "auto" or sidecar.get("exporter") == exporter:
+            return None
+        return f"exported by {sidecar.get('exporter')!r}, and exporter {exporter!r} was asked for"
+
+    artifacts: dict[str, Artifact] = cache.get_or_build(key, stages, "onnx", build, check=check)
     low_in = _head_low_inputs(artifacts["head"].sidecar, model) if "head" in artifacts else ()
     return OnnxStages(
         key=key,

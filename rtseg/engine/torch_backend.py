@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import numpy as np
@@ -56,6 +57,12 @@ class TorchEngine(Engine):
         self.stage_spec = spec
         self._dtype = torch.float16 if precision == "fp16" else torch.float32
         self.head_low_inputs = head_low_inputs(model.eval(), input_size)
+        if channels_last or any(
+            p.device != self.device or p.dtype != self._dtype for p in model.parameters()
+        ):
+            # Module.to converts in place: the caller's network, which auto's other candidates
+            # export and time too, must keep its device, dtype and memory format.
+            model = copy.deepcopy(model)
         model = model.to(self.device, self._dtype)
         if channels_last:
             model = model.to(memory_format=torch.channels_last)

@@ -7,7 +7,7 @@ import logging
 import numbers
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -368,6 +368,10 @@ def get_model(
     check_state_dict_fits(expected, ckpt.state_dict, path=ckpt.path, model=name)
     state = {k: ckpt.state_dict.get(k, v).to(v.dtype) for k, v in expected.items()}
     model.load_state_dict(state, strict=True)
+    if arch != dict(meta.config):
+        # The overrides change the graph (DeepLabV3+'s output_stride keeps every parameter), so
+        # the metadata, which engine caches and saved checkpoints key on, must say so.
+        meta = replace(meta, config=arch)
     if meta.provenance.get("source") == UNKNOWN_SOURCE:
         log.warning(
             "%s is a plain state dict rtseg does not recognise: assuming %s's default preprocessing "

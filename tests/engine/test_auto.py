@@ -259,3 +259,51 @@ def test_a_choice_measured_on_other_hardware_is_measured_again(
     del record["hardware"]
     path.write_text(json.dumps(record))
     assert _auto(model, engine_dir).info.notes[-1].startswith("auto: picked ")
+
+
+def test_an_unwritable_cache_still_returns_the_measured_engine(
+    model: StagedSegmenter,
+    engine_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A shared read-only cache (all artifacts valid) or a full disk: `rtseg run`'s default
+    backend measured, then died with a PermissionError traceback writing the choice."""
+    import errno
+
+    from rtseg.engine import auto
+
+    def refuse(path: Path, text: str) -> Path:
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    monkeypatch.setattr(auto, "atomic_write_text", refuse)
+    with caplog.at_level("WARNING", logger="rtseg.engine.auto"):
+        engine = _auto(model, engine_dir)
+    assert engine.info.notes[-1].startswith("auto: picked ")
+    assert engine.info.notes[-1].endswith("; not stored: Permission denied")
+    assert "cannot store the choice" in caplog.text and "measures again" in caplog.text
+    assert not _choice(model, engine_dir).exists()
+    image = np.zeros((SIZE[1], SIZE[0], 3), np.uint8)
+    assert engine.run(image).shape == (1, SIZE[1], SIZE[0])
+
+
+def test_a_choice_made_while_the_cache_was_full_is_not_stored(
+    model: StagedSegmenter, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the disk full, the ONNX candidates could not write their graphs and were skipped, the
+    1 kB choice still fit, and torch stayed the stored choice after space was freed."""
+    import errno
+
+    from rtseg.engine import cache as cache_mod
+
+    def full(path: Path, data: bytes) -> Path:
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    engine_dir = tmp_path / "engines"
+    monkeypatch.setattr(cache_mod, "atomic_write_bytes", full)
+    engine = _auto(model, engine_dir)
+    assert engine.info.backend == "torch"
+    assert engine.info.notes[-1].endswith("No space left on device, so not every candidate ran")
+    assert not _choice(model, engine_dir).exists()
+    monkeypatch.undo()
+    assert _auto(model, engine_dir).info.notes[-1].startswith("auto: picked ")  # measured again

@@ -200,3 +200,18 @@ def test_concurrent_builders_both_succeed(tmp_path: Path) -> None:
         assert cache.problem(key, path) is None
         onnx.checker.check_model(onnx.load(str(path)))
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_an_exporter_asked_for_by_name_is_the_one_that_made_the_files(tmp_path: Path, caplog) -> None:
+    """The exporter is not in the artifact name: `--exporter torchscript` after a dynamo export
+    silently returned the dynamo graphs (and the other way round). The sidecar is relabelled
+    instead of running the dynamo exporter, which takes seconds even for a tiny head."""
+    model, cache, head = _model("espnet-c"), ArtifactCache(tmp_path), ("head",)
+    path = ensure_onnx(model, SIZE, cache, stages=head, exporter="torchscript").files["head"]
+    sidecar = cache.sidecar_path(path)
+    sidecar.write_text(json.dumps({**json.loads(sidecar.read_text()), "exporter": "dynamo"}))
+    assert ensure_onnx(model, SIZE, cache, stages=head).sidecars["head"]["exporter"] == "dynamo"  # auto: any
+    with caplog.at_level(logging.WARNING, logger="rtseg.engine.cache"):
+        again = ensure_onnx(model, SIZE, cache, stages=head, exporter="torchscript")
+    assert again.sidecars["head"]["exporter"] == "torchscript"
+    assert "exported by 'dynamo', and exporter 'torchscript' was asked for" in caplog.text

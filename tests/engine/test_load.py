@@ -30,6 +30,9 @@ SIZE = (64, 48)
         ({"backend": "auto", "device": "cuda:x"}, r"device must be 'cpu', 'cuda', 'cuda:N'"),
         ({"backend": "torch", "device": "tpu"}, r"device must be 'cpu', 'cuda', 'cuda:N'"),
         ({"backend": "torch", "device": "gpu"}, r"torch backend device must be 'cpu' or 'cuda\[:N\]'"),
+        ({"backend": "openvino", "threads": -1}, r"threads must be a positive whole number .* got -1"),
+        ({"backend": "auto", "threads": 0}, r"threads must be a positive whole number .* got 0"),
+        ({"backend": "onnxruntime", "threads": 1.5}, r"threads must be a positive whole number .* got 1\.5"),
     ],
 )
 def test_bad_requests_name_what_is_accepted(kwargs: dict, message: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -49,3 +52,20 @@ def test_an_openvino_device_this_machine_lacks_is_refused_before_any_export(tmp_
     with pytest.raises(ConfigError, match=r"openvino device must be one of cpu, gpu .* got 'cuda'"):
         load(get_model("espnet"), backend="openvino", device="cuda", input_size=SIZE, engine_dir=tmp_path)
     assert not list(tmp_path.rglob("*.onnx"))  # nothing was exported for an engine that cannot run
+
+
+def test_the_torch_backend_leaves_the_callers_network_as_it_was(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Module.to converts in place: auto's "torch channels_last" candidate turned the shared network
+    channels_last, so the plain "torch" candidate was timed with channels_last weights (and on a
+    GPU the network moved to CUDA before the other candidates exported it from CPU)."""
+    import numpy as np
+
+    model = get_model("espnet")
+    weights = [p for p in model.parameters() if p.dim() == 4]
+    engine = load(model, backend="torch", channels_last=True, input_size=SIZE, engine_dir=tmp_path)
+    assert all(p.is_contiguous() for p in weights)
+    assert all(a is b for a, b in zip(weights, (p for p in model.parameters() if p.dim() == 4), strict=True))
+    image = np.random.default_rng(0).integers(0, 256, (SIZE[1], SIZE[0], 3), dtype=np.uint8)
+    plain = load(model, backend="torch", input_size=SIZE, engine_dir=tmp_path)
+    assert plain._low.model is model  # nothing to convert: no copy
+    np.testing.assert_array_equal(engine.run(image), plain.run(image))

@@ -81,3 +81,20 @@ def test_num_classes_must_be_a_whole_number() -> None:
         get_model("espnet", num_classes=2.5)
     with pytest.raises(TypeError, match="num_classes must be a whole number, got True"):
         get_model("enet", num_classes=True)
+
+
+def test_config_overrides_of_loaded_weights_are_in_the_metadata(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """output_stride changes DeepLabV3+'s graph but no parameter: the engine cache keys on the
+    metadata, so an OS8 model given the OS16 engine got a quarter of its labels right."""
+    from rtseg.engine.cache import weights_hash
+    from rtseg.models import save_checkpoint
+
+    torch.manual_seed(0)
+    model = get_model("deeplabv3plus-mobilenetv2")
+    path = save_checkpoint(tmp_path / "dl.pt", model.state_dict(), model.meta)
+    os16 = get_model("deeplabv3plus-mobilenetv2", weights=path)
+    os8 = get_model("deeplabv3plus-mobilenetv2", weights=path, output_stride=8)
+    assert os16.meta.config["output_stride"] == 16 and os8.meta.config["output_stride"] == 8
+    assert os8.stage_spec.deep[0].stride == 8
+    assert weights_hash(os8) != weights_hash(os16)
+    assert get_model("deeplabv3plus-mobilenetv2", weights=path, output_stride=16).meta == os16.meta
