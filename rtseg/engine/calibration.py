@@ -123,7 +123,7 @@ class CalibrationList:
         directory = Path(directory).resolve()
         if not directory.is_dir():
             raise DatasetError(f"calibration image folder not found: {directory}")
-        files = sorted(p for p in directory.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        files = sorted(p for p in directory.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
         if not files:
             raise DatasetError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {directory}")
         picked = [files[i] for i in _evenly(len(files), num)]

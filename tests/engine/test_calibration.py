@@ -67,6 +67,7 @@ def test_from_images_spreads_evenly_and_recurses(tmp_path: Path) -> None:
     _write_images(folder, 6)
     _write_images(folder / "sub", 2)  # f00.png, f01.png in a subfolder: found, sorted after
     (folder / "notes.txt").write_text("not an image")
+    (folder / "zz.png").mkdir()  # a folder named like an image is not one
     calib = CalibrationList.from_images(folder, 4)
     assert calib.kind == "images" and calib.source == folder.resolve() and len(calib) == 4
     # 8 files sorted: f00..f05, sub/f00, sub/f01 -> indices 0, 2, 4, 6
