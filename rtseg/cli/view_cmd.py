@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import ConfigError, SinkError, StreamTimeout
 from ..overlay.annotate import colorize
-from ..sink.file import check_pattern, check_room_for_frame, prepare_folder
+from ..sink.file import VIDEO_FOURCC, check_pattern, check_room_for_frame, prepare_folder
 from ..stream.subscriber import Message, Subscriber
 from ..window import RecentSamples
 from .common import positive_float, positive_int
@@ -90,7 +90,7 @@ class _Writer:
         self.count = 0
         suffix = out.suffix.lower()
         option = f"--out {out}"
-        if suffix in (".mp4", ".avi", ".mkv"):
+        if suffix in VIDEO_FOURCC:  # the file sink's containers and codecs
             prepare_folder(out.parent, option)
         elif "%" in out.name:
             check_pattern(str(out), option)
@@ -101,7 +101,8 @@ class _Writer:
             self.pattern = str(out / "%06d.png")
         else:
             raise ConfigError(
-                f"--out {out}: use a .mp4/.avi/.mkv video, a folder, or a pattern like out/%06d.png"
+                f"--out {out}: use a video ({'/'.join(VIDEO_FOURCC)}), a folder, or a pattern like "
+                "out/%06d.png"
             )
 
     def write(self, image: np.ndarray) -> None:
@@ -112,7 +113,7 @@ class _Writer:
         else:
             h, w = image.shape[:2]
             if self.video is None:
-                fourcc = "mp4v" if self.out.suffix.lower() == ".mp4" else "MJPG"
+                fourcc = VIDEO_FOURCC[self.out.suffix.lower()]
                 self.video = cv2.VideoWriter(str(self.out), cv2.VideoWriter_fourcc(*fourcc), self.fps, (w, h))
                 if not self.video.isOpened():
                     raise SinkError(f"OpenCV cannot write video {self.out} ({fourcc})")

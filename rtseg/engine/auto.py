@@ -233,7 +233,7 @@ def load_auto(
             skipped[candidate.label] = str(exc).splitlines()[0]
             log.info("auto: skipping %s: %s", candidate.label, skipped[candidate.label])
             if isinstance(exc, CacheUnwritableError):
-                unwritable = skipped[candidate.label]
+                unwritable = exc.reason
             continue
         engines[candidate.label] = engine
         chosen[candidate.label] = candidate
@@ -267,7 +267,7 @@ def load_auto(
     }
     # A full disk or a read-only cache is not what a backend is, so a choice made while one kept a
     # candidate out is not stored; nor must failing to store it lose the engine just measured.
-    not_stored = f"{unwritable.split(';')[0]}, so not every candidate ran" if unwritable else ""
+    not_stored = f"{unwritable}, so not every candidate ran" if unwritable else ""
     if not not_stored:
         try:
             atomic_write_text(path, json.dumps(record, indent=2, sort_keys=True))

@@ -43,6 +43,10 @@ class CacheUnwritableError(ConfigError):
     """The engine cache cannot be written (read-only, full, not a folder): often transient, so
     ``auto`` does not store a choice made while a candidate failed for this reason."""
 
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason  # the short why, e.g. "cannot write to the engine cache X: No space..."
+
 
 def default_engine_dir() -> Path:
     """$RTSEG_ENGINE_DIR, else the checkout's engines/ (next to the package), else the user cache."""
@@ -228,9 +232,9 @@ class ArtifactCache:
         return Artifact(path, sidecar)
 
     def _unwritable(self, exc: OSError) -> CacheUnwritableError:
+        reason = f"cannot write to the engine cache {self.directory}: {exc.strerror or exc}"
         return CacheUnwritableError(
-            f"cannot write to the engine cache {self.directory}: {exc.strerror or exc}; "
-            "point --engine-dir (or RTSEG_ENGINE_DIR) at a writable folder"
+            f"{reason}; point --engine-dir (or RTSEG_ENGINE_DIR) at a writable folder", reason
         )
 
     @contextlib.contextmanager
