@@ -13,7 +13,12 @@ from .data.labels import ClassSet
 
 
 def labels_at(labels: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """Labels resized (nearest neighbour) to an h x w shape; the same array when it already fits."""
+    """Labels resized (nearest neighbour) to an h x w shape; the same array when it already fits.
+
+    INTER_NEAREST_EXACT takes the source pixel under each output pixel's centre, the alignment
+    of the bilinear image resize; INTER_NEAREST floors the corner and shifts labels by up to half
+    an output pixel towards the top left at non-integer scales (480x360 into 1280x720).
+    """
     try:
         h, w = (operator.index(n) for n in tuple(shape)[:2])
     except (TypeError, ValueError):
@@ -22,7 +27,7 @@ def labels_at(labels: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
         raise ValueError(f"shape must have a positive height and width, got {tuple(shape)}")
     if labels.shape == (h, w):
         return labels
-    return cv2.resize(labels, (w, h), interpolation=cv2.INTER_NEAREST)
+    return cv2.resize(labels, (w, h), interpolation=cv2.INTER_NEAREST_EXACT)
 
 
 @dataclass(frozen=True, slots=True)

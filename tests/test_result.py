@@ -37,3 +37,19 @@ def test_labels_at_refuses_shapes_it_cannot_resize_to() -> None:
     with pytest.raises(TypeError, match="got 96"):
         result.labels_at(96)
     assert result.labels_at(np.zeros((6, 10, 3), np.uint8).shape).shape == (6, 10)
+
+
+@pytest.mark.parametrize(
+    ("source", "target"), [((360, 480), (720, 1280)), ((7, 5), (9, 6)), ((9, 6), (4, 4))]
+)
+def test_labels_at_take_the_label_under_each_pixel_centre(
+    source: tuple[int, int], target: tuple[int, int]
+) -> None:
+    # Output pixel x covers source x' = (x + 0.5) * w_src / w_dst - 0.5, the bilinear image
+    # resize's alignment; the label at its centre is floor((x + 0.5) * w_src / w_dst).
+    # (Sizes chosen so that no centre falls exactly on a boundary between two labels.)
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 12, source, dtype=np.uint8)
+    rows = np.floor((np.arange(target[0]) + 0.5) * source[0] / target[0]).astype(int)
+    cols = np.floor((np.arange(target[1]) + 0.5) * source[1] / target[1]).astype(int)
+    np.testing.assert_array_equal(_result(labels).labels_at(target), labels[np.ix_(rows, cols)])

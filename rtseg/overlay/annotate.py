@@ -61,7 +61,7 @@ def colorize(labels: np.ndarray, classes: ClassSet, size: tuple[int, int] | None
         return cv2.applyColorMap(labels, userColor=lut)
     if 2 * labels.size <= size[0] * size[1]:
         return cv2.resize(
-            cv2.applyColorMap(labels, userColor=lut), tuple(size), interpolation=cv2.INTER_NEAREST
+            cv2.applyColorMap(labels, userColor=lut), tuple(size), interpolation=cv2.INTER_NEAREST_EXACT
         )
     return cv2.applyColorMap(labels_at(labels, (size[1], size[0])), userColor=lut)
 

@@ -12,8 +12,9 @@ import numpy as np
 class ScaleCropFlip:
     """Scale by a factor from ``scale_range``, take a random ``crop`` (w, h), flip half the time.
 
-    Images are resized bilinearly and labels by nearest neighbour; a crop larger than the scaled
-    image is padded with zeros (image) and ``ignore_index`` (label), so padding never trains.
+    Images are resized bilinearly and labels by nearest neighbour at the same pixel centres; a
+    crop larger than the scaled image is padded with zeros (image) and ``ignore_index`` (label),
+    so padding never trains.
     """
 
     crop: tuple[int, int]
@@ -36,7 +37,7 @@ class ScaleCropFlip:
         sw, sh = max(1, round(w * s)), max(1, round(h * s))
         if (sw, sh) != (w, h):
             image = cv2.resize(image, (sw, sh), interpolation=cv2.INTER_LINEAR)
-            label = cv2.resize(label, (sw, sh), interpolation=cv2.INTER_NEAREST)
+            label = cv2.resize(label, (sw, sh), interpolation=cv2.INTER_NEAREST_EXACT)
         cw, ch = self.crop
         if sw < cw or sh < ch:
             pad_w, pad_h = max(0, cw - sw), max(0, ch - sh)

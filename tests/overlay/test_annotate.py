@@ -26,6 +26,13 @@ def test_colorize_uses_the_palette_and_resizes_nearest() -> None:
         colorize(np.zeros((4, 4), np.int32), CAMVID)
 
 
+@pytest.mark.parametrize("labels_shape", [(360, 480), (512, 1024)])  # colour first / resize first
+def test_colorize_is_the_palette_of_the_labels_at_the_frame(labels_shape: tuple[int, int]) -> None:
+    labels = np.random.default_rng(0).integers(0, len(CAMVID), labels_shape, dtype=np.uint8)
+    expected = CAMVID.palette_bgr_lut()[:, 0][SegResult(labels, 0, True, 0, CAMVID).labels_at((720, 1280))]
+    np.testing.assert_array_equal(colorize(labels, CAMVID, (1280, 720)), expected)
+
+
 def test_modes_and_alpha() -> None:
     frame = np.full((48, 64, 3), 200, np.uint8)
     before = frame.copy()

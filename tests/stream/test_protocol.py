@@ -339,7 +339,7 @@ def test_hand_built_request_gets_a_hand_readable_reply(small_engine, tcp_endpoin
     assert len(frames) == 2 and len(frames[1]) == 8
     # the same image through the engine, resized as the spec says (bilinear in, nearest out)
     up = cv2.resize(image, (64, 48), interpolation=cv2.INTER_LINEAR)
-    expected = cv2.resize(small_engine.run(up)[0], (4, 2), interpolation=cv2.INTER_NEAREST)
+    expected = cv2.resize(small_engine.run(up)[0], (4, 2), interpolation=cv2.INTER_NEAREST_EXACT)
     np.testing.assert_array_equal(np.frombuffer(frames[1], np.uint8).reshape(2, 4), expected)
     error = json.loads(error_frames[0])
     assert len(error_frames) == 1 and error["status"] == "error" and error["id"] == "x"

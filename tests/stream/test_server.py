@@ -62,7 +62,7 @@ def test_stateless_requests_match_the_engine(small_engine: Engine, tcp_endpoint:
     assert r1.classes == small_engine.meta.classes
     assert {"queue", "decode", "resize", "low", "deep", "head", "encode", "total"} <= set(r1.timings_ms)
     resized = cv2.resize(other, (64, 48), interpolation=cv2.INTER_LINEAR)
-    expected = cv2.resize(small_engine.run(resized)[0], (200, 120), interpolation=cv2.INTER_NEAREST)
+    expected = cv2.resize(small_engine.run(resized)[0], (200, 120), interpolation=cv2.INTER_NEAREST_EXACT)
     np.testing.assert_array_equal(r2.labels, expected)
     assert r2.overlay is None and r2.image_shape == (120, 200, 3)
     assert r3.labels.shape == (48, 64)  # output resolution by default
