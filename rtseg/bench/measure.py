@@ -144,9 +144,9 @@ class _MemoryMeter:
         # Linux updates the high-water mark lazily: it can lag an RSS psutil has already seen.
         high_water = max(high_water, self.peak_rss)
         return {
-            "peak_rss_mb": round(self.peak_rss / 2**20, 1) if self.peak_rss else None,
-            "process_peak_rss_mb": round(high_water / 2**20, 1),
-            "gpu_peak_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if self.cuda else None,
+            "peak_rss_mib": round(self.peak_rss / 2**20, 1) if self.peak_rss else None,
+            "process_peak_rss_mib": round(high_water / 2**20, 1),
+            "gpu_peak_mib": round(torch.cuda.max_memory_allocated() / 2**20, 1) if self.cuda else None,
         }
 
 

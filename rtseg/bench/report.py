@@ -167,9 +167,9 @@ def result_row(result: dict[str, Any]) -> dict[str, Any]:
         **{f"{s}_mean_per_frame_ms": (stages.get(s) or {}).get("mean_per_frame", "") for s in STAGES},
         "keyframe_ratio": pipeline.get("keyframe_ratio", ""),
         "agreement_miou": agreement.get("miou", ""),
-        "peak_rss_mb": memory.get("peak_rss_mb", "") or "",
-        "process_peak_rss_mb": memory.get("process_peak_rss_mb", "") or "",
-        "gpu_peak_mb": memory.get("gpu_peak_mb", "") or "",
+        "peak_rss_mib": memory.get("peak_rss_mib", "") or "",
+        "process_peak_rss_mib": memory.get("process_peak_rss_mib", "") or "",
+        "gpu_peak_mib": memory.get("gpu_peak_mib", "") or "",
     }
     return {k: ("" if v is None else v) for k, v in row.items()}
 
@@ -263,9 +263,9 @@ def format_results(results: Sequence[dict[str, Any]]) -> str:
         else:
             lat_text = agree = key = "-"
         mem = r.get("memory") or {}
-        rss = "-" if not mem.get("peak_rss_mb") else f"{mem['peak_rss_mb']:.0f} MB"
-        if mem.get("gpu_peak_mb"):
-            rss += f", GPU {mem['gpu_peak_mb']:.0f} MB"
+        rss = "-" if not mem.get("peak_rss_mib") else f"{mem['peak_rss_mib']:.0f} MiB"
+        if mem.get("gpu_peak_mib"):
+            rss += f", GPU {mem['gpu_peak_mib']:.0f} MiB"
         rows.append(
             [
                 r["label"],

@@ -34,7 +34,7 @@ def test_engine_and_pipeline_numbers() -> None:
     assert p["keyframe_ratio"] == 1.0 and p["keyframes"] == p["frames"]
     assert p["sink"].startswith("null://") and p["source"]["size"] == [128, 96]
     assert r["engine_info"]["input_size"] == [64, 48] and r["threads"] == 1
-    assert r["memory"]["peak_rss_mb"] > 10 and r["memory"]["gpu_peak_mb"] is None
+    assert r["memory"]["peak_rss_mib"] > 10 and r["memory"]["gpu_peak_mib"] is None
 
 
 def test_the_process_high_water_mark_is_never_below_a_sampled_rss() -> None:
@@ -43,7 +43,7 @@ def test_the_process_high_water_mark_is_never_below_a_sampled_rss() -> None:
     meter.sample()
     meter.peak_rss += 2**30  # an RSS the kernel's counter has not caught up with
     memory = meter.to_dict()
-    assert memory["process_peak_rss_mb"] >= memory["peak_rss_mb"] > 1024
+    assert memory["process_peak_rss_mib"] >= memory["peak_rss_mib"] > 1024
 
 
 def test_unsupported_combination_is_skipped_with_reason() -> None:

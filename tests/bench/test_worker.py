@@ -27,7 +27,7 @@ def test_result_comes_back_from_the_child() -> None:
     r = run_isolated(CFG)
     assert r["status"] == "ok", r["reason"]
     assert r["label"] == CFG.label and r["engine"]["frames"] <= 4 and r["pipeline"]["frames"] <= 4
-    assert r["memory"]["process_peak_rss_mb"] >= r["memory"]["peak_rss_mb"] > 10
+    assert r["memory"]["process_peak_rss_mib"] >= r["memory"]["peak_rss_mib"] > 10
 
 
 def test_timeout_becomes_a_failed_result() -> None:
