@@ -25,6 +25,10 @@ _EXPORTS = {
     "Frame": "rtseg.source",
 }
 
+# Subpackages the README and error messages call through ``rtseg.`` (``rtseg.models.list_models()``,
+# ``rtseg.engine.load(...)``): without this they raised AttributeError unless already imported.
+_SUBPACKAGES = frozenset({"data", "engine", "models", "overlay", "schedule", "sink", "source", "stream"})
+
 if TYPE_CHECKING:
     from .overlay import annotate
     from .pipeline import Pipeline
@@ -35,6 +39,8 @@ if TYPE_CHECKING:
 
 
 def __getattr__(name: str) -> Any:
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f"{__name__}.{name}")
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'rtseg' has no attribute {name!r}")
@@ -42,7 +48,7 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+    return sorted({*globals(), *_EXPORTS, *_SUBPACKAGES})
 
 
 __all__ = [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 import os
 import threading
 import time
@@ -38,6 +39,49 @@ def _scheduler(scheduler: object) -> Scheduler:
     return scheduler
 
 
+def _input_size(size: object) -> tuple[int, int] | None:
+    """(w, h) as two ints: a float or NumPy array here failed deep inside an engine build."""
+    if size is None:
+        return None
+    try:
+        w, h = size  # type: ignore[misc]
+    except (TypeError, ValueError):
+        w = h = None
+    if isinstance(size, str) or not all(
+        isinstance(n, numbers.Integral) and not isinstance(n, bool) and n > 0 for n in (w, h)
+    ):
+        raise ConfigError(f"input_size must be (width, height) in whole pixels, both positive, got {size!r}")
+    return int(w), int(h)  # type: ignore[arg-type]
+
+
+def _network(model: str | StagedSegmenter | None, weights: str | os.PathLike[str] | None) -> StagedSegmenter:
+    """Resolve ``model``/``weights`` as the CLI does, with errors phrased for a Python caller."""
+    from .cli.common import load_model
+    from .models import DEFAULT_MODEL, get_spec
+
+    if isinstance(model, StagedSegmenter):
+        if weights is not None:
+            raise ConfigError(
+                "weights= would be ignored: model is an already built network; pass the registry "
+                "name with weights= (Segmenter('espnet', weights=...)), or load them into the network "
+                "with rtseg.models.get_model(name, weights=...)"
+            )
+        return model
+    if model is not None and not isinstance(model, str):
+        raise TypeError(
+            "model must be a registry name (rtseg.models.list_models()), a built network "
+            f"(rtseg.models.get_model(...)) or None for the shipped model, got {type(model).__name__}"
+        )
+    if model is not None:
+        get_spec(model)  # an unknown name says so, not "weights are required"
+    if weights is None and model not in (None, DEFAULT_MODEL):
+        raise ConfigError(
+            f"Segmenter({model!r}) needs weights=: rtseg ships trained weights only for "
+            f"{DEFAULT_MODEL!r}; for an untrained network pass rtseg.models.get_model({model!r})"
+        )
+    return load_model(model, None if weights is None else os.fspath(weights))
+
+
 def load_engine(
     model: str | StagedSegmenter | None = None,
     *,
@@ -47,18 +91,21 @@ def load_engine(
     **options: Any,
 ) -> Engine:
     """An engine for a registry name, a built network, or (neither) rtseg's default model and weights."""
-    from .cli.common import load_model
     from .engine import load
 
-    if isinstance(model, StagedSegmenter):
-        net = model
-    else:
-        net = load_model(model, None if weights is None else os.fspath(weights))
-    return load(net, backend=resolve_backend(backend), input_size=input_size, **options)
+    size = _input_size(input_size)
+    net = _network(model, weights)
+    return load(net, backend=resolve_backend(backend), input_size=size, **options)
 
 
 class Segmenter:
-    """Segments frames of one stream; thread-safe (calls are serialised), no global state.
+    """Segments frames of one stream; thread-safe, no global state.
+
+    Thread safety: ``__call__``, ``reset``, ``use_scheduler`` and ``close`` may be called from any
+    thread; they take one lock, so calls are serialised (never interleaved inside the engine or the
+    scheduler) and each returns its own ``SegResult`` with its own label array. Calls from two
+    threads still feed one schedule, in lock order: two cameras need two Segmenters (they can
+    share one engine, ``engine=``). ``close`` waits for a call in progress; later calls raise.
 
     ``scheduler`` is a name (``every``, ``clockwork``, ``adaptive``, ``async``: default options) or
     a configured Scheduler (``rtseg.schedule.make_scheduler(...)``). Scheduling state is per
@@ -78,6 +125,9 @@ class Segmenter:
         engine: Engine | None = None,
         **engine_options: Any,
     ) -> None:
+        # The scheduler first: a misspelt name must not cost an engine load (or `auto`'s timing runs),
+        # nor leave the loaded engine unclosed.
+        chosen = _scheduler(scheduler)
         self._owns_engine = engine is None
         if engine is None:
             engine = load_engine(
@@ -98,7 +148,7 @@ class Segmenter:
                     "engine or the options to load one"
                 )
         self.engine = engine
-        self.scheduler = _scheduler(scheduler)
+        self.scheduler = chosen
         try:
             self.scheduler.check(engine)
         except BaseException:

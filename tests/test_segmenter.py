@@ -90,7 +90,7 @@ def test_thread_safe_calls_share_one_schedule(engine) -> None:
 
 
 def test_model_name_without_weights_is_explained() -> None:
-    with pytest.raises(Exception, match=r"--weights is required"):
+    with pytest.raises(ConfigError, match=r"needs weights="):
         Segmenter("enet")
 
 
@@ -156,3 +156,43 @@ def test_a_scheduler_that_cannot_run_on_the_engine_fails_at_construction(engine)
     with pytest.raises(ConfigError, match="change feature 'nope'"):
         seg.use_scheduler(bad)
     assert seg.scheduler.name == "clockwork"  # the working one is kept
+
+
+def test_a_bad_scheduler_fails_before_any_engine_is_loaded(monkeypatch) -> None:
+    """The engine was loaded (and `auto` timed the backends, seconds) first, then left unclosed."""
+    import rtseg.segmenter as segmenter_module
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the engine was loaded before the scheduler was checked")
+
+    monkeypatch.setattr(segmenter_module, "load_engine", no_loading)
+    with pytest.raises(ConfigError, match="unknown scheduler 'adaptve'"):
+        Segmenter(scheduler="adaptve")
+    with pytest.raises(TypeError, match="scheduler must be a name"):
+        Segmenter(scheduler=4)
+
+
+def test_weights_beside_a_built_network_are_refused() -> None:
+    with pytest.raises(ConfigError, match=r"weights= would be ignored: model is an already built network"):
+        Segmenter(get_model("espnet"), weights="mine.pt", backend="torch")
+
+
+def test_model_errors_speak_python() -> None:
+    """A Python caller was told about "--weights" and "--model"; an unknown name got the same advice."""
+    with pytest.raises(ConfigError, match=r"unknown model 'segformer'; available: enet"):
+        Segmenter("segformer")
+    with pytest.raises(ConfigError, match=r"Segmenter\('enet'\) needs weights=.*get_model\('enet'\)"):
+        Segmenter("enet")
+    with pytest.raises(TypeError, match=r"model must be a registry name .* got int"):
+        Segmenter(3)
+
+
+@pytest.mark.parametrize("size", [(64.0, 48), (True, 48), np.array([64.0, 48.0]), (64,), "64x48"])
+def test_input_size_must_be_two_whole_numbers(size) -> None:
+    with pytest.raises(ConfigError, match=r"input_size must be \(width, height\) in whole pixels"):
+        Segmenter(get_model("espnet"), backend="torch", input_size=size)
+
+
+def test_input_size_of_numpy_integers_is_accepted() -> None:
+    seg = Segmenter(get_model("espnet"), backend="torch", input_size=(np.int64(64), np.int32(48)))
+    assert seg.input_size == (64, 48) and seg(np.zeros((10, 10, 3), np.uint8)).labels.shape == (48, 64)

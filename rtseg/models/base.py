@@ -8,6 +8,7 @@ what flows between the stages are data (``StageSpec``), as in timm's ``feature_i
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -15,7 +16,20 @@ from typing import TypeVar
 import torch
 from torch import Tensor, nn
 
+from ..errors import ConfigError
+
 Features = dict[str, Tensor]
+
+
+def whole_number(owner: str, field: str, value: object, minimum: int) -> int:
+    """``value`` as an int if it is a whole number >= ``minimum``, else ConfigError naming the field.
+
+    Layer counts and widths go straight into ``range`` and ``nn.Conv2d``: a negative count silently
+    builds fewer layers, and a float fails deep inside torch without saying which option was wrong.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ConfigError(f"{owner}.{field} must be a whole number >= {minimum}, got {value!r}")
+    return int(value)
 
 
 @dataclass(frozen=True)

@@ -224,3 +224,15 @@ def check_state_dict_fits(
         lines.append(f"  {len(shapes)} shape mismatches, first:")
         lines.extend(f"    {s}" for s in shapes[:5])
     raise CheckpointError("\n".join(lines))
+
+
+def check_finite(state_dict: Mapping[str, Tensor], *, path: Path) -> None:
+    """Refuse NaN or infinite weights: they load without complaint (a run that diverged before it
+    was saved, or bytes corrupted in a plain state dict, which carries no checksum) and then label
+    every pixel with class 0."""
+    bad = [k for k, v in state_dict.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(
+            f"{path}: {len(bad)} tensors hold NaN or infinite values, first: {bad[:5]}; the weights "
+            "come from a diverged training run or the file is corrupt"
+        )

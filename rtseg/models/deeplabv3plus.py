@@ -119,7 +119,7 @@ class DeepLabV3Plus(StagedSegmenter):
         super().__init__()
         if output_stride not in _VALID_OUTPUT_STRIDES:
             raise ConfigError(
-                f"DeepLabV3Plus output_stride must be one of {_VALID_OUTPUT_STRIDES}, got {output_stride}"
+                f"DeepLabV3Plus output_stride must be one of {_VALID_OUTPUT_STRIDES}, got {output_stride!r}"
             )
         if num_outputs <= 0:
             raise ConfigError(f"DeepLabV3Plus num_outputs must be positive, got {num_outputs}")
@@ -139,6 +139,9 @@ class DeepLabV3Plus(StagedSegmenter):
         init_weights(self)
 
     def forward_low(self, x: Tensor) -> Features:
+        # Off the multiple the ASPP features' stride is no longer output_stride (ceil sizes) and
+        # the logits come out a pixel off the spec's h // 4, without any error.
+        self.check_input(x)
         return {"s4": self.backbone.stem_to_stride4(x)}
 
     def forward_deep(self, low: Features) -> Features:

@@ -17,7 +17,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import FeatureInfo, Features, StagedSegmenter, StageSpec, init_weights
+from ..errors import ConfigError
+from .base import FeatureInfo, Features, StagedSegmenter, StageSpec, init_weights, whole_number
 
 _BN_EPS = 1e-3
 
@@ -163,6 +164,8 @@ class ESPNetC(ESPNetEncoder, StagedSegmenter):
     """ESPNet-C: the encoder alone, logits at stride 8 (its checkpoints are the bare encoder)."""
 
     def __init__(self, *, num_outputs: int = 20, p: int = 2, q: int = 8) -> None:
+        num_outputs = whole_number("ESPNetC", "num_outputs", num_outputs, 1)
+        p, q = whole_number("ESPNetC", "p", p, 0), whole_number("ESPNetC", "q", q, 0)
         super().__init__(num_outputs, p, q)
         self.num_outputs = num_outputs
         self.stage_spec = StageSpec(
@@ -175,6 +178,7 @@ class ESPNetC(ESPNetEncoder, StagedSegmenter):
         init_weights(self)
 
     def forward_low(self, x: Tensor) -> Features:
+        self.check_input(x)  # off the multiple the logits are not at stride 8 (ceil sizes) and say nothing
         stem = self.stem(x)
         return {"l1_cat": stem["l1_cat"], "image_s4": stem["image_s4"]}
 
@@ -206,11 +210,13 @@ class ESPNet(StagedSegmenter):
         width: int | None = None,
     ) -> None:
         super().__init__()
-        if skip_channels not in (16, 19):
-            raise ValueError(f"ESPNet skip_channels must be 16 or 19, got {skip_channels}")
-        c = num_outputs if width is None else width
+        num_outputs = whole_number("ESPNet", "num_outputs", num_outputs, 1)
+        p, q = whole_number("ESPNet", "p", p, 0), whole_number("ESPNet", "q", q, 0)
+        if isinstance(skip_channels, bool) or skip_channels not in (16, 19):
+            raise ConfigError(f"ESPNet.skip_channels must be 16 or 19, got {skip_channels!r}")
+        c = num_outputs if width is None else whole_number("ESPNet", "width", width, 1)
         if c < num_outputs:
-            raise ValueError(f"ESPNet width must be at least num_outputs ({num_outputs}), got {width}")
+            raise ConfigError(f"ESPNet.width must be at least num_outputs ({num_outputs}), got {width}")
         self.num_outputs = num_outputs
         self.skip = "l1" if skip_channels == 16 else "l1_cat"
         self._arch = {"p": p, "q": q, "skip_channels": skip_channels, "width": c}

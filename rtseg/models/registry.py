@@ -18,7 +18,13 @@ from ..data.preprocess import IMAGENET_RGB, Preprocessing
 from ..errors import CheckpointError, ConfigError
 from .base import StagedSegmenter
 from .catalog import ESPNET_CITYSCAPES_INPUT, ESPNETV2_CITYSCAPES_INPUT, find_known
-from .checkpoint import LoadedCheckpoint, WeightsMeta, check_state_dict_fits, read_checkpoint
+from .checkpoint import (
+    LoadedCheckpoint,
+    WeightsMeta,
+    check_finite,
+    check_state_dict_fits,
+    read_checkpoint,
+)
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +61,7 @@ class ModelSpec:
     void_outputs: int = 0  # extra never-predicted output channels in the authors' checkpoints
     published: tuple[PublishedResult, ...] = ()
     config_from_state_dict: Callable[[Mapping[str, torch.Tensor]], dict[str, Any]] | None = None
+    options: tuple[str, ...] = ()  # the builder's keyword options a get_model caller may set
 
     @property
     def default_input_size(self) -> tuple[int, int]:
@@ -197,6 +204,7 @@ _MODELS: tuple[ModelSpec, ...] = (
                 "TensorFlow DeepLab model zoo, mobilenetv2_coco_cityscapes_trainfine",
             ),
         ),
+        options=("output_stride",),
     ),
     ModelSpec(
         name="espnet",
@@ -219,6 +227,7 @@ _MODELS: tuple[ModelSpec, ...] = (
             PublishedResult("camvid", "test", 55.6, (480, 360), "ESPNet authors' README (55.64)"),
         ),
         config_from_state_dict=_espnet_cfg,
+        options=("p", "q", "skip_channels", "width"),
     ),
     ModelSpec(
         name="espnet-c",
@@ -229,6 +238,7 @@ _MODELS: tuple[ModelSpec, ...] = (
         default_config={"p": 2, "q": 8},
         void_outputs=1,
         config_from_state_dict=_espnet_c_cfg,
+        options=("p", "q"),
     ),
     ModelSpec(
         name="espnetv2",
@@ -243,6 +253,7 @@ _MODELS: tuple[ModelSpec, ...] = (
             PublishedResult("cityscapes", "test", 62.1, (1024, 512), "ESPNetv2 paper, Table 3"),
         ),
         config_from_state_dict=_espnetv2_cfg,
+        options=("scale",),
     ),
 )
 
@@ -305,7 +316,9 @@ def _meta_for_plain(spec: ModelSpec, ckpt: LoadedCheckpoint, num_classes: int | 
             provenance={**known.provenance, "file": known.filename, "sha256": ckpt.sha256},
             metrics=known.metrics,
         )
-    num_outputs = inferred_outputs or len(spec.classes) + spec.void_outputs
+    # Families without a shape reader (ENet, ICNet, DeepLabV3+) are rtseg's own networks, which have
+    # no void outputs: num_classes says how many outputs the file has (checked against its shapes).
+    num_outputs = inferred_outputs or num_classes or len(spec.classes) + spec.void_outputs
     # The authors' files end in void channels; rtseg's own networks (get_model) have none, so a
     # plain state dict saved from get_model(name[, num_classes=N]) reads back as it was built.
     if num_classes is not None and num_outputs in (num_classes, num_classes + spec.void_outputs):
@@ -338,6 +351,12 @@ def get_model(
     palette, preprocessing and provenance travel with the network.
     """
     spec = get_spec(name)
+    unknown = [key for key in config if key not in spec.options]
+    if unknown:
+        raise ConfigError(
+            f"{name} has no option {unknown[0]!r}; it takes {', '.join(spec.options) or 'none'} "
+            "(num_classes= sets the outputs, weights= the checkpoint; other models: list_models())"
+        )
     whole = isinstance(num_classes, numbers.Integral) and not isinstance(num_classes, bool)
     if num_classes is not None and not whole:
         raise TypeError(f"num_classes must be a whole number, got {num_classes!r}")
@@ -366,6 +385,7 @@ def get_model(
         raise CheckpointError(f"{ckpt.path}: cannot build {name!r} with config {arch}: {exc}") from None
     expected = model.state_dict()
     check_state_dict_fits(expected, ckpt.state_dict, path=ckpt.path, model=name)
+    check_finite(ckpt.state_dict, path=ckpt.path)
     state = {k: ckpt.state_dict.get(k, v).to(v.dtype) for k, v in expected.items()}
     model.load_state_dict(state, strict=True)
     if arch != dict(meta.config):

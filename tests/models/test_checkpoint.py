@@ -198,3 +198,33 @@ def test_a_checkpoint_without_a_checksum_still_loads(rtseg_ckpt: Path, tmp_path:
     older = tmp_path / "older.pt"
     torch.save(raw, older)
     assert get_model("espnet", weights=older).num_outputs == 11
+
+
+@pytest.mark.parametrize("name", ["enet", "deeplabv3plus-mobilenetv2"])
+def test_plain_state_dict_of_a_family_without_a_config_reader_loads_with_num_classes(
+    name: str, tmp_path: Path
+) -> None:
+    """With no shape reader the output count was always the registry's (19): an 11-class plain
+    state dict failed with "predicts 19 classes ... but num_classes=11 was asked for"."""
+    torch.manual_seed(0)
+    built = get_model(name, num_classes=11)
+    path = tmp_path / f"{name}_11.pt"
+    torch.save(built.state_dict(), path)
+    model = get_model(name, weights=path, num_classes=11)
+    assert model.num_outputs == 11 and len(model.meta.classes) == 11
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(model.state_dict().values(), built.state_dict().values(), strict=True)
+    )
+    with pytest.raises(CheckpointError, match=r"shape mismatches"):
+        get_model(name, weights=path)  # without num_classes: the registry's 19, which does not fit
+
+
+def test_non_finite_weights_are_refused(tmp_path: Path) -> None:
+    """A state dict saved from a diverged run loaded silently and labelled every pixel class 0."""
+    state = get_model("espnet", num_classes=11).state_dict()
+    state["classifier.weight"][0, 0, 0, 0] = float("nan")
+    path = tmp_path / "nan.pt"
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match=r"nan\.pt: 1 tensors hold NaN or infinite values, first: "):
+        get_model("espnet", weights=path, num_classes=11)

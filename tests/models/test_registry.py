@@ -98,3 +98,41 @@ def test_config_overrides_of_loaded_weights_are_in_the_metadata(tmp_path) -> Non
     assert os8.stage_spec.deep[0].stride == 8
     assert weights_hash(os8) != weights_hash(os16)
     assert get_model("deeplabv3plus-mobilenetv2", weights=path, output_stride=16).meta == os16.meta
+
+
+def test_unknown_options_name_the_ones_the_model_takes() -> None:
+    with pytest.raises(
+        ConfigError, match=r"espnet has no option 'bogus'; it takes p, q, skip_channels, width"
+    ):
+        get_model("espnet", bogus=1)
+    # ICNet's backbone is part of the registry name; it raised "got multiple values" before.
+    with pytest.raises(ConfigError, match=r"icnet-r18 has no option 'backbone'; it takes none"):
+        get_model("icnet-r18", backbone="resnet50")
+    with pytest.raises(ConfigError, match=r"has no option 'num_outputs'.*num_classes="):
+        get_model("enet", num_outputs=5)
+
+
+@pytest.mark.parametrize("name", ["espnet", "espnet-c"])
+def test_espnet_depths_are_validated(name: str) -> None:
+    """p and q are block counts: a negative one built a network without those blocks, a float failed
+    inside torch with "'float' object cannot be interpreted as an integer"."""
+    cls = type(get_model(name)).__name__
+    with pytest.raises(ConfigError, match=rf"{cls}\.q must be a whole number >= 0, got -1"):
+        get_model(name, q=-1)
+    with pytest.raises(ConfigError, match=rf"{cls}\.p must be a whole number >= 0, got 2\.5"):
+        get_model(name, p=2.5)
+    with pytest.raises(ConfigError, match=rf"{cls}\.p must be a whole number >= 0, got True"):
+        get_model(name, p=True)
+
+
+def test_espnet_widths_are_validated() -> None:
+    from rtseg.models.espnet import ESPNet, ESPNetC
+
+    with pytest.raises(ConfigError, match=r"ESPNet\.num_outputs must be a whole number >= 1, got 0"):
+        ESPNet(num_outputs=0)
+    with pytest.raises(ConfigError, match=r"ESPNetC\.num_outputs must be a whole number >= 1, got 0"):
+        ESPNetC(num_outputs=0)
+    with pytest.raises(ConfigError, match=r"ESPNet\.width must be a whole number >= 1, got 2\.0"):
+        ESPNet(width=2.0)
+    with pytest.raises(ConfigError, match=r"ESPNet\.skip_channels must be 16 or 19, got 0"):
+        ESPNet(skip_channels=0)

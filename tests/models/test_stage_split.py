@@ -60,3 +60,17 @@ def test_deep_reads_only_declared_inputs(name: str) -> None:
         low = model.forward_low(torch.randn(1, 3, h, w))
         subset = {k: low[k] for k in spec.deep_inputs}
         model.forward_deep(subset)  # KeyError if deep needs an undeclared feature
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_inputs_the_stage_spec_does_not_describe_are_refused(name: str) -> None:
+    """Off the input multiple, feature shapes stop being h // stride (DeepLabV3+ at 50x30 gave 7x12
+    logits where the spec says 7x12 but its stride-4 features were 8x13; ESPNet-C gave 4x7 for 3x6),
+    so every model's low stage refuses such inputs, and wrong channel counts, with the same message."""
+    model = get_model(name)
+    m = model.stage_spec.input_multiple
+    with torch.inference_mode():
+        with pytest.raises(ValueError, match=rf"divisible by {m}, got {3 * m + 2}x{2 * m}"):
+            model.forward_low(torch.zeros(1, 3, 2 * m, 3 * m + 2))
+        with pytest.raises(ValueError, match=r"expected an Nx3xHxW tensor, got shape \(1, 1, "):
+            model.forward_low(torch.zeros(1, 1, 2 * m, 2 * m))
