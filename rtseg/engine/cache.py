@@ -75,6 +75,9 @@ class ArtifactKey:
     device: str
     library: str
     variant: str = ""  # e.g. the calibration set of an int8 artifact
+    # Digest of inputs the name cannot spell (the source files' hashes, build settings): not in
+    # ``stem``, but in the sidecar's key, so an artifact built from other inputs is stale.
+    source: str = ""
 
     def __post_init__(self) -> None:
         w, h = self.input_size
@@ -94,7 +97,46 @@ class ArtifactKey:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["input_size"] = list(self.input_size)
+        if not self.source:
+            del data["source"]  # keys without one read as before (artifacts built earlier stay valid)
         return data
+
+
+def digest(record: Any, length: int = 12) -> str:
+    """Short SHA-256 of a JSON-serialisable ``record`` (key order does not matter)."""
+    text = json.dumps(record, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def _key_difference(built: Any, wanted: Mapping[str, Any]) -> str:
+    """'field: built X, this needs Y' for each differing field (the whole key if not a dict)."""
+    if not isinstance(built, dict):
+        return f"built for {built}, not {dict(wanted)}"
+    fields = sorted(set(built) | set(wanted))
+    diffs = [
+        f"{f}: built {built.get(f)!r}, this needs {wanted.get(f)!r}"
+        for f in fields
+        if built.get(f) != wanted.get(f)
+    ]
+    return "built for another key (" + "; ".join(diffs) + ")"
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Exclusive advisory lock on ``path`` (created if missing): a second holder, thread or
+    process, waits. Without POSIX locks only atomic renames keep files whole."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
 def weights_hash(model: StagedSegmenter, length: int = 10) -> str:
@@ -180,7 +222,7 @@ class ArtifactCache:
         if sidecar.get("format") != SIDECAR_FORMAT or sidecar.get("format_version") != SIDECAR_VERSION:
             return f"stale: sidecar format {sidecar.get('format')!r} v{sidecar.get('format_version')!r}"
         if sidecar.get("key") != key.to_dict():
-            return f"stale: built for {sidecar.get('key')}, not {key.to_dict()}"
+            return f"stale: {_key_difference(sidecar.get('key'), key.to_dict())}"
         if sidecar.get("rtseg_version") != __version__:
             return f"stale: built by rtseg {sidecar.get('rtseg_version')}, this is {__version__}"
         if check is not None and (reason := check(sidecar)) is not None:
@@ -244,19 +286,10 @@ class ArtifactCache:
         with contextlib.ExitStack() as stack:
             try:
                 self.directory.mkdir(parents=True, exist_ok=True)
-                f = stack.enter_context(open(lock_path, "a+b"))
+                stack.enter_context(file_lock(lock_path))
             except OSError as exc:
                 raise self._unwritable(exc) from None
-            try:
-                import fcntl
-            except ImportError:  # no POSIX locks: atomic renames alone still keep every file whole
-                yield
-                return
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+            yield
 
     def get_or_build(
         self,

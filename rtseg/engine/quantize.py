@@ -17,20 +17,19 @@ import contextlib
 import io
 import itertools
 import logging
-import os
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
 
-from ..atomic import MODE
+from ..atomic import atomic_write_bytes
 from ..errors import BackendUnavailableError, ConfigError, EngineBuildError
 from ..models.base import StagedSegmenter
-from .cache import ArtifactCache, ArtifactKey
+from .cache import ArtifactCache, ArtifactKey, digest, file_lock
 from .calibration import CalibrationList, default_calibration_dir, stage_feeds
 from .onnx_export import STAGES, OnnxStages, common_metadata, graph_io, serialize, set_metadata
 from .ort_backend import session_options
@@ -50,11 +49,59 @@ def _quantization() -> Any:
     return quantization
 
 
-def int8_key(fp32: OnnxStages, calibration: CalibrationList, flavour: str) -> ArtifactKey:
+def settings() -> dict[str, Any]:
+    """The quantisation settings an int8 artifact depends on (part of its key's ``source``)."""
+    return {
+        "format": "QDQ",
+        "per_channel": True,
+        "method": f"Percentile {PERCENTILE}",
+        "schemes": [asdict(s) for s in SCHEMES],
+        "tensorrt_schemes": [asdict(s) for s in TENSORRT_SCHEMES],
+        "guard": GUARD,
+        "check_feeds": CHECK_FEEDS,
+        "concat_range_ratio": CONCAT_RANGE_RATIO,
+    }
+
+
+def fp32_digests(fp32: OnnxStages) -> dict[str, str]:
+    """SHA-256 of each fp32 stage graph, from its validated sidecar: covers the weights, the
+    exporter, its torch version and the opset, everything the int8 graphs are quantised from."""
+    out = {}
+    for stage in STAGES:
+        sha = fp32.sidecars.get(stage, {}).get("sha256")
+        if not isinstance(sha, str) or not sha:
+            raise ConfigError(
+                f"int8 needs all fp32 stages {STAGES} with their sidecars; stage {stage!r} has "
+                f"sha256 {sha!r} in {fp32.key.stem}"
+            )
+        out[stage] = sha
+    return out
+
+
+def int8_depends_on(fp32: OnnxStages, calibration_id: str, flavour: str) -> dict[str, Any]:
+    """Everything an int8 artifact is built from; recorded in its sidecar, digested into its key."""
+    import onnxruntime
+
+    return {
+        "fp32_key": fp32.key.to_dict(),
+        "fp32_sha256": fp32_digests(fp32),
+        "exporter": {s: fp32.sidecars[s].get("exporter") for s in STAGES},
+        "calibration_id": calibration_id,
+        "flavour": flavour,
+        "onnxruntime": onnxruntime.__version__,
+        "settings": settings(),
+    }
+
+
+def int8_key(fp32: OnnxStages, calibration: CalibrationList | str, flavour: str) -> ArtifactKey:
+    """The int8 artifacts' key: named by the weights, size, calibration list, flavour and ORT
+    version; ``source`` also digests the fp32 graphs' hashes (so another export, exporter or
+    torch version) and the quantisation settings, which a name cannot spell."""
     import onnxruntime
 
     if flavour not in FLAVOURS:
         raise ConfigError(f"int8 flavour must be one of {', '.join(FLAVOURS)}, got {flavour!r}")
+    calibration_id = calibration if isinstance(calibration, str) else calibration.id
     k = fp32.key
     return ArtifactKey(
         model=k.model,
@@ -64,8 +111,16 @@ def int8_key(fp32: OnnxStages, calibration: CalibrationList, flavour: str) -> Ar
         backend="onnx",
         device="any",
         library=f"ort{onnxruntime.__version__}",
-        variant=f"{calibration.id}{'s' if flavour == 'tensorrt' else 'u'}",
+        variant=f"{calibration_id}{'s' if flavour == 'tensorrt' else 'u'}",
+        source=digest(int8_depends_on(fp32, calibration_id, flavour)),
     )
+
+
+def shared_ranges_path(ranges_dir: Path, fp32: OnnxStages, calibration: CalibrationList, stage: str) -> Path:
+    """Where a stage's calibrated ranges are shared by both flavours: named by the fp32 graphs'
+    hashes (tensor names and fp32 activations differ between exports) and the percentile."""
+    tag = digest({"fp32_sha256": fp32_digests(fp32), "method": f"Percentile {PERCENTILE}"}, 10)
+    return ranges_dir / f"{fp32.key.stem}.{calibration.id}.{stage}.{tag}.ranges.json"
 
 
 class _Reader:
@@ -224,7 +279,7 @@ def quantize_graph(
         extra = {"ActivationSymmetric": True, "WeightSymmetric": True}
     every_op = tuple(dict.fromkeys(op for scheme in (*SCHEMES, *schemes) for op in scheme.op_types))
 
-    def build(scheme: Scheme, reader: Any, out: Path, exclude: list[str]) -> None:
+    def build(scheme: Scheme, reader: Any, out: Path, exclude: list[str], cache: Path) -> None:
         options = dict(extra)
         if scheme.float_outputs:
             options["OpTypesToExcludeOutputQuantization"] = list(scheme.float_outputs)
@@ -239,7 +294,7 @@ def quantize_graph(
                 per_channel=True,
                 calibrate_method=q.CalibrationMethod.Percentile,
                 extra_options={**options, "CalibPercentile": PERCENTILE},
-                calibration_cache_path=str(ranges_path),
+                calibration_cache_path=str(cache),
                 **types,
             )
 
@@ -251,32 +306,45 @@ def quantize_graph(
                 check.append(feed)
             yield feed
 
-    problem = _ranges_problem(ranges_path, q.CalibrationMethod.Percentile) if ranges_path.is_file() else None
-    if problem is not None:
-        log.warning("int8: calibrated ranges %s are %s; calibrating again", ranges_path, problem)
-        ranges_path.unlink()
-    if ranges_path.is_file():
-        log.info("int8: reusing calibrated ranges %s", ranges_path)
-        check.extend(itertools.islice(feeds, CHECK_FEEDS))
-    else:
-        ranges_path.parent.mkdir(parents=True, exist_ok=True)
-        reader = _Reader(keep_first(feeds))
-        try:
-            build(Scheme("calibrate", every_op), reader, workdir / f"{fp32_path.stem}.calibrate.onnx", [])
-        except ValueError:  # onnxruntime: "No data is collected."
-            if reader.count:
-                raise
-        if reader.count == 0:
-            raise EngineBuildError(f"no calibration data reached stage {fp32_path.name}")
-        os.chmod(ranges_path, MODE)  # shared like the engine cache (onnxruntime writes it 0600)
-    ranges = load_tensors_data(ranges_path)
+    # ONNX Runtime reads and writes only a private copy in ``workdir``: the shared file is
+    # replaced whole (atomic_write) under a lock, never read half-written, never unlinked while
+    # the other flavour's build may be using it.
+    local = workdir / f"{fp32_path.stem}.ranges.local.json"
+    local.unlink(missing_ok=True)
+    required = calibrated_tensors(prepared, every_op)
+    method = q.CalibrationMethod.Percentile
+    with file_lock(ranges_path.with_name(f".{ranges_path.name}.lock")):
+        if ranges_path.is_file():
+            local.write_bytes(ranges_path.read_bytes())
+            problem = _ranges_problem(local, method, required)
+            if problem is None:
+                log.info("int8: reusing calibrated ranges %s", ranges_path)
+                check.extend(itertools.islice(feeds, CHECK_FEEDS))
+            else:
+                log.warning("int8: calibrated ranges %s are %s; calibrating again", ranges_path, problem)
+                local.unlink()
+        if not local.is_file():
+            reader = _Reader(keep_first(feeds))
+            try:
+                calibrate = workdir / f"{fp32_path.stem}.calibrate.onnx"
+                build(Scheme("calibrate", every_op), reader, calibrate, [], local)
+            except ValueError:  # onnxruntime: "No data is collected."
+                if reader.count:
+                    raise
+            if reader.count == 0:
+                raise EngineBuildError(f"no calibration data reached stage {fp32_path.name}")
+            problem = _ranges_problem(local, method, required)
+            if problem is not None:
+                raise EngineBuildError(f"calibrating {fp32_path.name} gave ranges that are {problem}")
+            atomic_write_bytes(ranges_path, local.read_bytes())
+    ranges = load_tensors_data(local)
     options = session_options()
     reference = onnxruntime.InferenceSession(str(fp32_path), options, providers=["CPUExecutionProvider"])
     tried: dict[str, float] = {}
     for scheme in schemes:
         out = workdir / f"{fp32_path.stem}.{scheme.name}.onnx"
         exclude = mismatched_concats(prepared, ranges) if "Concat" in scheme.op_types else []
-        build(scheme, None, out, exclude)
+        build(scheme, None, out, exclude, local)
         candidate = onnxruntime.InferenceSession(str(out), options, providers=["CPUExecutionProvider"])
         error = tried[scheme.name] = round(output_error(reference, candidate, check), 5)
         if error <= max_error:
@@ -294,19 +362,44 @@ def quantize_graph(
     return onnx.load(str(fp32_path)), {"scheme": "float", "errors": tried}
 
 
-def _ranges_problem(path: Path, method: Any) -> str | None:
-    """Why the ranges file at ``path`` cannot be reused (None when it can): an interrupted disk
-    write, an edit or another calibration method leaves a file onnxruntime would fail on."""
+def calibrated_tensors(model: onnx.ModelProto, op_types: Iterable[str]) -> set[str]:
+    """The float tensors ONNX Runtime's calibrator records for ``op_types``: the non-constant
+    inputs and outputs of those nodes (its ``select_tensors_to_calibrate`` on the shape-inferred
+    graph). A reused ranges file must hold them all, or the quantiser would lack scales."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    graph = inferred.graph
+    infos = {v.name: v for v in (*graph.value_info, *graph.output, *graph.input)}
+    constant = {t.name for t in graph.initializer}
+    floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16}
+    wanted = set(op_types)
+    out = set()
+    for node in graph.node:
+        if node.op_type not in wanted:
+            continue
+        for name in (*node.input, *node.output):
+            info = infos.get(name)
+            if info is not None and name not in constant and info.type.tensor_type.elem_type in floats:
+                out.add(name)
+    return out
+
+
+def _ranges_problem(path: Path, method: Any, required: Iterable[str] = ()) -> str | None:
+    """Why the ranges file at ``path`` cannot be reused (None when it can): a write cut short,
+    an edit, another calibration method, or ranges of another graph (tensors it lacks)."""
     from onnxruntime.quantization.calibrate import load_tensors_data
 
     try:
         ranges = load_tensors_data(path)
     except OSError as exc:
         return f"unreadable ({exc.strerror or exc})"
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
         return f"corrupt ({type(exc).__name__}: {exc})"
     if ranges.calibration_method != method:
-        return f"from another calibration method ({ranges.calibration_method})"
+        return f"from another calibration method ({ranges.calibration_method}, expected {method})"
+    missing = sorted(set(required) - set(ranges.keys()))
+    if missing:
+        shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
+        return f"missing {len(missing)} of the {len(set(required))} tensors this graph calibrates ({shown})"
     return None
 
 
@@ -337,13 +430,15 @@ def ensure_int8_onnx(
         if calibration is None:
             raise ConfigError("int8 needs a calibration list (rtseg calibrate) or an existing int8 artifact")
         key = int8_key(fp32, calibration, flavour)
+    depends_on = int8_depends_on(fp32, key.variant[:-1], flavour)
 
     def build(todo: tuple[str, ...]) -> dict[str, tuple[bytes, dict[str, Any]]]:
         if calibration is None:
             raise ConfigError(
-                f"the int8 artifacts {key.stem}.* are missing, invalid or built under another "
-                f"accuracy guard (this one: {GUARD}), and no calibration list was given to rebuild "
-                "them: pass it (--calibration) or run `rtseg calibrate` again"
+                f"the int8 artifacts {key.stem}.{{{','.join(todo)}}}.onnx are missing, invalid, built "
+                f"from other fp32 graphs or settings, or built under another accuracy guard (this "
+                f"one: {GUARD}; the engine cache's warning above says which), and no calibration "
+                "list was given to rebuild them: pass it (--calibration) or run `rtseg calibrate` again"
             )
         engine = reference()
         out = {}
@@ -356,7 +451,7 @@ def ensure_int8_onnx(
                 log.info(
                     "int8: calibrating stage %s on %d frames (%s flavour)", stage, len(calibration), flavour
                 )
-                ranges = ranges_dir / f"{fp32.key.stem}.{calibration.id}.{stage}.ranges.json"
+                ranges = shared_ranges_path(ranges_dir, fp32, calibration, stage)
                 proto, report = quantize_graph(
                     fp32.files[stage], feeds, flavour=flavour, workdir=Path(tmp), ranges_path=ranges
                 )
@@ -378,6 +473,7 @@ def ensure_int8_onnx(
                         "calibration_source": f"{calibration.kind}: {calibration.source}",
                     },
                     "fp32_source": fp32.files[stage].name,
+                    "depends_on": depends_on,  # what the key's ``source`` digests
                 }
                 set_metadata(proto, metadata)
                 out[stage] = (serialize(proto), metadata)
@@ -393,7 +489,10 @@ def ensure_int8_onnx(
 
 
 def find_int8_keys(fp32: OnnxStages, cache: ArtifactCache, flavour: str) -> list[ArtifactKey]:
-    """Int8 artifacts already in the cache for these fp32 graphs (one per calibration list)."""
+    """Int8 artifacts already in the cache for these fp32 graphs (one per calibration list).
+
+    The keys are those the current fp32 graphs would give: a build from another export is
+    found too, and then reported stale (it needs its calibration list to be rebuilt)."""
     import onnxruntime
 
     k = fp32.key
@@ -405,5 +504,5 @@ def find_int8_keys(fp32: OnnxStages, cache: ArtifactCache, flavour: str) -> list
         library = path.name.rsplit("-", 1)[1][: -len(".low.onnx")]
         if library != f"ort{onnxruntime.__version__}":
             continue
-        keys.append(ArtifactKey(k.model, k.weights, k.input_size, "int8", "onnx", "any", library, variant))
+        keys.append(int8_key(fp32, variant[: -len(suffix)], flavour))
     return keys

@@ -8,6 +8,9 @@ timing cache that is saved next to the engines and shared by later builds. Impli
 calibration (``int8_mode="calibrator"``) uses ``calibration.EntropyCalibrator`` wrapped in
 ``IInt8EntropyCalibrator2``; its cache goes to calibration/cache/.
 
+The per-frame head plan outputs only the labels; a second head plan with the logits is built
+and loaded on the first ``run(logits=True)`` (eval, export's parity check).
+
 Run: features between stages stay torch CUDA tensors (allocated fresh per call, so a cached deep
 result is never overwritten); only the labels are copied to the host. The plans run on the
 engine's own CUDA stream (TensorRT warns that ``execute_async_v3`` on the default stream costs
@@ -37,10 +40,11 @@ import numpy as np
 import onnx
 import torch
 
+from ..atomic import atomic_write_bytes
 from ..errors import BackendUnavailableError, ConfigError, EngineBuildError
 from ..models.base import StagedSegmenter
 from .base import Array, Engine, EngineInfo, Features, cuda_device_index
-from .cache import ArtifactCache, ArtifactKey
+from .cache import ArtifactCache, ArtifactKey, digest
 from .calibration import CalibrationList, EntropyCalibrator, default_calibration_dir, stage_feeds
 from .onnx_export import IMAGE, LABELS, LOGITS, STAGES, OnnxStages, ensure_onnx, graph_io
 from .onnx_rewrite import for_tensorrt
@@ -48,6 +52,12 @@ from .onnx_rewrite import for_tensorrt
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "fp16", "int8")
+# The plans built at load: the per-frame head keeps only the labels (as OpenVINO's does), so no
+# full-resolution logits tensor is bound, written and kept per frame. ``head_logits`` (labels and
+# logits, for ``run(logits=True)``: eval, export's parity check) is built on its first use.
+PLAN_STAGES = STAGES
+LOGITS_STAGE = "head_logits"
+PLAN_OUTPUTS = {"head": [LABELS], LOGITS_STAGE: [LABELS, LOGITS]}  # other stages: every output
 INT8_MODES = ("qdq", "calibrator")
 INSTALL = 'pip install "rtseg[tensorrt]" (TensorRT 10 and cuda-python) next to a CUDA build of torch'
 
@@ -141,9 +151,21 @@ def device_tag(index: int) -> str:
 
 
 def plan_key(
-    source: ArtifactKey, *, precision: str, device: str, trt_version: str, variant: str = ""
+    source: ArtifactKey,
+    *,
+    precision: str,
+    device: str,
+    trt_version: str,
+    variant: str = "",
+    source_sha256: Mapping[str, str] | None = None,
 ) -> ArtifactKey:
-    """The plan's cache key: the ONNX it was built from, plus precision, GPU and TensorRT version."""
+    """The plan's cache key: the ONNX it was built from, plus precision, GPU and TensorRT version.
+
+    The name keeps the source's model, weights, size and variant; ``source`` digests the rest of
+    the source key (its exporter's torch or ONNX Runtime version, its own ``source``), the source
+    graphs' SHA-256 and which outputs each plan keeps, so a plan is never reused from another
+    export or quantisation."""
+    origin = {"key": source.to_dict(), "sha256": dict(source_sha256 or {}), "outputs": PLAN_OUTPUTS}
     return ArtifactKey(
         model=source.model,
         weights=source.weights,
@@ -153,6 +175,7 @@ def plan_key(
         device=device,
         library=f"trt{trt_version}",
         variant=variant,
+        source=digest(origin),
     )
 
 
@@ -249,6 +272,71 @@ def build_plan(
             hint = " - the GPU ran out of memory: free GPU memory or pass a smaller workspace_gb"
         raise EngineBuildError(f"TensorRT failed to build the engine{_said(errors)}{hint}")
     return bytes(plan), bytes(config.get_timing_cache().serialize())
+
+
+def keep_outputs(model: onnx.ModelProto, outputs: tuple[str, ...]) -> onnx.ModelProto:
+    """A copy of ``model`` whose only graph outputs are ``outputs``, without the nodes and
+    initialisers nothing left needs (inputs stay: a plan's inputs are the stage's)."""
+    have = [o.name for o in model.graph.output]
+    missing = [n for n in outputs if n not in have]
+    if missing:
+        raise EngineBuildError(f"the stage graph has outputs {have}; asked to keep {missing} as well")
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    kept_outputs = [o for o in graph.output if o.name in outputs]
+    del graph.output[:]
+    graph.output.extend(kept_outputs)
+    needed = set(outputs)
+    nodes = []
+    for node in reversed(graph.node):
+        if needed & set(node.output):
+            nodes.append(node)
+            needed.update(i for i in node.input if i)
+    nodes.reverse()
+    del graph.node[:]
+    graph.node.extend(nodes)
+    inits = [t for t in graph.initializer if t.name in needed]
+    del graph.initializer[:]
+    graph.initializer.extend(inits)
+    infos = [v for v in graph.value_info if v.name in needed]
+    del graph.value_info[:]
+    graph.value_info.extend(infos)
+    return out
+
+
+def plan_graph(source: Path, stage: str) -> tuple[onnx.ModelProto, list[str]]:
+    """The ONNX graph a stage's plan is built from, and the rewrites made for TensorRT's parser:
+    ``head`` keeps only the labels output, ``head_logits`` (from the same file) labels and logits."""
+    model = onnx.load(str(source))
+    if stage in PLAN_OUTPUTS:
+        model = keep_outputs(model, tuple(PLAN_OUTPUTS[stage]))
+    return for_tensorrt(model)
+
+
+def build_stage(
+    stage: str,
+    source: Path,
+    *,
+    precision: str,
+    workspace_gb: float,
+    timing_path: Path,
+    calibrator: Any = None,
+) -> tuple[bytes, dict[str, Any]]:
+    """One stage's serialised plan and its sidecar metadata; the shared timing cache is read
+    before and replaced whole after the build (a concurrent build's entries may be lost, never
+    half a file)."""
+    graph, rewrites = plan_graph(source, stage)
+    timing = timing_path.read_bytes() if timing_path.is_file() else None
+    plan, timing = build_plan(
+        graph,
+        precision=precision,
+        workspace_bytes=int(workspace_gb * 2**30),
+        timing_cache=timing,
+        calibrator=calibrator,
+    )
+    atomic_write_bytes(timing_path, timing)
+    return plan, {"stage": stage, "source_onnx": source.name, "rewrites": rewrites, "io": graph_io(graph)}
 
 
 def _torch_dtype(trt: Any, dtype: Any) -> torch.dtype:
@@ -354,7 +442,10 @@ class TensorRTEngine(Engine):
         precision: str,
         device: str,
         notes: tuple[str, ...] = (),
+        logits_plan: Callable[[], Path] | None = None,
     ) -> None:
+        """``plans``: low, deep and the labels-only head. ``logits_plan`` returns the path of the
+        head plan with logits (building it if needed); it is called on the first logits request."""
         trt = _trt()
         index = require_cuda(device)
         self.device = torch.device("cuda", index)
@@ -373,6 +464,7 @@ class TensorRTEngine(Engine):
         # An execution context runs one inference at a time: callers on several threads (a
         # server's workers) take turns, as they would on the one GPU anyway.
         self._lock = threading.Lock()
+        self._logits_plan = logits_plan
         self.info = EngineInfo(
             model=net.meta.model,
             backend="tensorrt",
@@ -416,12 +508,27 @@ class TensorRTEngine(Engine):
         names = tuple(self._plans["deep"].outputs)
         return dict(zip(names, self._run("deep", low, names), strict=True))
 
+    def _logits_head(self) -> str:
+        """The head plan with logits, deserialised on first use (built first if not cached)."""
+        with self._lock:
+            if LOGITS_STAGE not in self._plans:
+                if self._logits_plan is None:
+                    raise ConfigError(
+                        "this TensorRT engine has no head plan with logits (logits_plan=None); "
+                        "load it with load_tensorrt to run(logits=True)"
+                    )
+                path = Path(self._logits_plan())
+                with torch.cuda.device(self.device), torch.cuda.stream(self._stream):
+                    plan = _Plan(self._runtime, path.read_bytes(), self.device, name=path.name)
+                self._plans[LOGITS_STAGE] = plan
+        return LOGITS_STAGE
+
     def run_head(self, low: Features, deep: Features, *, logits: bool = False) -> Any:
         feed = {**low, **deep}
         if logits:
-            labels, out = self._run("head", feed, (LABELS, LOGITS))
+            labels, out = self._run(self._logits_head(), feed, (LABELS, LOGITS))
             return labels.cpu().numpy(), out.float()
-        (labels,) = self._run("head", feed, (LABELS,))
+        (labels,) = self._run("head", feed, (LABELS,))  # the labels-only plan: no logits output
         return labels.cpu().numpy()
 
     def close(self) -> None:
@@ -493,42 +600,49 @@ def load_tensorrt(
     variant = ""
     if precision == "int8":
         variant = f"{source.key.variant}q" if int8_mode == "qdq" else f"{calibration.id}c"  # type: ignore[union-attr]
-    key = plan_key(source.key, precision=precision, device=tag, trt_version=trt.__version__, variant=variant)
+    source_sha256 = {st: str(source.sidecars[st].get("sha256")) for st in STAGES}
+    key = plan_key(
+        source.key,
+        precision=precision,
+        device=tag,
+        trt_version=trt.__version__,
+        variant=variant,
+        source_sha256=source_sha256,
+    )
     timing_path = timing_cache_path(cache, tag, trt.__version__)
     calib_dir = Path(calibration_dir) if calibration_dir is not None else default_calibration_dir() / "cache"
 
     def build(todo: tuple[str, ...]) -> dict[str, tuple[bytes, dict[str, Any]]]:
-        from ..atomic import atomic_write_bytes
-
         out = {}
         for stage in todo:
-            graph, rewrites = for_tensorrt(onnx.load(str(source.files[stage])))
+            origin = "head" if stage == LOGITS_STAGE else stage  # both head plans: one ONNX
+            file = source.files[origin]
             calibrator = None
             if precision == "int8" and int8_mode == "calibrator":
-                inputs = tuple(i["name"] for i in graph_io(graph)["inputs"])
+                inputs = tuple(
+                    i["name"] for i in graph_io(onnx.load(str(file), load_external_data=False))["inputs"]
+                )
                 calibrator = as_trt_calibrator(
                     EntropyCalibrator(
-                        _feeds(net, size, device, calibration, stage, inputs),  # type: ignore[arg-type]
-                        cache_path=calib_dir / f"{key.stem}.{stage}.calib",
+                        _feeds(net, size, device, calibration, origin, inputs),  # type: ignore[arg-type]
+                        # the source digest too: scales of another export's tensors must not be read
+                        cache_path=calib_dir / f"{key.stem}.{key.source}.{stage}.calib",
                     )
                 )
-            timing = timing_path.read_bytes() if timing_path.is_file() else None
             with torch.cuda.device(index):
-                plan, timing = build_plan(
-                    graph,
+                plan, metadata = build_stage(
+                    stage,
+                    file,
                     precision=precision,
-                    workspace_bytes=int(workspace_gb * 2**30),
-                    timing_cache=timing,
+                    workspace_gb=workspace_gb,
+                    timing_path=timing_path,
                     calibrator=calibrator,
                 )
-            atomic_write_bytes(timing_path, timing)
             out[stage] = (
                 plan,
                 {
-                    "stage": stage,
-                    "source_onnx": source.files[stage].name,
-                    "rewrites": rewrites,
-                    "io": graph_io(graph),
+                    **metadata,
+                    "source_sha256": source_sha256[origin],
                     "int8_mode": int8_mode if precision == "int8" else None,
                     "workspace_gb": workspace_gb,
                     "classes": net.meta.classes.to_dict(),
@@ -537,7 +651,10 @@ def load_tensorrt(
             )
         return out
 
-    plans = cache.get_or_build(key, STAGES, "plan", build)
+    def logits_plan() -> Path:
+        return cache.get_or_build(key, (LOGITS_STAGE,), "plan", build)[LOGITS_STAGE].path
+
+    plans = cache.get_or_build(key, PLAN_STAGES, "plan", build)
     return TensorRTEngine(
         {s: a.path for s, a in plans.items()},
         net=net,
@@ -546,4 +663,5 @@ def load_tensorrt(
         precision=precision,
         device=device,
         notes=(f"timing cache {timing_path.name}",),
+        logits_plan=logits_plan,
     )

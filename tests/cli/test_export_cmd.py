@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -74,7 +75,11 @@ def test_onnxruntime_export_writes_three_stages_with_sidecars(
     out = capsys.readouterr().out
     assert [p.stat().st_mtime_ns for p in files] == mtimes
     assert all(f"(built {built[s]})" in out for s in STAGES)
-    assert "verify: label agreement 100.000 %" in out
+    # Random weights give logits near ties: a few pixels may flip with the CPU's kernels, the
+    # logits themselves must match to float precision.
+    found = re.search(r"verify: label agreement ([\d.]+) %, .*\(([\d.e+-]+) of the logit range\)", out)
+    assert found, out
+    assert float(found[1]) >= 99.9 and float(found[2]) < 1e-5
 
 
 def test_auto_export_measures_and_says_what_it_picked(

@@ -9,6 +9,7 @@ the image, so agreement with fp32 would prove nothing).
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import shutil
@@ -28,7 +29,15 @@ from rtseg.engine.base import Engine
 from rtseg.engine.cache import ArtifactCache, weights_hash
 from rtseg.engine.onnx_engines import int8_stages
 from rtseg.engine.onnx_export import STAGES, ensure_onnx, read_metadata
-from rtseg.engine.quantize import GUARD, MAX_RELATIVE_ERROR, SCHEMES, _Reader, output_error, quantize_graph
+from rtseg.engine.quantize import (
+    GUARD,
+    MAX_RELATIVE_ERROR,
+    SCHEMES,
+    _Reader,
+    int8_key,
+    output_error,
+    quantize_graph,
+)
 from rtseg.errors import ConfigError, EngineBuildError
 from rtseg.models import StagedSegmenter, get_model
 from rtseg.models.base import prime_batchnorm
@@ -346,3 +355,152 @@ def test_corrupt_calibrated_ranges_are_recalibrated(
     assert "calibrating again" in caplog.text and ranges.name in caplog.text
     assert json.loads(ranges.read_text())["calibration_method"]  # a complete file now
     assert report["scheme"] and proto.graph.node
+
+
+# --- The shared ranges file and the int8 key ----------------------------------------------------
+
+
+def _low_feeds(count: int = 2):
+    return ({"image": scene(i, SIZE)[None]} for i in range(count))
+
+
+def test_an_interrupted_ranges_write_never_leaves_half_a_shared_file(
+    model: StagedSegmenter, engine_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The other flavour's build (another process) reads the shared ranges file at any moment: a
+    writer killed halfway must leave it absent or whole. ONNX Runtime's own writer is replaced by
+    one that dies after half the JSON, as an in-place writer does when the process is killed."""
+    ort_quantize = importlib.import_module("onnxruntime.quantization.quantize")  # the name is also a function
+    original = ort_quantize.save_tensors_data
+
+    def dies_halfway(data: object, path: object, **kw: object) -> None:
+        original(data, path, **kw)
+        text = Path(str(path)).read_text()
+        Path(str(path)).write_text(text[: len(text) // 2])
+        raise KeyboardInterrupt("killed while writing the ranges")
+
+    monkeypatch.setattr(ort_quantize, "save_tensors_data", dies_halfway)
+    fp32_stages = ensure_onnx(model, SIZE, ArtifactCache(engine_dir))
+    shared = tmp_path / "shared" / "low.ranges.json"
+    work = tmp_path / "work"
+    work.mkdir()
+    with pytest.raises(KeyboardInterrupt):
+        quantize_graph(
+            fp32_stages.files["low"], _low_feeds(), flavour="cpu", workdir=work, ranges_path=shared
+        )
+    assert not shared.exists()
+    assert [p.name for p in shared.parent.iterdir() if not p.name.endswith(".lock")] == []
+    monkeypatch.setattr(ort_quantize, "save_tensors_data", original)
+    quantize_graph(fp32_stages.files["low"], _low_feeds(), flavour="cpu", workdir=work, ranges_path=shared)
+    assert json.loads(shared.read_text())["calibration_method"]  # published whole
+    assert shared.stat().st_mode & 0o777 == 0o644  # shared like the engine cache
+
+
+def test_truncated_or_incomplete_ranges_are_recalibrated(
+    model: StagedSegmenter, engine_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A real ranges file cut short, and one that lacks a tensor this graph calibrates (ranges of
+    another export, whose tensor names differ), are both calibrated again with a log line."""
+    fp32_stages = ensure_onnx(model, SIZE, ArtifactCache(engine_dir))
+    low = fp32_stages.files["low"]
+    shared = tmp_path / "low.ranges.json"
+    quantize_graph(low, _low_feeds(), flavour="cpu", workdir=tmp_path, ranges_path=shared)
+    whole = shared.read_text()
+    shared.write_text(whole[: len(whole) * 2 // 3])
+    with caplog.at_level(logging.INFO, logger="rtseg.engine.quantize"):
+        quantize_graph(low, _low_feeds(), flavour="tensorrt", workdir=tmp_path, ranges_path=shared)
+    assert "are corrupt (JSONDecodeError" in caplog.text and "calibrating again" in caplog.text
+    assert json.loads(shared.read_text()) == json.loads(whole)  # the same frames, the same ranges
+    record = json.loads(whole)
+    dropped = sorted(record["data"])[0]
+    del record["data"][dropped]
+    shared.write_text(json.dumps(record))
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="rtseg.engine.quantize"):
+        quantize_graph(low, _low_feeds(), flavour="cpu", workdir=tmp_path, ranges_path=shared)
+    assert f"missing 1 of the {len(json.loads(whole)['data'])} tensors" in caplog.text
+    assert dropped in caplog.text and "calibrating again" in caplog.text
+    assert dropped in json.loads(shared.read_text())["data"]
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="rtseg.engine.quantize"):
+        quantize_graph(low, iter(()), flavour="tensorrt", workdir=tmp_path, ranges_path=shared)
+    assert "reusing calibrated ranges" in caplog.text and "calibrating again" not in caplog.text
+
+
+def test_int8_built_from_another_fp32_export_is_rebuilt(
+    model: StagedSegmenter,
+    engine_dir: Path,
+    list_path: Path,
+    int8: Engine,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """`--exporter dynamo` after a TorchScript build re-exports the fp32 graphs under the same
+    name; the int8 graphs quantised from the old ones must not be reused (they were: their key
+    held only the weights hash, the calibration list and the ONNX Runtime version)."""
+    engines = tmp_path / "engines"
+    stem = Path(int8.info.artifacts[0]).name[: -len(".low.onnx")]
+    shutil.copytree(engine_dir, engines)
+    for f in engines.iterdir():  # only this list's int8 build (another test adds a second one)
+        if "-int8_" in f.name and not f.name.startswith(stem):
+            f.unlink()
+    cache = ArtifactCache(engines)
+    calib = CalibrationList.load(list_path)
+    before = ensure_onnx(model, SIZE, cache)
+    old = int8_stages(model, before, cache, calib, flavour="cpu")
+    assert old.files == {s: engines / Path(p).name for s, p in zip(STAGES, int8.info.artifacts, strict=True)}
+    assert ensure_onnx(model, SIZE, cache, stages=("head",), exporter="dynamo").sidecars["head"][
+        "exporter"
+    ] == ("dynamo")
+    after = ensure_onnx(model, SIZE, cache)  # auto takes the dynamo head now in the cache
+    assert after.sidecars["head"]["sha256"] != before.sidecars["head"]["sha256"]
+    assert old.key.stem == int8_key(after, calib, "cpu").stem  # same name, other inputs
+    assert old.key != int8_key(after, calib, "cpu")
+    # Without the list it cannot be rebuilt: said so, with the field that differs.
+    with (
+        caplog.at_level(logging.WARNING, logger="rtseg.engine.cache"),
+        pytest.raises(ConfigError, match="built from other fp32 graphs"),
+    ):
+        int8_stages(model, after, cache, None, flavour="cpu")
+    assert "stale: built for another key (source: built" in caplog.text
+    stamps = {s: p.stat().st_mtime_ns for s, p in old.files.items()}
+    rebuilt = int8_stages(model, after, cache, calib, flavour="cpu")
+    assert rebuilt.files == old.files and all(
+        p.stat().st_mtime_ns != stamps[s] for s, p in rebuilt.files.items()
+    )
+    depends = rebuilt.sidecars["head"]["depends_on"]
+    assert depends["exporter"]["head"] == "dynamo"
+    assert depends["fp32_sha256"] == {s: after.sidecars[s]["sha256"] for s in STAGES}
+    assert rebuilt.sidecars["head"]["key"]["source"] == int8_key(after, calib, "cpu").source
+    graph = onnx.load(str(rebuilt.files["head"])).graph
+    assert {i.name for i in graph.input} >= {i["name"] for i in after.sidecars["head"]["io"]["inputs"]}
+
+
+def test_the_int8_key_follows_every_input() -> None:
+    """Calibration list, flavour, fp32 graphs (hash, exporter, torch version) and quantisation
+    settings each change the key; the name stays readable (calibration id, flavour, ORT)."""
+    from rtseg.engine.cache import ArtifactKey
+    from rtseg.engine.onnx_export import OnnxStages
+
+    def stages(sha: str = "a", exporter: str = "torchscript", library: str = "torch2.13.0+cpu") -> OnnxStages:
+        key = ArtifactKey("espnet", "w" * 10, SIZE, "fp32", "onnx", "any", library)
+        sidecars = {s: {"sha256": f"{sha}{s}", "exporter": exporter} for s in STAGES}
+        return OnnxStages(key, {s: Path(f"{s}.onnx") for s in STAGES}, (), sidecars)
+
+    base = int8_key(stages(), "1234abcd", "cpu")
+    assert base.stem == f"espnet-wwwwwwwwww-64x48-int8_1234abcdu-onnx-any-ort{onnxruntime.__version__}"
+    others = [
+        int8_key(stages(), "99999999", "cpu"),
+        int8_key(stages(), "1234abcd", "tensorrt"),
+        int8_key(stages(sha="b"), "1234abcd", "cpu"),
+        int8_key(stages(exporter="dynamo"), "1234abcd", "cpu"),
+        int8_key(stages(library="torch2.14.0"), "1234abcd", "cpu"),
+    ]
+    assert len({base.source, *(k.source for k in others)}) == 6
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("rtseg.engine.quantize.PERCENTILE", 99.9)
+        assert int8_key(stages(), "1234abcd", "cpu").source != base.source
+    broken = stages()
+    del broken.sidecars["deep"]["sha256"]  # type: ignore[misc]
+    with pytest.raises(ConfigError, match=r"stage 'deep' has sha256 None"):
+        int8_key(broken, "1234abcd", "cpu")

@@ -652,3 +652,107 @@ def test_torch2trt_outputs_and_calibration_sets(net: StagedSegmenter) -> None:
         out = logits(*pick(low_out, head_low), *deep_out)
         expected = net.forward_head(low_out, dict(zip(deep.names, deep_out, strict=True)))
     assert torch.equal(out, expected)
+
+
+# --- The head plans: labels only per frame, logits on request ----------------------------------
+
+
+@pytest.fixture(scope="module")
+def exported(net: StagedSegmenter, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    from rtseg.engine.onnx_export import ensure_onnx
+
+    return ensure_onnx(net, SIZE, ArtifactCache(tmp_path_factory.mktemp("trt-onnx")))
+
+
+def test_the_per_frame_head_plan_is_built_without_the_logits(exported: Any) -> None:
+    """The per-frame head graph given to TensorRT's parser ends in the labels alone (before,
+    the plan kept the full-resolution logits as an output, bound and written every frame and
+    never read); the logits head is built from the same file, and both give the same labels."""
+    import onnxruntime
+
+    head = exported.files["head"]
+    labels_only, _ = tb.plan_graph(head, "head")
+    with_logits, _ = tb.plan_graph(head, "head_logits")
+    assert [o.name for o in labels_only.graph.output] == ["labels"]
+    assert [o.name for o in with_logits.graph.output] == ["labels", "logits"]
+    assert [i.name for i in labels_only.graph.input] == [i.name for i in with_logits.graph.input]
+    for stage in ("low", "deep"):  # every output of the other stages is a feature
+        graph, _ = tb.plan_graph(exported.files[stage], stage)
+        assert [o["name"] for o in exported.sidecars[stage]["io"]["outputs"]] == [
+            o.name for o in graph.graph.output
+        ]
+    rng = np.random.default_rng(0)
+    feed = {
+        i["name"]: rng.normal(size=i["shape"]).astype(np.float32)
+        for i in exported.sidecars["head"]["io"]["inputs"]
+    }
+    a = onnxruntime.InferenceSession(labels_only.SerializeToString(), providers=["CPUExecutionProvider"])
+    b = onnxruntime.InferenceSession(with_logits.SerializeToString(), providers=["CPUExecutionProvider"])
+    (labels,) = a.run(None, feed)
+    both = b.run(None, feed)
+    assert np.array_equal(labels, both[0]) and both[1].shape[1] >= len(np.unique(labels))
+    with pytest.raises(EngineBuildError, match=r"asked to keep \['scores'\]"):
+        tb.keep_outputs(with_logits, ("labels", "scores"))
+
+
+def test_build_stage_parses_the_labels_only_head_and_records_it(
+    fake_trt: types.ModuleType, exported: Any, tmp_path: Path
+) -> None:
+    import onnx
+
+    _builder_api(fake_trt)
+    parsed: list[bytes] = []
+
+    class Parser:
+        num_errors = 0
+
+        def __init__(self, network: Any, logger: Any) -> None:
+            pass
+
+        def parse(self, data: bytes) -> bool:
+            parsed.append(data)
+            return True
+
+    fake_trt.OnnxParser = Parser  # type: ignore[attr-defined]
+    timing = tmp_path / "t.timing.cache"
+    plan, meta = tb.build_stage(
+        "head", exported.files["head"], precision="fp16", workspace_gb=1, timing_path=timing
+    )
+    assert plan == b"plan" and timing.read_bytes() == b"timing"
+    assert [o.name for o in onnx.load_from_string(parsed[0]).graph.output] == ["labels"]
+    assert [o["name"] for o in meta["io"]["outputs"]] == ["labels"] and meta["stage"] == "head"
+    _, meta = tb.build_stage(
+        "head_logits", exported.files["head"], precision="fp16", workspace_gb=1, timing_path=timing
+    )
+    assert [o.name for o in onnx.load_from_string(parsed[1]).graph.output] == ["labels", "logits"]
+    assert meta["source_onnx"] == exported.files["head"].name
+
+
+def test_a_plan_from_another_export_of_the_same_weights_is_stale(tmp_path: Path) -> None:
+    """The plan's name keeps the source's weights and variant but not its library or its graphs'
+    hashes: a plan built from another export (exporter, torch or ONNX Runtime version) was reused."""
+    sha = {"low": "1", "deep": "2", "head": "3"}
+    key = plan_key(_source(), precision="fp16", device="h100_sm90", trt_version="10.3.0", source_sha256=sha)
+    others = [
+        plan_key(
+            _source(),
+            precision="fp16",
+            device="h100_sm90",
+            trt_version="10.3.0",
+            source_sha256={**sha, "head": "4"},
+        ),
+        plan_key(
+            _source(library="torch2.14.0"),
+            precision="fp16",
+            device="h100_sm90",
+            trt_version="10.3.0",
+            source_sha256=sha,
+        ),
+    ]
+    assert all(k.stem == key.stem and k.source != key.source for k in others)
+    cache = ArtifactCache(tmp_path)
+    cache.put(key, "head", "plan", b"plan", {"stage": "head"})
+    assert cache.get(key, "head", "plan") is not None
+    assert cache.problem(others[0], cache.path(key, "head", "plan")).startswith(
+        "stale: built for another key (source"
+    )
