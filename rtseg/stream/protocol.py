@@ -396,6 +396,9 @@ class FrameHeader:
     parts: tuple[PartSpec, ...]
     timings_ms: Mapping[str, float] = field(default_factory=dict)
     classes: ClassSet | None = None
+    # Random per publisher instance: a new value means the publisher restarted (its seq starts
+    # again at 0 and its class set may differ), even when the new seq happens to be larger.
+    session: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -414,6 +417,8 @@ class FrameHeader:
         }
         if self.classes is not None:
             out["classes"] = self.classes.to_dict()
+        if self.session is not None:
+            out["session"] = self.session
         return out
 
     @classmethod
@@ -436,6 +441,7 @@ class FrameHeader:
             parts=specs,
             timings_ms=_timings(data),
             classes=_classes(data),
+            session=None if data.get("session") is None else check_stream_id(data["session"], "session"),
         )
 
 

@@ -6,12 +6,17 @@ are invisible to the publisher (libzmq's PUB ``send`` succeeds regardless), so e
 per-stream sequence number and subscribers count the gaps. What the publisher itself drops, when
 encoding falls behind the pipeline, is counted by the sink's queue (``SinkStats.dropped``).
 Encoding runs on the sink's thread, never on the inference thread.
+
+Every publisher draws a random ``session`` id that rides on each header: a restarted publisher
+(seq from 0 again, perhaps another model and class set) is a new session to its subscribers even
+when they missed its first messages while reconnecting.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import secrets
 import threading
 import time
 from dataclasses import dataclass
@@ -37,10 +42,19 @@ DEFAULT_PUB_ENDPOINT = "tcp://127.0.0.1:5555"
 PART_NAMES = ("overlay", "labels", "frame")
 
 
+def carries_classes(seq: int, every: int) -> bool:
+    """Whether message ``seq`` of a session carries the class set: seq 0, 1, 2, 4, 8, ... below
+    ``every``, then every ``every``-th. A subscriber that joins k messages late (a restarted
+    publisher's subscribers take ~100 ms to reconnect) learns it within about k more messages, not
+    ``every``; the cost is log2(every) extra class sets per session."""
+    return seq % every == 0 or (seq < every and seq & (seq - 1) == 0)
+
+
 @dataclass(frozen=True)
 class PublishOptions:
     """What each message carries. ``classes_every``: the class names and palette ride on the
-    first message and then every N-th, so a late subscriber learns them within N frames."""
+    first messages (see ``carries_classes``) and then every N-th, so a late subscriber learns them
+    within N frames, sooner when it joined soon after the start."""
 
     parts: tuple[str, ...] = ("overlay", "labels")
     labels_encoding: str = "png"
@@ -118,6 +132,7 @@ class Publisher:
             raise
         self.endpoint: str = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
         self._seq = 0
+        self.session = secrets.token_hex(8)  # new per instance: how subscribers tell a restart
         self._last_classes: ClassSet | None = None
         self._sent = 0
         self._bytes = 0
@@ -143,7 +158,7 @@ class Publisher:
                 spec, data = encode_array("frame", frame.image, o.frame_encoding, quality=o.quality)
             specs.append(spec)
             payloads.append(data)
-        send_classes = self._seq % o.classes_every == 0 or result.classes != self._last_classes
+        send_classes = carries_classes(self._seq, o.classes_every) or result.classes != self._last_classes
         header = FrameHeader(
             stream=o.stream,
             seq=self._seq,
@@ -156,6 +171,7 @@ class Publisher:
             parts=tuple(specs),
             timings_ms={k: round(float(v), 3) for k, v in result.timings.items()},
             classes=result.classes if send_classes else None,
+            session=self.session,
         )
         message = encode_frame_message(header, payloads)
         encode_ms = (time.perf_counter() - t0) * 1000
@@ -203,9 +219,14 @@ class PublisherSink(Sink):
         queue_size: int = 2,
         policy: Policy = "drop",
     ) -> None:
-        # Bind first: a busy port must fail here, before the sink thread exists.
+        # Bind first: a busy port must fail here, before the sink thread exists; and unbind again
+        # when the sink's own checks fail, or the port stays taken while the error is referenced.
         self.publisher = Publisher(endpoint, options, curve_keys=curve_keys)
-        super().__init__(uri, queue_size=queue_size, policy=policy)
+        try:
+            super().__init__(uri, queue_size=queue_size, policy=policy)
+        except BaseException:
+            self.publisher.close()
+            raise
 
     @property
     def destination(self) -> str:

@@ -1,18 +1,27 @@
-"""Receiving published results: typed messages, gap counting, and a latest-only mode.
+"""Receiving published results: typed messages, gap and restart counting, and a latest-only mode.
 
 ``latest=True`` answers the slow-subscriber problem: a background thread drains the socket as fast
-as messages arrive and keeps only the newest one, so a consumer that takes 50 ms per message
-always gets a fresh frame instead of working through a backlog. (``ZMQ_CONFLATE`` cannot do this:
-it keeps the last *frame* and breaks multipart messages.) Only the header is parsed on that thread;
-image parts are decoded in ``recv``, for the messages the consumer actually takes.
+as messages arrive and keeps only the newest message *of each stream*, so a consumer that takes
+50 ms per message always gets a fresh frame instead of working through a backlog, and a fast
+stream cannot starve a slow one (``recv`` hands out the stream that has waited longest first).
+(``ZMQ_CONFLATE`` cannot do this: it keeps the last *frame* and breaks multipart messages.) Only
+the header is parsed on that thread; image parts are decoded in ``recv``, for the messages the
+consumer actually takes.
+
+Per-stream state (last seq, session, class set, the pending message) is kept for at most
+``max_streams`` streams: stream ids come from the publisher, and a buggy or hostile one could
+invent them without end. Past the limit the stream heard from least recently is forgotten (its
+pending message is dropped and counted as skipped; if it comes back it is treated as new).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -36,6 +45,7 @@ _POLL_SLICE_S = 0.05  # how soon a blocked recv notices close() from another thr
 KEEPALIVE_IDLE_S = 2
 KEEPALIVE_INTERVAL_S = 1
 KEEPALIVE_COUNT = 3
+DEFAULT_MAX_STREAMS = 16
 
 
 @dataclass(frozen=True, eq=False)
@@ -43,7 +53,8 @@ class Message:
     """One received result: the header, the decoded parts, and when it arrived.
 
     ``classes`` comes from this message's header or, when the header omits it (it is sent every
-    N messages), from the last header of the same stream that had it.
+    N messages), from the last header of the same stream and the same publisher session that had
+    it; None until the publisher (after a restart: the new one) has sent it.
     """
 
     topic: str
@@ -51,7 +62,7 @@ class Message:
     parts: dict[str, np.ndarray]
     recv_ts: float  # wall clock, comparable with the header's capture_ts / publish_ts
     classes: ClassSet | None = None
-    skipped: int = 0  # messages dropped in latest mode since the previous recv
+    skipped: int = 0  # latest mode: this stream's messages replaced since recv last took one of it
     raw_bytes: int = field(default=0, repr=False)
 
     @property
@@ -84,6 +95,16 @@ class SubscriberStats:
     malformed: int  # messages that broke the wire format; skipped
     gaps: int  # sequence numbers never seen: messages the publisher or the network dropped
     last_error: str | None
+    restarts: int = 0  # a stream's publisher restarted: a new session id, or its seq went back
+    evicted: int = 0  # streams forgotten because more than max_streams were heard from
+    streams: int = 0  # streams tracked now (at most max_streams)
+
+
+@dataclass
+class _StreamState:
+    last_seq: int
+    session: str | None
+    classes: ClassSet | None
 
 
 @dataclass
@@ -91,13 +112,16 @@ class _Pending:
     frames: list[bytes]
     header: FrameHeader
     recv_ts: float
+    classes: ClassSet | None  # resolved on arrival, so a later restart cannot change it
+    skipped: int = 0  # older messages of the same stream this one replaced (latest mode)
 
 
 class Subscriber:
     """A SUB socket connected to one publisher, as a context manager.
 
     ``topics``: stream ids to receive (prefix match); None receives all. ``rcvhwm`` bounds the
-    socket's own queue; in latest mode the background thread keeps it near empty.
+    socket's own queue; in latest mode the background thread keeps it near empty. ``max_streams``
+    bounds the streams tracked at once (see the module docstring).
     """
 
     def __init__(
@@ -110,6 +134,7 @@ class Subscriber:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         max_bytes: int = 256 * 1024 * 1024,
         curve_keys: str | os.PathLike[str] | None = None,
+        max_streams: int = DEFAULT_MAX_STREAMS,
     ) -> None:
         if addr.startswith("zmq://"):
             addr = addr[len("zmq://") :]
@@ -126,8 +151,14 @@ class Subscriber:
             raise ConfigError(
                 f"topics must be a list of stream ids, got the string {topics!r}; use topics=[{topics!r}]"
             )
+        for i, topic in enumerate(topics or ()):
+            if not isinstance(topic, str):
+                raise ConfigError(f"topics[{i}] must be a str (a stream id prefix), got {topic!r}")
         if rcvhwm < 1:
             raise ConfigError(f"rcvhwm must be >= 1, got {rcvhwm}")
+        if isinstance(max_streams, bool) or not isinstance(max_streams, int) or max_streams < 1:
+            raise ConfigError(f"max_streams must be an integer >= 1, got {max_streams!r}")
+        self.max_streams = max_streams
         self.addr = check_endpoint(addr, bind=False)
         self.latest = latest
         self.max_pixels = max_pixels
@@ -159,11 +190,12 @@ class Subscriber:
         # at once interleave the frames of different messages, or abort inside libzmq)
         self._socket_lock = threading.Lock()
         self._received = self._delivered = self._skipped = self._malformed = self._gaps = 0
-        self._skipped_since_recv = 0
+        self._restarts = self._evicted = 0
         self._last_error: str | None = None
-        self._last_seq: dict[str, int] = {}
-        self._classes: dict[str, ClassSet] = {}
-        self._pending: _Pending | None = None
+        # least recently heard stream first; at most max_streams entries
+        self._streams: OrderedDict[str, _StreamState] = OrderedDict()
+        # latest mode: the newest message of each stream, in the order the streams started waiting
+        self._pending: dict[str, _Pending] = {}
         self._closed = False
         self._receiving = 0  # recv calls polling the socket (non-latest mode)
         self._thread: threading.Thread | None = None
@@ -187,15 +219,54 @@ class Subscriber:
             self._malformed_locked(exc)
             return None
         self._received += 1
-        last = self._last_seq.get(header.stream)
-        if last is not None and header.seq > last + 1:
-            self._gaps += header.seq - last - 1
-        self._last_seq[header.stream] = header.seq  # a smaller seq: the publisher restarted
-        if header.classes is not None:
-            self._classes[header.stream] = header.classes
-        return _Pending(frames, header, time.time())
+        stream = header.stream
+        state = self._streams.get(stream)
+        if state is None:
+            if len(self._streams) >= self.max_streams:
+                self._evict_locked()
+            state = self._streams[stream] = _StreamState(header.seq, header.session, header.classes)
+        else:
+            self._streams.move_to_end(stream)
+            if header.session != state.session or header.seq <= state.last_seq:
+                # A new publisher: its class set may differ and its seq counts from 0 again, so
+                # neither the cached classes nor the seq difference mean anything any more.
+                self._restart_locked(stream, state, header)
+                state.session, state.classes = header.session, None
+            elif header.seq > state.last_seq + 1:
+                self._gaps += header.seq - state.last_seq - 1
+            state.last_seq = header.seq
+            if header.classes is not None:
+                state.classes = header.classes
+        return _Pending(frames, header, time.time(), state.classes)
 
-    def _decode(self, pending: _Pending, skipped: int) -> Message | None:
+    def _restart_locked(self, stream: str, state: _StreamState, header: FrameHeader) -> None:
+        self._restarts += 1
+        level = logging.INFO if self._restarts == 1 else logging.DEBUG  # a flapping peer must not flood
+        log.log(
+            level,
+            "subscriber %s: stream %r restarted (session %s -> %s, seq %d -> %d)",
+            self.addr,
+            stream,
+            state.session,
+            header.session,
+            state.last_seq,
+            header.seq,
+        )
+
+    def _evict_locked(self) -> None:
+        stream, _ = self._streams.popitem(last=False)
+        self._evicted += 1
+        if self._pending.pop(stream, None) is not None:
+            self._skipped += 1
+        if self._evicted == 1:
+            log.warning(
+                "subscriber %s: more than max_streams=%d streams; forgetting the least recent, %r",
+                self.addr,
+                self.max_streams,
+                stream,
+            )
+
+    def _decode(self, pending: _Pending) -> Message | None:
         try:
             parts = decode_frame_parts(pending.header, pending.frames, max_pixels=self.max_pixels)
         except Exception as exc:  # e.g. a corrupt image part
@@ -204,14 +275,13 @@ class Subscriber:
             return None
         with self._lock:
             self._delivered += 1
-            classes = pending.header.classes or self._classes.get(pending.header.stream)
         return Message(
             topic=pending.header.stream,
             header=pending.header,
             parts=parts,
             recv_ts=pending.recv_ts,
-            classes=classes,
-            skipped=skipped,
+            classes=pending.classes,
+            skipped=pending.skipped,
             raw_bytes=sum(len(f) for f in pending.frames),
         )
 
@@ -233,10 +303,13 @@ class Subscriber:
                         pending = self._accept_locked(frames)
                         if pending is None:
                             continue
-                        if self._pending is not None:
+                        stream = pending.header.stream
+                        replaced = self._pending.get(stream)
+                        if replaced is not None:
                             self._skipped += 1
-                            self._skipped_since_recv += 1
-                        self._pending = pending
+                            pending.skipped = replaced.skipped + 1
+                        # an existing key keeps its place: the stream still waits since its first
+                        self._pending[stream] = pending
                         self._lock.notify_all()
             except zmq.ZMQError as exc:
                 if self._closed:
@@ -247,7 +320,18 @@ class Subscriber:
     # -- public API
 
     def recv(self, timeout: float | None = None) -> Message:
-        """The next message (latest mode: the newest one); StreamTimeout after ``timeout`` seconds."""
+        """The next message (latest mode: the newest one of the stream that has waited longest);
+        StreamTimeout after ``timeout`` seconds (None or inf: no limit)."""
+        if timeout is not None and (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, (int, float))
+            or math.isnan(timeout)
+            or timeout < 0
+        ):
+            # NaN never compares past a deadline (recv hung); a string failed deep inside
+            raise ConfigError(f"timeout must be None or a number of seconds >= 0, got {timeout!r}")
+        if timeout is not None and math.isinf(timeout):
+            timeout = None
         if self._closed:
             raise ConfigError(f"subscriber {self.addr} is closed")
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -255,14 +339,13 @@ class Subscriber:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             if self.latest:
                 with self._lock:
-                    if self._pending is None:
-                        self._lock.wait_for(lambda: self._pending is not None or self._closed, remaining)
-                    pending, self._pending = self._pending, None
-                    skipped, self._skipped_since_recv = self._skipped_since_recv, 0
+                    if not self._pending:
+                        self._lock.wait_for(lambda: bool(self._pending) or self._closed, remaining)
+                    pending = self._pending.pop(next(iter(self._pending))) if self._pending else None
             else:
-                pending, skipped = self._recv_direct(remaining), 0
+                pending = self._recv_direct(remaining)
             if pending is not None:
-                message = self._decode(pending, skipped)
+                message = self._decode(pending)
                 if message is not None:
                     return message
             if self._closed:
@@ -300,13 +383,21 @@ class Subscriber:
     def stats(self) -> SubscriberStats:
         with self._lock:
             return SubscriberStats(
-                self._received, self._delivered, self._skipped, self._malformed, self._gaps, self._last_error
+                self._received,
+                self._delivered,
+                self._skipped,
+                self._malformed,
+                self._gaps,
+                self._last_error,
+                self._restarts,
+                self._evicted,
+                len(self._streams),
             )
 
     def close(self) -> None:
-        if self._closed:
-            return
-        with self._lock:
+        with self._lock:  # checked under the lock: two threads closing at once close the socket once
+            if self._closed:
+                return
             self._closed = True
             self._lock.notify_all()
             self._lock.wait_for(lambda: self._receiving == 0, timeout=5.0)

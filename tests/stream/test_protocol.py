@@ -162,6 +162,16 @@ def test_frame_message_round_trip() -> None:
     np.testing.assert_array_equal(decode_frame_parts(back, frames)["labels"], labels)
 
 
+def test_session_is_optional_and_round_trips() -> None:
+    """A restart is a new ``session``; a header without one (another implementation) stays valid."""
+    labels = np.zeros((4, 6), np.uint8)
+    with_session = _frame_header(session="3f2a9c01d4e5b6a7")
+    back = decode_frame_header(encode_frame_message(with_session, [labels.tobytes()]))
+    assert back.session == "3f2a9c01d4e5b6a7" and back == with_session
+    assert "session" not in _frame_header().to_dict()
+    assert decode_frame_header(encode_frame_message(_frame_header(), [labels.tobytes()])).session is None
+
+
 @pytest.mark.parametrize(
     ("part", "array"),
     [
@@ -207,6 +217,10 @@ def test_image_shape_is_checked_against_the_pixel_limit() -> None:
         # json reads Infinity, and int() of it overflows: a bad header, not an OverflowError
         (lambda d: d["classes"].update(ignore_index=float("inf")), ErrorCode.BAD_HEADER),
         (lambda d: d.update(timings_ms={"low": "fast"}), ErrorCode.BAD_HEADER),
+        # the publisher's session id: what subscribers tell a restart by
+        (lambda d: d.update(session=""), ErrorCode.BAD_HEADER),
+        (lambda d: d.update(session=7), ErrorCode.BAD_HEADER),
+        (lambda d: d.update(session="x" * 65), ErrorCode.BAD_HEADER),
     ],
 )
 def test_frame_header_validation(mutate, code: ErrorCode) -> None:  # type: ignore[no-untyped-def]

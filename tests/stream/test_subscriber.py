@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import zmq
 
-from rtseg.data.labels import CAMVID
+from rtseg.data.labels import CAMVID, CITYSCAPES, ClassSet
 from rtseg.errors import ConfigError, StreamTimeout
 from rtseg.result import SegResult
 from rtseg.sink.packet import Packet
@@ -23,7 +23,15 @@ from rtseg.stream import Subscriber, open_publisher_sink
 from rtseg.stream.protocol import FrameHeader, PartSpec, encode_frame_message
 
 
-def frame_message(seq: int, stream: str = "cam0", labels: np.ndarray | None = None) -> list[bytes]:
+def frame_message(
+    seq: int,
+    stream: str = "cam0",
+    labels: np.ndarray | None = None,
+    *,
+    classes: ClassSet | None = None,
+    session: str | None = None,
+) -> list[bytes]:
+    """A well-formed message; ``session`` is written into the header JSON as another publisher would."""
     labels = np.full((4, 6), seq % 11, np.uint8) if labels is None else labels
     header = FrameHeader(
         stream=stream,
@@ -35,8 +43,20 @@ def frame_message(seq: int, stream: str = "cam0", labels: np.ndarray | None = No
         deep_age=0,
         image_shape=(8, 12, 3),
         parts=(PartSpec("labels", "raw", "uint8", labels.shape),),
+        classes=classes,
     )
-    return encode_frame_message(header, [labels.tobytes()])
+    frames = encode_frame_message(header, [labels.tobytes()])
+    if session is not None:
+        frames[1] = json.dumps({**json.loads(frames[1]), "session": session}).encode()
+    return frames
+
+
+def wait_received(sub: Subscriber, count: int) -> None:
+    """Until the latest-mode thread has taken ``count`` well-formed messages in all."""
+    deadline = time.monotonic() + 2
+    while sub.stats.received < count:
+        assert time.monotonic() < deadline, f"only {sub.stats.received} of {count} messages arrived"
+        time.sleep(0.005)
 
 
 class RawPublisher:
@@ -119,7 +139,7 @@ def test_sequence_gaps_and_restarts_are_counted(tcp_endpoint: str) -> None:
             stats = sub.stats
     finally:
         raw.close()
-    assert stats.gaps == 3
+    assert stats.gaps == 3 and stats.restarts == 1
 
 
 def test_recv_times_out(tcp_endpoint: str) -> None:
@@ -215,6 +235,148 @@ def test_latest_mode_keeps_only_the_newest(tcp_endpoint: str) -> None:
         raw.close()
     assert message.header.seq == 20
     assert message.skipped == 19 and stats.skipped >= 19
+
+
+def test_latest_mode_keeps_the_newest_of_each_stream(tcp_endpoint: str) -> None:
+    """One newest message for all streams starved a slow stream: a fast one always replaced it."""
+    raw = RawPublisher(tcp_endpoint)
+    try:
+        with Subscriber(tcp_endpoint, latest=True) as sub:
+            raw.connect(sub)
+            before = sub.stats
+            raw.sock.send_multipart(frame_message(1, "slow"))
+            for seq in range(1, 21):
+                raw.sock.send_multipart(frame_message(seq, "fast"))
+            wait_received(sub, before.received + 21)
+            taken = [sub.recv(timeout=1) for _ in range(2)]
+            with pytest.raises(StreamTimeout):
+                sub.recv(timeout=0.05)
+            raw.sock.send_multipart(frame_message(21, "fast"))
+            raw.sock.send_multipart(frame_message(2, "slow"))
+            wait_received(sub, before.received + 23)
+            taken += [sub.recv(timeout=1) for _ in range(2)]
+            stats = sub.stats
+    finally:
+        raw.close()
+    # the stream that has waited longest goes first; skipped counts are per stream
+    assert [(m.topic, m.header.seq, m.skipped) for m in taken] == [
+        ("slow", 1, 0),
+        ("fast", 20, 19),
+        ("fast", 21, 0),
+        ("slow", 2, 0),
+    ]
+    assert stats.skipped - before.skipped == 19
+    assert stats.delivered - before.delivered == 4 and stats.received - before.received == 23
+
+
+@pytest.mark.parametrize("latest", [False, True])
+def test_the_streams_tracked_are_bounded(latest: bool, tcp_endpoint: str) -> None:
+    """Per-stream state (and, in latest mode, one message per stream) grew with every stream id a
+    publisher invented; past max_streams the stream heard from least recently is forgotten."""
+    raw = RawPublisher(tcp_endpoint)
+    try:
+        with Subscriber(tcp_endpoint, latest=latest, max_streams=4) as sub:
+            raw.connect(sub)  # stream "sync"
+            before = sub.stats
+            for k in range(10):
+                raw.sock.send_multipart(frame_message(5, f"s{k}"))
+                if not latest:
+                    assert sub.recv(timeout=1).topic == f"s{k}"
+            wait_received(sub, before.received + 10)
+            taken = []
+            with contextlib.suppress(StreamTimeout):
+                while True:
+                    taken.append(sub.recv(timeout=0.1).topic)
+            raw.sock.send_multipart(frame_message(9, "s0"))  # forgotten: a new stream, not a gap of 3
+            assert sub.recv(timeout=1).topic == "s0"
+            stats = sub.stats
+    finally:
+        raw.close()
+    if latest:
+        assert taken == ["s6", "s7", "s8", "s9"]
+        assert stats.skipped - before.skipped == 6  # s0..s5 were forgotten before recv took them
+    else:
+        assert taken == []
+    assert stats.evicted == 8  # sync, s0..s5, then s6 for s0's comeback
+    assert stats.streams == 4 and stats.gaps == 0
+
+
+def test_max_streams_is_checked(tcp_endpoint: str) -> None:
+    with pytest.raises(ConfigError, match=r"max_streams must be an integer >= 1, got 0"):
+        Subscriber(tcp_endpoint, max_streams=0)
+
+
+@pytest.mark.parametrize("latest", [False, True])
+def test_a_restarted_publisher_never_gets_its_predecessors_classes(latest: bool, tcp_endpoint: str) -> None:
+    """The class set cached per stream outlived a publisher restart: a new publisher (another
+    model) whose first messages omit classes was labelled with the old one's class set."""
+    raw = RawPublisher(tcp_endpoint)
+    sent = [
+        (1, "a", CAMVID),
+        (2, "a", None),
+        (9, "b", None),  # restarted: seq 0..8 of session b were missed, a larger seq all the same
+        (10, "b", CITYSCAPES),
+        (11, "b", None),
+    ]
+    try:
+        with Subscriber(tcp_endpoint, latest=latest) as sub:
+            raw.connect(sub)
+            got = []
+            for seq, session, classes in sent:
+                raw.sock.send_multipart(frame_message(seq, classes=classes, session=session))
+                got.append(sub.recv(timeout=1).classes)
+            stats = sub.stats
+    finally:
+        raw.close()
+    assert got == [CAMVID, CAMVID, None, CITYSCAPES, CITYSCAPES]
+    assert stats.restarts == 1 and stats.gaps == 0  # 2 -> 9 is a new session, not 6 lost messages
+
+
+def test_a_sequence_that_goes_back_is_a_restart(tcp_endpoint: str) -> None:
+    """Without a session id (another implementation) a smaller or repeated seq is the restart."""
+    raw = RawPublisher(tcp_endpoint)
+    try:
+        with Subscriber(tcp_endpoint) as sub:
+            raw.connect(sub)
+            got = []
+            for seq, classes in ((0, CAMVID), (1, None), (2, None), (2, None), (4, None), (0, CITYSCAPES)):
+                raw.sock.send_multipart(frame_message(seq, classes=classes))
+                got.append(sub.recv(timeout=1).classes)
+            stats = sub.stats
+    finally:
+        raw.close()
+    assert got == [CAMVID, CAMVID, CAMVID, None, None, CITYSCAPES]
+    assert stats.restarts == 2 and stats.gaps == 1  # 2 -> 4 lost seq 3
+
+
+@pytest.mark.parametrize("latest", [False, True])
+def test_timeouts_must_be_seconds(latest: bool, tcp_endpoint: str) -> None:
+    """A NaN timeout never expired (recv hung); inf raised OverflowError in latest mode."""
+    with Subscriber(tcp_endpoint, latest=latest) as sub:
+        for bad in (float("nan"), -1.0, "1"):
+            outcome: list[BaseException] = []
+
+            def call(timeout: object = bad, outcome: list[BaseException] = outcome) -> None:
+                try:
+                    sub.recv(timeout=timeout)  # type: ignore[arg-type]
+                except BaseException as exc:
+                    outcome.append(exc)
+
+            thread = threading.Thread(target=call, daemon=True)
+            thread.start()
+            thread.join(1.0)
+            assert not thread.is_alive(), f"recv(timeout={bad!r}) hung"
+            assert len(outcome) == 1 and isinstance(outcome[0], ConfigError), outcome
+            assert f"timeout must be None or a number of seconds >= 0, got {bad!r}" in str(outcome[0])
+        # inf is no limit, as None is: close from another thread still ends the wait
+        threading.Timer(0.2, sub.close).start()
+        with pytest.raises(ConfigError, match="closed while waiting"):
+            sub.recv(timeout=float("inf"))
+
+
+def test_topics_must_be_strings(tcp_endpoint: str) -> None:
+    with pytest.raises(ConfigError, match=r"topics\[1\] must be a str \(a stream id prefix\), got b'cam1'"):
+        Subscriber(tcp_endpoint, topics=["cam0", b"cam1"])  # type: ignore[list-item]
 
 
 # ------------------------------------------------------------------ acceptance 2: the slow subscriber
