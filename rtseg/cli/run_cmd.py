@@ -9,8 +9,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -125,21 +124,42 @@ def _source_options(args: argparse.Namespace) -> dict:
     }
 
 
-def _every_reference(args: argparse.Namespace, engine: Engine) -> tuple[dict[int, np.ndarray], float, float]:
-    """Per-frame labels of the every schedule on the same source: (labels by frame index, ms/frame, FPS)."""
-    labels: dict[int, np.ndarray] = {}
-    total_ms = 0.0
+@dataclass
+class _Reference:
+    """The --compare-every first pass (every frame a keyframe), filled frame by frame so that what
+    an interrupted pass measured is still there to report."""
+
+    labels: dict[int, np.ndarray] = field(default_factory=dict)
+    total_ms: float = 0.0
+    seconds: float = 0.0
+    complete: bool = False
+
+    @property
+    def ms_per_frame(self) -> float:
+        return self.total_ms / len(self.labels) if self.labels else float("nan")
+
+    @property
+    def fps(self) -> float:
+        return len(self.labels) / max(self.seconds, 1e-9)
+
+
+def _every_reference(args: argparse.Namespace, engine: Engine, reference: _Reference) -> None:
+    """Fill ``reference`` with the per-frame labels and costs of the every schedule on the source."""
     seg = Segmenter(engine=engine, scheduler="every")  # its own state; the engine is shared, not closed
     start = time.perf_counter()
-    with open_source(args.source, **_source_options(args)) as src:
-        for n, frame in enumerate(src):
-            if args.frames is not None and n >= args.frames:
-                break
-            r = seg(frame)
-            labels[frame.index] = r.labels.copy()
-            total_ms += r.latency_ms
-    seconds = time.perf_counter() - start
-    return labels, total_ms / max(len(labels), 1), len(labels) / max(seconds, 1e-9)
+    try:
+        with open_source(args.source, **_source_options(args)) as src:
+            for n, frame in enumerate(src):
+                if args.frames is not None and n >= args.frames:
+                    break
+                r = seg(frame)
+                reference.labels[frame.index] = r.labels.copy()
+                reference.total_ms += r.latency_ms
+                reference.seconds = time.perf_counter() - start
+        reference.complete = True
+    finally:
+        reference.seconds = time.perf_counter() - start
+        seg.close()
 
 
 def _check_compare_every(args: argparse.Namespace, source: Source) -> None:
@@ -149,11 +169,65 @@ def _check_compare_every(args: argparse.Namespace, source: Source) -> None:
         raise ConfigError(
             "--compare-every runs the source twice: use a file, folder or synthetic source without --realtime"
         )
+    if args.frames is None and source.info.kind == "synthetic" and source.info.frame_count is None:
+        raise ConfigError(
+            "--compare-every with an endless synthetic source needs --frames N (or frames=N in its "
+            "URI): the first pass would never end (and would keep every frame's labels)"
+        )
     if source.options.loop and args.frames is None:
         raise ConfigError(
             "--compare-every with --loop needs --frames N: the first pass would never end (and "
             "would keep every frame's labels)"
         )
+
+
+# SIGTERM (a service manager's stop) ends a run successfully, in every phase, as for `rtseg view`,
+# `serve` and `train` (README); Ctrl-C is 130.
+SIGTERM_STATUS = 0
+CTRL_C_STATUS = 130
+# The phases of a run, as the stop message names them (the --json report's "stopped.phase" is the key).
+PHASES = {
+    "source": "while opening the source",
+    "engine": "while loading the engine",
+    "compare-every": "during the --compare-every first pass",
+    "main": "during the main pass",
+}
+
+
+class _Terminated(BaseException):
+    """SIGTERM before the main pass, raised like Ctrl-C's KeyboardInterrupt so that an engine load or
+    the --compare-every first pass ends at once, cleanly. A BaseException, as KeyboardInterrupt is:
+    ``except Exception`` in the code it interrupts must not swallow it."""
+
+
+class _Signals:
+    """One SIGTERM handler for the whole run, so that no phase dies with the default action (a
+    killed process: no message, outputs unclosed). Before the main pass a SIGTERM raises
+    ``_Terminated``; once ``pipeline`` is set it stops the pipeline after the current frame, with
+    the outputs flushed. ``phase`` says what was running. A second SIGTERM is not caught."""
+
+    def __init__(self) -> None:
+        self.phase = "source"  # a key of PHASES
+        self.pipeline: Pipeline | None = None
+        self.terminated = threading.Event()
+        self._previous: signal.Handlers | object | None = None
+
+    def _on_sigterm(self, signum: int, _frame: object) -> None:
+        self.terminated.set()
+        signal.signal(signal.SIGTERM, self._previous)
+        if self.pipeline is not None:
+            self.pipeline.stop()
+            return
+        raise _Terminated
+
+    def __enter__(self) -> _Signals:
+        if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
+            self._previous = signal.signal(signal.SIGTERM, self._on_sigterm) or signal.SIG_DFL
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None and not self.terminated.is_set():
+            signal.signal(signal.SIGTERM, self._previous)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -164,13 +238,29 @@ def run(args: argparse.Namespace) -> int:
     style = OverlayStyle(args.mode, args.alpha, args.legend, args.hud)  # validates before the slow load
     scheduler = scheduler_from_args(args)
     check_output(args.json, "--json")  # before the run, not after it: the summary would be lost
-    # Opened first: a missing file or an unreachable camera is reported before the slow engine load.
-    source = open_source(args.source, **_source_options(args))
+    with _Signals() as signals:
+        return _run(args, style, scheduler, signals)
+
+
+def _run(args: argparse.Namespace, style: OverlayStyle, scheduler: Scheduler, signals: _Signals) -> int:
+    source: Source | None = None
     sinks: list[Sink] = []
+    engine: Engine | None = None
+    seg: Segmenter | None = None
+    reference: _Reference | None = None
     try:
+        # Opened first: a missing file or an unreachable camera is reported before the slow engine load.
+        source = open_source(args.source, **_source_options(args))
         if args.compare_every:
             _check_compare_every(args, source)
         sinks = open_sinks(args.sinks, source)  # a bad sink URI, too, is reported before the load
+        print(
+            f"rtseg run: {redacted(args.source)} -> "
+            f"{', '.join(s.destination for s in sinks) or '(no outputs: results are discarded)'}",
+            file=sys.stderr,
+        )
+        signals.phase = "engine"
+        print("  loading the engine ...", file=sys.stderr, flush=True)
         engine = load_engine(
             args.model,
             weights=args.weights,
@@ -181,19 +271,18 @@ def run(args: argparse.Namespace) -> int:
         engine.warmup(1)
         seg = Segmenter(engine=engine, scheduler=scheduler)
         print(
-            f"rtseg run: {redacted(args.source)} -> "
-            f"{', '.join(s.destination for s in sinks) or '(no outputs: results are discarded)'}",
-            file=sys.stderr,
-        )
-        print(
             f"  {engine.info.model} on {engine.info.backend} ({engine.info.library}) at "
             f"{engine.input_size[0]}x{engine.input_size[1]}, scheduler {scheduler.describe()}",
             file=sys.stderr,
+            flush=True,
         )
-        reference = every_ms = every_fps = None
         if args.compare_every:
-            print("  --compare-every: first pass with every frame a keyframe ...", file=sys.stderr)
-            reference, every_ms, every_fps = _every_reference(args, engine)
+            signals.phase = "compare-every"
+            print(
+                "  --compare-every: first pass with every frame a keyframe ...", file=sys.stderr, flush=True
+            )
+            reference = _Reference()
+            _every_reference(args, engine, reference)
         n = len(engine.meta.classes)
         agreement = ConfusionMatrix(n, engine.meta.classes.ignore_index)
         missing = 0
@@ -202,7 +291,7 @@ def run(args: argparse.Namespace) -> int:
             nonlocal missing
             if reference is None:
                 return
-            ref = reference.get(frame.index)
+            ref = reference.labels.get(frame.index)
             if ref is None:
                 missing += 1
                 return
@@ -216,45 +305,57 @@ def run(args: argparse.Namespace) -> int:
             style=style,
             max_frames=args.frames,
         )
+        signals.phase = "main"
+        signals.pipeline = pipeline  # from here a SIGTERM stops after the current frame
+    except (KeyboardInterrupt, _Terminated) as exc:
+        _close(sinks, source, seg, engine)
+        return _stopped_early(
+            args, signals.phase, "Ctrl-C" if isinstance(exc, KeyboardInterrupt) else "SIGTERM", reference
+        )
     except BaseException:
-        for sink in sinks:  # the pipeline owns them once made; until then they are closed here
-            sink.close()
-        source.close()
+        _close(sinks, source, seg, engine)  # the pipeline owns them once made; until then, closed here
         raise
     tty = sys.stderr.isatty() and not args.quiet
     interrupted = False
     error: RtsegError | None = None
     last = 0.0
-    with _stop_on_sigterm(pipeline) as terminated:
-        try:
-            for _ in pipeline:
-                now = time.perf_counter()
-                if tty and now - last >= 0.5:
-                    last = now
-                    line = pipeline.stats.status_line(pipeline.recent_fps())
-                    print(f"\r{line}\x1b[K", end="", file=sys.stderr, flush=True)
-        except KeyboardInterrupt:
-            interrupted = True
-        except RtsegError as exc:  # a source or sink failed mid-run: keep and report what was done
-            error = exc
-        finally:
-            stats = pipeline.close()
-            seg.close()
-            engine.close()  # loaded here, so closed here (a Segmenter closes only the engines it loads)
+    try:
+        for _ in pipeline:
+            now = time.perf_counter()
+            if tty and now - last >= 0.5:
+                last = now
+                line = pipeline.stats.status_line(pipeline.recent_fps())
+                print(f"\r{line}\x1b[K", end="", file=sys.stderr, flush=True)
+    except KeyboardInterrupt:
+        interrupted = True
+    except RtsegError as exc:  # a source or sink failed mid-run: keep and report what was done
+        error = exc
+    finally:
+        stats = pipeline.close()
+        _close([], None, seg, engine)  # loaded here, so closed here (a Segmenter closes only its own)
+    terminated = signals.terminated.is_set()  # later ones (while reporting) change nothing
     if tty:
         print(file=sys.stderr)
-    if interrupted:
-        print("stopped (Ctrl-C): outputs flushed, source closed", file=sys.stderr)
-    elif terminated.is_set():
-        print("stopped (SIGTERM): outputs flushed, source closed", file=sys.stderr)
+    if interrupted or terminated:
+        by = "Ctrl-C" if interrupted else "SIGTERM"
+        print(
+            f"stopped ({by}) {PHASES['main']} after {stats.frames} frames: outputs flushed, source closed",
+            file=sys.stderr,
+        )
     elif error is not None:
         print(f"stopped after {stats.frames} frames: {error}", file=sys.stderr)
     print(stats.summary())
     if args.stats:
         print(stats.format_costs())
     report = _report(stats)
+    report["complete"] = not (interrupted or terminated or error is not None)
+    if interrupted or terminated:
+        report["stopped"] = {"by": "Ctrl-C" if interrupted else "SIGTERM", "phase": "main"}
+    if error is not None:
+        report["error"] = str(error)
     if reference is not None:
         scores = agreement.result()
+        every_ms, every_fps = reference.ms_per_frame, reference.fps
         ms = sum(v for k, v in stats.stage_ms.items() if k not in ("capture", "overlay", "handoff"))
         speedup = every_ms / ms if ms else float("nan")
         print(
@@ -277,40 +378,64 @@ def run(args: argparse.Namespace) -> int:
         if uri.startswith(("display:", "null:", "zmq:")):
             continue
         print(f"wrote {uri} ({sink.written} frames)" if sink.written else f"nothing written to {uri}")
-    if args.json:
-        try:
-            atomic_write_text(args.json, json.dumps(report, indent=2, allow_nan=False))
-        except OSError as exc:  # checked before the run: the disk has failed since
-            print(f"rtseg run: cannot write --json {args.json}: {exc}", file=sys.stderr)
-            if error is None and not interrupted:
-                return 2
+    if args.json and not _write_json(args.json, report) and error is None and not interrupted:
+        return 2
     if error is not None:
         raise error  # after the summary and the JSON: the CLI prints it as one line, exit status 2
     if interrupted:
-        return 130
-    return 1 if any(s.errors for s in stats.sinks.values()) else 0
+        return CTRL_C_STATUS
+    if any(s.errors for s in stats.sinks.values()):
+        return 1
+    return SIGTERM_STATUS if terminated else 0
 
 
-@contextmanager
-def _stop_on_sigterm(pipeline: Pipeline) -> Iterator[threading.Event]:
-    """SIGTERM (systemd, docker stop, ROS launch) ends the run like the end of the source: after
-    the current frame, with the outputs flushed. A second SIGTERM is not caught."""
-    terminated = threading.Event()
-    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
-        yield terminated
-        return
+def _close(sinks: list[Sink], source: Source | None, seg: Segmenter | None, engine: Engine | None) -> None:
+    """Close what a run opened, outputs first: a video's index is written on close (an .mp4 left
+    unclosed is unreadable)."""
+    for sink in sinks:
+        sink.close()
+    if source is not None:
+        source.close()
+    if seg is not None:
+        seg.close()
+    if engine is not None:
+        engine.close()
 
-    def stop(signum: int, _frame: object) -> None:
-        terminated.set()
-        pipeline.stop()
-        signal.signal(signal.SIGTERM, previous)
 
-    previous = signal.signal(signal.SIGTERM, stop) or signal.SIG_DFL
+def _write_json(path: Path, report: dict) -> bool:
+    """Write --json whole (never half a file); False, said on stderr, when the disk has failed since
+    it was checked before the run."""
     try:
-        yield terminated
-    finally:
-        if not terminated.is_set():
-            signal.signal(signal.SIGTERM, previous)
+        atomic_write_text(path, json.dumps(report, indent=2, allow_nan=False))
+    except OSError as exc:
+        print(f"rtseg run: cannot write --json {path}: {exc}", file=sys.stderr)
+        return False
+    return True
+
+
+def _stopped_early(args: argparse.Namespace, phase: str, by: str, reference: _Reference | None) -> int:
+    """A Ctrl-C or SIGTERM before the main pass: one line naming the phase, what the first pass had
+    measured, and a --json report marked incomplete (a report of an earlier run must not be left
+    there as this one's)."""
+    detail = "the main pass did not run; outputs closed, nothing written to them"
+    report: dict = {"complete": False, "stopped": {"by": by, "phase": phase}, "frames": 0}
+    if reference is not None:
+        done = len(reference.labels)
+        if done:
+            detail = (
+                f"after {done} frames (every frame a keyframe: {reference.ms_per_frame:.1f} ms/frame, "
+                f"{reference.fps:.2f} FPS); {detail}"
+            )
+        report["compare_every"] = {
+            "complete": False,
+            "every_frames": done,
+            "every_ms_per_frame": _number(reference.ms_per_frame, 2),
+            "every_fps": _number(reference.fps, 3) if done else None,
+        }
+    print(f"rtseg run: stopped ({by}) {PHASES[phase]}: {detail}", file=sys.stderr)
+    if args.json:
+        _write_json(args.json, report)
+    return CTRL_C_STATUS if by == "Ctrl-C" else SIGTERM_STATUS
 
 
 def _number(value: float, digits: int) -> float | None:

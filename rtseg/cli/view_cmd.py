@@ -17,7 +17,14 @@ import numpy as np
 
 from ..errors import ConfigError, SinkError, StreamTimeout
 from ..overlay.annotate import colorize
-from ..sink.file import VIDEO_FOURCC, check_pattern, check_room_for_frame, prepare_folder
+from ..sink.file import (
+    VIDEO_FOURCC,
+    VideoFile,
+    check_image_pattern,
+    prepare_folder,
+    prepare_video,
+    write_image,
+)
 from ..stream.subscriber import Message, Subscriber
 from ..window import RecentSamples
 from .common import positive_float, positive_int
@@ -79,21 +86,22 @@ def _image_of(message: Message, part: str) -> np.ndarray | None:
 
 
 class _Writer:
-    """A video file or numbered images, opened at the first frame."""
+    """``--out``: a video file (the file sink's ``VideoFile``: its containers, codecs, full-disk
+    check and odd-size warning) or numbered images; checked before the first message, opened at it."""
 
     def __init__(self, out: Path, fps: float) -> None:
         self.out = out
-        self.fps = fps
-        self.video: cv2.VideoWriter | None = None
+        self.video: VideoFile | None = None
         self.pattern: str | None = None
-        self.size: tuple[int, int] | None = None
         self.count = 0
         suffix = out.suffix.lower()
         option = f"--out {out}"
-        if suffix in VIDEO_FOURCC:  # the file sink's containers and codecs
-            prepare_folder(out.parent, option)
+        if suffix in VIDEO_FOURCC:
+            prepare_video(out, option)
+            # a stream's frame size may change (another publisher, --part): fitted, not refused
+            self.video = VideoFile(out, fps, fit=True)
         elif "%" in out.name:
-            check_pattern(str(out), option)
+            check_image_pattern(str(out), option)
             prepare_folder(out.parent, option)
             self.pattern = str(out)
         elif suffix == "":
@@ -106,27 +114,15 @@ class _Writer:
             )
 
     def write(self, image: np.ndarray) -> None:
-        if self.pattern is not None:
-            path = self.pattern % self.count
-            if not cv2.imwrite(path, image):
-                raise SinkError(f"cannot write {path}")
-        else:
-            h, w = image.shape[:2]
-            if self.video is None:
-                fourcc = VIDEO_FOURCC[self.out.suffix.lower()]
-                self.video = cv2.VideoWriter(str(self.out), cv2.VideoWriter_fourcc(*fourcc), self.fps, (w, h))
-                if not self.video.isOpened():
-                    raise SinkError(f"OpenCV cannot write video {self.out} ({fourcc})")
-                self.size = (w, h)
-            if (w, h) != self.size:
-                image = cv2.resize(image, self.size, interpolation=cv2.INTER_AREA)
-            check_room_for_frame(self.out, image)
+        if self.video is not None:
             self.video.write(image)
+        else:
+            write_image(self.pattern % self.count, image)
         self.count += 1
 
     def close(self) -> None:
         if self.video is not None:
-            self.video.release()
+            self.video.close()
 
 
 def _open_window() -> None:

@@ -47,6 +47,30 @@ def prepare_folder(folder: Path, uri: str) -> None:
         raise SinkError(f"{uri}: cannot write in {folder}: {exc.strerror or exc}") from None
 
 
+def check_image_pattern(text: str, uri: str) -> None:
+    """An image pattern: a format OpenCV writes (else imwrite raises cv2.error, not SinkError, at
+    the first frame) and one integer field."""
+    suffix = Path(text).suffix.lower()
+    if suffix not in IMAGE_SUFFIXES:
+        raise SinkError(f"{uri}: an image pattern must end in one of {', '.join(IMAGE_SUFFIXES)}")
+    check_pattern(text, uri)
+
+
+def prepare_video(path: Path, uri: str) -> None:
+    """Refuse a video path that is a folder and make its folder, before the first frame: a
+    VideoWriter refused there would be found only once a frame had been computed."""
+    if path.is_dir():
+        raise SinkError(f"{uri}: {path} is a folder; name a video file in it, such as {path / 'out.mp4'}")
+    prepare_folder(path.parent, uri)
+
+
+def write_image(path: str, image: np.ndarray) -> None:
+    """Write one image file; cv2.imwrite reports a failure (a removed folder, a full disk) only by
+    returning False."""
+    if not cv2.imwrite(path, image):
+        raise SinkError(f"cannot write {path}")
+
+
 log = logging.getLogger(__name__)
 
 VIDEO_RESERVE_BYTES = 1 << 20  # for the container's index, written when the video is closed
@@ -63,6 +87,65 @@ def check_room_for_frame(video: Path, image: np.ndarray) -> None:
             f"{video}: the disk is full ({free / 2**20:.1f} MiB left): frame skipped; the frames "
             "before it stay readable"
         )
+
+
+class VideoFile:
+    """One video file, opened at its first frame (whose size becomes the video's): the single
+    implementation of video writing, used by ``FileSink`` and ``rtseg view --out``.
+
+    A frame of another size is an error (skipped, the video goes on) or, with ``fit=True``, resized
+    to the video's size. Every frame is checked against the free disk space first (OpenCV reports
+    no write errors); ``close()`` writes the container's index, without which an .mp4 is unreadable.
+    """
+
+    def __init__(self, path: Path, fps: float, fourcc: str | None = None, *, fit: bool = False) -> None:
+        self.path = path
+        self.fps = fps
+        self.fourcc = fourcc or VIDEO_FOURCC[path.suffix.lower()]
+        self.fit = fit
+        self.size: tuple[int, int] | None = None
+        self.frames = 0
+        self._writer: cv2.VideoWriter | None = None
+
+    def _open(self, size: tuple[int, int]) -> cv2.VideoWriter:
+        writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*self.fourcc), self.fps, size)
+        if not writer.isOpened():
+            raise SinkError(
+                f"OpenCV cannot write {self.path}: its VideoWriter refused fourcc {self.fourcc!r} at "
+                f"{size[0]}x{size[1]} and {self.fps:g} FPS (try .avi, which uses MJPG)"
+            )
+        if size[0] % 2 or size[1] % 2:
+            log.warning(
+                "%s: FFmpeg's encoders store %dx%d frames as %dx%d (even sizes only): the last "
+                "column/row is dropped; give the source --resize with even numbers to keep them",
+                self.path,
+                *size,
+                size[0] // 2 * 2,
+                size[1] // 2 * 2,
+            )
+        return writer
+
+    def write(self, image: np.ndarray) -> None:
+        size = (image.shape[1], image.shape[0])
+        if self._writer is None:
+            self._writer, self.size = self._open(size), size
+        elif size != self.size:
+            if not self.fit:
+                raise SinkError(
+                    f"{self.path}: a {size[0]}x{size[1]} frame in a {self.size[0]}x{self.size[1]} video "
+                    "was skipped (a video has one frame size: give the source --resize WxH, or write an "
+                    "image pattern such as out/%06d.png)"
+                )
+            image = cv2.resize(image, self.size, interpolation=cv2.INTER_AREA)
+        check_room_for_frame(self.path, image)
+        self._writer.write(image)
+        self.frames += 1
+
+    def close(self) -> None:
+        """Write the index and close the file; idempotent."""
+        if self._writer is not None:
+            writer, self._writer = self._writer, None
+            writer.release()
 
 
 class FileSink(Sink):
@@ -88,9 +171,7 @@ class FileSink(Sink):
         if not fps > 0:
             raise SinkError(f"{uri}: fps must be positive, got {fps}")
         if self.pattern:
-            if suffix not in IMAGE_SUFFIXES:
-                raise SinkError(f"{uri}: an image pattern must end in one of {', '.join(IMAGE_SUFFIXES)}")
-            check_pattern(text, uri)
+            check_image_pattern(text, uri)
         else:
             if suffix not in VIDEO_FOURCC and "?" in suffix:
                 codecs = ", ".join(f"{k} {v}" for k, v in VIDEO_FOURCC.items())
@@ -110,13 +191,11 @@ class FileSink(Sink):
         self.fourcc = fourcc or VIDEO_FOURCC.get(suffix, "")
         self.fps = fps
         self.content = content
-        if not self.pattern and self.path.is_dir():
-            raise SinkError(
-                f"{uri}: {self.path} is a folder; name a video file in it, such as {self.path / 'out.mp4'}"
-            )
-        prepare_folder(self.path.parent, uri)
-        self._writer: cv2.VideoWriter | None = None
-        self._size: tuple[int, int] | None = None
+        if self.pattern:
+            prepare_folder(self.path.parent, uri)
+        else:
+            prepare_video(self.path, uri)
+        self._video: VideoFile | None = None if self.pattern else VideoFile(self.path, fps, self.fourcc)
         super().__init__(uri, queue_size=queue_size, policy=policy)
 
     def first_overwrite(self, paths: set[Path], frames: int | None) -> Path | None:
@@ -157,42 +236,11 @@ class FileSink(Sink):
             image = packet.result.labels
         else:
             image = packet.overlay()
-        if self.pattern:
-            target = str(self.path) % packet.frame.index
-            if not cv2.imwrite(target, image):
-                raise SinkError(f"cannot write {target}")
-            return
-        self._write_video(image)
-
-    def _write_video(self, image: np.ndarray) -> None:
-        size = (image.shape[1], image.shape[0])
-        if self._writer is None:
-            writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*self.fourcc), self.fps, size)
-            if not writer.isOpened():
-                raise SinkError(
-                    f"OpenCV cannot write {self.path}: its VideoWriter refused fourcc {self.fourcc!r} at "
-                    f"{size[0]}x{size[1]} and {self.fps:g} FPS (try .avi, which uses MJPG)"
-                )
-            self._writer, self._size = writer, size
-            if size[0] % 2 or size[1] % 2:
-                log.warning(
-                    "%s: FFmpeg's encoders store %dx%d frames as %dx%d (even sizes only): the last "
-                    "column/row is dropped; give the source --resize with even numbers to keep them",
-                    self.path,
-                    *size,
-                    size[0] // 2 * 2,
-                    size[1] // 2 * 2,
-                )
-        elif size != self._size:
-            raise SinkError(
-                f"{self.path}: a {size[0]}x{size[1]} frame in a {self._size[0]}x{self._size[1]} video was "
-                "skipped (a video has one frame size: give the source --resize WxH, or write an image "
-                "pattern such as out/%06d.png)"
-            )
-        check_room_for_frame(self.path, image)
-        self._writer.write(image)
+        if self._video is None:
+            write_image(str(self.path) % packet.frame.index, image)
+        else:
+            self._video.write(image)
 
     def release(self) -> None:
-        if self._writer is not None:
-            self._writer.release()
-            self._writer = None
+        if self._video is not None:
+            self._video.close()

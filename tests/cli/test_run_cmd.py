@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 from pathlib import Path
 
@@ -66,6 +67,7 @@ def test_file_output_stats_and_json(weights: Path, tmp_path: Path, capsys) -> No
     data = json.loads(report.read_text())
     assert data["frames"] == 6 and data["keyframe_ratio"] == pytest.approx(2 / 6, abs=1e-3)
     assert data["sinks"][str(out)]["written"] == 6
+    assert data["complete"] is True and "stopped" not in data
 
 
 @pytest.mark.parametrize("scheduler", ["adaptive", "async"])
@@ -134,7 +136,9 @@ def test_sigterm_stops_after_the_frame_with_a_valid_file(
     captured = capsys.readouterr()
     assert rc == 0 and "stopped (SIGTERM)" in captured.err and "3 frames" in captured.out
     assert _frames(out) == 3  # the frame being processed is finished and written, the file closed
-    assert json.loads(report.read_text())["frames"] == 3
+    data = json.loads(report.read_text())
+    assert data["frames"] == 3  # what was done is kept, and not presented as a complete run
+    assert data["complete"] is False and data["stopped"] == {"by": "SIGTERM", "phase": "main"}
     assert signal.getsignal(signal.SIGTERM) == before
 
 
@@ -166,7 +170,9 @@ def test_a_bad_image_mid_folder_keeps_and_reports_what_was_done(
     captured = capsys.readouterr()
     assert rc == 2 and "a2.png" in captured.err and "stopped after 2 frames" in captured.err
     assert "2 frames" in captured.out and f"wrote {out} (2 frames)" in captured.out
-    assert _frames(out) == 2 and json.loads(report.read_text())["frames"] == 2
+    data = json.loads(report.read_text())
+    assert _frames(out) == 2 and data["frames"] == 2
+    assert data["complete"] is False and "a2.png" in data["error"]
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "x"])
@@ -296,3 +302,129 @@ def test_compare_every_refuses_a_source_it_cannot_replay_before_the_engine_loads
     rc = main(["run", SOURCE, "null://", "--compare-every", option])
     err = capsys.readouterr().err
     assert rc == 2 and "rtseg run: error:" in err and message in err
+
+
+# A phase made slow enough to signal into: a load that waits before the real one, and says so.
+_SLOW_LOAD = """
+import sys, time
+from rtseg.cli import main, run_cmd
+
+real = run_cmd.load_engine
+
+def slow(*args, **kwargs):
+    print("test: slow load", file=sys.stderr, flush=True)
+    time.sleep(60)
+    return real(*args, **kwargs)
+
+run_cmd.load_engine = slow
+raise SystemExit(main(sys.argv[1:]))
+"""
+_PLAIN = "import sys\nfrom rtseg.cli import main\nraise SystemExit(main(sys.argv[1:]))\n"
+_ENDLESS = "synthetic://drive?size=160x96&fps=30&seed=1&frames=100000"
+
+
+def _signal_when(script: str, argv: list[str], marker: str, sig: signal.Signals, delay: float):
+    """Run ``rtseg`` in a subprocess, send ``sig`` ``delay`` s after ``marker`` appears on its
+    stderr; (exit status, stdout, stderr). Every wait is bounded: the child is killed at worst."""
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    lines: list[str] = []
+    seen = threading.Event()
+
+    def read() -> None:
+        for line in proc.stderr:
+            lines.append(line)
+            if marker in line:
+                seen.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        assert seen.wait(60), f"{marker!r} never appeared on stderr: {''.join(lines)}"
+        time.sleep(delay)
+        proc.send_signal(sig)
+        out = proc.stdout.read() if proc.wait(timeout=30) is not None else ""
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+    reader.join(10)
+    return proc.returncode, out, "".join(lines)
+
+
+@pytest.mark.parametrize(
+    ("sig", "code", "by"), [(signal.SIGTERM, 0, "SIGTERM"), (signal.SIGINT, 130, "Ctrl-C")]
+)
+def test_a_signal_while_the_engine_loads_stops_cleanly(
+    weights: Path, tmp_path: Path, sig: signal.Signals, code: int, by: str
+) -> None:
+    """SIGTERM while the engine loaded killed `rtseg run` with no message, the outputs unclosed; a
+    stale --json of an earlier run was left as if it were this run's."""
+    out, report = tmp_path / "o.mp4", tmp_path / "r.json"
+    report.write_text('{"frames": 90, "complete": true}')  # an earlier run's
+    rc, _, err = _signal_when(
+        _SLOW_LOAD,
+        ["run", SOURCE, str(out), *_args(weights), "--json", str(report), "--quiet"],
+        "test: slow load",
+        sig,
+        0.1,
+    )
+    assert rc == code, err
+    assert f"rtseg run: stopped ({by}) while loading the engine: the main pass did not run" in err
+    assert "Traceback" not in err
+    data = json.loads(report.read_text())
+    assert data["complete"] is False and data["stopped"] == {"by": by, "phase": "engine"}
+    assert data["frames"] == 0 and not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("sig", "code", "by"), [(signal.SIGTERM, 0, "SIGTERM"), (signal.SIGINT, 130, "Ctrl-C")]
+)
+def test_a_signal_during_the_compare_every_first_pass_keeps_what_it_measured(
+    weights: Path, tmp_path: Path, sig: signal.Signals, code: int, by: str
+) -> None:
+    """SIGTERM in the first pass killed the process; Ctrl-C said only "interrupted". Both threw
+    away the frames the pass had measured and wrote no --json."""
+    report = tmp_path / "r.json"
+    rc, _, err = _signal_when(
+        _PLAIN,
+        ["run", _ENDLESS, "null://", *_args(weights), "--compare-every", "--json", str(report), "--quiet"],
+        "--compare-every: first pass",
+        sig,
+        1.0,
+    )
+    assert rc == code, err
+    match = re.search(
+        rf"rtseg run: stopped \({by}\) during the --compare-every first pass: after (\d+) frames "
+        r"\(every frame a keyframe: [\d.]+ ms/frame, [\d.]+ FPS\); the main pass did not run",
+        err,
+    )
+    assert match, err
+    assert "Traceback" not in err
+    data = json.loads(report.read_text())
+    assert data["complete"] is False and data["stopped"] == {"by": by, "phase": "compare-every"}
+    first = data["compare_every"]
+    assert first["complete"] is False and first["every_frames"] == int(match.group(1)) > 0
+    assert first["every_ms_per_frame"] > 0
+
+
+def test_compare_every_refuses_an_endless_synthetic_source_without_frames(monkeypatch, capsys) -> None:
+    """synthetic:// without frames=N never ends: the first pass ran (and kept labels) forever."""
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the engine was loaded before --compare-every was checked")
+
+    monkeypatch.setattr(run_cmd, "load_engine", no_load)
+    rc = main(["run", "synthetic://drive?size=64x48", "null://", "--compare-every"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "rtseg run: error:" in err and "endless synthetic source needs --frames N" in err

@@ -120,12 +120,20 @@ def test_window_without_a_display_says_what_to_do(
 
 @pytest.mark.parametrize(
     ("name", "message"),
-    [("%d%d.png", "is not a valid pattern"), ("blocker/x.mp4", "cannot create the folder")],
+    [
+        ("%d%d.png", "is not a valid pattern"),
+        ("blocker/x.mp4", "cannot create the folder"),
+        # cv2.imwrite raised cv2.error (a traceback) at the first message for a format it cannot write
+        ("frames/%06d.gif", "an image pattern must end in one of .png"),
+        # the VideoWriter failed only at the first message, after the wait
+        ("clip.mp4", "is a folder; name a video file in it"),
+    ],
 )
 def test_an_unusable_out_is_refused_before_waiting(
     name: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     (tmp_path / "blocker").write_text("")
+    (tmp_path / "clip.mp4").mkdir()
     t0 = time.monotonic()
     argv = ["view", f"zmq://{_endpoint()}", "--headless", "--timeout", "5", "--out", str(tmp_path / name)]
     assert main(argv) == 2

@@ -202,3 +202,24 @@ def test_an_odd_frame_size_is_warned_about(tmp_path: Path, packet_factory, caplo
     assert stats.written == 1
     assert "33x24 frames as 32x24 (even sizes only)" in caplog.text
     assert _read_all(path)[0].shape == (24, 32, 3)  # what the warning says happens
+
+
+@pytest.mark.parametrize("fit", [True, False])
+def test_a_video_file_fits_or_refuses_a_frame_of_another_size(tmp_path: Path, fit: bool) -> None:
+    """The one video writer of FileSink and `rtseg view --out`: a stream (view) is fitted to the
+    video's size, a recording (the sink) says what was skipped."""
+    from rtseg.sink.file import VideoFile
+
+    path = tmp_path / "v.avi"
+    video = VideoFile(path, 10.0, fit=fit)
+    video.write(np.full((48, 64, 3), 90, np.uint8))
+    if fit:
+        video.write(np.full((24, 32, 3), 90, np.uint8))
+    else:
+        with pytest.raises(SinkError, match="32x24 frame in a 64x48 video was skipped"):
+            video.write(np.full((24, 32, 3), 90, np.uint8))
+    video.close()
+    video.close()  # idempotent
+    frames = _read_all(path)
+    assert len(frames) == video.frames == (2 if fit else 1)
+    assert all(f.shape == (48, 64, 3) for f in frames)
