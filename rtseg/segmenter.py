@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numbers
 import os
 import threading
 import time
@@ -37,21 +36,6 @@ def _scheduler(scheduler: object) -> Scheduler:
             f"(rtseg.schedule.make_scheduler(...)), got {type(scheduler).__name__}"
         )
     return scheduler
-
-
-def _input_size(size: object) -> tuple[int, int] | None:
-    """(w, h) as two ints: a float or NumPy array here failed deep inside an engine build."""
-    if size is None:
-        return None
-    try:
-        w, h = size  # type: ignore[misc]
-    except (TypeError, ValueError):
-        w = h = None
-    if isinstance(size, str) or not all(
-        isinstance(n, numbers.Integral) and not isinstance(n, bool) and n > 0 for n in (w, h)
-    ):
-        raise ConfigError(f"input_size must be (width, height) in whole pixels, both positive, got {size!r}")
-    return int(w), int(h)  # type: ignore[arg-type]
 
 
 def _network(model: str | StagedSegmenter | None, weights: str | os.PathLike[str] | None) -> StagedSegmenter:
@@ -91,9 +75,9 @@ def load_engine(
     **options: Any,
 ) -> Engine:
     """An engine for a registry name, a built network, or (neither) rtseg's default model and weights."""
-    from .engine import load
+    from .engine import check_input_size, load
 
-    size = _input_size(input_size)
+    size = check_input_size(input_size)
     net = _network(model, weights)
     return load(net, backend=resolve_backend(backend), input_size=size, **options)
 

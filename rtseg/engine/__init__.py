@@ -8,6 +8,7 @@ Engines built from ONNX read per-stage artifacts from the engine cache (see ``ca
 
 from __future__ import annotations
 
+import numbers
 import os
 import re
 from dataclasses import replace
@@ -45,6 +46,21 @@ def _calibration(value: str | os.PathLike[str] | CalibrationList | None) -> Cali
     return CalibrationList.load(Path(value))
 
 
+def check_input_size(size: object) -> tuple[int, int] | None:
+    """(w, h) as two ints: a float or NumPy array here failed deep inside an engine build."""
+    if size is None:
+        return None
+    try:
+        w, h = size  # type: ignore[misc]
+    except (TypeError, ValueError):
+        w = h = None
+    if isinstance(size, str) or not all(
+        isinstance(n, numbers.Integral) and not isinstance(n, bool) and n > 0 for n in (w, h)
+    ):
+        raise ConfigError(f"input_size must be (width, height) in whole pixels, both positive, got {size!r}")
+    return int(w), int(h)  # type: ignore[arg-type]
+
+
 def load(
     model: str | StagedSegmenter,
     *,
@@ -77,10 +93,14 @@ def load(
         raise ConfigError(
             f"threads must be a positive whole number (None: the physical cores), got {threads!r}"
         )
+    if isinstance(model, StagedSegmenter) and weights is not None:
+        raise ConfigError(
+            "weights= would be ignored: model is an already built network; pass the registry name "
+            "with weights=, or load them with rtseg.models.get_model(name, weights=...)"
+        )
+    size = check_input_size(input_size)
     net = model if isinstance(model, StagedSegmenter) else get_model(model, weights=weights)
-    size = tuple(input_size or net.meta.preprocessing.input_size)
-    if len(size) != 2 or min(size) <= 0:
-        raise ConfigError(f"input_size must be (width, height), both positive, got {input_size!r}")
+    size = size or tuple(net.meta.preprocessing.input_size)
     if max(size) > MAX_INPUT_SIDE:
         raise ConfigError(
             f"input_size {size[0]}x{size[1]} is larger than rtseg builds engines for (at most "
@@ -208,6 +228,7 @@ __all__ = [
     "Engine",
     "EngineInfo",
     "TorchEngine",
+    "check_input_size",
     "default_engine_dir",
     "load",
     "load_backend",
