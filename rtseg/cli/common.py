@@ -13,6 +13,13 @@ from ..models.catalog import find_known
 from ..models.checkpoint import read_checkpoint, sha256_of
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised like Ctrl-C's KeyboardInterrupt so that whatever is running (an engine load,
+    a first pass, a recv waiting for a silent stream) ends at once and outputs are closed. A
+    BaseException, as KeyboardInterrupt is: code that skips bad input with ``except Exception``
+    must not swallow it."""
+
+
 def parse_size(text: str) -> tuple[int, int]:
     """'WxH' -> (W, H); argparse shows the ValueError's message."""
     try:

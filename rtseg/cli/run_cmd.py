@@ -24,7 +24,7 @@ from ..schedule import CHANGES, SCHEDULERS, Scheduler, make_scheduler
 from ..segmenter import Segmenter, load_engine
 from ..sink import Sink
 from ..source import Source, open_source, redacted
-from .common import add_model_args, check_output, parse_size, positive_int
+from .common import Terminated, add_model_args, check_output, parse_size, positive_int
 
 DEMO_SOURCE = "synthetic://drive?size=1280x720&fps=30&seed=0&frames=90"
 DEMO_OUTPUT = "out/demo.mp4"
@@ -194,16 +194,10 @@ PHASES = {
 }
 
 
-class _Terminated(BaseException):
-    """SIGTERM before the main pass, raised like Ctrl-C's KeyboardInterrupt so that an engine load or
-    the --compare-every first pass ends at once, cleanly. A BaseException, as KeyboardInterrupt is:
-    ``except Exception`` in the code it interrupts must not swallow it."""
-
-
 class _Signals:
     """One SIGTERM handler for the whole run, so that no phase dies with the default action (a
     killed process: no message, outputs unclosed). Before the main pass a SIGTERM raises
-    ``_Terminated``; once ``pipeline`` is set it stops the pipeline after the current frame, with
+    ``Terminated``; once ``pipeline`` is set it stops the pipeline after the current frame, with
     the outputs flushed. ``phase`` says what was running. A second SIGTERM is not caught."""
 
     def __init__(self) -> None:
@@ -218,7 +212,7 @@ class _Signals:
         if self.pipeline is not None:
             self.pipeline.stop()
             return
-        raise _Terminated
+        raise Terminated
 
     def __enter__(self) -> _Signals:
         if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
@@ -307,7 +301,7 @@ def _run(args: argparse.Namespace, style: OverlayStyle, scheduler: Scheduler, si
         )
         signals.phase = "main"
         signals.pipeline = pipeline  # from here a SIGTERM stops after the current frame
-    except (KeyboardInterrupt, _Terminated) as exc:
+    except (KeyboardInterrupt, Terminated) as exc:
         _close(sinks, source, seg, engine)
         return _stopped_early(
             args, signals.phase, "Ctrl-C" if isinstance(exc, KeyboardInterrupt) else "SIGTERM", reference

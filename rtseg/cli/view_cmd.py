@@ -27,7 +27,7 @@ from ..sink.file import (
 )
 from ..stream.subscriber import Message, Subscriber
 from ..window import RecentSamples
-from .common import positive_float, positive_int
+from .common import Terminated, positive_float, positive_int
 
 _WINDOW = "rtseg view"
 
@@ -142,14 +142,6 @@ def _open_window() -> None:
         ) from None
 
 
-class _Terminated(BaseException):
-    """SIGTERM, raised like Ctrl-C's KeyboardInterrupt, so that a recv waiting for a silent stream
-    ends too and the recording is closed (an .mp4 cut off unclosed has no index: unreadable).
-
-    A BaseException, as KeyboardInterrupt is: raised inside code that skips a malformed message
-    with ``except Exception``, it would be swallowed and the viewer would run on."""
-
-
 @contextmanager
 def _raise_on_sigterm() -> Iterator[None]:
     """SIGTERM (docker stop, systemd, ROS launch) stops the viewer cleanly; a second one is not
@@ -160,7 +152,7 @@ def _raise_on_sigterm() -> Iterator[None]:
 
     def stop(signum: int, _frame: object) -> None:
         signal.signal(signal.SIGTERM, previous)
-        raise _Terminated
+        raise Terminated
 
     previous = signal.signal(signal.SIGTERM, stop) or signal.SIG_DFL
     try:
@@ -218,7 +210,7 @@ def run(args: argparse.Namespace) -> int:
                     last_print = now
     except KeyboardInterrupt:
         stopped_by = "Ctrl-C"
-    except _Terminated:
+    except Terminated:
         stopped_by = "SIGTERM"
     except SinkError as exc:  # --out failed mid-stream (disk full, folder removed): report what was done
         failed = exc
