@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
+import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,6 +21,50 @@ class Terminated(BaseException):
     a first pass, a recv waiting for a silent stream) ends at once and outputs are closed. A
     BaseException, as KeyboardInterrupt is: code that skips bad input with ``except Exception``
     must not swallow it."""
+
+
+class CtrlC:
+    """SIGINT for a command that writes outputs: the first Ctrl-C stops it (KeyboardInterrupt, as
+    usual), and from then on, while its outputs are closed, the press that users repeat is answered
+    with what is happening instead of abandoning a video that is unreadable until its index is
+    written on close. Each close is bounded; the press after that abandons them. ``stopping`` is set
+    by the command, too, before it closes outputs at a normal end."""
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+        self.stopping = False
+        self._warned = False
+        self._previous: Callable | int | None = None
+
+    def _on_sigint(self, signum: int, _frame: object) -> None:
+        if not self.stopping:
+            self.stopping = True
+            raise KeyboardInterrupt
+        if not self._warned:
+            self._warned = True
+            print(
+                f"\nrtseg {self.command}: closing the outputs (a video is unreadable until closed); "
+                "Ctrl-C again to abandon them",
+                file=sys.stderr,
+                flush=True,
+            )
+            return
+        self._restore()
+        raise KeyboardInterrupt
+
+    def _restore(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+    def __enter__(self) -> CtrlC:
+        if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
+            previous = signal.signal(signal.SIGINT, self._on_sigint)
+            self._previous = signal.SIG_DFL if previous is None else previous  # None: set outside Python
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._restore()
 
 
 def parse_size(text: str) -> tuple[int, int]:

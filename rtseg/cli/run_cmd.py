@@ -24,7 +24,7 @@ from ..schedule import CHANGES, SCHEDULERS, Scheduler, make_scheduler
 from ..segmenter import Segmenter, load_engine
 from ..sink import Sink
 from ..source import Source, open_source, redacted
-from .common import Terminated, add_model_args, check_output, parse_size, positive_int
+from .common import CtrlC, Terminated, add_model_args, check_output, parse_size, positive_int
 
 DEMO_SOURCE = "synthetic://drive?size=1280x720&fps=30&seed=0&frames=90"
 DEMO_OUTPUT = "out/demo.mp4"
@@ -232,11 +232,13 @@ def run(args: argparse.Namespace) -> int:
     style = OverlayStyle(args.mode, args.alpha, args.legend, args.hud)  # validates before the slow load
     scheduler = scheduler_from_args(args)
     check_output(args.json, "--json")  # before the run, not after it: the summary would be lost
-    with _Signals() as signals:
-        return _run(args, style, scheduler, signals)
+    with _Signals() as signals, CtrlC("run") as ctrl_c:
+        return _run(args, style, scheduler, signals, ctrl_c)
 
 
-def _run(args: argparse.Namespace, style: OverlayStyle, scheduler: Scheduler, signals: _Signals) -> int:
+def _run(
+    args: argparse.Namespace, style: OverlayStyle, scheduler: Scheduler, signals: _Signals, ctrl_c: CtrlC
+) -> int:
     source: Source | None = None
     sinks: list[Sink] = []
     engine: Engine | None = None
@@ -325,6 +327,7 @@ def _run(args: argparse.Namespace, style: OverlayStyle, scheduler: Scheduler, si
     except RtsegError as exc:  # a source or sink failed mid-run: keep and report what was done
         error = exc
     finally:
+        ctrl_c.stopping = True  # a Ctrl-C from here on must not cut a video's close short
         stats = pipeline.close()
         _close([], None, seg, engine)  # loaded here, so closed here (a Segmenter closes only its own)
     terminated = signals.terminated.is_set()  # later ones (while reporting) change nothing

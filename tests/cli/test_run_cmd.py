@@ -115,6 +115,49 @@ def test_ctrl_c_flushes_and_summarises(weights: Path, tmp_path: Path, monkeypatc
     assert _frames(out) == 2  # a valid, closed file
 
 
+def test_a_second_ctrl_c_while_the_outputs_close_still_gives_a_valid_file(
+    weights: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """Users press Ctrl-C again while the mp4 is being finalised: that abandoned the close with a
+    traceback, and the file had no index (unreadable)."""
+    import time
+
+    from rtseg.pipeline import Pipeline
+    from rtseg.segmenter import Segmenter
+    from rtseg.sink.file import FileSink
+
+    original_call, original_close = Segmenter.__call__, Pipeline._close_outputs
+    original_emit = FileSink.emit
+    calls = {"n": 0}
+
+    def interrupt_third(self, frame):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C
+        return original_call(self, frame)
+
+    def impatient_close(self):
+        os.kill(os.getpid(), signal.SIGINT)  # the second Ctrl-C, as the outputs start to close
+        return original_close(self)
+
+    def slow_emit(self, packet):  # frames are still queued when the outputs start to close
+        time.sleep(0.2)
+        return original_emit(self, packet)
+
+    monkeypatch.setattr(FileSink, "emit", slow_emit)
+    monkeypatch.setattr(Segmenter, "__call__", interrupt_third)
+    monkeypatch.setattr(Pipeline, "_close_outputs", impatient_close)
+    before = signal.getsignal(signal.SIGINT)
+    out = tmp_path / "cut.mp4"
+    rc = main(["run", SOURCE, str(out), *_args(weights), "--quiet"])
+    captured = capsys.readouterr()
+    assert rc == 130 and "stopped (Ctrl-C)" in captured.err and "2 frames" in captured.out
+    assert "closing the outputs" in captured.err and "Ctrl-C again to abandon them" in captured.err
+    assert f"wrote {out} (2 frames)" in captured.out
+    assert _frames(out) == 2  # closed, readable
+    assert signal.getsignal(signal.SIGINT) == before
+
+
 def test_sigterm_stops_after_the_frame_with_a_valid_file(
     weights: Path, tmp_path: Path, monkeypatch, capsys
 ) -> None:
