@@ -29,6 +29,7 @@ from .curve import apply_client_keys
 from .endpoint import check_endpoint
 from .protocol import (
     DEFAULT_MAX_PIXELS,
+    MAX_PARTS,
     ErrorCode,
     PartSpec,
     SegmentRequest,
@@ -38,10 +39,12 @@ from .protocol import (
     decode_reply,
     dumps,
     encode_array,
+    recv_frames,
+    too_many_frames,
 )
 
 log = logging.getLogger(__name__)
-
+_MAX_REPLY_FRAMES = 1 + MAX_PARTS  # the header and its parts
 
 _REQUIRED = object()
 
@@ -147,7 +150,15 @@ class Client:
                 socket.send_multipart(list(frames), zmq.NOBLOCK)
                 if socket.poll(int(self.timeout * 1000), zmq.POLLIN):
                     self.last_attempts = attempt
-                    return socket.recv_multipart()
+                    frames, count = recv_frames(socket, _MAX_REPLY_FRAMES)
+                    if count > len(frames):
+                        raise ProtocolError(
+                            f"reply from {self.addr}: "
+                            + too_many_frames(
+                                count, _MAX_REPLY_FRAMES, f"header and at most {MAX_PARTS} parts"
+                            ).detail
+                        )
+                    return frames
             except zmq.ZMQError as exc:
                 log.debug("attempt %d to %s failed: %s", attempt, self.addr, exc)
             # Silence: this REQ socket is stuck waiting for a reply that may never come.

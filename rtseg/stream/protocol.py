@@ -19,6 +19,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+import zmq
 
 from ..data.labels import ClassSet
 from ..errors import ProtocolError, RtsegError
@@ -33,6 +34,7 @@ DTYPES: dict[str, np.dtype] = {
 }
 MAX_HEADER_BYTES = 64 * 1024
 MAX_ID_CHARS = 128
+MAX_PARTS = 16  # part frames in one message: a header's parts list is at most this long
 DEFAULT_MAX_PIXELS = 16 * 1024 * 1024
 _STREAM_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,63}")
 
@@ -424,8 +426,8 @@ class FrameHeader:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> FrameHeader:
         parts = data.get("parts")
-        if not isinstance(parts, list) or len(parts) > 16:
-            raise _bad("parts", "a list of at most 16 part descriptors", parts)
+        if not isinstance(parts, list) or len(parts) > MAX_PARTS:
+            raise _bad("parts", f"a list of at most {MAX_PARTS} part descriptors", parts)
         specs = tuple(PartSpec.from_dict(p, f"parts[{i}]") for i, p in enumerate(parts))
         if len({p.name for p in specs}) != len(specs):
             raise _bad("parts", "unique part names", [p.name for p in specs])
@@ -450,6 +452,39 @@ def encode_frame_message(header: FrameHeader, payloads: Sequence[bytes]) -> list
     if len(payloads) != len(header.parts):
         raise ValueError(f"{len(header.parts)} part descriptors but {len(payloads)} payloads")
     return [header.stream.encode("utf-8"), dumps(header.to_dict()), *payloads]
+
+
+def recv_frames(
+    socket: zmq.Socket, max_frames: int, *, flags: int = 0, copy: bool = True
+) -> tuple[list[Any], int]:
+    """One multipart message as (its first ``max_frames`` frames, how many it had).
+
+    ``recv_multipart`` would turn every frame of a message into a Python object before anything can
+    look at the count: a peer sending a million-part message costs the receiver tens of MB and
+    seconds per message. Frames past the cap are received and dropped one at a time (libzmq
+    delivers a message whole, so they are all there), leaving the socket at a message boundary.
+    """
+    frames = [socket.recv(flags, copy=copy)]
+    count = 1
+    while socket.getsockopt(zmq.RCVMORE):
+        if count < max_frames:
+            frames.append(socket.recv(copy=copy))
+        else:
+            socket.recv(copy=False)  # not copied: a dropped frame may be up to ZMQ_MAXMSGSIZE
+        count += 1
+    return frames, count
+
+
+# topic, header and the parts
+MAX_FRAME_MESSAGE_FRAMES = 2 + MAX_PARTS
+
+
+def too_many_frames(count: int, limit: int, layout: str) -> WireError:
+    """The error for a message of ``count`` frames where at most ``limit`` are allowed."""
+    return WireError(
+        ErrorCode.MALFORMED_MULTIPART,
+        f"the message has {count} frames; at most {limit} are allowed ({layout})",
+    )
 
 
 def decode_frame_header(frames: Sequence[bytes | memoryview]) -> FrameHeader:

@@ -58,6 +58,7 @@ from .protocol import (
     error_reply,
     load_json_object,
     parse_request,
+    recv_frames,
     request_id,
 )
 
@@ -66,6 +67,8 @@ log = logging.getLogger(__name__)
 DEFAULT_SERVER_ENDPOINT = "tcp://127.0.0.1:5560"
 DEFAULT_INTERVAL = 4
 _instances = itertools.count()
+# identity, the empty delimiter (REQ), header, image: a request never needs more
+_MAX_REQUEST_FRAMES = 4
 
 
 def _default_scheduler() -> Scheduler:
@@ -127,6 +130,17 @@ class _Stream:
         self.last_used = time.monotonic()
 
 
+def _close_scheduler(stream_id: str, state: _Stream, why: str) -> None:
+    """Close a stream's scheduler; a failure is logged, not raised. Streams are closed on the socket
+    thread (expiry) and in other streams' requests (restart, eviction): AsyncAdaptive.close() raises
+    a deep job's failure, and that must neither end the socket thread nor fail an unrelated
+    request."""
+    try:
+        state.scheduler.close()
+    except Exception:
+        log.exception("stream %r (%s): its scheduler failed to close", stream_id, why)
+
+
 class _Streams:
     def __init__(self, max_streams: int, ttl_s: float, scheduler: Callable[[], Scheduler]) -> None:
         self._max = max_streams
@@ -141,11 +155,11 @@ class _Streams:
                 state = _Stream(self._new())
                 old = self._table.pop(stream_id, None)
                 if old is not None:
-                    old.scheduler.close()
+                    _close_scheduler(stream_id, old, "started again")
                 self._table[stream_id] = state
                 while len(self._table) > self._max:
                     evicted, gone = self._table.popitem(last=False)
-                    gone.scheduler.close()
+                    _close_scheduler(evicted, gone, "evicted")
                     log.info("stream %r evicted: more than %d streams open", evicted, self._max)
             else:
                 found = self._table.get(stream_id)
@@ -165,12 +179,12 @@ class _Streams:
         cutoff = time.monotonic() - self._ttl
         with self._lock:
             for sid in [s for s, st in self._table.items() if st.last_used < cutoff]:
-                self._table.pop(sid).scheduler.close()
+                _close_scheduler(sid, self._table.pop(sid), f"idle for more than {self._ttl:g} s")
 
     def clear(self) -> None:
         with self._lock:
-            for state in self._table.values():
-                state.scheduler.close()
+            for sid, state in self._table.items():
+                _close_scheduler(sid, state, "server closing")
             self._table.clear()
 
     def __len__(self) -> int:
@@ -245,11 +259,16 @@ class Server:
         self._threads: list[threading.Thread] = []
         self._loop_thread: threading.Thread | None = None
         self._closed = False
+        self._workers_lock = threading.Lock()
+        self._live_workers = 0
+        self._orphaned = False  # close() gave up on a stuck worker: the last one out finishes closing
 
     # ------------------------------------------------------------------ lifecycle
 
     def _start_workers(self) -> None:
         for i in range(self.workers):
+            with self._workers_lock:
+                self._live_workers += 1
             t = threading.Thread(target=self._work, name=f"rtseg-serve-worker-{i}", daemon=True)
             t.start()
             self._threads.append(t)
@@ -277,9 +296,12 @@ class Server:
         self._stop.set()
 
     def close(self) -> None:
+        """Stop serving. Waits about ``drain_s`` for queued and running requests, then returns even
+        if a worker is still stuck in the backend: that worker finishes closing when it returns."""
         if self._closed:
             return
         self._closed = True
+        deadline = time.monotonic() + self.limits.drain_s
         self._stop.set()
         if self._loop_thread is not None and self._loop_thread is not threading.current_thread():
             self._loop_thread.join()
@@ -293,8 +315,21 @@ class Server:
                 break
         for _ in self._threads:
             self._jobs.put(None)
+        until = max(deadline, time.monotonic() + 0.5)  # a little for workers that were idle
         for t in self._threads:
-            t.join()
+            t.join(max(0.0, until - time.monotonic()))
+        with self._workers_lock:
+            if self._live_workers:
+                self._orphaned = True
+                log.warning(
+                    "%d worker(s) still busy %g s after stop; leaving them to finish",
+                    self._live_workers,
+                    self.limits.drain_s,
+                )
+                return
+        self._finish_close()
+
+    def _finish_close(self) -> None:
         self._streams.clear()
         self._close_sockets()
 
@@ -339,10 +374,16 @@ class Server:
             if self._router in events:
                 for _ in range(64):  # then let replies out
                     try:
-                        frames = self._router.recv_multipart(zmq.NOBLOCK, copy=False)
+                        frames, count = recv_frames(
+                            self._router, _MAX_REQUEST_FRAMES, flags=zmq.NOBLOCK, copy=False
+                        )
                     except zmq.Again:
                         break
-                    self._dispatch(frames)
+                    try:
+                        self._dispatch(frames, count)
+                    except Exception:  # a bug here must cost one request, not the socket thread
+                        log.exception("could not dispatch a request; it gets no reply")
+                        self._count(ErrorCode.INTERNAL_ERROR)
             if time.monotonic() > next_expiry:
                 self._streams.expire()
                 next_expiry = time.monotonic() + 1.0
@@ -359,7 +400,9 @@ class Server:
             if self._router in events:
                 while True:
                     try:
-                        frames = self._router.recv_multipart(zmq.NOBLOCK, copy=False)
+                        frames, _ = recv_frames(
+                            self._router, _MAX_REQUEST_FRAMES, flags=zmq.NOBLOCK, copy=False
+                        )
                     except zmq.Again:
                         break
                     with self._stats_lock:
@@ -392,15 +435,17 @@ class Server:
             with self._stats_lock:
                 self._undeliverable += 1
 
-    def _dispatch(self, frames: list[zmq.Frame]) -> None:
+    def _dispatch(self, frames: list[zmq.Frame], count: int) -> None:
+        """``frames``: the first frames of a message of ``count`` (see ``recv_frames``)."""
         with self._stats_lock:
             self._received += 1
         envelope, body = _split_envelope(frames)
-        if len(body) != 2:
+        n_body = count - len(envelope)
+        if n_body != 2:
             self._refuse(
                 envelope,
                 ErrorCode.MALFORMED_MULTIPART,
-                f"a request is 2 frames [header JSON, image bytes] after the envelope, got {len(body)}",
+                f"a request is 2 frames [header JSON, image bytes] after the envelope, got {n_body}",
                 body[0] if body else None,
             )
             return
@@ -453,6 +498,11 @@ class Server:
                         self._undeliverable += 1
         finally:
             push.close(linger=0)
+            with self._workers_lock:
+                self._live_workers -= 1
+                last = self._orphaned and self._live_workers == 0
+            if last:
+                self._finish_close()
 
     def _handle(self, job: _Job) -> list[bytes]:
         started = time.perf_counter()

@@ -29,13 +29,26 @@ import numpy as np
 import zmq
 
 from ..data.labels import ClassSet
-from ..errors import ConfigError, StreamTimeout
+from ..errors import ConfigError, SourceError, StreamTimeout
 from .curve import apply_client_keys
 from .endpoint import check_endpoint
-from .protocol import DEFAULT_MAX_PIXELS, FrameHeader, decode_frame_header, decode_frame_parts
+from .protocol import (
+    DEFAULT_MAX_PIXELS,
+    MAX_FRAME_MESSAGE_FRAMES,
+    MAX_PARTS,
+    FrameHeader,
+    decode_frame_header,
+    decode_frame_parts,
+    recv_frames,
+    too_many_frames,
+)
 
 log = logging.getLogger(__name__)
 _POLL_SLICE_S = 0.05  # how soon a blocked recv notices close() from another thread
+# How long close() waits for the drain thread or a recv to let go of the socket. Past it close()
+# returns, and whichever of them is last to let go closes the socket (never under another thread).
+_CLOSE_WAIT_S = 5.0
+_FRAME_LAYOUT = f"[topic, header] and at most {MAX_PARTS} parts"
 # A SUB socket never sends, so a TCP connection that died without being closed (the publisher's
 # host lost power or rebooted, the network partitioned) would look alive forever and never be
 # reconnected, even once the publisher is back. TCP keepalive probes it after KEEPALIVE_IDLE_S
@@ -105,6 +118,9 @@ class _StreamState:
     last_seq: int
     session: str | None
     classes: ClassSet | None
+    # latest mode: messages replaced while the one recv took instead turned out malformed; they
+    # are owed to the next message of this stream that recv hands out
+    skipped_owed: int = 0
 
 
 @dataclass
@@ -198,6 +214,9 @@ class Subscriber:
         self._pending: dict[str, _Pending] = {}
         self._closed = False
         self._receiving = 0  # recv calls polling the socket (non-latest mode)
+        self._draining = latest  # the drain thread may still touch the socket
+        self._orphaned = False  # close() gave up waiting: the last user of the socket closes it
+        self._failure: BaseException | None = None  # what ended the drain thread
         self._thread: threading.Thread | None = None
         if latest:
             self._thread = threading.Thread(target=self._drain, name=f"subscriber:{addr}", daemon=True)
@@ -212,8 +231,14 @@ class Subscriber:
         if first:
             log.warning("subscriber %s: skipping a malformed message: %s", self.addr, error)
 
-    def _accept_locked(self, frames: list[bytes]) -> _Pending | None:
+    def _receive(self) -> tuple[list[bytes], int]:
+        """One message from the socket, at most MAX_FRAME_MESSAGE_FRAMES frames of it kept."""
+        return recv_frames(self._socket, MAX_FRAME_MESSAGE_FRAMES, flags=zmq.NOBLOCK)
+
+    def _accept_locked(self, frames: list[bytes], count: int) -> _Pending | None:
         try:
+            if count > len(frames):
+                raise too_many_frames(count, MAX_FRAME_MESSAGE_FRAMES, _FRAME_LAYOUT)
             header = decode_frame_header(frames)
         except Exception as exc:  # whatever a peer sends must not stop the receiver
             self._malformed_locked(exc)
@@ -238,6 +263,20 @@ class Subscriber:
             if header.classes is not None:
                 state.classes = header.classes
         return _Pending(frames, header, time.time(), state.classes)
+
+    def _owe_skipped_locked(self, pending: _Pending) -> None:
+        """recv took ``pending`` but it did not decode: the messages it had replaced were still
+        lost, so the next message of its stream reports them (Message.skipped)."""
+        if not pending.skipped:
+            return
+        stream = pending.header.stream
+        newer = self._pending.get(stream)
+        if newer is not None:
+            newer.skipped += pending.skipped
+        else:
+            state = self._streams.get(stream)
+            if state is not None:  # an evicted stream is forgotten with its counts
+                state.skipped_owed += pending.skipped
 
     def _restart_locked(self, stream: str, state: _StreamState, header: FrameHeader) -> None:
         self._restarts += 1
@@ -272,6 +311,8 @@ class Subscriber:
         except Exception as exc:  # e.g. a corrupt image part
             with self._lock:
                 self._malformed_locked(exc)
+                if self.latest:
+                    self._owe_skipped_locked(pending)
             return None
         with self._lock:
             self._delivered += 1
@@ -288,19 +329,37 @@ class Subscriber:
     # -- latest mode: the background thread
 
     def _drain(self) -> None:
+        """The latest-mode thread. Whatever ends it is recorded for recv to raise: a thread that
+        died silently left recv waiting for messages that would never come."""
+        try:
+            self._drain_loop()
+        except Exception as exc:
+            log.exception("subscriber %s: the receiving thread failed", self.addr)
+            with self._lock:
+                self._failure = exc
+                self._last_error = f"{type(exc).__name__}: {exc}"
+        finally:
+            with self._lock:
+                self._draining = False
+                self._lock.notify_all()
+                release = self._orphaned and self._receiving == 0
+            if release:
+                self._release_socket()
+
+    def _drain_loop(self) -> None:
         poller = zmq.Poller()
         poller.register(self._socket, zmq.POLLIN)
         while not self._closed:
             try:
                 if not poller.poll(50):
                     continue
-                while True:
+                while not self._closed:
                     try:
-                        frames = self._socket.recv_multipart(zmq.NOBLOCK)
+                        frames, count = self._receive()
                     except zmq.Again:
                         break
                     with self._lock:
-                        pending = self._accept_locked(frames)
+                        pending = self._accept_locked(frames, count)
                         if pending is None:
                             continue
                         stream = pending.header.stream
@@ -308,6 +367,9 @@ class Subscriber:
                         if replaced is not None:
                             self._skipped += 1
                             pending.skipped = replaced.skipped + 1
+                        else:
+                            state = self._streams[stream]
+                            pending.skipped, state.skipped_owed = state.skipped_owed, 0
                         # an existing key keeps its place: the stream still waits since its first
                         self._pending[stream] = pending
                         self._lock.notify_all()
@@ -340,8 +402,18 @@ class Subscriber:
             if self.latest:
                 with self._lock:
                     if not self._pending:
-                        self._lock.wait_for(lambda: bool(self._pending) or self._closed, remaining)
+                        self._lock.wait_for(
+                            lambda: bool(self._pending) or self._closed or self._failure is not None,
+                            remaining,
+                        )
                     pending = self._pending.pop(next(iter(self._pending))) if self._pending else None
+                    failure = self._failure
+                if pending is None and failure is not None and not self._closed:
+                    raise SourceError(
+                        f"subscriber {self.addr}: its receiving thread failed "
+                        f"({type(failure).__name__}: {failure}); no more messages will arrive: "
+                        "close this subscriber and open a new one"
+                    ) from failure
             else:
                 pending = self._recv_direct(remaining)
             if pending is not None:
@@ -366,9 +438,9 @@ class Subscriber:
                 left = _POLL_SLICE_S if deadline is None else min(_POLL_SLICE_S, deadline - time.monotonic())
                 with self._socket_lock:
                     if self._socket.poll(max(0, int(left * 1000)), zmq.POLLIN):
-                        frames = self._socket.recv_multipart(zmq.NOBLOCK)
+                        frames, count = self._receive()
                         with self._lock:
-                            return self._accept_locked(frames)
+                            return self._accept_locked(frames, count)
                 if deadline is not None and time.monotonic() >= deadline:
                     return None
             return None
@@ -378,6 +450,9 @@ class Subscriber:
             with self._lock:
                 self._receiving -= 1
                 self._lock.notify_all()
+                release = self._orphaned and self._receiving == 0 and not self._draining
+            if release:
+                self._release_socket()
 
     @property
     def stats(self) -> SubscriberStats:
@@ -395,14 +470,30 @@ class Subscriber:
             )
 
     def close(self) -> None:
+        """Stop receiving and close the socket, waiting at most ``_CLOSE_WAIT_S`` for the drain
+        thread and any recv to let go of it. zmq sockets are not thread-safe, so if one has not let
+        go by then the socket is left to it: it closes the socket as it returns."""
         with self._lock:  # checked under the lock: two threads closing at once close the socket once
             if self._closed:
                 return
             self._closed = True
             self._lock.notify_all()
-            self._lock.wait_for(lambda: self._receiving == 0, timeout=5.0)
-        if self._thread is not None:
-            self._thread.join(timeout=5.0)
+            idle = self._lock.wait_for(
+                lambda: self._receiving == 0 and not self._draining, timeout=_CLOSE_WAIT_S
+            )
+            if not idle:
+                self._orphaned = True
+                log.warning(
+                    "subscriber %s: the socket is still in use %g s after close(); it will be "
+                    "closed when the thread using it returns",
+                    self.addr,
+                    _CLOSE_WAIT_S,
+                )
+                return
+        self._release_socket()
+
+    def _release_socket(self) -> None:
+        """Called once, by close() or by the last thread to let go of the socket after it."""
         self._socket.close(linger=0)
         self._ctx.term()
 

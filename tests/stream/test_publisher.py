@@ -170,7 +170,7 @@ def test_a_restarted_publisher_is_a_new_session_with_its_own_classes(tcp_endpoin
 def test_a_sink_that_fails_to_start_frees_its_endpoint(tcp_endpoint: str) -> None:
     """The publisher is bound before the sink's own checks: when those failed, it stayed bound for
     as long as anything held the error's traceback (a caller logging it, a REPL)."""
-    with pytest.raises(ValueError, match="queue_size must be positive, got 0") as err:
+    with pytest.raises(ConfigError, match="queue_size must be a positive whole number, got 0") as err:
         open_publisher_sink(f"zmq://{tcp_endpoint}", queue_size=0)
     Publisher(tcp_endpoint).close()  # was: SinkError, address already in use
     assert err.traceback  # still held here
