@@ -16,13 +16,14 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Literal
 
-from ..errors import SinkError
+from ..errors import ConfigError, SinkError
 from .packet import Packet
 
 log = logging.getLogger(__name__)
 
 Policy = Literal["drop", "block"]
 _STOP = object()
+_WRITE_POLL_S = 0.05  # a blocked write re-checks for close() this often
 
 
 @dataclass(frozen=True)
@@ -38,10 +39,10 @@ class Sink(ABC):
     """Base class: subclasses implement ``emit`` (and ``release`` for cleanup)."""
 
     def __init__(self, uri: str, *, queue_size: int = 4, policy: Policy = "drop") -> None:
-        if queue_size <= 0:
-            raise ValueError(f"queue_size must be positive, got {queue_size}")
+        if not isinstance(queue_size, int) or isinstance(queue_size, bool) or queue_size <= 0:
+            raise ConfigError(f"queue_size must be a positive whole number, got {queue_size!r}")
         if policy not in ("drop", "block"):
-            raise ValueError(f"policy must be 'drop' or 'block', got {policy!r}")
+            raise ConfigError(f"policy must be 'drop' or 'block', got {policy!r}")
         self.uri = uri
         self.policy: Policy = policy
         self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
@@ -51,7 +52,11 @@ class Sink(ABC):
         self._last_error: str | None = None
         self._emit_ms = 0.0
         self._lock = threading.Lock()
+        # Held while a write checks ``_closed`` and enqueues, and while close() sets it: nothing is
+        # queued behind the stop marker, and a dropping write can never discard that marker.
+        self._write_lock = threading.Lock()
         self._closed = False
+        self._closing = threading.Event()  # close() has begun: blocked writers give up
         self._stop_requested = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"sink:{uri}", daemon=True)
         self._thread.start()
@@ -69,11 +74,31 @@ class Sink(ABC):
         """Flush and close the underlying output; runs on the sink's thread after the last emit."""
 
     def write(self, packet: Packet) -> None:
-        if self._closed:
-            raise SinkError(f"{self.uri}: write after close")
-        if self.policy == "block":
-            self._queue.put(packet)
-            return
+        """Queue a packet; with "block" wait for room (in short waits, so that a close() from
+        another thread ends the wait with a SinkError instead of leaving this thread hung)."""
+        waited = False
+        while True:
+            with self._write_lock:
+                if self._closed:
+                    if waited:
+                        raise SinkError(
+                            f"{self.uri}: closed while a frame waited for room in the queue (not written)"
+                        )
+                    raise SinkError(f"{self.uri}: write after close")
+                if self.policy != "block":
+                    self._put_dropping_oldest(packet)
+                    return
+                try:
+                    self._queue.put(packet, timeout=_WRITE_POLL_S)
+                    return
+                except queue.Full:
+                    waited = True
+            if self._closing.is_set():  # checked outside the lock, so close() gets it next
+                raise SinkError(
+                    f"{self.uri}: closed while a frame waited for room in the queue (not written)"
+                )
+
+    def _put_dropping_oldest(self, packet: Packet) -> None:
         while True:
             try:
                 self._queue.put_nowait(packet)
@@ -115,7 +140,9 @@ class Sink(ABC):
     def close(self, timeout: float | None = 30.0) -> SinkStats:
         """Deliver what is queued, release the output, and return the final counts."""
         if not self._closed:
-            self._closed = True
+            self._closing.set()
+            with self._write_lock:
+                self._closed = True
             deadline = None if timeout is None else time.monotonic() + timeout
             while True:
                 try:

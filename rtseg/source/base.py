@@ -10,6 +10,7 @@ frames instead of falling behind (see ``live.py``).
 from __future__ import annotations
 
 import logging
+import numbers
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
@@ -40,20 +41,32 @@ class SourceOptions:
     backoff_max: float = 8.0
 
     def __post_init__(self) -> None:
+        for name in ("loop", "realtime"):
+            value = getattr(self, name)
+            if not isinstance(value, (bool, np.bool_)):  # loop="no" would otherwise mean True
+                raise ConfigError(f"{name} must be True or False, got {value!r}")
         if self.resize is not None and (
-            len(self.resize) != 2 or any(int(v) != v or v <= 0 for v in self.resize)
+            not isinstance(self.resize, (tuple, list))
+            or len(self.resize) != 2
+            # cv2.resize takes whole-number types only: 640.0 would fail at the first frame
+            or any(not _is_count(v) or v <= 0 for v in self.resize)
         ):
             raise ConfigError(f"resize must be (width, height) with positive integers, got {self.resize!r}")
         if self.rate is not None and not 0 < self.rate < float("inf"):
             raise ConfigError(f"rate must be a positive number of frames per second, got {self.rate!r}")
-        if self.reconnect < 0:
-            raise ConfigError(f"reconnect must be >= 0 attempts, got {self.reconnect}")
+        if not _is_count(self.reconnect) or self.reconnect < 0:
+            raise ConfigError(f"reconnect must be a whole number of attempts >= 0, got {self.reconnect!r}")
         if not self.timeout > 0:
             raise ConfigError(f"timeout must be positive seconds, got {self.timeout}")
         if not 0 <= self.backoff <= self.backoff_max:
             raise ConfigError(
                 f"backoff must satisfy 0 <= backoff <= backoff_max, got {self.backoff} and {self.backoff_max}"
             )
+
+
+def _is_count(value: object) -> bool:
+    """A whole number (int or NumPy integer), not a bool or a float that happens to be whole."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
 
 
 @dataclass(frozen=True)

@@ -212,9 +212,16 @@ class LiveSource(Source):
                     break
                 cap.release()
                 cap = self._reconnect()
+        except Exception as exc:  # a bug or a driver failure: the consumer must hear of it, not see an end
+            log.error("%s: capture thread failed: %r", self.uri, exc)
+            with self._cond:
+                self._error = SourceError(f"{self.uri}: capture thread failed: {type(exc).__name__}: {exc}")
         finally:
             if cap is not None:
-                cap.release()
+                try:
+                    cap.release()
+                except Exception as exc:
+                    log.warning("%s: releasing the capture failed: %r", self.uri, exc)
             with self._cond:
                 self._finished = True
                 self._cond.notify_all()
@@ -269,7 +276,7 @@ class LiveSource(Source):
                     break
                 if self._error is not None:
                     raise self._error
-                if self._finished:
+                if self._finished or self._stop.is_set():  # closed (perhaps from another thread)
                     return None
                 if time.perf_counter() - self._heartbeat > patience:
                     raise SourceError(f"{self.uri}: no frame for {self.options.timeout:g} s")

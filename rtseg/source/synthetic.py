@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from ..errors import SourceError
+from ..errors import ConfigError, SourceError
 from .base import MediaSource, SourceInfo, SourceOptions
 
 SCENES = ("drive",)
@@ -38,11 +38,13 @@ class DriveParams:
     def __post_init__(self) -> None:
         w, h = self.size
         if w < 32 or h < 32:
-            raise SourceError(f"synthetic size must be at least 32x32, got {w}x{h}")
+            raise ConfigError(f"synthetic size must be at least 32x32, got {w}x{h}")
         if not 0 < self.fps < float("inf"):
-            raise SourceError(f"synthetic fps must be a positive finite number, got {self.fps}")
+            raise ConfigError(f"synthetic fps must be a positive finite number, got {self.fps}")
+        if self.seed < 0:  # NumPy's generators take none
+            raise ConfigError(f"synthetic seed must be a whole number >= 0, got {self.seed}")
         if self.frames is not None and self.frames <= 0:
-            raise SourceError(f"synthetic frames must be positive, got {self.frames}")
+            raise ConfigError(f"synthetic frames must be positive, got {self.frames}")
 
 
 def _unit_hash(seed: int, *keys: int) -> float:

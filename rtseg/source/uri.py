@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
 import cv2
 
-from ..errors import SourceError
+from ..errors import ConfigError, SourceError
 from .base import Source, SourceOptions, redacted
 from .images import ImageSource, is_glob, is_image_path
 from .live import (
@@ -84,16 +85,16 @@ def open_source(
         # A '?' here is the glob wildcard (images://frames/f00?.png): image sources take no options.
         return ImageSource(text, rest, options)
     if scheme == "synthetic":
-        scene, query = _split_query(rest)
+        scene, query = _split_query(rest, text)
         return SyntheticSource(text, scene or "drive", _drive_params(query, text), options)
     if scheme == "camera":
-        device, query = _split_query(rest)
+        device, query = _split_query(rest, text)
         if not device.isdigit():
             raise SourceError(f"camera:// takes a camera number, as in camera://0; got {text!r}")
         factory = capture_factory or camera_factory(int(device), _camera_props(query, text))
         return LiveSource(text, "camera", factory, options, hint=f"is camera {device} connected and free?")
     if scheme == "v4l2":
-        device, query = _split_query(rest)
+        device, query = _split_query(rest, text)
         factory = capture_factory or v4l2_factory(device, _camera_props(query, text))
         return LiveSource(
             text, "camera", factory, options, hint=f"is {device} a capture device, free to use?"
@@ -148,45 +149,70 @@ def _open_path(uri: str, spec: str, options: SourceOptions) -> Source:
     raise SourceError(f"no such file or folder: {path}. Sources can be: {SUPPORTED}")
 
 
-def _split_query(rest: str) -> tuple[str, dict[str, str]]:
+def _split_query(rest: str, uri: str) -> tuple[str, dict[str, str]]:
+    """The part before '?' and the options after it; an option given twice is refused (which one
+    was meant cannot be known)."""
     head, _, query = rest.partition("?")
-    return head, dict(parse_qsl(query, keep_blank_values=True))
+    pairs = parse_qsl(query, keep_blank_values=True)
+    options = dict(pairs)
+    if len(options) != len(pairs):
+        twice = sorted({k for k, _ in pairs if sum(1 for j, _ in pairs if j == k) > 1})
+        raise ConfigError(f"{uri!r}: option(s) {twice} given more than once; give each once")
+    return head, options
 
 
 def _strip_query(rest: str, uri: str) -> str:
-    head, query = _split_query(rest)
+    head, query = _split_query(rest, uri)
     if query:
         raise SourceError(f"{uri!r}: file and image sources take no ?options (got {sorted(query)})")
     return head
 
 
-def _number(query: dict[str, str], key: str, uri: str, kind: type = int) -> float | int | None:
+def _number(
+    query: dict[str, str],
+    key: str,
+    uri: str,
+    kind: type,
+    minimum: float,
+    expected: str,
+    *,
+    strict: bool = False,
+) -> float | int | None:
+    """Option ``key`` as a finite ``kind`` >= ``minimum`` (> with ``strict``), None when absent;
+    otherwise a ConfigError naming the option, the ``expected`` value and the one given."""
     if key not in query:
         return None
     try:
-        return kind(query[key])
+        value = kind(query[key])
     except ValueError:
-        raise SourceError(f"{uri!r}: {key}={query[key]!r} is not a valid {kind.__name__}") from None
+        value = None
+    if value is None or not math.isfinite(value) or value < minimum or (strict and value == minimum):
+        raise ConfigError(f"{uri!r}: option {key} must be {expected}, got {query[key]!r}")
+    return value
 
 
 def _check_keys(query: dict[str, str], allowed: tuple[str, ...], uri: str) -> None:
     unknown = sorted(set(query) - set(allowed))
     if unknown:
-        raise SourceError(f"{uri!r}: unknown option(s) {unknown}; allowed: {', '.join(allowed)}")
+        raise ConfigError(f"{uri!r}: unknown option(s) {unknown}; allowed: {', '.join(allowed)}")
 
 
 def _drive_params(query: dict[str, str], uri: str) -> DriveParams:
     _check_keys(query, ("size", "fps", "seed", "frames"), uri)
     size = (1280, 720)
     if "size" in query:
-        try:
-            w, h = (int(v) for v in query["size"].lower().split("x"))
-        except ValueError:
-            raise SourceError(f"{uri!r}: size must look like 1280x720, got {query['size']!r}") from None
-        size = (w, h)
-    fps = _number(query, "fps", uri, float)
-    seed = _number(query, "seed", uri)
-    frames = _number(query, "frames", uri)
+        w, _, h = query["size"].lower().partition("x")
+        if not (w.isdigit() and h.isdigit()):
+            raise ConfigError(
+                f"{uri!r}: option size must be WIDTHxHEIGHT in whole pixels, like 1280x720, "
+                f"got {query['size']!r}"
+            )
+        size = (int(w), int(h))
+        if min(size) < 32:
+            raise ConfigError(f"{uri!r}: option size must be at least 32x32, got {query['size']!r}")
+    fps = _number(query, "fps", uri, float, 0, "a positive finite number of frames per second", strict=True)
+    seed = _number(query, "seed", uri, int, 0, "a whole number >= 0")
+    frames = _number(query, "frames", uri, int, 1, "a whole number of frames >= 1")
     return DriveParams(
         size=size,
         fps=30.0 if fps is None else float(fps),
@@ -197,4 +223,11 @@ def _drive_params(query: dict[str, str], uri: str) -> DriveParams:
 
 def _camera_props(query: dict[str, str], uri: str) -> dict[int, float]:
     _check_keys(query, tuple(_CAMERA_KEYS), uri)
-    return {_CAMERA_KEYS[k]: float(_number(query, k, uri, float)) for k in query}  # type: ignore[arg-type]
+    props: dict[int, float] = {}
+    for key in query:
+        if key == "fps":
+            value = _number(query, key, uri, float, 0, "a positive number of frames per second", strict=True)
+        else:
+            value = _number(query, key, uri, int, 1, "a whole number of pixels >= 1")
+        props[_CAMERA_KEYS[key]] = float(value)  # type: ignore[arg-type]
+    return props

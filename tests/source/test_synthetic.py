@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rtseg.errors import SourceError
+from rtseg.errors import ConfigError, SourceError
 from rtseg.source import open_source
 
 
@@ -46,18 +46,22 @@ def test_endless_by_default_and_loop_with_frames() -> None:
     assert np.array_equal(frames[3].image, frames[0].image)
 
 
+def test_unknown_scene() -> None:
+    with pytest.raises(SourceError, match="unknown synthetic scene 'city'; available: drive"):
+        open_source("synthetic://city")
+
+
 @pytest.mark.parametrize(
     "uri, message",
     [
-        ("synthetic://city", "unknown synthetic scene"),
         ("synthetic://drive?size=10x10", "at least 32x32"),
-        ("synthetic://drive?size=big", "size must look like"),
+        ("synthetic://drive?size=big", "size must be WIDTHxHEIGHT"),
         ("synthetic://drive?fps=0", "fps must be a positive finite number"),
         ("synthetic://drive?fps=inf", "fps must be a positive finite number"),
-        ("synthetic://drive?frames=x", "not a valid int"),
+        ("synthetic://drive?frames=x", "frames must be a whole number of frames >= 1, got 'x'"),
         ("synthetic://drive?colour=red", "unknown option"),
     ],
 )
 def test_bad_parameters(uri: str, message: str) -> None:
-    with pytest.raises(SourceError, match=message):
+    with pytest.raises(ConfigError, match=message):
         open_source(uri)

@@ -67,7 +67,7 @@ def test_camera_and_v4l2_uris_are_checked() -> None:
         open_source("camera://front")
     with pytest.raises(SourceError, match="no such video device"):
         open_source("v4l2:///dev/video-does-not-exist")
-    with pytest.raises(SourceError, match="unknown option"):
+    with pytest.raises(ConfigError, match="unknown option"):
         open_source("camera://0?exposure=3")
 
 
