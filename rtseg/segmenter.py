@@ -90,6 +90,8 @@ class Segmenter:
     scheduler) and each returns its own ``SegResult`` with its own label array. Calls from two
     threads still feed one schedule, in lock order: two cameras need two Segmenters (they can
     share one engine, ``engine=``). ``close`` waits for a call in progress; later calls raise.
+    A Scheduler object serves one Segmenter at a time: a second one given it is refused
+    (ConfigError) until the first closes or switches schedulers.
 
     ``scheduler`` is a name (``every``, ``clockwork``, ``adaptive``, ``async``: default options) or
     a configured Scheduler (``rtseg.schedule.make_scheduler(...)``). Scheduling state is per
@@ -112,6 +114,23 @@ class Segmenter:
         # The scheduler first: a misspelt name must not cost an engine load (or `auto`'s timing runs),
         # nor leave the loaded engine unclosed.
         chosen = _scheduler(scheduler)
+        chosen.claim(self)
+        try:
+            self._set_up(chosen, model, weights, backend, input_size, engine, engine_options)
+        except BaseException:
+            chosen.release(self)
+            raise
+
+    def _set_up(
+        self,
+        chosen: Scheduler,
+        model: str | StagedSegmenter | None,
+        weights: str | os.PathLike[str] | None,
+        backend: str,
+        input_size: tuple[int, int] | None,
+        engine: Engine | None,
+        engine_options: dict[str, Any],
+    ) -> None:
         self._owns_engine = engine is None
         if engine is None:
             engine = load_engine(
@@ -198,9 +217,14 @@ class Segmenter:
         with self._lock:
             self._check_open()
             new.check(self.engine)
-            self.scheduler.close()
-            self.scheduler = new
-            self.scheduler.reset()
+            new.claim(self)
+            old, self.scheduler = self.scheduler, new
+            try:  # the new one is in place even if closing the old one raises (a worker's failure)
+                if old is not new:
+                    old.release(self)
+                old.close()
+            finally:
+                new.reset()
 
     def reset(self) -> None:
         """Forget the deep cache and keyframe reference (a new stream or a seek)."""
@@ -217,9 +241,12 @@ class Segmenter:
             if self._closed:
                 return
             self._closed = True
-            self.scheduler.close()
-            if self._owns_engine:
-                self.engine.close()
+            try:  # the engine is closed even if the scheduler's close raises (a worker's failure)
+                self.scheduler.close()
+            finally:
+                self.scheduler.release(self)
+                if self._owns_engine:
+                    self.engine.close()
 
     def __enter__(self) -> Segmenter:
         return self

@@ -196,3 +196,47 @@ def test_input_size_must_be_two_whole_numbers(size) -> None:
 def test_input_size_of_numpy_integers_is_accepted() -> None:
     seg = Segmenter(get_model("espnet"), backend="torch", input_size=(np.int64(64), np.int32(48)))
     assert seg.input_size == (64, 48) and seg(np.zeros((10, 10, 3), np.uint8)).labels.shape == (48, 64)
+
+
+class _FailingClose(Clockwork):
+    """A scheduler whose close raises, as AsyncAdaptive does with an uncollected worker failure."""
+
+    def close(self) -> None:
+        raise RuntimeError("the deep worker failed")
+
+
+def test_close_closes_the_engine_even_when_the_scheduler_raises(monkeypatch) -> None:
+    """Segmenter.close left its own engine open when the scheduler's close raised."""
+    closed: list[str] = []
+    own = Segmenter(get_model("espnet"), backend="torch", input_size=(64, 48), scheduler=_FailingClose(2))
+    monkeypatch.setattr(own.engine, "close", lambda: closed.append("own"))
+    with pytest.raises(RuntimeError, match="the deep worker failed"):
+        own.close()
+    assert closed == ["own"]
+    with pytest.raises(ConfigError, match="Segmenter is closed"):
+        own(np.zeros((48, 64, 3), np.uint8))
+
+
+def test_use_scheduler_installs_the_new_one_when_the_old_close_raises(engine) -> None:
+    seg = Segmenter(engine=engine, scheduler=_FailingClose(2))
+    with pytest.raises(RuntimeError, match="the deep worker failed"):
+        seg.use_scheduler("every")
+    assert seg.scheduler.name == "every" and seg(np.zeros((48, 64, 3), np.uint8)).is_keyframe
+
+
+def test_one_scheduler_cannot_serve_two_segmenters(engine) -> None:
+    """A scheduler is one stream's state: given to two Segmenters (two cameras) it answered one
+    camera's frames from the other's deep features, silently, and raced under threads."""
+    shared = Clockwork(4)
+    first = Segmenter(engine=engine, scheduler=shared)
+    with pytest.raises(ConfigError, match="already serves another Segmenter"):
+        Segmenter(engine=engine, scheduler=shared)
+    other = Segmenter(engine=engine)
+    with pytest.raises(ConfigError, match="already serves another Segmenter"):
+        other.use_scheduler(shared)
+    assert other.scheduler.name == "every"
+    first.use_scheduler(shared)  # the same Segmenter may reinstall its own
+    first.use_scheduler("every")  # replaced: free for another Segmenter
+    second = Segmenter(engine=engine, scheduler=shared)
+    second.close()  # closed: free again
+    Segmenter(engine=engine, scheduler=shared).close()

@@ -47,10 +47,25 @@ class AsyncAdaptive(Adaptive):
         self._worker_ms = 0.0
 
     def close(self) -> None:
-        self._wait_pending()
+        """Wait for a deep job in flight and end the worker thread. A failure of that job, which no
+        frame collected, is raised here (after the worker ended) rather than lost with the stream."""
+        pending, self._pending = self._pending, None
+        self._pending_image = None
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
+        if pending is not None:
+            failure = pending.exception()
+            if failure is not None:
+                raise self._annotated(failure)
+
+    def _annotated(self, failure: BaseException) -> BaseException:
+        """The worker's exception, saying which keyframe's deep run it ended (it surfaces frames later)."""
+        failure.add_note(
+            f"rtseg async scheduler: the deep stage of keyframe {self._pending_step} (frame "
+            f"{self._pending_step} of this stream) failed on the worker thread"
+        )
+        return failure
 
     def _wait_pending(self) -> None:
         pending = getattr(self, "_pending", None)
@@ -68,22 +83,30 @@ class AsyncAdaptive(Adaptive):
         return deep, _ms(t0)
 
     def _collect(self) -> None:
-        if self._pending is not None and self._pending.done():
-            deep, ms = self._pending.result()  # re-raises a worker failure here, on the caller's thread
-            self._worker_ms += ms
-            self._deep, self._deep_step = deep, self._pending_step
-            if self.warp is not None:
-                self.warp.set_keyframe(self._pending_image)
-            self._pending = None
-            self._pending_image = None
+        """Swap in a finished job's deep features; a failed job's exception is raised here, once, on
+        the caller's thread, and the next frame starts that keyframe again (the cache is still the
+        previous keyframe's, valid, but its change reference was the failed frame)."""
+        if self._pending is None or not self._pending.done():
+            return
+        pending, self._pending = self._pending, None
+        image, self._pending_image = self._pending_image, None
+        failure = pending.exception()
+        if failure is not None:
+            self._reference = None
+            raise self._annotated(failure)
+        deep, ms = pending.result()
+        self._worker_ms += ms
+        self._deep, self._deep_step = deep, self._pending_step
+        if self.warp is not None:
+            self.warp.set_keyframe(image)
 
     def step(self, engine: Engine, image: Any, *, index: int | None = None) -> SegResult:
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
         low = engine.run_low(image)
         timings["low"] = _ms(t0)
+        self._collect()  # before counting the frame: one that raises a worker failure has no result
         self._step += 1
-        self._collect()
         key, change = self._decide(engine, low, image, self._step - self._ref_step, timings)
         started = False
         if self._deep is None and self._pending is None:

@@ -9,6 +9,7 @@ to R (the larger threshold on ties: fewer deep runs).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
@@ -25,7 +26,7 @@ def simulate_keyframes(
     keys = [0]
     for t in range(1, frames):
         k = keys[-1]
-        if t - k >= max_interval or changes[(t, k)] > threshold:
+        if t - k >= max_interval or not changes[(t, k)] <= threshold:  # NaN, inf: a keyframe, as Adaptive
             keys.append(t)
     return keys
 
@@ -52,7 +53,8 @@ def calibrate_threshold(
         raise ConfigError(f"calibration needs at least 2 frames, got {n}")
     changes = pairwise_changes(items, distance, max_interval)
     scored = []
-    for threshold in sorted(set(changes.values()) | {0.0}):
+    # NaN or inf scores are keyframes under any threshold, so they are no candidates (NaN breaks the sort).
+    for threshold in sorted({c for c in changes.values() if math.isfinite(c)} | {0.0}):
         ratio = len(simulate_keyframes(changes, n, threshold, max_interval)) / n
         scored.append((abs(ratio - target_rate), -threshold, ratio))
     _, neg_threshold, ratio = min(scored)

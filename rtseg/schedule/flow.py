@@ -10,6 +10,8 @@ resolution (grid_sample for torch tensors, cv2.remap for NumPy arrays).
 from __future__ import annotations
 
 import functools
+import math
+import numbers
 from typing import Any
 
 import cv2
@@ -32,8 +34,8 @@ class FlowWarp:
     def __init__(self, *, preset: str = "ultrafast", stride: int = 4) -> None:
         if preset not in PRESETS:
             raise ConfigError(f"flow preset must be one of {sorted(PRESETS)}, got {preset!r}")
-        if stride < 1:
-            raise ConfigError(f"flow stride must be >= 1, got {stride}")
+        if not isinstance(stride, numbers.Integral) or isinstance(stride, bool) or stride < 1:
+            raise ConfigError(f"flow stride must be a whole number >= 1, got {stride!r}")
         self.preset = preset
         self.stride = stride
         self._dis = cv2.DISOpticalFlow.create(PRESETS[preset])
@@ -45,11 +47,11 @@ class FlowWarp:
         if image.ndim == 4:
             image = image[0]
         grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
-        if self.stride > 1:
-            h, w = grey.shape
-            grey = cv2.resize(
-                grey, (max(8, w // self.stride), max(8, h // self.stride)), interpolation=cv2.INTER_AREA
-            )
+        h, w = grey.shape
+        size = dis_size(max(1, w // self.stride), max(1, h // self.stride), self._dis.getPatchSize())
+        if size != (w, h):
+            shrink = size[0] <= w and size[1] <= h
+            grey = cv2.resize(grey, size, interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
         return grey
 
     def set_keyframe(self, image: np.ndarray) -> None:
@@ -88,6 +90,23 @@ class FlowWarp:
     def warp(self, deep: dict[str, Any], image: np.ndarray) -> dict[str, Any]:
         flow = self.flow(image)
         return {name: _warp_one(value, flow) for name, value in deep.items()}
+
+
+def dis_size(w: int, h: int, patch: int) -> tuple[int, int]:
+    """The smallest flow-image size from w x h that OpenCV's DIS can compute on.
+
+    DIS refuses sides under 12 and crashes (a segmentation fault, OpenCV 4-5) when its coarsest
+    pyramid level, chosen from the longer side (about log2(long / (4 * patch)) levels), leaves the
+    short side under one patch: a 64x12 image, or a 1920x240 strip at stride 4. The short side is
+    stretched to fit; the warp rescales flow per axis, so a stretched image gives the right motion.
+    """
+    w, h = max(w, 12, patch), max(h, 12, patch)
+
+    def least_short_side(long_side: int) -> int:
+        levels = max(0, math.floor(math.log2(long_side / (4 * patch)) + 0.5))
+        return patch << levels
+
+    return max(w, least_short_side(h)), max(h, least_short_side(w))
 
 
 def residual_of(grey: np.ndarray, key: np.ndarray, flow: np.ndarray) -> float:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import numbers
 import time
 from types import MappingProxyType
@@ -94,11 +95,15 @@ class Adaptive(Scheduler):
         if threshold is not None and target_keyframe_rate is not None:
             raise ConfigError("give either a threshold or a target keyframe rate, not both")
         # "not x >= 0" also refuses NaN, which every comparison would silently treat as "no change".
-        if threshold is not None and (not isinstance(threshold, numbers.Real) or not threshold >= 0):
+        if threshold is not None and (
+            not isinstance(threshold, numbers.Real) or isinstance(threshold, bool) or not threshold >= 0
+        ):
             raise ConfigError(f"adaptive threshold must be a number >= 0, got {threshold!r}")
         _check_count("max_interval", max_interval, 1)
         if target_keyframe_rate is not None and (
-            not isinstance(target_keyframe_rate, numbers.Real) or not 0 < target_keyframe_rate <= 1
+            not isinstance(target_keyframe_rate, numbers.Real)
+            or isinstance(target_keyframe_rate, bool)
+            or not 0 < target_keyframe_rate <= 1
         ):
             raise ConfigError(f"target keyframe rate must be in (0, 1], got {target_keyframe_rate!r}")
         _check_count("calibration_frames", calibration_frames, 2)
@@ -197,7 +202,9 @@ class Adaptive(Scheduler):
                     ratio,
                 )
         else:
-            key = self._reference is None or age >= self.max_interval or (change or 0.0) > self.threshold
+            # A NaN or inf score (features overflowed) says nothing about change: refresh the cache.
+            changed = change is not None and (not math.isfinite(change) or change > self.threshold)
+            key = self._reference is None or age >= self.max_interval or changed
         timings["change"] = (time.perf_counter() - t0) * 1000.0
         return key, change
 

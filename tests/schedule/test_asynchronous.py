@@ -4,6 +4,7 @@ import threading
 import time
 
 import numpy as np
+import pytest
 
 from rtseg.schedule import AsyncAdaptive
 
@@ -93,3 +94,78 @@ def test_usable_again_after_close(engine, drive) -> None:
     results = [s.step(engine, im) for im in drive[:4]]  # a new worker starts when needed
     s.close()
     assert results[0].is_keyframe and sum(r.is_keyframe for r in results) >= 2
+
+
+class FailingDeep:
+    """The engine with a deep stage that fails on the worker thread (inline first frames succeed)."""
+
+    def __init__(self, engine) -> None:
+        self._engine = engine
+        self.failed = threading.Event()
+
+    def __getattr__(self, name: str):
+        return getattr(self._engine, name)
+
+    def run_deep(self, low):
+        if threading.current_thread() is not threading.main_thread():
+            self.failed.set()
+            raise RuntimeError("deep stage blew up")
+        return self._engine.run_deep(low)
+
+
+def _new_workers(before: set[threading.Thread]) -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t not in before and t.name.startswith("rtseg-deep")]
+
+
+def _fail_one_keyframe(s: AsyncAdaptive, failing: FailingDeep, drive) -> None:
+    s.step(failing, drive[0])
+    r = s.step(failing, 255 - drive[0])  # a cut: deep starts on the worker, which fails
+    assert r.is_keyframe
+    assert failing.failed.wait(10.0)
+    time.sleep(0.05)  # let the future record the failure
+
+
+def test_a_worker_failure_is_raised_once_with_context_and_a_new_keyframe_follows(engine, drive) -> None:
+    """The worker's exception was re-raised on every later frame (the failed job was never cleared),
+    without saying which keyframe's deep run it came from, and the stream could not go on."""
+    failing = FailingDeep(engine)
+    s = AsyncAdaptive(0.05, max_interval=100)
+    try:
+        _fail_one_keyframe(s, failing, drive)
+        with pytest.raises(RuntimeError, match="deep stage blew up") as info:
+            s.step(failing, 255 - drive[0])
+        assert any("keyframe 1" in note and "worker" in note for note in info.value.__notes__)
+        # The stream goes on: the failed keyframe is retried on the next frame (on the worker again,
+        # so this frame is answered from frame 0's cache, which is still valid).
+        r = s.step(engine, 255 - drive[0])
+        assert r.is_keyframe and r.deep_age == 2  # the frame that raised is not counted
+        assert s.stats.frames == 3 and s.stats.keyframes == 3
+    finally:
+        s.close()
+
+
+def test_a_worker_failure_not_yet_collected_is_raised_by_close(engine, drive) -> None:
+    """close() waited for the failed job and dropped its exception: the error was lost."""
+    before = set(threading.enumerate())
+    failing = FailingDeep(engine)
+    s = AsyncAdaptive(0.05, max_interval=100)
+    _fail_one_keyframe(s, failing, drive)
+    with pytest.raises(RuntimeError, match="deep stage blew up"):
+        s.close()
+    assert not _new_workers(before)  # the worker thread ended
+    s.close()  # the error was reported once; closing again is quiet
+
+
+def test_close_with_a_job_in_flight_waits_and_ends_the_worker(engine, drive) -> None:
+    before = set(threading.enumerate())
+    gated = GatedDeep(engine)
+    s = AsyncAdaptive(0.05, max_interval=100)
+    s.step(gated, drive[0])
+    assert s.step(gated, 255 - drive[0]).is_keyframe  # the worker is now blocked in deep
+    closer = threading.Thread(target=s.close)
+    closer.start()
+    time.sleep(0.05)
+    assert closer.is_alive()  # close waits for the job rather than abandoning the thread
+    gated.gate.set()
+    closer.join(10.0)
+    assert not closer.is_alive() and not _new_workers(before)

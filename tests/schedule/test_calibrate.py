@@ -38,3 +38,18 @@ def test_bad_targets() -> None:
         calibrate_threshold(s, m.distance, target_rate=0, max_interval=5)
     with pytest.raises(ConfigError):
         calibrate_threshold(s[:1], m.distance, target_rate=0.5, max_interval=5)
+
+
+def test_non_finite_scores_count_as_keyframes_and_are_no_candidates() -> None:
+    """A NaN score sorted among the candidates (NaN breaks the order) and never counted as change;
+    inf was a candidate threshold under which nothing is ever a keyframe."""
+    values = [0.0, 1.0, float("nan"), 2.0, 3.0, float("inf"), 4.0, 5.0]
+
+    def distance(a: float, b: float) -> float:
+        return abs(a - b)
+
+    changes = pairwise_changes(values, distance, max_interval=10)
+    assert simulate_keyframes(changes, len(values), threshold=100.0, max_interval=10) == [0, 2, 3, 5, 6]
+    threshold, ratio = calibrate_threshold(values, distance, target_rate=0.5, max_interval=10)
+    assert np.isfinite(threshold)
+    assert ratio == len(simulate_keyframes(changes, len(values), threshold, 10)) / len(values)

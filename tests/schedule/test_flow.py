@@ -46,3 +46,25 @@ def test_errors() -> None:
         FlowWarp(stride=0)
     with pytest.raises(RuntimeError, match="before set_keyframe"):
         FlowWarp().flow(_textured())
+
+
+@pytest.mark.parametrize("stride", [1, 4])
+@pytest.mark.parametrize("size", [(1, 1), (7, 5), (40, 40), (64, 8)])
+def test_small_frames_get_a_flow_dis_can_compute(size: tuple[int, int], stride: int) -> None:
+    """DIS needs both sides >= 8 and one >= 12: a 40x40 input at stride 4 (10x10 grey) failed with
+    an OpenCV error on the first frame after a keyframe."""
+    w, h = size
+    image = np.random.default_rng(0).integers(0, 255, (h, w, 3), dtype=np.uint8)
+    warp = FlowWarp(stride=stride)
+    warp.set_keyframe(image)
+    assert warp.residual(image) == pytest.approx(0.0, abs=1e-6)  # zero motion: no change
+    feat = torch.randn(1, 3, h, w)
+    assert torch.allclose(warp.warp({"f": feat}, image)["f"], feat, atol=1e-4)
+    feat_np = feat.numpy()
+    assert np.allclose(warp.warp({"f": feat_np}, image)["f"], feat_np, atol=1e-4)
+
+
+@pytest.mark.parametrize("stride", [2.5, True, "4"])
+def test_stride_must_be_a_whole_number(stride) -> None:
+    with pytest.raises(ConfigError, match=r"flow stride must be a whole number >= 1, got"):
+        FlowWarp(stride=stride)

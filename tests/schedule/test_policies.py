@@ -148,3 +148,38 @@ def test_a_change_feature_the_engine_lacks_is_refused_at_set_up(engine) -> None:
         too_coarse.check(engine)
     make_scheduler("adaptive", warp=False, change_pool=24).check(engine)  # fits exactly
     make_scheduler("adaptive").check(engine)  # the flow score reads no low feature
+
+
+class _NonFiniteLow:
+    """The engine with low features that turn NaN or inf after the first frame (an fp16 overflow)."""
+
+    def __init__(self, engine, value: float) -> None:
+        self._engine = engine
+        self.value = value
+        self.calls = 0
+
+    def __getattr__(self, name: str):
+        return getattr(self._engine, name)
+
+    def run_low(self, image):
+        low = self._engine.run_low(image)
+        self.calls += 1
+        if self.calls > 1:
+            low = {**low, "l1_cat": low["l1_cat"].clone().fill_(self.value)}
+        return low
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_a_non_finite_change_score_asks_for_a_keyframe(engine, drive, value: float) -> None:
+    """NaN compares false with any threshold: features gone NaN never triggered a keyframe again
+    (until max_interval), so the cache was kept exactly when nothing could be said about change."""
+    results = _run(Adaptive(0.1, max_interval=100), _NonFiniteLow(engine, value), [drive[0]] * 4)
+    assert all(np.isnan(r.change) or np.isinf(r.change) for r in results[1:])
+    assert [r.is_keyframe for r in results] == [True, True, True, True]
+
+
+def test_booleans_are_not_thresholds_or_rates() -> None:
+    with pytest.raises(ConfigError, match=r"adaptive threshold must be a number >= 0, got True"):
+        Adaptive(True)
+    with pytest.raises(ConfigError, match=r"target keyframe rate must be in \(0, 1\], got True"):
+        Adaptive(target_keyframe_rate=True)
