@@ -13,6 +13,7 @@ without importing TensorRT; ``tensorrt_backend`` wraps it in the real base class
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -27,6 +28,7 @@ import numpy as np
 from ..atomic import atomic_write_bytes, atomic_write_text
 from ..errors import ConfigError, DatasetError
 from .base import Engine
+from .cache import CacheUnwritableError
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,16 @@ def default_calibration_dir() -> Path:
     return Path.home() / ".cache" / "rtseg" / "calibration"
 
 
+def calibration_cache_unwritable(path: Path, exc: OSError) -> CacheUnwritableError:
+    """The typed error for a calibration cache file (TensorRT's, or the ranges) that cannot be
+    written: it names the file and where to point the cache instead."""
+    reason = f"cannot write the calibration cache {path}: {exc.strerror or exc}"
+    return CacheUnwritableError(
+        f"{reason}; point {ENV_CALIBRATION_DIR} at a writable folder (calibration caches go to its cache/)",
+        reason,
+    )
+
+
 def _evenly(count: int, num: int) -> list[int]:
     """``num`` indices spread evenly over ``range(count)`` (deterministic, covers the whole source)."""
     if num <= 0:
@@ -54,6 +66,17 @@ def _evenly(count: int, num: int) -> list[int]:
     if num > count:
         raise ConfigError(f"asked for {num} calibration frames but the source has only {count}")
     return [int(i * count / num) for i in range(num)]
+
+
+def _hash_file(digest: Any, path: Path, what: str) -> None:
+    """Feed ``path``'s length and bytes to ``digest`` in 1 MiB chunks (a video is not read whole)."""
+    try:
+        with open(path, "rb") as f:
+            digest.update(f"\n{os.fstat(f.fileno()).st_size}\n".encode())
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    except OSError as exc:
+        raise DatasetError(f"cannot read {what} {path} to identify the list: {exc.strerror or exc}") from None
 
 
 @dataclass(frozen=True)
@@ -76,12 +99,23 @@ class CalibrationList:
         lines = [LIST_HEADER, f"# {self.kind}: {source.as_posix()}", *self.entries]
         return "\n".join(lines) + "\n"
 
-    @property
+    @functools.cached_property
     def id(self) -> str:
-        """Short content hash, part of the int8 artifacts' names; the same on every machine (the
-        source's folder name, not its absolute path)."""
-        key = "\n".join([self.kind, self.source.name, *self.entries])
-        return hashlib.sha256(key.encode()).hexdigest()[:8]
+        """Short content hash, part of the int8 artifacts' and calibration caches' names.
+
+        It covers the listed files' bytes (each image, or the whole video), not only their
+        names: an image replaced by another of the same name gives another id, so ranges and
+        caches calibrated on the old picture are not reused. The same on every machine (the
+        source's folder name, not its absolute path). Computed once per list object.
+        """
+        digest = hashlib.blake2b(digest_size=16)
+        digest.update("\n".join([self.kind, self.source.name, *self.entries]).encode())
+        if self.kind == "images":
+            for entry in self.entries:
+                _hash_file(digest, self.source / entry, "calibration image")
+        else:
+            _hash_file(digest, self.source, "calibration video")
+        return digest.hexdigest()[:8]
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -287,5 +321,8 @@ class EntropyCalibrator:
         return None
 
     def write_calibration_cache(self, cache: bytes | memoryview) -> None:
-        atomic_write_bytes(self.cache_path, bytes(cache))
+        try:
+            atomic_write_bytes(self.cache_path, bytes(cache))
+        except OSError as exc:
+            raise calibration_cache_unwritable(self.cache_path, exc) from None
         log.info("calibration: wrote TensorRT calibration cache %s", self.cache_path)

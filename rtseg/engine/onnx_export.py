@@ -207,6 +207,28 @@ def graph_io(proto: onnx.ModelProto) -> dict[str, list[dict[str, Any]]]:
     }
 
 
+def unloadable_graph(path: Path, backend: str, exc: BaseException) -> EngineBuildError:
+    """The typed error for a stage file a runtime cannot read (cut short, not a graph): the
+    runtimes' own exceptions are of many unrelated types and often do not name the file."""
+    said = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return EngineBuildError(
+        f"{backend} could not load {path}: {said}; the file is cut short or not a graph - delete it "
+        "(and its .json sidecar) so that it is rebuilt"
+    )
+
+
+def check_image_input(path: Path, shape: tuple[int, ...], input_size: tuple[int, int]) -> None:
+    """A low-stage graph or plan takes one batch-1 HxWx3 image at the engine's input size: one
+    exported for another size would fail inside the runtime on every frame, so refuse it here."""
+    w, h = input_size
+    expected = (1, h, w, 3)
+    if tuple(shape) != expected:
+        raise EngineBuildError(
+            f"{path.name} takes images of shape {tuple(shape)} (input {IMAGE!r}), but the engine input "
+            f"size {w}x{h} needs {expected}: it was built for another size ({path})"
+        )
+
+
 def set_metadata(proto: onnx.ModelProto, metadata: Mapping[str, Any]) -> None:
     """Store ``metadata`` as ``rtseg.<key>`` metadata_props (values JSON-encoded)."""
     keep = [p for p in proto.metadata_props if not p.key.startswith("rtseg.")]

@@ -23,7 +23,7 @@ from ..errors import BackendUnavailableError, ConfigError, EngineBuildError
 from ..models.base import StageSpec
 from ..models.checkpoint import WeightsMeta
 from .base import Array, Engine, EngineInfo, Features
-from .onnx_export import IMAGE, LABELS, LOGITS
+from .onnx_export import IMAGE, LABELS, LOGITS, check_image_input, unloadable_graph
 
 # rtseg precision -> INFERENCE_PRECISION_HINT; int8 runs a QDQ graph with the f32 hint.
 HINTS = {"fp32": "f32", "fp16": "f16", "bf16": "bf16", "int8": "f32"}
@@ -95,9 +95,12 @@ class _Stage:
     ) -> None:
         ov = _ov()
         # A port can carry several tensor names; use the graph's own I/O names.
-        graph = onnx.load(str(path), load_external_data=False).graph
+        try:
+            graph = onnx.load(str(path), load_external_data=False).graph
+            model = core.read_model(str(path))
+        except Exception as exc:  # protobuf's DecodeError, OpenVINO's RuntimeError, ...
+            raise unloadable_graph(Path(path), "openvino", exc) from None
         declared = {v.name for v in (*graph.input, *graph.output)}
-        model = core.read_model(str(path))
         if outputs is not None:
             results = {_name(o, declared): o.get_node() for o in model.outputs}
             model = ov.Model([results[n] for n in outputs], model.get_parameters(), model.get_friendly_name())
@@ -105,6 +108,13 @@ class _Stage:
         self.compiled = compiled
         self._local = threading.local()
         self.inputs = tuple(_name(i, declared) for i in compiled.inputs)
+        # As the graph declares them (-1: a dimension without a fixed size)
+        self.input_shapes = {
+            v.name: tuple(
+                d.dim_value if d.HasField("dim_value") else -1 for d in v.type.tensor_type.shape.dim
+            )
+            for v in graph.input
+        }
         self.outputs = tuple(_name(o, declared) for o in compiled.outputs)
         self._ports = {name: i for i, name in enumerate(self.outputs)}
         self._specs = {
@@ -166,6 +176,7 @@ class OpenVinoEngine(Engine):
         self.stage_spec = stage_spec
         self.head_low_inputs = head_low_inputs
         self._stages = {stage: _Stage(core, path, target, config) for stage, path in files.items()}
+        check_image_input(Path(files["low"]), self._stages["low"].input_shapes.get(IMAGE, ()), input_size)
         # The head without its logits output, for every call that wants labels alone.
         self._stages["head:labels"] = _Stage(core, files["head"], target, config, outputs=(LABELS,))
         self.info = EngineInfo(

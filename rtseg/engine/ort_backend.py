@@ -20,9 +20,12 @@ from ..errors import BackendUnavailableError, ConfigError
 from ..models.base import StageSpec
 from ..models.checkpoint import WeightsMeta
 from .base import Array, Engine, EngineInfo, Features, cuda_device_index
-from .onnx_export import IMAGE, LABELS, LOGITS
+from .onnx_export import IMAGE, LABELS, LOGITS, check_image_input, unloadable_graph
 
 log = logging.getLogger(__name__)
+
+# onnxruntime's exceptions for a model file it cannot read (their messages say "Load model from")
+_LOAD_ERRORS = ("InvalidProtobuf", "InvalidGraph", "NoSuchFile")
 
 PRECISIONS = ("fp32", "fp16", "int8")
 _NUMPY_TYPES = {
@@ -165,10 +168,18 @@ class OrtEngine(Engine):
         self.meta = meta
         self.stage_spec = stage_spec
         self.head_low_inputs = head_low_inputs
-        self._sessions = {
-            stage: ort.InferenceSession(str(path), sess_options=options, providers=providers)
-            for stage, path in files.items()
-        }
+        self._sessions = {}
+        for stage, path in files.items():
+            try:
+                self._sessions[stage] = ort.InferenceSession(
+                    str(path), sess_options=options, providers=providers
+                )
+            except Exception as exc:  # onnxruntime's own types: InvalidProtobuf, InvalidArgument, ...
+                if "Load model from" not in str(exc) and type(exc).__name__ not in _LOAD_ERRORS:
+                    raise  # not about the file (a provider, the options): as onnxruntime said it
+                raise unloadable_graph(Path(path), "onnxruntime", exc) from None
+        image = {i.name: i for i in self._sessions["low"].get_inputs()}.get(IMAGE)
+        check_image_input(Path(files["low"]), tuple(image.shape) if image is not None else (), input_size)
         self._low_names = tuple(o.name for o in self._sessions["low"].get_outputs())
         self._deep_inputs = tuple(i.name for i in self._sessions["deep"].get_inputs())
         self._deep_names = tuple(o.name for o in self._sessions["deep"].get_outputs())

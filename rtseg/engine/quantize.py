@@ -30,7 +30,7 @@ from ..atomic import atomic_write_bytes
 from ..errors import BackendUnavailableError, ConfigError, EngineBuildError
 from ..models.base import StagedSegmenter
 from .cache import ArtifactCache, ArtifactKey, digest, file_lock
-from .calibration import CalibrationList, default_calibration_dir, stage_feeds
+from .calibration import CalibrationList, calibration_cache_unwritable, default_calibration_dir, stage_feeds
 from .onnx_export import STAGES, OnnxStages, common_metadata, graph_io, serialize, set_metadata
 from .ort_backend import session_options
 
@@ -313,7 +313,15 @@ def quantize_graph(
     local.unlink(missing_ok=True)
     required = calibrated_tensors(prepared, every_op)
     method = q.CalibrationMethod.Percentile
-    with file_lock(ranges_path.with_name(f".{ranges_path.name}.lock")):
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(file_lock(ranges_path.with_name(f".{ranges_path.name}.lock")))
+        except OSError as exc:
+            if not ranges_path.is_file():
+                raise calibration_cache_unwritable(ranges_path, exc) from None
+            # A read-only cache that holds the ranges: the file is only ever replaced whole, so
+            # reading it unlocked is safe; calibrating again (if it is stale) fails on the write.
+            log.info("int8: cannot lock %s (%s); reading it unlocked", ranges_path, exc.strerror or exc)
         if ranges_path.is_file():
             local.write_bytes(ranges_path.read_bytes())
             problem = _ranges_problem(local, method, required)
@@ -336,7 +344,10 @@ def quantize_graph(
             problem = _ranges_problem(local, method, required)
             if problem is not None:
                 raise EngineBuildError(f"calibrating {fp32_path.name} gave ranges that are {problem}")
-            atomic_write_bytes(ranges_path, local.read_bytes())
+            try:
+                atomic_write_bytes(ranges_path, local.read_bytes())
+            except OSError as exc:
+                raise calibration_cache_unwritable(ranges_path, exc) from None
     ranges = load_tensors_data(local)
     options = session_options()
     reference = onnxruntime.InferenceSession(str(fp32_path), options, providers=["CPUExecutionProvider"])

@@ -44,9 +44,9 @@ from ..atomic import atomic_write_bytes
 from ..errors import BackendUnavailableError, ConfigError, EngineBuildError
 from ..models.base import StagedSegmenter
 from .base import Array, Engine, EngineInfo, Features, cuda_device_index
-from .cache import ArtifactCache, ArtifactKey, digest
+from .cache import ArtifactCache, ArtifactKey, CacheUnwritableError, digest, file_lock
 from .calibration import CalibrationList, EntropyCalibrator, default_calibration_dir, stage_feeds
-from .onnx_export import IMAGE, LABELS, LOGITS, STAGES, OnnxStages, ensure_onnx, graph_io
+from .onnx_export import IMAGE, LABELS, LOGITS, STAGES, OnnxStages, check_image_input, ensure_onnx, graph_io
 from .onnx_rewrite import for_tensorrt
 
 log = logging.getLogger(__name__)
@@ -223,6 +223,54 @@ def as_trt_calibrator(calibrator: EntropyCalibrator) -> Any:
     return _Calibrator()
 
 
+def _start_timing_cache(config: Any, data: bytes | None, name: str) -> None:
+    """Attach a timing cache made from ``data`` to ``config``; bytes TensorRT cannot use (cut
+    short, another TensorRT or GPU) give a warning and an empty cache, never a failed build."""
+    cache = config.create_timing_cache(data or b"")
+    if cache is not None and config.set_timing_cache(cache, False):
+        return
+    if data:
+        log.warning(
+            "TensorRT: %s is not a usable timing cache (cut short, or from another TensorRT or GPU); "
+            "building without its timings, and it will be replaced",
+            name,
+        )
+    cache = config.create_timing_cache(b"")
+    if cache is None or not config.set_timing_cache(cache, False):
+        raise EngineBuildError(
+            "TensorRT could not create an empty timing cache (see the TensorRT errors in the log)"
+        )
+
+
+def save_timing_cache(config: Any, cache: Any, path: Path) -> bytes:
+    """Merge the timing cache on disk into this build's ``cache`` and write the result whole.
+
+    Builds of other engines (other processes) share the file: each read it before building, so
+    writing only this build's cache would drop the entries another build wrote meanwhile. Under
+    a lock beside the file, the current file is combined in (``ITimingCache.combine``: entries
+    this cache lacks are appended) and the union replaces it atomically.
+    """
+    try:
+        with file_lock(path.with_name(f".{path.name}.lock")):
+            disk = path.read_bytes() if path.is_file() else b""
+            if disk:
+                theirs = config.create_timing_cache(disk)
+                if theirs is None or not cache.combine(theirs, False):
+                    log.warning(
+                        "TensorRT: %s is not a usable timing cache (cut short, or from another "
+                        "TensorRT or GPU); replacing it with this build's",
+                        path,
+                    )
+            data = bytes(cache.serialize())
+            atomic_write_bytes(path, data)
+    except OSError as exc:
+        reason = f"cannot write the TensorRT timing cache {path}: {exc.strerror or exc}"
+        raise CacheUnwritableError(
+            f"{reason}; point --engine-dir (or RTSEG_ENGINE_DIR) at a writable folder", reason
+        ) from None
+    return data
+
+
 def build_plan(
     model: onnx.ModelProto,
     *,
@@ -230,8 +278,10 @@ def build_plan(
     workspace_bytes: int,
     timing_cache: bytes | None = None,
     calibrator: Any = None,
+    timing_path: Path | None = None,
 ) -> tuple[bytes, bytes]:
-    """Serialised plan and updated timing cache for one stage graph."""
+    """Serialised plan and updated timing cache for one stage graph; with ``timing_path``, the
+    cache is also merged with that file's current content and saved there (``save_timing_cache``)."""
     trt = _trt()
     logger = trt_logger(trt)
     builder = trt.Builder(logger)
@@ -248,8 +298,7 @@ def build_plan(
         config.set_flag(trt.BuilderFlag.INT8)
         if calibrator is not None:
             config.int8_calibrator = calibrator
-    cache = config.create_timing_cache(timing_cache or b"")
-    config.set_timing_cache(cache, False)
+    _start_timing_cache(config, timing_cache, str(timing_path) if timing_path else "the given timing cache")
     profile = builder.create_optimization_profile()
     for i in range(network.num_inputs):
         tensor = network.get_input(i)
@@ -271,7 +320,10 @@ def build_plan(
         if any(OUT_OF_MEMORY.search(e) for e in errors):
             hint = " - the GPU ran out of memory: free GPU memory or pass a smaller workspace_gb"
         raise EngineBuildError(f"TensorRT failed to build the engine{_said(errors)}{hint}")
-    return bytes(plan), bytes(config.get_timing_cache().serialize())
+    timing = config.get_timing_cache()
+    if timing_path is not None:
+        return bytes(plan), save_timing_cache(config, timing, timing_path)
+    return bytes(plan), bytes(timing.serialize())
 
 
 def keep_outputs(model: onnx.ModelProto, outputs: tuple[str, ...]) -> onnx.ModelProto:
@@ -324,18 +376,18 @@ def build_stage(
     calibrator: Any = None,
 ) -> tuple[bytes, dict[str, Any]]:
     """One stage's serialised plan and its sidecar metadata; the shared timing cache is read
-    before and replaced whole after the build (a concurrent build's entries may be lost, never
-    half a file)."""
+    before the build and, after it, merged with what concurrent builds saved meanwhile and
+    replaced whole (``save_timing_cache``)."""
     graph, rewrites = plan_graph(source, stage)
     timing = timing_path.read_bytes() if timing_path.is_file() else None
-    plan, timing = build_plan(
+    plan, _ = build_plan(
         graph,
         precision=precision,
         workspace_bytes=int(workspace_gb * 2**30),
         timing_cache=timing,
         calibrator=calibrator,
+        timing_path=timing_path,
     )
-    atomic_write_bytes(timing_path, timing)
     return plan, {"stage": stage, "source_onnx": source.name, "rewrites": rewrites, "io": graph_io(graph)}
 
 
@@ -461,6 +513,8 @@ class TensorRTEngine(Engine):
                     s: _Plan(self._runtime, Path(p).read_bytes(), self.device, name=Path(p).name)
                     for s, p in plans.items()
                 }
+        low_plan = self._plans["low"].inputs.get(IMAGE)
+        check_image_input(Path(plans["low"]), low_plan[0] if low_plan else (), tuple(input_size))  # type: ignore[arg-type]
         # An execution context runs one inference at a time: callers on several threads (a
         # server's workers) take turns, as they would on the one GPU anyway.
         self._lock = threading.Lock()

@@ -154,11 +154,12 @@ def test_a_moved_tree_still_loads_and_keeps_its_id(tmp_path: Path) -> None:
     _write_images(tmp_path / "a" / "imgs", 4)
     calib = CalibrationList.from_images(tmp_path / "a" / "imgs", 4)
     calib.save(tmp_path / "a" / "calibration" / "list.txt")
+    original_id = calib.id  # the id hashes the images: taken while they are still there
     shutil.copytree(tmp_path / "a", tmp_path / "elsewhere" / "b")
     shutil.rmtree(tmp_path / "a")
     moved = CalibrationList.load(tmp_path / "elsewhere" / "b" / "calibration" / "list.txt")
     assert moved.source == (tmp_path / "elsewhere" / "b" / "imgs").resolve()
-    assert moved.id == calib.id and moved.entries == calib.entries
+    assert moved.id == original_id and moved.entries == calib.entries
     assert len(list(moved.frames(SIZE))) == 4
 
 
@@ -168,8 +169,44 @@ def test_id_follows_the_content(tmp_path: Path) -> None:
     assert len(a.id) == 8 and all(c in "0123456789abcdef" for c in a.id)
     assert CalibrationList.from_images(tmp_path / "imgs", 3).id == a.id
     assert CalibrationList.from_images(tmp_path / "imgs", 2).id != a.id
-    assert CalibrationList("video", a.source, a.entries).id != a.id
-    assert CalibrationList("images", a.source.parent / "other", a.entries).id != a.id
+    shutil.copytree(tmp_path / "imgs", tmp_path / "other")  # the same pixels, another folder name
+    assert CalibrationList("images", tmp_path / "other", a.entries).id != a.id
+    video = _write_video(tmp_path / "clip.avi", 6)
+    v = CalibrationList("video", video, ("0", "2", "4"))
+    assert len(v.id) == 8 and v.id != a.id
+    assert CalibrationList("video", video, ("0", "2", "5")).id != v.id
+
+
+def test_an_image_replaced_under_the_same_name_changes_the_id(tmp_path: Path) -> None:
+    """The id names the int8 artifacts and TensorRT's calibration cache: a list whose image was
+    replaced by another picture of the same name must not reuse what the old picture calibrated."""
+    paths = _write_images(tmp_path / "imgs", 3)
+    before = CalibrationList.from_images(tmp_path / "imgs", 3).id
+    cv2.imwrite(str(paths[1]), np.full((60, 80, 3), 200, np.uint8))
+    after = CalibrationList.from_images(tmp_path / "imgs", 3)
+    assert after.entries == ("f00.png", "f01.png", "f02.png") and after.id != before
+    cv2.imwrite(str(paths[1]), np.full((60, 80, 3), 10, np.uint8))  # the original pixels back
+    assert CalibrationList.from_images(tmp_path / "imgs", 3).id == before
+
+
+def test_a_replaced_video_changes_the_id(tmp_path: Path) -> None:
+    video = _write_video(tmp_path / "clip.avi", 6)
+    before = CalibrationList("video", video, ("0", "3")).id
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 48))
+    for i in range(6):
+        writer.write(np.full((48, 64, 3), 255 - 20 * i, np.uint8))
+    writer.release()
+    assert CalibrationList("video", video, ("0", "3")).id != before
+
+
+def test_the_id_of_a_list_whose_file_is_gone_names_it(tmp_path: Path) -> None:
+    paths = _write_images(tmp_path / "imgs", 3)
+    calib = CalibrationList.from_images(tmp_path / "imgs", 3)
+    paths[2].unlink()
+    with pytest.raises(DatasetError, match=r"cannot read calibration image .*f02\.png to identify the list"):
+        _ = calib.id
+    with pytest.raises(DatasetError, match=r"cannot read calibration video .*missing\.avi"):
+        _ = CalibrationList("video", tmp_path / "missing.avi", ("0",)).id
 
 
 def test_an_absolute_source_line_still_loads(tmp_path: Path) -> None:
@@ -402,3 +439,20 @@ def test_cuda_upload_returns_the_device_address() -> None:
     address, handle = cuda_upload(array)
     assert handle.is_cuda and address == handle.data_ptr()
     np.testing.assert_array_equal(handle.cpu().numpy(), array)
+
+
+def test_an_unwritable_calibration_cache_is_a_typed_error_naming_it(tmp_path: Path) -> None:
+    """TensorRT hands the calibration cache to write_calibration_cache; a folder that cannot be
+    written (read-only, a file in the way) is a typed error naming the file and the fix, which
+    the TensorRT wrapper re-raises after the build, not a bare OSError."""
+    from rtseg.engine.cache import CacheUnwritableError
+
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    path = blocker / "cache" / "x.low.calib"  # a folder under a file cannot exist (even for root)
+    calibrator = EntropyCalibrator(lambda: iter(()), cache_path=path, upload=lambda a: (1, a))
+    with pytest.raises(CacheUnwritableError) as info:
+        calibrator.write_calibration_cache(b"scales")
+    message = str(info.value)
+    assert f"cannot write the calibration cache {path}" in message and "RTSEG_CALIBRATION_DIR" in message
+    assert isinstance(info.value, ConfigError)

@@ -504,3 +504,52 @@ def test_the_int8_key_follows_every_input() -> None:
     del broken.sidecars["deep"]["sha256"]  # type: ignore[misc]
     with pytest.raises(ConfigError, match=r"stage 'deep' has sha256 None"):
         int8_key(broken, "1234abcd", "cpu")
+
+
+def test_an_unwritable_ranges_folder_is_a_typed_error_naming_the_file(
+    model: StagedSegmenter, engine_dir: Path, tmp_path: Path
+) -> None:
+    from rtseg.engine.cache import CacheUnwritableError
+
+    fp32_stages = ensure_onnx(model, SIZE, ArtifactCache(engine_dir))
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    shared = blocker / "cache" / "low.ranges.json"  # a folder under a file cannot exist (even for root)
+    with pytest.raises(CacheUnwritableError) as info:
+        quantize_graph(
+            fp32_stages.files["low"], _low_feeds(), flavour="cpu", workdir=tmp_path, ranges_path=shared
+        )
+    message = str(info.value)
+    assert f"cannot write the calibration cache {shared}" in message and "RTSEG_CALIBRATION_DIR" in message
+
+
+def test_ranges_in_a_read_only_cache_are_still_reused(
+    model: StagedSegmenter,
+    engine_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A calibration cache that cannot be written (its lock file cannot be created) but holds the
+    ranges: they are read, not refused; only a recalibration would need the write."""
+    import contextlib
+
+    from rtseg.engine import quantize as quantize_mod
+
+    fp32_stages = ensure_onnx(model, SIZE, ArtifactCache(engine_dir))
+    shared = tmp_path / "cache" / "low.ranges.json"
+    quantize_graph(
+        fp32_stages.files["low"], _low_feeds(), flavour="cpu", workdir=tmp_path, ranges_path=shared
+    )
+
+    @contextlib.contextmanager
+    def read_only(path: Path):  # type: ignore[no-untyped-def]
+        raise PermissionError(13, "Read-only file system", str(path))
+        yield
+
+    monkeypatch.setattr(quantize_mod, "file_lock", read_only)
+    with caplog.at_level(logging.INFO, logger="rtseg.engine.quantize"):
+        quantize_graph(
+            fp32_stages.files["low"], _low_feeds(), flavour="cpu", workdir=tmp_path, ranges_path=shared
+        )
+    assert "reading it unlocked" in caplog.text and "reusing calibrated ranges" in caplog.text

@@ -11,6 +11,7 @@ import enum
 import importlib.util
 import logging
 import sys
+import threading
 import types
 from collections.abc import Callable
 from pathlib import Path
@@ -23,7 +24,7 @@ import torch
 from rtseg.engine import load
 from rtseg.engine import tensorrt_backend as tb
 from rtseg.engine import torch2trt_backend as t2t
-from rtseg.engine.cache import ArtifactCache, ArtifactKey, weights_hash
+from rtseg.engine.cache import ArtifactCache, ArtifactKey, CacheUnwritableError, weights_hash
 from rtseg.engine.calibration import EntropyCalibrator
 from rtseg.engine.graphs import DeepGraph, LowGraph, head_low_inputs, pick
 from rtseg.engine.onnx_export import onnx_key
@@ -345,7 +346,7 @@ class _Config:
         return True
 
     def get_timing_cache(self) -> Any:
-        return types.SimpleNamespace(serialize=lambda: b"timing")
+        return types.SimpleNamespace(serialize=lambda: b"timing", combine=lambda other, ignore: True)
 
     def add_optimization_profile(self, profile: Any) -> int:
         self.profiles.append(profile)
@@ -369,6 +370,7 @@ def _builder_api(
     parse_errors: tuple[str, ...] = (),
     inputs: list[tuple[str, tuple[int, ...]]] | None = None,
     build: Callable[[Any, _Config], Any] = lambda logger, config: b"plan",
+    config: Callable[[], Any] = _Config,
 ) -> dict[str, Any]:
     seen: dict[str, Any] = {}
 
@@ -380,8 +382,8 @@ def _builder_api(
             seen["network_flags"] = flags
             return _Network(inputs if inputs is not None else [("image", (1, 48, 64, 3))])
 
-        def create_builder_config(self) -> _Config:
-            seen["config"] = _Config()
+        def create_builder_config(self) -> Any:
+            seen["config"] = config()
             return seen["config"]
 
         def create_optimization_profile(self) -> _Profile:
@@ -756,3 +758,148 @@ def test_a_plan_from_another_export_of_the_same_weights_is_stale(tmp_path: Path)
     assert cache.problem(others[0], cache.path(key, "head", "plan")).startswith(
         "stale: built for another key (source"
     )
+
+
+# --- The shared timing cache: concurrent builds merge, never drop each other's entries --------
+
+
+class _TimingCache:
+    """An ITimingCache: a set of tactic timings; ``combine`` appends the other's entries."""
+
+    def __init__(self, entries: set[str]) -> None:
+        self.entries = set(entries)
+        self.combined: list[bool] = []
+
+    def combine(self, other: _TimingCache, ignore_mismatch: bool) -> bool:
+        self.combined.append(ignore_mismatch)
+        self.entries |= other.entries
+        return True
+
+    def serialize(self) -> bytes:
+        return "\n".join(["timing-cache", *sorted(self.entries)]).encode()
+
+
+def _parse_timing(data: bytes) -> set[str] | None:
+    lines = bytes(data).decode(errors="replace").splitlines()
+    if not lines:
+        return set()
+    return set(lines[1:]) if lines[0] == "timing-cache" else None  # None: not a timing cache
+
+
+class _TimingConfig(_Config):
+    """create_timing_cache from bytes (None for bytes that are no timing cache), and the build
+    adding its own tactics to the cache set on the config, as TensorRT's builder does."""
+
+    def create_timing_cache(self, data: bytes) -> Any:  # type: ignore[override]
+        entries = _parse_timing(data)
+        return None if entries is None else _TimingCache(entries)
+
+    def set_timing_cache(self, cache: Any, ignore_mismatch: bool) -> bool:
+        if cache is None:
+            raise TypeError("set_timing_cache(): incompatible function arguments (None)")
+        self.timing = cache
+        return True
+
+    def get_timing_cache(self) -> Any:
+        return self.timing
+
+
+def _timing_build(tactic: Callable[[], str], before: Callable[[], None] = lambda: None) -> Any:
+    def build(logger: Any, config: _TimingConfig) -> bytes:
+        before()
+        config.timing.entries.add(tactic())
+        return b"plan"
+
+    return build
+
+
+def _identity_onnx(path: Path) -> Path:
+    import onnx
+
+    onnx.save(_onnx_model(), str(path))
+    return path
+
+
+def test_concurrent_builds_keep_both_builds_timing_entries(
+    fake_trt: types.ModuleType, tmp_path: Path
+) -> None:
+    """Two builds (two engines, two processes in practice) both read the shared timing cache,
+    build, and write it back: the second writer used to replace the first one's new entries.
+    Both read before either writes here (the barrier), the worst interleaving."""
+    timing = tmp_path / "tensorrt-h100_sm90-trt10.3.0.timing.cache"
+    timing.write_bytes(_TimingCache({"old"}).serialize())
+    barrier = threading.Barrier(2, timeout=10)
+    _builder_api(
+        fake_trt,
+        config=_TimingConfig,
+        build=_timing_build(lambda: threading.current_thread().name, before=barrier.wait),
+    )
+    source = _identity_onnx(tmp_path / "m.low.onnx")
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            tb.build_stage("low", source, precision="fp16", workspace_gb=1, timing_path=timing)
+        except BaseException as exc:  # reported by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, name=f"build-{i}") for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not errors
+    assert _parse_timing(timing.read_bytes()) == {"old", "build-0", "build-1"}
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_a_corrupt_timing_cache_is_replaced_not_fatal(
+    fake_trt: types.ModuleType, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A timing cache cut short or from elsewhere: the build starts from an empty cache (with a
+    warning naming the file), and the file is replaced by a valid one."""
+    timing = tmp_path / "t.timing.cache"
+    timing.write_bytes(b"\x00garbage")
+    _builder_api(fake_trt, config=_TimingConfig, build=_timing_build(lambda: "new"))
+    source = _identity_onnx(tmp_path / "m.low.onnx")
+    plan, _ = tb.build_stage("low", source, precision="fp32", workspace_gb=1, timing_path=timing)
+    assert plan == b"plan" and _parse_timing(timing.read_bytes()) == {"new"}
+    assert "t.timing.cache" in caplog.text and "not a usable timing cache" in caplog.text
+
+
+def _save_in_child(path: str, entry: str, start: Any) -> None:
+    start.wait(10)
+    tb.save_timing_cache(_TimingConfig(), _TimingCache({entry}), Path(path))
+
+
+def test_processes_saving_the_timing_cache_at_once_keep_every_entry(
+    fake_trt: types.ModuleType, tmp_path: Path
+) -> None:
+    """The lock beside the file is an inter-process one: four processes released together each
+    merge their entry in; none is lost and the file is a whole timing cache."""
+    import multiprocessing
+
+    timing = tmp_path / "t.timing.cache"
+    ctx = multiprocessing.get_context("fork")  # the children inherit the stand-in tensorrt module
+    start = ctx.Event()
+    procs = [ctx.Process(target=_save_in_child, args=(str(timing), f"p{i}", start)) for i in range(4)]
+    for p in procs:
+        p.start()
+    start.set()
+    for p in procs:
+        p.join(30)
+    assert [p.exitcode for p in procs] == [0, 0, 0, 0]
+    assert _parse_timing(timing.read_bytes()) == {"p0", "p1", "p2", "p3"}
+    assert (tmp_path / ".t.timing.cache.lock").is_file()
+
+
+def test_an_unwritable_timing_cache_is_a_typed_error_naming_it(
+    fake_trt: types.ModuleType, tmp_path: Path
+) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    path = blocker / "engines" / "t.timing.cache"  # a folder under a file cannot exist (even for root)
+    with pytest.raises(
+        CacheUnwritableError, match=r"cannot write the TensorRT timing cache .*t\.timing\.cache"
+    ):
+        tb.save_timing_cache(_TimingConfig(), _TimingCache({"a"}), path)
