@@ -345,6 +345,11 @@ class Pipeline:
             sink.close()
         self.source.close()
 
+    @property
+    def closed(self) -> bool:
+        """True from the moment ``close`` begins (at the end of iteration, too)."""
+        return self._closed
+
     def close(self) -> PipelineStats:
         """Flush and close the sinks, close the source; returns the final statistics."""
         if not self._closed:

@@ -27,17 +27,18 @@ class CtrlC:
     """SIGINT for a command that writes outputs: the first Ctrl-C stops it (KeyboardInterrupt, as
     usual), and from then on, while its outputs are closed, the press that users repeat is answered
     with what is happening instead of abandoning a video that is unreadable until its index is
-    written on close. Each close is bounded; the press after that abandons them. ``stopping`` is set
-    by the command, too, before it closes outputs at a normal end."""
+    written on close. Each close is bounded; the press after that abandons them. At a normal end
+    the command says, through ``closing``, when its outputs are being closed."""
 
     def __init__(self, command: str) -> None:
         self.command = command
         self.stopping = False
+        self.closing: Callable[[], bool] = lambda: False  # outputs closing at a normal end
         self._warned = False
         self._previous: Callable | int | None = None
 
     def _on_sigint(self, signum: int, _frame: object) -> None:
-        if not self.stopping:
+        if not (self.stopping or self.closing()):
             self.stopping = True
             raise KeyboardInterrupt
         if not self._warned:

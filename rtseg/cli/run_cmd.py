@@ -303,6 +303,7 @@ def _run(
         )
         signals.phase = "main"
         signals.pipeline = pipeline  # from here a SIGTERM stops after the current frame
+        ctrl_c.closing = lambda: pipeline.closed  # the source's end closes the outputs, too
     except (KeyboardInterrupt, Terminated) as exc:
         _close(sinks, source, seg, engine)
         return _stopped_early(
@@ -327,7 +328,6 @@ def _run(
     except RtsegError as exc:  # a source or sink failed mid-run: keep and report what was done
         error = exc
     finally:
-        ctrl_c.stopping = True  # a Ctrl-C from here on must not cut a video's close short
         stats = pipeline.close()
         _close([], None, seg, engine)  # loaded here, so closed here (a Segmenter closes only its own)
     terminated = signals.terminated.is_set()  # later ones (while reporting) change nothing

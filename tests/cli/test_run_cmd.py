@@ -158,6 +158,35 @@ def test_a_second_ctrl_c_while_the_outputs_close_still_gives_a_valid_file(
     assert signal.getsignal(signal.SIGINT) == before
 
 
+def test_ctrl_c_while_the_outputs_close_at_the_end_keeps_the_whole_file(
+    weights: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """At the source's end the outputs close inside the pipeline's iteration: a Ctrl-C there cut
+    the close short and the video was lost."""
+    import time
+
+    from rtseg.pipeline import Pipeline
+    from rtseg.sink.file import FileSink
+
+    original_close, original_emit = Pipeline._close_outputs, FileSink.emit
+
+    def impatient_close(self):
+        os.kill(os.getpid(), signal.SIGINT)
+        return original_close(self)
+
+    def slow_emit(self, packet):
+        time.sleep(0.05)
+        return original_emit(self, packet)
+
+    monkeypatch.setattr(FileSink, "emit", slow_emit)
+    monkeypatch.setattr(Pipeline, "_close_outputs", impatient_close)
+    out = tmp_path / "whole.mp4"
+    rc = main(["run", SOURCE, str(out), *_args(weights), "--quiet"])
+    captured = capsys.readouterr()
+    assert rc == 0 and "closing the outputs" in captured.err, captured.err
+    assert f"wrote {out} (6 frames)" in captured.out and _frames(out) == 6
+
+
 def test_sigterm_stops_after_the_frame_with_a_valid_file(
     weights: Path, tmp_path: Path, monkeypatch, capsys
 ) -> None:
