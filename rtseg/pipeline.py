@@ -7,6 +7,7 @@ encoding happen on the sinks' threads (``Packet.overlay()``). Sinks drop frames 
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import deque
@@ -28,6 +29,8 @@ from .sink.file import FileSink
 from .sink.packet import Packet
 from .source import Frame, Source, open_source
 from .window import RecentSamples
+
+log = logging.getLogger(__name__)
 
 # Per-frame cost accounting: what runs on the inference thread, and what the engine does.
 ENGINE_STAGES = ("low", "deep", "head")
@@ -341,9 +344,19 @@ class Pipeline:
         )
 
     def _close_outputs(self) -> None:
-        for sink in getattr(self, "sinks", []):
-            sink.close()
-        self.source.close()
+        """Close every sink and the source even when one raises (a user's Sink or Source class):
+        stopping at the first left the rest open, a video unfinalised. The first error is raised."""
+        first: BaseException | None = None
+        for close in [*(s.close for s in getattr(self, "sinks", [])), self.source.close]:
+            try:
+                close()
+            except BaseException as exc:
+                if first is None:
+                    first = exc
+                else:
+                    log.error("closing %r also failed: %s", close.__self__, exc)
+        if first is not None:
+            raise first
 
     @property
     def closed(self) -> bool:

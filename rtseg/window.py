@@ -6,7 +6,11 @@ A robot or a car runs the pipeline for days: latency percentiles come from the m
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
+
+from .errors import ConfigError
 
 DEFAULT_CAPACITY = 100_000
 
@@ -15,8 +19,8 @@ class RecentSamples:
     """A ring buffer of floats; not thread-safe (callers that share one hold their own lock)."""
 
     def __init__(self, capacity: int = DEFAULT_CAPACITY) -> None:
-        if capacity < 1:
-            raise ValueError(f"capacity must be >= 1, got {capacity}")
+        if isinstance(capacity, bool) or not isinstance(capacity, numbers.Integral) or capacity < 1:
+            raise ConfigError(f"RecentSamples capacity must be a whole number >= 1, got {capacity!r}")
         self._values = np.empty(capacity, dtype=np.float64)
         self._count = 0  # every value ever added
 

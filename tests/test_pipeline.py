@@ -131,3 +131,39 @@ def test_a_new_pipeline_does_not_answer_from_the_last_streams_features(engine) -
     assert not first[-1].is_keyframe  # the cache holds frame 4 of the first stream
     _, result = next(iter(Pipeline("synthetic://drive?size=128x96&seed=9&frames=2", seg)))
     assert result.is_keyframe and result.deep_age == 0
+
+
+class _BrokenClose(Sink):
+    """A user's sink whose close fails (a network share gone, a bug)."""
+
+    def emit(self, packet) -> None:
+        pass
+
+    def close(self, timeout: float | None = 30.0):
+        super().close(timeout)
+        raise OSError("share gone")
+
+
+def test_a_sink_failing_to_close_does_not_leave_the_others_open(engine, tmp_path: Path) -> None:
+    """The first close that raised stopped the rest: the video after it was never finalised and
+    the source stayed open."""
+    out = tmp_path / "after.mp4"
+    pipeline = Pipeline(SOURCE, Segmenter(engine=engine), sinks=[_BrokenClose("broken://"), str(out)])
+    with pytest.raises(OSError, match="share gone"):
+        pipeline.run()
+    assert pipeline.closed and pipeline.source.closed
+    assert _count(out) == 8
+
+
+def test_an_error_in_the_callback_still_closes_the_outputs(engine, tmp_path: Path) -> None:
+    out = tmp_path / "cut.mp4"
+
+    def fail_on_third(frame, result) -> None:
+        if frame.index == 2:
+            raise RuntimeError("robot stack failed")
+
+    pipeline = Pipeline(SOURCE, Segmenter(engine=engine), sinks=[str(out)], on_result=fail_on_third)
+    with pytest.raises(RuntimeError, match="robot stack failed"):
+        pipeline.run()
+    assert pipeline.closed and pipeline.source.closed
+    assert _count(out) == 3  # frames written before the failure are kept, the file finalised

@@ -3,6 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from rtseg.errors import ConfigError
 from rtseg.window import RecentSamples
 
 
@@ -37,6 +38,7 @@ def test_memory_does_not_grow_with_the_count() -> None:
     assert window.last().nbytes == 800 and window.last()[0] == 99_900.0
 
 
-def test_capacity_must_be_positive() -> None:
-    with pytest.raises(ValueError, match="capacity must be >= 1, got 0"):
-        RecentSamples(capacity=0)
+@pytest.mark.parametrize("capacity", [0, -3, 2.5, True, "10"])
+def test_capacity_must_be_a_positive_whole_number(capacity) -> None:
+    with pytest.raises(ConfigError, match=f"capacity must be a whole number >= 1, got {capacity!r}"):
+        RecentSamples(capacity=capacity)

@@ -32,7 +32,11 @@ class OverlayStyle:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ConfigError(f"OverlayStyle.mode must be one of {MODES}, got {self.mode!r}")
-        if not isinstance(self.alpha, numbers.Real) or not 0.0 <= self.alpha <= 1.0:
+        if (
+            isinstance(self.alpha, bool)
+            or not isinstance(self.alpha, numbers.Real)
+            or not 0.0 <= self.alpha <= 1.0
+        ):
             raise ConfigError(f"OverlayStyle.alpha must be a number in [0, 1], got {self.alpha!r}")
 
 

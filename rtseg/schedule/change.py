@@ -18,6 +18,7 @@ took 10-15 ms for ESPNet's stride-2 features at 480x360, avg_pool2d well under 1
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -44,8 +45,8 @@ class ChangeMeasure:
     eps: float = 1e-6
 
     def __post_init__(self) -> None:
-        if self.pool < 1:
-            raise ConfigError(f"ChangeMeasure.pool must be >= 1, got {self.pool}")
+        if isinstance(self.pool, bool) or not isinstance(self.pool, numbers.Integral) or self.pool < 1:
+            raise ConfigError(f"ChangeMeasure.pool must be a whole number >= 1, got {self.pool!r}")
         if not self.eps > 0:
             raise ConfigError(f"ChangeMeasure.eps must be positive, got {self.eps}")
 

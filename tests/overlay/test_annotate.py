@@ -50,6 +50,8 @@ def test_modes_and_alpha() -> None:
         annotate(frame, result, "blend")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="alpha"):
         OverlayStyle(alpha=1.5)
+    with pytest.raises(ValueError, match="alpha must be a number in \\[0, 1\\], got True"):
+        OverlayStyle(alpha=True)  # not taken as 1.0
 
 
 def test_legend_and_hud_draw_something() -> None:

@@ -63,3 +63,9 @@ def test_feature_resolution_and_errors() -> None:
         ChangeMeasure(pool=0)
     with pytest.raises(ConfigError, match="larger than the feature map"):
         ChangeMeasure(pool=32).summarize(_features(6))
+
+
+@pytest.mark.parametrize("pool", [0, 2.5, True])
+def test_pool_must_be_a_whole_number(pool) -> None:
+    with pytest.raises(ConfigError, match=f"pool must be a whole number >= 1, got {pool!r}"):
+        ChangeMeasure(pool=pool)
