@@ -3,8 +3,10 @@
 A REQ socket whose peer dies mid-request waits forever (imagezmq's hang). Here every attempt waits
 at most ``timeout`` seconds; on silence the socket is closed, discarding the stale request, and a
 fresh one resends it, up to ``retries`` more times, after which ``StreamTimeout`` is raised, at
-most ``timeout * (retries + 1)`` seconds after the call. The next call starts over with a new
-socket, so the client works again as soon as the server is back.
+most ``timeout * (retries + 1)`` seconds after the call. That bound holds for the whole call: when
+the server lost a stream and the client starts it again, the second request gets only what is left
+of it. The next call starts over with a new socket, so the client works again as soon as the server
+is back.
 
 A retried request may have reached a server that was merely slow; for a stream this advances its
 scheduler state one extra frame, which costs at most an earlier keyframe.
@@ -135,20 +137,29 @@ class Client:
             self._socket.close(linger=0)
             self._socket = None
 
-    def request(self, frames: Sequence[bytes]) -> list[bytes]:
+    def request(self, frames: Sequence[bytes], *, deadline: float | None = None) -> list[bytes]:
         """Send raw request frames, return the raw reply frames (lazy pirate, no decoding).
 
-        For tools and tests that speak the wire format themselves."""
+        For tools and tests that speak the wire format themselves. ``deadline`` (a
+        ``time.monotonic()`` instant) caps the attempts further, so that a caller sending more than
+        one request keeps its own bound; by default it is ``timeout * (retries + 1)`` from now."""
         if self._ctx.closed:
             raise ConfigError("this client is closed")
         attempts = self.retries + 1
-        for attempt in range(1, attempts + 1):
+        if deadline is None:
+            deadline = time.monotonic() + self.timeout * attempts
+        attempt = 0
+        while attempt < attempts:
+            wait = min(self.timeout, deadline - time.monotonic())
+            if wait <= 0:
+                break
+            attempt += 1
             if self._socket is None:
                 self._socket = self._open()
             socket = self._socket
             try:
                 socket.send_multipart(list(frames), zmq.NOBLOCK)
-                if socket.poll(int(self.timeout * 1000), zmq.POLLIN):
+                if socket.poll(int(wait * 1000), zmq.POLLIN):
                     self.last_attempts = attempt
                     frames, count = recv_frames(socket, _MAX_REPLY_FRAMES)
                     if count > len(frames):
@@ -164,7 +175,7 @@ class Client:
             # Silence: this REQ socket is stuck waiting for a reply that may never come.
             self._drop_socket()
             self.reconnects += 1
-            if attempt < attempts:
+            if attempt < attempts and deadline > time.monotonic():
                 log.warning(
                     "no reply from %s in %.3g s; retrying (%d/%d)",
                     self.addr,
@@ -173,7 +184,7 @@ class Client:
                     attempts - 1,
                 )
         raise StreamTimeout(
-            f"no reply from {self.addr} after {attempts} attempt(s) of {self.timeout:.3g} s "
+            f"no reply from {self.addr} after {attempt} attempt(s) of at most {self.timeout:.3g} s "
             "(server down or overloaded, or a frame over its size limit)"
         )
 
@@ -210,7 +221,15 @@ class Client:
             spec, payload = encode_array("image", image, encoding, quality=quality)
         restarted = False
         t0 = time.perf_counter()
+        # one bound for the whole call, restart included (the module docstring promises it)
+        deadline = time.monotonic() + self.timeout * (self.retries + 1)
         while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise StreamTimeout(
+                    f"no time left to restart stream {stream_id!r} on {self.addr} within "
+                    f"timeout * (retries + 1) = {self.timeout * (self.retries + 1):.3g} s"
+                )
             start = stream_id is not None and stream_id not in self._started
             req_id = next(self._ids)
             request = SegmentRequest(
@@ -225,9 +244,10 @@ class Client:
                 size=size,
                 overlay=overlay,
                 overlay_quality=overlay_quality,
-                deadline_ms=self.timeout * 1000,  # after that this client no longer waits for it
+                # after that this client no longer waits for it (a restart: for what is left)
+                deadline_ms=(min(self.timeout, left) if restarted else self.timeout) * 1000,
             )
-            frames = self.request([dumps(request.to_dict()), payload])
+            frames = self.request([dumps(request.to_dict()), payload], deadline=deadline)
             try:
                 header = decode_reply(frames)
             except ServerError as exc:

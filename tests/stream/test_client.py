@@ -20,6 +20,7 @@ from rtseg.engine import Engine
 from rtseg.errors import ConfigError, ProtocolError
 from rtseg.models import get_model, save_checkpoint
 from rtseg.stream import Client, Server, ServerError, StreamTimeout
+from rtseg.stream.protocol import ErrorCode, error_reply
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGE = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
@@ -122,9 +123,9 @@ def test_requests_carry_the_client_timeout_as_their_deadline(
     sent: list[dict] = []
     original = Client.request
 
-    def spy(self: Client, frames: list) -> list:
+    def spy(self: Client, frames: list, **kwargs: object) -> list:
         sent.append(json.loads(frames[0]))
-        return original(self, frames)
+        return original(self, frames, **kwargs)
 
     monkeypatch.setattr(Client, "request", spy)
     with Server(small_engine, bind=tcp_endpoint).start(), Client(tcp_endpoint, timeout=2.5) as client:
@@ -180,3 +181,48 @@ def test_a_bad_field_in_a_reply_is_a_protocol_error(field: str, value: str, tcp_
         thread.join(5)
         rep.close(linger=0)
         ctx.term()
+
+
+def test_a_restarted_stream_keeps_the_call_deadline(tcp_endpoint: str) -> None:
+    """The server answers ``unknown_stream`` only on the last retry, then goes silent: the restart
+    request gets what is left of the call's ``timeout * (retries + 1)``, not a fresh set of retries
+    (which made one call take about twice the documented bound)."""
+    ctx = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    router.bind(tcp_endpoint)
+    seen: list[dict] = []
+    stop = threading.Event()
+
+    def serve() -> None:
+        # silent for the first two attempts, unknown_stream on the third, silent after that
+        while not stop.is_set():
+            if not router.poll(50):
+                continue
+            identity, empty, header, *_ = router.recv_multipart()
+            request = json.loads(header)
+            seen.append(request)
+            if len(seen) == 3:
+                reply = error_reply(request["id"], ErrorCode.UNKNOWN_STREAM, "no such stream")
+                router.send_multipart([identity, empty, *reply])
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    timeout, retries = 0.3, 2
+    bound = timeout * (retries + 1)
+    try:
+        with Client(tcp_endpoint, timeout=timeout, retries=retries) as client:
+            client._started.add("cam")  # a stream this client started before the server lost it
+            t0 = time.monotonic()
+            with pytest.raises(StreamTimeout):
+                client.segment(IMAGE, stream_id="cam")
+            elapsed = time.monotonic() - t0
+    finally:
+        stop.set()
+        thread.join(5)
+        router.close(linger=0)
+        ctx.term()
+    assert len(seen) >= 4 and "start" not in seen[2] and seen[3].get("start"), seen  # it did restart
+    assert bound - 0.05 <= elapsed < bound + 0.25, elapsed
+    # the restart request tells the server what is left of the call's time, not a fresh timeout
+    assert seen[3]["deadline_ms"] < timeout * 1000, seen[3]
