@@ -315,10 +315,23 @@ class EntropyCalibrator:
         return pointers
 
     def read_calibration_cache(self) -> bytes | None:
-        if self.cache_path.is_file() and self.cache_path.stat().st_size > 0:
-            log.info("calibration: reusing TensorRT calibration cache %s", self.cache_path)
-            return self.cache_path.read_bytes()
-        return None
+        # The cache only saves time: one that cannot be read (permissions, a folder in its place,
+        # an I/O error) means calibrating again, not a failed build.
+        try:
+            data = self.cache_path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            log.warning(
+                "calibration: cannot read TensorRT calibration cache %s (%s); calibrating again",
+                self.cache_path,
+                exc.strerror or exc,
+            )
+            return None
+        if not data:
+            return None
+        log.info("calibration: reusing TensorRT calibration cache %s", self.cache_path)
+        return data
 
     def write_calibration_cache(self, cache: bytes | memoryview) -> None:
         try:

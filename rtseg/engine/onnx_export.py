@@ -332,6 +332,8 @@ def ensure_onnx(
         return out
 
     def check(sidecar: Mapping[str, Any]) -> str | None:
+        if _io_input_names(sidecar) is None:  # a sidecar edited or written by another version
+            return "its sidecar has no valid io.inputs list"
         # The exporter is not in the name (both make the same graph where both work), but one asked
         # for by name must be the one that made the files, or asking would change nothing.
         if exporter == "auto" or sidecar.get("exporter") == exporter:
@@ -348,6 +350,17 @@ def ensure_onnx(
     )
 
 
+def _io_input_names(sidecar: Mapping[str, Any]) -> list[str] | None:
+    """The input names a sidecar's ``io`` lists, or None when it has no such well-formed list."""
+    io = sidecar.get("io")
+    inputs = io.get("inputs") if isinstance(io, Mapping) else None
+    if not isinstance(inputs, list) or not all(
+        isinstance(i, Mapping) and isinstance(i.get("name"), str) for i in inputs
+    ):
+        return None
+    return [i["name"] for i in inputs]
+
+
 def _head_low_inputs(sidecar: Mapping[str, Any], model: StagedSegmenter) -> tuple[str, ...]:
     low_names = {f.name for f in model.stage_spec.low}
-    return tuple(i["name"] for i in sidecar["io"]["inputs"] if i["name"] in low_names)
+    return tuple(n for n in _io_input_names(sidecar) or () if n in low_names)

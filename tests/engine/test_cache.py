@@ -165,6 +165,25 @@ def test_missing_sidecar_and_stale_version_rebuild(exported, caplog, monkeypatch
     assert json.loads(Path(str(stages.files["head"]) + ".json").read_text())["rtseg_version"] == "999.0"
 
 
+@pytest.mark.parametrize("io", [None, {"inputs": "image"}, {"inputs": [{"shape": [1]}]}])
+def test_a_sidecar_without_a_valid_io_list_is_rebuilt(tmp_path: Path, caplog, io) -> None:
+    """A sidecar edited by hand (its graph's hash still right) raised KeyError: 'io' at load."""
+    model, cache = _model(), ArtifactCache(tmp_path)
+    stages = ensure_onnx(model, SIZE, cache)
+    sidecar_path = Path(str(stages.files["head"]) + ".json")
+    sidecar = json.loads(sidecar_path.read_text())
+    good = sidecar["io"]
+    if io is None:
+        del sidecar["io"]
+    else:
+        sidecar["io"] = io
+    sidecar_path.write_text(json.dumps(sidecar))
+    with caplog.at_level(logging.WARNING, logger="rtseg.engine.cache"):
+        again = ensure_onnx(model, SIZE, cache)
+    assert "no valid io.inputs list" in caplog.text
+    assert again.sidecars["head"]["io"] == good and again.head_low_inputs == stages.head_low_inputs
+
+
 def test_other_weights_get_other_artifacts(exported) -> None:
     _, cache, stages = exported
     other = _model()

@@ -408,6 +408,19 @@ def test_calibration_cache_round_trip(tmp_path: Path, caplog: pytest.LogCaptureF
     assert again.read_calibration_cache() is None
 
 
+def test_an_unreadable_calibration_cache_means_calibrating_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A folder where the cache should be (or a file that cannot be read) failed the build with a
+    bare OSError from inside TensorRT; the cache only saves time."""
+    path = tmp_path / "espnet.low.calib"
+    path.mkdir()
+    calibrator = EntropyCalibrator(lambda: iter(()), cache_path=path, upload=HostUpload())
+    with caplog.at_level(logging.WARNING, logger="rtseg.engine.calibration"):
+        assert calibrator.read_calibration_cache() is None
+    assert f"cannot read TensorRT calibration cache {path}" in caplog.text
+
+
 def test_calibrator_over_real_stage_feeds(tmp_path: Path, reference: TorchEngine) -> None:
     """List -> frames -> the deep stage's reference inputs -> batches of 2 -> uploads."""
     folder = tmp_path / "imgs"
