@@ -144,7 +144,12 @@ def _read_choice(path: Path, device: str) -> Candidate | None:
         return None
     if not isinstance(data, dict) or data.get("format") != CHOICE_FORMAT:
         return None
-    if data.get("backend") not in BACKEND_OPTIONS or not isinstance(data.get("options", {}), dict):
+    backend = data.get("backend")
+    if (
+        not isinstance(backend, str)
+        or backend not in BACKEND_OPTIONS
+        or not isinstance(data.get("options", {}), dict)
+    ):
         log.warning("auto: %s holds no usable backend choice (corrupt?); measuring again", path.name)
         return None
     if data.get("libraries") != libraries():
@@ -165,9 +170,12 @@ def _read_choice(path: Path, device: str) -> Candidate | None:
 def _describe(hardware: Any) -> str:
     if not isinstance(hardware, dict):
         return "unrecorded"
-    flags = "/".join(hardware.get("flags") or []) or "no listed flags"
+    # Only for a log line: a hand-edited record (fields of other types) is described, not a crash.
+    flags = hardware.get("flags")
+    flags = "/".join(map(str, flags)) if isinstance(flags, list) and flags else "no listed flags"
     gpu = f", {hardware['gpu']}" if hardware.get("gpu") else ""
-    cores = hardware.get("cores") or ["?", "?"]
+    cores = hardware.get("cores")
+    cores = cores if isinstance(cores, list) and cores else ["?", "?"]
     return f"{hardware.get('cpu', '?')} [{flags}], {cores[0]}/{cores[-1]} cores{gpu}"
 
 

@@ -59,6 +59,15 @@ def calibration_cache_unwritable(path: Path, exc: OSError) -> CacheUnwritableErr
     )
 
 
+def calibration_cache_is_a_folder(path: Path) -> CacheUnwritableError:
+    """The typed error for a folder where a calibration cache file belongs: the new cache could
+    never replace it, so this is raised before calibrating, not after."""
+    reason = f"cannot write the calibration cache {path}: a folder is in its place"
+    return CacheUnwritableError(
+        f"{reason}; remove it, or point {ENV_CALIBRATION_DIR} at another folder", reason
+    )
+
+
 def _evenly(count: int, num: int) -> list[int]:
     """``num`` indices spread evenly over ``range(count)`` (deterministic, covers the whole source)."""
     if num <= 0:
@@ -315,12 +324,16 @@ class EntropyCalibrator:
         return pointers
 
     def read_calibration_cache(self) -> bytes | None:
-        # The cache only saves time: one that cannot be read (permissions, a folder in its place,
-        # an I/O error) means calibrating again, not a failed build.
+        # The cache only saves time: one that cannot be read (permissions, an I/O error) means
+        # calibrating again, not a failed build; the new cache replaces the file.
         try:
             data = self.cache_path.read_bytes()
         except FileNotFoundError:
             return None
+        except IsADirectoryError:
+            # A folder in its place can never be replaced by the new cache: fail now, not after
+            # minutes of calibrating whose result could not be saved.
+            raise calibration_cache_is_a_folder(self.cache_path) from None
         except OSError as exc:
             log.warning(
                 "calibration: cannot read TensorRT calibration cache %s (%s); calibrating again",

@@ -30,7 +30,13 @@ from ..atomic import atomic_write_bytes
 from ..errors import BackendUnavailableError, ConfigError, EngineBuildError
 from ..models.base import StagedSegmenter
 from .cache import ArtifactCache, ArtifactKey, digest, file_lock
-from .calibration import CalibrationList, calibration_cache_unwritable, default_calibration_dir, stage_feeds
+from .calibration import (
+    CalibrationList,
+    calibration_cache_is_a_folder,
+    calibration_cache_unwritable,
+    default_calibration_dir,
+    stage_feeds,
+)
 from .onnx_export import STAGES, OnnxStages, common_metadata, graph_io, serialize, set_metadata
 from .ort_backend import session_options
 
@@ -313,6 +319,8 @@ def quantize_graph(
     local.unlink(missing_ok=True)
     required = calibrated_tensors(prepared, every_op)
     method = q.CalibrationMethod.Percentile
+    if ranges_path.is_dir():
+        raise calibration_cache_is_a_folder(ranges_path)
     with contextlib.ExitStack() as stack:
         try:
             stack.enter_context(file_lock(ranges_path.with_name(f".{ranges_path.name}.lock")))
@@ -322,8 +330,18 @@ def quantize_graph(
             # A read-only cache that holds the ranges: the file is only ever replaced whole, so
             # reading it unlocked is safe; calibrating again (if it is stale) fails on the write.
             log.info("int8: cannot lock %s (%s); reading it unlocked", ranges_path, exc.strerror or exc)
+        shared: bytes | None = None
         if ranges_path.is_file():
-            local.write_bytes(ranges_path.read_bytes())
+            try:
+                shared = ranges_path.read_bytes()
+            except OSError as exc:  # the ranges only save time: calibrate again and replace them
+                log.warning(
+                    "int8: cannot read calibrated ranges %s (%s); calibrating again",
+                    ranges_path,
+                    exc.strerror or exc,
+                )
+        if shared is not None:
+            local.write_bytes(shared)
             problem = _ranges_problem(local, method, required)
             if problem is None:
                 log.info("int8: reusing calibrated ranges %s", ranges_path)
@@ -415,7 +433,8 @@ def _ranges_problem(path: Path, method: Any, required: Iterable[str] = ()) -> st
 
 
 def _guard_problem(sidecar: Mapping[str, Any]) -> str | None:
-    guard = sidecar.get("quantization", {}).get("guard")
+    record = sidecar.get("quantization")
+    guard = record.get("guard") if isinstance(record, Mapping) else None  # a hand-edited sidecar: stale
     return None if guard == GUARD else f"built under another accuracy guard ({guard!r}, this one: {GUARD})"
 
 

@@ -127,8 +127,19 @@ def test_a_corrupt_choice_file_is_measured_again(model: StagedSegmenter, engine_
         lambda r: {k: v for k, v in r.items() if k != "backend"},
         lambda r: {**r, "backend": "nosuch"},
         lambda r: {**r, "options": "channels_last"},
+        lambda r: {**r, "backend": ["torch"]},  # unhashable: a TypeError from the lookup
+        lambda r: {**r, "hardware": {"flags": 3, "cores": 4}},  # and from describing it
+        lambda r: {**r, "hardware": {"flags": [1, 2], "cores": {"a": 1}, "cpu": None}},
     ],
-    ids=["list", "no-backend", "unknown-backend", "options-not-an-object"],
+    ids=[
+        "list",
+        "no-backend",
+        "unknown-backend",
+        "options-not-an-object",
+        "backend-not-a-string",
+        "hardware-fields-not-lists",
+        "hardware-fields-wrong-items",
+    ],
 )
 def test_a_choice_file_with_a_bad_record_is_measured_again(
     tmp_path: Path, corrupt: Callable[[dict], Any]

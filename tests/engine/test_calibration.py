@@ -4,8 +4,10 @@ device upload is injected; only ``cuda_upload`` itself needs CUDA)."""
 
 from __future__ import annotations
 
+import errno
 import gc
 import logging
+import re
 import shutil
 import weakref
 from collections.abc import Callable, Iterator
@@ -18,6 +20,7 @@ import torch
 
 from rtseg.engine import TorchEngine
 from rtseg.engine import calibration as calibration_mod
+from rtseg.engine.cache import CacheUnwritableError
 from rtseg.engine.calibration import (
     LIST_HEADER,
     CalibrationList,
@@ -408,17 +411,46 @@ def test_calibration_cache_round_trip(tmp_path: Path, caplog: pytest.LogCaptureF
     assert again.read_calibration_cache() is None
 
 
+@pytest.mark.parametrize(
+    "error",
+    [PermissionError(errno.EACCES, "Permission denied"), OSError(errno.EIO, "Input/output error")],
+    ids=["permission", "io-error"],
+)
 def test_an_unreadable_calibration_cache_means_calibrating_again(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch, error: OSError
 ) -> None:
-    """A folder where the cache should be (or a file that cannot be read) failed the build with a
-    bare OSError from inside TensorRT; the cache only saves time."""
+    """A cache file that cannot be read failed the build with a bare OSError from inside
+    TensorRT; the cache only saves time, and writing the new one replaces the file."""
     path = tmp_path / "espnet.low.calib"
-    path.mkdir()
+    path.write_bytes(b"TRT-8601-EntropyCalibration2\n")
+    real_read = Path.read_bytes
+
+    def read_bytes(self: Path) -> bytes:
+        if self == path:
+            raise error
+        return real_read(self)
+
+    monkeypatch.setattr(Path, "read_bytes", read_bytes)  # root ignores chmod, so fake the error
     calibrator = EntropyCalibrator(lambda: iter(()), cache_path=path, upload=HostUpload())
     with caplog.at_level(logging.WARNING, logger="rtseg.engine.calibration"):
         assert calibrator.read_calibration_cache() is None
-    assert f"cannot read TensorRT calibration cache {path}" in caplog.text
+    assert (
+        f"cannot read TensorRT calibration cache {path} ({error.strerror}); calibrating again" in caplog.text
+    )
+
+
+def test_a_folder_in_place_of_the_calibration_cache_fails_before_calibrating(tmp_path: Path) -> None:
+    """The new cache could never be written over a folder: calibrating (minutes) and then failing
+    to save it wasted the work, so the read already says which path to clear."""
+    path = tmp_path / "espnet.low.calib"
+    path.mkdir()
+    calibrator = EntropyCalibrator(lambda: iter(_feeds(1)), cache_path=path, upload=HostUpload())
+    with pytest.raises(
+        CacheUnwritableError,
+        match=rf"calibration cache {re.escape(str(path))}: a folder is in its place; remove it",
+    ):
+        calibrator.read_calibration_cache()
+    assert calibrator.batches_served == 0
 
 
 def test_calibrator_over_real_stage_feeds(tmp_path: Path, reference: TorchEngine) -> None:

@@ -33,6 +33,7 @@ from rtseg.engine.quantize import (
     GUARD,
     MAX_RELATIVE_ERROR,
     SCHEMES,
+    _guard_problem,
     _Reader,
     int8_key,
     output_error,
@@ -334,6 +335,19 @@ def test_an_artifact_built_under_another_guard_is_rebuilt(
     assert again.info.artifacts == int8.info.artifacts
 
 
+@pytest.mark.parametrize(
+    ("quantization", "shown"),
+    [(None, "None"), ("QDQ", "None"), (["guard"], "None"), ({}, "None"), ({"guard": ["x"]}, "['x']")],
+)
+def test_a_sidecar_with_a_wrong_typed_quantization_record_is_stale(quantization: object, shown: str) -> None:
+    """A hand-edited int8 sidecar (its graph's hash still right) raised AttributeError from the
+    cache check instead of being rebuilt."""
+    assert _guard_problem({"quantization": quantization}) == (
+        f"built under another accuracy guard ({shown}, this one: {GUARD})"
+    )
+    assert _guard_problem({"quantization": {"guard": GUARD}}) is None
+
+
 @pytest.mark.parametrize("ranges_text", ["", '{"a": 1}', "[1, 2]", '{"data": '])
 def test_corrupt_calibrated_ranges_are_recalibrated(
     model: StagedSegmenter,
@@ -521,6 +535,62 @@ def test_an_unwritable_ranges_folder_is_a_typed_error_naming_the_file(
         )
     message = str(info.value)
     assert f"cannot write the calibration cache {shared}" in message and "RTSEG_CALIBRATION_DIR" in message
+
+
+def test_unreadable_ranges_are_recalibrated_and_replaced(
+    model: StagedSegmenter,
+    engine_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A ranges file that exists but cannot be read (permissions, an I/O error) failed the build
+    with a bare OSError; the ranges only save time, so they are calibrated again and replaced."""
+    fp32_stages = ensure_onnx(model, SIZE, ArtifactCache(engine_dir))
+    shared = tmp_path / "cache" / "low.ranges.json"
+    quantize_graph(
+        fp32_stages.files["low"], _low_feeds(), flavour="cpu", workdir=tmp_path, ranges_path=shared
+    )
+    whole = shared.read_text()
+    real_read = Path.read_bytes
+
+    def read_bytes(self: Path) -> bytes:
+        if self == shared:
+            raise PermissionError(13, "Permission denied")
+        return real_read(self)
+
+    monkeypatch.setattr(Path, "read_bytes", read_bytes)  # root ignores chmod, so fake the error
+    with caplog.at_level(logging.WARNING, logger="rtseg.engine.quantize"):
+        quantize_graph(
+            fp32_stages.files["low"], _low_feeds(), flavour="cpu", workdir=tmp_path, ranges_path=shared
+        )
+    assert f"cannot read calibrated ranges {shared} (Permission denied); calibrating again" in caplog.text
+    monkeypatch.undo()
+    assert json.loads(shared.read_text()) == json.loads(whole)
+
+
+def test_a_folder_in_place_of_the_ranges_fails_before_calibrating(
+    model: StagedSegmenter, engine_dir: Path, tmp_path: Path
+) -> None:
+    """The ranges could never be written over a folder: calibrating and then failing to save them
+    wasted the work, so the typed error comes first."""
+    from rtseg.engine.cache import CacheUnwritableError
+
+    fp32_stages = ensure_onnx(model, SIZE, ArtifactCache(engine_dir))
+    shared = tmp_path / "cache" / "low.ranges.json"
+    shared.mkdir(parents=True)
+    served = []
+
+    def feeds():  # type: ignore[no-untyped-def]
+        for feed in _low_feeds():
+            served.append(feed)
+            yield feed
+
+    with pytest.raises(
+        CacheUnwritableError, match=r"calibration cache .*low\.ranges\.json: a folder is in its place"
+    ):
+        quantize_graph(fp32_stages.files["low"], feeds(), flavour="cpu", workdir=tmp_path, ranges_path=shared)
+    assert served == []
 
 
 def test_ranges_in_a_read_only_cache_are_still_reused(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 import importlib.util
 import logging
+import re
 import sys
 import threading
 import types
@@ -481,6 +482,50 @@ def test_an_error_inside_the_calibrator_is_raised_not_swallowed(
     _builder_api(fake_trt, build=build)
     with pytest.raises(ConfigError, match=r"calibration batch lacks inputs \['image'\]"):
         tb.build_plan(_onnx_model(), precision="int8", workspace_bytes=2**30, calibrator=calibrator)
+
+
+@pytest.mark.parametrize("bad", ["unreadable", "folder"])
+def test_a_bad_calibration_cache_inside_a_tensorrt_build(
+    fake_trt: types.ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bad: str
+) -> None:
+    """TensorRT calls read_calibration_cache itself: an unreadable cache file means calibrating
+    and saving a new one; a folder in its place is the typed error, raised before any batch."""
+    path = tmp_path / "espnet.low.calib"
+    if bad == "folder":
+        path.mkdir()
+    else:
+        path.write_bytes(b"old")
+        real_read = Path.read_bytes
+
+        def read_bytes(self: Path) -> bytes:
+            if self == path:
+                raise PermissionError(13, "Permission denied")
+            return real_read(self)
+
+        monkeypatch.setattr(Path, "read_bytes", read_bytes)  # root ignores chmod
+    inner = EntropyCalibrator(
+        lambda: [{"image": np.zeros((1, 2), np.float32)}], cache_path=path, upload=lambda a: (7, a)
+    )
+    calibrator = tb.as_trt_calibrator(inner)
+
+    def build(logger: Any, config: _Config) -> bytes:
+        # what TensorRT does: no cache, so calibrate on every batch, then hand over the new cache
+        if config.int8_calibrator.read_calibration_cache() is None:
+            while config.int8_calibrator.get_batch(["image"]) is not None:
+                pass
+            config.int8_calibrator.write_calibration_cache(b"new")
+        return b"plan"
+
+    _builder_api(fake_trt, build=build)
+    if bad == "folder":
+        with pytest.raises(CacheUnwritableError, match=re.escape(str(path))):
+            tb.build_plan(_onnx_model(), precision="int8", workspace_bytes=2**30, calibrator=calibrator)
+        assert inner.batches_served == 0 and path.is_dir()
+        return
+    plan, _ = tb.build_plan(_onnx_model(), precision="int8", workspace_bytes=2**30, calibrator=calibrator)
+    assert plan == b"plan" and calibrator.error is None and inner.batches_served == 1
+    monkeypatch.undo()
+    assert path.read_bytes() == b"new"
 
 
 class _Engine:
