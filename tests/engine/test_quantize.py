@@ -537,6 +537,16 @@ def test_an_unwritable_ranges_folder_is_a_typed_error_naming_the_file(
     assert f"cannot write the calibration cache {shared}" in message and "RTSEG_CALIBRATION_DIR" in message
 
 
+def _calibrated_low_ranges(model: StagedSegmenter, engine_dir: Path, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """The fp32 stages and a shared ranges file calibrated once for the low stage."""
+    fp32_stages = ensure_onnx(model, SIZE, ArtifactCache(engine_dir))
+    shared = tmp_path / "cache" / "low.ranges.json"
+    quantize_graph(
+        fp32_stages.files["low"], _low_feeds(), flavour="cpu", workdir=tmp_path, ranges_path=shared
+    )
+    return fp32_stages, shared
+
+
 def test_unreadable_ranges_are_recalibrated_and_replaced(
     model: StagedSegmenter,
     engine_dir: Path,
@@ -546,11 +556,7 @@ def test_unreadable_ranges_are_recalibrated_and_replaced(
 ) -> None:
     """A ranges file that exists but cannot be read (permissions, an I/O error) failed the build
     with a bare OSError; the ranges only save time, so they are calibrated again and replaced."""
-    fp32_stages = ensure_onnx(model, SIZE, ArtifactCache(engine_dir))
-    shared = tmp_path / "cache" / "low.ranges.json"
-    quantize_graph(
-        fp32_stages.files["low"], _low_feeds(), flavour="cpu", workdir=tmp_path, ranges_path=shared
-    )
+    fp32_stages, shared = _calibrated_low_ranges(model, engine_dir, tmp_path)
     whole = shared.read_text()
     real_read = Path.read_bytes
 
@@ -606,11 +612,7 @@ def test_ranges_in_a_read_only_cache_are_still_reused(
 
     from rtseg.engine import quantize as quantize_mod
 
-    fp32_stages = ensure_onnx(model, SIZE, ArtifactCache(engine_dir))
-    shared = tmp_path / "cache" / "low.ranges.json"
-    quantize_graph(
-        fp32_stages.files["low"], _low_feeds(), flavour="cpu", workdir=tmp_path, ranges_path=shared
-    )
+    fp32_stages, shared = _calibrated_low_ranges(model, engine_dir, tmp_path)
 
     @contextlib.contextmanager
     def read_only(path: Path):  # type: ignore[no-untyped-def]
