@@ -18,7 +18,6 @@ took 10-15 ms for ESPNet's stride-2 features at 480x360, avg_pool2d well under 1
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
+from ..models.base import whole_number
 
 
 @dataclass(frozen=True)
@@ -45,8 +45,7 @@ class ChangeMeasure:
     eps: float = 1e-6
 
     def __post_init__(self) -> None:
-        if isinstance(self.pool, bool) or not isinstance(self.pool, numbers.Integral) or self.pool < 1:
-            raise ConfigError(f"ChangeMeasure.pool must be a whole number >= 1, got {self.pool!r}")
+        whole_number("ChangeMeasure", "pool", self.pool, 1)
         if not self.eps > 0:
             raise ConfigError(f"ChangeMeasure.eps must be positive, got {self.eps}")
 
