@@ -227,10 +227,14 @@ class ArtifactCache:
             return f"stale: built by rtseg {sidecar.get('rtseg_version')}, this is {__version__}"
         if check is not None and (reason := check(sidecar)) is not None:
             return f"stale: {reason}"
-        size = path.stat().st_size
-        if size != sidecar.get("size"):
-            return f"corrupt: {size} bytes on disk, {sidecar.get('size')} when built (truncated?)"
-        if file_sha256(path) != sidecar.get("sha256"):
+        try:
+            size = path.stat().st_size
+            if size != sidecar.get("size"):
+                return f"corrupt: {size} bytes on disk, {sidecar.get('size')} when built (truncated?)"
+            digest = file_sha256(path)
+        except OSError as exc:  # a bad sector or a vanished network file: rebuild, do not crash the load
+            return f"corrupt: unreadable ({exc.strerror or exc})"
+        if digest != sidecar.get("sha256"):
             return "corrupt: its SHA-256 differs from the one recorded when it was built"
         return None
 

@@ -152,7 +152,10 @@ class Sink(ABC):
                     if deadline is not None and time.monotonic() > deadline:
                         log.warning("sink %s: queue did not drain in %.0f s", self.uri, timeout)
                         break
-            self._thread.join(timeout)
+            # One deadline for both waits: close(timeout) returns within about ``timeout`` seconds.
+            self._thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            if self._thread.is_alive():
+                log.warning("sink %s: still writing after %.3g s; leaving it to finish", self.uri, timeout)
         return self.stats
 
     @property

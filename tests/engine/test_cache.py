@@ -234,3 +234,17 @@ def test_an_exporter_asked_for_by_name_is_the_one_that_made_the_files(tmp_path: 
         again = ensure_onnx(model, SIZE, cache, stages=head, exporter="torchscript")
     assert again.sidecars["head"]["exporter"] == "torchscript"
     assert "exported by 'dynamo', and exporter 'torchscript' was asked for" in caplog.text
+
+
+def test_an_unreadable_artifact_is_corrupt_and_rebuilt(tmp_path: Path, monkeypatch, caplog) -> None:
+    cache = ArtifactCache(tmp_path)
+    art = cache.put(_key(), "low", "bin", b"payload", {})
+
+    def failing_read(path: Path) -> str:
+        raise OSError(5, "Input/output error", str(path))
+
+    monkeypatch.setattr(cache_mod, "file_sha256", failing_read)
+    assert cache.problem(_key(), art.path) == "corrupt: unreadable (Input/output error)"
+    with caplog.at_level(logging.WARNING):
+        assert cache.get(_key(), "low", "bin") is None  # rebuilt, not a bare OSError out of the load
+    assert "unreadable" in caplog.text and art.path.name in caplog.text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -81,3 +82,15 @@ def test_bad_sink_arguments_are_config_errors(kwargs: dict, message: str) -> Non
 
     with pytest.raises(ConfigError, match=message):
         Nothing("x://", **kwargs)
+
+
+def test_close_keeps_one_deadline_for_draining_and_joining(packet_factory) -> None:
+    sink = Stuck()
+    sink.write(packet_factory(0))  # the sink thread hangs in emit with it
+    sink.write(packet_factory(1))  # the queue is full: the stop marker cannot be queued
+    start = time.monotonic()
+    sink.close(timeout=1.0)
+    took = time.monotonic() - start
+    sink.gate.set()
+    # Two separate waits of `timeout` each (queueing the stop marker, then the join) took 2 s.
+    assert 0.9 <= took < 1.6, f"close(timeout=1.0) took {took:.2f} s"
