@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 CHANGES = ("features", "flow")
 # Chosen from the CamVid sweep (docs/scheduling.md).
-DEFAULT_THRESHOLD = MappingProxyType({"features": 0.12, "flow": 0.08})
+DEFAULT_THRESHOLD = MappingProxyType({"features": 0.12, "flow": 0.06})
 DEFAULT_MAX_INTERVAL = 10
 
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -68,3 +69,24 @@ def test_small_frames_get_a_flow_dis_can_compute(size: tuple[int, int], stride: 
 def test_stride_must_be_a_whole_number(stride) -> None:
     with pytest.raises(ConfigError, match=r"flow stride must be a whole number >= 1, got"):
         FlowWarp(stride=stride)
+
+
+def test_a_small_moving_object_gets_its_own_motion() -> None:
+    """A 48x48 px car moving 8 px over a still textured road in a 480x360 frame, at stride 4 (a
+    120x90 flow image). With DIS's preset levels the flow stopped at 1/16 of the frame, where the
+    car is three cells wide: its motion was smeared into the still road around it (0.2 px)."""
+    rng = np.random.default_rng(1)
+
+    def texture(h: int, w: int, sigma: float) -> np.ndarray:
+        noise = cv2.GaussianBlur(rng.integers(0, 255, (h, w)).astype(np.float32), (0, 0), sigma)
+        return cv2.normalize(noise, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+
+    road, car = texture(360, 480, 3), texture(56, 56, 2)[4:52, 4:52]
+    key, now = road.copy(), road.copy()
+    key[160:208, 200:248] = car
+    now[160:208, 208:256] = car  # 8 px to the right
+    warp = FlowWarp()
+    warp.set_keyframe(np.dstack([key] * 3))
+    flow = warp.flow(np.dstack([now] * 3)) * 4  # in frame pixels
+    assert np.median(flow[43:49, 55:61, 0]) == pytest.approx(-8.0, abs=1.0)  # it came from 8 px left
+    assert np.median(np.abs(flow[:30, :, 0])) < 0.5  # the road far from it stays still

@@ -86,7 +86,7 @@ def test_make_scheduler_validates() -> None:
     assert isinstance(make_scheduler("async", threshold=0.2), AsyncAdaptive)
     assert make_scheduler("clockwork", interval=5).interval == 5
     default = make_scheduler("adaptive")
-    assert default.warp is not None and default.change == "flow" and default.threshold == 0.08
+    assert default.warp is not None and default.change == "flow" and default.threshold == 0.06
     plain = make_scheduler("adaptive", warp=False)
     assert plain.warp is None and plain.change == "features" and plain.threshold == 0.12
     assert make_scheduler("every").warp is None
