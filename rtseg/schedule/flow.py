@@ -42,7 +42,7 @@ class FlowWarp:
         self._dis = cv2.DISOpticalFlow.create(PRESETS[preset])
         # Flow down to the flow image's own pixels. The presets stop two pyramid levels short (at
         # 1/16 of a 480x360 input at stride 4, where the pyramid also has one level only): on the
-        # CamVid sequence that cost 0.5-3.7 mIoU at every clockwork interval for 0.8 ms less per
+        # CamVid sequence that cost 0.7-3.7 mIoU at every clockwork interval for 0.8 ms less per
         # frame (docs/scheduling.md, "The flow").
         self._dis.setFinestScale(0)
         self._key: np.ndarray | None = None
