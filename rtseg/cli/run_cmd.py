@@ -94,6 +94,12 @@ def add_scheduler_args(parser: argparse.ArgumentParser, *, default: str) -> None
         help="warp cached deep features along DIS optical flow (default: on, except for every)",
     )
     g.add_argument(
+        "--flow-stride",
+        type=int,
+        default=None,
+        help="downscale frames by N for the warp's optical flow (default 4; 8 costs a third at large inputs)",
+    )
+    g.add_argument(
         "--change",
         choices=CHANGES,
         default=None,
@@ -109,6 +115,7 @@ def scheduler_from_args(args: argparse.Namespace) -> Scheduler:
         max_interval=args.max_interval,
         target_keyframe_rate=args.target_keyframe_rate,
         warp=args.warp,
+        flow_stride=args.flow_stride,
         change=args.change,
     )
 

@@ -69,7 +69,11 @@ class Scheduler(ABC):
                 self._owner = None
 
     def describe(self) -> str:
-        return self.name + (" + flow warp" if self.warp is not None else "")
+        return self.name + self._warp_text()
+
+    def _warp_text(self) -> str:
+        """The warp as the end of a description ("" without one)."""
+        return "" if self.warp is None else " + " + self.warp.describe()
 
     @abstractmethod
     def _decide(

@@ -29,10 +29,13 @@ PRESETS = {
 }
 
 
+DEFAULT_STRIDE = 4
+
+
 class FlowWarp:
     """Owns the keyframe's grey image and a DIS instance: one per scheduler, not thread-shared."""
 
-    def __init__(self, *, preset: str = "ultrafast", stride: int = 4) -> None:
+    def __init__(self, *, preset: str = "ultrafast", stride: int = DEFAULT_STRIDE) -> None:
         if preset not in PRESETS:
             raise ConfigError(f"flow preset must be one of {sorted(PRESETS)}, got {preset!r}")
         if not isinstance(stride, numbers.Integral) or isinstance(stride, bool) or stride < 1:
@@ -47,6 +50,12 @@ class FlowWarp:
         self._dis.setFinestScale(0)
         self._key: np.ndarray | None = None
         self._last: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # (image, grey, flow)
+
+    def describe(self) -> str:
+        """What a scheduler's description says of the warp (the defaults go unnamed)."""
+        options = [f"flow stride {self.stride}"] if self.stride != DEFAULT_STRIDE else []
+        options += [f"DIS {self.preset}"] if self.preset != "ultrafast" else []
+        return "flow warp" + (f" ({', '.join(options)})" if options else "")
 
     def grey(self, image: np.ndarray) -> np.ndarray:
         """The image as flow input: grey, downscaled by ``stride``."""

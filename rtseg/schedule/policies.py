@@ -56,7 +56,7 @@ class Clockwork(Scheduler):
         self.interval = interval
 
     def describe(self) -> str:
-        return f"clockwork interval {self.interval}" + (" + flow warp" if self.warp is not None else "")
+        return f"clockwork interval {self.interval}" + self._warp_text()
 
     def _decide(
         self, engine: Engine, low: Features, image: Any, age: int, timings: dict[str, float]
@@ -131,7 +131,7 @@ class Adaptive(Scheduler):
     def describe(self) -> str:
         t = "calibrating" if self.threshold is None else f"threshold {self.threshold:.4g}"
         rate = f", target rate {self.target_keyframe_rate:g}" if self.target_keyframe_rate else ""
-        warp = " + flow warp" if self.warp is not None else ""
+        warp = self._warp_text()
         return f"{self.name} ({self.change} change, {t}{rate}, max interval {self.max_interval}){warp}"
 
     def reset(self) -> None:

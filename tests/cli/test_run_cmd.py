@@ -279,6 +279,7 @@ def test_bare_rtseg_is_the_demo(tmp_path: Path, monkeypatch, capsys) -> None:
         (["run", SOURCE, "out.gif"], "cannot tell the format"),
         (["run", SOURCE, "null://", "--scheduler", "every", "--interval", "3"], "interval applies"),
         (["run", SOURCE, "null://", "--alpha", "2"], "alpha"),
+        (["run", SOURCE, "null://", "--no-warp", "--flow-stride", "8"], "flow_stride applies"),
     ],
 )
 def test_errors_are_one_clean_line(weights: Path, argv: list[str], message: str, capsys) -> None:

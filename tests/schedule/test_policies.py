@@ -101,6 +101,16 @@ def test_make_scheduler_validates() -> None:
         make_scheduler("clockwork", threshold=0.1)
     with pytest.raises(ConfigError, match="flow warp"):
         make_scheduler("every", warp=True)
+    assert make_scheduler("adaptive", flow_stride=8).warp.stride == 8
+    assert make_scheduler("clockwork").warp.stride == 4
+    assert make_scheduler("clockwork").describe() == "clockwork interval 4 + flow warp"
+    assert make_scheduler("adaptive", flow_stride=8).describe().endswith(" + flow warp (flow stride 8)")
+    assert FlowWarp(stride=2, preset="medium").describe() == "flow warp (flow stride 2, DIS medium)"
+    for name, warp in (("every", None), ("clockwork", False)):
+        with pytest.raises(ConfigError, match=f"flow_stride applies to the flow warp, which '{name}'"):
+            make_scheduler(name, warp=warp, flow_stride=8)
+    with pytest.raises(ConfigError, match="flow stride must be a whole number >= 1, got 0"):
+        make_scheduler("adaptive", flow_stride=0)
     with pytest.raises(ConfigError, match="either a threshold or a target"):
         Adaptive(0.1, target_keyframe_rate=0.3)
     with pytest.raises(ConfigError, match="interval must be >= 1"):
