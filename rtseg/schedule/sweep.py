@@ -226,30 +226,22 @@ def threshold_curve(
     """The schedules the adaptive rule makes from ``changes`` over every threshold that matters;
     ``extra_ms(keyframes)`` is the per-frame cost of the score.
 
-    One point per interval of thresholds with its own keyframe set; its ``parameter`` is the
-    interval's lowest threshold, so a threshold T gives the schedule of the point with the largest
-    parameter <= T (``at_threshold``). A keyframe set can recur at non-adjacent intervals (the rule
-    is not monotonic in T): it is then listed once per interval, and ``distinct`` counts it once.
+    One point per keyframe set. Each set comes from one interval of thresholds (its keyframes'
+    scores above T and the other frames' at or below it bound T on both sides); ``parameter`` is
+    the interval's lowest threshold, so a threshold T gives the schedule of the point with the
+    largest parameter <= T (``at_threshold``).
     """
     n = len(study.images)
     points: list[Point] = []
-    scores: dict[tuple[int, ...], tuple[float, float]] = {}
     for threshold in sorted(set(changes.values()) | {0.0}, reverse=True):
         keys = tuple(simulate_keyframes(changes, n, threshold, study.max_interval))
         if points and points[-1].keys == keys:  # the same schedule down to a lower threshold
             points[-1] = dataclasses.replace(points[-1], parameter=threshold)
             continue
-        if keys not in scores:
-            scores[keys] = study.score(keys, warp)
-        miou, agreement = scores[keys]
+        miou, agreement = study.score(keys, warp)
         cost = study.cost(len(keys), extra_ms(len(keys)), warp)
         points.append(Point(family, threshold, len(keys), n, miou, agreement, cost, keys))
     return sorted(points, key=lambda p: p.keyframes)
-
-
-def distinct(points: Sequence[Point]) -> list[Point]:
-    """Each keyframe set once (a schedule the rule makes at several threshold intervals)."""
-    return list({(p.family, p.keys): p for p in points}.values())
 
 
 def gains_over_clockwork(study: Study, points: Sequence[Point], family: str, warp: bool) -> list[Gain]:
@@ -258,7 +250,7 @@ def gains_over_clockwork(study: Study, points: Sequence[Point], family: str, war
     out = []
     for interval in range(2, study.max_interval + 1):
         count = len(clockwork_keys(n, interval))
-        same = [p.keys for p in distinct(points) if p.family == family and p.keyframes == count]
+        same = [p.keys for p in points if p.family == family and p.keyframes == count]
         if same:
             out.append(paired_gain(study, same, interval, warp))
     return out
@@ -457,9 +449,7 @@ def markdown(payload: dict, costs: dict[str, float]) -> str:
     ]
 
     def same_k(family: str, k: int) -> str:
-        # each keyframe set once; JSON written before the keys were stored has no recurrences
-        found = [p for p in fam.get(family, []) if p["keyframes"] == k]
-        ps = list({tuple(p.get("keys", (i,))): p for i, p in enumerate(found)}.values())
+        ps = [p for p in fam.get(family, []) if p["keyframes"] == k]
         if not ps:
             return "-"
         return (
@@ -675,7 +665,6 @@ def main(argv: list[str] | None = None) -> int:
                 "miou": round(q.miou, 2),
                 "agreement": round(q.agreement, 2),
                 "ms_per_frame": round(q.ms_per_frame, 2),
-                "keys": list(q.keys),
             }
             for q in points
         ],

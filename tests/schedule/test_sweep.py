@@ -16,7 +16,6 @@ from rtseg.schedule.sweep import (
     Point,
     at_threshold,
     clockwork_keys,
-    distinct,
     frontier_at,
     gains_over_clockwork,
     markdown,
@@ -134,7 +133,7 @@ def test_gains_are_reported_for_every_matched_interval(study, tmp_path) -> None:
     n = len(samples)
     assert [g.interval for g in gains] == [k for k in range(2, 5) if len(clockwork_keys(n, k)) in counts]
     for g in gains:
-        same = [p.miou for p in distinct(points) if p.family == family and p.keyframes == g.keyframes]
+        same = [p.miou for p in points if p.family == family and p.keyframes == g.keyframes]
         clockwork = next(p for p in points if p.family == "clockwork + warp" and p.parameter == g.interval)
         assert g.gain == pytest.approx(np.mean(same) - clockwork.miou)
     out = tmp_path / "phases.png"
