@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import numpy as np
@@ -160,7 +161,7 @@ def test_a_threshold_gives_the_schedule_the_report_lists_for_it(study) -> None:
     reach = s.max_interval - 1
     changes = {(t, k): float(rng.random()) for t in range(n) for k in range(max(0, t - reach), t)}
     points = threshold_curve(s, changes, "random", True, lambda _: 0.0)
-    rows = [{**p.__dict__, "parameter": p.parameter} for p in points]
+    rows = [dataclasses.asdict(p) for p in points]
     values = sorted(set(changes.values()))
     probes = values + [(a + b) / 2 for a, b in itertools.pairwise(values)] + [0.0, 2.0]
     for threshold in probes:
