@@ -323,6 +323,17 @@ class ArtifactCache:
                 )
         return found  # type: ignore[return-value]
 
+    def discard(self, key: ArtifactKey, stage: str, suffix: str) -> None:
+        """Remove an artifact a runtime refused although its record was valid, so that the next
+        ``get_or_build`` rebuilds it; the sidecar goes first (its presence marks a file complete)."""
+        path = self.path(key, stage, suffix)
+        with self.lock(key):
+            for file in (self.sidecar_path(path), path):
+                try:
+                    file.unlink(missing_ok=True)
+                except OSError as exc:
+                    raise self._unwritable(exc) from None
+
     def find(self, pattern: str) -> list[Path]:
         """Artifacts whose file name matches a glob ``pattern`` (sidecars excluded)."""
         if not self.directory.is_dir():

@@ -19,6 +19,8 @@ extra synchronisation), ordered after the caller's current stream and before its
 TensorRT reports most failures (an unparsable graph, out of memory while building, a plan from
 another TensorRT version or GPU) only through its logger and a None result; one process-wide
 logger forwards its messages to rtseg's log and puts the errors into the raised ``rtseg`` error.
+A cached plan that passes its record (TensorRT version, GPU kind, checksum) yet does not
+deserialise is rebuilt once, with its siblings (``open_or_rebuild``).
 
 This path has not yet run on a GPU: it is written against the TensorRT 10 API documentation,
 and only the parts that need no GPU (graph rewrites, QDQ export, artifact names, the
@@ -409,6 +411,19 @@ def _torch_dtype(trt: Any, dtype: Any) -> torch.dtype:
     return table[dtype]
 
 
+class PlanLoadError(EngineBuildError):
+    """A plan this TensorRT could not deserialise, though its cache record (TensorRT version, GPU
+    kind, SHA-256) matched: built against another CUDA driver or library, or damaged in a way its
+    checksum cannot see. ``load_tensorrt`` rebuilds the plans once when it sees one."""
+
+    def __init__(self, version: str, name: str, errors: list[str]) -> None:
+        self.version, self.name, self.said = version, name, _said(errors)
+        super().__init__(
+            f"TensorRT {version} could not deserialise {name}{self.said}; a plan runs only with the "
+            "TensorRT version and GPU kind that built it - delete the file to rebuild it"
+        )
+
+
 class _Plan:
     """One deserialised stage: its execution context and I/O tensor descriptions."""
 
@@ -417,10 +432,7 @@ class _Plan:
         with trt_logger(trt).capture() as errors:
             self.engine = runtime.deserialize_cuda_engine(data)
         if self.engine is None:
-            raise EngineBuildError(
-                f"TensorRT {trt.__version__} could not deserialise {name}{_said(errors)}; a plan runs "
-                "only with the TensorRT version and GPU kind that built it - delete the file to rebuild it"
-            )
+            raise PlanLoadError(trt.__version__, name, errors)
         with trt_logger(trt).capture() as errors:
             self.context = self.engine.create_execution_context()
         if self.context is None:
@@ -708,14 +720,43 @@ def load_tensorrt(
     def logits_plan() -> Path:
         return cache.get_or_build(key, (LOGITS_STAGE,), "plan", build)[LOGITS_STAGE].path
 
+    def engine(plans: Mapping[str, Path]) -> TensorRTEngine:
+        return TensorRTEngine(
+            plans,
+            net=net,
+            head_low_inputs=source.head_low_inputs,
+            input_size=size,
+            precision=precision,
+            device=device,
+            notes=(f"timing cache {timing_path.name}",),
+            logits_plan=logits_plan,
+        )
+
+    return open_or_rebuild(cache, key, build, engine)
+
+
+def open_or_rebuild(
+    cache: ArtifactCache,
+    key: ArtifactKey,
+    build: Callable[[tuple[str, ...]], Mapping[str, tuple[bytes, Mapping[str, Any]]]],
+    open_plans: Callable[[Mapping[str, Path]], TensorRTEngine],
+) -> TensorRTEngine:
+    """Open the cached plans; when TensorRT cannot deserialise one whose record matched, rebuild
+    all of this key's plans once (as DeepStream's nvinfer does): what broke one, a driver or
+    library change, breaks its siblings built in the same setting. A second failure is raised."""
     plans = cache.get_or_build(key, PLAN_STAGES, "plan", build)
-    return TensorRTEngine(
-        {s: a.path for s, a in plans.items()},
-        net=net,
-        head_low_inputs=source.head_low_inputs,
-        input_size=size,
-        precision=precision,
-        device=device,
-        notes=(f"timing cache {timing_path.name}",),
-        logits_plan=logits_plan,
-    )
+    try:
+        return open_plans({s: a.path for s, a in plans.items()})
+    except PlanLoadError as exc:
+        log.warning("%s; rebuilding the %s plans", exc, key.stem)
+        for stage in (*PLAN_STAGES, LOGITS_STAGE):
+            cache.discard(key, stage, "plan")
+    plans = cache.get_or_build(key, PLAN_STAGES, "plan", build)
+    try:
+        return open_plans({s: a.path for s, a in plans.items()})
+    except PlanLoadError as exc:
+        raise EngineBuildError(
+            f"TensorRT {exc.version} could not deserialise {exc.name}, rebuilt for this load a moment "
+            f"ago{exc.said}: the TensorRT Python package and the libnvinfer it loads may differ, or the "
+            "GPU driver may be too old for this TensorRT"
+        ) from None

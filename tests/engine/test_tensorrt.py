@@ -948,3 +948,59 @@ def test_an_unwritable_timing_cache_is_a_typed_error_naming_it(
         CacheUnwritableError, match=r"cannot write the TensorRT timing cache .*t\.timing\.cache"
     ):
         tb.save_timing_cache(_TimingConfig(), _TimingCache({"a"}), path)
+
+
+# --- A plan whose record matches but that TensorRT refuses: rebuilt once -----------------------
+
+
+def _plan_cache(tmp_path: Path) -> tuple[ArtifactCache, ArtifactKey, list[tuple[str, ...]], Any]:
+    cache = ArtifactCache(tmp_path)
+    key = plan_key(_source(), precision="fp16", device="h100_sm90", trt_version="10.3.0")
+    builds: list[tuple[str, ...]] = []
+
+    def build(todo: tuple[str, ...]) -> dict[str, tuple[bytes, dict[str, Any]]]:
+        builds.append(todo)
+        return {s: (f"plan {len(builds)}".encode(), {"stage": s}) for s in todo}
+
+    return cache, key, builds, build
+
+
+def test_a_plan_tensorrt_refuses_is_rebuilt_once_with_its_siblings(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cache, key, builds, build = _plan_cache(tmp_path)
+    cache.get_or_build(key, tb.PLAN_STAGES, "plan", build)
+    cache.get_or_build(key, (tb.LOGITS_STAGE,), "plan", build)  # built earlier by an eval
+    assert len(builds) == 2
+    opened: list[dict[str, bytes]] = []
+
+    def open_plans(plans: Any) -> Any:
+        data = {s: Path(p).read_bytes() for s, p in plans.items()}
+        opened.append(data)
+        if data["deep"] == b"plan 1":  # the first build's deep plan no longer deserialises
+            raise tb.PlanLoadError("10.3.0", Path(plans["deep"]).name, ["Engine deserialization failed."])
+        return data
+
+    with caplog.at_level(logging.WARNING, logger=tb.__name__):
+        data = tb.open_or_rebuild(cache, key, build, open_plans)
+    assert builds[2:] == [tb.PLAN_STAGES]  # all three rebuilt together, once
+    assert data == {s: b"plan 3" for s in tb.PLAN_STAGES} and len(opened) == 2
+    assert "could not deserialise" in caplog.text and "rebuilding the" in caplog.text
+    # the logits head of the refused build is gone too: built afresh on its first use
+    assert not cache.path(key, tb.LOGITS_STAGE, "plan").exists()
+    assert not cache.sidecar_path(cache.path(key, tb.LOGITS_STAGE, "plan")).exists()
+    assert tb.open_or_rebuild(cache, key, build, open_plans) == data and len(builds) == 3
+
+
+def test_plans_refused_again_after_the_rebuild_say_so(tmp_path: Path) -> None:
+    cache, key, builds, build = _plan_cache(tmp_path)
+
+    def refuse(plans: Any) -> Any:
+        raise tb.PlanLoadError("10.3.0", Path(plans["low"]).name, ["Engine deserialization failed."])
+
+    with pytest.raises(EngineBuildError) as info:
+        tb.open_or_rebuild(cache, key, build, refuse)
+    assert len(builds) == 2  # the first build and one rebuild, then the error
+    text = str(info.value)
+    assert f"could not deserialise {key.stem}.low.plan, rebuilt for this load a moment ago" in text
+    assert "Engine deserialization failed." in text and "driver" in text
