@@ -1,4 +1,4 @@
-"""The keyframe-scheduling study on a labelled sequence: the full threshold sweep, by exact replay.
+"""The keyframe-scheduling study on a sequence: the full threshold sweep, by exact replay.
 
 Every schedule that uses ``deep`` from frame k for frame t produces ``head(low_t, deep_k)`` there,
 whatever else it does; the adaptive rule only looks at change scores between pooled low features.
@@ -9,6 +9,10 @@ cost of a schedule is modelled from median stage times measured on the same fram
 ``frames x (low + change + head [+ warp on reused frames]) + keyframes x deep``.
 
     python -m rtseg.schedule.sweep --root ../shared/data/camvid --weights ESPNET_CAMVID.pth --out docs
+
+On footage without labels (``--source URI``: a video, an image folder) the every-frame labels
+stand in for the ground truth, so every mIoU is the agreement with ``every``: enough to choose a
+threshold on one's own footage, or to compare schedules on a second drive.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import torch
 from ..data.datasets import camvid
 from ..engine import load
 from ..engine.base import Engine
+from ..errors import DatasetError
 from ..metrics import ConfusionMatrix
 from .calibrate import simulate_keyframes
 from .change import ChangeMeasure, Summary
@@ -56,14 +61,18 @@ class Point:
 
 
 class Study:
-    """Per-frame features and memoised heads for one sequence."""
+    """Per-frame features and memoised heads for one sequence; without ``labels`` the every-frame
+    labels are the reference."""
 
     def __init__(
-        self, engine: Engine, images: Sequence[np.ndarray], labels: Sequence[np.ndarray], max_interval: int
+        self,
+        engine: Engine,
+        images: Sequence[np.ndarray],
+        labels: Sequence[np.ndarray] | None,
+        max_interval: int,
     ) -> None:
         self.engine = engine
         self.images = images
-        self.labels = labels
         self.max_interval = max_interval
         self.n_classes = len(engine.meta.classes)
         self.ignore = engine.meta.classes.ignore_index
@@ -86,6 +95,7 @@ class Study:
             self.deep.append(deep)
             self.every.append(labels_now)
         self.stage_ms = {k: 1000 * float(np.median(v)) for k, v in times.items()}
+        self.labels = self.every if labels is None else labels
         self._memo: dict[tuple[int, int, bool], tuple[np.ndarray, np.ndarray]] = {}
         self._warp_ms: list[float] = []
         self._warp = FlowWarp()
@@ -313,7 +323,7 @@ def oracle_curve(study: Study, family: str) -> list[Point]:
 def run_study(
     engine: Engine,
     images: Sequence[np.ndarray],
-    labels: Sequence[np.ndarray],
+    labels: Sequence[np.ndarray] | None,
     *,
     max_interval: int,
     variants: Sequence[tuple[str, int]],
@@ -531,6 +541,7 @@ def plot(
     title: str,
     *,
     phases: dict[str, Sequence[Gain]] | None = None,
+    reference: str = "ground truth",
 ) -> None:
     """mIoU against keyframe ratio; ``phases`` draws, for a clockwork family, the range of its
     mIoU over the phases that give the same keyframe count."""
@@ -557,7 +568,7 @@ def plot(
             ax.plot([ratio, ratio], span, color=line.get_color(), linewidth=3, alpha=0.35)
     ax.axhline(every.miou - 1.0, color="grey", linewidth=0.8, linestyle=":", label="every - 1.0 mIoU")
     ax.set_xlabel("keyframe ratio (deep runs / frames)")
-    ax.set_ylabel("mIoU vs ground truth (%)")
+    ax.set_ylabel(f"mIoU vs {reference} (%)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -566,11 +577,34 @@ def plot(
     plt.close(fig)
 
 
+def read_frames(uri: str, engine: Engine, limit: int | None = None) -> list[np.ndarray]:
+    """A source's frames, in order, at the engine's input size as the pipeline feeds them."""
+    from ..segmenter import Segmenter
+    from ..source import open_source
+
+    segmenter = Segmenter(engine=engine)  # for its preprocessing; the engine stays open
+    images: list[np.ndarray] = []
+    with open_source(uri) as source:
+        for frame in source:
+            if limit is not None and len(images) >= limit:
+                break
+            images.append(segmenter.preprocess(frame.image))
+    if len(images) < 2:
+        raise DatasetError(f"{uri} gave {len(images)} frame(s); a schedule needs a sequence")
+    return images
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m rtseg.schedule.sweep", description=__doc__.splitlines()[0])
-    p.add_argument("--root", type=Path, required=True, help="CamVid folder")
+    frames = p.add_mutually_exclusive_group(required=True)
+    frames.add_argument("--root", type=Path, help="CamVid folder: its --split in file order, with its labels")
+    frames.add_argument(
+        "--source",
+        help="frames without labels (a video, an image folder, any rtseg source URI), scored against "
+        "the every-frame labels; each frame's features are held in memory (use --frames)",
+    )
     p.add_argument("--split", default="val")
-    p.add_argument("--weights", type=Path, required=True)
+    p.add_argument("--weights", type=Path, default=None, help="checkpoint (default: rtseg's shipped model)")
     p.add_argument("--model", default=None)
     p.add_argument("--max-interval", type=int, default=10)
     p.add_argument("--threads", type=int, default=1, help="torch threads for the sweep")
@@ -608,10 +642,15 @@ def main(argv: list[str] | None = None) -> int:
     from ..cli.common import load_model
     from ..segmenter import resolve_backend
 
-    model = load_model(args.model, str(args.weights))
+    model = load_model(args.model, None if args.weights is None else str(args.weights))
     engine = load(model, backend=resolve_backend(args.backend))
-    samples = list(camvid(args.root, args.split))[: args.frames]
-    images = [s.image for s in samples]
+    if args.root is not None:
+        samples = list(camvid(args.root, args.split))[: args.frames]
+        images, labels = [s.image for s in samples], [s.label for s in samples]
+        sequence, reference = f"CamVid {args.split}", "ground truth"
+    else:
+        images, labels = read_frames(args.source, engine, args.frames), None
+        sequence, reference = Path(args.source).name or args.source, "every-frame labels"
     if args.costs_only:
         costs = measure_costs(engine, images[:25])
         (args.out / "scheduling_costs.json").write_text(
@@ -633,7 +672,7 @@ def main(argv: list[str] | None = None) -> int:
     study, points = run_study(
         engine,
         images,
-        [s.label for s in samples],
+        labels,
         max_interval=args.max_interval,
         variants=variants,
         warp=not args.no_warp,
@@ -645,9 +684,10 @@ def main(argv: list[str] | None = None) -> int:
     gains = {family: gains_over_clockwork(study, points, family, warp) for family, warp in compared.items()}
     payload = {
         "model": model.meta.model,
-        "weights": str(args.weights.name),
-        "split": args.split,
-        "frames": len(samples),
+        "weights": args.weights.name if args.weights is not None else "shipped",
+        "sequence": sequence,
+        "reference": reference,
+        "frames": len(images),
         "max_interval": args.max_interval,
         "stage_ms_median": {k: round(v, 2) for k, v in study.stage_ms.items()},
         "warp_ms_median": round(study.warp_ms, 2),
@@ -677,8 +717,9 @@ def main(argv: list[str] | None = None) -> int:
         points,
         families,
         args.out / "scheduling.png",
-        f"{model.meta.model} on CamVid {args.split} ({len(samples)} frames in order)",
+        f"{model.meta.model} on {sequence} ({len(images)} frames in order)",
         phases={("clockwork + warp" if warp else "clockwork"): gains[f] for f, warp in compared.items()},
+        reference=reference,
     )
     print(f"wrote {args.out / 'scheduling_sweep.json'} and {args.out / 'scheduling.png'}")
     return 0

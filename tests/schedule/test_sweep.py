@@ -167,3 +167,40 @@ def test_a_threshold_gives_the_schedule_the_report_lists_for_it(study) -> None:
     for threshold in probes:
         expected = tuple(simulate_keyframes(changes, n, threshold, s.max_interval))
         assert tuple(at_threshold(rows, threshold)["keys"]) == expected, threshold
+
+
+def test_without_labels_the_every_frame_labels_are_the_reference(engine, drive) -> None:
+    study, points = run_study(
+        engine, drive[:8], None, max_interval=3, variants=[("l1_cat", 4)], warp=True, progress=lambda _: None
+    )
+    assert study.labels is study.every
+    assert next(p for p in points if p.family == "every").miou == 100.0
+    assert all(p.miou == p.agreement for p in points)
+    assert any(p.miou < 100.0 for p in points if p.family == "clockwork")
+
+
+def test_the_sweep_runs_on_footage_without_labels(tmp_path) -> None:
+    import json
+
+    from rtseg.schedule.sweep import main
+
+    out = tmp_path / "sweep"
+    uri = "synthetic://drive?size=320x240&seed=1&frames=8"
+    assert main(["--source", uri, "--frames", "6", "--max-interval", "3", "--out", str(out)]) == 0
+    payload = json.loads((out / "scheduling_sweep.json").read_text())
+    assert payload["frames"] == 6 and payload["reference"] == "every-frame labels"
+    assert payload["weights"] == "shipped" and (out / "scheduling.png").stat().st_size > 1000
+    assert all(p["miou"] == p["agreement"] for p in payload["points"])
+
+
+def test_the_sweep_needs_a_sequence(engine, tmp_path, capsys) -> None:
+    from rtseg.errors import DatasetError
+    from rtseg.schedule.sweep import main, read_frames
+
+    with pytest.raises(SystemExit):
+        main(["--out", str(tmp_path)])
+    assert "one of the arguments --root --source is required" in capsys.readouterr().err
+    with pytest.raises(DatasetError, match="gave 1 frame"):
+        read_frames("synthetic://drive?size=64x48&frames=1", engine)
+    frames = read_frames("synthetic://drive?size=128x96&frames=5", engine, limit=3)
+    assert len(frames) == 3 and all(f.shape == (48, 64, 3) for f in frames)  # the engine's input
