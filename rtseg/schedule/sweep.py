@@ -439,6 +439,20 @@ def at_threshold(points: Sequence[dict], threshold: float) -> dict | None:
     return max(below, key=lambda p: p["parameter"]) if below else None
 
 
+def threshold_rows(points: Sequence[dict], grid: Sequence[float]) -> list[float]:
+    """The thresholds a report lists: ``grid``, tuned on CamVid, unless this footage's change
+    scores fall outside it (two schedules or fewer over the grid); then the threshold of the
+    schedule nearest each clockwork ratio 1/2 .. 1/10, so the table still spans the trade-off."""
+    found = {p["parameter"] for p in (at_threshold(points, t) for t in grid) if p is not None}
+    if len(found) > 2:
+        return list(grid)
+    rows = {
+        min(points, key=lambda p: (abs(p["ratio"] - 1 / interval), -p["parameter"]))["parameter"]
+        for interval in range(2, 11)
+    }
+    return sorted(rows)
+
+
 def markdown(payload: dict, costs: dict[str, float]) -> str:
     """The tables of docs/scheduling.md from a sweep and a cost measurement."""
     points = payload["points"]
@@ -509,7 +523,7 @@ def markdown(payload: dict, costs: dict[str, float]) -> str:
             "| threshold | keyframe ratio | mIoU | lost | agreement | ms/frame (model) | speedup |",
             "|---|---|---|---|---|---|---|",
         ]
-        for t in grid:
+        for t in threshold_rows(fam[family], grid):
             p = at_threshold(fam[family], t)
             if p is None:
                 continue
@@ -596,7 +610,7 @@ def read_frames(uri: str, engine: Engine, limit: int | None = None) -> list[np.n
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m rtseg.schedule.sweep", description=__doc__.splitlines()[0])
-    frames = p.add_mutually_exclusive_group(required=True)
+    frames = p.add_mutually_exclusive_group()
     frames.add_argument("--root", type=Path, help="CamVid folder: its --split in file order, with its labels")
     frames.add_argument(
         "--source",
@@ -631,6 +645,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--report", action="store_true", help="print the markdown tables from the JSON files")
     args = p.parse_args(argv)
+    if not args.report and args.root is None and args.source is None:
+        p.error("give the frames: --root CAMVID_DIR (labelled) or --source URI (unlabelled)")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args.out.mkdir(parents=True, exist_ok=True)
     if args.report:

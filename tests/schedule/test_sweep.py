@@ -199,8 +199,22 @@ def test_the_sweep_needs_a_sequence(engine, tmp_path, capsys) -> None:
 
     with pytest.raises(SystemExit):
         main(["--out", str(tmp_path)])
-    assert "one of the arguments --root --source is required" in capsys.readouterr().err
+    assert "give the frames: --root CAMVID_DIR (labelled) or --source URI" in capsys.readouterr().err
     with pytest.raises(DatasetError, match="gave 1 frame"):
         read_frames("synthetic://drive?size=64x48&frames=1", engine)
     frames = read_frames("synthetic://drive?size=128x96&frames=5", engine, limit=3)
     assert len(frames) == 3 and all(f.shape == (48, 64, 3) for f in frames)  # the engine's input
+
+
+def test_report_thresholds_follow_footage_whose_scores_lie_outside_the_grid() -> None:
+    from rtseg.schedule.sweep import FLOW_GRID, threshold_rows
+
+    def points(thresholds_and_counts: list[tuple[float, int]]) -> list[dict]:
+        return [{"parameter": t, "keyframes": k, "ratio": k / 100} for t, k in thresholds_and_counts]
+
+    camvid_like = points([(0.0, 100), (0.05, 40), (0.06, 28), (0.07, 22), (0.1, 13), (0.2, 11)])
+    assert threshold_rows(camvid_like, FLOW_GRID) == list(FLOW_GRID)
+    # a steady highway: every score under 0.04, so each grid threshold gives the same schedule
+    calm = points([(0.0, 100), (0.011, 52), (0.015, 34), (0.018, 25), (0.021, 17), (0.03, 11)])
+    rows = threshold_rows(calm, FLOW_GRID)
+    assert rows == [0.011, 0.015, 0.018, 0.021, 0.03]  # nearest to ratios 1/2, 1/3, 1/4, 1/6, 1/10
