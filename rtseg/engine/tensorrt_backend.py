@@ -36,7 +36,7 @@ import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import onnx
@@ -61,6 +61,7 @@ PLAN_STAGES = STAGES
 LOGITS_STAGE = "head_logits"
 PLAN_OUTPUTS = {"head": [LABELS], LOGITS_STAGE: [LABELS, LOGITS]}  # other stages: every output
 INT8_MODES = ("qdq", "calibrator")
+Opened = TypeVar("Opened")  # what open_or_rebuild's caller makes of the plans (an engine)
 INSTALL = 'pip install "rtseg[tensorrt]" (TensorRT 10 and cuda-python) next to a CUDA build of torch'
 
 
@@ -739,8 +740,8 @@ def open_or_rebuild(
     cache: ArtifactCache,
     key: ArtifactKey,
     build: Callable[[tuple[str, ...]], Mapping[str, tuple[bytes, Mapping[str, Any]]]],
-    open_plans: Callable[[Mapping[str, Path]], TensorRTEngine],
-) -> TensorRTEngine:
+    open_plans: Callable[[Mapping[str, Path]], Opened],
+) -> Opened:
     """Open the cached plans; when TensorRT cannot deserialise one whose record matched, rebuild
     all of this key's plans once (as DeepStream's nvinfer does): what broke one, a driver or
     library change, breaks its siblings built in the same setting. A second failure is raised."""
