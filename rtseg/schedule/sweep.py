@@ -591,8 +591,13 @@ def plot(
     plt.close(fig)
 
 
-def read_frames(uri: str, engine: Engine, limit: int | None = None) -> list[np.ndarray]:
-    """A source's frames, in order, at the engine's input size as the pipeline feeds them."""
+# The study keeps every frame's low and deep features (ESPNet at 480x360: about 6 MB a frame).
+SOURCE_FRAMES = 300
+
+
+def read_frames(uri: str, engine: Engine, limit: int | None = SOURCE_FRAMES) -> list[np.ndarray]:
+    """A source's first ``limit`` frames, in order, at the engine's input size as the pipeline
+    feeds them."""
     from ..segmenter import Segmenter
     from ..source import open_source
 
@@ -601,6 +606,12 @@ def read_frames(uri: str, engine: Engine, limit: int | None = None) -> list[np.n
     with open_source(uri) as source:
         for frame in source:
             if limit is not None and len(images) >= limit:
+                log.warning(
+                    "%s: using its first %d frames (--frames N for more; the study holds every "
+                    "frame's features in memory)",
+                    uri,
+                    limit,
+                )
                 break
             images.append(segmenter.preprocess(frame.image))
     if len(images) < 2:
@@ -615,7 +626,8 @@ def main(argv: list[str] | None = None) -> int:
     frames.add_argument(
         "--source",
         help="frames without labels (a video, an image folder, any rtseg source URI), scored against "
-        "the every-frame labels; each frame's features are held in memory (use --frames)",
+        f"the every-frame labels; its first {SOURCE_FRAMES} unless --frames says otherwise (each "
+        "frame's features are held in memory)",
     )
     p.add_argument("--split", default="val")
     p.add_argument("--weights", type=Path, default=None, help="checkpoint (default: rtseg's shipped model)")
@@ -647,6 +659,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if not args.report and args.root is None and args.source is None:
         p.error("give the frames: --root CAMVID_DIR (labelled) or --source URI (unlabelled)")
+    if args.frames is not None and args.frames < 2:
+        p.error(f"--frames must be at least 2 (a schedule needs a sequence), got {args.frames}")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args.out.mkdir(parents=True, exist_ok=True)
     if args.report:
@@ -665,7 +679,7 @@ def main(argv: list[str] | None = None) -> int:
         images, labels = [s.image for s in samples], [s.label for s in samples]
         sequence, reference = f"CamVid {args.split}", "ground truth"
     else:
-        images, labels = read_frames(args.source, engine, args.frames), None
+        images, labels = read_frames(args.source, engine, args.frames or SOURCE_FRAMES), None
         sequence, reference = Path(args.source).name or args.source, "every-frame labels"
     if args.costs_only:
         costs = measure_costs(engine, images[:25])

@@ -193,7 +193,7 @@ def test_the_sweep_runs_on_footage_without_labels(tmp_path) -> None:
     assert all(p["miou"] == p["agreement"] for p in payload["points"])
 
 
-def test_the_sweep_needs_a_sequence(engine, tmp_path, capsys) -> None:
+def test_the_sweep_needs_a_sequence(engine, tmp_path, capsys, caplog) -> None:
     from rtseg.errors import DatasetError
     from rtseg.schedule.sweep import main, read_frames
 
@@ -202,8 +202,15 @@ def test_the_sweep_needs_a_sequence(engine, tmp_path, capsys) -> None:
     assert "give the frames: --root CAMVID_DIR (labelled) or --source URI" in capsys.readouterr().err
     with pytest.raises(DatasetError, match="gave 1 frame"):
         read_frames("synthetic://drive?size=64x48&frames=1", engine)
+    with pytest.raises(SystemExit):
+        main(["--source", "x.mp4", "--frames", "1", "--out", str(tmp_path)])
+    assert "--frames must be at least 2" in capsys.readouterr().err
     frames = read_frames("synthetic://drive?size=128x96&frames=5", engine, limit=3)
     assert len(frames) == 3 and all(f.shape == (48, 64, 3) for f in frames)  # the engine's input
+    assert "using its first 3 frames (--frames N for more" in caplog.text
+    caplog.clear()
+    assert len(read_frames("synthetic://drive?size=64x48&frames=3", engine, limit=3)) == 3
+    assert "using its first" not in caplog.text  # all of it: nothing left out
 
 
 def test_report_thresholds_follow_footage_whose_scores_lie_outside_the_grid() -> None:
