@@ -4,26 +4,32 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 
 import numpy as np
 import pytest
 
 from rtseg.data.datasets import Sample
+from rtseg.errors import DatasetError
 from rtseg.schedule import Adaptive, ChangeMeasure, Clockwork, Every, FlowWarp
 from rtseg.schedule.calibrate import simulate_keyframes
 from rtseg.schedule.sequence import evaluate_sequence
 from rtseg.schedule.sweep import (
+    FLOW_GRID,
     ORACLE,
     Point,
     at_threshold,
     clockwork_keys,
     frontier_at,
     gains_over_clockwork,
+    main,
     markdown,
     paired_gain,
     plot,
+    read_frames,
     run_study,
     threshold_curve,
+    threshold_rows,
 )
 
 
@@ -180,10 +186,6 @@ def test_without_labels_the_every_frame_labels_are_the_reference(engine, drive) 
 
 
 def test_the_sweep_runs_on_footage_without_labels(tmp_path) -> None:
-    import json
-
-    from rtseg.schedule.sweep import main
-
     out = tmp_path / "sweep"
     uri = "synthetic://drive?size=320x240&seed=1&frames=8"
     assert main(["--source", uri, "--frames", "6", "--max-interval", "3", "--out", str(out)]) == 0
@@ -194,9 +196,6 @@ def test_the_sweep_runs_on_footage_without_labels(tmp_path) -> None:
 
 
 def test_the_sweep_needs_a_sequence(engine, tmp_path, capsys, caplog) -> None:
-    from rtseg.errors import DatasetError
-    from rtseg.schedule.sweep import main, read_frames
-
     with pytest.raises(SystemExit):
         main(["--out", str(tmp_path)])
     assert "give the frames: --root CAMVID_DIR (labelled) or --source URI" in capsys.readouterr().err
@@ -214,8 +213,6 @@ def test_the_sweep_needs_a_sequence(engine, tmp_path, capsys, caplog) -> None:
 
 
 def test_report_thresholds_follow_footage_whose_scores_lie_outside_the_grid() -> None:
-    from rtseg.schedule.sweep import FLOW_GRID, threshold_rows
-
     def points(thresholds_and_counts: list[tuple[float, int]]) -> list[dict]:
         return [{"parameter": t, "keyframes": k, "ratio": k / 100} for t, k in thresholds_and_counts]
 
