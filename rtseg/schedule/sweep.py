@@ -4,7 +4,8 @@ Every schedule that uses ``deep`` from frame k for frame t produces ``head(low_t
 whatever else it does; the adaptive rule only looks at change scores between pooled low features.
 So the study runs ``low`` and ``deep`` once per frame, computes each (t, k) head once (t - k below
 the maximum interval) and replays any schedule from those: the mIoU of a replayed schedule equals
-the mIoU of running the scheduler (checked by ``--verify``, which runs the real schedulers). The
+the mIoU of running the scheduler (tests/schedule/test_sweep.py checks it against the real
+schedulers). Only the frames a schedule can still keep are held, so a long drive fits. The
 cost of a schedule is modelled from median stage times measured on the same frames:
 ``frames x (low + change + head [+ warp on reused frames]) + keyframes x deep``.
 
@@ -23,17 +24,19 @@ import itertools
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from ..data.datasets import camvid
 from ..engine import load
 from ..engine.base import Engine
-from ..errors import DatasetError
+from ..errors import ConfigError, DatasetError
 from ..metrics import ConfusionMatrix
 from .calibrate import simulate_keyframes
 from .change import ChangeMeasure, Summary
@@ -61,91 +64,156 @@ class Point:
 
 
 class Study:
-    """Per-frame features and memoised heads for one sequence; without ``labels`` the every-frame
-    labels are the reference."""
+    """One pass over a sequence: every head a schedule can use, scored, and the change scores the
+    adaptive rules replay from.
+
+    A schedule with maximum interval N uses ``deep`` from frame k for frame t only when
+    t - k < N, so the pass holds the last N - 1 frames' images and deep features, not the
+    sequence's: a long drive costs memory in its confusion matrices only (C x C per pair).
+    Without ``labels`` the every-frame labels are the reference.
+    """
 
     def __init__(
         self,
         engine: Engine,
-        images: Sequence[np.ndarray],
+        frames: Iterable[np.ndarray],
         labels: Sequence[np.ndarray] | None,
         max_interval: int,
+        *,
+        measures: Sequence[ChangeMeasure] = (),
+        warp: bool = True,
     ) -> None:
-        self.engine = engine
-        self.images = images
+        if max_interval < 1:
+            raise ConfigError(f"max_interval must be at least 1, got {max_interval}")
         self.max_interval = max_interval
+        self.warped = warp
         self.n_classes = len(engine.meta.classes)
         self.ignore = engine.meta.classes.ignore_index
-        self.low: list[dict] = []
-        self.deep: list[dict] = []
-        self.every: list[np.ndarray] = []
-        times: dict[str, list[float]] = {"low": [], "deep": [], "head": []}
-        for image in images:
-            t0 = time.perf_counter()
-            low = engine.run_low(image)
-            t1 = time.perf_counter()
-            deep = engine.run_deep(low)
-            t2 = time.perf_counter()
-            labels_now = engine.run_head(low, deep)[0]
-            t3 = time.perf_counter()
-            times["low"].append(t1 - t0)
-            times["deep"].append(t2 - t1)
-            times["head"].append(t3 - t2)
-            self.low.append(low)
-            self.deep.append(deep)
-            self.every.append(labels_now)
-        self.stage_ms = {k: 1000 * float(np.median(v)) for k, v in times.items()}
-        self.labels = self.every if labels is None else labels
-        self._memo: dict[tuple[int, int, bool], tuple[np.ndarray, np.ndarray]] = {}
-        self._warp_ms: list[float] = []
-        self._warp = FlowWarp()
+        low_names = tuple(f.name for f in engine.stage_spec.low)
+        self._measures = {m: m.resolve(low_names, engine.stage_spec.deep_inputs) for m in measures}
+        # changes[measure][(t, k)]: frame t's score against frame k, for every k a schedule can keep
+        self.changes: dict[ChangeMeasure, dict[tuple[int, int], float]] = {m: {} for m in measures}
+        self.residuals: dict[tuple[int, int], float] = {}
+        self._times: dict[str, list[float]] = {k: [] for k in ("low", "deep", "head", "flow", "residual")}
+        self._times.update({"warp": []} if warp else {})
+        self._change_s = dict.fromkeys(measures, 0.0)
+        self._flow = FlowWarp()
+        # (image, deep, summaries) of frames t - 1, t - 2, ...: the keyframes frame t can still use
+        self._window: deque[tuple[np.ndarray, dict, list[Summary]]] = deque(maxlen=max_interval - 1)
+        per_frame: list[np.ndarray] = []
+        for t, image in enumerate(frames):
+            if labels is not None and t >= len(labels):
+                raise DatasetError(f"{len(labels)} label maps for a sequence of more frames")
+            per_frame.append(self._add_frame(engine, t, image, None if labels is None else labels[t]))
+        del self._window, self._flow  # the features of the last frames go with them
+        if len(per_frame) < 2:
+            raise DatasetError(f"the sequence gave {len(per_frame)} frame(s); a schedule needs two or more")
+        if labels is not None and len(labels) != len(per_frame):
+            raise DatasetError(f"{len(labels)} label maps for a sequence of {len(per_frame)} frames")
+        self.frames = len(per_frame)
+        self._pairs = np.stack(per_frame)
+        self.stage_ms = {k: 1000 * float(np.median(self._times[k])) for k in ("low", "deep", "head")}
+        self.step_ms = {k: 1000 * float(np.median(v)) if v else 0.0 for k, v in self._times.items()}
+        # a frame's summary plus its distances to the frames it could keep: an upper bound
+        self.change_ms = {m: 1000 * s / self.frames for m, s in self._change_s.items()}
 
-    def _matrices(self, t: int, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        gt = ConfusionMatrix(self.n_classes, self.ignore)
-        gt.update(self.labels[t], labels)
-        ag = ConfusionMatrix(self.n_classes, self.ignore)
-        ag.update(self.every[t], labels)
-        return gt.matrix, ag.matrix
+    def _add_frame(self, engine: Engine, t: int, image: np.ndarray, truth: np.ndarray | None) -> np.ndarray:
+        """Frame t's confusion matrices: [age t - k][warped][against the reference, against every]."""
+        times = self._times
+        t0 = time.perf_counter()
+        low = engine.run_low(image)
+        t1 = time.perf_counter()
+        deep = engine.run_deep(low)
+        t2 = time.perf_counter()
+        every = engine.run_head(low, deep)[0]
+        times["low"].append(t1 - t0)
+        times["deep"].append(t2 - t1)
+        times["head"].append(time.perf_counter() - t2)
+        truth = every if truth is None else truth
+        summaries = []
+        for m, name in self._measures.items():
+            t0 = time.perf_counter()
+            summaries.append(m.summarize(low[name]))
+            self._change_s[m] += time.perf_counter() - t0
+        # C x C counts: a frame's pixel count fits int32, and sums over frames widen to int64
+        matrices = np.zeros((self.max_interval, 2, 2, self.n_classes, self.n_classes), np.int32)
+        matrices[0, :] = self._matrices(truth, every, every)
+        flow = self._flow
+        for age, (key_image, key_deep, key_summaries) in enumerate(self._window, start=1):
+            k = t - age
+            for m, now, then in zip(self._measures, summaries, key_summaries, strict=True):
+                t0 = time.perf_counter()
+                self.changes[m][(t, k)] = m.distance(now, then)
+                self._change_s[m] += time.perf_counter() - t0
+            matrices[age, 0] = self._matrices(truth, every, engine.run_head(low, key_deep)[0])
+            if not self.warped:
+                continue
+            t0 = time.perf_counter()
+            flow.set_keyframe(key_image)
+            t1 = time.perf_counter()
+            flow.flow(image)
+            t2 = time.perf_counter()
+            self.residuals[(t, k)] = flow.residual(image)  # reuses the flow just computed
+            t3 = time.perf_counter()
+            warped = flow.warp(key_deep, image)  # and so does the warp
+            t4 = time.perf_counter()
+            times["flow"].append(t2 - t1)
+            times["residual"].append(t3 - t2)
+            times["warp"].append((t2 - t0) + (t4 - t3))  # a reused frame's flow and warp
+            matrices[age, 1] = self._matrices(truth, every, engine.run_head(low, warped)[0])
+        self._window.appendleft((image, deep, summaries))
+        return matrices
+
+    def _matrices(self, truth: np.ndarray, every: np.ndarray, labels: np.ndarray) -> list[np.ndarray]:
+        out = []
+        for reference in (truth, every):
+            matrix = ConfusionMatrix(self.n_classes, self.ignore)
+            matrix.update(reference, labels)
+            out.append(matrix.matrix)
+        return out
 
     def pair(self, t: int, k: int, warp: bool) -> tuple[np.ndarray, np.ndarray]:
-        key = (t, k, warp and t != k)
-        if key not in self._memo:
-            if t == k:
-                labels = self.every[t]
-            else:
-                deep = self.deep[k]
-                if warp:
-                    t0 = time.perf_counter()
-                    self._warp.set_keyframe(self.images[k])
-                    deep = self._warp.warp(deep, self.images[t])
-                    self._warp_ms.append(1000 * (time.perf_counter() - t0))
-                labels = self.engine.run_head(self.low[t], deep)[0]
-            self._memo[key] = self._matrices(t, labels)
-        return self._memo[key]
+        """Frame t's confusion matrices (against the reference, against ``every``) from k's deep."""
+        if not 0 <= t - k < self.max_interval or not 0 <= k <= t < self.frames:
+            raise ValueError(
+                f"no head for frame {t} from keyframe {k}: the study holds frames 0..{self.frames - 1} "
+                f"and keyframes up to {self.max_interval - 1} frames back"
+            )
+        self._check_warp(warp)
+        m = self._pairs[t, t - k, int(warp)]
+        return m[0], m[1]
+
+    def _check_warp(self, warp: bool) -> None:
+        if warp and not self.warped:
+            raise ValueError("this study was run without the flow warp")
 
     @property
     def warp_ms(self) -> float:
-        return float(np.median(self._warp_ms)) if self._warp_ms else 0.0
+        return self.step_ms.get("warp", 0.0)
 
     def frame_matrices(self, keys: Sequence[int], warp: bool) -> tuple[np.ndarray, np.ndarray]:
-        """Per-frame confusion matrices (frames x C x C) against the ground truth and ``every``."""
-        key_set = set(keys)
-        k = 0
-        gt, ag = [], []
-        for t in range(len(self.images)):
-            if t in key_set:
-                k = t
-            g, a = self.pair(t, k, warp)
-            gt.append(g)
-            ag.append(a)
-        return np.stack(gt), np.stack(ag)
+        """Per-frame confusion matrices (frames x C x C) against the reference and ``every``."""
+        self._check_warp(warp)
+        if not keys or keys[0] != 0:
+            raise ValueError(f"a schedule's first keyframe is frame 0, got {list(keys[:1])}")
+        last = np.zeros(self.frames, np.int64)
+        last[np.asarray(keys, np.int64)] = keys
+        last = np.maximum.accumulate(last)
+        ages = np.arange(self.frames) - last
+        if ages.max() >= self.max_interval:
+            raise ValueError(
+                f"a schedule keeps deep features {ages.max()} frames; the study holds up to "
+                f"{self.max_interval - 1} (its maximum interval {self.max_interval})"
+            )
+        m = self._pairs[np.arange(self.frames), ages, int(warp)]
+        return m[:, 0], m[:, 1]
 
     def score(self, keys: Sequence[int], warp: bool) -> tuple[float, float]:
         gt, ag = self.frame_matrices(keys, warp)
         return _miou(gt.sum(0)), _miou(ag.sum(0))
 
     def cost(self, keyframes: int, extra_ms: float, warp: bool) -> float:
-        n = len(self.images)
+        n = self.frames
         s = self.stage_ms
         reused = n - keyframes
         total = (
@@ -197,7 +265,7 @@ def paired_gain(
     their errors). Clockwork's other phases show the spread of a fixed rate whose keyframes fall
     on different frames of the same drive.
     """
-    n = len(study.images)
+    n = study.frames
     reference = clockwork_keys(n, interval)
     if not adaptive or any(len(keys) != len(reference) for keys in adaptive):
         raise ValueError(
@@ -241,7 +309,7 @@ def threshold_curve(
     the interval's lowest threshold, so a threshold T gives the schedule of the point with the
     largest parameter <= T (``at_threshold``).
     """
-    n = len(study.images)
+    n = study.frames
     points: list[Point] = []
     for threshold in sorted(set(changes.values()) | {0.0}, reverse=True):
         keys = tuple(simulate_keyframes(changes, n, threshold, study.max_interval))
@@ -256,7 +324,7 @@ def threshold_curve(
 
 def gains_over_clockwork(study: Study, points: Sequence[Point], family: str, warp: bool) -> list[Gain]:
     """``paired_gain`` at every clockwork interval that some schedule of ``family`` matches."""
-    n = len(study.images)
+    n = study.frames
     out = []
     for interval in range(2, study.max_interval + 1):
         count = len(clockwork_keys(n, interval))
@@ -266,41 +334,17 @@ def gains_over_clockwork(study: Study, points: Sequence[Point], family: str, war
     return out
 
 
-def adaptive_curve(
-    study: Study, measure: ChangeMeasure, feature: str, warp: bool, family: str
-) -> list[Point]:
+def adaptive_curve(study: Study, measure: ChangeMeasure, warp: bool, family: str) -> list[Point]:
     """The adaptive rule on the pooled feature change (``change.py``)."""
-    n = len(study.images)
-    t0 = time.perf_counter()
-    summaries: list[Summary] = [measure.summarize(low[feature]) for low in study.low]
-    changes = {}
-    for t in range(n):
-        for k in range(max(0, t - study.max_interval + 1), t):
-            changes[(t, k)] = measure.distance(summaries[t], summaries[k])
-    change_ms = (
-        1000 * (time.perf_counter() - t0) / n
-    )  # summary + about max_interval distances: an upper bound
-    return threshold_curve(study, changes, family, warp, lambda _: change_ms)
+    return threshold_curve(study, study.changes[measure], family, warp, lambda _: study.change_ms[measure])
 
 
 def residual_curve(study: Study, family: str) -> list[Point]:
     """Adaptive on the motion-compensated change (``FlowWarp.residual``), with the warp."""
-    n = len(study.images)
-    flow = FlowWarp()
-    changes: dict[tuple[int, int], float] = {}
-    flow_ms, residual_ms = [], []
-    for k in range(n):
-        flow.set_keyframe(study.images[k])
-        for t in range(k + 1, min(n, k + study.max_interval)):
-            t0 = time.perf_counter()
-            flow.flow(study.images[t])
-            t1 = time.perf_counter()
-            changes[(t, k)] = flow.residual(study.images[t])  # reuses the flow just computed
-            flow_ms.append(t1 - t0)
-            residual_ms.append(time.perf_counter() - t1)
-    f_ms, r_ms = 1000 * float(np.median(flow_ms)), 1000 * float(np.median(residual_ms))
+    n = study.frames
+    f_ms, r_ms = study.step_ms["flow"], study.step_ms["residual"]
     # Every frame scores its residual; keyframes also pay the flow they then do not warp with.
-    return threshold_curve(study, changes, family, True, lambda keys: r_ms + f_ms * keys / n)
+    return threshold_curve(study, study.residuals, family, True, lambda keys: r_ms + f_ms * keys / n)
 
 
 def oracle_curve(study: Study, family: str) -> list[Point]:
@@ -311,7 +355,7 @@ def oracle_curve(study: Study, family: str) -> list[Point]:
     perfect change estimate would give, so it shows how much any better score could gain with this
     rule; it maximises agreement with ``every``, which need not maximise mIoU against ground truth.
     """
-    n = len(study.images)
+    n = study.frames
     changes = {}
     for t in range(n):
         for k in range(max(0, t - study.max_interval + 1), t):
@@ -322,7 +366,7 @@ def oracle_curve(study: Study, family: str) -> list[Point]:
 
 def run_study(
     engine: Engine,
-    images: Sequence[np.ndarray],
+    frames: Iterable[np.ndarray],
     labels: Sequence[np.ndarray] | None,
     *,
     max_interval: int,
@@ -330,9 +374,10 @@ def run_study(
     warp: bool,
     progress: Callable[[str], None] = print,
 ) -> tuple[Study, list[Point]]:
-    progress(f"per-frame low/deep/head on {len(images)} frames")
-    study = Study(engine, images, labels, max_interval)
-    n = len(images)
+    progress("per frame: low, deep, head, and the head from each earlier frame a schedule can keep")
+    measures = [ChangeMeasure(feature, pool) for feature, pool in variants]
+    study = Study(engine, frames, labels, max_interval, measures=measures, warp=warp)
+    n = study.frames
     points = []
     for interval in range(1, max_interval + 1):
         keys = clockwork_keys(n, interval)
@@ -343,9 +388,7 @@ def run_study(
         )
     for feature, pool in variants:
         progress(f"adaptive: feature {feature}, pool {pool}")
-        points += adaptive_curve(
-            study, ChangeMeasure(feature, pool), feature, False, f"adaptive {feature}/{pool}"
-        )
+        points += adaptive_curve(study, ChangeMeasure(feature, pool), False, f"adaptive {feature}/{pool}")
     if warp:
         progress("flow warp: clockwork")
         for interval in range(2, max_interval + 1):
@@ -365,7 +408,7 @@ def run_study(
         feature, pool = variants[0]
         progress(f"flow warp: adaptive {feature}/{pool}")
         points += adaptive_curve(
-            study, ChangeMeasure(feature, pool), feature, True, f"adaptive {feature}/{pool} + warp"
+            study, ChangeMeasure(feature, pool), True, f"adaptive {feature}/{pool} + warp"
         )
         progress("flow warp: adaptive on the flow residual")
         points += residual_curve(study, "adaptive flow-residual + warp")
@@ -591,32 +634,22 @@ def plot(
     plt.close(fig)
 
 
-# The study keeps every frame's low and deep features (ESPNet at 480x360: about 6 MB a frame).
-SOURCE_FRAMES = 300
-
-
-def read_frames(uri: str, engine: Engine, limit: int | None = SOURCE_FRAMES) -> list[np.ndarray]:
-    """A source's first ``limit`` frames, in order, at the engine's input size as the pipeline
-    feeds them."""
+def source_frames(uri: str, engine: Engine, limit: int | None = None) -> Iterator[np.ndarray]:
+    """A source's frames (its first ``limit``), in order, at the engine's input size as the
+    pipeline feeds them; read as the study consumes them."""
     from ..segmenter import Segmenter
     from ..source import open_source
 
     segmenter = Segmenter(engine=engine)  # for its preprocessing; the engine stays open
-    images: list[np.ndarray] = []
+    count = 0
     with open_source(uri) as source:
         for frame in source:
-            if limit is not None and len(images) >= limit:
-                log.warning(
-                    "%s: using its first %d frames (--frames N for more; the study holds every "
-                    "frame's features in memory)",
-                    uri,
-                    limit,
-                )
+            if limit is not None and count >= limit:
                 break
-            images.append(segmenter.preprocess(frame.image))
-    if len(images) < 2:
-        raise DatasetError(f"{uri} gave {len(images)} frame(s); a schedule needs a sequence")
-    return images
+            count += 1
+            yield segmenter.preprocess(frame.image)
+    if count < 2:
+        raise DatasetError(f"{uri} gave {count} frame(s); a schedule needs a sequence")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -626,13 +659,14 @@ def main(argv: list[str] | None = None) -> int:
     frames.add_argument(
         "--source",
         help="frames without labels (a video, an image folder, any rtseg source URI), scored against "
-        f"the every-frame labels; its first {SOURCE_FRAMES} unless --frames says otherwise (each "
-        "frame's features are held in memory)",
+        "the every-frame labels",
     )
     p.add_argument("--split", default="val")
     p.add_argument("--weights", type=Path, default=None, help="checkpoint (default: rtseg's shipped model)")
     p.add_argument("--model", default=None)
-    p.add_argument("--max-interval", type=int, default=10)
+    p.add_argument(
+        "--max-interval", type=int, default=10, help="most frames from one keyframe to the next (default 10)"
+    )
     p.add_argument("--threads", type=int, default=1, help="torch threads for the sweep")
     p.add_argument("--backend", default="torch", help="inference backend (default: torch, the reference)")
     p.add_argument("--frames", type=int, default=None, help="use only the first N frames")
@@ -661,6 +695,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error("give the frames: --root CAMVID_DIR (labelled) or --source URI (unlabelled)")
     if args.frames is not None and args.frames < 2:
         p.error(f"--frames must be at least 2 (a schedule needs a sequence), got {args.frames}")
+    if args.max_interval < 2:
+        p.error(f"--max-interval must be at least 2 (1 is every frame), got {args.max_interval}")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args.out.mkdir(parents=True, exist_ok=True)
     if args.report:
@@ -679,10 +715,10 @@ def main(argv: list[str] | None = None) -> int:
         images, labels = [s.image for s in samples], [s.label for s in samples]
         sequence, reference = f"CamVid {args.split}", "ground truth"
     else:
-        images, labels = read_frames(args.source, engine, args.frames or SOURCE_FRAMES), None
+        images, labels = source_frames(args.source, engine, args.frames), None
         sequence, reference = Path(args.source).name or args.source, "every-frame labels"
     if args.costs_only:
-        costs = measure_costs(engine, images[:25])
+        costs = measure_costs(engine, list(itertools.islice(images, 25)))
         (args.out / "scheduling_costs.json").write_text(
             json.dumps(
                 {
@@ -699,9 +735,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     variants = [(v.split("/")[0], int(v.split("/")[1])) for v in (args.variant or ["l1_cat/4"])]
     t0 = time.perf_counter()
+    total = len(images) if isinstance(images, list) else args.frames
     study, points = run_study(
         engine,
-        images,
+        tqdm(images, total=total, unit="frame", leave=False),  # a long clip takes a while
         labels,
         max_interval=args.max_interval,
         variants=variants,
@@ -717,7 +754,7 @@ def main(argv: list[str] | None = None) -> int:
         "weights": args.weights.name if args.weights is not None else "shipped",
         "sequence": sequence,
         "reference": reference,
-        "frames": len(images),
+        "frames": study.frames,
         "max_interval": args.max_interval,
         "stage_ms_median": {k: round(v, 2) for k, v in study.stage_ms.items()},
         "warp_ms_median": round(study.warp_ms, 2),
@@ -747,7 +784,7 @@ def main(argv: list[str] | None = None) -> int:
         points,
         families,
         args.out / "scheduling.png",
-        f"{model.meta.model} on {sequence} ({len(images)} frames in order)",
+        f"{model.meta.model} on {sequence} ({study.frames} frames in order)",
         phases={("clockwork + warp" if warp else "clockwork"): gains[f] for f, warp in compared.items()},
         reference=reference,
     )

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 import itertools
 import json
+import weakref
 
 import numpy as np
 import pytest
@@ -26,8 +28,8 @@ from rtseg.schedule.sweep import (
     markdown,
     paired_gain,
     plot,
-    read_frames,
     run_study,
+    source_frames,
     threshold_curve,
     threshold_rows,
 )
@@ -176,10 +178,9 @@ def test_a_threshold_gives_the_schedule_the_report_lists_for_it(study) -> None:
 
 
 def test_without_labels_the_every_frame_labels_are_the_reference(engine, drive) -> None:
-    study, points = run_study(
+    _study, points = run_study(
         engine, drive[:8], None, max_interval=3, variants=[("l1_cat", 4)], warp=True, progress=lambda _: None
     )
-    assert study.labels is study.every
     assert next(p for p in points if p.family == "every").miou == 100.0
     assert all(p.miou == p.agreement for p in points)
     assert any(p.miou < 100.0 for p in points if p.family == "clockwork")
@@ -195,21 +196,64 @@ def test_the_sweep_runs_on_footage_without_labels(tmp_path) -> None:
     assert all(p["miou"] == p["agreement"] for p in payload["points"])
 
 
-def test_the_sweep_needs_a_sequence(engine, tmp_path, capsys, caplog) -> None:
+def test_the_sweep_needs_a_sequence(engine, tmp_path, capsys) -> None:
     with pytest.raises(SystemExit):
         main(["--out", str(tmp_path)])
     assert "give the frames: --root CAMVID_DIR (labelled) or --source URI" in capsys.readouterr().err
     with pytest.raises(DatasetError, match="gave 1 frame"):
-        read_frames("synthetic://drive?size=64x48&frames=1", engine)
+        list(source_frames("synthetic://drive?size=64x48&frames=1", engine))
     with pytest.raises(SystemExit):
         main(["--source", "x.mp4", "--frames", "1", "--out", str(tmp_path)])
     assert "--frames must be at least 2" in capsys.readouterr().err
-    frames = read_frames("synthetic://drive?size=128x96&frames=5", engine, limit=3)
+    with pytest.raises(SystemExit):
+        main(["--source", "x.mp4", "--max-interval", "1", "--out", str(tmp_path)])
+    assert "--max-interval must be at least 2" in capsys.readouterr().err
+    frames = list(source_frames("synthetic://drive?size=128x96&frames=5", engine, limit=3))
     assert len(frames) == 3 and all(f.shape == (48, 64, 3) for f in frames)  # the engine's input
-    assert "using its first 3 frames (--frames N for more" in caplog.text
-    caplog.clear()
-    assert len(read_frames("synthetic://drive?size=64x48&frames=3", engine, limit=3)) == 3
-    assert "using its first" not in caplog.text  # all of it: nothing left out
+    assert len(list(source_frames("synthetic://drive?size=64x48&frames=4", engine))) == 4
+
+
+def test_the_study_holds_only_the_frames_a_schedule_can_still_keep(engine, drive) -> None:
+    """The study kept every frame's low and deep features (6 MB a frame for ESPNet at 480x360),
+    so the sweep read only the first 300 frames of a video."""
+    alive: list[weakref.ref] = []
+    most = 0
+
+    def frames():
+        nonlocal most
+        for image in drive[:12]:
+            copy = image.copy()
+            alive.append(weakref.ref(copy))
+            most = max(most, sum(r() is not None for r in alive))
+            yield copy
+
+    study, points = run_study(
+        engine, frames(), None, max_interval=3, variants=[("l1_cat", 4)], warp=True, progress=lambda _: None
+    )
+    gc.collect()
+    assert study.frames == 12 and most <= 3  # the frame read, and the two a schedule can keep
+    assert sum(r() is not None for r in alive) == 0
+    with pytest.raises(ValueError, match="keyframes up to 2 frames back"):
+        study.pair(5, 2, True)
+    with pytest.raises(ValueError, match="keeps deep features 3 frames"):
+        study.score([0, 4, 8], True)
+    # the streamed study scores like one over a list
+    _listed, listed_points = run_study(
+        engine, drive[:12], None, max_interval=3, variants=[("l1_cat", 4)], warp=True, progress=lambda _: None
+    )
+    assert [(p.family, p.keys, p.miou) for p in points] == [(p.family, p.keys, p.miou) for p in listed_points]
+
+
+def test_labels_must_match_the_frames(engine, drive) -> None:
+    labels = [np.zeros((48, 64), np.uint8)] * 3
+    with pytest.raises(DatasetError, match="3 label maps for a sequence of more frames"):
+        run_study(
+            engine, drive[:4], labels, max_interval=3, variants=[("l1_cat", 4)], warp=False, progress=print
+        )
+    with pytest.raises(DatasetError, match="3 label maps for a sequence of 2 frames"):
+        run_study(
+            engine, drive[:2], labels, max_interval=3, variants=[("l1_cat", 4)], warp=False, progress=print
+        )
 
 
 def test_report_thresholds_follow_footage_whose_scores_lie_outside_the_grid() -> None:
