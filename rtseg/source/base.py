@@ -10,7 +10,9 @@ frames instead of falling behind (see ``live.py``).
 from __future__ import annotations
 
 import logging
+import math
 import numbers
+import re
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
@@ -21,10 +23,38 @@ from urllib.parse import parse_qsl, urlsplit, urlunsplit
 import cv2
 import numpy as np
 
-from ..errors import ConfigError
+from ..errors import ConfigError, SourceError
 from .frame import Frame
 
 log = logging.getLogger(__name__)
+
+# The largest frame side a source delivers (synthetic size=, resize=): above any camera or video
+# (8K is 7680x4320) and still within what NumPy, cv2.resize and OpenCV's drawing handle (checked at
+# 16384x16384, 768 MiB a BGR frame). Larger requests failed deep inside NumPy or cv2.resize with an
+# out-of-memory traceback, after the model had loaded.
+MAX_FRAME_SIDE = 16384
+
+# FFmpeg (through OpenCV) takes its open and read timeouts as int32 milliseconds: 0 means "no
+# timeout" (a silent server then blocks the open forever, deaf to SIGTERM), and OpenCV refuses
+# anything above 2**31 - 1 ms (about 24.8 days).
+MIN_TIMEOUT_S = 0.001
+MAX_TIMEOUT_S = (2**31 - 1) / 1000
+
+
+def timeout_ms(timeout: float, name: str = "timeout") -> int:
+    """``timeout`` seconds as the whole milliseconds FFmpeg takes, never 0 (which means forever);
+    a ConfigError for a value out of FFmpeg's range rather than a hang or an OpenCV traceback."""
+    if not _is_real(timeout) or not MIN_TIMEOUT_S <= timeout <= MAX_TIMEOUT_S:  # nan and inf too
+        raise ConfigError(
+            f"{name} must be a number of seconds from {MIN_TIMEOUT_S:g} (1 ms) to {MAX_TIMEOUT_S:.3f} "
+            f"(about 24.8 days: FFmpeg takes int32 milliseconds), got {timeout!r}"
+        )
+    return int(timeout * 1000)  # >= 1 for any timeout >= 0.001: float products are monotonic
+
+
+def _is_real(value: object) -> bool:
+    """A number (int, float or a NumPy scalar), not a bool or a string that looks like one."""
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
 
 
 @dataclass(frozen=True)
@@ -32,11 +62,11 @@ class SourceOptions:
     """How to read a source; the same options apply to every kind."""
 
     loop: bool = False  # restart files, folders and finite synthetic scenes at their end
-    resize: tuple[int, int] | None = None  # (width, height) of delivered frames
+    resize: tuple[int, int] | None = None  # (width, height) of delivered frames, each 1..MAX_FRAME_SIDE
     rate: float | None = None  # deliver at most this many frames per second of media (or wall) time
     realtime: bool = False  # pace media sources by the wall clock, dropping frames when behind
     reconnect: int = 5  # live sources: reopen attempts after a drop before SourceError
-    timeout: float = 10.0  # live sources: seconds to open, and to wait for a frame
+    timeout: float = 10.0  # network and live sources: seconds to open, and to wait for a frame (>= 1 ms)
     backoff: float = 0.5  # first reconnect delay in seconds; doubles per attempt
     backoff_max: float = 8.0
 
@@ -52,12 +82,21 @@ class SourceOptions:
             or any(not _is_count(v) or v <= 0 for v in self.resize)
         ):
             raise ConfigError(f"resize must be (width, height) with positive integers, got {self.resize!r}")
-        if self.rate is not None and not 0 < self.rate < float("inf"):
-            raise ConfigError(f"rate must be a positive number of frames per second, got {self.rate!r}")
+        if self.resize is not None and max(self.resize) > MAX_FRAME_SIDE:
+            raise ConfigError(
+                f"resize must be at most {MAX_FRAME_SIDE} pixels per side, got {tuple(self.resize)!r}"
+            )
+        if self.rate is not None and not (_is_real(self.rate) and 0 < self.rate < float("inf")):
+            raise ConfigError(
+                f"rate must be None or a positive finite number of frames per second, got {self.rate!r}"
+            )
         if not _is_count(self.reconnect) or self.reconnect < 0:
             raise ConfigError(f"reconnect must be a whole number of attempts >= 0, got {self.reconnect!r}")
-        if not self.timeout > 0:
-            raise ConfigError(f"timeout must be positive seconds, got {self.timeout}")
+        timeout_ms(self.timeout)
+        for name in ("backoff", "backoff_max"):
+            value = getattr(self, name)
+            if not _is_real(value) or not math.isfinite(value):
+                raise ConfigError(f"{name} must be a finite number of seconds, got {value!r}")
         if not 0 <= self.backoff <= self.backoff_max:
             raise ConfigError(
                 f"backoff must satisfy 0 <= backoff <= backoff_max, got {self.backoff} and {self.backoff_max}"
@@ -85,9 +124,13 @@ def redacted(uri: str) -> str:
     """What logs, errors and results show for a network URL: the password of its user info and
     the values of its query (signed URLs and stream tokens are credentials too) become ***.
 
-    rtsp://admin:secret@cam/ is how most IP cameras are reached; logs outlive the terminal.
+    rtsp://admin:secret@cam/ is how most IP cameras are reached; logs outlive the terminal. A URL
+    too malformed to parse ('rtsp://u:pw@[::1') is still redacted, for the error that names it.
     """
-    parts = urlsplit(uri)
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        return _redacted_unparsed(uri)
     if parts.scheme.lower() not in ("rtsp", "rtsps", "http", "https"):
         return uri
     netloc = parts.netloc
@@ -95,6 +138,17 @@ def redacted(uri: str) -> str:
         netloc = f"{parts.username}:***@{netloc.rpartition('@')[2]}"
     query = "&".join(f"{key}=***" for key, _ in parse_qsl(parts.query, keep_blank_values=True))
     return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+def _redacted_unparsed(uri: str) -> str:
+    """``redacted`` for a URL urlsplit refuses: password and query values hidden by pattern."""
+    if uri.partition("://")[0].lower() not in ("rtsp", "rtsps", "http", "https"):
+        return uri
+    uri = re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://[^/?#@:]*):[^/?#]*@", r"\1:***@", uri)
+    head, sep, query = uri.partition("?")
+    if not sep:
+        return uri
+    return head + "?" + "&".join(f"{pair.partition('=')[0]}=***" for pair in query.split("&") if pair)
 
 
 @dataclass(frozen=True)
@@ -128,8 +182,8 @@ class Source(ABC):
         return self
 
     def __next__(self) -> Frame:
-        if self._closed:
-            raise StopIteration
+        if self._closed:  # as a closed file does: reading nothing would pass for an empty stream
+            raise self._closed_error()
         frame = self._next_frame()
         if frame is None:
             raise StopIteration
@@ -165,7 +219,12 @@ class Source(ABC):
         return tuple(self.options.resize) if self.options.resize is not None else native  # type: ignore[return-value]
 
     def __enter__(self) -> Source:
+        if self._closed:  # `with src:` again after the first block closed it would read nothing
+            raise self._closed_error()
         return self
+
+    def _closed_error(self) -> SourceError:
+        return SourceError(f"{self.uri}: the source is closed; open it again (open_source) to read it")
 
     def __exit__(self, *exc: object) -> None:
         self.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,7 +27,11 @@ def is_glob(text: str) -> bool:
 
 
 def list_images(spec: str) -> list[Path]:
-    """Sorted image files for a folder, a glob pattern or a single image path."""
+    """Sorted image files for a folder, a glob pattern or a single image path; '~' is the home
+    folder, as in a plain path (glob.glob and Path leave it alone)."""
+    if not spec:  # Path("") is the working folder: its images were read without a word
+        raise SourceError("empty image path: give a folder, a glob pattern or an image file")
+    spec = os.path.expanduser(spec)
     if is_glob(spec):
         files = sorted(Path(p) for p in glob.glob(spec) if is_image_path(p) and Path(p).is_file())
         if not files:

@@ -28,8 +28,8 @@ from urllib.parse import urlsplit, urlunsplit
 import cv2
 import numpy as np
 
-from ..errors import SourceError
-from .base import Source, SourceInfo, SourceOptions
+from ..errors import RtsegError, SourceError
+from .base import Source, SourceInfo, SourceOptions, timeout_ms
 from .frame import Frame
 
 log = logging.getLogger(__name__)
@@ -78,8 +78,10 @@ def v4l2_factory(device: str, props: dict[int, float]) -> CaptureFactory:
 
 
 def open_network(url: str, timeout: float) -> cv2.VideoCapture:
-    """A URL through FFmpeg with its open and read timeouts set, so a silent server cannot hang us."""
-    ms = int(timeout * 1000)
+    """A URL through FFmpeg with its open and read timeouts set, so a silent server cannot hang us.
+
+    ``timeout_ms`` refuses what FFmpeg would misread: under 1 ms truncates to 0, "no timeout"."""
+    ms = timeout_ms(timeout)
     params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms]
     return cv2.VideoCapture(url, cv2.CAP_FFMPEG, params)
 
@@ -100,11 +102,16 @@ def http_problem(url: str, timeout: float) -> str | None:
 
     None when the answer looks like a stream or the URL cannot be asked (then the caller's generic
     hint stands). Only the response head is read; the body, perhaps an endless stream, is not."""
-    parts = urlsplit(url)
+    timeout_ms(timeout)  # the range FFmpeg takes; urllib raises OverflowError for inf, not an answer
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:  # a malformed host or port: nothing to ask (open_source refuses these first)
+        return None
     host = parts.hostname or ""
     netloc = f"[{host}]" if ":" in host else host
-    if parts.port is not None:
-        netloc += f":{parts.port}"
+    if port is not None:
+        netloc += f":{port}"
     request = urllib.request.Request(urlunsplit(parts._replace(netloc=netloc)))
     if parts.username is not None:
         token = f"{parts.username}:{parts.password or ''}".encode()
@@ -175,13 +182,15 @@ class LiveSource(Source):
         return f": {reason}" if reason else ""
 
     def _open(self) -> Capture | None:
+        """A capture that opened, or None when the device or server said no (the hint's case)."""
         try:
             cap = self._factory()
-        except SourceError:
+        except RtsegError:
             raise
-        except Exception as exc:  # a driver or FFmpeg failure is a failed open, reported as such
-            log.debug("%s: open failed: %s", self.uri, exc)
-            return None
+        except Exception as exc:
+            # An exception is not "nothing answered": shown as the hint, a bad parameter or a
+            # driver bug sent users looking for a network problem. Reconnects log it and retry.
+            raise SourceError(f"cannot open {self.uri}: {type(exc).__name__}: {exc}") from exc
         if cap is None or not cap.isOpened():
             if cap is not None:
                 cap.release()

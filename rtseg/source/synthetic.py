@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from ..errors import ConfigError, SourceError
-from .base import MediaSource, SourceInfo, SourceOptions
+from .base import MAX_FRAME_SIDE, MediaSource, SourceInfo, SourceOptions
 
 SCENES = ("drive",)
 
@@ -39,6 +39,8 @@ class DriveParams:
         w, h = self.size
         if w < 32 or h < 32:
             raise ConfigError(f"synthetic size must be at least 32x32, got {w}x{h}")
+        if max(w, h) > MAX_FRAME_SIDE:  # a frame NumPy cannot allocate failed with a MemoryError traceback
+            raise ConfigError(f"synthetic size must be at most {MAX_FRAME_SIDE} pixels per side, got {w}x{h}")
         if not 0 < self.fps < float("inf"):
             raise ConfigError(f"synthetic fps must be a positive finite number, got {self.fps}")
         if self.seed < 0:  # NumPy's generators take none

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import math
+import numbers
 import os
 from pathlib import Path
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit
 
 import cv2
 
 from ..errors import ConfigError, SourceError
-from .base import Source, SourceOptions, redacted
+from .base import MAX_FRAME_SIDE, Source, SourceOptions, redacted
 from .images import ImageSource, is_glob, is_image_path
 from .live import (
     CaptureFactory,
@@ -67,9 +68,19 @@ def open_source(
         reconnect=reconnect,
         timeout=timeout,
         backoff=backoff,
-        backoff_max=max(backoff, 8.0),
+        # max() of a str and a float is a TypeError: leave a bad backoff to SourceOptions to name
+        backoff_max=max(backoff, 8.0) if isinstance(backoff, numbers.Real) else 8.0,
     )
-    text = os.fspath(uri)
+    timeout = options.timeout
+    try:
+        text = os.fspath(uri)
+    except TypeError:
+        text = None
+    if not isinstance(text, str):  # bytes too: a URI is text, and b"..." failed deep inside
+        raise ConfigError(
+            f"source must be a path or URI given as str or os.PathLike[str], got {uri!r} "
+            f"({type(uri).__name__})"
+        )
     if "://" not in text:
         device = _device_uri(text)
         if device is None:
@@ -80,10 +91,10 @@ def open_source(
     if scheme not in SCHEMES:
         raise SourceError(f"unsupported source scheme {scheme!r} in {text!r}; supported: {SUPPORTED}")
     if scheme == "file":
-        return _open_path(text, _strip_query(rest, text), options)
+        return _open_path(text, _file_uri_path(_strip_query(rest, text), text), options)
     if scheme == "images":
         # A '?' here is the glob wildcard (images://frames/f00?.png): image sources take no options.
-        return ImageSource(text, rest, options)
+        return ImageSource(text, _nonempty(rest, text), options)
     if scheme == "synthetic":
         scene, query = _split_query(rest, text)
         return SyntheticSource(text, scene or "drive", _drive_params(query, text), options)
@@ -99,10 +110,10 @@ def open_source(
         return LiveSource(
             text, "camera", factory, options, hint=f"is {device} a capture device, free to use?"
         )
+    parts = _network_parts(text, scheme)
     if is_recorded_video(text):
         return VideoFileSource(redacted(text), text, options)
     factory = capture_factory or network_factory(text, timeout)
-    parts = urlsplit(text)
     return LiveSource(
         redacted(text),
         "stream",
@@ -120,8 +131,12 @@ def is_recorded_video(url: str) -> bool:
     A recorded clip must deliver every frame in order, as a local file does; read as a live stream
     (newest frame only) a slow consumer would lose most of it. The query string is the server's
     business (a token, a signature) and is ignored. rtsp:// and other http(s) URLs stay live.
+    False for a URL too malformed to parse (open_source refuses it, naming what is wrong).
     """
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return False
     return parts.scheme.lower() in ("http", "https") and parts.path.lower().endswith(
         RECORDED_VIDEO_EXTENSIONS
     )
@@ -136,7 +151,60 @@ def _device_uri(path: str) -> str | None:
     return None
 
 
+def _network_parts(url: str, scheme: str) -> SplitResult:
+    """``url`` split, with a SourceError naming a malformed or missing host or a bad port: urlsplit's
+    ValueError was a traceback, and a URL without a host failed only after the open's timeout."""
+    shown = redacted(url)
+    expected = f"expected {scheme}://HOST[:PORT]/PATH (IPv6 in brackets: {scheme}://[::1]:8554/live)"
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        raise SourceError(f"{shown}: malformed host ({exc}); {expected}") from None
+    if not parts.hostname:
+        raise SourceError(f"{shown}: no host in the URL; {expected}")
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
+    if port == 0:  # port 0 is no port a server listens on
+        host_port = parts.netloc.rpartition("@")[2]
+        given = host_port.rpartition("]")[2] if host_port.startswith("[") else host_port
+        raise SourceError(
+            f"{shown}: bad port {given.partition(':')[2]!r}; expected a number from 1 to 65535 (or none, "
+            "for the scheme's default)"
+        )
+    return parts
+
+
+def _nonempty(spec: str, uri: str) -> str:
+    """``spec`` unless it is empty: Path("") is the working folder, which was read silently."""
+    if not spec:
+        raise SourceError(
+            f"empty path in source {uri!r}: give a video, an image, a folder of images or a glob "
+            "(file:///data/clip.mp4, images:///data/frames)"
+        )
+    return spec
+
+
+def _file_uri_path(spec: str, uri: str) -> str:
+    """The local path a file:// URI names (RFC 8089): percent escapes decoded, an empty or
+    "localhost" host dropped. file://clip.mp4 (relative to the working folder) is documented and
+    stays; a first segment that is no local file or folder is another host's, and refused."""
+    first, slash, after = spec.partition("/")
+    if not first or first.startswith("~"):  # file:///abs/path, or file://~/clip.mp4 (expanded later)
+        return unquote(spec)
+    if first.lower() == "localhost":
+        return unquote(slash + after)
+    if slash and not Path(unquote(first)).exists():
+        raise SourceError(
+            f"{uri!r}: file:// reads local files only: the host {unquote(first)!r} is not localhost (nor "
+            "a local file or folder); use file:///ABSOLUTE/PATH, file://localhost/ABSOLUTE/PATH or a path"
+        )
+    return unquote(spec)
+
+
 def _open_path(uri: str, spec: str, options: SourceOptions) -> Source:
+    spec = _nonempty(spec, uri)
     if is_glob(spec):
         return ImageSource(uri, spec, options)
     path = Path(spec).expanduser()
@@ -202,7 +270,7 @@ def _drive_params(query: dict[str, str], uri: str) -> DriveParams:
     size = (1280, 720)
     if "size" in query:
         w, _, h = query["size"].lower().partition("x")
-        if not (w.isdigit() and h.isdigit()):
+        if not (w.isascii() and w.isdigit() and h.isascii() and h.isdigit()):  # int("²") fails
             raise ConfigError(
                 f"{uri!r}: option size must be WIDTHxHEIGHT in whole pixels, like 1280x720, "
                 f"got {query['size']!r}"
@@ -210,6 +278,11 @@ def _drive_params(query: dict[str, str], uri: str) -> DriveParams:
         size = (int(w), int(h))
         if min(size) < 32:
             raise ConfigError(f"{uri!r}: option size must be at least 32x32, got {query['size']!r}")
+        if max(size) > MAX_FRAME_SIDE:
+            raise ConfigError(
+                f"{uri!r}: option size must be at most {MAX_FRAME_SIDE} pixels per side, "
+                f"got {query['size']!r}"
+            )
     fps = _number(query, "fps", uri, float, 0, "a positive finite number of frames per second", strict=True)
     seed = _number(query, "seed", uri, int, 0, "a whole number >= 0")
     frames = _number(query, "frames", uri, int, 1, "a whole number of frames >= 1")

@@ -75,21 +75,29 @@ class VideoFileSource(MediaSource):
         ok, image = self._cap.read()
         if ok and image is not None:
             return image
-        self._warn_if_short()
+        self._end_of_pass()
         return None
 
     def _skip(self) -> bool:
         if self._cap.grab():  # demux and decode state only: no colour conversion or copy
             return True
-        self._warn_if_short()
+        self._end_of_pass()
         return False
 
-    def _warn_if_short(self) -> None:
+    def _end_of_pass(self) -> None:
+        """A SourceError when not one frame decoded: an empty run that ends "complete" would hide a
+        broken file. A file that ends early after some frames is only warned about."""
+        name = self.target if isinstance(self.target, Path) else self.uri
         expected = self.info.frame_count
+        if self._index_offset == 0 and self._pass_frames == 0:  # the first pass, nothing delivered
+            announced = f" (its header announces {expected})" if expected is not None else ""
+            raise SourceError(
+                f"{name}: no frame could be decoded{announced}; the file is truncated or corrupt"
+            )
         if expected is not None and self._pass_frames < expected - 1:
             log.warning(
                 "%s ended after %d of the %d frames its header announces (truncated or corrupt file)",
-                self.target if isinstance(self.target, Path) else self.uri,
+                name,
                 self._pass_frames,
                 expected,
             )

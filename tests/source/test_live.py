@@ -132,7 +132,8 @@ def test_close_stops_the_capture_thread() -> None:
     next(src)
     src.close()
     assert cam.released.wait(1.0)
-    assert list(src) == []
+    with pytest.raises(SourceError, match=r"camera://0: the source is closed"):
+        next(src)
 
 
 class FFmpegStalled(FakeCamera):
@@ -252,3 +253,24 @@ def test_a_camera_password_is_never_shown(caplog) -> None:
     with pytest.raises(SourceError) as err:
         open_source(url, capture_factory=Factory([]))
     assert "admin:***@127.0.0.1" in str(err.value) and "s3cret" not in str(err.value)
+
+
+def test_an_exception_while_reconnecting_is_logged_and_retried(caplog) -> None:
+    """A reopen that raises is a failed attempt, said at WARNING with its cause (it was at DEBUG)."""
+    counter = [0]
+    captures = [FakeCamera(counter, frames=2), None, FakeCamera(counter, frames=None)]
+
+    def factory() -> FakeCamera:
+        cap = captures.pop(0)
+        if cap is None:
+            raise RuntimeError("driver hiccup")
+        return cap
+
+    with (
+        caplog.at_level(logging.WARNING, logger="rtseg.source.live"),
+        open_source("camera://0", capture_factory=factory, reconnect=3, backoff=0.01) as src,
+    ):
+        frames = [next(src) for _ in range(4)]
+        assert src.stats.reconnects == 1
+    assert [f.index for f in frames] == sorted({f.index for f in frames})
+    assert "RuntimeError: driver hiccup" in caplog.text

@@ -3,11 +3,14 @@ value quietly fixed or a failure at the first frame."""
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 
 from rtseg.errors import ConfigError
-from rtseg.source import open_source
+from rtseg.source import live, open_source
+from rtseg.source.base import MAX_FRAME_SIDE, MAX_TIMEOUT_S, MIN_TIMEOUT_S, timeout_ms
+from rtseg.source.synthetic import DriveParams
 
 
 @pytest.mark.parametrize(
@@ -67,3 +70,75 @@ def test_numpy_integers_and_bools_are_accepted() -> None:
         "synthetic://drive?size=64x48&frames=1", resize=(np.int64(32), np.int32(24)), loop=np.bool_(False)
     ) as src:
         assert next(src).image.shape == (24, 32, 3)
+
+
+@pytest.mark.parametrize(
+    "timeout",
+    [0.0009, 1e-9, MIN_TIMEOUT_S / 2, float("inf"), float("nan"), 5_000_000.0, MAX_TIMEOUT_S + 0.01],
+)
+def test_timeouts_ffmpeg_cannot_take_are_refused(timeout: float) -> None:
+    """Under 1 ms truncated to 0 ms, which FFmpeg reads as "no timeout" (a silent server hung the
+    run, deaf to SIGTERM); over int32 milliseconds OpenCV failed with a traceback, or a live open
+    failed at once as "nothing answered"."""
+    with pytest.raises(ConfigError, match=r"timeout must be a number of seconds from 0\.001 .* got ") as err:
+        open_source("synthetic://drive?size=64x48", timeout=timeout)
+    assert repr(timeout) in str(err.value)
+
+
+def test_timeout_bounds_are_whole_milliseconds_ffmpeg_takes() -> None:
+    assert timeout_ms(MIN_TIMEOUT_S) == 1  # the smallest accepted is 1 ms, never 0
+    assert timeout_ms(0.0019) == 1
+    assert timeout_ms(MAX_TIMEOUT_S) in (2**31 - 2, 2**31 - 1)
+    with open_source("synthetic://drive?size=64x48&frames=1", timeout=MIN_TIMEOUT_S) as src:
+        assert src.options.timeout == MIN_TIMEOUT_S
+
+
+def test_zero_milliseconds_never_reach_opencv(monkeypatch: pytest.MonkeyPatch) -> None:
+    opened: list[list[int]] = []
+    monkeypatch.setattr(live.cv2, "VideoCapture", lambda url, api, params: opened.append(params))
+    with pytest.raises(ConfigError, match=r"got 0\.0009"):
+        live.open_network("rtsp://127.0.0.1:1/x", 0.0009)
+    with pytest.raises(ConfigError, match=r"got inf"):
+        live.http_problem("http://127.0.0.1:1/x", float("inf"))
+    live.open_network("rtsp://127.0.0.1:1/x", 0.001)
+    assert opened == [[cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, 1, cv2.CAP_PROP_READ_TIMEOUT_MSEC, 1]]
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"rate": "5"}, r"rate must be None or a positive finite number of frames per second, got '5'"),
+        ({"rate": True}, r"rate must be None or a positive finite number .*got True"),
+        ({"timeout": None}, r"timeout must be a number of seconds from 0\.001 .*got None"),
+        ({"timeout": "5"}, r"timeout must be a number of seconds from 0\.001 .*got '5'"),
+        ({"backoff": "1"}, r"backoff must be a finite number of seconds, got '1'"),
+        ({"backoff": float("nan")}, r"backoff must be a finite number of seconds, got nan"),
+    ],
+)
+def test_arguments_of_the_wrong_type_are_config_errors(options: dict, message: str) -> None:
+    """They were raw TypeErrors ("'<' not supported between ...") from deep in the checks."""
+    with pytest.raises(ConfigError, match=message):
+        open_source("synthetic://drive?size=64x48", **options)
+
+
+@pytest.mark.parametrize("uri", [b"clip.mp4", None, 123])
+def test_a_source_that_is_not_text_is_a_config_error(uri: object) -> None:
+    with pytest.raises(ConfigError, match=r"source must be a path or URI given as str") as err:
+        open_source(uri)  # type: ignore[arg-type]
+    assert repr(uri) in str(err.value) and type(uri).__name__ in str(err.value)
+
+
+def test_frame_sizes_are_bounded() -> None:
+    """100000x100000 failed with a NumPy MemoryError or cv2's "Insufficient memory" traceback."""
+    big = MAX_FRAME_SIDE + 1
+    limit = "must be at most 16384 pixels per side"
+    with pytest.raises(ConfigError, match=rf"resize {limit}, got \({big}, 24\)"):
+        open_source("synthetic://drive?size=64x48", resize=(big, 24))
+    with pytest.raises(ConfigError, match=rf"option size {limit}, got '32x{big}'"):
+        open_source(f"synthetic://drive?size=32x{big}")
+    with pytest.raises(ConfigError, match=rf"synthetic size {limit}"):
+        DriveParams(size=(big, 32))
+    # the bound itself is a size that works (a thin strip keeps this fast)
+    strip = f"synthetic://drive?size={MAX_FRAME_SIDE}x32&frames=1"
+    with open_source(strip, resize=(MAX_FRAME_SIDE, 40)) as src:
+        assert next(src).image.shape == (40, MAX_FRAME_SIDE, 3)

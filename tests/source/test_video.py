@@ -133,13 +133,37 @@ def test_not_a_video(tmp_path: Path) -> None:
         open_source(bogus)
 
 
-def test_closed_source_stops(video_file) -> None:
+def test_closed_source_refuses_to_read(video_file) -> None:
+    """Reading a closed source gave 0 frames, silently, like an empty stream; a closed file raises."""
     path, _ = video_file
     src = open_source(path)
     next(src)
     src.close()
     assert src.closed
-    assert list(src) == []
+    with pytest.raises(SourceError, match=rf"{path}: the source is closed"):
+        next(src)
+    with pytest.raises(SourceError, match="the source is closed"):
+        list(src)
+
+
+def test_a_source_cannot_be_reentered_after_its_with_block(video_file) -> None:
+    path, _ = video_file
+    with open_source(path) as src:
+        assert len(list(src)) == FRAMES
+        assert list(src) == []  # the end of the stream is an end, again and again, while open
+    with pytest.raises(SourceError, match="the source is closed"), src:
+        pass
+
+
+def test_a_video_that_decodes_no_frame_is_an_error(video_file, make_faststart, tmp_path: Path) -> None:
+    """It opened (the index is intact) and ended at once: a run reported "complete" with 0 frames."""
+    fixed = make_faststart(video_file[0].read_bytes())
+    cut = tmp_path / "headless.mp4"
+    cut.write_bytes(fixed[: fixed.index(b"mdat") + 16])  # the index, and no whole frame after it
+    message = rf"{cut}: no frame could be decoded \(its header announces 24\)"
+    for options in ({}, {"loop": True}, {"rate": 5}, {"realtime": True}):
+        with open_source(cut, **options) as src, pytest.raises(SourceError, match=message):
+            next(src)
 
 
 @pytest.mark.data
