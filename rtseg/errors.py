@@ -27,6 +27,10 @@ class EngineBuildError(RtsegError):
     """Exporting or compiling a model for a backend failed."""
 
 
+class EngineClosedError(RtsegError, RuntimeError):
+    """An engine was run after ``close()``: its sessions, plans or modules are released."""
+
+
 class TrainingError(RtsegError):
     """Training cannot go on (the loss diverged); the last saved state is kept."""
 

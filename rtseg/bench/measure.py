@@ -371,6 +371,7 @@ def _first_frame(uri: str) -> np.ndarray:
 def run_config(cfg: BenchConfig) -> dict[str, Any]:
     """Measure one configuration; never raises for a combination that cannot run (it is skipped)."""
     from ..engine import load
+    from ..engine.base import BACKEND_OPTIONS
     from ..segmenter import Segmenter, resolve_backend
 
     result: dict[str, Any] = {
@@ -397,12 +398,17 @@ def run_config(cfg: BenchConfig) -> dict[str, Any]:
         torch.manual_seed(0)  # random-init weights are the same in every run
         net = get_model(cfg.model, weights=choice.path)
         t0 = time.perf_counter()
+        backend = resolve_backend(cfg.backend)
+        # --threads holds for every backend, not only torch's intra-op pool
+        takes = backend == "auto" or "threads" in BACKEND_OPTIONS.get(backend, ())
+        threads = {"threads": cfg.threads} if cfg.threads is not None and takes else {}
         engine = load(
             net,
-            backend=resolve_backend(cfg.backend),
+            backend=backend,
             precision=cfg.precision,
             input_size=cfg.size,
             device=cfg.device,
+            **threads,
         )
         result["setup_s"] = round(time.perf_counter() - t0, 2)
     except SKIP_ERRORS as exc:
@@ -410,6 +416,8 @@ def run_config(cfg: BenchConfig) -> dict[str, Any]:
     except Exception as exc:  # a broken build must not take the sweep down
         return {**result, "status": "failed", "reason": f"{type(exc).__name__}: {exc}"}
     info = engine.info
+    if info.threads is not None:  # what the engine runs with (ONNX Runtime, OpenVINO pick their own)
+        result["threads"] = info.threads
     result["engine_info"] = {
         "backend": info.backend,
         "library": info.library,

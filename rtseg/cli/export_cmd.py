@@ -63,10 +63,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..engine import load
+    from ..engine import ArtifactCache, load
 
+    # Writing artifacts is the command's whole job: with an unwritable cache, auto would skip
+    # every exported backend, pick torch and exit 0 having written nothing.
+    ArtifactCache(args.engine_dir).check_writable()
     net = load_model(args.model, args.weights)
-    size = args.size or net.meta.preprocessing.input_size
     options = {"exporter": args.exporter} if args.backend in ("onnxruntime", "openvino", "auto") else {}
     if args.backend == "tensorrt":
         options["int8_mode"] = args.int8_mode
@@ -77,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         backend=args.backend,
         precision=args.precision,
         device=args.device,
-        input_size=size,
+        input_size=args.size,  # None: the weights' size, which load() names if unusable
         engine_dir=args.engine_dir,
         calibration=args.calibration,
         **options,
@@ -94,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
         built = json.loads(sidecar.read_text())["built_at"] if sidecar.is_file() else "?"
         print(f"  {path}  (built {built})")
     if args.verify:
-        _verify(engine, net, size)
+        _verify(engine, net, engine.input_size)
     return 0
 
 

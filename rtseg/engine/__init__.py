@@ -15,7 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, EngineClosedError
 from ..models import StagedSegmenter, get_model
 from .base import BACKEND_OPTIONS, Engine, EngineInfo
 from .cache import ArtifactCache, default_engine_dir, weights_hash
@@ -100,6 +100,7 @@ def load(
         )
     size = check_input_size(input_size)
     net = model if isinstance(model, StagedSegmenter) else get_model(model, weights=weights)
+    from_weights = size is None
     size = size or tuple(net.meta.preprocessing.input_size)
     if max(size) > MAX_INPUT_SIDE:
         raise ConfigError(
@@ -108,10 +109,14 @@ def load(
         )
     spec = net.stage_spec
     if size[0] % spec.input_multiple or size[1] % spec.input_multiple:
-        raise ConfigError(
-            f"{net.meta.model} needs an input size divisible by {spec.input_multiple}, "
-            f"got {size[0]}x{size[1]}"
-        )
+        got = f"got {size[0]}x{size[1]}"
+        if from_weights:  # the user gave no size: say where this one came from
+            source = f"the weights {net.weights_path}" if net.weights_path else "the model's metadata"
+            got = (
+                f"but {source} store input size {size[0]}x{size[1]} and no input size was given; "
+                "pass one (--size WxH / input_size=)"
+            )
+        raise ConfigError(f"{net.meta.model} needs an input size divisible by {spec.input_multiple}, {got}")
     cache = ArtifactCache(engine_dir)
     calib = _calibration(calibration)
     if backend == "auto":
@@ -226,6 +231,7 @@ __all__ = [
     "ArtifactCache",
     "CalibrationList",
     "Engine",
+    "EngineClosedError",
     "EngineInfo",
     "TorchEngine",
     "check_input_size",

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import EngineClosedError
 from ..models.base import StageSpec
 from ..models.checkpoint import WeightsMeta
 
@@ -51,15 +52,34 @@ class EngineInfo:
     library: str  # e.g. "onnxruntime 1.31.1"
     artifacts: tuple[str, ...] = ()
     notes: tuple[str, ...] = field(default_factory=tuple)
+    threads: int | None = None  # CPU threads the backend really runs with (None: not known)
 
 
 class Engine(ABC):
-    """Three stage entry points plus ``run``; subclasses hold the compiled graphs."""
+    """Three stage entry points plus ``run``; subclasses hold the compiled graphs.
+
+    ``close()`` is final for every backend: afterwards each stage entry point raises
+    ``EngineClosedError`` (also for torch, which could still run) so code that closes an engine
+    it still uses fails the same way whatever backend it was tested with. Load a new engine
+    instead of reusing a closed one; closing twice is harmless.
+    """
 
     info: EngineInfo
     meta: WeightsMeta
     stage_spec: StageSpec
     head_low_inputs: tuple[str, ...]
+    _closed: bool = False
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _check_open(self) -> None:
+        """Called first by each backend's stage entry points (cheap: one attribute read)."""
+        if self._closed:
+            raise EngineClosedError(
+                f"this {self.info.backend} engine ({self.info.model}) is closed; load a new engine to run it"
+            )
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -107,8 +127,10 @@ class Engine(ABC):
         for _ in range(iterations):
             self.run(image)
 
-    def close(self) -> None:  # noqa: B027 - optional hook: most engines hold nothing to release
-        """Release backend resources (sessions, CUDA buffers)."""
+    def close(self) -> None:
+        """Mark the engine closed; backends that hold sessions or CUDA buffers release them too
+        (overrides call ``super().close()``)."""
+        self._closed = True
 
     def __enter__(self) -> Engine:
         return self

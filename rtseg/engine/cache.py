@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import re
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
@@ -122,9 +123,10 @@ def _key_difference(built: Any, wanted: Mapping[str, Any]) -> str:
 
 
 @contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
+def file_lock(path: Path, waiting_for: str | None = None) -> Iterator[None]:
     """Exclusive advisory lock on ``path`` (created if missing): a second holder, thread or
-    process, waits. Without POSIX locks only atomic renames keep files whole."""
+    process, waits (logging once, naming ``waiting_for``, when the lock is not free at once).
+    Without POSIX locks only atomic renames keep files whole."""
     try:
         import fcntl
     except ImportError:
@@ -132,7 +134,12 @@ def file_lock(path: Path) -> Iterator[None]:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+b") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            # Held elsewhere (a build can take minutes): say so once, or the wait looks like a hang.
+            log.info("waiting for another process building %s (lock %s)", waiting_for or path.stem, path)
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
         try:
             yield
         finally:
@@ -277,6 +284,22 @@ class ArtifactCache:
             raise self._unwritable(exc) from None
         return Artifact(path, sidecar)
 
+    def check_writable(self) -> None:
+        """Probe the folder with a temporary file, so that a command whose job is to write
+        artifacts fails up front rather than skipping every backend that needs the cache.
+        Folders created for the probe are removed again: a check leaves nothing behind."""
+        missing = [p for p in (self.directory, *self.directory.parents) if not p.exists()]
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=self.directory, prefix=".write-probe-"):
+                pass
+        except OSError as exc:
+            raise self._unwritable(exc) from None
+        finally:
+            for folder in missing:  # deepest first
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+
     def _unwritable(self, exc: OSError) -> CacheUnwritableError:
         reason = f"cannot write to the engine cache {self.directory}: {exc.strerror or exc}"
         return CacheUnwritableError(
@@ -290,7 +313,7 @@ class ArtifactCache:
         with contextlib.ExitStack() as stack:
             try:
                 self.directory.mkdir(parents=True, exist_ok=True)
-                stack.enter_context(file_lock(lock_path))
+                stack.enter_context(file_lock(lock_path, waiting_for=key.stem))
             except OSError as exc:
                 raise self._unwritable(exc) from None
             yield

@@ -77,6 +77,11 @@ def _evenly(count: int, num: int) -> list[int]:
     return [int(i * count / num) for i in range(num)]
 
 
+def _is_frame_number(entry: str) -> bool:
+    """A video list entry must be a plain non-negative decimal index ("7", not "-5", "1.5" or "+3")."""
+    return entry.isascii() and entry.isdigit()
+
+
 def _hash_file(digest: Any, path: Path, what: str) -> None:
     """Feed ``path``'s length and bytes to ``digest`` in 1 MiB chunks (a video is not read whole)."""
     try:
@@ -101,6 +106,13 @@ class CalibrationList:
             raise ValueError(f"CalibrationList.kind must be 'images' or 'video', got {self.kind!r}")
         if not self.entries:
             raise ValueError("CalibrationList.entries must not be empty")
+        if self.kind == "video":
+            for entry in self.entries:
+                if not _is_frame_number(entry):
+                    raise ConfigError(
+                        f"CalibrationList.entries: {entry!r} is not a frame number "
+                        "(expected a whole number >= 0)"
+                    )
 
     def text(self, relative_to: Path | None = None) -> str:
         """The list file; with ``relative_to`` (its folder) the source is written relative to it."""
@@ -156,9 +168,19 @@ class CalibrationList:
                     kind, source = k, path.resolve().parent / line[len(f"# {k}: ") :]
         if kind is None or source is None:
             raise ConfigError(f"{path}: missing the '# images: DIR' or '# video: FILE' source line")
-        entries = tuple(ln for ln in lines[1:] if ln and not ln.startswith("#"))
-        if not entries:
+        numbered = [(n, ln) for n, ln in enumerate(lines[1:], start=2) if ln and not ln.startswith("#")]
+        if not numbered:
             raise ConfigError(f"{path} lists no frames")
+        if kind == "video":
+            # Checked here, naming the line: a bad entry found while decoding would surface as
+            # "no calibration data" after the whole video was read.
+            for number, entry in numbered:
+                if not _is_frame_number(entry):
+                    raise ConfigError(
+                        f"{path} line {number}: {entry!r} is not a frame number "
+                        "(expected a whole number >= 0)"
+                    )
+        entries = tuple(ln for _, ln in numbered)
         return cls(kind, source.resolve(), entries)  # type: ignore[arg-type]
 
     @classmethod

@@ -17,8 +17,11 @@ import contextlib
 import io
 import json
 import logging
+import os
+import sys
+import tempfile
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -142,17 +145,90 @@ def _export_dynamo(graph: StageGraph, opset: int) -> onnx.ModelProto:
     return program.model_proto
 
 
+# Loggers of the exporters' libraries: their INFO/WARNING chatter (hundreds of lines for one
+# dynamo export) is captured during an export, not shown.
+EXPORTER_LOGGERS = ("onnxscript", "onnx_ir", "torch.onnx", "torch.export", "torch._dynamo", "torch._export")
+ERROR_TAIL_LINES = 20
+
+
+class _Captured(logging.Handler):
+    """Collects the exporter libraries' log records as text."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.setFormatter(logging.Formatter("%(levelname)s:%(name)s:%(message)s"))
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.lines.append(self.format(record))
+        except Exception:
+            self.lines.append(f"{record.levelname}:{record.name}:{record.msg!r}")
+
+
+@contextlib.contextmanager
+def captured_output() -> Iterator[list[str]]:
+    """Capture everything an exporter writes: Python and C++ writes to stdout and stderr (the
+    TorchScript exporter dumps its whole IR graph from C++ when it fails) and the exporter
+    libraries' logging. The list it yields is filled with the text when the block ends.
+
+    Process-wide while it lasts (file descriptors 1 and 2): another thread's output in that time
+    is captured too, which is acceptable for a load-time export."""
+    handler = _Captured()
+    loggers = [logging.getLogger(name) for name in EXPORTER_LOGGERS]
+    saved = [(lg.handlers[:], lg.propagate, lg.level) for lg in loggers]
+    for lg in loggers:
+        lg.handlers[:] = [handler]
+        lg.propagate = False
+        lg.setLevel(logging.INFO)
+    lines: list[str] = []
+    with tempfile.TemporaryFile(mode="w+b") as sink, contextlib.ExitStack() as stack:
+        text = io.StringIO()
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        saved_fds: list[tuple[int, int]] = []
+        for fd in (1, 2):
+            try:
+                saved_fds.append((fd, os.dup(fd)))
+                os.dup2(sink.fileno(), fd)
+            except OSError:  # no such descriptor (an embedding host): Python-level capture only
+                continue
+        stack.enter_context(contextlib.redirect_stdout(text))
+        stack.enter_context(contextlib.redirect_stderr(text))
+        try:
+            yield lines
+        finally:
+            stack.close()
+            for fd, copy in saved_fds:
+                os.dup2(copy, fd)
+                os.close(copy)
+            for lg, (handlers, propagate, level) in zip(loggers, saved, strict=True):
+                lg.handlers[:] = handlers
+                lg.propagate = propagate
+                lg.setLevel(level)
+            sink.seek(0)
+            raw = sink.read().decode("utf-8", errors="replace")
+            lines.extend(ln for ln in (raw + text.getvalue()).splitlines() if ln.strip())
+            lines.extend(handler.lines)
+
+
 def export_graph(
     graph: StageGraph, *, exporter: str = "auto", opset: int = OPSET
 ) -> tuple[onnx.ModelProto, str]:
-    """Export one stage; returns the model and the exporter that produced it."""
+    """Export one stage; returns the model and the exporter that produced it.
+
+    The exporters' own output is captured (logged at debug level, and its end quoted in the
+    error if every exporter fails): on success with a fallback, one info line says so.
+    """
     if exporter not in EXPORTERS:
         raise ConfigError(f"exporter must be one of {', '.join(EXPORTERS)}, got {exporter!r}")
     order = ("torchscript", "dynamo") if exporter == "auto" else (exporter,)
-    errors = []
+    errors: list[str] = []
+    output: list[str] = []
     for name in order:
         try:
-            with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            with warnings.catch_warnings(), captured_output() as lines:
                 warnings.simplefilter("ignore")
                 with torch.no_grad():
                     proto = (
@@ -163,18 +239,37 @@ def export_graph(
         except Exception as exc:  # exporters raise many unrelated types; keep the message
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             errors.append(f"{name}: {first[:300]}")
-            if name != order[-1]:
-                log.info(
-                    "ONNX export of stage %s with %s failed (%s); trying %s",
-                    graph.name,
-                    name,
-                    first[:120],
-                    order[-1],
-                )
+            output.extend(lines)
+            _log_output(graph.name, name, lines)
             continue
+        _log_output(graph.name, name, lines)
         _check_io(proto, graph)
+        if errors:
+            written = max(
+                (o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=opset
+            )
+            at = f"opset {written}" + (f", {opset} was asked for" if written != opset else "")
+            log.info(
+                "ONNX export of stage %s: %s; exported with %s instead (%s)",
+                graph.name,
+                "; ".join(errors)[:200],
+                name,
+                at,
+            )
         return proto, name
-    raise EngineBuildError(f"cannot export stage {graph.name} to ONNX: " + "; ".join(errors))
+    message = f"cannot export stage {graph.name} to ONNX: " + "; ".join(errors)
+    if output:
+        message += f"\nlast {min(len(output), ERROR_TAIL_LINES)} lines the exporters wrote:\n" + "\n".join(
+            line[:300] for line in output[-ERROR_TAIL_LINES:]
+        )
+    raise EngineBuildError(message)
+
+
+def _log_output(stage: str, exporter: str, lines: list[str]) -> None:
+    if lines and log.isEnabledFor(logging.DEBUG):
+        log.debug(
+            "%s exporter output for stage %s (%d lines):\n%s", exporter, stage, len(lines), "\n".join(lines)
+        )
 
 
 def _check_io(proto: onnx.ModelProto, graph: StageGraph) -> None:

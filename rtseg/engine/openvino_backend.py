@@ -150,6 +150,14 @@ class _Stage:
         return [result[n] for n in wanted]
 
 
+def _threads(compiled: Any) -> int | None:
+    """The threads OpenVINO chose (or was given): its default follows the cores, not our flag."""
+    try:
+        return int(compiled.get_property("INFERENCE_NUM_THREADS"))
+    except Exception:
+        return None
+
+
 class OpenVinoEngine(Engine):
     """Runs the low/deep/head graphs with OpenVINO; features are NumPy arrays between stages."""
 
@@ -188,9 +196,11 @@ class OpenVinoEngine(Engine):
             library=f"openvino {ov.get_version().split('-')[0]}",
             artifacts=tuple(str(p) for p in files.values()),
             notes=(f"INFERENCE_PRECISION_HINT {HINTS[precision]}", "PERFORMANCE_HINT LATENCY", *notes),
+            threads=_threads(self._stages["low"].compiled),
         )
 
     def run_low(self, image: Array) -> Features:
+        self._check_open()
         self.check_image(image)
         x = _numpy(image)
         if x.ndim == 3:
@@ -201,10 +211,12 @@ class OpenVinoEngine(Engine):
         return dict(zip(stage.outputs, stage({IMAGE: x}), strict=True))
 
     def run_deep(self, low: Features) -> Features:
+        self._check_open()
         stage = self._stages["deep"]
         return dict(zip(stage.outputs, stage({n: _numpy(low[n]) for n in stage.inputs}), strict=True))
 
     def run_head(self, low: Features, deep: Features, *, logits: bool = False) -> Any:
+        self._check_open()
         stage = self._stages["head" if logits else "head:labels"]
         feed = {n: _numpy(low[n] if n in low else deep[n]) for n in stage.inputs}
         if logits:
@@ -214,4 +226,5 @@ class OpenVinoEngine(Engine):
         return labels
 
     def close(self) -> None:
+        super().close()
         self._stages.clear()

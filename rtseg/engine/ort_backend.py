@@ -210,6 +210,7 @@ class OrtEngine(Engine):
                 *(["io binding"] if io_binding else []),
                 *notes,
             ),
+            threads=options.intra_op_num_threads,
         )
 
     def _image(self, image: Array) -> np.ndarray:
@@ -222,6 +223,7 @@ class OrtEngine(Engine):
         return x
 
     def _run(self, stage: str, feed: Mapping[str, np.ndarray], outputs: tuple[str, ...] | None) -> list:
+        self._check_open()
         session = self._sessions[stage]
         if not self._io_binding:
             return session.run(list(outputs) if outputs else None, dict(feed))
@@ -255,4 +257,5 @@ class OrtEngine(Engine):
         return labels
 
     def close(self) -> None:
+        super().close()
         self._sessions.clear()

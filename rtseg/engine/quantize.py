@@ -27,7 +27,7 @@ import numpy as np
 import onnx
 
 from ..atomic import atomic_write_bytes
-from ..errors import BackendUnavailableError, ConfigError, EngineBuildError
+from ..errors import BackendUnavailableError, ConfigError, EngineBuildError, RtsegError
 from ..models.base import StagedSegmenter
 from .cache import ArtifactCache, ArtifactKey, digest, file_lock
 from .calibration import (
@@ -354,8 +354,10 @@ def quantize_graph(
             try:
                 calibrate = workdir / f"{fp32_path.stem}.calibrate.onnx"
                 build(Scheme("calibrate", every_op), reader, calibrate, [], local)
-            except ValueError:  # onnxruntime: "No data is collected."
-                if reader.count:
+            except ValueError as exc:  # onnxruntime: "No data is collected."
+                # rtseg's own errors (a ConfigError is a ValueError) come from the frames and
+                # say what is wrong: only onnxruntime's complaint about no data is replaced.
+                if reader.count or isinstance(exc, RtsegError):
                     raise
             if reader.count == 0:
                 raise EngineBuildError(f"no calibration data reached stage {fp32_path.name}")

@@ -565,6 +565,7 @@ class TensorRTEngine(Engine):
         return out
 
     def run_low(self, image: Array) -> Features:
+        self._check_open()
         self.check_image(image)
         x = image[None] if image.ndim == 3 else image
         plan = self._plans["low"]
@@ -572,6 +573,7 @@ class TensorRTEngine(Engine):
         return dict(zip(names, self._run("low", {IMAGE: x}, names), strict=True))
 
     def run_deep(self, low: Features) -> Features:
+        self._check_open()
         names = tuple(self._plans["deep"].outputs)
         return dict(zip(names, self._run("deep", low, names), strict=True))
 
@@ -591,6 +593,7 @@ class TensorRTEngine(Engine):
         return LOGITS_STAGE
 
     def run_head(self, low: Features, deep: Features, *, logits: bool = False) -> Any:
+        self._check_open()
         feed = {**low, **deep}
         if logits:
             labels, out = self._run(self._logits_head(), feed, (LABELS, LOGITS))
@@ -599,6 +602,7 @@ class TensorRTEngine(Engine):
         return labels.cpu().numpy()
 
     def close(self) -> None:
+        super().close()
         self._plans.clear()
 
 

@@ -154,6 +154,7 @@ class Torch2TrtEngine(Engine):
 
     @torch.inference_mode()
     def run_low(self, image: Array) -> Features:
+        self._check_open()
         self.check_image(image)
         x = torch.from_numpy(image) if not isinstance(image, torch.Tensor) else image
         x = (x[None] if x.dim() == 3 else x).to(self.device).to(torch.float32)
@@ -162,12 +163,14 @@ class Torch2TrtEngine(Engine):
 
     @torch.inference_mode()
     def run_deep(self, low: Features) -> Features:
+        self._check_open()
         with torch.cuda.device(self.device):
             out = self._deep(*pick(low, self._deep_inputs))
         return dict(zip(self._deep_names, as_tuple(out), strict=True))
 
     @torch.inference_mode()
     def run_head(self, low: Features, deep: Features, *, logits: bool = False) -> Any:
+        self._check_open()
         with torch.cuda.device(self.device):
             (out,) = as_tuple(self._head(*pick(low, self.head_low_inputs), *pick(deep, self._deep_names)))
             labels = labels_from(out, self._num_classes).cpu().numpy()

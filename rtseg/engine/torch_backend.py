@@ -85,10 +85,12 @@ class TorchEngine(Engine):
             input_size=(w, h),
             library=f"torch {torch.__version__}",
             notes=tuple(flags),
+            threads=torch.get_num_threads() if self.device.type == "cpu" else None,
         )
 
     @torch.inference_mode()
     def run_low(self, image: Array) -> Features:
+        self._check_open()
         self.check_image(image)
         x = _as_batch(image, self.device)
         outputs = self._low_fn(x)
@@ -96,11 +98,13 @@ class TorchEngine(Engine):
 
     @torch.inference_mode()
     def run_deep(self, low: Features) -> Features:
+        self._check_open()
         outputs = self._deep_fn(*pick(low, self._deep.input_names))
         return dict(zip(self._deep.names, outputs, strict=True))
 
     @torch.inference_mode()
     def run_head(self, low: Features, deep: Features, *, logits: bool = False) -> Any:
+        self._check_open()
         args = (*pick(low, self.head_low_inputs), *pick(deep, self._head.deep_names))
         if logits:
             labels, out = self._head_logits(*args)

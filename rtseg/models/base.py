@@ -11,6 +11,7 @@ from __future__ import annotations
 import numbers
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
 import torch
@@ -86,6 +87,7 @@ class StagedSegmenter(nn.Module):
 
     stage_spec: StageSpec
     num_outputs: int
+    weights_path: Path | None = None  # the checkpoint get_model loaded, named by later errors
 
     def forward_low(self, x: Tensor) -> Features:
         raise NotImplementedError

@@ -156,9 +156,18 @@ def read_checkpoint(path: str | os.PathLike[str]) -> LoadedCheckpoint:
                 f"{path}: rtseg checkpoint format_version {version!r} is not supported "
                 f"(this rtseg reads version {FORMAT_VERSION})"
             )
+        if not isinstance(obj.get("meta"), Mapping):
+            raise CheckpointError(
+                f"{path}: invalid rtseg checkpoint: the 'meta' entry is missing or not a dict "
+                f"(got {type(obj.get('meta')).__name__}); save weights with rtseg.models.save_checkpoint"
+            )
         try:
             meta = WeightsMeta.from_dict(obj["meta"])
-        except (KeyError, TypeError, ValueError) as exc:
+        except KeyError as exc:  # str(KeyError) is only the quoted key: say what it means
+            raise CheckpointError(
+                f"{path}: invalid rtseg checkpoint metadata: the key {exc.args[0]!r} is missing"
+            ) from None
+        except (TypeError, ValueError) as exc:
             raise CheckpointError(f"{path}: invalid rtseg checkpoint metadata: {exc}") from None
         state_dict = _state_dict_from(obj.get("state_dict"), path)
         stored = obj.get("tensors_sha256")  # older rtseg files have none: nothing to check

@@ -402,4 +402,5 @@ def get_model(
             meta.classes.name,
         )
     model.meta = meta  # type: ignore[assignment]
+    model.weights_path = ckpt.path
     return model.eval()

@@ -97,3 +97,19 @@ def test_config_round_trip_and_validation() -> None:
         _cfg(warmup=-1)
     with pytest.raises(ConfigError, match="both are off"):
         _cfg(engine=False, pipeline=False)
+
+
+def test_threads_are_given_to_onnxruntime_and_recorded_as_it_ran(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--threads 1 left ONNX Runtime on its own count while the row said 1; without --threads
+    the row gave torch's count, not the engine's."""
+    import torch
+
+    from rtseg.engine import ort_backend
+
+    asked = run_config(_cfg(backend="onnxruntime", pipeline=False))
+    assert asked["status"] == "ok", asked["reason"]
+    assert "threads 1" in asked["engine_info"]["notes"] and asked["threads"] == 1
+    monkeypatch.setattr(ort_backend, "physical_cores", lambda: 3)
+    torch.set_num_threads(1)
+    own = run_config(_cfg(backend="onnxruntime", threads=None, pipeline=False))
+    assert "threads 3" in own["engine_info"]["notes"] and own["threads"] == 3

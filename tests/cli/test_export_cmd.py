@@ -120,3 +120,18 @@ def test_int8_mode_applies_to_tensorrt_only(
     rc = _export(weights, tmp_path / "engines", "--backend", "onnxruntime", "--int8-mode", "calibrator")
     assert rc == 2
     assert "rtseg export: error: --int8-mode applies to --backend tensorrt" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("backend", ["auto", "onnxruntime"])
+def test_an_unwritable_engine_dir_fails_before_anything_is_built(
+    weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], backend: str
+) -> None:
+    """auto skipped every exporting backend, picked torch and exited 0 with nothing written."""
+    blocker = tmp_path / "blocker"
+    blocker.write_text("keep")
+    rc = _export(weights, blocker / "engines", "--backend", backend)
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert re.search(rf"error: cannot write to the engine cache {re.escape(str(blocker / 'engines'))}: ", err)
+    assert "point --engine-dir (or RTSEG_ENGINE_DIR) at a writable folder" in err
+    assert blocker.read_text() == "keep"

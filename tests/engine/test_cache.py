@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing
+import threading
+import time
 from pathlib import Path
 
 import onnx
@@ -248,3 +250,40 @@ def test_an_unreadable_artifact_is_corrupt_and_rebuilt(tmp_path: Path, monkeypat
     with caplog.at_level(logging.WARNING):
         assert cache.get(_key(), "low", "bin") is None  # rebuilt, not a bare OSError out of the load
     assert "unreadable" in caplog.text and art.path.name in caplog.text
+
+
+def test_a_held_lock_is_reported_once_then_waited_for(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The wait was silent: an export behind another process's build looked like a hang."""
+    fcntl = pytest.importorskip("fcntl")
+    cache, key = ArtifactCache(tmp_path), _key()
+    lock_path = tmp_path / f".{key.stem}.lock"
+    done = threading.Event()
+
+    def build(todo: tuple[str, ...]) -> dict[str, tuple[bytes, dict]]:
+        return {s: (b"x", {}) for s in todo}
+
+    with open(lock_path, "a+b") as held, caplog.at_level(logging.INFO, logger="rtseg.engine.cache"):
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)  # another open file: this process's flock blocks too
+        worker = threading.Thread(
+            target=lambda: (cache.get_or_build(key, ("low",), "onnx", build), done.set())
+        )
+        worker.start()
+        deadline = time.monotonic() + 10
+        while (
+            not [r for r in caplog.records if "waiting for" in r.getMessage()] and time.monotonic() < deadline
+        ):
+            time.sleep(0.01)
+        assert not done.is_set()  # still waiting for the lock
+        fcntl.flock(held.fileno(), fcntl.LOCK_UN)
+        worker.join(10)
+    assert done.is_set()
+    waits = [r.getMessage() for r in caplog.records if "waiting for" in r.getMessage()]
+    assert waits == [f"waiting for another process building {key.stem} (lock {lock_path})"]
+
+
+def test_a_free_lock_logs_nothing(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO), cache_mod.file_lock(tmp_path / ".x.lock", waiting_for="x"):
+        pass
+    assert not [r for r in caplog.records if "waiting for" in r.getMessage()]

@@ -239,6 +239,27 @@ def test_load_rejects_malformed_lists(tmp_path: Path, text: str, message: str) -
         CalibrationList.load(path)
 
 
+@pytest.mark.parametrize("entry", ["abc", "1.5", "-5", "+3", "1e3"])
+def test_a_video_entry_that_is_not_a_frame_number_is_refused_at_load_naming_the_line(
+    tmp_path: Path, entry: str
+) -> None:
+    """Found while decoding, it surfaced as "no calibration data" naming neither list nor line."""
+    video = _write_video(tmp_path / "clip.avi", 4)
+    path = tmp_path / "l.txt"
+    path.write_text(f"{LIST_HEADER}\n# video: {video.name}\n0\n{entry}\n")
+    with pytest.raises(ConfigError, match=rf"l\.txt line 4: '{re.escape(entry)}' is not a frame number"):
+        CalibrationList.load(path)
+    with pytest.raises(ConfigError, match="is not a frame number"):
+        CalibrationList("video", video.resolve(), ("0", entry))
+
+
+def test_image_entries_need_not_be_numbers(tmp_path: Path) -> None:
+    _write_images(tmp_path / "imgs", 1)
+    path = tmp_path / "l.txt"
+    path.write_text(f"{LIST_HEADER}\n# images: imgs\nf00.png\n")
+    assert CalibrationList.load(path).entries == ("f00.png",)
+
+
 def test_load_of_a_missing_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read calibration list"):
         CalibrationList.load(tmp_path / "nope.txt")

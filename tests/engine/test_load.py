@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import re
+from dataclasses import replace
+
+import numpy as np
 import pytest
 
 from rtseg.engine import load
-from rtseg.errors import BackendUnavailableError, ConfigError
-from rtseg.models import get_model
+from rtseg.errors import BackendUnavailableError, ConfigError, EngineClosedError
+from rtseg.models import get_model, save_checkpoint
 
 SIZE = (64, 48)
 
@@ -73,3 +77,38 @@ def test_the_torch_backend_leaves_the_callers_network_as_it_was(tmp_path) -> Non
     plain = load(model, backend="torch", input_size=SIZE, engine_dir=tmp_path)
     assert plain._low.model is model  # nothing to convert: no copy
     np.testing.assert_array_equal(engine.run(image), plain.run(image))
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime", "openvino"])
+def test_a_closed_engine_refuses_to_run_on_every_backend(backend: str, shared_engine_dir) -> None:  # type: ignore[no-untyped-def]
+    """ONNX Runtime and OpenVINO gave a bare KeyError: 'low'; torch ran on. close() is final."""
+    if backend == "openvino":
+        pytest.importorskip("openvino")
+    engine = load(get_model("espnet"), backend=backend, input_size=SIZE, engine_dir=shared_engine_dir)
+    image = np.zeros((SIZE[1], SIZE[0], 3), np.uint8)
+    low = engine.run_low(image)
+    deep = engine.run_deep(low)
+    engine.close()
+    engine.close()  # twice is harmless
+    assert engine.closed
+    for call in (lambda: engine.run(image), lambda: engine.run_deep(low), lambda: engine.run_head(low, deep)):
+        with pytest.raises(
+            EngineClosedError, match=rf"this {backend} engine \(espnet\) is closed; load a new"
+        ):
+            call()
+
+
+def test_an_unusable_input_size_from_the_weights_names_the_checkpoint(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """No size was given: saying only "got 481x361" blamed the user for a size they never passed."""
+    model = get_model("espnet", num_classes=11)
+    meta = replace(model.meta, preprocessing=model.meta.preprocessing.with_input_size((481, 361)))
+    path = save_checkpoint(tmp_path / "odd.pt", model.state_dict(), meta)
+    with pytest.raises(
+        ConfigError,
+        match=rf"divisible by 8, but the weights {re.escape(str(path))} store input size 481x361 and no "
+        r"input size was given; pass one \(--size WxH / input_size=\)",
+    ):
+        load("espnet", weights=path, backend="torch", engine_dir=tmp_path)
+    assert (
+        load("espnet", weights=path, backend="torch", input_size=SIZE, engine_dir=tmp_path).input_size == SIZE
+    )

@@ -271,6 +271,21 @@ def test_a_stage_without_calibration_data_is_a_build_error(
         _Reader(iter(())).rewind()
 
 
+def test_an_rtseg_error_from_the_frames_is_not_reported_as_missing_data(
+    model: StagedSegmenter, engine_dir: Path, tmp_path: Path
+) -> None:
+    """A ConfigError is a ValueError, like onnxruntime's "No data is collected": it must surface
+    as raised, not be replaced by "no calibration data reached stage"."""
+
+    def bad_frames():  # type: ignore[no-untyped-def]
+        raise ConfigError("l.txt line 4: 'abc' is not a frame number")
+        yield  # a generator, like CalibrationList.frames
+
+    fp32_stages = ensure_onnx(model, SIZE, ArtifactCache(engine_dir))
+    with pytest.raises(ConfigError, match="line 4"):
+        quantize_graph(fp32_stages.files["low"], bad_frames(), flavour="cpu", workdir=tmp_path)
+
+
 class _Outputs:
     """Stands in for an inference session: returns fixed outputs."""
 

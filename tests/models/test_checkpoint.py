@@ -228,3 +228,30 @@ def test_non_finite_weights_are_refused(tmp_path: Path) -> None:
     torch.save(state, path)
     with pytest.raises(CheckpointError, match=r"nan\.pt: 1 tensors hold NaN or infinite values, first: "):
         get_model("espnet", weights=path, num_classes=11)
+
+
+@pytest.mark.parametrize(
+    ("drop", "message"),
+    [
+        ("meta", r"invalid rtseg checkpoint: the 'meta' entry is missing or not a dict \(got NoneType\)"),
+        ("classes", r"invalid rtseg checkpoint metadata: the key 'classes' is missing"),
+    ],
+)
+def test_a_missing_metadata_key_is_named_as_missing(
+    rtseg_ckpt: Path, tmp_path: Path, drop: str, message: str
+) -> None:
+    """It said only "invalid rtseg checkpoint metadata: 'meta'" (the bare KeyError text)."""
+    raw = torch.load(rtseg_ckpt, weights_only=True)
+    if drop == "meta":
+        del raw["meta"]
+    else:
+        del raw["meta"][drop]
+    bad = tmp_path / "bad.pt"
+    torch.save(raw, bad)
+    with pytest.raises(CheckpointError, match=rf"bad\.pt: {message}"):
+        read_checkpoint(bad)
+
+
+def test_get_model_remembers_the_weights_file(rtseg_ckpt: Path) -> None:
+    assert get_model("espnet", weights=rtseg_ckpt).weights_path == rtseg_ckpt
+    assert get_model("espnet").weights_path is None

@@ -1,0 +1,84 @@
+"""``export_graph``: the exporters' own output is captured, a fallback is one info line, and a
+final failure quotes the end of what the exporters wrote."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from rtseg.engine import onnx_export
+from rtseg.engine.onnx_export import StageGraph, export_graph
+from rtseg.errors import EngineBuildError
+
+
+class _Double(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 2
+
+
+def _graph() -> StageGraph:
+    return StageGraph("deep", _Double().eval(), (torch.zeros(1, 3, 4, 4),), ("x",), ("y",))
+
+
+def _noisy(tag: str) -> None:
+    """Writes like the real exporters do: C++ to both descriptors, Python prints and logging."""
+    os.write(1, f"{tag} Torch IR graph at exception: graph(...)\n".encode())
+    os.write(2, f"{tag} C++ warning on stderr\n".encode())
+    print(f"{tag} python stdout")
+    print(f"{tag} python stderr", file=sys.stderr)
+    logging.getLogger("onnxscript.version_converter").warning("%s version converter failed", tag)
+    logging.getLogger("onnx_ir.passes.common").info("%s removed 630 unused nodes", tag)
+
+
+def test_a_fallback_prints_nothing_but_one_info_line(
+    monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    real = onnx_export._export_torchscript
+
+    def torchscript_fails(graph: StageGraph, opset: int):  # type: ignore[no-untyped-def]
+        _noisy("ts")
+        raise RuntimeError("Unsupported: ONNX export of operator adaptive_avg_pool2d")
+
+    def dynamo_works(graph: StageGraph, opset: int):  # type: ignore[no-untyped-def]
+        _noisy("dynamo")
+        return real(graph, 18)  # as dynamo does when it cannot write the opset asked for
+
+    monkeypatch.setattr(onnx_export, "_export_torchscript", torchscript_fails)
+    monkeypatch.setattr(onnx_export, "_export_dynamo", dynamo_works)
+    with caplog.at_level(logging.DEBUG):
+        _, used = export_graph(_graph(), opset=17)
+    assert used == "dynamo"
+    out, err = capfd.readouterr()
+    assert out == "" and err == ""
+    mine = [r for r in caplog.records if r.name == "rtseg.engine.onnx_export" and r.levelno >= logging.INFO]
+    assert len(mine) == 1
+    assert "torchscript: Unsupported" in mine[0].getMessage()
+    assert "exported with dynamo instead (opset 18, 17 was asked for)" in mine[0].getMessage()
+    assert not [r for r in caplog.records if r.name.startswith(("onnxscript", "onnx_ir"))]
+    debug = "\n".join(r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG)
+    for line in ("ts Torch IR graph", "ts C++ warning", "ts python stderr", "ts version converter failed"):
+        assert line in debug  # kept for --verbose
+    # the loggers are back as they were
+    assert logging.getLogger("onnxscript").propagate and not logging.getLogger("onnxscript").handlers
+
+
+def test_a_final_failure_quotes_the_end_of_what_the_exporters_wrote(
+    monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    def fails(graph: StageGraph, opset: int):  # type: ignore[no-untyped-def]
+        _noisy("x")
+        raise RuntimeError("nope")
+
+    monkeypatch.setattr(onnx_export, "_export_torchscript", fails)
+    monkeypatch.setattr(onnx_export, "_export_dynamo", fails)
+    with pytest.raises(EngineBuildError) as info:
+        export_graph(_graph())
+    message = str(info.value)
+    assert message.splitlines()[0] == "cannot export stage deep to ONNX: torchscript: nope; dynamo: nope"
+    assert "lines the exporters wrote:" in message and "x version converter failed" in message
+    assert capfd.readouterr() == ("", "")
