@@ -11,11 +11,39 @@ from ..engine import BACKENDS, load
 from ..schedule import Scheduler, make_scheduler
 from ..stream.curve import check_server_keys
 from ..stream.endpoint import check_endpoint
-from ..stream.protocol import DEFAULT_MAX_PIXELS
-from ..stream.server import DEFAULT_INTERVAL, DEFAULT_SERVER_ENDPOINT, Server, ServerLimits
+from ..stream.protocol import DEFAULT_MAX_PIXELS, MAX_HEADER_BYTES
+from ..stream.server import DEFAULT_INTERVAL, DEFAULT_SERVER_ENDPOINT, MIN_MAX_BYTES, Server, ServerLimits
 from .common import add_model_args, load_model, parse_size, positive_float, positive_int
 
 SERVER_SCHEDULERS = ("every", "clockwork", "adaptive")
+
+
+# The limits are checked by argparse, so that an error names the flag (argument --queue: ...), not
+# the ServerLimits field it fills.
+def _request_bytes(text: str) -> int:
+    """An argparse type for --max-bytes: at least ``MIN_MAX_BYTES``, below which libzmq drops
+    every request (it is ZMQ_MAXMSGSIZE) and the server would start but answer none."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of bytes, got {text!r}") from None
+    if value < MIN_MAX_BYTES:
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number of bytes >= {MIN_MAX_BYTES} (a header of up to "
+            f"{MAX_HEADER_BYTES} bytes plus a small image), got {value}"
+        )
+    return value
+
+
+def _seconds_or_zero(text: str) -> float:
+    """An argparse type for --drain: 0 (refuse what is queued at once) or a finite wait."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number of seconds >= 0, got {value:g}")
+    return value
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -66,19 +94,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--max-pixels",
-        type=int,
+        type=positive_int,
         default=DEFAULT_MAX_PIXELS,
         help=f"largest image accepted, in pixels (default {DEFAULT_MAX_PIXELS})",
     )
     p.add_argument(
         "--max-bytes",
-        type=int,
+        type=_request_bytes,
         default=ServerLimits.max_bytes,
-        help="largest request in bytes; also ZMQ_MAXMSGSIZE per frame (default 64 MiB)",
+        help=f"largest request in bytes, at least {MIN_MAX_BYTES}; also ZMQ_MAXMSGSIZE per frame "
+        "(default 64 MiB)",
     )
     p.add_argument(
         "--max-streams",
-        type=int,
+        type=positive_int,
         default=ServerLimits.max_streams,
         help="streams kept at once; beyond that the least recently used is evicted "
         f"(default {ServerLimits.max_streams})",
@@ -91,14 +120,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--drain",
-        type=float,
+        type=_seconds_or_zero,
         default=ServerLimits.drain_s,
         help="on Ctrl-C/SIGTERM: seconds the requests already accepted get to be answered; new ones "
         f"are refused as busy meanwhile (default {ServerLimits.drain_s:g})",
     )
     p.add_argument(
         "--queue",
-        type=int,
+        type=positive_int,
         default=ServerLimits.queue_size,
         help="requests that may wait; beyond that clients get a 'busy' reply",
     )

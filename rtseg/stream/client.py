@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
+import numbers
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -36,6 +38,8 @@ from .protocol import (
     PartSpec,
     SegmentRequest,
     ServerError,
+    check_label_values,
+    check_standard_parts,
     check_stream_id,
     decode_array,
     decode_reply,
@@ -43,6 +47,7 @@ from .protocol import (
     encode_array,
     recv_frames,
     too_many_frames,
+    use_ipv6,
 )
 
 log = logging.getLogger(__name__)
@@ -98,19 +103,31 @@ class Client:
         curve_keys: str | os.PathLike[str] | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> None:
+        # Checked here, by name: a wrong type failed later as a bare TypeError (or, for a string
+        # timeout, on the first request).
+        if not isinstance(addr, str):
+            raise ConfigError(f"addr must be a string such as tcp://HOST:PORT, got {addr!r}")
         if addr.startswith("zmq://"):
             addr = addr[len("zmq://") :]
         if "://" not in addr:
             raise ConfigError(f"server address must look like tcp://HOST:PORT or ipc://PATH, got {addr!r}")
-        if not 0 < timeout < float("inf"):  # waiting forever is the hang this client exists to avoid
+        if (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, numbers.Real)
+            or not 0 < timeout < math.inf  # waiting forever is the hang this client exists to avoid
+        ):
             raise ConfigError(f"timeout must be a finite number of seconds > 0, got {timeout!r}")
-        if retries < 0:
-            raise ConfigError(f"retries must be >= 0, got {retries!r}")
+        if isinstance(retries, bool) or not isinstance(retries, numbers.Integral) or retries < 0:
+            raise ConfigError(f"retries must be an integer >= 0, got {retries!r}")
+        if isinstance(max_pixels, bool) or not isinstance(max_pixels, numbers.Integral) or max_pixels < 1:
+            raise ConfigError(f"max_pixels must be an integer >= 1, got {max_pixels!r}")
+        if curve_keys is not None and not isinstance(curve_keys, (str, os.PathLike)):
+            raise ConfigError(f"curve_keys must be None or a key folder path, got {curve_keys!r}")
         self.addr = check_endpoint(addr, bind=False)
         self.timeout = float(timeout)
         self.retries = int(retries)
         self.curve_keys = curve_keys
-        self.max_pixels = max_pixels
+        self.max_pixels = int(max_pixels)
         self._ctx = zmq.Context()
         self._socket: zmq.Socket | None = None
         self._ids = itertools.count(1)
@@ -123,6 +140,7 @@ class Client:
     def _open(self) -> zmq.Socket:
         socket = self._ctx.socket(zmq.REQ)
         try:
+            use_ipv6(socket, self.addr)
             socket.setsockopt(zmq.LINGER, 0)
             if self.curve_keys is not None:
                 apply_client_keys(socket, self.curve_keys)
@@ -270,6 +288,11 @@ class Client:
             parts[spec.name] = decode_array(spec, frames[1 + i], max_pixels=self.max_pixels)
         if "labels" not in parts:
             raise ProtocolError("the reply has no labels part")
+        # what the subscriber checks of a published message: an h x w uint8 label map (and an
+        # h x w x 3 overlay) of the reply's own classes, not whatever a foreign server sent
+        check_standard_parts(parts)
+        classes = _reply_field(header, "classes", ClassSet.from_dict)
+        check_label_values(parts["labels"], classes)
         return Reply(
             labels=parts["labels"],
             overlay=parts.get("overlay"),
@@ -278,7 +301,7 @@ class Client:
             timings_ms=_reply_field(header, "timings_ms", dict, {}),
             image_shape=_reply_field(header, "image_shape", tuple, ()),
             input_size=_reply_field(header, "input_size", lambda v: (int(v[0]), int(v[1]))),
-            classes=_reply_field(header, "classes", ClassSet.from_dict),
+            classes=classes,
             stream=header.get("stream"),
             frame_index=header.get("frame_index"),
             rtt_ms=rtt * 1000.0,

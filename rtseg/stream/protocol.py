@@ -36,6 +36,10 @@ MAX_HEADER_BYTES = 64 * 1024
 MAX_ID_CHARS = 128
 MAX_PARTS = 16  # part frames in one message: a header's parts list is at most this long
 DEFAULT_MAX_PIXELS = 16 * 1024 * 1024
+# The widest or tallest image each encoder writes: JPEG's frame header holds 65,535 but libjpeg
+# refuses more than 65,500 (JPEG_MAX_DIMENSION); libpng refuses more than its default user limit
+# of 1,000,000 (PNG_USER_WIDTH_MAX/HEIGHT_MAX), which OpenCV keeps. Raw parts have no limit.
+MAX_SIDE = {"jpeg": 65_500, "png": 1_000_000}
 _STREAM_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,63}")
 
 
@@ -309,6 +313,10 @@ def encode_array(name: str, array: np.ndarray, encoding: str, *, quality: int = 
         return spec, np.ascontiguousarray(array, dtype=DTYPES[dtype]).tobytes()
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (1, 3)):
         raise ValueError(f"part {name!r}: {encoding} needs an HxW or HxWx3 array, got shape {array.shape}")
+    try:
+        check_encodable(array.shape, encoding, f"part {name!r}")
+    except WireError as exc:
+        raise ValueError(exc.detail) from None
     if encoding == "png":
         if dtype not in ("uint8", "uint16"):
             raise ValueError(f"part {name!r}: PNG holds uint8 or uint16, got {dtype}")
@@ -324,6 +332,21 @@ def encode_array(name: str, array: np.ndarray, encoding: str, *, quality: int = 
             f"part {name!r}: OpenCV could not encode a {array.shape} {dtype} array as {encoding}"
         )
     return spec, buf.tobytes()
+
+
+def check_encodable(shape: tuple[int, ...], encoding: str, what: str) -> None:
+    """WireError ``too_large`` when an image of ``shape`` is wider or taller than ``encoding``
+    can hold (see ``MAX_SIDE``): refused before the work that would produce it, not as an encoder
+    failure after it."""
+    limit = MAX_SIDE.get(encoding)
+    if limit is None or len(shape) < 2:
+        return
+    h, w = shape[:2]
+    if max(h, w) > limit:
+        raise WireError(
+            ErrorCode.TOO_LARGE,
+            f"{what}: {encoding} holds at most {limit} pixels a side, the image is {w}x{h} (WxH)",
+        )
 
 
 def check_pixels(shape: tuple[int, ...], max_pixels: int, what: str) -> None:
@@ -475,6 +498,25 @@ def recv_frames(
     return frames, count
 
 
+_V4_MAPPED = re.compile(r"tcp://\[::ffff:(\d+\.\d+\.\d+\.\d+)\]:")
+
+
+def use_ipv6(socket: zmq.Socket, endpoint: str) -> None:
+    """ZMQ_IPV6 for an endpoint written with a bracketed IPv6 host (tcp://[::1]:5555) only.
+
+    libzmq sockets are IPv4-only by default, so such an endpoint failed to bind, or connected
+    silently never. Host names keep IPv4: with ZMQ_IPV6 set, libzmq resolves "localhost" to ::1
+    where /etc/hosts says so (Fedora, Arch) and never reaches a server bound to 127.0.0.1."""
+    socket.setsockopt(zmq.IPV6, int(endpoint.lower().startswith("tcp://[")))
+
+
+def bound_endpoint(socket: zmq.Socket) -> str:
+    """The endpoint a socket is bound to (ZMQ_LAST_ENDPOINT), IPv4 written as IPv4: with ZMQ_IPV6
+    set libzmq reports a bind to an IPv4 address as tcp://[::ffff:127.0.0.1]:PORT, which is not
+    the address users gave or connect to."""
+    return _V4_MAPPED.sub(r"tcp://\1:", socket.getsockopt_string(zmq.LAST_ENDPOINT), count=1)
+
+
 # topic, header and the parts
 MAX_FRAME_MESSAGE_FRAMES = 2 + MAX_PARTS
 
@@ -519,6 +561,13 @@ def decode_frame_parts(
         spec.name: decode_array(spec, frames[2 + i], max_pixels=max_pixels)
         for i, spec in enumerate(header.parts)
     }
+    check_standard_parts(parts)
+    return parts
+
+
+def check_standard_parts(parts: Mapping[str, np.ndarray]) -> None:
+    """WireError unless the standard parts present are what a receiver can draw (STANDARD_PARTS):
+    the subscriber checks published messages with it and the client replies."""
     for name, (ndim, channels) in STANDARD_PARTS.items():
         array = parts.get(name)
         if array is None:
@@ -529,7 +578,17 @@ def decode_frame_parts(
                 ErrorCode.BAD_SHAPE,
                 f"part {name!r}: expected a {shape} uint8 array, got shape {list(array.shape)} {array.dtype}",
             )
-    return parts
+
+
+def check_label_values(labels: np.ndarray, classes: ClassSet, what: str = "part 'labels'") -> None:
+    """ProtocolError unless every label is a class id of ``classes`` (0 .. n - 1; the spec says 255,
+    the ignore label, is never predicted): a map that names classes the receiver has no name or
+    colour for is a broken peer, not a result."""
+    if labels.size and int(labels.max()) >= len(classes):
+        raise ProtocolError(
+            f"{what}: expected class ids in 0..{len(classes) - 1} ({len(classes)} classes in "
+            f"{classes.name!r}), got values up to {int(labels.max())}",
+        )
 
 
 # --------------------------------------------------------------------------- request / reply
@@ -596,8 +655,10 @@ def parse_request(data: Mapping[str, Any]) -> SegmentRequest:
     reply = data.get("reply", {})
     if not isinstance(reply, dict):
         raise _bad("reply", "an object", reply)
-    quality = _int(reply, "overlay_quality", required=False, minimum=1)
-    if quality is not None and quality > 100:
+    quality = _get(reply, "overlay_quality", required=False)
+    if quality is not None and (
+        isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100
+    ):
         raise _bad("reply.overlay_quality", "an integer in 1..100", quality)
     start = _bool(data, "start", default=False)
     if start and stream is None:

@@ -34,7 +34,16 @@ from ..sink.packet import Packet
 from ..source.frame import Frame
 from .curve import CurveServer
 from .endpoint import check_endpoint
-from .protocol import FrameHeader, PartSpec, WireError, check_stream_id, encode_array, encode_frame_message
+from .protocol import (
+    FrameHeader,
+    PartSpec,
+    WireError,
+    bound_endpoint,
+    check_stream_id,
+    encode_array,
+    encode_frame_message,
+    use_ipv6,
+)
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +127,7 @@ class Publisher:
         self._curve: CurveServer | None = None
         self._socket = self._ctx.socket(zmq.PUB)
         try:
+            use_ipv6(self._socket, endpoint)
             self._socket.setsockopt(zmq.LINGER, 0)
             self._socket.setsockopt(zmq.SNDHWM, self.options.sndhwm)
             if curve_keys is not None:
@@ -130,7 +140,7 @@ class Publisher:
         except BaseException:
             self._teardown()
             raise
-        self.endpoint: str = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.endpoint: str = bound_endpoint(self._socket)
         self._seq = 0
         self.session = secrets.token_hex(8)  # new per instance: how subscribers tell a restart
         self._last_classes: ClassSet | None = None

@@ -47,10 +47,13 @@ from .curve import CurveServer
 from .endpoint import check_endpoint
 from .protocol import (
     DEFAULT_MAX_PIXELS,
+    MAX_HEADER_BYTES,
     PROTOCOL,
     ErrorCode,
     SegmentRequest,
     WireError,
+    bound_endpoint,
+    check_encodable,
     check_protocol,
     decode_array,
     dumps,
@@ -60,6 +63,7 @@ from .protocol import (
     parse_request,
     recv_frames,
     request_id,
+    use_ipv6,
 )
 
 log = logging.getLogger(__name__)
@@ -69,6 +73,10 @@ DEFAULT_INTERVAL = 4
 _instances = itertools.count()
 # identity, the empty delimiter (REQ), header, image: a request never needs more
 _MAX_REQUEST_FRAMES = 4
+# The smallest usable max_bytes: a header as large as the protocol allows plus a small image (a
+# 160x120 raw BGR frame). max_bytes is also ZMQ_MAXMSGSIZE, so below this libzmq drops requests
+# that are valid and small before the server sees them, and a server could answer none.
+MIN_MAX_BYTES = MAX_HEADER_BYTES + 160 * 120 * 3
 
 
 def _default_scheduler() -> Scheduler:
@@ -79,6 +87,15 @@ def _split_envelope(frames: list[zmq.Frame]) -> tuple[list[bytes], list[zmq.Fram
     """[identity, (empty delimiter from REQ sockets), header, image] -> (envelope, body)."""
     split = 2 if len(frames) >= 2 and len(frames[1]) == 0 else 1
     return [f.bytes for f in frames[:split]], frames[split:]
+
+
+def _check_reply_encodable(request: SegmentRequest, shape: tuple[int, ...]) -> None:
+    """The parts a reply draws at the request image's size must fit their encoding: refused as
+    ``too_large`` before the model runs, not as an encoder failure (internal_error) after it."""
+    if request.overlay:  # always JPEG, drawn on the request image
+        check_encodable(shape, "jpeg", "reply.overlay (drawn at the request image's size)")
+    if request.size == "input":  # otherwise the labels are at the model's output size
+        check_encodable(shape, request.labels, "reply.labels with size 'input'")
 
 
 def _elapsed(timings: dict[str, float], started: float) -> dict[str, float]:
@@ -92,7 +109,7 @@ class ServerLimits:
     """What one request may cost. ``max_bytes`` also sets ZMQ_MAXMSGSIZE: libzmq drops the
     connection of a peer that sends a single frame larger than that, before it is buffered, so
     such a request gets no reply (its client times out); a request whose frames together exceed
-    ``max_bytes`` gets a ``too_large`` reply."""
+    ``max_bytes`` gets a ``too_large`` reply; it must be at least ``MIN_MAX_BYTES``."""
 
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_bytes: int = 64 * 1024 * 1024
@@ -106,6 +123,11 @@ class ServerLimits:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"ServerLimits.{name} must be a positive integer, got {value!r}")
+        if self.max_bytes < MIN_MAX_BYTES:
+            raise ConfigError(
+                f"ServerLimits.max_bytes must be >= {MIN_MAX_BYTES} (a {MAX_HEADER_BYTES}-byte header "
+                f"plus a small image), got {self.max_bytes!r}"
+            )
         if not self.stream_ttl_s > 0:
             raise ConfigError(f"ServerLimits.stream_ttl_s must be positive, got {self.stream_ttl_s!r}")
         if not 0 <= self.drain_s < float("inf"):
@@ -240,6 +262,7 @@ class Server:
         self._router = self._ctx.socket(zmq.ROUTER)
         self._results = self._ctx.socket(zmq.PULL)
         try:
+            use_ipv6(self._router, bind)
             self._router.setsockopt(zmq.LINGER, 0)
             self._router.setsockopt(zmq.MAXMSGSIZE, self.limits.max_bytes)
             self._router.setsockopt(zmq.ROUTER_MANDATORY, 1)
@@ -255,7 +278,7 @@ class Server:
         except BaseException:
             self._close_sockets()
             raise
-        self.endpoint: str = self._router.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.endpoint: str = bound_endpoint(self._router)
         self._threads: list[threading.Thread] = []
         self._loop_thread: threading.Thread | None = None
         self._closed = False
@@ -522,6 +545,7 @@ class Server:
                     f"{request.deadline_ms:g}; not run",
                 )
             image = self._decode_image(request, job.body[1].buffer, timings)
+            _check_reply_encodable(request, image.shape)
             reply = self._segment(request, image, timings, started)
             self._count(None)
             return reply

@@ -41,6 +41,7 @@ from .protocol import (
     decode_frame_parts,
     recv_frames,
     too_many_frames,
+    use_ipv6,
 )
 
 log = logging.getLogger(__name__)
@@ -181,6 +182,7 @@ class Subscriber:
         self._ctx = zmq.Context()
         self._socket = self._ctx.socket(zmq.SUB)
         try:
+            use_ipv6(self._socket, self.addr)
             self._socket.setsockopt(zmq.LINGER, 0)
             self._socket.setsockopt(zmq.RCVHWM, rcvhwm)
             self._socket.setsockopt(zmq.MAXMSGSIZE, max_bytes)

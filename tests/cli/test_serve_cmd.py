@@ -14,6 +14,8 @@ import zmq
 from rtseg.cli import main, serve_cmd
 from rtseg.models import get_model, save_checkpoint
 from rtseg.stream import Client, Server, ServerLimits
+from rtseg.stream.protocol import MAX_HEADER_BYTES
+from rtseg.stream.server import MIN_MAX_BYTES
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -66,6 +68,18 @@ def test_bad_options_are_refused_before_loading(capsys: pytest.CaptureFixture[st
         (["--bind", "tcp://127.0.0.1:99999"], "the port must be in 1..65535"),
         (["--bind", "127.0.0.1:5560"], "expected TRANSPORT://ADDRESS"),
         (["--workers", "0"], "--workers: expected a whole number >= 1, got 0"),
+        # the limits name the flag, not the ServerLimits field they fill
+        (["--queue", "0"], "argument --queue: expected a whole number >= 1, got 0"),
+        (["--max-pixels", "0"], "argument --max-pixels: expected a whole number >= 1, got 0"),
+        (["--max-streams", "0"], "argument --max-streams: expected a whole number >= 1, got 0"),
+        (["--drain", "-1"], "argument --drain: expected a finite number of seconds >= 0, got -1"),
+        (["--drain", "inf"], "argument --drain: expected a finite number of seconds >= 0, got inf"),
+        # libzmq drops every frame over it (ZMQ_MAXMSGSIZE): such a server answered nothing
+        (
+            ["--max-bytes", "10"],
+            f"argument --max-bytes: expected a whole number of bytes >= {MIN_MAX_BYTES} (a header of "
+            f"up to {MAX_HEADER_BYTES} bytes plus a small image), got 10",
+        ),
         (
             ["--curve-keys", "/nonexistent/keys"],
             "CurveZMQ key file not found: /nonexistent/keys/server.key_secret",

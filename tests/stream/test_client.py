@@ -226,3 +226,95 @@ def test_a_restarted_stream_keeps_the_call_deadline(tcp_endpoint: str) -> None:
     assert bound - 0.05 <= elapsed < bound + 0.25, elapsed
     # the restart request tells the server what is left of the call's time, not a fresh timeout
     assert seen[3]["deadline_ms"] < timeout * 1000, seen[3]
+
+
+def _labels(dtype: str, shape: list[int]) -> dict:
+    return {"name": "labels", "encoding": "raw", "dtype": dtype, "shape": shape}
+
+
+@pytest.mark.parametrize(
+    ("parts", "payloads", "message"),
+    [
+        (
+            [_labels("uint16", [2, 2])],
+            [b"\0" * 8],
+            r"part 'labels': expected a h x w uint8 array, got shape \[2, 2\] uint16",
+        ),
+        (
+            [_labels("float32", [2, 1])],
+            [b"\0" * 8],
+            r"part 'labels': expected a h x w uint8 array, got shape \[2, 1\] float32",
+        ),
+        (
+            [_labels("uint8", [2, 2, 2])],
+            [b"\0" * 8],
+            r"part 'labels': expected a h x w uint8 array, got shape \[2, 2, 2\] uint8",
+        ),
+        (
+            [_labels("uint8", [2, 4])],
+            [bytes([0, 1, 2, 3, 4, 5, 6, len(CAMVID)])],
+            rf"part 'labels': expected class ids in 0..{len(CAMVID) - 1} .* got values up to {len(CAMVID)}",
+        ),
+        (
+            [_labels("uint8", [2, 4])],
+            [bytes([255] * 8)],  # the ignore label is never predicted
+            r"part 'labels': expected class ids .* got values up to 255",
+        ),
+        (
+            [_labels("uint8", [2, 4]), {**_labels("uint8", [2, 4]), "name": "overlay"}],
+            [b"\1" * 8, b"\1" * 8],
+            r"part 'overlay': expected a h x w x 3 uint8 array, got shape \[2, 4\] uint8",
+        ),
+    ],
+)
+def test_a_reply_label_map_that_breaks_the_spec_is_refused(
+    parts: list[dict], payloads: list[bytes], message: str, tcp_endpoint: str
+) -> None:
+    """What the subscriber refuses in a published message, the client refuses in a reply: a
+    foreign server's uint16, float or 3-D labels, or class ids past its own class set."""
+    ctx = zmq.Context()
+    rep = ctx.socket(zmq.REP)
+    rep.setsockopt(zmq.LINGER, 0)
+    rep.bind(tcp_endpoint)
+
+    def answer() -> None:
+        if rep.poll(5000):
+            req_id = json.loads(rep.recv_multipart()[0])["id"]
+            header = {**_ok_reply(req_id), "parts": parts}
+            rep.send_multipart([json.dumps(header).encode(), *payloads])
+
+    thread = threading.Thread(target=answer)
+    thread.start()
+    try:
+        with (
+            Client(tcp_endpoint, timeout=5, retries=0) as client,
+            pytest.raises(ProtocolError, match=message),
+        ):
+            client.segment(np.zeros((2, 4, 3), np.uint8))
+    finally:
+        thread.join(5)
+        rep.close(linger=0)
+        ctx.term()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"timeout": "1"}, "timeout must be a finite number of seconds > 0, got '1'"),
+        ({"timeout": True}, "timeout must be a finite number of seconds > 0, got True"),
+        ({"timeout": None}, "timeout must be a finite number of seconds > 0, got None"),
+        ({"retries": "2"}, "retries must be an integer >= 0, got '2'"),
+        ({"retries": 1.5}, "retries must be an integer >= 0, got 1.5"),
+        ({"retries": -1}, "retries must be an integer >= 0, got -1"),
+        ({"max_pixels": 0}, "max_pixels must be an integer >= 1, got 0"),
+        ({"max_pixels": "big"}, "max_pixels must be an integer >= 1, got 'big'"),
+        ({"curve_keys": 5}, "curve_keys must be None or a key folder path, got 5"),
+    ],
+)
+def test_client_arguments_are_checked_by_name(kwargs: dict, message: str, tcp_endpoint: str) -> None:
+    """A wrong type was a bare TypeError from a comparison (timeout="1"), or passed and failed later."""
+    with pytest.raises(ConfigError) as err:
+        Client(tcp_endpoint, **kwargs)
+    assert str(err.value) == message
+    with pytest.raises(ConfigError, match="addr must be a string such as tcp://HOST:PORT, got 5560"):
+        Client(5560)  # type: ignore[arg-type]

@@ -268,6 +268,33 @@ def test_request_validation() -> None:
         assert err.value.code is code, change
 
 
+@pytest.mark.parametrize("quality", [0, 50.5, 101, -1, True, "80", 2**64])
+def test_overlay_quality_has_one_check_one_name_one_range(quality: object) -> None:
+    """It was two: 0 or 50.5 said field 'overlay_quality' in 1..2**63-1, 101 'reply.overlay_quality'
+    in 1..100."""
+    header = {"proto": PROTOCOL, "type": "segment", "image": {"name": "image", "encoding": "jpeg"}}
+    with pytest.raises(WireError) as err:
+        parse_request({**header, "reply": {"overlay_quality": quality}})
+    assert err.value.code is ErrorCode.BAD_HEADER
+    assert (
+        err.value.detail == f"field 'reply.overlay_quality': expected an integer in 1..100, got {quality!r}"
+    )
+    for good in (1, 100):
+        assert parse_request({**header, "reply": {"overlay_quality": good}}).overlay_quality == good
+
+
+def test_encode_array_refuses_sides_its_encoder_cannot_write() -> None:
+    """A clear ValueError naming the limit, not OpenCV's assertion (PNG) or a bare failure (JPEG)."""
+    encode_array("overlay", np.zeros((1, 65500, 3), np.uint8), "jpeg")
+    with pytest.raises(
+        ValueError, match="part 'overlay': jpeg holds at most 65500 pixels a side, the image is 1x65501"
+    ):
+        encode_array("overlay", np.zeros((65501, 1, 3), np.uint8), "jpeg")
+    with pytest.raises(ValueError, match="part 'labels': png holds at most 1000000 pixels a side"):
+        encode_array("labels", np.zeros((1, 1_000_001), np.uint8), "png")
+    assert encode_array("labels", np.zeros((1, 1_000_001), np.uint8), "raw")[0].shape == (1, 1_000_001)
+
+
 # ------------------------------------------------------------------ hand-built from docs/wire-format.md
 
 

@@ -16,10 +16,12 @@ import pytest
 import zmq
 
 from rtseg.engine import Engine, load
+from rtseg.errors import ConfigError
 from rtseg.models import get_model, save_checkpoint
 from rtseg.schedule import Clockwork
 from rtseg.stream import Client, ErrorCode, Server, ServerLimits, StreamTimeout
-from rtseg.stream.protocol import encode_array
+from rtseg.stream.protocol import MAX_HEADER_BYTES, encode_array
+from rtseg.stream.server import MIN_MAX_BYTES
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -310,6 +312,68 @@ def test_oversized_frame_is_cut_by_libzmq_and_the_server_survives(
         with Client(tcp_endpoint, timeout=10) as client:
             assert client.segment(image).labels.shape == (48, 64)
         assert server.stats.received == 1  # the oversized request never reached the loop
+
+
+class CountingServer(Server):
+    """Counts the requests that reached the model."""
+
+    segmented = 0
+
+    def _segment(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        CountingServer.segmented += 1
+        return super()._segment(*args, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("shape", "reply", "refused"),
+    [
+        ([70000, 1, 3], {"overlay": True}, "jpeg holds at most 65500 pixels a side"),
+        ([1, 65501, 3], {"overlay": True}, "jpeg holds at most 65500 pixels a side"),
+        ([1, 65500, 3], {"overlay": True}, None),  # JPEG's largest side
+        ([1, 1_000_001, 3], {"size": "input"}, "png holds at most 1000000 pixels a side"),
+        ([1, 1_000_001, 3], {"size": "input", "labels": "raw"}, None),  # raw has no side limit
+        ([1, 1_000_001, 3], {}, None),  # labels at the model's output size
+    ],
+)
+def test_a_reply_its_encoders_cannot_write_is_refused_before_the_model_runs(
+    shape: list[int], reply: dict, refused: str | None, small_engine: Engine, tcp_endpoint: str
+) -> None:
+    """The overlay is a JPEG of the request image's size (at most 65,500 px a side) and labels
+    at size 'input' a PNG (libpng: 1,000,000): past that the encoder failed after the model ran,
+    an internal_error with a traceback in the server's log."""
+    image = {"name": "image", "encoding": "raw", "dtype": "uint8", "shape": shape}
+    header = raw_request(id=3, image=image, reply=reply)
+    CountingServer.segmented = 0
+    with CountingServer(small_engine, bind=tcp_endpoint).start() as server:
+        with Client(tcp_endpoint, timeout=30, retries=0) as client:
+            answer = reply_of(client.request(request_frames(header, bytes(int(np.prod(shape))))))
+        stats = server.stats
+    if refused is None:
+        assert answer["status"] == "ok", answer
+        assert stats.ok == 1 and CountingServer.segmented == 1
+    else:
+        assert answer["error"]["code"] == "too_large" and refused in answer["error"]["message"], answer
+        assert answer["id"] == 3 and stats.errors == {"too_large": 1} and CountingServer.segmented == 0
+
+
+def test_max_bytes_must_leave_room_for_a_request(small_engine: Engine, tcp_endpoint: str) -> None:
+    """libzmq drops every frame over max_bytes (ZMQ_MAXMSGSIZE): max_bytes=10 started a server
+    that could answer nothing. The smallest allowed takes the largest header and a small image."""
+    for too_small in (10, MIN_MAX_BYTES - 1):
+        with pytest.raises(ConfigError, match=f"max_bytes must be >= {MIN_MAX_BYTES}.*got {too_small}"):
+            ServerLimits(max_bytes=too_small)
+    image = np.zeros((120, 160, 3), np.uint8)
+    spec = {"name": "image", "encoding": "raw", "dtype": "uint8", "shape": [120, 160, 3]}
+    header = json.dumps(raw_request(id=1, image=spec)).encode()
+    header = header[:-1] + b', "pad": "' + b"x" * (MAX_HEADER_BYTES - len(header) - 11) + b'"}'
+    assert len(header) == MAX_HEADER_BYTES
+    limits = ServerLimits(max_bytes=MIN_MAX_BYTES)
+    with (
+        Server(small_engine, bind=tcp_endpoint, limits=limits).start(),
+        Client(tcp_endpoint, timeout=10, retries=0) as client,
+    ):
+        answer = reply_of(client.request([header, image.tobytes()]))
+    assert answer["status"] == "ok", answer
 
 
 def test_a_full_queue_answers_busy_at_once(small_engine: Engine, tcp_endpoint: str) -> None:
