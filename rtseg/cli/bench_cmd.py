@@ -28,7 +28,7 @@ from ..engine import BACKENDS, PRECISIONS
 from ..errors import ConfigError
 from ..models import DEFAULT_MODEL, list_models
 from ..schedule import SCHEDULERS
-from .common import check_output, parse_size, write_output
+from .common import check_output, parse_size, positive_float, positive_int, write_output
 
 # (frames, min frames, warm-up, seconds per phase): a sweep, and the table (big inputs, many models)
 SWEEP_DEFAULTS = (100, 10, 5, 60.0)
@@ -88,37 +88,37 @@ def register(sub: argparse._SubParsersAction) -> None:
     m = p.add_argument_group("measurement")
     m.add_argument(
         "--frames",
-        type=int,
+        type=positive_int,
         default=None,
         help=f"at most N timed frames per phase (default {SWEEP_DEFAULTS[0]}; "
         f"{TABLE_DEFAULTS[0]} with --table); with several schedulers: exactly N",
     )
     m.add_argument(
         "--min-frames",
-        type=int,
+        type=positive_int,
         default=None,
         help=f"at least N timed frames (default {SWEEP_DEFAULTS[1]}; {TABLE_DEFAULTS[1]} with --table)",
     )
     m.add_argument(
         "--warmup",
-        type=int,
+        type=_whole_number,
         default=None,
         help=f"untimed frames first (default {SWEEP_DEFAULTS[2]}; {TABLE_DEFAULTS[2]} with --table)",
     )
     m.add_argument(
         "--max-seconds",
-        type=float,
+        type=positive_float,
         default=None,
         help=f"time limit per phase (default {SWEEP_DEFAULTS[3]:g}; {TABLE_DEFAULTS[3]:g} with --table)",
     )
     m.add_argument(
         "--ci",
-        type=float,
+        type=_fraction,
         default=0.025,
         help="stop when the median's 95%% CI half-width is within this fraction (default 0.025)",
     )
     m.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
-    m.add_argument("--threads", type=int, default=None, help="torch threads (default: physical cores)")
+    m.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: physical cores)")
     m.add_argument(
         "--encode",
         choices=ENCODINGS,
@@ -150,6 +150,28 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="with --table: also measure ESPNet-CamVid's mIoU on the CamVid test split",
     )
     p.set_defaults(func=run)
+
+
+def _whole_number(text: str) -> int:
+    """An argparse type for counts that may be 0 (--warmup): the error names the flag."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {value}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    """An argparse type for --ci, a relative half-width strictly between 0 and 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1), like 0.025, got {text!r}") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1), like 0.025, got {value:g}")
+    return value
 
 
 def _rule(args: argparse.Namespace) -> tuple[StopRule, int]:
@@ -235,6 +257,11 @@ def _specs(args: argparse.Namespace, rule: StopRule, warmup: int) -> list[SweepS
 def run(args: argparse.Namespace) -> int:
     if args.camvid and not args.table:
         raise ConfigError("--camvid adds a CamVid row to --table: use it with --table cityscapes")
+    for option in ("model", "backend", "precision", "size", "scheduler"):
+        values = getattr(args, option) or []
+        twice = sorted({str(v) for v in values if values.count(v) > 1})
+        if twice:
+            raise ConfigError(f"--{option} lists {', '.join(twice)} more than once: {values}")
     rule, warmup = _rule(args)
     specs = _specs(args, rule, warmup)  # validates before the slow part
     for option in ("json", "csv", "plot"):
