@@ -8,10 +8,12 @@ encoding happen on the sinks' threads (``Packet.overlay()``). Sinks drop frames 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
+import weakref
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,7 @@ from .schedule import Scheduler
 from .segmenter import Segmenter
 from .sink import Sink, SinkStats, open_sink
 from .sink.base import Policy
-from .sink.file import FileSink
+from .sink.file import FileSink, file_identity
 from .sink.packet import Packet
 from .source import Frame, Source, open_source
 from .window import RecentSamples
@@ -40,6 +42,19 @@ OUTSIDE_STAGES = ("capture", "preprocess", "overlay", "handoff")
 Callback = Callable[[Frame, SegResult], Any]
 
 
+def input_clash(path: Path, source: Source) -> Path | None:
+    """The file of ``source`` that writing ``path`` would replace: the same resolved path, or the
+    same file under another name (a hard link)."""
+    inputs = {p.resolve() for p in map(Path, source.files)}
+    target = path.resolve()
+    if target in inputs:
+        return target
+    same = file_identity(target)
+    if same is None:
+        return None
+    return next((p for p in sorted(inputs) if file_identity(p) == same), None)
+
+
 def _refuse_overwriting(source: Source, sinks: Sequence[Sink]) -> None:
     """A file sink that would write over a file the source reads destroys the input mid-run."""
     inputs = {p.resolve() for p in map(Path, source.files)}
@@ -52,6 +67,30 @@ def _refuse_overwriting(source: Source, sinks: Sequence[Sink]) -> None:
         clash = sink.first_overwrite(inputs, frames)
         if clash is not None:
             raise SinkError(f"{sink.uri}: would overwrite {clash}, which the source {source.info.uri} reads")
+
+
+def _refuse_duplicates(sinks: Sequence[Sink]) -> None:
+    """Two file sinks writing one file (o.mp4, ./o.mp4, file://o.mp4, a hard link) interleave
+    two encoders in it: refused, whatever the spelling."""
+    seen: list[FileSink] = []
+    for sink in sinks:
+        if not isinstance(sink, FileSink):
+            continue
+        for earlier in seen:
+            if earlier.pattern != sink.pattern:
+                continue  # a video and an image pattern never share a name (their suffixes differ)
+            if sink.pattern:
+                same = earlier.path.parent.resolve() == sink.path.parent.resolve() and (
+                    earlier.path.name == sink.path.name
+                )
+            else:
+                target = sink.path.resolve()
+                same = earlier.first_overwrite({target}, 1) is not None  # by path or identity
+            if same:
+                raise SinkError(
+                    f"{sink.uri}: the same output as {earlier.uri}; two sinks cannot write one file"
+                )
+        seen.append(sink)
 
 
 def sink_policy(source: Source) -> Policy:
@@ -69,23 +108,57 @@ def output_fps(source: Source) -> float | None:
     return rate if fps is None else min(fps, rate)
 
 
-def open_sinks(sinks: Sequence[Sink | str], source: Source) -> list[Sink]:
+SinkArg = Sink | str | os.PathLike[str]
+
+
+def sink_list(sinks: SinkArg | Iterable[SinkArg]) -> list:
+    """``sinks`` as a list: one URI, path or Sink is one sink (a string is not iterated letter by
+    letter); a TypeError for what is none of those nor an iterable of them (checked by
+    ``open_sinks``)."""
+    if isinstance(sinks, (str, os.PathLike, Sink)):
+        return [sinks]
+    if isinstance(sinks, (bytes, bytearray)) or not isinstance(sinks, Iterable):
+        raise TypeError(f"sinks must be a URI, a path, a Sink or a list of them, got {type(sinks).__name__}")
+    return list(sinks)
+
+
+def open_sinks(sinks: SinkArg | Iterable[SinkArg], source: Source) -> list[Sink]:
     """Open the sink URIs for ``source`` (with ``sink_policy``), refusing any that would write over
-    the source's files; on failure, the ones opened are closed."""
+    the source's files or another sink's file; on failure, the ones opened are closed."""
     policy = sink_policy(source)
     fps = output_fps(source)
     opened: list[Sink] = []
     try:
-        for sink in sinks:
-            if isinstance(sink, str):
+        for sink in sink_list(sinks):
+            if isinstance(sink, (str, os.PathLike)):
                 sink = open_sink(sink, policy=policy, fps=fps)
+            elif not isinstance(sink, Sink):
+                raise TypeError(
+                    f"sinks: each must be a URI (str), a path (os.PathLike) or a Sink, got {sink!r} "
+                    f"({type(sink).__name__})"
+                )
             opened.append(sink)
         _refuse_overwriting(source, opened)
+        _refuse_duplicates(opened)
     except BaseException:
         for sink in opened:
             sink.close()
         raise
     return opened
+
+
+def _close_quietly(closable: Sink | Source) -> None:
+    """Close while another error is on its way: a failure here is logged, not raised over it."""
+    try:
+        closable.close()
+    except Exception as exc:
+        log.error("closing %r also failed: %s", closable, exc)
+
+
+def _close_all(sinks: list[Sink], source: Source) -> None:
+    """The finalizer of a Pipeline that was never closed: outputs first, then the source."""
+    for closable in [*sinks, source]:
+        _close_quietly(closable)
 
 
 @dataclass(frozen=True)
@@ -210,36 +283,61 @@ class _Meter:
 class Pipeline:
     """Runs ``source`` through ``segmenter`` into ``sinks``.
 
-    ``source`` and ``sinks`` may be URIs (see ``open_source`` / ``open_sink``) or opened objects;
-    the pipeline closes them when it ends. Iterate it for ``(frame, result)`` pairs, or call
-    ``run()``, once: the run closes the source and sinks. ``on_result(frame, result)`` is called for
-    every frame either way. The segmenter's scheduling state is reset when the run starts (a new
-    source is a new stream); ``scheduler`` replaces its scheduler (the old one is closed). The
-    segmenter is not closed: it is yours.
+    ``source`` and ``sinks`` may be URIs or paths (see ``open_source`` / ``open_sink``) or opened
+    objects, one sink also alone (``sinks="out.mp4"``); the pipeline closes them when it ends (or
+    fails to start), and when it is dropped or the interpreter exits unclosed. Iterate it for
+    ``(frame, result)`` pairs, or call ``run()``, once: the run closes the source and sinks.
+    ``on_result(frame, result)`` is called for every frame either way. The segmenter's scheduling
+    state is reset when the run starts (a new source is a new stream); ``scheduler`` replaces its
+    scheduler (the old one is closed). The segmenter is not closed: it is yours.
     """
 
     def __init__(
         self,
-        source: Source | str,
+        source: Source | str | os.PathLike[str],
         segmenter: Segmenter,
         *,
-        sinks: Sequence[Sink | str] = (),
+        sinks: SinkArg | Iterable[SinkArg] = (),
         on_result: Callback | None = None,
         scheduler: str | Scheduler | None = None,
         style: OverlayStyle | None = None,
         max_frames: int | None = None,
         source_options: dict[str, Any] | None = None,
     ) -> None:
-        self.source = open_source(source, **(source_options or {})) if isinstance(source, str) else source
-        self.segmenter = segmenter
+        self.sinks: list[Sink] = []
+        self.source: Source = source  # type: ignore[assignment]  # opened below for a URI or a path
+        wanted: list = []
         try:
+            wanted = sink_list(sinks)  # a generator is read once, here
+            # Checked before anything opens: a wrong argument would otherwise surface later as an
+            # AttributeError (a Path's .close, None's .reset) with the outputs left open.
+            if not isinstance(segmenter, Segmenter):
+                raise TypeError(f"segmenter must be a rtseg.Segmenter, got {type(segmenter).__name__}")
+            if isinstance(source, (str, os.PathLike)):
+                self.source = open_source(source, **(source_options or {}))
+            elif not isinstance(source, Source):
+                raise TypeError(
+                    "source must be a URI (str), a path (os.PathLike) or a Source, "
+                    f"got {type(source).__name__}"
+                )
+            elif source_options:
+                raise ConfigError(
+                    "source_options apply when source is a URI or a path; this Source is already "
+                    f"open with its own options: pass {sorted(source_options)} to open_source instead"
+                )
             if scheduler is not None:
                 segmenter.use_scheduler(scheduler)
             self.policy = sink_policy(self.source)
-            self.sinks: list[Sink] = open_sinks(sinks, self.source)
+            self.sinks = open_sinks(wanted, self.source)
         except BaseException:
-            self._close_outputs()
+            # What was given is the pipeline's to close (and open_sinks closed what it opened); a
+            # failing close must not hide this error.
+            for given in [s for s in wanted if isinstance(s, Sink)]:
+                _close_quietly(given)
+            if isinstance(self.source, Source):
+                _close_quietly(self.source)
             raise
+        self.segmenter = segmenter
         self.on_result = on_result
         self.style = style or OverlayStyle()
         self.max_frames = max_frames
@@ -249,6 +347,10 @@ class Pipeline:
         self._started = False
         self._closed = False
         self._final: PipelineStats | None = None
+        # A pipeline dropped unfinished, or still held at exit (``it = iter(p)``, then the script
+        # ends), has its outputs closed: a video is unreadable until its index is written on close.
+        # At exit this runs from atexit, while the sinks' (daemon) threads still run.
+        self._finalizer = weakref.finalize(self, _close_all, list(self.sinks), self.source)
 
     def stop(self) -> None:
         """Ask the loop to end after the current frame (safe from any thread or a callback)."""
@@ -268,8 +370,15 @@ class Pipeline:
                     "make a new Pipeline for another run"
                 )
             self._started = True
-        # A new source is a new stream: no deep features or keyframe reference from the last one.
-        self.segmenter.reset()
+        try:
+            # A new source is a new stream: no deep features or keyframe reference from the last one.
+            self.segmenter.reset()
+        except BaseException:
+            try:  # the run cannot start (an async scheduler's failed deep job): nothing is left open
+                self.close()
+            except Exception as exc:
+                log.error("closing the pipeline's outputs also failed: %s", exc)
+            raise
         return self._frames()
 
     def _frames(self) -> Iterator[tuple[Frame, SegResult]]:
@@ -301,7 +410,10 @@ class Pipeline:
                 yield frame, result
         finally:
             meter.end = time.perf_counter()
-            self.close()
+            # Not once closed, nor when the finalizer closed the outputs at exit: this generator is
+            # then finalised in the interpreter's teardown, where the statistics cannot be computed.
+            if self._finalizer.alive:
+                self.close()
 
     def run(self) -> PipelineStats:
         """Process until the source ends, ``stop()`` is called or ``max_frames`` is reached."""
@@ -347,7 +459,7 @@ class Pipeline:
         """Close every sink and the source even when one raises (a user's Sink or Source class):
         stopping at the first left the rest open, a video unfinalised. The first error is raised."""
         first: BaseException | None = None
-        for close in [*(s.close for s in getattr(self, "sinks", [])), self.source.close]:
+        for close in [*(s.close for s in self.sinks), self.source.close]:
             try:
                 close()
             except BaseException as exc:
@@ -367,8 +479,11 @@ class Pipeline:
         """Flush and close the sinks, close the source; returns the final statistics."""
         if not self._closed:
             self._closed = True
-            self._close_outputs()
-            self._final = self._snapshot()
+            self._finalizer.detach()
+            try:
+                self._close_outputs()
+            finally:
+                self._final = self._snapshot()
         return self.stats
 
     def __enter__(self) -> Pipeline:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import cv2
@@ -167,3 +168,154 @@ def test_an_error_in_the_callback_still_closes_the_outputs(engine, tmp_path: Pat
         pipeline.run()
     assert pipeline.closed and pipeline.source.closed
     assert _count(out) == 3  # frames written before the failure are kept, the file finalised
+
+
+def _video(path: Path, frames: int = 3) -> Path:
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 48))
+    for i in range(frames):
+        writer.write(np.full((48, 64, 3), 40 * i, np.uint8))
+    writer.release()
+    return path
+
+
+class _Recorder(Sink):
+    """A user's sink that tells whether it was closed."""
+
+    def emit(self, packet) -> None:
+        pass
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+
+def test_paths_and_a_single_sink_are_accepted(engine, tmp_path: Path) -> None:
+    """A Path source or sink failed with "'PosixPath' object has no attribute 'close'"; a single
+    string sink was iterated letter by letter."""
+    video = _video(tmp_path / "in.avi")
+    stats = Pipeline(video, Segmenter(engine=engine), sinks=[tmp_path / "a.avi"]).run()
+    assert stats.frames == 3 and _count(tmp_path / "a.avi") == 3
+    p = Pipeline(str(video), Segmenter(engine=engine), sinks=str(tmp_path / "b.avi"))
+    assert [s.uri for s in p.sinks] == [str(tmp_path / "b.avi")]
+    p.run()
+    assert _count(tmp_path / "b.avi") == 3
+
+
+@pytest.mark.parametrize(
+    ("wrong", "message"),
+    [
+        ("source", "source must be a URI \\(str\\), a path \\(os.PathLike\\) or a Source, got int"),
+        ("segmenter", "segmenter must be a rtseg.Segmenter, got NoneType"),
+        (
+            "a sink",
+            "sinks: each must be a URI \\(str\\), a path \\(os.PathLike\\) or a Sink, got 1 \\(int\\)",
+        ),
+        ("sinks", "sinks must be a URI, a path, a Sink or a list of them, got int"),
+    ],
+)
+def test_wrong_argument_types_are_named_and_what_was_given_is_closed(engine, wrong: str, message) -> None:
+    """Pipeline(123, seg) raised AttributeError from its cleanup, hiding the real problem."""
+    source = 123 if wrong == "source" else open_source(SOURCE)
+    segmenter = None if wrong == "segmenter" else Segmenter(engine=engine)
+    given = _Recorder("given://")
+    sinks = 5 if wrong == "sinks" else [given, 1] if wrong == "a sink" else [given]
+    with pytest.raises(TypeError, match=message):
+        Pipeline(source, segmenter, sinks=sinks)
+    assert wrong == "source" or source.closed
+    assert wrong == "sinks" or given.closed
+
+
+def test_source_options_with_an_opened_source_are_refused(engine) -> None:
+    """They were ignored silently: the Source was opened with its own options."""
+    source = open_source(SOURCE)
+    with pytest.raises(ConfigError, match=r"source_options apply when source is a URI.*\['loop'\]"):
+        Pipeline(source, Segmenter(engine=engine), source_options={"loop": True})
+    assert source.closed
+
+
+def test_a_run_that_cannot_start_closes_its_outputs(engine, tmp_path: Path, monkeypatch) -> None:
+    """reset() failing when the run starts (an async scheduler's deep job that failed) raised
+    before the iteration's cleanup: the source stayed open, the sink thread alive, and iterating
+    again said "already running"."""
+    seg = Segmenter(engine=engine)
+
+    def failing_reset() -> None:
+        raise RuntimeError("the deep job in flight failed")
+
+    monkeypatch.setattr(seg.scheduler, "reset", failing_reset)
+    p = Pipeline(SOURCE, seg, sinks=[str(tmp_path / "o.avi"), _Recorder("rec://")])
+    with pytest.raises(RuntimeError, match="deep job in flight failed"):
+        list(p)
+    assert p.closed and p.source.closed and p.sinks[1].closed
+    assert not any(s._thread.is_alive() for s in p.sinks)
+    with pytest.raises(ConfigError, match="has ended"):
+        list(p)
+
+
+def test_an_output_hard_linked_to_the_input_is_refused(engine, tmp_path: Path) -> None:
+    """The guard compared resolved paths only: a hard link to the input was overwritten."""
+    video = _video(tmp_path / "in.avi")
+    (tmp_path / "hard.avi").hardlink_to(video)
+    before = video.read_bytes()
+    with pytest.raises(SinkError, match=f"hard.avi: would overwrite {video}"):
+        Pipeline(video, Segmenter(engine=engine), sinks=[tmp_path / "hard.avi"])
+    assert video.read_bytes() == before
+
+
+def test_two_sinks_writing_one_file_are_refused(engine, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "old.avi").write_bytes(b"old")
+    (tmp_path / "link.avi").hardlink_to(tmp_path / "old.avi")
+    for pair in (
+        ["o.avi", "./o.avi"],
+        ["o.avi", "file://o.avi"],
+        ["old.avi", "link.avi"],
+        ["f/%04d.png"] * 2,
+    ):
+        with pytest.raises(SinkError, match="two sinks cannot write one file"):
+            Pipeline(SOURCE, Segmenter(engine=engine), sinks=pair)
+    Pipeline(SOURCE, Segmenter(engine=engine), sinks=["f/%04d.png", "g/%04d.png", "o.avi"]).close()
+
+
+def test_a_dropped_pipeline_closes_its_outputs(engine, tmp_path: Path) -> None:
+    import gc
+
+    p = Pipeline(SOURCE, Segmenter(engine=engine), sinks=[_Recorder("rec://")])
+    sink, source = p.sinks[0], p.source
+    del p
+    gc.collect()
+    assert sink.closed and source.closed
+
+
+_ABANDON = """
+import sys
+import torch
+from rtseg import Pipeline, Segmenter
+from rtseg.engine import load
+from rtseg.models import get_model
+
+engine = load(get_model("espnet"), input_size=(64, 48), backend="torch")
+running = iter(Pipeline(sys.argv[1], Segmenter(engine=engine), sinks=[sys.argv[2]]))
+next(running)
+next(running)
+"""
+
+
+def test_a_pipeline_still_running_at_exit_finalises_its_video(tmp_path: Path) -> None:
+    """A script that ended while holding an unfinished pipeline left a 44-byte mp4 without its index."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "held.mp4"
+    done = subprocess.run(
+        [sys.executable, "-c", _ABANDON, SOURCE, str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[1],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert done.returncode == 0 and "Traceback" not in done.stderr and "ignored" not in done.stderr, (
+        done.stderr
+    )
+    assert _count(out) == 2

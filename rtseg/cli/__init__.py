@@ -29,7 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rtseg", description="Real-time video semantic segmentation.")
     parser.add_argument("--version", action="version", version=f"rtseg {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    from .common import CommandParser  # with the commands: `import rtseg.cli` stays cheap
+
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=CommandParser)
     for module in COMMANDS.values():
         importlib.import_module(f"{__name__}.{module}").register(sub)
     return parser

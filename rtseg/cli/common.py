@@ -68,6 +68,32 @@ class CtrlC:
         self._restore()
 
 
+class CommandParser(argparse.ArgumentParser):
+    """The parser of a sub-command. With ``intermixed`` set (by the command's ``register``), its
+    positionals and options mix in any order, as users type them (``rtseg run clip.mp4 --frames 2
+    out.mp4``); argparse's default takes the positionals in one run, and this one then failed with
+    "unrecognized arguments: out.mp4". The top-level parser, which holds the sub-commands, cannot
+    parse intermixed, so each sub-command's parser does."""
+
+    intermixed = False
+    _inner = False  # parse_known_intermixed_args calls parse_known_args itself
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        if not self.intermixed or self._inner:
+            return super().parse_known_args(args, namespace)
+        self._inner = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._inner = False
+
+
+def user_path(text: str) -> Path:
+    """An argparse type for an output file: ``~`` is the home folder, as in source paths (the
+    shell leaves a quoted '~/r.json' as it is)."""
+    return Path(text).expanduser()
+
+
 def parse_size(text: str) -> tuple[int, int]:
     """'WxH' -> (W, H); argparse shows the ValueError's message."""
     try:

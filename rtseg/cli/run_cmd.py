@@ -19,15 +19,25 @@ from ..engine.base import Engine
 from ..errors import ConfigError, RtsegError
 from ..metrics import ConfusionMatrix
 from ..overlay.annotate import MODES, OverlayStyle
-from ..pipeline import Pipeline, PipelineStats, open_sinks
+from ..pipeline import Pipeline, PipelineStats, input_clash, open_sinks
 from ..schedule import CHANGES, SCHEDULERS, Scheduler, make_scheduler
 from ..segmenter import Segmenter, load_engine
 from ..sink import Sink
+from ..sink.file import FileSink
 from ..source import Source, open_source, redacted
-from .common import CtrlC, Terminated, add_model_args, check_output, parse_size, positive_int
+from .common import (
+    CtrlC,
+    Terminated,
+    add_model_args,
+    check_output,
+    parse_size,
+    positive_int,
+    user_path,
+)
 
 DEMO_SOURCE = "synthetic://drive?size=1280x720&fps=30&seed=0&frames=90"
 DEMO_OUTPUT = "out/demo.mp4"
+REPORT_MAX_BYTES = 1 << 20  # a --json report is a few KiB; a larger file is something else
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -69,9 +79,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="also run every frame through the full model first and report the speedup and "
         "the agreement (mIoU of the scheduled labels against the per-frame labels)",
     )
-    o.add_argument("--json", type=Path, default=None, help="write the summary as JSON")
+    o.add_argument("--json", type=user_path, default=None, help="write the summary as JSON")
     o.add_argument("--quiet", action="store_true", help="no live status line")
     p.set_defaults(func=run)
+    p.intermixed = True  # `rtseg run SRC --frames 2 out.mp4`: options between source and sinks
 
 
 def add_scheduler_args(parser: argparse.ArgumentParser, *, default: str) -> None:
@@ -194,7 +205,9 @@ SIGTERM_STATUS = 0
 CTRL_C_STATUS = 130
 # The phases of a run, as the stop message names them (the --json report's "stopped.phase" is the key).
 PHASES = {
+    "options": "while checking the options",
     "source": "while opening the source",
+    "outputs": "while opening the outputs",
     "engine": "while loading the engine",
     "compare-every": "during the --compare-every first pass",
     "main": "during the main pass",
@@ -236,11 +249,34 @@ def run(args: argparse.Namespace) -> int:
     if demo:
         args.source = DEMO_SOURCE
         args.sinks = args.sinks or [DEMO_OUTPUT]
-    style = OverlayStyle(args.mode, args.alpha, args.legend, args.hud)  # validates before the slow load
-    scheduler = scheduler_from_args(args)
     check_output(args.json, "--json")  # before the run, not after it: the summary would be lost
+    try:
+        style = OverlayStyle(args.mode, args.alpha, args.legend, args.hud)  # validates before the slow load
+        scheduler = scheduler_from_args(args)
+    except Exception as exc:
+        _failed_early(args, "options", exc, None, json_ok=None)
+        raise
     with _Signals() as signals, CtrlC("run") as ctrl_c:
         return _run(args, style, scheduler, signals, ctrl_c)
+
+
+def _check_json(path: Path | None, source: Source, sinks: list[Sink]) -> None:
+    """Refuse a --json that is one of the source's files or a file sink's output (by path or as a
+    hard link): the report, written at the end, would replace the input or the video just made."""
+    if path is None:
+        return
+    clash = input_clash(path, source)
+    if clash is not None:
+        raise ConfigError(
+            f"--json {path} would overwrite {clash}, which the source {source.info.uri} reads; "
+            "name another file for the report"
+        )
+    target = path.resolve()
+    for sink in sinks:
+        if isinstance(sink, FileSink) and sink.first_overwrite({target}, None) is not None:
+            raise ConfigError(
+                f"--json {path} is also written by the sink {sink.uri}; name another file for the report"
+            )
 
 
 def _run(
@@ -251,12 +287,17 @@ def _run(
     engine: Engine | None = None
     seg: Segmenter | None = None
     reference: _Reference | None = None
+    json_ok: bool | None = None  # --json is (not) an input or output of this run; None: not known yet
     try:
         # Opened first: a missing file or an unreachable camera is reported before the slow engine load.
         source = open_source(args.source, **_source_options(args))
         if args.compare_every:
             _check_compare_every(args, source)
+        signals.phase = "outputs"
         sinks = open_sinks(args.sinks, source)  # a bad sink URI, too, is reported before the load
+        json_ok = False
+        _check_json(args.json, source, sinks)
+        json_ok = True
         print(
             f"rtseg run: {redacted(args.source)} -> "
             f"{', '.join(s.destination for s in sinks) or '(no outputs: results are discarded)'}",
@@ -313,15 +354,16 @@ def _run(
         ctrl_c.closing = lambda: pipeline.closed  # the source's end closes the outputs, too
     except (KeyboardInterrupt, Terminated) as exc:
         _close(sinks, source, seg, engine)
-        return _stopped_early(
-            args, signals.phase, "Ctrl-C" if isinstance(exc, KeyboardInterrupt) else "SIGTERM", reference
-        )
-    except BaseException:
+        by = "Ctrl-C" if isinstance(exc, KeyboardInterrupt) else "SIGTERM"
+        return _stopped_early(args, signals.phase, by, reference, json_ok=json_ok)
+    except BaseException as exc:
         _close(sinks, source, seg, engine)  # the pipeline owns them once made; until then, closed here
+        _failed_early(args, signals.phase, exc, reference, json_ok=json_ok)
         raise
     tty = sys.stderr.isatty() and not args.quiet
     interrupted = False
     error: RtsegError | None = None
+    crash: BaseException | None = None
     last = 0.0
     try:
         for _ in pipeline:
@@ -334,9 +376,16 @@ def _run(
         interrupted = True
     except RtsegError as exc:  # a source or sink failed mid-run: keep and report what was done
         error = exc
+    except BaseException as exc:  # anything else (a bug): raised as it is, after the report
+        crash = exc
     finally:
         stats = pipeline.close()
         _close([], None, seg, engine)  # loaded here, so closed here (a Segmenter closes only its own)
+    if crash is not None:
+        if args.json:  # an earlier run's report must not stay there as this one's
+            report = {**_report(stats), "complete": False, "error": f"{type(crash).__name__}: {crash}"}
+            _write_json(args.json, report)
+        raise crash
     terminated = signals.terminated.is_set()  # later ones (while reporting) change nothing
     if tty:
         print(file=sys.stderr)
@@ -378,8 +427,9 @@ def _run(
             "agreement_pixels": _number(100 * scores.pixel_accuracy, 2),
             "frames_compared": stats.frames - missing,
         }
+    files = {s.uri for s in pipeline.sinks if isinstance(s, FileSink)}  # windows and streams keep nothing
     for uri, sink in stats.sinks.items():
-        if uri.startswith(("display:", "null:", "zmq:")):
+        if uri not in files:
             continue
         print(f"wrote {uri} ({sink.written} frames)" if sink.written else f"nothing written to {uri}")
     if args.json and not _write_json(args.json, report) and error is None and not interrupted:
@@ -417,12 +467,11 @@ def _write_json(path: Path, report: dict) -> bool:
     return True
 
 
-def _stopped_early(args: argparse.Namespace, phase: str, by: str, reference: _Reference | None) -> int:
-    """A Ctrl-C or SIGTERM before the main pass: one line naming the phase, what the first pass had
-    measured, and a --json report marked incomplete (a report of an earlier run must not be left
-    there as this one's)."""
+def _early_report(reference: _Reference | None) -> tuple[str, dict]:
+    """What a run that ended before its main pass did: a line for stderr and the --json report,
+    marked incomplete (a report of an earlier run must not be left there as this one's)."""
     detail = "the main pass did not run; outputs closed, nothing written to them"
-    report: dict = {"complete": False, "stopped": {"by": by, "phase": phase}, "frames": 0}
+    report: dict = {"complete": False, "frames": 0}
     if reference is not None:
         done = len(reference.labels)
         if done:
@@ -436,10 +485,68 @@ def _stopped_early(args: argparse.Namespace, phase: str, by: str, reference: _Re
             "every_ms_per_frame": _number(reference.ms_per_frame, 2),
             "every_fps": _number(reference.fps, 3) if done else None,
         }
+    return detail, report
+
+
+def _stopped_early(
+    args: argparse.Namespace, phase: str, by: str, reference: _Reference | None, *, json_ok: bool | None
+) -> int:
+    """A Ctrl-C or SIGTERM before the main pass: one line naming the phase, what the first pass had
+    measured, and a --json report marked incomplete."""
+    detail, report = _early_report(reference)
+    report["stopped"] = {"by": by, "phase": phase}
     print(f"rtseg run: stopped ({by}) {PHASES[phase]}: {detail}", file=sys.stderr)
     if args.json:
-        _write_json(args.json, report)
+        _write_early_json(args.json, report, json_ok)
     return CTRL_C_STATUS if by == "Ctrl-C" else SIGTERM_STATUS
+
+
+def _failed_early(
+    args: argparse.Namespace,
+    phase: str,
+    error: BaseException,
+    reference: _Reference | None,
+    *,
+    json_ok: bool | None,
+) -> None:
+    """An error before the main pass (a bad option, source or sink, missing weights, a source that
+    fails in the --compare-every first pass): what the first pass had measured, as after a
+    Ctrl-C, and a --json report saying what failed; the caller then raises the error itself."""
+    detail, report = _early_report(reference)
+    report["error"] = str(error) if isinstance(error, RtsegError) else f"{type(error).__name__}: {error}"
+    report["stopped"] = {"by": "error", "phase": phase}
+    if reference is not None and reference.labels:
+        print(f"rtseg run: stopped by an error {PHASES[phase]}: {detail}", file=sys.stderr)
+    if args.json:
+        _write_early_json(args.json, report, json_ok)
+
+
+def _write_early_json(path: Path, report: dict, ok: bool | None) -> None:
+    """Write the report of a run that ended early: never over the source's files or an output
+    (``ok`` False), and before --json was checked against them (``ok`` None: the source or a sink
+    failed to open) only over an earlier run's report, as the path may be a file the user meant
+    to keep."""
+    if ok is False:
+        return
+    if ok or _replaceable(path):
+        _write_json(path, report)
+    else:
+        print(
+            f"rtseg run: --json {path} left as it is: it is not a report of an earlier run", file=sys.stderr
+        )
+
+
+def _replaceable(path: Path) -> bool:
+    """Whether ``path`` is free or holds a `rtseg run --json` report (a JSON object with "complete")."""
+    try:
+        if not path.exists():
+            return True
+        if not path.is_file() or path.stat().st_size > REPORT_MAX_BYTES:
+            return False
+        data = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and "complete" in data
 
 
 def _number(value: float, digits: int) -> float | None:

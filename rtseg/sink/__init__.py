@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+import math
+import numbers
 import os
 from typing import Any
 from urllib.parse import parse_qsl
@@ -11,6 +13,7 @@ from ..errors import SinkError
 from .base import Policy, Sink, SinkStats
 from .packet import Packet
 
+DEFAULT_FPS = 30.0  # written into a video when the source's rate is not known
 SCHEMES = ("file", "display", "zmq", "null")
 SUPPORTED = (
     "file://PATH or a plain path (.mp4, .avi, .mkv, .mov, or an image pattern such as out/%06d.png), "
@@ -28,8 +31,13 @@ def open_sink(
 ) -> Sink:
     """Open an output. ``policy`` is "drop" for live sources (never slow inference down) or "block"
     for files (write every frame); the pipeline chooses it from the source. ``fps`` is the frame
-    rate written into video files."""
+    rate written into video files (None: not known, 30 is written)."""
     text = os.fspath(uri)
+    if fps is not None and not (
+        isinstance(fps, numbers.Real) and not isinstance(fps, bool) and 0 < fps < math.inf
+    ):
+        # 0 is no "unknown" (that is None): a video said to play at 0 (or inf) FPS cannot be written.
+        raise SinkError(f"{text!r}: fps must be None or a positive finite number, got {fps!r}")
     scheme, sep, rest = text.partition("://")
     if not sep:
         scheme, rest = "file", text
@@ -39,11 +47,13 @@ def open_sink(
     if scheme == "file":
         from .file import FileSink
 
-        return FileSink(text, rest, fps=fps or 30.0, policy=policy, **options)
+        return FileSink(text, rest, fps=DEFAULT_FPS if fps is None else fps, policy=policy, **options)
     if scheme == "null":
         from .null import NullSink
 
-        _, _, query = rest.partition("?")
+        where, _, query = rest.partition("?")
+        if where:
+            raise SinkError(f"{text!r}: null:// discards the results and takes no path, got {where!r}")
         params = dict(parse_qsl(query))
         unknown = sorted(set(params) - {"overlay"})
         if unknown:

@@ -129,6 +129,8 @@ class Sink(ABC):
                     self._last_error = f"{type(exc).__name__}: {exc}"
                 if first:
                     log.error("sink %s: %s", self.uri, self._last_error)
+            if self._closed and self._queue.empty():
+                break  # closed from this thread (see close): what was queued is written
         try:
             self.release()
         except Exception as exc:
@@ -139,6 +141,13 @@ class Sink(ABC):
 
     def close(self, timeout: float | None = 30.0) -> SinkStats:
         """Deliver what is queued, release the output, and return the final counts."""
+        if threading.current_thread() is self._thread:
+            # From the sink's own thread (its emit, or a finalizer the garbage collector ran there):
+            # it cannot wait for itself, so the loop ends once what is queued has been written.
+            self._closing.set()
+            with self._write_lock:
+                self._closed = True
+            return self.stats
         if not self._closed:
             self._closing.set()
             with self._write_lock:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import math
+import numbers
 import os
 import re
 import shutil
@@ -49,11 +51,33 @@ def prepare_folder(folder: Path, uri: str) -> None:
 
 def check_image_pattern(text: str, uri: str) -> None:
     """An image pattern: a format OpenCV writes (else imwrite raises cv2.error, not SinkError, at
-    the first frame) and one integer field."""
-    suffix = Path(text).suffix.lower()
+    the first frame) and one integer field, in the file name: the whole path is formatted, so a
+    '%' in a folder would name another folder than the one made for the images."""
+    path = Path(text)
+    suffix = path.suffix.lower()
     if suffix not in IMAGE_SUFFIXES:
         raise SinkError(f"{uri}: an image pattern must end in one of {', '.join(IMAGE_SUFFIXES)}")
+    if "%" in str(path.parent):
+        raise SinkError(
+            f"{uri}: the folder {str(path.parent)!r} holds a '%'; only the file name of an image "
+            "pattern may (the frame number field, as in out/%06d.png)"
+        )
     check_pattern(text, uri)
+
+
+def has_index_field(text: str) -> bool:
+    """Whether ``text`` holds a printf integer field (%06d), the mark of an image pattern."""
+    return any(m.group() != "%%" for m in _FIELD.finditer(text))
+
+
+def file_identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of an existing file, None otherwise: two names of one file (a hard link)
+    have one identity, which comparing resolved paths misses."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def prepare_video(path: Path, uri: str) -> None:
@@ -162,17 +186,23 @@ class FileSink(Sink):
         queue_size: int = 8,
         policy: Policy = "block",
     ) -> None:
-        self.path = Path(path)
+        self.path = Path(path).expanduser()  # as source paths are: "~/out.mp4" is not ./~/out.mp4
         text = str(self.path)
-        self.pattern = "%" in text
         suffix = self.path.suffix.lower()
+        # A video is one file, whatever its name holds ("o_100%.mp4"); a '%' elsewhere makes a pattern.
+        self.pattern = "%" in text and suffix not in VIDEO_FOURCC
         if content not in ("overlay", "labels"):
             raise SinkError(f"{uri}: content must be 'overlay' or 'labels', got {content!r}")
-        if not fps > 0:
-            raise SinkError(f"{uri}: fps must be positive, got {fps}")
+        if not (isinstance(fps, numbers.Real) and not isinstance(fps, bool) and 0 < fps < math.inf):
+            raise SinkError(f"{uri}: fps must be a positive finite number, got {fps!r}")
         if self.pattern:
             check_image_pattern(text, uri)
         else:
+            if suffix in VIDEO_FOURCC and has_index_field(self.path.name):
+                raise SinkError(
+                    f"{uri}: {self.path.name!r} holds a frame number field but a {suffix} is one video "
+                    f"file: an image pattern must end in one of {', '.join(IMAGE_SUFFIXES)} (out/%06d.png)"
+                )
             if suffix not in VIDEO_FOURCC and "?" in suffix:
                 codecs = ", ".join(f"{k} {v}" for k, v in VIDEO_FOURCC.items())
                 raise SinkError(
@@ -199,15 +229,40 @@ class FileSink(Sink):
         super().__init__(uri, queue_size=queue_size, policy=policy)
 
     def first_overwrite(self, paths: set[Path], frames: int | None) -> Path | None:
-        """The first of ``paths`` (resolved) that frames 0..frames-1 would write over; with
-        ``frames=None`` (a looping source: indices without end) any path the pattern can name."""
+        """The first of ``paths`` (resolved) that frames 0..frames-1 would write over, by name or
+        by identity (a hard link to it); with ``frames=None`` (a looping source: indices without
+        end) any path the pattern can name."""
+        ids = {i: p for p in sorted(paths) if (i := file_identity(p)) is not None}
+
+        def clash(target: Path) -> Path | None:
+            resolved = target.resolve()
+            if resolved in paths:
+                return resolved
+            same = file_identity(resolved)
+            return None if same is None else ids.get(same)
+
         if not self.pattern:
-            target = self.path.resolve()
-            return target if target in paths else None
+            return clash(self.path)
         if frames is not None:
-            targets = (Path(str(self.path) % i).resolve() for i in range(frames))
-            return next((t for t in targets if t in paths), None)
-        text = str(self.path.resolve())  # a coarse filter; each match is checked exactly below
+            targets = (clash(Path(str(self.path) % i)) for i in range(frames))
+            return next((t for t in targets if t is not None), None)
+        resolved = self.path.resolve()
+        for path in sorted(paths):
+            if self._index_of(resolved, path) is not None:
+                return path
+        folder = resolved.parent
+        if not ids or not folder.is_dir():
+            return None
+        # A file the pattern names that is a hard or symbolic link to an input: the name differs.
+        for entry in sorted(folder.iterdir()):
+            if self._index_of(resolved, entry) is not None and (found := clash(entry)) is not None:
+                return found
+        return None
+
+    def _index_of(self, resolved: Path, path: Path) -> int | None:
+        """The frame index >= 0 at which the pattern (``resolved``, the pattern's resolved path)
+        writes ``path``, or None."""
+        text = str(resolved)  # a coarse filter; each match is checked exactly below
         parts, kinds, pos = [], [], 0
         for m in _FIELD.finditer(text):
             parts.append(re.escape(text[pos : m.start()]))
@@ -218,18 +273,16 @@ class FileSink(Sink):
                 kinds.append(m.group(1))
             pos = m.end()
         parts.append(re.escape(text[pos:]))
-        regex = re.compile("".join(parts))
-        for path in sorted(paths):
-            m = regex.fullmatch(str(path))
-            if m is None:
-                continue
-            try:
-                index = int(m.group(1), _BASES[kinds[0]])
-            except ValueError:
-                continue
-            if index >= 0 and Path(str(self.path) % index).resolve() == path:
-                return path
-        return None
+        m = re.fullmatch("".join(parts), str(path))
+        if m is None:
+            return None
+        try:
+            index = int(m.group(1), _BASES[kinds[0]])
+        except ValueError:
+            return None
+        if index < 0 or str(resolved.parent / (resolved.name % index)) != str(path):
+            return None
+        return index
 
     def emit(self, packet: Packet) -> None:
         if self.content == "labels":

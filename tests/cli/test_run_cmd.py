@@ -501,3 +501,199 @@ def test_compare_every_refuses_an_endless_synthetic_source_without_frames(monkey
     rc = main(["run", "synthetic://drive?size=64x48", "null://", "--compare-every"])
     err = capsys.readouterr().err
     assert rc == 2 and "rtseg run: error:" in err and "endless synthetic source needs --frames N" in err
+
+
+def _input_video(path: Path) -> Path:
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 48))
+    for i in range(3):
+        writer.write(np.full((48, 64, 3), 40 * i, np.uint8))
+    writer.release()
+    return path
+
+
+def _no_load(*args, **kwargs):
+    raise AssertionError("the engine was loaded before the outputs were checked")
+
+
+@pytest.mark.parametrize(
+    "target", ["the input", "a hard link to the input", "the video sink", "an input image"]
+)
+def test_json_over_an_input_or_an_output_is_refused_before_the_engine_loads(
+    target: str, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """--json in.mp4 replaced the input (or the video just written) by the report, exit 0."""
+    monkeypatch.setattr(run_cmd, "load_engine", _no_load)
+    video = _input_video(tmp_path / "in.avi")
+    images = tmp_path / "imgs"
+    images.mkdir()
+    cv2.imwrite(str(images / "000001.png"), np.zeros((48, 64, 3), np.uint8))
+    source, sink, report = str(video), "null://", video
+    if target == "a hard link to the input":
+        report = tmp_path / "hard.json"
+        report.hardlink_to(video)
+    elif target == "the video sink":
+        sink = report = tmp_path / "o.avi"
+        sink = str(sink)
+    elif target == "an input image":
+        source, report = str(images), images / "000001.png"
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    rc = main(["run", source, sink, "--json", str(report)])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"rtseg run: error: --json {report}" in err, err
+    assert ("is also written by the sink" if target == "the video sink" else "would overwrite") in err
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+@pytest.mark.parametrize(
+    ("case", "phase", "message"),
+    [
+        ("bad sink", "outputs", "cannot tell the format"),
+        ("missing source", "source", "no such file or folder"),
+        ("missing weights", "engine", "nonexistent.pt"),
+        ("bad option", "options", "alpha"),
+    ],
+)
+def test_a_run_that_fails_before_its_main_pass_leaves_no_stale_report(
+    case: str, phase: str, message: str, weights: Path, tmp_path: Path, capsys
+) -> None:
+    """An earlier run's report stayed in place, "complete": true, as if it were this run's."""
+    report = tmp_path / "r.json"
+    report.write_text('{"frames": 90, "complete": true}')  # an earlier run's
+    argv = ["run", SOURCE, "null://", *_args(weights), "--json", str(report), "--quiet"]
+    if case == "bad sink":
+        argv[2] = str(tmp_path / "o.xyz")
+    elif case == "missing source":
+        argv[1] = str(tmp_path / "missing.mp4")
+    elif case == "missing weights":
+        argv[argv.index("--weights") + 1] = str(tmp_path / "nonexistent.pt")
+    else:
+        argv += ["--alpha", "2"]
+    rc = main(argv)
+    err = capsys.readouterr().err
+    assert rc == 2 and "rtseg run: error:" in err and message in err
+    data = json.loads(report.read_text())
+    assert data["complete"] is False and data["frames"] == 0 and message in data["error"]
+    assert data["stopped"] == {"by": "error", "phase": phase}
+
+
+def test_a_failed_start_does_not_write_its_report_over_a_file_that_is_no_report(
+    tmp_path: Path, capsys
+) -> None:
+    """Before the source and sinks are open, --json may be a file the user keeps: only an earlier
+    report is replaced."""
+    keep = tmp_path / "notes.txt"
+    keep.write_text("mine")
+    rc = main(["run", str(tmp_path / "missing.mp4"), "null://", "--json", str(keep)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "left as it is: it is not a report of an earlier run" in err
+    assert keep.read_text() == "mine"
+
+
+def test_a_source_failing_in_the_compare_every_first_pass_reports_it(
+    weights: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """A source error in the first pass printed nothing of what the pass had measured and wrote
+    no --json (the README promises both for a source that fails mid-run)."""
+    from rtseg.errors import SourceError
+    from rtseg.source import open_source
+
+    opened = {"n": 0}
+
+    def failing_second(uri, **options):  # the main pass's source opens first, the first pass's second
+        source = open_source(uri, **options)
+        opened["n"] += 1
+        if opened["n"] == 2:
+            real = source._next_frame
+
+            def next_frame():
+                if source.stats.delivered == 2:
+                    raise SourceError("camera gone")
+                return real()
+
+            monkeypatch.setattr(source, "_next_frame", next_frame)
+        return source
+
+    monkeypatch.setattr(run_cmd, "open_source", failing_second)
+    report = tmp_path / "r.json"
+    rc = main(
+        ["run", SOURCE, "null://", *_args(weights), "--compare-every", "--json", str(report), "--quiet"]
+    )
+    err = capsys.readouterr().err
+    assert rc == 2 and "rtseg run: error: camera gone" in err
+    assert re.search(
+        r"stopped by an error during the --compare-every first pass: after 2 frames \(every frame a "
+        r"keyframe: [\d.]+ ms/frame",
+        err,
+    ), err
+    data = json.loads(report.read_text())
+    assert data["complete"] is False and data["error"] == "camera gone"
+    assert data["stopped"] == {"by": "error", "phase": "compare-every"}
+    assert data["compare_every"]["every_frames"] == 2
+
+
+def test_home_is_expanded_in_sinks_and_json(weights: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    """'~/out.avi' and --json '~/r.json' (quoted: the shell leaves them) were written under ./~/."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    rc = main(["run", SOURCE, "~/out.avi", *_args(weights), "--frames", "1", "--json", "~/r.json", "--quiet"])
+    assert rc == 0, capsys.readouterr().err
+    assert _frames(tmp_path / "home" / "out.avi") == 1
+    assert json.loads((tmp_path / "home" / "r.json").read_text())["frames"] == 1
+    assert not (tmp_path / "~").exists()
+
+
+def test_options_may_stand_between_the_source_and_the_sinks() -> None:
+    """`rtseg run SRC --frames 2 out.mp4` failed: "unrecognized arguments: out.mp4"."""
+    from rtseg.cli import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["run", "in.mp4", "--frames", "2", "a.mp4", "--no-warp", "b.avi", "--quiet"])
+    assert (args.source, args.sinks, args.frames, args.warp, args.quiet) == (
+        "in.mp4",
+        ["a.mp4", "b.avi"],
+        2,
+        False,
+        True,
+    )
+    assert parser.parse_args(["run", "--frames", "2"]).source is None  # the demo, still
+    with pytest.raises(SystemExit):  # an unknown option is still refused
+        parser.parse_args(["run", "in.mp4", "--bogus", "a.mp4"])
+
+
+def test_only_files_are_said_to_be_written(weights: Path, capsys) -> None:
+    """NULL:// (any case of the scheme) was reported as "wrote NULL://"."""
+    rc = main(["run", SOURCE, "NULL://", *_args(weights), "--frames", "1", "--quiet"])
+    assert rc == 0 and "wrote" not in capsys.readouterr().out
+
+
+def test_two_sinks_to_one_file_are_refused_before_the_engine_loads(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    monkeypatch.setattr(run_cmd, "load_engine", _no_load)
+    monkeypatch.chdir(tmp_path)
+    rc = main(["run", SOURCE, "o.avi", "./o.avi", "file://o.avi"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "./o.avi: the same output as o.avi" in err and not (tmp_path / "o.avi").exists()
+
+
+def test_an_unexpected_failure_mid_run_leaves_no_stale_report(
+    weights: Path, tmp_path: Path, monkeypatch
+) -> None:
+    from rtseg.segmenter import Segmenter
+
+    original = Segmenter.__call__
+    calls = {"n": 0}
+
+    def fail_third(self, frame):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("a bug")
+        return original(self, frame)
+
+    monkeypatch.setattr(Segmenter, "__call__", fail_third)
+    report = tmp_path / "r.json"
+    report.write_text('{"frames": 90, "complete": true}')  # an earlier run's
+    with pytest.raises(RuntimeError, match="a bug"):
+        main(["run", SOURCE, "null://", *_args(weights), "--json", str(report), "--quiet"])
+    data = json.loads(report.read_text())
+    assert data["complete"] is False and data["frames"] == 2 and data["error"] == "RuntimeError: a bug"

@@ -4,6 +4,7 @@ import threading
 
 import pytest
 
+from rtseg.errors import SinkError
 from rtseg.sink.base import Sink
 
 
@@ -50,3 +51,33 @@ def test_stop_request_and_errors(packet_factory) -> None:
     assert sink.stop_requested and stats.errors == 1 and "disk full" in stats.last_error
     with pytest.raises(ValueError):
         Failing("x://", policy="sometimes")
+
+
+def test_close_from_the_sinks_own_thread_delivers_what_is_queued(packet_factory) -> None:
+    """close() on the sink's thread (its emit, or a Pipeline finalizer the garbage collector runs
+    there) joined its own thread: RuntimeError, and the output was never released."""
+
+    class SelfClosing(Sink):
+        def __init__(self) -> None:
+            self.seen: list[int] = []
+            self.released = threading.Event()
+            self.go = threading.Event()
+            super().__init__("self://", queue_size=4, policy="block")
+
+        def emit(self, packet) -> None:
+            self.go.wait(5)
+            self.seen.append(packet.frame.index)
+            if packet.frame.index == 0:
+                self.close()
+
+        def release(self) -> None:
+            self.released.set()
+
+    sink = SelfClosing()
+    for i in range(3):
+        sink.write(packet_factory(i))
+    sink.go.set()
+    assert sink.released.wait(5) and sink.seen == [0, 1, 2]
+    with pytest.raises(SinkError, match="write after close"):
+        sink.write(packet_factory(3))
+    assert sink.close().written == 3 and sink.stats.errors == 0

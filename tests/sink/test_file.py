@@ -92,6 +92,8 @@ def test_block_policy_writes_everything_behind_a_slow_disk(tmp_path: Path, packe
         ("out/%06d-%.png", "not a valid pattern"),
         ("out.mp4?fourcc=XVID", "file outputs take no \\?options; the codec follows the suffix"),
         ("out/%06d.mp4", "image pattern must end"),
+        ("o_%03d/x_%03d.png", "o_%03d' holds a '%'; only the file name"),  # imwrite formats the folder too
+        ("o_%03d/x.png", "o_%03d' holds a '%'; only the file name"),
     ],
 )
 def test_bad_paths(tmp_path: Path, name: str, message: str) -> None:
@@ -223,3 +225,56 @@ def test_a_video_file_fits_or_refuses_a_frame_of_another_size(tmp_path: Path, fi
     frames = _read_all(path)
     assert len(frames) == video.frames == (2 if fit else 1)
     assert all(f.shape == (48, 64, 3) for f in frames)
+
+
+def test_a_video_name_with_a_percent_is_a_plain_name(tmp_path: Path, packet_factory) -> None:
+    """'o_100%.mp4' was refused as an image pattern: only an image suffix makes a pattern."""
+    path = tmp_path / "o_100%.mp4"
+    sink = FileSink(str(path), path)
+    sink.write(packet_factory(0))
+    assert not sink.pattern and sink.close().written == 1
+    assert len(_read_all(path)) == 1
+
+
+def test_a_pattern_with_a_percent_in_its_folder_makes_no_folder(tmp_path: Path) -> None:
+    with pytest.raises(SinkError, match="only the file name of an image pattern may"):
+        FileSink("p", tmp_path / "o_%03d" / "x_%03d.png")
+    assert not (tmp_path / "o_%03d").exists()
+
+
+@pytest.mark.parametrize("fps", [0, -1, float("inf"), float("nan"), True])
+def test_fps_must_be_positive_and_finite(tmp_path: Path, fps: float) -> None:
+    """fps=inf was taken, and then the VideoWriter refused every frame."""
+    with pytest.raises(SinkError, match="fps must be a positive finite number"):
+        FileSink("x.avi", tmp_path / "x.avi", fps=fps)
+
+
+def test_a_home_relative_path_is_under_home(tmp_path: Path, monkeypatch, packet_factory) -> None:
+    """'~/out.avi' wrote ./~/out.avi; source paths expand '~', and so do outputs now."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    sink = FileSink("~/out.avi", "~/out.avi")
+    sink.write(packet_factory(0))
+    sink.close()
+    assert sink.path == tmp_path / "home" / "out.avi" and len(_read_all(sink.path)) == 1
+    assert not (tmp_path / "~").exists()
+
+
+def test_first_overwrite_sees_a_hard_link_to_an_input(tmp_path: Path) -> None:
+    """Resolved paths differ for two names of one file: writing one destroyed the input."""
+    (tmp_path / "in").mkdir()
+    inputs = _touch(tmp_path / "in", "a.mp4", "000003.png")
+    (tmp_path / "hard.mp4").hardlink_to(tmp_path / "in" / "a.mp4")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "000003.png").hardlink_to(tmp_path / "in" / "000003.png")
+    (tmp_path / "out" / "000004.png").symlink_to(tmp_path / "in" / "000003.png")
+    with (
+        FileSink("v", tmp_path / "hard.mp4") as video,
+        FileSink("p", tmp_path / "out" / "%06d.png") as images,
+    ):
+        assert video.first_overwrite(inputs, 3) == (tmp_path / "in" / "a.mp4").resolve()
+        assert images.first_overwrite(inputs, 3) is None  # frames 0..2 only
+        assert images.first_overwrite(inputs, 4) == (tmp_path / "in" / "000003.png").resolve()
+        assert images.first_overwrite(inputs, None) == (tmp_path / "in" / "000003.png").resolve()
+        (tmp_path / "out" / "000003.png").unlink()  # the symbolic link 000004.png is found, too
+        assert images.first_overwrite(inputs, None) == (tmp_path / "in" / "000003.png").resolve()

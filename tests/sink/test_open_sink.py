@@ -49,3 +49,20 @@ def test_zmq_is_dispatched_lazily_to_the_publisher(monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "rtseg.stream.publisher", fake)
     assert open_sink("zmq://tcp://127.0.0.1:5555", policy="drop") == "publisher"
     assert calls == [("zmq://tcp://127.0.0.1:5555", {"policy": "drop"})]
+
+
+def test_null_takes_no_path() -> None:
+    """'null://foo' was taken, as if it wrote somewhere."""
+    with pytest.raises(SinkError, match="null:// discards the results and takes no path, got 'foo'"):
+        open_sink("null://foo")
+    with open_sink("NULL://?overlay=1") as sink:
+        assert isinstance(sink, NullSink) and sink.draw
+
+
+@pytest.mark.parametrize("fps", [0, -5, float("inf"), float("nan")])
+def test_fps_is_none_or_positive_and_finite(tmp_path: Path, fps: float) -> None:
+    """fps=0 became 30 silently (None, not 0, means "not known"); inf failed every frame later."""
+    with pytest.raises(SinkError, match="fps must be None or a positive finite number"):
+        open_sink(tmp_path / "a.avi", fps=fps)
+    with open_sink(tmp_path / "b.avi") as unknown:
+        assert unknown.fps == 30.0

@@ -58,3 +58,31 @@ def test_sink_uri_publisher_and_subscriber_refuse_an_out_of_range_port() -> None
         Publisher("tcp://127.0.0.1:99999")
     with pytest.raises(ConfigError, match="99999"):
         Subscriber("tcp://127.0.0.1:99999")
+
+
+def test_binding_ipc_over_a_file_that_is_no_socket_is_refused(tmp_path) -> None:
+    """libzmq unlinks the path before binding: zmq://ipc://in.mp4 replaced the input by a socket."""
+    video = tmp_path / "in.mp4"
+    video.write_bytes(b"precious")
+    endpoint = f"ipc://{video}"
+    with pytest.raises(ConfigError, match="is a file, not a socket, and binding would delete it"):
+        check_endpoint(endpoint, bind=True)
+    with pytest.raises(ConfigError, match="not a socket"):
+        parse_zmq_uri(f"zmq://{endpoint}")
+    with pytest.raises(ConfigError, match="not a socket"):
+        Publisher(endpoint)
+    assert video.read_bytes() == b"precious"
+    assert check_endpoint(endpoint, bind=False) == endpoint  # connecting deletes nothing
+
+
+def test_binding_ipc_on_a_new_path_or_an_old_socket_is_allowed(tmp_path) -> None:
+    import socket
+
+    fresh = f"ipc://{tmp_path / 'new.sock'}"
+    assert check_endpoint(fresh, bind=True) == fresh
+    old = tmp_path / "old.sock"
+    with socket.socket(socket.AF_UNIX) as s:  # what a publisher killed before it unbound leaves
+        s.bind(str(old))
+    assert check_endpoint(f"ipc://{old}", bind=True) == f"ipc://{old}"
+    with Publisher(f"ipc://{old}") as pub:
+        assert pub.endpoint == f"ipc://{old}"
