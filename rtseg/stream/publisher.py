@@ -294,6 +294,13 @@ def parse_zmq_uri(uri: str) -> tuple[str, dict[str, Any]]:
                 raise ConfigError(f"{uri!r}: option {key} must be an integer, got {value!r}") from None
         else:
             options[name] = value
+    try:
+        PublishOptions(**options)  # checked here, so that the error names the key the user wrote
+    except ConfigError as exc:
+        message = str(exc)
+        for key, name in _QUERY_KEYS.items():
+            message = message.replace(f"PublishOptions.{name} ", f"option {key} ")
+        raise ConfigError(f"{uri!r}: {message}") from None
     return endpoint, options
 
 

@@ -246,6 +246,22 @@ def test_uri_parsing() -> None:
             parse_zmq_uri(bad)
 
 
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ("hwm=0", "option hwm must be"),
+        ("labels=gif", "option labels must be 'png' or 'raw'"),
+        ("quality=500", "option quality must be"),
+        ("frame=bmp", "option frame must be"),
+    ],
+)
+def test_uri_option_errors_name_the_key_the_user_wrote(query: str, message: str) -> None:
+    """They named the dataclass field instead (PublishOptions.sndhwm for hwm=0)."""
+    with pytest.raises(ConfigError, match=message) as caught:
+        parse_zmq_uri(f"zmq://tcp://127.0.0.1:5555?{query}")
+    assert "PublishOptions" not in str(caught.value)
+
+
 def test_options_are_validated_and_not_given_twice(tcp_endpoint: str) -> None:
     with pytest.raises(ConfigError, match="parts"):
         PublishOptions(parts=("labels", "depth"))
