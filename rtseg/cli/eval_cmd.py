@@ -11,6 +11,7 @@ from pathlib import Path
 from ..atomic import atomic_write_text
 from ..data.datasets import cityscapes, open_dataset
 from ..data.labels import numbered_classes
+from ..errors import ConfigError
 from ..evaluate import evaluate
 from .common import add_model_args, check_output, load_model, parse_size, write_output
 from .run_cmd import add_scheduler_args, scheduler_from_args
@@ -118,6 +119,8 @@ def engine_logits_fn(engine):
 
 def run(args: argparse.Namespace) -> int:
     check_output(args.json, "--json")
+    if args.labels != "auto" and args.dataset != "cityscapes":
+        raise ConfigError(f"--labels chooses Cityscapes ground-truth files; {args.dataset} has one kind")
     model = load_model(args.model, args.weights)
     meta = model.meta
     if args.dataset == "cityscapes":
@@ -136,8 +139,6 @@ def run(args: argparse.Namespace) -> int:
         meta = dataclasses.replace(meta, classes=dataset.classes)
         model.meta = meta  # type: ignore[assignment]
     elif dataset.classes.names != meta.classes.names:
-        from ..errors import ConfigError
-
         what = f"{len(meta.classes)} unnamed" if unnamed else f"the {len(meta.classes)} {meta.classes.name}"
         raise ConfigError(
             f"the weights predict {what} classes, but {args.dataset} is labelled with "
@@ -147,8 +148,6 @@ def run(args: argparse.Namespace) -> int:
     if args.sequence:
         return _run_sequence(args, model, dataset, size)
     if args.scheduler != "every" or args.warp or args.compare_every:
-        from ..errors import ConfigError
-
         raise ConfigError("--scheduler, --warp and --compare-every apply to a video: add --sequence")
     engine = load_engine_from_args(args, model, size)
     report = evaluate(

@@ -15,7 +15,7 @@ from .common import parse_size
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="list models, their metadata and stage FLOP shares")
     p.add_argument("--flops", action="store_true", help="measure FLOPs per stage (takes a few seconds each)")
-    p.add_argument("--size", type=parse_size, default=(1024, 512), help="input WxH for --flops")
+    p.add_argument("--size", type=parse_size, default=None, help="input WxH for --flops (default 1024x512)")
     p.add_argument(
         "--published",
         action="store_true",
@@ -58,6 +58,8 @@ def _print(rows: list[dict[str, str]], markdown: bool) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.size is not None and not args.flops:
+        raise ConfigError("--size is the input size of --flops: add --flops, or leave --size out")
     if args.published:
         if args.flops:
             raise ConfigError("--published lists the authors' numbers; --flops measures: use one")
@@ -75,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
             "cached deep": ", ".join(f"{f.name}({f.channels})/{f.stride}" for f in model.stage_spec.deep),
         }
         if args.flops:
-            w, h = args.size
+            w, h = args.size or (1024, 512)
             m = model.stage_spec.input_multiple
             if w % m or h % m:
                 raise ConfigError(f"--size: {name} needs a size divisible by {m}, got {w}x{h}")

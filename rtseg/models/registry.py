@@ -360,6 +360,11 @@ def get_model(
     whole = isinstance(num_classes, numbers.Integral) and not isinstance(num_classes, bool)
     if num_classes is not None and not whole:
         raise TypeError(f"num_classes must be a whole number, got {num_classes!r}")
+    if weights is not None and not isinstance(weights, (str, os.PathLike)):
+        raise TypeError(
+            f"weights must be a checkpoint path (str or os.PathLike), got {type(weights).__name__}; "
+            "a state dict loads with model.load_state_dict"
+        )
     if weights is None:
         meta = default_meta(name, num_classes=num_classes, **config)
         model = spec.builder(num_outputs=meta.num_outputs, **meta.config)

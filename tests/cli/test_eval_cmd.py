@@ -229,6 +229,14 @@ def test_an_unusable_json_path_is_refused_before_the_evaluation(
     assert len(captured.err.strip().splitlines()) == 1 and (tmp_path / "blocker").read_text() == "keep"
 
 
+def test_labels_is_refused_for_a_dataset_with_one_kind_of_label_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--labels was ignored for CamVid without a word."""
+    assert _eval_tiny(tmp_path / "nowhere", "--labels", "labelIds") == 2
+    assert "--labels chooses Cityscapes ground-truth files; camvid has one kind" in capsys.readouterr().err
+
+
 def test_a_json_write_that_fails_late_keeps_the_printed_report(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -42,6 +42,7 @@ def test_flop_shares_add_up(capsys: pytest.CaptureFixture[str]) -> None:
     [
         (["--flops", "--size", "100x100"], "needs a size divisible by"),
         (["--flops", "--published"], "--published lists the authors' numbers; --flops measures"),
+        (["--size", "64x64"], "--size is the input size of --flops"),  # was ignored
     ],
 )
 def test_bad_combinations_are_one_line_errors(

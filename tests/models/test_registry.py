@@ -83,6 +83,12 @@ def test_num_classes_must_be_a_whole_number() -> None:
         get_model("enet", num_classes=True)
 
 
+@pytest.mark.parametrize("weights", [123, {"weight": 0}, b"w.pt"])
+def test_weights_must_be_a_path(weights: object) -> None:
+    with pytest.raises(TypeError, match=r"weights must be a checkpoint path \(str or os.PathLike\), got "):
+        get_model("espnet", weights=weights)
+
+
 def test_config_overrides_of_loaded_weights_are_in_the_metadata(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """output_stride changes DeepLabV3+'s graph but no parameter: the engine cache keys on the
     metadata, so an OS8 model given the OS16 engine got a quarter of its labels right."""
