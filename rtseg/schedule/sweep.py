@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from ..data.datasets import camvid
 from ..engine import load
-from ..engine.base import Engine
+from ..engine.base import BACKEND_OPTIONS, Engine
 from ..errors import ConfigError, DatasetError
 from ..metrics import ConfusionMatrix
 from .calibrate import simulate_keyframes
@@ -667,7 +667,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--max-interval", type=int, default=10, help="most frames from one keyframe to the next (default 10)"
     )
-    p.add_argument("--threads", type=int, default=1, help="torch threads for the sweep")
+    p.add_argument(
+        "--threads", type=int, default=1, help="CPU threads of the engine (torch, ONNX Runtime, OpenVINO)"
+    )
     p.add_argument("--backend", default="torch", help="inference backend (default: torch, the reference)")
     p.add_argument("--frames", type=int, default=None, help="use only the first N frames")
     p.add_argument("--no-warp", action="store_true")
@@ -709,7 +711,9 @@ def main(argv: list[str] | None = None) -> int:
     from ..segmenter import resolve_backend
 
     model = load_model(args.model, None if args.weights is None else str(args.weights))
-    engine = load(model, backend=resolve_backend(args.backend))
+    backend = resolve_backend(args.backend)
+    takes_threads = "threads" in BACKEND_OPTIONS.get(backend, ())  # ONNX Runtime, OpenVINO
+    engine = load(model, backend=backend, **({"threads": args.threads} if takes_threads else {}))
     if args.root is not None:
         samples = list(camvid(args.root, args.split))[: args.frames]
         images, labels = [s.image for s in samples], [s.label for s in samples]
@@ -722,7 +726,7 @@ def main(argv: list[str] | None = None) -> int:
         (args.out / "scheduling_costs.json").write_text(
             json.dumps(
                 {
-                    "threads": args.threads,
+                    "threads": engine.info.threads or args.threads,  # what the engine ran with
                     "backend": engine.info.backend,
                     "notes": list(engine.info.notes),
                     "input_size": list(engine.input_size),

@@ -13,7 +13,7 @@ import pytest
 
 from rtseg.data.datasets import Sample
 from rtseg.errors import DatasetError
-from rtseg.schedule import Adaptive, ChangeMeasure, Clockwork, Every, FlowWarp
+from rtseg.schedule import Adaptive, ChangeMeasure, Clockwork, Every, FlowWarp, sweep
 from rtseg.schedule.calibrate import simulate_keyframes
 from rtseg.schedule.sequence import evaluate_sequence
 from rtseg.schedule.sweep import (
@@ -194,6 +194,26 @@ def test_the_sweep_runs_on_footage_without_labels(tmp_path) -> None:
     assert payload["frames"] == 6 and payload["reference"] == "every-frame labels"
     assert payload["weights"] == "shipped" and (out / "scheduling.png").stat().st_size > 1000
     assert all(p["miou"] == p["agreement"] for p in payload["points"])
+
+
+def test_the_sweep_gives_its_threads_to_the_engine(tmp_path, monkeypatch) -> None:
+    """--threads set torch's threads only: ONNX Runtime and OpenVINO chose their own, and the
+    costs file said --threads whatever the engine ran with."""
+    real_load, engines = sweep.load, []
+
+    def load_and_keep(*args, **kwargs):
+        engines.append(real_load(*args, **kwargs))
+        return engines[-1]
+
+    monkeypatch.setattr(sweep, "load", load_and_keep)
+    out = tmp_path / "costs"
+    uri = "synthetic://drive?size=320x240&seed=1&frames=4"
+    argv = ["--source", uri, "--frames", "3", "--backend", "onnxruntime", "--threads", "1"]
+    assert main([*argv, "--costs-only", "--out", str(out)]) == 0
+    costs = json.loads((out / "scheduling_costs.json").read_text())
+    (engine,) = engines
+    assert engine.info.backend == "onnxruntime" and engine.info.threads == 1
+    assert costs["threads"] == engine.info.threads
 
 
 def test_the_sweep_needs_a_sequence(engine, tmp_path, capsys) -> None:
