@@ -154,6 +154,9 @@ class Segmenter:
         self.scheduler = chosen
         try:
             self.scheduler.check(engine)
+            # A scheduler handed on from a closed Segmenter still held that stream's deep cache
+            # (answered from another engine's features, or a flow between frames of two sizes).
+            self.scheduler.reset()
         except BaseException:
             if self._owns_engine:
                 engine.close()
@@ -229,6 +232,7 @@ class Segmenter:
     def reset(self) -> None:
         """Forget the deep cache and keyframe reference (a new stream or a seek)."""
         with self._lock:
+            self._check_open()
             self.scheduler.reset()
 
     def _check_open(self) -> None:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import threading
+import warnings
 from pathlib import Path
 
 import cv2
@@ -240,3 +241,31 @@ def test_one_scheduler_cannot_serve_two_segmenters(engine) -> None:
     second = Segmenter(engine=engine, scheduler=shared)
     second.close()  # closed: free again
     Segmenter(engine=engine, scheduler=shared).close()
+
+
+def test_a_scheduler_handed_on_starts_a_new_stream(engine) -> None:
+    """It kept the closed Segmenter's deep cache: the new one's first frame came back as a
+    cached frame of age 3 (from another engine's features; with a warp and another input size,
+    OpenCV's DIS failed on frames of two sizes)."""
+    image = np.random.default_rng(1).integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    handed = make_scheduler("clockwork", interval=10, warp=False)
+    first = Segmenter(engine=engine, scheduler=handed)
+    assert [first(image).deep_age for _ in range(3)] == [0, 1, 2]
+    first.close()
+    second = Segmenter(engine=engine, scheduler=handed)
+    result = second(image)
+    assert result.is_keyframe and result.deep_age == 0 and result.frame_index == 0
+    second.close()
+    with pytest.raises(ConfigError, match="this Segmenter is closed"):
+        second.reset()  # as every other call after close
+
+
+def test_a_read_only_frame_is_segmented_without_a_warning(engine) -> None:
+    image = np.random.default_rng(2).integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    frozen = np.frombuffer(image.tobytes(), np.uint8).reshape(image.shape)
+    assert not frozen.flags.writeable
+    seg = Segmenter(engine=engine)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch warned that the array is not writable
+        labels = seg(frozen).labels
+    assert np.array_equal(labels, engine.run(image)[0])

@@ -15,8 +15,16 @@ from .graphs import DeepGraph, HeadGraph, LowGraph, head_low_inputs, pick
 
 
 def _as_batch(image: Array, device: torch.device) -> torch.Tensor:
-    # A flipped view (image[..., ::-1]) has negative strides, which torch cannot wrap.
-    t = torch.from_numpy(np.ascontiguousarray(image)) if isinstance(image, np.ndarray) else image
+    if isinstance(image, np.ndarray):
+        # A flipped view (image[..., ::-1]) has negative strides, which torch cannot wrap.
+        image = np.ascontiguousarray(image)
+        if not image.flags.writeable:
+            # A read-only frame (np.frombuffer, a memory map): torch wraps it only with a warning
+            # that writes would be undefined, and silencing that is process-wide state (threads).
+            image = image.copy()
+        t = torch.from_numpy(image)
+    else:
+        t = image
     if t.dim() == 3:
         t = t.unsqueeze(0)
     return t.to(device, non_blocking=True)

@@ -25,6 +25,8 @@ from ..errors import CheckpointError
 
 FORMAT = "rtseg.checkpoint"
 FORMAT_VERSION = 1
+# The marker of rtseg train's resumable state files (OUT.state.pt), which are no weights file.
+TRAIN_STATE_FORMAT = "rtseg.train-state"
 
 
 @dataclass(frozen=True)
@@ -148,6 +150,14 @@ def read_checkpoint(path: str | os.PathLike[str]) -> LoadedCheckpoint:
         raise CheckpointError(
             f"{path}: cannot read the checkpoint; the file is truncated or corrupt ({reason})"
         ) from None
+    if isinstance(obj, Mapping) and obj.get("format") == TRAIN_STATE_FORMAT:
+        # Its "model" entry unwrapped like a plain state dict loaded with a warning, numbered
+        # classes and another model's preprocessing: labels that were half wrong.
+        best = path.with_name(path.name.removesuffix(".state.pt") + ".pt")
+        raise CheckpointError(
+            f"{path} is a training state (for rtseg train --resume), not weights: use the weights "
+            f"file written beside it ({best.name}), which carries the classes and preprocessing"
+        )
     digest = sha256_of(path)
     if isinstance(obj, Mapping) and obj.get("format") == FORMAT:
         version = obj.get("format_version")

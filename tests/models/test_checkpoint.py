@@ -255,3 +255,15 @@ def test_a_missing_metadata_key_is_named_as_missing(
 def test_get_model_remembers_the_weights_file(rtseg_ckpt: Path) -> None:
     assert get_model("espnet", weights=rtseg_ckpt).weights_path == rtseg_ckpt
     assert get_model("espnet").weights_path is None
+
+
+def test_a_training_state_is_not_taken_for_weights(tmp_path: Path) -> None:
+    """Its "model" entry was unwrapped as a plain state dict: a warning, numbered classes and
+    another model's preprocessing, with labels half wrong."""
+    state = tmp_path / "best.state.pt"
+    model = get_model("espnet", num_classes=11)
+    torch.save({"format": "rtseg.train-state", "format_version": 1, "model": model.state_dict()}, state)
+    with pytest.raises(CheckpointError, match=r"best\.state\.pt is a training state .* \(best\.pt\)"):
+        read_checkpoint(state)
+    with pytest.raises(CheckpointError, match="is a training state"):
+        get_model("espnet", weights=state)
