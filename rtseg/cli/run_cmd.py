@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import signal
 import sys
 import threading
@@ -118,17 +119,33 @@ def add_scheduler_args(parser: argparse.ArgumentParser, *, default: str) -> None
     )
 
 
+# make_scheduler's keywords and the flags that fill them: its errors name the keyword.
+_SCHEDULER_FLAGS = {
+    "target_keyframe_rate": "--target-keyframe-rate",
+    "max_interval": "--max-interval",
+    "flow_stride": "--flow-stride",
+    "interval": "--interval",
+    "threshold": "--threshold",
+}
+
+
 def scheduler_from_args(args: argparse.Namespace) -> Scheduler:
-    return make_scheduler(
-        args.scheduler,
-        interval=args.interval,
-        threshold=args.threshold,
-        max_interval=args.max_interval,
-        target_keyframe_rate=args.target_keyframe_rate,
-        warp=args.warp,
-        flow_stride=args.flow_stride,
-        change=args.change,
-    )
+    try:
+        return make_scheduler(
+            args.scheduler,
+            interval=args.interval,
+            threshold=args.threshold,
+            max_interval=args.max_interval,
+            target_keyframe_rate=args.target_keyframe_rate,
+            warp=args.warp,
+            flow_stride=args.flow_stride,
+            change=args.change,
+        )
+    except ConfigError as exc:
+        message = str(exc)
+        for keyword, flag in _SCHEDULER_FLAGS.items():  # longest first: max_interval before interval
+            message = re.sub(rf"(?<![\w-]){keyword}\b", flag, message)
+        raise ConfigError(message) from None
 
 
 def _source_options(args: argparse.Namespace) -> dict:

@@ -277,9 +277,15 @@ def test_bare_rtseg_is_the_demo(tmp_path: Path, monkeypatch, capsys) -> None:
     [
         (["run", "ftp://x/y.mp4", "null://"], "unsupported source scheme"),
         (["run", SOURCE, "out.gif"], "cannot tell the format"),
-        (["run", SOURCE, "null://", "--scheduler", "every", "--interval", "3"], "interval applies"),
+        (["run", SOURCE, "null://", "--scheduler", "every", "--interval", "3"], "--interval applies"),
         (["run", SOURCE, "null://", "--alpha", "2"], "alpha"),
-        (["run", SOURCE, "null://", "--no-warp", "--flow-stride", "8"], "flow_stride applies"),
+        # the flags, not make_scheduler's keywords (flow_stride, max_interval)
+        (["run", SOURCE, "null://", "--no-warp", "--flow-stride", "8"], "--flow-stride applies"),
+        (["run", SOURCE, "null://", "--scheduler", "adaptive", "--max-interval", "0"], "--max-interval must"),
+        (
+            ["run", SOURCE, "null://", "--target-keyframe-rate", "2"],
+            "target keyframe rate must be in (0, 1], got 2",
+        ),
     ],
 )
 def test_errors_are_one_clean_line(weights: Path, argv: list[str], message: str, capsys) -> None:
