@@ -149,6 +149,29 @@ def _ok_reply(req_id: int) -> dict:
     }
 
 
+def _one_reply_raises(endpoint: str, reply: Callable[[str], list[bytes]], message: str) -> None:
+    """A fake server answers one request with ``reply(request_id)``; the client must raise a
+    ProtocolError matching ``message``."""
+    ctx = zmq.Context()
+    rep = ctx.socket(zmq.REP)
+    rep.setsockopt(zmq.LINGER, 0)
+    rep.bind(endpoint)
+
+    def answer() -> None:
+        if rep.poll(5000):
+            rep.send_multipart(reply(json.loads(rep.recv_multipart()[0])["id"]))
+
+    thread = threading.Thread(target=answer)
+    thread.start()
+    try:
+        with Client(endpoint, timeout=5, retries=0) as client, pytest.raises(ProtocolError, match=message):
+            client.segment(np.zeros((2, 4, 3), np.uint8))
+    finally:
+        thread.join(5)
+        rep.close(linger=0)
+        ctx.term()
+
+
 @pytest.mark.parametrize(
     ("field", "value"),
     [
@@ -161,26 +184,12 @@ def _ok_reply(req_id: int) -> dict:
 )
 def test_a_bad_field_in_a_reply_is_a_protocol_error(field: str, value: str, tcp_endpoint: str) -> None:
     """A foreign or buggy server must not crash a robot's loop with an untyped ValueError."""
-    ctx = zmq.Context()
-    rep = ctx.socket(zmq.REP)
-    rep.setsockopt(zmq.LINGER, 0)
-    rep.bind(tcp_endpoint)
 
-    def answer() -> None:
-        if rep.poll(5000):
-            req_id = json.loads(rep.recv_multipart()[0])["id"]
-            header = json.dumps({**_ok_reply(req_id), field: "@"}).replace('"@"', value)
-            rep.send_multipart([header.encode(), b"\1" * 8])
+    def reply(req_id: str) -> list[bytes]:
+        header = json.dumps({**_ok_reply(req_id), field: "@"}).replace('"@"', value)
+        return [header.encode(), b"\1" * 8]
 
-    thread = threading.Thread(target=answer)
-    thread.start()
-    try:
-        with Client(tcp_endpoint, timeout=5, retries=0) as client, pytest.raises(ProtocolError, match=field):
-            client.segment(np.zeros((2, 4, 3), np.uint8))
-    finally:
-        thread.join(5)
-        rep.close(linger=0)
-        ctx.term()
+    _one_reply_raises(tcp_endpoint, reply, field)
 
 
 def test_a_restarted_stream_keeps_the_call_deadline(tcp_endpoint: str) -> None:
@@ -272,29 +281,11 @@ def test_a_reply_label_map_that_breaks_the_spec_is_refused(
 ) -> None:
     """What the subscriber refuses in a published message, the client refuses in a reply: a
     foreign server's uint16, float or 3-D labels, or class ids past its own class set."""
-    ctx = zmq.Context()
-    rep = ctx.socket(zmq.REP)
-    rep.setsockopt(zmq.LINGER, 0)
-    rep.bind(tcp_endpoint)
 
-    def answer() -> None:
-        if rep.poll(5000):
-            req_id = json.loads(rep.recv_multipart()[0])["id"]
-            header = {**_ok_reply(req_id), "parts": parts}
-            rep.send_multipart([json.dumps(header).encode(), *payloads])
+    def reply(req_id: str) -> list[bytes]:
+        return [json.dumps({**_ok_reply(req_id), "parts": parts}).encode(), *payloads]
 
-    thread = threading.Thread(target=answer)
-    thread.start()
-    try:
-        with (
-            Client(tcp_endpoint, timeout=5, retries=0) as client,
-            pytest.raises(ProtocolError, match=message),
-        ):
-            client.segment(np.zeros((2, 4, 3), np.uint8))
-    finally:
-        thread.join(5)
-        rep.close(linger=0)
-        ctx.term()
+    _one_reply_raises(tcp_endpoint, reply, message)
 
 
 @pytest.mark.parametrize(
