@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from ..models import list_models
-from .common import check_output, parse_size, positive_float, positive_int
+from .common import check_output, output_file, parse_size, positive_float, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -38,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--val-split", default="val")
     p.add_argument("--init", default=None, help="weights to fine-tune from (tensors that fit are loaded)")
     p.add_argument(
-        "--out", type=Path, default=Path("runs/train/best.pt"), help="best weights (rtseg checkpoint)"
+        "--out", type=output_file, default=Path("runs/train/best.pt"), help="best weights (rtseg checkpoint)"
     )
     p.add_argument("--resume", type=Path, default=None, help="training state to continue (OUT.state.pt)")
     p.add_argument("--max-minutes", type=positive_float, default=None, help="stop cleanly after this long")
@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     config = TrainConfig(
         model=args.model,
         dataset=args.dataset,
-        root=str(args.root),
+        root=str(args.root),  # made absolute by TrainConfig, as out is
         out=str(args.out),
         size=args.size,
         epochs=args.epochs,

@@ -10,11 +10,12 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import signal
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
@@ -40,6 +41,8 @@ from .loss import SegmentationLoss, class_frequencies, enet_class_weights
 log = logging.getLogger(__name__)
 
 STATE_FORMAT = "rtseg.train-state"
+STATE_FORMAT_VERSION = 1
+STATE_ENTRIES = ("config", "preprocessing", "model", "optimizer", "scaler", "progress")
 
 
 @dataclass(frozen=True)
@@ -72,20 +75,40 @@ class TrainConfig:
     half_weights: bool = True  # ship the best weights as fp16
 
     def __post_init__(self) -> None:
+        # Absolute paths: a resume from another working folder must compare the same data and
+        # output, and a relative --root that names other data there must not pass as the same run.
+        object.__setattr__(self, "root", str(Path(self.root).resolve()))
+        object.__setattr__(self, "out", str(Path(self.out).resolve()))
         for name in ("epochs", "batch", "val_every"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise ConfigError(f"lr must be positive, got {self.lr}")
+        # NaN passes every comparison check (and torch refuses it mid-setup with a traceback); an
+        # infinite rate or decay "trains" on NaN weights.
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"lr (--lr) must be a finite number > 0, got {self.lr:g}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ConfigError(
+                f"weight_decay (--weight-decay) must be a finite number >= 0, got {self.weight_decay:g}"
+            )
+        if not (math.isfinite(self.momentum) and self.momentum >= 0):
+            raise ConfigError(f"momentum must be a finite number >= 0, got {self.momentum:g}")
+        if not (math.isfinite(self.poly_power) and self.poly_power >= 0):
+            raise ConfigError(f"poly_power must be a finite number >= 0, got {self.poly_power:g}")
         if self.optimizer not in ("adam", "sgd"):
             raise ConfigError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
-        if self.class_weight_c and self.class_weight_c <= 1:
-            raise ConfigError(f"class_weight_c must be > 1 (or 0 to disable), got {self.class_weight_c}")
+        c = self.class_weight_c
+        if c != 0 and not (math.isfinite(c) and c > 1):
+            raise ConfigError(
+                f"class_weight_c (--class-weight-c) must be a finite number > 1 (or 0 to disable), got {c:g}"
+            )
         low, high = self.scale_range
-        if not 0 < low <= high:
-            raise ConfigError(f"scale_range must satisfy 0 < MIN <= MAX, got {low:g} {high:g}")
-        if self.save_every_s < 0:
-            raise ConfigError(f"save_every_s must be >= 0 (0 = every batch), got {self.save_every_s:g}")
+        if not 0 < low <= high < math.inf:
+            raise ConfigError(f"scale_range must satisfy 0 < MIN <= MAX < inf, got {low:g} {high:g}")
+        if not (math.isfinite(self.save_every_s) and self.save_every_s >= 0):
+            raise ConfigError(
+                f"save_every_s (--save-every) must be a finite number >= 0 (0 = every batch), "
+                f"got {self.save_every_s:g}"
+            )
         if self.device != "cpu" and cuda_device_index(self.device) is None:
             raise ConfigError(f"device must be 'cpu' or 'cuda[:N]', got {self.device!r}")
         if self.device != "cpu" and not torch.cuda.is_available():
@@ -101,11 +124,31 @@ class TrainConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+    def from_dict(cls, d: dict[str, Any], *, source: str | Path = "config") -> TrainConfig:
+        """The config a state file saved; CheckpointError (naming ``source``) for unknown or missing
+        keys: a default taken in silence would resume a run with other settings than it had."""
+        if not isinstance(d, dict):
+            raise CheckpointError(f"{source}: the saved config is a {type(d).__name__}, not a mapping")
+        names = [f.name for f in fields(cls)]
+        unknown = sorted(set(d) - set(names))
+        missing = [n for n in names if n not in d]
+        if unknown or missing:
+            parts = [
+                f"{what} keys {keys}" for what, keys in (("unknown", unknown), ("missing", missing)) if keys
+            ]
+            raise CheckpointError(
+                f"{source}: the saved config has {' and '.join(parts)}; was it written by another "
+                f"rtseg version (this is {__version__})?"
+            )
         d = dict(d)
-        d["size"] = tuple(d["size"])
-        d["scale_range"] = tuple(d["scale_range"])
-        return cls(**d)
+        try:
+            d["size"] = tuple(d["size"])
+            d["scale_range"] = tuple(d["scale_range"])
+            return cls(**d)
+        except ConfigError as exc:
+            raise CheckpointError(f"{source}: the saved config is not usable: {exc}") from None
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"{source}: the saved config is damaged ({exc})") from None
 
 
 @dataclass
@@ -131,7 +174,7 @@ class SavedState:
 
     def check_config(self, config: TrainConfig) -> None:
         """Only the stopping point may differ between chunks; anything else would change the run."""
-        saved = TrainConfig.from_dict(self.payload["config"])
+        saved = TrainConfig.from_dict(self.payload["config"], source=self.path)
         mine = replace(config, epochs=saved.epochs, save_every_s=saved.save_every_s, compile=saved.compile)
         if mine != saved:
             diff = {k: (v, getattr(config, k)) for k, v in asdict(saved).items() if getattr(mine, k) != v}
@@ -164,7 +207,75 @@ def read_state(path: str | Path) -> SavedState:
         ) from None
     if not isinstance(payload, dict) or payload.get("format") != STATE_FORMAT:
         raise CheckpointError(f"{path} is not an rtseg training state (written by `rtseg train`)")
+    _check_payload(path, payload)
     return SavedState(path, payload)
+
+
+def _check_payload(path: Path, payload: dict[str, Any]) -> None:
+    """Refuse a state whose marker is right but whose contents are not (a newer format, a damaged
+    or hand-edited file) with a CheckpointError naming the entry, not a KeyError mid-resume."""
+    version = payload.get("format_version")
+    if type(version) is not int or version != STATE_FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: training state format_version {version!r} is not supported (rtseg "
+            f"{__version__} reads format_version {STATE_FORMAT_VERSION}); was it written by another "
+            "rtseg version?"
+        )
+    missing = [k for k in STATE_ENTRIES if k not in payload]
+    if missing:
+        raise CheckpointError(
+            f"{path}: the training state has no {', '.join(map(repr, missing))} entry; the file is damaged"
+        )
+    TrainConfig.from_dict(payload["config"], source=path)
+    _saved_preprocessing(path, payload["preprocessing"])
+    _saved_progress(path, payload["progress"])
+    for key in ("model", "optimizer", "scaler"):
+        if not isinstance(payload[key], dict):
+            raise CheckpointError(
+                f"{path}: the {key!r} entry is a {type(payload[key]).__name__}, not a mapping; "
+                "the file is damaged"
+            )
+    bad = [k for k, v in payload["model"].items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointError(f"{path}: the 'model' entry has {len(bad)} non-tensor values, first: {bad[:3]}")
+
+
+def _saved_preprocessing(path: Path, data: Any) -> Preprocessing:
+    try:
+        return Preprocessing.from_dict(data)
+    except (KeyError, TypeError, ValueError) as exc:  # ConfigError is a ValueError
+        raise CheckpointError(
+            f"{path}: the 'preprocessing' entry is unreadable ({type(exc).__name__}: {exc})"
+        ) from None
+
+
+def _saved_progress(path: Path, text: Any) -> TrainState:
+    """The progress entry (JSON text); every field is required: a missing epoch would restart at 0."""
+
+    def unreadable(why: str) -> CheckpointError:
+        return CheckpointError(f"{path}: the 'progress' entry is unreadable ({why}); the file is damaged")
+
+    try:
+        data = json.loads(text)
+    except (TypeError, ValueError) as exc:  # JSONDecodeError is a ValueError
+        raise unreadable(str(exc)) from None
+    names = [f.name for f in fields(TrainState)]
+    if not isinstance(data, dict):
+        raise unreadable(f"a JSON {type(data).__name__}, not an object")
+    if sorted(data) != sorted(names):
+        raise unreadable(f"keys {sorted(data)}, expected {names}")
+    for key in ("epoch", "batch", "best_epoch", "best_miou", "seconds"):
+        value = data[key]
+        number = (int, float) if key in ("best_miou", "seconds") else int
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, number)
+            or (key in ("epoch", "batch") and value < 0)
+        ):
+            raise unreadable(f"{key} is {value!r}")
+    if not isinstance(data["history"], list):
+        raise unreadable(f"history is a {type(data['history']).__name__}, not a list")
+    return TrainState(**data)
 
 
 def state_path_for(out: str | Path) -> Path:
@@ -192,6 +303,7 @@ class Trainer:
         self.config = config
         self.progress = progress
         self.device = torch.device(config.device)
+        self._make_output_folder()
         self.train_set = open_dataset(config.dataset, config.root, config.train_split)
         self.val_set = open_dataset(config.dataset, config.root, config.val_split)
         self._cache_if_it_fits()
@@ -251,6 +363,19 @@ class Trainer:
         )
         self.use_amp = config.amp and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+
+    def _make_output_folder(self) -> None:
+        """Create the folder of ``out`` before training: one that cannot be made was otherwise found
+        when the first best weights were saved, after an epoch, with nothing saved at all."""
+        out = Path(self.config.out)
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(
+                f"out (--out) {out}: cannot create the folder {out.parent}: {exc.strerror or exc}"
+            ) from None
+        if not os.access(out.parent, os.W_OK | os.X_OK):
+            raise ConfigError(f"out (--out) {out}: no permission to write in {out.parent}")
 
     def _cache_if_it_fits(self) -> None:
         """Keep decoded images in memory (every epoch revisits them all) when they fit in half of
@@ -340,14 +465,25 @@ class Trainer:
     def load_state(self, state: str | Path | SavedState) -> None:
         """Continue from a state file (or one ``read_state`` already read)."""
         saved = state if isinstance(state, SavedState) else read_state(state)
-        saved.check_config(self.config)
         payload, path = saved.payload, saved.path
-        self.preprocessing = Preprocessing.from_dict(payload["preprocessing"])
+        _check_payload(path, payload)  # also for a SavedState built by hand
+        saved.check_config(self.config)
+        preprocessing = _saved_preprocessing(path, payload["preprocessing"])
+        progress = _saved_progress(path, payload["progress"])
+        self._check_model_entry(path, payload["model"])
+        # The model last: its tensors are checked above, so a failure here leaves it as it was.
+        for key, target in (("optimizer", self.optimizer), ("scaler", self.scaler), ("model", self.model)):
+            try:
+                target.load_state_dict(payload[key])
+            except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise CheckpointError(
+                    f"{path}: the {key!r} entry does not fit this run ({type(exc).__name__}: {reason}); "
+                    "the file is damaged"
+                ) from None
+        self.preprocessing = preprocessing
         self.normalize = Normalize(self.preprocessing).to(self.device)
-        self.model.load_state_dict(payload["model"])
-        self.optimizer.load_state_dict(payload["optimizer"])
-        self.scaler.load_state_dict(payload["scaler"])
-        self.state = TrainState(**json.loads(payload["progress"]))
+        self.state = progress
         log.info(
             "resumed %s at epoch %d, batch %d (best val mIoU %.2f)",
             path,
@@ -355,6 +491,32 @@ class Trainer:
             self.state.batch,
             100 * max(self.state.best_miou, 0),
         )
+
+    def _check_model_entry(self, path: Path, tensors: dict[str, Any]) -> None:
+        """Name the tensors a state lacks, has in excess or has in another shape (load_state_dict's
+        RuntimeError lists them all, over many lines)."""
+        expected = self.model.state_dict()
+        missing = [k for k in expected if k not in tensors]
+        unexpected = [k for k in tensors if k not in expected]
+        shapes = [
+            f"{k} {tuple(tensors[k].shape)} (model: {tuple(expected[k].shape)})"
+            for k in expected
+            if k in tensors and tensors[k].shape != expected[k].shape
+        ]
+        if missing or unexpected or shapes:
+            parts = [
+                f"{len(items)} {what}, first: {items[:3]}"
+                for what, items in (
+                    ("tensors missing", missing),
+                    ("unexpected tensors", unexpected),
+                    ("tensors of another shape", shapes),
+                )
+                if items
+            ]
+            raise CheckpointError(
+                f"{path}: the 'model' entry does not fit {self.config.model}: {'; '.join(parts)}; "
+                "the file is damaged"
+            )
 
     # ----- data ---------------------------------------------------------------------------
     def _epoch_order(self, epoch: int) -> np.ndarray:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -55,3 +56,42 @@ def test_a_bad_resume_file_is_refused_before_the_dataset_is_read(
         main(_train(tmp_path, "--out", str(tmp_path / "run.pt"), "--resume", str(tmp_path / "gone.pt"))) == 2
     )
     assert "resume state not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--lr", "nan", "lr (--lr) must be a finite number > 0, got nan"),  # was: a torch traceback
+        ("--lr", "inf", "lr (--lr) must be a finite number > 0, got inf"),  # was: "trained"
+        ("--weight-decay", "-1", "weight_decay (--weight-decay) must be a finite number >= 0, got -1"),
+        ("--weight-decay", "nan", "weight_decay (--weight-decay) must be a finite number >= 0, got nan"),
+        ("--class-weight-c", "nan", "class_weight_c (--class-weight-c) must be a finite number > 1"),
+        ("--class-weight-c", "inf", "class_weight_c (--class-weight-c) must be a finite number > 1"),
+        (
+            "--save-every",
+            "nan",
+            "save_every_s (--save-every) must be a finite number >= 0",
+        ),  # was: never saved
+    ],
+)
+def test_non_finite_rates_and_intervals_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], option: str, value: str, message: str
+) -> None:
+    assert main(_train(tmp_path, "--out", str(tmp_path / "best.pt"), option, value)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"rtseg train: error: {message}") and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.skipif(
+    not (Path("/proc/self").is_dir() and os.access("/proc", os.W_OK | os.X_OK)),
+    reason="needs Linux's /proc looking writable (as for root) yet refusing new folders",
+)
+def test_an_out_folder_that_cannot_be_made_is_refused_before_the_dataset_is_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It passed check_output (/proc is a writable-looking folder for root) and failed after an epoch."""
+    assert main(_train(tmp_path, "--out", "/proc/rtseg-no-such/best.pt")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(
+        "rtseg train: error: out (--out) /proc/rtseg-no-such/best.pt: cannot create the folder"
+    )

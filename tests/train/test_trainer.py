@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import signal
 import subprocess
@@ -19,11 +20,11 @@ import pytest
 import torch
 
 from rtseg.data.labels import CAMVID, CITYSCAPES, corresponding_outputs
-from rtseg.errors import ConfigError
+from rtseg.errors import CheckpointError, ConfigError
 from rtseg.models import get_model, save_checkpoint
 from rtseg.models.espnet import ESPNet
 from rtseg.models.registry import default_meta
-from rtseg.train import TrainConfig, Trainer, state_path_for
+from rtseg.train import SavedState, TrainConfig, Trainer, read_state, state_path_for
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -196,9 +197,48 @@ def test_init_with_the_same_classes_keeps_the_whole_network(tiny_camvid: Path, t
 @pytest.mark.parametrize(
     ("field", "message"),
     [
-        ({"scale_range": (2.0, 0.5)}, r"scale_range must satisfy 0 < MIN <= MAX, got 2 0.5"),
-        ({"scale_range": (-1.0, 0.0)}, r"scale_range must satisfy 0 < MIN <= MAX, got -1 0"),
-        ({"save_every_s": -5.0}, r"save_every_s must be >= 0 \(0 = every batch\), got -5"),
+        ({"scale_range": (2.0, 0.5)}, r"scale_range must satisfy 0 < MIN <= MAX < inf, got 2 0.5"),
+        ({"scale_range": (-1.0, 0.0)}, r"scale_range must satisfy 0 < MIN <= MAX < inf, got -1 0"),
+        ({"scale_range": (0.5, math.inf)}, r"scale_range must satisfy 0 < MIN <= MAX < inf, got 0.5 inf"),
+        ({"save_every_s": -5.0}, r"save_every_s \(--save-every\) must be a finite number >= 0 .*, got -5"),
+        # NaN passed `< 0` and turned periodic saving off (`elapsed >= nan` is never true)
+        (
+            {"save_every_s": math.nan},
+            r"save_every_s \(--save-every\) must be a finite number >= 0 .*, got nan",
+        ),
+        (
+            {"save_every_s": math.inf},
+            r"save_every_s \(--save-every\) must be a finite number >= 0 .*, got inf",
+        ),
+        # NaN was a torch traceback ("Invalid learning rate"); inf "trained" on NaN weights
+        ({"lr": math.nan}, r"lr \(--lr\) must be a finite number > 0, got nan"),
+        ({"lr": math.inf}, r"lr \(--lr\) must be a finite number > 0, got inf"),
+        ({"lr": 0.0}, r"lr \(--lr\) must be a finite number > 0, got 0"),
+        # weight decay was never checked: -1 and NaN were torch tracebacks
+        ({"weight_decay": -1.0}, r"weight_decay \(--weight-decay\) must be a finite number >= 0, got -1"),
+        (
+            {"weight_decay": math.nan},
+            r"weight_decay \(--weight-decay\) must be a finite number >= 0, got nan",
+        ),
+        (
+            {"weight_decay": math.inf},
+            r"weight_decay \(--weight-decay\) must be a finite number >= 0, got inf",
+        ),
+        ({"momentum": math.nan}, r"momentum must be a finite number >= 0, got nan"),
+        ({"poly_power": -1.0}, r"poly_power must be a finite number >= 0, got -1"),
+        # NaN and inf passed `c and c <= 1` and ended as "loss became nan ... lower --lr"
+        (
+            {"class_weight_c": math.nan},
+            r"class_weight_c \(--class-weight-c\) must be a finite number > 1 .*got nan",
+        ),
+        (
+            {"class_weight_c": math.inf},
+            r"class_weight_c \(--class-weight-c\) must be a finite number > 1 .*got inf",
+        ),
+        (
+            {"class_weight_c": 0.5},
+            r"class_weight_c \(--class-weight-c\) must be a finite number > 1 .*got 0.5",
+        ),
         ({"device": "gpu"}, r"device must be 'cpu' or 'cuda\[:N\]', got 'gpu'"),
     ],
 )
@@ -338,3 +378,143 @@ def test_decoded_images_are_cached_only_when_they_fit(
     assert lean.train_set._cache is None and lean.val_set._cache is None
     assert "not caching decoded images" in caplog.text and "(0.0 GB)" in caplog.text
     assert lean.fit().epoch == 1  # and it still trains, reading from disk
+
+
+def test_zero_disables_class_weights_and_zero_weight_decay_is_allowed() -> None:
+    config = TrainConfig(
+        model="espnet", dataset="camvid", root=".", out="x.pt", class_weight_c=0, weight_decay=0
+    )
+    assert (config.class_weight_c, config.weight_decay) == (0, 0)
+
+
+def test_paths_are_stored_absolute_and_compared_resolved(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A resume with --root data after a run with --root /abs/data was refused as "other settings";
+    the same relative --root from another folder (other data) was accepted."""
+    (tmp_path / "a" / "data").mkdir(parents=True)
+    (tmp_path / "b" / "data").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "a")
+    config = TrainConfig(model="espnet", dataset="camvid", root="data", out="runs/best.pt")
+    assert (config.root, config.out) == (
+        str(tmp_path / "a" / "data"),
+        str(tmp_path / "a" / "runs" / "best.pt"),
+    )
+    saved = SavedState(tmp_path / "s.state.pt", {"config": config.to_dict()})
+    absolute = TrainConfig(
+        model="espnet",
+        dataset="camvid",
+        root=str(tmp_path / "a" / "data"),
+        out=str(tmp_path / "a/runs/best.pt"),
+    )
+    saved.check_config(absolute)
+    monkeypatch.chdir(tmp_path / "b")
+    with pytest.raises(ConfigError, match=r"other settings .*'root'"):
+        saved.check_config(TrainConfig(model="espnet", dataset="camvid", root="data", out=str(absolute.out)))
+
+
+def test_a_state_with_relative_paths_from_an_older_rtseg_still_resumes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "data").mkdir()
+    monkeypatch.chdir(tmp_path)
+    old = TrainConfig(model="espnet", dataset="camvid", root="data", out="best.pt").to_dict()
+    old.update(root="data", out="best.pt")  # as written before paths were made absolute
+    SavedState(tmp_path / "s.state.pt", {"config": old}).check_config(
+        TrainConfig(
+            model="espnet", dataset="camvid", root=str(tmp_path / "data"), out=str(tmp_path / "best.pt")
+        )
+    )
+
+
+def test_an_output_folder_that_cannot_be_made_is_refused_before_training(tmp_path: Path) -> None:
+    """It was found when the first best weights were saved, after an epoch, with nothing saved."""
+    (tmp_path / "blocker").write_text("keep")
+    out = tmp_path / "blocker" / "sub" / "best.pt"
+    with pytest.raises(ConfigError, match=r"out \(--out\) .*best.pt: cannot create the folder .*blocker/sub"):
+        Trainer(_config(tmp_path / "no-dataset-needed", out), progress=False)
+    assert (tmp_path / "blocker").read_text() == "keep"
+
+
+def test_the_output_folder_is_made_before_training(tiny_camvid: Path, tmp_path: Path) -> None:
+    out = tmp_path / "new" / "deeper" / "best.pt"
+    Trainer(_config(tiny_camvid, out, class_weight_c=0), progress=False)
+    assert out.parent.is_dir()
+
+
+def _damage(payload: dict, how: str) -> None:
+    if how == "no optimizer":
+        del payload["optimizer"]
+    elif how == "garbled progress":
+        payload["progress"] = "{not json"
+    elif how == "progress without epoch":
+        progress = json.loads(payload["progress"])
+        del progress["epoch"]
+        payload["progress"] = json.dumps(progress)
+    elif how == "partial model":
+        payload["model"] = dict(list(payload["model"].items())[:5])
+    elif how == "unexpected model tensor":
+        payload["model"]["extra.weight"] = torch.zeros(1)
+    elif how == "unknown config key":
+        payload["config"]["bogus_key"] = 1
+    elif how == "missing config key":
+        del payload["config"]["lr"]
+    elif how == "bad config value":
+        payload["config"]["save_every_s"] = math.nan
+    elif how == "format_version 99":
+        payload["format_version"] = 99
+    elif how == "optimizer of another run":
+        payload["optimizer"]["param_groups"] = []
+
+
+@pytest.mark.parametrize(
+    ("how", "message"),
+    [
+        ("no optimizer", r"the training state has no 'optimizer' entry"),  # was: KeyError
+        ("garbled progress", r"the 'progress' entry is unreadable \(Expecting"),  # was: JSONDecodeError
+        ("progress without epoch", r"the 'progress' entry is unreadable \(keys .*expected"),  # was: epoch 0
+        (
+            "partial model",
+            r"the 'model' entry does not fit espnet: \d+ tensors missing, first",
+        ),  # RuntimeError
+        (
+            "unexpected model tensor",
+            r"the 'model' entry does not fit espnet: 1 unexpected tensors.*extra.weight",
+        ),
+        ("unknown config key", r"the saved config has unknown keys \['bogus_key'\]"),  # was: TypeError
+        ("missing config key", r"the saved config has missing keys \['lr'\]"),  # was: the default lr
+        ("bad config value", r"the saved config is not usable: save_every_s"),
+        (
+            "format_version 99",
+            r"format_version 99 is not supported .*reads format_version 1",
+        ),  # was: accepted
+        ("optimizer of another run", r"the 'optimizer' entry does not fit this run"),  # was: ValueError
+    ],
+)
+def test_damaged_state_contents_are_named(tiny_camvid: Path, tmp_path: Path, how: str, message: str) -> None:
+    trainer = Trainer(_config(tiny_camvid, tmp_path / "a.pt", class_weight_c=0), progress=False)
+    trainer.save_state()
+    payload = torch.load(trainer.state_path, weights_only=True)
+    _damage(payload, how)
+    damaged = tmp_path / "damaged.state.pt"
+    torch.save(payload, damaged)
+    with torch.no_grad():
+        next(trainer.model.parameters()).add_(1)  # unlike the saved weights
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    with pytest.raises(CheckpointError, match=message) as caught:
+        trainer.load_state(damaged)
+    assert str(caught.value).startswith(f"{damaged}: ") and "\n" not in str(caught.value)
+    for key, value in trainer.model.state_dict().items():  # nothing half-loaded
+        assert torch.equal(value, before[key]), key
+    if how not in ("partial model", "unexpected model tensor", "optimizer of another run"):
+        with pytest.raises(CheckpointError, match=message):  # refused before the datasets are read
+            read_state(damaged)
+
+
+def test_an_intact_state_still_resumes(tiny_camvid: Path, tmp_path: Path) -> None:
+    trainer = Trainer(_config(tiny_camvid, tmp_path / "a.pt", class_weight_c=0), progress=False)
+    trainer.state.epoch, trainer.state.batch = 1, 2
+    trainer.save_state()
+    other = Trainer(_config(tiny_camvid, tmp_path / "a.pt", class_weight_c=0), progress=False)
+    other.load_state(read_state(trainer.state_path))
+    assert (other.state.epoch, other.state.batch) == (1, 2)
