@@ -28,7 +28,7 @@ from ..engine import BACKENDS, PRECISIONS
 from ..errors import ConfigError
 from ..models import DEFAULT_MODEL, list_models
 from ..schedule import SCHEDULERS
-from .common import check_output, parse_size, positive_float, positive_int, write_output
+from .common import check_output, output_file, parse_size, positive_float, positive_int, write_output
 
 # (frames, min frames, warm-up, seconds per phase): a sweep, and the table (big inputs, many models)
 SWEEP_DEFAULTS = (100, 10, 5, 60.0)
@@ -135,9 +135,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     m.add_argument("--no-progress", action="store_true")
     o = p.add_argument_group("output")
-    o.add_argument("--json", type=Path, default=None, help="write the full results (bench/schema.json)")
-    o.add_argument("--csv", type=Path, default=None, help="write one row per configuration (or table row)")
-    o.add_argument("--plot", type=Path, default=None, help="write the mIoU-vs-FPS scatter (PNG)")
+    o.add_argument(
+        "--json", type=output_file, default=None, help="write the full results (bench/schema.json)"
+    )
+    o.add_argument(
+        "--csv", type=output_file, default=None, help="write one row per configuration (or table row)"
+    )
+    o.add_argument("--plot", type=output_file, default=None, help="write the mIoU-vs-FPS scatter (PNG)")
     o.add_argument(
         "--table",
         choices=list(TABLES),

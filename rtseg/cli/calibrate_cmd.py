@@ -8,7 +8,7 @@ import logging
 from pathlib import Path
 
 from ..errors import BackendUnavailableError, ConfigError
-from .common import add_model_args, check_output, load_model, parse_size, write_output
+from .common import add_model_args, check_output, load_model, output_file, parse_size, write_output
 
 log = logging.getLogger(__name__)
 TARGETS = ("cpu", "tensorrt")
@@ -38,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--list",
-        type=Path,
+        type=output_file,
         default=None,
         help="where to write the frame list (default: calibration/<model>-<source>-<num>.txt)",
     )

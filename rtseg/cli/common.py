@@ -88,9 +88,15 @@ class CommandParser(argparse.ArgumentParser):
             self._inner = False
 
 
-def user_path(text: str) -> Path:
-    """An argparse type for an output file: ``~`` is the home folder, as in source paths (the
-    shell leaves a quoted '~/r.json' as it is)."""
+def output_file(text: str) -> Path:
+    """An argparse type for a file to write: ``~`` is the home folder (the shell leaves a quoted
+    '~/r.json' as it is), and a name ending in a path separator is refused: the user meant a
+    folder (``--out runs/new/``), and ``Path()`` drops the separator, so a file named ``new`` was
+    written instead."""
+    if text.endswith(tuple(sep for sep in (os.sep, os.altsep) if sep)):
+        raise argparse.ArgumentTypeError(
+            f"{text} ends in {text[-1]!r}, so it names a folder: give the name of a file to write in it"
+        )
     return Path(text).expanduser()
 
 

@@ -13,7 +13,7 @@ from ..data.datasets import cityscapes, open_dataset
 from ..data.labels import numbered_classes
 from ..errors import ConfigError
 from ..evaluate import evaluate
-from .common import add_model_args, check_output, load_model, parse_size, write_output
+from .common import add_model_args, check_output, load_model, output_file, parse_size, write_output
 from .run_cmd import add_scheduler_args, scheduler_from_args
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="auto",
         help="Cityscapes ground-truth files to read (default: train ids if present)",
     )
-    p.add_argument("--json", type=Path, default=None, help="also write the report as JSON")
+    p.add_argument("--json", type=output_file, default=None, help="also write the report as JSON")
     p.add_argument("--no-progress", action="store_true")
     add_engine_args(p)
     p.add_argument(

@@ -31,9 +31,9 @@ from .common import (
     Terminated,
     add_model_args,
     check_output,
+    output_file,
     parse_size,
     positive_int,
-    user_path,
 )
 
 DEMO_SOURCE = "synthetic://drive?size=1280x720&fps=30&seed=0&frames=90"
@@ -80,7 +80,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="also run every frame through the full model first and report the speedup and "
         "the agreement (mIoU of the scheduled labels against the per-frame labels)",
     )
-    o.add_argument("--json", type=user_path, default=None, help="write the summary as JSON")
+    o.add_argument("--json", type=output_file, default=None, help="write the summary as JSON")
     o.add_argument("--quiet", action="store_true", help="no live status line")
     p.set_defaults(func=run)
     p.intermixed = True  # `rtseg run SRC --frames 2 out.mp4`: options between source and sinks

@@ -1,0 +1,48 @@
+"""cli.common helpers shared by the sub-commands."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from rtseg.cli import main
+from rtseg.cli.common import check_output, output_file
+from rtseg.errors import ConfigError
+
+
+def test_an_output_file_ending_in_a_separator_is_refused(tmp_path: Path) -> None:
+    """'out/' means a folder, though Path('out/') is Path('out'): a file named 'out' was written."""
+    for text in (f"{tmp_path / 'new'}/", f"{tmp_path}/"):
+        with pytest.raises(argparse.ArgumentTypeError, match=r"/ ends in '/', so it names a folder"):
+            output_file(text)
+    assert output_file("~/r.json") == Path.home() / "r.json"
+    assert output_file(str(tmp_path / "r.json")) == tmp_path / "r.json"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["bench", "--json", "{}/"],
+        ["bench", "--csv", "{}/"],
+        ["eval", "--dataset", "camvid", "--root", "x", "--json", "{}/"],
+        ["run", "synthetic://drive", "null://", "--json", "{}/"],
+        ["calibrate", "--video", "x.mp4", "--list", "{}/"],
+        ["train", "--dataset", "camvid", "--root", "x", "--out", "{}/"],
+    ],
+)
+def test_every_output_file_option_refuses_a_folder_name(tmp_path: Path, argv: list[str], capsys) -> None:
+    folder = tmp_path / "new"
+    with pytest.raises(SystemExit) as stop:
+        main([a.format(folder) for a in argv])
+    assert stop.value.code == 2
+    assert f"{folder}/ ends in '/', so it names a folder" in capsys.readouterr().err
+    assert not folder.exists()
+
+
+def test_check_output_refuses_a_folder(tmp_path: Path) -> None:
+    check_output(tmp_path / "new" / "r.json", "--json")
+    check_output(None, "--json")
+    with pytest.raises(ConfigError, match=r"--json .* is a folder: give the name of a file"):
+        check_output(tmp_path, "--json")
