@@ -33,14 +33,14 @@ from ..engine.base import cuda_device_index
 from ..errors import BackendUnavailableError, CheckpointError, ConfigError, TrainingError
 from ..evaluate import evaluate, torch_logits_fn
 from ..models import StagedSegmenter, get_model
-from ..models.checkpoint import WeightsMeta, atomic_torch_save, save_checkpoint
+from ..models.checkpoint import TRAIN_STATE_FORMAT, WeightsMeta, atomic_torch_save, save_checkpoint
 from ..models.registry import get_spec
 from .augment import ScaleCropFlip
 from .loss import SegmentationLoss, class_frequencies, enet_class_weights
 
 log = logging.getLogger(__name__)
 
-STATE_FORMAT = "rtseg.train-state"
+STATE_FORMAT = TRAIN_STATE_FORMAT  # defined with the checkpoint formats, which refuse it as weights
 STATE_FORMAT_VERSION = 1
 STATE_ENTRIES = ("config", "preprocessing", "model", "optimizer", "scaler", "progress")
 
