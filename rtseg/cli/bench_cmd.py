@@ -28,7 +28,16 @@ from ..engine import BACKENDS, PRECISIONS
 from ..errors import ConfigError
 from ..models import DEFAULT_MODEL, list_models
 from ..schedule import SCHEDULERS
-from .common import check_output, output_file, parse_size, positive_float, positive_int, write_output
+from .common import (
+    check_output,
+    output_file,
+    parse_size,
+    positive_float,
+    positive_int,
+    ranged,
+    whole_number,
+    write_output,
+)
 
 # (frames, min frames, warm-up, seconds per phase): a sweep, and the table (big inputs, many models)
 SWEEP_DEFAULTS = (100, 10, 5, 60.0)
@@ -101,7 +110,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     m.add_argument(
         "--warmup",
-        type=_whole_number,
+        type=whole_number,
         default=None,
         help=f"untimed frames first (default {SWEEP_DEFAULTS[2]}; {TABLE_DEFAULTS[2]} with --table)",
     )
@@ -156,26 +165,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _whole_number(text: str) -> int:
-    """An argparse type for counts that may be 0 (--warmup): the error names the flag."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {value}")
-    return value
-
-
-def _fraction(text: str) -> float:
-    """An argparse type for --ci, a relative half-width strictly between 0 and 1."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1), like 0.025, got {text!r}") from None
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1), like 0.025, got {value:g}")
-    return value
+# --ci: the relative half-width of the median's confidence interval at which to stop.
+_fraction = ranged(float, "a fraction in (0, 1), like 0.025", lambda v: 0 < v < 1)
 
 
 def _rule(args: argparse.Namespace) -> tuple[StopRule, int]:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import signal
 import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from ..errors import CheckpointError, ConfigError
 from ..models import DEFAULT_MODEL, DEFAULT_WEIGHTS, StagedSegmenter, get_model, list_models
@@ -113,26 +115,32 @@ def parse_size(text: str) -> tuple[int, int]:
     return w, h
 
 
-def positive_float(text: str) -> float:
-    """An argparse type for seconds and rates, which must be finite and above 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {value:g}")
-    return value
+N = TypeVar("N", int, float)
 
 
-def positive_int(text: str) -> int:
-    """An argparse type for counts that must be at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
-    return value
+def ranged(convert: Callable[[str], N], expected: str, valid: Callable[[N], bool]) -> Callable[[str], N]:
+    """An argparse type: ``convert`` the text and keep it when ``valid``; otherwise argparse says
+    "argument --FLAG: expected EXPECTED, got VALUE", naming the flag rather than the field of the
+    dataclass the value goes on to fill."""
+
+    def parse(text: str) -> N:
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if not valid(value):
+            shown = f"{value:g}" if isinstance(value, float) else str(value)
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {shown}")
+        return value
+
+    return parse
+
+
+# Seconds and rates: finite and above 0.
+positive_float = ranged(float, "a finite number > 0", lambda v: 0 < v < math.inf)
+# Counts that must be at least 1, and those that may be 0.
+positive_int = ranged(int, "a whole number >= 1", lambda v: v >= 1)
+whole_number = ranged(int, "a whole number >= 0", lambda v: v >= 0)
 
 
 def check_output(path: Path | None, option: str) -> None:

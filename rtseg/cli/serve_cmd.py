@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import signal
 import sys
 from pathlib import Path
@@ -13,37 +14,23 @@ from ..stream.curve import check_server_keys
 from ..stream.endpoint import check_endpoint
 from ..stream.protocol import DEFAULT_MAX_PIXELS, MAX_HEADER_BYTES
 from ..stream.server import DEFAULT_INTERVAL, DEFAULT_SERVER_ENDPOINT, MIN_MAX_BYTES, Server, ServerLimits
-from .common import add_model_args, load_model, parse_size, positive_float, positive_int
+from .common import add_model_args, load_model, parse_size, positive_float, positive_int, ranged
 
 SERVER_SCHEDULERS = ("every", "clockwork", "adaptive")
 
 
 # The limits are checked by argparse, so that an error names the flag (argument --queue: ...), not
 # the ServerLimits field it fills.
-def _request_bytes(text: str) -> int:
-    """An argparse type for --max-bytes: at least ``MIN_MAX_BYTES``, below which libzmq drops
-    every request (it is ZMQ_MAXMSGSIZE) and the server would start but answer none."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number of bytes, got {text!r}") from None
-    if value < MIN_MAX_BYTES:
-        raise argparse.ArgumentTypeError(
-            f"expected a whole number of bytes >= {MIN_MAX_BYTES} (a header of up to "
-            f"{MAX_HEADER_BYTES} bytes plus a small image), got {value}"
-        )
-    return value
-
-
-def _seconds_or_zero(text: str) -> float:
-    """An argparse type for --drain: 0 (refuse what is queued at once) or a finite wait."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {text!r}") from None
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a finite number of seconds >= 0, got {value:g}")
-    return value
+# --max-bytes is ZMQ_MAXMSGSIZE: below MIN_MAX_BYTES libzmq drops every request, and the server
+# would start but answer none.
+_request_bytes = ranged(
+    int,
+    f"a whole number of bytes >= {MIN_MAX_BYTES} (a header of up to {MAX_HEADER_BYTES} bytes plus a "
+    "small image)",
+    lambda v: v >= MIN_MAX_BYTES,
+)
+# --drain: 0 refuses what is queued at once; otherwise a finite wait.
+_seconds_or_zero = ranged(float, "a finite number of seconds >= 0", lambda v: 0 <= v < math.inf)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
