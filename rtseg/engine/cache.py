@@ -249,11 +249,16 @@ class ArtifactCache:
         self, key: ArtifactKey, stage: str, suffix: str, check: SidecarCheck | None = None
     ) -> Artifact | None:
         """The valid artifact, or None (logging why an existing one is rejected)."""
+        return self._lookup(key, stage, suffix, check, report=True)
+
+    def _lookup(
+        self, key: ArtifactKey, stage: str, suffix: str, check: SidecarCheck | None, *, report: bool
+    ) -> Artifact | None:
         path = self.path(key, stage, suffix)
         problem = self.problem(key, path, check)
         if problem is None:
             return Artifact(path, json.loads(self.sidecar_path(path).read_text(encoding="utf-8")))
-        if problem != "missing":
+        if problem != "missing" and report:
             log.warning("engine cache: %s is %s; not using it", path.name, problem)
         return None
 
@@ -327,7 +332,8 @@ class ArtifactCache:
         check: SidecarCheck | None = None,
     ) -> dict[str, Artifact]:
         """Return every stage's artifact, building (under the lock) only the missing or bad ones."""
-        found = {s: self.get(key, s, suffix, check) for s in stages}
+        # Looked at twice, the second time under the lock: a rejected file is reported once, there.
+        found = {s: self._lookup(key, s, suffix, check, report=False) for s in stages}
         if all(a is not None for a in found.values()):
             return found  # type: ignore[return-value]
         with self.lock(key):

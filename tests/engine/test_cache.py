@@ -153,6 +153,8 @@ def test_truncated_onnx_is_rebuilt_with_a_log(exported, caplog: pytest.LogCaptur
     with caplog.at_level(logging.WARNING, logger="rtseg.engine.cache"):
         again = ensure_onnx(model, SIZE, cache)
     assert "corrupt" in caplog.text and path.name in caplog.text
+    # said once: the lookup before the lock and the one under it both saw the file (it said it twice)
+    assert sum("corrupt" in r.getMessage() for r in caplog.records) == 1
     assert again.files["deep"] == path and len(path.read_bytes()) == len(data)
     onnx.checker.check_model(onnx.load(str(path)))
 
