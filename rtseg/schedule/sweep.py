@@ -684,7 +684,7 @@ def main(argv: list[str] | None = None) -> int:
         "--out",
         type=Path,
         required=True,
-        help="folder for scheduling_sweep.json, scheduling_costs.json and scheduling.png",
+        help="folder for scheduling_sweep.json and scheduling.png (scheduling_costs.json with --costs-only)",
     )
     p.add_argument(
         "--costs-only",
@@ -700,12 +700,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_interval < 2:
         p.error(f"--max-interval must be at least 2 (1 is every frame), got {args.max_interval}")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    args.out.mkdir(parents=True, exist_ok=True)
     if args.report:
+        for name, made_by in (
+            ("scheduling_sweep.json", "a sweep"),
+            ("scheduling_costs.json", "--costs-only"),
+        ):
+            if not (args.out / name).is_file():
+                p.error(
+                    f"--report needs {args.out / name}: run {made_by} with --out {args.out} first "
+                    "(--costs-only times each step on the first 25 frames; best on an idle machine)"
+                )
         payload = json.loads((args.out / "scheduling_sweep.json").read_text())
         costs = json.loads((args.out / "scheduling_costs.json").read_text())["median_ms"]
         print(markdown(payload, costs))
         return 0
+    args.out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
     from ..cli.common import load_model
     from ..segmenter import resolve_backend

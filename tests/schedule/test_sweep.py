@@ -186,7 +186,7 @@ def test_without_labels_the_every_frame_labels_are_the_reference(engine, drive) 
     assert any(p.miou < 100.0 for p in points if p.family == "clockwork")
 
 
-def test_the_sweep_runs_on_footage_without_labels(tmp_path) -> None:
+def test_the_sweep_runs_on_footage_without_labels(tmp_path, capsys) -> None:
     out = tmp_path / "sweep"
     uri = "synthetic://drive?size=320x240&seed=1&frames=8"
     assert main(["--source", uri, "--frames", "6", "--max-interval", "3", "--out", str(out)]) == 0
@@ -194,6 +194,15 @@ def test_the_sweep_runs_on_footage_without_labels(tmp_path) -> None:
     assert payload["frames"] == 6 and payload["reference"] == "every-frame labels"
     assert payload["weights"] == "shipped" and (out / "scheduling.png").stat().st_size > 1000
     assert all(p["miou"] == p["agreement"] for p in payload["points"])
+    # --report needs the step costs too (it was a FileNotFoundError traceback)
+    with pytest.raises(SystemExit):
+        main(["--out", str(out), "--report"])
+    err = capsys.readouterr().err
+    assert f"--report needs {out / 'scheduling_costs.json'}: run --costs-only with --out {out}" in err
+    assert main(["--source", uri, "--frames", "6", "--out", str(out), "--costs-only"]) == 0
+    capsys.readouterr()
+    assert main(["--out", str(out), "--report"]) == 0
+    assert "adaptive, flow change + warp (the default)" in capsys.readouterr().out
 
 
 def test_the_sweep_gives_its_threads_to_the_engine(tmp_path, monkeypatch) -> None:
