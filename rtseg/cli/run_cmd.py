@@ -25,7 +25,7 @@ from ..schedule import CHANGES, SCHEDULERS, Scheduler, make_scheduler
 from ..segmenter import Segmenter, load_engine
 from ..sink import Sink
 from ..sink.file import FileSink
-from ..source import Source, open_source, redacted
+from ..source import Source, is_live_uri, open_source, redacted
 from .common import (
     CtrlC,
     Terminated,
@@ -197,13 +197,16 @@ def _every_reference(args: argparse.Namespace, engine: Engine, reference: _Refer
         seg.close()
 
 
+_COMPARE_EVERY_LIVE = (
+    "--compare-every runs the source twice: use a file, folder or synthetic source without --realtime"
+)
+
+
 def _check_compare_every(args: argparse.Namespace, source: Source) -> None:
     """--compare-every reads the source twice and keeps every reference label map: refused (before
     the engine loads) for a source that cannot be replayed or, looping, would never end."""
     if source.info.live:
-        raise ConfigError(
-            "--compare-every runs the source twice: use a file, folder or synthetic source without --realtime"
-        )
+        raise ConfigError(_COMPARE_EVERY_LIVE)
     if args.frames is None and source.info.kind == "synthetic" and source.info.frame_count is None:
         raise ConfigError(
             "--compare-every with an endless synthetic source needs --frames N (or frames=N in its "
@@ -306,6 +309,8 @@ def _run(
     reference: _Reference | None = None
     json_ok: bool | None = None  # --json is (not) an input or output of this run; None: not known yet
     try:
+        if args.compare_every and (args.realtime or is_live_uri(args.source)):
+            raise ConfigError(_COMPARE_EVERY_LIVE)  # without waiting for a camera or a server
         # Opened first: a missing file or an unreachable camera is reported before the slow engine load.
         source = open_source(args.source, **_source_options(args))
         if args.compare_every:

@@ -3,7 +3,7 @@
 from .base import Source, SourceInfo, SourceOptions, SourceStats, redacted
 from .frame import Frame
 from .live import Capture, CaptureFactory
-from .uri import SCHEMES, SUPPORTED, open_source
+from .uri import SCHEMES, SUPPORTED, is_live_uri, open_source
 
 __all__ = [
     "SCHEMES",
@@ -15,6 +15,7 @@ __all__ = [
     "SourceInfo",
     "SourceOptions",
     "SourceStats",
+    "is_live_uri",
     "open_source",
     "redacted",
 ]

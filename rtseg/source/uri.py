@@ -142,6 +142,20 @@ def is_recorded_video(url: str) -> bool:
     )
 
 
+def is_live_uri(uri: str | os.PathLike[str]) -> bool:
+    """Whether ``uri`` opens a live source (a camera, or a stream that is no recorded video file),
+    known from its text alone: a check that must not wait for a camera or a server to answer."""
+    text = os.fspath(uri)
+    if not isinstance(text, str):
+        return False
+    if "://" not in text:
+        text = _device_uri(text) or ""
+    scheme = text.partition("://")[0].lower()
+    if scheme in ("camera", "v4l2"):
+        return True
+    return scheme in ("rtsp", "rtsps", "http", "https") and not is_recorded_video(text)
+
+
 def _device_uri(path: str) -> str | None:
     """A bare camera number or /dev/videoN, as the camera URI it means (None for anything else)."""
     if path.isdigit() and not Path(path).exists():

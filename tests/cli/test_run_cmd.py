@@ -383,6 +383,22 @@ def test_compare_every_refuses_a_source_it_cannot_replay_before_the_engine_loads
     assert rc == 2 and "rtseg run: error:" in err and message in err
 
 
+@pytest.mark.parametrize(
+    "source", ["camera://7", "/dev/video7", "rtsp://127.0.0.1:9/live", "http://127.0.0.1:9/mjpg"]
+)
+def test_compare_every_refuses_a_live_source_without_opening_it(source: str, monkeypatch, capsys) -> None:
+    """It opened the source first: a camera or server that does not answer cost the whole
+    --timeout, and the error was the connection's, not that a live source cannot be replayed."""
+
+    def no_open(*args, **kwargs):
+        raise AssertionError("the source was opened before --compare-every was checked")
+
+    monkeypatch.setattr(run_cmd, "open_source", no_open)
+    rc = main(["run", source, "null://", "--compare-every", "--timeout", "30"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "rtseg run: error: --compare-every runs the source twice" in err
+
+
 # A phase made slow enough to signal into: a load that waits before the real one, and says so.
 _SLOW_LOAD = """
 import sys, time

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from rtseg.errors import ConfigError, SourceError
-from rtseg.source import SCHEMES, open_source, redacted
+from rtseg.source import SCHEMES, is_live_uri, open_source, redacted
 from rtseg.source.images import list_images
 from rtseg.source.live import http_problem
 from rtseg.source.uri import is_recorded_video
@@ -233,3 +233,22 @@ def test_file_uri_relative_to_the_working_folder_still_works(spaced_video: Path,
     monkeypatch.chdir(spaced_video.parent.parent)  # file://clip.mp4 is documented (README)
     with open_source("file://a%20dir/my%20clip%25.mp4") as src:
         assert src.files == (Path("a dir/my clip%.mp4"),)
+
+
+@pytest.mark.parametrize(
+    ("uri", "live"),
+    [
+        ("camera://0", True),
+        ("0", True),
+        ("/dev/video2", True),
+        ("v4l2:///dev/video0", True),
+        ("rtsp://cam/live", True),
+        ("http://cam/mjpg", True),
+        ("https://example.com/clip.mp4?token=1", False),  # a recorded video: every frame in order
+        ("clip.mp4", False),
+        ("synthetic://drive", False),
+        ("images://frames", False),
+    ],
+)
+def test_a_live_uri_is_known_from_its_text(uri: str, live: bool) -> None:
+    assert is_live_uri(uri) is live
