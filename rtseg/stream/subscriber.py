@@ -37,6 +37,7 @@ from .protocol import (
     MAX_FRAME_MESSAGE_FRAMES,
     MAX_PARTS,
     FrameHeader,
+    check_label_values,
     decode_frame_header,
     decode_frame_parts,
     recv_frames,
@@ -310,6 +311,9 @@ class Subscriber:
     def _decode(self, pending: _Pending) -> Message | None:
         try:
             parts = decode_frame_parts(pending.header, pending.frames, max_pixels=self.max_pixels)
+            if pending.classes is not None and "labels" in parts:
+                # Once the class set is known: ids it has no name or colour for are a broken peer.
+                check_label_values(parts["labels"], pending.classes)
         except Exception as exc:  # e.g. a corrupt image part
             with self._lock:
                 self._malformed_locked(exc)

@@ -88,6 +88,24 @@ class RawPublisher:
         self.ctx.term()
 
 
+def test_label_ids_past_the_known_class_set_are_malformed(tcp_endpoint: str) -> None:
+    """The client refused such a reply; the subscriber passed the message on, with class ids that
+    have no name or colour. Before the class set is known nothing can be checked."""
+    raw = RawPublisher(tcp_endpoint)
+    try:
+        with Subscriber(tcp_endpoint) as sub:
+            raw.connect(sub, stream="cam0")
+            raw.sock.send_multipart(frame_message(1, classes=CAMVID))  # the class set arrives
+            assert sub.recv(timeout=5).classes == CAMVID
+            raw.sock.send_multipart(frame_message(2, labels=np.full((4, 6), len(CAMVID), np.uint8)))
+            raw.sock.send_multipart(frame_message(3))
+            assert sub.recv(timeout=5).header.seq == 3
+            stats = sub.stats
+    finally:
+        raw.close()
+    assert stats.malformed == 1 and f"expected class ids in 0..{len(CAMVID) - 1}" in stats.last_error
+
+
 @pytest.mark.parametrize("latest", [False, True])
 def test_malformed_messages_are_counted_and_skipped(latest: bool, tcp_endpoint: str) -> None:
     raw = RawPublisher(tcp_endpoint)
