@@ -143,7 +143,7 @@ def scheduler_from_args(args: argparse.Namespace) -> Scheduler:
         )
     except ConfigError as exc:
         message = str(exc)
-        for keyword, flag in _SCHEDULER_FLAGS.items():  # longest first: max_interval before interval
+        for keyword, flag in _SCHEDULER_FLAGS.items():  # not inside a flag: --max-interval keeps its name
             message = re.sub(rf"(?<![\w-]){keyword}\b", flag, message)
         raise ConfigError(message) from None
 

@@ -498,23 +498,14 @@ def recv_frames(
     return frames, count
 
 
-_V4_MAPPED = re.compile(r"tcp://\[::ffff:(\d+\.\d+\.\d+\.\d+)\]:")
-
-
 def use_ipv6(socket: zmq.Socket, endpoint: str) -> None:
     """ZMQ_IPV6 for an endpoint written with a bracketed IPv6 host (tcp://[::1]:5555) only.
 
     libzmq sockets are IPv4-only by default, so such an endpoint failed to bind, or connected
-    silently never. Host names keep IPv4: with ZMQ_IPV6 set, libzmq resolves "localhost" to ::1
-    where /etc/hosts says so (Fedora, Arch) and never reaches a server bound to 127.0.0.1."""
+    silently never. Other endpoints keep IPv4: with ZMQ_IPV6 set, libzmq resolves "localhost" to
+    ::1 where /etc/hosts says so (Fedora, Arch) and never reaches a server bound to 127.0.0.1, and
+    reports a bind to 127.0.0.1 as [::ffff:127.0.0.1]."""
     socket.setsockopt(zmq.IPV6, int(endpoint.lower().startswith("tcp://[")))
-
-
-def bound_endpoint(socket: zmq.Socket) -> str:
-    """The endpoint a socket is bound to (ZMQ_LAST_ENDPOINT), IPv4 written as IPv4: with ZMQ_IPV6
-    set libzmq reports a bind to an IPv4 address as tcp://[::ffff:127.0.0.1]:PORT, which is not
-    the address users gave or connect to."""
-    return _V4_MAPPED.sub(r"tcp://\1:", socket.getsockopt_string(zmq.LAST_ENDPOINT), count=1)
 
 
 # topic, header and the parts

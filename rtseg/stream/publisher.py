@@ -38,7 +38,6 @@ from .protocol import (
     FrameHeader,
     PartSpec,
     WireError,
-    bound_endpoint,
     check_stream_id,
     encode_array,
     encode_frame_message,
@@ -140,7 +139,7 @@ class Publisher:
         except BaseException:
             self._teardown()
             raise
-        self.endpoint: str = bound_endpoint(self._socket)
+        self.endpoint: str = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
         self._seq = 0
         self.session = secrets.token_hex(8)  # new per instance: how subscribers tell a restart
         self._last_classes: ClassSet | None = None

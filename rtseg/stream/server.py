@@ -52,7 +52,6 @@ from .protocol import (
     ErrorCode,
     SegmentRequest,
     WireError,
-    bound_endpoint,
     check_encodable,
     check_protocol,
     decode_array,
@@ -278,7 +277,7 @@ class Server:
         except BaseException:
             self._close_sockets()
             raise
-        self.endpoint: str = bound_endpoint(self._router)
+        self.endpoint: str = self._router.getsockopt_string(zmq.LAST_ENDPOINT)
         self._threads: list[threading.Thread] = []
         self._loop_thread: threading.Thread | None = None
         self._closed = False

@@ -211,9 +211,10 @@ def read_state(path: str | Path) -> SavedState:
     return SavedState(path, payload)
 
 
-def _check_payload(path: Path, payload: dict[str, Any]) -> None:
+def _check_payload(path: Path, payload: dict[str, Any]) -> tuple[Preprocessing, TrainState]:
     """Refuse a state whose marker is right but whose contents are not (a newer format, a damaged
-    or hand-edited file) with a CheckpointError naming the entry, not a KeyError mid-resume."""
+    or hand-edited file) with a CheckpointError naming the entry, not a KeyError mid-resume;
+    returns the preprocessing and progress it read."""
     version = payload.get("format_version")
     if type(version) is not int or version != STATE_FORMAT_VERSION:
         raise CheckpointError(
@@ -227,8 +228,8 @@ def _check_payload(path: Path, payload: dict[str, Any]) -> None:
             f"{path}: the training state has no {', '.join(map(repr, missing))} entry; the file is damaged"
         )
     TrainConfig.from_dict(payload["config"], source=path)
-    _saved_preprocessing(path, payload["preprocessing"])
-    _saved_progress(path, payload["progress"])
+    preprocessing = _saved_preprocessing(path, payload["preprocessing"])
+    progress = _saved_progress(path, payload["progress"])
     for key in ("model", "optimizer", "scaler"):
         if not isinstance(payload[key], dict):
             raise CheckpointError(
@@ -238,6 +239,7 @@ def _check_payload(path: Path, payload: dict[str, Any]) -> None:
     bad = [k for k, v in payload["model"].items() if not isinstance(v, torch.Tensor)]
     if bad:
         raise CheckpointError(f"{path}: the 'model' entry has {len(bad)} non-tensor values, first: {bad[:3]}")
+    return preprocessing, progress
 
 
 def _saved_preprocessing(path: Path, data: Any) -> Preprocessing:
@@ -466,10 +468,8 @@ class Trainer:
         """Continue from a state file (or one ``read_state`` already read)."""
         saved = state if isinstance(state, SavedState) else read_state(state)
         payload, path = saved.payload, saved.path
-        _check_payload(path, payload)  # also for a SavedState built by hand
+        preprocessing, progress = _check_payload(path, payload)  # also for a SavedState built by hand
         saved.check_config(self.config)
-        preprocessing = _saved_preprocessing(path, payload["preprocessing"])
-        progress = _saved_progress(path, payload["progress"])
         self._check_model_entry(path, payload["model"])
         # The model last: its tensors are checked above, so a failure here leaves it as it was.
         for key, target in (("optimizer", self.optimizer), ("scaler", self.scaler), ("model", self.model)):
