@@ -1,0 +1,96 @@
+"""The OpenVINO head's argmax rewrite: the same labels as PyTorch's, without the slow TopK."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from onnx import TensorProto, helper
+
+ov = pytest.importorskip("openvino")
+
+from rtseg.engine import load  # noqa: E402
+from rtseg.engine.openvino_backend import argmax_by_comparison  # noqa: E402
+
+
+def argmax_graph(shape: list[int], *, axis: int = 1, with_values: bool = False) -> bytes:
+    """ONNX ArgMax over ``axis`` (OpenVINO reads it as a k=1 TopK); ``with_values`` adds a
+    ReduceMax output so a graph that reads the maxima too can be checked."""
+    nodes = [helper.make_node("ArgMax", ["x"], ["index"], axis=axis, keepdims=0)]
+    out_shape = [d for i, d in enumerate(shape) if i != axis % len(shape)]
+    outputs = [helper.make_tensor_value_info("index", TensorProto.INT64, out_shape)]
+    if with_values:
+        nodes.append(helper.make_node("TopK", ["x", "k"], ["top", "top_index"], axis=axis))
+        outputs.append(helper.make_tensor_value_info("top", TensorProto.FLOAT, None))
+    graph = helper.make_graph(
+        nodes,
+        "argmax",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+        outputs,
+        [helper.make_tensor("k", TensorProto.INT64, [1], [2])] if with_values else [],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_operatorsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def op_types(compiled) -> set[str]:
+    ops = compiled.get_runtime_model().get_ordered_ops()
+    return {op.get_rt_info()["layerType"].astype(str) for op in ops}
+
+
+def test_the_rewrite_gives_pytorchs_labels_ties_infinities_and_nans_included() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(1, 5, 7, 9)).astype(np.float32)
+    x[0, :, 0, 0] = [1, 3, 3, 0, 3]  # ties: the first maximum
+    x[0, :, 0, 1] = [1, np.nan, 3, 0, 0]  # a NaN is the maximum
+    x[0, :, 0, 2] = [1, 2, np.nan, np.nan, 9]  # the first NaN
+    x[0, :, 0, 3] = [np.inf, np.inf, 0, 0, 0]
+    x[0, :, 0, 4] = -np.inf  # all -inf: the plugin's ReduceMax gives -FLT_MAX, nothing equals it
+    x[0, :, 0, 5] = np.nan
+    x[0, :, 0, 6] = [-np.inf, -np.inf, -5, -np.inf, -5]
+    x[0, :, 1] = np.round(x[0, :, 1])  # many ties
+    core = ov.Core()
+    model = core.read_model(argmax_graph(list(x.shape)))
+    assert argmax_by_comparison(model) == 1
+    compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    assert "TopK" not in op_types(compiled)
+    index = compiled.create_infer_request().infer({"x": x})[0]
+    np.testing.assert_array_equal(index, torch.from_numpy(x).max(1).indices.numpy())
+
+
+def test_argmax_over_another_axis() -> None:
+    x = np.random.default_rng(1).integers(0, 4, size=(2, 3, 6)).astype(np.float32)
+    core = ov.Core()
+    model = core.read_model(argmax_graph(list(x.shape), axis=-1))
+    assert argmax_by_comparison(model) == 1
+    index = core.compile_model(model, "CPU").create_infer_request().infer({"x": x})[0]
+    np.testing.assert_array_equal(index, torch.from_numpy(x).max(-1).indices.numpy())
+
+
+def test_a_topk_whose_values_are_read_is_left_alone() -> None:
+    core = ov.Core()
+    model = core.read_model(argmax_graph([1, 4, 3, 3], with_values=True))
+    assert argmax_by_comparison(model) == 1  # the ArgMax, not the k=2 TopK
+    assert "TopK" in op_types(core.compile_model(model, "CPU"))
+
+
+def test_the_engines_head_has_no_topk_and_matches_the_torch_labels(
+    shared_engine_dir: Path, make_model, make_image
+) -> None:
+    model = make_model("espnet", (128, 64))
+    engine = load(model, backend="openvino", input_size=(128, 64), engine_dir=shared_engine_dir, threads=1)
+    reference = load(model, backend="torch", input_size=(128, 64))
+    for stage in ("head", "head:labels"):
+        assert "TopK" not in op_types(engine._stages[stage].compiled), stage
+    image = make_image((128, 64))
+    low = reference.run_low(image)
+    deep = reference.run_deep(low)
+    ref_labels = reference.run_head(low, deep)
+    labels, logits = engine.run_head(low, deep, logits=True)
+    expected = torch.as_tensor(np.asarray(logits))[:, : len(model.meta.classes)].max(1).indices.numpy()
+    np.testing.assert_array_equal(labels, expected.astype(np.uint8))  # the argmax of its own logits
+    np.testing.assert_array_equal(engine.run_head(low, deep), labels)
+    assert np.mean(labels == np.asarray(ref_labels)) >= 0.999
