@@ -245,6 +245,29 @@ def check_state_dict_fits(
     raise CheckpointError("\n".join(lines))
 
 
+def without_subnormals(state_dict: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], int]:
+    """The state dict with subnormal floats set to 0, and how many there were.
+
+    Weight decay drives dead channels' weights below the smallest normal float: the authors'
+    ESPNet checkpoints hold 6,000-20,000 such values (3-5 % of the weights). x86 CPUs multiply
+    subnormals through a microcode assist, some 100 times slower, so ESPNet's deep stage at
+    480x360 takes 149 ms on torch and 84 ms on ONNX Runtime with them, 38 and 30 ms without.
+    A subnormal's contribution is below float32 resolution beside any normal term: the outputs
+    are the same (bit for bit on that model).
+    """
+    out: dict[str, Tensor] = {}
+    count = 0
+    for name, tensor in state_dict.items():
+        if tensor.is_floating_point():
+            subnormal = (tensor != 0) & (tensor.abs() < torch.finfo(tensor.dtype).tiny)
+            found = int(subnormal.sum())
+            if found:
+                tensor = tensor.masked_fill(subnormal, 0)
+                count += found
+        out[name] = tensor
+    return out, count
+
+
 def check_finite(state_dict: Mapping[str, Tensor], *, path: Path) -> None:
     """Refuse NaN or infinite weights: they load without complaint (a run that diverged before it
     was saved, or bytes corrupted in a plain state dict, which carries no checksum) and then label

@@ -24,6 +24,7 @@ from .checkpoint import (
     check_finite,
     check_state_dict_fits,
     read_checkpoint,
+    without_subnormals,
 )
 
 log = logging.getLogger(__name__)
@@ -391,7 +392,15 @@ def get_model(
     expected = model.state_dict()
     check_state_dict_fits(expected, ckpt.state_dict, path=ckpt.path, model=name)
     check_finite(ckpt.state_dict, path=ckpt.path)
-    state = {k: ckpt.state_dict.get(k, v).to(v.dtype) for k, v in expected.items()}
+    loaded = {k: ckpt.state_dict.get(k, v).to(v.dtype) for k, v in expected.items()}
+    state, subnormal = without_subnormals(loaded)
+    if subnormal:
+        log.info(
+            "%s: %d subnormal weights set to 0 (CPUs compute with them many times slower; the "
+            "outputs do not change)",
+            ckpt.path,
+            subnormal,
+        )
     model.load_state_dict(state, strict=True)
     if arch != dict(meta.config):
         # The overrides change the graph (DeepLabV3+'s output_stride keeps every parameter), so

@@ -1,4 +1,4 @@
-"""ESPNet / ESPNet-C: the authors' checkpoints load strictly and unchanged."""
+"""ESPNet / ESPNet-C: the authors' checkpoints load strictly and unchanged (but for subnormals)."""
 
 from __future__ import annotations
 
@@ -36,8 +36,16 @@ def test_decoder_checkpoints_load_strictly(data_root: Path, filename: str) -> No
     assert loaded.meta.preprocessing.channel_order == "BGR"
     assert loaded.meta.preprocessing.post_scale == pytest.approx(1 / 255)
     assert loaded.meta.preprocessing.input_size == ((480, 360) if camvid else (1024, 512))
+    subnormal = 0
     for key, value in state.items():
-        assert torch.equal(loaded.state_dict()[key], value), key
+        # Every weight as stored, except subnormals, which load as 0 (the authors' files have
+        # thousands; they slow x86 CPUs down and change no output).
+        tiny = torch.finfo(value.dtype).tiny if value.is_floating_point() else 0
+        kept = value.abs() >= tiny if value.is_floating_point() else torch.ones_like(value, dtype=torch.bool)
+        assert torch.equal(loaded.state_dict()[key][kept], value[kept]), key
+        assert not loaded.state_dict()[key][~kept].any(), key
+        subnormal += int((value[~kept] != 0).sum())
+    assert subnormal > 1000  # all four releases: 5,865 to 18,302
 
 
 @pytest.mark.parametrize("filename", ENCODERS)
