@@ -1,8 +1,9 @@
 """Which weights a benchmark runs: the authors' real checkpoints where they exist, else random ones.
 
-Speed does not depend on the weights' values, but the label maps (and so the keyframe
-scheduler's decisions and the agreement score) do, so real weights are used whenever the shared
-data folder has them, and the result always says which were used.
+Speed does not depend on the weights' values (subnormal ones, which slow x86 CPUs down several
+times, are set to 0 when weights load: ``models.checkpoint.without_subnormals``), but the label
+maps (and so the keyframe scheduler's decisions and the agreement score) do, so real weights are
+used whenever the shared data folder has them, and the result always says which were used.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ class WeightsChoice:
         }
 
 
-RANDOM = "random init (speed does not depend on weight values)"
+RANDOM = "random init (speed does not depend on weight values once subnormals are 0)"
 
 
 def choose_weights(
