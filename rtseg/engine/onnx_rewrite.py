@@ -1,8 +1,9 @@
-"""Graph rewrites that make an exported ONNX graph acceptable to TensorRT's ONNX parser.
+"""Graph rewrites of ``MaxPool``'s second (``Indices``) output, which ENet needs.
 
-TensorRT parses neither ``MaxUnpool`` nor a ``MaxPool`` with its second (``Indices``) output,
-which ENet needs. rtseg's ENet already unpools with index-equality masking; the pooling indices
-are rewritten here, exactly, into ops TensorRT has:
+TensorRT parses neither ``MaxUnpool`` nor a ``MaxPool`` with indices, and OpenVINO's CPU plugin
+runs the latter through its slow reference implementation (ENet at 1024x512: 264 of the low
+stage's 314 ms, and as much again in deep). rtseg's ENet already unpools with index-equality
+masking; the pooling indices are rewritten here, exactly, into ops both run natively:
 
     values  = MaxPool(x)                                   (2x2, stride 2)
     up      = values repeated over each 2x2 window          (Unsqueeze, Expand, Reshape)
@@ -106,6 +107,51 @@ def _pool_indices_nodes(node: onnx.NodeProto, shape: list[int], k: int, tag: str
     return nodes, inits
 
 
+def _rewritable(node: onnx.NodeProto, inferred: onnx.ModelProto) -> tuple[int, list[int]]:
+    """The window and input shape of a pool whose indices ``_pool_indices_nodes`` computes exactly."""
+    k = _window(node)
+    if k is None:
+        raise EngineBuildError(
+            f"TensorRT cannot return MaxPool indices, and node {node.name!r} is not a plain 1x1 or "
+            "2x2 pooling rtseg can rewrite exactly; use backend onnxruntime or torch"
+        )
+    shape = _shape(inferred, node.input[0])
+    if shape[2] % k or shape[3] % k:
+        raise EngineBuildError(f"MaxPool {node.name!r} input {shape} is not divisible by its window")
+    return k, shape
+
+
+def rewrite_pool_indices(model: onnx.ModelProto, *, strict: bool) -> tuple[onnx.ModelProto, list[str]]:
+    """A copy of ``model`` whose plain 1x1 and 2x2 MaxPools compute their indices from ops every
+    backend has, and a description of each rewrite made. Other pools with indices raise
+    EngineBuildError when ``strict``, else stay as they are."""
+    pools = [n for n in model.graph.node if n.op_type == "MaxPool" and len(n.output) > 1 and n.output[1]]
+    if not pools:
+        return model, []
+    inferred = onnx.shape_inference.infer_shapes(model)
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    del out.graph.node[:]
+    done = []
+    for i, node in enumerate(model.graph.node):
+        try:
+            k, shape = _rewritable(node, inferred) if node in pools else (None, None)
+        except EngineBuildError:
+            if strict:
+                raise
+            k = shape = None
+        if k is None or shape is None:
+            out.graph.node.append(node)
+            continue
+        nodes, inits = _pool_indices_nodes(node, shape, k, node.name or f"maxpool{i}")
+        out.graph.node.extend(nodes)
+        out.graph.initializer.extend(inits)
+        how = "constant positions" if k == 1 else "equality mask + min-pool"
+        done.append(f"MaxPool {node.name or i} indices -> {how}")
+    onnx.checker.check_model(out)
+    return out, done
+
+
 def for_tensorrt(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
     """A copy of ``model`` TensorRT can parse, and a description of each rewrite made.
 
@@ -116,31 +162,4 @@ def for_tensorrt(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
         raise EngineBuildError(
             f"TensorRT's ONNX parser does not support {', '.join(bad)}; use backend onnxruntime or torch"
         )
-    pools = [n for n in model.graph.node if n.op_type == "MaxPool" and len(n.output) > 1 and n.output[1]]
-    if not pools:
-        return model, []
-    inferred = onnx.shape_inference.infer_shapes(model)
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    del out.graph.node[:]
-    done = []
-    for i, node in enumerate(model.graph.node):
-        if node in pools:
-            k = _window(node)
-            if k is None:
-                raise EngineBuildError(
-                    f"TensorRT cannot return MaxPool indices, and node {node.name!r} is not a plain 1x1 or "
-                    "2x2 pooling rtseg can rewrite exactly; use backend onnxruntime or torch"
-                )
-            shape = _shape(inferred, node.input[0])
-            if shape[2] % k or shape[3] % k:
-                raise EngineBuildError(f"MaxPool {node.name!r} input {shape} is not divisible by its window")
-            nodes, inits = _pool_indices_nodes(node, shape, k, node.name or f"maxpool{i}")
-            out.graph.node.extend(nodes)
-            out.graph.initializer.extend(inits)
-            how = "constant positions" if k == 1 else "equality mask + min-pool"
-            done.append(f"MaxPool {node.name or i} indices -> {how}")
-        else:
-            out.graph.node.append(node)
-    onnx.checker.check_model(out)
-    return out, done
+    return rewrite_pool_indices(model, strict=True)

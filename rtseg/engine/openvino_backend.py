@@ -24,6 +24,7 @@ from ..models.base import StageSpec
 from ..models.checkpoint import WeightsMeta
 from .base import Array, Engine, EngineInfo, Features
 from .onnx_export import IMAGE, LABELS, LOGITS, check_image_input, unloadable_graph
+from .onnx_rewrite import rewrite_pool_indices
 
 # rtseg precision -> INFERENCE_PRECISION_HINT; int8 runs a QDQ graph with the f32 hint.
 HINTS = {"fp32": "f32", "fp16": "f16", "bf16": "bf16", "int8": "f32"}
@@ -96,8 +97,12 @@ class _Stage:
         ov = _ov()
         # A port can carry several tensor names; use the graph's own I/O names.
         try:
-            graph = onnx.load(str(path), load_external_data=False).graph
-            model = core.read_model(str(path))
+            proto = onnx.load(str(path), load_external_data=False)
+            graph = proto.graph
+            # ENet's pooling indices: the CPU plugin runs MaxPool's second output through its
+            # reference implementation, 5x slower than the whole rest of the stage.
+            native, rewrites = rewrite_pool_indices(proto, strict=False)
+            model = core.read_model(native.SerializeToString() if rewrites else str(path))
         except Exception as exc:  # protobuf's DecodeError, OpenVINO's RuntimeError, ...
             raise unloadable_graph(Path(path), "openvino", exc) from None
         declared = {v.name for v in (*graph.input, *graph.output)}

@@ -16,7 +16,7 @@ from onnx import TensorProto, helper
 
 from rtseg.engine.cache import ArtifactCache
 from rtseg.engine.onnx_export import STAGES, OnnxStages, ensure_onnx
-from rtseg.engine.onnx_rewrite import UNSUPPORTED_BY_TENSORRT, for_tensorrt
+from rtseg.engine.onnx_rewrite import UNSUPPORTED_BY_TENSORRT, for_tensorrt, rewrite_pool_indices
 from rtseg.errors import EngineBuildError
 from rtseg.models import StagedSegmenter
 
@@ -177,3 +177,22 @@ def test_unrewritable_graphs_name_the_problem() -> None:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     with pytest.raises(EngineBuildError, match="does not support MaxUnpool; use backend onnxruntime"):
         for_tensorrt(model)
+
+
+@pytest.mark.parametrize(
+    ("kernel", "shape", "options"),
+    [(3, (1, 1, 6, 6), {}), (2, (1, 1, 4, 4), {"ceil_mode": 1}), (2, (1, 1, 5, 6), {})],
+)
+def test_without_strict_the_pools_it_cannot_rewrite_stay(kernel: int, shape: tuple, options: dict) -> None:
+    """OpenVINO runs those itself (slowly), so its rewrite keeps them instead of refusing the graph."""
+    model = _pool_graph(kernel, shape, **options)
+    out, done = rewrite_pool_indices(model, strict=False)
+    assert done == [] and len(_pools_with_indices(out)) == 1
+    x = np.random.default_rng(2).normal(size=shape).astype(np.float32)
+    for a, b in zip(_session(out).run(None, {"x": x}), _session(model).run(None, {"x": x}), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_without_strict_a_plain_pool_is_rewritten() -> None:
+    out, done = rewrite_pool_indices(_pool_graph(2, (1, 2, 4, 6)), strict=False)
+    assert len(done) == 1 and _pools_with_indices(out) == []

@@ -96,3 +96,21 @@ def test_the_engines_head_has_no_topk_and_matches_the_torch_labels(
     np.testing.assert_array_equal(labels, expected.astype(np.uint8))  # the argmax of its own logits
     np.testing.assert_array_equal(engine.run_head(low, deep), labels)
     assert np.mean(labels == np.asarray(ref_labels)) >= 0.999
+
+
+def test_enets_pooling_indices_run_natively_with_the_same_labels(
+    shared_engine_dir: Path, make_model, make_image
+) -> None:
+    """MaxPool's indices output ran through the CPU plugin's reference implementation: ENet's low
+    and deep stages at 1024x512 took 314 and 336 ms, 54 and 70 ms rewritten."""
+    model = make_model("enet", (128, 64))
+    engine = load(model, backend="openvino", input_size=(128, 64), engine_dir=shared_engine_dir, threads=1)
+    for stage in ("low", "deep"):
+        types = op_types(engine._stages[stage].compiled)
+        assert "Reference" not in types and "Pooling" in types, (stage, sorted(types))
+    reference = load(model, backend="torch", input_size=(128, 64))
+    image = make_image((128, 64))
+    low = reference.run_low(image)
+    for name, value in engine.run_low(image).items():
+        np.testing.assert_allclose(value, low[name].numpy(), rtol=1e-4, atol=1e-4)
+    assert np.mean(engine.run(image) == np.asarray(reference.run(image))) >= 0.999
