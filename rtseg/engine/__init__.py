@@ -8,6 +8,7 @@ Engines built from ONNX read per-stage artifacts from the engine cache (see ``ca
 
 from __future__ import annotations
 
+import logging
 import numbers
 import os
 import re
@@ -17,10 +18,13 @@ from typing import Any
 
 from ..errors import ConfigError, EngineClosedError
 from ..models import StagedSegmenter, get_model
+from ..models.checkpoint import without_subnormal_weights
 from .base import BACKEND_OPTIONS, Engine, EngineInfo
 from .cache import ArtifactCache, default_engine_dir, weights_hash
 from .calibration import CalibrationList
 from .torch_backend import TorchEngine
+
+log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "torch", "onnxruntime", "openvino", "tensorrt", "torch2trt")
 PRECISIONS = {
@@ -99,7 +103,17 @@ def load(
             "with weights=, or load them with rtseg.models.get_model(name, weights=...)"
         )
     size = check_input_size(input_size)
-    net = model if isinstance(model, StagedSegmenter) else get_model(model, weights=weights)
+    if isinstance(model, StagedSegmenter):
+        net, subnormal = without_subnormal_weights(model)
+        if subnormal:
+            log.info(
+                "%s: %d subnormal weights set to 0 in the engine's copy of the network (CPUs compute "
+                "with them many times slower; the outputs do not change)",
+                model.meta.model,
+                subnormal,
+            )
+    else:
+        net = get_model(model, weights=weights)
     from_weights = size is None
     size = size or tuple(net.meta.preprocessing.input_size)
     if max(size) > MAX_INPUT_SIDE:

@@ -8,15 +8,16 @@ that trained them (classes, palette, preprocessing, provenance, measured metrics
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..atomic import atomic_write
 from ..data.labels import ClassSet
@@ -266,6 +267,21 @@ def without_subnormals(state_dict: Mapping[str, Tensor]) -> tuple[dict[str, Tens
                 count += found
         out[name] = tensor
     return out, count
+
+
+Module = TypeVar("Module", bound=nn.Module)
+
+
+def without_subnormal_weights(model: Module) -> tuple[Module, int]:
+    """``model`` itself when none of its weights is subnormal, else a copy with them set to 0 (the
+    caller's network stays as it is), and how many there were: for networks built in memory,
+    which do not pass through ``get_model``'s loading."""
+    state, count = without_subnormals(model.state_dict())
+    if not count:
+        return model, 0
+    clone = copy.deepcopy(model)
+    clone.load_state_dict(state)
+    return clone, count
 
 
 def check_finite(state_dict: Mapping[str, Tensor], *, path: Path) -> None:

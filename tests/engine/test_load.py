@@ -112,3 +112,29 @@ def test_an_unusable_input_size_from_the_weights_names_the_checkpoint(tmp_path) 
     assert (
         load("espnet", weights=path, backend="torch", input_size=SIZE, engine_dir=tmp_path).input_size == SIZE
     )
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+def test_an_in_memory_network_with_subnormal_weights_runs_on_a_clean_copy(
+    backend: str, shared_engine_dir, make_model, make_image, caplog: pytest.LogCaptureFixture
+) -> None:  # type: ignore[no-untyped-def]
+    """Weights loaded from a file lose their subnormals in get_model; a network built in memory
+    kept them, and with them the several-fold slowdown on x86."""
+    import torch
+
+    model = make_model("espnet", SIZE)
+    weight = model.encoder.level2[0].c1.conv.weight
+    with torch.no_grad():
+        weight[:3] = torch.finfo(torch.float32).tiny / 16
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    image = make_image(SIZE)
+    with torch.inference_mode():
+        expected = load(model, backend="torch", input_size=SIZE).run(image)
+    with caplog.at_level("INFO", logger="rtseg.engine"):
+        engine = load(model, backend=backend, input_size=SIZE, engine_dir=shared_engine_dir)
+    assert f"espnet: {3 * weight[0].numel()} subnormal weights set to 0 in the engine's copy" in caplog.text
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # the caller's, untouched
+    assert np.mean(engine.run(image) == np.asarray(expected)) >= 0.999
+    if backend == "torch":
+        engine_weight = engine._low.model.encoder.level2[0].c1.conv.weight
+        assert not engine_weight[:3].any()
