@@ -100,8 +100,11 @@ class _Stage:
             proto = onnx.load(str(path), load_external_data=False)
             graph = proto.graph
             # ENet's pooling indices: the CPU plugin runs MaxPool's second output through its
-            # reference implementation, 5x slower than the whole rest of the stage.
-            native, rewrites = rewrite_pool_indices(proto, strict=False)
+            # reference implementation, 5x slower than the whole rest of the stage. The rewrite
+            # counts positions in floats, exact in f32 only: under an f16 hint the positions past
+            # 2048 in a plane would round, so lower precisions keep the exact, slow op.
+            exact = config.get("INFERENCE_PRECISION_HINT") == "f32"
+            native, rewrites = rewrite_pool_indices(proto, strict=False) if exact else (proto, [])
             model = core.read_model(native.SerializeToString() if rewrites else str(path))
         except Exception as exc:  # protobuf's DecodeError, OpenVINO's RuntimeError, ...
             raise unloadable_graph(Path(path), "openvino", exc) from None

@@ -246,6 +246,11 @@ def check_state_dict_fits(
     raise CheckpointError("\n".join(lines))
 
 
+# The dtypes CPUs compute in float32's range: float16 has its own (subnormal below 6.1e-5, values
+# a network uses) and is converted before any arithmetic, so it is left alone.
+SUBNORMAL_DTYPES = (torch.float32, torch.float64, torch.bfloat16)
+
+
 def without_subnormals(state_dict: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], int]:
     """The state dict with subnormal floats set to 0, and how many there were.
 
@@ -259,7 +264,7 @@ def without_subnormals(state_dict: Mapping[str, Tensor]) -> tuple[dict[str, Tens
     out: dict[str, Tensor] = {}
     count = 0
     for name, tensor in state_dict.items():
-        if tensor.is_floating_point():
+        if tensor.dtype in SUBNORMAL_DTYPES:
             subnormal = (tensor != 0) & (tensor.abs() < torch.finfo(tensor.dtype).tiny)
             found = int(subnormal.sum())
             if found:

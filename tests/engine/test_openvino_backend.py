@@ -114,3 +114,14 @@ def test_enets_pooling_indices_run_natively_with_the_same_labels(
     for name, value in engine.run_low(image).items():
         np.testing.assert_allclose(value, low[name].numpy(), rtol=1e-4, atol=1e-4)
     assert np.mean(engine.run(image) == np.asarray(reference.run(image))) >= 0.999
+
+
+def test_under_an_f16_hint_enets_pooling_indices_stay_exact(shared_engine_dir: Path, make_model) -> None:
+    """The rewrite counts positions in floats; in f16 those past 2048 round (a 128x64 plane has
+    8192), which moved indices by up to 2 and changed a quarter of the labels."""
+    model = make_model("enet", (256, 128))
+    engine = load(
+        model, backend="openvino", precision="fp16", input_size=(256, 128), engine_dir=shared_engine_dir
+    )
+    for stage in ("low", "deep"):
+        assert "Reference" in op_types(engine._stages[stage].compiled), stage

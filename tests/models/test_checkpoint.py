@@ -10,7 +10,13 @@ import torch
 from rtseg.data.labels import CAMVID
 from rtseg.errors import CheckpointError
 from rtseg.models import get_model
-from rtseg.models.checkpoint import WeightsMeta, read_checkpoint, save_checkpoint, tensors_sha256
+from rtseg.models.checkpoint import (
+    WeightsMeta,
+    read_checkpoint,
+    save_checkpoint,
+    tensors_sha256,
+    without_subnormals,
+)
 from rtseg.models.registry import default_meta
 
 
@@ -246,6 +252,17 @@ def test_subnormal_weights_load_as_zero_with_the_same_outputs(
     x = torch.randn(1, 3, 64, 128)
     with torch.inference_mode():
         assert torch.equal(model.eval()(x), reference.eval()(x))
+
+
+def test_float16_values_below_its_normal_range_are_kept() -> None:
+    """float16's subnormals (below 6.1e-5) are values networks use, and CPUs convert float16
+    before computing: only float32's range is cleaned."""
+    half = torch.tensor([3e-5, 1e-7, 0.5], dtype=torch.float16)
+    bfloat = torch.tensor([1e-39, 0.5], dtype=torch.bfloat16)
+    steps = torch.tensor(7)
+    out, count = without_subnormals({"half": half, "bfloat": bfloat, "steps": steps})
+    assert count == 1 and torch.equal(out["half"], half) and out["steps"] is steps
+    assert out["bfloat"].tolist() == [0.0, 0.5]
 
 
 def test_a_checkpoint_without_subnormals_loads_unchanged(
