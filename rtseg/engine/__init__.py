@@ -18,7 +18,7 @@ from typing import Any
 
 from ..errors import ConfigError, EngineClosedError
 from ..models import StagedSegmenter, get_model
-from ..models.checkpoint import without_subnormal_weights
+from ..models.checkpoint import SUBNORMAL_REASON, without_subnormal_weights
 from .base import BACKEND_OPTIONS, Engine, EngineInfo
 from .cache import ArtifactCache, default_engine_dir, weights_hash
 from .calibration import CalibrationList
@@ -107,10 +107,10 @@ def load(
         net, subnormal = without_subnormal_weights(model)
         if subnormal:
             log.info(
-                "%s: %d subnormal weights set to 0 in the engine's copy of the network (CPUs compute "
-                "with them many times slower; the outputs do not change)",
+                "%s: %d subnormal weights set to 0 in the engine's copy of the network (%s)",
                 model.meta.model,
                 subnormal,
+                SUBNORMAL_REASON,
             )
     else:
         net = get_model(model, weights=weights)

@@ -249,6 +249,8 @@ def check_state_dict_fits(
 # The dtypes CPUs compute in float32's range: float16 has its own (subnormal below 6.1e-5, values
 # a network uses) and is converted before any arithmetic, so it is left alone.
 SUBNORMAL_DTYPES = (torch.float32, torch.float64, torch.bfloat16)
+# What the log line that reports them says, wherever they are set to 0.
+SUBNORMAL_REASON = "CPUs compute with them many times slower; the outputs do not change"
 
 
 def without_subnormals(state_dict: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], int]:

@@ -19,6 +19,7 @@ from ..errors import CheckpointError, ConfigError
 from .base import StagedSegmenter
 from .catalog import ESPNET_CITYSCAPES_INPUT, ESPNETV2_CITYSCAPES_INPUT, find_known
 from .checkpoint import (
+    SUBNORMAL_REASON,
     LoadedCheckpoint,
     WeightsMeta,
     check_finite,
@@ -395,12 +396,7 @@ def get_model(
     loaded = {k: ckpt.state_dict.get(k, v).to(v.dtype) for k, v in expected.items()}
     state, subnormal = without_subnormals(loaded)
     if subnormal:
-        log.info(
-            "%s: %d subnormal weights set to 0 (CPUs compute with them many times slower; the "
-            "outputs do not change)",
-            ckpt.path,
-            subnormal,
-        )
+        log.info("%s: %d subnormal weights set to 0 (%s)", ckpt.path, subnormal, SUBNORMAL_REASON)
     model.load_state_dict(state, strict=True)
     if arch != dict(meta.config):
         # The overrides change the graph (DeepLabV3+'s output_stride keeps every parameter), so
