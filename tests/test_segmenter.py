@@ -14,7 +14,7 @@ from rtseg.engine import load
 from rtseg.errors import ConfigError
 from rtseg.models import get_model
 from rtseg.schedule import Clockwork, make_scheduler
-from rtseg.source import Frame
+from rtseg.source import Frame, open_source
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +65,27 @@ def test_views_at_the_input_size_work(engine) -> None:
     seg = Segmenter(engine=engine, scheduler="every")
     rgb = np.random.default_rng(1).integers(0, 255, (48, 64, 3), dtype=np.uint8)
     assert np.array_equal(seg(rgb[..., ::-1]).labels, seg(np.ascontiguousarray(rgb[..., ::-1])).labels)
+
+
+@pytest.mark.parametrize("scheduler", [Clockwork(3), "adaptive"], ids=["clockwork", "adaptive"])
+def test_a_camera_buffer_refilled_in_place_is_segmented_as_each_new_frame(engine, scheduler) -> None:
+    """A frame at the input size is used as given, without a copy: the flow and the change score
+    must be this frame's, not those of the picture the same array held before."""
+    with open_source("synthetic://drive?size=64x48&seed=2&frames=12") as source:
+        frames = [f.image for f in source]
+    frames[6:] = [255 - im for im in frames[6:]]  # a cut
+    make = (lambda: make_scheduler("adaptive")) if scheduler == "adaptive" else (lambda: Clockwork(3))
+    with Segmenter(engine=engine, scheduler=make()) as seg:
+        fresh = [seg(im.copy()) for im in frames]
+    buffer = np.empty_like(frames[0])
+    refilled = []
+    with Segmenter(engine=engine, scheduler=make()) as seg:
+        for image in frames:
+            np.copyto(buffer, image)
+            refilled.append(seg(buffer))
+    assert [r.change for r in refilled] == [r.change for r in fresh]
+    assert [r.is_keyframe for r in refilled] == [r.is_keyframe for r in fresh]
+    assert all(np.array_equal(a.labels, b.labels) for a, b in zip(refilled, fresh, strict=True))
 
 
 def test_thread_safe_calls_share_one_schedule(engine) -> None:

@@ -34,7 +34,7 @@ class AsyncAdaptive(Adaptive):
         self._pool: ThreadPoolExecutor | None = None  # started on first use, ended by close()
         self._pending: Future | None = None
         self._pending_step = -1
-        self._pending_image: Any = None
+        self._pending_grey: Any = None  # the keyframe's flow image, taken when its deep run starts
         self._ref_step = -1  # step of the last keyframe started (the change reference)
         self._deferred = 0
         self._worker_ms = 0.0
@@ -50,7 +50,7 @@ class AsyncAdaptive(Adaptive):
         """Wait for a deep job in flight and end the worker thread. A failure of that job, which no
         frame collected, is raised here (after the worker ended) rather than lost with the stream."""
         pending, self._pending = self._pending, None
-        self._pending_image = None
+        self._pending_grey = None
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
@@ -89,7 +89,7 @@ class AsyncAdaptive(Adaptive):
         if self._pending is None or not self._pending.done():
             return
         pending, self._pending = self._pending, None
-        image, self._pending_image = self._pending_image, None
+        grey, self._pending_grey = self._pending_grey, None
         failure = pending.exception()
         if failure is not None:
             self._reference = None
@@ -98,7 +98,7 @@ class AsyncAdaptive(Adaptive):
         self._worker_ms += ms
         self._deep, self._deep_step = deep, self._pending_step
         if self.warp is not None:
-            self.warp.set_keyframe(image)
+            self.warp.set_keyframe_grey(grey)
 
     def step(self, engine: Engine, image: Any, *, index: int | None = None) -> SegResult:
         timings: dict[str, float] = {}
@@ -107,6 +107,9 @@ class AsyncAdaptive(Adaptive):
         timings["low"] = _ms(t0)
         self._collect()  # before counting the frame: one that raises a worker failure has no result
         self._step += 1
+        if self.warp is not None:
+            self.warp.new_frame()
+            image = _host_image(image)  # once: the flow kept for it serves the change and the warp
         key, change = self._decide(engine, low, image, self._step - self._ref_step, timings)
         started = False
         if self._deep is None and self._pending is None:
@@ -114,14 +117,15 @@ class AsyncAdaptive(Adaptive):
             self._deep, self._deep_step = engine.run_deep(low), self._step
             timings["deep"] = _ms(t0)
             if self.warp is not None:
-                self.warp.set_keyframe(_host_image(image))
+                self.warp.set_keyframe(image)
             started = True
         elif key and self._pending is None:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rtseg-deep")
             self._pending = self._pool.submit(self._timed_deep, engine, _deep_inputs(low, engine.stage_spec))
             self._pending_step = self._step
-            self._pending_image = _host_image(image) if self.warp is not None else None
+            # The grey image now, not the frame: the caller may refill its buffer before deep ends.
+            self._pending_grey = self.warp.grey(image) if self.warp is not None else None
             started = True
         elif key:
             self._deferred += 1
@@ -132,7 +136,7 @@ class AsyncAdaptive(Adaptive):
         used = self._deep
         if self.warp is not None and self._deep_step != self._step:
             t0 = time.perf_counter()
-            used = self.warp.warp(self._deep, _host_image(image))
+            used = self.warp.warp(self._deep, image)
             timings["warp"] = _ms(t0)
         t0 = time.perf_counter()
         labels = engine.run_head(low, used)

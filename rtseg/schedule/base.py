@@ -110,6 +110,9 @@ class Scheduler(ABC):
         timings["low"] = _ms(t0)
         self._step += 1
         age = self._step - self._deep_step
+        if self.warp is not None:
+            self.warp.new_frame()
+            image = _host_image(image)  # once: the flow kept for it serves the change and the warp
         key, change = self._decide(engine, low, image, age, timings)
         if key or self._deep is None:
             t0 = time.perf_counter()
@@ -121,14 +124,14 @@ class Scheduler(ABC):
             used = deep
             if self.warp is not None:
                 t0 = time.perf_counter()
-                self.warp.set_keyframe(_host_image(image))
+                self.warp.set_keyframe(image)
                 timings["warp"] = _ms(t0)
             key = True
         else:
             used = self._deep
             if self.warp is not None:
                 t0 = time.perf_counter()
-                used = self.warp.warp(self._deep, _host_image(image))
+                used = self.warp.warp(self._deep, image)
                 timings["warp"] = _ms(t0)
         t0 = time.perf_counter()
         labels = engine.run_head(low, used)

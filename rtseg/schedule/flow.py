@@ -70,7 +70,16 @@ class FlowWarp:
         return grey
 
     def set_keyframe(self, image: np.ndarray) -> None:
-        self._key = self.grey(image)
+        self.set_keyframe_grey(self.grey(image))
+
+    def set_keyframe_grey(self, grey: np.ndarray) -> None:
+        """The keyframe from an image ``grey`` already made (one taken before its buffer was reused)."""
+        self._key = grey
+        self._last = None
+
+    def new_frame(self) -> None:
+        """Forget the last frame's flow. A scheduler calls this once per frame: the flow is kept for
+        the same image object, and callers that refill one buffer per frame pass the same object."""
         self._last = None
 
     def reset(self) -> None:
@@ -88,8 +97,8 @@ class FlowWarp:
     def flow(self, image: np.ndarray) -> np.ndarray:
         """h x w x 2 flow at ``stride``: current(x) ~ keyframe(x + flow(x)).
 
-        The last result is kept for the same image object, so a scheduler that scores the
-        motion-compensated change and then warps pays for one flow per frame.
+        The last result is kept for the same image object until ``new_frame``, so a scheduler that
+        scores the motion-compensated change and then warps pays for one flow per frame.
         """
         return self._grey_and_flow(image)[2]
 

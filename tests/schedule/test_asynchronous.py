@@ -6,7 +6,7 @@ import time
 import numpy as np
 import pytest
 
-from rtseg.schedule import AsyncAdaptive
+from rtseg.schedule import AsyncAdaptive, FlowWarp
 
 
 class GatedDeep:
@@ -169,3 +169,29 @@ def test_close_with_a_job_in_flight_waits_and_ends_the_worker(engine, drive) -> 
     gated.gate.set()
     closer.join(10.0)
     assert not closer.is_alive() and not _new_workers(before)
+
+
+def test_a_keyframe_refilled_in_place_keeps_its_own_flow_reference(engine, drive) -> None:
+    """The worker finishes frames later: the flow reference it installs must be the keyframe's
+    picture, not what the caller's reused buffer holds by then."""
+    gated = GatedDeep(engine)
+    s = AsyncAdaptive(0.05, max_interval=100, warp=FlowWarp())
+    buffer = np.empty_like(drive[0])
+    try:
+        np.copyto(buffer, drive[0])
+        s.step(gated, buffer)
+        np.copyto(buffer, 255 - drive[0])
+        assert s.step(gated, buffer).is_keyframe  # the cut starts a deep run on the worker
+        np.copyto(buffer, drive[8])
+        s.step(gated, buffer)  # the caller reuses the buffer while the worker is busy
+        gated.gate.set()
+        assert gated.finished.wait(10.0)
+        time.sleep(0.05)
+        r = s.step(gated, buffer)  # collects the keyframe: the change is measured against it
+        reference = FlowWarp()
+        reference.set_keyframe(255 - drive[0])
+        assert r.change == pytest.approx(reference.residual(drive[8].copy()))
+        assert r.change > 0.05
+    finally:
+        gated.gate.set()
+        s.close()

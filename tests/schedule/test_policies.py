@@ -193,3 +193,29 @@ def test_booleans_are_not_thresholds_or_rates() -> None:
         Adaptive(True)
     with pytest.raises(ConfigError, match=r"target keyframe rate must be in \(0, 1\], got True"):
         Adaptive(target_keyframe_rate=True)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: Clockwork(3, warp=FlowWarp()),
+        lambda: Adaptive(0.03, max_interval=10, warp=FlowWarp()),
+        lambda: Adaptive(0.03, max_interval=10, warp=None),
+    ],
+    ids=["clockwork+warp", "adaptive-flow", "adaptive-features"],
+)
+def test_a_frame_buffer_refilled_in_place_gives_the_results_of_fresh_frames(engine, drive, make) -> None:
+    """Camera drivers and ROS bridges refill one array per frame: the flow and the change score
+    must be this frame's, not the ones of the frame the same array held before."""
+    cut = [*drive[:6], *(255 - im for im in drive[6:12])]
+    fresh = _run(make(), engine, [im.copy() for im in cut])
+    buffer = np.empty_like(cut[0])
+    refilled = []
+    scheduler = make()
+    for image in cut:
+        np.copyto(buffer, image)
+        refilled.append(scheduler.step(engine, buffer))
+    assert [r.is_keyframe for r in refilled] == [r.is_keyframe for r in fresh]
+    assert [r.change for r in refilled] == [r.change for r in fresh]
+    for a, b in zip(refilled, fresh, strict=True):
+        assert np.array_equal(a.labels, b.labels)
