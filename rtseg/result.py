@@ -35,9 +35,12 @@ class SegResult:
     """Class labels for one frame, with the scheduling facts that explain how they were made.
 
     ``labels`` is an h x w uint8 map at the engine's output resolution; ``labels_at(frame.image.shape)``
-    gives it at the frame's (nearest neighbour). ``deep_age`` counts frames since the deep features
-    used here were computed: 0 on a keyframe. ``timings`` holds milliseconds per stage
-    ("preprocess", "low", "deep", "head", ...); stages that did not run are absent.
+    gives it at the frame's (nearest neighbour). ``is_keyframe``: the deep stage ran on this frame.
+    ``deep_age`` counts frames since the deep features used here were computed: 0 on a keyframe of
+    a synchronous schedule; an ``async`` keyframe's deep stage runs on a worker, and the frame itself
+    is answered from the older cache (``deep_age`` > 0, no "deep" timing). ``timings`` holds
+    milliseconds per stage ("preprocess", "low", "deep", "head", ...); stages that did not run are
+    absent.
     """
 
     labels: np.ndarray

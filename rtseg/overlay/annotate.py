@@ -87,13 +87,20 @@ def _draw_legend(image: np.ndarray, classes: ClassSet, present: np.ndarray | Non
             cv2.putText(image, classes.names[i], origin, font, scale, colour, thickness, cv2.LINE_AA)
 
 
-def _draw_hud(image: np.ndarray, result: SegResult, fps: float | None) -> None:
+def hud_text(result: SegResult, fps: float | None) -> str:
+    """FPS, latency and where the deep features came from. An ``async`` keyframe starts its deep
+    run on the worker and is itself answered from the older cache: "KEY reuse +N", not "KEY"."""
     parts = []
     if fps is not None:
         parts.append(f"{fps:5.1f} FPS")
     parts.append(f"{result.latency_ms:6.1f} ms")
-    parts.append("KEY" if result.is_keyframe else f"reuse +{result.deep_age}")
-    text = "  ".join(parts)
+    reuse = f"reuse +{result.deep_age}" if result.deep_age else ""
+    parts.append(" ".join(p for p in ("KEY" if result.is_keyframe else "", reuse) if p))
+    return "  ".join(parts)
+
+
+def _draw_hud(image: np.ndarray, result: SegResult, fps: float | None) -> None:
+    text = hud_text(result, fps)
     scale = max(0.5, image.shape[0] / 1000)
     (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
     x, y = image.shape[1] - tw - 10, th + 10

@@ -8,6 +8,7 @@ import pytest
 from rtseg.data.labels import CAMVID
 from rtseg.errors import ConfigError
 from rtseg.overlay import OverlayStyle, annotate, colorize
+from rtseg.overlay.annotate import hud_text
 from rtseg.result import SegResult
 
 
@@ -52,6 +53,16 @@ def test_modes_and_alpha() -> None:
         OverlayStyle(alpha=1.5)
     with pytest.raises(ValueError, match="alpha must be a number in \\[0, 1\\], got True"):
         OverlayStyle(alpha=True)  # not taken as 1.0
+
+
+@pytest.mark.parametrize(
+    ("keyframe", "age", "text"),
+    [(True, 0, "KEY"), (False, 2, "reuse +2"), (True, 3, "KEY reuse +3")],  # the last: async
+)
+def test_the_hud_says_where_the_deep_features_came_from(keyframe: bool, age: int, text: str) -> None:
+    result = SegResult(np.zeros((4, 4), np.uint8), 7, keyframe, age, CAMVID, {"low": 1.5, "head": 2.5})
+    assert hud_text(result, 12.5) == f" 12.5 FPS     4.0 ms  {text}"
+    assert hud_text(result, None) == f"   4.0 ms  {text}"
 
 
 def test_legend_and_hud_draw_something() -> None:
