@@ -82,3 +82,18 @@ def test_a_final_failure_quotes_the_end_of_what_the_exporters_wrote(
     assert message.splitlines()[0] == "cannot export stage deep to ONNX: torchscript: nope; dynamo: nope"
     assert "lines the exporters wrote:" in message and "x version converter failed" in message
     assert capfd.readouterr() == ("", "")
+
+
+@pytest.mark.parametrize(("channels", "slices"), [(11, 0), (20, 1)])
+def test_the_labels_slice_the_logits_only_to_cut_channels(channels: int, slices: int) -> None:
+    """A slice of all channels is a copy of the full-resolution logits in the exported graph."""
+    from rtseg.engine.graphs import labels_from
+
+    class Labels(nn.Module):
+        def forward(self, logits: torch.Tensor) -> torch.Tensor:
+            return labels_from(logits, 11)
+
+    logits = torch.randn(1, channels, 6, 8)
+    proto, _ = export_graph(StageGraph("head", Labels().eval(), (logits,), ("logits",), ("labels",)))
+    assert [n.op_type for n in proto.graph.node].count("Slice") == slices
+    assert torch.equal(Labels()(logits), logits[:, :11].argmax(1).to(torch.uint8))
