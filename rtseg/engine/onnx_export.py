@@ -14,6 +14,8 @@ exporter. Which one produced a file is recorded in its sidecar.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import inspect
 import io
 import json
 import logging
@@ -32,6 +34,7 @@ from torch import nn
 
 from ..errors import ConfigError, EngineBuildError
 from ..models.base import StagedSegmenter
+from . import graphs
 from .cache import Artifact, ArtifactCache, ArtifactKey, weights_hash
 from .graphs import DeepGraph, HeadGraph, LowGraph, head_low_inputs
 
@@ -384,6 +387,25 @@ class OnnxStages:
     sidecars: Mapping[str, Mapping[str, Any]]
 
 
+_PACKAGE = Path(__file__).resolve().parent.parent
+
+
+def export_code_digest(model: StagedSegmenter) -> str:
+    """Short SHA-256 of the rtseg source files the exported graphs come from: this module, the
+    stage wrappers and every module that defines one of ``model``'s layers or their bases. rtseg's
+    version number does not change with each commit, so without this a checkout updated in place
+    would keep running graphs exported by its older code."""
+    files = {Path(__file__).resolve(), Path(graphs.__file__).resolve()}
+    for kind in {cls for module in model.modules() for cls in type(module).__mro__}:
+        source = inspect.getsourcefile(kind) if kind.__module__.startswith("rtseg.") else None
+        if source is not None and Path(source).resolve().is_relative_to(_PACKAGE):
+            files.add(Path(source).resolve())
+    digest = hashlib.sha256()
+    for path in sorted(files):
+        digest.update(path.relative_to(_PACKAGE).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
 def onnx_key(model: StagedSegmenter, input_size: tuple[int, int], *, wh: str | None = None) -> ArtifactKey:
     return ArtifactKey(
         model=model.meta.model,
@@ -393,6 +415,7 @@ def onnx_key(model: StagedSegmenter, input_size: tuple[int, int], *, wh: str | N
         backend="onnx",
         device="any",
         library=exporter_library(),
+        source=export_code_digest(model),
     )
 
 

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from rtseg.engine import cache as cache_mod
+from rtseg.engine import onnx_export
 from rtseg.engine.cache import ArtifactCache, ArtifactKey, default_engine_dir, weights_hash
 from rtseg.engine.onnx_export import STAGES, ensure_onnx, read_metadata
 from rtseg.errors import ConfigError
@@ -167,6 +168,32 @@ def test_missing_sidecar_and_stale_version_rebuild(exported, caplog, monkeypatch
         ensure_onnx(model, SIZE, cache)
     assert "sidecar" in caplog.text and "stale: built by rtseg" in caplog.text
     assert json.loads(Path(str(stages.files["head"]) + ".json").read_text())["rtseg_version"] == "999.0"
+
+
+def test_graphs_exported_by_other_rtseg_code_are_rebuilt(exported, caplog, monkeypatch) -> None:
+    """The version number stays 0.1.0 from commit to commit: a checkout updated in place must not
+    keep running graphs its older export code made."""
+    model, cache, stages = exported
+    built = stages.files["head"].stat().st_mtime_ns
+    monkeypatch.setattr(onnx_export, "export_code_digest", lambda model: "0123456789ab")
+    with caplog.at_level(logging.WARNING, logger="rtseg.engine.cache"):
+        again = ensure_onnx(model, SIZE, cache)
+    assert "source: built" in caplog.text and "'0123456789ab'" in caplog.text
+    assert again.files["head"] == stages.files["head"] and again.files["head"].stat().st_mtime_ns != built
+
+
+def test_the_export_code_digest_covers_the_model_and_its_backbone_modules(monkeypatch) -> None:
+    from rtseg.models import enet, resnet
+
+    icnet = get_model("icnet-r18")
+    digests = {name: onnx_export.export_code_digest(get_model(name)) for name in ("enet", "espnet")}
+    assert len(set(digests.values())) == 2 and digests["espnet"] == onnx_export.export_code_digest(_model())
+    before = onnx_export.export_code_digest(icnet)
+    real = Path.read_bytes
+    for module in (resnet, enet):  # a backbone's file changes the digest; an unused model's does not
+        changed = Path(module.__file__).resolve()
+        monkeypatch.setattr(Path, "read_bytes", lambda p, c=changed: real(p) + (b"#" if p == c else b""))
+        assert (onnx_export.export_code_digest(icnet) != before) == (module is resnet)
 
 
 @pytest.mark.parametrize("io", [None, {"inputs": "image"}, {"inputs": [{"shape": [1]}]}])
