@@ -7,6 +7,7 @@ import math
 import os
 import signal
 import sys
+import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -145,7 +146,8 @@ whole_number = ranged(int, "a whole number >= 0", lambda v: v >= 0)
 
 def check_output(path: Path | None, option: str) -> None:
     """Refuse an output file that cannot be written before the slow part, not after it: a folder,
-    a path under a file, or a folder without write permission."""
+    a path under a file, or a folder no file can be made in. That is tried, with a temporary file:
+    permissions say nothing of a read-only mount or /proc, nor anything to root."""
     if path is None:
         return
     if path.is_dir():
@@ -153,8 +155,11 @@ def check_output(path: Path | None, option: str) -> None:
     folder = next(p for p in path.absolute().parents if p.exists())
     if not folder.is_dir():
         raise ConfigError(f"{option} {path}: {folder} is a file, not a folder")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise ConfigError(f"{option} {path}: no permission to write in {folder}")
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"{option} {path}: cannot write in {folder}: {exc.strerror or exc}") from None
 
 
 def write_output(path: Path, option: str, write: Callable[[Path], object]) -> None:

@@ -483,8 +483,8 @@ def _write_json(path: Path, report: dict) -> bool:
     it was checked before the run."""
     try:
         atomic_write_text(path, json.dumps(report, indent=2, allow_nan=False))
-    except OSError as exc:
-        print(f"rtseg run: cannot write --json {path}: {exc}", file=sys.stderr)
+    except OSError as exc:  # strerror: the exception's text names the temporary file, not ``path``
+        print(f"rtseg run: cannot write --json {path}: {exc.strerror or exc}", file=sys.stderr)
         return False
     return True
 
