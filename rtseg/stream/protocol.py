@@ -359,23 +359,21 @@ def check_pixels(shape: tuple[int, ...], max_pixels: int, what: str) -> None:
         )
 
 
-def decode_array(
-    spec: PartSpec, data: bytes | memoryview, *, max_pixels: int = DEFAULT_MAX_PIXELS, copy: bool = True
-) -> np.ndarray:
-    """Frame bytes -> array, checked against the descriptor and the pixel limit before decoding."""
+def check_part(spec: PartSpec, data: bytes | memoryview, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    """The checks that need no decoding: a raw part's byte count; an image's signature, size in its
+    header, and end marker (a truncated one). Microseconds, so a receiver can run them on every
+    message, including those it will never decode."""
     if spec.encoding == "raw":
         shape = spec.shape if spec.shape is not None else ()  # PartSpec requires a shape for raw
         check_pixels(shape, max_pixels, f"part {spec.name!r}")
-        dtype = DTYPES[spec.dtype]
-        expected = math.prod(shape) * dtype.itemsize
+        expected = math.prod(shape) * DTYPES[spec.dtype].itemsize
         if len(data) != expected:
             raise WireError(
                 ErrorCode.BAD_SHAPE,
                 f"part {spec.name!r}: shape {list(shape)} of {spec.dtype} needs {expected} bytes, "
                 f"the frame has {len(data)}",
             )
-        array = np.frombuffer(data, dtype=dtype).reshape(shape)
-        return array.copy() if copy else array
+        return
     w, h = image_size(data, spec.encoding)
     check_pixels((h, w), max_pixels, f"part {spec.name!r}")
     if spec.encoding == "png" and bytes(data[-12:]) != _PNG_IEND:
@@ -386,6 +384,16 @@ def decode_array(
         raise WireError(
             ErrorCode.UNDECODABLE_IMAGE, f"part {spec.name!r}: the JPEG is truncated (no EOI marker)"
         )
+
+
+def decode_array(
+    spec: PartSpec, data: bytes | memoryview, *, max_pixels: int = DEFAULT_MAX_PIXELS, copy: bool = True
+) -> np.ndarray:
+    """Frame bytes -> array, checked against the descriptor and the pixel limit before decoding."""
+    check_part(spec, data, max_pixels=max_pixels)
+    if spec.encoding == "raw":
+        array = np.frombuffer(data, dtype=DTYPES[spec.dtype]).reshape(spec.shape or ())
+        return array.copy() if copy else array
     array = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
     if array is None:
         raise WireError(
@@ -520,8 +528,13 @@ def too_many_frames(count: int, limit: int, layout: str) -> WireError:
     )
 
 
-def decode_frame_header(frames: Sequence[bytes | memoryview]) -> FrameHeader:
-    """Validate the envelope and header of a published message (the cheap half of decoding)."""
+def decode_frame_header(
+    frames: Sequence[bytes | memoryview], *, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> FrameHeader:
+    """Validate the envelope, the header and the parts' framing of a published message (the cheap
+    half of decoding: ``check_part``, no image decoded). A subscriber that keeps only the newest
+    message takes a stream's seq, session and classes from headers this accepts, before any part
+    is decoded, so a message whose parts do not frame must not get that far."""
     if len(frames) < 2:
         raise WireError(
             ErrorCode.MALFORMED_MULTIPART, f"expected [topic, header, parts...], got {len(frames)} frame(s)"
@@ -534,6 +547,11 @@ def decode_frame_header(frames: Sequence[bytes | memoryview]) -> FrameHeader:
             ErrorCode.MALFORMED_MULTIPART,
             f"the header lists {len(header.parts)} parts but the message has {len(frames) - 2}",
         )
+    if len(header.image_shape) < 2:
+        raise _bad("image_shape", "[height, width] or [height, width, channels]", list(header.image_shape))
+    check_pixels(header.image_shape, max_pixels, "image_shape")
+    for spec, data in zip(header.parts, frames[2:], strict=True):
+        check_part(spec, data, max_pixels=max_pixels)
     return header
 
 

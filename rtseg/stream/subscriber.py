@@ -242,7 +242,7 @@ class Subscriber:
         try:
             if count > len(frames):
                 raise too_many_frames(count, MAX_FRAME_MESSAGE_FRAMES, _FRAME_LAYOUT)
-            header = decode_frame_header(frames)
+            header = decode_frame_header(frames, max_pixels=self.max_pixels)
         except Exception as exc:  # whatever a peer sends must not stop the receiver
             self._malformed_locked(exc)
             return None

@@ -9,11 +9,13 @@ import time
 import tracemalloc
 from collections.abc import Callable, Iterator
 
+import cv2
 import numpy as np
 import pytest
 import zmq
 from test_subscriber import RawPublisher, frame_message, wait_received
 
+from rtseg.data.labels import CAMVID
 from rtseg.engine import Engine
 from rtseg.errors import ConfigError, ProtocolError, SourceError, StreamTimeout
 from rtseg.schedule import Clockwork
@@ -131,6 +133,41 @@ def test_the_server_refuses_a_request_with_too_many_frames_before_per_part_work(
 # ------------------------------------------------------------------ 3. skip counts
 
 
+def _corrupt_png() -> bytes:
+    """A PNG that frames (signature, size, IEND) but does not decode: its compressed data is broken."""
+    data = bytearray(cv2.imencode(".png", np.arange(24, dtype=np.uint8).reshape(4, 6))[1].tobytes())
+    at = data.find(b"IDAT") + 6
+    data[at : at + 2] = bytes(b ^ 0xFF for b in data[at : at + 2])
+    return bytes(data)
+
+
+@pytest.mark.parametrize(
+    ("encoding", "part"),
+    [("raw", b"\x00" * 5), ("png", b"not a png"), ("png", b"\xff\xd8\xff\xe0 a jpeg")],
+    ids=["raw-truncated", "png-garbage", "jpeg-as-png"],
+)
+def test_a_message_whose_parts_do_not_frame_leaves_the_stream_as_it_was(
+    raw_pub: RawPublisher, tcp_endpoint: str, encoding: str, part: bytes
+) -> None:
+    """The newest-only subscriber takes seq, session and classes from a header before decoding the
+    parts: a header whose parts do not even frame must not restart the stream or drop its classes."""
+    with Subscriber(tcp_endpoint, latest=True, topics=["cam0"]) as sub:
+        raw_pub.connect(sub, "cam0")
+        raw_pub.sock.send_multipart(frame_message(1, classes=CAMVID, session="abc"))
+        assert sub.recv(timeout=5).classes == CAMVID
+        before = sub.stats
+        bad = frame_message(5)  # another seq, and no session: a restart, were it believed
+        header = json.loads(bad[1])
+        header["parts"] = [{"name": "labels", "encoding": encoding, "dtype": "uint8", "shape": [4, 6]}]
+        raw_pub.sock.send_multipart([bad[0], json.dumps(header).encode(), part])
+        raw_pub.sock.send_multipart(frame_message(2, session="abc"))
+        message = sub.recv(timeout=5)
+        stats = sub.stats
+    assert message.header.seq == 2 and message.classes == CAMVID
+    assert stats.restarts == before.restarts and stats.gaps == before.gaps
+    assert stats.malformed - before.malformed == 1
+
+
 def test_a_malformed_message_does_not_lose_the_streams_skip_count(
     raw_pub: RawPublisher, tcp_endpoint: str
 ) -> None:
@@ -144,7 +181,7 @@ def test_a_malformed_message_does_not_lose_the_streams_skip_count(
         bad = frame_message(6)
         header = json.loads(bad[1])
         header["parts"] = [{"name": "labels", "encoding": "png", "dtype": "uint8", "shape": [4, 6]}]
-        raw_pub.sock.send_multipart([bad[0], json.dumps(header).encode(), b"not a png"])
+        raw_pub.sock.send_multipart([bad[0], json.dumps(header).encode(), _corrupt_png()])
         wait_received(sub, before.received + 6)
         with pytest.raises(StreamTimeout):  # takes the bad one, which fails to decode
             sub.recv(timeout=0.3)
