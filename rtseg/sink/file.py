@@ -98,6 +98,11 @@ def write_image(path: str, image: np.ndarray) -> None:
 log = logging.getLogger(__name__)
 
 VIDEO_RESERVE_BYTES = 1 << 20  # for the container's index, written when the video is closed
+INDEX_BYTES_PER_FRAME = 64  # an mp4 index grows with the frames (sample sizes, offsets, times)
+# FFmpeg writes in 256 KiB blocks: up to that much of the video is not in the file's size yet.
+UNWRITTEN_BYTES = 1 << 20
+FAT_FILE_LIMIT = 2**32 - 1  # FAT32: SD cards and USB sticks, dashcam and robot logging media
+FAT_TYPES = frozenset({"vfat", "msdos", "fat"})
 
 
 def check_room_for_frame(video: Path, image: np.ndarray) -> None:
@@ -113,13 +118,82 @@ def check_room_for_frame(video: Path, image: np.ndarray) -> None:
         )
 
 
+def mount_type(path: Path, mounts: str) -> str | None:
+    """The filesystem type of the mount holding ``path`` (resolved), from /proc/mounts text."""
+    best, kind = -1, None
+    target = str(path)
+    for line in mounts.splitlines():
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = fields[1].replace("\\040", " ").replace("\\011", "\t").replace("\\134", "\\")
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and len(point) > best:
+            best, kind = len(point), fields[2]
+    return kind
+
+
+def file_size_limit(folder: Path) -> int | None:
+    """The largest file this process can write in ``folder``, where something other than free
+    space sets one: ``ulimit -f`` (RLIMIT_FSIZE) and FAT's 4 GiB. Past either, FFmpeg's writes
+    fail without telling OpenCV, and an .mp4 loses its index and with it every frame."""
+    limits = []
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        resource = None  # type: ignore[assignment]
+    if resource is not None:
+        soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+        if soft != resource.RLIM_INFINITY:
+            limits.append(soft)
+    try:
+        mounts = Path("/proc/self/mounts").read_text()
+    except OSError:
+        mounts = ""
+    if mount_type(folder.resolve(), mounts) in FAT_TYPES:
+        limits.append(FAT_FILE_LIMIT)
+    return min(limits) if limits else None
+
+
+def check_size_limit(video: Path, image: np.ndarray, frames: int, limit: int | None) -> None:
+    """SinkError when another frame and the index may not fit under the file size limit."""
+    if limit is None:
+        return
+    size = video.stat().st_size if video.exists() else 0
+    index = INDEX_BYTES_PER_FRAME * (frames + 1) + (64 << 10)
+    if size + UNWRITTEN_BYTES + 2 * image.nbytes + index > limit:
+        raise SinkError(
+            f"{video}: the file size limit ({limit / 2**20:.1f} MiB: ulimit -f, or FAT's 4 GiB) is "
+            "reached: frame skipped; the frames before it stay readable (write an image pattern, "
+            "or split the recording)"
+        )
+
+
+def check_finished(video: Path, frames: int) -> None:
+    """SinkError unless the closed video opens and holds the frames written to it: the last word
+    on write failures nothing else saw (a quota, another writer filling the disk, an I/O error)."""
+    capture = cv2.VideoCapture(str(video))
+    try:
+        opened = capture.isOpened()
+        held = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if opened else 0
+    finally:
+        capture.release()
+    if not opened or held < frames:
+        found = "it does not open" if not opened else f"it holds {held} of the {frames} frames written"
+        raise SinkError(
+            f"{video}: the video was not written whole ({found}): FFmpeg's writes failed (a disk "
+            "quota, a file size limit or an I/O error; OpenCV does not report them)"
+        )
+
+
 class VideoFile:
     """One video file, opened at its first frame (whose size becomes the video's): the single
     implementation of video writing, used by ``FileSink`` and ``rtseg view --out``.
 
     A frame of another size is an error (skipped, the video goes on) or, with ``fit=True``, resized
-    to the video's size. Every frame is checked against the free disk space first (OpenCV reports
-    no write errors); ``close()`` writes the container's index, without which an .mp4 is unreadable.
+    to the video's size. Every frame is checked against the free disk space and the file size
+    limit first (OpenCV reports no write errors); ``close()`` writes the container's index, without
+    which an .mp4 is unreadable, and reads the video back to check that it holds every frame.
     """
 
     def __init__(self, path: Path, fps: float, fourcc: str | None = None, *, fit: bool = False) -> None:
@@ -130,6 +204,7 @@ class VideoFile:
         self.size: tuple[int, int] | None = None
         self.frames = 0
         self._writer: cv2.VideoWriter | None = None
+        self._size_limit: int | None = None
 
     def _open(self, size: tuple[int, int]) -> cv2.VideoWriter:
         writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*self.fourcc), self.fps, size)
@@ -152,6 +227,7 @@ class VideoFile:
     def write(self, image: np.ndarray) -> None:
         size = (image.shape[1], image.shape[0])
         if self._writer is None:
+            self._size_limit = file_size_limit(self.path.parent)
             self._writer, self.size = self._open(size), size
         elif size != self.size:
             if not self.fit:
@@ -162,14 +238,17 @@ class VideoFile:
                 )
             image = cv2.resize(image, self.size, interpolation=cv2.INTER_AREA)
         check_room_for_frame(self.path, image)
+        check_size_limit(self.path, image, self.frames, self._size_limit)
         self._writer.write(image)
         self.frames += 1
 
     def close(self) -> None:
-        """Write the index and close the file; idempotent."""
+        """Write the index, close the file and check it holds every frame; idempotent."""
         if self._writer is not None:
             writer, self._writer = self._writer, None
             writer.release()
+            if self.frames:  # none written is said as such ("nothing written"), not as a failure
+                check_finished(self.path, self.frames)
 
 
 class FileSink(Sink):

@@ -278,3 +278,90 @@ def test_first_overwrite_sees_a_hard_link_to_an_input(tmp_path: Path) -> None:
         assert images.first_overwrite(inputs, None) == (tmp_path / "in" / "000003.png").resolve()
         (tmp_path / "out" / "000003.png").unlink()  # the symbolic link 000004.png is found, too
         assert images.first_overwrite(inputs, None) == (tmp_path / "in" / "000003.png").resolve()
+
+
+def test_the_mount_holding_a_path_gives_its_filesystem_type() -> None:
+    from rtseg.sink.file import mount_type
+
+    mounts = (
+        "/dev/root / ext4 rw 0 0\n"
+        "/dev/mmcblk0p1 /media/sd\\040card vfat rw 0 0\n"
+        "/dev/sda1 /media/sd ext4 rw 0 0\n"
+    )
+    assert mount_type(Path("/media/sd card/drive/out.mp4"), mounts) == "vfat"
+    assert mount_type(Path("/media/sd card"), mounts) == "vfat"
+    assert mount_type(Path("/media/sd/out.mp4"), mounts) == "ext4"
+    assert mount_type(Path("/media/sdx/out.mp4"), mounts) == "ext4"  # "/", not "/media/sd"
+    assert mount_type(Path("/tmp/out.mp4"), "") is None
+
+
+def test_the_file_size_limit_skips_frames_and_keeps_the_video_readable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ulimit -f or a FAT card's 4 GiB, which free space does not show: FFmpeg's writes past it
+    fail unseen and an .mp4 without its index loses every frame."""
+    import rtseg.sink.file as file_sink
+
+    monkeypatch.setattr(file_sink, "file_size_limit", lambda folder: 1_600_000)
+    path = tmp_path / "limited.mp4"
+    video = file_sink.VideoFile(path, 10.0)
+    rng = np.random.default_rng(0)
+    errors = []
+    for _ in range(120):  # noise: about 22 kB a frame, 2.6 MB in all
+        try:
+            video.write(rng.integers(0, 255, (240, 320, 3), dtype=np.uint8))
+        except SinkError as exc:
+            errors.append(str(exc))
+    video.close()
+    assert 0 < video.frames < 120 and len(errors) == 120 - video.frames
+    assert "the file size limit (1.5 MiB" in errors[0] and "frame skipped" in errors[0]
+    assert len(_read_all(path)) == video.frames and path.stat().st_size < 1_600_000
+
+
+_RLIMIT_SCRIPT = """
+import resource, sys
+import numpy as np
+import rtseg.sink.file as file_sink
+from rtseg.errors import SinkError
+if sys.argv[2] == "unchecked":  # only the check at close can see what went wrong
+    file_sink.file_size_limit = lambda folder: None
+resource.setrlimit(resource.RLIMIT_FSIZE, (1_600_000, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+video = file_sink.VideoFile(file_sink.Path(sys.argv[1]), 10.0)
+rng = np.random.default_rng(0)
+errors = []
+for _ in range(120):
+    try:
+        video.write(rng.integers(0, 255, (240, 320, 3), dtype=np.uint8))
+    except SinkError as exc:
+        errors.append(str(exc))
+try:
+    video.close()
+except SinkError as exc:
+    errors.append(str(exc))
+print(video.frames)
+print(errors[-1] if errors else "")
+"""
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="RLIMIT_FSIZE is POSIX")
+@pytest.mark.parametrize("mode", ["checked", "unchecked"])
+def test_a_real_ulimit_is_seen_before_it_costs_the_video(tmp_path: Path, mode: str) -> None:
+    """In a child process under ``ulimit -f``: refused frames before the limit; and were the limit
+    not known, the check at close says the video was not written whole, not 'wrote N frames'."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "ulimit.mp4"
+    out = subprocess.run(
+        [sys.executable, "-c", _RLIMIT_SCRIPT, str(path), mode],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout.splitlines()
+    written, last_error = int(out[0]), out[1]
+    if mode == "checked":
+        assert 0 < written < 120 and "the file size limit" in last_error
+        assert len(_read_all(path)) == written
+    else:
+        assert written == 120 and "the video was not written whole" in last_error
