@@ -288,7 +288,14 @@ class LiveSource(Source):
                 if self._finished or self._stop.is_set():  # closed (perhaps from another thread)
                     return None
                 if time.perf_counter() - self._heartbeat > patience:
-                    raise SourceError(f"{self.uri}: no frame for {self.options.timeout:g} s")
+                    attempt = self._attempts  # > 0: a reopen hangs (a server that accepts and is silent)
+                    during = (
+                        f" (lost; reconnect attempt {attempt} of {self.options.reconnect} did not open "
+                        "in time)"
+                        if attempt
+                        else ""
+                    )
+                    raise SourceError(f"{self.uri}: no frame for {self.options.timeout:g} s{during}")
                 self._cond.wait(0.05)
             image, index, wall, mono = self._latest
             self._latest = None  # the consumer owns it now

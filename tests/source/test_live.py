@@ -120,6 +120,33 @@ def test_no_frame_within_timeout_is_an_error() -> None:
     assert time.perf_counter() - start < 2.5
 
 
+def test_a_reopen_that_hangs_says_it_was_reconnecting() -> None:
+    """A server that accepts the connection and never answers: the reopen blocks past the timeout,
+    and the error says the stream was lost and which attempt hung, not only 'no frame'."""
+    hung = threading.Event()
+
+    class HangingFactory(Factory):
+        def __call__(self) -> FakeCamera:
+            if self.calls >= 1:
+                hung.wait(5.0)  # FFmpeg's open, waiting on a silent server
+            return super().__call__()
+
+    factory = HangingFactory([FakeCamera([0], frames=2)])
+    try:
+        with (
+            open_source(
+                "rtsp://cam.local/s", capture_factory=factory, timeout=0.3, reconnect=3, backoff=0.01
+            ) as src,
+            pytest.raises(
+                SourceError, match=r"no frame for 0\.3 s \(lost; reconnect attempt 1 of 3 did not open"
+            ),
+        ):
+            for _ in src:
+                pass
+    finally:
+        hung.set()
+
+
 def test_failed_first_open_is_immediate_and_clear() -> None:
     with pytest.raises(SourceError, match="cannot open camera://7") as err:
         open_source("camera://7", capture_factory=Factory([]))
