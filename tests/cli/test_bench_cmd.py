@@ -187,8 +187,16 @@ def test_camvid_without_its_data_is_refused_before_measuring(tmp_path: Path, cap
     assert captured.err == f"rtseg bench: error: {message}\n"
 
 
-def test_a_late_write_failure_keeps_the_printed_results(tmp_path: Path, capsys) -> None:
-    target = Path("/proc/rtseg-nowhere/bench.json")  # no folder can be made under /proc
+def test_a_late_write_failure_keeps_the_printed_results(tmp_path: Path, capsys, monkeypatch) -> None:
+    import errno
+
+    from rtseg.cli import bench_cmd
+
+    def disk_full(document, path) -> None:  # the disk filled up while the benchmark ran
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(bench_cmd, "write_json", disk_full)
+    target = tmp_path / "bench.json"
     assert main(["bench", *TINY, "--in-process", "--engine-only", "--json", str(target)]) == 2
     captured = capsys.readouterr()
     assert "engine" in captured.out and "wrote" not in captured.out

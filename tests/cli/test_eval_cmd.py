@@ -238,10 +238,18 @@ def test_labels_is_refused_for_a_dataset_with_one_kind_of_label_file(
 
 
 def test_a_json_write_that_fails_late_keeps_the_printed_report(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import errno
+
+    from rtseg.cli import eval_cmd
+
+    def disk_full(path, text) -> None:  # the disk filled up while the split was evaluated
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(eval_cmd, "atomic_write_text", disk_full)
     root = _tiny_camvid(tmp_path / "camvid")
-    target = Path("/proc/rtseg-nowhere/report.json")  # no folder can be made under /proc
+    target = tmp_path / "report.json"
     assert _eval_tiny(root, "--json", str(target)) == 2
     captured = capsys.readouterr()
     assert captured.out.strip().splitlines()[-1].startswith("mIoU: ")  # the result is not lost
