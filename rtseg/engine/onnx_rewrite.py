@@ -28,6 +28,10 @@ from ..errors import EngineBuildError
 UNSUPPORTED_BY_TENSORRT = ("MaxUnpool",)
 
 
+# In the name of every node of the pooling-index rewrite: those count positions in floats, exact
+# in float32 only, and a TensorRT build pins them to float32 (tensorrt_backend.pin_exact_layers).
+EXACT_MARK = "rtseg_pool_indices"
+
 def _attr(node: onnx.NodeProto, name: str, default: object) -> object:
     for a in node.attribute:
         if a.name == name:
@@ -62,7 +66,7 @@ def _pool_indices_nodes(node: onnx.NodeProto, shape: list[int], k: int, tag: str
     """Nodes and initializers computing ``node``'s values and ONNX indices (flat over N, C, H, W)."""
     n, c, h, w = shape
     x, values, indices = node.input[0], node.output[0], node.output[1]
-    t = f"{tag}/rtseg_pool_indices"
+    t = f"{tag}/{EXACT_MARK}"
     # ONNX indices count over the whole tensor: plane offset (n * C + c) * H * W plus the position
     # inside the plane. The exporters subtract the offsets again to get PyTorch's per-plane indices.
     offsets = (np.arange(n * c, dtype=np.int32) * (h * w)).reshape(n, c, 1, 1)

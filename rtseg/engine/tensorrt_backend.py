@@ -49,7 +49,7 @@ from .base import Array, Engine, EngineInfo, Features, cuda_device_index
 from .cache import ArtifactCache, ArtifactKey, CacheUnwritableError, digest, file_lock
 from .calibration import CalibrationList, EntropyCalibrator, default_calibration_dir, stage_feeds
 from .onnx_export import IMAGE, LABELS, LOGITS, STAGES, OnnxStages, check_image_input, ensure_onnx, graph_io
-from .onnx_rewrite import for_tensorrt
+from .onnx_rewrite import EXACT_MARK, for_tensorrt
 
 log = logging.getLogger(__name__)
 
@@ -274,6 +274,29 @@ def save_timing_cache(config: Any, cache: Any, path: Path) -> bytes:
     return data
 
 
+def pin_exact_layers(trt: Any, network: Any) -> int:
+    """Keep the layers of rtseg's exact pooling-index rewrite (``onnx_rewrite.EXACT_MARK`` in their
+    ONNX node names, which the parser gives its layers) in float32 in an fp16 or int8 build, where
+    TensorRT may otherwise pick lower precision for any layer: they count positions in floats,
+    exact to 2**24 in float32 and only to 2048 in float16 (ENet at 1024x512: 131,072 a plane), and
+    compare the pooled maxima with their inputs, which must round alike. Returns how many."""
+    floats = {trt.DataType.FLOAT, trt.DataType.HALF, trt.DataType.BF16}
+    pinned = 0
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        if EXACT_MARK not in layer.name or layer.type == trt.LayerType.CONSTANT:
+            continue
+        tensors = [layer.get_input(j) for j in range(layer.num_inputs)]
+        outputs = [j for j in range(layer.num_outputs) if layer.get_output(j).dtype in floats]
+        if not outputs and not any(t is not None and t.dtype in floats for t in tensors):
+            continue  # integer arithmetic (the index offsets): exact in any build
+        layer.precision = trt.DataType.FLOAT
+        for j in outputs:
+            layer.set_output_type(j, trt.DataType.FLOAT)
+        pinned += 1
+    return pinned
+
+
 def build_plan(
     model: onnx.ModelProto,
     *,
@@ -301,6 +324,9 @@ def build_plan(
         config.set_flag(trt.BuilderFlag.INT8)
         if calibrator is not None:
             config.int8_calibrator = calibrator
+    if precision in ("fp16", "int8") and pin_exact_layers(trt, network):
+        # Prefer, not obey: a layer TensorRT has no float32 kernel for warns instead of failing.
+        config.set_flag(trt.BuilderFlag.PREFER_PRECISION_CONSTRAINTS)
     _start_timing_cache(config, timing_cache, str(timing_path) if timing_path else "the given timing cache")
     profile = builder.create_optimization_profile()
     for i in range(network.num_inputs):

@@ -29,6 +29,7 @@ from rtseg.engine.cache import ArtifactCache, ArtifactKey, CacheUnwritableError,
 from rtseg.engine.calibration import EntropyCalibrator
 from rtseg.engine.graphs import DeepGraph, LowGraph, head_low_inputs, pick
 from rtseg.engine.onnx_export import onnx_key
+from rtseg.engine.onnx_rewrite import EXACT_MARK
 from rtseg.engine.tensorrt_backend import (
     INSTALL,
     _trt,
@@ -294,7 +295,10 @@ def fake_trt(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
     module.TensorIOMode = _TensorIOMode  # type: ignore[attr-defined]
     module.IInt8EntropyCalibrator2 = _Calibrator2  # type: ignore[attr-defined]
     module.MemoryPoolType = types.SimpleNamespace(WORKSPACE="workspace")  # type: ignore[attr-defined]
-    module.BuilderFlag = types.SimpleNamespace(FP16="fp16", INT8="int8")  # type: ignore[attr-defined]
+    module.BuilderFlag = types.SimpleNamespace(  # type: ignore[attr-defined]
+        FP16="fp16", INT8="int8", PREFER_PRECISION_CONSTRAINTS="prefer_precision_constraints"
+    )
+    module.LayerType = types.SimpleNamespace(CONSTANT="constant", POOLING="pooling")  # type: ignore[attr-defined]
     return module
 
 
@@ -314,9 +318,38 @@ def test_one_logger_forwards_messages_and_captures_errors(
     assert "TensorRT: Using default stream in enqueueV3()" in caplog.text
 
 
+class _Layer:
+    """An ILayer as the ONNX parser leaves it: named after its node, precision not set."""
+
+    def __init__(self, name: str, kind: str, inputs: list[_DataType], outputs: list[_DataType]) -> None:
+        self.name, self.type = name, kind
+        self._inputs = [types.SimpleNamespace(dtype=d) for d in inputs]
+        self._outputs = [types.SimpleNamespace(dtype=d) for d in outputs]
+        self.precision: _DataType | None = None
+        self.output_types: dict[int, _DataType] = {}
+
+    @property
+    def num_inputs(self) -> int:
+        return len(self._inputs)
+
+    @property
+    def num_outputs(self) -> int:
+        return len(self._outputs)
+
+    def get_input(self, i: int) -> Any:
+        return self._inputs[i]
+
+    def get_output(self, i: int) -> Any:
+        return self._outputs[i]
+
+    def set_output_type(self, i: int, dtype: _DataType) -> None:
+        self.output_types[i] = dtype
+
+
 class _Network:
-    def __init__(self, inputs: list[tuple[str, tuple[int, ...]]]) -> None:
+    def __init__(self, inputs: list[tuple[str, tuple[int, ...]]], layers: list[_Layer] | None = None) -> None:
         self._inputs = [types.SimpleNamespace(name=n, shape=s) for n, s in inputs]
+        self.layers = layers or []
 
     @property
     def num_inputs(self) -> int:
@@ -324,6 +357,13 @@ class _Network:
 
     def get_input(self, i: int) -> Any:
         return self._inputs[i]
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    def get_layer(self, i: int) -> _Layer:
+        return self.layers[i]
 
 
 class _Config:
@@ -372,6 +412,7 @@ def _builder_api(
     inputs: list[tuple[str, tuple[int, ...]]] | None = None,
     build: Callable[[Any, _Config], Any] = lambda logger, config: b"plan",
     config: Callable[[], Any] = _Config,
+    layers: Callable[[], list[_Layer]] = list,
 ) -> dict[str, Any]:
     seen: dict[str, Any] = {}
 
@@ -381,7 +422,10 @@ def _builder_api(
 
         def create_network(self, flags: int) -> _Network:
             seen["network_flags"] = flags
-            return _Network(inputs if inputs is not None else [("image", (1, 48, 64, 3))])
+            seen["network"] = _Network(
+                inputs if inputs is not None else [("image", (1, 48, 64, 3))], layers()
+            )
+            return seen["network"]
 
         def create_builder_config(self) -> Any:
             seen["config"] = config()
@@ -427,6 +471,39 @@ def test_build_plan_configures_a_fixed_profile_and_the_workspace(fake_trt: types
     assert seen["config"].pools == {"workspace": 2**30} and seen["config"].flags == ["fp16"]
     shape = (1, 48, 64, 3)
     assert seen["profile"].shapes == {"image": (shape, shape, shape)}
+
+
+def _pool_index_layers() -> list[_Layer]:
+    mark = f"/pool1/{EXACT_MARK}"
+    f32, i32, boolean = _DataType.FLOAT, _DataType.INT32, _DataType.BOOL
+    return [
+        _Layer("/conv1/Conv", "convolution", [f32], [f32]),
+        _Layer(f"{mark}/max", "pooling", [f32], [f32]),
+        _Layer(f"{mark}/offsets", "constant", [], [i32]),
+        _Layer(f"{mark}/equal", "elementwise", [f32, f32], [boolean]),
+        _Layer(f"{mark}/where", "select", [boolean, f32, f32], [f32]),
+        _Layer(f"{mark}/i32", "cast", [f32], [i32]),
+        _Layer(f"{mark}/add", "elementwise", [i32, i32], [i32]),
+    ]
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_the_exact_pooling_index_layers_stay_float32_in_lower_precision_builds(
+    fake_trt: types.ModuleType, precision: str
+) -> None:
+    """Positions counted in floats are exact to 2048 in fp16: ENet's 1024x512 planes hold 131,072."""
+    seen = _builder_api(fake_trt, layers=_pool_index_layers)
+    tb.build_plan(_onnx_model(), precision=precision, workspace_bytes=2**30)
+    layers = {layer.name.rsplit("/", 1)[-1]: layer for layer in seen["network"].layers}
+    lower = precision != "fp32"
+    assert ("prefer_precision_constraints" in seen["config"].flags) == lower
+    for name in ("max", "equal", "where", "i32"):  # float arithmetic or comparison
+        assert layers[name].precision == (_DataType.FLOAT if lower else None), name
+    assert layers["max"].output_types == ({0: _DataType.FLOAT} if lower else {})
+    assert layers["where"].output_types == ({0: _DataType.FLOAT} if lower else {})
+    assert layers["equal"].output_types == {} and layers["i32"].output_types == {}  # bool, int32
+    for name in ("Conv", "offsets", "add"):  # the network's own layers; integer ones
+        assert layers[name].precision is None and layers[name].output_types == {}, name
 
 
 def test_parse_failure_names_the_parser_errors(fake_trt: types.ModuleType) -> None:
