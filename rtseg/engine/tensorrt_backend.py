@@ -337,6 +337,13 @@ def build_plan(
                 f"ONNX input {tensor.name} has a dynamic shape {shape}; rtseg builds fixed-size plans"
             )
         profile.set_shape(tensor.name, shape, shape, shape)  # fixed: the engine input size
+        if calibrator is not None and shape and shape[0] != calibrator.get_batch_size():
+            # TensorRT 10 has no implicit batch: a stacked batch of 2 into a batch-1 input would
+            # calibrate on its first frame and never say so.
+            raise ConfigError(
+                f"the INT8 calibrator's batch size is {calibrator.get_batch_size()} but the ONNX "
+                f"input {tensor.name} has batch {shape[0]} ({shape}): they must be equal"
+            )
     config.add_optimization_profile(profile)
     if calibrator is not None:
         config.set_calibration_profile(profile)

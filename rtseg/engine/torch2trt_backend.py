@@ -12,6 +12,7 @@ torch) and the head on its logits alone, the argmax to uint8 labels running in t
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -43,6 +44,32 @@ def _torch2trt() -> Any:
         ) from None
     _trt()  # the TensorRT 10 check
     return torch2trt
+
+
+# TensorRT 8 API that TensorRT 10 removed, as torch2trt releases from before it call it.
+_REMOVED_IN_TRT10 = (
+    "max_workspace_size",
+    "max_batch_size",
+    "build_engine",
+    "get_binding_index",
+    "execute_async",
+)
+
+
+def convert_module(convert: Callable[..., Any], module: nn.Module, inputs: list, **options: Any) -> Any:
+    """``torch2trt(module, inputs, ...)``; a torch2trt that predates TensorRT 10 fails inside with an
+    AttributeError on an API TensorRT 10 removed, which is said as such (what to install)."""
+    try:
+        return convert(module, inputs, **options)
+    except AttributeError as exc:
+        removed = getattr(exc, "name", None) in _REMOVED_IN_TRT10 or any(
+            f"'{name}'" in str(exc) for name in _REMOVED_IN_TRT10
+        )
+        if not removed:
+            raise
+        raise BackendUnavailableError(
+            f"this torch2trt predates TensorRT 10 ({exc}): install a current one. {INSTALL}"
+        ) from exc
 
 
 def as_tuple(value: Any) -> tuple:
@@ -118,7 +145,7 @@ class Torch2TrtEngine(Engine):
         options: dict[str, Any] = {
             "fp16_mode": precision in ("fp16", "int8"),
             "int8_mode": precision == "int8",
-            "max_workspace_size": int(workspace_gb * 2**30),  # ignored by torch2trt on TensorRT 10
+            "max_workspace_size": int(workspace_gb * 2**30),  # the WORKSPACE pool on TensorRT 10
         }
         with torch.cuda.device(self.device):
             image = torch.zeros(1, h, w, 3, dtype=torch.float32, device=self.device)
@@ -135,11 +162,11 @@ class Torch2TrtEngine(Engine):
                 ]
                 datasets = calibration_sets(low, deep, frames, self.head_low_inputs)
             head_args = [*pick(low_out, self.head_low_inputs), *pick(deep_out, deep.names)]
-            self._low = convert(low, [image], int8_calib_dataset=datasets[0], **options)
-            self._deep = convert(
-                deep, pick(low_out, deep.input_names), int8_calib_dataset=datasets[1], **options
+            self._low = convert_module(convert, low, [image], int8_calib_dataset=datasets[0], **options)
+            self._deep = convert_module(
+                convert, deep, pick(low_out, deep.input_names), int8_calib_dataset=datasets[1], **options
             )
-            self._head = convert(head, head_args, int8_calib_dataset=datasets[2], **options)
+            self._head = convert_module(convert, head, head_args, int8_calib_dataset=datasets[2], **options)
         self._low_names = low.names
         self._deep_inputs, self._deep_names = deep.input_names, deep.names
         self.info = EngineInfo(

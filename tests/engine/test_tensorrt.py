@@ -561,6 +561,20 @@ def test_an_error_inside_the_calibrator_is_raised_not_swallowed(
         tb.build_plan(_onnx_model(), precision="int8", workspace_bytes=2**30, calibrator=calibrator)
 
 
+def test_a_calibration_batch_other_than_the_networks_is_refused(
+    fake_trt: types.ModuleType, tmp_path: Path
+) -> None:
+    """No implicit batch in TensorRT 10: two stacked frames into a batch-1 input calibrate on one."""
+    calibrator = tb.as_trt_calibrator(
+        EntropyCalibrator(lambda: [], cache_path=tmp_path / "c.calib", batch_size=2, upload=lambda a: (1, a))
+    )
+    _builder_api(fake_trt, build=lambda logger, config: pytest.fail("built with a mismatched batch"))
+    with pytest.raises(
+        ConfigError, match=r"calibrator's batch size is 2 but the ONNX input image has batch 1"
+    ):
+        tb.build_plan(_onnx_model(), precision="int8", workspace_bytes=2**30, calibrator=calibrator)
+
+
 @pytest.mark.parametrize("bad", ["unreadable", "folder"])
 def test_a_bad_calibration_cache_inside_a_tensorrt_build(
     fake_trt: types.ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bad: str
@@ -1081,3 +1095,29 @@ def test_plans_refused_again_after_the_rebuild_say_so(tmp_path: Path) -> None:
     text = str(info.value)
     assert f"could not deserialise {key.stem}.low.plan, rebuilt for this load a moment ago" in text
     assert "Engine deserialization failed." in text and "driver" in text
+
+
+def test_a_torch2trt_from_before_tensorrt_10_is_named_as_such() -> None:
+    """Older torch2trt calls TensorRT 8 API that TensorRT 10 removed: a raw AttributeError deep in
+    its conversion became a typed error that says what to install."""
+    module = torch.nn.Identity()
+
+    def old_torch2trt(module, inputs, **options):
+        raise AttributeError(
+            "'tensorrt.tensorrt.IBuilderConfig' object has no attribute 'max_workspace_size'"
+        )
+
+    with pytest.raises(
+        BackendUnavailableError, match=r"this torch2trt predates TensorRT 10 .*max_workspace_size"
+    ):
+        t2t.convert_module(old_torch2trt, module, [torch.zeros(1)], fp16_mode=False)
+
+    def buggy(module, inputs, **options):
+        raise AttributeError("'NoneType' object has no attribute 'shape'")
+
+    with pytest.raises(AttributeError, match="'shape'"):  # any other AttributeError is left as it is
+        t2t.convert_module(buggy, module, [torch.zeros(1)])
+    assert t2t.convert_module(lambda m, i, **o: ("trt", o), module, [], fp16_mode=True) == (
+        "trt",
+        {"fp16_mode": True},
+    )
