@@ -39,8 +39,8 @@ class SegResult:
     ``deep_age`` counts frames since the deep features used here were computed: 0 on a keyframe of
     a synchronous schedule; an ``async`` keyframe's deep stage runs on a worker, and the frame itself
     is answered from the older cache (``deep_age`` > 0, no "deep" timing). ``timings`` holds
-    milliseconds per stage ("preprocess", "low", "deep", "head", ...); stages that did not run are
-    absent.
+    milliseconds per stage ("preprocess", "low", "deep", "head", ...), each waited for on a GPU
+    (``Engine.synchronize``); stages that did not run are absent.
     """
 
     labels: np.ndarray

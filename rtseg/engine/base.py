@@ -116,6 +116,11 @@ class Engine(ABC):
     def run_head(self, low: Features, deep: Features, *, logits: bool = False) -> Any:
         """uint8 labels (N x h x w), or (labels, logits) when ``logits`` is true."""
 
+    def synchronize(self) -> None:  # noqa: B027 (a no-op where stages return finished host arrays)
+        """Wait for the device work this engine has queued. GPU backends return from ``run_low`` and
+        ``run_deep`` as soon as the work is queued (only the head's labels, copied to the host, wait
+        for it): code that times one stage calls this before reading the clock."""
+
     def run(self, image: Array, *, logits: bool = False) -> Any:
         low = self.run_low(image)
         return self.run_head(low, self.run_deep(low), logits=logits)

@@ -32,6 +32,7 @@ UNSUPPORTED_BY_TENSORRT = ("MaxUnpool",)
 # in float32 only, and a TensorRT build pins them to float32 (tensorrt_backend.pin_exact_layers).
 EXACT_MARK = "rtseg_pool_indices"
 
+
 def _attr(node: onnx.NodeProto, name: str, default: object) -> object:
     for a in node.attribute:
         if a.name == name:

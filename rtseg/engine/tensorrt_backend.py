@@ -634,6 +634,10 @@ class TensorRTEngine(Engine):
         (labels,) = self._run("head", feed, (LABELS,))  # the labels-only plan: no logits output
         return labels.cpu().numpy()
 
+    def synchronize(self) -> None:
+        # The caller's stream waits for the engine's after each plan: waiting for it is enough.
+        torch.cuda.current_stream(self.device).synchronize()
+
     def close(self) -> None:
         super().close()
         self._plans.clear()

@@ -179,6 +179,9 @@ class Torch2TrtEngine(Engine):
             notes=("not cached: converted at load",),
         )
 
+    def synchronize(self) -> None:
+        torch.cuda.synchronize(self.device)
+
     @torch.inference_mode()
     def run_low(self, image: Array) -> Features:
         self._check_open()

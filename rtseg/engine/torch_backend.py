@@ -96,6 +96,10 @@ class TorchEngine(Engine):
             threads=torch.get_num_threads() if self.device.type == "cpu" else None,
         )
 
+    def synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
     @torch.inference_mode()
     def run_low(self, image: Array) -> Features:
         self._check_open()

@@ -80,6 +80,7 @@ class AsyncAdaptive(Adaptive):
     def _timed_deep(self, engine: Engine, inputs: Features) -> tuple[Features, float]:
         t0 = time.perf_counter()
         deep = engine.run_deep(inputs)
+        engine.synchronize()
         return deep, _ms(t0)
 
     def _collect(self) -> None:
@@ -104,6 +105,7 @@ class AsyncAdaptive(Adaptive):
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
         low = engine.run_low(image)
+        engine.synchronize()  # on a GPU the stage returns queued, not done
         timings["low"] = _ms(t0)
         self._collect()  # before counting the frame: one that raises a worker failure has no result
         self._step += 1
@@ -115,6 +117,7 @@ class AsyncAdaptive(Adaptive):
         if self._deep is None and self._pending is None:
             t0 = time.perf_counter()  # first frame: nothing to answer from, so deep runs inline
             self._deep, self._deep_step = engine.run_deep(low), self._step
+            engine.synchronize()
             timings["deep"] = _ms(t0)
             if self.warp is not None:
                 self.warp.set_keyframe(image)

@@ -107,6 +107,7 @@ class Scheduler(ABC):
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
         low = engine.run_low(image)
+        engine.synchronize()  # on a GPU the stage returns queued, not done
         timings["low"] = _ms(t0)
         self._step += 1
         age = self._step - self._deep_step
@@ -117,6 +118,7 @@ class Scheduler(ABC):
         if key or self._deep is None:
             t0 = time.perf_counter()
             deep = engine.run_deep(low)
+            engine.synchronize()
             timings["deep"] = _ms(t0)
             self._deep, self._deep_step = deep, self._step
             self._keyframes += 1

@@ -122,8 +122,10 @@ class Study:
         times = self._times
         t0 = time.perf_counter()
         low = engine.run_low(image)
+        engine.synchronize()
         t1 = time.perf_counter()
         deep = engine.run_deep(low)
+        engine.synchronize()
         t2 = time.perf_counter()
         every = engine.run_head(low, deep)[0]
         times["low"].append(t1 - t0)
@@ -428,8 +430,10 @@ def measure_costs(engine: Engine, images: Sequence[np.ndarray], rounds: int = 3)
         for prev, image in itertools.pairwise(images):
             t0 = time.perf_counter()
             low = engine.run_low(image)
+            engine.synchronize()
             t1 = time.perf_counter()
             deep = engine.run_deep(low)
+            engine.synchronize()
             t2 = time.perf_counter()
             engine.run_head(low, deep)
             t3 = time.perf_counter()

@@ -219,3 +219,42 @@ def test_a_frame_buffer_refilled_in_place_gives_the_results_of_fresh_frames(engi
     assert [r.change for r in refilled] == [r.change for r in fresh]
     for a, b in zip(refilled, fresh, strict=True):
         assert np.array_equal(a.labels, b.labels)
+
+
+class _QueuedDevice:
+    """An engine whose stages return at once and whose work ends when ``synchronize`` is called,
+    as a GPU backend's: a stage's timing must count the work, not its queueing."""
+
+    def __init__(self, engine, work_s: float = 0.03) -> None:
+        self._engine = engine
+        self.work_s = work_s
+        self.pending = False
+
+    def __getattr__(self, name: str):
+        return getattr(self._engine, name)
+
+    def run_low(self, image):
+        self.pending = True
+        return self._engine.run_low(image)
+
+    def run_deep(self, low):
+        self.pending = True
+        return self._engine.run_deep(low)
+
+    def synchronize(self) -> None:
+        if self.pending:
+            import time
+
+            time.sleep(self.work_s)
+            self.pending = False
+
+
+@pytest.mark.parametrize("make", [Every, lambda: AsyncAdaptive(0.05)], ids=["every", "async"])
+def test_stage_timings_wait_for_the_device(engine, drive, make) -> None:
+    device = _QueuedDevice(engine)
+    scheduler = make()
+    try:
+        result = scheduler.step(device, drive[0])  # the first frame runs deep inline, also in async
+    finally:
+        scheduler.close()
+    assert result.timings["low"] >= 25 and result.timings["deep"] >= 25
