@@ -258,14 +258,16 @@ def format_results(results: Sequence[dict[str, Any]]) -> str:
         if p:
             pl = p["latency_ms"]
             lat_text = f"{pl['p50']:.1f}/{pl['p90']:.1f}/{pl['p99']:.1f}"
+            if p.get("frames", 0) < 100:  # a p99 of fewer frames lies between the two slowest
+                lat_text += f" (n={p['frames']})"
             agree = "-" if p["agreement"] is None else f"{p['agreement']['miou']:.1f}"
             key = f"{p['keyframe_ratio']:.2f}"
         else:
             lat_text = agree = key = "-"
         mem = r.get("memory") or {}
         rss = "-" if not mem.get("peak_rss_mib") else f"{mem['peak_rss_mib']:.0f} MiB"
-        if mem.get("gpu_peak_mib"):
-            rss += f", GPU {mem['gpu_peak_mib']:.0f} MiB"
+        if mem.get("gpu_peak_mib"):  # torch's allocator only: TensorRT's and ONNX Runtime's own are not in it
+            rss += f", torch CUDA {mem['gpu_peak_mib']:.0f} MiB"
         rows.append(
             [
                 r["label"],

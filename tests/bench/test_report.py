@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import re
@@ -47,6 +48,21 @@ def test_terminal_table_has_every_configuration(results) -> None:
     assert "enet torch fp32 64x48 every" in text and "skipped" in text and "precision" in text
     assert "stages, median ms: capture" in text and "weights: random init" in text
     assert "engine ms [95% CI]" in text
+
+
+def test_a_p99_of_few_frames_says_how_few(results) -> None:
+    """With fewer than 100 frames, a p99 is an interpolation between the two slowest."""
+    frames = results[0]["pipeline"]["frames"]
+    assert frames < 100 and f"(n={frames})" in format_results(results)
+    many = copy.deepcopy(results[0])
+    many["pipeline"]["frames"] = 100
+    assert "(n=" not in format_results([many])
+
+
+def test_the_gpu_memory_column_says_whose_allocations_it_counts(results) -> None:
+    cuda = copy.deepcopy(results[0])
+    cuda["memory"]["gpu_peak_mib"] = 512.0
+    assert ", torch CUDA 512 MiB" in format_results([cuda])
 
 
 def test_terminal_output_gives_the_whole_reason_for_a_skip(results) -> None:
