@@ -106,7 +106,7 @@ def plot_quality_speed(table: dict[str, Any], path: Path, *, title: str | None =
                 marker=marker,
                 color=colour,
                 zorder=3,
-                label=f"published (authors' GPU), Cityscapes {split} mIoU",
+                label=f"published (each source's GPU), Cityscapes {split} mIoU",
             )
     measured = []
     for row in rows:
