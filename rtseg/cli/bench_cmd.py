@@ -28,6 +28,7 @@ from ..engine import BACKENDS, PRECISIONS
 from ..errors import ConfigError
 from ..models import DEFAULT_MODEL, list_models
 from ..schedule import SCHEDULERS
+from ..source import is_live_uri, open_source
 from .common import (
     check_output,
     output_file,
@@ -265,6 +266,12 @@ def run(args: argparse.Namespace) -> int:
         plot_format(args.plot)
     if args.weights and not Path(args.weights).is_file():
         raise ConfigError(f"--weights {args.weights}: no such file")
+    if args.source and not is_live_uri(args.source):
+        # Opened once now (a file, a folder, a synthetic drive: quick), not found wanting by every
+        # configuration after its engine was built. Live sources are left to the run: opening a
+        # camera or a stream twice costs seconds and may not be allowed.
+        with open_source(args.source):
+            pass
     if args.camvid:
         check_camvid()
     environment = fingerprint()

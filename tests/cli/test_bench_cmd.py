@@ -177,6 +177,15 @@ def test_unwritable_outputs_are_refused_before_measuring(
     assert len(captured.err.strip().splitlines()) == 1
 
 
+def test_a_source_that_does_not_open_is_refused_before_any_engine_is_built(tmp_path: Path, capsys) -> None:
+    missing = tmp_path / "nosuch.mp4"
+    assert main(["bench", *TINY, "--in-process", "--source", str(missing)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""  # no configuration built its engine first
+    assert captured.err.startswith("rtseg bench: error: ") and str(missing) in captured.err
+    assert len(captured.err.strip().splitlines()) == 1
+
+
 def test_camvid_without_its_data_is_refused_before_measuring(tmp_path: Path, capsys, monkeypatch) -> None:
     monkeypatch.setenv("RTSEG_DATA", str(tmp_path))
     argv = ["bench", "--table", "cityscapes", "--camvid", "--model", "enet", "--engine-only", "--frames", "1"]
