@@ -78,6 +78,21 @@ def _trt() -> Any:
     return tensorrt
 
 
+_recovering = threading.local()
+
+
+@contextmanager
+def recoverable_errors() -> Iterator[None]:
+    """TensorRT logs an ERROR for a timing cache it cannot read, and goes on; so does rtseg, with a
+    warning of its own. Inside this block, this thread's TensorRT errors are such recoverable ones:
+    logged at debug level and not captured as a build's errors."""
+    _recovering.active = True
+    try:
+        yield
+    finally:
+        _recovering.active = False
+
+
 @functools.cache
 def trt_logger(trt: Any) -> Any:
     """The process-wide ``trt.ILogger``: TensorRT keeps using the logger of the first builder or
@@ -92,7 +107,9 @@ def trt_logger(trt: Any) -> Any:
             self._sinks: list[list[str]] = []
 
         def log(self, level: Any, msg: str) -> None:
-            if level in (severity.INTERNAL_ERROR, severity.ERROR):
+            if level == severity.ERROR and getattr(_recovering, "active", False):
+                log.debug("TensorRT (recovered from): %s", msg)
+            elif level in (severity.INTERNAL_ERROR, severity.ERROR):
                 log.error("TensorRT: %s", msg)
                 with self._lock:
                     for sink in self._sinks:
@@ -229,8 +246,10 @@ def as_trt_calibrator(calibrator: EntropyCalibrator) -> Any:
 def _start_timing_cache(config: Any, data: bytes | None, name: str) -> None:
     """Attach a timing cache made from ``data`` to ``config``; bytes TensorRT cannot use (cut
     short, another TensorRT or GPU) give a warning and an empty cache, never a failed build."""
-    cache = config.create_timing_cache(data or b"")
-    if cache is not None and config.set_timing_cache(cache, False):
+    with recoverable_errors():
+        cache = config.create_timing_cache(data or b"")
+        usable = cache is not None and config.set_timing_cache(cache, False)
+    if usable:
         return
     if data:
         log.warning(
@@ -257,8 +276,10 @@ def save_timing_cache(config: Any, cache: Any, path: Path) -> bytes:
         with file_lock(path.with_name(f".{path.name}.lock")):
             disk = path.read_bytes() if path.is_file() else b""
             if disk:
-                theirs = config.create_timing_cache(disk)
-                if theirs is None or not cache.combine(theirs, False):
+                with recoverable_errors():
+                    theirs = config.create_timing_cache(disk)
+                    combined = theirs is not None and cache.combine(theirs, False)
+                if not combined:
                     log.warning(
                         "TensorRT: %s is not a usable timing cache (cut short, or from another "
                         "TensorRT or GPU); replacing it with this build's",

@@ -996,11 +996,27 @@ def test_a_corrupt_timing_cache_is_replaced_not_fatal(
     warning naming the file), and the file is replaced by a valid one."""
     timing = tmp_path / "t.timing.cache"
     timing.write_bytes(b"\x00garbage")
-    _builder_api(fake_trt, config=_TimingConfig, build=_timing_build(lambda: "new"))
+
+    class Complaining(_TimingConfig):
+        """TensorRT logs an ERROR for bytes that are no timing cache before returning nothing."""
+
+        def create_timing_cache(self, data: bytes) -> Any:  # type: ignore[override]
+            cache = super().create_timing_cache(data)
+            if cache is None:
+                tb.trt_logger(fake_trt).log(_Severity.ERROR, "Error Code 1: Serialization (magicTagRead)")
+            return cache
+
+    _builder_api(fake_trt, config=Complaining, build=_timing_build(lambda: "new"))
     source = _identity_onnx(tmp_path / "m.low.onnx")
-    plan, _ = tb.build_stage("low", source, precision="fp32", workspace_gb=1, timing_path=timing)
+    with caplog.at_level(logging.DEBUG, logger=tb.__name__):
+        plan, _ = tb.build_stage("low", source, precision="fp32", workspace_gb=1, timing_path=timing)
     assert plan == b"plan" and _parse_timing(timing.read_bytes()) == {"new"}
     assert "t.timing.cache" in caplog.text and "not a usable timing cache" in caplog.text
+    said = [(r.levelname, r.getMessage()) for r in caplog.records if "magicTagRead" in r.getMessage()]
+    # read when the build starts and again when its cache is merged into the file: never an ERROR
+    assert said and set(said) == {
+        ("DEBUG", "TensorRT (recovered from): Error Code 1: Serialization (magicTagRead)")
+    }
 
 
 def _save_in_child(path: str, entry: str, start: Any) -> None:
