@@ -83,11 +83,12 @@ def labels_from(logits: Tensor, num_classes: int, portable: bool = False) -> Ten
     ArgMax, but PyTorch's CPU argmax over the channel axis is a slow strided reduction: ESPNet at
     480x360, 11 of 20 channels, 15 ms against 2.6 ms, half of the torch backend's head.
 
-    The slice to the real classes is left out when there is nothing to cut: exported, it is a copy of
-    the full-resolution logits (OpenVINO's CPU plugin ran it in its reference code, 0.43 of a 4.3 ms
-    ESPNet head at 480x360). Where there is (12 outputs, 11 classes), a VariadicSplit in its place
-    was tried: in place on a plain tensor, but on the transposed convolution's blocked output the
-    plugin copied it in reference code, 3.0 ms.
+    The slice to the real classes is left out when there is nothing to cut: exported, ONNX Runtime
+    copies the full-resolution logits for it (the shipped ESPNet's head at 480x360: 7.3 -> 7.0 ms;
+    OpenVINO drops such a slice itself). Where there is something to cut (12 outputs, 11 classes),
+    OpenVINO's CPU plugin runs the slice in its reference code, 0.4-0.5 of a 4.2 ms head; a
+    VariadicSplit in its place was tried: in place on a plain tensor, but on the transposed
+    convolution's blocked output the plugin copied it in reference code too, 3.0 ms.
     """
     if logits.shape[1] != num_classes:
         logits = logits[:, :num_classes]
