@@ -7,6 +7,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from ..atomic import atomic_write_bytes
 from ..errors import BackendUnavailableError, ConfigError
 from .common import add_model_args, check_output, load_model, output_file, parse_size, write_output
 
@@ -78,10 +79,21 @@ def run(args: argparse.Namespace) -> int:
         calibration = CalibrationList.from_video(args.video, args.num)
         source = args.video.resolve()
     list_path = args.list or _default_list(net.meta.model, source, args.num)
-    if args.list is None:
-        _refuse_another_sources_list(list_path, calibration)
-    created = not list_path.exists()
+    other = _another_sources_list(list_path, calibration)
+    if other is not None and args.list is None:
+        raise ConfigError(
+            f"{list_path} already holds the calibration list of {other}; "
+            f"pass --list to name the list of {calibration.source}"
+        )
+    if other is not None:
+        log.warning(
+            "--list %s held the calibration list of %s: replaced (its int8 builds stay in "
+            "the engine cache, named by that list's id)",
+            list_path,
+            other,
+        )
     check_output(list_path, "--list")
+    previous = list_path.read_bytes() if list_path.is_file() else None
     write_output(list_path, "--list", calibration.save)
     built = {}
     try:
@@ -90,9 +102,12 @@ def run(args: argparse.Namespace) -> int:
         for target in args.targets:
             built[target] = int8_stages(net, fp32, cache, calibration, flavour=target)
     except BaseException:
-        # A frame that cannot be read, or Ctrl-C: no list is left behind without its graphs.
-        if created:
+        # A frame that cannot be read, or Ctrl-C: no list is left behind without its graphs, and
+        # a list that was there before (whose int8 builds still exist) is put back as it was.
+        if previous is None:
             list_path.unlink(missing_ok=True)
+        else:
+            atomic_write_bytes(list_path, previous)
         raise
     print(f"calibration list: {list_path} ({len(calibration)} frames, id {calibration.id})")
     for target, stages in built.items():
@@ -107,22 +122,19 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _refuse_another_sources_list(path: Path, calibration) -> None:
-    """The default name holds only the source's folder and name: two sources can share it, and
-    silently replacing the other one's list would orphan the int8 engines built from it."""
+def _another_sources_list(path: Path, calibration) -> str | None:
+    """The source of the calibration list at ``path`` when it is another source's. The default name
+    holds only the source's folder and name, so two sources can share it: replacing the other's
+    list unasked would orphan the int8 engines built from it."""
     from ..engine.calibration import CalibrationList
 
     if not path.is_file():
-        return
+        return None
     try:
         existing = CalibrationList.load(path)
     except ConfigError:
-        return  # not a readable list: saving over it loses nothing
-    if existing.source != calibration.source:
-        raise ConfigError(
-            f"{path} already holds the calibration list of {existing.source}; "
-            f"pass --list to name the list of {calibration.source}"
-        )
+        return None  # not a readable list: saving over it loses nothing
+    return str(existing.source) if existing.source != calibration.source else None
 
 
 def _entropy_cache(args, net, size, cache, calibration, list_path: Path) -> None:

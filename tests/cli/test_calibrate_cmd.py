@@ -173,6 +173,25 @@ def test_an_unreadable_frame_leaves_no_list_behind(
     assert not list_path.exists() and "calibration list:" not in captured.out
 
 
+def test_a_failed_run_puts_back_the_list_it_would_have_replaced(
+    weights: Path, images: Path, dirs: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The list was written before the frames were read: a run that then failed left the old list
+    replaced by one without graphs, orphaning the int8 builds made from the old one."""
+    folder = dirs["root"] / "half-broken"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "a.png"), np.full((72, 96, 3), 90, np.uint8))
+    (folder / "b.png").write_bytes(b"\x89PNG not really")
+    list_path = dirs["root"] / "lists" / "kept.txt"
+    CalibrationList.from_images(images, 4).save(list_path)
+    before = list_path.read_bytes()
+    argv = ["calibrate", "--weights", str(weights), "--images", str(folder), "--num", "2"]
+    argv += ["--size", "64x48", "--engine-dir", str(dirs["engines"]), "--targets", "cpu"]
+    assert main([*argv, "--list", str(list_path)]) == 2
+    assert "is missing or unreadable" in capsys.readouterr().err
+    assert list_path.read_bytes() == before
+
+
 def test_the_default_list_of_another_source_is_not_replaced(
     weights: Path,
     images: Path,
