@@ -81,7 +81,12 @@ class TrainConfig:
         object.__setattr__(self, "out", str(Path(self.out).resolve()))
         for name in ("epochs", "batch", "val_every"):
             if getattr(self, name) <= 0:
-                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+                option = name.replace("_", "-")
+                raise ConfigError(f"{name} (--{option}) must be positive, got {getattr(self, name)}")
+        # Seeds (seed, epoch) NumPy generators, which take no negative number, and torch's dropout
+        # as seed * 1_000_003 + step, which must fit in 64 bits.
+        if not 0 <= self.seed < 2**32:
+            raise ConfigError(f"seed (--seed) must be a whole number in 0..{2**32 - 1}, got {self.seed}")
         # NaN passes every comparison check (and torch refuses it mid-setup with a traceback); an
         # infinite rate or decay "trains" on NaN weights.
         if not (math.isfinite(self.lr) and self.lr > 0):
@@ -309,6 +314,7 @@ class Trainer:
         self.train_set = open_dataset(config.dataset, config.root, config.train_split)
         self.val_set = open_dataset(config.dataset, config.root, config.val_split)
         self._cache_if_it_fits()
+        self._check_val_set()
         self.classes = self.train_set.classes
         self.state_path = state_path_for(config.out)
         self.state = TrainState()
@@ -378,6 +384,18 @@ class Trainer:
             ) from None
         if not os.access(out.parent, os.W_OK | os.X_OK):
             raise ConfigError(f"out (--out) {out}: no permission to write in {out.parent}")
+
+    def _check_val_set(self) -> None:
+        """Read every validation label now (which checks its ids and size against its image, and
+        fills the cache when it is on): a bad or all-void label was otherwise found by the first
+        validation, after a whole epoch of training (hours, on Cityscapes)."""
+        ignore = self.val_set.classes.ignore_index
+        labelled = sum(int(np.count_nonzero(sample.label != ignore)) for sample in self.val_set)
+        if len(self.val_set) and not labelled:
+            raise ConfigError(
+                f"{self.val_set.description}: no labelled pixel in its {len(self.val_set)} label maps "
+                f"(all {ignore}, void): nothing to validate on"
+            )
 
     def _cache_if_it_fits(self) -> None:
         """Keep decoded images in memory (every epoch revisits them all) when they fit in half of
@@ -487,7 +505,7 @@ class Trainer:
         log.info(
             "resumed %s at epoch %d, batch %d (best val mIoU %.2f)",
             path,
-            self.state.epoch,
+            self.state.epoch + 1,  # 1-based, as "stopped at epoch N" said it
             self.state.batch,
             100 * max(self.state.best_miou, 0),
         )

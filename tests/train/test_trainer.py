@@ -154,8 +154,32 @@ def test_resume_refuses_other_settings(tiny_camvid: Path, tmp_path: Path) -> Non
 
 
 def test_config_validation_names_the_field(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="batch must be positive, got 0"):
+    with pytest.raises(ConfigError, match=r"batch \(--batch\) must be positive, got 0"):
         TrainConfig(model="espnet", dataset="camvid", root=".", out="x.pt", batch=0)
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32, 20_000_000_000_000])
+def test_a_seed_the_generators_cannot_take_is_refused_up_front(seed: int) -> None:
+    """A negative seed failed in NumPy's generator after set-up; a huge one at the first batch."""
+    with pytest.raises(
+        ConfigError, match=rf"seed \(--seed\) must be a whole number in 0\.\.4294967295, got {seed}"
+    ):
+        TrainConfig(model="espnet", dataset="camvid", root=".", out="x.pt", seed=seed)
+
+
+def test_validation_labels_without_a_labelled_pixel_are_refused_before_training(
+    tiny_camvid: Path, tmp_path: Path
+) -> None:
+    """Found by the first validation, after a whole epoch of training, before."""
+    import shutil
+
+    root = tmp_path / "camvid"
+    shutil.copytree(tiny_camvid, root)
+    for label in (root / "valannot").iterdir():
+        void = np.full_like(cv2.imread(str(label), cv2.IMREAD_UNCHANGED), CAMVID.ignore_index)
+        cv2.imwrite(str(label), void)
+    with pytest.raises(ConfigError, match=r"no labelled pixel in its 2 label maps"):
+        Trainer(_config(root, tmp_path / "out.pt"), progress=False)
 
 
 def _config(root: Path, out: Path, **kw: object) -> TrainConfig:
