@@ -8,6 +8,7 @@ encoding happen on the sinks' threads (``Packet.overlay()``). Sinks drop frames 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
@@ -243,6 +244,9 @@ class PipelineStats:
         return "\n".join(lines)
 
 
+LIVE_LATENCY_FRAMES = 1000  # the frames a running pipeline's latency percentiles cover
+
+
 class _Meter:
     """Running sums per stage plus recent latencies; the overlay time arrives from sink threads."""
 
@@ -426,18 +430,22 @@ class Pipeline:
 
     @property
     def stats(self) -> PipelineStats:
+        """While running, latency p50/p99 are those of the last ``LIVE_LATENCY_FRAMES`` frames (a
+        status line asks every half second, often from the frame loop itself: percentiles of the
+        whole window stalled it 2 ms once it held 100,000); once closed, of the whole window."""
         if self._final is not None:
             return self._final
-        return self._snapshot()
+        return self._snapshot(LIVE_LATENCY_FRAMES)
 
-    def _snapshot(self) -> PipelineStats:
+    def _snapshot(self, recent: int | None = None) -> PipelineStats:
         m = self._meter
         with m.lock:
             frames = m.frames
-            lat = m.latencies.last()
+            lat = m.latencies.last(recent)
             sums = dict(m.sums)
             keyframes = m.keyframes
         seconds = (m.end or time.perf_counter()) - m.start
+        p50, p99 = (float(v) for v in np.percentile(lat, [50, 99])) if lat.size else (math.nan, math.nan)
         sink_stats = {s.uri: s.stats for s in self.sinks}
         sched = self.segmenter.scheduler.stats
         return PipelineStats(
@@ -445,8 +453,8 @@ class Pipeline:
             keyframes=keyframes,
             seconds=seconds,
             fps=frames / seconds if seconds > 0 else 0.0,
-            latency_p50_ms=float(np.percentile(lat, 50)) if lat.size else float("nan"),
-            latency_p99_ms=float(np.percentile(lat, 99)) if lat.size else float("nan"),
+            latency_p50_ms=p50,
+            latency_p99_ms=p99,
             source_dropped=self.source.stats.dropped,
             sink_dropped=sum(s.dropped for s in sink_stats.values()),
             reconnects=self.source.stats.reconnects,

@@ -319,3 +319,20 @@ def test_a_pipeline_still_running_at_exit_finalises_its_video(tmp_path: Path) ->
         done.stderr
     )
     assert _count(out) == 2
+
+
+def test_a_running_pipeline_reports_the_latency_of_its_recent_frames(engine) -> None:
+    """The live status line asks for stats every half second from the frame loop: percentiles over
+    the whole 100,000-frame window took 2 ms each time; while running, they cover the last 1000."""
+    from rtseg.pipeline import LIVE_LATENCY_FRAMES
+
+    pipeline = Pipeline("synthetic://drive?size=64x48&frames=3", Segmenter(engine=engine))
+    try:
+        with pipeline._meter.lock:  # an hour of frames: slow at first, fast lately
+            for ms in [100.0] * 5000 + [10.0] * LIVE_LATENCY_FRAMES:
+                pipeline._meter.latencies.add(ms)
+        live = pipeline.stats
+        assert live.latency_p50_ms == 10.0 and live.latency_p99_ms == 10.0
+    finally:
+        final = pipeline.close()
+    assert final.latency_p50_ms == 100.0  # the whole window once closed
