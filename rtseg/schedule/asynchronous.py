@@ -128,7 +128,7 @@ class AsyncAdaptive(Adaptive):
             self._pending = self._pool.submit(self._timed_deep, engine, _deep_inputs(low, engine.stage_spec))
             self._pending_step = self._step
             # The grey image now, not the frame: the caller may refill its buffer before deep ends.
-            self._pending_grey = self.warp.grey(image) if self.warp is not None else None
+            self._pending_grey = self.warp.grey_of(image) if self.warp is not None else None
             started = True
         elif key:
             self._deferred += 1

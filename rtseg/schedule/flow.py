@@ -49,6 +49,7 @@ class FlowWarp:
         # frame (docs/scheduling.md, "The flow").
         self._dis.setFinestScale(0)
         self._key: np.ndarray | None = None
+        self._key_mean = 0.0
         self._last: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # (image, grey, flow)
 
     def describe(self) -> str:
@@ -69,12 +70,20 @@ class FlowWarp:
             grey = cv2.resize(grey, size, interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
         return grey
 
+    def grey_of(self, image: np.ndarray) -> np.ndarray:
+        """``grey(image)``, reused when this frame's flow already made it (a keyframe whose change
+        was just scored)."""
+        if self._last is not None and self._last[0] is image:
+            return self._last[1]
+        return self.grey(image)
+
     def set_keyframe(self, image: np.ndarray) -> None:
-        self.set_keyframe_grey(self.grey(image))
+        self.set_keyframe_grey(self.grey_of(image))
 
     def set_keyframe_grey(self, grey: np.ndarray) -> None:
         """The keyframe from an image ``grey`` already made (one taken before its buffer was reused)."""
         self._key = grey
+        self._key_mean = float(grey.mean())  # every residual against this keyframe divides by it
         self._last = None
 
     def new_frame(self) -> None:
@@ -105,7 +114,7 @@ class FlowWarp:
     def residual(self, image: np.ndarray) -> float:
         """The motion-compensated change since the keyframe (see ``residual_of``), reusing the flow."""
         key, grey, flow = self._grey_and_flow(image)
-        return residual_of(grey, key, flow)
+        return residual_of(grey, key, flow, key_mean=self._key_mean)
 
     def residual_between(self, grey: np.ndarray, key: np.ndarray) -> float:
         """The same score for two images already made by ``grey`` (threshold calibration)."""
@@ -133,7 +142,9 @@ def dis_size(w: int, h: int, patch: int) -> tuple[int, int]:
     return max(w, least_short_side(h)), max(h, least_short_side(w))
 
 
-def residual_of(grey: np.ndarray, key: np.ndarray, flow: np.ndarray) -> float:
+def residual_of(
+    grey: np.ndarray, key: np.ndarray, flow: np.ndarray, *, key_mean: float | None = None
+) -> float:
     """What the flow does not explain: mean |grey_now - warped keyframe grey| / mean keyframe grey.
 
     Motion the warp will compensate does not count as change; what appears, disappears or moves
@@ -142,7 +153,8 @@ def residual_of(grey: np.ndarray, key: np.ndarray, flow: np.ndarray) -> float:
     h, w = grey.shape
     map_x, map_y = _sampling_map(flow, w, h)
     warped = cv2.remap(key, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    return float(cv2.absdiff(grey, warped).mean()) / (float(key.mean()) + 1e-6)
+    mean = float(key.mean()) if key_mean is None else key_mean
+    return float(cv2.absdiff(grey, warped).mean()) / (mean + 1e-6)
 
 
 @functools.lru_cache(maxsize=8)

@@ -90,3 +90,20 @@ def test_a_small_moving_object_gets_its_own_motion() -> None:
     flow = warp.flow(np.dstack([now] * 3)) * 4  # in frame pixels
     assert np.median(flow[43:49, 55:61, 0]) == pytest.approx(-8.0, abs=1.0)  # it came from 8 px left
     assert np.median(np.abs(flow[:30, :, 0])) < 0.5  # the road far from it stays still
+
+
+def test_a_keyframe_whose_change_was_just_scored_reuses_its_grey_image(drive) -> None:
+    """Scoring the change made the frame's grey image: making the keyframe from it again cost
+    0.1 ms a keyframe. Reused, the keyframe is the same, and so is every later score."""
+    from rtseg.schedule import FlowWarp
+
+    reused, fresh = FlowWarp(), FlowWarp()
+    reused.set_keyframe(drive[0])
+    fresh.set_keyframe(drive[0])
+    frame = drive[3].copy()
+    reused.residual(frame)
+    made = reused._last[1]
+    reused.set_keyframe(frame)
+    fresh.set_keyframe(frame.copy())
+    assert reused._key is made and np.array_equal(reused._key, fresh._key)
+    assert reused.residual(drive[5].copy()) == fresh.residual(drive[5].copy())
