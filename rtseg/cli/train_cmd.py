@@ -36,7 +36,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--val-every", type=int, default=1)
     p.add_argument("--train-split", default="train")
     p.add_argument("--val-split", default="val")
-    p.add_argument("--init", default=None, help="weights to fine-tune from (tensors that fit are loaded)")
+    p.add_argument(
+        "--init",
+        default=None,
+        help="weights of the same --model to fine-tune from (other classes: tensors that fit are loaded)",
+    )
     p.add_argument(
         "--out", type=output_file, default=Path("runs/train/best.pt"), help="best weights (rtseg checkpoint)"
     )

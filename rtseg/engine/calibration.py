@@ -186,6 +186,11 @@ class CalibrationList:
     @classmethod
     def from_images(cls, directory: str | os.PathLike[str], num: int) -> CalibrationList:
         directory = Path(directory).resolve()
+        if directory.is_file():
+            raise DatasetError(
+                f"calibration images: {directory} is a file; give the folder that holds the images "
+                "(or --video for a video)"
+            )
         if not directory.is_dir():
             raise DatasetError(f"calibration image folder not found: {directory}")
         files = sorted(p for p in directory.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
@@ -205,7 +210,10 @@ class CalibrationList:
         finally:
             capture.release()
         if count <= 0:
-            raise DatasetError(f"{video}: the container does not say how many frames it has")
+            raise DatasetError(
+                f"{video}: the container does not say how many frames it has (is it a video? for "
+                "still images give their folder with --images)"
+            )
         return cls("video", video, tuple(str(i) for i in _evenly(count, num)))
 
     def frames(self, input_size: tuple[int, int]) -> Iterator[np.ndarray]:

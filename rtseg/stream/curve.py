@@ -59,7 +59,10 @@ def generate_keys(directory: str | os.PathLike[str], *, force: bool = False) -> 
     files = key_files(directory)
     existing = [p for p in (files.server_secret, files.client_secret) if p.exists()]
     if existing and not force:
-        raise ConfigError(f"keys already exist ({', '.join(map(str, existing))}); pass force=True / --force")
+        raise ConfigError(
+            f"keys already exist ({', '.join(map(str, existing))}); replace them with --force "
+            "(generate_keys(..., force=True)): clients holding the old keys are then refused"
+        )
     try:
         # A new folder is private: the secrets are briefly readable before their chmod below.
         files.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -70,6 +73,8 @@ def generate_keys(directory: str | os.PathLike[str], *, force: bool = False) -> 
         files.clients.mkdir(exist_ok=True)
         shutil.copyfile(files.client_public, files.clients / files.client_public.name)
     except OSError as exc:
+        if files.directory.exists() and not files.directory.is_dir():
+            raise ConfigError(f"cannot write keys in {files.directory}: it is a file, not a folder") from None
         raise ConfigError(f"cannot write keys in {files.directory}: {exc.strerror or exc}") from None
     return files
 

@@ -136,6 +136,12 @@ def test_a_missing_image_folder_is_named(
     missing = dirs["root"] / "nowhere"
     assert main(["calibrate", "--weights", str(weights), "--images", str(missing)]) == 2
     assert f"calibration image folder not found: {missing}" in capsys.readouterr().err
+    one = dirs["root"] / "one.png"
+    cv2.imwrite(str(one), np.zeros((8, 8, 3), np.uint8))
+    assert main(["calibrate", "--weights", str(weights), "--images", str(one)]) == 2
+    assert f"calibration images: {one} is a file; give the folder" in capsys.readouterr().err
+    assert main(["calibrate", "--weights", str(weights), "--video", str(one)]) == 2
+    assert "for still images give their folder with --images" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("where", ["missing-parent", "file-parent", "folder"])

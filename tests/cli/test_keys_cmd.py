@@ -18,7 +18,8 @@ def test_keys_are_written_once_unless_forced(tmp_path: Path, capsys: pytest.Capt
         assert (target / name).is_file(), name
     server_key = (target / "server.key").read_bytes()
     assert main(["keys", str(target)]) == 2
-    assert "already exist" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "already exist" in err and "replace them with --force" in err
     assert (target / "server.key").read_bytes() == server_key
     assert main(["keys", str(target), "--force"]) == 0
     assert (target / "server.key").read_bytes() != server_key
@@ -37,3 +38,15 @@ def test_a_folder_that_cannot_be_made_is_a_one_line_error(
     err = capsys.readouterr().err
     assert err.startswith(f"rtseg keys: error: cannot write keys in {blocker / 'keys'}: ")
     assert len(err.strip().splitlines()) == 1
+
+
+def test_a_file_in_place_of_the_key_folder_is_named_as_such(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = tmp_path / "keys"
+    target.write_text("")
+    assert main(["keys", str(target)]) == 2
+    assert (
+        capsys.readouterr().err
+        == f"rtseg keys: error: cannot write keys in {target}: it is a file, not a folder\n"
+    )
