@@ -164,6 +164,14 @@ class TrainState:
     best_epoch: int = -1
     history: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0  # training time spent across all resumed chunks
+    # The epoch in progress's loss so far: a chunk that resumes it (even only to validate it, after
+    # a stop during validation) reports the whole epoch's mean loss, not that of its own batches.
+    epoch_loss_sum: float = 0.0
+    epoch_loss_batches: int = 0
+
+
+# Fields a state file from before they existed may lack (their defaults are right for it).
+_LATER_PROGRESS_FIELDS = ("epoch_loss_sum", "epoch_loss_batches")
 
 
 class _ValidationStopped(Exception):
@@ -269,15 +277,18 @@ def _saved_progress(path: Path, text: Any) -> TrainState:
     names = [f.name for f in fields(TrainState)]
     if not isinstance(data, dict):
         raise unreadable(f"a JSON {type(data).__name__}, not an object")
-    if sorted(data) != sorted(names):
+    required = [n for n in names if n not in _LATER_PROGRESS_FIELDS]
+    if not set(required) <= set(data) <= set(names):
         raise unreadable(f"keys {sorted(data)}, expected {names}")
-    for key in ("epoch", "batch", "best_epoch", "best_miou", "seconds"):
+    for key in ("epoch", "batch", "best_epoch", "best_miou", "seconds", *_LATER_PROGRESS_FIELDS):
+        if key not in data:
+            continue
         value = data[key]
-        number = (int, float) if key in ("best_miou", "seconds") else int
+        number = (int, float) if key in ("best_miou", "seconds", "epoch_loss_sum") else int
         if (
             isinstance(value, bool)
             or not isinstance(value, number)
-            or (key in ("epoch", "batch") and value < 0)
+            or (key in ("epoch", "batch", "epoch_loss_batches") and value < 0)
         ):
             raise unreadable(f"{key} is {value!r}")
     if not isinstance(data["history"], list):
@@ -659,6 +670,8 @@ class Trainer:
                     self.scaler.step(self.optimizer)
                     self.scaler.update()
                     losses.append(float(loss.detach()))
+                    st.epoch_loss_sum += losses[-1]
+                    st.epoch_loss_batches += 1
                     st.batch = k + 1
                     bar.update(1)
                     bar.set_postfix(epoch=st.epoch + 1, loss=f"{np.mean(losses[-20:]):.3f}", lr=f"{lr:.2e}")
@@ -672,9 +685,10 @@ class Trainer:
                         self.save_state()
                 if stopped:
                     break
+                mean_loss = st.epoch_loss_sum / st.epoch_loss_batches if st.epoch_loss_batches else None
                 entry: dict[str, Any] = {
                     "epoch": st.epoch + 1,
-                    "loss": round(float(np.mean(losses)), 4) if losses else None,
+                    "loss": None if mean_loss is None else round(mean_loss, 4),
                 }
                 if (st.epoch + 1) % c.val_every == 0 or st.epoch + 1 == c.epochs:
                     try:
@@ -693,6 +707,7 @@ class Trainer:
                 st.history.append(entry)
                 st.epoch += 1
                 st.batch = 0
+                st.epoch_loss_sum, st.epoch_loss_batches = 0.0, 0
                 now = time.monotonic()
                 st.seconds += now - last_save
                 last_save = now

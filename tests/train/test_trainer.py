@@ -130,6 +130,9 @@ def test_killed_mid_epoch_resumes_to_identical_weights(tiny_camvid: Path, tmp_pa
     b = torch.load(state, weights_only=True)["model"]
     for key in a:
         assert torch.equal(a[key], b[key]), key
+    # the epoch cut in two reports the loss of all its batches, as the unbroken run does
+    history = [(h["epoch"], h["loss"]) for h in _progress(state)["history"]]
+    assert history == [(h["epoch"], h["loss"]) for h in _progress(state_path_for(unbroken))["history"]]
     best = get_model("espnet", weights=broken)
     assert best.meta.classes.name == "camvid"
     assert best.meta.provenance["source"] == "rtseg train"
@@ -387,6 +390,7 @@ def test_a_signal_during_validation_stops_at_once_and_the_resume_validates(
     resumed.load_state(resumed.state_path)
     state = resumed.fit()
     assert state.epoch == 1 and "val_miou" in state.history[0] and (tmp_path / "best.pt").is_file()
+    assert state.history[0]["loss"] is not None  # the epoch's batches ran before the stop, not after
 
 
 def test_decoded_images_are_cached_only_when_they_fit(
@@ -435,6 +439,16 @@ def test_paths_are_stored_absolute_and_compared_resolved(
     monkeypatch.chdir(tmp_path / "b")
     with pytest.raises(ConfigError, match=r"other settings .*'root'"):
         saved.check_config(TrainConfig(model="espnet", dataset="camvid", root="data", out=str(absolute.out)))
+
+
+def test_a_progress_entry_from_before_the_epoch_loss_fields_still_reads(tmp_path: Path) -> None:
+    from rtseg.train.trainer import _saved_progress
+
+    older = {"epoch": 2, "batch": 1, "best_miou": 0.5, "best_epoch": 1, "history": [], "seconds": 3.0}
+    state = _saved_progress(tmp_path / "s.state.pt", json.dumps(older))
+    assert (state.epoch, state.epoch_loss_sum, state.epoch_loss_batches) == (2, 0.0, 0)
+    with pytest.raises(CheckpointError, match="epoch_loss_batches is -1"):
+        _saved_progress(tmp_path / "s.state.pt", json.dumps({**older, "epoch_loss_batches": -1}))
 
 
 def test_a_state_with_relative_paths_from_an_older_rtseg_still_resumes(
