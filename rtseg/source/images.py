@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,6 +22,12 @@ def is_image_path(path: str | Path) -> bool:
     return Path(path).suffix.lower() in IMAGE_SUFFIXES
 
 
+def frame_order(path: Path) -> list[str | int]:
+    """Name order with numbers by value: frame_2 before frame_10, as a sequence is meant to play
+    (zero-padded names sort the same either way)."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(path))]
+
+
 def is_glob(text: str) -> bool:
     """A pattern, unless a file or folder of that very name exists ('clip [1080p].mp4')."""
     return any(c in text for c in "*?[") and not Path(text).expanduser().exists()
@@ -33,13 +40,20 @@ def list_images(spec: str) -> list[Path]:
         raise SourceError("empty image path: give a folder, a glob pattern or an image file")
     spec = os.path.expanduser(spec)
     if is_glob(spec):
-        files = sorted(Path(p) for p in glob.glob(spec) if is_image_path(p) and Path(p).is_file())
+        files = sorted(
+            (Path(p) for p in glob.glob(spec) if is_image_path(p) and Path(p).is_file()), key=frame_order
+        )
         if not files:
             raise SourceError(f"no image files match {spec!r} (suffixes: {', '.join(IMAGE_SUFFIXES)})")
         return files
     path = Path(spec)
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and is_image_path(p))
+        # Hidden files are left out, as a glob leaves them: a folder copied from a Mac holds a
+        # "._frame.png" beside each frame, and it is no image.
+        files = sorted(
+            (p for p in path.iterdir() if p.is_file() and is_image_path(p) and not p.name.startswith(".")),
+            key=frame_order,
+        )
         if not files:
             raise SourceError(f"no image files in folder {path} (suffixes: {', '.join(IMAGE_SUFFIXES)})")
         return files

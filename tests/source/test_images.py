@@ -28,6 +28,19 @@ def test_folder_in_name_order(folder: Path) -> None:
     assert values == [0, 20, 40, 200]
 
 
+@pytest.mark.parametrize("pattern", ["", "/*.png"], ids=["folder", "glob"])
+def test_unpadded_numbers_play_in_order_and_hidden_files_are_left_out(tmp_path: Path, pattern: str) -> None:
+    """frame_10 sorted before frame_2 by plain string order; a Mac's '._frame_1.png' beside each
+    frame (no image) stopped a folder source, which a glob of the same folder skipped."""
+    d = tmp_path / "frames"
+    d.mkdir()
+    for i in (1, 2, 10, 11):
+        cv2.imwrite(str(d / f"frame_{i}.png"), np.full((8, 8, 3), i, np.uint8))
+    (d / "._frame_1.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    with open_source(f"{d}{pattern}") as src:
+        assert [int(f.image[0, 0, 0]) for f in src] == [1, 2, 10, 11]
+
+
 def test_images_scheme_and_glob(folder: Path) -> None:
     with open_source(f"images://{folder}/f00*.png") as src:
         assert [int(f.image[0, 0, 0]) for f in src] == [0, 20, 40]
