@@ -140,6 +140,23 @@ def redacted(uri: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
+def scrubbed(text: str, url: str) -> str:
+    """``text`` (an exception's message, say) with the credentials of ``url`` hidden as ``redacted``
+    hides them in the URL itself: a driver or a capture factory that quotes the URL it failed on
+    would otherwise show its password."""
+    if not url or redacted(url) == url:
+        return text
+    text = text.replace(url, redacted(url))
+    try:
+        parts = urlsplit(url)
+        secrets = [parts.password or ""] + [v for _, v in parse_qsl(parts.query, keep_blank_values=True)]
+    except ValueError:
+        return text
+    for secret in sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True):
+        text = text.replace(secret, "***")  # shorter values would hide ordinary words too
+    return text
+
+
 def _redacted_unparsed(uri: str) -> str:
     """``redacted`` for a URL urlsplit refuses: password and query values hidden by pattern."""
     if uri.partition("://")[0].lower() not in ("rtsp", "rtsps", "http", "https"):

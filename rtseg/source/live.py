@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 
 from ..errors import RtsegError, SourceError
-from .base import Source, SourceInfo, SourceOptions, timeout_ms
+from .base import Source, SourceInfo, SourceOptions, scrubbed, timeout_ms
 from .frame import Frame
 
 log = logging.getLogger(__name__)
@@ -141,8 +141,10 @@ class LiveSource(Source):
         *,
         hint: str = "",
         diagnose: Callable[[], str | None] | None = None,
+        secret_url: str = "",
     ) -> None:
         super().__init__(uri, options)
+        self._secret_url = secret_url  # the URL with its credentials: hidden in whatever is said
         self._factory = factory
         self._hint = hint
         self._diagnose = diagnose
@@ -175,6 +177,9 @@ class LiveSource(Source):
         self._thread = threading.Thread(target=self._capture_loop, name=f"source:{uri}", daemon=True)
         self._thread.start()
 
+    def _said(self, exc: BaseException) -> str:
+        return scrubbed(str(exc), self._secret_url)
+
     def _why(self) -> str:
         """': reason' for a failed open: what the diagnosis found, else the hint."""
         reason = self._diagnose() if self._diagnose is not None else None
@@ -190,7 +195,7 @@ class LiveSource(Source):
         except Exception as exc:
             # An exception is not "nothing answered": shown as the hint, a bad parameter or a
             # driver bug sent users looking for a network problem. Reconnects log it and retry.
-            raise SourceError(f"cannot open {self.uri}: {type(exc).__name__}: {exc}") from exc
+            raise SourceError(f"cannot open {self.uri}: {type(exc).__name__}: {self._said(exc)}") from exc
         if cap is None or not cap.isOpened():
             if cap is not None:
                 cap.release()
@@ -204,7 +209,7 @@ class LiveSource(Source):
                 try:
                     ok, image = cap.read()
                 except Exception as exc:  # treated like a failed read: reconnect
-                    log.debug("%s: read failed: %s", self.uri, exc)
+                    log.debug("%s: read failed: %s", self.uri, self._said(exc))
                     ok, image = False, None
                 if self._stop.is_set():
                     break
@@ -222,15 +227,16 @@ class LiveSource(Source):
                 cap.release()
                 cap = self._reconnect()
         except Exception as exc:  # a bug or a driver failure: the consumer must hear of it, not see an end
-            log.error("%s: capture thread failed: %r", self.uri, exc)
+            said = self._said(exc)
+            log.error("%s: capture thread failed: %s: %s", self.uri, type(exc).__name__, said)
             with self._cond:
-                self._error = SourceError(f"{self.uri}: capture thread failed: {type(exc).__name__}: {exc}")
+                self._error = SourceError(f"{self.uri}: capture thread failed: {type(exc).__name__}: {said}")
         finally:
             if cap is not None:
                 try:
                     cap.release()
                 except Exception as exc:
-                    log.warning("%s: releasing the capture failed: %r", self.uri, exc)
+                    log.warning("%s: releasing the capture failed: %s", self.uri, self._said(exc))
             with self._cond:
                 self._finished = True
                 self._cond.notify_all()

@@ -122,6 +122,7 @@ def open_source(
         hint=f"nothing answered at {parts.hostname}:{parts.port or 'the default port'} within {timeout:g} s, "
         "or the server refused the stream; check the URL, that the server runs, and credentials",
         diagnose=(lambda: http_problem(text, timeout)) if scheme in ("http", "https") else None,
+        secret_url=text,
     )
 
 

@@ -282,6 +282,31 @@ def test_a_camera_password_is_never_shown(caplog) -> None:
     assert "admin:***@127.0.0.1" in str(err.value) and "s3cret" not in str(err.value)
 
 
+def test_a_driver_error_quoting_the_url_does_not_show_its_password(caplog) -> None:
+    """The URL was hidden everywhere, but not inside the text of an exception that quotes it."""
+    url = "rtsp://admin:s3cret@cam.local:554/live?token=TOPSECRET"
+
+    class Quoting(FakeCamera):
+        def read(self):
+            raise RuntimeError(f"read error on {url}")
+
+    def refusing() -> FakeCamera:
+        raise RuntimeError(f"could not connect to {url} (user admin, password s3cret)")
+
+    with pytest.raises(SourceError) as err:
+        open_source(url, capture_factory=refusing)
+    assert "s3cret" not in str(err.value) and "TOPSECRET" not in str(err.value)
+    assert "rtsp://admin:***@cam.local:554/live?token=***" in str(err.value)
+    with (
+        caplog.at_level(logging.DEBUG, logger="rtseg.source.live"),
+        open_source(url, capture_factory=Factory([Quoting([0], None)]), reconnect=1, backoff=0.01) as src,
+        pytest.raises(SourceError),
+    ):
+        next(src)
+    assert "read error on rtsp://admin:***@" in caplog.text
+    assert "s3cret" not in caplog.text and "TOPSECRET" not in caplog.text
+
+
 def test_an_exception_while_reconnecting_is_logged_and_retried(caplog) -> None:
     """A reopen that raises is a failed attempt, said at WARNING with its cause (it was at DEBUG)."""
     counter = [0]
