@@ -163,27 +163,32 @@ def _close_scheduler(stream_id: str, state: _Stream, why: str) -> None:
 
 
 class _Streams:
+    """The open streams, each a client's own: keyed by the client's connection (its ROUTER
+    identity) and the stream id, so two clients that both call their camera "cam0" do not restart
+    or keyframe each other's stream, nor get labels warped from the other's frames."""
+
     def __init__(self, max_streams: int, ttl_s: float, scheduler: Callable[[], Scheduler]) -> None:
         self._max = max_streams
         self._ttl = ttl_s
         self._new = scheduler
-        self._table: OrderedDict[str, _Stream] = OrderedDict()
+        self._table: OrderedDict[tuple[bytes, str], _Stream] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, stream_id: str, *, start: bool) -> _Stream:
+    def get(self, client: bytes, stream_id: str, *, start: bool) -> _Stream:
+        key = (client, stream_id)
         with self._lock:
             if start:
                 state = _Stream(self._new())
-                old = self._table.pop(stream_id, None)
+                old = self._table.pop(key, None)
                 if old is not None:
                     _close_scheduler(stream_id, old, "started again")
-                self._table[stream_id] = state
+                self._table[key] = state
                 while len(self._table) > self._max:
-                    evicted, gone = self._table.popitem(last=False)
+                    (_, evicted), gone = self._table.popitem(last=False)
                     _close_scheduler(evicted, gone, "evicted")
                     log.info("stream %r evicted: more than %d streams open", evicted, self._max)
             else:
-                found = self._table.get(stream_id)
+                found = self._table.get(key)
                 if found is None:
                     raise WireError(
                         ErrorCode.UNKNOWN_STREAM,
@@ -192,19 +197,19 @@ class _Streams:
                         "send start: true to open it",
                     )
                 state = found
-            self._table.move_to_end(stream_id)
+            self._table.move_to_end(key)
             state.last_used = time.monotonic()
             return state
 
     def expire(self) -> None:
         cutoff = time.monotonic() - self._ttl
         with self._lock:
-            for sid in [s for s, st in self._table.items() if st.last_used < cutoff]:
-                _close_scheduler(sid, self._table.pop(sid), f"idle for more than {self._ttl:g} s")
+            for key in [k for k, st in self._table.items() if st.last_used < cutoff]:
+                _close_scheduler(key[1], self._table.pop(key), f"idle for more than {self._ttl:g} s")
 
     def clear(self) -> None:
         with self._lock:
-            for sid, state in self._table.items():
+            for (_, sid), state in self._table.items():
                 _close_scheduler(sid, state, "server closing")
             self._table.clear()
 
@@ -545,7 +550,7 @@ class Server:
                 )
             image = self._decode_image(request, job.body[1].buffer, timings)
             _check_reply_encodable(request, image.shape)
-            reply = self._segment(request, image, timings, started)
+            reply = self._segment(request, image, timings, started, client=job.envelope[0])
             self._count(None)
             return reply
         except WireError as exc:
@@ -579,7 +584,13 @@ class Server:
         return image
 
     def _segment(
-        self, request: SegmentRequest, image: np.ndarray, timings: dict[str, float], started: float
+        self,
+        request: SegmentRequest,
+        image: np.ndarray,
+        timings: dict[str, float],
+        started: float,
+        *,
+        client: bytes,
     ) -> list[bytes]:
         engine = self.engine
         h, w = image.shape[:2]
@@ -594,7 +605,7 @@ class Server:
         if request.stream is None:
             result = Every().step(engine, x)
         else:
-            state = self._streams.get(request.stream, start=request.start)
+            state = self._streams.get(client, request.stream, start=request.start)
             with state.lock:
                 if request.keyframe:
                     state.scheduler.reset()  # the schedule restarts here, with a keyframe

@@ -95,6 +95,28 @@ def test_streams_run_the_keyframe_scheduler(small_engine: Engine, tcp_endpoint: 
     assert other.is_keyframe  # a new stream starts with a keyframe
 
 
+def test_two_clients_with_the_same_stream_id_keep_their_own_streams(  # type: ignore[no-untyped-def]
+    small_engine: Engine, tcp_endpoint: str, random_images
+) -> None:
+    """Both call their camera "cam0": the second one's start reset the first one's stream, whose
+    next frames were then answered from the other camera's deep features."""
+    images = random_images(3, (48, 64, 3), seed=4)
+    expected = scheduled_labels(small_engine, images)
+    with (
+        Server(small_engine, bind=tcp_endpoint, scheduler=lambda: Clockwork(3)).start() as server,
+        Client(tcp_endpoint, timeout=10) as first,
+        Client(tcp_endpoint, timeout=10) as second,
+    ):
+        a0 = first.segment(images[0], stream_id="cam0")
+        b0 = second.segment(images[2], stream_id="cam0")
+        a1 = first.segment(images[1], stream_id="cam0")
+        b1 = second.segment(images[1], stream_id="cam0")
+        assert server.stats.streams == 2
+    assert a0.is_keyframe and b0.is_keyframe and not a1.is_keyframe and not b1.is_keyframe
+    np.testing.assert_array_equal(a1.labels, expected[1][0])  # frame 1 on the first client's keyframe
+    np.testing.assert_array_equal(b1.labels, expected[1][2])  # and on the second client's
+
+
 def test_unknown_stream_is_refused_and_streams_are_bounded(small_engine: Engine, tcp_endpoint: str) -> None:
     image = np.zeros((48, 64, 3), np.uint8)
     header = raw_request(stream="s1")
