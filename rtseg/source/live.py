@@ -279,10 +279,13 @@ class LiveSource(Source):
 
     def _next_frame(self) -> Frame | None:
         rate = self.options.rate
+        thinned_up_to = self._last_index  # frames captured while waiting for the rate's slot
         if rate is not None:
             wait = self._next_due - time.perf_counter()
             if wait > 0:
                 time.sleep(wait)
+            with self._cond:
+                thinned_up_to = self._captured - 1
         timeout = self.options.timeout
         patience = timeout + min(timeout / 2, WATCHDOG_GRACE_S)
         with self._cond:
@@ -305,10 +308,14 @@ class LiveSource(Source):
                 self._cond.wait(0.05)
             image, index, wall, mono = self._latest
             self._latest = None  # the consumer owns it now
-        self._dropped += index - self._last_index - 1
+        # Skipped frames the rate asked to skip are thinned, not dropped (as for files): dropped are
+        # those that arrived after this frame's slot and were replaced before it was taken.
+        self._dropped += index - max(self._last_index, min(thinned_up_to, index - 1)) - 1
+        first = self._last_index < 0
         self._last_index = index
         if rate is not None:
-            self._next_due = max(self._next_due + 1.0 / rate, time.perf_counter())
+            now = time.perf_counter()
+            self._next_due = now + 1.0 / rate if first else max(self._next_due + 1.0 / rate, now)
         return Frame(self._resize(image), index, wall, mono, self.uri)
 
     def _release(self) -> None:

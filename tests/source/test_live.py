@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.server
+import itertools
 import logging
 import threading
 import time
@@ -326,3 +327,18 @@ def test_an_exception_while_reconnecting_is_logged_and_retried(caplog) -> None:
         assert src.stats.reconnects == 1
     assert [f.index for f in frames] == sorted({f.index for f in frames})
     assert "RuntimeError: driver hiccup" in caplog.text
+
+
+def test_rate_on_a_live_source_thins_without_counting_drops_and_spaces_the_second_frame() -> None:
+    """A 100 fps camera at rate=5: the frames between slots were counted as dropped (the summary's
+    'dropped at the source'), and the second frame came 10 ms after the first."""
+    factory = Factory([FakeCamera([0], frames=None, period=0.01)])
+    with open_source("camera://0", capture_factory=factory, rate=5) as src:
+        times = []
+        for _ in range(4):
+            next(src)
+            times.append(time.perf_counter())
+        stats = src.stats
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert all(gap >= 0.18 for gap in gaps), gaps  # 0.2 s apart, the first pair too
+    assert stats.delivered == 4 and stats.dropped <= 3  # not the ~60 frames the rate skipped
