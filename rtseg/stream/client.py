@@ -284,8 +284,9 @@ class Client:
     def _reply(self, header: dict[str, Any], frames: list[bytes], rtt: float, restarted: bool) -> Reply:
         parts: dict[str, np.ndarray] = {}
         for i, item in enumerate(header["parts"]):
-            spec = PartSpec.from_dict(item, f"parts[{i}]")
-            parts[spec.name] = decode_array(spec, frames[1 + i], max_pixels=self.max_pixels)
+            spec = PartSpec.received(item, f"parts[{i}]")
+            if not spec.skipped:
+                parts[spec.name] = decode_array(spec, frames[1 + i], max_pixels=self.max_pixels)
         if "labels" not in parts:
             raise ProtocolError("the reply has no labels part")
         # what the subscriber checks of a published message: an h x w uint8 label map (and an

@@ -26,6 +26,10 @@ from ..errors import ProtocolError, RtsegError
 
 PROTOCOL = "rtseg/1"
 ENCODINGS = ("jpeg", "png", "raw")
+# What a receiver records for a part of a name it does not know, in an encoding or dtype rtseg/1
+# does not have (a later publisher's addition): the part is skipped, the message still read.
+UNKNOWN_ENCODING = "unknown"
+KNOWN_PARTS = ("labels", "overlay", "frame", "image")
 # Raw parts are C-order and little-endian; the dtype names are the wire names.
 DTYPES: dict[str, np.dtype] = {
     "uint8": np.dtype("u1"),
@@ -227,6 +231,8 @@ class PartSpec:
     def __post_init__(self) -> None:
         if not self.name or not isinstance(self.name, str):
             raise ValueError(f"PartSpec.name must be a non-empty string, got {self.name!r}")
+        if self.encoding == UNKNOWN_ENCODING:
+            return  # a part to skip (``PartSpec.received``): nothing about it is known
         if self.encoding not in ENCODINGS:
             raise ValueError(f"PartSpec.encoding must be one of {ENCODINGS}, got {self.encoding!r}")
         if self.dtype not in DTYPES:
@@ -239,6 +245,23 @@ class PartSpec:
         if self.shape is not None:
             out["shape"] = list(self.shape)
         return out
+
+    @property
+    def skipped(self) -> bool:
+        return self.encoding == UNKNOWN_ENCODING
+
+    @classmethod
+    def received(cls, data: Any, where: str = "parts[]") -> PartSpec:
+        """``from_dict`` for a receiver: a part of a name rtseg/1 does not know whose encoding or
+        dtype it does not know either is a later addition to skip ("ignore unknown part names"),
+        not a reason to refuse the message and its labels."""
+        try:
+            return cls.from_dict(data, where)
+        except WireError:
+            name = data.get("name") if isinstance(data, dict) else None
+            if not isinstance(name, str) or not name or len(name) > 64 or name in KNOWN_PARTS:
+                raise
+            return cls(name, UNKNOWN_ENCODING)
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "parts[]") -> PartSpec:
@@ -363,6 +386,8 @@ def check_part(spec: PartSpec, data: bytes | memoryview, *, max_pixels: int = DE
     """The checks that need no decoding: a raw part's byte count; an image's signature, size in its
     header, and end marker (a truncated one). Microseconds, so a receiver can run them on every
     message, including those it will never decode."""
+    if spec.skipped:
+        return
     if spec.encoding == "raw":
         shape = spec.shape if spec.shape is not None else ()  # PartSpec requires a shape for raw
         check_pixels(shape, max_pixels, f"part {spec.name!r}")
@@ -459,7 +484,7 @@ class FrameHeader:
         parts = data.get("parts")
         if not isinstance(parts, list) or len(parts) > MAX_PARTS:
             raise _bad("parts", f"a list of at most {MAX_PARTS} part descriptors", parts)
-        specs = tuple(PartSpec.from_dict(p, f"parts[{i}]") for i, p in enumerate(parts))
+        specs = tuple(PartSpec.received(p, f"parts[{i}]") for i, p in enumerate(parts))
         if len({p.name for p in specs}) != len(specs):
             raise _bad("parts", "unique part names", [p.name for p in specs])
         return cls(
@@ -569,6 +594,7 @@ def decode_frame_parts(
     parts = {
         spec.name: decode_array(spec, frames[2 + i], max_pixels=max_pixels)
         for i, spec in enumerate(header.parts)
+        if not spec.skipped
     }
     check_standard_parts(parts)
     return parts

@@ -168,6 +168,46 @@ def test_a_message_whose_parts_do_not_frame_leaves_the_stream_as_it_was(
     assert stats.malformed - before.malformed == 1
 
 
+@pytest.mark.parametrize(
+    "descriptor",
+    [
+        {"name": "depth", "encoding": "zstd", "dtype": "uint16", "shape": [4, 6]},
+        {"name": "depth", "encoding": "raw", "dtype": "int64", "shape": [4, 6]},
+    ],
+    ids=["unknown-encoding", "unknown-dtype"],
+)
+def test_a_later_publishers_new_part_is_skipped_not_the_message(
+    raw_pub: RawPublisher, tcp_endpoint: str, descriptor: dict
+) -> None:
+    """rtseg/1: "ignore unknown fields and unknown part names". A part of a new name in an encoding
+    or dtype this version does not know made the whole message malformed, its labels with it."""
+    with Subscriber(tcp_endpoint, latest=True, topics=["cam0"]) as sub:
+        raw_pub.connect(sub, "cam0")
+        good = frame_message(1)
+        header = json.loads(good[1])
+        header["parts"].append(descriptor)
+        raw_pub.sock.send_multipart([good[0], json.dumps(header).encode(), good[2], b"\x01" * 48])
+        message = sub.recv(timeout=5)
+        stats = sub.stats
+    assert set(message.parts) == {"labels"} and stats.malformed == 0
+    np.testing.assert_array_equal(message.parts["labels"], np.full((4, 6), 1, np.uint8))
+
+
+def test_a_known_part_in_an_unknown_encoding_is_still_malformed(
+    raw_pub: RawPublisher, tcp_endpoint: str
+) -> None:
+    with Subscriber(tcp_endpoint, latest=True, topics=["cam0"]) as sub:
+        raw_pub.connect(sub, "cam0")
+        before = sub.stats
+        bad = frame_message(1)
+        header = json.loads(bad[1])
+        header["parts"][0]["encoding"] = "zstd"
+        raw_pub.sock.send_multipart([bad[0], json.dumps(header).encode(), bad[2]])
+        raw_pub.sock.send_multipart(frame_message(2))
+        assert sub.recv(timeout=5).header.seq == 2
+        assert sub.stats.malformed - before.malformed == 1
+
+
 def test_a_malformed_message_does_not_lose_the_streams_skip_count(
     raw_pub: RawPublisher, tcp_endpoint: str
 ) -> None:
