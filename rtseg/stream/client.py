@@ -19,6 +19,7 @@ import logging
 import math
 import numbers
 import os
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -134,6 +135,7 @@ class Client:
         self._started: set[str] = set()
         self.reconnects = 0
         self.last_attempts = 0
+        self._busy = threading.Lock()  # one request at a time, as the REQ socket allows
 
     # ------------------------------------------------------------------ transport
 
@@ -161,6 +163,17 @@ class Client:
         For tools and tests that speak the wire format themselves. ``deadline`` (a
         ``time.monotonic()`` instant) caps the attempts further, so that a caller sending more than
         one request keeps its own bound; by default it is ``timeout * (retries + 1)`` from now."""
+        if not self._busy.acquire(blocking=False):
+            raise ConfigError(
+                "this Client is waiting for a reply in another thread: its REQ socket carries one "
+                "request at a time; give each thread its own Client"
+            )
+        try:
+            return self._request(frames, deadline)
+        finally:
+            self._busy.release()
+
+    def _request(self, frames: Sequence[bytes], deadline: float | None) -> list[bytes]:
         if self._ctx.closed:
             raise ConfigError("this client is closed")
         attempts = self.retries + 1
@@ -201,9 +214,10 @@ class Client:
                     attempt,
                     attempts - 1,
                 )
+        refused = ", or it refused this client's CURVE keys" if self.curve_keys is not None else ""
         raise StreamTimeout(
             f"no reply from {self.addr} after {attempt} attempt(s) of at most {self.timeout:.3g} s "
-            "(server down or overloaded, or a frame over its size limit)"
+            f"(server down or overloaded, or a frame over its size limit{refused})"
         )
 
     # ------------------------------------------------------------------ segmentation
@@ -312,9 +326,12 @@ class Client:
         )
 
     def close(self) -> None:
-        self._drop_socket()
-        if not self._ctx.closed:
-            self._ctx.term()
+        """Close the socket; from another thread, after the request in flight there has ended (it
+        is bounded by timeout x attempts): closing a socket another thread polls is unsafe."""
+        with self._busy:
+            self._drop_socket()
+            if not self._ctx.closed:
+                self._ctx.term()
 
     def __enter__(self) -> Client:
         return self

@@ -309,3 +309,34 @@ def test_client_arguments_are_checked_by_name(kwargs: dict, message: str, tcp_en
     assert str(err.value) == message
     with pytest.raises(ConfigError, match="addr must be a string such as tcp://HOST:PORT, got 5560"):
         Client(5560)  # type: ignore[arg-type]
+
+
+def test_one_client_in_two_threads_is_refused_and_close_waits_for_the_request(tcp_endpoint: str) -> None:
+    """A REQ socket carries one request at a time: a second thread's request failed as a timeout
+    after its full wait, and close() from another thread closed a socket still being polled."""
+    silent = zmq.Context.instance().socket(zmq.ROUTER)  # takes requests and never answers
+    silent.bind(tcp_endpoint)
+    client = Client(tcp_endpoint, timeout=0.5, retries=0)
+    outcome: list[BaseException] = []
+
+    def waiting() -> None:
+        try:
+            client.request([b"{}", b""])
+        except BaseException as exc:
+            outcome.append(exc)
+
+    worker = threading.Thread(target=waiting)
+    try:
+        worker.start()
+        time.sleep(0.1)  # the worker is waiting for its reply
+        start = time.monotonic()
+        with pytest.raises(ConfigError, match="waiting for a reply in another thread"):
+            client.request([b"{}", b""])
+        assert time.monotonic() - start < 0.1  # said at once, not after a wait of its own
+        client.close()  # waits for the worker's request to end, then closes
+        worker.join(5)
+        assert len(outcome) == 1 and isinstance(outcome[0], StreamTimeout)
+        assert "CURVE" not in str(outcome[0])  # no keys: no key refusal to suspect
+    finally:
+        client.close()
+        silent.close(linger=0)

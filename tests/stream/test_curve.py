@@ -54,8 +54,10 @@ def test_encrypted_server_admits_only_known_clients(
             reply = client.segment(IMAGE, labels="raw")
         for directory in (None, stranger):
             intruder = Client(tcp_endpoint, timeout=0.5, retries=0, curve_keys=directory)
-            with intruder, pytest.raises(StreamTimeout):
+            with intruder, pytest.raises(StreamTimeout) as refused:
                 intruder.segment(IMAGE)
+            # a client with keys is told the server may have refused them, not only that it is down
+            assert ("refused this client's CURVE keys" in str(refused.value)) == (directory is not None)
         assert server.stats.received == 1
     np.testing.assert_array_equal(reply.labels, small_engine.run(IMAGE)[0])
 
