@@ -265,6 +265,7 @@ class MediaSource(Source):
         self._media_index = -1  # index of the last frame read in this pass
         self._index_offset = 0  # frames of previous passes (loop)
         self._next_slot = 0.0  # rate limiting: earliest media time of the next kept frame
+        self._time_offset = 0.0  # media time of the passes before this one (loop): time runs on
         self._clock_start: float | None = None  # realtime: perf_counter at media time 0
         self._pass_frames = 0
 
@@ -291,7 +292,7 @@ class MediaSource(Source):
         self._index_offset += self._media_index + 1
         self._media_index = -1
         self._pass_frames = 0
-        self._next_slot = max(0.0, self._next_slot - duration)
+        self._time_offset += duration  # the rate's slots stay on the one timeline of every pass
         if self._clock_start is not None:
             self._clock_start += duration
         return True
@@ -320,7 +321,7 @@ class MediaSource(Source):
         period = 1.0 / (rate or self.fps)
         while True:
             t_next = self._media_time(self._media_index + 1)
-            thinned = rate is not None and t_next + 1e-9 < self._next_slot
+            thinned = rate is not None and self._time_offset + t_next + 1e-9 < self._next_slot
             late = (
                 not thinned
                 and self.options.realtime
@@ -338,7 +339,7 @@ class MediaSource(Source):
                 return None
             t = self._media_time(self._media_index)
             if rate is not None:
-                self._next_slot = (np.floor(t * rate + 1e-9) + 1) / rate
+                self._next_slot = (np.floor((self._time_offset + t) * rate + 1e-9) + 1) / rate
             if self.options.realtime:
                 now = time.perf_counter()
                 if self._clock_start is None:

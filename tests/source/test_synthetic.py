@@ -65,3 +65,17 @@ def test_unknown_scene() -> None:
 def test_bad_parameters(uri: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         open_source(uri)
+
+
+def test_rate_keeps_one_timeline_across_loop_passes() -> None:
+    """A 0.9 s clip at rate 4: the slots are every 0.25 s of media time running on across passes
+    (frames 0, 3, 5, 8, 10, 13, ...); each pass restarted the slot grid, and after the first seam
+    frames came 0.2 s apart (10, 12, 14, 17, ...)."""
+    with open_source("synthetic://drive?size=64x48&fps=10&frames=9", loop=True, rate=4) as src:
+        indices = [f.index for _, f in zip(range(12), src, strict=False)]
+    expected, slot = [], 0.0
+    for index in range(30):  # the first frame at or past each 0.25 s slot of the running time
+        if index / 10 + 1e-9 >= slot:
+            expected.append(index)
+            slot = (int(index / 10 * 4 + 1e-9) + 1) / 4
+    assert indices == expected[:12]
