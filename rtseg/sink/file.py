@@ -159,7 +159,10 @@ def check_size_limit(video: Path, image: np.ndarray, frames: int, limit: int | N
     """SinkError when another frame and the index may not fit under the file size limit."""
     if limit is None:
         return
-    size = video.stat().st_size if video.exists() else 0
+    try:
+        size = video.stat().st_size
+    except FileNotFoundError:  # FFmpeg has not created it yet
+        size = 0
     index = INDEX_BYTES_PER_FRAME * (frames + 1) + (64 << 10)
     if size + UNWRITTEN_BYTES + 2 * image.nbytes + index > limit:
         raise SinkError(
