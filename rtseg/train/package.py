@@ -10,11 +10,12 @@ Evaluates the weights on the given splits with the reference protocol (the same 
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import replace
 from pathlib import Path
 
 from ..data.datasets import open_dataset
-from ..errors import CheckpointError
+from ..errors import CheckpointError, RtsegError
 from ..evaluate import evaluate, torch_logits_fn
 from ..models import get_model, read_checkpoint, save_checkpoint
 
@@ -70,9 +71,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--root", type=Path, required=True)
     p.add_argument("--splits", nargs="+", default=["val", "test"])
     args = p.parse_args(argv)
-    for split, miou in package(
-        args.source, args.target, dataset=args.dataset, root=args.root, splits=args.splits
-    ).items():
+    try:
+        results = package(args.source, args.target, dataset=args.dataset, root=args.root, splits=args.splits)
+    except RtsegError as exc:  # a missing split, plain or training-state weights: one line, as rtseg's
+        print(f"{p.prog}: error: {exc}", file=sys.stderr)
+        return 2
+    for split, miou in results.items():
         print(f"{split}: mIoU {miou:.2f}")
     print(f"wrote {args.target} ({args.target.stat().st_size / 1e6:.2f} MB)")
     return 0
