@@ -20,6 +20,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -174,7 +175,9 @@ class LiveSource(Source):
         self._error: SourceError | None = None
         self._finished = False
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._capture_loop, name=f"source:{uri}", daemon=True)
+        self._thread = threading.Thread(
+            target=_capture, args=(weakref.ref(self), self._cap), name=f"source:{uri}", daemon=True
+        )
         self._thread.start()
 
     def _said(self, exc: BaseException) -> str:
@@ -202,44 +205,41 @@ class LiveSource(Source):
             return None
         return cap
 
-    def _capture_loop(self) -> None:
-        cap: Capture | None = self._cap
+    def _capture_step(self, cap: Capture) -> tuple[Capture | None, bool]:
+        """One read: (the capture to hold, whether to go on)."""
         try:
-            while cap is not None and not self._stop.is_set():
-                try:
-                    ok, image = cap.read()
-                except Exception as exc:  # treated like a failed read: reconnect
-                    log.debug("%s: read failed: %s", self.uri, self._said(exc))
-                    ok, image = False, None
-                if self._stop.is_set():
-                    break
-                if ok and image is not None:
-                    with self._cond:
-                        self._attempts = 0
-                        self._latest = (image, self._captured, time.time(), time.perf_counter())
-                        self._captured += 1
-                        self._heartbeat = time.perf_counter()
-                        self._cond.notify_all()
-                    continue
-                if self._at_end(cap):
-                    log.info("%s: end of stream after %d frames", self.uri, self._frame_count)
-                    break
-                cap.release()
-                cap = self._reconnect()
-        except Exception as exc:  # a bug or a driver failure: the consumer must hear of it, not see an end
-            said = self._said(exc)
-            log.error("%s: capture thread failed: %s: %s", self.uri, type(exc).__name__, said)
+            ok, image = cap.read()
+        except Exception as exc:  # treated like a failed read: reconnect
+            log.debug("%s: read failed: %s", self.uri, self._said(exc))
+            ok, image = False, None
+        if self._stop.is_set():
+            return cap, False
+        if ok and image is not None:
             with self._cond:
-                self._error = SourceError(f"{self.uri}: capture thread failed: {type(exc).__name__}: {said}")
-        finally:
-            if cap is not None:
-                try:
-                    cap.release()
-                except Exception as exc:
-                    log.warning("%s: releasing the capture failed: %s", self.uri, self._said(exc))
-            with self._cond:
-                self._finished = True
+                self._attempts = 0
+                self._latest = (image, self._captured, time.time(), time.perf_counter())
+                self._captured += 1
+                self._heartbeat = time.perf_counter()
                 self._cond.notify_all()
+            return cap, True
+        if self._at_end(cap):
+            log.info("%s: end of stream after %d frames", self.uri, self._frame_count)
+            return cap, False
+        cap.release()
+        cap = self._reconnect()
+        return cap, cap is not None
+
+    def _capture_failed(self, exc: Exception) -> None:
+        """A bug or a driver failure: the consumer must hear of it, not see an end."""
+        said = self._said(exc)
+        log.error("%s: capture thread failed: %s: %s", self.uri, type(exc).__name__, said)
+        with self._cond:
+            self._error = SourceError(f"{self.uri}: capture thread failed: {type(exc).__name__}: {said}")
+
+    def _capture_ended(self) -> None:
+        with self._cond:
+            self._finished = True
+            self._cond.notify_all()
 
     def _reconnect(self) -> Capture | None:
         limit = self.options.reconnect
@@ -328,6 +328,35 @@ class LiveSource(Source):
         """A finite stream (an HLS recording, a video at a URL without a file extension) read to its end."""
         count = self._frame_count
         return count is not None and _get(cap, cv2.CAP_PROP_POS_FRAMES) >= count
+
+
+def _capture(source_ref: weakref.ReferenceType[LiveSource], cap: Capture | None) -> None:
+    """The capture thread. It holds the source only while it reads or reconnects, so a source
+    dropped without close() is collected, and its thread then ends and releases the device."""
+    source: LiveSource | None = None
+    try:
+        go_on = cap is not None
+        while go_on and cap is not None:
+            source = source_ref()
+            if source is None or source._stop.is_set():
+                break
+            cap, go_on = source._capture_step(cap)
+            source = None
+    except Exception as exc:
+        if source is not None:
+            source._capture_failed(exc)
+    finally:
+        if source is None:
+            source = source_ref()
+        if cap is not None:
+            try:
+                cap.release()
+            except Exception as exc:
+                uri = source.uri if source is not None else "a dropped live source"
+                said = source._said(exc) if source is not None else type(exc).__name__
+                log.warning("%s: releasing the capture failed: %s", uri, said)
+        if source is not None:
+            source._capture_ended()
 
 
 def _frame_count(cap: Any) -> int | None:

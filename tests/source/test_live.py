@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import http.server
 import itertools
 import logging
@@ -162,6 +163,20 @@ def test_close_stops_the_capture_thread() -> None:
     assert cam.released.wait(1.0)
     with pytest.raises(SourceError, match=r"camera://0: the source is closed"):
         next(src)
+
+
+def test_a_source_dropped_without_close_ends_its_thread_and_releases_the_camera() -> None:
+    # The thread used to hold the source: a dropped source was never collected, and its camera
+    # stayed open and read for the life of the process.
+    cam = FakeCamera([0], frames=None)
+    src = open_source("camera://0", capture_factory=Factory([cam]))
+    next(src)
+    thread = src._thread
+    del src
+    gc.collect()
+    assert cam.released.wait(2.0)
+    thread.join(2.0)
+    assert not thread.is_alive()
 
 
 class FFmpegStalled(FakeCamera):
