@@ -97,14 +97,17 @@ def recoverable_errors() -> Iterator[None]:
 def trt_logger(trt: Any) -> Any:
     """The process-wide ``trt.ILogger``: TensorRT keeps using the logger of the first builder or
     runtime, and a logger must outlive every object created with it. Errors and warnings go to
-    rtseg's log; ``capture()`` collects the error messages logged while it is open."""
+    rtseg's log; ``capture()`` collects the error messages logged while it is open. TensorRT
+    logs a call's errors from the thread that made the call, so each capture takes its own
+    thread's errors and two builds on two threads do not get each other's; an error logged from
+    a thread that captures nothing (a worker of TensorRT's own) goes to every open capture."""
     severity = trt.ILogger.Severity
 
     class _Logger(trt.ILogger):  # type: ignore[misc,name-defined]
         def __init__(self) -> None:
             trt.ILogger.__init__(self)
             self._lock = threading.Lock()
-            self._sinks: list[list[str]] = []
+            self._sinks: dict[int, list[list[str]]] = {}  # by thread ident
 
         def log(self, level: Any, msg: str) -> None:
             if level == severity.ERROR and getattr(_recovering, "active", False):
@@ -112,7 +115,8 @@ def trt_logger(trt: Any) -> Any:
             elif level in (severity.INTERNAL_ERROR, severity.ERROR):
                 log.error("TensorRT: %s", msg)
                 with self._lock:
-                    for sink in self._sinks:
+                    own = self._sinks.get(threading.get_ident())
+                    for sink in own if own else [s for sinks in self._sinks.values() for s in sinks]:
                         sink.append(str(msg))
             elif level == severity.WARNING:
                 log.warning("TensorRT: %s", msg)
@@ -122,13 +126,17 @@ def trt_logger(trt: Any) -> Any:
         @contextmanager
         def capture(self) -> Iterator[list[str]]:
             sink: list[str] = []
+            thread = threading.get_ident()
             with self._lock:
-                self._sinks.append(sink)
+                self._sinks.setdefault(thread, []).append(sink)
             try:
                 yield sink
             finally:
                 with self._lock:
-                    self._sinks.remove(sink)
+                    sinks = self._sinks[thread]
+                    sinks.remove(sink)
+                    if not sinks:
+                        del self._sinks[thread]
 
     return _Logger()
 

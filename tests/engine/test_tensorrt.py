@@ -318,6 +318,31 @@ def test_one_logger_forwards_messages_and_captures_errors(
     assert "TensorRT: Using default stream in enqueueV3()" in caplog.text
 
 
+def test_concurrent_captures_get_their_own_threads_errors(fake_trt: types.ModuleType) -> None:
+    # Two engines built on two threads: each build's error list used to get the other's errors.
+    logger = tb.trt_logger(fake_trt)
+    inside, done = threading.Barrier(2), threading.Event()
+    caught: dict[str, list[str]] = {}
+
+    def build(name: str) -> None:
+        with logger.capture() as errors:
+            inside.wait(5)
+            logger.log(_Severity.ERROR, f"{name} failed")
+            inside.wait(5)
+            if name == "a":
+                done.wait(5)
+        caught[name] = errors
+
+    threads = [threading.Thread(target=build, args=(name,)) for name in "ab"]
+    for thread in threads:
+        thread.start()
+    threads[1].join(5)
+    logger.log(_Severity.ERROR, "from a thread of TensorRT's own")  # no capture here: goes to all
+    done.set()
+    threads[0].join(5)
+    assert caught == {"a": ["a failed", "from a thread of TensorRT's own"], "b": ["b failed"]}
+
+
 class _Layer:
     """An ILayer as the ONNX parser leaves it: named after its node, precision not set."""
 
