@@ -22,6 +22,7 @@ from .packet import Packet
 # OpenCV's pip wheels ship FFmpeg without an H.264 encoder: mp4v (MPEG-4 part 2) is what works.
 VIDEO_FOURCC = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".mkv": "mp4v", ".avi": "MJPG"}
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+LABEL_SUFFIXES = (".png", ".bmp", ".tif", ".tiff")  # lossless for one channel: a class id stays itself
 Content = Literal["overlay", "labels"]
 # One printf conversion (or a literal %%) in an image pattern.
 _FIELD = re.compile(r"%%|%[-+ #0]*\d*(?:\.\d+)?([diouxX])")
@@ -279,6 +280,11 @@ class FileSink(Sink):
             raise SinkError(f"{uri}: fps must be a positive finite number, got {fps!r}")
         if self.pattern:
             check_image_pattern(text, uri)
+            if content == "labels" and suffix not in LABEL_SUFFIXES:
+                raise SinkError(
+                    f"{uri}: a {suffix} image is compressed with loss, which changes class ids; write "
+                    f"label maps as {', '.join(LABEL_SUFFIXES)} (out/%06d.png)"
+                )
         else:
             if suffix in VIDEO_FOURCC and has_index_field(self.path.name):
                 raise SinkError(
@@ -291,13 +297,21 @@ class FileSink(Sink):
                     f"{uri}: file outputs take no ?options; the codec follows the suffix ({codecs}) "
                     "and the frame rate is the source's"
                 )
+            if suffix in IMAGE_SUFFIXES:
+                raise SinkError(
+                    f"{uri}: an image output writes one file per frame, so its name needs a frame "
+                    f"number field: {self.path.with_name(self.path.stem + '_%06d' + self.path.suffix)}"
+                )
             if suffix not in VIDEO_FOURCC:
                 raise SinkError(
                     f"{uri}: cannot tell the format from {suffix or 'no suffix'!r}; use a video "
                     f"({', '.join(VIDEO_FOURCC)}) or an image pattern such as out/%06d.png"
                 )
             if content == "labels":
-                raise SinkError(f"{uri}: label maps are written losslessly only as PNG images (out/%06d.png)")
+                raise SinkError(
+                    f"{uri}: label maps are written losslessly only as images ({', '.join(LABEL_SUFFIXES)}: "
+                    "out/%06d.png), not as a video"
+                )
         if fourcc is not None and len(fourcc) != 4:
             raise SinkError(f"{uri}: fourcc must be 4 characters, got {fourcc!r}")
         self.fourcc = fourcc or VIDEO_FOURCC.get(suffix, "")

@@ -94,6 +94,7 @@ def test_block_policy_writes_everything_behind_a_slow_disk(tmp_path: Path, packe
         ("out/%06d.mp4", "image pattern must end"),
         ("o_%03d/x_%03d.png", "o_%03d' holds a '%'; only the file name"),  # imwrite formats the folder too
         ("o_%03d/x.png", "o_%03d' holds a '%'; only the file name"),
+        ("o/frame.png", r"needs a frame number field: .*o/frame_%06d\.png"),  # not "cannot tell the format"
     ],
 )
 def test_bad_paths(tmp_path: Path, name: str, message: str) -> None:
@@ -101,9 +102,14 @@ def test_bad_paths(tmp_path: Path, name: str, message: str) -> None:
         FileSink(name, tmp_path / name)
 
 
-def test_labels_need_png_and_fourcc_is_checked(tmp_path: Path) -> None:
-    with pytest.raises(SinkError, match="PNG"):
+def test_labels_need_a_lossless_image_and_fourcc_is_checked(tmp_path: Path) -> None:
+    with pytest.raises(SinkError, match="losslessly only as images"):
         FileSink("x.mp4", tmp_path / "x.mp4", content="labels")
+    for lossy in ("x_%03d.jpg", "x_%03d.jpeg", "x_%03d.webp"):  # a JPEG changed 19 % of the class ids
+        with pytest.raises(SinkError, match="compressed with loss, which changes class ids"):
+            FileSink(lossy, tmp_path / lossy, content="labels")
+    for lossless in ("x_%03d.png", "x_%03d.bmp", "x_%03d.tif"):
+        FileSink(lossless, tmp_path / lossless, content="labels").close()
     with pytest.raises(SinkError, match="fourcc"):
         FileSink("x.mp4", tmp_path / "x.mp4", fourcc="H264X")
 
