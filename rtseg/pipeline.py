@@ -15,7 +15,7 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -284,6 +284,13 @@ class _Meter:
             return (len(self.done) - 1) / max(self.done[-1] - self.done[0], 1e-9)
 
 
+def read_only(frame: Frame, result: SegResult) -> tuple[Frame, SegResult]:
+    """The frame and result with read-only views of their arrays (no copy)."""
+    image, labels = frame.image.view(), result.labels.view()
+    image.flags.writeable = labels.flags.writeable = False
+    return replace(frame, image=image), replace(result, labels=labels)
+
+
 class Pipeline:
     """Runs ``source`` through ``segmenter`` into ``sinks``.
 
@@ -291,9 +298,12 @@ class Pipeline:
     objects, one sink also alone (``sinks="out.mp4"``); the pipeline closes them when it ends (or
     fails to start), and when it is dropped or the interpreter exits unclosed. Iterate it for
     ``(frame, result)`` pairs, or call ``run()``, once: the run closes the source and sinks.
-    ``on_result(frame, result)`` is called for every frame either way. The segmenter's scheduling
-    state is reset when the run starts (a new source is a new stream); ``scheduler`` replaces its
-    scheduler (the old one is closed). The segmenter is not closed: it is yours.
+    ``on_result(frame, result)`` is called for every frame either way. With sinks, the image and
+    labels it and the iteration get are read-only: the sinks draw from them later, on their own
+    threads, and a change made meanwhile would show in some recorded frames and not in others
+    (copy to draw). The segmenter's scheduling state is reset when the run starts (a new source is
+    a new stream); ``scheduler`` replaces its scheduler (the old one is closed). The segmenter is
+    not closed: it is yours.
     """
 
     def __init__(
@@ -407,6 +417,7 @@ class Pipeline:
                     packet = Packet(frame, result, self.style, fps, on_overlay=meter.add_overlay)
                     for sink in self.sinks:
                         sink.write(packet)
+                    frame, result = read_only(frame, result)
                 handoff_ms = (time.perf_counter() - t0) * 1000.0
                 meter.record(result, capture_ms, handoff_ms, (done - frame.monotonic) * 1000.0)
                 if self.on_result is not None:

@@ -336,3 +336,32 @@ def test_a_running_pipeline_reports_the_latency_of_its_recent_frames(engine) -> 
     finally:
         final = pipeline.close()
     assert final.latency_p50_ms == 100.0  # the whole window once closed
+
+
+def test_with_sinks_the_frames_handed_out_are_read_only_views(engine, tmp_path: Path) -> None:
+    # A sink draws the frame later, on its thread: a mark drawn in the callback showed in every
+    # recorded frame, or in none after a 20 ms pause. Now drawing on it is refused at once.
+    sent = []
+
+    class Keeper(Sink):
+        def emit(self, packet) -> None:
+            sent.append(packet)
+
+    marked = []
+
+    def draw(frame, result) -> None:
+        with pytest.raises(ValueError, match="read-only"):
+            frame.image[0, 0] = 255
+        with pytest.raises(ValueError, match="read-only"):
+            result.labels[0, 0] = 1
+        marked.append(frame.image.copy())  # a copy is the user's to draw on
+
+    seg = Segmenter(engine=engine)
+    with Pipeline(SOURCE, seg, sinks=[Keeper("keep://")], on_result=draw, max_frames=3) as p:
+        yielded = [frame.image for frame, _ in p]
+    assert len(marked) == 3 and all(not image.flags.writeable for image in yielded)
+    assert all(np.shares_memory(a.frame.image, b) for a, b in zip(sent, yielded, strict=True))  # no copy
+    # Without sinks nothing draws later: the frame stays the user's to change.
+    with Pipeline(SOURCE, Segmenter(engine=engine), max_frames=1) as p:
+        frame, result = next(iter(p))
+        assert frame.image.flags.writeable and result.labels.flags.writeable
