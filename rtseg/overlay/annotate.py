@@ -38,6 +38,10 @@ class OverlayStyle:
             or not 0.0 <= self.alpha <= 1.0
         ):
             raise ConfigError(f"OverlayStyle.alpha must be a number in [0, 1], got {self.alpha!r}")
+        for name in ("legend", "hud"):
+            value = getattr(self, name)
+            if not isinstance(value, bool | np.bool_):  # "no" would be true: drawn
+                raise ConfigError(f"OverlayStyle.{name} must be True or False, got {value!r}")
 
 
 @functools.lru_cache(maxsize=32)
@@ -70,21 +74,31 @@ def colorize(labels: np.ndarray, classes: ClassSet, size: tuple[int, int] | None
     return cv2.applyColorMap(labels_at(labels, (size[1], size[0])), userColor=lut)
 
 
-def _draw_legend(image: np.ndarray, classes: ClassSet, present: np.ndarray | None) -> None:
+FONT = cv2.FONT_HERSHEY_SIMPLEX
+
+
+def _draw_legend(
+    image: np.ndarray, classes: ClassSet, present: np.ndarray | None, hud: tuple[int, int] | None = None
+) -> None:
+    """Class swatches down the left side, in more columns when one does not hold them all, and
+    below the HUD's box (``hud``: its left edge and bottom) where they would reach into it."""
     ids = range(len(classes)) if present is None else [i for i in range(len(classes)) if present[i]]
     scale = max(0.4, image.shape[0] / 1400)
     row = int(22 * scale / 0.5)
-    x0, y0 = 8, 8
-    for k, i in enumerate(ids):
-        y = y0 + k * row
+    width = row + 6 + max((cv2.getTextSize(classes.names[i], FONT, scale, 3)[0][0] for i in ids), default=0)
+    top = hud[1] + 8 if hud is not None and 8 + width > hud[0] - 4 else 8
+    x, y = 8, top
+    for i in ids:
         if y + row > image.shape[0]:
+            x, y = x + width + 8, top
+        if x + row > image.shape[1] or y + row > image.shape[0]:
             break
         b, g, r = (int(v) for v in classes.palette[i][::-1])
-        cv2.rectangle(image, (x0, y), (x0 + row - 4, y + row - 4), (b, g, r), -1)
-        origin = (x0 + row + 2, y + row - 8)
+        cv2.rectangle(image, (x, y), (x + row - 4, y + row - 4), (b, g, r), -1)
+        origin = (x + row + 2, y + row - 8)
         for colour, thickness in (((0, 0, 0), 3), ((255, 255, 255), 1)):  # white on a black outline
-            font = cv2.FONT_HERSHEY_SIMPLEX
-            cv2.putText(image, classes.names[i], origin, font, scale, colour, thickness, cv2.LINE_AA)
+            cv2.putText(image, classes.names[i], origin, FONT, scale, colour, thickness, cv2.LINE_AA)
+        y += row
 
 
 def hud_text(result: SegResult, fps: float | None) -> str:
@@ -95,18 +109,26 @@ def hud_text(result: SegResult, fps: float | None) -> str:
         parts.append(f"{fps:5.1f} FPS")
     parts.append(f"{result.latency_ms:6.1f} ms")
     reuse = f"reuse +{result.deep_age}" if result.deep_age else ""
-    parts.append(" ".join(p for p in ("KEY" if result.is_keyframe else "", reuse) if p))
+    source = " ".join(p for p in ("KEY" if result.is_keyframe else "", reuse) if p)
+    if source:
+        parts.append(source)
     return "  ".join(parts)
 
 
-def _draw_hud(image: np.ndarray, result: SegResult, fps: float | None) -> None:
+def _draw_hud(image: np.ndarray, result: SegResult, fps: float | None) -> tuple[int, int]:
+    """Draws the HUD in the top right corner, smaller where the frame is too narrow for it, and
+    returns its box's left edge and bottom."""
     text = hud_text(result, fps)
     scale = max(0.5, image.shape[0] / 1000)
-    (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
-    x, y = image.shape[1] - tw - 10, th + 10
+    (tw, th), _ = cv2.getTextSize(text, FONT, scale, 1)
+    if tw > image.shape[1] - 20:  # a small frame: shrink the text rather than cut it off
+        scale *= max(image.shape[1] - 20, 1) / tw
+        (tw, th), _ = cv2.getTextSize(text, FONT, scale, 1)
+    x, y = max(image.shape[1] - tw - 10, 6), th + 10
     cv2.rectangle(image, (x - 6, y - th - 6), (x + tw + 6, y + 6), (0, 0, 0), -1)
     colour = (0, 220, 255) if result.is_keyframe else (255, 255, 255)
-    cv2.putText(image, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, colour, 1, cv2.LINE_AA)
+    cv2.putText(image, text, (x, y), FONT, scale, colour, 1, cv2.LINE_AA)
+    return x - 6, y + 6
 
 
 def annotate(
@@ -134,9 +156,9 @@ def annotate(
         out = cv2.addWeighted(mask, style.alpha, frame, 1.0 - style.alpha, 0.0)
     else:
         out = np.hstack((frame, mask))
+    hud_box = _draw_hud(out, result, fps) if style.hud else None  # first: the legend keeps clear of it
     if style.legend:
-        present = np.bincount(result.labels.ravel(), minlength=256)[: len(result.classes)] > 0
-        _draw_legend(out, result.classes, present)
-    if style.hud:
-        _draw_hud(out, result, fps)
+        # calcHist: 0.16 ms at 1024x512 where np.bincount, counting in int64, takes 0.64
+        counts = cv2.calcHist([result.labels], [0], None, [256], [0, 256]).ravel()
+        _draw_legend(out, result.classes, counts[: len(result.classes)] > 0, hud_box)
     return out

@@ -57,12 +57,37 @@ def test_modes_and_alpha() -> None:
 
 @pytest.mark.parametrize(
     ("keyframe", "age", "text"),
-    [(True, 0, "KEY"), (False, 2, "reuse +2"), (True, 3, "KEY reuse +3")],  # the last: async
+    [(True, 0, "  KEY"), (False, 2, "  reuse +2"), (True, 3, "  KEY reuse +3"), (False, 0, "")],
 )
 def test_the_hud_says_where_the_deep_features_came_from(keyframe: bool, age: int, text: str) -> None:
+    # (True, 3): an async keyframe. (False, 0): nothing to add, and no trailing blanks widening the box.
     result = SegResult(np.zeros((4, 4), np.uint8), 7, keyframe, age, CAMVID, {"low": 1.5, "head": 2.5})
-    assert hud_text(result, 12.5) == f" 12.5 FPS     4.0 ms  {text}"
-    assert hud_text(result, None) == f"   4.0 ms  {text}"
+    assert hud_text(result, 12.5) == f" 12.5 FPS     4.0 ms{text}"
+    assert hud_text(result, None) == f"   4.0 ms{text}"
+
+
+def test_on_a_small_frame_the_hud_fits_and_the_legend_starts_below_it() -> None:
+    # At 160x120 the HUD began at x = -86 (its FPS cut off) and its box covered the legend's rows.
+    frame = np.full((120, 160, 3), 90, np.uint8)
+    labels = np.tile(np.arange(11, dtype=np.uint8), (120, 15))[:, :160]  # every class present
+    result = SegResult(labels, 0, False, 3, CAMVID, {"head": 5.0})
+    mask = annotate(frame, result, "mask")
+    hud = annotate(frame, result, "mask", hud=True, fps=30.0)
+    both = annotate(frame, result, "mask", hud=True, legend=True, fps=30.0)
+    drawn = (hud != mask).any(axis=2)
+    cols = np.flatnonzero(drawn.any(axis=0))
+    rows = np.flatnonzero(drawn.any(axis=1))
+    assert cols[0] > 0 and cols[-1] < 159  # the whole box inside the frame
+    box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+    assert np.array_equal(both[box], hud[box])  # the legend drew nothing over the HUD
+    assert (both != hud).any(axis=2)[rows[-1] + 1 :].sum() > 200  # it is there, below
+
+
+@pytest.mark.parametrize("name", ["legend", "hud"])
+def test_legend_and_hud_take_booleans_only(name: str) -> None:
+    with pytest.raises(ConfigError, match=f"OverlayStyle.{name} must be True or False, got 'no'"):
+        OverlayStyle(**{name: "no"})  # a non-empty string is true: it was drawn
+    assert getattr(OverlayStyle(**{name: np.bool_(True)}), name)
 
 
 def test_legend_and_hud_draw_something() -> None:
