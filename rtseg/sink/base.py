@@ -9,6 +9,7 @@ a recording is written.
 from __future__ import annotations
 
 import logging
+import numbers
 import queue
 import threading
 import time
@@ -39,8 +40,9 @@ class Sink(ABC):
     """Base class: subclasses implement ``emit`` (and ``release`` for cleanup)."""
 
     def __init__(self, uri: str, *, queue_size: int = 4, policy: Policy = "drop") -> None:
-        if not isinstance(queue_size, int) or isinstance(queue_size, bool) or queue_size <= 0:
+        if not isinstance(queue_size, numbers.Integral) or isinstance(queue_size, bool) or queue_size <= 0:
             raise ConfigError(f"queue_size must be a positive whole number, got {queue_size!r}")
+        queue_size = int(queue_size)  # a NumPy integer from a config array is one too
         if policy not in ("drop", "block"):
             raise ConfigError(f"policy must be 'drop' or 'block', got {policy!r}")
         self.uri = uri
@@ -159,7 +161,7 @@ class Sink(ABC):
                     break
                 except queue.Full:
                     if deadline is not None and time.monotonic() > deadline:
-                        log.warning("sink %s: queue did not drain in %.0f s", self.uri, timeout)
+                        log.warning("sink %s: queue did not drain in %.3g s", self.uri, timeout)
                         break
             # One deadline for both waits: close(timeout) returns within about ``timeout`` seconds.
             self._thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))

@@ -42,7 +42,14 @@ def prepare_folder(folder: Path, uri: str) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise SinkError(f"{uri}: cannot create the folder {folder}: {exc.strerror or exc}") from None
+        blocker = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+        if blocker is None:
+            why = exc.strerror or exc
+        elif blocker == folder:
+            why = "a file of that name is in the way"
+        else:
+            why = f"{blocker} is a file, not a folder"
+        raise SinkError(f"{uri}: cannot create the folder {folder}: {why}") from None
     try:
         with tempfile.TemporaryFile(dir=folder):
             pass

@@ -122,7 +122,8 @@ def test_window_without_a_display_says_what_to_do(
     ("name", "message"),
     [
         ("%d%d.png", "is not a valid pattern"),
-        ("blocker/x.mp4", "cannot create the folder"),
+        ("blocker/x.mp4", "blocker: a file of that name is in the way"),
+        ("blocker/sub/x.mp4", "blocker is a file, not a folder"),
         # cv2.imwrite raised cv2.error (a traceback) at the first message for a format it cannot write
         ("frames/%06d.gif", "an image pattern must end in one of .png"),
         # the VideoWriter failed only at the first message, after the wait

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
+import numpy as np
 import pytest
 
 from rtseg.errors import ConfigError, SinkError
@@ -82,6 +83,16 @@ def test_bad_sink_arguments_are_config_errors(kwargs: dict, message: str) -> Non
 
     with pytest.raises(ConfigError, match=message):
         Nothing("x://", **kwargs)
+
+
+def test_a_numpy_integer_queue_size_is_a_whole_number() -> None:
+    class Nothing(Sink):
+        def emit(self, packet) -> None:
+            pass
+
+    sink = Nothing("x://", queue_size=np.int64(3))  # was refused as not a whole number
+    assert sink._queue.maxsize == 3 and type(sink._queue.maxsize) is int
+    sink.close()
 
 
 def test_close_keeps_one_deadline_for_draining_and_joining(packet_factory) -> None:
