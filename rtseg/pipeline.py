@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError, SinkError
+from .errors import ConfigError, SinkError, SourceError
 from .overlay.annotate import OverlayStyle
 from .result import SegResult
 from .schedule import Scheduler
@@ -405,7 +405,12 @@ class Pipeline:
                 if any(s.stop_requested for s in self.sinks):
                     break
                 t0 = time.perf_counter()
-                frame = next(self.source, None)
+                try:
+                    frame = next(self.source, None)
+                except SourceError:
+                    if self._closed:  # close() from another thread: the end of the run, not a failure
+                        break
+                    raise
                 if frame is None:
                     break
                 capture_ms = (time.perf_counter() - t0) * 1000.0
@@ -415,8 +420,13 @@ class Pipeline:
                 if self.sinks:
                     fps = (meter.recent_fps() or None) if self.style.hud else None
                     packet = Packet(frame, result, self.style, fps, on_overlay=meter.add_overlay)
-                    for sink in self.sinks:
-                        sink.write(packet)
+                    try:
+                        for sink in self.sinks:
+                            sink.write(packet)
+                    except SinkError:
+                        if self._closed:  # closed from another thread meanwhile (write after close)
+                            break
+                        raise
                     frame, result = read_only(frame, result)
                 handoff_ms = (time.perf_counter() - t0) * 1000.0
                 meter.record(result, capture_ms, handoff_ms, (done - frame.monotonic) * 1000.0)
@@ -495,9 +505,12 @@ class Pipeline:
         return self._closed
 
     def close(self) -> PipelineStats:
-        """Flush and close the sinks, close the source; returns the final statistics."""
+        """Flush and close the sinks, close the source; returns the final statistics. From
+        another thread while the loop runs it ends the run, as ``stop()`` does, but at once: the
+        frame in hand is not written, and the loop ends without an error."""
         if not self._closed:
             self._closed = True
+            self._stop.set()
             self._finalizer.detach()
             try:
                 self._close_outputs()

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import cv2
@@ -365,3 +366,20 @@ def test_with_sinks_the_frames_handed_out_are_read_only_views(engine, tmp_path: 
     with Pipeline(SOURCE, Segmenter(engine=engine), max_frames=1) as p:
         frame, result = next(iter(p))
         assert frame.image.flags.writeable and result.labels.flags.writeable
+
+
+def test_close_from_another_thread_ends_the_run_without_an_error(engine, tmp_path: Path) -> None:
+    # A watchdog or shutdown thread closing the pipeline: the loop raised "the source is closed"
+    # or "write after close" out of the iteration.
+    out = tmp_path / "out.avi"
+    source = "synthetic://drive?size=128x96&fps=30&seed=4&frames=100000"
+    pipeline = Pipeline(source, Segmenter(engine=engine), sinks=[str(out)])
+    seen = 0
+    closer = threading.Timer(0.5, pipeline.close)
+    closer.start()
+    for _ in pipeline:
+        seen += 1
+    closer.join()
+    stats = pipeline.close()
+    assert seen > 0 and pipeline.source.closed and stats.frames >= seen
+    assert _count(out) == stats.sinks[str(out)].written > 0

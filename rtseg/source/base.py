@@ -13,6 +13,7 @@ import logging
 import math
 import numbers
 import re
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
@@ -187,6 +188,7 @@ class Source(ABC):
         self._dropped = 0
         self._reconnects = 0
         self._closed = False
+        self._reading = threading.Lock()  # a read and the release never overlap
 
     @abstractmethod
     def _next_frame(self) -> Frame | None:
@@ -199,18 +201,26 @@ class Source(ABC):
         return self
 
     def __next__(self) -> Frame:
-        if self._closed:  # as a closed file does: reading nothing would pass for an empty stream
-            raise self._closed_error()
-        frame = self._next_frame()
-        if frame is None:
-            raise StopIteration
-        self._delivered += 1
-        return frame
+        with self._reading:
+            if self._closed:  # as a closed file does: reading nothing would pass for an empty stream
+                raise self._closed_error()
+            frame = self._next_frame()
+            if frame is None:
+                raise StopIteration
+            self._delivered += 1
+            return frame
 
     def close(self) -> None:
+        """Safe from another thread while one reads: a read in progress ends first (FFmpeg aborts
+        the process when a capture is released under a read), and the next read is an error."""
         if not self._closed:
             self._closed = True
-            self._release()
+            self._interrupt()
+            with self._reading:
+                self._release()
+
+    def _interrupt(self) -> None:  # noqa: B027 (optional hook)
+        """Make a read blocked waiting for a frame return now (it is being closed)."""
 
     @property
     def files(self) -> Sequence[Path]:

@@ -318,6 +318,11 @@ class LiveSource(Source):
             self._next_due = now + 1.0 / rate if first else max(self._next_due + 1.0 / rate, now)
         return Frame(self._resize(image), index, wall, mono, self.uri)
 
+    def _interrupt(self) -> None:
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+
     def _release(self) -> None:
         self._stop.set()
         self._thread.join(self.options.timeout)
