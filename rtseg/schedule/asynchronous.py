@@ -40,11 +40,13 @@ class AsyncAdaptive(Adaptive):
         self._worker_ms = 0.0
 
     def reset(self) -> None:
-        self._wait_pending()
-        super().reset()
-        self._ref_step = -1
-        self._deferred = 0
-        self._worker_ms = 0.0
+        try:
+            self._wait_pending()
+        finally:  # the new stream starts clean either way
+            super().reset()
+            self._ref_step = -1
+            self._deferred = 0
+            self._worker_ms = 0.0
 
     def close(self) -> None:
         """Wait for a deep job in flight and end the worker thread. A failure of that job, which no
@@ -68,10 +70,15 @@ class AsyncAdaptive(Adaptive):
         return failure
 
     def _wait_pending(self) -> None:
+        """Wait for a deep job in flight. Its failure, which no frame collected, is raised (as
+        close() does), once: dropped with the stream, an out-of-memory on a clip's last keyframe
+        went unseen when the next stream began."""
         pending = getattr(self, "_pending", None)
         if pending is not None:
-            pending.exception()  # waits; a failure is dropped with the stream state it belonged to
-            self._pending = None
+            self._pending, self._pending_grey = None, None
+            failure = pending.exception()
+            if failure is not None:
+                raise self._annotated(failure)
 
     @property
     def stats(self) -> ScheduleStats:

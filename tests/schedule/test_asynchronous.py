@@ -156,6 +156,22 @@ def test_a_worker_failure_not_yet_collected_is_raised_by_close(engine, drive) ->
     s.close()  # the error was reported once; closing again is quiet
 
 
+def test_a_worker_failure_not_yet_collected_is_raised_by_reset_once(engine, drive) -> None:
+    """reset() (a new Pipeline run) waited for the failed job and dropped its exception."""
+    failing = FailingDeep(engine)
+    s = AsyncAdaptive(0.05, max_interval=100)
+    try:
+        _fail_one_keyframe(s, failing, drive)
+        with pytest.raises(RuntimeError, match="deep stage blew up") as info:
+            s.reset()
+        assert any("keyframe 1" in note for note in info.value.__notes__)
+        s.reset()  # reported once
+        r = s.step(engine, drive[0])  # the new stream starts clean
+        assert r.is_keyframe and r.deep_age == 0 and s.stats.frames == 1
+    finally:
+        s.close()
+
+
 def test_close_with_a_job_in_flight_waits_and_ends_the_worker(engine, drive) -> None:
     before = set(threading.enumerate())
     gated = GatedDeep(engine)
