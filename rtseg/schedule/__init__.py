@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from ..errors import ConfigError
 from .asynchronous import AsyncAdaptive
 from .base import Scheduler, ScheduleStats
@@ -52,6 +54,8 @@ def make_scheduler(
         )
     if name != "clockwork" and interval is not None:
         raise ConfigError(f"interval applies to the clockwork scheduler, not {name!r}")
+    if warp is not None and not isinstance(warp, bool | np.bool_):  # "no" would turn it on
+        raise ConfigError(f"warp must be True, False or None (the scheduler's default), got {warp!r}")
     if name == "every" and warp:
         raise ConfigError("flow warp needs cached deep features: use it with clockwork, adaptive or async")
     use_warp = name != "every" if warp is None else warp

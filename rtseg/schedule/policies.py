@@ -106,6 +106,14 @@ class Adaptive(Scheduler):
             or not 0 < target_keyframe_rate <= 1
         ):
             raise ConfigError(f"target keyframe rate must be in (0, 1], got {target_keyframe_rate!r}")
+        if target_keyframe_rate is not None and target_keyframe_rate * max_interval < 1 - 1e-9:
+            # The maximum interval forces a keyframe every max_interval frames: a lower rate was
+            # accepted and calibrated to 1/max_interval (0.1 asked 0.05), twice the deep budget asked.
+            raise ConfigError(
+                f"target keyframe rate {target_keyframe_rate:g} is below 1/max_interval "
+                f"({1 / max_interval:g}): a keyframe comes at least every {max_interval} frames; "
+                f"give max_interval (--max-interval) >= {math.ceil(1 / target_keyframe_rate - 1e-9)}"
+            )
         _check_count("calibration_frames", calibration_frames, 2)
         change = change or ("flow" if warp is not None else "features")
         if change not in CHANGES:

@@ -130,6 +130,15 @@ def test_make_scheduler_validates() -> None:
         ({"name": "adaptive", "threshold": float("nan")}, r"threshold must be a number >= 0, got nan"),
         ({"name": "async", "threshold": "0.1"}, r"adaptive threshold must be a number >= 0, got '0.1'"),
         ({"name": "adaptive", "target_keyframe_rate": "0.5"}, r"target keyframe rate .* got '0.5'"),
+        # calibrated to 1/max_interval = 0.1 without a word: twice the deep budget asked for
+        (
+            {"name": "async", "target_keyframe_rate": 0.05},
+            r"rate 0.05 is below 1/max_interval \(0.1\).*max_interval \(--max-interval\) >= 20",
+        ),
+        ({"name": "adaptive", "target_keyframe_rate": 0.3, "max_interval": 3}, r"below 1/max_interval"),
+        # a "false" from a config file was true: the warp ran
+        ({"name": "clockwork", "warp": "no"}, r"warp must be True, False or None .* got 'no'"),
+        ({"name": "adaptive", "warp": 1}, r"warp must be True, False or None .* got 1"),
     ],
 )
 def test_counts_and_thresholds_must_be_real_values(options: dict, message: str) -> None:
@@ -141,6 +150,8 @@ def test_whole_numbers_of_any_integer_type_are_fine() -> None:
     assert make_scheduler("clockwork", interval=np.int64(3)).interval == 3
     assert make_scheduler("adaptive", threshold=np.float32(0.1), max_interval=np.int32(5)).max_interval == 5
     assert make_scheduler("adaptive", threshold=0).threshold == 0
+    assert make_scheduler("adaptive", target_keyframe_rate=0.1).max_interval == 10  # exactly 1/10: fine
+    assert make_scheduler("clockwork", warp=np.bool_(False)).warp is None
     with pytest.raises(ConfigError, match="calibration_frames must be a whole number"):
         Adaptive(target_keyframe_rate=0.2, calibration_frames=30.0)
 
