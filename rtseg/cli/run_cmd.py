@@ -97,7 +97,8 @@ def add_scheduler_args(parser: argparse.ArgumentParser, *, default: str) -> None
         "--target-keyframe-rate",
         type=float,
         default=None,
-        help="adaptive/async: calibrate T on the opening frames to reach this keyframe rate",
+        help="adaptive/async: calibrate T on the opening frames to reach this keyframe rate "
+        "(at least 1/--max-interval)",
     )
     g.add_argument(
         "--warp",
