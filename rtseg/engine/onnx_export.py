@@ -32,6 +32,7 @@ import onnx
 import torch
 from torch import nn
 
+from ..data import preprocess
 from ..errors import ConfigError, EngineBuildError
 from ..models.base import StagedSegmenter
 from . import graphs
@@ -392,10 +393,12 @@ _PACKAGE = Path(__file__).resolve().parent.parent
 
 def export_code_digest(model: StagedSegmenter) -> str:
     """Short SHA-256 of the rtseg source files the exported graphs come from: this module, the
-    stage wrappers and every module that defines one of ``model``'s layers or their bases. rtseg's
-    version number does not change with each commit, so without this a checkout updated in place
-    would keep running graphs exported by its older code."""
-    files = {Path(__file__).resolve(), Path(graphs.__file__).resolve()}
+    stage wrappers, the input normalisation and every module that defines one of ``model``'s
+    layers or their bases. rtseg's version number does not change with each commit, so without
+    this a checkout updated in place would keep running graphs exported by its older code."""
+    # preprocess.py: the in-graph normalisation (Normalize, Preprocessing.affine), a layer of the
+    # stage wrappers, not of the model.
+    files = {Path(p).resolve() for p in (__file__, graphs.__file__, preprocess.__file__)}
     for kind in {cls for module in model.modules() for cls in type(module).__mro__}:
         source = inspect.getsourcefile(kind) if kind.__module__.startswith("rtseg.") else None
         if source is not None and Path(source).resolve().is_relative_to(_PACKAGE):
