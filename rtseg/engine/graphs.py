@@ -53,11 +53,15 @@ class LowGraph(nn.Module):
         self.normalize = Normalize(preprocessing)
         self.names = tuple(f.name for f in model.stage_spec.low)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.eager = False  # True where PyTorch runs it (not exported): see Normalize.eager
 
     def forward(self, image: Tensor) -> tuple[Tensor, ...]:
-        # Cast before Normalize's permute: TensorRT accepts uint8 only as network I/O cast to
-        # float, not as the input of a transpose (same values for every backend).
-        x = self.normalize(image.to(torch.float32))
+        if self.eager and self.memory_format == torch.contiguous_format:
+            x = self.normalize.eager(image)
+        else:
+            # Cast before Normalize's permute: TensorRT accepts uint8 only as network I/O cast to
+            # float, not as the input of a transpose (same values for every backend).
+            x = self.normalize(image.to(torch.float32))
         x = x.to(self.dtype).contiguous(memory_format=self.memory_format)
         low = self.model.forward_low(x)
         return tuple(low[n] for n in self.names)

@@ -75,6 +75,7 @@ class TorchEngine(Engine):
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
         self._low = LowGraph(model, self.meta.preprocessing, channels_last, self._dtype)
+        self._low.eager = True
         self._deep = DeepGraph(model)
         self._head = HeadGraph(model, self.head_low_inputs, len(self.meta.classes), with_logits=False)
         self._head_logits = HeadGraph(model, self.head_low_inputs, len(self.meta.classes), with_logits=True)

@@ -27,6 +27,30 @@ def test_rgb_models_get_channels_flipped() -> None:
     assert x[0, 2, 0, 0] == pytest.approx((0 - 0.406) / 0.225, rel=1e-5)
 
 
+@pytest.mark.parametrize("preprocessing", [ESPNET_CAMVID_INPUT, IMAGENET_RGB])
+def test_the_eager_form_gives_the_graph_forms_values_as_contiguous_nchw(preprocessing) -> None:
+    image = torch.from_numpy(np.random.default_rng(1).integers(0, 256, (1, 7, 9, 3), dtype=np.uint8))
+    graph = Normalize(preprocessing)(image.to(torch.float32))
+    eager = Normalize(preprocessing).eager(image)
+    assert eager.is_contiguous() and eager.dtype == torch.float32
+    torch.testing.assert_close(eager, graph.contiguous())
+
+
+def test_the_torch_backend_runs_the_eager_form_and_exports_keep_the_graph_form() -> None:
+    from rtseg.engine.graphs import LowGraph
+    from rtseg.engine.torch_backend import TorchEngine
+    from rtseg.models import get_model
+
+    net = get_model("espnet")
+    engine = TorchEngine(net, input_size=(64, 48))
+    assert engine._low.eager and not LowGraph(net, net.meta.preprocessing).eager
+    image = np.random.default_rng(2).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    with torch.inference_mode():
+        reference = LowGraph(net, net.meta.preprocessing)(torch.from_numpy(image)[None])
+    for got, want in zip(engine.run_low(image).values(), reference, strict=True):
+        torch.testing.assert_close(got, want)
+
+
 def test_round_trip_and_validation() -> None:
     assert Preprocessing.from_dict(ESPNET_CAMVID_INPUT.to_dict()) == ESPNET_CAMVID_INPUT
     with pytest.raises(ValueError, match="channel_order must be 'BGR' or 'RGB', got 'RGBA'"):
