@@ -101,6 +101,17 @@ class TorchEngine(Engine):
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
+    def close(self) -> None:
+        """Drop the stage modules: the engine's copy of the network (on CUDA, its memory) goes
+        with them, not with the last reference to a closed engine."""
+        if self.closed:
+            return
+        super().close()
+        self._low_fn = self._deep_fn = self._head_fn = None
+        del self._low, self._deep, self._head, self._head_logits
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
     @torch.inference_mode()
     def run_low(self, image: Array) -> Features:
         self._check_open()

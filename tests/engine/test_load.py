@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import re
+import weakref
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -138,3 +141,14 @@ def test_an_in_memory_network_with_subnormal_weights_runs_on_a_clean_copy(
     if backend == "torch":
         engine_weight = engine._low.model.encoder.level2[0].c1.conv.weight
         assert not engine_weight[:3].any()
+
+
+def test_a_closed_torch_engine_lets_its_copy_of_the_network_go(tmp_path: Path) -> None:
+    # close() marked it closed and kept the copy (on CUDA, its memory) while the engine was held.
+    engine = load(
+        get_model("espnet"), backend="torch", input_size=SIZE, engine_dir=tmp_path, channels_last=True
+    )
+    copy = weakref.ref(engine._low.model)
+    engine.close()
+    gc.collect()
+    assert copy() is None and engine.closed
