@@ -89,10 +89,34 @@ def libraries() -> dict[str, str]:
 
 
 def choice_path(
-    cache: ArtifactCache, net: StagedSegmenter, wh: str, size: tuple[int, int], precision: str, device: str
+    cache: ArtifactCache,
+    net: StagedSegmenter,
+    wh: str,
+    size: tuple[int, int],
+    precision: str,
+    device: str,
+    threads: int | None = None,
 ) -> Path:
+    """Where the choice is stored: one per thread count asked for, since a choice made with one
+    thread does not hold for two."""
     w, h = size
-    return cache.directory / f"auto-{net.meta.model}-{wh}-{w}x{h}-{precision}-{device.replace(':', '')}.json"
+    t = f"-threads{threads}" if threads is not None else ""
+    return (
+        cache.directory / f"auto-{net.meta.model}-{wh}-{w}x{h}-{precision}-{device.replace(':', '')}{t}.json"
+    )
+
+
+def incomparable(candidate: Candidate, device: str, options: Mapping[str, Any]) -> str | None:
+    """Why a candidate cannot be timed fairly against the others with these options, or None.
+    torch has no thread count of its own (torch.set_num_threads is the whole process's): asked
+    for threads=1, the others ran on one thread and torch on every core."""
+    threads, own = options.get("threads"), torch.get_num_threads()
+    if candidate.backend == "torch" and device == "cpu" and threads is not None and threads != own:
+        return (
+            f"runs on torch's process-wide {own} thread(s), not threads={threads} "
+            "(torch.set_num_threads); not comparable"
+        )
+    return None
 
 
 def time_round_robin(
@@ -202,7 +226,7 @@ def load_auto(
             f"auto: unknown backend options {unknown}; the backends take {', '.join(sorted(known))}"
         )
     wh = weights_hash(net)
-    path = choice_path(cache, net, wh, size, precision, device)
+    path = choice_path(cache, net, wh, size, precision, device, options.get("threads"))
     stored = None if remeasure else _read_choice(path, device)
     if stored is not None:
         engine = load_backend(
@@ -225,6 +249,11 @@ def load_auto(
     unwritable = ""  # why a candidate could not write its artifacts: then the choice is not stored
     for candidate in candidates(precision, device):
         opts = options_for(candidate, options)
+        why = incomparable(candidate, device, options)
+        if why is not None:
+            skipped[candidate.label] = why
+            log.info("auto: skipping %s: %s", candidate.label, why)
+            continue
         try:
             engine = load_backend(
                 net,

@@ -186,12 +186,33 @@ def test_backend_options_reach_only_the_backends_that_take_them(
 ) -> None:
     """`rtseg export --backend auto` passes exporter=...: torch must not receive it."""
     _auto(model, engine_dir, exporter="torchscript", threads=1, io_binding=False)
-    record = json.loads(_choice(model, engine_dir).read_text())
+    path = _choice(model, engine_dir)
+    record = json.loads(path.with_name(path.name.replace(".json", "-threads1.json")).read_text())
     assert set(record["median_ms"]) == _expected_labels() and record["skipped"] == {}
     again = _auto(model, engine_dir, exporter="torchscript", threads=1)  # the stored-choice path
     assert again.info.notes[-1].endswith("(stored choice)")
     with pytest.raises(ConfigError, match=r"auto: unknown backend options \['thread'\]"):
         _auto(model, engine_dir, thread=1)
+
+
+def test_torch_is_not_timed_against_a_thread_count_it_cannot_take(
+    model: StagedSegmenter, engine_dir: Path
+) -> None:
+    # threads=2 reached ONNX Runtime and OpenVINO only: torch ran on torch's own (process-wide)
+    # count, and the choice was stored where a load with another thread count found it.
+    assert torch.get_num_threads() == 1  # the module's fixture
+    _auto(model, engine_dir, threads=2)
+    path = choice_path(ArtifactCache(engine_dir), model, weights_hash(model), SIZE, "fp32", "cpu", 2)
+    assert path.name.endswith("-fp32-cpu-threads2.json") and not _choice(model, engine_dir).exists()
+    record = json.loads(path.read_text())
+    torch_labels = {c.label for c in candidates("fp32", "cpu") if c.backend == "torch"}
+    assert set(record["skipped"]) == torch_labels and set(record["median_ms"]).isdisjoint(torch_labels)
+    assert all("not threads=2" in why for why in record["skipped"].values())
+    _auto(model, engine_dir, threads=1)  # torch's own count: timed with the others, stored apart
+    record = json.loads(
+        _choice(model, engine_dir).with_name(path.name.replace("2.json", "1.json")).read_text()
+    )
+    assert torch_labels <= set(record["median_ms"]) and record["skipped"] == {}
 
 
 class Recorded(Engine):
