@@ -14,7 +14,10 @@ The first ``warmup`` frames are processed but not counted. Per measured frame it
   overlay      colourising and blending, on the sink's thread;
   encode       JPEG (quality 80) of the overlay on the sink's thread, as a streaming output
                does (``encode="none"`` skips it); the bytes are discarded;
-and the latency from capture to result. Stage figures are medians over the frames where the stage
+and the latency from capture to result. The agreement with a reference run (``every``'s labels)
+is scored after the run, not in the result callback: the callback runs on the inference thread
+between frames, and a confusion matrix over the full label map (2 to 5 ms) there would be counted
+in every other scheduler's frame interval. Stage figures are medians over the frames where the stage
 ran plus the mean cost per frame (which is what throughput pays: deep on keyframes only). FPS is
 measured frames / wall time between the first and last measured results. The stop rule is applied
 to the frame-to-frame interval, except with ``fixed_frames`` (scheduler comparisons): then every
@@ -35,10 +38,11 @@ import cv2
 import numpy as np
 import torch
 
+from ..data.labels import ClassSet
 from ..errors import BackendUnavailableError, CheckpointError, ConfigError, RtsegError
 from ..metrics import ConfusionMatrix
 from ..models import get_model
-from ..result import SegResult
+from ..result import SegResult, labels_at
 from ..schedule import SCHEDULERS
 from ..sink.null import NullSink
 from ..sink.packet import Packet
@@ -120,7 +124,12 @@ class BenchConfig:
 
 
 class _MemoryMeter:
-    """Peak resident memory while measuring (psutil samples), plus the process high-water mark."""
+    """Peak resident memory while measuring (psutil samples), plus the process high-water mark.
+
+    The label maps the benchmark keeps for agreement (the reference it scores against and the
+    labels it scores after the run) are not the pipeline's memory: their bytes (``hold``) are
+    taken off each sample, so a scheduler compared with ``every`` is not charged for them.
+    """
 
     def __init__(self, device: str) -> None:
         try:
@@ -130,13 +139,18 @@ class _MemoryMeter:
         except ImportError:
             self._process = None
         self.peak_rss = 0
+        self.held = 0
         self.cuda = device.startswith("cuda") and torch.cuda.is_available()
         if self.cuda:
             torch.cuda.reset_peak_memory_stats()
 
+    def hold(self, nbytes: int) -> None:
+        """Count ``nbytes`` more kept by the benchmark itself, left out of later samples."""
+        self.held += nbytes
+
     def sample(self) -> None:
         if self._process is not None:
-            self.peak_rss = max(self.peak_rss, self._process.memory_info().rss)
+            self.peak_rss = max(self.peak_rss, self._process.memory_info().rss - self.held)
 
     def to_dict(self) -> dict[str, Any]:
         high_water = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -240,8 +254,8 @@ def measure_pipeline(segmenter: Any, cfg: BenchConfig, memory: _MemoryMeter) -> 
     policy = "drop" if inner.info.live else "block"
     sink = _TimedNullSink(encode=cfg.encode, policy=policy)
     reference = _load_reference(cfg.reference_in)
-    agreement = ConfusionMatrix(len(segmenter.classes), segmenter.classes.ignore_index) if reference else None
-    compared = 0
+    if reference is not None:
+        memory.hold(sum(labels.nbytes for labels in reference.values()))
     keep: dict[str, np.ndarray] = {}
     records: list[dict[str, Any]] = []
     cycles_ms: list[float] = []
@@ -249,7 +263,6 @@ def measure_pipeline(segmenter: Any, cfg: BenchConfig, memory: _MemoryMeter) -> 
     stop_reason: list[str | None] = [None]
 
     def on_result(frame: Frame, result: SegResult) -> None:
-        nonlocal compared
         t0 = time.perf_counter()
         result.labels_at(frame.image.shape)  # timed only: what a consumer of full-size masks pays
         done = time.perf_counter()
@@ -261,16 +274,16 @@ def measure_pipeline(segmenter: Any, cfg: BenchConfig, memory: _MemoryMeter) -> 
                 "timings": dict(result.timings),
                 "postprocess": (done - t0) * 1000.0,
                 "key": result.is_keyframe,
+                # Kept, not copied: the pipeline makes a new label map per frame and hands out
+                # read-only views of it. Scored after the run (see the module docstring).
+                "labels": result.labels if reference is not None else None,
             }
         )
-        memory.sample()
         if cfg.reference_out is not None:
-            keep[f"f{frame.index}"] = result.labels.copy()
-        if reference is not None and agreement is not None:
-            ref = reference.get(f"f{frame.index}")
-            if ref is not None:
-                agreement.update(ref, result.labels_at(ref.shape))
-                compared += 1
+            keep[f"f{frame.index}"] = result.labels
+        if reference is not None or cfg.reference_out is not None:
+            memory.hold(result.labels.nbytes)  # kept once however many of the two hold it
+        memory.sample()
         measured = len(records) - cfg.warmup
         if measured == 1:
             start[0] = done
@@ -340,15 +353,33 @@ def measure_pipeline(segmenter: Any, cfg: BenchConfig, memory: _MemoryMeter) -> 
         "dropped": {"source": stats.source_dropped, "sink": stats.sink_dropped},
         "agreement": None,
     }
-    if agreement is not None and compared:
-        scores = agreement.result()
-        out["agreement"] = {
-            "miou": round(100 * scores.miou, 2),
-            "pixel_accuracy": round(100 * scores.pixel_accuracy, 2),
-            "frames": compared,
-            "reference": "every",
-        }
+    if reference is not None:
+        out["agreement"] = score_agreement(records, reference, segmenter.classes)
     return out
+
+
+def score_agreement(
+    records: list[dict[str, Any]], reference: dict[str, np.ndarray], classes: ClassSet
+) -> dict[str, Any] | None:
+    """Agreement of the recorded labels with the reference's for the same frames (by index), at the
+    reference's resolution; None when no frame is in the reference."""
+    agreement = ConfusionMatrix(len(classes), classes.ignore_index)
+    compared = 0
+    for rec in records:
+        ref = reference.get(f"f{rec['index']}")
+        if ref is None or rec["labels"] is None:
+            continue
+        agreement.update(ref, labels_at(rec["labels"], ref.shape))
+        compared += 1
+    if not compared:
+        return None
+    scores = agreement.result()
+    return {
+        "miou": round(100 * scores.miou, 2),
+        "pixel_accuracy": round(100 * scores.pixel_accuracy, 2),
+        "frames": compared,
+        "reference": "every",
+    }
 
 
 def _load_reference(path: str | None) -> dict[str, np.ndarray] | None:

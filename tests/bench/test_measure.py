@@ -46,6 +46,17 @@ def test_the_process_high_water_mark_is_never_below_a_sampled_rss() -> None:
     assert memory["process_peak_rss_mib"] >= memory["peak_rss_mib"] > 1024
 
 
+def test_label_maps_kept_for_agreement_are_not_the_pipelines_memory() -> None:
+    # Scoring after the run keeps each frame's labels until then: charged to the pipeline, a
+    # scheduler compared with `every` would seem to need (frames x label map) more memory.
+    meter = _MemoryMeter("cpu")
+    meter.sample()
+    keeping = _MemoryMeter("cpu")
+    keeping.hold(meter.peak_rss // 2)
+    keeping.sample()
+    assert 0 < keeping.peak_rss < meter.peak_rss * 3 // 4
+
+
 def test_unsupported_combination_is_skipped_with_reason() -> None:
     r = run_config(_cfg(precision="int8"))
     assert r["status"] == "skipped" and "precision" in r["reason"]
@@ -113,3 +124,73 @@ def test_threads_are_given_to_onnxruntime_and_recorded_as_it_ran(monkeypatch: py
     torch.set_num_threads(1)
     own = run_config(_cfg(backend="onnxruntime", threads=None, pipeline=False))
     assert "threads 3" in own["engine_info"]["notes"] and own["threads"] == 3
+
+
+def _every_then_clockwork(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[dict, list[bool], Path]:
+    """`every` writes its labels, clockwork is scored against them and writes its own; also
+    returns, per ConfusionMatrix.update call, whether the pipeline was running then."""
+    from rtseg.metrics import ConfusionMatrix
+    from rtseg.pipeline import Pipeline
+
+    ref, own = tmp_path / "every.npz", tmp_path / "clockwork.npz"
+    fixed = StopRule(min_samples=4, max_samples=6, max_seconds=20.0)
+    run_config(_cfg(rule=fixed, fixed_frames=True, reference_out=str(ref), engine=False))
+    running = [False]
+    calls: list[bool] = []
+    run, update = Pipeline.run, ConfusionMatrix.update
+
+    def tracked_run(self: Pipeline) -> object:
+        running[0] = True
+        try:
+            return run(self)
+        finally:
+            running[0] = False
+
+    def tracked_update(self: ConfusionMatrix, target: np.ndarray, pred: np.ndarray) -> None:
+        calls.append(running[0])
+        update(self, target, pred)
+
+    monkeypatch.setattr(Pipeline, "run", tracked_run)
+    monkeypatch.setattr(ConfusionMatrix, "update", tracked_update)
+    clock = run_config(
+        _cfg(
+            rule=fixed,
+            fixed_frames=True,
+            engine=False,
+            scheduler="clockwork",
+            reference_in=str(ref),
+            reference_out=str(own),
+        )
+    )
+    assert clock["status"] == "ok", clock["reason"]
+    return clock["pipeline"], calls, ref
+
+
+def test_agreement_is_scored_after_the_run_not_between_frames(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Scoring in the result callback ran on the inference thread between frames: its 2-5 ms per
+    frame were counted in every scheduler's FPS but `every`'s."""
+    p, calls, _ = _every_then_clockwork(tmp_path, monkeypatch)
+    assert len(calls) == p["agreement"]["frames"] > 0
+    assert not any(calls), "a frame was scored while the pipeline ran"
+
+
+def test_agreement_scores_are_those_of_the_frames_labels(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Scored after the run, the confusion is the one of the same frames' labels scored one by one."""
+    from rtseg.metrics import ConfusionMatrix
+    from rtseg.models import get_model
+
+    p, _, ref = _every_then_clockwork(tmp_path, monkeypatch)
+    classes = get_model("espnet").meta.classes
+    with np.load(ref) as every, np.load(tmp_path / "clockwork.npz") as clock:
+        frames = sorted(clock.files, key=lambda name: int(name[1:]))
+        expected = ConfusionMatrix(len(classes), classes.ignore_index)
+        for name in frames:
+            expected.update(every[name], clock[name])
+    scores = expected.result()
+    assert p["agreement"]["frames"] == len(frames)
+    assert p["agreement"]["miou"] == round(100 * scores.miou, 2)
+    assert p["agreement"]["pixel_accuracy"] == round(100 * scores.pixel_accuracy, 2)
