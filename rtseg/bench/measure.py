@@ -15,13 +15,14 @@ The first ``warmup`` frames are processed but not counted. Per measured frame it
   encode       JPEG (quality 80) of the overlay on the sink's thread, as a streaming output
                does (``encode="none"`` skips it); the bytes are discarded;
 and the latency from capture to result. The agreement with a reference run (``every``'s labels)
-is scored after the run, not in the result callback: the callback runs on the inference thread
-between frames, and a confusion matrix over the full label map (2 to 5 ms) there would be counted
-in every other scheduler's frame interval. Stage figures are medians over the frames where the stage
-ran plus the mean cost per frame (which is what throughput pays: deep on keyframes only). FPS is
-measured frames / wall time between the first and last measured results. The stop rule is applied
-to the frame-to-frame interval, except with ``fixed_frames`` (scheduler comparisons): then every
-scheduler sees exactly the same ``max_samples`` frames, so agreement can be scored frame by frame.
+is scored over the measured frames after the run, not in the result callback: the callback runs
+on the inference thread between frames, and a confusion matrix over the full label map (2 to
+5 ms) there would be counted in every other scheduler's frame interval. Stage figures are
+medians over the frames where the stage ran plus the mean cost per frame (which is what throughput
+pays: deep on keyframes only). FPS is measured frames / wall time between the first and last
+measured results. The stop rule is applied to the frame-to-frame interval, except with
+``fixed_frames`` (scheduler comparisons): then every scheduler sees exactly the same
+``max_samples`` frames, so agreement can be scored frame by frame.
 """
 
 from __future__ import annotations
@@ -266,6 +267,7 @@ def measure_pipeline(segmenter: Any, cfg: BenchConfig, memory: _MemoryMeter) -> 
         t0 = time.perf_counter()
         result.labels_at(frame.image.shape)  # timed only: what a consumer of full-size masks pays
         done = time.perf_counter()
+        scored = reference is not None and len(records) >= cfg.warmup  # measured frames only
         records.append(
             {
                 "index": frame.index,
@@ -276,12 +278,12 @@ def measure_pipeline(segmenter: Any, cfg: BenchConfig, memory: _MemoryMeter) -> 
                 "key": result.is_keyframe,
                 # Kept, not copied: the pipeline makes a new label map per frame and hands out
                 # read-only views of it. Scored after the run (see the module docstring).
-                "labels": result.labels if reference is not None else None,
+                "labels": result.labels if scored else None,
             }
         )
         if cfg.reference_out is not None:
             keep[f"f{frame.index}"] = result.labels
-        if reference is not None or cfg.reference_out is not None:
+        if scored or cfg.reference_out is not None:
             memory.hold(result.labels.nbytes)  # kept once however many of the two hold it
         memory.sample()
         measured = len(records) - cfg.warmup
@@ -354,15 +356,16 @@ def measure_pipeline(segmenter: Any, cfg: BenchConfig, memory: _MemoryMeter) -> 
         "agreement": None,
     }
     if reference is not None:
-        out["agreement"] = score_agreement(records, reference, segmenter.classes)
+        out["agreement"] = score_agreement(measured, reference, segmenter.classes)
     return out
 
 
 def score_agreement(
     records: list[dict[str, Any]], reference: dict[str, np.ndarray], classes: ClassSet
 ) -> dict[str, Any] | None:
-    """Agreement of the recorded labels with the reference's for the same frames (by index), at the
-    reference's resolution; None when no frame is in the reference."""
+    """Agreement of the measured frames' labels with the reference's for the same frames (by
+    index), at the reference's resolution; None when no frame is in the reference. Warm-up frames
+    are left out, as they are of the FPS the agreement is weighed against."""
     agreement = ConfusionMatrix(len(classes), classes.ignore_index)
     compared = 0
     for rec in records:

@@ -72,7 +72,7 @@ def test_scheduler_against_every_reference(tmp_path: Path) -> None:
     assert every["status"] == "ok" and every["engine"] is None
     assert every["pipeline"]["frames"] == 10 and every["pipeline"]["stop"] == "max samples"
     with np.load(ref) as saved:
-        assert len(saved.files) == 12  # warm-up frames too: agreement is about labels, not time
+        assert len(saved.files) == 12  # warm-up frames too
     again = run_config(_cfg(rule=fixed, fixed_frames=True, reference_in=str(ref), engine=False))
     assert again["pipeline"]["agreement"]["miou"] == 100.0  # every against itself
     clock = run_config(
@@ -81,7 +81,7 @@ def test_scheduler_against_every_reference(tmp_path: Path) -> None:
     p = clock["pipeline"]
     assert p["frames"] == 10 and 0 < p["keyframe_ratio"] < 1
     assert p["stages_ms"]["deep"]["frames"] == p["keyframes"] < p["frames"]
-    assert p["agreement"]["frames"] == 12 and 0 <= p["agreement"]["miou"] <= 100
+    assert p["agreement"]["frames"] == 10 and 0 <= p["agreement"]["miou"] <= 100
     assert "clockwork" in p["scheduler"]
 
 
@@ -179,14 +179,15 @@ def test_agreement_is_scored_after_the_run_not_between_frames(
 def test_agreement_scores_are_those_of_the_frames_labels(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Scored after the run, the confusion is the one of the same frames' labels scored one by one."""
+    """Scored after the run, the confusion is the one of the measured frames' labels scored one by
+    one (the saved labels include the 2 warm-up frames; the agreement does not)."""
     from rtseg.metrics import ConfusionMatrix
     from rtseg.models import get_model
 
     p, _, ref = _every_then_clockwork(tmp_path, monkeypatch)
     classes = get_model("espnet").meta.classes
     with np.load(ref) as every, np.load(tmp_path / "clockwork.npz") as clock:
-        frames = sorted(clock.files, key=lambda name: int(name[1:]))
+        frames = sorted(clock.files, key=lambda name: int(name[1:]))[2:]
         expected = ConfusionMatrix(len(classes), classes.ignore_index)
         for name in frames:
             expected.update(every[name], clock[name])
@@ -194,3 +195,10 @@ def test_agreement_scores_are_those_of_the_frames_labels(
     assert p["agreement"]["frames"] == len(frames)
     assert p["agreement"]["miou"] == round(100 * scores.miou, 2)
     assert p["agreement"]["pixel_accuracy"] == round(100 * scores.pixel_accuracy, 2)
+
+
+def test_agreement_scores_the_measured_frames_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With 6 frames after 2 warm-up frames the agreement said 8 frames: warm-up was scored."""
+    p, _, _ = _every_then_clockwork(tmp_path, monkeypatch)
+    assert p["frames"] == 6 and p["warmup"] == 2
+    assert p["agreement"]["frames"] == p["frames"]
