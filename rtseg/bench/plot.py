@@ -1,9 +1,11 @@
 """The quality/speed scatter: mIoU against FPS (log scale), published and measured points apart.
 
 Published points use the paper's FPS on the paper's GPU; measured points use this machine's
-engine-only FPS at the row's resolution. rtseg cannot measure Cityscapes mIoU here (no val set),
-so a measured point is drawn at the published mIoU of its row and joined to the published point
-by a dotted line: the horizontal gap is the hardware (and backend) difference.
+engine-only FPS at the row's resolution, or its end-to-end FPS (another marker, said in the
+legend) where the engine alone was not measured (``rtseg bench --pipeline-only``): that one also
+pays capture, overlay and encode. rtseg cannot measure Cityscapes mIoU here (no val set), so a
+measured point is drawn at the published mIoU of its row and joined to the published point by a
+dotted line: the horizontal gap is the hardware (and backend) difference.
 """
 
 from __future__ import annotations
@@ -87,6 +89,27 @@ def _overlap(a: tuple[float, ...], b: tuple[float, ...]) -> float:
     return w * h if w > 0 and h > 0 else 0.0
 
 
+def _measured_points(rows: Sequence[dict[str, Any]]) -> list[tuple[str, float, float, dict[str, Any], str]]:
+    """(label, FPS, mIoU, row, kind) of each measurement: kind "engine" (engine-only FPS) or,
+    where only the pipeline was measured, "e2e" (its end-to-end FPS, rather than no point)."""
+    out = []
+    for row in rows:
+        miou = row["miou_test"] if row["miou_test"] is not None else row["miou_val"]
+        if miou is None:
+            continue
+        for m in row["measured"]:
+            if m["status"] != "ok":
+                continue
+            if m["engine_fps"]:
+                out.append(
+                    (f"{row['model']} ({m['backend']})", float(m["engine_fps"]), float(miou), row, "engine")
+                )
+            elif m["pipeline_fps"]:
+                name = f"{row['model']} ({m['backend']}, end-to-end)"
+                out.append((name, float(m["pipeline_fps"]), float(miou), row, "e2e"))
+    return out
+
+
 def plot_quality_speed(table: dict[str, Any], path: Path, *, title: str | None = None) -> Path:
     import matplotlib
 
@@ -108,27 +131,25 @@ def plot_quality_speed(table: dict[str, Any], path: Path, *, title: str | None =
                 zorder=3,
                 label=f"published (each source's GPU), Cityscapes {split} mIoU",
             )
-    measured = []
-    for row in rows:
-        miou = row["miou_test"] if row["miou_test"] is not None else row["miou_val"]
-        if miou is None:
-            continue
-        for m in row["measured"]:
-            if m["status"] == "ok" and m["engine_fps"]:
-                measured.append(
-                    (f"{row['model']} ({m['backend']})", float(m["engine_fps"]), float(miou), row)
-                )
-    for i, (_, fps, miou, row) in enumerate(measured):
+    measured = _measured_points(rows)
+    legend = {
+        "engine": ("D", "measured here (engine-only FPS), drawn at the published mIoU"),
+        "e2e": ("v", "measured here (end-to-end FPS: --pipeline-only), drawn at the published mIoU"),
+    }
+    labelled: set[str] = set()
+    for _, fps, miou, row, kind in measured:
+        marker, label = legend[kind]
         ax.scatter(
             [fps],
             [miou],
             s=70,
-            marker="D",
+            marker=marker,
             color="tab:red",
             edgecolor="black",
             zorder=4,
-            label=None if i else "measured here (engine-only FPS), drawn at the published mIoU",
+            label=None if kind in labelled else label,
         )
+        labelled.add(kind)
         if row["fps"] is not None:
             ax.plot(
                 [fps, float(row["fps"])], [miou, miou], linestyle=":", color="grey", linewidth=1, zorder=2
@@ -148,7 +169,7 @@ def plot_quality_speed(table: dict[str, Any], path: Path, *, title: str | None =
     labeller = _Labeller(fig, ax, [(p[1], p[2]) for p in published] + [(m[1], m[2]) for m in measured])
     for name, fps, miou, _ in published:
         labeller.place(name, (fps, miou), fontsize=8, color="#1a3d6b")
-    for name, fps, miou, _ in measured:
+    for name, fps, miou, _, _ in measured:
         labeller.place(name, (fps, miou), fontsize=8, color="darkred")
     buffer = io.BytesIO()
     fig.savefig(buffer, format=plot_format(path))

@@ -367,11 +367,17 @@ def format_table(table: dict[str, Any]) -> str:
         for m in row["measured"]:
             # The hardware line names the machine's GPUs even when the measurement ran on its CPU.
             gpu = "none (CPU)" if m["device"] == "cpu" else m["hardware"].rpartition("GPU: ")[2]
+            fps, ms = m["engine_fps"], m["engine_ms"]
             if m["status"] != "ok":
                 what = f"{m['status']}: {m['reason']}"
-            else:
+            elif fps is not None:
                 e2e = "" if m["pipeline_fps"] is None else f"end-to-end {_f(m['pipeline_fps'])} FPS; "
                 what = f"this machine, engine-only; {e2e}{m['weights']}; mIoU {m['miou']}"
+            else:  # --pipeline-only: the FPS and ms columns are the whole pipeline's, and say so
+                fps = m["pipeline_fps"]
+                ms = None if not fps else 1000.0 / fps
+                kind = "end-to-end" if fps else "end-to-end, too few frames for an FPS"
+                what = f"this machine, {kind} (--pipeline-only); {m['weights']}; mIoU {m['miou']}"
             rows.append(
                 [
                     f"  measured: {m['backend']} {m['precision']}",
@@ -379,8 +385,8 @@ def format_table(table: dict[str, Any]) -> str:
                     "",
                     "",
                     row["resolution"] or "-",
-                    _f(m["engine_fps"]),
-                    _f(m["engine_ms"], 1),
+                    _f(fps),
+                    _f(ms, 1),
                     gpu,
                     m["tensorrt"],
                     what,

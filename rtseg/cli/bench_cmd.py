@@ -351,7 +351,8 @@ def run(args: argparse.Namespace) -> int:
 def _any_size(
     doc: dict[str, Any], results: list[dict[str, Any]], environment: dict[str, Any]
 ) -> dict[str, Any]:
-    """For a sweep's plot: measured points for a row's model at whatever size was measured."""
+    """For a sweep's plot: measured points for a row's model at whatever size was measured; with
+    --pipeline-only they have no engine FPS, and the plot draws their end-to-end FPS."""
     from ..bench.environment import hardware_line
     from ..bench.quality import NO_CITYSCAPES
 
@@ -359,8 +360,9 @@ def _any_size(
     for row in doc["rows"]:
         measured = []
         for r in results:
-            if r["config"]["model"] != row["rtseg_model"] or r["status"] != "ok" or not r.get("engine"):
+            if r["config"]["model"] != row["rtseg_model"] or r["status"] != "ok":
                 continue
+            engine = r.get("engine") or {}
             size = r["engine_info"]["input_size"]
             measured.append(
                 {
@@ -369,8 +371,8 @@ def _any_size(
                     "precision": r["config"]["precision"],
                     "status": "ok",
                     "reason": None,
-                    "engine_fps": r["engine"]["fps"],
-                    "engine_ms": r["engine"]["latency_ms"]["median"],
+                    "engine_fps": engine.get("fps"),
+                    "engine_ms": (engine.get("latency_ms") or {}).get("median"),
                     "pipeline_fps": (r.get("pipeline") or {}).get("fps"),
                     "weights": r["weights"]["origin"],
                     "hardware": hardware_line(environment),

@@ -58,3 +58,29 @@ def test_png_is_written(tmp_path: Path) -> None:
     out = plot_quality_speed(doc, tmp_path / "plots" / "q.png")
     image = cv2.imread(str(out))
     assert image is not None and image.shape[0] > 500 and image.shape[1] > 800
+
+
+def test_a_pipeline_only_measurement_is_drawn_at_its_end_to_end_fps(tmp_path: Path, monkeypatch) -> None:
+    """--plot with --pipeline-only dropped the measured point (it needed an engine FPS)."""
+    from matplotlib.axes import Axes
+
+    drawn: list[tuple[list, str | None, str]] = []
+    scatter = Axes.scatter
+
+    def recorded(self, x, y, *args, **kwargs):
+        drawn.append((list(x), kwargs.get("label"), kwargs.get("marker")))
+        return scatter(self, x, y, *args, **kwargs)
+
+    monkeypatch.setattr(Axes, "scatter", recorded)
+    path = table_path("cityscapes")
+    env = {"cpu": {"model": "CPU", "physical_cores": 2, "logical_cores": 2}, "gpus": []}
+    doc = table_document("cityscapes", path, load_table(path), [], env)
+    for row in doc["rows"]:
+        if row["model"] == "ENet":
+            row["measured"] = [{**_measured(4.2), "engine_fps": None, "engine_ms": None, "pipeline_fps": 3.5}]
+        if row["model"] == "ESPNet":
+            row["measured"] = [_measured(6.0)]
+    plot_quality_speed(doc, tmp_path / "q.png")
+    measured = {x[0]: (label, marker) for x, label, marker in drawn if marker in ("D", "v")}
+    assert set(measured) == {3.5, 6.0}
+    assert "end-to-end FPS" in measured[3.5][0] and "engine-only FPS" in measured[6.0][0]

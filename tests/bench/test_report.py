@@ -138,3 +138,19 @@ def test_table_says_on_which_device_and_engine_each_row_ran(results, env) -> Non
     cells = [re.split(r"\s{2,}", line.strip()) for line in lines]  # name, resolution, FPS, ms, GPU, TensorRT
     assert [c[0] for c in cells] == ["measured: torch fp32", "measured: tensorrt fp16"]
     assert [c[4:6] for c in cells] == [["none (CPU)", "no"], ["NVIDIA H200", "yes"]]
+
+
+def test_a_pipeline_only_row_says_end_to_end_and_shows_its_fps(results, env) -> None:
+    """With --pipeline-only a row said "engine-only" with '-' in the FPS and ms columns."""
+    rows = load_table(table_path("cityscapes"))
+    rows = [r if r.model != "ENet" else type(r)(**{**r.__dict__, "resolution": (64, 48)}) for r in rows]
+    doc = table_document("cityscapes", table_path("cityscapes"), rows, results[:1], env)
+    (m,) = next(r for r in doc["rows"] if r["model"] == "ENet")["measured"]
+    m.update(engine_fps=None, engine_ms=None, engine_ci_ms=[None, None], pipeline_fps=8.0)
+    (line,) = [line for line in format_table(doc).splitlines() if line.startswith("  measured:")]
+    cells = re.split(r"\s{2,}", line.strip())  # name, resolution, FPS, ms, GPU, TensorRT, what
+    assert cells[2:4] == ["8.00", "125.0"]
+    assert "engine-only" not in line and cells[6].startswith("this machine, end-to-end (--pipeline-only)")
+    m["pipeline_fps"] = None  # a single measured frame has no FPS
+    (line,) = [line for line in format_table(doc).splitlines() if line.startswith("  measured:")]
+    assert "engine-only" not in line and "too few frames for an FPS" in line

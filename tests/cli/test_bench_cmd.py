@@ -250,3 +250,16 @@ def test_a_stop_keeps_the_finished_configurations(
         f"rtseg bench: {said}" + (" before any configuration finished\n" if status == 143 else "\n")
     )
     assert not out.exists()
+
+
+def test_a_pipeline_only_sweep_plots_its_end_to_end_fps(tmp_path: Path, monkeypatch) -> None:
+    """A sweep's --plot took only results with an engine FPS: --pipeline-only plotted no point."""
+    from rtseg.cli import bench_cmd
+
+    plotted: list[dict] = []
+    monkeypatch.setattr(bench_cmd, "plot_quality_speed", lambda table, path: plotted.append(table))
+    argv = ["bench", "--model", "espnet", *TINY, "--pipeline-only", "--in-process"]
+    assert main([*argv, "--plot", str(tmp_path / "p.png")]) == 0
+    (table,) = plotted
+    (m,) = next(r for r in table["rows"] if r["rtseg_model"] == "espnet")["measured"]
+    assert m["engine_fps"] is None and m["pipeline_fps"] > 0
