@@ -5,7 +5,9 @@ engine-only FPS at the row's resolution, or its end-to-end FPS (another marker, 
 legend) where the engine alone was not measured (``rtseg bench --pipeline-only``): that one also
 pays capture, overlay and encode. rtseg cannot measure Cityscapes mIoU here (no val set), so a
 measured point is drawn at the published mIoU of its row and joined to the published point by a
-dotted line: the horizontal gap is the hardware (and backend) difference.
+dotted line: the horizontal gap is the hardware (and backend) difference. A point measured at
+another size than the row's resolution (a sweep's ``--size``; its label names the size) is drawn
+without the line, as its gap would also be the resolution's.
 """
 
 from __future__ import annotations
@@ -89,9 +91,18 @@ def _overlap(a: tuple[float, ...], b: tuple[float, ...]) -> float:
     return w * h if w > 0 and h > 0 else 0.0
 
 
-def _measured_points(rows: Sequence[dict[str, Any]]) -> list[tuple[str, float, float, dict[str, Any], str]]:
-    """(label, FPS, mIoU, row, kind) of each measurement: kind "engine" (engine-only FPS) or,
-    where only the pipeline was measured, "e2e" (its end-to-end FPS, rather than no point)."""
+def _at_row_resolution(measured: dict[str, Any], row: dict[str, Any]) -> bool:
+    """Whether a measurement ran at its row's resolution: the table's always do (they have no
+    "size"); a sweep's carry the size they ran at."""
+    size = measured.get("size")
+    return size is None or (row["resolution"] is not None and size == row["resolution"])
+
+
+def _measured_points(
+    rows: Sequence[dict[str, Any]],
+) -> list[tuple[str, float, float, dict[str, Any], str, dict[str, Any]]]:
+    """(label, FPS, mIoU, row, kind, measurement) of each measurement: kind "engine" (engine-only
+    FPS) or, where only the pipeline was measured, "e2e" (its end-to-end FPS, rather than no point)."""
     out = []
     for row in rows:
         miou = row["miou_test"] if row["miou_test"] is not None else row["miou_val"]
@@ -101,12 +112,11 @@ def _measured_points(rows: Sequence[dict[str, Any]]) -> list[tuple[str, float, f
             if m["status"] != "ok":
                 continue
             if m["engine_fps"]:
-                out.append(
-                    (f"{row['model']} ({m['backend']})", float(m["engine_fps"]), float(miou), row, "engine")
-                )
+                name = f"{row['model']} ({m['backend']})"
+                out.append((name, float(m["engine_fps"]), float(miou), row, "engine", m))
             elif m["pipeline_fps"]:
                 name = f"{row['model']} ({m['backend']}, end-to-end)"
-                out.append((name, float(m["pipeline_fps"]), float(miou), row, "e2e"))
+                out.append((name, float(m["pipeline_fps"]), float(miou), row, "e2e", m))
     return out
 
 
@@ -137,7 +147,7 @@ def plot_quality_speed(table: dict[str, Any], path: Path, *, title: str | None =
         "e2e": ("v", "measured here (end-to-end FPS: --pipeline-only), drawn at the published mIoU"),
     }
     labelled: set[str] = set()
-    for _, fps, miou, row, kind in measured:
+    for _, fps, miou, row, kind, m in measured:
         marker, label = legend[kind]
         ax.scatter(
             [fps],
@@ -150,7 +160,7 @@ def plot_quality_speed(table: dict[str, Any], path: Path, *, title: str | None =
             label=None if kind in labelled else label,
         )
         labelled.add(kind)
-        if row["fps"] is not None:
+        if row["fps"] is not None and _at_row_resolution(m, row):
             ax.plot(
                 [fps, float(row["fps"])], [miou, miou], linestyle=":", color="grey", linewidth=1, zorder=2
             )
@@ -169,7 +179,7 @@ def plot_quality_speed(table: dict[str, Any], path: Path, *, title: str | None =
     labeller = _Labeller(fig, ax, [(p[1], p[2]) for p in published] + [(m[1], m[2]) for m in measured])
     for name, fps, miou, _ in published:
         labeller.place(name, (fps, miou), fontsize=8, color="#1a3d6b")
-    for name, fps, miou, _, _ in measured:
+    for name, fps, miou, *_ in measured:
         labeller.place(name, (fps, miou), fontsize=8, color="darkred")
     buffer = io.BytesIO()
     fig.savefig(buffer, format=plot_format(path))

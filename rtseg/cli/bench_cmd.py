@@ -351,8 +351,9 @@ def run(args: argparse.Namespace) -> int:
 def _any_size(
     doc: dict[str, Any], results: list[dict[str, Any]], environment: dict[str, Any]
 ) -> dict[str, Any]:
-    """For a sweep's plot: measured points for a row's model at whatever size was measured; with
-    --pipeline-only they have no engine FPS, and the plot draws their end-to-end FPS."""
+    """For a sweep's plot: measured points for a row's model at whatever size was measured, each
+    with its "size" (the plot joins only a point at the row's resolution to the published one);
+    with --pipeline-only they have no engine FPS, and the plot draws their end-to-end FPS."""
     from ..bench.environment import hardware_line
     from ..bench.quality import NO_CITYSCAPES
 
@@ -368,6 +369,7 @@ def _any_size(
                 {
                     "label": r["label"],
                     "backend": f"{r['config']['backend']}, {size[0]}x{size[1]}",
+                    "size": f"{size[0]}x{size[1]}",
                     "precision": r["config"]["precision"],
                     "status": "ok",
                     "reason": None,

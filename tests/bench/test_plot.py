@@ -84,3 +84,32 @@ def test_a_pipeline_only_measurement_is_drawn_at_its_end_to_end_fps(tmp_path: Pa
     measured = {x[0]: (label, marker) for x, label, marker in drawn if marker in ("D", "v")}
     assert set(measured) == {3.5, 6.0}
     assert "end-to-end FPS" in measured[3.5][0] and "engine-only FPS" in measured[6.0][0]
+
+
+def test_only_a_point_at_the_rows_resolution_is_joined_to_the_published_one(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """A sweep at 320x160 was joined to the paper's 1024x512 point as if the gap were the hardware's."""
+    from matplotlib.axes import Axes
+
+    lines: list[list] = []
+    plot = Axes.plot
+
+    def recorded(self, *args, **kwargs):
+        if kwargs.get("linestyle") == ":":
+            lines.append(list(args[0]))
+        return plot(self, *args, **kwargs)
+
+    monkeypatch.setattr(Axes, "plot", recorded)
+    path = table_path("cityscapes")
+    env = {"cpu": {"model": "CPU", "physical_cores": 2, "logical_cores": 2}, "gpus": []}
+    doc = table_document("cityscapes", path, load_table(path), [], env)
+    for row in doc["rows"]:
+        if row["model"] == "ENet":  # published at 1024x512
+            row["measured"] = [{**_measured(4.2), "backend": "torch, 1024x512", "size": "1024x512"}]
+        if row["model"] == "ESPNet":  # published at 1024x512 too
+            row["measured"] = [{**_measured(30.0), "backend": "torch, 320x160", "size": "320x160"}]
+        if row["model"] == "ESPNetv2":  # a --table measurement: at the row's resolution, no "size"
+            row["measured"] = [_measured(2.0)]
+    plot_quality_speed(doc, tmp_path / "q.png")
+    assert lines == [[4.2, 76.9]]  # ESPNetv2 has no published FPS to join

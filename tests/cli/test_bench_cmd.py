@@ -263,3 +263,28 @@ def test_a_pipeline_only_sweep_plots_its_end_to_end_fps(tmp_path: Path, monkeypa
     (table,) = plotted
     (m,) = next(r for r in table["rows"] if r["rtseg_model"] == "espnet")["measured"]
     assert m["engine_fps"] is None and m["pipeline_fps"] > 0
+
+
+def test_a_sweep_at_another_size_is_plotted_without_the_hardware_gap_line(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """The sweep's 64x48 point was joined to ESPNet's published 1024x512 point by the dotted line
+    that stands for the hardware difference."""
+    from matplotlib.axes import Axes
+
+    drawn: list[str] = []
+    scatter, plot = Axes.scatter, Axes.plot
+
+    def scattered(self, *args, **kwargs):
+        drawn.append(f"point {kwargs.get('marker')}")
+        return scatter(self, *args, **kwargs)
+
+    def plotted(self, *args, **kwargs):
+        drawn.append(f"line {kwargs.get('linestyle')}")
+        return plot(self, *args, **kwargs)
+
+    monkeypatch.setattr(Axes, "scatter", scattered)
+    monkeypatch.setattr(Axes, "plot", plotted)
+    argv = ["bench", "--model", "espnet", *TINY, "--engine-only", "--in-process"]
+    assert main([*argv, "--plot", str(tmp_path / "p.png")]) == 0
+    assert "point D" in drawn and "line :" not in drawn
