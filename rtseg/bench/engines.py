@@ -304,12 +304,32 @@ def write_between_markers(path: Path, generated: str) -> None:
     path.write_text(text, encoding="utf-8")
 
 
+def cases_for(models: Sequence[str] | None, size: tuple[int, int] | None) -> list[Case]:
+    """What to measure: ``models`` (default every model) at ``size`` (default 1024x512); with
+    neither, ``default_cases()``. A size without models applies to every model: it was ignored,
+    and the default cases ran at their own sizes for half an hour."""
+    if models is None and size is None:
+        return default_cases()
+    return [Case(m, size or SIZE) for m in (models or list_models())]
+
+
 def main(argv: list[str] | None = None) -> int:
+    from ..cli.common import parse_size
+
     p = argparse.ArgumentParser(prog="python -m rtseg.bench.engines", description=__doc__.splitlines()[0])
     p.add_argument(
-        "--models", nargs="+", default=None, help="default: every model at 1024x512, espnet also 480x360"
+        "--models",
+        nargs="+",
+        choices=list_models(),
+        default=None,
+        help="default: every model (at 1024x512 without --size, espnet also at 480x360)",
     )
-    p.add_argument("--size", default=None, help="one input size WxH for --models (default 1024x512)")
+    p.add_argument(
+        "--size",
+        type=parse_size,
+        default=None,
+        help="one input size WxH for every model measured (default 1024x512)",
+    )
     p.add_argument("--runs", type=int, default=20, help="timed runs per engine (round robin)")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--calibration-images", type=Path, default=None, help="default: RTSEG_DATA camvid/train")
@@ -325,13 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
-    if args.models:
-        from ..cli.common import parse_size
-
-        size = parse_size(args.size) if args.size else SIZE
-        cases = [Case(m, size) for m in args.models]
-    else:
-        cases = default_cases()
+    cases = cases_for(args.models, args.size)
     if args.calibration_num is not None:
         cases = [replace(c, calibration_num=args.calibration_num) for c in cases]
     images = args.calibration_images or data_root() / "camvid" / "train"

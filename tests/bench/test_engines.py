@@ -68,3 +68,53 @@ def test_the_table_shows_how_far_autos_pick_is_from_the_fastest() -> None:
     assert "over imgs (16 per model)." in format_markdown(document)
     document["results"] = [row("ORT fp32", 4), {**row("torch", 8), "model": "n"}]
     assert "over imgs (4 per model; 8 for n at 64x32)." in format_markdown(document)
+
+
+def _no_measuring(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Stubs the slow parts of ``main``; returns what it would have done, in order."""
+    from rtseg.bench import engines
+
+    done: list[str] = []
+    cpu = {"cpu": {"physical_cores": 1}}
+
+    def measure(case, images, **kw) -> dict:
+        done.append(f"{case.model} {case.size[0]}x{case.size[1]}")
+        return {}
+
+    monkeypatch.setattr(engines, "fingerprint", lambda: cpu)
+    monkeypatch.setattr(engines, "hardware_line", lambda env: "cpu")
+    monkeypatch.setattr(engines, "matmul_peak", lambda threads: done.append("peak") or 100.0)
+    monkeypatch.setattr(engines, "measure_case", measure)
+    monkeypatch.setattr(engines, "format_markdown", lambda document: "")
+    return done
+
+
+def test_a_size_without_models_applies_to_every_model(tmp_path, monkeypatch, capsys) -> None:
+    """--size alone was ignored: the default cases ran at 1024x512 and 480x360 (35 minutes)."""
+    from rtseg.bench.engines import main
+    from rtseg.models import list_models
+
+    done = _no_measuring(monkeypatch)
+    assert main(["--size", "320x160", "--calibration-images", str(tmp_path)]) == 0
+    assert [d for d in done if d != "peak"] == [f"{m} 320x160" for m in list_models()]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--size", "320"], "argument --size: size must look like 1024x512 (WIDTHxHEIGHT), got '320'"),
+        (["--models", "espnet", "--size", "0x160"], "argument --size: size must be positive, got '0x160'"),
+        (["--models", "espnet", "nosuch"], "argument --models: invalid choice: 'nosuch' (choose from 'enet'"),
+    ],
+)
+def test_bad_sizes_and_unknown_models_are_refused_before_any_work(
+    argv: list[str], message: str, tmp_path, monkeypatch, capsys
+) -> None:
+    """A bad --size ended in a traceback; an unknown model only after the matmul peak (8 s)."""
+    from rtseg.bench.engines import main
+
+    done = _no_measuring(monkeypatch)
+    with pytest.raises(SystemExit) as exc:
+        main([*argv, "--calibration-images", str(tmp_path)])
+    assert exc.value.code == 2 and message in capsys.readouterr().err
+    assert done == []
