@@ -14,14 +14,15 @@ The first ``warmup`` frames are processed but not counted. Per measured frame it
   overlay      colourising and blending, on the sink's thread;
   encode       JPEG (quality 80) of the overlay on the sink's thread, as a streaming output
                does (``encode="none"`` skips it); the bytes are discarded;
-and the latency from capture to result. The agreement with a reference run (``every``'s labels)
-is scored over the measured frames after the run, not in the result callback: the callback runs
-on the inference thread between frames, and a confusion matrix over the full label map (2 to
-5 ms) there would be counted in every other scheduler's frame interval. Stage figures are
-medians over the frames where the stage ran plus the mean cost per frame (which is what throughput
-pays: deep on keyframes only). FPS is measured frames / wall time between the first and last
-measured results. The stop rule is applied to the frame-to-frame interval, except with
-``fixed_frames`` (scheduler comparisons): then every scheduler sees exactly the same
+and the latency from the frame's read (decoded, at frame size; after "capture") to its labels at
+frame size (after "postprocess"), without overlay and encode. The agreement with a reference run
+(``every``'s labels) is scored over the measured frames after the run, not in the result callback:
+the callback runs on the inference thread between frames, and a confusion matrix over the full
+label map (2 to 5 ms) there would be counted in every other scheduler's frame interval. Stage
+figures are medians over the frames where the stage ran plus the mean cost per frame (which is
+what throughput pays: deep on keyframes only). FPS is measured frames / wall time between the
+first and last measured results. The stop rule is applied to the frame-to-frame interval, except
+with ``fixed_frames`` (scheduler comparisons): then every scheduler sees exactly the same
 ``max_samples`` frames, so agreement can be scored frame by frame.
 """
 

@@ -51,10 +51,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="measure throughput and latency (engine-only and end to end); the Cityscapes table",
         description="Measures every combination of the options given, each in a fresh process: "
         "engine-only FPS, end-to-end FPS (source -> scheduler -> overlay -> null sink), latency "
-        "p50/p90/p99, a per-stage breakdown, keyframe ratio and peak memory. Frames are taken until "
-        "the 95% confidence interval of the median is within --ci of it (at least --min-frames, at "
-        "most --frames, at most --max-seconds per phase). With several --scheduler values, they run "
-        "over the same frames and are scored against 'every' (agreement).",
+        "p50/p90/p99 (a frame's read to its labels at frame size), a per-stage breakdown, keyframe "
+        "ratio and peak memory. Frames are taken until the 95% confidence interval of the median "
+        "is within --ci of it (at least --min-frames, at most --frames, at most --max-seconds per "
+        "phase). With several --scheduler values, they run over the same frames and are scored "
+        "against 'every' (agreement).",
         epilog="Unsupported combinations (say int8 on torch) are reported as skipped with the reason.",
     )
     p.add_argument(

@@ -154,3 +154,14 @@ def test_a_pipeline_only_row_says_end_to_end_and_shows_its_fps(results, env) -> 
     m["pipeline_fps"] = None  # a single measured frame has no FPS
     (line,) = [line for line in format_table(doc).splitlines() if line.startswith("  measured:")]
     assert "engine-only" not in line and "too few frames for an FPS" in line
+
+
+def test_the_latency_column_says_what_it_spans(results) -> None:
+    """The latency column sat next to the e2e FPS without saying it leaves capture, overlay and
+    encode out."""
+    text = format_results(results)
+    assert "latency* p50/p90/p99 ms" in text
+    assert "* latency: from a frame's read (decoded, at frame size) to its labels at frame size" in text
+    assert "not capture, overlay or encode" in text
+    engine_only = {**results[0], "pipeline": None}
+    assert "* latency:" not in format_results([engine_only])  # no latency column to explain
