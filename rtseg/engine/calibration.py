@@ -13,12 +13,13 @@ without importing TensorRT; ``tensorrt_backend`` wraps it in the real base class
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -100,6 +101,9 @@ class CalibrationList:
     kind: Literal["images", "video"]
     source: Path
     entries: tuple[str, ...]
+    # The id the list file records (``# id:``), used when the listed files are not there: lists are
+    # committed and images are not, and cached int8 builds are found by the id alone.
+    recorded_id: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if self.kind not in ("images", "video"):
@@ -117,8 +121,10 @@ class CalibrationList:
     def text(self, relative_to: Path | None = None) -> str:
         """The list file; with ``relative_to`` (its folder) the source is written relative to it."""
         source = Path(os.path.relpath(self.source, relative_to)) if relative_to else self.source
-        lines = [LIST_HEADER, f"# {self.kind}: {source.as_posix()}", *self.entries]
-        return "\n".join(lines) + "\n"
+        lines = [LIST_HEADER, f"# {self.kind}: {source.as_posix()}"]
+        with contextlib.suppress(DatasetError):  # the files are not here to identify it: no id line
+            lines.append(f"# id: {self.id}")
+        return "\n".join([*lines, *self.entries]) + "\n"
 
     @functools.cached_property
     def id(self) -> str:
@@ -127,15 +133,27 @@ class CalibrationList:
         It covers the listed files' bytes (each image, or the whole video), not only their
         names: an image replaced by another of the same name gives another id, so ranges and
         caches calibrated on the old picture are not reused. The same on every machine (the
-        source's folder name, not its absolute path). Computed once per list object.
+        source's folder name, not its absolute path). Computed once per list object. Where the
+        files are missing, the id the list file recorded when it was written stands in: the cached
+        builds are found, and only a rebuild needs the files.
         """
         digest = hashlib.blake2b(digest_size=16)
         digest.update("\n".join([self.kind, self.source.name, *self.entries]).encode())
-        if self.kind == "images":
-            for entry in self.entries:
-                _hash_file(digest, self.source / entry, "calibration image")
-        else:
-            _hash_file(digest, self.source, "calibration video")
+        try:
+            if self.kind == "images":
+                for entry in self.entries:
+                    _hash_file(digest, self.source / entry, "calibration image")
+            else:
+                _hash_file(digest, self.source, "calibration video")
+        except DatasetError:
+            if self.recorded_id is None:
+                raise
+            log.info(
+                "calibration list %s: files missing; using the id it recorded, %s",
+                self.source,
+                self.recorded_id,
+            )
+            return self.recorded_id
         return digest.hexdigest()[:8]
 
     def __len__(self) -> int:
@@ -161,11 +179,13 @@ class CalibrationList:
             ) from None
         if not lines or lines[0] != LIST_HEADER:
             raise ConfigError(f"{path} is not an rtseg calibration list (first line must be {LIST_HEADER!r})")
-        kind, source = None, None
+        kind, source, recorded = None, None, None
         for line in lines[1:]:
             for k in ("images", "video"):
                 if line.startswith(f"# {k}: "):
                     kind, source = k, path.resolve().parent / line[len(f"# {k}: ") :]
+            if line.startswith("# id: "):
+                recorded = line[len("# id: ") :].strip() or None
         if kind is None or source is None:
             raise ConfigError(f"{path}: missing the '# images: DIR' or '# video: FILE' source line")
         numbered = [(n, ln) for n, ln in enumerate(lines[1:], start=2) if ln and not ln.startswith("#")]
@@ -181,7 +201,7 @@ class CalibrationList:
                         "(expected a whole number >= 0)"
                     )
         entries = tuple(ln for _, ln in numbered)
-        return cls(kind, source.resolve(), entries)  # type: ignore[arg-type]
+        return cls(kind, source.resolve(), entries, recorded)  # type: ignore[arg-type]
 
     @classmethod
     def from_images(cls, directory: str | os.PathLike[str], num: int) -> CalibrationList:

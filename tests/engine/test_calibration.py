@@ -145,7 +145,7 @@ def test_save_writes_the_source_relative_and_load_resolves_it(tmp_path: Path) ->
     calib = CalibrationList.from_images(tmp_path / "data" / "imgs", 2)
     list_path = calib.save(tmp_path / "lists" / "espnet.txt")
     lines = list_path.read_text().splitlines()
-    assert lines == [LIST_HEADER, "# images: ../data/imgs", "f00.png", "f02.png"]
+    assert lines == [LIST_HEADER, "# images: ../data/imgs", f"# id: {calib.id}", "f00.png", "f02.png"]
     loaded = CalibrationList.load(list_path)
     assert loaded == calib and loaded.id == calib.id
     assert [f.mean() for f in loaded.frames(SIZE)] == [f.mean() for f in calib.frames(SIZE)]
@@ -210,6 +210,26 @@ def test_the_id_of_a_list_whose_file_is_gone_names_it(tmp_path: Path) -> None:
         _ = calib.id
     with pytest.raises(DatasetError, match=r"cannot read calibration video .*missing\.avi"):
         _ = CalibrationList("video", tmp_path / "missing.avi", ("0",)).id
+
+
+def test_a_committed_list_without_its_images_keeps_the_id_it_recorded(tmp_path: Path) -> None:
+    # Lists are committed and images are not: the id hashes the images, so a checkout without
+    # them could not name, so not find, the int8 builds it had already made.
+    paths = _write_images(tmp_path / "imgs", 3)
+    calib = CalibrationList.from_images(tmp_path / "imgs", 3)
+    list_path = calib.save(tmp_path / "list.txt")
+    shutil.rmtree(tmp_path / "imgs")
+    loaded = CalibrationList.load(list_path)
+    assert loaded.recorded_id == calib.id and loaded.id == calib.id
+    with pytest.raises(DatasetError, match=r"calibration image .*f00\.png is missing or unreadable"):
+        list(loaded.frames(SIZE))  # a rebuild still needs them, and says which is missing
+    # A list from before ids were recorded: the old error, naming the image.
+    list_path.write_text("\n".join(ln for ln in list_path.read_text().splitlines() if "# id:" not in ln))
+    with pytest.raises(DatasetError, match=r"cannot read calibration image .*to identify the list"):
+        _ = CalibrationList.load(list_path).id
+    _write_images(tmp_path / "imgs", 3)  # present again, the files decide (a changed image: a new id)
+    cv2.imwrite(str(paths[0]), np.full((60, 80, 3), 99, np.uint8))
+    assert CalibrationList.load(calib.save(tmp_path / "list.txt")).id != calib.id
 
 
 def test_an_absolute_source_line_still_loads(tmp_path: Path) -> None:
