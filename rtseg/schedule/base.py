@@ -134,6 +134,7 @@ class Scheduler(ABC):
             if self.warp is not None:
                 t0 = time.perf_counter()
                 used = self.warp.warp(self._deep, image)
+                engine.synchronize()  # torch features on a GPU: grid_sample returns queued
                 timings["warp"] = _ms(t0)
         t0 = time.perf_counter()
         labels = engine.run_head(low, used)

@@ -269,3 +269,27 @@ def test_stage_timings_wait_for_the_device(engine, drive, make) -> None:
     finally:
         scheduler.close()
     assert result.timings["low"] >= 25 and result.timings["deep"] >= 25
+
+
+@pytest.mark.parametrize(
+    "make",
+    [lambda: Clockwork(4, warp=FlowWarp()), lambda: AsyncAdaptive(1e9, warp=FlowWarp())],
+    ids=["clockwork", "async"],
+)
+def test_the_warp_timing_waits_for_the_device(engine, drive, make) -> None:
+    # grid_sample on torch CUDA features returns queued: the warp's time landed in the head's.
+    device = _QueuedDevice(engine)
+    scheduler = make()
+    warp = scheduler.warp.warp
+
+    def queued_warp(deep, image):
+        device.pending = True
+        return warp(deep, image)
+
+    scheduler.warp.warp = queued_warp
+    try:
+        scheduler.step(device, drive[0])
+        result = scheduler.step(device, drive[1])  # served from the cache, warped
+    finally:
+        scheduler.close()
+    assert not result.is_keyframe and result.timings["warp"] >= 25
