@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import io
+import numbers
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..atomic import atomic_write
+from ..atomic import atomic_write, atomic_write_bytes
 from ..data.labels import ClassSet
 from ..data.preprocess import Preprocessing
 from ..errors import CheckpointError
@@ -210,11 +213,56 @@ def save_checkpoint(
     payload = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "meta": meta.to_dict(),
+        "meta": plain_metadata(meta.to_dict(), f"{path}: meta"),
         "state_dict": tensors,
         "tensors_sha256": tensors_sha256(tensors),
     }
-    return atomic_torch_save(payload, path)
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    data = buffer.getvalue()
+    try:  # read_checkpoint loads with weights_only=True: a file it refuses is never written
+        torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, ... here
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"{path}: not written: the checkpoint would not load with weights_only=True ({reason})"
+        ) from None
+    return atomic_write_bytes(path, data)
+
+
+def plain_metadata(value: Any, where: str) -> Any:
+    """``value`` with NumPy scalars and arrays as Python numbers and lists, containers rebuilt.
+
+    torch.load(weights_only=True) refuses NumPy scalars: an ``output_stride=np.int64(8)`` in
+    ``meta.config`` wrote a checkpoint that read_checkpoint then rejected as holding Python objects.
+    Anything else that is not None, bool, int, float, str, a list, tuple or dict is refused here,
+    with ``where`` (the key path) in the message.
+    """
+    if isinstance(value, np.generic | np.ndarray):
+        value = value.tolist()
+    if value is None or type(value) in (bool, int, float, str):
+        return value
+    if isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, Mapping):
+        return {
+            plain_metadata(k, f"{where} key {k!r}"): plain_metadata(v, f"{where}[{k!r}]")
+            for k, v in value.items()
+        }
+    if isinstance(value, list | tuple):
+        items = [plain_metadata(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return items if isinstance(value, list) else tuple(items)
+    raise CheckpointError(
+        f"{where}: expected None, a bool, number, string, list, tuple or dict, got "
+        f"{type(value).__module__}.{type(value).__qualname__} {value!r}: a weights_only checkpoint "
+        "cannot hold it"
+    )
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> Path:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -323,3 +325,51 @@ def test_a_training_state_is_not_taken_for_weights(tmp_path: Path) -> None:
         read_checkpoint(state)
     with pytest.raises(CheckpointError, match="is a training state"):
         get_model("espnet", weights=state)
+
+
+def test_numpy_values_in_the_metadata_are_saved_as_python_numbers(tmp_path: Path) -> None:
+    """np.int64 in meta.config wrote a file that read_checkpoint refused as holding Python objects."""
+    model = get_model("espnet", num_classes=11)
+    meta = replace(
+        model.meta,
+        config={**model.meta.config, "q": np.int64(8), "p": np.int32(2)},
+        provenance={"source": "test", "lr": np.float32(0.5), "flag": np.bool_(True)},
+        metrics={"camvid/val": {"miou": np.float64(61.25), "per_class": np.arange(3)}},
+    )
+    path = save_checkpoint(tmp_path / "numpy.pt", model.state_dict(), meta)
+    loaded = read_checkpoint(path).meta
+    assert loaded is not None and loaded.config["q"] == 8 and type(loaded.config["q"]) is int
+    assert type(loaded.provenance["lr"]) is float and loaded.provenance["flag"] is True
+    assert loaded.metrics["camvid/val"] == {"miou": 61.25, "per_class": [0, 1, 2]}
+    assert get_model("espnet", weights=path).num_outputs == 11
+
+
+def test_get_model_keeps_numpy_options_as_python_numbers(tmp_path: Path) -> None:
+    model = get_model("deeplabv3plus-mobilenetv2", output_stride=np.int64(8))
+    assert type(model.meta.config["output_stride"]) is int
+    path = save_checkpoint(tmp_path / "os8.pt", model.state_dict(), model.meta)
+    assert get_model("deeplabv3plus-mobilenetv2", weights=path).meta.config["output_stride"] == 8
+
+
+def test_metadata_a_weights_only_load_refuses_is_never_written(tmp_path: Path) -> None:
+    model = get_model("espnet", num_classes=11)
+    meta = replace(model.meta, provenance={"source": "test", "data": tmp_path})
+    path = tmp_path / "path.pt"
+    with pytest.raises(
+        CheckpointError, match=r"path\.pt: meta\['provenance'\]\['data'\]: expected None.*Path"
+    ):
+        save_checkpoint(path, model.state_dict(), meta)
+    assert not path.exists() and not list(tmp_path.glob(".path.pt.*"))
+
+
+def test_save_checkpoint_loads_the_payload_before_it_renames(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever slips past the metadata check: a file read_checkpoint refuses is not written."""
+    monkeypatch.setattr("rtseg.models.checkpoint.plain_metadata", lambda value, where: value)
+    model = get_model("espnet", num_classes=11)
+    meta = replace(model.meta, config={**model.meta.config, "q": np.int64(8)})
+    path = tmp_path / "np.pt"
+    with pytest.raises(CheckpointError, match=r"np\.pt: not written: .* weights_only=True"):
+        save_checkpoint(path, model.state_dict(), meta)
+    assert not path.exists()
