@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from .base import FeatureInfo, Features, StagedSegmenter, StageSpec, init_weights
+from .base import FeatureInfo, Features, StagedSegmenter, StageSpec, init_weights, whole_number
 from .mobilenetv2 import MobileNetV2
 
 _ASPP_RATES_OS16 = (6, 12, 18)
@@ -117,12 +117,13 @@ class DeepLabV3Plus(StagedSegmenter):
 
     def __init__(self, *, num_outputs: int = 19, output_stride: int = 16) -> None:
         super().__init__()
+        # Whole numbers first: 16.0 passed the membership test and failed inside torch.
+        output_stride = whole_number("DeepLabV3Plus", "output_stride", output_stride, 1)
+        num_outputs = whole_number("DeepLabV3Plus", "num_outputs", num_outputs, 1)
         if output_stride not in _VALID_OUTPUT_STRIDES:
             raise ConfigError(
                 f"DeepLabV3Plus output_stride must be one of {_VALID_OUTPUT_STRIDES}, got {output_stride!r}"
             )
-        if num_outputs <= 0:
-            raise ConfigError(f"DeepLabV3Plus num_outputs must be positive, got {num_outputs}")
         self.num_outputs = num_outputs
         self.backbone = MobileNetV2(output_stride=output_stride, last_conv=False)
         rates = tuple(r * 16 // output_stride for r in _ASPP_RATES_OS16)

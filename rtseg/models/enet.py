@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from .base import FeatureInfo, Features, StagedSegmenter, StageSpec, init_weights
+from .base import FeatureInfo, Features, StagedSegmenter, StageSpec, init_weights, whole_number
 
 _BN_EPS = 1e-3
 _PROJECTION_RATIO = 4
@@ -188,8 +188,8 @@ class ENet(StagedSegmenter):
 
     def __init__(self, *, num_outputs: int = 19) -> None:
         super().__init__()
-        if num_outputs <= 0:
-            raise ConfigError(f"ENet num_outputs must be positive, got {num_outputs}")
+        # A float count failed inside torch without naming the option.
+        num_outputs = whole_number("ENet", "num_outputs", num_outputs, 1)
         self.num_outputs = num_outputs
         self.initial = InitialBlock(16)
         self.down1 = DownsamplingBottleneck(16, 64, dropout=0.01)

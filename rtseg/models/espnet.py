@@ -212,7 +212,9 @@ class ESPNet(StagedSegmenter):
         super().__init__()
         num_outputs = whole_number("ESPNet", "num_outputs", num_outputs, 1)
         p, q = whole_number("ESPNet", "p", p, 0), whole_number("ESPNet", "q", q, 0)
-        if isinstance(skip_channels, bool) or skip_channels not in (16, 19):
+        # Whole number first: 16.0 passed the membership test and failed inside torch.
+        skip_channels = whole_number("ESPNet", "skip_channels", skip_channels, 0)
+        if skip_channels not in (16, 19):
             raise ConfigError(f"ESPNet.skip_channels must be 16 or 19, got {skip_channels!r}")
         c = num_outputs if width is None else whole_number("ESPNet", "width", width, 1)
         if c < num_outputs:

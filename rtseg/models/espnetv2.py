@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import CheckpointError, ConfigError
-from .base import FeatureInfo, Features, StagedSegmenter, StageSpec, init_weights
+from .base import FeatureInfo, Features, StagedSegmenter, StageSpec, init_weights, whole_number
 
 # Output channels of encoder levels 1-4 (strides 2, 4, 8, 16) for each width scale ``s``.
 LEVEL_CHANNELS: dict[float, tuple[int, int, int, int]] = {
@@ -319,8 +319,8 @@ class ESPNetV2(StagedSegmenter):
         super().__init__()
         if isinstance(scale, bool) or scale not in LEVEL_CHANNELS:
             raise ConfigError(f"ESPNetV2 scale must be one of {sorted(LEVEL_CHANNELS)}, got {scale!r}")
-        if num_outputs < 2:
-            raise ConfigError(f"ESPNetV2 num_outputs must be at least 2, got {num_outputs}")
+        # A float count failed inside torch without naming the option.
+        num_outputs = whole_number("ESPNetV2", "num_outputs", num_outputs, 2)
         channels = LEVEL_CHANNELS[scale]
         c1, c2, c3, c4 = channels
         d1, d2, d3 = _DECODER_CHANNELS

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from .base import FeatureInfo, Features, StagedSegmenter, StageSpec, init_weights
+from .base import FeatureInfo, Features, StagedSegmenter, StageSpec, init_weights, whole_number
 from .resnet import ResNet, conv_bn_relu, resnet18, resnet50
 
 BACKBONES: Mapping[str, Callable[..., ResNet]] = MappingProxyType(
@@ -148,8 +148,8 @@ class ICNet(StagedSegmenter):
         super().__init__()
         if backbone not in BACKBONES:
             raise ConfigError(f"ICNet.backbone must be one of {sorted(BACKBONES)}, got {backbone!r}")
-        if num_outputs < 1:
-            raise ConfigError(f"ICNet.num_outputs must be positive, got {num_outputs}")
+        # A float count failed inside torch without naming the option.
+        num_outputs = whole_number("ICNet", "num_outputs", num_outputs, 1)
         self.num_outputs = num_outputs
         self.backbone: ResNet = BACKBONES[backbone](output_stride=8)
         c_sub1 = SUB1_CHANNELS[-1]

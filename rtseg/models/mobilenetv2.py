@@ -16,7 +16,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from .base import init_weights
+from .base import init_weights, whole_number
 
 # (expansion t, output channels c, repeats n, first stride s), Table 2 of the paper.
 _INVERTED_RESIDUAL_SETTING: tuple[tuple[int, int, int, int], ...] = (
@@ -76,6 +76,7 @@ class MobileNetV2(nn.Module):
 
     def __init__(self, *, output_stride: int = 32, last_conv: bool = True) -> None:
         super().__init__()
+        output_stride = whole_number("MobileNetV2", "output_stride", output_stride, 1)
         if output_stride not in _VALID_OUTPUT_STRIDES:
             raise ConfigError(
                 f"MobileNetV2 output_stride must be one of {_VALID_OUTPUT_STRIDES}, got {output_stride}"

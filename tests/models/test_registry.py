@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 
@@ -142,3 +144,44 @@ def test_espnet_widths_are_validated() -> None:
         ESPNet(width=2.0)
     with pytest.raises(ConfigError, match=r"ESPNet\.skip_channels must be 16 or 19, got 0"):
         ESPNet(skip_channels=0)
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (
+            lambda: get_model("deeplabv3plus-mobilenetv2", output_stride=16.0),
+            r"DeepLabV3Plus\.output_stride must be a whole number >= 1, got 16\.0",
+        ),
+        (
+            lambda: get_model("espnet", skip_channels=16.0),
+            r"ESPNet\.skip_channels must be a whole number >= 0, got 16\.0",
+        ),
+        (
+            lambda: _builder("enet")(num_outputs=5.0),
+            r"ENet\.num_outputs must be a whole number >= 1, got 5\.0",
+        ),
+        (
+            lambda: _builder("icnet-r18")(num_outputs=5.0),
+            r"ICNet\.num_outputs must be a whole number >= 1, got 5\.0",
+        ),
+        (
+            lambda: _builder("espnetv2")(num_outputs=20.0),
+            r"ESPNetV2\.num_outputs must be a whole number >= 2, got 20\.0",
+        ),
+        (
+            lambda: _builder("deeplabv3plus-mobilenetv2")(num_outputs=True),
+            r"DeepLabV3Plus\.num_outputs must be a whole number >= 1, got True",
+        ),
+    ],
+    ids=["deeplab-output-stride", "espnet-skip-channels", "enet", "icnet", "espnetv2", "deeplab-bool"],
+)
+def test_float_options_are_refused_naming_the_option(build: Callable[[], object], message: str) -> None:
+    """16.0 in (8, 16) is True: a float passed the membership checks and failed inside torch
+    ("conv2d() received an invalid combination of arguments") without naming the option."""
+    with pytest.raises(ConfigError, match=message):
+        build()
+
+
+def _builder(name: str) -> Callable[..., object]:
+    return get_spec(name).builder
