@@ -272,7 +272,8 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> Path:
 def check_state_dict_fits(
     expected: Mapping[str, Tensor], actual: Mapping[str, Tensor], *, path: Path, model: str
 ) -> None:
-    """Raise CheckpointError listing the first missing/unexpected keys and shape mismatches."""
+    """Raise CheckpointError listing the first missing/unexpected keys, shape mismatches and
+    tensors whose kind of number (float, integer, bool) differs from the model's."""
     # Checkpoints from PyTorch < 0.4.1 have no BatchNorm step counters; they carry no weights.
     missing = [k for k in expected if k not in actual and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in actual if k not in expected]
@@ -281,7 +282,14 @@ def check_state_dict_fits(
         for k in expected
         if k in actual and expected[k].shape != actual[k].shape
     ]
-    if not (missing or unexpected or shapes):
+    # A cast on load would truncate every weight of an integer tensor saved for a float one (or
+    # the reverse) without a word: only a change of precision within a kind is cast.
+    kinds = [
+        f"{k}: model expects {expected[k].dtype}, checkpoint has {actual[k].dtype}"
+        for k in expected
+        if k in actual and _dtype_kind(expected[k]) != _dtype_kind(actual[k])
+    ]
+    if not (missing or unexpected or shapes or kinds):
         return
     lines = [f"{path} does not fit model {model!r}:"]
     if missing:
@@ -291,7 +299,18 @@ def check_state_dict_fits(
     if shapes:
         lines.append(f"  {len(shapes)} shape mismatches, first:")
         lines.extend(f"    {s}" for s in shapes[:5])
+    if kinds:
+        lines.append(f"  {len(kinds)} tensors of another kind of number (float, integer, bool), first:")
+        lines.extend(f"    {s}" for s in kinds[:5])
     raise CheckpointError("\n".join(lines))
+
+
+def _dtype_kind(tensor: Tensor) -> str:
+    if tensor.dtype == torch.bool:
+        return "bool"
+    if tensor.is_floating_point():
+        return "float"
+    return "complex" if tensor.is_complex() else "integer"
 
 
 # The dtypes CPUs compute in float32's range: float16 has its own (subnormal below 6.1e-5, values

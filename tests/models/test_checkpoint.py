@@ -373,3 +373,21 @@ def test_save_checkpoint_loads_the_payload_before_it_renames(
     with pytest.raises(CheckpointError, match=r"np\.pt: not written: .* weights_only=True"):
         save_checkpoint(path, model.state_dict(), meta)
     assert not path.exists()
+
+
+def test_integer_tensors_for_float_weights_are_refused(tmp_path: Path) -> None:
+    """They were cast with .to(float32) on load: every weight truncated, without a word."""
+    state = get_model("espnet", num_classes=11).state_dict()
+    ints = {k: (v * 100).to(torch.int32) if v.is_floating_point() else v for k, v in state.items()}
+    floats = sum(v.is_floating_point() for v in state.values())
+    path = tmp_path / "int.pt"
+    torch.save(ints, path)
+    with pytest.raises(CheckpointError) as info:
+        get_model("espnet", weights=path, num_classes=11)
+    message = str(info.value)
+    assert f"{path} does not fit model 'espnet'" in message
+    assert f"{floats} tensors of another kind of number (float, integer, bool), first:" in message
+    assert "encoder.level1.conv.weight: model expects torch.float32, checkpoint has torch.int32" in message
+    half = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+    torch.save(half, path)  # another precision of the same kind is cast, as before
+    assert get_model("espnet", weights=path, num_classes=11).classifier.weight.dtype == torch.float32
