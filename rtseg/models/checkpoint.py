@@ -270,7 +270,12 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> Path:
 
 
 def check_state_dict_fits(
-    expected: Mapping[str, Tensor], actual: Mapping[str, Tensor], *, path: Path, model: str
+    expected: Mapping[str, Tensor],
+    actual: Mapping[str, Tensor],
+    *,
+    path: Path,
+    model: str,
+    num_outputs: int | None = None,
 ) -> None:
     """Raise CheckpointError listing the first missing/unexpected keys, shape mismatches and
     tensors whose kind of number (float, integer, bool) differs from the model's."""
@@ -299,10 +304,35 @@ def check_state_dict_fits(
     if shapes:
         lines.append(f"  {len(shapes)} shape mismatches, first:")
         lines.extend(f"    {s}" for s in shapes[:5])
+        outputs = None if missing or unexpected else _other_output_count(expected, actual, num_outputs)
+        if outputs is not None:
+            lines.append(
+                f"  only the number of outputs differs (the checkpoint has {outputs}, the model "
+                f"{num_outputs}): pass num_classes={outputs} (or the number of real classes, if "
+                "some outputs are void)"
+            )
     if kinds:
         lines.append(f"  {len(kinds)} tensors of another kind of number (float, integer, bool), first:")
         lines.extend(f"    {s}" for s in kinds[:5])
     raise CheckpointError("\n".join(lines))
+
+
+def _other_output_count(
+    expected: Mapping[str, Tensor], actual: Mapping[str, Tensor], num_outputs: int | None
+) -> int | None:
+    """The checkpoint's output count when every shape mismatch is the model's ``num_outputs``
+    against one other number in the same dimension: a state dict of another class count (an
+    11-class ENet loaded as 19 gave only a list of classifier shapes)."""
+    found: set[int] = set()
+    for k, e in expected.items():
+        if k not in actual or e.shape == actual[k].shape:
+            continue
+        a = actual[k].shape
+        diff = [i for i in range(len(e.shape)) if len(a) == len(e.shape) and a[i] != e.shape[i]]
+        if len(diff) != 1 or e.shape[diff[0]] != num_outputs:
+            return None
+        found.add(int(a[diff[0]]))
+    return found.pop() if len(found) == 1 else None
 
 
 def _dtype_kind(tensor: Tensor) -> str:

@@ -343,8 +343,10 @@ def _meta_for_plain(
     # Families without a shape reader (ENet, ICNet, DeepLabV3+) are rtseg's own networks, which have
     # no void outputs: num_classes says how many outputs the file has (checked against its shapes).
     num_outputs = inferred_outputs or num_classes or len(spec.classes) + spec.void_outputs
-    # The authors' files end in void channels; rtseg's own networks (get_model) have none, so a
-    # plain state dict saved from get_model(name[, num_classes=N]) reads back as it was built.
+    # The authors' files end in void channels; rtseg's own networks (get_model) have none. The
+    # shapes cannot tell them apart: a plain state dict of get_model(name) (the registry's classes)
+    # or one loaded with num_classes=N reads back as it was built; any other count is taken to end
+    # in the authors' void channels, which get_model's warning says (with the num_classes= fix).
     if num_classes is not None and num_outputs in (num_classes, num_classes + spec.void_outputs):
         real = num_classes
     elif num_outputs == len(spec.classes):
@@ -359,6 +361,16 @@ def _meta_for_plain(
         num_outputs=num_outputs,
         preprocessing=spec.preprocessing,
         provenance={"file": str(ckpt.path), "sha256": ckpt.sha256, "source": UNKNOWN_SOURCE},
+    )
+
+
+def _void_note(num_outputs: int, void: int) -> str:
+    """Why a plain state dict of get_model(name, num_classes=N) reads back one class short."""
+    which = "last output channel was" if void == 1 else f"last {void} output channels were"
+    return (
+        f". Its {which} taken as void (never predicted), as in the authors' releases, leaving "
+        f"{num_outputs - void} classes of {num_outputs} outputs; if every output is a class "
+        f"(a network built by get_model(num_classes={num_outputs})), pass num_classes={num_outputs}"
     )
 
 
@@ -416,7 +428,7 @@ def get_model(
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{ckpt.path}: cannot build {name!r} with config {arch}: {exc}") from None
     expected = model.state_dict()
-    check_state_dict_fits(expected, ckpt.state_dict, path=ckpt.path, model=name)
+    check_state_dict_fits(expected, ckpt.state_dict, path=ckpt.path, model=name, num_outputs=meta.num_outputs)
     check_finite(ckpt.state_dict, path=ckpt.path)
     loaded = {k: ckpt.state_dict.get(k, v).to(v.dtype) for k, v in expected.items()}
     state, subnormal = without_subnormals(loaded)
@@ -428,13 +440,15 @@ def get_model(
         # the metadata, which engine caches and saved checkpoints key on, must say so.
         meta = replace(meta, config=arch)
     if meta.provenance.get("source") == UNKNOWN_SOURCE:
+        void = meta.num_outputs - len(meta.classes)
         log.warning(
             "%s is a plain state dict rtseg does not recognise: assuming %s's default preprocessing "
-            "(%s) and classes %r; save it as an rtseg checkpoint to record the real ones",
+            "(%s) and classes %r; save it as an rtseg checkpoint to record the real ones%s",
             ckpt.path,
             name,
             meta.preprocessing,
             meta.classes.name,
+            _void_note(meta.num_outputs, void) if void and num_classes is None else "",
         )
     model.meta = meta  # type: ignore[assignment]
     model.weights_path = ckpt.path

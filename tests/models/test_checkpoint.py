@@ -391,3 +391,39 @@ def test_integer_tensors_for_float_weights_are_refused(tmp_path: Path) -> None:
     half = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     torch.save(half, path)  # another precision of the same kind is cast, as before
     assert get_model("espnet", weights=path, num_classes=11).classifier.weight.dtype == torch.float32
+
+
+def test_a_plain_state_dict_read_one_class_short_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """get_model("espnet", num_classes=12), saved plain, read back as 11 classes plus void with
+    only the generic "not recognised" warning."""
+    path = tmp_path / "espnet_12.pt"
+    torch.save(get_model("espnet", num_classes=12).state_dict(), path)
+    with caplog.at_level("WARNING", logger="rtseg.models.registry"):
+        assert len(get_model("espnet", weights=path).meta.classes) == 11
+    assert "last output channel was taken as void (never predicted)" in caplog.text
+    assert "11 classes of 12 outputs" in caplog.text and "pass num_classes=12" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="rtseg.models.registry"):
+        assert len(get_model("espnet", weights=path, num_classes=12).meta.classes) == 12
+    assert "is a plain state dict" in caplog.text and "void" not in caplog.text
+
+
+def test_a_classifier_of_another_size_suggests_num_classes(tmp_path: Path) -> None:
+    """An 11-class ENet loaded without num_classes listed only the classifier's shapes."""
+    path = tmp_path / "enet_11.pt"
+    torch.save(get_model("enet", num_classes=11).state_dict(), path)
+    with pytest.raises(
+        CheckpointError,
+        match=r"only the number of outputs differs \(the checkpoint has 11, the model 19\): "
+        r"pass num_classes=11",
+    ):
+        get_model("enet", weights=path)
+    other = tmp_path / "enet_other.pt"
+    state = get_model("enet", num_classes=11).state_dict()
+    state["initial.conv.weight"] = torch.zeros(1, 3, 3, 3)  # a second kind of mismatch: no hint
+    torch.save(state, other)
+    with pytest.raises(CheckpointError) as info:
+        get_model("enet", weights=other)
+    assert "shape mismatches" in str(info.value) and "num_classes" not in str(info.value)
