@@ -13,6 +13,7 @@ import hashlib
 import io
 import numbers
 import os
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -150,6 +151,8 @@ def read_checkpoint(path: str | os.PathLike[str]) -> LoadedCheckpoint:
                 "tensor-only files (weights_only=True) so that a checkpoint cannot run code. "
                 "Re-save its state_dict with torch.save(model.state_dict(), path)"
             ) from None
+        if is_zip:
+            _refuse_other_zip(path)
         reason = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
         raise CheckpointError(
             f"{path}: cannot read the checkpoint; the file is truncated or corrupt ({reason})"
@@ -192,6 +195,23 @@ def read_checkpoint(path: str | os.PathLike[str]) -> LoadedCheckpoint:
             )
         return LoadedCheckpoint(path, digest, state_dict, meta)
     return LoadedCheckpoint(path, digest, _state_dict_from(obj, path), None)
+
+
+def _refuse_other_zip(path: Path) -> None:
+    """A readable zip without torch.save's ``<name>/data.pkl`` (an .npz, a Keras or ONNX bundle
+    renamed .pth) is another format, not a damaged checkpoint: say so, with what it holds."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return  # not a readable zip: truncated or corrupt, as the caller says
+    if any(n == "data.pkl" or n.endswith("/data.pkl") for n in names):
+        return
+    shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    raise CheckpointError(
+        f"{path}: a zip archive but not a PyTorch checkpoint (torch.save writes a */data.pkl "
+        f"member; this one holds {len(names)} member{'' if len(names) == 1 else 's'}: {shown or 'none'})"
+    )
 
 
 def save_checkpoint(

@@ -427,3 +427,25 @@ def test_a_classifier_of_another_size_suggests_num_classes(tmp_path: Path) -> No
     with pytest.raises(CheckpointError) as info:
         get_model("enet", weights=other)
     assert "shape mismatches" in str(info.value) and "num_classes" not in str(info.value)
+
+
+def test_a_zip_of_something_else_is_not_called_corrupt(tmp_path: Path) -> None:
+    """An .npz renamed .pth was reported as "truncated or corrupt"."""
+    path = tmp_path / "arrays.pth"
+    with path.open("wb") as f:
+        np.savez(f, weights=np.zeros(3), bias=np.ones(2))
+    with pytest.raises(
+        CheckpointError,
+        match=r"arrays\.pth: a zip archive but not a PyTorch checkpoint .* "
+        r"holds 2 members: weights\.npy, bias\.npy\)",
+    ):
+        read_checkpoint(path)
+
+
+def test_a_truncated_zip_checkpoint_is_still_called_truncated(rtseg_ckpt: Path, tmp_path: Path) -> None:
+    data = rtseg_ckpt.read_bytes()
+    for name, cut in (("head.pt", data[:200]), ("most.pt", data[: len(data) - 40])):
+        path = tmp_path / name
+        path.write_bytes(cut)
+        with pytest.raises(CheckpointError, match="the file is truncated or corrupt"):
+            read_checkpoint(path)
