@@ -16,7 +16,7 @@ from typing import TypeVar
 from ..errors import CheckpointError, ConfigError
 from ..models import DEFAULT_MODEL, DEFAULT_WEIGHTS, StagedSegmenter, get_model, list_models
 from ..models.catalog import find_known
-from ..models.checkpoint import read_checkpoint, sha256_of
+from ..models.checkpoint import read_checkpoint, sha256_of, tensors_sha256
 
 
 class Terminated(BaseException):
@@ -186,11 +186,16 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
 
 
 def model_name_for(weights: Path) -> str:
-    """The architecture a checkpoint is for, read from its metadata or its content hash."""
+    """The architecture a checkpoint is for, read from its metadata or recognised by its file or
+    tensor digest (a re-saved or DataParallel copy of an authors' release has another file hash)."""
     known = find_known(sha256_of(weights)) if weights.is_file() else None
     if known is not None:
         return known.model
-    meta = read_checkpoint(weights).meta
+    ckpt = read_checkpoint(weights)
+    known = find_known(tensors_sha256(ckpt.state_dict))
+    if known is not None:
+        return known.model
+    meta = ckpt.meta
     if meta is None:
         raise CheckpointError(
             f"{weights} is a plain state dict rtseg does not recognise: name its architecture with --model"

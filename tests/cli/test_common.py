@@ -6,9 +6,10 @@ import argparse
 from pathlib import Path
 
 import pytest
+import torch
 
 from rtseg.cli import main
-from rtseg.cli.common import check_output, output_file
+from rtseg.cli.common import check_output, model_name_for, output_file
 from rtseg.errors import ConfigError
 
 
@@ -55,3 +56,14 @@ def test_check_output_refuses_a_folder(tmp_path: Path) -> None:
     check_output(None, "--json")
     with pytest.raises(ConfigError, match=r"--json .* is a folder: give the name of a file"):
         check_output(tmp_path, "--json")
+
+
+@pytest.mark.data
+def test_weights_alone_name_the_model_of_a_resaved_release(
+    espnet_camvid_weights: Path, tmp_path: Path
+) -> None:
+    # `rtseg run --weights copy.pth` without --model: a re-saved copy of an authors' file was "a
+    # plain state dict rtseg does not recognise", though it loads as the release with --model.
+    state = torch.load(espnet_camvid_weights, map_location="cpu", weights_only=True)
+    torch.save({f"module.{k}": v for k, v in state.items()}, copy := tmp_path / "copy.pth")
+    assert model_name_for(copy) == "espnet"
