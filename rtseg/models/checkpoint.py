@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import io
+import json
 import numbers
 import os
 import zipfile
@@ -123,6 +124,13 @@ def _state_dict_from(obj: Any, path: Path) -> dict[str, Tensor]:
     return dict(obj)
 
 
+def meta_sha256(meta: Mapping[str, Any]) -> str:
+    """A digest of the metadata as canonical JSON: the tensors' digest leaves it out, and a bit
+    flipped in a stored mean loaded silently (72.39 read as 76.39: every mask off)."""
+    text = json.dumps(meta, sort_keys=True, separators=(",", ":"), default=repr)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def read_checkpoint(path: str | os.PathLike[str]) -> LoadedCheckpoint:
     """Read any supported checkpoint file; every failure names the file and what is wrong."""
     path = Path(path)
@@ -186,6 +194,12 @@ def read_checkpoint(path: str | os.PathLike[str]) -> LoadedCheckpoint:
             ) from None
         except (TypeError, ValueError) as exc:
             raise CheckpointError(f"{path}: invalid rtseg checkpoint metadata: {exc}") from None
+        stored_meta = obj.get("meta_sha256")  # older rtseg files have none: nothing to check
+        if stored_meta is not None and stored_meta != meta_sha256(obj["meta"]):
+            raise CheckpointError(
+                f"{path}: the metadata (classes, preprocessing) does not match the checksum stored "
+                "with it; the file is corrupt (a bad copy or a failing disk): copy it again"
+            )
         state_dict = _state_dict_from(obj.get("state_dict"), path)
         stored = obj.get("tensors_sha256")  # older rtseg files have none: nothing to check
         if stored is not None and stored != tensors_sha256(state_dict):
@@ -230,10 +244,12 @@ def save_checkpoint(
         k: (v.detach().to("cpu").half() if half and v.is_floating_point() else v.detach().to("cpu"))
         for k, v in state_dict.items()
     }
+    plain = plain_metadata(meta.to_dict(), f"{path}: meta")
     payload = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "meta": plain_metadata(meta.to_dict(), f"{path}: meta"),
+        "meta": plain,
+        "meta_sha256": meta_sha256(plain),
         "state_dict": tensors,
         "tensors_sha256": tensors_sha256(tensors),
     }

@@ -200,9 +200,22 @@ def test_a_flipped_bit_in_a_weight_is_caught(rtseg_ckpt: Path, tmp_path: Path) -
         get_model("espnet", weights=broken)
 
 
+def test_changed_metadata_is_caught(rtseg_ckpt: Path, tmp_path: Path) -> None:
+    # The tensors' digest leaves the metadata out: a flipped bit in the stored mean (72.39 read
+    # as 76.39) loaded silently and shifted every input.
+    raw = torch.load(rtseg_ckpt, weights_only=True)
+    mean = list(raw["meta"]["preprocessing"]["mean"])
+    raw["meta"]["preprocessing"]["mean"] = [mean[0] + 4.0, *mean[1:]]
+    torch.save(raw, broken := tmp_path / "meta_rot.pt")
+    with pytest.raises(
+        CheckpointError, match=r"meta_rot\.pt: the metadata \(classes, preprocessing\) does not"
+    ):
+        get_model("espnet", weights=broken)
+
+
 def test_a_checkpoint_without_a_checksum_still_loads(rtseg_ckpt: Path, tmp_path: Path) -> None:
     raw = torch.load(rtseg_ckpt, weights_only=True)
-    del raw["tensors_sha256"]
+    del raw["tensors_sha256"], raw["meta_sha256"]
     older = tmp_path / "older.pt"
     torch.save(raw, older)
     assert get_model("espnet", weights=older).num_outputs == 11

@@ -32,6 +32,16 @@ def test_metadata_schema() -> None:
     assert meta.metrics["camvid/val"]["miou"] >= test["miou"]
 
 
+def test_the_shipped_file_carries_checksums_of_its_weights_and_metadata() -> None:
+    import torch
+
+    from rtseg.models.checkpoint import meta_sha256, tensors_sha256
+
+    raw = torch.load(DEFAULT_WEIGHTS, map_location="cpu", weights_only=True)
+    assert raw["tensors_sha256"] == tensors_sha256(raw["state_dict"])
+    assert raw["meta_sha256"] == meta_sha256(raw["meta"])  # a corrupt mean or class list is caught
+
+
 def test_default_is_what_the_cli_loads() -> None:
     from rtseg.cli.common import load_model
 
