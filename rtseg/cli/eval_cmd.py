@@ -117,8 +117,37 @@ def engine_logits_fn(engine):
     return logits
 
 
+def _scheduling_options(args: argparse.Namespace) -> list[str]:
+    """The keyframe-scheduling options given, as typed: plain eval runs every image through the
+    full model, so any of them would be ignored there without a word."""
+    given = [] if args.scheduler == "every" else [f"--scheduler {args.scheduler}"]
+    given += [
+        f"{flag} {getattr(args, name)}"
+        for name, flag in (
+            ("interval", "--interval"),
+            ("threshold", "--threshold"),
+            ("max_interval", "--max-interval"),
+            ("target_keyframe_rate", "--target-keyframe-rate"),
+            ("flow_stride", "--flow-stride"),
+            ("change", "--change"),
+        )
+        if getattr(args, name) is not None
+    ]
+    if args.warp is not None:
+        given.append("--warp" if args.warp else "--no-warp")
+    if args.compare_every:
+        given.append("--compare-every")
+    return given
+
+
 def run(args: argparse.Namespace) -> int:
     check_output(args.json, "--json")
+    if not args.sequence and (given := _scheduling_options(args)):
+        raise ConfigError(
+            f"{', '.join(given)}: keyframe scheduling applies to a video, and plain eval runs every "
+            "image through the full model: add --sequence (the split in file order) or drop "
+            f"{'it' if len(given) == 1 else 'them'}"
+        )
     if args.labels != "auto" and args.dataset != "cityscapes":
         raise ConfigError(f"--labels chooses Cityscapes ground-truth files; {args.dataset} has one kind")
     model = load_model(args.model, args.weights)
@@ -147,8 +176,6 @@ def run(args: argparse.Namespace) -> int:
     size = args.size or meta.preprocessing.input_size
     if args.sequence:
         return _run_sequence(args, model, dataset, size)
-    if args.scheduler != "every" or args.warp or args.compare_every:
-        raise ConfigError("--scheduler, --warp and --compare-every apply to a video: add --sequence")
     engine = load_engine_from_args(args, model, size)
     report = evaluate(
         engine_logits_fn(engine),

@@ -290,3 +290,44 @@ def test_a_checkpoint_for_a_model_this_rtseg_lacks_names_the_file(
     assert err.startswith(
         f"rtseg eval: error: {weights} is for model 'segformer-b9', which this rtseg does not have"
     )
+
+
+@pytest.mark.parametrize(
+    "option",
+    [
+        ["--scheduler", "clockwork"],
+        ["--interval", "3"],
+        ["--threshold", "0.1"],
+        ["--max-interval", "5"],
+        ["--target-keyframe-rate", "0.3"],
+        ["--warp"],
+        ["--no-warp"],
+        ["--flow-stride", "8"],
+        ["--change", "features"],
+        ["--compare-every"],
+    ],
+)
+def test_scheduling_options_without_sequence_are_refused(
+    option: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Only --scheduler, a true --warp and --compare-every were refused: `--interval 3 --no-warp`
+    was accepted and did nothing."""
+    assert _eval_tiny(tmp_path / "nowhere", *option) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"rtseg eval: error: {' '.join(option)}: keyframe scheduling applies to a video, and plain "
+        "eval runs every image through the full model: add --sequence (the split in file order) "
+        "or drop it"
+    )
+
+
+def test_every_scheduling_option_given_without_sequence_is_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _eval_tiny(tmp_path / "nowhere", "--interval", "3", "--threshold", "0.1", "--no-warp") == 2
+    err = capsys.readouterr().err
+    assert "error: --interval 3, --threshold 0.1, --no-warp: keyframe scheduling" in err
+    assert err.strip().endswith("or drop them")
+    # The default scheduler named explicitly schedules nothing: the split is read as usual.
+    assert _eval_tiny(tmp_path / "nowhere", "--scheduler", "every") == 2
+    assert "CamVid folder" in capsys.readouterr().err
