@@ -148,6 +148,12 @@ def run(args: argparse.Namespace) -> int:
             "image through the full model: add --sequence (the split in file order) or drop "
             f"{'it' if len(given) == 1 else 'them'}"
         )
+    if args.sequence and args.compare_every and args.scheduler == "every":
+        raise ConfigError(
+            "--compare-every compares a schedule with every frame through the full model, but "
+            "--scheduler is every (the default): there is nothing to compare; choose --scheduler "
+            "clockwork, adaptive or async"
+        )
     if args.labels != "auto" and args.dataset != "cityscapes":
         raise ConfigError(f"--labels chooses Cityscapes ground-truth files; {args.dataset} has one kind")
     model = load_model(args.model, args.weights)
@@ -216,7 +222,7 @@ def _run_sequence(args: argparse.Namespace, model, dataset, size: tuple[int, int
     scheduler = scheduler_from_args(args)
     reference = None
     name = f"{model.meta.model} {args.dataset}/{args.split}"
-    if args.compare_every and args.scheduler != "every":
+    if args.compare_every:  # run() refused it with the every scheduler, which it would repeat
         reference = []
         every = evaluate_sequence(
             engine,

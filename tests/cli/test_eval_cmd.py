@@ -331,3 +331,16 @@ def test_every_scheduling_option_given_without_sequence_is_named(
     # The default scheduler named explicitly schedules nothing: the split is read as usual.
     assert _eval_tiny(tmp_path / "nowhere", "--scheduler", "every") == 2
     assert "CamVid folder" in capsys.readouterr().err
+
+
+def test_compare_every_with_the_every_scheduler_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--sequence --compare-every` with the default scheduler ran one pass and compared nothing."""
+    root = _tiny_camvid(tmp_path / "camvid", 2)
+    assert _eval_tiny(root, "--sequence", "--compare-every") == 2
+    assert capsys.readouterr().err.strip() == (
+        "rtseg eval: error: --compare-every compares a schedule with every frame through the full "
+        "model, but --scheduler is every (the default): there is nothing to compare; choose "
+        "--scheduler clockwork, adaptive or async"
+    )
