@@ -1,7 +1,8 @@
 """Labelled datasets on disk (CamVid as released with SegNet, Cityscapes' official layout).
 
 Both yield ``Sample``: a BGR uint8 image and a uint8 train-id label map with 255 = ignore, in a
-stable file order (CamVid val is one continuous sequence; order matters for scheduling studies).
+stable file order, numbers by value as ``images://`` plays a folder (frame_2 before frame_10):
+CamVid val is one continuous sequence, and order matters for scheduling studies.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import cv2
 import numpy as np
 
 from ..errors import DatasetError
+from ..source.images import frame_order
 from .labels import CAMVID, CAMVID_LABEL_IDS, CITYSCAPES, CITYSCAPES_LABEL_IDS, ClassSet, LabelIdMap
 
 
@@ -151,7 +153,7 @@ def camvid(root: str | Path, split: str) -> SegmentationDataset:
                 f"matching {{split}}annot folders (the SegNet release layout)"
             )
     pairs = []
-    for image_path in sorted(image_dir.glob("*.png")):
+    for image_path in sorted(image_dir.glob("*.png"), key=frame_order):
         label_path = label_dir / image_path.name
         if not label_path.is_file():
             raise DatasetError(f"CamVid image {image_path} has no label {label_path}")
@@ -174,12 +176,12 @@ def cityscapes(root: str | Path, split: str, labels: CityscapesLabels = "auto") 
         raise DatasetError(f"cityscapes labels must be auto, labelTrainIds or labelIds, got {labels!r}")
     official = root / "leftImg8bit" / split
     if official.is_dir():
-        images = sorted(official.glob("*/*_leftImg8bit.png"))
+        images = sorted(official.glob("*/*_leftImg8bit.png"), key=frame_order)
         label_dir_of = lambda p: root / "gtFine" / split / p.parent.name
     elif (root / "leftImg8bit").is_dir():
         raise DatasetError(f"Cityscapes split folder {official} not found")
     else:
-        images = sorted(root.glob("*_leftImg8bit.png"))
+        images = sorted(root.glob("*_leftImg8bit.png"), key=frame_order)
         label_dir_of = lambda p: p.parent
         if not images:
             raise DatasetError(

@@ -131,3 +131,28 @@ def test_palette_png_labels_are_read_as_class_ids(tmp_path: Path) -> None:
     _write(tmp_path / "valannot" / "a.png", np.zeros((6, 8, 3), np.uint8))  # a colour-coded label
     with pytest.raises(DatasetError, match="must be a single-channel 8-bit PNG"):
         camvid(tmp_path, "val")[0]
+
+
+def test_camvid_frames_are_ordered_with_numbers_by_value(tmp_path: Path) -> None:
+    """Sorted as text, frame_10 came before frame_2: --sequence and the sweep played a scrambled
+    video, in another order than ``images://`` plays the same folder."""
+    from rtseg.source.images import list_images
+
+    for i in (10, 2, 1, 11):
+        _write(tmp_path / "seq" / f"frame_{i}.png", np.full((4, 6, 3), i, np.uint8))
+        _write(tmp_path / "seqannot" / f"frame_{i}.png", np.zeros((4, 6), np.uint8))
+    ds = camvid(tmp_path, "seq")
+    assert ds.names == ["frame_1", "frame_2", "frame_10", "frame_11"]
+    assert [int(s.image[0, 0, 0]) for s in ds] == [1, 2, 10, 11]
+    assert ds.names == [p.stem for p in list_images(str(tmp_path / "seq"))]
+
+
+def test_cityscapes_frames_are_ordered_with_numbers_by_value(tmp_path: Path) -> None:
+    for layout, folder in (("flat", tmp_path / "flat"), ("official", tmp_path / "official")):
+        for i in (10, 9, 100):
+            stem = f"city_{i}_19"
+            image_dir = folder / "leftImg8bit" / "val" / "city" if layout == "official" else folder
+            label_dir = folder / "gtFine" / "val" / "city" if layout == "official" else folder
+            _write(image_dir / f"{stem}_leftImg8bit.png", np.zeros((4, 6, 3), np.uint8))
+            _write(label_dir / f"{stem}_gtFine_labelTrainIds.png", np.zeros((4, 6), np.uint8))
+        assert cityscapes(folder, "val").names == ["city_9_19", "city_10_19", "city_100_19"], layout
