@@ -87,6 +87,15 @@ def labels_from_logits(logits: torch.Tensor, num_classes: int, size: tuple[int, 
     return x.max(1).indices[0].to(torch.uint8).numpy()  # argmax; see engine.graphs.labels_from
 
 
+def check_labelled(confusion: ConfusionMatrix, count: int, classes: ClassSet, description: str) -> None:
+    """Refuse a split without one scored pixel: its mIoU is NaN, which is no score (and no JSON)."""
+    if not confusion.matrix.any():
+        raise DatasetError(
+            f"{description}: no labelled pixel in {count} label maps (all void or outside the "
+            f"{len(classes)} {classes.name} class ids); check that the annotations use them"
+        )
+
+
 def evaluate(
     logits_fn: LogitsFn,
     samples: Iterable[Sample],
@@ -107,9 +116,5 @@ def evaluate(
         confusion.update(sample.label, labels_from_logits(logits, len(classes), (w, h)))
         count += 1
     seconds = time.perf_counter() - start
-    if not confusion.matrix.any():
-        raise DatasetError(
-            f"{description}: no labelled pixel in {count} label maps (all void or outside the "
-            f"{len(classes)} {classes.name} class ids); check that the annotations use them"
-        )
+    check_labelled(confusion, count, classes, description)
     return EvalReport(confusion.result(), classes, count, seconds, confusion.matrix.copy())

@@ -8,6 +8,7 @@ counts the inference path per frame: preprocess (resize), low, change score, dee
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -19,11 +20,17 @@ from tqdm import tqdm
 from ..data.datasets import Sample
 from ..data.labels import ClassSet
 from ..engine.base import Engine
+from ..evaluate import check_labelled
 from ..metrics import ConfusionMatrix, SegmentationScores
 from ..result import SegResult, labels_at
 from .base import Scheduler
 
 STAGES = ("preprocess", "low", "change", "deep", "warp", "head")
+
+
+def _number(value: float, digits: int) -> float | None:
+    """``value`` rounded for JSON, None (null) for NaN: ``json`` writes NaN, which is not JSON."""
+    return None if math.isnan(value) else round(value, digits)
 
 
 def to_input(image: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, float]:
@@ -80,19 +87,19 @@ class SequenceReport:
             "scheduler": self.scheduler,
             "frames": self.frames,
             "keyframes": self.keyframes,
-            "keyframe_ratio": round(self.keyframe_ratio, 4),
-            "fps": round(self.fps, 3),
-            "ms_per_frame": round(1000 * self.seconds / max(self.frames, 1), 2),
-            "stage_ms": {k: round(v, 2) for k, v in self.stage_ms.items()},
-            "wall_seconds": round(self.wall_seconds, 2),
+            "keyframe_ratio": _number(self.keyframe_ratio, 4),
+            "fps": _number(self.fps, 3),
+            "ms_per_frame": _number(1000 * self.seconds / max(self.frames, 1), 2),
+            "stage_ms": {k: _number(v, 2) for k, v in self.stage_ms.items()},
+            "wall_seconds": _number(self.wall_seconds, 2),
         }
         if self.scores is not None:
-            out["miou"] = round(100 * self.scores.miou, 2)
-            out["pixel_accuracy"] = round(100 * self.scores.pixel_accuracy, 2)
+            out["miou"] = _number(100 * self.scores.miou, 2)
+            out["pixel_accuracy"] = _number(100 * self.scores.pixel_accuracy, 2)
         if self.agreement is not None:
-            out["agreement_miou"] = round(100 * self.agreement.miou, 2)
-            out["agreement_pixels"] = round(100 * self.agreement.pixel_accuracy, 2)
-        out.update(self.extra)
+            out["agreement_miou"] = _number(100 * self.agreement.miou, 2)
+            out["agreement_pixels"] = _number(100 * self.agreement.pixel_accuracy, 2)
+        out.update({k: _number(v, 2) if isinstance(v, float) else v for k, v in self.extra.items()})
         return out
 
     def format(self) -> str:
@@ -161,6 +168,8 @@ def evaluate_sequence(
         if keep_labels is not None:
             keep_labels.append(result.labels.copy())
     wall = time.perf_counter() - wall
+    if frames:  # one NaN mIoU, printed and written as the score, passed for a result
+        check_labelled(truth, frames, classes, description)
     stats = scheduler.stats
     extra = (
         {"deferred": stats.deferred, "worker_deep_ms": round(stats.worker_deep_ms / max(frames, 1), 2)}

@@ -344,3 +344,21 @@ def test_compare_every_with_the_every_scheduler_is_refused(
         "model, but --scheduler is every (the default): there is nothing to compare; choose "
         "--scheduler clockwork, adaptive or async"
     )
+
+
+def test_a_sequence_of_void_labels_is_refused_like_plain_eval(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--sequence printed `mIoU ... nan`, exited 0 and wrote `"miou": NaN` (not JSON)."""
+    import cv2
+    import numpy as np
+
+    root = _tiny_camvid(tmp_path / "camvid", 2)
+    for label in (root / "testannot").glob("*.png"):
+        cv2.imwrite(str(label), np.full((48, 64), 11, np.uint8))  # CamVid's void
+    target = tmp_path / "report.json"
+    for extra in ([], ["--sequence"]):
+        assert _eval_tiny(root, "--json", str(target), *extra) == 2
+        err = capsys.readouterr().err
+        assert "error: espnet camvid/test" in err and ": no labelled pixel in 2 label maps (all void" in err
+    assert not target.exists()

@@ -1,13 +1,16 @@
 from __future__ import annotations
 
+import json
+
 import cv2
 import numpy as np
 import pytest
 
 from rtseg.data.datasets import Sample
-from rtseg.metrics import ConfusionMatrix
+from rtseg.errors import DatasetError
+from rtseg.metrics import ConfusionMatrix, SegmentationScores
 from rtseg.schedule import Clockwork, Every
-from rtseg.schedule.sequence import evaluate_sequence
+from rtseg.schedule.sequence import SequenceReport, evaluate_sequence
 
 
 @pytest.fixture(scope="module")
@@ -46,3 +49,23 @@ def test_clockwork_report(engine, samples) -> None:
     assert d["keyframes"] == 2 and 0 <= d["agreement_miou"] <= 100
     text = report.format()
     assert "clockwork interval 4" in text and "agreement with every" in text
+
+
+def test_a_sequence_without_a_labelled_pixel_is_refused(engine, samples) -> None:
+    """All-void labels gave mIoU NaN, printed and written as the score, where plain eval refuses."""
+    void = [Sample(s.name, s.image, np.full_like(s.label, 255)) for s in samples]
+    with pytest.raises(DatasetError, match=r"^clip: no labelled pixel in 8 label maps \(all void"):
+        evaluate_sequence(engine, void, Every(), description="clip")
+
+
+def test_a_report_writes_null_for_nan() -> None:
+    """``json.dumps`` wrote NaN, which strict JSON readers refuse."""
+    nan = SegmentationScores((float("nan"), float("nan")), float("nan"), 0)
+    report = SequenceReport(
+        "every", 0, 0, {"deep": float("nan")}, 0.0, 0.0, nan, nan, extra={"worker_deep_ms": float("nan")}
+    )
+    d = report.to_dict()
+    assert d["miou"] is None and d["pixel_accuracy"] is None and d["agreement_miou"] is None
+    assert d["keyframe_ratio"] is None and d["fps"] is None and d["stage_ms"] == {"deep": None}
+    assert d["worker_deep_ms"] is None
+    json.dumps(d, allow_nan=False)
