@@ -1,9 +1,9 @@
 """Dataset evaluation with the reference protocol (../shared/data/REFERENCE.md).
 
-One forward pass per image at the weights' input size; logits bilinearly upsampled
-(align_corners=False) to the label's size; argmax over the dataset's real classes only (a void
-output channel is never predicted); ignore-labelled pixels skipped; one confusion matrix over
-the whole split.
+One forward pass per image at the weights' input size (resized as their preprocessing says);
+logits bilinearly upsampled (align_corners=False) to the label's size; argmax over the dataset's
+real classes only (a void output channel is never predicted); ignore-labelled pixels skipped; one
+confusion matrix over the whole split.
 """
 
 from __future__ import annotations
@@ -73,10 +73,17 @@ def torch_logits_fn(model: StagedSegmenter, preprocessing: Preprocessing) -> Log
     return logits
 
 
-def resize_to_input(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+def cv2_interpolation(interpolation: str) -> int:
+    """The cv2 flag for ``Preprocessing.interpolation``: weights trained on area-shrunk frames
+    are scored on what `rtseg run` feeds them (segmenter.py resizes the same way)."""
+    return cv2.INTER_AREA if interpolation == "area" else cv2.INTER_LINEAR
+
+
+def resize_to_input(image: np.ndarray, size: tuple[int, int], interpolation: str = "linear") -> np.ndarray:
+    """``image`` at the network's input ``size``, resized as ``Preprocessing.interpolation`` says."""
     if (image.shape[1], image.shape[0]) == tuple(size):
         return image
-    return cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
+    return cv2.resize(image, size, interpolation=cv2_interpolation(interpolation))
 
 
 def labels_from_logits(logits: torch.Tensor, num_classes: int, size: tuple[int, int]) -> np.ndarray:
@@ -102,6 +109,7 @@ def evaluate(
     *,
     classes: ClassSet,
     input_size: tuple[int, int],
+    interpolation: str = "linear",
     total: int | None = None,
     progress: bool = True,
     description: str = "eval",
@@ -111,7 +119,7 @@ def evaluate(
     count = 0
     bar = tqdm(samples, total=total, desc=description, unit="img", disable=not progress, leave=False)
     for sample in bar:
-        logits = logits_fn(resize_to_input(sample.image, input_size))
+        logits = logits_fn(resize_to_input(sample.image, input_size, interpolation))
         h, w = sample.label.shape
         confusion.update(sample.label, labels_from_logits(logits, len(classes), (w, h)))
         count += 1

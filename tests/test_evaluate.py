@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import torch
 
@@ -39,3 +40,24 @@ def test_evaluate_perfect_prediction() -> None:
     assert report.scores.miou == 1.0 and report.images == 1
     assert report.format().splitlines()[-1] == "mIoU: 100.00"
     assert report.to_dict()["confusion_matrix"][0][0] == int((label == 0).sum()) - 0
+
+
+def test_input_is_resized_as_the_weights_preprocessing_says() -> None:
+    """evaluate() shrank with INTER_LINEAR whatever Preprocessing.interpolation said, while
+    `rtseg run` honours it: area-trained weights were scored on other inputs than they get."""
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (96, 128, 3), dtype=np.uint8)
+    sample = Sample("x", image, np.zeros((96, 128), np.uint8))
+    seen: list[np.ndarray] = []
+
+    def spy(x: np.ndarray) -> torch.Tensor:
+        seen.append(x)
+        return torch.zeros(1, 11, 24, 32)
+
+    for interpolation in ("area", "linear"):
+        evaluate(
+            spy, [sample], classes=CAMVID, input_size=(32, 24), interpolation=interpolation, progress=False
+        )
+    assert np.array_equal(seen[0], cv2.resize(image, (32, 24), interpolation=cv2.INTER_AREA))
+    assert np.array_equal(seen[1], cv2.resize(image, (32, 24), interpolation=cv2.INTER_LINEAR))
+    assert not np.array_equal(seen[0], seen[1])

@@ -188,6 +188,7 @@ def run(args: argparse.Namespace) -> int:
         dataset,
         classes=meta.classes,
         input_size=size,
+        interpolation=meta.preprocessing.interpolation,
         total=len(dataset),
         progress=not args.no_progress,
         description=f"{meta.model} {args.dataset}/{args.split}",

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from ..data.datasets import Sample
 from ..data.labels import ClassSet
 from ..engine.base import Engine
-from ..evaluate import check_labelled
+from ..evaluate import check_labelled, cv2_interpolation
 from ..metrics import ConfusionMatrix, SegmentationScores
 from ..result import SegResult, labels_at
 from .base import Scheduler
@@ -33,12 +33,15 @@ def _number(value: float, digits: int) -> float | None:
     return None if math.isnan(value) else round(value, digits)
 
 
-def to_input(image: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, float]:
-    """The engine's input (resized with cv2 when needed) and the resize time in ms."""
+def to_input(
+    image: np.ndarray, size: tuple[int, int], interpolation: str = "linear"
+) -> tuple[np.ndarray, float]:
+    """The engine's input (resized with cv2 as ``Preprocessing.interpolation`` says, as `rtseg
+    run` does) and the resize time in ms."""
     if (image.shape[1], image.shape[0]) == tuple(size):
         return image, 0.0
     t0 = time.perf_counter()
-    out = cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
+    out = cv2.resize(image, size, interpolation=cv2_interpolation(interpolation))
     return out, (time.perf_counter() - t0) * 1000.0
 
 
@@ -46,8 +49,9 @@ def run_sequence(engine: Engine, images: Iterable[np.ndarray], scheduler: Schedu
     """Scheduler results for images in order; ``preprocess`` is added to each result's timings."""
     scheduler.check(engine)
     scheduler.reset()
+    interpolation = engine.meta.preprocessing.interpolation
     for i, image in enumerate(images):
-        x, ms = to_input(image, engine.input_size)
+        x, ms = to_input(image, engine.input_size, interpolation)
         result = scheduler.step(engine, x, index=i)
         if ms:
             result = SegResult(

@@ -362,3 +362,38 @@ def test_a_sequence_of_void_labels_is_refused_like_plain_eval(
         err = capsys.readouterr().err
         assert "error: espnet camvid/test" in err and ": no labelled pixel in 2 label maps (all void" in err
     assert not target.exists()
+
+
+def test_eval_resizes_as_the_weights_preprocessing_says(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Weights whose preprocessing says 'area' were scored on bilinear-shrunk images."""
+    import cv2
+    import numpy as np
+    import torch
+
+    from rtseg import evaluate as evaluate_module
+    from rtseg.models import DEFAULT_WEIGHTS
+
+    checkpoint = torch.load(DEFAULT_WEIGHTS, weights_only=True)
+    checkpoint["meta"]["preprocessing"]["interpolation"] = "area"
+    weights = tmp_path / "area.pt"
+    torch.save(checkpoint, weights)
+    root = tmp_path / "camvid"
+    for folder in ("test", "testannot"):
+        (root / folder).mkdir(parents=True)
+    image = np.random.default_rng(0).integers(0, 256, (120, 160, 3), dtype=np.uint8)
+    cv2.imwrite(str(root / "test" / "0.png"), image)
+    cv2.imwrite(str(root / "testannot" / "0.png"), np.zeros((120, 160), np.uint8))
+    seen: list[np.ndarray] = []
+    real_resize = evaluate_module.resize_to_input
+
+    def spy(*args, **kwargs) -> np.ndarray:
+        seen.append(real_resize(*args, **kwargs))
+        return seen[-1]
+
+    monkeypatch.setattr(evaluate_module, "resize_to_input", spy)
+    assert _eval_tiny(root, "--weights", str(weights)) == 0  # 160x120 into 64x48
+    (x,) = seen
+    assert np.array_equal(x, cv2.resize(image, (64, 48), interpolation=cv2.INTER_AREA))
+    assert not np.array_equal(x, cv2.resize(image, (64, 48), interpolation=cv2.INTER_LINEAR))

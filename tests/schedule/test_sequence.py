@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import cv2
@@ -7,8 +8,10 @@ import numpy as np
 import pytest
 
 from rtseg.data.datasets import Sample
+from rtseg.engine import load
 from rtseg.errors import DatasetError
 from rtseg.metrics import ConfusionMatrix, SegmentationScores
+from rtseg.models import get_model
 from rtseg.schedule import Clockwork, Every
 from rtseg.schedule.sequence import SequenceReport, evaluate_sequence
 
@@ -69,3 +72,30 @@ def test_a_report_writes_null_for_nan() -> None:
     assert d["keyframe_ratio"] is None and d["fps"] is None and d["stage_ms"] == {"deep": None}
     assert d["worker_deep_ms"] is None
     json.dumps(d, allow_nan=False)
+
+
+def test_frames_are_resized_as_the_weights_preprocessing_says() -> None:
+    """--sequence shrank with INTER_LINEAR whatever Preprocessing.interpolation said, while
+    `rtseg run` honours it: the scheduler saw other frames than it gets in a run."""
+    model = get_model("espnet")
+    preprocessing = dataclasses.replace(model.meta.preprocessing, interpolation="area")
+    model.meta = dataclasses.replace(model.meta, preprocessing=preprocessing)
+    area = load(model, input_size=(64, 48), backend="torch")
+    seen: list[np.ndarray] = []
+
+    class Recording(Every):
+        def step(self, engine, image, *, index=None):
+            seen.append(image)
+            return super().step(engine, image, index=index)
+
+    rng = np.random.default_rng(3)  # 160x120 into 64x48: a 2x shrink is the same either way
+    samples = [
+        Sample(
+            str(i), rng.integers(0, 256, (120, 160, 3), np.uint8), rng.integers(0, 19, (120, 160), np.uint8)
+        )
+        for i in range(2)
+    ]
+    evaluate_sequence(area, samples, Recording())
+    for s, x in zip(samples, seen, strict=True):
+        assert np.array_equal(x, cv2.resize(s.image, (64, 48), interpolation=cv2.INTER_AREA))
+        assert not np.array_equal(x, cv2.resize(s.image, (64, 48), interpolation=cv2.INTER_LINEAR))
