@@ -9,10 +9,11 @@ import logging
 from pathlib import Path
 
 from ..atomic import atomic_write_text
-from ..data.datasets import cityscapes, open_dataset
+from ..data.datasets import SegmentationDataset, cityscapes, open_dataset
 from ..data.labels import numbered_classes
 from ..errors import ConfigError
 from ..evaluate import evaluate
+from ..models.base import StagedSegmenter
 from .common import add_model_args, check_output, load_model, output_file, parse_size, write_output
 from .run_cmd import add_scheduler_args, scheduler_from_args
 
@@ -117,6 +118,30 @@ def engine_logits_fn(engine):
     return logits
 
 
+def fit_classes(
+    model: StagedSegmenter, dataset: SegmentationDataset, name: str, weights: str | Path | None
+) -> None:
+    """Score ``model`` in ``dataset``'s classes: a plain state dict's numbered classes take the
+    dataset's names (it says how many classes it predicts, not which); weights that predict
+    other classes are refused, as their scores would compare unrelated ids."""
+    meta = model.meta
+    unnamed = meta.classes == numbered_classes(len(meta.classes))
+    if unnamed and len(meta.classes) == len(dataset.classes):
+        log.info(
+            "%s does not name its %d classes: scoring them as %s's, in order",
+            weights,
+            len(meta.classes),
+            dataset.classes.name,
+        )
+        model.meta = dataclasses.replace(meta, classes=dataset.classes)  # type: ignore[assignment]
+    elif dataset.classes.names != meta.classes.names:
+        what = f"{len(meta.classes)} unnamed" if unnamed else f"the {len(meta.classes)} {meta.classes.name}"
+        raise ConfigError(
+            f"the weights predict {what} classes, but {name} is labelled with "
+            f"{len(dataset.classes)} {dataset.classes.name} classes"
+        )
+
+
 def _scheduling_options(args: argparse.Namespace) -> list[str]:
     """The keyframe-scheduling options given, as typed: plain eval runs every image through the
     full model, so any of them would be ignored there without a word."""
@@ -157,28 +182,12 @@ def run(args: argparse.Namespace) -> int:
     if args.labels != "auto" and args.dataset != "cityscapes":
         raise ConfigError(f"--labels chooses Cityscapes ground-truth files; {args.dataset} has one kind")
     model = load_model(args.model, args.weights)
-    meta = model.meta
     if args.dataset == "cityscapes":
         dataset = cityscapes(args.root, args.split, labels=args.labels)
     else:
         dataset = open_dataset(args.dataset, args.root, args.split)
-    unnamed = meta.classes == numbered_classes(len(meta.classes))
-    if unnamed and len(meta.classes) == len(dataset.classes):
-        # A plain state dict says how many classes it predicts, not which: the dataset names them.
-        log.info(
-            "%s does not name its %d classes: scoring them as %s's, in order",
-            args.weights,
-            len(meta.classes),
-            dataset.classes.name,
-        )
-        meta = dataclasses.replace(meta, classes=dataset.classes)
-        model.meta = meta  # type: ignore[assignment]
-    elif dataset.classes.names != meta.classes.names:
-        what = f"{len(meta.classes)} unnamed" if unnamed else f"the {len(meta.classes)} {meta.classes.name}"
-        raise ConfigError(
-            f"the weights predict {what} classes, but {args.dataset} is labelled with "
-            f"{len(dataset.classes)} {dataset.classes.name} classes"
-        )
+    fit_classes(model, dataset, args.dataset, args.weights)
+    meta = model.meta
     size = args.size or meta.preprocessing.input_size
     if args.sequence:
         return _run_sequence(args, model, dataset, size)

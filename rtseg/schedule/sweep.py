@@ -27,6 +27,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -38,9 +39,11 @@ from ..engine import load
 from ..engine.base import BACKEND_OPTIONS, Engine
 from ..errors import ConfigError, DatasetError
 from ..metrics import ConfusionMatrix
+from ..result import labels_at
 from .calibrate import simulate_keyframes
 from .change import ChangeMeasure, Summary
 from .flow import FlowWarp
+from .sequence import to_input
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +121,13 @@ class Study:
         self.change_ms = {m: 1000 * s / self.frames for m, s in self._change_s.items()}
 
     def _add_frame(self, engine: Engine, t: int, image: np.ndarray, truth: np.ndarray | None) -> np.ndarray:
-        """Frame t's confusion matrices: [age t - k][warped][against the reference, against every]."""
+        """Frame t's confusion matrices: [age t - k][warped][against the reference, against every].
+
+        The frame is resized to the engine's input and each head's labels to the ground truth's
+        size as `rtseg eval --sequence` does (run_sequence, evaluate_sequence), so a replay
+        scores like the real scheduler whatever the sizes.
+        """
+        image, _ = to_input(image, engine.input_size, engine.meta.preprocessing.interpolation)
         times = self._times
         t0 = time.perf_counter()
         low = engine.run_low(image)
@@ -131,6 +140,8 @@ class Study:
         times["low"].append(t1 - t0)
         times["deep"].append(t2 - t1)
         times["head"].append(time.perf_counter() - t2)
+        at_truth = (lambda labels: labels) if truth is None else partial(labels_at, shape=truth.shape)
+        every = at_truth(every)
         truth = every if truth is None else truth
         summaries = []
         for m, name in self._measures.items():
@@ -147,7 +158,7 @@ class Study:
                 t0 = time.perf_counter()
                 self.changes[m][(t, k)] = m.distance(now, then)
                 self._change_s[m] += time.perf_counter() - t0
-            matrices[age, 0] = self._matrices(truth, every, engine.run_head(low, key_deep)[0])
+            matrices[age, 0] = self._matrices(truth, every, at_truth(engine.run_head(low, key_deep)[0]))
             if not self.warped:
                 continue
             t0 = time.perf_counter()
@@ -162,7 +173,7 @@ class Study:
             times["flow"].append(t2 - t1)
             times["residual"].append(t3 - t2)
             times["warp"].append((t2 - t0) + (t4 - t3))  # a reused frame's flow and warp
-            matrices[age, 1] = self._matrices(truth, every, engine.run_head(low, warped)[0])
+            matrices[age, 1] = self._matrices(truth, every, at_truth(engine.run_head(low, warped)[0]))
         self._window.appendleft((image, deep, summaries))
         return matrices
 
@@ -721,15 +732,26 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
     from ..cli.common import load_model
+    from ..cli.eval_cmd import fit_classes
     from ..segmenter import resolve_backend
 
     model = load_model(args.model, None if args.weights is None else str(args.weights))
+    if args.root is not None:
+        dataset = camvid(args.root, args.split)
+        try:  # before the engine is built: a state dict's unnamed classes take CamVid's names
+            fit_classes(model, dataset, "camvid", args.weights)
+        except ConfigError as e:
+            p.error(f"--weights {args.weights or '(shipped)'} on --root {args.root}: {e}")
     backend = resolve_backend(args.backend)
     takes_threads = "threads" in BACKEND_OPTIONS.get(backend, ())  # ONNX Runtime, OpenVINO
     engine = load(model, backend=backend, **({"threads": args.threads} if takes_threads else {}))
     if args.root is not None:
-        samples = list(camvid(args.root, args.split))[: args.frames]
-        images, labels = [s.image for s in samples], [s.label for s in samples]
+        samples = list(dataset)[: args.frames]
+        # At the engine's input as run_sequence feeds them (and source_frames below): --costs-only
+        # times the steps on them as they are.
+        interpolation = engine.meta.preprocessing.interpolation
+        images = [to_input(s.image, engine.input_size, interpolation)[0] for s in samples]
+        labels = [s.label for s in samples]
         sequence, reference = f"CamVid {args.split}", "ground truth"
     else:
         images, labels = source_frames(args.source, engine, args.frames), None

@@ -7,7 +7,9 @@ import gc
 import itertools
 import json
 import weakref
+from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -33,6 +35,7 @@ from rtseg.schedule.sweep import (
     threshold_curve,
     threshold_rows,
 )
+from rtseg.source import open_source
 
 
 @pytest.fixture(scope="module")
@@ -295,3 +298,66 @@ def test_report_thresholds_follow_footage_whose_scores_lie_outside_the_grid() ->
     calm = points([(0.0, 100), (0.011, 52), (0.015, 34), (0.018, 25), (0.021, 17), (0.03, 11)])
     rows = threshold_rows(calm, FLOW_GRID)
     assert rows == [0.011, 0.015, 0.018, 0.021, 0.03]  # nearest to ratios 1/2, 1/3, 1/4, 1/6, 1/10
+
+
+def test_a_study_of_frames_and_labels_at_another_size_scores_like_the_real_scheduler(engine) -> None:
+    """Study passed the frames to run_low as they came: any size but the engine's input failed."""
+    with open_source("synthetic://drive?size=160x120&seed=3&frames=6") as src:
+        images = [f.image for f in src]
+    rng = np.random.default_rng(4)
+    labels = [rng.integers(0, 19, (120, 160), dtype=np.uint8) for _ in images]
+    _study, points = run_study(
+        engine, images, labels, max_interval=3, variants=[("l1_cat", 4)], warp=True, progress=lambda _: None
+    )
+    samples = [Sample(str(i), im, lab) for i, (im, lab) in enumerate(zip(images, labels, strict=True))]
+    every: list[np.ndarray] = []
+    evaluate_sequence(engine, samples, Every(), keep_labels=every)
+    for family, scheduler in (
+        ("clockwork", Clockwork(3)),
+        ("clockwork + warp", Clockwork(2, warp=FlowWarp())),
+    ):
+        real = evaluate_sequence(engine, samples, scheduler, reference=every)
+        replay = next(p for p in points if p.family == family and p.parameter == scheduler.interval)
+        assert replay.keyframes == real.keyframes
+        assert replay.miou == pytest.approx(100 * real.scores.miou, abs=1e-9)
+        assert replay.agreement == pytest.approx(100 * real.agreement.miou, abs=1e-9)
+
+
+def _tiny_camvid(root: Path, size: tuple[int, int] = (64, 48), count: int = 3) -> Path:
+    rng = np.random.default_rng(0)
+    for folder in ("val", "valannot"):
+        (root / folder).mkdir(parents=True)
+    for i in range(count):
+        image = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+        cv2.imwrite(str(root / "val" / f"{i}.png"), image)
+        cv2.imwrite(str(root / "valannot" / f"{i}.png"), rng.integers(0, 12, size[::-1], dtype=np.uint8))
+    return root
+
+
+def test_the_sweep_resizes_camvid_frames_to_the_models_input(tmp_path) -> None:
+    """--root with frames of another size than the model's input ended in a traceback (the shipped
+    model takes 480x360; these frames are 64x48)."""
+    root, out = _tiny_camvid(tmp_path / "camvid"), tmp_path / "sweep"
+    argv = ["--root", str(root), "--max-interval", "2", "--out", str(out)]
+    assert main([*argv, "--no-warp"]) == 0
+    payload = json.loads((out / "scheduling_sweep.json").read_text())
+    assert payload["frames"] == 3 and payload["reference"] == "ground truth"
+    assert main([*argv, "--costs-only"]) == 0
+    assert json.loads((out / "scheduling_costs.json").read_text())["input_size"] == [480, 360]
+
+
+@pytest.mark.data
+def test_the_sweep_refuses_weights_for_other_classes(data_root: Path, tmp_path, capsys) -> None:
+    """Cityscapes weights were swept on CamVid labels, comparing unrelated class ids."""
+    weights = data_root / "weights" / "espnet" / "decoder" / "espnet_p_2_q_8.pth"
+    root = _tiny_camvid(tmp_path / "camvid")
+    with pytest.raises(SystemExit):
+        main(["--root", str(root), "--weights", str(weights), "--out", str(tmp_path / "sweep")])
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .endswith(
+            f"error: --weights {weights} on --root {root}: the weights predict the 19 cityscapes classes, "
+            "but camvid is labelled with 11 camvid classes"
+        )
+    )
