@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import sys
 from pathlib import Path
 
 from ..atomic import atomic_write_text
@@ -222,6 +223,19 @@ def _write_json(path: Path, payload: dict) -> None:
     write_output(path, "--json", lambda p: atomic_write_text(p, json.dumps(payload, indent=2)))
 
 
+def _note_label_resize(output: tuple[int, int], label_shape: tuple[int, ...]) -> None:
+    """Say once that --sequence scores labels, not logits, when that changes the score: the
+    scheduler's labels are resized nearest to the label maps, where plain eval upsamples logits."""
+    (w, h), (label_h, label_w) = output, label_shape[:2]
+    if (w, h) != (label_w, label_h):
+        print(
+            f"note: --sequence scores the scheduler's {w}x{h} labels (the engine's output) resized "
+            f"nearest-neighbour to the {label_w}x{label_h} label maps; plain rtseg eval upsamples "
+            "the logits bilinearly, so its mIoU at this input size can differ slightly",
+            file=sys.stderr,
+        )
+
+
 def _run_sequence(args: argparse.Namespace, model, dataset, size: tuple[int, int]) -> int:
     """`--sequence`: the scheduler over the split in file order (keyframe scheduling study)."""
     from ..schedule import make_scheduler
@@ -229,6 +243,7 @@ def _run_sequence(args: argparse.Namespace, model, dataset, size: tuple[int, int
 
     engine = load_engine_from_args(args, model, size)
     engine.warmup(2)
+    _note_label_resize(engine.output_size, dataset[0].label.shape)
     scheduler = scheduler_from_args(args)
     reference = None
     name = f"{model.meta.model} {args.dataset}/{args.split}"

@@ -397,3 +397,20 @@ def test_eval_resizes_as_the_weights_preprocessing_says(
     (x,) = seen
     assert np.array_equal(x, cv2.resize(image, (64, 48), interpolation=cv2.INTER_AREA))
     assert not np.array_equal(x, cv2.resize(image, (64, 48), interpolation=cv2.INTER_LINEAR))
+
+
+def test_sequence_notes_once_when_labels_are_scored_at_another_size(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """docs/scheduling.md called --sequence's scoring the reference protocol of plain eval: it
+    resizes the scheduler's labels, not the logits, which differs when the sizes differ."""
+    root = _tiny_camvid(tmp_path / "camvid", 2)
+    assert main(["eval", "--dataset", "camvid", "--root", str(root), "--no-progress", "--sequence"]) == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note:")]
+    assert notes == [
+        "note: --sequence scores the scheduler's 480x360 labels (the engine's output) resized "
+        "nearest-neighbour to the 64x48 label maps; plain rtseg eval upsamples the logits bilinearly, "
+        "so its mIoU at this input size can differ slightly"
+    ]
+    assert _eval_tiny(root, "--sequence") == 0  # --size 64x48: the labels' own size
+    assert "note:" not in capsys.readouterr().err
