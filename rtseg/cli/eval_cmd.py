@@ -274,6 +274,7 @@ def _run_sequence(args: argparse.Namespace, model, dataset, size: tuple[int, int
             "split": args.split,
             "input_size": list(size),
             "backend": engine.info.backend,
+            "precision": engine.info.precision,
             **report.to_dict(),
         }
         _write_json(args.json, payload)

@@ -414,3 +414,15 @@ def test_sequence_notes_once_when_labels_are_scored_at_another_size(
     ]
     assert _eval_tiny(root, "--sequence") == 0  # --size 64x48: the labels' own size
     assert "note:" not in capsys.readouterr().err
+
+
+def test_sequence_json_names_the_precision_like_plain_eval(tmp_path: Path) -> None:
+    """The --sequence report lacked the precision plain eval's report gives."""
+    root = _tiny_camvid(tmp_path / "camvid", 2)
+    reports = []
+    for extra in ([], ["--sequence"]):
+        target = tmp_path / f"report{len(reports)}.json"
+        assert _eval_tiny(root, "--json", str(target), *extra) == 0
+        reports.append(json.loads(target.read_text()))
+    assert reports[0]["precision"] == reports[1]["precision"] == "fp32"
+    assert reports[1]["scheduler"] == "every" and reports[1]["backend"] == reports[0]["backend"]
