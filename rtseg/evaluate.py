@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from .data.datasets import Sample
 from .data.labels import ClassSet
-from .data.preprocess import Normalize, Preprocessing
+from .data.preprocess import Normalize, Preprocessing, cv2_interpolation
 from .errors import DatasetError
 from .metrics import ConfusionMatrix, SegmentationScores
 from .models.base import StagedSegmenter
@@ -71,12 +71,6 @@ def torch_logits_fn(model: StagedSegmenter, preprocessing: Preprocessing) -> Log
         return model(x.contiguous())
 
     return logits
-
-
-def cv2_interpolation(interpolation: str) -> int:
-    """The cv2 flag for ``Preprocessing.interpolation``: weights trained on area-shrunk frames
-    are scored on what `rtseg run` feeds them (segmenter.py resizes the same way)."""
-    return cv2.INTER_AREA if interpolation == "area" else cv2.INTER_LINEAR
 
 
 def resize_to_input(image: np.ndarray, size: tuple[int, int], interpolation: str = "linear") -> np.ndarray:

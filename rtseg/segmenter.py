@@ -10,6 +10,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from .data.preprocess import cv2_interpolation
 from .engine.base import Engine
 from .errors import ConfigError
 from .models.base import StagedSegmenter
@@ -163,9 +164,7 @@ class Segmenter:
             raise
         self._lock = threading.Lock()
         self._closed = False
-        self._interpolation = (
-            cv2.INTER_AREA if engine.meta.preprocessing.interpolation == "area" else cv2.INTER_LINEAR
-        )
+        self._interpolation = cv2_interpolation(engine.meta.preprocessing.interpolation)
 
     @property
     def classes(self):

@@ -43,6 +43,7 @@ def camvid_miou(root: Path | None = None, *, split: str = "test", progress: bool
         dataset,
         classes=meta.classes,
         input_size=size,
+        interpolation=meta.preprocessing.interpolation,
         total=len(dataset),
         progress=progress,
         description=f"CamVid {split}",

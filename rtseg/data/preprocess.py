@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+import cv2
 import numpy as np
 import torch
 
@@ -101,6 +102,13 @@ IMAGENET_RGB = Preprocessing(
     std=(0.229, 0.224, 0.225),
     pixel_scale=1 / 255,
 )
+
+
+def cv2_interpolation(interpolation: str) -> int:
+    """The cv2 flag for ``Preprocessing.interpolation``, one mapping for every path that resizes
+    frames to the input (run, serve, eval, the sequence study): weights trained on area-shrunk
+    frames are scored on what they are fed."""
+    return cv2.INTER_AREA if interpolation == "area" else cv2.INTER_LINEAR
 
 
 class Normalize(torch.nn.Module):

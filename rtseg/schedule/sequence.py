@@ -19,8 +19,9 @@ from tqdm import tqdm
 
 from ..data.datasets import Sample
 from ..data.labels import ClassSet
+from ..data.preprocess import cv2_interpolation
 from ..engine.base import Engine
-from ..evaluate import check_labelled, cv2_interpolation
+from ..evaluate import check_labelled
 from ..metrics import ConfusionMatrix, SegmentationScores
 from ..result import SegResult, labels_at
 from .base import Scheduler

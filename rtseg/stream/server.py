@@ -38,6 +38,7 @@ import cv2
 import numpy as np
 import zmq
 
+from ..data.preprocess import cv2_interpolation
 from ..engine.base import Engine
 from ..errors import ConfigError
 from ..overlay.annotate import OverlayStyle, annotate
@@ -597,8 +598,8 @@ class Server:
         size = engine.input_size
         t0 = time.perf_counter()
         if (w, h) != size:
-            area = engine.meta.preprocessing.interpolation == "area"
-            x = cv2.resize(image, size, interpolation=cv2.INTER_AREA if area else cv2.INTER_LINEAR)
+            flag = cv2_interpolation(engine.meta.preprocessing.interpolation)
+            x = cv2.resize(image, size, interpolation=flag)
         else:
             x = image if image.flags.writeable else image.copy()
         timings["resize"] = (time.perf_counter() - t0) * 1000

@@ -38,6 +38,7 @@ def package(source: Path, target: Path, *, dataset: str, root: Path, splits: lis
             data,
             classes=meta.classes,
             input_size=meta.preprocessing.input_size,
+            interpolation=meta.preprocessing.interpolation,
             total=len(data),
             description=split,
         )

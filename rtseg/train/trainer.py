@@ -597,6 +597,7 @@ class Trainer:
                 samples(),
                 classes=self.classes,
                 input_size=self.config.size,
+                interpolation=self.preprocessing.interpolation,
                 total=len(self.val_set),
                 progress=False,
             )

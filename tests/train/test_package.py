@@ -28,3 +28,25 @@ def test_the_command_says_a_bad_input_in_one_line(tmp_path: Path, capsys: pytest
     err = capsys.readouterr().err
     assert err.startswith("python -m rtseg.train.package: error: ") and "plain state dict" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_the_recorded_scores_use_the_weights_own_resizing(tmp_path: Path, monkeypatch) -> None:
+    # Weights trained on area-shrunk frames were scored on linear-resized ones: not what run feeds.
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from rtseg.models import save_checkpoint
+
+    model = get_model("espnet", num_classes=11)
+    meta = replace(model.meta, preprocessing=replace(model.meta.preprocessing, interpolation="area"))
+    save_checkpoint(weights := tmp_path / "best.pt", model.state_dict(), meta)
+    seen = []
+
+    def evaluate(logits_fn, samples, **options):
+        seen.append(options["interpolation"])
+        return SimpleNamespace(scores=SimpleNamespace(miou=0.5, pixel_accuracy=0.9))
+
+    monkeypatch.setattr("rtseg.train.package.evaluate", evaluate)
+    monkeypatch.setattr("rtseg.train.package.open_dataset", lambda *args: [])
+    package(weights, tmp_path / "out.pt", dataset="camvid", root=tmp_path, splits=["val"])
+    assert seen == ["area"]
