@@ -24,6 +24,7 @@ from pathlib import Path
 import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
+from zmq.utils import z85
 
 from ..errors import ConfigError
 
@@ -88,7 +89,24 @@ def _load(path: Path, *, secret: bool) -> tuple[bytes, bytes | None]:
         raise ConfigError(f"{path} is not a ZeroMQ certificate: {exc}") from None
     if secret and not secret_key:
         raise ConfigError(f"{path} holds no secret key; use the *.key_secret file")
+    for name, key in (("public", public), ("secret", secret_key)):
+        # libzmq takes a key as 40 Z85 characters; another length was "Invalid argument" at bind
+        # or connect, after the model had loaded.
+        if key is not None and not _is_z85_key(key):
+            raise ConfigError(
+                f"{path}: its {name} key is not a CurveZMQ key (40 Z85 characters, got {len(key)}); "
+                "regenerate the keys with `rtseg keys DIR`"
+            )
     return public, secret_key
+
+
+def _is_z85_key(key: bytes) -> bool:
+    if len(key) != 40:
+        return False
+    try:
+        return len(z85.decode(key)) == 32
+    except (ValueError, KeyError):
+        return False
 
 
 def check_server_keys(directory: str | os.PathLike[str]) -> tuple[bytes, bytes | None]:
@@ -98,8 +116,11 @@ def check_server_keys(directory: str | os.PathLike[str]) -> tuple[bytes, bytes |
         raise ConfigError(f"this libzmq ({zmq.zmq_version()}) was built without CURVE support")
     files = key_files(directory)
     public, secret = _load(files.server_secret, secret=True)
-    if not files.clients.is_dir() or not any(files.clients.glob("*.key")):
+    clients = sorted(files.clients.glob("*.key")) if files.clients.is_dir() else []
+    if not clients:
         raise ConfigError(f"{files.clients} holds no client public keys (*.key): no client could connect")
+    for path in clients:  # ZeroMQ's authenticator loads none of them when one fails: all refused
+        _load(path, secret=False)
     return public, secret
 
 

@@ -93,3 +93,36 @@ def test_missing_keys_are_named(tmp_path: Path, tcp_endpoint: str, small_engine:
         pytest.raises(ConfigError, match=r"client\.key_secret"),
     ):
         client.segment(IMAGE)
+
+
+def test_one_bad_file_among_the_client_keys_is_named_before_serving(keys: Path) -> None:
+    # ZeroMQ's authenticator logged the error and loaded no key at all: every client was refused
+    # by a server that said it was running secured.
+    from rtseg.stream.curve import check_server_keys
+
+    (keys / "clients" / "laptop.key").write_text("not a cert\n")
+    with pytest.raises(ConfigError, match=r"clients/laptop\.key is not a ZeroMQ certificate"):
+        check_server_keys(keys)
+
+
+def test_a_key_of_the_wrong_length_is_named_not_an_invalid_argument(
+    keys: Path, tcp_endpoint: str, small_engine: Engine
+) -> None:
+    # "Invalid argument" at bind (after the model loaded) or a ZMQError traceback from the client.
+    good = (keys / "server.key").read_text()
+    public = good.split('public-key = "')[1].split('"')[0]
+    (keys / "server.key").write_text(good.replace(public, "short"))
+    with (
+        Client(tcp_endpoint, curve_keys=keys) as client,
+        pytest.raises(
+            ConfigError,
+            match=r"server\.key: its public key is not a CurveZMQ key \(40 Z85 characters, got 5\)",
+        ),
+    ):
+        client.segment(IMAGE)
+    secret = keys / "server.key_secret"
+    text = secret.read_text()
+    key = text.split('secret-key = "')[1].split('"')[0]
+    secret.write_text(text.replace(key, key[:10]))
+    with pytest.raises(ConfigError, match=r"server\.key_secret: its secret key is not a CurveZMQ key"):
+        Server(small_engine, bind=tcp_endpoint, curve_keys=keys)
