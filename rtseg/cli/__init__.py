@@ -45,8 +45,18 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    from .console import Terminated, stop_while_starting
+
+    try:
+        with stop_while_starting():
+            parser = build_parser()
+            args = parser.parse_args(argv)
+    except KeyboardInterrupt:  # a traceback from inside `import torch` said nothing useful
+        print("rtseg: interrupted while starting", file=sys.stderr)
+        return 130
+    except Terminated:
+        print("rtseg: stopped (SIGTERM) while starting", file=sys.stderr)
+        return 0
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",

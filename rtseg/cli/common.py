@@ -17,13 +17,9 @@ from ..errors import CheckpointError, ConfigError
 from ..models import DEFAULT_MODEL, DEFAULT_WEIGHTS, StagedSegmenter, get_model, list_models
 from ..models.catalog import find_known
 from ..models.checkpoint import read_checkpoint, sha256_of, tensors_sha256
+from .console import Terminated
 
-
-class Terminated(BaseException):
-    """SIGTERM, raised like Ctrl-C's KeyboardInterrupt so that whatever is running (an engine load,
-    a first pass, a recv waiting for a silent stream) ends at once and outputs are closed. A
-    BaseException, as KeyboardInterrupt is: code that skips bad input with ``except Exception``
-    must not swallow it."""
+__all__ = ["Terminated"]  # defined with the console, which main() imports before anything heavy
 
 
 class CtrlC:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
+import threading
 from collections.abc import Iterator
 from typing import Any, TextIO
 
@@ -64,3 +66,29 @@ def reader_safe_console() -> Iterator[None]:
         yield
     finally:
         sys.stdout, sys.stderr = saved
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised like Ctrl-C's KeyboardInterrupt so that whatever is running (an engine load,
+    a first pass, a recv waiting for a silent stream) ends at once and outputs are closed. A
+    BaseException, as KeyboardInterrupt is: code that skips bad input with ``except Exception``
+    must not swallow it."""
+
+
+@contextlib.contextmanager
+def stop_while_starting() -> Iterator[None]:
+    """SIGTERM raises Terminated while a command starts: building the parser imports torch and
+    every command (seconds), and a stop then killed the process with no word (status 143). The
+    command installs its own handlers once it runs."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from rtseg.cli.console import ReaderSafeStream
 
@@ -42,3 +45,31 @@ def test_a_run_whose_console_reader_went_away_finishes_with_its_outputs(tmp_path
     data = json.loads(report.read_text())
     assert data["complete"] and data["frames"] == 12
     assert data["sinks"][str(video)]["written"] == 12
+
+
+@pytest.mark.parametrize(
+    ("signum", "status", "said"),
+    [(signal.SIGTERM, 0, "stopped (SIGTERM)"), (signal.SIGINT, 130, "interrupted")],
+)
+def test_a_stop_while_the_commands_load_is_answered_in_one_line(signum: int, status: int, said: str) -> None:
+    # Building the parser imports torch and every command (seconds): SIGTERM killed the process
+    # without a word (143), Ctrl-C printed a 20-line traceback from inside `import torch`.
+    child = (
+        "import sys, time, rtseg.cli as cli\n"
+        "def slow():  # as the imports are: the stop comes while they run\n"
+        "    print('up', flush=True)\n"
+        "    time.sleep(30)\n"
+        "cli.build_parser = slow\n"
+        "sys.exit(cli.main(['--help']))\n"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", child],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout.readline() == "up\n"
+    process.send_signal(signum)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == status, err
+    assert err.strip() == f"rtseg: {said} while starting"
