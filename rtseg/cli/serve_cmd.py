@@ -15,6 +15,7 @@ from ..stream.endpoint import check_endpoint
 from ..stream.protocol import DEFAULT_MAX_PIXELS, MAX_HEADER_BYTES
 from ..stream.server import DEFAULT_INTERVAL, DEFAULT_SERVER_ENDPOINT, MIN_MAX_BYTES, Server, ServerLimits
 from .common import add_model_args, load_model, parse_size, positive_float, positive_int, ranged
+from .console import Terminated, stop_while_starting
 
 SERVER_SCHEDULERS = ("every", "clockwork", "adaptive")
 
@@ -154,11 +155,20 @@ def run(args: argparse.Namespace) -> int:
     check_endpoint(args.bind, bind=True)
     if args.curve_keys is not None:
         check_server_keys(args.curve_keys)
-    model = load_model(args.model, args.weights)
-    engine = load(
-        model, backend=args.backend, precision=args.precision, input_size=args.size, device=args.device
-    )
-    engine.warmup(2)
+    try:
+        with stop_while_starting():  # a service manager's stop during a (long) engine build
+            model = load_model(args.model, args.weights)
+            engine = load(
+                model,
+                backend=args.backend,
+                precision=args.precision,
+                input_size=args.size,
+                device=args.device,
+            )
+            engine.warmup(2)
+    except Terminated:
+        print("rtseg serve: stopped (SIGTERM) while loading the model", file=sys.stderr)
+        return 0
     server = Server(
         engine,
         bind=args.bind,

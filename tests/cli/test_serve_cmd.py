@@ -57,6 +57,26 @@ def test_serve_answers_and_stops_on_sigterm(random_weights: Path, serve_process_
     assert "3 requests, 3 ok, errors: none" in err
 
 
+def test_a_sigterm_while_the_model_loads_is_a_clean_stop(
+    monkeypatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The handlers came after the load: a service manager's stop during an engine build killed it
+    # with no word (status 143).
+    import os
+    import time
+
+    def load_model(model, weights):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the build goes on until the signal is handled
+        raise AssertionError("not stopped")
+
+    monkeypatch.setattr(serve_cmd, "load_model", load_model)
+    before = signal.getsignal(signal.SIGTERM)
+    assert main(["serve", "--model", "espnet"]) == 0
+    assert capsys.readouterr().err.strip() == "rtseg serve: stopped (SIGTERM) while loading the model"
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
 def test_bad_options_are_refused_before_loading(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["serve", "--model", "espnet", "--scheduler", "every", "--interval", "3"]) == 2
     assert "interval applies to the clockwork scheduler" in capsys.readouterr().err
