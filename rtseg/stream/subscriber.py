@@ -389,7 +389,8 @@ class Subscriber:
 
     def recv(self, timeout: float | None = None) -> Message:
         """The next message (latest mode: the newest one of the stream that has waited longest);
-        StreamTimeout after ``timeout`` seconds (None or inf: no limit)."""
+        StreamTimeout after ``timeout`` seconds (None, inf or more than threading.TIMEOUT_MAX, some
+        centuries: no limit)."""
         if timeout is not None and (
             isinstance(timeout, bool)
             or not isinstance(timeout, (int, float))
@@ -398,8 +399,8 @@ class Subscriber:
         ):
             # NaN never compares past a deadline (recv hung); a string failed deep inside
             raise ConfigError(f"timeout must be None or a number of seconds >= 0, got {timeout!r}")
-        if timeout is not None and math.isinf(timeout):
-            timeout = None
+        if timeout is not None and timeout > threading.TIMEOUT_MAX:  # inf, or centuries: no limit
+            timeout = None  # (a Condition's wait raised OverflowError past TIMEOUT_MAX)
         if self._closed:
             raise ConfigError(f"subscriber {self.addr} is closed")
         deadline = None if timeout is None else time.monotonic() + timeout

@@ -392,6 +392,15 @@ def test_timeouts_must_be_seconds(latest: bool, tcp_endpoint: str) -> None:
             sub.recv(timeout=float("inf"))
 
 
+@pytest.mark.parametrize("latest", [False, True])
+def test_a_timeout_past_what_a_thread_can_wait_is_no_limit(latest: bool, tcp_endpoint: str) -> None:
+    """1e10 s (rtseg view --timeout 1e10) raised OverflowError in latest mode."""
+    with Subscriber(tcp_endpoint, latest=latest) as sub:
+        threading.Timer(0.2, sub.close).start()
+        with pytest.raises(ConfigError, match="closed while waiting"):
+            sub.recv(timeout=threading.TIMEOUT_MAX * 2)
+
+
 def test_topics_must_be_strings(tcp_endpoint: str) -> None:
     with pytest.raises(ConfigError, match=r"topics\[1\] must be a str \(a stream id prefix\), got b'cam1'"):
         Subscriber(tcp_endpoint, topics=["cam0", b"cam1"])  # type: ignore[list-item]
