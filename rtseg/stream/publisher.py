@@ -264,11 +264,13 @@ _QUERY_KEYS = {
     "stream": "stream",
     "hwm": "sndhwm",
     "classes_every": "classes_every",
+    "curve_keys": "curve_keys",  # a key folder (rtseg keys DIR): encrypt, admit only its clients
 }
 
 
 def parse_zmq_uri(uri: str) -> tuple[str, dict[str, Any]]:
-    """``zmq://tcp://127.0.0.1:5555?parts=labels,overlay&quality=80`` -> (endpoint, options)."""
+    """``zmq://tcp://127.0.0.1:5555?parts=labels,overlay&quality=80`` -> (endpoint, options);
+    ``curve_keys=DIR`` encrypts (rtseg run has no other way to ask for it)."""
     if not uri.startswith("zmq://"):
         raise ConfigError(f"a ZeroMQ URI starts with zmq://, got {uri!r}")
     rest = uri[len("zmq://") :]
@@ -293,8 +295,8 @@ def parse_zmq_uri(uri: str) -> tuple[str, dict[str, Any]]:
                 raise ConfigError(f"{uri!r}: option {key} must be an integer, got {value!r}") from None
         else:
             options[name] = value
-    try:
-        PublishOptions(**options)  # checked here, so that the error names the key the user wrote
+    try:  # checked here, so that the error names the key the user wrote
+        PublishOptions(**{k: v for k, v in options.items() if k != "curve_keys"})
     except ConfigError as exc:
         message = str(exc)
         for key, name in _QUERY_KEYS.items():
@@ -322,8 +324,9 @@ def open_publisher_sink(uri: str, **options: Any) -> PublisherSink:
             f"open_publisher_sink: unknown option(s) {', '.join(unknown)}; "
             f"known: {', '.join(sorted(sink_keys | publish_fields))}"
         )
-    publish = {**from_uri, **{k: v for k, v in options.items() if k in publish_fields}}
+    given = {**from_uri, **options}
+    publish = {k: v for k, v in given.items() if k in publish_fields}
     if isinstance(publish.get("parts"), str):
         publish["parts"] = tuple(p for p in publish["parts"].split(",") if p)
-    sink_args = {k: v for k, v in options.items() if k in sink_keys}
+    sink_args = {k: v for k, v in given.items() if k in sink_keys}
     return PublisherSink(uri, endpoint, PublishOptions(**publish), **sink_args)

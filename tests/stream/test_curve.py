@@ -126,3 +126,16 @@ def test_a_key_of_the_wrong_length_is_named_not_an_invalid_argument(
     secret.write_text(text.replace(key, key[:10]))
     with pytest.raises(ConfigError, match=r"server\.key_secret: its secret key is not a CurveZMQ key"):
         Server(small_engine, bind=tcp_endpoint, curve_keys=keys)
+
+
+def test_a_zmq_sink_uri_can_ask_for_encryption(tcp_endpoint: str, keys: Path) -> None:
+    # `rtseg run ... zmq://...` had no way to encrypt: "unknown option 'curve_keys'".
+    from rtseg.sink import open_sink
+
+    sink = open_sink(f"zmq://{tcp_endpoint}?curve_keys={keys}&parts=labels")
+    try:
+        assert sink.publisher._curve is not None
+    finally:
+        sink.close()
+    with pytest.raises(ConfigError, match=r"server\.key_secret"):
+        open_sink(f"zmq://{tcp_endpoint}?curve_keys={keys / 'nowhere'}")
