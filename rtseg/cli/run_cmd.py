@@ -592,8 +592,15 @@ def _report(stats: PipelineStats) -> dict:
         "stage_ms": {k: round(v, 3) for k, v in stats.stage_ms.items()},
         "engine_ms": round(stats.engine_ms, 3),
         "outside_ms": round(stats.outside_ms, 3),
+        "worker_deep_ms": round(stats.worker_deep_ms, 3),  # per frame, on the async worker (off the loop)
         "sinks": {
-            u: {"written": s.written, "dropped": s.dropped, "errors": s.errors}
+            u: {
+                "written": s.written,
+                "dropped": s.dropped,
+                "errors": s.errors,
+                "last_error": s.last_error,  # what the summary prints: why the run exits 1
+                "emit_ms": round(s.emit_ms, 3),  # in all, on the sink's own thread
+            }
             for u, s in stats.sinks.items()
         },
     }

@@ -67,7 +67,23 @@ def test_file_output_stats_and_json(weights: Path, tmp_path: Path, capsys) -> No
     data = json.loads(report.read_text())
     assert data["frames"] == 6 and data["keyframe_ratio"] == pytest.approx(2 / 6, abs=1e-3)
     assert data["sinks"][str(out)]["written"] == 6
+    assert data["sinks"][str(out)]["last_error"] is None and data["sinks"][str(out)]["emit_ms"] > 0
+    assert data["worker_deep_ms"] == 0  # no async worker here
     assert data["complete"] is True and "stopped" not in data
+
+
+def test_the_report_says_why_a_sink_failed(weights: Path, tmp_path: Path, capsys) -> None:
+    # The summary named the error and the run exited 1; the JSON held only a count.
+    images = tmp_path / "imgs"
+    images.mkdir()
+    for i, (w, h) in enumerate([(160, 96), (140, 100), (160, 96)]):
+        cv2.imwrite(str(images / f"f{i}.png"), np.full((h, w, 3), 40 * i, np.uint8))
+    out, report = tmp_path / "o.mp4", tmp_path / "r.json"
+    rc = main(["run", str(images), str(out), *_args(weights), "--json", str(report), "--quiet"])
+    assert rc == 1
+    sink = json.loads(report.read_text())["sinks"][str(out)]
+    assert sink["written"] == 2 and sink["errors"] == 1
+    assert "a 140x100 frame in a 160x96 video was skipped" in sink["last_error"]
 
 
 @pytest.mark.parametrize("scheduler", ["adaptive", "async"])
