@@ -72,7 +72,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help=f"clockwork: a keyframe every K frames (default {DEFAULT_INTERVAL})",
     )
-    p.add_argument("--threshold", type=float, default=None, help="adaptive: feature-change threshold")
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="adaptive: change threshold T (of the flow residual with the warp, the default)",
+    )
     p.add_argument("--max-interval", type=int, default=None, help="adaptive: longest run without a keyframe")
     p.add_argument(
         "--warp",

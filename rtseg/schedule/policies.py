@@ -112,7 +112,7 @@ class Adaptive(Scheduler):
             raise ConfigError(
                 f"target keyframe rate {target_keyframe_rate:g} is below 1/max_interval "
                 f"({1 / max_interval:g}): a keyframe comes at least every {max_interval} frames; "
-                f"give max_interval (--max-interval) >= {math.ceil(1 / target_keyframe_rate - 1e-9)}"
+                f"give max_interval >= {math.ceil(1 / target_keyframe_rate - 1e-9)}"
             )
         _check_count("calibration_frames", calibration_frames, 2)
         change = change or ("flow" if warp is not None else "features")
