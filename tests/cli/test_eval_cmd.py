@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from rtseg.cli import main
+from rtseg.models.checkpoint import meta_sha256
 
 pytestmark = pytest.mark.data
 
@@ -283,6 +284,7 @@ def test_a_checkpoint_for_a_model_this_rtseg_lacks_names_the_file(
 
     checkpoint = torch.load(DEFAULT_WEIGHTS, weights_only=True)
     checkpoint["meta"]["model"] = "segformer-b9"
+    checkpoint["meta_sha256"] = meta_sha256(checkpoint["meta"])  # as the rtseg that wrote it would
     weights = tmp_path / "future.pt"
     torch.save(checkpoint, weights)
     assert _eval_tiny(tmp_path / "camvid", "--weights", str(weights)) == 2
@@ -377,6 +379,7 @@ def test_eval_resizes_as_the_weights_preprocessing_says(
 
     checkpoint = torch.load(DEFAULT_WEIGHTS, weights_only=True)
     checkpoint["meta"]["preprocessing"]["interpolation"] = "area"
+    checkpoint["meta_sha256"] = meta_sha256(checkpoint["meta"])  # as the rtseg that wrote it would
     weights = tmp_path / "area.pt"
     torch.save(checkpoint, weights)
     root = tmp_path / "camvid"
