@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError, SinkError, SourceError
+from .errors import ConfigError, RtsegError, SinkError
 from .overlay.annotate import OverlayStyle
 from .result import SegResult
 from .schedule import Scheduler
@@ -360,6 +360,7 @@ class Pipeline:
         self._start_lock = threading.Lock()
         self._started = False
         self._closed = False
+        self._close_lock = threading.Lock()
         self._final: PipelineStats | None = None
         # A pipeline dropped unfinished, or still held at exit (``it = iter(p)``, then the script
         # ends), has its outputs closed: a video is unreadable until its index is written on close.
@@ -404,32 +405,15 @@ class Pipeline:
                     break
                 if any(s.stop_requested for s in self.sinks):
                     break
-                t0 = time.perf_counter()
                 try:
-                    frame = next(self.source, None)
-                except SourceError:
+                    step = self._step(meter)
+                except RtsegError:
                     if self._closed:  # close() from another thread: the end of the run, not a failure
                         break
                     raise
-                if frame is None:
+                if step is None or self._closed:  # the end, or closed meanwhile: not handed out
                     break
-                capture_ms = (time.perf_counter() - t0) * 1000.0
-                result = self.segmenter(frame)
-                done = time.perf_counter()
-                t0 = time.perf_counter()
-                if self.sinks:
-                    fps = (meter.recent_fps() or None) if self.style.hud else None
-                    packet = Packet(frame, result, self.style, fps, on_overlay=meter.add_overlay)
-                    try:
-                        for sink in self.sinks:
-                            sink.write(packet)
-                    except SinkError:
-                        if self._closed:  # closed from another thread meanwhile (write after close)
-                            break
-                        raise
-                    frame, result = read_only(frame, result)
-                handoff_ms = (time.perf_counter() - t0) * 1000.0
-                meter.record(result, capture_ms, handoff_ms, (done - frame.monotonic) * 1000.0)
+                frame, result = step
                 if self.on_result is not None:
                     self.on_result(frame, result)
                 yield frame, result
@@ -439,6 +423,28 @@ class Pipeline:
             # then finalised in the interpreter's teardown, where the statistics cannot be computed.
             if self._finalizer.alive:
                 self.close()
+
+    def _step(self, meter: _Meter) -> tuple[Frame, SegResult] | None:
+        """Read, segment and hand one frame to the sinks; None at the end of the source. It is
+        counted before it is handed out, so that statistics taken by a close() from another
+        thread hold every frame the loop yielded."""
+        t0 = time.perf_counter()
+        frame = next(self.source, None)
+        if frame is None:
+            return None
+        capture_ms = (time.perf_counter() - t0) * 1000.0
+        result = self.segmenter(frame)
+        done = time.perf_counter()
+        t0 = time.perf_counter()
+        if self.sinks:
+            fps = (meter.recent_fps() or None) if self.style.hud else None
+            packet = Packet(frame, result, self.style, fps, on_overlay=meter.add_overlay)
+            for sink in self.sinks:
+                sink.write(packet)
+            frame, result = read_only(frame, result)
+        handoff_ms = (time.perf_counter() - t0) * 1000.0
+        meter.record(result, capture_ms, handoff_ms, (done - frame.monotonic) * 1000.0)
+        return frame, result
 
     def run(self) -> PipelineStats:
         """Process until the source ends, ``stop()`` is called or ``max_frames`` is reached."""
@@ -508,8 +514,10 @@ class Pipeline:
         """Flush and close the sinks, close the source; returns the final statistics. From
         another thread while the loop runs it ends the run, as ``stop()`` does, but at once: the
         frame in hand is not written, and the loop ends without an error."""
-        if not self._closed:
+        with self._close_lock:  # the loop's end and another thread's close() may meet here
+            first = not self._closed
             self._closed = True
+        if first:
             self._stop.set()
             self._finalizer.detach()
             try:

@@ -189,6 +189,7 @@ class Source(ABC):
         self._reconnects = 0
         self._closed = False
         self._reading = threading.Lock()  # a read and the release never overlap
+        self._closing = threading.Lock()
 
     @abstractmethod
     def _next_frame(self) -> Frame | None:
@@ -213,11 +214,13 @@ class Source(ABC):
     def close(self) -> None:
         """Safe from another thread while one reads: a read in progress ends first (FFmpeg aborts
         the process when a capture is released under a read), and the next read is an error."""
-        if not self._closed:
+        with self._closing:  # two threads closing at once release once
+            if self._closed:
+                return
             self._closed = True
-            self._interrupt()
-            with self._reading:
-                self._release()
+        self._interrupt()
+        with self._reading:
+            self._release()
 
     def _interrupt(self) -> None:  # noqa: B027 (optional hook)
         """Make a read blocked waiting for a frame return now (it is being closed)."""
