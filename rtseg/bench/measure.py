@@ -268,7 +268,8 @@ def measure_pipeline(segmenter: Any, cfg: BenchConfig, memory: _MemoryMeter) -> 
         t0 = time.perf_counter()
         result.labels_at(frame.image.shape)  # timed only: what a consumer of full-size masks pays
         done = time.perf_counter()
-        scored = reference is not None and len(records) >= cfg.warmup  # measured frames only
+        # Measured frames the reference has: only their labels are kept for scoring.
+        scored = reference is not None and len(records) >= cfg.warmup and f"f{frame.index}" in reference
         records.append(
             {
                 "index": frame.index,

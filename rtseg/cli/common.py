@@ -188,11 +188,11 @@ def model_name_for(weights: Path) -> str:
     if known is not None:
         return known.model
     ckpt = read_checkpoint(weights)
-    known = find_known(tensors_sha256(ckpt.state_dict))
-    if known is not None:
-        return known.model
     meta = ckpt.meta
-    if meta is None:
+    if meta is None:  # a plain state dict: perhaps a re-saved copy of a release (hashed only then)
+        known = find_known(tensors_sha256(ckpt.state_dict))
+        if known is not None:
+            return known.model
         raise CheckpointError(
             f"{weights} is a plain state dict rtseg does not recognise: name its architecture with --model"
         )

@@ -186,6 +186,13 @@ def read_checkpoint(path: str | os.PathLike[str]) -> LoadedCheckpoint:
                 f"{path}: invalid rtseg checkpoint: the 'meta' entry is missing or not a dict "
                 f"(got {type(obj.get('meta')).__name__}); save weights with rtseg.models.save_checkpoint"
             )
+        # Before parsing: a corrupt entry is named as corruption, not as invalid metadata.
+        stored_meta = obj.get("meta_sha256")  # older rtseg files have none: nothing to check
+        if stored_meta is not None and stored_meta != meta_sha256(obj["meta"]):
+            raise CheckpointError(
+                f"{path}: the metadata (classes, preprocessing) does not match the checksum stored "
+                "with it; the file is corrupt (a bad copy or a failing disk): copy it again"
+            )
         try:
             meta = WeightsMeta.from_dict(obj["meta"])
         except KeyError as exc:  # str(KeyError) is only the quoted key: say what it means
@@ -194,12 +201,6 @@ def read_checkpoint(path: str | os.PathLike[str]) -> LoadedCheckpoint:
             ) from None
         except (TypeError, ValueError) as exc:
             raise CheckpointError(f"{path}: invalid rtseg checkpoint metadata: {exc}") from None
-        stored_meta = obj.get("meta_sha256")  # older rtseg files have none: nothing to check
-        if stored_meta is not None and stored_meta != meta_sha256(obj["meta"]):
-            raise CheckpointError(
-                f"{path}: the metadata (classes, preprocessing) does not match the checksum stored "
-                "with it; the file is corrupt (a bad copy or a failing disk): copy it again"
-            )
         state_dict = _state_dict_from(obj.get("state_dict"), path)
         stored = obj.get("tensors_sha256")  # older rtseg files have none: nothing to check
         if stored is not None and stored != tensors_sha256(state_dict):
@@ -278,8 +279,6 @@ def plain_metadata(value: Any, where: str) -> Any:
         value = value.tolist()
     if value is None or type(value) in (bool, int, float, str):
         return value
-    if isinstance(value, bool):
-        return bool(value)
     if isinstance(value, numbers.Integral):
         return int(value)
     if isinstance(value, numbers.Real):

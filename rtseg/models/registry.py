@@ -11,7 +11,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from ..data.labels import CITYSCAPES, ClassSet, numbered_classes
@@ -31,6 +30,7 @@ from .checkpoint import (
     WeightsMeta,
     check_finite,
     check_state_dict_fits,
+    plain_metadata,
     read_checkpoint,
     tensors_sha256,
     without_subnormals,
@@ -393,9 +393,9 @@ def get_model(
             f"{name} has no option {unknown[0]!r}; it takes {', '.join(spec.options) or 'none'} "
             "(num_classes= sets the outputs, weights= the checkpoint; other models: list_models())"
         )
-    # NumPy scalars (a value read from an array or a sweep) as Python numbers: meta.config is saved
-    # with the weights, and torch.load(weights_only=True) refuses NumPy objects.
-    config = {k: v.item() if isinstance(v, np.generic) else v for k, v in config.items()}
+    # NumPy values (read from an array or a sweep) as Python ones: meta.config is saved with the
+    # weights, and torch.load(weights_only=True) refuses NumPy objects.
+    config = plain_metadata(dict(config), f"{name} options")
     whole = isinstance(num_classes, numbers.Integral) and not isinstance(num_classes, bool)
     if num_classes is not None and not whole:
         raise TypeError(f"num_classes must be a whole number, got {num_classes!r}")

@@ -746,7 +746,8 @@ def main(argv: list[str] | None = None) -> int:
     takes_threads = "threads" in BACKEND_OPTIONS.get(backend, ())  # ONNX Runtime, OpenVINO
     engine = load(model, backend=backend, **({"threads": args.threads} if takes_threads else {}))
     if args.root is not None:
-        samples = list(dataset)[: args.frames]
+        count = len(dataset) if args.frames is None else min(len(dataset), args.frames)
+        samples = [dataset[i] for i in range(count)]  # decode only those
         # At the engine's input as run_sequence feeds them (and source_frames below): --costs-only
         # times the steps on them as they are.
         interpolation = engine.meta.preprocessing.interpolation

@@ -14,6 +14,7 @@ from rtseg.errors import CheckpointError
 from rtseg.models import get_model
 from rtseg.models.checkpoint import (
     WeightsMeta,
+    meta_sha256,
     read_checkpoint,
     save_checkpoint,
     tensors_sha256,
@@ -132,6 +133,7 @@ def test_unsupported_format_version(rtseg_ckpt: Path, tmp_path: Path) -> None:
 def test_invalid_metadata(rtseg_ckpt: Path, tmp_path: Path) -> None:
     raw = torch.load(rtseg_ckpt, weights_only=True)
     del raw["meta"]["preprocessing"]
+    raw["meta_sha256"] = meta_sha256(raw["meta"])  # written so by a faulty writer, not damaged
     path = tmp_path / "nometa.pt"
     torch.save(raw, path)
     with pytest.raises(CheckpointError, match="invalid rtseg checkpoint metadata"):
@@ -317,6 +319,7 @@ def test_a_missing_metadata_key_is_named_as_missing(
         del raw["meta"]
     else:
         del raw["meta"][drop]
+        raw["meta_sha256"] = meta_sha256(raw["meta"])  # written so by a faulty writer, not damaged
     bad = tmp_path / "bad.pt"
     torch.save(raw, bad)
     with pytest.raises(CheckpointError, match=rf"bad\.pt: {message}"):
