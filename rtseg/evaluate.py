@@ -8,6 +8,9 @@ confusion matrix over the whole split.
 
 from __future__ import annotations
 
+import dataclasses
+import logging
+import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -18,12 +21,14 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .data.datasets import Sample
-from .data.labels import ClassSet
+from .data.datasets import Sample, SegmentationDataset
+from .data.labels import ClassSet, numbered_classes
 from .data.preprocess import Normalize, Preprocessing, cv2_interpolation
-from .errors import DatasetError
+from .errors import ConfigError, DatasetError
 from .metrics import ConfusionMatrix, SegmentationScores
 from .models.base import StagedSegmenter
+
+log = logging.getLogger(__name__)
 
 # image (HxWx3 uint8 BGR, already at the network's input size) -> logits (1xCxhxw)
 LogitsFn = Callable[[np.ndarray], torch.Tensor]
@@ -120,3 +125,27 @@ def evaluate(
     seconds = time.perf_counter() - start
     check_labelled(confusion, count, classes, description)
     return EvalReport(confusion.result(), classes, count, seconds, confusion.matrix.copy())
+
+
+def fit_classes(
+    model: StagedSegmenter, dataset: SegmentationDataset, name: str, weights: str | os.PathLike[str] | None
+) -> None:
+    """Score ``model`` in ``dataset``'s classes: a plain state dict's numbered classes take the
+    dataset's names (it says how many classes it predicts, not which); weights that predict
+    other classes are refused, as their scores would compare unrelated ids."""
+    meta = model.meta
+    unnamed = meta.classes == numbered_classes(len(meta.classes))
+    if unnamed and len(meta.classes) == len(dataset.classes):
+        log.info(
+            "%s does not name its %d classes: scoring them as %s's, in order",
+            weights,
+            len(meta.classes),
+            dataset.classes.name,
+        )
+        model.meta = dataclasses.replace(meta, classes=dataset.classes)  # type: ignore[assignment]
+    elif dataset.classes.names != meta.classes.names:
+        what = f"{len(meta.classes)} unnamed" if unnamed else f"the {len(meta.classes)} {meta.classes.name}"
+        raise ConfigError(
+            f"the weights predict {what} classes, but {name} is labelled with "
+            f"{len(dataset.classes)} {dataset.classes.name} classes"
+        )

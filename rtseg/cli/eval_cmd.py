@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import sys
 from pathlib import Path
 
 from ..atomic import atomic_write_text
-from ..data.datasets import SegmentationDataset, cityscapes, open_dataset
-from ..data.labels import numbered_classes
+from ..data.datasets import cityscapes, open_dataset
 from ..errors import ConfigError
-from ..evaluate import evaluate
-from ..models.base import StagedSegmenter
+from ..evaluate import evaluate, fit_classes
 from .common import add_model_args, check_output, load_model, output_file, parse_size, write_output
 from .run_cmd import add_scheduler_args, scheduler_from_args
 
@@ -117,30 +114,6 @@ def engine_logits_fn(engine):
         return out.cpu() if isinstance(out, torch.Tensor) else torch.from_numpy(out)
 
     return logits
-
-
-def fit_classes(
-    model: StagedSegmenter, dataset: SegmentationDataset, name: str, weights: str | Path | None
-) -> None:
-    """Score ``model`` in ``dataset``'s classes: a plain state dict's numbered classes take the
-    dataset's names (it says how many classes it predicts, not which); weights that predict
-    other classes are refused, as their scores would compare unrelated ids."""
-    meta = model.meta
-    unnamed = meta.classes == numbered_classes(len(meta.classes))
-    if unnamed and len(meta.classes) == len(dataset.classes):
-        log.info(
-            "%s does not name its %d classes: scoring them as %s's, in order",
-            weights,
-            len(meta.classes),
-            dataset.classes.name,
-        )
-        model.meta = dataclasses.replace(meta, classes=dataset.classes)  # type: ignore[assignment]
-    elif dataset.classes.names != meta.classes.names:
-        what = f"{len(meta.classes)} unnamed" if unnamed else f"the {len(meta.classes)} {meta.classes.name}"
-        raise ConfigError(
-            f"the weights predict {what} classes, but {name} is labelled with "
-            f"{len(dataset.classes)} {dataset.classes.name} classes"
-        )
 
 
 def _scheduling_options(args: argparse.Namespace) -> list[str]:

@@ -13,15 +13,13 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
-import cv2
 import numpy as np
 from tqdm import tqdm
 
 from ..data.datasets import Sample
 from ..data.labels import ClassSet
-from ..data.preprocess import cv2_interpolation
 from ..engine.base import Engine
-from ..evaluate import check_labelled
+from ..evaluate import check_labelled, resize_to_input
 from ..metrics import ConfusionMatrix, SegmentationScores
 from ..result import SegResult, labels_at
 from .base import Scheduler
@@ -42,7 +40,7 @@ def to_input(
     if (image.shape[1], image.shape[0]) == tuple(size):
         return image, 0.0
     t0 = time.perf_counter()
-    out = cv2.resize(image, size, interpolation=cv2_interpolation(interpolation))
+    out = resize_to_input(image, size, interpolation)
     return out, (time.perf_counter() - t0) * 1000.0
 
 

@@ -732,7 +732,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
     from ..cli.common import load_model
-    from ..cli.eval_cmd import fit_classes
+    from ..evaluate import fit_classes
     from ..segmenter import resolve_backend
 
     model = load_model(args.model, None if args.weights is None else str(args.weights))
