@@ -13,7 +13,7 @@ from ..data.datasets import cityscapes, open_dataset
 from ..errors import ConfigError
 from ..evaluate import evaluate, fit_classes
 from .common import add_model_args, check_output, load_model, output_file, parse_size, write_output
-from .run_cmd import add_scheduler_args, scheduler_from_args
+from .run_cmd import add_scheduler_args, given_options, scheduler_from_args
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="with --sequence: also run every frame through the full model first and report "
         "the agreement (mIoU of the scheduled labels against the per-frame labels)",
     )
-    add_scheduler_args(p, default="every")
+    p.set_defaults(scheduling=add_scheduler_args(p, default="every"))
     p.set_defaults(func=run)
 
 
@@ -119,24 +119,7 @@ def engine_logits_fn(engine):
 def _scheduling_options(args: argparse.Namespace) -> list[str]:
     """The keyframe-scheduling options given, as typed: plain eval runs every image through the
     full model, so any of them would be ignored there without a word."""
-    given = [] if args.scheduler == "every" else [f"--scheduler {args.scheduler}"]
-    given += [
-        f"{flag} {getattr(args, name)}"
-        for name, flag in (
-            ("interval", "--interval"),
-            ("threshold", "--threshold"),
-            ("max_interval", "--max-interval"),
-            ("target_keyframe_rate", "--target-keyframe-rate"),
-            ("flow_stride", "--flow-stride"),
-            ("change", "--change"),
-        )
-        if getattr(args, name) is not None
-    ]
-    if args.warp is not None:
-        given.append("--warp" if args.warp else "--no-warp")
-    if args.compare_every:
-        given.append("--compare-every")
-    return given
+    return given_options(args.scheduling, args) + (["--compare-every"] if args.compare_every else [])
 
 
 def run(args: argparse.Namespace) -> int:

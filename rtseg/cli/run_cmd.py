@@ -12,6 +12,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -86,38 +87,59 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.intermixed = True  # `rtseg run SRC --frames 2 out.mp4`: options between source and sinks
 
 
-def add_scheduler_args(parser: argparse.ArgumentParser, *, default: str) -> None:
-    """The keyframe-scheduling options, shared by `rtseg run` and `rtseg eval --sequence`."""
+def add_scheduler_args(parser: argparse.ArgumentParser, *, default: str) -> tuple[argparse.Action, ...]:
+    """The keyframe-scheduling options, shared by `rtseg run` and `rtseg eval --sequence`; the
+    options are returned, so that a command can tell which of them were given."""
     g = parser.add_argument_group("keyframe scheduling")
-    g.add_argument("--scheduler", choices=SCHEDULERS, default=default, help=f"(default: {default})")
-    g.add_argument("--interval", type=int, default=None, help="clockwork: a keyframe every K frames (4)")
-    g.add_argument("--threshold", type=float, default=None, help="adaptive/async: change threshold T")
-    g.add_argument("--max-interval", type=int, default=None, help="adaptive/async: keyframe at least every N")
-    g.add_argument(
+    actions: list[argparse.Action] = []
+
+    def add(*names: str, **options: Any) -> None:
+        actions.append(g.add_argument(*names, **options))
+
+    add("--scheduler", choices=SCHEDULERS, default=default, help=f"(default: {default})")
+    add("--interval", type=int, default=None, help="clockwork: a keyframe every K frames (4)")
+    add("--threshold", type=float, default=None, help="adaptive/async: change threshold T")
+    add("--max-interval", type=int, default=None, help="adaptive/async: keyframe at least every N")
+    add(
         "--target-keyframe-rate",
         type=float,
         default=None,
         help="adaptive/async: calibrate T on the opening frames to reach this keyframe rate "
         "(at least 1/--max-interval)",
     )
-    g.add_argument(
+    add(
         "--warp",
         action=argparse.BooleanOptionalAction,
         default=None,
         help="warp cached deep features along DIS optical flow (default: on, except for every)",
     )
-    g.add_argument(
+    add(
         "--flow-stride",
         type=int,
         default=None,
         help="downscale frames by N for the warp's optical flow (default 4; 8 costs a third at large inputs)",
     )
-    g.add_argument(
+    add(
         "--change",
         choices=CHANGES,
         default=None,
         help="adaptive/async change score: flow residual (default with --warp) or low features",
     )
+    return tuple(actions)
+
+
+def given_options(actions: tuple[argparse.Action, ...], args: argparse.Namespace) -> list[str]:
+    """The ``actions`` that ``args`` sets to other than their defaults, as typed."""
+    given = []
+    for action in actions:
+        value = getattr(args, action.dest)
+        if value == action.default:
+            continue
+        if isinstance(action, argparse.BooleanOptionalAction):
+            given.append(action.option_strings[0] if value else action.option_strings[1])
+        else:
+            given.append(f"{action.option_strings[0]} {value}")
+    return given
 
 
 # make_scheduler's keywords and the flags that fill them: its errors name the keyword.
