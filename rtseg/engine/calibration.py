@@ -101,9 +101,11 @@ class CalibrationList:
     kind: Literal["images", "video"]
     source: Path
     entries: tuple[str, ...]
-    # The id the list file records (``# id:``), used when the listed files are not there: lists are
-    # committed and images are not, and cached int8 builds are found by the id alone.
+    # The id the list file records (``# id: ID entries NAMES``), used when the listed files are not
+    # there and the entries are still those it was recorded for (NAMES, ``names_digest``): lists
+    # are committed and images are not, and cached int8 builds are found by the id alone.
     recorded_id: str | None = field(default=None, compare=False)
+    recorded_names: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if self.kind not in ("images", "video"):
@@ -123,7 +125,7 @@ class CalibrationList:
         source = Path(os.path.relpath(self.source, relative_to)) if relative_to else self.source
         lines = [LIST_HEADER, f"# {self.kind}: {source.as_posix()}"]
         with contextlib.suppress(DatasetError):  # the files are not here to identify it: no id line
-            lines.append(f"# id: {self.id}")
+            lines.append(f"# id: {self.id} entries {self.names_digest}")
         return "\n".join([*lines, *self.entries]) + "\n"
 
     @functools.cached_property
@@ -138,15 +140,18 @@ class CalibrationList:
         builds are found, and only a rebuild needs the files.
         """
         digest = hashlib.blake2b(digest_size=16)
-        digest.update("\n".join([self.kind, self.source.name, *self.entries]).encode())
+        digest.update(self._names())
         try:
             if self.kind == "images":
                 for entry in self.entries:
                     _hash_file(digest, self.source / entry, "calibration image")
             else:
                 _hash_file(digest, self.source, "calibration video")
-        except DatasetError:
+        except DatasetError as exc:
             if self.recorded_id is None:
+                raise
+            if self.recorded_names != self.names_digest:
+                exc.add_note(f"the list's entries changed since it recorded its id {self.recorded_id}")
                 raise
             log.info(
                 "calibration list %s: files missing; using the id it recorded, %s",
@@ -155,6 +160,14 @@ class CalibrationList:
             )
             return self.recorded_id
         return digest.hexdigest()[:8]
+
+    def _names(self) -> bytes:
+        return "\n".join([self.kind, self.source.name, *self.entries]).encode()
+
+    @property
+    def names_digest(self) -> str:
+        """A digest of what the list names (kind, source folder name, entries), not of the files."""
+        return hashlib.blake2b(self._names(), digest_size=4).hexdigest()
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -179,13 +192,14 @@ class CalibrationList:
             ) from None
         if not lines or lines[0] != LIST_HEADER:
             raise ConfigError(f"{path} is not an rtseg calibration list (first line must be {LIST_HEADER!r})")
-        kind, source, recorded = None, None, None
+        kind, source, recorded, names = None, None, None, None
         for line in lines[1:]:
             for k in ("images", "video"):
                 if line.startswith(f"# {k}: "):
                     kind, source = k, path.resolve().parent / line[len(f"# {k}: ") :]
             if line.startswith("# id: "):
-                recorded = line[len("# id: ") :].strip() or None
+                recorded, _, names = line[len("# id: ") :].partition(" entries ")
+                recorded, names = recorded.strip() or None, names.strip() or None
         if kind is None or source is None:
             raise ConfigError(f"{path}: missing the '# images: DIR' or '# video: FILE' source line")
         numbered = [(n, ln) for n, ln in enumerate(lines[1:], start=2) if ln and not ln.startswith("#")]
@@ -201,7 +215,7 @@ class CalibrationList:
                         "(expected a whole number >= 0)"
                     )
         entries = tuple(ln for _, ln in numbered)
-        return cls(kind, source.resolve(), entries, recorded)  # type: ignore[arg-type]
+        return cls(kind, source.resolve(), entries, recorded, names)  # type: ignore[arg-type]
 
     @classmethod
     def from_images(cls, directory: str | os.PathLike[str], num: int) -> CalibrationList:

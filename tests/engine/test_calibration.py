@@ -145,7 +145,13 @@ def test_save_writes_the_source_relative_and_load_resolves_it(tmp_path: Path) ->
     calib = CalibrationList.from_images(tmp_path / "data" / "imgs", 2)
     list_path = calib.save(tmp_path / "lists" / "espnet.txt")
     lines = list_path.read_text().splitlines()
-    assert lines == [LIST_HEADER, "# images: ../data/imgs", f"# id: {calib.id}", "f00.png", "f02.png"]
+    assert lines == [
+        LIST_HEADER,
+        "# images: ../data/imgs",
+        f"# id: {calib.id} entries {calib.names_digest}",
+        "f00.png",
+        "f02.png",
+    ]
     loaded = CalibrationList.load(list_path)
     assert loaded == calib and loaded.id == calib.id
     assert [f.mean() for f in loaded.frames(SIZE)] == [f.mean() for f in calib.frames(SIZE)]
@@ -223,6 +229,12 @@ def test_a_committed_list_without_its_images_keeps_the_id_it_recorded(tmp_path: 
     assert loaded.recorded_id == calib.id and loaded.id == calib.id
     with pytest.raises(DatasetError, match=r"calibration image .*f00\.png is missing or unreadable"):
         list(loaded.frames(SIZE))  # a rebuild still needs them, and says which is missing
+    # Entries edited since the id was recorded: that id named other frames' builds.
+    edited = list_path.read_text().replace("f02.png", "f01.png")
+    (tmp_path / "edited.txt").write_text(edited)
+    with pytest.raises(DatasetError, match=r"cannot read calibration image") as info:
+        _ = CalibrationList.load(tmp_path / "edited.txt").id
+    assert any("entries changed since it recorded its id" in note for note in info.value.__notes__)
     # A list from before ids were recorded: the old error, naming the image.
     list_path.write_text("\n".join(ln for ln in list_path.read_text().splitlines() if "# id:" not in ln))
     with pytest.raises(DatasetError, match=r"cannot read calibration image .*to identify the list"):
