@@ -248,12 +248,12 @@ def load_auto(
     skipped: dict[str, str] = {}
     unwritable = ""  # why a candidate could not write its artifacts: then the choice is not stored
     for candidate in candidates(precision, device):
-        opts = options_for(candidate, options)
         why = incomparable(candidate, device, options)
         if why is not None:
             skipped[candidate.label] = why
             log.info("auto: skipping %s: %s", candidate.label, why)
             continue
+        opts = options_for(candidate, options)
         try:
             engine = load_backend(
                 net,

@@ -46,14 +46,16 @@ class LowGraph(nn.Module):
         preprocessing: Preprocessing,
         channels_last: bool = False,
         dtype: torch.dtype = torch.float32,
+        *,
+        eager: bool = False,
     ) -> None:
         super().__init__()
         self.dtype = dtype
+        self.eager = eager  # True where PyTorch runs it (not exported): see Normalize.eager
         self.model = model
         self.normalize = Normalize(preprocessing)
         self.names = tuple(f.name for f in model.stage_spec.low)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        self.eager = False  # True where PyTorch runs it (not exported): see Normalize.eager
 
     def forward(self, image: Tensor) -> tuple[Tensor, ...]:
         if self.eager and self.memory_format == torch.contiguous_format:

@@ -74,8 +74,7 @@ class TorchEngine(Engine):
         model = model.to(self.device, self._dtype)
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
-        self._low = LowGraph(model, self.meta.preprocessing, channels_last, self._dtype)
-        self._low.eager = True
+        self._low = LowGraph(model, self.meta.preprocessing, channels_last, self._dtype, eager=True)
         self._deep = DeepGraph(model)
         self._head = HeadGraph(model, self.head_low_inputs, len(self.meta.classes), with_logits=False)
         self._head_logits = HeadGraph(model, self.head_low_inputs, len(self.meta.classes), with_logits=True)

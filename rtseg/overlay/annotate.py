@@ -77,6 +77,13 @@ def colorize(labels: np.ndarray, classes: ClassSet, size: tuple[int, int] | None
 FONT = cv2.FONT_HERSHEY_SIMPLEX
 
 
+@functools.lru_cache(maxsize=32)
+def _name_widths(classes: ClassSet, scale: float) -> tuple[int, ...]:
+    """Each class name's drawn width in pixels: measured once per class set and frame height,
+    not per frame."""
+    return tuple(cv2.getTextSize(name, FONT, scale, 3)[0][0] for name in classes.names)
+
+
 def _draw_legend(
     image: np.ndarray, classes: ClassSet, present: np.ndarray | None, hud: tuple[int, int] | None = None
 ) -> None:
@@ -85,7 +92,8 @@ def _draw_legend(
     ids = range(len(classes)) if present is None else [i for i in range(len(classes)) if present[i]]
     scale = max(0.4, image.shape[0] / 1400)
     row = int(22 * scale / 0.5)
-    width = row + 6 + max((cv2.getTextSize(classes.names[i], FONT, scale, 3)[0][0] for i in ids), default=0)
+    widths = _name_widths(classes, scale)
+    width = row + 6 + max((widths[i] for i in ids), default=0)
     top = hud[1] + 8 if hud is not None and 8 + width > hud[0] - 4 else 8
     x, y = 8, top
     for i in ids:

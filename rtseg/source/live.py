@@ -149,13 +149,13 @@ class LiveSource(Source):
         self._factory = factory
         self._hint = hint
         self._diagnose = diagnose
-        self._cap = self._open()
-        if self._cap is None:
+        cap = self._open()
+        if cap is None:
             raise SourceError(f"cannot open {uri}{self._why()}")
-        fps = _get(self._cap, cv2.CAP_PROP_FPS)
+        fps = _get(cap, cv2.CAP_PROP_FPS)
         native = (
-            int(_get(self._cap, cv2.CAP_PROP_FRAME_WIDTH)),
-            int(_get(self._cap, cv2.CAP_PROP_FRAME_HEIGHT)),
+            int(_get(cap, cv2.CAP_PROP_FRAME_WIDTH)),
+            int(_get(cap, cv2.CAP_PROP_FRAME_HEIGHT)),
         )
         self.info = SourceInfo(
             uri=uri,
@@ -164,7 +164,7 @@ class LiveSource(Source):
             fps=fps if 0 < fps < 1000 else None,
             size=self._output_size(native if min(native) > 0 else None),
         )
-        self._frame_count = _frame_count(self._cap)
+        self._frame_count = _frame_count(cap)
         self._cond = threading.Condition()
         self._latest: tuple[np.ndarray, int, float, float] | None = None
         self._captured = 0
@@ -176,7 +176,7 @@ class LiveSource(Source):
         self._finished = False
         self._stop = threading.Event()
         self._thread = threading.Thread(
-            target=_capture, args=(weakref.ref(self), self._cap), name=f"source:{uri}", daemon=True
+            target=_capture, args=(weakref.ref(self), cap), name=f"source:{uri}", daemon=True
         )
         self._thread.start()
 
