@@ -94,11 +94,16 @@ def _draw_legend(
     row = int(22 * scale / 0.5)
     widths = _name_widths(classes, scale)
     width = row + 6 + max((widths[i] for i in ids), default=0)
-    top = hud[1] + 8 if hud is not None and 8 + width > hud[0] - 4 else 8
-    x, y = 8, top
+
+    def top(x: int) -> int:  # a column that would reach into the HUD's box starts below it
+        return hud[1] + 8 if hud is not None and x + width > hud[0] - 4 else 8
+
+    x = 8
+    y = top(x)
     for i in ids:
         if y + row > image.shape[0]:
-            x, y = x + width + 8, top
+            x += width + 8
+            y = top(x)
         if x + row > image.shape[1] or y + row > image.shape[0]:
             break
         b, g, r = (int(v) for v in classes.palette[i][::-1])

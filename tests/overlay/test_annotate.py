@@ -66,10 +66,12 @@ def test_the_hud_says_where_the_deep_features_came_from(keyframe: bool, age: int
     assert hud_text(result, None) == f"   4.0 ms{text}"
 
 
-def test_on_a_small_frame_the_hud_fits_and_the_legend_starts_below_it() -> None:
-    # At 160x120 the HUD began at x = -86 (its FPS cut off) and its box covered the legend's rows.
-    frame = np.full((120, 160, 3), 90, np.uint8)
-    labels = np.tile(np.arange(11, dtype=np.uint8), (120, 15))[:, :160]  # every class present
+@pytest.mark.parametrize("width", [160, 340])
+def test_on_a_small_frame_the_hud_fits_and_the_legend_starts_below_it(width: int) -> None:
+    # At 160x120 the HUD began at x = -86 (its FPS cut off) and its box covered the legend's rows;
+    # at 340x120 the legend's second column ran into the HUD's box.
+    frame = np.full((120, width, 3), 90, np.uint8)
+    labels = np.tile(np.arange(11, dtype=np.uint8), (120, width // 11 + 1))[:, :width]  # every class
     result = SegResult(labels, 0, False, 3, CAMVID, {"head": 5.0})
     mask = annotate(frame, result, "mask")
     hud = annotate(frame, result, "mask", hud=True, fps=30.0)
@@ -77,7 +79,7 @@ def test_on_a_small_frame_the_hud_fits_and_the_legend_starts_below_it() -> None:
     drawn = (hud != mask).any(axis=2)
     cols = np.flatnonzero(drawn.any(axis=0))
     rows = np.flatnonzero(drawn.any(axis=1))
-    assert cols[0] > 0 and cols[-1] < 159  # the whole box inside the frame
+    assert cols[0] > 0 and cols[-1] < width - 1  # the whole box inside the frame
     box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
     assert np.array_equal(both[box], hud[box])  # the legend drew nothing over the HUD
     assert (both != hud).any(axis=2)[rows[-1] + 1 :].sum() > 200  # it is there, below
