@@ -14,7 +14,7 @@ import numpy as np
 from ..engine.base import Engine, Features
 from ..errors import ConfigError
 from .base import Scheduler
-from .calibrate import calibrate_threshold
+from .calibrate import changes_of_latest, threshold_for
 from .change import ChangeMeasure
 from .flow import FlowWarp
 
@@ -135,6 +135,7 @@ class Adaptive(Scheduler):
         self._reference: Any = None  # features: the keyframe Summary; flow: True once a keyframe exists
         self._current: Any = None
         self._recorded: list[Any] = []
+        self._pairs: dict[tuple[int, int], float] = {}  # calibration scores, taken frame by frame
 
     def describe(self) -> str:
         t = "calibrating" if self.threshold is None else f"threshold {self.threshold:.4g}"
@@ -148,6 +149,7 @@ class Adaptive(Scheduler):
         self._reference = None
         self._current = None
         self._recorded = []
+        self._pairs = {}
 
     def check(self, engine: Engine) -> None:
         if self.change == "flow":
@@ -192,29 +194,43 @@ class Adaptive(Scheduler):
         change, record = self._score(engine, low, image)
         if self.threshold is None:  # calibrating
             self._recorded.append(record)
+            self._pairs.update(changes_of_latest(self._recorded, self._distance, self.max_interval))
             key = self._reference is None or age >= self._calibration_interval()
             if len(self._recorded) >= self.calibration_frames:
-                self.threshold, ratio = calibrate_threshold(
-                    self._recorded,
-                    self._distance,
-                    target_rate=self.target_keyframe_rate or 1.0,
-                    max_interval=self.max_interval,
-                )
-                self._recorded = []
-                log.info(
-                    "adaptive: threshold %.4g calibrated on %d frames for a keyframe rate of %.3g "
-                    "(gives %.3g on them)",
-                    self.threshold,
-                    self.calibration_frames,
-                    self.target_keyframe_rate,
-                    ratio,
-                )
+                self._calibrate()
         else:
             # A NaN or inf score (features overflowed) says nothing about change: refresh the cache.
             changed = change is not None and (not math.isfinite(change) or change > self.threshold)
             key = self._reference is None or age >= self.max_interval or changed
         timings["change"] = (time.perf_counter() - t0) * 1000.0
         return key, change
+
+    def _calibrate(self) -> None:
+        n, pairs = len(self._recorded), self._pairs
+        self._recorded, self._pairs = [], {}
+        if not any(math.isfinite(c) and c > 0 for c in pairs.values()):
+            # A still opening (a paused camera, a title card): the only candidate, 0, would make
+            # every later frame a keyframe.
+            self.threshold = DEFAULT_THRESHOLD[self.change]
+            log.warning(
+                "adaptive: the %d opening frames did not change, so no threshold reproduces a keyframe "
+                "rate of %.3g on them; using the default threshold %.4g",
+                n,
+                self.target_keyframe_rate,
+                self.threshold,
+            )
+            return
+        self.threshold, ratio = threshold_for(
+            pairs, n, target_rate=self.target_keyframe_rate or 1.0, max_interval=self.max_interval
+        )
+        log.info(
+            "adaptive: threshold %.4g calibrated on %d frames for a keyframe rate of %.3g "
+            "(gives %.3g on them)",
+            self.threshold,
+            n,
+            self.target_keyframe_rate,
+            ratio,
+        )
 
     def _keyframe_taken(self) -> None:
         self._reference = True if self.change == "flow" else self._current

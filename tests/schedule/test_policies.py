@@ -6,6 +6,7 @@ import pytest
 
 from rtseg.errors import ConfigError
 from rtseg.schedule import Adaptive, AsyncAdaptive, Clockwork, Every, FlowWarp, make_scheduler
+from rtseg.schedule.policies import DEFAULT_THRESHOLD
 
 
 def _run(scheduler, engine, images):
@@ -80,6 +81,31 @@ def test_target_keyframe_rate_calibrates_the_threshold(engine, drive) -> None:
     assert 0.2 <= later <= 0.8
     s.reset()
     assert s.threshold is None  # recalibrates for the next stream
+
+
+@pytest.mark.parametrize("warp", [True, False], ids=["flow", "features"])
+def test_calibration_scores_each_frame_as_it_comes(engine, drive, warp: bool, monkeypatch) -> None:
+    # All ~225 pairs were scored on the last calibration frame: one frame stalled 0.4-2 s.
+    s = make_scheduler("adaptive", target_keyframe_rate=0.5, max_interval=8, warp=warp)
+    s.calibration_frames = 8
+    calls: list[int] = []
+    real = s._distance
+    monkeypatch.setattr(s, "_distance", lambda a, b: calls.append(len(s._recorded)) or real(a, b))
+    results = _run(s, engine, drive[:8])
+    per_frame = [calls.count(n) for n in range(1, 9)]
+    assert per_frame == [0, 1, 2, 3, 4, 5, 6, 7]  # frame t against the t before it (max_interval 8)
+    assert s.threshold is not None and len(results) == 8
+
+
+@pytest.mark.parametrize("warp", [True, False], ids=["flow", "features"])
+def test_a_still_opening_falls_back_to_the_default_threshold(engine, drive, warp: bool, caplog) -> None:
+    # Every score 0: the only candidate, 0, made every later frame a keyframe (ratio 1.0).
+    s = make_scheduler("adaptive", target_keyframe_rate=0.25, max_interval=8, warp=warp)
+    s.calibration_frames = 8
+    with caplog.at_level("WARNING"):
+        results = _run(s, engine, [drive[0]] * 8 + drive[1:9])
+    assert s.threshold == DEFAULT_THRESHOLD[s.change] and "did not change" in caplog.text
+    assert sum(r.is_keyframe for r in results[8:]) < 8
 
 
 def test_make_scheduler_validates() -> None:
