@@ -109,8 +109,8 @@ class Scheduler(ABC):
         low = engine.run_low(image)
         engine.synchronize()  # on a GPU the stage returns queued, not done
         timings["low"] = _ms(t0)
-        self._step += 1
-        age = self._step - self._deep_step
+        step = self._step + 1  # counted once the frame has its labels: a failed one is not a frame
+        age = step - self._deep_step
         if self.warp is not None:
             self.warp.new_frame()
             image = _host_image(image)  # once: the flow kept for it serves the change and the warp
@@ -120,8 +120,7 @@ class Scheduler(ABC):
             deep = engine.run_deep(low)
             engine.synchronize()
             timings["deep"] = _ms(t0)
-            self._deep, self._deep_step = deep, self._step
-            self._keyframes += 1
+            self._deep, self._deep_step = deep, step
             self._keyframe_taken()
             used = deep
             if self.warp is not None:
@@ -139,11 +138,13 @@ class Scheduler(ABC):
         t0 = time.perf_counter()
         labels = engine.run_head(low, used)
         timings["head"] = _ms(t0)
+        self._step = step
+        self._keyframes += key
         return SegResult(
             labels=labels[0],
-            frame_index=self._step if index is None else index,
+            frame_index=step if index is None else index,
             is_keyframe=key,
-            deep_age=self._step - self._deep_step,
+            deep_age=step - self._deep_step,
             classes=engine.meta.classes,
             timings=timings,
             change=change,

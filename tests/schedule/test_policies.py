@@ -319,3 +319,32 @@ def test_the_warp_timing_waits_for_the_device(engine, drive, make) -> None:
     finally:
         scheduler.close()
     assert not result.is_keyframe and result.timings["warp"] >= 25
+
+
+class _DeepFailsOnce:
+    """The engine with one deep run that raises (an out-of-memory, a lost device)."""
+
+    def __init__(self, engine, fail_at: int) -> None:
+        self._engine, self.fail_at, self.calls = engine, fail_at, 0
+
+    def __getattr__(self, name: str):
+        return getattr(self._engine, name)
+
+    def run_deep(self, low):
+        self.calls += 1
+        if self.calls == self.fail_at:
+            raise RuntimeError("deep stage failed")
+        return self._engine.run_deep(low)
+
+
+def test_a_frame_whose_deep_run_failed_is_not_counted(engine, drive) -> None:
+    # Frame indices skipped a number after a failure, and stats counted frames that had no result.
+    failing = _DeepFailsOnce(engine, fail_at=2)
+    s = Clockwork(2, warp=None)
+    results = [s.step(failing, drive[0]), s.step(failing, drive[1])]
+    with pytest.raises(RuntimeError, match="deep stage failed"):
+        s.step(failing, drive[2])
+    results += [s.step(failing, drive[2]), s.step(failing, drive[3])]
+    assert [r.frame_index for r in results] == [0, 1, 2, 3]
+    assert [r.deep_age for r in results] == [0, 1, 0, 1]
+    assert s.stats.frames == 4 and s.stats.keyframes == 2
