@@ -16,7 +16,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["rtseg", "rtseg.*"]),
-    package_data={"rtseg": ["assets/*.pt", "assets/*.json"]},
+    package_data={"rtseg": ["assets/*.pt", "assets/*.json", "bench/*.csv"]},
     install_requires=[
         # CPU machines: install torch==2.13.0 (CPU build) first; GPU machines: a CUDA build.
         "torch>=2.4",

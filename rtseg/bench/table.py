@@ -1,4 +1,7 @@
-"""The published Cityscapes quality/speed table (``bench/cityscapes_table.csv``), read and validated.
+"""The published Cityscapes quality/speed table (``rtseg/bench/cityscapes_table.csv``), read and validated.
+
+The CSV is package data (setup.py), so an installed rtseg has it; it is not looked up beside a
+checkout.
 
 Every number in the CSV comes from the source named on its row; an empty cell means the source
 does not publish it (or it could not be verified), never a guess. ``rtseg_model`` names the
@@ -16,7 +19,7 @@ from pathlib import Path
 from ..errors import ConfigError
 from ..models import list_models
 
-TABLES = {"cityscapes": Path(__file__).resolve().parent.parent.parent / "bench" / "cityscapes_table.csv"}
+TABLES = {"cityscapes": Path(__file__).resolve().parent / "cityscapes_table.csv"}
 COLUMNS = (
     "model",
     "year",

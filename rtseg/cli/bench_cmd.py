@@ -23,7 +23,7 @@ from ..bench.report import (
 )
 from ..bench.runner import SweepInterrupted, SweepSpec, run_sweep
 from ..bench.stats import StopRule
-from ..bench.table import TABLES, implemented, load_table, table_path
+from ..bench.table import TABLES, PublishedRow, implemented, load_table, table_path
 from ..engine import BACKENDS, PRECISIONS
 from ..errors import ConfigError
 from ..models import DEFAULT_MODEL, list_models
@@ -198,7 +198,9 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def _specs(args: argparse.Namespace, rule: StopRule, warmup: int) -> list[SweepSpec]:
+def _specs(
+    args: argparse.Namespace, rule: StopRule, warmup: int, published: list[PublishedRow] | None
+) -> list[SweepSpec]:
     common: dict[str, Any] = dict(
         backends=tuple(args.backend),
         precisions=tuple(args.precision),
@@ -229,7 +231,7 @@ def _specs(args: argparse.Namespace, rule: StopRule, warmup: int) -> list[SweepS
         raise ConfigError("--table measures the published (every-frame) setting: leave --scheduler out")
     if args.weights:
         raise ConfigError("--weights does not apply to --table: each row uses the shared data's real weights")
-    rows = implemented(load_table(table_path(args.table)))
+    rows = implemented(published or [])
     if args.model:
         rows = [r for r in rows if r.rtseg_model in args.model]
         if not rows:
@@ -260,7 +262,12 @@ def run(args: argparse.Namespace) -> int:
         if twice:
             raise ConfigError(f"--{option} lists {', '.join(twice)} more than once: {values}")
     rule, warmup = _rule(args)
-    specs = _specs(args, rule, warmup)  # validates before the slow part
+    # The published table is read and checked now: found missing or malformed after measuring,
+    # every result (and --json/--csv) was lost. --plot draws it without --table too.
+    table_name = args.table or "cityscapes"
+    table_file = table_path(table_name)
+    published = load_table(table_file) if args.table or args.plot else None
+    specs = _specs(args, rule, warmup, published)  # validates before the slow part
     for option in ("json", "csv", "plot"):
         check_output(getattr(args, option), f"--{option}")
     if args.plot is not None:
@@ -305,12 +312,9 @@ def run(args: argparse.Namespace) -> int:
     print(format_results(results))
     table = None
     plot_table = None
-    name = args.table or "cityscapes"
-    if args.table or args.plot:
-        path = table_path(name)
-        rows = load_table(path)
+    if published is not None:
         camvid = camvid_miou(progress=not args.no_progress) if args.camvid and not interrupted else None
-        doc = table_document(name, path, rows, results, environment, camvid)
+        doc = table_document(table_name, table_file, published, results, environment, camvid)
         if args.table:
             table = doc
             print()

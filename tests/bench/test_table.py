@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from rtseg.bench.table import COLUMNS, implemented, load_table, table_path
 from rtseg.errors import ConfigError
+
+REPO = Path(__file__).resolve().parent.parent.parent
 
 # The seed table of issue 6: model, year, mIoU %, FPS, ms.
 SEED = [
@@ -41,6 +46,34 @@ MODERN = [
 @pytest.fixture(scope="module")
 def rows():
     return load_table(table_path("cityscapes"))
+
+
+def test_an_installed_rtseg_reads_the_table_it_ships(tmp_path: Path) -> None:
+    """The table was read from the checkout's bench/ folder, which a wheel does not carry: an
+    installed rtseg could not run --table or --plot. setup.py's build (what a wheel packs) has it."""
+    build = tmp_path / "lib"
+    subprocess.run(
+        [sys.executable, "setup.py", "-q", "build_py", "--build-lib", str(build)],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+    )
+    code = (
+        "import rtseg; from rtseg.bench.table import load_table, table_path; "
+        "print(rtseg.__file__); print(len(load_table(table_path('cityscapes'))))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(build)},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    where, count = done.stdout.split()
+    assert Path(where).is_relative_to(build)  # the built copy, not this checkout
+    assert int(count) == len(SEED) + len(MODERN)
 
 
 def test_seed_rows_exactly(rows) -> None:

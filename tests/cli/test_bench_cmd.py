@@ -177,6 +177,21 @@ def test_unwritable_outputs_are_refused_before_measuring(
     assert len(captured.err.strip().splitlines()) == 1
 
 
+def test_a_missing_published_table_is_refused_before_measuring(tmp_path: Path, capsys, monkeypatch) -> None:
+    """--plot read the table only after measuring: with it missing (an installed rtseg did not
+    ship it) every result was lost, --json included."""
+    from rtseg.bench import table
+
+    missing = tmp_path / "nosuch.csv"
+    monkeypatch.setitem(table.TABLES, "cityscapes", missing)
+    out, plot = tmp_path / "r.json", tmp_path / "p.png"
+    argv = ["bench", *TINY, "--in-process", "--engine-only", "--json", str(out), "--plot", str(plot)]
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""  # nothing was measured
+    assert captured.err == f"rtseg bench: error: published table {missing} not found\n"
+
+
 def test_a_source_that_does_not_open_is_refused_before_any_engine_is_built(tmp_path: Path, capsys) -> None:
     missing = tmp_path / "nosuch.mp4"
     assert main(["bench", *TINY, "--in-process", "--source", str(missing)]) == 2
