@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TypeVar
+
+# Python 3.11+: exceptions have add_note() and tracebacks print their __notes__. rtseg supports
+# 3.10 too, where neither holds (add_note raised AttributeError and hid the real error).
+NATIVE_NOTES = hasattr(BaseException, "add_note")
+
+_E = TypeVar("_E", bound=BaseException)
+
 
 class RtsegError(Exception):
     """Base class for every error rtseg raises on purpose."""
@@ -49,3 +57,24 @@ class ProtocolError(RtsegError):
 
 class StreamTimeout(RtsegError, TimeoutError):
     """A network peer did not answer within the configured time."""
+
+
+def add_note(exc: _E, note: str) -> _E:
+    """``exc.add_note(note)``; on Python 3.10 the note is appended to ``exc.__notes__`` as 3.11
+    would (the ``rtseg`` command prints the notes there, since 3.10's tracebacks do not)."""
+    native = getattr(exc, "add_note", None) if NATIVE_NOTES else None
+    if native is not None:
+        native(note)
+        return exc
+    notes = getattr(exc, "__notes__", None)
+    if not isinstance(notes, list):
+        notes = []
+        setattr(exc, "__notes__", notes)  # noqa: B010 (typeshed has no __notes__ before 3.11)
+    notes.append(note)
+    return exc
+
+
+def notes_of(exc: BaseException) -> list[str]:
+    """The notes added to ``exc`` (none when it has none)."""
+    notes = getattr(exc, "__notes__", None)
+    return [str(n) for n in notes] if isinstance(notes, list) else []

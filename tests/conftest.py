@@ -72,3 +72,21 @@ def espnet_camvid_weights(data_root: Path) -> Path:
     if not path.is_file():
         pytest.skip(f"ESPNet CamVid checkpoint not found at {path}")
     return path
+
+
+@pytest.fixture
+def python310(monkeypatch: pytest.MonkeyPatch) -> Callable[[type[BaseException]], None]:
+    """Exceptions as on Python 3.10 (rtseg supports it): rtseg.errors takes it that there is no
+    add_note; the returned function takes add_note away from an exception class (a subclass of
+    a built-in one: those cannot be changed) so that code calling it fails as on 3.10."""
+    import rtseg.errors
+
+    monkeypatch.setattr(rtseg.errors, "NATIVE_NOTES", False, raising=False)
+
+    def missing(self: BaseException) -> None:
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute 'add_note'")
+
+    def without_add_note(cls: type[BaseException]) -> None:
+        monkeypatch.setattr(cls, "add_note", property(missing), raising=False)
+
+    return without_add_note

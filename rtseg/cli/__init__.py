@@ -7,8 +7,9 @@ import importlib
 import logging
 import sys
 
+from .. import errors
 from .._version import __version__
-from ..errors import RtsegError
+from ..errors import RtsegError, notes_of
 
 # sub-command name -> module in rtseg.cli (each defines `register(subparsers)`)
 COMMANDS = {
@@ -69,8 +70,14 @@ def _main(argv: list[str] | None) -> int:
     try:
         return int(args.func(args) or 0)
     except RtsegError as exc:
-        print(f"rtseg {args.command}: error: {exc}", file=sys.stderr)
+        # Notes say what else went wrong (calibration: a list edited since its id was recorded)
+        print(f"rtseg {args.command}: error: {'; '.join([str(exc), *notes_of(exc)])}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"rtseg {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        if not errors.NATIVE_NOTES:  # 3.10's traceback leaves them out (the async scheduler's keyframe)
+            for note in notes_of(exc):
+                print(f"rtseg {args.command}: note: {note}", file=sys.stderr)
+        raise

@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 
 from ..atomic import atomic_write_bytes, atomic_write_text
-from ..errors import ConfigError, DatasetError
+from ..errors import ConfigError, DatasetError, add_note
 from .base import Engine
 from .cache import CacheUnwritableError
 
@@ -151,7 +151,7 @@ class CalibrationList:
             if self.recorded_id is None:
                 raise
             if self.recorded_names != self.names_digest:
-                exc.add_note(f"the list's entries changed since it recorded its id {self.recorded_id}")
+                add_note(exc, f"the list's entries changed since it recorded its id {self.recorded_id}")
                 raise
             log.info(
                 "calibration list %s: files missing; using the id it recorded, %s",

@@ -19,6 +19,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from ..engine.base import Engine, Features
+from ..errors import add_note
 from ..models.base import StageSpec
 from ..result import SegResult
 from .base import ScheduleStats, _host_image, _ms
@@ -66,11 +67,11 @@ class AsyncAdaptive(Adaptive):
 
     def _annotated(self, failure: BaseException) -> BaseException:
         """The worker's exception, saying which keyframe's deep run it ended (it surfaces frames later)."""
-        failure.add_note(
+        return add_note(
+            failure,
             f"rtseg async scheduler: the deep stage of keyframe {self._pending_step} (frame "
-            f"{self._pending_step} of this stream) failed on the worker thread"
+            f"{self._pending_step} of this stream) failed on the worker thread",
         )
-        return failure
 
     def _wait_pending(self) -> None:
         """Wait for a deep job in flight. Its failure, which no frame collected, is raised (as

@@ -244,6 +244,19 @@ def test_a_committed_list_without_its_images_keeps_the_id_it_recorded(tmp_path: 
     assert CalibrationList.load(calib.save(tmp_path / "list.txt")).id != calib.id
 
 
+def test_an_edited_list_without_its_images_says_so_on_python_3_10(tmp_path: Path, python310) -> None:
+    """exc.add_note() does not exist before 3.11: the edited list's missing image surfaced as an
+    AttributeError instead of this DatasetError."""
+    python310(DatasetError)
+    _write_images(tmp_path / "imgs", 3)
+    list_path = CalibrationList.from_images(tmp_path / "imgs", 3).save(tmp_path / "list.txt")
+    shutil.rmtree(tmp_path / "imgs")
+    list_path.write_text(list_path.read_text().replace("f02.png", "f01.png"))
+    with pytest.raises(DatasetError, match=r"cannot read calibration image") as info:
+        _ = CalibrationList.load(list_path).id
+    assert any("entries changed since it recorded its id" in note for note in info.value.__notes__)
+
+
 def test_an_absolute_source_line_still_loads(tmp_path: Path) -> None:
     _write_images(tmp_path / "imgs", 2)
     path = tmp_path / "lists" / "old.txt"

@@ -96,11 +96,16 @@ def test_usable_again_after_close(engine, drive) -> None:
     assert results[0].is_keyframe and sum(r.is_keyframe for r in results) >= 2
 
 
+class DeepFailure(RuntimeError):
+    pass
+
+
 class FailingDeep:
     """The engine with a deep stage that fails on the worker thread (inline first frames succeed)."""
 
-    def __init__(self, engine) -> None:
+    def __init__(self, engine, error: type[Exception] = RuntimeError) -> None:
         self._engine = engine
+        self.error = error
         self.failed = threading.Event()
 
     def __getattr__(self, name: str):
@@ -109,7 +114,7 @@ class FailingDeep:
     def run_deep(self, low):
         if threading.current_thread() is not threading.main_thread():
             self.failed.set()
-            raise RuntimeError("deep stage blew up")
+            raise self.error("deep stage blew up")
         return self._engine.run_deep(low)
 
 
@@ -140,6 +145,20 @@ def test_a_worker_failure_is_raised_once_with_context_and_a_new_keyframe_follows
         r = s.step(engine, 255 - drive[0])
         assert r.is_keyframe and r.deep_age == 2  # the frame that raised is not counted
         assert s.stats.frames == 3 and s.stats.keyframes == 3
+    finally:
+        s.close()
+
+
+def test_a_worker_failure_is_raised_with_its_context_on_python_3_10(engine, drive, python310) -> None:
+    """exc.add_note() does not exist before 3.11: the worker's error surfaced as an AttributeError."""
+    python310(DeepFailure)
+    failing = FailingDeep(engine, DeepFailure)
+    s = AsyncAdaptive(0.05, max_interval=100)
+    try:
+        _fail_one_keyframe(s, failing, drive)
+        with pytest.raises(DeepFailure, match="deep stage blew up") as info:
+            s.step(failing, 255 - drive[0])
+        assert any("keyframe 1" in note and "worker" in note for note in info.value.__notes__)
     finally:
         s.close()
 
