@@ -19,7 +19,9 @@ setup(
     package_data={"rtseg": ["assets/*.pt", "assets/*.json", "bench/*.csv"]},
     install_requires=[
         # CPU machines: install torch==2.13.0 (CPU build) first; GPU machines: a CUDA build.
-        "torch>=2.4",
+        # 2.5 is the first whose torch.onnx.export takes external_data (rtseg's dynamo export
+        # passes it); 2.4's dynamo=True also ignored input_names, output_names and opset_version.
+        "torch>=2.5",
         "numpy>=1.24",
         # Headless OpenCV works on servers without X/GL libraries and on desktops for files,
         # cameras and streams; display:// windows need the GUI build (see README).
