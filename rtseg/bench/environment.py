@@ -11,6 +11,7 @@ import datetime as _dt
 import importlib.metadata
 import os
 import platform
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,9 @@ from typing import Any
 from .._version import __version__
 from ..hardware import cpu_cores, cpu_flags, cpu_model, gpus
 
-_REPO = Path(__file__).resolve().parent.parent.parent
+# The folder that holds the rtseg package: its source checkout, or site-packages once installed.
+_PACKAGE_PARENT = Path(__file__).resolve().parent.parent.parent
+_SETUP_NAME = re.compile(r"""name\s*=\s*["']rtseg["']""")
 # (name in the report, distribution names to look for, first found wins)
 _LIBRARIES = (
     ("torch", ("torch",)),
@@ -63,8 +66,24 @@ def library_versions() -> dict[str, str | None]:
     return versions
 
 
-def git_state(repo: Path = _REPO) -> dict[str, Any]:
-    """The checkout's commit and whether tracked files differ from it (None outside a git checkout)."""
+def source_checkout(root: Path = _PACKAGE_PARENT) -> bool:
+    """Whether ``root`` is rtseg's source tree (its setup.py and the rtseg package), as when rtseg
+    runs from a checkout; an installed rtseg's parent is site-packages."""
+    setup = root / "setup.py"
+    try:
+        text = setup.read_text(encoding="utf-8") if setup.is_file() else ""
+    except (OSError, UnicodeDecodeError):
+        return False
+    return bool(_SETUP_NAME.search(text)) and (root / "rtseg" / "__init__.py").is_file()
+
+
+def git_state(repo: Path = _PACKAGE_PARENT) -> dict[str, Any]:
+    """The commit of rtseg's checkout and whether tracked files differ from it; None unless
+    ``repo`` is rtseg's source tree and the top of its git work tree. (An installed rtseg lies in
+    a venv, often inside the user's own repository: git found that one and recorded its commit.)"""
+    none = {"commit": None, "dirty": None}
+    if not source_checkout(repo):
+        return none
 
     def git(*args: str) -> str | None:
         try:
@@ -75,9 +94,12 @@ def git_state(repo: Path = _REPO) -> dict[str, Any]:
             return None
         return done.stdout.strip() if done.returncode == 0 else None
 
+    top = git("rev-parse", "--show-toplevel")
+    if top is None or Path(top).resolve() != repo.resolve():
+        return none
     commit = git("rev-parse", "HEAD")
     if commit is None:
-        return {"commit": None, "dirty": None}
+        return none
     status = git("status", "--porcelain", "--untracked-files=no")
     return {"commit": commit, "dirty": None if status is None else bool(status)}
 
