@@ -348,7 +348,10 @@ def main(argv: list[str] | None = None) -> int:
     cases = cases_for(args.models, args.size)
     if args.calibration_num is not None:
         cases = [replace(c, calibration_num=args.calibration_num) for c in cases]
-    images = args.calibration_images or data_root() / "camvid" / "train"
+    try:
+        images = args.calibration_images or data_root() / "camvid" / "train"
+    except ConfigError as exc:
+        raise SystemExit(f"calibration images: {exc}; or pass --calibration-images DIR") from None
     if not images.is_dir():
         raise SystemExit(f"calibration images: {images} is not a folder (pass --calibration-images DIR)")
     env = fingerprint()

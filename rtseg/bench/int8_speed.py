@@ -34,7 +34,7 @@ from ..engine.onnx_export import STAGES, ensure_onnx, graph_io
 from ..engine.openvino_backend import HINTS, _ov
 from ..engine.ort_backend import _ort, session_options
 from ..engine.quantize import SCHEMES, quantize_graph
-from ..errors import BackendUnavailableError
+from ..errors import BackendUnavailableError, ConfigError
 from .engines import bench_network
 from .environment import fingerprint, hardware_line
 from .weights import data_root
@@ -231,7 +231,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
-    images = args.calibration_images or data_root() / "camvid" / "train"
+    try:
+        images = args.calibration_images or data_root() / "camvid" / "train"
+    except ConfigError as exc:
+        raise SystemExit(f"calibration images: {exc}; or pass --calibration-images DIR") from None
     if not images.is_dir():
         raise SystemExit(f"calibration images: {images} is not a folder (pass --calibration-images DIR)")
     env = fingerprint()

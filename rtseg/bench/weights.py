@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigError
+from .environment import source_checkout
 
 ENV_DATA = "RTSEG_DATA"
 _REPO = Path(__file__).resolve().parent.parent.parent
@@ -41,9 +42,24 @@ REAL_WEIGHTS: tuple[KnownWeights, ...] = (
 )
 
 
+def default_data_root() -> Path | None:
+    """$RTSEG_DATA, else ../shared/data beside rtseg's source checkout; None for an installed
+    rtseg without $RTSEG_DATA (../shared/data beside site-packages is nobody's data folder)."""
+    env = os.environ.get(ENV_DATA)
+    if env:
+        return Path(env)
+    return _REPO.parent / "shared" / "data" if source_checkout(_REPO) else None
+
+
 def data_root() -> Path:
-    """$RTSEG_DATA, else ../shared/data next to the checkout."""
-    return Path(os.environ.get(ENV_DATA, _REPO.parent / "shared" / "data"))
+    """The data folder (``default_data_root``); a ConfigError saying to set $RTSEG_DATA when none."""
+    root = default_data_root()
+    if root is None:
+        raise ConfigError(
+            f"no data folder: set {ENV_DATA} to the folder with the weights and datasets (only a "
+            "source checkout of rtseg has a default, ../shared/data beside it)"
+        )
+    return root
 
 
 @dataclass(frozen=True)
@@ -80,7 +96,9 @@ def choose_weights(
         if not path.is_file():
             raise ConfigError(f"--weights {path}: no such file")
         return WeightsChoice(path, f"given: {path.name}")
-    root = data_root() if root is None else root
+    root = default_data_root() if root is None else root
+    if root is None:  # no data folder: random weights, which the result says
+        return WeightsChoice(None, RANDOM)
     for known in REAL_WEIGHTS:
         if known.model != model or (known.size is not None and known.size != size):
             continue
