@@ -316,7 +316,10 @@ def cases_for(models: Sequence[str] | None, size: tuple[int, int] | None) -> lis
 def main(argv: list[str] | None = None) -> int:
     from ..cli.common import parse_size
 
-    p = argparse.ArgumentParser(prog="python -m rtseg.bench.engines", description=__doc__.splitlines()[0])
+    # __doc__ is None under python -OO
+    p = argparse.ArgumentParser(
+        prog="python -m rtseg.bench.engines", description=(__doc__ or "").partition("\n")[0]
+    )
     p.add_argument(
         "--models",
         nargs="+",

@@ -219,7 +219,10 @@ def format_markdown(document: Mapping[str, Any]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     from ..cli.common import parse_size
 
-    p = argparse.ArgumentParser(prog="python -m rtseg.bench.int8_speed", description=__doc__.splitlines()[0])
+    # __doc__ is None under python -OO
+    p = argparse.ArgumentParser(
+        prog="python -m rtseg.bench.int8_speed", description=(__doc__ or "").partition("\n")[0]
+    )
     p.add_argument("--models", nargs="+", default=list(MODELS), metavar="NAME")
     p.add_argument("--size", type=parse_size, default=SIZE, help="input size WxH (default 1024x512)")
     p.add_argument("--runs", type=int, default=15, help="timed runs per session and stage (round robin)")

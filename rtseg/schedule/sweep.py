@@ -668,7 +668,10 @@ def source_frames(uri: str, engine: Engine, limit: int | None = None) -> Iterato
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m rtseg.schedule.sweep", description=__doc__.splitlines()[0])
+    # __doc__ is None under python -OO
+    p = argparse.ArgumentParser(
+        prog="python -m rtseg.schedule.sweep", description=(__doc__ or "").partition("\n")[0]
+    )
     frames = p.add_mutually_exclusive_group()
     frames.add_argument("--root", type=Path, help="CamVid folder: its --split in file order, with its labels")
     frames.add_argument(

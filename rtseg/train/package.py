@@ -65,7 +65,10 @@ def package(source: Path, target: Path, *, dataset: str, root: Path, splits: lis
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m rtseg.train.package", description=__doc__.splitlines()[0])
+    # __doc__ is None under python -OO
+    p = argparse.ArgumentParser(
+        prog="python -m rtseg.train.package", description=(__doc__ or "").partition("\n")[0]
+    )
     p.add_argument("source", type=Path)
     p.add_argument("target", type=Path)
     p.add_argument("--dataset", default="camvid")

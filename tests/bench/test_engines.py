@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -118,3 +123,31 @@ def test_bad_sizes_and_unknown_models_are_refused_before_any_work(
         main([*argv, "--calibration-images", str(tmp_path)])
     assert exc.value.code == 2 and message in capsys.readouterr().err
     assert done == []
+
+
+# The `python -m` tools whose --help used the module docstring's first line.
+TOOLS = ("rtseg.bench.engines", "rtseg.bench.int8_speed", "rtseg.schedule.sweep", "rtseg.train.package")
+
+
+def test_the_module_tools_give_help_under_python_OO(tmp_path: Path) -> None:
+    """python -OO strips docstrings: __doc__.splitlines() raised AttributeError on None."""
+    code = (
+        "import importlib\n"
+        f"for name in {TOOLS!r}:\n"
+        "    try:\n"
+        "        importlib.import_module(name).main(['--help'])\n"
+        "    except SystemExit as exc:\n"
+        "        assert exc.code == 0, (name, exc.code)\n"
+    )
+    repo = Path(__file__).resolve().parent.parent.parent
+    done = subprocess.run(
+        [sys.executable, "-OO", "-c", code],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(repo), "PYTHONDONTWRITEBYTECODE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("usage: python -m rtseg.") == len(TOOLS)
