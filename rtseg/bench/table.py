@@ -1,7 +1,7 @@
-"""The published Cityscapes quality/speed table (``rtseg/bench/cityscapes_table.csv``), read and validated.
+"""The published Cityscapes quality/speed table (``bench/cityscapes_table.csv``), read and validated.
 
-The CSV is package data (setup.py), so an installed rtseg has it; it is not looked up beside a
-checkout.
+``rtseg/bench/cityscapes_table.csv`` links to it and is package data (setup.py; a wheel holds the
+file itself), so an installed rtseg has the table; it is not looked up beside a checkout.
 
 Every number in the CSV comes from the source named on its row; an empty cell means the source
 does not publish it (or it could not be verified), never a guess. ``rtseg_model`` names the

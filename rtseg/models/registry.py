@@ -153,7 +153,7 @@ _MODELS: tuple[ModelSpec, ...] = (
         preprocessing=IMAGENET_RGB.with_input_size((1024, 512)),
         published=(
             # The 76.9 FPS usually quoted beside it is ICNet's tabulation, with no GPU stated for that
-            # timing: it is in rtseg/bench/cityscapes_table.csv with that caveat, not here.
+            # timing: it is in bench/cityscapes_table.csv with that caveat, not here.
             PublishedResult("cityscapes", "test", 58.3, (1024, 512), "ENet paper"),
             PublishedResult("camvid", "test", 51.3, (480, 360), "ENet paper, Table 4"),
         ),
@@ -253,7 +253,7 @@ _MODELS: tuple[ModelSpec, ...] = (
         default_config={"scale": 2.0},
         void_outputs=1,
         published=(
-            # The released checkpoint's numbers (those of rtseg/bench/cityscapes_table.csv), not the paper's
+            # The released checkpoint's numbers (those of bench/cityscapes_table.csv), not the paper's
             # own training run.
             PublishedResult("cityscapes", "val", 66.4, (1024, 512), "EdgeNets README, s=2.0"),
             PublishedResult("cityscapes", "test", 66.2, (1024, 512), "EdgeNets README, s=2.0"),
