@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import concurrent.futures as futures
 import threading
 import time
 
@@ -7,6 +8,14 @@ import numpy as np
 import pytest
 
 from rtseg.schedule import AsyncAdaptive, FlowWarp
+
+
+def _settle(s: AsyncAdaptive) -> None:
+    """Wait until the worker's job has completed (its deep stage returning is not yet the end:
+    a fixed sleep made the next step miss the result now and then on a busy machine)."""
+    pending = s._pending
+    if pending is not None:
+        futures.wait([pending], timeout=10.0)
 
 
 class GatedDeep:
@@ -47,7 +56,7 @@ def test_frames_never_wait_for_deep(engine, drive) -> None:
         assert not r3.is_keyframe and r3.deep_age == 3 and s.stats.deferred == 1
         gated.gate.set()
         assert gated.finished.wait(10.0)
-        time.sleep(0.05)  # let the future complete
+        _settle(s)
         r4 = s.step(gated, b)  # the worker finished: b's deep features are used from now on
         assert r4.deep_age == 2  # frame 4 uses frame 2's deep
         expected = engine.run_head(engine.run_low(b), engine.run_deep(engine.run_low(b)))[0]
@@ -127,7 +136,7 @@ def _fail_one_keyframe(s: AsyncAdaptive, failing: FailingDeep, drive) -> None:
     r = s.step(failing, 255 - drive[0])  # a cut: deep starts on the worker, which fails
     assert r.is_keyframe
     assert failing.failed.wait(10.0)
-    time.sleep(0.05)  # let the future record the failure
+    _settle(s)
 
 
 def test_a_worker_failure_is_raised_once_with_context_and_a_new_keyframe_follows(engine, drive) -> None:
@@ -221,7 +230,7 @@ def test_a_keyframe_refilled_in_place_keeps_its_own_flow_reference(engine, drive
         s.step(gated, buffer)  # the caller reuses the buffer while the worker is busy
         gated.gate.set()
         assert gated.finished.wait(10.0)
-        time.sleep(0.05)
+        _settle(s)
         r = s.step(gated, buffer)  # collects the keyframe: the change is measured against it
         reference = FlowWarp()
         reference.set_keyframe(255 - drive[0])
