@@ -66,6 +66,7 @@ def settings() -> dict[str, Any]:
         "guard": GUARD,
         "check_feeds": CHECK_FEEDS,
         "concat_range_ratio": CONCAT_RANGE_RATIO,
+        "tensorrt_options": TENSORRT_OPTIONS,
     }
 
 
@@ -187,6 +188,10 @@ SCHEMES = (
     ),
 )
 TENSORRT_SCHEMES = (SCHEMES[2],)
+# quantize_static's extra options for the tensorrt flavour: zero points of 0, and biases left in
+# float (QuantizeBias False): ONNX Runtime's default stores them int32 behind a DequantizeLinear,
+# which TensorRT's ONNX parser refuses ("only activation types allowed as input to this layer").
+TENSORRT_OPTIONS = {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False}
 # Worst per-channel relative RMS error of a stage's float outputs (and label disagreement of its
 # uint8 outputs) allowed before a stage falls back to the next scheme, and finally to fp32.
 # Per channel, because one RMS over a whole output hides a few badly distorted channels under the
@@ -282,7 +287,7 @@ def quantize_graph(
         extra: dict[str, Any] = {}
     else:
         types = {"activation_type": q.QuantType.QInt8, "weight_type": q.QuantType.QInt8}
-        extra = {"ActivationSymmetric": True, "WeightSymmetric": True}
+        extra = dict(TENSORRT_OPTIONS)
     every_op = tuple(dict.fromkeys(op for scheme in (*SCHEMES, *schemes) for op in scheme.op_types))
 
     def build(scheme: Scheme, reader: Any, out: Path, exclude: list[str], cache: Path) -> None:

@@ -38,6 +38,7 @@ from rtseg.engine.quantize import (
     int8_key,
     output_error,
     quantize_graph,
+    settings,
 )
 from rtseg.errors import ConfigError, EngineBuildError
 from rtseg.models import StagedSegmenter, get_model
@@ -220,11 +221,16 @@ def test_tensorrt_flavour_is_symmetric_and_reuses_the_ranges(
         for node in graph.node:
             if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
                 zero = numpy_helper.to_array(inits[node.input[2]])
-                # int8 activations and weights (int32 for biases), every zero point 0
-                allowed = (np.int8,) if node.op_type == "QuantizeLinear" else (np.int8, np.int32)
-                assert zero.dtype in allowed and not zero.any(), f"{stage}.{node.name}: zero point {zero}"
+                # int8 activations and weights, every zero point 0; no int32 bias behind a
+                # DequantizeLinear (TensorRT's parser takes only activation types there)
+                assert zero.dtype == np.int8 and not zero.any(), f"{stage}.{node.name}: zero point {zero}"
+                if node.op_type == "DequantizeLinear" and node.input[0] in inits:
+                    x = numpy_helper.to_array(inits[node.input[0]])
+                    assert x.dtype == np.int8, f"{stage}.{node.name}: dequantizes {x.dtype}"
                 quantised += node.op_type == "QuantizeLinear"
     assert quantised, "nothing was quantised for TensorRT"
+    # in the settings digested into the int8 key: graphs cached with int32 biases are rebuilt
+    assert settings()["tensorrt_options"]["QuantizeBias"] is False
 
 
 def test_int8_without_calibration_or_a_cached_build_says_what_to_run(tmp_path: Path) -> None:
