@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from ..data.labels import ClassSet
+from ..engine.base import default_device
 from ..errors import BackendUnavailableError, CheckpointError, ConfigError, RtsegError
 from ..metrics import ConfusionMatrix
 from ..models import get_model
@@ -81,7 +82,7 @@ class BenchConfig:
     scheduler: str = "every"
     source: str = DEFAULT_SOURCE
     weights: str | None = None  # an explicit checkpoint; None: real weights if the data folder has them
-    device: str = "cpu"
+    device: str | None = None  # None: engine.base.default_device for the backend
     threads: int | None = None  # torch intra-op threads; None: leave the process setting alone
     warmup: int = 5
     rule: StopRule = field(default_factory=StopRule)
@@ -93,6 +94,8 @@ class BenchConfig:
     reference_in: str | None = None  # score this run's labels against these
 
     def __post_init__(self) -> None:
+        if self.device is None:  # recorded as the device the engine is loaded on
+            object.__setattr__(self, "device", default_device(self.backend))
         if self.scheduler not in SCHEDULERS:
             raise ConfigError(f"BenchConfig.scheduler must be one of {SCHEDULERS}, got {self.scheduler!r}")
         if self.warmup < 0:

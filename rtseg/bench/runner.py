@@ -37,7 +37,7 @@ class SweepSpec:
     weights: str | None = None
     warmup: int = 5
     rule: StopRule = field(default_factory=StopRule)
-    device: str = "cpu"
+    device: str | None = None  # None: each backend's default (BenchConfig)
     threads: int | None = None
     encode: str = "jpeg"
     engine: bool = True

@@ -128,7 +128,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=0.025,
         help="stop when the median's 95%% CI half-width is within this fraction (default 0.025)",
     )
-    m.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
+    m.add_argument(
+        "--device", default=None, help="cpu or cuda[:N] (default: cuda for tensorrt and torch2trt, else cpu)"
+    )
     m.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: physical cores)")
     m.add_argument(
         "--encode",

@@ -167,6 +167,13 @@ def write_output(path: Path, option: str, write: Callable[[Path], object]) -> No
         raise ConfigError(f"{option}: cannot write {path}: {exc.strerror or exc}") from None
 
 
+# --device, as every command that loads an engine takes it: unset, rtseg.engine.load picks the
+# backend's own default (engine.base.default_device).
+DEVICE_HELP = (
+    "cpu, cuda[:N] or gpu (OpenVINO's Intel GPU); default: cuda for tensorrt and torch2trt, else cpu"
+)
+
+
 def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",

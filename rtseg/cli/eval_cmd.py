@@ -12,7 +12,15 @@ from ..atomic import atomic_write_text
 from ..data.datasets import cityscapes, open_dataset
 from ..errors import ConfigError
 from ..evaluate import evaluate, fit_classes
-from .common import add_model_args, check_output, load_model, output_file, parse_size, write_output
+from .common import (
+    DEVICE_HELP,
+    add_model_args,
+    check_output,
+    load_model,
+    output_file,
+    parse_size,
+    write_output,
+)
 from .run_cmd import add_scheduler_args, given_options, scheduler_from_args
 
 log = logging.getLogger(__name__)
@@ -74,7 +82,7 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
         default="fp32",
         help="int8 uses the calibration from `rtseg calibrate` (see --calibration)",
     )
-    p.add_argument("--device", default="cpu", help="cpu, cuda[:N] or gpu (OpenVINO's Intel GPU)")
+    p.add_argument("--device", default=None, help=DEVICE_HELP)
     p.add_argument(
         "--calibration",
         type=Path,

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError
-from .common import add_model_args, load_model, parse_size
+from .common import DEVICE_HELP, add_model_args, load_model, parse_size
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -34,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--backend", choices=[b for b in BACKENDS if b != "torch"], default="onnxruntime")
     p.add_argument("--precision", choices=["fp32", "fp16", "bf16", "int8"], default="fp32")
-    p.add_argument("--device", default="cpu", help="cpu, cuda[:N] or gpu (OpenVINO's Intel GPU)")
+    p.add_argument("--device", default=None, help=DEVICE_HELP)
     p.add_argument(
         "--calibration",
         type=Path,

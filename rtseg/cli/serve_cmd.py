@@ -14,7 +14,15 @@ from ..stream.curve import check_server_keys
 from ..stream.endpoint import check_endpoint
 from ..stream.protocol import DEFAULT_MAX_PIXELS, MAX_HEADER_BYTES
 from ..stream.server import DEFAULT_INTERVAL, DEFAULT_SERVER_ENDPOINT, MIN_MAX_BYTES, Server, ServerLimits
-from .common import add_model_args, load_model, parse_size, positive_float, positive_int, ranged
+from .common import (
+    DEVICE_HELP,
+    add_model_args,
+    load_model,
+    parse_size,
+    positive_float,
+    positive_int,
+    ranged,
+)
 from .console import Terminated, stop_while_starting
 
 SERVER_SCHEDULERS = ("every", "clockwork", "adaptive")
@@ -52,7 +60,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--backend", choices=list(BACKENDS), default=BACKENDS[0])
     p.add_argument("--precision", default="fp32")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default=None, help=DEVICE_HELP)
     p.add_argument(
         "--size",
         type=parse_size,

@@ -19,7 +19,7 @@ from typing import Any
 from ..errors import ConfigError, EngineClosedError
 from ..models import StagedSegmenter, get_model
 from ..models.checkpoint import SUBNORMAL_REASON, without_subnormal_weights
-from .base import BACKEND_OPTIONS, Engine, EngineInfo
+from .base import BACKEND_OPTIONS, Engine, EngineInfo, default_device
 from .cache import ArtifactCache, default_engine_dir, weights_hash
 from .calibration import CalibrationList
 from .torch_backend import TorchEngine
@@ -72,7 +72,7 @@ def load(
     backend: str = "auto",
     precision: str = "fp32",
     input_size: tuple[int, int] | None = None,
-    device: str = "cpu",
+    device: str | None = None,
     engine_dir: str | os.PathLike[str] | None = None,
     calibration: str | os.PathLike[str] | CalibrationList | None = None,
     **options: Any,
@@ -80,7 +80,8 @@ def load(
     """Build (or fetch from the engine cache) an engine for ``model`` with ``weights``.
 
     ``model`` is a registry name or an already-built network (its ``.meta`` says what it is).
-    ``input_size`` (w, h) defaults to the size the weights were trained at. ``engine_dir``
+    ``input_size`` (w, h) defaults to the size the weights were trained at. ``device`` defaults to
+    'cuda' for tensorrt and torch2trt (they run nowhere else), otherwise 'cpu'. ``engine_dir``
     defaults to $RTSEG_ENGINE_DIR, the checkout's engines/ or ~/.cache/rtseg/engines.
     ``calibration`` (int8 only) is a list written by ``rtseg calibrate``; without it, the one
     int8 build already in the cache for this model, weights and size is used. Other keyword
@@ -89,6 +90,8 @@ def load(
     """
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if device is None:
+        device = default_device(backend)
     check_device(device)
     threads = options.get("threads")
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads <= 0):
@@ -249,6 +252,7 @@ __all__ = [
     "EngineInfo",
     "TorchEngine",
     "check_input_size",
+    "default_device",
     "default_engine_dir",
     "load",
     "load_backend",

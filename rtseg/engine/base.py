@@ -26,6 +26,16 @@ def cuda_device_index(device: str) -> int | None:
     return int(match.group(1) or 0) if match else None
 
 
+# Backends that run only on an NVIDIA GPU: a device left unset means the first CUDA device there.
+CUDA_ONLY = ("tensorrt", "torch2trt")
+
+
+def default_device(backend: str) -> str:
+    """The device an unset ``device`` means for ``backend``: 'cuda' for TensorRT and torch2trt,
+    which run nowhere else, 'cpu' for the rest (auto included)."""
+    return "cuda" if backend in CUDA_ONLY else "cpu"
+
+
 # The keyword options each backend's loader takes: load() refuses others and auto
 # gives each candidate only its own (``exporter``
 # means nothing to torch, ``channels_last`` nothing to ONNX Runtime).

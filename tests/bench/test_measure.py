@@ -110,6 +110,13 @@ def test_config_round_trip_and_validation() -> None:
         _cfg(engine=False, pipeline=False)
 
 
+def test_an_unset_device_is_the_backends_default_and_recorded_as_such() -> None:
+    assert _cfg().device == "cpu" and _cfg(backend="auto").device == "cpu"
+    assert _cfg(backend="tensorrt").device == "cuda" and _cfg(backend="torch2trt").device == "cuda"
+    assert _cfg(backend="tensorrt", device="cuda:1").device == "cuda:1"
+    assert BenchConfig.from_dict(_cfg(backend="tensorrt").to_dict()).device == "cuda"
+
+
 def test_threads_are_given_to_onnxruntime_and_recorded_as_it_ran(monkeypatch: pytest.MonkeyPatch) -> None:
     """--threads 1 left ONNX Runtime on its own count while the row said 1; without --threads
     the row gave torch's count, not the engine's."""

@@ -67,3 +67,13 @@ def test_weights_alone_name_the_model_of_a_resaved_release(
     state = torch.load(espnet_camvid_weights, map_location="cpu", weights_only=True)
     torch.save({f"module.{k}": v for k, v in state.items()}, copy := tmp_path / "copy.pth")
     assert model_name_for(copy) == "espnet"
+
+
+@pytest.mark.parametrize(
+    "argv", [["export"], ["eval", "--dataset", "camvid", "--root", "x"], ["serve"], ["bench"]]
+)
+def test_an_unset_device_is_left_to_the_backend(argv: list[str]) -> None:
+    """Not 'cpu': rtseg.engine.load gives tensorrt and torch2trt 'cuda', the rest 'cpu'."""
+    from rtseg.cli import build_parser
+
+    assert build_parser().parse_args(argv).device is None

@@ -8,6 +8,7 @@ import json
 import re
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -112,6 +113,20 @@ def test_tensorrt_export_here_is_a_one_line_error(weights: Path, tmp_path: Path)
     assert lines[0].startswith("rtseg export: error: the tensorrt backend needs TensorRT: pip install ")
     assert done.stdout == ""
     assert not engines.exists()  # nothing exported for a backend that cannot run
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
+def test_tensorrt_export_without_device_means_cuda(
+    weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """README's `rtseg export --backend tensorrt` gives no --device: that is the GPU (missing here),
+    not the 'cpu' TensorRT refuses."""
+    tensorrt = types.ModuleType("tensorrt")
+    tensorrt.__version__ = "10.3.0"  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "tensorrt", tensorrt)
+    assert _export(weights, tmp_path / "engines", "--backend", "tensorrt", "--precision", "fp16") == 2
+    err = capsys.readouterr().err
+    assert "needs an NVIDIA GPU" in err and "'cpu'" not in err
 
 
 def test_int8_mode_applies_to_tensorrt_only(

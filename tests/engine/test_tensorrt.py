@@ -156,6 +156,30 @@ def test_an_absent_tensorrt_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
         _trt()
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
+def test_tensorrt_without_a_device_means_cuda_and_an_explicit_cpu_is_refused(
+    monkeypatch: pytest.MonkeyPatch, net: StagedSegmenter, tmp_path: Path
+) -> None:
+    """TensorRT runs only on CUDA: an unset device is 'cuda' (here: no GPU, said as such), never
+    'cpu', which the user did not give; a device='cpu' they did give is still refused."""
+    _fake_tensorrt(monkeypatch, "10.3.0")
+    with pytest.raises(BackendUnavailableError, match="needs an NVIDIA GPU"):
+        load(net, backend="tensorrt", input_size=SIZE, engine_dir=tmp_path)
+    with pytest.raises(ConfigError, match=r"runs on 'cuda' or 'cuda:N', got device 'cpu'"):
+        load(net, backend="tensorrt", device="cpu", input_size=SIZE, engine_dir=tmp_path)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
+def test_torch2trt_without_a_device_means_cuda_and_an_explicit_cpu_is_refused(
+    monkeypatch: pytest.MonkeyPatch, net: StagedSegmenter, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(t2t, "_torch2trt", lambda: lambda module, inputs, **options: module)
+    with pytest.raises(BackendUnavailableError, match="torch2trt backend needs an NVIDIA GPU"):
+        load(net, backend="torch2trt", input_size=SIZE, engine_dir=tmp_path)
+    with pytest.raises(ConfigError, match=r"runs on 'cuda' or 'cuda:N', got device 'cpu'"):
+        load(net, backend="torch2trt", device="cpu", input_size=SIZE, engine_dir=tmp_path)
+
+
 def _source(**changes: object) -> ArtifactKey:
     base: dict = dict(
         model="espnet",
