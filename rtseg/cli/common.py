@@ -174,6 +174,25 @@ DEVICE_HELP = (
 )
 
 
+def add_engine_place_args(parser: argparse.ArgumentParser) -> None:
+    """--device, --calibration and --engine-dir: where an engine runs and what it is built from, as
+    every command that loads one (eval, export, run, serve) takes them for rtseg.engine.load."""
+    parser.add_argument("--device", default=None, help=DEVICE_HELP)
+    parser.add_argument(
+        "--calibration",
+        type=Path,
+        default=None,
+        help="int8: calibration list written by `rtseg calibrate` "
+        "(default: the one int8 build in the engine cache)",
+    )
+    parser.add_argument(
+        "--engine-dir",
+        type=Path,
+        default=None,
+        help="engine cache (default: $RTSEG_ENGINE_DIR, the checkout's engines/ or ~/.cache/rtseg/engines)",
+    )
+
+
 def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",

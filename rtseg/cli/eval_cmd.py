@@ -13,7 +13,7 @@ from ..data.datasets import cityscapes, open_dataset
 from ..errors import ConfigError
 from ..evaluate import evaluate, fit_classes
 from .common import (
-    DEVICE_HELP,
+    add_engine_place_args,
     add_model_args,
     check_output,
     load_model,
@@ -82,20 +82,7 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
         default="fp32",
         help="int8 uses the calibration from `rtseg calibrate` (see --calibration)",
     )
-    p.add_argument("--device", default=None, help=DEVICE_HELP)
-    p.add_argument(
-        "--calibration",
-        type=Path,
-        default=None,
-        help="int8: calibration list written by `rtseg calibrate` "
-        "(default: the one int8 build in the engine cache)",
-    )
-    p.add_argument(
-        "--engine-dir",
-        type=Path,
-        default=None,
-        help="engine cache (default: $RTSEG_ENGINE_DIR, the checkout's engines/ or ~/.cache/rtseg/engines)",
-    )
+    add_engine_place_args(p)
 
 
 def load_engine_from_args(args: argparse.Namespace, model, size: tuple[int, int]):

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError
-from .common import DEVICE_HELP, add_model_args, load_model, parse_size
+from .common import add_engine_place_args, add_model_args, load_model, parse_size
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -34,13 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--backend", choices=[b for b in BACKENDS if b != "torch"], default="onnxruntime")
     p.add_argument("--precision", choices=["fp32", "fp16", "bf16", "int8"], default="fp32")
-    p.add_argument("--device", default=None, help=DEVICE_HELP)
-    p.add_argument(
-        "--calibration",
-        type=Path,
-        default=None,
-        help="int8: calibration list from `rtseg calibrate` (default: the one int8 build cached)",
-    )
+    add_engine_place_args(p)
     p.add_argument(
         "--int8-mode",
         choices=["qdq", "calibrator"],
@@ -53,7 +47,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="auto",
         help="ONNX exporter (auto: TorchScript, falling back to dynamo where it fails)",
     )
-    p.add_argument("--engine-dir", type=Path, default=None, help="engine cache folder")
     p.add_argument(
         "--verify",
         action="store_true",

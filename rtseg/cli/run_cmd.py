@@ -30,6 +30,7 @@ from ..source import Source, is_live_uri, open_source, redacted
 from .common import (
     CtrlC,
     Terminated,
+    add_engine_place_args,
     add_model_args,
     check_output,
     output_file,
@@ -58,6 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--backend", default="auto", help="inference backend (default: auto)")
     p.add_argument("--precision", default="fp32")
     p.add_argument("--size", type=parse_size, default=None, help="engine input WxH (default: the weights')")
+    add_engine_place_args(p)
     add_scheduler_args(p, default="adaptive")
     s = p.add_argument_group("source")
     s.add_argument(
@@ -356,6 +358,9 @@ def _run(
             backend=args.backend,
             input_size=args.size,
             precision=args.precision,
+            device=args.device,
+            calibration=args.calibration,
+            engine_dir=args.engine_dir,
         )
         engine.warmup(1)
         seg = Segmenter(engine=engine, scheduler=scheduler)

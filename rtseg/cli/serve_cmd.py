@@ -15,7 +15,7 @@ from ..stream.endpoint import check_endpoint
 from ..stream.protocol import DEFAULT_MAX_PIXELS, MAX_HEADER_BYTES
 from ..stream.server import DEFAULT_INTERVAL, DEFAULT_SERVER_ENDPOINT, MIN_MAX_BYTES, Server, ServerLimits
 from .common import (
-    DEVICE_HELP,
+    add_engine_place_args,
     add_model_args,
     load_model,
     parse_size,
@@ -60,7 +60,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--backend", choices=list(BACKENDS), default=BACKENDS[0])
     p.add_argument("--precision", default="fp32")
-    p.add_argument("--device", default=None, help=DEVICE_HELP)
+    add_engine_place_args(p)
     p.add_argument(
         "--size",
         type=parse_size,
@@ -177,6 +177,8 @@ def run(args: argparse.Namespace) -> int:
                 precision=args.precision,
                 input_size=args.size,
                 device=args.device,
+                calibration=args.calibration,
+                engine_dir=args.engine_dir,
             )
             engine.warmup(2)
     except Terminated:

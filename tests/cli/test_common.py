@@ -70,7 +70,7 @@ def test_weights_alone_name_the_model_of_a_resaved_release(
 
 
 @pytest.mark.parametrize(
-    "argv", [["export"], ["eval", "--dataset", "camvid", "--root", "x"], ["serve"], ["bench"]]
+    "argv", [["export"], ["eval", "--dataset", "camvid", "--root", "x"], ["serve"], ["bench"], ["run"]]
 )
 def test_an_unset_device_is_left_to_the_backend(argv: list[str]) -> None:
     """Not 'cpu': rtseg.engine.load gives tensorrt and torch2trt 'cuda', the rest 'cpu'."""

@@ -6,6 +6,8 @@ import json
 import os
 import re
 import signal
+import sys
+import types
 from pathlib import Path
 
 import cv2
@@ -735,3 +737,36 @@ def test_an_unexpected_failure_mid_run_leaves_no_stale_report(
         main(["run", SOURCE, "null://", *_args(weights), "--json", str(report), "--quiet"])
     data = json.loads(report.read_text())
     assert data["complete"] is False and data["frames"] == 2 and data["error"] == "RuntimeError: a bug"
+
+
+def test_device_calibration_and_engine_dir_reach_the_engine(
+    weights: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """As eval and export take them: without --device, TensorRT (or any CUDA run) was out of reach."""
+    seen: dict = {}
+
+    def record(*args, **kwargs):
+        seen.update(kwargs)
+        raise run_cmd.ConfigError("recorded")
+
+    monkeypatch.setattr(run_cmd, "load_engine", record)
+    calibration = tmp_path / "list.txt"
+    argv = [*_args(weights), "--device", "cuda:1", "--calibration", str(calibration)]
+    rc = main(["run", SOURCE, "null://", *argv, "--engine-dir", str(tmp_path / "e"), "--quiet"])
+    assert rc == 2 and "recorded" in capsys.readouterr().err
+    assert seen["device"] == "cuda:1" and seen["calibration"] == calibration
+    assert seen["engine_dir"] == tmp_path / "e"
+    main(["run", SOURCE, "null://", *_args(weights), "--quiet"])
+    assert seen["device"] is None  # the backend's default: cuda for tensorrt, else cpu
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
+def test_tensorrt_without_device_runs_on_cuda(weights: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    """It failed with "got device 'cpu'", a device the user never gave; here no GPU is named."""
+    tensorrt = types.ModuleType("tensorrt")
+    tensorrt.__version__ = "10.3.0"  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "tensorrt", tensorrt)
+    argv = ["--weights", str(weights), "--size", "64x48", "--backend", "tensorrt"]
+    rc = main(["run", SOURCE, "null://", *argv, "--engine-dir", str(tmp_path), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "needs an NVIDIA GPU" in err and "'cpu'" not in err

@@ -12,6 +12,7 @@ import pytest
 import zmq
 
 from rtseg.cli import main, serve_cmd
+from rtseg.errors import ConfigError
 from rtseg.models import get_model, save_checkpoint
 from rtseg.stream import Client, Server, ServerLimits
 from rtseg.stream.protocol import MAX_HEADER_BYTES
@@ -177,3 +178,22 @@ def test_ctrl_c_stops_with_status_130(random_weights: Path, serve_process_args) 
             proc.wait(10)
     assert proc.returncode == 130, err
     assert "rtseg serve: stopped; 0 requests" in err
+
+
+def test_device_calibration_and_engine_dir_reach_the_engine(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """As eval, export and run take them (serve had --device only: no engine cache or int8 list)."""
+    seen: dict = {}
+
+    def load(model, **kwargs):  # type: ignore[no-untyped-def]
+        seen.update(kwargs)
+        raise ConfigError("recorded")
+
+    monkeypatch.setattr(serve_cmd, "load_model", lambda model, weights: None)
+    monkeypatch.setattr(serve_cmd, "load", load)
+    argv = ["serve", "--device", "cuda:1", "--calibration", str(tmp_path / "l.txt")]
+    assert main([*argv, "--engine-dir", str(tmp_path / "e")]) == 2
+    assert "recorded" in capsys.readouterr().err
+    assert seen["device"] == "cuda:1" and seen["calibration"] == tmp_path / "l.txt"
+    assert seen["engine_dir"] == tmp_path / "e"
