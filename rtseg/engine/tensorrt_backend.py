@@ -50,6 +50,7 @@ from .cache import ArtifactCache, ArtifactKey, CacheUnwritableError, digest, fil
 from .calibration import CalibrationList, EntropyCalibrator, default_calibration_dir, stage_feeds
 from .onnx_export import IMAGE, LABELS, LOGITS, STAGES, OnnxStages, check_image_input, ensure_onnx, graph_io
 from .onnx_rewrite import EXACT_MARK, for_tensorrt
+from .torch_backend import from_numpy
 
 log = logging.getLogger(__name__)
 
@@ -606,7 +607,7 @@ class TensorRTEngine(Engine):
         )
 
     def _device(self, value: Any) -> torch.Tensor:
-        tensor = torch.from_numpy(value) if isinstance(value, np.ndarray) else value
+        tensor = from_numpy(value) if isinstance(value, np.ndarray) else value
         return tensor.to(self.device, non_blocking=True)
 
     def _run(self, stage: str, feed: Mapping[str, Any], wanted: tuple[str, ...]) -> list[torch.Tensor]:

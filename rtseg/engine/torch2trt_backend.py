@@ -24,6 +24,7 @@ from .base import Array, Engine, EngineInfo, Features
 from .cache import ArtifactCache
 from .calibration import CalibrationList
 from .graphs import DeepGraph, LowGraph, head_low_inputs, labels_from, pick
+from .torch_backend import from_numpy
 
 INSTALL = (
     "torch2trt is not on PyPI: install TensorRT and a CUDA build of torch, then "
@@ -186,7 +187,7 @@ class Torch2TrtEngine(Engine):
     def run_low(self, image: Array) -> Features:
         self._check_open()
         self.check_image(image)
-        x = torch.from_numpy(image) if not isinstance(image, torch.Tensor) else image
+        x = from_numpy(image) if not isinstance(image, torch.Tensor) else image
         x = (x[None] if x.dim() == 3 else x).to(self.device).to(torch.float32)
         with torch.cuda.device(self.device):
             return dict(zip(self._low_names, as_tuple(self._low(x)), strict=True))

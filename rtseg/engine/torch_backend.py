@@ -14,17 +14,19 @@ from .base import Array, Engine, EngineInfo, Features, cuda_device_index
 from .graphs import DeepGraph, HeadGraph, LowGraph, head_low_inputs, pick
 
 
+def from_numpy(array: np.ndarray) -> torch.Tensor:
+    """``torch.from_numpy`` for any array a caller may pass (every backend takes these)."""
+    # A flipped view (image[..., ::-1]) has negative strides, which torch cannot wrap.
+    array = np.ascontiguousarray(array)
+    if not array.flags.writeable:
+        # A read-only frame (np.frombuffer, a memory map): torch wraps it only with a warning
+        # that writes would be undefined, and silencing that is process-wide state (threads).
+        array = array.copy()
+    return torch.from_numpy(array)
+
+
 def _as_batch(image: Array, device: torch.device) -> torch.Tensor:
-    if isinstance(image, np.ndarray):
-        # A flipped view (image[..., ::-1]) has negative strides, which torch cannot wrap.
-        image = np.ascontiguousarray(image)
-        if not image.flags.writeable:
-            # A read-only frame (np.frombuffer, a memory map): torch wraps it only with a warning
-            # that writes would be undefined, and silencing that is process-wide state (threads).
-            image = image.copy()
-        t = torch.from_numpy(image)
-    else:
-        t = image
+    t = from_numpy(image) if isinstance(image, np.ndarray) else image
     if t.dim() == 3:
         t = t.unsqueeze(0)
     return t.to(device, non_blocking=True)

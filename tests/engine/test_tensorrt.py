@@ -7,6 +7,7 @@ batching in test_calibration.py.)"""
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import importlib.util
 import logging
@@ -1186,3 +1187,29 @@ def test_a_torch2trt_from_before_tensorrt_10_is_named_as_such() -> None:
         "trt",
         {"fp16_mode": True},
     )
+
+
+def test_flipped_and_read_only_frames_are_taken_as_by_the_other_backends(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A negative-stride view (rgb[..., ::-1]) made torch.from_numpy raise ValueError in both
+    TensorRT backends; torch, ONNX Runtime and OpenVINO take it (here on CPU, for the wrapping)."""
+    rgb = np.random.default_rng(0).integers(0, 255, (SIZE[1], SIZE[0], 3), dtype=np.uint8)
+    bgr = rgb[..., ::-1]
+    frozen = np.ascontiguousarray(bgr)
+    frozen.flags.writeable = False
+    expected = torch.from_numpy(frozen.copy()[None])
+    engine = types.SimpleNamespace(device=torch.device("cpu"))
+    for image in (bgr, frozen):
+        assert torch.equal(tb.TensorRTEngine._device(engine, image[None]), expected)
+
+    seen: list[torch.Tensor] = []
+    t2t_engine = object.__new__(t2t.Torch2TrtEngine)
+    t2t_engine.info = types.SimpleNamespace(input_size=SIZE, backend="torch2trt")  # type: ignore[assignment]
+    t2t_engine.device = torch.device("cpu")
+    t2t_engine._low_names = ("x",)
+    t2t_engine._low = lambda x: seen.append(x) or x
+    monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
+    for image in (bgr, frozen):
+        t2t_engine.run_low(image)
+    assert len(seen) == 2 and all(torch.equal(x, expected.float()) for x in seen)
