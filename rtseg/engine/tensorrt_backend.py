@@ -71,6 +71,13 @@ def _trt() -> Any:
         import tensorrt
     except ImportError:
         raise BackendUnavailableError(f"the tensorrt backend needs TensorRT: {INSTALL}") from None
+    if not hasattr(tensorrt, "__version__"):
+        # An emptied or partly removed package still imports, as a namespace package with nothing in it.
+        where = ", ".join(getattr(tensorrt, "__path__", None) or ()) or getattr(tensorrt, "__file__", "?")
+        raise BackendUnavailableError(
+            f"the tensorrt backend found a broken TensorRT install: the tensorrt package at {where} "
+            f"has no __version__ (an empty or partly removed package); reinstall it: {INSTALL}"
+        )
     major = int(str(tensorrt.__version__).split(".")[0])
     if major != 10:
         raise BackendUnavailableError(

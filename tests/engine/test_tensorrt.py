@@ -151,6 +151,22 @@ def test_tensorrt_10_is_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
     assert _trt() is module
 
 
+def test_a_broken_tensorrt_install_is_named(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """An empty tensorrt folder imports as a namespace package: it raised AttributeError on
+    __version__ instead of saying what is wrong and what to do."""
+    (tmp_path / "tensorrt").mkdir()
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "tensorrt", raising=False)
+    try:
+        with pytest.raises(BackendUnavailableError) as info:
+            _trt()
+    finally:
+        sys.modules.pop("tensorrt", None)  # the empty package imported here: no later test gets it
+    message = str(info.value)
+    assert "broken TensorRT install" in message and str(tmp_path / "tensorrt") in message
+    assert INSTALL in message
+
+
 def test_an_absent_tensorrt_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # import raises ImportError
     with pytest.raises(BackendUnavailableError, match=r"needs TensorRT: pip install \"rtseg\[tensorrt\]\""):
