@@ -66,23 +66,28 @@ Opened = TypeVar("Opened")  # what open_or_rebuild's caller makes of the plans (
 INSTALL = 'pip install "rtseg[tensorrt]" (TensorRT 10 and cuda-python) next to a CUDA build of torch'
 
 
-def _trt() -> Any:
+def _trt_problem() -> tuple[Any, str | None]:
+    """The tensorrt module, or None and what the backend needs instead ("TensorRT", ...)."""
     try:
         import tensorrt
     except ImportError:
-        raise BackendUnavailableError(f"the tensorrt backend needs TensorRT: {INSTALL}") from None
+        return None, "TensorRT"
     if not hasattr(tensorrt, "__version__"):
         # An emptied or partly removed package still imports, as a namespace package with nothing in it.
         where = ", ".join(getattr(tensorrt, "__path__", None) or ()) or getattr(tensorrt, "__file__", "?")
-        raise BackendUnavailableError(
-            f"the tensorrt backend found a broken TensorRT install: the tensorrt package at {where} "
-            f"has no __version__ (an empty or partly removed package); reinstall it: {INSTALL}"
+        return None, (
+            f"a working TensorRT (the tensorrt package at {where} has no __version__: a broken install, "
+            "empty or partly removed; reinstall it)"
         )
-    major = int(str(tensorrt.__version__).split(".")[0])
-    if major != 10:
-        raise BackendUnavailableError(
-            f"rtseg's tensorrt backend is written for TensorRT 10, found {tensorrt.__version__}: {INSTALL}"
-        )
+    if str(tensorrt.__version__).split(".")[0] != "10":
+        return None, f"TensorRT 10 (found {tensorrt.__version__})"
+    return tensorrt, None
+
+
+def _trt() -> Any:
+    tensorrt, problem = _trt_problem()
+    if problem is not None:
+        raise BackendUnavailableError(f"the tensorrt backend needs {problem}: {INSTALL}")
     return tensorrt
 
 
@@ -163,16 +168,29 @@ def cuda_index(device: str) -> int:
     return index
 
 
+def _no_cuda() -> str:
+    return f"a CUDA build of torch (this is torch {torch.__version__}, CUDA available: no)"
+
+
 def require_cuda(device: str) -> int:
     index = cuda_index(device)
     if not torch.cuda.is_available():
-        raise BackendUnavailableError(
-            f"the tensorrt backend needs an NVIDIA GPU and a CUDA build of torch (this is torch "
-            f"{torch.__version__}, CUDA available: no); then {INSTALL}"
-        )
+        raise BackendUnavailableError(f"the tensorrt backend needs an NVIDIA GPU and {_no_cuda()}")
     if index >= torch.cuda.device_count():
         raise BackendUnavailableError(f"{device}: only {torch.cuda.device_count()} CUDA devices present")
     return index
+
+
+def require_tensorrt(device: str) -> tuple[Any, int]:
+    """TensorRT 10 and the index of CUDA device ``device``. A malformed device is refused first;
+    a machine without a GPU or TensorRT gets one error naming each that is missing, so installing
+    TensorRT on a machine without CUDA does not just lead to a second error."""
+    cuda_index(device)
+    trt, problem = _trt_problem()
+    if problem is not None:
+        gpu = "" if torch.cuda.is_available() else f"an NVIDIA GPU, {_no_cuda()} and "
+        raise BackendUnavailableError(f"the tensorrt backend needs {gpu}{problem}: {INSTALL}")
+    return trt, require_cuda(device)
 
 
 def device_tag(index: int) -> str:
@@ -581,8 +599,7 @@ class TensorRTEngine(Engine):
     ) -> None:
         """``plans``: low, deep and the labels-only head. ``logits_plan`` returns the path of the
         head plan with logits (building it if needed); it is called on the first logits request."""
-        trt = _trt()
-        index = require_cuda(device)
+        trt, index = require_tensorrt(device)
         self.device = torch.device("cuda", index)
         self.meta = net.meta
         self.stage_spec = net.stage_spec
@@ -738,8 +755,7 @@ def load_tensorrt(
         raise ConfigError(f"workspace_gb must be positive, got {workspace_gb}")
     if precision == "int8" and int8_mode == "calibrator" and calibration is None:
         raise ConfigError("int8_mode='calibrator' needs a calibration list (rtseg calibrate)")
-    trt = _trt()
-    index = require_cuda(device)
+    trt, index = require_tensorrt(device)
     tag = device_tag(index)
     source = tensorrt_onnx(net, size, precision, cache, calibration, int8_mode, wh)
     variant = ""

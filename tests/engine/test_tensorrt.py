@@ -64,7 +64,7 @@ def test_load_without_tensorrt_names_it_and_the_install(
     with pytest.raises(BackendUnavailableError) as info:
         load(net, backend="tensorrt", precision=precision, input_size=SIZE, engine_dir=tmp_path)
     message = str(info.value)
-    assert "needs TensorRT" in message and 'pip install "rtseg[tensorrt]"' in message
+    assert re.search(r"needs (an NVIDIA GPU, .* and )?TensorRT: pip install \"rtseg\[tensorrt\]\"", message)
     assert "TensorRT 10" in message and "\n" not in message
     assert not tmp_path.exists() or not list(tmp_path.iterdir())  # failed before exporting anything
 
@@ -125,9 +125,34 @@ def test_require_cuda_without_a_gpu_says_what_is_needed() -> None:
         require_cuda("cuda:0")
     message = str(info.value)
     assert "needs an NVIDIA GPU and a CUDA build of torch" in message and torch.__version__ in message
-    assert INSTALL in message
+    assert "pip install" not in message  # TensorRT may be there: only the GPU is said to be missing
     with pytest.raises(ConfigError):  # a malformed device is reported as such, GPU or not
         require_cuda("cpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
+@pytest.mark.parametrize(
+    ("module", "missing"),
+    [(None, "TensorRT"), (types.SimpleNamespace(__version__="8.6.1"), "TensorRT 10 (found 8.6.1)")],
+)
+def test_without_a_gpu_or_tensorrt_one_error_names_both(
+    monkeypatch: pytest.MonkeyPatch, net: StagedSegmenter, tmp_path: Path, module: Any, missing: str
+) -> None:
+    """It named only TensorRT: installing it then met a second error, for the GPU."""
+    monkeypatch.setitem(sys.modules, "tensorrt", module)  # None: import raises ImportError
+    for call in (
+        lambda: load(net, backend="tensorrt", input_size=SIZE, engine_dir=tmp_path),
+        lambda: tb.TensorRTEngine(
+            {}, net=net, head_low_inputs=(), input_size=SIZE, precision="fp32", device="cuda"
+        ),
+    ):
+        with pytest.raises(BackendUnavailableError) as info:
+            call()
+        message = str(info.value)
+        assert f"needs an NVIDIA GPU, a CUDA build of torch (this is torch {torch.__version__}" in message
+        assert f"and {missing}: {INSTALL}" in message
+    with pytest.raises(ConfigError, match="got device 'cpu'"):  # a wrong device first, as ever
+        load(net, backend="tensorrt", device="cpu", input_size=SIZE, engine_dir=tmp_path)
 
 
 def _fake_tensorrt(monkeypatch: pytest.MonkeyPatch, version: str) -> types.ModuleType:
@@ -143,7 +168,7 @@ def test_only_tensorrt_10_is_accepted(monkeypatch: pytest.MonkeyPatch, version: 
     with pytest.raises(BackendUnavailableError) as info:
         _trt()
     message = str(info.value)
-    assert f"written for TensorRT 10, found {version}" in message and INSTALL in message
+    assert f"needs TensorRT 10 (found {version})" in message and INSTALL in message
 
 
 def test_tensorrt_10_is_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -163,7 +188,7 @@ def test_a_broken_tensorrt_install_is_named(monkeypatch: pytest.MonkeyPatch, tmp
     finally:
         sys.modules.pop("tensorrt", None)  # the empty package imported here: no later test gets it
     message = str(info.value)
-    assert "broken TensorRT install" in message and str(tmp_path / "tensorrt") in message
+    assert "broken install" in message and str(tmp_path / "tensorrt") in message
     assert INSTALL in message
 
 
@@ -180,8 +205,9 @@ def test_tensorrt_without_a_device_means_cuda_and_an_explicit_cpu_is_refused(
     """TensorRT runs only on CUDA: an unset device is 'cuda' (here: no GPU, said as such), never
     'cpu', which the user did not give; a device='cpu' they did give is still refused."""
     _fake_tensorrt(monkeypatch, "10.3.0")
-    with pytest.raises(BackendUnavailableError, match="needs an NVIDIA GPU"):
+    with pytest.raises(BackendUnavailableError, match="needs an NVIDIA GPU") as info:
         load(net, backend="tensorrt", input_size=SIZE, engine_dir=tmp_path)
+    assert "pip install" not in str(info.value)  # TensorRT is there: only the GPU is missing
     with pytest.raises(ConfigError, match=r"runs on 'cuda' or 'cuda:N', got device 'cpu'"):
         load(net, backend="tensorrt", device="cpu", input_size=SIZE, engine_dir=tmp_path)
 
