@@ -12,6 +12,7 @@ torch) and the head on its logits alone, the argmax to uint8 labels running in t
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import Any
 
@@ -138,6 +139,9 @@ class Torch2TrtEngine(Engine):
         self.stage_spec = net.stage_spec
         self.head_low_inputs = head_low_inputs(net.eval(), input_size)
         self._num_classes = len(net.meta.classes)
+        if any(p.device != self.device for p in net.parameters()):
+            # Module.to moves in place: the caller's network stays where it was (as TorchEngine's).
+            net = copy.deepcopy(net)
         net = net.to(self.device)
         w, h = input_size
         low = LowGraph(net, net.meta.preprocessing).eval()  # takes the float32 image as well

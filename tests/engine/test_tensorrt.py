@@ -1255,3 +1255,20 @@ def test_flipped_and_read_only_frames_are_taken_as_by_the_other_backends(
     for image in (bgr, frozen):
         t2t_engine.run_low(image)
     assert len(seen) == 2 and all(torch.equal(x, expected.float()) for x in seen)
+
+
+def test_torch2trt_leaves_the_callers_network_where_it_was(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Module.to moves in place: the engine moved the caller's network to the GPU (auto's other
+    candidates, or the caller's own use of it, then found it there). 'meta' stands in for 'cuda':
+    Module.to moves parameters in place either way; the conversion, on meta tensors, fails after."""
+    torch.manual_seed(0)
+    net = get_model("espnet")
+    before = list(net.parameters())
+    monkeypatch.setattr(t2t, "_torch2trt", lambda: lambda module, inputs, **options: module)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
+    with contextlib.suppress(RuntimeError):
+        t2t.Torch2TrtEngine(net, input_size=SIZE, precision="fp32", device="meta")
+    after = list(net.parameters())
+    assert all(p.device.type == "cpu" for p in after)
+    assert all(a is b for a, b in zip(before, after, strict=True))
