@@ -86,7 +86,8 @@ def load(
     ``calibration`` (int8 only) is a list written by ``rtseg calibrate``; without it, the one
     int8 build already in the cache for this model, weights and size is used. Other keyword
     options go to the backend (torch: channels_last, compile; onnxruntime: threads,
-    io_binding; openvino: threads; tensorrt: workspace_gb, int8_mode; onnx backends: exporter).
+    io_binding; openvino: threads; tensorrt: workspace_gb, int8_mode; torch2trt: workspace_gb;
+    onnx backends: exporter).
     """
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")

@@ -44,6 +44,7 @@ BACKEND_OPTIONS = {
     "onnxruntime": ("threads", "io_binding", "exporter"),
     "openvino": ("threads", "exporter"),
     "tensorrt": ("workspace_gb", "int8_mode", "calibration_dir"),
+    "torch2trt": ("workspace_gb",),
 }
 
 Array = np.ndarray | torch.Tensor

@@ -1272,3 +1272,14 @@ def test_torch2trt_leaves_the_callers_network_where_it_was(monkeypatch: pytest.M
     after = list(net.parameters())
     assert all(p.device.type == "cpu" for p in after)
     assert all(a is b for a, b in zip(before, after, strict=True))
+
+
+@pytest.mark.parametrize("option", [{"threads": 2}, {"int8_mode": "qdq"}])
+def test_torch2trt_names_the_options_it_takes(
+    monkeypatch: pytest.MonkeyPatch, net: StagedSegmenter, tmp_path: Path, option: dict
+) -> None:
+    """Others were passed on to Torch2TrtEngine, which raised a bare TypeError."""
+    monkeypatch.setattr(t2t, "_torch2trt", lambda: lambda module, inputs, **options: module)
+    message = r"the torch2trt backend has no option\(s\) .*; it takes workspace_gb$"
+    with pytest.raises(ConfigError, match=message):
+        load(net, backend="torch2trt", device="cuda", input_size=SIZE, engine_dir=tmp_path, **option)
