@@ -755,6 +755,8 @@ def load_tensorrt(
         raise ConfigError(f"workspace_gb must be positive, got {workspace_gb}")
     if precision == "int8" and int8_mode == "calibrator" and calibration is None:
         raise ConfigError("int8_mode='calibrator' needs a calibration list (rtseg calibrate)")
+    if calibration is not None and precision != "int8":
+        raise ConfigError(f"calibration applies to int8 engines, not {precision}")
     trt, index = require_tensorrt(device)
     tag = device_tag(index)
     source = tensorrt_onnx(net, size, precision, cache, calibration, int8_mode, wh)

@@ -223,6 +223,8 @@ def load_torch2trt(
     **options: Any,
 ) -> Torch2TrtEngine:
     del cache  # torch2trt conversions are not cached
+    if calibration is not None and precision != "int8":
+        raise ConfigError(f"calibration applies to int8 engines, not {precision}")
     _torch2trt()
     if not device.startswith("cuda"):
         raise ConfigError(f"the torch2trt backend runs on 'cuda' or 'cuda:N', got device {device!r}")

@@ -27,7 +27,7 @@ from rtseg.engine import load
 from rtseg.engine import tensorrt_backend as tb
 from rtseg.engine import torch2trt_backend as t2t
 from rtseg.engine.cache import ArtifactCache, ArtifactKey, CacheUnwritableError, weights_hash
-from rtseg.engine.calibration import EntropyCalibrator
+from rtseg.engine.calibration import CalibrationList, EntropyCalibrator
 from rtseg.engine.graphs import DeepGraph, LowGraph, head_low_inputs, pick
 from rtseg.engine.onnx_export import onnx_key
 from rtseg.engine.onnx_rewrite import EXACT_MARK
@@ -48,6 +48,7 @@ SIZE = (64, 48)
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 HAS_TORCH2TRT = importlib.util.find_spec("torch2trt") is not None
 no_tensorrt = pytest.mark.skipif(HAS_TENSORRT, reason="TensorRT is installed here")
+CALIBRATION = CalibrationList("images", Path("frames"), ("a.png",))
 
 
 @pytest.fixture(scope="module")
@@ -94,6 +95,8 @@ def test_precisions_tensorrt_lacks_are_config_errors(net: StagedSegmenter, tmp_p
             {"precision": "int8", "int8_mode": "calibrator"},
             "int8_mode='calibrator' needs a calibration list",
         ),
+        ({"calibration": CALIBRATION}, "calibration applies to int8 engines, not fp32"),
+        ({"calibration": CALIBRATION, "precision": "fp16"}, "calibration applies to int8 engines, not fp16"),
     ],
 )
 def test_load_tensorrt_checks_arguments_before_needing_tensorrt(
@@ -108,6 +111,23 @@ def test_load_tensorrt_checks_arguments_before_needing_tensorrt(
     }
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         load_tensorrt(net, **kwargs)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_torch2trt_refuses_calibration_for_a_float_engine(
+    monkeypatch: pytest.MonkeyPatch, net: StagedSegmenter, tmp_path: Path, precision: str
+) -> None:
+    """As ONNX Runtime, OpenVINO and TensorRT do: it was ignored without a word."""
+    monkeypatch.setattr(t2t, "_torch2trt", lambda: lambda module, inputs, **options: module)
+    with pytest.raises(ConfigError, match=f"calibration applies to int8 engines, not {precision}"):
+        t2t.load_torch2trt(
+            net,
+            size=SIZE,
+            precision=precision,
+            device="cuda",
+            cache=ArtifactCache(tmp_path),
+            calibration=CALIBRATION,
+        )
 
 
 def test_cuda_index_parses_cuda_devices() -> None:
