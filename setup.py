@@ -36,7 +36,7 @@ setup(
     ],
     extras_require={
         "openvino": ["openvino>=2024.0"],
-        "tensorrt": ["tensorrt>=10.0,<11", "cuda-python>=12.0"],
+        "tensorrt": ["tensorrt>=10.0,<11"],
         "dev": ["pytest>=8", "pytest-timeout>=2.3", "ruff>=0.6", "openvino>=2024.0", "jsonschema>=4.18"],
     },
     entry_points={"console_scripts": ["rtseg=rtseg.cli:main"]},

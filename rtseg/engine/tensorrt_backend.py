@@ -63,7 +63,7 @@ LOGITS_STAGE = "head_logits"
 PLAN_OUTPUTS = {"head": [LABELS], LOGITS_STAGE: [LABELS, LOGITS]}  # other stages: every output
 INT8_MODES = ("qdq", "calibrator")
 Opened = TypeVar("Opened")  # what open_or_rebuild's caller makes of the plans (an engine)
-INSTALL = 'pip install "rtseg[tensorrt]" (TensorRT 10 and cuda-python) next to a CUDA build of torch'
+INSTALL = 'pip install "rtseg[tensorrt]" (TensorRT 10) next to a CUDA build of torch'
 
 
 def _trt_problem() -> tuple[Any, str | None]:

@@ -7,6 +7,7 @@ batching in test_calibration.py.)"""
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import enum
 import importlib.util
@@ -1303,3 +1304,22 @@ def test_torch2trt_names_the_options_it_takes(
     message = r"the torch2trt backend has no option\(s\) .*; it takes workspace_gb$"
     with pytest.raises(ConfigError, match=message):
         load(net, backend="torch2trt", device="cuda", input_size=SIZE, engine_dir=tmp_path, **option)
+
+
+def test_the_tensorrt_extra_installs_only_what_rtseg_imports() -> None:
+    """It listed cuda-python, which nothing imports (the CUDA work goes through torch)."""
+    repo = Path(__file__).resolve().parents[2]
+    setup = ast.parse((repo / "setup.py").read_text(encoding="utf-8"))
+    extras = next(
+        n.value for n in ast.walk(setup) if isinstance(n, ast.keyword) and n.arg == "extras_require"
+    )
+    wanted = {re.split(r"[<>=!~\[; ]", r, maxsplit=1)[0] for r in ast.literal_eval(extras)["tensorrt"]}
+    imported: set[str] = set()
+    for path in (repo / "rtseg").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported.add(node.module.split(".")[0])
+    assert wanted and wanted <= imported, f"in the tensorrt extra, not imported: {sorted(wanted - imported)}"
+    assert "cuda-python" not in INSTALL
