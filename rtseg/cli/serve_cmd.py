@@ -103,8 +103,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--max-bytes",
         type=_request_bytes,
         default=ServerLimits.max_bytes,
-        help=f"largest request in bytes, at least {MIN_MAX_BYTES}; also ZMQ_MAXMSGSIZE per frame "
-        "(default 64 MiB)",
+        help=f"byte limit, at least {MIN_MAX_BYTES} (default 64 MiB): a frame over it drops the "
+        "connection (ZMQ_MAXMSGSIZE, a per-frame cap), a request over it is refused as too_large; "
+        "libzmq receives a whole message before that, so one request may hold its frame count x "
+        "this in memory: use --curve-keys on untrusted networks",
     )
     p.add_argument(
         "--max-streams",

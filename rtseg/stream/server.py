@@ -109,7 +109,11 @@ class ServerLimits:
     """What one request may cost. ``max_bytes`` also sets ZMQ_MAXMSGSIZE: libzmq drops the
     connection of a peer that sends a single frame larger than that, before it is buffered, so
     such a request gets no reply (its client times out); a request whose frames together exceed
-    ``max_bytes`` gets a ``too_large`` reply; it must be at least ``MIN_MAX_BYTES``."""
+    ``max_bytes`` gets a ``too_large`` reply; it must be at least ``MIN_MAX_BYTES``.
+
+    ZMQ_MAXMSGSIZE caps each frame, not the message, and libzmq buffers a whole multipart message
+    (any number of frames) before the first frame can be read: a peer can make one request take
+    its frame count x ``max_bytes`` of memory. Admit only trusted peers (``curve_keys``)."""
 
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_bytes: int = 64 * 1024 * 1024

@@ -139,7 +139,10 @@ class Subscriber:
 
     ``topics``: stream ids to receive (prefix match); None receives all. ``rcvhwm`` bounds the
     socket's own queue; in latest mode the background thread keeps it near empty. ``max_streams``
-    bounds the streams tracked at once (see the module docstring).
+    bounds the streams tracked at once (see the module docstring). ``max_bytes`` is
+    ZMQ_MAXMSGSIZE: it caps each frame, not a message, and libzmq buffers a whole message (any
+    number of frames) before it can be read, so a hostile publisher can make one message take its
+    frame count x ``max_bytes``; connect only to publishers you trust (or with ``curve_keys``).
     """
 
     def __init__(
