@@ -77,6 +77,10 @@ _MAX_REQUEST_FRAMES = 4
 # 160x120 raw BGR frame). max_bytes is also ZMQ_MAXMSGSIZE, so below this libzmq drops requests
 # that are valid and small before the server sees them, and a server could answer none.
 MIN_MAX_BYTES = MAX_HEADER_BYTES + 160 * 120 * 3
+# On close, the longest the replies already handed to the ROUTER get to leave (ZMQ_LINGER), within
+# what is left of drain_s: a send only queues a reply, and closing with linger 0 discarded the last
+# ones of a drain (a few MB take milliseconds to write) although they were counted as answered.
+REPLY_LINGER_S = 1.0
 
 
 def _default_scheduler() -> Scheduler:
@@ -294,6 +298,7 @@ class Server:
         self._workers_lock = threading.Lock()
         self._live_workers = 0
         self._orphaned = False  # close() gave up on a stuck worker: the last one out finishes closing
+        self._drain_deadline: float | None = None  # set by _drain: when its drain_s runs out
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -329,7 +334,9 @@ class Server:
 
     def close(self) -> None:
         """Stop serving. Waits about ``drain_s`` for queued and running requests, then returns even
-        if a worker is still stuck in the backend: that worker finishes closing when it returns."""
+        if a worker is still stuck in the backend: that worker finishes closing when it returns.
+        Replies already sent get what is left of ``drain_s``, at most ``REPLY_LINGER_S``, to reach
+        their clients; one whose client is not reading by then is lost."""
         if self._closed:
             return
         self._closed = True
@@ -337,8 +344,12 @@ class Server:
         self._stop.set()
         if self._loop_thread is not None and self._loop_thread is not threading.current_thread():
             self._loop_thread.join()
-        # Unbind first, so a new server can take the port while workers finish their last request.
-        self._router.close(linger=0)
+        # The drain's own budget when it ran (serve_forever drains before it calls close()).
+        budget_end = deadline if self._drain_deadline is None else self._drain_deadline
+        linger_ms = int(1000 * min(REPLY_LINGER_S, max(0.0, budget_end - time.monotonic())))
+        # Unbind first, so a new server can take the port while workers finish their last request;
+        # the listener closes at once, the connections linger until their replies are written.
+        self._router.close(linger=linger_ms)
         self._results.close(linger=0)
         while True:  # drop what is still queued; nobody can be answered now
             try:
@@ -424,7 +435,7 @@ class Server:
     def _drain(self, poller: zmq.Poller) -> None:
         """After stop: answer what was accepted (up to ``drain_s``), and refuse what arrives, so
         that clients get a reply, not a timeout, when the server is restarted or redeployed."""
-        deadline = time.monotonic() + self.limits.drain_s
+        deadline = self._drain_deadline = time.monotonic() + self.limits.drain_s
         while self._outstanding > 0 and time.monotonic() < deadline:
             events = dict(poller.poll(20))
             if self._results in events:

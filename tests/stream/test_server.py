@@ -501,6 +501,41 @@ def test_stop_answers_the_accepted_requests_and_refuses_new_ones(
     assert server.stats.ok == 3
 
 
+def test_replies_sent_during_the_drain_reach_their_clients(small_engine: Engine, tmp_path: Path) -> None:
+    """close() closed the ROUTER with linger 0 right after the drain handed it the last reply: a
+    large one (8 MB of raw 4K labels, not yet written to the connection) was discarded, though
+    counted as ok."""
+    image = np.zeros((2160, 3840, 3), np.uint8)
+    spec = {"name": "image", "encoding": "raw", "dtype": "uint8", "shape": [2160, 3840, 3]}
+    reply = {"labels": "raw", "size": "input"}
+    ctx = zmq.Context()
+    try:
+        for trial in range(2):  # without the bounded linger every trial lost its last reply (8 of 8)
+            endpoint = f"ipc://{tmp_path / f'drain{trial}.sock'}"
+            server = SlowServer(small_engine, bind=endpoint, limits=ServerLimits(drain_s=10)).start()
+            dealer = ctx.socket(zmq.DEALER)
+            dealer.setsockopt(zmq.LINGER, 0)
+            try:
+                dealer.connect(endpoint)
+                for k in range(2):
+                    header = {"proto": "rtseg/1", "type": "segment", "id": k, "image": spec, "reply": reply}
+                    dealer.send_multipart([b"", json.dumps(header).encode(), image.tobytes()])
+                time.sleep(0.2)  # both accepted, neither answered: the drain answers them
+                closing = threading.Thread(target=server.close)
+                closing.start()
+                statuses = []
+                while len(statuses) < 2 and dealer.poll(3000):
+                    statuses.append(reply_of(dealer.recv_multipart()[1:])["status"])
+                closing.join(10)
+            finally:
+                server.close()
+                dealer.close(linger=0)
+            assert server.stats.ok == 2
+            assert statuses == ["ok", "ok"], f"trial {trial}: {len(statuses)} of 2 replies arrived"
+    finally:
+        ctx.term()
+
+
 # ------------------------------------------------------------------ acceptance 3: load
 
 
