@@ -48,6 +48,11 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PUB_ENDPOINT = "tcp://127.0.0.1:5555"
 PART_NAMES = ("overlay", "labels", "frame")
+# close() waits at most this long for the messages already queued to subscribers to be written
+# (ZMQ_LINGER): send only queues them, and closing with linger 0 lost the last message(s) of a run
+# (a video's last frames). Nothing is queued without subscribers, so close stays instant then; a
+# subscriber that stopped reading costs close at most this.
+CLOSE_LINGER_S = 1.0
 
 
 def carries_classes(seq: int, every: int) -> bool:
@@ -111,7 +116,10 @@ class PublisherStats:
 
 
 class Publisher:
-    """A bound PUB socket sending rtseg/1 ``frame`` messages. Use it from one thread at a time."""
+    """A bound PUB socket sending rtseg/1 ``frame`` messages. Use it from one thread at a time.
+
+    ``close()`` gives the messages already sent up to ``CLOSE_LINGER_S`` to reach the subscribers
+    (a subscriber's full queue still drops messages while publishing, as SNDHWM says)."""
 
     def __init__(
         self,
@@ -127,7 +135,7 @@ class Publisher:
         self._socket = self._ctx.socket(zmq.PUB)
         try:
             use_ipv6(self._socket, endpoint)
-            self._socket.setsockopt(zmq.LINGER, 0)
+            self._socket.setsockopt(zmq.LINGER, int(CLOSE_LINGER_S * 1000))
             self._socket.setsockopt(zmq.SNDHWM, self.options.sndhwm)
             if curve_keys is not None:
                 self._curve = CurveServer(curve_keys, self._ctx)
@@ -199,7 +207,7 @@ class Publisher:
             return PublisherStats(self._sent, self._bytes, self._encode_ms)
 
     def _teardown(self) -> None:
-        self._socket.close(linger=0)
+        self._socket.close(linger=int(CLOSE_LINGER_S * 1000))  # the last messages get out
         if self._curve is not None:
             self._curve.close()
         self._ctx.term()
