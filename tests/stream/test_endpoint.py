@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from rtseg.errors import ConfigError
-from rtseg.stream import Publisher, Subscriber
+from rtseg.stream import Publisher, Server, Subscriber
 from rtseg.stream.endpoint import check_endpoint
 from rtseg.stream.publisher import parse_zmq_uri
 
@@ -86,3 +86,28 @@ def test_binding_ipc_on_a_new_path_or_an_old_socket_is_allowed(tmp_path) -> None
     assert check_endpoint(f"ipc://{old}", bind=True) == f"ipc://{old}"
     with Publisher(f"ipc://{old}") as pub:
         assert pub.endpoint == f"ipc://{old}"
+
+
+def test_binding_ipc_where_a_live_process_listens_is_refused(tmp_path, small_engine) -> None:
+    """libzmq unlinked the live socket and bound a new one: the first publisher (or server) kept
+    running but never saw another client, silently."""
+    import socket
+
+    endpoint = f"ipc://{tmp_path / 'live.sock'}"
+    message = rf"{endpoint} is in use by another process \(a live server/publisher is bound there\)"
+    with Publisher(endpoint) as first:
+        with pytest.raises(ConfigError, match=message):
+            Publisher(endpoint)
+        with pytest.raises(ConfigError, match=message):
+            Server(small_engine, bind=endpoint)
+        with pytest.raises(ConfigError, match=message):
+            parse_zmq_uri(f"zmq://{endpoint}")
+        assert check_endpoint(endpoint, bind=False) == endpoint  # connecting to it is what it is for
+        assert first.endpoint == endpoint
+    other = tmp_path / "other.sock"
+    with socket.socket(socket.AF_UNIX) as listener:  # any process listening there, not only rtseg
+        listener.bind(str(other))
+        listener.listen(1)
+        with pytest.raises(ConfigError, match="is in use by another process"):
+            check_endpoint(f"ipc://{other}", bind=True)
+    assert check_endpoint(f"ipc://{other}", bind=True) == f"ipc://{other}"  # stale once it closed
