@@ -25,6 +25,7 @@ from ..sink.file import (
     prepare_video,
     write_image,
 )
+from ..stream.protocol import STREAM_ID_RULE, is_stream_id
 from ..stream.subscriber import Message, Subscriber
 from ..window import RecentSamples
 from .common import Terminated, positive_float, positive_int
@@ -54,7 +55,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=10.0,
         help="give up when no message arrives for this many seconds (default 10)",
     )
-    p.add_argument("--topic", action="append", default=None, help="stream id(s) to receive (default: all)")
+    p.add_argument(
+        "--topic",
+        action="append",
+        default=None,
+        type=_stream_id,
+        help="a stream id to receive, exactly (cam1 is not cam10); repeat for more (default: all)",
+    )
     p.add_argument(
         "--part",
         choices=["auto", "overlay", "labels", "frame"],
@@ -70,6 +77,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fps", type=positive_float, default=30.0, help="frame rate written into --out videos")
     p.add_argument("--curve-keys", type=Path, default=None, help="CurveZMQ client keys folder")
     p.set_defaults(func=run)
+
+
+def _stream_id(text: str) -> str:
+    if not is_stream_id(text):
+        raise argparse.ArgumentTypeError(f"expected a stream id ({STREAM_ID_RULE}), got {text!r}")
+    return text
 
 
 def _image_of(message: Message, part: str) -> np.ndarray | None:
@@ -178,7 +191,13 @@ def run(args: argparse.Namespace) -> int:
     try:
         with (
             _raise_on_sigterm(),
-            Subscriber(args.addr, topics=args.topic, latest=not args.all, curve_keys=args.curve_keys) as sub,
+            Subscriber(
+                args.addr,
+                topics=args.topic,
+                exact_topics=True,  # ZeroMQ's SUBSCRIBE alone would let cam10 in for --topic cam1
+                latest=not args.all,
+                curve_keys=args.curve_keys,
+            ) as sub,
         ):
             while args.frames is None or len(latency) < args.frames:
                 try:

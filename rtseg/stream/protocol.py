@@ -151,9 +151,16 @@ def _shape(value: Any, name: str) -> tuple[int, ...]:
     return tuple(value)
 
 
+STREAM_ID_RULE = "1..64 characters of [A-Za-z0-9._:/-] starting with a letter or digit"
+
+
+def is_stream_id(value: Any) -> bool:
+    return isinstance(value, str) and _STREAM_ID.fullmatch(value) is not None
+
+
 def check_stream_id(value: Any, name: str = "stream") -> str:
-    if not isinstance(value, str) or not _STREAM_ID.fullmatch(value):
-        raise _bad(name, "1..64 characters of [A-Za-z0-9._:/-] starting with a letter or digit", value)
+    if not is_stream_id(value):
+        raise _bad(name, STREAM_ID_RULE, value)
     return value
 
 

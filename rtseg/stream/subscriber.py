@@ -36,10 +36,12 @@ from .protocol import (
     DEFAULT_MAX_PIXELS,
     MAX_FRAME_MESSAGE_FRAMES,
     MAX_PARTS,
+    STREAM_ID_RULE,
     FrameHeader,
     check_label_values,
     decode_frame_header,
     decode_frame_parts,
+    is_stream_id,
     recv_frames,
     too_many_frames,
     use_ipv6,
@@ -137,7 +139,9 @@ class _Pending:
 class Subscriber:
     """A SUB socket connected to one publisher, as a context manager.
 
-    ``topics``: stream ids to receive (prefix match); None receives all. ``rcvhwm`` bounds the
+    ``topics``: stream ids to receive (prefix match, as ZeroMQ subscribes: "cam1" also receives
+    "cam10"); None receives all. ``exact_topics``: receive only the streams whose id is one of
+    ``topics`` exactly; the others are dropped unparsed, as if not subscribed. ``rcvhwm`` bounds the
     socket's own queue; in latest mode the background thread keeps it near empty. ``max_streams``
     bounds the streams tracked at once (see the module docstring). ``max_bytes`` is
     ZMQ_MAXMSGSIZE: it caps each frame, not a message, and libzmq buffers a whole message (any
@@ -156,6 +160,7 @@ class Subscriber:
         max_bytes: int = 256 * 1024 * 1024,
         curve_keys: str | os.PathLike[str] | None = None,
         max_streams: int = DEFAULT_MAX_STREAMS,
+        exact_topics: bool = False,
     ) -> None:
         if addr.startswith("zmq://"):
             addr = addr[len("zmq://") :]
@@ -175,6 +180,14 @@ class Subscriber:
         for i, topic in enumerate(topics or ()):
             if not isinstance(topic, str):
                 raise ConfigError(f"topics[{i}] must be a str (a stream id prefix), got {topic!r}")
+            if exact_topics and not is_stream_id(topic):
+                raise ConfigError(
+                    f"topics[{i}] must be a stream id ({STREAM_ID_RULE}) with exact_topics, got {topic!r}"
+                )
+        # exact_topics: the topic frames (UTF-8 stream ids) to keep; None keeps what SUBSCRIBE lets in
+        self._exact: frozenset[bytes] | None = (
+            frozenset(t.encode("utf-8") for t in topics) if exact_topics and topics is not None else None
+        )
         if rcvhwm < 1:
             raise ConfigError(f"rcvhwm must be >= 1, got {rcvhwm}")
         if isinstance(max_streams, bool) or not isinstance(max_streams, int) or max_streams < 1:
@@ -242,6 +255,8 @@ class Subscriber:
         return recv_frames(self._socket, MAX_FRAME_MESSAGE_FRAMES, flags=zmq.NOBLOCK)
 
     def _accept_locked(self, frames: list[bytes], count: int) -> _Pending | None:
+        if self._exact is not None and frames[0] not in self._exact:
+            return None  # a longer stream id that the prefix subscription let in: not asked for
         try:
             if count > len(frames):
                 raise too_many_frames(count, MAX_FRAME_MESSAGE_FRAMES, _FRAME_LAYOUT)

@@ -10,6 +10,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -102,6 +103,47 @@ def test_headless_stats(live_stream: str, capsys: pytest.CaptureFixture[str]) ->
     assert main(["view", live_stream, "--headless", "--frames", "5", "--all"]) == 0
     text = capsys.readouterr().out
     assert "5 messages" in text and "keyframes" in text and "sequence gaps" in text
+
+
+def test_topic_receives_that_stream_id_exactly(tmp_path: Path) -> None:
+    """--topic cam1 also showed cam10 and cam1x: ZeroMQ's SUBSCRIBE matches a prefix."""
+    endpoint = f"ipc://{tmp_path / 'topic.sock'}"
+    shades = {"cam1": 255, "cam10": 0, "cam1x": 128}  # each stream's frames are one grey
+    options = PublishOptions(parts=("frame",), frame_encoding="png", sndhwm=100)
+    publisher = Publisher(endpoint, options)
+    labels = np.zeros((6, 8), np.uint8)
+    stop = threading.Event()
+
+    def run() -> None:
+        i = 0
+        while not stop.is_set():
+            stream = list(shades)[i % 3]
+            publisher.options = replace(options, stream=stream)  # one socket, three streams
+            image = np.full((12, 16, 3), shades[stream], np.uint8)
+            frame = Frame(image, i, time.time(), time.perf_counter(), "test")
+            publisher.publish(frame, SegResult(labels, i, True, 0, CAMVID))
+            i += 1
+            time.sleep(0.01)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    out = tmp_path / "frames"
+    try:
+        argv = ["view", f"zmq://{endpoint}", "--topic", "cam1", "--headless", "--all", "--part", "frame"]
+        assert main([*argv, "--frames", "6", "--out", str(out), "--timeout", "5"]) == 0
+    finally:
+        stop.set()
+        thread.join(5)
+        publisher.close()
+    greys = [int(cv2.imread(str(f)).max()) for f in sorted(out.glob("*.png"))]
+    assert greys == [255] * 6
+
+
+def test_topic_must_be_a_stream_id(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["view", f"zmq://{_endpoint()}", "--headless", "--topic", ""])
+    assert info.value.code == 2
+    assert "argument --topic: expected a stream id (1..64 characters" in capsys.readouterr().err
 
 
 def test_silence_is_a_timeout_error(capsys: pytest.CaptureFixture[str]) -> None:

@@ -401,6 +401,44 @@ def test_a_timeout_past_what_a_thread_can_wait_is_no_limit(latest: bool, tcp_end
             sub.recv(timeout=threading.TIMEOUT_MAX * 2)
 
 
+@pytest.mark.parametrize("latest", [False, True])
+def test_exact_topics_drop_the_longer_stream_ids_a_prefix_lets_in(latest: bool, tcp_endpoint: str) -> None:
+    """ZeroMQ's SUBSCRIBE is a prefix match: topics=["cam1"] also receives cam10 and cam1x, as
+    documented; exact_topics=True (what rtseg view --topic uses) receives cam1 alone."""
+    raw = RawPublisher(tcp_endpoint)
+    try:
+        with (
+            Subscriber(tcp_endpoint, topics=["cam1"], latest=latest) as prefix,
+            Subscriber(tcp_endpoint, topics=["cam1"], latest=latest, exact_topics=True) as exact,
+        ):
+            raw.connect(prefix, "cam1")
+            raw.connect(exact, "cam1")
+            for sub in (prefix, exact):  # the sync messages each connect sent reached both
+                with contextlib.suppress(StreamTimeout):
+                    while True:
+                        sub.recv(timeout=0.2)
+            for seq, stream in enumerate(("cam10", "cam1x", "cam1", "cam10"), start=1):
+                raw.sock.send_multipart(frame_message(seq, stream=stream))
+                if latest:
+                    time.sleep(0.05)  # not replaced by the next: each stream keeps its newest
+            got_prefix = sorted((m.topic, m.header.seq) for m in (prefix.recv(timeout=5) for _ in range(3)))
+            got_exact = [(m.topic, m.header.seq) for m in (exact.recv(timeout=5),)]
+            with pytest.raises(StreamTimeout):
+                exact.recv(timeout=0.3)
+            stats = exact.stats
+    finally:
+        raw.close()
+    # latest mode keeps each stream's newest: cam10's second message replaced its first
+    assert got_prefix == [("cam1", 3), ("cam10", 4 if latest else 1), ("cam1x", 2)]
+    assert got_exact == [("cam1", 3)]
+    assert stats.malformed == 0 and stats.streams == 1  # dropped unparsed, not tracked
+
+
+def test_exact_topics_must_be_stream_ids(tcp_endpoint: str) -> None:
+    with pytest.raises(ConfigError, match=r"topics\[0\] must be a stream id \(1\.\.64 characters.*got ''"):
+        Subscriber(tcp_endpoint, topics=[""], exact_topics=True)
+
+
 def test_topics_must_be_strings(tcp_endpoint: str) -> None:
     with pytest.raises(ConfigError, match=r"topics\[1\] must be a str \(a stream id prefix\), got b'cam1'"):
         Subscriber(tcp_endpoint, topics=["cam0", b"cam1"])  # type: ignore[list-item]
