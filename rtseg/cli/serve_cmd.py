@@ -12,7 +12,7 @@ from ..engine import BACKENDS, load
 from ..schedule import Scheduler, make_scheduler
 from ..stream.curve import check_server_keys
 from ..stream.endpoint import check_endpoint
-from ..stream.protocol import DEFAULT_MAX_PIXELS, MAX_HEADER_BYTES
+from ..stream.protocol import DEFAULT_MAX_PIXELS, INT_MAX, MAX_HEADER_BYTES
 from ..stream.server import DEFAULT_INTERVAL, DEFAULT_SERVER_ENDPOINT, MIN_MAX_BYTES, Server, ServerLimits
 from .common import (
     add_engine_place_args,
@@ -31,12 +31,12 @@ SERVER_SCHEDULERS = ("every", "clockwork", "adaptive")
 # The limits are checked by argparse, so that an error names the flag (argument --queue: ...), not
 # the ServerLimits field it fills.
 # --max-bytes is ZMQ_MAXMSGSIZE: below MIN_MAX_BYTES libzmq drops every request, and the server
-# would start but answer none.
+# would start but answer none; above 2**63-1 (an int64) setting it raised OverflowError.
 _request_bytes = ranged(
     int,
-    f"a whole number of bytes >= {MIN_MAX_BYTES} (a header of up to {MAX_HEADER_BYTES} bytes plus a "
-    "small image)",
-    lambda v: v >= MIN_MAX_BYTES,
+    f"a whole number of bytes in {MIN_MAX_BYTES}..2**63-1 (at least a header of up to "
+    f"{MAX_HEADER_BYTES} bytes plus a small image)",
+    lambda v: MIN_MAX_BYTES <= v <= INT_MAX,
 )
 # --drain: 0 refuses what is queued at once; otherwise a finite wait.
 _seconds_or_zero = ranged(float, "a finite number of seconds >= 0", lambda v: 0 <= v < math.inf)
@@ -103,7 +103,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--max-bytes",
         type=_request_bytes,
         default=ServerLimits.max_bytes,
-        help=f"byte limit, at least {MIN_MAX_BYTES} (default 64 MiB): a frame over it drops the "
+        help=f"byte limit in {MIN_MAX_BYTES}..2**63-1 (default 64 MiB): a frame over it drops the "
         "connection (ZMQ_MAXMSGSIZE, a per-frame cap), a request over it is refused as too_large; "
         "libzmq receives a whole message before that, so one request may hold its frame count x "
         "this in memory: use --curve-keys on untrusted networks",

@@ -101,6 +101,9 @@ def _get(data: Mapping[str, Any], name: str, *, required: bool) -> Any:
 
 
 INT_MAX = 2**63 - 1  # every integer field fits an int64, what a C or C++ peer holds it in
+# The largest value of an int socket option (ZMQ_SNDHWM, ZMQ_RCVHWM); ZMQ_MAXMSGSIZE is an int64
+# (INT_MAX). Larger values made setsockopt raise OverflowError after the model had loaded.
+SOCKOPT_INT_MAX = 2**31 - 1
 
 
 def _int(data: Mapping[str, Any], name: str, *, required: bool = True, minimum: int = 0) -> int | None:

@@ -35,6 +35,7 @@ from ..source.frame import Frame
 from .curve import CurveServer
 from .endpoint import check_endpoint
 from .protocol import (
+    SOCKOPT_INT_MAX,
     FrameHeader,
     PartSpec,
     WireError,
@@ -102,8 +103,8 @@ class PublishOptions:
             raise ConfigError(
                 f"PublishOptions.stream must be 1..64 characters of [A-Za-z0-9._:/-], got {self.stream!r}"
             ) from None
-        if self.sndhwm < 1:
-            raise ConfigError(f"PublishOptions.sndhwm must be >= 1, got {self.sndhwm}")
+        if not 1 <= self.sndhwm <= SOCKOPT_INT_MAX:  # ZMQ_SNDHWM is a C int
+            raise ConfigError(f"PublishOptions.sndhwm must be in 1..2**31-1, got {self.sndhwm}")
         if self.classes_every < 1:
             raise ConfigError(f"PublishOptions.classes_every must be >= 1, got {self.classes_every}")
 

@@ -48,6 +48,7 @@ from .curve import CurveServer
 from .endpoint import check_endpoint
 from .protocol import (
     DEFAULT_MAX_PIXELS,
+    INT_MAX,
     MAX_HEADER_BYTES,
     PROTOCOL,
     ErrorCode,
@@ -131,10 +132,10 @@ class ServerLimits:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"ServerLimits.{name} must be a positive integer, got {value!r}")
-        if self.max_bytes < MIN_MAX_BYTES:
+        if not MIN_MAX_BYTES <= self.max_bytes <= INT_MAX:  # ZMQ_MAXMSGSIZE is an int64
             raise ConfigError(
-                f"ServerLimits.max_bytes must be >= {MIN_MAX_BYTES} (a {MAX_HEADER_BYTES}-byte header "
-                f"plus a small image), got {self.max_bytes!r}"
+                f"ServerLimits.max_bytes must be in {MIN_MAX_BYTES}..2**63-1 (at least a "
+                f"{MAX_HEADER_BYTES}-byte header plus a small image), got {self.max_bytes!r}"
             )
         if not self.stream_ttl_s > 0:
             raise ConfigError(f"ServerLimits.stream_ttl_s must be positive, got {self.stream_ttl_s!r}")

@@ -34,8 +34,10 @@ from .curve import apply_client_keys
 from .endpoint import check_endpoint
 from .protocol import (
     DEFAULT_MAX_PIXELS,
+    INT_MAX,
     MAX_FRAME_MESSAGE_FRAMES,
     MAX_PARTS,
+    SOCKOPT_INT_MAX,
     STREAM_ID_RULE,
     FrameHeader,
     check_label_values,
@@ -188,8 +190,10 @@ class Subscriber:
         self._exact: frozenset[bytes] | None = (
             frozenset(t.encode("utf-8") for t in topics) if exact_topics and topics is not None else None
         )
-        if rcvhwm < 1:
-            raise ConfigError(f"rcvhwm must be >= 1, got {rcvhwm}")
+        if not 1 <= rcvhwm <= SOCKOPT_INT_MAX:  # ZMQ_RCVHWM is a C int: past it, OverflowError
+            raise ConfigError(f"rcvhwm must be in 1..2**31-1, got {rcvhwm}")
+        if not 1 <= max_bytes <= INT_MAX:  # ZMQ_MAXMSGSIZE is an int64
+            raise ConfigError(f"max_bytes must be in 1..2**63-1, got {max_bytes}")
         if isinstance(max_streams, bool) or not isinstance(max_streams, int) or max_streams < 1:
             raise ConfigError(f"max_streams must be an integer >= 1, got {max_streams!r}")
         self.max_streams = max_streams

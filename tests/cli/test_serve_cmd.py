@@ -98,9 +98,15 @@ def test_bad_options_are_refused_before_loading(capsys: pytest.CaptureFixture[st
         # libzmq drops every frame over it (ZMQ_MAXMSGSIZE): such a server answered nothing
         (
             ["--max-bytes", "10"],
-            f"argument --max-bytes: expected a whole number of bytes >= {MIN_MAX_BYTES} (a header of "
-            f"up to {MAX_HEADER_BYTES} bytes plus a small image), got 10",
+            f"argument --max-bytes: expected a whole number of bytes in {MIN_MAX_BYTES}..2**63-1 (at "
+            f"least a header of up to {MAX_HEADER_BYTES} bytes plus a small image), got 10",
         ),
+        # ZMQ_MAXMSGSIZE is an int64: setting it raised OverflowError once the model had loaded
+        (
+            ["--max-bytes", "99999999999999999999"],
+            f"argument --max-bytes: expected a whole number of bytes in {MIN_MAX_BYTES}..2**63-1",
+        ),
+        (["--max-bytes", str(2**63)], f"got {2**63}"),
         (
             ["--curve-keys", "/nonexistent/keys"],
             "CurveZMQ key file not found: /nonexistent/keys/server.key_secret",

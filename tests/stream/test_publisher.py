@@ -292,6 +292,8 @@ def test_uri_parsing() -> None:
     ("query", "message"),
     [
         ("hwm=0", "option hwm must be"),
+        # ZMQ_SNDHWM is a C int: setting it raised OverflowError as the sink opened
+        ("hwm=3000000000", r"option hwm must be in 1\.\.2\*\*31-1, got 3000000000"),
         ("labels=gif", "option labels must be 'png' or 'raw'"),
         ("quality=500", "option quality must be"),
         ("frame=bmp", "option frame must be"),

@@ -439,6 +439,16 @@ def test_exact_topics_must_be_stream_ids(tcp_endpoint: str) -> None:
         Subscriber(tcp_endpoint, topics=[""], exact_topics=True)
 
 
+def test_socket_option_values_past_their_c_types_are_refused(tcp_endpoint: str) -> None:
+    """ZMQ_RCVHWM is a C int and ZMQ_MAXMSGSIZE an int64: larger values raised OverflowError."""
+    with pytest.raises(ConfigError, match=r"rcvhwm must be in 1\.\.2\*\*31-1, got 2147483648"):
+        Subscriber(tcp_endpoint, rcvhwm=2**31)
+    with pytest.raises(ConfigError, match=rf"max_bytes must be in 1\.\.2\*\*63-1, got {2**63}"):
+        Subscriber(tcp_endpoint, max_bytes=2**63)
+    with pytest.raises(ConfigError, match=r"max_bytes must be in 1\.\.2\*\*63-1, got 0"):
+        Subscriber(tcp_endpoint, max_bytes=0)
+
+
 def test_topics_must_be_strings(tcp_endpoint: str) -> None:
     with pytest.raises(ConfigError, match=r"topics\[1\] must be a str \(a stream id prefix\), got b'cam1'"):
         Subscriber(tcp_endpoint, topics=["cam0", b"cam1"])  # type: ignore[list-item]
