@@ -360,8 +360,8 @@ class Server:
         for _ in self._threads:
             self._jobs.put(None)
         until = max(deadline, time.monotonic() + 0.5)  # a little for workers that were idle
-        for t in self._threads:
-            t.join(max(0.0, until - time.monotonic()))
+        for t in self._threads:  # a drain_s of centuries is no limit (join overflows past TIMEOUT_MAX)
+            t.join(min(threading.TIMEOUT_MAX, max(0.0, until - time.monotonic())))
         with self._workers_lock:
             if self._live_workers:
                 self._orphaned = True

@@ -503,6 +503,17 @@ def test_stop_answers_the_accepted_requests_and_refuses_new_ones(
     assert server.stats.ok == 3
 
 
+def test_a_drain_of_centuries_closes(small_engine: Engine, tcp_endpoint: str) -> None:
+    """rtseg serve --drain 1e10 is finite, so allowed: close() raised OverflowError joining the
+    workers for that long (past threading.TIMEOUT_MAX)."""
+    server = Server(small_engine, bind=tcp_endpoint, limits=ServerLimits(drain_s=1e10)).start()
+    with Client(tcp_endpoint, timeout=10, retries=0) as client:
+        client.segment(np.zeros((48, 64, 3), np.uint8))
+    t0 = time.monotonic()
+    server.close()
+    assert time.monotonic() - t0 < 5
+
+
 def test_replies_sent_during_the_drain_reach_their_clients(small_engine: Engine, tmp_path: Path) -> None:
     """close() closed the ROUTER with linger 0 right after the drain handed it the last reply: a
     large one (8 MB of raw 4K labels, not yet written to the connection) was discarded, though
