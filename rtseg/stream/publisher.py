@@ -291,7 +291,15 @@ def parse_zmq_uri(uri: str) -> tuple[str, dict[str, Any]]:
         )
     check_endpoint(endpoint, bind=True)
     options: dict[str, Any] = {}
-    for key, value in parse_qsl(query, keep_blank_values=True):
+    pairs = parse_qsl(query, keep_blank_values=True)
+    keys = [k for k, _ in pairs]
+    twice = sorted({k for k in keys if keys.count(k) > 1})
+    if twice:  # which one was meant cannot be known (parts=labels&parts=overlay kept the last)
+        raise ConfigError(
+            f"{uri!r}: option(s) {twice} given more than once; give each once "
+            "(several parts go in one: parts=labels,overlay)"
+        )
+    for key, value in pairs:
         if key not in _QUERY_KEYS:
             raise ConfigError(f"{uri!r}: unknown option {key!r}; known: {', '.join(_QUERY_KEYS)}")
         name = _QUERY_KEYS[key]

@@ -297,6 +297,9 @@ def test_uri_parsing() -> None:
         ("labels=gif", "option labels must be 'png' or 'raw'"),
         ("quality=500", "option quality must be"),
         ("frame=bmp", "option frame must be"),
+        # the last one was kept silently: the sink published labels only
+        ("parts=labels&parts=overlay", r"option\(s\) \['parts'\] given more than once"),
+        ("quality=50&hwm=3&quality=60", r"option\(s\) \['quality'\] given more than once"),
     ],
 )
 def test_uri_option_errors_name_the_key_the_user_wrote(query: str, message: str) -> None:
