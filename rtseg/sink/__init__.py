@@ -54,7 +54,12 @@ def open_sink(
         where, _, query = rest.partition("?")
         if where:
             raise SinkError(f"{text!r}: null:// discards the results and takes no path, got {where!r}")
-        params = dict(parse_qsl(query))
+        pairs = parse_qsl(query)
+        params = dict(pairs)
+        if len(params) != len(pairs):  # which one was meant cannot be known (the last was kept)
+            keys = [k for k, _ in pairs]
+            twice = sorted({k for k in keys if keys.count(k) > 1})
+            raise SinkError(f"{text!r}: option(s) {twice} given more than once; give each once")
         unknown = sorted(set(params) - {"overlay"})
         if unknown:
             raise SinkError(f"{text!r}: unknown option(s) {unknown}; null:// takes ?overlay=1")

@@ -31,6 +31,9 @@ def test_null_and_options() -> None:
         open_sink("null://?colour=1")
     with pytest.raises(SinkError, match="overlay must be 1 or 0 \\(true or false\\), got 'maybe'"):
         open_sink("null://?overlay=maybe")
+    # the last one was kept silently, as zmq:// did; sources refuse it too
+    with pytest.raises(SinkError, match=r"option\(s\) \['overlay'\] given more than once; give each once"):
+        open_sink("null://?overlay=1&overlay=0")
     for value, draw in (("0", False), ("false", False), ("TRUE", True)):
         with open_sink(f"null://?overlay={value}") as quiet:
             assert quiet.draw is draw, value
