@@ -92,10 +92,11 @@ def _bad(field_name: str, expected: str, value: Any) -> WireError:
     return WireError(ErrorCode.BAD_HEADER, f"field {field_name!r}: expected {expected}, got {shown}")
 
 
-def _get(data: Mapping[str, Any], name: str, *, required: bool) -> Any:
+def _get(data: Mapping[str, Any], name: str, *, required: bool, path: str | None = None) -> Any:
+    """``data[name]``; ``path`` is how errors name it (``reply.labels`` for a nested field)."""
     if name not in data or data[name] is None:
         if required:
-            raise WireError(ErrorCode.BAD_HEADER, f"field {name!r} is missing")
+            raise WireError(ErrorCode.BAD_HEADER, f"field {path or name!r} is missing")
         return None
     return data[name]
 
@@ -124,21 +125,30 @@ def _float(data: Mapping[str, Any], name: str, *, required: bool = True) -> floa
     return float(value)
 
 
-def _bool(data: Mapping[str, Any], name: str, *, default: bool | None = None) -> bool:
-    value = _get(data, name, required=default is None)
+def _bool(
+    data: Mapping[str, Any], name: str, *, default: bool | None = None, path: str | None = None
+) -> bool:
+    value = _get(data, name, required=default is None, path=path)
     if value is None:
         return bool(default)
     if not isinstance(value, bool):
-        raise _bad(name, "true or false", value)
+        raise _bad(path or name, "true or false", value)
     return value
 
 
-def _choice(data: Mapping[str, Any], name: str, choices: Sequence[str], default: str | None = None) -> str:
-    value = _get(data, name, required=default is None)
+def _choice(
+    data: Mapping[str, Any],
+    name: str,
+    choices: Sequence[str],
+    default: str | None = None,
+    *,
+    path: str | None = None,
+) -> str:
+    value = _get(data, name, required=default is None, path=path)
     if value is None:
         return str(default)
     if value not in choices:
-        raise _bad(name, f"one of {list(choices)}", value)
+        raise _bad(path or name, f"one of {list(choices)}", value)
     return str(value)
 
 
@@ -719,9 +729,9 @@ def parse_request(data: Mapping[str, Any]) -> SegmentRequest:
         keyframe=_bool(data, "keyframe", default=False),
         frame_index=_int(data, "frame_index", required=False),
         capture_ts=_float(data, "capture_ts", required=False),
-        labels=_choice(reply, "labels", ("png", "raw"), "png"),
-        size=_choice(reply, "size", ("output", "input"), "output"),
-        overlay=_bool(reply, "overlay", default=False),
+        labels=_choice(reply, "labels", ("png", "raw"), "png", path="reply.labels"),
+        size=_choice(reply, "size", ("output", "input"), "output", path="reply.size"),
+        overlay=_bool(reply, "overlay", default=False, path="reply.overlay"),
         overlay_quality=80 if quality is None else quality,
         deadline_ms=deadline_ms,
     )

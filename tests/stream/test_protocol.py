@@ -283,6 +283,23 @@ def test_overlay_quality_has_one_check_one_name_one_range(quality: object) -> No
         assert parse_request({**header, "reply": {"overlay_quality": good}}).overlay_quality == good
 
 
+@pytest.mark.parametrize(
+    ("reply", "detail"),
+    [
+        ({"labels": "jpeg"}, "field 'reply.labels': expected one of ['png', 'raw'], got 'jpeg'"),
+        ({"size": "half"}, "field 'reply.size': expected one of ['output', 'input'], got 'half'"),
+        ({"overlay": "yes"}, "field 'reply.overlay': expected true or false, got 'yes'"),
+    ],
+)
+def test_reply_fields_are_named_with_their_object(reply: dict, detail: str) -> None:
+    """They were named 'labels', 'size' and 'overlay', as if top-level (and 'labels' is also a part
+    name), while overlay_quality said 'reply.overlay_quality'."""
+    header = {"proto": PROTOCOL, "type": "segment", "image": {"name": "image", "encoding": "jpeg"}}
+    with pytest.raises(WireError) as err:
+        parse_request({**header, "reply": reply})
+    assert err.value.code is ErrorCode.BAD_HEADER and err.value.detail == detail
+
+
 def test_encode_array_refuses_sides_its_encoder_cannot_write() -> None:
     """A clear ValueError naming the limit, not OpenCV's assertion (PNG) or a bare failure (JPEG)."""
     encode_array("overlay", np.zeros((1, 65500, 3), np.uint8), "jpeg")
