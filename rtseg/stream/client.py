@@ -39,6 +39,9 @@ from .protocol import (
     PartSpec,
     SegmentRequest,
     ServerError,
+    WireError,
+    _bool,
+    _int,
     check_label_values,
     check_standard_parts,
     check_stream_id,
@@ -308,17 +311,23 @@ class Client:
         check_standard_parts(parts)
         classes = _reply_field(header, "classes", ClassSet.from_dict)
         check_label_values(parts["labels"], classes)
+        try:  # the wire format's own checks: bool("false") was True, int(-1) a deep_age
+            is_keyframe = _bool(header, "is_keyframe", default=False)
+            deep_age = _int(header, "deep_age", required=False)
+            frame_index = _int(header, "frame_index", required=False)
+        except WireError as exc:
+            raise ProtocolError(f"reply header {exc.detail}") from None
         return Reply(
             labels=parts["labels"],
             overlay=parts.get("overlay"),
-            is_keyframe=bool(header.get("is_keyframe")),
-            deep_age=_reply_field(header, "deep_age", int, 0),
+            is_keyframe=is_keyframe,
+            deep_age=0 if deep_age is None else deep_age,
             timings_ms=_reply_field(header, "timings_ms", dict, {}),
             image_shape=_reply_field(header, "image_shape", tuple, ()),
             input_size=_reply_field(header, "input_size", lambda v: (int(v[0]), int(v[1]))),
             classes=classes,
             stream=header.get("stream"),
-            frame_index=header.get("frame_index"),
+            frame_index=frame_index,
             rtt_ms=rtt * 1000.0,
             attempts=self.last_attempts,
             stream_restarted=restarted,

@@ -176,6 +176,11 @@ def _one_reply_raises(endpoint: str, reply: Callable[[str], list[bytes]], messag
     ("field", "value"),
     [
         ("deep_age", '"zero"'),
+        # bool() and int() took these: "false" was a keyframe, -1 and 2.5 deep ages
+        ("is_keyframe", '"false"'),
+        ("deep_age", "-1"),
+        ("deep_age", "2.5"),
+        ("frame_index", "-3"),
         ("image_shape", "5"),
         ("timings_ms", "[1, 2]"),
         ("input_size", "[Infinity, 2]"),  # Python's json reads Infinity; int() of it overflows
