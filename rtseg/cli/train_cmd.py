@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from ..errors import ConfigError
 from ..models import list_models
 from .common import check_output, output_file, parse_size, positive_float, positive_int
 
@@ -45,6 +46,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--out", type=output_file, default=Path("runs/train/best.pt"), help="best weights (rtseg checkpoint)"
     )
     p.add_argument("--resume", type=Path, default=None, help="training state to continue (OUT.state.pt)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start a new run over an earlier run's --out and OUT.state.pt (deleting them); without "
+        "it, or --resume, an existing one is refused",
+    )
     p.add_argument("--max-minutes", type=positive_float, default=None, help="stop cleanly after this long")
     p.add_argument(
         "--save-every",
@@ -62,9 +69,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..train import TrainConfig, Trainer, read_state
+    from ..train import TrainConfig, Trainer, check_out_is_free, read_state
 
     check_output(args.out, "--out")
+    if args.resume is not None and args.overwrite:
+        raise ConfigError("--overwrite starts a new run and --resume continues one: pass only one of them")
     if args.threads:
         torch.set_num_threads(args.threads)
     config = TrainConfig(
@@ -93,7 +102,9 @@ def run(args: argparse.Namespace) -> int:
     saved = read_state(args.resume) if args.resume is not None else None
     if saved is not None:
         saved.check_config(config)
-    trainer = Trainer(config, progress=not args.no_progress)
+    else:  # and an earlier run's files before them too
+        check_out_is_free(config.out, overwrite=args.overwrite)
+    trainer = Trainer(config, progress=not args.no_progress, overwrite=args.overwrite)
     if saved is not None:
         trainer.load_state(saved)
     state = trainer.fit(max_seconds=args.max_minutes * 60 if args.max_minutes else None)

@@ -301,6 +301,29 @@ def state_path_for(out: str | Path) -> Path:
     return out.with_name(out.stem + ".state.pt")
 
 
+def earlier_run_files(out: str | Path) -> list[Path]:
+    """What a run with this ``out`` left behind: its resumable state and its best weights."""
+    out = Path(out)
+    return [p for p in (state_path_for(out), out) if p.exists()]
+
+
+def check_out_is_free(out: str | Path, *, overwrite: bool) -> list[Path]:
+    """The earlier run's files that a new run would replace; ConfigError naming them unless
+    ``overwrite``: a command repeated without --resume (arrow-up after a Ctrl-C) replaced hours
+    of training without a word."""
+    files = earlier_run_files(out)
+    if files and not overwrite:
+        state = state_path_for(out)
+        named = " and ".join(str(p) for p in files)
+        how = (
+            f"pass --resume {state} to continue that run, or --overwrite to start afresh (which deletes them)"
+            if state in files
+            else "pass --overwrite to start afresh (which deletes it), or choose another --out"
+        )
+        raise ConfigError(f"out (--out) {out}: an earlier run left {named}; {how}")
+    return files
+
+
 def dataset_statistics(dataset: SegmentationDataset) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel BGR mean and std over the training images (for standardising the input)."""
     total = np.zeros(3)
@@ -317,9 +340,13 @@ def dataset_statistics(dataset: SegmentationDataset) -> tuple[tuple[float, ...],
 
 
 class Trainer:
-    def __init__(self, config: TrainConfig, *, progress: bool = True) -> None:
+    def __init__(self, config: TrainConfig, *, progress: bool = True, overwrite: bool = False) -> None:
+        """``overwrite``: a new run (no ``load_state``) may replace an earlier run's files in
+        ``config.out``; without it, ``fit`` refuses to start over them."""
         self.config = config
         self.progress = progress
+        self.overwrite = overwrite
+        self._continues = False  # set by load_state, and by a first fit: the files are this run's
         self.device = torch.device(config.device)
         self._make_output_folder()
         self.train_set = open_dataset(config.dataset, config.root, config.train_split)
@@ -513,6 +540,7 @@ class Trainer:
         self.preprocessing = preprocessing
         self.normalize = Normalize(self.preprocessing).to(self.device)
         self.state = progress
+        self._continues = True
         log.info(
             "resumed %s at epoch %d, batch %d (best val mIoU %.2f)",
             path,
@@ -630,6 +658,11 @@ class Trainer:
     def fit(self, *, max_seconds: float | None = None) -> TrainState:
         """Train until ``epochs`` or ``max_seconds``; always leaves a resumable state behind."""
         c = self.config
+        if not self._continues:
+            for path in check_out_is_free(c.out, overwrite=self.overwrite):
+                path.unlink()
+                log.info("overwrite: deleted %s of an earlier run", path)
+            self._continues = True
         st = self.state
         total_steps = c.epochs * self.iters_per_epoch
         done_steps = st.epoch * self.iters_per_epoch + st.batch

@@ -93,3 +93,32 @@ def test_an_out_folder_that_cannot_be_made_is_refused_before_the_dataset_is_read
     assert main(_train(tmp_path, "--out", "/proc/rtseg-no-such/best.pt")) == 2
     err = capsys.readouterr().err
     assert err.startswith("rtseg train: error: --out /proc/rtseg-no-such/best.pt: cannot write in /proc")
+
+
+def test_an_earlier_run_in_out_is_refused_without_resume_or_overwrite(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Arrow-up + Enter after a Ctrl-C (the command without --resume) replaced the earlier run's
+    state and best weights without a word."""
+    out, state = tmp_path / "best.pt", tmp_path / "best.state.pt"
+    out.write_bytes(b"earlier weights")
+    state.write_bytes(b"earlier state")
+    assert main(_train(tmp_path, "--out", str(out))) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"rtseg train: error: out (--out) {out}: an earlier run left {state} and {out}; pass --resume "
+        f"{state} to continue that run, or --overwrite to start afresh (which deletes them)"
+    )
+    state.unlink()
+    assert main(_train(tmp_path, "--out", str(out))) == 2
+    assert "left " + str(out) + "; pass --overwrite to start afresh" in capsys.readouterr().err
+    assert out.read_bytes() == b"earlier weights"
+
+
+def test_overwrite_and_resume_together_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = tmp_path / "best.state.pt"
+    argv = _train(tmp_path, "--out", str(tmp_path / "best.pt"), "--resume", str(state), "--overwrite")
+    assert main(argv) == 2
+    assert "--overwrite starts a new run and --resume continues one" in capsys.readouterr().err

@@ -556,3 +556,18 @@ def test_an_intact_state_still_resumes(tiny_camvid: Path, tmp_path: Path) -> Non
     other = Trainer(_config(tiny_camvid, tmp_path / "a.pt", class_weight_c=0), progress=False)
     other.load_state(read_state(trainer.state_path))
     assert (other.state.epoch, other.state.batch) == (1, 2)
+
+
+def test_a_new_run_refuses_an_earlier_runs_files_unless_told_to_overwrite(
+    tiny_camvid: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "best.pt"
+    state_path_for(out).write_bytes(b"earlier state")
+    config = _config(tiny_camvid, out, class_weight_c=0)
+    with pytest.raises(ConfigError, match=r"an earlier run left .*best.state.pt; pass --resume"):
+        Trainer(config, progress=False).fit()
+    assert state_path_for(out).read_bytes() == b"earlier state"
+    trainer = Trainer(config, progress=False, overwrite=True)
+    assert trainer.fit().epoch == 1
+    assert _progress(state_path_for(out))["epoch"] == 1 and out.is_file()
+    trainer.fit()  # the same trainer again: its own files, not an earlier run's
