@@ -40,7 +40,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--init",
         default=None,
-        help="weights of the same --model to fine-tune from (other classes: tensors that fit are loaded)",
+        help="weights of the same --model to fine-tune from, in their variant (p/q, scale); other "
+        "classes: the tensors that fit are loaded (docs/training.md)",
     )
     p.add_argument(
         "--out", type=output_file, default=Path("runs/train/best.pt"), help="best weights (rtseg checkpoint)"

@@ -455,10 +455,10 @@ class Trainer:
     def _initial_model(self, init: StagedSegmenter | None) -> StagedSegmenter:
         """Fresh weights; the init weights whole (same classes); the init network with its outputs
         selected by class correspondence (e.g. CamVid from Cityscapes, where the network has a
-        ``select_outputs``); or else the init tensors whose names and shapes fit."""
-        fresh = get_model(self.config.model, num_classes=len(self.classes))
+        ``select_outputs``); or else the init tensors whose names and shapes fit, in a network
+        of the init weights' own variant (ESPNet's p and q, ESPNetv2's scale)."""
         if init is None:
-            return fresh
+            return get_model(self.config.model, num_classes=len(self.classes))
         source = init.meta.classes
         if source.names == self.classes.names:
             log.info("fine-tuning from %s: every tensor loaded (same classes)", self.config.init)
@@ -485,8 +485,19 @@ class Trainer:
                 pairs,
             )
             return model
+        fresh = get_model(self.config.model, num_classes=len(self.classes), **self._init_variant(init))
         self._load_matching(fresh, init.state_dict())
         return fresh
+
+    def _init_variant(self, init: StagedSegmenter) -> dict[str, Any]:
+        """The init weights' architecture without their output count: the registry's default
+        variant made ``--model espnet-c --init espnet_p_2_q_3.pth`` a q = 8 network with 61
+        tensors re-initialised (ESPNetv2 s = 1.0 weights: an s = 2.0 one with 388)."""
+        config = {k: v for k, v in init.meta.config.items() if k not in ("num_outputs", "num_classes")}
+        width = config.get("width")  # ESPNet's decoder width, which must hold every output
+        if width is not None and width < len(self.classes):
+            del config["width"]
+        return config
 
     def _load_matching(self, model: torch.nn.Module, source: dict[str, torch.Tensor]) -> None:
         target = model.state_dict()

@@ -571,3 +571,26 @@ def test_a_new_run_refuses_an_earlier_runs_files_unless_told_to_overwrite(
     assert trainer.fit().epoch == 1
     assert _progress(state_path_for(out))["epoch"] == 1 and out.is_file()
     trainer.fit()  # the same trainer again: its own files, not an earlier run's
+
+
+@pytest.mark.parametrize(("model", "variant"), [("espnet-c", {"q": 3}), ("espnetv2", {"scale": 1.0})])
+def test_init_weights_of_another_variant_build_that_variant(
+    tiny_camvid: Path, tmp_path: Path, model: str, variant: dict, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The fresh network was the registry's default variant (q = 8, s = 2.0): most init tensors
+    did not fit it and were re-initialised without an error."""
+    torch.manual_seed(3)
+    source = get_model(model, **variant)  # Cityscapes classes: CamVid training loads what fits
+    init = tmp_path / "city.pt"
+    save_checkpoint(init, source.state_dict(), source.meta)
+    config = replace(_config(tiny_camvid, tmp_path / "out.pt", init=str(init)), model=model, size=(64, 64))
+    with caplog.at_level(logging.INFO, logger="rtseg.train.trainer"):
+        trainer = Trainer(config, progress=False)
+    assert {k: trainer.model.meta.config[k] for k in variant} == variant
+    # only the layers whose shape follows the class count start afresh; every other tensor is loaded
+    camvid_shapes = {k: v.shape for k, v in get_model(model, num_classes=11, **variant).state_dict().items()}
+    target = trainer.model.state_dict()
+    differ = [k for k, v in source.state_dict().items() if v.shape != camvid_shapes[k]]
+    assert f"{len(differ)} re-initialised" in caplog.text
+    for key, value in source.state_dict().items():
+        assert key in differ or torch.equal(target[key], value), key
