@@ -33,7 +33,14 @@ from ..engine.base import cuda_device_index
 from ..errors import BackendUnavailableError, CheckpointError, ConfigError, TrainingError
 from ..evaluate import evaluate, torch_logits_fn
 from ..models import StagedSegmenter, get_model
-from ..models.checkpoint import TRAIN_STATE_FORMAT, WeightsMeta, atomic_torch_save, save_checkpoint
+from ..models.checkpoint import (
+    TRAIN_STATE_FORMAT,
+    WeightsMeta,
+    atomic_torch_save,
+    meta_sha256,
+    save_checkpoint,
+    tensors_sha256,
+)
 from ..models.registry import get_spec
 from .augment import ScaleCropFlip
 from .loss import SegmentationLoss, class_frequencies, enet_class_weights
@@ -252,7 +259,46 @@ def _check_payload(path: Path, payload: dict[str, Any]) -> tuple[Preprocessing, 
     bad = [k for k, v in payload["model"].items() if not isinstance(v, torch.Tensor)]
     if bad:
         raise CheckpointError(f"{path}: the 'model' entry has {len(bad)} non-tensor values, first: {bad[:3]}")
+    tensors, plain = _split_state(payload)
+    # States from before the checksums have none: their values are only checked for finiteness.
+    for key, digest in (("tensors_sha256", tensors_sha256), ("meta_sha256", meta_sha256)):
+        stored = payload.get(key)
+        if stored is not None and stored != digest(tensors if key == "tensors_sha256" else plain):
+            what = "tensors (weights, optimiser)" if key == "tensors_sha256" else "settings and progress"
+            raise CheckpointError(
+                f"{path}: the training state's {what} do not match the checksum stored with them; "
+                "the file is corrupt (a bad copy or a failing disk): resume from an intact copy"
+            )
+    infinite = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if infinite:
+        raise CheckpointError(
+            f"{path}: {len(infinite)} tensors of the training state hold NaN or infinite values, first: "
+            f"{infinite[:5]}; the file is corrupt"
+        )
     return preprocessing, progress
+
+
+_DIGESTS = ("tensors_sha256", "meta_sha256")
+
+
+def _split_state(payload: dict[str, Any]) -> tuple[dict[str, torch.Tensor], Any]:
+    """A state's tensors by path ('model.conv.weight', 'optimizer.state.0.exp_avg') and the rest
+    with each tensor replaced by its path: what ``tensors_sha256`` and ``meta_sha256`` digest, so
+    a flipped byte anywhere (torch.load checks no CRC) is found before it is trained on."""
+    tensors: dict[str, torch.Tensor] = {}
+
+    def split(value: Any, where: str) -> Any:
+        if isinstance(value, torch.Tensor):
+            tensors[where] = value
+            return f"<tensor {where}>"
+        if isinstance(value, dict):
+            return {str(k): split(v, f"{where}.{k}") for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [split(v, f"{where}.{i}") for i, v in enumerate(value)]
+        return value
+
+    plain = {k: split(v, k) for k, v in payload.items() if k not in _DIGESTS}
+    return tensors, plain
 
 
 def _saved_preprocessing(path: Path, data: Any) -> Preprocessing:
@@ -524,6 +570,9 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "progress": json.dumps(asdict(self.state)),
         }
+        tensors, plain = _split_state(payload)
+        payload["tensors_sha256"] = tensors_sha256(tensors)
+        payload["meta_sha256"] = meta_sha256(plain)
         atomic_torch_save(payload, self.state_path)
 
     @property
@@ -664,7 +713,30 @@ class Trainer:
             },
             metrics={f"{c.dataset}/{c.val_split}": {"miou": round(100 * miou, 2), "by": "rtseg train"}},
         )
-        save_checkpoint(c.out, self.model.state_dict(), meta, half=c.half_weights)
+        state = self.model.state_dict()
+        self._check_savable(state)
+        save_checkpoint(c.out, state, meta, half=c.half_weights)
+
+    def _check_savable(self, state: dict[str, torch.Tensor]) -> None:
+        """TrainingError naming the tensors that would make the best weights unusable: every
+        command refuses NaN or infinite weights, and fp16 turns a weight past 65504 into inf."""
+        floats = {k: v for k, v in state.items() if v.is_floating_point()}
+        bad = [k for k, v in floats.items() if not bool(torch.isfinite(v).all())]
+        what = "hold NaN or infinite values"
+        if not bad and self.config.half_weights:
+            bad = [k for k, v in floats.items() if not bool(torch.isfinite(v.half()).all())]
+            what = "hold values beyond float16's range (+-65504), which the fp16 best weights store as inf"
+        if bad:
+            raise TrainingError(
+                f"cannot save the best weights {self.config.out}: {len(bad)} tensors {what}, first: "
+                f"{bad[:5]}; the run diverged: lower --lr ({self._kept_state()})"
+            )
+
+    def _kept_state(self) -> str:
+        """What a run that fails now leaves to resume from."""
+        if self.state_path.exists():
+            return f"the last saved state, {self.state_path}, is kept"
+        return "no training state was saved yet"
 
     def fit(self, *, max_seconds: float | None = None) -> TrainState:
         """Train until ``epochs`` or ``max_seconds``; always leaves a resumable state behind."""

@@ -481,6 +481,9 @@ def test_the_output_folder_is_made_before_training(tiny_camvid: Path, tmp_path: 
 
 
 def _damage(payload: dict, how: str) -> None:
+    # Without its checksums (as a state from before them, or edited by hand): the checks of the
+    # contents must name the damage on their own.
+    del payload["tensors_sha256"], payload["meta_sha256"]
     if how == "no optimizer":
         del payload["optimizer"]
     elif how == "garbled progress":
@@ -594,3 +597,87 @@ def test_init_weights_of_another_variant_build_that_variant(
     assert f"{len(differ)} re-initialised" in caplog.text
     for key, value in source.state_dict().items():
         assert key in differ or torch.equal(target[key], value), key
+
+
+def _flip_byte_in_member(path: Path, member_suffix: str) -> None:
+    """Flip one byte of a stored (uncompressed) member of torch.save's zip archive, as a failing
+    disk or a bad copy would: torch.load checks no CRC and reads the changed value."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        info = next(i for i in archive.infolist() if i.filename.endswith(member_suffix))
+    data = bytearray(path.read_bytes())
+    name_len, extra_len = (
+        int.from_bytes(data[info.header_offset + 26 : info.header_offset + 28], "little"),
+        (int.from_bytes(data[info.header_offset + 28 : info.header_offset + 30], "little")),
+    )
+    data[info.header_offset + 30 + name_len + extra_len + 2] ^= 0x40
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("how", ["value 3e38", "flipped byte", "edited progress"])
+def test_a_corrupted_state_is_refused_by_its_checksum(tiny_camvid: Path, tmp_path: Path, how: str) -> None:
+    """A tensor overwritten with 3e38 (inf in the fp16 best weights) or one flipped byte resumed
+    and "trained", ending in a best.pt every command refuses."""
+    trainer = Trainer(_config(tiny_camvid, tmp_path / "a.pt", class_weight_c=0), progress=False)
+    trainer.save_state()
+    damaged = tmp_path / "damaged.state.pt"
+    if how == "flipped byte":
+        damaged.write_bytes(trainer.state_path.read_bytes())
+        _flip_byte_in_member(damaged, "data/0")
+        what = "tensors"
+    else:
+        payload = torch.load(trainer.state_path, weights_only=True)
+        if how == "value 3e38":
+            payload["model"]["classifier.weight"].view(-1)[0] = 3e38
+            what = "tensors"
+        else:
+            payload["progress"] = payload["progress"].replace('"epoch": 0', '"epoch": 7')
+            what = "settings and progress"
+        torch.save(payload, damaged)
+    with pytest.raises(CheckpointError, match=rf"{what} .*do not match the checksum stored with them"):
+        read_state(damaged)
+
+
+def test_a_state_without_checksums_resumes_and_its_values_are_checked(
+    tiny_camvid: Path, tmp_path: Path
+) -> None:
+    trainer = Trainer(_config(tiny_camvid, tmp_path / "a.pt", class_weight_c=0), progress=False)
+    trainer.state.epoch = 1
+    trainer.save_state()
+    payload = torch.load(trainer.state_path, weights_only=True)
+    del payload["tensors_sha256"], payload["meta_sha256"]  # as written before them
+    older = tmp_path / "older.state.pt"
+    torch.save(payload, older)
+    trainer.load_state(older)
+    assert trainer.state.epoch == 1
+    payload["model"]["classifier.weight"].view(-1)[0] = math.inf
+    torch.save(payload, older)
+    with pytest.raises(
+        CheckpointError, match=r"1 tensors of the training state hold NaN or infinite .*classifier"
+    ):
+        read_state(older)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"), [(math.nan, "NaN or infinite"), (1e5, "values beyond float16's range")]
+)
+def test_best_weights_that_would_not_load_are_not_written(
+    tiny_camvid: Path, tmp_path: Path, value: float, message: str
+) -> None:
+    from rtseg.errors import TrainingError
+
+    trainer = Trainer(_config(tiny_camvid, tmp_path / "best.pt", class_weight_c=0), progress=False)
+
+    def validate() -> float:  # the validation that finds weights past what the fp16 file holds
+        with torch.no_grad():
+            trainer.model.classifier.weight.view(-1)[0] = value
+        return 0.5
+
+    trainer.validate = validate  # type: ignore[method-assign]
+    with pytest.raises(
+        TrainingError, match=rf"cannot save the best weights .*1 tensors hold {message}.*classifier"
+    ) as caught:
+        trainer.fit()
+    assert not (tmp_path / "best.pt").exists()
+    assert "no training state was saved yet" in str(caught.value)
