@@ -14,8 +14,9 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from ..cli.common import check_output
 from ..data.datasets import open_dataset
-from ..errors import CheckpointError, RtsegError
+from ..errors import CheckpointError, ConfigError, RtsegError
 from ..evaluate import evaluate, torch_logits_fn
 from ..models import get_model, read_checkpoint, save_checkpoint
 
@@ -27,6 +28,8 @@ def package(source: Path, target: Path, *, dataset: str, root: Path, splits: lis
             f"{source}: a plain state dict has no rtseg metadata (model, classes, training recipe); "
             "package the best.pt that rtseg train wrote"
         )
+    # The evaluation takes minutes: an output that cannot be written is refused before it.
+    check_output(target, "target")
     model = get_model(loaded.meta.model, weights=source)
     meta = model.meta
     metrics = dict(meta.metrics)
@@ -58,9 +61,16 @@ def package(source: Path, target: Path, *, dataset: str, root: Path, splits: lis
             }
         except CheckpointError:
             provenance["initialised_from"] = {"file": init}
-    save_checkpoint(
-        target, model.state_dict(), replace(meta, metrics=metrics, provenance=provenance), half=True
-    )
+    try:
+        save_checkpoint(
+            target, model.state_dict(), replace(meta, metrics=metrics, provenance=provenance), half=True
+        )
+    except OSError as exc:  # a disk that filled during the evaluation: keep its numbers in the message
+        scores = ", ".join(f"{split} mIoU {miou:.2f}" for split, miou in results.items())
+        raise ConfigError(
+            f"target {target}: cannot write it: {exc.strerror or exc} (nothing written; the scores were "
+            f"{scores})"
+        ) from None
     return results
 
 

@@ -7,6 +7,7 @@ run that restarts at (epoch, batch) sees the same batches it would have seen wit
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -573,7 +574,27 @@ class Trainer:
         tensors, plain = _split_state(payload)
         payload["tensors_sha256"] = tensors_sha256(tensors)
         payload["meta_sha256"] = meta_sha256(plain)
-        atomic_torch_save(payload, self.state_path)
+        with self._writing(self.state_path):
+            atomic_torch_save(payload, self.state_path)
+
+    @contextlib.contextmanager
+    def _writing(self, path: str | Path) -> Iterator[None]:
+        """A failed write (a full disk) as a TrainingError naming the file, the reason and the state
+        that is kept (the writes are atomic: the previous file is intact), not a traceback; torch's
+        zip writer ends a failed write with a RuntimeError whose context is the OSError."""
+        try:
+            yield
+        except (OSError, RuntimeError) as exc:
+            cause: BaseException | None = exc
+            while cause is not None and not isinstance(cause, OSError):
+                cause = cause.__context__
+            if isinstance(cause, OSError):
+                reason = cause.strerror or str(cause)
+            elif isinstance(exc, RuntimeError) and "PytorchStreamWriter" not in str(exc):
+                raise  # not a failed write
+            else:
+                reason = str(exc).strip().splitlines()[0]
+            raise TrainingError(f"cannot write {path}: {reason}; {self._kept_state()}") from None
 
     @property
     def stop_signal(self) -> int | None:
@@ -715,7 +736,8 @@ class Trainer:
         )
         state = self.model.state_dict()
         self._check_savable(state)
-        save_checkpoint(c.out, state, meta, half=c.half_weights)
+        with self._writing(c.out):
+            save_checkpoint(c.out, state, meta, half=c.half_weights)
 
     def _check_savable(self, state: dict[str, torch.Tensor]) -> None:
         """TrainingError naming the tensors that would make the best weights unusable: every

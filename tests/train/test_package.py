@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from rtseg.errors import CheckpointError
+from rtseg.data.labels import CAMVID
+from rtseg.errors import CheckpointError, ConfigError
 from rtseg.models import get_model
 from rtseg.train.package import package
 
@@ -50,3 +51,72 @@ def test_the_recorded_scores_use_the_weights_own_resizing(tmp_path: Path, monkey
     monkeypatch.setattr("rtseg.train.package.open_dataset", lambda *args: [])
     package(weights, tmp_path / "out.pt", dataset="camvid", root=tmp_path, splits=["val"])
     assert seen == ["area"]
+
+
+def _scored(monkeypatch: pytest.MonkeyPatch, calls: list[str]) -> None:
+    """An evaluation that only records that it ran (the real one reads the dataset)."""
+    from types import SimpleNamespace
+
+    def evaluate(logits_fn, samples, **options):
+        calls.append("evaluated")
+        return SimpleNamespace(scores=SimpleNamespace(miou=0.5, pixel_accuracy=0.9))
+
+    monkeypatch.setattr("rtseg.train.package.evaluate", evaluate)
+    monkeypatch.setattr("rtseg.train.package.open_dataset", lambda *args: _Split())
+
+
+class _Split(list):
+    """A dataset with no image, labelled with CamVid's classes."""
+
+    classes = CAMVID
+
+
+def _camvid_weights(tmp_path: Path) -> Path:
+    from dataclasses import replace
+
+    from rtseg.models import save_checkpoint
+
+    model = get_model("espnet", num_classes=11)
+    save_checkpoint(weights := tmp_path / "best.pt", model.state_dict(), replace(model.meta, classes=CAMVID))
+    return weights
+
+
+def test_an_unwritable_target_is_refused_before_the_evaluation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It failed with a raw OSError after the whole evaluation (minutes)."""
+    calls: list[str] = []
+    _scored(monkeypatch, calls)
+    (tmp_path / "blocker").write_text("keep")
+    target = tmp_path / "blocker" / "out.pt"
+    with pytest.raises(ConfigError, match=r"target .*out.pt: .*blocker is a file, not a folder"):
+        package(_camvid_weights(tmp_path), target, dataset="camvid", root=tmp_path, splits=["val"])
+    assert calls == []
+
+
+def test_a_disk_full_when_writing_is_one_line_with_the_scores(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import errno
+    import os
+
+    import rtseg.atomic
+    from rtseg.train.package import main
+
+    calls: list[str] = []
+    _scored(monkeypatch, calls)
+    weights = _camvid_weights(tmp_path)
+
+    def full(fd: int, mode: str):
+        os.close(fd)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(rtseg.atomic.os, "fdopen", full)
+    target = tmp_path / "out.pt"
+    assert main([str(weights), str(target), "--root", str(tmp_path), "--splits", "val"]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"python -m rtseg.train.package: error: target {target}: cannot write it: "
+        f"{os.strerror(errno.ENOSPC)} (nothing written; the scores were val mIoU 50.00)\n"
+    )
+    assert calls == ["evaluated"] and sorted(p.name for p in tmp_path.iterdir()) == ["best.pt"]

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -681,3 +683,50 @@ def test_best_weights_that_would_not_load_are_not_written(
         trainer.fit()
     assert not (tmp_path / "best.pt").exists()
     assert "no training state was saved yet" in str(caught.value)
+
+
+class _FullDisk:
+    """A file that takes ``room`` bytes, then raises ENOSPC, as a write to a full disk does."""
+
+    def __init__(self, f, room: int) -> None:
+        self._f, self._room = f, room
+
+    def write(self, data) -> int:
+        size = len(memoryview(data).cast("B"))
+        if size > self._room:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self._room -= size
+        return self._f.write(data)
+
+    def __getattr__(self, name: str):
+        return getattr(self._f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._f.close()
+
+
+def test_a_full_disk_is_a_typed_error_and_the_previous_files_are_kept(
+    tiny_camvid: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A raw OSError (the best weights) or torch's RuntimeError (the state) with a traceback."""
+    import rtseg.atomic
+    from rtseg.errors import TrainingError
+
+    out = tmp_path / "best.pt"
+    trainer = Trainer(_config(tiny_camvid, out, class_weight_c=0), progress=False)
+    trainer.save_state()
+    trainer._save_best(0.5, 0)
+    state, best = trainer.state_path.read_bytes(), out.read_bytes()
+    fdopen = os.fdopen
+    monkeypatch.setattr(rtseg.atomic.os, "fdopen", lambda fd, mode: _FullDisk(fdopen(fd, mode), 4096))
+    full = os.strerror(errno.ENOSPC)
+    kept = f"the last saved state, {trainer.state_path}, is kept"
+    with pytest.raises(TrainingError, match=re.escape(f"cannot write {trainer.state_path}: {full}; {kept}")):
+        trainer.save_state()
+    with pytest.raises(TrainingError, match=re.escape(f"cannot write {out}: {full}; {kept}")):
+        trainer._save_best(0.6, 1)
+    assert trainer.state_path.read_bytes() == state and out.read_bytes() == best
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "best.state.pt"]  # no temporary left
