@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import signal
+import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -404,6 +405,8 @@ class Trainer:
         self.state_path = state_path_for(config.out)
         self.state = TrainState()
         self._stop_signal: int | None = None
+        self._repeated_interrupts = 0  # Ctrl-C presses after the one that stopped the run
+        self._validating = False
 
         self.init_provenance: dict[str, Any] | None = None
         if config.init:
@@ -688,7 +691,29 @@ class Trainer:
         return self.config.lr * (1 - min(step, total - 1) / total) ** self.config.poly_power
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
-        self._stop_signal = signum
+        """The first SIGINT or SIGTERM stops the run after the current batch, with its state saved.
+        As ``rtseg run`` treats a video being closed, the Ctrl-C users repeat while that happens is
+        answered (an aborted save loses everything since the last one), and the next one obeyed:
+        KeyboardInterrupt, the previous state file kept whole. A repeated SIGTERM changes nothing."""
+        if self._stop_signal is None:
+            self._stop_signal = signum
+            when = "now (the resumed run repeats this validation)" if self._validating else "after this batch"
+            self._say(f"stopping {when}; the training state will be saved to {self.state_path}")
+            return
+        if signum != signal.SIGINT:
+            return
+        self._repeated_interrupts += 1
+        if self._repeated_interrupts == 1:
+            self._say(
+                f"saving the training state to {self.state_path} before stopping (the run resumes from "
+                "it); Ctrl-C again to abandon the save"
+            )
+            return
+        raise KeyboardInterrupt
+
+    @staticmethod
+    def _say(text: str) -> None:
+        print(f"\n{text}", file=sys.stderr, flush=True)  # on a line of its own, below the progress bar
 
     def validate(self) -> float:
         """Val mIoU. A stop signal abandons it (a validation can take minutes) with _ValidationStopped."""
@@ -700,6 +725,7 @@ class Trainer:
                 yield sample
 
         self.model.eval()
+        self._validating = True
         try:
             report = evaluate(
                 torch_logits_fn(self.model, self.preprocessing),
@@ -712,6 +738,7 @@ class Trainer:
             )
         finally:
             self.model.train()
+            self._validating = False
         return report.scores.miou
 
     def _save_best(self, miou: float, epoch: int) -> None:
@@ -771,6 +798,7 @@ class Trainer:
         st = self.state
         total_steps = c.epochs * self.iters_per_epoch
         done_steps = st.epoch * self.iters_per_epoch + st.batch
+        self._repeated_interrupts = 0
         old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         started = time.monotonic()
         last_save = started
@@ -851,19 +879,23 @@ class Trainer:
                 st.seconds += now - last_save
                 last_save = now
                 self.save_state()
+            if stopped:  # with this run's handlers still on: a second Ctrl-C must not abort the save
+                bar.close()
+                st.seconds += time.monotonic() - last_save
+                self.save_state()
+                why = "signal" if self._stop_signal is not None else "time limit"
+                log.info(
+                    "stopped (%s) at epoch %d batch %d; resume with --resume %s",
+                    why,
+                    st.epoch + 1,
+                    st.batch,
+                    self.state_path,
+                )
+        except KeyboardInterrupt:  # the Ctrl-C after the answered one
+            self._say(f"training abandoned; {self._kept_state()}")
+            raise
         finally:
             bar.close()
             for s, h in old_handlers.items():
                 signal.signal(s, h)
-        if stopped:
-            st.seconds += time.monotonic() - last_save
-            self.save_state()
-            why = "signal" if self._stop_signal is not None else "time limit"
-            log.info(
-                "stopped (%s) at epoch %d batch %d; resume with --resume %s",
-                why,
-                st.epoch + 1,
-                st.batch,
-                self.state_path,
-            )
         return st

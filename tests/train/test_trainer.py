@@ -730,3 +730,74 @@ def test_a_full_disk_is_a_typed_error_and_the_previous_files_are_kept(
         trainer._save_best(0.6, 1)
     assert trainer.state_path.read_bytes() == state and out.read_bytes() == best
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "best.state.pt"]  # no temporary left
+
+
+def _ctrl_c_during_final_save(
+    trainer: Trainer, monkeypatch: pytest.MonkeyPatch, presses_during_save: int
+) -> list[int]:
+    """Ctrl-C in the first batch; ``presses_during_save`` more while the final state is written
+    (a big state on a slow disk takes seconds). Returns the progress batch of each save begun."""
+    import rtseg.train.trainer as trainer_module
+    from rtseg.atomic import atomic_write
+
+    real_loss = trainer.loss
+
+    def loss(*args):
+        if not saves:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_loss(*args)
+
+    saves: list[int] = []
+
+    def save(obj, path):
+        def write(f) -> None:
+            torch.save(obj, f)
+            saves.append(json.loads(obj["progress"])["batch"])
+            for _ in range(presses_during_save):
+                os.kill(os.getpid(), signal.SIGINT)
+
+        return atomic_write(path, write)
+
+    trainer.loss = loss
+    monkeypatch.setattr(trainer_module, "atomic_torch_save", save)
+    try:
+        trainer.fit()
+    except KeyboardInterrupt:
+        if presses_during_save < 2:
+            pytest.fail("a second Ctrl-C aborted the final save")
+        raise
+    return saves
+
+
+def test_a_second_ctrl_c_during_the_final_save_is_answered_and_the_save_completes(
+    tiny_camvid: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """fit put the original handlers back before the final save: the Ctrl-C users repeat then
+    raised KeyboardInterrupt in the middle of it and lost everything since the last save."""
+    trainer = Trainer(
+        replace(_config(tiny_camvid, tmp_path / "best.pt", class_weight_c=0), epochs=50), progress=False
+    )
+    assert _ctrl_c_during_final_save(trainer, monkeypatch, presses_during_save=1) == [1]
+    assert trainer.stop_signal == signal.SIGINT and _progress(trainer.state_path)["batch"] == 1
+    err = capsys.readouterr().err
+    assert f"stopping after this batch; the training state will be saved to {trainer.state_path}" in err
+    assert "before stopping (the run resumes from it); Ctrl-C again to abandon the save" in err
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back after the save
+
+
+def test_a_third_ctrl_c_abandons_the_save_and_keeps_the_previous_state(
+    tiny_camvid: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    trainer = Trainer(
+        replace(_config(tiny_camvid, tmp_path / "best.pt", class_weight_c=0), epochs=50), progress=False
+    )
+    trainer.save_state()
+    trainer.load_state(trainer.state_path)
+    before = trainer.state_path.read_bytes()
+    with pytest.raises(KeyboardInterrupt):
+        _ctrl_c_during_final_save(trainer, monkeypatch, presses_during_save=2)
+    assert trainer.state_path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.state.pt"]  # no temporary file left
+    err = capsys.readouterr().err
+    assert f"training abandoned; the last saved state, {trainer.state_path}, is kept" in err
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
