@@ -17,7 +17,7 @@ from pathlib import Path
 from ..cli.common import check_output
 from ..data.datasets import open_dataset
 from ..errors import CheckpointError, ConfigError, RtsegError
-from ..evaluate import evaluate, torch_logits_fn
+from ..evaluate import evaluate, fit_classes, torch_logits_fn
 from ..models import get_model, read_checkpoint, save_checkpoint
 
 
@@ -31,11 +31,16 @@ def package(source: Path, target: Path, *, dataset: str, root: Path, splits: lis
     # The evaluation takes minutes: an output that cannot be written is refused before it.
     check_output(target, "target")
     model = get_model(loaded.meta.model, weights=source)
+    # Every split opened first (a missing one is found before minutes of evaluation), and scored
+    # in the weights' classes, as `rtseg eval` does: CamVid weights scored on Cityscapes labels
+    # compared unrelated ids and stored the numbers as "cityscapes/val".
+    data_sets = {split: open_dataset(dataset, root, split) for split in splits}
+    for data in data_sets.values():
+        fit_classes(model, data, dataset, source)
     meta = model.meta
     metrics = dict(meta.metrics)
     results = {}
-    for split in splits:
-        data = open_dataset(dataset, root, split)
+    for split, data in data_sets.items():
         report = evaluate(
             torch_logits_fn(model, meta.preprocessing),
             data,

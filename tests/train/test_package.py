@@ -48,7 +48,7 @@ def test_the_recorded_scores_use_the_weights_own_resizing(tmp_path: Path, monkey
         return SimpleNamespace(scores=SimpleNamespace(miou=0.5, pixel_accuracy=0.9))
 
     monkeypatch.setattr("rtseg.train.package.evaluate", evaluate)
-    monkeypatch.setattr("rtseg.train.package.open_dataset", lambda *args: [])
+    monkeypatch.setattr("rtseg.train.package.open_dataset", lambda *args: _Split())
     package(weights, tmp_path / "out.pt", dataset="camvid", root=tmp_path, splits=["val"])
     assert seen == ["area"]
 
@@ -120,3 +120,23 @@ def test_a_disk_full_when_writing_is_one_line_with_the_scores(
         f"{os.strerror(errno.ENOSPC)} (nothing written; the scores were val mIoU 50.00)\n"
     )
     assert calls == ["evaluated"] and sorted(p.name for p in tmp_path.iterdir()) == ["best.pt"]
+
+
+def test_weights_of_other_classes_are_refused_before_scoring(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CamVid weights packaged with --dataset cityscapes were scored on unrelated ids and the
+    numbers stored as cityscapes metrics (or a raw ValueError where ids >= 11 occurred)."""
+    from rtseg.data.labels import CITYSCAPES
+
+    calls: list[str] = []
+    _scored(monkeypatch, calls)
+    monkeypatch.setattr(
+        "rtseg.train.package.open_dataset", lambda *args: type("S", (_Split,), {"classes": CITYSCAPES})()
+    )
+    target = tmp_path / "out.pt"
+    with pytest.raises(
+        ConfigError, match=r"the weights predict the 11 camvid classes, but cityscapes is labelled with 19"
+    ):
+        package(_camvid_weights(tmp_path), target, dataset="cityscapes", root=tmp_path, splits=["val"])
+    assert calls == [] and not target.exists()
