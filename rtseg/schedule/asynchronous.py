@@ -119,15 +119,17 @@ class AsyncAdaptive(Adaptive):
         engine.synchronize()  # on a GPU the stage returns queued, not done
         timings["low"] = _ms(t0)
         self._collect()  # before counting the frame: one that raises a worker failure has no result
-        self._step += 1
+        # Counted once the frame has its labels: a frame whose inline deep, warp or head stage
+        # raised is not a frame (the next one takes its index), as in the synchronous schedulers.
+        step = self._step + 1
         if self.warp is not None:
             self.warp.new_frame()
             image = _host_image(image)  # once: the flow kept for it serves the change and the warp
-        key, change = self._decide(engine, low, image, self._step - self._ref_step, timings)
-        started = False
+        key, change = self._decide(engine, low, image, step - self._ref_step, timings)
+        started = deferred = False
         if self._deep is None and self._pending is None:
             t0 = time.perf_counter()  # first frame: nothing to answer from, so deep runs inline
-            self._deep, self._deep_step = engine.run_deep(low), self._step
+            self._deep, self._deep_step = engine.run_deep(low), step
             engine.synchronize()
             timings["deep"] = _ms(t0)
             if self.warp is not None:
@@ -137,18 +139,23 @@ class AsyncAdaptive(Adaptive):
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rtseg-deep")
             self._pending = self._pool.submit(self._timed_deep, engine, _deep_inputs(low, engine.stage_spec))
-            self._pending_step = self._step
+            self._pending_step = step
             # The grey image now, not the frame: the caller may refill its buffer before deep ends.
             self._pending_grey = self.warp.grey_of(image) if self.warp is not None else None
             started = True
         elif key:
-            self._deferred += 1
+            deferred = True
         if started:
-            self._keyframes += 1
-            self._ref_step = self._step
+            # The change reference follows the deep run now, whatever the head does below: if the
+            # head raises, the job submitted above stays in flight (it may already be running: it
+            # can be neither taken back nor run twice) and is collected as usual. The frame that
+            # retries takes this index (step), so the job's features are for "its" frame (age 0)
+            # and the change is scored against them; only the keyframe count waits for the labels,
+            # as the synchronous schedulers keep a deep run whose head failed but do not count it.
+            self._ref_step = step
             self._keyframe_taken()
         used = self._deep
-        if self.warp is not None and self._deep_step != self._step:
+        if self.warp is not None and self._deep_step != step:
             t0 = time.perf_counter()
             used = self.warp.warp(self._deep, image)
             engine.synchronize()  # torch features on a GPU: grid_sample returns queued
@@ -156,11 +163,14 @@ class AsyncAdaptive(Adaptive):
         t0 = time.perf_counter()
         labels = engine.run_head(low, used)
         timings["head"] = _ms(t0)
+        self._step = step
+        self._keyframes += started
+        self._deferred += deferred
         return SegResult(
             labels=labels[0],
-            frame_index=self._step if index is None else index,
+            frame_index=step if index is None else index,
             is_keyframe=started,
-            deep_age=self._step - self._deep_step,
+            deep_age=step - self._deep_step,
             classes=engine.meta.classes,
             timings=timings,
             change=change,

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import concurrent.futures as futures
+
 import cv2
 import numpy as np
 import pytest
@@ -348,3 +350,61 @@ def test_a_frame_whose_deep_run_failed_is_not_counted(engine, drive) -> None:
     assert [r.frame_index for r in results] == [0, 1, 2, 3]
     assert [r.deep_age for r in results] == [0, 1, 0, 1]
     assert s.stats.frames == 4 and s.stats.keyframes == 2
+
+
+class _HeadFailsOnce:
+    """The engine with one head run that raises."""
+
+    def __init__(self, engine, fail_at: int) -> None:
+        self._engine, self.fail_at, self.calls = engine, fail_at, 0
+
+    def __getattr__(self, name: str):
+        return getattr(self._engine, name)
+
+    def run_head(self, low, deep):
+        self.calls += 1
+        if self.calls == self.fail_at:
+            raise RuntimeError("head stage failed")
+        return self._engine.run_head(low, deep)
+
+
+def test_an_async_frame_whose_head_failed_is_not_counted(engine, drive) -> None:
+    # The async scheduler counted the frame before its head ran: indices skipped a number and the
+    # stats held a frame, and a keyframe, that had no result.
+    failing = _HeadFailsOnce(engine, fail_at=2)
+    s = AsyncAdaptive(0.05, max_interval=100)
+    cut = 255 - drive[0]
+    try:
+        results = [s.step(failing, drive[0])]
+        with pytest.raises(RuntimeError, match="head stage failed"):
+            s.step(failing, cut)  # a keyframe: its deep run went to the worker before the head failed
+        assert s.stats.frames == 1 and s.stats.keyframes == 1
+        assert s._pending is not None  # the job in flight is kept, not dropped
+        futures.wait([s._pending], timeout=10.0)
+        results += [s.step(failing, cut), s.step(failing, cut)]
+    finally:
+        s.close()
+    assert [r.frame_index for r in results] == [0, 1, 2]
+    # The retried frame takes the index, and the deep features, of the job started for it: no
+    # second deep run, no deferral.
+    assert [r.is_keyframe for r in results] == [True, False, False]
+    assert [r.deep_age for r in results] == [0, 0, 1]
+    expected = engine.run_head(engine.run_low(cut), engine.run_deep(engine.run_low(cut)))[0]
+    assert np.array_equal(results[1].labels, expected)
+    assert s.stats.frames == 3 and s.stats.keyframes == 1 and s.stats.deferred == 0
+
+
+def test_an_async_first_frame_whose_deep_run_failed_is_not_counted(engine, drive) -> None:
+    failing = _DeepFailsOnce(engine, fail_at=1)  # the first frame's deep stage runs inline
+    s = AsyncAdaptive(1e9)
+    try:
+        with pytest.raises(RuntimeError, match="deep stage failed"):
+            s.step(failing, drive[0])
+        assert s.stats.frames == 0 and s.stats.keyframes == 0
+        results = [s.step(failing, drive[0]), s.step(failing, drive[1])]
+    finally:
+        s.close()
+    assert [r.frame_index for r in results] == [0, 1]
+    assert [r.is_keyframe for r in results] == [True, False]
+    assert [r.deep_age for r in results] == [0, 1]
+    assert s.stats.frames == 2 and s.stats.keyframes == 1
