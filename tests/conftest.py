@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -44,6 +45,21 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def sigint_delivered() -> Iterator[None]:
+    """For tests that press Ctrl-C (SIGINT to this process or to a child): SIGINT raises
+    KeyboardInterrupt here, as in an interactive shell, for the test's duration. Started with
+    SIGINT ignored (nohup, a script's background job, ``trap "" INT``), pytest ignored the test's
+    own Ctrl-C and passed the ignored signal on to every child it started: those tests failed or
+    hung. A child inherits an ignored signal but not a handler, so it starts with SIGINT at its
+    default. Use with ``@pytest.mark.usefixtures("sigint_delivered")``."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_DFL if previous is None else previous)
 
 
 def data_dir() -> Path:

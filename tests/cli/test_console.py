@@ -51,6 +51,7 @@ def test_a_run_whose_console_reader_went_away_finishes_with_its_outputs(tmp_path
     ("signum", "status", "said"),
     [(signal.SIGTERM, 0, "stopped (SIGTERM)"), (signal.SIGINT, 130, "interrupted")],
 )
+@pytest.mark.usefixtures("sigint_delivered")
 def test_a_stop_while_the_commands_load_is_answered_in_one_line(signum: int, status: int, said: str) -> None:
     # Building the parser imports torch and every command (seconds): SIGTERM killed the process
     # without a word (143), Ctrl-C printed a 20-line traceback from inside `import torch`.

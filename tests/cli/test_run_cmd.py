@@ -133,6 +133,7 @@ def test_ctrl_c_flushes_and_summarises(weights: Path, tmp_path: Path, monkeypatc
     assert _frames(out) == 2  # a valid, closed file
 
 
+@pytest.mark.usefixtures("sigint_delivered")
 def test_a_second_ctrl_c_while_the_outputs_close_still_gives_a_valid_file(
     weights: Path, tmp_path: Path, monkeypatch, capsys
 ) -> None:
@@ -176,6 +177,7 @@ def test_a_second_ctrl_c_while_the_outputs_close_still_gives_a_valid_file(
     assert signal.getsignal(signal.SIGINT) == before
 
 
+@pytest.mark.usefixtures("sigint_delivered")
 def test_ctrl_c_while_the_outputs_close_at_the_end_keeps_the_whole_file(
     weights: Path, tmp_path: Path, monkeypatch, capsys
 ) -> None:
@@ -478,6 +480,7 @@ def _signal_when(script: str, argv: list[str], marker: str, sig: signal.Signals,
 @pytest.mark.parametrize(
     ("sig", "code", "by"), [(signal.SIGTERM, 0, "SIGTERM"), (signal.SIGINT, 130, "Ctrl-C")]
 )
+@pytest.mark.usefixtures("sigint_delivered")
 def test_a_signal_while_the_engine_loads_stops_cleanly(
     weights: Path, tmp_path: Path, sig: signal.Signals, code: int, by: str
 ) -> None:
@@ -503,6 +506,7 @@ def test_a_signal_while_the_engine_loads_stops_cleanly(
 @pytest.mark.parametrize(
     ("sig", "code", "by"), [(signal.SIGTERM, 0, "SIGTERM"), (signal.SIGINT, 130, "Ctrl-C")]
 )
+@pytest.mark.usefixtures("sigint_delivered")
 def test_a_signal_during_the_compare_every_first_pass_keeps_what_it_measured(
     weights: Path, tmp_path: Path, sig: signal.Signals, code: int, by: str
 ) -> None:

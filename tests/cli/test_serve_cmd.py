@@ -170,6 +170,7 @@ def test_stream_ttl_and_drain_options_reach_the_server(
     assert seen[0].stream_ttl_s == 2.5 and seen[0].max_streams == 3 and seen[0].drain_s == 0.5
 
 
+@pytest.mark.usefixtures("sigint_delivered")
 def test_ctrl_c_stops_with_status_130(random_weights: Path, serve_process_args) -> None:  # type: ignore[no-untyped-def]
     endpoint = f"tcp://127.0.0.1:{_free_port()}"
     cmd, env = serve_process_args(random_weights, endpoint, "--backend", "torch")

@@ -223,6 +223,7 @@ def _raise_not_handled(signum: int, frame: object) -> None:
 
 
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 0), (signal.SIGINT, 130)])
+@pytest.mark.usefixtures("sigint_delivered")
 def test_a_signal_closes_the_recording_and_prints_the_summary(
     sig: signal.Signals,
     code: int,

@@ -317,6 +317,7 @@ def test_unreadable_resume_states_are_named(tiny_camvid: Path, tmp_path: Path) -
 
 
 @pytest.mark.parametrize(("signum", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 0)])
+@pytest.mark.usefixtures("sigint_delivered")
 def test_a_signal_saves_the_state_and_sets_the_exit_status(
     tiny_camvid: Path, tmp_path: Path, signum: int, status: int
 ) -> None:
