@@ -6,6 +6,7 @@ import gc
 import http.server
 import itertools
 import logging
+import re
 import threading
 import time
 
@@ -15,7 +16,8 @@ import pytest
 
 from rtseg.errors import SourceError
 from rtseg.source import open_source
-from rtseg.source.live import http_problem
+from rtseg.source.base import SourceOptions
+from rtseg.source.live import LiveSource, http_problem
 
 
 class FakeCamera:
@@ -76,7 +78,30 @@ def test_disconnect_recovers_with_backoff_and_is_reported(caplog) -> None:
     assert first.released.is_set()
     indices = [f.index for f in frames]
     assert indices == sorted(set(indices))  # fresh frames only, in capture order
-    assert "reconnecting" in caplog.text and "reconnected" in caplog.text
+    assert "reconnected" in caplog.text
+    # the delay doubles per attempt: 0.02 s before the failed reopen, 0.04 s before the good one
+    assert _reconnect_waits(caplog.text) == [("0.02", "1 of 3"), ("0.04", "2 of 3")]
+
+
+def _reconnect_waits(text: str) -> list[tuple[str, str]]:
+    """(delay, "attempt of limit") of each reconnect the live source logged."""
+    return re.findall(r"reconnecting in ([0-9.]+) s \(attempt (\d+ of \d+)\)", text)
+
+
+def test_the_reconnect_delay_stops_growing_at_backoff_max(caplog) -> None:
+    counter = [0]
+    unopened = [FakeCamera(counter, 0, opened=False) for _ in range(3)]
+    factory = Factory([FakeCamera(counter, frames=2), *unopened, FakeCamera(counter, frames=None)])
+    options = SourceOptions(reconnect=5, backoff=0.02, backoff_max=0.05)
+    with (
+        caplog.at_level(logging.WARNING, logger="rtseg.source.live"),
+        LiveSource("camera://0", "camera", factory, options) as src,
+    ):
+        frames = [f for _, f in zip(range(6), src, strict=False)]
+        stats = src.stats
+    assert len(frames) == 6 and stats.reconnects == 1 and factory.calls == 5
+    waits = [("0.02", "1 of 5"), ("0.04", "2 of 5"), ("0.05", "3 of 5"), ("0.05", "4 of 5")]
+    assert _reconnect_waits(caplog.text) == waits
 
 
 def test_gives_up_after_the_limit_with_a_source_error() -> None:
