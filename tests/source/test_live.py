@@ -104,6 +104,23 @@ def test_the_reconnect_delay_stops_growing_at_backoff_max(caplog) -> None:
     assert _reconnect_waits(caplog.text) == waits
 
 
+def test_each_outage_gets_the_whole_reconnect_allowance(caplog) -> None:
+    # The attempt count starts again after a good frame: three outages, each over at the first
+    # reopen, are within reconnect=2 (counted over the stream's life, the third gave up).
+    counter = [0]
+    outages = [FakeCamera(counter, frames=3) for _ in range(3)]
+    factory = Factory([*outages, FakeCamera(counter, frames=None)])
+    with (
+        caplog.at_level(logging.WARNING, logger="rtseg.source.live"),
+        open_source("camera://0", capture_factory=factory, reconnect=2, backoff=0.02) as src,
+    ):
+        # at most 9 frames come before the last reopen: the 15th is from after all three outages
+        frames = [f for _, f in zip(range(15), src, strict=False)]
+        stats = src.stats
+    assert len(frames) == 15 and stats.reconnects == 3
+    assert _reconnect_waits(caplog.text) == [("0.02", "1 of 2")] * 3
+
+
 def test_gives_up_after_the_limit_with_a_source_error() -> None:
     factory = Factory([FakeCamera([0], frames=3)])
     start = time.perf_counter()
