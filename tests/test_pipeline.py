@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from pathlib import Path
 
 import cv2
@@ -75,6 +76,41 @@ def test_live_sources_make_sinks_drop(engine) -> None:
     p = Pipeline(source, Segmenter(engine=engine), sinks=["null://"])
     assert p.policy == "drop" and p.sinks[0].policy == "drop"
     p.run()
+
+
+class _Held(Sink):
+    """A sink whose first emit waits for the test: the frames written meanwhile find its queue (of
+    one) full, and all but the newest are dropped."""
+
+    def __init__(self, uri: str, gate: threading.Event) -> None:
+        super().__init__(uri, queue_size=1, policy="drop")
+        self.gate = gate
+
+    def emit(self, packet) -> None:
+        self.gate.wait(30)
+
+
+def test_dropped_frames_are_totalled_from_the_source_and_every_sink(engine) -> None:
+    release = threading.Event()
+    sinks = [_Held("held://a", release), _Held("held://b", release)]
+    seen = []
+
+    def on_result(frame, result) -> None:
+        seen.append(frame.index)
+        if len(seen) == 1:
+            time.sleep(0.3)  # the realtime source, at 100 FPS, is 30 frames behind: it skips them
+        if len(seen) == 5:  # each sink took one frame and holds one: 3 of the 5 were dropped
+            release.set()
+
+    source = open_source("synthetic://drive?size=64x48&fps=100&frames=100000", realtime=True)
+    pipeline = Pipeline(source, Segmenter(engine=engine), sinks=sinks, on_result=on_result, max_frames=6)
+    stats = pipeline.run()
+    assert stats.frames == 6
+    assert stats.source_dropped == source.stats.dropped >= 20
+    assert stats.source_dropped == seen[-1] - (len(seen) - 1)  # the indices skipped
+    assert {uri: s.dropped >= 3 for uri, s in stats.sinks.items()} == {"held://a": True, "held://b": True}
+    assert stats.sink_dropped == sum(s.dropped for s in stats.sinks.values())
+    assert all(s.errors == 0 and s.written + s.dropped == 6 for s in stats.sinks.values())
 
 
 def test_a_sink_can_ask_to_stop(engine) -> None:
