@@ -375,6 +375,17 @@ def test_a_running_pipeline_reports_the_latency_of_its_recent_frames(engine) -> 
     assert final.latency_p50_ms == 100.0  # the whole window once closed
 
 
+def test_the_recent_frame_rate_counts_the_intervals_between_frames(engine) -> None:
+    pipeline = Pipeline("synthetic://drive?size=64x48&frames=3", Segmenter(engine=engine))
+    try:
+        assert pipeline.recent_fps() == 0.0  # no interval yet
+        with pipeline._meter.lock:  # three frames done 0.1 s apart: 10 FPS (not 3 frames / 0.2 s)
+            pipeline._meter.done.extend([0.0, 0.1, 0.2])
+        assert pipeline.recent_fps() == pytest.approx(10.0)
+    finally:
+        pipeline.close()
+
+
 def test_with_sinks_the_frames_handed_out_are_read_only_views(engine, tmp_path: Path) -> None:
     # A sink draws the frame later, on its thread: a mark drawn in the callback showed in every
     # recorded frame, or in none after a 20 ms pause. Now drawing on it is refused at once.
