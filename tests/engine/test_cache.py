@@ -160,6 +160,23 @@ def test_truncated_onnx_is_rebuilt_with_a_log(exported, caplog: pytest.LogCaptur
     onnx.checker.check_model(onnx.load(str(path)))
 
 
+def test_an_onnx_changed_in_place_is_caught_by_its_digest_and_rebuilt(exported, caplog) -> None:
+    # A flipped byte (a bad sector, a stray write) keeps the size: only the SHA-256 tells.
+    model, cache, stages = exported
+    path = stages.files["head"]
+    data = path.read_bytes()
+    flipped = bytearray(data)
+    flipped[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(flipped))
+    assert path.stat().st_size == len(data)
+    with caplog.at_level(logging.WARNING, logger="rtseg.engine.cache"):
+        again = ensure_onnx(model, SIZE, cache)
+    assert "SHA-256 differs" in caplog.text and path.name in caplog.text
+    assert again.files["head"] == path and path.read_bytes() != bytes(flipped)
+    assert cache_mod.file_sha256(path) == again.sidecars["head"]["sha256"]
+    onnx.checker.check_model(onnx.load(str(path)))
+
+
 def test_missing_sidecar_and_stale_version_rebuild(exported, caplog, monkeypatch) -> None:
     model, cache, stages = exported
     Path(str(stages.files["low"]) + ".json").unlink()
