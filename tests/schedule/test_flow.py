@@ -40,6 +40,20 @@ def test_features_follow_the_motion_for_torch_and_numpy() -> None:
     assert np.allclose(out_np, out_t, atol=1e-3)
 
 
+def test_features_coarser_than_the_flow_image_move_by_the_scaled_flow() -> None:
+    # The flow is computed at stride 2 (48 x 64); features at stride 4 (24 x 32) moved half as
+    # many of their own pixels: 2, not the flow's 4.
+    warp = FlowWarp(stride=2, preset="medium")
+    warp.set_keyframe(_textured(0))
+    now = _textured(8)
+    grid = np.arange(32, dtype=np.float32)[None, None, None, :].repeat(24, axis=2)  # 1 x 1 x 24 x 32
+    out_np = warp.warp({"f": grid}, now)["f"]
+    out_t = warp.warp({"f": torch.from_numpy(grid)}, now)["f"].numpy()
+    centre = (slice(None), slice(None), slice(5, 19), slice(6, 26))
+    assert np.median(grid[centre] - out_np[centre]) == pytest.approx(2.0, abs=0.25)
+    assert np.allclose(out_np, out_t, atol=1e-3)
+
+
 def test_errors() -> None:
     with pytest.raises(ConfigError):
         FlowWarp(preset="warp9")
