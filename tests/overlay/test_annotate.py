@@ -101,6 +101,20 @@ def test_legend_and_hud_draw_something() -> None:
     assert (hud != plain).any(axis=2)[:40, -160:].sum() > 200  # the top-right HUD
 
 
+def test_the_legend_lists_only_the_classes_in_the_frame() -> None:
+    # alpha 0: the frame shows through untouched, so what differs from it is what the legend drew.
+    frame = np.full((240, 320, 3), 90, np.uint8)
+    result = _result()  # sky (0) and road (3) of CamVid's 11 classes
+    legend = annotate(frame, result, "overlay", alpha=0.0, legend=True)
+    # Down column x = 10 the legend has only its swatches (the names are to their right).
+    drawn = (legend[:, 10] != frame[:, 10]).any(axis=1)
+    starts = np.flatnonzero(drawn & ~np.r_[False, drawn[:-1]])
+    assert len(starts) == 2, f"{len(starts)} swatches"
+    swatches = [tuple(int(v) for v in legend[y + 2, 10]) for y in starts]
+    palette = [tuple(int(v) for v in CAMVID.palette[i][::-1]) for i in (0, 3)]  # RGB to BGR
+    assert swatches == palette
+
+
 @pytest.mark.parametrize(
     "frame",
     [
