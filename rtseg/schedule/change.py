@@ -12,8 +12,10 @@ magnitude, so one threshold means the same at any input scale or feature normali
 first makes the score cheap (the reference kept per keyframe is ``pool**2`` times smaller than the
 feature) and insensitive to sensor noise and sub-cell jitter, while a moved or new object shifts
 whole cells. It works on torch tensors (CPU or CUDA, computed where they live) and NumPy arrays
-(ONNX Runtime, OpenVINO), which are pooled through a zero-copy torch view: NumPy's strided mean
-took 10-15 ms for ESPNet's stride-2 features at 480x360, avg_pool2d well under 1 ms.
+(ONNX Runtime, OpenVINO), which are pooled per channel with OpenCV's area resize (at a whole
+factor the same box mean): NumPy's strided mean took 10-15 ms for ESPNet's stride-2 features at
+480x360, and torch's avg_pool2d, 0.34 ms alone, cost 3-5 ms a frame in the pipeline, its OpenMP
+workers spinning afterwards on a core the engine's next stage needed.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -84,7 +87,19 @@ def _pool(x: Any, k: int) -> Any:
     h, w = a.shape[2:]
     if h < k or w < k:
         raise ConfigError(f"change pooling {k} is larger than the feature map ({w}x{h})")
-    return F.avg_pool2d(torch.from_numpy(a), k).numpy()
+    # cv2's INTER_AREA at a whole factor is the same box mean, without waking torch's OpenMP
+    # pool (whose workers then spin and take a core from the engine's next stage).
+    n, c = a.shape[:2]
+    out = np.empty((n, c, h // k, w // k), np.float32)
+    for i in range(n):
+        for j in range(c):
+            cv2.resize(
+                a[i, j, : h // k * k, : w // k * k],
+                (w // k, h // k),
+                dst=out[i, j],
+                interpolation=cv2.INTER_AREA,
+            )
+    return out
 
 
 def _mean_abs(x: Any) -> float:
