@@ -189,6 +189,10 @@ class PipelineStats:
     def outside_ms(self) -> float:
         return sum(self.stage_ms.get(s, 0.0) for s in OUTSIDE_STAGES)
 
+    @property
+    def scheduler_ms(self) -> float:
+        return sum(self.stage_ms.get(s, 0.0) for s in SCHEDULER_STAGES)
+
     def status_line(self, recent_fps: float | None = None) -> str:
         fps = self.fps if recent_fps is None else recent_fps
         return (
@@ -228,6 +232,13 @@ class PipelineStats:
             f"  engine total {engine:.2f} ms; outside the engine (capture, preprocess, overlay, "
             f"hand-off) {outside:.2f} ms = {share} of engine time"
         )
+        scheduling = self.scheduler_ms
+        if scheduling:  # the scheduler's own work, on the inference thread (what it saves is in deep)
+            share = f"{100 * scheduling / engine:.1f} %" if engine else "n/a"
+            lines.append(
+                f"  the scheduler (change score, flow warp) on the inference thread {scheduling:.2f} ms "
+                f"= {share} of engine time"
+            )
         return "\n".join(lines)
 
     def summary(self) -> str:

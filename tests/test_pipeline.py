@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -14,6 +15,7 @@ from rtseg import Pipeline, Segmenter
 from rtseg.engine import load
 from rtseg.errors import ConfigError, SinkError
 from rtseg.models import get_model
+from rtseg.pipeline import PipelineStats
 from rtseg.sink.base import Sink
 from rtseg.source import open_source
 
@@ -328,6 +330,7 @@ _ABANDON = """
 import sys
 import torch
 from rtseg import Pipeline, Segmenter
+from rtseg.pipeline import PipelineStats
 from rtseg.engine import load
 from rtseg.models import get_model
 
@@ -430,3 +433,25 @@ def test_close_from_another_thread_ends_the_run_without_an_error(engine, tmp_pat
     stats = pipeline.close()
     assert seen > 0 and pipeline.source.closed and stats.frames >= seen
     assert _count(out) == stats.sinks[str(out)].written > 0
+
+
+def test_the_cost_breakdown_names_the_schedulers_own_share() -> None:
+    """--stats said 'outside the engine' for capture, preprocess, overlay and hand-off, and the
+    change score and warp (13 ms at 1024x512) were in no total: they get their own line."""
+    stats = PipelineStats(
+        frames=10,
+        keyframes=2,
+        seconds=1.0,
+        fps=10.0,
+        latency_p50_ms=1.0,
+        latency_p99_ms=2.0,
+        source_dropped=0,
+        sink_dropped=0,
+        reconnects=0,
+        stage_ms={"capture": 1.0, "low": 10.0, "deep": 20.0, "head": 10.0, "change": 3.0, "warp": 5.0},
+    )
+    assert stats.scheduler_ms == 8.0 and stats.engine_ms == 40.0
+    text = stats.format_costs()
+    assert "the scheduler (change score, flow warp) on the inference thread 8.00 ms = 20.0 %" in text
+    every = replace(stats, stage_ms={"capture": 1.0, "low": 10.0, "deep": 20.0, "head": 10.0})
+    assert "the scheduler" not in every.format_costs()
