@@ -379,8 +379,10 @@ class Pipeline:
         self._finalizer = weakref.finalize(self, _close_all, list(self.sinks), self.source)
 
     def stop(self) -> None:
-        """Ask the loop to end after the current frame (safe from any thread or a callback)."""
+        """Ask the loop to end after the current frame (safe from any thread or a callback, and
+        from a signal handler: a source waiting for its next frame's time returns at once)."""
         self._stop.set()
+        self.source._interrupt()  # a --realtime or --rate wait lasts up to 1/rate or 1/fps seconds
 
     def __iter__(self) -> Iterator[tuple[Frame, SegResult]]:
         """``(frame, result)`` pairs; once per Pipeline, from one thread (the source is read in order)."""

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import time
 from dataclasses import replace
@@ -455,3 +456,29 @@ def test_the_cost_breakdown_names_the_schedulers_own_share() -> None:
     assert "the scheduler (change score, flow warp) on the inference thread 8.00 ms = 20.0 %" in text
     every = replace(stats, stage_ms={"capture": 1.0, "low": 10.0, "deep": 20.0, "head": 10.0})
     assert "the scheduler" not in every.format_costs()
+
+
+def test_stop_from_a_signal_handler_ends_a_realtime_wait_at_once(engine) -> None:
+    """`rtseg run`'s SIGTERM handler calls stop(): the source slept out its wait for the next frame
+    (1/fps = 5 s here, up to 10 s measured) and one more frame was segmented and written."""
+    source = open_source("synthetic://drive?size=64x48&fps=0.2", realtime=True)
+    pipeline = Pipeline(source, Segmenter(engine=engine), sinks=["null://"])
+    previous = signal.signal(signal.SIGUSR1, lambda *_: pipeline.stop())
+
+    def signal_once_waiting() -> None:  # the main thread's second read holds the source's lock
+        deadline = time.monotonic() + 10
+        while not (source.stats.delivered == 1 and source._reading.locked()) and time.monotonic() < deadline:
+            time.sleep(0.001)
+        sent.append(time.monotonic())
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+    sent: list[float] = []
+    sender = threading.Thread(target=signal_once_waiting)
+    try:
+        sender.start()
+        stats = pipeline.run()
+        ended = time.monotonic()
+        sender.join(10)
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert stats.frames == 1 and ended - sent[0] < 2

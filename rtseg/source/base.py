@@ -58,6 +58,31 @@ def _is_real(value: object) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
 
 
+class StopFlag:
+    """threading.Event's set, is_set and wait, with set() safe in a signal handler.
+
+    ``rtseg run`` stops a pipeline from its SIGTERM handler, which runs on the main thread, the
+    one that may be waiting here for a frame's time. Event's lock is not re-entrant: a set() from a
+    handler that interrupted the waiting thread while it held that lock would deadlock."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.RLock())
+        self._flag = False
+
+    def set(self) -> None:
+        with self._cond:
+            self._flag = True
+            self._cond.notify_all()
+
+    def is_set(self) -> bool:
+        return self._flag
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """True as soon as the flag is set, False when ``timeout`` seconds passed first."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._flag, timeout)
+
+
 @dataclass(frozen=True)
 class SourceOptions:
     """How to read a source; the same options apply to every kind."""
@@ -223,7 +248,8 @@ class Source(ABC):
             self._release()
 
     def _interrupt(self) -> None:  # noqa: B027 (optional hook)
-        """Make a read blocked waiting for a frame return now (it is being closed)."""
+        """Make a read blocked waiting for a frame return now, and later reads end (the source is
+        being closed, or its pipeline stopped). Called from signal handlers too: no plain Lock."""
 
     @property
     def files(self) -> Sequence[Path]:
@@ -281,6 +307,9 @@ class MediaSource(Source):
         self._time_offset = 0.0  # media time of the passes before this one (loop): time runs on
         self._clock_start: float | None = None  # realtime: perf_counter at media time 0
         self._pass_frames = 0
+        # Set by close() (through _interrupt): a realtime wait for the next frame's time ends at
+        # once. A sleep under the read lock held close(), and a SIGTERM, up to 1/rate seconds.
+        self._stop = StopFlag()
 
     @abstractmethod
     def _read(self) -> np.ndarray | None: ...
@@ -333,6 +362,8 @@ class MediaSource(Source):
         rate = self.options.rate
         period = 1.0 / (rate or self.fps)
         while True:
+            if self._stop.is_set():  # closing or stopped: not even the frames still to be skipped
+                return None
             t_next = self._media_time(self._media_index + 1)
             thinned = rate is not None and self._time_offset + t_next + 1e-9 < self._next_slot
             late = (
@@ -359,7 +390,9 @@ class MediaSource(Source):
                     self._clock_start = now - t
                 due = self._clock_start + t
                 if due > now:
-                    time.sleep(due - now)
+                    self._stop.wait(due - now)
+            if self._stop.is_set():  # closing: no frame is delivered once close() has begun
+                return None
             return Frame(
                 image=self._resize(image),
                 index=self._index_offset + self._media_index,
@@ -368,3 +401,6 @@ class MediaSource(Source):
                 source=self.uri,
                 position_s=t,
             )
+
+    def _interrupt(self) -> None:
+        self._stop.set()

@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 
 from ..errors import RtsegError, SourceError
-from .base import Source, SourceInfo, SourceOptions, scrubbed, timeout_ms
+from .base import Source, SourceInfo, SourceOptions, StopFlag, scrubbed, timeout_ms
 from .frame import Frame
 
 log = logging.getLogger(__name__)
@@ -174,7 +174,7 @@ class LiveSource(Source):
         self._heartbeat = time.perf_counter()
         self._error: SourceError | None = None
         self._finished = False
-        self._stop = threading.Event()
+        self._stop = StopFlag()  # set by close() and Pipeline.stop() (a signal handler)
         self._thread = threading.Thread(
             target=_capture, args=(weakref.ref(self), cap), name=f"source:{uri}", daemon=True
         )
@@ -282,19 +282,21 @@ class LiveSource(Source):
         thinned_up_to = self._last_index  # frames captured while waiting for the rate's slot
         if rate is not None:
             wait = self._next_due - time.perf_counter()
-            if wait > 0:
-                time.sleep(wait)
+            if wait > 0 and self._stop.wait(wait):  # closed while waiting for the rate's slot
+                return None
             with self._cond:
                 thinned_up_to = self._captured - 1
         timeout = self.options.timeout
         patience = timeout + min(timeout / 2, WATCHDOG_GRACE_S)
         with self._cond:
             while True:
+                if self._stop.is_set():  # closed (perhaps from another thread): no frame after that
+                    return None
                 if self._latest is not None and self._latest[1] > self._last_index:
                     break
                 if self._error is not None:
                     raise self._error
-                if self._finished or self._stop.is_set():  # closed (perhaps from another thread)
+                if self._finished:
                     return None
                 if time.perf_counter() - self._heartbeat > patience:
                     attempt = self._attempts  # > 0: a reopen hangs (a server that accepts and is silent)

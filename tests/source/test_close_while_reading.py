@@ -70,3 +70,57 @@ def test_close_wakes_a_live_read_waiting_for_a_frame() -> None:
     src.close()
     reader.join(5)
     assert time.monotonic() - t0 < 2 and got == ["end"]  # not the 30 s timeout
+
+
+def _close_during_second_read(src) -> tuple[float, list[object]]:  # type: ignore[no-untyped-def]
+    """Take one frame, start a second read on another thread, close once it has begun: how long
+    close() took, and what the second read got."""
+    next(src)
+    got: list[object] = []
+    reader = threading.Thread(target=lambda: got.append(next(src, "end")))
+    reader.start()
+    deadline = time.monotonic() + 10
+    while not src._reading.locked() and reader.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.001)  # until the read holds the lock a close() waits for
+    assert src._reading.locked(), "the second read never began"
+    t0 = time.monotonic()
+    src.close()
+    took = time.monotonic() - t0
+    reader.join(10)
+    return took, got
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"realtime": True},  # the next frame is due 1/fps = 5 s after the first
+        {"realtime": True, "rate": 0.2, "uri": "synthetic://drive?size=64x48&fps=25"},  # 5 s: 1/rate
+    ],
+)
+def test_close_ends_a_realtime_wait_at_once_and_delivers_no_frame(options: dict) -> None:
+    # The wait for the next frame's time slept holding the read lock: close() (and a SIGTERM)
+    # waited it out, up to 1/rate or 1/fps seconds, and the frame was then delivered.
+    uri = options.pop("uri", "synthetic://drive?size=64x48&fps=0.2")
+    src = open_source(uri, **options)
+    took, got = _close_during_second_read(src)
+    assert took < 2 and got == ["end"]
+
+
+def test_close_ends_a_live_rate_wait_at_once_and_delivers_no_frame() -> None:
+    class Camera:  # 100 frames a second
+        def isOpened(self) -> bool:
+            return True
+
+        def read(self):
+            time.sleep(0.01)
+            return True, np.zeros((8, 8, 3), np.uint8)
+
+        def release(self) -> None:
+            pass
+
+        def get(self, prop: int) -> float:
+            return 0.0
+
+    src = open_source("camera://0", capture_factory=Camera, rate=0.2)  # a frame every 5 s
+    took, got = _close_during_second_read(src)
+    assert took < 2 and got == ["end"]
