@@ -360,7 +360,10 @@ class MediaSource(Source):
 
     def _next_frame(self) -> Frame | None:
         rate = self.options.rate
-        period = 1.0 / (rate or self.fps)
+        # realtime: a frame is late once it is more than one delivered frame period overdue. A rate
+        # above the fps delivers every frame, at the fps: 1/rate there dropped half the frames of
+        # a consumer a few ms behind (a 25 fps file at rate 1000: 30 of 60 dropped, 1 without).
+        period = 1.0 / (self.fps if rate is None else min(rate, self.fps))
         while True:
             if self._stop.is_set():  # closing or stopped: not even the frames still to be skipped
                 return None

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -79,3 +81,15 @@ def test_rate_keeps_one_timeline_across_loop_passes() -> None:
             expected.append(index)
             slot = (int(index / 10 * 4 + 1e-9) + 1) / 4
     assert indices == expected[:12]
+
+
+@pytest.mark.parametrize("rate", [None, 1000.0])
+def test_realtime_drops_a_frame_only_when_a_whole_frame_period_late(rate: float | None) -> None:
+    """A 5 fps scene, its consumer 0.1 s (half a frame period) behind once: nothing is dropped,
+    with or without a rate above the fps. A rate of 1000 made a frame 1 ms late a drop."""
+    with open_source("synthetic://drive?size=64x48&fps=5", realtime=True, rate=rate) as src:
+        frames = [next(src)]
+        time.sleep(0.3)  # frame 1 is due 0.2 s after frame 0: read 0.1 s late
+        frames += [next(src), next(src)]
+        dropped = src.stats.dropped
+    assert [f.index for f in frames] == [0, 1, 2] and dropped == 0
