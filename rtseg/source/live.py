@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 
 from ..errors import RtsegError, SourceError
-from .base import Source, SourceInfo, SourceOptions, StopFlag, scrubbed, timeout_ms
+from .base import MIN_TIMEOUT_S, Source, SourceInfo, SourceOptions, StopFlag, scrubbed, timeout_ms
 from .frame import Frame
 
 log = logging.getLogger(__name__)
@@ -99,10 +99,13 @@ _NOT_VIDEO = ("text/", "application/json", "application/xml", "application/xhtml
 
 
 def http_problem(url: str, timeout: float) -> str | None:
-    """Why an HTTP(S) URL FFmpeg could not open is not a stream, from its status and content type.
+    """Why an HTTP(S) URL FFmpeg could not open is not a stream, from its status and content type,
+    or that the connection was refused.
 
     None when the answer looks like a stream or the URL cannot be asked (then the caller's generic
-    hint stands). Only the response head is read; the body, perhaps an endless stream, is not."""
+    hint stands). Only the response head is read; the body, perhaps an endless stream, is not.
+    ``timeout`` is what the caller has left of its own (see ``time_left``): a full one more on a
+    silent server doubled the wait the user asked for."""
     timeout_ms(timeout)  # the range FFmpeg takes; urllib raises OverflowError for inf, not an answer
     try:
         parts = urlsplit(url)
@@ -123,11 +126,22 @@ def http_problem(url: str, timeout: float) -> str | None:
     except urllib.error.HTTPError as exc:
         exc.close()
         return f"the server answered HTTP {exc.code} {exc.reason}"
-    except (OSError, ValueError, http.client.HTTPException):
+    except (OSError, ValueError, http.client.HTTPException) as exc:
+        if isinstance(getattr(exc, "reason", exc), ConnectionRefusedError):
+            default = 443 if parts.scheme.lower() == "https" else 80
+            where = netloc if port is not None else f"{netloc}:{default}"
+            return f"the connection to {where} was refused: is the server running, on that port?"
         return None
     if kind.startswith(_NOT_VIDEO):
         return f"the server answered with {kind} (a web page or document?), not a video stream"
     return None
+
+
+def time_left(timeout: float, started: float) -> float | None:
+    """What is left of ``timeout`` seconds counted from ``started`` (a perf_counter time) for a
+    diagnosis such as ``http_problem``; None when less than the 1 ms FFmpeg's timeouts take."""
+    left = timeout - (time.perf_counter() - started)
+    return left if left >= MIN_TIMEOUT_S else None
 
 
 class LiveSource(Source):
@@ -141,14 +155,15 @@ class LiveSource(Source):
         options: SourceOptions,
         *,
         hint: str = "",
-        diagnose: Callable[[], str | None] | None = None,
+        diagnose: Callable[[float], str | None] | None = None,
         secret_url: str = "",
     ) -> None:
         super().__init__(uri, options)
         self._secret_url = secret_url  # the URL with its credentials: hidden in whatever is said
         self._factory = factory
         self._hint = hint
-        self._diagnose = diagnose
+        self._diagnose = diagnose  # called with the seconds left of the failed open's timeout
+        self._open_started = 0.0  # perf_counter when the last open began (set by _open)
         cap = self._open()
         if cap is None:
             raise SourceError(f"cannot open {uri}{self._why()}")
@@ -184,13 +199,17 @@ class LiveSource(Source):
         return scrubbed(str(exc), self._secret_url)
 
     def _why(self) -> str:
-        """': reason' for a failed open: what the diagnosis found, else the hint."""
-        reason = self._diagnose() if self._diagnose is not None else None
+        """': reason' for a failed open: what the diagnosis found, else the hint. The diagnosis
+        gets what the open left of ``timeout``, none once FFmpeg's open timed out: the wait stays
+        the ``timeout`` the user asked for and the hint says."""
+        left = time_left(self.options.timeout, self._open_started)
+        reason = self._diagnose(left) if self._diagnose is not None and left is not None else None
         reason = reason or self._hint
         return f": {reason}" if reason else ""
 
     def _open(self) -> Capture | None:
         """A capture that opened, or None when the device or server said no (the hint's case)."""
+        self._open_started = time.perf_counter()
         try:
             cap = self._factory()
         except RtsegError:

@@ -121,7 +121,7 @@ def open_source(
         options,
         hint=f"nothing answered at {parts.hostname}:{parts.port or 'the default port'} within {timeout:g} s, "
         "or the server refused the stream; check the URL, that the server runs, and credentials",
-        diagnose=(lambda: http_problem(text, timeout)) if scheme in ("http", "https") else None,
+        diagnose=(lambda left: http_problem(text, left)) if scheme in ("http", "https") else None,
         secret_url=text,
     )
 

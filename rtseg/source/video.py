@@ -7,6 +7,7 @@ that happens to be remote, not a live stream, so no frame is dropped to stay cur
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import numpy as np
 
 from ..errors import SourceError
 from .base import MediaSource, SourceInfo, SourceOptions, redacted
-from .live import http_problem, open_network
+from .live import http_problem, open_network, time_left
 
 log = logging.getLogger(__name__)
 
@@ -34,13 +35,18 @@ def _open(target: Path | str, timeout: float) -> cv2.VideoCapture:
                 "cannot be opened)"
             )
         return cap
+    started = time.perf_counter()
     cap = open_network(target, timeout)
     if not cap.isOpened():
         cap.release()
-        reason = http_problem(target, timeout) or (
-            f"FFmpeg could not open it as a video within {timeout:g} s; check the URL and that the "
-            "server is up"
-        )
+        # The diagnosis gets what is left of the one timeout; none once FFmpeg's open used it all.
+        left = time_left(timeout, started)
+        if left is None:
+            reason = f"nothing answered within {timeout:g} s; check the URL and that the server is up"
+        else:
+            reason = http_problem(target, left) or (
+                "FFmpeg could not open it as a video; check the URL and that it names a video"
+            )
         raise SourceError(f"cannot open {redacted(target)} as a video: {reason}")
     return cap
 

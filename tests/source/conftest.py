@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import http.server
+import socket
 import struct
 import threading
 from collections.abc import Iterator
@@ -36,6 +37,32 @@ def _serve_http(handler: type[http.server.BaseHTTPRequestHandler] | object) -> I
 def serve_http():  # type: ignore[no-untyped-def]
     """``with serve_http(handler) as base_url:`` a local web server for the tests that need one."""
     return _serve_http
+
+
+@pytest.fixture
+def silent_server() -> Iterator[str]:
+    """The base URL of a server that accepts connections and never answers (a hung server)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+    done = threading.Event()
+
+    def accept() -> None:
+        while not done.is_set():
+            try:
+                held.append(listener.accept()[0])
+            except OSError:  # closed: the test is over
+                return
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        done.set()
+        listener.close()
+        for conn in held:
+            conn.close()
+        thread.join(5)
 
 
 def write_video(path: Path, frames: int = FRAMES, size: tuple[int, int] = SIZE, fourcc: str = "mp4v") -> list:

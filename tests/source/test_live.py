@@ -310,7 +310,9 @@ def test_http_error_and_web_page_are_named(web_server: str) -> None:
         open_source(f"{web_server}/page", timeout=2)
     # credentials in the URL are sent, and do not break the question
     assert "404" in (http_problem(f"http://user:pw@{web_server[len('http://') :]}/x", 2) or "")
-    assert http_problem("http://127.0.0.1:1/", 1) is None  # nothing listens: the generic hint stands
+    assert http_problem("http://127.0.0.1:1/", 1) == (
+        "the connection to 127.0.0.1:1 was refused: is the server running, on that port?"
+    )
 
 
 def test_a_bare_camera_number_is_the_camera_uri_with_the_same_options(

@@ -281,12 +281,24 @@ def test_missing_recorded_video_says_404_quickly(video_server: str) -> None:
     assert url in str(err.value)
 
 
-def test_recorded_video_with_nothing_behind_it_says_ffmpeg_could_not_open_it() -> None:
+def test_recorded_video_with_nothing_behind_it_says_the_connection_was_refused() -> None:
+    # It said "FFmpeg could not open it as a video within 1 s" after 0.00 s.
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed again: nothing listens there
-    with pytest.raises(SourceError, match="FFmpeg could not open it as a video within 1 s"):
+    with pytest.raises(SourceError) as err:
         open_source(f"http://127.0.0.1:{port}/clip.mp4", timeout=1)
+    assert f"the connection to 127.0.0.1:{port} was refused" in str(err.value)
+    assert "within" not in str(err.value)
+
+
+@pytest.mark.parametrize("path", ["clip.mp4", "stream"])  # a recorded video, a live stream
+def test_a_silent_server_is_given_up_on_after_one_timeout(silent_server: str, path: str) -> None:
+    # FFmpeg's open used the whole timeout, then asking the server why waited a second one.
+    start = time.perf_counter()
+    with pytest.raises(SourceError, match=r"nothing answered .*within 1\.5 s"):
+        open_source(f"{silent_server}/{path}", timeout=1.5)
+    assert time.perf_counter() - start < 2.4  # 1.5 s, not 3
 
 
 def test_url_without_video_extension_stays_live(video_server: str) -> None:
