@@ -322,15 +322,21 @@ class MediaSource(Source):
         return self._read() is not None
 
     def _media_time(self, media_index: int) -> float:
+        """Seconds into this pass of frame ``media_index``: of the frame just read (or skipped), and
+        of the one after it, not read yet (rate and realtime judge it by that, before decoding it).
+        Video files override it with the container's timestamps (variable frame rates)."""
         return media_index / self.fps
 
     def _restart(self) -> bool:
         """At the end of a pass: begin the next one if looping (and the pass was not empty)."""
-        if not self.options.loop or self._pass_frames == 0 or not self._rewind():
+        if not self.options.loop or self._pass_frames == 0:
             return False
         # Media time runs on across passes: the next pass starts one frame after this one's last,
         # so rate limiting and realtime pacing hold at the seam (a one-frame clip loops at its fps).
+        # Asked before the rewind, which forgets this pass's frame times.
         duration = self._media_time(self._media_index + 1)
+        if not self._rewind():
+            return False
         self._index_offset += self._media_index + 1
         self._media_index = -1
         self._pass_frames = 0
@@ -385,6 +391,8 @@ class MediaSource(Source):
             if image is None:
                 return None
             t = self._media_time(self._media_index)
+            if rate is not None and self._time_offset + t + 1e-9 < self._next_slot:
+                continue  # earlier than its predicted time (a variable frame rate): thinned after all
             if rate is not None:
                 self._next_slot = (np.floor((self._time_offset + t) * rate + 1e-9) + 1) / rate
             if self.options.realtime:

@@ -7,6 +7,7 @@ that happens to be remote, not a live stream, so no frame is dropped to stay cur
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -62,6 +63,8 @@ class VideoFileSource(MediaSource):
         fps = self._cap.get(cv2.CAP_PROP_FPS)
         fps = float(fps) if fps and np.isfinite(fps) and 0 < fps < 1000 else DEFAULT_FPS
         super().__init__(uri, options, fps=fps)
+        self._timed = True  # the container gives each frame's time; False once it proved it does not
+        self._reset_times()
         count = int(self._cap.get(cv2.CAP_PROP_FRAME_COUNT))
         native = (int(self._cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(self._cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
         self.info = SourceInfo(
@@ -77,15 +80,50 @@ class VideoFileSource(MediaSource):
     def files(self) -> Sequence[Path]:
         return (self.target,) if isinstance(self.target, Path) else ()  # a URL is no local file
 
+    def _reset_times(self) -> None:
+        self._times_index = -1  # the frame of this pass whose time is _times_last
+        self._times_last = 0.0
+        self._times_step = 1.0 / self.fps  # the last interval between frames: predicts the next
+
+    def _note_time(self) -> None:
+        """Record the time of the frame just read or skipped: the container's timestamp
+        (CAP_PROP_POS_MSEC: 0.2 us a frame), which variable-frame-rate video needs
+        (index/fps put frame 15 of a clip, at 0.6 s, at 1.2 s). Index/fps when the container has
+        none (0 after the first frame); the previous time plus the last interval when a time does
+        not increase, so that time never runs backwards."""
+        index = self._times_index + 1
+        measured = self._cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0 if self._timed else math.nan
+        if self._timed and index > 0 and not measured > 0:
+            self._timed = False
+            log.debug("%s: no frame timestamps; frame times are index/fps", self.uri)
+        if not self._timed or not math.isfinite(measured) or measured < 0:
+            t = index / self.fps
+        elif index > 0 and measured <= self._times_last:
+            t = self._times_last + self._times_step
+        else:
+            t = measured
+        if index > 0 and t > self._times_last:
+            self._times_step = t - self._times_last
+        self._times_index, self._times_last = index, t
+
+    def _media_time(self, media_index: int) -> float:
+        if media_index == self._times_index:
+            return self._times_last
+        if media_index == self._times_index + 1 and self._times_index >= 0:
+            return self._times_last + self._times_step  # a prediction: the frame is not read yet
+        return super()._media_time(media_index)
+
     def _read(self) -> np.ndarray | None:
         ok, image = self._cap.read()
         if ok and image is not None:
+            self._note_time()
             return image
         self._end_of_pass()
         return None
 
     def _skip(self) -> bool:
         if self._cap.grab():  # demux and decode state only: no colour conversion or copy
+            self._note_time()
             return True
         self._end_of_pass()
         return False
@@ -112,6 +150,7 @@ class VideoFileSource(MediaSource):
         # Reopening is reliable for every container; seeking to frame 0 is not.
         self._cap.release()
         self._cap = _open(self.target, self.options.timeout)
+        self._reset_times()
         return True
 
     def _release(self) -> None:

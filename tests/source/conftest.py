@@ -117,6 +117,60 @@ def faststart(data: bytes) -> bytes:
     return ftyp + bytes(moov) + b"".join(parts)
 
 
+def variable_frame_rate(data: bytes, slow_from: int) -> bytes:
+    """The same mp4 (one track, moov after mdat, as OpenCV writes it) with the frames from
+    ``slow_from`` on lasting three times as long: its time-to-sample table (stts) rewritten."""
+    buf = bytearray(data)
+    chain: list[tuple[int, int, int]] = []  # (offset, size, header) of the boxes down to stts
+
+    def find(start: int, end: int) -> bool:
+        for kind, off, size, header in _boxes(buf, start, end):
+            if kind == b"stts" or (kind in _CONTAINERS and find(off + header, off + size)):
+                chain.insert(0, (off, size, header))
+                return True
+        return False
+
+    assert find(0, len(buf))
+    off, size, _ = chain[-1]
+    (count,) = struct.unpack(">I", buf[off + 12 : off + 16])
+    assert count == 1, "a constant frame rate: one stts entry"
+    frames, delta = struct.unpack(">II", buf[off + 16 : off + 24])
+    entries = [(slow_from, delta), (frames - slow_from, 3 * delta)]
+    body = struct.pack(">I", 0) + struct.pack(">I", 2) + b"".join(struct.pack(">II", *e) for e in entries)
+    grow = 8 + len(body) - size
+    buf[off : off + size] = struct.pack(">I4s", 8 + len(body), b"stts") + body
+    for parent, parent_size, _ in chain[:-1]:  # every box around it grows by as much
+        buf[parent : parent + 4] = struct.pack(">I", parent_size + grow)
+    # The durations (movie, track, media, edit list) grow as the frames do: FFmpeg ends the
+    # track at its edit list's end.
+    longer = (slow_from + 3 * (frames - slow_from), frames)
+    where = {b"mvhd": 24, b"mdhd": 24, b"tkhd": 28, b"elst": 16}  # version 0 boxes
+
+    def stretch(start: int, end: int) -> None:
+        for kind, off, size, header in _boxes(buf, start, end):
+            if kind in _CONTAINERS:
+                stretch(off + header, off + size)
+            elif kind in where:
+                assert buf[off + 8] == 0, f"a version 0 {kind!r}"
+                p = off + where[kind]
+                (old,) = struct.unpack(">I", buf[p : p + 4])
+                buf[p : p + 4] = struct.pack(">I", old * longer[0] // longer[1])
+
+    stretch(0, len(buf))
+    return bytes(buf)
+
+
+@pytest.fixture(scope="session")
+def vfr_video(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[float]]:
+    """A 12-frame mp4, frames 0-5 40 ms apart and the rest 120 ms apart (its container says
+    12.5 fps, the average), and each frame's time in seconds."""
+    folder = tmp_path_factory.mktemp("vfr")
+    write_video(folder / "cfr.mp4", frames=12)
+    path = folder / "vfr.mp4"
+    path.write_bytes(variable_frame_rate((folder / "cfr.mp4").read_bytes(), slow_from=6))
+    return path, [0.04 * i for i in range(7)] + [0.24 + 0.12 * i for i in range(1, 6)]
+
+
 @pytest.fixture(scope="session")
 def video_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[np.ndarray]]:
     """A 24-frame 160x96 mp4 at 25 fps and the images written into it."""

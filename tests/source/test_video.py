@@ -90,6 +90,48 @@ def test_realtime_paces_a_fast_consumer(video_file) -> None:
     assert elapsed >= 9 / 25.0 - 0.02
 
 
+def test_a_variable_frame_rate_video_is_timed_by_its_timestamps(vfr_video) -> None:
+    # position_s was index/fps: frame 6, at 0.24 s, said 0.48 s (12.5 fps, the clip's average).
+    path, times = vfr_video
+    with open_source(path) as src:
+        assert [f.position_s for f in src] == pytest.approx(times)
+    with open_source(path, loop=True) as src:  # the next pass starts one (last) interval later
+        assert [f.position_s for _, f in zip(range(13), src, strict=False)][-1] == 0.0
+
+
+def test_a_variable_frame_rate_video_is_paced_and_thinned_by_its_timestamps(vfr_video) -> None:
+    path, times = vfr_video
+    with open_source(path, realtime=True) as src:
+        frames = list(src)
+    # each frame at its own time after the first (index/fps had frame 6 0.24 s late)
+    late = [f.monotonic - frames[0].monotonic - times[f.index] for f in frames]
+    assert all(-0.005 < x < 0.12 for x in late), late
+    # rate 5: the first frame in each 0.2 s slot of media time, by the frames' times (at 0, 0.2,
+    # 0.48, 0.6 and 0.84 s); index/fps, 0.08 s a frame, kept 0, 3, 5, 8 and 10
+    with open_source(path, rate=5) as src:
+        assert [f.index for f in src] == [0, 5, 8, 9, 11]
+
+
+class _NoTimestamps:
+    """A capture whose container gives no frame times (CAP_PROP_POS_MSEC is 0 throughout)."""
+
+    def __init__(self, cap: cv2.VideoCapture) -> None:
+        self.cap = cap
+
+    def get(self, prop: int) -> float:
+        return 0.0 if prop == cv2.CAP_PROP_POS_MSEC else self.cap.get(prop)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.cap, name)
+
+
+def test_a_video_without_timestamps_is_timed_by_index_and_fps(video_file) -> None:
+    path, _ = video_file
+    with open_source(path) as src:
+        src._cap = _NoTimestamps(src._cap)
+        assert [f.position_s for f in src] == pytest.approx([i / 25.0 for i in range(FRAMES)])
+
+
 def test_truncated_mp4_without_index_is_a_clear_error(video_file, tmp_path: Path) -> None:
     # OpenCV writes the mp4 index (moov) last: cut the file and it is gone.
     path, _ = video_file
