@@ -102,7 +102,8 @@ def sink_policy(source: Source) -> Policy:
 
 def output_fps(source: Source) -> float | None:
     """The frame rate of the frames the source delivers: ``rate`` thins them, so a video written at
-    the source's own rate would play that much too fast."""
+    the source's own rate would play that much too fast. (Frames dropped to stay live are made up
+    for by the video file sink, ``timed``.)"""
     fps, rate = source.info.fps, source.options.rate
     if rate is None:
         return fps
@@ -125,14 +126,17 @@ def sink_list(sinks: SinkArg | Iterable[SinkArg]) -> list:
 
 def open_sinks(sinks: SinkArg | Iterable[SinkArg], source: Source) -> list[Sink]:
     """Open the sink URIs for ``source`` (with ``sink_policy``), refusing any that would write over
-    the source's files or another sink's file; on failure, the ones opened are closed."""
+    the source's files or another sink's file; on failure, the ones opened are closed. Behind a
+    source that drops frames (live, realtime) videos are ``timed``: written at ``output_fps``
+    with every frame at its capture time, they play as long as the run lasted, not faster."""
     policy = sink_policy(source)
     fps = output_fps(source)
+    timed = source.info.live
     opened: list[Sink] = []
     try:
         for sink in sink_list(sinks):
             if isinstance(sink, (str, os.PathLike)):
-                sink = open_sink(sink, policy=policy, fps=fps)
+                sink = open_sink(sink, policy=policy, fps=fps, timed=timed)
             elif not isinstance(sink, Sink):
                 raise TypeError(
                     f"sinks: each must be a URI (str), a path (os.PathLike) or a Sink, got {sink!r} "

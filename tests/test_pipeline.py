@@ -482,3 +482,23 @@ def test_stop_from_a_signal_handler_ends_a_realtime_wait_at_once(engine) -> None
     finally:
         signal.signal(signal.SIGUSR1, previous)
     assert stats.frames == 1 and ended - sent[0] < 2
+
+
+def test_a_recording_of_a_source_that_drops_frames_lasts_as_long_as_the_run(engine, tmp_path: Path) -> None:
+    """A realtime 25 fps source behind a 10 fps consumer: the frames it dropped were missing from a
+    video written at 25 fps, which played the run in less than half its time."""
+    out = tmp_path / "rt.avi"
+    seen = []
+
+    def slow(frame, result) -> None:
+        seen.append(frame.monotonic)
+        time.sleep(0.1)
+
+    seg = Segmenter(engine=engine)
+    seg(np.zeros((48, 64, 3), np.uint8))  # warmed up: a slow first frame would make all the rest late
+    source = open_source("synthetic://drive?size=64x48&fps=25&frames=25", realtime=True)
+    stats = Pipeline(source, seg, sinks=[str(out)], on_result=slow).run()
+    assert stats.source_dropped > 0 and stats.sinks[str(out)].written == len(seen) < 25
+    # frame k of the video shows what was captured by k/25 s: as many frames as the run took
+    assert _count(out) == round((seen[-1] - seen[0]) * 25) + 1 > len(seen)
+    assert cv2.VideoCapture(str(out)).get(cv2.CAP_PROP_FPS) == pytest.approx(25)

@@ -477,11 +477,17 @@ def _run(
             "agreement_pixels": _number(100 * scores.pixel_accuracy, 2),
             "frames_compared": stats.frames - missing,
         }
-    files = {s.uri for s in pipeline.sinks if isinstance(s, FileSink)}  # windows and streams keep nothing
+    files = {s.uri: s for s in pipeline.sinks if isinstance(s, FileSink)}  # windows and streams keep nothing
     for uri, sink in stats.sinks.items():
         if uri not in files:
             continue
-        print(f"wrote {uri} ({sink.written} frames)" if sink.written else f"nothing written to {uri}")
+        if not sink.written:
+            print(f"nothing written to {uri}")
+            continue
+        # A timed video (live or --realtime source) holds each frame until the next one's time.
+        held = files[uri].video_frames or 0
+        timed = f" over {held} video frames at {files[uri].fps:g} FPS" if held > sink.written else ""
+        print(f"wrote {uri} ({sink.written} frames{timed})")
     if args.json and not _write_json(args.json, report) and error is None and not interrupted:
         return 2
     if error is not None:

@@ -27,11 +27,15 @@ def open_sink(
     policy: Policy = "block",
     fps: float | None = None,
     queue_size: int | None = None,
+    timed: bool = False,
     **options: Any,
 ) -> Sink:
     """Open an output. ``policy`` is "drop" for live sources (never slow inference down) or "block"
     for files (write every frame); the pipeline chooses it from the source. ``fps`` is the frame
-    rate written into video files (None: not known, 30 is written)."""
+    rate written into video files (None: not known, 30 is written). ``timed`` (the pipeline's
+    choice for sources that drop frames): a video file places each frame by its capture time,
+    repeating the previous one over the gaps, so that it plays as long as the run lasted; other
+    outputs have no timeline and ignore it."""
     text = os.fspath(uri)
     if fps is not None and not (
         isinstance(fps, numbers.Real) and not isinstance(fps, bool) and 0 < fps < math.inf
@@ -47,7 +51,9 @@ def open_sink(
     if scheme == "file":
         from .file import FileSink
 
-        return FileSink(text, rest, fps=DEFAULT_FPS if fps is None else fps, policy=policy, **options)
+        return FileSink(
+            text, rest, fps=DEFAULT_FPS if fps is None else fps, policy=policy, timed=timed, **options
+        )
     if scheme == "null":
         from .null import NullSink
 

@@ -213,9 +213,12 @@ class VideoFile:
         self.fourcc = fourcc or VIDEO_FOURCC[path.suffix.lower()]
         self.fit = fit
         self.size: tuple[int, int] | None = None
-        self.frames = 0
+        self.frames = 0  # in the video: repeats (write_at) included
         self._writer: cv2.VideoWriter | None = None
         self._size_limit: int | None = None
+        self._start: float | None = None  # write_at: the first frame's time, slot 0
+        self._slot = -1  # write_at: the slot of the last frame written
+        self._last: np.ndarray | None = None
 
     def _open(self, size: tuple[int, int]) -> cv2.VideoWriter:
         writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*self.fourcc), self.fps, size)
@@ -253,6 +256,23 @@ class VideoFile:
         self._writer.write(image)
         self.frames += 1
 
+    def write_at(self, image: np.ndarray, seconds: float) -> None:
+        """Write ``image`` in the slot of the video's frame grid that its capture time ``seconds``
+        falls in (counted from the first frame's), the previous frame repeated over the slots
+        between, as FFmpeg's constant-frame-rate output does: a recording of a source that drops
+        frames to stay live then lasts as long as the run did. A frame is never skipped: one that
+        comes early (jitter) takes the next slot, and the next gap is shorter by as much."""
+        if self._start is None:
+            self._start, slot = seconds, 0
+        else:
+            slot = max(round((seconds - self._start) * self.fps), self._slot + 1)
+            if self._last is not None:
+                for _ in range(slot - self._slot - 1):
+                    self.write(self._last)
+                self._slot = slot - 1  # filled: a failure of this frame is not filled again
+        self.write(image)
+        self._slot, self._last = slot, image
+
     def close(self) -> None:
         """Write the index, close the file and check it holds every frame; idempotent."""
         if self._writer is not None:
@@ -263,7 +283,11 @@ class VideoFile:
 
 
 class FileSink(Sink):
-    """Writes the overlay of every packet (or, for image patterns, optionally the raw label map)."""
+    """Writes the overlay of every packet (or, for image patterns, optionally the raw label map).
+
+    ``timed`` (the pipeline sets it for live sources and realtime files, whose frames may be
+    dropped): a video places each frame by its capture time at ``fps``, repeating the previous
+    one over the gaps (``VideoFile.write_at``), so that it plays as long as the run lasted."""
 
     def __init__(
         self,
@@ -275,6 +299,7 @@ class FileSink(Sink):
         content: Content = "overlay",
         queue_size: int = 8,
         policy: Policy = "block",
+        timed: bool = False,
     ) -> None:
         self.path = Path(path).expanduser()  # as source paths are: "~/out.mp4" is not ./~/out.mp4
         text = str(self.path)
@@ -323,6 +348,8 @@ class FileSink(Sink):
             raise SinkError(f"{uri}: fourcc must be 4 characters, got {fourcc!r}")
         self.fourcc = fourcc or VIDEO_FOURCC.get(suffix, "")
         self.fps = fps
+        # A video of a source that drops frames (live, realtime): each frame at its capture time.
+        self.timed = bool(timed)
         self.content = content
         if self.pattern:
             prepare_folder(self.path.parent, uri)
@@ -394,8 +421,17 @@ class FileSink(Sink):
             image = packet.overlay()
         if self._video is None:
             write_image(str(self.path) % packet.frame.index, image)
+        elif self.timed:
+            # Frame.monotonic: every source sets it (position_s is None for cameras and streams
+            # and restarts on each loop pass), it is the capture time, spaced as the wall clock.
+            self._video.write_at(image, packet.frame.monotonic)
         else:
             self._video.write(image)
+
+    @property
+    def video_frames(self) -> int | None:
+        """The frames in the video (with ``timed``, repeats included); None for an image pattern."""
+        return None if self._video is None else self._video.frames
 
     def release(self) -> None:
         if self._video is not None:

@@ -792,3 +792,30 @@ def test_tensorrt_without_device_runs_on_cuda(weights: Path, tmp_path: Path, mon
     rc = main(["run", SOURCE, "null://", *argv, "--engine-dir", str(tmp_path), "--quiet"])
     err = capsys.readouterr().err
     assert rc == 2 and "needs an NVIDIA GPU" in err and "'cpu'" not in err
+
+
+def test_a_realtime_recording_says_how_many_video_frames_hold_its_frames(
+    weights: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """Frames a --realtime source dropped are made up for in the video (each frame held until the
+    next one's time), and the summary says so: 'N frames' alone did not match the video."""
+    import time
+
+    from rtseg.segmenter import Segmenter
+
+    original = Segmenter.__call__
+
+    def slow(self, frame):  # a 10 FPS model behind a 25 fps source: most frames are dropped
+        time.sleep(0.1)
+        return original(self, frame)
+
+    monkeypatch.setattr(Segmenter, "__call__", slow)
+    out = tmp_path / "rt.avi"
+    source = "synthetic://drive?size=160x96&fps=25&seed=1&frames=50"
+    rc = main(["run", source, str(out), *_args(weights), "--realtime", "--quiet"])
+    said = re.search(
+        rf"wrote {re.escape(str(out))} \((\d+) frames over (\d+) video frames at 25 FPS\)",
+        capsys.readouterr().out,
+    )
+    assert rc == 0 and said is not None
+    assert int(said[1]) < int(said[2]) == _frames(out)

@@ -371,3 +371,35 @@ def test_a_real_ulimit_is_seen_before_it_costs_the_video(tmp_path: Path, mode: s
         assert len(_read_all(path)) == written
     else:
         assert written == 120 and "the video was not written whole" in last_error
+
+
+def _at(packet, seconds: float):  # type: ignore[no-untyped-def]
+    """``packet`` with its frame captured at ``seconds`` (perf_counter time)."""
+    from dataclasses import replace
+
+    from rtseg.sink.packet import Packet
+
+    return Packet(replace(packet.frame, monotonic=seconds), packet.result, packet.style)
+
+
+@pytest.mark.parametrize("timed", [True, False])
+def test_a_timed_video_holds_each_frame_until_the_next_ones_capture_time(
+    tmp_path: Path, packet_factory, timed: bool
+) -> None:
+    """Behind a source that drops frames (live, realtime) the video is written at the source's fps:
+    35 of 60 frames, written once each, played in 1.0 s what took 2.4 s."""
+    path = tmp_path / "timed.avi"
+    sink = FileSink(str(path), path, fps=10, timed=timed)
+    # slots 0, 1, 5, 6 and (6.4 rounds to 6, taken: never skipped) 7; then 9.6 -> 10
+    times = [100.0, 100.1, 100.5, 100.6, 100.64, 100.96]
+    for i, t in enumerate(times):
+        sink.write(_at(packet_factory(40 * i), t))
+    stats = sink.close()
+    frames = _read_all(path)
+    assert stats.written == 6 and stats.errors == 0
+    expected = [0, 1, 1, 1, 1, 2, 3, 4, 4, 4, 5] if timed else list(range(6))
+    assert len(frames) == sink.video_frames == len(expected)
+    means = [float(f.mean()) for f in frames]
+    originals = [means[expected.index(k)] for k in range(6)]
+    assert means == pytest.approx([originals[k] for k in expected], abs=0.5)
+    assert len(set(np.round(originals))) == 6  # six different frames: the repeats are of the right one
