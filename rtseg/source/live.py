@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import http.client
 import logging
+import math
 import threading
 import time
 import urllib.error
@@ -168,6 +169,8 @@ class LiveSource(Source):
         if cap is None:
             raise SourceError(f"cannot open {uri}{self._why()}")
         fps = _get(cap, cv2.CAP_PROP_FPS)
+        if fps != 0 and not (math.isfinite(fps) and fps > 0):  # 0: the camera does not say
+            log.warning("%s reports a frame rate of %g; taken as unknown", uri, fps)
         native = (
             int(_get(cap, cv2.CAP_PROP_FRAME_WIDTH)),
             int(_get(cap, cv2.CAP_PROP_FRAME_HEIGHT)),
@@ -176,7 +179,7 @@ class LiveSource(Source):
             uri=uri,
             kind=kind,
             live=True,
-            fps=fps if 0 < fps < 1000 else None,
+            fps=fps if math.isfinite(fps) and fps > 0 else None,  # high-speed cameras reach 1000+
             size=self._output_size(native if min(native) > 0 else None),
         )
         self._frame_count = _frame_count(cap)

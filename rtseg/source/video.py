@@ -52,6 +52,17 @@ def _open(target: Path | str, timeout: float) -> cv2.VideoCapture:
     return cap
 
 
+def _frame_rate(reported: float, uri: str) -> float:
+    """The container's frame rate; DEFAULT_FPS, with a warning, when it reports none usable (0,
+    negative, NaN or infinite). No upper bound: high-speed video (1000 fps and more) is real, and
+    FFmpeg already reports the average rate for a millisecond time base (WebM, Matroska). A 1000
+    fps clip was silently taken as 30 fps: played 33 times too slowly, recorded at 30 fps."""
+    if math.isfinite(reported) and reported > 0:
+        return float(reported)
+    log.warning("%s reports a frame rate of %g; %g fps is assumed", uri, reported, DEFAULT_FPS)
+    return DEFAULT_FPS
+
+
 class VideoFileSource(MediaSource):
     """A local video file (``target`` a Path) or a recorded video at an http(s) URL (a str)."""
 
@@ -60,9 +71,7 @@ class VideoFileSource(MediaSource):
             raise SourceError(f"video file not found: {target}")
         self.target = target
         self._cap = _open(target, options.timeout)
-        fps = self._cap.get(cv2.CAP_PROP_FPS)
-        fps = float(fps) if fps and np.isfinite(fps) and 0 < fps < 1000 else DEFAULT_FPS
-        super().__init__(uri, options, fps=fps)
+        super().__init__(uri, options, fps=_frame_rate(self._cap.get(cv2.CAP_PROP_FPS), uri))
         self._timed = True  # the container gives each frame's time; False once it proved it does not
         self._reset_times()
         count = int(self._cap.get(cv2.CAP_PROP_FRAME_COUNT))
@@ -71,7 +80,7 @@ class VideoFileSource(MediaSource):
             uri=uri,
             kind="video",
             live=options.realtime,
-            fps=fps,
+            fps=self.fps,
             size=self._output_size(native if min(native) > 0 else None),
             frame_count=count if count > 0 else None,
         )

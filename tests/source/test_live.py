@@ -401,3 +401,22 @@ def test_rate_on_a_live_source_thins_without_counting_drops_and_spaces_the_secon
     gaps = [b - a for a, b in itertools.pairwise(times)]
     assert all(gap >= 0.18 for gap in gaps), gaps  # 0.2 s apart, the first pair too
     assert stats.delivered == 4 and stats.dropped <= 3  # not the ~60 frames the rate skipped
+
+
+@pytest.mark.parametrize(
+    ("reported", "fps"), [(1200.0, 1200.0), (0.0, None), (float("nan"), None), (-5.0, None)]
+)
+def test_a_camera_frame_rate_is_taken_as_reported_when_positive(caplog, reported: float, fps) -> None:
+    """A high-speed camera's 1200 fps was taken as unknown (an upper bound of 1000), silently."""
+
+    class Camera(FakeCamera):
+        def get(self, prop: int) -> float:
+            return reported if prop == cv2.CAP_PROP_FPS else 0.0
+
+    with (
+        caplog.at_level(logging.WARNING, logger="rtseg.source.live"),
+        open_source("camera://0", capture_factory=Factory([Camera([0], frames=None)])) as src,
+    ):
+        assert src.info.fps == fps
+    said = f"reports a frame rate of {reported:g}; taken as unknown"
+    assert (said in caplog.text) is (reported not in (0.0, 1200.0))  # a camera that does not say: 0

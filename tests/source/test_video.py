@@ -132,6 +132,36 @@ def test_a_video_without_timestamps_is_timed_by_index_and_fps(video_file) -> Non
         assert [f.position_s for f in src] == pytest.approx([i / 25.0 for i in range(FRAMES)])
 
 
+def test_a_high_speed_video_keeps_its_frame_rate(tmp_path: Path, caplog) -> None:
+    # 1000 fps and more was taken as 30 fps, silently: paced 40 times too slowly at 1200 fps.
+    path = tmp_path / "fast.mp4"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 1200.0, (64, 48))
+    for i in range(3):
+        writer.write(np.full((48, 64, 3), 60 * i, np.uint8))
+    writer.release()
+    with caplog.at_level(logging.WARNING), open_source(path) as src:
+        assert src.info.fps == pytest.approx(1200)
+        assert [f.position_s for f in src] == pytest.approx([0, 1 / 1200, 2 / 1200])
+    assert caplog.text == ""
+
+
+@pytest.mark.parametrize("reported", [0.0, -25.0, float("nan"), float("inf")])
+def test_a_video_without_a_usable_frame_rate_is_taken_as_30_fps_and_says_so(
+    video_file, monkeypatch, caplog, reported: float
+) -> None:
+    from rtseg.source import video
+
+    class NoRate(_NoTimestamps):
+        def get(self, prop: int) -> float:
+            return reported if prop == cv2.CAP_PROP_FPS else super().get(prop)
+
+    opened = video._open
+    monkeypatch.setattr(video, "_open", lambda target, timeout: NoRate(opened(target, timeout)))
+    with caplog.at_level(logging.WARNING), open_source(video_file[0]) as src:
+        assert src.info.fps == 30.0
+    assert f"reports a frame rate of {reported:g}; 30 fps is assumed" in caplog.text
+
+
 def test_truncated_mp4_without_index_is_a_clear_error(video_file, tmp_path: Path) -> None:
     # OpenCV writes the mp4 index (moov) last: cut the file and it is gone.
     path, _ = video_file
