@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Literal
 
@@ -105,6 +106,8 @@ def write_image(path: str, image: np.ndarray) -> None:
 
 log = logging.getLogger(__name__)
 
+# A timed video's sink further behind the source than this has no time to fill gaps (see emit).
+TIMED_LAG_S = 2.0
 VIDEO_RESERVE_BYTES = 1 << 20  # for the container's index, written when the video is closed
 INDEX_BYTES_PER_FRAME = 64  # an mp4 index grows with the frames (sample sizes, offsets, times)
 # FFmpeg writes in 256 KiB blocks: up to that much of the video is not in the file's size yet.
@@ -256,20 +259,21 @@ class VideoFile:
         self._writer.write(image)
         self.frames += 1
 
-    def write_at(self, image: np.ndarray, seconds: float) -> None:
+    def write_at(self, image: np.ndarray, seconds: float, *, fill: bool = True) -> None:
         """Write ``image`` in the slot of the video's frame grid that its capture time ``seconds``
         falls in (counted from the first frame's), the previous frame repeated over the slots
         between, as FFmpeg's constant-frame-rate output does: a recording of a source that drops
         frames to stay live then lasts as long as the run did. A frame is never skipped: one that
-        comes early (jitter) takes the next slot, and the next gap is shorter by as much."""
+        comes early (jitter) takes the next slot, and the next gap is shorter by as much.
+        ``fill=False`` leaves the gap out (the video is that much shorter)."""
         if self._start is None:
             self._start, slot = seconds, 0
         else:
             slot = max(round((seconds - self._start) * self.fps), self._slot + 1)
-            if self._last is not None:
+            if self._last is not None and fill:
                 for _ in range(slot - self._slot - 1):
                     self.write(self._last)
-                self._slot = slot - 1  # filled: a failure of this frame is not filled again
+            self._slot = slot - 1  # filled or left out: a failure of this frame is not filled again
         self.write(image)
         self._slot, self._last = slot, image
 
@@ -350,6 +354,7 @@ class FileSink(Sink):
         self.fps = fps
         # A video of a source that drops frames (live, realtime): each frame at its capture time.
         self.timed = bool(timed)
+        self._lag_warned = False
         self.content = content
         if self.pattern:
             prepare_folder(self.path.parent, uri)
@@ -424,7 +429,24 @@ class FileSink(Sink):
         elif self.timed:
             # Frame.monotonic: every source sets it (position_s is None for cameras and streams
             # and restarts on each loop pass), it is the capture time, spaced as the wall clock.
-            self._video.write_at(image, packet.frame.monotonic)
+            # A sink behind the wall clock by more than TIMED_LAG_S cannot encode fps frames a
+            # second (a large frame, a slow codec): filling the gaps would put it further behind
+            # every time, and at the end its close would time out with the video unfinished. It
+            # then writes each frame once, without the gaps, until it has caught up. A source's
+            # stall (a reconnect) is a gap in fresh frames: it is filled.
+            behind = time.perf_counter() - packet.frame.monotonic
+            fill = behind <= TIMED_LAG_S
+            if not fill and not self._lag_warned:
+                self._lag_warned = True
+                log.warning(
+                    "%s: writing %.1f s behind the source, too slow to fill the gaps of a %g fps "
+                    "video; frames are written once until it catches up (the video will be shorter "
+                    "than the run)",
+                    self.uri,
+                    behind,
+                    self.fps,
+                )
+            self._video.write_at(image, packet.frame.monotonic, fill=fill)
         else:
             self._video.write(image)
 

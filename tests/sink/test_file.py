@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import logging
+import time
 from pathlib import Path
 
 import cv2
@@ -391,9 +393,9 @@ def test_a_timed_video_holds_each_frame_until_the_next_ones_capture_time(
     path = tmp_path / "timed.avi"
     sink = FileSink(str(path), path, fps=10, timed=timed)
     # slots 0, 1, 5, 6 and (6.4 rounds to 6, taken: never skipped) 7; then 9.6 -> 10
-    times = [100.0, 100.1, 100.5, 100.6, 100.64, 100.96]
-    for i, t in enumerate(times):
-        sink.write(_at(packet_factory(40 * i), t))
+    now = time.perf_counter()
+    for i, t in enumerate([0.0, 0.1, 0.5, 0.6, 0.64, 0.96]):
+        sink.write(_at(packet_factory(40 * i), now + t))
     stats = sink.close()
     frames = _read_all(path)
     assert stats.written == 6 and stats.errors == 0
@@ -403,3 +405,19 @@ def test_a_timed_video_holds_each_frame_until_the_next_ones_capture_time(
     originals = [means[expected.index(k)] for k in range(6)]
     assert means == pytest.approx([originals[k] for k in expected], abs=0.5)
     assert len(set(np.round(originals))) == 6  # six different frames: the repeats are of the right one
+
+
+def test_a_timed_video_far_behind_the_source_leaves_gaps_out_to_catch_up(
+    tmp_path: Path, packet_factory, caplog
+) -> None:
+    """A sink too slow to encode fps frames a second fell further behind with every gap it filled:
+    at the end its close timed out with the video unfinished."""
+    path = tmp_path / "behind.avi"
+    sink = FileSink(str(path), path, fps=10, timed=True)
+    captured = time.perf_counter() - 10  # the frames reach the sink 10 s after their capture
+    with caplog.at_level(logging.WARNING, logger="rtseg.sink.file"):
+        for i, t in enumerate([0.0, 0.5, 1.0]):
+            sink.write(_at(packet_factory(40 * i), captured + t))
+        sink.close()
+    assert len(_read_all(path)) == sink.video_frames == 3  # once each: the gaps left out
+    assert caplog.text.count("too slow to fill the gaps of a 10 fps video") == 1
