@@ -245,9 +245,14 @@ def _split_query(rest: str, uri: str) -> tuple[str, dict[str, str]]:
 
 
 def _strip_query(rest: str, uri: str) -> str:
+    """A file:// URI's path: a '?' there starts ?options, and a file takes none."""
     head, query = _split_query(rest, uri)
     if query:
-        raise SourceError(f"{uri!r}: file and image sources take no ?options (got {sorted(query)})")
+        raise SourceError(
+            f"{uri!r}: file sources take no ?options (got {sorted(query)}); a '?' starts them in a "
+            f"URI: for a glob use images:// (images://{rest}), for a '?' in the file name write %3F "
+            f"(file://{rest.replace('?', '%3F')})"
+        )
     return head
 
 

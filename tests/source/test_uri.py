@@ -95,6 +95,24 @@ def test_file_uri_rejects_query_options(tmp_path) -> None:
         open_source(f"file://{tmp_path}/a.mp4?loop=1")
 
 
+def test_a_question_mark_in_a_file_uri_says_how_to_glob_or_escape_it(tmp_path: Path) -> None:
+    # 'file and image sources take no ?options (got ['.png'])' left the user guessing.
+    for name in ("f_1.png", "f_2.png", "q?.png"):
+        cv2.imwrite(str(tmp_path / name), np.zeros((32, 32, 3), np.uint8))
+    with pytest.raises(SourceError) as err:
+        open_source(f"file://{tmp_path}/f_?.png")
+    glob = f"images://{tmp_path}/f_?.png"
+    assert f"for a glob use images:// ({glob})" in str(err.value)
+    with open_source(glob) as src:
+        assert sum(1 for _ in src) == 2
+    with pytest.raises(SourceError) as err:
+        open_source(f"file://{tmp_path}/q?.png")
+    escaped = f"file://{tmp_path}/q%3F.png"
+    assert f"for a '?' in the file name write %3F ({escaped})" in str(err.value)
+    with open_source(escaped) as src:
+        assert sum(1 for _ in src) == 1
+
+
 @pytest.mark.parametrize(
     "uri, shown",
     [
