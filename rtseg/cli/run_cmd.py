@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..atomic import atomic_write_text
-from ..engine.base import Engine
+from ..engine.base import Engine, EngineInfo
 from ..errors import ConfigError, RtsegError
 from ..metrics import ConfusionMatrix
 from ..overlay.annotate import MODES, OverlayStyle
@@ -365,8 +365,9 @@ def _run(
         engine.warmup(1)
         seg = Segmenter(engine=engine, scheduler=scheduler)
         print(
-            f"  {engine.info.model} on {engine.info.backend} ({engine.info.library}) at "
-            f"{engine.input_size[0]}x{engine.input_size[1]}, scheduler {scheduler.describe()}",
+            f"  {engine.info.model} on {engine.info.backend} {engine.info.precision} {engine.info.device} "
+            f"({engine.info.library}) at {engine.input_size[0]}x{engine.input_size[1]}, "
+            f"scheduler {scheduler.describe()}",
             file=sys.stderr,
             flush=True,
         )
@@ -433,7 +434,12 @@ def _run(
         _close([], None, seg, engine)  # loaded here, so closed here (a Segmenter closes only its own)
     if crash is not None:
         if args.json:  # an earlier run's report must not stay there as this one's
-            report = {**_report(stats), "complete": False, "error": f"{type(crash).__name__}: {crash}"}
+            report = {
+                **_report(stats),
+                "engine": _engine_report(engine.info, scheduler),
+                "complete": False,
+                "error": f"{type(crash).__name__}: {crash}",
+            }
             _write_json(args.json, report)
         raise crash
     terminated = signals.terminated.is_set()  # later ones (while reporting) change nothing
@@ -451,6 +457,7 @@ def _run(
     if args.stats:
         print(stats.format_costs())
     report = _report(stats)
+    report["engine"] = _engine_report(engine.info, scheduler)
     report["complete"] = not (interrupted or terminated or error is not None)
     if interrupted or terminated:
         report["stopped"] = {"by": "Ctrl-C" if interrupted else "SIGTERM", "phase": "main"}
@@ -609,6 +616,20 @@ def _number(value: float, digits: int) -> float | None:
     """A measure for the JSON report; null where there was nothing to measure (no frames): NaN is
     not JSON, and strict parsers (jq, JavaScript, serde) refuse the whole file."""
     return round(value, digits) if math.isfinite(value) else None
+
+
+def _engine_report(info: EngineInfo, scheduler: Scheduler) -> dict:
+    """What produced the numbers: an int8 run's report read the same as an fp32 one's."""
+    return {
+        "model": info.model,
+        "backend": info.backend,
+        "precision": info.precision,
+        "device": info.device,
+        "input_size": list(info.input_size),
+        "library": info.library,
+        "threads": info.threads,
+        "scheduler": scheduler.describe(),
+    }
 
 
 def _report(stats: PipelineStats) -> dict:

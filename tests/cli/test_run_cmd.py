@@ -63,8 +63,10 @@ def test_file_output_stats_and_json(weights: Path, tmp_path: Path, capsys) -> No
         ]
     )
     assert rc == 0
-    text = capsys.readouterr().out
+    captured = capsys.readouterr()
+    text = captured.out
     assert f"wrote {out}" in text and "per-frame cost" in text and "% of engine time" in text
+    assert "espnet on torch fp32 cpu" in captured.err
     assert _frames(out) == 6
     data = json.loads(report.read_text())
     assert data["frames"] == 6 and data["keyframe_ratio"] == pytest.approx(2 / 6, abs=1e-3)
@@ -72,6 +74,11 @@ def test_file_output_stats_and_json(weights: Path, tmp_path: Path, capsys) -> No
     assert data["sinks"][str(out)]["last_error"] is None and data["sinks"][str(out)]["emit_ms"] > 0
     assert data["worker_deep_ms"] == 0  # no async worker here
     assert data["complete"] is True and "stopped" not in data
+    # What produced the numbers (an int8 run's report read the same as an fp32 one's)
+    engine = data["engine"]
+    assert engine["model"] == "espnet" and engine["precision"] == "fp32" and engine["device"] == "cpu"
+    assert engine["backend"] == "torch" and engine["scheduler"].startswith("clockwork")
+    assert engine["input_size"] == [64, 48]
 
 
 def test_the_report_says_why_a_sink_failed(weights: Path, tmp_path: Path, capsys) -> None:
