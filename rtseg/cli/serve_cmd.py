@@ -132,7 +132,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--queue",
         type=positive_int,
         default=ServerLimits.queue_size,
-        help="requests that may wait; beyond that clients get a 'busy' reply",
+        help="requests that may wait; beyond that clients get a 'busy' reply "
+        f"(default {ServerLimits.queue_size})",
     )
     p.add_argument(
         "--curve-keys",
