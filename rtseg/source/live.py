@@ -53,6 +53,10 @@ CaptureFactory = Callable[[], Capture]
 # that a capture's own bounded waits (FFmpeg's open and read timeouts, both ``timeout``) end first
 # and a stalled stream is reconnected rather than reported as lost.
 WATCHDOG_GRACE_S = 1.0
+# A live frame rate at or above this is a clock, not a rate: OpenCV reports 1/time_base when a
+# stream has no average rate, 90000 for most RTSP streams, and a video recorded behind it was
+# made at 90000 fps (about 3600 repeats of each frame to fill its gaps).
+LIVE_MAX_FPS = 1000.0
 
 
 def camera_factory(index: int, props: dict[int, float]) -> CaptureFactory:
@@ -169,8 +173,9 @@ class LiveSource(Source):
         if cap is None:
             raise SourceError(f"cannot open {uri}{self._why()}")
         fps = _get(cap, cv2.CAP_PROP_FPS)
-        if fps != 0 and not (math.isfinite(fps) and fps > 0):  # 0: the camera does not say
+        if fps != 0 and not (math.isfinite(fps) and 0 < fps < LIVE_MAX_FPS):  # 0: does not say
             log.warning("%s reports a frame rate of %g; taken as unknown", uri, fps)
+            fps = 0.0
         native = (
             int(_get(cap, cv2.CAP_PROP_FRAME_WIDTH)),
             int(_get(cap, cv2.CAP_PROP_FRAME_HEIGHT)),
@@ -179,7 +184,7 @@ class LiveSource(Source):
             uri=uri,
             kind=kind,
             live=True,
-            fps=fps if math.isfinite(fps) and fps > 0 else None,  # high-speed cameras reach 1000+
+            fps=fps or None,
             size=self._output_size(native if min(native) > 0 else None),
         )
         self._frame_count = _frame_count(cap)
