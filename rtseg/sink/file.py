@@ -429,17 +429,19 @@ class FileSink(Sink):
         elif self.timed:
             # Frame.monotonic: every source sets it (position_s is None for cameras and streams
             # and restarts on each loop pass), it is the capture time, spaced as the wall clock.
-            # A sink behind the wall clock by more than TIMED_LAG_S cannot encode fps frames a
-            # second (a large frame, a slow codec): filling the gaps would put it further behind
-            # every time, and at the end its close would time out with the video unfinished. It
-            # then writes each frame once, without the gaps, until it has caught up. A source's
-            # stall (a reconnect) is a gap in fresh frames: it is filled.
-            behind = time.perf_counter() - packet.frame.monotonic
+            # A sink more than TIMED_LAG_S behind the results handed to it cannot encode fps
+            # frames a second (a large frame, a slow codec): filling the gaps would put it further
+            # behind every time, and at the end its close would time out with the video
+            # unfinished. It then writes each frame once, without the gaps, until it has caught
+            # up. A slow model or a source's stall (a reconnect) is a gap in fresh frames, not a
+            # backlog here: it is filled (measured from capture, a model slower than 2 s a frame
+            # turned every gap off).
+            behind = time.perf_counter() - packet.handed
             fill = behind <= TIMED_LAG_S
             if not fill and not self._lag_warned:
                 self._lag_warned = True
                 log.warning(
-                    "%s: writing %.1f s behind the source, too slow to fill the gaps of a %g fps "
+                    "%s: writing %.1f s behind the results, too slow to fill the gaps of a %g fps "
                     "video; frames are written once until it catches up (the video will be shorter "
                     "than the run)",
                     self.uri,

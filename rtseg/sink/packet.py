@@ -24,6 +24,9 @@ class Packet:
     style: OverlayStyle = field(default_factory=OverlayStyle)
     fps: float | None = None
     on_overlay: Callable[[float], None] | None = None  # told the drawing time in ms (cost accounting)
+    # perf_counter when the result was handed to the sinks: how far behind a sink is (its own
+    # backlog; the time since capture also holds the inference, however slow the model)
+    handed: float = field(default_factory=time.perf_counter, init=False)
     _overlay: np.ndarray | None = field(default=None, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
