@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     if saved is not None:
         saved.check_config(config)
     else:  # and an earlier run's files before them too
-        check_out_is_free(config.out, overwrite=args.overwrite)
+        check_out_is_free(config.out, overwrite=args.overwrite, init=config.init)
     trainer = Trainer(config, progress=not args.no_progress, overwrite=args.overwrite)
     if saved is not None:
         trainer.load_state(saved)

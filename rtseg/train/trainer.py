@@ -355,10 +355,25 @@ def earlier_run_files(out: str | Path) -> list[Path]:
     return [p for p in (state_path_for(out), out) if p.exists()]
 
 
-def check_out_is_free(out: str | Path, *, overwrite: bool) -> list[Path]:
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.samefile(b)
+    except OSError:  # one of them does not exist
+        return False
+
+
+def check_out_is_free(out: str | Path, *, overwrite: bool, init: str | Path | None = None) -> list[Path]:
     """The earlier run's files that a new run would replace; ConfigError naming them unless
     ``overwrite``: a command repeated without --resume (arrow-up after a Ctrl-C) replaced hours
-    of training without a word."""
+    of training without a word. The ``init`` checkpoint is never one of them: --overwrite
+    deleted it, fine-tuning into the file it started from."""
+    if init is not None:
+        for path in (Path(out), state_path_for(out)):
+            if _same_file(Path(init), path):
+                raise ConfigError(
+                    f"out (--out) {out}: {path} is the --init checkpoint {init}; a new run would "
+                    "replace the weights it starts from: write to another --out"
+                )
     files = earlier_run_files(out)
     if files and not overwrite:
         state = state_path_for(out)
@@ -791,7 +806,7 @@ class Trainer:
         """Train until ``epochs`` or ``max_seconds``; always leaves a resumable state behind."""
         c = self.config
         if not self._continues:
-            for path in check_out_is_free(c.out, overwrite=self.overwrite):
+            for path in check_out_is_free(c.out, overwrite=self.overwrite, init=c.init):
                 path.unlink()
                 log.info("overwrite: deleted %s of an earlier run", path)
             self._continues = True

@@ -115,6 +115,19 @@ def test_an_earlier_run_in_out_is_refused_without_resume_or_overwrite(
     assert out.read_bytes() == b"earlier weights"
 
 
+def test_out_over_the_init_checkpoint_is_refused_even_with_overwrite(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--init X --out X --overwrite deleted X, the weights the run was to start from, as 'an
+    earlier run's'."""
+    weights = tmp_path / "best.pt"
+    weights.write_bytes(b"the checkpoint to fine-tune")
+    argv = _train(tmp_path, "--init", str(weights), "--out", str(weights), "--overwrite")
+    assert main(argv) == 2
+    assert f"{weights} is the --init checkpoint" in capsys.readouterr().err
+    assert weights.read_bytes() == b"the checkpoint to fine-tune"
+
+
 def test_overwrite_and_resume_together_are_refused(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
