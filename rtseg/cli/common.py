@@ -11,7 +11,7 @@ import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from ..errors import CheckpointError, ConfigError
 from ..models import DEFAULT_MODEL, DEFAULT_WEIGHTS, StagedSegmenter, get_model, list_models
@@ -191,6 +191,11 @@ def add_engine_place_args(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="engine cache (default: $RTSEG_ENGINE_DIR, the checkout's engines/ or ~/.cache/rtseg/engines)",
     )
+
+
+def engine_place(args: argparse.Namespace) -> dict[str, Any]:
+    """The options ``add_engine_place_args`` parsed, as rtseg.engine.load takes them."""
+    return {"device": args.device, "calibration": args.calibration, "engine_dir": args.engine_dir}
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:

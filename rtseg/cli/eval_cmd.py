@@ -16,6 +16,7 @@ from .common import (
     add_engine_place_args,
     add_model_args,
     check_output,
+    engine_place,
     load_model,
     output_file,
     parse_size,
@@ -93,10 +94,8 @@ def load_engine_from_args(args: argparse.Namespace, model, size: tuple[int, int]
         model,
         backend=args.backend,
         precision=args.precision,
-        device=args.device,
+        **engine_place(args),
         input_size=size,
-        calibration=args.calibration,
-        engine_dir=args.engine_dir,
     )
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError
-from .common import add_engine_place_args, add_model_args, load_model, parse_size
+from .common import add_engine_place_args, add_model_args, engine_place, load_model, parse_size
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -72,10 +72,8 @@ def run(args: argparse.Namespace) -> int:
         net,
         backend=args.backend,
         precision=args.precision,
-        device=args.device,
+        **engine_place(args),
         input_size=args.size,  # None: the weights' size, which load() names if unusable
-        engine_dir=args.engine_dir,
-        calibration=args.calibration,
         **options,
     )
     info = engine.info

@@ -33,6 +33,7 @@ from .common import (
     add_engine_place_args,
     add_model_args,
     check_output,
+    engine_place,
     output_file,
     parse_size,
     positive_int,
@@ -358,9 +359,7 @@ def _run(
             backend=args.backend,
             input_size=args.size,
             precision=args.precision,
-            device=args.device,
-            calibration=args.calibration,
-            engine_dir=args.engine_dir,
+            **engine_place(args),
         )
         engine.warmup(1)
         seg = Segmenter(engine=engine, scheduler=scheduler)

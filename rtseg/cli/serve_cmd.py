@@ -17,6 +17,7 @@ from ..stream.server import DEFAULT_INTERVAL, DEFAULT_SERVER_ENDPOINT, MIN_MAX_B
 from .common import (
     add_engine_place_args,
     add_model_args,
+    engine_place,
     load_model,
     parse_size,
     positive_float,
@@ -179,9 +180,7 @@ def run(args: argparse.Namespace) -> int:
                 backend=args.backend,
                 precision=args.precision,
                 input_size=args.size,
-                device=args.device,
-                calibration=args.calibration,
-                engine_dir=args.engine_dir,
+                **engine_place(args),
             )
             engine.warmup(2)
     except Terminated:
