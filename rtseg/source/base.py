@@ -364,6 +364,23 @@ class MediaSource(Source):
             if not self._restart():
                 return False
 
+    def _passed_over(self, t: float, rate: float | None, period: float) -> tuple[bool, bool]:
+        """Whether the frame at media time ``t`` is thinned by ``rate`` (not the first in its
+        1/rate slot), or else late for realtime pacing (more than ``period`` overdue)."""
+        thinned = rate is not None and self._time_offset + t + 1e-9 < self._next_slot
+        late = (
+            not thinned
+            and self.options.realtime
+            and self._clock_start is not None
+            and time.perf_counter() - (self._clock_start + t) > period
+        )
+        return thinned, late
+
+    def _retrieve_skipped(self) -> np.ndarray | None:
+        """The image of the frame just skipped, when it can still be had (a video's grabbed frame);
+        None where skipping read nothing to decode. Other sources know their frames' times ahead."""
+        return None
+
     def _next_frame(self) -> Frame | None:
         rate = self.options.rate
         # realtime: a frame is late once it is more than one delivered frame period overdue. A rate
@@ -374,25 +391,25 @@ class MediaSource(Source):
             if self._stop.is_set():  # closing or stopped: not even the frames still to be skipped
                 return None
             t_next = self._media_time(self._media_index + 1)
-            thinned = rate is not None and self._time_offset + t_next + 1e-9 < self._next_slot
-            late = (
-                not thinned
-                and self.options.realtime
-                and self._clock_start is not None
-                and time.perf_counter() - (self._clock_start + t_next) > period
-            )
-            if thinned or late:
-                # Not decoded at all: the consumer would never see it.
+            if any(self._passed_over(t_next, rate, period)):
+                # Not decoded: the consumer would never see it. That was judged by its predicted
+                # time; its own is known once it is skipped, and where a variable frame rate slows
+                # down the frame can open a new slot (or be on time) after all: then it is decoded.
                 if not self._advance_skip():
                     return None
-                self._dropped += int(late)
-                continue
-            image = self._advance_read()
-            if image is None:
-                return None
-            t = self._media_time(self._media_index)
-            if rate is not None and self._time_offset + t + 1e-9 < self._next_slot:
-                continue  # earlier than its predicted time (a variable frame rate): thinned after all
+                t = self._media_time(self._media_index)
+                thinned, late = self._passed_over(t, rate, period)
+                image = None if thinned or late or t == t_next else self._retrieve_skipped()
+                if image is None:
+                    self._dropped += int(late)
+                    continue
+            else:
+                image = self._advance_read()
+                if image is None:
+                    return None
+                t = self._media_time(self._media_index)
+                if self._passed_over(t, rate, period)[0]:
+                    continue  # earlier than its predicted time (a variable frame rate): thinned
             if rate is not None:
                 self._next_slot = (np.floor((self._time_offset + t) * rate + 1e-9) + 1) / rate
             if self.options.realtime:

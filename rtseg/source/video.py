@@ -137,6 +137,10 @@ class VideoFileSource(MediaSource):
         self._end_of_pass()
         return False
 
+    def _retrieve_skipped(self) -> np.ndarray | None:
+        ok, image = self._cap.retrieve()  # decodes the frame grab() took
+        return image if ok and image is not None else None
+
     def _end_of_pass(self) -> None:
         """A SourceError when not one frame decoded: an empty run that ends "complete" would hide a
         broken file. A file that ends early after some frames is only warned about."""

@@ -110,6 +110,10 @@ def test_a_variable_frame_rate_video_is_paced_and_thinned_by_its_timestamps(vfr_
     # 0.48, 0.6 and 0.84 s); index/fps, 0.08 s a frame, kept 0, 3, 5, 8 and 10
     with open_source(path, rate=5) as src:
         assert [f.index for f in src] == [0, 5, 8, 9, 11]
+    # rate 10: frame 7 (0.36 s) is alone in its slot, but was skipped by its predicted time (0.28 s,
+    # the last interval added) before the clip slowed down; it is decoded once its time is known
+    with open_source(path, rate=10) as src:
+        assert [f.index for f in src] == [0, 3, 5, 7, 8, 9, 10, 11]
 
 
 class _NoTimestamps:
