@@ -74,7 +74,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="process every message instead of only the newest (may fall behind)",
     )
-    p.add_argument("--fps", type=positive_float, default=30.0, help="frame rate written into --out videos")
+    p.add_argument(
+        "--fps",
+        type=positive_float,
+        default=30.0,
+        help="frame rate of --out videos; without --all each image is held until the next one "
+        "arrives, so the video lasts as long as the recording (with --all: each image once)",
+    )
     p.add_argument("--curve-keys", type=Path, default=None, help="CurveZMQ client keys folder")
     p.set_defaults(func=run)
 
@@ -102,8 +108,12 @@ class _Writer:
     """``--out``: a video file (the file sink's ``VideoFile``: its containers, codecs, full-disk
     check and odd-size warning) or numbered images; checked before the first message, opened at it."""
 
-    def __init__(self, out: Path, fps: float) -> None:
+    def __init__(self, out: Path, fps: float, *, timed: bool = False) -> None:
+        """``timed``: a video holds each image until the next one's receipt time (at ``fps``), as
+        the file sink does behind a live source; receiving only the newest message skips some,
+        and written once each they made a video that played too fast."""
         self.out = out
+        self.timed = timed
         self.video: VideoFile | None = None
         self.pattern: str | None = None
         self.count = 0
@@ -126,8 +136,11 @@ class _Writer:
                 "out/%06d.png"
             )
 
-    def write(self, image: np.ndarray) -> None:
-        if self.video is not None:
+    def write(self, image: np.ndarray, received: float) -> None:
+        """``received``: time.perf_counter() when the message arrived."""
+        if self.video is not None and self.timed:
+            self.video.write_at(image, received)
+        elif self.video is not None:
             self.video.write(image)
         else:
             write_image(self.pattern % self.count, image)
@@ -179,7 +192,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--out records in headless mode: add --headless")
     if not args.headless:
         _open_window()
-    writer = _Writer(args.out, args.fps) if args.out is not None else None
+    writer = _Writer(args.out, args.fps, timed=not args.all) if args.out is not None else None
     latency, transport = RecentSamples(), RecentSamples()  # a viewer may run for days
     keyframes = shown = 0
     seen_parts: set[str] = set()
@@ -202,6 +215,7 @@ def run(args: argparse.Namespace) -> int:
             while args.frames is None or len(latency) < args.frames:
                 try:
                     message = sub.recv(timeout=args.timeout)
+                    received = time.perf_counter()
                 except StreamTimeout as exc:
                     quiet = exc
                     break
@@ -212,7 +226,7 @@ def run(args: argparse.Namespace) -> int:
                 image = _image_of(message, args.part)
                 if image is not None:
                     if writer is not None:
-                        writer.write(image)
+                        writer.write(image, received)
                     elif not args.headless:
                         cv2.imshow(_WINDOW, image)
                     shown += 1

@@ -294,3 +294,24 @@ def test_a_full_disk_under_a_video_out_is_an_error_not_a_silently_short_video(
     cap = cv2.VideoCapture(str(out))
     assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 3  # closed properly: the frames before it are kept
     cap.release()
+
+
+def test_a_recording_of_the_newest_messages_lasts_as_long_as_the_recording(tmp_path: Path) -> None:
+    """Receiving only the newest message skips some; written once each, a 10 fps stream recorded
+    at the default 30 fps played three times too fast. Each image is now held until the next
+    one's receipt; with --all every message is written once, as before."""
+    from rtseg.cli.view_cmd import _Writer
+
+    image = np.zeros((48, 64, 3), np.uint8)
+    timed = _Writer(tmp_path / "timed.avi", 30.0, timed=True)
+    once = _Writer(tmp_path / "once.avi", 30.0)
+    for i in range(4):  # received 0.1 s apart (10 messages a second)
+        for writer in (timed, once):
+            writer.write(image + 40 * i, 100.0 + 0.1 * i)
+    timed.close()
+    once.close()
+    assert timed.video is not None and timed.video.frames == 10  # 0.3 s at 30 fps, the last frame
+    assert once.video is not None and once.video.frames == 4
+    cap = cv2.VideoCapture(str(tmp_path / "timed.avi"))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 10
+    cap.release()
