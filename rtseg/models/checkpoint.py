@@ -423,11 +423,16 @@ def without_subnormal_weights(model: Module) -> tuple[Module, int]:
     return clone, count
 
 
+def nonfinite_tensors(tensors: Mapping[str, Tensor]) -> list[str]:
+    """The names of the floating-point tensors that hold NaN or infinite values."""
+    return [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+
+
 def check_finite(state_dict: Mapping[str, Tensor], *, path: Path) -> None:
     """Refuse NaN or infinite weights: they load without complaint (a run that diverged before it
     was saved, or bytes corrupted in a plain state dict, which carries no checksum) and then label
     every pixel with class 0."""
-    bad = [k for k, v in state_dict.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    bad = nonfinite_tensors(state_dict)
     if bad:
         raise CheckpointError(
             f"{path}: {len(bad)} tensors hold NaN or infinite values, first: {bad[:5]}; the weights "

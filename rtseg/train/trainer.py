@@ -40,6 +40,7 @@ from ..models.checkpoint import (
     WeightsMeta,
     atomic_torch_save,
     meta_sha256,
+    nonfinite_tensors,
     save_checkpoint,
     tensors_sha256,
 )
@@ -271,7 +272,7 @@ def _check_payload(path: Path, payload: dict[str, Any]) -> tuple[Preprocessing, 
                 f"{path}: the training state's {what} do not match the checksum stored with them; "
                 "the file is corrupt (a bad copy or a failing disk): resume from an intact copy"
             )
-    infinite = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    infinite = nonfinite_tensors(tensors)
     if infinite:
         raise CheckpointError(
             f"{path}: {len(infinite)} tensors of the training state hold NaN or infinite values, first: "
@@ -784,11 +785,10 @@ class Trainer:
     def _check_savable(self, state: dict[str, torch.Tensor]) -> None:
         """TrainingError naming the tensors that would make the best weights unusable: every
         command refuses NaN or infinite weights, and fp16 turns a weight past 65504 into inf."""
-        floats = {k: v for k, v in state.items() if v.is_floating_point()}
-        bad = [k for k, v in floats.items() if not bool(torch.isfinite(v).all())]
+        bad = nonfinite_tensors(state)
         what = "hold NaN or infinite values"
         if not bad and self.config.half_weights:
-            bad = [k for k, v in floats.items() if not bool(torch.isfinite(v.half()).all())]
+            bad = nonfinite_tensors({k: v.half() for k, v in state.items() if v.is_floating_point()})
             what = "hold values beyond float16's range (+-65504), which the fp16 best weights store as inf"
         if bad:
             raise TrainingError(
