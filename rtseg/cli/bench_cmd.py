@@ -28,6 +28,7 @@ from ..engine import BACKENDS, PRECISIONS
 from ..errors import ConfigError
 from ..models import DEFAULT_MODEL, list_models
 from ..schedule import SCHEDULERS
+from ..signals import restore, take
 from ..source import is_live_uri, open_source
 from .common import (
     check_output,
@@ -293,7 +294,7 @@ def run(args: argparse.Namespace) -> int:
         terminated.append(signum)  # SIGTERM (a kill, a job scheduler): stop as Ctrl-C does
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, terminate)
+    previous = take(signal.SIGTERM, terminate)
     try:
         for spec in specs:
             try:
@@ -310,7 +311,7 @@ def run(args: argparse.Namespace) -> int:
         print("rtseg bench: stopped (SIGTERM) before any configuration finished", file=sys.stderr)
         return 143
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        restore(signal.SIGTERM, previous)
     print(format_results(results))
     table = None
     plot_table = None

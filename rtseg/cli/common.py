@@ -8,7 +8,6 @@ import os
 import signal
 import sys
 import tempfile
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -17,6 +16,7 @@ from ..errors import CheckpointError, ConfigError
 from ..models import DEFAULT_MODEL, DEFAULT_WEIGHTS, StagedSegmenter, get_model, list_models
 from ..models.catalog import find_known
 from ..models.checkpoint import read_checkpoint, sha256_of, tensors_sha256
+from ..signals import Handler, restore, take
 from .console import Terminated
 
 __all__ = ["Terminated"]  # defined with the console, which main() imports before anything heavy
@@ -34,7 +34,7 @@ class CtrlC:
         self.stopping = False
         self.closing: Callable[[], bool] = lambda: False  # outputs closing at a normal end
         self._warned = False
-        self._previous: Callable | int | None = None
+        self._previous: Handler | None = None
 
     def _on_sigint(self, signum: int, _frame: object) -> None:
         if not (self.stopping or self.closing()):
@@ -53,14 +53,11 @@ class CtrlC:
         raise KeyboardInterrupt
 
     def _restore(self) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
+        restore(signal.SIGINT, self._previous)
+        self._previous = None
 
     def __enter__(self) -> CtrlC:
-        if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
-            previous = signal.signal(signal.SIGINT, self._on_sigint)
-            self._previous = signal.SIG_DFL if previous is None else previous  # None: set outside Python
+        self._previous = take(signal.SIGINT, self._on_sigint)
         return self
 
     def __exit__(self, *exc: object) -> None:

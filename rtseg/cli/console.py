@@ -12,9 +12,10 @@ import contextlib
 import os
 import signal
 import sys
-import threading
 from collections.abc import Iterator
 from typing import Any, TextIO
+
+from ..signals import restore, take
 
 
 class ReaderSafeStream:
@@ -80,15 +81,12 @@ def stop_while_starting() -> Iterator[None]:
     """SIGTERM raises Terminated while a command starts: building the parser imports torch and
     every command (seconds), and a stop then killed the process with no word (status 143). The
     command installs its own handlers once it runs."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
 
     def on_sigterm(signum: int, frame: object) -> None:
         raise Terminated
 
-    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    previous = take(signal.SIGTERM, on_sigterm)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+        restore(signal.SIGTERM, previous)

@@ -24,6 +24,7 @@ from ..overlay.annotate import MODES, OverlayStyle
 from ..pipeline import Pipeline, PipelineStats, input_clash, open_sinks
 from ..schedule import CHANGES, SCHEDULERS, Scheduler, make_scheduler
 from ..segmenter import Segmenter, load_engine
+from ..signals import Handler, restore, take
 from ..sink import Sink
 from ..sink.file import FileSink
 from ..source import Source, is_live_uri, open_source, redacted
@@ -270,24 +271,23 @@ class _Signals:
         self.phase = "source"  # a key of PHASES
         self.pipeline: Pipeline | None = None
         self.terminated = threading.Event()
-        self._previous: signal.Handlers | object | None = None
+        self._previous: Handler | None = None
 
     def _on_sigterm(self, signum: int, _frame: object) -> None:
         self.terminated.set()
-        signal.signal(signal.SIGTERM, self._previous)
+        restore(signal.SIGTERM, self._previous)
         if self.pipeline is not None:
             self.pipeline.stop()
             return
         raise Terminated
 
     def __enter__(self) -> _Signals:
-        if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
-            self._previous = signal.signal(signal.SIGTERM, self._on_sigterm) or signal.SIG_DFL
+        self._previous = take(signal.SIGTERM, self._on_sigterm)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._previous is not None and not self.terminated.is_set():
-            signal.signal(signal.SIGTERM, self._previous)
+        if not self.terminated.is_set():
+            restore(signal.SIGTERM, self._previous)
 
 
 def run(args: argparse.Namespace) -> int:

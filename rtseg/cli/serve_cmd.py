@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..engine import BACKENDS, load
 from ..schedule import Scheduler, make_scheduler
+from ..signals import restore, take
 from ..stream.curve import check_server_keys
 from ..stream.endpoint import check_endpoint
 from ..stream.protocol import DEFAULT_MAX_PIXELS, INT_MAX, MAX_HEADER_BYTES
@@ -204,7 +205,7 @@ def run(args: argparse.Namespace) -> int:
         server.stop()
 
     # Handlers first: a signal sent as soon as the banner is read must stop the server cleanly.
-    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: take(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         print(
             f"rtseg serve: {engine.meta.model} ({engine.info.backend} {engine.info.precision}, "
@@ -215,7 +216,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         server.close()
         for s, handler in previous.items():
-            signal.signal(s, handler)
+            restore(s, handler)
     stats = server.stats
     errors = ", ".join(f"{k} {v}" for k, v in sorted(stats.errors.items())) or "none"
     print(

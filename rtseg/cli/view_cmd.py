@@ -6,7 +6,6 @@ import argparse
 import os
 import signal
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,6 +16,7 @@ import numpy as np
 
 from ..errors import ConfigError, SinkError, StreamTimeout
 from ..overlay.annotate import colorize
+from ..signals import restore, take
 from ..sink.file import (
     VIDEO_FOURCC,
     VideoFile,
@@ -172,19 +172,16 @@ def _open_window() -> None:
 def _raise_on_sigterm() -> Iterator[None]:
     """SIGTERM (docker stop, systemd, ROS launch) stops the viewer cleanly; a second one is not
     caught."""
-    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
-        yield
-        return
 
     def stop(signum: int, _frame: object) -> None:
-        signal.signal(signal.SIGTERM, previous)
+        restore(signal.SIGTERM, previous)
         raise Terminated
 
-    previous = signal.signal(signal.SIGTERM, stop) or signal.SIG_DFL
+    previous = take(signal.SIGTERM, stop)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        restore(signal.SIGTERM, previous)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -45,6 +45,7 @@ from ..models.checkpoint import (
     tensors_sha256,
 )
 from ..models.registry import get_spec
+from ..signals import restore, take
 from .augment import ScaleCropFlip
 from .loss import SegmentationLoss, class_frequencies, enet_class_weights
 
@@ -814,7 +815,7 @@ class Trainer:
         total_steps = c.epochs * self.iters_per_epoch
         done_steps = st.epoch * self.iters_per_epoch + st.batch
         self._repeated_interrupts = 0
-        old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        old_handlers = {s: take(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         started = time.monotonic()
         last_save = started
         bar = tqdm(
@@ -912,5 +913,5 @@ class Trainer:
         finally:
             bar.close()
             for s, h in old_handlers.items():
-                signal.signal(s, h)
+                restore(s, h)
         return st

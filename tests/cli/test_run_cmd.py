@@ -140,6 +140,34 @@ def test_ctrl_c_flushes_and_summarises(weights: Path, tmp_path: Path, monkeypatc
     assert _frames(out) == 2  # a valid, closed file
 
 
+def test_a_run_started_with_sigint_ignored_keeps_it_ignored(
+    weights: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """A script's background job (``rtseg run ... &``) starts with SIGINT ignored, because the
+    Ctrl-C typed for the script's foreground command reaches it too; the run installed its own
+    handler anyway and stopped on that Ctrl-C (status 130, 2 of 6 frames)."""
+    from rtseg.segmenter import Segmenter
+
+    original = Segmenter.__call__
+    calls = {"n": 0}
+
+    def ctrl_c_on_the_third(self, frame):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(self, frame)
+
+    monkeypatch.setattr(Segmenter, "__call__", ctrl_c_on_the_third)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        rc = main(["run", SOURCE, str(tmp_path / "bg.avi"), *_args(weights), "--quiet"])
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert rc == 0 and "6 frames" in capsys.readouterr().out
+    assert _frames(tmp_path / "bg.avi") == 6
+
+
 @pytest.mark.usefixtures("sigint_delivered")
 def test_a_second_ctrl_c_while_the_outputs_close_still_gives_a_valid_file(
     weights: Path, tmp_path: Path, monkeypatch, capsys
