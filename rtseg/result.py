@@ -49,7 +49,9 @@ class SegResult:
     deep_age: int
     classes: ClassSet
     timings: Mapping[str, float] = field(default_factory=dict)
-    change: float | None = None  # the adaptive scheduler's feature-change score for this frame
+    # The adaptive scheduler's change score: None without a keyframe to compare with, and for the
+    # flow score on a keyframe the maximum interval forces (not computed: it decides nothing).
+    change: float | None = None
 
     @property
     def latency_ms(self) -> float:

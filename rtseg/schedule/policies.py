@@ -191,6 +191,12 @@ class Adaptive(Scheduler):
         self, engine: Engine, low: Features, image: Any, age: int, timings: dict[str, float]
     ) -> tuple[bool, float | None]:
         t0 = time.perf_counter()
+        if self.threshold is not None and self.change == "flow" and age >= self.max_interval:
+            # The maximum interval makes this a keyframe whatever the score: its flow (3 ms at
+            # 1024x512) would serve neither the decision nor a warp. The feature score is kept: its
+            # summary becomes the next reference.
+            timings["change"] = (time.perf_counter() - t0) * 1000.0
+            return True, None
         change, record = self._score(engine, low, image)
         if self.threshold is None:  # calibrating
             self._recorded.append(record)

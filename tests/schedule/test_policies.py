@@ -63,6 +63,26 @@ def test_flow_residual_ignores_motion_the_warp_explains(engine) -> None:
     assert "warp" in flow[1].timings
 
 
+def test_a_keyframe_the_maximum_interval_forces_computes_no_flow(engine, drive, monkeypatch) -> None:
+    """The flow decides nothing there and no warp follows: 3 ms a forced keyframe at 1024x512."""
+    calls: list[int] = []
+    original = FlowWarp.residual
+
+    def counted(self, image):
+        calls.append(1)
+        return original(self, image)
+
+    monkeypatch.setattr(FlowWarp, "residual", counted)
+    still = [drive[0]] * 7  # no change: keyframes at 0, 3 and 6 are the maximum interval's
+    scheduler = Adaptive(0.05, max_interval=3, warp=FlowWarp())
+    results = _run(scheduler, engine, still)
+    assert [r.is_keyframe for r in results] == [True, False, False, True, False, False, True]
+    assert len(calls) == 4  # frames 1, 2, 4 and 5
+    assert results[3].change is None and results[4].change is not None
+    # The frame after a forced keyframe is scored (and warped) against that keyframe.
+    assert results[4].deep_age == 1 and np.array_equal(results[4].labels, results[1].labels)
+
+
 def test_adaptive_threshold_orders_the_keyframe_count(engine, drive) -> None:
     counts = [
         sum(r.is_keyframe for r in _run(Adaptive(t, max_interval=16), engine, drive[:8]))
