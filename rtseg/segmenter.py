@@ -195,13 +195,18 @@ class Segmenter:
         return cv2.resize(image, size, interpolation=self._interpolation)
 
     def __call__(self, frame: np.ndarray | Frame) -> SegResult:
-        """Labels for one BGR frame (any size; resized to the engine's input), at output resolution."""
+        """Labels for one BGR frame (any size; resized to the engine's input), at output resolution.
+        A ``Frame`` that follows a jump in its stream (``discontinuity``: a loop's new pass, a
+        reconnect) starts the schedule afresh: clockwork answered a loop's first frames from the
+        last pass's final keyframe (agreement with every frame 77-80 %, 96-98 % elsewhere)."""
         image, index = (frame.image, frame.index) if isinstance(frame, Frame) else (frame, None)
         with self._lock:
             self._check_open()
             t0 = time.perf_counter()
             x = self.preprocess(image)
             ms = (time.perf_counter() - t0) * 1000.0
+            if isinstance(frame, Frame) and frame.discontinuity:
+                self.scheduler.reset()
             result = self.scheduler.step(self.engine, x, index=index)
         return SegResult(
             result.labels,

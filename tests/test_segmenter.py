@@ -48,6 +48,15 @@ def test_frames_keep_their_index_and_scheduler_options(engine) -> None:
     assert "every" in repr(seg)
 
 
+def test_a_frame_after_a_jump_in_its_stream_starts_the_schedule_afresh(engine) -> None:
+    """A looped file's new pass or a reconnect: the cache is of another scene."""
+    seg = Segmenter(engine=engine, scheduler=Clockwork(4))
+    image = np.zeros((48, 64, 3), np.uint8)
+    results = [seg(Frame(image, i, 0.0, 0.0, "t", discontinuity=i == 2)) for i in range(4)]
+    assert [r.is_keyframe for r in results] == [True, False, True, False]
+    assert [r.deep_age for r in results] == [0, 1, 0, 1]
+
+
 def test_bad_images_are_rejected(engine) -> None:
     seg = Segmenter(engine=engine)
     with pytest.raises(ValueError, match="HxWx3 uint8"):

@@ -307,6 +307,7 @@ class MediaSource(Source):
         self._time_offset = 0.0  # media time of the passes before this one (loop): time runs on
         self._clock_start: float | None = None  # realtime: perf_counter at media time 0
         self._pass_frames = 0
+        self._discontinuity = False  # a new pass began: the next frame delivered says so
         # Set by close() (through _interrupt): a realtime wait for the next frame's time ends at
         # once. A sleep under the read lock held close(), and a SIGTERM, up to 1/rate seconds.
         self._stop = StopFlag()
@@ -341,6 +342,7 @@ class MediaSource(Source):
         self._media_index = -1
         self._pass_frames = 0
         self._time_offset += duration  # the rate's slots stay on the one timeline of every pass
+        self._discontinuity = True
         if self._clock_start is not None:
             self._clock_start += duration
         return True
@@ -421,6 +423,7 @@ class MediaSource(Source):
                     self._stop.wait(due - now)
             if self._stop.is_set():  # closing: no frame is delivered once close() has begun
                 return None
+            discontinuity, self._discontinuity = self._discontinuity, False
             return Frame(
                 image=self._resize(image),
                 index=self._index_offset + self._media_index,
@@ -428,6 +431,7 @@ class MediaSource(Source):
                 monotonic=time.perf_counter(),
                 source=self.uri,
                 position_s=t,
+                discontinuity=discontinuity,
             )
 
     def _interrupt(self) -> None:

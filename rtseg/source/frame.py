@@ -14,7 +14,10 @@ class Frame:
     ``index`` is the source's own frame counter: for live sources it counts every captured frame,
     so gaps show frames that were dropped to stay real-time. ``timestamp`` is wall-clock capture
     time (``time.time()``, comparable across machines for end-to-end latency); ``monotonic`` is
-    ``time.perf_counter()`` at capture, for latency inside this process.
+    ``time.perf_counter()`` at capture, for latency inside this process. ``discontinuity`` marks
+    the first frame after the stream jumped (a looped file's new pass, a live source's reconnect):
+    what a consumer kept from earlier frames, such as a scheduler's deep-feature cache, does not
+    describe it; ``Segmenter`` resets its scheduler there.
     """
 
     image: np.ndarray
@@ -23,6 +26,7 @@ class Frame:
     monotonic: float
     source: str
     position_s: float | None = None  # media time for files and streams that report it
+    discontinuity: bool = False
 
     @property
     def size(self) -> tuple[int, int]:

@@ -192,6 +192,7 @@ class LiveSource(Source):
         self._latest: tuple[np.ndarray, int, float, float] | None = None
         self._captured = 0
         self._last_index = -1
+        self._reopened_at = -1  # index of the first frame captured after the last reconnect
         self._next_due = 0.0
         self._attempts = 0
         self._heartbeat = time.perf_counter()
@@ -296,6 +297,7 @@ class LiveSource(Source):
                 with self._cond:
                     self._reconnects += 1
                     self._heartbeat = time.perf_counter()
+                    self._reopened_at = self._captured
                 log.warning("%s: reconnected (reconnect #%d)", self.uri, self._reconnects)
                 return cap
         error = SourceError(f"{self.uri}: lost, and {limit} reconnect attempt(s) failed{self._why()}")
@@ -337,6 +339,9 @@ class LiveSource(Source):
                 self._cond.wait(0.05)
             image, index, wall, mono = self._latest
             self._latest = None  # the consumer owns it now
+            # The first frame taken from after a reconnect, whichever of them the newest-frame
+            # policy lets through; the frame captured before the drop, if still waiting, is not.
+            discontinuity = self._last_index < self._reopened_at <= index
         # Skipped frames the rate asked to skip are thinned, not dropped (as for files): dropped are
         # those that arrived after this frame's slot and were replaced before it was taken.
         self._dropped += index - max(self._last_index, min(thinned_up_to, index - 1)) - 1
@@ -345,7 +350,7 @@ class LiveSource(Source):
         if rate is not None:
             now = time.perf_counter()
             self._next_due = now + 1.0 / rate if first else max(self._next_due + 1.0 / rate, now)
-        return Frame(self._resize(image), index, wall, mono, self.uri)
+        return Frame(self._resize(image), index, wall, mono, self.uri, discontinuity=discontinuity)
 
     def _interrupt(self) -> None:
         self._stop.set()

@@ -78,6 +78,9 @@ def test_disconnect_recovers_with_backoff_and_is_reported(caplog) -> None:
     assert first.released.is_set()
     indices = [f.index for f in frames]
     assert indices == sorted(set(indices))  # fresh frames only, in capture order
+    # The first frame taken from the reopened camera (its images count on from 6) marks the jump.
+    after = [f for f in frames if f.image[0, 0, 0] > 5]
+    assert [f.discontinuity for f in frames] == [f is after[0] for f in frames]
     assert "reconnected" in caplog.text
     # the delay doubles per attempt: 0.02 s before the failed reopen, 0.04 s before the good one
     assert _reconnect_waits(caplog.text) == [("0.02", "1 of 3"), ("0.04", "2 of 3")]

@@ -46,6 +46,7 @@ def test_endless_by_default_and_loop_with_frames() -> None:
         frames = [f for _, f in zip(range(7), src, strict=False)]
     assert [f.index for f in frames] == list(range(7))
     assert np.array_equal(frames[3].image, frames[0].image)
+    assert [f.discontinuity for f in frames] == [False, False, False, True, False, False, True]
 
 
 def test_unknown_scene() -> None:
@@ -74,7 +75,10 @@ def test_rate_keeps_one_timeline_across_loop_passes() -> None:
     (frames 0, 3, 5, 8, 10, 13, ...); each pass restarted the slot grid, and after the first seam
     frames came 0.2 s apart (10, 12, 14, 17, ...)."""
     with open_source("synthetic://drive?size=64x48&fps=10&frames=9", loop=True, rate=4) as src:
-        indices = [f.index for _, f in zip(range(12), src, strict=False)]
+        frames = [f for _, f in zip(range(12), src, strict=False)]
+    indices = [f.index for f in frames]
+    # Passes start at 9, 18 and 27; 9 and 27 are thinned: the next frame delivered marks the jump.
+    assert [f.index for f in frames if f.discontinuity] == [10, 18, 28]
     expected, slot = [], 0.0
     for index in range(30):  # the first frame at or past each 0.25 s slot of the running time
         if index / 10 + 1e-9 >= slot:

@@ -50,6 +50,7 @@ def test_loop_restarts_with_increasing_indices(video_file) -> None:
     with open_source(path, loop=True) as src:
         frames = [f for _, f in zip(range(2 * FRAMES + 5), src, strict=False)]
     assert [f.index for f in frames] == list(range(2 * FRAMES + 5))
+    assert [f.index for f in frames if f.discontinuity] == [FRAMES, 2 * FRAMES]
     assert frames[FRAMES].position_s == 0.0
     assert np.array_equal(frames[FRAMES].image, frames[0].image)
 
