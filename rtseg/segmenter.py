@@ -15,7 +15,7 @@ from .engine.base import Engine
 from .errors import ConfigError
 from .models.base import StagedSegmenter
 from .result import SegResult
-from .schedule import Scheduler, make_scheduler
+from .schedule import SCHEDULER_OPTIONS, Scheduler, make_scheduler
 from .source.frame import Frame
 
 
@@ -37,6 +37,25 @@ def _scheduler(scheduler: object) -> Scheduler:
             f"(rtseg.schedule.make_scheduler(...)), got {type(scheduler).__name__}"
         )
     return scheduler
+
+
+def _check_engine_options(scheduler: object, options: dict[str, Any]) -> None:
+    """A make_scheduler option among the engine options would reach the backend as an unknown one."""
+    misplaced = [k for k in options if k in SCHEDULER_OPTIONS]
+    if not misplaced:
+        return
+    name = scheduler if isinstance(scheduler, str) else getattr(scheduler, "name", "adaptive")
+    given = ", ".join(f"{k}={options[k]!r}" for k in misplaced)
+    what = "a scheduler option" if len(misplaced) == 1 else "scheduler options"
+    message = (
+        f"{', '.join(misplaced)}: {what} of rtseg.schedule.make_scheduler, not of the engine; pass "
+        f"scheduler=rtseg.schedule.make_scheduler({name!r}, {given})"
+    )
+    try:  # the call suggested may itself be wrong (max_interval for the default "every"): say why
+        make_scheduler(name, **{k: options[k] for k in misplaced})
+    except (ConfigError, TypeError, ValueError) as e:
+        message += f", which as it stands fails: {e}"
+    raise ConfigError(message)
 
 
 def _network(model: str | StagedSegmenter | None, weights: str | os.PathLike[str] | None) -> StagedSegmenter:
@@ -95,7 +114,8 @@ class Segmenter:
     (ConfigError) until the first closes or switches schedulers.
 
     ``scheduler`` is a name (``every``, ``clockwork``, ``adaptive``, ``async``: default options) or
-    a configured Scheduler (``rtseg.schedule.make_scheduler(...)``). Scheduling state is per
+    a configured Scheduler (``rtseg.schedule.make_scheduler(...)``); a scheduler's options
+    (``threshold=``, ``interval=``, ...) go to ``make_scheduler``, not here. Scheduling state is per
     stream: use one Segmenter per camera, or ``reset()`` when the stream jumps. Pass ``engine`` to
     share one loaded engine between several Segmenters: ``close()`` then leaves it open (its
     owner closes it); an engine the Segmenter loaded itself is closed with it.
@@ -114,6 +134,7 @@ class Segmenter:
     ) -> None:
         # The scheduler first: a misspelt name must not cost an engine load (or `auto`'s timing runs),
         # nor leave the loaded engine unclosed.
+        _check_engine_options(scheduler, engine_options)
         chosen = _scheduler(scheduler)
         chosen.claim(self)
         try:

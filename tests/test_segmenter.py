@@ -203,6 +203,38 @@ def test_a_bad_scheduler_fails_before_any_engine_is_loaded(monkeypatch) -> None:
         Segmenter(scheduler=4)
 
 
+def test_scheduler_options_are_pointed_to_make_scheduler(engine, monkeypatch) -> None:
+    """threshold= and the like reached the backend, which called them unknown backend options."""
+    import rtseg.segmenter as segmenter_module
+    from rtseg.schedule import SCHEDULER_OPTIONS
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the engine was loaded before the options were checked")
+
+    monkeypatch.setattr(segmenter_module, "load_engine", no_loading)
+    assert {"interval", "threshold", "max_interval", "warp", "flow_stride", "change"} <= set(
+        SCHEDULER_OPTIONS
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"^threshold: a scheduler option .* pass "
+        r"scheduler=rtseg\.schedule\.make_scheduler\('adaptive', threshold=0\.1\)$",
+    ):
+        Segmenter(scheduler="adaptive", threshold=0.1)
+    with pytest.raises(
+        ConfigError,
+        match=r"^interval, warp: scheduler options .*make_scheduler\('clockwork', interval=8, warp=False\)",
+    ):
+        Segmenter(scheduler="clockwork", interval=8, warp=False, threads=2)
+    with pytest.raises(ConfigError, match=r"max_interval: a scheduler option"):
+        Segmenter(engine=engine, scheduler=make_scheduler("adaptive"), max_interval=5)
+    # The default scheduler's name in the call suggested, and why that call would fail too.
+    with pytest.raises(
+        ConfigError, match=r"make_scheduler\('every', threshold=0\.1\), which as it stands fails"
+    ):
+        Segmenter(threshold=0.1)
+
+
 def test_weights_beside_a_built_network_are_refused() -> None:
     with pytest.raises(ConfigError, match=r"weights= would be ignored: model is an already built network"):
         Segmenter(get_model("espnet"), weights="mine.pt", backend="torch")

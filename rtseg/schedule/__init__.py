@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 
 from ..errors import ConfigError
@@ -80,11 +82,18 @@ def make_scheduler(
     )
 
 
+# make_scheduler's options, read from its signature so that this list cannot drift from it:
+# Segmenter tells them apart from engine options by it.
+SCHEDULER_OPTIONS = tuple(
+    p.name for p in inspect.signature(make_scheduler).parameters.values() if p.kind is p.KEYWORD_ONLY
+)
+
 __all__ = [
     "CHANGES",
     "DEFAULT_MAX_INTERVAL",
     "DEFAULT_THRESHOLD",
     "SCHEDULERS",
+    "SCHEDULER_OPTIONS",
     "Adaptive",
     "AsyncAdaptive",
     "ChangeMeasure",
