@@ -36,11 +36,15 @@ class SegResult:
 
     ``labels`` is an h x w uint8 map at the engine's output resolution; ``labels_at(frame.image.shape)``
     gives it at the frame's (nearest neighbour). ``is_keyframe``: the deep stage ran on this frame.
-    ``deep_age`` counts frames since the deep features used here were computed: 0 on a keyframe of
-    a synchronous schedule; an ``async`` keyframe's deep stage runs on a worker, and the frame itself
-    is answered from the older cache (``deep_age`` > 0, no "deep" timing). ``timings`` holds
-    milliseconds per stage ("preprocess", "low", "deep", "head", ...), each waited for on a GPU
-    (``Engine.synchronize``); stages that did not run are absent.
+    ``deep_age`` counts the frames segmented (results of this stream's schedule) since the one whose
+    deep features were used here: 0 on a keyframe of a synchronous schedule; an ``async`` keyframe's
+    deep stage runs on a worker, and the frame itself is answered from the older cache
+    (``deep_age`` > 0, no "deep" timing). It is not a count of source frames: while one frame is
+    segmented a live source keeps only the newest it captures, so ``frame_index - deep_age`` is not
+    the keyframe's index; the features' age in time is this frame's capture time
+    (``Frame.monotonic``) minus that of the frame segmented ``deep_age`` results earlier.
+    ``timings`` holds milliseconds per stage ("preprocess", "low", "deep", "head", ...), each
+    waited for on a GPU (``Engine.synchronize``); stages that did not run are absent.
     """
 
     labels: np.ndarray

@@ -57,6 +57,20 @@ def test_a_frame_after_a_jump_in_its_stream_starts_the_schedule_afresh(engine) -
     assert [r.deep_age for r in results] == [0, 1, 0, 1]
 
 
+def test_deep_age_counts_results_not_source_frames(engine) -> None:
+    """As README's robot loop relies on: a live source skips indices; deep_age steps back in results."""
+    seg = Segmenter(engine=engine, scheduler=Clockwork(3))
+    image = np.zeros((48, 64, 3), np.uint8)
+    frames = [Frame(image, i, 100.0 + i / 30, i / 30, "t") for i in (0, 4, 9, 10, 17, 25)]
+    results = [seg(f) for f in frames]
+    assert [r.deep_age for r in results] == [0, 1, 2, 0, 1, 2]
+    for n, r in enumerate(results):
+        key = frames[n - r.deep_age]  # the frame segmented deep_age results earlier
+        assert key.index == (0 if n < 3 else 10)
+        assert frames[n].monotonic - key.monotonic == pytest.approx((r.frame_index - key.index) / 30)
+    assert results[2].frame_index - results[2].deep_age == 7  # not the keyframe's index, 0
+
+
 def test_bad_images_are_rejected(engine) -> None:
     seg = Segmenter(engine=engine)
     with pytest.raises(ValueError, match="HxWx3 uint8"):

@@ -3,13 +3,13 @@
 A keyframe's deep stage is handed to a worker thread; that frame and the following ones are
 answered with ``head(low_now, previous cache)`` until the worker finishes, and then the new cache
 is swapped in. A frame never waits for deep (except the very first, which has no cache yet), so
-per-frame latency stays at low + head. ``deep_age`` in each result says how old the deep features
-it used are; ``is_keyframe`` marks the frames that started a deep run. While the worker is busy a
-new keyframe cannot start: the frame is answered from the cache and the change is reconsidered
-on the next frame (counted as ``deferred``). The change reference differs by score: the feature
-change compares with the keyframe last started, the flow residual with the keyframe whose features
-are cached (its flow serves the warp too), so after a cut the flow score stays high, and frames
-count as deferred, until the new features arrive.
+per-frame latency stays at low + head. ``deep_age`` in each result counts the frames segmented
+since the one its deep features were computed from; ``is_keyframe`` marks the frames that started
+a deep run. While the worker is busy a new keyframe cannot start: the frame is answered from the
+cache and the change is reconsidered on the next frame (counted as ``deferred``). The change
+reference differs by score: the feature change compares with the keyframe last started, the flow
+residual with the keyframe whose features are cached (its flow serves the warp too), so after a
+cut the flow score stays high, and frames count as deferred, until the new features arrive.
 """
 
 from __future__ import annotations
