@@ -58,7 +58,7 @@ def test_a_frame_after_a_jump_in_its_stream_starts_the_schedule_afresh(engine) -
 
 
 def test_deep_age_counts_results_not_source_frames(engine) -> None:
-    """As README's robot loop relies on: a live source skips indices; deep_age steps back in results."""
+    """As the README says: a live source skips indices; deep_age steps back in results."""
     seg = Segmenter(engine=engine, scheduler=Clockwork(3))
     image = np.zeros((48, 64, 3), np.uint8)
     frames = [Frame(image, i, 100.0 + i / 30, i / 30, "t") for i in (0, 4, 9, 10, 17, 25)]
