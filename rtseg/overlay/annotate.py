@@ -75,43 +75,140 @@ def colorize(labels: np.ndarray, classes: ClassSet, size: tuple[int, int] | None
 
 
 FONT = cv2.FONT_HERSHEY_SIMPLEX
+LEGEND_MIN_SCALE = 0.3  # the legend's smallest text (8 px capitals): smaller is not legible
+TRUNCATED = ".."  # ends a name cut short to fit a narrow frame
 
 
-@functools.lru_cache(maxsize=32)
-def _name_widths(classes: ClassSet, scale: float) -> tuple[int, ...]:
-    """Each class name's drawn width in pixels: measured once per class set and frame height,
-    not per frame."""
-    return tuple(cv2.getTextSize(name, FONT, scale, 3)[0][0] for name in classes.names)
+@functools.lru_cache(maxsize=256)
+def _text_width(text: str, scale: float) -> int:
+    """Drawn width in pixels at the outline's thickness (the wider stroke): measured once per
+    name and scale, not per frame."""
+    return cv2.getTextSize(text, FONT, scale, 3)[0][0]
+
+
+@dataclass(frozen=True)
+class LegendEntry:
+    x: int
+    y: int  # the top of its row
+    class_id: int | None  # None: the "+N more" line, text without a swatch
+    text: str
+
+
+@dataclass(frozen=True)
+class LegendLayout:
+    scale: float
+    row: int  # row height in pixels
+    entries: tuple[LegendEntry, ...]
+
+
+def _columns(
+    items: list[tuple[int | None, str]], scale: float, size: tuple[int, int], hud: tuple[int, int] | None
+) -> list[LegendEntry]:
+    """Places ``items`` (class id or None, text) in order down columns from the top left and
+    returns those that fit: the first that would cross the frame's right edge ends the legend
+    (a later column is further right). A column that would reach into the HUD's box (``hud``:
+    its left edge and bottom) starts below it."""
+    h, w = size
+    row = int(22 * scale / 0.5)
+
+    def span(item: tuple[int | None, str]) -> int:  # swatch and gap, name, 4 px of margin
+        return (4 if item[0] is None else row + 6) + _text_width(item[1], scale)
+
+    placed: list[LegendEntry] = []
+    x = 8
+    while len(placed) < len(items):
+        rest = items[len(placed) :]
+        for top in (8,) if hud is None else (8, hud[1] + 8):
+            column: list[LegendEntry] = []
+            width = 0
+            for item in rest[: max((h - top) // row, 0)]:
+                if x + span(item) > w:
+                    break
+                width = max(width, span(item))
+                column.append(LegendEntry(x, top + len(column) * row, *item))
+            if hud is None or top > 8 or x + width <= hud[0] - 4:
+                break
+        placed += column
+        if len(column) < len(rest) and (not column or x + span(rest[len(column)]) > w):
+            return placed  # an entry too wide here is too wide in every column to the right
+        x += width + 8
+    return placed
+
+
+def _shortened(name: str, room: int, scale: float) -> str:
+    """``name``, or its longest start that fits ``room`` pixels followed by TRUNCATED."""
+    if _text_width(name, scale) <= room:
+        return name
+    for end in range(len(name) - 1, 0, -1):
+        short = name[:end].rstrip() + TRUNCATED
+        if cv2.getTextSize(short, FONT, scale, 3)[0][0] <= room:
+            return short
+    return name  # not even one letter fits: the entry is left to the "+N more" line
+
+
+def _with_more(
+    items: list[tuple[int | None, str]],
+    fitting: int,
+    scale: float,
+    size: tuple[int, int],
+    hud: tuple[int, int] | None,
+) -> list[LegendEntry]:
+    """The first of ``items`` that fit (at most ``fitting``) followed by a line counting the
+    rest; none at all where not even that line fits."""
+    for shown in range(fitting, -1, -1):
+        more = len(items) - shown
+        for marker in (f"+{more} more", f"+{more}"):
+            placed = _columns([*items[:shown], (None, marker)], scale, size, hud)
+            if len(placed) == shown + 1:
+                return placed
+    return []
+
+
+@functools.lru_cache(maxsize=64)
+def legend_layout(
+    classes: ClassSet, size: tuple[int, int], ids: tuple[int, ...], hud: tuple[int, int] | None = None
+) -> LegendLayout:
+    """Where the legend of classes ``ids`` goes on an image of ``size`` = (h, w): every class
+    with its full name, in smaller text where the frame needs it (down to LEGEND_MIN_SCALE).
+    Where even that does not hold them all, names wider than the frame are shortened (ending
+    in TRUNCATED) and the classes that still do not fit are counted in a last "+N more" line,
+    never left out silently. Cached: it depends only on the frame size, the classes present
+    and the HUD's box, which change rarely from frame to frame."""
+    h, w = size
+    items: list[tuple[int | None, str]] = [(i, classes.names[i]) for i in ids]
+    scale = max(0.4, h / 1400)
+    while True:
+        placed = _columns(items, scale, size, hud)
+        if len(placed) == len(items) or scale <= LEGEND_MIN_SCALE:
+            break
+        scale = max(round(scale * 0.9, 3), LEGEND_MIN_SCALE)
+    row = int(22 * scale / 0.5)
+    if len(placed) < len(items):
+        room = w - 8 - (row + 6)  # the widest name span() lets the first column hold
+        items = [(i, _shortened(name, room, scale)) for i, name in items]
+        placed = _columns(items, scale, size, hud)
+    if len(placed) < len(items):
+        placed = _with_more(items, len(placed), scale, size, hud)
+    return LegendLayout(scale, row, tuple(placed))
 
 
 def _draw_legend(
     image: np.ndarray, classes: ClassSet, present: np.ndarray | None, hud: tuple[int, int] | None = None
 ) -> None:
-    """Class swatches down the left side, in more columns when one does not hold them all, and
-    below the HUD's box (``hud``: its left edge and bottom) where they would reach into it."""
-    ids = range(len(classes)) if present is None else [i for i in range(len(classes)) if present[i]]
-    scale = max(0.4, image.shape[0] / 1400)
-    row = int(22 * scale / 0.5)
-    widths = _name_widths(classes, scale)
-    width = row + 6 + max((widths[i] for i in ids), default=0)
-
-    def top(x: int) -> int:  # a column that would reach into the HUD's box starts below it
-        return hud[1] + 8 if hud is not None and x + width > hud[0] - 4 else 8
-
-    x = 8
-    y = top(x)
-    for i in ids:
-        if y + row > image.shape[0]:
-            x += width + 8
-            y = top(x)
-        if x + row > image.shape[1] or y + row > image.shape[0]:
-            break
-        b, g, r = (int(v) for v in classes.palette[i][::-1])
-        cv2.rectangle(image, (x, y), (x + row - 4, y + row - 4), (b, g, r), -1)
-        origin = (x + row + 2, y + row - 8)
+    """Class swatches and names down the left side, in as many columns as they need and below
+    the HUD's box (``hud``: its left edge and bottom) where they would reach into it."""
+    ids = tuple(range(len(classes))) if present is None else tuple(np.flatnonzero(present).tolist())
+    layout = legend_layout(classes, image.shape[:2], ids, hud)
+    row, scale = layout.row, layout.scale
+    baseline = row - round(8 * scale / 0.5)  # below the row's top; the text centred on the swatch
+    for entry in layout.entries:
+        x, y = entry.x, entry.y
+        if entry.class_id is not None:
+            b, g, r = (int(v) for v in classes.palette[entry.class_id][::-1])
+            cv2.rectangle(image, (x, y), (x + row - 4, y + row - 4), (b, g, r), -1)
+            x += row + 2
         for colour, thickness in (((0, 0, 0), 3), ((255, 255, 255), 1)):  # white on a black outline
-            cv2.putText(image, classes.names[i], origin, FONT, scale, colour, thickness, cv2.LINE_AA)
-        y += row
+            cv2.putText(image, entry.text, (x, y + baseline), FONT, scale, colour, thickness, cv2.LINE_AA)
 
 
 def hud_text(result: SegResult, fps: float | None) -> str:

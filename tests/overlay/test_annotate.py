@@ -2,10 +2,11 @@ from __future__ import annotations
 
 import re
 
+import cv2
 import numpy as np
 import pytest
 
-from rtseg.data.labels import CAMVID
+from rtseg.data.labels import CAMVID, CITYSCAPES, ClassSet
 from rtseg.errors import ConfigError
 from rtseg.overlay import OverlayStyle, annotate, colorize
 from rtseg.overlay.annotate import hud_text
@@ -66,13 +67,18 @@ def test_the_hud_says_where_the_deep_features_came_from(keyframe: bool, age: int
     assert hud_text(result, None) == f"   4.0 ms{text}"
 
 
+def _every_class(classes: ClassSet, h: int, w: int) -> SegResult:
+    labels = np.tile(np.arange(len(classes), dtype=np.uint8), (h, w // len(classes) + 1))[:, :w]
+    return SegResult(labels, 0, False, 3, classes, {"head": 5.0})
+
+
+@pytest.mark.parametrize("classes", [CAMVID, CITYSCAPES])
 @pytest.mark.parametrize("width", [160, 340])
-def test_on_a_small_frame_the_hud_fits_and_the_legend_starts_below_it(width: int) -> None:
+def test_on_a_small_frame_the_hud_fits_and_the_legend_starts_below_it(width: int, classes: ClassSet) -> None:
     # At 160x120 the HUD began at x = -86 (its FPS cut off) and its box covered the legend's rows;
     # at 340x120 the legend's second column ran into the HUD's box.
     frame = np.full((120, width, 3), 90, np.uint8)
-    labels = np.tile(np.arange(11, dtype=np.uint8), (120, width // 11 + 1))[:, :width]  # every class
-    result = SegResult(labels, 0, False, 3, CAMVID, {"head": 5.0})
+    result = _every_class(classes, 120, width)
     mask = annotate(frame, result, "mask")
     hud = annotate(frame, result, "mask", hud=True, fps=30.0)
     both = annotate(frame, result, "mask", hud=True, legend=True, fps=30.0)
@@ -83,6 +89,79 @@ def test_on_a_small_frame_the_hud_fits_and_the_legend_starts_below_it(width: int
     box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
     assert np.array_equal(both[box], hud[box])  # the legend drew nothing over the HUD
     assert (both != hud).any(axis=2)[rows[-1] + 1 :].sum() > 200  # it is there, below
+
+
+def _swatches(image: np.ndarray, classes: ClassSet) -> list[int]:
+    """The classes whose colour fills a 5x5 block somewhere in ``image`` (text strokes do not)."""
+    kernel = np.ones((5, 5), np.uint8)
+    return [
+        i
+        for i, rgb in enumerate(classes.palette)
+        if cv2.erode(np.all(image == rgb[::-1], axis=2).astype(np.uint8), kernel).any()
+    ]
+
+
+def _hud_box(frame: np.ndarray, result: SegResult) -> tuple[int, int]:
+    """The HUD's box (left edge, bottom) as annotate(..., hud=True, fps=30.0) draws it."""
+    from rtseg.overlay.annotate import _draw_hud
+
+    return _draw_hud(annotate(frame, result, alpha=0.0), result, 30.0)
+
+
+@pytest.mark.parametrize("hud", [True, False])
+def test_a_small_frame_lists_every_class_it_can_and_counts_the_rest(hud: bool) -> None:
+    # At 160x120 the legend showed 10 of Cityscapes' 19 classes and left the other 9 out with no
+    # sign of them. Now it shrinks its text to list more, and counts what still does not fit.
+    from rtseg.overlay.annotate import legend_layout
+
+    frame = np.full((120, 160, 3), (40, 90, 140), np.uint8)  # alpha 0: the legend on a plain frame
+    result = _every_class(CITYSCAPES, 120, 160)
+    image = annotate(frame, result, alpha=0.0, legend=True, hud=hud, fps=30.0)
+    hud_box = _hud_box(frame, result) if hud else None
+    entries = legend_layout(CITYSCAPES, (120, 160), tuple(range(19)), hud_box).entries
+    shown = [e.class_id for e in entries if e.class_id is not None]
+    assert _swatches(image, CITYSCAPES) == shown  # the layout is what was drawn
+    assert len(shown) > 10
+    assert all(e.text == CITYSCAPES.names[e.class_id] for e in entries[:-1])  # full names
+    assert entries[-1].class_id is None and entries[-1].text == f"+{19 - len(shown)} more"
+
+
+@pytest.mark.parametrize(("width", "height"), [(160, 120), (340, 120), (120, 90), (64, 48), (70, 300)])
+@pytest.mark.parametrize("hud", [True, False])
+def test_legend_names_are_never_cut_off_by_the_frame_edge(width: int, height: int, hud: bool) -> None:
+    # At 160x120 the second column's names ran off the frame ("traffic", "vegeta").
+    frame = np.full((height, width, 3), (40, 90, 140), np.uint8)
+    result = _every_class(CITYSCAPES, height, width)
+    without = annotate(frame, result, alpha=0.0, hud=hud, fps=30.0)
+    legend = (annotate(frame, result, alpha=0.0, legend=True, hud=hud, fps=30.0) != without).any(axis=2)
+    assert legend.sum() > 100  # something is drawn, even at 64x48
+    assert not legend[:, -3:].any() and not legend[-1].any()
+
+
+def test_the_legend_shrinks_its_text_before_leaving_classes_out() -> None:
+    # 340x120 holds all 19 Cityscapes names in smaller text (at the former 0.4 it showed 18).
+    frame = np.full((120, 340, 3), (40, 90, 140), np.uint8)
+    result = _every_class(CITYSCAPES, 120, 340)
+    image = annotate(frame, result, alpha=0.0, legend=True, hud=True, fps=30.0)
+    assert _swatches(image, CITYSCAPES) == list(range(19))
+    from rtseg.overlay.annotate import LEGEND_MIN_SCALE, legend_layout
+
+    layout = legend_layout(CITYSCAPES, (120, 340), tuple(range(19)), _hud_box(frame, result))
+    assert LEGEND_MIN_SCALE <= layout.scale < 0.4
+    assert [e.text for e in layout.entries] == list(CITYSCAPES.names)
+
+
+def test_names_too_wide_for_a_narrow_frame_are_shortened_with_a_marker() -> None:
+    from rtseg.overlay.annotate import TRUNCATED, legend_layout
+
+    entries = legend_layout(CITYSCAPES, (300, 70), tuple(range(19))).entries
+    assert [e.class_id for e in entries] == list(range(19))  # all of them, in one column
+    shortened = [e for e in entries if e.text != CITYSCAPES.names[e.class_id]]
+    assert {e.class_id for e in shortened} >= {6, 7}  # "traffic light", "traffic sign"
+    for e in shortened:
+        assert e.text.endswith(TRUNCATED) and CITYSCAPES.names[e.class_id].startswith(
+            e.text[: -len(TRUNCATED)]
+        )
 
 
 @pytest.mark.parametrize("name", ["legend", "hud"])
