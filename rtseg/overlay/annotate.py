@@ -81,9 +81,9 @@ TRUNCATED = ".."  # ends a name cut short to fit a narrow frame
 
 @functools.lru_cache(maxsize=256)
 def _text_width(text: str, scale: float) -> int:
-    """Drawn width in pixels at the outline's thickness (the wider stroke): measured once per
-    name and scale, not per frame."""
-    return cv2.getTextSize(text, FONT, scale, 3)[0][0]
+    """Drawn width in pixels with the 1 px outline either side: measured once per name and
+    scale, not per frame."""
+    return cv2.getTextSize(text, FONT, scale, 1)[0][0] + 2
 
 
 @dataclass(frozen=True)
@@ -99,6 +99,7 @@ class LegendLayout:
     scale: float
     row: int  # row height in pixels
     entries: tuple[LegendEntry, ...]
+    box: tuple[int, int]  # (h, w) from the image's top left that holds every entry
 
 
 def _columns(
@@ -141,7 +142,7 @@ def _shortened(name: str, room: int, scale: float) -> str:
         return name
     for end in range(len(name) - 1, 0, -1):
         short = name[:end].rstrip() + TRUNCATED
-        if cv2.getTextSize(short, FONT, scale, 3)[0][0] <= room:
+        if cv2.getTextSize(short, FONT, scale, 1)[0][0] + 2 <= room:
             return short
     return name  # not even one letter fits: the entry is left to the "+N more" line
 
@@ -189,7 +190,42 @@ def legend_layout(
         placed = _columns(items, scale, size, hud)
     if len(placed) < len(items):
         placed = _with_more(items, len(placed), scale, size, hud)
-    return LegendLayout(scale, row, tuple(placed))
+    box = (
+        max((e.y + row for e in placed), default=0),
+        max(
+            (e.x + (4 if e.class_id is None else row + 6) + _text_width(e.text, scale) for e in placed),
+            default=0,
+        ),
+    )
+    return LegendLayout(scale, row, tuple(placed), box)
+
+
+@functools.lru_cache(maxsize=16)
+def _legend_sprite(classes: ClassSet, layout: LegendLayout) -> tuple[np.ndarray, np.ndarray]:
+    """The legend drawn once per layout as two images over ``layout.box``, ``keep`` and ``add``:
+    an image pixel p becomes p * keep / 255 + add, two OpenCV passes a frame where drawing it
+    took two putText calls a name. White names in a 1 px black outline made by dilating their
+    coverage: an outline drawn as thicker text was a bolder, wider font in OpenCV 5, a shadow
+    spreading right of the name ("traffic light" 5 px wider at 0.5) instead of around it."""
+    row, scale = layout.row, layout.scale
+    baseline = row - round(8 * scale / 0.5)  # below the row's top; the text centred on the swatch
+    text = np.zeros(layout.box, np.uint8)  # each pixel's coverage by a name, 0..255
+    swatches = []
+    for entry in layout.entries:
+        x = entry.x + 1  # the outline's pixel left of the text
+        if entry.class_id is not None:
+            swatches.append((entry.x, entry.y, entry.class_id))
+            x += row + 2
+        cv2.putText(text, entry.text, (x, entry.y + baseline), FONT, scale, 255, 1, cv2.LINE_AA)
+    outline = cv2.dilate(text, np.ones((3, 3), np.uint8))
+    # Black outline (coverage o) under white text (t): p -> p (1 - o)(1 - t) + 255 t.
+    keep = ((255 - outline.astype(np.uint16)) * (255 - text) + 127) // 255
+    keep = cv2.merge([keep.astype(np.uint8)] * 3)
+    add = cv2.merge([text] * 3)
+    for x, y, i in swatches:
+        keep[y : y + row - 3, x : x + row - 3] = 0
+        add[y : y + row - 3, x : x + row - 3] = classes.palette[i][::-1]
+    return keep, add
 
 
 def _draw_legend(
@@ -199,16 +235,12 @@ def _draw_legend(
     the HUD's box (``hud``: its left edge and bottom) where they would reach into it."""
     ids = tuple(range(len(classes))) if present is None else tuple(np.flatnonzero(present).tolist())
     layout = legend_layout(classes, image.shape[:2], ids, hud)
-    row, scale = layout.row, layout.scale
-    baseline = row - round(8 * scale / 0.5)  # below the row's top; the text centred on the swatch
-    for entry in layout.entries:
-        x, y = entry.x, entry.y
-        if entry.class_id is not None:
-            b, g, r = (int(v) for v in classes.palette[entry.class_id][::-1])
-            cv2.rectangle(image, (x, y), (x + row - 4, y + row - 4), (b, g, r), -1)
-            x += row + 2
-        for colour, thickness in (((0, 0, 0), 3), ((255, 255, 255), 1)):  # white on a black outline
-            cv2.putText(image, entry.text, (x, y + baseline), FONT, scale, colour, thickness, cv2.LINE_AA)
+    if not layout.entries:
+        return
+    keep, add = _legend_sprite(classes, layout)
+    roi = image[: layout.box[0], : layout.box[1]]
+    cv2.multiply(roi, keep, dst=roi, scale=1 / 255)  # where keep is 255 the image is unchanged
+    cv2.add(roi, add, dst=roi)
 
 
 def hud_text(result: SegResult, fps: float | None) -> str:

@@ -164,6 +164,19 @@ def test_names_too_wide_for_a_narrow_frame_are_shortened_with_a_marker() -> None
         )
 
 
+@pytest.mark.parametrize(("width", "height"), [(1280, 720), (160, 120)])
+def test_the_legend_names_black_outline_hugs_the_white_text(width: int, height: int) -> None:
+    # Drawn as the same name in thickness 3, the outline was a bolder, wider font in OpenCV 5: a
+    # black shadow reaching 5 px right of "traffic light" at 1280x720, which blurred the names.
+    frame = np.full((height, width, 3), (40, 90, 140), np.uint8)  # no channel above 160 or below 32
+    image = annotate(frame, _every_class(CITYSCAPES, height, width), alpha=0.0, legend=True)
+    white = (image.min(axis=2) > 160).astype(np.uint8)  # the names (no swatch is that light)
+    black = image.max(axis=2) < 32  # their outline (no swatch is that dark)
+    assert white.sum() > 100 and black.sum() > 100
+    stray = black & ~cv2.dilate(white, np.ones((3, 3), np.uint8)).astype(bool)
+    assert not stray.any(), f"{stray.sum()} outline pixels not next to a name's"
+
+
 @pytest.mark.parametrize("name", ["legend", "hud"])
 def test_legend_and_hud_take_booleans_only(name: str) -> None:
     with pytest.raises(ConfigError, match=f"OverlayStyle.{name} must be True or False, got 'no'"):
