@@ -125,10 +125,12 @@ def sink_list(sinks: SinkArg | Iterable[SinkArg]) -> list:
 
 
 def open_sinks(sinks: SinkArg | Iterable[SinkArg], source: Source) -> list[Sink]:
-    """Open the sink URIs for ``source`` (with ``sink_policy``), refusing any that would write over
-    the source's files or another sink's file; on failure, the ones opened are closed. Behind a
-    source that drops frames (live, realtime) videos are ``timed``: written at ``output_fps``
-    with every frame at its capture time, they play as long as the run lasted, not faster."""
+    """Open the sink URIs for ``source``, refusing any that would write over the source's files or
+    another sink's file; on failure, the ones opened are closed. Every sink, opened here or given
+    opened, takes ``sink_policy``, ``output_fps`` and the timing where its maker set none
+    (``Sink.follow_pipeline``): behind a source that drops frames (live, realtime) videos are
+    ``timed``: written at ``output_fps`` with every frame at its capture time, they play as long
+    as the run lasted, not faster."""
     policy = sink_policy(source)
     fps = output_fps(source)
     timed = source.info.live
@@ -136,13 +138,14 @@ def open_sinks(sinks: SinkArg | Iterable[SinkArg], source: Source) -> list[Sink]
     try:
         for sink in sink_list(sinks):
             if isinstance(sink, (str, os.PathLike)):
-                sink = open_sink(sink, policy=policy, fps=fps, timed=timed)
+                sink = open_sink(sink)
             elif not isinstance(sink, Sink):
                 raise TypeError(
                     f"sinks: each must be a URI (str), a path (os.PathLike) or a Sink, got {sink!r} "
                     f"({type(sink).__name__})"
                 )
             opened.append(sink)
+            sink.follow_pipeline(policy=policy, fps=fps, timed=timed)
         _refuse_overwriting(source, opened)
         _refuse_duplicates(opened)
     except BaseException:

@@ -17,6 +17,7 @@ from rtseg.engine import load
 from rtseg.errors import ConfigError, SinkError
 from rtseg.models import get_model
 from rtseg.pipeline import PipelineStats
+from rtseg.sink import open_sink
 from rtseg.sink.base import Sink
 from rtseg.source import open_source
 
@@ -502,3 +503,30 @@ def test_a_recording_of_a_source_that_drops_frames_lasts_as_long_as_the_run(engi
     # frame k of the video shows what was captured by k/25 s: as many frames as the run took
     assert _count(out) == round((seen[-1] - seen[0]) * 25) + 1 > len(seen)
     assert cv2.VideoCapture(str(out)).get(cv2.CAP_PROP_FPS) == pytest.approx(25)
+
+
+class _Slow(Sink):
+    """A user's sink slower than the model, made without a policy."""
+
+    def emit(self, packet) -> None:
+        time.sleep(0.02)
+
+
+def test_opened_sinks_follow_the_source_unless_their_maker_chose(engine, tmp_path: Path) -> None:
+    """A Sink given opened kept its own policy (a subclass's "drop", open_sink's "block", 30 FPS,
+    untimed): behind a file a user's sink lost frames (11 of 30 written), and behind a realtime
+    source an opened video was neither timed nor at the source's rate, unlike the same URI."""
+    seg = Segmenter(engine=engine)
+    slow, chosen = _Slow("slow://", queue_size=1), _Slow("chosen://", queue_size=1, policy="drop")
+    with open_sink(tmp_path / "alone.avi") as alone:  # used alone: a file blocks, the others drop
+        assert slow.policy == "drop" and alone.policy == "block" and (alone.fps, alone.timed) == (30, False)
+    stats = Pipeline("synthetic://drive?size=64x48&frames=12", seg, sinks=[slow, chosen]).run()
+    assert slow.policy == "block" and stats.sinks["slow://"].written == 12
+    assert chosen.policy == "drop"  # the maker's choice is kept
+
+    source = open_source("synthetic://drive?size=64x48&fps=10&frames=3", realtime=True)
+    video, fixed = open_sink(tmp_path / "rt.avi"), open_sink(tmp_path / "fixed.avi", fps=25, timed=False)
+    Pipeline(source, seg, sinks=[video, fixed]).run()
+    assert (video.policy, video.fps, video.timed) == ("drop", 10, True)
+    assert (fixed.policy, fixed.fps, fixed.timed) == ("drop", 25, False)
+    assert cv2.VideoCapture(str(tmp_path / "rt.avi")).get(cv2.CAP_PROP_FPS) == pytest.approx(10)

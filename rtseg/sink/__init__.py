@@ -13,7 +13,7 @@ from ..errors import SinkError
 from .base import Policy, Sink, SinkStats
 from .packet import Packet
 
-DEFAULT_FPS = 30.0  # written into a video when the source's rate is not known
+DEFAULT_FPS = 30.0  # written into a video when the source's rate is not known (or none is set)
 SCHEMES = ("file", "display", "zmq", "null")
 SUPPORTED = (
     "file://PATH or a plain path (.mp4, .avi, .mkv, .mov, or an image pattern such as out/%06d.png), "
@@ -24,18 +24,19 @@ SUPPORTED = (
 def open_sink(
     uri: str | os.PathLike[str],
     *,
-    policy: Policy = "block",
+    policy: Policy | None = None,
     fps: float | None = None,
     queue_size: int | None = None,
-    timed: bool = False,
+    timed: bool | None = None,
     **options: Any,
 ) -> Sink:
     """Open an output. ``policy`` is "drop" for live sources (never slow inference down) or "block"
-    for files (write every frame); the pipeline chooses it from the source. ``fps`` is the frame
-    rate written into video files (None: not known, 30 is written). ``timed`` (the pipeline's
-    choice for sources that drop frames): a video file places each frame by its capture time,
+    for files (write every frame). ``fps`` is the frame rate written into video files. ``timed``
+    (for sources that drop frames): a video file places each frame by its capture time,
     repeating the previous one over the gaps, so that it plays as long as the run lasted; other
-    outputs have no timeline and ignore it."""
+    outputs have no timeline and ignore it. Each left None is chosen by the ``Pipeline`` the sink
+    is given to, from its source (as for a sink URI given to it); used alone, a file sink blocks
+    and writes an untimed 30 FPS video, and the other outputs drop (their ``standalone_policy``)."""
     text = os.fspath(uri)
     if fps is not None and not (
         isinstance(fps, numbers.Real) and not isinstance(fps, bool) and 0 < fps < math.inf
@@ -51,9 +52,7 @@ def open_sink(
     if scheme == "file":
         from .file import FileSink
 
-        return FileSink(
-            text, rest, fps=DEFAULT_FPS if fps is None else fps, policy=policy, timed=timed, **options
-        )
+        return FileSink(text, rest, fps=fps, policy=policy, timed=timed, **options)
     if scheme == "null":
         from .null import NullSink
 
@@ -80,7 +79,9 @@ def open_sink(
     if scheme == "zmq":
         # Lazy: pyzmq and the wire format load only for streaming outputs.
         publisher = importlib.import_module("rtseg.stream.publisher")
-        return publisher.open_publisher_sink(text, policy=policy, **options)
+        if policy is not None:  # else the sink's own: a pipeline's choice, or standalone_policy
+            options["policy"] = policy
+        return publisher.open_publisher_sink(text, **options)
     raise SinkError(f"unsupported sink {text!r}; outputs can be: {SUPPORTED}")
 
 

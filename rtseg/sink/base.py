@@ -3,7 +3,8 @@
 Every sink runs its ``emit`` on its own thread behind a bounded queue. With ``policy="drop"``
 (live sources) a full queue drops the oldest packet and counts it, so a slow disk or network
 costs frames, never latency. With ``policy="block"`` (files) the pipeline waits: every frame of
-a recording is written.
+a recording is written. A sink made without a policy takes the one its ``Pipeline`` chooses for
+the source; used alone, it takes its class's ``standalone_policy``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 from ..errors import ConfigError, SinkError
 from .packet import Packet
@@ -36,17 +37,30 @@ class SinkStats:
     emit_ms: float = 0.0  # total time spent in emit (drawing, encoding, writing) on the sink's thread
 
 
-class Sink(ABC):
-    """Base class: subclasses implement ``emit`` (and ``release`` for cleanup)."""
+def _check_policy(policy: object) -> None:
+    if policy not in ("drop", "block"):
+        raise ConfigError(f"policy must be 'drop' or 'block', got {policy!r}")
 
-    def __init__(self, uri: str, *, queue_size: int = 4, policy: Policy = "drop") -> None:
+
+class Sink(ABC):
+    """Base class: subclasses implement ``emit`` (and ``release`` for cleanup).
+
+    ``policy=None`` (the default): a ``Pipeline`` sets it from its source, as for the sinks it
+    opens from URIs (drop behind a live source, block behind a file: a recording is complete);
+    used outside a pipeline the sink has ``standalone_policy`` ("drop" here: a write never waits).
+    A policy given is kept.
+    """
+
+    standalone_policy: ClassVar[Policy] = "drop"
+
+    def __init__(self, uri: str, *, queue_size: int = 4, policy: Policy | None = None) -> None:
         if not isinstance(queue_size, numbers.Integral) or isinstance(queue_size, bool) or queue_size <= 0:
             raise ConfigError(f"queue_size must be a positive whole number, got {queue_size!r}")
         queue_size = int(queue_size)  # a NumPy integer from a config array is one too
-        if policy not in ("drop", "block"):
-            raise ConfigError(f"policy must be 'drop' or 'block', got {policy!r}")
+        if policy is not None:
+            _check_policy(policy)
         self.uri = uri
-        self.policy: Policy = policy
+        self._policy: Policy | None = policy
         self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
         self._written = 0
         self._dropped = 0
@@ -66,6 +80,25 @@ class Sink(ABC):
     @abstractmethod
     def emit(self, packet: Packet) -> None:
         """Write one packet; runs on the sink's thread."""
+
+    @property
+    def policy(self) -> Policy:
+        """The queue's policy, "drop" or "block": the one given, else the pipeline's, else
+        ``standalone_policy``."""
+        return self.standalone_policy if self._policy is None else self._policy
+
+    @policy.setter
+    def policy(self, policy: Policy) -> None:
+        _check_policy(policy)
+        self._policy = policy
+
+    def follow_pipeline(self, *, policy: Policy, fps: float | None, timed: bool) -> None:
+        """Take the settings a ``Pipeline`` chooses for its source (``policy``; ``fps``, the rate of
+        the frames it delivers, None if not known; ``timed``, whether it drops frames to stay
+        live) where the sink's maker set none; called once, before the first write. The base
+        class has a policy only; a subclass with a frame rate or a timeline extends this."""
+        if self._policy is None:
+            self._policy = policy
 
     @property
     def destination(self) -> str:

@@ -39,7 +39,7 @@ class DisplaySink(Sink):
     """Shows overlays in a window; Esc, q or closing the window asks the pipeline to stop."""
 
     def __init__(
-        self, uri: str, *, window: str | None = None, queue_size: int = 2, policy: Policy = "drop"
+        self, uri: str, *, window: str | None = None, queue_size: int = 2, policy: Policy | None = None
     ) -> None:
         problem = gui_problem()
         if problem is not None:

@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 
 from ..errors import SinkError
+from . import DEFAULT_FPS
 from .base import Policy, Sink
 from .packet import Packet
 
@@ -291,19 +292,25 @@ class FileSink(Sink):
 
     ``timed`` (the pipeline sets it for live sources and realtime files, whose frames may be
     dropped): a video places each frame by its capture time at ``fps``, repeating the previous
-    one over the gaps (``VideoFile.write_at``), so that it plays as long as the run lasted."""
+    one over the gaps (``VideoFile.write_at``), so that it plays as long as the run lasted.
+
+    ``policy``, ``fps`` and ``timed`` left None are set by a ``Pipeline`` from its source, as for
+    a sink it opens from a URI; used alone the sink blocks (``standalone_policy``: every frame
+    written), writes 30 FPS (``DEFAULT_FPS``) and is not timed."""
+
+    standalone_policy = "block"
 
     def __init__(
         self,
         uri: str,
         path: str | os.PathLike[str],
         *,
-        fps: float = 30.0,
+        fps: float | None = None,
         fourcc: str | None = None,
         content: Content = "overlay",
         queue_size: int = 8,
-        policy: Policy = "block",
-        timed: bool = False,
+        policy: Policy | None = None,
+        timed: bool | None = None,
     ) -> None:
         self.path = Path(path).expanduser()  # as source paths are: "~/out.mp4" is not ./~/out.mp4
         text = str(self.path)
@@ -312,8 +319,10 @@ class FileSink(Sink):
         self.pattern = "%" in text and suffix not in VIDEO_FOURCC
         if content not in ("overlay", "labels"):
             raise SinkError(f"{uri}: content must be 'overlay' or 'labels', got {content!r}")
-        if not (isinstance(fps, numbers.Real) and not isinstance(fps, bool) and 0 < fps < math.inf):
-            raise SinkError(f"{uri}: fps must be a positive finite number, got {fps!r}")
+        if fps is not None and not (
+            isinstance(fps, numbers.Real) and not isinstance(fps, bool) and 0 < fps < math.inf
+        ):
+            raise SinkError(f"{uri}: fps must be None or a positive finite number, got {fps!r}")
         if self.pattern:
             check_image_pattern(text, uri)
             if content == "labels" and suffix not in LABEL_SUFFIXES:
@@ -351,7 +360,9 @@ class FileSink(Sink):
         if fourcc is not None and len(fourcc) != 4:
             raise SinkError(f"{uri}: fourcc must be 4 characters, got {fourcc!r}")
         self.fourcc = fourcc or VIDEO_FOURCC.get(suffix, "")
-        self.fps = fps
+        # Not given (None): the pipeline's choice, else 30 FPS and untimed (see follow_pipeline).
+        self._fps_given, self._timed_given = fps is not None, timed is not None
+        self.fps = DEFAULT_FPS if fps is None else fps
         # A video of a source that drops frames (live, realtime): each frame at its capture time.
         self.timed = bool(timed)
         self._lag_warned = False
@@ -360,8 +371,19 @@ class FileSink(Sink):
             prepare_folder(self.path.parent, uri)
         else:
             prepare_video(self.path, uri)
-        self._video: VideoFile | None = None if self.pattern else VideoFile(self.path, fps, self.fourcc)
+        self._video: VideoFile | None = None if self.pattern else VideoFile(self.path, self.fps, self.fourcc)
         super().__init__(uri, queue_size=queue_size, policy=policy)
+
+    def follow_pipeline(self, *, policy: Policy, fps: float | None, timed: bool) -> None:
+        """The pipeline's policy, frame rate (None: not known, 30 FPS) and timing, each where
+        none was given."""
+        super().follow_pipeline(policy=policy, fps=fps, timed=timed)
+        if not self._fps_given:
+            self.fps = DEFAULT_FPS if fps is None else fps
+            if self._video is not None:
+                self._video.fps = self.fps  # not opened yet: that happens at the first frame
+        if not self._timed_given:
+            self.timed = bool(timed)
 
     def first_overwrite(self, paths: set[Path], frames: int | None) -> Path | None:
         """The first of ``paths`` (resolved) that frames 0..frames-1 would write over, by name or

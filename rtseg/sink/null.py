@@ -8,7 +8,7 @@ from .packet import Packet
 
 class NullSink(Sink):
     def __init__(
-        self, uri: str = "null://", *, draw: bool = False, queue_size: int = 4, policy: Policy = "drop"
+        self, uri: str = "null://", *, draw: bool = False, queue_size: int = 4, policy: Policy | None = None
     ) -> None:
         self.draw = draw
         super().__init__(uri, queue_size=queue_size, policy=policy)

@@ -235,7 +235,7 @@ class PublisherSink(Sink):
         *,
         curve_keys: str | os.PathLike[str] | None = None,
         queue_size: int = 2,
-        policy: Policy = "drop",
+        policy: Policy | None = None,
     ) -> None:
         # Bind first: a busy port must fail here, before the sink thread exists; and unbind again
         # when the sink's own checks fail, or the port stays taken while the error is referenced.
