@@ -155,6 +155,21 @@ def open_sinks(sinks: SinkArg | Iterable[SinkArg], source: Source) -> list[Sink]
     return opened
 
 
+def sink_labels(sinks: Sequence[Sink]) -> list[str]:
+    """One distinct name per sink, for statistics: its URI, and for a URI that an earlier sink
+    already has (two user sinks labelled "ros://cam", two null://) the URI and "#2", "#3": keyed
+    by URI alone, one sink's counts and errors replaced the other's."""
+    taken = {s.uri for s in sinks}
+    labels: list[str] = []
+    for sink in sinks:
+        label, n = sink.uri, 1
+        while label in labels or (n > 1 and label in taken):
+            n += 1
+            label = f"{sink.uri} #{n}"
+        labels.append(label)
+    return labels
+
+
 def _close_quietly(closable: Sink | Source) -> None:
     """Close while another error is on its way: a failure here is logged, not raised over it."""
     try:
@@ -181,7 +196,7 @@ class PipelineStats:
     sink_dropped: int
     reconnects: int
     stage_ms: dict[str, float]  # mean ms per frame
-    sinks: dict[str, SinkStats] = field(default_factory=dict)
+    sinks: dict[str, SinkStats] = field(default_factory=dict)  # by sink_labels, in the sinks' order
     worker_deep_ms: float = 0.0  # async scheduler: mean deep ms per frame on the worker thread
 
     @property
@@ -493,7 +508,7 @@ class Pipeline:
             keyframes = m.keyframes
         seconds = (m.end or time.perf_counter()) - m.start
         p50, p99 = (float(v) for v in np.percentile(lat, [50, 99])) if lat.size else (math.nan, math.nan)
-        sink_stats = {s.uri: s.stats for s in self.sinks}
+        sink_stats = {label: s.stats for label, s in zip(sink_labels(self.sinks), self.sinks, strict=True)}
         sched = self.segmenter.scheduler.stats
         return PipelineStats(
             frames=frames,

@@ -530,3 +530,18 @@ def test_opened_sinks_follow_the_source_unless_their_maker_chose(engine, tmp_pat
     assert (video.policy, video.fps, video.timed) == ("drop", 10, True)
     assert (fixed.policy, fixed.fps, fixed.timed) == ("drop", 25, False)
     assert cv2.VideoCapture(str(tmp_path / "rt.avi")).get(cv2.CAP_PROP_FPS) == pytest.approx(10)
+
+
+class _Failing(Sink):
+    def emit(self, packet) -> None:
+        raise OSError("disk gone")
+
+
+def test_sinks_sharing_a_uri_each_have_their_statistics(engine) -> None:
+    """Keyed by URI, two sinks labelled "ros://cam" were one entry: the failing one's errors
+    vanished from the summary (and from rtseg run's --json and exit status)."""
+    sinks = [_Failing("ros://cam"), _Recorder("ros://cam"), _Recorder("ros://cam #2"), "null://"]
+    stats = Pipeline(SOURCE, Segmenter(engine=engine), sinks=sinks).run()
+    assert list(stats.sinks) == ["ros://cam", "ros://cam #3", "ros://cam #2", "null://"]
+    assert stats.sinks["ros://cam"].errors == 8 and stats.sinks["ros://cam #3"].written == 8
+    assert "sink ros://cam: 0 written, 0 dropped, 8 errors (last: OSError: disk gone)" in stats.summary()

@@ -483,16 +483,16 @@ def _run(
             "agreement_pixels": _number(100 * scores.pixel_accuracy, 2),
             "frames_compared": stats.frames - missing,
         }
-    files = {s.uri: s for s in pipeline.sinks if isinstance(s, FileSink)}  # windows and streams keep nothing
-    for uri, sink in stats.sinks.items():
-        if uri not in files:
+    # stats.sinks holds every sink, in order (a repeated URI labelled "#2"); windows and streams keep nothing
+    for (uri, sink), output in zip(stats.sinks.items(), pipeline.sinks, strict=True):
+        if not isinstance(output, FileSink):
             continue
         if not sink.written:
             print(f"nothing written to {uri}")
             continue
         # A timed video (live or --realtime source) holds each frame until the next one's time.
-        held = files[uri].video_frames or 0
-        timed = f" over {held} video frames at {files[uri].fps:g} FPS" if held > sink.written else ""
+        held = output.video_frames or 0
+        timed = f" over {held} video frames at {output.fps:g} FPS" if held > sink.written else ""
         print(f"wrote {uri} ({sink.written} frames{timed})")
     if args.json and not _write_json(args.json, report) and error is None and not interrupted:
         return 2

@@ -95,6 +95,16 @@ def test_the_report_says_why_a_sink_failed(weights: Path, tmp_path: Path, capsys
     assert "a 140x100 frame in a 160x96 video was skipped" in sink["last_error"]
 
 
+def test_two_sinks_with_one_uri_are_both_reported(weights: Path, tmp_path: Path, capsys) -> None:
+    """Keyed by URI, the second null:// replaced the first in the summary and the JSON."""
+    report = tmp_path / "r.json"
+    rc = main(["run", SOURCE, "null://", "null://", *_args(weights), "--json", str(report), "--quiet"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "sink null://: 6 written" in text and "sink null:// #2: 6 written" in text
+    assert list(json.loads(report.read_text())["sinks"]) == ["null://", "null:// #2"]
+
+
 @pytest.mark.parametrize("scheduler", ["adaptive", "async"])
 def test_compare_every_reports_speedup_and_agreement(
     weights: Path, tmp_path: Path, capsys, scheduler
