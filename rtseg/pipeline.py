@@ -71,8 +71,9 @@ def _refuse_overwriting(source: Source, sinks: Sequence[Sink]) -> None:
 
 
 def _refuse_duplicates(sinks: Sequence[Sink]) -> None:
-    """Two file sinks writing one file (o.mp4, ./o.mp4, file://o.mp4, a hard link) interleave
-    two encoders in it: refused, whatever the spelling."""
+    """Two file sinks writing one file (o.mp4, ./o.mp4, file://o.mp4, a hard link; image patterns
+    naming one file, as f/%d.png and f/%01d.png) interleave two writers in it: refused, whatever
+    the spelling."""
     seen: list[FileSink] = []
     for sink in sinks:
         if not isinstance(sink, FileSink):
@@ -81,15 +82,15 @@ def _refuse_duplicates(sinks: Sequence[Sink]) -> None:
             if earlier.pattern != sink.pattern:
                 continue  # a video and an image pattern never share a name (their suffixes differ)
             if sink.pattern:
-                same = earlier.path.parent.resolve() == sink.path.parent.resolve() and (
-                    earlier.path.name == sink.path.name
-                )
+                shared = earlier.shared_image(sink)  # by the names written: %d and %01d are one
+                same, both = shared is not None, f" (both write {shared})"
             else:
                 target = sink.path.resolve()
                 same = earlier.first_overwrite({target}, 1) is not None  # by path or identity
+                both = ""
             if same:
                 raise SinkError(
-                    f"{sink.uri}: the same output as {earlier.uri}; two sinks cannot write one file"
+                    f"{sink.uri}: the same output as {earlier.uri}{both}; two sinks cannot write one file"
                 )
         seen.append(sink)
 

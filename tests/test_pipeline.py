@@ -312,10 +312,17 @@ def test_two_sinks_writing_one_file_are_refused(engine, tmp_path: Path, monkeypa
         ["o.avi", "file://o.avi"],
         ["old.avi", "link.avi"],
         ["f/%04d.png"] * 2,
+        # Image patterns of other text that name the same files overwrote each other's
+        ["f/%d.png", "f/%01d.png"],
+        ["f/%06d.png", "f/%06i.png"],
+        ["f/%d.png", "e/../f/%03d.png"],  # from frame 100 on
+        ["f/%-5d.png", "f/%-5i.png"],
+        ["f/a%d.png", "f/a1%d.png"],  # frame 10 of one is frame 0 of the other
     ):
         with pytest.raises(SinkError, match="two sinks cannot write one file"):
             Pipeline(SOURCE, Segmenter(engine=engine), sinks=pair)
-    Pipeline(SOURCE, Segmenter(engine=engine), sinks=["f/%04d.png", "g/%04d.png", "o.avi"]).close()
+    fine = ["f/%04d.png", "g/%04d.png", "o.avi", "f/%04d.jpg", "f/b%d.png", "f/%+d.png"]
+    Pipeline(SOURCE, Segmenter(engine=engine), sinks=fine).close()
 
 
 def test_a_dropped_pipeline_closes_its_outputs(engine, tmp_path: Path) -> None:

@@ -416,6 +416,23 @@ class FileSink(Sink):
                 return found
         return None
 
+    def shared_image(self, other: FileSink) -> Path | None:
+        """A file that this image pattern and ``other`` both write, at any frame index, or None.
+        Compared by the names they produce, not by their text: dd/%d.png and dd/%01d.png, or
+        %06d and %06i, write the same files; %d and %03d share every name from frame 100 on. The
+        indices 0-10 and the powers of ten up to 10^9 sample the widths a field can pad to."""
+        if not (self.pattern and other.pattern):
+            return None
+        mine, theirs = self.path.resolve(), other.path.resolve()
+        if mine.parent != theirs.parent:
+            return None
+        for a, pattern_a, b in ((mine, self, theirs), (theirs, other, mine)):
+            for index in (*range(11), *(10**k for k in range(2, 10))):
+                name = b.parent / (b.name % index)
+                if pattern_a._index_of(a, name) is not None:
+                    return name
+        return None
+
     def _index_of(self, resolved: Path, path: Path) -> int | None:
         """The frame index >= 0 at which the pattern (``resolved``, the pattern's resolved path)
         writes ``path``, or None."""
@@ -426,7 +443,7 @@ class FileSink(Sink):
             if m.group() == "%%":
                 parts.append("%")
             else:
-                parts.append(r"\s*([-+]?[0-9a-fA-F]+)")
+                parts.append(r"\s*([-+]?[0-9a-fA-F]+)\s*")  # padded either side (%5d, %-5d)
                 kinds.append(m.group(1))
             pos = m.end()
         parts.append(re.escape(text[pos:]))
