@@ -435,6 +435,7 @@ class Pipeline:
     def _frames(self) -> Iterator[tuple[Frame, SegResult]]:
         meter = self._meter
         meter.start = time.perf_counter()
+        failure: BaseException | None = None  # what ended the loop, if not its end or a break
         try:
             while not self._stop.is_set():
                 if self.max_frames is not None and meter.frames >= self.max_frames:
@@ -453,12 +454,17 @@ class Pipeline:
                 if self.on_result is not None:
                     self.on_result(frame, result)
                 yield frame, result
+        except GeneratorExit:  # the caller left the loop: an end like any other
+            raise
+        except BaseException as exc:
+            failure = exc
+            raise
         finally:
             meter.end = time.perf_counter()
             # Not once closed, nor when the finalizer closed the outputs at exit: this generator is
             # then finalised in the interpreter's teardown, where the statistics cannot be computed.
             if self._finalizer.alive:
-                self.close()
+                self._close_after(failure)
 
     def _step(self, meter: _Meter) -> tuple[Frame, SegResult] | None:
         """Read, segment and hand one frame to the sinks; None at the end of the source. It is
@@ -562,8 +568,20 @@ class Pipeline:
                 self._final = self._snapshot()
         return self.stats
 
+    def _close_after(self, failure: BaseException | None) -> None:
+        """Close; while ``failure`` is on its way (a callback's error, a source's, Ctrl-C), a
+        close that fails too is logged, not raised in its place: the caller gets what ended the
+        run, not a sink's closing error with it hidden as ``__context__``."""
+        if failure is None:
+            self.close()
+            return
+        try:
+            self.close()
+        except Exception as exc:
+            log.error("closing the pipeline's outputs also failed: %s", exc)
+
     def __enter__(self) -> Pipeline:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        self._close_after(exc)

@@ -197,6 +197,30 @@ def test_a_sink_failing_to_close_does_not_leave_the_others_open(engine, tmp_path
     assert _count(out) == 8
 
 
+def test_a_failing_close_does_not_replace_the_error_that_ended_the_run(engine, caplog) -> None:
+    """The loop's closing raised the sink's OSError in place of the callback's ValueError, which
+    was left only as its __context__; so did leaving a with block on an error."""
+
+    def fail_on_third(frame, result) -> None:
+        if frame.index == 2:
+            raise ValueError("my controller failed")
+
+    pipeline = Pipeline(
+        SOURCE, Segmenter(engine=engine), sinks=[_BrokenClose("broken://")], on_result=fail_on_third
+    )
+    with pytest.raises(ValueError, match="my controller failed"):
+        pipeline.run()
+    assert pipeline.closed and pipeline.source.closed
+    assert "closing the pipeline's outputs also failed: share gone" in caplog.text
+    caplog.clear()
+    with (
+        pytest.raises(KeyError, match="mine"),
+        Pipeline(SOURCE, Segmenter(engine=engine), sinks=[_BrokenClose("b://")]),
+    ):
+        raise KeyError("mine")
+    assert "share gone" in caplog.text
+
+
 def test_an_error_in_the_callback_still_closes_the_outputs(engine, tmp_path: Path) -> None:
     out = tmp_path / "cut.mp4"
 
