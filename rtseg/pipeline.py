@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 import os
 import threading
 import time
@@ -169,6 +170,20 @@ def sink_labels(sinks: Sequence[Sink]) -> list[str]:
             label = f"{sink.uri} #{n}"
         labels.append(label)
     return labels
+
+
+def _frame_limit(max_frames: object) -> int | None:
+    """``max_frames`` checked before anything opens: -1 ran no frame, 2.5 ran 3, True 1, NaN had
+    no limit and "3" failed mid-run. A run of 0 frames does nothing (as ``rtseg run --frames``,
+    it is refused); None is no limit."""
+    if max_frames is None:
+        return None
+    if isinstance(max_frames, numbers.Integral) and not isinstance(max_frames, bool) and max_frames >= 1:
+        return int(max_frames)  # a NumPy integer is one too
+    raise ConfigError(
+        f"max_frames must be None (no limit) or a whole number >= 1, got {max_frames!r} "
+        f"({type(max_frames).__name__})"
+    )
 
 
 def _close_quietly(closable: Sink | Source) -> None:
@@ -361,6 +376,13 @@ class Pipeline:
             # AttributeError (a Path's .close, None's .reset) with the outputs left open.
             if not isinstance(segmenter, Segmenter):
                 raise TypeError(f"segmenter must be a rtseg.Segmenter, got {type(segmenter).__name__}")
+            if on_result is not None and not callable(on_result):
+                # else it failed at frame 0, already segmented and written
+                raise TypeError(
+                    f"on_result must be None or a callable taking (frame, result), got {on_result!r} "
+                    f"({type(on_result).__name__})"
+                )
+            max_frames = _frame_limit(max_frames)
             if isinstance(source, (str, os.PathLike)):
                 self.source = open_source(source, **(source_options or {}))
             elif not isinstance(source, Source):

@@ -290,6 +290,31 @@ def test_wrong_argument_types_are_named_and_what_was_given_is_closed(engine, wro
     assert wrong == "sinks" or given.closed
 
 
+@pytest.mark.parametrize("limit", [-1, 0, 2.5, True, float("nan"), "3"])
+def test_max_frames_is_checked_before_anything_opens(engine, limit, monkeypatch) -> None:
+    """-1 ran no frame silently, 2.5 ran 3, True ran 1, NaN had no limit, "3" raised TypeError
+    mid-iteration once the source was open."""
+    opened = []
+    monkeypatch.setattr("rtseg.pipeline.open_source", lambda *a, **k: opened.append(a))
+    message = rf"max_frames must be None \(no limit\) or a whole number >= 1, got {limit!r} \("
+    with pytest.raises(ConfigError, match=message):
+        Pipeline(SOURCE, Segmenter(engine=engine), max_frames=limit)
+    assert opened == []
+    given = _Recorder("given://")
+    with pytest.raises(ConfigError, match="max_frames"):
+        Pipeline(open_source(SOURCE), Segmenter(engine=engine), sinks=[given], max_frames=limit)
+    assert given.closed
+
+
+def test_on_result_must_be_callable(engine, monkeypatch) -> None:
+    """on_result="print" failed at frame 0, after it was segmented and written."""
+    monkeypatch.setattr("rtseg.pipeline.open_source", lambda *a, **k: pytest.fail("opened"))
+    with pytest.raises(TypeError, match=r"on_result must be None or a callable .*got 'print' \(str\)"):
+        Pipeline(SOURCE, Segmenter(engine=engine), on_result="print")
+    monkeypatch.undo()
+    assert [f.index for f, _ in Pipeline(SOURCE, Segmenter(engine=engine), max_frames=np.int64(2))] == [0, 1]
+
+
 def test_source_options_with_an_opened_source_are_refused(engine) -> None:
     """They were ignored silently: the Source was opened with its own options."""
     source = open_source(SOURCE)
