@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import signal
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -162,6 +164,48 @@ def write_output(path: Path, option: str, write: Callable[[Path], object]) -> No
         write(path)
     except OSError as exc:
         raise ConfigError(f"{option}: cannot write {path}: {exc.strerror or exc}") from None
+
+
+# rtseg.schedule's keywords and the flags that fill them: its errors name the keyword.
+SCHEDULER_FLAGS = {
+    "target_keyframe_rate": "--target-keyframe-rate",
+    "max_interval": "--max-interval",
+    "flow_stride": "--flow-stride",
+    "interval": "--interval",
+    "threshold": "--threshold",
+    "warp": "--warp",
+    "change": "--change",
+}
+# Words prose uses too ("the flow warp"): only their keyword=value form names the keyword.
+_FLAG_ONLY_WITH_VALUE = frozenset({"warp", "change"})
+_KEYWORD = re.compile(
+    rf"(?<![\w-])({'|'.join(sorted(SCHEDULER_FLAGS, key=len, reverse=True))})\b(?:=('[^']*'|True|False))?"
+)
+
+
+def scheduler_flag_text(message: str) -> str:
+    """A scheduler error as the CLI user reads it: max_interval is --max-interval, warp=False is
+    --no-warp, change='flow' is --change flow (not inside a flag: --max-interval keeps its name)."""
+
+    def flag(match: re.Match[str]) -> str:
+        keyword, value = match.groups()
+        name = SCHEDULER_FLAGS[keyword]
+        if value is None:
+            return match[0] if keyword in _FLAG_ONLY_WITH_VALUE else name
+        if value in ("True", "False"):
+            return name if value == "True" else "--no-" + name[2:]
+        return f"{name} {value.strip(chr(39))}"
+
+    return _KEYWORD.sub(flag, message)
+
+
+@contextmanager
+def scheduler_flags() -> Iterator[None]:
+    """Re-raise a ConfigError of scheduler set-up (make_scheduler, Scheduler.check) naming flags."""
+    try:
+        yield
+    except ConfigError as exc:
+        raise ConfigError(scheduler_flag_text(str(exc))) from None
 
 
 # --device, as every command that loads an engine takes it: unset, rtseg.engine.load picks the

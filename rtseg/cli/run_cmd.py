@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import re
 import signal
 import sys
 import threading
@@ -38,6 +37,7 @@ from .common import (
     output_file,
     parse_size,
     positive_int,
+    scheduler_flags,
 )
 
 DEMO_SOURCE = "synthetic://drive?size=1280x720&fps=30&seed=0&frames=90"
@@ -146,18 +146,8 @@ def given_options(actions: tuple[argparse.Action, ...], args: argparse.Namespace
     return given
 
 
-# make_scheduler's keywords and the flags that fill them: its errors name the keyword.
-_SCHEDULER_FLAGS = {
-    "target_keyframe_rate": "--target-keyframe-rate",
-    "max_interval": "--max-interval",
-    "flow_stride": "--flow-stride",
-    "interval": "--interval",
-    "threshold": "--threshold",
-}
-
-
 def scheduler_from_args(args: argparse.Namespace) -> Scheduler:
-    try:
+    with scheduler_flags():
         return make_scheduler(
             args.scheduler,
             interval=args.interval,
@@ -168,11 +158,6 @@ def scheduler_from_args(args: argparse.Namespace) -> Scheduler:
             flow_stride=args.flow_stride,
             change=args.change,
         )
-    except ConfigError as exc:
-        message = str(exc)
-        for keyword, flag in _SCHEDULER_FLAGS.items():  # not inside a flag: --max-interval keeps its name
-            message = re.sub(rf"(?<![\w-]){keyword}\b", flag, message)
-        raise ConfigError(message) from None
 
 
 def _source_options(args: argparse.Namespace) -> dict:

@@ -24,6 +24,7 @@ from .common import (
     positive_float,
     positive_int,
     ranged,
+    scheduler_flags,
 )
 from .console import Terminated, stop_while_starting
 
@@ -161,13 +162,14 @@ def run(args: argparse.Namespace) -> int:
         interval = DEFAULT_INTERVAL
 
     def scheduler() -> Scheduler:
-        return make_scheduler(
-            args.scheduler,
-            interval=interval,
-            threshold=args.threshold,
-            max_interval=args.max_interval,
-            warp=args.warp,
-        )
+        with scheduler_flags():
+            return make_scheduler(
+                args.scheduler,
+                interval=interval,
+                threshold=args.threshold,
+                max_interval=args.max_interval,
+                warp=args.warp,
+            )
 
     scheduler().close()  # a bad combination of options fails here, before the model loads
     check_endpoint(args.bind, bind=True)

@@ -11,7 +11,7 @@ from .asynchronous import AsyncAdaptive
 from .base import Scheduler, ScheduleStats
 from .calibrate import calibrate_threshold
 from .change import ChangeMeasure, Summary
-from .flow import DEFAULT_STRIDE, FlowWarp
+from .flow import DEFAULT_STRIDE, FlowWarp, check_stride
 from .policies import CHANGES, DEFAULT_MAX_INTERVAL, DEFAULT_THRESHOLD, Adaptive, Clockwork, Every
 
 SCHEDULERS = ("every", "clockwork", "adaptive", "async")
@@ -59,10 +59,29 @@ def make_scheduler(
     if warp is not None and not isinstance(warp, bool | np.bool_):  # "no" would turn it on
         raise ConfigError(f"warp must be True, False or None (the scheduler's default), got {warp!r}")
     if name == "every" and warp:
-        raise ConfigError("flow warp needs cached deep features: use it with clockwork, adaptive or async")
+        raise ConfigError(
+            "warp=True (the flow warp) needs cached deep features: use it with clockwork, adaptive or async"
+        )
     use_warp = name != "every" if warp is None else warp
     if flow_stride is not None and not use_warp:
         raise ConfigError(f"flow_stride applies to the flow warp, which {name!r} here does not use")
+    if flow_stride is not None:
+        check_stride(flow_stride, "flow_stride")
+    # The keywords name these errors (the CLI turns them into its flags): Adaptive's own, which
+    # name its FlowWarp and ChangeMeasure arguments, would not say which keyword to change.
+    if name in ("adaptive", "async") and (change or ("flow" if use_warp else "features")) == "flow":
+        if not use_warp:
+            raise ConfigError(
+                "change='flow' (the flow residual) needs the flow warp, which warp=False turns off: "
+                "leave the warp on, or use change='features'"
+            )
+        measured = sorted(k for k in ("change_feature", "change_pool") if adaptive_only[k] is not None)
+        if measured:
+            verb = "applies" if len(measured) == 1 else "apply"
+            raise ConfigError(
+                f"{', '.join(measured)} {verb} to the low-feature change score, not to change='flow' "
+                "(the flow residual, the default with the warp): use change='features', or warp=False"
+            )
     flow = FlowWarp(stride=DEFAULT_STRIDE if flow_stride is None else flow_stride) if use_warp else None
     if name == "every":
         return Every()

@@ -32,14 +32,19 @@ PRESETS = {
 DEFAULT_STRIDE = 4
 
 
+def check_stride(stride: Any, name: str) -> None:
+    """Refuse a flow stride that is not a whole number >= 1; ``name`` is the caller's keyword."""
+    if not isinstance(stride, numbers.Integral) or isinstance(stride, bool) or stride < 1:
+        raise ConfigError(f"{name} must be a whole number >= 1, got {stride!r}")
+
+
 class FlowWarp:
     """Owns the keyframe's grey image and a DIS instance: one per scheduler, not thread-shared."""
 
     def __init__(self, *, preset: str = "ultrafast", stride: int = DEFAULT_STRIDE) -> None:
         if preset not in PRESETS:
             raise ConfigError(f"flow preset must be one of {sorted(PRESETS)}, got {preset!r}")
-        if not isinstance(stride, numbers.Integral) or isinstance(stride, bool) or stride < 1:
-            raise ConfigError(f"flow stride must be a whole number >= 1, got {stride!r}")
+        check_stride(stride, "FlowWarp stride")
         self.preset = preset
         self.stride = stride
         self._dis = cv2.DISOpticalFlow.create(PRESETS[preset])

@@ -93,7 +93,7 @@ class Adaptive(Scheduler):
         change: str | None = None,
     ) -> None:
         if threshold is not None and target_keyframe_rate is not None:
-            raise ConfigError("give either a threshold or a target keyframe rate, not both")
+            raise ConfigError("give either threshold or target_keyframe_rate, not both")
         # "not x >= 0" also refuses NaN, which every comparison would silently treat as "no change".
         if threshold is not None and (
             not isinstance(threshold, numbers.Real) or isinstance(threshold, bool) or not threshold >= 0
@@ -105,12 +105,12 @@ class Adaptive(Scheduler):
             or isinstance(target_keyframe_rate, bool)
             or not 0 < target_keyframe_rate <= 1
         ):
-            raise ConfigError(f"target keyframe rate must be in (0, 1], got {target_keyframe_rate!r}")
+            raise ConfigError(f"target_keyframe_rate must be in (0, 1], got {target_keyframe_rate!r}")
         if target_keyframe_rate is not None and target_keyframe_rate * max_interval < 1 - 1e-9:
             # The maximum interval forces a keyframe every max_interval frames: a lower rate was
             # accepted and calibrated to 1/max_interval (0.1 asked 0.05), twice the deep budget asked.
             raise ConfigError(
-                f"target keyframe rate {target_keyframe_rate:g} is below 1/max_interval "
+                f"target_keyframe_rate {target_keyframe_rate:g} is below 1/max_interval "
                 f"({1 / max_interval:g}): a keyframe comes at least every {max_interval} frames; "
                 f"give max_interval >= {math.ceil(1 / target_keyframe_rate - 1e-9)}"
             )
@@ -119,9 +119,15 @@ class Adaptive(Scheduler):
         if change not in CHANGES:
             raise ConfigError(f"change must be one of {CHANGES}, got {change!r}")
         if change == "flow" and warp is None:
-            raise ConfigError("the flow change score needs the flow warp (warp=FlowWarp(), --warp)")
+            raise ConfigError(
+                "change='flow' (the flow residual) needs the flow warp: pass warp=FlowWarp(), or use "
+                "change='features'"
+            )
         if change == "flow" and measure is not None:
-            raise ConfigError("a feature ChangeMeasure does not apply to the flow change score")
+            raise ConfigError(
+                "measure (a ChangeMeasure of low features) does not apply to change='flow' (the flow "
+                "residual, the default with a warp): use change='features', or leave measure out"
+            )
         super().__init__(warp=warp)
         self.change = change
         self.measure = measure or ChangeMeasure()

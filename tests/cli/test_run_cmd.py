@@ -349,8 +349,21 @@ def test_bare_rtseg_is_the_demo(tmp_path: Path, monkeypatch, capsys) -> None:
         (["run", SOURCE, "null://", "--scheduler", "adaptive", "--max-interval", "0"], "--max-interval must"),
         (
             ["run", SOURCE, "null://", "--target-keyframe-rate", "2"],
-            "target keyframe rate must be in (0, 1], got 2",
+            "--target-keyframe-rate must be in (0, 1], got 2",
         ),
+        # spaced prose ("flow stride", "target keyframe rate") named no flag
+        (["run", SOURCE, "null://", "--flow-stride", "0"], "--flow-stride must be a whole number >= 1"),
+        (
+            ["run", SOURCE, "null://", "--threshold", "0.1", "--target-keyframe-rate", "0.5"],
+            "give either --threshold or --target-keyframe-rate, not both",
+        ),
+        # was "(warp=FlowWarp(), --warp)": Python advice to a CLI user
+        (
+            ["run", SOURCE, "null://", "--no-warp", "--change", "flow"],
+            "--change flow (the flow residual) needs the flow warp, which --no-warp turns off: "
+            "leave the warp on, or use --change features",
+        ),
+        (["run", SOURCE, "null://", "--scheduler", "every", "--warp"], "--warp (the flow warp) needs cached"),
     ],
 )
 def test_errors_are_one_clean_line(weights: Path, argv: list[str], message: str, capsys) -> None:

@@ -78,9 +78,20 @@ def test_a_sigterm_while_the_model_loads_is_a_clean_stop(
     assert signal.getsignal(signal.SIGTERM) is before
 
 
-def test_bad_options_are_refused_before_loading(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["serve", "--model", "espnet", "--scheduler", "every", "--interval", "3"]) == 2
-    assert "interval applies to the clockwork scheduler" in capsys.readouterr().err
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--scheduler", "every", "--interval", "3"], "--interval applies to the clockwork scheduler"),
+        # make_scheduler's keywords, as rtseg run names them: flags, not max_interval or warp=True
+        (["--scheduler", "adaptive", "--max-interval", "0"], "error: --max-interval must be >= 1, got 0"),
+        (["--scheduler", "every", "--warp"], "error: --warp (the flow warp) needs cached deep features"),
+    ],
+)
+def test_bad_options_are_refused_before_loading(
+    option: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["serve", "--model", "espnet", *option]) == 2
+    assert message in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

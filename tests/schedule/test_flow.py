@@ -81,7 +81,7 @@ def test_small_frames_get_a_flow_dis_can_compute(size: tuple[int, int], stride: 
 
 @pytest.mark.parametrize("stride", [2.5, True, "4"])
 def test_stride_must_be_a_whole_number(stride) -> None:
-    with pytest.raises(ConfigError, match=r"flow stride must be a whole number >= 1, got"):
+    with pytest.raises(ConfigError, match=r"FlowWarp stride must be a whole number >= 1, got"):
         FlowWarp(stride=stride)
 
 

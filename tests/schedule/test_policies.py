@@ -1,13 +1,22 @@
 from __future__ import annotations
 
 import concurrent.futures as futures
+import re
 
 import cv2
 import numpy as np
 import pytest
 
 from rtseg.errors import ConfigError
-from rtseg.schedule import Adaptive, AsyncAdaptive, Clockwork, Every, FlowWarp, make_scheduler
+from rtseg.schedule import (
+    Adaptive,
+    AsyncAdaptive,
+    ChangeMeasure,
+    Clockwork,
+    Every,
+    FlowWarp,
+    make_scheduler,
+)
 from rtseg.schedule.policies import DEFAULT_THRESHOLD
 
 
@@ -139,8 +148,10 @@ def test_make_scheduler_validates() -> None:
     assert plain.warp is None and plain.change == "features" and plain.threshold == 0.12
     assert make_scheduler("every").warp is None
     assert make_scheduler("clockwork").warp is not None
-    with pytest.raises(ConfigError, match="needs the flow warp"):
+    with pytest.raises(ConfigError, match=r"change='flow' .*needs the flow warp: pass warp=FlowWarp\(\)"):
         Adaptive(change="flow")
+    with pytest.raises(ConfigError, match=r"measure \(a ChangeMeasure of low features\) does not apply to"):
+        Adaptive(measure=ChangeMeasure(pool=2), warp=FlowWarp())
     with pytest.raises(ConfigError, match="unknown scheduler"):
         make_scheduler("sometimes")
     with pytest.raises(ConfigError, match="interval applies to the clockwork"):
@@ -157,9 +168,9 @@ def test_make_scheduler_validates() -> None:
     for name, warp in (("every", None), ("clockwork", False)):
         with pytest.raises(ConfigError, match=f"flow_stride applies to the flow warp, which '{name}'"):
             make_scheduler(name, warp=warp, flow_stride=8)
-    with pytest.raises(ConfigError, match="flow stride must be a whole number >= 1, got 0"):
+    with pytest.raises(ConfigError, match="flow_stride must be a whole number >= 1, got 0"):
         make_scheduler("adaptive", flow_stride=0)
-    with pytest.raises(ConfigError, match="either a threshold or a target"):
+    with pytest.raises(ConfigError, match="either threshold or target_keyframe_rate, not both"):
         Adaptive(0.1, target_keyframe_rate=0.3)
     with pytest.raises(ConfigError, match="interval must be >= 1"):
         Clockwork(0)
@@ -177,11 +188,11 @@ def test_make_scheduler_validates() -> None:
         # NaN compares false with every score: no keyframe on change, ever
         ({"name": "adaptive", "threshold": float("nan")}, r"threshold must be a number >= 0, got nan"),
         ({"name": "async", "threshold": "0.1"}, r"adaptive threshold must be a number >= 0, got '0.1'"),
-        ({"name": "adaptive", "target_keyframe_rate": "0.5"}, r"target keyframe rate .* got '0.5'"),
+        ({"name": "adaptive", "target_keyframe_rate": "0.5"}, r"target_keyframe_rate must .* got '0.5'"),
         # calibrated to 1/max_interval = 0.1 without a word: twice the deep budget asked for
         (
             {"name": "async", "target_keyframe_rate": 0.05},
-            r"rate 0.05 is below 1/max_interval \(0.1\).*max_interval >= 20",
+            r"target_keyframe_rate 0.05 is below 1/max_interval \(0.1\).*max_interval >= 20",
         ),
         ({"name": "adaptive", "target_keyframe_rate": 0.3, "max_interval": 3}, r"below 1/max_interval"),
         # a "false" from a config file was true: the warp ran
@@ -192,6 +203,37 @@ def test_make_scheduler_validates() -> None:
 def test_counts_and_thresholds_must_be_real_values(options: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         make_scheduler(**options)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        # "the flow change score needs the flow warp (warp=FlowWarp(), --warp)": make_scheduler's
+        # warp is a bool, and the fix (or change='features') went unsaid
+        (
+            {"name": "adaptive", "warp": False, "change": "flow"},
+            "change='flow' (the flow residual) needs the flow warp, which warp=False turns off: "
+            "leave the warp on, or use change='features'",
+        ),
+        # "a feature ChangeMeasure does not apply to the flow change score" named no keyword
+        (
+            {"name": "adaptive", "change_pool": 2},
+            "change_pool applies to the low-feature change score, not to change='flow' (the flow "
+            "residual, the default with the warp): use change='features', or warp=False",
+        ),
+        (
+            {"name": "async", "change": "flow", "change_feature": "l1_cat", "change_pool": 2},
+            "change_feature, change_pool apply to the low-feature change score, not to change='flow'",
+        ),
+        ({"name": "every", "warp": True}, "warp=True (the flow warp) needs cached deep features"),
+    ],
+)
+def test_errors_name_make_schedulers_keywords(options: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        make_scheduler(**options)
+    # The feature score takes them: with change='features' or without the warp.
+    make_scheduler("adaptive", change="features", change_pool=2)
+    make_scheduler("adaptive", warp=False, change_pool=2)
 
 
 def test_whole_numbers_of_any_integer_type_are_fine() -> None:
@@ -250,7 +292,7 @@ def test_a_non_finite_change_score_asks_for_a_keyframe(engine, drive, value: flo
 def test_booleans_are_not_thresholds_or_rates() -> None:
     with pytest.raises(ConfigError, match=r"adaptive threshold must be a number >= 0, got True"):
         Adaptive(True)
-    with pytest.raises(ConfigError, match=r"target keyframe rate must be in \(0, 1\], got True"):
+    with pytest.raises(ConfigError, match=r"target_keyframe_rate must be in \(0, 1\], got True"):
         Adaptive(target_keyframe_rate=True)
 
 
