@@ -20,6 +20,7 @@ from .common import (
     load_model,
     output_file,
     parse_size,
+    scheduler_flags,
     write_output,
 )
 from .run_cmd import add_scheduler_args, given_options, scheduler_from_args
@@ -195,6 +196,8 @@ def _run_sequence(args: argparse.Namespace, model, dataset, size: tuple[int, int
     engine.warmup(2)
     _note_label_resize(engine.output_size, dataset[0].label.shape)
     scheduler = scheduler_from_args(args)
+    with scheduler_flags():  # as evaluate_sequence would, but naming --flow-stride, not flow_stride
+        scheduler.check(engine)
     reference = None
     name = f"{model.meta.model} {args.dataset}/{args.split}"
     if args.compare_every:  # run() refused it with the every scheduler, which it would repeat

@@ -347,6 +347,8 @@ def _run(
             **engine_place(args),
         )
         engine.warmup(1)
+        with scheduler_flags():  # as Segmenter would, but naming --flow-stride, not flow_stride
+            scheduler.check(engine)
         seg = Segmenter(engine=engine, scheduler=scheduler)
         print(
             f"  {engine.info.model} on {engine.info.backend} {engine.info.precision} {engine.info.device} "

@@ -81,8 +81,10 @@ class Scheduler(ABC):
     ) -> tuple[bool, float | None]:
         """(is_keyframe, change score) for a frame whose cached deep features would be ``age`` frames old."""
 
-    def check(self, engine: Engine) -> None:  # noqa: B027 (optional hook)
+    def check(self, engine: Engine) -> None:
         """Raise ConfigError if this scheduler cannot run on ``engine``: at set-up, not at frame one."""
+        if self.warp is not None:
+            self.warp.check_input(*engine.input_size)
 
     def _keyframe_taken(self) -> None:  # noqa: B027 (optional hook)
         """Called after a keyframe's deep stage ran (update references)."""

@@ -158,6 +158,7 @@ class Adaptive(Scheduler):
         self._pairs = {}
 
     def check(self, engine: Engine) -> None:
+        super().check(engine)
         if self.change == "flow":
             return
         spec = engine.stage_spec

@@ -364,6 +364,12 @@ def test_bare_rtseg_is_the_demo(tmp_path: Path, monkeypatch, capsys) -> None:
             "leave the warp on, or use --change features",
         ),
         (["run", SOURCE, "null://", "--scheduler", "every", "--warp"], "--warp (the flow warp) needs cached"),
+        # refused at set-up, once the engine's input size (64x48) is known
+        (
+            ["run", SOURCE, "null://", "--scheduler", "clockwork", "--flow-stride", "1000"],
+            "--flow-stride 1000 leaves a 0x0 flow image at input 64x48, and DIS needs both sides >= 12 "
+            "px: the largest --flow-stride that keeps it there is 4, or turn the warp off (--no-warp)",
+        ),
     ],
 )
 def test_errors_are_one_clean_line(weights: Path, argv: list[str], message: str, capsys) -> None:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import re
+
 import cv2
 import numpy as np
 import pytest
@@ -83,6 +85,41 @@ def test_small_frames_get_a_flow_dis_can_compute(size: tuple[int, int], stride: 
 def test_stride_must_be_a_whole_number(stride) -> None:
     with pytest.raises(ConfigError, match=r"FlowWarp stride must be a whole number >= 1, got"):
         FlowWarp(stride=stride)
+
+
+@pytest.mark.parametrize(
+    ("stride", "size"),
+    [(4, (64, 48)), (4, (48, 48)), (4, (480, 360)), (30, (480, 360)), (42, (1024, 512)), (1, (8, 8))],
+)
+def test_a_stride_that_keeps_the_flow_image_dis_sized_is_accepted(stride: int, size: tuple[int, int]) -> None:
+    FlowWarp(stride=stride).check_input(*size)
+
+
+@pytest.mark.parametrize(
+    ("stride", "size", "message"),
+    [
+        # every stride past 40 ran the same stretched 12x12 flow at 480x360, named "flow stride 1000"
+        (
+            1000,
+            (480, 360),
+            "flow_stride 1000 leaves a 0x0 flow image at input 480x360, and DIS needs "
+            "both sides >= 12 px: the largest flow_stride that keeps it there is 30, or turn the warp off",
+        ),
+        (31, (480, 360), "flow_stride 31 leaves a 15x11 flow image at input 480x360"),
+        (
+            5,
+            (64, 48),
+            "12x9 flow image at input 64x48, and DIS needs both sides >= 12 px: the largest "
+            "flow_stride that keeps it there is 4",
+        ),
+        (2, (8, 8), "the input itself is under 12 px: use flow_stride 1"),
+    ],
+)
+def test_a_stride_past_the_flow_image_dis_needs_is_refused(
+    stride: int, size: tuple[int, int], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        FlowWarp(stride=stride).check_input(*size)
 
 
 def test_a_small_moving_object_gets_its_own_motion() -> None:

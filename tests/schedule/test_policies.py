@@ -261,6 +261,16 @@ def test_a_change_feature_the_engine_lacks_is_refused_at_set_up(engine) -> None:
     make_scheduler("adaptive").check(engine)  # the flow score reads no low feature
 
 
+@pytest.mark.parametrize("name", ["clockwork", "adaptive", "async"])
+def test_a_flow_stride_too_large_for_the_input_is_refused_at_set_up(engine, name: str) -> None:
+    """make_scheduler("clockwork", flow_stride=10**9) ran a stretched 12x12 flow image, silently."""
+    make_scheduler(name, flow_stride=4).check(engine)  # the default, at the 64x48 test input
+    for stride in (5, 10**9):
+        with pytest.raises(ConfigError, match=rf"flow_stride {stride} leaves .* at input 64x48.* is 4"):
+            make_scheduler(name, flow_stride=stride).check(engine)
+    make_scheduler(name, warp=False).check(engine)  # no warp, no flow image
+
+
 class _NonFiniteLow:
     """The engine with low features that turn NaN or inf after the first frame (an fp16 overflow)."""
 
