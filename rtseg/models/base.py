@@ -54,8 +54,9 @@ class FeatureInfo:
 class StageSpec:
     """What ``forward_low`` and ``forward_deep`` return, and the logits' stride.
 
-    ``low`` lists every tensor the head reads from the current frame; ``deep`` lists what the
-    scheduler caches. ``deep_inputs`` names the low features ``forward_deep`` consumes.
+    ``low`` lists every tensor ``forward_low`` returns from the current frame: the head reads some
+    of them (``rtseg.engine.graphs.head_low_inputs`` traces which), ``forward_deep`` those named in
+    ``deep_inputs``. ``deep`` lists what the scheduler caches.
     """
 
     low: tuple[FeatureInfo, ...]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from rtseg.cli import main
+from rtseg.engine.graphs import head_low_inputs
 from rtseg.models import get_model, get_spec, list_models
 from rtseg.models.base import StagedSegmenter
 from rtseg.models.flops import StageFlops
@@ -15,6 +16,29 @@ def test_every_registered_model_is_listed(capsys: pytest.CaptureFixture[str]) ->
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split()[:3] == ["model", "params", "(M)"]
     assert [line.split()[0] for line in lines[1:]] == list(list_models())
+
+
+def test_the_head_reads_column_lists_what_the_head_reads(capsys: pytest.CaptureFixture[str]) -> None:
+    """It listed every low feature: ENet's s1 (deep's input only), ESPNet's image_s4, and two for
+    ESPNet-C, whose head reads none."""
+    assert main(["models", "--markdown"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    keys = [k.strip() for k in lines[0].strip("|").split("|")]
+    column = {
+        row["model"]: row["low -> head reads"]
+        for row in (
+            dict(zip(keys, (c.strip() for c in line.strip("|").split("|")), strict=True))
+            for line in lines[2:]
+        )
+    }
+    assert column["enet"] == "idx1/4" and column["espnet"] == "l1_cat/2" and column["espnetv2"] == "l1/2"
+    assert column["espnet-c"] == "none"
+    for name in list_models():
+        model = get_model(name).eval()
+        k = model.stage_spec.input_multiple
+        strides = {f.name: f.stride for f in model.stage_spec.low}
+        read = head_low_inputs(model, (4 * k, 2 * k))
+        assert column[name] == (", ".join(f"{n}/{strides[n]}" for n in read) or "none"), name
 
 
 def test_published_numbers_come_with_their_source(capsys: pytest.CaptureFixture[str]) -> None:
