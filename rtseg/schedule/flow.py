@@ -64,25 +64,23 @@ class FlowWarp:
         return "flow warp" + (f" ({', '.join(options)})" if options else "")
 
     def check_input(self, w: int, h: int) -> None:
-        """Refuse a stride that leaves a w x h input's flow image below the side DIS needs.
+        """Refuse a stride above the default that leaves a w x h input's flow image below the side
+        DIS needs.
 
         ``grey`` stretches such an image up to that side (``dis_size``), so a larger stride ran a
-        few-pixel flow under its own name; at 480x360 every stride past 40 ran the same 12x12 one
+        few-pixel flow under its own name; at 480x360 every stride past 30 ran a 12x12 one
         (flow_stride 1000: 66.07 mIoU on CamVid against 69.17 at stride 4, clockwork K=3, silently).
-        Stride 1 is always accepted: an input under that side has no finer flow to give.
+        The default and smaller strides are always accepted: on a small input (under 48 px a side at
+        stride 4) the stretched flow image is the finest there is, and the default must work.
         """
         need = max(12, self._dis.getPatchSize())
-        if self.stride == 1 or min(w // self.stride, h // self.stride) >= need:
+        if self.stride <= DEFAULT_STRIDE or min(w // self.stride, h // self.stride) >= need:
             return
-        fix = (
-            f"the largest flow_stride that keeps it there is {min(w, h) // need}"
-            if min(w, h) >= need
-            else f"the input itself is under {need} px: use flow_stride 1"
-        )
+        largest = max(DEFAULT_STRIDE, min(w, h) // need)
         raise ConfigError(
             f"flow_stride {self.stride} leaves a {w // self.stride}x{h // self.stride} flow image at "
-            f"input {w}x{h}, and DIS needs both sides >= {need} px: {fix}, or turn the warp off "
-            "(warp=False)"
+            f"input {w}x{h}, and DIS needs both sides >= {need} px: the largest flow_stride here is "
+            f"{largest}, or turn the warp off (warp=False)"
         )
 
     def grey(self, image: np.ndarray) -> np.ndarray:

@@ -368,7 +368,7 @@ def test_bare_rtseg_is_the_demo(tmp_path: Path, monkeypatch, capsys) -> None:
         (
             ["run", SOURCE, "null://", "--scheduler", "clockwork", "--flow-stride", "1000"],
             "--flow-stride 1000 leaves a 0x0 flow image at input 64x48, and DIS needs both sides >= 12 "
-            "px: the largest --flow-stride that keeps it there is 4, or turn the warp off (--no-warp)",
+            "px: the largest --flow-stride here is 4, or turn the warp off (--no-warp)",
         ),
     ],
 )

@@ -89,7 +89,11 @@ def test_stride_must_be_a_whole_number(stride) -> None:
 
 @pytest.mark.parametrize(
     ("stride", "size"),
-    [(4, (64, 48)), (4, (48, 48)), (4, (480, 360)), (30, (480, 360)), (42, (1024, 512)), (1, (8, 8))],
+    # The default and finer strides always: on a small input the stretched image is the finest.
+    [
+        *[(4, (64, 48)), (4, (48, 48)), (4, (480, 360)), (30, (480, 360)), (42, (1024, 512))],
+        *[(4, (32, 32)), (1, (8, 8)), (2, (16, 16)), (4, (16, 16))],
+    ],
 )
 def test_a_stride_that_keeps_the_flow_image_dis_sized_is_accepted(stride: int, size: tuple[int, int]) -> None:
     FlowWarp(stride=stride).check_input(*size)
@@ -98,21 +102,21 @@ def test_a_stride_that_keeps_the_flow_image_dis_sized_is_accepted(stride: int, s
 @pytest.mark.parametrize(
     ("stride", "size", "message"),
     [
-        # every stride past 40 ran the same stretched 12x12 flow at 480x360, named "flow stride 1000"
+        # every stride past 30 ran a stretched 12x12 flow at 480x360, named "flow stride 1000"
         (
             1000,
             (480, 360),
             "flow_stride 1000 leaves a 0x0 flow image at input 480x360, and DIS needs "
-            "both sides >= 12 px: the largest flow_stride that keeps it there is 30, or turn the warp off",
+            "both sides >= 12 px: the largest flow_stride here is 30, or turn the warp off",
         ),
         (31, (480, 360), "flow_stride 31 leaves a 15x11 flow image at input 480x360"),
         (
             5,
             (64, 48),
             "12x9 flow image at input 64x48, and DIS needs both sides >= 12 px: the largest "
-            "flow_stride that keeps it there is 4",
+            "flow_stride here is 4",
         ),
-        (2, (8, 8), "the input itself is under 12 px: use flow_stride 1"),
+        (5, (16, 16), "the largest flow_stride here is 4"),
     ],
 )
 def test_a_stride_past_the_flow_image_dis_needs_is_refused(
