@@ -477,6 +477,9 @@ def _run(
         if not sink.written:
             print(f"nothing written to {uri}")
             continue
+        if sink.close_error is not None:  # e.g. an .mp4 whose index a full disk kept out: no frame opens
+            print(f"not written whole: {uri} ({sink.written} frames sent to it; closing failed, see above)")
+            continue
         # A timed video (live or --realtime source) holds each frame until the next one's time.
         held = output.video_frames or 0
         timed = f" over {held} video frames at {output.fps:g} FPS" if held > sink.written else ""
@@ -639,6 +642,7 @@ def _report(stats: PipelineStats) -> dict:
                 "dropped": s.dropped,
                 "errors": s.errors,
                 "last_error": s.last_error,  # what the summary prints: why the run exits 1
+                "close_error": s.close_error,  # set: the output is not whole, whatever "written" says
                 "emit_ms": round(s.emit_ms, 3),  # in all, on the sink's own thread
             }
             for u, s in stats.sinks.items()

@@ -35,6 +35,9 @@ class SinkStats:
     errors: int
     last_error: str | None
     emit_ms: float = 0.0  # total time spent in emit (drawing, encoding, writing) on the sink's thread
+    # Why closing the output failed (also counted in errors): a video whose index was not written,
+    # or whose read-back check failed, is not the ``written`` frames it was given.
+    close_error: str | None = None
 
 
 def _check_policy(policy: object) -> None:
@@ -66,6 +69,7 @@ class Sink(ABC):
         self._dropped = 0
         self._errors = 0
         self._last_error: str | None = None
+        self._close_error: str | None = None
         self._emit_ms = 0.0
         self._lock = threading.Lock()
         # Held while a write checks ``_closed`` and enqueues, and while close() sets it: nothing is
@@ -171,7 +175,7 @@ class Sink(ABC):
         except Exception as exc:
             with self._lock:
                 self._errors += 1
-                self._last_error = f"{type(exc).__name__}: {exc}"
+                self._last_error = self._close_error = f"{type(exc).__name__}: {exc}"
             log.error("sink %s: closing failed: %s", self.uri, self._last_error)
 
     def close(self, timeout: float | None = 30.0) -> SinkStats:
@@ -205,7 +209,9 @@ class Sink(ABC):
     @property
     def stats(self) -> SinkStats:
         with self._lock:
-            return SinkStats(self._written, self._dropped, self._errors, self._last_error, self._emit_ms)
+            return SinkStats(
+                self._written, self._dropped, self._errors, self._last_error, self._emit_ms, self._close_error
+            )
 
     def request_stop(self) -> None:
         """Ask the pipeline feeding this sink to stop (a closed window, a 'q' key press)."""

@@ -72,6 +72,7 @@ def test_file_output_stats_and_json(weights: Path, tmp_path: Path, capsys) -> No
     assert data["frames"] == 6 and data["keyframe_ratio"] == pytest.approx(2 / 6, abs=1e-3)
     assert data["sinks"][str(out)]["written"] == 6
     assert data["sinks"][str(out)]["last_error"] is None and data["sinks"][str(out)]["emit_ms"] > 0
+    assert data["sinks"][str(out)]["close_error"] is None
     assert data["worker_deep_ms"] == 0  # no async worker here
     assert data["complete"] is True and "stopped" not in data
     # What produced the numbers (an int8 run's report read the same as an fp32 one's)
@@ -103,6 +104,31 @@ def test_two_sinks_with_one_uri_are_both_reported(weights: Path, tmp_path: Path,
     text = capsys.readouterr().out
     assert "sink null://: 6 written" in text and "sink null:// #2: 6 written" in text
     assert list(json.loads(report.read_text())["sinks"]) == ["null://", "null:// #2"]
+
+
+def test_a_video_that_fails_its_close_check_is_not_said_to_be_written(
+    weights: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """Another program filled the disk: the .mp4's index was not written and it does not open, yet
+    the run ended with "wrote o.mp4 (6 frames)" and --json said only "written": 6."""
+    import rtseg.sink.file as file_sink
+
+    real = file_sink.check_finished
+
+    def index_lost(video: Path, frames: int) -> None:
+        video.write_bytes(video.read_bytes()[:1000])  # what a full disk at close leaves: no moov atom
+        real(video, frames)
+
+    monkeypatch.setattr(file_sink, "check_finished", index_lost)
+    out, report = tmp_path / "o.mp4", tmp_path / "r.json"
+    rc = main(["run", SOURCE, str(out), *_args(weights), "--json", str(report), "--quiet"])
+    assert rc == 1
+    text = capsys.readouterr().out
+    assert "wrote" not in text
+    assert f"not written whole: {out} (6 frames sent to it; closing failed" in text
+    sink = json.loads(report.read_text())["sinks"][str(out)]
+    assert "the video was not written whole (it does not open)" in sink["close_error"]
+    assert _frames(out) == 0
 
 
 @pytest.mark.parametrize("scheduler", ["adaptive", "async"])

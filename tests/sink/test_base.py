@@ -53,6 +53,32 @@ def test_stop_request_and_errors(packet_factory) -> None:
         Failing("x://", policy="sometimes")
 
 
+def test_a_failed_close_is_told_apart_from_failed_frames(packet_factory) -> None:
+    """A close that failed (a video whose index was not written) was only one more error: nothing
+    told it from a skipped frame, and `rtseg run` said "wrote out.mp4 (N frames)" of a file that
+    does not open."""
+
+    class Unclosable(Sink):
+        def emit(self, packet) -> None:
+            if packet.frame.index == 1:
+                raise SinkError("frame 1 skipped")
+
+        def release(self) -> None:
+            raise SinkError("the index was not written")
+
+    sink = Unclosable("unclosable://", policy="block")
+    for i in range(3):
+        sink.write(packet_factory(i))
+    stats = sink.close()
+    assert stats.written == 2 and stats.errors == 2
+    assert stats.close_error == stats.last_error == "SinkError: the index was not written"
+
+    sink = Gate("block")
+    sink.gate.set()
+    sink.write(packet_factory(0))
+    assert sink.close().close_error is None
+
+
 def test_close_from_the_sinks_own_thread_delivers_what_is_queued(packet_factory) -> None:
     """close() on the sink's thread (its emit, or a Pipeline finalizer the garbage collector runs
     there) joined its own thread: RuntimeError, and the output was never released."""
