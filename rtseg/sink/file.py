@@ -123,10 +123,14 @@ def check_room_for_frame(video: Path, image: np.ndarray) -> None:
     OpenCV's VideoWriter reports no write errors: on a full disk it logs and goes on, and the
     video silently lacks frames (or, unclosable, its index and with it every frame)."""
     free = shutil.disk_usage(video.parent).free
-    if free < 2 * image.nbytes + VIDEO_RESERVE_BYTES:
+    need = 2 * image.nbytes + VIDEO_RESERVE_BYTES
+    if free < need:
+        # Not "the disk is full": the reserve is refused before the disk is. And the frames before
+        # stay readable only if the index still fits at the close (another program may take the room).
         raise SinkError(
-            f"{video}: the disk is full ({free / 2**20:.1f} MiB left): frame skipped; the frames "
-            "before it stay readable"
+            f"{video}: too little free space for another frame ({free / 2**20:.1f} MiB free, "
+            f"{need / 2**20:.1f} MiB needed: 2 frames and 1 MiB for the video's index, written when it "
+            "is closed): frame skipped; the frames before it stay readable if the index still fits then"
         )
 
 

@@ -199,7 +199,10 @@ def test_a_full_disk_is_reported_and_the_video_keeps_its_frames(
         sink.write(packet_factory(i))
     stats = sink.close()
     assert stats.written == 5 and stats.errors == 3
-    assert "the disk is full (0.0 MiB left): frame skipped" in stats.last_error
+    # Not "the disk is full" (the reserve is refused first), and readable only if the index fits.
+    assert "too little free space for another frame (0.0 MiB free, " in stats.last_error
+    assert "2 frames and 1 MiB for the video's index" in stats.last_error
+    assert "the frames before it stay readable if the index still fits then" in stats.last_error
     assert len(_read_all(path)) == 5
 
 
