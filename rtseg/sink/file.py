@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import numbers
 import os
 import re
+import secrets
 import shutil
 import tempfile
 import time
@@ -99,10 +101,33 @@ def prepare_video(path: Path, uri: str) -> None:
 
 
 def write_image(path: str, image: np.ndarray) -> None:
-    """Write one image file; cv2.imwrite reports a failure (a removed folder, a full disk) only by
-    returning False."""
-    if not cv2.imwrite(path, image):
-        raise SinkError(f"cannot write {path}")
+    """Write one image file whole or not at all: encoded in memory (the bytes cv2.imwrite writes),
+    written under a hidden temporary name in the same folder, then renamed to ``path``.
+
+    cv2.imwrite reports a failure (a removed folder, a full disk) only by returning False, and a
+    TIFF it had begun stayed behind, truncated and unreadable, under the frame's name. Here no
+    file named as a frame is ever partial, for a reader watching the folder either; the rename
+    costs microseconds a frame."""
+    target = Path(path)
+    ok, data = cv2.imencode(target.suffix, image)
+    if not ok:
+        raise SinkError(
+            f"cannot write {path}: OpenCV could not encode a {image.shape} {image.dtype} image "
+            f"as {target.suffix}"
+        )
+    tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        # 0o666 less the umask, as cv2.imwrite creates files (mkstemp would make them 0600)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, target)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise SinkError(f"cannot write {path}: {exc.strerror or exc}") from None
+        raise
 
 
 log = logging.getLogger(__name__)

@@ -378,6 +378,46 @@ def test_a_real_ulimit_is_seen_before_it_costs_the_video(tmp_path: Path, mode: s
         assert written == 120 and "the video was not written whole" in last_error
 
 
+_IMAGE_LIMIT_SCRIPT = """
+import os, resource, sys
+import numpy as np
+from rtseg.errors import SinkError
+from rtseg.sink.file import write_image
+folder, suffix = sys.argv[1], sys.argv[2]
+resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+noise = np.random.default_rng(0).integers(0, 256, (512, 512, 3), dtype=np.uint8)  # about 780 kB
+for i, image in enumerate([noise[:48, :64], noise]):
+    try:
+        write_image(os.path.join(folder, f"{i:04d}{suffix}"), image)
+    except SinkError as exc:
+        print(exc)
+"""
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="RLIMIT_FSIZE is POSIX")
+@pytest.mark.parametrize("suffix", [".tif", ".png", ".bmp"])
+def test_a_failed_image_write_leaves_no_file_named_as_a_frame(tmp_path: Path, suffix: str) -> None:
+    """In a child process under ``ulimit -f`` (a write that fails part way, as on a full disk):
+    cv2.imwrite returned False but left a truncated, unreadable 0001.tif behind."""
+    import os
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", _IMAGE_LIMIT_SCRIPT, str(tmp_path), suffix],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    assert f"cannot write {tmp_path / ('0001' + suffix)}: File too large" in out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["0000" + suffix]  # no partial, no temporary
+    assert cv2.imread(str(tmp_path / ("0000" + suffix))).shape == (48, 64, 3)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / ("0000" + suffix)).stat().st_mode & 0o777 == 0o666 & ~umask  # as imwrite made it
+
+
 def _at(packet, seconds: float):  # type: ignore[no-untyped-def]
     """``packet`` with its frame captured at ``seconds`` (perf_counter time)."""
     from dataclasses import replace
