@@ -197,6 +197,7 @@ def run(args: argparse.Namespace) -> int:
     quiet: StreamTimeout | None = None
     stopped_by: str | None = None  # Ctrl-C or SIGTERM
     failed: SinkError | None = None
+    closed_whole = True  # --out closed with its check passed (a video that does not open is not)
     sub: Subscriber | None = None
     try:
         with (
@@ -246,7 +247,13 @@ def run(args: argparse.Namespace) -> int:
         failed = exc
     finally:
         if writer is not None:
-            writer.close()
+            try:
+                writer.close()
+            except (
+                SinkError
+            ) as exc:  # the video's close check (its index did not fit): said after the summary
+                failed = failed or exc
+                closed_whole = False
         if not args.headless:
             cv2.destroyAllWindows()
     stats = sub.stats if sub is not None else None
@@ -256,7 +263,8 @@ def run(args: argparse.Namespace) -> int:
     elapsed = max(time.monotonic() - t_start, 1e-9)
     print(
         f"rtseg view: {n} messages in {elapsed:.1f} s ({n / elapsed:.1f}/s), {shown} shown"
-        + (f", written to {args.out}" if writer is not None and writer.count else "")
+        + (f", written to {args.out}" if writer is not None and writer.count and closed_whole else "")
+        + (f", {args.out} not written whole" if writer is not None and not closed_whole else "")
     )
     if n:
         print(

@@ -296,6 +296,30 @@ def test_a_full_disk_under_a_video_out_is_an_error_not_a_silently_short_video(
     cap.release()
 
 
+def test_a_video_out_that_fails_its_close_check_still_gets_the_summary(
+    live_stream: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The close check's error escaped from the clean-up: no summary, and nothing said of the file."""
+    import rtseg.sink.file as file_sink
+
+    real = file_sink.check_finished
+
+    def index_lost(video: Path, frames: int) -> None:
+        video.write_bytes(video.read_bytes()[:1000])  # what a full disk at close leaves
+        real(video, frames)
+
+    monkeypatch.setattr(file_sink, "check_finished", index_lost)
+    out = tmp_path / "v.mp4"
+    args = ["view", live_stream, "--headless", "--frames", "6", "--out", str(out), "--timeout", "5"]
+    assert main(args) == 2
+    captured = capsys.readouterr()
+    assert re.search(r"rtseg view: 6 messages .*, 6 shown, .*v\.mp4 not written whole", captured.out), (
+        captured
+    )
+    assert "written to" not in captured.out
+    assert "not written whole" in captured.err
+
+
 def test_a_recording_of_the_newest_messages_lasts_as_long_as_the_recording(tmp_path: Path) -> None:
     """Receiving only the newest message skips some; written once each, a 10 fps stream recorded
     at the default 30 fps played three times too fast. Each image is now held until the next
