@@ -3,7 +3,8 @@
 With more than one scheduler the sweep is a scheduler comparison: for each engine (model,
 backend, precision, size) the schedulers run over exactly the same frames, ``every`` first, and
 each other scheduler's labels are scored against ``every``'s (agreement). The engine-only timing
-does not depend on the scheduler, so it is measured once per engine, with the first scheduler.
+does not depend on the scheduler, so it is measured once per engine, with the first scheduler;
+an engine-only sweep (``pipeline=False``) takes one scheduler, as there is nothing to compare.
 """
 
 from __future__ import annotations
@@ -50,6 +51,14 @@ class SweepSpec:
                 raise ConfigError(f"SweepSpec.{name} must not be empty")
             if len(set(values)) != len(values):
                 raise ConfigError(f"SweepSpec.{name} lists a value twice: {list(values)}")
+        if not self.pipeline and len(self.schedulers) > 1:
+            # Engine-only timing runs the engine alone: every scheduler would time the same engine
+            # again under its own name, and the noise between the runs would read as its effect.
+            raise ConfigError(
+                "--engine-only times the engine alone, which does not depend on the scheduler: "
+                f"give one --scheduler, or drop --engine-only to compare them end to end "
+                f"(got --scheduler {' '.join(self.schedulers)})"
+            )
         if self.weights is not None and len(self.models) != 1:
             raise ConfigError(
                 f"--weights applies to one model, but {len(self.models)} were given "

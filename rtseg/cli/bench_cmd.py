@@ -140,7 +140,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="end to end: JPEG-encode each overlay on the sink thread, as a stream does (default)",
     )
     which = m.add_mutually_exclusive_group()
-    which.add_argument("--engine-only", action="store_true", help="skip the end-to-end measurement")
+    which.add_argument(
+        "--engine-only",
+        action="store_true",
+        help="skip the end-to-end measurement (one --scheduler: the engine alone does not depend on it)",
+    )
     which.add_argument("--pipeline-only", action="store_true", help="skip the engine-only measurement")
     m.add_argument(
         "--in-process",

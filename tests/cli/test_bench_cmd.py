@@ -133,6 +133,10 @@ def test_table_prints_every_row_and_measures_implemented_ones(tmp_path: Path, ca
     [
         (["--table", "cityscapes", "--size", "64x48"], "--size does not apply"),
         (["--table", "cityscapes", "--scheduler", "clockwork"], "leave --scheduler out"),
+        (
+            ["--engine-only", "--scheduler", "every", "clockwork"],
+            "--engine-only times the engine alone, which does not depend on the scheduler",
+        ),
         (["--camvid"], "--camvid"),
         (["--model", "espnet", "enet", "--weights", "w.pt"], "one model"),
         (["--frames", "0"], "--frames"),
