@@ -240,9 +240,16 @@ def _specs(
         raise ConfigError("--weights does not apply to --table: each row uses the shared data's real weights")
     rows = implemented(published or [])
     if args.model:
+        # Every model asked for must have a row: the others were dropped without a word.
+        have = [r.rtseg_model for r in rows]
+        without = [m for m in args.model if m not in have]
+        if without:
+            raise ConfigError(
+                f"--model {' '.join(without)}: no implemented row of the {args.table} table; "
+                f"the rows it measures are {', '.join(str(m) for m in have)} (measure other models "
+                "with a sweep: leave --table out)"
+            )
         rows = [r for r in rows if r.rtseg_model in args.model]
-        if not rows:
-            raise ConfigError(f"no implemented row of the {args.table} table is one of {args.model}")
     specs = []
     for row in rows:
         if row.rtseg_model is None or row.resolution is None:  # implemented() keeps neither

@@ -137,6 +137,13 @@ def test_table_prints_every_row_and_measures_implemented_ones(tmp_path: Path, ca
             ["--engine-only", "--scheduler", "every", "clockwork"],
             "--engine-only times the engine alone, which does not depend on the scheduler",
         ),
+        # models without a row were dropped silently while one of them had a row
+        (
+            ["--table", "cityscapes", "--model", "enet", "icnet-r18", "espnet-c"],
+            "--model icnet-r18 espnet-c: no implemented row of the cityscapes table; the rows it "
+            "measures are enet, icnet-r50, espnet",
+        ),
+        (["--table", "cityscapes", "--model", "icnet-r18"], "--model icnet-r18: no implemented row"),
         (["--camvid"], "--camvid"),
         (["--model", "espnet", "enet", "--weights", "w.pt"], "one model"),
         (["--frames", "0"], "--frames"),
