@@ -23,7 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--published",
         action="store_true",
-        help="list the mIoU and speed the authors published, with their source, instead",
+        help="list the mIoU and speed the authors published, with their source (and a note where "
+        "the published network is not rtseg's), instead",
     )
     p.add_argument("--markdown", action="store_true", help="print a Markdown table")
     p.set_defaults(func=run)
@@ -42,6 +43,7 @@ def _published_rows() -> list[dict[str, str]]:
                     "FPS": "" if r.fps is None else f"{r.fps:g}",
                     "hardware": r.hardware or "",
                     "source": r.source,
+                    "note": r.note,
                 }
             )
     return rows

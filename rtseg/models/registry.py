@@ -50,6 +50,9 @@ class PublishedResult:
     source: str
     fps: float | None = None
     hardware: str | None = None
+    # How the published network differs from rtseg's of that name, where it does: shown beside the
+    # number, which is otherwise read as rtseg's network's.
+    note: str = ""
 
     def __post_init__(self) -> None:
         if not 0 < self.miou < 100:
@@ -206,6 +209,8 @@ _MODELS: tuple[ModelSpec, ...] = (
                 70.71,
                 (2048, 1024),
                 "TensorFlow DeepLab model zoo, mobilenetv2_coco_cityscapes_trainfine",
+                note="not this network: the zoo's MobileNetV2 models have no ASPP and no decoder; "
+                "rtseg's has both (docs/models.md)",
             ),
         ),
         options=("output_stride",),
