@@ -170,6 +170,7 @@ def result_row(result: dict[str, Any]) -> dict[str, Any]:
         "peak_rss_mib": memory.get("peak_rss_mib", "") or "",
         "process_peak_rss_mib": memory.get("process_peak_rss_mib", "") or "",
         "gpu_peak_mib": memory.get("gpu_peak_mib", "") or "",
+        "memory_in_process": memory.get("in_process", ""),
     }
     return {k: ("" if v is None else v) for k, v in row.items()}
 
@@ -235,6 +236,13 @@ LATENCY_NOTE = (
     "stages below)"
 )
 
+# --in-process: the RSS figures are the process's, which keeps what earlier configurations left.
+IN_PROCESS_NOTE = (
+    "* peak RSS: measured --in-process, so it is this whole process's resident memory, including what "
+    "earlier configurations (and the bench command) left allocated; without --in-process each "
+    "configuration runs in a fresh process and is measured alone"
+)
+
 
 def format_results(results: Sequence[dict[str, Any]]) -> str:
     header = [
@@ -247,6 +255,9 @@ def format_results(results: Sequence[dict[str, Any]]) -> str:
         "agreement",
         "peak RSS",
     ]
+    in_process = any((r.get("memory") or {}).get("in_process") for r in results)
+    if in_process:
+        header[-1] = "peak RSS*"
     rows = []
     details = []
     for r in results:
@@ -292,6 +303,8 @@ def format_results(results: Sequence[dict[str, Any]]) -> str:
     text = _grid(header, rows)
     if any(r.get("pipeline") for r in results):
         text += "\n" + LATENCY_NOTE
+    if in_process:
+        text += "\n" + IN_PROCESS_NOTE
     if details:
         text += "\n\n" + "\n".join(details)
     return text

@@ -146,6 +146,10 @@ def run_planned(
         except KeyboardInterrupt:
             raise SweepInterrupted(results) from None
         result["notes"] = [*result.get("notes", []), *item.notes]
+        if result.get("memory"):
+            # Sampled RSS is the whole process's: in this one it keeps what earlier
+            # configurations (and the bench command) left allocated; a fresh one measures each alone.
+            result["memory"]["in_process"] = not isolated
         results.append(result)
         if progress:
             bar.write(one_line(result), file=sys.stderr)

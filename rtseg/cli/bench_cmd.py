@@ -149,7 +149,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     m.add_argument(
         "--in-process",
         action="store_true",
-        help="measure in this process instead of a fresh one per configuration",
+        help="measure in this process instead of a fresh one per configuration (peak RSS is then "
+        "the whole process's: it includes memory that earlier configurations left allocated)",
     )
     m.add_argument("--no-progress", action="store_true")
     o = p.add_argument_group("output")

@@ -18,6 +18,7 @@ from rtseg.bench.report import (
     build_document,
     format_results,
     format_table,
+    result_row,
     table_document,
     write_json,
     write_results_csv,
@@ -165,3 +166,17 @@ def test_the_latency_column_says_what_it_spans(results) -> None:
     assert "not capture, overlay or encode" in text
     engine_only = {**results[0], "pipeline": None}
     assert "* latency:" not in format_results([engine_only])  # no latency column to explain
+
+
+def test_in_process_memory_says_it_includes_earlier_configurations(results) -> None:
+    """--in-process peak RSS is the whole process's (espnet: 437 MiB after enet, 285 MiB alone):
+    the table showed it as the configuration's own."""
+    shared = copy.deepcopy(results[0])
+    shared["memory"]["in_process"] = True
+    text = format_results([shared])
+    assert "peak RSS*" in text and "* peak RSS: measured --in-process" in text
+    assert "earlier configurations" in text
+    assert result_row(shared)["memory_in_process"] is True
+    alone = copy.deepcopy(results[0])
+    alone["memory"]["in_process"] = False
+    assert "peak RSS*" not in format_results([alone]) and "--in-process" not in format_results([alone])

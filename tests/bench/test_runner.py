@@ -76,3 +76,17 @@ def test_run_planned_keeps_order_and_adds_notes(tmp_path: Path) -> None:
     assert results[1]["notes"][0] == "from runner" and "same engine" in results[1]["notes"][1]
     assert one_line(results[0]) == "  espnet torch fp32 default every: skipped: test"
     assert isinstance(planned[0], Planned)
+
+
+@pytest.mark.parametrize("isolated", [True, False])
+def test_results_say_whether_their_memory_was_measured_in_process(tmp_path: Path, isolated: bool) -> None:
+    """--in-process peak RSS kept what earlier configurations left (espnet: 437 MiB after enet,
+    285 alone) and nothing said so."""
+    planned = plan(SweepSpec(models=("espnet", "enet")), tmp_path)
+
+    def fake(cfg):
+        memory = {"peak_rss_mib": 300.0, "process_peak_rss_mib": 310.0, "gpu_peak_mib": None}
+        return {"label": cfg.label, "status": "ok", "reason": None, "notes": [], "memory": memory}
+
+    results = run_planned(planned, isolated=isolated, progress=False, runner=fake)
+    assert [r["memory"]["in_process"] for r in results] == [not isolated] * 2

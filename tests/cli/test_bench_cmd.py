@@ -68,8 +68,10 @@ def test_sweep_json_matches_the_schema(tmp_path: Path, capsys) -> None:
     assert rc == 0
     text = capsys.readouterr().out
     assert "espnet torch fp32 64x48 every" in text and "skipped" in text
+    assert "* peak RSS: measured --in-process" in text  # it includes what espnet left for enet
     data = _validate(out)
     assert [r["status"] for r in data["results"]] == ["ok", "skipped", "ok", "skipped"]
+    assert [r["memory"]["in_process"] for r in data["results"] if r["memory"]] == [True, True]
     assert data["environment"]["cpu"]["physical_cores"] >= 1 and data["table"] is None
     assert len(list(csv.DictReader(table.open()))) == 4
 
