@@ -314,7 +314,7 @@ def cases_for(models: Sequence[str] | None, size: tuple[int, int] | None) -> lis
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..cli.common import parse_size
+    from ..cli.common import parse_size, positive_int, whole_number
 
     # __doc__ is None under python -OO
     p = argparse.ArgumentParser(
@@ -333,12 +333,13 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="one input size WxH for every model measured (default 1024x512)",
     )
-    p.add_argument("--runs", type=int, default=20, help="timed runs per engine (round robin)")
-    p.add_argument("--warmup", type=int, default=3)
+    # Checked here: a bad count failed only after every engine was built (minutes), in a traceback.
+    p.add_argument("--runs", type=positive_int, default=20, help="timed runs per engine (round robin)")
+    p.add_argument("--warmup", type=whole_number, default=3)
     p.add_argument("--calibration-images", type=Path, default=None, help="default: RTSEG_DATA camvid/train")
     p.add_argument(
         "--calibration-num",
-        type=int,
+        type=positive_int,
         default=None,
         help="int8 calibration frames (default: 16; 64 for espnet 480x360)",
     )

@@ -217,7 +217,7 @@ def format_markdown(document: Mapping[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from ..cli.common import parse_size
+    from ..cli.common import parse_size, positive_int, whole_number
 
     # __doc__ is None under python -OO
     p = argparse.ArgumentParser(
@@ -225,10 +225,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument("--models", nargs="+", default=list(MODELS), metavar="NAME")
     p.add_argument("--size", type=parse_size, default=SIZE, help="input size WxH (default 1024x512)")
-    p.add_argument("--runs", type=int, default=15, help="timed runs per session and stage (round robin)")
-    p.add_argument("--warmup", type=int, default=3)
+    # Checked here, not after the models were quantised and their sessions built.
+    p.add_argument(
+        "--runs", type=positive_int, default=15, help="timed runs per session and stage (round robin)"
+    )
+    p.add_argument("--warmup", type=whole_number, default=3)
     p.add_argument("--calibration-images", type=Path, default=None, help="default: RTSEG_DATA camvid/train")
-    p.add_argument("--calibration-num", type=int, default=8, help="calibration frames per model")
+    p.add_argument("--calibration-num", type=positive_int, default=8, help="calibration frames per model")
     p.add_argument("--engine-dir", type=Path, default=None)
     p.add_argument("--json", type=Path, default=None, help="the raw measurements")
     args = p.parse_args(argv)

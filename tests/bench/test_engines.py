@@ -110,6 +110,10 @@ def test_a_size_without_models_applies_to_every_model(tmp_path, monkeypatch, cap
         (["--size", "320"], "argument --size: size must look like 1024x512 (WIDTHxHEIGHT), got '320'"),
         (["--models", "espnet", "--size", "0x160"], "argument --size: size must be positive, got '0x160'"),
         (["--models", "espnet", "nosuch"], "argument --models: invalid choice: 'nosuch' (choose from 'enet'"),
+        # counts: --runs 0 built every engine, then ended in a ConfigError traceback
+        (["--runs", "0"], "argument --runs: expected a whole number >= 1, got 0"),
+        (["--warmup", "-1"], "argument --warmup: expected a whole number >= 0, got -1"),
+        (["--calibration-num", "0"], "argument --calibration-num: expected a whole number >= 1, got 0"),
     ],
 )
 def test_bad_sizes_and_unknown_models_are_refused_before_any_work(

@@ -77,3 +77,18 @@ def test_missing_calibration_folder_is_named(tmp_path: Path) -> None:
     missing = tmp_path / "no-such-images"
     with pytest.raises(SystemExit, match=re.escape(str(missing))):
         main(["--models", "espnet-c", "--size", "128x64", "--calibration-images", str(missing)])
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--runs", "0"], "argument --runs: expected a whole number >= 1, got 0"),
+        (["--warmup", "-1"], "argument --warmup: expected a whole number >= 0, got -1"),
+        (["--calibration-num", "0"], "argument --calibration-num: expected a whole number >= 1, got 0"),
+    ],
+)
+def test_bad_counts_are_refused_when_parsed(argv: list[str], message: str, tmp_path: Path, capsys) -> None:
+    """Counts were plain ints: --runs 0 failed in a traceback after the models were quantised."""
+    with pytest.raises(SystemExit) as exc:
+        main([*argv, "--calibration-images", str(tmp_path)])
+    assert exc.value.code == 2 and message in capsys.readouterr().err
