@@ -35,6 +35,7 @@ from rtseg.engine.quantize import (
     SCHEMES,
     _guard_problem,
     _Reader,
+    find_int8_keys,
     int8_key,
     output_error,
     quantize_graph,
@@ -539,6 +540,21 @@ def test_the_int8_key_follows_every_input() -> None:
     del broken.sidecars["deep"]["sha256"]  # type: ignore[misc]
     with pytest.raises(ConfigError, match=r"stage 'deep' has sha256 None"):
         int8_key(broken, "1234abcd", "cpu")
+
+
+@pytest.mark.parametrize("model_name", ["espnet", "espnet-c", "deeplabv3plus-mobilenetv2"])
+def test_cached_int8_builds_are_found_for_any_model_name(model_name: str, tmp_path: Path) -> None:
+    """Files are named by ArtifactKey.stem, which writes espnet-c as espnet_c: a build of any model
+    with a hyphen was never found without its calibration list."""
+    from rtseg.engine.cache import ArtifactKey
+    from rtseg.engine.onnx_export import OnnxStages
+
+    key = ArtifactKey(model_name, "w" * 10, SIZE, "fp32", "onnx", "any", "torch2.13.0+cpu")
+    sidecars = {s: {"sha256": f"a{s}", "exporter": "torchscript"} for s in STAGES}
+    fp32 = OnnxStages(key, {s: Path(f"{s}.onnx") for s in STAGES}, (), sidecars)
+    built = int8_key(fp32, "1234abcd", "cpu")
+    (tmp_path / f"{built.stem}.low.onnx").write_bytes(b"")
+    assert [k.stem for k in find_int8_keys(fp32, ArtifactCache(tmp_path), "cpu")] == [built.stem]
 
 
 def test_an_unwritable_ranges_folder_is_a_typed_error_naming_the_file(
