@@ -137,10 +137,11 @@ def load(
         raise ConfigError(f"{net.meta.model} needs an input size divisible by {spec.input_multiple}, {got}")
     cache = ArtifactCache(engine_dir)
     calib = _calibration(calibration)
+    training = net.training
     if backend == "auto":
         from .auto import load_auto
 
-        return load_auto(
+        engine = load_auto(
             net,
             size=size,
             precision=precision,
@@ -149,16 +150,22 @@ def load(
             calibration=calib,
             **options,
         )
-    return load_backend(
-        net,
-        backend=backend,
-        size=size,
-        precision=precision,
-        device=device,  # type: ignore[arg-type]
-        cache=cache,
-        calibration=calib,
-        **options,
-    )
+    else:
+        engine = load_backend(
+            net,
+            backend=backend,
+            size=size,
+            precision=precision,
+            device=device,  # type: ignore[arg-type]
+            cache=cache,
+            calibration=calib,
+            **options,
+        )
+    if engine.info.backend != "torch":
+        # Only the torch engine runs the caller's network itself (in eval mode); built for any
+        # other, a network being trained came back in eval mode (auto times the torch one too).
+        net.train(training)
+    return engine
 
 
 # Which backend runs where is each backend's business; this only catches what no backend takes.

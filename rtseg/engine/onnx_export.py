@@ -436,6 +436,15 @@ def ensure_onnx(
     graphs: dict[str, StageGraph] = {}
 
     def build(todo: tuple[str, ...]) -> dict[str, tuple[bytes, dict[str, Any]]]:
+        # Exported in eval mode; the caller's network is handed back in the mode it came in: one
+        # being trained, built into an engine to validate on, went on training with BatchNorm frozen.
+        training = model.training
+        try:
+            return export(todo)
+        finally:
+            model.train(training)
+
+    def export(todo: tuple[str, ...]) -> dict[str, tuple[bytes, dict[str, Any]]]:
         graphs.update(stage_graphs(model, input_size))
         out = {}
         for stage in todo:

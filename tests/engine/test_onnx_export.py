@@ -97,3 +97,41 @@ def test_the_labels_slice_the_logits_only_to_cut_channels(channels: int, slices:
     proto, _ = export_graph(StageGraph("head", Labels().eval(), (logits,), ("logits",), ("labels",)))
     assert [n.op_type for n in proto.graph.node].count("Slice") == slices
     assert torch.equal(Labels()(logits), logits[:, :11].argmax(1).to(torch.uint8))
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_exporting_hands_the_network_back_in_its_own_mode(training: bool, tmp_path) -> None:
+    """Built into an engine to validate on, a network being trained went on in eval mode (BatchNorm
+    statistics frozen, dropout off)."""
+    from rtseg.engine.cache import ArtifactCache
+    from rtseg.engine.onnx_export import ensure_onnx
+    from rtseg.models import get_model
+
+    torch.manual_seed(0)
+    net = get_model("espnet", num_classes=11).train(training)
+    ensure_onnx(net, (64, 48), ArtifactCache(tmp_path))
+    assert net.training is training
+    assert all(m.training is training for m in net.modules())
+
+
+def test_a_network_comes_back_in_training_mode_unless_the_torch_engine_runs_it(tmp_path, monkeypatch) -> None:
+    """auto builds a torch candidate from the caller's network, which switched it to eval mode
+    whichever backend was picked."""
+    from rtseg.engine import auto, load
+    from rtseg.models import get_model
+
+    def onnxruntime_wins(times):
+        return "onnxruntime", {label: 1.0 for label in times}
+
+    monkeypatch.setattr(
+        auto, "candidates", lambda *_: [auto.Candidate("torch"), auto.Candidate("onnxruntime")]
+    )
+    monkeypatch.setattr(auto, "pick", onnxruntime_wins)
+    torch.manual_seed(0)
+    net = get_model("espnet", num_classes=11).train()
+    engine = load(net, backend="auto", input_size=(64, 48), engine_dir=tmp_path, threads=1)
+    assert engine.info.backend == "onnxruntime" and net.training
+    engine.close()
+    engine = load(net, backend="torch", input_size=(64, 48), engine_dir=tmp_path)
+    assert not net.training  # the torch engine is the network itself, run in eval mode
+    engine.close()
