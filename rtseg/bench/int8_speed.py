@@ -31,7 +31,7 @@ from ..engine.auto import time_round_robin
 from ..engine.cache import ArtifactCache
 from ..engine.calibration import CalibrationList, stage_feeds
 from ..engine.onnx_export import STAGES, ensure_onnx, graph_io
-from ..engine.openvino_backend import HINTS, _ov
+from ..engine.openvino_backend import HINTS, _ov, shared_core
 from ..engine.ort_backend import _ort, session_options
 from ..engine.quantize import SCHEMES, quantize_graph
 from ..errors import BackendUnavailableError, ConfigError
@@ -102,7 +102,7 @@ def measure_model(
     skipped: dict[str, str] = {}
     try:
         ov = _ov()
-        core = ov.Core()
+        core = shared_core()
     except BackendUnavailableError as exc:
         ov = core = None
         skipped["OpenVINO"] = str(exc)

@@ -77,9 +77,9 @@ def load_onnx_engine(
 
         providers_for(device, precision)
     else:
-        from .openvino_backend import _ov, check_target
+        from .openvino_backend import check_target, shared_core
 
-        check_target(_ov().Core(), device, precision)
+        check_target(shared_core(), device, precision)
     stages = ensure_onnx(net, size, cache, exporter=exporter, wh=wh)
     if precision == "int8":
         stages = int8_stages(net, stages, cache, calibration, flavour="cpu")

@@ -10,6 +10,7 @@ An infer request runs one inference at a time, so each calling thread gets its o
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Mapping
 from pathlib import Path
@@ -40,6 +41,19 @@ def _ov() -> Any:
             '(or pip install "rtseg[openvino]")'
         ) from None
     return openvino
+
+
+@functools.cache
+def shared_core() -> Any:
+    """The process's one OpenVINO Core, kept until exit; OpenVINO recommends one per application.
+
+    Each Core loads its own CPU plugin, which points the calling thread's alternate signal stack at
+    a stack of its own and puts back the previous one when that Core is destroyed. Destroyed in
+    the order they were made (engines closed first to last, auto's candidates), the last put back
+    a freed stack: the next signal handled on the main thread (SIGTERM, Ctrl-C: Python's handlers
+    run on that stack) was a segmentation fault.
+    """
+    return _ov().Core()
 
 
 def check_target(core: Any, device: str, precision: str) -> str:
@@ -239,7 +253,7 @@ class OpenVinoEngine(Engine):
         notes: tuple[str, ...] = (),
     ) -> None:
         ov = _ov()
-        core = ov.Core()
+        core = shared_core()
         target = check_target(core, device, precision)
         config = {"INFERENCE_PRECISION_HINT": HINTS[precision], "PERFORMANCE_HINT": "LATENCY"}
         if threads:

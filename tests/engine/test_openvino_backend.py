@@ -125,3 +125,46 @@ def test_under_an_f16_hint_enets_pooling_indices_stay_exact(shared_engine_dir: P
     )
     for stage in ("low", "deep"):
         assert "Reference" in op_types(engine._stages[stage].compiled), stage
+
+
+ALT_STACK_CHECK = """
+import ctypes, gc, sys
+from rtseg.engine import load
+from rtseg.models import get_model
+
+class Stack(ctypes.Structure):
+    _fields_ = [("sp", ctypes.c_void_p), ("flags", ctypes.c_int), ("size", ctypes.c_size_t)]
+
+def writable(address):
+    for line in open("/proc/self/maps"):
+        span, perms = line.split()[:2]
+        low, high = (int(x, 16) for x in span.split("-"))
+        if low <= address < high:
+            return "w" in perms
+    return False
+
+net = get_model("espnet", num_classes=11)
+engines = [load(net, backend="openvino", input_size=(64, 48), engine_dir=sys.argv[1]) for _ in range(2)]
+for engine in engines:  # closed in the order they were made, as auto closes its candidates
+    engine.close()
+del engines, engine
+gc.collect()
+stack = Stack()
+ctypes.CDLL(None).sigaltstack(None, ctypes.byref(stack))
+print("disabled" if stack.flags & 2 else ("ok" if writable(stack.sp) else f"freed {stack.sp:#x}"))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads /proc/self/maps (Linux)")
+def test_closing_engines_leaves_the_main_threads_signal_stack_usable(tmp_path: Path) -> None:
+    """Each engine's own Core loaded a CPU plugin that swapped the main thread's alternate signal
+    stack for its own and put the previous one back when destroyed; two closed first to last left
+    a freed stack, and the next SIGTERM or Ctrl-C (Python's handlers run on it) crashed the process."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", ALT_STACK_CHECK, str(tmp_path)], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() in ("ok", "disabled"), done.stdout
