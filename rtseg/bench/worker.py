@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..hardware import cpu_cores
+from ..hardware import usable_cores
 from .measure import BenchConfig, run_config
 
 RESULT_MARKER = "RTSEG-BENCH-RESULT "
@@ -95,7 +95,7 @@ def main() -> int:
     if cfg.threads is None:
         import torch
 
-        torch.set_num_threads(cpu_cores()[0])  # physical cores: hyper-threads slow convolutions down
+        torch.set_num_threads(usable_cores())  # physical cores: hyper-threads slow convolutions down
     result = run_config(cfg)
     sys.stdout.write(RESULT_MARKER + json.dumps(result) + "\n")
     sys.stdout.flush()

@@ -132,7 +132,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     m.add_argument(
         "--device", default=None, help="cpu or cuda[:N] (default: cuda for tensorrt and torch2trt, else cpu)"
     )
-    m.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: physical cores)")
+    m.add_argument(
+        "--threads",
+        type=positive_int,
+        default=None,
+        help="CPU threads (default: the physical cores the process may use)",
+    )
     m.add_argument(
         "--encode",
         choices=ENCODINGS,

@@ -99,7 +99,8 @@ def load(
         # OpenVINO fails on these inside compile_model with an untyped RuntimeError, which also
         # stopped auto from timing the backends that could run.
         raise ConfigError(
-            f"threads must be a positive whole number (None: the physical cores), got {threads!r}"
+            "threads must be a positive whole number (None: the physical cores this process may "
+            f"use), got {threads!r}"
         )
     if isinstance(model, StagedSegmenter) and weights is not None:
         raise ConfigError(

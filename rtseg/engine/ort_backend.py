@@ -54,18 +54,12 @@ def library_version() -> str:
     return f"ort{_ort().__version__}"
 
 
-def physical_cores() -> int:
-    try:
-        import psutil
+def default_threads() -> int:
+    """A thread per physical core this process may use (none per hyper-thread: they slow
+    convolutions down)."""
+    from ..hardware import usable_cores
 
-        cores = psutil.cpu_count(logical=False)
-    except ImportError:
-        cores = None
-    if not cores:
-        import os
-
-        cores = os.cpu_count() or 1
-    return int(cores)
+    return usable_cores()
 
 
 def providers_for(device: str, precision: str, cache_dir: Path | None = None) -> list[Any]:
@@ -122,7 +116,7 @@ NO_SPINNING = {"session.intra_op.allow_spinning": "0", "session.inter_op.allow_s
 def session_options(threads: int | None = None) -> Any:
     ort = _ort()
     so = ort.SessionOptions()
-    so.intra_op_num_threads = threads or physical_cores()
+    so.intra_op_num_threads = threads or default_threads()
     so.inter_op_num_threads = 1
     for key, value in NO_SPINNING.items():
         so.add_session_config_entry(key, value)

@@ -127,7 +127,7 @@ def test_threads_are_given_to_onnxruntime_and_recorded_as_it_ran(monkeypatch: py
     asked = run_config(_cfg(backend="onnxruntime", pipeline=False))
     assert asked["status"] == "ok", asked["reason"]
     assert "threads 1" in asked["engine_info"]["notes"] and asked["threads"] == 1
-    monkeypatch.setattr(ort_backend, "physical_cores", lambda: 3)
+    monkeypatch.setattr(ort_backend, "default_threads", lambda: 3)
     torch.set_num_threads(1)
     own = run_config(_cfg(backend="onnxruntime", threads=None, pipeline=False))
     assert "threads 3" in own["engine_info"]["notes"] and own["threads"] == 3
