@@ -164,9 +164,19 @@ def options_for(candidate: Candidate, options: Mapping[str, Any]) -> dict[str, A
 def _read_choice(path: Path, device: str) -> Candidate | None:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:  # truncated by a full disk, edited, unreadable
+        log.warning("auto: cannot read %s (%s); measuring again", path.name, exc)
         return None
     if not isinstance(data, dict) or data.get("format") != CHOICE_FORMAT:
+        got = data.get("format") if isinstance(data, dict) else type(data).__name__
+        log.warning(
+            "auto: %s is not a stored choice of this rtseg (format %r, not %r); measuring again",
+            path.name,
+            got,
+            CHOICE_FORMAT,
+        )
         return None
     backend = data.get("backend")
     if (

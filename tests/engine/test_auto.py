@@ -4,6 +4,7 @@ it, measure again when the libraries change or when asked, and skip backends tha
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import sys
 import time
@@ -112,10 +113,14 @@ def test_other_library_versions_measure_again(model: StagedSegmenter, engine_dir
     assert json.loads(path.read_text())["libraries"] == libraries()
 
 
-def test_a_corrupt_choice_file_is_measured_again(model: StagedSegmenter, engine_dir: Path) -> None:
+def test_a_corrupt_choice_file_is_measured_again(
+    model: StagedSegmenter, engine_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     path = _choice(model, engine_dir)
     path.write_text('{"format": "rtseg.auto-choice", "backend": ')
-    engine = _auto(model, engine_dir)
+    with caplog.at_level(logging.WARNING, logger="rtseg.engine.auto"):
+        engine = _auto(model, engine_dir)
+    assert f"auto: cannot read {path.name} (Expecting value" in caplog.text  # said, not silent
     assert engine.info.notes[-1].startswith("auto: picked ")
     assert json.loads(path.read_text())["format"] == CHOICE_FORMAT
 
@@ -150,6 +155,20 @@ def test_a_choice_file_with_a_bad_record_is_measured_again(
     assert _read_choice(path, "cpu") == Candidate("torch", {"channels_last": True})
     path.write_text(json.dumps(corrupt({**record, "backend": "torch", "options": {}})))
     assert _read_choice(path, "cpu") is None  # not an AttributeError, KeyError or ConfigError
+
+
+def test_a_file_of_another_format_is_named_when_measured_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "auto-choice.json"
+    path.write_text(json.dumps({"format": "rtseg.auto-choice.v0", "backend": "torch"}))
+    with caplog.at_level(logging.WARNING, logger="rtseg.engine.auto"):
+        assert _read_choice(path, "cpu") is None
+    assert (
+        "auto-choice.json is not a stored choice of this rtseg (format 'rtseg.auto-choice.v0'" in caplog.text
+    )
+    caplog.clear()
+    assert _read_choice(tmp_path / "absent.json", "cpu") is None and not caplog.text  # none yet: silent
 
 
 def test_remeasure_ignores_the_stored_choice(model: StagedSegmenter, engine_dir: Path) -> None:
