@@ -218,7 +218,7 @@ class Segmenter:
     def __call__(self, frame: np.ndarray | Frame) -> SegResult:
         """Labels for one BGR frame (any size; resized to the engine's input), at output resolution.
         A ``Frame`` that follows a jump in its stream (``discontinuity``: a loop's new pass, a
-        reconnect) starts the schedule afresh: clockwork answered a loop's first frames from the
+        reconnect) is a keyframe (Scheduler.jump): clockwork answered a loop's first frames from the
         last pass's final keyframe (agreement with every frame 77-80 %, 96-98 % elsewhere)."""
         image, index = (frame.image, frame.index) if isinstance(frame, Frame) else (frame, None)
         with self._lock:
@@ -227,7 +227,7 @@ class Segmenter:
             x = self.preprocess(image)
             ms = (time.perf_counter() - t0) * 1000.0
             if isinstance(frame, Frame) and frame.discontinuity:
-                self.scheduler.reset()
+                self.scheduler.jump()
             result = self.scheduler.step(self.engine, x, index=index)
         return SegResult(
             result.labels,

@@ -55,6 +55,25 @@ def test_a_frame_after_a_jump_in_its_stream_starts_the_schedule_afresh(engine) -
     results = [seg(Frame(image, i, 0.0, 0.0, "t", discontinuity=i == 2)) for i in range(4)]
     assert [r.is_keyframe for r in results] == [True, False, True, False]
     assert [r.deep_age for r in results] == [0, 1, 0, 1]
+    assert seg.scheduler.stats.frames == 4  # the same stream goes on: its statistics too
+
+
+@pytest.mark.parametrize("name", ["adaptive", "async"])
+def test_a_jump_keeps_the_calibrated_threshold_and_the_statistics(engine, name: str) -> None:
+    """Reset at every pass, a looped clip shorter than the calibration never calibrated (every
+    frame scored up to nine flows) and the statistics counted the last pass only."""
+    from rtseg.schedule import AsyncAdaptive
+    from rtseg.schedule.policies import Adaptive
+
+    kind = Adaptive if name == "adaptive" else AsyncAdaptive
+    seg = Segmenter(engine=engine, scheduler=kind(target_keyframe_rate=0.5, calibration_frames=4, warp=None))
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (48, 64, 3), dtype=np.uint8) for _ in range(3)]
+    frames = [Frame(images[i % 3], i, 0.0, 0.0, "t", discontinuity=i % 3 == 0 and i > 0) for i in range(9)]
+    results = [seg(f) for f in frames]
+    assert seg.scheduler.threshold is not None  # calibrated on frames 0-3, across the first jump
+    assert all(results[i].is_keyframe and results[i].deep_age == 0 for i in (3, 6))
+    assert seg.scheduler.stats.frames == 9
 
 
 def test_deep_age_counts_results_not_source_frames(engine) -> None:

@@ -52,6 +52,13 @@ class AsyncAdaptive(Adaptive):
             self._deferred = 0
             self._worker_ms = 0.0
 
+    def jump(self) -> None:
+        try:
+            self._wait_pending()  # its features are of the scene before the jump
+        finally:
+            super().jump()
+            self._ref_step = -1
+
     def close(self) -> None:
         """Wait for a deep job in flight and end the worker thread. A failure of that job, which no
         frame collected, is raised here (after the worker ended) rather than lost with the stream."""
@@ -83,6 +90,7 @@ class AsyncAdaptive(Adaptive):
             failure = pending.exception()
             if failure is not None:
                 raise self._annotated(failure)
+            self._worker_ms += pending.result()[1]  # run, if not used: the worker's time counts
 
     @property
     def stats(self) -> ScheduleStats:

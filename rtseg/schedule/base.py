@@ -97,6 +97,16 @@ class Scheduler(ABC):
         if self.warp is not None:
             self.warp.reset()
 
+    def jump(self) -> None:
+        """The stream jumped (a looped file's new pass, a camera reconnected): the cached deep
+        features and the keyframe reference describe another scene, so the next frame is a
+        keyframe. Unlike ``reset`` the stream goes on: its frame count, statistics and a calibrated
+        threshold stay (reset every pass, a loop shorter than the calibration never calibrated)."""
+        self._deep = None
+        self._deep_step = -1
+        if self.warp is not None:
+            self.warp.reset()
+
     def close(self) -> None:  # noqa: B027 (optional hook)
         """Release worker threads; the scheduler cannot be used afterwards."""
 

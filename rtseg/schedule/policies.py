@@ -157,6 +157,11 @@ class Adaptive(Scheduler):
         self._recorded = []
         self._pairs = {}
 
+    def jump(self) -> None:
+        super().jump()
+        self._reference = None
+        self._current = None
+
     def check(self, engine: Engine) -> None:
         super().check(engine)
         if self.change == "flow":

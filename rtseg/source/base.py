@@ -340,9 +340,10 @@ class MediaSource(Source):
             return False
         self._index_offset += self._media_index + 1
         self._media_index = -1
+        # A looped still image repeats itself: no jump (every frame would be a keyframe).
+        self._discontinuity = self._discontinuity or self._pass_frames > 1
         self._pass_frames = 0
         self._time_offset += duration  # the rate's slots stay on the one timeline of every pass
-        self._discontinuity = True
         if self._clock_start is not None:
             self._clock_start += duration
         return True

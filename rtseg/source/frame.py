@@ -17,7 +17,7 @@ class Frame:
     ``time.perf_counter()`` at capture, for latency inside this process. ``discontinuity`` marks
     the first frame after the stream jumped (a looped file's new pass, a live source's reconnect):
     what a consumer kept from earlier frames, such as a scheduler's deep-feature cache, does not
-    describe it; ``Segmenter`` resets its scheduler there.
+    describe it; ``Segmenter`` makes it a keyframe (``Scheduler.jump``).
     """
 
     image: np.ndarray

@@ -55,6 +55,7 @@ def test_single_image_is_one_frame_and_loops(folder: Path) -> None:
     with open_source(path, loop=True) as src:
         frames = [f for _, f in zip(range(5), src, strict=False)]
     assert [f.index for f in frames] == [0, 1, 2, 3, 4]
+    assert not any(f.discontinuity for f in frames)  # a still image repeats itself: no jump
     assert frames[0].image is not frames[1].image  # every frame is the consumer's own array
     frames[0].image[:] = 0
     assert int(frames[1].image[0, 0, 0]) == 20
