@@ -138,7 +138,7 @@ def load(
         raise ConfigError(f"{net.meta.model} needs an input size divisible by {spec.input_multiple}, {got}")
     cache = ArtifactCache(engine_dir)
     calib = _calibration(calibration)
-    training = net.training
+    modes = {m: m.training for m in net.modules()}  # frozen BatchNorm in a network being trained
     if backend == "auto":
         from .auto import load_auto
 
@@ -165,7 +165,8 @@ def load(
     if engine.info.backend != "torch":
         # Only the torch engine runs the caller's network itself (in eval mode); built for any
         # other, a network being trained came back in eval mode (auto times the torch one too).
-        net.train(training)
+        for module, training in modes.items():
+            module.training = training
     return engine
 
 

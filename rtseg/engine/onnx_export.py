@@ -438,11 +438,12 @@ def ensure_onnx(
     def build(todo: tuple[str, ...]) -> dict[str, tuple[bytes, dict[str, Any]]]:
         # Exported in eval mode; the caller's network is handed back in the mode it came in: one
         # being trained, built into an engine to validate on, went on training with BatchNorm frozen.
-        training = model.training
+        modes = {m: m.training for m in model.modules()}  # each its own: a frozen BatchNorm stays so
         try:
             return export(todo)
         finally:
-            model.train(training)
+            for module, training in modes.items():
+                module.training = training
 
     def export(todo: tuple[str, ...]) -> dict[str, tuple[bytes, dict[str, Any]]]:
         graphs.update(stage_graphs(model, input_size))
