@@ -32,6 +32,7 @@ from ..engine.auto import time_engines
 from ..engine.base import Engine
 from ..engine.calibration import CalibrationList
 from ..errors import BackendUnavailableError, ConfigError, EngineBuildError
+from ..hardware import usable_cores
 from ..models import StagedSegmenter, get_model, list_models
 from ..models.base import prime_batchnorm as models_prime_batchnorm
 from ..models.flops import stage_flops
@@ -359,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     if not images.is_dir():
         raise SystemExit(f"calibration images: {images} is not a folder (pass --calibration-images DIR)")
     env = fingerprint()
-    threads = env["cpu"]["physical_cores"]
+    threads = usable_cores()  # as ONNX Runtime's own default: the same count for every engine compared
     peak = matmul_peak(threads)
     log.info("fp32 matmul peak: %.0f GFLOP/s with %d threads", peak, threads)
     results = []

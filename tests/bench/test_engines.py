@@ -104,6 +104,19 @@ def test_a_size_without_models_applies_to_every_model(tmp_path, monkeypatch, cap
     assert [d for d in done if d != "peak"] == [f"{m} 320x160" for m in list_models()]
 
 
+def test_the_matmul_peak_runs_on_the_cores_the_process_may_use(tmp_path, monkeypatch) -> None:
+    """Pinned to one of two cores (taskset -c 0), the peak and the torch engines after it ran on
+    2 threads while ONNX Runtime ran on 1: the comparison was uneven."""
+    from rtseg.bench import engines
+
+    _no_measuring(monkeypatch)  # the fingerprint it stubs says 1 physical core
+    monkeypatch.setattr(engines, "usable_cores", lambda: 3)
+    threads: list[int] = []
+    monkeypatch.setattr(engines, "matmul_peak", lambda n: threads.append(n) or 100.0)
+    assert engines.main(["--models", "espnet", "--calibration-images", str(tmp_path)]) == 0
+    assert threads and set(threads) == {3}
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
