@@ -289,6 +289,14 @@ def test_input_size_must_be_two_whole_numbers(size) -> None:
         Segmenter(get_model("espnet"), backend="torch", input_size=size)
 
 
+def test_size_is_pointed_to_input_size() -> None:
+    """size= (the CLI's --size) met load_backend's own size: a raw TypeError."""
+    with pytest.raises(
+        ConfigError, match=r"size=\(64, 48\) is not an engine option: the input size is input_size"
+    ):
+        Segmenter(get_model("espnet"), backend="torch", size=(64, 48))
+
+
 def test_input_size_of_numpy_integers_is_accepted() -> None:
     seg = Segmenter(get_model("espnet"), backend="torch", input_size=(np.int64(64), np.int32(48)))
     assert seg.input_size == (64, 48) and seg(np.zeros((10, 10, 3), np.uint8)).labels.shape == (48, 64)

@@ -91,6 +91,10 @@ def load(
     """
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if "size" in options:  # the CLI's word; passed on, it met load_backend's own size (a TypeError)
+        raise ConfigError(
+            f"size={options['size']!r} is not an engine option: the input size is input_size=(W, H)"
+        )
     if device is None:
         device = default_device(backend)
     check_device(device)
