@@ -8,10 +8,12 @@ Engines built from ONNX read per-stage artifacts from the engine cache (see ``ca
 
 from __future__ import annotations
 
+import functools
 import logging
 import numbers
 import os
 import re
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -146,26 +148,12 @@ def load(
     if backend == "auto":
         from .auto import load_auto
 
-        engine = load_auto(
-            net,
-            size=size,
-            precision=precision,
-            device=device,
-            cache=cache,  # type: ignore[arg-type]
-            calibration=calib,
-            **options,
-        )
+        build: Callable[..., Engine] = load_auto
     else:
-        engine = load_backend(
-            net,
-            backend=backend,
-            size=size,
-            precision=precision,
-            device=device,  # type: ignore[arg-type]
-            cache=cache,
-            calibration=calib,
-            **options,
-        )
+        build = functools.partial(load_backend, backend=backend)
+    engine = build(
+        net, size=size, precision=precision, device=device, cache=cache, calibration=calib, **options
+    )
     if engine.info.backend != "torch":
         # Only the torch engine runs the caller's network itself (in eval mode); built for any
         # other, a network being trained came back in eval mode (auto times the torch one too).
