@@ -294,7 +294,11 @@ class Server:
             raise
         self.endpoint: str = self._router.getsockopt_string(zmq.LAST_ENDPOINT)
         self._threads: list[threading.Thread] = []
+        # The thread that runs the loop (start()'s own, or serve_forever()'s caller), and set once
+        # the loop has drained: close() from another thread waits on it before closing the sockets.
         self._loop_thread: threading.Thread | None = None
+        self._loop_done = threading.Event()
+        self._lifecycle_lock = threading.Lock()
         self._closed = False
         self._workers_lock = threading.Lock()
         self._live_workers = 0
@@ -311,23 +315,35 @@ class Server:
             t.start()
             self._threads.append(t)
 
+    def _claim_loop(self, thread: threading.Thread) -> None:
+        with self._lifecycle_lock:
+            if self._closed:
+                raise ConfigError("this server was already started")
+            if self._loop_thread is not None:
+                raise ConfigError("this server was already started")
+            self._loop_thread = thread
+
     def start(self) -> Server:
         """Serve on a background thread (for embedding and tests); ``close()`` stops it."""
-        if self._loop_thread is not None or self._closed:
-            raise ConfigError("this server was already started")
-        self._start_workers()
-        self._loop_thread = threading.Thread(target=self._loop, name="rtseg-serve-loop", daemon=True)
-        self._loop_thread.start()
+        loop = threading.Thread(target=self._loop, name="rtseg-serve-loop", daemon=True)
+        self._claim_loop(loop)
+        try:
+            self._start_workers()
+        except BaseException:
+            self._loop_done.set()  # no loop will run: close() must not wait for one
+            raise
+        loop.start()
         return self
 
     def serve_forever(self) -> None:
-        """Serve on this thread until ``stop()`` (from a signal handler or another thread)."""
-        if self._loop_thread is not None or self._closed:
-            raise ConfigError("this server was already started")
-        self._start_workers()
+        """Serve on this thread until ``stop()`` or ``close()`` (from a signal handler or another
+        thread); ``close()`` from another thread waits for the drain, as with ``start()``."""
+        self._claim_loop(threading.current_thread())
         try:
+            self._start_workers()
             self._loop()
         finally:
+            self._loop_done.set()
             self.close()
 
     def stop(self) -> None:
@@ -338,13 +354,17 @@ class Server:
         if a worker is still stuck in the backend: that worker finishes closing when it returns.
         Replies already sent get what is left of ``drain_s``, at most ``REPLY_LINGER_S``, to reach
         their clients; one whose client is not reading by then is lost."""
-        if self._closed:
-            return
-        self._closed = True
+        with self._lifecycle_lock:
+            if self._closed:
+                return
+            self._closed = True
+            serving = self._loop_thread
         deadline = time.monotonic() + self.limits.drain_s
         self._stop.set()
-        if self._loop_thread is not None and self._loop_thread is not threading.current_thread():
-            self._loop_thread.join()
+        # Wait for the loop's drain, not for its thread to end: serve_forever()'s caller may be the
+        # main thread, which goes on after serve_forever() returns.
+        if serving is not None and serving is not threading.current_thread():
+            self._loop_done.wait()
         # The drain's own budget when it ran (serve_forever drains before it calls close()).
         budget_end = deadline if self._drain_deadline is None else self._drain_deadline
         linger_ms = int(1000 * min(REPLY_LINGER_S, max(0.0, budget_end - time.monotonic())))
@@ -407,6 +427,12 @@ class Server:
     # ------------------------------------------------------------------ the socket thread
 
     def _loop(self) -> None:
+        try:
+            self._serve()
+        finally:
+            self._loop_done.set()
+
+    def _serve(self) -> None:
         poller = zmq.Poller()
         poller.register(self._router, zmq.POLLIN)
         poller.register(self._results, zmq.POLLIN)

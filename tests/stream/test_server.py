@@ -503,6 +503,46 @@ def test_stop_answers_the_accepted_requests_and_refuses_new_ones(
     assert server.stats.ok == 3
 
 
+def test_close_from_another_thread_drains_a_server_run_by_serve_forever(
+    small_engine: Engine, tcp_endpoint: str
+) -> None:
+    """close() did not wait for serve_forever()'s loop (only for start()'s): it closed the ROUTER
+    under the serving thread, which died with ZMQError, and the accepted requests got no reply."""
+    image = np.zeros((48, 64, 3), np.uint8)
+    header = raw_request()
+    server = SlowServer(small_engine, bind=tcp_endpoint, workers=1)
+    errors: list[BaseException] = []
+
+    def serve() -> None:
+        try:
+            server.serve_forever()
+        except BaseException as exc:
+            errors.append(exc)
+
+    serving = threading.Thread(target=serve)
+    ctx = zmq.Context()
+    dealer = ctx.socket(zmq.DEALER)
+    dealer.setsockopt(zmq.LINGER, 0)
+    try:
+        serving.start()
+        dealer.connect(tcp_endpoint)
+        for k in range(2):  # one runs, one waits in the queue: the drain answers both
+            dealer.send_multipart([b"", json.dumps({**header, "id": k}).encode(), image.tobytes()])
+        time.sleep(0.2)
+        server.close()
+        replies = []
+        while len(replies) < 2 and dealer.poll(3000):
+            replies.append(reply_of(dealer.recv_multipart()[1:]))
+        serving.join(10)
+    finally:
+        server.close()
+        dealer.close(linger=0)
+        ctx.term()
+    assert not serving.is_alive() and errors == []
+    assert [(r["id"], r["status"]) for r in replies] == [(0, "ok"), (1, "ok")]
+    assert server.stats.ok == 2
+
+
 def test_a_drain_of_centuries_closes(small_engine: Engine, tcp_endpoint: str) -> None:
     """rtseg serve --drain 1e10 is finite, so allowed: close() raised OverflowError joining the
     workers for that long (past threading.TIMEOUT_MAX)."""
