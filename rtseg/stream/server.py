@@ -318,7 +318,7 @@ class Server:
     def _claim_loop(self, thread: threading.Thread) -> None:
         with self._lifecycle_lock:
             if self._closed:
-                raise ConfigError("this server was already started")
+                raise ConfigError("this server is closed; make a new Server to serve again")
             if self._loop_thread is not None:
                 raise ConfigError("this server was already started")
             self._loop_thread = thread

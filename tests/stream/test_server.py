@@ -543,6 +543,20 @@ def test_close_from_another_thread_drains_a_server_run_by_serve_forever(
     assert server.stats.ok == 2
 
 
+def test_a_closed_server_says_it_is_closed(small_engine: Engine, tcp_endpoint: str) -> None:
+    """A closed, never-started server said "already started" to start() and serve_forever()."""
+    server = Server(small_engine, bind=tcp_endpoint)
+    server.close()
+    for serve in (server.start, server.serve_forever):
+        with pytest.raises(ConfigError, match="this server is closed"):
+            serve()
+    with (
+        Server(small_engine, bind=tcp_endpoint).start() as started,
+        pytest.raises(ConfigError, match="already started"),
+    ):
+        started.start()
+
+
 def test_a_drain_of_centuries_closes(small_engine: Engine, tcp_endpoint: str) -> None:
     """rtseg serve --drain 1e10 is finite, so allowed: close() raised OverflowError joining the
     workers for that long (past threading.TIMEOUT_MAX)."""
