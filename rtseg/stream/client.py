@@ -206,6 +206,11 @@ class Client:
                     return frames
             except zmq.ZMQError as exc:
                 log.debug("attempt %d to %s failed: %s", attempt, self.addr, exc)
+            except BaseException:
+                # Ctrl-C, a signal handler's exception or a bad reply mid-attempt: the REQ socket
+                # may still wait for a reply, and its next send would fail (EFSM) without sending.
+                self._drop_socket()
+                raise
             # Silence: this REQ socket is stuck waiting for a reply that may never come.
             self._drop_socket()
             self.reconnects += 1

@@ -96,6 +96,31 @@ def test_ipc_transport(small_engine: Engine, ipc_endpoint: str) -> None:
     np.testing.assert_array_equal(reply.labels, small_engine.run(IMAGE)[0])
 
 
+def test_a_request_interrupted_by_an_exception_leaves_the_client_usable(
+    small_engine: Engine, tcp_endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C (or a signal handler's exception) while waiting left the REQ socket waiting for a
+    reply: the next send failed with EFSM, reported as 'no reply after 1 attempt(s)' at once."""
+    poll = zmq.Socket.poll
+    interrupted: list[bool] = []
+
+    def interrupt_once(self: zmq.Socket, *args: object, **kwargs: object) -> int:
+        if not interrupted:
+            interrupted.append(True)
+            raise KeyboardInterrupt
+        return poll(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(zmq.Socket, "poll", interrupt_once)
+    with (
+        Server(small_engine, bind=tcp_endpoint).start(),
+        Client(tcp_endpoint, timeout=10, retries=0) as client,
+    ):
+        with pytest.raises(KeyboardInterrupt):
+            client.segment(IMAGE)
+        reply = client.segment(IMAGE, labels="raw")
+    np.testing.assert_array_equal(reply.labels, small_engine.run(IMAGE)[0])
+
+
 def test_errors_are_typed(small_engine: Engine, tcp_endpoint: str) -> None:
     with Server(small_engine, bind=tcp_endpoint).start(), Client(tcp_endpoint, timeout=10) as client:
         with pytest.raises(ServerError) as err:
