@@ -117,7 +117,9 @@ class PublisherStats:
 
 
 class Publisher:
-    """A bound PUB socket sending rtseg/1 ``frame`` messages. Use it from one thread at a time.
+    """A bound PUB socket sending rtseg/1 ``frame`` messages. ``publish()`` may be called from
+    several threads: each message gets its own ``seq`` and goes out whole, in ``seq`` order (a
+    ZeroMQ socket is not thread-safe; unserialised, two threads interleaved their frames).
 
     ``close()`` gives the messages already sent up to ``CLOSE_LINGER_S`` to reach the subscribers
     (a subscriber's full queue still drops messages while publishing, as SNDHWM says)."""
@@ -155,7 +157,8 @@ class Publisher:
         self._sent = 0
         self._bytes = 0
         self._encode_ms = 0.0
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the stats
+        self._send_lock = threading.Lock()  # seq, the class-set state and the socket
 
     def publish(self, frame: Frame, result: SegResult, overlay: np.ndarray | None = None) -> None:
         """Encode and send one result; ``overlay`` is needed when the options ask for it."""
@@ -176,27 +179,34 @@ class Publisher:
                 spec, data = encode_array("frame", frame.image, o.frame_encoding, quality=o.quality)
             specs.append(spec)
             payloads.append(data)
-        send_classes = carries_classes(self._seq, o.classes_every) or result.classes != self._last_classes
-        header = FrameHeader(
-            stream=o.stream,
-            seq=self._seq,
-            frame_index=result.frame_index,
-            capture_ts=frame.timestamp,
-            publish_ts=time.time(),
-            is_keyframe=result.is_keyframe,
-            deep_age=result.deep_age,
-            image_shape=tuple(int(s) for s in frame.image.shape),
-            parts=tuple(specs),
-            timings_ms={k: round(float(v), 3) for k, v in result.timings.items()},
-            classes=result.classes if send_classes else None,
-            session=self.session,
-        )
-        message = encode_frame_message(header, payloads)
         encode_ms = (time.perf_counter() - t0) * 1000
-        # PUB never blocks: a subscriber whose queue is full just misses this message.
-        self._socket.send_multipart(message, flags=zmq.NOBLOCK, copy=False)
-        self._seq += 1
-        self._last_classes = result.classes
+        # The parts are encoded in parallel; numbering and sending are serialised, so that each
+        # message gets its own seq and goes out whole, in seq order.
+        with self._send_lock:
+            if self._socket.closed:
+                raise ConfigError(f"publisher on {self.endpoint} is closed")
+            t0 = time.perf_counter()
+            send_classes = carries_classes(self._seq, o.classes_every) or result.classes != self._last_classes
+            header = FrameHeader(
+                stream=o.stream,
+                seq=self._seq,
+                frame_index=result.frame_index,
+                capture_ts=frame.timestamp,
+                publish_ts=time.time(),
+                is_keyframe=result.is_keyframe,
+                deep_age=result.deep_age,
+                image_shape=tuple(int(s) for s in frame.image.shape),
+                parts=tuple(specs),
+                timings_ms={k: round(float(v), 3) for k, v in result.timings.items()},
+                classes=result.classes if send_classes else None,
+                session=self.session,
+            )
+            message = encode_frame_message(header, payloads)
+            encode_ms += (time.perf_counter() - t0) * 1000
+            # PUB never blocks: a subscriber whose queue is full just misses this message.
+            self._socket.send_multipart(message, flags=zmq.NOBLOCK, copy=False)
+            self._seq += 1
+            self._last_classes = result.classes
         with self._lock:
             self._sent += 1
             self._bytes += sum(len(m) for m in message)
@@ -214,8 +224,9 @@ class Publisher:
         self._ctx.term()
 
     def close(self) -> None:
-        if not self._socket.closed:
-            self._teardown()
+        with self._send_lock:  # not under a publish() in another thread
+            if not self._socket.closed:
+                self._teardown()
 
     def __enter__(self) -> Publisher:
         return self

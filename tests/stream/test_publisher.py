@@ -221,6 +221,40 @@ def test_publisher_without_subscribers_never_blocks(tcp_endpoint: str) -> None:
     assert elapsed < 5.0  # ~1 ms of encoding each; a blocking send would hang here
 
 
+def test_publishing_from_two_threads_keeps_every_message_whole_and_numbered(tcp_endpoint: str) -> None:
+    """Two threads publishing at once interleaved their frames on the PUB socket and reused seq
+    numbers: the subscriber saw malformed messages, gaps and fake restarts."""
+    rng = np.random.default_rng(5)
+    packet = make_packet(0, rng, size=(8, 8))
+    options = PublishOptions(parts=("labels",), sndhwm=100_000)
+    with Publisher(tcp_endpoint, options) as pub, Subscriber(tcp_endpoint, rcvhwm=100_000) as sub:
+        wait_for_subscription(pub, sub, packet)
+        first = pub.stats.sent  # the seq of the next message
+        errors: list[BaseException] = []
+
+        def publish(n: int) -> None:
+            try:
+                for _ in range(n):
+                    pub.publish(packet.frame, packet.result)
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=publish, args=(1000,)) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        seqs = []
+        with contextlib.suppress(TimeoutError):
+            while True:
+                seqs.append(sub.recv(timeout=1).header.seq)
+        stats = sub.stats
+    assert errors == []
+    assert pub.stats.sent == first + 2000
+    assert seqs == list(range(first, first + 2000))
+    assert (stats.malformed, stats.gaps, stats.restarts) == (0, 0, 0)
+
+
 def test_close_delivers_the_messages_already_published(tmp_path: Path) -> None:
     """The PUB socket was closed with linger 0: the last large messages of a run, queued but not
     yet written, were lost (rtseg view --frames 12 got 11)."""
