@@ -43,7 +43,7 @@ from ..engine.base import Engine
 from ..errors import ConfigError
 from ..overlay.annotate import OverlayStyle, annotate
 from ..result import SegResult, labels_at
-from ..schedule import Clockwork, Every, Scheduler
+from ..schedule import Clockwork, Every, Scheduler, make_scheduler
 from .curve import CurveServer
 from .endpoint import check_endpoint
 from .protocol import (
@@ -86,6 +86,29 @@ REPLY_LINGER_S = 1.0
 
 def _default_scheduler() -> Scheduler:
     return Clockwork(DEFAULT_INTERVAL)
+
+
+def _scheduler_factory(scheduler: str | Callable[[], Scheduler] | None) -> Callable[[], Scheduler]:
+    """Server's ``scheduler``: a name (rtseg.schedule.make_scheduler, its default options) or a
+    factory called once per stream; each stream needs a scheduler of its own."""
+    if scheduler is None:
+        return _default_scheduler
+    if isinstance(scheduler, str):
+        name = scheduler
+        make_scheduler(name).close()  # an unknown name fails here
+        return lambda: make_scheduler(name)
+    if isinstance(scheduler, Scheduler):
+        raise ConfigError(
+            f"scheduler must be a name or a factory, got a {type(scheduler).__name__} instance: every "
+            "stream needs its own (it caches that stream's features); pass e.g. "
+            f"lambda: {type(scheduler).__name__}(...)"
+        )
+    if not callable(scheduler):
+        raise ConfigError(
+            "scheduler must be None, a scheduler name or a zero-argument factory returning a "
+            f"Scheduler, got {scheduler!r}"
+        )
+    return scheduler
 
 
 def _split_envelope(frames: list[zmq.Frame]) -> tuple[list[bytes], list[zmq.Frame]]:
@@ -236,7 +259,11 @@ class _Job:
 
 
 class Server:
-    """Segments images sent by ``Client`` (or any peer speaking rtseg/1) with one engine."""
+    """Segments images sent by ``Client`` (or any peer speaking rtseg/1) with one engine.
+
+    ``scheduler`` makes each stream's scheduler: a name (``rtseg.schedule.make_scheduler`` with its
+    defaults, as ``rtseg serve --scheduler``) or a zero-argument factory such as
+    ``lambda: Clockwork(8)``; not a Scheduler instance, since every stream needs its own."""
 
     def __init__(
         self,
@@ -244,26 +271,35 @@ class Server:
         *,
         bind: str = DEFAULT_SERVER_ENDPOINT,
         workers: int = 1,
-        scheduler: Callable[[], Scheduler] | None = None,
+        scheduler: str | Callable[[], Scheduler] | None = None,
         limits: ServerLimits | None = None,
         curve_keys: str | os.PathLike[str] | None = None,
         style: OverlayStyle | None = None,
     ) -> None:
+        if not isinstance(engine, Engine):  # else it served, and every request failed
+            raise ConfigError(
+                "engine must be an rtseg Engine (from rtseg.engine.load(...), or a Segmenter's "
+                f".engine), got {type(engine).__name__}"
+            )
         if workers < 1:
             raise ConfigError(f"workers must be >= 1, got {workers}")
         check_endpoint(bind, bind=True)
-        probe = (scheduler or _default_scheduler)()
+        new_scheduler = _scheduler_factory(scheduler)
+        probe = new_scheduler()
         try:
+            if not isinstance(probe, Scheduler):
+                raise ConfigError(
+                    f"scheduler must return a Scheduler (rtseg.schedule), got {type(probe).__name__}"
+                )
             probe.check(engine)  # a stream's scheduler that cannot run fails now, not per request
         finally:
-            probe.close()
+            if isinstance(probe, Scheduler):
+                probe.close()
         self.engine = engine
         self.workers = workers
         self.limits = limits or ServerLimits()
         self.style = style or OverlayStyle()
-        self._streams = _Streams(
-            self.limits.max_streams, self.limits.stream_ttl_s, scheduler or _default_scheduler
-        )
+        self._streams = _Streams(self.limits.max_streams, self.limits.stream_ttl_s, new_scheduler)
         self._jobs: queue.Queue[_Job | None] = queue.Queue(maxsize=self.limits.queue_size)
         self._stop = threading.Event()
         self._stats_lock = threading.Lock()

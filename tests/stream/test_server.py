@@ -19,6 +19,7 @@ from rtseg.engine import Engine, load
 from rtseg.errors import ConfigError
 from rtseg.models import get_model, save_checkpoint
 from rtseg.schedule import Clockwork
+from rtseg.segmenter import Segmenter
 from rtseg.stream import Client, ErrorCode, Server, ServerLimits, StreamTimeout
 from rtseg.stream.protocol import MAX_HEADER_BYTES, encode_array
 from rtseg.stream.server import MIN_MAX_BYTES
@@ -376,6 +377,35 @@ def test_a_reply_its_encoders_cannot_write_is_refused_before_the_model_runs(
     else:
         assert answer["error"]["code"] == "too_large" and refused in answer["error"]["message"], answer
         assert answer["id"] == 3 and stats.errors == {"too_large": 1} and CountingServer.segmented == 0
+
+
+def test_the_engine_and_scheduler_arguments_are_checked(small_engine: Engine, tcp_endpoint: str) -> None:
+    """Server(segmenter) built and served, then failed every request (internal_error: no .meta);
+    Server(engine, scheduler="clockwork") or a Scheduler instance raised a bare TypeError."""
+    with (
+        Segmenter(engine=small_engine) as seg,
+        pytest.raises(ConfigError, match=r"or a Segmenter's \.engine\), got Segmenter"),
+    ):
+        Server(seg, bind=tcp_endpoint)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"engine must be an rtseg Engine.*got str"):
+        Server("espnet", bind=tcp_endpoint)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="got a Clockwork instance: every stream needs its own"):
+        Server(small_engine, bind=tcp_endpoint, scheduler=Clockwork(3))  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="unknown scheduler 'clockworks'"):
+        Server(small_engine, bind=tcp_endpoint, scheduler="clockworks")
+    with pytest.raises(ConfigError, match=r"scheduler must return a Scheduler.*got int"):
+        Server(small_engine, bind=tcp_endpoint, scheduler=lambda: 3)  # type: ignore[arg-type,return-value]
+    with pytest.raises(ConfigError, match=r"zero-argument factory.*got 3"):
+        Server(small_engine, bind=tcp_endpoint, scheduler=3)  # type: ignore[arg-type]
+    # a name works as rtseg serve --scheduler does: adaptive decides its own keyframes
+    with (
+        Server(small_engine, bind=tcp_endpoint, scheduler="adaptive").start(),
+        Client(tcp_endpoint, timeout=10, retries=0) as client,
+    ):
+        image = np.zeros((48, 64, 3), np.uint8)
+        first, second = (client.segment(image, stream_id="cam") for _ in range(2))
+    assert first.is_keyframe and not second.is_keyframe
+    assert "change" in second.timings_ms
 
 
 def test_max_bytes_must_leave_room_for_a_request(small_engine: Engine, tcp_endpoint: str) -> None:
