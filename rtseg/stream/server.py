@@ -12,8 +12,8 @@ busy 2-core machine, 8 clients x 50 requests to ESPNet at 64x48 ran at 153 reque
 p99 129 ms) with one worker and 134/s (p50 50 ms, p99 162 ms) with two, hence the default of one.
 
 A request may name a stream: the server then keeps a scheduler for that stream (rtseg.schedule;
-clockwork every 4 frames unless the server is given another) that caches its deep features and
-decides its keyframes; a request can also ask for a keyframe. Streams are opened with
+clockwork every 4 frames with the flow warp unless the server is given another) that caches its
+deep features and decides its keyframes; a request can also ask for a keyframe. Streams are opened with
 ``start: true``, expire after ``stream_ttl_s`` idle and are evicted least-recently-used beyond
 ``max_streams``; using one the server does not hold gets
 ``unknown_stream``, which tells the client its scheduler state is gone (for example after a
@@ -43,7 +43,7 @@ from ..engine.base import Engine
 from ..errors import ConfigError
 from ..overlay.annotate import OverlayStyle, annotate
 from ..result import SegResult, labels_at
-from ..schedule import Clockwork, Every, Scheduler, make_scheduler
+from ..schedule import Every, Scheduler, make_scheduler
 from .curve import CurveServer
 from .endpoint import check_endpoint
 from .protocol import (
@@ -85,7 +85,8 @@ REPLY_LINGER_S = 1.0
 
 
 def _default_scheduler() -> Scheduler:
-    return Clockwork(DEFAULT_INTERVAL)
+    # as rtseg serve's default and docs/wire-format.md say: clockwork with the flow warp
+    return make_scheduler("clockwork", interval=DEFAULT_INTERVAL)
 
 
 def _scheduler_factory(scheduler: str | Callable[[], Scheduler] | None) -> Callable[[], Scheduler]:

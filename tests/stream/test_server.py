@@ -96,6 +96,18 @@ def test_streams_run_the_keyframe_scheduler(small_engine: Engine, tcp_endpoint: 
     assert other.is_keyframe  # a new stream starts with a keyframe
 
 
+def test_the_default_stream_scheduler_is_clockwork_with_the_flow_warp(
+    small_engine: Engine, tcp_endpoint: str, random_images
+) -> None:  # type: ignore[no-untyped-def]
+    """rtseg serve and docs/wire-format.md default to clockwork every 4 frames with the flow warp;
+    the Python Server's default had no warp."""
+    images = random_images(5, (48, 64, 3), seed=4)
+    with Server(small_engine, bind=tcp_endpoint).start(), Client(tcp_endpoint, timeout=10) as client:
+        replies = [client.segment(image, stream_id="cam") for image in images]
+    assert [r.is_keyframe for r in replies] == [True, False, False, False, True]
+    assert all("warp" in r.timings_ms for r in replies[1:4])
+
+
 def test_two_clients_with_the_same_stream_id_keep_their_own_streams(  # type: ignore[no-untyped-def]
     small_engine: Engine, tcp_endpoint: str, random_images
 ) -> None:
