@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 import os
 import threading
 import time
@@ -415,12 +416,14 @@ class Subscriber:
         centuries: no limit)."""
         if timeout is not None and (
             isinstance(timeout, bool)
-            or not isinstance(timeout, (int, float))
+            or not isinstance(timeout, numbers.Real)  # NumPy numbers too, as Client takes them
             or math.isnan(timeout)
             or timeout < 0
         ):
             # NaN never compares past a deadline (recv hung); a string failed deep inside
             raise ConfigError(f"timeout must be None or a number of seconds >= 0, got {timeout!r}")
+        if timeout is not None:
+            timeout = float(timeout)
         if timeout is not None and timeout > threading.TIMEOUT_MAX:  # inf, or centuries: no limit
             timeout = None  # (a Condition's wait raised OverflowError past TIMEOUT_MAX)
         if self._closed:

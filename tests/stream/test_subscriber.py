@@ -393,6 +393,17 @@ def test_timeouts_must_be_seconds(latest: bool, tcp_endpoint: str) -> None:
 
 
 @pytest.mark.parametrize("latest", [False, True])
+def test_numpy_timeouts_are_seconds(latest: bool, tcp_endpoint: str) -> None:
+    """recv(timeout=np.float32(0.1)) was refused as not a number, while Client takes NumPy numbers."""
+    with Subscriber(tcp_endpoint, latest=latest) as sub:
+        for timeout in (np.float32(0.1), np.float64(0.1), np.int64(0)):
+            with pytest.raises(StreamTimeout):
+                sub.recv(timeout=timeout)  # type: ignore[arg-type]
+        with pytest.raises(ConfigError, match=r"got np\.True_|got True"):
+            sub.recv(timeout=np.True_)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("latest", [False, True])
 def test_a_timeout_past_what_a_thread_can_wait_is_no_limit(latest: bool, tcp_endpoint: str) -> None:
     """1e10 s (rtseg view --timeout 1e10) raised OverflowError in latest mode."""
     with Subscriber(tcp_endpoint, latest=latest) as sub:
