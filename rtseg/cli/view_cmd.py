@@ -72,7 +72,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--all",
         action="store_true",
-        help="process every message instead of only the newest (may fall behind)",
+        help="process the messages in order instead of only the newest; a viewer slower than "
+        "the publisher still misses some once the few messages queued for it (the publisher's "
+        "hwm and the viewer's own) are full, counted as gaps",
     )
     p.add_argument(
         "--fps",
