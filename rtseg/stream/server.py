@@ -335,6 +335,7 @@ class Server:
         # the loop has drained: close() from another thread waits on it before closing the sockets.
         self._loop_thread: threading.Thread | None = None
         self._loop_done = threading.Event()
+        self._closed_done = threading.Event()  # the first close() has finished: the port is free
         self._lifecycle_lock = threading.Lock()
         self._closed = False
         self._workers_lock = threading.Lock()
@@ -374,7 +375,8 @@ class Server:
 
     def serve_forever(self) -> None:
         """Serve on this thread until ``stop()`` or ``close()`` (from a signal handler or another
-        thread); ``close()`` from another thread waits for the drain, as with ``start()``."""
+        thread); ``close()`` from another thread waits for the drain, as with ``start()``. When it
+        returns the server is closed and its port free."""
         self._claim_loop(threading.current_thread())
         try:
             self._start_workers()
@@ -392,10 +394,22 @@ class Server:
         Replies already sent get what is left of ``drain_s``, at most ``REPLY_LINGER_S``, to reach
         their clients; one whose client is not reading by then is lost."""
         with self._lifecycle_lock:
-            if self._closed:
-                return
-            self._closed = True
             serving = self._loop_thread
+            if serving is threading.current_thread() and not self._loop_done.is_set():
+                # A signal handler that interrupted this thread's own serve_forever(): closing the
+                # sockets under its loop ended it with a ZMQError. The loop drains and closes.
+                self._stop.set()
+                return
+            first, self._closed = not self._closed, True
+        if not first:  # closing already (serve_forever's own close after another thread's)
+            self._closed_done.wait()
+            return
+        try:
+            self._close(serving)
+        finally:
+            self._closed_done.set()
+
+    def _close(self, serving: threading.Thread | None) -> None:
         deadline = time.monotonic() + self.limits.drain_s
         self._stop.set()
         # Wait for the loop's drain, not for its thread to end: serve_forever()'s caller may be the

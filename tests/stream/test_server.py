@@ -585,6 +585,36 @@ def test_close_from_another_thread_drains_a_server_run_by_serve_forever(
     assert server.stats.ok == 2
 
 
+def test_serve_forever_returns_with_the_port_free_when_another_thread_closes(
+    small_engine: Engine, tcp_endpoint: str
+) -> None:
+    """serve_forever() returned while the other thread's close() was still closing: a server
+    started again on the same port right after failed with 'Address already in use'."""
+    for _ in range(3):
+        server = Server(small_engine, bind=tcp_endpoint, workers=1)
+        threading.Timer(0.2, server.close).start()
+        server.serve_forever()
+        Server(small_engine, bind=tcp_endpoint, workers=1).close()  # the port is free
+
+
+def test_close_from_a_signal_handler_stops_serve_forever_cleanly(
+    small_engine: Engine, tcp_endpoint: str
+) -> None:
+    """The handler ran close() on the serving thread itself, which closed the sockets under its
+    own loop: serve_forever() ended with ZMQError 'Socket operation on non-socket'."""
+    import os
+    import signal
+
+    server = Server(small_engine, bind=tcp_endpoint, workers=1)
+    previous = signal.signal(signal.SIGUSR1, lambda signum, frame: server.close())
+    try:
+        threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGUSR1)).start()
+        server.serve_forever()  # returns, no ZMQError
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    Server(small_engine, bind=tcp_endpoint, workers=1).close()  # closed: the port is free
+
+
 def test_a_closed_server_says_it_is_closed(small_engine: Engine, tcp_endpoint: str) -> None:
     """A closed, never-started server said "already started" to start() and serve_forever()."""
     server = Server(small_engine, bind=tcp_endpoint)
