@@ -158,7 +158,9 @@ class Publisher:
         self._bytes = 0
         self._encode_ms = 0.0
         self._lock = threading.Lock()  # the stats
-        self._send_lock = threading.Lock()  # seq, the class-set state and the socket
+        # seq, the class-set state and the socket. Reentrant: close() from a signal handler that
+        # interrupted this thread's publish() waited for the lock it held, forever.
+        self._send_lock = threading.RLock()
 
     def publish(self, frame: Frame, result: SegResult, overlay: np.ndarray | None = None) -> None:
         """Encode and send one result; ``overlay`` is needed when the options ask for it."""
@@ -204,7 +206,12 @@ class Publisher:
             message = encode_frame_message(header, payloads)
             encode_ms += (time.perf_counter() - t0) * 1000
             # PUB never blocks: a subscriber whose queue is full just misses this message.
-            self._socket.send_multipart(message, flags=zmq.NOBLOCK, copy=False)
+            try:
+                self._socket.send_multipart(message, flags=zmq.NOBLOCK, copy=False)
+            except zmq.ZMQError:
+                if self._socket.closed:  # closed under this publish(), by a signal handler
+                    raise ConfigError(f"publisher on {self.endpoint} is closed") from None
+                raise
             self._seq += 1
             self._last_classes = result.classes
         with self._lock:

@@ -305,6 +305,36 @@ def test_close_twice_and_publish_after_close(tcp_endpoint: str) -> None:
         pub.publish(packet.frame, packet.result)
 
 
+def test_close_from_a_signal_handler_during_publish_ends_it(tcp_endpoint: str, monkeypatch) -> None:
+    """A handler (SIGTERM, SIGALRM) that closes the publisher while this thread is inside
+    publish(): close() waited for the lock publish() held, and the process hung."""
+    from rtseg.stream import publisher as module
+
+    packet = make_packet(0, np.random.default_rng(4))
+    pub = Publisher(tcp_endpoint, PublishOptions(parts=("labels",)))
+    encode = module.encode_frame_message
+
+    def interrupted(header, payloads):  # as if a signal arrived here and its handler closed pub
+        pub.close()
+        return encode(header, payloads)
+
+    monkeypatch.setattr(module, "encode_frame_message", interrupted)
+    outcome: list[BaseException] = []
+
+    def publish() -> None:
+        try:
+            pub.publish(packet.frame, packet.result)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    worker = threading.Thread(target=publish, daemon=True)
+    worker.start()
+    worker.join(10)
+    assert not worker.is_alive(), "publish() and close() deadlocked"
+    assert len(outcome) == 1 and isinstance(outcome[0], ConfigError), outcome
+    assert f"publisher on {tcp_endpoint} is closed" in str(outcome[0])
+
+
 def test_busy_port_is_a_clear_sink_error(tcp_endpoint: str) -> None:
     with Publisher(tcp_endpoint), pytest.raises(SinkError, match=r"cannot publish on tcp://127\.0\.0\.1"):
         open_publisher_sink(f"zmq://{tcp_endpoint}")
