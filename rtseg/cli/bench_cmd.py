@@ -59,26 +59,31 @@ def register(sub: argparse._SubParsersAction) -> None:
         "against 'every' (agreement).",
         epilog="Unsupported combinations (say int8 on torch) are reported as skipped with the reason.",
     )
+    # action="extend": a repeated flag adds to the list (argparse's default kept the last one, and
+    # --scheduler every --scheduler clockwork measured clockwork alone, without a word). Defaults
+    # are filled in by run(): extend would add to a default list.
     p.add_argument(
         "--model",
         nargs="+",
+        action="extend",
         choices=list_models(),
         default=None,
         help=f"models (default: {DEFAULT_MODEL}; with --table: the table's implemented rows)",
     )
     p.add_argument(
-        "--backend", nargs="+", choices=BACKENDS, default=["torch"], help="backends (default: torch)"
+        "--backend", nargs="+", action="extend", choices=BACKENDS, help="backends (default: torch)"
     )
     p.add_argument(
         "--precision",
         nargs="+",
+        action="extend",
         choices=sorted({p for allowed in PRECISIONS.values() for p in allowed}),
-        default=["fp32"],
         help="precisions (default: fp32)",
     )
     p.add_argument(
         "--size",
         nargs="+",
+        action="extend",
         type=parse_size,
         default=None,
         help="engine input sizes WxH (default: the size the weights were trained at)",
@@ -86,8 +91,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--scheduler",
         nargs="+",
+        action="extend",
         choices=SCHEDULERS,
-        default=["every"],
         help="keyframe schedulers, default options (default: every)",
     )
     p.add_argument("--source", default=None, help=f"end-to-end input (default: {DEFAULT_SOURCE})")
@@ -276,6 +281,9 @@ def _specs(
 def run(args: argparse.Namespace) -> int:
     if args.camvid and not args.table:
         raise ConfigError("--camvid adds a CamVid row to --table: use it with --table cityscapes")
+    args.backend = args.backend or ["torch"]
+    args.precision = args.precision or ["fp32"]
+    args.scheduler = args.scheduler or ["every"]
     for option in ("model", "backend", "precision", "size", "scheduler"):
         values = getattr(args, option) or []
         twice = sorted({str(v) for v in values if values.count(v) > 1})

@@ -159,6 +159,9 @@ def test_table_prints_every_row_and_measures_implemented_ones(tmp_path: Path, ca
         (["--threads", "0"], "argument --threads: expected a whole number >= 1, got 0"),
         (["--backend", "torch", "torch"], "--backend lists torch more than once"),
         (["--size", "64x48", "64x48"], "--size lists (64, 48) more than once"),
+        # a repeated flag adds to the list: argparse kept the last one and measured it alone
+        (["--backend", "torch", "--backend", "torch"], "--backend lists torch more than once"),
+        (["--engine-only", "--scheduler", "every", "--scheduler", "clockwork"], "one --scheduler"),
     ],
 )
 def test_bad_option_combinations(argv: list[str], message: str, capsys) -> None:
