@@ -255,10 +255,17 @@ class Segmenter:
                 new.reset()
 
     def reset(self) -> None:
-        """Forget the deep cache and keyframe reference (a new stream or a seek)."""
+        """Start a new stream: no deep cache, keyframe reference, statistics or calibration."""
         with self._lock:
             self._check_open()
             self.scheduler.reset()
+
+    def jump(self) -> None:
+        """The stream jumped (a seek, a reconnect) and goes on: the next frame is a keyframe; the
+        statistics and a calibrated threshold stay. A ``Frame`` marked ``discontinuity`` does this."""
+        with self._lock:
+            self._check_open()
+            self.scheduler.jump()
 
     def _check_open(self) -> None:
         if self._closed:

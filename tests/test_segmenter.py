@@ -56,6 +56,8 @@ def test_a_frame_after_a_jump_in_its_stream_starts_the_schedule_afresh(engine) -
     assert [r.is_keyframe for r in results] == [True, False, True, False]
     assert [r.deep_age for r in results] == [0, 1, 0, 1]
     assert seg.scheduler.stats.frames == 4  # the same stream goes on: its statistics too
+    seg.jump()  # the same for bare images, whose jumps the caller knows
+    assert seg(image).is_keyframe and seg.scheduler.stats.frames == 5
 
 
 @pytest.mark.parametrize("name", ["adaptive", "async"])
