@@ -446,11 +446,8 @@ class Pipeline:
         try:
             # A new source is a new stream: no deep features or keyframe reference from the last one.
             self.segmenter.reset()
-        except BaseException:
-            try:  # the run cannot start (an async scheduler's failed deep job): nothing is left open
-                self.close()
-            except Exception as exc:
-                log.error("closing the pipeline's outputs also failed: %s", exc)
+        except BaseException as exc:  # the run cannot start (an async scheduler's failed deep job)
+            self._close_after(exc)  # nothing is left open
             raise
         return self._frames()
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from ..errors import ConfigError, EngineClosedError
 from ..models import StagedSegmenter, get_model
+from ..models.base import module_modes, restore_modes
 from ..models.checkpoint import SUBNORMAL_REASON, without_subnormal_weights
 from .base import BACKEND_OPTIONS, Engine, EngineInfo, default_device
 from .cache import ArtifactCache, default_engine_dir, weights_hash
@@ -144,7 +145,7 @@ def load(
         raise ConfigError(f"{net.meta.model} needs an input size divisible by {spec.input_multiple}, {got}")
     cache = ArtifactCache(engine_dir)
     calib = _calibration(calibration)
-    modes = {m: m.training for m in net.modules()}  # frozen BatchNorm in a network being trained
+    modes = module_modes(net)
     if backend == "auto":
         from .auto import load_auto
 
@@ -157,8 +158,7 @@ def load(
     if engine.info.backend != "torch":
         # Only the torch engine runs the caller's network itself (in eval mode); built for any
         # other, a network being trained came back in eval mode (auto times the torch one too).
-        for module, training in modes.items():
-            module.training = training
+        restore_modes(modes)
     return engine
 
 

@@ -34,7 +34,7 @@ from torch import nn
 
 from ..data import preprocess
 from ..errors import ConfigError, EngineBuildError
-from ..models.base import StagedSegmenter
+from ..models.base import StagedSegmenter, module_modes, restore_modes
 from . import graphs
 from .cache import Artifact, ArtifactCache, ArtifactKey, weights_hash
 from .graphs import DeepGraph, HeadGraph, LowGraph, head_low_inputs
@@ -438,12 +438,11 @@ def ensure_onnx(
     def build(todo: tuple[str, ...]) -> dict[str, tuple[bytes, dict[str, Any]]]:
         # Exported in eval mode; the caller's network is handed back in the mode it came in: one
         # being trained, built into an engine to validate on, went on training with BatchNorm frozen.
-        modes = {m: m.training for m in model.modules()}  # each its own: a frozen BatchNorm stays so
+        modes = module_modes(model)
         try:
             return export(todo)
         finally:
-            for module, training in modes.items():
-                module.training = training
+            restore_modes(modes)
 
     def export(todo: tuple[str, ...]) -> dict[str, tuple[bytes, dict[str, Any]]]:
         graphs.update(stage_graphs(model, input_size))

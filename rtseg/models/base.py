@@ -144,6 +144,18 @@ def init_weights(model: nn.Module) -> None:
 M = TypeVar("M", bound=nn.Module)
 
 
+def module_modes(model: nn.Module) -> dict[nn.Module, bool]:
+    """Each submodule's training flag, for ``restore_modes``: building an engine puts a network in
+    eval mode, and the caller's may be in training, some BatchNorm frozen (per module, not one
+    flag for the whole network)."""
+    return {m: m.training for m in model.modules()}
+
+
+def restore_modes(modes: dict[nn.Module, bool]) -> None:
+    for module, training in modes.items():
+        module.training = training
+
+
 @torch.no_grad()
 def prime_batchnorm(model: M, batches: Iterable[Tensor]) -> M:
     """Replace a randomly initialised network's BatchNorm statistics with those of ``batches``.
