@@ -51,6 +51,11 @@ class SegmentationLoss(torch.nn.Module):
         logits = logits[:, : self.num_classes]
         if logits.shape[-2:] != target.shape[-2:]:
             logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
+        if not bool((target != self.ignore_index).any()):
+            # Every pixel void (a crop of an unlabelled area, sparse labels): the mean over no pixels
+            # is 0/0 = NaN, which stopped training as divergence. Nothing to learn here: zero, with
+            # a graph, so backward and the optimizer step still run.
+            return logits.float().sum() * 0.0
         return F.cross_entropy(
             logits.float(), target, weight=self.class_weights, ignore_index=self.ignore_index
         )

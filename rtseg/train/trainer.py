@@ -845,8 +845,7 @@ class Trainer:
                     if not math.isfinite(float(loss.detach())):
                         raise TrainingError(
                             f"loss became {float(loss.detach())} at epoch {st.epoch + 1}, batch {k}: "
-                            f"lower --lr or check the labels (the last saved state, {self.state_path}, "
-                            "is kept)"
+                            f"lower --lr or check the labels ({self._kept_state()})"
                         )
                     self.optimizer.zero_grad(set_to_none=True)
                     self.scaler.scale(loss).backward()

@@ -356,8 +356,11 @@ def test_a_diverging_loss_stops_with_a_typed_error(tiny_camvid: Path, tmp_path: 
         return loss * float("nan"), parts
 
     trainer.loss = diverged
-    with pytest.raises(TrainingError, match=r"loss became nan at epoch 1, batch 0: lower --lr"):
+    # nothing was saved before the first batch: the message must not point at a state file
+    match = r"loss became nan at epoch 1, batch 0: lower --lr .*\(no training state was saved yet\)"
+    with pytest.raises(TrainingError, match=match):
         trainer.fit()
+    assert not trainer.state_path.exists()
 
 
 class _SignalOnFirstRead(Sequence):
