@@ -153,7 +153,11 @@ _CITYSCAPES_TRAIN_IDS = {
     32: 17,
     33: 18,
 }
-CITYSCAPES_LABEL_IDS = LabelIdMap(table=tuple(_CITYSCAPES_TRAIN_IDS.get(i, IGNORE_INDEX) for i in range(256)))
+# labelIds are 0-33; the license plate's id -1 is stored as 255 (cityscapesScripts' json2labelImg).
+CITYSCAPES_LABEL_IDS = LabelIdMap(
+    table=tuple(_CITYSCAPES_TRAIN_IDS.get(i, IGNORE_INDEX) for i in range(256)),
+    defined=(*range(34), IGNORE_INDEX),
+)
 
 CAMVID = ClassSet(
     name="camvid",

@@ -47,6 +47,12 @@ def test_cityscapes_official_layout_label_ids_mapped(tmp_path: Path) -> None:
     )
     ds = cityscapes(tmp_path, "val")
     assert (ds[0].label == 13).all()
+    # a value that is no labelId (0-33, 255) was scored as void without a word
+    label = np.full((4, 4), 26, np.uint8)
+    label[0, 0], label[1, 1] = 200, 255
+    _write(tmp_path / "gtFine" / "val" / city / "aachen_000000_000019_gtFine_labelIds.png", label)
+    with pytest.raises(DatasetError, match=r"holds values \[200\] that are not cityscapes label ids"):
+        cityscapes(tmp_path, "val")[0]
     with pytest.raises(DatasetError, match="no gtFine labelTrainIds file"):
         cityscapes(tmp_path, "val", labels="labelTrainIds")
 
