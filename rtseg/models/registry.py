@@ -375,7 +375,8 @@ def _void_note(num_outputs: int, void: int) -> str:
     return (
         f". Its {which} taken as void (never predicted), as in the authors' releases, leaving "
         f"{num_outputs - void} classes of {num_outputs} outputs; if every output is a class "
-        f"(a network built by get_model(num_classes={num_outputs})), pass num_classes={num_outputs}"
+        f"(a network built by get_model(num_classes={num_outputs})), pass num_classes={num_outputs} "
+        "to get_model; the command line reads the class count from an rtseg checkpoint"
     )
 
 
@@ -448,7 +449,8 @@ def get_model(
         void = meta.num_outputs - len(meta.classes)
         log.warning(
             "%s is a plain state dict rtseg does not recognise: assuming %s's default preprocessing "
-            "(%s) and classes %r; save it as an rtseg checkpoint to record the real ones%s",
+            "(%s) and classes %r; save it as an rtseg checkpoint to record the real ones (docs/models.md, "
+            "'A plain state dict')%s",
             ckpt.path,
             name,
             meta.preprocessing,

@@ -419,7 +419,8 @@ def test_a_plain_state_dict_read_one_class_short_says_so(
     with caplog.at_level("WARNING", logger="rtseg.models.registry"):
         assert len(get_model("espnet", weights=path).meta.classes) == 11
     assert "last output channel was taken as void (never predicted)" in caplog.text
-    assert "11 classes of 12 outputs" in caplog.text and "pass num_classes=12" in caplog.text
+    assert "11 classes of 12 outputs" in caplog.text and "pass num_classes=12 to get_model" in caplog.text
+    assert "docs/models.md, 'A plain state dict'" in caplog.text
     caplog.clear()
     with caplog.at_level("WARNING", logger="rtseg.models.registry"):
         assert len(get_model("espnet", weights=path, num_classes=12).meta.classes) == 12
