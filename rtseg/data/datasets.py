@@ -7,6 +7,7 @@ CamVid val is one continuous sequence, and order matters for scheduling studies.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -158,6 +159,14 @@ def camvid(root: str | Path, split: str) -> SegmentationDataset:
         if not label_path.is_file():
             raise DatasetError(f"CamVid image {image_path} has no label {label_path}")
         pairs.append(_Pair(image_path.stem, image_path, label_path, CAMVID_LABEL_IDS))
+    if not pairs:
+        others = Counter(p.suffix for p in image_dir.iterdir() if p.is_file() and p.suffix)
+        if others:
+            held = ", ".join(f"{n} {suffix}" for suffix, n in others.most_common(3))
+            raise DatasetError(
+                f"CamVid folder {image_dir} has no *.png images (it holds {held} files): the CamVid "
+                "layout reads PNG images with PNG labels of the same name; convert the images to PNG"
+            )
     return SegmentationDataset(pairs, CAMVID, f"CamVid split {split!r} in {root}")
 
 

@@ -57,6 +57,19 @@ def test_cityscapes_official_layout_label_ids_mapped(tmp_path: Path) -> None:
         cityscapes(tmp_path, "val", labels="labelTrainIds")
 
 
+def test_a_camvid_folder_of_other_images_says_what_it_holds(tmp_path: Path) -> None:
+    # it said only "no labelled images found", though the folder held images
+    for name in ("a.jpg", "b.jpg"):
+        _write(tmp_path / "test" / name, np.zeros((2, 2, 3), np.uint8))
+    (tmp_path / "testannot").mkdir()
+    with pytest.raises(DatasetError, match=r"test has no \*\.png images \(it holds 2 \.jpg files\)"):
+        camvid(tmp_path, "test")
+    (tmp_path / "test" / "a.jpg").unlink()
+    (tmp_path / "test" / "b.jpg").unlink()
+    with pytest.raises(DatasetError, match="no labelled images found for CamVid split 'test'"):
+        camvid(tmp_path, "test")
+
+
 def test_corrupt_label_is_named(tmp_path: Path) -> None:
     _write(tmp_path / "val" / "a.png", np.zeros((6, 8, 3), np.uint8))
     (tmp_path / "valannot").mkdir()
