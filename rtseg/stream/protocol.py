@@ -116,11 +116,22 @@ def _int(data: Mapping[str, Any], name: str, *, required: bool = True, minimum: 
     return value
 
 
+def _is_finite_number(value: Any) -> bool:
+    """A JSON number a float holds: a sender's integer past 1e308 overflowed math.isfinite into an
+    OverflowError, answered as the server's own failure (internal_error, with a traceback)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
 def _float(data: Mapping[str, Any], name: str, *, required: bool = True) -> float | None:
     value = _get(data, name, required=required)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if not _is_finite_number(value):
         raise _bad(name, "a finite number", value)
     return float(value)
 
@@ -182,8 +193,7 @@ def _timings(data: Mapping[str, Any], name: str = "timings_ms") -> dict[str, flo
     if value is None:
         return {}
     if not isinstance(value, dict) or not all(
-        isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-        for k, v in value.items()
+        isinstance(k, str) and _is_finite_number(v) for k, v in value.items()
     ):
         raise _bad(name, "an object of stage name -> milliseconds", value)
     return {k: float(v) for k, v in value.items()}

@@ -262,6 +262,9 @@ def test_request_validation() -> None:
         ({"image": {"name": "image", "encoding": "raw"}}, ErrorCode.BAD_SHAPE),
         ({"image": {"name": "image", "encoding": "gif"}}, ErrorCode.BAD_HEADER),
         ({"capture_ts": float("nan")}, ErrorCode.BAD_HEADER),
+        # an integer past float's range raised OverflowError: internal_error, logged as a server bug
+        ({"capture_ts": 10**400}, ErrorCode.BAD_HEADER),
+        ({"deadline_ms": -(10**400)}, ErrorCode.BAD_HEADER),
     ):
         with pytest.raises(WireError) as err:
             parse_request({**good, **change})
@@ -403,3 +406,23 @@ def test_hand_built_request_gets_a_hand_readable_reply(small_engine, tcp_endpoin
     assert len(error_frames) == 1 and error["status"] == "error" and error["id"] == "x"
     assert error["error"]["code"] == "bad_header" and "image" in error["error"]["message"]
     assert error["timings_ms"]["total"] >= error["timings_ms"]["queue"] >= 0
+
+
+@pytest.mark.parametrize("field_name", ["capture_ts", "publish_ts", "timings_ms"])
+def test_a_published_number_past_floats_range_is_named_as_a_bad_field(field_name: str) -> None:
+    """It was an OverflowError ('int too large to convert to float') that named no field."""
+    header = FrameHeader(
+        stream="cam",
+        seq=0,
+        frame_index=0,
+        capture_ts=1.0,
+        publish_ts=2.0,
+        is_keyframe=True,
+        deep_age=0,
+        image_shape=(2, 2, 3),
+        parts=(),
+    ).to_dict()
+    header[field_name] = {"low": 10**400} if field_name == "timings_ms" else 10**400
+    with pytest.raises(WireError) as err:
+        FrameHeader.from_dict(header)
+    assert err.value.code is ErrorCode.BAD_HEADER and f"field {field_name!r}" in err.value.detail
