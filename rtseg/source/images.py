@@ -88,6 +88,8 @@ class ImageSource(MediaSource):
     def _load(path: Path) -> np.ndarray:
         image = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if image is None:
+            if not path.is_file():  # listed when the source opened
+                raise SourceError(f"image file not found: {path} (removed during the run)")
             raise SourceError(f"cannot read image {path} (truncated or not an image)")
         return image
 

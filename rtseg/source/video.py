@@ -162,6 +162,10 @@ class VideoFileSource(MediaSource):
     def _rewind(self) -> bool:
         # Reopening is reliable for every container; seeking to frame 0 is not.
         self._cap.release()
+        if isinstance(self.target, Path) and not self.target.is_file():
+            # It was there when the run began: "cannot open ... as a video" sent users looking for
+            # a corrupt file.
+            raise SourceError(f"video file not found: {self.target} (removed while looping over it)")
         self._cap = _open(self.target, self.options.timeout)
         self._reset_times()
         return True

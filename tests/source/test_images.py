@@ -82,6 +82,18 @@ def test_unreadable_image_names_the_file(folder: Path) -> None:
         list(src)
 
 
+def test_an_image_removed_during_the_run_is_named_as_missing(folder: Path) -> None:
+    # it was "cannot read image ... (truncated or not an image)"
+    with open_source(folder) as src:
+        first = next(iter(src))
+        (folder / "f002.png").unlink()
+        with pytest.raises(
+            SourceError, match=r"image file not found: .*f002\.png \(removed during the run\)"
+        ):
+            list(src)
+    assert int(first.image[0, 0, 0]) == 0
+
+
 @pytest.mark.data
 def test_camvid_val_is_read_in_file_order(camvid_root: Path) -> None:
     with open_source(camvid_root / "val") as src:

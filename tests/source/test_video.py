@@ -55,6 +55,19 @@ def test_loop_restarts_with_increasing_indices(video_file) -> None:
     assert np.array_equal(frames[FRAMES].image, frames[0].image)
 
 
+def test_a_looped_file_removed_during_the_run_is_named_as_missing(video_file, tmp_path: Path) -> None:
+    # reopening it for the next pass said "cannot open ... as a video: ... It may not be a video"
+    path = tmp_path / "clip.mp4"
+    shutil.copy(video_file[0], path)
+    with open_source(path, loop=True) as src:
+        frames = iter(src)
+        next(frames)
+        path.unlink()
+        with pytest.raises(SourceError, match=r"video file not found: .*clip\.mp4 \(removed while looping"):
+            for _ in range(2 * FRAMES):
+                next(frames)
+
+
 def test_resize_and_rate(video_file) -> None:
     path, _ = video_file
     with open_source(path, resize=(80, 48), rate=5) as src:
