@@ -541,7 +541,9 @@ def markdown(payload: dict, costs: dict[str, float]) -> str:
 
     for c in fam["clockwork"]:
         k = c["keyframes"]
-        cw = next(p for p in fam["clockwork + warp"] if p["keyframes"] == k)
+        # The same interval, not the same keyframe count: two intervals can give one count (K=6
+        # and 7 on 30 frames), and the row showed the first one's warped result.
+        cw = next(p for p in fam["clockwork + warp"] if p["parameter"] == c["parameter"])
         out.append(
             f"| {c['parameter']} | {k} ({c['ratio']:.3f}) | {c['miou']:.2f} / {c['agreement']:.2f} | "
             f"{same_k(feature_family(fam), k)} | {cw['miou']:.2f} / {cw['agreement']:.2f} | "

@@ -162,6 +162,35 @@ def test_gains_are_reported_for_every_matched_interval(study, tmp_path) -> None:
         assert f"| {g.interval} | {g.keyframes} | - | - | - | {g.gain:+.2f} |" in table
 
 
+def test_the_report_row_of_each_interval_shows_that_intervals_warped_result() -> None:
+    # on 30 frames K=6 and K=7 both give 5 keyframes: K=7's row showed K=6's clockwork + warp
+    def point(family: str, parameter: float, keyframes: int, miou: float) -> dict:
+        return {
+            "family": family,
+            "parameter": parameter,
+            "keyframes": keyframes,
+            "ratio": keyframes / 30,
+            "miou": miou,
+            "agreement": miou + 20,
+        }
+
+    payload = {
+        "frames": 30,
+        "points": [
+            point("every", 1, 30, 70.0),
+            point("clockwork", 6, 5, 57.0),
+            point("clockwork", 7, 5, 57.2),
+            point("clockwork + warp", 6, 5, 60.96),
+            point("clockwork + warp", 7, 5, 59.58),
+            point("adaptive l1_cat/4", 0.1, 5, 58.0),
+            point("adaptive flow-residual + warp", 0.05, 5, 61.0),
+        ],
+    }
+    costs = dict.fromkeys(("low", "deep", "head", "change", "flow", "warp"), 1.0)
+    rows = [line for line in markdown(payload, costs).splitlines() if line.startswith(("| 6 |", "| 7 |"))]
+    assert "| 60.96 / 80.96 |" in rows[0] and "| 59.58 / 79.58 |" in rows[1]
+
+
 def test_a_threshold_gives_the_schedule_the_report_lists_for_it(study) -> None:
     """The threshold tables looked a threshold up among the points by the highest threshold of each
     schedule's interval: a threshold inside an interval got the next lower schedule (on CamVid the
