@@ -31,6 +31,7 @@ from ..schedule import SCHEDULERS
 from ..signals import restore, take
 from ..source import is_live_uri, open_source
 from .common import (
+    DEVICE_HELP,
     check_output,
     output_file,
     parse_size,
@@ -134,9 +135,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=0.025,
         help="stop when the median's 95%% CI half-width is within this fraction (default 0.025)",
     )
-    m.add_argument(
-        "--device", default=None, help="cpu or cuda[:N] (default: cuda for tensorrt and torch2trt, else cpu)"
-    )
+    m.add_argument("--device", default=None, help=DEVICE_HELP)
     m.add_argument(
         "--threads",
         type=positive_int,

@@ -38,3 +38,17 @@ def test_notes_of_an_unexpected_error_are_printed_on_python_3_10(monkeypatch, ca
     with pytest.raises(Unexpected):
         main(["models"])
     assert capsys.readouterr().err == "rtseg models: note: the deep stage of keyframe 7 failed\n"
+
+
+def test_every_command_that_places_an_engine_describes_device_alike() -> None:
+    """bench said "cpu or cuda[:N]" though it takes OpenVINO's gpu as run, eval and serve do."""
+    from rtseg.cli import build_parser
+    from rtseg.cli.common import DEVICE_HELP
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    helps = {
+        name: next((a.help for a in parser._actions if "--device" in a.option_strings), None)
+        for name, parser in sub.choices.items()
+    }
+    engine_commands = ("run", "eval", "export", "serve", "bench")
+    assert {name: helps[name] for name in engine_commands} == dict.fromkeys(engine_commands, DEVICE_HELP)
