@@ -2,8 +2,8 @@
 
 Per frame: run ``low``; decide whether this is a keyframe; on a keyframe run ``deep`` and cache
 it; always run ``head(low_now, cached_deep)``. Subclasses only decide (``_decide``). A scheduler
-holds per-stream state (the deep cache, the keyframe reference): use one per camera, and reset it
-when the stream jumps (a new file, a seek).
+holds per-stream state (the deep cache, the keyframe reference): use one per camera; ``jump`` it
+when the stream jumps (a seek, a reconnect) and ``reset`` it for a new stream.
 """
 
 from __future__ import annotations
