@@ -276,14 +276,20 @@ def model_name_for(weights: Path) -> str:
     return meta.model
 
 
+def check_model_args(model: str | None, weights: str | None) -> None:
+    """Refuse --model without --weights for a model rtseg ships no weights for, in the command's
+    terms (the Python API's own message names Segmenter(weights=...))."""
+    if weights is None and model not in (None, DEFAULT_MODEL):
+        raise ConfigError(
+            f"--weights is required with --model {model}: rtseg ships trained weights only for "
+            f"{DEFAULT_MODEL}; train some with `rtseg train --model {model}`"
+        )
+
+
 def load_model(model: str | None, weights: str | None) -> StagedSegmenter:
     """Resolve --model/--weights: neither -> the shipped default; weights alone -> its own model."""
+    check_model_args(model, weights)
     if weights is None:
-        if model not in (None, DEFAULT_MODEL):
-            raise ConfigError(
-                f"--weights is required with --model {model}: rtseg ships trained weights only for "
-                f"{DEFAULT_MODEL}; train some with `rtseg train --model {model}`"
-            )
         if not DEFAULT_WEIGHTS.is_file():
             raise CheckpointError(f"the shipped default weights are missing: {DEFAULT_WEIGHTS}")
         return get_model(DEFAULT_MODEL, weights=DEFAULT_WEIGHTS)

@@ -32,6 +32,7 @@ from .common import (
     Terminated,
     add_engine_place_args,
     add_model_args,
+    check_model_args,
     check_output,
     engine_place,
     output_file,
@@ -283,6 +284,7 @@ def run(args: argparse.Namespace) -> int:
     check_output(args.json, "--json")  # before the run, not after it: the summary would be lost
     try:
         style = OverlayStyle(args.mode, args.alpha, args.legend, args.hud)  # validates before the slow load
+        check_model_args(args.model, args.weights)
         scheduler = scheduler_from_args(args)
     except Exception as exc:
         _failed_early(args, "options", exc, None, json_ok=None)

@@ -431,6 +431,18 @@ def test_a_bad_sink_is_reported_before_the_engine_loads(sink: str, message: str,
     assert rc == 2 and "rtseg run: error:" in err and message in err
 
 
+def test_a_model_without_shipped_weights_asks_for_weights_in_the_commands_terms(monkeypatch, capsys) -> None:
+    # it gave the Python API's "Segmenter('enet') needs weights=: ... pass rtseg.models.get_model"
+    def no_open(*args, **kwargs):
+        raise AssertionError("the source was opened before the model options were checked")
+
+    monkeypatch.setattr(run_cmd, "open_source", no_open)
+    rc = main(["run", SOURCE, "null://", "--model", "enet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "rtseg run: error: --weights is required with --model enet" in err
+    assert "Segmenter(" not in err and "rtseg train --model enet" in err
+
+
 def test_a_looping_folder_is_not_overwritten_by_a_later_pass(weights: Path, tmp_path: Path, capsys) -> None:
     for i in (5, 6):  # the first pass writes 000000-000001; the third would reach 000005.png
         cv2.imwrite(str(tmp_path / f"{i:06d}.png"), np.full((48, 64, 3), 30 * i, np.uint8))
