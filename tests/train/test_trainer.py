@@ -805,3 +805,31 @@ def test_a_third_ctrl_c_abandons_the_save_and_keeps_the_previous_state(
     err = capsys.readouterr().err
     assert f"training abandoned; the last saved state, {trainer.state_path}, is kept" in err
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+@pytest.mark.parametrize("half", [True, False])
+def test_validation_scores_the_weights_as_the_best_file_stores_them(
+    tiny_camvid: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, half: bool
+) -> None:
+    """The best file holds fp16 weights but validation ran on fp32 ones: the recorded 63.13 was
+    63.12 when the file itself was evaluated."""
+    from rtseg.train import trainer as trainer_module
+
+    trainer = Trainer(_config(tiny_camvid, tmp_path / "best.pt", half_weights=half), progress=False)
+    with torch.no_grad():
+        trainer.model.classifier.weight.add_(1e-4)  # values fp16 cannot hold exactly
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    seen = {}
+
+    def evaluate(*args, **kwargs):
+        seen.update({k: v.clone() for k, v in trainer.model.state_dict().items()})
+        return real_evaluate(*args, **kwargs)
+
+    real_evaluate = trainer_module.evaluate
+    monkeypatch.setattr(trainer_module, "evaluate", evaluate)
+    trainer.validate()
+    for name, value in before.items():
+        stored = value.half().to(value.dtype) if half and value.is_floating_point() else value
+        assert torch.equal(seen[name], stored), name
+        assert torch.equal(trainer.model.state_dict()[name], value), name  # training goes on at fp32
+    assert trainer.model.training
