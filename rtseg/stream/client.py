@@ -222,7 +222,11 @@ class Client:
                     attempt,
                     attempts - 1,
                 )
-        refused = ", or it refused this client's CURVE keys" if self.curve_keys is not None else ""
+        refused = (
+            ", or it refused this client's CURVE keys"
+            if self.curve_keys is not None
+            else ", or it requires CurveZMQ keys (curve_keys=, rtseg's --curve-keys)"
+        )
         raise StreamTimeout(
             f"no reply from {self.addr} after {attempt} attempt(s) of at most {self.timeout:.3g} s "
             f"(server down or overloaded, or a frame over its size limit{refused})"

@@ -202,6 +202,14 @@ class Subscriber:
         self.latest = latest
         self.max_pixels = max_pixels
         self._ctx = zmq.Context()
+        # An encrypted publisher and a plain subscriber (or the wrong keys) only fail their
+        # handshake: to the subscriber that looks like silence.
+        self._timeout_hint = (
+            " (nothing published, or the publisher refused this subscriber's CURVE keys)"
+            if curve_keys is not None
+            else " (nothing published, or the publisher requires CurveZMQ keys: curve_keys=, "
+            "rtseg view's --curve-keys)"
+        )
         self._socket = self._ctx.socket(zmq.SUB)
         try:
             use_ipv6(self._socket, self.addr)
@@ -455,7 +463,7 @@ class Subscriber:
             if self._closed:
                 raise ConfigError(f"subscriber {self.addr} was closed while waiting")
             if deadline is not None and time.monotonic() >= deadline:
-                raise StreamTimeout(f"no message from {self.addr} within {timeout:.3g} s")
+                raise StreamTimeout(f"no message from {self.addr} within {timeout:.3g} s{self._timeout_hint}")
 
     def _recv_direct(self, remaining: float | None) -> _Pending | None:
         """Poll in short slices, so that close() from another thread ends the wait (sockets are not

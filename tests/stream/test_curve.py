@@ -56,8 +56,10 @@ def test_encrypted_server_admits_only_known_clients(
             intruder = Client(tcp_endpoint, timeout=0.5, retries=0, curve_keys=directory)
             with intruder, pytest.raises(StreamTimeout) as refused:
                 intruder.segment(IMAGE)
-            # a client with keys is told the server may have refused them, not only that it is down
+            # a client with keys is told the server may have refused them, one without that it may
+            # need keys: not only that it is down
             assert ("refused this client's CURVE keys" in str(refused.value)) == (directory is not None)
+            assert ("requires CurveZMQ keys" in str(refused.value)) == (directory is None)
         assert server.stats.received == 1
     np.testing.assert_array_equal(reply.labels, small_engine.run(IMAGE)[0])
 
@@ -80,7 +82,7 @@ def test_encrypted_publisher(tcp_endpoint: str, keys: Path) -> None:
                 break
             except StreamTimeout:
                 assert time.monotonic() < deadline, "the encrypted subscriber never connected"
-        with pytest.raises(StreamTimeout):
+        with pytest.raises(StreamTimeout, match=r"or the publisher requires CurveZMQ keys"):
             plain.recv(timeout=0.3)
     np.testing.assert_array_equal(message.labels, labels)
 
