@@ -22,6 +22,7 @@ import logging
 import os
 import sys
 import tempfile
+import threading
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -170,14 +171,36 @@ class _Captured(logging.Handler):
             self.lines.append(f"{record.levelname}:{record.name}:{record.msg!r}")
 
 
+# One capture (one export) at a time in the process. Everything a capture swaps is process-wide:
+# file descriptors 1 and 2, sys.stdout and sys.stderr, the exporter loggers' handlers, and the
+# warning filters export_graph sets. Two overlapping captures (two Segmenters built at once on
+# a cold engine cache) each saved the other's temporary file as the "original" and restored it:
+# the process was left writing its stdout and stderr into a deleted file, for good. Held across
+# the whole export, it also keeps two exports apart in torch's TorchScript exporter, which keeps
+# its settings (opset, training mode, "in an export") in module globals. Reentrant: export_graph
+# holds it around its warning filters and captured_output takes it again inside.
+_CAPTURE_LOCK = threading.RLock()
+
+
 @contextlib.contextmanager
 def captured_output() -> Iterator[list[str]]:
     """Capture everything an exporter writes: Python and C++ writes to stdout and stderr (the
     TorchScript exporter dumps its whole IR graph from C++ when it fails) and the exporter
     libraries' logging. The list it yields is filled with the text when the block ends.
 
-    Process-wide while it lasts (file descriptors 1 and 2): another thread's output in that time
-    is captured too, which is acceptable for a load-time export."""
+    The descriptors are captured, not only sys.stdout and sys.stderr, because that C++ dump (one
+    on every fallback to the dynamo exporter, as ESPNetv2's stages take) is hundreds of lines that
+    Python never sees. That makes the capture process-wide while it lasts: another thread's
+    output in that time (a print, a console log handler, a C++ library) lands in it too, and goes
+    to this export's debug log instead of the console. Accepted because exports happen while an
+    engine is built, once per cache entry, usually before anything else runs; captures are
+    serialised (``_CAPTURE_LOCK``), so an export started meanwhile waits for this one."""
+    with _CAPTURE_LOCK, _capturing() as lines:
+        yield lines
+
+
+@contextlib.contextmanager
+def _capturing() -> Iterator[list[str]]:
     handler = _Captured()
     loggers = [logging.getLogger(name) for name in EXPORTER_LOGGERS]
     saved = [(lg.handlers[:], lg.propagate, lg.level) for lg in loggers]
@@ -232,7 +255,9 @@ def export_graph(
     output: list[str] = []
     for name in order:
         try:
-            with warnings.catch_warnings(), captured_output() as lines:
+            # The lock covers the warning filters too: they are process-wide, and two exports that
+            # saved and restored them out of order left every warning ignored, for good.
+            with _CAPTURE_LOCK, warnings.catch_warnings(), captured_output() as lines:
                 warnings.simplefilter("ignore")
                 with torch.no_grad():
                     proto = (

@@ -6,6 +6,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
+import warnings
 
 import pytest
 import torch
@@ -82,6 +84,69 @@ def test_a_final_failure_quotes_the_end_of_what_the_exporters_wrote(
     assert message.splitlines()[0] == "cannot export stage deep to ONNX: torchscript: nope; dynamo: nope"
     assert "lines the exporters wrote:" in message and "x version converter failed" in message
     assert capfd.readouterr() == ("", "")
+
+
+def test_overlapping_exports_leave_the_process_streams_as_they_were(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two Segmenters built at once on a cold cache: two captures overlapped, each restored the
+    other's temporary file as the original, and the process wrote its stdout and stderr into a
+    deleted file for good (sys.stdout a StringIO, every warning ignored). The second export now
+    waits for the first: the first ends while the second is inside, or waiting to get in."""
+    real = onnx_export._export_torchscript
+    first_in, second_here, first_out = threading.Event(), threading.Event(), threading.Event()
+    lock = onnx_export._CAPTURE_LOCK
+
+    class Announcing:  # says when the second export asks for the capture
+        def __enter__(self) -> object:
+            if threading.current_thread().name == "second":
+                second_here.set()
+            return lock.__enter__()
+
+        def __exit__(self, *exc: object) -> None:
+            lock.__exit__(*exc)
+
+    def export(graph: StageGraph, opset: int):  # type: ignore[no-untyped-def]
+        _noisy(threading.current_thread().name)
+        if threading.current_thread().name == "first":
+            first_in.set()
+            assert second_here.wait(10)  # the second export is inside, or waiting to be
+        else:
+            second_here.set()
+            assert first_out.wait(10)  # the first export ends while this one is (or was) in
+        return real(graph, opset)
+
+    def run(name: str, done: threading.Event | None) -> None:
+        try:
+            results[name] = export_graph(_graph(), exporter="torchscript")[1]
+        finally:
+            if done is not None:
+                done.set()
+
+    monkeypatch.setattr(onnx_export, "_CAPTURE_LOCK", Announcing())
+    monkeypatch.setattr(onnx_export, "_export_torchscript", export)
+    results: dict[str, str] = {}
+    before = [os.fstat(fd) for fd in (1, 2)]
+    copies = [os.dup(fd) for fd in (1, 2)]
+    streams, filters = (sys.stdout, sys.stderr), list(warnings.filters)
+    try:
+        with warnings.catch_warnings():  # the filters come back whatever happens
+            first = threading.Thread(target=run, args=("first", first_out), name="first")
+            second = threading.Thread(target=run, args=("second", None), name="second")
+            first.start()
+            assert first_in.wait(10)
+            second.start()
+            first.join(10)
+            second.join(10)
+            assert results == {"first": "torchscript", "second": "torchscript"}
+            after = [os.fstat(fd) for fd in (1, 2)]
+            assert [(s.st_dev, s.st_ino) for s in after] == [(s.st_dev, s.st_ino) for s in before]
+            assert (sys.stdout, sys.stderr) == streams
+            assert warnings.filters == filters
+            assert logging.getLogger("onnxscript").propagate and not logging.getLogger("onnxscript").handlers
+    finally:  # a failure here must not leave pytest without its own streams
+        for fd, copy in zip((1, 2), copies, strict=True):
+            os.dup2(copy, fd)
+            os.close(copy)
+        sys.stdout, sys.stderr = streams
 
 
 @pytest.mark.parametrize(("channels", "slices"), [(11, 0), (20, 1)])
