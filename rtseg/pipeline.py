@@ -417,6 +417,8 @@ class Pipeline:
         self._started = False
         self._closed = False
         self._close_lock = threading.Lock()
+        self._closer: threading.Thread | None = None  # the thread of the first close()
+        self._close_done = threading.Event()  # the first close() has finished: outputs closed
         self._final: PipelineStats | None = None
         # A pipeline dropped unfinished, or still held at exit (``it = iter(p)``, then the script
         # ends), has its outputs closed: a video is unreadable until its index is written on close.
@@ -574,18 +576,29 @@ class Pipeline:
     def close(self) -> PipelineStats:
         """Flush and close the sinks, close the source; returns the final statistics. From
         another thread while the loop runs it ends the run, as ``stop()`` does, but at once: the
-        frame in hand is not written, and the loop ends without an error."""
+        frame in hand is not written, and the loop ends without an error. A close() while another
+        thread closes (the loop's own end, say) waits for it: when it returns the outputs are
+        closed (a video finalised). One on the closing thread itself (a sink's close calling it)
+        or on a sink's thread (its emit or release, which that close waits for) returns at once,
+        with the statistics so far."""
+        me = threading.current_thread()
         with self._close_lock:  # the loop's end and another thread's close() may meet here
             first = not self._closed
             self._closed = True
-        if first:
-            self._stop.set()
-            self._finalizer.detach()
-            try:
-                self._close_outputs()
-            finally:
-                self._final = self._snapshot()
-        return self.stats
+            if first:
+                self._closer = me
+        if not first:
+            if me is not self._closer and not any(s._on_own_thread() for s in self.sinks):
+                self._close_done.wait()
+            return self.stats
+        self._stop.set()
+        self._finalizer.detach()
+        try:
+            self._close_outputs()
+        finally:
+            self._final = self._snapshot()
+            self._close_done.set()
+        return self._final
 
     def _close_after(self, failure: BaseException | None) -> None:
         """Close; while ``failure`` is on its way (a callback's error, a source's, Ctrl-C), a

@@ -602,3 +602,77 @@ def test_sinks_sharing_a_uri_each_have_their_statistics(engine) -> None:
     assert list(stats.sinks) == ["ros://cam", "ros://cam #3", "ros://cam #2", "null://"]
     assert stats.sinks["ros://cam"].errors == 8 and stats.sinks["ros://cam #3"].written == 8
     assert "sink ros://cam: 0 written, 0 dropped, 8 errors (last: OSError: disk gone)" in stats.summary()
+
+
+class _SlowRelease(Sink):
+    """A sink whose release (an .mp4's index, an upload's last part) waits for the test."""
+
+    def __init__(self, uri: str, go: threading.Event) -> None:
+        super().__init__(uri, policy="block")
+        self.go, self.releasing, self.released = go, threading.Event(), threading.Event()
+
+    def emit(self, packet) -> None:
+        pass
+
+    def release(self) -> None:
+        self.releasing.set()
+        assert self.go.wait(30)
+        self.released.set()
+
+
+def test_a_second_close_from_another_thread_waits_for_the_first(engine) -> None:
+    """The run's own end was closing the outputs when the main thread's close() returned at once,
+    with live statistics: the video it went on to read had no index yet."""
+    go = threading.Event()
+    sink = _SlowRelease("slow://", go)
+    pipeline = Pipeline(SOURCE, Segmenter(engine=engine), sinks=[sink])
+
+    class Announced:  # the close_done event, saying when the second close() starts waiting on it
+        def __init__(self, event: threading.Event) -> None:
+            self.event = event
+
+        def set(self) -> None:
+            self.event.set()
+
+        def wait(self, timeout: float | None = None) -> bool:
+            go.set()
+            return self.event.wait(timeout)
+
+    pipeline._close_done = Announced(getattr(pipeline, "_close_done", threading.Event()))
+    runner = threading.Thread(target=pipeline.run)
+    runner.start()
+    try:
+        assert sink.releasing.wait(30)  # the run has ended and is closing its outputs
+        stats = pipeline.close()
+        released = sink.released.is_set()
+        go.set()  # without the wait, the release is let go only here
+    finally:
+        go.set()
+        runner.join(30)
+    assert released, "close() returned while the run's own close was still releasing the sink"
+    assert stats is pipeline.stats and stats.sinks["slow://"].written == stats.frames == 8
+
+
+def test_a_close_from_a_sink_while_the_pipeline_closes_returns_at_once(engine) -> None:
+    """A sink's release (on its thread, which the closing pipeline waits for) or its close (on the
+    closing thread) calling the pipeline's close() must not wait for that close to finish."""
+    seen: dict[str, PipelineStats] = {}
+
+    class Closing(Sink):
+        def emit(self, packet) -> None:
+            pass
+
+        def release(self) -> None:
+            seen["release"] = pipeline.close()
+
+        def close(self, timeout: float | None = 30.0):
+            stats = super().close(timeout)
+            seen["close"] = pipeline.close()
+            return stats
+
+    pipeline = Pipeline(SOURCE, Segmenter(engine=engine), sinks=[Closing("closing://")])
+    runner = threading.Thread(target=pipeline.run, daemon=True)
+    runner.start()
+    runner.join(20)
+    assert not runner.is_alive(), "the pipeline's close waited for a close() it was running itself"
+    assert set(seen) == {"release", "close"} and pipeline.stats.frames == 8

@@ -178,9 +178,13 @@ class Sink(ABC):
                 self._last_error = self._close_error = f"{type(exc).__name__}: {exc}"
             log.error("sink %s: closing failed: %s", self.uri, self._last_error)
 
+    def _on_own_thread(self) -> bool:
+        """Whether the caller runs on this sink's thread (its emit or release)."""
+        return threading.current_thread() is self._thread
+
     def close(self, timeout: float | None = 30.0) -> SinkStats:
         """Deliver what is queued, release the output, and return the final counts."""
-        if threading.current_thread() is self._thread:
+        if self._on_own_thread():
             # From the sink's own thread (its emit, or a finalizer the garbage collector ran there):
             # it cannot wait for itself, so the loop ends once what is queued has been written.
             self._closing.set()
