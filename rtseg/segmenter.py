@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import cv2
@@ -110,6 +112,8 @@ class Segmenter:
     scheduler) and each returns its own ``SegResult`` with its own label array. Calls from two
     threads still feed one schedule, in lock order: two cameras need two Segmenters (they can
     share one engine, ``engine=``). ``close`` waits for a call in progress; later calls raise.
+    From a signal handler that interrupted a call on its own thread it cannot wait: the call
+    finishes its frame and closes the Segmenter as it returns.
     A Scheduler object serves one Segmenter at a time: a second one given it is refused
     (ConfigError) until the first closes or switches schedulers.
 
@@ -183,8 +187,13 @@ class Segmenter:
             if self._owns_engine:
                 engine.close()
             raise
-        self._lock = threading.Lock()
+        # Reentrant, for close() from a signal handler that interrupted a call on this thread: a
+        # plain lock waited for itself there, forever. _busy counts the calls inside (the handler's
+        # close must not close the engine under them); _released says close's work is done.
+        self._lock = threading.RLock()
+        self._busy = 0
         self._closed = False
+        self._released = False
         self._interpolation = cv2_interpolation(engine.meta.preprocessing.interpolation)
 
     @property
@@ -221,8 +230,7 @@ class Segmenter:
         reconnect) is a keyframe (Scheduler.jump): clockwork answered a loop's first frames from the
         last pass's final keyframe (agreement with every frame 77-80 %, 96-98 % elsewhere)."""
         image, index = (frame.image, frame.index) if isinstance(frame, Frame) else (frame, None)
-        with self._lock:
-            self._check_open()
+        with self._open():
             t0 = time.perf_counter()
             x = self.preprocess(image)
             ms = (time.perf_counter() - t0) * 1000.0
@@ -242,8 +250,7 @@ class Segmenter:
     def use_scheduler(self, scheduler: str | Scheduler) -> None:
         """Switch schedulers (the new one starts with an empty cache)."""
         new = _scheduler(scheduler)
-        with self._lock:
-            self._check_open()
+        with self._open():
             new.check(self.engine)
             new.claim(self)
             old, self.scheduler = self.scheduler, new
@@ -256,33 +263,52 @@ class Segmenter:
 
     def reset(self) -> None:
         """Start a new stream: no deep cache, keyframe reference, statistics or calibration."""
-        with self._lock:
-            self._check_open()
+        with self._open():
             self.scheduler.reset()
 
     def jump(self) -> None:
         """The stream jumped (a seek, a reconnect) and goes on: the next frame is a keyframe; the
         statistics and a calibrated threshold stay. A ``Frame`` marked ``discontinuity`` does this."""
-        with self._lock:
-            self._check_open()
+        with self._open():
             self.scheduler.jump()
 
     def _check_open(self) -> None:
         if self._closed:
             raise ConfigError("this Segmenter is closed; make a new one to segment more frames")
 
-    def close(self) -> None:
-        """End the scheduler's worker and, if this Segmenter loaded its engine, the engine; idempotent."""
+    @contextlib.contextmanager
+    def _open(self) -> Iterator[None]:
+        """Hold the lock for a call on an open Segmenter. A close() that came meanwhile from a
+        signal handler on this thread only marked it closed: the call closes it on its way out."""
         with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            try:  # the engine is closed even if the scheduler's close raises (a worker's failure)
-                self.scheduler.close()
+            self._busy += 1  # a handler's close() from here on leaves the closing to this call
+            try:
+                self._check_open()
+                yield
             finally:
-                self.scheduler.release(self)
-                if self._owns_engine:
-                    self.engine.close()
+                self._busy -= 1
+                if self._closed and not self._busy:
+                    self._release()
+
+    def close(self) -> None:
+        """End the scheduler's worker and, if this Segmenter loaded its engine, the engine; idempotent.
+        From a signal handler that interrupted a call on this thread, it marks the Segmenter closed
+        and returns: that call finishes its frame and closes it as it returns."""
+        with self._lock:
+            self._closed = True
+            if not self._busy:
+                self._release()
+
+    def _release(self) -> None:
+        if self._released:
+            return
+        self._released = True
+        try:  # the engine is closed even if the scheduler's close raises (a worker's failure)
+            self.scheduler.close()
+        finally:
+            self.scheduler.release(self)
+            if self._owns_engine:
+                self.engine.close()
 
     def __enter__(self) -> Segmenter:
         return self

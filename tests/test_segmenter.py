@@ -182,6 +182,43 @@ def test_calls_after_close_are_refused(engine) -> None:
     seg.close()  # idempotent
 
 
+def test_close_from_a_signal_handler_during_a_call_ends_it(monkeypatch) -> None:
+    """A SIGTERM handler (a robot node's shutdown hook) that closes the Segmenter while this
+    thread is inside seg(frame): close() waited for the lock the call held, and the process hung.
+    The call finishes its frame, then the Segmenter is closed, its engine with it."""
+    seg = Segmenter(get_model("espnet"), backend="torch", input_size=(64, 48))
+    events: list[str] = []
+    monkeypatch.setattr(seg.engine, "close", lambda: events.append("engine closed"))
+    step = seg.scheduler.step
+
+    def interrupted(*args, **kwargs):  # as if a signal arrived here and its handler closed seg
+        seg.close()
+        events.append("handler returned")
+        result = step(*args, **kwargs)
+        events.append("frame done")
+        return result
+
+    monkeypatch.setattr(seg.scheduler, "step", interrupted)
+    outcome: list[object] = []
+
+    def call() -> None:
+        try:
+            outcome.append(seg(np.zeros((48, 64, 3), np.uint8)))
+        except BaseException as exc:
+            outcome.append(exc)
+
+    worker = threading.Thread(target=call, daemon=True)
+    worker.start()
+    worker.join(10)
+    assert not worker.is_alive(), "seg(frame) and close() deadlocked"
+    assert len(outcome) == 1 and outcome[0].labels.shape == (48, 64), outcome
+    assert events == ["handler returned", "frame done", "engine closed"]
+    with pytest.raises(ConfigError, match="Segmenter is closed"):
+        seg(np.zeros((48, 64, 3), np.uint8))
+    seg.close()  # idempotent
+    assert events.count("engine closed") == 1
+
+
 def test_close_leaves_a_shared_engine_open(engine, monkeypatch) -> None:
     closed: list[str] = []
     monkeypatch.setattr(engine, "close", lambda: closed.append("shared"))
