@@ -300,7 +300,9 @@ class _Meter:
     """Running sums per stage plus recent latencies; the overlay time arrives from sink threads."""
 
     def __init__(self) -> None:
-        self.lock = threading.Lock()
+        # Reentrant: close() from a signal handler that interrupted this thread's record() takes
+        # the statistics (a plain lock waited for itself, forever).
+        self.lock = threading.RLock()
         self.sums: dict[str, float] = {}
         self.frames = 0
         self.keyframes = 0
@@ -416,8 +418,13 @@ class Pipeline:
         self._start_lock = threading.Lock()
         self._started = False
         self._closed = False
-        self._close_lock = threading.Lock()
+        self._close_lock = threading.RLock()  # reentrant: close() from a signal handler
         self._closer: threading.Thread | None = None  # the thread of the first close()
+        # The thread running the loop, and whether it is inside _step (reading, segmenting,
+        # writing: holding the source's, the segmenter's or a sink's locks). A close() there can
+        # only come from a signal handler that interrupted it: it cannot close under the step.
+        self._runner: threading.Thread | None = None
+        self._stepping = False
         self._close_done = threading.Event()  # the first close() has finished: outputs closed
         self._final: PipelineStats | None = None
         # A pipeline dropped unfinished, or still held at exit (``it = iter(p)``, then the script
@@ -457,6 +464,7 @@ class Pipeline:
         meter = self._meter
         meter.start = time.perf_counter()
         failure: BaseException | None = None  # what ended the loop, if not its end or a break
+        self._runner = threading.current_thread()
         try:
             while not self._stop.is_set():
                 if self.max_frames is not None and meter.frames >= self.max_frames:
@@ -464,11 +472,15 @@ class Pipeline:
                 if any(s.stop_requested for s in self.sinks):
                     break
                 try:
+                    self._stepping = True
                     step = self._step(meter)
                 except RtsegError:
-                    if self._closed:  # close() from another thread: the end of the run, not a failure
+                    # close() from another thread, or a signal handler's: the end, not a failure
+                    if self._closed:
                         break
                     raise
+                finally:
+                    self._stepping = False
                 if step is None or self._closed:  # the end, or closed meanwhile: not handed out
                     break
                 frame, result = step
@@ -580,15 +592,29 @@ class Pipeline:
         thread closes (the loop's own end, say) waits for it: when it returns the outputs are
         closed (a video finalised). One on the closing thread itself (a sink's close calling it)
         or on a sink's thread (its emit or release, which that close waits for) returns at once,
-        with the statistics so far."""
+        with the statistics so far. So does one from a signal handler that interrupted the loop
+        while it read, segmented or wrote a frame: it ends the run as from another thread, and
+        the loop closes the outputs as it unwinds."""
         me = threading.current_thread()
         with self._close_lock:  # the loop's end and another thread's close() may meet here
-            first = not self._closed
             self._closed = True
+            # A signal handler on the loop's thread, inside a step that holds a sink's lock (a
+            # blocked write) or the source's: closing them here waited for that lock, forever.
+            interrupting = me is self._runner and self._stepping
+            first = self._closer is None and not interrupting
             if first:
                 self._closer = me
+        if interrupting:
+            self._stop.set()
+            self.source._interrupt()  # a --realtime or --rate wait
+            for sink in self.sinks:
+                sink._interrupt()  # a write blocked for room gives up, as for another thread's close
         if not first:
-            if me is not self._closer and not any(s._on_own_thread() for s in self.sinks):
+            if (
+                self._closer is not me
+                and not interrupting
+                and not any(s._on_own_thread() for s in self.sinks)
+            ):
                 self._close_done.wait()
             return self.stats
         self._stop.set()

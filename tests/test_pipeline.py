@@ -19,6 +19,7 @@ from rtseg.models import get_model
 from rtseg.pipeline import PipelineStats
 from rtseg.sink import open_sink
 from rtseg.sink.base import Sink
+from rtseg.sink.packet import Packet
 from rtseg.source import open_source
 
 SOURCE = "synthetic://drive?size=128x96&fps=30&seed=4&frames=8"
@@ -676,3 +677,83 @@ def test_a_close_from_a_sink_while_the_pipeline_closes_returns_at_once(engine) -
     runner.join(20)
     assert not runner.is_alive(), "the pipeline's close waited for a close() it was running itself"
     assert set(seen) == {"release", "close"} and pipeline.stats.frames == 8
+
+
+def test_close_from_a_signal_handler_during_a_blocked_write_ends_the_run(engine, monkeypatch) -> None:
+    """A SIGTERM handler that closes the pipeline while its thread waits in a sink's write for room
+    (behind a file, a slow output): close() waited for the lock that write held, forever. The
+    run ends as after another thread's close: the frame in hand is not written, the rest is."""
+    gate, emitting = threading.Event(), threading.Event()
+
+    class Gated(Sink):
+        def emit(self, packet) -> None:
+            emitting.set()
+            assert gate.wait(30)
+
+        def close(self, timeout: float | None = 30.0):
+            gate.set()
+            return super().close(timeout)
+
+    sink = Gated("gated://", queue_size=1, policy="block")
+    pipeline = Pipeline(
+        "synthetic://drive?size=64x48&frames=100000", Segmenter(engine=engine), sinks=[sink], max_frames=50
+    )
+    handled: list[PipelineStats] = []
+    put = sink._queue.put
+
+    def interrupted(item, block: bool = True, timeout: float | None = None) -> None:
+        # frame 0 is being emitted and frame 1 fills the queue: frame 2's write waits for room
+        if isinstance(item, Packet) and emitting.is_set() and sink._queue.full() and not handled:
+            handled.append(pipeline.close())  # as if a signal arrived here and its handler closed
+        put(item, block, timeout)
+
+    monkeypatch.setattr(sink._queue, "put", interrupted)
+    outcome: list[object] = []
+
+    def run() -> None:
+        try:
+            outcome.append(pipeline.run())
+        except BaseException as exc:
+            outcome.append(exc)
+
+    runner = threading.Thread(target=run, daemon=True)
+    runner.start()
+    runner.join(20)
+    assert not runner.is_alive(), "the pipeline's close() and its blocked write deadlocked"
+    assert len(outcome) == 1 and isinstance(outcome[0], PipelineStats), outcome
+    stats = outcome[0]
+    assert handled[0].frames == 2 and pipeline.closed and pipeline.source.closed
+    assert stats.frames == stats.sinks["gated://"].written == 2
+
+
+def test_close_from_a_signal_handler_while_the_loop_counts_a_frame(engine) -> None:
+    """The handler's close() took the statistics, whose lock the interrupted loop held while it
+    counted the frame: it waited for itself, forever."""
+    pipeline = Pipeline(SOURCE, Segmenter(engine=engine), sinks=["null://"])
+    latencies = pipeline._meter.latencies
+    handled: list[PipelineStats] = []
+
+    class Interrupting:  # the meter's latency window, added to under the meter's lock
+        def add(self, ms: float) -> None:
+            latencies.add(ms)
+            if not handled:
+                handled.append(pipeline.close())  # as if a signal arrived here
+
+        def __getattr__(self, name: str):
+            return getattr(latencies, name)
+
+    pipeline._meter.latencies = Interrupting()
+    outcome: list[object] = []
+
+    def run() -> None:
+        try:
+            outcome.append(list(pipeline))
+        except BaseException as exc:
+            outcome.append(exc)
+
+    runner = threading.Thread(target=run, daemon=True)
+    runner.start()
+    runner.join(20)
+    assert not runner.is_alive(), "close() waited for the statistics' lock its own thread held"
+    assert outcome == [[]] and handled[0].frames == 1  # the frame counted, not handed out
+    assert pipeline.closed and pipeline.source.closed and pipeline.stats.sinks["null://"].written == 1

@@ -71,7 +71,9 @@ class Sink(ABC):
         self._last_error: str | None = None
         self._close_error: str | None = None
         self._emit_ms = 0.0
-        self._lock = threading.Lock()
+        # The counts. Reentrant: a pipeline's close() from a signal handler that interrupted a
+        # write counting a drop takes the statistics (a plain lock waited for itself, forever).
+        self._lock = threading.RLock()
         # Held while a write checks ``_closed`` and enqueues, and while close() sets it: nothing is
         # queued behind the stop marker, and a dropping write can never discard that marker.
         self._write_lock = threading.Lock()
@@ -177,6 +179,12 @@ class Sink(ABC):
                 self._errors += 1
                 self._last_error = self._close_error = f"{type(exc).__name__}: {exc}"
             log.error("sink %s: closing failed: %s", self.uri, self._last_error)
+
+    def _interrupt(self) -> None:
+        """End a write blocked for room (it raises SinkError, the frame not written), as close()
+        does first; safe from a signal handler, which cannot close a sink whose write it
+        interrupted (the write holds the lock close takes). The pipeline then closes it."""
+        self._closing.set()
 
     def _on_own_thread(self) -> bool:
         """Whether the caller runs on this sink's thread (its emit or release)."""
