@@ -757,3 +757,24 @@ def test_close_from_a_signal_handler_while_the_loop_counts_a_frame(engine) -> No
     assert not runner.is_alive(), "close() waited for the statistics' lock its own thread held"
     assert outcome == [[]] and handled[0].frames == 1  # the frame counted, not handed out
     assert pipeline.closed and pipeline.source.closed and pipeline.stats.sinks["null://"].written == 1
+
+
+def test_a_sink_whose_thread_ends_does_not_hang_the_run(engine) -> None:
+    """sys.exit() in a user's Sink ended its thread: behind a file the run then waited forever in
+    write for room in its queue. Its frames are counted as errors, as for a failing emit, and the
+    other sinks get every frame."""
+
+    class Exiting(Sink):
+        def emit(self, packet) -> None:
+            raise SystemExit("sink sys.exit")
+
+    pipeline = Pipeline(SOURCE, Segmenter(engine=engine), sinks=[Exiting("bad://"), "null://"])
+    outcome: list[object] = []
+    runner = threading.Thread(target=lambda: outcome.append(pipeline.run()), daemon=True)
+    runner.start()
+    runner.join(20)
+    assert not runner.is_alive(), "the run waited for room in a sink's queue that nothing empties"
+    stats = outcome[0]
+    bad = stats.sinks["bad://"]
+    assert (stats.frames, bad.written, bad.errors, stats.sinks["null://"].written) == (8, 0, 8, 8)
+    assert bad.last_error == "SystemExit: sink sys.exit"

@@ -79,6 +79,9 @@ class Sink(ABC):
         self._write_lock = threading.Lock()
         self._closed = False
         self._closing = threading.Event()  # close() has begun: blocked writers give up
+        # The thread ended on a BaseException that is no Exception (sys.exit() in emit): nothing
+        # takes packets off the queue any more, so a write counts its frame as an error instead.
+        self._dead = False
         self._stop_requested = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"sink:{uri}", daemon=True)
         self._thread.start()
@@ -116,7 +119,9 @@ class Sink(ABC):
 
     def write(self, packet: Packet) -> None:
         """Queue a packet; with "block" wait for room (in short waits, so that a close() from
-        another thread ends the wait with a SinkError instead of leaving this thread hung)."""
+        another thread ends the wait with a SinkError instead of leaving this thread hung). Once
+        the sink's thread has ended (a sys.exit() in emit), the frame is counted as an error, not
+        written, as a frame whose emit failed is: the queue behind it is never emptied again."""
         waited = False
         while True:
             with self._write_lock:
@@ -126,6 +131,9 @@ class Sink(ABC):
                             f"{self.uri}: closed while a frame waited for room in the queue (not written)"
                         )
                     raise SinkError(f"{self.uri}: write after close")
+                if self._dead:
+                    self._count_lost(1)
+                    return
                 if self.policy != "block":
                     self._put_dropping_oldest(packet)
                     return
@@ -170,15 +178,35 @@ class Sink(ABC):
                     self._last_error = f"{type(exc).__name__}: {exc}"
                 if first:
                     log.error("sink %s: %s", self.uri, self._last_error)
+            except BaseException as exc:
+                # sys.exit() (or another BaseException) in a user's emit ends this thread. Uncaught,
+                # it ended it without a word: a pipeline behind a file then waited forever for room
+                # in the queue, and behind a camera the sink went silent with no error counted.
+                with self._lock:
+                    self._errors += 1
+                    self._last_error = f"{type(exc).__name__}: {exc}"
+                    self._dead = True
+                log.error(
+                    "sink %s: %s ended its thread; the frames it is given from now on are counted as "
+                    "errors, not written",
+                    self.uri,
+                    self._last_error,
+                )
+                break
             if self._closed and self._queue.empty():
                 break  # closed from this thread (see close): what was queued is written
         try:
             self.release()
-        except Exception as exc:
+        except BaseException as exc:  # sys.exit() in release too: the output's close failed
             with self._lock:
                 self._errors += 1
                 self._last_error = self._close_error = f"{type(exc).__name__}: {exc}"
             log.error("sink %s: closing failed: %s", self.uri, self._last_error)
+
+    def _count_lost(self, frames: int) -> None:
+        """Frames given to a sink whose thread has ended: errors, not written."""
+        with self._lock:
+            self._errors += frames
 
     def _interrupt(self) -> None:
         """End a write blocked for room (it raises SinkError, the frame not written), as close()
@@ -209,6 +237,8 @@ class Sink(ABC):
                     self._queue.put(_STOP, timeout=0.1)
                     break
                 except queue.Full:
+                    if self._dead or not self._thread.is_alive():  # nothing will make room
+                        break
                     if deadline is not None and time.monotonic() > deadline:
                         log.warning("sink %s: queue did not drain in %.3g s", self.uri, timeout)
                         break
@@ -216,7 +246,18 @@ class Sink(ABC):
             self._thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
             if self._thread.is_alive():
                 log.warning("sink %s: still writing after %.3g s; leaving it to finish", self.uri, timeout)
+            if self._dead:  # its thread ended: what is left in the queue was never written
+                self._count_lost(self._drain())
         return self.stats
+
+    def _drain(self) -> int:
+        """Empty the queue; the number of packets it held."""
+        lost = 0
+        while True:
+            try:
+                lost += self._queue.get_nowait() is not _STOP
+            except queue.Empty:
+                return lost
 
     @property
     def stats(self) -> SinkStats:

@@ -107,3 +107,62 @@ def test_close_from_the_sinks_own_thread_delivers_what_is_queued(packet_factory)
     with pytest.raises(SinkError, match="write after close"):
         sink.write(packet_factory(3))
     assert sink.close().written == 3 and sink.stats.errors == 0
+
+
+class Exiting(Sink):
+    """A user's sink whose emit calls sys.exit() (or raises another BaseException)."""
+
+    def emit(self, packet) -> None:
+        raise SystemExit("sink sys.exit")
+
+
+@pytest.mark.parametrize("policy", ["block", "drop"])
+def test_a_sink_whose_thread_ends_counts_its_frames_as_errors(packet_factory, policy: str) -> None:
+    """sys.exit() in emit ended the sink's thread without a word: behind a file the next writes
+    waited forever for room in the queue, and behind a camera they were silently dropped (no
+    error counted). The frames are errors now, as for an emit that raised."""
+    sink = Exiting("exit://", queue_size=1, policy=policy)
+    sink.write(packet_factory(0))
+    sink._thread.join(10)
+    assert not sink._thread.is_alive()
+    writer = threading.Thread(
+        target=lambda: [sink.write(packet_factory(i)) for i in range(1, 4)], daemon=True
+    )
+    writer.start()
+    writer.join(10)
+    assert not writer.is_alive(), "write() waited for room in a queue nothing empties any more"
+    stats = sink.close()
+    assert (stats.written, stats.dropped, stats.errors) == (0, 0, 4)
+    assert stats.last_error == "SystemExit: sink sys.exit" and stats.close_error is None
+
+
+def test_frames_queued_when_a_sink_thread_ends_are_counted_as_errors(packet_factory) -> None:
+    """The ones the thread never took are not written either."""
+    go = threading.Event()
+
+    class ExitingLater(Sink):
+        def emit(self, packet) -> None:
+            go.wait(10)
+            raise SystemExit("sink sys.exit")
+
+    sink = ExitingLater("exit://", queue_size=4, policy="block")
+    for i in range(4):  # one emitting, three queued
+        sink.write(packet_factory(i))
+    go.set()
+    stats = sink.close(timeout=10)
+    assert (stats.written, stats.errors) == (0, 4)
+
+
+def test_a_base_exception_in_release_is_a_failed_close(packet_factory) -> None:
+    class ExitingRelease(Sink):
+        def emit(self, packet) -> None:
+            pass
+
+        def release(self) -> None:
+            raise SystemExit("release sys.exit")
+
+    sink = ExitingRelease("exit://", policy="block")
+    sink.write(packet_factory(0))
+    stats = sink.close()
+    assert stats.written == 1 and stats.errors == 1
+    assert stats.close_error == stats.last_error == "SystemExit: release sys.exit"
