@@ -120,7 +120,8 @@ class Segmenter:
     ``scheduler`` is a name (``every``, ``clockwork``, ``adaptive``, ``async``: default options) or
     a configured Scheduler (``rtseg.schedule.make_scheduler(...)``); a scheduler's options
     (``threshold=``, ``interval=``, ...) go to ``make_scheduler``, not here. Scheduling state is per
-    stream: use one Segmenter per camera, or ``reset()`` when the stream jumps. Pass ``engine`` to
+    stream: use one Segmenter per camera; ``jump()`` when the stream jumps (a seek, a reconnect)
+    and ``reset()`` for a new stream. Pass ``engine`` to
     share one loaded engine between several Segmenters: ``close()`` then leaves it open (its
     owner closes it); an engine the Segmenter loaded itself is closed with it.
     """
