@@ -235,19 +235,33 @@ class LiveSource(Source):
 
     def _capture_step(self, cap: Capture) -> tuple[Capture | None, bool]:
         """One read: (the capture to hold, whether to go on)."""
+        started = time.perf_counter()
         try:
             ok, image = cap.read()
         except Exception as exc:  # treated like a failed read: reconnect
             log.debug("%s: read failed: %s", self.uri, self._said(exc))
             ok, image = False, None
+        now = time.perf_counter()
         if self._stop.is_set():
             return cap, False
+        if ok and image is not None and now - started >= self.options.timeout:
+            # FFmpeg's read timeout fired, and the read still returned a frame its decoder held
+            # (one per decoder thread): a frame `timeout` seconds old, not a new one. Delivered as
+            # new, each such frame also fed the watchdog, and a frozen server was reconnected only
+            # after (decoder threads + 1) timeouts. It is a failed read: reconnect.
+            log.debug(
+                "%s: the read took %.2f s (timeout %g s): a stall",
+                self.uri,
+                now - started,
+                self.options.timeout,
+            )
+            ok, image = False, None
         if ok and image is not None:
             with self._cond:
                 self._attempts = 0
-                self._latest = (image, self._captured, time.time(), time.perf_counter())
+                self._latest = (image, self._captured, time.time(), now)
                 self._captured += 1
-                self._heartbeat = time.perf_counter()
+                self._heartbeat = now
                 self._cond.notify_all()
             return cap, True
         if self._at_end(cap):

@@ -250,6 +250,46 @@ def test_a_stalled_stream_is_reconnected_not_reported_lost(caplog) -> None:
     assert "reconnected" in caplog.text
 
 
+class FFmpegFrozen(FakeCamera):
+    """A server frozen with the connection open, read through FFmpeg with two decoder threads:
+    after ``frames`` good frames each read waits out the read timeout and still returns a frame
+    the decoder held (pixel 255), twice, then fails."""
+
+    def __init__(self, frames: int, stall: float) -> None:
+        super().__init__([0], frames=None)
+        self.good = frames
+        self.stall = stall
+        self.held = 2
+        self.frozen_at: float | None = None
+
+    def read(self):
+        if self.good > 0:
+            self.good -= 1
+            return super().read()
+        if self.frozen_at is None:
+            self.frozen_at = time.perf_counter()
+        self.released.wait(self.stall)
+        if self.held > 0:
+            self.held -= 1
+            return True, np.full((8, 8, 3), 255, np.uint8)
+        return False, None
+
+
+def test_a_read_that_took_the_timeout_is_a_stall_not_a_new_frame() -> None:
+    # The frames FFmpeg's decoder held were delivered as new ones, 1x and 2x timeout old, and each
+    # fed the watchdog: the reconnect came after three timeouts instead of one.
+    frozen = FFmpegFrozen(frames=3, stall=0.5)
+    factory = Factory([frozen, FakeCamera([100], frames=None)])
+    with open_source("rtsp://127.0.0.1:1/x", capture_factory=factory, timeout=0.5, backoff=0.01) as src:
+        values = []
+        while not values or values[-1] <= 100:
+            values.append(int(next(src).image[0, 0, 0]))
+        fresh_at = time.perf_counter()
+        assert src.stats.reconnects == 1
+    assert 255 not in values
+    assert frozen.frozen_at is not None and fresh_at - frozen.frozen_at < 0.9  # 0.5 s + backoff
+
+
 def test_a_backoff_longer_than_the_timeout_keeps_the_consumer_waiting(monkeypatch) -> None:
     monkeypatch.setattr("rtseg.source.live.WATCHDOG_GRACE_S", 0.0, raising=False)
     counter = [0]
