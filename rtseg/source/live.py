@@ -63,6 +63,9 @@ LIVE_MAX_FPS = 1000.0
 # per core), 349 ms with 8. One thread decodes 1280x720 H.264 at about 240 fps, 1920x1080 at 170
 # and 3840x2160 at 55 (docs/pipeline.md): real time for the streams cameras send.
 LIVE_DECODER_THREADS = 1
+# How long close() waits for the capture thread to finish its read and release the capture: a
+# frame period of any camera (a 2 fps one too), not the `timeout` of a read on a stalled stream.
+RELEASE_WAIT_S = 0.5
 
 
 def camera_factory(index: int, props: dict[int, float]) -> CaptureFactory:
@@ -315,6 +318,8 @@ class LiveSource(Source):
             except SourceError as exc:
                 log.warning("%s: %s", self.uri, exc)
                 cap = None
+            if cap is not None and self._stop.is_set():
+                return cap  # closed while it opened: not a reconnect; the capture thread releases it
             if cap is not None:
                 self._frame_count = _frame_count(cap)
                 with self._cond:
@@ -381,10 +386,19 @@ class LiveSource(Source):
             self._cond.notify_all()
 
     def _release(self) -> None:
+        """Stop the capture thread; it releases the capture itself, after its read returns.
+
+        A read or a reopen blocked on a stalled server lasts up to ``timeout``: waiting it out kept
+        Ctrl-C and SIGTERM from ending a run for that long. A read ended by a normal frame is
+        waited for, so that a camera is free again when close() returns."""
         self._stop.set()
-        self._thread.join(self.options.timeout)
+        self._thread.join(RELEASE_WAIT_S)
         if self._thread.is_alive():
-            log.warning("%s: capture thread still blocked in read after %g s", self.uri, self.options.timeout)
+            log.info(
+                "%s: the capture thread is still in a read or an open; it releases the capture when "
+                "that returns",
+                self.uri,
+            )
 
     def _at_end(self, cap: Capture) -> bool:
         """A finite stream (an HLS recording, a video at a URL without a file extension) read to its end."""
