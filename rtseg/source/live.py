@@ -24,7 +24,7 @@ import urllib.request
 import weakref
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import cv2
@@ -48,6 +48,7 @@ class Capture(Protocol):
 
 
 CaptureFactory = Callable[[], Capture]
+T = TypeVar("T")
 
 # The consumer's no-frame watchdog waits longer than ``timeout`` (by half of it, at most this), so
 # that a capture's own bounded waits (FFmpeg's open and read timeouts, both ``timeout``) end first
@@ -66,6 +67,9 @@ LIVE_DECODER_THREADS = 1
 # How long close() waits for the capture thread to finish its read and release the capture: a
 # frame period of any camera (a 2 fps one too), not the `timeout` of a read on a stalled stream.
 RELEASE_WAIT_S = 0.5
+# The caller waits for the first open in slices this long: a signal handler's exception (Ctrl-C,
+# the CLI's SIGTERM) ends the wait within one.
+OPEN_WAIT_SLICE_S = 0.05
 
 
 def camera_factory(index: int, props: dict[int, float]) -> CaptureFactory:
@@ -181,7 +185,9 @@ class LiveSource(Source):
         self._hint = hint
         self._diagnose = diagnose  # called with the seconds left of the failed open's timeout
         self._open_started = 0.0  # perf_counter when the last open began (set by _open)
-        cap = self._open()
+        # FFmpeg's open cannot be interrupted: on this thread it held Ctrl-C for the whole open
+        # timeout on a server that accepts and never answers.
+        cap = open_interruptibly(self._open, self._release_unread)
         if cap is None:
             raise SourceError(f"cannot open {uri}{self._why()}")
         fps = _get(cap, cv2.CAP_PROP_FPS)
@@ -244,6 +250,15 @@ class LiveSource(Source):
                 cap.release()
             return None
         return cap
+
+    def _release_unread(self, cap: Capture | None) -> None:
+        """Release a capture nobody will read (an open abandoned by Ctrl-C); a failure is logged."""
+        if cap is None:
+            return
+        try:
+            cap.release()
+        except Exception as exc:
+            log.warning("%s: releasing the capture failed: %s", self.uri, self._said(exc))
 
     def _capture_step(self, cap: Capture) -> tuple[Capture | None, bool]:
         """One read: (the capture to hold, whether to go on)."""
@@ -433,6 +448,46 @@ def _capture(source_ref: weakref.ReferenceType[LiveSource], cap: Capture | None)
                 log.warning("%s: releasing the capture failed: %s", uri, said)
         if source is not None:
             source._capture_ended()
+
+
+def open_interruptibly(open_: Callable[[], T], release: Callable[[T], None]) -> T:
+    """``open_()`` on a worker thread, waited for in short slices, so that Ctrl-C (or the
+    exception the CLI's SIGTERM handler raises) ends the wait at once, where an open that blocks
+    in C would hold it until it returns. An abandoned open runs on to its own timeout and then
+    ``release``s what it opened (unless None); what ``open_`` raises is raised here."""
+    lock = threading.Lock()
+    done = threading.Event()
+    outcome: list[tuple[T | None, BaseException | None]] = []
+    abandoned = False
+
+    def work() -> None:
+        try:
+            result: tuple[T | None, BaseException | None] = (open_(), None)
+        except BaseException as exc:
+            result = (None, exc)
+        with lock:
+            if not abandoned:
+                outcome.append(result)
+                done.set()
+                return
+        if result[0] is not None:
+            release(result[0])
+
+    threading.Thread(target=work, name="rtseg-open", daemon=True).start()
+    try:
+        while not done.wait(OPEN_WAIT_SLICE_S):
+            pass
+    except BaseException:
+        with lock:
+            abandoned = True
+            opened = outcome[0][0] if outcome else None
+        if opened is not None:
+            release(opened)
+        raise
+    opened, error = outcome[0]
+    if error is not None:
+        raise error
+    return opened  # type: ignore[return-value]  # T, None included when open_ returned it
 
 
 def _frame_count(cap: Any) -> int | None:

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import SourceError
 from .base import MediaSource, SourceInfo, SourceOptions, redacted
-from .live import http_problem, open_network, time_left
+from .live import http_problem, open_interruptibly, open_network, time_left
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ def _open(target: Path | str, timeout: float) -> cv2.VideoCapture:
             )
         return cap
     started = time.perf_counter()
-    cap = open_network(target, timeout)
+    cap = open_interruptibly(lambda: open_network(target, timeout), cv2.VideoCapture.release)
     if not cap.isOpened():
         cap.release()
         # The diagnosis gets what is left of the one timeout; none once FFmpeg's open used it all.

@@ -59,6 +59,8 @@ def silent_server() -> Iterator[str]:
         yield f"http://127.0.0.1:{listener.getsockname()[1]}"
     finally:
         done.set()
+        with contextlib.suppress(OSError):  # wakes the accept(), which a close() does not
+            socket.create_connection(listener.getsockname(), timeout=1).close()
         listener.close()
         for conn in held:
             conn.close()

@@ -7,6 +7,7 @@ import http.server
 import itertools
 import logging
 import re
+import signal
 import threading
 import time
 
@@ -485,3 +486,44 @@ def test_a_live_stream_is_decoded_on_one_thread(monkeypatch: pytest.MonkeyPatch)
     settings = dict(zip(params[::2], params[1::2], strict=True))
     assert settings[cv2.CAP_PROP_N_THREADS] == 1
     assert settings[cv2.CAP_PROP_READ_TIMEOUT_MSEC] == settings[cv2.CAP_PROP_OPEN_TIMEOUT_MSEC] == 2000
+
+
+class Interrupted(BaseException):
+    """What a signal handler raises (KeyboardInterrupt for Ctrl-C, Terminated for rtseg's SIGTERM)."""
+
+
+def test_a_signal_ends_the_wait_for_a_first_open_that_hangs() -> None:
+    """FFmpeg's open of a server that accepts and never answers cannot be interrupted: run on the
+    caller's thread, Ctrl-C was held for the whole open timeout. The abandoned open, when it
+    returns, releases what it opened."""
+    answer = threading.Event()
+    cam = FakeCamera([0], frames=None)
+
+    def hanging_open() -> FakeCamera:
+        # As a C call does, take the signal's exception only when the open returns.
+        deadline, pending = time.monotonic() + 3.0, None
+        while not answer.is_set() and time.monotonic() < deadline:
+            try:
+                answer.wait(deadline - time.monotonic())
+            except Interrupted as exc:
+                pending = exc
+        if pending is not None:
+            raise pending
+        return cam
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise Interrupted
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.2)
+        start = time.perf_counter()
+        with pytest.raises(Interrupted):
+            open_source("rtsp://127.0.0.1:1/x", capture_factory=hanging_open, timeout=3.0)
+        took = time.perf_counter() - start
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    answer.set()  # the server answers at last
+    assert took < 1.0
+    assert cam.released.wait(2.0)
