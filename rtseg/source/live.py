@@ -385,10 +385,13 @@ class LiveSource(Source):
             # The first frame taken from after a reconnect, whichever of them the newest-frame
             # policy lets through; the frame captured before the drop, if still waiting, is not.
             discontinuity = self._last_index < self._reopened_at <= index
-        # Skipped frames the rate asked to skip are thinned, not dropped (as for files): dropped are
-        # those that arrived after this frame's slot and were replaced before it was taken.
-        self._dropped += index - max(self._last_index, min(thinned_up_to, index - 1)) - 1
         first = self._last_index < 0
+        # Skipped frames the rate asked to skip are thinned, not dropped (as for files): dropped are
+        # those that arrived after this frame's slot and were replaced before it was taken. The
+        # frames captured before the first one taken are none: the consumer was not reading yet
+        # (an engine loading counted its seconds of capture as drops).
+        if not first:
+            self._dropped += index - max(self._last_index, min(thinned_up_to, index - 1)) - 1
         self._last_index = index
         if rate is not None:
             now = time.perf_counter()
