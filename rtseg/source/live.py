@@ -70,6 +70,12 @@ RELEASE_WAIT_S = 0.5
 # The caller waits for the first open in slices this long: a signal handler's exception (Ctrl-C,
 # the CLI's SIGTERM) ends the wait within one.
 OPEN_WAIT_SLICE_S = 0.05
+# After an open, FFmpeg hands over what it buffered while probing the stream (about the open's
+# length: 1.15 s of an RTSP stream), decoded within milliseconds. A read faster than this part of
+# a frame period is such a backlog frame: handed over only when no newer one follows within a frame
+# period (a static or slow stream still delivers it), and for at most BACKLOG_MAX_S after the open.
+BACKLOG_READ_FRACTION = 0.25
+BACKLOG_MAX_S = 1.0
 
 
 def camera_factory(index: int, props: dict[int, float]) -> CaptureFactory:
@@ -208,6 +214,10 @@ class LiveSource(Source):
         self._frame_count = _frame_count(cap)
         self._cond = threading.Condition()
         self._latest: tuple[np.ndarray, int, float, float] | None = None
+        self._ready_at = 0.0  # perf_counter time from which the consumer may take _latest
+        self._period = 1.0 / fps if fps else 0.0  # 0: unknown, and no backlog is told apart
+        self._backlog_until = 0.0  # perf_counter time the backlog after the last open ends at latest
+        self._skip_backlog()
         self._captured = 0
         self._last_index = -1
         self._reopened_at = -1  # index of the first frame captured after the last reconnect
@@ -251,6 +261,11 @@ class LiveSource(Source):
             return None
         return cap
 
+    def _skip_backlog(self) -> None:
+        """Tell the backlog an open leaves apart from live frames for a while (capture thread)."""
+        if self._period:
+            self._backlog_until = time.perf_counter() + BACKLOG_MAX_S
+
     def _release_unread(self, cap: Capture | None) -> None:
         """Release a capture nobody will read (an open abandoned by Ctrl-C); a failure is logged."""
         if cap is None:
@@ -284,9 +299,16 @@ class LiveSource(Source):
             )
             ok, image = False, None
         if ok and image is not None:
+            ready = now
+            if self._backlog_until:
+                if now - started < BACKLOG_READ_FRACTION * self._period and now < self._backlog_until:
+                    ready = now + self._period  # buffered before the open returned: hold it back
+                else:
+                    self._backlog_until = 0.0  # live from here on
             with self._cond:
                 self._attempts = 0
                 self._latest = (image, self._captured, time.time(), now)
+                self._ready_at = ready
                 self._captured += 1
                 self._heartbeat = now
                 self._cond.notify_all()
@@ -341,6 +363,7 @@ class LiveSource(Source):
                     self._reconnects += 1
                     self._heartbeat = time.perf_counter()
                     self._reopened_at = self._captured
+                self._skip_backlog()
                 log.warning("%s: reconnected (reconnect #%d)", self.uri, self._reconnects)
                 return cap
         error = SourceError(f"{self.uri}: lost, and {limit} reconnect attempt(s) failed{self._why()}")
@@ -364,8 +387,12 @@ class LiveSource(Source):
             while True:
                 if self._stop.is_set():  # closed (perhaps from another thread): no frame after that
                     return None
+                slice_s = 0.05
                 if self._latest is not None and self._latest[1] > self._last_index:
-                    break
+                    held = self._ready_at - time.perf_counter()  # > 0: a backlog frame, for now
+                    if held <= 0 or self._error is not None or self._finished:
+                        break
+                    slice_s = min(slice_s, held)
                 if self._error is not None:
                     raise self._error
                 if self._finished:
@@ -379,7 +406,7 @@ class LiveSource(Source):
                         else ""
                     )
                     raise SourceError(f"{self.uri}: no frame for {self.options.timeout:g} s{during}")
-                self._cond.wait(0.05)
+                self._cond.wait(slice_s)
             image, index, wall, mono = self._latest
             self._latest = None  # the consumer owns it now
             # The first frame taken from after a reconnect, whichever of them the newest-frame

@@ -541,3 +541,68 @@ def test_a_signal_ends_the_wait_for_a_first_open_that_hangs() -> None:
     answer.set()  # the server answers at last
     assert took < 1.0
     assert cam.released.wait(2.0)
+
+
+class Probed(FakeCamera):
+    """A 25 fps network stream just opened: FFmpeg hands over ``backlog`` frames it buffered while
+    probing (pixel value = their number, 1 up), decoded at once, then live frames every
+    ``live_period`` s (pixel value 100 up), or none when ``live_period`` is None (a static stream)."""
+
+    def __init__(self, backlog: int, live_period: float | None, frames: int | None = None) -> None:
+        super().__init__([0], frames=frames, period=0.0)
+        self.backlog = backlog
+        self.live_period = live_period
+        self.live = 0
+
+    def get(self, prop: int) -> float:
+        return 25.0 if prop == cv2.CAP_PROP_FPS else 0.0
+
+    def read(self):
+        if self.left is not None:
+            if self.left <= 0:
+                return False, None
+            self.left -= 1
+        if self.backlog > 0:
+            self.backlog -= 1
+            self.counter[0] += 1
+            return True, np.full((8, 8, 3), self.counter[0], np.uint8)
+        if self.live_period is None:
+            self.released.wait(5.0)
+            return False, None
+        time.sleep(self.live_period)
+        self.live += 1
+        return True, np.full((8, 8, 3), 100 + self.live % 100, np.uint8)
+
+
+def test_the_backlog_an_open_leaves_is_not_handed_over() -> None:
+    # The first frame after an RTSP open or reconnect was as old as the open took (1.15 s): FFmpeg
+    # decodes what it buffered while probing within milliseconds of the open.
+    first, second = Probed(backlog=30, live_period=0.02, frames=40), Probed(backlog=30, live_period=0.02)
+    factory = Factory([first, second])
+    with open_source("rtsp://127.0.0.1:1/x", capture_factory=factory, backoff=0.01) as src:
+        start = time.perf_counter()
+        frame = next(src)
+        took = time.perf_counter() - start
+        assert frame.image[0, 0, 0] >= 100 and took < 0.5  # a live frame, not the probe's first
+        while not src.stats.reconnects:
+            frame = next(src)
+        while not frame.discontinuity:
+            frame = next(src)
+    assert frame.image[0, 0, 0] >= 100  # after the reconnect too
+
+
+def test_a_static_stream_still_delivers_its_frame_after_the_open() -> None:
+    factory = Factory([Probed(backlog=3, live_period=None)])
+    with open_source("rtsp://127.0.0.1:1/x", capture_factory=factory, timeout=10) as src:
+        start = time.perf_counter()
+        frame = next(src)
+        assert time.perf_counter() - start < 0.3  # a frame period after the last one, not never
+    assert frame.image[0, 0, 0] == 3  # the newest there was
+
+
+def test_a_stream_faster_than_its_frame_rate_is_delivered_after_a_bounded_wait() -> None:
+    factory = Factory([Probed(backlog=10**9, live_period=None)])  # every read at once, for ever
+    with open_source("rtsp://127.0.0.1:1/x", capture_factory=factory) as src:
+        start = time.perf_counter()
+        next(src)
+        assert time.perf_counter() - start < 1.6  # BACKLOG_MAX_S (1 s) and change
