@@ -17,6 +17,7 @@ import base64
 import http.client
 import logging
 import math
+import socket
 import threading
 import time
 import urllib.error
@@ -154,6 +155,8 @@ def http_problem(url: str, timeout: float) -> str | None:
         exc.close()
         return f"the server answered HTTP {exc.code} {exc.reason}"
     except (OSError, ValueError, http.client.HTTPException) as exc:
+        if isinstance(getattr(exc, "reason", exc), socket.gaierror):
+            return unresolved(host, getattr(exc, "reason", exc))
         if isinstance(getattr(exc, "reason", exc), ConnectionRefusedError):
             default = 443 if parts.scheme.lower() == "https" else 80
             where = netloc if port is not None else f"{netloc}:{default}"
@@ -162,6 +165,40 @@ def http_problem(url: str, timeout: float) -> str | None:
     if kind.startswith(_NOT_VIDEO):
         return f"the server answered with {kind} (a web page or document?), not a video stream"
     return None
+
+
+def unresolved(host: str, error: socket.gaierror) -> str:
+    """The diagnosis of a host name that has no address: a typo in a camera's name is common, and
+    "nothing answered ... within 10 s" sent users looking for a server that is down."""
+    return (
+        f"the host name {host} does not resolve ({error.strerror}): check its spelling, or the "
+        "network's name service (DNS)"
+    )
+
+
+def host_problem(url: str, timeout: float) -> str | None:
+    """``unresolved`` when the URL's host name has no address, found within ``timeout`` seconds
+    (the lookup runs on a worker: getaddrinfo takes no timeout); None otherwise."""
+    try:
+        host = urlsplit(url).hostname or ""
+    except ValueError:
+        return None
+    if not host:
+        return None
+    found: list[BaseException | None] = []
+
+    def lookup() -> None:
+        try:
+            socket.getaddrinfo(host, None)
+            found.append(None)
+        except OSError as exc:
+            found.append(exc)
+
+    worker = threading.Thread(target=lookup, name="rtseg-resolve", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    error = found[0] if found else None
+    return unresolved(host, error) if isinstance(error, socket.gaierror) else None
 
 
 def time_left(timeout: float, started: float) -> float | None:

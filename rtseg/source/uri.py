@@ -17,6 +17,7 @@ from .live import (
     CaptureFactory,
     LiveSource,
     camera_factory,
+    host_problem,
     http_problem,
     network_factory,
     v4l2_factory,
@@ -24,6 +25,7 @@ from .live import (
 from .synthetic import DriveParams, SyntheticSource
 from .video import VideoFileSource
 
+DEFAULT_PORTS = {"rtsp": 554, "rtsps": 322, "http": 80, "https": 443}  # where FFmpeg connects
 SCHEMES = ("file", "images", "synthetic", "camera", "v4l2", "rtsp", "rtsps", "http", "https")
 
 SUPPORTED = (
@@ -119,9 +121,14 @@ def open_source(
         "stream",
         factory,
         options,
-        hint=f"nothing answered at {parts.hostname}:{parts.port or 'the default port'} within {timeout:g} s, "
-        "or the server refused the stream; check the URL, that the server runs, and credentials",
-        diagnose=(lambda left: http_problem(text, left)) if scheme in ("http", "https") else None,
+        hint=f"nothing answered at {parts.hostname}:{parts.port or DEFAULT_PORTS[scheme]} within "
+        f"{timeout:g} s, or the server refused the stream; check the URL, that the server runs, and "
+        "credentials",
+        diagnose=(
+            (lambda left: http_problem(text, left))
+            if scheme in ("http", "https")
+            else (lambda left: host_problem(text, left))
+        ),
         secret_url=text,
     )
 

@@ -8,6 +8,7 @@ import itertools
 import logging
 import re
 import signal
+import socket
 import threading
 import time
 
@@ -371,6 +372,38 @@ def test_http_error_and_web_page_are_named(web_server: str) -> None:
     assert http_problem("http://127.0.0.1:1/", 1) == (
         "the connection to 127.0.0.1:1 was refused: is the server running, on that port?"
     )
+
+
+@pytest.mark.parametrize("scheme", ["rtsp", "http"])
+def test_a_host_name_that_does_not_resolve_is_named(scheme: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # it said "nothing answered at cam.invalid:the default port within 2 s ... check credentials"
+    def no_address(host, *args, **kwargs):  # type: ignore[no-untyped-def]
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_address)
+
+    class Closed:
+        def isOpened(self) -> bool:
+            return False
+
+        def release(self) -> None:
+            pass
+
+    with pytest.raises(SourceError) as caught:
+        open_source(f"{scheme}://cam.invalid/stream", timeout=2, capture_factory=Closed)
+    assert "the host name cam.invalid does not resolve (Name or service not known)" in str(caught.value)
+
+
+def test_the_hint_names_the_schemes_default_port() -> None:
+    class Closed:
+        def isOpened(self) -> bool:
+            return False
+
+        def release(self) -> None:
+            pass
+
+    with pytest.raises(SourceError, match=r"nothing answered at 127\.0\.0\.1:554 within"):
+        open_source("rtsp://127.0.0.1/stream", timeout=0.5, capture_factory=Closed)
 
 
 def test_a_bare_camera_number_is_the_camera_uri_with_the_same_options(
