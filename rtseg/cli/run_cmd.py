@@ -73,6 +73,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--resize", type=parse_size, default=None, help="resize captured frames to WxH")
     s.add_argument("--timeout", type=float, default=10.0, help="live sources: open/read timeout, seconds")
     s.add_argument("--reconnect", type=int, default=5, help="live sources: reconnect attempts")
+    s.add_argument(
+        "--decode-threads",
+        type=int,
+        default=1,
+        help="network streams: FFmpeg decoder threads, each a frame of latency (default 1; 4K H.265 "
+        "needs 2 or more; 0: one per core)",
+    )
     s.add_argument("--frames", type=positive_int, default=None, help="stop after N frames")
     o = p.add_argument_group("output")
     o.add_argument("--mode", choices=MODES, default="overlay")
@@ -169,6 +176,7 @@ def _source_options(args: argparse.Namespace) -> dict:
         "realtime": args.realtime,
         "timeout": args.timeout,
         "reconnect": args.reconnect,
+        "decode_threads": args.decode_threads,
     }
 
 

@@ -95,6 +95,10 @@ class SourceOptions:
     timeout: float = 10.0  # network and live sources: seconds to open, and to wait for a frame (>= 1 ms)
     backoff: float = 0.5  # first reconnect delay in seconds; doubles per attempt
     backoff_max: float = 8.0
+    # Live network streams: FFmpeg decoder threads. Each frame thread holds a frame, a frame period
+    # of latency; one decodes H.264 up to 4K and H.265 to 1080p in real time (docs/pipeline.md).
+    # 0: FFmpeg's default, one per core.
+    decode_threads: int = 1
 
     def __post_init__(self) -> None:
         for name in ("loop", "realtime"):
@@ -119,6 +123,11 @@ class SourceOptions:
         if not _is_count(self.reconnect) or self.reconnect < 0:
             raise ConfigError(f"reconnect must be a whole number of attempts >= 0, got {self.reconnect!r}")
         timeout_ms(self.timeout)
+        if not _is_count(self.decode_threads) or not 0 <= self.decode_threads <= 64:
+            raise ConfigError(
+                "decode_threads must be a whole number from 0 (FFmpeg's default: one per core) to 64, "
+                f"got {self.decode_threads!r}"
+            )
         for name in ("backoff", "backoff_max"):
             value = getattr(self, name)
             if not _is_real(value) or not math.isfinite(value):

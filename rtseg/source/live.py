@@ -59,12 +59,16 @@ WATCHDOG_GRACE_S = 1.0
 # stream has no average rate, 90000 for most RTSP streams, and a video recorded behind it was
 # made at 90000 fps (about 3600 repeats of each frame to fill its gaps).
 LIVE_MAX_FPS = 1000.0
-# FFmpeg's decoder threads for a live stream. Frame threading holds one frame per thread before
-# the first comes out, so each thread adds a frame period of latency: the newest frame of a 25 fps
-# H.264 stream was 59 ms old (median) with 1 thread, 104 ms with 2 (FFmpeg's default here, one
-# per core), 349 ms with 8. One thread decodes 1280x720 H.264 at about 240 fps, 1920x1080 at 170
-# and 3840x2160 at 55 (docs/pipeline.md): real time for the streams cameras send.
+# FFmpeg's decoder threads for a live stream (the default of SourceOptions.decode_threads). Frame
+# threading holds one frame per thread before the first comes out, so each thread adds a frame
+# period of latency: the newest frame of a 25 fps H.264 stream was 59 ms old (median) with 1
+# thread, 104 ms with 2 (FFmpeg's default here, one per core), 349 ms with 8. One thread decodes
+# 1280x720 H.264 at about 240 fps, 1920x1080 at 170 and 3840x2160 at 55, but 4K H.265 at 16
+# Mbit/s at only 25-28 (docs/pipeline.md): such a camera needs decode_threads=2 or more.
 LIVE_DECODER_THREADS = 1
+# FFmpeg reports 25 fps for every MJPEG-over-HTTP stream (the mpjpeg demuxer has no rate), and an
+# MJPEG stream leaves no probe backlog to skip: its frames are not held (below) whatever they say.
+_MJPEG = int.from_bytes(b"MJPG", "little")
 # How long close() waits for the capture thread to finish its read and release the capture: a
 # frame period of any camera (a 2 fps one too), not the `timeout` of a read on a stalled stream.
 RELEASE_WAIT_S = 0.5
@@ -115,9 +119,11 @@ def open_network(url: str, timeout: float, *, threads: int | None = None) -> cv2
     return cv2.VideoCapture(url, cv2.CAP_FFMPEG, params)
 
 
-def network_factory(url: str, timeout: float) -> CaptureFactory:
+def network_factory(url: str, timeout: float, threads: int = LIVE_DECODER_THREADS) -> CaptureFactory:
+    """``threads`` FFmpeg decoder threads (0: FFmpeg's default, one per core)."""
+
     def make() -> Capture:
-        return open_network(url, timeout, threads=LIVE_DECODER_THREADS)
+        return open_network(url, timeout, threads=threads or None)
 
     return make
 
@@ -221,8 +227,12 @@ class LiveSource(Source):
         hint: str = "",
         diagnose: Callable[[float], str | None] | None = None,
         secret_url: str = "",
+        ffmpeg: bool = False,
     ) -> None:
+        """``ffmpeg``: a network stream read through FFmpeg with its read timeout, whose decoder
+        hands over a frame it held when that timeout fires (see ``_capture_step``)."""
         super().__init__(uri, options)
+        self._ffmpeg = ffmpeg
         self._secret_url = secret_url  # the URL with its credentials: hidden in whatever is said
         self._factory = factory
         self._hint = hint
@@ -252,7 +262,8 @@ class LiveSource(Source):
         self._cond = threading.Condition()
         self._latest: tuple[np.ndarray, int, float, float] | None = None
         self._ready_at = 0.0  # perf_counter time from which the consumer may take _latest
-        self._period = 1.0 / fps if fps else 0.0  # 0: unknown, and no backlog is told apart
+        # 0: no backlog is told apart (the rate is unknown, or MJPEG's is a guess: see _MJPEG)
+        self._period = 1.0 / fps if fps and not _is_mjpeg(cap) else 0.0
         self._backlog_until = 0.0  # perf_counter time the backlog after the last open ends at latest
         self._skip_backlog()
         self._captured = 0
@@ -260,6 +271,7 @@ class LiveSource(Source):
         self._reopened_at = -1  # index of the first frame captured after the last reconnect
         self._next_due = 0.0
         self._attempts = 0
+        self._opened_empty = 0  # of those attempts, reopens that gave no frame before failing again
         self._heartbeat = time.perf_counter()
         self._error: SourceError | None = None
         self._finished = False
@@ -323,11 +335,12 @@ class LiveSource(Source):
         now = time.perf_counter()
         if self._stop.is_set():
             return cap, False
-        if ok and image is not None and now - started >= self.options.timeout:
+        if self._ffmpeg and ok and image is not None and now - started >= self.options.timeout:
             # FFmpeg's read timeout fired, and the read still returned a frame its decoder held
             # (one per decoder thread): a frame `timeout` seconds old, not a new one. Delivered as
             # new, each such frame also fed the watchdog, and a frozen server was reconnected only
-            # after (decoder threads + 1) timeouts. It is a failed read: reconnect.
+            # after (decoder threads + 1) timeouts. It is a failed read: reconnect. (Not for a
+            # camera: a slow read there, a 1 fps camera with timeout 1, returns a new frame.)
             log.debug(
                 "%s: the read took %.2f s (timeout %g s): a stall",
                 self.uri,
@@ -343,7 +356,7 @@ class LiveSource(Source):
                 else:
                     self._backlog_until = 0.0  # live from here on
             with self._cond:
-                self._attempts = 0
+                self._attempts = self._opened_empty = 0
                 self._latest = (image, self._captured, time.time(), now)
                 self._ready_at = ready
                 self._captured += 1
@@ -397,13 +410,23 @@ class LiveSource(Source):
             if cap is not None:
                 self._frame_count = _frame_count(cap)
                 with self._cond:
+                    self._opened_empty += 1  # until its first frame
                     self._reconnects += 1
                     self._heartbeat = time.perf_counter()
                     self._reopened_at = self._captured
                 self._skip_backlog()
                 log.warning("%s: reconnected (reconnect #%d)", self.uri, self._reconnects)
                 return cap
-        error = SourceError(f"{self.uri}: lost, and {limit} reconnect attempt(s) failed{self._why()}")
+        if self._opened_empty:
+            # "attempts failed" sent users looking for a server that was up: it opened, and then
+            # sent no frame (a stalled encoder, a camera slower than the timeout)
+            error = SourceError(
+                f"{self.uri}: lost; {limit} reconnect attempt(s), {self._opened_empty} of which opened "
+                f"but gave no frame within {self.options.timeout:g} s (a stalled stream? a longer "
+                "timeout for a slow one)"
+            )
+        else:
+            error = SourceError(f"{self.uri}: lost, and {limit} reconnect attempt(s) failed{self._why()}")
         with self._cond:
             self._error = error
             self._cond.notify_all()
@@ -561,6 +584,11 @@ def _frame_count(cap: Any) -> int | None:
     """Frames in a finite stream; None for live ones (FFmpeg reports 0 or a negative count)."""
     count = _get(cap, cv2.CAP_PROP_FRAME_COUNT)
     return int(count) if 0 < count < 2**31 else None
+
+
+def _is_mjpeg(cap: Any) -> bool:
+    fourcc = _get(cap, cv2.CAP_PROP_FOURCC)
+    return math.isfinite(fourcc) and int(fourcc) == _MJPEG
 
 
 def _get(cap: Any, prop: int) -> float:

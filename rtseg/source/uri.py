@@ -54,6 +54,7 @@ def open_source(
     reconnect: int = 5,
     timeout: float = 10.0,
     backoff: float = 0.5,
+    decode_threads: int = 1,
     capture_factory: CaptureFactory | None = None,
 ) -> Source:
     """Open a frame source; iterate it for Frames and close it (or use ``with``).
@@ -72,6 +73,7 @@ def open_source(
         backoff=backoff,
         # max() of a str and a float is a TypeError: leave a bad backoff to SourceOptions to name
         backoff_max=max(backoff, 8.0) if isinstance(backoff, numbers.Real) else 8.0,
+        decode_threads=decode_threads,
     )
     timeout = options.timeout
     try:
@@ -115,13 +117,15 @@ def open_source(
     parts = _network_parts(text, scheme)
     if is_recorded_video(text):
         return VideoFileSource(redacted(text), text, options)
-    factory = capture_factory or network_factory(text, timeout)
+    factory = capture_factory or network_factory(text, timeout, options.decode_threads)
+    host = f"[{parts.hostname}]" if ":" in (parts.hostname or "") else parts.hostname
     return LiveSource(
         redacted(text),
         "stream",
         factory,
         options,
-        hint=f"nothing answered at {parts.hostname}:{parts.port or DEFAULT_PORTS[scheme]} within "
+        ffmpeg=True,
+        hint=f"nothing answered at {host}:{parts.port or DEFAULT_PORTS[scheme]} within "
         f"{timeout:g} s, or the server refused the stream; check the URL, that the server runs, and "
         "credentials",
         diagnose=(

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from rtseg.cli import main, run_cmd
+from rtseg.errors import SourceError
 from rtseg.models import DEFAULT_WEIGHTS, get_model, save_checkpoint
 
 SOURCE = "synthetic://drive?size=160x96&fps=30&seed=1&frames=6"
@@ -429,6 +430,27 @@ def test_a_bad_sink_is_reported_before_the_engine_loads(sink: str, message: str,
     rc = main(["run", SOURCE, sink])
     err = capsys.readouterr().err
     assert rc == 2 and "rtseg run: error:" in err and message in err
+
+
+def test_the_source_options_reach_the_source(monkeypatch) -> None:
+    seen = {}
+
+    def no_open(uri, **options):  # type: ignore[no-untyped-def]
+        seen.update(options)
+        raise SourceError("stop here")
+
+    monkeypatch.setattr(run_cmd, "open_source", no_open)
+    argv = ["run", "rtsp://127.0.0.1:1/x", "null://", "--timeout", "3", "--reconnect", "2"]
+    assert main([*argv, "--decode-threads", "4"]) == 2
+    assert seen == {
+        "loop": False,
+        "resize": None,
+        "rate": None,
+        "realtime": False,
+        "timeout": 3.0,
+        "reconnect": 2,
+        "decode_threads": 4,
+    }
 
 
 def test_a_model_without_shipped_weights_asks_for_weights_in_the_commands_terms(monkeypatch, capsys) -> None:

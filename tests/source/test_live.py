@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 import pytest
 
-from rtseg.errors import SourceError
+from rtseg.errors import ConfigError, SourceError
 from rtseg.source import open_source
 from rtseg.source.base import SourceOptions
 from rtseg.source.live import LiveSource, http_problem
@@ -306,6 +306,34 @@ def test_a_read_that_took_the_timeout_is_a_stall_not_a_new_frame() -> None:
     assert frozen.frozen_at is not None and fresh_at - frozen.frozen_at < 0.9  # 0.5 s + backoff
 
 
+def test_a_camera_slower_than_the_timeout_still_delivers_its_frames() -> None:
+    # The stall rule is FFmpeg's: a camera's slow read is a new frame. Applied to cameras, a
+    # 1 fps camera with timeout 1 delivered nothing and ended "lost, and 2 reconnect attempt(s)
+    # failed" though every reopen worked.
+    counter = [0]
+    factory = Factory([FakeCamera(counter, frames=None, period=0.3)])
+    with open_source("camera://0", capture_factory=factory, timeout=0.25, reconnect=2, backoff=0.01) as src:
+        values = [int(next(src).image[0, 0, 0]) for _ in range(3)]
+        assert src.stats.reconnects == 0
+    assert values == [1, 2, 3]
+
+
+def test_reopens_that_give_no_frame_are_not_called_failed_attempts() -> None:
+    frozen = [FFmpegFrozen(frames=1, stall=0.2) for _ in range(3)]
+    for f in frozen[1:]:
+        f.good = 0
+    with open_source(
+        "rtsp://127.0.0.1:1/x", capture_factory=Factory(frozen), timeout=0.2, reconnect=2, backoff=0.01
+    ) as src:
+        next(src)
+        with pytest.raises(SourceError) as caught:
+            while True:
+                next(src)
+    message = str(caught.value)
+    assert "2 reconnect attempt(s), 2 of which opened but gave no frame within 0.2 s" in message
+    assert "failed" not in message
+
+
 def test_a_backoff_longer_than_the_timeout_keeps_the_consumer_waiting(monkeypatch) -> None:
     monkeypatch.setattr("rtseg.source.live.WATCHDOG_GRACE_S", 0.0, raising=False)
     counter = [0]
@@ -404,6 +432,8 @@ def test_the_hint_names_the_schemes_default_port() -> None:
 
     with pytest.raises(SourceError, match=r"nothing answered at 127\.0\.0\.1:554 within"):
         open_source("rtsp://127.0.0.1/stream", timeout=0.5, capture_factory=Closed)
+    with pytest.raises(SourceError, match=r"nothing answered at \[::1\]:8554 within"):  # not ::1:8554
+        open_source("rtsp://[::1]:8554/stream", timeout=0.5, capture_factory=Closed)
 
 
 def test_a_bare_camera_number_is_the_camera_uri_with_the_same_options(
@@ -516,6 +546,26 @@ def test_a_camera_frame_rate_is_taken_as_reported_when_plausible(caplog, reporte
     assert (said in caplog.text) is (reported not in (0.0, 240.0))
 
 
+def test_decode_threads_sets_ffmpegs_decoder_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 4K H.265 needs more than one thread to decode in real time: it must be possible to ask
+    opened: list[list[int]] = []
+
+    def video_capture(url: str, backend: int, params: list[int]) -> FakeCamera:
+        opened.append(params)
+        return FakeCamera([0], frames=None)
+
+    monkeypatch.setattr(cv2, "VideoCapture", video_capture)
+    for threads in (3, 0):
+        with open_source("rtsp://127.0.0.1:1/x", timeout=2.0, decode_threads=threads) as src:
+            next(src)
+    settings = [dict(zip(p[::2], p[1::2], strict=True)) for p in opened]
+    assert settings[0][cv2.CAP_PROP_N_THREADS] == 3
+    assert cv2.CAP_PROP_N_THREADS not in settings[1]  # 0: FFmpeg's default, one per core
+    for bad in (-1, 1.5, True, 65):
+        with pytest.raises(ConfigError, match=r"decode_threads must be a whole number from 0"):
+            open_source("rtsp://127.0.0.1:1/x", decode_threads=bad)
+
+
 def test_a_live_stream_is_decoded_on_one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
     """FFmpeg's frame threading holds a frame per decoder thread (one per core by default): the
     newest frame of a 25 fps stream was 104 ms old with 2 threads, 349 ms with 8, 59 ms with 1."""
@@ -622,6 +672,25 @@ def test_the_backlog_an_open_leaves_is_not_handed_over() -> None:
         while not frame.discontinuity:
             frame = next(src)
     assert frame.image[0, 0, 0] >= 100  # after the reconnect too
+
+
+class MJPEGOverHTTP(Probed):
+    """FFmpeg says 25 fps for every MJPEG stream; this one sends 160 frames a second."""
+
+    def get(self, prop: int) -> float:
+        if prop == cv2.CAP_PROP_FOURCC:
+            return float(int.from_bytes(b"MJPG", "little"))
+        return super().get(prop)
+
+
+def test_a_fast_mjpeg_stream_is_not_held_as_a_backlog() -> None:
+    # every read under a quarter of FFmpeg's assumed 40 ms looked like backlog: the first frame
+    # waited the whole 1 s after every open
+    factory = Factory([MJPEGOverHTTP(backlog=0, live_period=1 / 160)])
+    with open_source("http://127.0.0.1:1/stream", capture_factory=factory, timeout=5) as src:
+        start = time.perf_counter()
+        next(src)
+        assert time.perf_counter() - start < 0.3
 
 
 def test_a_static_stream_still_delivers_its_frame_after_the_open() -> None:
