@@ -78,7 +78,9 @@ OPEN_WAIT_SLICE_S = 0.05
 # After an open, FFmpeg hands over what it buffered while probing the stream (about the open's
 # length: 1.15 s of an RTSP stream), decoded within milliseconds. A read faster than this part of
 # a frame period is such a backlog frame: handed over only when no newer one follows within a frame
-# period (a static or slow stream still delivers it), and for at most BACKLOG_MAX_S after the open.
+# period (a static or slow stream still delivers it), for at most BACKLOG_MAX_S after the open, and
+# for no more frames than the open lasted (plus one): a stream faster than it says (120 fps sent,
+# 25 reported) had every live frame held for the whole second.
 BACKLOG_READ_FRACTION = 0.25
 BACKLOG_MAX_S = 1.0
 
@@ -265,6 +267,7 @@ class LiveSource(Source):
         # 0: no backlog is told apart (the rate is unknown, or MJPEG's is a guess: see _MJPEG)
         self._period = 1.0 / fps if fps and not _is_mjpeg(cap) else 0.0
         self._backlog_until = 0.0  # perf_counter time the backlog after the last open ends at latest
+        self._backlog_left = 0  # frames the last open can have buffered, not yet read
         self._skip_backlog()
         self._captured = 0
         self._last_index = -1
@@ -311,9 +314,11 @@ class LiveSource(Source):
         return cap
 
     def _skip_backlog(self) -> None:
-        """Tell the backlog an open leaves apart from live frames for a while (capture thread)."""
+        """Tell the backlog the open just made leaves apart from live frames (capture thread)."""
         if self._period:
-            self._backlog_until = time.perf_counter() + BACKLOG_MAX_S
+            now = time.perf_counter()
+            self._backlog_until = now + BACKLOG_MAX_S
+            self._backlog_left = math.ceil((now - self._open_started) / self._period) + 1
 
     def _release_unread(self, cap: Capture | None) -> None:
         """Release a capture nobody will read (an open abandoned by Ctrl-C); a failure is logged."""
@@ -351,8 +356,13 @@ class LiveSource(Source):
         if ok and image is not None:
             ready = now
             if self._backlog_until:
-                if now - started < BACKLOG_READ_FRACTION * self._period and now < self._backlog_until:
+                if (
+                    now - started < BACKLOG_READ_FRACTION * self._period
+                    and now < self._backlog_until
+                    and self._backlog_left > 0
+                ):
                     ready = now + self._period  # buffered before the open returned: hold it back
+                    self._backlog_left -= 1
                 else:
                     self._backlog_until = 0.0  # live from here on
             with self._cond:

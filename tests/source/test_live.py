@@ -657,11 +657,24 @@ class Probed(FakeCamera):
         return True, np.full((8, 8, 3), 100 + self.live % 100, np.uint8)
 
 
+class SlowOpen(Factory):
+    """An open that takes ``seconds``, as FFmpeg's probe of an RTSP stream does (1.15 s)."""
+
+    def __init__(self, captures: list[FakeCamera], seconds: float) -> None:
+        super().__init__(captures)
+        self.seconds = seconds
+
+    def __call__(self) -> FakeCamera:
+        time.sleep(self.seconds)
+        return super().__call__()
+
+
 def test_the_backlog_an_open_leaves_is_not_handed_over() -> None:
     # The first frame after an RTSP open or reconnect was as old as the open took (1.15 s): FFmpeg
-    # decodes what it buffered while probing within milliseconds of the open.
-    first, second = Probed(backlog=30, live_period=0.02, frames=40), Probed(backlog=30, live_period=0.02)
-    factory = Factory([first, second])
+    # decodes what it buffered while probing within milliseconds of the open. A 0.3 s open of a
+    # 25 fps stream leaves about 8 frames.
+    first, second = Probed(backlog=8, live_period=0.02, frames=18), Probed(backlog=8, live_period=0.02)
+    factory = SlowOpen([first, second], 0.3)
     with open_source("rtsp://127.0.0.1:1/x", capture_factory=factory, backoff=0.01) as src:
         start = time.perf_counter()
         frame = next(src)
@@ -688,6 +701,16 @@ def test_a_fast_mjpeg_stream_is_not_held_as_a_backlog() -> None:
     # waited the whole 1 s after every open
     factory = Factory([MJPEGOverHTTP(backlog=0, live_period=1 / 160)])
     with open_source("http://127.0.0.1:1/stream", capture_factory=factory, timeout=5) as src:
+        start = time.perf_counter()
+        next(src)
+        assert time.perf_counter() - start < 0.3
+
+
+def test_a_stream_faster_than_it_says_is_held_no_longer_than_its_open_lasted() -> None:
+    # 120 fps sent, 25 reported: every live read looked like backlog, and nothing was handed over
+    # for the whole second after each open (about 120 fresh frames dropped per reconnect)
+    factory = Factory([Probed(backlog=0, live_period=1 / 120)])
+    with open_source("rtsp://127.0.0.1:1/x", capture_factory=factory, timeout=5) as src:
         start = time.perf_counter()
         next(src)
         assert time.perf_counter() - start < 0.3
