@@ -154,7 +154,9 @@ def camvid(root: str | Path, split: str) -> SegmentationDataset:
                 f"matching {{split}}annot folders (the SegNet release layout)"
             )
     pairs = []
-    for image_path in sorted(image_dir.glob("*.png"), key=frame_order):
+    # .PNG too: "has no *.png images (it holds 3 .PNG files): convert the images to PNG" was absurd
+    images = (p for p in image_dir.glob("*") if p.suffix.lower() == ".png")
+    for image_path in sorted(images, key=frame_order):
         label_path = label_dir / image_path.name
         if not label_path.is_file():
             raise DatasetError(f"CamVid image {image_path} has no label {label_path}")

@@ -70,6 +70,13 @@ def test_a_camvid_folder_of_other_images_says_what_it_holds(tmp_path: Path) -> N
         camvid(tmp_path, "test")
 
 
+def test_camvid_images_named_in_capitals_are_read(tmp_path: Path) -> None:
+    for name in ("a.PNG", "b.png"):
+        _write(tmp_path / "val" / name, np.zeros((2, 2, 3), np.uint8))
+        _write(tmp_path / "valannot" / name, np.zeros((2, 2), np.uint8))
+    assert camvid(tmp_path, "val").names == ["a", "b"]
+
+
 def test_corrupt_label_is_named(tmp_path: Path) -> None:
     _write(tmp_path / "val" / "a.png", np.zeros((6, 8, 3), np.uint8))
     (tmp_path / "valannot").mkdir()
