@@ -83,6 +83,18 @@ OPEN_WAIT_SLICE_S = 0.05
 # 25 reported) had every live frame held for the whole second.
 BACKLOG_READ_FRACTION = 0.25
 BACKLOG_MAX_S = 1.0
+# That rule fails where decoding is slow: the first reads of a 1920x1080 RTSP stream (its IDR
+# frame) took 9-19 ms, over a quarter of 40 ms, and ended the backlog with a 1.15 s old frame
+# delivered and ~28 stale ones after it. A stream's frames carry their media time (POS_MSEC, 0 at
+# the open's first frame), which tells the backlog apart whatever the decoder's speed: a frame
+# more than BACKLOG_MEDIA_MARGIN frame periods short of the open's length into the stream was
+# buffered by the probe (the first live frames, later by the open's handshake, look so too: the
+# first frame of a local 25 fps stream is 83 ms old, not 43, where 1080p's was 1.15 s). FFmpeg
+# gives the open's first frames no media time yet (0, the first two of an RTSP stream): the first
+# BACKLOG_UNTIMED_READS of them are held when the open was long enough to buffer any. A stream
+# whose frames never get a media time falls back on the read time.
+BACKLOG_MEDIA_MARGIN = 1.0
+BACKLOG_UNTIMED_READS = 3
 
 
 def camera_factory(index: int, props: dict[int, float]) -> CaptureFactory:
@@ -268,6 +280,10 @@ class LiveSource(Source):
         self._period = 1.0 / fps if fps and not _is_mjpeg(cap) else 0.0
         self._backlog_until = 0.0  # perf_counter time the backlog after the last open ends at latest
         self._backlog_left = 0  # frames the last open can have buffered, not yet read
+        self._open_took = 0.0  # seconds the last open took: about what its probe buffered
+        self._reads_since_open = 0
+        self._media_start: float | None = None  # POS_MSEC (s) of the open's first frame
+        self._timed = False  # a frame since the open had a media time past the first's
         self._skip_backlog()
         self._captured = 0
         self._last_index = -1
@@ -318,7 +334,34 @@ class LiveSource(Source):
         if self._period:
             now = time.perf_counter()
             self._backlog_until = now + BACKLOG_MAX_S
-            self._backlog_left = math.ceil((now - self._open_started) / self._period) + 1
+            self._open_took = now - self._open_started
+            self._backlog_left = math.ceil(self._open_took / self._period) + 1
+            self._reads_since_open = 0
+            self._media_start = None
+            self._timed = False
+
+    def _is_backlog(self, cap: Capture, took: float, now: float) -> bool:
+        """Whether the frame just read (in ``took`` s) was buffered by the last open's probe."""
+        if now >= self._backlog_until:
+            return False
+        self._reads_since_open += 1
+        if self._ffmpeg:
+            media = _get(cap, cv2.CAP_PROP_POS_MSEC) / 1000.0
+            if not math.isfinite(media):
+                media = 0.0
+            if self._media_start is None:
+                self._media_start = media
+            media -= self._media_start
+            self._timed = self._timed or media > 0
+            buffered = self._open_took - BACKLOG_MEDIA_MARGIN * self._period
+            if self._timed:
+                return media < buffered
+            if self._reads_since_open <= BACKLOG_UNTIMED_READS and buffered > 0:
+                return True  # the open's first frames, before FFmpeg gives them a media time
+        if took < BACKLOG_READ_FRACTION * self._period and self._backlog_left > 0:
+            self._backlog_left -= 1
+            return True
+        return False
 
     def _release_unread(self, cap: Capture | None) -> None:
         """Release a capture nobody will read (an open abandoned by Ctrl-C); a failure is logged."""
@@ -356,13 +399,8 @@ class LiveSource(Source):
         if ok and image is not None:
             ready = now
             if self._backlog_until:
-                if (
-                    now - started < BACKLOG_READ_FRACTION * self._period
-                    and now < self._backlog_until
-                    and self._backlog_left > 0
-                ):
+                if self._is_backlog(cap, now - started, now):
                     ready = now + self._period  # buffered before the open returned: hold it back
-                    self._backlog_left -= 1
                 else:
                     self._backlog_until = 0.0  # live from here on
             with self._cond:

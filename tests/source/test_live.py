@@ -731,3 +731,35 @@ def test_a_stream_faster_than_its_frame_rate_is_delivered_after_a_bounded_wait()
         start = time.perf_counter()
         next(src)
         assert time.perf_counter() - start < 1.6  # BACKLOG_MAX_S (1 s) and change
+
+
+class Probed1080(Probed):
+    """A 25 fps 1920x1080 RTSP stream just opened: its first two reads (the IDR frame) take 15 ms,
+    over a quarter of a frame period, the rest of the backlog 2 ms; FFmpeg gives every frame its
+    media time (POS_MSEC), 0 for the first two."""
+
+    def __init__(self, backlog: int, live_period: float) -> None:
+        super().__init__(backlog, live_period)
+        self.reads = 0
+
+    def get(self, prop: int) -> float:
+        if prop == cv2.CAP_PROP_POS_MSEC:
+            return 40.0 * max(self.reads - 2, 0)
+        return super().get(prop)
+
+    def read(self):
+        self.reads += 1
+        if self.backlog > 0:
+            time.sleep(0.015 if self.reads <= 2 else 0.002)
+        return super().read()
+
+
+def test_a_backlog_whose_first_reads_are_slow_is_still_not_handed_over() -> None:
+    # The IDR frame of a 1080p stream took 9-19 ms to decode: the read-time rule ended the backlog
+    # there and the first frame was 1.15 s old, with ~28 stale frames after it.
+    factory = SlowOpen([Probed1080(backlog=12, live_period=0.04)], 0.5)
+    with open_source("rtsp://127.0.0.1:1/x", capture_factory=factory, timeout=5) as src:
+        first = next(src)
+    # live, or the backlog's last frame (its live successor comes a frame period later): not the
+    # second, whose read was slow
+    assert first.image[0, 0, 0] >= 100 or first.image[0, 0, 0] == 12, first.image[0, 0, 0]
