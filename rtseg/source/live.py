@@ -66,8 +66,10 @@ LIVE_MAX_FPS = 1000.0
 # 1280x720 H.264 at about 240 fps, 1920x1080 at 170 and 3840x2160 at 55, but 4K H.265 at 16
 # Mbit/s at only 25-28 (docs/pipeline.md): such a camera needs decode_threads=2 or more.
 LIVE_DECODER_THREADS = 1
-# FFmpeg reports 25 fps for every MJPEG-over-HTTP stream (the mpjpeg demuxer has no rate), and an
-# MJPEG stream leaves no probe backlog to skip: its frames are not held (below) whatever they say.
+# FFmpeg reports 25 fps for every MJPEG-over-HTTP stream (the mpjpeg demuxer has no rate), and such
+# a stream leaves no probe backlog to skip: its frames are not held (below) whatever they say. Over
+# RTSP an MJPEG stream reports its true rate and leaves a backlog as long as the open (0.8 s): it is
+# held like any other.
 _MJPEG = int.from_bytes(b"MJPG", "little")
 # How long close() waits for the capture thread to finish its read and release the capture: a
 # frame period of any camera (a 2 fps one too), not the `timeout` of a read on a stalled stream.
@@ -276,8 +278,10 @@ class LiveSource(Source):
         self._cond = threading.Condition()
         self._latest: tuple[np.ndarray, int, float, float] | None = None
         self._ready_at = 0.0  # perf_counter time from which the consumer may take _latest
-        # 0: no backlog is told apart (the rate is unknown, or MJPEG's is a guess: see _MJPEG)
-        self._period = 1.0 / fps if fps and not _is_mjpeg(cap) else 0.0
+        # 0: no backlog is told apart (the rate is unknown, or MJPEG over HTTP's is a guess: see
+        # _MJPEG; MJPEG over RTSP says its rate and leaves a probe's backlog like any RTSP stream)
+        guessed = _is_mjpeg(cap) and urlsplit(uri).scheme.lower() in ("http", "https")
+        self._period = 1.0 / fps if fps and not guessed else 0.0
         self._backlog_until = 0.0  # perf_counter time the backlog after the last open ends at latest
         self._backlog_left = 0  # frames the last open can have buffered, not yet read
         self._open_took = 0.0  # seconds the last open took: about what its probe buffered

@@ -763,3 +763,15 @@ def test_a_backlog_whose_first_reads_are_slow_is_still_not_handed_over() -> None
     # live, or the backlog's last frame (its live successor comes a frame period later): not the
     # second, whose read was slow
     assert first.image[0, 0, 0] >= 100 or first.image[0, 0, 0] == 12, first.image[0, 0, 0]
+
+
+class MJPEGOverRTSP(MJPEGOverHTTP):
+    """An RTSP MJPEG stream: it reports its true rate (25 fps here) and leaves a probe's backlog."""
+
+
+def test_an_mjpeg_stream_over_rtsp_is_held_as_a_backlog() -> None:
+    # only HTTP's 25 fps is a guess: the first frame of a 25 fps RTSP MJPEG stream was 0.82 s old
+    factory = SlowOpen([MJPEGOverRTSP(backlog=8, live_period=0.02)], 0.3)
+    with open_source("rtsp://127.0.0.1:1/x", capture_factory=factory, timeout=5) as src:
+        frame = next(src)
+    assert frame.image[0, 0, 0] >= 100  # a live frame, not the probe's first
