@@ -292,7 +292,8 @@ class LiveSource(Source):
         self._captured = 0
         self._last_index = -1
         self._reopened_at = -1  # index of the first frame captured after the last reconnect
-        self._next_due = 0.0
+        self._next_due = 0.0  # perf_counter time of the rate's next slot (0: none yet)
+        self._before_due = -1  # index of the last frame captured before that slot
         self._attempts = 0
         self._opened_empty = 0  # of those attempts, reopens that gave no frame before failing again
         self._heartbeat = time.perf_counter()
@@ -409,6 +410,8 @@ class LiveSource(Source):
                     self._backlog_until = 0.0  # live from here on
             with self._cond:
                 self._attempts = self._opened_empty = 0
+                if now < self._next_due:
+                    self._before_due = self._captured
                 self._latest = (image, self._captured, time.time(), now)
                 self._ready_at = ready
                 self._captured += 1
@@ -492,7 +495,8 @@ class LiveSource(Source):
             if wait > 0 and self._stop.wait(wait):  # closed while waiting for the rate's slot
                 return None
             with self._cond:
-                thinned_up_to = self._captured - 1
+                # a consumer past its slot skipped what came after it: drops, not thinning
+                thinned_up_to = self._before_due
         timeout = self.options.timeout
         patience = timeout + min(timeout / 2, WATCHDOG_GRACE_S)
         with self._cond:
@@ -521,10 +525,14 @@ class LiveSource(Source):
                 self._cond.wait(slice_s)
             image, index, wall, mono = self._latest
             self._latest = None  # the consumer owns it now
+            first = self._last_index < 0
+            if rate is not None:  # set here, under the lock: what is captured from now on is newer
+                now = time.perf_counter()
+                self._next_due = now + 1.0 / rate if first else max(self._next_due + 1.0 / rate, now)
+                self._before_due = index
             # The first frame taken from after a reconnect, whichever of them the newest-frame
             # policy lets through; the frame captured before the drop, if still waiting, is not.
             discontinuity = self._last_index < self._reopened_at <= index
-        first = self._last_index < 0
         # Skipped frames the rate asked to skip are thinned, not dropped (as for files): dropped are
         # those that arrived after this frame's slot and were replaced before it was taken. The
         # frames captured before the first one taken are none: the consumer was not reading yet
@@ -532,9 +540,6 @@ class LiveSource(Source):
         if not first:
             self._dropped += index - max(self._last_index, min(thinned_up_to, index - 1)) - 1
         self._last_index = index
-        if rate is not None:
-            now = time.perf_counter()
-            self._next_due = now + 1.0 / rate if first else max(self._next_due + 1.0 / rate, now)
         return Frame(self._resize(image), index, wall, mono, self.uri, discontinuity=discontinuity)
 
     def _interrupt(self) -> None:

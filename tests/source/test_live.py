@@ -524,6 +524,20 @@ def test_rate_on_a_live_source_thins_without_counting_drops_and_spaces_the_secon
     assert stats.delivered == 4 and stats.dropped <= 3  # not the ~60 frames the rate skipped
 
 
+def test_frames_a_consumer_past_its_rate_slot_skips_are_dropped_not_thinned() -> None:
+    # a 100 fps camera, rate=50, a consumer taking 0.1 s a frame: each frame's slot has passed when
+    # it asks, and the ~9 frames captured meanwhile were all counted as thinned (dropped=0)
+    factory = Factory([FakeCamera([0], frames=None, period=0.01)])
+    with open_source("camera://0", capture_factory=factory, rate=50) as src:
+        frames = []
+        for _ in range(6):
+            frames.append(next(src))
+            time.sleep(0.1)
+        stats = src.stats
+    skipped = frames[-1].index - frames[0].index - (len(frames) - 1)
+    assert skipped >= 30 and stats.dropped >= skipped - 2 * (len(frames) - 1), (skipped, stats)
+
+
 @pytest.mark.parametrize(
     ("reported", "fps"),
     [(240.0, 240.0), (90000.0, None), (0.0, None), (float("nan"), None), (-5.0, None)],
