@@ -97,6 +97,15 @@ BACKLOG_MAX_S = 1.0
 # whose frames never get a media time falls back on the read time.
 BACKLOG_MEDIA_MARGIN = 1.0
 BACKLOG_UNTIMED_READS = 3
+# FFmpeg's HLS demuxer hands over a live playlist's (.m3u8) segment in a burst as it arrives, and
+# the newest-frame slot kept only each burst's last frame: 1.09 frames a second of a 25 fps
+# stream. Its frames are published at their media time's pace instead (and not held as a backlog:
+# the pace holds them). Pacing starts again from the frame at hand (the wall clock re-anchored)
+# after each open, when it falls more than HLS_LATE_S behind (a segment that came late: catching up
+# at once was the same burst) and when the next frame is due more than HLS_JUMP_S ahead (consecutive
+# frames are a frame period apart: a jump in media time, not a wait).
+HLS_LATE_S = 0.25
+HLS_JUMP_S = 1.0
 
 
 def camera_factory(index: int, props: dict[int, float]) -> CaptureFactory:
@@ -249,6 +258,8 @@ class LiveSource(Source):
         hands over a frame it held when that timeout fires (see ``_capture_step``)."""
         super().__init__(uri, options)
         self._ffmpeg = ffmpeg
+        self._paced = ffmpeg and urlsplit(uri).path.lower().endswith(".m3u8")  # see HLS_LATE_S
+        self._anchor: float | None = None  # perf_counter time of media time 0 when paced
         self._secret_url = secret_url  # the URL with its credentials: hidden in whatever is said
         self._factory = factory
         self._hint = hint
@@ -336,7 +347,8 @@ class LiveSource(Source):
 
     def _skip_backlog(self) -> None:
         """Tell the backlog the open just made leaves apart from live frames (capture thread)."""
-        if self._period:
+        self._anchor = None
+        if self._period and not self._paced:
             now = time.perf_counter()
             self._backlog_until = now + BACKLOG_MAX_S
             self._open_took = now - self._open_started
@@ -367,6 +379,20 @@ class LiveSource(Source):
             self._backlog_left -= 1
             return True
         return False
+
+    def _pace(self, cap: Capture, now: float) -> float:
+        """Wait until the frame just read is due by its media time (see HLS_LATE_S); the time."""
+        media = _get(cap, cv2.CAP_PROP_POS_MSEC) / 1000.0
+        if not math.isfinite(media):
+            return now
+        due = (self._anchor if self._anchor is not None else now) + media
+        jump = min(HLS_JUMP_S, self.options.timeout / 2)  # a wait the watchdog would not outlast
+        if self._anchor is None or not -HLS_LATE_S <= due - now <= jump:
+            self._anchor = now - media
+            return now
+        if due > now:
+            self._stop.wait(due - now)
+        return time.perf_counter()
 
     def _release_unread(self, cap: Capture | None) -> None:
         """Release a capture nobody will read (an open abandoned by Ctrl-C); a failure is logged."""
@@ -401,6 +427,10 @@ class LiveSource(Source):
                 self.options.timeout,
             )
             ok, image = False, None
+        if ok and image is not None and self._paced:
+            now = self._pace(cap, now)
+            if self._stop.is_set():
+                return cap, False
         if ok and image is not None:
             ready = now
             if self._backlog_until:

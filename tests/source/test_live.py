@@ -789,3 +789,35 @@ def test_an_mjpeg_stream_over_rtsp_is_held_as_a_backlog() -> None:
     with open_source("rtsp://127.0.0.1:1/x", capture_factory=factory, timeout=5) as src:
         frame = next(src)
     assert frame.image[0, 0, 0] >= 100  # a live frame, not the probe's first
+
+
+class HLSBursts(FakeCamera):
+    """A live 25 fps HLS stream through FFmpeg: each 1 s segment's 25 frames come at once when it
+    arrives, with their media time (POS_MSEC)."""
+
+    def __init__(self) -> None:
+        super().__init__([0], frames=None, period=0.0)
+        self.reads = 0
+        self.start = time.perf_counter()
+
+    def get(self, prop: int) -> float:
+        if prop == cv2.CAP_PROP_POS_MSEC:
+            return 40.0 * (self.reads - 1)
+        return 25.0 if prop == cv2.CAP_PROP_FPS else 0.0
+
+    def read(self):
+        if self.reads and self.reads % 25 == 0:  # the next segment, a second after the last
+            self.released.wait(max(self.start + self.reads / 25 - time.perf_counter(), 0.0))
+        self.reads += 1
+        return True, np.full((8, 8, 3), self.reads % 256, np.uint8)
+
+
+def test_a_live_hls_stream_is_delivered_at_its_frame_rate_not_a_frame_a_segment() -> None:
+    # the newest-frame slot kept each segment's last frame: 1.09 frames a second of 25
+    factory = Factory([HLSBursts()])
+    with open_source("http://127.0.0.1:1/live/index.m3u8", capture_factory=factory, timeout=5) as src:
+        start = time.perf_counter()
+        frames = []
+        while time.perf_counter() - start < 2.5:
+            frames.append(next(src))
+    assert len(frames) >= 50, len(frames)  # 2.5 s of it: 62, less the first segment's wait
