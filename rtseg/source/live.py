@@ -90,8 +90,7 @@ BACKLOG_MAX_S = 1.0
 # delivered and ~28 stale ones after it. A stream's frames carry their media time (POS_MSEC, 0 at
 # the open's first frame), which tells the backlog apart whatever the decoder's speed: a frame
 # more than BACKLOG_MEDIA_MARGIN frame periods short of the open's length into the stream was
-# buffered by the probe (the first live frames, later by the open's handshake, look so too: the
-# first frame of a local 25 fps stream is 83 ms old, not 43, where 1080p's was 1.15 s). FFmpeg
+# buffered by the probe, unless its read waited for it (see _is_backlog). FFmpeg
 # gives the open's first frames no media time yet (0, the first two of an RTSP stream): the first
 # BACKLOG_UNTIMED_READS of them are held when the open was long enough to buffer any. A stream
 # whose frames never get a media time falls back on the read time.
@@ -372,7 +371,10 @@ class LiveSource(Source):
             self._timed = self._timed or media > 0
             buffered = self._open_took - BACKLOG_MEDIA_MARGIN * self._period
             if self._timed:
-                return media < buffered
+                # A read that waited for its frame is live, whatever the media time: the open's
+                # length also counts its handshake (DNS, connect, DESCRIBE ... PLAY, a slow link),
+                # which buffers nothing, and live frames behind a 2.2 s open were held for 1 s.
+                return media < buffered and took < BACKLOG_READ_FRACTION * self._period
             if self._reads_since_open <= BACKLOG_UNTIMED_READS and buffered > 0:
                 return True  # the open's first frames, before FFmpeg gives them a media time
         if took < BACKLOG_READ_FRACTION * self._period and self._backlog_left > 0:

@@ -778,6 +778,21 @@ def test_a_backlog_whose_first_reads_are_slow_is_still_not_handed_over() -> None
     assert first.image[0, 0, 0] >= 100 or first.image[0, 0, 0] == 12, first.image[0, 0, 0]
 
 
+class Handshake(Probed1080):
+    """A stream behind a slow handshake (a slow link, authentication): the open takes long, but
+    the probe buffered only ``backlog`` frames; live frames come with their media time."""
+
+
+def test_a_slow_handshake_is_not_taken_for_a_backlog() -> None:
+    # the open's length counted as buffered media: behind a 1.5 s open without any backlog, every
+    # live frame was held as backlog and replaced by the next for a whole second
+    factory = SlowOpen([Handshake(backlog=0, live_period=0.035)], 1.5)  # a little faster than said
+    with open_source("rtsp://127.0.0.1:1/x", capture_factory=factory, timeout=5) as src:
+        start = time.perf_counter()
+        next(src)
+        assert time.perf_counter() - start < 0.5
+
+
 class MJPEGOverRTSP(MJPEGOverHTTP):
     """An RTSP MJPEG stream: it reports its true rate (25 fps here) and leaves a probe's backlog."""
 
