@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -15,6 +16,30 @@ REPO = Path(__file__).resolve().parent.parent
 
 # Two cores: one torch thread per test process keeps timings sane next to other work.
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def outcome_in_thread() -> Callable[[Callable[[], object], float, str], list[object]]:
+    """Run ``call`` on a daemon thread; fail with ``deadlock`` when it still runs after ``timeout``
+    seconds (the deadlocks the close-from-a-signal-handler tests guard against). Returns what it
+    returned or raised, in a list."""
+
+    def run(call: Callable[[], object], timeout: float, deadlock: str) -> list[object]:
+        outcome: list[object] = []
+
+        def target() -> None:
+            try:
+                outcome.append(call())
+            except BaseException as exc:
+                outcome.append(exc)
+
+        worker = threading.Thread(target=target, daemon=True)
+        worker.start()
+        worker.join(timeout)
+        assert not worker.is_alive(), deadlock
+        return outcome
+
+    return run
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -679,7 +679,9 @@ def test_a_close_from_a_sink_while_the_pipeline_closes_returns_at_once(engine) -
     assert set(seen) == {"release", "close"} and pipeline.stats.frames == 8
 
 
-def test_close_from_a_signal_handler_during_a_blocked_write_ends_the_run(engine, monkeypatch) -> None:
+def test_close_from_a_signal_handler_during_a_blocked_write_ends_the_run(
+    engine, monkeypatch, outcome_in_thread
+) -> None:
     """A SIGTERM handler that closes the pipeline while its thread waits in a sink's write for room
     (behind a file, a slow output): close() waited for the lock that write held, forever. The
     run ends as after another thread's close: the frame in hand is not written, the rest is."""
@@ -708,25 +710,14 @@ def test_close_from_a_signal_handler_during_a_blocked_write_ends_the_run(engine,
         put(item, block, timeout)
 
     monkeypatch.setattr(sink._queue, "put", interrupted)
-    outcome: list[object] = []
-
-    def run() -> None:
-        try:
-            outcome.append(pipeline.run())
-        except BaseException as exc:
-            outcome.append(exc)
-
-    runner = threading.Thread(target=run, daemon=True)
-    runner.start()
-    runner.join(20)
-    assert not runner.is_alive(), "the pipeline's close() and its blocked write deadlocked"
+    outcome = outcome_in_thread(pipeline.run, 20, "the pipeline's close() and its blocked write deadlocked")
     assert len(outcome) == 1 and isinstance(outcome[0], PipelineStats), outcome
     stats = outcome[0]
     assert handled[0].frames == 2 and pipeline.closed and pipeline.source.closed
     assert stats.frames == stats.sinks["gated://"].written == 2
 
 
-def test_close_from_a_signal_handler_while_the_loop_counts_a_frame(engine) -> None:
+def test_close_from_a_signal_handler_while_the_loop_counts_a_frame(engine, outcome_in_thread) -> None:
     """The handler's close() took the statistics, whose lock the interrupted loop held while it
     counted the frame: it waited for itself, forever."""
     pipeline = Pipeline(SOURCE, Segmenter(engine=engine), sinks=["null://"])
@@ -743,18 +734,9 @@ def test_close_from_a_signal_handler_while_the_loop_counts_a_frame(engine) -> No
             return getattr(latencies, name)
 
     pipeline._meter.latencies = Interrupting()
-    outcome: list[object] = []
-
-    def run() -> None:
-        try:
-            outcome.append(list(pipeline))
-        except BaseException as exc:
-            outcome.append(exc)
-
-    runner = threading.Thread(target=run, daemon=True)
-    runner.start()
-    runner.join(20)
-    assert not runner.is_alive(), "close() waited for the statistics' lock its own thread held"
+    outcome = outcome_in_thread(
+        lambda: list(pipeline), 20, "close() waited for the statistics' lock its own thread held"
+    )
     assert outcome == [[]] and handled[0].frames == 1  # the frame counted, not handed out
     assert pipeline.closed and pipeline.source.closed and pipeline.stats.sinks["null://"].written == 1
 

@@ -182,7 +182,7 @@ def test_calls_after_close_are_refused(engine) -> None:
     seg.close()  # idempotent
 
 
-def test_close_from_a_signal_handler_during_a_call_ends_it(monkeypatch) -> None:
+def test_close_from_a_signal_handler_during_a_call_ends_it(monkeypatch, outcome_in_thread) -> None:
     """A SIGTERM handler (a robot node's shutdown hook) that closes the Segmenter while this
     thread is inside seg(frame): close() waited for the lock the call held, and the process hung.
     The call finishes its frame, then the Segmenter is closed, its engine with it."""
@@ -199,18 +199,9 @@ def test_close_from_a_signal_handler_during_a_call_ends_it(monkeypatch) -> None:
         return result
 
     monkeypatch.setattr(seg.scheduler, "step", interrupted)
-    outcome: list[object] = []
-
-    def call() -> None:
-        try:
-            outcome.append(seg(np.zeros((48, 64, 3), np.uint8)))
-        except BaseException as exc:
-            outcome.append(exc)
-
-    worker = threading.Thread(target=call, daemon=True)
-    worker.start()
-    worker.join(10)
-    assert not worker.is_alive(), "seg(frame) and close() deadlocked"
+    outcome = outcome_in_thread(
+        lambda: seg(np.zeros((48, 64, 3), np.uint8)), 10, "seg(frame) and close() deadlocked"
+    )
     assert len(outcome) == 1 and outcome[0].labels.shape == (48, 64), outcome
     assert events == ["handler returned", "frame done", "engine closed"]
     with pytest.raises(ConfigError, match="Segmenter is closed"):

@@ -257,7 +257,8 @@ class LiveSource(Source):
         hands over a frame it held when that timeout fires (see ``_capture_step``)."""
         super().__init__(uri, options)
         self._ffmpeg = ffmpeg
-        self._paced = ffmpeg and urlsplit(uri).path.lower().endswith(".m3u8")  # see HLS_LATE_S
+        url = urlsplit(uri)
+        self._paced = ffmpeg and url.path.lower().endswith(".m3u8")  # see HLS_LATE_S
         self._anchor: float | None = None  # perf_counter time of media time 0 when paced
         self._secret_url = secret_url  # the URL with its credentials: hidden in whatever is said
         self._factory = factory
@@ -290,7 +291,7 @@ class LiveSource(Source):
         self._ready_at = 0.0  # perf_counter time from which the consumer may take _latest
         # 0: no backlog is told apart (the rate is unknown, or MJPEG over HTTP's is a guess: see
         # _MJPEG; MJPEG over RTSP says its rate and leaves a probe's backlog like any RTSP stream)
-        guessed = _is_mjpeg(cap) and urlsplit(uri).scheme.lower() in ("http", "https")
+        guessed = _is_mjpeg(cap) and url.scheme.lower() in ("http", "https")
         self._period = 1.0 / fps if fps and not guessed else 0.0
         self._backlog_until = 0.0  # perf_counter time the backlog after the last open ends at latest
         self._backlog_left = 0  # frames the last open can have buffered, not yet read

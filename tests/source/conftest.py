@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import http.server
+import signal
 import socket
 import struct
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import cv2
@@ -191,3 +192,27 @@ def one_frame_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("video") / "one.mp4"
     write_video(path, frames=1)
     return path
+
+
+class Interrupted(BaseException):
+    """What a signal handler raises (KeyboardInterrupt for Ctrl-C, Terminated for rtseg's SIGTERM)."""
+
+
+@pytest.fixture
+def interrupt_in() -> Iterator[Callable[[float], None]]:
+    """``interrupt_in(seconds)``: a SIGALRM handler raises ``interrupt_in.error`` (Interrupted)
+    that many seconds later, on the main thread, as Ctrl-C's does; the handler is put back after."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise Interrupted
+
+    def arm(seconds: float) -> None:
+        signal.setitimer(signal.ITIMER_REAL, seconds)
+
+    arm.error = Interrupted  # type: ignore[attr-defined]
+    previous = signal.signal(signal.SIGALRM, handler)
+    try:
+        yield arm
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)

@@ -7,7 +7,6 @@ import http.server
 import itertools
 import logging
 import re
-import signal
 import socket
 import threading
 import time
@@ -599,11 +598,7 @@ def test_a_live_stream_is_decoded_on_one_thread(monkeypatch: pytest.MonkeyPatch)
     assert settings[cv2.CAP_PROP_READ_TIMEOUT_MSEC] == settings[cv2.CAP_PROP_OPEN_TIMEOUT_MSEC] == 2000
 
 
-class Interrupted(BaseException):
-    """What a signal handler raises (KeyboardInterrupt for Ctrl-C, Terminated for rtseg's SIGTERM)."""
-
-
-def test_a_signal_ends_the_wait_for_a_first_open_that_hangs() -> None:
+def test_a_signal_ends_the_wait_for_a_first_open_that_hangs(interrupt_in) -> None:
     """FFmpeg's open of a server that accepts and never answers cannot be interrupted: run on the
     caller's thread, Ctrl-C was held for the whole open timeout. The abandoned open, when it
     returns, releases what it opened."""
@@ -616,25 +611,17 @@ def test_a_signal_ends_the_wait_for_a_first_open_that_hangs() -> None:
         while not answer.is_set() and time.monotonic() < deadline:
             try:
                 answer.wait(deadline - time.monotonic())
-            except Interrupted as exc:
+            except interrupt_in.error as exc:
                 pending = exc
         if pending is not None:
             raise pending
         return cam
 
-    def interrupt(signum: int, frame: object) -> None:
-        raise Interrupted
-
-    previous = signal.signal(signal.SIGALRM, interrupt)
-    try:
-        signal.setitimer(signal.ITIMER_REAL, 0.2)
-        start = time.perf_counter()
-        with pytest.raises(Interrupted):
-            open_source("rtsp://127.0.0.1:1/x", capture_factory=hanging_open, timeout=3.0)
-        took = time.perf_counter() - start
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+    interrupt_in(0.2)
+    start = time.perf_counter()
+    with pytest.raises(interrupt_in.error):
+        open_source("rtsp://127.0.0.1:1/x", capture_factory=hanging_open, timeout=3.0)
+    took = time.perf_counter() - start
     answer.set()  # the server answers at last
     assert took < 1.0
     assert cam.released.wait(2.0)

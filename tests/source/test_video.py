@@ -4,7 +4,6 @@ import functools
 import http.server
 import logging
 import shutil
-import signal
 import socket
 import time
 from collections.abc import Iterator
@@ -407,23 +406,13 @@ def test_truncated_recorded_video_warning_hides_credentials(video_server: str, c
     assert "secret" not in caplog.text and "hush" not in caplog.text
 
 
-class _Interrupted(BaseException):
-    """What a signal handler raises (KeyboardInterrupt for Ctrl-C, Terminated for rtseg's SIGTERM)."""
-
-
-def test_a_signal_ends_the_wait_for_a_recorded_video_server_that_never_answers(silent_server: str) -> None:
+def test_a_signal_ends_the_wait_for_a_recorded_video_server_that_never_answers(
+    silent_server: str, interrupt_in
+) -> None:
     # FFmpeg's open blocks in C: on the caller's thread, Ctrl-C waited out the whole open timeout.
-    def interrupt(signum: int, frame: object) -> None:
-        raise _Interrupted
-
-    previous = signal.signal(signal.SIGALRM, interrupt)
-    try:
-        signal.setitimer(signal.ITIMER_REAL, 0.3)
-        start = time.perf_counter()
-        with pytest.raises(_Interrupted):
-            open_source(f"{silent_server}/clip.mp4", timeout=4.0)
-        took = time.perf_counter() - start
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+    interrupt_in(0.3)
+    start = time.perf_counter()
+    with pytest.raises(interrupt_in.error):
+        open_source(f"{silent_server}/clip.mp4", timeout=4.0)
+    took = time.perf_counter() - start
     assert took < 1.5

@@ -411,17 +411,7 @@ def test_hand_built_request_gets_a_hand_readable_reply(small_engine, tcp_endpoin
 @pytest.mark.parametrize("field_name", ["capture_ts", "publish_ts", "timings_ms"])
 def test_a_published_number_past_floats_range_is_named_as_a_bad_field(field_name: str) -> None:
     """It was an OverflowError ('int too large to convert to float') that named no field."""
-    header = FrameHeader(
-        stream="cam",
-        seq=0,
-        frame_index=0,
-        capture_ts=1.0,
-        publish_ts=2.0,
-        is_keyframe=True,
-        deep_age=0,
-        image_shape=(2, 2, 3),
-        parts=(),
-    ).to_dict()
+    header = _frame_header().to_dict()
     header[field_name] = {"low": 10**400} if field_name == "timings_ms" else 10**400
     with pytest.raises(WireError) as err:
         FrameHeader.from_dict(header)

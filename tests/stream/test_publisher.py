@@ -305,7 +305,9 @@ def test_close_twice_and_publish_after_close(tcp_endpoint: str) -> None:
         pub.publish(packet.frame, packet.result)
 
 
-def test_close_from_a_signal_handler_during_publish_ends_it(tcp_endpoint: str, monkeypatch) -> None:
+def test_close_from_a_signal_handler_during_publish_ends_it(
+    tcp_endpoint: str, monkeypatch, outcome_in_thread
+) -> None:
     """A handler (SIGTERM, SIGALRM) that closes the publisher while this thread is inside
     publish(): close() waited for the lock publish() held, and the process hung."""
     from rtseg.stream import publisher as module
@@ -319,18 +321,9 @@ def test_close_from_a_signal_handler_during_publish_ends_it(tcp_endpoint: str, m
         return encode(header, payloads)
 
     monkeypatch.setattr(module, "encode_frame_message", interrupted)
-    outcome: list[BaseException] = []
-
-    def publish() -> None:
-        try:
-            pub.publish(packet.frame, packet.result)
-        except BaseException as exc:
-            outcome.append(exc)
-
-    worker = threading.Thread(target=publish, daemon=True)
-    worker.start()
-    worker.join(10)
-    assert not worker.is_alive(), "publish() and close() deadlocked"
+    outcome = outcome_in_thread(
+        lambda: pub.publish(packet.frame, packet.result), 10, "publish() and close() deadlocked"
+    )
     assert len(outcome) == 1 and isinstance(outcome[0], ConfigError), outcome
     assert f"publisher on {tcp_endpoint} is closed" in str(outcome[0])
 
