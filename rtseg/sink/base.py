@@ -76,8 +76,16 @@ class Sink(ABC):
         self._lock = threading.RLock()
         # Held while a write checks ``_closed`` and enqueues, and while close() sets it: nothing is
         # queued behind the stop marker, and a dropping write can never discard that marker.
-        self._write_lock = threading.Lock()
+        # Reentrant, for close() from a signal handler that interrupted a write on its thread (a
+        # plain lock waited for itself there, forever).
+        self._write_lock = threading.RLock()
         self._closed = False
+        # The threads inside write(). A close() on one of them comes from a signal handler that
+        # interrupted that write, which may hold this sink's locks or its queue's: the close only
+        # marks the sink closed and leaves the rest (the stop marker, the join) to the write as it
+        # returns. _deferred_close is that thread's id and the close's timeout.
+        self._writers: set[int] = set()
+        self._deferred_close: tuple[int, float | None] | None = None
         self._closing = threading.Event()  # close() has begun: blocked writers give up
         # The thread ended on a BaseException that is no Exception (sys.exit() in emit): nothing
         # takes packets off the queue any more, so a write counts its frame as an error instead.
@@ -121,7 +129,22 @@ class Sink(ABC):
         """Queue a packet; with "block" wait for room (in short waits, so that a close() from
         another thread ends the wait with a SinkError instead of leaving this thread hung). Once
         the sink's thread has ended (a sys.exit() in emit), the frame is counted as an error, not
-        written, as a frame whose emit failed is: the queue behind it is never emptied again."""
+        written, as a frame whose emit failed is: the queue behind it is never emptied again.
+        A close() from a signal handler that interrupted this write only marked the sink closed:
+        the write finishes (its packet queued, or a SinkError if it still waited for room) and
+        then closes the sink, what was queued written, before it returns or raises."""
+        me = threading.get_ident()
+        try:
+            self._writers.add(me)  # inside the try: the finally runs whenever a close deferred to it
+            self._write(packet)
+        finally:
+            self._writers.discard(me)
+            deferred = self._deferred_close
+            if deferred is not None and deferred[0] == me:
+                self._deferred_close = None
+                self._finish_close(deferred[1])
+
+    def _write(self, packet: Packet) -> None:
         waited = False
         while True:
             with self._write_lock:
@@ -210,8 +233,8 @@ class Sink(ABC):
 
     def _interrupt(self) -> None:
         """End a write blocked for room (it raises SinkError, the frame not written), as close()
-        does first; safe from a signal handler, which cannot close a sink whose write it
-        interrupted (the write holds the lock close takes). The pipeline then closes it."""
+        does first; safe from a signal handler. A pipeline's close() from a handler that
+        interrupted its step does only this, and the pipeline's loop closes the sink as it unwinds."""
         self._closing.set()
 
     def _on_own_thread(self) -> bool:
@@ -219,7 +242,10 @@ class Sink(ABC):
         return threading.current_thread() is self._thread
 
     def close(self, timeout: float | None = 30.0) -> SinkStats:
-        """Deliver what is queued, release the output, and return the final counts."""
+        """Deliver what is queued, release the output, and return the final counts. From a signal
+        handler that interrupted a write on this thread it cannot wait (the write may hold the
+        queue's lock): it marks the sink closed and returns the counts so far; the write closes
+        the sink as it returns, and ``stats`` (or close() again) then gives the final counts."""
         if self._on_own_thread():
             # From the sink's own thread (its emit, or a finalizer the garbage collector ran there):
             # it cannot wait for itself, so the loop ends once what is queued has been written.
@@ -227,28 +253,42 @@ class Sink(ABC):
             with self._write_lock:
                 self._closed = True
             return self.stats
+        me = threading.get_ident()
+        if me in self._writers:
+            # A blocked write gives up; one that got its packet in keeps it, written at the close.
+            self._closing.set()
+            with self._write_lock:  # reentrant: held by the interrupted write, perhaps
+                if not self._closed:
+                    self._closed = True
+                    self._deferred_close = (me, timeout)
+            return self.stats
         if not self._closed:
             self._closing.set()
             with self._write_lock:
                 self._closed = True
-            deadline = None if timeout is None else time.monotonic() + timeout
-            while True:
-                try:
-                    self._queue.put(_STOP, timeout=0.1)
-                    break
-                except queue.Full:
-                    if self._dead or not self._thread.is_alive():  # nothing will make room
-                        break
-                    if deadline is not None and time.monotonic() > deadline:
-                        log.warning("sink %s: queue did not drain in %.3g s", self.uri, timeout)
-                        break
-            # One deadline for both waits: close(timeout) returns within about ``timeout`` seconds.
-            self._thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
-            if self._thread.is_alive():
-                log.warning("sink %s: still writing after %.3g s; leaving it to finish", self.uri, timeout)
-            if self._dead:  # its thread ended: what is left in the queue was never written
-                self._count_lost(self._drain())
+            self._finish_close(timeout)
         return self.stats
+
+    def _finish_close(self, timeout: float | None) -> None:
+        """The close's work once the sink is marked closed: queue the stop marker behind what was
+        written, wait for the sink's thread to write it and release the output."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            try:
+                self._queue.put(_STOP, timeout=0.1)
+                break
+            except queue.Full:
+                if self._dead or not self._thread.is_alive():  # nothing will make room
+                    break
+                if deadline is not None and time.monotonic() > deadline:
+                    log.warning("sink %s: queue did not drain in %.3g s", self.uri, timeout)
+                    break
+        # One deadline for both waits: close(timeout) returns within about ``timeout`` seconds.
+        self._thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        if self._thread.is_alive():
+            log.warning("sink %s: still writing after %.3g s; leaving it to finish", self.uri, timeout)
+        if self._dead:  # its thread ended: what is left in the queue was never written
+            self._count_lost(self._drain())
 
     def _drain(self) -> int:
         """Empty the queue; the number of packets it held."""

@@ -1,15 +1,21 @@
-"""close() from another thread must not leave a writer blocked, and bad arguments are ConfigErrors."""
+"""close() from another thread or a signal handler must not leave a writer blocked or lose what
+was written, and bad arguments are ConfigErrors."""
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
+from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
 from rtseg.errors import ConfigError, SinkError
 from rtseg.sink.base import Sink
+from rtseg.sink.file import FileSink
+from rtseg.sink.packet import Packet
 
 
 class Stuck(Sink):
@@ -105,3 +111,110 @@ def test_close_keeps_one_deadline_for_draining_and_joining(packet_factory) -> No
     sink.gate.set()
     # Two separate waits of `timeout` each (queueing the stop marker, then the join) took 2 s.
     assert 0.9 <= took < 1.6, f"close(timeout=1.0) took {took:.2f} s"
+
+
+class Slow(Sink):
+    """A sink that takes 20 ms a frame: a writer with a small queue mostly waits for room."""
+
+    def __init__(self, policy: str) -> None:
+        self.seen: list[int] = []
+        super().__init__("slow://", queue_size=1, policy=policy)
+
+    def emit(self, packet) -> None:
+        time.sleep(0.02)
+        self.seen.append(packet.frame.index)
+
+
+def _write_until_closed(sink: Sink, make_packet) -> tuple[int, SinkError | None]:
+    """The user's loop: write frames until the sink refuses one; how many it took, and why not more."""
+    for index in range(1000):
+        try:
+            sink.write(make_packet(index))
+        except SinkError as exc:
+            return index, exc
+    return 1000, None
+
+
+@pytest.mark.parametrize("policy", ["block", "drop"])
+def test_close_from_a_signal_handler_during_a_write_closes_as_the_write_returns(
+    packet_factory, monkeypatch, outcome_in_thread, policy: str
+) -> None:
+    """A handler (SIGTERM's) that closes the sink while this thread is inside sink.write(): the
+    write holds the lock close() takes, and close() waited for it, forever. The close marks the
+    sink closed and returns the counts so far; the write closes it as it returns, nothing lost."""
+    sink = Slow(policy)
+    handled: list[object] = []
+    put = sink._queue.put
+
+    def interrupted(item, block: bool = True, timeout: float | None = None) -> None:
+        # frame 5's write, under the write lock: as if a signal arrived here and its handler closed
+        if isinstance(item, Packet) and item.frame.index == 5 and not handled:
+            handled.append(sink.close())
+        put(item, block, timeout)
+
+    monkeypatch.setattr(sink._queue, "put", interrupted)
+    deadlock = "close() and the write it interrupted deadlocked"
+    outcome = outcome_in_thread(lambda: _write_until_closed(sink, packet_factory), 10, deadlock)
+    ((taken, error),) = outcome
+    # frame 5 was queued (the next write is refused), or its write still waited for room and says so
+    if taken == 6:
+        assert "write after close" in str(error), error
+    else:
+        assert policy == "block" and taken == 5, (taken, error)
+        assert "closed while a frame waited" in str(error), error
+    assert not sink._thread.is_alive(), "the interrupted write returned with the sink still open"
+    final = sink.stats
+    assert final.written + final.dropped == taken and final.written == len(sink.seen)
+    assert sink.seen == sorted(sink.seen) and (policy == "drop" or sink.seen == list(range(taken)))
+    assert handled[0].written <= final.written  # the counts when the handler ran, none made up
+    assert sink.close() == final
+
+
+def test_a_video_closed_by_a_signal_handler_during_a_write_is_whole(tmp_path: Path, packet_factory) -> None:
+    """A real signal on the main thread, whose loop writes a video: the handler's close() waited
+    for the write it interrupted, forever, and the video was left without its index (unreadable).
+    Now every frame a write took is in the video, finalised as the interrupted write returns."""
+
+    class SlowVideo(FileSink):
+        def emit(self, packet) -> None:
+            time.sleep(0.02)  # with a one-frame queue the loop mostly waits in write, under its lock
+            super().emit(packet)
+
+    class Deadlock(Exception):
+        pass
+
+    path = tmp_path / "out.mp4"
+    sink = SlowVideo("out.mp4", path, queue_size=1)  # used alone: "block", every frame written
+    handled: dict[str, object] = {}
+
+    def handler(signum: int, frame: object) -> None:
+        if handled:  # the second signal, 5 s on: the first one's close() has not returned
+            if "stats" not in handled:
+                raise Deadlock("close() from the signal handler waited for the write it interrupted")
+            return
+        handled["entered"] = True
+        handled["stats"] = sink.close()
+
+    main = threading.get_ident()
+    timers = [threading.Timer(delay, signal.pthread_kill, (main, signal.SIGUSR1)) for delay in (0.3, 5.0)]
+    previous = signal.signal(signal.SIGUSR1, handler)
+    try:
+        for timer in timers:
+            timer.start()
+        taken, error = _write_until_closed(sink, packet_factory)
+    finally:
+        for timer in timers:
+            timer.cancel()
+        signal.signal(signal.SIGUSR1, previous)
+    assert isinstance(error, SinkError) and "stats" in handled, (error, handled)
+    assert not sink._thread.is_alive(), "the video was not closed when the interrupted write returned"
+    final = sink.stats
+    assert final.written == taken > 0 and final.errors == 0 and final.close_error is None, final
+    assert handled["stats"].written <= final.written
+    cap = cv2.VideoCapture(str(path))
+    frames = 0
+    while cap.read()[0]:
+        frames += 1
+    cap.release()
+    assert frames == taken, f"the video holds {frames} frames of the {taken} written"
+    assert sink.close() == final
