@@ -82,6 +82,8 @@ MIN_MAX_BYTES = MAX_HEADER_BYTES + 160 * 120 * 3
 # what is left of drain_s: a send only queues a reply, and closing with linger 0 discarded the last
 # ones of a drain (a few MB take milliseconds to write) although they were counted as answered.
 REPLY_LINGER_S = 1.0
+# The refusal of a request that reaches a stopping server (``busy``: retry elsewhere or later).
+CLOSING = "the server is shutting down; retry (a restarted or another server)"
 
 
 def _default_scheduler() -> Scheduler:
@@ -392,7 +394,8 @@ class Server:
         """Stop serving. Waits about ``drain_s`` for queued and running requests, then returns even
         if a worker is still stuck in the backend: that worker finishes closing when it returns.
         Replies already sent get what is left of ``drain_s``, at most ``REPLY_LINGER_S``, to reach
-        their clients; one whose client is not reading by then is lost."""
+        their clients; one whose client is not reading by then is lost. Requests that arrive from
+        the stop until the socket closes are refused as ``busy`` (the server is shutting down)."""
         with self._lifecycle_lock:
             serving = self._loop_thread
             if serving is threading.current_thread() and not self._loop_done.is_set():
@@ -419,6 +422,10 @@ class Server:
         # The drain's own budget when it ran (serve_forever drains before it calls close()).
         budget_end = deadline if self._drain_deadline is None else self._drain_deadline
         linger_ms = int(1000 * min(REPLY_LINGER_S, max(0.0, budget_end - time.monotonic())))
+        # What arrived after the drain (or on a server never started) is refused, not dropped
+        # unanswered (its client waited out its timeout, told the server was down or overloaded):
+        # only a request that arrives between this last read and the close below gets no reply.
+        self._refuse_arrivals()
         # Unbind first, so a new server can take the port while workers finish their last request;
         # the listener closes at once, the connections linger until their replies are written.
         self._router.close(linger=linger_ms)
@@ -519,26 +526,24 @@ class Server:
             if self._results in events:
                 self._forward_replies()
             if self._router in events:
-                while True:
-                    try:
-                        frames, _ = recv_frames(
-                            self._router, _MAX_REQUEST_FRAMES, flags=zmq.NOBLOCK, copy=False
-                        )
-                    except zmq.Again:
-                        break
-                    with self._stats_lock:
-                        self._received += 1
-                    envelope, body = _split_envelope(frames)
-                    self._refuse(
-                        envelope,
-                        ErrorCode.BUSY,
-                        "the server is shutting down; retry (a restarted or another server)",
-                        body[0] if body else None,
-                    )
+                self._refuse_arrivals()
         if self._outstanding:
             log.warning(
                 "stopping with %d request(s) unanswered after %g s", self._outstanding, self.limits.drain_s
             )
+
+    def _refuse_arrivals(self) -> None:
+        """Refuse, as ``busy``, every request waiting in the ROUTER: the server is stopping. Only
+        on the thread that owns the socket: the loop's, or close()'s once the loop has ended."""
+        while True:
+            try:
+                frames, _ = recv_frames(self._router, _MAX_REQUEST_FRAMES, flags=zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            with self._stats_lock:
+                self._received += 1
+            envelope, body = _split_envelope(frames)
+            self._refuse(envelope, ErrorCode.BUSY, CLOSING, body[0] if body else None)
 
     def _forward_replies(self) -> None:
         while True:

@@ -20,7 +20,7 @@ from rtseg.errors import ConfigError
 from rtseg.models import get_model, save_checkpoint
 from rtseg.schedule import Clockwork
 from rtseg.segmenter import Segmenter
-from rtseg.stream import Client, ErrorCode, Server, ServerLimits, StreamTimeout
+from rtseg.stream import Client, ErrorCode, Server, ServerError, ServerLimits, StreamTimeout
 from rtseg.stream.protocol import MAX_HEADER_BYTES, encode_array
 from rtseg.stream.server import MIN_MAX_BYTES
 
@@ -543,6 +543,48 @@ def test_stop_answers_the_accepted_requests_and_refuses_new_ones(
     ]
     assert replies[3]["error"]["code"] == "busy" and "shutting down" in replies[3]["error"]["message"]
     assert server.stats.ok == 3
+
+
+def test_a_request_that_arrives_after_the_drain_is_refused_at_once(
+    small_engine: Engine, tcp_endpoint: str, monkeypatch
+) -> None:
+    """A request that reached a closing server after its drain had ended (until close() closed the
+    socket) got no reply: its client waited its whole timeout and was told the server was down or
+    overloaded. It is refused as the drain refuses, busy, 'shutting down', at once."""
+    image = np.zeros((48, 64, 3), np.uint8)
+    server = Server(small_engine, bind=tcp_endpoint, workers=1)
+    drain, drained = server._drain, threading.Event()
+
+    def drain_then_wait(poller: zmq.Poller) -> None:
+        drain(poller)
+        drained.set()
+        server._router.poll(10_000)  # on the socket thread, its owner: until a request is waiting
+
+    monkeypatch.setattr(server, "_drain", drain_then_wait)
+    server.start()
+    closing = threading.Thread(target=server.close)
+    try:
+        with Client(tcp_endpoint, timeout=5, retries=0) as client:
+            client.segment(image)  # connected and answered
+            closing.start()
+            assert drained.wait(10)
+            t0 = time.monotonic()
+            with pytest.raises(ServerError) as refused:
+                client.segment(image)
+            took = time.monotonic() - t0
+        closing.join(10)
+        assert not closing.is_alive()
+    finally:
+        server.close()
+    assert refused.value.code == "busy" and "shutting down" in refused.value.detail, refused.value
+    assert took < 2, f"the refusal took {took:.2f} s"
+    assert server.stats.ok == 1 and server.stats.errors == {"busy": 1} and server.stats.received == 2
+    # closed: nothing can answer now, and the client's timeout says what may be the cause
+    with (
+        Client(tcp_endpoint, timeout=0.3, retries=0) as late,
+        pytest.raises(StreamTimeout, match="server down"),
+    ):
+        late.segment(image)
 
 
 def test_close_from_another_thread_drains_a_server_run_by_serve_forever(
