@@ -129,7 +129,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=_seconds_or_zero,
         default=ServerLimits.drain_s,
         help="on Ctrl-C/SIGTERM: seconds the requests already accepted get to be answered; new ones "
-        f"are refused as busy meanwhile (default {ServerLimits.drain_s:g})",
+        "are refused as busy meanwhile, as are those still queued after it "
+        f"(default {ServerLimits.drain_s:g})",
     )
     p.add_argument(
         "--queue",

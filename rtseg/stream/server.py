@@ -422,6 +422,15 @@ class Server:
         # The drain's own budget when it ran (serve_forever drains before it calls close()).
         budget_end = deadline if self._drain_deadline is None else self._drain_deadline
         linger_ms = int(1000 * min(REPLY_LINGER_S, max(0.0, budget_end - time.monotonic())))
+        # Accepted requests still queued when the drain ran out (or with drain_s 0) will not run:
+        # refused, not dropped unanswered. A worker may take one meanwhile; each goes to one side.
+        while True:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None:
+                self._refuse(job.envelope, ErrorCode.BUSY, CLOSING, job.body[0] if job.body else None)
         # What arrived after the drain (or on a server never started) is refused, not dropped
         # unanswered (its client waited out its timeout, told the server was down or overloaded):
         # only a request that arrives between this last read and the close below gets no reply.
@@ -430,11 +439,6 @@ class Server:
         # the listener closes at once, the connections linger until their replies are written.
         self._router.close(linger=linger_ms)
         self._results.close(linger=0)
-        while True:  # drop what is still queued; nobody can be answered now
-            try:
-                self._jobs.get_nowait()
-            except queue.Empty:
-                break
         for _ in self._threads:
             self._jobs.put(None)
         until = max(deadline, time.monotonic() + 0.5)  # a little for workers that were idle
@@ -529,7 +533,9 @@ class Server:
                 self._refuse_arrivals()
         if self._outstanding:
             log.warning(
-                "stopping with %d request(s) unanswered after %g s", self._outstanding, self.limits.drain_s
+                "stopping with %d request(s) unanswered after %g s (those not started are refused as busy)",
+                self._outstanding,
+                self.limits.drain_s,
             )
 
     def _refuse_arrivals(self) -> None:

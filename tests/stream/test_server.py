@@ -587,6 +587,39 @@ def test_a_request_that_arrives_after_the_drain_is_refused_at_once(
         late.segment(image)
 
 
+@pytest.mark.parametrize("drain_s", [0.0, 0.1])
+def test_requests_still_queued_when_the_drain_ends_are_refused(
+    small_engine: Engine, tcp_endpoint: str, drain_s: float
+) -> None:
+    """With --drain 0, or a drain that ran out, the accepted requests still waiting in the queue
+    were dropped without a reply (their clients timed out), though --drain 0 was to refuse them.
+    They are refused as busy; the one running is not waited for (its reply is undeliverable)."""
+    image = np.zeros((48, 64, 3), np.uint8)
+    header = raw_request()
+    server = SlowServer(small_engine, bind=tcp_endpoint, workers=1, limits=ServerLimits(drain_s=drain_s))
+    ctx = zmq.Context()
+    dealer = ctx.socket(zmq.DEALER)
+    dealer.setsockopt(zmq.LINGER, 0)
+    try:
+        server.start()
+        dealer.connect(tcp_endpoint)
+        time.sleep(0.2)
+        for k in range(3):  # one runs (0.4 s, past the drain), two wait in the queue
+            dealer.send_multipart([b"", json.dumps({**header, "id": k}).encode(), image.tobytes()])
+        time.sleep(0.1)
+        server.close()
+        replies = []
+        while dealer.poll(1000):
+            replies.append(reply_of(dealer.recv_multipart()[1:]))
+    finally:
+        server.close()
+        dealer.close(linger=0)
+        ctx.term()
+    assert [(r["id"], r["error"]["code"]) for r in replies] == [(1, "busy"), (2, "busy")], replies
+    assert all("shutting down" in r["error"]["message"] for r in replies)
+    assert server.stats.errors == {"busy": 2}
+
+
 def test_close_from_another_thread_drains_a_server_run_by_serve_forever(
     small_engine: Engine, tcp_endpoint: str
 ) -> None:
