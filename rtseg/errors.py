@@ -19,6 +19,12 @@ class ConfigError(RtsegError, ValueError):
     """An option or argument has a value rtseg cannot use."""
 
 
+class InputTypeError(RtsegError, TypeError):
+    """An argument or input is of a type rtseg cannot take (a frame that is no NumPy array, a
+    callback that is a coroutine function): a TypeError, and an RtsegError like every error rtseg
+    raises on purpose, so that one ``except RtsegError`` in a robot's loop catches it."""
+
+
 class CheckpointError(RtsegError):
     """A weights file is missing, corrupt, or does not fit the model."""
 

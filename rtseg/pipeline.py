@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError, RtsegError, SinkError
+from .errors import ConfigError, InputTypeError, RtsegError, SinkError
 from .overlay.annotate import OverlayStyle
 from .result import SegResult
 from .schedule import Scheduler
@@ -122,7 +122,9 @@ def sink_list(sinks: SinkArg | Iterable[SinkArg]) -> list:
     if isinstance(sinks, (str, os.PathLike, Sink)):
         return [sinks]
     if isinstance(sinks, (bytes, bytearray)) or not isinstance(sinks, Iterable):
-        raise TypeError(f"sinks must be a URI, a path, a Sink or a list of them, got {type(sinks).__name__}")
+        raise InputTypeError(
+            f"sinks must be a URI, a path, a Sink or a list of them, got {type(sinks).__name__}"
+        )
     return list(sinks)
 
 
@@ -142,7 +144,7 @@ def open_sinks(sinks: SinkArg | Iterable[SinkArg], source: Source) -> list[Sink]
             if isinstance(sink, (str, os.PathLike)):
                 sink = open_sink(sink)
             elif not isinstance(sink, Sink):
-                raise TypeError(
+                raise InputTypeError(
                     f"sinks: each must be a URI (str), a path (os.PathLike) or a Sink, got {sink!r} "
                     f"({type(sink).__name__})"
                 )
@@ -377,10 +379,10 @@ class Pipeline:
             # Checked before anything opens: a wrong argument would otherwise surface later as an
             # AttributeError (a Path's .close, None's .reset) with the outputs left open.
             if not isinstance(segmenter, Segmenter):
-                raise TypeError(f"segmenter must be a rtseg.Segmenter, got {type(segmenter).__name__}")
+                raise InputTypeError(f"segmenter must be a rtseg.Segmenter, got {type(segmenter).__name__}")
             if on_result is not None and not callable(on_result):
                 # else it failed at frame 0, already segmented and written
-                raise TypeError(
+                raise InputTypeError(
                     f"on_result must be None or a callable taking (frame, result), got {on_result!r} "
                     f"({type(on_result).__name__})"
                 )
@@ -388,7 +390,7 @@ class Pipeline:
             if isinstance(source, (str, os.PathLike)):
                 self.source = open_source(source, **(source_options or {}))
             elif not isinstance(source, Source):
-                raise TypeError(
+                raise InputTypeError(
                     "source must be a URI (str), a path (os.PathLike) or a Source, "
                     f"got {type(source).__name__}"
                 )

@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 
 from .data.labels import ClassSet
+from .errors import ConfigError, InputTypeError
 
 
 def labels_at(labels: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -22,9 +23,11 @@ def labels_at(labels: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     try:
         h, w = (operator.index(n) for n in tuple(shape)[:2])
     except (TypeError, ValueError):
-        raise TypeError(f"shape must be (h, w) or (h, w, channels) in whole pixels, got {shape!r}") from None
+        raise InputTypeError(
+            f"shape must be (h, w) or (h, w, channels) in whole pixels, got {shape!r}"
+        ) from None
     if h <= 0 or w <= 0:
-        raise ValueError(f"shape must have a positive height and width, got {tuple(shape)}")
+        raise ConfigError(f"shape must have a positive height and width, got {tuple(shape)}")
     if labels.shape == (h, w):
         return labels
     return cv2.resize(labels, (w, h), interpolation=cv2.INTER_NEAREST_EXACT)

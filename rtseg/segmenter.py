@@ -14,7 +14,7 @@ import numpy as np
 
 from .data.preprocess import cv2_interpolation
 from .engine.base import Engine
-from .errors import ConfigError
+from .errors import ConfigError, InputTypeError
 from .models.base import StagedSegmenter
 from .result import SegResult
 from .schedule import SCHEDULER_OPTIONS, Scheduler, make_scheduler
@@ -34,7 +34,7 @@ def _scheduler(scheduler: object) -> Scheduler:
     if isinstance(scheduler, str):
         return make_scheduler(scheduler)
     if not isinstance(scheduler, Scheduler):
-        raise TypeError(
+        raise InputTypeError(
             "scheduler must be a name (every, clockwork, adaptive, async) or a Scheduler "
             f"(rtseg.schedule.make_scheduler(...)), got {type(scheduler).__name__}"
         )
@@ -74,7 +74,7 @@ def _network(model: str | StagedSegmenter | None, weights: str | os.PathLike[str
             )
         return model
     if model is not None and not isinstance(model, str):
-        raise TypeError(
+        raise InputTypeError(
             "model must be a registry name (rtseg.models.list_models()), a built network "
             f"(rtseg.models.get_model(...)) or None for the shipped model, got {type(model).__name__}"
         )
@@ -165,7 +165,7 @@ class Segmenter:
             )
         else:
             if not isinstance(engine, Engine):
-                raise TypeError(
+                raise InputTypeError(
                     f"engine must be an rtseg Engine (rtseg.engine.load(...)), got {type(engine).__name__}"
                 )
             loading = {"model": model, "weights": weights, "input_size": input_size, **engine_options}
@@ -212,13 +212,14 @@ class Segmenter:
     def preprocess(self, image: np.ndarray) -> np.ndarray:
         """The frame at the engine's input size: the one copy the hot loop makes (none if it fits)."""
         if not isinstance(image, np.ndarray):
-            raise TypeError(f"expected an HxWx3 uint8 BGR NumPy array, got {type(image).__name__}")
+            raise InputTypeError(f"expected an HxWx3 uint8 BGR NumPy array, got {type(image).__name__}")
+        # ConfigError (a ValueError too): a robot's loop catching RtsegError catches a bad frame.
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise ValueError(
+            raise ConfigError(
                 f"expected an HxWx3 uint8 BGR image, got shape {image.shape} dtype {image.dtype}"
             )
         if image.size == 0:
-            raise ValueError(f"expected a non-empty image, got shape {image.shape}")
+            raise ConfigError(f"expected a non-empty image, got shape {image.shape}")
         size = self.engine.input_size
         if (image.shape[1], image.shape[0]) == tuple(size):
             # Views (crops, image[..., ::-1]) are copied once here rather than in every engine.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rtseg.errors import DatasetError, add_note, notes_of
+from rtseg.errors import DatasetError, InputTypeError, RtsegError, add_note, notes_of
 
 
 class Raised(RuntimeError):
@@ -32,3 +32,8 @@ def test_notes_are_kept_on_python_3_10(python310) -> None:
 
 def test_an_exception_without_notes_has_none() -> None:
     assert notes_of(DatasetError("x")) == []
+
+
+def test_a_wrong_type_is_an_rtseg_error_and_a_type_error() -> None:
+    """Caught by a robot loop's ``except RtsegError`` and by code that catches TypeError."""
+    assert issubclass(InputTypeError, RtsegError) and issubclass(InputTypeError, TypeError)

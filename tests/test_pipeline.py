@@ -14,7 +14,7 @@ import torch
 
 from rtseg import Pipeline, Segmenter
 from rtseg.engine import load
-from rtseg.errors import ConfigError, SinkError
+from rtseg.errors import ConfigError, InputTypeError, SinkError
 from rtseg.models import get_model
 from rtseg.pipeline import PipelineStats
 from rtseg.sink import open_sink
@@ -285,7 +285,7 @@ def test_wrong_argument_types_are_named_and_what_was_given_is_closed(engine, wro
     segmenter = None if wrong == "segmenter" else Segmenter(engine=engine)
     given = _Recorder("given://")
     sinks = 5 if wrong == "sinks" else [given, 1] if wrong == "a sink" else [given]
-    with pytest.raises(TypeError, match=message):
+    with pytest.raises(InputTypeError, match=message):
         Pipeline(source, segmenter, sinks=sinks)
     assert wrong == "source" or source.closed
     assert wrong == "sinks" or given.closed
@@ -310,7 +310,7 @@ def test_max_frames_is_checked_before_anything_opens(engine, limit, monkeypatch)
 def test_on_result_must_be_callable(engine, monkeypatch) -> None:
     """on_result="print" failed at frame 0, after it was segmented and written."""
     monkeypatch.setattr("rtseg.pipeline.open_source", lambda *a, **k: pytest.fail("opened"))
-    with pytest.raises(TypeError, match=r"on_result must be None or a callable .*got 'print' \(str\)"):
+    with pytest.raises(InputTypeError, match=r"on_result must be None or a callable .*got 'print' \(str\)"):
         Pipeline(SOURCE, Segmenter(engine=engine), on_result="print")
     monkeypatch.undo()
     assert [f.index for f, _ in Pipeline(SOURCE, Segmenter(engine=engine), max_frames=np.int64(2))] == [0, 1]

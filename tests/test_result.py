@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from rtseg.data.labels import ClassSet
+from rtseg.errors import ConfigError, InputTypeError
 from rtseg.result import SegResult
 
 
@@ -30,11 +31,11 @@ def test_labels_at_their_own_size_are_not_copied() -> None:
 
 def test_labels_at_refuses_shapes_it_cannot_resize_to() -> None:
     result = _result(np.zeros((3, 5), np.uint8))
-    with pytest.raises(ValueError, match=r"positive height and width, got \(0, 0\)"):
+    with pytest.raises(ConfigError, match=r"positive height and width, got \(0, 0\)"):
         result.labels_at((0, 0))
-    with pytest.raises(TypeError, match=r"whole pixels, got \(96.0, 128.0\)"):
+    with pytest.raises(InputTypeError, match=r"whole pixels, got \(96.0, 128.0\)"):
         result.labels_at((96.0, 128.0))
-    with pytest.raises(TypeError, match="got 96"):
+    with pytest.raises(InputTypeError, match="got 96"):
         result.labels_at(96)
     assert result.labels_at(np.zeros((6, 10, 3), np.uint8).shape).shape == (6, 10)
 

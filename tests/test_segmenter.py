@@ -11,7 +11,7 @@ import torch
 
 from rtseg import Segmenter
 from rtseg.engine import load
-from rtseg.errors import ConfigError
+from rtseg.errors import ConfigError, InputTypeError
 from rtseg.models import get_model
 from rtseg.schedule import Clockwork, make_scheduler
 from rtseg.source import Frame, open_source
@@ -94,13 +94,15 @@ def test_deep_age_counts_results_not_source_frames(engine) -> None:
 
 def test_bad_images_are_rejected(engine) -> None:
     seg = Segmenter(engine=engine)
-    with pytest.raises(ValueError, match="HxWx3 uint8"):
+    # RtsegErrors (a robot's loop catching RtsegError missed builtins ValueError/TypeError), still
+    # a ValueError and a TypeError for code that caught those.
+    with pytest.raises(ConfigError, match="HxWx3 uint8"):
         seg(np.zeros((48, 64), np.uint8))
-    with pytest.raises(ValueError, match="HxWx3 uint8"):
+    with pytest.raises(ConfigError, match="HxWx3 uint8"):
         seg(np.zeros((48, 64, 3), np.float32))
-    with pytest.raises(ValueError, match=r"non-empty image, got shape \(0, 64, 3\)"):
+    with pytest.raises(ConfigError, match=r"non-empty image, got shape \(0, 64, 3\)"):
         seg(np.zeros((0, 64, 3), np.uint8))
-    with pytest.raises(TypeError, match="NumPy array, got list"):
+    with pytest.raises(InputTypeError, match="NumPy array, got list"):
         seg([[[0, 0, 0]]])
 
 
@@ -228,12 +230,12 @@ def test_engine_with_loading_options_is_refused(engine) -> None:
         Segmenter(engine=engine, weights="mine.pt")
     with pytest.raises(ConfigError, match=r"input_size, backend would be ignored"):
         Segmenter(engine=engine, input_size=(128, 96), backend="onnxruntime")
-    with pytest.raises(TypeError, match=r"engine must be an rtseg Engine.*got str"):
+    with pytest.raises(InputTypeError, match=r"engine must be an rtseg Engine.*got str"):
         Segmenter(engine="torch")
 
 
 def test_scheduler_must_be_a_name_or_a_scheduler(engine) -> None:
-    with pytest.raises(TypeError, match=r"scheduler must be a name .* got int"):
+    with pytest.raises(InputTypeError, match=r"scheduler must be a name .* got int"):
         Segmenter(engine=engine, scheduler=4)
     seg = Segmenter(engine=engine, scheduler="clockwork")
     with pytest.raises(TypeError, match="scheduler must be a name"):
@@ -309,7 +311,7 @@ def test_model_errors_speak_python() -> None:
         Segmenter("segformer")
     with pytest.raises(ConfigError, match=r"Segmenter\('enet'\) needs weights=.*get_model\('enet'\)"):
         Segmenter("enet")
-    with pytest.raises(TypeError, match=r"model must be a registry name .* got int"):
+    with pytest.raises(InputTypeError, match=r"model must be a registry name .* got int"):
         Segmenter(3)
 
 

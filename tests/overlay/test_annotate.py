@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from rtseg.data.labels import CAMVID, CITYSCAPES, ClassSet
-from rtseg.errors import ConfigError
+from rtseg.errors import ConfigError, InputTypeError
 from rtseg.overlay import OverlayStyle, annotate, colorize
 from rtseg.overlay.annotate import hud_text
 from rtseg.result import SegResult
@@ -24,7 +24,7 @@ def test_colorize_uses_the_palette_and_resizes_nearest() -> None:
     assert colours.shape == (48, 64, 3)
     assert tuple(colours[0, 0]) == (128, 128, 128)  # sky
     assert tuple(colours[0, -1]) == (128, 64, 128)  # road (BGR of RGB 128, 64, 128)
-    with pytest.raises(ValueError, match="uint8"):
+    with pytest.raises(ConfigError, match="uint8"):
         colorize(np.zeros((4, 4), np.int32), CAMVID)
 
 
@@ -217,14 +217,14 @@ def test_the_legend_lists_only_the_classes_in_the_frame() -> None:
     ],
 )
 def test_frames_that_are_not_bgr_uint8_are_refused(frame: np.ndarray) -> None:
-    with pytest.raises(ValueError, match="HxWx3 uint8 BGR image, got shape " + re.escape(str(frame.shape))):
+    with pytest.raises(ConfigError, match="HxWx3 uint8 BGR image, got shape " + re.escape(str(frame.shape))):
         annotate(frame, _result())
-    with pytest.raises(TypeError, match="NumPy array, got list"):
+    with pytest.raises(InputTypeError, match="NumPy array, got list"):
         annotate(frame.tolist(), _result())
 
 
 def test_bad_alpha_and_size_name_the_argument() -> None:
     with pytest.raises(ConfigError, match=r"alpha must be a number in \[0, 1\], got '0.5'"):
         annotate(np.zeros((48, 64, 3), np.uint8), _result(), alpha="0.5")
-    with pytest.raises(ValueError, match=r"size must be \(width, height\).*got \(0, 48\)"):
+    with pytest.raises(ConfigError, match=r"size must be \(width, height\).*got \(0, 48\)"):
         colorize(_result().labels, CAMVID, (0, 48))
