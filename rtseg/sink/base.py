@@ -18,7 +18,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
-from ..errors import ConfigError, SinkError
+from ..errors import ConfigError, InputTypeError, SinkError
 from .packet import Packet
 
 log = logging.getLogger(__name__)
@@ -132,7 +132,14 @@ class Sink(ABC):
         written, as a frame whose emit failed is: the queue behind it is never emptied again.
         A close() from a signal handler that interrupted this write only marked the sink closed:
         the write finishes (its packet queued, or a SinkError if it still waited for room) and
-        then closes the sink, what was queued written, before it returns or raises."""
+        then closes the sink, what was queued written, before it returns or raises. Anything but
+        a ``Packet`` is refused here: queued, it failed on the sink's thread, counted as an error
+        with nothing written and the caller none the wiser."""
+        if not isinstance(packet, Packet):
+            raise InputTypeError(
+                f"{self.uri}: write() takes a Packet, got {type(packet).__name__}; pass "
+                "sink.write(rtseg.sink.Packet(frame, result)), the Frame and its SegResult"
+            )
         me = threading.get_ident()
         try:
             self._writers.add(me)  # inside the try: the finally runs whenever a close deferred to it

@@ -4,8 +4,8 @@ import threading
 
 import pytest
 
-from rtseg.errors import SinkError
-from rtseg.sink.base import Sink
+from rtseg.errors import InputTypeError, SinkError
+from rtseg.sink.base import Sink, SinkStats
 
 
 class Gate(Sink):
@@ -166,3 +166,25 @@ def test_a_base_exception_in_release_is_a_failed_close(packet_factory) -> None:
     stats = sink.close()
     assert stats.written == 1 and stats.errors == 1
     assert stats.close_error == stats.last_error == "SystemExit: release sys.exit"
+
+
+@pytest.mark.parametrize("given", ["tuple", "Frame", "SegResult", "ndarray"])
+def test_write_refuses_what_is_not_a_packet(packet_factory, given: str) -> None:
+    """sink.write((frame, result)) was queued and failed on the sink's thread: nothing written,
+    an error counted, the caller told nothing."""
+    packet = packet_factory(0)
+    wrong = {
+        "tuple": (packet.frame, packet.result),
+        "Frame": packet.frame,
+        "SegResult": packet.result,
+        "ndarray": packet.frame.image,
+    }[given]
+    sink = Gate("block")
+    sink.gate.set()
+    expected = (
+        rf"gate://: write\(\) takes a Packet, got {wrong.__class__.__name__}; pass .*Packet\(frame, result\)"
+    )
+    with pytest.raises(InputTypeError, match=expected):
+        sink.write(wrong)
+    sink.write(packet)
+    assert sink.close() == SinkStats(1, 0, 0, None, sink.stats.emit_ms)
