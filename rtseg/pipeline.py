@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ConfigError, InputTypeError, RtsegError, SinkError
-from .overlay.annotate import OverlayStyle
+from .overlay.annotate import MODES, OverlayStyle
 from .result import SegResult
 from .schedule import Scheduler
 from .segmenter import Segmenter
@@ -386,6 +386,13 @@ class Pipeline:
                     f"on_result must be None or a callable taking (frame, result), got {on_result!r} "
                     f"({type(on_result).__name__})"
                 )
+            if style is not None and not isinstance(style, OverlayStyle):
+                # else a sink failed at frame 0 (style.hud), and without sinks it went unnoticed
+                raise InputTypeError(
+                    f"style must be None or a rtseg.overlay.OverlayStyle, got {style!r} "
+                    f"({type(style).__name__}); pass style=rtseg.overlay.OverlayStyle(mode=...), the "
+                    f"mode one of {MODES}"
+                )
             max_frames = _frame_limit(max_frames)
             if isinstance(source, (str, os.PathLike)):
                 self.source = open_source(source, **(source_options or {}))
@@ -413,7 +420,7 @@ class Pipeline:
             raise
         self.segmenter = segmenter
         self.on_result = on_result
-        self.style = style or OverlayStyle()
+        self.style = OverlayStyle() if style is None else style
         self.max_frames = max_frames
         self._meter = _Meter()
         self._stop = threading.Event()

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import threading
 import time
@@ -16,6 +17,7 @@ from rtseg import Pipeline, Segmenter
 from rtseg.engine import load
 from rtseg.errors import ConfigError, InputTypeError, SinkError
 from rtseg.models import get_model
+from rtseg.overlay import OverlayStyle
 from rtseg.pipeline import PipelineStats
 from rtseg.sink import open_sink
 from rtseg.sink.base import Sink
@@ -314,6 +316,23 @@ def test_on_result_must_be_callable(engine, monkeypatch) -> None:
         Pipeline(SOURCE, Segmenter(engine=engine), on_result="print")
     monkeypatch.undo()
     assert [f.index for f, _ in Pipeline(SOURCE, Segmenter(engine=engine), max_frames=np.int64(2))] == [0, 1]
+
+
+@pytest.mark.parametrize("style", ["side-by-side", {"mode": "mask"}])
+def test_style_must_be_an_overlay_style(engine, style, monkeypatch) -> None:
+    """style="side-by-side" failed at frame 0 on the sinks' threads, after it was read and
+    segmented, and without sinks it was ignored silently."""
+    monkeypatch.setattr("rtseg.pipeline.open_source", lambda *a, **k: pytest.fail("opened"))
+    message = rf"style must be None or a rtseg.overlay.OverlayStyle, got {re.escape(repr(style))} \("
+    with pytest.raises(InputTypeError, match=message + r".*OverlayStyle\(mode=\.\.\.\)"):
+        Pipeline(SOURCE, Segmenter(engine=engine), style=style)
+    monkeypatch.undo()
+    given = _Recorder("given://")
+    with pytest.raises(InputTypeError, match="style must be"):
+        Pipeline(open_source(SOURCE), Segmenter(engine=engine), sinks=[given], style=style)
+    assert given.closed
+    p = Pipeline(SOURCE, Segmenter(engine=engine), sinks=["null://"], style=OverlayStyle(mode="mask"))
+    assert p.run().frames == 8 and p.style.mode == "mask"
 
 
 def test_source_options_with_an_opened_source_are_refused(engine) -> None:
