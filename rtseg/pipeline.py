@@ -7,6 +7,7 @@ encoding happen on the sinks' threads (``Packet.overlay()``). Sinks drop frames 
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import numbers
@@ -185,6 +186,15 @@ def _frame_limit(max_frames: object) -> int | None:
     raise ConfigError(
         f"max_frames must be None (no limit) or a whole number >= 1, got {max_frames!r} "
         f"({type(max_frames).__name__})"
+    )
+
+
+def _is_async(call: object) -> bool:
+    """An ``async def`` function (or async generator function), a partial of one, or an object
+    whose ``__call__`` is one: called, it returns a coroutine (or async generator) and runs nothing."""
+    return any(
+        inspect.iscoroutinefunction(f) or inspect.isasyncgenfunction(f)
+        for f in (call, type(call).__call__)  # an instance: its class's method
     )
 
 
@@ -385,6 +395,14 @@ class Pipeline:
                 raise InputTypeError(
                     f"on_result must be None or a callable taking (frame, result), got {on_result!r} "
                     f"({type(on_result).__name__})"
+                )
+            if on_result is not None and _is_async(on_result):
+                # called, it returned a coroutine nobody awaited: the body never ran (a RuntimeWarning)
+                raise InputTypeError(
+                    f"on_result must be a plain callable, got {on_result!r}, an async one: it is called "
+                    "synchronously on the pipeline's thread, and its body would never run; pass a "
+                    "def function (from it, asyncio.run_coroutine_threadsafe(cb(frame, result), loop) "
+                    "hands the work to your event loop)"
                 )
             if style is not None and not isinstance(style, OverlayStyle):
                 # else a sink failed at frame 0 (style.hud), and without sinks it went unnoticed

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import functools
 import os
 import re
 import signal
@@ -316,6 +317,56 @@ def test_on_result_must_be_callable(engine, monkeypatch) -> None:
         Pipeline(SOURCE, Segmenter(engine=engine), on_result="print")
     monkeypatch.undo()
     assert [f.index for f, _ in Pipeline(SOURCE, Segmenter(engine=engine), max_frames=np.int64(2))] == [0, 1]
+
+
+async def _async_callback(frame, result) -> None:
+    pass
+
+
+async def _async_generator_callback(frame, result):
+    yield frame
+
+
+class _AsyncCallable:
+    async def __call__(self, frame, result) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    "callback",
+    [
+        _async_callback,
+        functools.partial(_async_callback),
+        _AsyncCallable(),
+        _async_generator_callback,
+    ],
+    ids=["async-def", "partial", "async-call", "async-generator"],
+)
+def test_an_async_on_result_is_refused(engine, callback, monkeypatch) -> None:
+    """An async def on_result was accepted and never ran: each call made a coroutine nobody awaited."""
+    monkeypatch.setattr("rtseg.pipeline.open_source", lambda *a, **k: pytest.fail("opened"))
+    with pytest.raises(InputTypeError, match=r"on_result must be a plain callable, .*called synchronously"):
+        Pipeline(SOURCE, Segmenter(engine=engine), on_result=callback)
+
+
+def test_a_callable_object_and_a_class_are_accepted_as_on_result(engine) -> None:
+    class Counter:
+        def __init__(self) -> None:
+            self.frames = 0
+
+        def __call__(self, frame, result) -> None:
+            self.frames += 1
+
+    seen = []
+
+    class Record:  # called with (frame, result) as any callable: makes an object
+        def __init__(self, frame, result) -> None:
+            seen.append(frame.index)
+
+    counter = Counter()
+    Pipeline(SOURCE, Segmenter(engine=engine), on_result=counter, max_frames=2).run()
+    Pipeline(SOURCE, Segmenter(engine=engine), on_result=Record, max_frames=2).run()
+    assert counter.frames == 2 and seen == [0, 1]
 
 
 @pytest.mark.parametrize("style", ["side-by-side", {"mode": "mask"}])
