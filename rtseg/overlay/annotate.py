@@ -7,6 +7,7 @@ NumPy fancy indexing takes 5 ms) and ``cv2.addWeighted`` for the blend.
 from __future__ import annotations
 
 import functools
+import math
 import numbers
 from dataclasses import dataclass
 from typing import Literal
@@ -273,6 +274,16 @@ def _draw_hud(image: np.ndarray, result: SegResult, fps: float | None) -> tuple[
     return x - 6, y + 6
 
 
+def _check_fps(fps: object) -> None:
+    """The HUD's frame rate: "30" failed in the f-string format, NaN and -3 were drawn as such."""
+    if isinstance(fps, bool) or not isinstance(fps, numbers.Real):
+        raise InputTypeError(
+            f"fps must be None or a number of frames per second, got {fps!r} ({type(fps).__name__})"
+        )
+    if not (math.isfinite(fps) and fps >= 0):
+        raise ConfigError(f"fps must be None or a finite number >= 0, got {fps!r}")
+
+
 def annotate(
     frame: np.ndarray,
     result: SegResult,
@@ -282,7 +293,8 @@ def annotate(
     hud: bool = False,
     fps: float | None = None,
 ) -> np.ndarray:
-    """A new BGR image showing ``result`` on ``frame``; ``frame`` itself is not modified."""
+    """A new BGR image showing ``result`` (a SegResult) on ``frame``; ``frame`` itself is not
+    modified. ``fps`` is the frame rate the HUD shows (None: none shown), a finite number >= 0."""
     style = OverlayStyle(mode, alpha, legend, hud)
     if not isinstance(frame, np.ndarray):
         raise InputTypeError(f"frame must be an HxWx3 uint8 BGR NumPy array, got {type(frame).__name__}")
@@ -290,6 +302,13 @@ def annotate(
         raise ConfigError(
             f"frame must be a non-empty HxWx3 uint8 BGR image, got shape {frame.shape} dtype {frame.dtype}"
         )
+    if not isinstance(result, SegResult):  # a label map alone failed with an AttributeError
+        raise InputTypeError(
+            f"result must be a rtseg.SegResult (what Segmenter returns), got {type(result).__name__}; "
+            "a bare label map is coloured by rtseg.overlay.colorize(labels, classes)"
+        )
+    if fps is not None:
+        _check_fps(fps)
     h, w = frame.shape[:2]
     mask = colorize(result.labels, result.classes, (w, h))
     if style.mode == "mask":

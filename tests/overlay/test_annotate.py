@@ -228,3 +228,31 @@ def test_bad_alpha_and_size_name_the_argument() -> None:
         annotate(np.zeros((48, 64, 3), np.uint8), _result(), alpha="0.5")
     with pytest.raises(ConfigError, match=r"size must be \(width, height\).*got \(0, 48\)"):
         colorize(_result().labels, CAMVID, (0, 48))
+
+
+@pytest.mark.parametrize(
+    ("fps", "error", "message"),
+    [
+        ("30", InputTypeError, r"fps must be None or a number of frames per second, got '30' \(str\)"),
+        (True, InputTypeError, r"fps must be None or a number .*got True \(bool\)"),
+        (float("nan"), ConfigError, r"fps must be None or a finite number >= 0, got nan"),
+        (-3.0, ConfigError, r"fps must be None or a finite number >= 0, got -3.0"),
+        (float("inf"), ConfigError, r"fps must be None or a finite number >= 0, got inf"),
+    ],
+)
+def test_a_hud_frame_rate_that_is_no_finite_rate_is_refused(fps, error, message) -> None:
+    """fps="30" failed with "Unknown format code 'f'"; NaN and -3 were drawn as 'nan FPS' and '-3.0 FPS'."""
+    with pytest.raises(error, match=message):
+        annotate(np.zeros((48, 64, 3), np.uint8), _result(), hud=True, fps=fps)
+
+
+def test_hud_frame_rates_that_are_numbers_are_drawn() -> None:
+    frame = np.zeros((48, 64, 3), np.uint8)
+    for fps in (None, 0, 0.0, 30, np.float32(29.5), np.int64(25)):
+        assert annotate(frame, _result(), hud=True, fps=fps).shape == (48, 64, 3)
+
+
+def test_a_result_that_is_no_segresult_is_named() -> None:
+    """annotate(img, r.labels) failed with AttributeError: 'numpy.ndarray' has no attribute 'labels'."""
+    with pytest.raises(InputTypeError, match=r"result must be a rtseg.SegResult .*got ndarray; .*colorize"):
+        annotate(np.zeros((48, 64, 3), np.uint8), _result().labels)
