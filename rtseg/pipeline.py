@@ -27,7 +27,7 @@ from .errors import ConfigError, InputTypeError, RtsegError, SinkError
 from .overlay.annotate import MODES, OverlayStyle
 from .result import SegResult
 from .schedule import Scheduler
-from .segmenter import Segmenter
+from .segmenter import Segmenter, as_scheduler
 from .sink import Sink, SinkStats, open_sink
 from .sink.base import Policy
 from .sink.file import FileSink, file_identity
@@ -365,8 +365,9 @@ class Pipeline:
     labels it and the iteration get are read-only: the sinks draw from them later, on their own
     threads, and a change made meanwhile would show in some recorded frames and not in others
     (copy to draw). The segmenter's scheduling state is reset when the run starts (a new source is
-    a new stream); ``scheduler`` replaces its scheduler (the old one is closed). The segmenter is
-    not closed: it is yours.
+    a new stream); ``scheduler`` replaces its scheduler (the old one is closed) once everything
+    else has opened: a pipeline that cannot start leaves the segmenter's scheduler as it was. The
+    segmenter is not closed: it is yours.
     """
 
     def __init__(
@@ -412,6 +413,11 @@ class Pipeline:
                     f"mode one of {MODES}"
                 )
             max_frames = _frame_limit(max_frames)
+            # A name is made a Scheduler (a misspelt one refused) before anything opens; it is put
+            # in the segmenter's hands last, once nothing else can fail (see below).
+            chosen = None if scheduler is None else as_scheduler(scheduler)
+            if chosen is not None:
+                chosen.check(segmenter.engine)
             if isinstance(source, (str, os.PathLike)):
                 self.source = open_source(source, **(source_options or {}))
             elif not isinstance(source, Source):
@@ -424,15 +430,18 @@ class Pipeline:
                     "source_options apply when source is a URI or a path; this Source is already "
                     f"open with its own options: pass {sorted(source_options)} to open_source instead"
                 )
-            if scheduler is not None:
-                segmenter.use_scheduler(scheduler)
             self.policy = sink_policy(self.source)
             self.sinks = open_sinks(wanted, self.source)
+            # Last: a pipeline that cannot start (a sink that cannot open) must leave the segmenter
+            # with its own scheduler, not one swapped in and the user's closed.
+            if chosen is not None:
+                segmenter.use_scheduler(chosen)
         except BaseException:
-            # What was given is the pipeline's to close (and open_sinks closed what it opened); a
-            # failing close must not hide this error.
-            for given in [s for s in wanted if isinstance(s, Sink)]:
-                _close_quietly(given)
+            # What was given and what was opened is the pipeline's to close (open_sinks closed what
+            # it opened if it failed itself); a failing close must not hide this error.
+            given = [s for s in wanted if isinstance(s, Sink) and s not in self.sinks]
+            for sink in [*self.sinks, *given]:
+                _close_quietly(sink)
             if isinstance(self.source, Source):
                 _close_quietly(self.source)
             raise

@@ -30,7 +30,8 @@ def resolve_backend(backend: str) -> str:
     return backend
 
 
-def _scheduler(scheduler: object) -> Scheduler:
+def as_scheduler(scheduler: object) -> Scheduler:
+    """A scheduler name made a Scheduler (default options); a Scheduler as it is; else InputTypeError."""
     if isinstance(scheduler, str):
         return make_scheduler(scheduler)
     if not isinstance(scheduler, Scheduler):
@@ -140,7 +141,7 @@ class Segmenter:
         # The scheduler first: a misspelt name must not cost an engine load (or `auto`'s timing runs),
         # nor leave the loaded engine unclosed.
         _check_engine_options(scheduler, engine_options)
-        chosen = _scheduler(scheduler)
+        chosen = as_scheduler(scheduler)
         chosen.claim(self)
         try:
             self._set_up(chosen, model, weights, backend, input_size, engine, engine_options)
@@ -251,7 +252,7 @@ class Segmenter:
 
     def use_scheduler(self, scheduler: str | Scheduler) -> None:
         """Switch schedulers (the new one starts with an empty cache)."""
-        new = _scheduler(scheduler)
+        new = as_scheduler(scheduler)
         with self._open():
             new.check(self.engine)
             new.claim(self)

@@ -20,6 +20,7 @@ from rtseg.errors import ConfigError, InputTypeError, SinkError
 from rtseg.models import get_model
 from rtseg.overlay import OverlayStyle
 from rtseg.pipeline import PipelineStats
+from rtseg.schedule import make_scheduler
 from rtseg.sink import open_sink
 from rtseg.sink.base import Sink
 from rtseg.sink.packet import Packet
@@ -411,6 +412,41 @@ def test_a_run_that_cannot_start_closes_its_outputs(engine, tmp_path: Path, monk
     assert not any(s._thread.is_alive() for s in p.sinks)
     with pytest.raises(ConfigError, match="has ended"):
         list(p)
+
+
+def test_a_pipeline_that_cannot_start_leaves_the_segmenters_scheduler(engine, tmp_path: Path) -> None:
+    """scheduler= was swapped in before the sinks opened: a sink that could not open left the
+    segmenter on the pipeline's scheduler, the user's own closed."""
+    mine = make_scheduler("clockwork", interval=3, warp=False)
+    seg = Segmenter(engine=engine, scheduler=mine)
+    blocker = tmp_path / "file"
+    blocker.write_text("in the way")
+    given = _Recorder("given://")
+    with pytest.raises(SinkError, match="a file of that name is in the way"):
+        Pipeline(SOURCE, seg, scheduler="every", sinks=[given, str(blocker / "out.mp4")])
+    assert given.closed and seg.scheduler is mine
+    frame = np.zeros((48, 64, 3), np.uint8)
+    assert [seg(frame).is_keyframe for _ in range(4)] == [True, False, False, True]  # still usable
+    mine.claim(seg)  # still this segmenter's: no ConfigError
+
+
+def test_a_scheduler_that_cannot_be_used_closes_what_was_opened(engine, tmp_path: Path, monkeypatch) -> None:
+    """Swapped in last, the scheduler's refusal (serving another Segmenter) comes after the sinks
+    opened: those opened from URIs are closed with the ones given, and the source."""
+    other = Segmenter(engine=engine, scheduler=make_scheduler("clockwork"))
+    opened: list[Sink] = []
+
+    def recording_open_sink(uri):
+        opened.append(open_sink(uri))
+        return opened[-1]
+
+    monkeypatch.setattr("rtseg.pipeline.open_sink", recording_open_sink)
+    source = open_source(SOURCE)
+    seg = Segmenter(engine=engine)
+    with pytest.raises(ConfigError, match="already serves another Segmenter"):
+        Pipeline(source, seg, scheduler=other.scheduler, sinks=[str(tmp_path / "o.avi"), _Recorder("rec://")])
+    assert source.closed and len(opened) == 1 and not opened[0]._thread.is_alive()
+    assert seg.scheduler is not other.scheduler and other.scheduler._owner() is other
 
 
 def test_an_output_hard_linked_to_the_input_is_refused(engine, tmp_path: Path) -> None:
