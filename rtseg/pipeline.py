@@ -367,7 +367,9 @@ class Pipeline:
     (copy to draw). The segmenter's scheduling state is reset when the run starts (a new source is
     a new stream); ``scheduler`` replaces its scheduler (the old one is closed) once everything
     else has opened: a pipeline that cannot start leaves the segmenter's scheduler as it was. The
-    segmenter is not closed: it is yours.
+    segmenter is not closed: it is yours. It serves one running pipeline at a time (one stream's
+    schedule): a second started meanwhile is refused (ConfigError) and closed; give each stream
+    its own Segmenter (they can share one engine, ``Segmenter(engine=...)``).
     """
 
     def __init__(
@@ -435,7 +437,11 @@ class Pipeline:
             # Last: a pipeline that cannot start (a sink that cannot open) must leave the segmenter
             # with its own scheduler, not one swapped in and the user's closed.
             if chosen is not None:
-                segmenter.use_scheduler(chosen)
+                segmenter.claim(self)  # not under another pipeline's running stream
+                try:
+                    segmenter.use_scheduler(chosen)
+                finally:
+                    segmenter.release(self)
         except BaseException:
             # What was given and what was opened is the pipeline's to close (open_sinks closed what
             # it opened if it failed itself); a failing close must not hide this error.
@@ -489,6 +495,9 @@ class Pipeline:
                 )
             self._started = True
         try:
+            # One stream at a time: a second running pipeline would mix its frames into this one's
+            # schedule (released by close(), at the run's end).
+            self.segmenter.claim(self)
             # A new source is a new stream: no deep features or keyframe reference from the last one.
             self.segmenter.reset()
         except BaseException as exc:  # the run cannot start (an async scheduler's failed deep job)
@@ -659,6 +668,7 @@ class Pipeline:
             self._close_outputs()
         finally:
             self._final = self._snapshot()
+            self.segmenter.release(self)  # the next pipeline may run on it
             self._close_done.set()
         return self._final
 

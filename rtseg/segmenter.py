@@ -6,6 +6,7 @@ import contextlib
 import os
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -116,7 +117,8 @@ class Segmenter:
     From a signal handler that interrupted a call on its own thread it cannot wait: the call
     finishes its frame and closes the Segmenter as it returns.
     A Scheduler object serves one Segmenter at a time: a second one given it is refused
-    (ConfigError) until the first closes or switches schedulers.
+    (ConfigError) until the first closes or switches schedulers. Likewise a Segmenter serves one
+    running ``Pipeline`` at a time (``claim``): a second one started meanwhile is refused.
 
     ``scheduler`` is a name (``every``, ``clockwork``, ``adaptive``, ``async``: default options) or
     a configured Scheduler (``rtseg.schedule.make_scheduler(...)``); a scheduler's options
@@ -193,6 +195,10 @@ class Segmenter:
         # plain lock waited for itself there, forever. _busy counts the calls inside (the handler's
         # close must not close the engine under them); _released says close's work is done.
         self._lock = threading.RLock()
+        # The running Pipeline that feeds this Segmenter its stream (``claim``), held weakly: a
+        # pipeline dropped unclosed lets go of it.
+        self._runner: weakref.ref[object] | None = None
+        self._runner_lock = threading.Lock()
         self._busy = 0
         self._closed = False
         self._released = False
@@ -263,6 +269,29 @@ class Segmenter:
                 old.close()
             finally:
                 new.reset()
+
+    def claim(self, owner: object) -> None:
+        """Bind this Segmenter to one running stream (a ``Pipeline`` claims it from the start of its
+        run until it is closed). Two pipelines running through one Segmenter at once fed one
+        schedule two streams: frames of one answered from the other's deep features, keyframes
+        irregular, each run's reset() resetting the other mid-run."""
+        with self._runner_lock:
+            current = self._runner() if self._runner is not None else None
+            if current is not None and current is not owner:
+                raise ConfigError(
+                    f"this Segmenter ({self.scheduler.describe()}) is already segmenting another running "
+                    "Pipeline's stream: it holds one stream's deep features and keyframe reference, and "
+                    "two streams through it would be answered from each other's; give each Pipeline its "
+                    "own Segmenter (they can share one engine: rtseg.Segmenter(engine=seg.engine, "
+                    "scheduler=...), the engine open until seg closes), or close the other Pipeline first"
+                )
+            self._runner = weakref.ref(owner)
+
+    def release(self, owner: object) -> None:
+        """Undo ``claim`` (the pipeline's run ended)."""
+        with self._runner_lock:
+            if self._runner is not None and self._runner() is owner:
+                self._runner = None
 
     def reset(self) -> None:
         """Start a new stream: no deep cache, keyframe reference, statistics or calibration."""

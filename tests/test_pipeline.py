@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import functools
+import gc
 import os
 import re
 import signal
@@ -178,6 +179,64 @@ def test_a_new_pipeline_does_not_answer_from_the_last_streams_features(engine) -
     assert not first[-1].is_keyframe  # the cache holds frame 4 of the first stream
     _, result = next(iter(Pipeline("synthetic://drive?size=128x96&seed=9&frames=2", seg)))
     assert result.is_keyframe and result.deep_age == 0
+
+
+OTHER = "synthetic://drive?size=128x96&fps=30&seed=9&frames=8"
+
+
+def _labels(pipeline: Pipeline) -> list[tuple[bool, bytes]]:
+    return [(r.is_keyframe, r.labels.tobytes()) for _, r in pipeline]
+
+
+def test_one_segmenter_runs_one_pipeline_at_a_time(engine) -> None:
+    """Two pipelines running through one Segmenter fed one schedule two streams: frames of one
+    answered from the other's deep features, keyframes irregular, each run's reset() resetting
+    the other; the second to start is refused (and closed), the first runs as if alone."""
+    alone = _labels(Pipeline(SOURCE, Segmenter(engine=engine, scheduler="clockwork")))
+    seg = Segmenter(engine=engine, scheduler="clockwork")
+    first = Pipeline(SOURCE, seg)
+    running = iter(first)
+    got = [next(running)]
+    second = Pipeline(OTHER, seg, sinks=[_Recorder("rec://")])
+    with pytest.raises(
+        ConfigError, match=r"already segmenting another running Pipeline's stream.*engine=seg\.engine"
+    ):
+        iter(second)
+    assert second.closed and second.source.closed and second.sinks[0].closed
+    with pytest.raises(ConfigError, match="already segmenting"):  # nor swap its scheduler mid-run
+        Pipeline(OTHER, seg, scheduler="every")
+    got += list(running)
+    assert [(r.is_keyframe, r.labels.tobytes()) for _, r in got] == alone
+
+
+def test_a_segmenter_is_free_again_once_its_pipeline_ends(engine) -> None:
+    seg = Segmenter(engine=engine, scheduler="clockwork")
+    ended = Pipeline(SOURCE, seg)
+    assert len(_labels(ended)) == 8  # ran to its end
+    stopped = Pipeline(SOURCE, seg)
+    for _ in stopped:
+        break  # left early: the loop's end closes it
+    closed = Pipeline(SOURCE, seg)
+    next(iter(closed))
+    closed.close()
+    dropped = iter(Pipeline(SOURCE, seg))
+    next(dropped)
+    del dropped  # dropped unclosed
+    gc.collect()
+    with Pipeline(SOURCE, seg, scheduler="every", max_frames=2) as last:
+        assert [r.is_keyframe for _, r in last] == [True, True]
+
+
+def test_pipelines_on_segmenters_sharing_one_engine_run_at_once(engine) -> None:
+    """The way to run two streams: a Segmenter each, one engine between them."""
+    alone = [
+        _labels(Pipeline(uri, Segmenter(engine=engine, scheduler="clockwork"))) for uri in (SOURCE, OTHER)
+    ]
+    first = Segmenter(engine=engine, scheduler="clockwork")
+    second = Segmenter(engine=first.engine, scheduler="clockwork")
+    pairs = list(zip(Pipeline(SOURCE, first), Pipeline(OTHER, second), strict=True))  # interleaved
+    for k in range(2):
+        assert [(r.is_keyframe, r.labels.tobytes()) for r in (pair[k][1] for pair in pairs)] == alone[k]
 
 
 class _BrokenClose(Sink):
