@@ -155,10 +155,9 @@ def load(
     engine = build(
         net, size=size, precision=precision, device=device, cache=cache, calibration=calib, **options
     )
-    if engine.info.backend != "torch":
-        # Only the torch engine runs the caller's network itself (in eval mode); built for any
-        # other, a network being trained came back in eval mode (auto times the torch one too).
-        restore_modes(modes)
+    # Every engine runs its own copy or export of the network; building one put a network being
+    # trained in eval mode (BatchNorm statistics frozen, dropout off).
+    restore_modes(modes)
     return engine
 
 

@@ -1,4 +1,4 @@
-"""The reference backend: the PyTorch model itself, in eval and inference mode."""
+"""The reference backend: the PyTorch model (the engine's own copy), in eval and inference mode."""
 
 from __future__ import annotations
 
@@ -66,13 +66,12 @@ class TorchEngine(Engine):
         self.meta = model.meta
         self.stage_spec = spec
         self._dtype = torch.float16 if precision == "fp16" else torch.float32
-        self.head_low_inputs = head_low_inputs(model.eval(), input_size)
-        if channels_last or any(
-            p.device != self.device or p.dtype != self._dtype for p in model.parameters()
-        ):
-            # Module.to converts in place: the caller's network, which auto's other candidates
-            # export and time too, must keep its device, dtype and memory format.
-            model = copy.deepcopy(model)
+        # A snapshot, as the exported backends' engines are: the caller's network may go on being
+        # trained (train(), optimizer steps), which on a shared module gave wrong labels and moved
+        # its BatchNorm statistics; and eval() and Module.to would change its modes, device, dtype
+        # and memory format in place (auto's other candidates export and time it too).
+        model = copy.deepcopy(model).eval().requires_grad_(False)
+        self.head_low_inputs = head_low_inputs(model, input_size)
         model = model.to(self.device, self._dtype)
         if channels_last:
             model = model.to(memory_format=torch.channels_last)

@@ -182,9 +182,9 @@ def test_exporting_hands_the_network_back_in_its_own_mode(training: bool, tmp_pa
     assert {name: m.training for name, m in net.named_modules()} == before
 
 
-def test_a_network_comes_back_in_training_mode_unless_the_torch_engine_runs_it(tmp_path, monkeypatch) -> None:
+def test_a_network_comes_back_in_training_mode_from_every_engine(tmp_path, monkeypatch) -> None:
     """auto builds a torch candidate from the caller's network, which switched it to eval mode
-    whichever backend was picked."""
+    whichever backend was picked; the torch engine itself left it in eval mode."""
     from rtseg.engine import auto, load
     from rtseg.models import get_model
 
@@ -202,5 +202,5 @@ def test_a_network_comes_back_in_training_mode_unless_the_torch_engine_runs_it(t
     assert engine.info.backend == "onnxruntime" and net.training and not frozen.training
     engine.close()
     engine = load(net, backend="torch", input_size=(64, 48), engine_dir=tmp_path)
-    assert not net.training  # the torch engine is the network itself, run in eval mode
+    assert net.training and not frozen.training  # the torch engine runs its own copy
     engine.close()
