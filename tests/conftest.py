@@ -42,6 +42,18 @@ def outcome_in_thread() -> Callable[[Callable[[], object], float, str], list[obj
     return run
 
 
+@pytest.fixture
+def float64_default() -> Iterator[None]:
+    """``torch.set_default_dtype(torch.float64)``, as robotics and optimisation code sets it,
+    for one test."""
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(before)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _private_dirs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Tests (and the processes they start) never touch the checkout's engines/ or calibration/."""

@@ -31,7 +31,8 @@ class _RecordingDict(dict):
 @torch.inference_mode()
 def head_low_inputs(model: StagedSegmenter, input_size: tuple[int, int]) -> tuple[str, ...]:
     """Names of the low features ``forward_head`` reads, in StageSpec order."""
-    x = torch.zeros(1, 3, input_size[1], input_size[0])
+    weight = next(model.parameters())  # not the default dtype: a caller's may be float64
+    x = torch.zeros(1, 3, input_size[1], input_size[0], dtype=weight.dtype, device=weight.device)
     low = model.forward_low(x)
     deep = model.forward_deep(low)
     recorder = _RecordingDict(low)

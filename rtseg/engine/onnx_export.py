@@ -84,6 +84,14 @@ def stage_graphs(model: StagedSegmenter, input_size: tuple[int, int]) -> dict[st
         raise ConfigError(
             f"{model.meta.model} needs an input size divisible by {spec.input_multiple}, got {w}x{h}"
         )
+    other = next(((n, p.dtype) for n, p in model.named_parameters() if p.dtype != torch.float32), None)
+    if other is not None:
+        # The graphs take a float32 image; the exporter failed with "Input type (torch.FloatTensor)
+        # and weight type (torch.DoubleTensor) should be the same".
+        raise ConfigError(
+            f"{model.meta.model}: the exported engines are built from a float32 network, but "
+            f"parameter {other[0]} is {other[1]}; pass the network as net.float()"
+        )
     model = model.eval()
     classes = len(model.meta.classes)
     low_in = head_low_inputs(model, input_size)

@@ -44,7 +44,8 @@ def stage_flops(model: StagedSegmenter, size: tuple[int, int], batch: int = 1) -
     was_training = model.training
     model.eval()
     try:
-        x = torch.zeros(batch, 3, size[1], size[0])
+        weight = next(model.parameters())  # not the default dtype: a caller's may be float64
+        x = torch.zeros(batch, 3, size[1], size[0], dtype=weight.dtype, device=weight.device)
         low = model.forward_low(x)
         deep = model.forward_deep(low)
         return StageFlops(

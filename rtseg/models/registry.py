@@ -412,7 +412,8 @@ def get_model(
         )
     if weights is None:
         meta = default_meta(name, num_classes=num_classes, **config)
-        model = spec.builder(num_outputs=meta.num_outputs, **meta.config)
+        # float32 whatever torch's default dtype (a caller's may be float64): see below.
+        model = spec.builder(num_outputs=meta.num_outputs, **meta.config).float()
         model.meta = meta  # type: ignore[assignment]
         return model.eval()
 
@@ -430,9 +431,12 @@ def get_model(
         )
     arch = {**meta.config, **config}
     try:
-        model = spec.builder(num_outputs=meta.num_outputs, **arch)
+        model = spec.builder(num_outputs=meta.num_outputs, **arch).float()
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{ckpt.path}: cannot build {name!r} with config {arch}: {exc}") from None
+    # float32 before the checkpoint is cast to the model's dtypes: built under a caller's
+    # torch.set_default_dtype(torch.float64) the parameters were float64, which ONNX export (a
+    # float32 image) refused with "Input type (torch.FloatTensor) and weight type (torch.DoubleTensor)".
     expected = model.state_dict()
     check_state_dict_fits(expected, ckpt.state_dict, path=ckpt.path, model=name, num_outputs=meta.num_outputs)
     check_finite(ckpt.state_dict, path=ckpt.path)

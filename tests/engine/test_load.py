@@ -107,6 +107,24 @@ def test_a_torch_engine_is_a_snapshot_of_the_callers_network(tmp_path, make_mode
     assert {name: m.training for name, m in model.named_modules()} == modes
 
 
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+def test_engines_run_as_usual_under_a_float64_default_dtype(
+    backend: str, tmp_path, make_model, make_image, request
+) -> None:  # type: ignore[no-untyped-def]
+    """After torch.set_default_dtype(torch.float64) in the caller's process, rtseg.Segmenter()
+    failed inside the ONNX export: get_model built float64 parameters for a float32 image."""
+    model = make_model("espnet", SIZE)
+    path = save_checkpoint(tmp_path / "espnet.pt", model.state_dict(), model.meta)
+    image = make_image(SIZE)
+    expected = load(
+        get_model("espnet", weights=path), backend=backend, input_size=SIZE, engine_dir=tmp_path / "32"
+    )
+    request.getfixturevalue("float64_default")
+    net = get_model("espnet", weights=path)
+    engine = load(net, backend=backend, input_size=SIZE, engine_dir=tmp_path / "64")
+    np.testing.assert_array_equal(engine.run(image), expected.run(image))
+
+
 @pytest.mark.parametrize("backend", ["torch", "onnxruntime", "openvino"])
 def test_a_closed_engine_refuses_to_run_on_every_backend(backend: str, shared_engine_dir) -> None:  # type: ignore[no-untyped-def]
     """ONNX Runtime and OpenVINO gave a bare KeyError: 'low'; torch ran on. close() is final."""

@@ -204,3 +204,18 @@ def test_a_network_comes_back_in_training_mode_from_every_engine(tmp_path, monke
     engine = load(net, backend="torch", input_size=(64, 48), engine_dir=tmp_path)
     assert net.training and not frozen.training  # the torch engine runs its own copy
     engine.close()
+
+
+def test_a_network_that_is_not_float32_is_refused_naming_its_dtype(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The exporter failed with "Input type (torch.FloatTensor) and weight type
+    (torch.DoubleTensor) should be the same"."""
+    from rtseg.engine import load
+    from rtseg.errors import ConfigError
+    from rtseg.models import get_model
+
+    with pytest.raises(
+        ConfigError,
+        match=r"espnet: the exported engines are built from a float32 network, but parameter "
+        r"\S+ is torch\.float64; pass the network as net\.float\(\)",
+    ):
+        load(get_model("espnet").double(), backend="onnxruntime", input_size=(64, 48), engine_dir=tmp_path)

@@ -108,6 +108,27 @@ def test_config_overrides_of_loaded_weights_are_in_the_metadata(tmp_path) -> Non
     assert get_model("deeplabv3plus-mobilenetv2", weights=path, output_stride=16).meta == os16.meta
 
 
+@pytest.mark.parametrize("name", list_models())
+def test_models_are_float32_whatever_the_default_dtype(name: str, float64_default: None) -> None:
+    """Under a caller's float64 default the parameters were float64, and rtseg.Segmenter() failed
+    in the ONNX export: "Input type (torch.FloatTensor) and weight type (torch.DoubleTensor)"."""
+    model = get_model(name)
+    tensors = [*model.parameters(), *model.buffers()]
+    assert {t.dtype for t in tensors if t.is_floating_point()} == {torch.float32}
+
+
+def test_a_half_precision_checkpoint_loads_exactly_under_a_float64_default(tmp_path, float64_default) -> None:  # type: ignore[no-untyped-def]
+    from rtseg.models import save_checkpoint
+
+    model = get_model("espnet", num_classes=11)
+    half = {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    path = save_checkpoint(tmp_path / "half.pt", half, model.meta)
+    loaded = get_model("espnet", weights=path).state_dict()
+    for key, value in half.items():
+        assert loaded[key].dtype == (torch.float32 if value.is_floating_point() else value.dtype)
+        assert torch.equal(loaded[key], value.to(loaded[key].dtype)), key
+
+
 def test_unknown_options_name_the_ones_the_model_takes() -> None:
     with pytest.raises(
         ConfigError, match=r"espnet has no option 'bogus'; it takes p, q, skip_channels, width"
