@@ -30,7 +30,7 @@ from .schedule import Scheduler
 from .segmenter import Segmenter, as_scheduler
 from .sink import Sink, SinkStats, open_sink
 from .sink.base import Policy
-from .sink.file import FileSink, file_identity
+from .sink.file import FileSink, file_clash
 from .sink.packet import Packet
 from .source import Frame, Source, open_source
 from .window import RecentSamples
@@ -48,14 +48,7 @@ Callback = Callable[[Frame, SegResult], Any]
 def input_clash(path: Path, source: Source) -> Path | None:
     """The file of ``source`` that writing ``path`` would replace: the same resolved path, or the
     same file under another name (a hard link)."""
-    inputs = {p.resolve() for p in map(Path, source.files)}
-    target = path.resolve()
-    if target in inputs:
-        return target
-    same = file_identity(target)
-    if same is None:
-        return None
-    return next((p for p in sorted(inputs) if file_identity(p) == same), None)
+    return file_clash(path, source.files)
 
 
 def _refuse_overwriting(source: Source, sinks: Sequence[Sink]) -> None:

@@ -38,6 +38,7 @@ from .common import (
     positive_float,
     positive_int,
     ranged,
+    refuse_overwrites,
     whole_number,
     write_output,
 )
@@ -295,18 +296,24 @@ def run(args: argparse.Namespace) -> int:
     table_file = table_path(table_name)
     published = load_table(table_file) if args.table or args.plot else None
     specs = _specs(args, rule, warmup, published)  # validates before the slow part
-    for option in ("json", "csv", "plot"):
-        check_output(getattr(args, option), f"--{option}")
+    outputs = [(f"--{option}", getattr(args, option)) for option in ("json", "csv", "plot")]
+    for option, path in outputs:
+        check_output(path, option)
     if args.plot is not None:
         plot_format(args.plot)
     if args.weights and not Path(args.weights).is_file():
         raise ConfigError(f"--weights {args.weights}: no such file")
+    # The source's files are checked below, once it is open.
+    refuse_overwrites(
+        outputs,
+        [("--weights", args.weights), ("the published table", None if published is None else table_file)],
+    )
     if args.source and not is_live_uri(args.source):
         # Opened once now (a file, a folder, a synthetic drive: quick), not found wanting by every
         # configuration after its engine was built. Live sources are left to the run: opening a
         # camera or a stream twice costs seconds and may not be allowed.
-        with open_source(args.source):
-            pass
+        with open_source(args.source) as source:
+            refuse_overwrites(outputs, [("--source", source.files)])
     if args.camvid:
         check_camvid()
     environment = fingerprint()

@@ -9,7 +9,15 @@ from pathlib import Path
 
 from ..atomic import atomic_write_bytes
 from ..errors import BackendUnavailableError, ConfigError
-from .common import add_model_args, check_output, load_model, output_file, parse_size, write_output
+from .common import (
+    add_model_args,
+    check_output,
+    load_model,
+    output_file,
+    parse_size,
+    refuse_overwrites,
+    write_output,
+)
 
 log = logging.getLogger(__name__)
 TARGETS = ("cpu", "tensorrt")
@@ -79,6 +87,11 @@ def run(args: argparse.Namespace) -> int:
         calibration = CalibrationList.from_video(args.video, args.num)
         source = args.video.resolve()
     list_path = args.list or _default_list(net.meta.model, source, args.num)
+    frames = [calibration.source / entry for entry in calibration.entries] if args.images else args.video
+    refuse_overwrites(
+        [("--list", list_path)],
+        [("--weights", args.weights), ("--images" if args.images else "--video", frames)],
+    )
     other = _another_sources_list(list_path, calibration)
     if other is not None and args.list is None:
         raise ConfigError(

@@ -9,7 +9,7 @@ import re
 import signal
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -19,6 +19,7 @@ from ..models import DEFAULT_MODEL, DEFAULT_WEIGHTS, StagedSegmenter, get_model,
 from ..models.catalog import find_known
 from ..models.checkpoint import read_checkpoint, sha256_of, tensors_sha256
 from ..signals import Handler, restore, take
+from ..sink.file import file_clash
 from .console import Terminated
 
 __all__ = ["Terminated"]  # defined with the console, which main() imports before anything heavy
@@ -155,6 +156,52 @@ def check_output(path: Path | None, option: str) -> None:
             pass
     except OSError as exc:
         raise ConfigError(f"{option} {path}: cannot write in {folder}: {exc.strerror or exc}") from None
+
+
+PathArg = str | os.PathLike[str]
+
+
+def refuse_overwrites(
+    outputs: Sequence[tuple[str, PathArg | None]],
+    inputs: Sequence[tuple[str, PathArg | Iterable[PathArg] | None]] = (),
+    folders: Sequence[tuple[str, PathArg | None]] = (),
+) -> None:
+    """Refuse, before any work, an output (``(flag, path)``; None: not asked for) that is the same
+    file as an input (one path, or the files of a source) or as another output, by any spelling
+    (./, .., a symbolic or a hard link), or that lies inside an input folder (a dataset). Written
+    at the end, a report replaced the checkpoint, calibration list or video the command had just
+    read, or the other output."""
+    given = [(flag, Path(path)) for flag, path in outputs if path is not None]
+    for i, (flag, path) in enumerate(given):
+        for input_flag, files in inputs:
+            if files is None:
+                continue
+            group = [files] if isinstance(files, (str, os.PathLike)) else list(files)
+            clash = file_clash(path, group)
+            if clash is not None:
+                raise ConfigError(
+                    f"{flag} {path} would overwrite {clash}, an input ({input_flag}): write {flag} "
+                    "to another file"
+                )
+        for folder_flag, folder in folders:
+            if folder is not None and _inside(path, Path(folder)):
+                raise ConfigError(
+                    f"{flag} {path} is inside {folder}, the {folder_flag} dataset folder, where it "
+                    f"could replace the dataset's files: write {flag} to a file outside it"
+                )
+        for other_flag, other in given[:i]:
+            if file_clash(path, [other]) is not None:
+                raise ConfigError(
+                    f"{other_flag} {other} and {flag} {path} are one file ({path.resolve()}): the "
+                    "one written last would replace the other; give each its own file"
+                )
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    """``path`` lies in ``folder``, as spelt (a folder of symbolic links to the files) or resolved."""
+    spelt = [Path(os.path.abspath(p)) for p in (path, folder)]
+    resolved = [p.resolve() for p in (path, folder)]
+    return any(p.is_relative_to(f) for p in (spelt[0], resolved[0]) for f in (spelt[1], resolved[1]))
 
 
 def write_output(path: Path, option: str, write: Callable[[Path], object]) -> None:

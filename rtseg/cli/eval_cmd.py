@@ -20,6 +20,7 @@ from .common import (
     load_model,
     output_file,
     parse_size,
+    refuse_overwrites,
     scheduler_flags,
     write_output,
 )
@@ -119,6 +120,11 @@ def _scheduling_options(args: argparse.Namespace) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     check_output(args.json, "--json")
+    outputs = [("--json", args.json)]
+    # The dataset's own files are checked once it is open: they may be links to files elsewhere.
+    refuse_overwrites(
+        outputs, [("--weights", args.weights), ("--calibration", args.calibration)], [("--root", args.root)]
+    )
     if not args.sequence and (given := _scheduling_options(args)):
         raise ConfigError(
             f"{', '.join(given)}: keyframe scheduling applies to a video, and plain eval runs every "
@@ -138,6 +144,7 @@ def run(args: argparse.Namespace) -> int:
         dataset = cityscapes(args.root, args.split, labels=args.labels)
     else:
         dataset = open_dataset(args.dataset, args.root, args.split)
+    refuse_overwrites(outputs, [("--root", dataset.files)])
     fit_classes(model, dataset, args.dataset, args.weights)
     meta = model.meta
     size = args.size or meta.preprocessing.input_size

@@ -38,6 +38,7 @@ from .common import (
     output_file,
     parse_size,
     positive_int,
+    refuse_overwrites,
     scheduler_flags,
 )
 
@@ -301,11 +302,13 @@ def run(args: argparse.Namespace) -> int:
         return _run(args, style, scheduler, signals, ctrl_c)
 
 
-def _check_json(path: Path | None, source: Source, sinks: list[Sink]) -> None:
-    """Refuse a --json that is one of the source's files or a file sink's output (by path or as a
-    hard link): the report, written at the end, would replace the input or the video just made."""
+def _check_json(path: Path | None, source: Source, sinks: list[Sink], args: argparse.Namespace) -> None:
+    """Refuse a --json that is one of the source's files, the --weights or --calibration file, or a
+    file sink's output (by path or as a hard link): the report, written at the end, would replace
+    the input or the video just made."""
     if path is None:
         return
+    refuse_overwrites([("--json", path)], [("--weights", args.weights), ("--calibration", args.calibration)])
     clash = input_clash(path, source)
     if clash is not None:
         raise ConfigError(
@@ -339,7 +342,7 @@ def _run(
         signals.phase = "outputs"
         sinks = open_sinks(args.sinks, source)  # a bad sink URI, too, is reported before the load
         json_ok = False
-        _check_json(args.json, source, sinks)
+        _check_json(args.json, source, sinks, args)
         json_ok = True
         print(
             f"rtseg run: {redacted(args.source)} -> "

@@ -142,6 +142,11 @@ class SegmentationDataset(Sequence[Sample]):
     def names(self) -> list[str]:
         return [p.name for p in self._pairs]
 
+    @property
+    def files(self) -> list[Path]:
+        """The image and label files it reads."""
+        return [path for p in self._pairs for path in (p.image_path, p.label_path)]
+
 
 def camvid(root: str | Path, split: str) -> SegmentationDataset:
     """CamVid as distributed with SegNet: ``{split}/*.png`` with ``{split}annot/*.png`` (void = 11)."""

@@ -12,6 +12,7 @@ import secrets
 import shutil
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
 
@@ -90,6 +91,19 @@ def file_identity(path: Path) -> tuple[int, int] | None:
     except OSError:
         return None
     return st.st_dev, st.st_ino
+
+
+def file_clash(path: Path, files: Iterable[str | os.PathLike[str]]) -> Path | None:
+    """The one of ``files`` (resolved) that writing ``path`` would replace: the same resolved path
+    (./, .., a symbolic link), or the same file under another name (a hard link)."""
+    inputs = {Path(p).resolve() for p in files}
+    target = path.resolve()
+    if target in inputs:
+        return target
+    same = file_identity(target)
+    if same is None:
+        return None
+    return next((p for p in sorted(inputs) if file_identity(p) == same), None)
 
 
 def prepare_video(path: Path, uri: str) -> None:

@@ -193,6 +193,54 @@ def test_unwritable_outputs_are_refused_before_measuring(
     assert len(captured.err.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize(
+    "target", ["the source", "a hard link to the source", "the weights", "the table", "--json"]
+)
+def test_an_output_over_an_input_or_another_output_is_refused_before_measuring(
+    tmp_path: Path, capsys, monkeypatch, target: str
+) -> None:
+    """--csv in.avi turned the --source video into a CSV, --json over the --weights replaced the
+    checkpoint, and --csv and --json naming one file kept only the CSV: bench checked no output
+    against the inputs or the other outputs."""
+    import cv2
+    import numpy as np
+
+    from rtseg.bench import table
+    from rtseg.models import DEFAULT_WEIGHTS
+
+    video = tmp_path / "in.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 48))
+    for i in range(3):
+        writer.write(np.full((48, 64, 3), 40 * i, np.uint8))
+    writer.release()
+    weights = tmp_path / "w.pt"
+    weights.write_bytes(DEFAULT_WEIGHTS.read_bytes())
+    published = tmp_path / "table.csv"
+    published.write_text(table.TABLES["cityscapes"].read_text())
+    monkeypatch.setitem(table.TABLES, "cityscapes", published)
+    argv = ["bench", *TINY, "--in-process", "--source", str(video), "--weights", str(weights)]
+    output, path, message = {
+        "the source": ("--csv", video, "an input (--source)"),
+        "a hard link to the source": ("--csv", tmp_path / "link.csv", "an input (--source)"),
+        "the weights": ("--json", tmp_path / "." / "w.pt", "an input (--weights)"),
+        "the table": ("--csv", published, "an input (the published table)"),
+        "--json": ("--csv", tmp_path / "out", "--json {dir}/out and --csv {path} are one file"),
+    }[target]
+    if target == "a hard link to the source":
+        path.hardlink_to(video)
+    if target == "the table":
+        argv += ["--plot", str(tmp_path / "plot.png")]
+    if target == "--json":
+        argv += ["--json", str(tmp_path / "sub" / ".." / "out")]
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    assert main([*argv, output, str(path)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""  # nothing was measured
+    assert captured.err.startswith("rtseg bench: error: ") and len(captured.err.strip().splitlines()) == 1
+    assert message.format(dir=tmp_path / "sub" / "..", path=path) in captured.err, captured.err
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
 def test_a_missing_published_table_is_refused_before_measuring(tmp_path: Path, capsys, monkeypatch) -> None:
     """--plot read the table only after measuring: with it missing (an installed rtseg did not
     ship it) every result was lost, --json included."""

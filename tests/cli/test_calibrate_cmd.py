@@ -144,6 +144,41 @@ def test_a_missing_image_folder_is_named(
     assert "for still images give their folder with --images" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("target", ["the weights", "a calibration image", "the video"])
+def test_a_list_over_an_input_is_refused_before_anything_is_written(
+    weights: Path, images: Path, dirs: dict[str, Path], capsys: pytest.CaptureFixture[str], target: str
+) -> None:
+    """--list naming the --weights checkpoint (or the --video, or one of the images) replaced it
+    by the frame list once the graphs were built."""
+    work = dirs["root"] / f"over-{target.replace(' ', '-')}"
+    work.mkdir()
+    own = work / "w.pt"
+    own.write_bytes(weights.read_bytes())
+    folder = work / "frames"
+    folder.mkdir()
+    for image in sorted(images.iterdir())[:4]:  # --num 4 of 4: every image is a calibration frame
+        (folder / image.name).write_bytes(image.read_bytes())
+    video = work / "in.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 48))
+    for i in range(4):
+        writer.write(np.full((48, 64, 3), 40 * i, np.uint8))
+    writer.release()
+    frames = ["--images", str(folder)] if target != "the video" else ["--video", str(video)]
+    listed, message = {
+        "the weights": (work / "frames" / ".." / "w.pt", "an input (--weights)"),
+        "a calibration image": (folder / "01.png", "an input (--images)"),
+        "the video": (video, "an input (--video)"),
+    }[target]
+    engines = work / "engines"
+    before = {p: p.read_bytes() for p in work.rglob("*") if p.is_file()}
+    argv = ["calibrate", "--weights", str(own), *frames, "--num", "4", "--size", "64x48"]
+    assert main([*argv, "--engine-dir", str(engines), "--targets", "cpu", "--list", str(listed)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"rtseg calibrate: error: --list {listed} would overwrite ") and message in err, err
+    assert {p: p.read_bytes() for p in work.rglob("*") if p.is_file()} == before
+    assert not engines.exists()
+
+
 @pytest.mark.parametrize("where", ["missing-parent", "file-parent", "folder"])
 def test_an_unwritable_list_is_a_one_line_error(
     weights: Path, images: Path, dirs: dict[str, Path], capsys: pytest.CaptureFixture[str], where: str

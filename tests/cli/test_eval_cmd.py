@@ -230,6 +230,41 @@ def test_an_unusable_json_path_is_refused_before_the_evaluation(
     assert len(captured.err.strip().splitlines()) == 1 and (tmp_path / "blocker").read_text() == "keep"
 
 
+@pytest.mark.parametrize(
+    "target", ["the weights", "the calibration list", "a dataset file", "a linked label"]
+)
+def test_a_json_over_an_input_is_refused_before_the_evaluation(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], target: str
+) -> None:
+    """--json named the --weights checkpoint, the --calibration list or a file of the dataset
+    (the split list beside its folders, a label its folder links to) and replaced it by the
+    report."""
+    from rtseg.models import DEFAULT_WEIGHTS
+
+    root = _tiny_camvid(tmp_path / "camvid")
+    (root / "test.txt").write_text("test/0.png testannot/0.png\n")
+    weights, calibration = tmp_path / "w.pt", tmp_path / "cal.txt"
+    weights.write_bytes(DEFAULT_WEIGHTS.read_bytes())
+    calibration.write_text("list")
+    elsewhere = tmp_path / "labels" / "0.png"  # the dataset's label is a link to it
+    elsewhere.parent.mkdir()
+    (root / "testannot" / "0.png").rename(elsewhere)
+    (root / "testannot" / "0.png").symlink_to(elsewhere)
+    report, message = {
+        "the weights": (tmp_path / "." / "w.pt", "an input (--weights)"),
+        "the calibration list": (tmp_path / "camvid" / ".." / "cal.txt", "an input (--calibration)"),
+        "a dataset file": (root / "test.txt", f"is inside {root}, the --root dataset folder"),
+        "a linked label": (elsewhere, "an input (--root)"),
+    }[target]
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    extra = ["--weights", str(weights), "--calibration", str(calibration), "--json", str(report)]
+    assert _eval_tiny(root, *extra) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith(f"rtseg eval: error: --json {report} ") and captured.out == ""
+    assert message in captured.err and len(captured.err.strip().splitlines()) == 1
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
 def test_labels_is_refused_for_a_dataset_with_one_kind_of_label_file(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

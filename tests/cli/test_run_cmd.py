@@ -702,12 +702,21 @@ def _no_load(*args, **kwargs):
 
 
 @pytest.mark.parametrize(
-    "target", ["the input", "a hard link to the input", "the video sink", "an input image"]
+    "target",
+    [
+        "the input",
+        "a hard link to the input",
+        "the video sink",
+        "an input image",
+        "the weights",
+        "the calibration list",
+    ],
 )
 def test_json_over_an_input_or_an_output_is_refused_before_the_engine_loads(
     target: str, tmp_path: Path, monkeypatch, capsys
 ) -> None:
-    """--json in.mp4 replaced the input (or the video just written) by the report, exit 0."""
+    """--json in.mp4 replaced the input (or the video just written) by the report, exit 0; so did
+    --json naming the --weights checkpoint or the --calibration list."""
     monkeypatch.setattr(run_cmd, "load_engine", _no_load)
     video = _input_video(tmp_path / "in.avi")
     images = tmp_path / "imgs"
@@ -722,11 +731,19 @@ def test_json_over_an_input_or_an_output_is_refused_before_the_engine_loads(
         sink = str(sink)
     elif target == "an input image":
         source, report = str(images), images / "000001.png"
+    inputs = {"the weights": "--weights", "the calibration list": "--calibration"}
+    extra = []
+    if target in inputs:  # named another way than --json names it: ./ and a folder's ..
+        (tmp_path / "in").write_bytes(b"checkpoint or list")
+        report = tmp_path / "imgs" / ".." / "in"
+        extra = [inputs[target], f"{tmp_path}/./in"]
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
-    rc = main(["run", source, sink, "--json", str(report)])
+    rc = main(["run", source, sink, "--json", str(report), *extra])
     err = capsys.readouterr().err
     assert rc == 2 and f"rtseg run: error: --json {report}" in err, err
     assert ("is also written by the sink" if target == "the video sink" else "would overwrite") in err
+    if target in inputs:
+        assert f"an input ({inputs[target]})" in err
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
 
 
