@@ -50,6 +50,7 @@ from ..schedule import SCHEDULERS
 from ..sink.null import NullSink
 from ..sink.packet import Packet
 from ..source import Frame, Source, open_source, redacted
+from ..source.base import scrubbed
 from .stats import StopRule, summarize
 from .weights import choose_weights
 
@@ -119,6 +120,11 @@ class BenchConfig:
         data["size"] = None if self.size is None else list(self.size)
         data["rule"] = self.rule.to_dict()
         return data
+
+    def to_record(self) -> dict[str, Any]:
+        """``to_dict`` as results record it: the source URL's password and query values as ***
+        (``redacted``); only the measuring worker, which opens the source, gets the real one."""
+        return {**self.to_dict(), "source": redacted(self.source)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BenchConfig:
@@ -403,7 +409,7 @@ def _first_frame(uri: str) -> np.ndarray:
     with open_source(uri) as src:
         frame = next(src, None)
     if frame is None:
-        raise ConfigError(f"the source {uri!r} delivered no frame")
+        raise ConfigError(f"the source {redacted(uri)!r} delivered no frame")
     return frame.image
 
 
@@ -415,7 +421,7 @@ def run_config(cfg: BenchConfig) -> dict[str, Any]:
 
     result: dict[str, Any] = {
         "label": cfg.label,
-        "config": cfg.to_dict(),
+        "config": cfg.to_record(),
         "status": "ok",
         "reason": None,
         "notes": [],
@@ -478,6 +484,6 @@ def run_config(cfg: BenchConfig) -> dict[str, Any]:
             engine.close()  # the segmenter does not own it
     except Exception as exc:
         result["status"] = "failed"
-        result["reason"] = f"{type(exc).__name__}: {exc}"
+        result["reason"] = scrubbed(f"{type(exc).__name__}: {exc}", cfg.source)  # an error may quote it
     result["memory"] = memory.to_dict()
     return result

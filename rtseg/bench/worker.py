@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..hardware import usable_cores
+from ..source.base import scrubbed
 from .measure import BenchConfig, run_config
 
 RESULT_MARKER = "RTSEG-BENCH-RESULT "
@@ -30,9 +31,9 @@ _PACKAGE_PARENT = Path(__file__).resolve().parent.parent.parent
 def _failure(cfg: BenchConfig, reason: str) -> dict[str, Any]:
     return {
         "label": cfg.label,
-        "config": cfg.to_dict(),
+        "config": cfg.to_record(),
         "status": "failed",
-        "reason": reason,
+        "reason": scrubbed(reason, cfg.source),  # the worker's stderr may quote the source URL
         "notes": [],
         "weights": None,
         "engine_info": None,

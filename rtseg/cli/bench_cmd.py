@@ -29,7 +29,7 @@ from ..errors import ConfigError
 from ..models import DEFAULT_MODEL, list_models
 from ..schedule import SCHEDULERS
 from ..signals import restore, take
-from ..source import is_live_uri, open_source
+from ..source import is_live_uri, open_source, redacted
 from .common import (
     DEVICE_HELP,
     check_output,
@@ -208,7 +208,9 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
     for k, v in vars(args).items():
         if k == "func":
             continue
-        if isinstance(v, Path):
+        if k == "source" and v is not None:
+            v = redacted(v)  # a camera's password or a stream's token is no option to publish
+        elif isinstance(v, Path):
             v = str(v)
         elif isinstance(v, list):
             v = [list(x) if isinstance(x, tuple) else x for x in v]
@@ -426,5 +428,15 @@ def _any_size(
 
 def _command(args: argparse.Namespace) -> str:
     if sys.argv and Path(sys.argv[0]).name in ("rtseg", "__main__.py") and "bench" in sys.argv:
-        return " ".join(["rtseg", *sys.argv[1:]])
+        return " ".join(["rtseg", *map(_shown, sys.argv[1:])])
     return "rtseg bench (called from Python)"
+
+
+def _shown(word: str) -> str:
+    """A word of the command line as results record it: a network URL (--source URL, --source=URL,
+    or an abbreviation of the flag: argparse takes --sou) with its password and query values as
+    ***, as ``redacted`` shows it."""
+    flag, equals, value = word.partition("=")
+    if equals and flag.startswith("--") and "://" not in flag:
+        return f"{flag}={redacted(value)}"
+    return redacted(word)

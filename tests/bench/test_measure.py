@@ -110,6 +110,15 @@ def test_config_round_trip_and_validation() -> None:
         _cfg(engine=False, pipeline=False)
 
 
+def test_a_result_records_a_stream_url_without_its_password() -> None:
+    """Results (and so --json) wrote the source's password and token in clear; the worker, which
+    opens the source, still gets the real URL."""
+    url = "rtsp://admin:pw9secret@127.0.0.1:9/x?token=tok123secret"
+    cfg = _cfg(source=url)
+    assert BenchConfig.from_dict(cfg.to_dict()) == cfg
+    assert cfg.to_record() == {**cfg.to_dict(), "source": "rtsp://admin:***@127.0.0.1:9/x?token=***"}
+
+
 def test_an_unset_device_is_the_backends_default_and_recorded_as_such() -> None:
     assert _cfg().device == "cpu" and _cfg(backend="auto").device == "cpu"
     assert _cfg(backend="tensorrt").device == "cuda" and _cfg(backend="torch2trt").device == "cuda"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,14 @@ def test_result_comes_back_from_the_child() -> None:
 def test_timeout_becomes_a_failed_result() -> None:
     r = run_isolated(CFG, timeout=0.01)
     assert r["status"] == "failed" and "timed out" in r["reason"] and r["engine"] is None
+
+
+def test_a_failed_result_records_a_stream_url_without_its_password() -> None:
+    """The record of a configuration whose worker failed wrote the source's password in clear."""
+    url = "rtsp://admin:pw9secret@127.0.0.1:9/x?token=tok123secret"
+    r = run_isolated(replace(CFG, source=url), timeout=0.01)
+    assert r["status"] == "failed" and r["config"]["source"] == "rtsp://admin:***@127.0.0.1:9/x?token=***"
+    assert "secret" not in repr(r)
 
 
 def test_timeout_budget() -> None:

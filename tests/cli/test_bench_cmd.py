@@ -241,6 +241,29 @@ def test_an_output_over_an_input_or_another_output_is_refused_before_measuring(
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
 
 
+@pytest.mark.parametrize("form", ["--source URL", "--source=URL"])
+def test_a_stream_password_and_token_are_written_nowhere(
+    tmp_path: Path, capsys, monkeypatch, form: str
+) -> None:
+    """--json wrote a stream's password and token in clear in "command", "options" and each
+    result's config, though docs/pipeline.md says bench results show them as ***."""
+    import sys
+
+    url = "rtsp://admin:pw9secret@127.0.0.1:9/x?token=tok123secret"
+    shown = "rtsp://admin:***@127.0.0.1:9/x?token=***"
+    out, rows = tmp_path / "r.json", tmp_path / "r.csv"
+    argv = ["bench", *TINY[:2], *TINY[4:], "--in-process", "--pipeline-only"]
+    argv += [*form.replace("URL", url).split(), "--json", str(out), "--csv", str(rows)]
+    monkeypatch.setattr(sys, "argv", ["rtseg", *argv])  # "command" is the command line as typed
+    assert main(argv) == 1  # nothing answers there: the configuration failed
+    captured = capsys.readouterr()
+    for text in (out.read_text(), rows.read_text(), captured.out, captured.err):
+        assert "pw9secret" not in text and "tok123secret" not in text
+    data = _validate(out)
+    assert f"{form.replace('URL', shown)} --json" in data["command"]
+    assert data["options"]["source"] == shown and data["results"][0]["config"]["source"] == shown
+
+
 def test_a_missing_published_table_is_refused_before_measuring(tmp_path: Path, capsys, monkeypatch) -> None:
     """--plot read the table only after measuring: with it missing (an installed rtseg did not
     ship it) every result was lost, --json included."""
