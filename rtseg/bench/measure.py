@@ -371,6 +371,27 @@ def measure_pipeline(segmenter: Any, cfg: BenchConfig, memory: _MemoryMeter) -> 
     return out
 
 
+def short_phase_notes(result: dict[str, Any], rule: StopRule) -> list[str]:
+    """A note for each phase that measured fewer frames than the rule's minimum (--min-frames),
+    saying why: the source ended, or the time limit came first. Its median and percentiles rest on
+    fewer samples than were asked for, which the 'ok' status and the stop reason did not say."""
+    notes = []
+    for key, phase_name, unit in (("engine", "engine-only", "runs"), ("pipeline", "end-to-end", "frames")):
+        phase = result.get(key)
+        if not phase or phase["frames"] >= rule.min_samples:
+            continue
+        if phase["stop"] == "source ended":
+            why = (
+                f"the source ended after {phase['frames'] + phase['warmup']} frames "
+                f"({phase['warmup']} of them warm-up): use a longer source or fewer --warmup frames"
+            )
+        else:  # "time limit": a phase may stop there with as few as 3 samples
+            why = f"the time limit per phase (--max-seconds {rule.max_seconds:g}) came first"
+        measured = f"{phase['frames']} {unit} measured, fewer than --min-frames {rule.min_samples}"
+        notes.append(f"{phase_name}: {measured}: {why}")
+    return notes
+
+
 def score_agreement(
     records: list[dict[str, Any]], reference: dict[str, np.ndarray], classes: ClassSet
 ) -> dict[str, Any] | None:
@@ -482,6 +503,7 @@ def run_config(cfg: BenchConfig) -> dict[str, Any]:
         finally:
             segmenter.close()
             engine.close()  # the segmenter does not own it
+        result["notes"] += short_phase_notes(result, cfg.rule)
     except Exception as exc:
         result["status"] = "failed"
         result["reason"] = scrubbed(f"{type(exc).__name__}: {exc}", cfg.source)  # an error may quote it

@@ -147,6 +147,7 @@ def result_row(result: dict[str, Any]) -> dict[str, Any]:
         "scheduler": cfg["scheduler"],
         "status": result["status"],
         "reason": result["reason"] or "",
+        "notes": "; ".join(result.get("notes") or []),
         "weights": (result.get("weights") or {}).get("origin", ""),
         "threads": result.get("threads") or "",
         "engine_fps": engine.get("fps", ""),

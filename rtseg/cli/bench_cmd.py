@@ -57,7 +57,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "p50/p90/p99 (a frame's read to its labels at frame size), a per-stage breakdown, keyframe "
         "ratio and peak memory. Frames are taken until the 95% confidence interval of the median "
         "is within --ci of it (at least --min-frames, at most --frames, at most --max-seconds per "
-        "phase). With several --scheduler values, they run over the same frames and are scored "
+        "phase; a phase cut short of --min-frames by the end of the source or by --max-seconds is "
+        "noted). With several --scheduler values, they run over the same frames and are scored "
         "against 'every' (agreement).",
         epilog="Unsupported combinations (say int8 on torch) are reported as skipped with the reason.",
     )
@@ -116,7 +117,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--min-frames",
         type=positive_int,
         default=None,
-        help=f"at least N timed frames (default {SWEEP_DEFAULTS[1]}; {TABLE_DEFAULTS[1]} with --table)",
+        help=f"at least N timed frames (default {SWEEP_DEFAULTS[1]}; {TABLE_DEFAULTS[1]} with --table); "
+        "a phase that gets fewer, as the source ended or --max-seconds came first, says so in a note",
     )
     m.add_argument(
         "--warmup",

@@ -98,6 +98,30 @@ def test_source_that_ends_in_the_warmup_is_an_error() -> None:
     assert r["status"] == "failed" and "warm-up" in r["reason"]
 
 
+def test_a_source_that_ends_before_min_frames_says_so() -> None:
+    """--min-frames 8 on a 4-frame source measured 3 frames, status ok, no note: a p99 of three
+    samples read as one of eight or more."""
+    rule = StopRule(min_samples=8, max_samples=10, max_seconds=20.0)
+    r = run_config(_cfg(source="synthetic://drive?size=64x48&frames=4", warmup=1, rule=rule, engine=False))
+    assert r["status"] == "ok" and r["pipeline"]["frames"] == 3 and r["pipeline"]["stop"] == "source ended"
+    assert r["notes"] == [
+        "end-to-end: 3 frames measured, fewer than --min-frames 8: the source ended after 4 frames "
+        "(1 of them warm-up): use a longer source or fewer --warmup frames"
+    ]
+    assert run_config(_cfg(engine=False))["notes"] == []  # 40 frames: enough
+
+
+def test_a_phase_cut_short_by_the_time_limit_says_so() -> None:
+    rule = StopRule(min_samples=8, max_samples=10, max_seconds=0.001)
+    r = run_config(_cfg(rule=rule, pipeline=False))
+    runs = r["engine"]["frames"]  # 3 (the fewest the time limit stops at) unless a run took < 0.3 ms
+    assert 3 <= runs < 8 and r["engine"]["stop"] == "time limit"
+    assert r["notes"] == [
+        f"engine-only: {runs} runs measured, fewer than --min-frames 8: the time limit per phase "
+        "(--max-seconds 0.001) came first"
+    ]
+
+
 def test_config_round_trip_and_validation() -> None:
     cfg = _cfg(scheduler="adaptive")
     assert BenchConfig.from_dict(cfg.to_dict()) == cfg

@@ -60,6 +60,17 @@ def test_a_p99_of_few_frames_says_how_few(results) -> None:
     assert "(n=" not in format_results([many])
 
 
+def test_notes_are_in_the_text_and_the_csv(results, env, tmp_path: Path) -> None:
+    """A note (a phase cut short of --min-frames, say) was in the JSON and the text only."""
+    noted = copy.deepcopy(results[0])
+    noted["notes"] = ["end-to-end: 3 frames measured, fewer than --min-frames 8: the source ended", "two"]
+    assert "  note: end-to-end: 3 frames measured, fewer than --min-frames 8" in format_results([noted])
+    path = tmp_path / "r.csv"
+    write_results_csv([noted, results[0]], env, path)
+    rows = list(csv.DictReader(path.open()))
+    assert rows[0]["notes"] == f"{noted['notes'][0]}; two" and rows[1]["notes"] == ""
+
+
 def test_the_gpu_memory_column_says_whose_allocations_it_counts(results) -> None:
     cuda = copy.deepcopy(results[0])
     cuda["memory"]["gpu_peak_mib"] = 512.0
