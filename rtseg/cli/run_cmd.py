@@ -27,6 +27,7 @@ from ..signals import Handler, restore, take
 from ..sink import Sink
 from ..sink.file import FileSink
 from ..source import Source, is_live_uri, open_source, redacted
+from ..source.uri import inapplicable
 from .common import (
     CtrlC,
     Terminated,
@@ -67,24 +68,35 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_scheduler_args(p, default="adaptive")
     s = p.add_argument_group("source")
     s.add_argument(
-        "--realtime", action="store_true", help="pace files by the wall clock, dropping late frames"
+        "--realtime",
+        action="store_true",
+        help="pace files, folders and synthetic scenes by the wall clock, dropping late frames",
     )
-    s.add_argument("--loop", action="store_true", help="restart files and folders at their end")
+    s.add_argument(
+        "--loop", action="store_true", help="restart files, folders and synthetic scenes at their end"
+    )
     s.add_argument("--rate", type=float, default=None, help="at most this many frames per second")
     s.add_argument("--resize", type=parse_size, default=None, help="resize captured frames to WxH")
-    s.add_argument("--timeout", type=float, default=10.0, help="live sources: open/read timeout, seconds")
-    s.add_argument("--reconnect", type=int, default=5, help="live sources: reconnect attempts")
+    s.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        help="cameras and network URLs: open/read timeout, seconds (default 10)",
+    )
+    s.add_argument(
+        "--reconnect", type=int, default=None, help="cameras and live streams: reconnect attempts (default 5)"
+    )
     s.add_argument(
         "--decode-threads",
         type=int,
-        default=1,
-        help="network streams: FFmpeg decoder threads, each a frame of latency (default 1; 4K H.265 "
-        "needs 2 or more; 0: one per core)",
+        default=None,
+        help="live network streams: FFmpeg decoder threads, each a frame of latency (default 1; 4K "
+        "H.265 needs 2 or more; 0: one per core)",
     )
     s.add_argument("--frames", type=positive_int, default=None, help="stop after N frames")
     o = p.add_argument_group("output")
-    o.add_argument("--mode", choices=MODES, default="overlay")
-    o.add_argument("--alpha", type=float, default=0.5, help="mask weight in overlay mode")
+    o.add_argument("--mode", choices=MODES, default=None, help="what outputs draw (default: overlay)")
+    o.add_argument("--alpha", type=float, default=None, help="mask weight in overlay mode (default 0.5)")
     o.add_argument("--legend", action="store_true")
     o.add_argument("--hud", action="store_true", help="draw FPS, latency and keyframe flag")
     o.add_argument("--stats", action="store_true", help="print the per-stage cost breakdown at the end")
@@ -166,6 +178,54 @@ def scheduler_from_args(args: argparse.Namespace) -> Scheduler:
             warp=args.warp,
             flow_stride=args.flow_stride,
             change=args.change,
+        )
+
+
+def _flag(keyword: str, value: object) -> str:
+    """An open_source keyword as the `rtseg run` flag that fills it (decode_threads: --decode-threads)."""
+    return "--" + keyword.replace("_", "-")
+
+
+def _check_source_options(args: argparse.Namespace) -> None:
+    """Refuse a source flag that the source cannot use (--loop or --realtime on a camera or stream,
+    --timeout on a local file), naming the flag, before anything opens: it did nothing, silently.
+    open_source refuses it too, naming its keyword."""
+    problem = inapplicable(args.source, _source_options(args), _flag)
+    if problem is not None:
+        raise ConfigError(problem)
+
+
+def _style(args: argparse.Namespace) -> OverlayStyle:
+    """The overlay style of --mode, --alpha, --legend and --hud; OverlayStyle's defaults for those
+    not given (left None, so that _overlay_flags can tell which were)."""
+    given = {"mode": args.mode, "alpha": args.alpha}
+    return OverlayStyle(**{k: v for k, v in given.items() if v is not None}, legend=args.legend, hud=args.hud)
+
+
+def _overlay_flags(args: argparse.Namespace) -> list[str]:
+    """The overlay flags given: they change only what sinks draw."""
+    return [
+        flag
+        for flag, given in (
+            ("--mode", args.mode is not None),
+            ("--alpha", args.alpha is not None),
+            ("--legend", args.legend),
+            ("--hud", args.hud),
+        )
+        if given
+    ]
+
+
+def _warn_undrawn(args: argparse.Namespace, sinks: list[Sink]) -> None:
+    """One line when overlay flags were given and no output draws (null:// only, or label maps):
+    they apply to the outputs that do (files, windows, zmq://), so they are not refused."""
+    flags = _overlay_flags(args)
+    if flags and not any(sink.draws for sink in sinks):
+        print(
+            f"rtseg run: warning: {', '.join(flags)} change{'s' if len(flags) == 1 else ''} only what "
+            "outputs draw, and no output here draws (null:// discards the results; "
+            "null://?overlay=1 draws, to time it)",
+            file=sys.stderr,
         )
 
 
@@ -292,8 +352,9 @@ def run(args: argparse.Namespace) -> int:
         args.sinks = args.sinks or [DEMO_OUTPUT]
     check_output(args.json, "--json")  # before the run, not after it: the summary would be lost
     try:
-        style = OverlayStyle(args.mode, args.alpha, args.legend, args.hud)  # validates before the slow load
+        style = _style(args)  # validates before the slow load
         check_model_args(args.model, args.weights)
+        _check_source_options(args)
         scheduler = scheduler_from_args(args)
     except Exception as exc:
         _failed_early(args, "options", exc, None, json_ok=None)
@@ -341,6 +402,7 @@ def _run(
             _check_compare_every(args, source)
         signals.phase = "outputs"
         sinks = open_sinks(args.sinks, source)  # a bad sink URI, too, is reported before the load
+        _warn_undrawn(args, sinks)
         json_ok = False
         _check_json(args.json, source, sinks, args)
         json_ok = True

@@ -31,6 +31,7 @@ from ..window import RecentSamples
 from .common import Terminated, positive_float, positive_int
 
 _WINDOW = "rtseg view"
+DEFAULT_OUT_FPS = 30.0  # an --out video's frame rate unless --fps says
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -79,8 +80,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--fps",
         type=positive_float,
-        default=30.0,
-        help="frame rate of --out videos; without --all each image is held until the next one "
+        default=None,
+        help="frame rate of an --out video (default 30); without --all each image is held until the next one "
         "arrives, so the video lasts as long as the recording (with --all: each image once)",
     )
     p.add_argument("--curve-keys", type=Path, default=None, help="CurveZMQ client keys folder")
@@ -189,9 +190,16 @@ def _raise_on_sigterm() -> Iterator[None]:
 def run(args: argparse.Namespace) -> int:
     if args.out is not None and not args.headless:
         raise ConfigError("--out records in headless mode: add --headless")
+    if args.fps is not None and (args.out is None or args.out.suffix.lower() not in VIDEO_FOURCC):
+        # It did nothing there, silently: the window and the printed stats have no frame rate.
+        recorded = "nothing is recorded" if args.out is None else f"{args.out} is images, not a video"
+        raise ConfigError(
+            f"--fps is the frame rate of an --out video ({'/'.join(VIDEO_FOURCC)}); here {recorded}"
+        )
     if not args.headless:
         _open_window()
-    writer = _Writer(args.out, args.fps, timed=not args.all) if args.out is not None else None
+    fps = DEFAULT_OUT_FPS if args.fps is None else args.fps
+    writer = _Writer(args.out, fps, timed=not args.all) if args.out is not None else None
     latency, transport = RecentSamples(), RecentSamples()  # a viewer may run for days
     keyframes = shown = 0
     seen_parts: set[str] = set()

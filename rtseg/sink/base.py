@@ -99,6 +99,13 @@ class Sink(ABC):
         """Write one packet; runs on the sink's thread."""
 
     @property
+    def draws(self) -> bool:
+        """Whether this sink draws the overlay (``Packet.overlay()``), so that the overlay style
+        (mode, alpha, legend, HUD) shows in what it outputs; a sink that writes only label maps
+        or nothing says False."""
+        return True
+
+    @property
     def policy(self) -> Policy:
         """The queue's policy, "drop" or "block": the one given, else the pipeline's, else
         ``standalone_policy``."""

@@ -501,6 +501,10 @@ class FileSink(Sink):
             return None
         return index
 
+    @property
+    def draws(self) -> bool:
+        return self.content != "labels"
+
     def emit(self, packet: Packet) -> None:
         if self.content == "labels":
             image = packet.result.labels

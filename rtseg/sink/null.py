@@ -13,6 +13,10 @@ class NullSink(Sink):
         self.draw = draw
         super().__init__(uri, queue_size=queue_size, policy=policy)
 
+    @property
+    def draws(self) -> bool:
+        return self.draw
+
     def emit(self, packet: Packet) -> None:
         if self.draw:
             packet.overlay()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import numbers
 import os
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit
 
@@ -51,29 +52,37 @@ def open_source(
     resize: tuple[int, int] | None = None,
     rate: float | None = None,
     realtime: bool = False,
-    reconnect: int = 5,
-    timeout: float = 10.0,
-    backoff: float = 0.5,
-    decode_threads: int = 1,
+    reconnect: int | None = None,
+    timeout: float | None = None,
+    backoff: float | None = None,
+    decode_threads: int | None = None,
     capture_factory: CaptureFactory | None = None,
 ) -> Source:
     """Open a frame source; iterate it for Frames and close it (or use ``with``).
+
+    ``reconnect``, ``timeout``, ``backoff`` and ``decode_threads`` left None take SourceOptions'
+    defaults (5 attempts, 10 s, 0.5 s, 1 thread). An option given for a source that cannot use it
+    (``loop=True`` for a camera, ``timeout`` for a local file: see ``inapplicable``) is a
+    ConfigError, raised before anything is opened, rather than ignored.
 
     ``capture_factory`` replaces how camera and live stream captures are made (a
     cv2.VideoCapture-like object per call): tests use it to simulate a device that disconnects. A
     URL to a recorded video (see ``is_recorded_video``) is a file source and does not use it.
     """
+    given = {
+        "reconnect": reconnect,
+        "timeout": timeout,
+        "backoff": backoff,
+        # max() of a str and a float is a TypeError: leave a bad backoff to SourceOptions to name
+        "backoff_max": max(backoff, 8.0) if isinstance(backoff, numbers.Real) else None,
+        "decode_threads": decode_threads,
+    }
     options = SourceOptions(
         loop=loop,
         resize=resize,
         rate=rate,
         realtime=realtime,
-        reconnect=reconnect,
-        timeout=timeout,
-        backoff=backoff,
-        # max() of a str and a float is a TypeError: leave a bad backoff to SourceOptions to name
-        backoff_max=max(backoff, 8.0) if isinstance(backoff, numbers.Real) else 8.0,
-        decode_threads=decode_threads,
+        **{k: v for k, v in given.items() if v is not None},  # SourceOptions holds the defaults
     )
     timeout = options.timeout
     try:
@@ -85,6 +94,19 @@ def open_source(
             f"source must be a path or URI given as str or os.PathLike[str], got {uri!r} "
             f"({type(uri).__name__})"
         )
+    problem = inapplicable(
+        text,
+        {
+            "loop": loop,
+            "realtime": realtime,
+            "timeout": given["timeout"],
+            "reconnect": reconnect,
+            "backoff": backoff,
+            "decode_threads": decode_threads,
+        },
+    )
+    if problem is not None:
+        raise ConfigError(problem)
     if "://" not in text:
         device = _device_uri(text)
         if device is None:
@@ -135,6 +157,103 @@ def open_source(
         ),
         secret_url=text,
     )
+
+
+# What each option of open_source that not every source can use applies to (rate and resize apply
+# to all), by the kinds of source _option_kind tells from a URI: given for another kind, such an
+# option did nothing, silently (--loop or --realtime on a stream, --timeout on a local file).
+_APPLIES: dict[str, tuple[frozenset[str], str]] = {
+    "loop": (
+        frozenset({"local", "synthetic", "recorded"}),
+        "applies to files, image folders and synthetic scenes with frames=N (restarted at their end)",
+    ),
+    "realtime": (
+        frozenset({"local", "synthetic", "endless", "recorded"}),
+        "applies to files, image folders and synthetic scenes (paced by the wall clock; a camera or "
+        "stream is paced by its producer)",
+    ),
+    "timeout": (
+        frozenset({"camera", "stream", "recorded"}),
+        "applies to cameras and network URLs (the open and read timeout)",
+    ),
+    "reconnect": (
+        frozenset({"camera", "stream"}),
+        "applies to cameras and live streams (reopened after a drop)",
+    ),
+    "backoff": (
+        frozenset({"camera", "stream"}),
+        "applies to cameras and live streams (reopened after a drop)",
+    ),
+    "decode_threads": (
+        frozenset({"stream"}),
+        "applies to live network streams, rtsp:// and http(s):// (FFmpeg's decoder threads)",
+    ),
+}
+_KIND_TEXT = {
+    "local": "a local file or image folder",
+    "synthetic": "a synthetic scene",
+    "endless": "an endless synthetic scene (no frames=N)",
+    "recorded": "a recorded video at a URL (read like a file, never reopened)",
+    "camera": "a camera",
+    "stream": "a live network stream",
+}
+
+
+def _keyword(name: str, value: object) -> str:
+    return f"{name}={value!r}"
+
+
+def inapplicable(
+    uri: str | os.PathLike[str],
+    options: Mapping[str, object],
+    name: Callable[[str, object], str] = _keyword,
+) -> str | None:
+    """Why some of ``options`` (open_source's keywords and values) do not apply to the source
+    ``uri`` names, as a message naming each with ``name(keyword, value)``; None when all apply.
+
+    An option counts as given when it is not None, and ``loop`` and ``realtime`` when true (False
+    asks for nothing). Told from the URI's text, before anything is opened; a URI open_source
+    refuses anyway (an unknown scheme) has no problem here."""
+    text = os.fspath(uri)
+    if not isinstance(text, str):
+        return None
+    kind = _option_kind(text)
+    if kind is None:
+        return None
+    wrong = [
+        f"{name(key, options[key])} {applies}"
+        for key, (kinds, applies) in _APPLIES.items()
+        if kind not in kinds and _given(key, options.get(key))
+    ]
+    if not wrong:
+        return None
+    return f"{'; '.join(wrong)}; {redacted(text)} is {_KIND_TEXT[kind]}"
+
+
+def _given(key: str, value: object) -> bool:
+    """Whether open_source's option ``key`` asks for something: loop=False and realtime=False do
+    not (they are how a source reads anyway), a value of any other option does."""
+    return bool(value) if key in ("loop", "realtime") else value is not None
+
+
+def _option_kind(text: str) -> str | None:
+    """Which of _KIND_TEXT's kinds of source ``text`` opens, for _APPLIES; None for a scheme
+    open_source does not know."""
+    if "://" not in text:
+        text = _device_uri(text) or "file://"
+    scheme, _, rest = text.partition("://")
+    scheme = scheme.lower()
+    if scheme in ("camera", "v4l2"):
+        return "camera"
+    if scheme in ("rtsp", "rtsps", "http", "https"):
+        return "recorded" if is_recorded_video(text) else "stream"
+    if scheme == "synthetic":
+        return (
+            "synthetic"
+            if "frames" in dict(parse_qsl(rest.partition("?")[2], keep_blank_values=True))
+            else "endless"
+        )
+    return "local" if scheme in SCHEMES else None
 
 
 def is_recorded_video(url: str) -> bool:

@@ -268,6 +268,10 @@ class PublisherSink(Sink):
     def destination(self) -> str:
         return f"{self.uri} (bound to {self.publisher.endpoint})"
 
+    @property
+    def draws(self) -> bool:
+        return "overlay" in self.publisher.options.parts
+
     def emit(self, packet: Packet) -> None:
         overlay = packet.overlay() if "overlay" in self.publisher.options.parts else None
         self.publisher.publish(packet.frame, packet.result, overlay)

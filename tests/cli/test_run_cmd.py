@@ -453,6 +453,57 @@ def test_the_source_options_reach_the_source(monkeypatch) -> None:
     }
 
 
+@pytest.mark.parametrize(
+    "source, flags, message",
+    [
+        (
+            "rtsp://127.0.0.1:1/x",
+            ["--loop", "--frames", "20"],
+            "--loop applies to files, image folders and synthetic scenes with frames=N (restarted "
+            "at their end); rtsp://127.0.0.1:1/x is a live network stream",
+        ),
+        ("http://127.0.0.1:1/stream.mjpg", ["--realtime"], "--realtime applies to files, image"),
+        ("camera://7", ["--decode-threads", "2"], "--decode-threads applies to live network streams"),
+        (SOURCE, ["--timeout", "3"], "--timeout applies to cameras and network URLs"),
+        (SOURCE, ["--reconnect", "2"], "--reconnect applies to cameras and live streams"),
+        (
+            SOURCE,
+            ["--decode-threads", "0"],
+            f"--decode-threads applies to live network streams, rtsp:// and "
+            f"http(s):// (FFmpeg's decoder threads); {SOURCE} is a synthetic scene",
+        ),
+        ("synthetic://drive?size=64x48", ["--loop"], "is an endless synthetic scene (no frames=N)"),
+    ],
+)
+def test_source_flags_that_do_not_apply_are_refused_before_anything_opens(
+    source: str, flags: list[str], message: str, monkeypatch, capsys
+) -> None:
+    """--loop and --realtime on a stream, and the stream flags on a local or synthetic source, were
+    accepted and did nothing. Refused, naming the flag, before the source opens."""
+
+    def no_open(*args, **kwargs):
+        raise AssertionError("the source was opened before its options were checked")
+
+    monkeypatch.setattr(run_cmd, "open_source", no_open)
+    rc = main(["run", source, "null://", *flags])
+    err = capsys.readouterr().err
+    assert rc == 2 and "rtseg run: error: " in err and message in err
+
+
+def test_overlay_flags_with_no_output_that_draws_are_warned_about(weights: Path, capsys) -> None:
+    """--hud with only null:// did nothing, silently; they apply to the outputs that draw."""
+    rc = main(
+        ["run", SOURCE, "null://", *_args(weights), "--frames", "1", "--quiet", "--hud", "--alpha", "1"]
+    )
+    err = capsys.readouterr().err
+    assert rc == 0
+    assert "rtseg run: warning: --alpha, --hud change only what outputs draw, and no output here draws" in err
+    rc = main(["run", SOURCE, "null://?overlay=1", *_args(weights), "--frames", "1", "--quiet", "--hud"])
+    assert rc == 0 and "warning" not in capsys.readouterr().err
+    rc = main(["run", SOURCE, "null://", *_args(weights), "--frames", "1", "--quiet"])
+    assert rc == 0 and "warning" not in capsys.readouterr().err
+
+
 def test_a_model_without_shipped_weights_asks_for_weights_in_the_commands_terms(monkeypatch, capsys) -> None:
     # it gave the Python API's "Segmenter('enet') needs weights=: ... pass rtseg.models.get_model"
     def no_open(*args, **kwargs):

@@ -194,6 +194,22 @@ def test_an_unusable_out_is_refused_before_waiting(
     assert time.monotonic() - t0 < 2 and f"--out {tmp_path / name}: " in err and message in err
 
 
+@pytest.mark.parametrize(
+    ("out", "said"), [(None, "here nothing is recorded"), ("frames/%06d.png", "frames/%06d.png is images")]
+)
+def test_fps_without_a_video_out_is_refused(
+    out: str | None, said: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """--fps is the frame rate of an --out video: without one it did nothing, silently."""
+    argv = ["view", f"zmq://{_endpoint()}", "--headless", "--fps", "10", "--timeout", "5"]
+    t0 = time.monotonic()
+    assert main(argv + ([] if out is None else ["--out", str(tmp_path / out)])) == 2
+    err = capsys.readouterr().err
+    assert time.monotonic() - t0 < 2
+    assert "rtseg view: error: --fps is the frame rate of an --out video (.mp4/.m4v/.mov/.mkv/.avi)" in err
+    assert said in err
+
+
 def test_out_needs_headless(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     assert main(["view", f"zmq://{_endpoint()}", "--out", str(tmp_path / "x.mp4")]) == 2
     assert "--headless" in capsys.readouterr().err

@@ -89,8 +89,110 @@ def test_timeout_bounds_are_whole_milliseconds_ffmpeg_takes() -> None:
     assert timeout_ms(MIN_TIMEOUT_S) == 1  # the smallest accepted is 1 ms, never 0
     assert timeout_ms(0.0019) == 1
     assert timeout_ms(MAX_TIMEOUT_S) in (2**31 - 2, 2**31 - 1)
-    with open_source("synthetic://drive?size=64x48&frames=1", timeout=MIN_TIMEOUT_S) as src:
+    with open_source("camera://0", timeout=MIN_TIMEOUT_S, capture_factory=_OneFrame) as src:
         assert src.options.timeout == MIN_TIMEOUT_S
+
+
+class _OneFrame:
+    """A capture that opens and gives one frame, then ends: a camera for options that only
+    cameras and streams take."""
+
+    def __init__(self) -> None:
+        self.left = 1
+
+    def isOpened(self) -> bool:
+        return True
+
+    def read(self) -> tuple[bool, np.ndarray | None]:
+        self.left -= 1
+        return (True, np.zeros((48, 64, 3), np.uint8)) if self.left >= 0 else (False, None)
+
+    def get(self, prop: int) -> float:
+        return 0.0
+
+    def release(self) -> None:
+        pass
+
+
+def _never_opened() -> None:
+    raise AssertionError("the source was opened although its options were refused")
+
+
+@pytest.mark.parametrize(
+    "uri, options, message",
+    [
+        (
+            "rtsp://admin:s3cret@127.0.0.1:1/x",
+            {"loop": True},
+            r"^loop=True applies to files, image folders and synthetic scenes with frames=N \(restarted at "
+            r"their end\); rtsp://admin:\*\*\*@127\.0\.0\.1:1/x is a live network stream$",
+        ),
+        ("http://127.0.0.1:1/stream.mjpg", {"realtime": True}, r"^realtime=True applies to files, .*stream"),
+        (
+            "camera://0",
+            {"loop": True, "realtime": True},
+            r"^loop=True .*; realtime=True .*; camera://0 is a camera$",
+        ),
+        ("v4l2:///dev/video0", {"decode_threads": 2}, r"^decode_threads=2 applies to live network streams"),
+        ("camera://0", {"decode_threads": 0}, r"decode_threads=0 applies .*camera://0 is a camera"),
+        (
+            "synthetic://drive?size=64x48&frames=3",
+            {"timeout": 5.0},
+            r"^timeout=5\.0 applies to cameras and network URLs .*"
+            r"synthetic://drive\?size=64x48&frames=3 is a synthetic scene$",
+        ),
+        (
+            "synthetic://drive?size=64x48",
+            {"reconnect": 2},
+            r"^reconnect=2 applies to cameras and live streams",
+        ),
+        (
+            "synthetic://drive?size=64x48",
+            {"backoff": 1.0},
+            r"^backoff=1\.0 applies to cameras and live streams",
+        ),
+        # an endless scene has no end to restart at
+        ("synthetic://drive?size=64x48", {"loop": True}, r"is an endless synthetic scene \(no frames=N\)$"),
+        # a recorded video at a URL is read like a file: never reopened, its decoder FFmpeg's default
+        ("http://127.0.0.1:1/clip.mp4", {"reconnect": 3}, r"clip\.mp4 is a recorded video at a URL"),
+        ("http://127.0.0.1:1/clip.mp4", {"decode_threads": 2}, r"^decode_threads=2 applies"),
+    ],
+)
+def test_options_that_do_not_apply_to_the_source_are_refused_before_it_opens(
+    uri: str, options: dict, message: str
+) -> None:
+    """They were accepted and did nothing: loop and realtime on a camera or stream (a LiveSource
+    reads neither), timeout, reconnect and decode_threads on a local or synthetic source."""
+    with pytest.raises(ConfigError, match=message) as err:
+        open_source(uri, capture_factory=_never_opened, **options)  # type: ignore[arg-type]
+    assert "s3cret" not in str(err.value)
+
+
+def test_options_that_do_not_apply_to_a_local_file_are_refused(tmp_path) -> None:
+    image = tmp_path / "f.png"
+    cv2.imwrite(str(image), np.zeros((8, 8, 3), np.uint8))
+    with pytest.raises(
+        ConfigError, match=rf"^timeout=3 applies .*; {image} is a local file or image folder$"
+    ):
+        open_source(image, timeout=3)
+
+
+@pytest.mark.parametrize(
+    "uri, options",
+    [
+        ("synthetic://drive?size=64x48&frames=2", {"loop": True, "realtime": True, "rate": 30.0}),
+        ("synthetic://drive?size=64x48&frames=2", {"loop": False, "realtime": False}),  # asks for nothing
+        (
+            "synthetic://drive?size=64x48&frames=2",
+            {"timeout": None, "reconnect": None, "decode_threads": None},
+        ),
+        ("camera://0", {"timeout": 2.0, "reconnect": 0, "backoff": 0.01, "rate": 30.0, "resize": (32, 24)}),
+        ("rtsp://127.0.0.1:1/x", {"timeout": 2.0, "reconnect": 0, "decode_threads": 2, "loop": False}),
+    ],
+)
+def test_options_that_apply_are_taken(uri: str, options: dict) -> None:
+    with open_source(uri, capture_factory=_OneFrame, **options) as src:
+        assert next(src).image is not None
 
 
 def test_zero_milliseconds_never_reach_opencv(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -109,7 +211,6 @@ def test_zero_milliseconds_never_reach_opencv(monkeypatch: pytest.MonkeyPatch) -
     [
         ({"rate": "5"}, r"rate must be None or a positive finite number of frames per second, got '5'"),
         ({"rate": True}, r"rate must be None or a positive finite number .*got True"),
-        ({"timeout": None}, r"timeout must be a number of seconds from 0\.001 .*got None"),
         ({"timeout": "5"}, r"timeout must be a number of seconds from 0\.001 .*got '5'"),
         ({"backoff": "1"}, r"backoff must be a finite number of seconds, got '1'"),
         ({"backoff": float("nan")}, r"backoff must be a finite number of seconds, got nan"),
