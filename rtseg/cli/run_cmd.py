@@ -75,7 +75,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument(
         "--loop", action="store_true", help="restart files, folders and synthetic scenes at their end"
     )
-    s.add_argument("--rate", type=float, default=None, help="at most this many frames per second")
+    s.add_argument(
+        "--rate",
+        type=float,
+        default=None,
+        # Not "per second" alone: a file at --rate 5 still ran at 42 FPS, as fast as it segments.
+        help="keep at most this many frames per second of media time for files, folders and synthetic "
+        "scenes (they still run as fast as they are segmented: add --realtime to pace them by the "
+        "wall clock), per second of wall-clock time for cameras and streams",
+    )
     s.add_argument("--resize", type=parse_size, default=None, help="resize captured frames to WxH")
     s.add_argument(
         "--timeout",

@@ -504,6 +504,16 @@ def test_overlay_flags_with_no_output_that_draws_are_warned_about(weights: Path,
     assert rc == 0 and "warning" not in capsys.readouterr().err
 
 
+def test_the_rate_help_says_it_is_media_time_for_files(capsys) -> None:
+    """It said "at most this many frames per second": a file at --rate 5 ran at 42 FPS (the rate
+    thins media time; --realtime paces by the wall clock)."""
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--rate RATE keep at most this many frames per second of media time for files" in text
+    assert "add --realtime to pace them by the wall clock), per second of wall-clock time for cameras" in text
+
+
 def test_a_model_without_shipped_weights_asks_for_weights_in_the_commands_terms(monkeypatch, capsys) -> None:
     # it gave the Python API's "Segmenter('enet') needs weights=: ... pass rtseg.models.get_model"
     def no_open(*args, **kwargs):
