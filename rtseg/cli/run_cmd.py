@@ -310,9 +310,14 @@ def _check_compare_every(args: argparse.Namespace, source: Source) -> None:
 
 
 # SIGTERM (a service manager's stop) ends a run successfully, in every phase, as for `rtseg view`,
-# `serve` and `train` (README); Ctrl-C is 130.
+# `serve` and `train` (README); Ctrl-C is 130. An output that failed on frames or on closing is 1,
+# an error that ended the run 2 (the CLI's for an RtsegError), anything else (a bug, raised as it
+# is) Python's 1. The --json report's "exit_status" says which.
 SIGTERM_STATUS = 0
 CTRL_C_STATUS = 130
+OUTPUT_FAILED_STATUS = 1
+ERROR_STATUS = 2
+CRASH_STATUS = 1
 # The phases of a run, as the stop message names them (the --json report's "stopped.phase" is the key).
 PHASES = {
     "options": "while checking the options",
@@ -507,6 +512,7 @@ def _run(
                 **_report(stats),
                 "engine": _engine_report(engine.info, scheduler),
                 "complete": False,
+                "exit_status": CRASH_STATUS,
                 "error": f"{type(crash).__name__}: {crash}",
             }
             _write_json(args.json, report)
@@ -527,7 +533,18 @@ def _run(
         print(stats.format_costs())
     report = _report(stats)
     report["engine"] = _engine_report(engine.info, scheduler)
-    report["complete"] = not (interrupted or terminated or error is not None)
+    if error is not None:
+        status = ERROR_STATUS
+    elif interrupted:
+        status = CTRL_C_STATUS
+    elif any(s.errors for s in stats.sinks.values()):
+        status = OUTPUT_FAILED_STATUS
+    else:
+        status = SIGTERM_STATUS if terminated else 0
+    # Ran to its end (the source's or --frames) with every output whole: not a run that exits 1
+    # because its outputs refused every frame (a file size limit), nor one stopped by SIGTERM (0).
+    report["complete"] = status == 0 and not terminated
+    report["exit_status"] = status
     if interrupted or terminated:
         report["stopped"] = {"by": "Ctrl-C" if interrupted else "SIGTERM", "phase": "main"}
     if error is not None:
@@ -571,11 +588,7 @@ def _run(
         return 2
     if error is not None:
         raise error  # after the summary and the JSON: the CLI prints it as one line, exit status 2
-    if interrupted:
-        return CTRL_C_STATUS
-    if any(s.errors for s in stats.sinks.values()):
-        return 1
-    return SIGTERM_STATUS if terminated else 0
+    return status
 
 
 def _close(sinks: list[Sink], source: Source | None, seg: Segmenter | None, engine: Engine | None) -> None:
@@ -629,6 +642,7 @@ def _stopped_early(
     """A Ctrl-C or SIGTERM before the main pass: one line naming the phase, what the first pass had
     measured, and a --json report marked incomplete."""
     detail, report = _early_report(reference)
+    report["exit_status"] = CTRL_C_STATUS if by == "Ctrl-C" else SIGTERM_STATUS
     report["stopped"] = {"by": by, "phase": phase}
     print(f"rtseg run: stopped ({by}) {PHASES[phase]}: {detail}", file=sys.stderr)
     if args.json:
@@ -648,6 +662,7 @@ def _failed_early(
     fails in the --compare-every first pass): what the first pass had measured, as after a
     Ctrl-C, and a --json report saying what failed; the caller then raises the error itself."""
     detail, report = _early_report(reference)
+    report["exit_status"] = ERROR_STATUS if isinstance(error, RtsegError) else CRASH_STATUS
     report["error"] = str(error) if isinstance(error, RtsegError) else f"{type(error).__name__}: {error}"
     report["stopped"] = {"by": "error", "phase": phase}
     if reference is not None and reference.labels:

@@ -75,7 +75,7 @@ def test_file_output_stats_and_json(weights: Path, tmp_path: Path, capsys) -> No
     assert data["sinks"][str(out)]["last_error"] is None and data["sinks"][str(out)]["emit_ms"] > 0
     assert data["sinks"][str(out)]["close_error"] is None
     assert data["worker_deep_ms"] == 0  # no async worker here
-    assert data["complete"] is True and "stopped" not in data
+    assert data["complete"] is True and data["exit_status"] == 0 and "stopped" not in data
     # What produced the numbers (an int8 run's report read the same as an fp32 one's)
     engine = data["engine"]
     assert engine["model"] == "espnet" and engine["precision"] == "fp32" and engine["device"] == "cpu"
@@ -95,6 +95,22 @@ def test_the_report_says_why_a_sink_failed(weights: Path, tmp_path: Path, capsys
     sink = json.loads(report.read_text())["sinks"][str(out)]
     assert sink["written"] == 2 and sink["errors"] == 1
     assert "a 140x100 frame in a 160x96 video was skipped" in sink["last_error"]
+
+
+def test_a_run_whose_output_took_no_frame_is_not_complete(
+    weights: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """Under `ulimit -f` a video refused every frame and the run exited 1, its report saying
+    "complete": true: complete is false whenever the exit status is not 0, which it says."""
+    import rtseg.sink.file as file_sink
+
+    monkeypatch.setattr(file_sink, "file_size_limit", lambda folder: 1000)
+    out, report = tmp_path / "o.mp4", tmp_path / "r.json"
+    rc = main(["run", SOURCE, str(out), *_args(weights), "--json", str(report), "--quiet"])
+    assert rc == 1 and f"nothing written to {out}" in capsys.readouterr().out
+    data = json.loads(report.read_text())
+    assert data["frames"] == 6 and data["sinks"][str(out)]["errors"] == 6
+    assert data["complete"] is False and data["exit_status"] == 1 and "stopped" not in data
 
 
 def test_two_sinks_with_one_uri_are_both_reported(weights: Path, tmp_path: Path, capsys) -> None:
@@ -303,6 +319,7 @@ def test_sigterm_stops_after_the_frame_with_a_valid_file(
     data = json.loads(report.read_text())
     assert data["frames"] == 3  # what was done is kept, and not presented as a complete run
     assert data["complete"] is False and data["stopped"] == {"by": "SIGTERM", "phase": "main"}
+    assert data["exit_status"] == 0
     assert signal.getsignal(signal.SIGTERM) == before
 
 
@@ -336,7 +353,7 @@ def test_a_bad_image_mid_folder_keeps_and_reports_what_was_done(
     assert "2 frames" in captured.out and f"wrote {out} (2 frames)" in captured.out
     data = json.loads(report.read_text())
     assert _frames(out) == 2 and data["frames"] == 2
-    assert data["complete"] is False and "a2.png" in data["error"]
+    assert data["complete"] is False and "a2.png" in data["error"] and data["exit_status"] == 2
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "x"])
@@ -703,6 +720,7 @@ def test_a_signal_while_the_engine_loads_stops_cleanly(
     assert "Traceback" not in err
     data = json.loads(report.read_text())
     assert data["complete"] is False and data["stopped"] == {"by": by, "phase": "engine"}
+    assert data["exit_status"] == code
     assert data["frames"] == 0 and not out.exists()
 
 
@@ -837,7 +855,7 @@ def test_a_run_that_fails_before_its_main_pass_leaves_no_stale_report(
     assert rc == 2 and "rtseg run: error:" in err and message in err
     data = json.loads(report.read_text())
     assert data["complete"] is False and data["frames"] == 0 and message in data["error"]
-    assert data["stopped"] == {"by": "error", "phase": phase}
+    assert data["stopped"] == {"by": "error", "phase": phase} and data["exit_status"] == 2
 
 
 def test_a_failed_start_does_not_write_its_report_over_a_file_that_is_no_report(
@@ -961,6 +979,7 @@ def test_an_unexpected_failure_mid_run_leaves_no_stale_report(
         main(["run", SOURCE, "null://", *_args(weights), "--json", str(report), "--quiet"])
     data = json.loads(report.read_text())
     assert data["complete"] is False and data["frames"] == 2 and data["error"] == "RuntimeError: a bug"
+    assert data["exit_status"] == 1  # Python's, for the traceback
 
 
 def test_device_calibration_and_engine_dir_reach_the_engine(
