@@ -156,8 +156,18 @@ FAT_FILE_LIMIT = 2**32 - 1  # FAT32: SD cards and USB sticks, dashcam and robot 
 FAT_TYPES = frozenset({"vfat", "msdos", "fat"})
 
 
-def check_room_for_frame(video: Path, image: np.ndarray) -> None:
-    """SinkError when the disk holding ``video`` has no room for another frame and the index.
+def _kept(frames: int, condition: str = "") -> str:
+    """What a video refusing a frame still holds: said of the ``frames`` already in it, and only
+    when there are some (a video that refused its first frame has nothing to stay readable)."""
+    if not frames:
+        return "nothing is written yet"
+    held = "the 1 frame already in it stays" if frames == 1 else f"the {frames} frames already in it stay"
+    return f"{held} readable{condition}"
+
+
+def check_room_for_frame(video: Path, image: np.ndarray, frames: int) -> None:
+    """SinkError when the disk holding ``video`` has no room for another frame and the index;
+    ``frames``: how many the video holds already.
 
     OpenCV's VideoWriter reports no write errors: on a full disk it logs and goes on, and the
     video silently lacks frames (or, unclosable, its index and with it every frame)."""
@@ -169,7 +179,7 @@ def check_room_for_frame(video: Path, image: np.ndarray) -> None:
         raise SinkError(
             f"{video}: too little free space for another frame ({free / 2**20:.1f} MiB free, "
             f"{need / 2**20:.1f} MiB needed: 2 frames and 1 MiB for the video's index, written when it "
-            "is closed): frame skipped; the frames before it stay readable if the index still fits then"
+            f"is closed): frame skipped; {_kept(frames, ' if the index still fits then')}"
         )
 
 
@@ -222,8 +232,8 @@ def check_size_limit(video: Path, image: np.ndarray, frames: int, limit: int | N
     if size + UNWRITTEN_BYTES + 2 * image.nbytes + index > limit:
         raise SinkError(
             f"{video}: the file size limit ({limit / 2**20:.1f} MiB: ulimit -f, or FAT's 4 GiB) is "
-            "reached: frame skipped; the frames before it stay readable (write an image pattern, "
-            "or split the recording)"
+            f"reached: frame skipped; {_kept(frames)} (write an image pattern, "
+            + ("or split the recording)" if frames else "or raise the limit)")
         )
 
 
@@ -298,7 +308,7 @@ class VideoFile:
                     "image pattern such as out/%06d.png)"
                 )
             image = cv2.resize(image, self.size, interpolation=cv2.INTER_AREA)
-        check_room_for_frame(self.path, image)
+        check_room_for_frame(self.path, image, self.frames)
         check_size_limit(self.path, image, self.frames, self._size_limit)
         self._writer.write(image)
         self.frames += 1

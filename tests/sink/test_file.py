@@ -202,7 +202,7 @@ def test_a_full_disk_is_reported_and_the_video_keeps_its_frames(
     # Not "the disk is full" (the reserve is refused first), and readable only if the index fits.
     assert "too little free space for another frame (0.0 MiB free, " in stats.last_error
     assert "2 frames and 1 MiB for the video's index" in stats.last_error
-    assert "the frames before it stay readable if the index still fits then" in stats.last_error
+    assert "the 5 frames already in it stay readable if the index still fits then" in stats.last_error
     assert len(_read_all(path)) == 5
 
 
@@ -326,7 +326,34 @@ def test_the_file_size_limit_skips_frames_and_keeps_the_video_readable(
     video.close()
     assert 0 < video.frames < 120 and len(errors) == 120 - video.frames
     assert "the file size limit (1.5 MiB" in errors[0] and "frame skipped" in errors[0]
+    assert f"the {video.frames} frames already in it stay readable (write an image pattern" in errors[0]
     assert len(_read_all(path)) == video.frames and path.stat().st_size < 1_600_000
+
+
+def test_a_video_that_refuses_its_first_frame_does_not_say_frames_stay_readable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under a limit below one frame every frame was refused with "the frames before it stay
+    readable", and nothing was written."""
+    import shutil
+
+    import rtseg.sink.file as file_sink
+
+    image = np.zeros((240, 320, 3), np.uint8)
+    monkeypatch.setattr(file_sink, "file_size_limit", lambda folder: 1000)
+    video = file_sink.VideoFile(tmp_path / "none.mp4", 10.0)
+    with pytest.raises(
+        SinkError,
+        match=r"frame skipped; nothing is written yet \(write an image pattern, or raise the limit\)$",
+    ):
+        video.write(image)
+    video.close()
+    full = shutil.disk_usage(tmp_path)._replace(free=4096)
+    monkeypatch.setattr(file_sink.shutil, "disk_usage", lambda folder: full)
+    with pytest.raises(SinkError, match=r"frame skipped; nothing is written yet$"):
+        file_sink.check_room_for_frame(tmp_path / "none.mp4", image, 0)
+    with pytest.raises(SinkError, match=r"frame skipped; the 1 frame already in it stays readable if"):
+        file_sink.check_room_for_frame(tmp_path / "none.mp4", image, 1)
 
 
 _RLIMIT_SCRIPT = """
