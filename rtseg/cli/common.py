@@ -282,7 +282,13 @@ def add_engine_place_args(parser: argparse.ArgumentParser) -> None:
 
 
 def engine_place(args: argparse.Namespace) -> dict[str, Any]:
-    """The options ``add_engine_place_args`` parsed, as rtseg.engine.load takes them."""
+    """The options ``add_engine_place_args`` parsed, as rtseg.engine.load takes them; --calibration
+    without --precision int8 is refused in those terms (the backends name calibration= and the
+    precision, not the flags)."""
+    if args.calibration is not None and args.precision != "int8":
+        raise ConfigError(
+            f"--calibration applies to int8 engines (--precision int8), not --precision {args.precision}"
+        )
     return {"device": args.device, "calibration": args.calibration, "engine_dir": args.engine_dir}
 
 

@@ -62,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
     # Writing artifacts is the command's whole job: with an unwritable cache, auto would skip
     # every exported backend, pick torch and exit 0 having written nothing.
     ArtifactCache(args.engine_dir).check_writable()
+    place = engine_place(args)  # its checks before the model loads
     net = load_model(args.model, args.weights)
     options = {"exporter": args.exporter} if args.backend in ("onnxruntime", "openvino", "auto") else {}
     if args.backend == "tensorrt":
@@ -72,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
         net,
         backend=args.backend,
         precision=args.precision,
-        **engine_place(args),
+        **place,
         input_size=args.size,  # None: the weights' size, which load() names if unusable
         **options,
     )

@@ -27,6 +27,7 @@ from ..signals import Handler, restore, take
 from ..sink import Sink
 from ..sink.file import FileSink
 from ..source import Source, is_live_uri, open_source, redacted
+from ..source.base import MAX_TIMEOUT_S, MIN_TIMEOUT_S
 from ..source.uri import inapplicable
 from .common import (
     CtrlC,
@@ -38,14 +39,27 @@ from .common import (
     engine_place,
     output_file,
     parse_size,
+    positive_float,
     positive_int,
+    ranged,
     refuse_overwrites,
     scheduler_flags,
+    whole_number,
 )
 
 DEMO_SOURCE = "synthetic://drive?size=1280x720&fps=30&seed=0&frames=90"
 DEMO_OUTPUT = "out/demo.mp4"
 REPORT_MAX_BYTES = 1 << 20  # a --json report is a few KiB; a larger file is something else
+
+# Ranges checked by argparse, so that an error names the flag (argument --timeout: ...), not the
+# SourceOptions or OverlayStyle field it fills (SourceOptions checks them again for the Python API).
+_timeout = ranged(
+    float,
+    f"a number of seconds from {MIN_TIMEOUT_S:g} to {MAX_TIMEOUT_S:.3f} (FFmpeg takes int32 milliseconds)",
+    lambda v: MIN_TIMEOUT_S <= v <= MAX_TIMEOUT_S,
+)
+_decode_threads = ranged(int, "a whole number from 0 (one per core) to 64", lambda v: 0 <= v <= 64)
+_alpha = ranged(float, "a number from 0 to 1", lambda v: 0 <= v <= 1)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -77,7 +91,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     s.add_argument(
         "--rate",
-        type=float,
+        type=positive_float,
         default=None,
         # Not "per second" alone: a file at --rate 5 still ran at 42 FPS, as fast as it segments.
         help="keep at most this many frames per second of media time for files, folders and synthetic "
@@ -87,16 +101,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--resize", type=parse_size, default=None, help="resize captured frames to WxH")
     s.add_argument(
         "--timeout",
-        type=float,
+        type=_timeout,
         default=None,
         help="cameras and network URLs: open/read timeout, seconds (default 10)",
     )
     s.add_argument(
-        "--reconnect", type=int, default=None, help="cameras and live streams: reconnect attempts (default 5)"
+        "--reconnect",
+        type=whole_number,
+        default=None,
+        help="cameras and live streams: reconnect attempts (default 5)",
     )
     s.add_argument(
         "--decode-threads",
-        type=int,
+        type=_decode_threads,
         default=None,
         help="live network streams: FFmpeg decoder threads, each a frame of latency (default 1; 4K "
         "H.265 needs 2 or more; 0: one per core)",
@@ -104,7 +121,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--frames", type=positive_int, default=None, help="stop after N frames")
     o = p.add_argument_group("output")
     o.add_argument("--mode", choices=MODES, default=None, help="what outputs draw (default: overlay)")
-    o.add_argument("--alpha", type=float, default=None, help="mask weight in overlay mode (default 0.5)")
+    o.add_argument("--alpha", type=_alpha, default=None, help="mask weight in overlay mode (default 0.5)")
     o.add_argument("--legend", action="store_true")
     o.add_argument("--hud", action="store_true", help="draw FPS, latency and keyframe flag")
     o.add_argument("--stats", action="store_true", help="print the per-stage cost breakdown at the end")
@@ -368,6 +385,7 @@ def run(args: argparse.Namespace) -> int:
         style = _style(args)  # validates before the slow load
         check_model_args(args.model, args.weights)
         _check_source_options(args)
+        engine_place(args)  # refuses --calibration without --precision int8 now, not after opening
         scheduler = scheduler_from_args(args)
     except Exception as exc:
         _failed_early(args, "options", exc, None, json_ok=None)

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from ..engine import BACKENDS, load
+from ..errors import ConfigError
 from ..schedule import Scheduler, make_scheduler
 from ..signals import restore, take
 from ..stream.curve import check_server_keys
@@ -172,7 +173,19 @@ def run(args: argparse.Namespace) -> int:
                 warp=args.warp,
             )
 
+    # make_scheduler names "the adaptive and async schedulers"; serve has no async
+    adaptive_only = [
+        f
+        for f, v in (("--threshold", args.threshold), ("--max-interval", args.max_interval))
+        if v is not None
+    ]
+    if args.scheduler != "adaptive" and adaptive_only:
+        raise ConfigError(
+            f"{' and '.join(adaptive_only)} appl{'ies' if len(adaptive_only) == 1 else 'y'} only to "
+            f"--scheduler adaptive, not {args.scheduler}"
+        )
     scheduler().close()  # a bad combination of options fails here, before the model loads
+    place = engine_place(args)
     check_endpoint(args.bind, bind=True)
     if args.curve_keys is not None:
         check_server_keys(args.curve_keys)
@@ -184,7 +197,7 @@ def run(args: argparse.Namespace) -> int:
                 backend=args.backend,
                 precision=args.precision,
                 input_size=args.size,
-                **engine_place(args),
+                **place,
             )
             engine.warmup(2)
     except Terminated:

@@ -48,7 +48,9 @@ def make_scheduler(
         "change_feature": change_feature,
         "change_pool": change_pool,
     }
-    given = sorted(k for k, v in adaptive_only.items() if v is not None)
+    # change with its value: a bare "change" is a word of prose too, which the CLI cannot tell
+    # from the keyword (it names it --change flow)
+    given = sorted(f"change={v!r}" if k == "change" else k for k, v in adaptive_only.items() if v is not None)
     if name not in ("adaptive", "async") and given:
         verb = "applies" if len(given) == 1 else "apply"
         raise ConfigError(

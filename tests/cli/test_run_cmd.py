@@ -356,6 +356,38 @@ def test_a_bad_image_mid_folder_keeps_and_reports_what_was_done(
     assert data["complete"] is False and "a2.png" in data["error"] and data["exit_status"] == 2
 
 
+@pytest.mark.parametrize(
+    "flag, value, message",
+    [
+        ("--rate", "0", "argument --rate: expected a finite number > 0, got 0"),
+        ("--rate", "inf", "argument --rate: expected a finite number > 0, got inf"),
+        ("--alpha", "2", "argument --alpha: expected a number from 0 to 1, got 2"),
+        ("--alpha", "nan", "argument --alpha: expected a number from 0 to 1, got nan"),
+        (
+            "--timeout",
+            "0",
+            "argument --timeout: expected a number of seconds from 0.001 to 2147483.647 (FFmpeg takes "
+            "int32 milliseconds), got 0",
+        ),
+        ("--reconnect", "-1", "argument --reconnect: expected a whole number >= 0, got -1"),
+        (
+            "--decode-threads",
+            "-1",
+            "argument --decode-threads: expected a whole number from 0 (one per core)",
+        ),
+        ("--decode-threads", "65", "to 64, got 65"),
+    ],
+)
+def test_source_and_overlay_values_are_refused_naming_the_flag(
+    flag: str, value: str, message: str, capsys
+) -> None:
+    """They were SourceOptions' and OverlayStyle's messages: "rate must be None or a positive
+    finite number", "OverlayStyle.alpha must be ...", "decode_threads must be ..."."""
+    with pytest.raises(SystemExit) as info:
+        main(["run", "rtsp://127.0.0.1:1/x", "null://", flag, value])
+    assert info.value.code == 2 and message in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("value", ["0", "-1", "x"])
 def test_frames_must_be_a_positive_count(value: str, capsys) -> None:
     with pytest.raises(SystemExit) as info:
@@ -387,7 +419,15 @@ def test_bare_rtseg_is_the_demo(tmp_path: Path, monkeypatch, capsys) -> None:
         (["run", "ftp://x/y.mp4", "null://"], "unsupported source scheme"),
         (["run", SOURCE, "out.gif"], "cannot tell the format"),
         (["run", SOURCE, "null://", "--scheduler", "every", "--interval", "3"], "--interval applies"),
-        (["run", SOURCE, "null://", "--alpha", "2"], "alpha"),
+        # a bare "change" was left as make_scheduler's keyword
+        (
+            ["run", SOURCE, "null://", "--scheduler", "every", "--change", "flow"],
+            "error: --change flow applies only to the adaptive and async schedulers, not to 'every'",
+        ),
+        (
+            ["run", SOURCE, "null://", "--backend", "onnxruntime", "--calibration", "l.txt"],
+            "error: --calibration applies to int8 engines (--precision int8), not --precision fp32",
+        ),
         # the flags, not make_scheduler's keywords (flow_stride, max_interval)
         (["run", SOURCE, "null://", "--no-warp", "--flow-stride", "8"], "--flow-stride applies"),
         (["run", SOURCE, "null://", "--scheduler", "adaptive", "--max-interval", "0"], "--max-interval must"),
@@ -832,7 +872,7 @@ def test_json_over_an_input_or_an_output_is_refused_before_the_engine_loads(
         ("bad sink", "outputs", "cannot tell the format"),
         ("missing source", "source", "no such file or folder"),
         ("missing weights", "engine", "nonexistent.pt"),
-        ("bad option", "options", "alpha"),
+        ("bad option", "options", "--interval applies to the clockwork scheduler"),
     ],
 )
 def test_a_run_that_fails_before_its_main_pass_leaves_no_stale_report(
@@ -849,7 +889,7 @@ def test_a_run_that_fails_before_its_main_pass_leaves_no_stale_report(
     elif case == "missing weights":
         argv[argv.index("--weights") + 1] = str(tmp_path / "nonexistent.pt")
     else:
-        argv += ["--alpha", "2"]
+        argv += ["--scheduler", "every", "--interval", "3"]
     rc = main(argv)
     err = capsys.readouterr().err
     assert rc == 2 and "rtseg run: error:" in err and message in err
@@ -994,7 +1034,7 @@ def test_device_calibration_and_engine_dir_reach_the_engine(
 
     monkeypatch.setattr(run_cmd, "load_engine", record)
     calibration = tmp_path / "list.txt"
-    argv = [*_args(weights), "--device", "cuda:1", "--calibration", str(calibration)]
+    argv = [*_args(weights), "--device", "cuda:1", "--precision", "int8", "--calibration", str(calibration)]
     rc = main(["run", SOURCE, "null://", *argv, "--engine-dir", str(tmp_path / "e"), "--quiet"])
     assert rc == 2 and "recorded" in capsys.readouterr().err
     assert seen["device"] == "cuda:1" and seen["calibration"] == calibration

@@ -85,6 +85,19 @@ def test_a_sigterm_while_the_model_loads_is_a_clean_stop(
         # make_scheduler's keywords, as rtseg run names them: flags, not max_interval or warp=True
         (["--scheduler", "adaptive", "--max-interval", "0"], "error: --max-interval must be >= 1, got 0"),
         (["--scheduler", "every", "--warp"], "error: --warp (the flow warp) needs cached deep features"),
+        # make_scheduler's "the adaptive and async schedulers": serve has no async
+        (
+            ["--scheduler", "clockwork", "--threshold", "0.1"],
+            "error: --threshold applies only to --scheduler adaptive, not clockwork",
+        ),
+        (
+            ["--max-interval", "0", "--threshold", "0"],
+            "error: --threshold and --max-interval apply only to --scheduler adaptive, not clockwork",
+        ),
+        (
+            ["--calibration", "l.txt", "--precision", "fp16"],
+            "error: --calibration applies to int8 engines (--precision int8), not --precision fp16",
+        ),
     ],
 )
 def test_bad_options_are_refused_before_loading(
@@ -210,7 +223,7 @@ def test_device_calibration_and_engine_dir_reach_the_engine(
 
     monkeypatch.setattr(serve_cmd, "load_model", lambda model, weights: None)
     monkeypatch.setattr(serve_cmd, "load", load)
-    argv = ["serve", "--device", "cuda:1", "--calibration", str(tmp_path / "l.txt")]
+    argv = ["serve", "--device", "cuda:1", "--precision", "int8", "--calibration", str(tmp_path / "l.txt")]
     assert main([*argv, "--engine-dir", str(tmp_path / "e")]) == 2
     assert "recorded" in capsys.readouterr().err
     assert seen["device"] == "cuda:1" and seen["calibration"] == tmp_path / "l.txt"

@@ -158,6 +158,8 @@ def test_make_scheduler_validates() -> None:
         make_scheduler("adaptive", interval=3)
     with pytest.raises(ConfigError, match="threshold applies only to the adaptive"):
         make_scheduler("clockwork", threshold=0.1)
+    with pytest.raises(ConfigError, match=r"^change='flow', threshold apply only to the adaptive and async"):
+        make_scheduler("every", threshold=0.1, change="flow")
     with pytest.raises(ConfigError, match="flow warp"):
         make_scheduler("every", warp=True)
     assert make_scheduler("adaptive", flow_stride=8).warp.stride == 8
