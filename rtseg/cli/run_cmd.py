@@ -131,7 +131,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="also run every frame through the full model first and report the speedup and "
         "the agreement (mIoU of the scheduled labels against the per-frame labels)",
     )
-    o.add_argument("--json", type=output_file, default=None, help="write the summary as JSON")
+    o.add_argument(
+        "--json",
+        type=output_file,
+        default=None,
+        help="write the summary as JSON (its fields: docs/pipeline.md)",
+    )
     o.add_argument("--quiet", action="store_true", help="no live status line")
     p.set_defaults(func=run)
     p.intermixed = True  # `rtseg run SRC --frames 2 out.mp4`: options between source and sinks

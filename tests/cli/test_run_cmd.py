@@ -1080,3 +1080,52 @@ def test_a_realtime_recording_says_how_many_video_frames_hold_its_frames(
     )
     assert rc == 0 and said is not None
     assert int(said[1]) < int(said[2]) == _frames(out)
+
+
+def _documented_json_fields() -> set[str]:
+    """The names in docs/pipeline.md's --json table (first column, in backticks)."""
+    text = (Path(__file__).parents[2] / "docs" / "pipeline.md").read_text()
+    table = text.split("<!-- json-fields:", 1)[1].split("\n\n", 1)[0]
+    rows = [line for line in table.splitlines() if line.startswith("| `")]
+    return {name for row in rows for name in re.findall(r"`([^`]+)`", row.split("|")[1])}
+
+
+def _written_fields(report: dict, prefix: str = "") -> set[str]:
+    """The dotted paths of a report's values; an output's URI is URI, as the table writes it."""
+    fields = set()
+    for key, value in report.items():
+        name = "URI" if prefix == "sinks." else key
+        if isinstance(value, dict):
+            fields |= _written_fields(value, f"{prefix}{name}.")
+        else:
+            fields.add(prefix + name)
+    return fields
+
+
+def test_the_documented_json_fields_are_those_runs_write(weights: Path, tmp_path: Path, monkeypatch) -> None:
+    """The fields of --json were documented nowhere; the table must name each field a run writes,
+    and nothing no run writes."""
+    reports = [tmp_path / f"{n}.json" for n in range(3)]
+    options = [*_args(weights), "--quiet", "--json"]
+    # a main pass with --compare-every, an output that draws, the flow warp
+    out = str(tmp_path / "o.avi")
+    assert (
+        main(["run", SOURCE, out, "--scheduler", "clockwork", "--compare-every", *options, str(reports[0])])
+        == 0
+    )
+    # the adaptive change score
+    assert main(["run", SOURCE, "null://", "--scheduler", "adaptive", *options, str(reports[1])]) == 0
+
+    def refused(*args, **kwargs):
+        raise run_cmd.ConfigError("refused")
+
+    # an error after the --compare-every first pass, before the main pass
+    monkeypatch.setattr(run_cmd, "Pipeline", refused)
+    assert main(["run", SOURCE, "null://", "--compare-every", *options, str(reports[2])]) == 2
+    written = set().union(*(_written_fields(json.loads(r.read_text())) for r in reports))
+    documented = _documented_json_fields()
+    assert written - documented == set(), "written to --json but not in docs/pipeline.md's table"
+    parts = [name.split(".") for name in written]
+    containers = {".".join(p[:n]) for p in parts for n in range(1, len(p))}
+    stale = {name for name in documented - written if name not in containers}
+    assert stale == set(), "in docs/pipeline.md's --json table but written by no run"
