@@ -11,6 +11,7 @@ An infer request runs one inference at a time, so each calling thread gets its o
 from __future__ import annotations
 
 import functools
+import sys
 import threading
 from collections.abc import Mapping
 from pathlib import Path
@@ -32,9 +33,33 @@ HINTS = {"fp32": "f32", "fp16": "f16", "bf16": "bf16", "int8": "f32"}
 DEVICES = {"cpu": "CPU", "gpu": "GPU"}
 
 
+_IMPORT = threading.Lock()
+
+
 def _ov() -> Any:
+    """The openvino module, imported without OpenVINO's usage telemetry.
+
+    ``import openvino`` imports its model converter, whose import sends a telemetry event: it
+    starts a child process (under the 'spawn' start method one that re-runs the host's __main__),
+    makes a Google Analytics request, writes ~/intel and leaves a thread behind, all inside the
+    host (robot) process. OpenVINO falls back to its no-op stub when ``openvino_telemetry`` cannot
+    be imported, so it is made unimportable for the length of the import only; a host that
+    imported openvino (or openvino_telemetry) itself keeps what it chose.
+    """
+    module = sys.modules.get("openvino")
+    if module is not None:
+        return module
     try:
-        import openvino
+        with _IMPORT:
+            if "openvino" in sys.modules or "openvino_telemetry" in sys.modules:
+                import openvino
+            else:
+                sys.modules["openvino_telemetry"] = None  # type: ignore[assignment]
+                try:
+                    import openvino
+                finally:
+                    if "openvino_telemetry" in sys.modules and sys.modules["openvino_telemetry"] is None:
+                        del sys.modules["openvino_telemetry"]
     except ImportError:
         raise BackendUnavailableError(
             "the openvino backend needs the openvino package: pip install openvino "

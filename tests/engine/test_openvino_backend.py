@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -9,10 +12,14 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-ov = pytest.importorskip("openvino")
+from rtseg.engine import load
+from rtseg.engine.openvino_backend import _ov, argmax_by_comparison
+from rtseg.errors import BackendUnavailableError
 
-from rtseg.engine import load  # noqa: E402
-from rtseg.engine.openvino_backend import argmax_by_comparison  # noqa: E402
+try:
+    ov = _ov()  # as rtseg imports it: a plain `import openvino` would send OpenVINO's telemetry
+except BackendUnavailableError:
+    pytest.skip("needs openvino", allow_module_level=True)
 
 
 def argmax_graph(shape: list[int], *, axis: int = 1, with_values: bool = False) -> bytes:
@@ -168,3 +175,39 @@ def test_closing_engines_leaves_the_main_threads_signal_stack_usable(tmp_path: P
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() in ("ok", "disabled"), done.stdout
+
+
+NO_TELEMETRY_CHECK = """
+import multiprocessing, sys, threading
+from rtseg.engine.openvino_backend import _ov
+
+ov = _ov()
+import openvino.tools.ovc.telemetry_utils as telemetry_utils
+
+assert telemetry_utils.tm.__name__ == "openvino.tools.ovc.telemetry_stub", telemetry_utils.tm
+assert "openvino_telemetry" not in sys.modules, sys.modules["openvino_telemetry"]
+assert _ov() is ov is sys.modules["openvino"]
+assert not multiprocessing.active_children(), multiprocessing.active_children()
+assert threading.active_count() == 1, threading.enumerate()
+import openvino_telemetry  # the host can still import it itself
+print("ok")
+"""
+
+
+def test_importing_openvino_sends_no_telemetry(tmp_path: Path) -> None:
+    """``import openvino`` sent a usage-telemetry event from inside the host process: a child
+    process (under 'spawn' one that re-ran the host's __main__), a Google Analytics request, writes
+    to ~/intel and a thread left behind. rtseg's import leaves OpenVINO on its no-op telemetry stub.
+    CI=true and a private HOME keep OpenVINO's own telemetry off here even were that to regress."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+        "CI": "true",
+        "HOME": str(tmp_path),
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", NO_TELEMETRY_CHECK], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "ok"
+    assert not (tmp_path / "intel").exists()
