@@ -13,6 +13,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from . import process
 from .data.preprocess import cv2_interpolation
 from .engine.base import Engine
 from .errors import ConfigError, InputTypeError
@@ -161,6 +162,7 @@ class Segmenter:
         engine: Engine | None,
         engine_options: dict[str, Any],
     ) -> None:
+        self._pid = process.current  # used in another process (a fork) it refuses: see rtseg.process
         self._owns_engine = engine is None
         if engine is None:
             engine = load_engine(
@@ -312,6 +314,8 @@ class Segmenter:
     def _open(self) -> Iterator[None]:
         """Hold the lock for a call on an open Segmenter. A close() that came meanwhile from a
         signal handler on this thread only marked it closed: the call closes it on its way out."""
+        if self._pid != process.current:  # before the lock: a thread fork did not copy may hold it
+            raise process.built_elsewhere("Segmenter", self._pid)
         with self._lock:
             self._busy += 1  # a handler's close() from here on leaves the closing to this call
             try:
@@ -325,7 +329,14 @@ class Segmenter:
     def close(self) -> None:
         """End the scheduler's worker and, if this Segmenter loaded its engine, the engine; idempotent.
         From a signal handler that interrupted a call on this thread, it marks the Segmenter closed
-        and returns: that call finishes its frame and closes it as it returns."""
+        and returns: that call finishes its frame and closes it as it returns.
+        In a process forked after it was built it only marks it closed, taking no lock and leaving
+        the engine's native handles to the parent (an owned engine's ``close`` keeps them)."""
+        if self._pid != process.current:
+            self._closed = self._released = True
+            if self._owns_engine:
+                self.engine.close()
+            return
         with self._lock:
             self._closed = True
             if not self._busy:

@@ -404,3 +404,84 @@ def test_a_read_only_frame_is_segmented_without_a_warning(engine) -> None:
         warnings.simplefilter("error")  # torch warned that the array is not writable
         labels = seg(frozen).labels
     assert np.array_equal(labels, engine.run(image)[0])
+
+
+FORK_CHECK = """
+import multiprocessing, os, sys, time
+import numpy as np, torch
+import rtseg
+from rtseg.errors import ConfigError
+from rtseg.models import get_model
+
+backend = sys.argv[1]
+torch.manual_seed(0)
+seg = rtseg.Segmenter(get_model("espnet"), backend=backend, input_size=(64, 48))
+image = np.zeros((48, 64, 3), np.uint8)
+expected = seg(image).labels
+
+
+def refused(call):
+    try:
+        call()
+    except ConfigError as e:
+        return f"built in process {os.getppid()}" in str(e) and "'spawn'" in str(e)
+    return False
+
+
+def child():
+    ok = refused(lambda: seg(image)) and refused(lambda: seg.engine.run(image))
+    seg.close()
+    seg.close()
+    sys.exit(0 if ok else 3)
+
+
+def waited(pid):
+    for _ in range(600):
+        if os.waitpid(pid, os.WNOHANG)[0]:
+            return True
+        time.sleep(0.1)
+    os.kill(pid, 9)
+    return False
+
+
+process = multiprocessing.get_context("fork").Process(target=child)
+process.start()
+process.join(60)
+if process.is_alive():
+    process.kill()
+    sys.exit("the forked child hung")
+if process.exitcode != 0:
+    sys.exit(f"the forked child: exit code {process.exitcode}")
+if backend != "onnxruntime":  # any forked child that imported onnxruntime hangs at exit (upstream)
+    pid = os.fork()
+    if pid == 0:  # a child that goes through the interpreter's teardown, the parent's engine in it
+        sys.exit(0)
+    if not waited(pid):
+        sys.exit("a forked child hung at exit")
+assert np.array_equal(seg(image).labels, expected)  # the parent's Segmenter runs on
+seg.close()
+print("ok")
+"""
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="os.fork is POSIX")
+@pytest.mark.parametrize("backend", ["onnxruntime", "torch", "openvino"])
+def test_a_forked_child_is_refused_the_parents_segmenter_and_does_not_hang(
+    backend: str, tmp_path: Path
+) -> None:
+    """Built before os.fork, a Segmenter hung the child: ONNX Runtime in close(), torch (GNU
+    OpenMP) on the first frame, OpenVINO at the child's exit (the parent's Core destroyed). In
+    another process it raises ConfigError saying so, and close() and exit leave the handles alone."""
+    import importlib.util
+    import os
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec(backend) is None:
+        pytest.skip(f"needs {backend}")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    env["RTSEG_ENGINE_DIR"] = str(tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-c", FORK_CHECK, backend], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "ok", (done.stdout + done.stderr)[-2000:]

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import process
 from ..errors import EngineClosedError
 from ..models.base import StageSpec
 from ..models.checkpoint import WeightsMeta
@@ -80,14 +81,25 @@ class Engine(ABC):
     stage_spec: StageSpec
     head_low_inputs: tuple[str, ...]
     _closed: bool = False
+    _pid: int = process.current  # set per engine by __new__
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Engine:
+        self = super().__new__(cls)
+        self._pid = process.current  # the process that built it: its native handles live there
+        process.track(self)
+        return self
 
     @property
     def closed(self) -> bool:
         return self._closed
 
     def _check_open(self) -> None:
-        """Called first by each backend's stage entry points (cheap: one attribute read)."""
-        if self._closed:
+        """Called first by each backend's stage entry points (cheap: an attribute read, an int
+        compare). In a process forked after the build it raises ConfigError instead of running
+        (ONNX Runtime, torch's OpenMP hang there)."""
+        if self._closed or self._pid != process.current:
+            if self._pid != process.current:
+                raise process.built_elsewhere(f"{self.info.backend} engine ({self.info.model})", self._pid)
             raise EngineClosedError(
                 f"this {self.info.backend} engine ({self.info.model}) is closed; load a new engine to run it"
             )
@@ -144,9 +156,18 @@ class Engine(ABC):
             self.run(image)
 
     def close(self) -> None:
-        """Mark the engine closed; backends that hold sessions or CUDA buffers release them too
-        (overrides call ``super().close()``)."""
-        self._closed = True
+        """Mark the engine closed and release its sessions or CUDA buffers (``_release``).
+        In a process forked after the build it only marks it closed and leaves the handles alone:
+        they belong to the parent, and destroying them in a forked child hangs (rtseg.process)."""
+        if self._pid != process.current:
+            self._closed = True
+            return
+        if not self._closed:
+            self._closed = True
+            self._release()
+
+    def _release(self) -> None:  # noqa: B027 (a no-op where there is nothing native to free)
+        """Free what the engine holds; called once, by the first ``close()`` in its own process."""
 
     def __enter__(self) -> Engine:
         return self

@@ -10,7 +10,6 @@ An infer request runs one inference at a time, so each calling thread gets its o
 
 from __future__ import annotations
 
-import functools
 import sys
 import threading
 from collections.abc import Mapping
@@ -21,6 +20,7 @@ import numpy as np
 import onnx
 import torch
 
+from .. import process
 from ..errors import BackendUnavailableError, ConfigError, EngineBuildError
 from ..models.base import StageSpec
 from ..models.checkpoint import WeightsMeta
@@ -68,7 +68,9 @@ def _ov() -> Any:
     return openvino
 
 
-@functools.cache
+_cores: dict[int, Any] = {}  # process id -> its Core
+
+
 def shared_core() -> Any:
     """The process's one OpenVINO Core, kept until exit; OpenVINO recommends one per application.
 
@@ -77,8 +79,15 @@ def shared_core() -> Any:
     the order they were made (engines closed first to last, auto's candidates), the last put back
     a freed stack: the next signal handled on the main thread (SIGTERM, Ctrl-C: Python's handlers
     run on that stack) was a segmentation fault.
+
+    A forked child makes its own: the parent's Core, whose executor threads fork did not copy,
+    hung the child when destroyed at its exit, so the child leaves it alone (rtseg.process).
     """
-    return _ov().Core()
+    core = _cores.get(process.current)
+    if core is None:
+        core = _cores[process.current] = _ov().Core()
+        process.track(core, weak=False)
+    return core
 
 
 def check_target(core: Any, device: str, precision: str) -> str:
@@ -328,6 +337,5 @@ class OpenVinoEngine(Engine):
         (labels,) = stage(feed, (LABELS,))
         return labels
 
-    def close(self) -> None:
-        super().close()
+    def _release(self) -> None:
         self._stages.clear()

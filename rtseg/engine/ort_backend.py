@@ -250,6 +250,5 @@ class OrtEngine(Engine):
         (labels,) = self._run("head", feed, (LABELS,))
         return labels
 
-    def close(self) -> None:
-        super().close()
+    def _release(self) -> None:
         self._sessions.clear()

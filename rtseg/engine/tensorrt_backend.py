@@ -692,8 +692,7 @@ class TensorRTEngine(Engine):
         # The caller's stream waits for the engine's after each plan: waiting for it is enough.
         torch.cuda.current_stream(self.device).synchronize()
 
-    def close(self) -> None:
-        super().close()
+    def _release(self) -> None:
         self._plans.clear()
 
 

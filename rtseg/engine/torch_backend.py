@@ -101,12 +101,9 @@ class TorchEngine(Engine):
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def close(self) -> None:
+    def _release(self) -> None:
         """Drop the stage modules: the engine's copy of the network (on CUDA, its memory) goes
         with them, not with the last reference to a closed engine."""
-        if self.closed:
-            return
-        super().close()
         self._low_fn = self._deep_fn = self._head_fn = None
         del self._low, self._deep, self._head, self._head_logits
         if self.device.type == "cuda":
