@@ -485,3 +485,13 @@ def test_a_forked_child_is_refused_the_parents_segmenter_and_does_not_hang(
         [sys.executable, "-c", FORK_CHECK, backend], capture_output=True, text=True, env=env, timeout=300
     )
     assert done.returncode == 0 and done.stdout.strip() == "ok", (done.stdout + done.stderr)[-2000:]
+
+
+def test_the_shipped_segmenter_leaves_the_callers_torch_generator_alone() -> None:
+    """rtseg.Segmenter() built its network with a random init before loading the shipped weights,
+    moving the host's seeded torch generator (a robot's own sampling then drew other numbers)."""
+    torch.manual_seed(0)
+    expected = torch.rand(4)
+    torch.manual_seed(0)
+    Segmenter(backend="torch").close()
+    assert torch.equal(torch.rand(4), expected)

@@ -431,7 +431,10 @@ def get_model(
         )
     arch = {**meta.config, **config}
     try:
-        model = spec.builder(num_outputs=meta.num_outputs, **arch).float()
+        # The random init is overwritten by the weights: drawn from a forked generator, it leaves
+        # the caller's torch RNG where it was (a host seeding torch for its own work got other numbers).
+        with torch.random.fork_rng(devices=[]):
+            model = spec.builder(num_outputs=meta.num_outputs, **arch).float()
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{ckpt.path}: cannot build {name!r} with config {arch}: {exc}") from None
     # float32 before the checkpoint is cast to the model's dtypes: built under a caller's

@@ -108,6 +108,24 @@ def test_config_overrides_of_loaded_weights_are_in_the_metadata(tmp_path) -> Non
     assert get_model("deeplabv3plus-mobilenetv2", weights=path, output_stride=16).meta == os16.meta
 
 
+def test_loading_weights_leaves_the_callers_torch_generator_alone(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The network was built with a random init, then given its weights: a host that seeded torch
+    for its own work drew other numbers after rtseg.Segmenter() than without it. Without weights
+    the random init is the network, drawn from the caller's generator as torch's own modules do."""
+    from rtseg.models import save_checkpoint
+
+    path = save_checkpoint(tmp_path / "espnet.pt", get_model("espnet").state_dict(), get_model("espnet").meta)
+    torch.manual_seed(0)
+    expected = torch.rand(4)
+    torch.manual_seed(0)
+    get_model("espnet", weights=path)
+    assert torch.equal(torch.rand(4), expected)
+    torch.manual_seed(0)
+    first = get_model("espnet").state_dict()
+    torch.manual_seed(0)
+    assert all(torch.equal(v, first[k]) for k, v in get_model("espnet").state_dict().items())
+
+
 @pytest.mark.parametrize("name", list_models())
 def test_models_are_float32_whatever_the_default_dtype(name: str, float64_default: None) -> None:
     """Under a caller's float64 default the parameters were float64, and rtseg.Segmenter() failed
