@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing
+import os
 import threading
 import time
 from pathlib import Path
@@ -99,7 +100,9 @@ def test_put_writes_sidecar_and_get_validates(tmp_path: Path) -> None:
     assert cache.get(key, "low", "bin").path == art.path
     assert cache.get(_key(weights="other"), "low", "bin") is None
     assert not list(tmp_path.glob("*.tmp"))
-    assert art.path.stat().st_mode & 0o777 == 0o644  # shared caches: readable by others
+    umask = os.umask(0)
+    os.umask(umask)
+    assert art.path.stat().st_mode & 0o777 == 0o666 & ~umask  # as any file this process makes
 
 
 @pytest.mark.parametrize("text", ["[1, 2]", '"text"', "null", "7"])
