@@ -121,13 +121,14 @@ def _measured_points(
 
 
 def plot_quality_speed(table: dict[str, Any], path: Path, *, title: str | None = None) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # A Figure on its own Agg canvas: pyplot and matplotlib.use() would switch the host's backend.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     rows = table["rows"]
-    fig, ax = plt.subplots(figsize=(11, 7), dpi=130)
+    fig = Figure(figsize=(11, 7), dpi=130)
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
     published = _published_points(rows)
     for split, marker, colour in (("test", "o", "tab:blue"), ("val", "s", "tab:cyan")):
         pts = [p for p in published if p[3] == split]
@@ -183,7 +184,6 @@ def plot_quality_speed(table: dict[str, Any], path: Path, *, title: str | None =
         labeller.place(name, (fps, miou), fontsize=8, color="darkred")
     buffer = io.BytesIO()
     fig.savefig(buffer, format=plot_format(path))
-    plt.close(fig)
     atomic_write_bytes(path, buffer.getvalue())  # an interrupted run leaves no half image
     return path
 

@@ -619,12 +619,13 @@ def plot(
 ) -> None:
     """mIoU against keyframe ratio; ``phases`` draws, for a clockwork family, the range of its
     mIoU over the phases that give the same keyframe count."""
-    import matplotlib
+    # A Figure on its own Agg canvas: pyplot and matplotlib.use() would switch the host's backend.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=120)
+    fig = Figure(figsize=(7.5, 4.8), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
     styles = {
         "clockwork": dict(marker="s", linestyle="--", color="tab:red"),
         ORACLE: dict(marker="", linestyle=":", color="tab:grey"),
@@ -648,7 +649,6 @@ def plot(
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
 
 
 def source_frames(uri: str, engine: Engine, limit: int | None = None) -> Iterator[np.ndarray]:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -113,3 +116,35 @@ def test_only_a_point_at_the_rows_resolution_is_joined_to_the_published_one(
             row["measured"] = [_measured(2.0)]
     plot_quality_speed(doc, tmp_path / "q.png")
     assert lines == [[4.2, 76.9]]  # ESPNetv2 has no published FPS to join
+
+
+QUALITY_SPEED_CHECK = """
+import sys
+from pathlib import Path
+import matplotlib
+from rtseg.bench.plot import plot_quality_speed
+from rtseg.bench.report import table_document
+from rtseg.bench.table import load_table, table_path
+
+path = table_path("cityscapes")
+env = {"cpu": {"model": "CPU", "physical_cores": 2, "logical_cores": 2}, "gpus": []}
+plot_quality_speed(table_document("cityscapes", path, load_table(path), [], env), Path(sys.argv[1]))
+print(matplotlib.get_backend(), "matplotlib.pyplot" in sys.modules)
+"""
+
+
+def test_plotting_leaves_the_hosts_matplotlib_backend_alone(tmp_path: Path) -> None:
+    """plot_quality_speed called matplotlib.use("Agg"): a host drawing its own figures (an
+    interactive backend, a notebook's) had its backend switched under it."""
+    env = {**os.environ, "MPLBACKEND": "svg", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    out = tmp_path / "q.png"
+    done = subprocess.run(
+        [sys.executable, "-c", QUALITY_SPEED_CHECK, str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["svg", "False"]
+    assert cv2.imread(str(out)).shape == (910, 1430, 3)  # 11 x 7 inches at 130 dpi

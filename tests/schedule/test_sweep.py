@@ -390,3 +390,35 @@ def test_the_sweep_refuses_weights_for_other_classes(data_root: Path, tmp_path, 
             "but camvid is labelled with 11 camvid classes"
         )
     )
+
+
+SWEEP_PLOT_CHECK = """
+import sys
+import matplotlib
+from rtseg.schedule.sweep import Point, plot
+
+points = [Point("every", 0, 10, 10, 60.0, 100.0, 10.0), Point("clockwork", 2, 5, 10, 58.0, 90.0, 5.0)]
+plot(points, ["clockwork"], sys.argv[1], "test")
+print(matplotlib.get_backend(), "matplotlib.pyplot" in sys.modules)
+"""
+
+
+def test_plotting_leaves_the_hosts_matplotlib_backend_alone(tmp_path: Path) -> None:
+    """plot() called matplotlib.use("Agg"): a host drawing its own figures (an interactive
+    backend, a notebook's) had its backend switched under it."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "MPLBACKEND": "svg", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    out = tmp_path / "plot.png"
+    done = subprocess.run(
+        [sys.executable, "-c", SWEEP_PLOT_CHECK, str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["svg", "False"]
+    assert cv2.imread(str(out)).shape == (576, 900, 3)  # 7.5 x 4.8 inches at 120 dpi
