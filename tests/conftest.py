@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -38,6 +39,23 @@ def outcome_in_thread() -> Callable[[Callable[[], object], float, str], list[obj
         worker.join(timeout)
         assert not worker.is_alive(), deadlock
         return outcome
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def plot_under_svg_backend() -> Callable[[str, Path], list[str]]:
+    """Run a plotting ``script`` (argv[1]: the image to write) in a fresh interpreter whose host
+    chose the svg backend; the words it printed. A library switching the host's matplotlib
+    backend (an interactive one, a notebook's) changed it under the host's own figures."""
+
+    def run(script: str, out: Path) -> list[str]:
+        env = {**os.environ, "MPLBACKEND": "svg", "PYTHONPATH": str(REPO)}
+        done = subprocess.run(
+            [sys.executable, "-c", script, str(out)], capture_output=True, text=True, env=env, timeout=120
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout.split()
 
     return run
 

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -133,18 +130,9 @@ print(matplotlib.get_backend(), "matplotlib.pyplot" in sys.modules)
 """
 
 
-def test_plotting_leaves_the_hosts_matplotlib_backend_alone(tmp_path: Path) -> None:
+def test_plotting_leaves_the_hosts_matplotlib_backend_alone(tmp_path: Path, plot_under_svg_backend) -> None:
     """plot_quality_speed called matplotlib.use("Agg"): a host drawing its own figures (an
     interactive backend, a notebook's) had its backend switched under it."""
-    env = {**os.environ, "MPLBACKEND": "svg", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     out = tmp_path / "q.png"
-    done = subprocess.run(
-        [sys.executable, "-c", QUALITY_SPEED_CHECK, str(out)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["svg", "False"]
+    assert plot_under_svg_backend(QUALITY_SPEED_CHECK, out) == ["svg", "False"]
     assert cv2.imread(str(out)).shape == (910, 1430, 3)  # 11 x 7 inches at 130 dpi

@@ -403,22 +403,9 @@ print(matplotlib.get_backend(), "matplotlib.pyplot" in sys.modules)
 """
 
 
-def test_plotting_leaves_the_hosts_matplotlib_backend_alone(tmp_path: Path) -> None:
+def test_plotting_leaves_the_hosts_matplotlib_backend_alone(tmp_path: Path, plot_under_svg_backend) -> None:
     """plot() called matplotlib.use("Agg"): a host drawing its own figures (an interactive
     backend, a notebook's) had its backend switched under it."""
-    import os
-    import subprocess
-    import sys
-
-    env = {**os.environ, "MPLBACKEND": "svg", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     out = tmp_path / "plot.png"
-    done = subprocess.run(
-        [sys.executable, "-c", SWEEP_PLOT_CHECK, str(out)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["svg", "False"]
+    assert plot_under_svg_backend(SWEEP_PLOT_CHECK, out) == ["svg", "False"]
     assert cv2.imread(str(out)).shape == (576, 900, 3)  # 7.5 x 4.8 inches at 120 dpi
