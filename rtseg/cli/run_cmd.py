@@ -51,8 +51,9 @@ DEMO_SOURCE = "synthetic://drive?size=1280x720&fps=30&seed=0&frames=90"
 DEMO_OUTPUT = "out/demo.mp4"
 REPORT_MAX_BYTES = 1 << 20  # a --json report is a few KiB; a larger file is something else
 
-# Ranges checked by argparse, so that an error names the flag (argument --timeout: ...), not the
-# SourceOptions or OverlayStyle field it fills (SourceOptions checks them again for the Python API).
+# Ranges checked in the run's options phase (_check_ranges), so that an error names the flag
+# (argument --timeout: ...), not the SourceOptions or OverlayStyle field it fills, and a refused run
+# still leaves its --json report (complete false), which argparse's own exit did not write.
 _timeout = ranged(
     float,
     f"a number of seconds from {MIN_TIMEOUT_S:g} to {MAX_TIMEOUT_S:.3f} (FFmpeg takes int32 milliseconds)",
@@ -60,6 +61,14 @@ _timeout = ranged(
 )
 _decode_threads = ranged(int, "a whole number from 0 (one per core) to 64", lambda v: 0 <= v <= 64)
 _alpha = ranged(float, "a number from 0 to 1", lambda v: 0 <= v <= 1)
+_RANGES = (
+    ("--rate", "rate", positive_float),
+    ("--timeout", "timeout", _timeout),
+    ("--reconnect", "reconnect", whole_number),
+    ("--decode-threads", "decode_threads", _decode_threads),
+    ("--frames", "frames", positive_int),
+    ("--alpha", "alpha", _alpha),
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -91,7 +100,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     s.add_argument(
         "--rate",
-        type=positive_float,
+        type=float,
         default=None,
         # Not "per second" alone: a file at --rate 5 still ran at 42 FPS, as fast as it segments.
         help="keep at most this many frames per second of media time for files, folders and synthetic "
@@ -101,27 +110,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--resize", type=parse_size, default=None, help="resize captured frames to WxH")
     s.add_argument(
         "--timeout",
-        type=_timeout,
+        type=float,
         default=None,
         help="cameras and network URLs: open/read timeout, seconds (default 10)",
     )
     s.add_argument(
         "--reconnect",
-        type=whole_number,
+        type=int,
         default=None,
         help="cameras and live streams: reconnect attempts (default 5)",
     )
     s.add_argument(
         "--decode-threads",
-        type=_decode_threads,
+        type=int,
         default=None,
         help="live network streams: FFmpeg decoder threads, each a frame of latency (default 1; 4K "
         "H.265 needs 2 or more; 0: one per core)",
     )
-    s.add_argument("--frames", type=positive_int, default=None, help="stop after N frames")
+    s.add_argument("--frames", type=int, default=None, help="stop after N frames")
     o = p.add_argument_group("output")
     o.add_argument("--mode", choices=MODES, default=None, help="what outputs draw (default: overlay)")
-    o.add_argument("--alpha", type=_alpha, default=None, help="mask weight in overlay mode (default 0.5)")
+    o.add_argument("--alpha", type=float, default=None, help="mask weight in overlay mode (default 0.5)")
     o.add_argument("--legend", action="store_true")
     o.add_argument("--hud", action="store_true", help="draw FPS, latency and keyframe flag")
     o.add_argument("--stats", action="store_true", help="print the per-stage cost breakdown at the end")
@@ -214,6 +223,16 @@ def scheduler_from_args(args: argparse.Namespace) -> Scheduler:
 def _flag(keyword: str, value: object) -> str:
     """An open_source keyword as the `rtseg run` flag that fills it (decode_threads: --decode-threads)."""
     return "--" + keyword.replace("_", "-")
+
+
+def _check_ranges(args: argparse.Namespace) -> None:
+    for flag, dest, check in _RANGES:
+        value = getattr(args, dest)
+        if value is not None:
+            try:
+                check(repr(value))  # the flag's range, as the other commands' argparse types say it
+            except argparse.ArgumentTypeError as exc:
+                raise ConfigError(f"argument {flag}: {exc}") from None
 
 
 def _check_source_options(args: argparse.Namespace) -> None:
@@ -387,6 +406,7 @@ def run(args: argparse.Namespace) -> int:
         args.sinks = args.sinks or [DEMO_OUTPUT]
     check_output(args.json, "--json")  # before the run, not after it: the summary would be lost
     try:
+        _check_ranges(args)
         style = _style(args)  # validates before the slow load
         check_model_args(args.model, args.weights)
         _check_source_options(args)

@@ -383,16 +383,35 @@ def test_source_and_overlay_values_are_refused_naming_the_flag(
 ) -> None:
     """They were SourceOptions' and OverlayStyle's messages: "rate must be None or a positive
     finite number", "OverlayStyle.alpha must be ...", "decode_threads must be ..."."""
-    with pytest.raises(SystemExit) as info:
-        main(["run", "rtsp://127.0.0.1:1/x", "null://", flag, value])
-    assert info.value.code == 2 and message in capsys.readouterr().err
+    assert main(["run", "rtsp://127.0.0.1:1/x", "null://", flag, value]) == 2
+    assert message in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("value", ["0", "-1", "x"])
+@pytest.mark.parametrize(("flag", "value"), [("--rate", "0"), ("--alpha", "2"), ("--frames", "0")])
+def test_a_value_out_of_range_leaves_a_report_of_the_refused_run(
+    flag: str, value: str, tmp_path: Path, capsys
+) -> None:
+    """Checked by argparse, whose exit wrote no --json report: a report of an earlier run, saying
+    "complete": true, stayed in its place."""
+    report = tmp_path / "run.json"
+    report.write_text(json.dumps({"complete": True, "frames": 20}))
+    assert main(["run", SOURCE, "null://", flag, value, "--json", str(report)]) == 2
+    written = json.loads(report.read_text())
+    assert written["complete"] is False and written["exit_status"] == 2
+    assert written["stopped"] == {"by": "error", "phase": "options"}
+    assert f"argument {flag}: expected" in written["error"] and f"argument {flag}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["0", "-1"])
 def test_frames_must_be_a_positive_count(value: str, capsys) -> None:
+    assert main(["run", SOURCE, "null://", "--frames", value]) == 2
+    assert "argument --frames: expected a whole number >= 1" in capsys.readouterr().err
+
+
+def test_frames_must_be_a_number(capsys) -> None:
     with pytest.raises(SystemExit) as info:
-        main(["run", SOURCE, "null://", "--frames", value])
-    assert info.value.code == 2 and "expected a whole number >= 1" in capsys.readouterr().err
+        main(["run", SOURCE, "null://", "--frames", "x"])
+    assert info.value.code == 2 and "argument --frames: invalid int value: 'x'" in capsys.readouterr().err
 
 
 def test_demo_without_arguments(weights: Path, tmp_path: Path, monkeypatch, capsys) -> None:
