@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .. import process
-from ..errors import EngineClosedError
+from ..errors import ConfigError, EngineClosedError, InputTypeError
 from ..models.base import StageSpec
 from ..models.checkpoint import WeightsMeta
 
@@ -118,16 +118,21 @@ class Engine(ABC):
         return len(self.meta.classes)
 
     def check_image(self, image: Array) -> None:
+        if not isinstance(image, (np.ndarray, torch.Tensor)):
+            raise InputTypeError(
+                f"{self.info.backend} engine expects a uint8 BGR NumPy array (or torch tensor), "
+                f"got {type(image).__name__}"
+            )
         shape = tuple(image.shape)
         w, h = self.input_size
         ok = (len(shape) == 3 and shape == (h, w, 3)) or (len(shape) == 4 and shape[1:] == (h, w, 3))
         if not ok:
-            raise ValueError(
+            raise ConfigError(
                 f"{self.info.backend} engine expects uint8 BGR images of {w}x{h} "
                 f"(HxWx3 = {(h, w, 3)} or NxHxWx3), got shape {shape}; resize frames first"
             )
         if image.dtype not in (np.uint8, torch.uint8):
-            raise ValueError(f"engine input must be uint8, got {image.dtype}")
+            raise ConfigError(f"engine input must be uint8, got {image.dtype}")
 
     @abstractmethod
     def run_low(self, image: Array) -> Features: ...

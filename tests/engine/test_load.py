@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from rtseg.engine import load
-from rtseg.errors import BackendUnavailableError, ConfigError, EngineClosedError
+from rtseg.errors import BackendUnavailableError, ConfigError, EngineClosedError, InputTypeError
 from rtseg.models import get_model, save_checkpoint
 
 SIZE = (64, 48)
@@ -123,6 +123,25 @@ def test_engines_run_as_usual_under_a_float64_default_dtype(
     net = get_model("espnet", weights=path)
     engine = load(net, backend=backend, input_size=SIZE, engine_dir=tmp_path / "64")
     np.testing.assert_array_equal(engine.run(image), expected.run(image))
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime", "openvino"])
+def test_a_frame_an_engine_cannot_take_is_an_rtseg_error(backend: str, shared_engine_dir) -> None:  # type: ignore[no-untyped-def]
+    """engine.run() raised a builtin ValueError for a wrong size or dtype and an AttributeError
+    ('list' object has no attribute 'shape') for a list: a loop catching RtsegError missed them."""
+    if backend == "openvino":
+        pytest.importorskip("openvino")
+    engine = load(get_model("espnet"), backend=backend, input_size=SIZE, engine_dir=shared_engine_dir)
+    w, h = SIZE
+    cases = [
+        (np.zeros((h + 1, w, 3), np.uint8), ConfigError, "engine expects uint8 BGR images"),
+        (np.zeros((h, w, 3), np.float32), ConfigError, "engine input must be uint8, got float32"),
+        ([[0]], InputTypeError, "engine expects a uint8 BGR NumPy array (or torch tensor), got list"),
+    ]
+    for image, error, message in cases:
+        with pytest.raises(error, match=re.escape(message)):
+            engine.run(image)
+    engine.close()
 
 
 @pytest.mark.parametrize("backend", ["torch", "onnxruntime", "openvino"])
