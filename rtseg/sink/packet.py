@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..overlay.annotate import OverlayStyle, annotate
+from ..errors import InputTypeError
+from ..overlay.annotate import OverlayStyle, _check_fps, annotate
 from ..result import SegResult
 from ..source.frame import Frame
 
@@ -29,6 +30,20 @@ class Packet:
     handed: float = field(default_factory=time.perf_counter, init=False)
     _overlay: np.ndarray | None = field(default=None, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # Checked here, on the caller's thread: a wrong field failed later on the sink's thread
+        # (AttributeError, the frame counted as an error, nothing written, no exception raised).
+        for name, value, kind in (("frame", self.frame, Frame), ("result", self.result, SegResult)):
+            if not isinstance(value, kind):
+                raise InputTypeError(f"Packet.{name} must be a {kind.__name__}, got {type(value).__name__}")
+        if not isinstance(self.style, OverlayStyle):
+            raise InputTypeError(
+                f"Packet.style must be a rtseg.overlay.OverlayStyle, got {self.style!r} "
+                f"({type(self.style).__name__}): pass OverlayStyle(mode=...)"
+            )
+        if self.fps is not None:
+            _check_fps(self.fps)
 
     def overlay(self) -> np.ndarray:
         with self._lock:
