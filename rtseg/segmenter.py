@@ -6,7 +6,6 @@ import contextlib
 import os
 import threading
 import time
-import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,6 +17,7 @@ from .data.preprocess import cv2_interpolation
 from .engine.base import Engine
 from .errors import ConfigError, InputTypeError
 from .models.base import StagedSegmenter
+from .ownership import SingleOwner
 from .result import SegResult
 from .schedule import SCHEDULER_OPTIONS, Scheduler, make_scheduler
 from .source.frame import Frame
@@ -199,8 +199,7 @@ class Segmenter:
         self._lock = threading.RLock()
         # The running Pipeline that feeds this Segmenter its stream (``claim``), held weakly: a
         # pipeline dropped unclosed lets go of it.
-        self._runner: weakref.ref[object] | None = None
-        self._runner_lock = threading.Lock()
+        self._runner = SingleOwner()
         self._busy = 0
         self._closed = False
         self._released = False
@@ -277,23 +276,20 @@ class Segmenter:
         run until it is closed). Two pipelines running through one Segmenter at once fed one
         schedule two streams: frames of one answered from the other's deep features, keyframes
         irregular, each run's reset() resetting the other mid-run."""
-        with self._runner_lock:
-            current = self._runner() if self._runner is not None else None
-            if current is not None and current is not owner:
-                raise ConfigError(
-                    f"this Segmenter ({self.scheduler.describe()}) is already segmenting another running "
-                    "Pipeline's stream: it holds one stream's deep features and keyframe reference, and "
-                    "two streams through it would be answered from each other's; give each Pipeline its "
-                    "own Segmenter (they can share one engine: rtseg.Segmenter(engine=seg.engine, "
-                    "scheduler=...), the engine open until seg closes), or close the other Pipeline first"
-                )
-            self._runner = weakref.ref(owner)
+        self._runner.claim(
+            owner,
+            lambda: (
+                f"this Segmenter ({self.scheduler.describe()}) is already segmenting another running "
+                "Pipeline's stream: it holds one stream's deep features and keyframe reference, and "
+                "two streams through it would be answered from each other's; give each Pipeline its "
+                "own Segmenter (they can share one engine: rtseg.Segmenter(engine=seg.engine, "
+                "scheduler=...), the engine open until seg closes), or close the other Pipeline first"
+            ),
+        )
 
     def release(self, owner: object) -> None:
         """Undo ``claim`` (the pipeline's run ended)."""
-        with self._runner_lock:
-            if self._runner is not None and self._runner() is owner:
-                self._runner = None
+        self._runner.release(owner)
 
     def reset(self) -> None:
         """Start a new stream: no deep cache, keyframe reference, statistics or calibration."""

@@ -505,7 +505,7 @@ def test_a_scheduler_that_cannot_be_used_closes_what_was_opened(engine, tmp_path
     with pytest.raises(ConfigError, match="already serves another Segmenter"):
         Pipeline(source, seg, scheduler=other.scheduler, sinks=[str(tmp_path / "o.avi"), _Recorder("rec://")])
     assert source.closed and len(opened) == 1 and not opened[0]._thread.is_alive()
-    assert seg.scheduler is not other.scheduler and other.scheduler._owner() is other
+    assert seg.scheduler is not other.scheduler and other.scheduler._owner.holder() is other
 
 
 def test_an_output_hard_linked_to_the_input_is_refused(engine, tmp_path: Path) -> None:

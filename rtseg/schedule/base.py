@@ -8,9 +8,7 @@ when the stream jumps (a seek, a reconnect) and ``reset`` it for a new stream.
 
 from __future__ import annotations
 
-import threading
 import time
-import weakref
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..engine.base import Engine, Features
-from ..errors import ConfigError
+from ..ownership import SingleOwner
 from ..result import SegResult
 from .flow import FlowWarp
 
@@ -46,27 +44,23 @@ class Scheduler(ABC):
         self._deep_step = -1
         self._step = -1
         self._keyframes = 0
-        self._owner: weakref.ref[object] | None = None  # the Segmenter this stream's state serves
-        self._owner_lock = threading.Lock()
+        self._owner = SingleOwner()  # the Segmenter this stream's state serves
 
     def claim(self, owner: object) -> None:
         """Bind this scheduler to one Segmenter. Its cache is one stream's: shared by two Segmenters
         (two cameras) one would be answered from the other's deep features, silently."""
-        with self._owner_lock:
-            current = self._owner() if self._owner is not None else None
-            if current is not None and current is not owner:
-                raise ConfigError(
-                    f"this scheduler ({self.describe()}) already serves another Segmenter: it holds one "
-                    "stream's deep features and keyframe reference; give each Segmenter its own "
-                    "(rtseg.schedule.make_scheduler(...) again), or close the other Segmenter first"
-                )
-            self._owner = weakref.ref(owner)
+        self._owner.claim(
+            owner,
+            lambda: (
+                f"this scheduler ({self.describe()}) already serves another Segmenter: it holds one "
+                "stream's deep features and keyframe reference; give each Segmenter its own "
+                "(rtseg.schedule.make_scheduler(...) again), or close the other Segmenter first"
+            ),
+        )
 
     def release(self, owner: object) -> None:
         """Undo ``claim`` (the Segmenter closed or switched schedulers)."""
-        with self._owner_lock:
-            if self._owner is not None and self._owner() is owner:
-                self._owner = None
+        self._owner.release(owner)
 
     def describe(self) -> str:
         return self.name + self._warp_text()
