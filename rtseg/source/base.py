@@ -424,6 +424,7 @@ class MediaSource(Source):
                     continue  # earlier than its predicted time (a variable frame rate): thinned
             if rate is not None:
                 self._next_slot = (np.floor((self._time_offset + t) * rate + 1e-9) + 1) / rate
+            due: float | None = None
             if self.options.realtime:
                 now = time.perf_counter()
                 if self._clock_start is None:
@@ -434,11 +435,16 @@ class MediaSource(Source):
             if self._stop.is_set():  # closing: no frame is delivered once close() has begun
                 return None
             discontinuity, self._discontinuity = self._discontinuity, False
+            handed, wall = time.perf_counter(), time.time()
+            # realtime emulates a camera: a frame is captured when it is due, and a consumer that
+            # takes it late waited that long for it, as for a live frame. Stamped at hand-over, a
+            # late frame's latency left that wait out (p50 34.5 ms reported, 52.1 ms from due).
+            captured = handed if due is None else due
             return Frame(
                 image=self._resize(image),
                 index=self._index_offset + self._media_index,
-                timestamp=time.time(),
-                monotonic=time.perf_counter(),
+                timestamp=wall - (handed - captured),
+                monotonic=captured,
                 source=self.uri,
                 position_s=t,
                 discontinuity=discontinuity,
