@@ -388,6 +388,13 @@ class MediaSource(Source):
         )
         return thinned, late
 
+    def _take_slot(self, t: float, rate: float | None) -> None:
+        """The frame at media time ``t`` was delivered or dropped late: the rest of its 1/rate slot
+        is thinned. Left open by a late frame, every frame after it caught up counted as a drop,
+        those the rate thins too (38 delivered + 38 dropped of 3 s at rate 20, which allows 60)."""
+        if rate is not None:
+            self._next_slot = (np.floor((self._time_offset + t) * rate + 1e-9) + 1) / rate
+
     def _retrieve_skipped(self) -> np.ndarray | None:
         """The image of the frame just skipped, when it can still be had (a video's grabbed frame);
         None where skipping read nothing to decode. Other sources know their frames' times ahead."""
@@ -413,7 +420,9 @@ class MediaSource(Source):
                 thinned, late = self._passed_over(t, rate, period)
                 image = None if thinned or late or t == t_next else self._retrieve_skipped()
                 if image is None:
-                    self._dropped += int(late)
+                    if late:  # a frame that had its rate slot: the slot is spent, as if delivered
+                        self._dropped += 1
+                        self._take_slot(t, rate)
                     continue
             else:
                 image = self._advance_read()
@@ -422,8 +431,7 @@ class MediaSource(Source):
                 t = self._media_time(self._media_index)
                 if self._passed_over(t, rate, period)[0]:
                     continue  # earlier than its predicted time (a variable frame rate): thinned
-            if rate is not None:
-                self._next_slot = (np.floor((self._time_offset + t) * rate + 1e-9) + 1) / rate
+            self._take_slot(t, rate)
             due: float | None = None
             if self.options.realtime:
                 now = time.perf_counter()

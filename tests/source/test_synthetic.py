@@ -169,3 +169,26 @@ def test_frames_read_without_realtime_are_captured_when_handed_over(clocked) -> 
         clock.now += 1.0
         frame = next(src)
     assert frame.monotonic == 101.0 and frame.timestamp == _Clock.WALL + 101.0
+
+
+@pytest.mark.parametrize("work_s", [0.03, 0.1, 0.25])
+def test_realtime_drops_only_frames_the_rate_keeps(clocked, work_s: float) -> None:
+    """3 s of a 30 fps scene at rate 20 behind a slow consumer: a frame dropped as late left its
+    rate slot open, so every frame after it counted as a drop while the consumer caught up, those
+    the rate thins too (38 delivered + 38 dropped of the 60 the rate allows), and the frame it
+    caught up on could be one the rate thins."""
+    expected, slot = [], 0.0
+    for index in range(90):  # the first frame at or past each 0.05 s slot: what rate 20 keeps
+        if index / 30 + 1e-9 >= slot:
+            expected.append(index)
+            slot = (int(index / 30 * 20 + 1e-9) + 1) / 20
+    src, clock = clocked("synthetic://drive?size=64x48&fps=30&frames=90", realtime=True, rate=20)
+    with src:
+        delivered = []
+        for frame in src:
+            delivered.append(frame.index)
+            clock.now += work_s
+        dropped = src.stats.dropped
+    assert len(expected) == 60 and set(delivered) <= set(expected)
+    assert len(delivered) + dropped == 60
+    assert dropped > 0 or work_s < 0.05
