@@ -597,9 +597,22 @@ def test_a_running_pipeline_reports_the_latency_of_its_recent_frames(engine) -> 
                 pipeline._meter.latencies.add(ms)
         live = pipeline.stats
         assert live.latency_p50_ms == 10.0 and live.latency_p99_ms == 10.0
+        assert live.latency_frames == LIVE_LATENCY_FRAMES
     finally:
         final = pipeline.close()
     assert final.latency_p50_ms == 100.0  # the whole window once closed
+    assert final.latency_frames == 5000 + LIVE_LATENCY_FRAMES
+
+
+def test_the_summary_says_which_frames_the_latency_percentiles_cover(engine, monkeypatch) -> None:
+    """Latency p50/p99 cover the newest LATENCY_WINDOW frames (100,000), FPS and the rest the whole
+    run: a longer run's summary said nothing of it, as if they covered the same frames."""
+    whole = Pipeline(SOURCE, Segmenter(engine=engine)).run()
+    assert whole.frames == whole.latency_frames == 8 and "over the last" not in whole.summary()
+    monkeypatch.setattr("rtseg.pipeline.LATENCY_WINDOW", 5)
+    windowed = Pipeline(SOURCE, Segmenter(engine=engine)).run()
+    assert windowed.frames == 8 and windowed.latency_frames == 5
+    assert "p99 " in windowed.summary() and " ms over the last 5 frames\n" in windowed.summary()
 
 
 def test_the_recent_frame_rate_counts_the_intervals_between_frames(engine) -> None:

@@ -770,6 +770,8 @@ def _report(stats: PipelineStats) -> dict:
         "keyframe_ratio": _number(stats.keyframe_ratio, 4),
         "latency_p50_ms": _number(stats.latency_p50_ms, 2),
         "latency_p99_ms": _number(stats.latency_p99_ms, 2),
+        # all the frames, or the newest LATENCY_WINDOW of a longer run: FPS and the rest cover all
+        "latency_frames": stats.frames if stats.latency_frames is None else stats.latency_frames,
         "source_dropped": stats.source_dropped,
         "sink_dropped": stats.sink_dropped,
         "reconnects": stats.reconnects,

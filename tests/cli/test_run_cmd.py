@@ -71,6 +71,7 @@ def test_file_output_stats_and_json(weights: Path, tmp_path: Path, capsys) -> No
     assert _frames(out) == 6
     data = json.loads(report.read_text())
     assert data["frames"] == 6 and data["keyframe_ratio"] == pytest.approx(2 / 6, abs=1e-3)
+    assert data["latency_frames"] == 6 and "over the last" not in text  # the latency of every frame
     assert data["sinks"][str(out)]["written"] == 6
     assert data["sinks"][str(out)]["last_error"] is None and data["sinks"][str(out)]["emit_ms"] > 0
     assert data["sinks"][str(out)]["close_error"] is None
@@ -619,6 +620,21 @@ def test_a_zmq_sink_says_which_port_it_bound_before_the_first_frame(weights: Pat
     assert rc == 0 and header.startswith(
         f"rtseg run: {SOURCE} -> zmq://tcp://127.0.0.1:* (bound to tcp://127.0.0.1:"
     )
+
+
+def test_the_json_says_which_frames_the_latency_percentiles_cover(
+    weights: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """A run longer than the latency window (100,000 frames; 4 here): p50/p99 cover its newest
+    frames, FPS and the rest all of them, and the report read as if they covered the same."""
+    monkeypatch.setattr("rtseg.pipeline.LATENCY_WINDOW", 4)
+    report = tmp_path / "r.json"
+    assert main(["run", SOURCE, "null://", *_args(weights), "--json", str(report), "--quiet"]) == 0
+    assert re.search(
+        r"latency p50 [\d.]+ ms / p99 [\d.]+ ms over the last 4 frames\n", capsys.readouterr().out
+    )
+    data = json.loads(report.read_text())
+    assert data["frames"] == 6 and data["latency_frames"] == 4
 
 
 def test_a_run_without_frames_writes_strict_json(weights: Path, tmp_path: Path, monkeypatch, capsys) -> None:
