@@ -21,6 +21,7 @@ from ..errors import ConfigError
 from .base import FeatureInfo, Features, StagedSegmenter, StageSpec, init_weights, whole_number
 
 _BN_EPS = 1e-3
+_MIN_WIDTH = 5  # an ESP module splits its output channels over five dilated branches
 
 
 class ConvBNPReLU(nn.Module):
@@ -196,7 +197,8 @@ class ESPNet(StagedSegmenter):
     ``skip_channels`` is 16 for the authors' Cityscapes release (the decoder reads the level-1
     conv output) and 19 for their CamVid release (it reads level 1 concatenated with the
     pooled image). ``width`` is the number of channels of the decoder's score maps, which the
-    authors tie to the number of outputs; a wider decoder lets a model fine-tuned from another
+    authors tie to the number of outputs (but at least 5, which the ESP modules split five ways:
+    a 2-class network gets width 5); a wider decoder lets a model fine-tuned from another
     dataset keep that dataset's whole decoder and select its outputs in the last layer alone.
     """
 
@@ -216,7 +218,17 @@ class ESPNet(StagedSegmenter):
         skip_channels = whole_number("ESPNet", "skip_channels", skip_channels, 0)
         if skip_channels not in (16, 19):
             raise ConfigError(f"ESPNet.skip_channels must be 16 or 19, got {skip_channels!r}")
-        c = num_outputs if width is None else whole_number("ESPNet", "width", width, 1)
+        if width is None:
+            # The authors tie the width to the outputs; below 5 the ESP modules' five-way split
+            # leaves 0-channel convolutions that fail on the first forward, so 1-4 outputs get 5.
+            c = max(num_outputs, _MIN_WIDTH)
+        else:
+            c = whole_number("ESPNet", "width", width, 1)
+            if c < _MIN_WIDTH:
+                raise ConfigError(
+                    f"ESPNet.width must be at least {_MIN_WIDTH} (the decoder's ESP module splits "
+                    f"its channels five ways), got {c}"
+                )
         if c < num_outputs:
             raise ConfigError(f"ESPNet.width must be at least num_outputs ({num_outputs}), got {width}")
         self.num_outputs = num_outputs

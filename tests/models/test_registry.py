@@ -73,6 +73,44 @@ def test_num_classes_changes_outputs_and_classes() -> None:
     assert len(model.meta.classes) == 7
 
 
+@pytest.mark.parametrize("name", list_models())
+def test_every_model_builds_and_runs_with_two_classes(name: str) -> None:
+    """A 2-class ESPNet built and failed on its first forward inside torch ("expected weight to be
+    at least 1 at dimension 0"): its decoder width followed the outputs and the ESP modules split
+    it five ways into 0-channel convolutions."""
+    model = get_model(name, num_classes=2)
+    spec = model.stage_spec
+    w, h = spec.input_multiple * 4, spec.input_multiple * 2
+    with torch.inference_mode():
+        out = model(torch.zeros(1, 3, h, w))
+    assert out.shape == (1, 2, h // spec.output_stride, w // spec.output_stride)
+
+
+def test_espnet_decoder_width_is_at_least_five(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """1-4 outputs get a width-5 decoder, which a checkpoint records and loads back; 5 or more keep
+    the authors' width = outputs (their 20- and 12-class layouts are unchanged)."""
+    from rtseg.models import save_checkpoint
+    from rtseg.models.espnet import espnet_config_from_state_dict
+
+    for n in (1, 4):
+        model = get_model("espnet", num_classes=n)
+        assert model.classifier.weight.shape[:2] == (5, n)  # ConvTranspose: in, out
+        assert espnet_config_from_state_dict(model.state_dict())["width"] == 5
+    for n in (5, 12, 20):
+        state = get_model("espnet", num_classes=n).state_dict()
+        assert state["classifier.weight"].shape[:2] == (n, n)
+        assert "width" not in espnet_config_from_state_dict(state)
+    torch.manual_seed(0)
+    model = get_model("espnet", num_classes=2)
+    path = save_checkpoint(tmp_path / "two.pt", model.state_dict(), model.meta)
+    again = get_model("espnet", weights=path)
+    x = torch.rand(1, 3, 48, 64)
+    with torch.inference_mode():
+        assert torch.equal(again(x), model(x))
+    with pytest.raises(ConfigError, match=r"ESPNet\.width must be at least 5 .*, got 4"):
+        get_model("espnet", num_classes=2, width=4)
+
+
 def test_unknown_model_lists_the_available_ones() -> None:
     with pytest.raises(ConfigError, match="unknown model 'segformer'; available: enet"):
         get_spec("segformer")
