@@ -1,8 +1,10 @@
 """The inference interface every backend implements: the model's three stages, compiled.
 
-Inputs are uint8 BGR frames already at the engine's input size, as an HxWx3 or NxHxWx3 NumPy
-array (an OpenCV image, used without a copy) or a torch tensor. ``run_head`` returns uint8 class
-labels at the model's output resolution: the argmax happens inside the engine.
+Inputs are uint8 BGR frames already at the engine's input size, as an HxWx3 NumPy array (an
+OpenCV image, used without a copy) or a torch tensor. The torch backend also takes a batch,
+NxHxWx3 with any N; the compiled backends (onnxruntime, openvino, tensorrt, torch2trt) are built
+for one image and take 1xHxWx3 at most, refusing N > 1 with ConfigError. ``run_head`` returns
+uint8 class labels at the model's output resolution: the argmax happens inside the engine.
 """
 
 from __future__ import annotations
@@ -80,6 +82,8 @@ class Engine(ABC):
     meta: WeightsMeta
     stage_spec: StageSpec
     head_low_inputs: tuple[str, ...]
+    # The one batch size the compiled graphs take (their shapes are fixed at export); None: any N.
+    batch: int | None = None
     _closed: bool = False
     _pid: int = process.current  # set per engine by __new__
 
@@ -133,6 +137,11 @@ class Engine(ABC):
             )
         if image.dtype not in (np.uint8, torch.uint8):
             raise ConfigError(f"engine input must be uint8, got {image.dtype}")
+        if self.batch is not None and len(shape) == 4 and shape[0] != self.batch:
+            raise ConfigError(
+                f"{self.info.backend} engines take a batch of {self.batch} (one HxWx3 image per "
+                f"call; the torch backend takes N), got a batch of {shape[0]}"
+            )
 
     @abstractmethod
     def run_low(self, image: Array) -> Features: ...

@@ -273,6 +273,8 @@ def _threads(compiled: Any) -> int | None:
 class OpenVinoEngine(Engine):
     """Runs the low/deep/head graphs with OpenVINO; features are NumPy arrays between stages."""
 
+    batch = 1  # graphs exported for one image
+
     def __init__(
         self,
         files: Mapping[str, Path],
@@ -317,8 +319,6 @@ class OpenVinoEngine(Engine):
         x = _numpy(image)
         if x.ndim == 3:
             x = x[None]
-        if x.shape[0] != 1:
-            raise ValueError(f"openvino engines are built for batch 1, got a batch of {x.shape[0]}")
         stage = self._stages["low"]
         return dict(zip(stage.outputs, stage({IMAGE: x}), strict=True))
 

@@ -137,6 +137,8 @@ def _numpy(value: Any) -> np.ndarray:
 class OrtEngine(Engine):
     """Runs the low/deep/head ONNX graphs, one InferenceSession each."""
 
+    batch = 1  # graphs exported for one image
+
     def __init__(
         self,
         files: Mapping[str, Path],
@@ -212,8 +214,6 @@ class OrtEngine(Engine):
         x = _numpy(image)
         if x.ndim == 3:
             x = x[None]
-        if x.shape[0] != 1:
-            raise ValueError(f"onnxruntime engines are built for batch 1, got a batch of {x.shape[0]}")
         return x
 
     def _run(self, stage: str, feed: Mapping[str, np.ndarray], outputs: tuple[str, ...] | None) -> list:

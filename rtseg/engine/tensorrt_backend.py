@@ -585,6 +585,8 @@ class _Plan:
 class TensorRTEngine(Engine):
     """Runs the stage plans; features are torch CUDA tensors, labels come back as NumPy."""
 
+    batch = 1  # plans built from the batch-1 graphs
+
     def __init__(
         self,
         plans: Mapping[str, Path],

@@ -116,6 +116,8 @@ def calibration_sets(
 class Torch2TrtEngine(Engine):
     """The three stage modules converted with ``torch2trt``; features are torch CUDA tensors."""
 
+    batch = 1  # converted on one example image (fixed shapes under TensorRT 10)
+
     def __init__(
         self,
         net: StagedSegmenter,

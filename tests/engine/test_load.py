@@ -145,6 +145,32 @@ def test_a_frame_an_engine_cannot_take_is_an_rtseg_error(backend: str, shared_en
 
 
 @pytest.mark.parametrize("backend", ["torch", "onnxruntime", "openvino"])
+def test_a_batch_is_run_by_torch_and_refused_as_an_rtseg_error_elsewhere(
+    backend: str, shared_engine_dir
+) -> None:  # type: ignore[no-untyped-def]
+    """A 2xHxWx3 batch passed the documented NxHxWx3 check and then raised a builtin ValueError on
+    onnxruntime and openvino (engines built for batch 1): a loop catching RtsegError missed it."""
+    if backend == "openvino":
+        pytest.importorskip("openvino")
+    engine = load(get_model("espnet"), backend=backend, input_size=SIZE, engine_dir=shared_engine_dir)
+    assert engine.batch == (None if backend == "torch" else 1)
+    w, h = SIZE
+    batch = np.zeros((2, h, w, 3), np.uint8)
+    if backend == "torch":
+        assert engine.run(batch).shape == (2, h, w)
+    else:
+        message = (
+            f"{backend} engines take a batch of 1 (one HxWx3 image per call; "
+            "the torch backend takes N), got a batch of 2"
+        )
+        for call in (engine.run, engine.run_low):
+            with pytest.raises(ConfigError, match=re.escape(message)):
+                call(batch)
+        assert engine.run(batch[:1]).shape == (1, h, w)
+    engine.close()
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime", "openvino"])
 def test_a_closed_engine_refuses_to_run_on_every_backend(backend: str, shared_engine_dir) -> None:  # type: ignore[no-untyped-def]
     """ONNX Runtime and OpenVINO gave a bare KeyError: 'low'; torch ran on. close() is final."""
     if backend == "openvino":
