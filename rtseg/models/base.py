@@ -108,13 +108,13 @@ class StagedSegmenter(nn.Module):
         return self(x), {}
 
     def check_input(self, x: Tensor) -> None:
-        """Raise a clear error for inputs the architecture cannot take."""
+        """Raise ConfigError (an RtsegError, and a ValueError) for inputs the architecture cannot take."""
         if x.dim() != 4 or x.shape[1] != 3:
-            raise ValueError(f"expected an Nx3xHxW tensor, got shape {tuple(x.shape)}")
+            raise ConfigError(f"expected an Nx3xHxW tensor, got shape {tuple(x.shape)}")
         m = self.stage_spec.input_multiple
         h, w = x.shape[-2:]
         if h % m or w % m:
-            raise ValueError(
+            raise ConfigError(
                 f"{type(self).__name__} needs input height and width divisible by {m}, got {w}x{h}"
             )
 

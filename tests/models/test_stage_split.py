@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from rtseg.errors import ConfigError
 from rtseg.models import get_model, list_models
 
 
@@ -66,11 +67,12 @@ def test_deep_reads_only_declared_inputs(name: str) -> None:
 def test_inputs_the_stage_spec_does_not_describe_are_refused(name: str) -> None:
     """Off the input multiple, feature shapes stop being h // stride (DeepLabV3+ at 50x30 gave 7x12
     logits where the spec says 7x12 but its stride-4 features were 8x13; ESPNet-C gave 4x7 for 3x6),
-    so every model's low stage refuses such inputs, and wrong channel counts, with the same message."""
+    so every model's low stage refuses such inputs, and wrong channel counts, with the same message:
+    a ConfigError (it was a builtin ValueError, which a caller catching RtsegError missed)."""
     model = get_model(name)
     m = model.stage_spec.input_multiple
     with torch.inference_mode():
-        with pytest.raises(ValueError, match=rf"divisible by {m}, got {3 * m + 2}x{2 * m}"):
+        with pytest.raises(ConfigError, match=rf"divisible by {m}, got {3 * m + 2}x{2 * m}"):
             model.forward_low(torch.zeros(1, 3, 2 * m, 3 * m + 2))
-        with pytest.raises(ValueError, match=r"expected an Nx3xHxW tensor, got shape \(1, 1, "):
+        with pytest.raises(ConfigError, match=r"expected an Nx3xHxW tensor, got shape \(1, 1, "):
             model.forward_low(torch.zeros(1, 1, 2 * m, 2 * m))
