@@ -24,7 +24,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", choices=list_models(), required=True)
     p.add_argument("--dataset", choices=["camvid", "cityscapes"], required=True)
     p.add_argument("--root", type=Path, required=True)
-    p.add_argument("--size", type=parse_size, default=(480, 360), help="crop and input WxH (default 480x360)")
+    p.add_argument(
+        "--size",
+        type=parse_size,
+        default=(480, 360),  # rtseg.train.trainer.DEFAULT_SIZE (not imported here: torch-heavy)
+        help="crop and input WxH (default 480x360); both sides must be divisible by the model's input "
+        "multiple (ICNet's is 32: 480x360 is refused before any data is read, naming the nearest sizes)",
+    )
     p.add_argument("--epochs", type=int, default=100)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--lr", type=float, default=5e-4)

@@ -135,3 +135,33 @@ def test_overwrite_and_resume_together_are_refused(
     argv = _train(tmp_path, "--out", str(tmp_path / "best.pt"), "--resume", str(state), "--overwrite")
     assert main(argv) == 2
     assert "--overwrite starts a new run and --resume continues one" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("model", "size", "message"),
+    [
+        (
+            "icnet-r50",
+            None,
+            "icnet-r50 needs an input size divisible by 32, got 480x360 (the default --size); the "
+            "nearest sizes it takes are 480x352 and 480x384: pass one with --size WxH",
+        ),
+        (
+            "espnetv2",
+            "500x300",
+            "espnetv2 needs an input size divisible by 16, got 500x300; the nearest sizes it takes "
+            "are 496x288 and 512x304: pass one with --size WxH",
+        ),
+    ],
+)
+def test_a_size_the_model_cannot_take_is_refused_before_the_dataset_is_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], model: str, size: str | None, message: str
+) -> None:
+    """icnet-r50 with the default --size 480x360 was refused after ~8 s of dataset statistics (the
+    --root here does not exist: the size error comes first) without saying 480x360 was the default."""
+    argv = _train(tmp_path, "--out", str(tmp_path / "out" / "best.pt"), *(["--size", size] if size else []))
+    argv[argv.index("--model") + 1] = model
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == f"rtseg train: error: {message}"
+    assert not (tmp_path / "out").exists()

@@ -286,8 +286,24 @@ def test_cuda_without_a_cuda_device_is_named() -> None:
 
 
 def test_a_size_the_model_cannot_take_is_refused_before_training(tiny_camvid: Path, tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="espnet needs an input size divisible by 8, got 60x44"):
+    with pytest.raises(
+        ConfigError, match="espnet needs an input size divisible by 8, got 60x44; the nearest"
+    ):
         Trainer(replace(_config(tiny_camvid, tmp_path / "a.pt"), size=(60, 44)), progress=False)
+
+
+def test_the_size_check_reads_the_multiple_of_the_init_variant(tiny_camvid: Path, tmp_path: Path) -> None:
+    """The size is checked before the data is read, against the network the run trains: DeepLabV3+
+    takes 480x360 at output stride 8 (--init weights of that variant), not at its default 16."""
+    config = replace(
+        _config(tiny_camvid, tmp_path / "a.pt"), model="deeplabv3plus-mobilenetv2", size=(480, 360)
+    )
+    with pytest.raises(ConfigError, match=r"divisible by 16, got 480x360 \(the default --size\)"):
+        Trainer(replace(config, root=str(tmp_path / "missing")), progress=False)
+    os8 = get_model("deeplabv3plus-mobilenetv2", output_stride=8)
+    init = save_checkpoint(tmp_path / "os8.pt", os8.state_dict(), os8.meta)
+    trainer = Trainer(replace(config, init=str(init), class_weight_c=0), progress=False)
+    assert trainer.model.stage_spec.input_multiple == 8
 
 
 def test_unreadable_resume_states_are_named(tiny_camvid: Path, tmp_path: Path) -> None:
