@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from pathlib import Path
+
 import pytest
 
+from rtseg import Segmenter
 from rtseg.cli import main
 from rtseg.engine.graphs import head_low_inputs
-from rtseg.models import get_model, get_spec, list_models
+from rtseg.models import DEFAULT_MODEL, DEFAULT_WEIGHTS, get_model, get_spec, list_models, save_checkpoint
 from rtseg.models.base import StagedSegmenter
+from rtseg.models.checkpoint import read_checkpoint
 from rtseg.models.flops import StageFlops
 
 
@@ -25,22 +30,60 @@ def test_every_registered_model_is_listed(capsys: pytest.CaptureFixture[str]) ->
 
 
 @pytest.mark.parametrize("markdown", [False, True])
-def test_the_input_column_is_the_networks_and_frames_are_bgr(
+def test_the_input_column_is_the_entrys_default_and_frames_are_bgr(
     markdown: bool, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """An "input" column of "1024x512 RGB" read as "give it RGB": RGB frames cost the shipped
-    model 15 mIoU without a word. The column is the network's, and a note says frames are BGR."""
+    model 15 mIoU without a word. The column is the registry entry's default, and a note says
+    frames are BGR and what the shipped weights run at."""
     assert main(["models", *(["--markdown"] if markdown else [])]) == 0
     out = capsys.readouterr().out
     header = _table(out)[0]
-    assert "network input" in header and " input " not in header.replace("network input", "")
+    assert "default input" in header and " input " not in header.replace("default input", "")
     note = " ".join(out.split("\n\n", 1)[1].split())
-    assert note.startswith("network input: the size and channel order the network was trained on.")
+    assert note.startswith(
+        "default input: the registry entry's default size (the authors' Cityscapes setting) and "
+        "channel order, which a network built without weights carries; rtseg checkpoints and the "
+        "authors' catalogued ones carry their own input and run at it."
+    )
     assert "Frames are given as HxWx3 uint8 BGR (OpenCV order) for every model" in note
     assert (
         "From RGB (ROS rgb8, PIL, imageio): image[..., ::-1] or cv2.cvtColor(image, cv2.COLOR_RGB2BGR)."
         in note
     )
+
+
+def test_the_shipped_weights_are_named_with_the_size_they_run_at(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The table gave ESPNet's input as 1024x512 "the size ... the network was trained on" while the
+    shipped espnet_camvid.pt runs at 480x360 (rtseg run, Segmenter()). A line names the shipped
+    weights and the size their own metadata records."""
+    from rtseg.cli import models_cmd
+
+    meta = read_checkpoint(DEFAULT_WEIGHTS).meta
+    assert meta is not None and get_spec(DEFAULT_MODEL).default_input_size != meta.preprocessing.input_size
+    w, h = meta.preprocessing.input_size
+    assert main(["models"]) == 0
+    last = " ".join(capsys.readouterr().out.split("\n\n")[-1].split())
+    assert last == (
+        f"shipped default weights: {DEFAULT_MODEL} rtseg/assets/{DEFAULT_WEIGHTS.name} "
+        f"({meta.classes.name}, {len(meta.classes)} classes), which rtseg run and rtseg.Segmenter() "
+        f"run at {w}x{h} {meta.preprocessing.channel_order} unless given another input size."
+    )
+    assert (w, h) == (480, 360)  # what the sentence says Segmenter() runs the shipped weights at
+    assert Segmenter(backend="torch").engine.input_size == (w, h)
+    # Read from the file, not written down: other shipped weights give their own size.
+    other = tmp_path / "rtseg" / "assets" / "other.pt"
+    other.parent.mkdir(parents=True)
+    save_checkpoint(
+        other,
+        get_model("espnet").state_dict(),
+        replace(meta, preprocessing=meta.preprocessing.with_input_size((256, 192))),
+    )
+    monkeypatch.setattr(models_cmd, "DEFAULT_WEIGHTS", other)
+    assert main(["models"]) == 0
+    assert "rtseg/assets/other.pt" in (out := capsys.readouterr().out) and "run at 256x192 BGR" in out
 
 
 def test_the_head_reads_column_lists_what_the_head_reads(capsys: pytest.CaptureFixture[str]) -> None:
