@@ -72,8 +72,12 @@ log = logging.getLogger(__name__)
 DEFAULT_SERVER_ENDPOINT = "tcp://127.0.0.1:5560"
 DEFAULT_INTERVAL = 4
 _instances = itertools.count()
-# identity, the empty delimiter (REQ), header, image: a request never needs more
-_MAX_REQUEST_FRAMES = 4
+# The routing frames before a request's empty delimiter: the ROUTER's identity of the peer, and one
+# more for each ROUTER-DEALER proxy (zmq_proxy) the request went through. More hops than this are
+# refused (malformed_multipart): a real chain of brokers is a few long.
+MAX_HOPS = 8
+# the envelope (MAX_HOPS routing frames, the empty delimiter), header, image: a request never needs more
+_MAX_REQUEST_FRAMES = MAX_HOPS + 3
 # The smallest usable max_bytes: a header as large as the protocol allows plus a small image (a
 # 160x120 raw BGR frame). max_bytes is also ZMQ_MAXMSGSIZE, so below this libzmq drops requests
 # that are valid and small before the server sees them, and a server could answer none.
@@ -114,10 +118,28 @@ def _scheduler_factory(scheduler: str | Callable[[], Scheduler] | None) -> Calla
     return scheduler
 
 
-def _split_envelope(frames: list[zmq.Frame]) -> tuple[list[bytes], list[zmq.Frame]]:
-    """[identity, (empty delimiter from REQ sockets), header, image] -> (envelope, body)."""
-    split = 2 if len(frames) >= 2 and len(frames[1]) == 0 else 1
-    return [f.bytes for f in frames[:split]], frames[split:]
+def _split_envelope(frames: list[zmq.Frame], count: int) -> tuple[list[bytes], list[zmq.Frame], str | None]:
+    """[routing frames..., empty delimiter, header, image] -> (envelope, body, why it is malformed).
+
+    ``frames`` are the first frames of a message of ``count`` (``recv_frames``). The envelope is
+    everything up to and including the first empty frame: the ROUTER's identity of the peer, then
+    the identities each proxy (a ROUTER-DEALER zmq_proxy) added, then the REQ socket's delimiter.
+    The reply goes back on the whole envelope, so each proxy can route it on. A DEALER that sends
+    no delimiter (no empty frame in the message at all) gets its reply without one, as before.
+    More than ``MAX_HOPS`` routing frames before the delimiter (or no delimiter among them, in a
+    message longer than that) is malformed; the refusal can go only to the peer itself."""
+    for i in range(1, min(len(frames), MAX_HOPS + 1)):
+        if len(frames[i]) == 0:
+            return [f.bytes for f in frames[: i + 1]], frames[i + 1 :], None
+    if count <= MAX_HOPS + 1:  # every frame was read, none empty: a DEALER without the delimiter
+        return [frames[0].bytes], frames[1:], None
+    return (
+        [frames[0].bytes],
+        [],
+        f"no empty delimiter frame within the first {MAX_HOPS + 1} frames: a request is at most "
+        f"{MAX_HOPS} routing frames (the peer's identity and one per proxy), an empty frame, then "
+        "[header JSON, image bytes]",
+    )
 
 
 def _check_reply_encodable(request: SegmentRequest, shape: tuple[int, ...]) -> None:
@@ -199,18 +221,19 @@ def _close_scheduler(stream_id: str, state: _Stream, why: str) -> None:
 
 
 class _Streams:
-    """The open streams, each a client's own: keyed by the client's connection (its ROUTER
-    identity) and the stream id, so two clients that both call their camera "cam0" do not restart
-    or keyframe each other's stream, nor get labels warped from the other's frames."""
+    """The open streams, each a client's own: keyed by the client's connection (its request
+    envelope: the ROUTER identity, and behind a proxy the proxy's identity of the client) and the
+    stream id, so two clients that both call their camera "cam0" do not restart or keyframe each
+    other's stream, nor get labels warped from the other's frames, through a proxy too."""
 
     def __init__(self, max_streams: int, ttl_s: float, scheduler: Callable[[], Scheduler]) -> None:
         self._max = max_streams
         self._ttl = ttl_s
         self._new = scheduler
-        self._table: OrderedDict[tuple[bytes, str], _Stream] = OrderedDict()
+        self._table: OrderedDict[tuple[tuple[bytes, ...], str], _Stream] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, client: bytes, stream_id: str, *, start: bool) -> _Stream:
+    def get(self, client: tuple[bytes, ...], stream_id: str, *, start: bool) -> _Stream:
         key = (client, stream_id)
         with self._lock:
             if start:
@@ -543,12 +566,12 @@ class Server:
         on the thread that owns the socket: the loop's, or close()'s once the loop has ended."""
         while True:
             try:
-                frames, _ = recv_frames(self._router, _MAX_REQUEST_FRAMES, flags=zmq.NOBLOCK, copy=False)
+                frames, count = recv_frames(self._router, _MAX_REQUEST_FRAMES, flags=zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
             with self._stats_lock:
                 self._received += 1
-            envelope, body = _split_envelope(frames)
+            envelope, body, _ = _split_envelope(frames, count)
             self._refuse(envelope, ErrorCode.BUSY, CLOSING, body[0] if body else None)
 
     def _forward_replies(self) -> None:
@@ -571,7 +594,10 @@ class Server:
         """``frames``: the first frames of a message of ``count`` (see ``recv_frames``)."""
         with self._stats_lock:
             self._received += 1
-        envelope, body = _split_envelope(frames)
+        envelope, body, malformed = _split_envelope(frames, count)
+        if malformed is not None:
+            self._refuse(envelope, ErrorCode.MALFORMED_MULTIPART, malformed)
+            return
         n_body = count - len(envelope)
         if n_body != 2:
             self._refuse(
@@ -655,7 +681,7 @@ class Server:
                 )
             image = self._decode_image(request, job.body[1].buffer, timings)
             _check_reply_encodable(request, image.shape)
-            reply = self._segment(request, image, timings, started, client=job.envelope[0])
+            reply = self._segment(request, image, timings, started, client=tuple(job.envelope))
             self._count(None)
             return reply
         except WireError as exc:
@@ -695,7 +721,7 @@ class Server:
         timings: dict[str, float],
         started: float,
         *,
-        client: bytes,
+        client: tuple[bytes, ...],
     ) -> list[bytes]:
         engine = self.engine
         h, w = image.shape[:2]

@@ -333,6 +333,97 @@ def test_dealer_peers_and_empty_requests(small_engine: Engine, tcp_endpoint: str
     assert reply_of(blank[1:])["error"]["code"] == "bad_json"
 
 
+class _Proxy:
+    """zmq.proxy(ROUTER, DEALER) in a thread, in front of a server: the broker a C++ or Python
+    deployment puts between its clients and workers. Each hop adds a routing frame."""
+
+    def __init__(self, frontend: str, backend: str) -> None:
+        self.ctx = zmq.Context()
+        self._front = self.ctx.socket(zmq.ROUTER)
+        self._back = self.ctx.socket(zmq.DEALER)
+        self._front.bind(frontend)
+        self._back.connect(backend)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            zmq.proxy(self._front, self._back)
+        except zmq.ContextTerminated:
+            pass
+        finally:
+            self._front.close(linger=0)
+            self._back.close(linger=0)
+
+    def close(self) -> None:
+        self.ctx.term()
+        self._thread.join(5)
+
+
+def test_requests_through_zmq_proxies_get_their_replies(  # type: ignore[no-untyped-def]
+    small_engine: Engine, tcp_endpoint: str, free_port, random_images
+) -> None:
+    """REQ -> zmq.proxy(ROUTER, DEALER) [-> another proxy] -> the server: the server took only
+    [identity, empty] as the envelope and answered none of them. Replies (errors too) go back on
+    the whole envelope, and two clients behind one proxy keep their own streams."""
+    images = random_images(3, (48, 64, 3), seed=4)
+    expected = scheduled_labels(small_engine, images)
+    front1, front2 = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+    with Server(small_engine, bind=tcp_endpoint, scheduler=lambda: Clockwork(3)).start() as server:
+        proxies = [_Proxy(front1, tcp_endpoint)]
+        proxies.append(_Proxy(front2, front1))  # two hops: proxy 2 -> proxy 1 -> server
+        try:
+            with Client(front1, timeout=10) as first, Client(front2, timeout=10) as second:
+                one = first.segment(images[0])
+                np.testing.assert_array_equal(one.labels, small_engine.run(images[0])[0])
+                a0 = first.segment(images[0], stream_id="cam0")
+                b0 = second.segment(images[2], stream_id="cam0")
+                a1 = first.segment(images[1], stream_id="cam0")
+                b1 = second.segment(images[1], stream_id="cam0")
+                bad = request_frames(raw_request(id=5, stream="bad id"), bytes(48 * 64 * 3))
+                refused = second.request(bad)
+        finally:
+            for proxy in reversed(proxies):
+                proxy.close()
+        assert server.stats.streams == 2
+    assert len(refused) == 1 and reply_of(refused)["id"] == 5
+    assert reply_of(refused)["error"]["code"] == "bad_header"
+    assert a0.is_keyframe and b0.is_keyframe and not a1.is_keyframe and not b1.is_keyframe
+    np.testing.assert_array_equal(a1.labels, expected[1][0])
+    np.testing.assert_array_equal(b1.labels, expected[1][2])
+
+
+def test_a_request_envelope_of_more_than_max_hops_is_refused(small_engine: Engine, tcp_endpoint: str) -> None:
+    """Routing frames up to the first empty frame are the envelope, echoed on the reply; past
+    MAX_HOPS of them the request is malformed, and the message names the limit."""
+    from rtseg.stream.server import MAX_HOPS
+
+    image = bytes(48 * 64 * 3)
+    header = json.dumps(raw_request(id=3)).encode()
+    ctx = zmq.Context()
+    dealer = ctx.socket(zmq.DEALER)
+    dealer.setsockopt(zmq.LINGER, 0)
+    replies = []
+    try:
+        with Server(small_engine, bind=tcp_endpoint).start():
+            dealer.connect(tcp_endpoint)
+            # the server's ROUTER adds the dealer's identity: MAX_HOPS routing frames, then one more
+            for hops in (MAX_HOPS - 1, MAX_HOPS):
+                route = [f"hop{i}".encode() for i in range(hops)]
+                dealer.send_multipart([*route, b"", header, image])
+                assert dealer.poll(10_000), hops
+                replies.append(dealer.recv_multipart())
+    finally:
+        dealer.close(linger=0)
+        ctx.term()
+    fits, too_many = replies
+    route = [f"hop{i}".encode() for i in range(MAX_HOPS - 1)]
+    assert fits[:MAX_HOPS] == [*route, b""] and reply_of(fits[MAX_HOPS:])["status"] == "ok"
+    assert len(too_many) == 1  # only the peer itself can be answered
+    error = reply_of(too_many)["error"]
+    assert error["code"] == "malformed_multipart" and f"at most {MAX_HOPS} routing frames" in error["message"]
+
+
 def test_oversized_frame_is_cut_by_libzmq_and_the_server_survives(
     small_engine: Engine, tcp_endpoint: str
 ) -> None:
