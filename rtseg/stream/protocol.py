@@ -431,14 +431,31 @@ def check_part(spec: PartSpec, data: bytes | memoryview, *, max_pixels: int = DE
         return
     w, h = image_size(data, spec.encoding)
     check_pixels((h, w), max_pixels, f"part {spec.name!r}")
-    if spec.encoding == "png" and bytes(data[-12:]) != _PNG_IEND:
+    end = unpadded_length(data)  # the file ends before any trailing zero padding
+    if spec.encoding == "png" and bytes(data[max(0, end - 12) : end]) != _PNG_IEND:
         raise WireError(
             ErrorCode.UNDECODABLE_IMAGE, f"part {spec.name!r}: the PNG is truncated (no IEND chunk)"
         )
-    if spec.encoding == "jpeg" and not bytes(data[-16:]).rstrip(b"\x00").endswith(b"\xff\xd9"):
+    if spec.encoding == "jpeg" and bytes(data[max(0, end - 2) : end]) != b"\xff\xd9":
         raise WireError(
             ErrorCode.UNDECODABLE_IMAGE, f"part {spec.name!r}: the JPEG is truncated (no EOI marker)"
         )
+
+
+def unpadded_length(data: bytes | memoryview) -> int:
+    """The length of ``data`` without its trailing zero bytes (the padding the wire format allows
+    after a PNG's IEND or a JPEG's EOI; both end markers end in a non-zero byte). Scans from the end
+    in growing windows over the buffer itself: no copy of a multi-MB part per message, and only
+    as many bytes as there is padding (plus one window) are looked at."""
+    view = np.frombuffer(data, dtype=np.uint8)
+    end, window = len(view), 64
+    while end > 0:
+        start = max(0, end - window)
+        nonzero = np.flatnonzero(view[start:end])
+        if nonzero.size:
+            return start + int(nonzero[-1]) + 1
+        end, window = start, min(window * 4, 1 << 20)
+    return 0
 
 
 def decode_array(

@@ -131,6 +131,39 @@ def test_truncated_images_are_refused() -> None:
         assert err.value.code is ErrorCode.UNDECODABLE_IMAGE
 
 
+@pytest.mark.parametrize("padding", [1, 4, 14, 15, 16, 64, 4096, 1_000_000])
+def test_images_with_trailing_zero_padding_are_read(padding: int) -> None:
+    """The doc allows zero padding after the end marker: a JPEG with 15 or more zero bytes was
+    refused "truncated (no EOI marker)", a PNG with any "no IEND chunk". The same checks serve the
+    server, the subscriber and the client."""
+    image = np.random.default_rng(3).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    labels = (np.arange(48 * 64).reshape(48, 64) % 11).astype(np.uint8)
+    jpeg = encode_array("i", image, "jpeg")[1] + bytes(padding)
+    png = encode_array("i", image, "png")[1] + bytes(padding)
+    assert decode_array(PartSpec("i", "jpeg"), jpeg).shape == (48, 64, 3)
+    np.testing.assert_array_equal(decode_array(PartSpec("i", "png"), memoryview(png)), image)
+    header = _frame_header(
+        image_shape=(48, 64, 3), parts=(PartSpec("labels", "png"), PartSpec("overlay", "jpeg"))
+    )
+    frames = encode_frame_message(header, [encode_array("labels", labels, "png")[1] + bytes(padding), jpeg])
+    parts = decode_frame_parts(decode_frame_header(frames), frames)
+    np.testing.assert_array_equal(parts["labels"], labels)
+
+
+def test_zero_padding_does_not_hide_a_truncated_image() -> None:
+    image = np.random.default_rng(2).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    jpeg = encode_array("i", image, "jpeg")[1]
+    png = encode_array("i", image, "png")[1]
+    for spec, data, marker in (
+        (PartSpec("i", "jpeg"), jpeg[:-2] + bytes(100), "no EOI marker"),
+        (PartSpec("i", "png"), png[:-1] + bytes(100), "no IEND chunk"),
+        (PartSpec("i", "png"), png + b"garbage" + bytes(100), "no IEND chunk"),
+    ):
+        with pytest.raises(WireError, match=marker) as err:
+            decode_array(spec, data)
+        assert err.value.code is ErrorCode.UNDECODABLE_IMAGE
+
+
 # ------------------------------------------------------------------ headers
 
 

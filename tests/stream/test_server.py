@@ -424,6 +424,18 @@ def test_a_request_envelope_of_more_than_max_hops_is_refused(small_engine: Engin
     assert error["code"] == "malformed_multipart" and f"at most {MAX_HOPS} routing frames" in error["message"]
 
 
+def test_images_with_trailing_zero_padding_are_segmented(small_engine: Engine, tcp_endpoint: str) -> None:
+    """JPEGs with 15 or more bytes of zero padding, and PNGs with any, were refused as truncated."""
+    image = np.random.default_rng(6).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    with Server(small_engine, bind=tcp_endpoint).start(), Client(tcp_endpoint, timeout=10) as client:
+        for encoding in ("jpeg", "png"):
+            padded = encode_array("image", image, encoding)[1] + bytes(4096)
+            reply = client.segment(padded, encoding=encoding)
+            assert reply.labels.shape == (48, 64), encoding
+    expected = small_engine.run(image)[0]
+    np.testing.assert_array_equal(reply.labels, expected)  # the PNG is lossless
+
+
 def test_oversized_frame_is_cut_by_libzmq_and_the_server_survives(
     small_engine: Engine, tcp_endpoint: str
 ) -> None:
