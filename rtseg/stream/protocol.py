@@ -712,10 +712,14 @@ class SegmentRequest:
         return out
 
 
+INT_MIN = -(2**63)  # an id may be any int64, as a C or C++ client numbers its requests
+ID_RULE = f"an integer in -2**63..2**63-1 or a string of at most {MAX_ID_CHARS} characters"
+
+
 def request_id(data: Mapping[str, Any]) -> int | str | None:
     """The request's ``id`` if it is a valid one (to echo even when the rest is bad), else None."""
     value = data.get("id")
-    if isinstance(value, int) and not isinstance(value, bool) and abs(value) < 2**53:
+    if isinstance(value, int) and not isinstance(value, bool) and INT_MIN <= value <= INT_MAX:
         return value
     if isinstance(value, str) and len(value) <= MAX_ID_CHARS:
         return value
@@ -727,7 +731,7 @@ def parse_request(data: Mapping[str, Any]) -> SegmentRequest:
     if data.get("type") != "segment":
         raise _bad("type", "'segment'", data.get("type"))
     if "id" in data and data["id"] is not None and request_id(data) is None:
-        raise _bad("id", f"an integer or a string of at most {MAX_ID_CHARS} characters", data["id"])
+        raise _bad("id", ID_RULE, data["id"])
     stream = data.get("stream")
     if stream is not None:
         check_stream_id(stream)

@@ -424,6 +424,26 @@ def test_a_request_envelope_of_more_than_max_hops_is_refused(small_engine: Engin
     assert error["code"] == "malformed_multipart" and f"at most {MAX_HOPS} routing frames" in error["message"]
 
 
+def test_request_ids_cover_the_int64_range_and_are_echoed_exactly(
+    small_engine: Engine, tcp_endpoint: str
+) -> None:
+    """Integer ids were limited to |id| < 2**53; a C++ client's int64 ids past that were refused."""
+    image = bytes(48 * 64 * 3)
+    with Server(small_engine, bind=tcp_endpoint).start(), Client(tcp_endpoint, timeout=10) as client:
+        echoed = [
+            reply_of(client.request(request_frames(raw_request(id=i), image)))
+            for i in (2**53, 2**63 - 1, -(2**63), -1)
+        ]
+        refused = [
+            reply_of(client.request(request_frames(raw_request(id=i), image))) for i in (2**63, -(2**63) - 1)
+        ]
+    assert [r["status"] for r in echoed] == ["ok"] * 4
+    assert [r["id"] for r in echoed] == [2**53, 2**63 - 1, -(2**63), -1]
+    for reply in refused:
+        assert reply["error"]["code"] == "bad_header" and reply["id"] is None
+        assert "-2**63..2**63-1" in reply["error"]["message"], reply
+
+
 def test_images_with_trailing_zero_padding_are_segmented(small_engine: Engine, tcp_endpoint: str) -> None:
     """JPEGs with 15 or more bytes of zero padding, and PNGs with any, were refused as truncated."""
     image = np.random.default_rng(6).integers(0, 256, (48, 64, 3), dtype=np.uint8)
