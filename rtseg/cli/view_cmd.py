@@ -202,6 +202,7 @@ def run(args: argparse.Namespace) -> int:
     writer = _Writer(args.out, fps, timed=not args.all) if args.out is not None else None
     latency, transport = RecentSamples(), RecentSamples()  # a viewer may run for days
     keyframes = shown = 0
+    uncoloured = 0  # messages whose labels were to be shown but had no class set (no palette) yet
     seen_parts: set[str] = set()
     t_start = last_print = time.monotonic()
     quiet: StreamTimeout | None = None
@@ -232,6 +233,8 @@ def run(args: argparse.Namespace) -> int:
                 keyframes += message.header.is_keyframe
                 seen_parts.update(message.parts)
                 image = _image_of(message, args.part)
+                if image is None and message.labels is not None and message.classes is None:
+                    uncoloured += args.part in ("auto", "labels")
                 if image is not None:
                     if writer is not None:
                         writer.write(image, received)
@@ -298,9 +301,18 @@ def run(args: argparse.Namespace) -> int:
     if quiet is not None and (n == 0 or args.frames is not None):
         raise quiet  # nothing arrived, or fewer messages than asked for
     if n and not shown:
+        not_written = f"; nothing was written to {args.out}" if writer is not None else ""
+        if uncoloured:
+            # The labels were there: what was missing is the class set that colours them.
+            raise ConfigError(
+                f"none of the {n} messages could be shown: {uncoloured} carried labels, but no "
+                "'classes' (the class set, whose palette colours the labels) arrived with them or "
+                "before them, so the labels have no colours; the publisher must send 'classes' in "
+                "its headers (rtseg's send it on their first messages and every N-th), or send an "
+                f"overlay or frame part to show (they carry: {', '.join(sorted(seen_parts))})" + not_written
+            )
         raise ConfigError(
             f"none of the {n} messages had a part --part {args.part} can show "
-            f"(they carry: {', '.join(sorted(seen_parts)) or 'no parts'})"
-            + (f"; nothing was written to {args.out}" if writer is not None else "")
+            f"(they carry: {', '.join(sorted(seen_parts)) or 'no parts'})" + not_written
         )
     return 0

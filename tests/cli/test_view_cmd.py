@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -10,12 +11,14 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+import zmq
 
 from rtseg.cli import main
 from rtseg.data.labels import CAMVID
@@ -365,3 +368,60 @@ def test_a_recording_of_the_newest_messages_lasts_as_long_as_the_recording(tmp_p
     cap = cv2.VideoCapture(str(tmp_path / "timed.avi"))
     assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 10
     cap.release()
+
+
+@contextmanager
+def _hand_built_publisher(image_shape: tuple[int, ...], *, classes: bool) -> Iterator[str]:
+    """A publisher written from docs/wire-format.md with plain pyzmq and json (no rtseg helpers):
+    PNG labels at 60x80, optionally the class set on every message, about 50 messages/s."""
+    endpoint = _endpoint()
+    ctx = zmq.Context()
+    pub = ctx.socket(zmq.PUB)
+    pub.bind(endpoint)
+    stop = threading.Event()
+    labels = (np.arange(60 * 80).reshape(60, 80) % 11).astype(np.uint8)
+    png = cv2.imencode(".png", labels)[1].tobytes()
+
+    def run() -> None:
+        seq = 0
+        while not stop.is_set():
+            header = {
+                "proto": "rtseg/1",
+                "type": "frame",
+                "stream": "cam0",
+                "seq": seq,
+                "frame_index": seq,
+                "capture_ts": time.time(),
+                "publish_ts": time.time(),
+                "is_keyframe": True,
+                "deep_age": 0,
+                "timings_ms": {},
+                "image_shape": list(image_shape),
+                "parts": [{"name": "labels", "encoding": "png", "dtype": "uint8", "shape": [60, 80]}],
+            }
+            if classes:
+                header["classes"] = CAMVID.to_dict()
+            pub.send_multipart([b"cam0", json.dumps(header).encode(), png])
+            seq += 1
+            time.sleep(0.02)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        yield f"zmq://{endpoint}"
+    finally:
+        stop.set()
+        thread.join(5)
+        pub.close(linger=0)
+        ctx.term()
+
+
+def test_labels_without_a_class_set_name_the_missing_classes(capsys: pytest.CaptureFixture[str]) -> None:
+    """A publisher that never sends classes: the error said 'none of the N messages had a part
+    --part labels can show (they carry: labels)', blaming the part that was there."""
+    with _hand_built_publisher((60, 80, 3), classes=False) as addr:
+        for part in ("auto", "labels"):
+            assert main(["view", addr, "--headless", "--frames", "5", "--part", part, "--timeout", "5"]) == 2
+            err = " ".join(capsys.readouterr().err.split())
+            assert "5 carried labels, but no 'classes'" in err and "the labels have no colours" in err, err
+            assert "had a part" not in err
