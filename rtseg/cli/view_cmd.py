@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import signal
 import sys
@@ -25,7 +26,7 @@ from ..sink.file import (
     prepare_video,
     write_image,
 )
-from ..stream.protocol import STREAM_ID_RULE, is_stream_id
+from ..stream.protocol import DEFAULT_MAX_PIXELS, STREAM_ID_RULE, is_stream_id
 from ..stream.subscriber import Message, Subscriber
 from ..window import RecentSamples
 from .common import Terminated, positive_float, positive_int
@@ -94,14 +95,27 @@ def _stream_id(text: str) -> str:
     return text
 
 
+def _draw_size(image_shape: tuple[int, ...], max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+    """(width, height) to colour labels at: the source frame's ``image_shape``, scaled down (aspect
+    kept) to at most ``max_pixels``. The header's size is only metadata, not checked against the
+    pixel limit (a 24 MP camera's stream is readable), and a publisher may claim any size: drawn
+    as it is, a claim of 10^6 x 10^6 would allocate terabytes."""
+    h, w = int(image_shape[0]), int(image_shape[1])
+    if h * w <= max_pixels:
+        return w, h
+    scale = math.sqrt(max_pixels / (h * w))
+    nh = max(1, int(h * scale))
+    nw = max(1, min(int(w * scale), max_pixels // nh))
+    return nw, nh
+
+
 def _image_of(message: Message, part: str) -> np.ndarray | None:
     if part in ("auto", "overlay") and message.overlay is not None:
         return message.overlay
     if part in ("auto", "labels") and message.labels is not None:
         if message.classes is None:
             return None  # the palette arrives with the class set, at most classes_every frames later
-        h, w = message.header.image_shape[:2]
-        return colorize(message.labels, message.classes, (w, h))
+        return colorize(message.labels, message.classes, _draw_size(message.header.image_shape))
     if part == "frame":
         return message.frame
     return None

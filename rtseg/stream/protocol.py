@@ -164,13 +164,18 @@ def _choice(
 
 
 def _shape(value: Any, name: str) -> tuple[int, ...]:
+    """1..4 positive integers, each an int64 as every header integer (``image_shape`` is not held
+    to the pixel limit, and its sides still have to be numbers a receiver can compute with)."""
     if (
         not isinstance(value, list)
         or not 1 <= len(value) <= 4
-        or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
+        or not all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= INT_MAX for v in value)
     ):
+        shown = repr(value)
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
         raise WireError(
-            ErrorCode.BAD_SHAPE, f"{name}: expected a list of 1..4 positive integers, got {value!r}"
+            ErrorCode.BAD_SHAPE, f"{name}: expected a list of 1..4 integers in 1..2**63-1, got {shown}"
         )
     return tuple(value)
 
@@ -621,7 +626,9 @@ def decode_frame_header(
         )
     if len(header.image_shape) < 2:
         raise _bad("image_shape", "[height, width] or [height, width, channels]", list(header.image_shape))
-    check_pixels(header.image_shape, max_pixels, "image_shape")
+    # image_shape is the source frame's size, metadata: nothing of that size is decoded or
+    # allocated here (a viewer that draws at it bounds it itself), so only the parts that are
+    # decoded meet the pixel limit. A 24 MP camera's small label maps are readable.
     for spec, data in zip(header.parts, frames[2:], strict=True):
         check_part(spec, data, max_pixels=max_pixels)
     return header
@@ -637,7 +644,6 @@ def decode_frame_parts(
     """Decoded parts; the standard ones are checked to be what a viewer can draw."""
     if len(header.image_shape) < 2:
         raise _bad("image_shape", "[height, width] or [height, width, channels]", list(header.image_shape))
-    check_pixels(header.image_shape, max_pixels, "image_shape")
     parts = {
         spec.name: decode_array(spec, frames[2 + i], max_pixels=max_pixels)
         for i, spec in enumerate(header.parts)

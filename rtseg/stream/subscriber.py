@@ -238,6 +238,7 @@ class Subscriber:
         # at once interleave the frames of different messages, or abort inside libzmq)
         self._socket_lock = threading.Lock()
         self._received = self._delivered = self._skipped = self._malformed = self._gaps = 0
+        self._malformed_before_delivery = 0  # self._malformed when recv last handed a message out
         self._restarts = self._evicted = 0
         self._last_error: str | None = None
         # least recently heard stream first; at most max_streams entries
@@ -353,6 +354,7 @@ class Subscriber:
             return None
         with self._lock:
             self._delivered += 1
+            self._malformed_before_delivery = self._malformed
         return Message(
             topic=pending.header.stream,
             header=pending.header,
@@ -463,7 +465,22 @@ class Subscriber:
             if self._closed:
                 raise ConfigError(f"subscriber {self.addr} was closed while waiting")
             if deadline is not None and time.monotonic() >= deadline:
-                raise StreamTimeout(f"no message from {self.addr} within {timeout:.3g} s{self._timeout_hint}")
+                raise self._timeout_error(timeout)  # type: ignore[arg-type]
+
+    def _timeout_error(self, timeout: float) -> StreamTimeout:
+        """What recv raises when nothing usable came: messages that arrived but were all malformed
+        are not 'nothing published' (a publisher speaking another version, or sending too-large
+        parts, looked like silence)."""
+        with self._lock:
+            malformed = self._malformed - self._malformed_before_delivery
+            last = self._last_error
+        if malformed:
+            since = "since the last message handed out" if self._delivered else "since the subscriber opened"
+            return StreamTimeout(
+                f"no usable message from {self.addr} within {timeout:.3g} s: {malformed} message(s) "
+                f"arrived {since} and were all malformed, so skipped (the last: {last})"
+            )
+        return StreamTimeout(f"no message from {self.addr} within {timeout:.3g} s{self._timeout_hint}")
 
     def _recv_direct(self, remaining: float | None) -> _Pending | None:
         """Poll in short slices, so that close() from another thread ends the wait (sockets are not

@@ -425,3 +425,27 @@ def test_labels_without_a_class_set_name_the_missing_classes(capsys: pytest.Capt
             err = " ".join(capsys.readouterr().err.split())
             assert "5 carried labels, but no 'classes'" in err and "the labels have no colours" in err, err
             assert "had a part" not in err
+
+
+def test_a_source_over_the_pixel_limit_is_viewed_with_its_labels_drawn_within_it(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """An 18 MP source sending 60x80 labels: every message was refused as too_large (its
+    image_shape held to the pixel limit) and view timed out with 'nothing published'."""
+    with _hand_built_publisher((3000, 6000, 3), classes=True) as addr:
+        assert main(["view", addr, "--headless", "--frames", "3", "--part", "labels", "--timeout", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "3 messages" in out and "3 shown" in out and "malformed: 0" in out
+
+
+def test_labels_are_drawn_at_image_shape_bounded_by_the_pixel_limit() -> None:
+    """image_shape is a publisher's claim: drawn as it is, 10^6 x 10^6 would allocate terabytes."""
+    from rtseg.cli.view_cmd import _draw_size
+    from rtseg.stream.protocol import DEFAULT_MAX_PIXELS
+
+    assert _draw_size((360, 480, 3)) == (480, 360)
+    for shape in ((3000, 6000, 3), (10**6, 10**6), (1, 10**9), (2**63 - 1, 2**63 - 1)):
+        w, h = _draw_size(shape)
+        assert 1 <= w * h <= DEFAULT_MAX_PIXELS, shape
+    w, h = _draw_size((3000, 6000, 3))
+    assert abs(w / h - 2.0) < 0.01  # the aspect ratio is kept

@@ -223,13 +223,23 @@ def test_standard_parts_must_be_drawable(part: PartSpec, array: np.ndarray) -> N
     assert err.value.code is ErrorCode.BAD_SHAPE
 
 
-def test_image_shape_is_checked_against_the_pixel_limit() -> None:
+def test_image_shape_is_metadata_not_held_to_the_pixel_limit() -> None:
+    """A 1.6-gigapixel source's 4x6 labels are read (only decoded parts meet the limit); a shape
+    without a width, or with a side past int64, is malformed."""
     labels = np.zeros((4, 6), np.uint8)
-    for shape, code in (((40_000, 40_000, 3), ErrorCode.TOO_LARGE), ((48,), ErrorCode.BAD_HEADER)):
+    header = _frame_header(image_shape=(40_000, 40_000, 3))
+    frames = encode_frame_message(header, [labels.tobytes()])
+    assert decode_frame_header(frames, max_pixels=100).image_shape == (40_000, 40_000, 3)
+    assert decode_frame_parts(header, frames, max_pixels=100)["labels"].shape == (4, 6)
+    for shape, code in (((48,), ErrorCode.BAD_HEADER), ((2**63, 1, 3), ErrorCode.BAD_SHAPE)):
         header = _frame_header(image_shape=shape)
         with pytest.raises(WireError) as err:
-            decode_frame_parts(header, encode_frame_message(header, [labels.tobytes()]))
+            decode_frame_header(encode_frame_message(header, [labels.tobytes()]))
         assert err.value.code is code
+    big = _frame_header(parts=(PartSpec("labels", "raw", "uint8", (40, 60)),))
+    with pytest.raises(WireError, match="part 'labels'") as err:  # a decoded part still is
+        decode_frame_header(encode_frame_message(big, [bytes(2400)]), max_pixels=100)
+    assert err.value.code is ErrorCode.TOO_LARGE
 
 
 @pytest.mark.parametrize(

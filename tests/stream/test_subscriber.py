@@ -146,6 +146,57 @@ def test_malformed_messages_are_counted_and_skipped(latest: bool, tcp_endpoint: 
     assert stats.last_error is not None
 
 
+@pytest.mark.parametrize("latest", [False, True])
+def test_a_source_over_the_pixel_limit_is_readable_when_its_parts_are_small(
+    latest: bool, tcp_endpoint: str
+) -> None:
+    """image_shape (the source frame's size, metadata) was held to the pixel limit: a publisher of
+    an 18 MP camera sending 4x6 labels was unreadable. Only decoded parts meet the limit."""
+    raw = RawPublisher(tcp_endpoint)
+    big = frame_message(1)
+    big[1] = json.dumps({**json.loads(big[1]), "image_shape": [3000, 6000, 3]}).encode()
+    try:
+        with Subscriber(tcp_endpoint, latest=latest) as sub:
+            raw.connect(sub)
+            raw.sock.send_multipart(big)
+            message = sub.recv(timeout=5)
+            stats = sub.stats
+    finally:
+        raw.close()
+    assert message.header.image_shape == (3000, 6000, 3) and message.labels.shape == (4, 6)
+    assert stats.malformed == 0
+
+
+@pytest.mark.parametrize("latest", [False, True])
+def test_a_timeout_after_only_malformed_messages_says_they_were_malformed(
+    latest: bool, tcp_endpoint: str
+) -> None:
+    """It said 'no message ... (nothing published, ...)' when three had arrived, all malformed."""
+    raw = RawPublisher(tcp_endpoint)
+    newer = [
+        b"cam0",
+        json.dumps({**json.loads(frame_message(5)[1]), "proto": "rtseg/9"}).encode(),
+        b"\0" * 24,
+    ]
+    try:
+        with Subscriber(tcp_endpoint, latest=latest) as sub:
+            raw.connect(sub)
+            for _ in range(3):
+                raw.sock.send_multipart(newer)
+            with pytest.raises(StreamTimeout) as info:
+                sub.recv(timeout=0.5)
+            # and once a good message is handed out, a later timeout counts from there
+            raw.sock.send_multipart(frame_message(6))
+            sub.recv(timeout=5)
+            with pytest.raises(StreamTimeout, match="nothing published"):
+                sub.recv(timeout=0.2)
+    finally:
+        raw.close()
+    text = str(info.value)
+    assert "3 message(s) arrived since the last message handed out and were all malformed" in text, text
+    assert "unsupported_version" in text and "nothing published" not in text
+
+
 def test_sequence_gaps_and_restarts_are_counted(tcp_endpoint: str) -> None:
     raw = RawPublisher(tcp_endpoint)
     try:
