@@ -744,7 +744,9 @@ def parse_request(data: Mapping[str, Any]) -> SegmentRequest:
     image = PartSpec.from_dict(data.get("image"), "image")
     if image.name != "image":
         raise _bad("image.name", "'image'", image.name)
-    reply = data.get("reply", {})
+    reply = data.get("reply")
+    if reply is None:  # absent or null, as every other optional field: the defaults
+        reply = {}
     if not isinstance(reply, dict):
         raise _bad("reply", "an object", reply)
     quality = _get(reply, "overlay_quality", required=False)

@@ -314,6 +314,25 @@ def test_request_validation() -> None:
         assert err.value.code is code, change
 
 
+def test_null_optional_fields_are_absent_ones() -> None:
+    """ "reply": null was refused ("expected an object") while null is absent for every other
+    optional field, in the request and in the reply object."""
+    header = {
+        "proto": PROTOCOL,
+        "type": "segment",
+        "image": {"name": "image", "encoding": "jpeg", "dtype": "uint8"},
+    }
+    default = parse_request(header)
+    nulls = ("id", "stream", "start", "keyframe", "frame_index", "capture_ts", "deadline_ms", "reply")
+    for name in nulls:
+        assert parse_request({**header, name: None}) == default, name
+    for name in ("labels", "size", "overlay", "overlay_quality"):
+        assert parse_request({**header, "reply": {name: None}}) == default, name
+    with pytest.raises(WireError, match="field 'reply': expected an object") as err:
+        parse_request({**header, "reply": []})
+    assert err.value.code is ErrorCode.BAD_HEADER
+
+
 @pytest.mark.parametrize("quality", [0, 50.5, 101, -1, True, "80", 2**64])
 def test_overlay_quality_has_one_check_one_name_one_range(quality: object) -> None:
     """It was two: 0 or 50.5 said field 'overlay_quality' in 1..2**63-1, 101 'reply.overlay_quality'
