@@ -224,12 +224,18 @@ def loads(frame: bytes | memoryview, *, expect_type: str | None = None) -> dict[
     return check_protocol(load_json_object(frame), expect_type=expect_type)
 
 
+def _refuse_constant(name: str) -> Any:
+    """Python's json reads NaN, Infinity and -Infinity, which JSON does not have (the wire format's
+    JSON is strict): a header holding one is not JSON, whichever field it is in."""
+    raise ValueError(f"{name} is not a JSON value; the wire format's JSON is strict (no NaN or Infinity)")
+
+
 def load_json_object(frame: bytes | memoryview) -> dict[str, Any]:
     """The header frame as a JSON object, not yet version-checked (so that a reply can echo its id)."""
     if len(frame) > MAX_HEADER_BYTES:
         raise WireError(ErrorCode.TOO_LARGE, f"header is {len(frame)} bytes; the limit is {MAX_HEADER_BYTES}")
     try:
-        data = json.loads(bytes(frame).decode("utf-8"))
+        data = json.loads(bytes(frame).decode("utf-8"), parse_constant=_refuse_constant)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise WireError(ErrorCode.BAD_JSON, f"the header frame is not UTF-8 JSON ({exc})") from None
     if not isinstance(data, dict):

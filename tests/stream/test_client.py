@@ -208,8 +208,8 @@ def _one_reply_raises(endpoint: str, reply: Callable[[str], list[bytes]], messag
         ("frame_index", "-3"),
         ("image_shape", "5"),
         ("timings_ms", "[1, 2]"),
-        ("input_size", "[Infinity, 2]"),  # Python's json reads Infinity; int() of it overflows
-        ("classes", '{"name": "x", "names": ["a"], "palette": [[Infinity, 0, 0]]}'),
+        ("input_size", "[1e400, 2]"),  # Python's json reads 1e400 as inf; int() of it overflows
+        ("classes", '{"name": "x", "names": ["a"], "palette": [[1e400, 0, 0]]}'),
     ],
 )
 def test_a_bad_field_in_a_reply_is_a_protocol_error(field: str, value: str, tcp_endpoint: str) -> None:
@@ -220,6 +220,17 @@ def test_a_bad_field_in_a_reply_is_a_protocol_error(field: str, value: str, tcp_
         return [header.encode(), b"\1" * 8]
 
     _one_reply_raises(tcp_endpoint, reply, field)
+
+
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+def test_a_reply_with_nan_or_infinity_is_not_json(constant: str, tcp_endpoint: str) -> None:
+    """Python's json read them (the wire format's JSON is strict), so a reply's NaN timing passed."""
+
+    def reply(req_id: str) -> list[bytes]:
+        header = json.dumps({**_ok_reply(req_id), "timings_ms": {"total": "@"}}).replace('"@"', constant)
+        return [header.encode(), b"\1" * 8]
+
+    _one_reply_raises(tcp_endpoint, reply, f"bad_json: .*{constant} is not a JSON value")
 
 
 def test_a_restarted_stream_keeps_the_call_deadline(tcp_endpoint: str) -> None:

@@ -257,8 +257,9 @@ def test_image_shape_is_metadata_not_held_to_the_pixel_limit() -> None:
         (lambda d: d["parts"][0].update(dtype="int7"), ErrorCode.BAD_DTYPE),
         (lambda d: d["parts"][0].pop("shape"), ErrorCode.BAD_SHAPE),
         (lambda d: d.update(classes={"name": "x"}), ErrorCode.BAD_HEADER),
-        # json reads Infinity, and int() of it overflows: a bad header, not an OverflowError
-        (lambda d: d["classes"].update(ignore_index=float("inf")), ErrorCode.BAD_HEADER),
+        # Infinity is not JSON (Python's json read it, and int() of it overflowed)
+        (lambda d: d["classes"].update(ignore_index=float("inf")), ErrorCode.BAD_JSON),
+        (lambda d: d.update(capture_ts=float("nan")), ErrorCode.BAD_JSON),
         (lambda d: d.update(timings_ms={"low": "fast"}), ErrorCode.BAD_HEADER),
         # the publisher's session id: what subscribers tell a restart by
         (lambda d: d.update(session=""), ErrorCode.BAD_HEADER),

@@ -178,6 +178,8 @@ UNREADABLE_ID = {
     "not UTF-8",
     "JSON array",
     "JSON nested too deep",
+    "NaN timestamp",
+    "Infinity in an unknown field",
     "header over 64 KiB",
     "bad id",
 }
@@ -216,7 +218,9 @@ def bad_inputs() -> dict[str, tuple[list[bytes], str]]:
             "bad_header",
         ),
         "wrong type": ([h(type="segmnet"), raw], "bad_header"),
-        "NaN timestamp": ([h()[:-1] + b', "capture_ts": NaN}', raw], "bad_header"),
+        "NaN timestamp": ([h()[:-1] + b', "capture_ts": NaN}', raw], "bad_json"),  # not JSON
+        "Infinity in an unknown field": ([h()[:-1] + b', "zzz": [-Infinity]}', raw], "bad_json"),
+        "timestamp past float's range": ([h()[:-1] + b', "capture_ts": 1e400}', raw], "bad_header"),
         "bad id": ([h(id=[1]), raw], "bad_header"),
         "negative deadline": ([h(deadline_ms=-5), raw], "bad_header"),
         "deadline as text": ([h(deadline_ms="soon"), raw], "bad_header"),
