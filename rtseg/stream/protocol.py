@@ -312,7 +312,8 @@ class PartSpec:
         if not isinstance(name, str) or not name or len(name) > 64:
             raise _bad(f"{where}.name", "a non-empty string of at most 64 characters", name)
         encoding = _choice(data, "encoding", ENCODINGS)
-        dtype = data.get("dtype", "uint8")
+        # Required, as docs/wire-format.md's descriptor says: a missing one was taken as uint8.
+        dtype = _get(data, "dtype", required=True, path=f"{where}.dtype")
         if not isinstance(dtype, str) or dtype not in DTYPES:
             raise WireError(
                 ErrorCode.BAD_DTYPE, f"{where}.dtype: expected one of {list(DTYPES)}, got {dtype!r}"

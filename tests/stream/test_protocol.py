@@ -256,6 +256,7 @@ def test_image_shape_is_metadata_not_held_to_the_pixel_limit() -> None:
         (lambda d: d.update(image_shape=[4, -6, 3]), ErrorCode.BAD_SHAPE),
         (lambda d: d["parts"][0].update(dtype="int7"), ErrorCode.BAD_DTYPE),
         (lambda d: d["parts"][0].pop("shape"), ErrorCode.BAD_SHAPE),
+        (lambda d: d["parts"][0].pop("dtype"), ErrorCode.BAD_HEADER),  # was taken as uint8
         (lambda d: d.update(classes={"name": "x"}), ErrorCode.BAD_HEADER),
         # Infinity is not JSON (Python's json read it, and int() of it overflowed)
         (lambda d: d["classes"].update(ignore_index=float("inf")), ErrorCode.BAD_JSON),
@@ -289,7 +290,12 @@ def test_loads_refuses_bad_json_and_oversized_headers() -> None:
 
 
 def test_request_validation() -> None:
-    good = {"proto": PROTOCOL, "type": "segment", "id": 5, "image": {"name": "image", "encoding": "jpeg"}}
+    good = {
+        "proto": PROTOCOL,
+        "type": "segment",
+        "id": 5,
+        "image": {"name": "image", "encoding": "jpeg", "dtype": "uint8"},
+    }
     request = parse_request(good)
     assert (request.id, request.stream, request.labels, request.size, request.overlay) == (
         5,
@@ -303,7 +309,29 @@ def test_request_validation() -> None:
         ({"id": [1]}, ErrorCode.BAD_HEADER),
         ({"reply": {"labels": "jpeg"}}, ErrorCode.BAD_HEADER),
         ({"reply": {"overlay_quality": 101}}, ErrorCode.BAD_HEADER),
-        ({"image": {"name": "image", "encoding": "raw"}}, ErrorCode.BAD_SHAPE),
+        ({"image": {"name": "image", "encoding": "raw", "dtype": "uint8"}}, ErrorCode.BAD_SHAPE),
+        # what docs/wire-format.md's error table says of each descriptor field: a missing dtype
+        # was taken as uint8; shapes of floats or booleans are bad_shape as any malformed shape
+        ({"image": {"name": "image", "encoding": "png"}}, ErrorCode.BAD_HEADER),
+        ({"image": {"name": "image", "encoding": "png", "dtype": None}}, ErrorCode.BAD_HEADER),
+        ({"image": {"name": "image", "encoding": "raw", "shape": [2, 4, 3]}}, ErrorCode.BAD_HEADER),
+        ({"image": {"name": "image", "encoding": "png", "dtype": "int8"}}, ErrorCode.BAD_DTYPE),
+        (
+            {"image": {"name": "image", "encoding": "raw", "dtype": "uint8", "shape": [2.0, 4, 3]}},
+            ErrorCode.BAD_SHAPE,
+        ),
+        (
+            {"image": {"name": "image", "encoding": "raw", "dtype": "uint8", "shape": [2, 4, True]}},
+            ErrorCode.BAD_SHAPE,
+        ),
+        (
+            {"image": {"name": "image", "encoding": "raw", "dtype": "uint8", "shape": [2**63, 1, 3]}},
+            ErrorCode.BAD_SHAPE,
+        ),
+        (
+            {"image": {"name": "image", "encoding": "raw", "dtype": "uint8", "shape": "2x4x3"}},
+            ErrorCode.BAD_SHAPE,
+        ),
         ({"image": {"name": "image", "encoding": "gif"}}, ErrorCode.BAD_HEADER),
         ({"capture_ts": float("nan")}, ErrorCode.BAD_HEADER),
         # an integer past float's range raised OverflowError: internal_error, logged as a server bug
@@ -338,7 +366,11 @@ def test_null_optional_fields_are_absent_ones() -> None:
 def test_overlay_quality_has_one_check_one_name_one_range(quality: object) -> None:
     """It was two: 0 or 50.5 said field 'overlay_quality' in 1..2**63-1, 101 'reply.overlay_quality'
     in 1..100."""
-    header = {"proto": PROTOCOL, "type": "segment", "image": {"name": "image", "encoding": "jpeg"}}
+    header = {
+        "proto": PROTOCOL,
+        "type": "segment",
+        "image": {"name": "image", "encoding": "jpeg", "dtype": "uint8"},
+    }
     with pytest.raises(WireError) as err:
         parse_request({**header, "reply": {"overlay_quality": quality}})
     assert err.value.code is ErrorCode.BAD_HEADER
@@ -360,7 +392,11 @@ def test_overlay_quality_has_one_check_one_name_one_range(quality: object) -> No
 def test_reply_fields_are_named_with_their_object(reply: dict, detail: str) -> None:
     """They were named 'labels', 'size' and 'overlay', as if top-level (and 'labels' is also a part
     name), while overlay_quality said 'reply.overlay_quality'."""
-    header = {"proto": PROTOCOL, "type": "segment", "image": {"name": "image", "encoding": "jpeg"}}
+    header = {
+        "proto": PROTOCOL,
+        "type": "segment",
+        "image": {"name": "image", "encoding": "jpeg", "dtype": "uint8"},
+    }
     with pytest.raises(WireError) as err:
         parse_request({**header, "reply": reply})
     assert err.value.code is ErrorCode.BAD_HEADER and err.value.detail == detail
