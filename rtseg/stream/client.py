@@ -309,8 +309,12 @@ class Client:
 
     def _reply(self, header: dict[str, Any], frames: list[bytes], rtt: float, restarted: bool) -> Reply:
         parts: dict[str, np.ndarray] = {}
-        for i, item in enumerate(header["parts"]):
-            spec = PartSpec.received(item, f"parts[{i}]")
+        specs = [PartSpec.received(item, f"parts[{i}]") for i, item in enumerate(header["parts"])]
+        if len({spec.name for spec in specs}) != len(specs):  # the second 'labels' replaced the first
+            raise ProtocolError(
+                f"reply header field 'parts': expected unique part names, got {[s.name for s in specs]}"
+            )
+        for i, spec in enumerate(specs):
             if not spec.skipped:
                 parts[spec.name] = decode_array(spec, frames[1 + i], max_pixels=self.max_pixels)
         if "labels" not in parts:

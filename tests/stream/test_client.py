@@ -233,6 +233,18 @@ def test_a_reply_with_nan_or_infinity_is_not_json(constant: str, tcp_endpoint: s
     _one_reply_raises(tcp_endpoint, reply, f"bad_json: .*{constant} is not a JSON value")
 
 
+def test_a_reply_with_two_parts_of_one_name_is_a_protocol_error(tcp_endpoint: str) -> None:
+    """Part names are unique in a message (the subscriber refused duplicates); the client took the
+    last 'labels' of two without a word."""
+
+    def reply(req_id: str) -> list[bytes]:
+        header = _ok_reply(req_id)
+        header["parts"] = header["parts"] * 2
+        return [json.dumps(header).encode(), b"\1" * 8, b"\2" * 8]
+
+    _one_reply_raises(tcp_endpoint, reply, r"expected unique part names, got \['labels', 'labels'\]")
+
+
 def test_a_restarted_stream_keeps_the_call_deadline(tcp_endpoint: str) -> None:
     """The server answers ``unknown_stream`` only on the last retry, then goes silent: the restart
     request gets what is left of the call's ``timeout * (retries + 1)``, not a fresh set of retries
