@@ -36,6 +36,7 @@ from .curve import CurveServer
 from .endpoint import check_endpoint
 from .protocol import (
     SOCKOPT_INT_MAX,
+    STREAM_ID_RULE,
     FrameHeader,
     PartSpec,
     WireError,
@@ -101,7 +102,7 @@ class PublishOptions:
             check_stream_id(self.stream)
         except WireError:
             raise ConfigError(
-                f"PublishOptions.stream must be 1..64 characters of [A-Za-z0-9._:/-], got {self.stream!r}"
+                f"PublishOptions.stream must be {STREAM_ID_RULE}, got {self.stream!r}"
             ) from None
         if not 1 <= self.sndhwm <= SOCKOPT_INT_MAX:  # ZMQ_SNDHWM is a C int
             raise ConfigError(f"PublishOptions.sndhwm must be in 1..2**31-1, got {self.sndhwm}")

@@ -361,6 +361,11 @@ def test_uri_parsing() -> None:
         # the last one was kept silently: the sink published labels only
         ("parts=labels&parts=overlay", r"option\(s\) \['parts'\] given more than once"),
         ("quality=50&hwm=3&quality=60", r"option\(s\) \['quality'\] given more than once"),
+        # the shared rule: it left out that an id starts with a letter or digit
+        (
+            "stream=-bad",
+            r"option stream must be 1\.\.64 characters of .* starting with a letter or digit, got '-bad'",
+        ),
     ],
 )
 def test_uri_option_errors_name_the_key_the_user_wrote(query: str, message: str) -> None:
