@@ -65,8 +65,7 @@ def _check_engine_options(scheduler: object, options: dict[str, Any]) -> None:
 
 def _network(model: str | StagedSegmenter | None, weights: str | os.PathLike[str] | None) -> StagedSegmenter:
     """Resolve ``model``/``weights`` as the CLI does, with errors phrased for a Python caller."""
-    from .cli.common import load_model
-    from .models import DEFAULT_MODEL, get_spec
+    from .models import DEFAULT_MODEL, get_spec, load_model
 
     if isinstance(model, StagedSegmenter):
         if weights is not None:

@@ -27,12 +27,12 @@ from ..bench.table import TABLES, PublishedRow, implemented, load_table, table_p
 from ..engine import BACKENDS, PRECISIONS
 from ..errors import ConfigError
 from ..models import DEFAULT_MODEL, list_models
+from ..paths import check_output
 from ..schedule import SCHEDULERS
 from ..signals import restore, take
 from ..source import is_live_uri, open_source, redacted
 from .common import (
     DEVICE_HELP,
-    check_output,
     output_file,
     parse_size,
     positive_float,

@@ -9,10 +9,10 @@ from pathlib import Path
 
 from ..atomic import atomic_write_bytes
 from ..errors import BackendUnavailableError, ConfigError
+from ..models import load_model
+from ..paths import check_output
 from .common import (
     add_model_args,
-    check_output,
-    load_model,
     output_file,
     parse_size,
     refuse_overwrites,

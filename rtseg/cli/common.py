@@ -8,16 +8,13 @@ import os
 import re
 import signal
 import sys
-import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..errors import CheckpointError, ConfigError
-from ..models import DEFAULT_MODEL, DEFAULT_WEIGHTS, StagedSegmenter, get_model, list_models
-from ..models.catalog import find_known
-from ..models.checkpoint import read_checkpoint, sha256_of, tensors_sha256
+from ..errors import ConfigError
+from ..models import DEFAULT_MODEL, list_models
 from ..signals import Handler, restore, take
 from ..sink.file import file_clash
 from .console import Terminated
@@ -138,24 +135,6 @@ positive_float = ranged(float, "a finite number > 0", lambda v: 0 < v < math.inf
 # Counts that must be at least 1, and those that may be 0.
 positive_int = ranged(int, "a whole number >= 1", lambda v: v >= 1)
 whole_number = ranged(int, "a whole number >= 0", lambda v: v >= 0)
-
-
-def check_output(path: Path | None, option: str) -> None:
-    """Refuse an output file that cannot be written before the slow part, not after it: a folder,
-    a path under a file, or a folder no file can be made in. That is tried, with a temporary file:
-    permissions say nothing of a read-only mount or /proc, nor anything to root."""
-    if path is None:
-        return
-    if path.is_dir():
-        raise ConfigError(f"{option} {path} is a folder: give the name of a file to write")
-    folder = next(p for p in path.absolute().parents if p.exists())
-    if not folder.is_dir():
-        raise ConfigError(f"{option} {path}: {folder} is a file, not a folder")
-    try:
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as exc:
-        raise ConfigError(f"{option} {path}: cannot write in {folder}: {exc.strerror or exc}") from None
 
 
 PathArg = str | os.PathLike[str]
@@ -304,47 +283,3 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="checkpoint: rtseg's format or an upstream state dict rtseg recognises",
     )
-
-
-def model_name_for(weights: Path) -> str:
-    """The architecture a checkpoint is for, read from its metadata or recognised by its file or
-    tensor digest (a re-saved or DataParallel copy of an authors' release has another file hash)."""
-    known = find_known(sha256_of(weights)) if weights.is_file() else None
-    if known is not None:
-        return known.model
-    ckpt = read_checkpoint(weights)
-    meta = ckpt.meta
-    if meta is None:  # a plain state dict: perhaps a re-saved copy of a release (hashed only then)
-        known = find_known(tensors_sha256(ckpt.state_dict))
-        if known is not None:
-            return known.model
-        raise CheckpointError(
-            f"{weights} is a plain state dict rtseg does not recognise: name its architecture with --model"
-        )
-    if meta.model not in list_models():
-        raise CheckpointError(
-            f"{weights} is for model {meta.model!r}, which this rtseg does not have "
-            f"(it has {', '.join(list_models())}); was it written by another rtseg version?"
-        )
-    return meta.model
-
-
-def check_model_args(model: str | None, weights: str | None) -> None:
-    """Refuse --model without --weights for a model rtseg ships no weights for, in the command's
-    terms (the Python API's own message names Segmenter(weights=...))."""
-    if weights is None and model not in (None, DEFAULT_MODEL):
-        raise ConfigError(
-            f"--weights is required with --model {model}: rtseg ships trained weights only for "
-            f"{DEFAULT_MODEL}; train some with `rtseg train --model {model}`"
-        )
-
-
-def load_model(model: str | None, weights: str | None) -> StagedSegmenter:
-    """Resolve --model/--weights: neither -> the shipped default; weights alone -> its own model."""
-    check_model_args(model, weights)
-    if weights is None:
-        if not DEFAULT_WEIGHTS.is_file():
-            raise CheckpointError(f"the shipped default weights are missing: {DEFAULT_WEIGHTS}")
-        return get_model(DEFAULT_MODEL, weights=DEFAULT_WEIGHTS)
-    path = Path(weights)
-    return get_model(model or model_name_for(path), weights=path)

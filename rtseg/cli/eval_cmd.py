@@ -12,12 +12,12 @@ from ..atomic import atomic_write_text
 from ..data.datasets import cityscapes, open_dataset
 from ..errors import ConfigError
 from ..evaluate import evaluate, fit_classes
+from ..models import load_model
+from ..paths import check_output
 from .common import (
     add_engine_place_args,
     add_model_args,
-    check_output,
     engine_place,
-    load_model,
     output_file,
     parse_size,
     refuse_overwrites,

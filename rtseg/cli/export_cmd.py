@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError
-from .common import add_engine_place_args, add_model_args, engine_place, load_model, parse_size
+from ..models import load_model
+from .common import add_engine_place_args, add_model_args, engine_place, parse_size
 
 
 def register(sub: argparse._SubParsersAction) -> None:

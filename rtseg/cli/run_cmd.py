@@ -19,7 +19,9 @@ from ..atomic import atomic_write_text
 from ..engine.base import Engine, EngineInfo
 from ..errors import ConfigError, RtsegError
 from ..metrics import ConfusionMatrix
+from ..models import check_model_args
 from ..overlay.annotate import MODES, OverlayStyle
+from ..paths import check_output
 from ..pipeline import Pipeline, PipelineStats, input_clash, open_sinks
 from ..schedule import CHANGES, SCHEDULERS, Scheduler, make_scheduler
 from ..segmenter import Segmenter, load_engine
@@ -34,8 +36,6 @@ from .common import (
     Terminated,
     add_engine_place_args,
     add_model_args,
-    check_model_args,
-    check_output,
     engine_place,
     output_file,
     parse_size,

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..engine import BACKENDS, load
 from ..errors import ConfigError
+from ..models import load_model
 from ..schedule import Scheduler, make_scheduler
 from ..signals import restore, take
 from ..stream.curve import check_server_keys
@@ -20,7 +21,6 @@ from .common import (
     add_engine_place_args,
     add_model_args,
     engine_place,
-    load_model,
     parse_size,
     positive_float,
     positive_int,

@@ -10,7 +10,8 @@ import torch
 
 from ..errors import ConfigError
 from ..models import list_models
-from .common import check_output, output_file, parse_size, positive_float, positive_int
+from ..paths import check_output
+from .common import output_file, parse_size, positive_float, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:

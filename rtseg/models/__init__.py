@@ -2,6 +2,7 @@
 
 from .base import FeatureInfo, StagedSegmenter, StageSpec
 from .checkpoint import WeightsMeta, read_checkpoint, save_checkpoint
+from .loading import check_model_args, load_model, model_name_for
 from .registry import (
     DEFAULT_MODEL,
     DEFAULT_WEIGHTS,
@@ -21,9 +22,12 @@ __all__ = [
     "StageSpec",
     "StagedSegmenter",
     "WeightsMeta",
+    "check_model_args",
     "get_model",
     "get_spec",
     "list_models",
+    "load_model",
+    "model_name_for",
     "read_checkpoint",
     "save_checkpoint",
 ]

@@ -736,8 +736,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     args.out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
-    from ..cli.common import load_model
     from ..evaluate import fit_classes
+    from ..models import load_model
     from ..segmenter import resolve_backend
 
     model = load_model(args.model, None if args.weights is None else str(args.weights))

@@ -14,11 +14,11 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from ..cli.common import check_output
 from ..data.datasets import open_dataset
 from ..errors import CheckpointError, ConfigError, RtsegError
 from ..evaluate import evaluate, fit_classes, torch_logits_fn
 from ..models import get_model, read_checkpoint, save_checkpoint
+from ..paths import check_output
 
 
 def package(source: Path, target: Path, *, dataset: str, root: Path, splits: list[str]) -> dict[str, float]:

@@ -43,7 +43,7 @@ def test_the_shipped_file_carries_checksums_of_its_weights_and_metadata() -> Non
 
 
 def test_default_is_what_the_cli_loads() -> None:
-    from rtseg.cli.common import load_model
+    from rtseg.models import load_model
 
     model = load_model(None, None)
     assert model.meta.classes == CAMVID and model.num_outputs == len(CAMVID)
