@@ -314,13 +314,22 @@ def cases_for(models: Sequence[str] | None, size: tuple[int, int] | None) -> lis
     return [Case(m, size or SIZE) for m in (models or list_models())]
 
 
+PROG = "python -m rtseg.bench.engines"
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The benchmark's command line; an RtsegError (an unknown model, images that cannot
+    calibrate) is reported in one line as the ``rtseg`` command reports it, not in a traceback."""
+    from ..cli import run_reported
+
+    return run_reported(PROG, lambda: _main(argv))
+
+
+def _main(argv: list[str] | None) -> int:
     from ..cli.common import parse_size, positive_int, whole_number
 
     # __doc__ is None under python -OO
-    p = argparse.ArgumentParser(
-        prog="python -m rtseg.bench.engines", description=(__doc__ or "").partition("\n")[0]
-    )
+    p = argparse.ArgumentParser(prog=PROG, description=(__doc__ or "").partition("\n")[0])
     p.add_argument(
         "--models",
         nargs="+",
@@ -371,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     peak_after = matmul_peak(threads)
     document = {
-        "command": " ".join(["python -m rtseg.bench.engines", *(sys.argv[1:] if argv is None else argv)]),
+        "command": " ".join([PROG, *(sys.argv[1:] if argv is None else argv)]),
         "environment": env,
         "hardware": hardware_line(env),
         "peak_gflops": max(peak, peak_after),

@@ -216,13 +216,22 @@ def format_markdown(document: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+PROG = "python -m rtseg.bench.int8_speed"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """The benchmark's command line; an RtsegError (an unknown model, images that cannot
+    calibrate) is reported in one line as the ``rtseg`` command reports it, not in a traceback."""
+    from ..cli import run_reported
+
+    return run_reported(PROG, lambda: _main(argv))
+
+
+def _main(argv: Sequence[str] | None) -> int:
     from ..cli.common import parse_size, positive_int, whole_number
 
     # __doc__ is None under python -OO
-    p = argparse.ArgumentParser(
-        prog="python -m rtseg.bench.int8_speed", description=(__doc__ or "").partition("\n")[0]
-    )
+    p = argparse.ArgumentParser(prog=PROG, description=(__doc__ or "").partition("\n")[0])
     p.add_argument("--models", nargs="+", default=list(MODELS), metavar="NAME")
     p.add_argument("--size", type=parse_size, default=SIZE, help="input size WxH (default 1024x512)")
     # Checked here, not after the models were quantised and their sessions built.
@@ -259,7 +268,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         )
     document = {
-        "command": " ".join(["python -m rtseg.bench.int8_speed", *(sys.argv[1:] if argv is None else argv)]),
+        "command": " ".join([PROG, *(sys.argv[1:] if argv is None else argv)]),
         "environment": env,
         "hardware": hardware_line(env),
         "size": list(args.size),

@@ -6,6 +6,7 @@ import argparse
 import importlib
 import logging
 import sys
+from collections.abc import Callable
 
 from .. import errors
 from .._version import __version__
@@ -67,17 +68,25 @@ def _main(argv: list[str] | None) -> int:
         if args is None:
             parser.print_help()
             return 2
+    return run_reported(f"rtseg {args.command}", lambda: args.func(args))
+
+
+def run_reported(prog: str, command: Callable[[], int | None]) -> int:
+    """Run ``command`` and return its exit status, reporting its failures as every rtseg command
+    does (each sub-command here, and the ``python -m`` tools' mains): an RtsegError is one line,
+    "PROG: error: MESSAGE", exit status 2; Ctrl-C is "PROG: interrupted", 130; anything else is
+    a bug and keeps its traceback."""
     try:
-        return int(args.func(args) or 0)
+        return int(command() or 0)
     except RtsegError as exc:
         # Notes say what else went wrong (calibration: a list edited since its id was recorded)
-        print(f"rtseg {args.command}: error: {'; '.join([str(exc), *notes_of(exc)])}", file=sys.stderr)
+        print(f"{prog}: error: {'; '.join([str(exc), *notes_of(exc)])}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"rtseg {args.command}: interrupted", file=sys.stderr)
+        print(f"{prog}: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:
         if not errors.NATIVE_NOTES:  # 3.10's traceback leaves them out (the async scheduler's keyframe)
             for note in notes_of(exc):
-                print(f"rtseg {args.command}: note: {note}", file=sys.stderr)
+                print(f"{prog}: note: {note}", file=sys.stderr)
         raise

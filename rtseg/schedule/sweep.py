@@ -669,11 +669,34 @@ def source_frames(uri: str, engine: Engine, limit: int | None = None) -> Iterato
         raise DatasetError(f"{uri} gave {count} frame(s); a schedule needs a sequence")
 
 
-def main(argv: list[str] | None = None) -> int:
-    # __doc__ is None under python -OO
-    p = argparse.ArgumentParser(
-        prog="python -m rtseg.schedule.sweep", description=(__doc__ or "").partition("\n")[0]
+PROG = "python -m rtseg.schedule.sweep"
+DEFAULT_VARIANT = ("l1_cat", 4)
+
+
+def variant(text: str) -> tuple[str, int]:
+    """An argparse type for --variant: FEATURE/POOL, a feature name and a pooling of at least 1
+    (``l1_cat`` alone was an IndexError after the engine was built). Whether the model has the
+    feature is checked once it is loaded."""
+    feature, slash, pool = text.partition("/")
+    if slash and feature and pool.isdigit() and int(pool) >= 1:
+        return feature, int(pool)
+    raise argparse.ArgumentTypeError(
+        f"expected FEATURE/POOL, a low feature of the model and a whole number >= 1 "
+        f"(default {DEFAULT_VARIANT[0]}/{DEFAULT_VARIANT[1]}), got {text!r}"
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The sweep's command line; an RtsegError (a source that cannot be opened, a missing backend)
+    is reported in one line as the ``rtseg`` command reports it, not in a traceback."""
+    from ..cli import run_reported
+
+    return run_reported(PROG, lambda: _main(argv))
+
+
+def _main(argv: list[str] | None) -> int:
+    # __doc__ is None under python -OO
+    p = argparse.ArgumentParser(prog=PROG, description=(__doc__ or "").partition("\n")[0])
     frames = p.add_mutually_exclusive_group()
     frames.add_argument("--root", type=Path, help="CamVid folder: its --split in file order, with its labels")
     frames.add_argument(
@@ -696,6 +719,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--variant",
         action="append",
+        type=variant,
         default=None,
         metavar="FEATURE/POOL",
         help="change-measure variants to sweep (the first is also tried with the flow warp)",
@@ -741,6 +765,15 @@ def main(argv: list[str] | None = None) -> int:
     from ..segmenter import resolve_backend
 
     model = load_model(args.model, None if args.weights is None else str(args.weights))
+    variants: list[tuple[str, int]] = args.variant or [DEFAULT_VARIANT]
+    low_names = [f.name for f in model.stage_spec.low]
+    for feature, pool in variants:  # before the engine is built and the frames are read
+        if feature not in low_names:
+            given = "" if args.variant else " (the default)"
+            p.error(
+                f"--variant {feature}/{pool}{given}: {feature!r} is not a low feature of "
+                f"{model.meta.model}; FEATURE is one of {', '.join(low_names)}"
+            )
     if args.root is not None:
         dataset = camvid(args.root, args.split)
         try:  # before the engine is built: a state dict's unnamed classes take CamVid's names
@@ -778,7 +811,6 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(costs)
         return 0
-    variants = [(v.split("/")[0], int(v.split("/")[1])) for v in (args.variant or ["l1_cat/4"])]
     t0 = time.perf_counter()
     total = len(images) if isinstance(images, list) else args.frames
     study, points = run_study(

@@ -10,12 +10,11 @@ Evaluates the weights on the given splits with the reference protocol (the same 
 from __future__ import annotations
 
 import argparse
-import sys
 from dataclasses import replace
 from pathlib import Path
 
 from ..data.datasets import open_dataset
-from ..errors import CheckpointError, ConfigError, RtsegError
+from ..errors import CheckpointError, ConfigError
 from ..evaluate import evaluate, fit_classes, torch_logits_fn
 from ..models import get_model, read_checkpoint, save_checkpoint
 from ..paths import check_output
@@ -79,22 +78,27 @@ def package(source: Path, target: Path, *, dataset: str, root: Path, splits: lis
     return results
 
 
+PROG = "python -m rtseg.train.package"
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The packaging command line; an RtsegError (a missing split, plain or training-state
+    weights) is reported in one line as the ``rtseg`` command reports it, not in a traceback."""
+    from ..cli import run_reported
+
+    return run_reported(PROG, lambda: _main(argv))
+
+
+def _main(argv: list[str] | None) -> int:
     # __doc__ is None under python -OO
-    p = argparse.ArgumentParser(
-        prog="python -m rtseg.train.package", description=(__doc__ or "").partition("\n")[0]
-    )
+    p = argparse.ArgumentParser(prog=PROG, description=(__doc__ or "").partition("\n")[0])
     p.add_argument("source", type=Path)
     p.add_argument("target", type=Path)
     p.add_argument("--dataset", default="camvid")
     p.add_argument("--root", type=Path, required=True)
     p.add_argument("--splits", nargs="+", default=["val", "test"])
     args = p.parse_args(argv)
-    try:
-        results = package(args.source, args.target, dataset=args.dataset, root=args.root, splits=args.splits)
-    except RtsegError as exc:  # a missing split, plain or training-state weights: one line, as rtseg's
-        print(f"{p.prog}: error: {exc}", file=sys.stderr)
-        return 2
+    results = package(args.source, args.target, dataset=args.dataset, root=args.root, splits=args.splits)
     for split, miou in results.items():
         print(f"{split}: mIoU {miou:.2f}")
     print(f"wrote {args.target} ({args.target.stat().st_size / 1e6:.2f} MB)")

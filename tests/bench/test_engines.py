@@ -142,6 +142,22 @@ def test_bad_sizes_and_unknown_models_are_refused_before_any_work(
     assert done == []
 
 
+def test_an_rtseg_error_is_one_line_as_the_rtseg_command_says_it(tmp_path, monkeypatch, capsys) -> None:
+    """An RtsegError out of a measurement (an engine that cannot be built) ended in a traceback."""
+    from rtseg.bench import engines
+    from rtseg.errors import EngineBuildError, add_note
+
+    _no_measuring(monkeypatch)
+
+    def measure(case, images, **kw) -> dict:
+        raise add_note(EngineBuildError("espnet: the export failed"), "see the log above")
+
+    monkeypatch.setattr(engines, "measure_case", measure)
+    assert engines.main(["--models", "espnet", "--calibration-images", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err == "python -m rtseg.bench.engines: error: espnet: the export failed; see the log above\n"
+
+
 # The `python -m` tools whose --help used the module docstring's first line.
 TOOLS = ("rtseg.bench.engines", "rtseg.bench.int8_speed", "rtseg.schedule.sweep", "rtseg.train.package")
 

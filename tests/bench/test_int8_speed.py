@@ -92,3 +92,17 @@ def test_bad_counts_are_refused_when_parsed(argv: list[str], message: str, tmp_p
     with pytest.raises(SystemExit) as exc:
         main([*argv, "--calibration-images", str(tmp_path)])
     assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_an_rtseg_error_is_one_line_as_the_rtseg_command_says_it(tmp_path: Path, monkeypatch, capsys) -> None:
+    """An unknown --models name ended, after the calibration images were read, in a traceback."""
+    from rtseg.bench import int8_speed
+    from rtseg.errors import ConfigError
+
+    def measure(model: str, *args, **kwargs) -> dict:
+        raise ConfigError(f"unknown model {model!r}")
+
+    monkeypatch.setattr(int8_speed, "fingerprint", lambda: {"cpu": {}})
+    monkeypatch.setattr(int8_speed, "measure_model", measure)
+    assert main(["--models", "nosuch", "--calibration-images", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == "python -m rtseg.bench.int8_speed: error: unknown model 'nosuch'\n"

@@ -274,6 +274,43 @@ def test_the_sweep_needs_a_sequence(engine, tmp_path, capsys) -> None:
     assert len(list(source_frames("synthetic://drive?size=64x48&frames=4", engine))) == 4
 
 
+def test_the_sweep_reports_an_rtseg_error_in_one_line(engine, tmp_path, monkeypatch, capsys) -> None:
+    """A source that cannot be opened ended the sweep in a SourceError traceback; it is one line,
+    as the rtseg command says it (the session's small engine stands in for the built one)."""
+    monkeypatch.setattr(sweep, "load", lambda *args, **kwargs: engine)
+    missing = tmp_path / "nope.mp4"
+    assert main(["--source", str(missing), "--out", str(tmp_path / "sweep")]) == 2
+    err = capsys.readouterr().err
+    assert f"python -m rtseg.schedule.sweep: error: no such file or folder: {missing}" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("variant", "message"),
+    [
+        # FEATURE alone was an IndexError after the engine was built
+        (
+            "l1_cat",
+            "argument --variant: expected FEATURE/POOL, a low feature of the model and a whole "
+            "number >= 1 (default l1_cat/4), got 'l1_cat'",
+        ),
+        ("l1_cat/0", "argument --variant: expected FEATURE/POOL, "),
+        ("l1_cat/x", "argument --variant: expected FEATURE/POOL, "),
+        ("/4", "argument --variant: expected FEATURE/POOL, "),
+        # a feature the model lacks was a ConfigError traceback after the engine was built
+        ("nope/4", "--variant nope/4: 'nope' is not a low feature of espnet; FEATURE is one of l1_cat, "),
+    ],
+)
+def test_the_sweep_refuses_a_bad_variant_before_building_the_engine(
+    variant: str, message: str, tmp_path, monkeypatch, capsys
+) -> None:
+    monkeypatch.setattr(sweep, "load", lambda *args, **kwargs: pytest.fail("built the engine"))
+    uri = "synthetic://drive?size=320x240&frames=3"
+    with pytest.raises(SystemExit) as stop:
+        main(["--source", uri, "--variant", variant, "--frames", "3", "--out", str(tmp_path / "sweep")])
+    assert stop.value.code == 2 and message in capsys.readouterr().err
+
+
 def test_the_study_holds_only_the_frames_a_schedule_can_still_keep(engine, drive) -> None:
     """The study kept every frame's low and deep features (6 MB a frame for ESPNet at 480x360),
     so the sweep read only the first 300 frames of a video."""

@@ -31,6 +31,21 @@ def test_the_command_says_a_bad_input_in_one_line(tmp_path: Path, capsys: pytest
     assert len(err.strip().splitlines()) == 1
 
 
+def test_the_command_says_an_errors_notes_as_rtseg_does(tmp_path: Path, monkeypatch, capsys) -> None:
+    """It printed the message alone: the notes on what else went wrong were lost (rtseg prints them)."""
+    from rtseg.errors import DatasetError, add_note
+    from rtseg.train import package as packaging
+
+    def fail(*args, **kwargs) -> dict[str, float]:
+        raise add_note(DatasetError("camvid val: no images"), "looked in x/val")
+
+    monkeypatch.setattr(packaging, "package", fail)
+    assert packaging.main(["a.pt", str(tmp_path / "out.pt"), "--root", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == (
+        "python -m rtseg.train.package: error: camvid val: no images; looked in x/val\n"
+    )
+
+
 def test_the_recorded_scores_use_the_weights_own_resizing(tmp_path: Path, monkeypatch) -> None:
     # Weights trained on area-shrunk frames were scored on linear-resized ones: not what run feeds.
     from dataclasses import replace
