@@ -23,15 +23,6 @@ from .schedule import SCHEDULER_OPTIONS, Scheduler, make_scheduler
 from .source.frame import Frame
 
 
-def resolve_backend(backend: str) -> str:
-    """``auto`` where the engine factory offers it, else the reference torch backend."""
-    from . import engine
-
-    if backend == "auto" and "auto" not in getattr(engine, "BACKENDS", ()):
-        return "torch"
-    return backend
-
-
 def as_scheduler(scheduler: object) -> Scheduler:
     """A scheduler name made a Scheduler (default options); a Scheduler as it is; else InputTypeError."""
     if isinstance(scheduler, str):
@@ -103,7 +94,7 @@ def load_engine(
 
     size = check_input_size(input_size)
     net = _network(model, weights)
-    return load(net, backend=resolve_backend(backend), input_size=size, **options)
+    return load(net, backend=backend, input_size=size, **options)
 
 
 class Segmenter:

@@ -438,7 +438,7 @@ def run_config(cfg: BenchConfig) -> dict[str, Any]:
     """Measure one configuration; never raises for a combination that cannot run (it is skipped)."""
     from ..engine import load
     from ..engine.base import BACKEND_OPTIONS
-    from ..segmenter import Segmenter, resolve_backend
+    from ..segmenter import Segmenter
 
     result: dict[str, Any] = {
         "label": cfg.label,
@@ -464,7 +464,7 @@ def run_config(cfg: BenchConfig) -> dict[str, Any]:
         torch.manual_seed(0)  # random-init weights are the same in every run
         net = get_model(cfg.model, weights=choice.path)
         t0 = time.perf_counter()
-        backend = resolve_backend(cfg.backend)
+        backend = cfg.backend
         # --threads holds for every backend, not only torch's intra-op pool
         takes = backend == "auto" or "threads" in BACKEND_OPTIONS.get(backend, ())
         threads = {"threads": cfg.threads} if cfg.threads is not None and takes else {}

@@ -762,7 +762,6 @@ def _main(argv: list[str] | None) -> int:
     torch.set_num_threads(args.threads)
     from ..evaluate import fit_classes
     from ..models import load_model
-    from ..segmenter import resolve_backend
 
     model = load_model(args.model, None if args.weights is None else str(args.weights))
     variants: list[tuple[str, int]] = args.variant or [DEFAULT_VARIANT]
@@ -780,9 +779,8 @@ def _main(argv: list[str] | None) -> int:
             fit_classes(model, dataset, "camvid", args.weights)
         except ConfigError as e:
             p.error(f"--weights {args.weights or '(shipped)'} on --root {args.root}: {e}")
-    backend = resolve_backend(args.backend)
-    takes_threads = "threads" in BACKEND_OPTIONS.get(backend, ())  # ONNX Runtime, OpenVINO
-    engine = load(model, backend=backend, **({"threads": args.threads} if takes_threads else {}))
+    takes_threads = "threads" in BACKEND_OPTIONS.get(args.backend, ())  # ONNX Runtime, OpenVINO
+    engine = load(model, backend=args.backend, **({"threads": args.threads} if takes_threads else {}))
     if args.root is not None:
         count = len(dataset) if args.frames is None else min(len(dataset), args.frames)
         samples = [dataset[i] for i in range(count)]  # decode only those
