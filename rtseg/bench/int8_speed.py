@@ -31,8 +31,8 @@ from ..engine.auto import time_round_robin
 from ..engine.cache import ArtifactCache
 from ..engine.calibration import CalibrationList, stage_feeds
 from ..engine.onnx_export import STAGES, ensure_onnx, graph_io
-from ..engine.openvino_backend import HINTS, _ov, shared_core
-from ..engine.ort_backend import _ort, session_options
+from ..engine.openvino_backend import HINTS, import_openvino, shared_core
+from ..engine.ort_backend import import_onnxruntime, session_options
 from ..engine.quantize import SCHEMES, quantize_graph
 from ..errors import BackendUnavailableError, ConfigError
 from .engines import bench_network
@@ -61,7 +61,9 @@ def qdq_counts(proto: onnx.ModelProto) -> dict[str, int]:
 
 def ort_runner(path: Path, feed: Mapping[str, np.ndarray]) -> Runner:
     """One ONNX Runtime CPU session with the options rtseg's engines use, bound to ``feed``."""
-    session = _ort().InferenceSession(str(path), session_options(), providers=["CPUExecutionProvider"])
+    session = import_onnxruntime().InferenceSession(
+        str(path), session_options(), providers=["CPUExecutionProvider"]
+    )
     inputs = dict(feed)
     return lambda: session.run(None, inputs)
 
@@ -101,7 +103,7 @@ def measure_model(
     fp32 = ensure_onnx(net, size, ArtifactCache(engine_dir))
     skipped: dict[str, str] = {}
     try:
-        ov = _ov()
+        ov = import_openvino()
         core = shared_core()
     except BackendUnavailableError as exc:
         ov = core = None

@@ -77,12 +77,12 @@ def candidates(precision: str, device: str) -> list[Candidate]:
 
 def libraries() -> dict[str, str]:
     """Versions of every backend library present: a change invalidates a stored choice."""
-    from .openvino_backend import _ov  # imports openvino without its telemetry
+    from .openvino_backend import import_openvino  # imports openvino without its telemetry
 
     found = {"torch": torch.__version__, "rtseg": __version__}
     for name, module in (("onnxruntime", "onnxruntime"), ("openvino", "openvino"), ("tensorrt", "tensorrt")):
         try:
-            mod = _ov() if name == "openvino" else __import__(module)
+            mod = import_openvino() if name == "openvino" else __import__(module)
         except (ImportError, BackendUnavailableError):
             continue
         version = getattr(mod, "__version__", None) or getattr(mod, "get_version", lambda: "?")()

@@ -60,7 +60,9 @@ def default_engine_dir() -> Path:
     return Path.home() / ".cache" / "rtseg" / "engines"
 
 
-def _safe(text: str) -> str:
+def file_safe(text: str) -> str:
+    """``text`` as a part of an artifact's file name: anything but letters, digits, '.', '+' and
+    '_' becomes '_'. Public: quantize finds cached int8 graphs by the names ArtifactKey.stem gives."""
     return _SAFE.sub("_", text)
 
 
@@ -93,7 +95,7 @@ class ArtifactKey:
         w, h = self.input_size
         precision = f"{self.precision}_{self.variant}" if self.variant else self.precision
         parts = (self.model, self.weights, f"{w}x{h}", precision, self.backend, self.device, self.library)
-        return "-".join(_safe(p) for p in parts)
+        return "-".join(file_safe(p) for p in parts)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -36,7 +36,7 @@ DEVICES = {"cpu": "CPU", "gpu": "GPU"}
 _IMPORT = threading.Lock()
 
 
-def _ov() -> Any:
+def import_openvino() -> Any:
     """The openvino module, imported without OpenVINO's usage telemetry.
 
     ``import openvino`` imports its model converter, whose import sends a telemetry event: it
@@ -85,7 +85,7 @@ def shared_core() -> Any:
     """
     core = _cores.get(process.current)
     if core is None:
-        core = _cores[process.current] = _ov().Core()
+        core = _cores[process.current] = import_openvino().Core()
         process.track(core, weak=False)
     return core
 
@@ -109,7 +109,7 @@ def check_target(core: Any, device: str, precision: str) -> str:
 
 
 def library_version() -> str:
-    return f"ov{_ov().get_version().split('-')[0]}"
+    return f"ov{import_openvino().get_version().split('-')[0]}"
 
 
 def _numpy(value: Any) -> np.ndarray:
@@ -142,7 +142,7 @@ class _Stage:
         config: Mapping[str, str],
         outputs: tuple[str, ...] | None = None,
     ) -> None:
-        ov = _ov()
+        ov = import_openvino()
         # A port can carry several tensor names; use the graph's own I/O names.
         try:
             proto = onnx.load(str(path), load_external_data=False)
@@ -211,7 +211,7 @@ class _Stage:
 def _first_maximum(values: Any, axis: int, rank: int, n: int) -> Any:
     """The index of the first maximum of ``values`` along ``axis`` (float32, dimension kept),
     from elementwise ops and two reductions."""
-    ops = _ov().opset13
+    ops = import_openvino().opset13
     where = np.array([axis], np.int64)
     shape = [n if d == axis else 1 for d in range(rank)]
     index = ops.constant(np.arange(n, dtype=np.float32).reshape(shape))
@@ -233,7 +233,7 @@ def argmax_by_comparison(model: Any) -> int:
     logit gets some label in range, as with TopK (PyTorch's is the NaN's). Not in the shared ONNX
     graph: ONNX Runtime's ArgMax is the faster of the two there (5.3 against 7.5 ms for the head).
     """
-    ops = _ov().opset13
+    ops = import_openvino().opset13
     rewritten = 0
     for node in model.get_ordered_ops():
         if node.get_type_name() != "TopK" or node.output(0).get_target_inputs():
@@ -288,7 +288,7 @@ class OpenVinoEngine(Engine):
         threads: int | None = None,
         notes: tuple[str, ...] = (),
     ) -> None:
-        ov = _ov()
+        ov = import_openvino()
         core = shared_core()
         target = check_target(core, device, precision)
         config = {"INFERENCE_PRECISION_HINT": HINTS[precision], "PERFORMANCE_HINT": "LATENCY"}

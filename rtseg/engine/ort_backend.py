@@ -39,7 +39,7 @@ _NUMPY_TYPES = {
 }
 
 
-def _ort() -> Any:
+def import_onnxruntime() -> Any:
     try:
         import onnxruntime
     except ImportError:
@@ -51,7 +51,7 @@ def _ort() -> Any:
 
 
 def library_version() -> str:
-    return f"ort{_ort().__version__}"
+    return f"ort{import_onnxruntime().__version__}"
 
 
 def default_threads() -> int:
@@ -64,7 +64,7 @@ def default_threads() -> int:
 
 def providers_for(device: str, precision: str, cache_dir: Path | None = None) -> list[Any]:
     """Execution providers in preference order for ``device``; raises when the device has none."""
-    ort = _ort()
+    ort = import_onnxruntime()
     available = set(ort.get_available_providers())
     if device == "cpu":
         if precision == "fp16":
@@ -114,7 +114,7 @@ NO_SPINNING = {"session.intra_op.allow_spinning": "0", "session.inter_op.allow_s
 
 
 def session_options(threads: int | None = None) -> Any:
-    ort = _ort()
+    ort = import_onnxruntime()
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads or default_threads()
     so.inter_op_num_threads = 1
@@ -158,7 +158,7 @@ class OrtEngine(Engine):
             raise ConfigError(
                 f"onnxruntime precision must be one of {', '.join(PRECISIONS)}, got {precision!r}"
             )
-        ort = _ort()
+        ort = import_onnxruntime()
         providers = providers_for(device, precision, provider_cache)
         options = session_options(threads)
         self.meta = meta

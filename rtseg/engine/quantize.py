@@ -29,7 +29,7 @@ import onnx
 from ..atomic import atomic_write_bytes
 from ..errors import BackendUnavailableError, ConfigError, EngineBuildError, RtsegError
 from ..models.base import StagedSegmenter
-from .cache import ArtifactCache, ArtifactKey, _safe, digest, file_lock
+from .cache import ArtifactCache, ArtifactKey, digest, file_lock, file_safe
 from .calibration import (
     CalibrationList,
     calibration_cache_is_a_folder,
@@ -537,7 +537,7 @@ def find_int8_keys(fp32: OnnxStages, cache: ArtifactCache, flavour: str) -> list
     keys = []
     # As ArtifactKey.stem names files: espnet-c's are espnet_c-...; the raw name found none of them.
     w, h = k.input_size
-    pattern = f"{_safe(k.model)}-{_safe(k.weights)}-{w}x{h}-int8_*{suffix}-onnx-any-*.low.onnx"
+    pattern = f"{file_safe(k.model)}-{file_safe(k.weights)}-{w}x{h}-int8_*{suffix}-onnx-any-*.low.onnx"
     for path in cache.find(pattern):
         variant = path.name.split("-int8_", 1)[1].split("-", 1)[0]
         library = path.name.rsplit("-", 1)[1][: -len(".low.onnx")]

@@ -84,7 +84,9 @@ def _trt_problem() -> tuple[Any, str | None]:
     return tensorrt, None
 
 
-def _trt() -> Any:
+def import_tensorrt() -> Any:
+    """The tensorrt module, or BackendUnavailableError saying what is missing and how to install
+    it. Public: the torch2trt backend needs TensorRT too and names it the same way."""
     tensorrt, problem = _trt_problem()
     if problem is not None:
         raise BackendUnavailableError(f"the tensorrt backend needs {problem}: {INSTALL}")
@@ -246,7 +248,7 @@ def as_trt_calibrator(calibrator: EntropyCalibrator) -> Any:
     get_batch()" and fail the build; the wrapper keeps the first exception in ``.error`` (and ends
     calibration) so that ``build_plan`` raises it instead of a bare build failure.
     """
-    trt = _trt()
+    trt = import_tensorrt()
 
     class _Calibrator(trt.IInt8EntropyCalibrator2):  # type: ignore[misc,name-defined]
         def __init__(self) -> None:
@@ -363,7 +365,7 @@ def build_plan(
 ) -> tuple[bytes, bytes]:
     """Serialised plan and updated timing cache for one stage graph; with ``timing_path``, the
     cache is also merged with that file's current content and saved there (``save_timing_cache``)."""
-    trt = _trt()
+    trt = import_tensorrt()
     logger = trt_logger(trt)
     builder = trt.Builder(logger)
     network = builder.create_network(0)  # explicit batch: the only mode (and flag 0) in TensorRT 10
@@ -517,7 +519,7 @@ class _Plan:
     """One deserialised stage: its execution context and I/O tensor descriptions."""
 
     def __init__(self, runtime: Any, data: bytes, device: torch.device, name: str = "the plan") -> None:
-        trt = _trt()
+        trt = import_tensorrt()
         with trt_logger(trt).capture() as errors:
             self.engine = runtime.deserialize_cuda_engine(data)
         if self.engine is None:

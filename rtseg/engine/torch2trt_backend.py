@@ -34,17 +34,17 @@ INSTALL = (
 
 
 def _torch2trt() -> Any:
-    from .tensorrt_backend import _trt
+    from .tensorrt_backend import import_tensorrt
 
     try:
         from torch2trt import torch2trt
     except ImportError as exc:
         if exc.name == "tensorrt":
-            _trt()  # torch2trt is there but TensorRT is not: name TensorRT and how to install it
+            import_tensorrt()  # torch2trt is there but TensorRT is not: name TensorRT and how to install it
         raise BackendUnavailableError(
             f"the torch2trt backend needs the torch2trt package. {INSTALL}"
         ) from None
-    _trt()  # the TensorRT 10 check
+    import_tensorrt()  # the TensorRT 10 check
     return torch2trt
 
 

@@ -274,8 +274,9 @@ def _draw_hud(image: np.ndarray, result: SegResult, fps: float | None) -> tuple[
     return x - 6, y + 6
 
 
-def _check_fps(fps: object) -> None:
-    """The HUD's frame rate: "30" failed in the f-string format, NaN and -3 were drawn as such."""
+def check_fps(fps: object) -> None:
+    """The HUD's frame rate: "30" failed in the f-string format, NaN and -3 were drawn as such.
+    Public: a sink's Packet checks its fps with it when it is made, as annotate() would draw it."""
     if isinstance(fps, bool) or not isinstance(fps, numbers.Real):
         raise InputTypeError(
             f"fps must be None or a number of frames per second, got {fps!r} ({type(fps).__name__})"
@@ -308,7 +309,7 @@ def annotate(
             "a bare label map is coloured by rtseg.overlay.colorize(labels, classes)"
         )
     if fps is not None:
-        _check_fps(fps)
+        check_fps(fps)
     h, w = frame.shape[:2]
     mask = colorize(result.labels, result.classes, (w, h))
     if style.mode == "mask":

@@ -22,7 +22,7 @@ from ..engine.base import Engine, Features
 from ..errors import add_note
 from ..models.base import StageSpec
 from ..result import SegResult
-from .base import ScheduleStats, _host_image, _ms
+from .base import ScheduleStats, elapsed_ms, host_image
 from .policies import Adaptive
 
 
@@ -100,7 +100,7 @@ class AsyncAdaptive(Adaptive):
         t0 = time.perf_counter()
         deep = engine.run_deep(inputs)
         engine.synchronize()
-        return deep, _ms(t0)
+        return deep, elapsed_ms(t0)
 
     def _collect(self) -> None:
         """Swap in a finished job's deep features; a failed job's exception is raised here, once, on
@@ -125,21 +125,21 @@ class AsyncAdaptive(Adaptive):
         t0 = time.perf_counter()
         low = engine.run_low(image)
         engine.synchronize()  # on a GPU the stage returns queued, not done
-        timings["low"] = _ms(t0)
+        timings["low"] = elapsed_ms(t0)
         self._collect()  # before counting the frame: one that raises a worker failure has no result
         # Counted once the frame has its labels: a frame whose inline deep, warp or head stage
         # raised is not a frame (the next one takes its index), as in the synchronous schedulers.
         step = self._step + 1
         if self.warp is not None:
             self.warp.new_frame()
-            image = _host_image(image)  # once: the flow kept for it serves the change and the warp
+            image = host_image(image)  # once: the flow kept for it serves the change and the warp
         key, change = self._decide(engine, low, image, step - self._ref_step, timings)
         started = deferred = False
         if self._deep is None and self._pending is None:
             t0 = time.perf_counter()  # first frame: nothing to answer from, so deep runs inline
             self._deep, self._deep_step = engine.run_deep(low), step
             engine.synchronize()
-            timings["deep"] = _ms(t0)
+            timings["deep"] = elapsed_ms(t0)
             if self.warp is not None:
                 self.warp.set_keyframe(image)
             started = True
@@ -167,10 +167,10 @@ class AsyncAdaptive(Adaptive):
             t0 = time.perf_counter()
             used = self.warp.warp(self._deep, image)
             engine.synchronize()  # torch features on a GPU: grid_sample returns queued
-            timings["warp"] = _ms(t0)
+            timings["warp"] = elapsed_ms(t0)
         t0 = time.perf_counter()
         labels = engine.run_head(low, used)
-        timings["head"] = _ms(t0)
+        timings["head"] = elapsed_ms(t0)
         self._step = step
         self._keyframes += started
         self._deferred += deferred

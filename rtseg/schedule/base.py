@@ -114,25 +114,25 @@ class Scheduler(ABC):
         t0 = time.perf_counter()
         low = engine.run_low(image)
         engine.synchronize()  # on a GPU the stage returns queued, not done
-        timings["low"] = _ms(t0)
+        timings["low"] = elapsed_ms(t0)
         step = self._step + 1  # counted once the frame has its labels: a failed one is not a frame
         age = step - self._deep_step
         if self.warp is not None:
             self.warp.new_frame()
-            image = _host_image(image)  # once: the flow kept for it serves the change and the warp
+            image = host_image(image)  # once: the flow kept for it serves the change and the warp
         key, change = self._decide(engine, low, image, age, timings)
         if key or self._deep is None:
             t0 = time.perf_counter()
             deep = engine.run_deep(low)
             engine.synchronize()
-            timings["deep"] = _ms(t0)
+            timings["deep"] = elapsed_ms(t0)
             self._deep, self._deep_step = deep, step
             self._keyframe_taken()
             used = deep
             if self.warp is not None:
                 t0 = time.perf_counter()
                 self.warp.set_keyframe(image)
-                timings["warp"] = _ms(t0)
+                timings["warp"] = elapsed_ms(t0)
             key = True
         else:
             used = self._deep
@@ -140,10 +140,10 @@ class Scheduler(ABC):
                 t0 = time.perf_counter()
                 used = self.warp.warp(self._deep, image)
                 engine.synchronize()  # torch features on a GPU: grid_sample returns queued
-                timings["warp"] = _ms(t0)
+                timings["warp"] = elapsed_ms(t0)
         t0 = time.perf_counter()
         labels = engine.run_head(low, used)
-        timings["head"] = _ms(t0)
+        timings["head"] = elapsed_ms(t0)
         self._step = step
         self._keyframes += key
         return SegResult(
@@ -157,9 +157,13 @@ class Scheduler(ABC):
         )
 
 
-def _ms(t0: float) -> float:
+def elapsed_ms(t0: float) -> float:
+    """Milliseconds since ``t0`` (a ``time.perf_counter()``), as a step's timings record them.
+    Public: the async scheduler times its steps the same way."""
     return (time.perf_counter() - t0) * 1000.0
 
 
-def _host_image(image: Any) -> np.ndarray:
+def host_image(image: Any) -> np.ndarray:
+    """The frame as a NumPy array (a GPU tensor copied to the host), as the flow warp reads it.
+    Public: the async scheduler's step reads it the same way."""
     return image if isinstance(image, np.ndarray) else image.cpu().numpy()

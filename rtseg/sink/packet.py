@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import InputTypeError
-from ..overlay.annotate import OverlayStyle, _check_fps, annotate
+from ..overlay.annotate import OverlayStyle, annotate, check_fps
 from ..result import SegResult
 from ..source.frame import Frame
 
@@ -43,7 +43,7 @@ class Packet:
                 f"({type(self.style).__name__}): pass OverlayStyle(mode=...)"
             )
         if self.fps is not None:
-            _check_fps(self.fps)
+            check_fps(self.fps)
 
     def overlay(self) -> np.ndarray:
         with self._lock:

@@ -13,11 +13,11 @@ import torch
 from onnx import TensorProto, helper
 
 from rtseg.engine import load
-from rtseg.engine.openvino_backend import _ov, argmax_by_comparison
+from rtseg.engine.openvino_backend import argmax_by_comparison, import_openvino
 from rtseg.errors import BackendUnavailableError
 
 try:
-    ov = _ov()  # as rtseg imports it: a plain `import openvino` would send OpenVINO's telemetry
+    ov = import_openvino()  # as rtseg imports it: a plain `import openvino` would send OpenVINO's telemetry
 except BackendUnavailableError:
     pytest.skip("needs openvino", allow_module_level=True)
 
@@ -179,14 +179,14 @@ def test_closing_engines_leaves_the_main_threads_signal_stack_usable(tmp_path: P
 
 NO_TELEMETRY_CHECK = """
 import multiprocessing, sys, threading
-from rtseg.engine.openvino_backend import _ov
+from rtseg.engine.openvino_backend import import_openvino
 
-ov = _ov()
+ov = import_openvino()
 import openvino.tools.ovc.telemetry_utils as telemetry_utils
 
 assert telemetry_utils.tm.__name__ == "openvino.tools.ovc.telemetry_stub", telemetry_utils.tm
 assert "openvino_telemetry" not in sys.modules, sys.modules["openvino_telemetry"]
-assert _ov() is ov is sys.modules["openvino"]
+assert import_openvino() is ov is sys.modules["openvino"]
 assert not multiprocessing.active_children(), multiprocessing.active_children()
 assert threading.active_count() == 1, threading.enumerate()
 import openvino_telemetry  # the host can still import it itself

@@ -34,9 +34,9 @@ from rtseg.engine.onnx_export import onnx_key
 from rtseg.engine.onnx_rewrite import EXACT_MARK
 from rtseg.engine.tensorrt_backend import (
     INSTALL,
-    _trt,
     cuda_index,
     device_tag,
+    import_tensorrt,
     load_tensorrt,
     plan_key,
     require_cuda,
@@ -187,14 +187,14 @@ def _fake_tensorrt(monkeypatch: pytest.MonkeyPatch, version: str) -> types.Modul
 def test_only_tensorrt_10_is_accepted(monkeypatch: pytest.MonkeyPatch, version: str) -> None:
     _fake_tensorrt(monkeypatch, version)
     with pytest.raises(BackendUnavailableError) as info:
-        _trt()
+        import_tensorrt()
     message = str(info.value)
     assert f"needs TensorRT 10 (found {version})" in message and INSTALL in message
 
 
 def test_tensorrt_10_is_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
     module = _fake_tensorrt(monkeypatch, "10.3.0")
-    assert _trt() is module
+    assert import_tensorrt() is module
 
 
 def test_a_broken_tensorrt_install_is_named(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -205,7 +205,7 @@ def test_a_broken_tensorrt_install_is_named(monkeypatch: pytest.MonkeyPatch, tmp
     monkeypatch.delitem(sys.modules, "tensorrt", raising=False)
     try:
         with pytest.raises(BackendUnavailableError) as info:
-            _trt()
+            import_tensorrt()
     finally:
         sys.modules.pop("tensorrt", None)  # the empty package imported here: no later test gets it
     message = str(info.value)
@@ -216,7 +216,7 @@ def test_a_broken_tensorrt_install_is_named(monkeypatch: pytest.MonkeyPatch, tmp
 def test_an_absent_tensorrt_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # import raises ImportError
     with pytest.raises(BackendUnavailableError, match=r"needs TensorRT: pip install \"rtseg\[tensorrt\]\""):
-        _trt()
+        import_tensorrt()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
