@@ -596,7 +596,7 @@ class Trainer:
     def save_state(self) -> None:
         payload = {
             "format": STATE_FORMAT,
-            "format_version": 1,
+            "format_version": STATE_FORMAT_VERSION,
             "config": self.config.to_dict(),
             "preprocessing": self.preprocessing.to_dict(),
             "model": self.model.state_dict(),
