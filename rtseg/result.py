@@ -12,6 +12,15 @@ import numpy as np
 from .data.labels import ClassSet
 from .errors import ConfigError, InputTypeError
 
+_UINT8 = np.dtype(np.uint8)
+
+
+def _is_real(value: object) -> bool:
+    """An int or float (NumPy's too), not a bool or a string that looks like one."""
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
+        value, (bool, np.bool_)
+    )
+
 
 def labels_at(labels: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """Labels resized (nearest neighbour) to an h x w shape; the same array when it already fits.
@@ -48,6 +57,10 @@ class SegResult:
     (``Frame.monotonic``) minus that of the frame segmented ``deep_age`` results earlier.
     ``timings`` holds milliseconds per stage ("preprocess", "low", "deep", "head", ...), each
     waited for on a GPU (``Engine.synchronize``); stages that did not run are absent.
+
+    The fields are checked when a SegResult is made (InputTypeError for a wrong type, ConfigError
+    for a wrong value): ``is_keyframe`` a bool, ``frame_index`` and ``deep_age`` Python ints >= 0
+    (rtseg.stream puts them into JSON, which takes no NumPy scalars).
     """
 
     labels: np.ndarray
@@ -59,6 +72,65 @@ class SegResult:
     # The adaptive scheduler's change score: None without a keyframe to compare with, and for the
     # flow score on a keyframe the maximum interval forces (not computed: it decides nothing).
     change: float | None = None
+
+    def __post_init__(self) -> None:
+        # What schedulers make (Python ints and bools, a uint8 label map) passes one expression;
+        # anything else goes through _check, which names the field. is_keyframe, frame_index and
+        # deep_age go into rtseg.stream's JSON headers, which take no NumPy scalars.
+        labels = self.labels
+        if not (
+            type(labels) is np.ndarray
+            and labels.ndim == 2
+            and labels.dtype is _UINT8
+            and type(self.frame_index) is int
+            and self.frame_index >= 0
+            and type(self.is_keyframe) is bool
+            and type(self.deep_age) is int
+            and self.deep_age >= 0
+            and isinstance(self.classes, ClassSet)
+            and type(self.timings) is dict
+            and (self.change is None or type(self.change) is float)
+        ):
+            self._check()
+
+    def _check(self) -> None:
+        labels = self.labels
+        if not isinstance(labels, np.ndarray):
+            raise InputTypeError(
+                f"SegResult.labels must be an h x w uint8 NumPy array, got {type(labels).__name__}"
+            )
+        if labels.ndim != 2 or labels.dtype != np.uint8:
+            raise ConfigError(
+                f"SegResult.labels must be an h x w uint8 map, got shape {labels.shape} dtype {labels.dtype}"
+            )
+        for name in ("frame_index", "deep_age"):
+            value = getattr(self, name)
+            if type(value) is not int:  # a bool is an int subclass; NumPy integers fail in JSON
+                raise InputTypeError(
+                    f"SegResult.{name} must be an int (for a NumPy integer pass int(n)), got {value!r} "
+                    f"({type(value).__name__})"
+                )
+            if value < 0:
+                raise ConfigError(f"SegResult.{name} must be >= 0, got {value}")
+        if type(self.is_keyframe) is not bool:  # "no" would mean True; np.bool_ fails in JSON
+            raise InputTypeError(
+                f"SegResult.is_keyframe must be True or False, got {self.is_keyframe!r} "
+                f"({type(self.is_keyframe).__name__})"
+            )
+        if not isinstance(self.classes, ClassSet):
+            raise InputTypeError(
+                f"SegResult.classes must be a rtseg ClassSet, got {type(self.classes).__name__}"
+            )
+        if not isinstance(self.timings, Mapping):
+            raise InputTypeError(
+                "SegResult.timings must be a mapping of stage name to milliseconds, got "
+                f"{type(self.timings).__name__}"
+            )
+        if self.change is not None and not _is_real(self.change):
+            raise InputTypeError(
+                f"SegResult.change must be None or a number, got {self.change!r} "
+                f"({type(self.change).__name__})"
+            )
 
     @property
     def latency_ms(self) -> float:

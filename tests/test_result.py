@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -54,3 +56,29 @@ def test_labels_at_take_the_label_under_each_pixel_centre(
     rows = np.floor((np.arange(target[0]) + 0.5) * source[0] / target[0]).astype(int)
     cols = np.floor((np.arange(target[1]) + 0.5) * source[1] / target[1]).astype(int)
     np.testing.assert_array_equal(_result(labels).labels_at(target), labels[np.ix_(rows, cols)])
+
+
+def test_a_result_with_a_wrong_field_is_refused_naming_it() -> None:
+    good = _result(np.zeros((3, 5), np.uint8))
+    assert SegResult(good.labels, 7, False, 2, good.classes, {"low": 1.0}, np.float32(0.5)).change == 0.5
+    for changes, error, message in [
+        (dict(frame_index="7"), InputTypeError, r"SegResult.frame_index must be an int .*got '7' \(str\)"),
+        (dict(frame_index=np.int64(7)), InputTypeError, r"frame_index must be an int \(for a NumPy integer"),
+        (dict(frame_index=-1), ConfigError, r"SegResult.frame_index must be >= 0, got -1"),
+        (dict(deep_age=1.0), InputTypeError, r"SegResult.deep_age must be an int .*got 1.0 \(float\)"),
+        (dict(deep_age=-2), ConfigError, r"SegResult.deep_age must be >= 0, got -2"),
+        (dict(is_keyframe="no"), InputTypeError, r"SegResult.is_keyframe must be True or False, got 'no'"),
+        (dict(is_keyframe=np.bool_(True)), InputTypeError, r"SegResult.is_keyframe must be True or False"),
+        (
+            dict(labels=[[0]]),
+            InputTypeError,
+            r"SegResult.labels must be an h x w uint8 NumPy array, got list",
+        ),
+        (dict(labels=np.zeros((3, 5), np.int64)), ConfigError, r"got shape \(3, 5\) dtype int64"),
+        (dict(labels=np.zeros((1, 3, 5), np.uint8)), ConfigError, r"got shape \(1, 3, 5\) dtype uint8"),
+        (dict(classes="camvid"), InputTypeError, r"SegResult.classes must be a rtseg ClassSet, got str"),
+        (dict(timings=[1.0]), InputTypeError, r"SegResult.timings must be a mapping .*got list"),
+        (dict(change="0.5"), InputTypeError, r"SegResult.change must be None or a number, got '0.5'"),
+    ]:
+        with pytest.raises(error, match=message):
+            replace(good, **changes)
