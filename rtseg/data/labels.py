@@ -7,7 +7,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..errors import ConfigError
+
 IGNORE_INDEX = 255
+# Labels are uint8 and 255 is the ignore label: class ids 0..254.
+MAX_CLASSES = 255
 
 
 @dataclass(frozen=True)
@@ -228,8 +232,8 @@ def corresponding_outputs(target: ClassSet, source: ClassSet) -> list[int] | Non
 
 def numbered_classes(n: int) -> ClassSet:
     """Classes ``class_0..class_{n-1}`` with well-spread colours, for datasets without names."""
-    if n <= 0 or n > 255:
-        raise ValueError(f"number of classes must be in 1..255, got {n}")
+    if not 1 <= n <= MAX_CLASSES:
+        raise ConfigError(f"number of classes must be in 1..{MAX_CLASSES}, got {n}")
     palette = []
     for i in range(n):
         r, g, b = colorsys.hsv_to_rgb((i * 0.618033988749895) % 1.0, 0.7, 0.95)

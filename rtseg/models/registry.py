@@ -13,9 +13,9 @@ from typing import Any
 
 import torch
 
-from ..data.labels import CITYSCAPES, ClassSet, numbered_classes
+from ..data.labels import CITYSCAPES, IGNORE_INDEX, MAX_CLASSES, ClassSet, numbered_classes
 from ..data.preprocess import IMAGENET_RGB, Preprocessing
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, InputTypeError
 from .base import StagedSegmenter
 from .catalog import (
     ESPNET_CITYSCAPES_INPUT,
@@ -402,11 +402,19 @@ def get_model(
     # NumPy values (read from an array or a sweep) as Python ones: meta.config is saved with the
     # weights, and torch.load(weights_only=True) refuses NumPy objects.
     config = plain_metadata(dict(config), f"{name} options")
-    whole = isinstance(num_classes, numbers.Integral) and not isinstance(num_classes, bool)
-    if num_classes is not None and not whole:
-        raise TypeError(f"num_classes must be a whole number, got {num_classes!r}")
+    if num_classes is not None:
+        if not isinstance(num_classes, numbers.Integral) or isinstance(num_classes, bool):
+            raise InputTypeError(
+                f"num_classes must be a whole number of classes, got {num_classes!r} "
+                f"({type(num_classes).__name__})"
+            )
+        if not 1 <= num_classes <= MAX_CLASSES:
+            raise ConfigError(
+                f"num_classes must be from 1 to {MAX_CLASSES} (labels are uint8 and {IGNORE_INDEX} "
+                f"is the ignore label), got {num_classes}"
+            )
     if weights is not None and not isinstance(weights, (str, os.PathLike)):
-        raise TypeError(
+        raise InputTypeError(
             f"weights must be a checkpoint path (str or os.PathLike), got {type(weights).__name__}; "
             "a state dict loads with model.load_state_dict"
         )

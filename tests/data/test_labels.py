@@ -11,6 +11,7 @@ from rtseg.data.labels import (
     ClassSet,
     numbered_classes,
 )
+from rtseg.errors import ConfigError
 
 
 def test_cityscapes_train_classes_and_colours() -> None:
@@ -48,3 +49,9 @@ def test_numbered_classes_are_distinct() -> None:
     classes = numbered_classes(30)
     assert len(set(classes.palette)) == 30
     assert ClassSet.from_dict(classes.to_dict()) == classes
+
+
+@pytest.mark.parametrize("n", [0, 256])
+def test_numbered_classes_out_of_range_is_a_config_error(n: int) -> None:
+    with pytest.raises(ConfigError, match=rf"number of classes must be in 1..255, got {n}"):
+        numbered_classes(n)

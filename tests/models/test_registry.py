@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import pytest
 import torch
 
 from rtseg.data.labels import ClassSet
 from rtseg.data.preprocess import Preprocessing
-from rtseg.errors import ConfigError
+from rtseg.errors import ConfigError, InputTypeError
 from rtseg.models import DEFAULT_MODEL, ModelSpec, get_model, get_spec, list_models
 from rtseg.models.checkpoint import WeightsMeta
 
@@ -117,15 +118,28 @@ def test_unknown_model_lists_the_available_ones() -> None:
 
 
 def test_num_classes_must_be_a_whole_number() -> None:
-    with pytest.raises(TypeError, match=r"num_classes must be a whole number, got 2\.5"):
+    # InputTypeError (a TypeError and an RtsegError): a builtin TypeError escaped `except RtsegError`
+    with pytest.raises(InputTypeError, match=r"num_classes must be a whole number of classes, got 2\.5"):
         get_model("espnet", num_classes=2.5)
-    with pytest.raises(TypeError, match="num_classes must be a whole number, got True"):
+    with pytest.raises(InputTypeError, match=r"num_classes must be a whole number .*got True \(bool\)"):
         get_model("enet", num_classes=True)
+    with pytest.raises(InputTypeError, match=r"num_classes must be a whole number .*got '19' \(str\)"):
+        get_model("enet", num_classes="19")
+
+
+@pytest.mark.parametrize("num_classes", [0, -3, 256, 300])
+def test_num_classes_out_of_range_is_a_config_error_naming_it(num_classes: int) -> None:
+    # was numbered_classes' builtin ValueError, "number of classes must be in 1..255"
+    with pytest.raises(ConfigError, match=rf"num_classes must be from 1 to 255 .*got {num_classes}$"):
+        get_model("enet", num_classes=num_classes)
+    assert len(get_model("enet", num_classes=np.int64(255)).meta.classes) == 255
 
 
 @pytest.mark.parametrize("weights", [123, {"weight": 0}, b"w.pt"])
 def test_weights_must_be_a_path(weights: object) -> None:
-    with pytest.raises(TypeError, match=r"weights must be a checkpoint path \(str or os.PathLike\), got "):
+    with pytest.raises(
+        InputTypeError, match=r"weights must be a checkpoint path \(str or os.PathLike\), got "
+    ):
         get_model("espnet", weights=weights)
 
 
