@@ -94,7 +94,7 @@ class SourceOptions:
     reconnect: int = 5  # live sources: reopen attempts after a drop before SourceError
     timeout: float = 10.0  # network and live sources: seconds to open, and to wait for a frame (>= 1 ms)
     backoff: float = 0.5  # first reconnect delay in seconds; doubles per attempt
-    backoff_max: float = 8.0
+    backoff_max: float = 8.0  # the longest reconnect delay: the doubling stops here
     # Live network streams: FFmpeg decoder threads. Each frame thread holds a frame, a frame period
     # of latency; one decodes H.264 up to 4K and H.265 to 1080p in real time (docs/pipeline.md).
     # 0: FFmpeg's default, one per core.
@@ -132,9 +132,12 @@ class SourceOptions:
             value = getattr(self, name)
             if not _is_real(value) or not math.isfinite(value):
                 raise ConfigError(f"{name} must be a finite number of seconds, got {value!r}")
-        if not 0 <= self.backoff <= self.backoff_max:
+            if value < 0:
+                raise ConfigError(f"{name} must be >= 0 seconds, got {value!r}")
+        if self.backoff > self.backoff_max:
             raise ConfigError(
-                f"backoff must satisfy 0 <= backoff <= backoff_max, got {self.backoff} and {self.backoff_max}"
+                "backoff (the first reconnect delay) must be at most backoff_max (the longest), got "
+                f"backoff={self.backoff!r} and backoff_max={self.backoff_max!r}"
             )
 
 

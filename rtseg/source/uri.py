@@ -35,6 +35,8 @@ SUPPORTED = (
     "or a recorded .mp4/.mkv/.mov/.webm/.avi), synthetic://drive?size=WxH&fps=N&seed=S&frames=N"
 )
 
+_DEFAULTS = SourceOptions()
+
 # An http(s) URL whose path ends with one of these is a recorded video, read like a local file.
 RECORDED_VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi")
 
@@ -55,13 +57,17 @@ def open_source(
     reconnect: int | None = None,
     timeout: float | None = None,
     backoff: float | None = None,
+    backoff_max: float | None = None,
     decode_threads: int | None = None,
     capture_factory: CaptureFactory | None = None,
 ) -> Source:
     """Open a frame source; iterate it for Frames and close it (or use ``with``).
 
-    ``reconnect``, ``timeout``, ``backoff`` and ``decode_threads`` left None take SourceOptions'
-    defaults (5 attempts, 10 s, 0.5 s, 1 thread). An option given for a source that cannot use it
+    ``reconnect``, ``timeout``, ``backoff``, ``backoff_max`` and ``decode_threads`` left None take
+    SourceOptions' defaults (5 attempts, 10 s, 0.5 s, 8 s, 1 thread); a default backoff or
+    backoff_max follows the other when that is given beyond it (``backoff=10`` alone waits 10 s
+    each time, ``backoff_max=0.2`` alone 0.2 s), and a ``backoff`` given above a ``backoff_max``
+    given is a ConfigError naming both. An option given for a source that cannot use it
     (``loop=True`` for a camera, ``timeout`` for a local file: see ``inapplicable``) is a
     ConfigError, raised before anything is opened, rather than ignored.
 
@@ -73,10 +79,16 @@ def open_source(
         "reconnect": reconnect,
         "timeout": timeout,
         "backoff": backoff,
-        # max() of a str and a float is a TypeError: leave a bad backoff to SourceOptions to name
-        "backoff_max": max(backoff, 8.0) if isinstance(backoff, numbers.Real) else None,
+        "backoff_max": backoff_max,
         "decode_threads": decode_threads,
     }
+    # A default follows the value given for the other, so that either alone is taken as meant. Two
+    # given are the user's both: a backoff above backoff_max is SourceOptions' error, naming both.
+    # (A value that is no number is left to SourceOptions to name as well.)
+    if backoff_max is None and isinstance(backoff, numbers.Real):
+        given["backoff_max"] = max(backoff, _DEFAULTS.backoff_max)
+    elif backoff is None and isinstance(backoff_max, numbers.Real) and backoff_max >= 0:
+        given["backoff"] = min(backoff_max, _DEFAULTS.backoff)
     options = SourceOptions(
         loop=loop,
         resize=resize,
@@ -102,6 +114,7 @@ def open_source(
             "timeout": given["timeout"],
             "reconnect": reconnect,
             "backoff": backoff,
+            "backoff_max": backoff_max,
             "decode_threads": decode_threads,
         },
     )
@@ -181,6 +194,10 @@ _APPLIES: dict[str, tuple[frozenset[str], str]] = {
         "applies to cameras and live streams (reopened after a drop)",
     ),
     "backoff": (
+        frozenset({"camera", "stream"}),
+        "applies to cameras and live streams (reopened after a drop)",
+    ),
+    "backoff_max": (
         frozenset({"camera", "stream"}),
         "applies to cameras and live streams (reopened after a drop)",
     ),

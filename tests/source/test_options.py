@@ -114,6 +114,47 @@ class _OneFrame:
         pass
 
 
+@pytest.mark.parametrize(
+    "options, backoff, backoff_max",
+    [
+        ({}, 0.5, 8.0),
+        ({"backoff_max": 1}, 0.5, 1),  # open_source had no backoff_max (a TypeError, an unexpected keyword)
+        ({"backoff": 0.1, "backoff_max": 0.3}, 0.1, 0.3),
+        ({"backoff": 2.0, "backoff_max": 2.0}, 2.0, 2.0),
+        ({"backoff": 10.0}, 10.0, 10.0),  # the default backoff_max follows a backoff given beyond it
+        ({"backoff_max": 0.2}, 0.2, 0.2),  # and the default backoff a backoff_max given below it
+        ({"backoff_max": 0}, 0, 0),
+    ],
+)
+def test_backoff_and_backoff_max_are_taken_as_given(
+    options: dict, backoff: float, backoff_max: float
+) -> None:
+    with open_source("camera://0", capture_factory=_OneFrame, **options) as src:
+        assert (src.options.backoff, src.options.backoff_max) == (backoff, backoff_max)
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"backoff": 2.0, "backoff_max": 1.0}, r"backoff=2\.0 and backoff_max=1\.0$"),
+        ({"backoff": 10, "backoff_max": 8.0}, r"backoff=10 and backoff_max=8\.0$"),
+        ({"backoff_max": -1.0}, r"^backoff_max must be >= 0 seconds, got -1\.0$"),
+        ({"backoff_max": float("nan")}, r"backoff_max must be a finite number of seconds, got nan"),
+        ({"backoff_max": "8"}, r"backoff_max must be a finite number of seconds, got '8'"),
+        ({"backoff": -0.5, "backoff_max": 1.0}, r"backoff must be >= 0 seconds, got -0\.5"),
+    ],
+)
+def test_a_backoff_above_backoff_max_is_refused_naming_both(options: dict, message: str) -> None:
+    """A backoff_max given is never raised to fit the backoff: it is the user's, as the backoff."""
+    with pytest.raises(ConfigError, match=message):
+        open_source("camera://0", capture_factory=_never_opened, **options)
+
+
+def test_backoff_max_is_refused_where_nothing_reconnects() -> None:
+    with pytest.raises(ConfigError, match=r"^backoff_max=2\.0 applies to cameras and live streams"):
+        open_source("synthetic://drive?size=64x48", backoff_max=2.0)
+
+
 def _never_opened() -> None:
     raise AssertionError("the source was opened although its options were refused")
 
