@@ -24,7 +24,7 @@ from .common import (
     scheduler_flags,
     write_output,
 )
-from .run_cmd import add_scheduler_args, given_options, scheduler_from_args
+from .scheduler_args import add_scheduler_args, given_options, scheduler_from_args
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,6 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -23,7 +22,7 @@ from ..models import check_model_args
 from ..overlay.annotate import MODES, OverlayStyle
 from ..paths import check_output
 from ..pipeline import Pipeline, PipelineStats, input_clash, open_sinks
-from ..schedule import CHANGES, SCHEDULERS, Scheduler, make_scheduler
+from ..schedule import Scheduler
 from ..segmenter import Segmenter, load_engine
 from ..signals import Handler, restore, take
 from ..sink import Sink
@@ -46,6 +45,7 @@ from .common import (
     scheduler_flags,
     whole_number,
 )
+from .scheduler_args import add_scheduler_args, scheduler_from_args
 
 DEMO_SOURCE = "synthetic://drive?size=1280x720&fps=30&seed=0&frames=90"
 DEMO_OUTPUT = "out/demo.mp4"
@@ -149,75 +149,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     o.add_argument("--quiet", action="store_true", help="no live status line")
     p.set_defaults(func=run)
     p.intermixed = True  # `rtseg run SRC --frames 2 out.mp4`: options between source and sinks
-
-
-def add_scheduler_args(parser: argparse.ArgumentParser, *, default: str) -> tuple[argparse.Action, ...]:
-    """The keyframe-scheduling options, shared by `rtseg run` and `rtseg eval --sequence`; the
-    options are returned, so that a command can tell which of them were given."""
-    g = parser.add_argument_group("keyframe scheduling")
-    actions: list[argparse.Action] = []
-
-    def add(*names: str, **options: Any) -> None:
-        actions.append(g.add_argument(*names, **options))
-
-    add("--scheduler", choices=SCHEDULERS, default=default, help=f"(default: {default})")
-    add("--interval", type=int, default=None, help="clockwork: a keyframe every K frames (4)")
-    add("--threshold", type=float, default=None, help="adaptive/async: change threshold T")
-    add("--max-interval", type=int, default=None, help="adaptive/async: keyframe at least every N")
-    add(
-        "--target-keyframe-rate",
-        type=float,
-        default=None,
-        help="adaptive/async: calibrate T on the opening frames to reach this keyframe rate "
-        "(at least 1/--max-interval)",
-    )
-    add(
-        "--warp",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="warp cached deep features along DIS optical flow (default: on, except for every)",
-    )
-    add(
-        "--flow-stride",
-        type=int,
-        default=None,
-        help="downscale frames by N for the warp's optical flow (default 4; 8 costs a third at large inputs)",
-    )
-    add(
-        "--change",
-        choices=CHANGES,
-        default=None,
-        help="adaptive/async change score: flow residual (default with --warp) or low features",
-    )
-    return tuple(actions)
-
-
-def given_options(actions: tuple[argparse.Action, ...], args: argparse.Namespace) -> list[str]:
-    """The ``actions`` that ``args`` sets to other than their defaults, as typed."""
-    given = []
-    for action in actions:
-        value = getattr(args, action.dest)
-        if value == action.default:
-            continue
-        if isinstance(action, argparse.BooleanOptionalAction):
-            given.append(action.option_strings[0] if value else action.option_strings[1])
-        else:
-            given.append(f"{action.option_strings[0]} {value}")
-    return given
-
-
-def scheduler_from_args(args: argparse.Namespace) -> Scheduler:
-    with scheduler_flags():
-        return make_scheduler(
-            args.scheduler,
-            interval=args.interval,
-            threshold=args.threshold,
-            max_interval=args.max_interval,
-            target_keyframe_rate=args.target_keyframe_rate,
-            warp=args.warp,
-            flow_stride=args.flow_stride,
-            change=args.change,
-        )
 
 
 def _flag(keyword: str, value: object) -> str:

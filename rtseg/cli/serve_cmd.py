@@ -9,14 +9,13 @@ import sys
 from pathlib import Path
 
 from ..engine import BACKENDS, load
-from ..errors import ConfigError
 from ..models import load_model
-from ..schedule import Scheduler, make_scheduler
+from ..schedule import Scheduler
 from ..signals import restore, take
 from ..stream.curve import check_server_keys
 from ..stream.endpoint import check_endpoint
 from ..stream.protocol import DEFAULT_MAX_PIXELS, INT_MAX, MAX_HEADER_BYTES
-from ..stream.server import DEFAULT_INTERVAL, DEFAULT_SERVER_ENDPOINT, MIN_MAX_BYTES, Server, ServerLimits
+from ..stream.server import DEFAULT_SERVER_ENDPOINT, MIN_MAX_BYTES, Server, ServerLimits
 from .common import (
     add_engine_place_args,
     add_model_args,
@@ -28,7 +27,10 @@ from .common import (
     scheduler_flags,
 )
 from .console import Terminated, stop_while_starting
+from .scheduler_args import add_scheduler_args, scheduler_from_args
 
+# No async: its deep stage runs on a thread of each stream's own, outside --workers, so up to
+# --max-streams more threads would run the engine at once.
 SERVER_SCHEDULERS = ("every", "clockwork", "adaptive")
 
 
@@ -72,30 +74,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="engine input WxH; requests are resized to it (default: the weights' training size)",
     )
     p.add_argument("--workers", type=positive_int, default=1, help="inference threads (default 1)")
-    p.add_argument(
-        "--scheduler",
-        choices=SERVER_SCHEDULERS,
+    add_scheduler_args(
+        p,
         default="clockwork",
-        help="keyframe schedule for requests that carry a stream id (default clockwork)",
-    )
-    p.add_argument(
-        "--interval",
-        type=int,
-        default=None,
-        help=f"clockwork: a keyframe every K frames (default {DEFAULT_INTERVAL})",
-    )
-    p.add_argument(
-        "--threshold",
-        type=float,
-        default=None,
-        help="adaptive: change threshold T (of the flow residual with the warp, the default)",
-    )
-    p.add_argument("--max-interval", type=int, default=None, help="adaptive: longest run without a keyframe")
-    p.add_argument(
-        "--warp",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="warp a stream's cached deep features along DIS optical flow (default: on, except for every)",
+        choices=SERVER_SCHEDULERS,
+        what="keyframe schedule for requests that carry a stream id",
     )
     p.add_argument(
         "--max-pixels",
@@ -159,31 +142,10 @@ def run(args: argparse.Namespace) -> int:
         drain_s=args.drain,
         queue_size=args.queue,
     )
-    interval = args.interval
-    if args.scheduler == "clockwork" and interval is None:
-        interval = DEFAULT_INTERVAL
 
-    def scheduler() -> Scheduler:
-        with scheduler_flags():
-            return make_scheduler(
-                args.scheduler,
-                interval=interval,
-                threshold=args.threshold,
-                max_interval=args.max_interval,
-                warp=args.warp,
-            )
+    def scheduler() -> Scheduler:  # the Server calls it once per stream: each needs its own
+        return scheduler_from_args(args, choices=SERVER_SCHEDULERS)
 
-    # make_scheduler names "the adaptive and async schedulers"; serve has no async
-    adaptive_only = [
-        f
-        for f, v in (("--threshold", args.threshold), ("--max-interval", args.max_interval))
-        if v is not None
-    ]
-    if args.scheduler != "adaptive" and adaptive_only:
-        raise ConfigError(
-            f"{' and '.join(adaptive_only)} appl{'ies' if len(adaptive_only) == 1 else 'y'} only to "
-            f"--scheduler adaptive, not {args.scheduler}"
-        )
     scheduler().close()  # a bad combination of options fails here, before the model loads
     place = engine_place(args)
     check_endpoint(args.bind, bind=True)
@@ -203,6 +165,12 @@ def run(args: argparse.Namespace) -> int:
     except Terminated:
         print("rtseg serve: stopped (SIGTERM) while loading the model", file=sys.stderr)
         return 0
+    probe = scheduler()
+    try:  # as Server does, but naming the flags (--flow-stride, not flow_stride), as `rtseg run` does
+        with scheduler_flags():
+            probe.check(engine)
+    finally:
+        probe.close()
     server = Server(
         engine,
         bind=args.bind,

@@ -12,7 +12,15 @@ from .base import Scheduler, ScheduleStats
 from .calibrate import calibrate_threshold
 from .change import ChangeMeasure, Summary
 from .flow import DEFAULT_STRIDE, FlowWarp, check_stride
-from .policies import CHANGES, DEFAULT_MAX_INTERVAL, DEFAULT_THRESHOLD, Adaptive, Clockwork, Every
+from .policies import (
+    CHANGES,
+    DEFAULT_INTERVAL,
+    DEFAULT_MAX_INTERVAL,
+    DEFAULT_THRESHOLD,
+    Adaptive,
+    Clockwork,
+    Every,
+)
 
 SCHEDULERS = ("every", "clockwork", "adaptive", "async")
 
@@ -88,7 +96,7 @@ def make_scheduler(
     if name == "every":
         return Every()
     if name == "clockwork":
-        return Clockwork(4 if interval is None else interval, warp=flow)
+        return Clockwork(DEFAULT_INTERVAL if interval is None else interval, warp=flow)
     measure = None
     if change_feature is not None or change_pool is not None:
         measure = ChangeMeasure(feature=change_feature, pool=4 if change_pool is None else change_pool)
@@ -111,6 +119,7 @@ SCHEDULER_OPTIONS = tuple(
 
 __all__ = [
     "CHANGES",
+    "DEFAULT_INTERVAL",
     "DEFAULT_MAX_INTERVAL",
     "DEFAULT_THRESHOLD",
     "SCHEDULERS",

@@ -24,6 +24,8 @@ CHANGES = ("features", "flow")
 # Chosen from the CamVid sweep (docs/scheduling.md).
 DEFAULT_THRESHOLD = MappingProxyType({"features": 0.12, "flow": 0.06})
 DEFAULT_MAX_INTERVAL = 10
+# The clockwork interval when none is given (make_scheduler, the CLI's --interval help).
+DEFAULT_INTERVAL = 4
 
 
 def _check_count(what: str, value: Any, minimum: int) -> None:
@@ -50,7 +52,7 @@ class Clockwork(Scheduler):
 
     name = "clockwork"
 
-    def __init__(self, interval: int = 4, *, warp: FlowWarp | None = None) -> None:
+    def __init__(self, interval: int = DEFAULT_INTERVAL, *, warp: FlowWarp | None = None) -> None:
         _check_count("clockwork interval", interval, 1)
         super().__init__(warp=warp)
         self.interval = interval

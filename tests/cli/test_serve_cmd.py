@@ -94,6 +94,20 @@ def test_a_sigterm_while_the_model_loads_is_a_clean_stop(
             ["--max-interval", "0", "--threshold", "0"],
             "error: --threshold and --max-interval apply only to --scheduler adaptive, not clockwork",
         ),
+        # the flags serve shares with run since it declares them alike
+        (
+            ["--target-keyframe-rate", "0.2", "--change", "flow"],
+            "error: --target-keyframe-rate and --change apply only to --scheduler adaptive, not clockwork",
+        ),
+        (
+            ["--scheduler", "adaptive", "--threshold", "0.1", "--target-keyframe-rate", "0.2"],
+            "error: give either --threshold or --target-keyframe-rate, not both",
+        ),
+        (["--no-warp", "--flow-stride", "8"], "error: --flow-stride applies to the flow warp"),
+        (
+            ["--scheduler", "adaptive", "--no-warp", "--change", "flow"],
+            "error: --change flow (the flow residual) needs the flow warp, which --no-warp turns off",
+        ),
         (
             ["--calibration", "l.txt", "--precision", "fp16"],
             "error: --calibration applies to int8 engines (--precision int8), not --precision fp16",
@@ -192,6 +206,54 @@ def test_stream_ttl_and_drain_options_reach_the_server(
     ]
     assert main([*argv, "--stream-ttl", "2.5", "--max-streams", "3", "--drain", "0.5"]) == 0
     assert seen[0].stream_ttl_s == 2.5 and seen[0].max_streams == 3 and seen[0].drain_s == 0.5
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        (
+            ["--scheduler", "adaptive", "--target-keyframe-rate", "0.25", "--change", "features"],
+            {"name": "adaptive", "target_keyframe_rate": 0.25, "change": "features", "threshold": None},
+        ),
+        (["--flow-stride", "2"], {"name": "clockwork", "interval": 4, "warp.stride": 2}),
+        (["--scheduler", "adaptive", "--max-interval", "6"], {"change": "flow", "max_interval": 6}),
+    ],
+)
+def test_scheduling_options_reach_each_streams_scheduler(
+    options: list[str], expected: dict, random_weights: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """serve lacked run's --target-keyframe-rate, --flow-stride and --change; the Server makes each
+    stream's scheduler with the factory it is given, so that factory must carry them."""
+    factories: list = []
+
+    class Recording(Server):
+        def __init__(self, engine, **kwargs) -> None:  # type: ignore[no-untyped-def]
+            factories.append(kwargs["scheduler"])
+            super().__init__(engine, **kwargs)
+
+        def serve_forever(self) -> None:
+            self.close()
+
+    monkeypatch.setattr(serve_cmd, "Server", Recording)
+    endpoint = f"tcp://127.0.0.1:{_free_port()}"
+    argv = ["serve", "--weights", str(random_weights), "--size", "64x48", "--backend", "torch"]
+    assert main([*argv, "--bind", endpoint, *options]) == 0
+    first, second = factories[0](), factories[0]()
+    assert first is not second  # one per stream: each caches its own stream's features
+    for name, value in expected.items():
+        owner, _, attribute = name.rpartition(".")
+        assert getattr(getattr(first, owner) if owner else first, attribute) == value, name
+
+
+def test_a_scheduler_the_engine_cannot_run_is_refused_naming_the_flags(
+    random_weights: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Checked against the engine as `rtseg run` does: not in make_scheduler's keywords (flow_stride)."""
+    argv = ["serve", "--weights", str(random_weights), "--size", "64x48", "--backend", "torch"]
+    assert main([*argv, "--bind", f"tcp://127.0.0.1:{_free_port()}", "--flow-stride", "8"]) == 2
+    err = capsys.readouterr().err
+    assert "error: --flow-stride 8 leaves a 8x6 flow image at input 64x48" in err
+    assert "or turn the warp off (--no-warp)" in err
 
 
 @pytest.mark.usefixtures("sigint_delivered")
