@@ -42,7 +42,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Subscribe to an rtseg publisher and show its frames; reports end-to-end latency "
         "from the header timestamps (capture -> receipt).",
     )
-    p.add_argument("addr", help="publisher address, e.g. zmq://tcp://127.0.0.1:5555")
+    p.add_argument(
+        "endpoint",
+        help="the publisher's endpoint, e.g. zmq://tcp://127.0.0.1:5555 (zmq:// may be left out)",
+    )
     p.add_argument("--headless", action="store_true", help="no window: write --out, else print stats")
     p.add_argument(
         "--out",
@@ -228,7 +231,7 @@ def run(args: argparse.Namespace) -> int:
         with (
             _raise_on_sigterm(),
             Subscriber(
-                args.addr,
+                args.endpoint,
                 topics=args.topic,
                 exact_topics=True,  # ZeroMQ's SUBSCRIBE alone would let cam10 in for --topic cam1
                 latest=not args.all,

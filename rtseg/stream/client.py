@@ -30,8 +30,7 @@ import zmq
 
 from ..data.labels import ClassSet
 from ..errors import ConfigError, ProtocolError, StreamTimeout
-from .curve import apply_client_keys
-from .endpoint import check_endpoint
+from .endpoint import DEFAULT_SERVER_ENDPOINT, endpoint_of, open_socket
 from .protocol import (
     DEFAULT_MAX_PIXELS,
     MAX_PARTS,
@@ -51,7 +50,6 @@ from .protocol import (
     encode_array,
     recv_frames,
     too_many_frames,
-    use_ipv6,
 )
 
 log = logging.getLogger(__name__)
@@ -100,21 +98,18 @@ class Client:
 
     def __init__(
         self,
-        addr: str,
+        endpoint: str = DEFAULT_SERVER_ENDPOINT,
         *,
         timeout: float = 2.0,
         retries: int = 2,
         curve_keys: str | os.PathLike[str] | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> None:
+        """``endpoint``: the server's, TRANSPORT://ADDRESS with or without ``zmq://`` in front; by
+        default the default ``Server``'s."""
         # Checked here, by name: a wrong type failed later as a bare TypeError (or, for a string
         # timeout, on the first request).
-        if not isinstance(addr, str):
-            raise ConfigError(f"addr must be a string such as tcp://HOST:PORT, got {addr!r}")
-        if addr.startswith("zmq://"):
-            addr = addr[len("zmq://") :]
-        if "://" not in addr:
-            raise ConfigError(f"server address must look like tcp://HOST:PORT or ipc://PATH, got {addr!r}")
+        endpoint = endpoint_of(endpoint, bind=False, who="a client")
         if (
             isinstance(timeout, bool)
             or not isinstance(timeout, numbers.Real)
@@ -127,7 +122,7 @@ class Client:
             raise ConfigError(f"max_pixels must be an integer >= 1, got {max_pixels!r}")
         if curve_keys is not None and not isinstance(curve_keys, (str, os.PathLike)):
             raise ConfigError(f"curve_keys must be None or a key folder path, got {curve_keys!r}")
-        self.addr = check_endpoint(addr, bind=False)
+        self.endpoint = endpoint
         self.timeout = float(timeout)
         self.retries = int(retries)
         self.curve_keys = curve_keys
@@ -143,16 +138,9 @@ class Client:
     # ------------------------------------------------------------------ transport
 
     def _open(self) -> zmq.Socket:
-        socket = self._ctx.socket(zmq.REQ)
-        try:
-            use_ipv6(socket, self.addr)
-            socket.setsockopt(zmq.LINGER, 0)
-            if self.curve_keys is not None:
-                apply_client_keys(socket, self.curve_keys)
-            socket.connect(self.addr)
-        except BaseException:
-            socket.close(linger=0)
-            raise
+        socket, _ = open_socket(
+            self._ctx, zmq.REQ, self.endpoint, bind=False, doing="connect to", curve_keys=self.curve_keys
+        )
         return socket
 
     def _drop_socket(self) -> None:
@@ -198,14 +186,14 @@ class Client:
                     frames, count = recv_frames(socket, _MAX_REPLY_FRAMES)
                     if count > len(frames):
                         raise ProtocolError(
-                            f"reply from {self.addr}: "
+                            f"reply from {self.endpoint}: "
                             + too_many_frames(
                                 count, _MAX_REPLY_FRAMES, f"header and at most {MAX_PARTS} parts"
                             ).detail
                         )
                     return frames
             except zmq.ZMQError as exc:
-                log.debug("attempt %d to %s failed: %s", attempt, self.addr, exc)
+                log.debug("attempt %d to %s failed: %s", attempt, self.endpoint, exc)
             except BaseException:
                 # Ctrl-C, a signal handler's exception or a bad reply mid-attempt: the REQ socket
                 # may still wait for a reply, and its next send would fail (EFSM) without sending.
@@ -217,7 +205,7 @@ class Client:
             if attempt < attempts and deadline > time.monotonic():
                 log.warning(
                     "no reply from %s in %.3g s; retrying (%d/%d)",
-                    self.addr,
+                    self.endpoint,
                     self.timeout,
                     attempt,
                     attempts - 1,
@@ -228,7 +216,7 @@ class Client:
             else ", or it requires CurveZMQ keys (curve_keys=, rtseg's --curve-keys)"
         )
         raise StreamTimeout(
-            f"no reply from {self.addr} after {attempt} attempt(s) of at most {self.timeout:.3g} s "
+            f"no reply from {self.endpoint} after {attempt} attempt(s) of at most {self.timeout:.3g} s "
             f"(server down or overloaded, or a frame over its size limit{refused})"
         )
 
@@ -271,7 +259,7 @@ class Client:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise StreamTimeout(
-                    f"no time left to restart stream {stream_id!r} on {self.addr} within "
+                    f"no time left to restart stream {stream_id!r} on {self.endpoint} within "
                     f"timeout * (retries + 1) = {self.timeout * (self.retries + 1):.3g} s"
                 )
             start = stream_id is not None and stream_id not in self._started
@@ -296,7 +284,7 @@ class Client:
                 header = decode_reply(frames)
             except ServerError as exc:
                 if exc.code == ErrorCode.UNKNOWN_STREAM.value and stream_id is not None and not restarted:
-                    log.info("server %s lost stream %r; starting it again", self.addr, stream_id)
+                    log.info("server %s lost stream %r; starting it again", self.endpoint, stream_id)
                     self._started.discard(stream_id)
                     restarted = True
                     continue

@@ -1,5 +1,10 @@
-"""ZeroMQ endpoints checked before use: libzmq accepts some bad ones silently (a TCP port above
-65535 wraps around modulo 65536 and binds elsewhere) and reports others as a bare EINVAL."""
+"""ZeroMQ endpoints checked before use, and the one way the streaming classes open their sockets.
+
+libzmq accepts some bad endpoints silently (a TCP port above 65535 wraps around modulo 65536 and
+binds elsewhere) and reports others as a bare EINVAL. ``Publisher``, ``Subscriber``, ``Server`` and
+``Client`` all take an endpoint as ``endpoint_of`` reads it (``zmq://`` in front or not) and open
+their socket with ``open_socket``, so that a bad or busy endpoint fails the same way in each.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +12,93 @@ import errno
 import os
 import socket
 import stat
+from collections.abc import Sequence
 
-from ..errors import ConfigError
+import zmq
+
+from ..errors import ConfigError, InputTypeError
+from .curve import CurveServer, apply_client_keys
+from .protocol import use_ipv6
 
 TRANSPORTS = ("tcp", "ipc", "inproc")
+# The defaults of each pair agree: Publisher() and Subscriber() find each other, as do
+# Server(engine) and Client().
+DEFAULT_PUB_ENDPOINT = "tcp://127.0.0.1:5555"
+DEFAULT_SERVER_ENDPOINT = "tcp://127.0.0.1:5560"
+URI_PREFIX = "zmq://"
+
+
+def endpoint_of(
+    endpoint: object, *, bind: bool, who: str, name: str = "endpoint", options_hint: str = ""
+) -> str:
+    """The ZeroMQ endpoint ``endpoint`` names, checked (``check_endpoint``): TRANSPORT://ADDRESS,
+    or the same with ``zmq://`` in front, as rtseg's sink URIs and ``rtseg view`` write it.
+
+    ``who`` names the taker in errors ("a subscriber"), ``name`` its parameter. A query
+    (``?parts=labels``) is refused: only the ``zmq://`` sink URI takes options there
+    (``options_hint`` says where they go instead).
+    """
+    if not isinstance(endpoint, str):
+        raise InputTypeError(
+            f"{name} must be a string such as {DEFAULT_PUB_ENDPOINT} (or zmq://{DEFAULT_PUB_ENDPOINT}), "
+            f"got {endpoint!r} ({type(endpoint).__name__})"
+        )
+    text = endpoint[len(URI_PREFIX) :] if endpoint.startswith(URI_PREFIX) else endpoint
+    if "?" in text:
+        raise ConfigError(
+            f"{name} {endpoint!r} has options ({text[text.index('?') :]}); {who} takes none"
+            + (f": {options_hint}" if options_hint else "")
+        )
+    return check_endpoint(text, bind=bind)
+
+
+def open_socket(
+    context: zmq.Context,
+    kind: int,
+    endpoint: str,
+    *,
+    bind: bool,
+    doing: str,
+    linger_ms: int = 0,
+    options: Sequence[tuple[int, int | bytes]] = (),
+    curve_keys: str | os.PathLike[str] | None = None,
+    term_on_failure: bool = False,
+) -> tuple[zmq.Socket, CurveServer | None]:
+    """A ``kind`` socket of ``context`` bound to (``bind``) or connected to ``endpoint`` (checked by
+    ``endpoint_of``), with ZMQ_IPV6 as the endpoint needs, ZMQ_LINGER ``linger_ms``, the socket
+    ``options`` in order, and CurveZMQ from ``curve_keys``: as the server side when binding
+    (a ``CurveServer``, returned: close it with the socket), as a client when connecting.
+
+    On failure nothing is left open: the socket and the CurveServer are closed, and the context
+    terminated too with ``term_on_failure`` (one made for this socket alone). libzmq's refusal to
+    bind or connect (a port in use, an address no interface has) is a ConfigError naming the
+    endpoint: "cannot {doing} {endpoint}: ..."."""
+    sock = context.socket(kind)
+    curve: CurveServer | None = None
+    try:
+        use_ipv6(sock, endpoint)
+        sock.setsockopt(zmq.LINGER, linger_ms)
+        for option, value in options:
+            sock.setsockopt(option, value)
+        if curve_keys is not None and bind:
+            curve = CurveServer(curve_keys, context)
+            curve.apply(sock)
+        elif curve_keys is not None:
+            apply_client_keys(sock, curve_keys)
+        if bind:
+            sock.bind(endpoint)
+        else:
+            sock.connect(endpoint)
+    except BaseException as exc:
+        sock.close(linger=0)
+        if curve is not None:
+            curve.close()
+        if term_on_failure:
+            context.term()
+        if isinstance(exc, zmq.ZMQError):
+            raise ConfigError(f"cannot {doing} {endpoint}: {exc}") from None
+        raise
+    return sock, curve
 
 
 def check_endpoint(endpoint: str, *, bind: bool) -> str:

@@ -27,13 +27,12 @@ import numpy as np
 import zmq
 
 from ..data.labels import ClassSet
-from ..errors import ConfigError, SinkError
+from ..errors import ConfigError
 from ..result import SegResult
 from ..sink.base import Policy, Sink
 from ..sink.packet import Packet
 from ..source.frame import Frame
-from .curve import CurveServer
-from .endpoint import check_endpoint
+from .endpoint import DEFAULT_PUB_ENDPOINT, check_endpoint, endpoint_of, open_socket
 from .protocol import (
     SOCKOPT_INT_MAX,
     STREAM_ID_RULE,
@@ -43,12 +42,10 @@ from .protocol import (
     check_stream_id,
     encode_array,
     encode_frame_message,
-    use_ipv6,
 )
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PUB_ENDPOINT = "tcp://127.0.0.1:5555"
 PART_NAMES = ("overlay", "labels", "frame")
 # close() waits at most this long for the messages already queued to subscribers to be written
 # (ZMQ_LINGER): send only queues them, and closing with linger 0 lost the last message(s) of a run
@@ -132,25 +129,27 @@ class Publisher:
         *,
         curve_keys: str | os.PathLike[str] | None = None,
     ) -> None:
-        check_endpoint(endpoint, bind=True)
+        """``endpoint``: where to bind, TRANSPORT://ADDRESS with or without ``zmq://`` in front; a
+        port in use (or an address no interface has) is a ConfigError naming it."""
+        endpoint = endpoint_of(
+            endpoint,
+            bind=True,
+            who="a publisher",
+            options_hint="give them as PublishOptions, or open the zmq:// URI with rtseg.open_sink",
+        )
         self.options = options or PublishOptions()
         self._ctx = zmq.Context()
-        self._curve: CurveServer | None = None
-        self._socket = self._ctx.socket(zmq.PUB)
-        try:
-            use_ipv6(self._socket, endpoint)
-            self._socket.setsockopt(zmq.LINGER, int(CLOSE_LINGER_S * 1000))
-            self._socket.setsockopt(zmq.SNDHWM, self.options.sndhwm)
-            if curve_keys is not None:
-                self._curve = CurveServer(curve_keys, self._ctx)
-                self._curve.apply(self._socket)
-            self._socket.bind(endpoint)
-        except zmq.ZMQError as exc:
-            self._teardown()
-            raise SinkError(f"cannot publish on {endpoint}: {exc}") from None
-        except BaseException:
-            self._teardown()
-            raise
+        self._socket, self._curve = open_socket(
+            self._ctx,
+            zmq.PUB,
+            endpoint,
+            bind=True,
+            doing="publish on",
+            linger_ms=int(CLOSE_LINGER_S * 1000),
+            options=[(zmq.SNDHWM, int(self.options.sndhwm))],
+            curve_keys=curve_keys,
+            term_on_failure=True,
+        )
         self.endpoint: str = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
         self._seq = 0
         self.session = secrets.token_hex(8)  # new per instance: how subscribers tell a restart

@@ -44,8 +44,7 @@ from ..errors import ConfigError
 from ..overlay.annotate import OverlayStyle, annotate
 from ..result import SegResult, labels_at
 from ..schedule import Every, Scheduler, make_scheduler
-from .curve import CurveServer
-from .endpoint import check_endpoint
+from .endpoint import DEFAULT_SERVER_ENDPOINT, endpoint_of, open_socket
 from .protocol import (
     DEFAULT_MAX_PIXELS,
     INT_MAX,
@@ -64,12 +63,10 @@ from .protocol import (
     parse_request,
     recv_frames,
     request_id,
-    use_ipv6,
 )
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SERVER_ENDPOINT = "tcp://127.0.0.1:5560"
 DEFAULT_INTERVAL = 4
 _instances = itertools.count()
 # The routing frames before a request's empty delimiter: the ROUTER's identity of the peer, and one
@@ -289,7 +286,9 @@ class Server:
 
     ``scheduler`` makes each stream's scheduler: a name (``rtseg.schedule.make_scheduler`` with its
     defaults, as ``rtseg serve --scheduler``) or a zero-argument factory such as
-    ``lambda: Clockwork(8)``; not a Scheduler instance, since every stream needs its own."""
+    ``lambda: Clockwork(8)``; not a Scheduler instance, since every stream needs its own.
+    ``bind``: the endpoint to bind, TRANSPORT://ADDRESS with or without ``zmq://`` in front; a port
+    in use (or an address no interface has) is a ConfigError naming it, as for a ``Publisher``."""
 
     def __init__(
         self,
@@ -309,7 +308,9 @@ class Server:
             )
         if workers < 1:
             raise ConfigError(f"workers must be >= 1, got {workers}")
-        check_endpoint(bind, bind=True)
+        bind = endpoint_of(
+            bind, bind=True, who="a server", name="bind", options_hint="its limits go in ServerLimits"
+        )
         new_scheduler = _scheduler_factory(scheduler)
         probe = new_scheduler()
         try:
@@ -333,26 +334,24 @@ class Server:
         self._outstanding = 0  # requests queued or being handled, not yet answered (loop thread only)
         self._errors: dict[str, int] = {}
         self._ctx = zmq.Context()
-        self._curve: CurveServer | None = None
         self._inproc = f"inproc://rtseg-server-{os.getpid()}-{next(_instances)}"
-        self._router = self._ctx.socket(zmq.ROUTER)
-        self._results = self._ctx.socket(zmq.PULL)
+        self._router, self._curve = open_socket(
+            self._ctx,
+            zmq.ROUTER,
+            bind,
+            bind=True,
+            doing="serve on",
+            options=[(zmq.MAXMSGSIZE, self.limits.max_bytes), (zmq.ROUTER_MANDATORY, 1)],
+            curve_keys=curve_keys,
+            term_on_failure=True,
+        )
         try:
-            use_ipv6(self._router, bind)
-            self._router.setsockopt(zmq.LINGER, 0)
-            self._router.setsockopt(zmq.MAXMSGSIZE, self.limits.max_bytes)
-            self._router.setsockopt(zmq.ROUTER_MANDATORY, 1)
-            if curve_keys is not None:
-                self._curve = CurveServer(curve_keys, self._ctx)
-                self._curve.apply(self._router)
-            self._router.bind(bind)
-            self._results.setsockopt(zmq.LINGER, 0)
-            self._results.bind(self._inproc)
-        except zmq.ZMQError as exc:
-            self._close_sockets()
-            raise ConfigError(f"cannot serve on {bind}: {exc}") from None
+            self._results, _ = open_socket(self._ctx, zmq.PULL, self._inproc, bind=True, doing="serve on")
         except BaseException:
-            self._close_sockets()
+            self._router.close(linger=0)
+            if self._curve is not None:
+                self._curve.close()
+            self._ctx.term()
             raise
         self.endpoint: str = self._router.getsockopt_string(zmq.LAST_ENDPOINT)
         self._threads: list[threading.Thread] = []

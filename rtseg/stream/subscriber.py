@@ -31,8 +31,7 @@ import zmq
 
 from ..data.labels import ClassSet
 from ..errors import ConfigError, SourceError, StreamTimeout
-from .curve import apply_client_keys
-from .endpoint import check_endpoint
+from .endpoint import DEFAULT_PUB_ENDPOINT, endpoint_of, open_socket
 from .protocol import (
     DEFAULT_MAX_PIXELS,
     INT_MAX,
@@ -47,7 +46,6 @@ from .protocol import (
     is_stream_id,
     recv_frames,
     too_many_frames,
-    use_ipv6,
 )
 
 log = logging.getLogger(__name__)
@@ -142,6 +140,8 @@ class _Pending:
 class Subscriber:
     """A SUB socket connected to one publisher, as a context manager.
 
+    ``endpoint``: the publisher's, TRANSPORT://ADDRESS with or without ``zmq://`` in front (as
+    ``rtseg view`` takes it); by default the default ``Publisher``'s.
     ``topics``: stream ids to receive (prefix match, as ZeroMQ subscribes: "cam1" also receives
     "cam10"); None receives all. ``exact_topics``: receive only the streams whose id is one of
     ``topics`` exactly; the others are dropped unparsed, as if not subscribed. ``rcvhwm`` bounds the
@@ -154,7 +154,7 @@ class Subscriber:
 
     def __init__(
         self,
-        addr: str,
+        endpoint: str = DEFAULT_PUB_ENDPOINT,
         *,
         topics: Sequence[str] | None = None,
         latest: bool = False,
@@ -165,17 +165,12 @@ class Subscriber:
         max_streams: int = DEFAULT_MAX_STREAMS,
         exact_topics: bool = False,
     ) -> None:
-        if addr.startswith("zmq://"):
-            addr = addr[len("zmq://") :]
-        if "://" not in addr:
-            raise ConfigError(
-                f"subscriber address must look like tcp://HOST:PORT or ipc://PATH, got {addr!r}"
-            )
-        if "?" in addr:
-            raise ConfigError(
-                f"subscriber address {addr!r} has options ({addr[addr.index('?') :]}); a subscriber takes "
-                "none: parts, quality and the rest are set on the publishing zmq:// sink"
-            )
+        endpoint = endpoint_of(
+            endpoint,
+            bind=False,
+            who="a subscriber",
+            options_hint="parts, quality and the rest are set on the publishing zmq:// sink",
+        )
         if isinstance(topics, str):  # iterated, "front" would subscribe to the prefixes f, r, o, n, t
             raise ConfigError(
                 f"topics must be a list of stream ids, got the string {topics!r}; use topics=[{topics!r}]"
@@ -198,7 +193,7 @@ class Subscriber:
         if isinstance(max_streams, bool) or not isinstance(max_streams, int) or max_streams < 1:
             raise ConfigError(f"max_streams must be an integer >= 1, got {max_streams!r}")
         self.max_streams = max_streams
-        self.addr = check_endpoint(addr, bind=False)
+        self.endpoint = endpoint
         self.latest = latest
         self.max_pixels = max_pixels
         self._ctx = zmq.Context()
@@ -210,29 +205,24 @@ class Subscriber:
             else " (nothing published, or the publisher requires CurveZMQ keys: curve_keys=, "
             "rtseg view's --curve-keys)"
         )
-        self._socket = self._ctx.socket(zmq.SUB)
-        try:
-            use_ipv6(self._socket, self.addr)
-            self._socket.setsockopt(zmq.LINGER, 0)
-            self._socket.setsockopt(zmq.RCVHWM, rcvhwm)
-            self._socket.setsockopt(zmq.MAXMSGSIZE, max_bytes)
-            self._socket.setsockopt(zmq.TCP_KEEPALIVE, 1)
-            self._socket.setsockopt(zmq.TCP_KEEPALIVE_IDLE, KEEPALIVE_IDLE_S)
-            self._socket.setsockopt(zmq.TCP_KEEPALIVE_INTVL, KEEPALIVE_INTERVAL_S)
-            self._socket.setsockopt(zmq.TCP_KEEPALIVE_CNT, KEEPALIVE_COUNT)
-            if curve_keys is not None:
-                apply_client_keys(self._socket, curve_keys)
-            for topic in topics if topics is not None else [""]:
-                self._socket.setsockopt(zmq.SUBSCRIBE, topic.encode("utf-8"))
-            self._socket.connect(addr)
-        except zmq.ZMQError as exc:
-            self._socket.close(linger=0)
-            self._ctx.term()
-            raise ConfigError(f"cannot subscribe to {addr}: {exc}") from None
-        except BaseException:
-            self._socket.close(linger=0)
-            self._ctx.term()
-            raise
+        self._socket, _ = open_socket(
+            self._ctx,
+            zmq.SUB,
+            endpoint,
+            bind=False,
+            doing="subscribe to",
+            options=[
+                (zmq.RCVHWM, rcvhwm),
+                (zmq.MAXMSGSIZE, max_bytes),
+                (zmq.TCP_KEEPALIVE, 1),
+                (zmq.TCP_KEEPALIVE_IDLE, KEEPALIVE_IDLE_S),
+                (zmq.TCP_KEEPALIVE_INTVL, KEEPALIVE_INTERVAL_S),
+                (zmq.TCP_KEEPALIVE_CNT, KEEPALIVE_COUNT),
+                *((zmq.SUBSCRIBE, t.encode("utf-8")) for t in (topics if topics is not None else [""])),
+            ],
+            curve_keys=curve_keys,
+            term_on_failure=True,
+        )
         self._lock = threading.Condition()
         # recv without latest mode reads the socket on the caller's thread: one caller at a time (two
         # at once interleave the frames of different messages, or abort inside libzmq)
@@ -252,7 +242,7 @@ class Subscriber:
         self._failure: BaseException | None = None  # what ended the drain thread
         self._thread: threading.Thread | None = None
         if latest:
-            self._thread = threading.Thread(target=self._drain, name=f"subscriber:{addr}", daemon=True)
+            self._thread = threading.Thread(target=self._drain, name=f"subscriber:{endpoint}", daemon=True)
             self._thread.start()
 
     # -- shared bookkeeping (called with self._lock held)
@@ -262,7 +252,7 @@ class Subscriber:
         first = self._last_error is None
         self._last_error = f"{type(error).__name__}: {error}"
         if first:
-            log.warning("subscriber %s: skipping a malformed message: %s", self.addr, error)
+            log.warning("subscriber %s: skipping a malformed message: %s", self.endpoint, error)
 
     def _receive(self) -> tuple[list[bytes], int]:
         """One message from the socket, at most MAX_FRAME_MESSAGE_FRAMES frames of it kept."""
@@ -319,7 +309,7 @@ class Subscriber:
         log.log(
             level,
             "subscriber %s: stream %r restarted (session %s -> %s, seq %d -> %d)",
-            self.addr,
+            self.endpoint,
             stream,
             state.session,
             header.session,
@@ -335,7 +325,7 @@ class Subscriber:
         if self._evicted == 1:
             log.warning(
                 "subscriber %s: more than max_streams=%d streams; forgetting the least recent, %r",
-                self.addr,
+                self.endpoint,
                 self.max_streams,
                 stream,
             )
@@ -373,7 +363,7 @@ class Subscriber:
         try:
             self._drain_loop()
         except Exception as exc:
-            log.exception("subscriber %s: the receiving thread failed", self.addr)
+            log.exception("subscriber %s: the receiving thread failed", self.endpoint)
             with self._lock:
                 self._failure = exc
                 self._last_error = f"{type(exc).__name__}: {exc}"
@@ -415,7 +405,7 @@ class Subscriber:
             except zmq.ZMQError as exc:
                 if self._closed:
                     return
-                log.error("subscriber %s: receive failed: %s", self.addr, exc)
+                log.error("subscriber %s: receive failed: %s", self.endpoint, exc)
                 time.sleep(0.05)
 
     # -- public API
@@ -437,7 +427,7 @@ class Subscriber:
         if timeout is not None and timeout > threading.TIMEOUT_MAX:  # inf, or centuries: no limit
             timeout = None  # (a Condition's wait raised OverflowError past TIMEOUT_MAX)
         if self._closed:
-            raise ConfigError(f"subscriber {self.addr} is closed")
+            raise ConfigError(f"subscriber {self.endpoint} is closed")
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -452,7 +442,7 @@ class Subscriber:
                     failure = self._failure
                 if pending is None and failure is not None and not self._closed:
                     raise SourceError(
-                        f"subscriber {self.addr}: its receiving thread failed "
+                        f"subscriber {self.endpoint}: its receiving thread failed "
                         f"({type(failure).__name__}: {failure}); no more messages will arrive: "
                         "close this subscriber and open a new one"
                     ) from failure
@@ -463,7 +453,7 @@ class Subscriber:
                 if message is not None:
                     return message
             if self._closed:
-                raise ConfigError(f"subscriber {self.addr} was closed while waiting")
+                raise ConfigError(f"subscriber {self.endpoint} was closed while waiting")
             if deadline is not None and time.monotonic() >= deadline:
                 raise self._timeout_error(timeout)  # type: ignore[arg-type]
 
@@ -477,10 +467,10 @@ class Subscriber:
         if malformed:
             since = "since the last message handed out" if self._delivered else "since the subscriber opened"
             return StreamTimeout(
-                f"no usable message from {self.addr} within {timeout:.3g} s: {malformed} message(s) "
+                f"no usable message from {self.endpoint} within {timeout:.3g} s: {malformed} message(s) "
                 f"arrived {since} and were all malformed, so skipped (the last: {last})"
             )
-        return StreamTimeout(f"no message from {self.addr} within {timeout:.3g} s{self._timeout_hint}")
+        return StreamTimeout(f"no message from {self.endpoint} within {timeout:.3g} s{self._timeout_hint}")
 
     def _recv_direct(self, remaining: float | None) -> _Pending | None:
         """Poll in short slices, so that close() from another thread ends the wait (sockets are not
@@ -543,7 +533,7 @@ class Subscriber:
                 log.warning(
                     "subscriber %s: the socket is still in use %g s after close(); it will be "
                     "closed when the thread using it returns",
-                    self.addr,
+                    self.endpoint,
                     _CLOSE_WAIT_S,
                 )
                 return

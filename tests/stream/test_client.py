@@ -17,7 +17,7 @@ import zmq
 
 from rtseg.data.labels import CAMVID
 from rtseg.engine import Engine
-from rtseg.errors import ConfigError, ProtocolError
+from rtseg.errors import ConfigError, InputTypeError, ProtocolError
 from rtseg.models import get_model, save_checkpoint
 from rtseg.stream import Client, Server, ServerError, StreamTimeout
 from rtseg.stream.protocol import ErrorCode, error_reply
@@ -360,7 +360,9 @@ def test_client_arguments_are_checked_by_name(kwargs: dict, message: str, tcp_en
     with pytest.raises(ConfigError) as err:
         Client(tcp_endpoint, **kwargs)
     assert str(err.value) == message
-    with pytest.raises(ConfigError, match="addr must be a string such as tcp://HOST:PORT, got 5560"):
+    with pytest.raises(
+        InputTypeError, match=r"endpoint must be a string such as tcp://127\.0\.0\.1:5555 .*got 5560 \(int\)"
+    ):
         Client(5560)  # type: ignore[arg-type]
 
 

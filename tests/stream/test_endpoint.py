@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import pytest
+import zmq
 
-from rtseg.errors import ConfigError
-from rtseg.stream import Publisher, Server, Subscriber
-from rtseg.stream.endpoint import check_endpoint
+from rtseg.errors import ConfigError, InputTypeError
+from rtseg.stream import Client, Publisher, Server, Subscriber
+from rtseg.stream.endpoint import DEFAULT_PUB_ENDPOINT, DEFAULT_SERVER_ENDPOINT, check_endpoint, open_socket
 from rtseg.stream.publisher import parse_zmq_uri
 
 
@@ -111,3 +112,82 @@ def test_binding_ipc_where_a_live_process_listens_is_refused(tmp_path, small_eng
         with pytest.raises(ConfigError, match="is in use by another process"):
             check_endpoint(f"ipc://{other}", bind=True)
     assert check_endpoint(f"ipc://{other}", bind=True) == f"ipc://{other}"  # stale once it closed
+
+
+def _four(small_engine, endpoint: str, *, server_endpoint: str | None = None) -> list:
+    """Publisher, Server, Subscriber and Client, each given ``endpoint`` its own way."""
+    return [
+        lambda: Publisher(endpoint),
+        lambda: Server(small_engine, bind=server_endpoint or endpoint),
+        lambda: Subscriber(endpoint),
+        lambda: Client(endpoint),
+    ]
+
+
+def test_the_four_take_an_endpoint_with_or_without_zmq_prefix(small_engine, free_port) -> None:
+    """Subscriber and Client dropped a zmq:// prefix, Publisher and Server refused it."""
+    pub_port, server_port = free_port(), free_port()
+    with Publisher(f"zmq://tcp://127.0.0.1:{pub_port}") as pub:
+        assert pub.endpoint == f"tcp://127.0.0.1:{pub_port}"
+    with Server(small_engine, bind=f"zmq://tcp://127.0.0.1:{server_port}") as server:
+        assert server.endpoint == f"tcp://127.0.0.1:{server_port}"
+    with (
+        Subscriber(f"zmq://tcp://127.0.0.1:{pub_port}") as sub,
+        Subscriber(f"tcp://127.0.0.1:{pub_port}") as plain,
+    ):
+        assert sub.endpoint == plain.endpoint == f"tcp://127.0.0.1:{pub_port}"
+    with Client(f"zmq://tcp://127.0.0.1:{server_port}") as client:
+        assert client.endpoint == f"tcp://127.0.0.1:{server_port}"
+
+
+def test_subscriber_and_client_name_their_endpoint_as_publisher_does() -> None:
+    """Their parameter was ``addr`` (and their attribute ``.addr``); Publisher's is ``endpoint``."""
+    with (
+        Subscriber(endpoint="tcp://127.0.0.1:5999") as sub,
+        Client(endpoint="tcp://127.0.0.1:5998") as client,
+    ):
+        assert sub.endpoint == "tcp://127.0.0.1:5999" and client.endpoint == "tcp://127.0.0.1:5998"
+    # the defaults of each pair find each other
+    with Subscriber() as sub, Client() as client:
+        assert sub.endpoint == DEFAULT_PUB_ENDPOINT and client.endpoint == DEFAULT_SERVER_ENDPOINT
+
+
+def test_the_four_refuse_an_endpoint_that_is_no_string_or_has_options(small_engine, tcp_endpoint) -> None:
+    """Subscriber(5) raised AttributeError ('int' object has no attribute 'startswith'); a query was
+    refused by name by the subscriber only (the client and an ipc:// publisher took it as a path)."""
+    for make in _four(small_engine, 5):  # type: ignore[arg-type]
+        with pytest.raises(
+            InputTypeError, match=r"must be a string such as tcp://127\.0\.0\.1:5555 .*got 5 \(int\)"
+        ):
+            make()
+    for make in _four(small_engine, f"zmq://{tcp_endpoint}?parts=labels"):
+        with pytest.raises(ConfigError, match=r"has options \(\?parts=labels\); a \w+ takes none"):
+            make()
+
+
+def test_a_busy_port_is_the_same_config_error_for_publisher_and_server(small_engine, tcp_endpoint) -> None:
+    """Publisher raised SinkError, Server ConfigError, for the same port in use."""
+    with Publisher(tcp_endpoint):
+        with pytest.raises(ConfigError, match=rf"cannot publish on {tcp_endpoint}: Address already in use"):
+            Publisher(tcp_endpoint)
+        with pytest.raises(ConfigError, match=rf"cannot serve on {tcp_endpoint}: Address already in use"):
+            Server(small_engine, bind=tcp_endpoint)
+
+
+def test_open_socket_leaves_nothing_open_when_it_fails(tcp_endpoint) -> None:
+    taken = zmq.Context()
+    holder = taken.socket(zmq.PUB)
+    holder.bind(tcp_endpoint)
+    try:
+        ctx = zmq.Context()
+        with pytest.raises(ConfigError, match=rf"cannot bind to {tcp_endpoint}"):
+            open_socket(ctx, zmq.PUB, tcp_endpoint, bind=True, doing="bind to", term_on_failure=True)
+        assert ctx.closed  # the socket was closed first, or term() would have waited for it
+        kept = zmq.Context()
+        with pytest.raises(ConfigError):
+            open_socket(kept, zmq.PUB, tcp_endpoint, bind=True, doing="bind to")
+        assert not kept.closed  # a shared context (the client's) stays usable
+        kept.term()
+    finally:
+        holder.close(linger=0)
+        taken.term()

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from rtseg.data.labels import CAMVID, CITYSCAPES
-from rtseg.errors import ConfigError, SinkError
+from rtseg.errors import ConfigError
 from rtseg.result import SegResult
 from rtseg.sink.packet import Packet
 from rtseg.source.frame import Frame
@@ -328,8 +328,10 @@ def test_close_from_a_signal_handler_during_publish_ends_it(
     assert f"publisher on {tcp_endpoint} is closed" in str(outcome[0])
 
 
-def test_busy_port_is_a_clear_sink_error(tcp_endpoint: str) -> None:
-    with Publisher(tcp_endpoint), pytest.raises(SinkError, match=r"cannot publish on tcp://127\.0\.0\.1"):
+def test_busy_port_is_a_config_error_naming_it(tcp_endpoint: str) -> None:
+    """A port in use is the endpoint's value failing, as a live IPC socket there is (ConfigError,
+    from check_endpoint): it was a SinkError here and a ConfigError from Server."""
+    with Publisher(tcp_endpoint), pytest.raises(ConfigError, match=r"cannot publish on tcp://127\.0\.0\.1"):
         open_publisher_sink(f"zmq://{tcp_endpoint}")
 
 
