@@ -7,7 +7,7 @@ from .curve import generate_keys
 from .protocol import PROTOCOL, ErrorCode, FrameHeader, PartSpec, ServerError, WireError
 from .publisher import Publisher, PublisherSink, PublishOptions, open_publisher_sink
 from .server import Server, ServerLimits, ServerStats
-from .subscriber import Message, Subscriber, SubscriberStats
+from .subscriber import Message, Subscriber, SubscriberOptions, SubscriberStats
 
 __all__ = [
     "PROTOCOL",
@@ -27,6 +27,7 @@ __all__ = [
     "ServerStats",
     "StreamTimeout",
     "Subscriber",
+    "SubscriberOptions",
     "SubscriberStats",
     "WireError",
     "generate_keys",

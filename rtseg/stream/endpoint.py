@@ -76,6 +76,8 @@ def open_socket(
     sock = context.socket(kind)
     curve: CurveServer | None = None
     try:
+        if curve_keys is not None and not isinstance(curve_keys, (str, os.PathLike)):
+            raise ConfigError(f"curve_keys must be None or a key folder path, got {curve_keys!r}")
         use_ipv6(sock, endpoint)
         sock.setsockopt(zmq.LINGER, linger_ms)
         for option, value in options:

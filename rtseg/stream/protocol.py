@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import re
 import struct
 from collections.abc import Mapping, Sequence
@@ -22,7 +23,7 @@ import numpy as np
 import zmq
 
 from ..data.labels import ClassSet
-from ..errors import ProtocolError, RtsegError
+from ..errors import ConfigError, InputTypeError, ProtocolError, RtsegError
 
 PROTOCOL = "rtseg/1"
 ENCODINGS = ("jpeg", "png", "raw")
@@ -105,6 +106,18 @@ INT_MAX = 2**63 - 1  # every integer field fits an int64, what a C or C++ peer h
 # The largest value of an int socket option (ZMQ_SNDHWM, ZMQ_RCVHWM); ZMQ_MAXMSGSIZE is an int64
 # (INT_MAX). Larger values made setsockopt raise OverflowError after the model had loaded.
 SOCKOPT_INT_MAX = 2**31 - 1
+_BOUND_TEXT = {SOCKOPT_INT_MAX: "2**31-1", INT_MAX: "2**63-1"}
+
+
+def check_int_option(name: str, value: object, minimum: int, maximum: int | None = None) -> None:
+    """ConfigError naming the option ``name`` unless ``value`` is an integer (a NumPy one too; not
+    a bool) in ``minimum..maximum`` (no upper bound when None). A string such as "80" is refused
+    here by name: compared with a bound, it raised a bare TypeError."""
+    bound = f">= {minimum}" if maximum is None else f"in {minimum}..{_BOUND_TEXT.get(maximum, maximum)}"
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ConfigError(f"{name} must be an integer {bound}, got {value!r} ({type(value).__name__})")
+    if value < minimum or (maximum is not None and value > maximum):
+        raise ConfigError(f"{name} must be an integer {bound}, got {value!r}")
 
 
 def _int(data: Mapping[str, Any], name: str, *, required: bool = True, minimum: int = 0) -> int | None:
@@ -369,31 +382,34 @@ def image_size(data: bytes | memoryview, encoding: str) -> tuple[int, int]:
 
 
 def encode_array(name: str, array: np.ndarray, encoding: str, *, quality: int = 90) -> tuple[PartSpec, bytes]:
-    """One array -> (its descriptor, its frame bytes)."""
+    """One array -> (its descriptor, its frame bytes). What cannot be sent is refused naming the
+    part: InputTypeError for no NumPy array, ConfigError (a ValueError) for a dtype, shape or
+    size the encoding cannot hold (a float32 overlay raised a bare ValueError from Publisher.publish)."""
+    if not isinstance(array, np.ndarray):
+        raise InputTypeError(f"part {name!r} must be a NumPy array, got {type(array).__name__}")
     dtype = next((k for k, v in DTYPES.items() if v == array.dtype.newbyteorder("<")), None)
     if dtype is None:
-        raise ValueError(f"part {name!r}: dtype {array.dtype} cannot be sent; use one of {tuple(DTYPES)}")
+        raise ConfigError(f"part {name!r}: dtype {array.dtype} cannot be sent; use one of {tuple(DTYPES)}")
     spec = PartSpec(name, encoding, dtype, tuple(int(s) for s in array.shape))
     if encoding == "raw":
         return spec, np.ascontiguousarray(array, dtype=DTYPES[dtype]).tobytes()
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (1, 3)):
-        raise ValueError(f"part {name!r}: {encoding} needs an HxW or HxWx3 array, got shape {array.shape}")
+        raise ConfigError(f"part {name!r}: {encoding} needs an HxW or HxWx3 array, got shape {array.shape}")
     try:
         check_encodable(array.shape, encoding, f"part {name!r}")
     except WireError as exc:
-        raise ValueError(exc.detail) from None
+        raise ConfigError(exc.detail) from None
     if encoding == "png":
         if dtype not in ("uint8", "uint16"):
-            raise ValueError(f"part {name!r}: PNG holds uint8 or uint16, got {dtype}")
+            raise ConfigError(f"part {name!r}: PNG holds uint8 or uint16, got {dtype}")
         ok, buf = cv2.imencode(".png", array, [cv2.IMWRITE_PNG_COMPRESSION, 1])
     else:
         if dtype != "uint8":
-            raise ValueError(f"part {name!r}: JPEG holds uint8, got {dtype}")
-        if not 1 <= quality <= 100:
-            raise ValueError(f"JPEG quality must be in 1..100, got {quality}")
+            raise ConfigError(f"part {name!r}: JPEG holds uint8, got {dtype}")
+        check_int_option("quality", quality, 1, 100)
         ok, buf = cv2.imencode(".jpg", array, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
     if not ok:
-        raise ValueError(
+        raise ConfigError(
             f"part {name!r}: OpenCV could not encode a {array.shape} {dtype} array as {encoding}"
         )
     return spec, buf.tobytes()

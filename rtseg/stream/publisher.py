@@ -27,7 +27,7 @@ import numpy as np
 import zmq
 
 from ..data.labels import ClassSet
-from ..errors import ConfigError
+from ..errors import ConfigError, InputTypeError
 from ..result import SegResult
 from ..sink.base import Policy, Sink
 from ..sink.packet import Packet
@@ -39,6 +39,7 @@ from .protocol import (
     FrameHeader,
     PartSpec,
     WireError,
+    check_int_option,
     check_stream_id,
     encode_array,
     encode_frame_message,
@@ -78,7 +79,8 @@ class PublishOptions:
 
     def __post_init__(self) -> None:
         if (
-            not self.parts
+            not isinstance(self.parts, (tuple, list))  # 5 raised a bare TypeError iterating it
+            or not self.parts
             or any(p not in PART_NAMES for p in self.parts)
             or len(set(self.parts)) != len(self.parts)
         ):
@@ -93,18 +95,15 @@ class PublishOptions:
             raise ConfigError(
                 f"PublishOptions.frame_encoding must be 'jpeg', 'png' or 'raw', got {self.frame_encoding!r}"
             )
-        if not 1 <= self.quality <= 100:
-            raise ConfigError(f"PublishOptions.quality must be in 1..100, got {self.quality}")
+        check_int_option("PublishOptions.quality", self.quality, 1, 100)
         try:
             check_stream_id(self.stream)
         except WireError:
             raise ConfigError(
                 f"PublishOptions.stream must be {STREAM_ID_RULE}, got {self.stream!r}"
             ) from None
-        if not 1 <= self.sndhwm <= SOCKOPT_INT_MAX:  # ZMQ_SNDHWM is a C int
-            raise ConfigError(f"PublishOptions.sndhwm must be in 1..2**31-1, got {self.sndhwm}")
-        if self.classes_every < 1:
-            raise ConfigError(f"PublishOptions.classes_every must be >= 1, got {self.classes_every}")
+        check_int_option("PublishOptions.sndhwm", self.sndhwm, 1, SOCKOPT_INT_MAX)  # ZMQ_SNDHWM: a C int
+        check_int_option("PublishOptions.classes_every", self.classes_every, 1)
 
 
 @dataclass(frozen=True)
@@ -163,9 +162,16 @@ class Publisher:
         self._send_lock = threading.RLock()
 
     def publish(self, frame: Frame, result: SegResult, overlay: np.ndarray | None = None) -> None:
-        """Encode and send one result; ``overlay`` is needed when the options ask for it."""
+        """Encode and send one result; ``overlay`` (an HxWx3 uint8 BGR image) is needed when the
+        options ask for it. What cannot be sent is refused naming it: InputTypeError for a wrong
+        type, ConfigError for an array the part's encoding cannot hold."""
         if self._socket.closed:
             raise ConfigError(f"publisher on {self.endpoint} is closed")
+        # Checked by name here: a wrong type failed inside as an AttributeError.
+        if not isinstance(frame, Frame):
+            raise InputTypeError(f"publish: frame must be a rtseg Frame, got {type(frame).__name__}")
+        if not isinstance(result, SegResult):
+            raise InputTypeError(f"publish: result must be a rtseg SegResult, got {type(result).__name__}")
         o = self.options
         t0 = time.perf_counter()
         specs: list[PartSpec] = []
@@ -175,7 +181,10 @@ class Publisher:
                 spec, data = encode_array("labels", result.labels, o.labels_encoding)
             elif name == "overlay":
                 if overlay is None:
-                    raise ValueError("these publish options include the overlay part: pass overlay=")
+                    raise ConfigError(
+                        f"publish: overlay is None, but the publish options' parts {o.parts} include "
+                        "the overlay: pass overlay= (an HxWx3 uint8 BGR image, such as annotate(...))"
+                    )
                 spec, data = encode_array("overlay", overlay, "jpeg", quality=o.quality)
             else:
                 spec, data = encode_array("frame", frame.image, o.frame_encoding, quality=o.quality)

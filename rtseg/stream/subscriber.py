@@ -23,7 +23,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -40,6 +40,7 @@ from .protocol import (
     SOCKOPT_INT_MAX,
     STREAM_ID_RULE,
     FrameHeader,
+    check_int_option,
     check_label_values,
     decode_frame_header,
     decode_frame_parts,
@@ -137,6 +138,50 @@ class _Pending:
     skipped: int = 0  # older messages of the same stream this one replaced (latest mode)
 
 
+@dataclass(frozen=True)
+class SubscriberOptions:
+    """A ``Subscriber``'s options (its keyword arguments; see there), checked on creation: each
+    that rtseg cannot use is a ConfigError naming it (a string rcvhwm raised a bare TypeError from
+    a comparison, and max_pixels and latest were not checked at all). ``topics`` is kept as a
+    tuple."""
+
+    topics: tuple[str, ...] | None = None
+    latest: bool = False
+    rcvhwm: int = 4
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_bytes: int = 256 * 1024 * 1024
+    max_streams: int = DEFAULT_MAX_STREAMS
+    exact_topics: bool = False
+
+    def __post_init__(self) -> None:
+        topics = self.topics
+        if isinstance(topics, str):  # iterated, "front" would subscribe to the prefixes f, r, o, n, t
+            raise ConfigError(
+                f"topics must be a list of stream ids, got the string {topics!r}; use topics=[{topics!r}]"
+            )
+        if topics is not None:
+            if not isinstance(topics, Iterable):
+                raise ConfigError(f"topics must be None or a list of stream ids, got {topics!r}")
+            # a tuple: frozen options stay hashable, and a generator is not used up by these checks
+            topics = tuple(topics)
+            object.__setattr__(self, "topics", topics)
+        for name in ("latest", "exact_topics"):
+            value = getattr(self, name)
+            if not isinstance(value, bool):  # "no" or a NumPy bool would pass as true or false
+                raise ConfigError(f"{name} must be True or False, got {value!r} ({type(value).__name__})")
+        for i, topic in enumerate(topics or ()):
+            if not isinstance(topic, str):
+                raise ConfigError(f"topics[{i}] must be a str (a stream id prefix), got {topic!r}")
+            if self.exact_topics and not is_stream_id(topic):
+                raise ConfigError(
+                    f"topics[{i}] must be a stream id ({STREAM_ID_RULE}) with exact_topics, got {topic!r}"
+                )
+        check_int_option("rcvhwm", self.rcvhwm, 1, SOCKOPT_INT_MAX)  # ZMQ_RCVHWM is a C int
+        check_int_option("max_pixels", self.max_pixels, 1)
+        check_int_option("max_bytes", self.max_bytes, 1, INT_MAX)  # ZMQ_MAXMSGSIZE is an int64
+        check_int_option("max_streams", self.max_streams, 1)
+
+
 class Subscriber:
     """A SUB socket connected to one publisher, as a context manager.
 
@@ -150,6 +195,8 @@ class Subscriber:
     ZMQ_MAXMSGSIZE: it caps each frame, not a message, and libzmq buffers a whole message (any
     number of frames) before it can be read, so a hostile publisher can make one message take its
     frame count x ``max_bytes``; connect only to publishers you trust (or with ``curve_keys``).
+    The options are checked as a ``SubscriberOptions``, kept as ``options``: one rtseg cannot use
+    is a ConfigError naming it.
     """
 
     def __init__(
@@ -171,27 +218,20 @@ class Subscriber:
             who="a subscriber",
             options_hint="parts, quality and the rest are set on the publishing zmq:// sink",
         )
-        if isinstance(topics, str):  # iterated, "front" would subscribe to the prefixes f, r, o, n, t
-            raise ConfigError(
-                f"topics must be a list of stream ids, got the string {topics!r}; use topics=[{topics!r}]"
-            )
-        for i, topic in enumerate(topics or ()):
-            if not isinstance(topic, str):
-                raise ConfigError(f"topics[{i}] must be a str (a stream id prefix), got {topic!r}")
-            if exact_topics and not is_stream_id(topic):
-                raise ConfigError(
-                    f"topics[{i}] must be a stream id ({STREAM_ID_RULE}) with exact_topics, got {topic!r}"
-                )
+        self.options = SubscriberOptions(
+            topics=topics,  # type: ignore[arg-type]  # any sequence; kept as a tuple
+            latest=latest,
+            rcvhwm=rcvhwm,
+            max_pixels=max_pixels,
+            max_bytes=max_bytes,
+            max_streams=max_streams,
+            exact_topics=exact_topics,
+        )
+        topics = self.options.topics
         # exact_topics: the topic frames (UTF-8 stream ids) to keep; None keeps what SUBSCRIBE lets in
         self._exact: frozenset[bytes] | None = (
             frozenset(t.encode("utf-8") for t in topics) if exact_topics and topics is not None else None
         )
-        if not 1 <= rcvhwm <= SOCKOPT_INT_MAX:  # ZMQ_RCVHWM is a C int: past it, OverflowError
-            raise ConfigError(f"rcvhwm must be in 1..2**31-1, got {rcvhwm}")
-        if not 1 <= max_bytes <= INT_MAX:  # ZMQ_MAXMSGSIZE is an int64
-            raise ConfigError(f"max_bytes must be in 1..2**63-1, got {max_bytes}")
-        if isinstance(max_streams, bool) or not isinstance(max_streams, int) or max_streams < 1:
-            raise ConfigError(f"max_streams must be an integer >= 1, got {max_streams!r}")
         self.max_streams = max_streams
         self.endpoint = endpoint
         self.latest = latest
@@ -212,8 +252,8 @@ class Subscriber:
             bind=False,
             doing="subscribe to",
             options=[
-                (zmq.RCVHWM, rcvhwm),
-                (zmq.MAXMSGSIZE, max_bytes),
+                (zmq.RCVHWM, int(rcvhwm)),
+                (zmq.MAXMSGSIZE, int(max_bytes)),
                 (zmq.TCP_KEEPALIVE, 1),
                 (zmq.TCP_KEEPALIVE_IDLE, KEEPALIVE_IDLE_S),
                 (zmq.TCP_KEEPALIVE_INTVL, KEEPALIVE_INTERVAL_S),

@@ -14,6 +14,7 @@ import pytest
 import zmq
 
 from rtseg.data.labels import CAMVID
+from rtseg.errors import ConfigError, InputTypeError
 from rtseg.stream import Server, Subscriber
 from rtseg.stream.protocol import (
     PROTOCOL,
@@ -515,3 +516,16 @@ def test_a_published_number_past_floats_range_is_named_as_a_bad_field(field_name
     with pytest.raises(WireError) as err:
         FrameHeader.from_dict(header)
     assert err.value.code is ErrorCode.BAD_HEADER and f"field {field_name!r}" in err.value.detail
+
+
+def test_encode_array_refuses_what_it_cannot_send_with_rtseg_errors() -> None:
+    """A list raised AttributeError (no .dtype), a float32 JPEG a bare ValueError, quality "80" a
+    TypeError: InputTypeError and ConfigError (still a ValueError), naming the part."""
+    with pytest.raises(InputTypeError, match="part 'image' must be a NumPy array, got list"):
+        encode_array("image", [[0]], "png")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="part 'overlay': JPEG holds uint8, got float32"):
+        encode_array("overlay", np.zeros((4, 4, 3), np.float32), "jpeg")
+    with pytest.raises(ConfigError, match=r"quality must be an integer in 1\.\.100, got '80' \(str\)"):
+        encode_array("overlay", np.zeros((4, 4, 3), np.uint8), "jpeg", quality="80")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"part 'x': dtype complex64 cannot be sent"):
+        encode_array("x", np.zeros((2, 2), np.complex64), "raw")

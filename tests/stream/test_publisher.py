@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from rtseg.data.labels import CAMVID, CITYSCAPES
-from rtseg.errors import ConfigError
+from rtseg.errors import ConfigError, InputTypeError
 from rtseg.result import SegResult
 from rtseg.sink.packet import Packet
 from rtseg.source.frame import Frame
@@ -356,7 +356,7 @@ def test_uri_parsing() -> None:
     [
         ("hwm=0", "option hwm must be"),
         # ZMQ_SNDHWM is a C int: setting it raised OverflowError as the sink opened
-        ("hwm=3000000000", r"option hwm must be in 1\.\.2\*\*31-1, got 3000000000"),
+        ("hwm=3000000000", r"option hwm must be an integer in 1\.\.2\*\*31-1, got 3000000000"),
         ("labels=gif", "option labels must be 'png' or 'raw'"),
         ("quality=500", "option quality must be"),
         ("frame=bmp", "option frame must be"),
@@ -388,3 +388,45 @@ def test_options_are_validated_and_not_given_twice(tcp_endpoint: str) -> None:
         open_publisher_sink(f"zmq://{tcp_endpoint}?quality=50", quality=60)
     with pytest.raises(ConfigError, match="unknown option"):
         open_publisher_sink(f"zmq://{tcp_endpoint}", colour="red")
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        # compared with a bound, a string raised a bare TypeError ('<=' not supported)
+        ({"quality": "80"}, r"PublishOptions\.quality must be an integer in 1\.\.100, got '80' \(str\)"),
+        ({"sndhwm": 2.0}, r"PublishOptions\.sndhwm must be an integer in 1\.\.2\*\*31-1, got 2\.0 \(float\)"),
+        ({"classes_every": True}, r"classes_every must be an integer >= 1, got True \(bool\)"),
+        ({"parts": 5}, r"PublishOptions\.parts must be distinct names from .*, got 5"),
+    ],
+)
+def test_publish_options_of_the_wrong_type_are_config_errors(options: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        PublishOptions(**options)
+
+
+def test_publish_refuses_what_it_cannot_send_by_name(tcp_endpoint: str) -> None:
+    """A float32 overlay raised a bare ValueError from the encoder, a missing one too; a frame of
+    the wrong type an AttributeError. None is an RtsegError naming the argument."""
+    packet = make_packet(0, np.random.default_rng(0))
+    overlay = packet.overlay()
+    with Publisher(tcp_endpoint) as pub:
+        with pytest.raises(ConfigError, match="part 'overlay': JPEG holds uint8, got float32"):
+            pub.publish(packet.frame, packet.result, overlay.astype(np.float32))
+        with pytest.raises(ConfigError, match=r"publish: overlay is None, but the publish options' parts"):
+            pub.publish(packet.frame, packet.result)
+        with pytest.raises(InputTypeError, match="part 'overlay' must be a NumPy array, got list"):
+            pub.publish(packet.frame, packet.result, overlay.tolist())  # type: ignore[arg-type]
+        with pytest.raises(InputTypeError, match="publish: frame must be a rtseg Frame, got ndarray"):
+            pub.publish(packet.frame.image, packet.result, overlay)  # type: ignore[arg-type]
+        with pytest.raises(InputTypeError, match="publish: result must be a rtseg SegResult, got ndarray"):
+            pub.publish(packet.frame, packet.result.labels, overlay)  # type: ignore[arg-type]
+        assert pub.stats.sent == 0
+        pub.publish(packet.frame, packet.result, overlay)
+        assert pub.stats.sent == 1
+
+
+def test_curve_keys_of_the_wrong_type_are_refused_by_name(tcp_endpoint: str) -> None:
+    with pytest.raises(ConfigError, match="curve_keys must be None or a key folder path, got 5"):
+        Publisher(tcp_endpoint, curve_keys=5)  # type: ignore[arg-type]
+    Publisher(tcp_endpoint).close()  # the failed one left the port free

@@ -19,7 +19,7 @@ from rtseg.errors import ConfigError, StreamTimeout
 from rtseg.result import SegResult
 from rtseg.sink.packet import Packet
 from rtseg.source.frame import Frame
-from rtseg.stream import Subscriber, open_publisher_sink
+from rtseg.stream import Subscriber, SubscriberOptions, open_publisher_sink
 from rtseg.stream.protocol import FrameHeader, PartSpec, encode_frame_message
 
 
@@ -503,11 +503,11 @@ def test_exact_topics_must_be_stream_ids(tcp_endpoint: str) -> None:
 
 def test_socket_option_values_past_their_c_types_are_refused(tcp_endpoint: str) -> None:
     """ZMQ_RCVHWM is a C int and ZMQ_MAXMSGSIZE an int64: larger values raised OverflowError."""
-    with pytest.raises(ConfigError, match=r"rcvhwm must be in 1\.\.2\*\*31-1, got 2147483648"):
+    with pytest.raises(ConfigError, match=r"rcvhwm must be an integer in 1\.\.2\*\*31-1, got 2147483648"):
         Subscriber(tcp_endpoint, rcvhwm=2**31)
-    with pytest.raises(ConfigError, match=rf"max_bytes must be in 1\.\.2\*\*63-1, got {2**63}"):
+    with pytest.raises(ConfigError, match=rf"max_bytes must be an integer in 1\.\.2\*\*63-1, got {2**63}"):
         Subscriber(tcp_endpoint, max_bytes=2**63)
-    with pytest.raises(ConfigError, match=r"max_bytes must be in 1\.\.2\*\*63-1, got 0"):
+    with pytest.raises(ConfigError, match=r"max_bytes must be an integer in 1\.\.2\*\*63-1, got 0"):
         Subscriber(tcp_endpoint, max_bytes=0)
 
 
@@ -709,3 +709,48 @@ def test_tcp_keepalive_finds_a_connection_that_died_unclosed(tcp_endpoint: str) 
     # not ZMTP heartbeats: with them, a subscriber whose queue is full aborts inside libzmq 4.3
     # (zeromq/libzmq#3937: "Assertion failed: _input_stopped")
     assert heartbeat == 0
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        # compared with a bound, a string raised a bare TypeError ('<=' not supported)
+        ({"rcvhwm": "4"}, r"rcvhwm must be an integer in 1\.\.2\*\*31-1, got '4' \(str\)"),
+        ({"max_bytes": 1.5}, r"max_bytes must be an integer in 1\.\.2\*\*63-1, got 1\.5 \(float\)"),
+        # not checked at all: 0 refused every message as too large, "big" failed per message
+        ({"max_pixels": 0}, r"max_pixels must be an integer >= 1, got 0"),
+        ({"max_pixels": "big"}, r"max_pixels must be an integer >= 1, got 'big' \(str\)"),
+        ({"max_streams": "2"}, r"max_streams must be an integer >= 1, got '2' \(str\)"),
+        # any truthy value was latest mode: "no" too
+        ({"latest": "no"}, r"latest must be True or False, got 'no' \(str\)"),
+        ({"exact_topics": 1}, r"exact_topics must be True or False, got 1 \(int\)"),
+        ({"topics": 5}, r"topics must be None or a list of stream ids, got 5"),
+        ({"curve_keys": 5}, r"curve_keys must be None or a key folder path, got 5"),
+    ],
+)
+def test_subscriber_options_are_checked_by_name(options: dict, message: str, tcp_endpoint: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Subscriber(tcp_endpoint, **options)
+    if "curve_keys" not in options:  # the options alone, as the dataclass the keywords fill
+        with pytest.raises(ConfigError, match=message):
+            SubscriberOptions(**options)
+
+
+def test_subscriber_keeps_its_options_checked(tcp_endpoint: str) -> None:
+    """The keywords stay the API; they are gathered in a SubscriberOptions (topics as a tuple: a
+    generator was used up by the checks and then subscribed to nothing)."""
+    with Subscriber(tcp_endpoint, topics=(t for t in ["cam0"]), rcvhwm=np.int64(8), latest=True) as sub:
+        assert sub.options == SubscriberOptions(topics=("cam0",), rcvhwm=8, latest=True)
+        assert sub.latest is True
+        pub = zmq.Context.instance().socket(zmq.PUB)
+        pub.bind(tcp_endpoint)
+        try:
+            deadline = time.monotonic() + 5
+            while True:  # subscribed to cam0: its messages arrive, once the connection is up
+                pub.send_multipart(frame_message(0))
+                with contextlib.suppress(StreamTimeout):
+                    assert sub.recv(timeout=0.1).topic == "cam0"
+                    break
+                assert time.monotonic() < deadline
+        finally:
+            pub.close(linger=0)
