@@ -10,22 +10,18 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from ..errors import ConfigError, SinkError, StreamTimeout
+from ..errors import ConfigError, InputTypeError, SinkError, StreamTimeout
 from ..overlay.annotate import colorize
 from ..signals import restore, take
-from ..sink.file import (
-    VIDEO_FOURCC,
-    VideoFile,
-    check_image_pattern,
-    prepare_folder,
-    prepare_video,
-    write_image,
-)
+from ..sink import Packet, Sink, open_sink
+from ..sink.file import VIDEO_FOURCC
+from ..source.frame import Frame
 from ..stream.protocol import DEFAULT_MAX_PIXELS, STREAM_ID_RULE, is_stream_id
 from ..stream.subscriber import Message, Subscriber
 from ..window import RecentSamples
@@ -51,7 +47,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--out",
         type=Path,
         default=None,
-        help="with --headless: a video (.mp4/.avi) or an image pattern/folder (out/%%06d.png)",
+        help="with --headless: record to a file output as `rtseg run` writes it, a video (.mp4/.avi) or an "
+        "image pattern (out/%%06d.png); a path without a suffix is a folder of PNGs (DIR/%%06d.png)",
     )
     p.add_argument("--frames", type=positive_int, default=None, help="stop after N messages")
     p.add_argument(
@@ -124,51 +121,50 @@ def _image_of(message: Message, part: str) -> np.ndarray | None:
     return None
 
 
-class _Writer:
-    """``--out``: a video file (the file sink's ``VideoFile``: its containers, codecs, full-disk
-    check and odd-size warning) or numbered images; checked before the first message, opened at it."""
+@dataclass(eq=False)
+class _Shown(Packet):
+    """What ``--out`` hands its file sink: the image view shows (the publisher's overlay, the
+    labels coloured, or the frame), already drawn, as the packet's frame; ``overlay()`` is that
+    image, so the sink draws nothing on it. A message need not carry labels (an overlay-only
+    stream), so there is no SegResult to give: ``result`` is None, and the file sink, writing
+    ``overlay()``, never reads it."""
 
-    def __init__(self, out: Path, fps: float, *, timed: bool = False) -> None:
-        """``timed``: a video holds each image until the next one's receipt time (at ``fps``), as
-        the file sink does behind a live source; receiving only the newest message skips some,
-        and written once each they made a video that played too fast."""
-        self.out = out
-        self.timed = timed
-        self.video: VideoFile | None = None
-        self.pattern: str | None = None
-        self.count = 0
-        suffix = out.suffix.lower()
-        option = f"--out {out}"
-        if suffix in VIDEO_FOURCC:
-            prepare_video(out, option)
-            # a stream's frame size may change (another publisher, --part): fitted, not refused
-            self.video = VideoFile(out, fps, fit=True)
-        elif "%" in out.name:
-            check_image_pattern(str(out), option)
-            prepare_folder(out.parent, option)
-            self.pattern = str(out)
-        elif suffix == "":
-            prepare_folder(out, option)
-            self.pattern = str(out / "%06d.png")
-        else:
-            raise ConfigError(
-                f"--out {out}: use a video ({'/'.join(VIDEO_FOURCC)}), a folder, or a pattern like "
-                "out/%06d.png"
-            )
+    def __post_init__(self) -> None:  # Packet's own checks want a SegResult
+        if not isinstance(self.frame, Frame):
+            raise InputTypeError(f"_Shown.frame must be a Frame, got {type(self.frame).__name__}")
 
-    def write(self, image: np.ndarray, received: float) -> None:
-        """``received``: time.perf_counter() when the message arrived."""
-        if self.video is not None and self.timed:
-            self.video.write_at(image, received)
-        elif self.video is not None:
-            self.video.write(image)
-        else:
-            write_image(self.pattern % self.count, image)
-        self.count += 1
+    def overlay(self) -> np.ndarray:
+        return self.frame.image
 
-    def close(self) -> None:
-        if self.video is not None:
-            self.video.close()
+
+def _out_uri(out: Path) -> str:
+    """``--out`` as a file sink path. A path without a suffix (and no frame number field) is a
+    folder of numbered PNGs, as ``rtseg view`` documents it; the file sink cannot tell a format
+    from it (``rtseg run`` refuses it), so it is given as that folder's pattern, DIR/%06d.png."""
+    if out.suffix == "" and "%" not in out.name:
+        return str(out / "%06d.png")
+    return str(out)
+
+
+def _open_out(out: Path, fps: float, *, timed: bool) -> Sink:
+    """The file sink ``--out`` writes through: the file sink's rules for the path (those of
+    ``rtseg run``), its checks before the first message, and the encoding and writing on its own
+    thread, not on the receive loop. ``timed``: a video holds each image until the next one's
+    receipt time (at ``fps``), as the file sink does behind a live source; receiving only the
+    newest message skips some, and written once each they made a video that played too fast.
+    Every image is written (policy "block"), and a video fits an image of another size to its
+    first (the stream's size may change: another publisher, --part auto)."""
+    uri = _out_uri(out)
+    try:
+        return open_sink(uri, fps=fps, timed=timed, policy="block", fit=True)
+    except SinkError as exc:  # said of the option: "--out PATH: ..."
+        raise SinkError(f"--out {out}: {str(exc).removeprefix(f'{uri}: ')}") from None
+
+
+def _sink_failure(text: str) -> SinkError:
+    """A SinkStats error text ("SinkError: ...") as the SinkError to raise after the summary."""
+    prefix = f"{SinkError.__name__}: "
+    return SinkError(text.removeprefix(prefix))
 
 
 def _open_window() -> None:
@@ -216,7 +212,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.headless:
         _open_window()
     fps = DEFAULT_OUT_FPS if args.fps is None else args.fps
-    writer = _Writer(args.out, fps, timed=not args.all) if args.out is not None else None
+    sink = _open_out(args.out, fps, timed=not args.all) if args.out is not None else None
     latency, transport = RecentSamples(), RecentSamples()  # a viewer may run for days
     keyframes = shown = 0
     uncoloured = 0  # messages whose labels were to be shown but had no class set (no palette) yet
@@ -225,6 +221,7 @@ def run(args: argparse.Namespace) -> int:
     quiet: StreamTimeout | None = None
     stopped_by: str | None = None  # Ctrl-C or SIGTERM
     failed: SinkError | None = None
+    written = 0  # images --out wrote
     closed_whole = True  # --out closed with its check passed (a video that does not open is not)
     sub: Subscriber | None = None
     try:
@@ -239,6 +236,12 @@ def run(args: argparse.Namespace) -> int:
             ) as sub,
         ):
             while args.frames is None or len(latency) < args.frames:
+                # --out failed (disk full, folder removed): stop and report what was done, as the
+                # first failure (said after the summary)
+                last_error = sink.stats.last_error if sink is not None else None
+                if last_error is not None:
+                    failed = _sink_failure(last_error)
+                    break
                 try:
                     message = sub.recv(timeout=args.timeout)
                     received = time.perf_counter()
@@ -253,15 +256,17 @@ def run(args: argparse.Namespace) -> int:
                 if image is None and message.labels is not None and message.classes is None:
                     uncoloured += args.part in ("auto", "labels")
                 if image is not None:
-                    if writer is not None:
-                        writer.write(image, received)
+                    if sink is not None:
+                        # named by the images written (000000.png, ...), timed by receipt
+                        frame = Frame(image, shown, message.header.capture_ts, received, sub.endpoint)
+                        sink.write(_Shown(frame, None))  # type: ignore[arg-type]  # no SegResult
                     elif not args.headless:
                         cv2.imshow(_WINDOW, image)
                     shown += 1
                 if not args.headless and cv2.waitKey(1) & 0xFF in (ord("q"), 27):
                     break
                 now = time.monotonic()
-                if args.headless and writer is None and now - last_print >= 1.0:
+                if args.headless and sink is None and now - last_print >= 1.0:
                     print(
                         f"{len(latency)} msgs  {len(latency) / (now - t_start):5.1f}/s  "
                         f"latency p50 {latency.percentile(50, 30):6.1f} ms  "
@@ -273,28 +278,27 @@ def run(args: argparse.Namespace) -> int:
         stopped_by = "Ctrl-C"
     except Terminated:
         stopped_by = "SIGTERM"
-    except SinkError as exc:  # --out failed mid-stream (disk full, folder removed): report what was done
-        failed = exc
     finally:
-        if writer is not None:
-            try:
-                writer.close()
-            except (
-                SinkError
-            ) as exc:  # the video's close check (its index did not fit): said after the summary
-                failed = failed or exc
+        if sink is not None:
+            # what is queued is written; a video's index and its read-back check come last
+            final = sink.close()
+            written = final.written
+            if final.close_error is not None:  # said after the summary
+                failed = failed or _sink_failure(final.close_error)
                 closed_whole = False
+            elif final.last_error is not None:  # a write that failed after the loop last looked
+                failed = failed or _sink_failure(final.last_error)
         if not args.headless:
             cv2.destroyAllWindows()
     stats = sub.stats if sub is not None else None
     if stopped_by is not None:
-        print(f"stopped ({stopped_by})" + (f": {args.out} closed" if writer else ""), file=sys.stderr)
+        print(f"stopped ({stopped_by})" + (f": {args.out} closed" if sink else ""), file=sys.stderr)
     n = len(latency)
     elapsed = max(time.monotonic() - t_start, 1e-9)
     print(
         f"rtseg view: {n} messages in {elapsed:.1f} s ({n / elapsed:.1f}/s), {shown} shown"
-        + (f", written to {args.out}" if writer is not None and writer.count and closed_whole else "")
-        + (f", {args.out} not written whole" if writer is not None and not closed_whole else "")
+        + (f", written to {args.out}" if written and closed_whole else "")
+        + (f", {args.out} not written whole" if sink is not None and not closed_whole else "")
     )
     if n:
         print(
@@ -318,7 +322,7 @@ def run(args: argparse.Namespace) -> int:
     if quiet is not None and (n == 0 or args.frames is not None):
         raise quiet  # nothing arrived, or fewer messages than asked for
     if n and not shown:
-        not_written = f"; nothing was written to {args.out}" if writer is not None else ""
+        not_written = f"; nothing was written to {args.out}" if sink is not None else ""
         if uncoloured:
             # The labels were there: what was missing is the class set that colours them.
             raise ConfigError(

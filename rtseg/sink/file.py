@@ -346,6 +346,8 @@ class FileSink(Sink):
     ``timed`` (the pipeline sets it for live sources and realtime files, whose frames may be
     dropped): a video places each frame by its capture time at ``fps``, repeating the previous
     one over the gaps (``VideoFile.write_at``), so that it plays as long as the run lasted.
+    ``fit``: a video resizes a frame of another size than its first to that size, instead of
+    skipping it as an error (``rtseg view --out``: a received stream's frame size may change).
 
     ``policy``, ``fps`` and ``timed`` left None are set by a ``Pipeline`` from its source, as for
     a sink it opens from a URI; used alone the sink blocks (``standalone_policy``: every frame
@@ -364,6 +366,7 @@ class FileSink(Sink):
         queue_size: int = 8,
         policy: Policy | None = None,
         timed: bool | None = None,
+        fit: bool = False,
     ) -> None:
         self.path = Path(path).expanduser()  # as source paths are: "~/out.mp4" is not ./~/out.mp4
         text = str(self.path)
@@ -372,6 +375,8 @@ class FileSink(Sink):
         self.pattern = "%" in text and suffix not in VIDEO_FOURCC
         if content not in ("overlay", "labels"):
             raise SinkError(f"{uri}: content must be 'overlay' or 'labels', got {content!r}")
+        if not isinstance(fit, bool):
+            raise SinkError(f"{uri}: fit must be True or False, got {fit!r}")
         if fps is not None and not (
             isinstance(fps, numbers.Real) and not isinstance(fps, bool) and 0 < fps < math.inf
         ):
@@ -424,7 +429,9 @@ class FileSink(Sink):
             prepare_folder(self.path.parent, uri)
         else:
             prepare_video(self.path, uri)
-        self._video: VideoFile | None = None if self.pattern else VideoFile(self.path, self.fps, self.fourcc)
+        self._video: VideoFile | None = (
+            None if self.pattern else VideoFile(self.path, self.fps, self.fourcc, fit=fit)
+        )
         super().__init__(uri, queue_size=queue_size, policy=policy)
 
     def follow_pipeline(self, *, policy: Policy, fps: float | None, timed: bool) -> None:

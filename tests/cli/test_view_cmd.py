@@ -353,20 +353,87 @@ def test_a_recording_of_the_newest_messages_lasts_as_long_as_the_recording(tmp_p
     """Receiving only the newest message skips some; written once each, a 10 fps stream recorded
     at the default 30 fps played three times too fast. Each image is now held until the next
     one's receipt; with --all every message is written once, as before."""
-    from rtseg.cli.view_cmd import _Writer
+    from rtseg.cli.view_cmd import _open_out, _Shown
 
     image = np.zeros((48, 64, 3), np.uint8)
-    timed = _Writer(tmp_path / "timed.avi", 30.0, timed=True)
-    once = _Writer(tmp_path / "once.avi", 30.0)
+    timed = _open_out(tmp_path / "timed.avi", 30.0, timed=True)
+    once = _open_out(tmp_path / "once.avi", 30.0, timed=False)
     for i in range(4):  # received 0.1 s apart (10 messages a second)
-        for writer in (timed, once):
-            writer.write(image + 40 * i, 100.0 + 0.1 * i)
-    timed.close()
-    once.close()
-    assert timed.video is not None and timed.video.frames == 10  # 0.3 s at 30 fps, the last frame
-    assert once.video is not None and once.video.frames == 4
+        for sink in (timed, once):
+            sink.write(_Shown(Frame(image + 40 * i, i, time.time(), 100.0 + 0.1 * i, "test"), None))
+    assert timed.close().written == once.close().written == 4
+    assert timed.video_frames == 10  # 0.3 s at 30 fps, the last frame
+    assert once.video_frames == 4
     cap = cv2.VideoCapture(str(tmp_path / "timed.avi"))
     assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 10
+    cap.release()
+
+
+def test_out_is_written_by_the_file_sink_on_its_own_thread(
+    live_stream: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """view --out re-implemented the file sink (its own rules) and encoded and wrote each image on
+    the receive loop; it opens --out with rtseg.open_sink, whose thread writes."""
+    import rtseg.sink.file as file_sink
+
+    real, threads = file_sink.write_image, []
+
+    def recording(path: str, image: np.ndarray) -> None:
+        threads.append(threading.current_thread())
+        real(path, image)
+
+    monkeypatch.setattr(file_sink, "write_image", recording)
+    out = tmp_path / "frames"  # no suffix: a folder of PNGs, given to the file sink as frames/%06d.png
+    assert (
+        main(["view", live_stream, "--headless", "--frames", "4", "--out", str(out), "--timeout", "5"]) == 0
+    )
+    assert sorted(p.name for p in out.iterdir()) == [f"{i:06d}.png" for i in range(4)]
+    assert len(threads) == 4 and threading.main_thread() not in threads
+    assert {t.name for t in threads} == {f"sink:{out}/%06d.png"}
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        # refused by view as "use a video, a folder, or a pattern"; the file sink says what works
+        ("still.png", "an image output writes one file per frame, so its name needs a frame number field"),
+        ("clip.avi.part", "cannot tell the format from '.part'"),
+    ],
+)
+def test_out_follows_the_file_sinks_rules(
+    name: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["view", f"zmq://{_endpoint()}", "--headless", "--timeout", "5", "--out", str(tmp_path / name)]
+    assert main(argv) == 2
+    assert f"--out {tmp_path / name}: {message}" in capsys.readouterr().err
+
+
+def test_out_under_the_home_folder_is_written_there(
+    live_stream: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """~ is the home folder, as for `rtseg run`'s outputs; view wrote to a folder named '~' here."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    assert (
+        main(["view", live_stream, "--headless", "--frames", "2", "--out", "~/rec.avi", "--timeout", "5"])
+        == 0
+    )
+    assert (tmp_path / "rec.avi").is_file() and not (tmp_path / "~").exists()
+
+
+def test_a_video_out_fits_a_stream_whose_frame_size_changes(tmp_path: Path) -> None:
+    """The file sink skips a frame of another size as an error; view's videos fit it, as before."""
+    from rtseg.cli.view_cmd import _open_out, _Shown
+
+    sink = _open_out(tmp_path / "v.avi", 30.0, timed=False)
+    for i, size in enumerate([(48, 64), (96, 128), (48, 64)]):
+        sink.write(
+            _Shown(Frame(np.full((*size, 3), 40 * i, np.uint8), i, time.time(), float(i), "test"), None)
+        )
+    stats = sink.close()
+    assert stats.written == 3 and stats.errors == 0
+    cap = cv2.VideoCapture(str(tmp_path / "v.avi"))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 3 and int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)) == 64
     cap.release()
 
 
