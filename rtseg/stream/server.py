@@ -43,7 +43,7 @@ from ..engine.base import Engine
 from ..errors import ConfigError
 from ..overlay.annotate import OverlayStyle, annotate
 from ..result import SegResult, labels_at
-from ..schedule import Every, Scheduler, make_scheduler
+from ..schedule import DEFAULT_INTERVAL, Every, Scheduler, make_scheduler
 from .endpoint import DEFAULT_SERVER_ENDPOINT, endpoint_of, open_socket
 from .protocol import (
     DEFAULT_MAX_PIXELS,
@@ -67,7 +67,6 @@ from .protocol import (
 
 log = logging.getLogger(__name__)
 
-DEFAULT_INTERVAL = 4
 _instances = itertools.count()
 # The routing frames before a request's empty delimiter: the ROUTER's identity of the peer, and one
 # more for each ROUTER-DEALER proxy (zmq_proxy) the request went through. More hops than this are
