@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from ..data.labels import ClassSet
-from ..engine.base import default_device
+from ..engine.backends import default_device
 from ..errors import BackendUnavailableError, CheckpointError, ConfigError, RtsegError
 from ..metrics import ConfusionMatrix
 from ..models import get_model
@@ -83,7 +83,7 @@ class BenchConfig:
     scheduler: str = "every"
     source: str = DEFAULT_SOURCE
     weights: str | None = None  # an explicit checkpoint; None: real weights if the data folder has them
-    device: str | None = None  # None: engine.base.default_device for the backend
+    device: str | None = None  # None: engine.backends.default_device for the backend
     threads: int | None = None  # torch intra-op threads; None: leave the process setting alone
     warmup: int = 5
     rule: StopRule = field(default_factory=StopRule)
@@ -437,7 +437,7 @@ def _first_frame(uri: str) -> np.ndarray:
 def run_config(cfg: BenchConfig) -> dict[str, Any]:
     """Measure one configuration; never raises for a combination that cannot run (it is skipped)."""
     from ..engine import load
-    from ..engine.base import BACKEND_OPTIONS
+    from ..engine.backends import BACKEND_OPTIONS
     from ..segmenter import Segmenter
 
     result: dict[str, Any] = {

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import atomic_write_text
+from ..engine.backends import uses_tensorrt
 from .environment import hardware_line
 from .measure import STAGES
 from .quality import NO_CITYSCAPES
@@ -66,7 +67,7 @@ def measured_for(row: PublishedRow, results: Sequence[dict[str, Any]], hardware:
 def _uses_tensorrt(backend: str, info: dict[str, Any]) -> bool:
     """TensorRT engines, and ONNX Runtime when its TensorRT execution provider ran the graph."""
     notes = info.get("notes") or []
-    return backend in ("tensorrt", "torch2trt") or "provider TensorrtExecutionProvider" in notes
+    return uses_tensorrt(backend) or "provider TensorrtExecutionProvider" in notes
 
 
 def table_document(

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ..engine.backends import CUDA_ONLY
 from ..errors import ConfigError
 from ..models import DEFAULT_MODEL, list_models
 from ..signals import Handler, restore, take
@@ -235,9 +236,9 @@ def scheduler_flags() -> Iterator[None]:
 
 
 # --device, as every command that loads an engine takes it: unset, rtseg.engine.load picks the
-# backend's own default (engine.base.default_device).
+# backend's own default (engine.backends.default_device).
 DEVICE_HELP = (
-    "cpu, cuda[:N] or gpu (OpenVINO's Intel GPU); default: cuda for tensorrt and torch2trt, else cpu"
+    f"cpu, cuda[:N] or gpu (OpenVINO's Intel GPU); default: cuda for {' and '.join(CUDA_ONLY)}, else cpu"
 )
 
 

@@ -71,7 +71,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def add_engine_args(p: argparse.ArgumentParser) -> None:
-    from ..engine import BACKENDS
+    from ..engine.backends import ALL_PRECISIONS, BACKENDS
 
     p.add_argument(
         "--backend",
@@ -81,7 +81,7 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--precision",
-        choices=["fp32", "fp16", "bf16", "int8"],
+        choices=list(ALL_PRECISIONS),
         default="fp32",
         help="int8 uses the calibration from `rtseg calibrate` (see --calibration)",
     )

@@ -14,7 +14,7 @@ from .common import add_engine_place_args, add_model_args, engine_place, parse_s
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..engine import BACKENDS
+    from ..engine.backends import ALL_PRECISIONS, BACKENDS, EXPORTERS, INT8_MODES
 
     p = sub.add_parser(
         "export",
@@ -34,18 +34,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="engine input WxH (default: the size the weights were trained at)",
     )
     p.add_argument("--backend", choices=[b for b in BACKENDS if b != "torch"], default="onnxruntime")
-    p.add_argument("--precision", choices=["fp32", "fp16", "bf16", "int8"], default="fp32")
+    p.add_argument("--precision", choices=list(ALL_PRECISIONS), default="fp32")
     add_engine_place_args(p)
     p.add_argument(
         "--int8-mode",
-        choices=["qdq", "calibrator"],
-        default="qdq",
+        choices=list(INT8_MODES),
+        default=INT8_MODES[0],
         help="tensorrt int8: explicit QDQ graph, or implicit entropy calibration",
     )
     p.add_argument(
         "--exporter",
-        choices=["auto", "torchscript", "dynamo"],
-        default="auto",
+        choices=list(EXPORTERS),
+        default=EXPORTERS[0],
         help="ONNX exporter (auto: TorchScript, falling back to dynamo where it fails)",
     )
     p.add_argument(
@@ -59,16 +59,19 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..engine import ArtifactCache, load
+    from ..engine.backends import BACKEND_OPTIONS, INT8_MODES
 
     # Writing artifacts is the command's whole job: with an unwritable cache, auto would skip
     # every exported backend, pick torch and exit 0 having written nothing.
     ArtifactCache(args.engine_dir).check_writable()
     place = engine_place(args)  # its checks before the model loads
     net = load_model(args.model, args.weights)
-    options = {"exporter": args.exporter} if args.backend in ("onnxruntime", "openvino", "auto") else {}
-    if args.backend == "tensorrt":
+    # auto passes each option on to the candidates that take it (auto.options_for).
+    takes = BACKEND_OPTIONS.get(args.backend, ())
+    options = {"exporter": args.exporter} if args.backend == "auto" or "exporter" in takes else {}
+    if "int8_mode" in takes:
         options["int8_mode"] = args.int8_mode
-    elif args.int8_mode != "qdq":
+    elif args.int8_mode != INT8_MODES[0]:
         raise ConfigError("--int8-mode applies to --backend tensorrt")
     engine = load(
         net,

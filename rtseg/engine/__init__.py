@@ -4,6 +4,7 @@ Backends: ``torch`` (the reference), ``onnxruntime``, ``openvino``, ``tensorrt``
 and ``auto``, which times the available ones once for this model, weights, size, precision and
 device, stores the choice in the engine cache and loads the winner directly afterwards.
 Engines built from ONNX read per-stage artifacts from the engine cache (see ``cache``).
+What each backend runs and takes, and its loader, is one entry of ``backends.BACKEND_SPECS``.
 """
 
 from __future__ import annotations
@@ -22,21 +23,13 @@ from ..errors import ConfigError, EngineClosedError
 from ..models import StagedSegmenter, get_model
 from ..models.base import module_modes, restore_modes
 from ..models.checkpoint import SUBNORMAL_REASON, without_subnormal_weights
-from .base import BACKEND_OPTIONS, Engine, EngineInfo, default_device
+from .backends import BACKEND_SPECS, BACKENDS, PRECISIONS, default_device
+from .base import Engine, EngineInfo
 from .cache import ArtifactCache, default_engine_dir, weights_hash
 from .calibration import CalibrationList
 from .torch_backend import TorchEngine
 
 log = logging.getLogger(__name__)
-
-BACKENDS = ("auto", "torch", "onnxruntime", "openvino", "tensorrt", "torch2trt")
-PRECISIONS = {
-    "torch": ("fp32", "fp16"),
-    "onnxruntime": ("fp32", "fp16", "int8"),
-    "openvino": ("fp32", "fp16", "bf16", "int8"),
-    "tensorrt": ("fp32", "fp16", "int8"),
-    "torch2trt": ("fp32", "fp16", "int8"),
-}
 
 
 def check_precision(backend: str, precision: str) -> None:
@@ -189,51 +182,25 @@ def load_backend(
     **options: Any,
 ) -> Engine:
     """``load`` for one named backend and an already-built network."""
-    if backend not in PRECISIONS:
-        raise ConfigError(f"unknown backend {backend!r}; choose one of {', '.join(PRECISIONS)}")
+    spec = BACKEND_SPECS.get(backend)
+    if spec is None:
+        raise ConfigError(f"unknown backend {backend!r}; choose one of {', '.join(BACKEND_SPECS)}")
     check_precision(backend, precision)
-    accepted = BACKEND_OPTIONS.get(backend)
-    unknown = sorted(set(options) - set(accepted or ()))
-    if accepted is not None and unknown:
+    unknown = sorted(set(options) - set(spec.options))
+    if unknown:
         raise ConfigError(
             f"the {backend} backend has no option(s) {', '.join(unknown)}; "
-            f"it takes {', '.join(accepted) or 'none'}"
+            f"it takes {', '.join(spec.options) or 'none'}"
         )
-    if backend == "torch":
-        if calibration is not None:
-            raise ConfigError("calibration applies to int8 engines; the torch backend has no int8")
-        return TorchEngine(net, input_size=size, precision=precision, device=device, **options)
-    if backend in ("onnxruntime", "openvino"):
-        from .onnx_engines import load_onnx_engine
-
-        return load_onnx_engine(
-            net,
-            backend=backend,
-            size=size,
-            precision=precision,
-            device=device,
-            cache=cache,
-            calibration=calibration,
-            wh=wh,
-            **options,
-        )
-    if backend == "tensorrt":
-        from .tensorrt_backend import load_tensorrt
-
-        return load_tensorrt(
-            net,
-            size=size,
-            precision=precision,
-            device=device,
-            cache=cache,
-            calibration=calibration,
-            wh=wh,
-            **options,
-        )
-    from .torch2trt_backend import load_torch2trt
-
-    return load_torch2trt(
-        net, size=size, precision=precision, device=device, cache=cache, calibration=calibration, **options
+    return spec.loader(
+        net,
+        size=size,
+        precision=precision,
+        device=device,
+        cache=cache,
+        calibration=calibration,
+        wh=wh,
+        **options,
     )
 
 
@@ -245,6 +212,7 @@ def with_note(engine: Engine, note: str) -> Engine:
 
 __all__ = [
     "BACKENDS",
+    "BACKEND_SPECS",
     "PRECISIONS",
     "ArtifactCache",
     "CalibrationList",

@@ -29,7 +29,8 @@ from ..atomic import atomic_write_text
 from ..errors import BackendUnavailableError, ConfigError, EngineBuildError
 from ..hardware import signature
 from ..models.base import StagedSegmenter
-from .base import BACKEND_OPTIONS, Engine
+from .backends import ALL_PRECISIONS, BACKEND_OPTIONS
+from .base import Engine
 from .cache import ArtifactCache, CacheUnwritableError, weights_hash
 from .calibration import CalibrationList
 
@@ -72,7 +73,9 @@ def candidates(precision: str, device: str) -> list[Candidate]:
         return [Candidate("tensorrt")] if gpu else [Candidate("onnxruntime"), Candidate("openvino")]
     if precision == "bf16":
         return [Candidate("openvino")]
-    raise ConfigError(f"unknown precision {precision!r}; choose fp32, fp16, bf16 or int8")
+    raise ConfigError(
+        f"unknown precision {precision!r}; choose {', '.join(ALL_PRECISIONS[:-1])} or {ALL_PRECISIONS[-1]}"
+    )
 
 
 def libraries() -> dict[str, str]:

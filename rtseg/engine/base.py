@@ -21,6 +21,7 @@ from .. import process
 from ..errors import ConfigError, EngineClosedError, InputTypeError
 from ..models.base import StageSpec
 from ..models.checkpoint import WeightsMeta
+from .backends import BACKEND_OPTIONS, CUDA_ONLY, default_device  # noqa: F401 (their old home)
 
 
 def cuda_device_index(device: str) -> int | None:
@@ -28,27 +29,6 @@ def cuda_device_index(device: str) -> int | None:
     match = re.fullmatch(r"cuda(?::(\d+))?", device)
     return int(match.group(1) or 0) if match else None
 
-
-# Backends that run only on an NVIDIA GPU: a device left unset means the first CUDA device there.
-CUDA_ONLY = ("tensorrt", "torch2trt")
-
-
-def default_device(backend: str) -> str:
-    """The device an unset ``device`` means for ``backend``: 'cuda' for TensorRT and torch2trt,
-    which run nowhere else, 'cpu' for the rest (auto included)."""
-    return "cuda" if backend in CUDA_ONLY else "cpu"
-
-
-# The keyword options each backend's loader takes: load() refuses others and auto
-# gives each candidate only its own (``exporter``
-# means nothing to torch, ``channels_last`` nothing to ONNX Runtime).
-BACKEND_OPTIONS = {
-    "torch": ("channels_last", "compile"),
-    "onnxruntime": ("threads", "io_binding", "exporter"),
-    "openvino": ("threads", "exporter"),
-    "tensorrt": ("workspace_gb", "int8_mode", "calibration_dir"),
-    "torch2trt": ("workspace_gb",),
-}
 
 Array = np.ndarray | torch.Tensor
 Features = dict[str, Any]
@@ -83,6 +63,7 @@ class Engine(ABC):
     stage_spec: StageSpec
     head_low_inputs: tuple[str, ...]
     # The one batch size the compiled graphs take (their shapes are fixed at export); None: any N.
+    # Each backend's engine sets its registry entry's (``backends.BackendSpec.batch``).
     batch: int | None = None
     _closed: bool = False
     _pid: int = process.current  # set per engine by __new__

@@ -37,6 +37,7 @@ from ..data import preprocess
 from ..errors import ConfigError, EngineBuildError
 from ..models.base import StagedSegmenter, module_modes, restore_modes
 from . import graphs
+from .backends import EXPORTERS
 from .cache import Artifact, ArtifactCache, ArtifactKey, weights_hash
 from .graphs import DeepGraph, HeadGraph, LowGraph, head_low_inputs
 
@@ -44,7 +45,6 @@ log = logging.getLogger(__name__)
 
 OPSET = 17
 STAGES = ("low", "deep", "head")
-EXPORTERS = ("auto", "torchscript", "dynamo")
 IMAGE = "image"
 LABELS = "labels"
 LOGITS = "logits"

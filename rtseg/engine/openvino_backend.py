@@ -24,11 +24,13 @@ from .. import process
 from ..errors import BackendUnavailableError, ConfigError, EngineBuildError
 from ..models.base import StageSpec
 from ..models.checkpoint import WeightsMeta
+from .backends import BACKEND_SPECS
 from .base import Array, Engine, EngineInfo, Features
 from .onnx_export import IMAGE, LABELS, LOGITS, check_image_input, unloadable_graph
 from .onnx_rewrite import rewrite_pool_indices
 
-# rtseg precision -> INFERENCE_PRECISION_HINT; int8 runs a QDQ graph with the f32 hint.
+# rtseg precision -> INFERENCE_PRECISION_HINT; int8 runs a QDQ graph with the f32 hint. Which
+# precisions openvino runs is its registry entry's (backends.BACKEND_SPECS): this only translates.
 HINTS = {"fp32": "f32", "fp16": "f16", "bf16": "bf16", "int8": "f32"}
 DEVICES = {"cpu": "CPU", "gpu": "GPU"}
 
@@ -92,8 +94,9 @@ def shared_core() -> Any:
 
 def check_target(core: Any, device: str, precision: str) -> str:
     """The OpenVINO device name for rtseg's ``device``; refused before any export when unusable."""
-    if precision not in HINTS:
-        raise ConfigError(f"openvino precision must be one of {', '.join(HINTS)}, got {precision!r}")
+    allowed = BACKEND_SPECS["openvino"].precisions
+    if precision not in allowed:
+        raise ConfigError(f"openvino precision must be one of {', '.join(allowed)}, got {precision!r}")
     if device not in DEVICES:
         raise ConfigError(
             f"openvino device must be one of {', '.join(DEVICES)} (CPU or an Intel GPU), got {device!r}"
@@ -273,7 +276,7 @@ def _threads(compiled: Any) -> int | None:
 class OpenVinoEngine(Engine):
     """Runs the low/deep/head graphs with OpenVINO; features are NumPy arrays between stages."""
 
-    batch = 1  # graphs exported for one image
+    batch = BACKEND_SPECS["openvino"].batch  # graphs exported for one image
 
     def __init__(
         self,

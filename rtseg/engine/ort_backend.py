@@ -19,6 +19,7 @@ import torch
 from ..errors import BackendUnavailableError, ConfigError
 from ..models.base import StageSpec
 from ..models.checkpoint import WeightsMeta
+from .backends import BACKEND_SPECS
 from .base import Array, Engine, EngineInfo, Features, cuda_device_index
 from .onnx_export import IMAGE, LABELS, LOGITS, check_image_input, unloadable_graph
 
@@ -27,7 +28,6 @@ log = logging.getLogger(__name__)
 # onnxruntime's exceptions for a model file it cannot read (their messages say "Load model from")
 _LOAD_ERRORS = ("InvalidProtobuf", "InvalidGraph", "NoSuchFile")
 
-PRECISIONS = ("fp32", "fp16", "int8")
 _NUMPY_TYPES = {
     "tensor(float)": np.dtype(np.float32),
     "tensor(float16)": np.dtype(np.float16),
@@ -137,7 +137,7 @@ def _numpy(value: Any) -> np.ndarray:
 class OrtEngine(Engine):
     """Runs the low/deep/head ONNX graphs, one InferenceSession each."""
 
-    batch = 1  # graphs exported for one image
+    batch = BACKEND_SPECS["onnxruntime"].batch  # graphs exported for one image
 
     def __init__(
         self,
@@ -154,10 +154,9 @@ class OrtEngine(Engine):
         provider_cache: Path | None = None,
         notes: tuple[str, ...] = (),
     ) -> None:
-        if precision not in PRECISIONS:
-            raise ConfigError(
-                f"onnxruntime precision must be one of {', '.join(PRECISIONS)}, got {precision!r}"
-            )
+        allowed = BACKEND_SPECS["onnxruntime"].precisions
+        if precision not in allowed:
+            raise ConfigError(f"onnxruntime precision must be one of {', '.join(allowed)}, got {precision!r}")
         ort = import_onnxruntime()
         providers = providers_for(device, precision, provider_cache)
         options = session_options(threads)

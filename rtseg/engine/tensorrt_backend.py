@@ -45,6 +45,7 @@ import torch
 from ..atomic import atomic_write_bytes
 from ..errors import BackendUnavailableError, ConfigError, EngineBuildError
 from ..models.base import StagedSegmenter
+from .backends import BACKEND_SPECS, INT8_MODES
 from .base import Array, Engine, EngineInfo, Features, cuda_device_index
 from .cache import ArtifactCache, ArtifactKey, CacheUnwritableError, digest, file_lock
 from .calibration import CalibrationList, EntropyCalibrator, default_calibration_dir, stage_feeds
@@ -54,14 +55,12 @@ from .torch_backend import from_numpy
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "fp16", "int8")
 # The plans built at load: the per-frame head keeps only the labels (as OpenVINO's does), so no
 # full-resolution logits tensor is bound, written and kept per frame. ``head_logits`` (labels and
 # logits, for ``run(logits=True)``: eval, export's parity check) is built on its first use.
 PLAN_STAGES = STAGES
 LOGITS_STAGE = "head_logits"
 PLAN_OUTPUTS = {"head": [LABELS], LOGITS_STAGE: [LABELS, LOGITS]}  # other stages: every output
-INT8_MODES = ("qdq", "calibrator")
 Opened = TypeVar("Opened")  # what open_or_rebuild's caller makes of the plans (an engine)
 INSTALL = 'pip install "rtseg[tensorrt]" (TensorRT 10) next to a CUDA build of torch'
 
@@ -587,7 +586,7 @@ class _Plan:
 class TensorRTEngine(Engine):
     """Runs the stage plans; features are torch CUDA tensors, labels come back as NumPy."""
 
-    batch = 1  # plans built from the batch-1 graphs
+    batch = BACKEND_SPECS["tensorrt"].batch  # plans built from the batch-1 graphs
 
     def __init__(
         self,
@@ -750,8 +749,9 @@ def load_tensorrt(
     int8_mode: str = "qdq",
     calibration_dir: str | Path | None = None,
 ) -> TensorRTEngine:
-    if precision not in PRECISIONS:
-        raise ConfigError(f"tensorrt precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    precisions = BACKEND_SPECS["tensorrt"].precisions
+    if precision not in precisions:
+        raise ConfigError(f"tensorrt precision must be one of {', '.join(precisions)}, got {precision!r}")
     if int8_mode not in INT8_MODES:
         raise ConfigError(f"int8_mode must be one of {', '.join(INT8_MODES)}, got {int8_mode!r}")
     if workspace_gb <= 0:

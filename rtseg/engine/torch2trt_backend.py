@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from ..errors import BackendUnavailableError, ConfigError
 from ..models.base import StagedSegmenter
+from .backends import BACKEND_SPECS
 from .base import Array, Engine, EngineInfo, Features
 from .cache import ArtifactCache
 from .calibration import CalibrationList
@@ -116,7 +117,8 @@ def calibration_sets(
 class Torch2TrtEngine(Engine):
     """The three stage modules converted with ``torch2trt``; features are torch CUDA tensors."""
 
-    batch = 1  # converted on one example image (fixed shapes under TensorRT 10)
+    # converted on one example image (fixed shapes under TensorRT 10)
+    batch = BACKEND_SPECS["torch2trt"].batch
 
     def __init__(
         self,

@@ -10,6 +10,7 @@ import torch
 
 from ..errors import BackendUnavailableError, ConfigError
 from ..models.base import StagedSegmenter
+from .backends import BACKEND_SPECS
 from .base import Array, Engine, EngineInfo, Features, cuda_device_index
 from .graphs import DeepGraph, HeadGraph, LowGraph, head_low_inputs, pick
 
@@ -35,6 +36,8 @@ def _as_batch(image: Array, device: torch.device) -> torch.Tensor:
 class TorchEngine(Engine):
     """Runs the stages eagerly (or torch.compile'd); fp16 on CUDA when asked."""
 
+    batch = BACKEND_SPECS["torch"].batch  # None: any NxHxWx3
+
     def __init__(
         self,
         model: StagedSegmenter,
@@ -45,8 +48,9 @@ class TorchEngine(Engine):
         channels_last: bool = False,
         compile: bool = False,
     ) -> None:
-        if precision not in ("fp32", "fp16"):
-            raise ConfigError(f"torch backend precision must be fp32 or fp16, got {precision!r}")
+        allowed = BACKEND_SPECS["torch"].precisions
+        if precision not in allowed:
+            raise ConfigError(f"torch backend precision must be {' or '.join(allowed)}, got {precision!r}")
         if device != "cpu" and cuda_device_index(device) is None:
             raise ConfigError(f"torch backend device must be 'cpu' or 'cuda[:N]', got {device!r}")
         self.device = torch.device(device)

@@ -36,7 +36,8 @@ from tqdm import tqdm
 
 from ..data.datasets import camvid
 from ..engine import load
-from ..engine.base import BACKEND_OPTIONS, Engine
+from ..engine.backends import BACKEND_OPTIONS
+from ..engine.base import Engine
 from ..errors import ConfigError, DatasetError
 from ..metrics import ConfusionMatrix
 from ..result import labels_at
