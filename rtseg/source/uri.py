@@ -13,13 +13,12 @@ import cv2
 
 from ..errors import ConfigError, SourceError
 from .base import MAX_FRAME_SIDE, Source, SourceOptions, redacted
+from .diagnose import host_problem, http_problem
 from .images import ImageSource, is_glob, is_image_path
 from .live import (
     CaptureFactory,
     LiveSource,
     camera_factory,
-    host_problem,
-    http_problem,
     network_factory,
     v4l2_factory,
 )

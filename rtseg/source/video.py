@@ -17,7 +17,8 @@ import numpy as np
 
 from ..errors import SourceError
 from .base import MediaSource, SourceInfo, SourceOptions, redacted
-from .live import http_problem, open_interruptibly, open_network, time_left
+from .diagnose import http_problem, time_left
+from .live import open_interruptibly, open_network
 
 log = logging.getLogger(__name__)
 

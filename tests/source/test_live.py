@@ -18,7 +18,8 @@ import pytest
 from rtseg.errors import ConfigError, SourceError
 from rtseg.source import open_source
 from rtseg.source.base import SourceOptions
-from rtseg.source.live import LiveSource, http_problem
+from rtseg.source.diagnose import http_problem
+from rtseg.source.live import LiveSource
 
 
 class FakeCamera:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from rtseg.errors import ConfigError
-from rtseg.source import live, open_source
+from rtseg.source import diagnose, live, open_source
 from rtseg.source.base import MAX_FRAME_SIDE, MAX_TIMEOUT_S, MIN_TIMEOUT_S, timeout_ms
 from rtseg.source.synthetic import DriveParams
 
@@ -242,7 +242,7 @@ def test_zero_milliseconds_never_reach_opencv(monkeypatch: pytest.MonkeyPatch) -
     with pytest.raises(ConfigError, match=r"got 0\.0009"):
         live.open_network("rtsp://127.0.0.1:1/x", 0.0009)
     with pytest.raises(ConfigError, match=r"got inf"):
-        live.http_problem("http://127.0.0.1:1/x", float("inf"))
+        diagnose.http_problem("http://127.0.0.1:1/x", float("inf"))
     live.open_network("rtsp://127.0.0.1:1/x", 0.001)
     assert opened == [[cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, 1, cv2.CAP_PROP_READ_TIMEOUT_MSEC, 1]]
 

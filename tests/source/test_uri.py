@@ -13,8 +13,8 @@ import pytest
 
 from rtseg.errors import ConfigError, SourceError
 from rtseg.source import SCHEMES, is_live_uri, open_source, redacted
+from rtseg.source.diagnose import http_problem
 from rtseg.source.images import list_images
-from rtseg.source.live import http_problem
 from rtseg.source.uri import is_recorded_video
 
 
