@@ -443,6 +443,9 @@ class Trainer:
         self.state_path = state_path_for(config.out)
         self.state = TrainState()
         self._stop_signal: int | None = None
+        # Set by request_stop (a signal handler, another thread), read by fit between batches: a
+        # plain attribute, not an Event, whose lock a signal handler could find held by this thread.
+        self._stop_requested = False
         self._repeated_interrupts = 0  # Ctrl-C presses after the one that stopped the run
         self._validating = False
 
@@ -634,6 +637,13 @@ class Trainer:
         """The signal that stopped the last ``fit`` early (SIGINT, SIGTERM), if one did."""
         return self._stop_signal
 
+    def request_stop(self) -> None:
+        """Stop the running ``fit`` as Ctrl-C does: after the current batch (a validation at once),
+        with the state saved, and ``fit`` returns. Safe from any thread: a ``fit`` on a worker thread
+        installs no signal handlers, and without this ended only at ``max_seconds``. A stop asked
+        while no ``fit`` runs stops the next one after its first batch."""
+        self._stop_requested = True
+
     def load_state(self, state: str | Path | SavedState) -> None:
         """Continue from a state file (or one ``read_state`` already read)."""
         saved = state if isinstance(state, SavedState) else read_state(state)
@@ -727,6 +737,7 @@ class Trainer:
         KeyboardInterrupt, the previous state file kept whole. A repeated SIGTERM changes nothing."""
         if self._stop_signal is None:
             self._stop_signal = signum
+            self.request_stop()
             when = "now (the resumed run repeats this validation)" if self._validating else "after this batch"
             self._say(f"stopping {when}; the training state will be saved to {self.state_path}")
             return
@@ -750,7 +761,7 @@ class Trainer:
 
         def samples() -> Iterator[Sample]:
             for sample in self.val_set:
-                if self._stop_signal is not None:
+                if self._stop_requested:
                     raise _ValidationStopped
                 yield sample
 
@@ -850,6 +861,7 @@ class Trainer:
         total_steps = c.epochs * self.iters_per_epoch
         done_steps = st.epoch * self.iters_per_epoch + st.batch
         self._repeated_interrupts = 0
+        self._stop_signal = None  # of the last fit: a signal that stopped an earlier one is spent
         old_handlers = {s: take(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         started = time.monotonic()
         last_save = started
@@ -893,7 +905,7 @@ class Trainer:
                     bar.update(1)
                     bar.set_postfix(epoch=st.epoch + 1, loss=f"{np.mean(losses[-20:]):.3f}", lr=f"{lr:.2e}")
                     now = time.monotonic()
-                    if self._stop_signal is not None or (max_seconds and now - started >= max_seconds):
+                    if self._stop_requested or (max_seconds and now - started >= max_seconds):
                         stopped = True
                         break
                     if now - last_save >= c.save_every_s:
@@ -933,7 +945,12 @@ class Trainer:
                 bar.close()
                 st.seconds += time.monotonic() - last_save
                 self.save_state()
-                why = "signal" if self._stop_signal is not None else "time limit"
+                if self._stop_signal is not None:
+                    why = "signal"
+                elif self._stop_requested:
+                    why = "request_stop()"
+                else:
+                    why = "time limit"
                 log.info(
                     "stopped (%s) at epoch %d batch %d; resume with --resume %s",
                     why,
@@ -948,4 +965,5 @@ class Trainer:
             bar.close()
             for s, h in old_handlers.items():
                 restore(s, h)
+            self._stop_requested = False  # spent: a later fit (a resume in this process) trains
         return st

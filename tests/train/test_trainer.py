@@ -11,6 +11,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import replace
@@ -821,6 +822,40 @@ def test_a_third_ctrl_c_abandons_the_save_and_keeps_the_previous_state(
     err = capsys.readouterr().err
     assert f"training abandoned; the last saved state, {trainer.state_path}, is kept" in err
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_request_stop_ends_a_fit_on_another_thread_as_ctrl_c_does(tiny_camvid: Path, tmp_path: Path) -> None:
+    """A fit() on a worker thread installs no signal handlers: it could end only at max_seconds.
+    request_stop() from another thread stops it after the current batch with the state saved, as
+    the Ctrl-C tests' stop in the first batch does, and a later fit trains on from there."""
+    trainer = Trainer(
+        replace(_config(tiny_camvid, tmp_path / "best.pt", class_weight_c=0), epochs=2), progress=False
+    )
+    real_loss = trainer.loss
+    in_first_batch, stop_asked = threading.Event(), threading.Event()
+
+    def loss(*args):  # type: ignore[no-untyped-def]
+        in_first_batch.set()
+        stop_asked.wait(60)  # the stop arrives during the first batch
+        return real_loss(*args)
+
+    trainer.loss = loss
+    returned: list[object] = []
+    worker = threading.Thread(target=lambda: returned.append(trainer.fit()), daemon=True)
+    worker.start()
+    assert in_first_batch.wait(120), "fit never reached its first batch"
+    trainer.request_stop()
+    trainer.loss = real_loss
+    stop_asked.set()
+    worker.join(120)
+    assert not worker.is_alive(), "fit ran on after request_stop()"
+    assert returned == [trainer.state] and trainer.stop_signal is None
+    assert (trainer.state.epoch, trainer.state.batch) == (0, 1)
+    progress = _progress(trainer.state_path)
+    assert (progress["epoch"], progress["batch"]) == (0, 1)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the thread took no signal
+    assert trainer.fit().epoch == 2  # the request was spent on the fit it stopped
+    assert _progress(trainer.state_path)["epoch"] == 2
 
 
 @pytest.mark.parametrize("half", [True, False])
