@@ -142,7 +142,7 @@ def fit_classes(
             len(meta.classes),
             dataset.classes.name,
         )
-        model.meta = dataclasses.replace(meta, classes=dataset.classes)  # type: ignore[assignment]
+        model.meta = dataclasses.replace(meta, classes=dataset.classes)  # type: ignore[type-var]
     elif dataset.classes.names != meta.classes.names:
         what = f"{len(meta.classes)} unnamed" if unnamed else f"the {len(meta.classes)} {meta.classes.name}"
         raise ConfigError(

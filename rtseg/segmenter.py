@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 
 from . import process
+from .data.labels import ClassSet
 from .data.preprocess import cv2_interpolation
 from .engine.base import Engine
 from .errors import ConfigError, InputTypeError
@@ -196,7 +197,7 @@ class Segmenter:
         self._interpolation = cv2_interpolation(engine.meta.preprocessing.interpolation)
 
     @property
-    def classes(self):
+    def classes(self) -> ClassSet:
         return self.engine.meta.classes
 
     @property

@@ -7,11 +7,12 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..atomic import atomic_write_text
 from ..data.datasets import cityscapes, open_dataset
 from ..errors import ConfigError
-from ..evaluate import evaluate, fit_classes
+from ..evaluate import LogitsFn, evaluate, fit_classes
 from ..models import load_model
 from ..paths import check_output
 from .common import (
@@ -25,6 +26,12 @@ from .common import (
     write_output,
 )
 from .scheduler_args import add_scheduler_args, given_options, scheduler_from_args
+
+if TYPE_CHECKING:  # the CLI loads the engine package only when a command needs it
+    import numpy as np
+
+    from ..engine.base import Engine
+    from ..models.base import StagedSegmenter
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +95,9 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     add_engine_place_args(p)
 
 
-def load_engine_from_args(args: argparse.Namespace, model, size: tuple[int, int]):
+def load_engine_from_args(
+    args: argparse.Namespace, model: str | StagedSegmenter, size: tuple[int, int]
+) -> Engine:
     """The engine --backend/--precision/--device/--calibration/--engine-dir describe, at ``size``."""
     from ..engine import load
 
@@ -101,11 +110,11 @@ def load_engine_from_args(args: argparse.Namespace, model, size: tuple[int, int]
     )
 
 
-def engine_logits_fn(engine):
+def engine_logits_fn(engine: Engine) -> LogitsFn:
     """Logits through the engine (normalisation in-graph), as the torch tensor ``evaluate`` expects."""
     import torch
 
-    def logits(image):
+    def logits(image: np.ndarray) -> torch.Tensor:
         _, out = engine.run(image, logits=True)
         return out.cpu() if isinstance(out, torch.Tensor) else torch.from_numpy(out)
 

@@ -555,7 +555,7 @@ class Trainer:
             if read_config is not None:  # the architecture as the selected weights describe it
                 config.update(read_config(model.state_dict()))
                 config.pop("num_outputs", None)
-            model.meta = replace(  # type: ignore[assignment]
+            model.meta = replace(  # type: ignore[type-var]
                 init.meta, config=config, classes=self.classes, num_outputs=len(indices)
             )
             pairs = ", ".join(
