@@ -38,7 +38,6 @@ def _endpoint() -> str:
 def live_stream() -> Iterator[str]:
     """A publisher sending overlay + labels at about 50 messages/s until the test ends."""
     endpoint = _endpoint()
-    stop = threading.Event()
     rng = np.random.default_rng(0)
     image = cv2.resize(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8), (128, 96))
     labels = cv2.resize(
@@ -46,23 +45,37 @@ def live_stream() -> Iterator[str]:
     )
     publisher = Publisher(endpoint, PublishOptions(parts=("overlay", "labels"), classes_every=5))
 
+    def send(i: int) -> None:
+        frame = Frame(image, i, time.time(), time.perf_counter(), "test")
+        result = SegResult(labels, i, i % 2 == 0, i % 2, CAMVID, {"low": 1.0})
+        publisher.publish(frame, result, annotate(image, result))
+
+    try:
+        with _publishing(send):
+            yield f"zmq://{endpoint}"
+    finally:
+        publisher.close()
+
+
+@contextmanager
+def _publishing(send: Callable[[int], None]) -> Iterator[None]:
+    """Calls send(0), send(1), ... about every 20 ms on a thread until the block ends."""
+    stop = threading.Event()
+
     def run() -> None:
         i = 0
         while not stop.is_set():
-            frame = Frame(image, i, time.time(), time.perf_counter(), "test")
-            result = SegResult(labels, i, i % 2 == 0, i % 2, CAMVID, {"low": 1.0})
-            publisher.publish(frame, result, annotate(image, result))
+            send(i)
             i += 1
             time.sleep(0.02)
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     try:
-        yield f"zmq://{endpoint}"
+        yield
     finally:
         stop.set()
         thread.join(5)
-        publisher.close()
 
 
 def test_headless_records_a_video(
@@ -445,40 +458,32 @@ def _hand_built_publisher(image_shape: tuple[int, ...], *, classes: bool) -> Ite
     ctx = zmq.Context()
     pub = ctx.socket(zmq.PUB)
     pub.bind(endpoint)
-    stop = threading.Event()
     labels = (np.arange(60 * 80).reshape(60, 80) % 11).astype(np.uint8)
     png = cv2.imencode(".png", labels)[1].tobytes()
 
-    def run() -> None:
-        seq = 0
-        while not stop.is_set():
-            header = {
-                "proto": "rtseg/1",
-                "type": "frame",
-                "stream": "cam0",
-                "seq": seq,
-                "frame_index": seq,
-                "capture_ts": time.time(),
-                "publish_ts": time.time(),
-                "is_keyframe": True,
-                "deep_age": 0,
-                "timings_ms": {},
-                "image_shape": list(image_shape),
-                "parts": [{"name": "labels", "encoding": "png", "dtype": "uint8", "shape": [60, 80]}],
-            }
-            if classes:
-                header["classes"] = CAMVID.to_dict()
-            pub.send_multipart([b"cam0", json.dumps(header).encode(), png])
-            seq += 1
-            time.sleep(0.02)
+    def send(seq: int) -> None:
+        header = {
+            "proto": "rtseg/1",
+            "type": "frame",
+            "stream": "cam0",
+            "seq": seq,
+            "frame_index": seq,
+            "capture_ts": time.time(),
+            "publish_ts": time.time(),
+            "is_keyframe": True,
+            "deep_age": 0,
+            "timings_ms": {},
+            "image_shape": list(image_shape),
+            "parts": [{"name": "labels", "encoding": "png", "dtype": "uint8", "shape": [60, 80]}],
+        }
+        if classes:
+            header["classes"] = CAMVID.to_dict()
+        pub.send_multipart([b"cam0", json.dumps(header).encode(), png])
 
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
     try:
-        yield f"zmq://{endpoint}"
+        with _publishing(send):
+            yield f"zmq://{endpoint}"
     finally:
-        stop.set()
-        thread.join(5)
         pub.close(linger=0)
         ctx.term()
 
