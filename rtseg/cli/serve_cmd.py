@@ -13,7 +13,7 @@ from ..models import load_model
 from ..schedule import Scheduler
 from ..signals import restore, take
 from ..stream.curve import check_server_keys
-from ..stream.endpoint import check_endpoint
+from ..stream.endpoint import endpoint_of
 from ..stream.protocol import DEFAULT_MAX_PIXELS, INT_MAX, MAX_HEADER_BYTES
 from ..stream.server import DEFAULT_SERVER_ENDPOINT, MIN_MAX_BYTES, Server, ServerLimits
 from .common import (
@@ -148,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
 
     scheduler().close()  # a bad combination of options fails here, before the model loads
     place = engine_place(args)
-    check_endpoint(args.bind, bind=True)
+    endpoint_of(args.bind, bind=True, who="rtseg serve", name="--bind")  # zmq:// optional, as for view
     if args.curve_keys is not None:
         check_server_keys(args.curve_keys)
     try:

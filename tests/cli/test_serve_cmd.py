@@ -290,3 +290,21 @@ def test_device_calibration_and_engine_dir_reach_the_engine(
     assert "recorded" in capsys.readouterr().err
     assert seen["device"] == "cuda:1" and seen["calibration"] == tmp_path / "l.txt"
     assert seen["engine_dir"] == tmp_path / "e"
+
+
+def test_bind_takes_the_zmq_prefix_as_view_and_the_server_do(
+    random_weights: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Server, Publisher, Subscriber and Client take zmq://tcp://...; serve's own check of --bind
+    refused it before the Server saw it."""
+    bound: list[str] = []
+
+    def serve_forever(self: Server) -> None:
+        bound.append(self.endpoint)
+        self.close()
+
+    monkeypatch.setattr(Server, "serve_forever", serve_forever)
+    endpoint = f"tcp://127.0.0.1:{_free_port()}"
+    argv = ["serve", "--weights", str(random_weights), "--size", "64x48", "--backend", "torch"]
+    assert main([*argv, "--bind", f"zmq://{endpoint}"]) == 0
+    assert bound == [endpoint]
