@@ -232,10 +232,7 @@ class Subscriber:
         self._exact: frozenset[bytes] | None = (
             frozenset(t.encode("utf-8") for t in topics) if exact_topics and topics is not None else None
         )
-        self.max_streams = max_streams
         self.endpoint = endpoint
-        self.latest = latest
-        self.max_pixels = max_pixels
         self._ctx = zmq.Context()
         # An encrypted publisher and a plain subscriber (or the wrong keys) only fail their
         # handshake: to the subscriber that looks like silence.
@@ -304,7 +301,7 @@ class Subscriber:
         try:
             if count > len(frames):
                 raise too_many_frames(count, MAX_FRAME_MESSAGE_FRAMES, _FRAME_LAYOUT)
-            header = decode_frame_header(frames, max_pixels=self.max_pixels)
+            header = decode_frame_header(frames, max_pixels=self.options.max_pixels)
         except Exception as exc:  # whatever a peer sends must not stop the receiver
             self._malformed_locked(exc)
             return None
@@ -312,7 +309,7 @@ class Subscriber:
         stream = header.stream
         state = self._streams.get(stream)
         if state is None:
-            if len(self._streams) >= self.max_streams:
+            if len(self._streams) >= self.options.max_streams:
                 self._evict_locked()
             state = self._streams[stream] = _StreamState(header.seq, header.session, header.classes)
         else:
@@ -366,20 +363,20 @@ class Subscriber:
             log.warning(
                 "subscriber %s: more than max_streams=%d streams; forgetting the least recent, %r",
                 self.endpoint,
-                self.max_streams,
+                self.options.max_streams,
                 stream,
             )
 
     def _decode(self, pending: _Pending) -> Message | None:
         try:
-            parts = decode_frame_parts(pending.header, pending.frames, max_pixels=self.max_pixels)
+            parts = decode_frame_parts(pending.header, pending.frames, max_pixels=self.options.max_pixels)
             if pending.classes is not None and "labels" in parts:
                 # Once the class set is known: ids it has no name or colour for are a broken peer.
                 check_label_values(parts["labels"], pending.classes)
         except Exception as exc:  # e.g. a corrupt image part
             with self._lock:
                 self._malformed_locked(exc)
-                if self.latest:
+                if self.options.latest:
                     self._owe_skipped_locked(pending)
             return None
         with self._lock:
@@ -471,7 +468,7 @@ class Subscriber:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if self.latest:
+            if self.options.latest:
                 with self._lock:
                     if not self._pending:
                         self._lock.wait_for(

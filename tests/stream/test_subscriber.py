@@ -741,7 +741,7 @@ def test_subscriber_keeps_its_options_checked(tcp_endpoint: str) -> None:
     generator was used up by the checks and then subscribed to nothing)."""
     with Subscriber(tcp_endpoint, topics=(t for t in ["cam0"]), rcvhwm=np.int64(8), latest=True) as sub:
         assert sub.options == SubscriberOptions(topics=("cam0",), rcvhwm=8, latest=True)
-        assert sub.latest is True
+        assert sub.options.latest is True
         pub = zmq.Context.instance().socket(zmq.PUB)
         pub.bind(tcp_endpoint)
         try:
