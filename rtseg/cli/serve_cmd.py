@@ -165,17 +165,20 @@ def run(args: argparse.Namespace) -> int:
     except Terminated:
         print("rtseg serve: stopped (SIGTERM) while loading the model", file=sys.stderr)
         return 0
-    # Server checks a stream's scheduler against the engine; its error names the flags
-    # (--flow-stride, not flow_stride), as `rtseg run`'s does.
-    with scheduler_flags():
-        server = Server(
-            engine,
-            bind=args.bind,
-            workers=args.workers,
-            scheduler=scheduler,
-            limits=limits,
-            curve_keys=args.curve_keys,
-        )
+    probe = scheduler()
+    try:  # as Server does, but naming the flags (--flow-stride, not flow_stride), as `rtseg run` does
+        with scheduler_flags():
+            probe.check(engine)
+    finally:
+        probe.close()
+    server = Server(
+        engine,
+        bind=args.bind,
+        workers=args.workers,
+        scheduler=scheduler,
+        limits=limits,
+        curve_keys=args.curve_keys,
+    )
     w, h = engine.input_size
     ow, oh = engine.output_size
     secure = "CurveZMQ" if args.curve_keys else "no encryption"

@@ -308,3 +308,14 @@ def test_bind_takes_the_zmq_prefix_as_view_and_the_server_do(
     argv = ["serve", "--weights", str(random_weights), "--size", "64x48", "--backend", "torch"]
     assert main([*argv, "--bind", f"zmq://{endpoint}"]) == 0
     assert bound == [endpoint]
+
+
+def test_a_bind_error_names_the_path_as_given(
+    random_weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Building the Server under the scheduler-flag rewrite turned 'interval' in an ipc path into
+    '--interval' in the bind error."""
+    endpoint = f"ipc://{tmp_path}/missing/interval/threshold.sock"
+    argv = ["serve", "--weights", str(random_weights), "--size", "64x48", "--backend", "torch"]
+    assert main([*argv, "--bind", endpoint]) == 2
+    assert endpoint in capsys.readouterr().err
