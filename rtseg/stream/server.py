@@ -127,6 +127,10 @@ def _split_envelope(frames: list[zmq.Frame], count: int) -> tuple[list[bytes], l
     for i in range(1, min(len(frames), MAX_HOPS + 1)):
         if len(frames[i]) == 0:
             return [f.bytes for f in frames[: i + 1]], frames[i + 1 :], None
+        if frames[i].bytes[:1] == b"{":
+            # a header before any empty frame: a DEALER without the delimiter, whose empty frame
+            # further on is a bad body (a routing identity is binary: libzmq's start with a 0 byte)
+            return [frames[0].bytes], frames[1:], None
     if count <= MAX_HOPS + 1:  # every frame was read, none empty: a DEALER without the delimiter
         return [frames[0].bytes], frames[1:], None
     return (

@@ -337,6 +337,39 @@ def test_dealer_peers_and_empty_requests(small_engine: Engine, tcp_endpoint: str
     assert reply_of(blank[1:])["error"]["code"] == "bad_json"
 
 
+def test_a_dealer_without_delimiter_and_an_empty_body_frame_gets_one_error(
+    small_engine: Engine, tcp_endpoint: str
+) -> None:
+    """An empty frame after the header was taken for the delimiter, so the reply echoed the request
+    (header and image) as its envelope and gave no id."""
+    header = json.dumps(
+        {
+            "proto": "rtseg/1",
+            "type": "segment",
+            "id": 7,
+            "image": {"name": "image", "encoding": "raw", "dtype": "uint8", "shape": [48, 64, 3]},
+        }
+    ).encode()
+    image = np.zeros((48, 64, 3), np.uint8).tobytes()
+    ctx = zmq.Context()
+    dealer = ctx.socket(zmq.DEALER)
+    dealer.setsockopt(zmq.LINGER, 0)
+    try:
+        with Server(small_engine, bind=tcp_endpoint).start():
+            dealer.connect(tcp_endpoint)
+            replies = []
+            for frames in ([header, b""], [header, image, b""]):
+                dealer.send_multipart(frames)
+                assert dealer.poll(10_000)
+                replies.append(dealer.recv_multipart())
+    finally:
+        dealer.close(linger=0)
+        ctx.term()
+    for reply in replies:
+        assert len(reply) == 1  # the error alone: no envelope echoed
+        assert reply_of(reply)["id"] == 7 and reply_of(reply)["status"] == "error"
+
+
 class _Proxy:
     """zmq.proxy(ROUTER, DEALER) in a thread, in front of a server: the broker a C++ or Python
     deployment puts between its clients and workers. Each hop adds a routing frame."""
