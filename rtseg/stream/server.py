@@ -114,6 +114,16 @@ def _scheduler_factory(scheduler: str | Callable[[], Scheduler] | None) -> Calla
     return scheduler
 
 
+def stream_owner(envelope: list[bytes]) -> tuple[bytes, ...]:
+    """Whose streams a request's are. Direct: the peer's connection (its ROUTER identity). Behind
+    proxies: the identities the proxies gave the client, without the first, which names only the
+    last proxy's connection to this server; all its clients share that one, and when ZMQ_MAXMSGSIZE
+    drops it (one client's oversized frame) it comes back renewed, which reset every client's
+    streams (``unknown_stream``) instead of the offender's."""
+    routing = [frame for frame in envelope if frame]
+    return tuple(routing[1:]) if len(routing) > 1 else tuple(routing)
+
+
 def _split_envelope(frames: list[zmq.Frame], count: int) -> tuple[list[bytes], list[zmq.Frame], str | None]:
     """[routing frames..., empty delimiter, header, image] -> (envelope, body, why it is malformed).
 
@@ -221,8 +231,8 @@ def _close_scheduler(stream_id: str, state: _Stream, why: str) -> None:
 
 
 class _Streams:
-    """The open streams, each a client's own: keyed by the client's connection (its request
-    envelope: the ROUTER identity, and behind a proxy the proxy's identity of the client) and the
+    """The open streams, each a client's own: keyed by the client's connection (``stream_owner``:
+    the ROUTER identity, and behind a proxy the proxy's identity of the client) and the
     stream id, so two clients that both call their camera "cam0" do not restart or keyframe each
     other's stream, nor get labels warped from the other's frames, through a proxy too."""
 
@@ -683,7 +693,7 @@ class Server:
                 )
             image = self._decode_image(request, job.body[1].buffer, timings)
             _check_reply_encodable(request, image.shape)
-            reply = self._segment(request, image, timings, started, client=tuple(job.envelope))
+            reply = self._segment(request, image, timings, started, client=stream_owner(job.envelope))
             self._count(None)
             return reply
         except WireError as exc:

@@ -430,6 +430,35 @@ def test_requests_through_zmq_proxies_get_their_replies(  # type: ignore[no-unty
     np.testing.assert_array_equal(b1.labels, expected[1][2])
 
 
+def test_a_proxys_renewed_connection_keeps_its_clients_streams(
+    small_engine: Engine, tcp_endpoint: str
+) -> None:
+    """Streams were keyed by the whole envelope, whose first frame names only the proxy's own
+    connection: when it was renewed (ZMQ_MAXMSGSIZE drops it for one client's oversized frame),
+    every client behind the proxy got unknown_stream. A DEALER sending [client id, empty, ...] is
+    the proxy's backend; a second DEALER is its renewed connection."""
+    image = bytes(48 * 64 * 3)
+    ctx = zmq.Context()
+    replies = []
+    try:
+        with Server(small_engine, bind=tcp_endpoint, scheduler=lambda: Clockwork(3)).start():
+            for start in (True, False):
+                backend = ctx.socket(zmq.DEALER)
+                backend.setsockopt(zmq.LINGER, 0)
+                backend.connect(tcp_endpoint)
+                header = raw_request(id=int(start), stream="cam0", start=start)
+                backend.send_multipart([b"client-a", b"", *request_frames(header, image)])
+                assert backend.poll(10_000)
+                replies.append(backend.recv_multipart())
+                backend.close(linger=0)
+    finally:
+        ctx.term()
+    first, second = (reply_of(r[2:]) for r in replies)
+    assert all(r[:2] == [b"client-a", b""] for r in replies)
+    assert first["status"] == "ok" and first["is_keyframe"]
+    assert second["status"] == "ok" and not second["is_keyframe"] and second["deep_age"] == 1
+
+
 def test_a_request_envelope_of_more_than_max_hops_is_refused(small_engine: Engine, tcp_endpoint: str) -> None:
     """Routing frames up to the first empty frame are the envelope, echoed on the reply; past
     MAX_HOPS of them the request is malformed, and the message names the limit."""
