@@ -22,6 +22,17 @@ def _is_real(value: object) -> bool:
     )
 
 
+def check_count(value: object, name: str) -> None:
+    """InputTypeError unless ``value`` is a Python int, ConfigError unless >= 0: a frame index or
+    age, which rtseg.stream puts into JSON (no NumPy scalars; a bool is an int subclass)."""
+    if type(value) is not int:
+        raise InputTypeError(
+            f"{name} must be an int (for a NumPy integer pass int(n)), got {value!r} ({type(value).__name__})"
+        )
+    if value < 0:
+        raise ConfigError(f"{name} must be >= 0, got {value}")
+
+
 def labels_at(labels: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """Labels resized (nearest neighbour) to an h x w shape; the same array when it already fits.
 
@@ -104,14 +115,7 @@ class SegResult:
                 f"SegResult.labels must be an h x w uint8 map, got shape {labels.shape} dtype {labels.dtype}"
             )
         for name in ("frame_index", "deep_age"):
-            value = getattr(self, name)
-            if type(value) is not int:  # a bool is an int subclass; NumPy integers fail in JSON
-                raise InputTypeError(
-                    f"SegResult.{name} must be an int (for a NumPy integer pass int(n)), got {value!r} "
-                    f"({type(value).__name__})"
-                )
-            if value < 0:
-                raise ConfigError(f"SegResult.{name} must be >= 0, got {value}")
+            check_count(getattr(self, name), f"SegResult.{name}")
         if type(self.is_keyframe) is not bool:  # "no" would mean True; np.bool_ fails in JSON
             raise InputTypeError(
                 f"SegResult.is_keyframe must be True or False, got {self.is_keyframe!r} "

@@ -21,7 +21,7 @@ from typing import Any
 from ..engine.base import Engine, Features
 from ..errors import add_note
 from ..models.base import StageSpec
-from ..result import SegResult
+from ..result import SegResult, check_count
 from .base import ScheduleStats, elapsed_ms, host_image
 from .policies import Adaptive
 
@@ -121,6 +121,8 @@ class AsyncAdaptive(Adaptive):
             self.warp.set_keyframe_grey(grey)
 
     def step(self, engine: Engine, image: Any, *, index: int | None = None) -> SegResult:
+        if index is not None:  # refused before the stages run: a refused frame leaves no trace
+            check_count(index, "index")
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
         low = engine.run_low(image)

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..engine.base import Engine, Features
 from ..ownership import SingleOwner
-from ..result import SegResult
+from ..result import SegResult, check_count
 from .flow import FlowWarp
 
 
@@ -110,6 +110,8 @@ class Scheduler(ABC):
 
     def step(self, engine: Engine, image: Any, *, index: int | None = None) -> SegResult:
         """Segment one frame (uint8 BGR at the engine's input size)."""
+        if index is not None:  # refused before the stages run: a refused frame leaves no trace
+            check_count(index, "index")
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
         low = engine.run_low(image)

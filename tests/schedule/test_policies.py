@@ -482,3 +482,20 @@ def test_an_async_first_frame_whose_deep_run_failed_is_not_counted(engine, drive
     assert [r.is_keyframe for r in results] == [True, False]
     assert [r.deep_age for r in results] == [0, 1]
     assert s.stats.frames == 2 and s.stats.keyframes == 1
+
+
+@pytest.mark.parametrize("name", ["clockwork", "async"])
+def test_a_refused_index_leaves_the_schedule_as_it_was(engine, drive, name: str) -> None:
+    """A NumPy index was refused by SegResult after low, deep and head had run and the cache had
+    moved on: the next frame came back as a non-keyframe of age 1, and the failed one counted."""
+    from rtseg.errors import InputTypeError
+    from rtseg.schedule import make_scheduler
+
+    scheduler = make_scheduler(name, warp=False)
+    try:
+        with pytest.raises(InputTypeError, match="index must be an int"):
+            scheduler.step(engine, drive[0], index=np.int64(0))
+        result = scheduler.step(engine, drive[0], index=1)
+        assert result.is_keyframe and result.deep_age == 0 and scheduler.stats.keyframes == 1
+    finally:
+        scheduler.close()
