@@ -33,6 +33,7 @@ from ..errors import ConfigError, ProtocolError, StreamTimeout
 from .endpoint import DEFAULT_SERVER_ENDPOINT, endpoint_of, open_socket
 from .protocol import (
     DEFAULT_MAX_PIXELS,
+    INT_MAX,
     MAX_PARTS,
     ErrorCode,
     PartSpec,
@@ -41,6 +42,7 @@ from .protocol import (
     WireError,
     _bool,
     _int,
+    check_int_option,
     check_label_values,
     check_standard_parts,
     check_stream_id,
@@ -243,6 +245,16 @@ class Client:
         call for an id (and any call after the server lost it) starts the stream."""
         if stream_id is not None:
             check_stream_id(stream_id, "stream_id")
+        # JSON takes Python numbers: a NumPy scalar failed in the encoder with a builtin TypeError
+        if frame_index is not None:
+            check_int_option("frame_index", frame_index, 0, INT_MAX)
+            frame_index = int(frame_index)
+        if capture_ts is not None:
+            if isinstance(capture_ts, bool) or not isinstance(capture_ts, numbers.Real):
+                raise ConfigError(f"capture_ts must be a number of seconds, got {capture_ts!r}")
+            if not math.isfinite(capture_ts):
+                raise ConfigError(f"capture_ts must be finite, got {capture_ts!r}")
+            capture_ts = float(capture_ts)
         if isinstance(image, (bytes, bytearray, memoryview)):
             if encoding not in ("jpeg", "png"):
                 raise ConfigError(f"encoded image bytes need encoding='jpeg' or 'png', got {encoding!r}")

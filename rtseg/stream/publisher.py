@@ -202,7 +202,7 @@ class Publisher:
                 stream=o.stream,
                 seq=self._seq,
                 frame_index=result.frame_index,
-                capture_ts=frame.timestamp,
+                capture_ts=float(frame.timestamp),  # a NumPy float is no JSON number
                 publish_ts=time.time(),
                 is_keyframe=result.is_keyframe,
                 deep_age=result.deep_age,

@@ -430,3 +430,15 @@ def test_curve_keys_of_the_wrong_type_are_refused_by_name(tcp_endpoint: str) -> 
     with pytest.raises(ConfigError, match="curve_keys must be None or a key folder path, got 5"):
         Publisher(tcp_endpoint, curve_keys=5)  # type: ignore[arg-type]
     Publisher(tcp_endpoint).close()  # the failed one left the port free
+
+
+def test_a_numpy_timestamp_is_published_as_a_json_number(ipc_endpoint: str) -> None:
+    """Frame takes a NumPy float32 timestamp; publish() put it into the header as is and failed in
+    the JSON encoder with a builtin TypeError."""
+    rng = np.random.default_rng(1)
+    packet = make_packet(0, rng)
+    stamped = Frame(packet.frame.image, 0, np.float32(1234.5), packet.frame.monotonic, "test")
+    with Publisher(ipc_endpoint) as pub, Subscriber(ipc_endpoint) as sub:
+        wait_for_subscription(pub, sub, packet)
+        pub.publish(stamped, packet.result, packet.overlay())
+        assert sub.recv(timeout=5).header.capture_ts == 1234.5

@@ -1088,3 +1088,18 @@ def test_real_checkpoint_segments_a_camvid_frame(
     print(f"\nreal ESPNet CamVid via the server, {name}: pixel accuracy {accuracy:.1%}")
     assert accuracy > 0.75
     assert reply.classes.name == "camvid" and reply.input_size == (480, 360)
+
+
+def test_numpy_frame_index_and_capture_ts_are_sent_as_json_numbers(
+    small_engine: Engine, tcp_endpoint: str
+) -> None:
+    """Client.segment put NumPy scalars into the header as given and failed in the JSON encoder
+    (a builtin TypeError; NaN a ValueError)."""
+    image = np.zeros((48, 64, 3), np.uint8)
+    with Server(small_engine, bind=tcp_endpoint).start(), Client(tcp_endpoint, timeout=10) as client:
+        reply = client.segment(image, frame_index=np.int64(7), capture_ts=np.float32(2.5))
+        with pytest.raises(ConfigError, match="capture_ts must be finite"):
+            client.segment(image, capture_ts=float("nan"))
+        with pytest.raises(ConfigError, match="frame_index must be an integer"):
+            client.segment(image, frame_index=-1)
+    assert reply.frame_index == 7 and reply.header["capture_ts"] == 2.5
