@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..engine.backends import CUDA_ONLY
+from ..engine.backends import ALL_PRECISIONS, BACKEND_SPECS, CUDA_ONLY
 from ..errors import ConfigError
 from ..models import DEFAULT_MODEL, list_models
 from ..signals import Handler, restore, take
@@ -235,6 +235,14 @@ def scheduler_flags() -> Iterator[None]:
         raise ConfigError(scheduler_flag_text(str(exc))) from None
 
 
+# --precision for run and serve, which take any backend name (auto included) and check the pair
+# in engine_place, before the model loads.
+PRECISION_HELP = (
+    f"{', '.join(ALL_PRECISIONS)} (default fp32); a backend runs some of them, and the error for "
+    "one it does not names those it does; int8 uses the calibration from `rtseg calibrate`"
+)
+
+
 # --device, as every command that loads an engine takes it: unset, rtseg.engine.load picks the
 # backend's own default (engine.backends.default_device).
 DEVICE_HELP = (
@@ -264,7 +272,13 @@ def add_engine_place_args(parser: argparse.ArgumentParser) -> None:
 def engine_place(args: argparse.Namespace) -> dict[str, Any]:
     """The options ``add_engine_place_args`` parsed, as rtseg.engine.load takes them; --calibration
     without --precision int8 is refused in those terms (the backends name calibration= and the
-    precision, not the flags)."""
+    precision, not the flags), and so is a precision the backend does not run (before the model
+    loads: run and serve found out after it)."""
+    spec = BACKEND_SPECS.get(args.backend)  # None for auto, which picks among those that run it
+    allowed = ALL_PRECISIONS if spec is None else spec.precisions
+    if args.precision not in allowed:
+        runs = "" if spec is None else f" (--backend {args.backend} runs those)"
+        raise ConfigError(f"--precision must be one of {', '.join(allowed)}{runs}, got {args.precision!r}")
     if args.calibration is not None and args.precision != "int8":
         raise ConfigError(
             f"--calibration applies to int8 engines (--precision int8), not --precision {args.precision}"

@@ -31,6 +31,7 @@ from ..source import Source, is_live_uri, open_source, redacted
 from ..source.base import MAX_TIMEOUT_S, MIN_TIMEOUT_S
 from ..source.uri import inapplicable
 from .common import (
+    PRECISION_HELP,
     CtrlC,
     Terminated,
     add_engine_place_args,
@@ -85,7 +86,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("sinks", nargs="*", help="output URIs (default with no source: out/demo.mp4)")
     add_model_args(p)
     p.add_argument("--backend", default="auto", help="inference backend (default: auto)")
-    p.add_argument("--precision", default="fp32")
+    p.add_argument("--precision", default="fp32", help=PRECISION_HELP)
     p.add_argument("--size", type=parse_size, default=None, help="engine input WxH (default: the weights')")
     add_engine_place_args(p)
     add_scheduler_args(p, default="adaptive")

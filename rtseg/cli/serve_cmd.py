@@ -17,6 +17,7 @@ from ..stream.endpoint import endpoint_of
 from ..stream.protocol import DEFAULT_MAX_PIXELS, INT_MAX, MAX_HEADER_BYTES
 from ..stream.server import DEFAULT_SERVER_ENDPOINT, MIN_MAX_BYTES, Server, ServerLimits
 from .common import (
+    PRECISION_HELP,
     add_engine_place_args,
     add_model_args,
     engine_place,
@@ -65,7 +66,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "interfaces: then use --curve-keys)",
     )
     p.add_argument("--backend", choices=list(BACKENDS), default=BACKENDS[0])
-    p.add_argument("--precision", default="fp32")
+    p.add_argument("--precision", default="fp32", help=PRECISION_HELP)
     add_engine_place_args(p)
     p.add_argument(
         "--size",

@@ -48,3 +48,15 @@ def test_an_unset_device_is_left_to_the_backend(argv: list[str]) -> None:
     from rtseg.cli import build_parser
 
     assert build_parser().parse_args(argv).device is None
+
+
+@pytest.mark.parametrize("command", ["run", "serve"])
+def test_a_precision_the_backend_does_not_run_is_refused_before_the_model_loads(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """run and serve took any --precision and found out after loading the model and the engine."""
+    argv = ["run", "synthetic://drive?frames=2", "null://"] if command == "run" else ["serve"]
+    assert main([*argv, "--backend", "torch", "--precision", "int8"]) == 2
+    captured = capsys.readouterr()
+    assert "--precision must be one of fp32, fp16 (--backend torch runs those), got 'int8'" in captured.err
+    assert "loading" not in captured.out + captured.err

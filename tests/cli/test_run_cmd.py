@@ -1071,7 +1071,9 @@ def test_device_calibration_and_engine_dir_reach_the_engine(
 
     monkeypatch.setattr(run_cmd, "load_engine", record)
     calibration = tmp_path / "list.txt"
-    argv = [*_args(weights), "--device", "cuda:1", "--precision", "int8", "--calibration", str(calibration)]
+    # onnxruntime runs int8 (torch does not: that pair is refused before the engine is asked)
+    argv = [*_args(weights), "--backend", "onnxruntime", "--device", "cuda:1", "--precision", "int8"]
+    argv += ["--calibration", str(calibration)]
     rc = main(["run", SOURCE, "null://", *argv, "--engine-dir", str(tmp_path / "e"), "--quiet"])
     assert rc == 2 and "recorded" in capsys.readouterr().err
     assert seen["device"] == "cuda:1" and seen["calibration"] == calibration
