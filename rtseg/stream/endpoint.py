@@ -49,6 +49,12 @@ def endpoint_of(
             f"{name} {endpoint!r} has options ({text[text.index('?') :]}); {who} takes none"
             + (f": {options_hint}" if options_hint else "")
         )
+    if text.startswith("inproc://"):
+        raise ConfigError(
+            f"{name} {endpoint!r}: inproc:// connects only the sockets of one ZeroMQ context, and each "
+            "rtseg Publisher, Subscriber, Client and Server has its own, so nothing would ever arrive; "
+            "use ipc:///PATH (or tcp://127.0.0.1:PORT) within one machine"
+        )
     return check_endpoint(text, bind=bind)
 
 

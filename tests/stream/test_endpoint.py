@@ -191,3 +191,12 @@ def test_open_socket_leaves_nothing_open_when_it_fails(tcp_endpoint) -> None:
     finally:
         holder.close(linger=0)
         taken.term()
+
+
+def test_inproc_is_refused_where_no_peer_could_share_the_context() -> None:
+    """Each rtseg endpoint class makes its own zmq.Context, and inproc connects only within one:
+    a Publisher and Subscriber on inproc:// were accepted and the subscriber waited out its timeout."""
+    from rtseg.stream import Subscriber
+
+    with pytest.raises(ConfigError, match="inproc:// connects only the sockets of one ZeroMQ context"):
+        Subscriber("inproc://camera")
