@@ -216,6 +216,7 @@ def run(args: argparse.Namespace) -> int:
     latency, transport = RecentSamples(), RecentSamples()  # a viewer may run for days
     keyframes = shown = 0
     uncoloured = 0  # messages whose labels were to be shown but had no class set (no palette) yet
+    first_seq: int | None = None  # above 0: this viewer joined after the publisher's first messages
     seen_parts: set[str] = set()
     t_start = last_print = time.monotonic()
     quiet: StreamTimeout | None = None
@@ -252,6 +253,8 @@ def run(args: argparse.Namespace) -> int:
                 transport.add(message.transport_ms)
                 keyframes += message.header.is_keyframe
                 seen_parts.update(message.parts)
+                if first_seq is None:
+                    first_seq = message.header.seq
                 image = _image_of(message, args.part)
                 if image is None and message.labels is not None and message.classes is None:
                     uncoloured += args.part in ("auto", "labels")
@@ -325,12 +328,21 @@ def run(args: argparse.Namespace) -> int:
         not_written = f"; nothing was written to {args.out}" if sink is not None else ""
         if uncoloured:
             # The labels were there: what was missing is the class set that colours them.
+            late = (
+                f"; this viewer joined at message {first_seq} of the stream, after the first ones, "
+                "and rtseg publishers repeat 'classes' only every classes_every messages (30 by "
+                "default): ask for more with --frames, or publish with ?classes_every=N"
+                if first_seq
+                else ""
+            )
             raise ConfigError(
                 f"none of the {n} messages could be shown: {uncoloured} carried labels, but no "
                 "'classes' (the class set, whose palette colours the labels) arrived with them or "
                 "before them, so the labels have no colours; the publisher must send 'classes' in "
                 "its headers (rtseg's send it on their first messages and every N-th), or send an "
-                f"overlay or frame part to show (they carry: {', '.join(sorted(seen_parts))})" + not_written
+                f"overlay or frame part to show (they carry: {', '.join(sorted(seen_parts))})"
+                + late
+                + not_written
             )
         raise ConfigError(
             f"none of the {n} messages had a part --part {args.part} can show "

@@ -451,7 +451,9 @@ def test_a_video_out_fits_a_stream_whose_frame_size_changes(tmp_path: Path) -> N
 
 
 @contextmanager
-def _hand_built_publisher(image_shape: tuple[int, ...], *, classes: bool) -> Iterator[str]:
+def _hand_built_publisher(
+    image_shape: tuple[int, ...], *, classes: bool, first_seq: int = 0
+) -> Iterator[str]:
     """A publisher written from docs/wire-format.md with plain pyzmq and json (no rtseg helpers):
     PNG labels at 60x80, optionally the class set on every message, about 50 messages/s."""
     endpoint = _endpoint()
@@ -466,8 +468,8 @@ def _hand_built_publisher(image_shape: tuple[int, ...], *, classes: bool) -> Ite
             "proto": "rtseg/1",
             "type": "frame",
             "stream": "cam0",
-            "seq": seq,
-            "frame_index": seq,
+            "seq": first_seq + seq,
+            "frame_index": first_seq + seq,
             "capture_ts": time.time(),
             "publish_ts": time.time(),
             "is_keyframe": True,
@@ -497,6 +499,17 @@ def test_labels_without_a_class_set_name_the_missing_classes(capsys: pytest.Capt
             err = " ".join(capsys.readouterr().err.split())
             assert "5 carried labels, but no 'classes'" in err and "the labels have no colours" in err, err
             assert "had a part" not in err
+
+
+def test_a_viewer_that_joined_late_is_told_classes_come_again_later(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Joining a stream at message 100, after the messages that carried the class set, the viewer
+    blamed the publisher alone for sending no 'classes'."""
+    with _hand_built_publisher((60, 80, 3), classes=False, first_seq=100) as addr:
+        assert main(["view", addr, "--headless", "--frames", "3", "--timeout", "5"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "this viewer joined at message 1" in err and "classes_every" in err and "--frames" in err, err
 
 
 def test_a_source_over_the_pixel_limit_is_viewed_with_its_labels_drawn_within_it(
