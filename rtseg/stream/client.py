@@ -111,7 +111,7 @@ class Client:
         default the default ``Server``'s."""
         # Checked here, by name: a wrong type failed later as a bare TypeError (or, for a string
         # timeout, on the first request).
-        endpoint = endpoint_of(endpoint, bind=False, who="a client")
+        endpoint = endpoint_of(endpoint, bind=False, who="a client", example=DEFAULT_SERVER_ENDPOINT)
         if (
             isinstance(timeout, bool)
             or not isinstance(timeout, numbers.Real)

@@ -29,18 +29,24 @@ URI_PREFIX = "zmq://"
 
 
 def endpoint_of(
-    endpoint: object, *, bind: bool, who: str, name: str = "endpoint", options_hint: str = ""
+    endpoint: object,
+    *,
+    bind: bool,
+    who: str,
+    name: str = "endpoint",
+    options_hint: str = "",
+    example: str = DEFAULT_PUB_ENDPOINT,
 ) -> str:
     """The ZeroMQ endpoint ``endpoint`` names, checked (``check_endpoint``): TRANSPORT://ADDRESS,
     or the same with ``zmq://`` in front, as rtseg's sink URIs and ``rtseg view`` write it.
 
-    ``who`` names the taker in errors ("a subscriber"), ``name`` its parameter. A query
-    (``?parts=labels``) is refused: only the ``zmq://`` sink URI takes options there
-    (``options_hint`` says where they go instead).
+    ``who`` names the taker in errors ("a subscriber"), ``name`` its parameter, ``example`` its
+    default endpoint. A query (``?parts=labels``) is refused: only the ``zmq://`` sink URI takes
+    options there (``options_hint`` says where they go instead).
     """
     if not isinstance(endpoint, str):
         raise InputTypeError(
-            f"{name} must be a string such as {DEFAULT_PUB_ENDPOINT} (or zmq://{DEFAULT_PUB_ENDPOINT}), "
+            f"{name} must be a string such as {example} (or zmq://{example}), "
             f"got {endpoint!r} ({type(endpoint).__name__})"
         )
     text = endpoint[len(URI_PREFIX) :] if endpoint.startswith(URI_PREFIX) else endpoint

@@ -322,7 +322,12 @@ class Server:
         if workers < 1:
             raise ConfigError(f"workers must be >= 1, got {workers}")
         bind = endpoint_of(
-            bind, bind=True, who="a server", name="bind", options_hint="its limits go in ServerLimits"
+            bind,
+            bind=True,
+            who="a server",
+            name="bind",
+            options_hint="its limits go in ServerLimits",
+            example=DEFAULT_SERVER_ENDPOINT,
         )
         new_scheduler = _scheduler_factory(scheduler)
         probe = new_scheduler()

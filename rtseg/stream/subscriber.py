@@ -155,9 +155,12 @@ class SubscriberOptions:
 
     def __post_init__(self) -> None:
         topics = self.topics
-        if isinstance(topics, str):  # iterated, "front" would subscribe to the prefixes f, r, o, n, t
+        if isinstance(topics, (str, bytes)):  # iterated, "front" would be the prefixes f, r, o, n, t
+            is_bytes = isinstance(topics, bytes)
+            text = topics.decode("utf-8", "replace") if isinstance(topics, bytes) else topics
             raise ConfigError(
-                f"topics must be a list of stream ids, got the string {topics!r}; use topics=[{topics!r}]"
+                f"topics must be a list of stream ids, got the {'bytes' if is_bytes else 'string'} "
+                f"{topics!r}; use topics=[{text!r}]"
             )
         if topics is not None:
             if not isinstance(topics, Iterable):

@@ -361,7 +361,7 @@ def test_client_arguments_are_checked_by_name(kwargs: dict, message: str, tcp_en
         Client(tcp_endpoint, **kwargs)
     assert str(err.value) == message
     with pytest.raises(
-        InputTypeError, match=r"endpoint must be a string such as tcp://127\.0\.0\.1:5555 .*got 5560 \(int\)"
+        InputTypeError, match=r"endpoint must be a string such as tcp://127\.0\.0\.1:5560 .*got 5560 \(int\)"
     ):
         Client(5560)  # type: ignore[arg-type]
 

@@ -157,7 +157,7 @@ def test_the_four_refuse_an_endpoint_that_is_no_string_or_has_options(small_engi
     refused by name by the subscriber only (the client and an ipc:// publisher took it as a path)."""
     for make in _four(small_engine, 5):  # type: ignore[arg-type]
         with pytest.raises(
-            InputTypeError, match=r"must be a string such as tcp://127\.0\.0\.1:5555 .*got 5 \(int\)"
+            InputTypeError, match=r"must be a string such as tcp://127\.0\.0\.1:55(55|60) .*got 5 \(int\)"
         ):
             make()
     for make in _four(small_engine, f"zmq://{tcp_endpoint}?parts=labels"):

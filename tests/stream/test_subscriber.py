@@ -288,6 +288,9 @@ def test_a_single_topic_string_is_refused(tcp_endpoint: str) -> None:
     # iterated, "front" would subscribe to the prefixes f, r, o, n and t: streams "rear" and "tail" too
     with pytest.raises(ConfigError, match=r"topics must be a list of stream ids, got the string 'front'"):
         Subscriber(tcp_endpoint, topics="front")  # type: ignore[arg-type]
+    # bytes were iterated into ints: "topics[0] must be a str ..., got 102"
+    with pytest.raises(ConfigError, match=r"got the bytes b'front'; use topics=\['front'\]"):
+        Subscriber(tcp_endpoint, topics=b"front")  # type: ignore[arg-type]
 
 
 def test_latest_mode_keeps_only_the_newest(tcp_endpoint: str) -> None:
