@@ -307,31 +307,29 @@ def test_fuzz_every_bad_input_gets_an_error_reply(small_engine: Engine, tcp_endp
     assert sum(stats.errors.values()) == len(cases) + 1000 and stats.ok == 1
 
 
-def test_dealer_peers_and_empty_requests(small_engine: Engine, tcp_endpoint: str) -> None:
-    image = np.zeros((48, 64, 3), np.uint8)
-    header = json.dumps(
-        {
-            "proto": "rtseg/1",
-            "type": "segment",
-            "id": "d",
-            "image": {"name": "image", "encoding": "raw", "dtype": "uint8", "shape": [48, 64, 3]},
-        }
-    ).encode()
+def _dealer_replies(engine: Engine, endpoint: str, messages: list[list[bytes]]) -> list[list[bytes]]:
+    """Each message sent from one DEALER socket to a server, and the reply it got."""
     ctx = zmq.Context()
     dealer = ctx.socket(zmq.DEALER)
     dealer.setsockopt(zmq.LINGER, 0)
+    replies = []
     try:
-        with Server(small_engine, bind=tcp_endpoint).start():
-            dealer.connect(tcp_endpoint)
-            replies = []
-            for frames in ([b"", header, image.tobytes()], [b""], [b"", b"", b""]):
+        with Server(engine, bind=endpoint).start():
+            dealer.connect(endpoint)
+            for frames in messages:
                 dealer.send_multipart(frames)
                 assert dealer.poll(10_000)
                 replies.append(dealer.recv_multipart())
     finally:
         dealer.close(linger=0)
         ctx.term()
-    ok, empty, blank = replies
+    return replies
+
+
+def test_dealer_peers_and_empty_requests(small_engine: Engine, tcp_endpoint: str) -> None:
+    header, image = request_frames(raw_request(id="d"), bytes(48 * 64 * 3))
+    messages = [[b"", header, image], [b""], [b"", b"", b""]]
+    ok, empty, blank = _dealer_replies(small_engine, tcp_endpoint, messages)
     assert ok[0] == b"" and reply_of(ok[1:])["status"] == "ok" and len(ok) == 3
     assert reply_of(empty[1:])["error"]["code"] == "malformed_multipart"
     assert reply_of(blank[1:])["error"]["code"] == "bad_json"
@@ -342,30 +340,8 @@ def test_a_dealer_without_delimiter_and_an_empty_body_frame_gets_one_error(
 ) -> None:
     """An empty frame after the header was taken for the delimiter, so the reply echoed the request
     (header and image) as its envelope and gave no id."""
-    header = json.dumps(
-        {
-            "proto": "rtseg/1",
-            "type": "segment",
-            "id": 7,
-            "image": {"name": "image", "encoding": "raw", "dtype": "uint8", "shape": [48, 64, 3]},
-        }
-    ).encode()
-    image = np.zeros((48, 64, 3), np.uint8).tobytes()
-    ctx = zmq.Context()
-    dealer = ctx.socket(zmq.DEALER)
-    dealer.setsockopt(zmq.LINGER, 0)
-    try:
-        with Server(small_engine, bind=tcp_endpoint).start():
-            dealer.connect(tcp_endpoint)
-            replies = []
-            for frames in ([header, b""], [header, image, b""]):
-                dealer.send_multipart(frames)
-                assert dealer.poll(10_000)
-                replies.append(dealer.recv_multipart())
-    finally:
-        dealer.close(linger=0)
-        ctx.term()
-    for reply in replies:
+    header, image = request_frames(raw_request(id=7), bytes(48 * 64 * 3))
+    for reply in _dealer_replies(small_engine, tcp_endpoint, [[header, b""], [header, image, b""]]):
         assert len(reply) == 1  # the error alone: no envelope echoed
         assert reply_of(reply)["id"] == 7 and reply_of(reply)["status"] == "error"
 
