@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 
 from ..errors import DatasetError
+from ..image_file import UnreadableImage, read_bgr
 from ..source.images import frame_order
 from .labels import CAMVID, CAMVID_LABEL_IDS, CITYSCAPES, CITYSCAPES_LABEL_IDS, ClassSet, LabelIdMap
 
@@ -37,10 +38,12 @@ class _Pair:
 
 
 def read_image(path: Path) -> np.ndarray:
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise DatasetError(f"cannot read image {path} (missing, truncated or not an image)")
-    return image
+    try:
+        return read_bgr(path)
+    except FileNotFoundError:
+        raise DatasetError(f"image file not found: {path}") from None
+    except UnreadableImage as error:
+        raise DatasetError(f"cannot read image {path}: {error}") from None
 
 
 def _is_palette_png(path: Path) -> bool:

@@ -8,10 +8,10 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from ..errors import SourceError
+from ..image_file import UnreadableImage, read_bgr
 from .base import MediaSource, SourceInfo, SourceOptions
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -86,12 +86,12 @@ class ImageSource(MediaSource):
 
     @staticmethod
     def _load(path: Path) -> np.ndarray:
-        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if image is None:
-            if not path.is_file():  # listed when the source opened
-                raise SourceError(f"image file not found: {path} (removed during the run)")
-            raise SourceError(f"cannot read image {path} (truncated or not an image)")
-        return image
+        try:
+            return read_bgr(path)
+        except FileNotFoundError:  # listed when the source opened
+            raise SourceError(f"image file not found: {path} (removed during the run)") from None
+        except UnreadableImage as error:
+            raise SourceError(f"cannot read image {path}: {error}") from None
 
     def _read(self) -> np.ndarray | None:
         if self._position >= len(self._files):

@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from rtseg.data.datasets import camvid, cityscapes, open_dataset
+from rtseg.data.datasets import camvid, cityscapes, open_dataset, read_image
 from rtseg.data.labels import CAMVID
 from rtseg.errors import DatasetError
 
@@ -182,3 +182,14 @@ def test_cityscapes_frames_are_ordered_with_numbers_by_value(tmp_path: Path) -> 
             _write(image_dir / f"{stem}_leftImg8bit.png", np.zeros((4, 6, 3), np.uint8))
             _write(label_dir / f"{stem}_gtFine_labelTrainIds.png", np.zeros((4, 6), np.uint8))
         assert cityscapes(folder, "val").names == ["city_9_19", "city_10_19", "city_100_19"], layout
+
+
+def test_a_truncated_training_jpeg_is_refused(tmp_path: Path) -> None:
+    """A cut JPEG was read with its missing rows grey, and trained on."""
+    cv2.imwrite(
+        str(tmp_path / "a.jpg"), np.random.default_rng(2).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    )
+    data = (tmp_path / "a.jpg").read_bytes()
+    (tmp_path / "a.jpg").write_bytes(data[:-40])
+    with pytest.raises(DatasetError, match=r"a\.jpg: the JPEG is truncated"):
+        read_image(tmp_path / "a.jpg")

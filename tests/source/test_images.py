@@ -99,3 +99,19 @@ def test_camvid_val_is_read_in_file_order(camvid_root: Path) -> None:
     with open_source(camvid_root / "val") as src:
         frames = list(src)
     assert len(frames) == 101 and frames[0].size == (480, 360)
+
+
+def test_a_jpeg_cut_short_stops_the_source_and_names_it(tmp_path: Path) -> None:
+    """It was decoded with its missing rows flat grey and segmented as a frame; a cut PNG was
+    already refused."""
+    rng = np.random.default_rng(1)
+    for i in range(3):
+        cv2.imwrite(str(tmp_path / f"f{i}.jpg"), rng.integers(0, 256, (48, 64, 3), dtype=np.uint8))
+    data = (tmp_path / "f1.jpg").read_bytes()
+    (tmp_path / "f1.jpg").write_bytes(data[: len(data) // 2])
+    with open_source(tmp_path) as src:
+        frames = iter(src)
+        first = next(frames)
+        with pytest.raises(SourceError, match=r"cannot read image .*f1\.jpg: the JPEG is truncated"):
+            next(frames)
+    assert first.index == 0
