@@ -28,6 +28,7 @@ import numpy as np
 
 from ..atomic import atomic_write_bytes, atomic_write_text
 from ..errors import ConfigError, DatasetError, add_note
+from ..paths import opencv_path
 from .base import Engine
 from .cache import CacheUnwritableError
 
@@ -119,6 +120,9 @@ class CalibrationList:
                         f"CalibrationList.entries: {entry!r} is not a frame number "
                         "(expected a whole number >= 0)"
                     )
+        # A name OpenCV cannot take is refused with the list, not when the build reads it.
+        for file in [self.source] if self.kind == "video" else [self.source / e for e in self.entries]:
+            opencv_path(file, DatasetError)
 
     def text(self, relative_to: Path | None = None) -> str:
         """The list file; with ``relative_to`` (its folder) the source is written relative to it."""
@@ -236,7 +240,7 @@ class CalibrationList:
     @classmethod
     def from_video(cls, video: str | os.PathLike[str], num: int) -> CalibrationList:
         video = Path(video).resolve()
-        capture = cv2.VideoCapture(str(video))
+        capture = cv2.VideoCapture(opencv_path(video, DatasetError))
         try:
             if not capture.isOpened():
                 raise DatasetError(f"cannot open calibration video {video}")
@@ -261,13 +265,13 @@ class CalibrationList:
     def _decoded(self) -> Iterator[np.ndarray]:
         if self.kind == "images":
             for entry in self.entries:
-                image = cv2.imread(str(self.source / entry), cv2.IMREAD_COLOR)
+                image = cv2.imread(opencv_path(self.source / entry, DatasetError), cv2.IMREAD_COLOR)
                 if image is None:
                     raise DatasetError(f"calibration image {self.source / entry} is missing or unreadable")
                 yield image
             return
         wanted = sorted(int(e) for e in self.entries)
-        capture = cv2.VideoCapture(str(self.source))
+        capture = cv2.VideoCapture(opencv_path(self.source, DatasetError))
         try:
             if not capture.isOpened():
                 raise DatasetError(f"cannot open calibration video {self.source}")

@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 
 from ..errors import SinkError
+from ..paths import opencv_path
 from . import DEFAULT_FPS
 from .base import Policy, Sink
 from .packet import Packet
@@ -240,7 +241,7 @@ def check_size_limit(video: Path, image: np.ndarray, frames: int, limit: int | N
 def check_finished(video: Path, frames: int) -> None:
     """SinkError unless the closed video opens and holds the frames written to it: the last word
     on write failures nothing else saw (a quota, another writer filling the disk, an I/O error)."""
-    capture = cv2.VideoCapture(str(video))
+    capture = cv2.VideoCapture(opencv_path(video, SinkError))
     try:
         opened = capture.isOpened()
         held = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if opened else 0
@@ -266,6 +267,8 @@ class VideoFile:
 
     def __init__(self, path: Path, fps: float, fourcc: str | None = None, *, fit: bool = False) -> None:
         self.path = path
+        # Checked now, not at the first frame: the VideoWriter opens there, after the run began.
+        self._cv_path = opencv_path(path, SinkError)
         self.fps = fps
         self.fourcc = fourcc or VIDEO_FOURCC[path.suffix.lower()]
         self.fit = fit
@@ -278,7 +281,7 @@ class VideoFile:
         self._last: np.ndarray | None = None
 
     def _open(self, size: tuple[int, int]) -> cv2.VideoWriter:
-        writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*self.fourcc), self.fps, size)
+        writer = cv2.VideoWriter(self._cv_path, cv2.VideoWriter_fourcc(*self.fourcc), self.fps, size)
         if not writer.isOpened():
             raise SinkError(
                 f"OpenCV cannot write {self.path}: its VideoWriter refused fourcc {self.fourcc!r} at "
@@ -425,13 +428,14 @@ class FileSink(Sink):
         self.timed = bool(timed)
         self._lag_warned = False
         self.content = content
+        # Before the folder is made: VideoFile refuses a name OpenCV cannot take.
+        self._video: VideoFile | None = (
+            None if self.pattern else VideoFile(self.path, self.fps, self.fourcc, fit=fit)
+        )
         if self.pattern:
             prepare_folder(self.path.parent, uri)
         else:
             prepare_video(self.path, uri)
-        self._video: VideoFile | None = (
-            None if self.pattern else VideoFile(self.path, self.fps, self.fourcc, fit=fit)
-        )
         super().__init__(uri, queue_size=queue_size, policy=policy)
 
     def follow_pipeline(self, *, policy: Policy, fps: float | None, timed: bool) -> None:

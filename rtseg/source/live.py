@@ -27,6 +27,7 @@ import cv2
 import numpy as np
 
 from ..errors import RtsegError, SourceError
+from ..paths import opencv_path
 from .base import Source, SourceInfo, SourceOptions, StopFlag, scrubbed, timeout_ms
 from .diagnose import time_left
 from .frame import Frame
@@ -118,7 +119,7 @@ def v4l2_factory(device: str, props: dict[int, float]) -> CaptureFactory:
     def make() -> Capture:
         if not Path(device).exists():
             raise SourceError(f"no such video device: {device}")
-        cap = cv2.VideoCapture(device, cv2.CAP_V4L2)
+        cap = cv2.VideoCapture(opencv_path(device, SourceError), cv2.CAP_V4L2)
         for prop, value in props.items():
             cap.set(prop, value)
         cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)

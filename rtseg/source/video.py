@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 
 from ..errors import SourceError
+from ..paths import opencv_path
 from .base import MediaSource, SourceInfo, SourceOptions, redacted
 from .diagnose import http_problem, time_left
 from .live import open_interruptibly, open_network
@@ -28,7 +29,7 @@ DEFAULT_FPS = 30.0  # when a container does not say
 def _open(target: Path | str, timeout: float) -> cv2.VideoCapture:
     """A local file (a Path) or a URL (a str), opened; SourceError saying why when it cannot be."""
     if isinstance(target, Path):
-        cap = cv2.VideoCapture(str(target))
+        cap = cv2.VideoCapture(opencv_path(target, SourceError))
         if not cap.isOpened():
             cap.release()
             raise SourceError(

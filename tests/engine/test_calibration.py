@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import gc
 import logging
+import os
 import re
 import shutil
 import weakref
@@ -138,6 +139,29 @@ def test_video_errors(tmp_path: Path) -> None:
     beyond = CalibrationList("video", video.resolve(), ("1", "7"))
     with pytest.raises(DatasetError, match="ended at frame 4; the list wants 7"):
         list(beyond.frames(SIZE))
+
+
+def test_a_name_that_is_not_utf8_is_refused_before_opencv_sees_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """cv2.VideoCapture and cv2.imread crashed the process (SIGSEGV) on such a name."""
+    folder = tmp_path / os.fsdecode(b"caf\xe9")
+    folder.mkdir()
+    _, png = cv2.imencode(".png", np.zeros((8, 8, 3), np.uint8))
+    (folder / "a.png").write_bytes(png.tobytes())
+
+    def no_opencv(*args: object) -> None:
+        raise AssertionError(f"OpenCV was called with {args}")
+
+    monkeypatch.setattr(cv2, "VideoCapture", no_opencv)
+    monkeypatch.setattr(cv2, "imread", no_opencv)
+    named = r"caf\\xe9.*: the name 'caf\\xe9' is not valid UTF-8"
+    with pytest.raises(DatasetError, match=named):
+        CalibrationList.from_video(folder / "clip.avi", 2)
+    with pytest.raises(DatasetError, match=named):  # when the list is made, not when a build reads it
+        CalibrationList.from_images(folder, 1)
+    with pytest.raises(DatasetError, match=named):
+        CalibrationList("video", folder / "clip.avi", ("0",))
 
 
 def test_save_writes_the_source_relative_and_load_resolves_it(tmp_path: Path) -> None:

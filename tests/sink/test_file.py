@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -56,6 +57,31 @@ def test_image_pattern_named_by_frame_index(tmp_path: Path, packet_factory) -> N
     assert names == ["0003.png", "0004.png", "0007.png"]
     mask = cv2.imread(str(tmp_path / "frames" / "0003.png"))
     assert tuple(mask[0, 0]) == (128, 64, 128)  # CamVid road colour, BGR
+
+
+def test_a_video_name_that_is_not_utf8_is_refused_before_anything_is_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """cv2.VideoWriter crashed the process (SIGSEGV) at the first frame on such a name."""
+
+    def no_opencv(*args: object) -> None:
+        raise AssertionError(f"cv2.VideoWriter{args} was called")
+
+    monkeypatch.setattr(cv2, "VideoWriter", no_opencv)
+    path = tmp_path / os.fsdecode(b"caf\xe9") / "o.mp4"
+    with pytest.raises(SinkError, match=r"caf\\xe9/o\.mp4: the name 'caf\\xe9' is not valid UTF-8"):
+        FileSink(str(path), path)
+    assert not path.parent.exists()
+
+
+def test_an_image_pattern_in_a_folder_that_is_not_utf8_is_written(tmp_path: Path, packet_factory) -> None:
+    # Images are encoded in memory and written by Python, which takes any name.
+    pattern = tmp_path / os.fsdecode(b"caf\xe9") / "%02d.png"
+    sink = FileSink(str(pattern), pattern)
+    for i in range(2):
+        sink.write(packet_factory(i))
+    sink.close()
+    assert sorted(p.name for p in pattern.parent.iterdir()) == ["00.png", "01.png"]
 
 
 def test_label_maps_are_written_losslessly(tmp_path: Path, packet_factory) -> None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 import functools
 import http.server
 import logging
+import os
 import shutil
 import socket
 import time
@@ -43,6 +44,23 @@ def test_file_uri_and_plain_path_are_the_same(video_file) -> None:
     path, _ = video_file
     with open_source(f"file://{path}") as a, open_source(str(path)) as b:
         assert [f.index for f in a] == [f.index for f in b]
+
+
+def test_a_file_name_that_is_not_utf8_is_refused_before_opencv_sees_it(
+    video_file, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """cv2.VideoCapture crashed the process (SIGSEGV) on a name that is not valid UTF-8."""
+    folder = tmp_path / os.fsdecode(b"caf\xe9")
+    folder.mkdir()
+    shutil.copyfile(video_file[0], folder / "clip.mp4")
+
+    def no_opencv(*args: object) -> None:
+        raise AssertionError(f"cv2.VideoCapture{args} was called")
+
+    monkeypatch.setattr(cv2, "VideoCapture", no_opencv)
+    for uri in (str(folder / "clip.mp4"), f"file://{folder}/clip.mp4"):
+        with pytest.raises(SourceError, match=r"caf\\xe9/clip\.mp4: the name 'caf\\xe9' is not valid UTF-8"):
+            open_source(uri)
 
 
 def test_loop_restarts_with_increasing_indices(video_file) -> None:
