@@ -1,12 +1,14 @@
 """Paths checked before they are used: output files before the slow work that fills them (a run,
 an evaluation or a training that cannot write its result is refused before it starts, not after
-minutes of work), and file names before OpenCV is given them."""
+minutes of work), file names before OpenCV is given them, and the path a file:// URI names, for
+sources and sinks alike."""
 
 from __future__ import annotations
 
 import os
 import tempfile
 from pathlib import Path
+from urllib.parse import unquote
 
 from .errors import ConfigError, RtsegError
 
@@ -55,3 +57,22 @@ def opencv_path(
             f"{shown}: the name '{part}' is not valid UTF-8 (byte 0x{byte:02x}), and OpenCV opens files "
             f"by UTF-8 names only; {fix}"
         ) from None
+
+
+def file_uri_path(spec: str, uri: str, error: type[RtsegError]) -> str:
+    """The local path a file:// URI names (RFC 8089), ``spec`` being what follows file://: percent
+    escapes decoded, an empty or "localhost" host dropped. file://clip.mp4 (relative to the working
+    folder) is documented and stays; a first segment that is no local file or folder is another
+    host's, and refused with ``error``. One reading for sources and sinks: a sink's own took
+    file://localhost/x for ./localhost/x and kept a%20b.mp4 as the name."""
+    first, slash, after = spec.partition("/")
+    if not first or first.startswith("~"):  # file:///abs/path, or file://~/clip.mp4 (expanded later)
+        return unquote(spec)
+    if first.lower() == "localhost":
+        return unquote(slash + after)
+    if slash and not Path(unquote(first)).exists():
+        raise error(
+            f"{uri!r}: file:// names local files only: the host {unquote(first)!r} is not localhost (nor "
+            "a local file or folder); use file:///ABSOLUTE/PATH, file://localhost/ABSOLUTE/PATH or a path"
+        )
+    return unquote(spec)

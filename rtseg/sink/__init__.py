@@ -10,6 +10,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from ..errors import SinkError
+from ..paths import file_uri_path
 from .base import Policy, Sink, SinkStats
 from .packet import Packet
 
@@ -52,7 +53,11 @@ def open_sink(
     if scheme == "file":
         from .file import FileSink
 
-        return FileSink(text, rest, fps=fps, policy=policy, timed=timed, **options)
+        # A plain path is taken as written (a '%' in it is an image pattern's field); a file:// URI
+        # is read as a source's is, escapes decoded before the pattern is looked for.
+        return FileSink(
+            text, _file_path(rest, text) if sep else rest, fps=fps, policy=policy, timed=timed, **options
+        )
     if scheme == "null":
         from .null import NullSink
 
@@ -83,6 +88,21 @@ def open_sink(
             options["policy"] = policy
         return publisher.open_publisher_sink(text, **options)
     raise SinkError(f"unsupported sink {text!r}; outputs can be: {SUPPORTED}")
+
+
+def _file_path(spec: str, uri: str) -> str:
+    """The path a file:// sink URI names (``file_uri_path``), refused where decoding made a control
+    character: a '%' starts an escape in a URI, so file:///out/%06d.png names '\\x06d.png', not
+    a pattern; its field is written %2506d, or the path is given plain."""
+    path = file_uri_path(spec, uri, SinkError)
+    control = next((c for c in path if ord(c) < 0x20 or ord(c) == 0x7F), None)
+    if control is not None:
+        raise SinkError(
+            f"{uri!r}: decodes to the path {path!r}, which holds the control character {control!r}: in "
+            "a file:// URI a '%' starts an escape (%20 is a space); write a '%' as %25 "
+            "(file:///out/%2506d.png for the pattern /out/%06d.png) or give a plain path"
+        )
+    return path
 
 
 __all__ = ["SCHEMES", "SUPPORTED", "Packet", "Policy", "Sink", "SinkStats", "open_sink"]

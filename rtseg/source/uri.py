@@ -7,11 +7,12 @@ import numbers
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit
+from urllib.parse import SplitResult, parse_qsl, urlsplit
 
 import cv2
 
 from ..errors import ConfigError, SourceError
+from ..paths import file_uri_path
 from .base import MAX_FRAME_SIDE, Source, SourceOptions, redacted
 from .diagnose import host_problem, http_problem
 from .images import ImageSource, is_glob, is_image_path
@@ -129,7 +130,7 @@ def open_source(
     if scheme not in SCHEMES:
         raise SourceError(f"unsupported source scheme {scheme!r} in {text!r}; supported: {SUPPORTED}")
     if scheme == "file":
-        return _open_path(text, _file_uri_path(_strip_query(rest, text), text), options)
+        return _open_path(text, file_uri_path(_strip_query(rest, text), text, SourceError), options)
     if scheme == "images":
         # A '?' here is the glob wildcard (images://frames/f00?.png): image sources take no options.
         return ImageSource(text, _nonempty(rest, text), options)
@@ -345,23 +346,6 @@ def _nonempty(spec: str, uri: str) -> str:
             "(file:///data/clip.mp4, images:///data/frames)"
         )
     return spec
-
-
-def _file_uri_path(spec: str, uri: str) -> str:
-    """The local path a file:// URI names (RFC 8089): percent escapes decoded, an empty or
-    "localhost" host dropped. file://clip.mp4 (relative to the working folder) is documented and
-    stays; a first segment that is no local file or folder is another host's, and refused."""
-    first, slash, after = spec.partition("/")
-    if not first or first.startswith("~"):  # file:///abs/path, or file://~/clip.mp4 (expanded later)
-        return unquote(spec)
-    if first.lower() == "localhost":
-        return unquote(slash + after)
-    if slash and not Path(unquote(first)).exists():
-        raise SourceError(
-            f"{uri!r}: file:// reads local files only: the host {unquote(first)!r} is not localhost (nor "
-            "a local file or folder); use file:///ABSOLUTE/PATH, file://localhost/ABSOLUTE/PATH or a path"
-        )
-    return unquote(spec)
 
 
 def _open_path(uri: str, spec: str, options: SourceOptions) -> Source:

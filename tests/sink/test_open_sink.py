@@ -14,13 +14,45 @@ from rtseg.sink.null import NullSink
 
 def test_paths_and_file_uris(tmp_path: Path) -> None:
     a = open_sink(tmp_path / "a.mp4", fps=12)
-    b = open_sink(f"file://{tmp_path}/b/%05d.jpg", policy="drop")
+    b = open_sink(f"file://{tmp_path}/b/%2505d.jpg", policy="drop")  # '%' is %25 in a URI
     try:
         assert isinstance(a, FileSink) and a.fps == 12 and a.policy == "block"
         assert isinstance(b, FileSink) and b.pattern and b.policy == "drop"
     finally:
         a.close()
         b.close()
+
+
+def test_file_uris_are_read_as_sources_read_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """RFC 8089, as for sources: file://localhost/x wrote ./localhost/x, a%20b.mp4 kept its escape,
+    f%2506d.png was no f%06d.png pattern, and file://nas/x.mp4 wrote ./nas/x.mp4."""
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out"
+    for uri, path, pattern in (
+        (f"file://localhost{out}/lh.mp4", out / "lh.mp4", False),
+        (f"file://LOCALHOST{out}/a%20b.mp4", out / "a b.mp4", False),
+        (f"file://{out}/f%2506d.png", out / "f%06d.png", True),
+        (f"file://{out}/100%25.mp4", out / "100%.mp4", False),
+        ("file://rel%20dir.mp4", Path("rel dir.mp4"), False),  # relative to the working folder
+    ):
+        with open_sink(uri) as sink:
+            assert isinstance(sink, FileSink) and (sink.path, sink.pattern) == (path, pattern), uri
+    assert not (tmp_path / "localhost").exists()
+    with pytest.raises(SinkError, match=r"file:// names local files only: the host 'nas' is not localhost"):
+        open_sink("file://nas/share/o.mp4")
+    assert not (tmp_path / "nas").exists()
+    # A '%' is an escape in a URI: %06d decodes to a control character, refused rather than written.
+    with pytest.raises(
+        SinkError, match=r"control character '\\x06': in a file:// URI a '%' starts an escape"
+    ):
+        open_sink(f"file://{out}/%06d.png")
+
+
+def test_a_plain_path_is_taken_as_written(tmp_path: Path) -> None:
+    with open_sink(str(tmp_path / "a%20b.mp4")) as video:  # no URI: nothing is decoded
+        assert video.path == tmp_path / "a%20b.mp4" and not video.pattern
+    with open_sink(str(tmp_path / "%06d.png")) as images:
+        assert images.path == tmp_path / "%06d.png" and images.pattern
 
 
 def test_null_and_options() -> None:

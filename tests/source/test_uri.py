@@ -245,7 +245,7 @@ def test_file_uri_host_may_be_empty_or_localhost(spaced_video: Path) -> None:
 
 def test_file_uri_on_another_host_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(SourceError, match=r"file:// reads local files only: the host 'nas' is not localhost"):
+    with pytest.raises(SourceError, match=r"file:// names local files only: the host 'nas' is not localhost"):
         open_source("file://nas/share/clip.mp4")
 
 
