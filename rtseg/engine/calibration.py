@@ -28,6 +28,7 @@ import numpy as np
 
 from ..atomic import atomic_write_bytes, atomic_write_text
 from ..errors import ConfigError, DatasetError, add_note
+from ..image_file import UnreadableImage, read_bgr
 from ..paths import opencv_path
 from .base import Engine
 from .cache import CacheUnwritableError
@@ -265,9 +266,17 @@ class CalibrationList:
     def _decoded(self) -> Iterator[np.ndarray]:
         if self.kind == "images":
             for entry in self.entries:
-                image = cv2.imread(opencv_path(self.source / entry, DatasetError), cv2.IMREAD_COLOR)
-                if image is None:
-                    raise DatasetError(f"calibration image {self.source / entry} is missing or unreadable")
+                path = self.source / entry
+                try:
+                    image = read_bgr(path)
+                except FileNotFoundError:
+                    raise DatasetError(
+                        f"calibration image {path} is missing or unreadable: not found"
+                    ) from None
+                except UnreadableImage as error:
+                    raise DatasetError(
+                        f"calibration image {path} is missing or unreadable: {error}"
+                    ) from None
                 yield image
             return
         wanted = sorted(int(e) for e in self.entries)

@@ -591,3 +591,17 @@ def test_an_unwritable_calibration_cache_is_a_typed_error_naming_it(tmp_path: Pa
     message = str(info.value)
     assert f"cannot write the calibration cache {path}" in message and "RTSEG_CALIBRATION_DIR" in message
     assert isinstance(info.value, ConfigError)
+
+
+def test_a_truncated_calibration_jpeg_is_refused(tmp_path: Path) -> None:
+    """It was calibrated on with its missing rows grey, skewing the INT8 ranges without a word."""
+    folder = tmp_path / "jpegs"
+    folder.mkdir()
+    rng = np.random.default_rng(3)
+    for i in range(2):
+        cv2.imwrite(str(folder / f"f{i}.jpg"), rng.integers(0, 256, (40, 48, 3), dtype=np.uint8))
+    calib = CalibrationList.from_images(folder, 2)
+    data = (folder / "f1.jpg").read_bytes()
+    (folder / "f1.jpg").write_bytes(data[: len(data) // 2])
+    with pytest.raises(DatasetError, match=r"f1\.jpg is missing or unreadable: the JPEG is truncated"):
+        list(calib.frames(SIZE))
