@@ -75,7 +75,15 @@ def run_reported(prog: str, command: Callable[[], int | None]) -> int:
     """Run ``command`` and return its exit status, reporting its failures as every rtseg command
     does (each sub-command here, and the ``python -m`` tools' mains): an RtsegError is one line,
     "PROG: error: MESSAGE", exit status 2; Ctrl-C is "PROG: interrupted", 130; anything else is
-    a bug and keeps its traceback."""
+    a bug and keeps its traceback. A console reader that goes away, or a stderr closed at start,
+    must not end the command (the ``python -m`` tools come here without ``main``)."""
+    from .console import reader_safe_console
+
+    with reader_safe_console():
+        return _reported(prog, command)
+
+
+def _reported(prog: str, command: Callable[[], int | None]) -> int:
     try:
         return int(command() or 0)
     except RtsegError as exc:

@@ -4,6 +4,9 @@
 line and the summary go to. Python then raises BrokenPipeError from the next print, which would
 end a run whose inference, outputs and --json report have nothing to do with the console. Here the
 output to a reader that has gone is dropped, once and for all, and the run carries on.
+
+A console that was never there (``2>&-``, a service started with its descriptors closed) is the
+same case from the start: Python sets sys.stderr to None, and the run must not end on it either.
 """
 
 from __future__ import annotations
@@ -55,18 +58,57 @@ class ReaderSafeStream:
         return getattr(self._stream, name)
 
 
+def stderr_is_tty() -> bool:
+    """Whether sys.stderr is an interactive terminal, the one place to ask before drawing a status
+    line or a progress bar: False when it is a file or a pipe (a log would keep every redraw) and
+    when there is none (None after ``2>&-``, or closed), where asking it would raise."""
+    stream = sys.stderr
+    if stream is None:
+        return False
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError, OSError):  # no isatty, or a closed file
+        return False
+
+
+def _reopen_closed_standard_fds() -> None:
+    """/dev/null on descriptors 0-2 that were closed at start (``2>&-``). Left closed, the next
+    file opened (an output video, the --json report) would get descriptor 2, and whatever a C++
+    library (FFmpeg, TensorRT, torch) writes to "stderr" would go into it."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            with contextlib.suppress(OSError):
+                null = os.open(os.devnull, os.O_RDONLY if fd == 0 else os.O_WRONLY)
+                if null != fd:  # the lowest free descriptor is this one, unless 0-2 were reopened meanwhile
+                    os.dup2(null, fd)
+                    os.close(null)
+
+
 @contextlib.contextmanager
 def reader_safe_console() -> Iterator[None]:
-    """sys.stdout and sys.stderr as ReaderSafeStreams for the duration (restored afterwards)."""
+    """sys.stdout and sys.stderr as ReaderSafeStreams for the duration (restored afterwards).
+    One that Python set to None (its descriptor was closed at start) writes to /dev/null instead:
+    ``print(..., file=sys.stderr)`` with None would print to stdout, and ``sys.stderr.isatty()``
+    or a progress bar's write would raise."""
     saved = sys.stdout, sys.stderr
-    if sys.stdout is not None:
-        sys.stdout = ReaderSafeStream(sys.stdout)  # type: ignore[assignment]
-    if sys.stderr is not None:
-        sys.stderr = ReaderSafeStream(sys.stderr)  # type: ignore[assignment]
+    _reopen_closed_standard_fds()
+    opened: list[TextIO] = []
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if isinstance(stream, ReaderSafeStream):  # entered again (run_reported inside main)
+            continue
+        if stream is None:
+            stream = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 (closed below)
+            opened.append(stream)
+        setattr(sys, name, ReaderSafeStream(stream))
     try:
         yield
     finally:
         sys.stdout, sys.stderr = saved
+        for stream in opened:
+            stream.close()
 
 
 class Terminated(BaseException):

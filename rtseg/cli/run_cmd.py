@@ -46,6 +46,7 @@ from .common import (
     scheduler_flags,
     whole_number,
 )
+from .console import stderr_is_tty
 from .scheduler_args import add_scheduler_args, scheduler_from_args
 
 DEMO_SOURCE = "synthetic://drive?size=1280x720&fps=30&seed=0&frames=90"
@@ -460,7 +461,7 @@ def _run(
         _close(sinks, source, seg, engine)  # the pipeline owns them once made; until then, closed here
         _failed_early(args, signals.phase, exc, reference, json_ok=json_ok)
         raise
-    tty = sys.stderr.isatty() and not args.quiet
+    tty = stderr_is_tty() and not args.quiet
     interrupted = False
     error: RtsegError | None = None
     crash: BaseException | None = None
