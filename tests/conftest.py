@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import subprocess
@@ -100,6 +101,22 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+class _Terminal(io.StringIO):
+    """A stderr that says it is an interactive terminal and keeps what is written to it."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.fixture(params=[False, True], ids=["stderr-a-file", "stderr-a-terminal"])
+def stderr_terminal(request: pytest.FixtureRequest) -> io.StringIO:
+    """A stream that is a file (not a terminal), then one that says it is a terminal, for the test
+    to make sys.stderr in its body (pytest's capture replaces sys.stderr from setup to the call)
+    and read back. Progress bars and status lines belong on a terminal only: a log keeps every
+    redraw."""
+    return _Terminal() if request.param else io.StringIO()
 
 
 @pytest.fixture

@@ -1,7 +1,11 @@
 from __future__ import annotations
 
+import io
+import sys
+
 import cv2
 import numpy as np
+import pytest
 import torch
 
 from rtseg.data.datasets import Sample
@@ -61,3 +65,13 @@ def test_input_is_resized_as_the_weights_preprocessing_says() -> None:
     assert np.array_equal(seen[0], cv2.resize(image, (32, 24), interpolation=cv2.INTER_AREA))
     assert np.array_equal(seen[1], cv2.resize(image, (32, 24), interpolation=cv2.INTER_LINEAR))
     assert not np.array_equal(seen[0], seen[1])
+
+
+def test_the_progress_bar_is_drawn_on_a_terminal_only(
+    stderr_terminal: io.StringIO, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a file (``2>eval.err``) the bar left a redraw per image or so in it."""
+    monkeypatch.setattr(sys, "stderr", stderr_terminal)
+    samples = [Sample(f"{i}", np.zeros((8, 12, 3), np.uint8), np.zeros((8, 12), np.uint8)) for i in range(3)]
+    evaluate(lambda x: torch.zeros(1, 11, 8, 12), samples, classes=CAMVID, input_size=(12, 8))
+    assert ("\r" in stderr_terminal.getvalue()) is stderr_terminal.isatty()

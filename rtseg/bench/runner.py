@@ -19,6 +19,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from ..cli.console import stderr_is_tty
 from ..errors import ConfigError
 from .measure import DEFAULT_SOURCE, BenchConfig, run_config
 from .stats import StopRule
@@ -138,7 +139,9 @@ def run_planned(
     """Measure each configuration in order (``runner`` replaces the measurement, for tests)."""
     measure = runner or (run_isolated if isolated else run_config)
     results = []
-    bar = tqdm(planned, desc="rtseg bench", unit="config", disable=not progress, file=sys.stderr)
+    # The bar only on a terminal (a log keeps every redraw); the line per configuration always
+    shown = progress and stderr_is_tty()
+    bar = tqdm(planned, desc="rtseg bench", unit="config", disable=not shown, file=sys.stderr)
     for item in bar:
         bar.set_postfix_str(item.config.label)
         try:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm import tqdm
 
+from ..cli.console import stderr_is_tty
 from ..data.datasets import Sample
 from ..data.labels import ClassSet
 from ..engine.base import Engine
@@ -156,7 +157,7 @@ def evaluate_sequence(
         total=len(samples),
         desc=description,
         unit="frame",
-        disable=not progress,
+        disable=not (progress and stderr_is_tty()),  # a log would keep every redraw
         leave=False,
     )
     for sample, result in bar:

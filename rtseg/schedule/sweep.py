@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..cli.console import stderr_is_tty
 from ..data.datasets import camvid
 from ..engine import load
 from ..engine.backends import BACKEND_OPTIONS
@@ -814,7 +815,8 @@ def _main(argv: list[str] | None) -> int:
     total = len(images) if isinstance(images, list) else args.frames
     study, points = run_study(
         engine,
-        tqdm(images, total=total, unit="frame", leave=False),  # a long clip takes a while
+        # a long clip takes a while; the bar only on a terminal, as a log would keep every redraw
+        tqdm(images, total=total, unit="frame", leave=False, disable=not stderr_is_tty()),
         labels,
         max_interval=args.max_interval,
         variants=variants,

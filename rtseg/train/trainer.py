@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from .. import hardware
 from .._version import __version__
+from ..cli.console import stderr_is_tty
 from ..data.datasets import Sample, SegmentationDataset, open_dataset
 from ..data.labels import corresponding_outputs
 from ..data.preprocess import Normalize, Preprocessing
@@ -869,7 +870,7 @@ class Trainer:
             total=total_steps,
             initial=done_steps,
             unit="batch",
-            disable=not self.progress,
+            disable=not (self.progress and stderr_is_tty()),  # a journal would keep every redraw
             desc=f"train {c.model}",
             dynamic_ncols=True,
         )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import sys
 from pathlib import Path
 
 import pytest
@@ -90,3 +92,18 @@ def test_results_say_whether_their_memory_was_measured_in_process(tmp_path: Path
 
     results = run_planned(planned, isolated=isolated, progress=False, runner=fake)
     assert [r["memory"]["in_process"] for r in results] == [not isolated] * 2
+
+
+def test_the_bar_is_drawn_on_a_terminal_only_and_each_result_always_said(
+    tmp_path: Path, stderr_terminal: io.StringIO, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys, "stderr", stderr_terminal)
+    planned = plan(SweepSpec(models=("espnet", "enet")), tmp_path)
+
+    def fake(cfg):
+        return {"label": cfg.label, "status": "skipped", "reason": "test", "notes": []}
+
+    results = run_planned(planned, runner=fake)
+    said = stderr_terminal.getvalue()
+    assert ("\r" in said) is stderr_terminal.isatty()  # a log kept every redraw of the bar
+    assert all(said.count(one_line(r) + "\n") == 1 for r in results)

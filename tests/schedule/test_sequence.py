@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
+import sys
 
 import cv2
 import numpy as np
@@ -41,6 +43,14 @@ def test_every_scores_like_the_full_model(engine, samples) -> None:
     assert len(keep) == 8 and keep[0].shape == (48, 64)
     again = evaluate_sequence(engine, samples, Every(), reference=keep)
     assert again.agreement.miou == 1.0 and again.agreement.pixel_accuracy == 1.0
+
+
+def test_the_progress_bar_is_drawn_on_a_terminal_only(
+    engine, samples, stderr_terminal: io.StringIO, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys, "stderr", stderr_terminal)
+    evaluate_sequence(engine, samples[:2], Every(), progress=True)
+    assert ("\r" in stderr_terminal.getvalue()) is stderr_terminal.isatty()
 
 
 def test_clockwork_report(engine, samples) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import io
 import json
 import logging
 import math
@@ -414,6 +415,21 @@ def test_a_signal_during_validation_stops_at_once_and_the_resume_validates(
     state = resumed.fit()
     assert state.epoch == 1 and "val_miou" in state.history[0] and (tmp_path / "best.pt").is_file()
     assert state.history[0]["loss"] is not None  # the epoch's batches ran before the stop, not after
+
+
+@pytest.mark.parametrize("stderr_terminal", [False], indirect=True, ids=["stderr-a-file"])  # a short test
+def test_the_progress_bar_is_drawn_on_a_terminal_only_and_each_epoch_said(
+    tiny_camvid: Path,
+    tmp_path: Path,
+    stderr_terminal: io.StringIO,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Under a service, the bar's redraws went into the journal: megabytes an hour."""
+    monkeypatch.setattr(sys, "stderr", stderr_terminal)
+    Trainer(_config(tiny_camvid, tmp_path / "a.pt", class_weight_c=0), progress=True).fit()
+    assert ("\r" in stderr_terminal.getvalue()) is stderr_terminal.isatty()
+    assert capsys.readouterr().out.count("epoch 1/1: loss ") == 1
 
 
 def test_decoded_images_are_cached_only_when_they_fit(
