@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import sys
 from collections.abc import Iterator
@@ -69,6 +70,48 @@ def stderr_is_tty() -> bool:
         return stream.isatty()
     except (AttributeError, ValueError, OSError):  # no isatty, or a closed file
         return False
+
+
+def stderr_columns() -> int:
+    """The width of stderr's terminal, cheap enough to read at every update (a resized window is
+    followed): $COLUMNS, as shutil.get_terminal_size honours it, else stderr's own terminal
+    (shutil asks stdout's, a file in ``rtseg run ... > log``), else shutil's answer (80 if none)."""
+    with contextlib.suppress(ValueError):
+        if (columns := int(os.environ.get("COLUMNS", ""))) > 0:
+            return columns
+    with contextlib.suppress(AttributeError, ValueError, OSError):
+        if (columns := os.get_terminal_size(sys.stderr.fileno()).columns) > 0:
+            return columns
+    return shutil.get_terminal_size().columns
+
+
+class StatusLine:
+    """One line on an interactive stderr, rewritten in place. Cut to the terminal's width less one:
+    a longer line wraps, and each rewrite then leaves the wrapped part behind as a stale line (a
+    10-minute run scrolled 1200 rows on 80 columns). A terminal without escapes (TERM=dumb: an
+    Emacs shell, some CI consoles) is cleared with spaces instead of ESC[K."""
+
+    def __init__(self) -> None:
+        self._plain = os.environ.get("TERM", "") in ("", "dumb")
+        self._shown = 0  # the length of the line now shown
+
+    def show(self, text: str) -> None:
+        width = max(stderr_columns() - 1, 1)
+        text = text[:width]
+        if self._plain:  # spaces over what is left of the last line, within the (maybe narrowed) width
+            line = f"\r{text}{' ' * (min(self._shown, width) - len(text))}"
+        else:
+            line = f"\r{text}\x1b[K"
+        self._shown = len(text)
+        sys.stderr.write(line)
+        sys.stderr.flush()
+
+    def end(self) -> None:
+        """Leave the line shown (the next output starts below it)."""
+        if self._shown:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+            self._shown = 0
 
 
 def _reopen_closed_standard_fds() -> None:

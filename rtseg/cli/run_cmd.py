@@ -46,7 +46,7 @@ from .common import (
     scheduler_flags,
     whole_number,
 )
-from .console import stderr_is_tty
+from .console import StatusLine, stderr_is_tty
 from .scheduler_args import add_scheduler_args, scheduler_from_args
 
 DEMO_SOURCE = "synthetic://drive?size=1280x720&fps=30&seed=0&frames=90"
@@ -461,7 +461,7 @@ def _run(
         _close(sinks, source, seg, engine)  # the pipeline owns them once made; until then, closed here
         _failed_early(args, signals.phase, exc, reference, json_ok=json_ok)
         raise
-    tty = stderr_is_tty() and not args.quiet
+    status = StatusLine() if stderr_is_tty() and not args.quiet else None
     interrupted = False
     error: RtsegError | None = None
     crash: BaseException | None = None
@@ -469,10 +469,9 @@ def _run(
     try:
         for _ in pipeline:
             now = time.perf_counter()
-            if tty and now - last >= 0.5:
+            if status is not None and now - last >= 0.5:
                 last = now
-                line = pipeline.stats.status_line(pipeline.recent_fps())
-                print(f"\r{line}\x1b[K", end="", file=sys.stderr, flush=True)
+                status.show(pipeline.stats.status_line(pipeline.recent_fps()))
     except KeyboardInterrupt:
         interrupted = True
     except RtsegError as exc:  # a source or sink failed mid-run: keep and report what was done
@@ -494,8 +493,8 @@ def _run(
             _write_json(args.json, report)
         raise crash
     terminated = signals.terminated.is_set()  # later ones (while reporting) change nothing
-    if tty:
-        print(file=sys.stderr)
+    if status is not None:
+        status.end()
     if interrupted or terminated:
         by = "Ctrl-C" if interrupted else "SIGTERM"
         print(

@@ -3,6 +3,7 @@ run it reports on carries on."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from rtseg.cli import main
-from rtseg.cli.console import ReaderSafeStream
+from rtseg.cli.console import ReaderSafeStream, StatusLine
 
 
 def test_writes_to_a_closed_pipe_are_dropped_from_then_on() -> None:
@@ -46,6 +47,20 @@ def test_a_run_whose_console_reader_went_away_finishes_with_its_outputs(tmp_path
     data = json.loads(report.read_text())
     assert data["complete"] and data["frames"] == 12
     assert data["sinks"][str(video)]["written"] == 12
+
+
+@pytest.mark.parametrize("stderr_terminal", [True], indirect=True, ids=["stderr-a-terminal"])
+def test_a_status_line_without_escapes_clears_a_longer_one_with_spaces_within_the_width(
+    stderr_terminal: io.StringIO, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TERM", "dumb")
+    monkeypatch.setenv("COLUMNS", "10")
+    monkeypatch.setattr(sys, "stderr", stderr_terminal)
+    status = StatusLine()
+    status.show("1 frames 0.0 FPS")
+    status.show("12 fr")
+    status.end()
+    assert stderr_terminal.getvalue() == "\r1 frames \r12 fr    \n"
 
 
 def _tiny_camvid(root: Path) -> Path:

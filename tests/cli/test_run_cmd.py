@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -172,6 +173,24 @@ def test_compare_every_reports_speedup_and_agreement(
     assert "compared with every" in capsys.readouterr().out
     cmp = json.loads(report.read_text())["compare_every"]
     assert cmp["frames_compared"] == 6 and 0 < cmp["agreement_miou"] <= 100 and cmp["speedup"] > 0
+
+
+@pytest.mark.parametrize("stderr_terminal", [True], indirect=True, ids=["stderr-a-terminal"])
+@pytest.mark.parametrize(("term", "columns"), [("xterm-256color", 80), ("dumb", 40)])
+def test_the_status_line_fits_the_terminal(
+    weights: Path, stderr_terminal: io.StringIO, monkeypatch: pytest.MonkeyPatch, term: str, columns: int
+) -> None:
+    """The line was 84-92 characters: on 80 columns each update wrapped and left a stale line
+    (1200 rows in a 10-minute run). TERM=dumb has no ESC[K: the line is cleared with spaces."""
+    monkeypatch.setenv("TERM", term)
+    monkeypatch.setenv("COLUMNS", str(columns))
+    monkeypatch.setattr(sys, "stderr", stderr_terminal)
+    assert main(["run", "synthetic://drive?size=96x64&frames=40", "null://", *_args(weights)]) == 0
+    said = stderr_terminal.getvalue()
+    updates = [part.split("\n")[0] for part in said.split("\r")[1:]]
+    assert updates and all(u.startswith(f"{u.split()[0]} frames") for u in updates), said
+    assert all(len(u.removesuffix("\x1b[K")) <= columns - 1 for u in updates), updates
+    assert ("\x1b" in said) is (term != "dumb")
 
 
 def test_ctrl_c_flushes_and_summarises(weights: Path, tmp_path: Path, monkeypatch, capsys) -> None:
