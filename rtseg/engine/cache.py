@@ -57,7 +57,21 @@ def default_engine_dir() -> Path:
     checkout = _PACKAGE_DIR.parent / "engines"
     if (checkout / "README.md").is_file():
         return checkout
-    return Path.home() / ".cache" / "rtseg" / "engines"
+    return user_cache_dir("engines", f"set {ENV_ENGINE_DIR} or pass --engine-dir")
+
+
+def user_cache_dir(name: str, instead: str) -> Path:
+    """~/.cache/rtseg/``name``. A user without a home directory (HOME unset and no passwd entry
+    for the uid: a container run as an arbitrary --user) gets a ConfigError that says what to do
+    ``instead``, not Path.home()'s RuntimeError traceback."""
+    try:
+        home = Path.home()
+    except RuntimeError as exc:
+        raise ConfigError(
+            f"no folder for ~/.cache/rtseg/{name}: {exc} (HOME is unset and this user has no passwd "
+            f"entry); {instead}"
+        ) from None
+    return home / ".cache" / "rtseg" / name
 
 
 def file_safe(text: str) -> str:

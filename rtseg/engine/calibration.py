@@ -31,7 +31,7 @@ from ..errors import ConfigError, DatasetError, add_note
 from ..image_file import UnreadableImage, read_bgr
 from ..paths import opencv_path
 from .base import Engine
-from .cache import CacheUnwritableError
+from .cache import CacheUnwritableError, user_cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ def default_calibration_dir() -> Path:
     checkout = _PACKAGE_DIR.parent / "calibration"
     if (checkout / "README.md").is_file():
         return checkout
-    return Path.home() / ".cache" / "rtseg" / "calibration"
+    return user_cache_dir("calibration", f"set {ENV_CALIBRATION_DIR} to a folder for calibration lists")
 
 
 def calibration_cache_unwritable(path: Path, exc: OSError) -> CacheUnwritableError:

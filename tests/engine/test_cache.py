@@ -90,6 +90,21 @@ def test_default_dir_env_then_checkout(monkeypatch: pytest.MonkeyPatch, tmp_path
     assert default_engine_dir() == Path.home() / ".cache" / "rtseg" / "engines"
 
 
+def test_no_home_directory_asks_for_the_engine_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A uid without a passwd entry and HOME unset (a container's --user): Path.home() raised a
+    RuntimeError traceback from wherever the cache was first needed."""
+
+    def no_home() -> Path:
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.delenv("RTSEG_ENGINE_DIR", raising=False)
+    monkeypatch.setattr(cache_mod, "_PACKAGE_DIR", tmp_path / "site-packages" / "rtseg")  # not a checkout
+    monkeypatch.setattr(Path, "home", no_home)
+    asked = r"~/.cache/rtseg/engines: Could not determine .*; set RTSEG_ENGINE_DIR or pass --engine-dir$"
+    with pytest.raises(ConfigError, match=asked):
+        ArtifactCache()
+
+
 def test_put_writes_sidecar_and_get_validates(tmp_path: Path) -> None:
     cache = ArtifactCache(tmp_path)
     key = _key()

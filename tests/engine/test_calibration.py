@@ -352,6 +352,19 @@ def test_default_dir_env_then_checkout(monkeypatch: pytest.MonkeyPatch, tmp_path
     assert default_calibration_dir() == tmp_path / "site-packages" / "calibration"
 
 
+def test_no_home_directory_asks_for_the_calibration_dir(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    def no_home() -> Path:
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.delenv("RTSEG_CALIBRATION_DIR", raising=False)
+    monkeypatch.setattr(calibration_mod, "_PACKAGE_DIR", tmp_path / "site-packages" / "rtseg")
+    monkeypatch.setattr(Path, "home", no_home)
+    with pytest.raises(ConfigError, match=r"~/.cache/rtseg/calibration: .*; set RTSEG_CALIBRATION_DIR to a"):
+        default_calibration_dir()
+
+
 # --- feeds and batches ------------------------------------------------------------------------
 
 
