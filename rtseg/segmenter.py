@@ -88,13 +88,18 @@ def load_engine(
     weights: str | os.PathLike[str] | None = None,
     backend: str = "auto",
     input_size: tuple[int, int] | None = None,
+    scheduler: Scheduler | None = None,
     **options: Any,
 ) -> Engine:
-    """An engine for a registry name, a built network, or (neither) rtseg's default model and weights."""
+    """An engine for a registry name, a built network, or (neither) rtseg's default model and weights;
+    a ``scheduler`` that cannot run at the input size (given, or the weights') is refused before
+    the build, which takes seconds (auto: timing every backend)."""
     from .engine import check_input_size, load
 
     size = check_input_size(input_size)
     net = _network(model, weights)
+    if scheduler is not None:
+        scheduler.check_input_size(*(size or net.meta.preprocessing.input_size))
     return load(net, backend=backend, input_size=size, **options)
 
 
@@ -157,7 +162,12 @@ class Segmenter:
         self._owns_engine = engine is None
         if engine is None:
             engine = load_engine(
-                model, weights=weights, backend=backend, input_size=input_size, **engine_options
+                model,
+                weights=weights,
+                backend=backend,
+                input_size=input_size,
+                scheduler=chosen,  # checked again below, against the engine: what it needs beside the size
+                **engine_options,
             )
         else:
             if not isinstance(engine, Engine):

@@ -268,6 +268,21 @@ def test_a_bad_scheduler_fails_before_any_engine_is_loaded(monkeypatch) -> None:
         Segmenter(scheduler=4)
 
 
+def test_a_flow_stride_too_large_for_the_input_fails_before_the_engine_is_built(monkeypatch) -> None:
+    """Refused by Scheduler.check after the build (seconds; `auto` also timed every backend)."""
+    import rtseg.engine
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("the engine was built before the scheduler's flow stride was checked")
+
+    monkeypatch.setattr(rtseg.engine, "load", no_build)
+    with pytest.raises(ConfigError, match=r"^flow_stride 8 leaves a 8x6 flow image at input 64x48"):
+        Segmenter(input_size=(64, 48), scheduler=make_scheduler("clockwork", flow_stride=8))
+    # without input_size: the size stored with the (shipped) weights
+    with pytest.raises(ConfigError, match=r"^flow_stride 100 leaves a 4x3 flow image at input 480x360"):
+        Segmenter(scheduler=make_scheduler("adaptive", flow_stride=100))
+
+
 def test_scheduler_options_are_pointed_to_make_scheduler(engine, monkeypatch) -> None:
     """threshold= and the like reached the backend, which called them unknown backend options."""
     import rtseg.segmenter as segmenter_module

@@ -25,13 +25,14 @@ from .common import (
     scheduler_flags,
     write_output,
 )
-from .scheduler_args import add_scheduler_args, given_options, scheduler_from_args
+from .scheduler_args import add_scheduler_args, check_scheduler_size, given_options, scheduler_from_args
 
 if TYPE_CHECKING:  # the CLI loads the engine package only when a command needs it
     import numpy as np
 
     from ..engine.base import Engine
     from ..models.base import StagedSegmenter
+    from ..schedule import Scheduler
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +149,8 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.labels != "auto" and args.dataset != "cityscapes":
         raise ConfigError(f"--labels chooses Cityscapes ground-truth files; {args.dataset} has one kind")
+    # before the model, the dataset and the engine load: a bad combination of options fails now
+    scheduler = scheduler_from_args(args) if args.sequence else None
     model = load_model(args.model, args.weights)
     if args.dataset == "cityscapes":
         dataset = cityscapes(args.root, args.split, labels=args.labels)
@@ -157,8 +160,9 @@ def run(args: argparse.Namespace) -> int:
     fit_classes(model, dataset, args.dataset, args.weights)
     meta = model.meta
     size = args.size or meta.preprocessing.input_size
-    if args.sequence:
-        return _run_sequence(args, model, dataset, size)
+    if scheduler is not None:
+        check_scheduler_size(scheduler, size)  # a --flow-stride too large for it, before the engine build
+        return _run_sequence(args, model, dataset, size, scheduler)
     engine = load_engine_from_args(args, model, size)
     report = evaluate(
         engine_logits_fn(engine),
@@ -203,7 +207,9 @@ def _note_label_resize(output: tuple[int, int], label_shape: tuple[int, ...]) ->
         )
 
 
-def _run_sequence(args: argparse.Namespace, model, dataset, size: tuple[int, int]) -> int:
+def _run_sequence(
+    args: argparse.Namespace, model, dataset, size: tuple[int, int], scheduler: Scheduler
+) -> int:
     """`--sequence`: the scheduler over the split in file order (keyframe scheduling study)."""
     from ..schedule import make_scheduler
     from ..schedule.sequence import evaluate_sequence
@@ -211,7 +217,6 @@ def _run_sequence(args: argparse.Namespace, model, dataset, size: tuple[int, int
     engine = load_engine_from_args(args, model, size)
     engine.warmup(2)
     _note_label_resize(engine.output_size, dataset[0].label.shape)
-    scheduler = scheduler_from_args(args)
     with scheduler_flags():  # as evaluate_sequence would, but naming --flow-stride, not flow_stride
         scheduler.check(engine)
     reference = None

@@ -18,7 +18,7 @@ from ..atomic import atomic_write_text
 from ..engine.base import Engine, EngineInfo
 from ..errors import ConfigError, RtsegError
 from ..metrics import ConfusionMatrix
-from ..models import check_model_args
+from ..models import check_model_args, load_model
 from ..overlay.annotate import MODES, OverlayStyle
 from ..paths import check_output
 from ..pipeline import Pipeline, PipelineStats, input_clash, open_sinks
@@ -47,7 +47,7 @@ from .common import (
     whole_number,
 )
 from .console import StatusLine, stderr_is_tty
-from .scheduler_args import add_scheduler_args, scheduler_from_args
+from .scheduler_args import add_scheduler_args, check_scheduler_size, scheduler_from_args
 
 DEMO_SOURCE = "synthetic://drive?size=1280x720&fps=30&seed=0&frames=90"
 DEMO_OUTPUT = "out/demo.mp4"
@@ -345,11 +345,19 @@ def run(args: argparse.Namespace) -> int:
         _check_source_options(args)
         engine_place(args)  # refuses --calibration without --precision int8 now, not after opening
         scheduler = scheduler_from_args(args)
+        check_scheduler_size(scheduler, lambda: args.size or _weights_input_size(args))
     except Exception as exc:
         _failed_early(args, "options", exc, None, json_ok=None)
         raise
     with _Signals() as signals, CtrlC("run") as ctrl_c:
         return _run(args, style, scheduler, signals, ctrl_c)
+
+
+def _weights_input_size(args: argparse.Namespace) -> tuple[int, int]:
+    """The engine's input size without --size: the one stored with the weights (or the shipped
+    model's), as rtseg.engine.load takes it."""
+    w, h = load_model(args.model, args.weights).meta.preprocessing.input_size
+    return w, h
 
 
 def _check_json(path: Path | None, source: Source, sinks: list[Sink], args: argparse.Namespace) -> None:

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..errors import ConfigError
@@ -148,3 +148,15 @@ def scheduler_from_args(args: argparse.Namespace, *, choices: Sequence[str] = SC
             flow_stride=args.flow_stride,
             change=args.change,
         )
+
+
+def check_scheduler_size(scheduler: Scheduler, size: tuple[int, int] | Callable[[], tuple[int, int]]) -> None:
+    """Refuse, naming the flags, a scheduler that cannot run at the engine's input size before the
+    engine loads (after it, a --flow-stride too large was refused only once the build, and auto's
+    timing runs, had taken seconds). ``size`` is (w, h), or a function that finds it (reads the
+    weights), called only when the scheduler refuses some size."""
+    if not scheduler.limits_input_size:
+        return
+    w, h = size() if callable(size) else size
+    with scheduler_flags():
+        scheduler.check_input_size(w, h)

@@ -28,7 +28,7 @@ from .common import (
     scheduler_flags,
 )
 from .console import Terminated, stop_while_starting
-from .scheduler_args import add_scheduler_args, scheduler_from_args
+from .scheduler_args import add_scheduler_args, check_scheduler_size, scheduler_from_args
 
 # No async: its deep stage runs on a thread of each stream's own, outside --workers, so up to
 # --max-streams more threads would run the engine at once.
@@ -147,7 +147,8 @@ def run(args: argparse.Namespace) -> int:
     def scheduler() -> Scheduler:  # the Server calls it once per stream: each needs its own
         return scheduler_from_args(args, choices=SERVER_SCHEDULERS)
 
-    scheduler().close()  # a bad combination of options fails here, before the model loads
+    options = scheduler()  # a bad combination of options fails here, before the model loads
+    options.close()  # never stepped: its checks need no worker
     place = engine_place(args)
     endpoint_of(args.bind, bind=True, who="rtseg serve", name="--bind")  # zmq:// optional, as for view
     if args.curve_keys is not None:
@@ -155,6 +156,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         with stop_while_starting():  # a service manager's stop during a (long) engine build
             model = load_model(args.model, args.weights)
+            # the size (given or the weights') is known now: a --flow-stride too large for it is
+            # refused before the engine build, not after
+            check_scheduler_size(options, lambda: args.size or model.meta.preprocessing.input_size)
             engine = load(
                 model,
                 backend=args.backend,

@@ -77,8 +77,18 @@ class Scheduler(ABC):
 
     def check(self, engine: Engine) -> None:
         """Raise ConfigError if this scheduler cannot run on ``engine``: at set-up, not at frame one."""
+        self.check_input_size(*engine.input_size)
+
+    @property
+    def limits_input_size(self) -> bool:
+        """Whether ``check_input_size`` refuses some input size (see ``FlowWarp.limits_input``)."""
+        return self.warp is not None and self.warp.limits_input
+
+    def check_input_size(self, w: int, h: int) -> None:
+        """The part of ``check`` that needs only the engine's input size (w, h): a caller that knows
+        it before the engine loads refuses there, not after the build (and auto's timing runs)."""
         if self.warp is not None:
-            self.warp.check_input(*engine.input_size)
+            self.warp.check_input(w, h)
 
     def _keyframe_taken(self) -> None:  # noqa: B027 (optional hook)
         """Called after a keyframe's deep stage ran (update references)."""

@@ -63,6 +63,12 @@ class FlowWarp:
         options += [f"DIS {self.preset}"] if self.preset != "ultrafast" else []
         return "flow warp" + (f" ({', '.join(options)})" if options else "")
 
+    @property
+    def limits_input(self) -> bool:
+        """Whether ``check_input`` refuses some input size: a caller that must work to learn the
+        size before the engine loads (read the weights) need not, otherwise."""
+        return self.stride > DEFAULT_STRIDE
+
     def check_input(self, w: int, h: int) -> None:
         """Refuse a stride above the default that leaves a w x h input's flow image below the side
         DIS needs.
@@ -74,7 +80,7 @@ class FlowWarp:
         stride 4) the stretched flow image is the finest there is, and the default must work.
         """
         need = max(12, self._dis.getPatchSize())
-        if self.stride <= DEFAULT_STRIDE or min(w // self.stride, h // self.stride) >= need:
+        if not self.limits_input or min(w // self.stride, h // self.stride) >= need:
             return
         largest = max(DEFAULT_STRIDE, min(w, h) // need)
         raise ConfigError(

@@ -384,11 +384,18 @@ def test_compare_every_with_the_every_scheduler_is_refused(
 
 
 def test_sequence_refuses_a_flow_stride_too_large_for_the_input(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """--flow-stride 1000 ran a stretched 12x12 flow image, as any stride past 30 at 480x360."""
+    """--flow-stride 1000 ran a stretched 12x12 flow image, as any stride past 30 at 480x360; it was
+    refused after the engine had loaded."""
+    from rtseg.cli import eval_cmd
+
     root = _tiny_camvid(tmp_path / "camvid", 2)
+    real = eval_cmd.load_engine_from_args
+    loaded = []
+    monkeypatch.setattr(eval_cmd, "load_engine_from_args", lambda *a: loaded.append(a) or real(*a))
     assert _eval_tiny(root, "--sequence", "--scheduler", "clockwork", "--flow-stride", "5") == 2
+    assert loaded == []
     assert capsys.readouterr().err.strip() == (
         "rtseg eval: error: --flow-stride 5 leaves a 12x9 flow image at input 64x48, and DIS needs both "
         "sides >= 12 px: the largest --flow-stride here is 4, or turn the warp off (--no-warp)"

@@ -501,6 +501,28 @@ def test_errors_are_one_clean_line(weights: Path, argv: list[str], message: str,
     assert rc == 2 and "rtseg run: error:" in err and message in err
 
 
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (["--size", "64x48", "--flow-stride", "8"], "--flow-stride 8 leaves a 8x6 flow image at input 64x48"),
+        # no --size: the shipped weights' size
+        (["--flow-stride", "100"], "--flow-stride 100 leaves a 4x3 flow image at input 480x360"),
+    ],
+)
+def test_a_flow_stride_too_large_for_the_input_is_refused_before_the_engine_loads(
+    options: list[str], message: str, monkeypatch, capsys
+) -> None:
+    """Refused only after 'loading the engine' (43 s at 480x360 with auto on a cold cache)."""
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the engine was loaded before --flow-stride was checked")
+
+    monkeypatch.setattr(run_cmd, "load_engine", no_load)
+    rc = main(["run", SOURCE, "null://", *options])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"rtseg run: error: {message}" in err and "loading" not in err
+
+
 def test_a_missing_source_is_reported_before_the_engine_loads(tmp_path: Path, monkeypatch, capsys) -> None:
     def no_load(*args, **kwargs):
         raise AssertionError("the engine was loaded before the source was checked")

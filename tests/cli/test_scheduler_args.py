@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+import pytest
+
 from rtseg.cli import build_parser
 from rtseg.schedule import DEFAULT_INTERVAL, Clockwork, make_scheduler
 
@@ -33,3 +35,18 @@ def test_the_interval_help_states_the_default_the_scheduler_uses() -> None:
     """The default interval 4 was written in make_scheduler, Clockwork and the help separately."""
     assert f"(default {DEFAULT_INTERVAL})" in (_scheduling_help("run")["--interval"] or "")
     assert make_scheduler("clockwork").interval == Clockwork().interval == DEFAULT_INTERVAL
+
+
+def test_the_input_size_is_looked_up_only_when_the_scheduler_refuses_some() -> None:
+    """`rtseg run` builds the network from the weights to learn their size: not for a stride that
+    runs at any size (the default, or no warp)."""
+    from rtseg.cli.scheduler_args import check_scheduler_size
+    from rtseg.errors import ConfigError
+
+    def size() -> tuple[int, int]:
+        raise AssertionError("the input size was looked up for a scheduler that runs at any size")
+
+    for scheduler in (make_scheduler("adaptive"), make_scheduler("clockwork", warp=False)):
+        check_scheduler_size(scheduler, size)
+    with pytest.raises(ConfigError, match=r"^--flow-stride 8 leaves a 8x6 flow image at input 64x48"):
+        check_scheduler_size(make_scheduler("clockwork", flow_stride=8), lambda: (64, 48))

@@ -246,14 +246,23 @@ def test_scheduling_options_reach_each_streams_scheduler(
 
 
 def test_a_scheduler_the_engine_cannot_run_is_refused_naming_the_flags(
-    random_weights: Path, capsys: pytest.CaptureFixture[str]
+    random_weights: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Checked against the engine as `rtseg run` does: not in make_scheduler's keywords (flow_stride)."""
-    argv = ["serve", "--weights", str(random_weights), "--size", "64x48", "--backend", "torch"]
-    assert main([*argv, "--bind", f"tcp://127.0.0.1:{_free_port()}", "--flow-stride", "8"]) == 2
+    """Checked as `rtseg run` does: not in make_scheduler's keywords (flow_stride), and (the size is
+    known from --size or the weights) before the engine loads, not after."""
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the engine was loaded before --flow-stride was checked")
+
+    monkeypatch.setattr(serve_cmd, "load", no_load)
+    argv = ["serve", "--weights", str(random_weights), "--backend", "torch"]
+    bind = ["--bind", f"tcp://127.0.0.1:{_free_port()}"]
+    assert main([*argv, "--size", "64x48", *bind, "--flow-stride", "8"]) == 2
     err = capsys.readouterr().err
     assert "error: --flow-stride 8 leaves a 8x6 flow image at input 64x48" in err
     assert "or turn the warp off (--no-warp)" in err
+    assert main([*argv, *bind, "--flow-stride", "100"]) == 2  # the size stored with the weights
+    assert "error: --flow-stride 100 leaves a 10x5 flow image at input 1024x512" in capsys.readouterr().err
 
 
 @pytest.mark.usefixtures("sigint_delivered")
