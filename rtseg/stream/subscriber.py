@@ -22,6 +22,7 @@ import numbers
 import os
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -54,6 +55,7 @@ _POLL_SLICE_S = 0.05  # how soon a blocked recv notices close() from another thr
 # How long close() waits for the drain thread or a recv to let go of the socket. Past it close()
 # returns, and whichever of them is last to let go closes the socket (never under another thread).
 _CLOSE_WAIT_S = 5.0
+_DRAIN_BATCH = 256  # latest mode: messages taken per poll wake-up at most (see _drain_ready)
 _FRAME_LAYOUT = f"[topic, header] and at most {MAX_PARTS} parts"
 # A SUB socket never sends, so a TCP connection that died without being closed (the publisher's
 # host lost power or rebooted, the network partitioned) would look alive forever and never be
@@ -282,8 +284,18 @@ class Subscriber:
         self._failure: BaseException | None = None  # what ended the drain thread
         self._thread: threading.Thread | None = None
         if latest:
-            self._thread = threading.Thread(target=self._drain, name=f"subscriber:{endpoint}", daemon=True)
+            # The thread holds the subscriber only by a weak reference (a bound method kept it, its
+            # socket and its context alive for ever once dropped without close()): when it is
+            # collected, the thread ends within a poll and closes the socket itself.
+            self._thread = threading.Thread(
+                target=_drain,
+                args=(weakref.ref(self), self._socket, self._ctx, endpoint),
+                name=f"subscriber:{endpoint}",
+                daemon=True,
+            )
             self._thread.start()
+        # One still open at interpreter exit is closed then (the thread let go of the socket first).
+        self._finalizer = weakref.finalize(self, _close_at_exit, weakref.ref(self))
 
     # -- shared bookkeeping (called with self._lock held)
 
@@ -395,58 +407,48 @@ class Subscriber:
             raw_bytes=sum(len(f) for f in pending.frames),
         )
 
-    # -- latest mode: the background thread
+    # -- latest mode: the background thread (see _drain)
 
-    def _drain(self) -> None:
-        """The latest-mode thread. Whatever ends it is recorded for recv to raise: a thread that
-        died silently left recv waiting for messages that would never come."""
-        try:
-            self._drain_loop()
-        except Exception as exc:
-            log.exception("subscriber %s: the receiving thread failed", self.endpoint)
-            with self._lock:
-                self._failure = exc
-                self._last_error = f"{type(exc).__name__}: {exc}"
-        finally:
-            with self._lock:
-                self._draining = False
-                self._lock.notify_all()
-                release = self._orphaned and self._receiving == 0
-            if release:
-                self._release_socket()
-
-    def _drain_loop(self) -> None:
-        poller = zmq.Poller()
-        poller.register(self._socket, zmq.POLLIN)
-        while not self._closed:
+    def _drain_ready(self) -> None:
+        """What the socket holds now (the poll said it had some), newest per stream kept: at most
+        _DRAIN_BATCH messages, so that under a flood the thread still lets go of the subscriber
+        between polls and one dropped without close() is collected."""
+        for _ in range(_DRAIN_BATCH):
+            if self._closed:
+                break
             try:
-                if not poller.poll(50):
+                frames, count = self._receive()
+            except zmq.Again:
+                break
+            with self._lock:
+                pending = self._accept_locked(frames, count)
+                if pending is None:
                     continue
-                while not self._closed:
-                    try:
-                        frames, count = self._receive()
-                    except zmq.Again:
-                        break
-                    with self._lock:
-                        pending = self._accept_locked(frames, count)
-                        if pending is None:
-                            continue
-                        stream = pending.header.stream
-                        replaced = self._pending.get(stream)
-                        if replaced is not None:
-                            self._skipped += 1
-                            pending.skipped = replaced.skipped + 1
-                        else:
-                            state = self._streams[stream]
-                            pending.skipped, state.skipped_owed = state.skipped_owed, 0
-                        # an existing key keeps its place: the stream still waits since its first
-                        self._pending[stream] = pending
-                        self._lock.notify_all()
-            except zmq.ZMQError as exc:
-                if self._closed:
-                    return
-                log.error("subscriber %s: receive failed: %s", self.endpoint, exc)
-                time.sleep(0.05)
+                stream = pending.header.stream
+                replaced = self._pending.get(stream)
+                if replaced is not None:
+                    self._skipped += 1
+                    pending.skipped = replaced.skipped + 1
+                else:
+                    state = self._streams[stream]
+                    pending.skipped, state.skipped_owed = state.skipped_owed, 0
+                # an existing key keeps its place: the stream still waits since its first
+                self._pending[stream] = pending
+                self._lock.notify_all()
+
+    def _drain_failed(self, exc: Exception) -> None:
+        log.error("subscriber %s: the receiving thread failed", self.endpoint, exc_info=exc)
+        with self._lock:
+            self._failure = exc
+            self._last_error = f"{type(exc).__name__}: {exc}"
+
+    def _drain_ended(self) -> None:
+        with self._lock:
+            self._draining = False
+            self._lock.notify_all()
+            release = self._orphaned and self._receiving == 0
+        if release:
+            self._release_socket()
 
     # -- public API
 
@@ -564,6 +566,7 @@ class Subscriber:
             if self._closed:
                 return
             self._closed = True
+            self._finalizer.detach()  # nothing left for it to do at exit
             self._lock.notify_all()
             idle = self._lock.wait_for(
                 lambda: self._receiving == 0 and not self._draining, timeout=_CLOSE_WAIT_S
@@ -589,3 +592,54 @@ class Subscriber:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _drain(
+    sub_ref: weakref.ReferenceType[Subscriber], socket: zmq.Socket, ctx: zmq.Context, endpoint: str
+) -> None:
+    """The latest-mode thread. It holds the subscriber only while it takes messages (resolved once
+    per poll wake-up, not per message), so one dropped without close() is collected; the thread
+    then ends and, the socket's only user left, closes it and its context. Whatever ends the thread
+    otherwise is recorded for recv to raise: a thread that died silently left recv waiting for
+    messages that would never come."""
+    sub: Subscriber | None = None
+    try:
+        poller = zmq.Poller()
+        poller.register(socket, zmq.POLLIN)
+        while True:
+            try:
+                ready = poller.poll(int(_POLL_SLICE_S * 1000))
+                sub = sub_ref()
+                if sub is None or sub._closed:
+                    break
+                if ready:
+                    sub._drain_ready()
+            except zmq.ZMQError as exc:
+                sub = sub_ref()
+                if sub is None or sub._closed:
+                    break
+                log.error("subscriber %s: receive failed: %s", endpoint, exc)
+                time.sleep(_POLL_SLICE_S)
+            sub = None
+    except Exception as exc:
+        sub = sub_ref() if sub is None else sub
+        if sub is not None:
+            sub._drain_failed(exc)
+        else:
+            log.error("subscriber %s: the receiving thread failed", endpoint, exc_info=exc)
+    finally:
+        sub = sub_ref() if sub is None else sub
+        if sub is not None:
+            sub._drain_ended()  # close() (or this, if close() stopped waiting) closes the socket
+        else:  # dropped without close(): nothing else can reach the socket any more
+            socket.close(linger=0)
+            ctx.term()
+
+
+def _close_at_exit(sub_ref: weakref.ReferenceType[Subscriber]) -> None:
+    """The finalizer: at interpreter exit it closes a subscriber still open. Run because one was
+    collected, it has nothing to do (its reference is dead): the drain thread, if any, closes the
+    socket, and without one pyzmq closes it with the collected socket."""
+    sub = sub_ref()
+    if sub is not None:
+        sub.close()

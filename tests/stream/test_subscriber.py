@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 
 import cv2
@@ -339,6 +341,43 @@ def test_latest_mode_keeps_the_newest_of_each_stream(tcp_endpoint: str) -> None:
     ]
     assert stats.skipped - before.skipped == 19
     assert stats.delivered - before.delivered == 4 and stats.received - before.received == 23
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts descriptors in /proc/self/fd")
+@pytest.mark.parametrize("latest", [False, True])
+def test_a_subscriber_dropped_without_close_is_freed(latest: bool, tcp_endpoint: str) -> None:
+    """The latest-mode thread ran a bound method, which kept a subscriber dropped without close()
+    alive for ever: its thread, socket and context (6 descriptors) stayed, still connected and
+    waking every 50 ms, until 'Too many open files'. Its thread now ends and closes them."""
+    raw = RawPublisher(tcp_endpoint)
+    try:
+        gc.collect()
+        threads, fds = threading.active_count(), _open_fds()
+        refs = []
+        for _ in range(4):
+            sub = Subscriber(tcp_endpoint, latest=latest)
+            deadline = time.monotonic() + 5
+            while True:  # a message taken: the thread (latest mode) has been through its drain
+                raw.sock.send_multipart(frame_message(0))
+                with contextlib.suppress(StreamTimeout):
+                    sub.recv(timeout=0.1)
+                    break
+                assert time.monotonic() < deadline, "subscriber never connected"
+            refs.append(weakref.ref(sub))
+            del sub
+        gc.collect()
+        deadline = time.monotonic() + 3  # a poll period, and the publisher seeing the disconnects
+        while (threading.active_count(), _open_fds()) != (threads, fds) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert [ref() for ref in refs] == [None] * 4
+        assert not [t.name for t in threading.enumerate() if t.name == f"subscriber:{tcp_endpoint}"]
+        assert (threading.active_count(), _open_fds()) == (threads, fds)
+    finally:
+        raw.close()
 
 
 @pytest.mark.parametrize("latest", [False, True])
