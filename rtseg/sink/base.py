@@ -5,15 +5,22 @@ Every sink runs its ``emit`` on its own thread behind a bounded queue. With ``po
 costs frames, never latency. With ``policy="block"`` (files) the pipeline waits: every frame of
 a recording is written. A sink made without a policy takes the one its ``Pipeline`` chooses for
 the source; used alone, it takes its class's ``standalone_policy``.
+
+A sink dropped without ``close()``, or still open at interpreter exit, is closed as ``close()``
+closes it: what it was handed is written and the output released (a video unreadable until its
+index is written on close is finalised).
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import logging
 import numbers
 import queue
 import threading
 import time
+import weakref
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar, Literal
@@ -26,6 +33,19 @@ log = logging.getLogger(__name__)
 Policy = Literal["drop", "block"]
 _STOP = object()
 _WRITE_POLL_S = 0.05  # a blocked write re-checks for close() this often
+# An idle sink thread looks this often for a drop it could not be woken for (its sink's finalizer
+# ran on that thread itself, perhaps inside a queue operation, where queueing could deadlock).
+_IDLE_POLL_S = 0.5
+# A dropped sink's finalizer waits this long for its close (a socket unbound, a video's index
+# written); a close that takes longer goes on on the sink's thread. Short: a garbage collection
+# can run it on any thread, perhaps one holding a lock the sink's thread needs for a moment.
+_DROP_WAIT_S = 2.0
+# At interpreter exit, the sinks still open and those still closing get this long, all together.
+_EXIT_WAIT_S = 30.0
+_exit_deadline: float | None = None
+# The threads of sinks closed or dropped that were still writing or releasing when their close
+# stopped waiting; joined at exit, before daemon threads are killed (a video without its index).
+_finishing: set[threading.Thread] = set()
 
 
 @dataclass(frozen=True)
@@ -91,8 +111,17 @@ class Sink(ABC):
         # takes packets off the queue any more, so a write counts its frame as an error instead.
         self._dead = False
         self._stop_requested = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name=f"sink:{uri}", daemon=True)
+        # The thread holds its sink only while it emits a packet or releases the output, so a sink
+        # dropped without close() is collected, and its __del__ closes it; a bound method as the
+        # thread's target kept it alive, its thread and output open, for ever.
+        self._channel = _Channel(self._queue)
+        self._thread = threading.Thread(
+            target=_serve, args=(weakref.ref(self), self._channel), name=f"sink:{uri}", daemon=True
+        )
         self._thread.start()
+        # Still open at exit (a script that ends without close()): closed from atexit, while the
+        # thread still runs. Made after the thread, which a failing __init__ never started.
+        weakref.finalize(self, _close_left_open, weakref.ref(self))
 
     @abstractmethod
     def emit(self, packet: Packet) -> None:
@@ -197,41 +226,41 @@ class Sink(ABC):
                 except queue.Empty:
                     pass
 
-    def _loop(self) -> None:
-        while True:
-            packet = self._queue.get()
-            if packet is _STOP:
-                break
-            start = time.perf_counter()
-            try:
-                self.emit(packet)
-                with self._lock:
-                    self._written += 1
-                    self._emit_ms += (time.perf_counter() - start) * 1000
-            except Exception as exc:  # a failing output must not take the pipeline down
-                with self._lock:
-                    self._errors += 1
-                    first = self._last_error is None
-                    self._last_error = f"{type(exc).__name__}: {exc}"
-                if first:
-                    log.error("sink %s: %s", self.uri, self._last_error)
-            except BaseException as exc:
-                # sys.exit() (or another BaseException) in a user's emit ends this thread. Uncaught,
-                # it ended it without a word: a pipeline behind a file then waited forever for room
-                # in the queue, and behind a camera the sink went silent with no error counted.
-                with self._lock:
-                    self._errors += 1
-                    self._last_error = f"{type(exc).__name__}: {exc}"
-                    self._dead = True
-                log.error(
-                    "sink %s: %s ended its thread; the frames it is given from now on are counted as "
-                    "errors, not written",
-                    self.uri,
-                    self._last_error,
-                )
-                break
-            if self._closed and self._queue.empty():
-                break  # closed from this thread (see close): what was queued is written
+    def _emit_counted(self, packet: Packet) -> bool:
+        """Emit one packet on the sink's thread, counting it written or an error; False when the
+        thread must end (a BaseException that is no Exception)."""
+        start = time.perf_counter()
+        try:
+            self.emit(packet)
+            with self._lock:
+                self._written += 1
+                self._emit_ms += (time.perf_counter() - start) * 1000
+        except Exception as exc:  # a failing output must not take the pipeline down
+            with self._lock:
+                self._errors += 1
+                first = self._last_error is None
+                self._last_error = f"{type(exc).__name__}: {exc}"
+            if first:
+                log.error("sink %s: %s", self.uri, self._last_error)
+        except BaseException as exc:
+            # sys.exit() (or another BaseException) in a user's emit ends this thread. Uncaught,
+            # it ended it without a word: a pipeline behind a file then waited forever for room
+            # in the queue, and behind a camera the sink went silent with no error counted.
+            with self._lock:
+                self._errors += 1
+                self._last_error = f"{type(exc).__name__}: {exc}"
+                self._dead = True
+            log.error(
+                "sink %s: %s ended its thread; the frames it is given from now on are counted as "
+                "errors, not written",
+                self.uri,
+                self._last_error,
+            )
+            return False
+        return True
+
+    def _release_output(self) -> None:
+        """``release()`` on the sink's thread, after the last emit; a failure is the close's error."""
         try:
             self.release()
         except BaseException as exc:  # sys.exit() in release too: the output's close failed
@@ -301,8 +330,37 @@ class Sink(ABC):
         self._thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
         if self._thread.is_alive():
             log.warning("sink %s: still writing after %.3g s; leaving it to finish", self.uri, timeout)
-        if self._dead:  # its thread ended: what is left in the queue was never written
+            _finishing.add(self._thread)  # waited for at exit
+        elif self._dead:  # its thread ended: what is left in the queue was never written
             self._count_lost(self._drain())
+
+    def __del__(self) -> None:
+        """Dropped without close(): closed as close() closes it, what was queued written and the
+        output released, by the sink's thread, which gets the sink back through ``dropped``. The
+        thread that dropped it (any thread a garbage collection ran on) waits at most
+        ``_DROP_WAIT_S``; the close goes on after that."""
+        try:
+            channel, thread = self._channel, self._thread
+        except AttributeError:  # __init__ failed before the thread started: nothing to close
+            return
+        if self._dead or not thread.is_alive():
+            return  # closed, or its thread ended in emit: nothing is left to do
+        # Kept alive until its thread is done with it, also when a close() that stopped waiting
+        # (its timeout) left the thread to finish.
+        channel.dropped = self
+        _finishing.add(thread)
+        if self._closed:
+            return
+        self._closed = True
+        if threading.current_thread() is thread:
+            # Dropped on its own thread (the last reference was the one the loop held, or a
+            # collection ran there, perhaps inside a queue operation, where queueing could wait
+            # for itself): the loop finds it once what is queued is written.
+            return
+        # No room (frames queued behind "block"): the loop ends once they are written (closed, empty).
+        with contextlib.suppress(queue.Full):
+            self._queue.put_nowait(_STOP)
+        thread.join(_DROP_WAIT_S)
 
     def _drain(self) -> int:
         """Empty the queue; the number of packets it held."""
@@ -333,3 +391,84 @@ class Sink(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class _Channel:
+    """What a sink shares with its thread: the queue, and the sink its finalizer hands back to be
+    closed (``dropped``: the thread's weak reference to it may already be cleared)."""
+
+    __slots__ = ("dropped", "queue")
+
+    def __init__(self, q: queue.Queue) -> None:
+        self.queue = q
+        self.dropped: Sink | None = None
+
+
+def _serve(sink_ref: weakref.ReferenceType[Sink], channel: _Channel) -> None:
+    """A sink's thread: emit each queued packet, then release the output. It holds the sink only
+    while it emits or releases, so a sink dropped without close() is collected; its __del__ hands
+    it back (``channel.dropped``) to have what is queued written and the output released here."""
+    q = channel.queue
+    sink: Sink | None = None
+    try:
+        while True:
+            try:
+                item = q.get(timeout=_IDLE_POLL_S)
+            except queue.Empty:
+                if channel.dropped is None and sink_ref() is not None:
+                    continue  # open, and nothing to write
+                item = _STOP  # dropped while idle: release the output
+            sink = _sink_of(sink_ref, channel)
+            if sink is None:
+                return  # collected without its __del__ (a subclass's that does not call it)
+            if item is _STOP or not sink._emit_counted(item):
+                break
+            if sink._closed and q.empty():
+                break  # closed from this thread (see close), or dropped: what was queued is written
+            # The sink's last reference may be this one: its __del__ then runs here, on this thread.
+            sink = item = None
+            if channel.dropped is not None and q.empty():
+                sink = channel.dropped
+                break
+        sink._release_output()
+    finally:
+        channel.dropped = sink = None
+        _finishing.discard(threading.current_thread())
+
+
+def _sink_of(sink_ref: weakref.ReferenceType[Sink], channel: _Channel) -> Sink | None:
+    """The sink the thread works for: alive, or handed back by its __del__. A garbage collection
+    clears the weak reference before it runs __del__ (another thread may run in between): wait
+    for the hand-back a while, and say None if it never comes."""
+    sink = channel.dropped
+    if sink is None:
+        sink = sink_ref()
+    deadline = time.monotonic() + _DROP_WAIT_S
+    while sink is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+        sink = channel.dropped
+    return sink
+
+
+def _close_left_open(sink_ref: weakref.ReferenceType[Sink]) -> None:
+    """A sink's finalizer: at exit, close it if still open (sharing one deadline, so that exit
+    cannot hang on a sink that never ends). Run when the sink is collected, it finds none: its
+    __del__ closed it."""
+    sink = sink_ref()
+    if sink is not None:
+        sink.close(timeout=_exit_time_left())
+
+
+def _exit_time_left() -> float:
+    global _exit_deadline
+    if _exit_deadline is None:
+        _exit_deadline = time.monotonic() + _EXIT_WAIT_S
+    return max(0.0, _exit_deadline - time.monotonic())
+
+
+@atexit.register
+def _join_finishing() -> None:
+    """At exit, wait (bounded) for the sinks still closing: their threads are daemons, killed
+    once the interpreter finalises, which left a video without its index."""
+    for thread in list(_finishing):
+        thread.join(_exit_time_left())

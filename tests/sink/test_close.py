@@ -1,9 +1,14 @@
 """close() from another thread or a signal handler must not leave a writer blocked or lose what
-was written, and bad arguments are ConfigErrors."""
+was written, a sink dropped or left open at exit is closed as close() closes it, and bad arguments
+are ConfigErrors."""
 
 from __future__ import annotations
 
+import gc
+import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -13,6 +18,7 @@ import numpy as np
 import pytest
 
 from rtseg.errors import ConfigError, SinkError
+from rtseg.sink import open_sink
 from rtseg.sink.base import Sink
 from rtseg.sink.file import FileSink
 from rtseg.sink.packet import Packet
@@ -218,3 +224,96 @@ def test_a_video_closed_by_a_signal_handler_during_a_write_is_whole(tmp_path: Pa
     cap.release()
     assert frames == taken, f"the video holds {frames} frames of the {taken} written"
     assert sink.close() == final
+
+
+def _frames_in(path: Path) -> int:
+    cap = cv2.VideoCapture(str(path))
+    frames = 0
+    while cap.read()[0]:
+        frames += 1
+    cap.release()
+    return frames
+
+
+class _InCycle(Sink):
+    """A sink in a reference cycle: only the garbage collector frees it, after its weak references
+    are cleared. What it writes and whether it was released are kept outside it."""
+
+    def __init__(self, seen: list[int], released: list[bool]) -> None:
+        self.me = self
+        self.seen, self.released = seen, released
+        super().__init__("cycle://", queue_size=8, policy="block")
+
+    def emit(self, packet) -> None:
+        time.sleep(0.01)  # still writing when it is dropped
+        self.seen.append(packet.frame.index)
+
+    def release(self) -> None:
+        self.released.append(True)
+
+
+@pytest.mark.parametrize("kind", ["null", "mp4", "cycle"])
+def test_dropped_sinks_are_closed_and_their_threads_end(kind: str, tmp_path: Path, packet_factory) -> None:
+    """A sink dropped without close() kept its thread (the loop was a bound method of the sink)
+    and its output: a thread and an unfinished video per sink, for ever."""
+    before = threading.active_count()
+    threads: list[threading.Thread] = []
+    seen: list[list[int]] = []
+    released: list[list[bool]] = []
+    for i in range(5):
+        if kind == "cycle":
+            seen.append([])
+            released.append([])
+            sink: Sink = _InCycle(seen[-1], released[-1])
+        else:
+            sink = open_sink("null://" if kind == "null" else str(tmp_path / f"out{i}.mp4"))
+        for index in range(4):
+            sink.write(packet_factory(index))
+        threads.append(sink._thread)
+        del sink
+    deadline = time.monotonic() + 10
+    while threading.active_count() > before and time.monotonic() < deadline:
+        gc.collect()  # a sink in a cycle is freed by a collection once its thread lets go of it
+        time.sleep(0.02)
+    assert not [t.name for t in threads if t.is_alive()]
+    assert threading.active_count() == before
+    if kind == "mp4":
+        assert [_frames_in(tmp_path / f"out{i}.mp4") for i in range(5)] == [4] * 5
+    if kind == "cycle":
+        assert seen == [[0, 1, 2, 3]] * 5 and released == [[True]] * 5
+
+
+_LEFT_OPEN = """
+import sys, time
+import numpy as np
+import rtseg
+from rtseg.data.labels import CAMVID
+from rtseg.result import SegResult
+from rtseg.sink import Packet
+from rtseg.source.frame import Frame
+
+sink = rtseg.open_sink(sys.argv[1])
+for i in range(30):
+    image = np.full((48, 64, 3), i * 8, np.uint8)
+    result = SegResult(np.zeros((24, 32), np.uint8), i, True, 0, CAMVID, {})
+    sink.write(Packet(Frame(image, i, time.time(), time.perf_counter(), "test://"), result))
+"""
+
+
+def test_a_video_sink_left_open_at_exit_is_finalised(tmp_path: Path) -> None:
+    """A script that wrote to open_sink("x.mp4") and ended without close() left a 44-byte mp4
+    without its index (the sink's daemon thread was killed), and at times aborted ("FATAL:
+    exception not rethrown")."""
+    out = tmp_path / "left.mp4"
+    done = subprocess.run(
+        [sys.executable, "-c", _LEFT_OPEN, str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[2],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert done.returncode == 0 and "Traceback" not in done.stderr and "ignored" not in done.stderr, (
+        done.stderr
+    )
+    assert _frames_in(out) == 30

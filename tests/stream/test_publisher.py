@@ -182,6 +182,25 @@ def test_a_sink_that_fails_to_start_frees_its_endpoint(tcp_endpoint: str) -> Non
     assert err.traceback  # still held here
 
 
+def test_a_dropped_sink_frees_its_endpoint(tcp_endpoint: str) -> None:
+    """A zmq:// sink dropped without close() kept its socket bound for ever: opening the same
+    endpoint again was "Address already in use". Dropped while its thread publishes, it is closed
+    there once what is queued has gone out: the endpoint is free a moment later."""
+    rng = np.random.default_rng(3)
+    sink = open_publisher_sink(f"zmq://{tcp_endpoint}", policy="block")
+    for index in range(3):
+        sink.write(make_packet(index, rng))
+    del sink
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            Publisher(tcp_endpoint).close()
+            break
+        except ConfigError:  # was: address already in use, for ever
+            assert time.monotonic() < deadline, "the dropped sink still holds its endpoint"
+            time.sleep(0.02)
+
+
 def test_sink_publishes_packets_from_its_thread(tcp_endpoint: str) -> None:
     rng = np.random.default_rng(2)
     uri = f"zmq://{tcp_endpoint}?parts=labels,overlay&quality=70&stream=sinktest&labels=raw"
