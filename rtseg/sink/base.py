@@ -36,10 +36,9 @@ _WRITE_POLL_S = 0.05  # a blocked write re-checks for close() this often
 # An idle sink thread looks this often for a drop it could not be woken for (its sink's finalizer
 # ran on that thread itself, perhaps inside a queue operation, where queueing could deadlock).
 _IDLE_POLL_S = 0.5
-# A dropped sink's finalizer waits this long for its close (a socket unbound, a video's index
-# written); a close that takes longer goes on on the sink's thread. Short: a garbage collection
-# can run it on any thread, perhaps one holding a lock the sink's thread needs for a moment.
-_DROP_WAIT_S = 2.0
+# How long a sink's thread waits for a dropped sink's __del__ to hand it back, once a garbage
+# collection has cleared the thread's weak reference to it (another thread may run in between).
+_HANDBACK_WAIT_S = 2.0
 # At interpreter exit, the sinks still open and those still closing get this long, all together.
 _EXIT_WAIT_S = 30.0
 _exit_deadline: float | None = None
@@ -337,8 +336,9 @@ class Sink(ABC):
     def __del__(self) -> None:
         """Dropped without close(): closed as close() closes it, what was queued written and the
         output released, by the sink's thread, which gets the sink back through ``dropped``. The
-        thread that dropped it (any thread a garbage collection ran on) waits at most
-        ``_DROP_WAIT_S``; the close goes on after that."""
+        thread that dropped it does not wait: a garbage collection can run this on any thread, the
+        pipeline's frame loop included, which must not stall on a video's index being written (at
+        exit, the close is waited for; to reuse the file or endpoint at once, call close())."""
         try:
             channel, thread = self._channel, self._thread
         except AttributeError:  # __init__ failed before the thread started: nothing to close
@@ -360,7 +360,6 @@ class Sink(ABC):
         # No room (frames queued behind "block"): the loop ends once they are written (closed, empty).
         with contextlib.suppress(queue.Full):
             self._queue.put_nowait(_STOP)
-        thread.join(_DROP_WAIT_S)
 
     def _drain(self) -> int:
         """Empty the queue; the number of packets it held."""
@@ -443,7 +442,7 @@ def _sink_of(sink_ref: weakref.ReferenceType[Sink], channel: _Channel) -> Sink |
     sink = channel.dropped
     if sink is None:
         sink = sink_ref()
-    deadline = time.monotonic() + _DROP_WAIT_S
+    deadline = time.monotonic() + _HANDBACK_WAIT_S
     while sink is None and time.monotonic() < deadline:
         time.sleep(0.005)
         sink = channel.dropped

@@ -252,6 +252,20 @@ class _InCycle(Sink):
         self.released.append(True)
 
 
+def test_dropping_a_sink_does_not_wait_for_its_writes(packet_factory) -> None:
+    """The drop waited up to 2 s for the sink's thread, on whatever thread dropped it (a garbage
+    collection in the frame loop included); the close goes on on the sink's own thread."""
+    sink = Stuck()
+    gate, thread = sink.gate, sink._thread
+    sink.write(packet_factory(0))  # taken by the sink thread, which hangs in emit
+    start = time.perf_counter()
+    del sink
+    took = time.perf_counter() - start
+    gate.set()
+    thread.join(5)
+    assert took < 1.0 and not thread.is_alive()
+
+
 @pytest.mark.parametrize("kind", ["null", "mp4", "cycle"])
 def test_dropped_sinks_are_closed_and_their_threads_end(kind: str, tmp_path: Path, packet_factory) -> None:
     """A sink dropped without close() kept its thread (the loop was a bound method of the sink)
