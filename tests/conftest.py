@@ -83,6 +83,28 @@ def _private_dirs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
+def exits_cleanly() -> Callable[..., None]:
+    """Run Python ``code`` with ``args`` in a fresh interpreter from the repository root; it must
+    exit with status 0, with no traceback and no "Exception ignored" (a finalizer that failed at
+    exit)."""
+
+    def run(code: str, *args: str) -> None:
+        done = subprocess.run(
+            [sys.executable, "-c", code, *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=REPO,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
+        assert done.returncode == 0 and "Traceback" not in done.stderr and "ignored" not in done.stderr, (
+            done.stderr
+        )
+
+    return run
+
+
+@pytest.fixture(scope="session")
 def serve_process_args() -> Callable[..., tuple[list[str], dict[str, str]]]:
     """(argv, env) for `rtseg serve` in a subprocess: ``weights`` at 64x48 on ``endpoint``."""
 

@@ -565,23 +565,10 @@ next(running)
 """
 
 
-def test_a_pipeline_still_running_at_exit_finalises_its_video(tmp_path: Path) -> None:
+def test_a_pipeline_still_running_at_exit_finalises_its_video(tmp_path: Path, exits_cleanly) -> None:
     """A script that ended while holding an unfinished pipeline left a 44-byte mp4 without its index."""
-    import subprocess
-    import sys
-
     out = tmp_path / "held.mp4"
-    done = subprocess.run(
-        [sys.executable, "-c", _ABANDON, SOURCE, str(out)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=Path(__file__).resolve().parents[1],
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    assert done.returncode == 0 and "Traceback" not in done.stderr and "ignored" not in done.stderr, (
-        done.stderr
-    )
+    exits_cleanly(_ABANDON, SOURCE, str(out))
     assert _count(out) == 2
 
 
