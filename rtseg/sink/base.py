@@ -455,7 +455,7 @@ def _close_left_open(sink_ref: weakref.ReferenceType[Sink]) -> None:
     __del__ closed it."""
     sink = sink_ref()
     if sink is not None:
-        sink.close(timeout=_exit_time_left())
+        Sink.close(sink, timeout=_exit_time_left())  # the base close: an override may take no timeout
 
 
 def _exit_time_left() -> float:

@@ -294,8 +294,6 @@ class Subscriber:
                 daemon=True,
             )
             self._thread.start()
-        # One still open at interpreter exit is closed then (the thread let go of the socket first).
-        self._finalizer = weakref.finalize(self, _close_at_exit, weakref.ref(self))
 
     # -- shared bookkeeping (called with self._lock held)
 
@@ -566,7 +564,6 @@ class Subscriber:
             if self._closed:
                 return
             self._closed = True
-            self._finalizer.detach()  # nothing left for it to do at exit
             self._lock.notify_all()
             idle = self._lock.wait_for(
                 lambda: self._receiving == 0 and not self._draining, timeout=_CLOSE_WAIT_S
@@ -634,12 +631,3 @@ def _drain(
         else:  # dropped without close(): nothing else can reach the socket any more
             socket.close(linger=0)
             ctx.term()
-
-
-def _close_at_exit(sub_ref: weakref.ReferenceType[Subscriber]) -> None:
-    """The finalizer: at interpreter exit it closes a subscriber still open. Run because one was
-    collected, it has nothing to do (its reference is dead): the drain thread, if any, closes the
-    socket, and without one pyzmq closes it with the collected socket."""
-    sub = sub_ref()
-    if sub is not None:
-        sub.close()
