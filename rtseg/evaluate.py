@@ -19,15 +19,14 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
-from .cli.console import stderr_is_tty
 from .data.datasets import Sample, SegmentationDataset
 from .data.labels import ClassSet, numbered_classes
 from .data.preprocess import Normalize, Preprocessing, cv2_interpolation
 from .errors import ConfigError, DatasetError
 from .metrics import ConfusionMatrix, SegmentationScores
 from .models.base import StagedSegmenter
+from .terminal import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -117,14 +116,7 @@ def evaluate(
     confusion = ConfusionMatrix(len(classes), classes.ignore_index)
     start = time.perf_counter()
     count = 0
-    bar = tqdm(
-        samples,
-        total=total,
-        desc=description,
-        unit="img",
-        disable=not (progress and stderr_is_tty()),  # a log would keep every redraw
-        leave=False,
-    )
+    bar = progress_bar(samples, progress=progress, total=total, desc=description, unit="img", leave=False)
     for sample in bar:
         logits = logits_fn(resize_to_input(sample.image, input_size, interpolation))
         h, w = sample.label.shape

@@ -17,10 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
-from ..cli.console import stderr_is_tty
 from ..errors import ConfigError
+from ..terminal import progress_bar
 from .measure import DEFAULT_SOURCE, BenchConfig, run_config
 from .stats import StopRule
 from .worker import run_isolated
@@ -139,9 +137,8 @@ def run_planned(
     """Measure each configuration in order (``runner`` replaces the measurement, for tests)."""
     measure = runner or (run_isolated if isolated else run_config)
     results = []
-    # The bar only on a terminal (a log keeps every redraw); the line per configuration always
-    shown = progress and stderr_is_tty()
-    bar = tqdm(planned, desc="rtseg bench", unit="config", disable=not shown, file=sys.stderr)
+    # the line per configuration is printed whether or not the bar is drawn
+    bar = progress_bar(planned, progress=progress, desc="rtseg bench", unit="config")
     for item in bar:
         bar.set_postfix_str(item.config.label)
         try:

@@ -59,19 +59,6 @@ class ReaderSafeStream:
         return getattr(self._stream, name)
 
 
-def stderr_is_tty() -> bool:
-    """Whether sys.stderr is an interactive terminal, the one place to ask before drawing a status
-    line or a progress bar: False when it is a file or a pipe (a log would keep every redraw) and
-    when there is none (None after ``2>&-``, or closed), where asking it would raise."""
-    stream = sys.stderr
-    if stream is None:
-        return False
-    try:
-        return stream.isatty()
-    except (AttributeError, ValueError, OSError):  # no isatty, or a closed file
-        return False
-
-
 def stderr_columns() -> int:
     """The width of stderr's terminal, cheap enough to read at every update (a resized window is
     followed): $COLUMNS, as shutil.get_terminal_size honours it, else stderr's own terminal

@@ -30,6 +30,7 @@ from ..sink.file import FileSink
 from ..source import Source, is_live_uri, open_source, redacted
 from ..source.base import MAX_TIMEOUT_S, MIN_TIMEOUT_S
 from ..source.uri import inapplicable
+from ..terminal import stderr_is_tty
 from .common import (
     PRECISION_HELP,
     CtrlC,
@@ -46,7 +47,7 @@ from .common import (
     scheduler_flags,
     whole_number,
 )
-from .console import StatusLine, stderr_is_tty
+from .console import StatusLine
 from .scheduler_args import add_scheduler_args, check_scheduler_size, scheduler_from_args
 
 DEMO_SOURCE = "synthetic://drive?size=1280x720&fps=30&seed=0&frames=90"

@@ -14,15 +14,14 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from tqdm import tqdm
 
-from ..cli.console import stderr_is_tty
 from ..data.datasets import Sample
 from ..data.labels import ClassSet
 from ..engine.base import Engine
 from ..evaluate import check_labelled, resize_to_input
 from ..metrics import ConfusionMatrix, SegmentationScores
 from ..result import SegResult, labels_at
+from ..terminal import progress_bar
 from .base import Scheduler
 
 STAGES = ("preprocess", "low", "change", "deep", "warp", "head")
@@ -152,12 +151,12 @@ def evaluate_sequence(
     samples = list(samples)
     wall = time.perf_counter()
     results = run_sequence(engine, (s.image for s in samples), scheduler)
-    bar = tqdm(
+    bar = progress_bar(
         zip(samples, results, strict=True),
         total=len(samples),
         desc=description,
         unit="frame",
-        disable=not (progress and stderr_is_tty()),  # a log would keep every redraw
+        progress=progress,
         leave=False,
     )
     for sample, result in bar:

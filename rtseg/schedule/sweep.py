@@ -32,9 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
-from ..cli.console import stderr_is_tty
 from ..data.datasets import camvid
 from ..engine import load
 from ..engine.backends import BACKEND_OPTIONS
@@ -42,6 +40,7 @@ from ..engine.base import Engine
 from ..errors import ConfigError, DatasetError
 from ..metrics import ConfusionMatrix
 from ..result import labels_at
+from ..terminal import progress_bar
 from .calibrate import simulate_keyframes
 from .change import ChangeMeasure, Summary
 from .flow import FlowWarp
@@ -815,8 +814,7 @@ def _main(argv: list[str] | None) -> int:
     total = len(images) if isinstance(images, list) else args.frames
     study, points = run_study(
         engine,
-        # a long clip takes a while; the bar only on a terminal, as a log would keep every redraw
-        tqdm(images, total=total, unit="frame", leave=False, disable=not stderr_is_tty()),
+        progress_bar(images, total=total, unit="frame", leave=False),  # a long clip takes a while
         labels,
         max_interval=args.max_interval,
         variants=variants,

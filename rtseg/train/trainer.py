@@ -24,11 +24,9 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from .. import hardware
 from .._version import __version__
-from ..cli.console import stderr_is_tty
 from ..data.datasets import Sample, SegmentationDataset, open_dataset
 from ..data.labels import corresponding_outputs
 from ..data.preprocess import Normalize, Preprocessing
@@ -47,6 +45,7 @@ from ..models.checkpoint import (
 )
 from ..models.registry import get_spec
 from ..signals import restore, take
+from ..terminal import progress_bar
 from .augment import ScaleCropFlip
 from .loss import SegmentationLoss, class_frequencies, enet_class_weights
 
@@ -866,11 +865,11 @@ class Trainer:
         old_handlers = {s: take(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         started = time.monotonic()
         last_save = started
-        bar = tqdm(
+        bar = progress_bar(
             total=total_steps,
             initial=done_steps,
             unit="batch",
-            disable=not (self.progress and stderr_is_tty()),  # a journal would keep every redraw
+            progress=self.progress,
             desc=f"train {c.model}",
             dynamic_ncols=True,
         )
